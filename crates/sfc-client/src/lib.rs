@@ -1,0 +1,1 @@
+//! Placeholder; the client arrives with its own issue.

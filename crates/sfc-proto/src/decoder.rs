@@ -1,0 +1,463 @@
+//! Incremental request decoding for a byte stream.
+//!
+//! A server feeds the bytes as they arrive; the decoder yields one [`RequestEvent`] at a
+//! time. Small requests are buffered (at most a few hundred bytes, bounded by
+//! [`RequestCode::payload_range`]); an 828's content is NOT buffered but handed back as
+//! slices of the caller's own input ([`RequestEvent::Content`]), so a multi-gigabyte
+//! packet streams through in constant memory.
+//!
+//! ```
+//! use sfc_proto::{ClientId, Name, Request, RequestBody, RequestDecoder, RequestEvent};
+//! let bytes = Request::new(ClientId::ZERO, RequestBody::Register { name: Name::new("bob").unwrap() }).encode();
+//! let mut decoder = RequestDecoder::new();
+//! let mut input = &bytes[..];
+//! while !input.is_empty() {
+//!     let (used, event) = decoder.decode(input).unwrap();
+//!     input = &input[used..];
+//!     if let Some(RequestEvent::Request(request)) = event {
+//!         assert_eq!(request.body, RequestBody::Register { name: Name::new("bob").unwrap() });
+//!     }
+//! }
+//! ```
+
+use crate::codes::RequestCode;
+use crate::error::DecodeError;
+use crate::header::RequestHeader;
+use crate::limits::{FILE_PACKET_FIXED_LEN, REQUEST_HEADER_LEN};
+use crate::request::{FilePacketHeader, Request, RequestBody};
+
+/// What the decoder found in the stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestEvent<'a> {
+    /// A whole request of any code but 828.
+    Request(Request),
+    /// The header and fixed part of an 828. Exactly `content_len` bytes of content follow
+    /// as [`RequestEvent::Content`] events, then one [`RequestEvent::FilePacketEnd`].
+    FilePacket {
+        /// The request header.
+        header: RequestHeader,
+        /// The fixed part, already checked with [`FilePacketHeader::check`].
+        packet: FilePacketHeader,
+        /// Content bytes that follow (`payload_size - 267`).
+        content_len: u32,
+    },
+    /// A piece of the current 828's content, borrowed from the input.
+    Content(&'a [u8]),
+    /// The current 828's content is complete.
+    FilePacketEnd,
+    /// A request whose framing was fine but whose payload is invalid (bad name, packet
+    /// fields that contradict each other). The stream stays in sync: any remaining content
+    /// of an invalid 828 is skipped without further events.
+    Invalid {
+        /// The request header.
+        header: RequestHeader,
+        /// What was wrong.
+        error: DecodeError,
+    },
+}
+
+// One decoder per connection: the 267-byte variant costs nothing that matters, while
+// boxing it would allocate once per packet.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum State {
+    Header {
+        buf: [u8; REQUEST_HEADER_LEN],
+        filled: usize,
+    },
+    Payload {
+        header: RequestHeader,
+        buf: Vec<u8>,
+    },
+    FileFixed {
+        header: RequestHeader,
+        buf: [u8; FILE_PACKET_FIXED_LEN],
+        filled: usize,
+    },
+    Content {
+        remaining: u32,
+    },
+    Skip {
+        remaining: u32,
+    },
+    Failed(DecodeError),
+}
+
+/// Sans-IO request decoder; see the module documentation.
+#[derive(Debug)]
+pub struct RequestDecoder {
+    state: State,
+}
+
+impl Default for RequestDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const EMPTY_HEADER: State = State::Header {
+    buf: [0; REQUEST_HEADER_LEN],
+    filled: 0,
+};
+
+/// Copies as much of `input` as fits into `buf[*filled..]`; returns bytes taken.
+fn fill(buf: &mut [u8], filled: &mut usize, input: &[u8]) -> usize {
+    let free = buf.get_mut(*filled..).unwrap_or_default();
+    let n = free.len().min(input.len());
+    if let (Some(dst), Some(src)) = (free.get_mut(..n), input.get(..n)) {
+        dst.copy_from_slice(src);
+    }
+    *filled += n;
+    n
+}
+
+impl RequestDecoder {
+    /// A decoder at the start of a stream.
+    pub fn new() -> Self {
+        RequestDecoder {
+            state: EMPTY_HEADER,
+        }
+    }
+
+    /// True between messages: a stream that ends here ended cleanly.
+    pub fn at_boundary(&self) -> bool {
+        matches!(self.state, State::Header { filled: 0, .. })
+    }
+
+    /// Bytes still needed to complete the current header, fixed part, payload or content.
+    pub fn bytes_needed(&self) -> usize {
+        match &self.state {
+            State::Header { filled, .. } => REQUEST_HEADER_LEN - filled,
+            State::Payload { header, buf } => (header.payload_size as usize) - buf.len(),
+            State::FileFixed { filled, .. } => FILE_PACKET_FIXED_LEN - filled,
+            State::Content { remaining } | State::Skip { remaining } => *remaining as usize,
+            State::Failed(_) => 0,
+        }
+    }
+
+    /// Consumes bytes from `input` and returns how many were used and at most one event.
+    ///
+    /// Call again with the unused rest until it is empty; `(0, None)` is never returned for
+    /// non-empty input except after an error. A framing error ([`DecodeError::breaks_framing`])
+    /// is returned as `Err` and is sticky: the stream cannot be resynchronised.
+    pub fn decode<'a>(
+        &mut self,
+        input: &'a [u8],
+    ) -> Result<(usize, Option<RequestEvent<'a>>), DecodeError> {
+        let mut used = 0;
+        loop {
+            let rest = input.get(used..).unwrap_or_default();
+            match &mut self.state {
+                State::Failed(error) => return Err(error.clone()),
+                State::Header { buf, filled } => {
+                    used += fill(buf, filled, rest);
+                    if *filled < REQUEST_HEADER_LEN {
+                        return Ok((used, None));
+                    }
+                    let header = match RequestHeader::decode(buf) {
+                        Ok(header) => header,
+                        Err(error) => {
+                            self.state = State::Failed(error.clone());
+                            return Err(error);
+                        }
+                    };
+                    self.state = if header.code == RequestCode::SendFile {
+                        State::FileFixed {
+                            header,
+                            buf: [0; FILE_PACKET_FIXED_LEN],
+                            filled: 0,
+                        }
+                    } else {
+                        // Bounded by payload_range(): at most 255 + 1024 bytes.
+                        State::Payload {
+                            header,
+                            buf: Vec::with_capacity(header.payload_size as usize),
+                        }
+                    };
+                }
+                State::Payload { header, buf } => {
+                    let want = header.payload_size as usize - buf.len();
+                    let take = want.min(rest.len());
+                    buf.extend_from_slice(rest.get(..take).unwrap_or_default());
+                    used += take;
+                    if buf.len() < header.payload_size as usize {
+                        return Ok((used, None));
+                    }
+                    let header = *header;
+                    let event = match RequestBody::decode_small(header.code, buf) {
+                        Ok(body) => RequestEvent::Request(Request {
+                            client_id: header.client_id,
+                            version: header.version,
+                            body,
+                        }),
+                        Err(error) => RequestEvent::Invalid { header, error },
+                    };
+                    self.state = EMPTY_HEADER;
+                    return Ok((used, Some(event)));
+                }
+                State::FileFixed {
+                    header,
+                    buf,
+                    filled,
+                } => {
+                    used += fill(buf, filled, rest);
+                    if *filled < FILE_PACKET_FIXED_LEN {
+                        return Ok((used, None));
+                    }
+                    let header = *header;
+                    // payload_range() guarantees payload_size >= 267.
+                    let content_len = header
+                        .payload_size
+                        .saturating_sub(FILE_PACKET_FIXED_LEN as u32);
+                    let checked = FilePacketHeader::decode(buf).and_then(|packet| {
+                        packet.check(content_len)?;
+                        Ok(packet)
+                    });
+                    let event = match checked {
+                        Ok(packet) => {
+                            self.state = State::Content {
+                                remaining: content_len,
+                            };
+                            RequestEvent::FilePacket {
+                                header,
+                                packet,
+                                content_len,
+                            }
+                        }
+                        Err(error) => {
+                            self.state = State::Skip {
+                                remaining: content_len,
+                            };
+                            RequestEvent::Invalid { header, error }
+                        }
+                    };
+                    return Ok((used, Some(event)));
+                }
+                State::Content { remaining } => {
+                    if *remaining == 0 {
+                        self.state = EMPTY_HEADER;
+                        return Ok((used, Some(RequestEvent::FilePacketEnd)));
+                    }
+                    if rest.is_empty() {
+                        return Ok((used, None));
+                    }
+                    let take = rest.len().min(*remaining as usize);
+                    *remaining -= take as u32;
+                    let piece = rest.get(..take).unwrap_or_default();
+                    return Ok((used + take, Some(RequestEvent::Content(piece))));
+                }
+                State::Skip { remaining } => {
+                    let take = rest.len().min(*remaining as usize);
+                    *remaining -= take as u32;
+                    used += take;
+                    if *remaining > 0 {
+                        return Ok((used, None));
+                    }
+                    self.state = EMPTY_HEADER;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientId, Name};
+
+    fn packet(number: u16, total: u16, content_size: u32, orig: u32) -> FilePacketHeader {
+        FilePacketHeader {
+            content_size,
+            orig_file_size: orig,
+            packet_number: number,
+            total_packets: total,
+            file_name: Name::new("f.bin").unwrap(),
+        }
+    }
+
+    /// Feeds `bytes` in chunks of `chunk` and collects owned events.
+    fn run(bytes: &[u8], chunk: usize) -> Vec<String> {
+        let mut decoder = RequestDecoder::new();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(chunk) {
+            let mut rest = piece;
+            loop {
+                match decoder.decode(rest) {
+                    Ok((used, event)) => {
+                        rest = &rest[used..];
+                        match event {
+                            Some(RequestEvent::Content(c)) => {
+                                out.push(format!("content {}", c.len()))
+                            }
+                            Some(e) => out.push(format!("{e:?}")),
+                            None => {}
+                        }
+                        if rest.is_empty()
+                            && !matches!(decoder.state, State::Content { remaining: 0 })
+                        {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        out.push(format!("error {e}"));
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn content_streams_without_buffering() {
+        let content = vec![0xab; 1000];
+        let p = packet(1, 1, 1008, 1000);
+        let mut bytes = p.encode_prefix(ClientId([1; 16]), 1000).to_vec();
+        bytes.extend_from_slice(&content);
+        let mut decoder = RequestDecoder::new();
+        let (used, event) = decoder.decode(&bytes).unwrap();
+        assert_eq!(used, 290);
+        assert!(matches!(
+            event,
+            Some(RequestEvent::FilePacket {
+                content_len: 1000,
+                ..
+            })
+        ));
+        let (used, event) = decoder.decode(&bytes[290..]).unwrap();
+        assert_eq!(used, 1000);
+        // The content is the caller's own bytes, not a copy.
+        match event {
+            Some(RequestEvent::Content(piece)) => {
+                assert_eq!(piece.as_ptr(), bytes[290..].as_ptr());
+                assert_eq!(piece.len(), 1000);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!decoder.at_boundary());
+        assert_eq!(
+            decoder.decode(&[]).unwrap(),
+            (0, Some(RequestEvent::FilePacketEnd))
+        );
+        assert!(decoder.at_boundary());
+    }
+
+    #[test]
+    fn byte_by_byte_equals_all_at_once() {
+        let mut bytes = Vec::new();
+        bytes.extend(
+            Request::new(
+                ClientId::ZERO,
+                RequestBody::Register {
+                    name: Name::new("a").unwrap(),
+                },
+            )
+            .encode(),
+        );
+        bytes.extend(packet(1, 2, 48, 40).encode_prefix(ClientId([2; 16]), 32));
+        bytes.extend([7u8; 32]);
+        bytes.extend(packet(2, 2, 48, 40).encode_prefix(ClientId([2; 16]), 16));
+        bytes.extend([8u8; 16]);
+        let whole = run(&bytes, bytes.len());
+        let single = run(&bytes, 1);
+        assert_eq!(
+            whole
+                .iter()
+                .filter(|e| e.starts_with("FilePacketEnd"))
+                .count(),
+            2
+        );
+        let sum = |events: &[String]| -> usize {
+            events
+                .iter()
+                .filter_map(|e| {
+                    e.strip_prefix("content ")
+                        .map(|n| n.parse::<usize>().unwrap())
+                })
+                .sum()
+        };
+        assert_eq!(sum(&whole), 48);
+        assert_eq!(sum(&single), 48);
+        let non_content = |events: &[String]| -> Vec<String> {
+            events
+                .iter()
+                .filter(|e| !e.starts_with("content"))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(non_content(&whole), non_content(&single));
+    }
+
+    #[test]
+    fn zero_length_content_yields_end_at_once() {
+        let p = packet(1, 2, 16, 5);
+        let bytes = p.encode_prefix(ClientId::ZERO, 0);
+        let mut decoder = RequestDecoder::new();
+        let (used, event) = decoder.decode(&bytes).unwrap();
+        assert_eq!(used, bytes.len());
+        assert!(matches!(
+            event,
+            Some(RequestEvent::FilePacket { content_len: 0, .. })
+        ));
+        assert_eq!(
+            decoder.decode(&[]).unwrap(),
+            (0, Some(RequestEvent::FilePacketEnd))
+        );
+    }
+
+    #[test]
+    fn invalid_packet_is_reported_and_its_content_skipped() {
+        let bad = packet(0, 1, 16, 3);
+        let mut bytes = bad.encode_prefix(ClientId::ZERO, 16).to_vec();
+        bytes.extend([1u8; 16]);
+        let next = Request::new(
+            ClientId::ZERO,
+            RequestBody::ChecksumOk {
+                file_name: Name::new("f.bin").unwrap(),
+            },
+        );
+        bytes.extend(next.encode());
+        let mut decoder = RequestDecoder::new();
+        let (used, event) = decoder.decode(&bytes).unwrap();
+        assert!(matches!(
+            event,
+            Some(RequestEvent::Invalid {
+                error: DecodeError::Packet(_),
+                ..
+            })
+        ));
+        let (used2, event) = decoder.decode(&bytes[used..]).unwrap();
+        assert_eq!(event, Some(RequestEvent::Request(next)));
+        assert_eq!(used + used2, bytes.len());
+    }
+
+    #[test]
+    fn bad_name_keeps_the_stream_in_sync() {
+        let mut bytes = RequestHeader::new(ClientId::ZERO, RequestCode::Register, 255)
+            .encode()
+            .to_vec();
+        bytes.extend([0u8; 255]);
+        let mut decoder = RequestDecoder::new();
+        let (used, event) = decoder.decode(&bytes).unwrap();
+        assert_eq!(used, bytes.len());
+        assert!(matches!(
+            event,
+            Some(RequestEvent::Invalid {
+                error: DecodeError::Name { field: "name", .. },
+                ..
+            })
+        ));
+        assert!(decoder.at_boundary());
+    }
+
+    #[test]
+    fn framing_errors_are_sticky() {
+        let mut header = RequestHeader::new(ClientId::ZERO, RequestCode::Register, 255).encode();
+        header[17..19].copy_from_slice(&4242u16.to_le_bytes());
+        let mut decoder = RequestDecoder::new();
+        let error = decoder.decode(&header).unwrap_err();
+        assert_eq!(error, DecodeError::UnknownRequestCode(4242));
+        assert!(error.breaks_framing());
+        assert_eq!(decoder.decode(&[0; 10]), Err(error));
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder; the server arrives with its own issue.
