@@ -1,0 +1,118 @@
+//! SecureFileComm cryptography: everything the protocol (`shared/PROTOCOL.md`, sections
+//! "Cryptography" and "Checksum") needs, with no I/O and no async.
+//!
+//! * [`RsaKeyPair`] — the client's RSA-1024 key pair with public exponent 17 (so its
+//!   X.509 SubjectPublicKeyInfo DER is exactly [`PUBLIC_KEY_DER_LEN`] = 160 bytes, as
+//!   Crypto++ writes it); PKCS#8 DER / one-line base64 export; tolerant import of PKCS#8 or
+//!   PKCS#1, raw DER or base64 (PEM armour and line breaks ignored); RSA-OAEP (SHA-1,
+//!   MGF1-SHA-1) unwrapping of the AES key.
+//! * [`PublicKey`] — a peer's key from the wire: RSA SPKI DER of 1024..=4096 bits, zero
+//!   padding after the DER accepted, anything else trailing rejected; RSA-OAEP wrapping.
+//! * [`AesKey`], [`CbcEncryptor`], [`CbcDecryptor`] — AES-256-CBC, IV all zeros, PKCS#7, as
+//!   ONE stream fed in arbitrary chunks; [`encrypted_len`] = `16 * (n / 16 + 1)`.
+//! * [`Cksum`], [`cksum`] — what POSIX `cksum` prints.
+//!
+//! Secrets ([`AesKey`], the private key) are zeroized on drop and never shown by `Debug`.
+//!
+//! ```
+//! use sfc_crypto::{cksum, encrypted_len, AesKey, CbcDecryptor, CbcEncryptor, RsaKeyPair};
+//!
+//! # fn main() -> Result<(), sfc_crypto::CryptoError> {
+//! // Client: key pair; the server gets the 160-byte SPKI DER.
+//! let client = RsaKeyPair::generate()?;
+//! let spki = client.public_key_der();
+//! assert_eq!(spki.len(), sfc_crypto::PUBLIC_KEY_DER_LEN);
+//!
+//! // Server: fresh AES key, wrapped for the client.
+//! let server_key = AesKey::random();
+//! let wrapped = sfc_crypto::PublicKey::from_spki_der(&spki)?.wrap_aes_key(&server_key)?;
+//! let key = client.unwrap_aes_key(&wrapped)?;
+//!
+//! // Client: encrypt a file in chunks; server: decrypt and checksum.
+//! let file = b"hello world\n";
+//! let mut ct = Vec::new();
+//! let mut enc = CbcEncryptor::new(&key)?;
+//! for chunk in file.chunks(5) {
+//!     enc.update(chunk, &mut ct)?;
+//! }
+//! enc.finish(&mut ct)?;
+//! assert_eq!(ct.len() as u64, encrypted_len(file.len() as u64));
+//!
+//! let mut pt = Vec::new();
+//! let mut dec = CbcDecryptor::new(&server_key)?;
+//! dec.update(&ct, &mut pt)?;
+//! dec.finish(&mut pt)?;
+//! assert_eq!(pt, file);
+//! assert_eq!(cksum(&pt), 3_733_384_285);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Backends, chosen by measurement
+//!
+//! Measured 2026-11-27 on the project machine (2 cores, `lscpu`: "Intel(R) Xeon(R)
+//! Processor", AES-NI, AVX-512, VAES, VPCLMULQDQ), rustc 1.95.0, `cargo bench -p sfc-crypto
+//! -- --warm-up-time 1 --measurement-time 3` (benches/crypto.rs: 1 MiB buffer fed in
+//! 64 KiB chunks, output appended to a reused `Vec`); other builds were running on the
+//! machine, so figures vary by a few percent between runs. 1 MB = 10^6 bytes.
+//!
+//! | operation | ours | alternative | OpenSSL 3.0.19 `openssl speed` |
+//! | --- | --- | --- | --- |
+//! | AES-256-CBC encrypt | **aws-lc-rs 1.19: 1002–1028 MB/s** | RustCrypto `aes` 0.8 + `cbc` 0.1: 907–926 MB/s | 945–1056 MB/s |
+//! | AES-256-CBC decrypt | **aws-lc-rs: 5.72–5.98 GB/s** | RustCrypto: 5.83–5.97 GB/s | 6.41–6.65 GB/s |
+//! | cksum | **crc-fast 1.10: 38.6–45.7 GB/s** (in cache) | `crc` 3.4 `Table<16>`: 2.8–3.4 GB/s | — |
+//!
+//! (Ranges over the undisturbed runs; runs disturbed by parallel builds gave down to
+//! 862 MB/s for aws-lc-rs and 834 MB/s for RustCrypto encryption, in the same ratio.)
+//!
+//! * **AES-256-CBC: `aws-lc-rs`** (`cipher::StreamingEncryptingKey` /
+//!   `StreamingDecryptingKey`, CBC + PKCS#7, `EncryptionContext::Iv128` of zeros).
+//!   CBC encryption is serial, so encryption is what bounds a transfer: aws-lc-rs runs at
+//!   0.95–1.0 × OpenSSL (target: 0.85 ×), RustCrypto at ~0.88 × (aws-lc-rs is ~11 %
+//!   faster in every paired run). Decryption is parallel and ~6 GB/s with either. aws-lc's decrypt error does not tell a bad length
+//!   from bad padding, so [`CbcDecryptor`] counts the bytes itself and reports
+//!   [`CryptoError::CiphertextLength`] or [`CryptoError::BadPadding`] precisely. Cost:
+//!   `aws-lc-sys` compiles C with `cc` (once, then cached; gcc is enough).
+//! * **RSA: RustCrypto `rsa` 0.9** with `sha1` 0.10 and `rand` 0.8. aws-lc-rs refuses
+//!   1024-bit RSA keys ("TooSmall"), and the protocol fixes RSA-1024. RSA runs once per
+//!   session, so its speed does not matter (key generation ~0.3 s in a debug build).
+//! * **cksum: `crc-fast`** (`CrcAlgorithm::Crc32Cksum`, SIMD carry-less multiply). Its
+//!   `Digest` keeps the raw register; [`Cksum::finish`] feeds the length bytes into a copy
+//!   of it and lets the digest apply the final complement once. 13–15 × the `crc` crate.
+//!
+//! # Advisory RUSTSEC-2023-0071 (`rsa`, "Marvin Attack")
+//!
+//! `rsa` 0.9 has a timing side channel in RSA *decryption* (non-constant-time big-integer
+//! arithmetic); there is no fixed version. An attacker who can submit many chosen
+//! ciphertexts to a decryption oracle and time the answers precisely could recover the
+//! plaintext or forge signatures. **Not a practical risk here:** the private-key operation
+//! runs only on the CLIENT, once per session, to unwrap the AES key the server sent
+//! ([`RsaKeyPair::unwrap_aes_key`], which also uses RSA blinding). The server never
+//! decrypts RSA (it only wraps with the client's public key), so no network attacker gets
+//! a decryption oracle, let alone the many thousands of timed queries the attack needs.
+//! Anyone able to make the client decrypt at will is already a malicious server, which
+//! chooses the AES key anyway. Revisit if a server-side RSA decryption or signature is
+//! ever added, or when `rsa` 0.10 (constant-time `crypto-bigint`) is released stable.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+mod aes_cbc;
+mod cksum;
+mod error;
+mod rsa_keys;
+
+pub use aes_cbc::{encrypted_len, AesKey, CbcDecryptor, CbcEncryptor, AES_BLOCK_LEN, AES_KEY_LEN};
+pub use cksum::{cksum, Cksum};
+pub use error::CryptoError;
+pub use rsa_keys::{
+    PublicKey, RsaKeyPair, MAX_RSA_BITS, MIN_RSA_BITS, PUBLIC_KEY_DER_LEN, RSA_BITS,
+    RSA_PUBLIC_EXPONENT, WRAPPED_KEY_LEN_1024,
+};
