@@ -1,0 +1,1 @@
+"""Independent Python implementation of the SecureFileComm protocol v3 (interop tests)."""
