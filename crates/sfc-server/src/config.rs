@@ -1,0 +1,330 @@
+//! Configuration: the library's [`ServerConfig`], the command line, and `port.info`.
+
+use clap::{Parser, Subcommand};
+use sfc_proto::limits::MAX_ORIG_FILE_SIZE;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Port used when `port.info` is missing or invalid (PROTOCOL.md).
+pub const DEFAULT_PORT: u16 = 1256;
+/// Name of the port file in the data folder.
+pub const PORT_FILE: &str = "port.info";
+/// Name of the database in the data folder.
+pub const DB_FILE: &str = "defensive.db";
+/// Default largest plaintext file: the protocol's maximum (`content_size` is a u32).
+pub const DEFAULT_MAX_FILE_SIZE: u64 = MAX_ORIG_FILE_SIZE as u64;
+/// Default maximum of simultaneous connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default idle timeout in seconds.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
+/// Default request deadline in seconds.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
+/// Default grace period for in-flight requests at shutdown, in seconds.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Default lifetime of an upload that receives no packet, in seconds.
+pub const DEFAULT_UPLOAD_TIMEOUT_SECS: u64 = 600;
+/// Default interval for persisting LastSeen notes and expiring uploads, in seconds.
+pub const DEFAULT_FLUSH_INTERVAL_SECS: u64 = 5;
+
+/// Everything the server needs to run. Build it with [`ServerConfig::new`] and adjust
+/// the public fields.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Folder with `port.info`, `defensive.db` and `files/`. Created if missing.
+    pub data_dir: PathBuf,
+    /// Address to listen on. Default `0.0.0.0:1256`; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Largest plaintext file accepted, in bytes (at most 4,294,967,279, the protocol's
+    /// maximum). Also bounds an 828's payload: 267 + the file's encrypted size.
+    pub max_file_size: u64,
+    /// Simultaneous connections; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection that sends no byte for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request's header and payload (an 828's header and fixed part) must arrive
+    /// within this time, and an 828's content at 64 KiB per this time at least.
+    pub request_timeout: Duration,
+    /// At shutdown, in-flight requests get this long to finish.
+    pub shutdown_grace: Duration,
+    /// An upload that receives no packet for this long is abandoned.
+    pub upload_timeout: Duration,
+    /// Interval for persisting LastSeen notes and expiring uploads.
+    pub flush_interval: Duration,
+    /// Worker threads of the runtime [`crate::RunningServer`] creates (`None`: one per
+    /// core). `run`/`Server` use the caller's runtime.
+    pub worker_threads: Option<usize>,
+}
+
+impl ServerConfig {
+    /// Defaults: listen on `0.0.0.0:1256`, limits and timeouts as documented on the fields.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
+            shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
+            upload_timeout: Duration::from_secs(DEFAULT_UPLOAD_TIMEOUT_SECS),
+            flush_interval: Duration::from_secs(DEFAULT_FLUSH_INTERVAL_SECS),
+            worker_threads: None,
+        }
+    }
+
+    /// Path of `defensive.db`.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(DB_FILE)
+    }
+}
+
+/// What reading `port.info` gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortInfo {
+    /// A valid port.
+    Port(u16),
+    /// The file is missing.
+    Missing,
+    /// The file exists but does not hold a port (the reason).
+    Invalid(String),
+}
+
+/// Reads `port.info` in `dir`: one line with the TCP port (surrounding whitespace and a
+/// trailing newline are fine). Never fails: problems are reported in the result.
+pub fn read_port_info(dir: &Path) -> PortInfo {
+    let path = dir.join(PORT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return PortInfo::Missing,
+        Err(error) => return PortInfo::Invalid(format!("cannot read {}: {error}", path.display())),
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    match line.parse::<u16>() {
+        Ok(port) => PortInfo::Port(port),
+        Err(_) => PortInfo::Invalid(format!(
+            "{} holds {:?}, not a port number (0-65535)",
+            path.display(),
+            line.chars().take(40).collect::<String>()
+        )),
+    }
+}
+
+/// The port to use: `--port` if given, else `port.info`, else [`DEFAULT_PORT`] with a
+/// warning.
+pub fn resolve_port(dir: &Path, cli_port: Option<u16>) -> u16 {
+    if let Some(port) = cli_port {
+        return port;
+    }
+    match read_port_info(dir) {
+        PortInfo::Port(port) => port,
+        PortInfo::Missing => {
+            tracing::warn!(
+                "no {PORT_FILE} in {}; using the default port {DEFAULT_PORT}",
+                dir.display()
+            );
+            DEFAULT_PORT
+        }
+        PortInfo::Invalid(reason) => {
+            tracing::warn!("{reason}; using the default port {DEFAULT_PORT}");
+            DEFAULT_PORT
+        }
+    }
+}
+
+/// SecureFileComm server (protocol version 3).
+///
+/// Serves clients from a data folder that holds `port.info` (the TCP port; missing or
+/// invalid: port 1256), `defensive.db` (SQLite: registered clients and stored files) and
+/// `files/<client-id>/` (the received files).
+#[derive(Debug, Parser)]
+#[command(name = "sfc-server", version, about, long_about)]
+pub struct Cli {
+    /// Data folder with port.info, defensive.db and the received files (created if missing).
+    #[arg(long, global = true, value_name = "DIR", default_value = ".")]
+    pub data_dir: PathBuf,
+
+    /// TCP port; overrides port.info. 0 picks a free port (the log shows it).
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+
+    /// Address to listen on: an IP (all IPv4 addresses by default; "::" for IPv6), or
+    /// IP:PORT.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    pub bind: String,
+
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter such as
+    /// "sfc_server=debug"); overrides RUST_LOG. Default: RUST_LOG, else info.
+    #[arg(long, value_name = "LEVEL", global = true)]
+    pub log_level: Option<String>,
+
+    /// Largest file accepted, in bytes (plaintext). The protocol's maximum is the default.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_SIZE,
+          value_parser = clap::value_parser!(u64).range(0..=DEFAULT_MAX_FILE_SIZE))]
+    pub max_file_size: u64,
+
+    /// Maximum simultaneous connections; more wait in the listen backlog.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_positive_usize)]
+    pub max_connections: usize,
+
+    /// Close a connection after this many seconds without a byte.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+
+    /// A request's header and payload (an 828's header and fixed part) must arrive within
+    /// this many seconds, and an 828's content at 64 KiB per this many seconds at least.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout: u64,
+
+    /// On SIGINT/SIGTERM, give in-flight requests this many seconds to finish.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
+    pub shutdown_grace: u64,
+
+    /// Abandon an upload that receives no packet for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_UPLOAD_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_timeout: u64,
+
+    /// Show what the database holds instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+fn parse_positive_usize(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Admin views.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List registered clients: name, ID, last seen, keys, number of files.
+    Clients {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List stored files: owner, file name, size, verified state, path.
+    Files {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Cli {
+    /// The server configuration these options describe (reads `port.info` unless
+    /// `--port` or a port in `--bind` is given).
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let mut config = ServerConfig::new(&self.data_dir);
+        config.bind = match self.bind.parse::<SocketAddr>() {
+            Ok(addr) => SocketAddr::new(addr.ip(), self.port.unwrap_or(addr.port())),
+            Err(_) => {
+                let ip: IpAddr = self.bind.trim_matches(['[', ']']).parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--bind {:?} is neither an IP address nor IP:PORT",
+                        self.bind
+                    )
+                })?;
+                SocketAddr::new(ip, resolve_port(&self.data_dir, self.port))
+            }
+        };
+        config.max_file_size = self.max_file_size;
+        config.max_connections = self.max_connections;
+        config.idle_timeout = Duration::from_secs(self.idle_timeout);
+        config.request_timeout = Duration::from_secs(self.request_timeout);
+        config.shutdown_grace = Duration::from_secs(self.shutdown_grace);
+        config.upload_timeout = Duration::from_secs(self.upload_timeout);
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_info_variants() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_port_info(dir.path()), PortInfo::Missing);
+        assert_eq!(resolve_port(dir.path(), None), DEFAULT_PORT);
+        let write = |text: &[u8]| std::fs::write(dir.path().join(PORT_FILE), text).unwrap();
+        write(b"1357\n");
+        assert_eq!(read_port_info(dir.path()), PortInfo::Port(1357));
+        assert_eq!(resolve_port(dir.path(), Some(99)), 99);
+        write(b"  \n 8080 \r\n");
+        assert_eq!(resolve_port(dir.path(), None), 8080);
+        for bad in [&b"abc"[..], b"70000", b"-1", b"", b"\xff\xfe", b"12 34"] {
+            write(bad);
+            assert!(
+                matches!(read_port_info(dir.path()), PortInfo::Invalid(_)),
+                "{bad:?}"
+            );
+            assert_eq!(resolve_port(dir.path(), None), DEFAULT_PORT);
+        }
+        // A directory named port.info is not a crash either.
+        std::fs::remove_file(dir.path().join(PORT_FILE)).unwrap();
+        std::fs::create_dir(dir.path().join(PORT_FILE)).unwrap();
+        assert_eq!(resolve_port(dir.path(), None), DEFAULT_PORT);
+    }
+
+    #[test]
+    fn cli_defaults_and_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(PORT_FILE), "4000").unwrap();
+        let d = dir.path().to_str().unwrap();
+        let cli = Cli::try_parse_from(["sfc-server", "--data-dir", d]).unwrap();
+        let config = cli.server_config().unwrap();
+        assert_eq!(config.bind, "0.0.0.0:4000".parse().unwrap());
+        assert_eq!(config.max_file_size, DEFAULT_MAX_FILE_SIZE);
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let cli = Cli::try_parse_from([
+            "sfc-server",
+            "--data-dir",
+            d,
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--max-file-size",
+            "1000",
+            "--idle-timeout",
+            "5",
+        ])
+        .unwrap();
+        let config = cli.server_config().unwrap();
+        assert_eq!(config.bind, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.max_file_size, 1000);
+        assert_eq!(config.idle_timeout, Duration::from_secs(5));
+        let cli =
+            Cli::try_parse_from(["sfc-server", "--data-dir", d, "--bind", "[::1]:7"]).unwrap();
+        assert_eq!(
+            cli.server_config().unwrap().bind,
+            "[::1]:7".parse().unwrap()
+        );
+        let cli = Cli::try_parse_from(["sfc-server", "--bind", "nonsense"]).unwrap();
+        assert!(cli.server_config().is_err());
+        assert!(Cli::try_parse_from(["sfc-server", "--max-connections", "0"]).is_err());
+        assert!(Cli::try_parse_from(["sfc-server", "--max-file-size", "4294967296"]).is_err());
+        let cli = Cli::try_parse_from(["sfc-server", "files", "--json", "--data-dir", d]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Files { json: true })));
+        Cli::command_for_tests().debug_assert();
+    }
+
+    impl Cli {
+        fn command_for_tests() -> clap::Command {
+            <Cli as clap::CommandFactory>::command()
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! The accept loop, the connection limit, housekeeping and graceful shutdown; and
+//! [`RunningServer`], a server on its own thread for tests and embedding.
+//!
+//! Shutdown: stop accepting, tell every connection to close at its next request boundary
+//! (a request in flight finishes and gets its reply), wait up to `shutdown_grace`, then
+//! abort what is left (an upload cut short removes its temporary file), persist the
+//! LastSeen notes and close the database.
+
+use crate::config::ServerConfig;
+use crate::connection::{self, ConnLimits};
+use crate::session::{Core, Limits};
+use crate::storage::fs::LocalBlobStore;
+use crate::storage::sqlite::SqliteStore;
+use crate::storage::{BlobStore, MetaStore};
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+/// The stores a server runs on. [`Server::bind`] opens the standard ones (SQLite
+/// `defensive.db` and the local `files/` folder); tests can pass their own (fault
+/// injection) to [`Server::bind_with`].
+#[derive(Debug)]
+pub struct Storage {
+    /// Clients and files.
+    pub meta: Box<dyn MetaStore>,
+    /// Received files.
+    pub blobs: Box<dyn BlobStore>,
+}
+
+impl Storage {
+    /// Opens `defensive.db` (creating and migrating it) and the local blob store in the
+    /// data folder (creating it), and removes temporary files left by an earlier run.
+    pub fn open(config: &ServerConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data folder {}",
+                config.data_dir.display()
+            )
+        })?;
+        let db = config.db_path();
+        let meta = SqliteStore::open(&db)
+            .with_context(|| format!("cannot open the database {}", db.display()))?;
+        let blobs = LocalBlobStore::new(&config.data_dir);
+        Ok(Storage {
+            meta: Box::new(meta),
+            blobs: Box::new(blobs),
+        })
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (each connection is a file
+/// descriptor) and logs the result.
+pub fn raise_fd_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            tracing::info!(limit, "open-file limit");
+            let needed = max_connections as u64 + 64;
+            if limit < needed {
+                tracing::warn!(
+                    limit,
+                    max_connections,
+                    "the open-file limit is below --max-connections; connections beyond it will fail to be accepted"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
+}
+
+/// A bound server, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    core: Arc<Core>,
+    config: ServerConfig,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Opens the standard storage in the data folder and binds the listener.
+    pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        let opened = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || Storage::open(&config)).await??
+        };
+        Self::bind_with(config, opened).await
+    }
+
+    /// Binds the listener over the given storage (removing stale temporary files first).
+    pub async fn bind_with(config: ServerConfig, storage: Storage) -> anyhow::Result<Self> {
+        let Storage { meta, blobs } = storage;
+        let limits = Limits {
+            max_file_size: config.max_file_size,
+            upload_timeout: config.upload_timeout,
+        };
+        let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
+            match blobs.remove_stale_temps() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed temporary files of an earlier run"),
+                Err(error) => tracing::warn!(%error, "cannot clean up temporary files"),
+            }
+            match (meta.clients(), meta.files()) {
+                (Ok(clients), Ok(files)) => tracing::info!(
+                    clients = clients.len(),
+                    files = files.len(),
+                    "database ready"
+                ),
+                (Err(error), _) | (_, Err(error)) => {
+                    return Err(anyhow::anyhow!("cannot read the database: {error}"))
+                }
+            }
+            Ok(Core::new(meta, blobs, limits))
+        })
+        .await??;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let addr = listener.local_addr()?;
+        Ok(Server {
+            listener,
+            core: Arc::new(core),
+            config,
+            addr,
+        })
+    }
+
+    /// The address actually bound (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully (see the module
+    /// documentation).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Server {
+            listener,
+            core,
+            config,
+            addr,
+        } = self;
+        let limits = Arc::new(ConnLimits {
+            idle_timeout: config.idle_timeout,
+            request_timeout: config.request_timeout,
+            max_file_size: config.max_file_size,
+        });
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        let housekeeping = tokio::spawn(housekeeping(
+            Arc::clone(&core),
+            config.flush_interval,
+            stop_rx.clone(),
+        ));
+        tracing::info!("listening on {addr}");
+        tokio::pin!(shutdown);
+        let mut saturated = false;
+        loop {
+            while connections.try_join_next().is_some() {}
+            if permits.available_permits() == 0 {
+                if !saturated {
+                    saturated = true;
+                    tracing::warn!(
+                        max_connections = config.max_connections,
+                        "connection limit reached; new clients wait"
+                    );
+                }
+            } else {
+                saturated = false;
+            }
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let core = Arc::clone(&core);
+                    let limits = Arc::clone(&limits);
+                    let stop = stop_rx.clone();
+                    connections.spawn(async move {
+                        connection::serve(stream, peer, core, limits, stop).await;
+                        drop(permit);
+                    });
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, never crash.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let open = connections.len();
+        tracing::info!(
+            open,
+            grace_secs = config.shutdown_grace.as_secs_f64(),
+            "shutting down: no new connections"
+        );
+        let drained = tokio::time::timeout(config.shutdown_grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                aborted = connections.len(),
+                "grace period over; closing the remaining connections"
+            );
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
+        }
+        let _ = housekeeping.await;
+        let closing = Arc::clone(&core);
+        match tokio::task::spawn_blocking(move || closing.close()).await {
+            Ok(Ok(())) => tracing::info!("database closed; server stopped"),
+            Ok(Err(error)) => tracing::error!(%error, "closing the database failed"),
+            Err(error) => tracing::error!(%error, "closing the database failed"),
+        }
+        Ok(())
+    }
+}
+
+async fn housekeeping(core: Arc<Core>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(every.max(Duration::from_millis(10)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let core = Arc::clone(&core);
+        let result = tokio::task::spawn_blocking(move || {
+            let expired = core.expire_uploads();
+            (core.flush_last_seen(), expired)
+        })
+        .await;
+        if let Ok((Err(error), _)) = result {
+            tracing::warn!(%error, "cannot persist LastSeen");
+        }
+    }
+}
+
+/// Binds and serves until `shutdown` completes (see [`Server`]).
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    Server::bind(config).await?.serve(shutdown).await
+}
+
+/// A future that completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+///
+/// The handlers are installed when this function is called (it must run inside a tokio
+/// runtime), not when the future is first polled, so a signal that arrives right after
+/// "listening on" is never lost to the default action.
+#[cfg(unix)]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+    })
+}
+
+/// A future that completes on Ctrl-C.
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C received");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    })
+}
+
+/// A server on its own thread with its own tokio runtime.
+///
+/// ```no_run
+/// let mut config = sfc_server::ServerConfig::new("/tmp/data");
+/// config.bind = "127.0.0.1:0".parse().unwrap();
+/// let server = sfc_server::RunningServer::start(config).unwrap();
+/// println!("{}", server.addr());
+/// server.stop();
+/// ```
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Starts a server with the standard storage; returns once it is listening.
+    pub fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        Self::start_inner(config, None)
+    }
+
+    /// Starts a server over the given storage (e.g. a fault-injecting double).
+    pub fn start_with(config: ServerConfig, storage: Storage) -> anyhow::Result<Self> {
+        Self::start_inner(config, Some(storage))
+    }
+
+    fn start_inner(config: ServerConfig, storage: Option<Storage>) -> anyhow::Result<Self> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<SocketAddr>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all().thread_name("sfc-server-worker");
+        if let Some(threads) = config.worker_threads {
+            builder.worker_threads(threads.max(1));
+        }
+        let runtime = builder.build().context("cannot start the tokio runtime")?;
+        let thread = std::thread::Builder::new()
+            .name("sfc-server".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let bound = match storage {
+                        Some(storage) => Server::bind_with(config, storage).await,
+                        None => Server::bind(config).await,
+                    };
+                    match bound {
+                        Ok(server) => {
+                            let _ = ready_tx.send(Ok(server.local_addr()));
+                            let stopped = async {
+                                let _ = stop_rx.await;
+                            };
+                            if let Err(error) = server.serve(stopped).await {
+                                tracing::error!(%error, "server failed");
+                            }
+                        }
+                        Err(error) => {
+                            let _ = ready_tx.send(Err(error));
+                        }
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            })
+            .context("cannot start the server thread")?;
+        let addr = match ready_rx.recv() {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                return Err(error);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                anyhow::bail!("the server thread ended before listening");
+            }
+        };
+        Ok(RunningServer {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shuts down gracefully and joins the server thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

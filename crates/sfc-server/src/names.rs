@@ -1,0 +1,254 @@
+//! File labels → names on disk.
+//!
+//! A client's file name is a *label*, never a path (PROTOCOL.md server rule 8): it is kept
+//! as sent in `files.FileName` and echoed in 1603. The name of the stored file is derived
+//! from it by [`disk_name`], which guarantees:
+//!
+//! - **Confinement.** The result is a single path component: never empty, never `.` or
+//!   `..`, never containing `/`, `\`, `:` or NUL, so joining it to the client's folder can
+//!   never leave that folder.
+//! - **Injectivity, even on case-insensitive filesystems.** Every byte outside a small
+//!   safe set is percent-encoded as `%XX` (upper-case hex), `%` itself included, so plain
+//!   percent-decoding gives the label back. Upper-case letters are encoded too: encoded
+//!   names then contain letters only as lower-case literals or as upper-case hex digits
+//!   right after a `%`, so two different labels never differ only in case on disk
+//!   (NTFS, APFS).
+//! - **Portability.** No leading `.` (hidden files, `.`/`..`), no trailing `.` or space
+//!   (Windows strips them), no Windows device names (`CON`, `NUL`, `COM1`, … also with an
+//!   extension): their first character is encoded.
+//! - **At most 255 bytes** (the usual file name limit). An encoded name that would be
+//!   longer is cut to [`HASHED_PREFIX_LEN`] bytes (never inside a `%XX`) and followed by
+//!   `~` and the SHA-256 of the label in hex. `~` is not in the safe set, so such names
+//!   never collide with plain encoded names, and the hash keeps them apart from each other.
+//!
+//! Temporary upload files start with `.` ([`TEMP_PREFIX`]), which an encoded name never
+//! does, so a temporary file can never overwrite or be mistaken for a stored file.
+
+use sha2::{Digest, Sha256};
+
+/// Longest name produced (bytes): the common file-name limit of ext4, XFS, NTFS, APFS.
+pub const MAX_DISK_NAME_LEN: usize = 255;
+/// Length of the readable prefix kept in a hashed name: 190 + `~` + 64 hex digits = 255.
+pub const HASHED_PREFIX_LEN: usize = MAX_DISK_NAME_LEN - 1 - 64;
+/// Prefix of temporary upload files; never produced by [`disk_name`].
+pub const TEMP_PREFIX: &str = ".upload-";
+
+/// Bytes kept literally (apart from the position rules above).
+fn is_safe(byte: u8) -> bool {
+    byte.is_ascii_lowercase()
+        || byte.is_ascii_digit()
+        || matches!(
+            byte,
+            b'-' | b'_' | b'.' | b'+' | b',' | b'=' | b'@' | b'(' | b')'
+        )
+}
+
+/// Windows device names, reserved with any extension.
+const RESERVED: [&str; 22] = [
+    "con", "prn", "aux", "nul", "com1", "com2", "com3", "com4", "com5", "com6", "com7", "com8",
+    "com9", "lpt1", "lpt2", "lpt3", "lpt4", "lpt5", "lpt6", "lpt7", "lpt8", "lpt9",
+];
+
+fn is_reserved_stem(label: &[u8]) -> bool {
+    let stem_len = label.iter().position(|&b| b == b'.').unwrap_or(label.len());
+    let stem = label.get(..stem_len).unwrap_or_default();
+    // Windows also ignores trailing spaces before the extension ("CON .txt").
+    let trimmed_len = stem
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(0, |last| last + 1);
+    let stem = stem.get(..trimmed_len).unwrap_or_default();
+    RESERVED
+        .iter()
+        .any(|reserved| stem.eq_ignore_ascii_case(reserved.as_bytes()))
+}
+
+fn push_escaped(out: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let digit = |nibble: u8| char::from(HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'));
+    out.push('%');
+    out.push(digit(byte >> 4));
+    out.push(digit(byte & 0x0f));
+}
+
+/// The percent-encoded form of `label`, before the length rule.
+fn encode(label: &[u8]) -> String {
+    let mut out = String::with_capacity(label.len() * 3);
+    let last = label.len().saturating_sub(1);
+    let reserved = is_reserved_stem(label);
+    for (i, &byte) in label.iter().enumerate() {
+        let positional =
+            (i == 0 && (byte == b'.' || reserved)) || (i == last && (byte == b'.' || byte == b' '));
+        if is_safe(byte) && !positional {
+            out.push(char::from(byte));
+        } else {
+            push_escaped(&mut out, byte);
+        }
+    }
+    out
+}
+
+/// The name on disk for a file label; see the module documentation for its guarantees.
+///
+/// The label is what the client sent; sfc-proto has already checked that it is 1..=254
+/// bytes of printable ASCII, but this function is total over any bytes.
+pub fn disk_name(label: &str) -> String {
+    let bytes = label.as_bytes();
+    let encoded = encode(bytes);
+    if encoded.len() <= MAX_DISK_NAME_LEN && !encoded.is_empty() {
+        return encoded;
+    }
+    // Cut at a character boundary that does not split an escape: back up to at most two
+    // bytes if one of them starts an escape.
+    let mut cut = HASHED_PREFIX_LEN.min(encoded.len());
+    let head = encoded.as_bytes();
+    for back in 1..=2 {
+        if cut >= back && head.get(cut - back) == Some(&b'%') {
+            cut -= back;
+            break;
+        }
+    }
+    let prefix = encoded.get(..cut).unwrap_or_default();
+    let digest = Sha256::digest(bytes);
+    let mut name = String::with_capacity(MAX_DISK_NAME_LEN);
+    name.push_str(prefix);
+    name.push('~');
+    for byte in digest {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    name
+}
+
+/// True for names this module may have produced (used to skip foreign files); false for
+/// temporary files and anything else.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode(name: &str) -> Vec<u8> {
+        let bytes = name.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn examples() {
+        assert_eq!(disk_name("report.pdf"), "report.pdf");
+        assert_eq!(disk_name("Report.PDF"), "%52eport.%50%44%46");
+        assert_eq!(disk_name("dir/x.bin"), "dir%2Fx.bin");
+        assert_eq!(disk_name("/home/u/x.bin"), "%2Fhome%2Fu%2Fx.bin");
+        assert_eq!(disk_name("C:\\x\\y.bin"), "%43%3A%5Cx%5Cy.bin");
+        assert_eq!(disk_name("."), "%2E");
+        assert_eq!(disk_name(".."), "%2E%2E");
+        assert_eq!(disk_name("../../etc/passwd"), "%2E.%2F..%2Fetc%2Fpasswd");
+        assert_eq!(disk_name(".hidden"), "%2Ehidden");
+        assert_eq!(disk_name("a."), "a%2E");
+        assert_eq!(disk_name("a "), "a%20");
+        assert_eq!(disk_name("a b"), "a%20b");
+        assert_eq!(disk_name("100%"), "100%25");
+        assert_eq!(disk_name("con"), "%63on");
+        assert_eq!(disk_name("nul.txt"), "%6Eul.txt");
+        assert_eq!(disk_name("com1.tar.gz"), "%63om1.tar.gz");
+        assert_eq!(disk_name("console"), "console");
+        assert_eq!(disk_name("a~b"), "a%7Eb");
+        assert_eq!(disk_name("lpt9 .x"), "%6Cpt9%20.x");
+    }
+
+    #[test]
+    fn long_names_are_hashed_and_bounded() {
+        let long = "A".repeat(254);
+        let name = disk_name(&long);
+        // 63 whole escapes (189 bytes) + `~` + 64 hex digits.
+        assert_eq!(name.len(), 254);
+        assert_eq!(disk_name(&"b".repeat(254)).len(), 254);
+        assert_eq!(
+            disk_name(&format!("{}%", "b".repeat(253))).len(),
+            MAX_DISK_NAME_LEN
+        );
+        assert!(name.contains('~'));
+        assert!(name.starts_with("%41%41"));
+        // The prefix never ends inside an escape.
+        let prefix = name.split('~').next().unwrap();
+        assert_eq!(prefix.len() % 3, 0);
+        let other = format!("{}B", "A".repeat(253));
+        assert_ne!(disk_name(&other), name);
+        // 255 encoded bytes still fit without hashing.
+        let fits = "a".repeat(254);
+        assert_eq!(disk_name(&fits), fits);
+    }
+
+    #[test]
+    fn temp_names_never_collide_with_disk_names() {
+        assert!(is_temp_name(".upload-1234.tmp"));
+        assert!(!is_temp_name(&disk_name(".upload-1234.tmp")));
+    }
+
+    fn label() -> impl Strategy<Value = String> {
+        // Printable ASCII (what sfc-proto admits), biased towards troublesome characters.
+        let printable = proptest::collection::vec(0x20u8..=0x7e, 1..=254);
+        let tricky = proptest::collection::vec(
+            prop::sample::select(vec![
+                b'.', b' ', b'%', b'/', b'\\', b':', b'~', b'a', b'A', b'C', b'o', b'n',
+            ]),
+            1..=12,
+        );
+        prop_oneof![printable, tricky].prop_map(|bytes| String::from_utf8(bytes).unwrap())
+    }
+
+    fn check_shape(name: &str) {
+        assert!(!name.is_empty());
+        assert!(name.len() <= MAX_DISK_NAME_LEN, "{name}");
+        assert!(name != "." && name != "..");
+        assert!(!name.starts_with('.'));
+        assert!(!name.ends_with('.') && !name.ends_with(' '));
+        for forbidden in ['/', '\\', ':', '\0', '*', '?', '"', '<', '>', '|', ' '] {
+            assert!(!name.contains(forbidden), "{name:?} contains {forbidden:?}");
+        }
+        assert!(!is_reserved_stem(name.as_bytes()), "{name}");
+    }
+
+    proptest! {
+        #[test]
+        fn encoding_is_confined_and_injective(a in label(), b in label()) {
+            let (na, nb) = (disk_name(&a), disk_name(&b));
+            check_shape(&na);
+            check_shape(&nb);
+            if a != b {
+                prop_assert_ne!(&na, &nb);
+                prop_assert_ne!(na.to_ascii_lowercase(), nb.to_ascii_lowercase());
+            }
+            if !na.contains('~') {
+                prop_assert_eq!(decode(&na), a.as_bytes().to_vec());
+            }
+        }
+
+        #[test]
+        fn neighbours_differ(a in label()) {
+            // Labels that differ in one character or only in case.
+            let upper = a.to_ascii_uppercase();
+            let lower = a.to_ascii_lowercase();
+            if upper != lower {
+                prop_assert_ne!(disk_name(&upper).to_ascii_lowercase(), disk_name(&lower).to_ascii_lowercase());
+            }
+            let dotted = format!("{a}.");
+            prop_assert_ne!(disk_name(&dotted), disk_name(&a));
+            check_shape(&disk_name(&dotted));
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The `sfc-server` binary: start-up log line, port.info, SIGTERM, admin views, --help.
+
+mod common;
+
+use common::*;
+use sfc_proto::Response;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sfc-server");
+
+/// A running binary whose stderr lines arrive on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> Option<String> {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return Some(line.clone());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address in "listening on ADDR", as the Python tests parse it.
+fn listening_addr(line: &str) -> std::net::SocketAddr {
+    let rest = line.split("listening on ").nth(1).unwrap();
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn serves_then_stops_on_sigterm_and_the_admin_views_show_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut server = Proc::spawn(&["--data-dir", d, "--port", "0", "--bind", "127.0.0.1"]);
+    let line = server.wait_for("listening on").expect("a listening line");
+    let addr = listening_addr(&line);
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0, "the real port is logged");
+
+    let mut conn = Conn::connect(addr);
+    let (id, key) = enroll(&mut conn, "cli-user");
+    let plain = data(1234, 5);
+    assert_received(
+        &upload(&mut conn, id, &key, "dir/a.txt", &plain, 2048),
+        id,
+        "dir/a.txt",
+        &plain,
+    );
+    assert_eq!(
+        conn.call(&file_name_request(id, 900, "dir/a.txt")),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+    // One log line per request, with peer, client, code, sizes, outcome and duration.
+    let request_line = server.wait_for("code=826").unwrap();
+    for field in [
+        "peer=127.0.0.1:",
+        &format!("client={}", id.short()),
+        "payload=415",
+        "reply=1602",
+        "ms=",
+    ] {
+        assert!(request_line.contains(field), "{field} in {request_line}");
+    }
+    drop(conn);
+
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(server.wait_for("SIGTERM received").is_some());
+    assert!(server.wait_for("database closed").is_some());
+
+    let out = Command::new(BIN)
+        .args(["clients", "--json", "--data-dir", d])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let clients: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(clients[0]["name"], "cli-user");
+    assert_eq!(clients[0]["id"], id.to_hex());
+    assert_eq!(clients[0]["files"], 1);
+    assert!(clients[0]["last_seen"].as_str().unwrap().starts_with("20"));
+
+    let out = Command::new(BIN)
+        .args(["--data-dir", d, "files"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    let row = table.lines().find(|l| l.contains("dir/a.txt")).unwrap();
+    assert!(
+        row.contains("cli-user") && row.contains("1234") && row.contains("yes"),
+        "{table}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["files", "--json", "--data-dir", d])
+        .output()
+        .unwrap();
+    let files: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(files[0]["file_name"], "dir/a.txt");
+    assert_eq!(files[0]["size"], 1234);
+    assert_eq!(files[0]["verified"], true);
+}
+
+#[test]
+fn port_info_is_read_and_a_bad_one_falls_back_to_1256() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // A free port for port.info.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(dir.path().join("port.info"), format!("{port}\n")).unwrap();
+    let mut server = Proc::spawn(&["--data-dir", d, "--bind", "127.0.0.1"]);
+    let line = server.wait_for("listening on").expect("listening");
+    assert_eq!(listening_addr(&line).port(), port);
+    assert!(server.terminate().success());
+
+    std::fs::write(dir.path().join("port.info"), "not a port\n").unwrap();
+    let mut server = Proc::spawn(&["--data-dir", d, "--bind", "127.0.0.1"]);
+    let warning = server
+        .wait_for("using the default port 1256")
+        .expect("a warning");
+    assert!(warning.contains("WARN"), "{warning}");
+    // Port 1256 may be taken on this machine; either way the server did not crash on
+    // the bad file: it listens on 1256 or reports that 1256 is busy.
+    let outcome = server.wait_for("1256").unwrap();
+    assert!(outcome.contains("1256"));
+}
+
+#[test]
+fn help_documents_every_option_and_the_defaults() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for option in [
+        "--data-dir",
+        "--port",
+        "--bind",
+        "--log-level",
+        "--max-file-size",
+        "--max-connections",
+        "--idle-timeout",
+        "--request-timeout",
+        "--shutdown-grace",
+        "--upload-timeout",
+        "clients",
+        "files",
+        "[default: 4294967279]",
+        "[default: 10000]",
+        "[default: 30]",
+        "[default: 10]",
+        "[default: 0.0.0.0]",
+    ] {
+        assert!(
+            help.contains(option),
+            "{option} missing from --help:\n{help}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["files", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("--json"));
+    let out = Command::new(BIN)
+        .args(["clients", "--data-dir", "/nonexistent/sfc"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database"));
+}

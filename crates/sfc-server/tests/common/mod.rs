@@ -1,0 +1,389 @@
+//! A small blocking test client built from sfc-proto and sfc-crypto, and a server in a
+//! temporary folder.
+#![allow(dead_code)]
+
+use sfc_crypto::{AesKey, CbcEncryptor, RsaKeyPair};
+use sfc_proto::limits::{NAME_FIELD_LEN, REQUEST_HEADER_LEN};
+use sfc_proto::{ClientId, FilePacketHeader, Name, Request, RequestBody, Response, ResponseHeader};
+use sfc_server::storage::sqlite::SqliteStore;
+use sfc_server::{RunningServer, ServerConfig};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("sfc_server=info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// One RSA key pair for every test client of a test binary (key generation is slow in
+/// debug builds; the server does not care that clients share a key).
+pub fn keypair() -> &'static RsaKeyPair {
+    static KEY: OnceLock<RsaKeyPair> = OnceLock::new();
+    KEY.get_or_init(|| RsaKeyPair::generate().unwrap())
+}
+
+pub fn name(text: &str) -> Name {
+    Name::new(text).unwrap()
+}
+
+/// A server in its own temporary folder on 127.0.0.1:0.
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub server: Option<RunningServer>,
+    pub addr: SocketAddr,
+    tweak: fn(&mut ServerConfig),
+}
+
+pub fn config_for(dir: &Path) -> ServerConfig {
+    let mut config = ServerConfig::new(dir);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.worker_threads = Some(2);
+    config.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: fn(&mut ServerConfig)) -> Self {
+        init_logging();
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, tweak)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, tweak: fn(&mut ServerConfig)) -> Self {
+        let mut config = config_for(dir.path());
+        tweak(&mut config);
+        let server = RunningServer::start(config).unwrap();
+        let addr = server.addr();
+        TestServer {
+            dir,
+            server: Some(server),
+            addr,
+            tweak,
+        }
+    }
+
+    /// Stops the server and starts a new one on the same folder (new port).
+    pub fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+        let mut config = config_for(self.dir.path());
+        (self.tweak)(&mut config);
+        let server = RunningServer::start(config).unwrap();
+        self.addr = server.addr();
+        self.server = Some(server);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn client_dir(&self, id: ClientId) -> PathBuf {
+        self.root().join("files").join(id.to_hex())
+    }
+
+    pub fn connect(&self) -> Conn {
+        Conn::connect(self.addr)
+    }
+
+    /// A read-only look at the database (WAL: fine while the server runs).
+    pub fn db(&self) -> SqliteStore {
+        SqliteStore::open_existing(&self.root().join("defensive.db")).unwrap()
+    }
+
+    /// Every file under the data folder, relative, sorted (to check confinement).
+    pub fn all_files(&self) -> Vec<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let path = entry.path();
+                if entry.file_type().unwrap().is_dir() {
+                    walk(root, &path, out);
+                } else {
+                    out.push(
+                        path.strip_prefix(root)
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.root(), self.root(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A blocking connection.
+pub struct Conn {
+    pub stream: TcpStream,
+}
+
+impl Conn {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn { stream }
+    }
+
+    pub fn send(&mut self, request: &Request) {
+        self.stream.write_all(&request.encode()).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn recv(&mut self) -> Response {
+        self.try_recv().expect("a response")
+    }
+
+    /// Reads a response; None if the server closed the connection first.
+    pub fn try_recv(&mut self) -> Option<Response> {
+        let mut head = [0u8; 7];
+        if self.stream.read_exact(&mut head).is_err() {
+            return None;
+        }
+        let header = ResponseHeader::decode(&head).unwrap();
+        assert_eq!(header.version, 3, "server replies with version 3");
+        let mut payload = vec![0u8; header.payload_size as usize];
+        self.stream.read_exact(&mut payload).unwrap();
+        Some(Response::decode_payload(&header, &payload).unwrap())
+    }
+
+    pub fn call(&mut self, request: &Request) -> Response {
+        self.send(request);
+        self.recv()
+    }
+
+    /// True when nothing arrives within `wait` (the server stays silent).
+    pub fn silent_for(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut byte = [0u8; 1];
+        let result = self.stream.peek(&mut byte);
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        match result {
+            Ok(0) => panic!("connection closed"),
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    /// True when the server closes the connection within `wait`.
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+pub fn register_request(user: &str) -> Request {
+    Request::new(ClientId::ZERO, RequestBody::Register { name: name(user) })
+}
+
+pub fn key_request(id: ClientId, user: &str) -> Request {
+    Request::new(
+        id,
+        RequestBody::SendPublicKey {
+            name: name(user),
+            public_key: keypair().public_key_der(),
+        },
+    )
+}
+
+pub fn file_name_request(id: ClientId, code: u16, file: &str) -> Request {
+    let file_name = name(file);
+    let body = match code {
+        900 => RequestBody::ChecksumOk { file_name },
+        901 => RequestBody::ChecksumRetry { file_name },
+        902 => RequestBody::ChecksumFailed { file_name },
+        _ => panic!("not a file-name request: {code}"),
+    };
+    Request::new(id, body)
+}
+
+/// Registers and sends the public key on `conn`; returns the ID and the AES key.
+pub fn enroll(conn: &mut Conn, user: &str) -> (ClientId, AesKey) {
+    let Response::Registered { client_id } = conn.call(&register_request(user)) else {
+        panic!("registration of {user} failed")
+    };
+    match conn.call(&key_request(client_id, user)) {
+        Response::PublicKeyAccepted {
+            client_id: echoed,
+            wrapped_key,
+        } => {
+            assert_eq!(echoed, client_id);
+            (client_id, keypair().unwrap_aes_key(&wrapped_key).unwrap())
+        }
+        other => panic!("826 for {user}: {other:?}"),
+    }
+}
+
+pub fn encrypt(key: &AesKey, data: &[u8]) -> Vec<u8> {
+    let mut encryptor = CbcEncryptor::new(key).unwrap();
+    let mut out = Vec::with_capacity(data.len() + 16);
+    encryptor.update(data, &mut out).unwrap();
+    encryptor.finish(&mut out).unwrap();
+    out
+}
+
+/// Deterministic test data.
+pub fn data(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect()
+}
+
+/// How `content_size` is filled in (PROTOCOL.md server rule 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentSize {
+    Whole,
+    PerPacket,
+}
+
+/// Encoded 828 requests for a file.
+pub fn packets(
+    id: ClientId,
+    file: &str,
+    plain_len: usize,
+    cipher: &[u8],
+    packet_size: usize,
+    mode: ContentSize,
+) -> Vec<Vec<u8>> {
+    let chunks: Vec<&[u8]> = cipher.chunks(packet_size.max(1)).collect();
+    let total = u16::try_from(chunks.len()).unwrap();
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let packet = FilePacketHeader {
+                content_size: match mode {
+                    ContentSize::Whole => cipher.len() as u32,
+                    ContentSize::PerPacket => chunk.len() as u32,
+                },
+                orig_file_size: plain_len as u32,
+                packet_number: i as u16 + 1,
+                total_packets: total,
+                file_name: name(file),
+            };
+            let mut bytes = packet.encode_prefix(id, chunk.len() as u32).to_vec();
+            bytes.extend_from_slice(chunk);
+            bytes
+        })
+        .collect()
+}
+
+/// Sends every packet of a file on `conn` and reads the one final reply (persistent
+/// connection style: no reply is expected for intermediate packets).
+pub fn upload(
+    conn: &mut Conn,
+    id: ClientId,
+    key: &AesKey,
+    file: &str,
+    plain: &[u8],
+    packet_size: usize,
+) -> Response {
+    let cipher = encrypt(key, plain);
+    for packet in packets(
+        id,
+        file,
+        plain.len(),
+        &cipher,
+        packet_size,
+        ContentSize::Whole,
+    ) {
+        conn.send_raw(&packet);
+    }
+    conn.recv()
+}
+
+/// Asserts a full 1603 for `plain`.
+pub fn assert_received(response: &Response, id: ClientId, file: &str, plain: &[u8]) {
+    let expected = Response::FileReceived {
+        client_id: id,
+        content_size: sfc_proto::encrypted_size(plain.len() as u64) as u32,
+        file_name: name(file),
+        cksum: sfc_crypto::cksum(plain),
+    };
+    assert_eq!(response, &expected);
+}
+
+/// Rewrites every 255-byte name field of an encoded small request (or an 828 prefix) to
+/// left padding, as the original C++ client does.
+pub fn left_pad(mut bytes: Vec<u8>) -> Vec<u8> {
+    let code = u16::from_le_bytes([bytes[17], bytes[18]]);
+    let start = REQUEST_HEADER_LEN + if code == 828 { 12 } else { 0 };
+    let field: [u8; NAME_FIELD_LEN] = bytes[start..start + NAME_FIELD_LEN].try_into().unwrap();
+    let name = Name::decode_field(&field).unwrap();
+    bytes[start..start + NAME_FIELD_LEN].copy_from_slice(&name.encode_field_left_padded());
+    bytes
+}
+
+/// Rewrites the name field of an encoded request with raw bytes (invalid names).
+pub fn with_raw_name(mut bytes: Vec<u8>, raw: &[u8]) -> Vec<u8> {
+    let code = u16::from_le_bytes([bytes[17], bytes[18]]);
+    let start = REQUEST_HEADER_LEN + if code == 828 { 12 } else { 0 };
+    let field = &mut bytes[start..start + NAME_FIELD_LEN];
+    field.fill(0);
+    field[..raw.len()].copy_from_slice(raw);
+    bytes
+}
+
+/// Waits until `condition` holds (polling), up to `limit`.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
