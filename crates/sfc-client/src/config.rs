@@ -1,0 +1,740 @@
+//! `transfer.info` and command-line flags → one validated [`Config`].
+//!
+//! `transfer.info` (PROTOCOL.md, "Files on each side — Client"): line 1 `address:port`,
+//! line 2 the user name (at most 100 characters), line 3 the path of the file to send.
+//! Flags override lines: `--server` line 1, `--name` line 2, file arguments line 3. A line
+//! is only read and checked when no flag replaces it, and every error names its origin
+//! (`transfer.info line 2`, `--server`, a file argument) and says what is wrong.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sfc_proto::limits::MAX_ORIG_FILE_SIZE;
+use sfc_proto::Name;
+use thiserror::Error;
+
+/// File name of the batch description in the client's folder.
+pub const TRANSFER_INFO: &str = "transfer.info";
+/// Longest user name transfer.info may hold (PROTOCOL.md).
+pub const MAX_USER_NAME_CHARS: usize = 100;
+/// Default time allowed to establish a TCP connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time allowed for one read or write on the connection.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a configuration value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A line of transfer.info (1-based).
+    Line {
+        /// The transfer.info path.
+        file: PathBuf,
+        /// Line number, from 1.
+        line: usize,
+    },
+    /// transfer.info as a whole.
+    TransferInfo(PathBuf),
+    /// A command-line flag such as `--server`.
+    Flag(&'static str),
+    /// A file given on the command line.
+    Argument(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Line { file, line } => write!(f, "{} line {line}", file.display()),
+            Origin::TransferInfo(file) => write!(f, "{}", file.display()),
+            Origin::Flag(flag) => write!(f, "{flag}"),
+            Origin::Argument(path) => write!(f, "file argument {}", path.display()),
+        }
+    }
+}
+
+/// A configuration error: where, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("{origin}: {reason}")]
+pub struct ConfigError {
+    /// Where the bad value came from.
+    pub origin: Origin,
+    /// What is wrong with it, and how to fix it.
+    pub reason: String,
+}
+
+/// The server's host: an IPv4 address, an IPv6 address or a host name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// An IPv4 address.
+    Ipv4(Ipv4Addr),
+    /// An IPv6 address (written in brackets).
+    Ipv6(Ipv6Addr),
+    /// A DNS host name, resolved when connecting.
+    Name(String),
+}
+
+/// A validated `host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerAddress {
+    /// The host.
+    pub host: Host,
+    /// The TCP port, 1..=65535.
+    pub port: u16,
+}
+
+impl fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ipv4(ip) => write!(f, "{ip}:{}", self.port),
+            Host::Ipv6(ip) => write!(f, "[{ip}]:{}", self.port),
+            Host::Name(name) => write!(f, "{name}:{}", self.port),
+        }
+    }
+}
+
+const ADDRESS_EXAMPLE: &str = "e.g. 127.0.0.1:1256, [::1]:1256 or files.example.org:1256";
+
+impl ServerAddress {
+    /// Parses `address:port`: IPv4, IPv6 in brackets, or a host name. Surrounding white
+    /// space is ignored. The error says what is wrong in words.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(format!(
+                "the server address is empty; write address:port, {ADDRESS_EXAMPLE}"
+            ));
+        }
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (inside, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("{text:?} has '[' but no closing ']'"))?;
+            let ip = inside
+                .parse::<Ipv6Addr>()
+                .map_err(|_| format!("{inside:?} is not a valid IPv6 address"))?;
+            let port = after.strip_prefix(':').ok_or_else(|| {
+                format!("{text:?} has no port after the IPv6 address; write [address]:port, e.g. [::1]:1256")
+            })?;
+            (Host::Ipv6(ip), port)
+        } else {
+            let (host, port) = text.rsplit_once(':').ok_or_else(|| {
+                format!("{text:?} has no port; write address:port, {ADDRESS_EXAMPLE}")
+            })?;
+            if host.contains(':') {
+                return Err(format!(
+                    "{text:?}: an IPv6 address must be written in brackets, e.g. [::1]:1256"
+                ));
+            }
+            (parse_host(host)?, port)
+        };
+        Ok(ServerAddress {
+            host,
+            port: parse_port(port)?,
+        })
+    }
+
+    /// Resolves to socket addresses (DNS for host names).
+    pub fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
+        let addrs: Vec<SocketAddr> = match &self.host {
+            Host::Ipv4(ip) => vec![SocketAddr::from((*ip, self.port))],
+            Host::Ipv6(ip) => vec![SocketAddr::from((*ip, self.port))],
+            Host::Name(name) => (name.as_str(), self.port).to_socket_addrs()?.collect(),
+        };
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the host name resolved to no address",
+            ));
+        }
+        Ok(addrs)
+    }
+}
+
+fn parse_host(host: &str) -> Result<Host, String> {
+    if host.is_empty() {
+        return Err(format!(
+            "the address before ':' is empty; {ADDRESS_EXAMPLE}"
+        ));
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return host
+            .parse::<Ipv4Addr>()
+            .map(Host::Ipv4)
+            .map_err(|_| format!("{host:?} is not a valid IPv4 address"));
+    }
+    if host.len() > 253 {
+        return Err(format!(
+            "the host name is {} characters long; at most 253 are allowed",
+            host.len()
+        ));
+    }
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
+    for label in trimmed.split('.') {
+        if label.is_empty() {
+            return Err(format!("{host:?} is not a valid host name (empty label)"));
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "{host:?} is not a valid host name (a label is longer than 63 characters)"
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!(
+                "{host:?} is not a valid host name: {c:?} is not allowed (letters, digits, '-' and '.' only)"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "{host:?} is not a valid host name (a label starts or ends with '-')"
+            ));
+        }
+    }
+    Ok(Host::Name(host.to_owned()))
+}
+
+fn parse_port(port: &str) -> Result<u16, String> {
+    if port.is_empty() {
+        return Err(format!("the port after ':' is missing; {ADDRESS_EXAMPLE}"));
+    }
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("the port {port:?} is not a number"));
+    }
+    match port.parse::<u32>() {
+        Ok(0) => Err("port 0 is not allowed; use a port from 1 to 65535".to_owned()),
+        Ok(n) if n <= u32::from(u16::MAX) => Ok(n as u16),
+        _ => Err(format!(
+            "the port {port} is out of range; use a port from 1 to 65535"
+        )),
+    }
+}
+
+/// Validates a user name: 1..=100 printable ASCII characters.
+pub fn parse_user_name(text: &str) -> Result<Name, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("the user name is empty".to_owned());
+    }
+    let chars = text.chars().count();
+    if chars > MAX_USER_NAME_CHARS {
+        return Err(format!(
+            "the user name is {chars} characters long; at most {MAX_USER_NAME_CHARS} are allowed"
+        ));
+    }
+    if let Some((i, c)) = text
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !(' '..='~').contains(c))
+    {
+        return Err(format!(
+            "the user name contains {c:?} at character {}; only printable ASCII characters \
+             (letters, digits, punctuation, space) are allowed",
+            i + 1
+        ));
+    }
+    Name::new(text).map_err(|e| format!("invalid user name: {e}"))
+}
+
+/// A file to send: path, label sent as `file_name`, size when checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileToSend {
+    /// The path to read.
+    pub path: PathBuf,
+    /// The label sent to the server: the file's base name.
+    pub label: Name,
+    /// Its size when it was checked.
+    pub size: u64,
+}
+
+/// Checks that `path` is a regular, readable file the protocol can carry, and derives its
+/// label (the base name, which must be printable ASCII).
+pub fn check_file(path: &Path) -> Result<FileToSend, String> {
+    let metadata = std::fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => "no such file".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => format!("cannot be read: {e}"),
+    })?;
+    if metadata.is_dir() {
+        return Err("is a directory, not a file".to_owned());
+    }
+    if !metadata.is_file() {
+        return Err("is not a regular file".to_owned());
+    }
+    File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::PermissionDenied => "is not readable (permission denied)".to_owned(),
+        _ => format!("cannot be opened: {e}"),
+    })?;
+    let size = metadata.len();
+    if size > u64::from(MAX_ORIG_FILE_SIZE) {
+        return Err(format!(
+            "is {size} bytes; the protocol carries at most {MAX_ORIG_FILE_SIZE} bytes per file \
+             (the encrypted size must fit in 32 bits)"
+        ));
+    }
+    let base = path
+        .file_name()
+        .ok_or_else(|| "has no file name".to_owned())?;
+    let base = base.to_str().ok_or_else(|| {
+        "has a file name that is not valid text; only printable ASCII file names can be sent"
+            .to_owned()
+    })?;
+    let label = Name::new(base).map_err(|e| {
+        format!(
+            "its name {base:?} cannot be sent ({e}); only printable ASCII names of at most 254 \
+             bytes can be sent"
+        )
+    })?;
+    Ok(FileToSend {
+        path: path.to_owned(),
+        label,
+        size,
+    })
+}
+
+/// What the command line says; each `Some` overrides a line of transfer.info.
+#[derive(Clone, Debug)]
+pub struct Overrides {
+    /// `--server HOST:PORT` (line 1).
+    pub server: Option<String>,
+    /// `--name NAME` (line 2).
+    pub name: Option<String>,
+    /// `--dir DIR`: where transfer.info, me.info and priv.key live.
+    pub dir: PathBuf,
+    /// File arguments (line 3).
+    pub files: Vec<PathBuf>,
+    /// `--packet-size BYTES`.
+    pub packet_size: Option<usize>,
+    /// `--connect-timeout`.
+    pub connect_timeout: Duration,
+    /// `--timeout`.
+    pub io_timeout: Duration,
+    /// `--connection-per-request`: one connection per request from the start.
+    pub per_request: bool,
+}
+
+impl Overrides {
+    /// No overrides, files in `dir`, default timeouts.
+    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
+        Overrides {
+            server: None,
+            name: None,
+            dir: dir.into(),
+            files: Vec::new(),
+            packet_size: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            io_timeout: DEFAULT_IO_TIMEOUT,
+            per_request: false,
+        }
+    }
+}
+
+/// The validated configuration of a run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The server.
+    pub server: ServerAddress,
+    /// The user name from line 2 or `--name`; `None` only when neither is given (then
+    /// me.info must exist and supplies it).
+    pub name: Option<Name>,
+    /// Where me.info and priv.key live.
+    pub dir: PathBuf,
+    /// The files to send, in order.
+    pub files: Vec<FileToSend>,
+    /// Packet content size requested with `--packet-size`.
+    pub packet_size: Option<usize>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Read/write timeout.
+    pub io_timeout: Duration,
+    /// Use one connection per request from the start (otherwise detected).
+    pub per_request: bool,
+    /// Non-fatal remarks about the input (ignored extra lines).
+    pub warnings: Vec<String>,
+}
+
+/// The three lines of transfer.info, as text, with nothing validated yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransferInfo {
+    /// The lines, without line endings.
+    pub lines: Vec<String>,
+}
+
+impl TransferInfo {
+    /// Splits the file's bytes into lines (LF or CRLF, a leading BOM ignored).
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let valid = bytes.get(..e.valid_up_to()).unwrap_or_default();
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            ConfigError {
+                origin: Origin::Line {
+                    file: path.to_owned(),
+                    line,
+                },
+                reason: "is not valid UTF-8 text".to_owned(),
+            }
+        })?;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        Ok(TransferInfo {
+            lines: text.lines().map(str::to_owned).collect(),
+        })
+    }
+
+    /// Line `n` (1-based), if present.
+    pub fn line(&self, n: usize) -> Option<&str> {
+        n.checked_sub(1)
+            .and_then(|i| self.lines.get(i))
+            .map(String::as_str)
+    }
+}
+
+const LINE_NAMES: [&str; 3] = [
+    "the server address (address:port)",
+    "the user name",
+    "the path of the file to send",
+];
+
+impl Config {
+    /// Reads `<dir>/transfer.info` (when a line is needed) and applies the overrides.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let path = overrides.dir.join(TRANSFER_INFO);
+        let needs_file = overrides.server.is_none() || overrides.files.is_empty();
+        let info = match std::fs::read(&path) {
+            Ok(bytes) => Some(TransferInfo::parse(&bytes, &path)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !needs_file => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let missing = if overrides.server.is_none() {
+                    "--server"
+                } else {
+                    "a file to send"
+                };
+                return Err(ConfigError {
+                    origin: Origin::TransferInfo(path),
+                    reason: format!(
+                        "not found, and the command line does not say everything it would \
+                         ({missing} is missing). Write transfer.info (line 1 address:port, line 2 \
+                         user name, line 3 file path) or pass --server, --name and the files"
+                    ),
+                });
+            }
+            Err(e) => {
+                return Err(ConfigError {
+                    origin: Origin::TransferInfo(path),
+                    reason: format!("cannot be read: {e}"),
+                })
+            }
+        };
+        Self::from_parts(overrides, info.as_ref(), &path)
+    }
+
+    /// Validates transfer.info's lines (read from `path`) under the overrides.
+    pub fn from_parts(
+        overrides: &Overrides,
+        info: Option<&TransferInfo>,
+        path: &Path,
+    ) -> Result<Config, ConfigError> {
+        let line_origin = |line: usize| Origin::Line {
+            file: path.to_owned(),
+            line,
+        };
+        // A needed line: present and not blank.
+        let needed = |n: usize, flag: &str| -> Result<&str, ConfigError> {
+            let describe = LINE_NAMES.get(n - 1).copied().unwrap_or("a value");
+            match info.and_then(|i| i.line(n)) {
+                Some(text) if !text.trim().is_empty() => Ok(text),
+                Some(_) => Err(ConfigError {
+                    origin: line_origin(n),
+                    reason: format!("is empty; it must hold {describe} (or pass {flag})"),
+                }),
+                None => Err(ConfigError {
+                    origin: line_origin(n),
+                    reason: format!("is missing; it must hold {describe} (or pass {flag})"),
+                }),
+            }
+        };
+
+        let server = match &overrides.server {
+            Some(text) => ServerAddress::parse(text).map_err(|reason| ConfigError {
+                origin: Origin::Flag("--server"),
+                reason,
+            })?,
+            None => ServerAddress::parse(needed(1, "--server")?).map_err(|reason| ConfigError {
+                origin: line_origin(1),
+                reason,
+            })?,
+        };
+
+        let name =
+            match (&overrides.name, info) {
+                (Some(text), _) => Some(parse_user_name(text).map_err(|reason| ConfigError {
+                    origin: Origin::Flag("--name"),
+                    reason,
+                })?),
+                (None, Some(_)) => Some(parse_user_name(needed(2, "--name")?).map_err(
+                    |reason| ConfigError {
+                        origin: line_origin(2),
+                        reason,
+                    },
+                )?),
+                (None, None) => None,
+            };
+
+        let files = if overrides.files.is_empty() {
+            let text = needed(3, "the file as an argument")?.trim();
+            let file_path = overrides.dir.join(text);
+            vec![check_file(&file_path).map_err(|reason| ConfigError {
+                origin: line_origin(3),
+                reason: format!("{}: {reason}", file_path.display()),
+            })?]
+        } else {
+            overrides
+                .files
+                .iter()
+                .map(|p| {
+                    check_file(p).map_err(|reason| ConfigError {
+                        origin: Origin::Argument(p.clone()),
+                        reason,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+
+        let mut warnings = Vec::new();
+        if let Some(info) = info {
+            for (i, line) in info.lines.iter().enumerate().skip(3) {
+                if !line.trim().is_empty() {
+                    warnings.push(format!(
+                        "{}: ignored (transfer.info has three lines: address, name, file)",
+                        line_origin(i + 1)
+                    ));
+                }
+            }
+        }
+
+        if overrides.packet_size == Some(0) {
+            return Err(ConfigError {
+                origin: Origin::Flag("--packet-size"),
+                reason: "must be at least 1 byte".to_owned(),
+            });
+        }
+
+        Ok(Config {
+            server,
+            name,
+            dir: overrides.dir.clone(),
+            files,
+            packet_size: overrides.packet_size,
+            connect_timeout: overrides.connect_timeout,
+            io_timeout: overrides.io_timeout,
+            per_request: overrides.per_request,
+            warnings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(content: &str) -> (tempfile::TempDir, Overrides) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data.bin"), b"hello").unwrap();
+        std::fs::write(dir.path().join(TRANSFER_INFO), content).unwrap();
+        let overrides = Overrides::in_dir(dir.path());
+        (dir, overrides)
+    }
+
+    fn error_of(content: &str) -> ConfigError {
+        let (_dir, overrides) = with_file(content);
+        Config::load(&overrides).unwrap_err()
+    }
+
+    fn line_of(e: &ConfigError) -> usize {
+        match e.origin {
+            Origin::Line { line, .. } => line,
+            ref other => panic!("expected a line origin, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_transfer_info_is_accepted() {
+        let (dir, overrides) = with_file("127.0.0.1:1256\nalice\ndata.bin\n");
+        let config = Config::load(&overrides).unwrap();
+        assert_eq!(config.server.to_string(), "127.0.0.1:1256");
+        assert_eq!(config.name.unwrap().as_str(), "alice");
+        assert_eq!(config.files.len(), 1);
+        assert_eq!(config.files[0].label.as_str(), "data.bin");
+        assert_eq!(config.files[0].size, 5);
+        assert_eq!(config.files[0].path, dir.path().join("data.bin"));
+        assert!(config.warnings.is_empty());
+    }
+
+    #[test]
+    fn crlf_bom_and_surrounding_spaces_are_tolerated() {
+        let (_dir, overrides) = with_file("\u{feff} localhost:80 \r\n Bob Smith \r\ndata.bin\r\n");
+        let config = Config::load(&overrides).unwrap();
+        assert_eq!(config.server.host, Host::Name("localhost".into()));
+        assert_eq!(config.name.unwrap().as_str(), "Bob Smith");
+    }
+
+    #[test]
+    fn each_malformed_line_is_named() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("", 1, "missing"),
+            ("\nalice\ndata.bin\n", 1, "empty"),
+            ("127.0.0.1\nalice\ndata.bin\n", 1, "no port"),
+            (
+                "127.0.0.1:\nalice\ndata.bin\n",
+                1,
+                "port after ':' is missing",
+            ),
+            ("127.0.0.1:70000\nalice\ndata.bin\n", 1, "out of range"),
+            ("127.0.0.1:0\nalice\ndata.bin\n", 1, "port 0"),
+            ("127.0.0.1:http\nalice\ndata.bin\n", 1, "not a number"),
+            ("300.1.1.1:1256\nalice\ndata.bin\n", 1, "not a valid IPv4"),
+            ("::1:1256\nalice\ndata.bin\n", 1, "brackets"),
+            ("[::1:1256\nalice\ndata.bin\n", 1, "closing ']'"),
+            ("[::g]:1256\nalice\ndata.bin\n", 1, "not a valid IPv6"),
+            ("[::1]\nalice\ndata.bin\n", 1, "no port"),
+            ("bad_host:1256\nalice\ndata.bin\n", 1, "not allowed"),
+            ("-bad.example:1256\nalice\ndata.bin\n", 1, "starts or ends"),
+            (":1256\nalice\ndata.bin\n", 1, "before ':' is empty"),
+            ("127.0.0.1:1256\n", 2, "missing"),
+            ("127.0.0.1:1256\n   \ndata.bin\n", 2, "empty"),
+            ("127.0.0.1:1256\nzoë\ndata.bin\n", 2, "printable ASCII"),
+            (
+                "127.0.0.1:1256\ntab\there\ndata.bin\n",
+                2,
+                "printable ASCII",
+            ),
+            ("127.0.0.1:1256\nalice\n", 3, "missing"),
+            ("127.0.0.1:1256\nalice\n\n", 3, "empty"),
+            ("127.0.0.1:1256\nalice\nnope.bin\n", 3, "no such file"),
+            ("127.0.0.1:1256\nalice\n.\n", 3, "is a directory"),
+        ];
+        for (content, line, words) in cases {
+            let e = error_of(content);
+            assert_eq!(line_of(&e), *line, "{content:?}: {e}");
+            let text = e.to_string();
+            assert!(
+                text.contains(words),
+                "{content:?}: {text:?} should say {words:?}"
+            );
+            assert!(
+                text.contains(&format!("line {line}")),
+                "{content:?}: {text}"
+            );
+        }
+        let long = format!("127.0.0.1:1256\n{}\ndata.bin\n", "x".repeat(101));
+        let e = error_of(&long);
+        assert_eq!(line_of(&e), 2);
+        assert!(e.to_string().contains("101 characters"), "{e}");
+        let ok = format!("127.0.0.1:1256\n{}\ndata.bin\n", "x".repeat(100));
+        let (_d, o) = with_file(&ok);
+        assert!(Config::load(&o).is_ok());
+    }
+
+    #[test]
+    fn invalid_utf8_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(TRANSFER_INFO),
+            b"127.0.0.1:1\nal\xffice\nx\n",
+        )
+        .unwrap();
+        let e = Config::load(&Overrides::in_dir(dir.path())).unwrap_err();
+        assert_eq!(line_of(&e), 2);
+        assert!(e.to_string().contains("UTF-8"));
+    }
+
+    #[test]
+    fn addresses_of_every_form_parse() {
+        let a = ServerAddress::parse("[::1]:1256").unwrap();
+        assert_eq!(a.host, Host::Ipv6(Ipv6Addr::LOCALHOST));
+        assert_eq!(a.to_string(), "[::1]:1256");
+        let a = ServerAddress::parse("10.0.0.1:65535").unwrap();
+        assert_eq!(a.port, 65535);
+        let a = ServerAddress::parse("files.example.org.:1").unwrap();
+        assert_eq!(a.host, Host::Name("files.example.org.".into()));
+        assert_eq!(
+            ServerAddress::parse("127.0.0.1:1256")
+                .unwrap()
+                .resolve()
+                .unwrap(),
+            vec!["127.0.0.1:1256".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn flags_override_lines_and_are_named_in_errors() {
+        // Line 1 is garbage but --server replaces it; file arguments replace line 3.
+        let (dir, mut overrides) = with_file("garbage\nalice\nmissing.bin\n");
+        overrides.server = Some("127.0.0.1:9".into());
+        overrides.files = vec![dir.path().join("data.bin")];
+        let config = Config::load(&overrides).unwrap();
+        assert_eq!(config.server.port, 9);
+        assert_eq!(config.name.as_ref().unwrap().as_str(), "alice");
+
+        overrides.name = Some("bob".into());
+        assert_eq!(
+            Config::load(&overrides).unwrap().name.unwrap().as_str(),
+            "bob"
+        );
+
+        overrides.server = Some("nope".into());
+        let e = Config::load(&overrides).unwrap_err();
+        assert_eq!(e.origin, Origin::Flag("--server"));
+
+        overrides.server = Some("127.0.0.1:9".into());
+        overrides.name = Some(String::new());
+        assert_eq!(
+            Config::load(&overrides).unwrap_err().origin,
+            Origin::Flag("--name")
+        );
+
+        overrides.name = None;
+        overrides.files = vec![dir.path().join("absent.bin")];
+        let e = Config::load(&overrides).unwrap_err();
+        assert!(matches!(e.origin, Origin::Argument(_)));
+        assert!(e.to_string().contains("no such file"));
+    }
+
+    #[test]
+    fn transfer_info_is_optional_when_flags_say_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.txt");
+        std::fs::write(&file, b"x").unwrap();
+        let mut overrides = Overrides::in_dir(dir.path());
+        overrides.server = Some("127.0.0.1:5".into());
+        overrides.files = vec![file];
+        let config = Config::load(&overrides).unwrap();
+        assert!(config.name.is_none());
+        overrides.server = None;
+        let e = Config::load(&overrides).unwrap_err();
+        assert!(matches!(e.origin, Origin::TransferInfo(_)));
+        assert!(e.to_string().contains("--server"), "{e}");
+    }
+
+    #[test]
+    fn extra_lines_are_warned_about() {
+        let (_dir, overrides) = with_file("127.0.0.1:1256\nalice\ndata.bin\nmore\n\n");
+        let config = Config::load(&overrides).unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert!(config.warnings[0].contains("line 4"));
+    }
+
+    #[test]
+    fn file_labels_must_be_printable_ascii() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("naïve.txt");
+        std::fs::write(&file, b"x").unwrap();
+        let e = check_file(&file).unwrap_err();
+        assert!(e.contains("printable ASCII"), "{e}");
+        let ok = dir.path().join("with space.txt");
+        std::fs::write(&ok, b"x").unwrap();
+        assert_eq!(check_file(&ok).unwrap().label.as_str(), "with space.txt");
+    }
+}

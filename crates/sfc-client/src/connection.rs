@@ -1,0 +1,654 @@
+//! The TCP connection to the server, in either of the two styles servers expect.
+//!
+//! PROTOCOL.md client rule 1: keep one connection for the whole session; if the server
+//! closes it after a reply (the original server does, after every request), reconnect and
+//! from then on use one connection per request, expecting a reply after EVERY request —
+//! each intermediate file packet and 901 included. [`Mode`] records which style is in
+//! force; [`Connection::prepare`] detects a server that closed after its last reply, and
+//! [`Connection::round_trip`] retries a request once on a fresh connection when the old
+//! one turns out to be dead (only when it had already carried a request, so a server that
+//! fails a request on a fresh connection is reported, not retried).
+//!
+//! Every reply is read by its header's `payload_size` (client rule 5), which
+//! [`ResponseHeader::decode`] bounds per code, so a lying server cannot make us allocate.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use sfc_proto::limits::{REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN};
+use sfc_proto::{DecodeError, RequestCode, RequestHeader, Response, ResponseCode, ResponseHeader};
+
+use crate::config::ServerAddress;
+use crate::error::{ClientError, NetworkError};
+use crate::progress::{Reporter, Verbosity};
+
+/// Connection style in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One connection for the session; no reply to intermediate packets or 901.
+    Persistent,
+    /// A new connection for every request and a reply to every request.
+    PerRequest,
+}
+
+/// Short name of a request code, for messages.
+pub fn request_name(code: RequestCode) -> &'static str {
+    match code {
+        RequestCode::Register => "register",
+        RequestCode::SendPublicKey => "send public key",
+        RequestCode::Reconnect => "reconnect",
+        RequestCode::SendFile => "file packet",
+        RequestCode::ChecksumOk => "checksum correct",
+        RequestCode::ChecksumRetry => "checksum wrong, resending",
+        RequestCode::ChecksumFailed => "checksum wrong, giving up",
+    }
+}
+
+/// `826 (send public key)`.
+pub fn describe_request(code: RequestCode) -> String {
+    format!("{} ({})", code.as_u16(), request_name(code))
+}
+
+/// Short name of a response code, for messages.
+pub fn response_name(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::Registered => "registered",
+        ResponseCode::RegistrationFailed => "registration failed",
+        ResponseCode::PublicKeyAccepted => "public key accepted",
+        ResponseCode::FileReceived => "file received",
+        ResponseCode::Ack => "acknowledged",
+        ResponseCode::ReconnectAccepted => "reconnect accepted",
+        ResponseCode::ReconnectRejected => "reconnect rejected",
+        ResponseCode::ServerError => "general server error",
+    }
+}
+
+/// `1604 (acknowledged)`.
+pub fn describe_response(code: ResponseCode) -> String {
+    format!("{} ({})", code.as_u16(), response_name(code))
+}
+
+/// What went wrong during one exchange.
+#[derive(Debug)]
+pub enum Failure {
+    /// The server had closed or reset the connection before sending anything back —
+    /// the signature of a server that closes after every reply.
+    Gone {
+        /// "sending" or "waiting for the reply to".
+        phase: &'static str,
+        /// The I/O error.
+        error: io::Error,
+    },
+    /// Any other I/O failure (time-out, reset in the middle of a reply, ...).
+    Io {
+        /// "sending" or "waiting for the reply to".
+        phase: &'static str,
+        /// The I/O error.
+        error: io::Error,
+    },
+    /// A reply that is not valid protocol.
+    Malformed(DecodeError),
+}
+
+const SENDING: &str = "sending";
+const WAITING: &str = "waiting for the reply to";
+
+fn write_failure(error: io::Error) -> Failure {
+    match error.kind() {
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::NotConnected => Failure::Gone {
+            phase: SENDING,
+            error,
+        },
+        _ => Failure::Io {
+            phase: SENDING,
+            error,
+        },
+    }
+}
+
+/// The connection to one server.
+#[derive(Debug)]
+pub struct Connection {
+    server: String,
+    addrs: Vec<SocketAddr>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+    mode: Mode,
+    stream: Option<TcpStream>,
+    last_reply_was_error: bool,
+    payload: Vec<u8>,
+    reporter: Reporter,
+}
+
+impl Connection {
+    /// Resolves the server's address; connects lazily on the first request.
+    pub fn new(
+        server: &ServerAddress,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+        reporter: Reporter,
+    ) -> Result<Self, NetworkError> {
+        let name = server.to_string();
+        let addrs = server.resolve().map_err(|source| NetworkError {
+            server: name.clone(),
+            during: "looking up the host name".to_owned(),
+            timeout: None,
+            source,
+        })?;
+        Ok(Connection {
+            server: name,
+            addrs,
+            connect_timeout,
+            io_timeout,
+            mode: Mode::Persistent,
+            stream: None,
+            last_reply_was_error: false,
+            payload: Vec::with_capacity(sfc_proto::limits::MAX_RESPONSE_PAYLOAD),
+            reporter,
+        })
+    }
+
+    /// The server address, as configured.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The connection style in force.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The read/write time-out.
+    pub fn io_timeout(&self) -> Duration {
+        self.io_timeout
+    }
+
+    /// From now on, one connection per request with a reply to each.
+    pub fn switch_to_per_request(&mut self) {
+        if self.mode != Mode::PerRequest {
+            self.reporter.detail(
+                Verbosity::Verbose,
+                "   the server closes the connection after each reply: using one connection per \
+                 request from now on",
+            );
+        }
+        self.mode = Mode::PerRequest;
+        self.stream = None;
+    }
+
+    /// Uses one connection per request from the start (as the original client does).
+    pub fn use_per_request(&mut self) {
+        self.mode = Mode::PerRequest;
+        self.stream = None;
+    }
+
+    /// Gets a stream ready for the next request. Returns true when the stream is fresh
+    /// (this request will be the first on it).
+    ///
+    /// Persistent mode: reuses the stream unless the server has closed it; a close after a
+    /// normal reply switches to per-request mode (client rule 1), a close after a 1607 just
+    /// reconnects (a server may drop a connection it no longer trusts). Per-request mode:
+    /// always a new connection.
+    pub fn prepare(&mut self) -> Result<bool, NetworkError> {
+        match self.mode {
+            Mode::PerRequest => {
+                self.stream = None;
+                self.connect()?;
+                Ok(true)
+            }
+            Mode::Persistent => {
+                if let Some(stream) = &self.stream {
+                    if peer_closed(stream) {
+                        self.stream = None;
+                        if self.last_reply_was_error {
+                            self.reporter.detail(
+                                Verbosity::Verbose,
+                                "   the server closed the connection after its error reply; \
+                                 reconnecting",
+                            );
+                        } else {
+                            self.switch_to_per_request();
+                        }
+                    }
+                }
+                if self.stream.is_some() {
+                    Ok(false)
+                } else {
+                    self.connect()?;
+                    Ok(true)
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self) -> Result<(), NetworkError> {
+        let mut last_error = None;
+        for addr in &self.addrs {
+            match TcpStream::connect_timeout(addr, self.connect_timeout) {
+                Ok(stream) => {
+                    let setup = stream
+                        .set_nodelay(true)
+                        .and_then(|()| stream.set_read_timeout(Some(self.io_timeout)))
+                        .and_then(|()| stream.set_write_timeout(Some(self.io_timeout)));
+                    if let Err(source) = setup {
+                        last_error = Some(source);
+                        continue;
+                    }
+                    self.reporter
+                        .detail(Verbosity::Trace, format!("   connected to {addr}"));
+                    self.stream = Some(stream);
+                    self.last_reply_was_error = false;
+                    return Ok(());
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(NetworkError {
+            server: self.server.clone(),
+            during: "connecting".to_owned(),
+            timeout: Some(self.connect_timeout),
+            source: last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)),
+        })
+    }
+
+    fn stream(&mut self) -> Result<&mut TcpStream, io::Error> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
+    /// Writes bytes (one or more whole requests) with one `write_all`.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        let result = self.stream().and_then(|s| s.write_all(bytes));
+        result.map_err(|error| {
+            self.stream = None;
+            write_failure(error)
+        })
+    }
+
+    /// The open stream, for a writer thread (`&TcpStream` implements `Write`).
+    pub fn stream_ref(&self) -> Option<&TcpStream> {
+        self.stream.as_ref()
+    }
+
+    /// Classifies a write error that happened on [`Self::stream_ref`] and drops the stream.
+    pub fn write_failed(&mut self, error: io::Error) -> Failure {
+        self.stream = None;
+        write_failure(error)
+    }
+
+    /// Logs a request's header at verbose level (file packets only at trace level).
+    pub fn log_request(&self, bytes: &[u8]) {
+        let Some(head) = bytes.first_chunk::<REQUEST_HEADER_LEN>() else {
+            return;
+        };
+        if let Ok(header) = RequestHeader::decode(head) {
+            let level = if header.code == RequestCode::SendFile {
+                Verbosity::Trace
+            } else {
+                Verbosity::Verbose
+            };
+            self.reporter.detail(
+                level,
+                format!(
+                    "-> {}, payload {} B",
+                    describe_request(header.code),
+                    header.payload_size
+                ),
+            );
+        }
+    }
+
+    /// Reads one reply: the 7-byte header, then exactly `payload_size` bytes.
+    pub fn read_reply(&mut self) -> Result<Response, Failure> {
+        let result = self.read_reply_inner();
+        if result.is_err() {
+            // Framing can no longer be trusted.
+            self.stream = None;
+        }
+        result
+    }
+
+    fn read_reply_inner(&mut self) -> Result<Response, Failure> {
+        let mut head = [0u8; RESPONSE_HEADER_LEN];
+        let mut filled = 0;
+        {
+            let stream = self.stream().map_err(|error| Failure::Gone {
+                phase: WAITING,
+                error,
+            })?;
+            while filled < head.len() {
+                let free = head.get_mut(filled..).unwrap_or_default();
+                match stream.read(free) {
+                    Ok(0) if filled == 0 => {
+                        return Err(Failure::Gone {
+                            phase: WAITING,
+                            error: io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the server closed the connection without replying",
+                            ),
+                        })
+                    }
+                    Ok(0) => {
+                        return Err(Failure::Io {
+                            phase: WAITING,
+                            error: io::Error::from(io::ErrorKind::UnexpectedEof),
+                        })
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error)
+                        if filled == 0
+                            && matches!(
+                                error.kind(),
+                                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                            ) =>
+                    {
+                        return Err(Failure::Gone {
+                            phase: WAITING,
+                            error,
+                        })
+                    }
+                    Err(error) => {
+                        return Err(Failure::Io {
+                            phase: WAITING,
+                            error,
+                        })
+                    }
+                }
+            }
+        }
+        let header = ResponseHeader::decode(&head).map_err(Failure::Malformed)?;
+        // decode() bounded payload_size by the code's allowed range (at most a few hundred
+        // bytes), so this cannot be made to allocate much.
+        let len = header.payload_size as usize;
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.clear();
+        payload.resize(len, 0);
+        let read = self
+            .stream()
+            .and_then(|s| s.read_exact(&mut payload))
+            .map_err(|error| Failure::Io {
+                phase: WAITING,
+                error,
+            });
+        let decoded = read
+            .and_then(|()| Response::decode_payload(&header, &payload).map_err(Failure::Malformed));
+        self.payload = payload;
+        let response = decoded?;
+        let level = if matches!(response, Response::PacketReceived { .. }) {
+            Verbosity::Trace
+        } else {
+            Verbosity::Verbose
+        };
+        self.reporter.detail(
+            level,
+            format!(
+                "<- {}, payload {} B (version {})",
+                describe_response(header.code),
+                header.payload_size,
+                header.version
+            ),
+        );
+        Ok(response)
+    }
+
+    /// Bookkeeping after a reply: remembers a 1607; in per-request mode, closes the
+    /// connection (the next request gets a new one).
+    pub fn replied(&mut self, response: &Response) {
+        self.last_reply_was_error = matches!(response, Response::ServerError);
+        if self.mode == Mode::PerRequest {
+            self.stream = None;
+        }
+    }
+
+    /// Sends one whole request and reads its reply, switching to per-request mode (and
+    /// sending again, once) if the server had closed the connection after its last reply.
+    pub fn round_trip(&mut self, request: &[u8]) -> Result<Response, ClientError> {
+        let what = request
+            .first_chunk::<REQUEST_HEADER_LEN>()
+            .and_then(|h| RequestHeader::decode(h).ok())
+            .map(|h| describe_request(h.code))
+            .unwrap_or_else(|| "(unknown)".to_owned());
+        loop {
+            let fresh = self.prepare()?;
+            self.log_request(request);
+            let result = self.write(request).and_then(|()| self.read_reply());
+            match result {
+                Ok(response) => {
+                    self.replied(&response);
+                    return Ok(response);
+                }
+                Err(Failure::Gone { .. }) if !fresh && self.mode == Mode::Persistent => {
+                    if self.last_reply_was_error {
+                        // Closed after its 1607 (server rule 9): reconnect, same style.
+                        self.stream = None;
+                    } else {
+                        self.switch_to_per_request();
+                    }
+                }
+                Err(failure) => return Err(self.error(failure, &what)),
+            }
+        }
+    }
+
+    /// Turns a failure during `what` into the error reported to the user.
+    pub fn error(&mut self, failure: Failure, what: &str) -> ClientError {
+        self.stream = None;
+        match failure {
+            Failure::Gone { phase, error } | Failure::Io { phase, error } => {
+                ClientError::Network(NetworkError {
+                    server: self.server.clone(),
+                    during: format!("{phase} request {what}"),
+                    timeout: Some(self.io_timeout),
+                    source: error,
+                })
+            }
+            Failure::Malformed(e) => ClientError::Protocol {
+                server: self.server.clone(),
+                request: what.to_owned(),
+                detail: format!("sent a reply that is not valid protocol: {e}"),
+            },
+        }
+    }
+
+    /// Closes the connection (the server sees the end of the session).
+    pub fn close(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// True if the server has closed (or reset) the connection. A pending stray reply counts
+/// as open; it is read (and skipped) where the protocol allows one.
+fn peer_closed(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    let closed = match stream.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).is_err() || closed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn quiet_connection(addr: SocketAddr) -> Connection {
+        let server = ServerAddress::parse(&addr.to_string()).unwrap();
+        Connection::new(
+            &server,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Reporter::quiet(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn peer_close_is_detected_before_the_next_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut conn = quiet_connection(addr);
+        assert!(conn.prepare().unwrap());
+        let (server_side, _) = listener.accept().unwrap();
+        assert!(!conn.prepare().unwrap(), "open stream is reused");
+        drop(server_side);
+        std::thread::sleep(Duration::from_millis(50));
+        // Closed after a (pretend) normal reply: per-request mode and a fresh connection.
+        assert!(conn.prepare().unwrap());
+        assert_eq!(conn.mode(), Mode::PerRequest);
+    }
+
+    fn register_request() -> Vec<u8> {
+        sfc_proto::Request::new(
+            sfc_proto::ClientId::ZERO,
+            sfc_proto::RequestBody::Register {
+                name: sfc_proto::Name::new("a").unwrap(),
+            },
+        )
+        .encode()
+    }
+
+    /// The server closes only after the next request has arrived (so the close cannot be
+    /// seen before sending): the request is sent again on a new connection, and the
+    /// connection switches to per-request mode.
+    #[test]
+    fn a_request_lost_on_a_closed_connection_is_sent_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reply = sfc_proto::Response::Registered {
+            client_id: sfc_proto::ClientId([1; 16]),
+        }
+        .encode();
+        let server = std::thread::spawn(move || {
+            let mut buf = [0u8; 23 + 255];
+            let (mut first, _) = listener.accept().unwrap();
+            first.read_exact(&mut buf).unwrap();
+            first.write_all(&reply).unwrap();
+            // Swallow the second request and close without replying.
+            first.read_exact(&mut buf).unwrap();
+            drop(first);
+            let (mut second, _) = listener.accept().unwrap();
+            second.read_exact(&mut buf).unwrap();
+            second.write_all(&reply).unwrap();
+        });
+        let mut conn = quiet_connection(addr);
+        let request = register_request();
+        assert!(conn.round_trip(&request).is_ok());
+        assert_eq!(conn.mode(), Mode::Persistent);
+        assert!(conn.round_trip(&request).is_ok());
+        assert_eq!(conn.mode(), Mode::PerRequest);
+        server.join().unwrap();
+    }
+
+    /// The same, but the lost request followed a 1607: the server dropped a connection it
+    /// no longer trusted (server rule 9), which says nothing about its style.
+    #[test]
+    fn a_close_after_a_1607_reconnects_in_the_same_style() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut buf = [0u8; 23 + 255];
+            let (mut first, _) = listener.accept().unwrap();
+            first.read_exact(&mut buf).unwrap();
+            first
+                .write_all(&sfc_proto::Response::ServerError.encode())
+                .unwrap();
+            first.read_exact(&mut buf).unwrap();
+            drop(first);
+            let (mut second, _) = listener.accept().unwrap();
+            second.read_exact(&mut buf).unwrap();
+            second
+                .write_all(
+                    &sfc_proto::Response::Registered {
+                        client_id: sfc_proto::ClientId([1; 16]),
+                    }
+                    .encode(),
+                )
+                .unwrap();
+        });
+        let mut conn = quiet_connection(addr);
+        let request = register_request();
+        assert_eq!(
+            conn.round_trip(&request).unwrap(),
+            sfc_proto::Response::ServerError
+        );
+        assert!(matches!(
+            conn.round_trip(&request).unwrap(),
+            sfc_proto::Response::Registered { .. }
+        ));
+        assert_eq!(conn.mode(), Mode::Persistent);
+        server.join().unwrap();
+    }
+
+    /// On a fresh connection the same failure is an error, never a silent resend.
+    #[test]
+    fn a_close_without_reply_on_a_fresh_connection_is_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 23 + 255];
+            s.read_exact(&mut buf).unwrap();
+        });
+        let mut conn = quiet_connection(addr);
+        let e = conn.round_trip(&register_request()).unwrap_err();
+        assert_eq!(e.exit_code(), 5);
+        assert!(
+            e.to_string()
+                .contains("closed the connection without replying"),
+            "{e}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn refused_connection_is_a_network_error_naming_the_address() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let mut conn = quiet_connection(addr);
+        let e = conn.prepare().unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains(&addr.to_string()), "{text}");
+        assert!(text.contains("refused"), "{text}");
+    }
+
+    #[test]
+    fn lying_or_truncated_replies_are_errors_not_panics() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for reply in [
+                vec![3u8, 0x40, 0x06, 0xff, 0xff, 0xff, 0x7f], // 1600, 2 GiB payload
+                vec![3u8, 0x48, 0x06, 0, 0, 0, 0],             // unknown code 1608
+                vec![3u8, 0x40, 0x06, 16, 0, 0, 0, 1, 2],      // truncated payload
+            ] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 23 + 255];
+                s.read_exact(&mut buf).unwrap();
+                s.write_all(&reply).unwrap();
+            }
+        });
+        let request = register_request();
+        let mut conn = quiet_connection(addr);
+        for expected in [6u8, 6, 5] {
+            let e = conn.round_trip(&request).unwrap_err();
+            assert_eq!(e.exit_code(), expected, "{e}");
+            assert!(e.to_string().contains("825 (register)"), "{e}");
+        }
+        server.join().unwrap();
+    }
+}

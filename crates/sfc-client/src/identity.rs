@@ -1,0 +1,460 @@
+//! The client's saved identity: `me.info` and `priv.key`.
+//!
+//! Written by this client (PROTOCOL.md, client rule 7):
+//! - `me.info`: line 1 the user name, line 2 the client ID as 32 lowercase hex digits,
+//!   line 3 the RSA private key as base64 of its PKCS#8 DER, on one line;
+//! - `priv.key`: the same base64, one line.
+//!
+//! Both are written atomically — a temporary file in the same folder, owner-only (0600),
+//! written, fsynced, then renamed over the old file, and the folder fsynced — so a killed
+//! client leaves the old file or the new one, never half of one. `priv.key` is written
+//! before `me.info`, whose presence marks a completed registration.
+//!
+//! Read tolerantly: the key may be base64 over several lines, with PEM armour, and
+//! `priv.key` may be raw DER (PKCS#8 or PKCS#1), as other clients write them. `priv.key`
+//! is preferred; the key in `me.info` is the fallback.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use sfc_crypto::RsaKeyPair;
+use sfc_proto::{ClientId, Name};
+use thiserror::Error;
+
+/// File name of the saved identity.
+pub const ME_INFO: &str = "me.info";
+/// File name of the saved private key.
+pub const PRIV_KEY: &str = "priv.key";
+
+const START_OVER: &str = "delete me.info and priv.key to register as a new client";
+
+/// A registered client: name, ID and RSA key pair.
+#[derive(Debug)]
+pub struct Identity {
+    /// The registered user name.
+    pub name: Name,
+    /// The ID the server assigned.
+    pub client_id: ClientId,
+    /// The key pair whose public half the server has.
+    pub keypair: RsaKeyPair,
+}
+
+/// Why the saved identity cannot be read or written.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    /// A line of me.info is wrong.
+    #[error("{} line {line}: {reason} ({START_OVER})", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No usable private key in priv.key or me.info.
+    #[error("no usable private key: {reason} ({START_OVER})")]
+    BadKey {
+        /// What was tried and why it failed.
+        reason: String,
+    },
+    /// A file exists but cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Saving failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The key could not be encoded.
+    #[error("cannot encode the private key: {0}")]
+    Encode(sfc_crypto::CryptoError),
+}
+
+impl IdentityError {
+    /// True for problems with the files' contents (the user can fix them), false for local
+    /// failures to write.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            IdentityError::Malformed { .. }
+                | IdentityError::BadKey { .. }
+                | IdentityError::Read { .. }
+        )
+    }
+}
+
+/// The identity found in `dir` and remarks worth showing (e.g. which key was used).
+#[derive(Debug)]
+pub struct Loaded {
+    /// The identity.
+    pub identity: Identity,
+    /// Non-fatal remarks.
+    pub warnings: Vec<String>,
+}
+
+fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, IdentityError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IdentityError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Reads `<dir>/me.info` (and `<dir>/priv.key`). `Ok(None)` when me.info does not exist:
+/// the client has not registered yet.
+pub fn load(dir: &Path) -> Result<Option<Loaded>, IdentityError> {
+    let me_path = dir.join(ME_INFO);
+    let Some(me_bytes) = read_if_exists(&me_path)? else {
+        return Ok(None);
+    };
+    let malformed = |line: usize, reason: String| IdentityError::Malformed {
+        path: me_path.clone(),
+        line,
+        reason,
+    };
+    let text = std::str::from_utf8(&me_bytes).map_err(|e| {
+        let valid = me_bytes.get(..e.valid_up_to()).unwrap_or_default();
+        malformed(
+            valid.iter().filter(|&&b| b == b'\n').count() + 1,
+            "is not valid UTF-8 text".to_owned(),
+        )
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines = text.lines();
+
+    let name_line = lines.next().unwrap_or("").trim();
+    if name_line.is_empty() {
+        return Err(malformed(1, "the user name is missing".to_owned()));
+    }
+    let name = Name::new(name_line).map_err(|e| malformed(1, format!("invalid user name: {e}")))?;
+
+    let id_line = lines.next().unwrap_or("").trim();
+    if id_line.is_empty() {
+        return Err(malformed(2, "the client ID is missing".to_owned()));
+    }
+    let client_id = ClientId::from_hex(id_line).map_err(|e| malformed(2, e.to_string()))?;
+
+    // Line 3 on: the key, possibly over several lines (client rule 7).
+    let key_text = zeroize::Zeroizing::new(lines.collect::<Vec<_>>().join("\n"));
+    let me_key = if key_text.trim().is_empty() {
+        None
+    } else {
+        Some(RsaKeyPair::from_base64(&key_text))
+    };
+
+    let priv_path = dir.join(PRIV_KEY);
+    let priv_bytes = read_if_exists(&priv_path)?.map(zeroize::Zeroizing::new);
+    let priv_key = priv_bytes
+        .as_ref()
+        .map(|bytes| RsaKeyPair::from_file_bytes(bytes));
+
+    let mut warnings = Vec::new();
+    let keypair = match (priv_key, me_key) {
+        (Some(Ok(from_priv)), me) => {
+            if let Some(Ok(from_me)) = &me {
+                if from_me.public_key_der() != from_priv.public_key_der() {
+                    warnings.push(format!(
+                        "{} and the key in {} differ; using {}",
+                        priv_path.display(),
+                        me_path.display(),
+                        PRIV_KEY
+                    ));
+                }
+            }
+            from_priv
+        }
+        (Some(Err(priv_err)), Some(Ok(from_me))) => {
+            warnings.push(format!(
+                "{} is unusable ({priv_err}); using the key in {} line 3",
+                priv_path.display(),
+                me_path.display()
+            ));
+            from_me
+        }
+        (None, Some(Ok(from_me))) => from_me,
+        (Some(Err(priv_err)), Some(Err(me_err))) => {
+            return Err(IdentityError::BadKey {
+                reason: format!(
+                    "{}: {priv_err}; {} line 3: {me_err}",
+                    priv_path.display(),
+                    me_path.display()
+                ),
+            })
+        }
+        (Some(Err(priv_err)), None) => {
+            return Err(IdentityError::BadKey {
+                reason: format!(
+                    "{}: {priv_err}, and {} has no key on line 3",
+                    priv_path.display(),
+                    me_path.display()
+                ),
+            })
+        }
+        (None, Some(Err(me_err))) => {
+            return Err(malformed(
+                3,
+                format!("the private key is unusable ({me_err}) and there is no {PRIV_KEY}"),
+            ))
+        }
+        (None, None) => {
+            return Err(malformed(
+                3,
+                format!("the private key is missing and there is no {PRIV_KEY}"),
+            ))
+        }
+    };
+    Ok(Some(Loaded {
+        identity: Identity {
+            name,
+            client_id,
+            keypair,
+        },
+        warnings,
+    }))
+}
+
+/// Saves the identity: `priv.key` first, then `me.info`, each atomically and owner-only.
+pub fn save(dir: &Path, identity: &Identity) -> Result<(), IdentityError> {
+    let key = identity
+        .keypair
+        .to_base64()
+        .map_err(IdentityError::Encode)?;
+    let priv_path = dir.join(PRIV_KEY);
+    write_atomic(&priv_path, key.as_bytes()).map_err(|source| IdentityError::Write {
+        path: priv_path,
+        source,
+    })?;
+    let mut me = zeroize::Zeroizing::new(String::with_capacity(key.len() + 160));
+    me.push_str(identity.name.as_str());
+    me.push('\n');
+    me.push_str(&identity.client_id.to_hex());
+    me.push('\n');
+    me.push_str(&key);
+    me.push('\n');
+    let me_path = dir.join(ME_INFO);
+    write_atomic(&me_path, me.as_bytes()).map_err(|source| IdentityError::Write {
+        path: me_path,
+        source,
+    })
+}
+
+/// Replaces `path` with `contents` atomically: a temporary file in the same folder
+/// (owner read/write only), written and fsynced, renamed over `path`, then the folder
+/// fsynced so the rename itself is durable.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let base = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let prefix = format!(".{base}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o600));
+    }
+    let mut temp = builder.tempfile_in(&dir)?;
+    temp.write_all(contents)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    sync_dir(&dir);
+    Ok(())
+}
+
+/// Makes a rename in `dir` durable. Best effort: not every platform can open a folder.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(handle) = std::fs::File::open(dir) {
+        let _ = handle.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    // One key for all tests: generation takes a moment in debug builds.
+    fn key() -> &'static str {
+        static KEY: OnceLock<String> = OnceLock::new();
+        KEY.get_or_init(|| {
+            RsaKeyPair::generate()
+                .unwrap()
+                .to_base64()
+                .unwrap()
+                .to_string()
+        })
+    }
+
+    fn pair() -> RsaKeyPair {
+        RsaKeyPair::from_base64(key()).unwrap()
+    }
+
+    const ID: &str = "00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn save_then_load_round_trips_with_owner_only_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity {
+            name: Name::new("alice").unwrap(),
+            client_id: ClientId::from_hex(ID).unwrap(),
+            keypair: pair(),
+        };
+        save(dir.path(), &identity).unwrap();
+        let me = std::fs::read_to_string(dir.path().join(ME_INFO)).unwrap();
+        let lines: Vec<&str> = me.lines().collect();
+        assert_eq!(lines, vec!["alice", ID, key()]);
+        let priv_text = std::fs::read_to_string(dir.path().join(PRIV_KEY)).unwrap();
+        assert_eq!(priv_text, key());
+        #[cfg(unix)]
+        for file in [ME_INFO, PRIV_KEY] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+        // No temporary files left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert!(loaded.warnings.is_empty());
+        assert_eq!(loaded.identity.name, identity.name);
+        assert_eq!(loaded.identity.client_id, identity.client_id);
+        assert_eq!(
+            loaded.identity.keypair.public_key_der(),
+            identity.keypair.public_key_der()
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces_a_world_readable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        std::fs::write(&path, b"old").unwrap();
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn missing_me_info_means_not_registered() {
+        let dir = tempfile::tempdir().unwrap();
+        // A stray priv.key alone (e.g. killed between the two writes) is not an identity.
+        std::fs::write(dir.path().join(PRIV_KEY), key()).unwrap();
+        assert!(load(dir.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn tolerant_forms_are_read() {
+        let der = pair().to_pkcs8_der().unwrap();
+        // base64 over several lines with PEM armour and CRLF, in me.info, no priv.key.
+        let wrapped: Vec<String> = key()
+            .as_bytes()
+            .chunks(64)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        let me = format!(
+            "alice\r\n{}\r\n-----BEGIN PRIVATE KEY-----\r\n{}\r\n-----END PRIVATE KEY-----\r\n",
+            ID.to_uppercase(),
+            wrapped.join("\r\n")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ME_INFO), &me).unwrap();
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.identity.client_id.to_hex(), ID);
+        assert_eq!(
+            loaded.identity.keypair.public_key_der(),
+            pair().public_key_der()
+        );
+
+        // priv.key as raw DER, me.info with only two lines.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ME_INFO), format!("alice\n{ID}\n")).unwrap();
+        std::fs::write(dir.path().join(PRIV_KEY), der.as_slice()).unwrap();
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            loaded.identity.keypair.public_key_der(),
+            pair().public_key_der()
+        );
+        assert!(loaded.warnings.is_empty());
+
+        // priv.key as multi-line base64.
+        std::fs::write(dir.path().join(PRIV_KEY), wrapped.join("\n")).unwrap();
+        assert!(load(dir.path()).unwrap().is_some());
+
+        // A broken priv.key with a good key in me.info: falls back, with a warning.
+        std::fs::write(
+            dir.path().join(ME_INFO),
+            format!("alice\n{ID}\n{}\n", key()),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(PRIV_KEY), b"garbage!").unwrap();
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn malformed_me_info_names_the_line() {
+        let cases: Vec<(String, usize)> = vec![
+            (String::new(), 1),
+            ("\n".into(), 1),
+            ("alice\n".into(), 2),
+            ("alice\nnot-hex\n".into(), 2),
+            (format!("alice\n{ID}\n"), 3),
+            (format!("alice\n{ID}\n!!!not base64!!!\n"), 3),
+            (format!("bad\u{7}name\n{ID}\n{}\n", key()), 1),
+        ];
+        for (content, line) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(ME_INFO), &content).unwrap();
+            match load(dir.path()) {
+                Err(e @ IdentityError::Malformed { .. }) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(&format!("line {line}")),
+                        "{content:?}: {text}"
+                    );
+                    assert!(e.is_bad_input());
+                }
+                other => panic!("{content:?}: expected Malformed, got {other:?}"),
+            }
+        }
+        // Both keys broken.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ME_INFO), format!("alice\n{ID}\nAAAA\n")).unwrap();
+        std::fs::write(dir.path().join(PRIV_KEY), b"AAAA").unwrap();
+        assert!(matches!(
+            load(dir.path()),
+            Err(IdentityError::BadKey { .. })
+        ));
+    }
+}

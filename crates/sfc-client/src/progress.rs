@@ -1,0 +1,174 @@
+//! What the user sees: messages at three levels and an upload progress bar.
+//!
+//! - results (`info`) go to standard output unless `--quiet`;
+//! - warnings and the required `server responded with an error` go to standard error
+//!   (warnings are silenced by `--quiet`, errors never);
+//! - `--verbose` adds each request and reply (code and sizes) on standard error; `-vv`
+//!   adds every file packet;
+//! - the progress bar (bytes, rate, ETA) is drawn on standard error only when it is a
+//!   terminal and `--quiet` is not given.
+
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How much to say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// Errors only.
+    Quiet,
+    /// Results, warnings, errors.
+    Normal,
+    /// Also each request and reply.
+    Verbose,
+    /// Also every file packet.
+    Trace,
+}
+
+/// The one place that writes to the terminal. Cheap to clone; shared by all parts.
+#[derive(Clone, Debug)]
+pub struct Reporter {
+    verbosity: Verbosity,
+    bars: bool,
+    bar: Arc<Mutex<Option<ProgressBar>>>,
+}
+
+impl Reporter {
+    /// A reporter; progress bars only if `progress` and standard error is a terminal.
+    pub fn new(verbosity: Verbosity, progress: bool) -> Self {
+        Reporter {
+            verbosity,
+            bars: progress && verbosity != Verbosity::Quiet && std::io::stderr().is_terminal(),
+            bar: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A reporter that prints nothing but errors and draws no bar (for library users).
+    pub fn quiet() -> Self {
+        Self::new(Verbosity::Quiet, false)
+    }
+
+    /// The verbosity in force.
+    pub fn verbosity(&self) -> Verbosity {
+        self.verbosity
+    }
+
+    /// True when messages at `level` are shown.
+    pub fn shows(&self, level: Verbosity) -> bool {
+        self.verbosity >= level
+    }
+
+    fn with_bar_suspended(&self, print: impl FnOnce()) {
+        let guard = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
+    }
+
+    /// A result line on standard output (not with `--quiet`).
+    pub fn info(&self, message: impl AsRef<str>) {
+        if self.shows(Verbosity::Normal) {
+            self.with_bar_suspended(|| println!("{}", message.as_ref()));
+        }
+    }
+
+    /// A warning on standard error (not with `--quiet`).
+    pub fn warn(&self, message: impl AsRef<str>) {
+        if self.shows(Verbosity::Normal) {
+            self.with_bar_suspended(|| eprintln!("warning: {}", message.as_ref()));
+        }
+    }
+
+    /// An error line on standard error, always shown.
+    pub fn error(&self, message: impl AsRef<str>) {
+        self.with_bar_suspended(|| eprintln!("{}", message.as_ref()));
+    }
+
+    /// A detail line on standard error when the verbosity is at least `level`.
+    pub fn detail(&self, level: Verbosity, message: impl AsRef<str>) {
+        if self.shows(level) {
+            self.with_bar_suspended(|| eprintln!("{}", message.as_ref()));
+        }
+    }
+
+    /// Starts a progress bar of `total` bytes labelled `label` (no-op without bars).
+    pub fn start_bar(&self, total: u64, label: &str) {
+        if !self.bars {
+            return;
+        }
+        let style = ProgressStyle::with_template(
+            "{msg:20!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+            .with_style(style)
+            .with_message(label.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(250));
+        let mut slot = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = slot.replace(bar) {
+            old.finish_and_clear();
+        }
+    }
+
+    /// Sets the bar's position in bytes.
+    pub fn set_progress(&self, position: u64) {
+        if !self.bars {
+            return;
+        }
+        let guard = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bar) = guard.as_ref() {
+            bar.set_position(position);
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish_bar(&self) {
+        let mut slot = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bar) = slot.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Human-readable byte count: `512 B`, `1.5 KiB`, `50.0 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match (unit, UNITS.get(unit)) {
+        (0, _) => format!("{n} B"),
+        (_, Some(u)) => format!("{value:.1} {u}"),
+        (_, None) => format!("{n} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_human_readable() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(50 << 20), "50.0 MiB");
+    }
+
+    #[test]
+    fn quiet_reporter_draws_no_bar() {
+        let r = Reporter::quiet();
+        r.start_bar(10, "x");
+        r.set_progress(5);
+        r.finish_bar();
+        assert!(!r.shows(Verbosity::Normal));
+        assert!(Reporter::new(Verbosity::Trace, false).shows(Verbosity::Verbose));
+    }
+}

@@ -1,0 +1,457 @@
+//! The session flow: register or reconnect, key exchange, files, checksum verdicts.
+//!
+//! - First run: 825 → 1600, generate the RSA key, 826 → 1602, then save me.info and
+//!   priv.key (atomically).
+//! - Later runs: 827 with the saved ID and name → 1605 (unwrap the new AES key with the
+//!   saved private key), or 1606 → register again as a new client (client rule 6).
+//! - Each file: packets → 1603; equal checksum → 900 → 1604; different → 901 and send
+//!   again, at most [`MAX_RESENDS`] times; after the last mismatch 902 → 1604.
+//! - 1607 to any request: print `server responded with an error` and send it again, at
+//!   most [`MAX_SERVER_ERROR_RETRIES`] times, then fail with a fatal message.
+
+use std::path::{Path, PathBuf};
+
+use sfc_crypto::{AesKey, RsaKeyPair};
+use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
+
+use crate::config::FileToSend;
+use crate::connection::{describe_request, describe_response, Connection};
+use crate::error::ClientError;
+use crate::identity::{self, Identity};
+use crate::progress::{human_bytes, Reporter, Verbosity};
+use crate::upload::{self, AttemptError, Outcome, SendParams, Uploader};
+
+/// What the client prints on every 1607 (PROTOCOL.md).
+pub const SERVER_ERROR_MESSAGE: &str = "server responded with an error";
+/// Retries of a request answered with 1607.
+pub const MAX_SERVER_ERROR_RETRIES: u32 = 3;
+/// Resends of a file after a checksum mismatch (client rule 4): 4 sends in all.
+pub const MAX_RESENDS: u32 = 3;
+
+/// How one file ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileResult {
+    /// Checksums matched, 900 acknowledged.
+    Stored {
+        /// The agreed checksum.
+        cksum: u32,
+        /// How many times the file was sent.
+        sends: u32,
+    },
+    /// Checksums never matched; 902 was sent.
+    ChecksumMismatch {
+        /// How many times the file was sent.
+        sends: u32,
+    },
+}
+
+/// An established session: we have a client ID and an AES key.
+#[derive(Debug)]
+pub struct Session {
+    conn: Connection,
+    reporter: Reporter,
+    client_id: ClientId,
+    name: Name,
+    key: AesKey,
+    uploader: Uploader,
+    registered: bool,
+}
+
+fn unexpected(
+    conn: &Connection,
+    code: RequestCode,
+    response: &Response,
+    expected: &str,
+) -> ClientError {
+    ClientError::Protocol {
+        server: conn.server().to_owned(),
+        request: describe_request(code),
+        detail: format!(
+            "answered {} where {expected} was expected",
+            describe_response(response.code())
+        ),
+    }
+}
+
+/// Sends `request` and returns the reply, retrying on 1607 (at most 3 times).
+fn call(
+    conn: &mut Connection,
+    reporter: &Reporter,
+    request: &Request,
+) -> Result<Response, ClientError> {
+    let bytes = request.encode();
+    let code = request.body.code();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let response = conn.round_trip(&bytes)?;
+        if response != Response::ServerError {
+            return Ok(response);
+        }
+        reporter.error(SERVER_ERROR_MESSAGE);
+        if attempts > MAX_SERVER_ERROR_RETRIES {
+            return Err(ClientError::ServerErrors {
+                server: conn.server().to_owned(),
+                request: describe_request(code),
+                attempts,
+            });
+        }
+        reporter.detail(
+            Verbosity::Verbose,
+            format!(
+                "   retrying {} (retry {attempts} of {MAX_SERVER_ERROR_RETRIES})",
+                describe_request(code)
+            ),
+        );
+    }
+}
+
+fn note_client_id(reporter: &Reporter, expected: ClientId, got: ClientId, code: &str) {
+    if expected != got {
+        reporter.detail(
+            Verbosity::Verbose,
+            format!("   note: {code} carries client ID {got}, expected {expected}"),
+        );
+    }
+}
+
+impl Session {
+    /// Reconnects with the saved identity (827), or registers (825/826) when there is
+    /// none or the server answers 1606. `name` is the configured user name, used for a
+    /// new registration; a reconnect uses the saved one.
+    pub fn establish(
+        mut conn: Connection,
+        reporter: Reporter,
+        dir: &Path,
+        name: Option<&Name>,
+        saved: Option<Identity>,
+    ) -> Result<Session, ClientError> {
+        let Some(identity) = saved else {
+            let name = name
+                .cloned()
+                .ok_or_else(|| ClientError::Internal("no user name to register with".to_owned()))?;
+            return Self::register(conn, reporter, dir, name, false);
+        };
+        let request = Request::new(
+            identity.client_id,
+            RequestBody::Reconnect {
+                name: identity.name.clone(),
+            },
+        );
+        match call(&mut conn, &reporter, &request)? {
+            Response::ReconnectAccepted {
+                client_id,
+                wrapped_key,
+            } => {
+                note_client_id(&reporter, identity.client_id, client_id, "1605");
+                let key = identity.keypair.unwrap_aes_key(&wrapped_key).map_err(|e| {
+                    ClientError::Protocol {
+                        server: conn.server().to_owned(),
+                        request: describe_request(RequestCode::Reconnect),
+                        detail: format!(
+                            "sent an AES key that our saved private key cannot unwrap ({e}); \
+                             the server may hold a different public key for this client — \
+                             delete me.info and priv.key to register as a new client"
+                        ),
+                    }
+                })?;
+                reporter.info(format!(
+                    "reconnected to {} as {:?} (client ID {})",
+                    conn.server(),
+                    identity.name.as_str(),
+                    identity.client_id
+                ));
+                Ok(Session {
+                    conn,
+                    reporter,
+                    client_id: identity.client_id,
+                    name: identity.name,
+                    key,
+                    uploader: Uploader::new(),
+                    registered: false,
+                })
+            }
+            Response::ReconnectRejected { .. } => {
+                let name = name.cloned().unwrap_or(identity.name);
+                reporter.info(format!(
+                    "the server no longer knows client {} (reply 1606): registering again as a \
+                     new client named {:?}",
+                    identity.client_id,
+                    name.as_str()
+                ));
+                Self::register(conn, reporter, dir, name, true)
+            }
+            other => Err(unexpected(
+                &conn,
+                RequestCode::Reconnect,
+                &other,
+                "1605 (reconnect accepted) or 1606 (reconnect rejected)",
+            )),
+        }
+    }
+
+    fn register(
+        mut conn: Connection,
+        reporter: Reporter,
+        dir: &Path,
+        name: Name,
+        re_registration: bool,
+    ) -> Result<Session, ClientError> {
+        let request = Request::new(ClientId::ZERO, RequestBody::Register { name: name.clone() });
+        let client_id = match call(&mut conn, &reporter, &request)? {
+            Response::Registered { client_id } => client_id,
+            Response::RegistrationFailed => {
+                return Err(ClientError::NameTaken {
+                    server: conn.server().to_owned(),
+                    name: name.as_str().to_owned(),
+                    re_registration,
+                })
+            }
+            other => {
+                return Err(unexpected(
+                    &conn,
+                    RequestCode::Register,
+                    &other,
+                    "1600 (registered) or 1601 (registration failed)",
+                ))
+            }
+        };
+        reporter.detail(Verbosity::Verbose, "   generating an RSA-1024 key pair");
+        let keypair = RsaKeyPair::generate()
+            .map_err(|e| ClientError::Internal(format!("RSA key generation failed: {e}")))?;
+        let request = Request::new(
+            client_id,
+            RequestBody::SendPublicKey {
+                name: name.clone(),
+                public_key: keypair.public_key_der(),
+            },
+        );
+        let key = match call(&mut conn, &reporter, &request)? {
+            Response::PublicKeyAccepted {
+                client_id: echoed,
+                wrapped_key,
+            } => {
+                note_client_id(&reporter, client_id, echoed, "1602");
+                keypair
+                    .unwrap_aes_key(&wrapped_key)
+                    .map_err(|e| ClientError::Protocol {
+                        server: conn.server().to_owned(),
+                        request: describe_request(RequestCode::SendPublicKey),
+                        detail: format!("sent an AES key that our private key cannot unwrap ({e})"),
+                    })?
+            }
+            Response::RegistrationFailed => {
+                return Err(ClientError::Rejected {
+                    server: conn.server().to_owned(),
+                    request: describe_request(RequestCode::SendPublicKey),
+                    detail: "it answered 1601 (registration failed) to our public key".to_owned(),
+                })
+            }
+            other => {
+                return Err(unexpected(
+                    &conn,
+                    RequestCode::SendPublicKey,
+                    &other,
+                    "1602 (public key accepted)",
+                ))
+            }
+        };
+        let identity = Identity {
+            name,
+            client_id,
+            keypair,
+        };
+        identity::save(dir, &identity)?;
+        reporter.info(format!(
+            "registered with {} as {:?}: client ID {}; saved {} and {}",
+            conn.server(),
+            identity.name.as_str(),
+            client_id,
+            display_path(dir, identity::ME_INFO).display(),
+            display_path(dir, identity::PRIV_KEY).display()
+        ));
+        Ok(Session {
+            conn,
+            reporter,
+            client_id,
+            name: identity.name,
+            key,
+            uploader: Uploader::new(),
+            registered: true,
+        })
+    }
+
+    /// Our client ID.
+    pub fn client_id(&self) -> ClientId {
+        self.client_id
+    }
+
+    /// The user name of this session.
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+
+    /// True when this session registered a new client (825/826).
+    pub fn registered(&self) -> bool {
+        self.registered
+    }
+
+    /// The connection (for its mode and address).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Sends one file until the checksums agree or the resends are used up.
+    pub fn send_file(
+        &mut self,
+        file: &FileToSend,
+        packet_size: Option<usize>,
+    ) -> Result<FileResult, ClientError> {
+        // Measure again: the plan must describe the bytes we are about to read.
+        let size = std::fs::metadata(&file.path)
+            .map_err(|e| ClientError::File {
+                path: file.path.clone(),
+                reason: format!("cannot be read: {e}"),
+            })?
+            .len();
+        let plan = upload::plan(size, packet_size).map_err(|reason| ClientError::File {
+            path: file.path.clone(),
+            reason,
+        })?;
+        let label = file.label.as_str();
+        for send in 1..=MAX_RESENDS + 1 {
+            let bar_label = if send == 1 {
+                label.to_owned()
+            } else {
+                format!("{label} (resend {}/{MAX_RESENDS})", send - 1)
+            };
+            self.reporter
+                .start_bar(u64::from(plan.encrypted_size), &bar_label);
+            let params = SendParams {
+                file,
+                plan,
+                client_id: self.client_id,
+                key: &self.key,
+                announce_resend: send > 1,
+            };
+            let result =
+                send_with_retries(&mut self.conn, &self.reporter, &mut self.uploader, &params);
+            self.reporter.finish_bar();
+            let (server_cksum, our_cksum) = result?;
+            if server_cksum == our_cksum {
+                let request = Request::new(
+                    self.client_id,
+                    RequestBody::ChecksumOk {
+                        file_name: file.label.clone(),
+                    },
+                );
+                self.expect_ack(&request)?;
+                self.reporter.info(format!(
+                    "{label}: stored on {} ({}), checksum {our_cksum} confirmed{}",
+                    self.conn.server(),
+                    human_bytes(size),
+                    if send > 1 {
+                        format!(" after {send} sends")
+                    } else {
+                        String::new()
+                    }
+                ));
+                return Ok(FileResult::Stored {
+                    cksum: our_cksum,
+                    sends: send,
+                });
+            }
+            self.reporter.warn(format!(
+                "{label}: checksum mismatch (ours {our_cksum}, the server's {server_cksum}); {}",
+                if send <= MAX_RESENDS {
+                    format!("sending it again (resend {send} of {MAX_RESENDS})")
+                } else {
+                    "giving up".to_owned()
+                }
+            ));
+        }
+        let request = Request::new(
+            self.client_id,
+            RequestBody::ChecksumFailed {
+                file_name: file.label.clone(),
+            },
+        );
+        self.expect_ack(&request)?;
+        Ok(FileResult::ChecksumMismatch {
+            sends: MAX_RESENDS + 1,
+        })
+    }
+
+    fn expect_ack(&mut self, request: &Request) -> Result<(), ClientError> {
+        match call(&mut self.conn, &self.reporter, request)? {
+            Response::Ack { client_id } => {
+                if let Some(id) = client_id {
+                    note_client_id(&self.reporter, self.client_id, id, "1604");
+                }
+                Ok(())
+            }
+            other => Err(unexpected(
+                &self.conn,
+                request.body.code(),
+                &other,
+                "1604 (acknowledged)",
+            )),
+        }
+    }
+
+    /// Ends the session (closes the connection).
+    pub fn close(mut self) {
+        self.conn.close();
+    }
+}
+
+/// One send of the file, repeated on 1607 (at most 3 retries) and once more in
+/// per-request mode if the server turned out to close connections after each reply.
+fn send_with_retries(
+    conn: &mut Connection,
+    reporter: &Reporter,
+    uploader: &mut Uploader,
+    params: &SendParams<'_>,
+) -> Result<(u32, u32), ClientError> {
+    let mut server_errors = 0;
+    loop {
+        match uploader.send_once(conn, reporter, params) {
+            Ok(Outcome::Received {
+                server_cksum,
+                our_cksum,
+            }) => return Ok((server_cksum, our_cksum)),
+            Ok(Outcome::ServerError { request }) => {
+                server_errors += 1;
+                reporter.error(SERVER_ERROR_MESSAGE);
+                if server_errors > MAX_SERVER_ERROR_RETRIES {
+                    return Err(ClientError::ServerErrors {
+                        server: conn.server().to_owned(),
+                        request: format!("{request} for {}", params.file.label),
+                        attempts: server_errors,
+                    });
+                }
+                reporter.detail(
+                    Verbosity::Verbose,
+                    format!(
+                        "   sending {} again (retry {server_errors} of {MAX_SERVER_ERROR_RETRIES})",
+                        params.file.label
+                    ),
+                );
+                reporter.set_progress(0);
+            }
+            Err(AttemptError::Gone) => {
+                conn.switch_to_per_request();
+                reporter.set_progress(0);
+            }
+            Err(AttemptError::Fatal(e)) => return Err(e),
+        }
+    }
+}
+
+fn display_path(dir: &Path, file: &str) -> PathBuf {
+    if dir == Path::new(".") {
+        PathBuf::from(file)
+    } else {
+        dir.join(file)
+    }
+}

@@ -1,0 +1,156 @@
+//! The command line without a working server: bad input, network failures, --help.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{make_file, run_client, tempdir, write_transfer_info};
+
+/// A port with nothing listening on it.
+fn dead_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr.to_string()
+}
+
+#[test]
+fn malformed_transfer_info_lines_are_named() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("", "line 1", "missing"),
+        ("localhost\nalice\nf.bin\n", "line 1", "no port"),
+        ("127.0.0.1:99999\nalice\nf.bin\n", "line 1", "out of range"),
+        ("::1:80\nalice\nf.bin\n", "line 1", "brackets"),
+        ("127.0.0.1:1256\n", "line 2", "missing"),
+        (
+            "127.0.0.1:1256\nthis name is far too long for the protocol rules of this project, \
+             which allow at most one hundred characters\nf.bin\n",
+            "line 2",
+            "at most 100",
+        ),
+        ("127.0.0.1:1256\nalice\n", "line 3", "missing"),
+        (
+            "127.0.0.1:1256\nalice\nnot-there.bin\n",
+            "line 3",
+            "no such file",
+        ),
+    ];
+    for (content, line, words) in cases {
+        let dir = tempdir();
+        make_file(&dir.path().join("f.bin"), 10, 1);
+        std::fs::write(dir.path().join("transfer.info"), content).unwrap();
+        let run = run_client(dir.path(), &[]);
+        run.assert_code(2);
+        assert!(
+            run.stderr.contains(&format!("transfer.info {line}")) && run.stderr.contains(words),
+            "{content:?}: expected {line} and {words:?} in {}",
+            run.stderr
+        );
+        assert!(!dir.path().join("me.info").exists());
+    }
+}
+
+#[test]
+fn missing_transfer_info_says_what_to_do() {
+    let dir = tempdir();
+    let run = run_client(dir.path(), &[]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("transfer.info"), "{}", run.stderr);
+    assert!(run.stderr.contains("not found"), "{}", run.stderr);
+}
+
+#[test]
+fn unreadable_files_are_bad_input() {
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &dead_address(), "alice", "f.bin");
+    std::fs::create_dir(dir.path().join("folder")).unwrap();
+    let run = run_client(dir.path(), &["folder"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("is a directory"), "{}", run.stderr);
+
+    let run = run_client(dir.path(), &["absent.bin"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("no such file"), "{}", run.stderr);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = dir.path().join("locked.bin");
+        make_file(&locked, 10, 1);
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        // Root reads anything: only check where permissions apply.
+        if std::fs::read(&locked).is_err() {
+            let run = run_client(dir.path(), &["locked.bin"]);
+            run.assert_code(2);
+            assert!(run.stderr.contains("permission denied"), "{}", run.stderr);
+        }
+    }
+}
+
+#[test]
+fn server_down_is_a_network_failure_naming_the_address() {
+    let dir = tempdir();
+    let address = dead_address();
+    write_transfer_info(dir.path(), &address, "alice", "f.bin");
+    make_file(&dir.path().join("f.bin"), 10, 1);
+    let run = run_client(dir.path(), &[]);
+    run.assert_code(5);
+    assert!(run.stderr.contains(&address), "{}", run.stderr);
+    assert!(run.stderr.contains("connection refused"), "{}", run.stderr);
+    assert!(!dir.path().join("me.info").exists());
+}
+
+#[test]
+fn a_silent_server_times_out_as_configured() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let holder = std::thread::spawn(move || {
+        // Accept and say nothing until the client gives up.
+        let (stream, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(stream);
+    });
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &address, "alice", "f.bin");
+    make_file(&dir.path().join("f.bin"), 10, 1);
+    let started = Instant::now();
+    let run = run_client(dir.path(), &["--timeout", "0.5"]);
+    run.assert_code(5);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        run.stderr.contains("no answer within 500 ms"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("825 (register)"), "{}", run.stderr);
+    holder.join().unwrap();
+}
+
+#[test]
+fn help_documents_options_defaults_and_exit_codes() {
+    let dir = tempdir();
+    let run = run_client(dir.path(), &["--help"]);
+    run.assert_code(0);
+    for needle in [
+        "--server <HOST:PORT>",
+        "--name <NAME>",
+        "--dir <DIR>",
+        "--packet-size <BYTES>",
+        "--connect-timeout <SECONDS>",
+        "--timeout <SECONDS>",
+        "--quiet",
+        "--verbose",
+        "[default: 10]",
+        "[default: 60]",
+        "Exit codes:",
+        "4  a file's checksum",
+        "5  network failure",
+    ] {
+        assert!(run.stdout.contains(needle), "{needle:?} in\n{}", run.stdout);
+    }
+    let run = run_client(dir.path(), &["--packet-size", "0"]);
+    run.assert_code(2);
+    let run = run_client(dir.path(), &["--quiet", "--verbose"]);
+    run.assert_code(2);
+}

@@ -1,0 +1,532 @@
+//! Shared helpers for the integration tests: running the real client binary, and a small
+//! threaded test server ("double") whose behaviour can be bent into the shapes of other
+//! servers of the protocol (the original one that closes after every reply, one that sends
+//! a stray 1604 after 901, wrong checksums, 1606 without payload, 1607).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sfc_crypto::{AesKey, CbcDecryptor, PublicKey};
+use sfc_proto::{
+    ClientId, FilePacketHeader, Name, Request, RequestBody, RequestDecoder, RequestEvent,
+    RequestHeader, Response,
+};
+
+/// Output of one run of the client binary.
+#[derive(Debug)]
+pub struct ClientRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ClientRun {
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code {} (expected {code})\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs the real `sfc-client` binary in `dir` with `args`.
+pub fn run_client(dir: &Path, args: &[&str]) -> ClientRun {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sfc-client"));
+    command.current_dir(dir);
+    if !args.contains(&"--timeout") {
+        // Fail fast instead of hanging for the default minute.
+        command.args(["--timeout", "20"]);
+    }
+    let output = command.args(args).output().expect("run sfc-client");
+    ClientRun {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Writes `transfer.info` in `dir`.
+pub fn write_transfer_info(dir: &Path, server: &str, name: &str, file: &str) {
+    std::fs::write(
+        dir.join("transfer.info"),
+        format!("{server}\n{name}\n{file}\n"),
+    )
+    .unwrap();
+}
+
+/// Deterministic test content of `len` bytes.
+pub fn content(len: usize, seed: u8) -> Vec<u8> {
+    let mut state = u32::from(seed).wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect()
+}
+
+/// Writes a file of deterministic content and returns its bytes.
+pub fn make_file(path: &Path, len: usize, seed: u8) -> Vec<u8> {
+    let data = content(len, seed);
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// me.info fields: (name, client id hex).
+pub fn read_me_info(dir: &Path) -> (String, String) {
+    let text = std::fs::read_to_string(dir.join("me.info")).unwrap();
+    let mut lines = text.lines();
+    let name = lines.next().unwrap().to_owned();
+    let id = lines.next().unwrap().to_owned();
+    let key = lines.next().unwrap();
+    assert!(!key.is_empty());
+    assert!(lines.next().is_none(), "me.info has exactly 3 lines");
+    (name, id)
+}
+
+// ---------------------------------------------------------------------------------------
+// The test double.
+
+/// How the double deviates from a plain persistent-connection server.
+#[derive(Clone, Debug, Default)]
+pub struct Behaviour {
+    /// Close the connection after every reply (the original server).
+    pub close_after_reply: bool,
+    /// Reply to every intermediate packet (1603 with the ID only) and every 901 (1604),
+    /// whatever the connection has carried before.
+    pub answer_every_packet: bool,
+    /// Send a 1604 after 901 even on a connection that carried requests before.
+    pub ack_after_901: bool,
+    /// The first N final 1603 replies carry a wrong checksum.
+    pub wrong_checksums: u32,
+    /// Answer 827 with a 1606 that has no payload.
+    pub reject_reconnect_without_payload: bool,
+    /// Answer the first `n` requests with this code with 1607 (for 828: the last packet).
+    pub server_errors: Vec<(u16, u32)>,
+    /// Close the connection after every 1607 (server rule 9 allows it).
+    pub close_after_error: bool,
+    /// Answer the first N intermediate packets with 1607, drop that upload and answer
+    /// every later packet of it with 1607 too, on any connection (as some servers do).
+    pub intermediate_errors: u32,
+}
+
+/// One request the double received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Logged {
+    /// Index of the connection it came on.
+    pub connection: usize,
+    /// Request code.
+    pub code: u16,
+}
+
+#[derive(Default)]
+struct ClientRecord {
+    name: String,
+    public_key: Option<PublicKey>,
+    aes: Option<AesKey>,
+}
+
+/// What the double saw and stored.
+#[derive(Default)]
+pub struct State {
+    pub log: Vec<Logged>,
+    pub connections: usize,
+    /// Plaintext of every file whose last packet arrived, by label (latest wins).
+    pub stored: HashMap<String, Vec<u8>>,
+    /// Labels confirmed with 900.
+    pub verified: Vec<String>,
+    /// Labels given up with 902.
+    pub failed: Vec<String>,
+    /// Packets per final reply: (label, packets in that send).
+    pub sends: Vec<(String, u16)>,
+    clients: HashMap<ClientId, ClientRecord>,
+    uploads: HashMap<ClientId, Vec<u8>>,
+    wrong_left: u32,
+    errors_left: HashMap<u16, u32>,
+    intermediate_errors_left: u32,
+    broken: std::collections::HashSet<ClientId>,
+}
+
+impl State {
+    /// Request codes received, in order.
+    pub fn codes(&self) -> Vec<u16> {
+        self.log.iter().map(|l| l.code).collect()
+    }
+
+    /// How many requests with `code` arrived.
+    pub fn count(&self, code: u16) -> usize {
+        self.log.iter().filter(|l| l.code == code).count()
+    }
+}
+
+/// A running double; stops (and joins its threads) when dropped.
+pub struct Double {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Double {
+    pub fn start(behaviour: Behaviour) -> Double {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            wrong_left: behaviour.wrong_checksums,
+            errors_left: behaviour.server_errors.iter().copied().collect(),
+            intermediate_errors_left: behaviour.intermediate_errors,
+            ..State::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let state = Arc::clone(&state);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut workers = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let index = {
+                                let mut s = state.lock().unwrap();
+                                s.connections += 1;
+                                s.connections - 1
+                            };
+                            let state = Arc::clone(&state);
+                            let behaviour = behaviour.clone();
+                            let stop = Arc::clone(&stop);
+                            workers.push(std::thread::spawn(move || {
+                                serve(stream, index, &state, &behaviour, &stop)
+                            }));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                for w in workers {
+                    let _ = w.join();
+                }
+            })
+        };
+        Double {
+            addr,
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+}
+
+impl Drop for Double {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn new_client_id() -> ClientId {
+    let random = AesKey::random();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&random.as_bytes()[..16]);
+    ClientId(id)
+}
+
+fn serve(
+    mut stream: TcpStream,
+    index: usize,
+    state: &Mutex<State>,
+    behaviour: &Behaviour,
+    stop: &AtomicBool,
+) {
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut decoder = RequestDecoder::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut first = true;
+    let mut packet: Option<(RequestHeader, FilePacketHeader)> = None;
+    let mut content = Vec::new();
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
+        let mut input = &buf[..n];
+        // The end of a packet is reported by one more call once its content is complete,
+        // even when no input is left.
+        while !input.is_empty() || (packet.is_some() && decoder.bytes_needed() == 0) {
+            let Ok((used, event)) = decoder.decode(input) else {
+                let _ = stream.write_all(&Response::ServerError.encode());
+                return;
+            };
+            input = &input[used..];
+            let reply: Option<Vec<u8>> = match event {
+                None => continue,
+                Some(RequestEvent::Request(request)) => {
+                    let r = handle(state, behaviour, index, first, &request);
+                    first = false;
+                    r
+                }
+                Some(RequestEvent::FilePacket {
+                    header,
+                    packet: fixed,
+                    ..
+                }) => {
+                    packet = Some((header, fixed));
+                    content.clear();
+                    continue;
+                }
+                Some(RequestEvent::Content(piece)) => {
+                    content.extend_from_slice(piece);
+                    continue;
+                }
+                Some(RequestEvent::FilePacketEnd) => {
+                    let (header, fixed) = packet.take().unwrap();
+                    let r =
+                        handle_packet(state, behaviour, index, first, &header, &fixed, &content);
+                    first = false;
+                    r
+                }
+                Some(RequestEvent::Invalid { .. }) => {
+                    first = false;
+                    Some(Response::ServerError.encode())
+                }
+            };
+            if let Some(bytes) = reply {
+                if stream.write_all(&bytes).is_err() {
+                    return;
+                }
+                let is_error = bytes.get(1..3) == Some(&1607u16.to_le_bytes()[..]);
+                if behaviour.close_after_reply || (behaviour.close_after_error && is_error) {
+                    // Like the original server: whatever else the client sent is dropped.
+                    let _ = stream.flush();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn take_error(state: &mut State, code: u16) -> bool {
+    match state.errors_left.get_mut(&code) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+fn handle(
+    state: &Mutex<State>,
+    behaviour: &Behaviour,
+    index: usize,
+    first: bool,
+    request: &Request,
+) -> Option<Vec<u8>> {
+    let mut s = state.lock().unwrap();
+    let code = request.body.code().as_u16();
+    s.log.push(Logged {
+        connection: index,
+        code,
+    });
+    if take_error(&mut s, code) {
+        return Some(Response::ServerError.encode());
+    }
+    let id = request.client_id;
+    let reply = match &request.body {
+        RequestBody::Register { name } => {
+            if s.clients.values().any(|c| c.name == name.as_str()) {
+                Response::RegistrationFailed
+            } else {
+                let client_id = new_client_id();
+                s.clients.insert(
+                    client_id,
+                    ClientRecord {
+                        name: name.as_str().to_owned(),
+                        ..ClientRecord::default()
+                    },
+                );
+                Response::Registered { client_id }
+            }
+        }
+        RequestBody::SendPublicKey { public_key, .. } => {
+            let Some(record) = s.clients.get_mut(&id) else {
+                return Some(Response::ServerError.encode());
+            };
+            let key = PublicKey::from_spki_der(public_key).unwrap();
+            let aes = AesKey::random();
+            let wrapped_key = key.wrap_aes_key(&aes).unwrap();
+            record.public_key = Some(key);
+            record.aes = Some(aes);
+            Response::PublicKeyAccepted {
+                client_id: id,
+                wrapped_key,
+            }
+        }
+        RequestBody::Reconnect { .. } => {
+            if behaviour.reject_reconnect_without_payload {
+                // 1606 with payload_size 0 (client rule 5).
+                return Some(vec![3, 0x46, 0x06, 0, 0, 0, 0]);
+            }
+            match s.clients.get_mut(&id) {
+                Some(record) if record.public_key.is_some() => {
+                    let aes = AesKey::random();
+                    let wrapped_key = record
+                        .public_key
+                        .as_ref()
+                        .unwrap()
+                        .wrap_aes_key(&aes)
+                        .unwrap();
+                    record.aes = Some(aes);
+                    Response::ReconnectAccepted {
+                        client_id: id,
+                        wrapped_key,
+                    }
+                }
+                _ => Response::ReconnectRejected {
+                    client_id: Some(id),
+                },
+            }
+        }
+        RequestBody::ChecksumOk { file_name } => {
+            s.verified.push(file_name.as_str().to_owned());
+            Response::Ack {
+                client_id: Some(id),
+            }
+        }
+        RequestBody::ChecksumRetry { .. } => {
+            if behaviour.answer_every_packet || behaviour.ack_after_901 || first {
+                Response::Ack {
+                    client_id: Some(id),
+                }
+            } else {
+                return None;
+            }
+        }
+        RequestBody::ChecksumFailed { file_name } => {
+            s.failed.push(file_name.as_str().to_owned());
+            Response::Ack {
+                client_id: Some(id),
+            }
+        }
+        RequestBody::SendFile { .. } => Response::ServerError,
+    };
+    Some(reply.encode())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handle_packet(
+    state: &Mutex<State>,
+    behaviour: &Behaviour,
+    index: usize,
+    first: bool,
+    header: &RequestHeader,
+    packet: &FilePacketHeader,
+    content: &[u8],
+) -> Option<Vec<u8>> {
+    let mut s = state.lock().unwrap();
+    s.log.push(Logged {
+        connection: index,
+        code: 828,
+    });
+    let id = header.client_id;
+    if packet.packet_number == 1 {
+        s.broken.remove(&id);
+    }
+    if packet.packet_number < packet.total_packets && s.intermediate_errors_left > 0 {
+        s.intermediate_errors_left -= 1;
+        s.broken.insert(id);
+    }
+    if s.broken.contains(&id) {
+        s.uploads.remove(&id);
+        return Some(Response::ServerError.encode());
+    }
+    let upload = s.uploads.entry(id).or_default();
+    if packet.packet_number == 1 {
+        upload.clear();
+    }
+    upload.extend_from_slice(content);
+    if packet.packet_number < packet.total_packets {
+        return (behaviour.answer_every_packet || first)
+            .then(|| Response::PacketReceived { client_id: id }.encode());
+    }
+    let ciphertext = s.uploads.remove(&id).unwrap_or_default();
+    if take_error(&mut s, 828) {
+        return Some(Response::ServerError.encode());
+    }
+    let Some(aes) = s.clients.get(&id).and_then(|c| c.aes.clone()) else {
+        return Some(Response::ServerError.encode());
+    };
+    let mut plain = Vec::new();
+    let mut decryptor = CbcDecryptor::new(&aes).unwrap();
+    if decryptor.update(&ciphertext, &mut plain).is_err() || decryptor.finish(&mut plain).is_err() {
+        return Some(Response::ServerError.encode());
+    }
+    let mut cksum = sfc_crypto::cksum(&plain);
+    if s.wrong_left > 0 {
+        s.wrong_left -= 1;
+        cksum ^= 0x5a5a;
+    }
+    let label = packet.file_name.as_str().to_owned();
+    s.sends.push((label.clone(), packet.total_packets));
+    s.stored.insert(label, plain);
+    Some(
+        Response::FileReceived {
+            client_id: id,
+            content_size: u32::try_from(ciphertext.len()).unwrap(),
+            file_name: Name::new(packet.file_name.as_str()).unwrap(),
+            cksum,
+        }
+        .encode(),
+    )
+}
+
+/// Path of a file name inside `dir` as a string (for arguments).
+pub fn arg(path: &Path) -> String {
+    path.to_str().unwrap().to_owned()
+}
+
+/// A fresh temporary folder.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// `dir/name`.
+pub fn at(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}

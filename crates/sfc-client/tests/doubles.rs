@@ -1,0 +1,398 @@
+//! The real client binary against test doubles: the server behaviours our own server never
+//! shows (PROTOCOL.md client rules 1, 4, 5, 6 and the 1607 retry policy).
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{
+    make_file, read_me_info, run_client, tempdir, write_transfer_info, Behaviour, Double,
+};
+
+const SERVER_ERROR: &str = "server responded with an error";
+
+/// transfer.info pointing at `double`, a file `data.bin` of `len` bytes; returns its bytes.
+fn setup(dir: &std::path::Path, double: &Double, name: &str, len: usize) -> Vec<u8> {
+    write_transfer_info(dir, &double.address(), name, "data.bin");
+    make_file(&dir.join("data.bin"), len, 7)
+}
+
+#[test]
+fn original_server_that_closes_after_every_reply() {
+    let double = Double::start(Behaviour {
+        close_after_reply: true,
+        answer_every_packet: true,
+        wrong_checksums: 1,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "orig", 5000);
+    let run = run_client(dir.path(), &["--packet-size", "1000", "-v"]);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("one connection per request"),
+        "{}",
+        run.stderr
+    );
+    {
+        let s = double.state();
+        assert_eq!(s.stored["data.bin"], data);
+        assert_eq!(s.verified, vec!["data.bin"]);
+        // Two sends of 6 packets (5008 B ciphertext / 1000), a 901 between them.
+        assert_eq!(s.count(828), 12);
+        assert_eq!(s.count(901), 1);
+        // Every connection carried exactly one request (each was closed after its reply).
+        let mut seen = HashSet::new();
+        for logged in &s.log {
+            assert!(seen.insert(logged.connection), "{:?}", s.log);
+        }
+        assert_eq!(
+            &s.codes()[..3],
+            &[825, 826, 828],
+            "826 was sent again on a new connection"
+        );
+    }
+
+    // A second run reconnects (827) in the same style, with a second file.
+    make_file(&dir.path().join("more.bin"), 3000, 9);
+    let run = run_client(dir.path(), &["data.bin", "more.bin"]);
+    run.assert_code(0);
+    let s = double.state();
+    assert!(s.codes().contains(&827));
+    assert_eq!(s.stored["more.bin"].len(), 3000);
+    assert_eq!(s.verified, vec!["data.bin", "data.bin", "more.bin"]);
+}
+
+#[test]
+fn stray_1604_after_901_is_skipped() {
+    let double = Double::start(Behaviour {
+        ack_after_901: true,
+        wrong_checksums: 2,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "stray", 10_000);
+    let run = run_client(dir.path(), &["-v"]);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("skipped a stray 1604"),
+        "{}",
+        run.stderr
+    );
+    let s = double.state();
+    assert_eq!(s.connections, 1, "one persistent connection");
+    assert_eq!(s.count(901), 2);
+    assert_eq!(s.count(900), 1);
+    assert_eq!(s.stored["data.bin"], data);
+}
+
+fn wrong_checksums(n: u32) -> (Double, common::ClientRun) {
+    let double = Double::start(Behaviour {
+        wrong_checksums: n,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    setup(dir.path(), &double, "mismatch", 4096);
+    let run = run_client(dir.path(), &[]);
+    (double, run)
+}
+
+#[test]
+fn wrong_checksum_once_is_fixed_by_one_resend() {
+    let (double, run) = wrong_checksums(1);
+    run.assert_code(0);
+    assert!(run.stderr.contains("checksum mismatch"), "{}", run.stderr);
+    let s = double.state();
+    assert_eq!(s.sends.len(), 2);
+    assert_eq!(s.count(901), 1);
+    assert_eq!(s.count(902), 0);
+    assert_eq!(s.verified, vec!["data.bin"]);
+    // 901 comes between the two sends, 900 last.
+    let codes: Vec<u16> = s.codes().into_iter().filter(|c| *c != 828).collect();
+    assert_eq!(codes, vec![825, 826, 901, 900]);
+}
+
+#[test]
+fn wrong_checksum_three_times_succeeds_on_the_last_resend() {
+    let (double, run) = wrong_checksums(3);
+    run.assert_code(0);
+    assert!(run.stdout.contains("after 4 sends"), "{}", run.stdout);
+    let s = double.state();
+    assert_eq!(s.sends.len(), 4);
+    assert_eq!(s.count(901), 3);
+    assert_eq!(s.count(902), 0);
+    assert_eq!(s.count(900), 1);
+}
+
+#[test]
+fn wrong_checksum_four_times_gives_up_with_902() {
+    let (double, run) = wrong_checksums(4);
+    run.assert_code(4);
+    assert!(run.stderr.contains("902"), "{}", run.stderr);
+    let s = double.state();
+    assert_eq!(s.sends.len(), 4, "at most 3 resends");
+    assert_eq!(s.count(901), 3);
+    assert_eq!(s.count(902), 1);
+    assert_eq!(s.count(900), 0);
+    assert_eq!(s.failed, vec!["data.bin"]);
+}
+
+#[test]
+fn a_failed_file_does_not_stop_the_next_one() {
+    let double = Double::start(Behaviour {
+        wrong_checksums: 4,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    setup(dir.path(), &double, "two", 100);
+    make_file(&dir.path().join("second.bin"), 200, 3);
+    let run = run_client(dir.path(), &["data.bin", "second.bin"]);
+    run.assert_code(4);
+    let s = double.state();
+    assert_eq!(s.failed, vec!["data.bin"]);
+    assert_eq!(s.verified, vec!["second.bin"]);
+}
+
+#[test]
+fn reconnect_rejected_with_a_1606_without_payload_registers_again() {
+    // First run against a normal double gives us an identity.
+    let first = Double::start(Behaviour::default());
+    let dir = tempdir();
+    setup(dir.path(), &first, "phoenix", 100);
+    run_client(dir.path(), &[]).assert_code(0);
+    let (_, old_id) = read_me_info(dir.path());
+    let old_key = std::fs::read_to_string(dir.path().join("priv.key")).unwrap();
+
+    let second = Double::start(Behaviour {
+        reject_reconnect_without_payload: true,
+        ..Behaviour::default()
+    });
+    let run = run_client(dir.path(), &["--server", &second.address()]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("1606"), "{}", run.stdout);
+    let s = second.state();
+    assert_eq!(s.codes(), vec![827, 825, 826, 828, 900]);
+    let (name, new_id) = read_me_info(dir.path());
+    assert_eq!(name, "phoenix");
+    assert_ne!(new_id, old_id, "a new client ID");
+    assert_ne!(
+        std::fs::read_to_string(dir.path().join("priv.key")).unwrap(),
+        old_key,
+        "new keys"
+    );
+}
+
+#[test]
+fn server_error_is_retried_and_reported() {
+    let double = Double::start(Behaviour {
+        server_errors: vec![(826, 2), (828, 1)],
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "retry", 3000);
+    let run = run_client(dir.path(), &[]);
+    run.assert_code(0);
+    assert_eq!(
+        run.stderr.matches(SERVER_ERROR).count(),
+        3,
+        "{}",
+        run.stderr
+    );
+    let s = double.state();
+    assert_eq!(s.count(826), 3);
+    assert_eq!(s.sends.len(), 1, "first send answered 1607, second stored");
+    assert_eq!(s.stored["data.bin"], data);
+}
+
+#[test]
+fn server_error_four_times_is_fatal() {
+    let double = Double::start(Behaviour {
+        server_errors: vec![(826, 100)],
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    setup(dir.path(), &double, "doomed", 10);
+    let run = run_client(dir.path(), &[]);
+    run.assert_code(3);
+    assert_eq!(
+        run.stderr.matches(SERVER_ERROR).count(),
+        4,
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("fatal"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("826 (send public key)"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&double.address()), "{}", run.stderr);
+    assert!(run.stderr.contains("retried 3 times"), "{}", run.stderr);
+    assert_eq!(double.state().count(826), 4);
+    assert!(!dir.path().join("me.info").exists());
+}
+
+#[test]
+fn name_taken_is_reported_with_its_own_exit_code() {
+    let double = Double::start(Behaviour::default());
+    let first = tempdir();
+    setup(first.path(), &double, "alice", 10);
+    run_client(first.path(), &[]).assert_code(0);
+
+    // A different client asks for the same name.
+    let second = tempdir();
+    setup(second.path(), &double, "alice", 10);
+    let run = run_client(second.path(), &[]);
+    run.assert_code(3);
+    assert!(run.stderr.contains("already taken"), "{}", run.stderr);
+
+    // A client the server does not know (1606) re-registers under a taken name.
+    let third = tempdir();
+    setup(third.path(), &double, "alice", 10);
+    let me = std::fs::read_to_string(first.path().join("me.info")).unwrap();
+    let mut lines: Vec<&str> = me.lines().collect();
+    lines[1] = "0123456789abcdef0123456789abcdef";
+    std::fs::write(third.path().join("me.info"), lines.join("\n")).unwrap();
+    let run = run_client(third.path(), &[]);
+    run.assert_code(3);
+    assert!(run.stderr.contains("registering again"), "{}", run.stderr);
+    assert!(run.stderr.contains("already taken"), "{}", run.stderr);
+}
+
+#[test]
+fn too_large_file_is_refused_before_connecting() {
+    let double = Double::start(Behaviour::default());
+    let dir = tempdir();
+    setup(dir.path(), &double, "big", 10);
+    let big = std::fs::File::create(dir.path().join("huge.bin")).unwrap();
+    // Sparse: no disk space used.
+    big.set_len(u64::from(u32::MAX) - 15).unwrap();
+    let run = run_client(dir.path(), &["data.bin", "huge.bin"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("32 bits"), "{}", run.stderr);
+    assert_eq!(double.state().connections, 0, "nothing was sent");
+}
+
+#[test]
+fn impossible_packet_size_is_refused_before_connecting() {
+    let double = Double::start(Behaviour::default());
+    let dir = tempdir();
+    setup(dir.path(), &double, "tiny", 2_000_000);
+    let run = run_client(dir.path(), &["--packet-size", "16"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("65535"), "{}", run.stderr);
+    assert_eq!(double.state().connections, 0);
+}
+
+#[test]
+fn verbose_shows_requests_and_replies_and_quiet_shows_nothing() {
+    let double = Double::start(Behaviour::default());
+    let dir = tempdir();
+    setup(dir.path(), &double, "chatty", 5000);
+    let run = run_client(dir.path(), &["-vv"]);
+    run.assert_code(0);
+    for needle in [
+        "-> 825 (register), payload 255 B",
+        "<- 1600 (registered), payload 16 B",
+        "-> 826 (send public key), payload 415 B",
+        "<- 1602 (public key accepted), payload 144 B",
+        "-> 828 packet 3/3",
+        "<- 1603 (file received), payload 279 B",
+        "-> 900 (checksum correct)",
+        "<- 1604 (acknowledged)",
+    ] {
+        assert!(run.stderr.contains(needle), "{needle:?} in\n{}", run.stderr);
+    }
+    // Default packet size: 5008 B of ciphertext in 3 packets of at most 2048.
+    assert_eq!(double.state().sends, vec![("data.bin".to_owned(), 3)]);
+
+    let run = run_client(dir.path(), &["--quiet"]);
+    run.assert_code(0);
+    assert_eq!(run.stdout, "");
+    assert_eq!(run.stderr, "");
+}
+
+#[test]
+fn several_files_in_one_session_on_one_connection() {
+    let double = Double::start(Behaviour::default());
+    let dir = tempdir();
+    setup(dir.path(), &double, "batch", 1);
+    let a = make_file(&dir.path().join("a.bin"), 0, 1);
+    let b = make_file(&dir.path().join("b.bin"), 17, 2);
+    let c = make_file(&dir.path().join("c.bin"), 70_000, 3);
+    let run = run_client(dir.path(), &["a.bin", "b.bin", "c.bin"]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("all 3 files stored"), "{}", run.stdout);
+    let s = double.state();
+    assert_eq!(s.connections, 1);
+    assert_eq!(s.stored["a.bin"], a);
+    assert_eq!(s.stored["b.bin"], b);
+    assert_eq!(s.stored["c.bin"], c);
+    assert_eq!(s.verified, vec!["a.bin", "b.bin", "c.bin"]);
+}
+
+#[test]
+fn dir_flag_holds_the_state_files_and_resolves_line_3() {
+    let double = Double::start(Behaviour::default());
+    let cwd = tempdir();
+    let state = cwd.path().join("state");
+    std::fs::create_dir_all(state.join("sub")).unwrap();
+    write_transfer_info(&state, &double.address(), "ivan", "sub/payload.bin");
+    let data = make_file(&state.join("sub/payload.bin"), 777, 4);
+    let run = run_client(cwd.path(), &["--dir", "state"]);
+    run.assert_code(0);
+    assert!(state.join("me.info").exists() && state.join("priv.key").exists());
+    assert!(!cwd.path().join("me.info").exists());
+    assert_eq!(double.state().stored["payload.bin"], data);
+}
+
+/// 1607 for an intermediate packet on a persistent connection, followed by a 1607 for each
+/// later packet of that send: the queued replies must not be taken for replies to the
+/// retry (the client drops that connection and retries on a fresh one).
+#[test]
+fn server_errors_for_intermediate_packets_do_not_desynchronise() {
+    let double = Double::start(Behaviour {
+        intermediate_errors: 1,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "desync", 5000);
+    let run = run_client(dir.path(), &["-v"]);
+    run.assert_code(0);
+    assert_eq!(
+        run.stderr.matches(SERVER_ERROR).count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    let s = double.state();
+    assert_eq!(s.stored["data.bin"], data);
+    assert_eq!(s.verified, vec!["data.bin"]);
+    assert_eq!(s.count(828), 6, "3 packets, sent twice");
+    assert_eq!(s.connections, 2);
+}
+
+/// A server that closes the connection after a 1607: the client reconnects and keeps one
+/// persistent connection (it does not mistake this for the close-after-every-reply style).
+#[test]
+fn a_close_after_a_server_error_keeps_the_persistent_style() {
+    let double = Double::start(Behaviour {
+        server_errors: vec![(826, 1)],
+        close_after_error: true,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "resilient", 5000);
+    let run = run_client(dir.path(), &["-v"]);
+    run.assert_code(0);
+    assert!(
+        !run.stderr.contains("one connection per request"),
+        "{}",
+        run.stderr
+    );
+    let s = double.state();
+    assert_eq!(s.stored["data.bin"], data);
+    assert_eq!(s.connections, 2);
+    let after: Vec<usize> = s.log[2..].iter().map(|l| l.connection).collect();
+    assert!(after.iter().all(|c| *c == 1), "{:?}", s.log);
+}

@@ -1,0 +1,324 @@
+//! End to end: the real client binary in temporary folders against our real server,
+//! started in-process. Stored files are found through defensive.db's PathName and
+//! compared byte for byte with the originals.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{make_file, read_me_info, run_client, tempdir, write_transfer_info};
+use sfc_server::{RunningServer, ServerConfig};
+
+fn start_server(data: &Path) -> RunningServer {
+    let mut config = ServerConfig::new(data);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.worker_threads = Some(2);
+    RunningServer::start(config).expect("start the server")
+}
+
+/// A row of the server's `files` table.
+#[derive(Debug)]
+struct StoredFile {
+    owner: String,
+    name: String,
+    path: PathBuf,
+    verified: bool,
+}
+
+fn stored_files(data: &Path) -> Vec<StoredFile> {
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("defensive.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut statement = db
+        .prepare("SELECT lower(hex(ID)), FileName, PathName, Verified FROM files ORDER BY FileName")
+        .unwrap();
+    statement
+        .query_map([], |row| {
+            Ok(StoredFile {
+                owner: row.get(0)?,
+                name: row.get(1)?,
+                path: data.join(row.get::<_, String>(2)?),
+                verified: row.get::<_, i64>(3)? != 0,
+            })
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn find<'a>(files: &'a [StoredFile], name: &str) -> &'a StoredFile {
+    files
+        .iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("{name} not in {files:?}"))
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn first_run_registers_and_later_runs_reconnect() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "alice", "data.bin");
+    let original = make_file(&dir.path().join("data.bin"), 1000, 1);
+
+    let run = run_client(dir.path(), &["-v"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("-> 825 (register)"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("-> 826 (send public key)"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("checksum"), "{}", run.stdout);
+    let (name, id) = read_me_info(dir.path());
+    assert_eq!(name, "alice");
+    assert_eq!(id.len(), 32);
+    assert!(id
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&dir.path().join("me.info")), 0o600);
+        assert_eq!(mode(&dir.path().join("priv.key")), 0o600);
+    }
+    let me_before = std::fs::read(dir.path().join("me.info")).unwrap();
+    let key_before = std::fs::read(dir.path().join("priv.key")).unwrap();
+
+    // Second run: reconnect with the saved identity, no new keys, a changed file.
+    let changed = make_file(&dir.path().join("data.bin"), 3000, 2);
+    let run = run_client(dir.path(), &["-v"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("-> 827 (reconnect)"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("<- 1605 (reconnect accepted)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("-> 825"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read(dir.path().join("me.info")).unwrap(),
+        me_before
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("priv.key")).unwrap(),
+        key_before
+    );
+
+    server.stop();
+    let files = stored_files(data.path());
+    let stored = find(&files, "data.bin");
+    assert_eq!(stored.owner, id);
+    assert!(stored.verified);
+    assert_eq!(std::fs::read(&stored.path).unwrap(), changed);
+    assert_ne!(changed, original);
+}
+
+#[test]
+fn a_server_that_lost_its_database_gets_a_new_registration() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "bob", "data.bin");
+    let original = make_file(&dir.path().join("data.bin"), 500, 3);
+    run_client(dir.path(), &[]).assert_code(0);
+    let (_, old_id) = read_me_info(dir.path());
+    server.stop();
+
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(data.path().join(format!("defensive.db{suffix}")));
+    }
+    let server = start_server(data.path());
+    let run = run_client(dir.path(), &["--server", &server.addr().to_string(), "-v"]);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("<- 1606 (reconnect rejected)"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("registering again"), "{}", run.stdout);
+    let (name, new_id) = read_me_info(dir.path());
+    assert_eq!(name, "bob");
+    assert_ne!(new_id, old_id);
+    server.stop();
+
+    let files = stored_files(data.path());
+    let stored = find(&files, "data.bin");
+    assert_eq!(stored.owner, new_id);
+    assert!(stored.verified);
+    assert_eq!(std::fs::read(&stored.path).unwrap(), original);
+}
+
+#[test]
+fn files_of_edge_sizes_in_one_session() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    write_transfer_info(
+        dir.path(),
+        &server.addr().to_string(),
+        "carol",
+        "unused.bin",
+    );
+    let sizes = [0usize, 1, 16, 17, 1 << 20];
+    let mut originals = Vec::new();
+    let mut args = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let name = format!("f{size}.bin");
+        originals.push((
+            name.clone(),
+            make_file(&dir.path().join(&name), *size, i as u8),
+        ));
+        args.push(name);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_client(dir.path(), &args);
+    run.assert_code(0);
+    assert!(run.stdout.contains("all 5 files stored"), "{}", run.stdout);
+    server.stop();
+
+    let files = stored_files(data.path());
+    assert_eq!(files.len(), sizes.len());
+    for (name, original) in &originals {
+        let stored = find(&files, name);
+        assert!(stored.verified, "{name}");
+        assert_eq!(&std::fs::read(&stored.path).unwrap(), original, "{name}");
+    }
+}
+
+#[test]
+fn a_50_mib_file_arrives_intact() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "dave", "big.bin");
+    let original = make_file(&dir.path().join("big.bin"), 50 << 20, 5);
+    let run = run_client(dir.path(), &[]);
+    run.assert_code(0);
+    server.stop();
+    let files = stored_files(data.path());
+    let stored = find(&files, "big.bin");
+    assert!(stored.verified);
+    assert!(
+        std::fs::read(&stored.path).unwrap() == original,
+        "content differs"
+    );
+}
+
+#[test]
+fn name_taken_on_our_server() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let first = tempdir();
+    let second = tempdir();
+    for dir in [&first, &second] {
+        write_transfer_info(dir.path(), &server.addr().to_string(), "erin", "x.bin");
+        make_file(&dir.path().join("x.bin"), 10, 1);
+    }
+    run_client(first.path(), &[]).assert_code(0);
+    let run = run_client(second.path(), &[]);
+    run.assert_code(3);
+    assert!(run.stderr.contains("already taken"), "{}", run.stderr);
+    assert!(!second.path().join("me.info").exists());
+    server.stop();
+}
+
+#[test]
+fn server_down_is_reported_with_its_address() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let address = server.addr().to_string();
+    server.stop();
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &address, "frank", "x.bin");
+    make_file(&dir.path().join("x.bin"), 10, 1);
+    let run = run_client(dir.path(), &["--connect-timeout", "2"]);
+    run.assert_code(5);
+    assert!(run.stderr.contains(&address), "{}", run.stderr);
+    assert!(run.stderr.contains("connection refused"), "{}", run.stderr);
+}
+
+/// The original client's style against our server: a new connection for every request
+/// and a reply to each intermediate packet (server rule 2), then a reconnect in the same
+/// style.
+#[test]
+fn one_connection_per_request_works_with_our_server() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "grace", "p.bin");
+    let original = make_file(&dir.path().join("p.bin"), 40_000, 6);
+    let args = ["--connection-per-request", "--packet-size", "4000", "-vv"];
+    let run = run_client(dir.path(), &args);
+    run.assert_code(0);
+    // 40016 B of ciphertext in 11 packets; every one but the last answered by a short 1603.
+    assert_eq!(
+        run.stderr.matches("-> 828 packet").count(),
+        11,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr
+            .matches("<- 1603 (file received), payload 16 B")
+            .count(),
+        10,
+        "{}",
+        run.stderr
+    );
+    let run = run_client(dir.path(), &args);
+    run.assert_code(0);
+    assert!(run.stderr.contains("-> 827"), "{}", run.stderr);
+    server.stop();
+    let files = stored_files(data.path());
+    let stored = find(&files, "p.bin");
+    assert!(stored.verified);
+    assert_eq!(std::fs::read(&stored.path).unwrap(), original);
+}
+
+/// me.info and priv.key as other clients write them (client rule 7): the key over several
+/// lines in me.info, priv.key as raw DER. The client reconnects with them.
+#[test]
+fn identity_files_written_by_other_clients_are_accepted() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "heidi", "x.bin");
+    make_file(&dir.path().join("x.bin"), 100, 1);
+    run_client(dir.path(), &[]).assert_code(0);
+
+    let key_text = std::fs::read_to_string(dir.path().join("priv.key")).unwrap();
+    let pair = sfc_crypto::RsaKeyPair::from_base64(&key_text).unwrap();
+    std::fs::write(
+        dir.path().join("priv.key"),
+        pair.to_pkcs8_der().unwrap().as_slice(),
+    )
+    .unwrap();
+    let (name, id) = read_me_info(dir.path());
+    let wrapped: Vec<&str> = key_text
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    std::fs::write(
+        dir.path().join("me.info"),
+        format!(
+            "{name}\r\n{}\r\n{}\r\n",
+            id.to_uppercase(),
+            wrapped.join("\r\n")
+        ),
+    )
+    .unwrap();
+    let run = run_client(dir.path(), &["-v"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("<- 1605"), "{}", run.stderr);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    server.stop();
+}
