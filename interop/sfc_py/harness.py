@@ -23,7 +23,8 @@ CLIENT_TIMEOUT = 120.0
 
 
 def bin_dir() -> Path:
-    return Path(os.environ.get("SFC_BIN_DIR") or REPO / "target" / "debug")
+    # Resolved now: tests change their working folder, a relative path would drift.
+    return Path(os.environ.get("SFC_BIN_DIR") or REPO / "target" / "debug").resolve()
 
 
 def binary(name: str) -> Path:
