@@ -314,6 +314,8 @@ pub struct Overrides {
     pub io_timeout: Duration,
     /// `--connection-per-request`: one connection per request from the start.
     pub per_request: bool,
+    /// `--tls [--tls-ca FILE]`: speak TLS (opt-in; plain TCP by default).
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 impl Overrides {
@@ -328,6 +330,7 @@ impl Overrides {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             io_timeout: DEFAULT_IO_TIMEOUT,
             per_request: false,
+            tls: None,
         }
     }
 }
@@ -352,6 +355,8 @@ pub struct Config {
     pub io_timeout: Duration,
     /// Use one connection per request from the start (otherwise detected).
     pub per_request: bool,
+    /// Speak TLS, verifying the server's certificate (`None`: plain TCP).
+    pub tls: Option<crate::tls::TlsOptions>,
     /// Non-fatal remarks about the input (ignored extra lines).
     pub warnings: Vec<String>,
 }
@@ -530,6 +535,7 @@ impl Config {
             connect_timeout: overrides.connect_timeout,
             io_timeout: overrides.io_timeout,
             per_request: overrides.per_request,
+            tls: overrides.tls.clone(),
             warnings,
         })
     }

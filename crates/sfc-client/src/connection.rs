@@ -9,6 +9,10 @@
 //! one turns out to be dead (only when it had already carried a request, so a server that
 //! fails a request on a fresh connection is reported, not retried).
 //!
+//! With `--tls` every connection starts with a TLS handshake ([`crate::tls`]); the
+//! protocol inside is unchanged. A plain connection that gets a TLS alert or a close
+//! instead of a reply says so and suggests `--tls`.
+//!
 //! Every reply is read by its header's `payload_size` (client rule 5), which
 //! [`ResponseHeader::decode`] bounds per code, so a lying server cannot make us allocate.
 
@@ -22,6 +26,7 @@ use sfc_proto::{DecodeError, RequestCode, RequestHeader, Response, ResponseCode,
 use crate::config::ServerAddress;
 use crate::error::{ClientError, NetworkError};
 use crate::progress::{Reporter, Verbosity};
+use crate::tls::{looks_like_tls_alert, Stream, TlsSetup};
 
 /// Connection style in force.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +123,9 @@ pub struct Connection {
     connect_timeout: Duration,
     io_timeout: Duration,
     mode: Mode,
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
+    /// Opt-in TLS (`--tls`): every new connection starts with this handshake.
+    tls: Option<TlsSetup>,
     last_reply_was_error: bool,
     payload: Vec<u8>,
     reporter: Reporter,
@@ -146,6 +153,7 @@ impl Connection {
             io_timeout,
             mode: Mode::Persistent,
             stream: None,
+            tls: None,
             last_reply_was_error: false,
             payload: Vec::with_capacity(sfc_proto::limits::MAX_RESPONSE_PAYLOAD),
             reporter,
@@ -165,6 +173,12 @@ impl Connection {
     /// The read/write time-out.
     pub fn io_timeout(&self) -> Duration {
         self.io_timeout
+    }
+
+    /// Speaks TLS on every connection from now on (`--tls`; see [`crate::tls`]).
+    pub fn use_tls(&mut self, setup: TlsSetup) {
+        self.tls = Some(setup);
+        self.stream = None;
     }
 
     /// From now on, one connection per request with a reply to each.
@@ -201,8 +215,8 @@ impl Connection {
                 Ok(true)
             }
             Mode::Persistent => {
-                if let Some(stream) = &self.stream {
-                    if peer_closed(stream) {
+                if let Some(stream) = self.stream.as_mut() {
+                    if stream.peer_closed() {
                         self.stream = None;
                         if self.last_reply_was_error {
                             self.reporter.detail(
@@ -240,6 +254,19 @@ impl Connection {
                     }
                     self.reporter
                         .detail(Verbosity::Trace, format!("   connected to {addr}"));
+                    let stream = match &self.tls {
+                        None => Stream::Plain(stream),
+                        // A certificate that does not verify ends the run here, before a
+                        // single protocol byte is sent.
+                        Some(tls) => {
+                            Stream::handshake(stream, tls).map_err(|source| NetworkError {
+                                server: self.server.clone(),
+                                during: "setting up TLS".to_owned(),
+                                timeout: Some(self.io_timeout),
+                                source,
+                            })?
+                        }
+                    };
                     self.stream = Some(stream);
                     self.last_reply_was_error = false;
                     return Ok(());
@@ -255,7 +282,7 @@ impl Connection {
         })
     }
 
-    fn stream(&mut self) -> Result<&mut TcpStream, io::Error> {
+    fn stream(&mut self) -> Result<&mut Stream, io::Error> {
         self.stream
             .as_mut()
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
@@ -270,12 +297,12 @@ impl Connection {
         })
     }
 
-    /// The open stream, for a writer thread (`&TcpStream` implements `Write`).
-    pub fn stream_ref(&self) -> Option<&TcpStream> {
-        self.stream.as_ref()
+    /// The open stream, for a writer thread (plain TCP or TLS; `Send`).
+    pub fn stream_mut(&mut self) -> Option<&mut Stream> {
+        self.stream.as_mut()
     }
 
-    /// Classifies a write error that happened on [`Self::stream_ref`] and drops the stream.
+    /// Classifies a write error that happened on [`Self::stream_mut`] and drops the stream.
     pub fn write_failed(&mut self, error: io::Error) -> Failure {
         self.stream = None;
         write_failure(error)
@@ -316,6 +343,7 @@ impl Connection {
     fn read_reply_inner(&mut self) -> Result<Response, Failure> {
         let mut head = [0u8; RESPONSE_HEADER_LEN];
         let mut filled = 0;
+        let plain = self.tls.is_none();
         {
             let stream = self.stream().map_err(|error| Failure::Gone {
                 phase: WAITING,
@@ -329,7 +357,12 @@ impl Connection {
                             phase: WAITING,
                             error: io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
-                                "the server closed the connection without replying",
+                                if plain {
+                                    "the server closed the connection without replying (if it \
+                                     serves TLS, run with --tls)"
+                                } else {
+                                    "the server closed the connection without replying"
+                                },
                             ),
                         })
                     }
@@ -348,10 +381,19 @@ impl Connection {
                                 io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
                             ) =>
                     {
+                        let error = if plain {
+                            io::Error::new(
+                                error.kind(),
+                                "the server reset the connection without replying (if it \
+                                 serves TLS, run with --tls)",
+                            )
+                        } else {
+                            error
+                        };
                         return Err(Failure::Gone {
                             phase: WAITING,
                             error,
-                        })
+                        });
                     }
                     Err(error) => {
                         return Err(Failure::Io {
@@ -361,6 +403,17 @@ impl Connection {
                     }
                 }
             }
+        }
+        if plain && looks_like_tls_alert(&head) {
+            return Err(Failure::Io {
+                phase: WAITING,
+                error: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the server answered with a TLS alert and closed the connection: it serves \
+                     TLS; run with --tls (and --tls-ca FILE unless its certificate is issued by a \
+                     CA this system trusts)",
+                ),
+            });
         }
         let header = ResponseHeader::decode(&head).map_err(Failure::Malformed)?;
         // decode() bounded payload_size by the code's allowed range (at most a few hundred
@@ -458,25 +511,10 @@ impl Connection {
 
     /// Closes the connection (the server sees the end of the session).
     pub fn close(&mut self) {
-        if let Some(stream) = self.stream.take() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+        if let Some(mut stream) = self.stream.take() {
+            stream.shutdown();
         }
     }
-}
-
-/// True if the server has closed (or reset) the connection. A pending stray reply counts
-/// as open; it is read (and skipped) where the protocol allows one.
-fn peer_closed(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return true;
-    }
-    let mut byte = [0u8; 1];
-    let closed = match stream.peek(&mut byte) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-    };
-    stream.set_nonblocking(false).is_err() || closed
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ pub mod exit {
     pub const REJECTED: u8 = 3;
     /// At least one file's checksum still differed after 3 resends (902 was sent).
     pub const CHECKSUM: u8 = 4;
-    /// Network failure: connection refused, reset, timed out, host not found.
+    /// Network failure: connection refused, reset, timed out, host not found; a TLS
+    /// handshake that fails (untrusted certificate, a server not speaking TLS).
     pub const NETWORK: u8 = 5;
     /// The server broke the protocol: a reply this client cannot accept.
     pub const PROTOCOL: u8 = 6;
@@ -164,6 +165,7 @@ fn plain_words(error: &io::Error, timeout: &Option<Duration>) -> String {
                 .to_owned()
         }
         K::TimedOut | K::WouldBlock => format!("no answer{within} (timed out)"),
+        K::ConnectionReset if error.get_ref().is_some() => error.to_string(),
         K::ConnectionReset => "the connection was reset by the server".to_owned(),
         K::ConnectionAborted => "the connection was aborted".to_owned(),
         K::BrokenPipe => "the server closed the connection".to_owned(),

@@ -118,7 +118,8 @@ fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, IdentityError> {
 /// the client has not registered yet.
 pub fn load(dir: &Path) -> Result<Option<Loaded>, IdentityError> {
     let me_path = dir.join(ME_INFO);
-    let Some(me_bytes) = read_if_exists(&me_path)? else {
+    // me.info holds the private key: wiped from memory when done (zeroize).
+    let Some(me_bytes) = read_if_exists(&me_path)?.map(zeroize::Zeroizing::new) else {
         return Ok(None);
     };
     let malformed = |line: usize, reason: String| IdentityError::Malformed {

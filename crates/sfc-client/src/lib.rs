@@ -11,6 +11,7 @@
 //! | [`connection`] | TCP with time-outs; persistent or one connection per request |
 //! | [`session`] | register / reconnect / key exchange, 1607 retries, checksum verdicts |
 //! | [`upload`] | streaming read → cksum + AES-CBC → packets; packet-size rule |
+//! | [`tls`] | opt-in TLS (`--tls`, `--tls-ca`): certificate verification, plain/TLS stream |
 //! | [`progress`] | messages by verbosity, progress bar |
 //! | [`error`] | [`ClientError`] and the exit codes |
 #![deny(
@@ -35,6 +36,7 @@ pub mod error;
 pub mod identity;
 pub mod progress;
 pub mod session;
+pub mod tls;
 pub mod upload;
 
 pub use config::{Config, Overrides};
@@ -69,6 +71,11 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
             reason,
         })?;
     }
+    // A bad --tls-ca is bad input: reported before anything is sent.
+    let tls = match &config.tls {
+        Some(options) => Some(tls::setup(&config.server, options)?),
+        None => None,
+    };
     let loaded = identity::load(&config.dir)?;
     if let Some(loaded) = &loaded {
         for warning in &loaded.warnings {
@@ -99,6 +106,9 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
     )?;
     if config.per_request {
         conn.use_per_request();
+    }
+    if let Some(tls) = tls {
+        conn.use_tls(tls);
     }
     let mut session = Session::establish(
         conn,

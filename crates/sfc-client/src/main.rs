@@ -29,13 +29,16 @@ Exit codes:
   3  rejected by the server: name already taken (1601), or 1607 to the same request
      after 3 retries
   4  a file's checksum was still wrong after 3 resends (902 sent)
-  5  network failure: connection refused, reset, timed out, host not found
+  5  network failure: connection refused, reset, timed out, host not found; with --tls
+     also an untrusted server certificate or a server that does not speak TLS (and
+     without --tls a server that speaks only TLS)
   6  protocol error: the server sent a reply this client cannot accept
 
 Examples:
   sfc-client                                  # everything from ./transfer.info
   sfc-client --server 127.0.0.1:1256 --name alice report.pdf photo.jpg
-  sfc-client --dir ~/sfc -v big.iso --packet-size 65536";
+  sfc-client --dir ~/sfc -v big.iso --packet-size 65536
+  sfc-client --tls --tls-ca ca.pem --server files.example.org:1256 report.pdf";
 
 /// Puts files on a SecureFileComm server (protocol version 3): registers (or reconnects),
 /// exchanges keys, uploads each file encrypted with AES-256-CBC, and confirms the server's
@@ -81,6 +84,17 @@ struct Cli {
     /// the connection after a reply)
     #[arg(long)]
     connection_per_request: bool,
+
+    /// Speak TLS to the server (opt-in: servers run with --tls-cert/--tls-key), verifying
+    /// its certificate against --tls-ca or the system's trusted roots and the host of
+    /// --server. Plain TCP without it, as every other implementation speaks
+    #[arg(long)]
+    tls: bool,
+
+    /// Trust only the CA certificate(s) in this PEM file for --tls (instead of the
+    /// system's roots)
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    tls_ca: Option<PathBuf>,
 
     /// Print nothing but errors
     #[arg(short, long, conflicts_with = "verbose")]
@@ -133,6 +147,9 @@ fn main() -> ExitCode {
         connect_timeout: Duration::from_secs_f64(cli.connect_timeout),
         io_timeout: Duration::from_secs_f64(cli.timeout),
         per_request: cli.connection_per_request,
+        tls: cli.tls.then(|| sfc_client::tls::TlsOptions {
+            ca_file: cli.tls_ca.clone(),
+        }),
     };
     let result = Config::load(&overrides)
         .map_err(sfc_client::ClientError::from)

@@ -13,7 +13,6 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::sync::mpsc;
 
@@ -30,6 +29,7 @@ use crate::config::FileToSend;
 use crate::connection::{describe_request, describe_response, Connection, Failure, Mode};
 use crate::error::ClientError;
 use crate::progress::{Reporter, Verbosity};
+use crate::tls::Stream;
 
 /// Plaintext bytes read from the file at a time.
 pub const READ_CHUNK: usize = 1 << 20;
@@ -434,7 +434,12 @@ fn send_persistent(
         Failure::Gone { .. } if !fresh => AttemptError::Gone,
         other => AttemptError::Fatal(conn.error(other, what)),
     };
-    let Some(stream) = conn.stream_ref() else {
+    if let Some(bytes) = resend {
+        // No reply expected on a connection that has carried requests (server rule 2);
+        // a stray 1604 some servers send anyway is skipped below (client rule 5).
+        conn.log_request(bytes);
+    }
+    let Some(stream) = conn.stream_mut() else {
         return Err(on_failure(
             conn,
             Failure::Gone {
@@ -444,11 +449,6 @@ fn send_persistent(
             &what,
         ));
     };
-    if let Some(bytes) = resend {
-        // No reply expected on a connection that has carried requests (server rule 2);
-        // a stray 1604 some servers send anyway is skipped below (client rule 5).
-        conn.log_request(bytes);
-    }
     match write_pipelined(stream, reporter, source, out, spare, resend) {
         Ok(()) => {}
         Err(PipeError::Source(e)) => {
@@ -602,7 +602,7 @@ enum PipeError {
 /// a second thread writes the previous batch, so encryption and the socket copy overlap.
 /// Two buffers circulate; both are handed back for the next send.
 fn write_pipelined(
-    stream: &TcpStream,
+    stream: &mut Stream,
     reporter: &Reporter,
     source: &mut PacketSource<'_>,
     first: &mut Vec<u8>,
@@ -619,7 +619,6 @@ fn write_pipelined(
         let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(0);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
         let writer = scope.spawn(move || -> io::Result<()> {
-            let mut stream = stream;
             for mut buf in full_rx {
                 stream.write_all(&buf)?;
                 buf.clear();

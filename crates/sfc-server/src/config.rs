@@ -1,5 +1,7 @@
 //! Configuration: the library's [`ServerConfig`], the command line, and `port.info`.
 
+use crate::rate_limit::RateLimit;
+use crate::tls::TlsFiles;
 use clap::{Parser, Subcommand};
 use sfc_proto::limits::MAX_ORIG_FILE_SIZE;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,6 +28,14 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 pub const DEFAULT_UPLOAD_TIMEOUT_SECS: u64 = 600;
 /// Default interval for persisting LastSeen notes and expiring uploads, in seconds.
 pub const DEFAULT_FLUSH_INTERVAL_SECS: u64 = 5;
+/// Default registrations (825) per minute per source address.
+pub const DEFAULT_REGISTER_RATE: u32 = 60;
+/// Default registrations a source address may make at once.
+pub const DEFAULT_REGISTER_BURST: u32 = 300;
+/// Default failed requests (1601/1606/1607) per minute per source address.
+pub const DEFAULT_FAIL_RATE: u32 = 120;
+/// Default failed requests a source address may make at once.
+pub const DEFAULT_FAIL_BURST: u32 = 300;
 
 /// Everything the server needs to run. Build it with [`ServerConfig::new`] and adjust
 /// the public fields.
@@ -54,6 +64,17 @@ pub struct ServerConfig {
     /// Worker threads of the runtime [`crate::RunningServer`] creates (`None`: one per
     /// core). `run`/`Server` use the caller's runtime.
     pub worker_threads: Option<usize>,
+    /// Opt-in TLS: serve TLS with this certificate chain and key (PEM) instead of plain
+    /// TCP. `None` (the default): plain TCP, as every other implementation speaks.
+    pub tls: Option<TlsFiles>,
+    /// Registrations (825) per source address; beyond it an 825 gets 1607.
+    pub register_limit: RateLimit,
+    /// Failed requests (answered 1601, 1606 or 1607) per source address; beyond it the
+    /// connection is closed and new ones from that address are refused until it refills.
+    pub failure_limit: RateLimit,
+    /// Opt-in: accept a client's 828/900/901/902 only from the address of its latest
+    /// key exchange (826/827) in this run ([`crate::address_pin`]). Off by default.
+    pub pin_address: bool,
 }
 
 impl ServerConfig {
@@ -70,6 +91,10 @@ impl ServerConfig {
             upload_timeout: Duration::from_secs(DEFAULT_UPLOAD_TIMEOUT_SECS),
             flush_interval: Duration::from_secs(DEFAULT_FLUSH_INTERVAL_SECS),
             worker_threads: None,
+            tls: None,
+            register_limit: RateLimit::new(DEFAULT_REGISTER_RATE, DEFAULT_REGISTER_BURST),
+            failure_limit: RateLimit::new(DEFAULT_FAIL_RATE, DEFAULT_FAIL_BURST),
+            pin_address: false,
         }
     }
 
@@ -193,6 +218,43 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_timeout: u64,
 
+    /// Serve TLS (opt-in) with this certificate chain (PEM, leaf first); needs --tls-key.
+    /// Without it the server speaks plain TCP, like every other implementation.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of the --tls-cert certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Registrations (825) allowed per minute per source address (IPv6: per /64);
+    /// beyond it an 825 gets 1607. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_REGISTER_RATE)]
+    pub register_rate: u32,
+
+    /// Registrations a source address may make at once before --register-rate applies.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_REGISTER_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub register_burst: u32,
+
+    /// Failed requests (answered 1601, 1606 or 1607, or a failed TLS handshake) allowed
+    /// per minute per source address; beyond it the connection is closed and new ones
+    /// from that address are refused until the budget refills. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_FAIL_RATE)]
+    pub fail_rate: u32,
+
+    /// Failed requests a source address may make at once before --fail-rate applies.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_FAIL_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub fail_burst: u32,
+
+    /// Opt-in: accept a client's file packets (828) and checksum verdicts (900/901/902)
+    /// only from the address (IPv6: /64) of its latest key exchange (826/827), so that
+    /// someone who saw its client ID cannot delete, overwrite or probe its files from
+    /// elsewhere. Breaks clients whose address changes within a session.
+    #[arg(long)]
+    pub pin_address: bool,
+
     /// Show what the database holds instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -246,6 +308,17 @@ impl Cli {
         config.request_timeout = Duration::from_secs(self.request_timeout);
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace);
         config.upload_timeout = Duration::from_secs(self.upload_timeout);
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        config.register_limit = RateLimit::new(self.register_rate, self.register_burst);
+        config.failure_limit = RateLimit::new(self.fail_rate, self.fail_burst);
+        config.pin_address = self.pin_address;
         Ok(config)
     }
 }
@@ -320,6 +393,58 @@ mod tests {
         let cli = Cli::try_parse_from(["sfc-server", "files", "--json", "--data-dir", d]).unwrap();
         assert!(matches!(cli.command, Some(Command::Files { json: true })));
         Cli::command_for_tests().debug_assert();
+    }
+
+    #[test]
+    fn tls_and_rate_limit_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let config = Cli::try_parse_from(["sfc-server", "--data-dir", d, "--port", "1"])
+            .unwrap()
+            .server_config()
+            .unwrap();
+        assert_eq!(config.tls, None, "plain TCP by default");
+        assert_eq!(
+            config.register_limit,
+            RateLimit::new(DEFAULT_REGISTER_RATE, DEFAULT_REGISTER_BURST)
+        );
+        assert_eq!(
+            config.failure_limit,
+            RateLimit::new(DEFAULT_FAIL_RATE, DEFAULT_FAIL_BURST)
+        );
+        let config = Cli::try_parse_from([
+            "sfc-server",
+            "--data-dir",
+            d,
+            "--port",
+            "1",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--register-rate",
+            "5",
+            "--register-burst",
+            "7",
+            "--fail-rate",
+            "0",
+        ])
+        .unwrap()
+        .server_config()
+        .unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert_eq!(config.register_limit, RateLimit::new(5, 7));
+        assert!(config.failure_limit.is_unlimited());
+        assert!(!config.pin_address);
+        assert!(Cli::try_parse_from(["sfc-server", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["sfc-server", "--tls-key", "k.pem"]).is_err());
+        assert!(Cli::try_parse_from(["sfc-server", "--fail-burst", "0"]).is_err());
     }
 
     impl Cli {

@@ -25,7 +25,15 @@
 //! Errors never end the process (server rule 9): an invalid request is answered with
 //! 1607 (1601 for an invalid 825 name) and the connection goes on; when framing is lost
 //! ([`sfc_proto::DecodeError::breaks_framing`]) the 1607 is followed by closing.
+//!
+//! Rate limits ([`crate::rate_limit`]): an 825 beyond the peer address's registration
+//! budget is answered 1607 without touching the database; every reply 1601/1606/1607
+//! counts against the address's failure budget, and the reply that exhausts it is
+//! followed by closing.
+//!
+//! The stream is plain TCP or TLS around it ([`crate::tls`]); the code is the same.
 
+use crate::rate_limit::RateLimiter;
 use crate::session::{Core, Ctx, Lease, Outcome};
 use crate::storage::Timestamp;
 use sfc_proto::{
@@ -35,10 +43,13 @@ use sfc_proto::{
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// Why `--pin-address` refused a request.
+const ADDRESS_REFUSED: &str =
+    "refused: not from the address of the client's latest key exchange (--pin-address)";
 
 /// Read buffer of an idle connection.
 pub const SMALL_BUFFER: usize = 4 * 1024;
@@ -56,6 +67,11 @@ pub struct ConnLimits {
     pub request_timeout: Duration,
     /// Largest plaintext file accepted (bounds an 828's payload).
     pub max_file_size: u64,
+    /// Per-address limits on registrations and failed requests (shared by all
+    /// connections).
+    pub rate: Arc<RateLimiter>,
+    /// Opt-in `--pin-address` ([`crate::address_pin`]): `None` when off.
+    pub address_pins: Option<Arc<crate::address_pin::AddressPins>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -75,8 +91,9 @@ struct Current {
     swallow: bool,
 }
 
-struct Conn {
-    stream: TcpStream,
+/// One connection over any byte stream: plain TCP, or TLS around it (crate::tls).
+struct Conn<S> {
+    stream: S,
     peer: SocketAddr,
     core: Arc<Core>,
     limits: Arc<ConnLimits>,
@@ -105,14 +122,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// Serves one connection until the client closes it, it times out, or the server shuts
 /// down (`shutdown` becomes true: the connection closes at the next request boundary).
-pub(crate) async fn serve(
-    stream: TcpStream,
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: S,
     peer: SocketAddr,
     core: Arc<Core>,
     limits: Arc<ConnLimits>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut conn = Conn {
         stream,
         peer,
@@ -133,7 +149,7 @@ pub(crate) async fn serve(
     conn.close(reason).await;
 }
 
-impl Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     fn ctx(&self) -> Ctx {
         Ctx {
             first_on_connection: self.first,
@@ -178,6 +194,7 @@ impl Conn {
                         };
                         self.log(code, None, 0, &outcome, None);
                         self.reply(&outcome).await;
+                        self.within_failure_budget();
                         return "framing lost";
                     }
                 }
@@ -231,9 +248,38 @@ impl Conn {
                 let register = request.body.code() == RequestCode::Register;
                 let core = Arc::clone(&self.core);
                 let ctx = self.ctx();
-                let outcome = blocking(move || core.handle_request(&ctx, request))
-                    .await
-                    .unwrap_or_else(Outcome::error);
+                let pinned = matches!(
+                    request.body.code(),
+                    RequestCode::SendFile
+                        | RequestCode::ChecksumOk
+                        | RequestCode::ChecksumRetry
+                        | RequestCode::ChecksumFailed
+                );
+                let outcome = if register && !self.limits.rate.allow_registration(self.peer.ip()) {
+                    Outcome::error(
+                        "registration refused: too many registrations from this address (rate limit)",
+                    )
+                } else if pinned && !self.address_allowed(&id) {
+                    Outcome::error(ADDRESS_REFUSED)
+                } else {
+                    blocking(move || core.handle_request(&ctx, request))
+                        .await
+                        .unwrap_or_else(Outcome::error)
+                };
+                if let (
+                    Some(Response::PublicKeyAccepted { .. } | Response::ReconnectAccepted { .. }),
+                    Some(pins),
+                ) = (&outcome.reply, &self.limits.address_pins)
+                {
+                    if let Some(before) = pins.pin(id, self.peer.ip()) {
+                        tracing::warn!(
+                            peer = %self.peer,
+                            client = %id.short(),
+                            %before,
+                            "key exchange from another address: requests for this client now accepted only from here (--pin-address)"
+                        );
+                    }
+                }
                 let shown = match (&outcome.reply, register) {
                     (Some(Response::Registered { client_id }), true) => Some(*client_id),
                     (_, true) => None,
@@ -245,9 +291,16 @@ impl Conn {
                 self.refused = None;
                 self.version = header.version;
                 let core = Arc::clone(&self.core);
-                let outcome = blocking(move || core.handle_invalid(&header, &error))
-                    .await
-                    .unwrap_or_else(Outcome::error);
+                // An invalid 828 abandons the parked upload: not from another address.
+                let outcome = if header.code == RequestCode::SendFile
+                    && !self.address_allowed(&header.client_id)
+                {
+                    Outcome::error(ADDRESS_REFUSED)
+                } else {
+                    blocking(move || core.handle_invalid(&header, &error))
+                        .await
+                        .unwrap_or_else(Outcome::error)
+                };
                 let id = (header.code != RequestCode::Register).then_some(header.client_id);
                 self.end_request(
                     header.code.as_u16(),
@@ -297,13 +350,14 @@ impl Conn {
                         packet_info,
                     );
                     self.reply(&outcome).await;
+                    self.within_failure_budget();
                     return Flow::Close;
                 }
                 let ctx = self.ctx();
                 let id = header.client_id;
                 // Continuing a parked upload is a mutex operation; only a new upload
                 // (database read, file creation) goes to the blocking pool.
-                let result = match self.core.checkout(id) {
+                let result = match self.checkout_from_peer(id) {
                     Ok(Some(mut lease)) => {
                         match Core::continue_packet(&mut lease, &packet, content_len) {
                             Ok(()) => {
@@ -462,11 +516,44 @@ impl Conn {
         self.log(code, client, payload, &outcome, packet);
         self.first = false;
         self.deadline = None;
-        if self.reply(&outcome).await {
-            Flow::Continue
-        } else {
-            Flow::Close
+        if !self.reply(&outcome).await {
+            return Flow::Close;
         }
+        if matches!(outcome.code(), Some(1601 | 1606 | 1607)) && !self.within_failure_budget() {
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    /// `--pin-address` ([`crate::address_pin`]): true when requests for `id` may come
+    /// from this peer (always, when the option is off).
+    fn address_allowed(&self, id: &ClientId) -> bool {
+        self.limits
+            .address_pins
+            .as_ref()
+            .is_none_or(|pins| pins.allows(id, self.peer.ip()))
+    }
+
+    /// [`Core::checkout`], refused (and the parked upload left alone) when the peer is
+    /// not the address `--pin-address` allows for this client.
+    fn checkout_from_peer(&self, id: ClientId) -> Result<Option<Lease>, Outcome> {
+        if !self.address_allowed(&id) {
+            return Err(Outcome::error(ADDRESS_REFUSED));
+        }
+        self.core.checkout(id)
+    }
+
+    /// Counts a failed request against the peer's address (crate::rate_limit); false
+    /// when the address has no budget left: the connection is to be closed.
+    fn within_failure_budget(&self) -> bool {
+        if self.limits.rate.record_failure(self.peer.ip()) {
+            return true;
+        }
+        tracing::warn!(
+            peer = %self.peer,
+            "too many failed requests from this address: connection closed (rate limit)"
+        );
+        false
     }
 
     /// Writes the reply, if any; false when the connection is no longer usable.
@@ -475,8 +562,13 @@ impl Conn {
             return true;
         };
         let bytes = response.encode();
+        // flush: a TLS stream may hold back what write_all accepted (no-op for TCP).
+        let write = async {
+            self.stream.write_all(&bytes).await?;
+            self.stream.flush().await
+        };
         matches!(
-            tokio::time::timeout(self.limits.idle_timeout, self.stream.write_all(&bytes)).await,
+            tokio::time::timeout(self.limits.idle_timeout, write).await,
             Ok(Ok(()))
         )
     }
@@ -490,6 +582,11 @@ impl Conn {
         packet: Option<(u16, u16, bool)>,
     ) {
         let intermediate = packet.is_some_and(|(_, _, intermediate)| intermediate);
+        // Intermediate packets log at debug: skip formatting them (per packet) when off.
+        if intermediate && outcome.code() != Some(1607) && !tracing::enabled!(tracing::Level::DEBUG)
+        {
+            return;
+        }
         let packet = packet.map(|(number, total, _)| format!("{number}/{total}"));
         let client = client.map_or_else(|| "-".to_string(), |c| c.short());
         let reply = outcome

@@ -8,6 +8,7 @@
 
 use crate::config::ServerConfig;
 use crate::connection::{self, ConnLimits};
+use crate::rate_limit::RateLimiter;
 use crate::session::{Core, Limits};
 use crate::storage::fs::LocalBlobStore;
 use crate::storage::sqlite::SqliteStore;
@@ -36,12 +37,17 @@ impl Storage {
     /// Opens `defensive.db` (creating and migrating it) and the local blob store in the
     /// data folder (creating it), and removes temporary files left by an earlier run.
     pub fn open(config: &ServerConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        // A data folder the server creates is owner-only (crate::perms); so is files/.
+        crate::perms::create_private_dir_all(&config.data_dir).with_context(|| {
             format!(
                 "cannot create the data folder {}",
                 config.data_dir.display()
             )
         })?;
+        let files = config.data_dir.join(crate::storage::fs::FILES_DIR);
+        if crate::perms::tighten(&files, crate::perms::DIR_MODE)? {
+            tracing::warn!(path = %files.display(), "was readable by other users; now 0700");
+        }
         let db = config.db_path();
         let meta = SqliteStore::open(&db)
             .with_context(|| format!("cannot open the database {}", db.display()))?;
@@ -72,6 +78,23 @@ pub fn raise_fd_limit(max_connections: usize) {
     }
 }
 
+/// Listen backlog: connections the kernel completes before the server accepts them
+/// (capped by `net.core.somaxconn`). The usual 128 overflows in bursts (hundreds of
+/// clients at once, or a short stall of the accept loop), and every client beyond it
+/// waits for a SYN retransmission (1 s, then 3 s, ...).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A bound server, ready to serve.
 #[derive(Debug)]
 pub struct Server {
@@ -79,6 +102,8 @@ pub struct Server {
     core: Arc<Core>,
     config: ServerConfig,
     addr: SocketAddr,
+    /// Opt-in TLS (`config.tls`), loaded and checked at bind time.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
@@ -93,6 +118,11 @@ impl Server {
 
     /// Binds the listener over the given storage (removing stale temporary files first).
     pub async fn bind_with(config: ServerConfig, storage: Storage) -> anyhow::Result<Self> {
+        // A bad certificate or key stops the server here, with a clear message.
+        let tls = match &config.tls {
+            Some(files) => Some(crate::tls::server_config(files)?),
+            None => None,
+        };
         let Storage { meta, blobs } = storage;
         let limits = Limits {
             max_file_size: config.max_file_size,
@@ -117,8 +147,7 @@ impl Server {
             Ok(Core::new(meta, blobs, limits))
         })
         .await??;
-        let listener = TcpListener::bind(config.bind)
-            .await
+        let listener = bind_listener(config.bind)
             .with_context(|| format!("cannot listen on {}", config.bind))?;
         let addr = listener.local_addr()?;
         Ok(Server {
@@ -126,6 +155,7 @@ impl Server {
             core: Arc::new(core),
             config,
             addr,
+            tls,
         })
     }
 
@@ -142,12 +172,22 @@ impl Server {
             core,
             config,
             addr,
+            tls,
         } = self;
+        let rate = Arc::new(RateLimiter::new(
+            config.register_limit,
+            config.failure_limit,
+        ));
         let limits = Arc::new(ConnLimits {
             idle_timeout: config.idle_timeout,
             request_timeout: config.request_timeout,
             max_file_size: config.max_file_size,
+            rate: Arc::clone(&rate),
+            address_pins: config
+                .pin_address
+                .then(|| Arc::new(crate::address_pin::AddressPins::new())),
         });
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
@@ -156,6 +196,13 @@ impl Server {
             config.flush_interval,
             stop_rx.clone(),
         ));
+        tracing::info!(
+            transport = if tls.is_some() { "TLS" } else { "plain TCP" },
+            registrations = %config.register_limit,
+            failures = %config.failure_limit,
+            pin_address = config.pin_address,
+            "security settings"
+        );
         tracing::info!("listening on {addr}");
         tokio::pin!(shutdown);
         let mut saturated = false;
@@ -184,12 +231,39 @@ impl Server {
                 accepted = listener.accept() => accepted,
             };
             match accepted {
+                Ok((stream, peer)) if rate.is_blocked(peer.ip()) => {
+                    // Out of failure budget (crate::rate_limit): closed at once.
+                    tracing::debug!(%peer, "connection refused: too many failed requests from this address");
+                    drop(stream);
+                    drop(permit);
+                }
                 Ok((stream, peer)) => {
                     let core = Arc::clone(&core);
                     let limits = Arc::clone(&limits);
                     let stop = stop_rx.clone();
+                    let tls = tls.clone();
                     connections.spawn(async move {
-                        connection::serve(stream, peer, core, limits, stop).await;
+                        let _ = stream.set_nodelay(true);
+                        match tls {
+                            None => connection::serve(stream, peer, core, limits, stop).await,
+                            Some(acceptor) => {
+                                match crate::tls::handshake(
+                                    &acceptor,
+                                    stream,
+                                    limits.request_timeout,
+                                )
+                                .await
+                                {
+                                    Ok(stream) => {
+                                        connection::serve(stream, peer, core, limits, stop).await
+                                    }
+                                    Err(reason) => {
+                                        limits.rate.record_failure(peer.ip());
+                                        tracing::info!(%peer, %reason, "connection closed");
+                                    }
+                                }
+                            }
+                        }
                         drop(permit);
                     });
                 }

@@ -60,11 +60,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Plaintext collected before one write to the temporary file.
-pub const FLUSH_AT: usize = 64 * 1024;
+/// Plaintext collected before one write to the temporary file. Each write is one hop to
+/// the blocking pool (two thread wake-ups); at 64 KiB those hops were the largest cost of
+/// a large upload (see BENCHMARKS.md), at 1 MiB they are negligible.
+pub const FLUSH_AT: usize = 1024 * 1024;
 /// Capacity of the batch buffer: a little above [`FLUSH_AT`] so that decrypting never
-/// reallocates it.
+/// reallocates it; smaller for a file whose rest is smaller ([`Lease::new`]).
 const BATCH_CAPACITY: usize = FLUSH_AT + 64;
+/// Room kept free in the batch for the decryptor's output beyond its input (at most
+/// one held-back block).
+const BATCH_SLACK: usize = 32;
 
 /// Limits the session enforces.
 #[derive(Clone, Debug)]
@@ -156,8 +161,12 @@ pub struct Upload {
     decryptor: CbcDecryptor,
     cksum: Cksum,
     temp: Box<dyn crate::storage::TempBlob>,
-    /// Decrypted bytes not yet written; empty and unallocated while parked.
+    /// `batch[..filled]`: decrypted bytes not yet written. The rest is scratch space that
+    /// the decryptor writes into (`update_into`): zero-filled once when it grows, never
+    /// again per packet. Freed between the packets of a connection-per-request client.
     batch: Vec<u8>,
+    /// See `batch`.
+    filled: usize,
 }
 
 impl fmt::Debug for Upload {
@@ -337,13 +346,26 @@ impl Drop for Lease {
     }
 }
 
+/// Ciphertext bytes the batch can take now (see [`BATCH_SLACK`]).
+fn upload_room(upload: &Upload) -> usize {
+    upload
+        .batch
+        .capacity()
+        .min(BATCH_CAPACITY)
+        .saturating_sub(upload.filled + BATCH_SLACK)
+}
+
 impl Lease {
     fn new(mut upload: Box<Upload>, registry: Arc<Registry>) -> Self {
-        // Never drops bytes: a parked batch keeps its content and capacity.
+        // Never drops bytes: a parked batch keeps its content and capacity. No more than
+        // the rest of the file needs, so small uploads hold small batches.
+        let rest = upload.encrypted_size.saturating_sub(upload.received);
+        let capacity = usize::try_from(rest)
+            .unwrap_or(usize::MAX)
+            .saturating_add(upload.filled + 2 * BATCH_SLACK)
+            .min(BATCH_CAPACITY);
         let len = upload.batch.len();
-        upload
-            .batch
-            .reserve_exact(BATCH_CAPACITY.saturating_sub(len));
+        upload.batch.reserve_exact(capacity.saturating_sub(len));
         Lease {
             upload: Some(upload),
             registry,
@@ -383,20 +405,28 @@ impl Lease {
         }
         // Room so that the decryptor's output (input + at most one held-back block)
         // never exceeds the buffer's capacity.
-        let room = BATCH_CAPACITY.saturating_sub(upload.batch.len() + 32);
+        let room = upload_room(upload);
         let take = content
             .len()
             .min(room)
             .min(usize::try_from(upload.packet_remaining).unwrap_or(usize::MAX));
         let input = content.get(..take).unwrap_or_default();
-        let start = upload.batch.len();
-        upload
+        let start = upload.filled;
+        let end = start + take + BATCH_SLACK;
+        if upload.batch.len() < end {
+            // Within the reserved capacity: no reallocation, and only the new part is
+            // zero-filled.
+            upload.batch.resize(end, 0);
+        }
+        let out = upload.batch.get_mut(start..).unwrap_or_default();
+        let written = upload
             .decryptor
-            .update(input, &mut upload.batch)
+            .update_into(input, out)
             .map_err(|e| format!("decryption failed: {e}"))?;
-        let produced = upload.batch.get(start..).unwrap_or_default();
+        let produced = upload.batch.get(start..start + written).unwrap_or_default();
         upload.cksum.update(produced);
-        upload.plaintext += produced.len() as u64;
+        upload.filled += written;
+        upload.plaintext += written as u64;
         upload.received += take as u64;
         upload.packet_remaining -= take as u64;
         Ok(take)
@@ -406,16 +436,17 @@ impl Lease {
     pub fn needs_flush(&self) -> bool {
         self.upload
             .as_ref()
-            .is_some_and(|u| u.batch.len() >= FLUSH_AT)
+            .is_some_and(|u| u.filled >= FLUSH_AT || upload_room(u) == 0)
     }
 
     /// Writes the batch to the temporary file (blocking).
     pub fn flush(&mut self) -> std::io::Result<()> {
         match self.upload.as_mut() {
             Some(upload) => {
-                if !upload.batch.is_empty() {
-                    upload.temp.write_all(&upload.batch)?;
-                    upload.batch.clear();
+                if upload.filled > 0 {
+                    let bytes = upload.batch.get(..upload.filled).unwrap_or_default();
+                    upload.temp.write_all(bytes)?;
+                    upload.filled = 0;
                 }
                 Ok(())
             }
@@ -436,6 +467,34 @@ pub struct Core {
     registry: Arc<Registry>,
     seen: Mutex<HashMap<ClientId, Timestamp>>,
     limits: Limits,
+    /// Serialises 826s, so that the key-pinning check and the key store are one step.
+    pin_lock: Mutex<()>,
+}
+
+/// A client record read from the metadata store whose AES key bytes are wiped
+/// (zeroize) when it is dropped; read through `Deref`.
+struct Wiped(crate::storage::ClientRecord);
+
+impl Wiped {
+    fn wipe(&mut self) {
+        if let Some(key) = self.0.aes_key.as_mut() {
+            zeroize::Zeroize::zeroize(key);
+        }
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+impl std::ops::Deref for Wiped {
+    type Target = crate::storage::ClientRecord;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 fn store_error(what: &str, error: StoreError) -> Outcome {
@@ -450,6 +509,7 @@ impl Core {
             blobs,
             registry: Arc::default(),
             seen: Mutex::default(),
+            pin_lock: Mutex::new(()),
             limits,
         }
     }
@@ -563,15 +623,20 @@ impl Core {
         }
     }
 
-    fn known_client(&self, id: ClientId) -> Result<crate::storage::ClientRecord, Outcome> {
+    fn known_client(&self, id: ClientId) -> Result<Wiped, Outcome> {
         match self.meta.client(&id) {
-            Ok(Some(record)) => Ok(record),
+            Ok(Some(record)) => Ok(Wiped(record)),
             Ok(None) => Err(Outcome::error(format!("unknown client {id}"))),
             Err(error) => Err(store_error("cannot look up the client", error)),
         }
     }
 
+    /// Handles an 826. Key pinning: once a client has a public key on record, only that key is
+    /// accepted again (the same key: a fresh AES key, as always); a different key is
+    /// refused with 1607 and logged, so that someone who learnt the client ID (it travels
+    /// in clear) cannot replace the key and receive the client's next AES keys.
     fn send_public_key(&self, ctx: &Ctx, id: ClientId, name: &Name, der: &[u8]) -> Outcome {
+        let _pinning = self.pin_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let record = match self.known_client(id) {
             Ok(record) => record,
             Err(outcome) => return outcome,
@@ -585,6 +650,21 @@ impl Core {
             Ok(key) => key,
             Err(error) => return Outcome::error(format!("unusable public key: {error}")),
         };
+        if let Some(pinned) = record.public_key.as_deref() {
+            let same =
+                PublicKey::from_spki_der(pinned).is_ok_and(|p| p.spki_der() == key.spki_der());
+            if !same {
+                tracing::warn!(
+                    client = %id.short(),
+                    name = name.as_str(),
+                    "826 refused: a public key other than the one on record (key pinning)"
+                );
+                return Outcome::error(
+                    "public key refused: the client has another key on record (key pinning); \
+                     a new key needs a new registration",
+                );
+            }
+        }
         self.issue_key(ctx, id, &key, Some(der), |client_id, wrapped_key| {
             Response::PublicKeyAccepted {
                 client_id,
@@ -623,7 +703,7 @@ impl Core {
             .with_detail(why)
         };
         let record = match self.meta.client(&id) {
-            Ok(Some(record)) => record,
+            Ok(Some(record)) => Wiped(record),
             Ok(None) => return reject(format!("unknown client {id}")),
             Err(error) => return store_error("cannot look up the client", error),
         };
@@ -632,10 +712,10 @@ impl Core {
                 "name {name:?} does not match the client's registered name"
             ));
         }
-        let Some(der) = record.public_key else {
+        let Some(der) = record.public_key.as_deref() else {
             return reject("no public key on record".into());
         };
-        let key = match PublicKey::from_spki_der(&der) {
+        let key = match PublicKey::from_spki_der(der) {
             Ok(key) => key,
             Err(error) => return reject(format!("the public key on record is unusable: {error}")),
         };
@@ -870,12 +950,13 @@ impl Core {
             )));
         }
         let record = self.known_client(id)?;
-        let Some(key_bytes) = record.aes_key else {
+        let Some(key_bytes) = record.aes_key.as_deref() else {
             return Err(Outcome::error(
                 "no AES key has been issued to this client (826 or 827 first)",
             ));
         };
-        let key = AesKey::from_bytes(&key_bytes)
+        // The record's copy of the key is wiped when `record` drops (Wiped).
+        let key = AesKey::from_bytes(key_bytes)
             .map_err(|e| Outcome::error(format!("the AES key on record is unusable: {e}")))?;
         let decryptor = CbcDecryptor::new(&key)
             .map_err(|e| Outcome::error(format!("cannot start decryption: {e}")))?;
@@ -909,6 +990,7 @@ impl Core {
             cksum: Cksum::new(),
             temp,
             batch: Vec::new(),
+            filled: 0,
         });
         Ok(Lease::new(upload, Arc::clone(&self.registry)))
     }
@@ -941,6 +1023,7 @@ impl Core {
             }
             if let Some(upload) = lease.upload.as_mut() {
                 upload.batch = Vec::new();
+                upload.filled = 0;
             }
         }
         match self.park(lease) {
@@ -970,8 +1053,10 @@ impl Core {
             mut cksum,
             mut temp,
             mut batch,
+            filled,
             ..
         } = *upload;
+        batch.truncate(filled);
         let result = (|| -> Result<(u32, String), String> {
             if received != encrypted_size {
                 return Err(format!(
@@ -992,19 +1077,8 @@ impl Core {
             }
             temp.write_all(&batch)
                 .map_err(|e| format!("cannot write the file: {e}"))?;
-            let path = temp
-                .persist()
-                .map_err(|e| format!("cannot store the file: {e}"))?;
-            let record = FileRecord {
-                client_id,
-                file_name: file_name.as_str().to_owned(),
-                path,
-                verified: false,
-            };
-            self.meta
-                .put_file(&record, ctx.now)
-                .map_err(|e| format!("cannot record the file: {e}"))?;
-            Ok((cksum.finish(), record.path))
+            let path = self.store_upload(ctx, client_id, file_name.as_str(), temp)?;
+            Ok((cksum.finish(), path))
         })();
         self.registry.release(&client_id, token);
         match result {
@@ -1017,6 +1091,74 @@ impl Core {
             .with_detail(format!("stored as {path}")),
             Err(reason) => Outcome::error(format!("upload abandoned: {reason}")),
         }
+    }
+
+    /// Moves a complete upload into place and records it so that nothing already stored
+    /// is lost and every row always names a complete file:
+    ///
+    /// 1. an existing row that is verified is first committed as unverified (it is about
+    ///    to name content the client has not confirmed);
+    /// 2. the file is moved into place, keeping the version it replaces
+    ///    ([`crate::storage::TempBlob::persist_undoable`]);
+    /// 3. the row is committed with Verified = 0. If that fails, the replaced version is
+    ///    put back (a new file is removed) and the old row restored as far as the
+    ///    database allows; the client gets 1607.
+    ///
+    /// A crash between any two steps leaves every row naming a complete file (the old or
+    /// the new version; unverified if it changed) and, for a new file, at worst a complete
+    /// file without a row. The kept version is a temporary file, removed at start-up.
+    fn store_upload(
+        &self,
+        ctx: &Ctx,
+        client_id: ClientId,
+        file_name: &str,
+        temp: Box<dyn crate::storage::TempBlob>,
+    ) -> Result<String, String> {
+        let existing = self
+            .meta
+            .file(&client_id, file_name)
+            .map_err(|e| format!("cannot look up the file: {e}"))?;
+        if let Some(old) = existing.as_ref().filter(|old| old.verified) {
+            let unverified = FileRecord {
+                verified: false,
+                ..old.clone()
+            };
+            self.meta
+                .put_file(&unverified, ctx.now)
+                .map_err(|e| format!("cannot record the file: {e}"))?;
+        }
+        let persisted = temp
+            .persist_undoable()
+            .map_err(|e| format!("cannot store the file: {e}"))?;
+        let record = FileRecord {
+            client_id,
+            file_name: file_name.to_owned(),
+            path: persisted.path().to_owned(),
+            verified: false,
+        };
+        if let Err(error) = self.meta.put_file(&record, ctx.now) {
+            let mut reason = format!("cannot record the file: {error}");
+            match persisted.undo() {
+                Ok(()) => reason.push_str("; the earlier state is restored"),
+                Err(undo) => {
+                    reason.push_str(&format!("; cannot restore the earlier state: {undo}"))
+                }
+            }
+            if let Some(old) = existing.filter(|old| old.verified) {
+                // Best effort: the database has just failed.
+                let _ = self.meta.put_file(&old, ctx.now);
+            }
+            return Err(reason);
+        }
+        if let Err(error) = persisted.keep() {
+            tracing::warn!(path = %record.path, %error, "cannot remove the replaced version (removed at next start-up)");
+        }
+        if let Some(old) = existing.filter(|old| old.path != record.path) {
+            if let Err(error) = self.blobs.remove(&old.path) {
+                tracing::warn!(path = %old.path, %error, "cannot remove the file's earlier path");
+            }
+        }
+        Ok(record.path)
     }
 
     /// Puts an upload back in the registry between packets (no I/O; the batch of
@@ -1309,5 +1451,16 @@ mod tests {
         assert_eq!(h.core.flush_last_seen().unwrap(), 1);
         let record = h.core.meta().client(&id).unwrap().unwrap();
         assert_eq!(record.last_seen, Some(later.to_string()));
+    }
+
+    #[test]
+    fn aes_key_bytes_read_from_the_store_are_wiped() {
+        let h = harness();
+        let (id, key) = enroll(&h, "wiped");
+        let mut record = h.core.known_client(id).unwrap();
+        assert_eq!(record.aes_key.as_deref(), Some(&key.as_bytes()[..]));
+        record.wipe();
+        // zeroize overwrites the Vec's whole buffer with zeros, then empties it.
+        assert_eq!(record.aes_key.as_deref(), Some(&[][..]));
     }
 }

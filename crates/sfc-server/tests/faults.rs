@@ -1,5 +1,6 @@
 //! Fault injection behind the storage traits: a full disk and a failing database must
-//! give 1607 (logged), leave no temporary file, and not disturb later requests.
+//! give 1607 (logged), leave no temporary file, never lose a file already stored, and not
+//! disturb later requests.
 
 mod common;
 
@@ -8,17 +9,20 @@ use sfc_proto::{ClientId, Response};
 use sfc_server::storage::fs::LocalBlobStore;
 use sfc_server::storage::sqlite::SqliteStore;
 use sfc_server::storage::{
-    BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, StoreError, TempBlob, Timestamp,
+    BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
+    Timestamp,
 };
 use sfc_server::{RunningServer, Storage};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
 struct Switches {
     disk_full: AtomicBool,
     db_down: AtomicBool,
+    /// `Some(n)`: n more `put_file` commits succeed, later ones fail.
+    put_file_budget: Mutex<Option<usize>>,
 }
 
 #[derive(Debug)]
@@ -68,6 +72,12 @@ impl TempBlob for FailingTemp {
         }
         self.inner.persist()
     }
+    fn persist_undoable(self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
+        if self.switches.disk_full.load(Ordering::SeqCst) {
+            return Err(enospc());
+        }
+        self.inner.persist_undoable()
+    }
 }
 
 #[derive(Debug)]
@@ -112,7 +122,17 @@ impl MetaStore for FailingMeta {
     }
     fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
         self.check()?;
+        if let Some(left) = self.switches.put_file_budget.lock().unwrap().as_mut() {
+            if *left == 0 {
+                return Err(StoreError::Database("commit failed (injected)".into()));
+            }
+            *left -= 1;
+        }
         self.inner.put_file(file, now)
+    }
+    fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
+        self.check()?;
+        self.inner.file(id, file_name)
     }
     fn set_verified(
         &self,
@@ -249,5 +269,144 @@ fn database_failures_give_1607_and_the_server_recovers() {
             client_id: Some(id)
         }
     );
+    server.stop();
+}
+
+fn stored(dir: &std::path::Path, id: ClientId, label: &str) -> Option<(Vec<u8>, bool)> {
+    let db = SqliteStore::open_existing(&dir.join("defensive.db")).unwrap();
+    let row = db.file(&id, label).unwrap()?;
+    let content = std::fs::read(dir.join(&row.path)).unwrap();
+    Some((content, row.verified))
+}
+
+fn file_names(dir: &std::path::Path, id: ClientId) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("files").join(id.to_hex()))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The data-safety fix: when the commit after the rename fails, the stored version is put
+/// back (and a new file removed); when the first commit (Verified = 0) fails, nothing
+/// changes at all.
+#[test]
+fn a_failed_commit_never_loses_the_stored_file() {
+    let (dir, server, switches) = start();
+    let mut conn = Conn::connect(server.addr());
+    let (id, key) = enroll(&mut conn, "keeper");
+    let v1 = data(200_000, 1);
+    let v2 = data(150_000, 2);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v1, 30_000),
+        id,
+        "f.bin",
+        &v1,
+    );
+    assert_eq!(
+        conn.call(&file_name_request(id, 900, "f.bin")),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+    let budget = |n: Option<usize>| *switches.put_file_budget.lock().unwrap() = n;
+
+    // Replacement: the Verified = 0 commit fails: nothing changes.
+    budget(Some(0));
+    assert_eq!(
+        upload(&mut conn, id, &key, "f.bin", &v2, 30_000),
+        Response::ServerError
+    );
+    assert_eq!(stored(dir.path(), id, "f.bin"), Some((v1.clone(), true)));
+    assert_eq!(file_names(dir.path(), id), ["f.bin"]);
+
+    // Replacement: the commit after the rename fails: v1 is back, nothing else remains.
+    budget(Some(1));
+    assert_eq!(
+        upload(&mut conn, id, &key, "f.bin", &v2, 30_000),
+        Response::ServerError
+    );
+    let (content, verified) = stored(dir.path(), id, "f.bin").unwrap();
+    assert_eq!(content, v1, "the stored version survived");
+    assert!(
+        !verified,
+        "conservatively unverified: the database failed before it could be restored"
+    );
+    assert_eq!(file_names(dir.path(), id), ["f.bin"]);
+
+    // A new file: the commit fails: the file is removed again.
+    budget(Some(0));
+    assert_eq!(
+        upload(&mut conn, id, &key, "new.bin", &v2, 30_000),
+        Response::ServerError
+    );
+    assert_eq!(stored(dir.path(), id, "new.bin"), None);
+    assert_eq!(file_names(dir.path(), id), ["f.bin"]);
+
+    // The database recovers: both go through.
+    budget(None);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v2, 30_000),
+        id,
+        "f.bin",
+        &v2,
+    );
+    assert_received(
+        &upload(&mut conn, id, &key, "new.bin", &v1, 30_000),
+        id,
+        "new.bin",
+        &v1,
+    );
+    assert_eq!(stored(dir.path(), id, "f.bin"), Some((v2.clone(), false)));
+    assert_eq!(file_names(dir.path(), id), ["f.bin", "new.bin"]);
+    server.stop();
+}
+
+/// A full disk while replacing a stored file: 1607, the stored version intact, no
+/// temporary file; once space returns the replacement goes through.
+#[test]
+fn disk_full_while_replacing_keeps_the_stored_file() {
+    let (dir, server, switches) = start();
+    let mut conn = Conn::connect(server.addr());
+    let (id, key) = enroll(&mut conn, "full-replace");
+    let v1 = data(100_000, 1);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v1, 30_000),
+        id,
+        "f.bin",
+        &v1,
+    );
+    assert_eq!(
+        conn.call(&file_name_request(id, 900, "f.bin")),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+    switches.disk_full.store(true, Ordering::SeqCst);
+    for len in [10usize, 1_000_000] {
+        let v2 = data(len, 2);
+        assert_eq!(
+            upload(&mut conn, id, &key, "f.bin", &v2, 30_000),
+            Response::ServerError
+        );
+        assert_eq!(
+            stored(dir.path(), id, "f.bin"),
+            Some((v1.clone(), true)),
+            "{len}"
+        );
+        assert_eq!(file_names(dir.path(), id), ["f.bin"]);
+    }
+    switches.disk_full.store(false, Ordering::SeqCst);
+    let v3 = data(300_000, 3);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v3, 30_000),
+        id,
+        "f.bin",
+        &v3,
+    );
+    assert_eq!(stored(dir.path(), id, "f.bin"), Some((v3, false)));
     server.stop();
 }

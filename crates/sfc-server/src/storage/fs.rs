@@ -13,10 +13,10 @@
 //! by `fsync` of its parent folders. Dropping an unpersisted temporary file removes it;
 //! leftovers of a crash are removed at start-up ([`BlobStore::remove_stale_temps`]).
 
-use super::{BlobStore, TempBlob};
+use super::{BlobStore, Persisted, TempBlob};
 use crate::names::{is_temp_name, TEMP_PREFIX};
 use sfc_proto::ClientId;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
@@ -71,10 +71,12 @@ impl LocalBlobStore {
         let files = self.root.join(FILES_DIR);
         let dir = files.join(client.to_hex());
         if dir.is_dir() {
+            // Owner-only (crate::perms); a folder of an older version is tightened here.
+            crate::perms::tighten(&dir, crate::perms::DIR_MODE)?;
             return Ok(dir);
         }
         let files_existed = files.is_dir();
-        fs::create_dir_all(&dir)?;
+        crate::perms::create_private_dir_all(&dir)?;
         sync_dir(&files)?;
         if !files_existed {
             sync_dir(&self.root)?;
@@ -90,16 +92,16 @@ impl BlobStore for LocalBlobStore {
             "{TEMP_PREFIX}{}.tmp",
             uuid::Uuid::new_v4().simple()
         ));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)?;
+        // 0600 whatever the umask; the rename keeps the mode (crate::perms).
+        let file = crate::perms::create_private_file(&temp_path)?;
         Ok(Box::new(LocalTemp {
             file: Some(file),
             temp_path,
             final_path: dir.join(disk_name),
             dir,
             rel_path: format!("{}/{disk_name}", Self::client_dir_rel(client)),
+            written: 0,
+            kicked: 0,
         }))
     }
 
@@ -154,12 +156,50 @@ struct LocalTemp {
     final_path: PathBuf,
     dir: PathBuf,
     rel_path: String,
+    /// Bytes written so far.
+    written: u64,
+    /// Bytes handed to write-behind so far ([`start_writeback`]).
+    kicked: u64,
 }
+
+/// Bytes written between two write-behind kicks ([`start_writeback`]).
+const WRITE_BEHIND: u64 = 16 << 20;
+
+/// Starts writing a range of the file to disk without waiting (write-behind), so that
+/// the disk works while the rest of the file arrives and the fsync before 1603 finds
+/// little left to do. Without it the whole file stays dirty in the page cache until that
+/// fsync (far below the kernel's dirty thresholds), and the client waits for all of it
+/// to be written after the last packet (see BENCHMARKS.md, scenario b).
+///
+/// On Linux, `POSIX_FADV_DONTNEED` starts asynchronous writeback of the range's dirty
+/// pages, then drops its pages that are already clean from the page cache: right for a
+/// file the server only writes. A no-op on tmpfs. A failure is harmless (the fsync still
+/// makes the file durable), so it is ignored.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    );
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 impl TempBlob for LocalTemp {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self.file.as_mut() {
-            Some(file) => file.write_all(bytes),
+            Some(file) => {
+                file.write_all(bytes)?;
+                self.written += bytes.len() as u64;
+                if self.written - self.kicked >= WRITE_BEHIND {
+                    start_writeback(file, self.kicked, self.written - self.kicked);
+                    self.kicked = self.written;
+                }
+                Ok(())
+            }
             None => Err(io::Error::other("temporary file already closed")),
         }
     }
@@ -176,6 +216,88 @@ impl TempBlob for LocalTemp {
         self.temp_path = PathBuf::new();
         sync_dir(&self.dir)?;
         Ok(std::mem::take(&mut self.rel_path))
+    }
+
+    fn persist_undoable(mut self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
+        let backup = self.move_into_place()?;
+        let persisted = LocalPersisted {
+            final_path: std::mem::take(&mut self.final_path),
+            dir: self.dir.clone(),
+            rel_path: std::mem::take(&mut self.rel_path),
+            backup,
+        };
+        if let Err(error) = sync_dir(&self.dir) {
+            // Not durably in place: put things back as they were.
+            let _ = Box::new(persisted).undo();
+            return Err(error);
+        }
+        Ok(Box::new(persisted))
+    }
+}
+
+impl LocalTemp {
+    /// fsync of the content, then the rename that puts it in place; `backup` (if the final
+    /// name exists) is a hard link to the version being replaced, made before the rename.
+    fn move_into_place(&mut self) -> io::Result<Option<PathBuf>> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        file.sync_all()?;
+        drop(file);
+        let backup = self.dir.join(format!(
+            "{TEMP_PREFIX}{}.old",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let backup = match fs::hard_link(&self.final_path, &backup) {
+            Ok(()) => Some(backup),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => {
+                // A filesystem without hard links: replace without a way back.
+                tracing::warn!(path = %self.final_path.display(), %error, "cannot keep the replaced version");
+                None
+            }
+        };
+        if let Err(error) = fs::rename(&self.temp_path, &self.final_path) {
+            if let Some(backup) = &backup {
+                let _ = fs::remove_file(backup);
+            }
+            return Err(error);
+        }
+        self.temp_path = PathBuf::new();
+        Ok(backup)
+    }
+}
+
+/// A file moved into place whose row is not committed yet (see [`Persisted`]).
+#[derive(Debug)]
+struct LocalPersisted {
+    final_path: PathBuf,
+    dir: PathBuf,
+    rel_path: String,
+    /// Hard link to the replaced version, under a temporary name.
+    backup: Option<PathBuf>,
+}
+
+impl Persisted for LocalPersisted {
+    fn path(&self) -> &str {
+        &self.rel_path
+    }
+
+    fn keep(self: Box<Self>) -> io::Result<()> {
+        // Not fsynced: after a crash the backup is a temporary file, removed at start-up.
+        match &self.backup {
+            Some(backup) => fs::remove_file(backup),
+            None => Ok(()),
+        }
+    }
+
+    fn undo(self: Box<Self>) -> io::Result<()> {
+        match &self.backup {
+            Some(backup) => fs::rename(backup, &self.final_path)?,
+            None => fs::remove_file(&self.final_path)?,
+        }
+        sync_dir(&self.dir)
     }
 }
 
@@ -227,6 +349,53 @@ mod tests {
         store.remove(&rel).unwrap();
         assert!(store.remove("../x").is_err());
         assert!(store.remove("/etc/passwd").is_err());
+    }
+
+    #[test]
+    fn an_undoable_persist_keeps_or_restores_the_replaced_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::new(dir.path());
+        let client = ClientId([0xcd; 16]);
+        let folder = dir.path().join("files").join("cd".repeat(16));
+        let names = || {
+            let mut names: Vec<_> = fs::read_dir(&folder)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        // A new file, undone: gone.
+        let mut temp = store.create_temp(&client, "n.bin").unwrap();
+        temp.write_all(b"new").unwrap();
+        let persisted = temp.persist_undoable().unwrap();
+        assert_eq!(fs::read(dir.path().join(persisted.path())).unwrap(), b"new");
+        persisted.undo().unwrap();
+        assert!(names().is_empty());
+        // A replacement, undone: the earlier version is back, nothing else left.
+        let mut temp = store.create_temp(&client, "r.bin").unwrap();
+        temp.write_all(b"v1").unwrap();
+        let rel = temp.persist().unwrap();
+        let mut temp = store.create_temp(&client, "r.bin").unwrap();
+        temp.write_all(b"v2").unwrap();
+        let persisted = temp.persist_undoable().unwrap();
+        assert_eq!(fs::read(dir.path().join(&rel)).unwrap(), b"v2");
+        assert_eq!(names().len(), 2, "the backup is kept meanwhile");
+        persisted.undo().unwrap();
+        assert_eq!(fs::read(dir.path().join(&rel)).unwrap(), b"v1");
+        assert_eq!(names(), ["r.bin"]);
+        // A replacement, kept: the new version stays and the backup goes.
+        let mut temp = store.create_temp(&client, "r.bin").unwrap();
+        temp.write_all(b"v3").unwrap();
+        temp.persist_undoable().unwrap().keep().unwrap();
+        assert_eq!(fs::read(dir.path().join(&rel)).unwrap(), b"v3");
+        assert_eq!(names(), ["r.bin"]);
+        // A backup left by a crash is a temporary file, removed at start-up.
+        let mut temp = store.create_temp(&client, "r.bin").unwrap();
+        temp.write_all(b"v4").unwrap();
+        std::mem::forget(temp.persist_undoable().unwrap());
+        assert_eq!(store.remove_stale_temps().unwrap(), 1);
+        assert_eq!(fs::read(dir.path().join(&rel)).unwrap(), b"v4");
     }
 
     #[test]

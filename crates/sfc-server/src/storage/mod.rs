@@ -10,7 +10,11 @@
 //!
 //! A 1603 is sent only after, in this order: the temporary file is written and
 //! `fsync`ed, renamed over its final name, the directory is `fsync`ed, and the `files`
-//! row is committed. The SQLite implementation runs in WAL mode with
+//! row is committed. Replacing a stored file never loses it (see
+//! `session::Core::store_upload`): a verified row is first committed as unverified, the
+//! replaced version is kept under a temporary name ([`TempBlob::persist_undoable`]) until
+//! the row is committed, and put back if that commit fails. The SQLite implementation
+//! runs in WAL mode with
 //! `synchronous=FULL`, so a commit is on disk when it returns (measured on this machine
 //! class: ~6,600 single-row commits/s with FULL, ~48,000 with NORMAL, which may lose the
 //! last commits on power loss; ~2,100 with a rollback journal). Commits happen only on
@@ -18,6 +22,7 @@
 //! flush, never per 828 packet, so FULL costs nothing that matters.
 
 pub mod fs;
+pub mod memory;
 pub mod sqlite;
 
 use sfc_proto::ClientId;
@@ -120,6 +125,14 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
         file_name: &str,
         now: Timestamp,
     ) -> Result<bool, StoreError>;
+    /// The row of one file, if any. The default scans [`MetaStore::files`]; stores
+    /// override it with a direct lookup.
+    fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
+        Ok(self
+            .files()?
+            .into_iter()
+            .find(|f| f.client_id == *id && f.file_name == file_name))
+    }
     /// Deletes a file row and returns it.
     fn remove_file(
         &self,
@@ -157,6 +170,47 @@ pub trait TempBlob: Send + fmt::Debug {
     /// Makes the content durable and moves it into place, replacing an earlier version:
     /// fsync, rename, fsync of the directory. Returns the path relative to the data folder.
     fn persist(self: Box<Self>) -> io::Result<String>;
+    /// Like [`TempBlob::persist`], but keeps what it replaces until the caller decides:
+    /// [`Persisted::keep`] once the `files` row is committed, [`Persisted::undo`] if the
+    /// commit failed (puts the earlier version back, or removes the new file when there
+    /// was none). A crash in between leaves the new, complete file under the final name
+    /// and the kept version under a temporary name (removed at start-up).
+    ///
+    /// The default cannot undo: it persists, and its `undo` leaves the new file in place.
+    fn persist_undoable(self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
+        let path = self.persist()?;
+        Ok(Box::new(NoUndo { path }))
+    }
+}
+
+/// A file moved into place by [`TempBlob::persist_undoable`], its row not yet committed.
+pub trait Persisted: Send + fmt::Debug {
+    /// Its path relative to the data folder.
+    fn path(&self) -> &str;
+    /// The row is committed: discard the replaced version.
+    fn keep(self: Box<Self>) -> io::Result<()>;
+    /// The row could not be committed: restore the replaced version, or remove the new
+    /// file if it replaced nothing.
+    fn undo(self: Box<Self>) -> io::Result<()>;
+}
+
+/// [`Persisted`] without an undo (the default of [`TempBlob::persist_undoable`]).
+#[derive(Debug)]
+pub struct NoUndo {
+    /// Path relative to the data folder.
+    pub path: String,
+}
+
+impl Persisted for NoUndo {
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn keep(self: Box<Self>) -> io::Result<()> {
+        Ok(())
+    }
+    fn undo(self: Box<Self>) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch; shown as UTC text

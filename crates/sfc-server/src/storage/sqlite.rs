@@ -58,8 +58,11 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database, sets WAL + synchronous=FULL, migrates.
+    /// Opens (creating if needed, owner-only) the database, sets WAL + synchronous=FULL,
+    /// migrates.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // Owner-only: the database holds every client's AES key (crate::perms).
+        crate::perms::prepare_private_db(path)?;
         let conn = Connection::open(path).map_err(db_err)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
@@ -278,6 +281,16 @@ impl MetaStore for SqliteStore {
         })
     }
 
+    fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT ID, FileName, PathName, Verified FROM files WHERE ID = ?1 AND FileName = ?2",
+            )?
+            .query_row(params![&id.0[..], file_name], file_from_row)
+            .optional()
+        })
+    }
+
     fn remove_file(
         &self,
         id: &ClientId,
@@ -385,6 +398,8 @@ mod tests {
             verified: false,
         };
         store.put_file(&file, t).unwrap();
+        assert_eq!(store.file(&id(1), "a/b.txt").unwrap(), Some(file.clone()));
+        assert_eq!(store.file(&id(1), "other").unwrap(), None);
         assert!(store.set_verified(&id(1), "a/b.txt", t).unwrap());
         assert!(!store.set_verified(&id(1), "nope", t).unwrap());
         assert!(store.files().unwrap()[0].verified);

@@ -1,0 +1,347 @@
+//! Opt-in TLS (`--tls`, `--tls-ca FILE`): the unchanged protocol inside TLS.
+//!
+//! The server's certificate is verified against the CA certificates in `--tls-ca FILE`
+//! (PEM) or, without it, the system's trusted roots; the name checked is the host of
+//! `--server` (a DNS name, or an IP address that the certificate must list as an IP
+//! address). A certificate that does not verify ends the run before a single protocol
+//! byte is sent. rustls's safe defaults (TLS 1.3 and 1.2, AEAD suites) on aws-lc-rs.
+//!
+//! [`Stream`] is what [`crate::connection::Connection`] reads and writes: plain TCP or
+//! TLS around it, with the same blocking `Read`/`Write` and time-outs.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+
+use crate::config::{ConfigError, Host, Origin, ServerAddress};
+
+/// The `--tls` options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// `--tls-ca FILE`: trust only the CA certificates in this PEM file; `None`: the
+    /// system's trusted roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A ready TLS client configuration and the name to verify.
+#[derive(Clone)]
+pub struct TlsSetup {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    /// Where the trust comes from, for messages: "a CA in FILE" or "a CA this system trusts".
+    trust: String,
+}
+
+impl fmt::Debug for TlsSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSetup")
+            .field("name", &self.name)
+            .field("trust", &self.trust)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ca_error(reason: String) -> ConfigError {
+    ConfigError {
+        origin: Origin::Flag("--tls-ca"),
+        reason,
+    }
+}
+
+/// Reads the CA certificates of a PEM file.
+pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| ca_error(format!("cannot read {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ca_error(format!("{} is not valid PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ca_error(format!(
+            "{} holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\")",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The server name the certificate must carry: the host of `--server`.
+pub fn server_name(server: &ServerAddress) -> Result<ServerName<'static>, ConfigError> {
+    match &server.host {
+        Host::Ipv4(ip) => Ok(ServerName::IpAddress(std::net::IpAddr::V4(*ip).into())),
+        Host::Ipv6(ip) => Ok(ServerName::IpAddress(std::net::IpAddr::V6(*ip).into())),
+        Host::Name(name) => {
+            let name = name.strip_suffix('.').unwrap_or(name).to_owned();
+            ServerName::try_from(name).map_err(|e| ConfigError {
+                origin: Origin::Flag("--server"),
+                reason: format!("not usable as a TLS server name: {e}"),
+            })
+        }
+    }
+}
+
+/// Builds the client configuration: roots from `--tls-ca` or the system.
+pub fn setup(server: &ServerAddress, options: &TlsOptions) -> Result<TlsSetup, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let trust = match &options.ca_file {
+        Some(path) => {
+            for cert in load_ca_file(path)? {
+                roots.add(cert).map_err(|e| {
+                    ca_error(format!(
+                        "{}: a certificate is not usable as a CA: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+            format!("a CA in {}", path.display())
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+                return Err(ConfigError {
+                    origin: Origin::Flag("--tls"),
+                    reason: format!(
+                        "no trusted root certificates found on this system{}; pass the server's \
+                         CA with --tls-ca FILE",
+                        if errors.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", errors.join("; "))
+                        }
+                    ),
+                });
+            }
+            "a CA this system trusts".to_owned()
+        }
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError {
+            origin: Origin::Flag("--tls"),
+            reason: format!("no TLS protocol version available: {e}"),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsSetup {
+        config: Arc::new(config),
+        name: server_name(server)?,
+        trust,
+    })
+}
+
+/// Plain TCP, or TLS around it.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP (the default).
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// Runs the client side of the TLS handshake on a connected socket (its time-outs
+    /// apply). The error says in words why: an untrusted certificate, or a server that
+    /// does not speak TLS.
+    pub fn handshake(tcp: TcpStream, setup: &TlsSetup) -> io::Result<Stream> {
+        let conn = ClientConnection::new(Arc::clone(&setup.config), setup.name.clone())
+            .map_err(io::Error::other)?;
+        let mut stream = StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            if let Err(error) = stream.conn.complete_io(&mut stream.sock) {
+                return Err(explain_handshake_error(error, setup));
+            }
+        }
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+
+    /// True for a TLS stream.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => &tls.sock,
+        }
+    }
+
+    /// True if the server has closed (or reset) the connection. Pending bytes (a stray
+    /// reply) count as open; for TLS, records that arrived are processed first, so a
+    /// close_notify counts as closed and session tickets do not count as a reply.
+    pub fn peer_closed(&mut self) -> bool {
+        if self.tcp().set_nonblocking(true).is_err() {
+            return true;
+        }
+        let closed = match self {
+            Stream::Plain(tcp) => {
+                let mut byte = [0u8; 1];
+                match tcp.peek(&mut byte) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                }
+            }
+            Stream::Tls(tls) => tls_peer_closed(tls),
+        };
+        self.tcp().set_nonblocking(false).is_err() || closed
+    }
+
+    /// Ends the connection: a TLS close_notify first, then the TCP shutdown.
+    pub fn shutdown(&mut self) {
+        if let Stream::Tls(tls) = self {
+            tls.conn.send_close_notify();
+            let _ = tls.conn.complete_io(&mut tls.sock);
+        }
+        let _ = self.tcp().shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn tls_peer_closed(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> bool {
+    loop {
+        match tls.conn.process_new_packets() {
+            Ok(state) if state.peer_has_closed() => return true,
+            Ok(state) if state.plaintext_bytes_to_read() > 0 => return false,
+            Ok(_) => {}
+            Err(_) => return true,
+        }
+        match tls.conn.read_tls(&mut tls.sock) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return true,
+        }
+    }
+}
+
+fn explain_handshake_error(error: io::Error, setup: &TlsSetup) -> io::Error {
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let text = match rustls_error {
+        Some(rustls::Error::InvalidCertificate(reason)) => format!(
+            "the server's certificate is not trusted ({reason:?}): it must be issued by {} and \
+             name {:?}. Refusing to talk to this server (pass --tls-ca with the CA that issued \
+             its certificate)",
+            setup.trust,
+            setup.name.to_str()
+        ),
+        Some(rustls::Error::InvalidMessage(_))
+        | Some(rustls::Error::InappropriateMessage { .. }) => {
+            format!(
+                "TLS handshake failed ({}): the server does not seem to speak TLS; run without \
+                 --tls if it serves plain TCP",
+                rustls_error.map_or_else(String::new, ToString::to_string)
+            )
+        }
+        Some(other) => format!("TLS handshake failed: {other}"),
+        None if error.kind() == io::ErrorKind::UnexpectedEof => {
+            "the server closed the connection during the TLS handshake: it does not seem to \
+             speak TLS; run without --tls if it serves plain TCP"
+                .to_owned()
+        }
+        None => return error,
+    };
+    io::Error::new(io::ErrorKind::InvalidData, text)
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.write(buf),
+            Stream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.write_all(buf),
+            // StreamOwned's write_all hands rustls the data record by record; flush
+            // makes sure every record is on the socket before a reply is awaited.
+            Stream::Tls(tls) => {
+                tls.write_all(buf)?;
+                tls.flush()
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// True when a 7-byte reply header is in fact the start of a TLS alert record: a plain
+/// client talking to a TLS server gets this, then the close.
+pub fn looks_like_tls_alert(head: &[u8]) -> bool {
+    matches!(head, [0x15, 0x03, 0x00..=0x04, 0x00, 0x02, ..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_alerts_are_recognised() {
+        assert!(looks_like_tls_alert(&[0x15, 3, 3, 0, 2, 2, 50]));
+        assert!(looks_like_tls_alert(&[0x15, 3, 1, 0, 2, 2, 10]));
+        // Real replies (version 3, codes 1600-1607) never start that way.
+        assert!(!looks_like_tls_alert(&[3, 0x40, 0x06, 16, 0, 0, 0]));
+        assert!(!looks_like_tls_alert(&[0x15, 3]));
+    }
+
+    #[test]
+    fn server_names_follow_the_server_address() {
+        let name = |text: &str| {
+            server_name(&ServerAddress::parse(text).unwrap())
+                .unwrap()
+                .to_str()
+                .into_owned()
+        };
+        assert_eq!(name("127.0.0.1:1256"), "127.0.0.1");
+        assert_eq!(name("[::1]:1256"), "::1");
+        assert_eq!(name("files.example.org.:1256"), "files.example.org");
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_clear_input_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerAddress::parse("127.0.0.1:1").unwrap();
+        let missing = TlsOptions {
+            ca_file: Some(dir.path().join("none.pem")),
+        };
+        let e = setup(&server, &missing).unwrap_err();
+        assert!(e.to_string().starts_with("--tls-ca: cannot read"), "{e}");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "hello\n").unwrap();
+        let e = setup(
+            &server,
+            &TlsOptions {
+                ca_file: Some(garbage),
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("holds no certificate"), "{e}");
+    }
+}

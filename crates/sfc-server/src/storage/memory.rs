@@ -1,0 +1,662 @@
+//! Storage in memory, with fault injection: for tests, fuzzing and other sans-IO drivers
+//! of [`crate::session::Core`].
+//!
+//! [`MemoryStorage`] holds the tables and the files; [`MemoryStorage::meta`] and
+//! [`MemoryStorage::blobs`] give a [`MetaStore`] and a [`BlobStore`] over the same state,
+//! and [`MemoryStorage::storage`] both as a [`crate::Storage`] for a real server. The
+//! state can be inspected at any time ([`MemoryStorage::clients`],
+//! [`MemoryStorage::files`], [`MemoryStorage::stored`], [`MemoryStorage::temp_count`]).
+//!
+//! Semantics follow the real stores: a temporary file becomes visible under its final
+//! name only when persisted (atomically replacing an earlier version); an unpersisted
+//! temporary file that is dropped disappears; names are unique; `LastSeen` never goes
+//! backwards.
+//!
+//! [`Faults`] switches failures on and off while the state is shared:
+//!
+//! - `db_down`: every metadata operation fails (a database error);
+//! - `disk_full`: writes to temporary files and persisting fail with `ENOSPC`;
+//! - [`Faults::db_fails_after`]: the database accepts that many more commits, then fails
+//!   (while files can still be written): a commit failing after the rename;
+//! - a *durable budget* ([`Faults::crash_after`]): after that many durable operations
+//!   (commits, renames, removals) every further one fails, as if the machine had died at
+//!   that point. What was applied until then is what a restart would find:
+//!   [`MemoryStorage::restart`] drops the temporary files (the start-up clean-up) and
+//!   lifts the budget.
+
+use super::{
+    BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
+    Timestamp,
+};
+use crate::names::TEMP_PREFIX;
+use sfc_proto::ClientId;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// Failure switches shared by the stores of one [`MemoryStorage`].
+#[derive(Debug)]
+pub struct Faults {
+    /// Every metadata operation fails.
+    pub db_down: AtomicBool,
+    /// Writing or persisting a temporary file fails with `ENOSPC`.
+    pub disk_full: AtomicBool,
+    /// Durable operations still allowed (`u64::MAX`: unlimited).
+    budget: AtomicU64,
+    /// Database commits still allowed (`u64::MAX`: unlimited).
+    db_budget: AtomicU64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            db_down: AtomicBool::new(false),
+            disk_full: AtomicBool::new(false),
+            budget: AtomicU64::new(u64::MAX),
+            db_budget: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Faults {
+    /// Allows `n` more durable operations; every later one fails (a simulated crash).
+    pub fn crash_after(&self, n: u64) {
+        self.budget.store(n, Ordering::SeqCst);
+    }
+
+    /// Allows `n` more database commits; later ones fail until [`Faults::heal`] or
+    /// [`Faults::db_recovers`].
+    pub fn db_fails_after(&self, n: u64) {
+        self.db_budget.store(n, Ordering::SeqCst);
+    }
+
+    /// Ends `db_down` and [`Faults::db_fails_after`].
+    pub fn db_recovers(&self) {
+        self.db_down.store(false, Ordering::SeqCst);
+        self.db_budget.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// True once the durable budget is spent.
+    pub fn crashed(&self) -> bool {
+        self.budget.load(Ordering::SeqCst) == 0
+    }
+
+    /// Lifts the durable budget and clears both switches.
+    pub fn heal(&self) {
+        self.budget.store(u64::MAX, Ordering::SeqCst);
+        self.db_recovers();
+        self.disk_full.store(false, Ordering::SeqCst);
+    }
+
+    fn db(&self) -> Result<(), StoreError> {
+        if self.db_down.load(Ordering::SeqCst) || self.crashed() {
+            Err(StoreError::Database(
+                "database unavailable (injected)".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Spends one durable operation, or fails when none is left.
+    fn durable(&self) -> io::Result<()> {
+        if spend(&self.budget) {
+            Ok(())
+        } else {
+            Err(io::Error::other("the machine is down (injected crash)"))
+        }
+    }
+
+    fn durable_db(&self) -> Result<(), StoreError> {
+        self.db()?;
+        if !spend(&self.db_budget) {
+            return Err(StoreError::Database("commit failed (injected)".into()));
+        }
+        self.durable()
+            .map_err(|e| StoreError::Database(e.to_string()))
+    }
+
+    fn disk(&self) -> io::Result<()> {
+        if self.disk_full.load(Ordering::SeqCst) {
+            Err(io::Error::from_raw_os_error(28)) // ENOSPC
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Takes one unit of a budget; false when it is spent.
+fn spend(budget: &AtomicU64) -> bool {
+    budget
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
+            0 => None,
+            u64::MAX => Some(u64::MAX),
+            n => Some(n - 1),
+        })
+        .is_ok()
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    clients: BTreeMap<ClientId, ClientRecord>,
+    files: BTreeMap<(ClientId, String), FileRecord>,
+}
+
+#[derive(Debug, Default)]
+struct Blobs {
+    /// Stored files by path relative to the data folder.
+    stored: BTreeMap<String, Vec<u8>>,
+    /// Temporary files (uploads in progress, kept versions) by name.
+    temps: BTreeMap<u64, Vec<u8>>,
+    next_temp: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    tables: Mutex<Tables>,
+    blobs: Mutex<Blobs>,
+    faults: Faults,
+}
+
+impl Shared {
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn blobs(&self) -> MutexGuard<'_, Blobs> {
+        self.blobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Tables and files in memory; see the module documentation.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStorage {
+    shared: Arc<Shared>,
+}
+
+impl MemoryStorage {
+    /// Empty storage, no faults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The failure switches.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// A [`MetaStore`] over this state.
+    pub fn meta(&self) -> MemoryMeta {
+        MemoryMeta {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// A [`BlobStore`] over this state.
+    pub fn blobs(&self) -> MemoryBlobs {
+        MemoryBlobs {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Both stores, for [`crate::RunningServer::start_with`].
+    pub fn storage(&self) -> crate::Storage {
+        crate::Storage {
+            meta: Box::new(self.meta()),
+            blobs: Box::new(self.blobs()),
+        }
+    }
+
+    /// All clients, by ID.
+    pub fn clients(&self) -> Vec<ClientRecord> {
+        self.shared.tables().clients.values().cloned().collect()
+    }
+
+    /// All file rows, by owner and name.
+    pub fn files(&self) -> Vec<FileRecord> {
+        self.shared.tables().files.values().cloned().collect()
+    }
+
+    /// Stored files (final names only) by relative path.
+    pub fn stored(&self) -> BTreeMap<String, Vec<u8>> {
+        self.shared.blobs().stored.clone()
+    }
+
+    /// Number of temporary files.
+    pub fn temp_count(&self) -> usize {
+        self.shared.blobs().temps.len()
+    }
+
+    /// What a restart after a crash finds: temporary files removed, faults healed.
+    pub fn restart(&self) {
+        self.shared.blobs().temps.clear();
+        self.shared.faults.heal();
+    }
+}
+
+/// [`MetaStore`] of a [`MemoryStorage`].
+pub struct MemoryMeta {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for MemoryMeta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryMeta").finish_non_exhaustive()
+    }
+}
+
+fn touch(tables: &mut Tables, id: &ClientId, now: Timestamp) {
+    if let Some(client) = tables.clients.get_mut(id) {
+        let now = now.to_string();
+        if client.last_seen.as_ref().is_none_or(|seen| *seen < now) {
+            client.last_seen = Some(now);
+        }
+    }
+}
+
+impl MetaStore for MemoryMeta {
+    fn client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        self.shared.faults.db()?;
+        Ok(self.shared.tables().clients.get(id).cloned())
+    }
+
+    fn insert_client(
+        &self,
+        id: &ClientId,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Inserted, StoreError> {
+        self.shared.faults.db()?;
+        let mut tables = self.shared.tables();
+        if tables.clients.values().any(|c| c.name == name) {
+            return Ok(Inserted::NameTaken);
+        }
+        if tables.clients.contains_key(id) {
+            return Err(StoreError::Database(format!("client {id} exists")));
+        }
+        self.shared.faults.durable_db()?;
+        tables.clients.insert(
+            *id,
+            ClientRecord {
+                id: *id,
+                name: name.to_owned(),
+                public_key: None,
+                last_seen: Some(now.to_string()),
+                aes_key: None,
+            },
+        );
+        Ok(Inserted::Ok)
+    }
+
+    fn set_keys(
+        &self,
+        id: &ClientId,
+        public_key: Option<&[u8]>,
+        aes_key: &[u8],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.shared.faults.db()?;
+        let mut tables = self.shared.tables();
+        if !tables.clients.contains_key(id) {
+            return Err(StoreError::Database(format!(
+                "no client {id} to store keys for"
+            )));
+        }
+        self.shared.faults.durable_db()?;
+        if let Some(client) = tables.clients.get_mut(id) {
+            if let Some(key) = public_key {
+                client.public_key = Some(key.to_vec());
+            }
+            client.aes_key = Some(aes_key.to_vec());
+        }
+        touch(&mut tables, id, now);
+        Ok(())
+    }
+
+    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
+        self.shared.faults.durable_db()?;
+        let mut tables = self.shared.tables();
+        tables
+            .files
+            .insert((file.client_id, file.file_name.clone()), file.clone());
+        touch(&mut tables, &file.client_id, now);
+        Ok(())
+    }
+
+    fn set_verified(
+        &self,
+        id: &ClientId,
+        file_name: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.shared.faults.durable_db()?;
+        let mut tables = self.shared.tables();
+        let found = match tables.files.get_mut(&(*id, file_name.to_owned())) {
+            Some(file) => {
+                file.verified = true;
+                true
+            }
+            None => false,
+        };
+        touch(&mut tables, id, now);
+        Ok(found)
+    }
+
+    fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
+        self.shared.faults.db()?;
+        Ok(self
+            .shared
+            .tables()
+            .files
+            .get(&(*id, file_name.to_owned()))
+            .cloned())
+    }
+
+    fn remove_file(
+        &self,
+        id: &ClientId,
+        file_name: &str,
+        now: Timestamp,
+    ) -> Result<Option<FileRecord>, StoreError> {
+        self.shared.faults.durable_db()?;
+        let mut tables = self.shared.tables();
+        let removed = tables.files.remove(&(*id, file_name.to_owned()));
+        touch(&mut tables, id, now);
+        Ok(removed)
+    }
+
+    fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        self.shared.faults.durable_db()?;
+        let mut tables = self.shared.tables();
+        for (id, now) in seen {
+            touch(&mut tables, id, *now);
+        }
+        Ok(())
+    }
+
+    fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        self.shared.faults.db()?;
+        let mut clients: Vec<_> = self.shared.tables().clients.values().cloned().collect();
+        clients.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(clients)
+    }
+
+    fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
+        self.shared.faults.db()?;
+        Ok(self.shared.tables().files.values().cloned().collect())
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// [`BlobStore`] of a [`MemoryStorage`].
+pub struct MemoryBlobs {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for MemoryBlobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBlobs").finish_non_exhaustive()
+    }
+}
+
+/// Refuses paths a real store would refuse (see [`super::fs`]).
+fn confined(path: &str) -> io::Result<()> {
+    let ok = !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("stored path {path:?} is not a plain relative path"),
+        ))
+    }
+}
+
+impl BlobStore for MemoryBlobs {
+    fn create_temp(&self, client: &ClientId, disk_name: &str) -> io::Result<Box<dyn TempBlob>> {
+        if disk_name.is_empty()
+            || disk_name.contains('/')
+            || disk_name == "."
+            || disk_name == ".."
+            || disk_name.starts_with(TEMP_PREFIX)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{disk_name:?} is not a plain file name"),
+            ));
+        }
+        let mut blobs = self.shared.blobs();
+        let temp = blobs.next_temp;
+        blobs.next_temp += 1;
+        blobs.temps.insert(temp, Vec::new());
+        Ok(Box::new(MemoryTemp {
+            shared: Arc::clone(&self.shared),
+            temp: Some(temp),
+            path: format!("{}/{}/{disk_name}", super::fs::FILES_DIR, client.to_hex()),
+        }))
+    }
+
+    fn remove(&self, path: &str) -> io::Result<()> {
+        confined(path)?;
+        self.shared.faults.durable()?;
+        self.shared.blobs().stored.remove(path);
+        Ok(())
+    }
+
+    fn size(&self, path: &str) -> io::Result<u64> {
+        confined(path)?;
+        match self.shared.blobs().stored.get(path) {
+            Some(bytes) => Ok(bytes.len() as u64),
+            None => Err(io::Error::from(io::ErrorKind::NotFound)),
+        }
+    }
+
+    fn remove_stale_temps(&self) -> io::Result<usize> {
+        let mut blobs = self.shared.blobs();
+        let count = blobs.temps.len();
+        blobs.temps.clear();
+        Ok(count)
+    }
+}
+
+/// A temporary file of a [`MemoryBlobs`].
+struct MemoryTemp {
+    shared: Arc<Shared>,
+    temp: Option<u64>,
+    path: String,
+}
+
+impl fmt::Debug for MemoryTemp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryTemp")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryTemp {
+    /// Renames the temporary file over its final name; returns the replaced content.
+    fn rename(&mut self) -> io::Result<Option<Vec<u8>>> {
+        self.shared.faults.disk()?;
+        let temp = self
+            .temp
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        self.shared.faults.durable()?;
+        let mut blobs = self.shared.blobs();
+        let content = blobs.temps.remove(&temp).unwrap_or_default();
+        self.temp = None;
+        Ok(blobs.stored.insert(self.path.clone(), content))
+    }
+}
+
+impl TempBlob for MemoryTemp {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.shared.faults.disk()?;
+        let temp = self
+            .temp
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        match self.shared.blobs().temps.get_mut(&temp) {
+            Some(content) => {
+                content.extend_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(io::Error::other("temporary file removed")),
+        }
+    }
+
+    fn persist(mut self: Box<Self>) -> io::Result<String> {
+        self.rename()?;
+        Ok(std::mem::take(&mut self.path))
+    }
+
+    fn persist_undoable(mut self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
+        // The replaced version stays under a temporary name until kept or undone.
+        let replaced = self.rename()?;
+        let backup = replaced.map(|content| {
+            let mut blobs = self.shared.blobs();
+            let temp = blobs.next_temp;
+            blobs.next_temp += 1;
+            blobs.temps.insert(temp, content);
+            temp
+        });
+        Ok(Box::new(MemoryPersisted {
+            shared: Arc::clone(&self.shared),
+            path: std::mem::take(&mut self.path),
+            backup,
+        }))
+    }
+}
+
+impl Drop for MemoryTemp {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            self.shared.blobs().temps.remove(&temp);
+        }
+    }
+}
+
+/// A persisted file of a [`MemoryBlobs`] awaiting its row.
+struct MemoryPersisted {
+    shared: Arc<Shared>,
+    path: String,
+    backup: Option<u64>,
+}
+
+impl fmt::Debug for MemoryPersisted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryPersisted")
+            .field("path", &self.path)
+            .field("backup", &self.backup.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Persisted for MemoryPersisted {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn keep(self: Box<Self>) -> io::Result<()> {
+        if let Some(backup) = self.backup {
+            // Not durable on a real disk either: a leftover is removed at start-up.
+            self.shared.blobs().temps.remove(&backup);
+        }
+        Ok(())
+    }
+
+    fn undo(self: Box<Self>) -> io::Result<()> {
+        self.shared.faults.durable()?;
+        let mut blobs = self.shared.blobs();
+        match self.backup.and_then(|backup| blobs.temps.remove(&backup)) {
+            Some(content) => {
+                blobs.stored.insert(self.path.clone(), content);
+            }
+            None => {
+                blobs.stored.remove(&self.path);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behaves_like_the_real_stores() {
+        let storage = MemoryStorage::new();
+        let meta = storage.meta();
+        let blobs = storage.blobs();
+        let id = ClientId([1; 16]);
+        let t = Timestamp(1_000);
+        assert_eq!(meta.insert_client(&id, "a", t).unwrap(), Inserted::Ok);
+        assert_eq!(
+            meta.insert_client(&ClientId([2; 16]), "a", t).unwrap(),
+            Inserted::NameTaken
+        );
+        meta.set_keys(&id, Some(b"pk"), &[7; 32], Timestamp(500))
+            .unwrap();
+        let client = meta.client(&id).unwrap().unwrap();
+        assert_eq!(client.last_seen.as_deref(), Some("1970-01-01 00:00:01.000"));
+        assert!(meta.set_keys(&ClientId([9; 16]), None, &[1], t).is_err());
+
+        let mut temp = blobs.create_temp(&id, "x").unwrap();
+        temp.write_all(b"abc").unwrap();
+        assert_eq!(storage.temp_count(), 1);
+        let path = temp.persist().unwrap();
+        assert_eq!(storage.temp_count(), 0);
+        assert_eq!(blobs.size(&path).unwrap(), 3);
+        drop(blobs.create_temp(&id, "y").unwrap());
+        assert_eq!(storage.temp_count(), 0);
+        assert!(blobs.create_temp(&id, "../y").is_err());
+        assert!(blobs.remove("../y").is_err());
+
+        // Replacement, undone and kept.
+        let mut temp = blobs.create_temp(&id, "x").unwrap();
+        temp.write_all(b"v2").unwrap();
+        let persisted = temp.persist_undoable().unwrap();
+        assert_eq!(storage.stored()[&path], b"v2");
+        persisted.undo().unwrap();
+        assert_eq!(storage.stored()[&path], b"abc");
+        let mut temp = blobs.create_temp(&id, "x").unwrap();
+        temp.write_all(b"v3").unwrap();
+        temp.persist_undoable().unwrap().keep().unwrap();
+        assert_eq!(storage.stored()[&path], b"v3");
+        assert_eq!(storage.temp_count(), 0);
+
+        // Faults.
+        storage.faults().db_down.store(true, Ordering::SeqCst);
+        assert!(meta.client(&id).is_err());
+        storage.faults().heal();
+        storage.faults().disk_full.store(true, Ordering::SeqCst);
+        let mut temp = blobs.create_temp(&id, "z").unwrap();
+        assert_eq!(temp.write_all(b"z").unwrap_err().raw_os_error(), Some(28));
+        drop(temp);
+        storage.faults().heal();
+        storage.faults().crash_after(1);
+        meta.touch(&[(id, t)]).unwrap();
+        assert!(meta.touch(&[(id, t)]).is_err());
+        assert!(storage.faults().crashed());
+        let mut temp = blobs.create_temp(&id, "w").unwrap();
+        temp.write_all(b"w").unwrap();
+        assert!(temp.persist().is_err());
+        storage.restart();
+        assert_eq!(storage.temp_count(), 0);
+        assert!(!storage
+            .stored()
+            .contains_key("files/01010101010101010101010101010101/w"));
+    }
+}

@@ -1,0 +1,123 @@
+//! Opt-in TLS around the unchanged protocol (`--tls-cert FILE --tls-key FILE`).
+//!
+//! The protocol's bytes are the same inside TLS; only the transport changes. With TLS on,
+//! every connection must start with a TLS handshake, which has to finish within the
+//! request timeout (a client that connects and stays silent, or speaks plain protocol
+//! bytes, is closed at once or at that deadline, never held). Plain TCP stays the
+//! default, for compatibility with every other implementation.
+//!
+//! Certificates and the private key are read from PEM files: the certificate file holds
+//! the server's certificate followed by any intermediates; the key file a PKCS#8, PKCS#1
+//! (RSA) or SEC1 (EC) private key. Protocol versions and cipher suites are rustls's safe
+//! defaults (TLS 1.3 and 1.2 with AEAD suites only) on the aws-lc-rs provider.
+
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// The PEM files of the server's certificate chain and private key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Reads every certificate in a PEM file (leaf first).
+pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the TLS certificate file {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the TLS certificate file {} is not valid PEM: {e}",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "the TLS certificate file {} holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\")",
+            path.display()
+        );
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key in a PEM file. Warns when the file is readable by others.
+pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(path)
+            .with_context(|| format!("cannot read the TLS key file {}", path.display()))?,
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the TLS private key is readable by other users; chmod 600 it"
+                );
+            }
+        }
+    }
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "the TLS key file {} holds no usable private key (PEM PKCS#8, PKCS#1 or SEC1): {e}",
+            path.display()
+        )
+    })
+}
+
+/// The rustls server configuration for these files.
+pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let certs = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("the TLS provider supports no protocol version")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .with_context(|| {
+            format!(
+                "cannot use the certificate {} with the key {}",
+                files.cert.display(),
+                files.key.display()
+            )
+        })?;
+    Ok(Arc::new(config))
+}
+
+/// An acceptor for these files (reads and checks them now, so that a bad file stops the
+/// server at start-up with a clear message).
+pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
+    Ok(TlsAcceptor::from(server_config(files)?))
+}
+
+/// Runs the server side of the handshake within `deadline`. `Err` carries the reason
+/// for the log (the connection is then simply closed: a client that does not speak TLS
+/// gets rustls's alert, if it can be written, and the close).
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    deadline: Duration,
+) -> Result<TlsStream<TcpStream>, String> {
+    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(error)) => Err(format!("TLS handshake failed: {error}")),
+        Err(_) => Err(format!(
+            "TLS handshake not completed within {} s",
+            deadline.as_secs_f64()
+        )),
+    }
+}

@@ -1,0 +1,375 @@
+//! Opt-in TLS (`--tls-cert`/`--tls-key`): the unchanged protocol inside TLS, with a test
+//! CA and a server certificate for 127.0.0.1/localhost made at test time (rcgen).
+
+mod common;
+
+use common::*;
+use rustls::pki_types::{CertificateDer, ServerName};
+use sfc_proto::{ClientId, Request, Response, ResponseHeader};
+use sfc_server::tls::TlsFiles;
+use sfc_server::{RunningServer, ServerConfig};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A CA and a server certificate it signed, as PEM files in `dir`.
+struct TestPki {
+    ca_der: CertificateDer<'static>,
+    files: TlsFiles,
+}
+
+fn make_ca(common_name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+fn make_pki(dir: &Path) -> TestPki {
+    let ca = make_ca("SecureFileComm test CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sfc-server test");
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let files = TlsFiles {
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    TestPki {
+        ca_der: ca.der().clone(),
+        files,
+    }
+}
+
+fn start_tls_server(dir: &Path, files: &TlsFiles, tweak: fn(&mut ServerConfig)) -> RunningServer {
+    init_logging();
+    let mut config = config_for(&dir.join("data"));
+    config.tls = Some(files.clone());
+    tweak(&mut config);
+    RunningServer::start(config).unwrap()
+}
+
+fn client_config(ca: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// A blocking TLS test client.
+struct TlsConn {
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl TlsConn {
+    /// Connects and completes the handshake (or returns its error).
+    fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let name = ServerName::IpAddress(addr.ip().into());
+        let conn = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(TlsConn { stream })
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+        self.stream.flush().unwrap();
+    }
+
+    fn recv(&mut self) -> Response {
+        let mut head = [0u8; 7];
+        self.stream.read_exact(&mut head).unwrap();
+        let header = ResponseHeader::decode(&head).unwrap();
+        let mut payload = vec![0u8; header.payload_size as usize];
+        self.stream.read_exact(&mut payload).unwrap();
+        Response::decode_payload(&header, &payload).unwrap()
+    }
+
+    fn call(&mut self, request: &Request) -> Response {
+        self.send_raw(&request.encode());
+        self.recv()
+    }
+}
+
+fn enroll_tls(conn: &mut TlsConn, user: &str) -> (ClientId, sfc_crypto::AesKey) {
+    let Response::Registered { client_id } = conn.call(&register_request(user)) else {
+        panic!("registration of {user} failed")
+    };
+    let Response::PublicKeyAccepted { wrapped_key, .. } = conn.call(&key_request(client_id, user))
+    else {
+        panic!("826 for {user}")
+    };
+    (client_id, keypair().unwrap_aes_key(&wrapped_key).unwrap())
+}
+
+/// The whole protocol over TLS: registration, key exchange, a file in one packet and one
+/// in many, 900; the files are stored byte for byte.
+#[test]
+fn upload_over_tls_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let server = start_tls_server(dir.path(), &pki.files, |_| {});
+    let mut conn = TlsConn::connect(server.addr(), client_config(&pki.ca_der)).unwrap();
+    let (id, key) = enroll_tls(&mut conn, "tina");
+    for (file, len, packet) in [
+        ("small.txt", 1000usize, 4096usize),
+        ("big.bin", 300_000, 2048),
+    ] {
+        let plain = data(len, len as u32);
+        let cipher = encrypt(&key, &plain);
+        for bytes in packets(id, file, plain.len(), &cipher, packet, ContentSize::Whole) {
+            conn.send_raw(&bytes);
+        }
+        assert_received(&conn.recv(), id, file, &plain);
+        assert_eq!(
+            conn.call(&file_name_request(id, 900, file)),
+            Response::Ack {
+                client_id: Some(id)
+            }
+        );
+        let stored = dir.path().join("data/files").join(id.to_hex()).join(file);
+        assert_eq!(std::fs::read(stored).unwrap(), plain);
+    }
+    server.stop();
+}
+
+/// A client that does not trust the server's certificate (another CA: what a
+/// man-in-the-middle's certificate looks like to it) refuses the handshake; the server
+/// goes on serving clients that do trust it.
+#[test]
+fn a_client_that_does_not_trust_the_certificate_refuses_to_talk() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let server = start_tls_server(dir.path(), &pki.files, |_| {});
+    let stranger = make_ca("someone else");
+    let error = TlsConn::connect(server.addr(), client_config(stranger.der()))
+        .err()
+        .expect("the handshake fails");
+    let text = format!("{error}");
+    assert!(
+        text.contains("UnknownIssuer") || text.contains("invalid peer certificate"),
+        "{text}"
+    );
+    let mut conn = TlsConn::connect(server.addr(), client_config(&pki.ca_der)).unwrap();
+    enroll_tls(&mut conn, "trusting");
+    server.stop();
+}
+
+/// A plain client against a TLS server gets a prompt close (after rustls's alert), not a
+/// hang and nothing that parses as a reply.
+#[test]
+fn a_plain_client_is_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let server = start_tls_server(dir.path(), &pki.files, |_| {});
+    let mut plain = Conn::connect(server.addr());
+    let started = Instant::now();
+    plain.send(&register_request("plain"));
+    let mut received = Vec::new();
+    plain
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match plain.stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("no close within 10 s: {e}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed promptly"
+    );
+    if let Some(first) = received.first() {
+        assert_eq!(
+            *first, 0x15,
+            "a TLS alert record, if anything: {received:?}"
+        );
+    }
+    server.stop();
+}
+
+/// A connection that never completes the handshake is closed at the request timeout.
+#[test]
+fn a_stalled_handshake_is_closed_at_the_request_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let server = start_tls_server(dir.path(), &pki.files, |c| {
+        c.request_timeout = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(30);
+    });
+    let mut silent = Conn::connect(server.addr());
+    let started = Instant::now();
+    assert!(silent.closed_within(Duration::from_secs(10)));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    server.stop();
+}
+
+/// Missing or unusable certificate/key files stop the server at start-up, naming them.
+#[test]
+fn bad_certificate_or_key_files_stop_the_server_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a pem file\n").unwrap();
+    let other = make_pki(&{
+        let d = dir.path().join("other");
+        std::fs::create_dir(&d).unwrap();
+        d
+    });
+    let cases = [
+        (
+            dir.path().join("missing.crt"),
+            pki.files.key.clone(),
+            "missing.crt",
+        ),
+        (garbage.clone(), pki.files.key.clone(), "garbage.pem"),
+        (pki.files.cert.clone(), garbage.clone(), "garbage.pem"),
+        (
+            pki.files.cert.clone(),
+            other.files.key.clone(),
+            "server.key",
+        ),
+    ];
+    for (cert, key, named) in cases {
+        let mut config = config_for(&dir.path().join("data"));
+        config.tls = Some(TlsFiles { cert, key });
+        let error = RunningServer::start(config).expect_err("refused");
+        let text = format!("{error:#}");
+        assert!(text.contains(named), "{text}");
+    }
+}
+
+/// A relay that forwards a connection to `target` and records every byte in both
+/// directions (what a passive eavesdropper on the path sees).
+fn recording_relay(target: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let Ok((client, _)) = listener.accept() else {
+            return;
+        };
+        let server = TcpStream::connect(target).unwrap();
+        let pipe =
+            |mut from: TcpStream, mut to: TcpStream, seen: Arc<std::sync::Mutex<Vec<u8>>>| {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                })
+            };
+        let up = pipe(
+            client.try_clone().unwrap(),
+            server.try_clone().unwrap(),
+            Arc::clone(&record),
+        );
+        let down = pipe(server, client, record);
+        let _ = up.join();
+        let _ = down.join();
+    });
+    (addr, seen)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// What TLS hides from a passive eavesdropper: with plain TCP the user name, the client
+/// ID, the file name and the checksum are on the wire; inside TLS none of them is.
+#[test]
+fn tls_hides_names_ids_and_checksums_from_an_eavesdropper() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let plain_server = TestServer::start();
+    let tls_server = start_tls_server(dir.path(), &pki.files, |_| {});
+    let plain_text = data(4000, 11);
+    let cksum = sfc_crypto::cksum(&plain_text).to_le_bytes();
+
+    // Plain TCP through the relay.
+    let (relay, seen) = recording_relay(plain_server.addr);
+    let mut conn = Conn::connect(relay);
+    let (id, key) = enroll(&mut conn, "eve-watches-plain");
+    let reply = upload(&mut conn, id, &key, "diary.txt", &plain_text, 4096);
+    assert_received(&reply, id, "diary.txt", &plain_text);
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(100));
+    let wire = seen.lock().unwrap().clone();
+    assert!(
+        contains(&wire, b"eve-watches-plain"),
+        "plain: the name is visible"
+    );
+    assert!(contains(&wire, &id.0), "plain: the client ID is visible");
+    assert!(
+        contains(&wire, b"diary.txt"),
+        "plain: the file name is visible"
+    );
+    assert!(contains(&wire, &cksum), "plain: the checksum is visible");
+
+    // The same inside TLS.
+    let (relay, seen) = recording_relay(tls_server.addr());
+    let mut conn = TlsConn::connect(relay, client_config(&pki.ca_der)).unwrap();
+    let (id, key) = enroll_tls(&mut conn, "eve-watches-tls");
+    let cipher = encrypt(&key, &plain_text);
+    for bytes in packets(
+        id,
+        "diary.txt",
+        plain_text.len(),
+        &cipher,
+        4096,
+        ContentSize::Whole,
+    ) {
+        conn.send_raw(&bytes);
+    }
+    assert_received(&conn.recv(), id, "diary.txt", &plain_text);
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(100));
+    let wire = seen.lock().unwrap().clone();
+    assert!(wire.len() > cipher.len(), "the relay saw the traffic");
+    assert!(!contains(&wire, b"eve-watches-tls"));
+    assert!(!contains(&wire, &id.0));
+    assert!(!contains(&wire, b"diary.txt"));
+    assert!(!contains(&wire, &cksum));
+    assert!(
+        !contains(&wire, &cipher[..64]),
+        "not even the CBC ciphertext"
+    );
+    tls_server.stop();
+}
