@@ -1,0 +1,184 @@
+//! Scenario (e): many idle connections held open (connected, nothing sent), the server's
+//! RSS with them, and a normal `sfc-client` upload served meanwhile.
+
+use crate::procs::{fd_count, run_client, Bins, Server};
+use crate::report::{connect_from, loopback_source, make_file};
+use anyhow::{bail, Result};
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What to run.
+#[derive(Debug)]
+pub struct IdleConfig<'a> {
+    /// The binaries.
+    pub bins: &'a Bins,
+    /// Folder for the server's data folder, the client folder and its file.
+    pub work: &'a Path,
+    /// Idle connections wanted.
+    pub connections: usize,
+    /// Size of the normal client's file.
+    pub file_size: u64,
+}
+
+/// Figures of one run.
+#[derive(Debug, Default)]
+pub struct IdleResult {
+    /// Open-file limit of this process (soft, hard) after raising it.
+    pub own_nofile: (u64, u64),
+    /// What the server reported as its open-file limit.
+    pub server_nofile: Option<u64>,
+    /// Connections opened and accepted by the server.
+    pub held: usize,
+    /// Connect failures.
+    pub failed: usize,
+    /// Seconds to open them.
+    pub open_secs: f64,
+    /// Server RSS before, kB.
+    pub server_idle_kb: u64,
+    /// Server RSS with the connections open, kB.
+    pub server_rss_kb: u64,
+    /// The normal client's wall time, seconds.
+    pub client_secs: f64,
+    /// Idle connections still open after the normal client finished.
+    pub still_open: usize,
+    /// Server options used.
+    pub server_args: Vec<String>,
+}
+
+/// Raises this process's open-file limit as far as the system allows (soft to hard; as
+/// root also the hard limit, up to fs.nr_open). Children (the server) inherit it.
+pub fn raise_nofile(wanted: u64) -> (u64, u64) {
+    use rlimit::Resource;
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(wanted);
+    if let Ok((_, hard)) = Resource::NOFILE.get() {
+        let target = wanted.min(nr_open).max(hard);
+        if Resource::NOFILE.set(target, target).is_err() {
+            let _ = Resource::NOFILE.set(hard, hard);
+        }
+    }
+    Resource::NOFILE.get().unwrap_or((0, 0))
+}
+
+/// Runs the scenario.
+pub fn run(cfg: &IdleConfig<'_>) -> Result<IdleResult> {
+    let wanted = cfg.connections as u64 + 1024;
+    let own_nofile = raise_nofile(wanted);
+    let data = cfg.work.join("server");
+    let _ = std::fs::remove_dir_all(&data);
+    // The server's default --max-connections is 10,000: with that many idle connections
+    // held, the normal client would wait in the listen backlog, so allow a few more.
+    let server_args = vec![
+        "--max-connections".to_string(),
+        (cfg.connections + 100).to_string(),
+    ];
+    let mut server = Server::start(&cfg.bins.server, &data, &server_args)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut result = IdleResult {
+        own_nofile,
+        server_nofile: server.nofile_limit(),
+        server_idle_kb: server.rss_kb()?,
+        server_args,
+        ..IdleResult::default()
+    };
+    let fds_before = fd_count(server.pid).unwrap_or(0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let addr = server.addr;
+    let wanted = cfg.connections;
+    let started = Instant::now();
+    let (streams, failed) = runtime.block_on(async move {
+        let mut streams = Vec::with_capacity(wanted);
+        let mut failed = 0;
+        // In waves, so the listen backlog never overflows.
+        let mut left = wanted;
+        while left > 0 {
+            let wave = left.min(500);
+            let first = wanted - left;
+            let connects: Vec<_> = (first..first + wave)
+                .map(|i| {
+                    tokio::spawn(tokio::time::timeout(
+                        Duration::from_secs(10),
+                        connect_from(loopback_source(2, i), addr),
+                    ))
+                })
+                .collect();
+            for connect in connects {
+                match connect.await {
+                    // Held as std streams (non-blocking), outside the runtime.
+                    Ok(Ok(Ok(stream))) => match stream.into_std() {
+                        Ok(stream) => streams.push(stream),
+                        Err(_) => failed += 1,
+                    },
+                    _ => failed += 1,
+                }
+            }
+            left -= wave;
+        }
+        (streams, failed)
+    });
+    result.failed = failed;
+    // Wait until the server has accepted them (its descriptor count).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let accepted = fd_count(server.pid).unwrap_or(0).saturating_sub(fds_before);
+        result.held = accepted.min(streams.len());
+        if accepted >= streams.len() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    result.open_secs = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    result.server_rss_kb = server.rss_kb()?;
+    eprintln!(
+        "    {} idle connections held ({} failed) in {:.1} s; server RSS {} kB (idle {} kB)",
+        result.held, result.failed, result.open_secs, result.server_rss_kb, result.server_idle_kb
+    );
+
+    let file = cfg.work.join("normal.bin");
+    make_file(&file, cfg.file_size, 42)?;
+    let client_dir = cfg.work.join("client");
+    let run = run_client(
+        &cfg.bins.client,
+        &client_dir,
+        server.addr,
+        "bench-normal",
+        &file,
+        None,
+        Duration::from_secs(60),
+    );
+    let _ = std::fs::remove_dir_all(&client_dir);
+    let _ = std::fs::remove_file(&file);
+    let run = run?;
+    server.check_alive()?;
+    if !run.status.success() {
+        bail!(
+            "the normal client failed ({}) with {} idle connections open:\n{}\nserver log:\n{}",
+            run.status,
+            result.held,
+            run.stderr.trim(),
+            server.tail(10)
+        );
+    }
+    result.client_secs = run.wall.as_secs_f64();
+    // Still open? A closed connection reads EOF; an open idle one has nothing to read.
+    result.still_open = streams
+        .iter()
+        .filter(|s| {
+            let mut byte = [0u8; 1];
+            let mut stream: &std::net::TcpStream = s;
+            matches!(stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    drop(streams);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    server.stop()?;
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(result)
+}

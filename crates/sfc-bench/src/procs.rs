@@ -1,0 +1,402 @@
+//! Child processes: the `sfc-server` and `sfc-client` release binaries, memory readings
+//! from `/proc`, and cleanup (every child is killed and reaped, also on errors).
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The binaries under test.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    /// `sfc-server`.
+    pub server: PathBuf,
+    /// `sfc-client`.
+    pub client: PathBuf,
+}
+
+impl Bins {
+    /// Finds both binaries in `dir`.
+    pub fn in_dir(dir: &Path) -> Result<Self> {
+        let server = dir.join("sfc-server");
+        let client = dir.join("sfc-client");
+        for bin in [&server, &client] {
+            if !bin.is_file() {
+                bail!(
+                    "{} not found: build the binaries first (cargo build --release --bins) or pass --bin-dir",
+                    bin.display()
+                );
+            }
+        }
+        Ok(Bins { server, client })
+    }
+}
+
+/// A field of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`).
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// CPU time (user + system, all threads) of a process, seconds; with `children`, that of
+/// its waited-for children instead.
+pub fn cpu_secs(pid: u32, children: bool) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let rest = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14..=17 of the whole line; `rest` starts at
+    // field 3.
+    let (a, b) = if children { (13, 14) } else { (11, 12) };
+    let ticks: f64 = fields.get(a)?.parse::<f64>().ok()? + fields.get(b)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // USER_HZ is 100 on every Linux architecture this runs on (getconf CLK_TCK).
+    100.0
+}
+
+/// Resets the peak RSS (`VmHWM`) of a process; false where the kernel does not allow it.
+pub fn reset_hwm(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// Number of open file descriptors of a process.
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default)]
+struct LogTail {
+    lines: VecDeque<String>,
+    nofile: Option<u64>,
+}
+
+/// A running `sfc-server`.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// Its process ID.
+    pub pid: u32,
+    /// Where it listens (always 127.0.0.1).
+    pub addr: SocketAddr,
+    log: Arc<Mutex<LogTail>>,
+}
+
+impl Server {
+    /// Starts a server on 127.0.0.1 with a free port; returns once it is listening.
+    pub fn start(bin: &Path, data_dir: &Path, extra: &[String]) -> Result<Server> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let mut child = Command::new(bin)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "info"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let pid = child.id();
+        let log = Arc::new(Mutex::new(LogTail::default()));
+        let (addr_tx, addr_rx) = mpsc::channel::<String>();
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                // Always drained, so the server never blocks on a full pipe.
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let line = strip_ansi(&line);
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let _ = addr_tx.send(rest.trim().to_string());
+                    }
+                    let mut tail = log.lock().unwrap_or_else(|p| p.into_inner());
+                    if line.contains("open-file limit") {
+                        tail.nofile = line
+                            .split("limit=")
+                            .nth(1)
+                            .and_then(|s| s.split_whitespace().next())
+                            .and_then(|s| s.parse().ok());
+                    }
+                    tail.lines.push_back(line);
+                    if tail.lines.len() > 200 {
+                        tail.lines.pop_front();
+                    }
+                }
+            });
+        }
+        let mut server = Server {
+            child,
+            pid,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match addr_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(text) => {
+                    server.addr = text
+                        .parse()
+                        .with_context(|| format!("server printed an odd address {text:?}"))?;
+                    return Ok(server);
+                }
+                Err(_) if Instant::now() > deadline => {
+                    bail!(
+                        "the server did not listen within 30 s:\n{}",
+                        server.tail(20)
+                    )
+                }
+                Err(_) => server.check_alive()?,
+            }
+        }
+    }
+
+    /// The last `n` lines it logged.
+    pub fn tail(&self, n: usize) -> String {
+        let tail = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let skip = tail.lines.len().saturating_sub(n);
+        tail.lines
+            .iter()
+            .skip(skip)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The open-file limit the server reported at start-up.
+    pub fn nofile_limit(&self) -> Option<u64> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).nofile
+    }
+
+    /// Fails if the server has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the server exited ({status}):\n{}", self.tail(20));
+        }
+        Ok(())
+    }
+
+    /// Current RSS in kB.
+    pub fn rss_kb(&self) -> Result<u64> {
+        status_kb(self.pid, "VmRSS").ok_or_else(|| anyhow!("cannot read the server's VmRSS"))
+    }
+
+    /// Stops the server: SIGTERM, up to 15 s for a graceful shutdown, then SIGKILL.
+    pub fn stop(mut self) -> Result<()> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(anyhow!("the server exited with {status}"))
+                };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        bail!("the server did not stop within 15 s of SIGTERM; killed")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls the RSS of processes every few milliseconds in a background thread.
+#[derive(Debug)]
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peaks: Arc<Vec<AtomicU64>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    /// Samples `VmRSS` (and `VmHWM`, which covers the gaps between samples) of `pids`.
+    pub fn start(pids: Vec<u32>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peaks: Arc<Vec<AtomicU64>> = Arc::new(pids.iter().map(|_| AtomicU64::new(0)).collect());
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let peaks = Arc::clone(&peaks);
+            std::thread::spawn(move || loop {
+                for (pid, peak) in pids.iter().zip(peaks.iter()) {
+                    if let Some(kb) = status_kb(*pid, "VmRSS") {
+                        peak.fetch_max(kb, Ordering::Relaxed);
+                    }
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            })
+        };
+        RssSampler {
+            stop,
+            peaks,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; the peak VmRSS seen per process, in kB.
+    pub fn finish(mut self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.peaks
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One run of `sfc-client`.
+#[derive(Debug)]
+pub struct ClientRun {
+    /// From spawning the process to its exit (it exits after the confirming 1604).
+    pub wall: Duration,
+    /// Its peak RSS in kB (last `VmHWM` read before it exited).
+    pub peak_rss_kb: u64,
+    /// Exit status.
+    pub status: ExitStatus,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+/// Runs `sfc-client --server ADDR --name NAME --dir DIR --quiet [--packet-size N] FILE`,
+/// killing it after `timeout`.
+pub fn run_client(
+    bin: &Path,
+    dir: &Path,
+    server: SocketAddr,
+    name: &str,
+    file: &Path,
+    packet_size: Option<usize>,
+    timeout: Duration,
+) -> Result<ClientRun> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut command = Command::new(bin);
+    command
+        .arg("--server")
+        .arg(server.to_string())
+        .arg("--name")
+        .arg(name)
+        .arg("--dir")
+        .arg(dir)
+        .arg("--quiet");
+    if let Some(size) = packet_size {
+        command.arg("--packet-size").arg(size.to_string());
+    }
+    command
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let pid = child.id();
+    let stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut stderr) = stderr {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text
+    });
+    let done = Arc::new(AtomicBool::new(false));
+    let hwm = Arc::new(AtomicU64::new(0));
+    let poller = {
+        let done = Arc::clone(&done);
+        let hwm = Arc::clone(&hwm);
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                match status_kb(pid, "VmHWM") {
+                    Some(kb) => {
+                        hwm.fetch_max(kb, Ordering::Relaxed);
+                    }
+                    None => break,
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
+    let watchdog_done = Arc::clone(&done);
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + timeout;
+        while !watchdog_done.load(Ordering::Relaxed) {
+            if Instant::now() > deadline {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    });
+    let status = child.wait()?;
+    let wall = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let _ = poller.join();
+    let timed_out = watchdog.join().unwrap_or(false);
+    let stderr = reader.join().unwrap_or_default();
+    if timed_out {
+        bail!("sfc-client did not finish within {timeout:?}; killed. stderr:\n{stderr}");
+    }
+    Ok(ClientRun {
+        wall,
+        peak_rss_kb: hwm.load(Ordering::Relaxed),
+        status,
+        stderr,
+    })
+}
