@@ -2,104 +2,18 @@
 
 mod common;
 
+use common::process::{listening_addr, ServerProcess, SERVER_BIN};
 use common::*;
 use sfc_proto::Response;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sfc-server");
-
-/// A running binary whose stderr lines arrive on a channel.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a stderr line containing `needle`; returns it.
-    fn wait_for(&mut self, needle: &str) -> Option<String> {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return Some(line.clone());
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return Some(line);
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
-        None
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "server did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The address in "listening on ADDR", as the Python tests parse it.
-fn listening_addr(line: &str) -> std::net::SocketAddr {
-    let rest = line.split("listening on ").nth(1).unwrap();
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
+const BIN: &str = SERVER_BIN;
 
 #[test]
 fn serves_then_stops_on_sigterm_and_the_admin_views_show_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let mut server = Proc::spawn(&["--data-dir", d, "--port", "0", "--bind", "127.0.0.1"]);
+    let mut server = ServerProcess::start(&["--data-dir", d, "--port", "0", "--bind", "127.0.0.1"]);
     let line = server.wait_for("listening on").expect("a listening line");
     let addr = listening_addr(&line);
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
@@ -182,13 +96,13 @@ fn port_info_is_read_and_a_bad_one_falls_back_to_1256() {
         .unwrap()
         .port();
     std::fs::write(dir.path().join("port.info"), format!("{port}\n")).unwrap();
-    let mut server = Proc::spawn(&["--data-dir", d, "--bind", "127.0.0.1"]);
+    let mut server = ServerProcess::start(&["--data-dir", d, "--bind", "127.0.0.1"]);
     let line = server.wait_for("listening on").expect("listening");
     assert_eq!(listening_addr(&line).port(), port);
     assert!(server.terminate().success());
 
     std::fs::write(dir.path().join("port.info"), "not a port\n").unwrap();
-    let mut server = Proc::spawn(&["--data-dir", d, "--bind", "127.0.0.1"]);
+    let mut server = ServerProcess::start(&["--data-dir", d, "--bind", "127.0.0.1"]);
     let warning = server
         .wait_for("using the default port 1256")
         .expect("a warning");

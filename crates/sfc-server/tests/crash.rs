@@ -17,59 +17,39 @@
 
 mod common;
 
+use common::process::ServerProcess;
 use common::*;
 use sfc_crypto::AesKey;
 use sfc_proto::{ClientId, Request, RequestBody, Response};
 use sfc_server::storage::sqlite::SqliteStore;
 use sfc_server::storage::MetaStore;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sfc-server");
-
-/// The binary, killed with SIGKILL when dropped.
+/// The binary; `kill` sends SIGKILL (the process's own drop reaps it otherwise).
 struct Proc {
-    child: Child,
+    process: ServerProcess,
     addr: SocketAddr,
 }
 
 impl Proc {
     fn start(dir: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["--data-dir", dir.to_str().unwrap()])
-            .args(["--bind", "127.0.0.1", "--port", "0", "--log-level", "info"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Keeps draining stderr so that the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().unwrap(),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the server did not start");
-            }
-        };
-        Proc { child, addr }
+        let mut process = ServerProcess::start(&[
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--log-level",
+            "info",
+        ]);
+        let addr = process.listening_addr();
+        Proc { process, addr }
     }
 
     fn connect(&self) -> Conn {
@@ -78,15 +58,8 @@ impl Proc {
 
     /// SIGKILL, and reap.
     fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.child.kill().unwrap();
+        self.process.child.wait().unwrap();
     }
 }
 

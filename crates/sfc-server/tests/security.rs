@@ -4,18 +4,15 @@
 
 mod common;
 
+use common::process::{ServerProcess, SERVER_BIN};
 use common::*;
 use sfc_crypto::RsaKeyPair;
 use sfc_proto::{ClientId, Request, RequestBody, Response};
 use sfc_server::rate_limit::RateLimit;
 use sfc_server::storage::MetaStore;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sfc-server");
 
 /// A second key pair: the attacker's.
 fn attacker_key() -> &'static RsaKeyPair {
@@ -52,87 +49,28 @@ fn connect_from(local: &str, server: SocketAddr) -> Conn {
     Conn { stream }
 }
 
-/// The `sfc-server` binary, started by `sh` with the given umask; stderr lines arrive on
-/// a channel.
+/// The `sfc-server` binary, started by `sh` with the given umask.
 struct Binary {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    process: ServerProcess,
     addr: SocketAddr,
 }
 
 impl Binary {
     fn start(umask: &str, args: &[&str]) -> Self {
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
-            .arg(BIN)
+            .arg(SERVER_BIN)
             .args(["--bind", "127.0.0.1", "--port", "0", "--log-level", "info"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut binary = Binary {
-            child,
-            lines,
-            seen: Vec::new(),
-            addr: "0.0.0.0:0".parse().unwrap(),
-        };
-        let line = binary
-            .wait_for("listening on ")
-            .expect("the server starts listening");
-        let addr = line.rsplit("listening on ").next().unwrap().trim();
-        binary.addr = addr.parse().unwrap();
-        binary
+            .args(args);
+        let mut process = ServerProcess::spawn(command);
+        let addr = process.listening_addr();
+        Binary { process, addr }
     }
 
     fn wait_for(&mut self, needle: &str) -> Option<String> {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return Some(line.clone());
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return Some(line);
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
-        None
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.wait_for(needle)
     }
 }
 

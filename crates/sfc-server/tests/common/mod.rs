@@ -1,6 +1,7 @@
 //! A small blocking test client built from sfc-proto and sfc-crypto, and a server in a
 //! temporary folder.
 #![allow(dead_code)]
+pub mod process;
 
 use sfc_crypto::{AesKey, CbcEncryptor, RsaKeyPair};
 use sfc_proto::limits::{NAME_FIELD_LEN, REQUEST_HEADER_LEN};
