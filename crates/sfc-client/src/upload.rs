@@ -1,9 +1,10 @@
 //! Sending one file: read → cksum + AES-CBC encrypt → 828 packets, as a stream.
 //!
-//! Memory does not grow with the file: the file is read in [`READ_CHUNK`] pieces, each
-//! piece is fed to the checksum and the encryptor, and the ciphertext is cut into packets
-//! of the planned content size. In persistent mode packets (290-byte prefix + content) are
-//! gathered into one reused buffer of about [`BATCH`] bytes and written with one
+//! Memory does not grow with the file: the file is read in [`READ_CHUNK`] pieces (into a
+//! few reused buffers), each piece is fed to the checksum and the encryptor, and each
+//! packet's ciphertext is written straight behind its 290-byte prefix. In persistent mode
+//! a reader thread reads and checksums, this thread encrypts packets into one of two
+//! reused buffers of about [`BATCH`] bytes and a writer thread writes the other with one
 //! `write_all`; in per-request mode each packet is one request on its own connection and
 //! its reply is read (client rule 1). The file is opened and read again for every send.
 //!
@@ -16,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::mpsc;
 
-use sfc_crypto::{AesKey, CbcEncryptor, Cksum};
+use sfc_crypto::{AesKey, CbcEncryptor, Cksum, AES_BLOCK_LEN};
 use sfc_proto::limits::{
     DEFAULT_PACKET_CONTENT, FILE_PACKET_FIXED_LEN, MAX_ORIG_FILE_SIZE, MAX_PACKETS,
     REQUEST_HEADER_LEN,
@@ -139,19 +140,90 @@ impl From<ClientError> for AttemptError {
     }
 }
 
-/// Reads, checksums and encrypts a file and appends its packets to a buffer.
-struct PacketSource<'a> {
+/// Spare room behind a packet's content in an output buffer: CBC may write up to a block
+/// past the packet's end (it is carried into the next packet) and `update_into` wants 15
+/// bytes more than its input.
+const SLACK: usize = 4 * AES_BLOCK_LEN;
+
+/// Plaintext buffers per send with a reader thread: the one being encrypted and the ones
+/// the reader fills meanwhile (memory stays at this many [`READ_CHUNK`]s).
+const READ_BUFFERS: usize = 4;
+
+/// Room one packet needs in an output buffer.
+fn packet_room(plan: &Plan) -> usize {
+    PACKET_PREFIX_LEN + plan.packet_content + SLACK
+}
+
+/// Reads the planned number of bytes of a file, in chunks, and checksums them.
+struct FileReader<'a> {
     file: File,
     path: &'a Path,
-    encryptor: Option<CbcEncryptor>,
     cksum: Cksum,
     remaining: u64,
-    read_buf: &'a mut Vec<u8>,
-    cipher: &'a mut Vec<u8>,
-    offset: usize,
+    expected: u32,
+}
+
+impl FileReader<'_> {
+    /// Fills the start of `buf` with the next bytes of the file (as many as fit and are
+    /// planned) and returns how many; 0 once the planned size is read.
+    fn read_chunk(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
+        let n = self.remaining.min(buf.len() as u64) as usize;
+        let chunk = buf.get_mut(..n).unwrap_or_default();
+        read_full(&mut self.file, chunk).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                file_error(
+                    self.path,
+                    format!(
+                        "became shorter while being sent (expected {} bytes)",
+                        self.expected
+                    ),
+                )
+            } else {
+                file_error(self.path, format!("read failed: {e}"))
+            }
+        })?;
+        self.cksum.update(chunk);
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A filled plaintext buffer from the reader thread, and how many bytes of it count.
+type Chunk = Result<(Vec<u8>, usize), ClientError>;
+
+/// The encrypting side's ends of the channels to a reader thread.
+struct ReaderFeed {
+    /// Filled buffers (or the reader's error), in file order.
+    full: mpsc::Receiver<Chunk>,
+    /// Buffers handed back to be filled again.
+    free: mpsc::Sender<Vec<u8>>,
+}
+
+/// Turns a file into its packets: reads and checksums it (in this thread, or on a reader
+/// thread that hands over filled buffers), encrypts each packet's content straight behind
+/// its 290-byte prefix, and numbers the packets.
+struct PacketSource<'a> {
+    /// The file; `None` while a reader thread has it.
+    reader: Option<FileReader<'a>>,
+    /// The reader thread's channels while it runs.
+    feed: Option<ReaderFeed>,
+    /// Plaintext being encrypted: `chunk[chunk_pos..chunk_len]` is still to go.
+    chunk: &'a mut Vec<u8>,
+    chunk_pos: usize,
+    chunk_len: usize,
+    /// Further plaintext buffers for a reader thread, kept between sends.
+    pool: &'a mut Vec<Vec<u8>>,
+    encryptor: Option<CbcEncryptor>,
+    /// Plaintext bytes given to the encryptor so far.
+    plain_fed: u64,
+    /// Ciphertext made beyond the end of the previous packet (CBC works in whole blocks,
+    /// packets need not): it opens the next packet.
+    carry: [u8; AES_BLOCK_LEN],
+    carry_len: usize,
     header: FilePacketHeader,
     client_id: ClientId,
     plan: Plan,
+    /// Ciphertext bytes in the packets made so far.
     sent: u64,
 }
 
@@ -174,6 +246,10 @@ fn crypto_error(e: sfc_crypto::CryptoError) -> ClientError {
     ClientError::Internal(format!("encryption failed: {e}"))
 }
 
+fn buffer_error() -> ClientError {
+    ClientError::Internal("packet buffer too small".to_owned())
+}
+
 impl<'a> PacketSource<'a> {
     #[allow(clippy::too_many_arguments)]
     fn open(
@@ -182,23 +258,31 @@ impl<'a> PacketSource<'a> {
         client_id: ClientId,
         key: &AesKey,
         plan: Plan,
-        read_buf: &'a mut Vec<u8>,
-        cipher: &'a mut Vec<u8>,
+        chunk: &'a mut Vec<u8>,
+        pool: &'a mut Vec<Vec<u8>>,
     ) -> Result<Self, ClientError> {
         let file =
             File::open(path).map_err(|e| file_error(path, format!("cannot be opened: {e}")))?;
-        read_buf.resize(READ_CHUNK, 0);
-        cipher.clear();
-        cipher.reserve(READ_CHUNK + plan.packet_content + 32);
+        if chunk.len() != READ_CHUNK {
+            chunk.resize(READ_CHUNK, 0);
+        }
         Ok(PacketSource {
-            file,
-            path,
+            reader: Some(FileReader {
+                file,
+                path,
+                cksum: Cksum::new(),
+                remaining: u64::from(plan.orig_size),
+                expected: plan.orig_size,
+            }),
+            feed: None,
+            chunk,
+            chunk_pos: 0,
+            chunk_len: 0,
+            pool,
             encryptor: Some(CbcEncryptor::new(key).map_err(crypto_error)?),
-            cksum: Cksum::new(),
-            remaining: u64::from(plan.orig_size),
-            read_buf,
-            cipher,
-            offset: 0,
+            plain_fed: 0,
+            carry: [0; AES_BLOCK_LEN],
+            carry_len: 0,
             header: FilePacketHeader {
                 content_size: plan.encrypted_size,
                 orig_file_size: plan.orig_size,
@@ -212,53 +296,44 @@ impl<'a> PacketSource<'a> {
         })
     }
 
-    /// Reads and encrypts until a whole packet of ciphertext is buffered (or the file ends).
-    fn fill(&mut self) -> Result<(), ClientError> {
-        let want = self.plan.packet_content;
-        while self.cipher.len() - self.offset < want {
-            let Some(encryptor) = self.encryptor.as_mut() else {
-                break;
-            };
-            if self.offset > 0 {
-                self.cipher.drain(..self.offset);
-                self.offset = 0;
-            }
-            if self.remaining == 0 {
-                if let Some(encryptor) = self.encryptor.take() {
-                    encryptor.finish(self.cipher).map_err(crypto_error)?;
-                }
-                continue;
-            }
-            let n = self.remaining.min(READ_CHUNK as u64) as usize;
-            let chunk = self.read_buf.get_mut(..n).unwrap_or_default();
-            read_full(&mut self.file, chunk).map_err(|e| {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    file_error(
-                        self.path,
-                        format!(
-                            "became shorter while being sent (expected {} bytes)",
-                            self.plan.orig_size
-                        ),
-                    )
-                } else {
-                    file_error(self.path, format!("read failed: {e}"))
-                }
-            })?;
-            self.cksum.update(chunk);
-            encryptor.update(chunk, self.cipher).map_err(crypto_error)?;
-            self.remaining -= n as u64;
+    /// Makes the next plaintext available in `chunk`: from the reader thread when one
+    /// runs (handing the used buffer back to it), else read here.
+    fn next_chunk(&mut self) -> Result<(), ClientError> {
+        let n = if let Some(feed) = &self.feed {
+            let (mut buf, n) = feed.full.recv().map_err(|_| {
+                ClientError::Internal("the file reader thread stopped early".to_owned())
+            })??;
+            std::mem::swap(self.chunk, &mut buf);
+            // The reader may have stopped on an error already; the buffer is then dropped.
+            let _ = feed.free.send(buf);
+            n
+        } else if let Some(reader) = self.reader.as_mut() {
+            reader.read_chunk(self.chunk)?
+        } else {
+            return Err(ClientError::Internal("the file is not open".to_owned()));
+        };
+        if n == 0 || n > self.chunk.len() {
+            return Err(ClientError::Internal(format!(
+                "the file reader returned {n} bytes before the planned end"
+            )));
         }
+        self.chunk_pos = 0;
+        self.chunk_len = n;
         Ok(())
     }
 
-    /// Appends the next packet (290-byte prefix, then content) to `out`; `None` when done.
-    fn next_into(&mut self, out: &mut Vec<u8>) -> Result<Option<PacketInfo>, ClientError> {
-        self.fill()?;
-        let available = self.cipher.len() - self.offset;
-        if available == 0 {
+    /// Writes the next packet (290-byte prefix, then content) into `out` at `*filled` and
+    /// advances `*filled` past it; `None` when done. `out` needs [`packet_room`] bytes
+    /// from `*filled` on; what lies there is overwritten, it need not be zeroed.
+    fn next_packet(
+        &mut self,
+        out: &mut [u8],
+        filled: &mut usize,
+    ) -> Result<Option<PacketInfo>, ClientError> {
+        let total = u64::from(self.plan.encrypted_size);
+        if self.sent >= total {
             return Ok(None);
         }
-        let len = available.min(self.plan.packet_content);
         let number = self.header.packet_number;
         if number > self.plan.total_packets || number == 0 {
             return Err(ClientError::Internal(format!(
@@ -266,24 +341,96 @@ impl<'a> PacketSource<'a> {
                 self.plan.total_packets
             )));
         }
+        let len = (total - self.sent).min(self.plan.packet_content as u64) as usize;
+        let last = self.sent + len as u64 == total;
+        if last != (number == self.plan.total_packets) {
+            return Err(ClientError::Internal(format!(
+                "the {total}-byte ciphertext does not make the planned {} packets",
+                self.plan.total_packets
+            )));
+        }
+        let start = *filled;
+        let content_start = start + PACKET_PREFIX_LEN;
+        let end = content_start + len;
+        if out.len() < end + SLACK {
+            return Err(buffer_error());
+        }
         let content_len =
             u32::try_from(len).map_err(|_| ClientError::Internal("packet too large".to_owned()))?;
-        out.extend_from_slice(&self.header.encode_prefix(self.client_id, content_len));
-        out.extend_from_slice(
-            self.cipher
-                .get(self.offset..self.offset + len)
-                .unwrap_or_default(),
-        );
-        self.offset += len;
-        self.sent += len as u64;
-        let last = number == self.plan.total_packets;
-        if last && (self.encryptor.is_some() || self.offset != self.cipher.len()) {
+        out.get_mut(start..content_start)
+            .ok_or_else(buffer_error)?
+            .copy_from_slice(&self.header.encode_prefix(self.client_id, content_len));
+
+        // Ciphertext left over from the previous packet comes first.
+        let mut pos = content_start;
+        let take = self.carry_len.min(len);
+        out.get_mut(pos..pos + take)
+            .ok_or_else(buffer_error)?
+            .copy_from_slice(self.carry.get(..take).unwrap_or_default());
+        self.carry.copy_within(take..self.carry_len, 0);
+        self.carry_len -= take;
+        pos += take;
+
+        // Then encrypt just enough plaintext to reach the packet's end: whole blocks, so
+        // up to the block boundary at or after it (or all of the file for the last one).
+        let orig = u64::from(self.plan.orig_size);
+        let target = if last {
+            orig
+        } else {
+            orig.min((self.sent + len as u64).div_ceil(AES_BLOCK_LEN as u64) * AES_BLOCK_LEN as u64)
+        };
+        while self.plain_fed < target {
+            if self.chunk_pos >= self.chunk_len {
+                self.next_chunk()?;
+            }
+            let want = usize::try_from(target - self.plain_fed).unwrap_or(usize::MAX);
+            let n = want.min(self.chunk_len - self.chunk_pos);
+            let input = self
+                .chunk
+                .get(self.chunk_pos..self.chunk_pos + n)
+                .ok_or_else(buffer_error)?;
+            let encryptor = self
+                .encryptor
+                .as_mut()
+                .ok_or_else(|| ClientError::Internal("encryption already finished".to_owned()))?;
+            let tail = out.get_mut(pos..).unwrap_or_default();
+            pos += encryptor.update_into(input, tail).map_err(crypto_error)?;
+            self.chunk_pos += n;
+            self.plain_fed += n as u64;
+        }
+        if pos < end && self.plain_fed == orig {
+            // All plaintext is in: the final padded block completes the ciphertext.
+            if let Some(encryptor) = self.encryptor.take() {
+                let mut block = Vec::with_capacity(AES_BLOCK_LEN);
+                encryptor.finish(&mut block).map_err(crypto_error)?;
+                out.get_mut(pos..pos + block.len())
+                    .ok_or_else(buffer_error)?
+                    .copy_from_slice(&block);
+                pos += block.len();
+            }
+        }
+        if pos < end {
+            return Err(ClientError::Internal(format!(
+                "ciphertext shorter than the planned {} bytes",
+                self.plan.encrypted_size
+            )));
+        }
+        // Whatever lies beyond the packet's end opens the next one.
+        let excess = out.get(end..pos).ok_or_else(buffer_error)?;
+        self.carry
+            .get_mut(..excess.len())
+            .ok_or_else(buffer_error)?
+            .copy_from_slice(excess);
+        self.carry_len = excess.len();
+        if last && (self.encryptor.is_some() || self.carry_len != 0) {
             return Err(ClientError::Internal(format!(
                 "ciphertext longer than the planned {} bytes",
                 self.plan.encrypted_size
             )));
         }
+        self.sent += len as u64;
         self.header.packet_number = number.wrapping_add(1);
+        *filled = end;
         Ok(Some(PacketInfo {
             number,
             content_len: len,
@@ -291,8 +438,21 @@ impl<'a> PacketSource<'a> {
         }))
     }
 
+    /// Appends the next packet (290-byte prefix, then content) to `out`; `None` when done.
+    fn next_into(&mut self, out: &mut Vec<u8>) -> Result<Option<PacketInfo>, ClientError> {
+        let start = out.len();
+        out.resize(start + packet_room(&self.plan), 0);
+        let mut filled = start;
+        let result = self.next_packet(out, &mut filled);
+        out.truncate(filled);
+        result
+    }
+
+    /// The cksum of what was read (complete once the last packet is made).
     fn checksum(&self) -> u32 {
-        self.cksum.finish()
+        self.reader
+            .as_ref()
+            .map_or(0, |reader| reader.cksum.finish())
     }
 }
 
@@ -304,8 +464,8 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<()> {
 /// Reusable buffers for sending files.
 #[derive(Debug, Default)]
 pub struct Uploader {
-    read_buf: Vec<u8>,
-    cipher: Vec<u8>,
+    chunk: Vec<u8>,
+    pool: Vec<Vec<u8>>,
     out: Vec<u8>,
     spare: Vec<u8>,
 }
@@ -326,7 +486,8 @@ pub struct SendParams<'a> {
 }
 
 impl Uploader {
-    /// New, empty buffers (they grow to about 4 MiB on first use).
+    /// New, empty buffers (they grow to about 6 MiB on first use: 4 plaintext chunks and
+    /// 2 batches).
     pub fn new() -> Self {
         Self::default()
     }
@@ -361,8 +522,8 @@ impl Uploader {
             ),
         );
         let Uploader {
-            read_buf,
-            cipher,
+            chunk,
+            pool,
             out,
             spare,
         } = self;
@@ -372,8 +533,8 @@ impl Uploader {
             params.client_id,
             params.key,
             params.plan,
-            read_buf,
-            cipher,
+            chunk,
+            pool,
         )?;
         match conn.mode() {
             Mode::Persistent => send_persistent(
@@ -597,10 +758,12 @@ enum PipeError {
     Write(io::Error),
 }
 
-/// Writes the file's packets (after `resend`, a 901, if given) to `stream`: this thread
-/// reads, checksums, encrypts and cuts packets into batches of about [`BATCH`] bytes while
-/// a second thread writes the previous batch, so encryption and the socket copy overlap.
-/// Two buffers circulate; both are handed back for the next send.
+/// Writes the file's packets (after `resend`, a 901, if given) to `stream` with three
+/// threads: a reader thread reads and checksums the file into a few reused
+/// [`READ_CHUNK`] buffers; this thread encrypts each packet straight behind its prefix
+/// into batches of about [`BATCH`] bytes; a writer thread writes the previous batch. The
+/// two batch buffers are initialised once and handed back for the next send, as are the
+/// plaintext buffers (in the source's pool).
 fn write_pipelined(
     stream: &mut Stream,
     reporter: &Reporter,
@@ -609,32 +772,77 @@ fn write_pipelined(
     second: &mut Vec<u8>,
     resend: Option<&[u8]>,
 ) -> Result<(), PipeError> {
-    let capacity = BATCH + PACKET_PREFIX_LEN + source.plan.packet_content;
+    let head = resend.map_or(0, <[u8]>::len);
+    let capacity = BATCH + head + packet_room(&source.plan);
     let total = source.plan.total_packets;
     let mut batch = std::mem::take(first);
-    batch.clear();
-    batch.reserve(capacity);
     let mut spare = Some(std::mem::take(second));
-    let (produced, written, returned) = std::thread::scope(|scope| {
-        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(0);
+    for buf in [Some(&mut batch), spare.as_mut()].into_iter().flatten() {
+        if buf.len() < capacity {
+            buf.resize(capacity, 0);
+        }
+    }
+    let Some(reader) = source.reader.take() else {
+        return Err(PipeError::Source(ClientError::Internal(
+            "the file is not open".to_owned(),
+        )));
+    };
+    let (produced, written, read, returned) = std::thread::scope(|scope| {
+        // Reader thread: fills free buffers, in file order, until the planned size is read.
+        let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Chunk>(READ_BUFFERS);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        source.pool.resize_with(READ_BUFFERS - 1, Vec::new);
+        for buf in source.pool.drain(..) {
+            let _ = free_tx.send(buf);
+        }
+        let mut reader = reader;
+        let reading = scope.spawn(move || {
+            while reader.remaining > 0 {
+                let Ok(mut buf) = free_rx.recv() else {
+                    break;
+                };
+                if buf.len() != READ_CHUNK {
+                    buf.resize(READ_CHUNK, 0);
+                }
+                let chunk = reader.read_chunk(&mut buf).map(|n| (buf, n));
+                let failed = chunk.is_err();
+                if chunk_tx.send(chunk).is_err() || failed {
+                    break;
+                }
+            }
+            (reader, free_rx)
+        });
+        source.feed = Some(ReaderFeed {
+            full: chunk_rx,
+            free: free_tx,
+        });
+
+        // Writer thread: writes full batches and hands the buffers back.
+        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(0);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
         let writer = scope.spawn(move || -> io::Result<()> {
-            for mut buf in full_rx {
-                stream.write_all(&buf)?;
-                buf.clear();
+            for (buf, len) in full_rx {
+                stream.write_all(buf.get(..len).unwrap_or_default())?;
                 if empty_tx.send(buf).is_err() {
                     break;
                 }
             }
             Ok(())
         });
+
+        // This thread: prefixes and encryption.
         let mut produce = || -> Result<(), ClientError> {
+            let mut filled = 0;
             if let Some(bytes) = resend {
-                batch.extend_from_slice(bytes);
+                batch
+                    .get_mut(..bytes.len())
+                    .ok_or_else(buffer_error)?
+                    .copy_from_slice(bytes);
+                filled = bytes.len();
             }
-            while let Some(info) = source.next_into(&mut batch)? {
+            while let Some(info) = source.next_packet(&mut batch, &mut filled)? {
                 trace_packet(reporter, &info, total);
-                if batch.len() >= BATCH || info.last {
+                if filled >= BATCH || info.last {
                     let next = match spare.take() {
                         Some(buf) => buf,
                         // The writer hands every buffer back unless it failed.
@@ -644,10 +852,11 @@ fn write_pipelined(
                         },
                     };
                     let full = std::mem::replace(&mut batch, next);
-                    if full_tx.send(full).is_err() {
+                    if full_tx.send((full, filled)).is_err() {
                         // The writer stopped on an error; it is reported below.
                         return Ok(());
                     }
+                    filled = 0;
                     reporter.set_progress(source.sent);
                 }
             }
@@ -656,18 +865,43 @@ fn write_pipelined(
         let produced = produce();
         drop(full_tx);
         let written = writer.join();
-        let returned: Vec<Vec<u8>> = empty_rx.try_iter().collect();
-        (produced, written, returned)
+        let mut returned: Vec<Vec<u8>> = empty_rx.try_iter().collect();
+
+        // Stop the reader (it has finished unless something failed) and take back the
+        // plaintext buffers it holds or had queued.
+        if let Some(feed) = source.feed.take() {
+            for (buf, _) in feed.full.try_iter().flatten() {
+                source.pool.push(buf);
+            }
+            drop(feed);
+        }
+        let read = reading.join().map(|(reader, free_rx)| {
+            source.pool.extend(free_rx.try_iter());
+            reader
+        });
+        source.pool.truncate(READ_BUFFERS - 1);
+        returned.truncate(1);
+        (produced, written, read, returned)
     });
     // Keep the buffers for the next send.
     *first = batch;
     if let Some(buf) = spare.or_else(|| returned.into_iter().next()) {
         *second = buf;
     }
+    let read_ok = match read {
+        Ok(reader) => {
+            source.reader = Some(reader);
+            true
+        }
+        Err(_) => false,
+    };
     match (produced, written) {
         (_, Ok(Err(error))) => Err(PipeError::Write(error)),
         (Err(e), _) => Err(PipeError::Source(e)),
-        (Ok(()), Ok(Ok(()))) => Ok(()),
+        (Ok(()), Ok(Ok(()))) if read_ok => Ok(()),
+        (Ok(()), Ok(Ok(()))) => Err(PipeError::Source(ClientError::Internal(
+            "the file reader thread failed".to_owned(),
+        ))),
         (Ok(()), Err(_)) => Err(PipeError::Source(ClientError::Internal(
             "the writer thread failed".to_owned(),
         ))),
@@ -839,5 +1073,106 @@ mod tests {
         let e = source.next_into(&mut out).unwrap_err();
         assert!(e.to_string().contains("shorter"), "{e}");
         assert_eq!(e.exit_code(), 2);
+    }
+
+    /// The pipelined path (reader thread, encryption into batches, writer thread) puts the
+    /// same bytes on the wire as the packets made in one thread, also when the buffers are
+    /// reused by a second send, and reports a file that shrinks.
+    #[test]
+    fn pipelined_writes_the_same_bytes() {
+        use std::net::{TcpListener, TcpStream};
+        let dir = tempfile::tempdir().unwrap();
+        let key = AesKey::random();
+        let label = Name::new("f.bin").unwrap();
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        let (mut chunk, mut pool) = (Vec::new(), Vec::new());
+        for (size, packet) in [
+            (0usize, None),
+            (5000, Some(1000)),
+            (3_000_000, Some(7777)),
+            (3_000_000, None),
+            (2_500_000, Some(1 << 20)),
+        ] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+            let path = dir.path().join("f.bin");
+            std::fs::write(&path, &data).unwrap();
+            let p = plan(size as u64, packet).unwrap();
+            let (mut rb, mut pl, mut expected) = (Vec::new(), Vec::new(), b"resend".to_vec());
+            let mut source =
+                PacketSource::open(&path, &label, ClientId([3; 16]), &key, p, &mut rb, &mut pl)
+                    .unwrap();
+            while source.next_into(&mut expected).unwrap().is_some() {}
+
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut got = Vec::new();
+                conn.read_to_end(&mut got).unwrap();
+                got
+            });
+            let mut stream = Stream::Plain(TcpStream::connect(addr).unwrap());
+            let mut source = PacketSource::open(
+                &path,
+                &label,
+                ClientId([3; 16]),
+                &key,
+                p,
+                &mut chunk,
+                &mut pool,
+            )
+            .unwrap();
+            let result = write_pipelined(
+                &mut stream,
+                &Reporter::quiet(),
+                &mut source,
+                &mut first,
+                &mut second,
+                Some(b"resend"),
+            );
+            assert!(result.is_ok(), "size {size}");
+            assert_eq!(source.checksum(), sfc_crypto::cksum(&data));
+            drop(source);
+            drop(stream);
+            assert!(server.join().unwrap() == expected, "size {size}");
+            assert!(pool.len() < READ_BUFFERS);
+        }
+
+        // A file shorter than planned.
+        let path = dir.path().join("short.bin");
+        std::fs::write(&path, vec![1u8; 3_000_000]).unwrap();
+        let p = plan(5_000_000, None).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            let _ = conn.read_to_end(&mut got);
+        });
+        let mut stream = Stream::Plain(TcpStream::connect(addr).unwrap());
+        let mut source = PacketSource::open(
+            &path,
+            &label,
+            ClientId::ZERO,
+            &key,
+            p,
+            &mut chunk,
+            &mut pool,
+        )
+        .unwrap();
+        let result = write_pipelined(
+            &mut stream,
+            &Reporter::quiet(),
+            &mut source,
+            &mut first,
+            &mut second,
+            None,
+        );
+        match result {
+            Err(PipeError::Source(e)) => assert!(e.to_string().contains("shorter"), "{e}"),
+            _ => panic!("a shrunk file was sent"),
+        }
+        drop(stream);
+        server.join().unwrap();
     }
 }
