@@ -517,6 +517,23 @@ impl Connection {
     }
 }
 
+/// The error for a reply of the wrong kind: names the server, the request and both codes.
+pub(crate) fn unexpected(
+    conn: &Connection,
+    code: RequestCode,
+    response: &Response,
+    expected: &str,
+) -> ClientError {
+    ClientError::Protocol {
+        server: conn.server().to_owned(),
+        request: describe_request(code),
+        detail: format!(
+            "answered {} where {expected} was expected",
+            describe_response(response.code())
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use sfc_crypto::{AesKey, RsaKeyPair};
 use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
 
 use crate::config::FileToSend;
-use crate::connection::{describe_request, describe_response, Connection};
+use crate::connection::{describe_request, unexpected, Connection};
 use crate::error::ClientError;
 use crate::identity::{self, Identity};
 use crate::progress::{human_bytes, Reporter, Verbosity};
@@ -55,22 +55,6 @@ pub struct Session {
     key: AesKey,
     uploader: Uploader,
     registered: bool,
-}
-
-fn unexpected(
-    conn: &Connection,
-    code: RequestCode,
-    response: &Response,
-    expected: &str,
-) -> ClientError {
-    ClientError::Protocol {
-        server: conn.server().to_owned(),
-        request: describe_request(code),
-        detail: format!(
-            "answered {} where {expected} was expected",
-            describe_response(response.code())
-        ),
-    }
 }
 
 /// Sends `request` and returns the reply, retrying on 1607 (at most 3 times).

@@ -27,7 +27,9 @@ use sfc_proto::{
 };
 
 use crate::config::FileToSend;
-use crate::connection::{describe_request, describe_response, Connection, Failure, Mode};
+use crate::connection::{
+    describe_request, describe_response, unexpected, Connection, Failure, Mode,
+};
 use crate::error::ClientError;
 use crate::progress::{Reporter, Verbosity};
 use crate::tls::Stream;
@@ -549,22 +551,6 @@ impl Uploader {
                 send_per_request(conn, reporter, &mut source, out, resend.as_deref())
             }
         }
-    }
-}
-
-fn unexpected(
-    conn: &Connection,
-    code: RequestCode,
-    response: &Response,
-    expected: &str,
-) -> ClientError {
-    ClientError::Protocol {
-        server: conn.server().to_owned(),
-        request: describe_request(code),
-        detail: format!(
-            "answered {} where {expected} was expected",
-            describe_response(response.code())
-        ),
     }
 }
 
