@@ -108,12 +108,53 @@ where
     }
 }
 
-/// Runs one backend update of `input` into `out` after checking the sizes the backend
-/// needs (so that a short `out` is an error before anything is consumed).
-fn into_slice<F>(input: &[u8], out: &mut [u8], op: F) -> Result<usize, CryptoError>
-where
-    F: FnOnce(&[u8], &mut [u8]) -> Result<usize, CryptoError>,
-{
+/// The one call the two aws-lc streaming keys share, so that `update` and `update_into`
+/// are written once for the encryptor and the decryptor.
+trait Backend {
+    /// Feeds `input`, writes output at the start of `out`, returns the bytes written.
+    fn step(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, CryptoError>;
+}
+
+impl Backend for StreamingEncryptingKey {
+    fn step(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, CryptoError> {
+        self.update(input, out)
+            .map(|u| u.written().len())
+            .map_err(|_| CryptoError::Cipher)
+    }
+}
+
+impl Backend for StreamingDecryptingKey {
+    fn step(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, CryptoError> {
+        self.update(input, out)
+            .map(|u| u.written().len())
+            .map_err(|_| CryptoError::Cipher)
+    }
+}
+
+/// `update`: feeds `input` in backend-sized chunks, appending the output to `out`.
+fn append_stream(
+    backend: &mut impl Backend,
+    bytes_in: &mut u64,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CryptoError> {
+    for chunk in input.chunks(MAX_BACKEND_CHUNK) {
+        append_with(out, chunk.len() + AES_BLOCK_LEN - 1, |tail| {
+            backend.step(chunk, tail)
+        })?;
+        *bytes_in += chunk.len() as u64;
+    }
+    Ok(())
+}
+
+/// `update_into`: one backend step of `input` into `out`, after checking the sizes the
+/// backend needs (so that a short `out` is an error before anything is consumed).
+fn stream_into(
+    backend: &mut impl Backend,
+    bytes_in: &mut u64,
+    input: &[u8],
+    out: &mut [u8],
+) -> Result<usize, CryptoError> {
     let needed = input
         .len()
         .checked_add(AES_BLOCK_LEN - 1)
@@ -121,8 +162,11 @@ where
     if input.len() > MAX_BACKEND_CHUNK || out.len() < needed {
         return Err(CryptoError::Cipher);
     }
-    match op(input, out)? {
-        written if written <= out.len() => Ok(written),
+    match backend.step(input, out)? {
+        written if written <= out.len() => {
+            *bytes_in += input.len() as u64;
+            Ok(written)
+        }
         _ => Err(CryptoError::Cipher),
     }
 }
@@ -157,17 +201,7 @@ impl CbcEncryptor {
     /// # Errors
     /// [`CryptoError::Cipher`] on a backend failure; `out` is then left as it was.
     pub fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
-        for chunk in input.chunks(MAX_BACKEND_CHUNK) {
-            let inner = &mut self.inner;
-            append_with(out, chunk.len() + AES_BLOCK_LEN - 1, |tail| {
-                inner
-                    .update(chunk, tail)
-                    .map(|u| u.written().len())
-                    .map_err(|_| CryptoError::Cipher)
-            })?;
-            self.bytes_in += chunk.len() as u64;
-        }
-        Ok(())
+        append_stream(&mut self.inner, &mut self.bytes_in, input, out)
     }
 
     /// Like [`update`](Self::update), but writes the ciphertext to the start of `out` and
@@ -179,14 +213,7 @@ impl CbcEncryptor {
     /// [`CryptoError::Cipher`] if `out` is shorter than `input.len() + AES_BLOCK_LEN - 1`,
     /// if `input` is longer than 1 GiB, or on a backend failure; nothing is consumed then.
     pub fn update_into(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, CryptoError> {
-        let written = into_slice(input, out, |input, out| {
-            self.inner
-                .update(input, out)
-                .map(|u| u.written().len())
-                .map_err(|_| CryptoError::Cipher)
-        })?;
-        self.bytes_in += input.len() as u64;
-        Ok(written)
+        stream_into(&mut self.inner, &mut self.bytes_in, input, out)
     }
 
     /// Total plaintext bytes fed so far.
@@ -247,17 +274,7 @@ impl CbcDecryptor {
     /// # Errors
     /// [`CryptoError::Cipher`] on a backend failure; `out` is then left as it was.
     pub fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
-        for chunk in input.chunks(MAX_BACKEND_CHUNK) {
-            let inner = &mut self.inner;
-            append_with(out, chunk.len() + AES_BLOCK_LEN - 1, |tail| {
-                inner
-                    .update(chunk, tail)
-                    .map(|u| u.written().len())
-                    .map_err(|_| CryptoError::Cipher)
-            })?;
-            self.bytes_in += chunk.len() as u64;
-        }
-        Ok(())
+        append_stream(&mut self.inner, &mut self.bytes_in, input, out)
     }
 
     /// Like [`update`](Self::update), but writes the plaintext to the start of `out` and
@@ -269,14 +286,7 @@ impl CbcDecryptor {
     /// [`CryptoError::Cipher`] if `out` is shorter than `input.len() + AES_BLOCK_LEN - 1`,
     /// if `input` is longer than 1 GiB, or on a backend failure; nothing is consumed then.
     pub fn update_into(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, CryptoError> {
-        let written = into_slice(input, out, |input, out| {
-            self.inner
-                .update(input, out)
-                .map(|u| u.written().len())
-                .map_err(|_| CryptoError::Cipher)
-        })?;
-        self.bytes_in += input.len() as u64;
-        Ok(written)
+        stream_into(&mut self.inner, &mut self.bytes_in, input, out)
     }
 
     /// Checks the total length and the PKCS#7 padding and appends the rest of the plaintext
