@@ -12,16 +12,24 @@
 //! older database forward at start-up, and a database from a newer server is refused.
 //!
 //! Journal: WAL with `synchronous=FULL` (see [`crate::storage`] for the figures): a
-//! committed row survives power loss, which a 1603 relies on. One connection behind a
-//! mutex serves the whole server; statements are cached; the admin views open their own
-//! connection (WAL lets them read while the server writes).
+//! committed row survives power loss, which a 1603 relies on. Writes go to one writer
+//! thread that commits them in groups ([`writer`]: one fsync for all the writes that
+//! arrived while the previous group was committing); reads use a second connection
+//! (WAL lets it read while the writer writes), or the writer's for an in-memory
+//! database, which a second connection could not see. Statements are cached. The admin
+//! views open their own store.
+
+mod writer;
 
 use super::{ClientRecord, FileRecord, Inserted, MetaStore, StoreError, Timestamp};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sfc_proto::ClientId;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
+use writer::Writer;
+pub use writer::{GroupStats, MAX_GROUP};
+use zeroize::Zeroizing;
 
 /// Schema migrations; entry `i` brings `user_version` from `i` to `i + 1`.
 /// `IF NOT EXISTS` lets a database made by another implementation of the protocol (same
@@ -47,6 +55,9 @@ pub const MIGRATIONS: &[&str] = &[
 /// Schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// How long a connection waits for a lock held by another process (an admin view).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn db_err(error: rusqlite::Error) -> StoreError {
     StoreError::Database(error.to_string())
 }
@@ -54,7 +65,11 @@ fn db_err(error: rusqlite::Error) -> StoreError {
 /// SQLite-backed [`MetaStore`].
 #[derive(Debug)]
 pub struct SqliteStore {
-    conn: Mutex<Option<Connection>>,
+    /// `None` once closed.
+    writer: RwLock<Option<Writer>>,
+    /// Second connection for reads; `None` for an in-memory database (reads go to the
+    /// writer) and once closed.
+    reader: Option<Mutex<Option<Connection>>>,
 }
 
 impl SqliteStore {
@@ -73,12 +88,14 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        Self::setup(conn)
+        let conn = Self::setup(conn)?;
+        Self::start(conn, Some(Self::open_reader(path)?))
     }
 
     /// A private in-memory database (tests, sans-IO drivers).
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::setup(Connection::open_in_memory().map_err(db_err)?)
+        let conn = Self::setup(Connection::open_in_memory().map_err(db_err)?)?;
+        Self::start(conn, None)
     }
 
     /// Opens an existing database for the admin views, without creating or migrating.
@@ -88,44 +105,97 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
-        Ok(SqliteStore {
-            conn: Mutex::new(Some(conn)),
-        })
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        Self::start(conn, Some(Self::open_reader(path)?))
     }
 
-    fn setup(mut conn: Connection) -> Result<Self, StoreError> {
+    fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        // This connection only reads; make any write through it an error.
+        conn.pragma_update(None, "query_only", true)
+            .map_err(db_err)?;
+        Ok(conn)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Connection, StoreError> {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
         migrate(&mut conn)?;
+        Ok(conn)
+    }
+
+    fn start(conn: Connection, reader: Option<Connection>) -> Result<Self, StoreError> {
+        let writer = Writer::start(conn).map_err(|error| {
+            StoreError::Database(format!("cannot start the database writer: {error}"))
+        })?;
         Ok(SqliteStore {
-            conn: Mutex::new(Some(conn)),
+            writer: RwLock::new(Some(writer)),
+            reader: reader.map(|conn| Mutex::new(Some(conn))),
         })
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, Option<Connection>>, StoreError> {
-        // A poisoned lock only means another thread panicked mid-call; SQLite itself
-        // rolls back the unfinished transaction, so the connection is still usable.
-        let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            return Err(StoreError::Closed);
-        }
-        Ok(guard)
+    /// Runs `op` on the writer thread, in the next group transaction; returns once that
+    /// transaction is committed.
+    fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        // Sending happens under a shared lock (close takes it exclusively); the wait
+        // for the commit happens after it is released.
+        let answer = {
+            let guard = self.writer.read().unwrap_or_else(|p| p.into_inner());
+            let writer = guard.as_ref().ok_or(StoreError::Closed)?;
+            writer.submit(op).map_err(StoreError::Database)?
+        };
+        answer
+            .recv()
+            .map_err(|_| StoreError::Database("the database writer stopped".into()))?
+            .map_err(StoreError::Database)
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
-        let mut guard = self.lock()?;
-        let conn = guard.as_mut().ok_or(StoreError::Closed)?;
-        f(conn).map_err(db_err)
+    /// Runs a read on the read connection (or the writer's, for an in-memory database).
+    fn read<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        match &self.reader {
+            Some(reader) => {
+                let guard = reader.lock().unwrap_or_else(|p| p.into_inner());
+                let conn = guard.as_ref().ok_or(StoreError::Closed)?;
+                op(conn).map_err(db_err)
+            }
+            None => self.write(op),
+        }
+    }
+
+    /// Runs `op` on the writer's connection (tests, pragmas).
+    #[cfg(test)]
+    fn with<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.write(op)
     }
 
     /// The schema version recorded in the database.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        self.with(|c| c.query_row("PRAGMA user_version", [], |row| row.get(0)))
+        self.read(|c| c.query_row("PRAGMA user_version", [], |row| row.get(0)))
+    }
+
+    /// Counters of the group committer (writes ÷ transactions is the average group
+    /// size); `None` once closed.
+    pub fn group_commit_stats(&self) -> Option<std::sync::Arc<GroupStats>> {
+        let guard = self.writer.read().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(Writer::stats)
     }
 }
 
@@ -189,7 +259,8 @@ const CLIENT_COLUMNS: &str = "SELECT ID, Name, PublicKey, LastSeen, AESKey FROM 
 
 impl MetaStore for SqliteStore {
     fn client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
-        self.with(|c| {
+        let id = *id;
+        self.read(move |c| {
             c.prepare_cached(&format!("{CLIENT_COLUMNS} WHERE ID = ?1"))?
                 .query_row(params![&id.0[..]], client_from_row)
                 .optional()
@@ -202,7 +273,8 @@ impl MetaStore for SqliteStore {
         name: &str,
         now: Timestamp,
     ) -> Result<Inserted, StoreError> {
-        let result = self.with(|c| {
+        let (id, name) = (*id, name.to_owned());
+        let result = self.write(move |c| {
             c.prepare_cached("INSERT INTO clients (ID, Name, LastSeen) VALUES (?1, ?2, ?3)")?
                 .execute(params![&id.0[..], name, now.to_string()])
         });
@@ -222,18 +294,20 @@ impl MetaStore for SqliteStore {
         aes_key: &[u8],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        let changed = self.with(|c| {
-            let tx = c.transaction()?;
+        let id = *id;
+        let public_key = public_key.map(<[u8]>::to_vec);
+        // Wiped when the write is done, like every other copy of a key.
+        let aes_key = Zeroizing::new(aes_key.to_vec());
+        let changed = self.write(move |c| {
             let changed = match public_key {
-                Some(key) => tx
+                Some(key) => c
                     .prepare_cached("UPDATE clients SET PublicKey = ?2, AESKey = ?3 WHERE ID = ?1")?
-                    .execute(params![&id.0[..], key, aes_key])?,
-                None => tx
+                    .execute(params![&id.0[..], key, &aes_key[..]])?,
+                None => c
                     .prepare_cached("UPDATE clients SET AESKey = ?2 WHERE ID = ?1")?
-                    .execute(params![&id.0[..], aes_key])?,
+                    .execute(params![&id.0[..], &aes_key[..]])?,
             };
-            touch_one(&tx, id, now)?;
-            tx.commit()?;
+            touch_one(c, &id, now)?;
             Ok(changed)
         })?;
         if changed == 1 {
@@ -246,9 +320,9 @@ impl MetaStore for SqliteStore {
     }
 
     fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            tx.prepare_cached(
+        let file = file.clone();
+        self.write(move |c| {
+            c.prepare_cached(
                 "INSERT INTO files (ID, FileName, PathName, Verified) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (ID, FileName) DO UPDATE
                  SET PathName = excluded.PathName, Verified = excluded.Verified",
@@ -259,8 +333,7 @@ impl MetaStore for SqliteStore {
                 file.path,
                 i64::from(file.verified)
             ])?;
-            touch_one(&tx, &file.client_id, now)?;
-            tx.commit()
+            touch_one(c, &file.client_id, now)
         })
     }
 
@@ -270,19 +343,19 @@ impl MetaStore for SqliteStore {
         file_name: &str,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let changed = tx
+        let (id, file_name) = (*id, file_name.to_owned());
+        self.write(move |c| {
+            let changed = c
                 .prepare_cached("UPDATE files SET Verified = 1 WHERE ID = ?1 AND FileName = ?2")?
                 .execute(params![&id.0[..], file_name])?;
-            touch_one(&tx, id, now)?;
-            tx.commit()?;
+            touch_one(c, &id, now)?;
             Ok(changed == 1)
         })
     }
 
     fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
-        self.with(|c| {
+        let (id, file_name) = (*id, file_name.to_owned());
+        self.read(move |c| {
             c.prepare_cached(
                 "SELECT ID, FileName, PathName, Verified FROM files WHERE ID = ?1 AND FileName = ?2",
             )?
@@ -297,20 +370,19 @@ impl MetaStore for SqliteStore {
         file_name: &str,
         now: Timestamp,
     ) -> Result<Option<FileRecord>, StoreError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let record = tx
+        let (id, file_name) = (*id, file_name.to_owned());
+        self.write(move |c| {
+            let record = c
                 .prepare_cached(
                     "SELECT ID, FileName, PathName, Verified FROM files WHERE ID = ?1 AND FileName = ?2",
                 )?
                 .query_row(params![&id.0[..], file_name], file_from_row)
                 .optional()?;
             if record.is_some() {
-                tx.prepare_cached("DELETE FROM files WHERE ID = ?1 AND FileName = ?2")?
+                c.prepare_cached("DELETE FROM files WHERE ID = ?1 AND FileName = ?2")?
                     .execute(params![&id.0[..], file_name])?;
             }
-            touch_one(&tx, id, now)?;
-            tx.commit()?;
+            touch_one(c, &id, now)?;
             Ok(record)
         })
     }
@@ -319,17 +391,17 @@ impl MetaStore for SqliteStore {
         if seen.is_empty() {
             return Ok(());
         }
-        self.with(|c| {
-            let tx = c.transaction()?;
-            for (id, now) in seen {
-                touch_one(&tx, id, *now)?;
+        let seen = seen.to_vec();
+        self.write(move |c| {
+            for (id, now) in &seen {
+                touch_one(c, id, *now)?;
             }
-            tx.commit()
+            Ok(())
         })
     }
 
     fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        self.with(|c| {
+        self.read(|c| {
             let mut statement = c.prepare(&format!("{CLIENT_COLUMNS} ORDER BY Name"))?;
             let rows = statement.query_map([], client_from_row)?;
             rows.collect()
@@ -337,7 +409,7 @@ impl MetaStore for SqliteStore {
     }
 
     fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
-        self.with(|c| {
+        self.read(|c| {
             let mut statement = c.prepare(
                 "SELECT ID, FileName, PathName, Verified FROM files ORDER BY ID, FileName",
             )?;
@@ -347,9 +419,28 @@ impl MetaStore for SqliteStore {
     }
 
     fn close(&self) -> Result<(), StoreError> {
-        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        match guard.take() {
-            Some(conn) => conn.close().map_err(|(_, error)| db_err(error)),
+        if let Some(reader) = &self.reader {
+            let mut guard = reader.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(conn) = guard.take() {
+                conn.close().map_err(|(_, error)| db_err(error))?;
+            }
+        }
+        // Queued writes finish first; new ones get `Closed`.
+        let writer = self
+            .writer
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match writer {
+            Some(writer) => {
+                let stats = writer.stats();
+                tracing::info!(
+                    writes = stats.writes(),
+                    transactions = stats.transactions(),
+                    "database writer stopping (group commit)"
+                );
+                writer.stop().map_err(StoreError::Database)
+            }
             None => Ok(()),
         }
     }
@@ -358,6 +449,7 @@ impl MetaStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn id(n: u8) -> ClientId {
         ClientId([n; 16])
@@ -444,14 +536,134 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_writes_share_one_transaction_and_all_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("defensive.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let stats = store.group_commit_stats().unwrap();
+        let release = hold_writer(&store);
+        let writers: Vec<_> = (0..64u8)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    store.insert_client(&id(n), &format!("client-{n}"), Timestamp(0))
+                })
+            })
+            .collect();
+        wait_for_queue(&stats, 65);
+        release.send(()).unwrap();
+        for writer in writers {
+            assert_eq!(writer.join().unwrap().unwrap(), Inserted::Ok);
+        }
+        // The held transaction, then all 64 writes in one more.
+        assert_eq!((stats.transactions(), stats.writes()), (2, 65));
+        store.close().unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.clients().unwrap().len(), 64);
+    }
+
+    #[test]
+    fn a_failing_write_is_undone_alone_within_its_group() {
+        let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let stats = store.group_commit_stats().unwrap();
+        let release = hold_writer(&store);
+        let queue = |n: u8, name: &'static str, s: &Arc<SqliteStore>| {
+            let store = Arc::clone(s);
+            let handle =
+                std::thread::spawn(move || store.insert_client(&id(n), name, Timestamp(0)));
+            wait_for_queue(&stats, 1 + u64::from(n));
+            handle
+        };
+        let first = queue(1, "alice", &store);
+        let taken = queue(2, "alice", &store);
+        let other = queue(3, "bob", &store);
+        release.send(()).unwrap();
+        assert_eq!(first.join().unwrap().unwrap(), Inserted::Ok);
+        assert_eq!(taken.join().unwrap().unwrap(), Inserted::NameTaken);
+        assert_eq!(other.join().unwrap().unwrap(), Inserted::Ok);
+        assert_eq!(
+            stats.transactions(),
+            2,
+            "the three writes shared a transaction"
+        );
+        let names: Vec<_> = store
+            .clients()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["alice", "bob"]);
+    }
+
+    #[test]
+    fn a_transaction_lost_midway_fails_every_write_of_its_group() {
+        let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let stats = store.group_commit_stats().unwrap();
+        let release = hold_writer(&store);
+        let s = Arc::clone(&store);
+        let before = std::thread::spawn(move || s.insert_client(&id(1), "alice", Timestamp(0)));
+        wait_for_queue(&stats, 2);
+        // What SQLite does on an I/O error or a full disk: the whole transaction is gone.
+        let s = Arc::clone(&store);
+        let lost = std::thread::spawn(move || s.with(|c| c.execute_batch("ROLLBACK")));
+        wait_for_queue(&stats, 3);
+        let s = Arc::clone(&store);
+        let after = std::thread::spawn(move || s.insert_client(&id(2), "bob", Timestamp(0)));
+        wait_for_queue(&stats, 4);
+        release.send(()).unwrap();
+        assert!(before.join().unwrap().is_err(), "its row was rolled back");
+        assert!(lost.join().unwrap().is_err());
+        assert!(after.join().unwrap().is_err(), "it never ran");
+        assert!(store.clients().unwrap().is_empty());
+        // The writer goes on with the next group.
+        assert_eq!(
+            store.insert_client(&id(3), "carol", Timestamp(0)).unwrap(),
+            Inserted::Ok
+        );
+        store.close().unwrap();
+        assert!(matches!(
+            store.insert_client(&id(4), "dave", Timestamp(0)),
+            Err(StoreError::Closed)
+        ));
+    }
+
+    /// Occupies the writer thread until the returned sender is used, so that the writes
+    /// queued meanwhile form the next group.
+    fn hold_writer(store: &Arc<SqliteStore>) -> std::sync::mpsc::Sender<()> {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let store = Arc::clone(store);
+        std::thread::spawn(move || {
+            store.with(move |_| {
+                let _ = started.send(());
+                let _ = released.recv();
+                Ok(())
+            })
+        });
+        running.recv().unwrap();
+        release
+    }
+
+    fn wait_for_queue(stats: &GroupStats, submitted: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stats.submitted() < submitted {
+            assert!(std::time::Instant::now() < deadline, "writes never queued");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
     fn columns_are_exactly_the_specified_ones() {
         let store = SqliteStore::open_in_memory().unwrap();
         let columns = |table: &str| -> Vec<String> {
             store
-                .with(|c| {
-                    let mut s = c.prepare(&format!("PRAGMA table_info({table})"))?;
-                    let names = s.query_map([], |r| r.get::<_, String>(1))?;
-                    names.collect()
+                .with({
+                    let sql = format!("PRAGMA table_info({table})");
+                    move |c| {
+                        let mut s = c.prepare(&sql)?;
+                        let names = s.query_map([], |r| r.get::<_, String>(1))?;
+                        names.collect()
+                    }
                 })
                 .unwrap()
         };
