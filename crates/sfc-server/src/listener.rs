@@ -10,7 +10,7 @@ use crate::config::ServerConfig;
 use crate::connection::{self, ConnLimits};
 use crate::rate_limit::RateLimiter;
 use crate::session::{Core, Limits};
-use crate::storage::fs::LocalBlobStore;
+use crate::storage::fs::{DataDirLock, LocalBlobStore};
 use crate::storage::sqlite::SqliteStore;
 use crate::storage::{BlobStore, MetaStore};
 use anyhow::Context;
@@ -31,6 +31,9 @@ pub struct Storage {
     pub meta: Box<dyn MetaStore>,
     /// Received files.
     pub blobs: Box<dyn BlobStore>,
+    /// The lock on the data folder, held as long as the server runs (`None` for
+    /// storage that is not a local folder, or a filesystem without locks).
+    pub lock: Option<DataDirLock>,
 }
 
 impl Storage {
@@ -48,6 +51,17 @@ impl Storage {
         if crate::perms::tighten(&files, crate::perms::DIR_MODE)? {
             tracing::warn!(path = %files.display(), "was readable by other users; now 0700");
         }
+        // Before anything is opened or cleaned up: another server may be using the folder.
+        let lock = match DataDirLock::acquire(&config.data_dir) {
+            Ok(lock) => Some(lock),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(anyhow::anyhow!(error))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot lock the data folder; make sure no other server uses it");
+                None
+            }
+        };
         let db = config.db_path();
         let meta = SqliteStore::open(&db)
             .with_context(|| format!("cannot open the database {}", db.display()))?;
@@ -55,6 +69,7 @@ impl Storage {
         Ok(Storage {
             meta: Box::new(meta),
             blobs: Box::new(blobs),
+            lock,
         })
     }
 }
@@ -104,6 +119,8 @@ pub struct Server {
     addr: SocketAddr,
     /// Opt-in TLS (`config.tls`), loaded and checked at bind time.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Held until the server is dropped.
+    _lock: Option<DataDirLock>,
 }
 
 impl Server {
@@ -123,16 +140,28 @@ impl Server {
             Some(files) => Some(crate::tls::server_config(files)?),
             None => None,
         };
-        let Storage { meta, blobs } = storage;
+        let Storage { meta, blobs, lock } = storage;
         let limits = Limits {
             max_file_size: config.max_file_size,
             upload_timeout: config.upload_timeout,
         };
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
-            match blobs.remove_stale_temps() {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "removed temporary files of an earlier run"),
-                Err(error) => tracing::warn!(%error, "cannot clean up temporary files"),
+            match crate::storage::recover(meta.as_ref(), blobs.as_ref()) {
+                Ok(recovered) => {
+                    if recovered.stale_temps > 0 {
+                        tracing::info!(
+                            removed = recovered.stale_temps,
+                            "removed temporary files of an earlier run"
+                        );
+                    }
+                    for path in &recovered.orphans {
+                        tracing::warn!(%path, "removed a stored file no row names (an upload never acknowledged before a crash)");
+                    }
+                    if let Some(why) = &recovered.orphans_skipped {
+                        tracing::warn!(reason = %why, "not looking for unrecorded files");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot clean up after an earlier run"),
             }
             match (meta.clients(), meta.files()) {
                 (Ok(clients), Ok(files)) => tracing::info!(
@@ -156,6 +185,7 @@ impl Server {
             config,
             addr,
             tls,
+            _lock: lock,
         })
     }
 
@@ -173,6 +203,7 @@ impl Server {
             config,
             addr,
             tls,
+            _lock: lock,
         } = self;
         let rate = Arc::new(RateLimiter::new(
             config.register_limit,
@@ -302,6 +333,8 @@ impl Server {
             Ok(Err(error)) => tracing::error!(%error, "closing the database failed"),
             Err(error) => tracing::error!(%error, "closing the database failed"),
         }
+        // Only now may another server take the folder.
+        drop(lock);
         Ok(())
     }
 }

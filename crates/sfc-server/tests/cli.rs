@@ -154,3 +154,49 @@ fn help_documents_every_option_and_the_defaults() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no database"));
 }
+
+#[test]
+fn a_second_server_on_the_same_data_folder_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let args = ["--data-dir", d, "--port", "0", "--bind", "127.0.0.1"];
+    let mut first = ServerProcess::start(&args);
+    let addr = first.listening_addr();
+    // An upload in progress on the first server: its temporary file is what a second
+    // server's start-up cleanup would have removed.
+    let mut conn = Conn::connect(addr);
+    let (id, key) = enroll(&mut conn, "first-user");
+    let plain = data(10_000, 3);
+    let cipher = encrypt(&key, &plain);
+    let packets = packets(
+        id,
+        "big.bin",
+        plain.len(),
+        &cipher,
+        2048,
+        ContentSize::Whole,
+    );
+    conn.send_raw(&packets[0]);
+
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is in use by another sfc-server")
+            && stderr.contains(&first.child.id().to_string()),
+        "{stderr}"
+    );
+
+    // The first server and its upload are untouched.
+    for packet in &packets[1..] {
+        conn.send_raw(packet);
+    }
+    assert_received(&conn.recv(), id, "big.bin", &plain);
+    drop(conn);
+    assert!(first.terminate().success());
+
+    // Once it has stopped, the folder is free again.
+    let mut second = ServerProcess::start(&args);
+    second.listening_addr();
+    assert!(second.terminate().success());
+}

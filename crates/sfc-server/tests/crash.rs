@@ -243,6 +243,11 @@ fn check_after_restart(dir: &Path, server: &Proc, record: &mut Record) {
             "{} is not a complete version of a file",
             path.display()
         );
+        assert!(
+            rows.iter().any(|row| dir.join(&row.path) == path),
+            "{} is stored but no row names it (start-up removes such files)",
+            path.display()
+        );
     }
     for k in record.acked.keys() {
         assert!(
@@ -550,6 +555,8 @@ mod every_step {
         let acked = send(&core, id, &key, "f", &v2) == Some(1603);
         drop(core);
         storage.restart();
+        // What the server does at start-up, before it serves anyone.
+        sfc_server::storage::recover(&storage.meta(), &storage.blobs()).unwrap();
         let core = new_core(&storage);
         let stored = storage.stored();
         let rows = storage.files();
@@ -578,6 +585,10 @@ mod every_step {
             assert!(
                 *content == v1 || *content == v2,
                 "crash at {n}: {path} is a partial file"
+            );
+            assert!(
+                rows.iter().any(|row| row.path == *path),
+                "crash at {n}: {path} is stored but no row names it"
             );
         }
         assert_eq!(storage.temp_count(), 0);

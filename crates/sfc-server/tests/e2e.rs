@@ -712,15 +712,35 @@ fn a_closed_connection_between_packets_keeps_the_upload_for_the_next_one() {
 }
 
 #[test]
-fn temporary_files_are_removed_at_start_up() {
+fn temporary_and_unrecorded_files_are_removed_at_start_up() {
+    use sfc_server::storage::{sqlite::SqliteStore, FileRecord, Timestamp};
     let dir = tempfile::tempdir().unwrap();
-    let client_dir = dir.path().join("files").join("ab".repeat(16));
+    let hex = "ab".repeat(16);
+    let client_dir = dir.path().join("files").join(&hex);
     std::fs::create_dir_all(&client_dir).unwrap();
     std::fs::write(client_dir.join(".upload-0123.tmp"), b"left over").unwrap();
     std::fs::write(client_dir.join("kept.bin"), b"stored").unwrap();
+    std::fs::write(client_dir.join("orphan.bin"), b"never acknowledged").unwrap();
+    std::fs::write(dir.path().join("files").join("NOTES"), b"an operator's").unwrap();
+    let db = SqliteStore::open(&dir.path().join("defensive.db")).unwrap();
+    let client = ClientId([0xab; 16]);
+    db.insert_client(&client, "kept", Timestamp(0)).unwrap();
+    let row = FileRecord {
+        client_id: client,
+        file_name: "kept.bin".into(),
+        path: format!("files/{hex}/kept.bin"),
+        verified: true,
+    };
+    db.put_file(&row, Timestamp(0)).unwrap();
+    db.close().unwrap();
     let server = TestServer::start_in(dir, |_| {});
     assert!(!client_dir.join(".upload-0123.tmp").exists());
-    assert!(client_dir.join("kept.bin").exists());
+    assert!(!client_dir.join("orphan.bin").exists());
+    assert_eq!(
+        std::fs::read(client_dir.join("kept.bin")).unwrap(),
+        b"stored"
+    );
+    assert!(client_dir.parent().unwrap().join("NOTES").exists());
     drop(server);
 }
 

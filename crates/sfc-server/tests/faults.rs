@@ -57,6 +57,9 @@ impl BlobStore for FailingBlobs {
     fn remove_stale_temps(&self) -> io::Result<usize> {
         self.inner.remove_stale_temps()
     }
+    fn stored_paths(&self) -> io::Result<Vec<String>> {
+        self.inner.stored_paths()
+    }
 }
 
 impl TempBlob for FailingTemp {
@@ -180,6 +183,7 @@ fn start() -> (tempfile::TempDir, RunningServer, Arc<Switches>) {
             inner: LocalBlobStore::new(dir.path()),
             switches: switches.clone(),
         }),
+        lock: None,
     };
     let server = RunningServer::start_with(config_for(dir.path()), storage).unwrap();
     (dir, server, switches)

@@ -23,6 +23,51 @@ use std::path::{Component, Path, PathBuf};
 /// Folder under the data folder that holds one folder per client.
 pub const FILES_DIR: &str = "files";
 
+/// File in the data folder that a running server holds locked.
+pub const LOCK_FILE: &str = "sfc-server.lock";
+
+/// An exclusive lock on a data folder, held for the life of the server (`flock` on
+/// [`LOCK_FILE`], released by the kernel when the process ends, also on a crash). Two
+/// servers on one folder would each remove the other's uploads in progress at start-up.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Takes the lock, or says which server holds it. A filesystem without locks is
+    /// reported as an error too: the caller decides whether to go on without one.
+    pub fn acquire(data_dir: &Path) -> io::Result<Self> {
+        let path = data_dir.join(LOCK_FILE);
+        let mut options = fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, crate::perms::FILE_MODE);
+        let mut file = options.open(&path)?;
+        crate::perms::set_file_mode(&file, crate::perms::FILE_MODE)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "the data folder {} is in use by another sfc-server (process {}; lock file {})",
+                        data_dir.display(),
+                        holder.trim(),
+                        path.display()
+                    ),
+                ));
+            }
+            Err(fs::TryLockError::Error(error)) => return Err(error),
+        }
+        // Who holds it, for the message above and for operators.
+        file.set_len(0)?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(DataDirLock { _file: file })
+    }
+}
+
 /// [`BlobStore`] in a local folder.
 #[derive(Debug, Clone)]
 pub struct LocalBlobStore {
@@ -145,6 +190,42 @@ impl BlobStore for LocalBlobStore {
             }
         }
         Ok(removed)
+    }
+
+    fn stored_paths(&self) -> io::Result<Vec<String>> {
+        let files = self.root.join(FILES_DIR);
+        let clients = match fs::read_dir(&files) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        let mut paths = Vec::new();
+        for client in clients {
+            let client = client?;
+            // Only client folders this server makes; anything else is not ours to list.
+            let Some(hex) = client
+                .file_name()
+                .to_str()
+                .filter(|name| ClientId::from_hex(name).is_ok_and(|id| id.to_hex() == *name))
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            if !client.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(client.path())? {
+                let entry = entry?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if !is_temp_name(&name) && entry.file_type()?.is_file() {
+                    paths.push(format!("{FILES_DIR}/{hex}/{name}"));
+                }
+            }
+        }
+        paths.sort();
+        Ok(paths)
     }
 }
 

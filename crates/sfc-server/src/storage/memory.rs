@@ -206,6 +206,7 @@ impl MemoryStorage {
         crate::Storage {
             meta: Box::new(self.meta()),
             blobs: Box::new(self.blobs()),
+            lock: None,
         }
     }
 
@@ -468,6 +469,10 @@ impl BlobStore for MemoryBlobs {
         let count = blobs.temps.len();
         blobs.temps.clear();
         Ok(count)
+    }
+
+    fn stored_paths(&self) -> io::Result<Vec<String>> {
+        Ok(self.shared.blobs().stored.keys().cloned().collect())
     }
 }
 

@@ -161,6 +161,74 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn size(&self, path: &str) -> io::Result<u64>;
     /// Removes temporary files left by an earlier run; returns how many.
     fn remove_stale_temps(&self) -> io::Result<usize>;
+    /// Paths (relative to the data folder, as [`TempBlob::persist`] returns them) of
+    /// every stored file, temporary files excluded.
+    fn stored_paths(&self) -> io::Result<Vec<String>>;
+}
+
+/// What [`recover`] cleaned up at start-up.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Temporary files of uploads that never finished (or versions kept for an undo).
+    pub stale_temps: usize,
+    /// Stored files no row names, removed.
+    pub orphans: Vec<String>,
+    /// Why orphans were not looked for, if they were not.
+    pub orphans_skipped: Option<String>,
+}
+
+/// Start-up cleanup after a crash: removes temporary files, then stored files that no
+/// `files` row names. Such a file is complete but was never acknowledged: a crash
+/// between its rename and the commit of its row (so no 1603 was sent and the client
+/// sends it again), or between the commit of a new path and the removal of the old one.
+///
+/// Orphans are only looked for when every row's path has the form this server writes
+/// (`files/<32 hex digits>/<name>`): a database adopted from another implementation may
+/// name its files differently, and its files are then left alone.
+pub fn recover(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> Result<Recovered, StoreError> {
+    let stale_temps = blobs.remove_stale_temps()?;
+    let rows = meta.files()?;
+    if let Some(row) = rows.iter().find(|row| !is_own_path(&row.path)) {
+        return Ok(Recovered {
+            stale_temps,
+            orphans: Vec::new(),
+            orphans_skipped: Some(format!(
+                "the row of {:?} names {:?}, a path this server does not write",
+                row.file_name, row.path
+            )),
+        });
+    }
+    let named: std::collections::HashSet<&str> = rows.iter().map(|row| row.path.as_str()).collect();
+    let mut orphans = Vec::new();
+    for path in blobs.stored_paths()? {
+        if !named.contains(path.as_str()) {
+            blobs.remove(&path)?;
+            orphans.push(path);
+        }
+    }
+    Ok(Recovered {
+        stale_temps,
+        orphans,
+        orphans_skipped: None,
+    })
+}
+
+/// `files/<32 lowercase hex digits>/<one plain name>`, as [`fs`] and [`memory`] write.
+fn is_own_path(path: &str) -> bool {
+    let mut parts = path.split('/');
+    let (Some(top), Some(client), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    top == fs::FILES_DIR
+        && client.len() == 32
+        && client
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && !name.is_empty()
+        && name != "."
+        && name != ".."
 }
 
 /// A file being received. Dropping it without [`TempBlob::persist`] removes it.
@@ -263,6 +331,130 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fs::{DataDirLock, LocalBlobStore, FILES_DIR};
+    use sqlite::SqliteStore;
+
+    /// A data folder with one recorded file, one orphan, a temporary file and things
+    /// that are not the server's (which must survive).
+    fn data_folder() -> (
+        tempfile::TempDir,
+        SqliteStore,
+        LocalBlobStore,
+        String,
+        String,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteStore::open_in_memory().unwrap();
+        let blobs = LocalBlobStore::new(dir.path());
+        let client = ClientId([0xab; 16]);
+        let mut kept = blobs.create_temp(&client, "kept.bin").unwrap();
+        kept.write_all(b"kept").unwrap();
+        let kept = kept.persist().unwrap();
+        meta.insert_client(&client, "alice", Timestamp(0)).unwrap();
+        let record = FileRecord {
+            client_id: client,
+            file_name: "kept.bin".into(),
+            path: kept.clone(),
+            verified: true,
+        };
+        meta.put_file(&record, Timestamp(0)).unwrap();
+        let mut orphan = blobs.create_temp(&client, "orphan.bin").unwrap();
+        orphan.write_all(b"never acknowledged").unwrap();
+        let orphan = orphan.persist().unwrap();
+        let client_dir = dir.path().join(FILES_DIR).join(client.to_hex());
+        std::fs::write(client_dir.join(".upload-1.tmp"), b"partial").unwrap();
+        std::fs::write(dir.path().join(FILES_DIR).join("README"), b"operator's").unwrap();
+        std::fs::create_dir(dir.path().join(FILES_DIR).join("not-a-client")).unwrap();
+        std::fs::write(dir.path().join(FILES_DIR).join("not-a-client/x"), b"x").unwrap();
+        std::fs::create_dir(client_dir.join("sub")).unwrap();
+        (dir, meta, blobs, kept, orphan)
+    }
+
+    #[test]
+    fn recovery_removes_temporary_and_unrecorded_files_only() {
+        let (dir, meta, blobs, kept, orphan) = data_folder();
+        assert_eq!(
+            blobs.stored_paths().unwrap(),
+            [kept.clone(), orphan.clone()]
+        );
+        let recovered = recover(&meta, &blobs).unwrap();
+        assert_eq!(
+            recovered,
+            Recovered {
+                stale_temps: 1,
+                orphans: vec![orphan.clone()],
+                orphans_skipped: None
+            }
+        );
+        assert!(!dir.path().join(&orphan).exists());
+        assert_eq!(std::fs::read(dir.path().join(&kept)).unwrap(), b"kept");
+        for foreign in ["README", "not-a-client/x"] {
+            assert!(
+                dir.path().join(FILES_DIR).join(foreign).exists(),
+                "{foreign}"
+            );
+        }
+        assert!(blobs.stored_paths().unwrap() == [kept]);
+        // Nothing left to do the second time.
+        assert_eq!(recover(&meta, &blobs).unwrap(), Recovered::default());
+    }
+
+    #[test]
+    fn recovery_leaves_files_alone_when_a_row_names_a_foreign_path() {
+        let (dir, meta, blobs, _kept, orphan) = data_folder();
+        let foreign = FileRecord {
+            client_id: ClientId([0xab; 16]),
+            file_name: "theirs".into(),
+            path: "/srv/other-server/theirs".into(),
+            verified: true,
+        };
+        meta.put_file(&foreign, Timestamp(0)).unwrap();
+        let recovered = recover(&meta, &blobs).unwrap();
+        assert_eq!(recovered.stale_temps, 1);
+        assert!(recovered.orphans.is_empty());
+        assert!(recovered
+            .orphans_skipped
+            .unwrap()
+            .contains("/srv/other-server/theirs"));
+        assert!(dir.path().join(&orphan).exists());
+    }
+
+    #[test]
+    fn own_paths_are_recognised_exactly() {
+        let hex = "ab".repeat(16);
+        assert!(is_own_path(&format!("files/{hex}/x.bin")));
+        for other in [
+            format!("files/{hex}"),
+            format!("files/{hex}/a/b"),
+            format!("files/{hex}/.."),
+            format!("files/{}/x", "AB".repeat(16)),
+            format!("files/{}/x", "ab".repeat(15)),
+            format!("/files/{hex}/x"),
+            format!("other/{hex}/x"),
+            format!("files/{hex}/"),
+        ] {
+            assert!(!is_own_path(&other), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_data_folder_is_locked_by_one_server_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDirLock::acquire(dir.path()).unwrap();
+        let error = DataDirLock::acquire(dir.path()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        let message = error.to_string();
+        assert!(
+            message.contains("in use by another sfc-server"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&std::process::id().to_string()),
+            "{message}"
+        );
+        drop(first);
+        DataDirLock::acquire(dir.path()).unwrap();
+    }
 
     #[test]
     fn timestamps_format_as_utc() {
