@@ -26,6 +26,8 @@ pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// Default lifetime of an upload that receives no packet, in seconds.
 pub const DEFAULT_UPLOAD_TIMEOUT_SECS: u64 = 600;
+/// Default of `--upload-buffers`, MiB ([`crate::session::DEFAULT_BATCH_BUDGET`]).
+pub const DEFAULT_UPLOAD_BUFFERS_MIB: usize = crate::session::DEFAULT_BATCH_BUDGET >> 20;
 /// Default interval for persisting LastSeen notes and expiring uploads, in seconds.
 pub const DEFAULT_FLUSH_INTERVAL_SECS: u64 = 5;
 /// Default registrations (825) per minute per source address.
@@ -59,6 +61,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// An upload that receives no packet for this long is abandoned.
     pub upload_timeout: Duration,
+    /// Bytes of decrypted content not yet written that all uploads may hold together
+    /// (see [`crate::session::Limits::batch_budget`]).
+    pub upload_buffers: usize,
     /// Interval for persisting LastSeen notes and expiring uploads.
     pub flush_interval: Duration,
     /// Worker threads of the runtime [`crate::RunningServer`] creates (`None`: one per
@@ -89,6 +94,7 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
             shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
             upload_timeout: Duration::from_secs(DEFAULT_UPLOAD_TIMEOUT_SECS),
+            upload_buffers: DEFAULT_UPLOAD_BUFFERS_MIB << 20,
             flush_interval: Duration::from_secs(DEFAULT_FLUSH_INTERVAL_SECS),
             worker_threads: None,
             tls: None,
@@ -218,6 +224,13 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_timeout: u64,
 
+    /// Memory, in MiB, for decrypted file content not yet written, across all uploads
+    /// (each takes up to 1 MiB while it streams and keeps it between packets). Beyond it
+    /// an upload gets 16 KiB: same result, more and smaller writes.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_UPLOAD_BUFFERS_MIB,
+          value_parser = parse_positive_usize)]
+    pub upload_buffers: usize,
+
     /// Serve TLS (opt-in) with this certificate chain (PEM, leaf first); needs --tls-key.
     /// Without it the server speaks plain TCP, like every other implementation.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -308,6 +321,7 @@ impl Cli {
         config.request_timeout = Duration::from_secs(self.request_timeout);
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace);
         config.upload_timeout = Duration::from_secs(self.upload_timeout);
+        config.upload_buffers = self.upload_buffers.saturating_mul(1 << 20);
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),
@@ -362,6 +376,7 @@ mod tests {
         assert_eq!(config.bind, "0.0.0.0:4000".parse().unwrap());
         assert_eq!(config.max_file_size, DEFAULT_MAX_FILE_SIZE);
         assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(config.upload_buffers, 256 << 20);
         let cli = Cli::try_parse_from([
             "sfc-server",
             "--data-dir",
@@ -374,9 +389,12 @@ mod tests {
             "1000",
             "--idle-timeout",
             "5",
+            "--upload-buffers",
+            "3",
         ])
         .unwrap();
         let config = cli.server_config().unwrap();
+        assert_eq!(config.upload_buffers, 3 << 20);
         assert_eq!(config.bind, "127.0.0.1:0".parse().unwrap());
         assert_eq!(config.max_file_size, 1000);
         assert_eq!(config.idle_timeout, Duration::from_secs(5));

@@ -144,6 +144,7 @@ impl Server {
         let limits = Limits {
             max_file_size: config.max_file_size,
             upload_timeout: config.upload_timeout,
+            batch_budget: config.upload_buffers,
         };
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
             match crate::storage::recover(meta.as_ref(), blobs.as_ref()) {

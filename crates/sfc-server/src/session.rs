@@ -56,7 +56,7 @@ use sfc_proto::{
 };
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,11 @@ const BATCH_CAPACITY: usize = FLUSH_AT + 64;
 /// Room kept free in the batch for the decryptor's output beyond its input (at most
 /// one held-back block).
 const BATCH_SLACK: usize = 32;
+/// Batch an upload always gets, whatever [`Limits::batch_budget`] has left: enough to
+/// take a default 2,048-byte packet whole (more writes, same result).
+pub const MIN_BATCH: usize = 16 * 1024;
+/// Default of [`Limits::batch_budget`].
+pub const DEFAULT_BATCH_BUDGET: usize = 256 << 20;
 
 /// Limits the session enforces.
 #[derive(Clone, Debug)]
@@ -79,6 +84,11 @@ pub struct Limits {
     pub max_file_size: u64,
     /// A parked upload that receives no packet for this long is abandoned.
     pub upload_timeout: Duration,
+    /// Bytes of batch buffers (decrypted content not yet written) all uploads may hold
+    /// together. An upload parked between two packets keeps its batch, so without a
+    /// bound many clients that each send a packet and stop could pin [`FLUSH_AT`] bytes
+    /// apiece. Beyond it an upload gets [`MIN_BATCH`] bytes (more, smaller writes).
+    pub batch_budget: usize,
 }
 
 impl Default for Limits {
@@ -86,7 +96,60 @@ impl Default for Limits {
         Limits {
             max_file_size: u64::from(limits::MAX_ORIG_FILE_SIZE),
             upload_timeout: Duration::from_secs(600),
+            batch_budget: DEFAULT_BATCH_BUDGET,
         }
+    }
+}
+
+/// The bytes of batch buffers handed out, against [`Limits::batch_budget`].
+#[derive(Debug, Default)]
+struct BatchBudget {
+    in_use: AtomicUsize,
+    limit: usize,
+}
+
+impl BatchBudget {
+    /// Grants up to `wanted` bytes (possibly 0) from what is left.
+    fn grant(&self, wanted: usize) -> usize {
+        let mut granted = 0;
+        // `fetch_update` retries on contention; the closure never fails.
+        let _ = self
+            .in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |in_use| {
+                granted = wanted.min(self.limit.saturating_sub(in_use));
+                Some(in_use + granted)
+            });
+        granted
+    }
+
+    /// Counts bytes handed out beyond the budget ([`MIN_BATCH`]).
+    fn force(&self, bytes: usize) {
+        self.in_use.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.in_use.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// The part of the budget an upload's batch holds; returned when the upload ends
+/// (dropped with it) or frees its batch.
+struct BatchGrant {
+    bytes: usize,
+    registry: Arc<Registry>,
+}
+
+impl BatchGrant {
+    fn release(&mut self) {
+        self.registry
+            .budget
+            .give_back(std::mem::take(&mut self.bytes));
+    }
+}
+
+impl Drop for BatchGrant {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -167,6 +230,8 @@ pub struct Upload {
     batch: Vec<u8>,
     /// See `batch`.
     filled: usize,
+    /// The batch's share of [`Limits::batch_budget`].
+    grant: BatchGrant,
 }
 
 impl fmt::Debug for Upload {
@@ -192,6 +257,7 @@ enum Slot {
 struct Registry {
     slots: Mutex<HashMap<ClientId, Slot>>,
     next_token: AtomicU64,
+    budget: BatchBudget,
 }
 
 impl fmt::Debug for Registry {
@@ -358,12 +424,24 @@ fn upload_room(upload: &Upload) -> usize {
 impl Lease {
     fn new(mut upload: Box<Upload>, registry: Arc<Registry>) -> Self {
         // Never drops bytes: a parked batch keeps its content and capacity. No more than
-        // the rest of the file needs, so small uploads hold small batches.
+        // the rest of the file needs, so small uploads hold small batches; no more than
+        // the budget allows, beyond the floor of MIN_BATCH.
         let rest = upload.encrypted_size.saturating_sub(upload.received);
-        let capacity = usize::try_from(rest)
+        let wanted = usize::try_from(rest)
             .unwrap_or(usize::MAX)
             .saturating_add(upload.filled + 2 * BATCH_SLACK)
             .min(BATCH_CAPACITY);
+        let held = upload.grant.bytes;
+        if wanted > held {
+            let mut extra = registry.budget.grant(wanted - held);
+            let floor = wanted.min(MIN_BATCH);
+            if held + extra < floor {
+                registry.budget.force(floor - held - extra);
+                extra = floor - held;
+            }
+            upload.grant.bytes += extra;
+        }
+        let capacity = upload.grant.bytes.max(upload.batch.capacity());
         let len = upload.batch.len();
         upload.batch.reserve_exact(capacity.saturating_sub(len));
         Lease {
@@ -507,7 +585,13 @@ impl Core {
         Core {
             meta,
             blobs,
-            registry: Arc::default(),
+            registry: Arc::new(Registry {
+                budget: BatchBudget {
+                    in_use: AtomicUsize::new(0),
+                    limit: limits.batch_budget,
+                },
+                ..Registry::default()
+            }),
             seen: Mutex::default(),
             pin_lock: Mutex::new(()),
             limits,
@@ -522,6 +606,11 @@ impl Core {
     /// The blob store.
     pub fn blobs(&self) -> &dyn BlobStore {
         self.blobs.as_ref()
+    }
+
+    /// Bytes of batch buffers the uploads in progress hold ([`Limits::batch_budget`]).
+    pub fn batch_bytes(&self) -> usize {
+        self.registry.budget.in_use.load(Ordering::Acquire)
     }
 
     /// Number of uploads in progress (parked or checked out).
@@ -991,6 +1080,10 @@ impl Core {
             temp,
             batch: Vec::new(),
             filled: 0,
+            grant: BatchGrant {
+                bytes: 0,
+                registry: Arc::clone(&self.registry),
+            },
         });
         Ok(Lease::new(upload, Arc::clone(&self.registry)))
     }
@@ -1024,6 +1117,7 @@ impl Core {
             if let Some(upload) = lease.upload.as_mut() {
                 upload.batch = Vec::new();
                 upload.filled = 0;
+                upload.grant.release();
             }
         }
         match self.park(lease) {
@@ -1194,12 +1288,16 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        harness_with(Limits::default())
+    }
+
+    fn harness_with(limits: Limits) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let core = Core::new(
             Box::new(SqliteStore::open_in_memory().unwrap()),
             Box::new(LocalBlobStore::new(&root)),
-            Limits::default(),
+            limits,
         );
         Harness {
             core,
@@ -1282,6 +1380,80 @@ mod tests {
                 content: chunk.to_vec(),
             })
             .collect()
+    }
+
+    #[test]
+    fn parked_batches_stay_within_the_budget_and_are_returned() {
+        // Room for two full batches; a third upload gets the floor.
+        let h = harness_with(Limits {
+            batch_budget: 2 * BATCH_CAPACITY,
+            ..Limits::default()
+        });
+        let files: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(n, user)| {
+                let (id, key) = enroll(&h, user);
+                let data: Vec<u8> = (0..3_000_000u32)
+                    .map(|i| (i * 7 + n as u32) as u8)
+                    .collect();
+                let cipher = encrypt(&key, &data);
+                (id, data.clone(), packets("f.bin", &data, &cipher, 65_536))
+            })
+            .collect();
+        // Packet 1 of each: the uploads park, each keeping its batch.
+        let mut held = Vec::new();
+        for (id, _, bodies) in &files {
+            let out = h
+                .core
+                .handle_request(&ctx(false), request(*id, bodies[0].clone()));
+            assert_eq!(out, Outcome::silent());
+            held.push(h.core.batch_bytes());
+        }
+        assert_eq!(
+            held,
+            [
+                BATCH_CAPACITY,
+                2 * BATCH_CAPACITY,
+                2 * BATCH_CAPACITY + MIN_BATCH
+            ]
+        );
+        // Every upload completes correctly, the one on the floor batch too.
+        for (id, data, bodies) in &files {
+            let mut last = None;
+            for body in &bodies[1..] {
+                last = h
+                    .core
+                    .handle_request(&ctx(false), request(*id, body.clone()))
+                    .reply;
+                assert!(h.core.batch_bytes() <= 2 * BATCH_CAPACITY + MIN_BATCH);
+            }
+            let Some(Response::FileReceived { cksum, .. }) = last else {
+                panic!("{last:?}")
+            };
+            assert_eq!(cksum, sfc_crypto::cksum(data));
+            let stored = h.root.join("files").join(id.to_hex()).join("f.bin");
+            assert!(std::fs::read(stored).unwrap() == *data);
+        }
+        assert_eq!(
+            h.core.batch_bytes(),
+            0,
+            "finished uploads return their batches"
+        );
+        // An abandoned upload returns its batch too.
+        let (id, _, bodies) = &files[0];
+        h.core
+            .handle_request(&ctx(false), request(*id, bodies[0].clone()));
+        assert_eq!(h.core.batch_bytes(), BATCH_CAPACITY);
+        h.core
+            .handle_request(&ctx(false), request(*id, bodies[5].clone()));
+        assert_eq!(h.core.uploads_in_progress(), 0);
+        assert_eq!(h.core.batch_bytes(), 0);
+        // A client that opens a connection per packet holds no batch between packets.
+        h.core
+            .handle_request(&ctx(true), request(*id, bodies[0].clone()));
+        assert_eq!(h.core.uploads_in_progress(), 1);
+        assert_eq!(h.core.batch_bytes(), 0);
     }
 
     #[test]
