@@ -4,6 +4,7 @@
 use crate::procs::{fd_count, run_client, Bins, Server};
 use crate::report::{connect_from, loopback_source, make_file};
 use anyhow::{bail, Result};
+use sfc_server::config::DEFAULT_MAX_CONNECTIONS;
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -69,12 +70,17 @@ pub fn run(cfg: &IdleConfig<'_>) -> Result<IdleResult> {
     let own_nofile = raise_nofile(wanted);
     let data = cfg.work.join("server");
     let _ = std::fs::remove_dir_all(&data);
-    // The server's default --max-connections is 10,000: with that many idle connections
-    // held, the normal client would wait in the listen backlog, so allow a few more.
-    let server_args = vec![
-        "--max-connections".to_string(),
-        (cfg.connections + 100).to_string(),
-    ];
+    // The server's defaults (--max-connections 16,384) hold 10,000 idle connections and
+    // serve a normal client beside them; only a larger count needs a larger limit, or
+    // the normal client would wait in the listen backlog.
+    let server_args = if cfg.connections + 100 > DEFAULT_MAX_CONNECTIONS {
+        vec![
+            "--max-connections".to_string(),
+            (cfg.connections + 100).to_string(),
+        ]
+    } else {
+        Vec::new()
+    };
     let mut server = Server::start(&cfg.bins.server, &data, &server_args)?;
     std::thread::sleep(Duration::from_millis(300));
     let mut result = IdleResult {

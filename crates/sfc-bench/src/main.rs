@@ -18,7 +18,6 @@
 mod flows;
 mod idle;
 mod micro;
-mod pipeline;
 mod procs;
 mod reference;
 mod report;
@@ -66,9 +65,6 @@ struct Cli {
     /// Also run (d) with the server's data folder on disk (always done by `all`).
     #[arg(long, global = true)]
     flows_on_disk: bool,
-    /// Skip the comparison upload with the pipelined uploader in (a).
-    #[arg(long, global = true)]
-    no_pipelined: bool,
     /// Idle connections in (e).
     #[arg(long, global = true, default_value_t = 10_000)]
     idle_connections: usize,
@@ -221,7 +217,6 @@ fn run_tmpfs(ctx: &mut Context_) -> Result<()> {
         packet_size: ctx.cli.packet_size,
         disk: false,
         openssl_seconds: ctx.cli.openssl_seconds,
-        pipelined: !ctx.cli.no_pipelined,
     });
     let _ = std::fs::remove_dir_all(&work);
     let result = result?;
@@ -243,19 +238,6 @@ fn run_tmpfs(ctx: &mut Context_) -> Result<()> {
         openssl.median,
         0.85,
     ));
-    if !result.pipelined_mbps.is_empty() {
-        let pipelined = Spread::of(&result.pipelined_mbps);
-        let ratio = pipelined.median / openssl.median;
-        ctx.rows.push(Row {
-            id: "a′".into(),
-            what: "the same upload with the pipelined uploader in sfc-bench (the client design proposed below; not sfc-client)".into(),
-            ours: format!("{} MB/s", pipelined.show(0)),
-            reference: "the same openssl runs".into(),
-            ratio: Some(ratio),
-            target: "(informational)".into(),
-            met: None,
-        });
-    }
     let idle = result.server_idle_kb;
     let server_peak = result.server_peak_kb.iter().copied().max().unwrap_or(0);
     let client_peak = result.client_peak_kb.iter().copied().max().unwrap_or(0);
@@ -301,26 +283,25 @@ fn run_tmpfs(ctx: &mut Context_) -> Result<()> {
             openssl_cpu.show(0)
         ));
     }
-    if !result.pipelined_cpu.is_empty() {
-        let pick = |i: usize| {
-            Spread::of(
-                &result
-                    .pipelined_cpu
-                    .iter()
-                    .map(|c| c.get(i).copied().unwrap_or(0.0))
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let (enc, rd, wr, srv) = (pick(0), pick(1), pick(2), pick(3));
-        let total = enc.median + rd.median + wr.median + srv.median;
-        let ceiling = ctx.cli.size as f64 / (total / 2.0).max(enc.median) / report::MB;
+    let pick = |part: fn(&procs::ClientThreads) -> f64| {
+        Spread::of(&result.client_threads.iter().map(part).collect::<Vec<_>>())
+    };
+    let (main, reader, writer) = (pick(|t| t.main), pick(|t| t.reader), pick(|t| t.writer));
+    let server = Spread::of(&result.server_cpu);
+    if main.median > 0.0 {
+        // With perfect overlap on two cores the upload takes max(total / 2, the busiest
+        // thread): the encrypting thread cannot be split (one CBC stream).
+        let total = main.median + reader.median + writer.median + server.median;
+        let ceiling = ctx.cli.size as f64 / (total / 2.0).max(main.median) / report::MB;
         ctx.notes.push(format!(
-            "(a′) pipelined uploader CPU per upload: encrypting thread {} s, reader {} s, writer {} s, server {} s; two dedicated cores allow at most {ceiling:.0} MB/s = {:.2} × openssl's one-core rate by CPU time",
-            enc.show(2),
-            rd.show(2),
-            wr.show(2),
-            srv.show(2),
-            ceiling / openssl_cpu.median
+            "(a) sfc-client threads, CPU s per upload: main (key exchange, then encryption of every packet) {}, reader (file read + cksum) {}, writer (socket) {}; server {}: on two dedicated cores at most {ceiling:.0} MB/s = {:.2} × openssl's one-core rate; with a core per busy thread, the encrypting thread alone would bound it at {:.0} MB/s = {:.2} ×",
+            main.show(2),
+            reader.show(2),
+            writer.show(2),
+            server.show(2),
+            ceiling / openssl_cpu.median,
+            ctx.cli.size as f64 / main.median / report::MB,
+            ctx.cli.size as f64 / main.median / report::MB / openssl_cpu.median
         ));
     }
     ctx.json.insert(
@@ -332,8 +313,7 @@ fn run_tmpfs(ctx: &mut Context_) -> Result<()> {
             "server_idle_kb": idle, "server_peak_kb": result.server_peak_kb,
             "client_peak_kb": result.client_peak_kb, "filesystem": result.filesystem,
             "server_cpu_s": result.server_cpu, "client_cpu_s": result.client_cpu,
-            "pipelined_mbps": result.pipelined_mbps,
-            "pipelined_cpu_s_encrypt_reader_writer_server": result.pipelined_cpu,
+            "client_thread_cpu_s_main_reader_writer": result.client_threads.iter().map(|t| [t.main, t.reader, t.writer]).collect::<Vec<_>>(),
         }),
     );
     Ok(())
@@ -367,7 +347,6 @@ fn run_disk(ctx: &mut Context_) -> Result<()> {
         packet_size: ctx.cli.packet_size,
         disk: true,
         openssl_seconds: ctx.cli.openssl_seconds,
-        pipelined: false,
     });
     let _ = std::fs::remove_dir_all(&work);
     let result = result?;

@@ -60,6 +60,61 @@ pub fn cpu_secs(pid: u32, children: bool) -> Option<f64> {
     Some(ticks / clock_ticks())
 }
 
+/// CPU seconds (user + system) of each thread of a process, with the bytes it read and
+/// wrote (`/proc/PID/task/TID/{stat,io}`): (TID, seconds, rchar, wchar).
+fn thread_usage(pid: u32) -> Vec<(u32, f64, u64, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks: f64 =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            let io = std::fs::read_to_string(task.path().join("io")).unwrap_or_default();
+            let count = |key: &str| {
+                io.lines()
+                    .find_map(|line| line.strip_prefix(key)?.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            Some((tid, ticks / clock_ticks(), count("rchar:"), count("wchar:")))
+        })
+        .collect()
+}
+
+/// CPU seconds of sfc-client's threads during an upload, as last sampled before it
+/// exited (so a few milliseconds short).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientThreads {
+    /// The main thread: key exchange, then AES encryption of every packet.
+    pub main: f64,
+    /// The thread that reads the file and computes its cksum (`rchar` counts its file
+    /// reads).
+    pub reader: f64,
+    /// The thread that sends to the socket (`send` counts in neither `rchar` nor
+    /// `wchar`).
+    pub writer: f64,
+}
+
+impl ClientThreads {
+    fn classify(pid: u32, threads: &std::collections::HashMap<u32, (f64, u64, u64)>) -> Self {
+        let mut result = ClientThreads::default();
+        for (tid, (cpu, read, written)) in threads {
+            if *tid == pid {
+                result.main += cpu;
+            } else if read > written {
+                result.reader += cpu;
+            } else {
+                result.writer += cpu;
+            }
+        }
+        result
+    }
+}
+
 fn clock_ticks() -> f64 {
     // USER_HZ is 100 on every Linux architecture this runs on (getconf CLK_TCK).
     100.0
@@ -309,6 +364,8 @@ pub struct ClientRun {
     pub status: ExitStatus,
     /// What it printed on stderr.
     pub stderr: String,
+    /// CPU time per thread.
+    pub threads: ClientThreads,
 }
 
 /// Runs `sfc-client --server ADDR --name NAME --dir DIR --quiet [--packet-size N] FILE`,
@@ -359,6 +416,8 @@ pub fn run_client(
         let done = Arc::clone(&done);
         let hwm = Arc::clone(&hwm);
         std::thread::spawn(move || {
+            // Last reading per thread: threads end before the process, so keep them all.
+            let mut threads = std::collections::HashMap::new();
             while !done.load(Ordering::Relaxed) {
                 match status_kb(pid, "VmHWM") {
                     Some(kb) => {
@@ -366,8 +425,12 @@ pub fn run_client(
                     }
                     None => break,
                 }
+                for (tid, cpu, read, written) in thread_usage(pid) {
+                    threads.insert(tid, (cpu, read, written));
+                }
                 std::thread::sleep(Duration::from_millis(3));
             }
+            ClientThreads::classify(pid, &threads)
         })
     };
     let watchdog_done = Arc::clone(&done);
@@ -387,7 +450,7 @@ pub fn run_client(
     let status = child.wait()?;
     let wall = started.elapsed();
     done.store(true, Ordering::Relaxed);
-    let _ = poller.join();
+    let threads = poller.join().unwrap_or_default();
     let timed_out = watchdog.join().unwrap_or(false);
     let stderr = reader.join().unwrap_or_default();
     if timed_out {
@@ -398,5 +461,6 @@ pub fn run_client(
         peak_rss_kb: hwm.load(Ordering::Relaxed),
         status,
         stderr,
+        threads,
     })
 }

@@ -2,7 +2,9 @@
 //! `sfc-server`, timed from the client's start to its exit (after the confirming 1604),
 //! with a reference measured between the runs.
 
-use crate::procs::{cpu_secs, reset_hwm, run_client, status_kb, Bins, RssSampler, Server};
+use crate::procs::{
+    cpu_secs, reset_hwm, run_client, status_kb, Bins, ClientThreads, RssSampler, Server,
+};
 use crate::reference;
 use crate::report::{filesystem_of, remove_stored_files, MB};
 use anyhow::{bail, Result};
@@ -28,9 +30,6 @@ pub struct UploadConfig<'a> {
     pub disk: bool,
     /// Seconds per `openssl speed` measurement.
     pub openssl_seconds: u32,
-    /// After each sfc-client run, also upload with the pipelined uploader of
-    /// [`crate::pipeline`] (the proposed client design) to the same server.
-    pub pipelined: bool,
 }
 
 /// Figures of one scenario.
@@ -54,11 +53,8 @@ pub struct UploadResult {
     pub server_cpu: Vec<f64>,
     /// Client CPU time (user + system) per run, seconds.
     pub client_cpu: Vec<f64>,
-    /// Upload rate of the pipelined uploader per run, MB/s (when asked for).
-    pub pipelined_mbps: Vec<f64>,
-    /// CPU seconds of the pipelined upload per run: encrypting, reader and writer
-    /// threads, server.
-    pub pipelined_cpu: Vec<[f64; 4]>,
+    /// CPU time per sfc-client thread per run.
+    pub client_threads: Vec<ClientThreads>,
     /// Where the data folder was.
     pub filesystem: String,
 }
@@ -146,14 +142,18 @@ pub fn run(cfg: &UploadConfig<'_>) -> Result<UploadResult> {
             0
         };
         let rate = cfg.size as f64 / outcome.wall.as_secs_f64() / MB;
+        let threads = outcome.threads;
         eprintln!(
-            "    {} {:.3} s = {rate:.0} MB/s; CPU s: client {client_cpu:.2}, server {server_cpu:.2}; peak RSS kB: client {}, server {}",
+            "    {} {:.3} s = {rate:.0} MB/s; CPU s: client {client_cpu:.2} (main/encrypting {:.2}, reader {:.2}, writer {:.2}), server {server_cpu:.2}; peak RSS kB: client {}, server {}",
             if warm_up {
                 "warm-up:".to_string()
             } else {
                 format!("run {run}:")
             },
             outcome.wall.as_secs_f64(),
+            threads.main,
+            threads.reader,
+            threads.writer,
             outcome.peak_rss_kb,
             sampled.max(hwm)
         );
@@ -165,37 +165,7 @@ pub fn run(cfg: &UploadConfig<'_>) -> Result<UploadResult> {
         result.client_cpu.push(client_cpu);
         result.server_peak_kb.push(sampled.max(hwm));
         result.client_peak_kb.push(outcome.peak_rss_kb);
-        if cfg.pipelined {
-            remove_stored_files(&data);
-            if cfg.disk {
-                reference::sync();
-            }
-            let server_before = cpu_secs(server.pid, false);
-            let stats = crate::pipeline::upload(
-                server.addr,
-                &format!("bench-pipelined-{run}"),
-                cfg.source,
-            )?;
-            let server_cpu = cpu_secs(server.pid, false)
-                .zip(server_before)
-                .map_or(0.0, |(a, b)| a - b);
-            server.check_alive()?;
-            let rate = cfg.size as f64 / stats.wall.as_secs_f64() / MB;
-            eprintln!(
-                "           pipelined uploader (sfc-bench): {:.3} s = {rate:.0} MB/s; CPU s: encrypting thread {:.2}, reader {:.2}, writer {:.2}, server {server_cpu:.2}",
-                stats.wall.as_secs_f64(),
-                stats.encrypt_cpu,
-                stats.reader_cpu,
-                stats.writer_cpu
-            );
-            result.pipelined_mbps.push(rate);
-            result.pipelined_cpu.push([
-                stats.encrypt_cpu,
-                stats.reader_cpu,
-                stats.writer_cpu,
-                server_cpu,
-            ]);
-        }
+        result.client_threads.push(threads);
     }
     remove_stored_files(&data);
     server.stop()?;

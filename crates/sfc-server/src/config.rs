@@ -17,7 +17,7 @@ pub const DB_FILE: &str = "defensive.db";
 /// Default largest plaintext file: the protocol's maximum (`content_size` is a u32).
 pub const DEFAULT_MAX_FILE_SIZE: u64 = MAX_ORIG_FILE_SIZE as u64;
 /// Default maximum of simultaneous connections.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 /// Default idle timeout in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Default request deadline in seconds.
