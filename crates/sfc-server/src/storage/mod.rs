@@ -19,7 +19,11 @@
 //! class: ~6,600 single-row commits/s with FULL, ~48,000 with NORMAL, which may lose the
 //! last commits on power loss; ~2,100 with a rollback journal). Commits happen only on
 //! 825, 826, 827, 900, 902, on the last packet of a file, and for the periodic LastSeen
-//! flush, never per 828 packet, so FULL costs nothing that matters.
+//! flush, never per 828 packet, so FULL costs nothing that matters; and the SQLite store
+//! commits concurrent writes in groups ([`sqlite`]), one flush for all of them.
+//!
+//! At start-up [`recover`] removes what a crash can leave behind: temporary files and
+//! stored files that no row names (never acknowledged).
 
 pub mod fs;
 pub mod memory;
