@@ -13,7 +13,7 @@
 //!
 //! Journal: WAL with `synchronous=FULL` (see [`crate::storage`] for the figures): a
 //! committed row survives power loss, which a 1603 relies on. Writes go to one writer
-//! thread that commits them in groups ([`writer`]: one fsync for all the writes that
+//! thread that commits them in groups (`writer.rs`: one fsync for all the writes that
 //! arrived while the previous group was committing); reads use a second connection
 //! (WAL lets it read while the writer writes), or the writer's for an in-memory
 //! database, which a second connection could not see. Statements are cached. The admin
