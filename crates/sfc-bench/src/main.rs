@@ -535,7 +535,11 @@ fn run_idle(ctx: &mut Context_) -> Result<()> {
         result.own_nofile.0,
         result.own_nofile.1,
         result.server_nofile.map_or_else(|| "nothing".to_string(), |n| n.to_string()),
-        result.server_args.join(" "),
+        if result.server_args.is_empty() {
+            "its default options".to_string()
+        } else {
+            result.server_args.join(" ")
+        },
         result.held,
         ctx.cli.idle_connections,
         result.failed,
