@@ -18,6 +18,8 @@ pub const DB_FILE: &str = "defensive.db";
 pub const DEFAULT_MAX_FILE_SIZE: u64 = MAX_ORIG_FILE_SIZE as u64;
 /// Default maximum of simultaneous connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Default of `--max-connections-per-address`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 /// Default idle timeout in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Default request deadline in seconds.
@@ -52,6 +54,9 @@ pub struct ServerConfig {
     pub max_file_size: u64,
     /// Simultaneous connections; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Simultaneous connections from one address (IPv6: one /64); beyond it a new
+    /// connection is closed at once. 0: no cap.
+    pub max_connections_per_address: usize,
     /// A connection that sends no byte for this long is closed.
     pub idle_timeout: Duration,
     /// A request's header and payload (an 828's header and fixed part) must arrive
@@ -90,6 +95,7 @@ impl ServerConfig {
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
             request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
             shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
@@ -204,6 +210,12 @@ pub struct Cli {
           value_parser = parse_positive_usize)]
     pub max_connections: usize,
 
+    /// Maximum simultaneous connections from one source address (IPv6: per /64); a
+    /// connection beyond it is closed at once. 0: no cap (behind a proxy every client
+    /// has the proxy's address).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    pub max_connections_per_address: usize,
+
     /// Close a connection after this many seconds without a byte.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -317,6 +329,7 @@ impl Cli {
         };
         config.max_file_size = self.max_file_size;
         config.max_connections = self.max_connections;
+        config.max_connections_per_address = self.max_connections_per_address;
         config.idle_timeout = Duration::from_secs(self.idle_timeout);
         config.request_timeout = Duration::from_secs(self.request_timeout);
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace);
@@ -377,6 +390,7 @@ mod tests {
         assert_eq!(config.max_file_size, DEFAULT_MAX_FILE_SIZE);
         assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(config.upload_buffers, 256 << 20);
+        assert_eq!(config.max_connections_per_address, 256);
         let cli = Cli::try_parse_from([
             "sfc-server",
             "--data-dir",
@@ -391,10 +405,13 @@ mod tests {
             "5",
             "--upload-buffers",
             "3",
+            "--max-connections-per-address",
+            "0",
         ])
         .unwrap();
         let config = cli.server_config().unwrap();
         assert_eq!(config.upload_buffers, 3 << 20);
+        assert_eq!(config.max_connections_per_address, 0);
         assert_eq!(config.bind, "127.0.0.1:0".parse().unwrap());
         assert_eq!(config.max_file_size, 1000);
         assert_eq!(config.idle_timeout, Duration::from_secs(5));

@@ -35,6 +35,7 @@
     )
 )]
 
+pub mod address_limit;
 pub mod address_pin;
 pub mod admin;
 pub mod config;

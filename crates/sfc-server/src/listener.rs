@@ -6,6 +6,7 @@
 //! abort what is left (an upload cut short removes its temporary file), persist the
 //! LastSeen notes and close the database.
 
+use crate::address_limit::ConnectionsPerAddress;
 use crate::config::ServerConfig;
 use crate::connection::{self, ConnLimits};
 use crate::rate_limit::RateLimiter;
@@ -221,6 +222,7 @@ impl Server {
         });
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let permits = Arc::new(Semaphore::new(config.max_connections));
+        let per_address = ConnectionsPerAddress::new(config.max_connections_per_address);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         let housekeeping = tokio::spawn(housekeeping(
@@ -232,6 +234,7 @@ impl Server {
             transport = if tls.is_some() { "TLS" } else { "plain TCP" },
             registrations = %config.register_limit,
             failures = %config.failure_limit,
+            connections_per_address = config.max_connections_per_address,
             pin_address = config.pin_address,
             "security settings"
         );
@@ -270,6 +273,13 @@ impl Server {
                     drop(permit);
                 }
                 Ok((stream, peer)) => {
+                    let Some(slot) = per_address.enter(peer.ip()) else {
+                        // At --max-connections-per-address: closed before anything is read.
+                        tracing::debug!(%peer, "connection refused: too many open connections from this address");
+                        drop(stream);
+                        drop(permit);
+                        continue;
+                    };
                     let core = Arc::clone(&core);
                     let limits = Arc::clone(&limits);
                     let stop = stop_rx.clone();
@@ -296,6 +306,7 @@ impl Server {
                                 }
                             }
                         }
+                        drop(slot);
                         drop(permit);
                     });
                 }

@@ -230,6 +230,53 @@ fn failed_requests_beyond_the_budget_close_the_connection() {
     );
 }
 
+/// Attack: one address opens connection after connection and holds them, to take every
+/// place of --max-connections. Beyond --max-connections-per-address a new connection is
+/// closed at once; the held ones and other addresses are served; closing one frees its
+/// place.
+#[test]
+fn connections_beyond_the_per_address_cap_are_closed_at_once() {
+    let server = TestServer::start_with(|c| {
+        c.max_connections_per_address = 3;
+    });
+    let mut held: Vec<Conn> = (0..3).map(|_| server.connect()).collect();
+    // The server counts a connection once it has accepted it: make sure all three are in
+    // (each gets an answer) before the fourth.
+    for (i, conn) in held.iter_mut().enumerate() {
+        assert!(matches!(
+            conn.call(&register_request(&format!("held-{i}"))),
+            Response::Registered { .. }
+        ));
+    }
+    let started = Instant::now();
+    let mut fourth = server.connect();
+    assert!(
+        fourth.closed_within(Duration::from_secs(5)),
+        "a fourth connection from the same address is closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The held connections still work, and so does another address.
+    assert!(matches!(
+        held[0].call(&register_request("held-again")),
+        Response::Registered { .. }
+    ));
+    let mut other = connect_from("127.0.0.2", server.addr);
+    enroll(&mut other, "elsewhere");
+    // One closed: a new connection gets its place (once the server has seen the close).
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut conn = server.connect();
+        conn.send(&register_request("after-one-closed"));
+        match conn.try_recv() {
+            Some(Response::Registered { .. }) => break,
+            Some(other) => panic!("{other:?}"),
+            None => assert!(Instant::now() < deadline, "the place was never freed"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The defaults leave ordinary use alone: many clients registering from one address at
 /// once (a NAT, the test suites) and the usual handful of failures.
 #[test]
