@@ -1,6 +1,7 @@
 //! Fault injection behind the storage traits: a full disk and a failing database must
 //! give 1607 (logged), leave no temporary file, never lose a file already stored, and not
-//! disturb later requests.
+//! disturb later requests. One test makes the operating system itself refuse a write
+//! (a file-size limit on the real binary).
 
 mod common;
 
@@ -413,4 +414,78 @@ fn disk_full_while_replacing_keeps_the_stored_file() {
     );
     assert_eq!(stored(dir.path(), id, "f.bin"), Some((v3, false)));
     server.stop();
+}
+
+/// A real write error from the operating system, not an injected one: the server binary
+/// runs with a file-size limit (`ulimit -f`, SIGXFSZ ignored so that a write beyond it
+/// fails with EFBIG instead of killing the process), as a filesystem that refuses to grow
+/// a file would. A file beyond the limit gets 1607 and leaves nothing behind; the stored
+/// file it would have replaced and the database are untouched; smaller files go on.
+#[test]
+fn a_real_write_error_from_the_os_gives_1607_and_keeps_what_is_stored() {
+    use common::process::{ServerProcess, SERVER_BIN};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        // dash and bash count `ulimit -f` in 512- or 1024-byte blocks: 512 KiB or 1 MiB.
+        .arg("ulimit -f 1024 && trap '' XFSZ && exec \"$0\" \"$@\"")
+        .arg(SERVER_BIN)
+        .args(["--bind", "127.0.0.1", "--port", "0", "--data-dir"])
+        .arg(&data_dir);
+    let mut server = ServerProcess::spawn(command);
+    let addr = server.listening_addr();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let max_file = limits
+        .lines()
+        .find(|line| line.starts_with("Max file size"))
+        .and_then(|line| line.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .expect("a file-size limit");
+    assert!((512 << 10..=1 << 20).contains(&max_file), "{max_file}");
+
+    let mut conn = Conn::connect(addr);
+    let (id, key) = enroll(&mut conn, "limited");
+    let v1 = data(100_000, 1);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v1, 30_000),
+        id,
+        "f.bin",
+        &v1,
+    );
+    assert_eq!(
+        conn.call(&file_name_request(id, 900, "f.bin")),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+    // Beyond the limit, as a new file and as a replacement.
+    for label in ["big.bin", "f.bin"] {
+        let big = data(3_000_000, 2);
+        let reply = upload(&mut conn, id, &key, label, &big, 1_000_000);
+        assert_eq!(reply, Response::ServerError, "{label}");
+    }
+    let logged = server
+        .wait_for("File too large")
+        .expect("the OS error is logged");
+    assert!(
+        logged.contains("reply=1607")
+            && logged.contains("upload abandoned: cannot write the file: File too large"),
+        "{logged}"
+    );
+    assert_eq!(
+        file_names(&data_dir, id),
+        ["f.bin"],
+        "no temporary file is left"
+    );
+    assert_eq!(stored(&data_dir, id, "f.bin"), Some((v1, true)));
+    // The server goes on, on the same connection.
+    let v2 = data(200_000, 3);
+    assert_received(
+        &upload(&mut conn, id, &key, "g.bin", &v2, 30_000),
+        id,
+        "g.bin",
+        &v2,
+    );
+    assert!(server.terminate().success());
 }
