@@ -11,9 +11,10 @@
 //! tokio's blocking pool; continuing a parked upload, decrypting and checksumming run
 //! inline (CPU only, at most one read buffer at a time).
 //!
-//! Memory: the read buffer is [`SMALL_BUFFER`] while the connection is idle or carries
-//! small requests and [`LARGE_BUFFER`] only while it streams 828 content (from an 828's
-//! fixed part until a request that is not an intermediate packet).
+//! Memory: a connection waiting for its next request holds no read buffer (it reads up to
+//! [`FIRST_READ`] bytes into the task's own state); the read buffer is [`SMALL_BUFFER`]
+//! while a request arrives and [`LARGE_BUFFER`] only while it streams 828 content (from
+//! an 828's fixed part until a request that is not an intermediate packet).
 //!
 //! Timeouts: no byte for `idle_timeout` closes the connection; a started request must
 //! deliver its header and payload (or an 828's header and fixed part) within
@@ -53,6 +54,9 @@ const ADDRESS_REFUSED: &str =
 
 /// Read buffer of an idle connection.
 pub const SMALL_BUFFER: usize = 4 * 1024;
+/// Bytes read at once while waiting for a request (an idle connection holds no buffer;
+/// see `Conn::run`): a request header and the start of its payload.
+pub const FIRST_READ: usize = 512;
 /// Read buffer while streaming file content.
 pub const LARGE_BUFFER: usize = 64 * 1024;
 /// File content must arrive at this many bytes per `request_timeout` at least.
@@ -158,7 +162,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> &'static str {
-        let mut buf = vec![0u8; SMALL_BUFFER];
+        let mut buf = Vec::new();
+        let mut first = [0u8; FIRST_READ];
         let mut filled = 0;
         loop {
             // Decode everything read so far.
@@ -202,24 +207,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if *shutdown.borrow() && self.decoder.at_boundary() {
                 return "server shutting down";
             }
-            // Large buffer only while file content is expected.
-            let want = if self.current.is_some() || self.streaming {
+            // Large buffer only while file content is expected; none between requests
+            // (every byte read has been decoded by now), when a connection may sit idle
+            // for long: the wait for the next request reads into `first`, on the task.
+            let at_boundary = self.decoder.at_boundary();
+            let streaming = self.current.is_some() || self.streaming;
+            let waiting = at_boundary && !streaming;
+            let want = if streaming {
                 LARGE_BUFFER
             } else {
                 SMALL_BUFFER
             };
-            if buf.len() != want {
+            if waiting {
+                buf = Vec::new();
+            } else if buf.len() != want {
                 buf = vec![0u8; want];
             }
+            let target: &mut [u8] = if waiting { &mut first } else { &mut buf };
             let idle = Instant::now() + self.limits.idle_timeout;
             let deadline = self.deadline.map_or(idle, |d| d.min(idle));
-            let at_boundary = self.decoder.at_boundary();
             let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, self.stream.read(&mut buf)) => read,
+                read = tokio::time::timeout_at(deadline, self.stream.read(target)) => read,
                 _ = shutdown.wait_for(|stop| *stop), if at_boundary => {
                     return "server shutting down";
                 }
             };
+            if let (true, Ok(Ok(n))) = (waiting, &read) {
+                buf = vec![0u8; SMALL_BUFFER];
+                let copied = first.get(..*n).unwrap_or_default();
+                if let Some(start) = buf.get_mut(..copied.len()) {
+                    start.copy_from_slice(copied);
+                }
+            }
             match read {
                 Ok(Ok(0)) => {
                     return if self.decoder.at_boundary() {

@@ -288,16 +288,21 @@ impl Server {
                         let _ = stream.set_nodelay(true);
                         match tls {
                             None => connection::serve(stream, peer, core, limits, stop).await,
+                            // Boxed: the TLS state is large, and a task is as large as
+                            // its largest branch, so plain connections would carry it too.
                             Some(acceptor) => {
-                                match crate::tls::handshake(
+                                match Box::pin(crate::tls::handshake(
                                     &acceptor,
                                     stream,
                                     limits.request_timeout,
-                                )
+                                ))
                                 .await
                                 {
                                     Ok(stream) => {
-                                        connection::serve(stream, peer, core, limits, stop).await
+                                        Box::pin(connection::serve(
+                                            stream, peer, core, limits, stop,
+                                        ))
+                                        .await
                                     }
                                     Err(reason) => {
                                         limits.rate.record_failure(peer.ip());
