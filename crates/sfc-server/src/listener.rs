@@ -148,7 +148,13 @@ impl Server {
             batch_budget: config.upload_buffers,
         };
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
-            match crate::storage::recover(meta.as_ref(), blobs.as_ref()) {
+            let (clients, files) = match (meta.clients(), meta.files()) {
+                (Ok(clients), Ok(files)) => (clients, files),
+                (Err(error), _) | (_, Err(error)) => {
+                    return Err(anyhow::anyhow!("cannot read the database: {error}"))
+                }
+            };
+            match crate::storage::recover(&files, blobs.as_ref()) {
                 Ok(recovered) => {
                     if recovered.stale_temps > 0 {
                         tracing::info!(
@@ -165,16 +171,11 @@ impl Server {
                 }
                 Err(error) => tracing::warn!(%error, "cannot clean up after an earlier run"),
             }
-            match (meta.clients(), meta.files()) {
-                (Ok(clients), Ok(files)) => tracing::info!(
-                    clients = clients.len(),
-                    files = files.len(),
-                    "database ready"
-                ),
-                (Err(error), _) | (_, Err(error)) => {
-                    return Err(anyhow::anyhow!("cannot read the database: {error}"))
-                }
-            }
+            tracing::info!(
+                clients = clients.len(),
+                files = files.len(),
+                "database ready"
+            );
             Ok(Core::new(meta, blobs, limits))
         })
         .await??;

@@ -587,8 +587,8 @@ impl Core {
             blobs,
             registry: Arc::new(Registry {
                 budget: BatchBudget {
-                    in_use: AtomicUsize::new(0),
                     limit: limits.batch_budget,
+                    ..BatchBudget::default()
                 },
                 ..Registry::default()
             }),

@@ -168,64 +168,63 @@ impl BlobStore for LocalBlobStore {
     }
 
     fn remove_stale_temps(&self) -> io::Result<usize> {
-        let files = self.root.join(FILES_DIR);
-        let clients = match fs::read_dir(&files) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(error) => return Err(error),
-        };
         let mut removed = 0;
-        for client in clients {
-            let client = client?;
-            if !client.file_type()?.is_dir() {
-                continue;
+        self.for_each_client_file(|_, entry| {
+            if entry.file_name().to_str().is_some_and(is_temp_name) {
+                fs::remove_file(entry.path())?;
+                removed += 1;
             }
-            for entry in fs::read_dir(client.path())? {
-                let entry = entry?;
-                let stale = entry.file_name().to_str().is_some_and(is_temp_name);
-                if stale && entry.file_type()?.is_file() {
-                    fs::remove_file(entry.path())?;
-                    removed += 1;
-                }
-            }
-        }
+            Ok(())
+        })?;
         Ok(removed)
     }
 
     fn stored_paths(&self) -> io::Result<Vec<String>> {
-        let files = self.root.join(FILES_DIR);
-        let clients = match fs::read_dir(&files) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(error) => return Err(error),
-        };
         let mut paths = Vec::new();
-        for client in clients {
-            let client = client?;
+        self.for_each_client_file(|folder, entry| {
             // Only client folders this server makes; anything else is not ours to list.
-            let Some(hex) = client
-                .file_name()
+            let hex = folder
                 .to_str()
-                .filter(|name| ClientId::from_hex(name).is_ok_and(|id| id.to_hex() == *name))
-                .map(str::to_owned)
-            else {
-                continue;
-            };
-            if !client.file_type()?.is_dir() {
-                continue;
-            }
-            for entry in fs::read_dir(client.path())? {
-                let entry = entry?;
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                if !is_temp_name(&name) && entry.file_type()?.is_file() {
+                .filter(|name| ClientId::from_hex(name).is_ok_and(|id| id.to_hex() == *name));
+            let name = entry.file_name();
+            if let (Some(hex), Some(name)) = (hex, name.to_str()) {
+                if !is_temp_name(name) {
                     paths.push(format!("{FILES_DIR}/{hex}/{name}"));
                 }
             }
-        }
+            Ok(())
+        })?;
         paths.sort();
         Ok(paths)
+    }
+}
+
+impl LocalBlobStore {
+    /// Calls `visit` with the folder name and the entry of every regular file in every
+    /// folder under `files/` (none when `files/` does not exist yet).
+    fn for_each_client_file(
+        &self,
+        mut visit: impl FnMut(&std::ffi::OsStr, &fs::DirEntry) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let clients = match fs::read_dir(self.root.join(FILES_DIR)) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        for client in clients {
+            let client = client?;
+            if !client.file_type()?.is_dir() {
+                continue;
+            }
+            let folder = client.file_name();
+            for entry in fs::read_dir(client.path())? {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    visit(&folder, &entry)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -286,12 +285,7 @@ impl TempBlob for LocalTemp {
     }
 
     fn persist(mut self: Box<Self>) -> io::Result<String> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
-        file.sync_all()?;
-        drop(file);
+        self.close_synced()?;
         fs::rename(&self.temp_path, &self.final_path)?;
         // From here on the temporary name no longer exists: nothing to clean up.
         self.temp_path = PathBuf::new();
@@ -317,15 +311,19 @@ impl TempBlob for LocalTemp {
 }
 
 impl LocalTemp {
-    /// fsync of the content, then the rename that puts it in place; `backup` (if the final
-    /// name exists) is a hard link to the version being replaced, made before the rename.
-    fn move_into_place(&mut self) -> io::Result<Option<PathBuf>> {
+    /// Makes the content durable (fsync) and closes the file, before any rename.
+    fn close_synced(&mut self) -> io::Result<()> {
         let file = self
             .file
             .take()
             .ok_or_else(|| io::Error::other("temporary file already closed"))?;
-        file.sync_all()?;
-        drop(file);
+        file.sync_all()
+    }
+
+    /// fsync of the content, then the rename that puts it in place; `backup` (if the final
+    /// name exists) is a hard link to the version being replaced, made before the rename.
+    fn move_into_place(&mut self) -> io::Result<Option<PathBuf>> {
+        self.close_synced()?;
         let backup = self.dir.join(format!(
             "{TEMP_PREFIX}{}.old",
             uuid::Uuid::new_v4().simple()

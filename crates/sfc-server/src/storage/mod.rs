@@ -189,9 +189,10 @@ pub struct Recovered {
 /// Orphans are only looked for when every row's path has the form this server writes
 /// (`files/<32 hex digits>/<name>`): a database adopted from another implementation may
 /// name its files differently, and its files are then left alone.
-pub fn recover(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> Result<Recovered, StoreError> {
+///
+/// `rows` are the `files` rows ([`MetaStore::files`]), which the caller reads anyway.
+pub fn recover(rows: &[FileRecord], blobs: &dyn BlobStore) -> io::Result<Recovered> {
     let stale_temps = blobs.remove_stale_temps()?;
-    let rows = meta.files()?;
     if let Some(row) = rows.iter().find(|row| !is_own_path(&row.path)) {
         return Ok(Recovered {
             stale_temps,
@@ -381,7 +382,7 @@ mod tests {
             blobs.stored_paths().unwrap(),
             [kept.clone(), orphan.clone()]
         );
-        let recovered = recover(&meta, &blobs).unwrap();
+        let recovered = recover(&meta.files().unwrap(), &blobs).unwrap();
         assert_eq!(
             recovered,
             Recovered {
@@ -400,7 +401,10 @@ mod tests {
         }
         assert!(blobs.stored_paths().unwrap() == [kept]);
         // Nothing left to do the second time.
-        assert_eq!(recover(&meta, &blobs).unwrap(), Recovered::default());
+        assert_eq!(
+            recover(&meta.files().unwrap(), &blobs).unwrap(),
+            Recovered::default()
+        );
     }
 
     #[test]
@@ -413,7 +417,7 @@ mod tests {
             verified: true,
         };
         meta.put_file(&foreign, Timestamp(0)).unwrap();
-        let recovered = recover(&meta, &blobs).unwrap();
+        let recovered = recover(&meta.files().unwrap(), &blobs).unwrap();
         assert_eq!(recovered.stale_temps, 1);
         assert!(recovered.orphans.is_empty());
         assert!(recovered

@@ -100,22 +100,25 @@ impl SqliteStore {
 
     /// Opens an existing database for the admin views, without creating or migrating.
     pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        Self::start(
+            Self::open_existing_connection(path)?,
+            Some(Self::open_reader(path)?),
+        )
+    }
+
+    /// A connection to a database that must exist already.
+    fn open_existing_connection(path: &Path) -> Result<Connection, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
-        Self::start(conn, Some(Self::open_reader(path)?))
+        Ok(conn)
     }
 
     fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(db_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        let conn = Self::open_existing_connection(path)?;
         // This connection only reads; make any write through it an error.
         conn.pragma_update(None, "query_only", true)
             .map_err(db_err)?;
@@ -174,16 +177,6 @@ impl SqliteStore {
             }
             None => self.write(op),
         }
-    }
-
-    /// Runs `op` on the writer's connection (tests, pragmas).
-    #[cfg(test)]
-    fn with<T, F>(&self, op: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        self.write(op)
     }
 
     /// The schema version recorded in the database.
@@ -514,11 +507,11 @@ mod tests {
         {
             let store = SqliteStore::open(&path).unwrap();
             let mode: String = store
-                .with(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+                .write(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
                 .unwrap();
             assert_eq!(mode, "wal");
             let sync: i64 = store
-                .with(|c| c.query_row("PRAGMA synchronous", [], |r| r.get(0)))
+                .write(|c| c.query_row("PRAGMA synchronous", [], |r| r.get(0)))
                 .unwrap();
             assert_eq!(sync, 2, "synchronous=FULL");
             store.insert_client(&id(1), "a", Timestamp(0)).unwrap();
@@ -528,7 +521,7 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.clients().unwrap().len(), 1);
         store
-            .with(|c| c.pragma_update(None, "user_version", SCHEMA_VERSION + 1))
+            .write(|c| c.pragma_update(None, "user_version", SCHEMA_VERSION + 1))
             .unwrap();
         store.close().unwrap();
         let error = SqliteStore::open(&path).unwrap_err();
@@ -605,7 +598,7 @@ mod tests {
         wait_for_queue(&stats, 2);
         // What SQLite does on an I/O error or a full disk: the whole transaction is gone.
         let s = Arc::clone(&store);
-        let lost = std::thread::spawn(move || s.with(|c| c.execute_batch("ROLLBACK")));
+        let lost = std::thread::spawn(move || s.write(|c| c.execute_batch("ROLLBACK")));
         wait_for_queue(&stats, 3);
         let s = Arc::clone(&store);
         let after = std::thread::spawn(move || s.insert_client(&id(2), "bob", Timestamp(0)));
@@ -634,7 +627,7 @@ mod tests {
         let (started, running) = std::sync::mpsc::channel::<()>();
         let store = Arc::clone(store);
         std::thread::spawn(move || {
-            store.with(move |_| {
+            store.write(move |_| {
                 let _ = started.send(());
                 let _ = released.recv();
                 Ok(())
@@ -657,7 +650,7 @@ mod tests {
         let store = SqliteStore::open_in_memory().unwrap();
         let columns = |table: &str| -> Vec<String> {
             store
-                .with({
+                .write({
                     let sql = format!("PRAGMA table_info({table})");
                     move |c| {
                         let mut s = c.prepare(&sql)?;
