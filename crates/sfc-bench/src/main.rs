@@ -157,6 +157,23 @@ struct Context_ {
 }
 
 impl Context_ {
+    /// Scenario (a) or (b): uploads `source` with the server's data folder under `work`,
+    /// which is removed afterwards whatever the outcome.
+    fn upload(&self, source: &Path, work: &Path, disk: bool) -> Result<upload::UploadResult> {
+        let result = upload::run(&upload::UploadConfig {
+            bins: &self.bins,
+            work,
+            source,
+            size: self.cli.size,
+            runs: self.cli.runs,
+            packet_size: self.cli.packet_size,
+            disk,
+            openssl_seconds: self.cli.openssl_seconds,
+        });
+        let _ = std::fs::remove_dir_all(work);
+        result
+    }
+
     fn source(&mut self) -> Result<PathBuf> {
         if let Some(path) = &self.source {
             return Ok(path.clone());
@@ -208,18 +225,7 @@ fn run_tmpfs(ctx: &mut Context_) -> Result<()> {
     eprintln!("(a)+(c) upload to a data folder on tmpfs ...");
     let source = ctx.source()?;
     let work = ctx.shm.join("tmpfs-upload");
-    let result = upload::run(&upload::UploadConfig {
-        bins: &ctx.bins,
-        work: &work,
-        source: &source,
-        size: ctx.cli.size,
-        runs: ctx.cli.runs,
-        packet_size: ctx.cli.packet_size,
-        disk: false,
-        openssl_seconds: ctx.cli.openssl_seconds,
-    });
-    let _ = std::fs::remove_dir_all(&work);
-    let result = result?;
+    let result = ctx.upload(&source, &work, false)?;
     let ours = Spread::of(&result.mbps);
     let openssl = Spread::of(&result.openssl);
     let packets = ctx.cli.packet_size.map_or_else(
@@ -338,18 +344,7 @@ fn run_disk(ctx: &mut Context_) -> Result<()> {
             "(b) WARNING: the disk folder is on {fs}; pass --disk-dir"
         ));
     }
-    let result = upload::run(&upload::UploadConfig {
-        bins: &ctx.bins,
-        work: &work,
-        source: &source,
-        size: ctx.cli.size,
-        runs: ctx.cli.runs,
-        packet_size: ctx.cli.packet_size,
-        disk: true,
-        openssl_seconds: ctx.cli.openssl_seconds,
-    });
-    let _ = std::fs::remove_dir_all(&work);
-    let result = result?;
+    let result = ctx.upload(&source, &work, true)?;
     let ours = Spread::of(&result.mbps);
     let openssl = Spread::of(&result.openssl);
     let dd = Spread::of(&result.dd);

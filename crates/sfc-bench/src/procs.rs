@@ -49,7 +49,14 @@ pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
 /// CPU time (user + system, all threads) of a process, seconds; with `children`, that of
 /// its waited-for children instead.
 pub fn cpu_secs(pid: u32, children: bool) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_secs(
+        &std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
+        children,
+    )
+}
+
+/// CPU seconds from the text of a `/proc/PID/stat` or `/proc/PID/task/TID/stat` file.
+fn stat_cpu_secs(text: &str, children: bool) -> Option<f64> {
     // Fields after the command name (which may contain spaces) in parentheses.
     let rest = text.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -71,16 +78,14 @@ fn thread_usage(pid: u32) -> Vec<(u32, f64, u64, u64)> {
         .filter_map(|task| {
             let tid: u32 = task.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            let ticks: f64 =
-                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            let cpu = stat_cpu_secs(&stat, false)?;
             let io = std::fs::read_to_string(task.path().join("io")).unwrap_or_default();
             let count = |key: &str| {
                 io.lines()
                     .find_map(|line| line.strip_prefix(key)?.trim().parse().ok())
                     .unwrap_or(0)
             };
-            Some((tid, ticks / clock_ticks(), count("rchar:"), count("wchar:")))
+            Some((tid, cpu, count("rchar:"), count("wchar:")))
         })
         .collect()
 }
