@@ -1505,19 +1505,10 @@ fn hold_connections(env: &Env, count: usize) -> Seen {
     let mut held = Vec::with_capacity(count);
     // From 127.0.1.1, 127.0.1.2, …: 250 per address, within the default
     // --max-connections-per-address (one address alone is capped; see tests/security.rs).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     for i in 0..count {
-        let local = std::net::SocketAddr::from(([127, 0, 1, (i / 250 + 1) as u8], 0));
-        let stream = runtime.block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(local)?;
-            socket.connect(env.addr).await
-        });
-        match stream {
-            Ok(stream) => held.push(stream.into_std().unwrap()),
+        let local = std::net::IpAddr::from([127, 0, 1, (i / 250 + 1) as u8]);
+        match tcp_from(local, env.addr) {
+            Ok(stream) => held.push(stream),
             Err(error) => panic!("connection {i} failed: {error}"),
         }
     }

@@ -10,7 +10,7 @@ use sfc_crypto::RsaKeyPair;
 use sfc_proto::{ClientId, Request, RequestBody, Response};
 use sfc_server::rate_limit::RateLimit;
 use sfc_server::storage::MetaStore;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -32,17 +32,7 @@ fn key_request_with(id: ClientId, user: &str, der: Vec<u8>) -> Request {
 
 /// A connection from another loopback address (127.0.0.2: another "client machine").
 fn connect_from(local: &str, server: SocketAddr) -> Conn {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let stream = runtime.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
-        socket.connect(server).await.unwrap()
-    });
-    let stream: TcpStream = stream.into_std().unwrap();
-    stream.set_nonblocking(false).unwrap();
+    let stream = tcp_from(local.parse().unwrap(), server).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();

@@ -146,6 +146,23 @@ pub struct Conn {
     pub stream: TcpStream,
 }
 
+/// A connection from a chosen local address (another loopback address: another "client
+/// machine" as far as per-address limits go). std cannot bind before connecting; tokio's
+/// `TcpSocket` can.
+pub fn tcp_from(local: std::net::IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(local, 0))?;
+        socket.connect(server).await
+    })?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
 impl Conn {
     pub fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
