@@ -14,21 +14,6 @@
 //! | [`tls`] | opt-in TLS (`--tls`, `--tls-ca`): certificate verification, plain/TLS stream |
 //! | [`progress`] | messages by verbosity, progress bar |
 //! | [`error`] | [`ClientError`] and the exit codes |
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
 
 pub mod config;
 pub mod connection;

@@ -1,4 +1,5 @@
 //! The command line without a working server: bad input, network failures, --help.
+#![cfg(test)]
 
 mod common;
 

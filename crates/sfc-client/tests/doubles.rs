@@ -1,5 +1,6 @@
 //! The real client binary against test doubles: the server behaviours our own server never
 //! shows (PROTOCOL.md client rules 1, 4, 5, 6 and the 1607 retry policy).
+#![cfg(test)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! End to end: the real client binary in temporary folders against our real server,
 //! started in-process. Stored files are found through defensive.db's PathName and
 //! compared byte for byte with the originals.
+#![cfg(test)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The progress bar: drawn on standard error when it is a terminal, never with `--quiet`,
 //! never when standard error is a pipe. A terminal is given to the real binary with
 //! util-linux `script`, which runs a command under a pseudo-terminal.
+#![cfg(test)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! server in-process with `tls` set, using a test CA and server certificates made at test
 //! time (rcgen). Also the mismatches: a certificate the client does not trust, one for
 //! another name, a plain client against a TLS server and a TLS client against a plain one.
+#![cfg(test)]
 
 mod common;
 

@@ -7,6 +7,11 @@
 //!   `Table<16>` (slice-by-16).
 //!
 //! Run: `cargo bench -p sfc-crypto -- --warm-up-time 1 --measurement-time 3`
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "benchmark code: a failure aborts the run, which is the wanted outcome"
+)]
 
 use aes::cipher::block_padding::{Padding, Pkcs7};
 use aes::cipher::inout::InOutBuf;

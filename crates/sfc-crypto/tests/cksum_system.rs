@@ -1,4 +1,5 @@
 //! `cksum` against committed `cksum` output and against the system `cksum` command.
+#![cfg(test)]
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
 //! Committed vectors made by PyCryptodome (`interop/gen_crypto_vectors.py`); no Python
 //! needed here.
+#![cfg(test)]
 
 use std::path::PathBuf;
 

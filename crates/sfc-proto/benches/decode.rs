@@ -1,5 +1,10 @@
 //! Frame decoding throughput: a stream of 828 packets fed to [`RequestDecoder`] in 64 KiB
 //! reads, as the server does. Run: `cargo bench -p sfc-proto`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "benchmark code: a failure aborts the run, which is the wanted outcome"
+)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sfc_proto::{ClientId, FilePacketHeader, Name, RequestDecoder, RequestEvent};

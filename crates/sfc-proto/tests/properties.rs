@@ -1,5 +1,6 @@
 //! Property tests: every message type round-trips, the incremental decoder gives the same
 //! result however the stream is split, and no byte sequence makes decoding panic.
+#![cfg(test)]
 
 use proptest::prelude::*;
 use sfc_proto::limits::{NAME_FIELD_LEN, REQUEST_HEADER_LEN};

@@ -19,21 +19,6 @@
 //!            -> session::Core (register, keys, uploads keyed by client ID)
 //!            -> MetaStore (SQLite defensive.db) + BlobStore (files/<client-id>/<name>)
 //! ```
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
 
 pub mod address_limit;
 pub mod address_pin;

@@ -1,10 +1,4 @@
 //! `sfc-server`: serve, or show what the database holds. See `sfc-server --help`.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use clap::Parser;
 use sfc_server::config::{Cli, Command};

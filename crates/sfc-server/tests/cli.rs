@@ -1,4 +1,5 @@
 //! The `sfc-server` binary: start-up log line, port.info, SIGTERM, admin views, --help.
+#![cfg(test)]
 
 mod common;
 

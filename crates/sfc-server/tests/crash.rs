@@ -14,6 +14,7 @@
 //!
 //! And, sans-IO over the in-memory store, a crash at every single durable step of an
 //! upload (new file and replacement of a confirmed one) leaves a consistent store.
+#![cfg(test)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 in a temporary folder, driven by the
 //! test client in `common`.
+#![cfg(test)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! give 1607 (logged), leave no temporary file, never lose a file already stored, and not
 //! disturb later requests. One test makes the operating system itself refuse a write
 //! (a file-size limit on the real binary).
+#![cfg(test)]
 
 mod common;
 

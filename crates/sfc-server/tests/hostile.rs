@@ -27,6 +27,7 @@
 //!
 //! The server here runs with `request_timeout` 2 s, `upload_timeout` 3 s and
 //! `max_file_size` 1 MiB so that timeouts and size limits show within seconds.
+#![cfg(test)]
 
 mod common;
 

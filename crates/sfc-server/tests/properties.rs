@@ -8,6 +8,7 @@
 //! found failing is kept in `fuzz/regressions/session/` and replayed here.
 //! (The `decode_requests` target's property is `arbitrary_bytes_never_panic_and_splits_agree`
 //! in `crates/sfc-proto/tests/properties.rs`.)
+#![cfg(test)]
 
 #[path = "common/script.rs"]
 mod script;

@@ -1,5 +1,6 @@
 //! Opt-in TLS (`--tls-cert`/`--tls-key`): the unchanged protocol inside TLS, with a test
 //! CA and a server certificate for 127.0.0.1/localhost made at test time (rcgen).
+#![cfg(test)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! threaded test server ("double") whose behaviour can be bent into the shapes of other
 //! servers of the protocol (the original one that closes after every reply, one that sends
 //! a stray 1604 after 901, wrong checksums, 1606 without payload, 1607).
+#![cfg(test)]
 #![allow(dead_code)]
 
 use std::collections::HashMap;

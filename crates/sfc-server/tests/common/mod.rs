@@ -1,5 +1,6 @@
 //! A small blocking test client built from sfc-proto and sfc-crypto, and a server in a
 //! temporary folder.
+#![cfg(test)]
 #![allow(dead_code)]
 pub mod process;
 
