@@ -4,7 +4,6 @@
 use crate::procs::{fd_count, run_client, Bins, Server};
 use crate::report::{connect_from, loopback_source, make_file};
 use anyhow::{bail, Result};
-use sfc_server::config::DEFAULT_MAX_CONNECTIONS;
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -73,7 +72,8 @@ pub fn run(cfg: &IdleConfig<'_>) -> Result<IdleResult> {
     // The server's defaults (--max-connections 16,384) hold 10,000 idle connections and
     // serve a normal client beside them; only a larger count needs a larger limit, or
     // the normal client would wait in the listen backlog.
-    let server_args = if cfg.connections + 100 > DEFAULT_MAX_CONNECTIONS {
+    let default_max = cfg.bins.server_default("--max-connections")?;
+    let server_args = if (cfg.connections + 100) as u64 > default_max {
         vec![
             "--max-connections".to_string(),
             (cfg.connections + 100).to_string(),

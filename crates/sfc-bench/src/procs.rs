@@ -35,6 +35,55 @@ impl Bins {
         }
         Ok(Bins { server, client })
     }
+
+    /// The default the measured `sfc-server` binary shows for `flag` in its `--help`
+    /// (clap's `[default: N]`): read from the binary itself, so the figure always belongs
+    /// to the build being measured.
+    pub fn server_default(&self, flag: &str) -> Result<u64> {
+        let help = Command::new(&self.server).arg("--help").output()?;
+        let text = String::from_utf8_lossy(&help.stdout);
+        parse_help_default(&text, flag).with_context(|| {
+            format!(
+                "{} --help shows no default for {flag}",
+                self.server.display()
+            )
+        })
+    }
+}
+
+/// The number in `[default: N]` of the option `flag` in clap's long help: the option's
+/// paragraph runs from its line to the next option line.
+fn parse_help_default(help: &str, flag: &str) -> Option<u64> {
+    let mut lines = help.lines().skip_while(|line| {
+        !line
+            .trim_start()
+            .split([' ', ',', '='])
+            .any(|word| word == flag)
+    });
+    let first = lines.next()?;
+    std::iter::once(first)
+        .chain(lines.take_while(|line| !line.trim_start().starts_with('-')))
+        .find_map(|line| {
+            let rest = line.split("[default: ").nth(1)?;
+            rest.split(']').next()?.replace(',', "").parse().ok()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_help_default;
+
+    #[test]
+    fn reads_the_default_of_the_named_option_only() {
+        let help = "Options:\n      --max-connections <N>\n          Most connections at once\n\n          [default: 16384]\n\n      --max-connections-per-address <N>\n          [default: 256]\n      --idle-timeout <SECS>\n          no default here\n";
+        assert_eq!(parse_help_default(help, "--max-connections"), Some(16384));
+        assert_eq!(
+            parse_help_default(help, "--max-connections-per-address"),
+            Some(256)
+        );
+        assert_eq!(parse_help_default(help, "--idle-timeout"), None);
+        assert_eq!(parse_help_default(help, "--missing"), None);
+    }
 }
 
 /// A field of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`).
