@@ -94,7 +94,7 @@ def test_client_upload(tmp_path, py_server, size):
 
 
 def test_client_wire_format(tmp_path, py_server):
-    """Client rules 2 and 3: zeros in 825's client id, version 3, names right-padded,
+    """docs/PROTOCOL.md rules C2 and C3: zeros in 825's client id, version 3, names right-padded,
     content_size = whole encrypted size, packets numbered 1..N, content <= 3806 bytes."""
     size = 1_000_000
     src, data = make_source(tmp_path, size)
@@ -178,7 +178,7 @@ def test_client_registers_again_after_1606(tmp_path, start_py_server):
 
 
 def test_client_with_original_style_server(tmp_path, start_py_server):
-    """Client rule 1: the server closes the connection after every reply."""
+    """docs/PROTOCOL.md rule C1: the server closes the connection after every reply."""
     srv = start_py_server(close_after_reply=True)
     src, data = make_source(tmp_path, 20_000)
     work = tmp_path / "client"
@@ -219,7 +219,7 @@ def test_client_gives_up_after_four_mismatches(tmp_path, start_py_server):
 
 
 # ---------------------------------------------------------------------------
-# client rules 5 and 7: tolerate what other servers and clients do
+# docs/PROTOCOL.md rules C5 and C7: tolerate what other servers and clients do
 
 
 def test_client_tolerates_server_quirks(tmp_path, start_py_server):
@@ -303,8 +303,8 @@ def test_client_gives_up_after_repeated_server_errors(tmp_path, start_py_server)
     assert P.REQ_SEND_FILE not in [c for c, _ in codes(srv)]
 
 
-# Not a PROTOCOL.md rule: on a persistent connection the client reads no reply between
-# packets, so 1607s a server sends for intermediate packets could queue up and be taken as
+# docs/PROTOCOL.md rule C9 (this project's own): on a persistent connection the client
+# reads no reply between packets, so 1607s a server sends for intermediate packets could queue up and be taken as
 # replies to the resent file and to 900. The client drops the connection after a 1607
 # during an upload, which this test holds it to.
 def test_client_survives_1607_for_intermediate_packets(tmp_path, start_py_server):

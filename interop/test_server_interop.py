@@ -275,7 +275,7 @@ def test_give_up_902(rust_server):
 
 
 # ---------------------------------------------------------------------------
-# tolerance (rules 5, 9)
+# tolerance (docs/PROTOCOL.md rules S5, S9)
 
 
 def test_register_ignores_client_id_and_version(rust_server):

@@ -1,6 +1,7 @@
 """SecureFileComm protocol v3: wire format, checksum and cryptography.
 
-Written from ../../../shared/PROTOCOL.md only (no code shared with the Rust crates).
+Written from the published specification only, as restated in docs/PROTOCOL.md (no code
+shared with the Rust crates).
 Everything numeric is unsigned little-endian. Depends on PyCryptodome and the stdlib.
 """
 
@@ -55,7 +56,7 @@ ZERO_ID = b"\0" * CLIENT_ID_LEN
 
 
 class ProtocolError(Exception):
-    """The peer sent something that does not follow PROTOCOL.md."""
+    """The peer sent something that does not follow the protocol (docs/PROTOCOL.md)."""
 
 
 class ConnectionClosed(ProtocolError):

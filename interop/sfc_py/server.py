@@ -7,10 +7,11 @@ In-memory state, received files written to a folder it is given. Threaded; binds
     ... srv.port ...
     srv.stop()
 
-Behaviour follows PROTOCOL.md, including "Points the specification leaves open":
-requests are served in order on a connection until the client closes it; an
-intermediate file packet gets a 1603 with only the client ID, and 901 gets a 1604, only
-when the request is the first on its connection; all session state is per client ID.
+Behaviour follows docs/PROTOCOL.md, including the server rules for points the
+specification leaves open: requests are served in order on a connection until the client
+closes it, and all session state is per client ID (rule S1); an intermediate file packet
+gets a 1603 with only the client ID, and 901 gets a 1604, only when the request is the
+first on its connection (rule S2).
 
 Test knobs:
 - close_after_reply=True behaves like the original server: it closes the connection

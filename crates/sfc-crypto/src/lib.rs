@@ -1,4 +1,4 @@
-//! SecureFileComm cryptography: everything the protocol (`shared/PROTOCOL.md`, sections
+//! SecureFileComm cryptography: everything the protocol (`docs/PROTOCOL.md`, sections
 //! "Cryptography" and "Checksum") needs, with no I/O and no async.
 //!
 //! * [`RsaKeyPair`] — the client's RSA-1024 key pair with public exponent 17 (so its

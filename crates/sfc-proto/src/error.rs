@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-/// Why a 255-byte string field was rejected (server rule 3).
+/// Why a 255-byte string field was rejected (docs/PROTOCOL.md, rule S3).
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum NameError {
     /// The field held only NUL bytes.
@@ -45,7 +45,7 @@ pub enum PacketError {
         total: u16,
     },
     /// `content_size` is neither the encrypted size of `orig_file_size` nor this packet's
-    /// content length (server rule 4).
+    /// content length (docs/PROTOCOL.md, rule S4).
     #[error(
         "content_size {content_size} matches neither the encrypted size of orig_file_size \
          {orig_file_size} nor this packet's {content_len} content bytes"

@@ -14,7 +14,7 @@ use crate::limits::{
 pub struct RequestHeader {
     /// The sender's client ID (garbage on 825; ignored there).
     pub client_id: ClientId,
-    /// The client's version byte (clients send 1, 2 or 3; server rule 5).
+    /// The client's version byte (clients send 1, 2 or 3; docs/PROTOCOL.md, rule S5).
     pub version: u8,
     /// The request code.
     pub code: RequestCode,
@@ -40,8 +40,8 @@ impl RequestCode {
 
 impl ResponseCode {
     /// The payload sizes a client accepts for this code, inclusive. Deliberately tolerant
-    /// where other servers differ (client rule 5): a 1606 or 1604 without payload, stray
-    /// payload after 1601 and 1607.
+    /// where other servers differ (docs/PROTOCOL.md, rule C5): a 1606 or 1604 without
+    /// payload, stray payload after 1601 and 1607.
     pub const fn payload_range(self) -> (u32, u32) {
         const ID: u32 = CLIENT_ID_LEN as u32;
         const ANY: u32 = MAX_RESPONSE_PAYLOAD as u32;

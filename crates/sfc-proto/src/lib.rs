@@ -1,22 +1,22 @@
 //! The SecureFileComm protocol, version 3 — wire format only.
 //!
-//! This crate is the byte-exact contract of `PROTOCOL.md` as plain data and functions
+//! This crate is the byte-exact contract of `docs/PROTOCOL.md` as plain data and functions
 //! ("sans-IO", in the style of `quinn-proto` or `rustls`): no sockets, no async, no
 //! cryptography. Client and server both use it; neither has its own copy of a field size,
 //! a code or a parser.
 //!
-//! Where each table of PROTOCOL.md lives:
+//! Where each part of docs/PROTOCOL.md lives:
 //!
-//! | PROTOCOL.md | here |
+//! | docs/PROTOCOL.md | here |
 //! |---|---|
 //! | Request header (client_id, version, code, payload_size) | [`RequestHeader`] |
 //! | Request codes 825–828, 900–902 and their payloads | [`RequestCode`], [`Request`], [`RequestBody`], [`FilePacketHeader`] |
 //! | Response header (version, code, payload_size) | [`ResponseHeader`] |
 //! | Response codes 1600–1607 and their payloads | [`ResponseCode`], [`Response`] |
-//! | 255-byte NUL-padded strings, left/right padding (server rule 3) | [`Name`] |
+//! | 255-byte NUL-padded strings, left/right padding (rule S3) | [`Name`] |
 //! | Client ID, 16 bytes, 32 hex digits in files | [`ClientId`] |
 //! | field sizes, 828 fixed part of 267 bytes, packet limits | [`limits`] |
-//! | `content_size = 16 * (orig_file_size / 16 + 1)`, rule 4 | [`encrypted_size`], [`FilePacketHeader::check`] |
+//! | `content_size = 16 * (orig_file_size / 16 + 1)`, rule S4 | [`encrypted_size`], [`FilePacketHeader::check`] |
 //! | reading a stream of requests, 828 content in pieces | [`RequestDecoder`] |
 //!
 //! Every decode function returns a precise [`DecodeError`]; nothing here panics on input.

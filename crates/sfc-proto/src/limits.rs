@@ -11,8 +11,9 @@ pub const NAME_FIELD_LEN: usize = 255;
 pub const MAX_NAME_LEN: usize = NAME_FIELD_LEN - 1;
 /// Size of the public key that clients send: RSA-1024, e = 17, X.509 SubjectPublicKeyInfo DER.
 pub const PUBLIC_KEY_LEN: usize = 160;
-/// Largest public-key field accepted in an 826 (server rule 6: SPKI DER of up to 4096 bits
-/// is about 550 bytes; this leaves room for zero padding but bounds the buffer).
+/// Largest public-key field accepted in an 826 (docs/PROTOCOL.md, rules S6 and S13: SPKI
+/// DER of up to 4096 bits is about 550 bytes; this leaves room for zero padding but bounds
+/// the buffer).
 pub const MAX_PUBLIC_KEY_FIELD_LEN: usize = 1024;
 
 /// Request header: client_id (16) + version (1) + code (2) + payload_size (4).
@@ -32,12 +33,12 @@ pub const MAX_CONTENT_SIZE: u32 = u32::MAX;
 pub const MAX_ORIG_FILE_SIZE: u32 = u32::MAX - 16;
 
 /// The strictest known server reads 4096 bytes per request, so a packet's content must
-/// stay at or below this to fit every server (client rule 2).
+/// stay at or below this to fit every server (docs/PROTOCOL.md, rule C2).
 pub const MAX_COMPATIBLE_PACKET_CONTENT: usize = 4096 - REQUEST_HEADER_LEN - FILE_PACKET_FIXED_LEN;
 /// Default content bytes per packet: the size reported to work with every known server.
 pub const DEFAULT_PACKET_CONTENT: usize = 2048;
 
-/// Payload of 1603 carrying only the client ID (intermediate packet, server rule 2).
+/// Payload of 1603 carrying only the client ID (intermediate packet, docs/PROTOCOL.md, rule S2).
 pub const FILE_RECEIVED_SHORT_LEN: usize = CLIENT_ID_LEN;
 /// Payload of a full 1603: client_id, content_size u32, file_name (255), cksum u32.
 pub const FILE_RECEIVED_LEN: usize = CLIENT_ID_LEN + 4 + NAME_FIELD_LEN + 4;

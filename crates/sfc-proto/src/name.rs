@@ -8,7 +8,7 @@ use crate::limits::{MAX_NAME_LEN, NAME_FIELD_LEN};
 ///
 /// Encoding pads with NULs on the right. Decoding takes the bytes between the leading and
 /// trailing NUL runs, so both the usual right padding and the original C++ client's left
-/// padding are accepted (PROTOCOL.md server rule 3).
+/// padding are accepted (docs/PROTOCOL.md, rule S3).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Name(String);
 

@@ -18,7 +18,7 @@ pub const fn encrypted_size(orig_file_size: u64) -> u64 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FilePacketHeader {
     /// Encrypted size of the whole file (most clients), or this packet's content length
-    /// (a few clients; server rule 4).
+    /// (a few clients; docs/PROTOCOL.md, rule S4).
     pub content_size: u32,
     /// Plaintext size of the whole file.
     pub orig_file_size: u32,
@@ -401,7 +401,7 @@ mod tests {
             p.check(48),
             Err(PacketError::ContentSizeMismatch { .. })
         ));
-        // Per-packet content_size (server rule 4).
+        // Per-packet content_size (docs/PROTOCOL.md, rule S4).
         p.content_size = 16;
         assert_eq!(p.check(16), Ok(()));
         assert!(p.check(15).is_err());

@@ -39,8 +39,8 @@ pub enum Response {
         /// POSIX cksum of the decrypted file.
         cksum: u32,
     },
-    /// 1603 after an intermediate packet, on a connection-per-request session (server
-    /// rule 2): client_id only.
+    /// 1603 after an intermediate packet, on a connection-per-request session
+    /// (docs/PROTOCOL.md, rule S2): client_id only.
     PacketReceived {
         /// The client's ID.
         client_id: ClientId,
@@ -195,7 +195,8 @@ impl Response {
                     cksum,
                 }
             }
-            // Tolerated shapes (client rule 5): an ID or nothing; anything after it ignored.
+            // Tolerated shapes (docs/PROTOCOL.md, rule C5): an ID or nothing; anything after
+            // it ignored.
             ResponseCode::Ack => {
                 return Ok(Response::Ack {
                     client_id: optional_id(&mut rest)?,

@@ -20,7 +20,7 @@ fn client_id() -> impl Strategy<Value = ClientId> {
 }
 
 /// A self-consistent 828: content_size is either the whole encrypted size (content no
-/// longer than it) or this packet's own length (server rule 4).
+/// longer than it) or this packet's own length (docs/PROTOCOL.md, rule S4).
 fn file_packet() -> impl Strategy<Value = (FilePacketHeader, Vec<u8>)> {
     (
         0u32..100_000,
