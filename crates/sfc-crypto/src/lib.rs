@@ -50,35 +50,24 @@
 //!
 //! # Backends, chosen by measurement
 //!
-//! Measured 2026-11-27 on the project machine (2 cores, `lscpu`: "Intel(R) Xeon(R)
-//! Processor", AES-NI, AVX-512, VAES, VPCLMULQDQ), rustc 1.95.0, `cargo bench -p sfc-crypto
-//! -- --warm-up-time 1 --measurement-time 3` (benches/crypto.rs: 1 MiB buffer fed in
-//! 64 KiB chunks, output appended to a reused `Vec`); other builds were running on the
-//! machine, so figures vary by a few percent between runs. 1 MB = 10^6 bytes.
-//!
-//! | operation | ours | alternative | OpenSSL 3.0.19 `openssl speed` |
-//! | --- | --- | --- | --- |
-//! | AES-256-CBC encrypt | **aws-lc-rs 1.19: 1002–1028 MB/s** | RustCrypto `aes` 0.8 + `cbc` 0.1: 907–926 MB/s | 945–1056 MB/s |
-//! | AES-256-CBC decrypt | **aws-lc-rs: 5.72–5.98 GB/s** | RustCrypto: 5.83–5.97 GB/s | 6.41–6.65 GB/s |
-//! | cksum | **crc-fast 1.10: 38.6–45.7 GB/s** (in cache) | `crc` 3.4 `Table<16>`: 2.8–3.4 GB/s | — |
-//!
-//! (Ranges over the undisturbed runs; runs disturbed by parallel builds gave down to
-//! 862 MB/s for aws-lc-rs and 834 MB/s for RustCrypto encryption, in the same ratio.)
+//! The figures (`cargo bench -p sfc-crypto` beside `openssl speed`) are in the repository's
+//! BENCHMARKS.md, section "Library benchmarks".
 //!
 //! * **AES-256-CBC: `aws-lc-rs`** (`cipher::StreamingEncryptingKey` /
 //!   `StreamingDecryptingKey`, CBC + PKCS#7, `EncryptionContext::Iv128` of zeros).
-//!   CBC encryption is serial, so encryption is what bounds a transfer: aws-lc-rs runs at
-//!   0.95–1.0 × OpenSSL (target: 0.85 ×), RustCrypto at ~0.88 × (aws-lc-rs is ~11 %
-//!   faster in every paired run). Decryption is parallel and ~6 GB/s with either. aws-lc's decrypt error does not tell a bad length
+//!   CBC encryption is serial, so encryption is what bounds a transfer, and aws-lc-rs
+//!   encrypts faster than RustCrypto in every paired run (about OpenSSL's speed).
+//!   Decryption is parallel and far faster with either. aws-lc's decrypt error does not tell a bad length
 //!   from bad padding, so [`CbcDecryptor`] counts the bytes itself and reports
 //!   [`CryptoError::CiphertextLength`] or [`CryptoError::BadPadding`] precisely. Cost:
 //!   `aws-lc-sys` compiles C with `cc` (once, then cached; gcc is enough).
 //! * **RSA: RustCrypto `rsa` 0.9** with `sha1` 0.10 and `rand` 0.8. aws-lc-rs refuses
 //!   1024-bit RSA keys ("TooSmall"), and the protocol fixes RSA-1024. RSA runs once per
-//!   session, so its speed does not matter (key generation ~0.3 s in a debug build).
+//!   session, so its speed does not matter.
 //! * **cksum: `crc-fast`** (`CrcAlgorithm::Crc32Cksum`, SIMD carry-less multiply). Its
 //!   `Digest` keeps the raw register; [`Cksum::finish`] feeds the length bytes into a copy
-//!   of it and lets the digest apply the final complement once. 13–15 × the `crc` crate.
+//!   of it and lets the digest apply the final complement once; an order of magnitude
+//!   faster than the table-driven `crc` crate.
 //!
 //! # Advisory RUSTSEC-2023-0071 (`rsa`, "Marvin Attack")
 //!

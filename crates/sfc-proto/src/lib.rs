@@ -24,12 +24,10 @@
 //! # Speed
 //!
 //! `cargo bench -p sfc-proto` (benches/decode.rs) feeds a stream of 828 packets to
-//! [`RequestDecoder`] in 64 KiB reads, as the server does. Measured 2026-11-27 on the
-//! project machine (2 cores, Intel Xeon with AES-NI; other builds running): 2048-byte
-//! packets decode at 11.4 GiB/s of stream (about 5.6 million packets/s); 64 KiB packets at
-//! ~259 GiB/s, because content is handed out as slices of the caller's buffer, never
-//! copied, so the cost is per header, not per byte. Decoding is therefore never the
-//! bottleneck next to AES-CBC (~1 GB/s encrypt, ~6 GB/s decrypt; see sfc-crypto).
+//! [`RequestDecoder`] in 64 KiB reads, as the server does. Content is handed out as slices of
+//! the caller's buffer, never copied, so the cost is per header, not per byte, and decoding
+//! is never the bottleneck next to AES-CBC (figures: the repository's BENCHMARKS.md,
+//! "Library benchmarks").
 
 mod client_id;
 mod codes;
