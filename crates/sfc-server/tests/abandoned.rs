@@ -10,6 +10,7 @@
 //! `SFC_ABANDONED_CLIENTS` sets the number of clients (default 2,000), spread over
 //! loopback source addresses 127.0.12.x, at most 200 per address: within the default
 //! registration burst (300) and connections (256) per address.
+#![cfg(test)]
 
 mod common;
 
