@@ -21,8 +21,8 @@ use common::process::ServerProcess;
 use common::*;
 use sfc_crypto::AesKey;
 use sfc_proto::{ClientId, Request, RequestBody, Response};
-use sfc_server::storage::sqlite::SqliteStore;
-use sfc_server::storage::MetaStore;
+use sfc_server::MetaStore;
+use sfc_server::SqliteStore;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -487,9 +487,9 @@ fn sigkill_between_1603_and_900() {
 mod every_step {
     use super::*;
     use sfc_proto::FilePacketHeader;
-    use sfc_server::session::{Core, Ctx, Limits};
-    use sfc_server::storage::memory::MemoryStorage;
-    use sfc_server::storage::Timestamp;
+    use sfc_server::testing::session::{Core, Ctx, Limits};
+    use sfc_server::testing::MemoryStorage;
+    use sfc_server::Timestamp;
 
     fn ctx() -> Ctx {
         Ctx {
@@ -556,7 +556,7 @@ mod every_step {
         drop(core);
         storage.restart();
         // What the server does at start-up, before it serves anyone.
-        sfc_server::storage::recover(&storage.files(), &storage.blobs()).unwrap();
+        sfc_server::recover(&storage.files(), &storage.blobs()).unwrap();
         let core = new_core(&storage);
         let stored = storage.stored();
         let rows = storage.files();

@@ -7,9 +7,9 @@ mod common;
 
 use common::*;
 use sfc_proto::{ClientId, Response};
-use sfc_server::storage::fs::LocalBlobStore;
-use sfc_server::storage::sqlite::SqliteStore;
-use sfc_server::storage::{
+use sfc_server::LocalBlobStore;
+use sfc_server::SqliteStore;
+use sfc_server::{
     BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
     Timestamp,
 };

@@ -28,7 +28,7 @@ use super::{
     BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
     Timestamp,
 };
-use crate::names::TEMP_PREFIX;
+use crate::storage::names::TEMP_PREFIX;
 use sfc_proto::ClientId;
 use std::collections::BTreeMap;
 use std::fmt;

@@ -26,7 +26,11 @@
 //! stored files that no row names (never acknowledged).
 
 pub mod fs;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
+pub mod names;
+pub mod perms;
+pub mod setup;
 pub mod sqlite;
 
 use sfc_proto::ClientId;
@@ -157,7 +161,7 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
 /// The received files.
 pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Creates a temporary file that becomes `disk_name` in the client's folder when
-    /// persisted. `disk_name` comes from [`crate::names::disk_name`].
+    /// persisted. `disk_name` comes from [`crate::storage::names::disk_name`].
     fn create_temp(&self, client: &ClientId, disk_name: &str) -> io::Result<Box<dyn TempBlob>>;
     /// Removes a stored file given its path relative to the data folder.
     fn remove(&self, path: &str) -> io::Result<()>;

@@ -27,10 +27,10 @@ use sfc_proto::{
     encrypted_size, ClientId, FilePacketHeader, Name, Request, RequestBody, RequestDecoder,
     RequestEvent, Response,
 };
-use sfc_server::names::disk_name;
-use sfc_server::session::{Core, Ctx, Lease, Limits, Outcome};
-use sfc_server::storage::memory::MemoryStorage;
-use sfc_server::storage::Timestamp;
+use sfc_server::testing::disk_name;
+use sfc_server::testing::session::{Core, Ctx, Lease, Limits, Outcome};
+use sfc_server::testing::MemoryStorage;
+use sfc_server::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;

@@ -27,8 +27,8 @@ use sfc_proto::ClientId;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
+pub use writer::GroupStats;
 use writer::Writer;
-pub use writer::{GroupStats, MAX_GROUP};
 use zeroize::Zeroizing;
 
 /// Schema migrations; entry `i` brings `user_version` from `i` to `i + 1`.
@@ -76,8 +76,8 @@ impl SqliteStore {
     /// Opens (creating if needed, owner-only) the database, sets WAL + synchronous=FULL,
     /// migrates.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        // Owner-only: the database holds every client's AES key (crate::perms).
-        crate::perms::prepare_private_db(path)?;
+        // Owner-only: the database holds every client's AES key (crate::storage::perms).
+        crate::storage::perms::prepare_private_db(path)?;
         let conn = Connection::open(path).map_err(db_err)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))

@@ -27,14 +27,14 @@
 //! 1607 (1601 for an invalid 825 name) and the connection goes on; when framing is lost
 //! ([`sfc_proto::DecodeError::breaks_framing`]) the 1607 is followed by closing.
 //!
-//! Rate limits ([`crate::rate_limit`]): an 825 beyond the peer address's registration
+//! Rate limits ([`crate::net::rate_limit`]): an 825 beyond the peer address's registration
 //! budget is answered 1607 without touching the database; every reply 1601/1606/1607
 //! counts against the address's failure budget, and the reply that exhausts it is
 //! followed by closing.
 //!
-//! The stream is plain TCP or TLS around it ([`crate::tls`]); the code is the same.
+//! The stream is plain TCP or TLS around it ([`crate::net::tls`]); the code is the same.
 
-use crate::rate_limit::RateLimiter;
+use crate::net::rate_limit::RateLimiter;
 use crate::session::{Core, Ctx, Lease, Outcome};
 use crate::storage::Timestamp;
 use sfc_proto::{
@@ -74,8 +74,8 @@ pub struct ConnLimits {
     /// Per-address limits on registrations and failed requests (shared by all
     /// connections).
     pub rate: Arc<RateLimiter>,
-    /// Opt-in `--pin-address` ([`crate::address_pin`]): `None` when off.
-    pub address_pins: Option<Arc<crate::address_pin::AddressPins>>,
+    /// Opt-in `--pin-address` ([`crate::net::address_pin`]): `None` when off.
+    pub address_pins: Option<Arc<crate::net::address_pin::AddressPins>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -95,7 +95,7 @@ struct Current {
     swallow: bool,
 }
 
-/// One connection over any byte stream: plain TCP, or TLS around it (crate::tls).
+/// One connection over any byte stream: plain TCP, or TLS around it (crate::net::tls).
 struct Conn<S> {
     stream: S,
     peer: SocketAddr,
@@ -544,7 +544,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         Flow::Continue
     }
 
-    /// `--pin-address` ([`crate::address_pin`]): true when requests for `id` may come
+    /// `--pin-address` ([`crate::net::address_pin`]): true when requests for `id` may come
     /// from this peer (always, when the option is off).
     fn address_allowed(&self, id: &ClientId) -> bool {
         self.limits
@@ -562,7 +562,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         self.core.checkout(id)
     }
 
-    /// Counts a failed request against the peer's address (crate::rate_limit); false
+    /// Counts a failed request against the peer's address (crate::net::rate_limit); false
     /// when the address has no budget left: the connection is to be closed.
     fn within_failure_budget(&self) -> bool {
         if self.limits.rate.record_failure(self.peer.ip()) {

@@ -1,7 +1,7 @@
 //! The protocol logic: what the server answers to what, and its effects on storage.
 //!
 //! Plain synchronous functions over [`MetaStore`] and [`BlobStore`]; no sockets, no
-//! async. [`crate::connection`] drives it from a TCP stream, and anything else (a fuzzer,
+//! async. [`crate::net::connection`] drives it from a TCP stream, and anything else (a fuzzer,
 //! a unit test) can drive it with arbitrary request sequences through
 //! [`Core::handle_request`], or piece by piece like a connection does.
 //!
@@ -47,7 +47,7 @@
 //! (the listener calls it periodically and at shutdown), so there is never a commit per
 //! packet.
 
-use crate::names;
+use crate::storage::names;
 use crate::storage::{BlobStore, FileRecord, Inserted, MetaStore, StoreError, Timestamp};
 use sfc_crypto::{AesKey, CbcDecryptor, Cksum, PublicKey};
 use sfc_proto::{

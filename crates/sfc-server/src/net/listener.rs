@@ -6,14 +6,13 @@
 //! abort what is left (an upload cut short removes its temporary file), persist the
 //! LastSeen notes and close the database.
 
-use crate::address_limit::ConnectionsPerAddress;
 use crate::config::ServerConfig;
-use crate::connection::{self, ConnLimits};
-use crate::rate_limit::RateLimiter;
+use crate::net::address_limit::ConnectionsPerAddress;
+use crate::net::connection::{self, ConnLimits};
+use crate::net::rate_limit::RateLimiter;
 use crate::session::{Core, Limits};
-use crate::storage::fs::{DataDirLock, LocalBlobStore};
-use crate::storage::sqlite::SqliteStore;
-use crate::storage::{BlobStore, MetaStore};
+use crate::storage::fs::DataDirLock;
+use crate::storage::setup::{recover_at_start_up, Storage};
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,58 +21,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-
-/// The stores a server runs on. [`Server::bind`] opens the standard ones (SQLite
-/// `defensive.db` and the local `files/` folder); tests can pass their own (fault
-/// injection) to [`Server::bind_with`].
-#[derive(Debug)]
-pub struct Storage {
-    /// Clients and files.
-    pub meta: Box<dyn MetaStore>,
-    /// Received files.
-    pub blobs: Box<dyn BlobStore>,
-    /// The lock on the data folder, held as long as the server runs (`None` for
-    /// storage that is not a local folder, or a filesystem without locks).
-    pub lock: Option<DataDirLock>,
-}
-
-impl Storage {
-    /// Opens `defensive.db` (creating and migrating it) and the local blob store in the
-    /// data folder (creating it), and removes temporary files left by an earlier run.
-    pub fn open(config: &ServerConfig) -> anyhow::Result<Self> {
-        // A data folder the server creates is owner-only (crate::perms); so is files/.
-        crate::perms::create_private_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "cannot create the data folder {}",
-                config.data_dir.display()
-            )
-        })?;
-        let files = config.data_dir.join(crate::storage::fs::FILES_DIR);
-        if crate::perms::tighten(&files, crate::perms::DIR_MODE)? {
-            tracing::warn!(path = %files.display(), "was readable by other users; now 0700");
-        }
-        // Before anything is opened or cleaned up: another server may be using the folder.
-        let lock = match DataDirLock::acquire(&config.data_dir) {
-            Ok(lock) => Some(lock),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(anyhow::anyhow!(error))
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot lock the data folder; make sure no other server uses it");
-                None
-            }
-        };
-        let db = config.db_path();
-        let meta = SqliteStore::open(&db)
-            .with_context(|| format!("cannot open the database {}", db.display()))?;
-        let blobs = LocalBlobStore::new(&config.data_dir);
-        Ok(Storage {
-            meta: Box::new(meta),
-            blobs: Box::new(blobs),
-            lock,
-        })
-    }
-}
 
 /// Raises the soft limit on open files to the hard limit (each connection is a file
 /// descriptor) and logs the result.
@@ -138,7 +85,7 @@ impl Server {
     pub async fn bind_with(config: ServerConfig, storage: Storage) -> anyhow::Result<Self> {
         // A bad certificate or key stops the server here, with a clear message.
         let tls = match &config.tls {
-            Some(files) => Some(crate::tls::server_config(files)?),
+            Some(files) => Some(crate::net::tls::server_config(files)?),
             None => None,
         };
         let Storage { meta, blobs, lock } = storage;
@@ -148,34 +95,7 @@ impl Server {
             batch_budget: config.upload_buffers,
         };
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
-            let (clients, files) = match (meta.clients(), meta.files()) {
-                (Ok(clients), Ok(files)) => (clients, files),
-                (Err(error), _) | (_, Err(error)) => {
-                    return Err(anyhow::anyhow!("cannot read the database: {error}"))
-                }
-            };
-            match crate::storage::recover(&files, blobs.as_ref()) {
-                Ok(recovered) => {
-                    if recovered.stale_temps > 0 {
-                        tracing::info!(
-                            removed = recovered.stale_temps,
-                            "removed temporary files of an earlier run"
-                        );
-                    }
-                    for path in &recovered.orphans {
-                        tracing::warn!(%path, "removed a stored file no row names (an upload never acknowledged before a crash)");
-                    }
-                    if let Some(why) = &recovered.orphans_skipped {
-                        tracing::warn!(reason = %why, "not looking for unrecorded files");
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "cannot clean up after an earlier run"),
-            }
-            tracing::info!(
-                clients = clients.len(),
-                files = files.len(),
-                "database ready"
-            );
+            recover_at_start_up(meta.as_ref(), blobs.as_ref())?;
             Ok(Core::new(meta, blobs, limits))
         })
         .await??;
@@ -219,7 +139,7 @@ impl Server {
             rate: Arc::clone(&rate),
             address_pins: config
                 .pin_address
-                .then(|| Arc::new(crate::address_pin::AddressPins::new())),
+                .then(|| Arc::new(crate::net::address_pin::AddressPins::new())),
         });
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -268,7 +188,7 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) if rate.is_blocked(peer.ip()) => {
-                    // Out of failure budget (crate::rate_limit): closed at once.
+                    // Out of failure budget (crate::net::rate_limit): closed at once.
                     tracing::debug!(%peer, "connection refused: too many failed requests from this address");
                     drop(stream);
                     drop(permit);
@@ -292,7 +212,7 @@ impl Server {
                             // Boxed: the TLS state is large, and a task is as large as
                             // its largest branch, so plain connections would carry it too.
                             Some(acceptor) => {
-                                match Box::pin(crate::tls::handshake(
+                                match Box::pin(crate::net::tls::handshake(
                                     &acceptor,
                                     stream,
                                     limits.request_timeout,

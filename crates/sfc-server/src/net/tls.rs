@@ -98,12 +98,6 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfi
     Ok(Arc::new(config))
 }
 
-/// An acceptor for these files (reads and checks them now, so that a bad file stops the
-/// server at start-up with a clear message).
-pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
-    Ok(TlsAcceptor::from(server_config(files)?))
-}
-
 /// Runs the server side of the handshake within `deadline`. `Err` carries the reason
 /// for the log (the connection is then simply closed: a client that does not speak TLS
 /// gets rustls's alert, if it can be written, and the close).

@@ -1,0 +1,95 @@
+//! Opening the standard storage in the data folder (folders, modes, the folder lock,
+//! SQLite) and the start-up clean-up after an earlier run ([`super::recover`]).
+
+use super::fs::{DataDirLock, LocalBlobStore, FILES_DIR};
+use super::perms;
+use super::sqlite::SqliteStore;
+use super::{BlobStore, MetaStore};
+use crate::config::ServerConfig;
+use anyhow::Context;
+
+/// The stores a server runs on. [`crate::Server::bind`] opens the standard ones (SQLite
+/// `defensive.db` and the local `files/` folder); tests can pass their own (fault
+/// injection) to [`crate::Server::bind_with`].
+#[derive(Debug)]
+pub struct Storage {
+    /// Clients and files.
+    pub meta: Box<dyn MetaStore>,
+    /// Received files.
+    pub blobs: Box<dyn BlobStore>,
+    /// The lock on the data folder, held as long as the server runs (`None` for
+    /// storage that is not a local folder, or a filesystem without locks).
+    pub lock: Option<DataDirLock>,
+}
+
+impl Storage {
+    /// Opens `defensive.db` (creating and migrating it) and the local blob store in the
+    /// data folder (creating it), and removes temporary files left by an earlier run.
+    pub fn open(config: &ServerConfig) -> anyhow::Result<Self> {
+        // A data folder the server creates is owner-only (storage::perms); so is files/.
+        perms::create_private_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data folder {}",
+                config.data_dir.display()
+            )
+        })?;
+        let files = config.data_dir.join(FILES_DIR);
+        if perms::tighten(&files, perms::DIR_MODE)? {
+            tracing::warn!(path = %files.display(), "was readable by other users; now 0700");
+        }
+        // Before anything is opened or cleaned up: another server may be using the folder.
+        let lock = match DataDirLock::acquire(&config.data_dir) {
+            Ok(lock) => Some(lock),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(anyhow::anyhow!(error))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot lock the data folder; make sure no other server uses it");
+                None
+            }
+        };
+        let db = config.db_path();
+        let meta = SqliteStore::open(&db)
+            .with_context(|| format!("cannot open the database {}", db.display()))?;
+        let blobs = LocalBlobStore::new(&config.data_dir);
+        Ok(Storage {
+            meta: Box::new(meta),
+            blobs: Box::new(blobs),
+            lock,
+        })
+    }
+}
+
+/// Reads the tables once and removes what a crash can leave behind (blocking). A
+/// database that cannot be read stops the server; a failed clean-up is only logged.
+pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyhow::Result<()> {
+    let (clients, files) = match (meta.clients(), meta.files()) {
+        (Ok(clients), Ok(files)) => (clients, files),
+        (Err(error), _) | (_, Err(error)) => {
+            return Err(anyhow::anyhow!("cannot read the database: {error}"))
+        }
+    };
+    match super::recover(&files, blobs) {
+        Ok(recovered) => {
+            if recovered.stale_temps > 0 {
+                tracing::info!(
+                    removed = recovered.stale_temps,
+                    "removed temporary files of an earlier run"
+                );
+            }
+            for path in &recovered.orphans {
+                tracing::warn!(%path, "removed a stored file no row names (an upload never acknowledged before a crash)");
+            }
+            if let Some(why) = &recovered.orphans_skipped {
+                tracing::warn!(reason = %why, "not looking for unrecorded files");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot clean up after an earlier run"),
+    }
+    tracing::info!(
+        clients = clients.len(),
+        files = files.len(),
+        "database ready"
+    );
+    Ok(())
+}
