@@ -4,6 +4,7 @@
 
 use crate::net::rate_limit::RateLimit;
 use crate::net::tls::TlsFiles;
+use crate::session::Limits;
 use sfc_proto::limits::MAX_ORIG_FILE_SIZE;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -108,6 +109,17 @@ impl ServerConfig {
             register_limit: RateLimit::new(DEFAULT_REGISTER_RATE, DEFAULT_REGISTER_BURST),
             failure_limit: RateLimit::new(DEFAULT_FAIL_RATE, DEFAULT_FAIL_BURST),
             pin_address: false,
+        }
+    }
+
+    /// The session's limits, derived once from this configuration: the largest file is
+    /// capped at the protocol's maximum here and nowhere else.
+    pub fn session_limits(&self) -> Limits {
+        Limits {
+            max_file_size: self.max_file_size.min(DEFAULT_MAX_FILE_SIZE),
+            upload_timeout: self.upload_timeout,
+            batch_budget: self.upload_buffers,
+            request_timeout: self.request_timeout,
         }
     }
 

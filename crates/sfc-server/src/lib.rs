@@ -41,7 +41,6 @@ mod storage;
 pub use config::ServerConfig;
 pub use net::listener::{raise_fd_limit, run, shutdown_signal, RunningServer, Server};
 pub use net::rate_limit::RateLimit;
-pub use session::{Core, Limits};
 pub use storage::fs::LocalBlobStore;
 pub use storage::setup::Storage;
 pub use storage::sqlite::SqliteStore;
@@ -55,14 +54,25 @@ pub mod tls {
     pub use crate::net::tls::TlsFiles;
 }
 
-/// Test doubles, compiled only with the `testing` feature (the crate's own tests, the
-/// fuzz crate): storage in memory with fault switches, and the session's seams.
+/// Test doubles and the sans-IO session, compiled only with the `testing` feature (the
+/// crate's own tests, the fuzz crate): storage in memory with fault switches,
+/// deterministic randomness, and the [`session::Conversation`] to drive without sockets.
 #[cfg(feature = "testing")]
 pub mod testing {
+    pub use crate::net::entropy::OsEntropy;
     pub use crate::storage::memory::{Faults, MemoryStorage};
     pub use crate::storage::names::disk_name;
-    /// The session's internals, for the sans-IO drivers.
+    pub use crate::testing_doubles::{CountingEntropy, OpenDoors};
+
+    /// The sans-IO session: one [`session::Conversation`] per connection over a shared
+    /// [`session::Core`].
     pub mod session {
-        pub use crate::session::{Core, Ctx, Lease, Limits, Outcome};
+        pub use crate::session::{
+            Action, CloseReason, Conversation, Core, Ctx, Entropy, Event, Job, JobDone, Lease,
+            Limits, LogLine, Now, Outcome, PeerPolicy, RequestLog,
+        };
     }
 }
+
+#[cfg(feature = "testing")]
+mod testing_doubles;

@@ -487,22 +487,26 @@ fn sigkill_between_1603_and_900() {
 mod every_step {
     use super::*;
     use sfc_proto::FilePacketHeader;
-    use sfc_server::testing::session::{Core, Ctx, Limits};
-    use sfc_server::testing::MemoryStorage;
-    use sfc_server::Timestamp;
+    use sfc_proto::ResponseCode;
+    use sfc_server::testing::session::{Core, Ctx, Now};
+    use sfc_server::testing::{MemoryStorage, OsEntropy};
+    use sfc_server::{ServerConfig, Timestamp};
+    use std::time::Instant;
 
     fn ctx() -> Ctx {
-        Ctx {
-            first_on_connection: false,
-            now: Timestamp::now(),
-        }
+        let now = Now {
+            wall: Timestamp::now(),
+            mono: Instant::now(),
+        };
+        Ctx::new(false, now)
     }
 
     fn new_core(storage: &MemoryStorage) -> Core {
         Core::new(
             Box::new(storage.meta()),
             Box::new(storage.blobs()),
-            Limits::default(),
+            ServerConfig::new(".").session_limits(),
+            Box::new(OsEntropy),
         )
     }
 
@@ -534,7 +538,10 @@ mod every_step {
                 packet,
                 content: chunk.to_vec(),
             };
-            last = core.handle_request(&ctx(), Request::new(id, body)).code();
+            last = core
+                .handle_request(&ctx(), Request::new(id, body))
+                .code()
+                .map(ResponseCode::as_u16);
         }
         last
     }
@@ -549,7 +556,7 @@ mod every_step {
         if replace {
             assert_eq!(send(&core, id, &key, "f", &v1), Some(1603));
             let ok = core.handle_request(&ctx(), file_name_request(id, 900, "f"));
-            assert_eq!(ok.code(), Some(1604));
+            assert_eq!(ok.code().map(ResponseCode::as_u16), Some(1604));
         }
         storage.faults().crash_after(n);
         let acked = send(&core, id, &key, "f", &v2) == Some(1603);

@@ -9,8 +9,10 @@
 use crate::config::ServerConfig;
 use crate::net::address_limit::ConnectionsPerAddress;
 use crate::net::connection::{self, ConnLimits};
+use crate::net::entropy::OsEntropy;
+use crate::net::guards::AddressGuards;
 use crate::net::rate_limit::RateLimiter;
-use crate::session::{Core, Limits};
+use crate::session::Core;
 use crate::storage::fs::DataDirLock;
 use crate::storage::setup::{recover_at_start_up, Storage};
 use anyhow::Context;
@@ -89,14 +91,10 @@ impl Server {
             None => None,
         };
         let Storage { meta, blobs, lock } = storage;
-        let limits = Limits {
-            max_file_size: config.max_file_size,
-            upload_timeout: config.upload_timeout,
-            batch_budget: config.upload_buffers,
-        };
+        let limits = config.session_limits();
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
             recover_at_start_up(meta.as_ref(), blobs.as_ref())?;
-            Ok(Core::new(meta, blobs, limits))
+            Ok(Core::new(meta, blobs, limits, Box::new(OsEntropy)))
         })
         .await??;
         let listener = bind_listener(config.bind)
@@ -132,14 +130,15 @@ impl Server {
             config.register_limit,
             config.failure_limit,
         ));
+        let guards = AddressGuards {
+            rate: Arc::clone(&rate),
+            pins: config
+                .pin_address
+                .then(crate::net::address_pin::AddressPins::new),
+        };
         let limits = Arc::new(ConnLimits {
             idle_timeout: config.idle_timeout,
-            request_timeout: config.request_timeout,
-            max_file_size: config.max_file_size,
-            rate: Arc::clone(&rate),
-            address_pins: config
-                .pin_address
-                .then(|| Arc::new(crate::net::address_pin::AddressPins::new())),
+            policy: Arc::new(guards),
         });
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -205,6 +204,8 @@ impl Server {
                     let limits = Arc::clone(&limits);
                     let stop = stop_rx.clone();
                     let tls = tls.clone();
+                    let rate = Arc::clone(&rate);
+                    let request_timeout = config.request_timeout;
                     connections.spawn(async move {
                         let _ = stream.set_nodelay(true);
                         match tls {
@@ -215,7 +216,7 @@ impl Server {
                                 match Box::pin(crate::net::tls::handshake(
                                     &acceptor,
                                     stream,
-                                    limits.request_timeout,
+                                    request_timeout,
                                 ))
                                 .await
                                 {
@@ -226,7 +227,7 @@ impl Server {
                                         .await
                                     }
                                     Err(reason) => {
-                                        limits.rate.record_failure(peer.ip());
+                                        rate.record_failure(peer.ip());
                                         tracing::info!(%peer, %reason, "connection closed");
                                     }
                                 }
@@ -287,7 +288,7 @@ async fn housekeeping(core: Arc<Core>, every: Duration, mut stop: watch::Receive
         }
         let core = Arc::clone(&core);
         let result = tokio::task::spawn_blocking(move || {
-            let expired = core.expire_uploads();
+            let expired = core.expire_uploads(std::time::Instant::now());
             (core.flush_last_seen(), expired)
         })
         .await;

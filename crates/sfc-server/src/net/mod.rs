@@ -7,6 +7,9 @@
 pub(crate) mod address_limit;
 pub(crate) mod address_pin;
 pub(crate) mod connection;
+pub(crate) mod entropy;
+pub(crate) mod guards;
 pub(crate) mod listener;
+mod log;
 pub(crate) mod rate_limit;
 pub(crate) mod tls;

@@ -80,6 +80,16 @@ impl fmt::Debug for ClientRecord {
     }
 }
 
+impl zeroize::Zeroize for ClientRecord {
+    /// Wipes the AES key bytes (the rest is not secret); `Zeroizing<ClientRecord>` does it
+    /// on drop.
+    fn zeroize(&mut self) {
+        if let Some(key) = self.aes_key.as_mut() {
+            key.zeroize();
+        }
+    }
+}
+
 /// A row of `files`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileRecord {
@@ -163,6 +173,11 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Creates a temporary file that becomes `disk_name` in the client's folder when
     /// persisted. `disk_name` comes from [`crate::storage::names::disk_name`].
     fn create_temp(&self, client: &ClientId, disk_name: &str) -> io::Result<Box<dyn TempBlob>>;
+    /// Creates the temporary file of an upload of the file the client calls `label`: the
+    /// store chooses its name on disk (by default [`names::disk_name`]).
+    fn create_temp_for(&self, client: &ClientId, label: &str) -> io::Result<Box<dyn TempBlob>> {
+        self.create_temp(client, &names::disk_name(label))
+    }
     /// Removes a stored file given its path relative to the data folder.
     fn remove(&self, path: &str) -> io::Result<()>;
     /// Size of a stored file.
