@@ -14,108 +14,139 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// SecureFileComm server (protocol version 3).
+/// Receives files from SecureFileComm clients, encrypted, and keeps them in a data folder.
 ///
-/// Serves clients from a data folder that holds `port.info` (the TCP port; missing or
+/// Speaks version 3 of the SecureFileComm protocol. Serves clients from a data folder that holds `port.info` (the TCP port; missing or
 /// invalid: port 1256), `defensive.db` (SQLite: registered clients and stored files) and
 /// `files/<client-id>/` (the received files).
 #[derive(Debug, Parser)]
-#[command(name = "sfc-server", version, about, long_about)]
+#[command(name = "sfc-server", version)]
 pub struct Cli {
-    /// Data folder with port.info, defensive.db and the received files (created if missing).
+    /// Folder for the settings file, the database and the received files.
+    ///
+    /// Holds port.info, defensive.db and files/ (created if missing).
     #[arg(long, global = true, value_name = "DIR", default_value = ".")]
     pub data_dir: PathBuf,
 
-    /// TCP port; overrides port.info. 0 picks a free port (the log shows it).
+    /// Port to listen on (instead of the one in port.info).
+    ///
+    /// 0 picks a free port (the log shows it).
     #[arg(long, value_name = "N")]
     pub port: Option<u16>,
 
-    /// Address to listen on: an IP (all IPv4 addresses by default; "::" for IPv6), or
-    /// IP:PORT.
+    /// Address to listen on.
+    ///
+    /// An IP (all IPv4 addresses by default; "::" for IPv6), or IP:PORT.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
     pub bind: String,
 
-    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter such as
-    /// "sfc_server=debug"); overrides RUST_LOG. Default: RUST_LOG, else info.
+    /// How much to log: error, warn, info, debug or trace.
+    ///
+    /// Also takes a tracing filter such as "sfc_server=debug"; overrides RUST_LOG.
+    /// Default: RUST_LOG, else info.
     #[arg(long, value_name = "LEVEL", global = true)]
     pub log_level: Option<String>,
 
-    /// Largest file accepted, in bytes (plaintext). The protocol's maximum is the default.
+    /// Largest file accepted, in bytes.
+    ///
+    /// Counts the file's own size (before encryption). The protocol's maximum is the
+    /// default.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_SIZE,
           value_parser = clap::value_parser!(u64).range(0..=DEFAULT_MAX_FILE_SIZE))]
     pub max_file_size: u64,
 
-    /// Maximum simultaneous connections; more wait in the listen backlog.
+    /// How many clients may be connected at once; more wait their turn.
+    ///
+    /// Connections beyond it wait in the listen backlog.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
           value_parser = parse_positive_usize)]
     pub max_connections: usize,
 
-    /// Maximum simultaneous connections from one source address (IPv6: per /64); a
-    /// connection beyond it is closed at once. 0: no cap (behind a proxy every client
-    /// has the proxy's address).
+    /// How many connections one address may have open at once (0: no limit).
+    ///
+    /// IPv6 addresses count per /64. A connection beyond it is closed at once. Use 0
+    /// behind a proxy, where every client has the proxy's address.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
     pub max_connections_per_address: usize,
 
-    /// Close a connection after this many seconds without a byte.
+    /// Seconds of silence after which a connection is closed.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
 
+    /// Seconds a client may take to send one request.
+    ///
     /// A request's header and payload (an 828's header and fixed part) must arrive within
     /// this many seconds, and an 828's content at 64 KiB per this many seconds at least.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout: u64,
 
-    /// On SIGINT/SIGTERM, give in-flight requests this many seconds to finish.
+    /// Seconds given to requests in progress when the server is stopped.
+    ///
+    /// On SIGINT/SIGTERM, requests in flight get this long to finish.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace: u64,
 
-    /// Abandon an upload that receives no packet for this many seconds.
+    /// Seconds after which an unfinished upload that stopped arriving is dropped.
+    ///
+    /// An upload that receives no packet for this long is abandoned.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_UPLOAD_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_timeout: u64,
 
-    /// Memory, in MiB, for decrypted file content not yet written, across all uploads
-    /// (each takes up to 1 MiB while it streams and keeps it between packets). Beyond it
+    /// Memory, in MiB, for received file content waiting to be written to disk.
+    ///
+    /// Shared by all uploads: each takes up to 1 MiB while it streams and keeps it
+    /// between packets. Beyond it
     /// an upload gets 16 KiB: same result, more and smaller writes.
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_UPLOAD_BUFFERS_MIB,
           value_parser = parse_positive_usize)]
     pub upload_buffers: usize,
 
-    /// Serve TLS (opt-in) with this certificate chain (PEM, leaf first); needs --tls-key.
-    /// Without it the server speaks plain TCP, like every other implementation.
+    /// Encrypt connections with TLS using this certificate (needs --tls-key).
+    ///
+    /// A PEM certificate chain, leaf first. Without it the server speaks plain TCP, like
+    /// every other implementation.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
-    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of the --tls-cert certificate.
+    /// The private key of the --tls-cert certificate.
+    ///
+    /// PEM: PKCS#8, PKCS#1 or SEC1.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// Registrations (825) allowed per minute per source address (IPv6: per /64);
-    /// beyond it an 825 gets 1607. 0: no limit.
+    /// New accounts one address may register per minute (0: no limit).
+    ///
+    /// Registrations (825) per source address (IPv6: per /64); beyond it an 825 gets
+    /// 1607.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_REGISTER_RATE)]
     pub register_rate: u32,
 
-    /// Registrations a source address may make at once before --register-rate applies.
+    /// New accounts one address may register at once before --register-rate applies.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_REGISTER_BURST,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub register_burst: u32,
 
-    /// Failed requests (answered 1601, 1606 or 1607, or a failed TLS handshake) allowed
-    /// per minute per source address; beyond it the connection is closed and new ones
-    /// from that address are refused until the budget refills. 0: no limit.
+    /// Failed requests one address may make per minute before it is shut out (0: no limit).
+    ///
+    /// Requests answered 1601, 1606 or 1607, or a failed TLS handshake, per source
+    /// address; beyond it the connection is closed and new ones from that address are
+    /// refused until the budget refills.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_FAIL_RATE)]
     pub fail_rate: u32,
 
-    /// Failed requests a source address may make at once before --fail-rate applies.
+    /// Failed requests one address may make at once before --fail-rate applies.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_FAIL_BURST,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub fail_burst: u32,
 
-    /// Opt-in: accept a client's file packets (828) and checksum verdicts (900/901/902)
-    /// only from the address (IPv6: /64) of its latest key exchange (826/827), so that
-    /// someone who saw its client ID cannot delete, overwrite or probe its files from
+    /// Accept a client's files only from the address it last logged in from.
+    ///
+    /// Opt-in: a client's file packets (828) and checksum verdicts (900/901/902) are
+    /// accepted only from the address (IPv6: /64) of its latest key exchange (826/827), so
+    /// that someone who saw its client ID cannot delete, overwrite or probe its files from
     /// elsewhere. Breaks clients whose address changes within a session.
     #[arg(long)]
     pub pin_address: bool,

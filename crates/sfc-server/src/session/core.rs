@@ -9,7 +9,6 @@ use sfc_proto::{
     ClientId, DecodeError, Name, Request, RequestBody, RequestCode, RequestHeader, Response,
 };
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use zeroize::Zeroizing;
@@ -60,21 +59,28 @@ impl Core {
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The metadata store.
     pub fn meta(&self) -> &dyn MetaStore {
         self.meta.as_ref()
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The blob store.
     pub fn blobs(&self) -> &dyn BlobStore {
         self.blobs.as_ref()
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Bytes of batch buffers the uploads in progress hold ([`Limits::batch_budget`]).
     pub fn batch_bytes(&self) -> usize {
-        self.registry.budget.in_use.load(Ordering::Acquire)
+        self.registry
+            .budget
+            .in_use
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Number of uploads in progress (parked or checked out).
     pub fn uploads_in_progress(&self) -> usize {
         self.registry.lock().len()
