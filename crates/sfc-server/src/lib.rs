@@ -60,8 +60,8 @@ pub mod tls {
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use crate::net::entropy::OsEntropy;
-    pub use crate::storage::memory::{Faults, MemoryStorage};
     pub use crate::storage::names::disk_name;
+    pub use crate::storage::testing::{Faults, FaultyBlobs, FaultyMeta, MemoryStorage};
     pub use crate::testing_doubles::{CountingEntropy, OpenDoors};
 
     /// The sans-IO session: one [`session::Conversation`] per connection over a shared

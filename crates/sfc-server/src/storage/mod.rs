@@ -26,12 +26,12 @@
 //! stored files that no row names (never acknowledged).
 
 pub mod fs;
-#[cfg(any(test, feature = "testing"))]
-pub mod memory;
 pub mod names;
 pub mod perms;
 pub mod setup;
 pub mod sqlite;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use sfc_proto::ClientId;
 use std::fmt;
