@@ -1,6 +1,7 @@
 //! The durability protocol: a finished upload is checked, moved into place and
 //! recorded so that nothing already stored is lost and every row names a complete file.
 
+use super::error::FinishError;
 use super::uploads::Upload;
 use super::{Core, Ctx, Outcome};
 use crate::storage::FileRecord;
@@ -24,26 +25,28 @@ impl Core {
             ..
         } = *upload;
         batch.truncate(filled);
-        let result = (|| -> Result<(u32, String), String> {
+        let result = (|| -> Result<(u32, String), FinishError> {
             if received != encrypted_size {
-                return Err(format!(
-                    "received {received} encrypted bytes; a {orig_file_size}-byte file has {encrypted_size}"
-                ));
+                return Err(FinishError::WrongLength {
+                    received,
+                    orig: orig_file_size,
+                    encrypted: encrypted_size,
+                });
             }
             let start = batch.len();
             decryptor
                 .finish(&mut batch)
-                .map_err(|e| format!("cannot decrypt the file: {e}"))?;
+                .map_err(FinishError::Decryption)?;
             let tail = batch.get(start..).unwrap_or_default();
             cksum.update(tail);
             plaintext += tail.len() as u64;
             if plaintext != u64::from(orig_file_size) {
-                return Err(format!(
-                    "decrypted {plaintext} bytes but orig_file_size is {orig_file_size}"
-                ));
+                return Err(FinishError::PlaintextLength {
+                    plaintext,
+                    orig: orig_file_size,
+                });
             }
-            temp.write_all(&batch)
-                .map_err(|e| format!("cannot write the file: {e}"))?;
+            temp.write_all(&batch).map_err(FinishError::Write)?;
             let path = self.store_upload(ctx, client_id, file_name.as_str(), temp)?;
             Ok((cksum.finish(), path))
         })();
@@ -80,11 +83,11 @@ impl Core {
         client_id: ClientId,
         file_name: &str,
         temp: Box<dyn crate::storage::TempBlob>,
-    ) -> Result<String, String> {
+    ) -> Result<String, FinishError> {
         let existing = self
             .meta
             .file(&client_id, file_name)
-            .map_err(|e| format!("cannot look up the file: {e}"))?;
+            .map_err(FinishError::Lookup)?;
         if let Some(old) = existing.as_ref().filter(|old| old.verified) {
             let unverified = FileRecord {
                 verified: false,
@@ -92,11 +95,9 @@ impl Core {
             };
             self.meta
                 .put_file(&unverified, ctx.now)
-                .map_err(|e| format!("cannot record the file: {e}"))?;
+                .map_err(FinishError::Record)?;
         }
-        let persisted = temp
-            .persist_undoable()
-            .map_err(|e| format!("cannot store the file: {e}"))?;
+        let persisted = temp.persist_undoable().map_err(FinishError::Store)?;
         let record = FileRecord {
             client_id,
             file_name: file_name.to_owned(),
@@ -104,18 +105,12 @@ impl Core {
             verified: false,
         };
         if let Err(error) = self.meta.put_file(&record, ctx.now) {
-            let mut reason = format!("cannot record the file: {error}");
-            match persisted.undo() {
-                Ok(()) => reason.push_str("; the earlier state is restored"),
-                Err(undo) => {
-                    reason.push_str(&format!("; cannot restore the earlier state: {undo}"))
-                }
-            }
+            let undo = persisted.undo();
             if let Some(old) = existing.filter(|old| old.verified) {
                 // Best effort: the database has just failed.
                 let _ = self.meta.put_file(&old, ctx.now);
             }
-            return Err(reason);
+            return Err(FinishError::RecordAfterMove { error, undo });
         }
         if let Err(error) = persisted.keep() {
             tracing::warn!(path = %record.path, %error, "cannot remove the replaced version (removed at next start-up)");

@@ -50,6 +50,7 @@
 mod conversation;
 mod core;
 mod durability;
+mod error;
 mod io;
 mod packets;
 mod uploads;

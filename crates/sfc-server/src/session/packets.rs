@@ -1,5 +1,6 @@
 //! File packets (828): starting, continuing and ending a packet of an upload.
 
+use super::error::UploadError;
 use super::uploads::{BatchGrant, Checkout, Lease, Upload};
 use super::{Core, Ctx, Outcome};
 use sfc_crypto::{AesKey, CbcDecryptor, Cksum};
@@ -40,7 +41,7 @@ impl Core {
         while !rest.is_empty() {
             let used = match lease.push(rest) {
                 Ok(used) => used,
-                Err(error) => return Outcome::error(error),
+                Err(error) => return Outcome::error(error.to_string()),
             };
             rest = rest.get(used..).unwrap_or_default();
             if lease.needs_flush() {
@@ -115,46 +116,42 @@ impl Core {
         lease: &mut Lease,
         packet: &FilePacketHeader,
         content_len: u32,
-    ) -> Result<(), String> {
-        let upload = lease
-            .upload
-            .as_mut()
-            .ok_or_else(|| "upload already closed".to_string())?;
+    ) -> Result<(), UploadError> {
+        let upload = lease.upload.as_mut().ok_or(UploadError::Closed)?;
         if upload.packet_remaining != 0 {
-            return Err("the previous packet was not complete".into());
+            return Err(UploadError::PreviousIncomplete);
         }
         if u32::from(packet.packet_number) != upload.next_packet {
-            return Err(format!(
-                "packet {} arrived where packet {} was expected",
-                packet.packet_number, upload.next_packet
-            ));
+            return Err(UploadError::OutOfOrder {
+                got: packet.packet_number,
+                expected: upload.next_packet,
+            });
         }
         if packet.total_packets != upload.total_packets {
-            return Err(format!(
-                "total_packets changed from {} to {}",
-                upload.total_packets, packet.total_packets
-            ));
+            return Err(UploadError::TotalChanged {
+                was: upload.total_packets,
+                now: packet.total_packets,
+            });
         }
         if packet.orig_file_size != upload.orig_file_size {
-            return Err(format!(
-                "orig_file_size changed from {} to {}",
-                upload.orig_file_size, packet.orig_file_size
-            ));
+            return Err(UploadError::SizeChanged {
+                was: upload.orig_file_size,
+                now: packet.orig_file_size,
+            });
         }
         if packet.file_name != upload.file_name {
-            return Err(format!(
-                "file name changed from {:?} to {:?}",
-                upload.file_name.as_str(),
-                packet.file_name.as_str()
-            ));
+            return Err(UploadError::NameChanged {
+                was: upload.file_name.as_str().to_owned(),
+                now: packet.file_name.as_str().to_owned(),
+            });
         }
-        packet.check(content_len).map_err(|e| e.to_string())?;
+        packet.check(content_len)?;
         let after = upload.received + u64::from(content_len);
         if after > upload.encrypted_size {
-            return Err(format!(
-                "packets carry more than the {} encrypted bytes of a {}-byte file",
-                upload.encrypted_size, upload.orig_file_size
-            ));
+            return Err(UploadError::TooMuchContent {
+                encrypted: upload.encrypted_size,
+                orig: upload.orig_file_size,
+            });
         }
         upload.next_packet = u32::from(packet.packet_number) + 1;
         upload.packet_remaining = u64::from(content_len);
@@ -262,7 +259,7 @@ impl Core {
                 Outcome::reply(Response::PacketReceived { client_id: id })
             }
             Ok(()) => Outcome::silent(),
-            Err(error) => Outcome::error(error),
+            Err(error) => Outcome::error(error.to_string()),
         }
     }
 
@@ -273,7 +270,7 @@ impl Core {
 
     /// Puts an upload back in the registry between packets (no I/O; the batch of
     /// decrypted bytes stays with it). On `Err` the upload has been abandoned.
-    fn park(&self, mut lease: Lease, since: std::time::Instant) -> Result<(), String> {
+    fn park(&self, mut lease: Lease, since: std::time::Instant) -> Result<(), UploadError> {
         let Some(upload) = lease.take() else {
             return Ok(());
         };
@@ -284,7 +281,7 @@ impl Core {
             Err(upload) => {
                 self.registry.release(&id, token);
                 drop(upload);
-                Err("upload abandoned: its slot was taken".into())
+                Err(UploadError::SlotTaken)
             }
         }
     }

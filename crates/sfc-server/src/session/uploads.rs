@@ -2,6 +2,7 @@
 //! checked out as a [`Lease`]), each upload's decryptor, checksum and batch buffer, and
 //! the memory budget of all batches ([`super::Limits::batch_budget`]).
 
+use super::error::UploadError;
 use sfc_crypto::{CbcDecryptor, Cksum};
 use sfc_proto::{ClientId, Name};
 use std::collections::HashMap;
@@ -338,16 +339,13 @@ impl Lease {
     /// Decrypts and checksums as much of `content` as the batch buffer holds; returns
     /// the bytes consumed. When it returns less than `content.len()`,
     /// [`Lease::needs_flush`] is true: call [`Lease::flush`] and go on.
-    pub fn push(&mut self, content: &[u8]) -> Result<usize, String> {
-        let upload = self
-            .upload
-            .as_mut()
-            .ok_or_else(|| "upload already closed".to_string())?;
+    pub fn push(&mut self, content: &[u8]) -> Result<usize, UploadError> {
+        let upload = self.upload.as_mut().ok_or(UploadError::Closed)?;
         if content.is_empty() {
             return Ok(0);
         }
         if upload.packet_remaining == 0 {
-            return Err("more content than the packet announced".into());
+            return Err(UploadError::MoreThanAnnounced);
         }
         // Room so that the decryptor's output (input + at most one held-back block)
         // never exceeds the buffer's capacity.
@@ -368,7 +366,7 @@ impl Lease {
         let written = upload
             .decryptor
             .update_into(input, out)
-            .map_err(|e| format!("decryption failed: {e}"))?;
+            .map_err(UploadError::Decryption)?;
         let produced = upload.batch.get(start..start + written).unwrap_or_default();
         upload.cksum.update(produced);
         upload.filled += written;
