@@ -130,16 +130,7 @@ impl Server {
             config.register_limit,
             config.failure_limit,
         ));
-        let guards = AddressGuards {
-            rate: Arc::clone(&rate),
-            pins: config
-                .pin_address
-                .then(crate::net::address_pin::AddressPins::new),
-        };
-        let limits = Arc::new(ConnLimits {
-            idle_timeout: config.idle_timeout,
-            policy: Arc::new(guards),
-        });
+        let limits = connection_limits(&config, &rate);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let per_address = ConnectionsPerAddress::new(config.max_connections_per_address);
@@ -150,30 +141,20 @@ impl Server {
             config.flush_interval,
             stop_rx.clone(),
         ));
-        tracing::info!(
-            transport = if tls.is_some() { "TLS" } else { "plain TCP" },
-            registrations = %config.register_limit,
-            failures = %config.failure_limit,
-            connections_per_address = config.max_connections_per_address,
-            pin_address = config.pin_address,
-            "security settings"
-        );
+        log_security_settings(&config, tls.is_some());
         tracing::info!("listening on {addr}");
         tokio::pin!(shutdown);
         let mut saturated = false;
         loop {
             while connections.try_join_next().is_some() {}
-            if permits.available_permits() == 0 {
-                if !saturated {
-                    saturated = true;
-                    tracing::warn!(
-                        max_connections = config.max_connections,
-                        "connection limit reached; new clients wait"
-                    );
-                }
-            } else {
-                saturated = false;
+            let full = permits.available_permits() == 0;
+            if full && !saturated {
+                tracing::warn!(
+                    max_connections = config.max_connections,
+                    "connection limit reached; new clients wait"
+                );
             }
+            saturated = full;
             let permit = tokio::select! {
                 () = &mut shutdown => break,
                 permit = Arc::clone(&permits).acquire_owned() => match permit {
@@ -186,53 +167,22 @@ impl Server {
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((stream, peer)) if rate.is_blocked(peer.ip()) => {
-                    // Out of failure budget (crate::net::rate_limit): closed at once.
-                    tracing::debug!(%peer, "connection refused: too many failed requests from this address");
-                    drop(stream);
-                    drop(permit);
-                }
                 Ok((stream, peer)) => {
-                    let Some(slot) = per_address.enter(peer.ip()) else {
-                        // At --max-connections-per-address: closed before anything is read.
-                        tracing::debug!(%peer, "connection refused: too many open connections from this address");
+                    let Some(slot) = admit(&rate, &per_address, peer) else {
                         drop(stream);
                         drop(permit);
                         continue;
                     };
-                    let core = Arc::clone(&core);
-                    let limits = Arc::clone(&limits);
-                    let stop = stop_rx.clone();
-                    let tls = tls.clone();
-                    let rate = Arc::clone(&rate);
-                    let request_timeout = config.request_timeout;
+                    let shared = Shared {
+                        core: Arc::clone(&core),
+                        limits: Arc::clone(&limits),
+                        rate: Arc::clone(&rate),
+                        tls: tls.clone(),
+                        request_timeout: config.request_timeout,
+                        stop: stop_rx.clone(),
+                    };
                     connections.spawn(async move {
-                        let _ = stream.set_nodelay(true);
-                        match tls {
-                            None => connection::serve(stream, peer, core, limits, stop).await,
-                            // Boxed: the TLS state is large, and a task is as large as
-                            // its largest branch, so plain connections would carry it too.
-                            Some(acceptor) => {
-                                match Box::pin(crate::net::tls::handshake(
-                                    &acceptor,
-                                    stream,
-                                    request_timeout,
-                                ))
-                                .await
-                                {
-                                    Ok(stream) => {
-                                        Box::pin(connection::serve(
-                                            stream, peer, core, limits, stop,
-                                        ))
-                                        .await
-                                    }
-                                    Err(reason) => {
-                                        rate.record_failure(peer.ip());
-                                        tracing::info!(%peer, %reason, "connection closed");
-                                    }
-                                }
-                            }
-                        }
+                        serve_accepted(stream, peer, shared).await;
                         drop(slot);
                         drop(permit);
                     });
@@ -247,34 +197,134 @@ impl Server {
 
         drop(listener);
         let _ = stop_tx.send(true);
-        let open = connections.len();
-        tracing::info!(
-            open,
-            grace_secs = config.shutdown_grace.as_secs_f64(),
-            "shutting down: no new connections"
-        );
-        let drained = tokio::time::timeout(config.shutdown_grace, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                aborted = connections.len(),
-                "grace period over; closing the remaining connections"
-            );
-            connections.abort_all();
-            while connections.join_next().await.is_some() {}
-        }
-        let _ = housekeeping.await;
-        let closing = Arc::clone(&core);
-        match tokio::task::spawn_blocking(move || closing.close()).await {
-            Ok(Ok(())) => tracing::info!("database closed; server stopped"),
-            Ok(Err(error)) => tracing::error!(%error, "closing the database failed"),
-            Err(error) => tracing::error!(%error, "closing the database failed"),
-        }
+        shut_down(connections, &config, housekeeping, core).await;
         // Only now may another server take the folder.
         drop(lock);
         Ok(())
+    }
+}
+
+/// What every connection gets: the idle timeout, the rate limits and (with
+/// `--pin-address`) the address pins.
+fn connection_limits(config: &ServerConfig, rate: &Arc<RateLimiter>) -> Arc<ConnLimits> {
+    let guards = AddressGuards {
+        rate: Arc::clone(rate),
+        pins: config
+            .pin_address
+            .then(crate::net::address_pin::AddressPins::new),
+    };
+    Arc::new(ConnLimits {
+        idle_timeout: config.idle_timeout,
+        policy: Arc::new(guards),
+    })
+}
+
+fn log_security_settings(config: &ServerConfig, tls: bool) {
+    tracing::info!(
+        transport = if tls { "TLS" } else { "plain TCP" },
+        registrations = %config.register_limit,
+        failures = %config.failure_limit,
+        connections_per_address = config.max_connections_per_address,
+        pin_address = config.pin_address,
+        "security settings"
+    );
+}
+
+/// The address's place for a new connection, or `None` (logged) when it is refused: out
+/// of failure budget (net::rate_limit), or at --max-connections-per-address. A refused
+/// connection is closed before anything is read.
+fn admit(
+    rate: &RateLimiter,
+    per_address: &Arc<ConnectionsPerAddress>,
+    peer: SocketAddr,
+) -> Option<crate::net::address_limit::AddressSlot> {
+    if rate.is_blocked(peer.ip()) {
+        tracing::debug!(%peer, "connection refused: too many failed requests from this address");
+        return None;
+    }
+    let slot = per_address.enter(peer.ip());
+    if slot.is_none() {
+        tracing::debug!(%peer, "connection refused: too many open connections from this address");
+    }
+    slot
+}
+
+/// What a connection task needs from the listener.
+struct Shared {
+    core: Arc<Core>,
+    limits: Arc<ConnLimits>,
+    rate: Arc<RateLimiter>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    request_timeout: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+/// Serves one accepted connection: plain, or after a TLS handshake (a failed handshake
+/// counts against the address's failure budget).
+async fn serve_accepted(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Shared) {
+    let Shared {
+        core,
+        limits,
+        rate,
+        tls,
+        request_timeout,
+        stop,
+    } = shared;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => connection::serve(stream, peer, core, limits, stop).await,
+        // Boxed: the TLS state is large, and a task is as large as its largest branch,
+        // so plain connections would carry it too.
+        Some(acceptor) => {
+            match Box::pin(crate::net::tls::handshake(
+                &acceptor,
+                stream,
+                request_timeout,
+            ))
+            .await
+            {
+                Ok(stream) => Box::pin(connection::serve(stream, peer, core, limits, stop)).await,
+                Err(reason) => {
+                    rate.record_failure(peer.ip());
+                    tracing::info!(%peer, %reason, "connection closed");
+                }
+            }
+        }
+    }
+}
+
+/// Graceful shutdown once the listener is closed and the connections told to stop: wait
+/// up to the grace period, abort the rest, stop housekeeping, close the database.
+async fn shut_down(
+    mut connections: JoinSet<()>,
+    config: &ServerConfig,
+    housekeeping: tokio::task::JoinHandle<()>,
+    core: Arc<Core>,
+) {
+    let open = connections.len();
+    tracing::info!(
+        open,
+        grace_secs = config.shutdown_grace.as_secs_f64(),
+        "shutting down: no new connections"
+    );
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            aborted = connections.len(),
+            "grace period over; closing the remaining connections"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
+    let _ = housekeeping.await;
+    let closing = Arc::clone(&core);
+    match tokio::task::spawn_blocking(move || closing.close()).await {
+        Ok(Ok(())) => tracing::info!("database closed; server stopped"),
+        Ok(Err(error)) => tracing::error!(%error, "closing the database failed"),
+        Err(error) => tracing::error!(%error, "closing the database failed"),
     }
 }
 
