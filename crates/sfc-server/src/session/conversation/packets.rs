@@ -5,7 +5,9 @@
 use super::super::io::{Done, JobKind};
 use super::{Conversation, Current, Step, Waiting, ADDRESS_REFUSED};
 use crate::session::{Action, CloseReason, Core, Outcome};
-use sfc_proto::{encrypted_size, FilePacketHeader, RequestHeader, Response, ResponseCode};
+use sfc_proto::{
+    encrypted_size, FilePacketHeader, RequestCode, RequestHeader, Response, ResponseCode,
+};
 use std::sync::Arc;
 
 impl Conversation {
@@ -45,7 +47,7 @@ impl Conversation {
             ));
             let payload = u64::from(current.header.payload_size);
             self.log(
-                828,
+                RequestCode::SendFile.as_u16(),
                 Some(id),
                 payload,
                 &outcome,
@@ -160,7 +162,13 @@ impl Conversation {
                 reply: None,
                 detail: Some("dropped: the rest of a refused transfer".into()),
             };
-            self.end_request(828, Some(id), payload, outcome, Some((number, total, true)));
+            self.end_request(
+                RequestCode::SendFile.as_u16(),
+                Some(id),
+                payload,
+                outcome,
+                Some((number, total, true)),
+            );
             return;
         }
         // Kept until the reply: finish_packet needs the packet's numbers.
@@ -204,6 +212,12 @@ impl Conversation {
         self.streaming = intermediate;
         let payload = u64::from(header.payload_size);
         let packet = Some((number, total, intermediate));
-        self.end_request(828, Some(header.client_id), payload, outcome, packet);
+        self.end_request(
+            RequestCode::SendFile.as_u16(),
+            Some(header.client_id),
+            payload,
+            outcome,
+            packet,
+        );
     }
 }
