@@ -30,6 +30,8 @@ pub mod names;
 pub mod perms;
 pub mod setup;
 pub mod sqlite;
+
+pub use setup::recover;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -189,72 +191,6 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn stored_paths(&self) -> io::Result<Vec<String>>;
 }
 
-/// What [`recover`] cleaned up at start-up.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// Temporary files of uploads that never finished (or versions kept for an undo).
-    pub stale_temps: usize,
-    /// Stored files no row names, removed.
-    pub orphans: Vec<String>,
-    /// Why orphans were not looked for, if they were not.
-    pub orphans_skipped: Option<String>,
-}
-
-/// Start-up cleanup after a crash: removes temporary files, then stored files that no
-/// `files` row names. Such a file is complete but was never acknowledged: a crash
-/// between its rename and the commit of its row (so no 1603 was sent and the client
-/// sends it again), or between the commit of a new path and the removal of the old one.
-///
-/// Orphans are only looked for when every row's path has the form this server writes
-/// (`files/<32 hex digits>/<name>`): a database adopted from another implementation may
-/// name its files differently, and its files are then left alone.
-///
-/// `rows` are the `files` rows ([`MetaStore::files`]), which the caller reads anyway.
-pub fn recover(rows: &[FileRecord], blobs: &dyn BlobStore) -> io::Result<Recovered> {
-    let stale_temps = blobs.remove_stale_temps()?;
-    if let Some(row) = rows.iter().find(|row| !is_own_path(&row.path)) {
-        return Ok(Recovered {
-            stale_temps,
-            orphans: Vec::new(),
-            orphans_skipped: Some(format!(
-                "the row of {:?} names {:?}, a path this server does not write",
-                row.file_name, row.path
-            )),
-        });
-    }
-    let named: std::collections::HashSet<&str> = rows.iter().map(|row| row.path.as_str()).collect();
-    let mut orphans = Vec::new();
-    for path in blobs.stored_paths()? {
-        if !named.contains(path.as_str()) {
-            blobs.remove(&path)?;
-            orphans.push(path);
-        }
-    }
-    Ok(Recovered {
-        stale_temps,
-        orphans,
-        orphans_skipped: None,
-    })
-}
-
-/// `files/<32 lowercase hex digits>/<one plain name>`, as [`fs`] and [`memory`] write.
-fn is_own_path(path: &str) -> bool {
-    let mut parts = path.split('/');
-    let (Some(top), Some(client), Some(name), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    top == fs::FILES_DIR
-        && client.len() == 32
-        && client
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && !name.is_empty()
-        && name != "."
-        && name != ".."
-}
-
 /// A file being received. Dropping it without [`TempBlob::persist`] removes it.
 pub trait TempBlob: Send + fmt::Debug {
     /// Appends bytes.
@@ -348,6 +284,7 @@ impl fmt::Display for Timestamp {
 mod tests {
     use super::*;
     use fs::{DataDirLock, LocalBlobStore, FILES_DIR};
+    use setup::{is_own_path, Recovered};
     use sqlite::SqliteStore;
 
     /// A data folder with one recorded file, one orphan, a temporary file and things

@@ -1,12 +1,13 @@
 //! Opening the standard storage in the data folder (folders, modes, the folder lock,
-//! SQLite) and the start-up clean-up after an earlier run ([`super::recover`]).
+//! SQLite) and the start-up clean-up after an earlier run ([`recover`]).
 
 use super::fs::{DataDirLock, LocalBlobStore, FILES_DIR};
 use super::perms;
 use super::sqlite::SqliteStore;
-use super::{BlobStore, MetaStore};
+use super::{BlobStore, FileRecord, MetaStore};
 use crate::config::ServerConfig;
 use anyhow::Context;
+use std::io;
 
 /// The stores a server runs on. [`crate::Server::bind`] opens the standard ones (SQLite
 /// `defensive.db` and the local `files/` folder); tests can pass their own (fault
@@ -69,7 +70,7 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
             return Err(anyhow::anyhow!("cannot read the database: {error}"))
         }
     };
-    match super::recover(&files, blobs) {
+    match recover(&files, blobs) {
         Ok(recovered) => {
             if recovered.stale_temps > 0 {
                 tracing::info!(
@@ -92,4 +93,70 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
         "database ready"
     );
     Ok(())
+}
+
+/// What [`recover`] cleaned up at start-up.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Temporary files of uploads that never finished (or versions kept for an undo).
+    pub stale_temps: usize,
+    /// Stored files no row names, removed.
+    pub orphans: Vec<String>,
+    /// Why orphans were not looked for, if they were not.
+    pub orphans_skipped: Option<String>,
+}
+
+/// Start-up cleanup after a crash: removes temporary files, then stored files that no
+/// `files` row names. Such a file is complete but was never acknowledged: a crash
+/// between its rename and the commit of its row (so no 1603 was sent and the client
+/// sends it again), or between the commit of a new path and the removal of the old one.
+///
+/// Orphans are only looked for when every row's path has the form this server writes
+/// (`files/<32 hex digits>/<name>`): a database adopted from another implementation may
+/// name its files differently, and its files are then left alone.
+///
+/// `rows` are the `files` rows ([`MetaStore::files`]), which the caller reads anyway.
+pub fn recover(rows: &[FileRecord], blobs: &dyn BlobStore) -> io::Result<Recovered> {
+    let stale_temps = blobs.remove_stale_temps()?;
+    if let Some(row) = rows.iter().find(|row| !is_own_path(&row.path)) {
+        return Ok(Recovered {
+            stale_temps,
+            orphans: Vec::new(),
+            orphans_skipped: Some(format!(
+                "the row of {:?} names {:?}, a path this server does not write",
+                row.file_name, row.path
+            )),
+        });
+    }
+    let named: std::collections::HashSet<&str> = rows.iter().map(|row| row.path.as_str()).collect();
+    let mut orphans = Vec::new();
+    for path in blobs.stored_paths()? {
+        if !named.contains(path.as_str()) {
+            blobs.remove(&path)?;
+            orphans.push(path);
+        }
+    }
+    Ok(Recovered {
+        stale_temps,
+        orphans,
+        orphans_skipped: None,
+    })
+}
+
+/// `files/<32 lowercase hex digits>/<one plain name>`, as [`super::fs`] and the in-memory test store write.
+pub(super) fn is_own_path(path: &str) -> bool {
+    let mut parts = path.split('/');
+    let (Some(top), Some(client), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    top == FILES_DIR
+        && client.len() == 32
+        && client
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && !name.is_empty()
+        && name != "."
+        && name != ".."
 }
