@@ -85,7 +85,7 @@ pub struct ServerConfig {
     /// connection is closed and new ones from that address are refused until it refills.
     pub failure_limit: RateLimit,
     /// Opt-in: accept a client's 828/900/901/902 only from the address of its latest
-    /// key exchange (826/827) in this run ([`crate::net::address_pin`]). Off by default.
+    /// key exchange (826/827) in this run (`net/address_pin.rs`). Off by default.
     pub pin_address: bool,
 }
 

@@ -33,7 +33,7 @@ pub enum Event<'a> {
     RequestStarted,
     /// What the request decoder produced.
     Decoded(RequestEvent<'a>),
-    /// The rest of a content piece that [`Conversation::handle`] did not take whole
+    /// The rest of a content piece that [`super::Conversation::handle`] did not take whole
     /// (after the flush job it asked for).
     MoreContent(&'a [u8]),
     /// The decoder failed: framing is lost.
@@ -49,7 +49,7 @@ pub enum Action {
     Send(Response),
     /// Write this reply (a failure does not matter), then close for `reason`.
     SendAndClose(Response, CloseReason),
-    /// Run this storage job and give its result to [`Conversation::job_done`] before
+    /// Run this storage job and give its result to [`super::Conversation::job_done`] before
     /// anything else.
     Run(Job),
     /// Log this.

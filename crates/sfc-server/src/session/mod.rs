@@ -28,7 +28,7 @@
 //! file name; each packet's `content_size` is either the whole encrypted size or its own
 //! content length (checked by [`FilePacketHeader::check`]). Anything else abandons the
 //! upload and answers 1607. Content is decrypted as it arrives (one CBC stream across
-//! packets), checksummed, and collected in a batch of [`FLUSH_AT`] bytes before each
+//! packets), checksummed, and collected in a batch of `FLUSH_AT` (1 MiB) before each
 //! write, so memory per upload is bounded whatever the file or packet size. After the
 //! last packet: total ciphertext = `16 * (orig_file_size / 16 + 1)`, valid padding,
 //! plaintext length = `orig_file_size`; then fsync, rename, directory fsync, `files` row
@@ -76,11 +76,11 @@ pub struct Limits {
     pub upload_timeout: Duration,
     /// Bytes of batch buffers (decrypted content not yet written) all uploads may hold
     /// together. An upload parked between two packets keeps its batch, so without a
-    /// bound many clients that each send a packet and stop could pin [`FLUSH_AT`] bytes
-    /// apiece. Beyond it an upload gets [`MIN_BATCH`] bytes (more, smaller writes).
+    /// bound many clients that each send a packet and stop could pin `FLUSH_AT` (1 MiB)
+    /// apiece. Beyond it an upload gets `MIN_BATCH` (16 KiB) (more, smaller writes).
     pub batch_budget: usize,
     /// A started request must deliver its header and payload (an 828's header and fixed
-    /// part) within this time, and an 828's content [`CONTENT_PROGRESS_CHUNK`] bytes per
+    /// part) within this time, and an 828's content `CONTENT_PROGRESS_CHUNK` (64 KiB) per
     /// this time ([`Conversation::deadline`]).
     pub request_timeout: Duration,
 }

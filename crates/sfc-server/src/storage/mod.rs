@@ -173,10 +173,10 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
 /// The received files.
 pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Creates a temporary file that becomes `disk_name` in the client's folder when
-    /// persisted. `disk_name` comes from [`crate::storage::names::disk_name`].
+    /// persisted. `disk_name` comes from `disk_name` in `storage/names.rs`.
     fn create_temp(&self, client: &ClientId, disk_name: &str) -> io::Result<Box<dyn TempBlob>>;
     /// Creates the temporary file of an upload of the file the client calls `label`: the
-    /// store chooses its name on disk (by default [`names::disk_name`]).
+    /// store chooses its name on disk (by default `disk_name` in `storage/names.rs`).
     fn create_temp_for(&self, client: &ClientId, label: &str) -> io::Result<Box<dyn TempBlob>> {
         self.create_temp(client, &names::disk_name(label))
     }
