@@ -1,5 +1,5 @@
-//! The server's session logic (`sfc_server::session::Core`, sans-IO) driven by arbitrary
-//! scripts: registrations, keys, uploads well-formed and broken, 900/901/902, raw and
+//! The server's sans-IO session (`sfc_server::testing::session::Conversation` per
+//! connection over one `Core`, the production code) driven by arbitrary scripts: registrations, keys, uploads well-formed and broken, 900/901/902, raw and
 //! half-structured bytes through a connection's `RequestDecoder`, storage faults, simulated
 //! crashes and restarts. The driver and its invariants live in
 //! `crates/sfc-server/tests/common/script.rs`, shared with the property tests

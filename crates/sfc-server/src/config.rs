@@ -1,8 +1,10 @@
-//! Configuration: the library's [`ServerConfig`], the command line, and `port.info`.
+//! Configuration: the library's [`ServerConfig`] and `port.info`. The command line that
+//! fills it is [`crate::cli`]; the session's limits are derived from it once
+//! ([`ServerConfig::session_limits`]).
 
-use crate::rate_limit::RateLimit;
-use crate::tls::TlsFiles;
-use clap::{Parser, Subcommand};
+use crate::net::rate_limit::RateLimit;
+use crate::net::tls::TlsFiles;
+use crate::session::Limits;
 use sfc_proto::limits::MAX_ORIG_FILE_SIZE;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -28,8 +30,8 @@ pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// Default lifetime of an upload that receives no packet, in seconds.
 pub const DEFAULT_UPLOAD_TIMEOUT_SECS: u64 = 600;
-/// Default of `--upload-buffers`, MiB ([`crate::session::DEFAULT_BATCH_BUDGET`]).
-pub const DEFAULT_UPLOAD_BUFFERS_MIB: usize = crate::session::DEFAULT_BATCH_BUDGET >> 20;
+/// Default of `--upload-buffers`, MiB (see [`ServerConfig::upload_buffers`]).
+pub const DEFAULT_UPLOAD_BUFFERS_MIB: usize = 256;
 /// Default interval for persisting LastSeen notes and expiring uploads, in seconds.
 pub const DEFAULT_FLUSH_INTERVAL_SECS: u64 = 5;
 /// Default registrations (825) per minute per source address.
@@ -67,7 +69,7 @@ pub struct ServerConfig {
     /// An upload that receives no packet for this long is abandoned.
     pub upload_timeout: Duration,
     /// Bytes of decrypted content not yet written that all uploads may hold together
-    /// (see [`crate::session::Limits::batch_budget`]).
+    /// (the session's batch budget: an upload beyond it gets a small buffer).
     pub upload_buffers: usize,
     /// Interval for persisting LastSeen notes and expiring uploads.
     pub flush_interval: Duration,
@@ -83,7 +85,7 @@ pub struct ServerConfig {
     /// connection is closed and new ones from that address are refused until it refills.
     pub failure_limit: RateLimit,
     /// Opt-in: accept a client's 828/900/901/902 only from the address of its latest
-    /// key exchange (826/827) in this run ([`crate::address_pin`]). Off by default.
+    /// key exchange (826/827) in this run (`net/address_pin.rs`). Off by default.
     pub pin_address: bool,
 }
 
@@ -107,6 +109,17 @@ impl ServerConfig {
             register_limit: RateLimit::new(DEFAULT_REGISTER_RATE, DEFAULT_REGISTER_BURST),
             failure_limit: RateLimit::new(DEFAULT_FAIL_RATE, DEFAULT_FAIL_BURST),
             pin_address: false,
+        }
+    }
+
+    /// The session's limits, derived once from this configuration: the largest file is
+    /// capped at the protocol's maximum here and nowhere else.
+    pub fn session_limits(&self) -> Limits {
+        Limits {
+            max_file_size: self.max_file_size.min(DEFAULT_MAX_FILE_SIZE),
+            upload_timeout: self.upload_timeout,
+            batch_budget: self.upload_buffers,
+            request_timeout: self.request_timeout,
         }
     }
 
@@ -174,182 +187,6 @@ pub fn resolve_port(dir: &Path, cli_port: Option<u16>) -> u16 {
     }
 }
 
-/// SecureFileComm server (protocol version 3).
-///
-/// Serves clients from a data folder that holds `port.info` (the TCP port; missing or
-/// invalid: port 1256), `defensive.db` (SQLite: registered clients and stored files) and
-/// `files/<client-id>/` (the received files).
-#[derive(Debug, Parser)]
-#[command(name = "sfc-server", version, about, long_about)]
-pub struct Cli {
-    /// Data folder with port.info, defensive.db and the received files (created if missing).
-    #[arg(long, global = true, value_name = "DIR", default_value = ".")]
-    pub data_dir: PathBuf,
-
-    /// TCP port; overrides port.info. 0 picks a free port (the log shows it).
-    #[arg(long, value_name = "N")]
-    pub port: Option<u16>,
-
-    /// Address to listen on: an IP (all IPv4 addresses by default; "::" for IPv6), or
-    /// IP:PORT.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
-    pub bind: String,
-
-    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter such as
-    /// "sfc_server=debug"); overrides RUST_LOG. Default: RUST_LOG, else info.
-    #[arg(long, value_name = "LEVEL", global = true)]
-    pub log_level: Option<String>,
-
-    /// Largest file accepted, in bytes (plaintext). The protocol's maximum is the default.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_SIZE,
-          value_parser = clap::value_parser!(u64).range(0..=DEFAULT_MAX_FILE_SIZE))]
-    pub max_file_size: u64,
-
-    /// Maximum simultaneous connections; more wait in the listen backlog.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
-          value_parser = parse_positive_usize)]
-    pub max_connections: usize,
-
-    /// Maximum simultaneous connections from one source address (IPv6: per /64); a
-    /// connection beyond it is closed at once. 0: no cap (behind a proxy every client
-    /// has the proxy's address).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
-    pub max_connections_per_address: usize,
-
-    /// Close a connection after this many seconds without a byte.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub idle_timeout: u64,
-
-    /// A request's header and payload (an 828's header and fixed part) must arrive within
-    /// this many seconds, and an 828's content at 64 KiB per this many seconds at least.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub request_timeout: u64,
-
-    /// On SIGINT/SIGTERM, give in-flight requests this many seconds to finish.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
-    pub shutdown_grace: u64,
-
-    /// Abandon an upload that receives no packet for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_UPLOAD_TIMEOUT_SECS,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub upload_timeout: u64,
-
-    /// Memory, in MiB, for decrypted file content not yet written, across all uploads
-    /// (each takes up to 1 MiB while it streams and keeps it between packets). Beyond it
-    /// an upload gets 16 KiB: same result, more and smaller writes.
-    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_UPLOAD_BUFFERS_MIB,
-          value_parser = parse_positive_usize)]
-    pub upload_buffers: usize,
-
-    /// Serve TLS (opt-in) with this certificate chain (PEM, leaf first); needs --tls-key.
-    /// Without it the server speaks plain TCP, like every other implementation.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of the --tls-cert certificate.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-
-    /// Registrations (825) allowed per minute per source address (IPv6: per /64);
-    /// beyond it an 825 gets 1607. 0: no limit.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_REGISTER_RATE)]
-    pub register_rate: u32,
-
-    /// Registrations a source address may make at once before --register-rate applies.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_REGISTER_BURST,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub register_burst: u32,
-
-    /// Failed requests (answered 1601, 1606 or 1607, or a failed TLS handshake) allowed
-    /// per minute per source address; beyond it the connection is closed and new ones
-    /// from that address are refused until the budget refills. 0: no limit.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_FAIL_RATE)]
-    pub fail_rate: u32,
-
-    /// Failed requests a source address may make at once before --fail-rate applies.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_FAIL_BURST,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub fail_burst: u32,
-
-    /// Opt-in: accept a client's file packets (828) and checksum verdicts (900/901/902)
-    /// only from the address (IPv6: /64) of its latest key exchange (826/827), so that
-    /// someone who saw its client ID cannot delete, overwrite or probe its files from
-    /// elsewhere. Breaks clients whose address changes within a session.
-    #[arg(long)]
-    pub pin_address: bool,
-
-    /// Show what the database holds instead of serving.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-fn parse_positive_usize(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(error) => Err(error.to_string()),
-    }
-}
-
-/// Admin views.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// List registered clients: name, ID, last seen, keys, number of files.
-    Clients {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List stored files: owner, file name, size, verified state, path.
-    Files {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-impl Cli {
-    /// The server configuration these options describe (reads `port.info` unless
-    /// `--port` or a port in `--bind` is given).
-    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
-        let mut config = ServerConfig::new(&self.data_dir);
-        config.bind = match self.bind.parse::<SocketAddr>() {
-            Ok(addr) => SocketAddr::new(addr.ip(), self.port.unwrap_or(addr.port())),
-            Err(_) => {
-                let ip: IpAddr = self.bind.trim_matches(['[', ']']).parse().map_err(|_| {
-                    anyhow::anyhow!(
-                        "--bind {:?} is neither an IP address nor IP:PORT",
-                        self.bind
-                    )
-                })?;
-                SocketAddr::new(ip, resolve_port(&self.data_dir, self.port))
-            }
-        };
-        config.max_file_size = self.max_file_size;
-        config.max_connections = self.max_connections;
-        config.max_connections_per_address = self.max_connections_per_address;
-        config.idle_timeout = Duration::from_secs(self.idle_timeout);
-        config.request_timeout = Duration::from_secs(self.request_timeout);
-        config.shutdown_grace = Duration::from_secs(self.shutdown_grace);
-        config.upload_timeout = Duration::from_secs(self.upload_timeout);
-        config.upload_buffers = self.upload_buffers.saturating_mul(1 << 20);
-        config.tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            (None, None) => None,
-            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
-        };
-        config.register_limit = RateLimit::new(self.register_rate, self.register_burst);
-        config.failure_limit = RateLimit::new(self.fail_rate, self.fail_burst);
-        config.pin_address = self.pin_address;
-        Ok(config)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,114 +214,5 @@ mod tests {
         std::fs::remove_file(dir.path().join(PORT_FILE)).unwrap();
         std::fs::create_dir(dir.path().join(PORT_FILE)).unwrap();
         assert_eq!(resolve_port(dir.path(), None), DEFAULT_PORT);
-    }
-
-    #[test]
-    fn cli_defaults_and_overrides() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(PORT_FILE), "4000").unwrap();
-        let d = dir.path().to_str().unwrap();
-        let cli = Cli::try_parse_from(["sfc-server", "--data-dir", d]).unwrap();
-        let config = cli.server_config().unwrap();
-        assert_eq!(config.bind, "0.0.0.0:4000".parse().unwrap());
-        assert_eq!(config.max_file_size, DEFAULT_MAX_FILE_SIZE);
-        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
-        assert_eq!(config.upload_buffers, 256 << 20);
-        assert_eq!(config.max_connections_per_address, 256);
-        let cli = Cli::try_parse_from([
-            "sfc-server",
-            "--data-dir",
-            d,
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--max-file-size",
-            "1000",
-            "--idle-timeout",
-            "5",
-            "--upload-buffers",
-            "3",
-            "--max-connections-per-address",
-            "0",
-        ])
-        .unwrap();
-        let config = cli.server_config().unwrap();
-        assert_eq!(config.upload_buffers, 3 << 20);
-        assert_eq!(config.max_connections_per_address, 0);
-        assert_eq!(config.bind, "127.0.0.1:0".parse().unwrap());
-        assert_eq!(config.max_file_size, 1000);
-        assert_eq!(config.idle_timeout, Duration::from_secs(5));
-        let cli =
-            Cli::try_parse_from(["sfc-server", "--data-dir", d, "--bind", "[::1]:7"]).unwrap();
-        assert_eq!(
-            cli.server_config().unwrap().bind,
-            "[::1]:7".parse().unwrap()
-        );
-        let cli = Cli::try_parse_from(["sfc-server", "--bind", "nonsense"]).unwrap();
-        assert!(cli.server_config().is_err());
-        assert!(Cli::try_parse_from(["sfc-server", "--max-connections", "0"]).is_err());
-        assert!(Cli::try_parse_from(["sfc-server", "--max-file-size", "4294967296"]).is_err());
-        let cli = Cli::try_parse_from(["sfc-server", "files", "--json", "--data-dir", d]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Files { json: true })));
-        Cli::command_for_tests().debug_assert();
-    }
-
-    #[test]
-    fn tls_and_rate_limit_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_str().unwrap();
-        let config = Cli::try_parse_from(["sfc-server", "--data-dir", d, "--port", "1"])
-            .unwrap()
-            .server_config()
-            .unwrap();
-        assert_eq!(config.tls, None, "plain TCP by default");
-        assert_eq!(
-            config.register_limit,
-            RateLimit::new(DEFAULT_REGISTER_RATE, DEFAULT_REGISTER_BURST)
-        );
-        assert_eq!(
-            config.failure_limit,
-            RateLimit::new(DEFAULT_FAIL_RATE, DEFAULT_FAIL_BURST)
-        );
-        let config = Cli::try_parse_from([
-            "sfc-server",
-            "--data-dir",
-            d,
-            "--port",
-            "1",
-            "--tls-cert",
-            "c.pem",
-            "--tls-key",
-            "k.pem",
-            "--register-rate",
-            "5",
-            "--register-burst",
-            "7",
-            "--fail-rate",
-            "0",
-        ])
-        .unwrap()
-        .server_config()
-        .unwrap();
-        assert_eq!(
-            config.tls,
-            Some(TlsFiles {
-                cert: "c.pem".into(),
-                key: "k.pem".into()
-            })
-        );
-        assert_eq!(config.register_limit, RateLimit::new(5, 7));
-        assert!(config.failure_limit.is_unlimited());
-        assert!(!config.pin_address);
-        assert!(Cli::try_parse_from(["sfc-server", "--tls-cert", "c.pem"]).is_err());
-        assert!(Cli::try_parse_from(["sfc-server", "--tls-key", "k.pem"]).is_err());
-        assert!(Cli::try_parse_from(["sfc-server", "--fail-burst", "0"]).is_err());
-    }
-
-    impl Cli {
-        fn command_for_tests() -> clap::Command {
-            <Cli as clap::CommandFactory>::command()
-        }
     }
 }

@@ -1,37 +1,63 @@
 //! The SecureFileComm server (protocol version 3; see `PROTOCOL.md`).
 //!
-//! | module | job |
+//! Layers, outside in (see `docs/ARCHITECTURE.md`):
+//!
+//! | folder | job |
 //! |---|---|
-//! | [`config`] | [`ServerConfig`], the command line, `port.info` |
-//! | [`listener`] | accept loop, connection limit, housekeeping, graceful shutdown, [`RunningServer`] |
-//! | [`connection`] | socket I/O: read buffer → `RequestDecoder` → session → replies; timeouts |
-//! | [`session`] | the protocol logic, synchronous and sans-IO, over the storage traits |
-//! | [`storage`] | the [`storage::MetaStore`] and [`storage::BlobStore`] traits; [`storage::sqlite`], [`storage::fs`] |
-//! | [`names`] | file label → name on disk |
-//! | [`admin`] | the `clients` and `files` views |
-//! | [`tls`] | opt-in TLS (`--tls-cert`/`--tls-key`): PEM loading, handshake under a deadline |
-//! | [`rate_limit`] | per-address limits on registrations and failed requests |
-//! | [`perms`] | owner-only modes for the database, folders and stored files |
-//! | [`address_pin`] | opt-in: a client's 828/900/901/902 only from its key exchange's address |
+//! | `cli.rs`, `config.rs` | the command line, [`ServerConfig`], `port.info`, the limits derived once |
+//! | `net/` | accept loop, connections (sockets, TLS, time-outs, the blocking pool), per-address limits |
+//! | `session/` | sans-IO: one `Conversation` per connection over the shared `Core` (requests, uploads, durability) |
+//! | `storage/` | the [`MetaStore`] and [`BlobStore`] traits, setup and recovery, SQLite, the local file store |
+//! | `admin/` | the `clients` and `files` views |
 //!
 //! ```text
-//! TCP stream -> connection (RequestDecoder, timeouts, rule 2)
-//!            -> session::Core (register, keys, uploads keyed by client ID)
+//! TCP stream -> net::connection (RequestDecoder, time-outs)
+//!            -> session::Conversation (per-connection rules) -> session::Core (uploads by client ID)
 //!            -> MetaStore (SQLite defensive.db) + BlobStore (files/<client-id>/<name>)
 //! ```
 
-pub mod address_limit;
-pub mod address_pin;
 pub mod admin;
+pub mod cli;
 pub mod config;
-pub mod connection;
-pub mod listener;
-pub mod names;
-pub mod perms;
-pub mod rate_limit;
-pub mod session;
-pub mod storage;
-pub mod tls;
+mod net;
+mod session;
+mod storage;
 
 pub use config::ServerConfig;
-pub use listener::{run, RunningServer, Server, Storage};
+pub use net::listener::{raise_fd_limit, run, shutdown_signal, RunningServer, Server};
+pub use net::rate_limit::RateLimit;
+pub use storage::fs::LocalBlobStore;
+pub use storage::setup::Storage;
+pub use storage::sqlite::SqliteStore;
+pub use storage::{
+    recover, BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError,
+    TempBlob, Timestamp,
+};
+
+/// Opt-in TLS: the certificate and key files.
+pub mod tls {
+    pub use crate::net::tls::TlsFiles;
+}
+
+/// Test doubles and the sans-IO session, compiled only with the `testing` feature (the
+/// crate's own tests, the fuzz crate): storage in memory with fault switches,
+/// deterministic randomness, and the [`session::Conversation`] to drive without sockets.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::net::entropy::OsEntropy;
+    pub use crate::storage::names::disk_name;
+    pub use crate::storage::testing::{Faults, FaultyBlobs, FaultyMeta, MemoryStorage};
+    pub use crate::testing_doubles::{CountingEntropy, OpenDoors};
+
+    /// The sans-IO session: one [`session::Conversation`] per connection over a shared
+    /// [`session::Core`].
+    pub mod session {
+        pub use crate::session::{
+            Action, CloseReason, Conversation, Core, Ctx, Entropy, Event, Job, JobDone, Lease,
+            Limits, LogLine, Now, Outcome, PeerPolicy, RequestLog,
+        };
+    }
+}
+
+#[cfg(feature = "testing")]
+mod testing_doubles;

@@ -1,8 +1,8 @@
 //! `sfc-server`: serve, or show what the database holds. See `sfc-server --help`.
 
 use clap::Parser;
-use sfc_server::config::{Cli, Command};
-use sfc_server::{admin, listener};
+use sfc_server::admin;
+use sfc_server::cli::{Cli, Command};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -45,13 +45,13 @@ fn main() -> ExitCode {
 
 fn serve(cli: &Cli) -> anyhow::Result<()> {
     let config = cli.server_config()?;
-    listener::raise_fd_limit(config.max_connections);
+    sfc_server::raise_fd_limit(config.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sfc-server-worker")
         .build()?;
     runtime.block_on(async {
-        let signals = listener::shutdown_signal()?;
+        let signals = sfc_server::shutdown_signal()?;
         sfc_server::run(config, signals).await
     })?;
     // Blocking tasks still running after the grace period are not waited for long.

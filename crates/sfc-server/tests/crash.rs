@@ -22,8 +22,8 @@ use common::process::ServerProcess;
 use common::*;
 use sfc_crypto::AesKey;
 use sfc_proto::{ClientId, Request, RequestBody, Response};
-use sfc_server::storage::sqlite::SqliteStore;
-use sfc_server::storage::MetaStore;
+use sfc_server::MetaStore;
+use sfc_server::SqliteStore;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -488,22 +488,26 @@ fn sigkill_between_1603_and_900() {
 mod every_step {
     use super::*;
     use sfc_proto::FilePacketHeader;
-    use sfc_server::session::{Core, Ctx, Limits};
-    use sfc_server::storage::memory::MemoryStorage;
-    use sfc_server::storage::Timestamp;
+    use sfc_proto::ResponseCode;
+    use sfc_server::testing::session::{Core, Ctx, Now};
+    use sfc_server::testing::{MemoryStorage, OsEntropy};
+    use sfc_server::{ServerConfig, Timestamp};
+    use std::time::Instant;
 
     fn ctx() -> Ctx {
-        Ctx {
-            first_on_connection: false,
-            now: Timestamp::now(),
-        }
+        let now = Now {
+            wall: Timestamp::now(),
+            mono: Instant::now(),
+        };
+        Ctx::new(false, now)
     }
 
     fn new_core(storage: &MemoryStorage) -> Core {
         Core::new(
             Box::new(storage.meta()),
             Box::new(storage.blobs()),
-            Limits::default(),
+            ServerConfig::new(".").session_limits(),
+            Box::new(OsEntropy),
         )
     }
 
@@ -535,7 +539,10 @@ mod every_step {
                 packet,
                 content: chunk.to_vec(),
             };
-            last = core.handle_request(&ctx(), Request::new(id, body)).code();
+            last = core
+                .handle_request(&ctx(), Request::new(id, body))
+                .code()
+                .map(ResponseCode::as_u16);
         }
         last
     }
@@ -550,14 +557,14 @@ mod every_step {
         if replace {
             assert_eq!(send(&core, id, &key, "f", &v1), Some(1603));
             let ok = core.handle_request(&ctx(), file_name_request(id, 900, "f"));
-            assert_eq!(ok.code(), Some(1604));
+            assert_eq!(ok.code().map(ResponseCode::as_u16), Some(1604));
         }
         storage.faults().crash_after(n);
         let acked = send(&core, id, &key, "f", &v2) == Some(1603);
         drop(core);
         storage.restart();
         // What the server does at start-up, before it serves anyone.
-        sfc_server::storage::recover(&storage.files(), &storage.blobs()).unwrap();
+        sfc_server::recover(&storage.files(), &storage.blobs()).unwrap();
         let core = new_core(&storage);
         let stored = storage.stored();
         let rows = storage.files();

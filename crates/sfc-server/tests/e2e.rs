@@ -8,7 +8,7 @@ use common::*;
 use sfc_proto::{
     ClientId, FilePacketHeader, Request, RequestBody, RequestCode, RequestHeader, Response,
 };
-use sfc_server::storage::MetaStore;
+use sfc_server::MetaStore;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -714,7 +714,7 @@ fn a_closed_connection_between_packets_keeps_the_upload_for_the_next_one() {
 
 #[test]
 fn temporary_and_unrecorded_files_are_removed_at_start_up() {
-    use sfc_server::storage::{sqlite::SqliteStore, FileRecord, Timestamp};
+    use sfc_server::{FileRecord, SqliteStore, Timestamp};
     let dir = tempfile::tempdir().unwrap();
     let hex = "ab".repeat(16);
     let client_dir = dir.path().join("files").join(&hex);

@@ -8,183 +8,24 @@ mod common;
 
 use common::*;
 use sfc_proto::{ClientId, Response};
-use sfc_server::storage::fs::LocalBlobStore;
-use sfc_server::storage::sqlite::SqliteStore;
-use sfc_server::storage::{
-    BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
-    Timestamp,
-};
-use sfc_server::{RunningServer, Storage};
-use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use sfc_server::testing::{Faults, FaultyBlobs, FaultyMeta};
+use sfc_server::{LocalBlobStore, MetaStore, RunningServer, SqliteStore, Storage};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-#[derive(Debug, Default)]
-struct Switches {
-    disk_full: AtomicBool,
-    db_down: AtomicBool,
-    /// `Some(n)`: n more `put_file` commits succeed, later ones fail.
-    put_file_budget: Mutex<Option<usize>>,
-}
-
-#[derive(Debug)]
-struct FailingBlobs {
-    inner: LocalBlobStore,
-    switches: Arc<Switches>,
-}
-
-#[derive(Debug)]
-struct FailingTemp {
-    inner: Box<dyn TempBlob>,
-    switches: Arc<Switches>,
-}
-
-fn enospc() -> io::Error {
-    io::Error::from_raw_os_error(28) // ENOSPC: "No space left on device"
-}
-
-impl BlobStore for FailingBlobs {
-    fn create_temp(&self, client: &ClientId, disk_name: &str) -> io::Result<Box<dyn TempBlob>> {
-        Ok(Box::new(FailingTemp {
-            inner: self.inner.create_temp(client, disk_name)?,
-            switches: self.switches.clone(),
-        }))
-    }
-    fn remove(&self, path: &str) -> io::Result<()> {
-        self.inner.remove(path)
-    }
-    fn size(&self, path: &str) -> io::Result<u64> {
-        self.inner.size(path)
-    }
-    fn remove_stale_temps(&self) -> io::Result<usize> {
-        self.inner.remove_stale_temps()
-    }
-    fn stored_paths(&self) -> io::Result<Vec<String>> {
-        self.inner.stored_paths()
-    }
-}
-
-impl TempBlob for FailingTemp {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.switches.disk_full.load(Ordering::SeqCst) {
-            return Err(enospc());
-        }
-        self.inner.write_all(bytes)
-    }
-    fn persist(self: Box<Self>) -> io::Result<String> {
-        if self.switches.disk_full.load(Ordering::SeqCst) {
-            return Err(enospc());
-        }
-        self.inner.persist()
-    }
-    fn persist_undoable(self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
-        if self.switches.disk_full.load(Ordering::SeqCst) {
-            return Err(enospc());
-        }
-        self.inner.persist_undoable()
-    }
-}
-
-#[derive(Debug)]
-struct FailingMeta {
-    inner: SqliteStore,
-    switches: Arc<Switches>,
-}
-
-impl FailingMeta {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.switches.db_down.load(Ordering::SeqCst) {
-            Err(StoreError::Database("disk I/O error (injected)".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl MetaStore for FailingMeta {
-    fn client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
-        self.check()?;
-        self.inner.client(id)
-    }
-    fn insert_client(
-        &self,
-        id: &ClientId,
-        name: &str,
-        now: Timestamp,
-    ) -> Result<Inserted, StoreError> {
-        self.check()?;
-        self.inner.insert_client(id, name, now)
-    }
-    fn set_keys(
-        &self,
-        id: &ClientId,
-        public_key: Option<&[u8]>,
-        aes_key: &[u8],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.set_keys(id, public_key, aes_key, now)
-    }
-    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
-        self.check()?;
-        if let Some(left) = self.switches.put_file_budget.lock().unwrap().as_mut() {
-            if *left == 0 {
-                return Err(StoreError::Database("commit failed (injected)".into()));
-            }
-            *left -= 1;
-        }
-        self.inner.put_file(file, now)
-    }
-    fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
-        self.check()?;
-        self.inner.file(id, file_name)
-    }
-    fn set_verified(
-        &self,
-        id: &ClientId,
-        file_name: &str,
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        self.check()?;
-        self.inner.set_verified(id, file_name, now)
-    }
-    fn remove_file(
-        &self,
-        id: &ClientId,
-        file_name: &str,
-        now: Timestamp,
-    ) -> Result<Option<FileRecord>, StoreError> {
-        self.check()?;
-        self.inner.remove_file(id, file_name, now)
-    }
-    fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.touch(seen)
-    }
-    fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        self.inner.clients()
-    }
-    fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
-        self.inner.files()
-    }
-    fn close(&self) -> Result<(), StoreError> {
-        self.inner.close()
-    }
-}
-
-fn start() -> (tempfile::TempDir, RunningServer, Arc<Switches>) {
+fn start() -> (tempfile::TempDir, RunningServer, Arc<Faults>) {
     init_logging();
     let dir = tempfile::tempdir().unwrap();
-    let switches = Arc::new(Switches::default());
+    let switches = Arc::new(Faults::default());
     let storage = Storage {
-        meta: Box::new(FailingMeta {
-            inner: SqliteStore::open(&dir.path().join("defensive.db")).unwrap(),
-            switches: switches.clone(),
-        }),
-        blobs: Box::new(FailingBlobs {
-            inner: LocalBlobStore::new(dir.path()),
-            switches: switches.clone(),
-        }),
+        meta: Box::new(FaultyMeta::new(
+            SqliteStore::open(&dir.path().join("defensive.db")).unwrap(),
+            switches.clone(),
+        )),
+        blobs: Box::new(FaultyBlobs::new(
+            LocalBlobStore::new(dir.path()),
+            switches.clone(),
+        )),
         lock: None,
     };
     let server = RunningServer::start_with(config_for(dir.path()), storage).unwrap();
@@ -318,7 +159,10 @@ fn a_failed_commit_never_loses_the_stored_file() {
             client_id: Some(id)
         }
     );
-    let budget = |n: Option<usize>| *switches.put_file_budget.lock().unwrap() = n;
+    let budget = |n: Option<u64>| match n {
+        Some(n) => switches.file_commits_fail_after(n),
+        None => switches.db_recovers(),
+    };
 
     // Replacement: the Verified = 0 commit fails: nothing changes.
     budget(Some(0));

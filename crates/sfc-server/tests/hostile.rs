@@ -36,9 +36,9 @@ use sfc_crypto::AesKey;
 use sfc_proto::{
     ClientId, FilePacketHeader, Request, RequestBody, RequestCode, RequestHeader, Response,
 };
-use sfc_server::names::disk_name;
-use sfc_server::storage::sqlite::SqliteStore;
-use sfc_server::storage::MetaStore;
+use sfc_server::testing::disk_name;
+use sfc_server::MetaStore;
+use sfc_server::SqliteStore;
 use sfc_server::{RunningServer, ServerConfig};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -1489,7 +1489,7 @@ fn open_file_limit() -> Option<u64> {
 
 fn hold_connections(env: &Env, count: usize) -> Seen {
     // Both ends live in this process: two descriptors per connection.
-    sfc_server::listener::raise_fd_limit(2 * count);
+    sfc_server::raise_fd_limit(2 * count);
     let needed = 2 * count as u64 + 500;
     match open_file_limit() {
         Some(limit) if limit >= needed => {}

@@ -1,7 +1,8 @@
 //! Property tests of the session logic: the entry point of the `session` fuzz target
 //! (`fuzz/fuzz_targets/session.rs`), run by `cargo test` on every CI run.
 //!
-//! Scripts of arbitrary bytes drive `sfc_server::session::Core` over in-memory storage
+//! Scripts of arbitrary bytes drive the server's real `Conversation`s and `Core`
+//! (`sfc_server::testing::session`) over in-memory storage
 //! with fault injection and simulated crashes; `common/script.rs` checks the invariants
 //! after every step (see there). The fuzzer's seed corpus is generated from
 //! [`script::seeds`] (`write_session_fuzz_seeds` below), and every input the fuzzer ever

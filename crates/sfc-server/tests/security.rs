@@ -9,8 +9,8 @@ use common::process::{ServerProcess, SERVER_BIN};
 use common::*;
 use sfc_crypto::RsaKeyPair;
 use sfc_proto::{ClientId, Request, RequestBody, Response};
-use sfc_server::rate_limit::RateLimit;
-use sfc_server::storage::MetaStore;
+use sfc_server::MetaStore;
+use sfc_server::RateLimit;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -103,9 +103,7 @@ fn key_pinning_refuses_a_replaced_public_key_and_keeps_the_owner_working() {
     assert!(attacker_key().unwrap_aes_key(&wrapped_key).is_err());
 
     // The key on record is still the owner's.
-    let store =
-        sfc_server::storage::sqlite::SqliteStore::open_existing(&data_dir.join("defensive.db"))
-            .unwrap();
+    let store = sfc_server::SqliteStore::open_existing(&data_dir.join("defensive.db")).unwrap();
     let record = store.client(&id).unwrap().unwrap();
     assert_eq!(
         record.public_key.as_deref(),

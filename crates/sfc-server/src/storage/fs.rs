@@ -14,7 +14,7 @@
 //! leftovers of a crash are removed at start-up ([`BlobStore::remove_stale_temps`]).
 
 use super::{BlobStore, Persisted, TempBlob};
-use crate::names::{is_temp_name, TEMP_PREFIX};
+use crate::storage::names::{is_temp_name, TEMP_PREFIX};
 use sfc_proto::ClientId;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -42,9 +42,9 @@ impl DataDirLock {
         let mut options = fs::OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, crate::perms::FILE_MODE);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, crate::storage::perms::FILE_MODE);
         let mut file = options.open(&path)?;
-        crate::perms::set_file_mode(&file, crate::perms::FILE_MODE)?;
+        crate::storage::perms::set_file_mode(&file, crate::storage::perms::FILE_MODE)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -116,12 +116,12 @@ impl LocalBlobStore {
         let files = self.root.join(FILES_DIR);
         let dir = files.join(client.to_hex());
         if dir.is_dir() {
-            // Owner-only (crate::perms); a folder of an older version is tightened here.
-            crate::perms::tighten(&dir, crate::perms::DIR_MODE)?;
+            // Owner-only (crate::storage::perms); a folder of an older version is tightened here.
+            crate::storage::perms::tighten(&dir, crate::storage::perms::DIR_MODE)?;
             return Ok(dir);
         }
         let files_existed = files.is_dir();
-        crate::perms::create_private_dir_all(&dir)?;
+        crate::storage::perms::create_private_dir_all(&dir)?;
         sync_dir(&files)?;
         if !files_existed {
             sync_dir(&self.root)?;
@@ -137,8 +137,8 @@ impl BlobStore for LocalBlobStore {
             "{TEMP_PREFIX}{}.tmp",
             uuid::Uuid::new_v4().simple()
         ));
-        // 0600 whatever the umask; the rename keeps the mode (crate::perms).
-        let file = crate::perms::create_private_file(&temp_path)?;
+        // 0600 whatever the umask; the rename keeps the mode (crate::storage::perms).
+        let file = crate::storage::perms::create_private_file(&temp_path)?;
         Ok(Box::new(LocalTemp {
             file: Some(file),
             temp_path,

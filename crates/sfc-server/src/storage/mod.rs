@@ -26,8 +26,14 @@
 //! stored files that no row names (never acknowledged).
 
 pub mod fs;
-pub mod memory;
+pub mod names;
+pub mod perms;
+pub mod setup;
 pub mod sqlite;
+
+pub use setup::recover;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use sfc_proto::ClientId;
 use std::fmt;
@@ -73,6 +79,16 @@ impl fmt::Debug for ClientRecord {
             .field("last_seen", &self.last_seen)
             .field("aes_key", &self.aes_key.as_ref().map(|_| "<set>"))
             .finish()
+    }
+}
+
+impl zeroize::Zeroize for ClientRecord {
+    /// Wipes the AES key bytes (the rest is not secret); `Zeroizing<ClientRecord>` does it
+    /// on drop.
+    fn zeroize(&mut self) {
+        if let Some(key) = self.aes_key.as_mut() {
+            key.zeroize();
+        }
     }
 }
 
@@ -157,8 +173,13 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
 /// The received files.
 pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Creates a temporary file that becomes `disk_name` in the client's folder when
-    /// persisted. `disk_name` comes from [`crate::names::disk_name`].
+    /// persisted. `disk_name` comes from `disk_name` in `storage/names.rs`.
     fn create_temp(&self, client: &ClientId, disk_name: &str) -> io::Result<Box<dyn TempBlob>>;
+    /// Creates the temporary file of an upload of the file the client calls `label`: the
+    /// store chooses its name on disk (by default `disk_name` in `storage/names.rs`).
+    fn create_temp_for(&self, client: &ClientId, label: &str) -> io::Result<Box<dyn TempBlob>> {
+        self.create_temp(client, &names::disk_name(label))
+    }
     /// Removes a stored file given its path relative to the data folder.
     fn remove(&self, path: &str) -> io::Result<()>;
     /// Size of a stored file.
@@ -168,72 +189,6 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Paths (relative to the data folder, as [`TempBlob::persist`] returns them) of
     /// every stored file, temporary files excluded.
     fn stored_paths(&self) -> io::Result<Vec<String>>;
-}
-
-/// What [`recover`] cleaned up at start-up.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// Temporary files of uploads that never finished (or versions kept for an undo).
-    pub stale_temps: usize,
-    /// Stored files no row names, removed.
-    pub orphans: Vec<String>,
-    /// Why orphans were not looked for, if they were not.
-    pub orphans_skipped: Option<String>,
-}
-
-/// Start-up cleanup after a crash: removes temporary files, then stored files that no
-/// `files` row names. Such a file is complete but was never acknowledged: a crash
-/// between its rename and the commit of its row (so no 1603 was sent and the client
-/// sends it again), or between the commit of a new path and the removal of the old one.
-///
-/// Orphans are only looked for when every row's path has the form this server writes
-/// (`files/<32 hex digits>/<name>`): a database adopted from another implementation may
-/// name its files differently, and its files are then left alone.
-///
-/// `rows` are the `files` rows ([`MetaStore::files`]), which the caller reads anyway.
-pub fn recover(rows: &[FileRecord], blobs: &dyn BlobStore) -> io::Result<Recovered> {
-    let stale_temps = blobs.remove_stale_temps()?;
-    if let Some(row) = rows.iter().find(|row| !is_own_path(&row.path)) {
-        return Ok(Recovered {
-            stale_temps,
-            orphans: Vec::new(),
-            orphans_skipped: Some(format!(
-                "the row of {:?} names {:?}, a path this server does not write",
-                row.file_name, row.path
-            )),
-        });
-    }
-    let named: std::collections::HashSet<&str> = rows.iter().map(|row| row.path.as_str()).collect();
-    let mut orphans = Vec::new();
-    for path in blobs.stored_paths()? {
-        if !named.contains(path.as_str()) {
-            blobs.remove(&path)?;
-            orphans.push(path);
-        }
-    }
-    Ok(Recovered {
-        stale_temps,
-        orphans,
-        orphans_skipped: None,
-    })
-}
-
-/// `files/<32 lowercase hex digits>/<one plain name>`, as [`fs`] and [`memory`] write.
-fn is_own_path(path: &str) -> bool {
-    let mut parts = path.split('/');
-    let (Some(top), Some(client), Some(name), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    top == fs::FILES_DIR
-        && client.len() == 32
-        && client
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && !name.is_empty()
-        && name != "."
-        && name != ".."
 }
 
 /// A file being received. Dropping it without [`TempBlob::persist`] removes it.
@@ -304,39 +259,32 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let millis = self.0.rem_euclid(1000);
-        let secs = self.0.div_euclid(1000);
-        let days = secs.div_euclid(86_400);
-        let rem = secs.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(days);
+        // Outside the calendar's range (years -9999..=9999): shown at its nearest end.
+        let nanos = i128::from(self.0) * 1_000_000;
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(if nanos < 0 {
+            time::PrimitiveDateTime::MIN.assume_utc()
+        } else {
+            time::PrimitiveDateTime::MAX.assume_utc()
+        });
         write!(
             f,
-            "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{millis:03}",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
         )
     }
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use fs::{DataDirLock, LocalBlobStore, FILES_DIR};
+    use setup::{is_own_path, Recovered};
     use sqlite::SqliteStore;
 
     /// A data folder with one recorded file, one orphan, a temporary file and things

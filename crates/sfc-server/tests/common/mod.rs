@@ -7,7 +7,7 @@ pub mod process;
 use sfc_crypto::{AesKey, CbcEncryptor, RsaKeyPair};
 use sfc_proto::limits::{NAME_FIELD_LEN, REQUEST_HEADER_LEN};
 use sfc_proto::{ClientId, FilePacketHeader, Name, Request, RequestBody, Response, ResponseHeader};
-use sfc_server::storage::sqlite::SqliteStore;
+use sfc_server::SqliteStore;
 use sfc_server::{RunningServer, ServerConfig};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,10 +1,13 @@
-//! A sans-IO driver of the server's session logic ([`sfc_server::session::Core`]) over
-//! in-memory storage with fault injection, for fuzzing and property tests.
+//! A sans-IO driver of the server's session: the real per-connection
+//! [`Conversation`]s over one [`Core`] on in-memory storage with fault injection, for
+//! fuzzing and property tests. The driver only does what `net::connection` does (decode
+//! bytes, pass events, carry out the actions, run jobs inline); every protocol rule is the
+//! production code's.
 //!
 //! The input bytes are a script: each op byte picks an action (register, send a key,
 //! reconnect, upload a file well-formed or broken in one of many ways, 900/901/902, feed
-//! raw or half-structured bytes through a connection's `RequestDecoder` exactly as
-//! `connection.rs` drives the session, close a connection, switch storage faults on and
+//! raw or half-structured bytes through a connection's `RequestDecoder` into a
+//! [`Conversation`], close a connection, switch storage faults on and
 //! off, crash the "machine" after N durable operations and restart, expire uploads, flush
 //! LastSeen) and the following bytes its parameters. Missing bytes read as zeros, so every
 //! input is a valid script and the fuzzer can grow structure byte by byte.
@@ -24,17 +27,18 @@
 
 use sfc_crypto::{AesKey, CbcEncryptor, RsaKeyPair};
 use sfc_proto::{
-    encrypted_size, ClientId, FilePacketHeader, Name, Request, RequestBody, RequestDecoder,
-    RequestEvent, Response,
+    ClientId, FilePacketHeader, Name, Request, RequestBody, RequestDecoder, RequestEvent, Response,
 };
-use sfc_server::names::disk_name;
-use sfc_server::session::{Core, Ctx, Lease, Limits, Outcome};
-use sfc_server::storage::memory::MemoryStorage;
-use sfc_server::storage::Timestamp;
+use sfc_server::testing::session::{
+    Action, Conversation, Core, Ctx, Event, Limits, LogLine, Now, Outcome,
+};
+use sfc_server::testing::{disk_name, CountingEntropy, MemoryStorage, OpenDoors};
+use sfc_server::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Largest plaintext file the simulated server accepts.
 pub const MAX_FILE: u64 = 64 * 1024;
@@ -124,21 +128,22 @@ struct Expect {
     confirmed: bool,
 }
 
-/// The 828 whose content a connection is receiving.
-struct Current {
-    lease: Option<Lease>,
-    reject: Option<Outcome>,
-    client: ClientId,
-    label: Name,
-}
-
-/// A simulated connection: the decoder and per-connection state of `connection.rs`.
+/// A simulated connection: what `net::connection` holds (the decoder and the
+/// conversation), plus what the model needs to know about the request in progress.
 #[derive(Default)]
 struct VConn {
     decoder: RequestDecoder,
-    current: Option<Current>,
+    conversation: Option<Conversation>,
+    /// The client and file label of the request in progress, and whether it was invalid.
+    client: ClientId,
+    label: Option<Name>,
+    invalid: bool,
+    /// A request has been answered on this connection.
     used: bool,
 }
+
+/// The peer address of every simulated connection.
+const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Counts of what a script did.
 #[derive(Debug, Default, Clone)]
@@ -152,7 +157,11 @@ pub struct Stats {
 /// The simulated server and the model of what it must hold.
 pub struct Sim {
     storage: MemoryStorage,
-    core: Core,
+    core: Arc<Core>,
+    entropy: Arc<CountingEntropy>,
+    /// Simulated time: advances a millisecond per op.
+    tick: u64,
+    start: Instant,
     ids: Vec<ClientId>,
     conns: [VConn; CONNS],
     expect: BTreeMap<(ClientId, String), Expect>,
@@ -169,13 +178,7 @@ fn limits() -> Limits {
         upload_timeout: Duration::ZERO,
         // Small, so that scripts run uploads on granted batches and on the floor.
         batch_budget: 40 * 1024,
-    }
-}
-
-fn ctx(first: bool) -> Ctx {
-    Ctx {
-        first_on_connection: first,
-        now: Timestamp::now(),
+        request_timeout: Duration::from_secs(10),
     }
 }
 
@@ -286,14 +289,19 @@ impl Default for Sim {
 impl Sim {
     pub fn new() -> Self {
         let storage = MemoryStorage::new();
+        let entropy = Arc::new(CountingEntropy::default());
         let core = Core::new(
             Box::new(storage.meta()),
             Box::new(storage.blobs()),
             limits(),
+            Box::new(Arc::clone(&entropy)),
         );
         Sim {
             storage,
-            core,
+            core: Arc::new(core),
+            entropy,
+            tick: 0,
+            start: Instant::now(),
             ids: Vec::new(),
             conns: Default::default(),
             expect: BTreeMap::new(),
@@ -311,11 +319,12 @@ impl Sim {
             if input.is_empty() {
                 break;
             }
+            sim.tick += 1;
             sim.step(&mut input);
             sim.check();
         }
         // Closing every connection abandons what they hold; nothing may leak.
-        sim.conns = Default::default();
+        sim.close_all();
         sim.check();
         sim.stats
     }
@@ -495,7 +504,7 @@ impl Sim {
             }
             10 => {
                 let k = usize::from(input.u8()) % CONNS;
-                self.conns[k] = VConn::default();
+                self.close(k);
             }
             11 => match input.u8() % 6 {
                 0 => self.storage.faults().db_down.store(true, Ordering::SeqCst),
@@ -528,7 +537,7 @@ impl Sim {
             },
             12 => self.restart(),
             13 => {
-                self.core.expire_uploads();
+                self.core.expire_uploads(self.now().mono);
             }
             _ => {
                 let _ = self.core.flush_last_seen();
@@ -549,175 +558,191 @@ impl Sim {
         (label, plain, packet_size, per_packet, mutation)
     }
 
+    /// The simulated time.
+    fn now(&self) -> Now {
+        Now {
+            wall: Timestamp(1_700_000_000_000 + self.tick as i64),
+            mono: self.start + Duration::from_millis(self.tick),
+        }
+    }
+
     /// A crash and restart: connections and uploads in memory are gone, temporary files
     /// are removed at start-up, the stores come back healthy.
     fn restart(&mut self) {
-        self.conns = Default::default();
+        self.close_all();
         self.storage.restart();
         let core = Core::new(
             Box::new(self.storage.meta()),
             Box::new(self.storage.blobs()),
             limits(),
+            Box::new(Arc::clone(&self.entropy)),
         );
-        self.core = core;
+        self.core = Arc::new(core);
         self.crash_armed = false;
         self.stats.restarts += 1;
     }
 
-    /// A whole request handed to the session (`Core::handle_request`).
+    /// A whole request handed to the core (`Core::handle_request`), as the first request
+    /// on a connection or not.
     fn direct(&mut self, request: Request, first: bool) {
         let code = request.body.code().as_u16();
         let id = request.client_id;
-        let label = match &request.body {
-            RequestBody::SendFile { packet, .. } => Some(packet.file_name.clone()),
-            RequestBody::ChecksumOk { file_name }
-            | RequestBody::ChecksumRetry { file_name }
-            | RequestBody::ChecksumFailed { file_name } => Some(file_name.clone()),
-            _ => None,
-        };
-        let outcome = self.core.handle_request(&ctx(first), request);
+        let label = label_of(&request.body);
+        let outcome = self
+            .core
+            .handle_request(&Ctx::new(first, self.now()), request);
         self.observe(code, id, label.as_ref(), &outcome, first, false);
     }
 
-    /// Bytes arriving on simulated connection `k`, driven like `connection.rs` does.
+    /// Connection `k` ends: its conversation abandons what it holds.
+    fn close(&mut self, k: usize) {
+        let mut conn = std::mem::take(&mut self.conns[k]);
+        if let Some(mut conversation) = conn.conversation.take() {
+            conversation.handle(Event::Closed, self.now());
+            self.carry_out(&mut conversation, &mut conn);
+        }
+    }
+
+    fn close_all(&mut self) {
+        for k in 0..CONNS {
+            self.close(k);
+        }
+    }
+
+    /// Bytes arriving on simulated connection `k`, driven like `net::connection` does.
     fn feed(&mut self, k: usize, bytes: &[u8]) {
         let mut conn = std::mem::take(&mut self.conns[k]);
+        let mut conversation = conn.conversation.take().unwrap_or_else(|| {
+            Conversation::new(
+                Arc::clone(&self.core),
+                Arc::new(OpenDoors),
+                PEER,
+                self.now(),
+            )
+        });
         let mut input = bytes;
-        loop {
+        let mut open = true;
+        while open {
             let pending = conn.decoder.bytes_needed() == 0 && !conn.decoder.at_boundary();
             if input.is_empty() && !pending {
                 break;
             }
+            if conn.decoder.at_boundary() {
+                conversation.handle(Event::RequestStarted, self.now());
+            }
             match conn.decoder.decode(input) {
                 Ok((used, event)) => {
                     input = input.get(used..).unwrap_or_default();
-                    let keep = match event {
-                        Some(event) => self.on_event(&mut conn, event),
+                    match event {
+                        Some(event) => open = self.on_event(&mut conversation, &mut conn, event),
                         None if used == 0 => break,
-                        None => true,
-                    };
-                    if !keep {
-                        conn = VConn::default();
-                        break;
+                        None => {}
                     }
                 }
-                Err(_) => {
+                Err(error) => {
                     // Framing lost: 1607 and the connection is closed.
-                    conn = VConn::default();
+                    conversation.handle(Event::Malformed(error), self.now());
+                    let mut replied = false;
+                    while let Some(action) = conversation.poll_action() {
+                        match action {
+                            Action::SendAndClose(Response::ServerError, _) => replied = true,
+                            Action::Log(_) => {}
+                            other => panic!("framing lost, then {other:?}"),
+                        }
+                    }
+                    assert!(replied, "framing lost without a 1607");
                     self.stats.replies.entry(1607).or_default();
-                    break;
+                    open = false;
                 }
             }
+        }
+        if open {
+            conn.conversation = Some(conversation);
+        } else {
+            conversation.handle(Event::Closed, self.now());
+            self.carry_out(&mut conversation, &mut conn);
+            conn = VConn::default();
         }
         self.conns[k] = conn;
     }
 
-    /// Returns false when the connection must be closed.
-    fn on_event(&mut self, conn: &mut VConn, event: RequestEvent<'_>) -> bool {
-        let first = !conn.used;
-        match event {
+    /// Passes one decoded event; returns false when the conversation closed.
+    fn on_event(
+        &mut self,
+        conversation: &mut Conversation,
+        conn: &mut VConn,
+        event: RequestEvent<'_>,
+    ) -> bool {
+        match &event {
             RequestEvent::Request(request) => {
-                conn.used = true;
-                self.direct(request, first);
+                conn.client = request.client_id;
+                conn.label = label_of(&request.body);
+                conn.invalid = false;
             }
-            RequestEvent::Invalid { header, error } => {
-                conn.used = true;
-                let outcome = self.core.handle_invalid(&header, &error);
-                self.observe(
-                    header.code.as_u16(),
-                    header.client_id,
-                    None,
-                    &outcome,
-                    first,
-                    true,
-                );
+            RequestEvent::Invalid { header, .. } => {
+                conn.client = header.client_id;
+                conn.label = None;
+                conn.invalid = true;
             }
-            RequestEvent::FilePacket {
-                header,
-                packet,
-                content_len,
-            } => {
-                if u64::from(content_len) > encrypted_size(MAX_FILE) {
-                    conn.used = true;
-                    let outcome = Outcome::error("packet larger than the largest file");
-                    self.observe(828, header.client_id, None, &outcome, first, false);
-                    return false;
+            RequestEvent::FilePacket { header, packet, .. } => {
+                conn.client = header.client_id;
+                conn.label = Some(packet.file_name.clone());
+                conn.invalid = false;
+            }
+            RequestEvent::Content(_) | RequestEvent::FilePacketEnd => {}
+        }
+        if let RequestEvent::Content(piece) = event {
+            let now = self.now();
+            let mut taken = conversation.handle(Event::Decoded(RequestEvent::Content(piece)), now);
+            let mut open = self.carry_out(conversation, conn);
+            while let Some(rest) = piece.get(taken..).filter(|rest| !rest.is_empty()) {
+                taken += conversation.handle(Event::MoreContent(rest), now);
+                open &= self.carry_out(conversation, conn);
+            }
+            return open;
+        }
+        conversation.handle(Event::Decoded(event), self.now());
+        self.carry_out(conversation, conn)
+    }
+
+    /// Carries out the conversation's actions (jobs run inline) and checks the reply of
+    /// a request that ended; returns false when the conversation closed.
+    fn carry_out(&mut self, conversation: &mut Conversation, conn: &mut VConn) -> bool {
+        let mut open = true;
+        let mut logged = None;
+        let mut reply = None;
+        while let Some(action) = conversation.poll_action() {
+            match action {
+                Action::Send(response) => reply = Some(response),
+                Action::SendAndClose(response, _) => {
+                    reply = Some(response);
+                    open = false;
                 }
-                let now = ctx(first);
-                let id = header.client_id;
-                let result = match self.core.checkout(id) {
-                    Ok(Some(mut lease)) => {
-                        match Core::continue_packet(&mut lease, &packet, content_len) {
-                            Ok(()) => {
-                                self.core.touch(id, now.now);
-                                Ok(lease)
-                            }
-                            Err(reason) => {
-                                drop(lease);
-                                Err(Outcome::error(reason))
-                            }
-                        }
-                    }
-                    Ok(None) => self.core.begin_upload(&now, id, &packet, content_len),
-                    Err(outcome) => Err(outcome),
-                };
-                let (lease, reject) = match result {
-                    Ok(lease) => (Some(lease), None),
-                    Err(outcome) => (None, Some(outcome)),
-                };
-                conn.current = Some(Current {
-                    lease,
-                    reject,
-                    client: id,
-                    label: packet.file_name,
-                });
-            }
-            RequestEvent::Content(piece) => {
-                let Some(current) = conn.current.as_mut() else {
-                    return true;
-                };
-                let mut rest = piece;
-                while !rest.is_empty() {
-                    let Some(lease) = current.lease.as_mut() else {
-                        break;
-                    };
-                    let failure = match lease.push(rest) {
-                        Ok(used) => {
-                            rest = rest.get(used..).unwrap_or_default();
-                            match lease.needs_flush().then(|| lease.flush()) {
-                                Some(Err(error)) => Some(error.to_string()),
-                                _ => None,
-                            }
-                        }
-                        Err(error) => Some(error),
-                    };
-                    if let Some(reason) = failure {
-                        current.lease = None;
-                        current.reject = Some(Outcome::error(reason));
-                    }
-                }
-            }
-            RequestEvent::FilePacketEnd => {
-                conn.used = true;
-                let Some(current) = conn.current.take() else {
-                    return true;
-                };
-                let outcome = match (current.lease, current.reject) {
-                    (_, Some(reject)) => reject,
-                    (Some(lease), None) => self.core.end_packet(&ctx(first), lease),
-                    (None, None) => Outcome::error("upload lost"),
-                };
-                self.observe(
-                    828,
-                    current.client,
-                    Some(&current.label),
-                    &outcome,
-                    first,
-                    false,
-                );
+                Action::Run(job) => conversation.job_done(job.run(), self.now()),
+                Action::Log(LogLine::Request(line)) => logged = Some(line),
+                Action::Log(_) => {}
+                Action::Close(_) => open = false,
             }
         }
-        true
+        let Some(line) = logged else {
+            return open;
+        };
+        let first = !conn.used;
+        conn.used = true;
+        let outcome = Outcome {
+            reply,
+            detail: line.detail,
+        };
+        let label = conn.label.clone();
+        self.observe(
+            line.code,
+            conn.client,
+            label.as_ref(),
+            &outcome,
+            first,
+            conn.invalid,
+        );
+        open
     }
 
     /// Checks a reply and updates the model.
@@ -730,7 +755,7 @@ impl Sim {
         first: bool,
         invalid: bool,
     ) {
-        let reply_code = outcome.code();
+        let reply_code = outcome.code().map(sfc_proto::ResponseCode::as_u16);
         *self
             .stats
             .replies
@@ -992,4 +1017,15 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             ]),
         ),
     ]
+}
+
+/// The file label a request names, if any.
+fn label_of(body: &RequestBody) -> Option<Name> {
+    match body {
+        RequestBody::SendFile { packet, .. } => Some(packet.file_name.clone()),
+        RequestBody::ChecksumOk { file_name }
+        | RequestBody::ChecksumRetry { file_name }
+        | RequestBody::ChecksumFailed { file_name } => Some(file_name.clone()),
+        _ => None,
+    }
 }

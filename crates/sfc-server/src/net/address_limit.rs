@@ -2,11 +2,11 @@
 //!
 //! Without it one address can take every one of `--max-connections` and leave everyone
 //! else waiting in the listen backlog. Addresses are counted like the rate limits
-//! ([`crate::rate_limit::key_of`]: IPv4 as is, IPv6 by /64). A connection beyond the cap
+//! ([`crate::net::rate_limit::key_of`]: IPv4 as is, IPv6 by /64). A connection beyond the cap
 //! is closed at once, before anything is read. The table holds only addresses with open
 //! connections, so it is bounded by `--max-connections`.
 
-use crate::rate_limit::key_of;
+use crate::net::rate_limit::key_of;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -56,6 +56,7 @@ impl ConnectionsPerAddress {
     }
 
     /// Connections currently counted for `ip`.
+    #[cfg(test)]
     pub fn open_from(&self, ip: IpAddr) -> usize {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.get(&key_of(ip)).copied().unwrap_or(0)

@@ -24,119 +24,17 @@
 //!   [`MemoryStorage::restart`] drops the temporary files (the start-up clean-up) and
 //!   lifts the budget.
 
-use super::{
+use super::faults::Faults;
+use crate::storage::names::TEMP_PREFIX;
+use crate::storage::{
     BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
     Timestamp,
 };
-use crate::names::TEMP_PREFIX;
 use sfc_proto::ClientId;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-/// Failure switches shared by the stores of one [`MemoryStorage`].
-#[derive(Debug)]
-pub struct Faults {
-    /// Every metadata operation fails.
-    pub db_down: AtomicBool,
-    /// Writing or persisting a temporary file fails with `ENOSPC`.
-    pub disk_full: AtomicBool,
-    /// Durable operations still allowed (`u64::MAX`: unlimited).
-    budget: AtomicU64,
-    /// Database commits still allowed (`u64::MAX`: unlimited).
-    db_budget: AtomicU64,
-}
-
-impl Default for Faults {
-    fn default() -> Self {
-        Faults {
-            db_down: AtomicBool::new(false),
-            disk_full: AtomicBool::new(false),
-            budget: AtomicU64::new(u64::MAX),
-            db_budget: AtomicU64::new(u64::MAX),
-        }
-    }
-}
-
-impl Faults {
-    /// Allows `n` more durable operations; every later one fails (a simulated crash).
-    pub fn crash_after(&self, n: u64) {
-        self.budget.store(n, Ordering::SeqCst);
-    }
-
-    /// Allows `n` more database commits; later ones fail until [`Faults::heal`] or
-    /// [`Faults::db_recovers`].
-    pub fn db_fails_after(&self, n: u64) {
-        self.db_budget.store(n, Ordering::SeqCst);
-    }
-
-    /// Ends `db_down` and [`Faults::db_fails_after`].
-    pub fn db_recovers(&self) {
-        self.db_down.store(false, Ordering::SeqCst);
-        self.db_budget.store(u64::MAX, Ordering::SeqCst);
-    }
-
-    /// True once the durable budget is spent.
-    pub fn crashed(&self) -> bool {
-        self.budget.load(Ordering::SeqCst) == 0
-    }
-
-    /// Lifts the durable budget and clears both switches.
-    pub fn heal(&self) {
-        self.budget.store(u64::MAX, Ordering::SeqCst);
-        self.db_recovers();
-        self.disk_full.store(false, Ordering::SeqCst);
-    }
-
-    fn db(&self) -> Result<(), StoreError> {
-        if self.db_down.load(Ordering::SeqCst) || self.crashed() {
-            Err(StoreError::Database(
-                "database unavailable (injected)".into(),
-            ))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Spends one durable operation, or fails when none is left.
-    fn durable(&self) -> io::Result<()> {
-        if spend(&self.budget) {
-            Ok(())
-        } else {
-            Err(io::Error::other("the machine is down (injected crash)"))
-        }
-    }
-
-    fn durable_db(&self) -> Result<(), StoreError> {
-        self.db()?;
-        if !spend(&self.db_budget) {
-            return Err(StoreError::Database("commit failed (injected)".into()));
-        }
-        self.durable()
-            .map_err(|e| StoreError::Database(e.to_string()))
-    }
-
-    fn disk(&self) -> io::Result<()> {
-        if self.disk_full.load(Ordering::SeqCst) {
-            Err(io::Error::from_raw_os_error(28)) // ENOSPC
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// Takes one unit of a budget; false when it is spent.
-fn spend(budget: &AtomicU64) -> bool {
-    budget
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
-            0 => None,
-            u64::MAX => Some(u64::MAX),
-            n => Some(n - 1),
-        })
-        .is_ok()
-}
 
 #[derive(Debug, Default)]
 struct Tables {
@@ -317,7 +215,7 @@ impl MetaStore for MemoryMeta {
     }
 
     fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
-        self.shared.faults.durable_db()?;
+        self.shared.faults.file_commit()?;
         let mut tables = self.shared.tables();
         tables
             .files
@@ -445,7 +343,11 @@ impl BlobStore for MemoryBlobs {
         Ok(Box::new(MemoryTemp {
             shared: Arc::clone(&self.shared),
             temp: Some(temp),
-            path: format!("{}/{}/{disk_name}", super::fs::FILES_DIR, client.to_hex()),
+            path: format!(
+                "{}/{}/{disk_name}",
+                crate::storage::fs::FILES_DIR,
+                client.to_hex()
+            ),
         }))
     }
 
@@ -599,6 +501,7 @@ impl Persisted for MemoryPersisted {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn behaves_like_the_real_stores() {

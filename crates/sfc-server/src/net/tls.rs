@@ -98,10 +98,15 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfi
     Ok(Arc::new(config))
 }
 
-/// An acceptor for these files (reads and checks them now, so that a bad file stops the
-/// server at start-up with a clear message).
-pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
-    Ok(TlsAcceptor::from(server_config(files)?))
+/// Why a TLS handshake did not complete (logged; the connection is then closed).
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The peer does not speak TLS, or not acceptably.
+    #[error("TLS handshake failed: {0}")]
+    Failed(std::io::Error),
+    /// Too slow.
+    #[error("TLS handshake not completed within {} s", .0.as_secs_f64())]
+    TimedOut(Duration),
 }
 
 /// Runs the server side of the handshake within `deadline`. `Err` carries the reason
@@ -111,13 +116,10 @@ pub async fn handshake(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
     deadline: Duration,
-) -> Result<TlsStream<TcpStream>, String> {
+) -> Result<TlsStream<TcpStream>, HandshakeError> {
     match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(error)) => Err(format!("TLS handshake failed: {error}")),
-        Err(_) => Err(format!(
-            "TLS handshake not completed within {} s",
-            deadline.as_secs_f64()
-        )),
+        Ok(Err(error)) => Err(HandshakeError::Failed(error)),
+        Err(_) => Err(HandshakeError::TimedOut(deadline)),
     }
 }

@@ -14,7 +14,7 @@
 //! would be refused (1607, then it gives up). A client that has not done a key exchange
 //! since the server started is refused too (fail closed); every client of the protocol
 //! starts its run with an 826 or 827. Addresses are compared like the rate limits key them
-//! ([`crate::rate_limit::key_of`]: IPv6 by /64, IPv4-mapped as IPv4).
+//! ([`crate::net::rate_limit::key_of`]: IPv6 by /64, IPv4-mapped as IPv4).
 //!
 //! What it does not do: the protocol has no proof of key possession, so a forged 826 (the
 //! public key is public) or 827 from another address moves the pin there. But that forged
@@ -28,7 +28,7 @@
 //! Memory: one entry per client that completed a key exchange (bounded by the registered
 //! clients, which registration rate limits bound in turn).
 
-use crate::rate_limit::key_of;
+use crate::net::rate_limit::key_of;
 use sfc_proto::ClientId;
 use std::collections::HashMap;
 use std::net::IpAddr;

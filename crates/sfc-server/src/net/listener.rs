@@ -6,14 +6,15 @@
 //! abort what is left (an upload cut short removes its temporary file), persist the
 //! LastSeen notes and close the database.
 
-use crate::address_limit::ConnectionsPerAddress;
 use crate::config::ServerConfig;
-use crate::connection::{self, ConnLimits};
-use crate::rate_limit::RateLimiter;
-use crate::session::{Core, Limits};
-use crate::storage::fs::{DataDirLock, LocalBlobStore};
-use crate::storage::sqlite::SqliteStore;
-use crate::storage::{BlobStore, MetaStore};
+use crate::net::address_limit::ConnectionsPerAddress;
+use crate::net::connection::{self, ConnLimits};
+use crate::net::entropy::OsEntropy;
+use crate::net::guards::AddressGuards;
+use crate::net::rate_limit::RateLimiter;
+use crate::session::Core;
+use crate::storage::fs::DataDirLock;
+use crate::storage::setup::{recover_at_start_up, Storage};
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,58 +23,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-
-/// The stores a server runs on. [`Server::bind`] opens the standard ones (SQLite
-/// `defensive.db` and the local `files/` folder); tests can pass their own (fault
-/// injection) to [`Server::bind_with`].
-#[derive(Debug)]
-pub struct Storage {
-    /// Clients and files.
-    pub meta: Box<dyn MetaStore>,
-    /// Received files.
-    pub blobs: Box<dyn BlobStore>,
-    /// The lock on the data folder, held as long as the server runs (`None` for
-    /// storage that is not a local folder, or a filesystem without locks).
-    pub lock: Option<DataDirLock>,
-}
-
-impl Storage {
-    /// Opens `defensive.db` (creating and migrating it) and the local blob store in the
-    /// data folder (creating it), and removes temporary files left by an earlier run.
-    pub fn open(config: &ServerConfig) -> anyhow::Result<Self> {
-        // A data folder the server creates is owner-only (crate::perms); so is files/.
-        crate::perms::create_private_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "cannot create the data folder {}",
-                config.data_dir.display()
-            )
-        })?;
-        let files = config.data_dir.join(crate::storage::fs::FILES_DIR);
-        if crate::perms::tighten(&files, crate::perms::DIR_MODE)? {
-            tracing::warn!(path = %files.display(), "was readable by other users; now 0700");
-        }
-        // Before anything is opened or cleaned up: another server may be using the folder.
-        let lock = match DataDirLock::acquire(&config.data_dir) {
-            Ok(lock) => Some(lock),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(anyhow::anyhow!(error))
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot lock the data folder; make sure no other server uses it");
-                None
-            }
-        };
-        let db = config.db_path();
-        let meta = SqliteStore::open(&db)
-            .with_context(|| format!("cannot open the database {}", db.display()))?;
-        let blobs = LocalBlobStore::new(&config.data_dir);
-        Ok(Storage {
-            meta: Box::new(meta),
-            blobs: Box::new(blobs),
-            lock,
-        })
-    }
-}
 
 /// Raises the soft limit on open files to the hard limit (each connection is a file
 /// descriptor) and logs the result.
@@ -138,45 +87,14 @@ impl Server {
     pub async fn bind_with(config: ServerConfig, storage: Storage) -> anyhow::Result<Self> {
         // A bad certificate or key stops the server here, with a clear message.
         let tls = match &config.tls {
-            Some(files) => Some(crate::tls::server_config(files)?),
+            Some(files) => Some(crate::net::tls::server_config(files)?),
             None => None,
         };
         let Storage { meta, blobs, lock } = storage;
-        let limits = Limits {
-            max_file_size: config.max_file_size,
-            upload_timeout: config.upload_timeout,
-            batch_budget: config.upload_buffers,
-        };
+        let limits = config.session_limits();
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
-            let (clients, files) = match (meta.clients(), meta.files()) {
-                (Ok(clients), Ok(files)) => (clients, files),
-                (Err(error), _) | (_, Err(error)) => {
-                    return Err(anyhow::anyhow!("cannot read the database: {error}"))
-                }
-            };
-            match crate::storage::recover(&files, blobs.as_ref()) {
-                Ok(recovered) => {
-                    if recovered.stale_temps > 0 {
-                        tracing::info!(
-                            removed = recovered.stale_temps,
-                            "removed temporary files of an earlier run"
-                        );
-                    }
-                    for path in &recovered.orphans {
-                        tracing::warn!(%path, "removed a stored file no row names (an upload never acknowledged before a crash)");
-                    }
-                    if let Some(why) = &recovered.orphans_skipped {
-                        tracing::warn!(reason = %why, "not looking for unrecorded files");
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "cannot clean up after an earlier run"),
-            }
-            tracing::info!(
-                clients = clients.len(),
-                files = files.len(),
-                "database ready"
-            );
-            Ok(Core::new(meta, blobs, limits))
+            recover_at_start_up(meta.as_ref(), blobs.as_ref())?;
+            Ok(Core::new(meta, blobs, limits, Box::new(OsEntropy)))
         })
         .await??;
         let listener = bind_listener(config.bind)
@@ -212,15 +130,7 @@ impl Server {
             config.register_limit,
             config.failure_limit,
         ));
-        let limits = Arc::new(ConnLimits {
-            idle_timeout: config.idle_timeout,
-            request_timeout: config.request_timeout,
-            max_file_size: config.max_file_size,
-            rate: Arc::clone(&rate),
-            address_pins: config
-                .pin_address
-                .then(|| Arc::new(crate::address_pin::AddressPins::new())),
-        });
+        let limits = connection_limits(&config, &rate);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let per_address = ConnectionsPerAddress::new(config.max_connections_per_address);
@@ -231,30 +141,20 @@ impl Server {
             config.flush_interval,
             stop_rx.clone(),
         ));
-        tracing::info!(
-            transport = if tls.is_some() { "TLS" } else { "plain TCP" },
-            registrations = %config.register_limit,
-            failures = %config.failure_limit,
-            connections_per_address = config.max_connections_per_address,
-            pin_address = config.pin_address,
-            "security settings"
-        );
+        log_security_settings(&config, tls.is_some());
         tracing::info!("listening on {addr}");
         tokio::pin!(shutdown);
         let mut saturated = false;
         loop {
             while connections.try_join_next().is_some() {}
-            if permits.available_permits() == 0 {
-                if !saturated {
-                    saturated = true;
-                    tracing::warn!(
-                        max_connections = config.max_connections,
-                        "connection limit reached; new clients wait"
-                    );
-                }
-            } else {
-                saturated = false;
+            let full = permits.available_permits() == 0;
+            if full && !saturated {
+                tracing::warn!(
+                    max_connections = config.max_connections,
+                    "connection limit reached; new clients wait"
+                );
             }
+            saturated = full;
             let permit = tokio::select! {
                 () = &mut shutdown => break,
                 permit = Arc::clone(&permits).acquire_owned() => match permit {
@@ -267,51 +167,22 @@ impl Server {
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((stream, peer)) if rate.is_blocked(peer.ip()) => {
-                    // Out of failure budget (crate::rate_limit): closed at once.
-                    tracing::debug!(%peer, "connection refused: too many failed requests from this address");
-                    drop(stream);
-                    drop(permit);
-                }
                 Ok((stream, peer)) => {
-                    let Some(slot) = per_address.enter(peer.ip()) else {
-                        // At --max-connections-per-address: closed before anything is read.
-                        tracing::debug!(%peer, "connection refused: too many open connections from this address");
+                    let Some(slot) = admit(&rate, &per_address, peer) else {
                         drop(stream);
                         drop(permit);
                         continue;
                     };
-                    let core = Arc::clone(&core);
-                    let limits = Arc::clone(&limits);
-                    let stop = stop_rx.clone();
-                    let tls = tls.clone();
+                    let shared = Shared {
+                        core: Arc::clone(&core),
+                        limits: Arc::clone(&limits),
+                        rate: Arc::clone(&rate),
+                        tls: tls.clone(),
+                        request_timeout: config.request_timeout,
+                        stop: stop_rx.clone(),
+                    };
                     connections.spawn(async move {
-                        let _ = stream.set_nodelay(true);
-                        match tls {
-                            None => connection::serve(stream, peer, core, limits, stop).await,
-                            // Boxed: the TLS state is large, and a task is as large as
-                            // its largest branch, so plain connections would carry it too.
-                            Some(acceptor) => {
-                                match Box::pin(crate::tls::handshake(
-                                    &acceptor,
-                                    stream,
-                                    limits.request_timeout,
-                                ))
-                                .await
-                                {
-                                    Ok(stream) => {
-                                        Box::pin(connection::serve(
-                                            stream, peer, core, limits, stop,
-                                        ))
-                                        .await
-                                    }
-                                    Err(reason) => {
-                                        limits.rate.record_failure(peer.ip());
-                                        tracing::info!(%peer, %reason, "connection closed");
-                                    }
-                                }
-                            }
-                        }
+                        serve_accepted(stream, peer, shared).await;
                         drop(slot);
                         drop(permit);
                     });
@@ -326,34 +197,134 @@ impl Server {
 
         drop(listener);
         let _ = stop_tx.send(true);
-        let open = connections.len();
-        tracing::info!(
-            open,
-            grace_secs = config.shutdown_grace.as_secs_f64(),
-            "shutting down: no new connections"
-        );
-        let drained = tokio::time::timeout(config.shutdown_grace, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                aborted = connections.len(),
-                "grace period over; closing the remaining connections"
-            );
-            connections.abort_all();
-            while connections.join_next().await.is_some() {}
-        }
-        let _ = housekeeping.await;
-        let closing = Arc::clone(&core);
-        match tokio::task::spawn_blocking(move || closing.close()).await {
-            Ok(Ok(())) => tracing::info!("database closed; server stopped"),
-            Ok(Err(error)) => tracing::error!(%error, "closing the database failed"),
-            Err(error) => tracing::error!(%error, "closing the database failed"),
-        }
+        shut_down(connections, &config, housekeeping, core).await;
         // Only now may another server take the folder.
         drop(lock);
         Ok(())
+    }
+}
+
+/// What every connection gets: the idle timeout, the rate limits and (with
+/// `--pin-address`) the address pins.
+fn connection_limits(config: &ServerConfig, rate: &Arc<RateLimiter>) -> Arc<ConnLimits> {
+    let guards = AddressGuards {
+        rate: Arc::clone(rate),
+        pins: config
+            .pin_address
+            .then(crate::net::address_pin::AddressPins::new),
+    };
+    Arc::new(ConnLimits {
+        idle_timeout: config.idle_timeout,
+        policy: Arc::new(guards),
+    })
+}
+
+fn log_security_settings(config: &ServerConfig, tls: bool) {
+    tracing::info!(
+        transport = if tls { "TLS" } else { "plain TCP" },
+        registrations = %config.register_limit,
+        failures = %config.failure_limit,
+        connections_per_address = config.max_connections_per_address,
+        pin_address = config.pin_address,
+        "security settings"
+    );
+}
+
+/// The address's place for a new connection, or `None` (logged) when it is refused: out
+/// of failure budget (net::rate_limit), or at --max-connections-per-address. A refused
+/// connection is closed before anything is read.
+fn admit(
+    rate: &RateLimiter,
+    per_address: &Arc<ConnectionsPerAddress>,
+    peer: SocketAddr,
+) -> Option<crate::net::address_limit::AddressSlot> {
+    if rate.is_blocked(peer.ip()) {
+        tracing::debug!(%peer, "connection refused: too many failed requests from this address");
+        return None;
+    }
+    let slot = per_address.enter(peer.ip());
+    if slot.is_none() {
+        tracing::debug!(%peer, "connection refused: too many open connections from this address");
+    }
+    slot
+}
+
+/// What a connection task needs from the listener.
+struct Shared {
+    core: Arc<Core>,
+    limits: Arc<ConnLimits>,
+    rate: Arc<RateLimiter>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    request_timeout: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+/// Serves one accepted connection: plain, or after a TLS handshake (a failed handshake
+/// counts against the address's failure budget).
+async fn serve_accepted(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Shared) {
+    let Shared {
+        core,
+        limits,
+        rate,
+        tls,
+        request_timeout,
+        stop,
+    } = shared;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => connection::serve(stream, peer, core, limits, stop).await,
+        // Boxed: the TLS state is large, and a task is as large as its largest branch,
+        // so plain connections would carry it too.
+        Some(acceptor) => {
+            match Box::pin(crate::net::tls::handshake(
+                &acceptor,
+                stream,
+                request_timeout,
+            ))
+            .await
+            {
+                Ok(stream) => Box::pin(connection::serve(stream, peer, core, limits, stop)).await,
+                Err(reason) => {
+                    rate.record_failure(peer.ip());
+                    tracing::info!(%peer, %reason, "connection closed");
+                }
+            }
+        }
+    }
+}
+
+/// Graceful shutdown once the listener is closed and the connections told to stop: wait
+/// up to the grace period, abort the rest, stop housekeeping, close the database.
+async fn shut_down(
+    mut connections: JoinSet<()>,
+    config: &ServerConfig,
+    housekeeping: tokio::task::JoinHandle<()>,
+    core: Arc<Core>,
+) {
+    let open = connections.len();
+    tracing::info!(
+        open,
+        grace_secs = config.shutdown_grace.as_secs_f64(),
+        "shutting down: no new connections"
+    );
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            aborted = connections.len(),
+            "grace period over; closing the remaining connections"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
+    let _ = housekeeping.await;
+    let closing = Arc::clone(&core);
+    match tokio::task::spawn_blocking(move || closing.close()).await {
+        Ok(Ok(())) => tracing::info!("database closed; server stopped"),
+        Ok(Err(error)) => tracing::error!(%error, "closing the database failed"),
+        Err(error) => tracing::error!(%error, "closing the database failed"),
     }
 }
 
@@ -367,7 +338,7 @@ async fn housekeeping(core: Arc<Core>, every: Duration, mut stop: watch::Receive
         }
         let core = Arc::clone(&core);
         let result = tokio::task::spawn_blocking(move || {
-            let expired = core.expire_uploads();
+            let expired = core.expire_uploads(std::time::Instant::now());
             (core.flush_last_seen(), expired)
         })
         .await;

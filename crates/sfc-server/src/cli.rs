@@ -1,0 +1,337 @@
+//! The `sfc-server` command line: parsed by clap, validated once, then turned into a
+//! [`ServerConfig`] ([`Cli::server_config`]); nothing downstream re-checks a flag.
+
+use crate::config::{
+    resolve_port, ServerConfig, DEFAULT_FAIL_BURST, DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE,
+    DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE, DEFAULT_REQUEST_TIMEOUT_SECS,
+    DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_UPLOAD_BUFFERS_MIB, DEFAULT_UPLOAD_TIMEOUT_SECS,
+};
+use crate::net::rate_limit::RateLimit;
+use crate::net::tls::TlsFiles;
+use clap::{Parser, Subcommand};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Receives files from SecureFileComm clients, encrypted, and keeps them in a data folder.
+///
+/// Speaks version 3 of the SecureFileComm protocol. Serves clients from a data folder that holds `port.info` (the TCP port; missing or
+/// invalid: port 1256), `defensive.db` (SQLite: registered clients and stored files) and
+/// `files/<client-id>/` (the received files).
+#[derive(Debug, Parser)]
+#[command(name = "sfc-server", version)]
+pub struct Cli {
+    /// Folder for the settings file, the database and the received files.
+    ///
+    /// Holds port.info, defensive.db and files/ (created if missing).
+    #[arg(long, global = true, value_name = "DIR", default_value = ".")]
+    pub data_dir: PathBuf,
+
+    /// Port to listen on (instead of the one in port.info).
+    ///
+    /// 0 picks a free port (the log shows it).
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+
+    /// Address to listen on.
+    ///
+    /// An IP (all IPv4 addresses by default; "::" for IPv6), or IP:PORT.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    pub bind: String,
+
+    /// How much to log: error, warn, info, debug or trace.
+    ///
+    /// Also takes a tracing filter such as "sfc_server=debug"; overrides RUST_LOG.
+    /// Default: RUST_LOG, else info.
+    #[arg(long, value_name = "LEVEL", global = true)]
+    pub log_level: Option<String>,
+
+    /// Largest file accepted, in bytes.
+    ///
+    /// Counts the file's own size (before encryption). The protocol's maximum is the
+    /// default.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_SIZE,
+          value_parser = clap::value_parser!(u64).range(0..=DEFAULT_MAX_FILE_SIZE))]
+    pub max_file_size: u64,
+
+    /// How many clients may be connected at once; more wait their turn.
+    ///
+    /// Connections beyond it wait in the listen backlog.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_positive_usize)]
+    pub max_connections: usize,
+
+    /// How many connections one address may have open at once (0: no limit).
+    ///
+    /// IPv6 addresses count per /64. A connection beyond it is closed at once. Use 0
+    /// behind a proxy, where every client has the proxy's address.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    pub max_connections_per_address: usize,
+
+    /// Seconds of silence after which a connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+
+    /// Seconds a client may take to send one request.
+    ///
+    /// A request's header and payload (an 828's header and fixed part) must arrive within
+    /// this many seconds, and an 828's content at 64 KiB per this many seconds at least.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout: u64,
+
+    /// Seconds given to requests in progress when the server is stopped.
+    ///
+    /// On SIGINT/SIGTERM, requests in flight get this long to finish.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
+    pub shutdown_grace: u64,
+
+    /// Seconds after which an unfinished upload that stopped arriving is dropped.
+    ///
+    /// An upload that receives no packet for this long is abandoned.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_UPLOAD_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_timeout: u64,
+
+    /// Memory, in MiB, for received file content waiting to be written to disk.
+    ///
+    /// Shared by all uploads: each takes up to 1 MiB while it streams and keeps it
+    /// between packets. Beyond it
+    /// an upload gets 16 KiB: same result, more and smaller writes.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_UPLOAD_BUFFERS_MIB,
+          value_parser = parse_positive_usize)]
+    pub upload_buffers: usize,
+
+    /// Encrypt connections with TLS using this certificate (needs --tls-key).
+    ///
+    /// A PEM certificate chain, leaf first. Without it the server speaks plain TCP, like
+    /// every other implementation.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of the --tls-cert certificate.
+    ///
+    /// PEM: PKCS#8, PKCS#1 or SEC1.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// New accounts one address may register per minute (0: no limit).
+    ///
+    /// Registrations (825) per source address (IPv6: per /64); beyond it an 825 gets
+    /// 1607.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_REGISTER_RATE)]
+    pub register_rate: u32,
+
+    /// New accounts one address may register at once before --register-rate applies.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_REGISTER_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub register_burst: u32,
+
+    /// Failed requests one address may make per minute before it is shut out (0: no limit).
+    ///
+    /// Requests answered 1601, 1606 or 1607, or a failed TLS handshake, per source
+    /// address; beyond it the connection is closed and new ones from that address are
+    /// refused until the budget refills.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_FAIL_RATE)]
+    pub fail_rate: u32,
+
+    /// Failed requests one address may make at once before --fail-rate applies.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_FAIL_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub fail_burst: u32,
+
+    /// Accept a client's files only from the address it last logged in from.
+    ///
+    /// Opt-in: a client's file packets (828) and checksum verdicts (900/901/902) are
+    /// accepted only from the address (IPv6: /64) of its latest key exchange (826/827), so
+    /// that someone who saw its client ID cannot delete, overwrite or probe its files from
+    /// elsewhere. Breaks clients whose address changes within a session.
+    #[arg(long)]
+    pub pin_address: bool,
+
+    /// Show what the database holds instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+fn parse_positive_usize(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Admin views.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List registered clients: name, ID, last seen, keys, number of files.
+    Clients {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List stored files: owner, file name, size, verified state, path.
+    Files {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Cli {
+    /// The server configuration these options describe (reads `port.info` unless
+    /// `--port` or a port in `--bind` is given).
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let mut config = ServerConfig::new(&self.data_dir);
+        config.bind = match self.bind.parse::<SocketAddr>() {
+            Ok(addr) => SocketAddr::new(addr.ip(), self.port.unwrap_or(addr.port())),
+            Err(_) => {
+                let ip: IpAddr = self.bind.trim_matches(['[', ']']).parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--bind {:?} is neither an IP address nor IP:PORT",
+                        self.bind
+                    )
+                })?;
+                SocketAddr::new(ip, resolve_port(&self.data_dir, self.port))
+            }
+        };
+        config.max_file_size = self.max_file_size;
+        config.max_connections = self.max_connections;
+        config.max_connections_per_address = self.max_connections_per_address;
+        config.idle_timeout = Duration::from_secs(self.idle_timeout);
+        config.request_timeout = Duration::from_secs(self.request_timeout);
+        config.shutdown_grace = Duration::from_secs(self.shutdown_grace);
+        config.upload_timeout = Duration::from_secs(self.upload_timeout);
+        config.upload_buffers = self.upload_buffers.saturating_mul(1 << 20);
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        config.register_limit = RateLimit::new(self.register_rate, self.register_burst);
+        config.failure_limit = RateLimit::new(self.fail_rate, self.fail_burst);
+        config.pin_address = self.pin_address;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PORT_FILE;
+
+    #[test]
+    fn cli_defaults_and_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(PORT_FILE), "4000").unwrap();
+        let d = dir.path().to_str().unwrap();
+        let cli = Cli::try_parse_from(["sfc-server", "--data-dir", d]).unwrap();
+        let config = cli.server_config().unwrap();
+        assert_eq!(config.bind, "0.0.0.0:4000".parse().unwrap());
+        assert_eq!(config.max_file_size, DEFAULT_MAX_FILE_SIZE);
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(config.upload_buffers, 256 << 20);
+        assert_eq!(config.max_connections_per_address, 256);
+        let cli = Cli::try_parse_from([
+            "sfc-server",
+            "--data-dir",
+            d,
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--max-file-size",
+            "1000",
+            "--idle-timeout",
+            "5",
+            "--upload-buffers",
+            "3",
+            "--max-connections-per-address",
+            "0",
+        ])
+        .unwrap();
+        let config = cli.server_config().unwrap();
+        assert_eq!(config.upload_buffers, 3 << 20);
+        assert_eq!(config.max_connections_per_address, 0);
+        assert_eq!(config.bind, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.max_file_size, 1000);
+        assert_eq!(config.idle_timeout, Duration::from_secs(5));
+        let cli =
+            Cli::try_parse_from(["sfc-server", "--data-dir", d, "--bind", "[::1]:7"]).unwrap();
+        assert_eq!(
+            cli.server_config().unwrap().bind,
+            "[::1]:7".parse().unwrap()
+        );
+        let cli = Cli::try_parse_from(["sfc-server", "--bind", "nonsense"]).unwrap();
+        assert!(cli.server_config().is_err());
+        assert!(Cli::try_parse_from(["sfc-server", "--max-connections", "0"]).is_err());
+        assert!(Cli::try_parse_from(["sfc-server", "--max-file-size", "4294967296"]).is_err());
+        let cli = Cli::try_parse_from(["sfc-server", "files", "--json", "--data-dir", d]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Files { json: true })));
+        Cli::command_for_tests().debug_assert();
+    }
+
+    #[test]
+    fn tls_and_rate_limit_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let config = Cli::try_parse_from(["sfc-server", "--data-dir", d, "--port", "1"])
+            .unwrap()
+            .server_config()
+            .unwrap();
+        assert_eq!(config.tls, None, "plain TCP by default");
+        assert_eq!(
+            config.register_limit,
+            RateLimit::new(DEFAULT_REGISTER_RATE, DEFAULT_REGISTER_BURST)
+        );
+        assert_eq!(
+            config.failure_limit,
+            RateLimit::new(DEFAULT_FAIL_RATE, DEFAULT_FAIL_BURST)
+        );
+        let config = Cli::try_parse_from([
+            "sfc-server",
+            "--data-dir",
+            d,
+            "--port",
+            "1",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--register-rate",
+            "5",
+            "--register-burst",
+            "7",
+            "--fail-rate",
+            "0",
+        ])
+        .unwrap()
+        .server_config()
+        .unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert_eq!(config.register_limit, RateLimit::new(5, 7));
+        assert!(config.failure_limit.is_unlimited());
+        assert!(!config.pin_address);
+        assert!(Cli::try_parse_from(["sfc-server", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["sfc-server", "--tls-key", "k.pem"]).is_err());
+        assert!(Cli::try_parse_from(["sfc-server", "--fail-burst", "0"]).is_err());
+    }
+
+    impl Cli {
+        fn command_for_tests() -> clap::Command {
+            <Cli as clap::CommandFactory>::command()
+        }
+    }
+}

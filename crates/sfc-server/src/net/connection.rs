@@ -1,0 +1,243 @@
+//! One TCP connection: socket I/O around the sans-IO [`Conversation`].
+//!
+//! Bytes read from the socket go through sfc-proto's [`RequestDecoder`]; its events go
+//! to the conversation with the current time (an 828's content as zero-copy slices of
+//! the read buffer), and the conversation's actions are carried out here: replies
+//! written in request order, storage jobs run on tokio's blocking pool, log lines
+//! emitted, the connection closed. Every protocol rule lives in the conversation.
+//!
+//! Memory: a connection waiting for its next request holds no read buffer (it reads up to
+//! [`FIRST_READ`] bytes into the task's own state); the read buffer is [`SMALL_BUFFER`]
+//! while a request arrives and [`LARGE_BUFFER`] only while it streams 828 content.
+//!
+//! Time-outs: no byte for `idle_timeout` closes the connection; a started request must
+//! make progress by the conversation's [`Conversation::deadline`], so a slow-loris
+//! client cannot hold a connection forever. A reply that cannot be written within
+//! `idle_timeout` closes the connection too.
+//!
+//! The stream is plain TCP or TLS around it ([`crate::net::tls`]); the code is the same.
+
+use crate::session::{Action, CloseReason, Conversation, Core, Event, JobDone, Now, PeerPolicy};
+use crate::storage::Timestamp;
+use sfc_proto::{RequestDecoder, RequestEvent, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Read buffer of an idle connection.
+pub const SMALL_BUFFER: usize = 4 * 1024;
+/// Bytes read at once while waiting for a request (an idle connection holds no buffer;
+/// see `Conn::run`): a request header and the start of its payload.
+pub const FIRST_READ: usize = 512;
+/// Read buffer while streaming file content.
+pub const LARGE_BUFFER: usize = 64 * 1024;
+
+/// What a connection needs besides the core.
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    /// No byte for this long closes the connection.
+    pub idle_timeout: Duration,
+    /// Per-address rate limits and address pins (shared by all connections).
+    pub policy: Arc<dyn PeerPolicy>,
+}
+
+/// The current time for the session.
+fn now() -> Now {
+    Now {
+        wall: Timestamp::now(),
+        mono: Instant::now().into_std(),
+    }
+}
+
+/// One connection over any byte stream: plain TCP, or TLS around it (net::tls).
+struct Conn<S> {
+    stream: S,
+    peer: SocketAddr,
+    limits: Arc<ConnLimits>,
+    decoder: RequestDecoder,
+    conversation: Conversation,
+}
+
+/// Serves one connection until the client closes it, it times out, or the server shuts
+/// down (`shutdown` becomes true: the connection closes at the next request boundary).
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: S,
+    peer: SocketAddr,
+    core: Arc<Core>,
+    limits: Arc<ConnLimits>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let policy = Arc::clone(&limits.policy);
+    let mut conn = Conn {
+        stream,
+        peer,
+        limits,
+        decoder: RequestDecoder::new(),
+        conversation: Conversation::new(core, policy, peer.ip(), now()),
+    };
+    tracing::debug!(%peer, "connection opened");
+    let reason = conn.run(shutdown).await;
+    conn.close(reason).await;
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> &'static str {
+        let mut buf = Vec::new();
+        let mut first = [0u8; FIRST_READ];
+        let mut filled = 0;
+        loop {
+            if let Err(reason) = self.decode_all(buf.get(..filled).unwrap_or_default()).await {
+                return reason;
+            }
+            if *shutdown.borrow() && self.decoder.at_boundary() {
+                return "server shutting down";
+            }
+            // Large buffer only while file content is expected; none between requests
+            // (every byte read has been decoded by now), when a connection may sit idle
+            // for long: the wait for the next request reads into `first`, on the task.
+            let at_boundary = self.decoder.at_boundary();
+            let streaming = self.conversation.expects_content();
+            let waiting = at_boundary && !streaming;
+            let want = if streaming {
+                LARGE_BUFFER
+            } else {
+                SMALL_BUFFER
+            };
+            if waiting {
+                buf = Vec::new();
+            } else if buf.len() != want {
+                buf = vec![0u8; want];
+            }
+            let target: &mut [u8] = if waiting { &mut first } else { &mut buf };
+            let idle = Instant::now() + self.limits.idle_timeout;
+            let deadline = self
+                .conversation
+                .deadline()
+                .map_or(idle, |d| Instant::from_std(d).min(idle));
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(deadline, self.stream.read(target)) => read,
+                _ = shutdown.wait_for(|stop| *stop), if at_boundary => {
+                    return "server shutting down";
+                }
+            };
+            if let (true, Ok(Ok(n))) = (waiting, &read) {
+                buf = vec![0u8; SMALL_BUFFER];
+                let copied = first.get(..*n).unwrap_or_default();
+                if let Some(start) = buf.get_mut(..copied.len()) {
+                    start.copy_from_slice(copied);
+                }
+            }
+            match read {
+                Ok(Ok(0)) if self.decoder.at_boundary() => return "closed by the client",
+                Ok(Ok(0)) => return "closed by the client mid-request",
+                Ok(Ok(n)) => filled = n,
+                Ok(Err(_)) => return "connection error",
+                Err(_) if self.decoder.at_boundary() => return "idle timeout",
+                Err(_) => return "request timeout",
+            }
+        }
+    }
+
+    /// Decodes everything read so far and carries out what the conversation asks for.
+    async fn decode_all(&mut self, read: &[u8]) -> Result<(), &'static str> {
+        let mut pos = 0;
+        loop {
+            let input = read.get(pos..).unwrap_or_default();
+            let pending_event = self.decoder.bytes_needed() == 0 && !self.decoder.at_boundary();
+            if input.is_empty() && !pending_event {
+                return Ok(());
+            }
+            if self.decoder.at_boundary() {
+                self.conversation.handle(Event::RequestStarted, now());
+            }
+            match self.decoder.decode(input) {
+                Ok((used, Some(RequestEvent::Content(piece)))) => {
+                    pos += used;
+                    let mut taken = self
+                        .conversation
+                        .handle(Event::Decoded(RequestEvent::Content(piece)), now());
+                    self.carry_out().await?;
+                    while let Some(rest) = piece.get(taken..).filter(|rest| !rest.is_empty()) {
+                        taken += self.conversation.handle(Event::MoreContent(rest), now());
+                        self.carry_out().await?;
+                    }
+                }
+                Ok((used, Some(event))) => {
+                    pos += used;
+                    self.conversation.handle(Event::Decoded(event), now());
+                    self.carry_out().await?;
+                }
+                Ok((0, None)) => return Ok(()),
+                Ok((used, None)) => pos += used,
+                Err(error) => {
+                    self.conversation.handle(Event::Malformed(error), now());
+                    self.carry_out().await?;
+                    return Err("framing lost");
+                }
+            }
+        }
+    }
+
+    /// Carries out the conversation's actions; `Err` closes the connection.
+    async fn carry_out(&mut self) -> Result<(), &'static str> {
+        while let Some(action) = self.conversation.poll_action() {
+            match action {
+                Action::Send(response) => {
+                    if !self.reply(&response).await {
+                        return Err("closed after an error");
+                    }
+                }
+                Action::SendAndClose(response, reason) => {
+                    self.reply(&response).await;
+                    return Err(close_reason(reason));
+                }
+                Action::Run(job) => {
+                    let done = tokio::task::spawn_blocking(move || job.run())
+                        .await
+                        .unwrap_or_else(|e| JobDone::panicked(format!("internal error: {e}")));
+                    self.conversation.job_done(done, now());
+                }
+                Action::Log(line) => super::log::emit(self.peer, line),
+                Action::Close(reason) => return Err(close_reason(reason)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a reply; false when the connection is no longer usable.
+    async fn reply(&mut self, response: &Response) -> bool {
+        let bytes = response.encode();
+        // flush: a TLS stream may hold back what write_all accepted (no-op for TCP).
+        let write = async {
+            self.stream.write_all(&bytes).await?;
+            self.stream.flush().await
+        };
+        matches!(
+            tokio::time::timeout(self.limits.idle_timeout, write).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn close(mut self, reason: &'static str) {
+        // A packet cut short abandons its upload (slot freed, temporary file removed).
+        self.conversation.handle(Event::Closed, now());
+        let _ = self.carry_out().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        match reason {
+            "request timeout" | "closed by the client mid-request" | "framing lost" => {
+                tracing::info!(peer = %self.peer, reason, "connection closed")
+            }
+            _ => tracing::debug!(peer = %self.peer, reason, "connection closed"),
+        }
+    }
+}
+
+fn close_reason(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::AfterError => "closed after an error",
+        CloseReason::FramingLost => "framing lost",
+    }
+}

@@ -1,0 +1,15 @@
+//! The socket layer: the accept loop and graceful shutdown ([`listener`]), one task per
+//! connection that moves bytes between the socket and the session's
+//! [`crate::session::Conversation`] ([`connection`]), opt-in TLS ([`tls`]), and the
+//! per-address guards: open connections ([`address_limit`]), registrations and failures
+//! ([`rate_limit`]), `--pin-address` ([`address_pin`]).
+
+pub(crate) mod address_limit;
+pub(crate) mod address_pin;
+pub(crate) mod connection;
+pub(crate) mod entropy;
+pub(crate) mod guards;
+pub(crate) mod listener;
+mod log;
+pub(crate) mod rate_limit;
+pub(crate) mod tls;

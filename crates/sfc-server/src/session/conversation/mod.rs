@@ -1,0 +1,442 @@
+//! One connection's conversation, sans-IO: decoded request events and the time go in,
+//! actions come out (send this reply, run this storage job on the blocking pool, log
+//! this, close). It holds every per-connection rule: whether a request is the first on
+//! its connection (server rule 2), when a packet starts or continues an upload, the
+//! rest of a refused transfer swallowed without replies, the per-address rate limits
+//! and `--pin-address` decisions, the request deadline and what is logged.
+//!
+//! It reads no clock, touches no socket and does no storage work itself: the driver
+//! (`net::connection`, the fuzz target, the property tests) decodes bytes, passes the
+//! events with the current time to [`Conversation::handle`], and then takes
+//! [`Conversation::poll_action`] until it returns `None`. A [`Job`] is storage work
+//! (SQLite, file creation, writes, fsync): the driver runs it wherever it likes
+//! ([`Job::run`], on tokio's blocking pool in the server) and gives the result back with
+//! [`Conversation::job_done`] before passing the next event.
+//!
+//! Refused transfers: when an intermediate packet of a client's file is refused with
+//! 1607 on a connection that has served a request before, the rest of that file's
+//! packets on this connection are read and dropped without a reply (a streaming client
+//! does not read replies to intermediate packets, so answering each would only fill its
+//! receive buffer), until its last packet, a packet 1, another client or another
+//! request code.
+//!
+//! Rate limits ([`PeerPolicy`]): an 825 beyond the peer address's registration budget
+//! is answered 1607 without touching the database; every reply 1601/1606/1607 counts
+//! against the address's failure budget, and the reply that exhausts it is followed by
+//! closing. Errors never end the process (server rule 9): an invalid request is
+//! answered with 1607 (1601 for an invalid 825 name) and the conversation goes on; when
+//! framing is lost ([`Event::Malformed`]) the 1607 is followed by closing.
+
+mod packets;
+#[cfg(test)]
+mod tests;
+
+use super::io::{Done, JobKind};
+use super::Lease;
+use super::{
+    Action, CloseReason, Core, Ctx, Event, JobDone, LogLine, Now, Outcome, PeerPolicy, RequestLog,
+};
+use sfc_proto::{
+    ClientId, DecodeError, Request, RequestCode, RequestEvent, RequestHeader, Response,
+};
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// File content must arrive at this many bytes per request timeout at least.
+pub const CONTENT_PROGRESS_CHUNK: u64 = 64 * 1024;
+
+/// Why `--pin-address` refused a request.
+const ADDRESS_REFUSED: &str =
+    "refused: not from the address of the client's latest key exchange (--pin-address)";
+
+/// The 828 whose content is being received.
+#[derive(Debug)]
+struct Current {
+    header: RequestHeader,
+    number: u16,
+    total: u16,
+    lease: Option<Lease>,
+    reject: Option<Outcome>,
+    /// Part of a refused transfer: content dropped, no reply.
+    swallow: bool,
+}
+
+/// What the job in flight is for.
+#[derive(Debug)]
+enum Waiting {
+    Request {
+        code: u16,
+        id: ClientId,
+        size: u64,
+        register: bool,
+    },
+    Invalid {
+        code: u16,
+        id: Option<ClientId>,
+        payload: u64,
+    },
+    Begin,
+    Flush,
+    EndPacket,
+    Drop,
+}
+
+#[derive(Debug)]
+enum Step {
+    Act(Action),
+    /// Count a failure against the peer when reached (not when the reply before it
+    /// could not be written); `close`: close when the budget is spent.
+    CountFailure {
+        close: bool,
+    },
+}
+
+/// One connection's conversation; see the module documentation.
+#[derive(Debug)]
+pub struct Conversation {
+    core: Arc<Core>,
+    policy: Arc<dyn PeerPolicy>,
+    peer: IpAddr,
+    steps: VecDeque<Step>,
+    waiting: Option<Waiting>,
+    current: Option<Current>,
+    /// No request has been answered on this connection yet (server rule 2).
+    first: bool,
+    /// Client whose transfer was refused mid-file on this connection.
+    refused: Option<ClientId>,
+    /// Version byte of the request being served.
+    version: u8,
+    /// The last request was an intermediate packet: more content is coming.
+    streaming: bool,
+    started: Instant,
+    deadline: Option<Instant>,
+    progress: u64,
+    now: Now,
+}
+
+impl Conversation {
+    /// A new conversation with `peer`, started at `now`.
+    pub fn new(core: Arc<Core>, policy: Arc<dyn PeerPolicy>, peer: IpAddr, now: Now) -> Self {
+        Conversation {
+            core,
+            policy,
+            peer,
+            steps: VecDeque::new(),
+            waiting: None,
+            current: None,
+            first: true,
+            refused: None,
+            version: 0,
+            streaming: false,
+            started: now.mono,
+            deadline: None,
+            progress: 0,
+            now,
+        }
+    }
+
+    /// When the request in progress must have made progress by (`None`: between
+    /// requests, only the idle timeout applies).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// File content is expected (the driver may read in larger pieces).
+    pub fn expects_content(&self) -> bool {
+        self.current.is_some() || self.streaming
+    }
+
+    /// The next action, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        while let Some(step) = self.steps.pop_front() {
+            match step {
+                Step::Act(action) => return Some(action),
+                Step::CountFailure { close } => {
+                    if !self.policy.record_failure(self.peer, self.now.mono) {
+                        if close {
+                            self.steps
+                                .push_front(Step::Act(Action::Close(CloseReason::AfterError)));
+                        }
+                        return Some(Action::Log(LogLine::FailureBudgetSpent));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes one event. Returns how many bytes of a content piece
+    /// ([`RequestEvent::Content`], [`Event::MoreContent`]) were taken: when fewer than
+    /// all, a flush job is queued; pass the rest with [`Event::MoreContent`] once it is
+    /// done. 0 for other events.
+    pub fn handle(&mut self, event: Event<'_>, now: Now) -> usize {
+        self.now = now;
+        match event {
+            Event::RequestStarted => {
+                self.started = now.mono;
+                self.deadline = Some(now.mono + self.core.limits().request_timeout);
+                0
+            }
+            Event::Decoded(RequestEvent::Request(request)) => {
+                self.on_request(request);
+                0
+            }
+            Event::Decoded(RequestEvent::Invalid { header, error }) => {
+                self.on_invalid(header, error);
+                0
+            }
+            Event::Decoded(RequestEvent::FilePacket {
+                header,
+                packet,
+                content_len,
+            }) => {
+                self.on_file_packet(header, packet, content_len);
+                0
+            }
+            Event::Decoded(RequestEvent::Content(piece)) => {
+                self.progress += piece.len() as u64;
+                if self.progress >= CONTENT_PROGRESS_CHUNK {
+                    self.progress = 0;
+                    self.renew_deadline();
+                }
+                self.receive(piece)
+            }
+            Event::MoreContent(rest) => self.receive(rest),
+            Event::Decoded(RequestEvent::FilePacketEnd) => {
+                self.on_packet_end();
+                0
+            }
+            Event::Malformed(error) => {
+                self.on_malformed(&error);
+                0
+            }
+            Event::Closed => {
+                self.on_closed();
+                0
+            }
+        }
+    }
+
+    /// The result of the job last handed out by [`Conversation::poll_action`].
+    pub fn job_done(&mut self, done: JobDone, now: Now) {
+        self.now = now;
+        let Some(waiting) = self.waiting.take() else {
+            return;
+        };
+        match (waiting, done.0) {
+            (
+                Waiting::Request {
+                    code,
+                    id,
+                    size,
+                    register,
+                },
+                done,
+            ) => {
+                let outcome = Self::outcome_of(done);
+                self.after_request(code, id, size, register, outcome);
+            }
+            (Waiting::Invalid { code, id, payload }, done) => {
+                let outcome = Self::outcome_of(done);
+                self.end_request(code, id, payload, outcome, None);
+            }
+            (Waiting::Begin, done) => {
+                let result = match done {
+                    Done::Begun(result) => result,
+                    Done::Panicked(reason) => Err(Outcome::error(reason)),
+                    _ => Err(Outcome::error("internal error: unexpected job result")),
+                };
+                if let Some(current) = self.current.as_mut() {
+                    match result {
+                        Ok(lease) => current.lease = Some(lease),
+                        Err(outcome) => current.reject = Some(outcome),
+                    }
+                }
+            }
+            (Waiting::Flush, done) => self.flushed(done),
+            (Waiting::EndPacket, done) => {
+                let outcome = Self::outcome_of(done);
+                self.finish_packet(outcome);
+            }
+            (Waiting::Drop, _) => {}
+        }
+    }
+
+    fn outcome_of(done: Done) -> Outcome {
+        match done {
+            Done::Outcome(outcome) => outcome,
+            Done::Panicked(reason) => Outcome::error(reason),
+            _ => Outcome::error("internal error: unexpected job result"),
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        self.steps.push_back(Step::Act(action));
+    }
+
+    fn run(&mut self, job: JobKind, waiting: Waiting) {
+        self.waiting = Some(waiting);
+        self.act(Action::Run(super::Job(job)));
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx::new(self.first, self.now)
+    }
+
+    fn renew_deadline(&mut self) {
+        self.deadline = Some(self.now.mono + self.core.limits().request_timeout);
+    }
+
+    fn address_allowed(&self, id: &ClientId) -> bool {
+        self.policy.address_allowed(id, self.peer)
+    }
+
+    fn on_request(&mut self, request: Request) {
+        self.refused = None;
+        self.streaming = false;
+        self.version = request.version;
+        let code = request.body.code();
+        let id = request.client_id;
+        let size = request.body.payload_len() as u64;
+        let register = code == RequestCode::Register;
+        let pinned = matches!(
+            code,
+            RequestCode::SendFile
+                | RequestCode::ChecksumOk
+                | RequestCode::ChecksumRetry
+                | RequestCode::ChecksumFailed
+        );
+        let refusal = if register && !self.policy.allow_registration(self.peer, self.now.mono) {
+            Some(Outcome::error(
+                "registration refused: too many registrations from this address (rate limit)",
+            ))
+        } else if pinned && !self.address_allowed(&id) {
+            Some(Outcome::error(ADDRESS_REFUSED))
+        } else {
+            None
+        };
+        let code = code.as_u16();
+        match refusal {
+            Some(outcome) => self.after_request(code, id, size, register, outcome),
+            None => {
+                let job = JobKind::Request(Arc::clone(&self.core), self.ctx(), request);
+                self.run(
+                    job,
+                    Waiting::Request {
+                        code,
+                        id,
+                        size,
+                        register,
+                    },
+                );
+            }
+        }
+    }
+
+    fn after_request(
+        &mut self,
+        code: u16,
+        id: ClientId,
+        size: u64,
+        register: bool,
+        outcome: Outcome,
+    ) {
+        if let Some(Response::PublicKeyAccepted { .. } | Response::ReconnectAccepted { .. }) =
+            &outcome.reply
+        {
+            if let Some(before) = self.policy.pin(id, self.peer) {
+                self.act(Action::Log(LogLine::AddressRepinned { client: id, before }));
+            }
+        }
+        let shown = match (&outcome.reply, register) {
+            (Some(Response::Registered { client_id }), true) => Some(*client_id),
+            (_, true) => None,
+            _ => Some(id),
+        };
+        self.end_request(code, shown, size, outcome, None);
+    }
+
+    fn on_invalid(&mut self, header: RequestHeader, error: DecodeError) {
+        self.refused = None;
+        self.version = header.version;
+        let code = header.code.as_u16();
+        let id = (header.code != RequestCode::Register).then_some(header.client_id);
+        let payload = u64::from(header.payload_size);
+        // An invalid 828 abandons the parked upload: not from another address.
+        if header.code == RequestCode::SendFile && !self.address_allowed(&header.client_id) {
+            self.end_request(code, id, payload, Outcome::error(ADDRESS_REFUSED), None);
+        } else {
+            let job = JobKind::Invalid(Arc::clone(&self.core), header, error);
+            self.run(job, Waiting::Invalid { code, id, payload });
+        }
+    }
+
+    fn on_malformed(&mut self, error: &DecodeError) {
+        let outcome = Outcome::error(format!("malformed request: {error}"));
+        let code = match error {
+            DecodeError::UnknownRequestCode(code) => *code,
+            DecodeError::PayloadSize { code, .. } => *code,
+            _ => 0,
+        };
+        self.log(code, None, 0, &outcome, None);
+        self.steps.push_back(Step::CountFailure { close: false });
+        self.act(Action::SendAndClose(
+            Response::ServerError,
+            CloseReason::FramingLost,
+        ));
+    }
+
+    fn on_closed(&mut self) {
+        // A packet cut short abandons its upload (slot freed, temporary file removed).
+        if let Some(current) = self.current.take() {
+            if let Some(lease) = current.lease {
+                let client = current.header.client_id;
+                self.act(Action::Log(LogLine::AbandonedMidPacket { client }));
+                self.run(JobKind::Drop(lease), Waiting::Drop);
+            }
+        }
+    }
+
+    fn end_request(
+        &mut self,
+        code: u16,
+        client: Option<ClientId>,
+        payload: u64,
+        outcome: Outcome,
+        packet: Option<(u16, u16, bool)>,
+    ) {
+        self.log(code, client, payload, &outcome, packet);
+        self.first = false;
+        self.deadline = None;
+        let failure = outcome.is_failure();
+        if let Some(reply) = outcome.reply {
+            self.act(Action::Send(reply));
+        }
+        if failure {
+            self.steps.push_back(Step::CountFailure { close: true });
+        }
+    }
+
+    fn log(
+        &mut self,
+        code: u16,
+        client: Option<ClientId>,
+        payload: u64,
+        outcome: &Outcome,
+        packet: Option<(u16, u16, bool)>,
+    ) {
+        let line = RequestLog {
+            code,
+            client,
+            version: self.version,
+            payload,
+            packet,
+            reply: outcome.code(),
+            elapsed: self.now.mono.saturating_duration_since(self.started),
+            detail: outcome.detail.clone(),
+        };
+        self.act(Action::Log(LogLine::Request(line)));
+    }
+}

@@ -1,0 +1,223 @@
+//! File packets in a conversation: starting or continuing an upload, taking content,
+//! the flush jobs, and the end of a packet (server rule 2's short 1603, swallowing the
+//! rest of a refused transfer).
+
+use super::super::io::{Done, JobKind};
+use super::{Conversation, Current, Step, Waiting, ADDRESS_REFUSED};
+use crate::session::{Action, CloseReason, Core, Outcome};
+use sfc_proto::{
+    encrypted_size, FilePacketHeader, RequestCode, RequestHeader, Response, ResponseCode,
+};
+use std::sync::Arc;
+
+impl Conversation {
+    pub(super) fn on_file_packet(
+        &mut self,
+        header: RequestHeader,
+        packet: FilePacketHeader,
+        content_len: u32,
+    ) {
+        self.renew_deadline();
+        self.progress = 0;
+        self.version = header.version;
+        let id = header.client_id;
+        let (number, total) = (packet.packet_number, packet.total_packets);
+        let mut current = Current {
+            header,
+            number,
+            total,
+            lease: None,
+            reject: None,
+            swallow: false,
+        };
+        if self.refused == Some(id) && number != 1 {
+            if number >= total {
+                self.refused = None;
+            }
+            current.swallow = true;
+            self.current = Some(current);
+            return;
+        }
+        self.refused = None;
+        let max_content = encrypted_size(self.core.limits().max_file_size);
+        if u64::from(content_len) > max_content {
+            // Beyond every limit: do not read gigabytes to skip them.
+            let outcome = Outcome::error(format!(
+                "packet of {content_len} content bytes exceeds the largest file ({max_content} encrypted bytes)"
+            ));
+            let payload = u64::from(current.header.payload_size);
+            self.log(
+                RequestCode::SendFile.as_u16(),
+                Some(id),
+                payload,
+                &outcome,
+                Some((number, total, false)),
+            );
+            self.steps.push_back(Step::CountFailure { close: false });
+            self.act(Action::SendAndClose(
+                Response::ServerError,
+                CloseReason::AfterError,
+            ));
+            return;
+        }
+        let ctx = self.ctx();
+        // Continuing a parked upload is a mutex operation; only a new upload (database
+        // read, file creation) is a job.
+        let checkout = if self.address_allowed(&id) {
+            self.core.checkout(id)
+        } else {
+            Err(Outcome::error(ADDRESS_REFUSED))
+        };
+        match checkout {
+            Ok(Some(mut lease)) => match Core::continue_packet(&mut lease, &packet, content_len) {
+                Ok(()) => {
+                    self.core.touch(id, ctx.now);
+                    current.lease = Some(lease);
+                }
+                Err(reason) => {
+                    current.reject = Some(Outcome::error(format!("upload abandoned: {reason}")));
+                    self.run(JobKind::Drop(lease), Waiting::Drop);
+                }
+            },
+            Ok(None) => {
+                let job =
+                    JobKind::BeginUpload(Arc::clone(&self.core), ctx, id, packet, content_len);
+                self.run(job, Waiting::Begin);
+            }
+            Err(outcome) => current.reject = Some(outcome),
+        }
+        self.current = Some(current);
+    }
+
+    /// Decrypts content into the current upload; stops for a flush job when the batch
+    /// is full. Returns the bytes taken.
+    pub(super) fn receive(&mut self, piece: &[u8]) -> usize {
+        let Some(current) = self.current.as_mut() else {
+            return piece.len();
+        };
+        let mut used = 0;
+        while used < piece.len() {
+            let Some(lease) = current.lease.as_mut() else {
+                return piece.len(); // refused packet: its content is skipped
+            };
+            match lease.push(piece.get(used..).unwrap_or_default()) {
+                Ok(taken) => {
+                    used += taken;
+                    if lease.needs_flush() {
+                        if let Some(lease) = current.lease.take() {
+                            self.run(JobKind::Flush(lease), Waiting::Flush);
+                        }
+                        return used;
+                    }
+                }
+                Err(error) => {
+                    current.reject = Some(Outcome::error(format!("upload abandoned: {error}")));
+                    if let Some(lease) = current.lease.take() {
+                        self.run(JobKind::Drop(lease), Waiting::Drop);
+                    }
+                    return piece.len();
+                }
+            }
+        }
+        used
+    }
+
+    pub(super) fn flushed(&mut self, done: Done) {
+        let failure = match done {
+            Done::Flushed(lease, Ok(())) => {
+                if let Some(current) = self.current.as_mut() {
+                    current.lease = Some(lease);
+                }
+                self.renew_deadline();
+                return;
+            }
+            Done::Flushed(lease, Err(error)) => {
+                self.run(JobKind::Drop(lease), Waiting::Drop);
+                format!("upload abandoned: cannot write the file: {error}")
+            }
+            Done::Panicked(reason) => reason,
+            _ => "internal error: unexpected job result".into(),
+        };
+        if let Some(current) = self.current.as_mut() {
+            current.reject = Some(Outcome::error(failure));
+        }
+    }
+
+    pub(super) fn on_packet_end(&mut self) {
+        let Some(current) = self.current.take() else {
+            return;
+        };
+        let Current {
+            header,
+            number,
+            total,
+            lease,
+            reject,
+            swallow,
+        } = current;
+        let payload = u64::from(header.payload_size);
+        let id = header.client_id;
+        if swallow {
+            let outcome = Outcome {
+                reply: None,
+                detail: Some("dropped: the rest of a refused transfer".into()),
+            };
+            self.end_request(
+                RequestCode::SendFile.as_u16(),
+                Some(id),
+                payload,
+                outcome,
+                Some((number, total, true)),
+            );
+            return;
+        }
+        // Kept until the reply: finish_packet needs the packet's numbers.
+        self.current = Some(Current {
+            header,
+            number,
+            total,
+            lease: None,
+            reject: None,
+            swallow: false,
+        });
+        let ctx = self.ctx();
+        let outcome = match (lease, reject) {
+            (_, Some(reject)) => reject,
+            (Some(lease), None) if Core::end_packet_blocks(&ctx, &lease) => {
+                let job = JobKind::EndPacket(Arc::clone(&self.core), ctx, lease);
+                self.run(job, Waiting::EndPacket);
+                return;
+            }
+            (Some(lease), None) => self.core.end_packet(&ctx, lease),
+            (None, None) => Outcome::error("upload lost"),
+        };
+        self.finish_packet(outcome);
+    }
+
+    pub(super) fn finish_packet(&mut self, outcome: Outcome) {
+        let Some(Current {
+            header,
+            number,
+            total,
+            ..
+        }) = self.current.take()
+        else {
+            return;
+        };
+        let refused = outcome.code() == Some(ResponseCode::ServerError);
+        if refused && !self.first && number < total {
+            self.refused = Some(header.client_id);
+        }
+        let intermediate = number < total && !refused;
+        self.streaming = intermediate;
+        let payload = u64::from(header.payload_size);
+        let packet = Some((number, total, intermediate));
+        self.end_request(
+            RequestCode::SendFile.as_u16(),
+            Some(header.client_id),
+            payload,
+            outcome,
+            packet,
+        );
+    }
+}

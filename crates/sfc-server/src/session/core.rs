@@ -1,0 +1,346 @@
+//! The shared [`Core`]: the stores, the upload registry, LastSeen notes, and the
+//! handlers of the requests that are not file packets.
+
+use super::uploads::{BatchBudget, Registry};
+use super::{Ctx, Entropy, Limits, Outcome};
+use crate::storage::{BlobStore, ClientRecord, Inserted, MetaStore, StoreError, Timestamp};
+use sfc_crypto::PublicKey;
+use sfc_proto::{
+    ClientId, DecodeError, Name, Request, RequestBody, RequestCode, RequestHeader, Response,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+use zeroize::Zeroizing;
+
+/// The server's protocol logic and shared state; see the module documentation.
+#[derive(Debug)]
+pub struct Core {
+    pub(super) meta: Box<dyn MetaStore>,
+    pub(super) blobs: Box<dyn BlobStore>,
+    pub(super) registry: Arc<Registry>,
+    pub(super) seen: Mutex<HashMap<ClientId, Timestamp>>,
+    pub(super) limits: Limits,
+    /// Client IDs and AES keys.
+    pub(super) entropy: Box<dyn Entropy>,
+    /// Serialises 826s, so that the key-pinning check and the key store are one step.
+    pub(super) pin_lock: Mutex<()>,
+}
+
+/// A client record whose AES key bytes are wiped when it is dropped.
+type Wiped = Zeroizing<ClientRecord>;
+
+fn store_error(what: &str, error: StoreError) -> Outcome {
+    Outcome::error(format!("{what}: {error}"))
+}
+
+impl Core {
+    /// A core over the given stores, making client IDs and AES keys with `entropy`.
+    pub fn new(
+        meta: Box<dyn MetaStore>,
+        blobs: Box<dyn BlobStore>,
+        limits: Limits,
+        entropy: Box<dyn Entropy>,
+    ) -> Self {
+        Core {
+            entropy,
+            meta,
+            blobs,
+            registry: Arc::new(Registry {
+                budget: BatchBudget {
+                    limit: limits.batch_budget,
+                    ..BatchBudget::default()
+                },
+                ..Registry::default()
+            }),
+            seen: Mutex::default(),
+            pin_lock: Mutex::new(()),
+            limits,
+        }
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    /// The metadata store.
+    pub fn meta(&self) -> &dyn MetaStore {
+        self.meta.as_ref()
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    /// The blob store.
+    pub fn blobs(&self) -> &dyn BlobStore {
+        self.blobs.as_ref()
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    /// Bytes of batch buffers the uploads in progress hold ([`Limits::batch_budget`]).
+    pub fn batch_bytes(&self) -> usize {
+        self.registry
+            .budget
+            .in_use
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    /// Number of uploads in progress (parked or checked out).
+    pub fn uploads_in_progress(&self) -> usize {
+        self.registry.lock().len()
+    }
+
+    /// Notes a request of a known client for `LastSeen` (persisted by
+    /// [`Core::flush_last_seen`]).
+    pub fn touch(&self, id: ClientId, now: Timestamp) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = seen.entry(id).or_insert(now);
+        *entry = (*entry).max(now);
+    }
+
+    /// Persists the LastSeen times noted in memory, in one transaction.
+    pub fn flush_last_seen(&self) -> Result<usize, StoreError> {
+        let pending: Vec<(ClientId, Timestamp)> = {
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            seen.drain().collect()
+        };
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        match self.meta.touch(&pending) {
+            Ok(()) => Ok(pending.len()),
+            Err(error) => {
+                // Keep them for the next attempt.
+                for (id, now) in pending {
+                    self.touch(id, now);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The limits this core enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Abandons parked uploads idle for longer than the upload timeout at `now`; returns
+    /// how many.
+    pub fn expire_uploads(&self, now: Instant) -> usize {
+        let expired = self.registry.expire(now, self.limits.upload_timeout);
+        let count = expired.len();
+        for upload in expired {
+            tracing::info!(client = %upload.client_id.short(), file = %upload.file_name, "upload abandoned: no packet within the upload timeout");
+        }
+        count
+    }
+
+    /// Flushes LastSeen, drops parked uploads and closes the metadata store.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let flushed = self.flush_last_seen();
+        drop(self.registry.drain_parked());
+        let closed = self.meta.close();
+        flushed.and(closed)
+    }
+
+    // ----- whole requests -------------------------------------------------------------
+
+    /// Handles a whole request of any code. An 828 given whole (with its content in
+    /// memory) goes through the same streaming path as on a connection.
+    pub fn handle_request(&self, ctx: &Ctx, request: Request) -> Outcome {
+        let id = request.client_id;
+        match request.body {
+            RequestBody::Register { name } => self.register(ctx, &name),
+            RequestBody::SendPublicKey { name, public_key } => {
+                self.send_public_key(ctx, id, &name, &public_key)
+            }
+            RequestBody::Reconnect { name } => self.reconnect(ctx, id, &name),
+            RequestBody::SendFile { packet, content } => {
+                self.whole_packet(ctx, id, request.version, &packet, &content)
+            }
+            RequestBody::ChecksumOk { file_name } => self.checksum_ok(ctx, id, &file_name),
+            RequestBody::ChecksumRetry { file_name } => self.checksum_retry(ctx, id, &file_name),
+            RequestBody::ChecksumFailed { file_name } => self.checksum_failed(ctx, id, &file_name),
+        }
+    }
+
+    /// Handles a request whose framing was fine but whose payload was not
+    /// ([`sfc_proto::RequestEvent::Invalid`]). An invalid 825 name gets 1601; an invalid
+    /// 828 abandons the client's parked upload; everything else gets 1607.
+    pub fn handle_invalid(&self, header: &RequestHeader, error: &DecodeError) -> Outcome {
+        match header.code {
+            RequestCode::Register => Outcome::reply(Response::RegistrationFailed)
+                .with_detail(format!("invalid registration: {error}")),
+            RequestCode::SendFile => {
+                let abandoned = self.registry.remove_parked(&header.client_id).is_some();
+                let note = if abandoned { ", upload abandoned" } else { "" };
+                Outcome::error(format!("invalid file packet{note}: {error}"))
+            }
+            _ => Outcome::error(format!("invalid request: {error}")),
+        }
+    }
+
+    fn register(&self, ctx: &Ctx, name: &Name) -> Outcome {
+        let id = self.entropy.client_id();
+        match self.meta.insert_client(&id, name.as_str(), ctx.now) {
+            Ok(Inserted::Ok) => Outcome::reply(Response::Registered { client_id: id }),
+            Ok(Inserted::NameTaken) => Outcome::reply(Response::RegistrationFailed)
+                .with_detail(format!("name {name:?} is taken")),
+            Err(error) => store_error("cannot register", error),
+        }
+    }
+
+    pub(super) fn known_client(&self, id: ClientId) -> Result<Wiped, Outcome> {
+        match self.meta.client(&id) {
+            Ok(Some(record)) => Ok(Zeroizing::new(record)),
+            Ok(None) => Err(Outcome::error(format!("unknown client {id}"))),
+            Err(error) => Err(store_error("cannot look up the client", error)),
+        }
+    }
+
+    /// Handles an 826. Key pinning: once a client has a public key on record, only that key is
+    /// accepted again (the same key: a fresh AES key, as always); a different key is
+    /// refused with 1607 and logged, so that someone who learnt the client ID (it travels
+    /// in clear) cannot replace the key and receive the client's next AES keys.
+    fn send_public_key(&self, ctx: &Ctx, id: ClientId, name: &Name, der: &[u8]) -> Outcome {
+        let _pinning = self.pin_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let record = match self.known_client(id) {
+            Ok(record) => record,
+            Err(outcome) => return outcome,
+        };
+        if record.name != name.as_str() {
+            return Outcome::error(format!(
+                "name {name:?} does not match the client's registered name"
+            ));
+        }
+        let key = match PublicKey::from_spki_der(der) {
+            Ok(key) => key,
+            Err(error) => return Outcome::error(format!("unusable public key: {error}")),
+        };
+        if let Some(pinned) = record.public_key.as_deref() {
+            let same =
+                PublicKey::from_spki_der(pinned).is_ok_and(|p| p.spki_der() == key.spki_der());
+            if !same {
+                tracing::warn!(
+                    client = %id.short(),
+                    name = name.as_str(),
+                    "826 refused: a public key other than the one on record (key pinning)"
+                );
+                return Outcome::error(
+                    "public key refused: the client has another key on record (key pinning); \
+                     a new key needs a new registration",
+                );
+            }
+        }
+        self.issue_key(ctx, id, &key, Some(der), |client_id, wrapped_key| {
+            Response::PublicKeyAccepted {
+                client_id,
+                wrapped_key,
+            }
+        })
+    }
+
+    fn issue_key(
+        &self,
+        ctx: &Ctx,
+        id: ClientId,
+        key: &PublicKey,
+        store_public_key: Option<&[u8]>,
+        reply: impl FnOnce(ClientId, Vec<u8>) -> Response,
+    ) -> Outcome {
+        let aes = self.entropy.aes_key();
+        let wrapped = match key.wrap_aes_key(&aes) {
+            Ok(wrapped) => wrapped,
+            Err(error) => return Outcome::error(format!("cannot wrap the AES key: {error}")),
+        };
+        if let Err(error) = self
+            .meta
+            .set_keys(&id, store_public_key, aes.as_bytes(), ctx.now)
+        {
+            return store_error("cannot store the keys", error);
+        }
+        Outcome::reply(reply(id, wrapped))
+    }
+
+    fn reconnect(&self, ctx: &Ctx, id: ClientId, name: &Name) -> Outcome {
+        let reject = |why: String| {
+            Outcome::reply(Response::ReconnectRejected {
+                client_id: Some(id),
+            })
+            .with_detail(why)
+        };
+        let record = match self.meta.client(&id) {
+            Ok(Some(record)) => Zeroizing::new(record),
+            Ok(None) => return reject(format!("unknown client {id}")),
+            Err(error) => return store_error("cannot look up the client", error),
+        };
+        if record.name != name.as_str() {
+            return reject(format!(
+                "name {name:?} does not match the client's registered name"
+            ));
+        }
+        let Some(der) = record.public_key.as_deref() else {
+            return reject("no public key on record".into());
+        };
+        let key = match PublicKey::from_spki_der(der) {
+            Ok(key) => key,
+            Err(error) => return reject(format!("the public key on record is unusable: {error}")),
+        };
+        self.issue_key(ctx, id, &key, None, |client_id, wrapped_key| {
+            Response::ReconnectAccepted {
+                client_id,
+                wrapped_key,
+            }
+        })
+    }
+
+    fn checksum_ok(&self, ctx: &Ctx, id: ClientId, file_name: &Name) -> Outcome {
+        if let Err(outcome) = self.known_client(id) {
+            return outcome;
+        }
+        match self.meta.set_verified(&id, file_name.as_str(), ctx.now) {
+            Ok(true) => Outcome::reply(Response::Ack {
+                client_id: Some(id),
+            }),
+            Ok(false) => Outcome::error(format!("no stored file {file_name:?} to mark verified")),
+            Err(error) => store_error("cannot mark the file verified", error),
+        }
+    }
+
+    fn checksum_retry(&self, ctx: &Ctx, id: ClientId, file_name: &Name) -> Outcome {
+        if let Err(outcome) = self.known_client(id) {
+            return outcome;
+        }
+        self.touch(id, ctx.now);
+        // The file stays, unverified, until the resend replaces it.
+        let _ = file_name;
+        if ctx.first_on_connection {
+            Outcome::reply(Response::Ack {
+                client_id: Some(id),
+            })
+        } else {
+            Outcome::silent()
+        }
+    }
+
+    fn checksum_failed(&self, ctx: &Ctx, id: ClientId, file_name: &Name) -> Outcome {
+        if let Err(outcome) = self.known_client(id) {
+            return outcome;
+        }
+        let removed = match self.meta.remove_file(&id, file_name.as_str(), ctx.now) {
+            Ok(removed) => removed,
+            Err(error) => return store_error("cannot remove the file record", error),
+        };
+        let ack = Outcome::reply(Response::Ack {
+            client_id: Some(id),
+        });
+        match removed {
+            // Row first, then the file: a crash in between leaves an orphan file, never a
+            // row naming a missing file.
+            Some(record) => match self.blobs.remove(&record.path) {
+                Ok(()) => ack,
+                Err(error) => ack.with_detail(format!(
+                    "row removed but the file {} could not be: {error}",
+                    record.path
+                )),
+            },
+            None => ack.with_detail(format!("no stored file {file_name:?}; nothing to remove")),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The durability protocol: a finished upload is checked, moved into place and
+//! recorded so that nothing already stored is lost and every row names a complete file.
+
+use super::error::FinishError;
+use super::uploads::Upload;
+use super::{Core, Ctx, Outcome};
+use crate::storage::FileRecord;
+use sfc_proto::{ClientId, Response};
+
+impl Core {
+    pub(super) fn finish(&self, ctx: &Ctx, upload: Box<Upload>) -> Outcome {
+        let Upload {
+            client_id,
+            token,
+            file_name,
+            orig_file_size,
+            encrypted_size,
+            received,
+            mut plaintext,
+            decryptor,
+            mut cksum,
+            mut temp,
+            mut batch,
+            filled,
+            ..
+        } = *upload;
+        batch.truncate(filled);
+        let result = (|| -> Result<(u32, String), FinishError> {
+            if received != encrypted_size {
+                return Err(FinishError::WrongLength {
+                    received,
+                    orig: orig_file_size,
+                    encrypted: encrypted_size,
+                });
+            }
+            let start = batch.len();
+            decryptor
+                .finish(&mut batch)
+                .map_err(FinishError::Decryption)?;
+            let tail = batch.get(start..).unwrap_or_default();
+            cksum.update(tail);
+            plaintext += tail.len() as u64;
+            if plaintext != u64::from(orig_file_size) {
+                return Err(FinishError::PlaintextLength {
+                    plaintext,
+                    orig: orig_file_size,
+                });
+            }
+            temp.write_all(&batch).map_err(FinishError::Write)?;
+            let path = self.store_upload(ctx, client_id, file_name.as_str(), temp)?;
+            Ok((cksum.finish(), path))
+        })();
+        self.registry.release(&client_id, token);
+        match result {
+            Ok((crc, path)) => Outcome::reply(Response::FileReceived {
+                client_id,
+                content_size: u32::try_from(received).unwrap_or(u32::MAX),
+                file_name,
+                cksum: crc,
+            })
+            .with_detail(format!("stored as {path}")),
+            Err(reason) => Outcome::error(format!("upload abandoned: {reason}")),
+        }
+    }
+
+    /// Moves a complete upload into place and records it so that nothing already stored
+    /// is lost and every row always names a complete file:
+    ///
+    /// 1. an existing row that is verified is first committed as unverified (it is about
+    ///    to name content the client has not confirmed);
+    /// 2. the file is moved into place, keeping the version it replaces
+    ///    ([`crate::storage::TempBlob::persist_undoable`]);
+    /// 3. the row is committed with Verified = 0. If that fails, the replaced version is
+    ///    put back (a new file is removed) and the old row restored as far as the
+    ///    database allows; the client gets 1607.
+    ///
+    /// A crash between any two steps leaves every row naming a complete file (the old or
+    /// the new version; unverified if it changed) and, for a new file, at worst a complete
+    /// file without a row. The kept version is a temporary file, removed at start-up.
+    fn store_upload(
+        &self,
+        ctx: &Ctx,
+        client_id: ClientId,
+        file_name: &str,
+        temp: Box<dyn crate::storage::TempBlob>,
+    ) -> Result<String, FinishError> {
+        let existing = self
+            .meta
+            .file(&client_id, file_name)
+            .map_err(FinishError::Lookup)?;
+        if let Some(old) = existing.as_ref().filter(|old| old.verified) {
+            let unverified = FileRecord {
+                verified: false,
+                ..old.clone()
+            };
+            self.meta
+                .put_file(&unverified, ctx.now)
+                .map_err(FinishError::Record)?;
+        }
+        let persisted = temp.persist_undoable().map_err(FinishError::Store)?;
+        let record = FileRecord {
+            client_id,
+            file_name: file_name.to_owned(),
+            path: persisted.path().to_owned(),
+            verified: false,
+        };
+        if let Err(error) = self.meta.put_file(&record, ctx.now) {
+            let undo = persisted.undo();
+            if let Some(old) = existing.filter(|old| old.verified) {
+                // Best effort: the database has just failed.
+                let _ = self.meta.put_file(&old, ctx.now);
+            }
+            return Err(FinishError::RecordAfterMove { error, undo });
+        }
+        if let Err(error) = persisted.keep() {
+            tracing::warn!(path = %record.path, %error, "cannot remove the replaced version (removed at next start-up)");
+        }
+        if let Some(old) = existing.filter(|old| old.path != record.path) {
+            if let Err(error) = self.blobs.remove(&old.path) {
+                tracing::warn!(path = %old.path, %error, "cannot remove the file's earlier path");
+            }
+        }
+        Ok(record.path)
+    }
+}

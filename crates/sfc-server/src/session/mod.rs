@@ -1,0 +1,195 @@
+//! The protocol logic: what the server answers to what, and its effects on storage.
+//!
+//! Plain synchronous functions over [`MetaStore`] and [`BlobStore`]; no sockets, no
+//! async. [`crate::net::connection`] drives it from a TCP stream, and anything else (a fuzzer,
+//! a unit test) can drive it with arbitrary request sequences through
+//! [`Core::handle_request`], or piece by piece like a connection does.
+//!
+//! # State
+//!
+//! Everything that must outlive a connection is keyed by client ID, never by connection
+//! (PROTOCOL.md server rule 1): client records and AES keys live in the metadata store;
+//! the upload in progress lives in an in-memory registry, at most one per client.
+//!
+//! An upload ([`Upload`]: CBC decryptor, running cksum, temporary file, expected next
+//! packet, totals, batch of decrypted bytes not yet written) is *parked* in the registry
+//! between packets, and *checked out* as a [`Lease`] only by the connection that is
+//! receiving one of its packets. Parking and checking out are a mutex operation, no I/O,
+//! so a client may send each packet on whichever connection it likes. A packet for a
+//! client whose upload is checked out by another connection (two packets at once) is
+//! refused with 1607. A lease that is dropped without being parked or finished
+//! (connection lost mid-packet, task aborted) abandons the upload: its registry slot is
+//! freed and its temporary file removed. Parked uploads that see no packet for
+//! [`Limits::upload_timeout`] expire ([`Core::expire_uploads`]).
+//!
+//! # Packets
+//!
+//! Packets must come in order 1..=N with constant `total_packets`, `orig_file_size` and
+//! file name; each packet's `content_size` is either the whole encrypted size or its own
+//! content length (checked by [`FilePacketHeader::check`]). Anything else abandons the
+//! upload and answers 1607. Content is decrypted as it arrives (one CBC stream across
+//! packets), checksummed, and collected in a batch of `FLUSH_AT` (1 MiB) before each
+//! write, so memory per upload is bounded whatever the file or packet size. After the
+//! last packet: total ciphertext = `16 * (orig_file_size / 16 + 1)`, valid padding,
+//! plaintext length = `orig_file_size`; then fsync, rename, directory fsync, `files` row
+//! committed with Verified = 0, and only then 1603.
+//!
+//! # Replies the specification leaves open (server rule 2)
+//!
+//! An intermediate packet is answered with a short 1603 and a 901 with 1604 only when
+//! the request is the first on its connection ([`Ctx::first_on_connection`]).
+//!
+//! # LastSeen
+//!
+//! Requests that commit anyway (825, 826, 827, 900, 902, the last packet) advance
+//! `LastSeen` in the same transaction. Others (901, intermediate packets) only note the
+//! time in memory; [`Core::flush_last_seen`] persists those notes in one transaction
+//! (the listener calls it periodically and at shutdown), so there is never a commit per
+//! packet.
+
+mod conversation;
+mod core;
+mod durability;
+mod error;
+mod io;
+mod packets;
+mod uploads;
+
+pub use self::core::Core;
+pub use conversation::Conversation;
+pub use io::{Action, CloseReason, Event, Job, JobDone, LogLine, PeerPolicy, RequestLog};
+pub use uploads::Lease;
+
+use crate::storage::Timestamp;
+use sfc_crypto::AesKey;
+use sfc_proto::{ClientId, Response, ResponseCode};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Limits the session enforces, derived once from the configuration
+/// ([`crate::ServerConfig::session_limits`]) and never adjusted again.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest plaintext file accepted (`orig_file_size`); also bounds an 828's content.
+    pub max_file_size: u64,
+    /// A parked upload that receives no packet for this long is abandoned.
+    pub upload_timeout: Duration,
+    /// Bytes of batch buffers (decrypted content not yet written) all uploads may hold
+    /// together. An upload parked between two packets keeps its batch, so without a
+    /// bound many clients that each send a packet and stop could pin `FLUSH_AT` (1 MiB)
+    /// apiece. Beyond it an upload gets `MIN_BATCH` (16 KiB) (more, smaller writes).
+    pub batch_budget: usize,
+    /// A started request must deliver its header and payload (an 828's header and fixed
+    /// part) within this time, and an 828's content `CONTENT_PROGRESS_CHUNK` (64 KiB) per
+    /// this time ([`Conversation::deadline`]).
+    pub request_timeout: Duration,
+}
+
+/// Where the values the session must not make itself come from: client IDs and AES
+/// keys (randomness). The server uses the operating system's generator.
+pub trait Entropy: Send + Sync + fmt::Debug {
+    /// A new client ID (the server's are random UUIDs, version 4).
+    fn client_id(&self) -> ClientId;
+    /// A new AES-256 key.
+    fn aes_key(&self) -> AesKey;
+}
+
+impl<E: Entropy + ?Sized> Entropy for std::sync::Arc<E> {
+    fn client_id(&self) -> ClientId {
+        (**self).client_id()
+    }
+
+    fn aes_key(&self) -> AesKey {
+        (**self).aes_key()
+    }
+}
+
+/// The current time, given to the session from outside.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Wall-clock time, for `LastSeen`.
+    pub wall: Timestamp,
+    /// Monotonic time, for deadlines and upload expiry.
+    pub mono: Instant,
+}
+
+/// What the session needs to know about the request besides its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx {
+    /// This is the first request on its connection (server rule 2).
+    pub first_on_connection: bool,
+    /// When the request arrived (wall clock: `LastSeen`).
+    pub now: Timestamp,
+    /// When the request arrived (monotonic: upload expiry).
+    pub at: Instant,
+}
+
+impl Ctx {
+    /// The context of a request arriving at `now`.
+    pub fn new(first_on_connection: bool, now: Now) -> Self {
+        Ctx {
+            first_on_connection,
+            now: now.wall,
+            at: now.mono,
+        }
+    }
+}
+
+/// The session's decision: the reply to send, if any, and why (for the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The reply; `None` for requests answered with silence (rule 2).
+    pub reply: Option<Response>,
+    /// The reason for a refusal or an error, or a note worth logging.
+    pub detail: Option<String>,
+}
+
+impl Outcome {
+    pub(crate) fn reply(response: Response) -> Self {
+        Outcome {
+            reply: Some(response),
+            detail: None,
+        }
+    }
+
+    pub(crate) fn silent() -> Self {
+        Outcome {
+            reply: None,
+            detail: None,
+        }
+    }
+
+    /// A 1607 with its reason.
+    pub fn error(detail: impl Into<String>) -> Self {
+        Outcome {
+            reply: Some(Response::ServerError),
+            detail: Some(detail.into()),
+        }
+    }
+
+    pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// The reply's code, for the log.
+    pub fn code(&self) -> Option<ResponseCode> {
+        self.reply.as_ref().map(Response::code)
+    }
+
+    /// True for the replies that count against the peer's failure budget (1601, 1606,
+    /// 1607).
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(
+                ResponseCode::RegistrationFailed
+                    | ResponseCode::ReconnectRejected
+                    | ResponseCode::ServerError
+            )
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,288 @@
+//! File packets (828): starting, continuing and ending a packet of an upload.
+
+use super::error::UploadError;
+use super::uploads::{BatchGrant, Checkout, Lease, Upload};
+use super::{Core, Ctx, Outcome};
+use sfc_crypto::{AesKey, CbcDecryptor, Cksum};
+use sfc_proto::{
+    encrypted_size, limits, ClientId, DecodeError, FilePacketHeader, RequestCode, RequestHeader,
+    Response,
+};
+use std::sync::Arc;
+
+impl Core {
+    // ----- file packets ---------------------------------------------------------------
+
+    pub(super) fn whole_packet(
+        &self,
+        ctx: &Ctx,
+        id: ClientId,
+        version: u8,
+        packet: &FilePacketHeader,
+        content: &[u8],
+    ) -> Outcome {
+        let Ok(content_len) = u32::try_from(content.len()) else {
+            return Outcome::error("packet content does not fit a request");
+        };
+        let header = RequestHeader {
+            client_id: id,
+            version,
+            code: RequestCode::SendFile,
+            payload_size: content_len.saturating_add(limits::FILE_PACKET_FIXED_LEN as u32),
+        };
+        if let Err(error) = packet.check(content_len) {
+            return self.handle_invalid(&header, &DecodeError::Packet(error));
+        }
+        let mut lease = match self.start_packet(ctx, &header, packet, content_len) {
+            Ok(lease) => lease,
+            Err(outcome) => return outcome,
+        };
+        let mut rest = content;
+        while !rest.is_empty() {
+            let used = match lease.push(rest) {
+                Ok(used) => used,
+                Err(error) => return Outcome::error(error.to_string()),
+            };
+            rest = rest.get(used..).unwrap_or_default();
+            if lease.needs_flush() {
+                if let Err(error) = lease.flush() {
+                    return Outcome::error(format!("cannot write the file: {error}"));
+                }
+            }
+        }
+        self.end_packet(ctx, lease)
+    }
+
+    /// Checks out the client's parked upload without blocking: `Ok(Some)` to continue it
+    /// ([`Core::continue_packet`]), `Ok(None)` when there is none (start one with
+    /// [`Core::begin_upload`]), `Err` (1607) when another connection is receiving a packet
+    /// of it right now.
+    pub fn checkout(&self, id: ClientId) -> Result<Option<Lease>, Outcome> {
+        match self.registry.checkout(&id) {
+            Checkout::Got(upload) => Ok(Some(Lease::new(upload, Arc::clone(&self.registry)))),
+            Checkout::Vacant => Ok(None),
+            Checkout::Busy => Err(Outcome::error(
+                "another connection is sending a packet for this client",
+            )),
+        }
+    }
+
+    /// Starts receiving a packet: continues the client's parked upload, or starts a new
+    /// one (packet 1 only). On `Err` the upload (if any) has been abandoned and the
+    /// outcome is a 1607. May block (database read, file creation).
+    pub fn start_packet(
+        &self,
+        ctx: &Ctx,
+        header: &RequestHeader,
+        packet: &FilePacketHeader,
+        content_len: u32,
+    ) -> Result<Lease, Outcome> {
+        match self.checkout(header.client_id)? {
+            Some(mut lease) => match Self::continue_packet(&mut lease, packet, content_len) {
+                Ok(()) => {
+                    self.touch(header.client_id, ctx.now);
+                    Ok(lease)
+                }
+                Err(reason) => {
+                    drop(lease);
+                    Err(Outcome::error(format!("upload abandoned: {reason}")))
+                }
+            },
+            None => self.begin_upload(ctx, header.client_id, packet, content_len),
+        }
+    }
+
+    /// Starts a new upload with its first packet (blocking: database read, file
+    /// creation). On `Err` nothing is left behind.
+    pub fn begin_upload(
+        &self,
+        ctx: &Ctx,
+        id: ClientId,
+        packet: &FilePacketHeader,
+        content_len: u32,
+    ) -> Result<Lease, Outcome> {
+        let mut lease = self.new_upload(id, packet)?;
+        if let Err(reason) = Self::continue_packet(&mut lease, packet, content_len) {
+            drop(lease);
+            return Err(Outcome::error(format!("upload refused: {reason}")));
+        }
+        self.touch(id, ctx.now);
+        Ok(lease)
+    }
+
+    /// Checks that `packet` continues the lease's upload and expects its content. Pure:
+    /// no I/O. On `Err` the caller drops the lease, which abandons the upload.
+    pub fn continue_packet(
+        lease: &mut Lease,
+        packet: &FilePacketHeader,
+        content_len: u32,
+    ) -> Result<(), UploadError> {
+        let upload = lease.upload.as_mut().ok_or(UploadError::Closed)?;
+        if upload.packet_remaining != 0 {
+            return Err(UploadError::PreviousIncomplete);
+        }
+        if u32::from(packet.packet_number) != upload.next_packet {
+            return Err(UploadError::OutOfOrder {
+                got: packet.packet_number,
+                expected: upload.next_packet,
+            });
+        }
+        if packet.total_packets != upload.total_packets {
+            return Err(UploadError::TotalChanged {
+                was: upload.total_packets,
+                now: packet.total_packets,
+            });
+        }
+        if packet.orig_file_size != upload.orig_file_size {
+            return Err(UploadError::SizeChanged {
+                was: upload.orig_file_size,
+                now: packet.orig_file_size,
+            });
+        }
+        if packet.file_name != upload.file_name {
+            return Err(UploadError::NameChanged {
+                was: upload.file_name.as_str().to_owned(),
+                now: packet.file_name.as_str().to_owned(),
+            });
+        }
+        packet.check(content_len)?;
+        let after = upload.received + u64::from(content_len);
+        if after > upload.encrypted_size {
+            return Err(UploadError::TooMuchContent {
+                encrypted: upload.encrypted_size,
+                orig: upload.orig_file_size,
+            });
+        }
+        upload.next_packet = u32::from(packet.packet_number) + 1;
+        upload.packet_remaining = u64::from(content_len);
+        Ok(())
+    }
+
+    fn new_upload(&self, id: ClientId, packet: &FilePacketHeader) -> Result<Lease, Outcome> {
+        if packet.packet_number != 1 {
+            return Err(Outcome::error(format!(
+                "packet {} of {} but no upload in progress (a file starts with packet 1)",
+                packet.packet_number, packet.total_packets
+            )));
+        }
+        let orig = u64::from(packet.orig_file_size);
+        let max = self.limits.max_file_size;
+        if orig > max {
+            return Err(Outcome::error(format!(
+                "file of {orig} bytes exceeds the limit of {max} bytes"
+            )));
+        }
+        let record = self.known_client(id)?;
+        let Some(key_bytes) = record.aes_key.as_deref() else {
+            return Err(Outcome::error(
+                "no AES key has been issued to this client (826 or 827 first)",
+            ));
+        };
+        // The record's copy of the key is wiped when `record` drops (Wiped).
+        let key = AesKey::from_bytes(key_bytes)
+            .map_err(|e| Outcome::error(format!("the AES key on record is unusable: {e}")))?;
+        let decryptor = CbcDecryptor::new(&key)
+            .map_err(|e| Outcome::error(format!("cannot start decryption: {e}")))?;
+        let Some(token) = self.registry.claim(&id) else {
+            return Err(Outcome::error(
+                "another connection is sending a packet for this client",
+            ));
+        };
+        // The blob store chooses the name on disk.
+        let temp = match self.blobs.create_temp_for(&id, packet.file_name.as_str()) {
+            Ok(temp) => temp,
+            Err(error) => {
+                self.registry.release(&id, token);
+                return Err(Outcome::error(format!(
+                    "cannot create a temporary file: {error}"
+                )));
+            }
+        };
+        let upload = Box::new(Upload {
+            client_id: id,
+            token,
+            file_name: packet.file_name.clone(),
+            total_packets: packet.total_packets,
+            orig_file_size: packet.orig_file_size,
+            encrypted_size: encrypted_size(orig),
+            next_packet: 1,
+            received: 0,
+            packet_remaining: 0,
+            plaintext: 0,
+            decryptor,
+            cksum: Cksum::new(),
+            temp,
+            batch: Vec::new(),
+            filled: 0,
+            grant: BatchGrant {
+                bytes: 0,
+                registry: Arc::clone(&self.registry),
+            },
+        });
+        Ok(Lease::new(upload, Arc::clone(&self.registry)))
+    }
+
+    /// Ends the packet whose content has all been pushed. The last packet finishes the
+    /// upload (1603 or 1607). An intermediate packet parks the upload for the next packet,
+    /// on any connection; if it was the first request on its connection (a client that
+    /// opens a connection per request and waits for each reply) the decrypted batch is
+    /// written first and a short 1603 answers it, otherwise there is no reply.
+    ///
+    /// Blocks (write, fsync, rename, commit) for the last packet and for the first request
+    /// on a connection; [`Core::end_packet_blocks`] tells beforehand.
+    pub fn end_packet(&self, ctx: &Ctx, mut lease: Lease) -> Outcome {
+        if lease.packet_remaining() != 0 {
+            drop(lease);
+            return Outcome::error("packet ended before its content");
+        }
+        let Some(id) = lease.client_id() else {
+            return Outcome::error("upload already closed");
+        };
+        if lease.is_last_packet() {
+            return match lease.take() {
+                Some(upload) => self.finish(ctx, upload),
+                None => Outcome::error("upload already closed"),
+            };
+        }
+        if ctx.first_on_connection {
+            if let Err(error) = lease.flush() {
+                return Outcome::error(format!("upload abandoned: cannot write the file: {error}"));
+            }
+            if let Some(upload) = lease.upload.as_mut() {
+                upload.batch = Vec::new();
+                upload.filled = 0;
+                upload.grant.release();
+            }
+        }
+        match self.park(lease, ctx.at) {
+            Ok(()) if ctx.first_on_connection => {
+                Outcome::reply(Response::PacketReceived { client_id: id })
+            }
+            Ok(()) => Outcome::silent(),
+            Err(error) => Outcome::error(error.to_string()),
+        }
+    }
+
+    /// True when [`Core::end_packet`] will do blocking I/O for this lease.
+    pub fn end_packet_blocks(ctx: &Ctx, lease: &Lease) -> bool {
+        lease.is_last_packet() || ctx.first_on_connection
+    }
+
+    /// Puts an upload back in the registry between packets (no I/O; the batch of
+    /// decrypted bytes stays with it). On `Err` the upload has been abandoned.
+    fn park(&self, mut lease: Lease, since: std::time::Instant) -> Result<(), UploadError> {
+        let Some(upload) = lease.take() else {
+            return Ok(());
+        };
+        let id = upload.client_id;
+        let token = upload.token;
+        match self.registry.park(upload, since) {
+            Ok(()) => Ok(()),
+            Err(upload) => {
+                self.registry.release(&id, token);
+                drop(upload);
+                Err(UploadError::SlotTaken)
+            }
+        }
+    }
+}

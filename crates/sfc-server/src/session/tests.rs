@@ -1,0 +1,381 @@
+use super::uploads::{BATCH_CAPACITY, MIN_BATCH};
+use super::*;
+use crate::net::entropy::OsEntropy;
+use crate::storage::fs::LocalBlobStore;
+use crate::storage::sqlite::SqliteStore;
+use sfc_crypto::{CbcEncryptor, RsaKeyPair};
+use sfc_proto::{
+    FilePacketHeader, Name, Request, RequestBody, RequestCode, RequestHeader, ResponseCode,
+};
+use zeroize::Zeroize;
+
+/// The limits of a server with the default configuration.
+fn default_limits() -> Limits {
+    crate::ServerConfig::new(".").session_limits()
+}
+
+struct Harness {
+    core: Core,
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+}
+
+fn harness() -> Harness {
+    harness_with(default_limits())
+}
+
+fn harness_with(limits: Limits) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let core = Core::new(
+        Box::new(SqliteStore::open_in_memory().unwrap()),
+        Box::new(LocalBlobStore::new(&root)),
+        limits,
+        Box::new(OsEntropy),
+    );
+    Harness {
+        core,
+        _dir: dir,
+        root,
+    }
+}
+
+fn now() -> Now {
+    Now {
+        wall: Timestamp::now(),
+        mono: Instant::now(),
+    }
+}
+
+fn ctx(first: bool) -> Ctx {
+    Ctx::new(first, now())
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn request(id: ClientId, body: RequestBody) -> Request {
+    Request::new(id, body)
+}
+
+fn keypair() -> &'static RsaKeyPair {
+    static KEY: std::sync::OnceLock<RsaKeyPair> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| RsaKeyPair::generate().unwrap())
+}
+
+/// Registers `user` and returns its ID and AES key.
+fn enroll(h: &Harness, user: &str) -> (ClientId, AesKey) {
+    let out = h.core.handle_request(
+        &ctx(false),
+        request(ClientId::ZERO, RequestBody::Register { name: name(user) }),
+    );
+    let Some(Response::Registered { client_id }) = out.reply else {
+        panic!("{out:?}")
+    };
+    let out = h.core.handle_request(
+        &ctx(false),
+        request(
+            client_id,
+            RequestBody::SendPublicKey {
+                name: name(user),
+                public_key: keypair().public_key_der(),
+            },
+        ),
+    );
+    let Some(Response::PublicKeyAccepted { wrapped_key, .. }) = out.reply else {
+        panic!("{out:?}")
+    };
+    (client_id, keypair().unwrap_aes_key(&wrapped_key).unwrap())
+}
+
+fn encrypt(key: &AesKey, data: &[u8]) -> Vec<u8> {
+    let mut enc = CbcEncryptor::new(key).unwrap();
+    let mut out = Vec::new();
+    enc.update(data, &mut out).unwrap();
+    enc.finish(&mut out).unwrap();
+    out
+}
+
+fn packets(file: &str, data: &[u8], cipher: &[u8], size: usize) -> Vec<RequestBody> {
+    let chunks: Vec<&[u8]> = if cipher.is_empty() {
+        vec![&[]]
+    } else {
+        cipher.chunks(size).collect()
+    };
+    let total = chunks.len() as u16;
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| RequestBody::SendFile {
+            packet: FilePacketHeader {
+                content_size: cipher.len() as u32,
+                orig_file_size: data.len() as u32,
+                packet_number: i as u16 + 1,
+                total_packets: total,
+                file_name: name(file),
+            },
+            content: chunk.to_vec(),
+        })
+        .collect()
+}
+
+#[test]
+fn parked_batches_stay_within_the_budget_and_are_returned() {
+    // Room for two full batches; a third upload gets the floor.
+    let h = harness_with(Limits {
+        batch_budget: 2 * BATCH_CAPACITY,
+        ..default_limits()
+    });
+    let files: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(n, user)| {
+            let (id, key) = enroll(&h, user);
+            let data: Vec<u8> = (0..3_000_000u32)
+                .map(|i| (i * 7 + n as u32) as u8)
+                .collect();
+            let cipher = encrypt(&key, &data);
+            (id, data.clone(), packets("f.bin", &data, &cipher, 65_536))
+        })
+        .collect();
+    // Packet 1 of each: the uploads park, each keeping its batch.
+    let mut held = Vec::new();
+    for (id, _, bodies) in &files {
+        let out = h
+            .core
+            .handle_request(&ctx(false), request(*id, bodies[0].clone()));
+        assert_eq!(out, Outcome::silent());
+        held.push(h.core.batch_bytes());
+    }
+    assert_eq!(
+        held,
+        [
+            BATCH_CAPACITY,
+            2 * BATCH_CAPACITY,
+            2 * BATCH_CAPACITY + MIN_BATCH
+        ]
+    );
+    // Every upload completes correctly, the one on the floor batch too.
+    for (id, data, bodies) in &files {
+        let mut last = None;
+        for body in &bodies[1..] {
+            last = h
+                .core
+                .handle_request(&ctx(false), request(*id, body.clone()))
+                .reply;
+            assert!(h.core.batch_bytes() <= 2 * BATCH_CAPACITY + MIN_BATCH);
+        }
+        let Some(Response::FileReceived { cksum, .. }) = last else {
+            panic!("{last:?}")
+        };
+        assert_eq!(cksum, sfc_crypto::cksum(data));
+        let stored = h.root.join("files").join(id.to_hex()).join("f.bin");
+        assert!(std::fs::read(stored).unwrap() == *data);
+    }
+    assert_eq!(
+        h.core.batch_bytes(),
+        0,
+        "finished uploads return their batches"
+    );
+    // An abandoned upload returns its batch too.
+    let (id, _, bodies) = &files[0];
+    h.core
+        .handle_request(&ctx(false), request(*id, bodies[0].clone()));
+    assert_eq!(h.core.batch_bytes(), BATCH_CAPACITY);
+    h.core
+        .handle_request(&ctx(false), request(*id, bodies[5].clone()));
+    assert_eq!(h.core.uploads_in_progress(), 0);
+    assert_eq!(h.core.batch_bytes(), 0);
+    // A client that opens a connection per packet holds no batch between packets.
+    h.core
+        .handle_request(&ctx(true), request(*id, bodies[0].clone()));
+    assert_eq!(h.core.uploads_in_progress(), 1);
+    assert_eq!(h.core.batch_bytes(), 0);
+}
+
+#[test]
+fn upload_over_many_packets_then_verify() {
+    let h = harness();
+    let (id, key) = enroll(&h, "alice");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let cipher = encrypt(&key, &data);
+    let bodies = packets("dir/x.bin", &data, &cipher, 7_000);
+    let n = bodies.len();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let out = h.core.handle_request(&ctx(false), request(id, body));
+        if i + 1 < n {
+            assert_eq!(out, Outcome::silent());
+            assert_eq!(h.core.uploads_in_progress(), 1);
+        } else {
+            assert_eq!(
+                out.reply,
+                Some(Response::FileReceived {
+                    client_id: id,
+                    content_size: cipher.len() as u32,
+                    file_name: name("dir/x.bin"),
+                    cksum: sfc_crypto::cksum(&data),
+                })
+            );
+        }
+    }
+    assert_eq!(h.core.uploads_in_progress(), 0);
+    let stored = h.root.join("files").join(id.to_hex()).join("dir%2Fx.bin");
+    assert_eq!(std::fs::read(stored).unwrap(), data);
+    let out = h.core.handle_request(
+        &ctx(false),
+        request(
+            id,
+            RequestBody::ChecksumOk {
+                file_name: name("dir/x.bin"),
+            },
+        ),
+    );
+    assert_eq!(
+        out.reply,
+        Some(Response::Ack {
+            client_id: Some(id)
+        })
+    );
+    assert!(h.core.meta().files().unwrap()[0].verified);
+}
+
+#[test]
+fn out_of_order_packet_abandons_the_upload() {
+    let h = harness();
+    let (id, key) = enroll(&h, "bob");
+    let data = vec![7u8; 100];
+    let cipher = encrypt(&key, &data);
+    let mut bodies = packets("f", &data, &cipher, 16).into_iter();
+    let first = bodies.next().unwrap();
+    bodies.next();
+    let third = bodies.next().unwrap();
+    assert_eq!(
+        h.core
+            .handle_request(&ctx(true), request(id, first))
+            .code()
+            .map(ResponseCode::as_u16),
+        Some(1603)
+    );
+    let out = h.core.handle_request(&ctx(false), request(id, third));
+    assert_eq!(out.code().map(ResponseCode::as_u16), Some(1607), "{out:?}");
+    assert_eq!(h.core.uploads_in_progress(), 0);
+    let dir = h.root.join("files").join(id.to_hex());
+    assert_eq!(
+        std::fs::read_dir(dir).unwrap().count(),
+        0,
+        "temp file removed"
+    );
+}
+
+#[test]
+fn a_dropped_lease_frees_the_slot_and_the_temp_file() {
+    let h = harness();
+    let (id, key) = enroll(&h, "carol");
+    let data = vec![1u8; 40];
+    let cipher = encrypt(&key, &data);
+    let RequestBody::SendFile { packet, content } = packets("f", &data, &cipher, 48).remove(0)
+    else {
+        unreachable!()
+    };
+    let header = RequestHeader::new(id, RequestCode::SendFile, 267 + 48);
+    let mut lease = h
+        .core
+        .start_packet(&ctx(false), &header, &packet, 48)
+        .unwrap();
+    lease.push(&content[..10]).unwrap();
+    // A second connection cannot take it while it is checked out.
+    let busy = h.core.start_packet(&ctx(false), &header, &packet, 48);
+    assert_eq!(
+        busy.unwrap_err().code().map(ResponseCode::as_u16),
+        Some(1607)
+    );
+    drop(lease);
+    assert_eq!(h.core.uploads_in_progress(), 0);
+    let dir = h.root.join("files").join(id.to_hex());
+    assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
+}
+
+#[test]
+fn unknown_clients_and_missing_keys_get_1607() {
+    let h = harness();
+    let data = [1u8; 3];
+    let key = AesKey::random();
+    let cipher = encrypt(&key, &data);
+    let body = packets("f", &data, &cipher, 16).remove(0);
+    let out = h
+        .core
+        .handle_request(&ctx(false), request(ClientId([9; 16]), body.clone()));
+    assert_eq!(out.code().map(ResponseCode::as_u16), Some(1607));
+    let out = h.core.handle_request(
+        &ctx(false),
+        request(ClientId::ZERO, RequestBody::Register { name: name("dave") }),
+    );
+    let Some(Response::Registered { client_id }) = out.reply else {
+        panic!()
+    };
+    let out = h.core.handle_request(&ctx(false), request(client_id, body));
+    assert_eq!(out.code().map(ResponseCode::as_u16), Some(1607));
+    assert!(out.detail.unwrap().contains("no AES key"));
+    // Reconnect without a public key on record: 1606 with the ID.
+    let out = h.core.handle_request(
+        &ctx(false),
+        request(client_id, RequestBody::Reconnect { name: name("dave") }),
+    );
+    assert_eq!(
+        out.reply,
+        Some(Response::ReconnectRejected {
+            client_id: Some(client_id)
+        })
+    );
+}
+
+#[test]
+fn last_seen_is_noted_in_memory_and_flushed() {
+    let h = harness();
+    let (id, _) = enroll(&h, "erin");
+    let later = Timestamp(Timestamp::now().0 + 60_000);
+    let c = Ctx {
+        now: later,
+        ..ctx(true)
+    };
+    let out = h.core.handle_request(
+        &c,
+        request(
+            id,
+            RequestBody::ChecksumRetry {
+                file_name: name("f"),
+            },
+        ),
+    );
+    assert_eq!(
+        out.reply,
+        Some(Response::Ack {
+            client_id: Some(id)
+        })
+    );
+    let silent = h.core.handle_request(
+        &ctx(false),
+        request(
+            id,
+            RequestBody::ChecksumRetry {
+                file_name: name("f"),
+            },
+        ),
+    );
+    assert_eq!(silent.reply, None);
+    assert_eq!(h.core.flush_last_seen().unwrap(), 1);
+    let record = h.core.meta().client(&id).unwrap().unwrap();
+    assert_eq!(record.last_seen, Some(later.to_string()));
+}
+
+#[test]
+fn aes_key_bytes_read_from_the_store_are_wiped() {
+    let h = harness();
+    let (id, key) = enroll(&h, "wiped");
+    let mut record = h.core.known_client(id).unwrap();
+    assert_eq!(record.aes_key.as_deref(), Some(&key.as_bytes()[..]));
+    record.zeroize();
+    // zeroize overwrites the Vec's whole buffer with zeros, then empties it.
+    assert_eq!(record.aes_key.as_deref(), Some(&[][..]));
+}

@@ -1,0 +1,404 @@
+//! Uploads in progress: the registry (one per client ID, parked between packets or
+//! checked out as a [`Lease`]), each upload's decryptor, checksum and batch buffer, and
+//! the memory budget of all batches ([`super::Limits::batch_budget`]).
+
+use super::error::UploadError;
+use sfc_crypto::{CbcDecryptor, Cksum};
+use sfc_proto::{ClientId, Name};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Plaintext collected before one write to the temporary file. Each write is one hop to
+/// the blocking pool (two thread wake-ups); at 64 KiB those hops were the largest cost of
+/// a large upload (see BENCHMARKS.md), at 1 MiB they are negligible.
+pub const FLUSH_AT: usize = 1024 * 1024;
+/// Capacity of the batch buffer: a little above [`FLUSH_AT`] so that decrypting never
+/// reallocates it; smaller for a file whose rest is smaller ([`Lease::new`]).
+pub(super) const BATCH_CAPACITY: usize = FLUSH_AT + 64;
+/// Room kept free in the batch for the decryptor's output beyond its input (at most
+/// one held-back block).
+pub(super) const BATCH_SLACK: usize = 32;
+/// Batch an upload always gets, whatever [`super::Limits::batch_budget`] has left: enough to
+/// take a default 2,048-byte packet whole (more writes, same result).
+pub const MIN_BATCH: usize = 16 * 1024;
+/// The bytes of batch buffers handed out, against [`super::Limits::batch_budget`].
+#[derive(Debug, Default)]
+pub(super) struct BatchBudget {
+    pub(super) in_use: AtomicUsize,
+    pub(super) limit: usize,
+}
+
+impl BatchBudget {
+    /// Grants up to `wanted` bytes (possibly 0) from what is left.
+    pub(super) fn grant(&self, wanted: usize) -> usize {
+        let mut granted = 0;
+        // `fetch_update` retries on contention; the closure never fails.
+        let _ = self
+            .in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |in_use| {
+                granted = wanted.min(self.limit.saturating_sub(in_use));
+                Some(in_use + granted)
+            });
+        granted
+    }
+
+    /// Counts bytes handed out beyond the budget ([`MIN_BATCH`]).
+    pub(super) fn force(&self, bytes: usize) {
+        self.in_use.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    pub(super) fn give_back(&self, bytes: usize) {
+        self.in_use.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// The part of the budget an upload's batch holds; returned when the upload ends
+/// (dropped with it) or frees its batch.
+pub(super) struct BatchGrant {
+    pub(super) bytes: usize,
+    pub(super) registry: Arc<Registry>,
+}
+
+impl BatchGrant {
+    pub(super) fn release(&mut self) {
+        self.registry
+            .budget
+            .give_back(std::mem::take(&mut self.bytes));
+    }
+}
+
+impl Drop for BatchGrant {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// An upload in progress; see the module documentation.
+pub struct Upload {
+    pub(super) client_id: ClientId,
+    pub(super) token: u64,
+    pub(super) file_name: Name,
+    pub(super) total_packets: u16,
+    pub(super) orig_file_size: u32,
+    pub(super) encrypted_size: u64,
+    /// Number of the packet expected next (u32: may be total_packets + 1).
+    pub(super) next_packet: u32,
+    /// Ciphertext bytes received so far, all packets.
+    pub(super) received: u64,
+    /// Content bytes the current packet still has to deliver.
+    pub(super) packet_remaining: u64,
+    /// Plaintext bytes produced so far.
+    pub(super) plaintext: u64,
+    pub(super) decryptor: CbcDecryptor,
+    pub(super) cksum: Cksum,
+    pub(super) temp: Box<dyn crate::storage::TempBlob>,
+    /// `batch[..filled]`: decrypted bytes not yet written. The rest is scratch space that
+    /// the decryptor writes into (`update_into`): zero-filled once when it grows, never
+    /// again per packet. Freed between the packets of a connection-per-request client.
+    pub(super) batch: Vec<u8>,
+    /// See `batch`.
+    pub(super) filled: usize,
+    /// The batch's share of [`super::Limits::batch_budget`].
+    pub(super) grant: BatchGrant,
+}
+
+impl fmt::Debug for Upload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upload")
+            .field("client_id", &self.client_id)
+            .field("file_name", &self.file_name)
+            .field("next_packet", &self.next_packet)
+            .field("total_packets", &self.total_packets)
+            .field("received", &self.received)
+            .field("encrypted_size", &self.encrypted_size)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) enum Slot {
+    Parked { upload: Box<Upload>, since: Instant },
+    CheckedOut { token: u64 },
+}
+
+/// Uploads in progress, one per client ID.
+#[derive(Default)]
+pub(super) struct Registry {
+    pub(super) slots: Mutex<HashMap<ClientId, Slot>>,
+    pub(super) next_token: AtomicU64,
+    pub(super) budget: BatchBudget,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("uploads", &self.lock().len())
+            .finish()
+    }
+}
+
+pub(super) enum Checkout {
+    Got(Box<Upload>),
+    Busy,
+    Vacant,
+}
+
+impl Registry {
+    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<ClientId, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(super) fn checkout(&self, id: &ClientId) -> Checkout {
+        let mut slots = self.lock();
+        match slots.get(id) {
+            None => Checkout::Vacant,
+            Some(Slot::CheckedOut { .. }) => Checkout::Busy,
+            Some(Slot::Parked { .. }) => {
+                let token = self.token();
+                match slots.insert(*id, Slot::CheckedOut { token }) {
+                    Some(Slot::Parked { mut upload, .. }) => {
+                        upload.token = token;
+                        Checkout::Got(upload)
+                    }
+                    // Unreachable in practice: the slot was Parked under the same lock.
+                    _ => {
+                        slots.remove(id);
+                        Checkout::Vacant
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims a vacant slot for a new upload.
+    pub(super) fn claim(&self, id: &ClientId) -> Option<u64> {
+        let mut slots = self.lock();
+        if slots.contains_key(id) {
+            return None;
+        }
+        let token = self.token();
+        slots.insert(*id, Slot::CheckedOut { token });
+        Some(token)
+    }
+
+    /// Frees the slot if it is still checked out with this token.
+    pub(super) fn release(&self, id: &ClientId, token: u64) {
+        let mut slots = self.lock();
+        if matches!(slots.get(id), Some(Slot::CheckedOut { token: t }) if *t == token) {
+            slots.remove(id);
+        }
+    }
+
+    /// Parks an upload in its slot; returns it if the slot is no longer its own.
+    pub(super) fn park(&self, upload: Box<Upload>, since: Instant) -> Result<(), Box<Upload>> {
+        let mut slots = self.lock();
+        let id = upload.client_id;
+        if matches!(slots.get(&id), Some(Slot::CheckedOut { token }) if *token == upload.token) {
+            slots.insert(id, Slot::Parked { upload, since });
+            Ok(())
+        } else {
+            Err(upload)
+        }
+    }
+
+    pub(super) fn remove_parked(&self, id: &ClientId) -> Option<Box<Upload>> {
+        let mut slots = self.lock();
+        if matches!(slots.get(id), Some(Slot::Parked { .. })) {
+            if let Some(Slot::Parked { upload, .. }) = slots.remove(id) {
+                return Some(upload);
+            }
+        }
+        None
+    }
+
+    #[allow(clippy::vec_box)] // the uploads are boxed in the map already; no re-boxing
+    pub(super) fn expire(&self, now: Instant, older_than: Duration) -> Vec<Box<Upload>> {
+        let mut slots = self.lock();
+        let expired: Vec<ClientId> = slots
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Parked { since, .. }
+                    if now.saturating_duration_since(*since) >= older_than =>
+                {
+                    Some(*id)
+                }
+                _ => None,
+            })
+            .collect();
+        expired
+            .iter()
+            .filter_map(|id| match slots.remove(id) {
+                Some(Slot::Parked { upload, .. }) => Some(upload),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[allow(clippy::vec_box)]
+    pub(super) fn drain_parked(&self) -> Vec<Box<Upload>> {
+        let mut slots = self.lock();
+        let parked: Vec<ClientId> = slots
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Parked { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        parked
+            .iter()
+            .filter_map(|id| match slots.remove(id) {
+                Some(Slot::Parked { upload, .. }) => Some(upload),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// An upload checked out by the connection receiving one of its packets.
+///
+/// Dropping a lease that was neither parked nor finished abandons the upload (slot freed,
+/// temporary file removed).
+pub struct Lease {
+    pub(super) upload: Option<Box<Upload>>,
+    pub(super) registry: Arc<Registry>,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Lease").field(&self.upload).finish()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            self.registry.release(&upload.client_id, upload.token);
+        }
+    }
+}
+
+/// Ciphertext bytes the batch can take now (see [`BATCH_SLACK`]).
+pub(super) fn upload_room(upload: &Upload) -> usize {
+    upload
+        .batch
+        .capacity()
+        .min(BATCH_CAPACITY)
+        .saturating_sub(upload.filled + BATCH_SLACK)
+}
+
+impl Lease {
+    pub(super) fn new(mut upload: Box<Upload>, registry: Arc<Registry>) -> Self {
+        // Never drops bytes: a parked batch keeps its content and capacity. No more than
+        // the rest of the file needs, so small uploads hold small batches; no more than
+        // the budget allows, beyond the floor of MIN_BATCH.
+        let rest = upload.encrypted_size.saturating_sub(upload.received);
+        let wanted = usize::try_from(rest)
+            .unwrap_or(usize::MAX)
+            .saturating_add(upload.filled + 2 * BATCH_SLACK)
+            .min(BATCH_CAPACITY);
+        let held = upload.grant.bytes;
+        if wanted > held {
+            let mut extra = registry.budget.grant(wanted - held);
+            let floor = wanted.min(MIN_BATCH);
+            if held + extra < floor {
+                registry.budget.force(floor - held - extra);
+                extra = floor - held;
+            }
+            upload.grant.bytes += extra;
+        }
+        let capacity = upload.grant.bytes.max(upload.batch.capacity());
+        let len = upload.batch.len();
+        upload.batch.reserve_exact(capacity.saturating_sub(len));
+        Lease {
+            upload: Some(upload),
+            registry,
+        }
+    }
+
+    /// The client whose upload this is.
+    pub fn client_id(&self) -> Option<ClientId> {
+        self.upload.as_ref().map(|u| u.client_id)
+    }
+
+    /// The current packet is the file's last one.
+    pub fn is_last_packet(&self) -> bool {
+        self.upload
+            .as_ref()
+            .is_some_and(|u| u.next_packet > u32::from(u.total_packets))
+    }
+
+    /// Content bytes the current packet still has to deliver.
+    pub fn packet_remaining(&self) -> u64 {
+        self.upload.as_ref().map_or(0, |u| u.packet_remaining)
+    }
+
+    /// Decrypts and checksums as much of `content` as the batch buffer holds; returns
+    /// the bytes consumed. When it returns less than `content.len()`,
+    /// [`Lease::needs_flush`] is true: call [`Lease::flush`] and go on.
+    pub fn push(&mut self, content: &[u8]) -> Result<usize, UploadError> {
+        let upload = self.upload.as_mut().ok_or(UploadError::Closed)?;
+        if content.is_empty() {
+            return Ok(0);
+        }
+        if upload.packet_remaining == 0 {
+            return Err(UploadError::MoreThanAnnounced);
+        }
+        // Room so that the decryptor's output (input + at most one held-back block)
+        // never exceeds the buffer's capacity.
+        let room = upload_room(upload);
+        let take = content
+            .len()
+            .min(room)
+            .min(usize::try_from(upload.packet_remaining).unwrap_or(usize::MAX));
+        let input = content.get(..take).unwrap_or_default();
+        let start = upload.filled;
+        let end = start + take + BATCH_SLACK;
+        if upload.batch.len() < end {
+            // Within the reserved capacity: no reallocation, and only the new part is
+            // zero-filled.
+            upload.batch.resize(end, 0);
+        }
+        let out = upload.batch.get_mut(start..).unwrap_or_default();
+        let written = upload
+            .decryptor
+            .update_into(input, out)
+            .map_err(UploadError::Decryption)?;
+        let produced = upload.batch.get(start..start + written).unwrap_or_default();
+        upload.cksum.update(produced);
+        upload.filled += written;
+        upload.plaintext += written as u64;
+        upload.received += take as u64;
+        upload.packet_remaining -= take as u64;
+        Ok(take)
+    }
+
+    /// The batch is full enough to be written.
+    pub fn needs_flush(&self) -> bool {
+        self.upload
+            .as_ref()
+            .is_some_and(|u| u.filled >= FLUSH_AT || upload_room(u) == 0)
+    }
+
+    /// Writes the batch to the temporary file (blocking).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        match self.upload.as_mut() {
+            Some(upload) => {
+                if upload.filled > 0 {
+                    let bytes = upload.batch.get(..upload.filled).unwrap_or_default();
+                    upload.temp.write_all(bytes)?;
+                    upload.filled = 0;
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn take(&mut self) -> Option<Box<Upload>> {
+        self.upload.take()
+    }
+}

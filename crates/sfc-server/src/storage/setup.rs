@@ -1,0 +1,162 @@
+//! Opening the standard storage in the data folder (folders, modes, the folder lock,
+//! SQLite) and the start-up clean-up after an earlier run ([`recover`]).
+
+use super::fs::{DataDirLock, LocalBlobStore, FILES_DIR};
+use super::perms;
+use super::sqlite::SqliteStore;
+use super::{BlobStore, FileRecord, MetaStore};
+use crate::config::ServerConfig;
+use anyhow::Context;
+use std::io;
+
+/// The stores a server runs on. [`crate::Server::bind`] opens the standard ones (SQLite
+/// `defensive.db` and the local `files/` folder); tests can pass their own (fault
+/// injection) to [`crate::Server::bind_with`].
+#[derive(Debug)]
+pub struct Storage {
+    /// Clients and files.
+    pub meta: Box<dyn MetaStore>,
+    /// Received files.
+    pub blobs: Box<dyn BlobStore>,
+    /// The lock on the data folder, held as long as the server runs (`None` for
+    /// storage that is not a local folder, or a filesystem without locks).
+    pub lock: Option<DataDirLock>,
+}
+
+impl Storage {
+    /// Opens `defensive.db` (creating and migrating it) and the local blob store in the
+    /// data folder (creating it), and removes temporary files left by an earlier run.
+    pub fn open(config: &ServerConfig) -> anyhow::Result<Self> {
+        // A data folder the server creates is owner-only (storage::perms); so is files/.
+        perms::create_private_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data folder {}",
+                config.data_dir.display()
+            )
+        })?;
+        let files = config.data_dir.join(FILES_DIR);
+        if perms::tighten(&files, perms::DIR_MODE)? {
+            tracing::warn!(path = %files.display(), "was readable by other users; now 0700");
+        }
+        // Before anything is opened or cleaned up: another server may be using the folder.
+        let lock = match DataDirLock::acquire(&config.data_dir) {
+            Ok(lock) => Some(lock),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(anyhow::anyhow!(error))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot lock the data folder; make sure no other server uses it");
+                None
+            }
+        };
+        let db = config.db_path();
+        let meta = SqliteStore::open(&db)
+            .with_context(|| format!("cannot open the database {}", db.display()))?;
+        let blobs = LocalBlobStore::new(&config.data_dir);
+        Ok(Storage {
+            meta: Box::new(meta),
+            blobs: Box::new(blobs),
+            lock,
+        })
+    }
+}
+
+/// Reads the tables once and removes what a crash can leave behind (blocking). A
+/// database that cannot be read stops the server; a failed clean-up is only logged.
+pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyhow::Result<()> {
+    let (clients, files) = match (meta.clients(), meta.files()) {
+        (Ok(clients), Ok(files)) => (clients, files),
+        (Err(error), _) | (_, Err(error)) => {
+            return Err(anyhow::anyhow!("cannot read the database: {error}"))
+        }
+    };
+    match recover(&files, blobs) {
+        Ok(recovered) => {
+            if recovered.stale_temps > 0 {
+                tracing::info!(
+                    removed = recovered.stale_temps,
+                    "removed temporary files of an earlier run"
+                );
+            }
+            for path in &recovered.orphans {
+                tracing::warn!(%path, "removed a stored file no row names (an upload never acknowledged before a crash)");
+            }
+            if let Some(why) = &recovered.orphans_skipped {
+                tracing::warn!(reason = %why, "not looking for unrecorded files");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot clean up after an earlier run"),
+    }
+    tracing::info!(
+        clients = clients.len(),
+        files = files.len(),
+        "database ready"
+    );
+    Ok(())
+}
+
+/// What [`recover`] cleaned up at start-up.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Temporary files of uploads that never finished (or versions kept for an undo).
+    pub stale_temps: usize,
+    /// Stored files no row names, removed.
+    pub orphans: Vec<String>,
+    /// Why orphans were not looked for, if they were not.
+    pub orphans_skipped: Option<String>,
+}
+
+/// Start-up cleanup after a crash: removes temporary files, then stored files that no
+/// `files` row names. Such a file is complete but was never acknowledged: a crash
+/// between its rename and the commit of its row (so no 1603 was sent and the client
+/// sends it again), or between the commit of a new path and the removal of the old one.
+///
+/// Orphans are only looked for when every row's path has the form this server writes
+/// (`files/<32 hex digits>/<name>`): a database adopted from another implementation may
+/// name its files differently, and its files are then left alone.
+///
+/// `rows` are the `files` rows ([`MetaStore::files`]), which the caller reads anyway.
+pub fn recover(rows: &[FileRecord], blobs: &dyn BlobStore) -> io::Result<Recovered> {
+    let stale_temps = blobs.remove_stale_temps()?;
+    if let Some(row) = rows.iter().find(|row| !is_own_path(&row.path)) {
+        return Ok(Recovered {
+            stale_temps,
+            orphans: Vec::new(),
+            orphans_skipped: Some(format!(
+                "the row of {:?} names {:?}, a path this server does not write",
+                row.file_name, row.path
+            )),
+        });
+    }
+    let named: std::collections::HashSet<&str> = rows.iter().map(|row| row.path.as_str()).collect();
+    let mut orphans = Vec::new();
+    for path in blobs.stored_paths()? {
+        if !named.contains(path.as_str()) {
+            blobs.remove(&path)?;
+            orphans.push(path);
+        }
+    }
+    Ok(Recovered {
+        stale_temps,
+        orphans,
+        orphans_skipped: None,
+    })
+}
+
+/// `files/<32 lowercase hex digits>/<one plain name>`, as [`super::fs`] and the in-memory test store write.
+pub(super) fn is_own_path(path: &str) -> bool {
+    let mut parts = path.split('/');
+    let (Some(top), Some(client), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    top == FILES_DIR
+        && client.len() == 32
+        && client
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && !name.is_empty()
+        && name != "."
+        && name != ".."
+}

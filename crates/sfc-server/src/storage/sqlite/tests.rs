@@ -1,0 +1,224 @@
+use super::*;
+use std::sync::Arc;
+
+fn id(n: u8) -> ClientId {
+    ClientId([n; 16])
+}
+
+#[test]
+fn clients_and_files_round_trip() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let t = Timestamp(1_000);
+    assert_eq!(
+        store.insert_client(&id(1), "alice", t).unwrap(),
+        Inserted::Ok
+    );
+    assert_eq!(
+        store.insert_client(&id(2), "alice", t).unwrap(),
+        Inserted::NameTaken
+    );
+    assert!(store.insert_client(&id(1), "bob", t).is_err());
+    store
+        .set_keys(&id(1), Some(&[1, 2, 3]), &[7; 32], Timestamp(2_000))
+        .unwrap();
+    store
+        .set_keys(&id(1), None, &[8; 32], Timestamp(1_500))
+        .unwrap();
+    assert!(store.set_keys(&id(9), None, &[8; 32], t).is_err());
+    let alice = store.client(&id(1)).unwrap().unwrap();
+    assert_eq!(alice.public_key.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert_eq!(alice.aes_key.as_deref(), Some(&[8u8; 32][..]));
+    // LastSeen never goes backwards.
+    assert_eq!(alice.last_seen.as_deref(), Some("1970-01-01 00:00:02.000"));
+    assert!(store.client(&id(3)).unwrap().is_none());
+
+    let file = FileRecord {
+        client_id: id(1),
+        file_name: "a/b.txt".into(),
+        path: "files/x/a%2Fb.txt".into(),
+        verified: false,
+    };
+    store.put_file(&file, t).unwrap();
+    assert_eq!(store.file(&id(1), "a/b.txt").unwrap(), Some(file.clone()));
+    assert_eq!(store.file(&id(1), "other").unwrap(), None);
+    assert!(store.set_verified(&id(1), "a/b.txt", t).unwrap());
+    assert!(!store.set_verified(&id(1), "nope", t).unwrap());
+    assert!(store.files().unwrap()[0].verified);
+    store.put_file(&file, t).unwrap();
+    assert!(!store.files().unwrap()[0].verified);
+    assert_eq!(store.remove_file(&id(1), "a/b.txt", t).unwrap(), Some(file));
+    assert_eq!(store.remove_file(&id(1), "a/b.txt", t).unwrap(), None);
+    store
+        .touch(&[(id(1), Timestamp(5_000)), (id(2), Timestamp(5_000))])
+        .unwrap();
+    assert_eq!(store.clients().unwrap().len(), 1);
+    store.close().unwrap();
+    assert!(matches!(store.client(&id(1)), Err(StoreError::Closed)));
+}
+
+#[test]
+fn file_database_uses_wal_and_refuses_newer_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("defensive.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let mode: String = store
+            .write(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = store
+            .write(|c| c.query_row("PRAGMA synchronous", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        store.insert_client(&id(1), "a", Timestamp(0)).unwrap();
+        store.close().unwrap();
+    }
+    // Reopening keeps the data and does not migrate again.
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.clients().unwrap().len(), 1);
+    store
+        .write(|c| c.pragma_update(None, "user_version", SCHEMA_VERSION + 1))
+        .unwrap();
+    store.close().unwrap();
+    let error = SqliteStore::open(&path).unwrap_err();
+    assert!(error.to_string().contains("schema version"), "{error}");
+}
+
+#[test]
+fn concurrent_writes_share_one_transaction_and_all_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("defensive.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let stats = store.group_commit_stats().unwrap();
+    let release = hold_writer(&store);
+    let writers: Vec<_> = (0..64u8)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                store.insert_client(&id(n), &format!("client-{n}"), Timestamp(0))
+            })
+        })
+        .collect();
+    wait_for_queue(&stats, 65);
+    release.send(()).unwrap();
+    for writer in writers {
+        assert_eq!(writer.join().unwrap().unwrap(), Inserted::Ok);
+    }
+    // The held transaction, then all 64 writes in one more.
+    assert_eq!((stats.transactions(), stats.writes()), (2, 65));
+    store.close().unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.clients().unwrap().len(), 64);
+}
+
+#[test]
+fn a_failing_write_is_undone_alone_within_its_group() {
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let stats = store.group_commit_stats().unwrap();
+    let release = hold_writer(&store);
+    let queue = |n: u8, name: &'static str, s: &Arc<SqliteStore>| {
+        let store = Arc::clone(s);
+        let handle = std::thread::spawn(move || store.insert_client(&id(n), name, Timestamp(0)));
+        wait_for_queue(&stats, 1 + u64::from(n));
+        handle
+    };
+    let first = queue(1, "alice", &store);
+    let taken = queue(2, "alice", &store);
+    let other = queue(3, "bob", &store);
+    release.send(()).unwrap();
+    assert_eq!(first.join().unwrap().unwrap(), Inserted::Ok);
+    assert_eq!(taken.join().unwrap().unwrap(), Inserted::NameTaken);
+    assert_eq!(other.join().unwrap().unwrap(), Inserted::Ok);
+    assert_eq!(
+        stats.transactions(),
+        2,
+        "the three writes shared a transaction"
+    );
+    let names: Vec<_> = store
+        .clients()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+}
+
+#[test]
+fn a_transaction_lost_midway_fails_every_write_of_its_group() {
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let stats = store.group_commit_stats().unwrap();
+    let release = hold_writer(&store);
+    let s = Arc::clone(&store);
+    let before = std::thread::spawn(move || s.insert_client(&id(1), "alice", Timestamp(0)));
+    wait_for_queue(&stats, 2);
+    // What SQLite does on an I/O error or a full disk: the whole transaction is gone.
+    let s = Arc::clone(&store);
+    let lost = std::thread::spawn(move || s.write(|c| c.execute_batch("ROLLBACK")));
+    wait_for_queue(&stats, 3);
+    let s = Arc::clone(&store);
+    let after = std::thread::spawn(move || s.insert_client(&id(2), "bob", Timestamp(0)));
+    wait_for_queue(&stats, 4);
+    release.send(()).unwrap();
+    assert!(before.join().unwrap().is_err(), "its row was rolled back");
+    assert!(lost.join().unwrap().is_err());
+    assert!(after.join().unwrap().is_err(), "it never ran");
+    assert!(store.clients().unwrap().is_empty());
+    // The writer goes on with the next group.
+    assert_eq!(
+        store.insert_client(&id(3), "carol", Timestamp(0)).unwrap(),
+        Inserted::Ok
+    );
+    store.close().unwrap();
+    assert!(matches!(
+        store.insert_client(&id(4), "dave", Timestamp(0)),
+        Err(StoreError::Closed)
+    ));
+}
+
+/// Occupies the writer thread until the returned sender is used, so that the writes
+/// queued meanwhile form the next group.
+fn hold_writer(store: &Arc<SqliteStore>) -> std::sync::mpsc::Sender<()> {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (started, running) = std::sync::mpsc::channel::<()>();
+    let store = Arc::clone(store);
+    std::thread::spawn(move || {
+        store.write(move |_| {
+            let _ = started.send(());
+            let _ = released.recv();
+            Ok(())
+        })
+    });
+    running.recv().unwrap();
+    release
+}
+
+fn wait_for_queue(stats: &GroupStats, submitted: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stats.submitted() < submitted {
+        assert!(std::time::Instant::now() < deadline, "writes never queued");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn columns_are_exactly_the_specified_ones() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let columns = |table: &str| -> Vec<String> {
+        store
+            .write({
+                let sql = format!("PRAGMA table_info({table})");
+                move |c| {
+                    let mut s = c.prepare(&sql)?;
+                    let names = s.query_map([], |r| r.get::<_, String>(1))?;
+                    names.collect()
+                }
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        columns("clients"),
+        ["ID", "Name", "PublicKey", "LastSeen", "AESKey"]
+    );
+    assert_eq!(columns("files"), ["ID", "FileName", "PathName", "Verified"]);
+}

@@ -1,0 +1,293 @@
+//! One switchboard of storage failures ([`Faults`]) for every test double: the
+//! in-memory stores ([`super::MemoryStorage`]) check it themselves, and
+//! [`FaultyMeta`]/[`FaultyBlobs`] put it in front of any other store (SQLite, the local
+//! file store) for tests that run a real server.
+//!
+//! - `db_down`: every metadata operation fails (a database error);
+//! - `disk_full`: writes to temporary files and persisting fail with `ENOSPC`;
+//! - [`Faults::db_fails_after`]: the database accepts that many more commits, then fails
+//!   (while files can still be written): a commit failing after the rename;
+//! - [`Faults::file_commits_fail_after`]: the same, counting only commits of `files`
+//!   rows (so that periodic LastSeen commits cannot use up the budget);
+//! - a *durable budget* ([`Faults::crash_after`], in-memory stores only): after that
+//!   many durable operations (commits, renames, removals) every further one fails, as
+//!   if the machine had died at that point.
+
+use crate::storage::{
+    BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
+    Timestamp,
+};
+use sfc_proto::ClientId;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Failure switches, shared by the stores they are given to.
+#[derive(Debug)]
+pub struct Faults {
+    /// Every metadata operation fails.
+    pub db_down: AtomicBool,
+    /// Writing or persisting a temporary file fails with `ENOSPC`.
+    pub disk_full: AtomicBool,
+    /// Durable operations still allowed (`u64::MAX`: unlimited).
+    budget: AtomicU64,
+    /// Database commits still allowed (`u64::MAX`: unlimited).
+    db_budget: AtomicU64,
+    /// Commits of `files` rows still allowed (`u64::MAX`: unlimited).
+    file_budget: AtomicU64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            db_down: AtomicBool::new(false),
+            disk_full: AtomicBool::new(false),
+            budget: AtomicU64::new(u64::MAX),
+            db_budget: AtomicU64::new(u64::MAX),
+            file_budget: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Faults {
+    /// Allows `n` more durable operations; every later one fails (a simulated crash).
+    pub fn crash_after(&self, n: u64) {
+        self.budget.store(n, Ordering::SeqCst);
+    }
+
+    /// Allows `n` more database commits; later ones fail until [`Faults::heal`] or
+    /// [`Faults::db_recovers`].
+    pub fn db_fails_after(&self, n: u64) {
+        self.db_budget.store(n, Ordering::SeqCst);
+    }
+
+    /// Allows `n` more commits of `files` rows; later ones fail until
+    /// [`Faults::db_recovers`].
+    pub fn file_commits_fail_after(&self, n: u64) {
+        self.file_budget.store(n, Ordering::SeqCst);
+    }
+
+    /// Ends `db_down`, [`Faults::db_fails_after`] and [`Faults::file_commits_fail_after`].
+    pub fn db_recovers(&self) {
+        self.db_down.store(false, Ordering::SeqCst);
+        self.db_budget.store(u64::MAX, Ordering::SeqCst);
+        self.file_budget.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// True once the durable budget is spent.
+    pub fn crashed(&self) -> bool {
+        self.budget.load(Ordering::SeqCst) == 0
+    }
+
+    /// Lifts the durable budget and clears both switches.
+    pub fn heal(&self) {
+        self.budget.store(u64::MAX, Ordering::SeqCst);
+        self.db_recovers();
+        self.disk_full.store(false, Ordering::SeqCst);
+    }
+
+    pub(super) fn db(&self) -> Result<(), StoreError> {
+        if self.db_down.load(Ordering::SeqCst) || self.crashed() {
+            Err(StoreError::Database(
+                "database unavailable (injected)".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Spends one durable operation, or fails when none is left.
+    pub(super) fn durable(&self) -> io::Result<()> {
+        if spend(&self.budget) {
+            Ok(())
+        } else {
+            Err(io::Error::other("the machine is down (injected crash)"))
+        }
+    }
+
+    pub(super) fn durable_db(&self) -> Result<(), StoreError> {
+        self.db()?;
+        if !spend(&self.db_budget) {
+            return Err(StoreError::Database("commit failed (injected)".into()));
+        }
+        self.durable()
+            .map_err(|e| StoreError::Database(e.to_string()))
+    }
+
+    /// A commit of a `files` row: [`Faults::durable_db`] and the file commit budget.
+    pub(super) fn file_commit(&self) -> Result<(), StoreError> {
+        if !spend(&self.file_budget) {
+            return Err(StoreError::Database("commit failed (injected)".into()));
+        }
+        self.durable_db()
+    }
+
+    pub(super) fn disk(&self) -> io::Result<()> {
+        if self.disk_full.load(Ordering::SeqCst) {
+            Err(io::Error::from_raw_os_error(28)) // ENOSPC
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Takes one unit of a budget; false when it is spent.
+fn spend(budget: &AtomicU64) -> bool {
+    budget
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
+            0 => None,
+            u64::MAX => Some(u64::MAX),
+            n => Some(n - 1),
+        })
+        .is_ok()
+}
+
+/// A [`MetaStore`] that consults [`Faults`] before passing each call on (the durable
+/// budget aside).
+#[derive(Debug)]
+pub struct FaultyMeta<M> {
+    inner: M,
+    faults: Arc<Faults>,
+}
+
+impl<M: MetaStore> FaultyMeta<M> {
+    /// `inner` behind `faults`.
+    pub fn new(inner: M, faults: Arc<Faults>) -> Self {
+        FaultyMeta { inner, faults }
+    }
+
+    fn commit(&self) -> Result<(), StoreError> {
+        self.faults.db()?;
+        if spend(&self.faults.db_budget) {
+            Ok(())
+        } else {
+            Err(StoreError::Database("commit failed (injected)".into()))
+        }
+    }
+}
+
+impl<M: MetaStore> MetaStore for FaultyMeta<M> {
+    fn client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        self.faults.db()?;
+        self.inner.client(id)
+    }
+    fn insert_client(
+        &self,
+        id: &ClientId,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Inserted, StoreError> {
+        self.commit()?;
+        self.inner.insert_client(id, name, now)
+    }
+    fn set_keys(
+        &self,
+        id: &ClientId,
+        public_key: Option<&[u8]>,
+        aes_key: &[u8],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.commit()?;
+        self.inner.set_keys(id, public_key, aes_key, now)
+    }
+    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
+        self.commit()?;
+        if !spend(&self.faults.file_budget) {
+            return Err(StoreError::Database("commit failed (injected)".into()));
+        }
+        self.inner.put_file(file, now)
+    }
+    fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
+        self.faults.db()?;
+        self.inner.file(id, file_name)
+    }
+    fn set_verified(
+        &self,
+        id: &ClientId,
+        file_name: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.commit()?;
+        self.inner.set_verified(id, file_name, now)
+    }
+    fn remove_file(
+        &self,
+        id: &ClientId,
+        file_name: &str,
+        now: Timestamp,
+    ) -> Result<Option<FileRecord>, StoreError> {
+        self.commit()?;
+        self.inner.remove_file(id, file_name, now)
+    }
+    fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError> {
+        self.commit()?;
+        self.inner.touch(seen)
+    }
+    // Start-up and shutdown read and close whatever the switches say.
+    fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        self.inner.clients()
+    }
+    fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
+        self.inner.files()
+    }
+    fn close(&self) -> Result<(), StoreError> {
+        self.inner.close()
+    }
+}
+
+/// A [`BlobStore`] whose temporary files fail with `ENOSPC` while
+/// [`Faults::disk_full`] is on.
+#[derive(Debug)]
+pub struct FaultyBlobs<B> {
+    inner: B,
+    faults: Arc<Faults>,
+}
+
+impl<B: BlobStore> FaultyBlobs<B> {
+    /// `inner` behind `faults`.
+    pub fn new(inner: B, faults: Arc<Faults>) -> Self {
+        FaultyBlobs { inner, faults }
+    }
+}
+
+#[derive(Debug)]
+struct FaultyTemp {
+    inner: Box<dyn TempBlob>,
+    faults: Arc<Faults>,
+}
+
+impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
+    fn create_temp(&self, client: &ClientId, disk_name: &str) -> io::Result<Box<dyn TempBlob>> {
+        Ok(Box::new(FaultyTemp {
+            inner: self.inner.create_temp(client, disk_name)?,
+            faults: Arc::clone(&self.faults),
+        }))
+    }
+    fn remove(&self, path: &str) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn size(&self, path: &str) -> io::Result<u64> {
+        self.inner.size(path)
+    }
+    fn remove_stale_temps(&self) -> io::Result<usize> {
+        self.inner.remove_stale_temps()
+    }
+    fn stored_paths(&self) -> io::Result<Vec<String>> {
+        self.inner.stored_paths()
+    }
+}
+
+impl TempBlob for FaultyTemp {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.faults.disk()?;
+        self.inner.write_all(bytes)
+    }
+    fn persist(self: Box<Self>) -> io::Result<String> {
+        self.faults.disk()?;
+        self.inner.persist()
+    }
+    fn persist_undoable(self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
+        self.faults.disk()?;
+        self.inner.persist_undoable()
+    }
+}

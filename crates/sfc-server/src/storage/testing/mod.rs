@@ -1,0 +1,10 @@
+//! Test doubles behind the storage traits, compiled for tests only (the `testing`
+//! feature): storage in memory ([`MemoryStorage`]) and one switchboard of failures
+//! ([`Faults`]) that the in-memory stores check and that [`FaultyMeta`]/[`FaultyBlobs`]
+//! put in front of the real ones.
+
+mod faults;
+mod memory;
+
+pub use faults::{Faults, FaultyBlobs, FaultyMeta};
+pub use memory::MemoryStorage;
