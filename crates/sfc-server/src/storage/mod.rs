@@ -30,6 +30,7 @@ pub mod fs;
 pub mod memory;
 pub mod names;
 pub mod perms;
+pub mod postgres;
 pub mod setup;
 pub mod sqlite;
 
