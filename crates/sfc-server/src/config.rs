@@ -133,6 +133,13 @@ impl PostgresUrl {
         if config.get_hosts().is_empty() {
             return Err("the PostgreSQL URL names no host".into());
         }
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(
+                "sslmode=require: this server does not speak TLS to PostgreSQL yet \
+                 (use a unix socket, loopback or a private network)"
+                    .into(),
+            );
+        }
         Ok(PostgresUrl {
             url: url.to_owned(),
             config,
@@ -317,6 +324,7 @@ mod tests {
             "defensive.db",
             "postgres://db:notaport/x",
             "postgres:///x",
+            "postgres://db/x?sslmode=require",
         ] {
             assert!(PostgresUrl::parse(bad).is_err(), "{bad}");
         }
