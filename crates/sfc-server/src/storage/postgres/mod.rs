@@ -247,11 +247,45 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
+        self.query_pg(sql, params)?.map_err(db_err)
+    }
+
+    /// Like [`Self::query`], but gives PostgreSQL's own error (`Ok(Err)`) for the caller
+    /// to look at. A statement that meets a closed connection (PostgreSQL restarted, or
+    /// the connection cut, before the pool noticed) runs once more on a new one: every
+    /// statement here is idempotent, or checks for its own earlier success
+    /// ([`MetaStore::insert_client`]).
+    fn query_pg(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Result<Vec<Row>, tokio_postgres::Error>, StoreError> {
         self.run(async {
-            let client = self.pool.get().await.map_err(pool_err)?;
-            let statement = client.prepare_cached(sql).await.map_err(db_err)?;
-            client.query(&statement, params).await.map_err(db_err)
+            match self.query_once(sql, params).await? {
+                Err(error) if error.is_closed() => {
+                    tracing::info!(%error, "PostgreSQL connection lost; trying a new one");
+                    self.query_once(sql, params).await
+                }
+                result => Ok(result),
+            }
         })
+    }
+
+    async fn query_once(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Result<Vec<Row>, tokio_postgres::Error>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let result = match client.prepare_cached(sql).await {
+            Ok(statement) => client.query(&statement, params).await,
+            Err(error) => Err(error),
+        };
+        if matches!(&result, Err(error) if error.is_closed()) {
+            // Not back into the pool.
+            drop(deadpool_postgres::Object::take(client));
+        }
+        Ok(result)
     }
 
     /// The schema version recorded in the database (0: none).
@@ -388,18 +422,27 @@ impl MetaStore for PostgresStore {
         now: Timestamp,
     ) -> Result<Inserted, StoreError> {
         let now = now.to_string();
-        self.run(async {
-            let client = self.pool.get().await.map_err(pool_err)?;
-            let statement = client
-                .prepare_cached("INSERT INTO clients (ID, Name, LastSeen) VALUES ($1, $2, $3)")
-                .await
-                .map_err(db_err)?;
-            match client.execute(&statement, &[&&id.0[..], &name, &now]).await {
-                Ok(_) => Ok(Inserted::Ok),
-                Err(error) if is_name_taken(&error) => Ok(Inserted::NameTaken),
-                Err(error) => Err(db_err(error)),
-            }
-        })
+        let inserted = self.query_pg(
+            "INSERT INTO clients (ID, Name, LastSeen) VALUES ($1, $2, $3)",
+            &[&&id.0[..], &name, &now],
+        )?;
+        let error = match inserted {
+            Ok(_) => return Ok(Inserted::Ok),
+            Err(error) => error,
+        };
+        let unique = error
+            .as_db_error()
+            .is_some_and(|db| *db.code() == SqlState::UNIQUE_VIOLATION);
+        // Our own insert, committed by an attempt whose answer was lost (the ID is new
+        // and random, so a row with it and this name is ours).
+        if unique && self.client(id)?.is_some_and(|row| row.name == name) {
+            return Ok(Inserted::Ok);
+        }
+        if is_name_taken(&error) {
+            Ok(Inserted::NameTaken)
+        } else {
+            Err(db_err(error))
+        }
     }
 
     fn set_keys(
