@@ -81,9 +81,11 @@ impl PgCluster {
     pub fn start() -> Self {
         let bin = bin_dir().expect("PostgreSQL is installed (check `available` first)");
         let as_postgres = running_as_root();
+        // In /tmp whatever TMPDIR says: the postgres user must be able to reach it, and
+        // the socket path (folder + "/.s.PGSQL.<port>") must stay under 107 bytes.
         let dir = tempfile::Builder::new()
             .prefix("sfc-pg-")
-            .tempdir()
+            .tempdir_in("/tmp")
             .expect("a temporary folder");
         if as_postgres {
             let status = Command::new("chown")

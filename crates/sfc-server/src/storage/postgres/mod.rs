@@ -43,9 +43,10 @@
 //! Statements time out after [`STATEMENT_TIMEOUT`] on the server (rolled back there),
 //! and TCP keepalives notice a database host that vanished.
 //!
-//! A commit whose acknowledgement is lost with the connection is ambiguous, as with any
+//! A statement that meets a closed connection runs once more on a new one. A commit
+//! whose acknowledgement is lost and cannot be retried is ambiguous, as with any
 //! networked database: the client gets 1607 and sends again; every write here is
-//! idempotent for that resend except a registration, whose retry gets 1601 (name taken).
+//! idempotent for that resend except a registration, whose resend gets 1601 (name taken).
 
 use super::{ClientRecord, FileRecord, Inserted, MetaStore, StoreError, Timestamp};
 use crate::config::PostgresUrl;
