@@ -38,6 +38,17 @@ fn the_store_keeps_the_contract_of_defensive_db() {
     };
     let store = PostgresStore::open(&url).unwrap();
     assert_eq!(store.schema_version().unwrap(), 1);
+    // The store names its connections (set with its other connection settings).
+    assert_eq!(
+        cluster.psql(
+            &db,
+            &format!(
+                "SELECT count(*) > 0 FROM pg_stat_activity
+                 WHERE datname = '{db}' AND application_name = 'sfc-server'"
+            )
+        ),
+        "t"
+    );
     let t = Timestamp(1_000);
     assert_eq!(
         store.insert_client(&id(1), "alice", t).unwrap(),
@@ -575,6 +586,10 @@ fn admin_views_read_postgres_and_a_client_of_one_node_is_served_by_another() {
         "{stderr}"
     );
     assert!(!stderr.contains("s3cret-bogus"), "{stderr}");
+    assert!(
+        stderr.contains("Connection refused"),
+        "the cause is shown: {stderr}"
+    );
     // Both nodes stop cleanly.
     for mut node in nodes {
         assert!(node.process.terminate().success());

@@ -146,11 +146,27 @@ impl Drop for PostgresStore {
 }
 
 fn db_err(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Database(error.to_string())
+    StoreError::Database(with_causes(&error))
 }
 
 fn pool_err(error: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Database(format!("cannot reach PostgreSQL: {error}"))
+    StoreError::Database(format!("cannot reach PostgreSQL: {}", with_causes(&error)))
+}
+
+/// The error and its causes ("error connecting to server: Connection refused …"): the
+/// driver's own message leaves the cause out.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl PostgresStore {
