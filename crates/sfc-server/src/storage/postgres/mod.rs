@@ -170,7 +170,8 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 }
 
 impl PostgresStore {
-    /// Connects, checks the database and brings its schema to [`SCHEMA_VERSION`].
+    /// Connects, checks the database and brings its schema to this build's version
+    /// (`SCHEMA_VERSION`).
     pub fn open(url: &PostgresUrl) -> Result<Self, StoreError> {
         let store = Self::connect(url)?;
         store.run(async {
