@@ -229,11 +229,16 @@ struct Node {
 
 impl Node {
     fn start(url: &str) -> Self {
+        Self::start_with(url, &[])
+    }
+
+    fn start_with(url: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(SERVER_BIN);
         command
             .args(["--data-dir", dir.path().to_str().unwrap()])
             .args(["--port", "0", "--bind", "127.0.0.1"])
+            .args(args)
             // The password stays off the command line.
             .env("SFC_DATABASE_URL", url);
         let mut process = ServerProcess::spawn(command);
@@ -596,4 +601,37 @@ fn admin_views_read_postgres_and_a_client_of_one_node_is_served_by_another() {
     for mut node in nodes {
         assert!(node.process.terminate().success());
     }
+}
+
+#[test]
+fn a_node_keeps_at_most_database_pool_connections() {
+    let Some((cluster, _, db)) = fresh_url("pool size") else {
+        return;
+    };
+    let node = Node::start_with(&cluster.url(&db), &["--database-pool", "2"]);
+    let addr = node.addr;
+    let clients: Vec<_> = (0..24)
+        .map(|n| {
+            std::thread::spawn(move || {
+                Conn::connect(addr).call(&register_request(&format!("pooled-{n}")))
+            })
+        })
+        .collect();
+    for client in clients {
+        assert!(matches!(
+            client.join().unwrap(),
+            Response::Registered { .. }
+        ));
+    }
+    let open: u32 = cluster
+        .psql(
+            &db,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = '{db}' AND application_name = 'sfc-server'"
+            ),
+        )
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&open), "{open} connections");
 }
