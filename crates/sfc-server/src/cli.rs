@@ -2,10 +2,11 @@
 //! [`ServerConfig`] ([`Cli::server_config`]); nothing downstream re-checks a flag.
 
 use crate::config::{
-    resolve_port, ServerConfig, DEFAULT_FAIL_BURST, DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE,
-    DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE, DEFAULT_REQUEST_TIMEOUT_SECS,
-    DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_UPLOAD_BUFFERS_MIB, DEFAULT_UPLOAD_TIMEOUT_SECS,
+    resolve_port, Database, PostgresUrl, ServerConfig, DEFAULT_DATABASE_POOL, DEFAULT_FAIL_BURST,
+    DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE, DEFAULT_REGISTER_BURST,
+    DEFAULT_REGISTER_RATE, DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS,
+    DEFAULT_UPLOAD_BUFFERS_MIB, DEFAULT_UPLOAD_TIMEOUT_SECS,
 };
 use crate::net::rate_limit::RateLimit;
 use crate::net::tls::TlsFiles;
@@ -151,6 +152,19 @@ pub struct Cli {
     #[arg(long)]
     pub pin_address: bool,
 
+    /// Record clients and files in this PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB)
+    /// instead of defensive.db in the data folder; several servers may share it. Also
+    /// read from SFC_DATABASE_URL, which keeps the password off the command line; the
+    /// flag wins. Received files stay in the data folder.
+    #[arg(long, global = true, value_name = "URL", env = "SFC_DATABASE_URL",
+          hide_env_values = true, value_parser = PostgresUrl::parse)]
+    pub database: Option<PostgresUrl>,
+
+    /// Connections to the --database PostgreSQL server that this server keeps at most.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_DATABASE_POOL,
+          value_parser = parse_positive_usize)]
+    pub database_pool: usize,
+
     /// Show what the database holds instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -182,6 +196,16 @@ pub enum Command {
 }
 
 impl Cli {
+    /// The metadata store: `--database` (or SFC_DATABASE_URL), else SQLite.
+    pub fn database_choice(&self) -> Database {
+        match &self.database {
+            Some(url) => {
+                Database::Postgres(Box::new(url.clone().with_pool_size(self.database_pool)))
+            }
+            None => Database::Sqlite,
+        }
+    }
+
     /// The server configuration these options describe (reads `port.info` unless
     /// `--port` or a port in `--bind` is given).
     pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
@@ -217,6 +241,7 @@ impl Cli {
         config.register_limit = RateLimit::new(self.register_rate, self.register_burst);
         config.failure_limit = RateLimit::new(self.fail_rate, self.fail_burst);
         config.pin_address = self.pin_address;
+        config.database = self.database_choice();
         Ok(config)
     }
 }
@@ -275,6 +300,45 @@ mod tests {
         let cli = Cli::try_parse_from(["sfc-server", "files", "--json", "--data-dir", d]).unwrap();
         assert!(matches!(cli.command, Some(Command::Files { json: true })));
         Cli::command_for_tests().debug_assert();
+    }
+
+    #[test]
+    fn database_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let parse = |args: &[&str]| {
+            let mut all = vec!["sfc-server", "--data-dir", d, "--port", "1"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+        };
+        // SFC_DATABASE_URL is not set in the test environment (tests/postgres.rs runs
+        // the binary with it).
+        if std::env::var_os(crate::config::DATABASE_URL_ENV).is_none() {
+            let config = parse(&[]).unwrap().server_config().unwrap();
+            assert_eq!(config.database, Database::Sqlite);
+        }
+        let config = parse(&[
+            "--database",
+            "postgres://u:s3cret@127.0.0.1:5/db",
+            "--database-pool",
+            "3",
+        ])
+        .unwrap()
+        .server_config()
+        .unwrap();
+        let Database::Postgres(url) = &config.database else {
+            panic!("{:?}", config.database)
+        };
+        assert_eq!(
+            (url.to_string().as_str(), url.pool_size),
+            ("postgres://u@127.0.0.1:5/db", 3)
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
+        // Global, like --data-dir: the admin views take it after the subcommand.
+        let cli = parse(&["files", "--database", "postgresql://h/db"]).unwrap();
+        assert!(matches!(cli.database_choice(), Database::Postgres(_)));
+        assert!(parse(&["--database", "sqlite:defensive.db"]).is_err());
+        assert!(parse(&["--database-pool", "0"]).is_err());
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub const DEFAULT_REGISTER_BURST: u32 = 300;
 pub const DEFAULT_FAIL_RATE: u32 = 120;
 /// Default failed requests a source address may make at once.
 pub const DEFAULT_FAIL_BURST: u32 = 300;
+/// Default of `--database-pool`: connections to PostgreSQL per server process.
+pub const DEFAULT_DATABASE_POOL: usize = 16;
+/// Environment variable read for `--database` (so that a password need not sit on a
+/// command line, where `ps` shows it).
+pub const DATABASE_URL_ENV: &str = "SFC_DATABASE_URL";
 
 /// Everything the server needs to run. Build it with [`ServerConfig::new`] and adjust
 /// the public fields.
@@ -87,6 +92,106 @@ pub struct ServerConfig {
     /// Opt-in: accept a client's 828/900/901/902 only from the address of its latest
     /// key exchange (826/827) in this run (`net/address_pin.rs`). Off by default.
     pub pin_address: bool,
+    /// Where clients and files are recorded: SQLite `defensive.db` in the data folder
+    /// (the default) or a PostgreSQL database shared by several servers.
+    pub database: Database,
+}
+
+/// The metadata store a server runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Database {
+    /// `defensive.db` in the data folder.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`--database postgres://…`).
+    Postgres(Box<PostgresUrl>),
+}
+
+/// A checked `postgres://` (or `postgresql://`) URL and the size of the connection pool.
+/// `Debug` and `Display` never show the password.
+#[derive(Clone)]
+pub struct PostgresUrl {
+    url: String,
+    config: tokio_postgres::Config,
+    /// Connections per server process.
+    pub pool_size: usize,
+}
+
+impl PostgresUrl {
+    /// Checks `url` (a `postgres://` or `postgresql://` URL as libpq takes it: user,
+    /// password, host, port, database, `?options`).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(
+                "--database takes a postgres:// URL (without it the server uses \
+                 defensive.db in the data folder)"
+                    .into(),
+            );
+        }
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error| format!("invalid PostgreSQL URL: {error}"))?;
+        if config.get_hosts().is_empty() {
+            return Err("the PostgreSQL URL names no host".into());
+        }
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(
+                "sslmode=require: this server does not speak TLS to PostgreSQL yet \
+                 (use a unix socket, loopback or a private network)"
+                    .into(),
+            );
+        }
+        Ok(PostgresUrl {
+            url: url.to_owned(),
+            config,
+            pool_size: DEFAULT_DATABASE_POOL,
+        })
+    }
+
+    /// The same URL with a pool of `pool_size` connections.
+    pub fn with_pool_size(self, pool_size: usize) -> Self {
+        PostgresUrl { pool_size, ..self }
+    }
+
+    /// The driver's connection settings.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+}
+
+impl PartialEq for PostgresUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url && self.pool_size == other.pool_size
+    }
+}
+
+impl Eq for PostgresUrl {}
+
+impl std::fmt::Display for PostgresUrl {
+    /// `postgres://user@host:port/database`, without the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+            None => String::new(),
+        };
+        let user = self.config.get_user().unwrap_or("");
+        let at = if user.is_empty() { "" } else { "@" };
+        write!(f, "postgres://{user}{at}{host}")?;
+        if let Some(port) = self.config.get_ports().first() {
+            write!(f, ":{port}")?;
+        }
+        write!(f, "/{}", self.config.get_dbname().unwrap_or(""))
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresUrl")
+            .field("url", &self.to_string())
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 impl ServerConfig {
@@ -109,6 +214,7 @@ impl ServerConfig {
             register_limit: RateLimit::new(DEFAULT_REGISTER_RATE, DEFAULT_REGISTER_BURST),
             failure_limit: RateLimit::new(DEFAULT_FAIL_RATE, DEFAULT_FAIL_BURST),
             pin_address: false,
+            database: Database::Sqlite,
         }
     }
 
@@ -214,5 +320,25 @@ mod tests {
         std::fs::remove_file(dir.path().join(PORT_FILE)).unwrap();
         std::fs::create_dir(dir.path().join(PORT_FILE)).unwrap();
         assert_eq!(resolve_port(dir.path(), None), DEFAULT_PORT);
+    }
+
+    #[test]
+    fn postgres_urls_are_checked_and_never_show_the_password() {
+        let url = PostgresUrl::parse("postgres://sfc:s3cret@db.example:5433/files").unwrap();
+        assert_eq!(url.to_string(), "postgres://sfc@db.example:5433/files");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(url.config().get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(url.pool_size, DEFAULT_DATABASE_POOL);
+        let url = PostgresUrl::parse("postgresql://db/x?password=s3cret").unwrap();
+        assert!(!format!("{url} {url:?}").contains("s3cret"));
+        for bad in [
+            "mysql://db/x",
+            "defensive.db",
+            "postgres://db:notaport/x",
+            "postgres:///x",
+            "postgres://db/x?sslmode=require",
+        ] {
+            assert!(PostgresUrl::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -27,6 +27,7 @@ pub use config::ServerConfig;
 pub use net::listener::{raise_fd_limit, run, shutdown_signal, RunningServer, Server};
 pub use net::rate_limit::RateLimit;
 pub use storage::fs::LocalBlobStore;
+pub use storage::postgres::PostgresStore;
 pub use storage::setup::Storage;
 pub use storage::sqlite::SqliteStore;
 pub use storage::{

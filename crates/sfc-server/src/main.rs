@@ -25,10 +25,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
     let result = match &cli.command {
-        Some(Command::Clients { json }) => admin::clients(&cli.data_dir)
+        Some(Command::Clients { json }) => admin::clients_in(&cli.data_dir, &cli.database_choice())
             .and_then(|views| admin::render_clients(&views, *json))
             .map(|text| print!("{text}")),
-        Some(Command::Files { json }) => admin::files(&cli.data_dir)
+        Some(Command::Files { json }) => admin::files_in(&cli.data_dir, &cli.database_choice())
             .and_then(|views| admin::render_files(&views, *json))
             .map(|text| print!("{text}")),
         None => serve(&cli),

@@ -8,7 +8,6 @@ use common::*;
 use sfc_proto::{
     ClientId, FilePacketHeader, Request, RequestBody, RequestCode, RequestHeader, Response,
 };
-use sfc_server::MetaStore;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -471,7 +470,7 @@ fn restart_keeps_clients_files_and_aes_keys() {
         conn.call(&reconnect),
         Response::ReconnectAccepted { .. }
     ));
-    let files = sfc_server::admin::files(server.root()).unwrap();
+    let files = sfc_server::admin::files_in(server.root(), &server.database).unwrap();
     let names: Vec<_> = files
         .iter()
         .map(|f| (f.file_name.as_str(), f.verified, f.size))
@@ -483,7 +482,7 @@ fn restart_keeps_clients_files_and_aes_keys() {
             ("kept.bin", true, Some(12_345))
         ]
     );
-    let clients = sfc_server::admin::clients(server.root()).unwrap();
+    let clients = sfc_server::admin::clients_in(server.root(), &server.database).unwrap();
     assert_eq!(clients.len(), 1);
     assert_eq!(clients[0].id, id.to_hex());
     assert_eq!(clients[0].public_key_bits, Some(1024));
@@ -714,7 +713,7 @@ fn a_closed_connection_between_packets_keeps_the_upload_for_the_next_one() {
 
 #[test]
 fn temporary_and_unrecorded_files_are_removed_at_start_up() {
-    use sfc_server::{FileRecord, SqliteStore, Timestamp};
+    use sfc_server::{FileRecord, Timestamp};
     let dir = tempfile::tempdir().unwrap();
     let hex = "ab".repeat(16);
     let client_dir = dir.path().join("files").join(&hex);
@@ -723,7 +722,8 @@ fn temporary_and_unrecorded_files_are_removed_at_start_up() {
     std::fs::write(client_dir.join("kept.bin"), b"stored").unwrap();
     std::fs::write(client_dir.join("orphan.bin"), b"never acknowledged").unwrap();
     std::fs::write(dir.path().join("files").join("NOTES"), b"an operator's").unwrap();
-    let db = SqliteStore::open(&dir.path().join("defensive.db")).unwrap();
+    let database = test_database();
+    let db = open_meta(dir.path(), &database);
     let client = ClientId([0xab; 16]);
     db.insert_client(&client, "kept", Timestamp(0)).unwrap();
     let row = FileRecord {
@@ -734,7 +734,7 @@ fn temporary_and_unrecorded_files_are_removed_at_start_up() {
     };
     db.put_file(&row, Timestamp(0)).unwrap();
     db.close().unwrap();
-    let server = TestServer::start_in(dir, |_| {});
+    let server = TestServer::start_on(dir, database, |_| {});
     assert!(!client_dir.join(".upload-0123.tmp").exists());
     assert!(!client_dir.join("orphan.bin").exists());
     assert_eq!(

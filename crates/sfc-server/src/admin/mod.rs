@@ -1,12 +1,12 @@
 //! Admin views: `sfc-server clients` and `sfc-server files` print what the database
 //! holds, as a table or as JSON (`--json`). They open `defensive.db` beside a running
-//! server safely (WAL: readers do not block the writer) and never create or migrate it.
+//! server safely (WAL: readers do not block the writer), or the `--database`
+//! PostgreSQL, and never create or migrate it.
 
-use crate::config::DB_FILE;
+use crate::config::Database;
 use crate::storage::fs::LocalBlobStore;
-use crate::storage::sqlite::SqliteStore;
-use crate::storage::{BlobStore, MetaStore};
-use anyhow::Context;
+use crate::storage::setup::open_existing_meta;
+use crate::storage::BlobStore;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,20 +45,14 @@ pub struct FileView {
     pub verified: bool,
 }
 
-fn open(data_dir: &Path) -> anyhow::Result<SqliteStore> {
-    let path = data_dir.join(DB_FILE);
-    if !path.is_file() {
-        anyhow::bail!(
-            "no database at {} (has the server run with this data folder?)",
-            path.display()
-        );
-    }
-    SqliteStore::open_existing(&path).with_context(|| format!("cannot open {}", path.display()))
-}
-
 /// The clients in the database of `data_dir`, by name.
 pub fn clients(data_dir: &Path) -> anyhow::Result<Vec<ClientView>> {
-    let store = open(data_dir)?;
+    clients_in(data_dir, &Database::Sqlite)
+}
+
+/// The clients in `database` (SQLite: the one in `data_dir`), by name.
+pub fn clients_in(data_dir: &Path, database: &Database) -> anyhow::Result<Vec<ClientView>> {
+    let store = open_existing_meta(data_dir, database)?;
     let files = store.files()?;
     let mut counts: HashMap<_, usize> = HashMap::new();
     for file in &files {
@@ -85,7 +79,13 @@ pub fn clients(data_dir: &Path) -> anyhow::Result<Vec<ClientView>> {
 
 /// The files in the database of `data_dir`, with their size on disk.
 pub fn files(data_dir: &Path) -> anyhow::Result<Vec<FileView>> {
-    let store = open(data_dir)?;
+    files_in(data_dir, &Database::Sqlite)
+}
+
+/// The files in `database` (SQLite: the one in `data_dir`), with their size in the
+/// data folder.
+pub fn files_in(data_dir: &Path, database: &Database) -> anyhow::Result<Vec<FileView>> {
+    let store = open_existing_meta(data_dir, database)?;
     let names: HashMap<_, _> = store
         .clients()?
         .into_iter()
@@ -199,7 +199,9 @@ pub fn render_files(views: &[FileView], json: bool) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{FileRecord, Timestamp};
+    use crate::config::DB_FILE;
+    use crate::storage::sqlite::SqliteStore;
+    use crate::storage::{FileRecord, MetaStore, Timestamp};
     use sfc_proto::ClientId;
 
     #[test]

@@ -28,6 +28,7 @@
 pub mod fs;
 pub mod names;
 pub mod perms;
+pub mod postgres;
 pub mod setup;
 pub mod sqlite;
 

@@ -1,13 +1,16 @@
 //! Opening the standard storage in the data folder (folders, modes, the folder lock,
-//! SQLite) and the start-up clean-up after an earlier run ([`recover`]).
+//! SQLite or the `--database` PostgreSQL) and the start-up clean-up after an earlier run
+//! ([`recover`]).
 
 use super::fs::{DataDirLock, LocalBlobStore, FILES_DIR};
 use super::perms;
+use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use super::{BlobStore, FileRecord, MetaStore};
-use crate::config::ServerConfig;
+use crate::config::{Database, ServerConfig, DB_FILE};
 use anyhow::Context;
 use std::io;
+use std::path::Path;
 
 /// The stores a server runs on. [`crate::Server::bind`] opens the standard ones (SQLite
 /// `defensive.db` and the local `files/` folder); tests can pass their own (fault
@@ -49,16 +52,59 @@ impl Storage {
                 None
             }
         };
-        let db = config.db_path();
-        let meta = SqliteStore::open(&db)
-            .with_context(|| format!("cannot open the database {}", db.display()))?;
+        let meta = open_meta(config)?;
         let blobs = LocalBlobStore::new(&config.data_dir);
         Ok(Storage {
-            meta: Box::new(meta),
+            meta,
             blobs: Box::new(blobs),
             lock,
         })
     }
+}
+
+/// The metadata store `config.database` names, created or migrated as needed.
+fn open_meta(config: &ServerConfig) -> anyhow::Result<Box<dyn MetaStore>> {
+    Ok(match &config.database {
+        Database::Sqlite => {
+            let db = config.db_path();
+            Box::new(
+                SqliteStore::open(&db)
+                    .with_context(|| format!("cannot open the database {}", db.display()))?,
+            )
+        }
+        Database::Postgres(url) => {
+            let store = PostgresStore::open(url)
+                .with_context(|| format!("cannot open the database {url}"))?;
+            tracing::info!(database = %url, pool = url.pool_size, "metadata in PostgreSQL");
+            Box::new(store)
+        }
+    })
+}
+
+/// The metadata store of an existing set-up, for the admin views: never created nor
+/// migrated.
+pub fn open_existing_meta(
+    data_dir: &Path,
+    database: &Database,
+) -> anyhow::Result<Box<dyn MetaStore>> {
+    Ok(match database {
+        Database::Sqlite => {
+            let path = data_dir.join(DB_FILE);
+            if !path.is_file() {
+                anyhow::bail!(
+                    "no database at {} (has the server run with this data folder?)",
+                    path.display()
+                );
+            }
+            Box::new(
+                SqliteStore::open_existing(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            )
+        }
+        Database::Postgres(url) => Box::new(
+            PostgresStore::open_existing(url).with_context(|| format!("cannot open {url}"))?,
+        ),
+    })
 }
 
 /// Reads the tables once and removes what a crash can leave behind (blocking). A

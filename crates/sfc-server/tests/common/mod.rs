@@ -2,12 +2,14 @@
 //! temporary folder.
 #![cfg(test)]
 #![allow(dead_code)]
+pub mod postgres;
 pub mod process;
 
 use sfc_crypto::{AesKey, CbcEncryptor, RsaKeyPair};
 use sfc_proto::limits::{NAME_FIELD_LEN, REQUEST_HEADER_LEN};
 use sfc_proto::{ClientId, FilePacketHeader, Name, Request, RequestBody, Response, ResponseHeader};
-use sfc_server::SqliteStore;
+use sfc_server::config::Database;
+use sfc_server::{MetaStore, PostgresStore, SqliteStore};
 use sfc_server::{RunningServer, ServerConfig};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,11 +38,39 @@ pub fn name(text: &str) -> Name {
     Name::new(text).unwrap()
 }
 
+/// Environment variable that runs the tests' servers on PostgreSQL (`postgres`; a fresh
+/// database per server on a cluster the test binary starts) instead of SQLite.
+pub const TEST_DATABASE_ENV: &str = "SFC_TEST_DATABASE";
+
+/// The metadata store a test server gets: SQLite unless `SFC_TEST_DATABASE=postgres`.
+pub fn test_database() -> Database {
+    match std::env::var(TEST_DATABASE_ENV).as_deref() {
+        Ok("postgres") => {
+            let Some(cluster) = postgres::shared(TEST_DATABASE_ENV) else {
+                panic!("{TEST_DATABASE_ENV}=postgres, but PostgreSQL is not installed (apt-get install postgresql)")
+            };
+            cluster.fresh()
+        }
+        Ok("sqlite") | Err(_) => Database::Sqlite,
+        Ok(other) => panic!("{TEST_DATABASE_ENV}={other:?}: use postgres or sqlite"),
+    }
+}
+
+/// Opens (creating and migrating) the metadata store `database` names for `dir`.
+pub fn open_meta(dir: &Path, database: &Database) -> Box<dyn MetaStore> {
+    match database {
+        Database::Sqlite => Box::new(SqliteStore::open(&dir.join("defensive.db")).unwrap()),
+        Database::Postgres(url) => Box::new(PostgresStore::open(url).unwrap()),
+    }
+}
+
 /// A server in its own temporary folder on 127.0.0.1:0.
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub server: Option<RunningServer>,
     pub addr: SocketAddr,
+    /// Its metadata store ([`test_database`]), kept across restarts.
+    pub database: Database,
     tweak: fn(&mut ServerConfig),
 }
 
@@ -64,7 +94,17 @@ impl TestServer {
     }
 
     pub fn start_in(dir: tempfile::TempDir, tweak: fn(&mut ServerConfig)) -> Self {
+        Self::start_on(dir, test_database(), tweak)
+    }
+
+    /// A server in `dir` on `database`.
+    pub fn start_on(
+        dir: tempfile::TempDir,
+        database: Database,
+        tweak: fn(&mut ServerConfig),
+    ) -> Self {
         let mut config = config_for(dir.path());
+        config.database = database.clone();
         tweak(&mut config);
         let server = RunningServer::start(config).unwrap();
         let addr = server.addr();
@@ -72,6 +112,7 @@ impl TestServer {
             dir,
             server: Some(server),
             addr,
+            database,
             tweak,
         }
     }
@@ -82,6 +123,7 @@ impl TestServer {
             server.stop();
         }
         let mut config = config_for(self.dir.path());
+        config.database = self.database.clone();
         (self.tweak)(&mut config);
         let server = RunningServer::start(config).unwrap();
         self.addr = server.addr();
@@ -106,9 +148,14 @@ impl TestServer {
         Conn::connect(self.addr)
     }
 
-    /// A read-only look at the database (WAL: fine while the server runs).
-    pub fn db(&self) -> SqliteStore {
-        SqliteStore::open_existing(&self.root().join("defensive.db")).unwrap()
+    /// A look at the database (SQLite WAL or PostgreSQL: fine while the server runs).
+    pub fn db(&self) -> Box<dyn MetaStore> {
+        match &self.database {
+            Database::Sqlite => {
+                Box::new(SqliteStore::open_existing(&self.root().join("defensive.db")).unwrap())
+            }
+            Database::Postgres(url) => Box::new(PostgresStore::open_existing(url).unwrap()),
+        }
     }
 
     /// Every file under the data folder, relative, sorted (to check confinement).

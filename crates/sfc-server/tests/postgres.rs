@@ -1,0 +1,637 @@
+//! The PostgreSQL metadata store against a real PostgreSQL (Debian's packages; see
+//! `common/postgres.rs`): the store's contract and constraints, migrations, two server
+//! processes (nodes) racing on one database, PostgreSQL restarted under a running
+//! server, and the admin views. The end-to-end flows run on PostgreSQL too:
+//! `SFC_TEST_DATABASE=postgres cargo test -p sfc-server --test e2e` (.ci/run does).
+//!
+//! Without PostgreSQL these tests print how to get it and pass, unless `CI` is set.
+#![cfg(test)]
+
+mod common;
+
+use common::postgres::{self, PgCluster};
+use common::process::{ServerProcess, SERVER_BIN};
+use common::*;
+use sfc_proto::{ClientId, Request, RequestBody, Response};
+use sfc_server::config::PostgresUrl;
+use sfc_server::{FileRecord, Inserted, MetaStore, PostgresStore, StoreError, Timestamp};
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+
+fn id(n: u8) -> ClientId {
+    ClientId([n; 16])
+}
+
+/// A fresh database on the shared cluster, as a URL; `None`: PostgreSQL is missing and
+/// this is not CI (the test returns).
+fn fresh_url(test: &str) -> Option<(&'static PgCluster, PostgresUrl, String)> {
+    let cluster = postgres::shared(test)?;
+    let name = cluster.create_database();
+    let url = PostgresUrl::parse(&cluster.url(&name)).unwrap();
+    Some((cluster, url, name))
+}
+
+#[test]
+fn the_store_keeps_the_contract_of_defensive_db() {
+    let Some((cluster, url, db)) = fresh_url("store contract") else {
+        return;
+    };
+    let store = PostgresStore::open(&url).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 1);
+    // The store names its connections (set with its other connection settings).
+    assert_eq!(
+        cluster.psql(
+            &db,
+            &format!(
+                "SELECT count(*) > 0 FROM pg_stat_activity
+                 WHERE datname = '{db}' AND application_name = 'sfc-server'"
+            )
+        ),
+        "t"
+    );
+    let t = Timestamp(1_000);
+    assert_eq!(
+        store.insert_client(&id(1), "alice", t).unwrap(),
+        Inserted::Ok
+    );
+    // SQLSTATE 23505 on the name constraint: the same answer as SQLite's store.
+    assert_eq!(
+        store.insert_client(&id(2), "alice", t).unwrap(),
+        Inserted::NameTaken
+    );
+    // A duplicate ID is another constraint: an error, not "name taken".
+    assert!(store.insert_client(&id(1), "bob", t).is_err());
+    store
+        .set_keys(&id(1), Some(&[1, 2, 3]), &[7; 32], Timestamp(2_000))
+        .unwrap();
+    store
+        .set_keys(&id(1), None, &[8; 32], Timestamp(1_500))
+        .unwrap();
+    // The same key again is fine; another key is refused (pinning) and changes nothing.
+    store
+        .set_keys(&id(1), Some(&[1, 2, 3]), &[9; 32], Timestamp(1_600))
+        .unwrap();
+    let error = store
+        .set_keys(&id(1), Some(&[4, 5, 6]), &[10; 32], t)
+        .unwrap_err();
+    assert!(error.to_string().contains("key pinning"), "{error}");
+    assert!(store.set_keys(&id(9), None, &[8; 32], t).is_err());
+    let alice = store.client(&id(1)).unwrap().unwrap();
+    assert_eq!(alice.public_key.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert_eq!(alice.aes_key.as_deref(), Some(&[9u8; 32][..]));
+    // LastSeen never goes backwards.
+    assert_eq!(alice.last_seen.as_deref(), Some("1970-01-01 00:00:02.000"));
+    assert!(store.client(&id(3)).unwrap().is_none());
+
+    let file = FileRecord {
+        client_id: id(1),
+        file_name: "a/b.txt".into(),
+        path: "files/x/a%2Fb.txt".into(),
+        verified: false,
+    };
+    store.put_file(&file, t).unwrap();
+    assert_eq!(store.file(&id(1), "a/b.txt").unwrap(), Some(file.clone()));
+    assert_eq!(store.file(&id(1), "other").unwrap(), None);
+    assert!(store.set_verified(&id(1), "a/b.txt", t).unwrap());
+    assert!(!store.set_verified(&id(1), "nope", t).unwrap());
+    assert!(store.files().unwrap()[0].verified);
+    // Replacing: one row, the new path, unverified.
+    let replaced = FileRecord {
+        path: "files/x/new".into(),
+        ..file.clone()
+    };
+    store.put_file(&replaced, t).unwrap();
+    assert_eq!(store.files().unwrap(), std::slice::from_ref(&replaced));
+    assert_eq!(
+        store.remove_file(&id(1), "a/b.txt", t).unwrap(),
+        Some(replaced)
+    );
+    assert_eq!(store.remove_file(&id(1), "a/b.txt", t).unwrap(), None);
+    // A file row needs its client (foreign key).
+    assert!(store
+        .put_file(
+            &FileRecord {
+                client_id: id(7),
+                ..file.clone()
+            },
+            t
+        )
+        .is_err());
+    // Several notes for one client in one batch: the latest wins; unknown IDs are ignored.
+    store
+        .touch(&[
+            (id(1), Timestamp(5_000)),
+            (id(1), Timestamp(4_000)),
+            (id(2), Timestamp(5_000)),
+        ])
+        .unwrap();
+    let alice = store.client(&id(1)).unwrap().unwrap();
+    assert_eq!(alice.last_seen.as_deref(), Some("1970-01-01 00:00:05.000"));
+    assert_eq!(store.clients().unwrap().len(), 1);
+    // Names and labels are text: non-ASCII survives.
+    assert_eq!(store.insert_client(&id(4), "zoë", t).unwrap(), Inserted::Ok);
+    assert_eq!(store.client(&id(4)).unwrap().unwrap().name, "zoë");
+
+    // Exactly the columns of defensive.db (PostgreSQL folds the names to lower case).
+    let columns = |table: &str| {
+        cluster.psql(
+            &db,
+            &format!(
+                "SELECT string_agg(column_name, ',' ORDER BY ordinal_position)
+                 FROM information_schema.columns WHERE table_name = '{table}'"
+            ),
+        )
+    };
+    assert_eq!(columns("clients"), "id,name,publickey,lastseen,aeskey");
+    assert_eq!(columns("files"), "id,filename,pathname,verified");
+
+    store.close().unwrap();
+    assert!(matches!(store.client(&id(1)), Err(StoreError::Closed)));
+    drop(store);
+
+    // Reopening keeps the data and does not migrate again; a newer schema is refused.
+    let store = PostgresStore::open(&url).unwrap();
+    assert_eq!(store.clients().unwrap().len(), 2);
+    assert_eq!(
+        cluster.psql(&db, "SELECT count(*) FROM schema_version"),
+        "1"
+    );
+    cluster.psql(&db, "INSERT INTO schema_version (version) VALUES (99)");
+    let error = PostgresStore::open(&url).unwrap_err();
+    assert!(error.to_string().contains("schema version 99"), "{error}");
+    let error = PostgresStore::open_existing(&url).unwrap_err();
+    assert!(error.to_string().contains("schema version 99"), "{error}");
+}
+
+#[test]
+fn servers_starting_together_migrate_once_and_admin_views_never_migrate() {
+    let Some((cluster, url, db)) = fresh_url("concurrent migrations") else {
+        return;
+    };
+    // The admin views on an empty database: an error, and nothing created.
+    let error = PostgresStore::open_existing(&url).unwrap_err();
+    assert!(
+        error.to_string().contains("no sfc-server tables"),
+        "{error}"
+    );
+    assert_eq!(
+        cluster.psql(
+            &db,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0"
+    );
+    let barrier = Arc::new(Barrier::new(4));
+    let openers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, barrier) = (url.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                PostgresStore::open(&url).map(|store| store.schema_version())
+            })
+        })
+        .collect();
+    for opener in openers {
+        assert_eq!(opener.join().unwrap().unwrap().unwrap(), 1);
+    }
+    assert_eq!(
+        cluster.psql(
+            &db,
+            "SELECT string_agg(version::text, ',') FROM schema_version"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn a_database_in_another_encoding_is_refused() {
+    let Some(cluster) = postgres::shared("encoding") else {
+        return;
+    };
+    cluster.psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE sfc_latin1 OWNER {} ENCODING 'LATIN1' TEMPLATE template0",
+            postgres::USER
+        ),
+    );
+    let url = PostgresUrl::parse(&cluster.url("sfc_latin1")).unwrap();
+    let error = PostgresStore::open(&url).unwrap_err();
+    assert!(error.to_string().contains("needs UTF8"), "{error}");
+}
+
+/// A server process ("node") on `database` with its own data folder.
+struct Node {
+    _dir: tempfile::TempDir,
+    process: ServerProcess,
+    addr: std::net::SocketAddr,
+}
+
+impl Node {
+    fn start(url: &str) -> Self {
+        Self::start_with(url, &[])
+    }
+
+    fn start_with(url: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(SERVER_BIN);
+        command
+            .args(["--data-dir", dir.path().to_str().unwrap()])
+            .args(["--port", "0", "--bind", "127.0.0.1"])
+            .args(args)
+            // The password stays off the command line.
+            .env("SFC_DATABASE_URL", url);
+        let mut process = ServerProcess::spawn(command);
+        let addr = process.listening_addr();
+        Node {
+            _dir: dir,
+            process,
+            addr,
+        }
+    }
+
+    fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+}
+
+/// Sends `request` on both connections at the same moment; returns both replies.
+fn race(
+    a: &mut Conn,
+    b: &mut Conn,
+    request_a: &Request,
+    request_b: &Request,
+) -> (Response, Response) {
+    let barrier = Arc::new(Barrier::new(2));
+    std::thread::scope(|scope| {
+        let first = {
+            let barrier = Arc::clone(&barrier);
+            scope.spawn(move || {
+                barrier.wait();
+                a.call(request_a)
+            })
+        };
+        let second = {
+            let barrier = Arc::clone(&barrier);
+            scope.spawn(move || {
+                barrier.wait();
+                b.call(request_b)
+            })
+        };
+        (first.join().unwrap(), second.join().unwrap())
+    })
+}
+
+#[test]
+fn two_nodes_racing_for_one_name_give_exactly_one_winner_every_time() {
+    let Some((cluster, _, db)) = fresh_url("name race") else {
+        return;
+    };
+    let url = cluster.url(&db);
+    let nodes = [Node::start(&url), Node::start(&url)];
+    let mut a = Conn::connect(nodes[0].addr);
+    let mut b = Conn::connect(nodes[1].addr);
+    for round in 0..100 {
+        let request = register_request(&format!("racer-{round}"));
+        let (first, second) = race(&mut a, &mut b, &request, &request);
+        let winners = [&first, &second]
+            .iter()
+            .filter(|r| matches!(r, Response::Registered { .. }))
+            .count();
+        let losers = [&first, &second]
+            .iter()
+            .filter(|r| matches!(r, Response::RegistrationFailed))
+            .count();
+        assert_eq!(
+            (winners, losers),
+            (1, 1),
+            "round {round}: {first:?} / {second:?}"
+        );
+    }
+    let store = PostgresStore::open_existing(&PostgresUrl::parse(&url).unwrap()).unwrap();
+    assert_eq!(store.clients().unwrap().len(), 100);
+}
+
+#[test]
+fn two_nodes_racing_on_one_client_keep_one_key_and_whole_file_rows() {
+    let Some((cluster, _, db)) = fresh_url("file race") else {
+        return;
+    };
+    let url = cluster.url(&db);
+    let nodes = [Node::start(&url), Node::start(&url)];
+    let mut a = Conn::connect(nodes[0].addr);
+    let mut b = Conn::connect(nodes[1].addr);
+
+    // Key pinning across nodes: two first keys at once, exactly one is kept.
+    let other_key = sfc_crypto::RsaKeyPair::generate().unwrap();
+    for round in 0..10 {
+        let user = format!("pinned-{round}");
+        let Response::Registered { client_id } = a.call(&register_request(&user)) else {
+            panic!("registration")
+        };
+        let theirs = Request::new(
+            client_id,
+            RequestBody::SendPublicKey {
+                name: name(&user),
+                public_key: other_key.public_key_der(),
+            },
+        );
+        let (mine, other) = race(&mut a, &mut b, &key_request(client_id, &user), &theirs);
+        let accepted = [&mine, &other]
+            .iter()
+            .filter(|r| matches!(r, Response::PublicKeyAccepted { .. }))
+            .count();
+        assert_eq!(accepted, 1, "round {round}: {mine:?} / {other:?}");
+        assert!(
+            matches!(mine, Response::ServerError) || matches!(other, Response::ServerError),
+            "round {round}: {mine:?} / {other:?}"
+        );
+        let store = PostgresStore::open_existing(&PostgresUrl::parse(&url).unwrap()).unwrap();
+        let kept = store
+            .client(&client_id)
+            .unwrap()
+            .unwrap()
+            .public_key
+            .unwrap();
+        let winner = if matches!(mine, Response::PublicKeyAccepted { .. }) {
+            keypair().public_key_der()
+        } else {
+            other_key.public_key_der()
+        };
+        assert_eq!(kept, winner, "round {round}");
+    }
+
+    // One client uploading one file name through both nodes at once, 20 times: every
+    // upload is acknowledged, and there is always exactly one whole row.
+    let (client, key) = enroll(&mut a, "uploader");
+    let store = PostgresStore::open_existing(&PostgresUrl::parse(&url).unwrap()).unwrap();
+    for round in 0..20u32 {
+        let plain_a = data(3_000 + round as usize, round);
+        let plain_b = data(5_000 + round as usize, round + 1_000);
+        let send =
+            |conn: &mut Conn, plain: &[u8]| upload(conn, client, &key, "same.bin", plain, 1024);
+        let (reply_a, reply_b) = std::thread::scope(|scope| {
+            let barrier = Arc::new(Barrier::new(2));
+            let (ba, bb) = (Arc::clone(&barrier), Arc::clone(&barrier));
+            let (a, b) = (&mut a, &mut b);
+            let (pa, pb) = (&plain_a, &plain_b);
+            let first = scope.spawn(move || {
+                ba.wait();
+                send(a, pa)
+            });
+            let second = scope.spawn(move || {
+                bb.wait();
+                send(b, pb)
+            });
+            (first.join().unwrap(), second.join().unwrap())
+        });
+        assert_received(&reply_a, client, "same.bin", &plain_a);
+        assert_received(&reply_b, client, "same.bin", &plain_b);
+        let rows = store.files().unwrap();
+        assert_eq!(rows.len(), 1, "round {round}: {rows:?}");
+        assert_eq!(rows[0].file_name, "same.bin");
+        assert_eq!(rows[0].path, format!("files/{}/same.bin", client.to_hex()));
+        assert!(!rows[0].verified);
+    }
+    // 900 on one node racing 902 on the other: never a verified row left behind by the
+    // removal, and the 902 is always acknowledged.
+    for round in 0..20u32 {
+        let plain = data(100, round);
+        assert_received(
+            &upload(&mut a, client, &key, "judged.bin", &plain, 1024),
+            client,
+            "judged.bin",
+            &plain,
+        );
+        let (ok, failed) = race(
+            &mut a,
+            &mut b,
+            &file_name_request(client, 900, "judged.bin"),
+            &file_name_request(client, 902, "judged.bin"),
+        );
+        assert!(matches!(failed, Response::Ack { .. }), "{failed:?}");
+        assert!(
+            matches!(ok, Response::Ack { .. } | Response::ServerError),
+            "{ok:?}"
+        );
+        assert_eq!(
+            store.file(&client, "judged.bin").unwrap(),
+            None,
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn postgres_restarted_mid_run_gives_1607_meanwhile_and_the_server_reconnects() {
+    if !postgres::available("postgres restart") {
+        return;
+    }
+    // Its own cluster: stopping the shared one would disturb the other tests.
+    let cluster = PgCluster::start();
+    let database = cluster.fresh();
+    let server = TestServer::start_on(tempfile::tempdir().unwrap(), database, |_| {});
+    let mut conn = server.connect();
+    let (client, key) = enroll(&mut conn, "steady");
+    let before = data(2_000, 1);
+    assert_received(
+        &upload(&mut conn, client, &key, "before.bin", &before, 1024),
+        client,
+        "before.bin",
+        &before,
+    );
+
+    cluster.stop();
+    // Every request that needs the database gets 1607, on fresh and open connections.
+    assert_eq!(
+        server.connect().call(&register_request("newcomer")),
+        Response::ServerError
+    );
+    let reconnect = Request::new(
+        client,
+        RequestBody::Reconnect {
+            name: name("steady"),
+        },
+    );
+    assert_eq!(server.connect().call(&reconnect), Response::ServerError);
+    let during = data(1_500, 2);
+    assert_eq!(
+        upload(&mut conn, client, &key, "during.bin", &during, 1024),
+        Response::ServerError
+    );
+    // Nothing recorded, nothing left in the folder.
+    assert!(!server.client_dir(client).join("during.bin").exists());
+    assert_eq!(
+        conn.call(&file_name_request(client, 900, "before.bin")),
+        Response::ServerError
+    );
+
+    cluster.start_again();
+    cluster.wait_ready();
+    // The pool reconnects by itself (no restart of the server), and the connections the
+    // restart closed are never used again: the very first request succeeds.
+    assert!(
+        matches!(
+            server.connect().call(&register_request("newcomer")),
+            Response::Registered { .. }
+        ),
+        "the server did not reconnect to PostgreSQL"
+    );
+    let mut conn = server.connect();
+    let Response::ReconnectAccepted { wrapped_key, .. } = conn.call(&reconnect) else {
+        panic!("827 after the restart")
+    };
+    let key = keypair().unwrap_aes_key(&wrapped_key).unwrap();
+    assert_received(
+        &upload(&mut conn, client, &key, "during.bin", &during, 1024),
+        client,
+        "during.bin",
+        &during,
+    );
+    for file in ["before.bin", "during.bin"] {
+        assert_eq!(
+            conn.call(&file_name_request(client, 900, file)),
+            Response::Ack {
+                client_id: Some(client)
+            }
+        );
+    }
+    let files = server.db().files().unwrap();
+    assert_eq!(
+        files
+            .iter()
+            .map(|f| (f.file_name.as_str(), f.verified))
+            .collect::<Vec<_>>(),
+        [("before.bin", true), ("during.bin", true)]
+    );
+    assert_eq!(server.db().clients().unwrap().len(), 2);
+    drop(server);
+}
+
+#[test]
+fn admin_views_read_postgres_and_a_client_of_one_node_is_served_by_another() {
+    let Some((cluster, _, db)) = fresh_url("admin views") else {
+        return;
+    };
+    let url = cluster.url(&db);
+    let nodes = [Node::start(&url), Node::start(&url)];
+    let mut a = Conn::connect(nodes[0].addr);
+    let (client, _) = enroll(&mut a, "admin-view");
+    // Registered through node A, reconnected and uploading through node B.
+    let mut b = Conn::connect(nodes[1].addr);
+    let reconnect = Request::new(
+        client,
+        RequestBody::Reconnect {
+            name: name("admin-view"),
+        },
+    );
+    let Response::ReconnectAccepted { wrapped_key, .. } = b.call(&reconnect) else {
+        panic!("827 through the other node")
+    };
+    let key = keypair().unwrap_aes_key(&wrapped_key).unwrap();
+    let plain = data(4_321, 3);
+    assert_received(
+        &upload(&mut b, client, &key, "b.bin", &plain, 1024),
+        client,
+        "b.bin",
+        &plain,
+    );
+    assert!(matches!(
+        b.call(&file_name_request(client, 900, "b.bin")),
+        Response::Ack { .. }
+    ));
+    let dir_b = nodes[1].data_dir().to_str().unwrap().to_owned();
+    let admin = |args: &[&str], env: Option<&str>| {
+        let mut command = Command::new(SERVER_BIN);
+        command.args(args).env_remove("SFC_DATABASE_URL");
+        if let Some(value) = env {
+            command.env("SFC_DATABASE_URL", value);
+        }
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // From the environment variable.
+    let clients: serde_json::Value =
+        serde_json::from_str(&admin(&["clients", "--json"], Some(&url))).unwrap();
+    let clients = clients.as_array().unwrap();
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0]["name"], "admin-view");
+    assert_eq!(clients[0]["id"], client.to_hex());
+    assert_eq!(clients[0]["files"], 1);
+    assert_eq!(clients[0]["public_key_bits"], 1024);
+    // The flag wins over the environment variable.
+    let bogus = "postgres://nobody:s3cret-bogus@127.0.0.1:1/none";
+    let files: serde_json::Value = serde_json::from_str(&admin(
+        &["files", "--json", "--data-dir", &dir_b, "--database", &url],
+        Some(bogus),
+    ))
+    .unwrap();
+    let files = files.as_array().unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0]["file_name"], "b.bin");
+    assert_eq!(files[0]["client_name"], "admin-view");
+    assert_eq!(files[0]["verified"], true);
+    assert_eq!(files[0]["size"], 4_321);
+    let table = admin(&["clients", "--database", &url], None);
+    assert!(table.contains("admin-view"), "{table}");
+    assert!(admin(&["files", "--database", &url], None).contains("b.bin"));
+    // A wrong URL is a clear error that does not show the password.
+    let out = Command::new(SERVER_BIN)
+        .args(["clients", "--database", bogus])
+        .env_remove("SFC_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("postgres://nobody@127.0.0.1:1/none"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret-bogus"), "{stderr}");
+    assert!(
+        stderr.contains("Connection refused"),
+        "the cause is shown: {stderr}"
+    );
+    // Both nodes stop cleanly.
+    for mut node in nodes {
+        assert!(node.process.terminate().success());
+    }
+}
+
+#[test]
+fn a_node_keeps_at_most_database_pool_connections() {
+    let Some((cluster, _, db)) = fresh_url("pool size") else {
+        return;
+    };
+    let node = Node::start_with(&cluster.url(&db), &["--database-pool", "2"]);
+    let addr = node.addr;
+    let clients: Vec<_> = (0..24)
+        .map(|n| {
+            std::thread::spawn(move || {
+                Conn::connect(addr).call(&register_request(&format!("pooled-{n}")))
+            })
+        })
+        .collect();
+    for client in clients {
+        assert!(matches!(
+            client.join().unwrap(),
+            Response::Registered { .. }
+        ));
+    }
+    let open: u32 = cluster
+        .psql(
+            &db,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = '{db}' AND application_name = 'sfc-server'"
+            ),
+        )
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&open), "{open} connections");
+}
