@@ -21,7 +21,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use sfc_proto::limits::{REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN};
-use sfc_proto::{DecodeError, RequestCode, RequestHeader, Response, ResponseCode, ResponseHeader};
+use sfc_proto::{DecodeError, RequestCode, RequestHeader, Response, ResponseHeader};
 
 use crate::config::ServerAddress;
 use crate::error::{ClientError, NetworkError};
@@ -35,43 +35,6 @@ pub enum Mode {
     Persistent,
     /// A new connection for every request and a reply to every request.
     PerRequest,
-}
-
-/// Short name of a request code, for messages.
-pub fn request_name(code: RequestCode) -> &'static str {
-    match code {
-        RequestCode::Register => "register",
-        RequestCode::SendPublicKey => "send public key",
-        RequestCode::Reconnect => "reconnect",
-        RequestCode::SendFile => "file packet",
-        RequestCode::ChecksumOk => "checksum correct",
-        RequestCode::ChecksumRetry => "checksum wrong, resending",
-        RequestCode::ChecksumFailed => "checksum wrong, giving up",
-    }
-}
-
-/// `826 (send public key)`.
-pub fn describe_request(code: RequestCode) -> String {
-    format!("{} ({})", code.as_u16(), request_name(code))
-}
-
-/// Short name of a response code, for messages.
-pub fn response_name(code: ResponseCode) -> &'static str {
-    match code {
-        ResponseCode::Registered => "registered",
-        ResponseCode::RegistrationFailed => "registration failed",
-        ResponseCode::PublicKeyAccepted => "public key accepted",
-        ResponseCode::FileReceived => "file received",
-        ResponseCode::Ack => "acknowledged",
-        ResponseCode::ReconnectAccepted => "reconnect accepted",
-        ResponseCode::ReconnectRejected => "reconnect rejected",
-        ResponseCode::ServerError => "general server error",
-    }
-}
-
-/// `1604 (acknowledged)`.
-pub fn describe_response(code: ResponseCode) -> String {
-    format!("{} ({})", code.as_u16(), response_name(code))
 }
 
 /// What went wrong during one exchange.
@@ -323,7 +286,7 @@ impl Connection {
                 level,
                 format!(
                     "-> {}, payload {} B",
-                    describe_request(header.code),
+                    header.code.described(),
                     header.payload_size
                 ),
             );
@@ -442,7 +405,7 @@ impl Connection {
             level,
             format!(
                 "<- {}, payload {} B (version {})",
-                describe_response(header.code),
+                header.code.described(),
                 header.payload_size,
                 header.version
             ),
@@ -465,7 +428,7 @@ impl Connection {
         let what = request
             .first_chunk::<REQUEST_HEADER_LEN>()
             .and_then(|h| RequestHeader::decode(h).ok())
-            .map(|h| describe_request(h.code))
+            .map(|h| h.code.described().to_string())
             .unwrap_or_else(|| "(unknown)".to_owned());
         loop {
             let fresh = self.prepare()?;
@@ -526,10 +489,10 @@ pub(crate) fn unexpected(
 ) -> ClientError {
     ClientError::Protocol {
         server: conn.server().to_owned(),
-        request: describe_request(code),
+        request: code.described().to_string(),
         detail: format!(
             "answered {} where {expected} was expected",
-            describe_response(response.code())
+            response.code().described()
         ),
     }
 }

@@ -15,7 +15,7 @@ use sfc_crypto::{AesKey, RsaKeyPair};
 use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
 
 use crate::config::FileToSend;
-use crate::connection::{describe_request, unexpected, Connection};
+use crate::connection::{unexpected, Connection};
 use crate::error::ClientError;
 use crate::identity::{self, Identity};
 use crate::progress::{human_bytes, Reporter, Verbosity};
@@ -76,7 +76,7 @@ fn call(
         if attempts > MAX_SERVER_ERROR_RETRIES {
             return Err(ClientError::ServerErrors {
                 server: conn.server().to_owned(),
-                request: describe_request(code),
+                request: code.described().to_string(),
                 attempts,
             });
         }
@@ -84,7 +84,7 @@ fn call(
             Verbosity::Verbose,
             format!(
                 "   retrying {} (retry {attempts} of {MAX_SERVER_ERROR_RETRIES})",
-                describe_request(code)
+                code.described()
             ),
         );
     }
@@ -131,7 +131,7 @@ impl Session {
                 let key = identity.keypair.unwrap_aes_key(&wrapped_key).map_err(|e| {
                     ClientError::Protocol {
                         server: conn.server().to_owned(),
-                        request: describe_request(RequestCode::Reconnect),
+                        request: RequestCode::Reconnect.described().to_string(),
                         detail: format!(
                             "sent an AES key that our saved private key cannot unwrap ({e}); \
                              the server may hold a different public key for this client — \
@@ -220,14 +220,14 @@ impl Session {
                     .unwrap_aes_key(&wrapped_key)
                     .map_err(|e| ClientError::Protocol {
                         server: conn.server().to_owned(),
-                        request: describe_request(RequestCode::SendPublicKey),
+                        request: RequestCode::SendPublicKey.described().to_string(),
                         detail: format!("sent an AES key that our private key cannot unwrap ({e})"),
                     })?
             }
             Response::RegistrationFailed => {
                 return Err(ClientError::Rejected {
                     server: conn.server().to_owned(),
-                    request: describe_request(RequestCode::SendPublicKey),
+                    request: RequestCode::SendPublicKey.described().to_string(),
                     detail: "it answered 1601 (registration failed) to our public key".to_owned(),
                 })
             }

@@ -27,9 +27,7 @@ use sfc_proto::{
 };
 
 use crate::config::FileToSend;
-use crate::connection::{
-    describe_request, describe_response, unexpected, Connection, Failure, Mode,
-};
+use crate::connection::{unexpected, Connection, Failure, Mode};
 use crate::error::ClientError;
 use crate::progress::{Reporter, Verbosity};
 use crate::tls::Stream;
@@ -516,7 +514,7 @@ impl Uploader {
             Verbosity::Verbose,
             format!(
                 "-> {} x {} packet(s) of up to {} B content, {} B ciphertext of {} B",
-                describe_request(RequestCode::SendFile),
+                RequestCode::SendFile.described(),
                 params.plan.total_packets,
                 params.plan.packet_content,
                 params.plan.encrypted_size,
@@ -576,7 +574,7 @@ fn send_persistent(
     resend: Option<&[u8]>,
     fresh: bool,
 ) -> Result<Outcome, AttemptError> {
-    let what = describe_request(RequestCode::SendFile);
+    let what = RequestCode::SendFile.described().to_string();
     let on_failure = |conn: &mut Connection, failure: Failure, what: &str| match failure {
         Failure::Gone { .. } if !fresh => AttemptError::Gone,
         other => AttemptError::Fatal(conn.error(other, what)),
@@ -638,7 +636,7 @@ fn send_persistent(
                     Verbosity::Verbose,
                     format!(
                         "   skipped a stray {} while waiting for the file's checksum",
-                        describe_response(response.code())
+                        response.code().described()
                     ),
                 );
             }
@@ -674,7 +672,7 @@ fn send_per_request(
             Response::Ack { .. } => {}
             Response::ServerError => {
                 return Ok(Outcome::ServerError {
-                    request: describe_request(RequestCode::ChecksumRetry),
+                    request: RequestCode::ChecksumRetry.described().to_string(),
                 })
             }
             other => {
@@ -717,7 +715,7 @@ fn send_per_request(
             (false, Response::PacketReceived { .. } | Response::FileReceived { .. }) => {}
             (_, Response::ServerError) => {
                 return Ok(Outcome::ServerError {
-                    request: describe_request(RequestCode::SendFile),
+                    request: RequestCode::SendFile.described().to_string(),
                 })
             }
             (last, other) => {
