@@ -14,12 +14,15 @@ use std::path::{Path, PathBuf};
 use sfc_crypto::{AesKey, RsaKeyPair};
 use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
 
-use crate::config::FileToSend;
 use crate::connection::{unexpected, Connection};
 use crate::error::ClientError;
 use crate::identity::{self, Identity};
-use crate::progress::{human_bytes, Reporter, Verbosity};
-use crate::upload::{self, AttemptError, Outcome, SendParams, Uploader};
+use crate::progress::{Reporter, Verbosity};
+use crate::upload::Uploader;
+
+mod transfer;
+
+pub use transfer::FileResult;
 
 /// What the client prints on every 1607 (PROTOCOL.md).
 pub const SERVER_ERROR_MESSAGE: &str = "server responded with an error";
@@ -27,23 +30,6 @@ pub const SERVER_ERROR_MESSAGE: &str = "server responded with an error";
 pub const MAX_SERVER_ERROR_RETRIES: u32 = 3;
 /// Resends of a file after a checksum mismatch (client rule 4): 4 sends in all.
 pub const MAX_RESENDS: u32 = 3;
-
-/// How one file ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileResult {
-    /// Checksums matched, 900 acknowledged.
-    Stored {
-        /// The agreed checksum.
-        cksum: u32,
-        /// How many times the file was sent.
-        sends: u32,
-    },
-    /// Checksums never matched; 902 was sent.
-    ChecksumMismatch {
-        /// How many times the file was sent.
-        sends: u32,
-    },
-}
 
 /// An established session: we have a client ID and an AES key.
 #[derive(Debug)]
@@ -285,87 +271,6 @@ impl Session {
         &self.conn
     }
 
-    /// Sends one file until the checksums agree or the resends are used up.
-    pub fn send_file(
-        &mut self,
-        file: &FileToSend,
-        packet_size: Option<usize>,
-    ) -> Result<FileResult, ClientError> {
-        // Measure again: the plan must describe the bytes we are about to read.
-        let size = std::fs::metadata(&file.path)
-            .map_err(|e| ClientError::File {
-                path: file.path.clone(),
-                reason: format!("cannot be read: {e}"),
-            })?
-            .len();
-        let plan = upload::plan(size, packet_size).map_err(|reason| ClientError::File {
-            path: file.path.clone(),
-            reason,
-        })?;
-        let label = file.label.as_str();
-        for send in 1..=MAX_RESENDS + 1 {
-            let bar_label = if send == 1 {
-                label.to_owned()
-            } else {
-                format!("{label} (resend {}/{MAX_RESENDS})", send - 1)
-            };
-            self.reporter
-                .start_bar(u64::from(plan.encrypted_size), &bar_label);
-            let params = SendParams {
-                file,
-                plan,
-                client_id: self.client_id,
-                key: &self.key,
-                announce_resend: send > 1,
-            };
-            let result =
-                send_with_retries(&mut self.conn, &self.reporter, &mut self.uploader, &params);
-            self.reporter.finish_bar();
-            let (server_cksum, our_cksum) = result?;
-            if server_cksum == our_cksum {
-                let request = Request::new(
-                    self.client_id,
-                    RequestBody::ChecksumOk {
-                        file_name: file.label.clone(),
-                    },
-                );
-                self.expect_ack(&request)?;
-                self.reporter.info(format!(
-                    "{label}: stored on {} ({}), checksum {our_cksum} confirmed{}",
-                    self.conn.server(),
-                    human_bytes(size),
-                    if send > 1 {
-                        format!(" after {send} sends")
-                    } else {
-                        String::new()
-                    }
-                ));
-                return Ok(FileResult::Stored {
-                    cksum: our_cksum,
-                    sends: send,
-                });
-            }
-            self.reporter.warn(format!(
-                "{label}: checksum mismatch (ours {our_cksum}, the server's {server_cksum}); {}",
-                if send <= MAX_RESENDS {
-                    format!("sending it again (resend {send} of {MAX_RESENDS})")
-                } else {
-                    "giving up".to_owned()
-                }
-            ));
-        }
-        let request = Request::new(
-            self.client_id,
-            RequestBody::ChecksumFailed {
-                file_name: file.label.clone(),
-            },
-        );
-        self.expect_ack(&request)?;
-        Ok(FileResult::ChecksumMismatch {
-            sends: MAX_RESENDS + 1,
-        })
-    }
-
     fn expect_ack(&mut self, request: &Request) -> Result<(), ClientError> {
         match call(&mut self.conn, &self.reporter, request)? {
             Response::Ack { client_id } => {
@@ -386,49 +291,6 @@ impl Session {
     /// Ends the session (closes the connection).
     pub fn close(mut self) {
         self.conn.close();
-    }
-}
-
-/// One send of the file, repeated on 1607 (at most 3 retries) and once more in
-/// per-request mode if the server turned out to close connections after each reply.
-fn send_with_retries(
-    conn: &mut Connection,
-    reporter: &Reporter,
-    uploader: &mut Uploader,
-    params: &SendParams<'_>,
-) -> Result<(u32, u32), ClientError> {
-    let mut server_errors = 0;
-    loop {
-        match uploader.send_once(conn, reporter, params) {
-            Ok(Outcome::Received {
-                server_cksum,
-                our_cksum,
-            }) => return Ok((server_cksum, our_cksum)),
-            Ok(Outcome::ServerError { request }) => {
-                server_errors += 1;
-                reporter.error(SERVER_ERROR_MESSAGE);
-                if server_errors > MAX_SERVER_ERROR_RETRIES {
-                    return Err(ClientError::ServerErrors {
-                        server: conn.server().to_owned(),
-                        request: format!("{request} for {}", params.file.label),
-                        attempts: server_errors,
-                    });
-                }
-                reporter.detail(
-                    Verbosity::Verbose,
-                    format!(
-                        "   sending {} again (retry {server_errors} of {MAX_SERVER_ERROR_RETRIES})",
-                        params.file.label
-                    ),
-                );
-                reporter.set_progress(0);
-            }
-            Err(AttemptError::Gone) => {
-                conn.switch_to_per_request();
-                reporter.set_progress(0);
-            }
-            Err(AttemptError::Fatal(e)) => return Err(e),
-        }
     }
 }
 
