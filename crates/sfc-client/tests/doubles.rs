@@ -396,3 +396,19 @@ fn a_close_after_a_server_error_keeps_the_persistent_style() {
     let after: Vec<usize> = s.log[2..].iter().map(|l| l.connection).collect();
     assert!(after.iter().all(|c| *c == 1), "{:?}", s.log);
 }
+
+/// Issue 13 item 7: `--packet-size 1` to `7` used to pass validation and fail after
+/// connecting with an internal error; a packet smaller than an AES block now works.
+#[test]
+fn packets_smaller_than_an_aes_block_work() {
+    let double = Double::start(Behaviour::default());
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "tinypackets", 40);
+    for size in ["1", "7", "9"] {
+        let run = run_client(dir.path(), &["--packet-size", size]);
+        run.assert_code(0);
+        assert_eq!(double.state().stored["data.bin"], data, "--packet-size {size}");
+    }
+    // 48 B of ciphertext: 48 packets of 1 B.
+    assert_eq!(double.state().sends[0], ("data.bin".to_owned(), 48));
+}

@@ -339,12 +339,21 @@ impl<'a> PacketSource<'a> {
                 self.plan.encrypted_size
             )));
         }
+        // A packet smaller than a block may have come wholly from the carry: what is left
+        // of the carry then stays for the next packet, and nothing new was made.
         let excess = out.get(end..pos).ok_or_else(buffer_error)?;
-        self.carry
-            .get_mut(..excess.len())
-            .ok_or_else(buffer_error)?
-            .copy_from_slice(excess);
-        self.carry_len = excess.len();
+        if !excess.is_empty() {
+            if self.carry_len != 0 {
+                return Err(ClientError::Internal(
+                    "new ciphertext made while some was still carried".to_owned(),
+                ));
+            }
+            self.carry
+                .get_mut(..excess.len())
+                .ok_or_else(buffer_error)?
+                .copy_from_slice(excess);
+            self.carry_len = excess.len();
+        }
         if last && (self.encryptor.is_some() || self.carry_len != 0) {
             return Err(ClientError::Internal(format!(
                 "ciphertext longer than the planned {} bytes",
@@ -476,5 +485,47 @@ mod tests {
         let e = source.next_into(&mut out).unwrap_err();
         assert!(e.to_string().contains("shorter"), "{e}");
         assert_eq!(e.exit_code(), 2);
+    }
+
+    /// Packets smaller than an AES block (`--packet-size 1` to 15) can be served wholly
+    /// from the ciphertext carried over from the previous packet; every size must give the
+    /// whole ciphertext in order.
+    #[test]
+    fn packets_smaller_than_a_block_carry_the_whole_ciphertext() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = AesKey::random();
+        let label = Name::new("f").unwrap();
+        for packet in 1..=20usize {
+            for size in [0usize, 1, 7, 15, 16, 17, 31, 32, 33, 69] {
+                let data: Vec<u8> = (0..size).map(|i| (i * 13 % 256) as u8).collect();
+                let path = dir.path().join("f");
+                std::fs::write(&path, &data).unwrap();
+                let p = plan(size as u64, Some(packet)).unwrap();
+                let (mut a, mut b, mut out) = (Vec::new(), Vec::new(), Vec::new());
+                let mut source =
+                    PacketSource::open(&path, &label, ClientId::ZERO, &key, p, &mut a, &mut b)
+                        .unwrap();
+                while source
+                    .next_into(&mut out)
+                    .unwrap_or_else(|e| panic!("packet {packet}, size {size}: {e}"))
+                    .is_some()
+                {}
+                let mut decoder = RequestDecoder::new();
+                let mut input = &out[..];
+                let mut ciphertext = Vec::new();
+                while !input.is_empty() {
+                    let (used, event) = decoder.decode(input).unwrap();
+                    input = &input[used..];
+                    if let Some(RequestEvent::Content(piece)) = event {
+                        ciphertext.extend_from_slice(piece);
+                    }
+                }
+                let mut plain = Vec::new();
+                let mut dec = CbcDecryptor::new(&key).unwrap();
+                dec.update(&ciphertext, &mut plain).unwrap();
+                dec.finish(&mut plain).unwrap();
+                assert_eq!(plain, data, "packet {packet}, size {size}");
+            }
+        }
     }
 }
