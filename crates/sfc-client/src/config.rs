@@ -9,22 +9,19 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use sfc_proto::limits::MAX_ORIG_FILE_SIZE;
 use sfc_proto::Name;
 use thiserror::Error;
+
+pub use crate::address::{Host, ServerAddress};
+use crate::cli::{Cli, Options};
+use crate::upload::{self, PacketSize, Plan};
 
 /// File name of the batch description in the client's folder.
 pub const TRANSFER_INFO: &str = "transfer.info";
 /// Longest user name transfer.info may hold (PROTOCOL.md).
 pub const MAX_USER_NAME_CHARS: usize = 100;
-/// Default time allowed to establish a TCP connection.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default time allowed for one read or write on the connection.
-pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where a configuration value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,154 +62,6 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// The server's host: an IPv4 address, an IPv6 address or a host name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Host {
-    /// An IPv4 address.
-    Ipv4(Ipv4Addr),
-    /// An IPv6 address (written in brackets).
-    Ipv6(Ipv6Addr),
-    /// A DNS host name, resolved when connecting.
-    Name(String),
-}
-
-/// A validated `host:port`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerAddress {
-    /// The host.
-    pub host: Host,
-    /// The TCP port, 1..=65535.
-    pub port: u16,
-}
-
-impl fmt::Display for ServerAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.host {
-            Host::Ipv4(ip) => write!(f, "{ip}:{}", self.port),
-            Host::Ipv6(ip) => write!(f, "[{ip}]:{}", self.port),
-            Host::Name(name) => write!(f, "{name}:{}", self.port),
-        }
-    }
-}
-
-const ADDRESS_EXAMPLE: &str = "e.g. 127.0.0.1:1256, [::1]:1256 or files.example.org:1256";
-
-impl ServerAddress {
-    /// Parses `address:port`: IPv4, IPv6 in brackets, or a host name. Surrounding white
-    /// space is ignored. The error says what is wrong in words.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Err(format!(
-                "the server address is empty; write address:port, {ADDRESS_EXAMPLE}"
-            ));
-        }
-        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-            let (inside, after) = rest
-                .split_once(']')
-                .ok_or_else(|| format!("{text:?} has '[' but no closing ']'"))?;
-            let ip = inside
-                .parse::<Ipv6Addr>()
-                .map_err(|_| format!("{inside:?} is not a valid IPv6 address"))?;
-            let port = after.strip_prefix(':').ok_or_else(|| {
-                format!("{text:?} has no port after the IPv6 address; write [address]:port, e.g. [::1]:1256")
-            })?;
-            (Host::Ipv6(ip), port)
-        } else {
-            let (host, port) = text.rsplit_once(':').ok_or_else(|| {
-                format!("{text:?} has no port; write address:port, {ADDRESS_EXAMPLE}")
-            })?;
-            if host.contains(':') {
-                return Err(format!(
-                    "{text:?}: an IPv6 address must be written in brackets, e.g. [::1]:1256"
-                ));
-            }
-            (parse_host(host)?, port)
-        };
-        Ok(ServerAddress {
-            host,
-            port: parse_port(port)?,
-        })
-    }
-
-    /// Resolves to socket addresses (DNS for host names).
-    pub fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
-        let addrs: Vec<SocketAddr> = match &self.host {
-            Host::Ipv4(ip) => vec![SocketAddr::from((*ip, self.port))],
-            Host::Ipv6(ip) => vec![SocketAddr::from((*ip, self.port))],
-            Host::Name(name) => (name.as_str(), self.port).to_socket_addrs()?.collect(),
-        };
-        if addrs.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "the host name resolved to no address",
-            ));
-        }
-        Ok(addrs)
-    }
-}
-
-fn parse_host(host: &str) -> Result<Host, String> {
-    if host.is_empty() {
-        return Err(format!(
-            "the address before ':' is empty; {ADDRESS_EXAMPLE}"
-        ));
-    }
-    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return host
-            .parse::<Ipv4Addr>()
-            .map(Host::Ipv4)
-            .map_err(|_| format!("{host:?} is not a valid IPv4 address"));
-    }
-    if host.len() > 253 {
-        return Err(format!(
-            "the host name is {} characters long; at most 253 are allowed",
-            host.len()
-        ));
-    }
-    let trimmed = host.strip_suffix('.').unwrap_or(host);
-    for label in trimmed.split('.') {
-        if label.is_empty() {
-            return Err(format!("{host:?} is not a valid host name (empty label)"));
-        }
-        if label.len() > 63 {
-            return Err(format!(
-                "{host:?} is not a valid host name (a label is longer than 63 characters)"
-            ));
-        }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-        {
-            return Err(format!(
-                "{host:?} is not a valid host name: {c:?} is not allowed (letters, digits, '-' and '.' only)"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!(
-                "{host:?} is not a valid host name (a label starts or ends with '-')"
-            ));
-        }
-    }
-    Ok(Host::Name(host.to_owned()))
-}
-
-fn parse_port(port: &str) -> Result<u16, String> {
-    if port.is_empty() {
-        return Err(format!("the port after ':' is missing; {ADDRESS_EXAMPLE}"));
-    }
-    if !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("the port {port:?} is not a number"));
-    }
-    match port.parse::<u32>() {
-        Ok(0) => Err("port 0 is not allowed; use a port from 1 to 65535".to_owned()),
-        Ok(n) if n <= u32::from(u16::MAX) => Ok(n as u16),
-        _ => Err(format!(
-            "the port {port} is out of range; use a port from 1 to 65535"
-        )),
-    }
-}
-
 /// Validates a user name: 1..=100 printable ASCII characters.
 pub fn parse_user_name(text: &str) -> Result<Name, String> {
     let text = text.trim();
@@ -248,11 +97,14 @@ pub struct FileToSend {
     pub label: Name,
     /// Its size when it was checked.
     pub size: u64,
+    /// How it is cut into packets (for that size).
+    pub plan: Plan,
 }
 
-/// Checks that `path` is a regular, readable file the protocol can carry, and derives its
-/// label (the base name, which must be printable ASCII).
-pub fn check_file(path: &Path) -> Result<FileToSend, String> {
+/// Checks that `path` is a regular, readable file the protocol can carry in packets of
+/// `packet_size`, and derives its label (the base name, which must be printable ASCII) and
+/// its packet plan.
+pub fn check_file(path: &Path, packet_size: Option<PacketSize>) -> Result<FileToSend, String> {
     let metadata = std::fs::metadata(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => "no such file".to_owned(),
         io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
@@ -269,12 +121,7 @@ pub fn check_file(path: &Path) -> Result<FileToSend, String> {
         _ => format!("cannot be opened: {e}"),
     })?;
     let size = metadata.len();
-    if size > u64::from(MAX_ORIG_FILE_SIZE) {
-        return Err(format!(
-            "is {size} bytes; the protocol carries at most {MAX_ORIG_FILE_SIZE} bytes per file \
-             (the encrypted size must fit in 32 bits)"
-        ));
-    }
+    let plan = upload::plan(size, packet_size)?;
     let base = path
         .file_name()
         .ok_or_else(|| "has no file name".to_owned())?;
@@ -292,47 +139,8 @@ pub fn check_file(path: &Path) -> Result<FileToSend, String> {
         path: path.to_owned(),
         label,
         size,
+        plan,
     })
-}
-
-/// What the command line says; each `Some` overrides a line of transfer.info.
-#[derive(Clone, Debug)]
-pub struct Overrides {
-    /// `--server HOST:PORT` (line 1).
-    pub server: Option<String>,
-    /// `--name NAME` (line 2).
-    pub name: Option<String>,
-    /// `--dir DIR`: where transfer.info, me.info and priv.key live.
-    pub dir: PathBuf,
-    /// File arguments (line 3).
-    pub files: Vec<PathBuf>,
-    /// `--packet-size BYTES`.
-    pub packet_size: Option<usize>,
-    /// `--connect-timeout`.
-    pub connect_timeout: Duration,
-    /// `--timeout`.
-    pub io_timeout: Duration,
-    /// `--connection-per-request`: one connection per request from the start.
-    pub per_request: bool,
-    /// `--tls [--tls-ca FILE]`: speak TLS (opt-in; plain TCP by default).
-    pub tls: Option<crate::tls::TlsOptions>,
-}
-
-impl Overrides {
-    /// No overrides, files in `dir`, default timeouts.
-    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
-        Overrides {
-            server: None,
-            name: None,
-            dir: dir.into(),
-            files: Vec::new(),
-            packet_size: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            io_timeout: DEFAULT_IO_TIMEOUT,
-            per_request: false,
-            tls: None,
-        }
-    }
 }
 
 /// The validated configuration of a run.
@@ -347,16 +155,8 @@ pub struct Config {
     pub dir: PathBuf,
     /// The files to send, in order.
     pub files: Vec<FileToSend>,
-    /// Packet content size requested with `--packet-size`.
-    pub packet_size: Option<usize>,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Read/write timeout.
-    pub io_timeout: Duration,
-    /// Use one connection per request from the start (otherwise detected).
-    pub per_request: bool,
-    /// Speak TLS, verifying the server's certificate (`None`: plain TCP).
-    pub tls: Option<crate::tls::TlsOptions>,
+    /// How to talk to the server, as given on the command line.
+    pub options: Options,
     /// Non-fatal remarks about the input (ignored extra lines).
     pub warnings: Vec<String>,
 }
@@ -403,8 +203,9 @@ const LINE_NAMES: [&str; 3] = [
 ];
 
 impl Config {
-    /// Reads `<dir>/transfer.info` (when a line is needed) and applies the overrides.
-    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+    /// Reads `<dir>/transfer.info` (when a line is needed) and applies the command line:
+    /// each flag or file argument given replaces a line.
+    pub fn load(overrides: &Cli) -> Result<Config, ConfigError> {
         let path = overrides.dir.join(TRANSFER_INFO);
         let needs_file = overrides.server.is_none() || overrides.files.is_empty();
         let info = match std::fs::read(&path) {
@@ -435,9 +236,9 @@ impl Config {
         Self::from_parts(overrides, info.as_ref(), &path)
     }
 
-    /// Validates transfer.info's lines (read from `path`) under the overrides.
+    /// Validates transfer.info's lines (read from `path`) under the command line.
     pub fn from_parts(
-        overrides: &Overrides,
+        overrides: &Cli,
         info: Option<&TransferInfo>,
         path: &Path,
     ) -> Result<Config, ConfigError> {
@@ -490,16 +291,20 @@ impl Config {
         let files = if overrides.files.is_empty() {
             let text = needed(3, "the file as an argument")?.trim();
             let file_path = overrides.dir.join(text);
-            vec![check_file(&file_path).map_err(|reason| ConfigError {
-                origin: line_origin(3),
-                reason: format!("{}: {reason}", file_path.display()),
-            })?]
+            vec![
+                check_file(&file_path, overrides.options.packet_size).map_err(|reason| {
+                    ConfigError {
+                        origin: line_origin(3),
+                        reason: format!("{}: {reason}", file_path.display()),
+                    }
+                })?,
+            ]
         } else {
             overrides
                 .files
                 .iter()
                 .map(|p| {
-                    check_file(p).map_err(|reason| ConfigError {
+                    check_file(p, overrides.options.packet_size).map_err(|reason| ConfigError {
                         origin: Origin::Argument(p.clone()),
                         reason,
                     })
@@ -519,23 +324,12 @@ impl Config {
             }
         }
 
-        if overrides.packet_size == Some(0) {
-            return Err(ConfigError {
-                origin: Origin::Flag("--packet-size"),
-                reason: "must be at least 1 byte".to_owned(),
-            });
-        }
-
         Ok(Config {
             server,
             name,
             dir: overrides.dir.clone(),
             files,
-            packet_size: overrides.packet_size,
-            connect_timeout: overrides.connect_timeout,
-            io_timeout: overrides.io_timeout,
-            per_request: overrides.per_request,
-            tls: overrides.tls.clone(),
+            options: overrides.options.clone(),
             warnings,
         })
     }
@@ -545,11 +339,11 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn with_file(content: &str) -> (tempfile::TempDir, Overrides) {
+    fn with_file(content: &str) -> (tempfile::TempDir, Cli) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("data.bin"), b"hello").unwrap();
         std::fs::write(dir.path().join(TRANSFER_INFO), content).unwrap();
-        let overrides = Overrides::in_dir(dir.path());
+        let overrides = Cli::in_dir(dir.path());
         (dir, overrides)
     }
 
@@ -651,27 +445,9 @@ mod tests {
             b"127.0.0.1:1\nal\xffice\nx\n",
         )
         .unwrap();
-        let e = Config::load(&Overrides::in_dir(dir.path())).unwrap_err();
+        let e = Config::load(&Cli::in_dir(dir.path())).unwrap_err();
         assert_eq!(line_of(&e), 2);
         assert!(e.to_string().contains("UTF-8"));
-    }
-
-    #[test]
-    fn addresses_of_every_form_parse() {
-        let a = ServerAddress::parse("[::1]:1256").unwrap();
-        assert_eq!(a.host, Host::Ipv6(Ipv6Addr::LOCALHOST));
-        assert_eq!(a.to_string(), "[::1]:1256");
-        let a = ServerAddress::parse("10.0.0.1:65535").unwrap();
-        assert_eq!(a.port, 65535);
-        let a = ServerAddress::parse("files.example.org.:1").unwrap();
-        assert_eq!(a.host, Host::Name("files.example.org.".into()));
-        assert_eq!(
-            ServerAddress::parse("127.0.0.1:1256")
-                .unwrap()
-                .resolve()
-                .unwrap(),
-            vec!["127.0.0.1:1256".parse::<SocketAddr>().unwrap()]
-        );
     }
 
     #[test]
@@ -713,7 +489,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f.txt");
         std::fs::write(&file, b"x").unwrap();
-        let mut overrides = Overrides::in_dir(dir.path());
+        let mut overrides = Cli::in_dir(dir.path());
         overrides.server = Some("127.0.0.1:5".into());
         overrides.files = vec![file];
         let config = Config::load(&overrides).unwrap();
@@ -737,10 +513,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("naïve.txt");
         std::fs::write(&file, b"x").unwrap();
-        let e = check_file(&file).unwrap_err();
+        let e = check_file(&file, None).unwrap_err();
         assert!(e.contains("printable ASCII"), "{e}");
         let ok = dir.path().join("with space.txt");
         std::fs::write(&ok, b"x").unwrap();
-        assert_eq!(check_file(&ok).unwrap().label.as_str(), "with space.txt");
+        assert_eq!(
+            check_file(&ok, None).unwrap().label.as_str(),
+            "with space.txt"
+        );
     }
 }

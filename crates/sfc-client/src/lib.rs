@@ -6,11 +6,13 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`config`] | transfer.info + flags → validated [`Config`] (errors name the line) |
+//! | [`cli`] | the command line (clap): each flag parsed and checked once |
+//! | [`config`] | transfer.info + command line → validated [`Config`] (errors name the line) |
+//! | [`address`] | `host:port` parsing and resolution |
 //! | [`identity`] | me.info / priv.key: tolerant reading, atomic owner-only writing |
 //! | [`connection`] | TCP with time-outs; persistent or one connection per request |
 //! | [`session`] | register / reconnect / key exchange, 1607 retries, checksum verdicts |
-//! | [`upload`] | streaming read → cksum + AES-CBC → packets; packet-size rule |
+//! | [`upload`] | packet plan; streaming read → cksum + AES-CBC → packets; writer pipeline |
 //! | [`tls`] | opt-in TLS (`--tls`, `--tls-ca`): certificate verification, plain/TLS stream |
 //! | [`progress`] | messages by verbosity, progress bar |
 //! | [`error`] | [`ClientError`] and the exit codes |
@@ -30,6 +32,8 @@
     )
 )]
 
+pub mod address;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -39,7 +43,8 @@ pub mod session;
 pub mod tls;
 pub mod upload;
 
-pub use config::{Config, Overrides};
+pub use cli::Cli;
+pub use config::Config;
 pub use error::{exit, ClientError};
 pub use progress::{Reporter, Verbosity};
 pub use session::{FileResult, Session};
@@ -65,16 +70,11 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
     for warning in &config.warnings {
         reporter.warn(warning);
     }
-    for file in &config.files {
-        upload::plan(file.size, config.packet_size).map_err(|reason| ClientError::File {
-            path: file.path.clone(),
-            reason,
-        })?;
-    }
     // A bad --tls-ca is bad input: reported before anything is sent.
-    let tls = match &config.tls {
-        Some(options) => Some(tls::setup(&config.server, options)?),
-        None => None,
+    let options = &config.options;
+    let tls = match options.tls {
+        true => Some(tls::setup(&config.server, options.tls_ca.as_deref())?),
+        false => None,
     };
     let loaded = identity::load(&config.dir)?;
     if let Some(loaded) = &loaded {
@@ -100,11 +100,11 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
     }
     let mut conn = Connection::new(
         &config.server,
-        config.connect_timeout,
-        config.io_timeout,
+        options.connect_timeout,
+        options.io_timeout,
         reporter.clone(),
     )?;
-    if config.per_request {
+    if options.per_request {
         conn.use_per_request();
     }
     if let Some(tls) = tls {
@@ -121,7 +121,7 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
     let mut stored = Vec::new();
     let mut failed = Vec::new();
     for file in &config.files {
-        match session.send_file(file, config.packet_size)? {
+        match session.send_file(file, options.packet_size)? {
             FileResult::Stored { cksum, .. } => {
                 stored.push((file.label.as_str().to_owned(), cksum));
             }

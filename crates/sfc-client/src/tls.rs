@@ -12,22 +12,15 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use crate::config::{ConfigError, Host, Origin, ServerAddress};
-
-/// The `--tls` options.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TlsOptions {
-    /// `--tls-ca FILE`: trust only the CA certificates in this PEM file; `None`: the
-    /// system's trusted roots.
-    pub ca_file: Option<PathBuf>,
-}
+use crate::address::{Host, ServerAddress};
+use crate::config::{ConfigError, Origin};
 
 /// A ready TLS client configuration and the name to verify.
 #[derive(Clone)]
@@ -85,10 +78,11 @@ pub fn server_name(server: &ServerAddress) -> Result<ServerName<'static>, Config
     }
 }
 
-/// Builds the client configuration: roots from `--tls-ca` or the system.
-pub fn setup(server: &ServerAddress, options: &TlsOptions) -> Result<TlsSetup, ConfigError> {
+/// Builds the client configuration: roots from `ca_file` (`--tls-ca`: trust only the CA
+/// certificates in this PEM file) or, without it, the system's trusted roots.
+pub fn setup(server: &ServerAddress, ca_file: Option<&Path>) -> Result<TlsSetup, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
-    let trust = match &options.ca_file {
+    let trust = match ca_file {
         Some(path) => {
             for cert in load_ca_file(path)? {
                 roots.add(cert).map_err(|e| {
@@ -328,20 +322,12 @@ mod tests {
     fn a_bad_ca_file_is_a_clear_input_error() {
         let dir = tempfile::tempdir().unwrap();
         let server = ServerAddress::parse("127.0.0.1:1").unwrap();
-        let missing = TlsOptions {
-            ca_file: Some(dir.path().join("none.pem")),
-        };
-        let e = setup(&server, &missing).unwrap_err();
+        let missing = dir.path().join("none.pem");
+        let e = setup(&server, Some(&missing)).unwrap_err();
         assert!(e.to_string().starts_with("--tls-ca: cannot read"), "{e}");
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "hello\n").unwrap();
-        let e = setup(
-            &server,
-            &TlsOptions {
-                ca_file: Some(garbage),
-            },
-        )
-        .unwrap_err();
+        let e = setup(&server, Some(&garbage)).unwrap_err();
         assert!(e.to_string().contains("holds no certificate"), "{e}");
     }
 }

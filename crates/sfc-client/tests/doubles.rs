@@ -407,7 +407,11 @@ fn packets_smaller_than_an_aes_block_work() {
     for size in ["1", "7", "9"] {
         let run = run_client(dir.path(), &["--packet-size", size]);
         run.assert_code(0);
-        assert_eq!(double.state().stored["data.bin"], data, "--packet-size {size}");
+        assert_eq!(
+            double.state().stored["data.bin"],
+            data,
+            "--packet-size {size}"
+        );
     }
     // 48 B of ciphertext: 48 packets of 1 B.
     assert_eq!(double.state().sends[0], ("data.bin".to_owned(), 48));

@@ -37,7 +37,7 @@ impl Session {
     pub fn send_file(
         &mut self,
         file: &FileToSend,
-        packet_size: Option<usize>,
+        packet_size: Option<upload::PacketSize>,
     ) -> Result<FileResult, ClientError> {
         // Measure again: the plan must describe the bytes we are about to read.
         let size = std::fs::metadata(&file.path)

@@ -392,7 +392,7 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upload::plan::plan;
+    use crate::upload::plan::{plan, requested};
     use sfc_crypto::CbcDecryptor;
     use sfc_proto::{RequestDecoder, RequestEvent};
 
@@ -412,7 +412,7 @@ mod tests {
             let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
             let path = dir.path().join("f.bin");
             std::fs::write(&path, &data).unwrap();
-            let p = plan(size as u64, packet).unwrap();
+            let p = plan(size as u64, requested(packet)).unwrap();
             let (mut read_buf, mut cipher, mut out) = (Vec::new(), Vec::new(), Vec::new());
             let label = Name::new("f.bin").unwrap();
             let mut source = PacketSource::open(
@@ -500,7 +500,7 @@ mod tests {
                 let data: Vec<u8> = (0..size).map(|i| (i * 13 % 256) as u8).collect();
                 let path = dir.path().join("f");
                 std::fs::write(&path, &data).unwrap();
-                let p = plan(size as u64, Some(packet)).unwrap();
+                let p = plan(size as u64, requested(Some(packet))).unwrap();
                 let (mut a, mut b, mut out) = (Vec::new(), Vec::new(), Vec::new());
                 let mut source =
                     PacketSource::open(&path, &label, ClientId::ZERO, &key, p, &mut a, &mut b)

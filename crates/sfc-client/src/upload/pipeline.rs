@@ -221,7 +221,7 @@ fn reclaim_reader<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upload::plan::plan;
+    use crate::upload::plan::{plan, requested};
     use sfc_crypto::AesKey;
     use sfc_proto::{ClientId, Name};
     use std::io::Read;
@@ -247,7 +247,7 @@ mod tests {
             let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
             let path = dir.path().join("f.bin");
             std::fs::write(&path, &data).unwrap();
-            let p = plan(size as u64, packet).unwrap();
+            let p = plan(size as u64, requested(packet)).unwrap();
             let (mut rb, mut pl, mut expected) = (Vec::new(), Vec::new(), b"resend".to_vec());
             let mut source =
                 PacketSource::open(&path, &label, ClientId([3; 16]), &key, p, &mut rb, &mut pl)

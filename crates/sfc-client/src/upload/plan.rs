@@ -23,14 +23,45 @@ pub struct Plan {
     pub total_packets: u16,
 }
 
+/// A `--packet-size` the client can use: from 1 to [`MAX_REQUESTED_PACKET_CONTENT`]
+/// ciphertext bytes per packet. Checked once, when the command line is parsed; whether a
+/// given file fits in 65,535 packets of it is part of that file's [`plan`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketSize(usize);
+
+impl PacketSize {
+    /// A checked packet size.
+    pub fn new(bytes: usize) -> Result<Self, String> {
+        if bytes == 0 || bytes > MAX_REQUESTED_PACKET_CONTENT {
+            return Err(format!(
+                "must be from 1 to {MAX_REQUESTED_PACKET_CONTENT} bytes"
+            ));
+        }
+        Ok(PacketSize(bytes))
+    }
+
+    /// The size in bytes.
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
+impl std::str::FromStr for PacketSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bytes: usize = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+        PacketSize::new(bytes)
+    }
+}
+
 /// Chooses the content size per packet for `encrypted` ciphertext bytes (client rule 2).
-pub fn choose_packet_size(encrypted: u64, requested: Option<usize>) -> Result<usize, String> {
+pub fn choose_packet_size(encrypted: u64, requested: Option<PacketSize>) -> Result<usize, String> {
     let max_packets = u64::from(MAX_PACKETS);
-    match requested {
-        Some(0) => Err("--packet-size must be at least 1".to_owned()),
-        Some(size) if size > MAX_REQUESTED_PACKET_CONTENT => Err(format!(
-            "--packet-size {size} is too large; at most {MAX_REQUESTED_PACKET_CONTENT} bytes"
-        )),
+    match requested.map(PacketSize::get) {
         Some(size) => {
             let packets = encrypted.div_ceil(size as u64);
             if packets > max_packets {
@@ -58,7 +89,7 @@ pub fn choose_packet_size(encrypted: u64, requested: Option<usize>) -> Result<us
 
 /// Plans the upload of a file of `size` plaintext bytes; refuses sizes the protocol
 /// cannot carry (content_size must fit in 32 bits).
-pub fn plan(size: u64, requested: Option<usize>) -> Result<Plan, String> {
+pub fn plan(size: u64, requested: Option<PacketSize>) -> Result<Plan, String> {
     if size > u64::from(MAX_ORIG_FILE_SIZE) {
         return Err(format!(
             "is {size} bytes; the protocol carries at most {MAX_ORIG_FILE_SIZE} bytes per file \
@@ -74,6 +105,12 @@ pub fn plan(size: u64, requested: Option<usize>) -> Result<Plan, String> {
         packet_content,
         total_packets: u16::try_from(total).map_err(|_| "too many packets".to_owned())?,
     })
+}
+
+/// `Some(n)` as a checked packet size (tests only).
+#[cfg(test)]
+pub(crate) fn requested(bytes: Option<usize>) -> Option<PacketSize> {
+    bytes.map(|n| PacketSize::new(n).unwrap())
 }
 
 #[cfg(test)]
@@ -95,12 +132,17 @@ mod tests {
 
     #[test]
     fn requested_packet_size_is_checked() {
-        assert_eq!(choose_packet_size(1000, Some(100)), Ok(100));
-        assert_eq!(choose_packet_size(16, Some(1 << 20)), Ok(1 << 20));
-        assert!(choose_packet_size(16, Some(0)).is_err());
-        let e = choose_packet_size(65_536, Some(1)).unwrap_err();
+        assert_eq!(choose_packet_size(1000, requested(Some(100))), Ok(100));
+        assert_eq!(
+            choose_packet_size(16, requested(Some(1 << 20))),
+            Ok(1 << 20)
+        );
+        assert!(PacketSize::new(0).is_err());
+        let e = choose_packet_size(65_536, requested(Some(1))).unwrap_err();
         assert!(e.contains("at least 2"), "{e}");
-        assert!(choose_packet_size(16, Some(MAX_REQUESTED_PACKET_CONTENT + 1)).is_err());
+        assert!(PacketSize::new(MAX_REQUESTED_PACKET_CONTENT + 1).is_err());
+        assert_eq!("64".parse::<PacketSize>().map(PacketSize::get), Ok(64));
+        assert!("x".parse::<PacketSize>().is_err());
     }
 
     #[test]
@@ -109,7 +151,7 @@ mod tests {
         assert_eq!((p.encrypted_size, p.total_packets), (16, 1));
         let p = plan(17, None).unwrap();
         assert_eq!((p.encrypted_size, p.total_packets), (32, 1));
-        let p = plan(4096, Some(1000)).unwrap();
+        let p = plan(4096, requested(Some(1000))).unwrap();
         assert_eq!((p.encrypted_size, p.total_packets), (4112, 5));
         assert!(plan(u64::from(MAX_ORIG_FILE_SIZE), None).is_ok());
         let e = plan(u64::from(MAX_ORIG_FILE_SIZE) + 1, None).unwrap_err();

@@ -1,0 +1,181 @@
+//! The command line: parsed by clap, each value checked once by its parser (a
+//! [`PacketSize`], seconds as a [`Duration`]), then turned into a [`crate::Config`] with
+//! transfer.info by [`crate::config`]. Nothing downstream checks a flag again.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser};
+
+use crate::progress::Verbosity;
+use crate::upload::plan::PacketSize;
+
+/// Default time allowed to establish a TCP connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time allowed for one read or write on the connection.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+const AFTER_HELP: &str = "\
+Files (in --dir, default the current folder):
+  transfer.info  line 1 address:port (IPv4, [IPv6] or host name), line 2 user name
+                 (1-100 printable ASCII characters), line 3 path of the file to send
+                 (relative to --dir). Flags and file arguments override its lines.
+  me.info        written after registering: name, client ID (32 hex digits), private key
+                 (base64). When it exists the client reconnects (827) instead of
+                 registering; if the server has forgotten the client (1606) it registers
+                 again and rewrites me.info.
+  priv.key       the RSA private key (base64 of PKCS#8 DER), reused on reconnect.
+  me.info and priv.key are written atomically with owner-only permissions (0600).
+
+Exit codes:
+  0  every file was stored and its checksum confirmed
+  1  internal error (a bug, local disk not writable, key generation failed)
+  2  bad input or usage: transfer.info, flags, me.info/priv.key, a file that cannot be
+     read or is too large for the protocol (nothing is sent)
+  3  rejected by the server: name already taken (1601), or 1607 to the same request
+     after 3 retries
+  4  a file's checksum was still wrong after 3 resends (902 sent)
+  5  network failure: connection refused, reset, timed out, host not found; with --tls
+     also an untrusted server certificate or a server that does not speak TLS (and
+     without --tls a server that speaks only TLS)
+  6  protocol error: the server sent a reply this client cannot accept
+
+Examples:
+  sfc-client                                  # everything from ./transfer.info
+  sfc-client --server 127.0.0.1:1256 --name alice report.pdf photo.jpg
+  sfc-client --dir ~/sfc -v big.iso --packet-size 65536
+  sfc-client --tls --tls-ca ca.pem --server files.example.org:1256 report.pdf";
+
+/// Puts files on a SecureFileComm server (protocol version 3): registers (or reconnects),
+/// exchanges keys, uploads each file encrypted with AES-256-CBC, and confirms the server's
+/// checksum (POSIX cksum). Works with servers that keep the connection open and with those
+/// that close it after every reply.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "sfc-client", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Files to send, one after another in one session (paths relative to the current
+    /// folder) [default: line 3 of transfer.info]
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// Server address [default: line 1 of transfer.info]
+    #[arg(short, long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
+
+    /// User name to register with [default: line 2 of transfer.info]
+    #[arg(short, long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Folder holding transfer.info, me.info and priv.key
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+
+    /// How to talk to the server.
+    #[command(flatten)]
+    pub options: Options,
+
+    /// Print nothing but errors
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Show each request and reply (code, sizes); twice (-vv) also every file packet
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The flags that shape the conversation with the server; carried as they are into the
+/// [`crate::Config`].
+#[derive(Clone, Debug, Args)]
+pub struct Options {
+    /// Ciphertext bytes per file packet [default: 2048, raised only as far as a file needs
+    /// to fit in 65,535 packets]
+    #[arg(long, value_name = "BYTES")]
+    pub packet_size: Option<PacketSize>,
+
+    /// Seconds allowed to establish a connection
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "10")]
+    pub connect_timeout: Duration,
+
+    /// Seconds allowed for each read or write on the connection
+    #[arg(long = "timeout", value_name = "SECONDS", value_parser = parse_seconds,
+          default_value = "60")]
+    pub io_timeout: Duration,
+
+    /// Open a new connection for every request and expect a reply to each, as the original
+    /// client does (normally detected: the client switches by itself when the server closes
+    /// the connection after a reply)
+    #[arg(long = "connection-per-request")]
+    pub per_request: bool,
+
+    /// Speak TLS to the server (opt-in: servers run with --tls-cert/--tls-key), verifying
+    /// its certificate against --tls-ca or the system's trusted roots and the host of
+    /// --server. Plain TCP without it, as every other implementation speaks
+    #[arg(long)]
+    pub tls: bool,
+
+    /// Trust only the CA certificate(s) in this PEM file for --tls (instead of the
+    /// system's roots)
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The command line `sfc-client --dir DIR` (no other flags): for tests and library
+    /// users who then set fields.
+    pub fn in_dir(dir: impl AsRef<Path>) -> Cli {
+        let args: [OsString; 3] = [
+            "sfc-client".into(),
+            "--dir".into(),
+            dir.as_ref().as_os_str().to_owned(),
+        ];
+        Cli::parse_from(args)
+    }
+
+    /// How much to say, from `--quiet` and `-v`.
+    pub fn verbosity(&self) -> Verbosity {
+        match (self.quiet, self.verbose) {
+            (true, _) => Verbosity::Quiet,
+            (false, 0) => Verbosity::Normal,
+            (false, 1) => Verbosity::Verbose,
+            (false, _) => Verbosity::Trace,
+        }
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+        return Err("must be more than 0 and at most 86400 seconds".to_owned());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_checked_values() {
+        let cli = Cli::in_dir("x");
+        assert_eq!(cli.options.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(cli.options.io_timeout, DEFAULT_IO_TIMEOUT);
+        assert_eq!(cli.verbosity(), Verbosity::Normal);
+        let cli =
+            Cli::try_parse_from(["c", "--timeout", "0.5", "--packet-size", "64", "-vv"]).unwrap();
+        assert_eq!(cli.options.io_timeout, Duration::from_millis(500));
+        assert_eq!(cli.options.packet_size.map(PacketSize::get), Some(64));
+        assert_eq!(cli.verbosity(), Verbosity::Trace);
+        for bad in [
+            &["c", "--packet-size", "0"][..],
+            &["c", "--timeout", "0"],
+            &["c", "--timeout", "nan"],
+            &["c", "--tls-ca", "ca.pem"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+}
