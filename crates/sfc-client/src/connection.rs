@@ -303,7 +303,9 @@ impl Connection {
         result
     }
 
-    fn read_reply_inner(&mut self) -> Result<Response, Failure> {
+    /// Reads the 7-byte reply header. A close or reset before its first byte is
+    /// [`Failure::Gone`]; a plain connection that gets a TLS alert says to use `--tls`.
+    fn read_header(&mut self) -> Result<[u8; RESPONSE_HEADER_LEN], Failure> {
         let mut head = [0u8; RESPONSE_HEADER_LEN];
         let mut filled = 0;
         let plain = self.tls.is_none();
@@ -378,6 +380,11 @@ impl Connection {
                 ),
             });
         }
+        Ok(head)
+    }
+
+    fn read_reply_inner(&mut self) -> Result<Response, Failure> {
+        let head = self.read_header()?;
         let header = ResponseHeader::decode(&head).map_err(Failure::Malformed)?;
         // decode() bounded payload_size by the code's allowed range (at most a few hundred
         // bytes), so this cannot be made to allocate much.

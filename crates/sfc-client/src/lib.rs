@@ -40,6 +40,7 @@ pub mod error;
 pub mod identity;
 pub mod progress;
 pub mod session;
+pub mod store;
 pub mod tls;
 pub mod upload;
 
@@ -76,7 +77,13 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
         true => Some(tls::setup(&config.server, options.tls_ca.as_deref())?),
         false => None,
     };
-    let loaded = identity::load(&config.dir)?;
+    let folder = store::locate(&config.dir, &config.server.to_string())?;
+    let mut loaded = folder.load()?;
+    if loaded.is_none() && folder.nested {
+        // Perhaps the same server under another address: try me.info first. A 1606 then
+        // registers anew for this address only, never replacing me.info.
+        loaded = identity::load(&config.dir)?;
+    }
     if let Some(loaded) = &loaded {
         for warning in &loaded.warnings {
             reporter.warn(warning);
@@ -98,6 +105,10 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
                 .to_owned(),
         }));
     }
+    if loaded.is_none() {
+        // A registration whose result cannot be saved would lose the name for good.
+        folder.check_writable()?;
+    }
     let mut conn = Connection::new(
         &config.server,
         options.connect_timeout,
@@ -113,7 +124,7 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
     let mut session = Session::establish(
         conn,
         reporter.clone(),
-        &config.dir,
+        &folder,
         config.name.as_ref(),
         loaded.map(|l| l.identity),
     )?;

@@ -163,10 +163,16 @@ fn reconnect_rejected_with_a_1606_without_payload_registers_again() {
     let (_, old_id) = read_me_info(dir.path());
     let old_key = std::fs::read_to_string(dir.path().join("priv.key")).unwrap();
 
-    let second = Double::start(Behaviour {
-        reject_reconnect_without_payload: true,
-        ..Behaviour::default()
-    });
+    // The same server (same address), now rejecting the reconnect.
+    let address = first.addr;
+    drop(first);
+    let second = Double::start_on(
+        address,
+        Behaviour {
+            reject_reconnect_without_payload: true,
+            ..Behaviour::default()
+        },
+    );
     let run = run_client(dir.path(), &["--server", &second.address()]);
     run.assert_code(0);
     assert!(run.stdout.contains("1606"), "{}", run.stdout);

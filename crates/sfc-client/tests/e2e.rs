@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{make_file, read_me_info, run_client, tempdir, write_transfer_info};
+use common::{make_file, read_me_info, run_client, run_client_env, tempdir, write_transfer_info};
 use sfc_server::{RunningServer, ServerConfig};
 
 fn start_server(data: &Path) -> RunningServer {
@@ -130,12 +130,17 @@ fn a_server_that_lost_its_database_gets_a_new_registration() {
     let original = make_file(&dir.path().join("data.bin"), 500, 3);
     run_client(dir.path(), &[]).assert_code(0);
     let (_, old_id) = read_me_info(dir.path());
+    let address = server.addr();
     server.stop();
 
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(data.path().join(format!("defensive.db{suffix}")));
     }
-    let server = start_server(data.path());
+    // The same server (same address) without its database.
+    let mut config = ServerConfig::new(data.path());
+    config.bind = address;
+    config.worker_threads = Some(2);
+    let server = RunningServer::start(config).expect("restart the server");
     let run = run_client(dir.path(), &["--server", &server.addr().to_string(), "-v"]);
     run.assert_code(0);
     assert!(
@@ -147,6 +152,10 @@ fn a_server_that_lost_its_database_gets_a_new_registration() {
     let (name, new_id) = read_me_info(dir.path());
     assert_eq!(name, "bob");
     assert_ne!(new_id, old_id);
+    // Issue 13 item 2: the replaced identity is kept.
+    let backup = std::fs::read_to_string(dir.path().join(format!("me.info.{old_id}.bak"))).unwrap();
+    assert!(backup.contains(&old_id), "{backup}");
+    assert!(dir.path().join(format!("priv.key.{old_id}.bak")).exists());
     server.stop();
 
     let files = stored_files(data.path());
@@ -321,4 +330,106 @@ fn identity_files_written_by_other_clients_are_accepted() {
     assert!(run.stderr.contains("<- 1605"), "{}", run.stderr);
     assert!(!run.stderr.contains("warning"), "{}", run.stderr);
     server.stop();
+}
+
+fn client_names(data: &Path) -> Vec<String> {
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("defensive.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut statement = db
+        .prepare("SELECT Name FROM clients ORDER BY Name")
+        .unwrap();
+    statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Issue 13 item 1: a folder where me.info cannot be written is found out before 825 is
+/// sent, so the name is not registered (and lost) on the server; after `mkdir` the same
+/// command works.
+#[test]
+fn an_identity_that_cannot_be_saved_is_not_registered() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let cwd = tempdir();
+    make_file(&cwd.path().join("f.txt"), 10, 1);
+    let address = server.addr().to_string();
+    let args = ["-d", "nonexist", "-s", &address, "-n", "sam", "f.txt"];
+    let run = run_client(cwd.path(), &args);
+    run.assert_code(1);
+    assert!(run.stderr.contains("nonexist"), "{}", run.stderr);
+    assert!(
+        client_names(data.path()).is_empty(),
+        "a name was registered"
+    );
+
+    std::fs::create_dir(cwd.path().join("nonexist")).unwrap();
+    run_client(cwd.path(), &args).assert_code(0);
+    assert_eq!(client_names(data.path()), vec!["sam"]);
+    server.stop();
+}
+
+/// Issue 13 item 1: when saving fails after the server registered us (here priv.key is a
+/// folder, so it cannot be replaced), the error names the identity and where its key was
+/// put instead, so nothing is lost.
+#[test]
+fn an_identity_that_fails_to_save_is_printed_with_a_fallback_key_file() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    let temp = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "tess", "x.bin");
+    make_file(&dir.path().join("x.bin"), 10, 1);
+    std::fs::create_dir(dir.path().join("priv.key")).unwrap();
+    let run = run_client_env(dir.path(), &[], &[("TMPDIR", temp.path())]);
+    run.assert_code(1);
+    server.stop();
+    let db = rusqlite::Connection::open(data.path().join("defensive.db")).unwrap();
+    let id: String = db
+        .query_row("SELECT lower(hex(ID)) FROM clients", [], |r| r.get(0))
+        .unwrap();
+    assert!(run.stderr.contains(&id), "{}", run.stderr);
+    assert!(run.stderr.contains("\"tess\""), "{}", run.stderr);
+    let key_file = temp.path().join(format!("sfc-client-tess-{id}.key"));
+    assert!(
+        run.stderr.contains(&key_file.display().to_string()),
+        "{}",
+        run.stderr
+    );
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert!(sfc_crypto::RsaKeyPair::from_base64(&key).is_ok());
+}
+
+/// Issue 13 item 2: an identity belongs to the server that issued it. A run against a
+/// second server registers there without touching me.info, and the first server still
+/// knows us afterwards.
+#[test]
+fn a_second_server_does_not_replace_the_first_servers_identity() {
+    let (data_a, data_b) = (tempdir(), tempdir());
+    let (a, b) = (start_server(data_a.path()), start_server(data_b.path()));
+    let (a_addr, b_addr) = (a.addr().to_string(), b.addr().to_string());
+    let dir = tempdir();
+    make_file(&dir.path().join("h.txt"), 10, 1);
+    run_client(dir.path(), &["-s", &a_addr, "-n", "frank", "h.txt"]).assert_code(0);
+    let me_a = std::fs::read(dir.path().join("me.info")).unwrap();
+
+    let run = run_client(dir.path(), &["-s", &b_addr, "-n", "frank", "h.txt"]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("registered with"), "{}", run.stdout);
+    assert_eq!(std::fs::read(dir.path().join("me.info")).unwrap(), me_a);
+
+    let run = run_client(dir.path(), &["-s", &a_addr, "h.txt", "-v"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("<- 1605"), "{}", run.stderr);
+    let run = run_client(dir.path(), &["-s", &b_addr, "h.txt", "-v"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("<- 1605"), "{}", run.stderr);
+    a.stop();
+    b.stop();
+    assert_eq!(client_names(data_a.path()), vec!["frank"]);
+    assert_eq!(client_names(data_b.path()), vec!["frank"]);
 }

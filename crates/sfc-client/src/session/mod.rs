@@ -15,9 +15,10 @@ use sfc_crypto::{AesKey, RsaKeyPair};
 use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
 
 use crate::connection::{unexpected, Connection};
-use crate::error::ClientError;
+use crate::error::{ClientError, UnsavedIdentity};
 use crate::identity::{self, Identity};
 use crate::progress::{Reporter, Verbosity};
+use crate::store::{self, IdentityFolder};
 use crate::upload::Uploader;
 
 mod transfer;
@@ -92,7 +93,7 @@ impl Session {
     pub fn establish(
         mut conn: Connection,
         reporter: Reporter,
-        dir: &Path,
+        folder: &IdentityFolder,
         name: Option<&Name>,
         saved: Option<Identity>,
     ) -> Result<Session, ClientError> {
@@ -100,7 +101,7 @@ impl Session {
             let name = name
                 .cloned()
                 .ok_or_else(|| ClientError::Internal("no user name to register with".to_owned()))?;
-            return Self::register(conn, reporter, dir, name, false);
+            return Self::register(conn, reporter, folder, name, false);
         };
         let request = Request::new(
             identity.client_id,
@@ -125,6 +126,11 @@ impl Session {
                         ),
                     }
                 })?;
+                if folder.unclaimed {
+                    if let Err(e) = folder.claim() {
+                        reporter.warn(format!("could not record the server of me.info: {e}"));
+                    }
+                }
                 reporter.info(format!(
                     "reconnected to {} as {:?} (client ID {})",
                     conn.server(),
@@ -143,13 +149,27 @@ impl Session {
             }
             Response::ReconnectRejected { .. } => {
                 let name = name.cloned().unwrap_or(identity.name);
-                reporter.info(format!(
-                    "the server no longer knows client {} (reply 1606): registering again as a \
-                     new client named {:?}",
-                    identity.client_id,
-                    name.as_str()
-                ));
-                Self::register(conn, reporter, dir, name, true)
+                if folder.nested {
+                    reporter.info(format!(
+                        "{} does not know client {} of me.info (reply 1606): registering with it \
+                         as a new client named {:?}; me.info stays as it is, this server's \
+                         identity goes to {}",
+                        conn.server(),
+                        identity.client_id,
+                        name.as_str(),
+                        folder.dir.display()
+                    ));
+                } else {
+                    reporter.info(format!(
+                        "the server no longer knows client {} (reply 1606): registering again as \
+                         a new client named {:?}",
+                        identity.client_id,
+                        name.as_str()
+                    ));
+                }
+                // The old identity is kept as a backup; the new one must be savable.
+                folder.check_writable()?;
+                Self::register(conn, reporter, folder, name, true)
             }
             other => Err(unexpected(
                 &conn,
@@ -163,7 +183,7 @@ impl Session {
     fn register(
         mut conn: Connection,
         reporter: Reporter,
-        dir: &Path,
+        folder: &IdentityFolder,
         name: Name,
         re_registration: bool,
     ) -> Result<Session, ClientError> {
@@ -189,49 +209,14 @@ impl Session {
         reporter.detail(Verbosity::Verbose, "   generating an RSA-1024 key pair");
         let keypair = RsaKeyPair::generate()
             .map_err(|e| ClientError::Internal(format!("RSA key generation failed: {e}")))?;
-        let request = Request::new(
-            client_id,
-            RequestBody::SendPublicKey {
-                name: name.clone(),
-                public_key: keypair.public_key_der(),
-            },
-        );
-        let key = match call(&mut conn, &reporter, &request)? {
-            Response::PublicKeyAccepted {
-                client_id: echoed,
-                wrapped_key,
-            } => {
-                note_client_id(&reporter, client_id, echoed, "1602");
-                keypair
-                    .unwrap_aes_key(&wrapped_key)
-                    .map_err(|e| ClientError::Protocol {
-                        server: conn.server().to_owned(),
-                        request: RequestCode::SendPublicKey.described().to_string(),
-                        detail: format!("sent an AES key that our private key cannot unwrap ({e})"),
-                    })?
-            }
-            Response::RegistrationFailed => {
-                return Err(ClientError::Rejected {
-                    server: conn.server().to_owned(),
-                    request: RequestCode::SendPublicKey.described().to_string(),
-                    detail: "it answered 1601 (registration failed) to our public key".to_owned(),
-                })
-            }
-            other => {
-                return Err(unexpected(
-                    &conn,
-                    RequestCode::SendPublicKey,
-                    &other,
-                    "1602 (public key accepted)",
-                ))
-            }
-        };
+        let key = exchange_keys(&mut conn, &reporter, client_id, &name, &keypair)?;
         let identity = Identity {
             name,
             client_id,
             keypair,
         };
-        identity::save(dir, &identity)?;
+        save_identity(folder, &identity, conn.server())?;
+        let dir = &folder.dir;
         reporter.info(format!(
             "registered with {} as {:?}: client ID {}; saved {} and {}",
             conn.server(),
@@ -292,6 +277,77 @@ impl Session {
     pub fn close(mut self) {
         self.conn.close();
     }
+}
+
+/// 826 → 1602: sends our public key and unwraps the AES key the server returns.
+fn exchange_keys(
+    conn: &mut Connection,
+    reporter: &Reporter,
+    client_id: ClientId,
+    name: &Name,
+    keypair: &RsaKeyPair,
+) -> Result<AesKey, ClientError> {
+    let request = Request::new(
+        client_id,
+        RequestBody::SendPublicKey {
+            name: name.clone(),
+            public_key: keypair.public_key_der(),
+        },
+    );
+    match call(conn, reporter, &request)? {
+        Response::PublicKeyAccepted {
+            client_id: echoed,
+            wrapped_key,
+        } => {
+            note_client_id(reporter, client_id, echoed, "1602");
+            keypair
+                .unwrap_aes_key(&wrapped_key)
+                .map_err(|e| ClientError::Protocol {
+                    server: conn.server().to_owned(),
+                    request: RequestCode::SendPublicKey.described().to_string(),
+                    detail: format!("sent an AES key that our private key cannot unwrap ({e})"),
+                })
+        }
+        Response::RegistrationFailed => Err(ClientError::Rejected {
+            server: conn.server().to_owned(),
+            request: RequestCode::SendPublicKey.described().to_string(),
+            detail: "it answered 1601 (registration failed) to our public key".to_owned(),
+        }),
+        other => Err(unexpected(
+            conn,
+            RequestCode::SendPublicKey,
+            &other,
+            "1602 (public key accepted)",
+        )),
+    }
+}
+
+/// Saves a new identity; when that fails, puts the key in a fallback file and returns an
+/// error naming the identity, so that a registered name is never lost silently.
+fn save_identity(
+    folder: &IdentityFolder,
+    identity: &Identity,
+    server: &str,
+) -> Result<(), ClientError> {
+    let source = match folder.save(identity) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let (key_file, key_text) = match store::save_fallback(identity) {
+        Ok(path) => (Some(path), None),
+        Err(_) => (
+            None,
+            identity.keypair.to_base64().ok().map(|k| k.to_string()),
+        ),
+    };
+    Err(ClientError::IdentityNotSaved(Box::new(UnsavedIdentity {
+        server: server.to_owned(),
+        name: identity.name.as_str().to_owned(),
+        client_id: identity.client_id.to_hex(),
+        key_file,
+        key_text,
+        source,
+    })))
 }
 
 fn display_path(dir: &Path, file: &str) -> PathBuf {

@@ -278,15 +278,34 @@ fn send_persistent(
             return Err(on_failure(conn, failure, &what));
         }
     }
+    await_checksum(conn, reporter, source, &what).map_err(|error| match error {
+        ReplyError::Io(failure) => on_failure(conn, failure, &what),
+        ReplyError::Fatal(e) => AttemptError::Fatal(e),
+    })
+}
+
+/// Why waiting for the checksum failed: the connection, or a reply we cannot accept.
+enum ReplyError {
+    Io(Failure),
+    Fatal(ClientError),
+}
+
+/// Reads the replies after a pipelined send until the final 1603; skips strays (1604
+/// after 901, 1603 for intermediate packets from a server that answers them anyway), but
+/// not forever.
+fn await_checksum(
+    conn: &mut Connection,
+    reporter: &Reporter,
+    source: &PacketSource<'_>,
+    what: &str,
+) -> Result<Outcome, ReplyError> {
     let our_cksum = source.checksum();
-    // The final 1603; skip strays (1604 after 901, 1603 for intermediate packets from a
-    // server that answers them anyway), but not forever.
     let mut strays = 0u32;
     let stray_limit = u32::from(source.plan.total_packets) + 2;
     loop {
         let response = match conn.read_reply() {
             Ok(r) => r,
-            Err(failure) => return Err(on_failure(conn, failure, &what)),
+            Err(failure) => return Err(ReplyError::Io(failure)),
         };
         conn.replied(&response);
         match response {
@@ -318,10 +337,12 @@ fn send_persistent(
                 // taken for replies to the retry. Drop the connection with them; the
                 // retry starts on a fresh one (state lives per client ID, not connection).
                 conn.close();
-                return Ok(Outcome::ServerError { request: what });
+                return Ok(Outcome::ServerError {
+                    request: what.to_owned(),
+                });
             }
             other => {
-                return Err(AttemptError::Fatal(unexpected(
+                return Err(ReplyError::Fatal(unexpected(
                     conn,
                     RequestCode::SendFile,
                     &other,

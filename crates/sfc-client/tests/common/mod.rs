@@ -41,8 +41,16 @@ impl ClientRun {
 
 /// Runs the real `sfc-client` binary in `dir` with `args`.
 pub fn run_client(dir: &Path, args: &[&str]) -> ClientRun {
+    run_client_env(dir, args, &[])
+}
+
+/// Runs the real `sfc-client` binary in `dir` with `args` and extra environment variables.
+pub fn run_client_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> ClientRun {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sfc-client"));
     command.current_dir(dir);
+    for (key, value) in env {
+        command.env(key, value);
+    }
     if !args.contains(&"--timeout") {
         // Fail fast instead of hanging for the default minute.
         command.args(["--timeout", "20"]);
@@ -181,7 +189,13 @@ pub struct Double {
 
 impl Double {
     pub fn start(behaviour: Behaviour) -> Double {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), behaviour)
+    }
+
+    /// A double on a given address (e.g. the address of one that was stopped: the same
+    /// server, restarted).
+    pub fn start_on(addr: SocketAddr, behaviour: Behaviour) -> Double {
+        let listener = TcpListener::bind(addr).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
