@@ -67,6 +67,20 @@ pub struct Cli {
     #[arg(short, long, value_name = "NAME")]
     pub name: Option<String>,
 
+    /// Send every regular file below each FILE that is a folder, each stored under its
+    /// path below that folder (e.g. docs/a.txt); symbolic links are left out unless
+    /// --follow-symlinks is given
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+
+    /// With -r, follow symbolic links to files and folders
+    #[arg(long, requires = "recursive")]
+    pub follow_symlinks: bool,
+
+    /// Store the (single) file under this name on the server instead of its base name
+    #[arg(long = "as", value_name = "NAME")]
+    pub stored_as: Option<String>,
+
     /// Folder holding transfer.info, me.info and priv.key
     #[arg(short, long, value_name = "DIR", default_value = ".")]
     pub dir: PathBuf,

@@ -7,7 +7,6 @@
 //! (`transfer.info line 2`, `--server`, a file argument) and says what is wrong.
 
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -16,7 +15,8 @@ use thiserror::Error;
 
 pub use crate::address::{Host, ServerAddress};
 use crate::cli::{Cli, Options};
-use crate::upload::{self, PacketSize, Plan};
+use crate::files;
+pub use crate::files::{check_file, FileToSend};
 
 /// File name of the batch description in the client's folder.
 pub const TRANSFER_INFO: &str = "transfer.info";
@@ -86,61 +86,6 @@ pub fn parse_user_name(text: &str) -> Result<Name, String> {
         ));
     }
     Name::new(text).map_err(|e| format!("invalid user name: {e}"))
-}
-
-/// A file to send: path, label sent as `file_name`, size when checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileToSend {
-    /// The path to read.
-    pub path: PathBuf,
-    /// The label sent to the server: the file's base name.
-    pub label: Name,
-    /// Its size when it was checked.
-    pub size: u64,
-    /// How it is cut into packets (for that size).
-    pub plan: Plan,
-}
-
-/// Checks that `path` is a regular, readable file the protocol can carry in packets of
-/// `packet_size`, and derives its label (the base name, which must be printable ASCII) and
-/// its packet plan.
-pub fn check_file(path: &Path, packet_size: Option<PacketSize>) -> Result<FileToSend, String> {
-    let metadata = std::fs::metadata(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => "no such file".to_owned(),
-        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-        _ => format!("cannot be read: {e}"),
-    })?;
-    if metadata.is_dir() {
-        return Err("is a directory, not a file".to_owned());
-    }
-    if !metadata.is_file() {
-        return Err("is not a regular file".to_owned());
-    }
-    File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::PermissionDenied => "is not readable (permission denied)".to_owned(),
-        _ => format!("cannot be opened: {e}"),
-    })?;
-    let size = metadata.len();
-    let plan = upload::plan(size, packet_size)?;
-    let base = path
-        .file_name()
-        .ok_or_else(|| "has no file name".to_owned())?;
-    let base = base.to_str().ok_or_else(|| {
-        "has a file name that is not valid text; only printable ASCII file names can be sent"
-            .to_owned()
-    })?;
-    let label = Name::new(base).map_err(|e| {
-        format!(
-            "its name {base:?} cannot be sent ({e}); only printable ASCII names of at most 254 \
-             bytes can be sent"
-        )
-    })?;
-    Ok(FileToSend {
-        path: path.to_owned(),
-        label,
-        size,
-        plan,
-    })
 }
 
 /// The validated configuration of a run.
@@ -288,31 +233,24 @@ impl Config {
                 (None, None) => None,
             };
 
+        let mut warnings = Vec::new();
         let files = if overrides.files.is_empty() {
             let text = needed(3, "the file as an argument")?.trim();
             let file_path = overrides.dir.join(text);
+            let origin = line_origin(3);
             vec![
                 check_file(&file_path, overrides.options.packet_size).map_err(|reason| {
                     ConfigError {
-                        origin: line_origin(3),
+                        origin,
                         reason: format!("{}: {reason}", file_path.display()),
                     }
                 })?,
             ]
         } else {
-            overrides
-                .files
-                .iter()
-                .map(|p| {
-                    check_file(p, overrides.options.packet_size).map_err(|reason| ConfigError {
-                        origin: Origin::Argument(p.clone()),
-                        reason,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?
+            file_arguments(overrides, &mut warnings)?
         };
+        let files = name_files(files, overrides)?;
 
-        let mut warnings = Vec::new();
         if let Some(info) = info {
             for (i, line) in info.lines.iter().enumerate().skip(3) {
                 if !line.trim().is_empty() {
@@ -333,6 +271,78 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// The files named on the command line; with `-r`, the regular files below each folder.
+fn file_arguments(cli: &Cli, warnings: &mut Vec<String>) -> Result<Vec<FileToSend>, ConfigError> {
+    let packet_size = cli.options.packet_size;
+    let mut files = Vec::new();
+    for path in &cli.files {
+        let argument = |reason: String| ConfigError {
+            origin: Origin::Argument(path.clone()),
+            reason,
+        };
+        if !(cli.recursive && path.is_dir()) {
+            files.push(check_file(path, packet_size).map_err(argument)?);
+            continue;
+        }
+        let found = files::walk(path, cli.follow_symlinks)
+            .map_err(|e| argument(format!("cannot be read: {e}")))?;
+        for link in &found.skipped_links {
+            warnings.push(format!(
+                "{}: a symbolic link, not sent (--follow-symlinks sends what it points to)",
+                link.display()
+            ));
+        }
+        if found.files.is_empty() {
+            return Err(argument("holds no regular file to send".to_owned()));
+        }
+        for (file, relative) in found.files {
+            let mut checked = check_file(&file, packet_size).map_err(|reason| ConfigError {
+                origin: Origin::Argument(file.clone()),
+                reason,
+            })?;
+            checked.label = files::parse_label(&relative).map_err(|reason| ConfigError {
+                origin: Origin::Argument(file.clone()),
+                reason,
+            })?;
+            files.push(checked);
+        }
+    }
+    Ok(files)
+}
+
+/// Applies `--as` and refuses a batch in which two files would be stored under the same
+/// name (the second would silently replace the first on the server).
+fn name_files(mut files: Vec<FileToSend>, cli: &Cli) -> Result<Vec<FileToSend>, ConfigError> {
+    if let Some(name) = &cli.stored_as {
+        let flag = |reason: String| ConfigError {
+            origin: Origin::Flag("--as"),
+            reason,
+        };
+        match files.as_mut_slice() {
+            [file] => file.label = files::parse_label(name).map_err(flag)?,
+            _ => {
+                return Err(flag(format!(
+                    "names one file, but {} files are to be sent",
+                    files.len()
+                )))
+            }
+        }
+    }
+    if let Some((first, second)) = files::same_label(&files) {
+        return Err(ConfigError {
+            origin: Origin::Argument(second.path.clone()),
+            reason: format!(
+                "would be stored on the server as {:?}, like {}: the server keeps one file per \
+                 name, so one would replace the other. Send them in separate runs, or choose \
+                 the stored name of one with --as NAME",
+                second.label.as_str(),
+                first.path.display()
+            ),
+        });
+    }
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -506,20 +516,5 @@ mod tests {
         let config = Config::load(&overrides).unwrap();
         assert_eq!(config.warnings.len(), 1);
         assert!(config.warnings[0].contains("line 4"));
-    }
-
-    #[test]
-    fn file_labels_must_be_printable_ascii() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("naïve.txt");
-        std::fs::write(&file, b"x").unwrap();
-        let e = check_file(&file, None).unwrap_err();
-        assert!(e.contains("printable ASCII"), "{e}");
-        let ok = dir.path().join("with space.txt");
-        std::fs::write(&ok, b"x").unwrap();
-        assert_eq!(
-            check_file(&ok, None).unwrap().label.as_str(),
-            "with space.txt"
-        );
     }
 }

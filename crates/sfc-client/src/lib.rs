@@ -37,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod files;
 pub mod identity;
 pub mod progress;
 pub mod session;

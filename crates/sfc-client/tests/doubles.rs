@@ -422,3 +422,39 @@ fn packets_smaller_than_an_aes_block_work() {
     // 48 B of ciphertext: 48 packets of 1 B.
     assert_eq!(double.state().sends[0], ("data.bin".to_owned(), 48));
 }
+
+/// Issue 13 item 3: two files with the same base name would be stored under one name, the
+/// second replacing the first. The batch is refused before anything is sent, naming both.
+#[test]
+fn two_files_with_the_same_name_are_refused_before_sending() {
+    let double = Double::start(Behaviour::default());
+    let dir = tempdir();
+    setup(dir.path(), &double, "same", 10);
+    for sub in ["x", "y"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        make_file(&dir.path().join(sub).join("same.txt"), 10, 1);
+    }
+    let run = run_client(dir.path(), &["x/same.txt", "y/same.txt"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("x/same.txt"), "{}", run.stderr);
+    assert!(run.stderr.contains("y/same.txt"), "{}", run.stderr);
+    assert!(run.stderr.contains("--as"), "{}", run.stderr);
+    assert_eq!(double.state().connections, 0, "nothing was sent");
+}
+
+/// Issue 13 item 3: `--as NAME` chooses the name stored on the server (one file only).
+#[test]
+fn as_chooses_the_stored_name() {
+    let double = Double::start(Behaviour::default());
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "renamer", 100);
+    let run = run_client(dir.path(), &["data.bin", "--as", "reports/2026.bin"]);
+    run.assert_code(0);
+    assert_eq!(double.state().stored["reports/2026.bin"], data);
+    assert!(!double.state().stored.contains_key("data.bin"));
+
+    make_file(&dir.path().join("other.bin"), 10, 1);
+    let run = run_client(dir.path(), &["data.bin", "other.bin", "--as", "x"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("--as"), "{}", run.stderr);
+}

@@ -433,3 +433,53 @@ fn a_second_server_does_not_replace_the_first_servers_identity() {
     assert_eq!(client_names(data_a.path()), vec!["frank"]);
     assert_eq!(client_names(data_b.path()), vec!["frank"]);
 }
+
+/// Issue 13 item 11: `-r DIR` sends every regular file below DIR, each stored under its
+/// path below DIR; symbolic links are left out (with a warning) unless
+/// `--follow-symlinks`.
+#[test]
+fn a_folder_is_sent_with_its_relative_paths_as_names() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    let a = make_file(&tree.join("a.txt"), 100, 1);
+    let b = make_file(&tree.join("sub/b.txt"), 2000, 2);
+    let c = make_file(&tree.join("sub/deeper/c.txt"), 0, 3);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(tree.join("a.txt"), tree.join("link.txt")).unwrap();
+    let address = server.addr().to_string();
+    let run = run_client(dir.path(), &["-s", &address, "-n", "rita", "-r", "tree"]);
+    run.assert_code(0);
+    #[cfg(unix)]
+    assert!(run.stderr.contains("link.txt"), "{}", run.stderr);
+    let run = run_client(dir.path(), &["-s", &address, "tree"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("-r"), "{}", run.stderr);
+    #[cfg(unix)]
+    run_client(
+        dir.path(),
+        &[
+            "-s",
+            &address,
+            "-r",
+            "--follow-symlinks",
+            "tree/sub",
+            "tree/link.txt",
+        ],
+    )
+    .assert_code(0);
+    server.stop();
+    let files = stored_files(data.path());
+    for (name, original) in [("a.txt", &a), ("sub/b.txt", &b), ("sub/deeper/c.txt", &c)] {
+        let stored = find(&files, name);
+        assert!(stored.verified, "{name}");
+        assert_eq!(&std::fs::read(&stored.path).unwrap(), original, "{name}");
+    }
+    #[cfg(unix)]
+    {
+        assert_eq!(&std::fs::read(&find(&files, "link.txt").path).unwrap(), &a);
+        assert!(files.iter().any(|f| f.name == "deeper/c.txt"));
+    }
+}
