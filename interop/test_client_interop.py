@@ -282,12 +282,13 @@ def registered_id_after_run(work: Path, server, name: str) -> bytes:
 @pytest.mark.parametrize("code", [P.REQ_REGISTER, P.REQ_PUBLIC_KEY, P.REQ_SEND_FILE, P.REQ_CRC_OK])
 def test_client_retries_after_server_error(tmp_path, start_py_server, code):
     """'On any server error the client prints `server responded with an error` and
-    retries the request, up to 3 times': two 1607s in a row are survived."""
+    retries the request, up to 3 times': two 1607s in a row are survived. Retries that
+    succeed are reported with -v only (failures always), so the run is verbose."""
     srv = start_py_server(fail_requests={code: 2})
     src, data = make_source(tmp_path, 5000)
     work = tmp_path / "client"
     write_transfer(work, srv.port, "retrier", src)
-    proc = run_client(work)
+    proc = run_client(work, "-v")
     assert proc.returncode == 0, describe(proc) + f"\nrequests: {codes(srv)}"
     out = (proc.stdout + proc.stderr).decode(errors="replace")
     assert out.count("server responded with an error") >= 2, out

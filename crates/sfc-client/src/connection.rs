@@ -90,6 +90,9 @@ pub struct Connection {
     /// Opt-in TLS (`--tls`): every new connection starts with this handshake.
     tls: Option<TlsSetup>,
     last_reply_was_error: bool,
+    /// True while the open stream has carried no request (a new connection kept for the
+    /// next one).
+    unused: bool,
     payload: Vec<u8>,
     reporter: Reporter,
 }
@@ -118,6 +121,7 @@ impl Connection {
             stream: None,
             tls: None,
             last_reply_was_error: false,
+            unused: false,
             payload: Vec::with_capacity(sfc_proto::limits::MAX_RESPONSE_PAYLOAD),
             reporter,
         })
@@ -154,7 +158,9 @@ impl Connection {
             );
         }
         self.mode = Mode::PerRequest;
-        self.stream = None;
+        if !self.unused {
+            self.stream = None;
+        }
     }
 
     /// Uses one connection per request from the start (as the original client does).
@@ -173,8 +179,10 @@ impl Connection {
     pub fn prepare(&mut self) -> Result<bool, NetworkError> {
         match self.mode {
             Mode::PerRequest => {
-                self.stream = None;
-                self.connect()?;
+                if self.stream.is_none() || !self.unused {
+                    self.stream = None;
+                    self.connect()?;
+                }
                 Ok(true)
             }
             Mode::Persistent => {
@@ -232,6 +240,7 @@ impl Connection {
                     };
                     self.stream = Some(stream);
                     self.last_reply_was_error = false;
+                    self.unused = true;
                     return Ok(());
                 }
                 Err(e) => last_error = Some(e),
@@ -253,6 +262,7 @@ impl Connection {
 
     /// Writes bytes (one or more whole requests) with one `write_all`.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        self.unused = false;
         let result = self.stream().and_then(|s| s.write_all(bytes));
         result.map_err(|error| {
             self.stream = None;
@@ -262,6 +272,7 @@ impl Connection {
 
     /// The open stream, for a writer thread (plain TCP or TLS; `Send`).
     pub fn stream_mut(&mut self) -> Option<&mut Stream> {
+        self.unused = false;
         self.stream.as_mut()
     }
 
@@ -447,10 +458,13 @@ impl Connection {
                     return Ok(response);
                 }
                 Err(Failure::Gone { .. }) if !fresh && self.mode == Mode::Persistent => {
-                    if self.last_reply_was_error {
-                        // Closed after its 1607 (server rule 9): reconnect, same style.
-                        self.stream = None;
-                    } else {
+                    self.stream = None;
+                    if !self.last_reply_was_error {
+                        // Closed after a normal reply, or the server is gone: only one that
+                        // takes a new connection closes after each reply. (After a 1607 it
+                        // may just have dropped a connection it no longer trusted, server
+                        // rule 9: reconnect in the same style.)
+                        self.connect()?;
                         self.switch_to_per_request();
                     }
                 }

@@ -10,12 +10,13 @@
 //!   most [`MAX_SERVER_ERROR_RETRIES`] times, then fail with a fatal message.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sfc_crypto::{AesKey, RsaKeyPair};
 use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
 
 use crate::connection::{unexpected, Connection};
-use crate::error::{ClientError, UnsavedIdentity};
+use crate::error::{format_duration, ClientError, UnsavedIdentity};
 use crate::identity::{self, Identity};
 use crate::progress::{Reporter, Verbosity};
 use crate::store::{self, IdentityFolder};
@@ -29,6 +30,10 @@ pub use transfer::FileResult;
 pub const SERVER_ERROR_MESSAGE: &str = "server responded with an error";
 /// Retries of a request answered with 1607.
 pub const MAX_SERVER_ERROR_RETRIES: u32 = 3;
+/// The pause before the first retry after a 1607; it doubles for each further retry
+/// (0.25 s, 0.5 s, 1 s), giving a server that is briefly short of something time to
+/// recover.
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 /// Resends of a file after a checksum mismatch (client rule 4): 4 sends in all.
 pub const MAX_RESENDS: u32 = 3;
 
@@ -59,22 +64,41 @@ fn call(
         if response != Response::ServerError {
             return Ok(response);
         }
-        reporter.error(SERVER_ERROR_MESSAGE);
-        if attempts > MAX_SERVER_ERROR_RETRIES {
+        let what = code.described().to_string();
+        if !retry_after_server_error(reporter, attempts, &what) {
             return Err(ClientError::ServerErrors {
                 server: conn.server().to_owned(),
-                request: code.described().to_string(),
+                request: what,
                 attempts,
             });
         }
-        reporter.detail(
-            Verbosity::Verbose,
-            format!(
-                "   retrying {} (retry {attempts} of {MAX_SERVER_ERROR_RETRIES})",
-                code.described()
-            ),
-        );
     }
+}
+
+/// After the `attempts`-th 1607 to `what`: when a retry is left, says so at `-v` and
+/// waits before it (longer each time) and returns true. When the retries are used up,
+/// reports every 1607 with the required message (always shown) and returns false. A
+/// retry that succeeds thus alarms no one.
+pub(crate) fn retry_after_server_error(reporter: &Reporter, attempts: u32, what: &str) -> bool {
+    if attempts > MAX_SERVER_ERROR_RETRIES {
+        for attempt in 1..=attempts {
+            reporter.error(format!(
+                "{SERVER_ERROR_MESSAGE} (to {what}, attempt {attempt} of {attempts})"
+            ));
+        }
+        return false;
+    }
+    let pause = RETRY_BACKOFF.saturating_mul(1 << (attempts - 1).min(8));
+    reporter.detail(
+        Verbosity::Verbose,
+        format!(
+            "   {SERVER_ERROR_MESSAGE} (1607 to {what}): retrying in {} (retry {attempts} of \
+             {MAX_SERVER_ERROR_RETRIES})",
+            format_duration(pause)
+        ),
+    );
+    std::thread::sleep(pause);
+    true
 }
 
 fn note_client_id(reporter: &Reporter, expected: ClientId, got: ClientId, code: &str) {

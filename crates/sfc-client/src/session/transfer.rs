@@ -6,7 +6,7 @@ use std::io;
 
 use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
 
-use super::{Session, MAX_RESENDS, MAX_SERVER_ERROR_RETRIES, SERVER_ERROR_MESSAGE};
+use super::{retry_after_server_error, Session, MAX_RESENDS};
 use crate::config::FileToSend;
 use crate::connection::{unexpected, Connection, Failure, Mode};
 use crate::error::ClientError;
@@ -132,30 +132,46 @@ fn send_with_retries(
             }) => return Ok((server_cksum, our_cksum)),
             Ok(Outcome::ServerError { request }) => {
                 server_errors += 1;
-                reporter.error(SERVER_ERROR_MESSAGE);
-                if server_errors > MAX_SERVER_ERROR_RETRIES {
+                let what = format!("{request} for {}", params.file.label);
+                if !retry_after_server_error(reporter, server_errors, &what) {
                     return Err(ClientError::ServerErrors {
                         server: conn.server().to_owned(),
-                        request: format!("{request} for {}", params.file.label),
+                        request: what,
                         attempts: server_errors,
                     });
                 }
-                reporter.detail(
-                    Verbosity::Verbose,
-                    format!(
-                        "   sending {} again (retry {server_errors} of {MAX_SERVER_ERROR_RETRIES})",
-                        params.file.label
-                    ),
-                );
                 reporter.set_progress(0);
             }
-            Err(AttemptError::Gone) => {
+            Err(AttemptError::Gone { sent }) => {
+                // Closed without a reply to this send: the original server does that when
+                // it closed after its previous reply, a server that died does it too.
+                // Only one that takes a new connection is treated as the former.
+                if let Err(e) = conn.prepare() {
+                    return Err(interrupted(ClientError::Network(e), params, sent));
+                }
                 conn.switch_to_per_request();
                 reporter.set_progress(0);
             }
             Err(AttemptError::Fatal(e)) => return Err(e),
         }
     }
+}
+
+/// Names the file and how far its upload got in a network error that ended it.
+fn interrupted(error: ClientError, params: &SendParams<'_>, sent: u64) -> ClientError {
+    let ClientError::Network(mut network) = error else {
+        return error;
+    };
+    let total = u64::from(params.plan.encrypted_size);
+    network.during = format!(
+        "{} — the upload of {} was interrupted at {} % ({} of {} sent)",
+        network.during,
+        params.file.label,
+        (sent * 100).checked_div(total).unwrap_or(0),
+        human_bytes(sent),
+        human_bytes(total)
+    );
+    ClientError::Network(network)
 }
 
 /// What the server said about one complete send.
@@ -178,9 +194,13 @@ pub enum Outcome {
 /// Why a send did not complete.
 #[derive(Debug)]
 pub enum AttemptError {
-    /// In persistent mode, the server had closed the connection after its last reply: the
-    /// caller switches to per-request mode and sends again.
-    Gone,
+    /// In persistent mode, the connection was closed without a reply to this send, maybe
+    /// by a server that closes after each reply: the caller reconnects, switches to
+    /// per-request mode and sends again.
+    Gone {
+        /// Ciphertext bytes handed to the connection before it was found closed.
+        sent: u64,
+    },
     /// Anything else: reported to the user.
     Fatal(ClientError),
 }
@@ -225,7 +245,7 @@ fn send_once(
         out,
         spare,
     } = uploader.open(params)?;
-    match conn.mode() {
+    let result = match conn.mode() {
         Mode::Persistent => send_persistent(
             conn,
             reporter,
@@ -235,7 +255,11 @@ fn send_once(
             fresh,
         ),
         Mode::PerRequest => send_per_request(conn, reporter, &mut source, out, resend.as_deref()),
-    }
+    };
+    result.map_err(|error| match error {
+        AttemptError::Gone { .. } => AttemptError::Gone { sent: source.sent },
+        AttemptError::Fatal(e) => AttemptError::Fatal(interrupted(e, params, source.sent)),
+    })
 }
 
 fn send_persistent(
@@ -248,7 +272,7 @@ fn send_persistent(
 ) -> Result<Outcome, AttemptError> {
     let what = RequestCode::SendFile.described().to_string();
     let on_failure = |conn: &mut Connection, failure: Failure, what: &str| match failure {
-        Failure::Gone { .. } if !fresh => AttemptError::Gone,
+        Failure::Gone { .. } if !fresh => AttemptError::Gone { sent: 0 },
         other => AttemptError::Fatal(conn.error(other, what)),
     };
     if let Some(bytes) = resend {

@@ -128,6 +128,9 @@ pub struct Behaviour {
     /// Answer the first N intermediate packets with 1607, drop that upload and answer
     /// every later packet of it with 1607 too, on any connection (as some servers do).
     pub intermediate_errors: u32,
+    /// Die (stop listening, then drop every connection) once this many bytes of file
+    /// content have arrived: a server that crashes in the middle of an upload.
+    pub die_after_content: Option<usize>,
 }
 
 /// One request the double received.
@@ -184,6 +187,8 @@ pub struct Double {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    /// Set once the listener is closed.
+    dead: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -205,9 +210,11 @@ impl Double {
             ..State::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
+        let dead = Arc::new(AtomicBool::new(false));
         let thread = {
             let state = Arc::clone(&state);
             let stop = Arc::clone(&stop);
+            let dead = Arc::clone(&dead);
             std::thread::spawn(move || {
                 let mut workers = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
@@ -221,13 +228,16 @@ impl Double {
                             let state = Arc::clone(&state);
                             let behaviour = behaviour.clone();
                             let stop = Arc::clone(&stop);
+                            let dead = Arc::clone(&dead);
                             workers.push(std::thread::spawn(move || {
-                                serve(stream, index, &state, &behaviour, &stop)
+                                serve(stream, index, &state, &behaviour, (&stop, &dead))
                             }));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
                 }
+                drop(listener);
+                dead.store(true, Ordering::SeqCst);
                 for w in workers {
                     let _ = w.join();
                 }
@@ -237,6 +247,7 @@ impl Double {
             addr,
             state,
             stop,
+            dead,
             thread: Some(thread),
         }
     }
@@ -271,8 +282,9 @@ fn serve(
     index: usize,
     state: &Mutex<State>,
     behaviour: &Behaviour,
-    stop: &AtomicBool,
+    (stop, dead): (&AtomicBool, &AtomicBool),
 ) {
+    let mut content_seen = 0usize;
     stream.set_nonblocking(false).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_millis(100)))
@@ -326,6 +338,18 @@ fn serve(
                 }
                 Some(RequestEvent::Content(piece)) => {
                     content.extend_from_slice(piece);
+                    content_seen += piece.len();
+                    if behaviour
+                        .die_after_content
+                        .is_some_and(|n| content_seen >= n)
+                    {
+                        // Crash: no more connections are taken, then this one drops.
+                        stop.store(true, Ordering::SeqCst);
+                        while !dead.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        return;
+                    }
                     continue;
                 }
                 Some(RequestEvent::FilePacketEnd) => {
