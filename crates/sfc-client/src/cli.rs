@@ -89,6 +89,12 @@ pub struct Cli {
     #[command(flatten)]
     pub options: Options,
 
+    /// Print the result as JSON on standard output: one object per file (name, path,
+    /// size, cksum, status stored/failed/skipped, reason, seconds) and then a total;
+    /// messages go to standard error
+    #[arg(long)]
+    pub json: bool,
+
     /// Print nothing but errors
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,

@@ -42,6 +42,7 @@ pub mod identity;
 pub mod progress;
 pub mod session;
 pub mod store;
+pub mod summary;
 pub mod tls;
 pub mod upload;
 
@@ -50,24 +51,19 @@ pub use config::Config;
 pub use error::{exit, ClientError};
 pub use progress::{Reporter, Verbosity};
 pub use session::{FileResult, Session};
+pub use summary::{FileReport, Status, Summary};
+
+use std::time::Instant;
 
 use config::{ConfigError, Origin};
 use connection::Connection;
 
-/// What a successful run did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Summary {
-    /// Files stored and confirmed, in order: label and checksum.
-    pub stored: Vec<(String, u32)>,
-    /// True when this run registered a new client.
-    pub registered: bool,
-}
-
 /// Runs a whole batch: identity, session, every file in order.
 ///
-/// Every file is checked (readable, small enough, packet size possible) before anything
-/// is sent. A file whose checksum never matches does not stop the others; the run then
-/// ends with [`ClientError::ChecksumFailed`]. Any other error ends the run at once.
+/// Every file was checked (readable, small enough, packet size possible) when the
+/// [`Config`] was made, before anything is sent. A file that fails does not stop the
+/// others (see [`summary`]); an error before the first file (identity, connection, key
+/// exchange) is returned as such. Each failure is reported as it happens.
 pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError> {
     for warning in &config.warnings {
         reporter.warn(warning);
@@ -129,29 +125,65 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
         config.name.as_ref(),
         loaded.map(|l| l.identity),
     )?;
-    let registered = session.registered();
-    let mut stored = Vec::new();
-    let mut failed = Vec::new();
+    let mut summary = Summary {
+        files: Vec::with_capacity(config.files.len()),
+        registered: session.registered(),
+    };
+    let mut stopped: Option<ClientError> = None;
     for file in &config.files {
-        match session.send_file(file, options.packet_size)? {
-            FileResult::Stored { cksum, .. } => {
-                stored.push((file.label.as_str().to_owned(), cksum));
+        if let Some(error) = &stopped {
+            summary.files.push(FileReport::skipped(file, error));
+            continue;
+        }
+        let started = Instant::now();
+        let report = match session.send_file(file, options.packet_size) {
+            Ok(FileResult::Stored { cksum, .. }) => {
+                FileReport::stored(file, cksum, started.elapsed())
             }
-            FileResult::ChecksumMismatch { sends } => {
+            Ok(FileResult::ChecksumMismatch { sends }) => {
                 reporter.error(format!(
                     "{}: the checksum was still wrong after {sends} sends; gave up (902 sent)",
                     file.label
                 ));
-                failed.push(file.label.as_str().to_owned());
+                let error = ClientError::ChecksumFailed {
+                    files: vec![file.label.as_str().to_owned()],
+                    attempts: sends,
+                };
+                FileReport::failed(file, &error, started.elapsed())
             }
-        }
+            Err(error) => {
+                report_error(reporter, &error);
+                let report = FileReport::failed(file, &error, started.elapsed());
+                if ends_batch(&error) {
+                    stopped = Some(error);
+                }
+                report
+            }
+        };
+        summary.files.push(report);
     }
     session.close();
-    if !failed.is_empty() {
-        return Err(ClientError::ChecksumFailed {
-            files: failed,
-            attempts: session::MAX_RESENDS + 1,
-        });
+    Ok(summary)
+}
+
+/// True for errors after which no further file can be sent in this session: the
+/// connection or the protocol failed. A file the server refuses (1607 after the retries),
+/// whose checksum never matches or that cannot be read does not stop the others.
+fn ends_batch(error: &ClientError) -> bool {
+    !matches!(
+        error,
+        ClientError::File { .. }
+            | ClientError::ServerErrors { .. }
+            | ClientError::ChecksumFailed { .. }
+    )
+}
+
+/// Prints an error as the binary does: fatal messages as they are, others after `error: `.
+pub fn report_error(reporter: &Reporter, error: &ClientError) {
+    let text = error.to_string();
+    if text.starts_with("fatal:") {
+        reporter.error(text);
+    } else {
+        reporter.error(format!("error: {text}"));
     }
-    Ok(Summary { stored, registered })
 }

@@ -1,31 +1,46 @@
 //! `sfc-client`: the command line ([`sfc_client::cli`]) over the `sfc_client` library.
 
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::Parser;
-use sfc_client::{exit, run, Cli, Config, Reporter};
+use sfc_client::{report_error, run, Cli, ClientError, Config, Reporter, Summary};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let reporter = Reporter::new(cli.verbosity(), true);
-    let result = Config::load(&cli)
-        .map_err(sfc_client::ClientError::from)
-        .and_then(|config| run(&config, &reporter));
-    match result {
-        Ok(summary) => {
-            if summary.stored.len() > 1 {
-                reporter.info(format!("all {} files stored", summary.stored.len()));
-            }
-            ExitCode::from(exit::OK)
-        }
+    let mut reporter = Reporter::new(cli.verbosity(), true);
+    if cli.json {
+        reporter = reporter.with_results_on_stderr();
+    }
+    let started = Instant::now();
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
         Err(e) => {
-            let text = e.to_string();
-            if text.starts_with("fatal:") {
-                reporter.error(text);
-            } else {
-                reporter.error(format!("error: {text}"));
-            }
-            ExitCode::from(e.exit_code())
+            let error = ClientError::from(e);
+            report_error(&reporter, &error);
+            return ExitCode::from(error.exit_code());
+        }
+    };
+    let (summary, error) = match run(&config, &reporter) {
+        Ok(summary) => (summary, None),
+        Err(error) => (Summary::not_tried(&config.files, &error), Some(error)),
+    };
+    if cli.json {
+        for file in &summary.files {
+            println!("{}", file.to_json());
+        }
+        println!("{}", summary.total_json(started.elapsed()));
+    }
+    if let Some(error) = error {
+        report_error(&reporter, &error);
+        return ExitCode::from(error.exit_code());
+    }
+    for line in summary.human() {
+        if summary.all_stored() {
+            reporter.info(line);
+        } else {
+            reporter.error(line);
         }
     }
+    ExitCode::from(summary.exit_code())
 }

@@ -32,6 +32,8 @@ pub enum Verbosity {
 pub struct Reporter {
     verbosity: Verbosity,
     bars: bool,
+    /// Results on standard error too (`--json` keeps standard output for JSON).
+    info_on_stderr: bool,
     bar: Arc<Mutex<Option<ProgressBar>>>,
 }
 
@@ -41,8 +43,16 @@ impl Reporter {
         Reporter {
             verbosity,
             bars: progress && verbosity != Verbosity::Quiet && std::io::stderr().is_terminal(),
+            info_on_stderr: false,
             bar: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The same reporter, with results on standard error (standard output is kept for
+    /// machine-readable output).
+    pub fn with_results_on_stderr(mut self) -> Self {
+        self.info_on_stderr = true;
+        self
     }
 
     /// A reporter that prints nothing but errors and draws no bar (for library users).
@@ -71,7 +81,11 @@ impl Reporter {
     /// A result line on standard output (not with `--quiet`).
     pub fn info(&self, message: impl AsRef<str>) {
         if self.shows(Verbosity::Normal) {
-            self.with_bar_suspended(|| println!("{}", message.as_ref()));
+            if self.info_on_stderr {
+                self.with_bar_suspended(|| eprintln!("{}", message.as_ref()));
+            } else {
+                self.with_bar_suspended(|| println!("{}", message.as_ref()));
+            }
         }
     }
 

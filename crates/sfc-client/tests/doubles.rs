@@ -495,9 +495,81 @@ fn a_retry_that_succeeds_is_reported_only_with_verbose() {
         let data = setup(dir.path(), &double, "calm", 3000);
         let run = run_client(dir.path(), args);
         run.assert_code(0);
-        assert!(!run.stderr.contains(SERVER_ERROR), "{args:?}: {}", run.stderr);
+        assert!(
+            !run.stderr.contains(SERVER_ERROR),
+            "{args:?}: {}",
+            run.stderr
+        );
         assert_eq!(double.state().stored["data.bin"], data);
         // 3016 B of ciphertext in 2 packets, sent twice.
         assert_eq!(double.state().count(828), 4, "the first send was retried");
     }
+}
+
+/// Issue 13 item 12: with failures, `--json` still gives one object per file (failed with
+/// its reason, skipped) and the exit code of the first failure.
+#[test]
+fn json_reports_failures_with_their_reasons() {
+    let double = Double::start(Behaviour {
+        wrong_checksums: 4,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    setup(dir.path(), &double, "jsonfail", 100);
+    make_file(&dir.path().join("second.bin"), 200, 3);
+    let run = run_client(dir.path(), &["--json", "data.bin", "second.bin"]);
+    run.assert_code(4);
+    let lines: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["status"], "failed");
+    assert!(
+        lines[0]["reason"].as_str().unwrap().contains("checksum"),
+        "{}",
+        run.stdout
+    );
+    assert!(lines[0]["cksum"].is_null());
+    assert_eq!(lines[1]["status"], "stored");
+    assert_eq!(lines[2]["total"]["failed"], 1);
+    assert_eq!(lines[2]["total"]["exit_code"], 4);
+
+    // Nothing tried: every file is reported as skipped, with the reason.
+    let run = run_client(
+        dir.path(),
+        &["--json", "-s", "127.0.0.1:1", "data.bin", "second.bin"],
+    );
+    run.assert_code(5);
+    let lines: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert_eq!(lines[0]["status"], "skipped");
+    assert_eq!(lines[2]["total"]["exit_code"], 5);
+}
+
+/// Issue 13 item 4: a file that grows while it is sent is not reported as stored: the
+/// server has the bytes read before, which are not the file as it is now.
+#[test]
+fn a_file_that_changes_while_it_is_sent_is_reported() {
+    let dir = tempdir();
+    let double = Double::start(Behaviour {
+        grow_file: Some(dir.path().join("data.bin")),
+        ..Behaviour::default()
+    });
+    setup(dir.path(), &double, "grower", 5000);
+    make_file(&dir.path().join("next.bin"), 100, 2);
+    let run = run_client(dir.path(), &["data.bin", "next.bin"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("changed while it was being sent"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("5000 to 6000 bytes"), "{}", run.stderr);
+    assert!(!run.stdout.contains("data.bin: stored"), "{}", run.stdout);
+    assert_eq!(double.state().stored["next.bin"].len(), 100);
 }

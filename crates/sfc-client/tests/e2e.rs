@@ -483,3 +483,91 @@ fn a_folder_is_sent_with_its_relative_paths_as_names() {
         assert!(files.iter().any(|f| f.name == "deeper/c.txt"));
     }
 }
+
+/// Issue 13 item 5: one file the server refuses (larger than its --max-file-size) does not
+/// stop the batch: the next file is sent, the run ends with a summary naming the failure
+/// and its reason, and a non-zero exit code. The retries of the refused file wait longer
+/// each time.
+#[test]
+fn a_refused_file_does_not_stop_the_batch() {
+    let data = tempdir();
+    let mut config = ServerConfig::new(data.path());
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.worker_threads = Some(2);
+    config.max_file_size = 1000;
+    let server = RunningServer::start(config).expect("start the server");
+    let dir = tempdir();
+    let s1 = make_file(&dir.path().join("s1.bin"), 500, 1);
+    make_file(&dir.path().join("big.bin"), 5000, 2);
+    let s2 = make_file(&dir.path().join("s2.bin"), 600, 3);
+    let address = server.addr().to_string();
+    let args = [
+        "-s", &address, "-n", "uma", "s1.bin", "big.bin", "s2.bin", "-v",
+    ];
+    let run = run_client(dir.path(), &args);
+    run.assert_code(3);
+    assert!(
+        run.stderr.contains("summary: 2 of 3 files stored"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("failed big.bin: fatal: the server"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("1607"), "{}", run.stderr);
+    for pause in [
+        "retrying in 250 ms",
+        "retrying in 500 ms",
+        "retrying in 1 s",
+    ] {
+        assert!(run.stderr.contains(pause), "{pause}: {}", run.stderr);
+    }
+    server.stop();
+    let files = stored_files(data.path());
+    assert_eq!(std::fs::read(&find(&files, "s1.bin").path).unwrap(), s1);
+    assert_eq!(std::fs::read(&find(&files, "s2.bin").path).unwrap(), s2);
+    assert!(files.iter().all(|f| f.name != "big.bin"));
+}
+
+/// Issue 13 item 12: `--json` prints one object per file and a total on standard output
+/// (messages go to standard error); the exit code is unchanged.
+#[test]
+fn json_summary_for_scripts() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    make_file(&dir.path().join("a.bin"), 12, 1);
+    make_file(&dir.path().join("b.bin"), 3000, 2);
+    let address = server.addr().to_string();
+    let run = run_client(
+        dir.path(),
+        &["-s", &address, "-n", "jay", "--json", "a.bin", "b.bin"],
+    );
+    run.assert_code(0);
+    server.stop();
+    let lines: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    let files = stored_files(data.path());
+    for (line, name, size) in [(&lines[0], "a.bin", 12), (&lines[1], "b.bin", 3000)] {
+        assert_eq!(line["name"], name);
+        assert_eq!(line["size"], size);
+        assert_eq!(line["status"], "stored");
+        assert!(line["reason"].is_null());
+        assert!(line["seconds"].as_f64().unwrap() >= 0.0);
+        let content = std::fs::read(&find(&files, name).path).unwrap();
+        assert_eq!(line["cksum"], u64::from(sfc_crypto::cksum(&content)));
+    }
+    let total = &lines[2]["total"];
+    assert_eq!(total["files"], 2);
+    assert_eq!(total["stored"], 2);
+    assert_eq!(total["failed"], 0);
+    assert_eq!(total["bytes"], 3012);
+    assert_eq!(total["exit_code"], 0);
+    assert!(run.stderr.contains("registered with"), "{}", run.stderr);
+}

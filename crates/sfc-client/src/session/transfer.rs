@@ -40,16 +40,16 @@ impl Session {
         packet_size: Option<upload::PacketSize>,
     ) -> Result<FileResult, ClientError> {
         // Measure again: the plan must describe the bytes we are about to read.
-        let size = std::fs::metadata(&file.path)
-            .map_err(|e| ClientError::File {
+        let before = Snapshot::take(file)?;
+        let size = before.len;
+        let plan = if size == file.size {
+            file.plan
+        } else {
+            upload::plan(size, packet_size).map_err(|reason| ClientError::File {
                 path: file.path.clone(),
-                reason: format!("cannot be read: {e}"),
+                reason,
             })?
-            .len();
-        let plan = upload::plan(size, packet_size).map_err(|reason| ClientError::File {
-            path: file.path.clone(),
-            reason,
-        })?;
+        };
         let label = file.label.as_str();
         for send in 1..=MAX_RESENDS + 1 {
             let bar_label = if send == 1 {
@@ -78,6 +78,9 @@ impl Session {
                     },
                 );
                 self.expect_ack(&request)?;
+                // The server has exactly what was read; if the file changed meanwhile, that
+                // is not the file as it is now.
+                before.unchanged(file)?;
                 self.reporter.info(format!(
                     "{label}: stored on {} ({}), checksum {our_cksum} confirmed{}",
                     self.conn.server(),
@@ -111,6 +114,48 @@ impl Session {
         self.expect_ack(&request)?;
         Ok(FileResult::ChecksumMismatch {
             sends: MAX_RESENDS + 1,
+        })
+    }
+}
+
+/// A file's size and modification time, to notice a file that changes while it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Snapshot {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Snapshot {
+    fn take(file: &FileToSend) -> Result<Snapshot, ClientError> {
+        let metadata = std::fs::metadata(&file.path).map_err(|e| ClientError::File {
+            path: file.path.clone(),
+            reason: format!("cannot be read: {e}"),
+        })?;
+        Ok(Snapshot {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+        })
+    }
+
+    /// An error when the file is no longer as it was when this snapshot was taken.
+    fn unchanged(&self, file: &FileToSend) -> Result<(), ClientError> {
+        let now = Snapshot::take(file)?;
+        if now == *self {
+            return Ok(());
+        }
+        let how = if now.len != self.len {
+            format!("its size went from {} to {} bytes", self.len, now.len)
+        } else {
+            "it was modified".to_owned()
+        };
+        Err(ClientError::File {
+            path: file.path.clone(),
+            reason: format!(
+                "changed while it was being sent ({how}): the server stored the {} bytes read \
+                 before, which are not the file as it is now; send it again once it no longer \
+                 changes",
+                self.len
+            ),
         })
     }
 }

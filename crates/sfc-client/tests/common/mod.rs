@@ -131,6 +131,9 @@ pub struct Behaviour {
     /// Die (stop listening, then drop every connection) once this many bytes of file
     /// content have arrived: a server that crashes in the middle of an upload.
     pub die_after_content: Option<usize>,
+    /// Append 1000 bytes to this file when the first file packet arrives: a file that
+    /// grows while the client sends it.
+    pub grow_file: Option<PathBuf>,
 }
 
 /// One request the double received.
@@ -505,6 +508,10 @@ fn handle_packet(
     let id = header.client_id;
     if packet.packet_number == 1 {
         s.broken.remove(&id);
+        if let Some(path) = &behaviour.grow_file {
+            let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+            file.write_all(&[0u8; 1000]).unwrap();
+        }
     }
     if packet.packet_number < packet.total_packets && s.intermediate_errors_left > 0 {
         s.intermediate_errors_left -= 1;
