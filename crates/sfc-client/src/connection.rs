@@ -333,12 +333,7 @@ impl Connection {
                             phase: WAITING,
                             error: io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
-                                if plain {
-                                    "the server closed the connection without replying (if it \
-                                     serves TLS, run with --tls)"
-                                } else {
-                                    "the server closed the connection without replying"
-                                },
+                                "the server closed the connection without replying",
                             ),
                         })
                     }
@@ -357,15 +352,10 @@ impl Connection {
                                 io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
                             ) =>
                     {
-                        let error = if plain {
-                            io::Error::new(
-                                error.kind(),
-                                "the server reset the connection without replying (if it \
-                                 serves TLS, run with --tls)",
-                            )
-                        } else {
-                            error
-                        };
+                        let error = io::Error::new(
+                            error.kind(),
+                            "the server reset the connection without replying",
+                        );
                         return Err(Failure::Gone {
                             phase: WAITING,
                             error,
@@ -477,14 +467,18 @@ impl Connection {
     pub fn error(&mut self, failure: Failure, what: &str) -> ClientError {
         self.stream = None;
         match failure {
-            Failure::Gone { phase, error } | Failure::Io { phase, error } => {
-                ClientError::Network(NetworkError {
-                    server: self.server.clone(),
-                    during: format!("{phase} request {what}"),
-                    timeout: Some(self.io_timeout),
-                    source: error,
-                })
-            }
+            Failure::Gone { phase, error } => ClientError::Network(NetworkError {
+                server: self.server.clone(),
+                during: format!("{phase} request {what}"),
+                timeout: Some(self.io_timeout),
+                source: refused(error),
+            }),
+            Failure::Io { phase, error } => ClientError::Network(NetworkError {
+                server: self.server.clone(),
+                during: format!("{phase} request {what}"),
+                timeout: Some(self.io_timeout),
+                source: error,
+            }),
             Failure::Malformed(e) => ClientError::Protocol {
                 server: self.server.clone(),
                 request: what.to_owned(),
@@ -499,6 +493,30 @@ impl Connection {
             stream.shutdown();
         }
     }
+}
+
+/// A connection closed or reset before any reply. No TLS bytes came (a TLS server answers
+/// a plain request with an alert, recognised when the reply header is read), so this is
+/// most likely a refusal: a per-address connection limit or a ban after failures.
+fn refused(error: io::Error) -> io::Error {
+    let (kind, what) = match error.kind() {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe => {
+            (io::ErrorKind::UnexpectedEof, "closed")
+        }
+        _ => (io::ErrorKind::ConnectionReset, "reset"),
+    };
+    let said = if error.get_ref().is_some() {
+        error.to_string()
+    } else {
+        format!("the server {what} the connection without replying ({error})")
+    };
+    io::Error::new(
+        kind,
+        format!(
+            "{said}: it may be refusing connections from this address (too many at once, or a \
+             ban after repeated failures); try again later or ask its operator"
+        ),
+    )
 }
 
 /// The error for a reply of the wrong kind: names the server, the request and both codes.

@@ -571,3 +571,29 @@ fn json_summary_for_scripts() {
     assert_eq!(total["exit_code"], 0);
     assert!(run.stderr.contains("registered with"), "{}", run.stderr);
 }
+
+/// Issue 13 item 9: a server that closes the connection because of its per-address cap
+/// is not mistaken for a TLS server: the message says the connection was closed and why
+/// that may be, without suggesting --tls; exit 5.
+#[test]
+fn a_refused_connection_is_not_taken_for_tls() {
+    let data = tempdir();
+    let mut config = ServerConfig::new(data.path());
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.worker_threads = Some(2);
+    config.max_connections_per_address = 1;
+    let server = RunningServer::start(config).expect("start the server");
+    // This connection takes the one place 127.0.0.1 has.
+    let holder = std::net::TcpStream::connect(server.addr()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "vic", "x.bin");
+    make_file(&dir.path().join("x.bin"), 10, 1);
+    let run = run_client(dir.path(), &[]);
+    run.assert_code(5);
+    assert!(run.stderr.contains("the connection"), "{}", run.stderr);
+    assert!(run.stderr.contains("too many at once"), "{}", run.stderr);
+    assert!(!run.stderr.contains("--tls"), "{}", run.stderr);
+    drop(holder);
+    server.stop();
+}
