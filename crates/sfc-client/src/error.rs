@@ -28,6 +28,8 @@ pub mod exit {
     pub const NETWORK: u8 = 5;
     /// The server broke the protocol: a reply this client cannot accept.
     pub const PROTOCOL: u8 = 6;
+    /// Interrupted with Ctrl-C (SIGINT), as shells report a process ended by it.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// Everything that ends a run early (or makes it fail at the end).

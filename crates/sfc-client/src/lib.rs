@@ -33,6 +33,7 @@
 )]
 
 pub mod address;
+mod bar;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -130,7 +131,8 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
         registered: session.registered(),
     };
     let mut stopped: Option<ClientError> = None;
-    for file in &config.files {
+    for (index, file) in config.files.iter().enumerate() {
+        reporter.set_file(index + 1, config.files.len());
         if let Some(error) = &stopped {
             summary.files.push(FileReport::skipped(file, error));
             continue;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use sfc_client::{report_error, run, Cli, ClientError, Config, Reporter, Summary};
+use sfc_client::{exit, report_error, run, Cli, ClientError, Config, Reporter, Summary};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -12,6 +12,13 @@ fn main() -> ExitCode {
     if cli.json {
         reporter = reporter.with_results_on_stderr();
     }
+    let on_interrupt = reporter.clone();
+    // Ctrl-C: the bar is cleared and one line says where the run stopped. If the handler
+    // cannot be installed, Ctrl-C still ends the run (the default), just less tidily.
+    let _ = ctrlc::set_handler(move || {
+        on_interrupt.interrupted();
+        std::process::exit(i32::from(exit::INTERRUPTED));
+    });
     let started = Instant::now();
     let config = match Config::load(&cli) {
         Ok(config) => config,

@@ -336,7 +336,7 @@ fn send_persistent(
         ));
     };
     match write_pipelined(stream, reporter, source, out, spare, resend) {
-        Ok(()) => {}
+        Ok(()) => reporter.waiting_for_checksum(),
         Err(PipeError::Source(e)) => {
             // The stream carries a partial request now: it cannot be used again.
             conn.close();
@@ -456,6 +456,9 @@ fn send_per_request(
             )));
         };
         trace_packet(reporter, &info, total);
+        if info.last {
+            reporter.waiting_for_checksum();
+        }
         let response = conn.round_trip(out)?;
         reporter.set_progress(source.sent);
         match (info.last, response) {

@@ -134,6 +134,13 @@ pub struct Behaviour {
     /// Append 1000 bytes to this file when the first file packet arrives: a file that
     /// grows while the client sends it.
     pub grow_file: Option<PathBuf>,
+    /// Wait this long before the final 1603 of a file (a server busy checksumming).
+    pub final_reply_delay: Option<Duration>,
+    /// Stop reading (hold the connection, say nothing) once this many bytes of file
+    /// content have arrived, until the double is dropped.
+    pub stall_after_content: Option<usize>,
+    /// Pause after every read from a connection (a slow link).
+    pub read_pause: Option<Duration>,
 }
 
 /// One request the double received.
@@ -165,6 +172,8 @@ pub struct State {
     pub failed: Vec<String>,
     /// Packets per final reply: (label, packets in that send).
     pub sends: Vec<(String, u16)>,
+    /// True once a connection stalled (`stall_after_content`).
+    pub stalled: bool,
     clients: HashMap<ClientId, ClientRecord>,
     uploads: HashMap<ClientId, Vec<u8>>,
     wrong_left: u32,
@@ -298,6 +307,9 @@ fn serve(
     let mut packet: Option<(RequestHeader, FilePacketHeader)> = None;
     let mut content = Vec::new();
     loop {
+        if let Some(pause) = behaviour.read_pause {
+            std::thread::sleep(pause);
+        }
         let n = match stream.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => n,
@@ -342,6 +354,16 @@ fn serve(
                 Some(RequestEvent::Content(piece)) => {
                     content.extend_from_slice(piece);
                     content_seen += piece.len();
+                    if behaviour
+                        .stall_after_content
+                        .is_some_and(|n| content_seen >= n)
+                    {
+                        state.lock().unwrap().stalled = true;
+                        while !stop.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        return;
+                    }
                     if behaviour
                         .die_after_content
                         .is_some_and(|n| content_seen >= n)
@@ -529,6 +551,11 @@ fn handle_packet(
     if packet.packet_number < packet.total_packets {
         return (behaviour.answer_every_packet || first)
             .then(|| Response::PacketReceived { client_id: id }.encode());
+    }
+    if let Some(delay) = behaviour.final_reply_delay {
+        drop(s);
+        std::thread::sleep(delay);
+        s = state.lock().unwrap();
     }
     let ciphertext = s.uploads.remove(&id).unwrap_or_default();
     if take_error(&mut s, 828) {
