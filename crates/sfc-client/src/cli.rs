@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser};
 
+use crate::pin::Fingerprint;
 use crate::progress::Verbosity;
 use crate::upload::plan::PacketSize;
 
@@ -134,10 +135,16 @@ pub struct Options {
     #[arg(long)]
     pub tls: bool,
 
-    /// Trust only the CA certificate(s) in this PEM file for --tls (instead of the
-    /// system's roots)
+    /// Trust only the certificates in this PEM file for --tls (instead of the system's
+    /// roots): as CAs, and each as itself, so a server's self-signed certificate can be
+    /// given here (pinning)
     #[arg(long, value_name = "FILE", requires = "tls")]
     pub tls_ca: Option<PathBuf>,
+
+    /// Accept the server certificate with this SHA-256 fingerprint (hex as `openssl x509
+    /// -noout -fingerprint -sha256` prints it, or SHA256:base64); may be repeated
+    #[arg(long, value_name = "SHA256", requires = "tls", value_parser = Fingerprint::parse)]
+    pub tls_fingerprint: Vec<Fingerprint>,
 }
 
 impl Cli {

@@ -40,6 +40,7 @@ pub mod connection;
 pub mod error;
 pub mod files;
 pub mod identity;
+pub mod pin;
 pub mod progress;
 pub mod session;
 pub mod store;
@@ -72,7 +73,11 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
     // A bad --tls-ca is bad input: reported before anything is sent.
     let options = &config.options;
     let tls = match options.tls {
-        true => Some(tls::setup(&config.server, options.tls_ca.as_deref())?),
+        true => Some(tls::setup(
+            &config.server,
+            options.tls_ca.as_deref(),
+            &options.tls_fingerprint,
+        )?),
         false => None,
     };
     let folder = store::locate(&config.dir, &config.server.to_string())?;
