@@ -129,6 +129,13 @@ pub struct Options {
     #[arg(long = "connection-per-request")]
     pub per_request: bool,
 
+    /// Send each file packet with its own write and wait MS milliseconds after it, for
+    /// servers that read each field with a single recv() and lose track on a short read
+    /// (see the README). Unless --packet-size is given, packets then carry 1024 bytes, so
+    /// that each fits one TCP segment
+    #[arg(long, value_name = "MS", value_parser = parse_pace)]
+    pub pace: Option<Duration>,
+
     /// Speak TLS to the server (opt-in: servers run with --tls-cert/--tls-key), verifying
     /// its certificate against --tls-ca or the system's trusted roots and the host of
     /// --server. Plain TCP without it, as every other implementation speaks
@@ -168,6 +175,32 @@ impl Cli {
             (false, _) => Verbosity::Trace,
         }
     }
+}
+
+/// Packet content with `--pace` when `--packet-size` is not given: a packet (290 bytes of
+/// prefix and this) fits one TCP segment on an Ethernet path (1,460 bytes).
+pub const PACED_PACKET_CONTENT: usize = 1024;
+
+impl Options {
+    /// The packet size asked for: `--packet-size`, or with `--pace` packets that fit one
+    /// TCP segment.
+    pub fn requested_packet_size(&self) -> Option<PacketSize> {
+        self.packet_size.or_else(|| {
+            self.pace
+                .and_then(|_| PacketSize::new(PACED_PACKET_CONTENT).ok())
+        })
+    }
+}
+
+fn parse_pace(text: &str) -> Result<Duration, String> {
+    let ms: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of milliseconds"))?;
+    if ms > 10_000 {
+        return Err("must be at most 10000 milliseconds".to_owned());
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -239,12 +239,12 @@ impl Config {
             let file_path = overrides.dir.join(text);
             let origin = line_origin(3);
             vec![
-                check_file(&file_path, overrides.options.packet_size).map_err(|reason| {
-                    ConfigError {
+                check_file(&file_path, overrides.options.requested_packet_size()).map_err(
+                    |reason| ConfigError {
                         origin,
                         reason: format!("{}: {reason}", file_path.display()),
-                    }
-                })?,
+                    },
+                )?,
             ]
         } else {
             file_arguments(overrides, &mut warnings)?
@@ -275,7 +275,7 @@ impl Config {
 
 /// The files named on the command line; with `-r`, the regular files below each folder.
 fn file_arguments(cli: &Cli, warnings: &mut Vec<String>) -> Result<Vec<FileToSend>, ConfigError> {
-    let packet_size = cli.options.packet_size;
+    let packet_size = cli.options.requested_packet_size();
     let mut files = Vec::new();
     for path in &cli.files {
         let argument = |reason: String| ConfigError {

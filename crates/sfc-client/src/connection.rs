@@ -90,6 +90,8 @@ pub struct Connection {
     /// Opt-in TLS (`--tls`): every new connection starts with this handshake.
     tls: Option<TlsSetup>,
     last_reply_was_error: bool,
+    /// `--pace`: one write per file packet, with this pause after each.
+    pace: Option<Duration>,
     /// True while the open stream has carried no request (a new connection kept for the
     /// next one).
     unused: bool,
@@ -122,6 +124,7 @@ impl Connection {
             tls: None,
             last_reply_was_error: false,
             unused: false,
+            pace: None,
             payload: Vec::with_capacity(sfc_proto::limits::MAX_RESPONSE_PAYLOAD),
             reporter,
         })
@@ -140,6 +143,16 @@ impl Connection {
     /// The read/write time-out.
     pub fn io_timeout(&self) -> Duration {
         self.io_timeout
+    }
+
+    /// Sends file packets one per write with `pause` after each (`--pace`).
+    pub fn use_pace(&mut self, pause: Duration) {
+        self.pace = Some(pause);
+    }
+
+    /// The pause after each file packet, when pacing.
+    pub fn pace(&self) -> Option<Duration> {
+        self.pace
     }
 
     /// Speaks TLS on every connection from now on (`--tls`; see [`crate::tls`]).

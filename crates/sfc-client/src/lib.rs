@@ -121,6 +121,9 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
     if options.per_request {
         conn.use_per_request();
     }
+    if let Some(pause) = options.pace {
+        conn.use_pace(pause);
+    }
     if let Some(tls) = tls {
         conn.use_tls(tls);
     }
@@ -143,7 +146,7 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
             continue;
         }
         let started = Instant::now();
-        let report = match session.send_file(file, options.packet_size) {
+        let report = match session.send_file(file, options.requested_packet_size()) {
             Ok(FileResult::Stored { cksum, .. }) => {
                 FileReport::stored(file, cksum, started.elapsed())
             }

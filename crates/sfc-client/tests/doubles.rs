@@ -573,3 +573,19 @@ fn a_file_that_changes_while_it_is_sent_is_reported() {
     assert!(!run.stdout.contains("data.bin: stored"), "{}", run.stdout);
     assert_eq!(double.state().stored["next.bin"].len(), 100);
 }
+
+/// Issue 13 item 14: `--pace MS` sends each packet with its own write (with a pause after
+/// it) and, without --packet-size, packets of 1024 bytes that fit one TCP segment. The
+/// servers it is for are exercised in interop/test_client_pace.py.
+#[test]
+fn pace_sends_small_packets_one_by_one() {
+    let double = Double::start(Behaviour::default());
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "pacer", 5000);
+    let run = run_client(dir.path(), &["--pace", "2", "-vv"]);
+    run.assert_code(0);
+    // 5008 B of ciphertext in packets of 1024.
+    assert_eq!(double.state().sends, vec![("data.bin".to_owned(), 5)]);
+    assert_eq!(double.state().stored["data.bin"], data);
+    assert!(run.stderr.contains("content 1024 B"), "{}", run.stderr);
+}

@@ -12,7 +12,7 @@ use crate::connection::{unexpected, Connection, Failure, Mode};
 use crate::error::ClientError;
 use crate::progress::{human_bytes, Reporter, Verbosity};
 use crate::upload::packets::PacketSource;
-use crate::upload::pipeline::{write_pipelined, PipeError};
+use crate::upload::pipeline::{write_paced, write_pipelined, PipeError};
 use crate::upload::{self, trace_packet, OpenSend, SendParams, Uploader};
 
 /// How one file ended.
@@ -325,6 +325,7 @@ fn send_persistent(
         // a stray 1604 some servers send anyway is skipped below (client rule 5).
         conn.log_request(bytes);
     }
+    let pace = conn.pace();
     let Some(stream) = conn.stream_mut() else {
         return Err(on_failure(
             conn,
@@ -335,7 +336,11 @@ fn send_persistent(
             &what,
         ));
     };
-    match write_pipelined(stream, reporter, source, out, spare, resend) {
+    let written = match pace {
+        Some(pause) => write_paced(stream, reporter, source, out, resend, pause),
+        None => write_pipelined(stream, reporter, source, out, spare, resend),
+    };
+    match written {
         Ok(()) => reporter.waiting_for_checksum(),
         Err(PipeError::Source(e)) => {
             // The stream carries a partial request now: it cannot be used again.

@@ -88,6 +88,38 @@ pub(crate) fn write_pipelined(
     }
 }
 
+/// Writes the file's packets (after `resend`, a 901, if given) one request per write,
+/// pausing `pause` after each (`--pace`): for servers that read each field with a single
+/// `recv()` and lose track when a read comes back short. With TCP_NODELAY (always set) a
+/// packet that fits one TCP segment then arrives whole, and the pause lets the server
+/// take it before the next one comes.
+pub(crate) fn write_paced(
+    stream: &mut Stream,
+    reporter: &Reporter,
+    source: &mut PacketSource<'_>,
+    out: &mut Vec<u8>,
+    resend: Option<&[u8]>,
+    pause: std::time::Duration,
+) -> Result<(), PipeError> {
+    if let Some(bytes) = resend {
+        stream.write_all(bytes).map_err(PipeError::Write)?;
+        std::thread::sleep(pause);
+    }
+    let total = source.plan.total_packets;
+    loop {
+        out.clear();
+        let Some(info) = source.next_into(out).map_err(PipeError::Source)? else {
+            return Ok(());
+        };
+        trace_packet(reporter, &info, total);
+        stream.write_all(out).map_err(PipeError::Write)?;
+        reporter.set_progress(source.sent);
+        if !info.last {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
 /// What the reader thread gives back: the reader (with its checksum) and the channel of
 /// buffers it had not taken yet.
 type ReaderEnd<'a> = (FileReader<'a>, mpsc::Receiver<Vec<u8>>);
