@@ -25,28 +25,38 @@ Files (in --dir, default the current folder):
   me.info        written after registering: name, client ID (32 hex digits), private key
                  (base64). When it exists the client reconnects (827) instead of
                  registering; if the server has forgotten the client (1606) it registers
-                 again and rewrites me.info.
+                 again (the old me.info and priv.key are kept as *.<client id>.bak).
   priv.key       the RSA private key (base64 of PKCS#8 DER), reused on reconnect.
+  me.server      the server the identity in me.info belongs to; identities for other
+                 servers are kept in servers/<address>/, so one never replaces another.
   me.info and priv.key are written atomically with owner-only permissions (0600).
+
+A file that fails does not stop the others; a batch ends with a summary (stored, failed,
+skipped, with each reason), and --json prints it for scripts. The exit code of a batch
+is that of the first file that failed.
 
 Exit codes:
   0  every file was stored and its checksum confirmed
   1  internal error (a bug, local disk not writable, key generation failed)
   2  bad input or usage: transfer.info, flags, me.info/priv.key, a file that cannot be
-     read or is too large for the protocol (nothing is sent)
+     read or is too large for the protocol, two files stored under one name (nothing
+     is sent); or a file that changed while it was being sent
   3  rejected by the server: name already taken (1601), or 1607 to the same request
      after 3 retries
   4  a file's checksum was still wrong after 3 resends (902 sent)
-  5  network failure: connection refused, reset, timed out, host not found; with --tls
-     also an untrusted server certificate or a server that does not speak TLS (and
-     without --tls a server that speaks only TLS)
+  5  network failure: connection refused, reset or closed, timed out, host not found;
+     with --tls also an untrusted server certificate or a server that does not speak
+     TLS (and without --tls a server that speaks only TLS)
   6  protocol error: the server sent a reply this client cannot accept
+  130  interrupted (Ctrl-C)
 
 Examples:
   sfc-client                                  # everything from ./transfer.info
   sfc-client --server 127.0.0.1:1256 --name alice report.pdf photo.jpg
+  sfc-client -r photos --json > result.json   # a folder, names like photos' own paths
   sfc-client --dir ~/sfc -v big.iso --packet-size 65536
-  sfc-client --tls --tls-ca ca.pem --server files.example.org:1256 report.pdf";
+  sfc-client --tls --tls-ca ca.pem --server files.example.org:1256 report.pdf
+  sfc-client --tls --tls-fingerprint AB:CD:...:EF report.pdf";
 
 /// Puts files on a SecureFileComm server (protocol version 3): registers (or reconnects),
 /// exchanges keys, uploads each file encrypted with AES-256-CBC, and confirms the server's
