@@ -187,81 +187,49 @@ impl Config {
         info: Option<&TransferInfo>,
         path: &Path,
     ) -> Result<Config, ConfigError> {
-        let line_origin = |line: usize| Origin::Line {
-            file: path.to_owned(),
-            line,
-        };
-        // A needed line: present and not blank.
-        let needed = |n: usize, flag: &str| -> Result<&str, ConfigError> {
-            let describe = LINE_NAMES.get(n - 1).copied().unwrap_or("a value");
-            match info.and_then(|i| i.line(n)) {
-                Some(text) if !text.trim().is_empty() => Ok(text),
-                Some(_) => Err(ConfigError {
-                    origin: line_origin(n),
-                    reason: format!("is empty; it must hold {describe} (or pass {flag})"),
-                }),
-                None => Err(ConfigError {
-                    origin: line_origin(n),
-                    reason: format!("is missing; it must hold {describe} (or pass {flag})"),
-                }),
-            }
-        };
-
+        let lines = Lines { info, path };
         let server = match &overrides.server {
             Some(text) => ServerAddress::parse(text).map_err(|reason| ConfigError {
                 origin: Origin::Flag("--server"),
                 reason,
             })?,
-            None => ServerAddress::parse(needed(1, "--server")?).map_err(|reason| ConfigError {
-                origin: line_origin(1),
-                reason,
+            None => ServerAddress::parse(lines.needed(1, "--server")?).map_err(|reason| {
+                ConfigError {
+                    origin: lines.origin(1),
+                    reason,
+                }
             })?,
         };
-
-        let name =
-            match (&overrides.name, info) {
-                (Some(text), _) => Some(parse_user_name(text).map_err(|reason| ConfigError {
-                    origin: Origin::Flag("--name"),
+        let name = match (&overrides.name, info) {
+            (Some(text), _) => Some(parse_user_name(text).map_err(|reason| ConfigError {
+                origin: Origin::Flag("--name"),
+                reason,
+            })?),
+            (None, Some(_)) => Some(parse_user_name(lines.needed(2, "--name")?).map_err(
+                |reason| ConfigError {
+                    origin: lines.origin(2),
                     reason,
-                })?),
-                (None, Some(_)) => Some(parse_user_name(needed(2, "--name")?).map_err(
-                    |reason| ConfigError {
-                        origin: line_origin(2),
-                        reason,
-                    },
-                )?),
-                (None, None) => None,
-            };
-
+                },
+            )?),
+            (None, None) => None,
+        };
         let mut warnings = Vec::new();
         let files = if overrides.files.is_empty() {
-            let text = needed(3, "the file as an argument")?.trim();
-            let file_path = overrides.dir.join(text);
-            let origin = line_origin(3);
-            vec![
-                check_file(&file_path, overrides.options.requested_packet_size()).map_err(
-                    |reason| ConfigError {
-                        origin,
-                        reason: format!("{}: {reason}", file_path.display()),
-                    },
-                )?,
-            ]
+            vec![line_3_file(overrides, &lines)?]
         } else {
             file_arguments(overrides, &mut warnings)?
         };
         let files = name_files(files, overrides)?;
-
         if let Some(info) = info {
             for (i, line) in info.lines.iter().enumerate().skip(3) {
                 if !line.trim().is_empty() {
                     warnings.push(format!(
                         "{}: ignored (transfer.info has three lines: address, name, file)",
-                        line_origin(i + 1)
+                        lines.origin(i + 1)
                     ));
                 }
             }
         }
-
         Ok(Config {
             server,
             name,
@@ -271,6 +239,47 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// transfer.info's lines (if it was read), for the values no flag replaces.
+struct Lines<'a> {
+    info: Option<&'a TransferInfo>,
+    path: &'a Path,
+}
+
+impl Lines<'_> {
+    fn origin(&self, line: usize) -> Origin {
+        Origin::Line {
+            file: self.path.to_owned(),
+            line,
+        }
+    }
+
+    /// Line `n`, which must be present and not blank (`flag` would replace it).
+    fn needed(&self, n: usize, flag: &str) -> Result<&str, ConfigError> {
+        let describe = LINE_NAMES.get(n - 1).copied().unwrap_or("a value");
+        match self.info.and_then(|i| i.line(n)) {
+            Some(text) if !text.trim().is_empty() => Ok(text),
+            Some(_) => Err(ConfigError {
+                origin: self.origin(n),
+                reason: format!("is empty; it must hold {describe} (or pass {flag})"),
+            }),
+            None => Err(ConfigError {
+                origin: self.origin(n),
+                reason: format!("is missing; it must hold {describe} (or pass {flag})"),
+            }),
+        }
+    }
+}
+
+/// The file on line 3 of transfer.info (relative to `--dir`).
+fn line_3_file(cli: &Cli, lines: &Lines<'_>) -> Result<FileToSend, ConfigError> {
+    let text = lines.needed(3, "the file as an argument")?.trim();
+    let file_path = cli.dir.join(text);
+    check_file(&file_path, cli.options.requested_packet_size()).map_err(|reason| ConfigError {
+        origin: lines.origin(3),
+        reason: format!("{}: {reason}", file_path.display()),
+    })
 }
 
 /// The files named on the command line; with `-r`, the regular files below each folder.

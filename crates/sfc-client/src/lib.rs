@@ -9,11 +9,15 @@
 //! | [`cli`] | the command line (clap): each flag parsed and checked once |
 //! | [`config`] | transfer.info + command line → validated [`Config`] (errors name the line) |
 //! | [`address`] | `host:port` parsing and resolution |
+//! | [`files`] | the files of a batch: checks, labels, `-r` walks, names stored twice |
+//! | [`store`] | which identity belongs to which server; backups; the writable check |
 //! | [`identity`] | me.info / priv.key: tolerant reading, atomic owner-only writing |
 //! | [`connection`] | TCP with time-outs; persistent or one connection per request |
-//! | [`session`] | register / reconnect / key exchange, 1607 retries, checksum verdicts |
+//! | [`session`] | register / reconnect / key exchange, 1607 retries; each file's replies and verdicts |
 //! | [`upload`] | packet plan; streaming read → cksum + AES-CBC → packets; writer pipeline |
 //! | [`tls`] | opt-in TLS (`--tls`, `--tls-ca`): certificate verification, plain/TLS stream |
+//! | [`pin`] | pinned certificates and `--tls-fingerprint` |
+//! | [`summary`] | per-file results, the closing summary, `--json`, the exit code |
 //! | [`progress`] | messages by verbosity, progress bar |
 //! | [`error`] | [`ClientError`] and the exit codes |
 #![deny(
@@ -80,38 +84,7 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
         )?),
         false => None,
     };
-    let folder = store::locate(&config.dir, &config.server.to_string())?;
-    let mut loaded = folder.load()?;
-    if loaded.is_none() && folder.nested {
-        // Perhaps the same server under another address: try me.info first. A 1606 then
-        // registers anew for this address only, never replacing me.info.
-        loaded = identity::load(&config.dir)?;
-    }
-    if let Some(loaded) = &loaded {
-        for warning in &loaded.warnings {
-            reporter.warn(warning);
-        }
-        if let Some(name) = &config.name {
-            if name != &loaded.identity.name {
-                reporter.warn(format!(
-                    "me.info belongs to user {:?}; reconnecting as that user, not as {:?}",
-                    loaded.identity.name.as_str(),
-                    name.as_str()
-                ));
-            }
-        }
-    } else if config.name.is_none() {
-        return Err(ClientError::Config(ConfigError {
-            origin: Origin::Flag("--name"),
-            reason: "a user name is needed to register (there is no me.info yet): pass --name \
-                     or write it on line 2 of transfer.info"
-                .to_owned(),
-        }));
-    }
-    if loaded.is_none() {
-        // A registration whose result cannot be saved would lose the name for good.
-        folder.check_writable()?;
-    }
+    let (folder, saved) = identity_for(config, reporter)?;
     let mut conn = Connection::new(
         &config.server,
         options.connect_timeout,
@@ -127,13 +100,54 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
     if let Some(tls) = tls {
         conn.use_tls(tls);
     }
-    let mut session = Session::establish(
-        conn,
-        reporter.clone(),
-        &folder,
-        config.name.as_ref(),
-        loaded.map(|l| l.identity),
-    )?;
+    let session = Session::establish(conn, reporter.clone(), &folder, config.name.as_ref(), saved)?;
+    Ok(send_all(session, config, reporter))
+}
+
+/// The folder of this server's identity and the identity saved there, if any. Without
+/// one, the folder must be writable and a name must be known before anything is sent.
+fn identity_for(
+    config: &Config,
+    reporter: &Reporter,
+) -> Result<(store::IdentityFolder, Option<identity::Identity>), ClientError> {
+    let folder = store::locate(&config.dir, &config.server.to_string())?;
+    let mut loaded = folder.load()?;
+    if loaded.is_none() && folder.nested {
+        // Perhaps the same server under another address: try me.info first. A 1606 then
+        // registers anew for this address only, never replacing me.info.
+        loaded = identity::load(&config.dir)?;
+    }
+    let Some(loaded) = loaded else {
+        if config.name.is_none() {
+            return Err(ClientError::Config(ConfigError {
+                origin: Origin::Flag("--name"),
+                reason: "a user name is needed to register (there is no me.info yet): pass \
+                         --name or write it on line 2 of transfer.info"
+                    .to_owned(),
+            }));
+        }
+        // A registration whose result cannot be saved would lose the name for good.
+        folder.check_writable()?;
+        return Ok((folder, None));
+    };
+    for warning in &loaded.warnings {
+        reporter.warn(warning);
+    }
+    if let Some(name) = &config.name {
+        if name != &loaded.identity.name {
+            reporter.warn(format!(
+                "me.info belongs to user {:?}; reconnecting as that user, not as {:?}",
+                loaded.identity.name.as_str(),
+                name.as_str()
+            ));
+        }
+    }
+    Ok((folder, Some(loaded.identity)))
+}
+
+/// Sends every file of the batch in order; a file that fails does not stop the others,
+/// an error of the connection or the protocol does (the rest are skipped).
+fn send_all(mut session: Session, config: &Config, reporter: &Reporter) -> Summary {
     let mut summary = Summary {
         files: Vec::with_capacity(config.files.len()),
         registered: session.registered(),
@@ -146,7 +160,8 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
             continue;
         }
         let started = Instant::now();
-        let report = match session.send_file(file, options.requested_packet_size()) {
+        let packet_size = config.options.requested_packet_size();
+        let report = match session.send_file(file, packet_size) {
             Ok(FileResult::Stored { cksum, .. }) => {
                 FileReport::stored(file, cksum, started.elapsed())
             }
@@ -173,7 +188,7 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
         summary.files.push(report);
     }
     session.close();
-    Ok(summary)
+    summary
 }
 
 /// True for errors after which no further file can be sent in this session: the

@@ -173,24 +173,7 @@ impl Session {
             }
             Response::ReconnectRejected { .. } => {
                 let name = name.cloned().unwrap_or(identity.name);
-                if folder.nested {
-                    reporter.info(format!(
-                        "{} does not know client {} of me.info (reply 1606): registering with it \
-                         as a new client named {:?}; me.info stays as it is, this server's \
-                         identity goes to {}",
-                        conn.server(),
-                        identity.client_id,
-                        name.as_str(),
-                        folder.dir.display()
-                    ));
-                } else {
-                    reporter.info(format!(
-                        "the server no longer knows client {} (reply 1606): registering again as \
-                         a new client named {:?}",
-                        identity.client_id,
-                        name.as_str()
-                    ));
-                }
+                reporter.info(rejected_message(&conn, folder, identity.client_id, &name));
                 // The old identity is kept as a backup; the new one must be savable.
                 folder.check_writable()?;
                 Self::register(conn, reporter, folder, name, true)
@@ -300,6 +283,32 @@ impl Session {
     /// Ends the session (closes the connection).
     pub fn close(mut self) {
         self.conn.close();
+    }
+}
+
+/// What a 1606 means here: the server forgot us, or (for an identity borrowed from me.info
+/// for another address) it never knew us.
+fn rejected_message(
+    conn: &Connection,
+    folder: &IdentityFolder,
+    client_id: ClientId,
+    name: &Name,
+) -> String {
+    if folder.nested {
+        format!(
+            "{} does not know client {client_id} of me.info (reply 1606): registering with it \
+             as a new client named {:?}; me.info stays as it is, this server's identity goes \
+             to {}",
+            conn.server(),
+            name.as_str(),
+            folder.dir.display()
+        )
+    } else {
+        format!(
+            "the server no longer knows client {client_id} (reply 1606): registering again as \
+             a new client named {:?}",
+            name.as_str()
+        )
     }
 }
 
