@@ -209,7 +209,7 @@ fn interrupted(error: ClientError, params: &SendParams<'_>, sent: u64) -> Client
     };
     let total = u64::from(params.plan.encrypted_size);
     network.during = format!(
-        "{} — the upload of {} was interrupted at {} % ({} of {} sent)",
+        "{} (the upload of {} was interrupted at {} %, {} of {} sent)",
         network.during,
         params.file.label,
         (sent * 100).checked_div(total).unwrap_or(0),
