@@ -162,8 +162,10 @@ def test_client_registers_again_after_1606(tmp_path, start_py_server):
     proc = run_client(work)
     assert proc.returncode == 0, describe(proc)
     old_id = registered_id(first, "phoenix")
-    # a fresh server that has never heard of this client: 827 -> 1606 -> register anew
-    second = start_py_server()
+    # the same server (same address) having forgotten this client: 827 -> 1606 -> register
+    # anew. (A server at another address gets its own identity and leaves me.info alone.)
+    first.stop()
+    second = start_py_server(port=first.port)
     write_transfer(work, second.port, "phoenix", src)
     proc = run_client(work)
     assert proc.returncode == 0, describe(proc)
@@ -235,8 +237,10 @@ def test_client_tolerates_server_quirks(tmp_path, start_py_server):
     assert (P.REQ_CRC_BAD_RESEND, P.RESP_ACK) in seq, seq
     f = the_stored_file(srv, registered_id(srv, "quirky"))
     assert f.path.read_bytes() == data and f.verified and f.sends == 2
-    # a fresh server that answers the 827 with a bare 1606
-    srv2 = start_py_server(quirks={"empty_1606"})
+    # the same server (same address), restarted without its clients, answering the 827
+    # with a bare 1606
+    srv.stop()
+    srv2 = start_py_server(quirks={"empty_1606"}, port=srv.port)
     write_transfer(work, srv2.port, "quirky", src)
     proc = run_client(work)
     assert proc.returncode == 0, describe(proc) + f"\nrequests: {codes(srv2)}"
@@ -278,12 +282,13 @@ def registered_id_after_run(work: Path, server, name: str) -> bytes:
 @pytest.mark.parametrize("code", [P.REQ_REGISTER, P.REQ_PUBLIC_KEY, P.REQ_SEND_FILE, P.REQ_CRC_OK])
 def test_client_retries_after_server_error(tmp_path, start_py_server, code):
     """'On any server error the client prints `server responded with an error` and
-    retries the request, up to 3 times': two 1607s in a row are survived."""
+    retries the request, up to 3 times': two 1607s in a row are survived. Retries that
+    succeed are reported with -v only (failures always), so the run is verbose."""
     srv = start_py_server(fail_requests={code: 2})
     src, data = make_source(tmp_path, 5000)
     work = tmp_path / "client"
     write_transfer(work, srv.port, "retrier", src)
-    proc = run_client(work)
+    proc = run_client(work, "-v")
     assert proc.returncode == 0, describe(proc) + f"\nrequests: {codes(srv)}"
     out = (proc.stdout + proc.stderr).decode(errors="replace")
     assert out.count("server responded with an error") >= 2, out

@@ -262,6 +262,26 @@ def read_request(sock: socket.socket, max_payload: int = 64 << 20) -> Request | 
     return Request(cid, version, code, recv_exact(sock, size))
 
 
+def read_request_single_recv(sock: socket.socket, max_payload: int = 64 << 20) -> Request | None:
+    """Read one request the way some public servers do: one recv(n) per field, taking what
+    comes. A short read (a field split across TCP segments that have not all arrived) goes
+    unnoticed, and from then on the server reads the wrong bytes as the next fields."""
+    header = sock.recv(REQUEST_HEADER.size)
+    if not header:
+        return None
+    if len(header) < REQUEST_HEADER.size:
+        raise ProtocolError(f"short header: {len(header)} bytes")
+    cid, version, code, size = unpack_request_header(header)
+    if size > max_payload:
+        raise ProtocolError(f"request {code} announces {size} payload bytes")
+    if code == REQ_SEND_FILE and size >= 267:
+        fields = [sock.recv(n) for n in (4, 4, 2, 2, 255, size - 267)]
+        payload = b"".join(fields)
+    else:
+        payload = sock.recv(size) if size else b""
+    return Request(cid, version, code, payload)
+
+
 # ---------------------------------------------------------------------------
 # cksum (POSIX): CRC-32, poly 0x04C11DB7, MSB first, init 0, length appended, complemented
 

@@ -20,7 +20,8 @@ Test knobs:
 - quirks, a set of behaviours seen in other servers that clients must tolerate:
   "ack_901_always" (a 1604 after every 901, even on a persistent connection),
   "empty_1606" (1606 without the client ID), "left_pad_1603" (file name in 1603 padded
-  on the left);
+  on the left), "single_recv" (each field read with one recv(n), short reads unnoticed,
+  as three public servers do);
 - fail_requests={code: N} answers the first N requests with that code with 1607
   (without acting on them), to exercise a client's retries; for 828 only the final
   packet of a file counts (like a server failing to store the file, "disk full");
@@ -109,7 +110,7 @@ class ServerState:
                  quirks: frozenset[str] = frozenset(),
                  fail_requests: dict[int, int] | None = None) -> None:
         self.fail_requests = dict(fail_requests or {})
-        unknown = set(quirks) - {"ack_901_always", "empty_1606", "left_pad_1603"}
+        unknown = set(quirks) - {"ack_901_always", "empty_1606", "left_pad_1603", "single_recv"}
         if unknown:
             raise ValueError(f"unknown quirks {unknown}")
         self.quirks = frozenset(quirks)
@@ -300,7 +301,10 @@ class _Handler(socketserver.BaseRequestHandler):
         try:
             while True:
                 try:
-                    req = P.read_request(sock)
+                    if "single_recv" in srv.state.quirks:
+                        req = P.read_request_single_recv(sock)
+                    else:
+                        req = P.read_request(sock)
                 except (P.ProtocolError, OSError) as e:
                     log.info("connection %d: %s", conn_no, e)
                     break

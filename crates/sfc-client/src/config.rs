@@ -7,24 +7,21 @@
 //! (`transfer.info line 2`, `--server`, a file argument) and says what is wrong.
 
 use std::fmt;
-use std::fs::File;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use sfc_proto::limits::MAX_ORIG_FILE_SIZE;
 use sfc_proto::Name;
 use thiserror::Error;
+
+pub use crate::address::{Host, ServerAddress};
+use crate::cli::{Cli, Options};
+use crate::files;
+pub use crate::files::{check_file, FileToSend};
 
 /// File name of the batch description in the client's folder.
 pub const TRANSFER_INFO: &str = "transfer.info";
 /// Longest user name transfer.info may hold (PROTOCOL.md).
 pub const MAX_USER_NAME_CHARS: usize = 100;
-/// Default time allowed to establish a TCP connection.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default time allowed for one read or write on the connection.
-pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where a configuration value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,154 +62,6 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// The server's host: an IPv4 address, an IPv6 address or a host name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Host {
-    /// An IPv4 address.
-    Ipv4(Ipv4Addr),
-    /// An IPv6 address (written in brackets).
-    Ipv6(Ipv6Addr),
-    /// A DNS host name, resolved when connecting.
-    Name(String),
-}
-
-/// A validated `host:port`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerAddress {
-    /// The host.
-    pub host: Host,
-    /// The TCP port, 1..=65535.
-    pub port: u16,
-}
-
-impl fmt::Display for ServerAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.host {
-            Host::Ipv4(ip) => write!(f, "{ip}:{}", self.port),
-            Host::Ipv6(ip) => write!(f, "[{ip}]:{}", self.port),
-            Host::Name(name) => write!(f, "{name}:{}", self.port),
-        }
-    }
-}
-
-const ADDRESS_EXAMPLE: &str = "e.g. 127.0.0.1:1256, [::1]:1256 or files.example.org:1256";
-
-impl ServerAddress {
-    /// Parses `address:port`: IPv4, IPv6 in brackets, or a host name. Surrounding white
-    /// space is ignored. The error says what is wrong in words.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Err(format!(
-                "the server address is empty; write address:port, {ADDRESS_EXAMPLE}"
-            ));
-        }
-        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-            let (inside, after) = rest
-                .split_once(']')
-                .ok_or_else(|| format!("{text:?} has '[' but no closing ']'"))?;
-            let ip = inside
-                .parse::<Ipv6Addr>()
-                .map_err(|_| format!("{inside:?} is not a valid IPv6 address"))?;
-            let port = after.strip_prefix(':').ok_or_else(|| {
-                format!("{text:?} has no port after the IPv6 address; write [address]:port, e.g. [::1]:1256")
-            })?;
-            (Host::Ipv6(ip), port)
-        } else {
-            let (host, port) = text.rsplit_once(':').ok_or_else(|| {
-                format!("{text:?} has no port; write address:port, {ADDRESS_EXAMPLE}")
-            })?;
-            if host.contains(':') {
-                return Err(format!(
-                    "{text:?}: an IPv6 address must be written in brackets, e.g. [::1]:1256"
-                ));
-            }
-            (parse_host(host)?, port)
-        };
-        Ok(ServerAddress {
-            host,
-            port: parse_port(port)?,
-        })
-    }
-
-    /// Resolves to socket addresses (DNS for host names).
-    pub fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
-        let addrs: Vec<SocketAddr> = match &self.host {
-            Host::Ipv4(ip) => vec![SocketAddr::from((*ip, self.port))],
-            Host::Ipv6(ip) => vec![SocketAddr::from((*ip, self.port))],
-            Host::Name(name) => (name.as_str(), self.port).to_socket_addrs()?.collect(),
-        };
-        if addrs.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "the host name resolved to no address",
-            ));
-        }
-        Ok(addrs)
-    }
-}
-
-fn parse_host(host: &str) -> Result<Host, String> {
-    if host.is_empty() {
-        return Err(format!(
-            "the address before ':' is empty; {ADDRESS_EXAMPLE}"
-        ));
-    }
-    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return host
-            .parse::<Ipv4Addr>()
-            .map(Host::Ipv4)
-            .map_err(|_| format!("{host:?} is not a valid IPv4 address"));
-    }
-    if host.len() > 253 {
-        return Err(format!(
-            "the host name is {} characters long; at most 253 are allowed",
-            host.len()
-        ));
-    }
-    let trimmed = host.strip_suffix('.').unwrap_or(host);
-    for label in trimmed.split('.') {
-        if label.is_empty() {
-            return Err(format!("{host:?} is not a valid host name (empty label)"));
-        }
-        if label.len() > 63 {
-            return Err(format!(
-                "{host:?} is not a valid host name (a label is longer than 63 characters)"
-            ));
-        }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-        {
-            return Err(format!(
-                "{host:?} is not a valid host name: {c:?} is not allowed (letters, digits, '-' and '.' only)"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!(
-                "{host:?} is not a valid host name (a label starts or ends with '-')"
-            ));
-        }
-    }
-    Ok(Host::Name(host.to_owned()))
-}
-
-fn parse_port(port: &str) -> Result<u16, String> {
-    if port.is_empty() {
-        return Err(format!("the port after ':' is missing; {ADDRESS_EXAMPLE}"));
-    }
-    if !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("the port {port:?} is not a number"));
-    }
-    match port.parse::<u32>() {
-        Ok(0) => Err("port 0 is not allowed; use a port from 1 to 65535".to_owned()),
-        Ok(n) if n <= u32::from(u16::MAX) => Ok(n as u16),
-        _ => Err(format!(
-            "the port {port} is out of range; use a port from 1 to 65535"
-        )),
-    }
-}
-
 /// Validates a user name: 1..=100 printable ASCII characters.
 pub fn parse_user_name(text: &str) -> Result<Name, String> {
     let text = text.trim();
@@ -239,102 +88,6 @@ pub fn parse_user_name(text: &str) -> Result<Name, String> {
     Name::new(text).map_err(|e| format!("invalid user name: {e}"))
 }
 
-/// A file to send: path, label sent as `file_name`, size when checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileToSend {
-    /// The path to read.
-    pub path: PathBuf,
-    /// The label sent to the server: the file's base name.
-    pub label: Name,
-    /// Its size when it was checked.
-    pub size: u64,
-}
-
-/// Checks that `path` is a regular, readable file the protocol can carry, and derives its
-/// label (the base name, which must be printable ASCII).
-pub fn check_file(path: &Path) -> Result<FileToSend, String> {
-    let metadata = std::fs::metadata(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => "no such file".to_owned(),
-        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-        _ => format!("cannot be read: {e}"),
-    })?;
-    if metadata.is_dir() {
-        return Err("is a directory, not a file".to_owned());
-    }
-    if !metadata.is_file() {
-        return Err("is not a regular file".to_owned());
-    }
-    File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::PermissionDenied => "is not readable (permission denied)".to_owned(),
-        _ => format!("cannot be opened: {e}"),
-    })?;
-    let size = metadata.len();
-    if size > u64::from(MAX_ORIG_FILE_SIZE) {
-        return Err(format!(
-            "is {size} bytes; the protocol carries at most {MAX_ORIG_FILE_SIZE} bytes per file \
-             (the encrypted size must fit in 32 bits)"
-        ));
-    }
-    let base = path
-        .file_name()
-        .ok_or_else(|| "has no file name".to_owned())?;
-    let base = base.to_str().ok_or_else(|| {
-        "has a file name that is not valid text; only printable ASCII file names can be sent"
-            .to_owned()
-    })?;
-    let label = Name::new(base).map_err(|e| {
-        format!(
-            "its name {base:?} cannot be sent ({e}); only printable ASCII names of at most 254 \
-             bytes can be sent"
-        )
-    })?;
-    Ok(FileToSend {
-        path: path.to_owned(),
-        label,
-        size,
-    })
-}
-
-/// What the command line says; each `Some` overrides a line of transfer.info.
-#[derive(Clone, Debug)]
-pub struct Overrides {
-    /// `--server HOST:PORT` (line 1).
-    pub server: Option<String>,
-    /// `--name NAME` (line 2).
-    pub name: Option<String>,
-    /// `--dir DIR`: where transfer.info, me.info and priv.key live.
-    pub dir: PathBuf,
-    /// File arguments (line 3).
-    pub files: Vec<PathBuf>,
-    /// `--packet-size BYTES`.
-    pub packet_size: Option<usize>,
-    /// `--connect-timeout`.
-    pub connect_timeout: Duration,
-    /// `--timeout`.
-    pub io_timeout: Duration,
-    /// `--connection-per-request`: one connection per request from the start.
-    pub per_request: bool,
-    /// `--tls [--tls-ca FILE]`: speak TLS (opt-in; plain TCP by default).
-    pub tls: Option<crate::tls::TlsOptions>,
-}
-
-impl Overrides {
-    /// No overrides, files in `dir`, default timeouts.
-    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
-        Overrides {
-            server: None,
-            name: None,
-            dir: dir.into(),
-            files: Vec::new(),
-            packet_size: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            io_timeout: DEFAULT_IO_TIMEOUT,
-            per_request: false,
-            tls: None,
-        }
-    }
-}
-
 /// The validated configuration of a run.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -347,16 +100,8 @@ pub struct Config {
     pub dir: PathBuf,
     /// The files to send, in order.
     pub files: Vec<FileToSend>,
-    /// Packet content size requested with `--packet-size`.
-    pub packet_size: Option<usize>,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Read/write timeout.
-    pub io_timeout: Duration,
-    /// Use one connection per request from the start (otherwise detected).
-    pub per_request: bool,
-    /// Speak TLS, verifying the server's certificate (`None`: plain TCP).
-    pub tls: Option<crate::tls::TlsOptions>,
+    /// How to talk to the server, as given on the command line.
+    pub options: Options,
     /// Non-fatal remarks about the input (ignored extra lines).
     pub warnings: Vec<String>,
 }
@@ -403,8 +148,9 @@ const LINE_NAMES: [&str; 3] = [
 ];
 
 impl Config {
-    /// Reads `<dir>/transfer.info` (when a line is needed) and applies the overrides.
-    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+    /// Reads `<dir>/transfer.info` (when a line is needed) and applies the command line:
+    /// each flag or file argument given replaces a line.
+    pub fn load(overrides: &Cli) -> Result<Config, ConfigError> {
         let path = overrides.dir.join(TRANSFER_INFO);
         let needs_file = overrides.server.is_none() || overrides.files.is_empty();
         let info = match std::fs::read(&path) {
@@ -435,121 +181,188 @@ impl Config {
         Self::from_parts(overrides, info.as_ref(), &path)
     }
 
-    /// Validates transfer.info's lines (read from `path`) under the overrides.
+    /// Validates transfer.info's lines (read from `path`) under the command line.
     pub fn from_parts(
-        overrides: &Overrides,
+        overrides: &Cli,
         info: Option<&TransferInfo>,
         path: &Path,
     ) -> Result<Config, ConfigError> {
-        let line_origin = |line: usize| Origin::Line {
-            file: path.to_owned(),
-            line,
-        };
-        // A needed line: present and not blank.
-        let needed = |n: usize, flag: &str| -> Result<&str, ConfigError> {
-            let describe = LINE_NAMES.get(n - 1).copied().unwrap_or("a value");
-            match info.and_then(|i| i.line(n)) {
-                Some(text) if !text.trim().is_empty() => Ok(text),
-                Some(_) => Err(ConfigError {
-                    origin: line_origin(n),
-                    reason: format!("is empty; it must hold {describe} (or pass {flag})"),
-                }),
-                None => Err(ConfigError {
-                    origin: line_origin(n),
-                    reason: format!("is missing; it must hold {describe} (or pass {flag})"),
-                }),
-            }
-        };
-
+        let lines = Lines { info, path };
         let server = match &overrides.server {
             Some(text) => ServerAddress::parse(text).map_err(|reason| ConfigError {
                 origin: Origin::Flag("--server"),
                 reason,
             })?,
-            None => ServerAddress::parse(needed(1, "--server")?).map_err(|reason| ConfigError {
-                origin: line_origin(1),
-                reason,
+            None => ServerAddress::parse(lines.needed(1, "--server")?).map_err(|reason| {
+                ConfigError {
+                    origin: lines.origin(1),
+                    reason,
+                }
             })?,
         };
-
-        let name =
-            match (&overrides.name, info) {
-                (Some(text), _) => Some(parse_user_name(text).map_err(|reason| ConfigError {
-                    origin: Origin::Flag("--name"),
+        let name = match (&overrides.name, info) {
+            (Some(text), _) => Some(parse_user_name(text).map_err(|reason| ConfigError {
+                origin: Origin::Flag("--name"),
+                reason,
+            })?),
+            (None, Some(_)) => Some(parse_user_name(lines.needed(2, "--name")?).map_err(
+                |reason| ConfigError {
+                    origin: lines.origin(2),
                     reason,
-                })?),
-                (None, Some(_)) => Some(parse_user_name(needed(2, "--name")?).map_err(
-                    |reason| ConfigError {
-                        origin: line_origin(2),
-                        reason,
-                    },
-                )?),
-                (None, None) => None,
-            };
-
-        let files = if overrides.files.is_empty() {
-            let text = needed(3, "the file as an argument")?.trim();
-            let file_path = overrides.dir.join(text);
-            vec![check_file(&file_path).map_err(|reason| ConfigError {
-                origin: line_origin(3),
-                reason: format!("{}: {reason}", file_path.display()),
-            })?]
-        } else {
-            overrides
-                .files
-                .iter()
-                .map(|p| {
-                    check_file(p).map_err(|reason| ConfigError {
-                        origin: Origin::Argument(p.clone()),
-                        reason,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?
+                },
+            )?),
+            (None, None) => None,
         };
-
         let mut warnings = Vec::new();
+        let files = if overrides.files.is_empty() {
+            vec![line_3_file(overrides, &lines)?]
+        } else {
+            file_arguments(overrides, &mut warnings)?
+        };
+        let files = name_files(files, overrides)?;
         if let Some(info) = info {
             for (i, line) in info.lines.iter().enumerate().skip(3) {
                 if !line.trim().is_empty() {
                     warnings.push(format!(
                         "{}: ignored (transfer.info has three lines: address, name, file)",
-                        line_origin(i + 1)
+                        lines.origin(i + 1)
                     ));
                 }
             }
         }
-
-        if overrides.packet_size == Some(0) {
-            return Err(ConfigError {
-                origin: Origin::Flag("--packet-size"),
-                reason: "must be at least 1 byte".to_owned(),
-            });
-        }
-
         Ok(Config {
             server,
             name,
             dir: overrides.dir.clone(),
             files,
-            packet_size: overrides.packet_size,
-            connect_timeout: overrides.connect_timeout,
-            io_timeout: overrides.io_timeout,
-            per_request: overrides.per_request,
-            tls: overrides.tls.clone(),
+            options: overrides.options.clone(),
             warnings,
         })
     }
+}
+
+/// transfer.info's lines (if it was read), for the values no flag replaces.
+struct Lines<'a> {
+    info: Option<&'a TransferInfo>,
+    path: &'a Path,
+}
+
+impl Lines<'_> {
+    fn origin(&self, line: usize) -> Origin {
+        Origin::Line {
+            file: self.path.to_owned(),
+            line,
+        }
+    }
+
+    /// Line `n`, which must be present and not blank (`flag` would replace it).
+    fn needed(&self, n: usize, flag: &str) -> Result<&str, ConfigError> {
+        let describe = LINE_NAMES.get(n - 1).copied().unwrap_or("a value");
+        match self.info.and_then(|i| i.line(n)) {
+            Some(text) if !text.trim().is_empty() => Ok(text),
+            Some(_) => Err(ConfigError {
+                origin: self.origin(n),
+                reason: format!("is empty; it must hold {describe} (or pass {flag})"),
+            }),
+            None => Err(ConfigError {
+                origin: self.origin(n),
+                reason: format!("is missing; it must hold {describe} (or pass {flag})"),
+            }),
+        }
+    }
+}
+
+/// The file on line 3 of transfer.info (relative to `--dir`).
+fn line_3_file(cli: &Cli, lines: &Lines<'_>) -> Result<FileToSend, ConfigError> {
+    let text = lines.needed(3, "the file as an argument")?.trim();
+    let file_path = cli.dir.join(text);
+    check_file(&file_path, cli.options.requested_packet_size()).map_err(|reason| ConfigError {
+        origin: lines.origin(3),
+        reason: format!("{}: {reason}", file_path.display()),
+    })
+}
+
+/// The files named on the command line; with `-r`, the regular files below each folder.
+fn file_arguments(cli: &Cli, warnings: &mut Vec<String>) -> Result<Vec<FileToSend>, ConfigError> {
+    let packet_size = cli.options.requested_packet_size();
+    let mut files = Vec::new();
+    for path in &cli.files {
+        let argument = |reason: String| ConfigError {
+            origin: Origin::Argument(path.clone()),
+            reason,
+        };
+        if !(cli.recursive && path.is_dir()) {
+            files.push(check_file(path, packet_size).map_err(argument)?);
+            continue;
+        }
+        let found = files::walk(path, cli.follow_symlinks)
+            .map_err(|e| argument(format!("cannot be read: {e}")))?;
+        for link in &found.skipped_links {
+            warnings.push(format!(
+                "{}: a symbolic link, not sent (--follow-symlinks sends what it points to)",
+                link.display()
+            ));
+        }
+        if found.files.is_empty() {
+            return Err(argument("holds no regular file to send".to_owned()));
+        }
+        for (file, relative) in found.files {
+            let mut checked = check_file(&file, packet_size).map_err(|reason| ConfigError {
+                origin: Origin::Argument(file.clone()),
+                reason,
+            })?;
+            checked.label = files::parse_label(&relative).map_err(|reason| ConfigError {
+                origin: Origin::Argument(file.clone()),
+                reason,
+            })?;
+            files.push(checked);
+        }
+    }
+    Ok(files)
+}
+
+/// Applies `--as` and refuses a batch in which two files would be stored under the same
+/// name (the second would silently replace the first on the server).
+fn name_files(mut files: Vec<FileToSend>, cli: &Cli) -> Result<Vec<FileToSend>, ConfigError> {
+    if let Some(name) = &cli.stored_as {
+        let flag = |reason: String| ConfigError {
+            origin: Origin::Flag("--as"),
+            reason,
+        };
+        match files.as_mut_slice() {
+            [file] => file.label = files::parse_label(name).map_err(flag)?,
+            _ => {
+                return Err(flag(format!(
+                    "names one file, but {} files are to be sent",
+                    files.len()
+                )))
+            }
+        }
+    }
+    if let Some((first, second)) = files::same_label(&files) {
+        return Err(ConfigError {
+            origin: Origin::Argument(second.path.clone()),
+            reason: format!(
+                "would be stored on the server as {:?}, like {}: the server keeps one file per \
+                 name, so one would replace the other. Send them in separate runs, or choose \
+                 the stored name of one with --as NAME",
+                second.label.as_str(),
+                first.path.display()
+            ),
+        });
+    }
+    Ok(files)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn with_file(content: &str) -> (tempfile::TempDir, Overrides) {
+    fn with_file(content: &str) -> (tempfile::TempDir, Cli) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("data.bin"), b"hello").unwrap();
         std::fs::write(dir.path().join(TRANSFER_INFO), content).unwrap();
-        let overrides = Overrides::in_dir(dir.path());
+        let overrides = Cli::in_dir(dir.path());
         (dir, overrides)
     }
 
@@ -651,27 +464,9 @@ mod tests {
             b"127.0.0.1:1\nal\xffice\nx\n",
         )
         .unwrap();
-        let e = Config::load(&Overrides::in_dir(dir.path())).unwrap_err();
+        let e = Config::load(&Cli::in_dir(dir.path())).unwrap_err();
         assert_eq!(line_of(&e), 2);
         assert!(e.to_string().contains("UTF-8"));
-    }
-
-    #[test]
-    fn addresses_of_every_form_parse() {
-        let a = ServerAddress::parse("[::1]:1256").unwrap();
-        assert_eq!(a.host, Host::Ipv6(Ipv6Addr::LOCALHOST));
-        assert_eq!(a.to_string(), "[::1]:1256");
-        let a = ServerAddress::parse("10.0.0.1:65535").unwrap();
-        assert_eq!(a.port, 65535);
-        let a = ServerAddress::parse("files.example.org.:1").unwrap();
-        assert_eq!(a.host, Host::Name("files.example.org.".into()));
-        assert_eq!(
-            ServerAddress::parse("127.0.0.1:1256")
-                .unwrap()
-                .resolve()
-                .unwrap(),
-            vec!["127.0.0.1:1256".parse::<SocketAddr>().unwrap()]
-        );
     }
 
     #[test]
@@ -713,7 +508,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f.txt");
         std::fs::write(&file, b"x").unwrap();
-        let mut overrides = Overrides::in_dir(dir.path());
+        let mut overrides = Cli::in_dir(dir.path());
         overrides.server = Some("127.0.0.1:5".into());
         overrides.files = vec![file];
         let config = Config::load(&overrides).unwrap();
@@ -730,17 +525,5 @@ mod tests {
         let config = Config::load(&overrides).unwrap();
         assert_eq!(config.warnings.len(), 1);
         assert!(config.warnings[0].contains("line 4"));
-    }
-
-    #[test]
-    fn file_labels_must_be_printable_ascii() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("naïve.txt");
-        std::fs::write(&file, b"x").unwrap();
-        let e = check_file(&file).unwrap_err();
-        assert!(e.contains("printable ASCII"), "{e}");
-        let ok = dir.path().join("with space.txt");
-        std::fs::write(&ok, b"x").unwrap();
-        assert_eq!(check_file(&ok).unwrap().label.as_str(), "with space.txt");
     }
 }

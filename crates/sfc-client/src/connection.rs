@@ -21,7 +21,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use sfc_proto::limits::{REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN};
-use sfc_proto::{DecodeError, RequestCode, RequestHeader, Response, ResponseCode, ResponseHeader};
+use sfc_proto::{DecodeError, RequestCode, RequestHeader, Response, ResponseHeader};
 
 use crate::config::ServerAddress;
 use crate::error::{ClientError, NetworkError};
@@ -35,43 +35,6 @@ pub enum Mode {
     Persistent,
     /// A new connection for every request and a reply to every request.
     PerRequest,
-}
-
-/// Short name of a request code, for messages.
-pub fn request_name(code: RequestCode) -> &'static str {
-    match code {
-        RequestCode::Register => "register",
-        RequestCode::SendPublicKey => "send public key",
-        RequestCode::Reconnect => "reconnect",
-        RequestCode::SendFile => "file packet",
-        RequestCode::ChecksumOk => "checksum correct",
-        RequestCode::ChecksumRetry => "checksum wrong, resending",
-        RequestCode::ChecksumFailed => "checksum wrong, giving up",
-    }
-}
-
-/// `826 (send public key)`.
-pub fn describe_request(code: RequestCode) -> String {
-    format!("{} ({})", code.as_u16(), request_name(code))
-}
-
-/// Short name of a response code, for messages.
-pub fn response_name(code: ResponseCode) -> &'static str {
-    match code {
-        ResponseCode::Registered => "registered",
-        ResponseCode::RegistrationFailed => "registration failed",
-        ResponseCode::PublicKeyAccepted => "public key accepted",
-        ResponseCode::FileReceived => "file received",
-        ResponseCode::Ack => "acknowledged",
-        ResponseCode::ReconnectAccepted => "reconnect accepted",
-        ResponseCode::ReconnectRejected => "reconnect rejected",
-        ResponseCode::ServerError => "general server error",
-    }
-}
-
-/// `1604 (acknowledged)`.
-pub fn describe_response(code: ResponseCode) -> String {
-    format!("{} ({})", code.as_u16(), response_name(code))
 }
 
 /// What went wrong during one exchange.
@@ -127,6 +90,11 @@ pub struct Connection {
     /// Opt-in TLS (`--tls`): every new connection starts with this handshake.
     tls: Option<TlsSetup>,
     last_reply_was_error: bool,
+    /// `--pace`: one write per file packet, with this pause after each.
+    pace: Option<Duration>,
+    /// True while the open stream has carried no request (a new connection kept for the
+    /// next one).
+    unused: bool,
     payload: Vec<u8>,
     reporter: Reporter,
 }
@@ -155,6 +123,8 @@ impl Connection {
             stream: None,
             tls: None,
             last_reply_was_error: false,
+            unused: false,
+            pace: None,
             payload: Vec::with_capacity(sfc_proto::limits::MAX_RESPONSE_PAYLOAD),
             reporter,
         })
@@ -175,6 +145,16 @@ impl Connection {
         self.io_timeout
     }
 
+    /// Sends file packets one per write with `pause` after each (`--pace`).
+    pub fn use_pace(&mut self, pause: Duration) {
+        self.pace = Some(pause);
+    }
+
+    /// The pause after each file packet, when pacing.
+    pub fn pace(&self) -> Option<Duration> {
+        self.pace
+    }
+
     /// Speaks TLS on every connection from now on (`--tls`; see [`crate::tls`]).
     pub fn use_tls(&mut self, setup: TlsSetup) {
         self.tls = Some(setup);
@@ -191,7 +171,9 @@ impl Connection {
             );
         }
         self.mode = Mode::PerRequest;
-        self.stream = None;
+        if !self.unused {
+            self.stream = None;
+        }
     }
 
     /// Uses one connection per request from the start (as the original client does).
@@ -210,8 +192,10 @@ impl Connection {
     pub fn prepare(&mut self) -> Result<bool, NetworkError> {
         match self.mode {
             Mode::PerRequest => {
-                self.stream = None;
-                self.connect()?;
+                if self.stream.is_none() || !self.unused {
+                    self.stream = None;
+                    self.connect()?;
+                }
                 Ok(true)
             }
             Mode::Persistent => {
@@ -269,6 +253,7 @@ impl Connection {
                     };
                     self.stream = Some(stream);
                     self.last_reply_was_error = false;
+                    self.unused = true;
                     return Ok(());
                 }
                 Err(e) => last_error = Some(e),
@@ -290,6 +275,7 @@ impl Connection {
 
     /// Writes bytes (one or more whole requests) with one `write_all`.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        self.unused = false;
         let result = self.stream().and_then(|s| s.write_all(bytes));
         result.map_err(|error| {
             self.stream = None;
@@ -299,6 +285,7 @@ impl Connection {
 
     /// The open stream, for a writer thread (plain TCP or TLS; `Send`).
     pub fn stream_mut(&mut self) -> Option<&mut Stream> {
+        self.unused = false;
         self.stream.as_mut()
     }
 
@@ -323,7 +310,7 @@ impl Connection {
                 level,
                 format!(
                     "-> {}, payload {} B",
-                    describe_request(header.code),
+                    header.code.described(),
                     header.payload_size
                 ),
             );
@@ -340,7 +327,9 @@ impl Connection {
         result
     }
 
-    fn read_reply_inner(&mut self) -> Result<Response, Failure> {
+    /// Reads the 7-byte reply header. A close or reset before its first byte is
+    /// [`Failure::Gone`]; a plain connection that gets a TLS alert says to use `--tls`.
+    fn read_header(&mut self) -> Result<[u8; RESPONSE_HEADER_LEN], Failure> {
         let mut head = [0u8; RESPONSE_HEADER_LEN];
         let mut filled = 0;
         let plain = self.tls.is_none();
@@ -357,12 +346,7 @@ impl Connection {
                             phase: WAITING,
                             error: io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
-                                if plain {
-                                    "the server closed the connection without replying (if it \
-                                     serves TLS, run with --tls)"
-                                } else {
-                                    "the server closed the connection without replying"
-                                },
+                                "the server closed the connection without replying",
                             ),
                         })
                     }
@@ -381,15 +365,10 @@ impl Connection {
                                 io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
                             ) =>
                     {
-                        let error = if plain {
-                            io::Error::new(
-                                error.kind(),
-                                "the server reset the connection without replying (if it \
-                                 serves TLS, run with --tls)",
-                            )
-                        } else {
-                            error
-                        };
+                        let error = io::Error::new(
+                            error.kind(),
+                            "the server reset the connection without replying",
+                        );
                         return Err(Failure::Gone {
                             phase: WAITING,
                             error,
@@ -415,6 +394,11 @@ impl Connection {
                 ),
             });
         }
+        Ok(head)
+    }
+
+    fn read_reply_inner(&mut self) -> Result<Response, Failure> {
+        let head = self.read_header()?;
         let header = ResponseHeader::decode(&head).map_err(Failure::Malformed)?;
         // decode() bounded payload_size by the code's allowed range (at most a few hundred
         // bytes), so this cannot be made to allocate much.
@@ -442,7 +426,7 @@ impl Connection {
             level,
             format!(
                 "<- {}, payload {} B (version {})",
-                describe_response(header.code),
+                header.code.described(),
                 header.payload_size,
                 header.version
             ),
@@ -465,7 +449,7 @@ impl Connection {
         let what = request
             .first_chunk::<REQUEST_HEADER_LEN>()
             .and_then(|h| RequestHeader::decode(h).ok())
-            .map(|h| describe_request(h.code))
+            .map(|h| h.code.described().to_string())
             .unwrap_or_else(|| "(unknown)".to_owned());
         loop {
             let fresh = self.prepare()?;
@@ -477,10 +461,13 @@ impl Connection {
                     return Ok(response);
                 }
                 Err(Failure::Gone { .. }) if !fresh && self.mode == Mode::Persistent => {
-                    if self.last_reply_was_error {
-                        // Closed after its 1607 (server rule 9): reconnect, same style.
-                        self.stream = None;
-                    } else {
+                    self.stream = None;
+                    if !self.last_reply_was_error {
+                        // Closed after a normal reply, or the server is gone: only one that
+                        // takes a new connection closes after each reply. (After a 1607 it
+                        // may just have dropped a connection it no longer trusted, server
+                        // rule 9: reconnect in the same style.)
+                        self.connect()?;
                         self.switch_to_per_request();
                     }
                 }
@@ -493,14 +480,18 @@ impl Connection {
     pub fn error(&mut self, failure: Failure, what: &str) -> ClientError {
         self.stream = None;
         match failure {
-            Failure::Gone { phase, error } | Failure::Io { phase, error } => {
-                ClientError::Network(NetworkError {
-                    server: self.server.clone(),
-                    during: format!("{phase} request {what}"),
-                    timeout: Some(self.io_timeout),
-                    source: error,
-                })
-            }
+            Failure::Gone { phase, error } => ClientError::Network(NetworkError {
+                server: self.server.clone(),
+                during: format!("{phase} request {what}"),
+                timeout: Some(self.io_timeout),
+                source: refused(error),
+            }),
+            Failure::Io { phase, error } => ClientError::Network(NetworkError {
+                server: self.server.clone(),
+                during: format!("{phase} request {what}"),
+                timeout: Some(self.io_timeout),
+                source: error,
+            }),
             Failure::Malformed(e) => ClientError::Protocol {
                 server: self.server.clone(),
                 request: what.to_owned(),
@@ -517,6 +508,30 @@ impl Connection {
     }
 }
 
+/// A connection closed or reset before any reply. No TLS bytes came (a TLS server answers
+/// a plain request with an alert, recognised when the reply header is read), so this is
+/// most likely a refusal: a per-address connection limit or a ban after failures.
+fn refused(error: io::Error) -> io::Error {
+    let (kind, what) = match error.kind() {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe => {
+            (io::ErrorKind::UnexpectedEof, "closed")
+        }
+        _ => (io::ErrorKind::ConnectionReset, "reset"),
+    };
+    let said = if error.get_ref().is_some() {
+        error.to_string()
+    } else {
+        format!("the server {what} the connection without replying ({error})")
+    };
+    io::Error::new(
+        kind,
+        format!(
+            "{said}: it may be refusing connections from this address (too many at once, or a \
+             ban after repeated failures); try again later or ask its operator"
+        ),
+    )
+}
+
 /// The error for a reply of the wrong kind: names the server, the request and both codes.
 pub(crate) fn unexpected(
     conn: &Connection,
@@ -526,10 +541,10 @@ pub(crate) fn unexpected(
 ) -> ClientError {
     ClientError::Protocol {
         server: conn.server().to_owned(),
-        request: describe_request(code),
+        request: code.described().to_string(),
         detail: format!(
             "answered {} where {expected} was expected",
-            describe_response(response.code())
+            response.code().described()
         ),
     }
 }

@@ -28,6 +28,8 @@ pub mod exit {
     pub const NETWORK: u8 = 5;
     /// The server broke the protocol: a reply this client cannot accept.
     pub const PROTOCOL: u8 = 6;
+    /// Interrupted with Ctrl-C (SIGINT), as shells report a process ended by it.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// Everything that ends a run early (or makes it fail at the end).
@@ -47,6 +49,9 @@ pub enum ClientError {
         /// Why it cannot be sent.
         reason: String,
     },
+    /// The server registered us but the identity could not be saved where it belongs.
+    #[error("{0}")]
+    IdentityNotSaved(Box<UnsavedIdentity>),
     /// The server refused to register the name (1601).
     #[error(
         "the server at {server} refused to register the name {name:?} (reply 1601){}: the name is \
@@ -133,9 +138,44 @@ impl ClientError {
             ClientError::ChecksumFailed { .. } => exit::CHECKSUM,
             ClientError::Network(_) => exit::NETWORK,
             ClientError::Protocol { .. } => exit::PROTOCOL,
-            ClientError::Internal(_) => exit::INTERNAL,
+            ClientError::Internal(_) | ClientError::IdentityNotSaved(_) => exit::INTERNAL,
         }
     }
+}
+
+/// A registration whose identity could not be saved: everything needed to keep it.
+#[derive(Debug, Error)]
+#[error(
+    "registered with {server} as {name:?} (client ID {client_id}), but the identity could \
+     not be saved: {source}. {}",
+    match (key_file, key_text) {
+        (Some(file), _) => format!(
+            "The private key was saved to {}: to keep this identity, write me.info (line 1 \
+             {name}, line 2 {client_id}, line 3 the contents of that file) and copy the \
+             file to priv.key in the client's folder",
+            file.display()
+        ),
+        (None, Some(key)) => format!(
+            "It could not be saved anywhere else either; to keep it, write me.info with \
+             line 1 {name}, line 2 {client_id}, line 3 this private key: {key}"
+        ),
+        (None, None) => "The private key is lost; register under another name".to_owned(),
+    }
+)]
+pub struct UnsavedIdentity {
+    /// The server address.
+    pub server: String,
+    /// The registered name.
+    pub name: String,
+    /// The client ID the server assigned (32 hex digits).
+    pub client_id: String,
+    /// Where the private key was written instead.
+    pub key_file: Option<PathBuf>,
+    /// The key itself (base64), when no file could be written at all.
+    pub key_text: Option<String>,
+    /// Why saving failed.
+    #[source]
+    pub source: IdentityError,
 }
 
 /// A network failure, in plain words, with the server address and what we were doing.

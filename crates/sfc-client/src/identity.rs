@@ -164,6 +164,30 @@ pub fn load(dir: &Path) -> Result<Option<Loaded>, IdentityError> {
         .map(|bytes| RsaKeyPair::from_file_bytes(bytes));
 
     let mut warnings = Vec::new();
+    let keypair = choose_key(priv_key, me_key, (&priv_path, &me_path), &mut warnings)?;
+    Ok(Some(Loaded {
+        identity: Identity {
+            name,
+            client_id,
+            keypair,
+        },
+        warnings,
+    }))
+}
+
+/// The key to use: priv.key's, else the one on line 3 of me.info (client rule 7), with a
+/// warning when they differ or one is unusable.
+fn choose_key(
+    priv_key: Option<Result<RsaKeyPair, sfc_crypto::CryptoError>>,
+    me_key: Option<Result<RsaKeyPair, sfc_crypto::CryptoError>>,
+    (priv_path, me_path): (&Path, &Path),
+    warnings: &mut Vec<String>,
+) -> Result<RsaKeyPair, IdentityError> {
+    let malformed = |line: usize, reason: String| IdentityError::Malformed {
+        path: me_path.to_owned(),
+        line,
+        reason,
+    };
     let keypair = match (priv_key, me_key) {
         (Some(Ok(from_priv)), me) => {
             if let Some(Ok(from_me)) = &me {
@@ -218,14 +242,7 @@ pub fn load(dir: &Path) -> Result<Option<Loaded>, IdentityError> {
             ))
         }
     };
-    Ok(Some(Loaded {
-        identity: Identity {
-            name,
-            client_id,
-            keypair,
-        },
-        warnings,
-    }))
+    Ok(keypair)
 }
 
 /// Saves the identity: `priv.key` first, then `me.info`, each atomically and owner-only.

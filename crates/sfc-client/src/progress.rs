@@ -5,14 +5,14 @@
 //!   (warnings are silenced by `--quiet`, errors never);
 //! - `--verbose` adds each request and reply (code and sizes) on standard error; `-vv`
 //!   adds every file packet;
-//! - the progress bar (bytes, rate, ETA) is drawn on standard error only when it is a
+//! - the progress bar ([`crate::bar`]: file k of n, bytes, rate, time left; then
+//!   "waiting for the server's checksum") is drawn on standard error only when it is a
 //!   terminal and `--quiet` is not given.
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use crate::bar::BarState;
 
 /// How much to say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -32,7 +32,9 @@ pub enum Verbosity {
 pub struct Reporter {
     verbosity: Verbosity,
     bars: bool,
-    bar: Arc<Mutex<Option<ProgressBar>>>,
+    /// Results on standard error too (`--json` keeps standard output for JSON).
+    info_on_stderr: bool,
+    bar: Arc<Mutex<BarState>>,
 }
 
 impl Reporter {
@@ -41,8 +43,16 @@ impl Reporter {
         Reporter {
             verbosity,
             bars: progress && verbosity != Verbosity::Quiet && std::io::stderr().is_terminal(),
-            bar: Arc::new(Mutex::new(None)),
+            info_on_stderr: false,
+            bar: Arc::new(Mutex::new(BarState::default())),
         }
+    }
+
+    /// The same reporter, with results on standard error (standard output is kept for
+    /// machine-readable output).
+    pub fn with_results_on_stderr(mut self) -> Self {
+        self.info_on_stderr = true;
+        self
     }
 
     /// A reporter that prints nothing but errors and draws no bar (for library users).
@@ -60,9 +70,13 @@ impl Reporter {
         self.verbosity >= level
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, BarState> {
+        self.bar.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn with_bar_suspended(&self, print: impl FnOnce()) {
-        let guard = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
-        match guard.as_ref() {
+        let guard = self.state();
+        match guard.bar() {
             Some(bar) => bar.suspend(print),
             None => print(),
         }
@@ -71,7 +85,11 @@ impl Reporter {
     /// A result line on standard output (not with `--quiet`).
     pub fn info(&self, message: impl AsRef<str>) {
         if self.shows(Verbosity::Normal) {
-            self.with_bar_suspended(|| println!("{}", message.as_ref()));
+            if self.info_on_stderr {
+                self.with_bar_suspended(|| eprintln!("{}", message.as_ref()));
+            } else {
+                self.with_bar_suspended(|| println!("{}", message.as_ref()));
+            }
         }
     }
 
@@ -94,43 +112,39 @@ impl Reporter {
         }
     }
 
+    /// Notes that the next file is number `index` (from 1) of `count`, for the bar.
+    pub fn set_file(&self, index: usize, count: usize) {
+        self.state().set_file(index, count);
+    }
+
     /// Starts a progress bar of `total` bytes labelled `label` (no-op without bars).
     pub fn start_bar(&self, total: u64, label: &str) {
-        if !self.bars {
-            return;
-        }
-        let style = ProgressStyle::with_template(
-            "{msg:20!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
-            .with_style(style)
-            .with_message(label.to_owned());
-        bar.enable_steady_tick(Duration::from_millis(250));
-        let mut slot = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(old) = slot.replace(bar) {
-            old.finish_and_clear();
+        if self.bars {
+            self.state().start(total, label);
         }
     }
 
     /// Sets the bar's position in bytes.
     pub fn set_progress(&self, position: u64) {
-        if !self.bars {
-            return;
-        }
-        let guard = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(bar) = guard.as_ref() {
+        if let Some(bar) = self.state().bar() {
             bar.set_position(position);
         }
     }
 
+    /// All bytes of the file are out; the server's checksum is awaited.
+    pub fn waiting_for_checksum(&self) {
+        self.state().waiting();
+    }
+
     /// Removes the bar.
     pub fn finish_bar(&self) {
-        let mut slot = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(bar) = slot.take() {
-            bar.finish_and_clear();
-        }
+        self.state().finish();
+    }
+
+    /// Ctrl-C: removes the bar and says, on one line, which file was cut off where.
+    pub fn interrupted(&self) {
+        let line = self.state().interrupt();
+        eprintln!("{}", line.unwrap_or_else(|| "interrupted".to_owned()));
     }
 }
 

@@ -12,22 +12,17 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use crate::config::{ConfigError, Host, Origin, ServerAddress};
-
-/// The `--tls` options.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TlsOptions {
-    /// `--tls-ca FILE`: trust only the CA certificates in this PEM file; `None`: the
-    /// system's trusted roots.
-    pub ca_file: Option<PathBuf>,
-}
+use crate::address::{Host, ServerAddress};
+use crate::config::{ConfigError, Origin};
+use crate::pin::{Fingerprint, PinningVerifier};
 
 /// A ready TLS client configuration and the name to verify.
 #[derive(Clone)]
@@ -85,55 +80,93 @@ pub fn server_name(server: &ServerAddress) -> Result<ServerName<'static>, Config
     }
 }
 
-/// Builds the client configuration: roots from `--tls-ca` or the system.
-pub fn setup(server: &ServerAddress, options: &TlsOptions) -> Result<TlsSetup, ConfigError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let trust = match &options.ca_file {
-        Some(path) => {
-            for cert in load_ca_file(path)? {
-                roots.add(cert).map_err(|e| {
-                    ca_error(format!(
-                        "{}: a certificate is not usable as a CA: {e}",
-                        path.display()
-                    ))
-                })?;
-            }
-            format!("a CA in {}", path.display())
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
-                return Err(ConfigError {
-                    origin: Origin::Flag("--tls"),
-                    reason: format!(
-                        "no trusted root certificates found on this system{}; pass the server's \
-                         CA with --tls-ca FILE",
-                        if errors.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({})", errors.join("; "))
-                        }
-                    ),
-                });
-            }
-            "a CA this system trusts".to_owned()
-        }
-    };
+/// Builds the client configuration. `ca_file` (`--tls-ca`): trust only the certificates
+/// in this PEM file, as CAs and each as itself (a self-signed server certificate is
+/// pinned, see [`crate::pin`]); `fingerprints` (`--tls-fingerprint`): accept the server
+/// certificates with these SHA-256 fingerprints. With neither, the system's trusted roots.
+pub fn setup(
+    server: &ServerAddress,
+    ca_file: Option<&Path>,
+    fingerprints: &[Fingerprint],
+) -> Result<TlsSetup, ConfigError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let mut pinned = Vec::new();
+    let mut trust = Vec::new();
+    if let Some(path) = ca_file {
+        for cert in load_ca_file(path)? {
+            // A certificate that cannot serve as a CA can still be pinned.
+            let _ = roots.add(cert.clone());
+            pinned.push(cert);
+        }
+        trust.push(format!(
+            "issued by a CA in {0} or be one of the certificates in {0}",
+            path.display()
+        ));
+    }
+    if !fingerprints.is_empty() {
+        trust.push("have a fingerprint given with --tls-fingerprint".to_owned());
+    }
+    if ca_file.is_none() && fingerprints.is_empty() {
+        add_system_roots(&mut roots)?;
+        trust.push("issued by a CA this system trusts".to_owned());
+    }
+    let webpki = if roots.is_empty() {
+        None
+    } else {
+        Some(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| ConfigError {
+                    origin: Origin::Flag(if ca_file.is_some() {
+                        "--tls-ca"
+                    } else {
+                        "--tls"
+                    }),
+                    reason: format!("no usable CA certificate: {e}"),
+                })?,
+        )
+    };
+    let verifier = PinningVerifier {
+        pinned,
+        fingerprints: fingerprints.to_vec(),
+        webpki,
+        provider: Arc::clone(&provider),
+    };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError {
             origin: Origin::Flag("--tls"),
             reason: format!("no TLS protocol version available: {e}"),
         })?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(TlsSetup {
         config: Arc::new(config),
         name: server_name(server)?,
-        trust,
+        trust: trust.join(", or "),
+    })
+}
+
+fn add_system_roots(roots: &mut rustls::RootCertStore) -> Result<(), ConfigError> {
+    let found = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added > 0 {
+        return Ok(());
+    }
+    let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+    Err(ConfigError {
+        origin: Origin::Flag("--tls"),
+        reason: format!(
+            "no trusted root certificates found on this system{}; pass the server's CA or \
+             certificate with --tls-ca FILE, or its fingerprint with --tls-fingerprint",
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", errors.join("; "))
+            }
+        ),
     })
 }
 
@@ -230,9 +263,13 @@ fn explain_handshake_error(error: io::Error, setup: &TlsSetup) -> io::Error {
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     let text = match rustls_error {
         Some(rustls::Error::InvalidCertificate(reason)) => format!(
-            "the server's certificate is not trusted ({reason:?}): it must be issued by {} and \
-             name {:?}. Refusing to talk to this server (pass --tls-ca with the CA that issued \
-             its certificate)",
+            "the server's certificate is not trusted ({}): it must be {} (and, unless pinned, \
+             name {:?}). Refusing to talk to this server (pass --tls-ca with the CA that issued \
+             its certificate, or the certificate itself; or --tls-fingerprint)",
+            match reason {
+                rustls::CertificateError::Other(other) => other.to_string(),
+                other => format!("{other:?}"),
+            },
             setup.trust,
             setup.name.to_str()
         ),
@@ -328,20 +365,12 @@ mod tests {
     fn a_bad_ca_file_is_a_clear_input_error() {
         let dir = tempfile::tempdir().unwrap();
         let server = ServerAddress::parse("127.0.0.1:1").unwrap();
-        let missing = TlsOptions {
-            ca_file: Some(dir.path().join("none.pem")),
-        };
-        let e = setup(&server, &missing).unwrap_err();
+        let missing = dir.path().join("none.pem");
+        let e = setup(&server, Some(&missing), &[]).unwrap_err();
         assert!(e.to_string().starts_with("--tls-ca: cannot read"), "{e}");
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "hello\n").unwrap();
-        let e = setup(
-            &server,
-            &TlsOptions {
-                ca_file: Some(garbage),
-            },
-        )
-        .unwrap_err();
+        let e = setup(&server, Some(&garbage), &[]).unwrap_err();
         assert!(e.to_string().contains("holds no certificate"), "{e}");
     }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{make_file, read_me_info, run_client, tempdir, write_transfer_info};
+use common::{make_file, read_me_info, run_client, run_client_env, tempdir, write_transfer_info};
 use sfc_server::{RunningServer, ServerConfig};
 
 fn start_server(data: &Path) -> RunningServer {
@@ -131,12 +131,17 @@ fn a_server_that_lost_its_database_gets_a_new_registration() {
     let original = make_file(&dir.path().join("data.bin"), 500, 3);
     run_client(dir.path(), &[]).assert_code(0);
     let (_, old_id) = read_me_info(dir.path());
+    let address = server.addr();
     server.stop();
 
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(data.path().join(format!("defensive.db{suffix}")));
     }
-    let server = start_server(data.path());
+    // The same server (same address) without its database.
+    let mut config = ServerConfig::new(data.path());
+    config.bind = address;
+    config.worker_threads = Some(2);
+    let server = RunningServer::start(config).expect("restart the server");
     let run = run_client(dir.path(), &["--server", &server.addr().to_string(), "-v"]);
     run.assert_code(0);
     assert!(
@@ -148,6 +153,10 @@ fn a_server_that_lost_its_database_gets_a_new_registration() {
     let (name, new_id) = read_me_info(dir.path());
     assert_eq!(name, "bob");
     assert_ne!(new_id, old_id);
+    // Issue 13 item 2: the replaced identity is kept.
+    let backup = std::fs::read_to_string(dir.path().join(format!("me.info.{old_id}.bak"))).unwrap();
+    assert!(backup.contains(&old_id), "{backup}");
+    assert!(dir.path().join(format!("priv.key.{old_id}.bak")).exists());
     server.stop();
 
     let files = stored_files(data.path());
@@ -321,5 +330,271 @@ fn identity_files_written_by_other_clients_are_accepted() {
     run.assert_code(0);
     assert!(run.stderr.contains("<- 1605"), "{}", run.stderr);
     assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    server.stop();
+}
+
+fn client_names(data: &Path) -> Vec<String> {
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("defensive.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut statement = db
+        .prepare("SELECT Name FROM clients ORDER BY Name")
+        .unwrap();
+    statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Issue 13 item 1: a folder where me.info cannot be written is found out before 825 is
+/// sent, so the name is not registered (and lost) on the server; after `mkdir` the same
+/// command works.
+#[test]
+fn an_identity_that_cannot_be_saved_is_not_registered() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let cwd = tempdir();
+    make_file(&cwd.path().join("f.txt"), 10, 1);
+    let address = server.addr().to_string();
+    let args = ["-d", "nonexist", "-s", &address, "-n", "sam", "f.txt"];
+    let run = run_client(cwd.path(), &args);
+    run.assert_code(1);
+    assert!(run.stderr.contains("nonexist"), "{}", run.stderr);
+    assert!(
+        client_names(data.path()).is_empty(),
+        "a name was registered"
+    );
+
+    std::fs::create_dir(cwd.path().join("nonexist")).unwrap();
+    run_client(cwd.path(), &args).assert_code(0);
+    assert_eq!(client_names(data.path()), vec!["sam"]);
+    server.stop();
+}
+
+/// Issue 13 item 1: when saving fails after the server registered us (here priv.key is a
+/// folder, so it cannot be replaced), the error names the identity and where its key was
+/// put instead, so nothing is lost.
+#[test]
+fn an_identity_that_fails_to_save_is_printed_with_a_fallback_key_file() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    let temp = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "tess", "x.bin");
+    make_file(&dir.path().join("x.bin"), 10, 1);
+    std::fs::create_dir(dir.path().join("priv.key")).unwrap();
+    let run = run_client_env(dir.path(), &[], &[("TMPDIR", temp.path())]);
+    run.assert_code(1);
+    server.stop();
+    let db = rusqlite::Connection::open(data.path().join("defensive.db")).unwrap();
+    let id: String = db
+        .query_row("SELECT lower(hex(ID)) FROM clients", [], |r| r.get(0))
+        .unwrap();
+    assert!(run.stderr.contains(&id), "{}", run.stderr);
+    assert!(run.stderr.contains("\"tess\""), "{}", run.stderr);
+    let key_file = temp.path().join(format!("sfc-client-tess-{id}.key"));
+    assert!(
+        run.stderr.contains(&key_file.display().to_string()),
+        "{}",
+        run.stderr
+    );
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert!(sfc_crypto::RsaKeyPair::from_base64(&key).is_ok());
+}
+
+/// Issue 13 item 2: an identity belongs to the server that issued it. A run against a
+/// second server registers there without touching me.info, and the first server still
+/// knows us afterwards.
+#[test]
+fn a_second_server_does_not_replace_the_first_servers_identity() {
+    let (data_a, data_b) = (tempdir(), tempdir());
+    let (a, b) = (start_server(data_a.path()), start_server(data_b.path()));
+    let (a_addr, b_addr) = (a.addr().to_string(), b.addr().to_string());
+    let dir = tempdir();
+    make_file(&dir.path().join("h.txt"), 10, 1);
+    run_client(dir.path(), &["-s", &a_addr, "-n", "frank", "h.txt"]).assert_code(0);
+    let me_a = std::fs::read(dir.path().join("me.info")).unwrap();
+
+    let run = run_client(dir.path(), &["-s", &b_addr, "-n", "frank", "h.txt"]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("registered with"), "{}", run.stdout);
+    assert_eq!(std::fs::read(dir.path().join("me.info")).unwrap(), me_a);
+
+    let run = run_client(dir.path(), &["-s", &a_addr, "h.txt", "-v"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("<- 1605"), "{}", run.stderr);
+    let run = run_client(dir.path(), &["-s", &b_addr, "h.txt", "-v"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("<- 1605"), "{}", run.stderr);
+    a.stop();
+    b.stop();
+    assert_eq!(client_names(data_a.path()), vec!["frank"]);
+    assert_eq!(client_names(data_b.path()), vec!["frank"]);
+}
+
+/// Issue 13 item 11: `-r DIR` sends every regular file below DIR, each stored under its
+/// path below DIR; symbolic links are left out (with a warning) unless
+/// `--follow-symlinks`.
+#[test]
+fn a_folder_is_sent_with_its_relative_paths_as_names() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    let a = make_file(&tree.join("a.txt"), 100, 1);
+    let b = make_file(&tree.join("sub/b.txt"), 2000, 2);
+    let c = make_file(&tree.join("sub/deeper/c.txt"), 0, 3);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(tree.join("a.txt"), tree.join("link.txt")).unwrap();
+    let address = server.addr().to_string();
+    let run = run_client(dir.path(), &["-s", &address, "-n", "rita", "-r", "tree"]);
+    run.assert_code(0);
+    #[cfg(unix)]
+    assert!(run.stderr.contains("link.txt"), "{}", run.stderr);
+    let run = run_client(dir.path(), &["-s", &address, "tree"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("-r"), "{}", run.stderr);
+    #[cfg(unix)]
+    run_client(
+        dir.path(),
+        &[
+            "-s",
+            &address,
+            "-r",
+            "--follow-symlinks",
+            "tree/sub",
+            "tree/link.txt",
+        ],
+    )
+    .assert_code(0);
+    server.stop();
+    let files = stored_files(data.path());
+    for (name, original) in [("a.txt", &a), ("sub/b.txt", &b), ("sub/deeper/c.txt", &c)] {
+        let stored = find(&files, name);
+        assert!(stored.verified, "{name}");
+        assert_eq!(&std::fs::read(&stored.path).unwrap(), original, "{name}");
+    }
+    #[cfg(unix)]
+    {
+        assert_eq!(&std::fs::read(&find(&files, "link.txt").path).unwrap(), &a);
+        assert!(files.iter().any(|f| f.name == "deeper/c.txt"));
+    }
+}
+
+/// Issue 13 item 5: one file the server refuses (larger than its --max-file-size) does not
+/// stop the batch: the next file is sent, the run ends with a summary naming the failure
+/// and its reason, and a non-zero exit code. The retries of the refused file wait longer
+/// each time.
+#[test]
+fn a_refused_file_does_not_stop_the_batch() {
+    let data = tempdir();
+    let mut config = ServerConfig::new(data.path());
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.worker_threads = Some(2);
+    config.max_file_size = 1000;
+    let server = RunningServer::start(config).expect("start the server");
+    let dir = tempdir();
+    let s1 = make_file(&dir.path().join("s1.bin"), 500, 1);
+    make_file(&dir.path().join("big.bin"), 5000, 2);
+    let s2 = make_file(&dir.path().join("s2.bin"), 600, 3);
+    let address = server.addr().to_string();
+    let args = [
+        "-s", &address, "-n", "uma", "s1.bin", "big.bin", "s2.bin", "-v",
+    ];
+    let run = run_client(dir.path(), &args);
+    run.assert_code(3);
+    assert!(
+        run.stderr.contains("summary: 2 of 3 files stored"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("failed big.bin: fatal: the server"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("1607"), "{}", run.stderr);
+    for pause in [
+        "retrying in 250 ms",
+        "retrying in 500 ms",
+        "retrying in 1 s",
+    ] {
+        assert!(run.stderr.contains(pause), "{pause}: {}", run.stderr);
+    }
+    server.stop();
+    let files = stored_files(data.path());
+    assert_eq!(std::fs::read(&find(&files, "s1.bin").path).unwrap(), s1);
+    assert_eq!(std::fs::read(&find(&files, "s2.bin").path).unwrap(), s2);
+    assert!(files.iter().all(|f| f.name != "big.bin"));
+}
+
+/// Issue 13 item 12: `--json` prints one object per file and a total on standard output
+/// (messages go to standard error); the exit code is unchanged.
+#[test]
+fn json_summary_for_scripts() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    make_file(&dir.path().join("a.bin"), 12, 1);
+    make_file(&dir.path().join("b.bin"), 3000, 2);
+    let address = server.addr().to_string();
+    let run = run_client(
+        dir.path(),
+        &["-s", &address, "-n", "jay", "--json", "a.bin", "b.bin"],
+    );
+    run.assert_code(0);
+    server.stop();
+    let lines: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    let files = stored_files(data.path());
+    for (line, name, size) in [(&lines[0], "a.bin", 12), (&lines[1], "b.bin", 3000)] {
+        assert_eq!(line["name"], name);
+        assert_eq!(line["size"], size);
+        assert_eq!(line["status"], "stored");
+        assert!(line["reason"].is_null());
+        assert!(line["seconds"].as_f64().unwrap() >= 0.0);
+        let content = std::fs::read(&find(&files, name).path).unwrap();
+        assert_eq!(line["cksum"], u64::from(sfc_crypto::cksum(&content)));
+    }
+    let total = &lines[2]["total"];
+    assert_eq!(total["files"], 2);
+    assert_eq!(total["stored"], 2);
+    assert_eq!(total["failed"], 0);
+    assert_eq!(total["bytes"], 3012);
+    assert_eq!(total["exit_code"], 0);
+    assert!(run.stderr.contains("registered with"), "{}", run.stderr);
+}
+
+/// Issue 13 item 9: a server that closes the connection because of its per-address cap
+/// is not mistaken for a TLS server: the message says the connection was closed and why
+/// that may be, without suggesting --tls; exit 5.
+#[test]
+fn a_refused_connection_is_not_taken_for_tls() {
+    let data = tempdir();
+    let mut config = ServerConfig::new(data.path());
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.worker_threads = Some(2);
+    config.max_connections_per_address = 1;
+    let server = RunningServer::start(config).expect("start the server");
+    // This connection takes the one place 127.0.0.1 has.
+    let holder = std::net::TcpStream::connect(server.addr()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "vic", "x.bin");
+    make_file(&dir.path().join("x.bin"), 10, 1);
+    let run = run_client(dir.path(), &[]);
+    run.assert_code(5);
+    assert!(run.stderr.contains("the connection"), "{}", run.stderr);
+    assert!(run.stderr.contains("too many at once"), "{}", run.stderr);
+    assert!(!run.stderr.contains("--tls"), "{}", run.stderr);
+    drop(holder);
     server.stop();
 }

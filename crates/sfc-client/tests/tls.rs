@@ -272,3 +272,85 @@ fn unusable_tls_options_are_bad_input() {
     let run = run_client(dir.path(), &["--tls-ca", "junk.pem"]);
     run.assert_code(2);
 }
+
+/// A certificate made the way most people make one for a private server: self-signed and
+/// marked as a CA, for localhost and 127.0.0.1, as `openssl req -x509 -newkey rsa:2048
+/// -nodes -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1` makes
+/// it. Returns the files and the certificate's DER.
+fn make_self_signed(dir: &Path, stem: &str) -> (TlsFiles, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+        .or_else(|_| rcgen::KeyPair::generate())
+        .unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    params.subject_alt_names = vec![
+        rcgen::SanType::DnsName("localhost".try_into().unwrap()),
+        rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()),
+    ];
+    // openssl's v3_ca: basicConstraints=critical,CA:TRUE.
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let files = TlsFiles {
+        cert: dir.join(format!("{stem}.crt")),
+        key: dir.join(format!("{stem}.key")),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    (files, cert.der().to_vec())
+}
+
+/// Issue 13 item 10: a self-signed certificate given with --tls-ca is accepted as it is
+/// (pinning), where it used to be refused ("CaUsedAsEndEntity").
+#[test]
+fn a_self_signed_certificate_given_with_tls_ca_is_pinned() {
+    let pki = tempdir();
+    let (files, _) = make_self_signed(pki.path(), "self");
+    let cert = files.cert.clone();
+    let data = tempdir();
+    let server = start_server(data.path(), Some(files));
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "pinner", "a.bin");
+    let content = make_file(&dir.path().join("a.bin"), 3000, 1);
+    let run = run_client(dir.path(), &["--tls", "--tls-ca", cert.to_str().unwrap()]);
+    run.assert_code(0);
+    server.stop();
+    assert_eq!(
+        stored(data.path()),
+        vec![("a.bin".to_string(), true, content)]
+    );
+}
+
+/// Issue 13 item 10: --tls-fingerprint accepts the server certificate with that SHA-256
+/// fingerprint (as openssl prints it, or SSH-style base64), and refuses any other with a
+/// message that shows the fingerprint it saw.
+#[test]
+fn a_server_certificate_is_accepted_by_its_fingerprint() {
+    let pki = tempdir();
+    let (files, der) = make_self_signed(pki.path(), "self");
+    let data = tempdir();
+    let server = start_server(data.path(), Some(files));
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "fp", "a.bin");
+    make_file(&dir.path().join("a.bin"), 100, 1);
+    let fingerprint = sfc_client::pin::Fingerprint::of(&der);
+    // openssl x509 -noout -fingerprint -sha256: "sha256 Fingerprint=AB:CD:...".
+    let openssl = format!(
+        "sha256 Fingerprint={}",
+        fingerprint.to_string().trim_start_matches("SHA256:")
+    );
+    run_client(dir.path(), &["--tls", "--tls-fingerprint", &openssl]).assert_code(0);
+
+    let wrong = sfc_client::pin::Fingerprint::of(b"another certificate").to_string();
+    let run = run_client(dir.path(), &["--tls", "--tls-fingerprint", &wrong]);
+    run.assert_code(5);
+    assert!(
+        run.stderr.contains(&fingerprint.to_string()),
+        "{}",
+        run.stderr
+    );
+    let run = run_client(dir.path(), &["--tls", "--tls-fingerprint", "nonsense"]);
+    run.assert_code(2);
+    server.stop();
+}

@@ -38,6 +38,25 @@ impl RequestCode {
     pub const fn as_u16(self) -> u16 {
         self as u16
     }
+
+    /// A short human name for messages and logs, e.g. `send public key`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RequestCode::Register => "register",
+            RequestCode::SendPublicKey => "send public key",
+            RequestCode::Reconnect => "reconnect",
+            RequestCode::SendFile => "file packet",
+            RequestCode::ChecksumOk => "checksum correct",
+            RequestCode::ChecksumRetry => "checksum wrong, resending",
+            RequestCode::ChecksumFailed => "checksum wrong, giving up",
+        }
+    }
+
+    /// The code with its name, e.g. `826 (send public key)`; `Display` prints the number
+    /// alone.
+    pub fn described(self) -> Described<Self> {
+        Described(self)
+    }
 }
 
 impl TryFrom<u16> for RequestCode {
@@ -96,6 +115,26 @@ impl ResponseCode {
     pub const fn as_u16(self) -> u16 {
         self as u16
     }
+
+    /// A short human name for messages and logs, e.g. `acknowledged`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ResponseCode::Registered => "registered",
+            ResponseCode::RegistrationFailed => "registration failed",
+            ResponseCode::PublicKeyAccepted => "public key accepted",
+            ResponseCode::FileReceived => "file received",
+            ResponseCode::Ack => "acknowledged",
+            ResponseCode::ReconnectAccepted => "reconnect accepted",
+            ResponseCode::ReconnectRejected => "reconnect rejected",
+            ResponseCode::ServerError => "general server error",
+        }
+    }
+
+    /// The code with its name, e.g. `1604 (acknowledged)`; `Display` prints the number
+    /// alone.
+    pub fn described(self) -> Described<Self> {
+        Described(self)
+    }
 }
 
 impl TryFrom<u16> for ResponseCode {
@@ -112,6 +151,22 @@ impl TryFrom<u16> for ResponseCode {
 impl std::fmt::Display for ResponseCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.as_u16())
+    }
+}
+
+/// A code shown as its number and its name: `826 (send public key)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Described<C>(C);
+
+impl std::fmt::Display for Described<RequestCode> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.0.as_u16(), self.0.name())
+    }
+}
+
+impl std::fmt::Display for Described<ResponseCode> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.0.as_u16(), self.0.name())
     }
 }
 
@@ -141,5 +196,24 @@ mod tests {
         );
         assert_eq!(RequestCode::SendFile.as_u16(), 828);
         assert_eq!(ResponseCode::ServerError.as_u16(), 1607);
+    }
+
+    #[test]
+    fn codes_have_human_names() {
+        assert_eq!(
+            RequestCode::SendPublicKey.described().to_string(),
+            "826 (send public key)"
+        );
+        assert_eq!(
+            ResponseCode::Ack.described().to_string(),
+            "1604 (acknowledged)"
+        );
+        assert_eq!(RequestCode::SendFile.to_string(), "828");
+        for code in RequestCode::ALL {
+            assert!(!code.name().is_empty());
+        }
+        for code in ResponseCode::ALL {
+            assert!(!code.name().is_empty());
+        }
     }
 }

@@ -40,7 +40,7 @@ mod request;
 mod response;
 
 pub use client_id::{ClientId, ParseClientIdError};
-pub use codes::{RequestCode, ResponseCode};
+pub use codes::{Described, RequestCode, ResponseCode};
 pub use decoder::{RequestDecoder, RequestEvent};
 pub use error::{DecodeError, NameError, PacketError};
 pub use header::{RequestHeader, ResponseHeader};

@@ -42,8 +42,16 @@ impl ClientRun {
 
 /// Runs the real `sfc-client` binary in `dir` with `args`.
 pub fn run_client(dir: &Path, args: &[&str]) -> ClientRun {
+    run_client_env(dir, args, &[])
+}
+
+/// Runs the real `sfc-client` binary in `dir` with `args` and extra environment variables.
+pub fn run_client_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> ClientRun {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sfc-client"));
     command.current_dir(dir);
+    for (key, value) in env {
+        command.env(key, value);
+    }
     if !args.contains(&"--timeout") {
         // Fail fast instead of hanging for the default minute.
         command.args(["--timeout", "20"]);
@@ -121,6 +129,19 @@ pub struct Behaviour {
     /// Answer the first N intermediate packets with 1607, drop that upload and answer
     /// every later packet of it with 1607 too, on any connection (as some servers do).
     pub intermediate_errors: u32,
+    /// Die (stop listening, then drop every connection) once this many bytes of file
+    /// content have arrived: a server that crashes in the middle of an upload.
+    pub die_after_content: Option<usize>,
+    /// Append 1000 bytes to this file when the first file packet arrives: a file that
+    /// grows while the client sends it.
+    pub grow_file: Option<PathBuf>,
+    /// Wait this long before the final 1603 of a file (a server busy checksumming).
+    pub final_reply_delay: Option<Duration>,
+    /// Stop reading (hold the connection, say nothing) once this many bytes of file
+    /// content have arrived, until the double is dropped.
+    pub stall_after_content: Option<usize>,
+    /// Pause after every read from a connection (a slow link).
+    pub read_pause: Option<Duration>,
 }
 
 /// One request the double received.
@@ -152,6 +173,8 @@ pub struct State {
     pub failed: Vec<String>,
     /// Packets per final reply: (label, packets in that send).
     pub sends: Vec<(String, u16)>,
+    /// True once a connection stalled (`stall_after_content`).
+    pub stalled: bool,
     clients: HashMap<ClientId, ClientRecord>,
     uploads: HashMap<ClientId, Vec<u8>>,
     wrong_left: u32,
@@ -177,12 +200,20 @@ pub struct Double {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    /// Set once the listener is closed.
+    dead: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Double {
     pub fn start(behaviour: Behaviour) -> Double {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), behaviour)
+    }
+
+    /// A double on a given address (e.g. the address of one that was stopped: the same
+    /// server, restarted).
+    pub fn start_on(addr: SocketAddr, behaviour: Behaviour) -> Double {
+        let listener = TcpListener::bind(addr).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
@@ -192,9 +223,11 @@ impl Double {
             ..State::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
+        let dead = Arc::new(AtomicBool::new(false));
         let thread = {
             let state = Arc::clone(&state);
             let stop = Arc::clone(&stop);
+            let dead = Arc::clone(&dead);
             std::thread::spawn(move || {
                 let mut workers = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
@@ -208,13 +241,16 @@ impl Double {
                             let state = Arc::clone(&state);
                             let behaviour = behaviour.clone();
                             let stop = Arc::clone(&stop);
+                            let dead = Arc::clone(&dead);
                             workers.push(std::thread::spawn(move || {
-                                serve(stream, index, &state, &behaviour, &stop)
+                                serve(stream, index, &state, &behaviour, (&stop, &dead))
                             }));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
                 }
+                drop(listener);
+                dead.store(true, Ordering::SeqCst);
                 for w in workers {
                     let _ = w.join();
                 }
@@ -224,6 +260,7 @@ impl Double {
             addr,
             state,
             stop,
+            dead,
             thread: Some(thread),
         }
     }
@@ -258,8 +295,9 @@ fn serve(
     index: usize,
     state: &Mutex<State>,
     behaviour: &Behaviour,
-    stop: &AtomicBool,
+    (stop, dead): (&AtomicBool, &AtomicBool),
 ) {
+    let mut content_seen = 0usize;
     stream.set_nonblocking(false).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_millis(100)))
@@ -270,6 +308,9 @@ fn serve(
     let mut packet: Option<(RequestHeader, FilePacketHeader)> = None;
     let mut content = Vec::new();
     loop {
+        if let Some(pause) = behaviour.read_pause {
+            std::thread::sleep(pause);
+        }
         let n = match stream.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => n,
@@ -313,6 +354,28 @@ fn serve(
                 }
                 Some(RequestEvent::Content(piece)) => {
                     content.extend_from_slice(piece);
+                    content_seen += piece.len();
+                    if behaviour
+                        .stall_after_content
+                        .is_some_and(|n| content_seen >= n)
+                    {
+                        state.lock().unwrap().stalled = true;
+                        while !stop.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        return;
+                    }
+                    if behaviour
+                        .die_after_content
+                        .is_some_and(|n| content_seen >= n)
+                    {
+                        // Crash: no more connections are taken, then this one drops.
+                        stop.store(true, Ordering::SeqCst);
+                        while !dead.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        return;
+                    }
                     continue;
                 }
                 Some(RequestEvent::FilePacketEnd) => {
@@ -468,6 +531,10 @@ fn handle_packet(
     let id = header.client_id;
     if packet.packet_number == 1 {
         s.broken.remove(&id);
+        if let Some(path) = &behaviour.grow_file {
+            let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+            file.write_all(&[0u8; 1000]).unwrap();
+        }
     }
     if packet.packet_number < packet.total_packets && s.intermediate_errors_left > 0 {
         s.intermediate_errors_left -= 1;
@@ -485,6 +552,11 @@ fn handle_packet(
     if packet.packet_number < packet.total_packets {
         return (behaviour.answer_every_packet || first)
             .then(|| Response::PacketReceived { client_id: id }.encode());
+    }
+    if let Some(delay) = behaviour.final_reply_delay {
+        drop(s);
+        std::thread::sleep(delay);
+        s = state.lock().unwrap();
     }
     let ciphertext = s.uploads.remove(&id).unwrap_or_default();
     if take_error(&mut s, 828) {

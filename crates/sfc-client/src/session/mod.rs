@@ -10,40 +10,32 @@
 //!   most [`MAX_SERVER_ERROR_RETRIES`] times, then fail with a fatal message.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sfc_crypto::{AesKey, RsaKeyPair};
 use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
 
-use crate::config::FileToSend;
-use crate::connection::{describe_request, unexpected, Connection};
-use crate::error::ClientError;
+use crate::connection::{unexpected, Connection};
+use crate::error::{format_duration, ClientError, UnsavedIdentity};
 use crate::identity::{self, Identity};
-use crate::progress::{human_bytes, Reporter, Verbosity};
-use crate::upload::{self, AttemptError, Outcome, SendParams, Uploader};
+use crate::progress::{Reporter, Verbosity};
+use crate::store::{self, IdentityFolder};
+use crate::upload::Uploader;
+
+mod transfer;
+
+pub use transfer::FileResult;
 
 /// What the client prints on every 1607 (PROTOCOL.md).
 pub const SERVER_ERROR_MESSAGE: &str = "server responded with an error";
 /// Retries of a request answered with 1607.
 pub const MAX_SERVER_ERROR_RETRIES: u32 = 3;
+/// The pause before the first retry after a 1607; it doubles for each further retry
+/// (0.25 s, 0.5 s, 1 s), giving a server that is briefly short of something time to
+/// recover.
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 /// Resends of a file after a checksum mismatch (client rule 4): 4 sends in all.
 pub const MAX_RESENDS: u32 = 3;
-
-/// How one file ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileResult {
-    /// Checksums matched, 900 acknowledged.
-    Stored {
-        /// The agreed checksum.
-        cksum: u32,
-        /// How many times the file was sent.
-        sends: u32,
-    },
-    /// Checksums never matched; 902 was sent.
-    ChecksumMismatch {
-        /// How many times the file was sent.
-        sends: u32,
-    },
-}
 
 /// An established session: we have a client ID and an AES key.
 #[derive(Debug)]
@@ -72,22 +64,41 @@ fn call(
         if response != Response::ServerError {
             return Ok(response);
         }
-        reporter.error(SERVER_ERROR_MESSAGE);
-        if attempts > MAX_SERVER_ERROR_RETRIES {
+        let what = code.described().to_string();
+        if !retry_after_server_error(reporter, attempts, &what) {
             return Err(ClientError::ServerErrors {
                 server: conn.server().to_owned(),
-                request: describe_request(code),
+                request: what,
                 attempts,
             });
         }
-        reporter.detail(
-            Verbosity::Verbose,
-            format!(
-                "   retrying {} (retry {attempts} of {MAX_SERVER_ERROR_RETRIES})",
-                describe_request(code)
-            ),
-        );
     }
+}
+
+/// After the `attempts`-th 1607 to `what`: when a retry is left, says so at `-v` and
+/// waits before it (longer each time) and returns true. When the retries are used up,
+/// reports every 1607 with the required message (always shown) and returns false. A
+/// retry that succeeds thus alarms no one.
+pub(crate) fn retry_after_server_error(reporter: &Reporter, attempts: u32, what: &str) -> bool {
+    if attempts > MAX_SERVER_ERROR_RETRIES {
+        for attempt in 1..=attempts {
+            reporter.error(format!(
+                "{SERVER_ERROR_MESSAGE} (to {what}, attempt {attempt} of {attempts})"
+            ));
+        }
+        return false;
+    }
+    let pause = RETRY_BACKOFF.saturating_mul(1 << (attempts - 1).min(8));
+    reporter.detail(
+        Verbosity::Verbose,
+        format!(
+            "   {SERVER_ERROR_MESSAGE} (1607 to {what}): retrying in {} (retry {attempts} of \
+             {MAX_SERVER_ERROR_RETRIES})",
+            format_duration(pause)
+        ),
+    );
+    std::thread::sleep(pause);
+    true
 }
 
 fn note_client_id(reporter: &Reporter, expected: ClientId, got: ClientId, code: &str) {
@@ -106,7 +117,7 @@ impl Session {
     pub fn establish(
         mut conn: Connection,
         reporter: Reporter,
-        dir: &Path,
+        folder: &IdentityFolder,
         name: Option<&Name>,
         saved: Option<Identity>,
     ) -> Result<Session, ClientError> {
@@ -114,7 +125,7 @@ impl Session {
             let name = name
                 .cloned()
                 .ok_or_else(|| ClientError::Internal("no user name to register with".to_owned()))?;
-            return Self::register(conn, reporter, dir, name, false);
+            return Self::register(conn, reporter, folder, name, false);
         };
         let request = Request::new(
             identity.client_id,
@@ -131,7 +142,7 @@ impl Session {
                 let key = identity.keypair.unwrap_aes_key(&wrapped_key).map_err(|e| {
                     ClientError::Protocol {
                         server: conn.server().to_owned(),
-                        request: describe_request(RequestCode::Reconnect),
+                        request: RequestCode::Reconnect.described().to_string(),
                         detail: format!(
                             "sent an AES key that our saved private key cannot unwrap ({e}); \
                              the server may hold a different public key for this client — \
@@ -139,6 +150,11 @@ impl Session {
                         ),
                     }
                 })?;
+                if folder.unclaimed {
+                    if let Err(e) = folder.claim() {
+                        reporter.warn(format!("could not record the server of me.info: {e}"));
+                    }
+                }
                 reporter.info(format!(
                     "reconnected to {} as {:?} (client ID {})",
                     conn.server(),
@@ -157,13 +173,10 @@ impl Session {
             }
             Response::ReconnectRejected { .. } => {
                 let name = name.cloned().unwrap_or(identity.name);
-                reporter.info(format!(
-                    "the server no longer knows client {} (reply 1606): registering again as a \
-                     new client named {:?}",
-                    identity.client_id,
-                    name.as_str()
-                ));
-                Self::register(conn, reporter, dir, name, true)
+                reporter.info(rejected_message(&conn, folder, identity.client_id, &name));
+                // The old identity is kept as a backup; the new one must be savable.
+                folder.check_writable()?;
+                Self::register(conn, reporter, folder, name, true)
             }
             other => Err(unexpected(
                 &conn,
@@ -177,7 +190,7 @@ impl Session {
     fn register(
         mut conn: Connection,
         reporter: Reporter,
-        dir: &Path,
+        folder: &IdentityFolder,
         name: Name,
         re_registration: bool,
     ) -> Result<Session, ClientError> {
@@ -203,49 +216,14 @@ impl Session {
         reporter.detail(Verbosity::Verbose, "   generating an RSA-1024 key pair");
         let keypair = RsaKeyPair::generate()
             .map_err(|e| ClientError::Internal(format!("RSA key generation failed: {e}")))?;
-        let request = Request::new(
-            client_id,
-            RequestBody::SendPublicKey {
-                name: name.clone(),
-                public_key: keypair.public_key_der(),
-            },
-        );
-        let key = match call(&mut conn, &reporter, &request)? {
-            Response::PublicKeyAccepted {
-                client_id: echoed,
-                wrapped_key,
-            } => {
-                note_client_id(&reporter, client_id, echoed, "1602");
-                keypair
-                    .unwrap_aes_key(&wrapped_key)
-                    .map_err(|e| ClientError::Protocol {
-                        server: conn.server().to_owned(),
-                        request: describe_request(RequestCode::SendPublicKey),
-                        detail: format!("sent an AES key that our private key cannot unwrap ({e})"),
-                    })?
-            }
-            Response::RegistrationFailed => {
-                return Err(ClientError::Rejected {
-                    server: conn.server().to_owned(),
-                    request: describe_request(RequestCode::SendPublicKey),
-                    detail: "it answered 1601 (registration failed) to our public key".to_owned(),
-                })
-            }
-            other => {
-                return Err(unexpected(
-                    &conn,
-                    RequestCode::SendPublicKey,
-                    &other,
-                    "1602 (public key accepted)",
-                ))
-            }
-        };
+        let key = exchange_keys(&mut conn, &reporter, client_id, &name, &keypair)?;
         let identity = Identity {
             name,
             client_id,
             keypair,
         };
-        identity::save(dir, &identity)?;
+        save_identity(folder, &identity, conn.server())?;
+        let dir = &folder.dir;
         reporter.info(format!(
             "registered with {} as {:?}: client ID {}; saved {} and {}",
             conn.server(),
@@ -285,87 +263,6 @@ impl Session {
         &self.conn
     }
 
-    /// Sends one file until the checksums agree or the resends are used up.
-    pub fn send_file(
-        &mut self,
-        file: &FileToSend,
-        packet_size: Option<usize>,
-    ) -> Result<FileResult, ClientError> {
-        // Measure again: the plan must describe the bytes we are about to read.
-        let size = std::fs::metadata(&file.path)
-            .map_err(|e| ClientError::File {
-                path: file.path.clone(),
-                reason: format!("cannot be read: {e}"),
-            })?
-            .len();
-        let plan = upload::plan(size, packet_size).map_err(|reason| ClientError::File {
-            path: file.path.clone(),
-            reason,
-        })?;
-        let label = file.label.as_str();
-        for send in 1..=MAX_RESENDS + 1 {
-            let bar_label = if send == 1 {
-                label.to_owned()
-            } else {
-                format!("{label} (resend {}/{MAX_RESENDS})", send - 1)
-            };
-            self.reporter
-                .start_bar(u64::from(plan.encrypted_size), &bar_label);
-            let params = SendParams {
-                file,
-                plan,
-                client_id: self.client_id,
-                key: &self.key,
-                announce_resend: send > 1,
-            };
-            let result =
-                send_with_retries(&mut self.conn, &self.reporter, &mut self.uploader, &params);
-            self.reporter.finish_bar();
-            let (server_cksum, our_cksum) = result?;
-            if server_cksum == our_cksum {
-                let request = Request::new(
-                    self.client_id,
-                    RequestBody::ChecksumOk {
-                        file_name: file.label.clone(),
-                    },
-                );
-                self.expect_ack(&request)?;
-                self.reporter.info(format!(
-                    "{label}: stored on {} ({}), checksum {our_cksum} confirmed{}",
-                    self.conn.server(),
-                    human_bytes(size),
-                    if send > 1 {
-                        format!(" after {send} sends")
-                    } else {
-                        String::new()
-                    }
-                ));
-                return Ok(FileResult::Stored {
-                    cksum: our_cksum,
-                    sends: send,
-                });
-            }
-            self.reporter.warn(format!(
-                "{label}: checksum mismatch (ours {our_cksum}, the server's {server_cksum}); {}",
-                if send <= MAX_RESENDS {
-                    format!("sending it again (resend {send} of {MAX_RESENDS})")
-                } else {
-                    "giving up".to_owned()
-                }
-            ));
-        }
-        let request = Request::new(
-            self.client_id,
-            RequestBody::ChecksumFailed {
-                file_name: file.label.clone(),
-            },
-        );
-        self.expect_ack(&request)?;
-        Ok(FileResult::ChecksumMismatch {
-            sends: MAX_RESENDS + 1,
-        })
-    }
-
     fn expect_ack(&mut self, request: &Request) -> Result<(), ClientError> {
         match call(&mut self.conn, &self.reporter, request)? {
             Response::Ack { client_id } => {
@@ -389,47 +286,101 @@ impl Session {
     }
 }
 
-/// One send of the file, repeated on 1607 (at most 3 retries) and once more in
-/// per-request mode if the server turned out to close connections after each reply.
-fn send_with_retries(
+/// What a 1606 means here: the server forgot us, or (for an identity borrowed from me.info
+/// for another address) it never knew us.
+fn rejected_message(
+    conn: &Connection,
+    folder: &IdentityFolder,
+    client_id: ClientId,
+    name: &Name,
+) -> String {
+    if folder.nested {
+        format!(
+            "{} does not know client {client_id} of me.info (reply 1606): registering with it \
+             as a new client named {:?}; me.info stays as it is, this server's identity goes \
+             to {}",
+            conn.server(),
+            name.as_str(),
+            folder.dir.display()
+        )
+    } else {
+        format!(
+            "the server no longer knows client {client_id} (reply 1606): registering again as \
+             a new client named {:?}",
+            name.as_str()
+        )
+    }
+}
+
+/// 826 → 1602: sends our public key and unwraps the AES key the server returns.
+fn exchange_keys(
     conn: &mut Connection,
     reporter: &Reporter,
-    uploader: &mut Uploader,
-    params: &SendParams<'_>,
-) -> Result<(u32, u32), ClientError> {
-    let mut server_errors = 0;
-    loop {
-        match uploader.send_once(conn, reporter, params) {
-            Ok(Outcome::Received {
-                server_cksum,
-                our_cksum,
-            }) => return Ok((server_cksum, our_cksum)),
-            Ok(Outcome::ServerError { request }) => {
-                server_errors += 1;
-                reporter.error(SERVER_ERROR_MESSAGE);
-                if server_errors > MAX_SERVER_ERROR_RETRIES {
-                    return Err(ClientError::ServerErrors {
-                        server: conn.server().to_owned(),
-                        request: format!("{request} for {}", params.file.label),
-                        attempts: server_errors,
-                    });
-                }
-                reporter.detail(
-                    Verbosity::Verbose,
-                    format!(
-                        "   sending {} again (retry {server_errors} of {MAX_SERVER_ERROR_RETRIES})",
-                        params.file.label
-                    ),
-                );
-                reporter.set_progress(0);
-            }
-            Err(AttemptError::Gone) => {
-                conn.switch_to_per_request();
-                reporter.set_progress(0);
-            }
-            Err(AttemptError::Fatal(e)) => return Err(e),
+    client_id: ClientId,
+    name: &Name,
+    keypair: &RsaKeyPair,
+) -> Result<AesKey, ClientError> {
+    let request = Request::new(
+        client_id,
+        RequestBody::SendPublicKey {
+            name: name.clone(),
+            public_key: keypair.public_key_der(),
+        },
+    );
+    match call(conn, reporter, &request)? {
+        Response::PublicKeyAccepted {
+            client_id: echoed,
+            wrapped_key,
+        } => {
+            note_client_id(reporter, client_id, echoed, "1602");
+            keypair
+                .unwrap_aes_key(&wrapped_key)
+                .map_err(|e| ClientError::Protocol {
+                    server: conn.server().to_owned(),
+                    request: RequestCode::SendPublicKey.described().to_string(),
+                    detail: format!("sent an AES key that our private key cannot unwrap ({e})"),
+                })
         }
+        Response::RegistrationFailed => Err(ClientError::Rejected {
+            server: conn.server().to_owned(),
+            request: RequestCode::SendPublicKey.described().to_string(),
+            detail: "it answered 1601 (registration failed) to our public key".to_owned(),
+        }),
+        other => Err(unexpected(
+            conn,
+            RequestCode::SendPublicKey,
+            &other,
+            "1602 (public key accepted)",
+        )),
     }
+}
+
+/// Saves a new identity; when that fails, puts the key in a fallback file and returns an
+/// error naming the identity, so that a registered name is never lost silently.
+fn save_identity(
+    folder: &IdentityFolder,
+    identity: &Identity,
+    server: &str,
+) -> Result<(), ClientError> {
+    let source = match folder.save(identity) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let (key_file, key_text) = match store::save_fallback(identity) {
+        Ok(path) => (Some(path), None),
+        Err(_) => (
+            None,
+            identity.keypair.to_base64().ok().map(|k| k.to_string()),
+        ),
+    };
+    Err(ClientError::IdentityNotSaved(Box::new(UnsavedIdentity {
+        server: server.to_owned(),
+        name: identity.name.as_str().to_owned(),
+        client_id: identity.client_id.to_hex(),
+        key_file,
+        key_text,
+        source,
+    })))
 }
 
 fn display_path(dir: &Path, file: &str) -> PathBuf {

@@ -1,0 +1,537 @@
+//! Sending a file within the session and handling the server's replies to it: the
+//! checksum verdict (900/901/902), 1607 retries, and the switch to one connection per
+//! request when the server turns out to close after each reply (client rule 1).
+
+use std::io;
+
+use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
+
+use super::{retry_after_server_error, Session, MAX_RESENDS};
+use crate::config::FileToSend;
+use crate::connection::{unexpected, Connection, Failure, Mode};
+use crate::error::ClientError;
+use crate::progress::{human_bytes, Reporter, Verbosity};
+use crate::upload::packets::PacketSource;
+use crate::upload::pipeline::{write_paced, write_pipelined, PipeError};
+use crate::upload::{self, trace_packet, OpenSend, SendParams, Uploader};
+
+/// How one file ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileResult {
+    /// Checksums matched, 900 acknowledged.
+    Stored {
+        /// The agreed checksum.
+        cksum: u32,
+        /// How many times the file was sent.
+        sends: u32,
+    },
+    /// Checksums never matched; 902 was sent.
+    ChecksumMismatch {
+        /// How many times the file was sent.
+        sends: u32,
+    },
+}
+
+impl Session {
+    /// Sends one file until the checksums agree or the resends are used up.
+    pub fn send_file(
+        &mut self,
+        file: &FileToSend,
+        packet_size: Option<upload::PacketSize>,
+    ) -> Result<FileResult, ClientError> {
+        // Measure again: the plan must describe the bytes we are about to read.
+        let before = Snapshot::take(file)?;
+        let size = before.len;
+        let plan = if size == file.size {
+            file.plan
+        } else {
+            upload::plan(size, packet_size).map_err(|reason| ClientError::File {
+                path: file.path.clone(),
+                reason,
+            })?
+        };
+        let label = file.label.as_str();
+        for send in 1..=MAX_RESENDS + 1 {
+            let bar_label = if send == 1 {
+                label.to_owned()
+            } else {
+                format!("{label} (resend {}/{MAX_RESENDS})", send - 1)
+            };
+            self.reporter
+                .start_bar(u64::from(plan.encrypted_size), &bar_label);
+            let params = SendParams {
+                file,
+                plan,
+                client_id: self.client_id,
+                key: &self.key,
+                announce_resend: send > 1,
+            };
+            let result =
+                send_with_retries(&mut self.conn, &self.reporter, &mut self.uploader, &params);
+            self.reporter.finish_bar();
+            let (server_cksum, our_cksum) = result?;
+            if server_cksum == our_cksum {
+                let request = Request::new(
+                    self.client_id,
+                    RequestBody::ChecksumOk {
+                        file_name: file.label.clone(),
+                    },
+                );
+                self.expect_ack(&request)?;
+                // The server has exactly what was read; if the file changed meanwhile, that
+                // is not the file as it is now.
+                before.unchanged(file)?;
+                self.reporter.info(format!(
+                    "{label}: stored on {} ({}), checksum {our_cksum} confirmed{}",
+                    self.conn.server(),
+                    human_bytes(size),
+                    if send > 1 {
+                        format!(" after {send} sends")
+                    } else {
+                        String::new()
+                    }
+                ));
+                return Ok(FileResult::Stored {
+                    cksum: our_cksum,
+                    sends: send,
+                });
+            }
+            self.reporter.warn(format!(
+                "{label}: checksum mismatch (ours {our_cksum}, the server's {server_cksum}); {}",
+                if send <= MAX_RESENDS {
+                    format!("sending it again (resend {send} of {MAX_RESENDS})")
+                } else {
+                    "giving up".to_owned()
+                }
+            ));
+        }
+        let request = Request::new(
+            self.client_id,
+            RequestBody::ChecksumFailed {
+                file_name: file.label.clone(),
+            },
+        );
+        self.expect_ack(&request)?;
+        Ok(FileResult::ChecksumMismatch {
+            sends: MAX_RESENDS + 1,
+        })
+    }
+}
+
+/// A file's size and modification time, to notice a file that changes while it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Snapshot {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Snapshot {
+    fn take(file: &FileToSend) -> Result<Snapshot, ClientError> {
+        let metadata = std::fs::metadata(&file.path).map_err(|e| ClientError::File {
+            path: file.path.clone(),
+            reason: format!("cannot be read: {e}"),
+        })?;
+        Ok(Snapshot {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+        })
+    }
+
+    /// An error when the file is no longer as it was when this snapshot was taken.
+    fn unchanged(&self, file: &FileToSend) -> Result<(), ClientError> {
+        let now = Snapshot::take(file)?;
+        if now == *self {
+            return Ok(());
+        }
+        let how = if now.len != self.len {
+            format!("its size went from {} to {} bytes", self.len, now.len)
+        } else {
+            "it was modified".to_owned()
+        };
+        Err(ClientError::File {
+            path: file.path.clone(),
+            reason: format!(
+                "changed while it was being sent ({how}): the server stored the {} bytes read \
+                 before, which are not the file as it is now; send it again once it no longer \
+                 changes",
+                self.len
+            ),
+        })
+    }
+}
+
+/// One send of the file, repeated on 1607 (at most 3 retries) and once more in
+/// per-request mode if the server turned out to close connections after each reply.
+fn send_with_retries(
+    conn: &mut Connection,
+    reporter: &Reporter,
+    uploader: &mut Uploader,
+    params: &SendParams<'_>,
+) -> Result<(u32, u32), ClientError> {
+    let mut server_errors = 0;
+    loop {
+        match send_once(uploader, conn, reporter, params) {
+            Ok(Outcome::Received {
+                server_cksum,
+                our_cksum,
+            }) => return Ok((server_cksum, our_cksum)),
+            Ok(Outcome::ServerError { request }) => {
+                server_errors += 1;
+                let what = format!("{request} for {}", params.file.label);
+                if !retry_after_server_error(reporter, server_errors, &what) {
+                    return Err(ClientError::ServerErrors {
+                        server: conn.server().to_owned(),
+                        request: what,
+                        attempts: server_errors,
+                    });
+                }
+                reporter.set_progress(0);
+            }
+            Err(AttemptError::Gone { sent }) => {
+                // Closed without a reply to this send: the original server does that when
+                // it closed after its previous reply, a server that died does it too.
+                // Only one that takes a new connection is treated as the former.
+                if let Err(e) = conn.prepare() {
+                    return Err(interrupted(ClientError::Network(e), params, sent));
+                }
+                conn.switch_to_per_request();
+                reporter.set_progress(0);
+            }
+            Err(AttemptError::Fatal(e)) => return Err(e),
+        }
+    }
+}
+
+/// Names the file and how far its upload got in a network error that ended it.
+fn interrupted(error: ClientError, params: &SendParams<'_>, sent: u64) -> ClientError {
+    let ClientError::Network(mut network) = error else {
+        return error;
+    };
+    let total = u64::from(params.plan.encrypted_size);
+    network.during = format!(
+        "{} (the upload of {} was interrupted at {} %, {} of {} sent)",
+        network.during,
+        params.file.label,
+        (sent * 100).checked_div(total).unwrap_or(0),
+        human_bytes(sent),
+        human_bytes(total)
+    );
+    ClientError::Network(network)
+}
+
+/// What the server said about one complete send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The final 1603: the server's checksum, and ours.
+    Received {
+        /// The server's cksum of the decrypted file.
+        server_cksum: u32,
+        /// Our cksum of what we read.
+        our_cksum: u32,
+    },
+    /// 1607 to a request of this send.
+    ServerError {
+        /// The request answered with 1607, e.g. `828 (file packet)`.
+        request: String,
+    },
+}
+
+/// Why a send did not complete.
+#[derive(Debug)]
+pub enum AttemptError {
+    /// In persistent mode, the connection was closed without a reply to this send, maybe
+    /// by a server that closes after each reply: the caller reconnects, switches to
+    /// per-request mode and sends again.
+    Gone {
+        /// Ciphertext bytes handed to the connection before it was found closed.
+        sent: u64,
+    },
+    /// Anything else: reported to the user.
+    Fatal(ClientError),
+}
+
+impl From<ClientError> for AttemptError {
+    fn from(e: ClientError) -> Self {
+        AttemptError::Fatal(e)
+    }
+}
+
+/// Sends the file once (with a 901 first when `announce_resend`) and returns the
+/// server's verdict.
+fn send_once(
+    uploader: &mut Uploader,
+    conn: &mut Connection,
+    reporter: &Reporter,
+    params: &SendParams<'_>,
+) -> Result<Outcome, AttemptError> {
+    let fresh = conn.prepare().map_err(ClientError::from)?;
+    let resend = params.announce_resend.then(|| {
+        Request::new(
+            params.client_id,
+            RequestBody::ChecksumRetry {
+                file_name: params.file.label.clone(),
+            },
+        )
+        .encode()
+    });
+    reporter.detail(
+        Verbosity::Verbose,
+        format!(
+            "-> {} x {} packet(s) of up to {} B content, {} B ciphertext of {} B",
+            RequestCode::SendFile.described(),
+            params.plan.total_packets,
+            params.plan.packet_content,
+            params.plan.encrypted_size,
+            params.plan.orig_size
+        ),
+    );
+    let OpenSend {
+        mut source,
+        out,
+        spare,
+    } = uploader.open(params)?;
+    let result = match conn.mode() {
+        Mode::Persistent => send_persistent(
+            conn,
+            reporter,
+            &mut source,
+            (out, spare),
+            resend.as_deref(),
+            fresh,
+        ),
+        Mode::PerRequest => send_per_request(conn, reporter, &mut source, out, resend.as_deref()),
+    };
+    result.map_err(|error| match error {
+        AttemptError::Gone { .. } => AttemptError::Gone { sent: source.sent },
+        AttemptError::Fatal(e) => AttemptError::Fatal(interrupted(e, params, source.sent)),
+    })
+}
+
+fn send_persistent(
+    conn: &mut Connection,
+    reporter: &Reporter,
+    source: &mut PacketSource<'_>,
+    (out, spare): (&mut Vec<u8>, &mut Vec<u8>),
+    resend: Option<&[u8]>,
+    fresh: bool,
+) -> Result<Outcome, AttemptError> {
+    let what = RequestCode::SendFile.described().to_string();
+    let on_failure = |conn: &mut Connection, failure: Failure, what: &str| match failure {
+        Failure::Gone { .. } if !fresh => AttemptError::Gone { sent: 0 },
+        other => AttemptError::Fatal(conn.error(other, what)),
+    };
+    if let Some(bytes) = resend {
+        // No reply expected on a connection that has carried requests (server rule 2);
+        // a stray 1604 some servers send anyway is skipped below (client rule 5).
+        conn.log_request(bytes);
+    }
+    let pace = conn.pace();
+    let Some(stream) = conn.stream_mut() else {
+        return Err(on_failure(
+            conn,
+            Failure::Gone {
+                phase: "sending",
+                error: io::Error::from(io::ErrorKind::NotConnected),
+            },
+            &what,
+        ));
+    };
+    let written = match pace {
+        Some(pause) => write_paced(stream, reporter, source, out, resend, pause),
+        None => write_pipelined(stream, reporter, source, out, spare, resend),
+    };
+    match written {
+        Ok(()) => reporter.waiting_for_checksum(),
+        Err(PipeError::Source(e)) => {
+            // The stream carries a partial request now: it cannot be used again.
+            conn.close();
+            return Err(AttemptError::Fatal(e));
+        }
+        Err(PipeError::Write(error)) => {
+            let failure = conn.write_failed(error);
+            return Err(on_failure(conn, failure, &what));
+        }
+    }
+    await_checksum(conn, reporter, source, &what).map_err(|error| match error {
+        ReplyError::Io(failure) => on_failure(conn, failure, &what),
+        ReplyError::Fatal(e) => AttemptError::Fatal(e),
+    })
+}
+
+/// Why waiting for the checksum failed: the connection, or a reply we cannot accept.
+enum ReplyError {
+    Io(Failure),
+    Fatal(ClientError),
+}
+
+/// Reads the replies after a pipelined send until the final 1603; skips strays (1604
+/// after 901, 1603 for intermediate packets from a server that answers them anyway), but
+/// not forever.
+fn await_checksum(
+    conn: &mut Connection,
+    reporter: &Reporter,
+    source: &PacketSource<'_>,
+    what: &str,
+) -> Result<Outcome, ReplyError> {
+    let our_cksum = source.checksum();
+    let mut strays = 0u32;
+    let stray_limit = u32::from(source.plan.total_packets) + 2;
+    loop {
+        let response = match conn.read_reply() {
+            Ok(r) => r,
+            Err(failure) => return Err(ReplyError::Io(failure)),
+        };
+        conn.replied(&response);
+        match response {
+            Response::FileReceived {
+                client_id,
+                content_size,
+                file_name,
+                cksum,
+            } => {
+                check_received(conn, reporter, source, client_id, content_size, &file_name);
+                return Ok(Outcome::Received {
+                    server_cksum: cksum,
+                    our_cksum,
+                });
+            }
+            Response::PacketReceived { .. } | Response::Ack { .. } if strays < stray_limit => {
+                strays += 1;
+                reporter.detail(
+                    Verbosity::Verbose,
+                    format!(
+                        "   skipped a stray {} while waiting for the file's checksum",
+                        response.code().described()
+                    ),
+                );
+            }
+            Response::ServerError => {
+                // A server may have answered an intermediate packet with this 1607 and
+                // queued more replies (one per later packet) behind it: they would be
+                // taken for replies to the retry. Drop the connection with them; the
+                // retry starts on a fresh one (state lives per client ID, not connection).
+                conn.close();
+                return Ok(Outcome::ServerError {
+                    request: what.to_owned(),
+                });
+            }
+            other => {
+                return Err(ReplyError::Fatal(unexpected(
+                    conn,
+                    RequestCode::SendFile,
+                    &other,
+                    "1603 (file received)",
+                )))
+            }
+        }
+    }
+}
+
+fn send_per_request(
+    conn: &mut Connection,
+    reporter: &Reporter,
+    source: &mut PacketSource<'_>,
+    out: &mut Vec<u8>,
+    resend: Option<&[u8]>,
+) -> Result<Outcome, AttemptError> {
+    if let Some(bytes) = resend {
+        match conn.round_trip(bytes)? {
+            Response::Ack { .. } => {}
+            Response::ServerError => {
+                return Ok(Outcome::ServerError {
+                    request: RequestCode::ChecksumRetry.described().to_string(),
+                })
+            }
+            other => {
+                return Err(AttemptError::Fatal(unexpected(
+                    conn,
+                    RequestCode::ChecksumRetry,
+                    &other,
+                    "1604 (acknowledged)",
+                )))
+            }
+        }
+    }
+    let total = source.plan.total_packets;
+    loop {
+        out.clear();
+        let Some(info) = source.next_into(out)? else {
+            return Err(AttemptError::Fatal(ClientError::Internal(
+                "the file ended before its last packet".to_owned(),
+            )));
+        };
+        trace_packet(reporter, &info, total);
+        if info.last {
+            reporter.waiting_for_checksum();
+        }
+        let response = conn.round_trip(out)?;
+        reporter.set_progress(source.sent);
+        match (info.last, response) {
+            (
+                true,
+                Response::FileReceived {
+                    client_id,
+                    content_size,
+                    file_name,
+                    cksum,
+                },
+            ) => {
+                check_received(conn, reporter, source, client_id, content_size, &file_name);
+                return Ok(Outcome::Received {
+                    server_cksum: cksum,
+                    our_cksum: source.checksum(),
+                });
+            }
+            (false, Response::PacketReceived { .. } | Response::FileReceived { .. }) => {}
+            (_, Response::ServerError) => {
+                return Ok(Outcome::ServerError {
+                    request: RequestCode::SendFile.described().to_string(),
+                })
+            }
+            (last, other) => {
+                return Err(AttemptError::Fatal(unexpected(
+                    conn,
+                    RequestCode::SendFile,
+                    &other,
+                    if last {
+                        "1603 (file received) with the checksum"
+                    } else {
+                        "1603 (packet received)"
+                    },
+                )))
+            }
+        }
+    }
+}
+
+fn check_received(
+    conn: &Connection,
+    reporter: &Reporter,
+    source: &PacketSource<'_>,
+    client_id: ClientId,
+    content_size: u32,
+    file_name: &Name,
+) {
+    if content_size != source.plan.encrypted_size {
+        reporter.detail(
+            Verbosity::Verbose,
+            format!(
+                "   note: {} reports {content_size} B received, we sent {} B",
+                conn.server(),
+                source.plan.encrypted_size
+            ),
+        );
+    }
+    if file_name != &source.header.file_name {
+        reporter.detail(
+            Verbosity::Verbose,
+            format!("   note: the server names the file {file_name:?}"),
+        );
+    }
+    if client_id != source.client_id {
+        reporter.detail(
+            Verbosity::Verbose,
+            format!("   note: the server's reply carries client ID {client_id}"),
+        );
+    }
+}

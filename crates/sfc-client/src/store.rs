@@ -1,0 +1,216 @@
+//! Which identity belongs to which server, and never losing one.
+//!
+//! `me.info` keeps the three lines other clients read. Beside it, `me.server` (one line,
+//! the server address as given with `--server` or on line 1 of transfer.info) records the
+//! server that issued it. Running against another server never touches that identity:
+//! the other server's identity lives in `servers/<address>/` (its own me.info, priv.key
+//! and me.server). An identity replaced after a 1606 is kept as
+//! `me.info.<client-id>.bak` and `priv.key.<client-id>.bak`. A me.info without me.server
+//! (written by an older client or another implementation) is taken to belong to the
+//! server it is used with, and me.server is written once that server accepts it.
+//!
+//! Before a registration is sent, the folder is checked by creating and removing a
+//! temporary file there ([`IdentityFolder::check_writable`]); if saving still fails after
+//! the server has registered us, the key goes to a fallback file in the system's
+//! temporary folder and the error names it, with the name and client ID.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::identity::{self, Identity, IdentityError, Loaded, ME_INFO, PRIV_KEY};
+
+/// The sidecar naming the server that issued the me.info beside it.
+pub const ME_SERVER: &str = "me.server";
+/// The folder (inside `--dir`) holding the identities for other servers.
+pub const SERVERS_DIR: &str = "servers";
+
+/// The folder holding the identity for one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityFolder {
+    /// The folder (`--dir`, or `--dir/servers/<address>`).
+    pub dir: PathBuf,
+    /// The server address the identity is for.
+    pub server: String,
+    /// True when me.info in this folder has no me.server yet (written before it existed).
+    pub unclaimed: bool,
+    /// True for a folder under `servers/`, created when first needed.
+    pub nested: bool,
+}
+
+/// A folder name for a server address: letters, digits, `.` and `-` kept, the rest `_`.
+pub fn folder_name(server: &str) -> String {
+    server
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn read_owner(dir: &Path) -> Result<Option<String>, IdentityError> {
+    let path = dir.join(ME_SERVER);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_owned()).filter(|s| !s.is_empty())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IdentityError::Read { path, source }),
+    }
+}
+
+/// Chooses the folder for `server`'s identity: `dir` when its me.info belongs to that
+/// server (or to no recorded server, or there is none yet), else `dir/servers/<address>`.
+pub fn locate(dir: &Path, server: &str) -> Result<IdentityFolder, IdentityError> {
+    let has_identity = dir.join(ME_INFO).exists();
+    let owner = read_owner(dir)?;
+    let here = match &owner {
+        _ if !has_identity => true,
+        None => true,
+        Some(owner) => owner == server,
+    };
+    if here {
+        return Ok(IdentityFolder {
+            dir: dir.to_owned(),
+            server: server.to_owned(),
+            unclaimed: has_identity && owner.is_none(),
+            nested: false,
+        });
+    }
+    let other = dir.join(SERVERS_DIR).join(folder_name(server));
+    let unclaimed = other.join(ME_INFO).exists() && read_owner(&other)?.is_none();
+    Ok(IdentityFolder {
+        dir: other,
+        server: server.to_owned(),
+        unclaimed,
+        nested: true,
+    })
+}
+
+impl IdentityFolder {
+    /// The saved identity for this server, if any.
+    pub fn load(&self) -> Result<Option<Loaded>, IdentityError> {
+        identity::load(&self.dir)
+    }
+
+    /// Creates the folder if needed (owner-only) and proves that files can be written in
+    /// it by creating and removing a temporary file, so that a registration is never
+    /// sent when its result could not be saved.
+    pub fn check_writable(&self) -> Result<(), IdentityError> {
+        let write_error = |source| IdentityError::Write {
+            path: self.dir.clone(),
+            source,
+        };
+        if self.nested {
+            create_private_dir(&self.dir).map_err(write_error)?;
+        }
+        let mut probe = tempfile::Builder::new()
+            .prefix(".sfc-client-write-test.")
+            .tempfile_in(&self.dir)
+            .map_err(write_error)?;
+        probe.write_all(b"x").map_err(write_error)?;
+        probe.close().map_err(write_error)
+    }
+
+    /// Records that the me.info here belongs to this server.
+    pub fn claim(&self) -> Result<(), IdentityError> {
+        let path = self.dir.join(ME_SERVER);
+        identity::write_atomic(&path, format!("{}\n", self.server).as_bytes())
+            .map_err(|source| IdentityError::Write { path, source })
+    }
+
+    /// Saves a new identity for this server: the identity it replaces (if any) is kept
+    /// as `*.<client-id>.bak` first. Returns the backup of me.info when one was made.
+    pub fn save(&self, identity: &Identity) -> Result<Option<PathBuf>, IdentityError> {
+        let backup = self.back_up()?;
+        identity::save(&self.dir, identity)?;
+        self.claim()?;
+        Ok(backup)
+    }
+
+    fn back_up(&self) -> Result<Option<PathBuf>, IdentityError> {
+        let me = self.dir.join(ME_INFO);
+        let Ok(text) = std::fs::read_to_string(&me) else {
+            return Ok(None);
+        };
+        let id = text
+            .lines()
+            .nth(1)
+            .map(str::trim)
+            .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .unwrap_or("old")
+            .to_ascii_lowercase();
+        let mut me_backup = None;
+        for file in [ME_INFO, PRIV_KEY] {
+            let from = self.dir.join(file);
+            let to = self.dir.join(format!("{file}.{id}.bak"));
+            if from.exists() {
+                std::fs::copy(&from, &to).map_err(|source| IdentityError::Write {
+                    path: to.clone(),
+                    source,
+                })?;
+                if file == ME_INFO {
+                    me_backup = Some(to);
+                }
+            }
+        }
+        Ok(me_backup)
+    }
+}
+
+/// Writes the private key of an identity that could not be saved where it belongs to a
+/// file in the system's temporary folder (owner-only); returns its path.
+pub fn save_fallback(identity: &Identity) -> io::Result<PathBuf> {
+    let key = identity.keypair.to_base64().map_err(io::Error::other)?;
+    let path = std::env::temp_dir().join(format!(
+        "sfc-client-{}-{}.key",
+        folder_name(identity.name.as_str()),
+        identity.client_id.to_hex()
+    ));
+    identity::write_atomic(&path, key.as_bytes())?;
+    Ok(path)
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_of_other_servers_live_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = locate(dir.path(), "a:1").unwrap();
+        assert_eq!(here.dir, dir.path());
+        std::fs::write(dir.path().join(ME_INFO), "x\n").unwrap();
+        // An unclaimed me.info is used for whatever server is asked for.
+        let legacy = locate(dir.path(), "b:2").unwrap();
+        assert_eq!(legacy.dir, dir.path());
+        assert!(legacy.unclaimed);
+        legacy.claim().unwrap();
+        assert_eq!(locate(dir.path(), "b:2").unwrap().dir, dir.path());
+        let other = locate(dir.path(), "[::1]:1256").unwrap();
+        assert_eq!(other.dir, dir.path().join("servers").join("___1__1256"));
+        assert!(!other.unclaimed);
+        other.check_writable().unwrap();
+        assert!(other.dir.is_dir());
+    }
+
+    #[test]
+    fn a_missing_folder_is_not_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = locate(&dir.path().join("nonexist"), "a:1").unwrap();
+        let e = folder.check_writable().unwrap_err();
+        assert!(e.to_string().contains("nonexist"), "{e}");
+    }
+}
