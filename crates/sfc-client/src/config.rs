@@ -1,6 +1,6 @@
 //! `transfer.info` and command-line flags → one validated [`Config`].
 //!
-//! `transfer.info` (PROTOCOL.md, "Files on each side — Client"): line 1 `address:port`,
+//! `transfer.info` (docs/PROTOCOL.md, "State files — Client"): line 1 `address:port`,
 //! line 2 the user name (at most 100 characters), line 3 the path of the file to send.
 //! Flags override lines: `--server` line 1, `--name` line 2, file arguments line 3. A line
 //! is only read and checked when no flag replaces it, and every error names its origin
@@ -20,7 +20,7 @@ pub use crate::files::{check_file, FileToSend};
 
 /// File name of the batch description in the client's folder.
 pub const TRANSFER_INFO: &str = "transfer.info";
-/// Longest user name transfer.info may hold (PROTOCOL.md).
+/// Longest user name transfer.info may hold (docs/PROTOCOL.md, "State files").
 pub const MAX_USER_NAME_CHARS: usize = 100;
 
 /// Where a configuration value came from, for error messages.

@@ -1,6 +1,6 @@
 //! The TCP connection to the server, in either of the two styles servers expect.
 //!
-//! PROTOCOL.md client rule 1: keep one connection for the whole session; if the server
+//! docs/PROTOCOL.md, rule C1: keep one connection for the whole session; if the server
 //! closes it after a reply (the original server does, after every request), reconnect and
 //! from then on use one connection per request, expecting a reply after EVERY request —
 //! each intermediate file packet and 901 included. [`Mode`] records which style is in
@@ -13,7 +13,7 @@
 //! protocol inside is unchanged. A plain connection that gets a TLS alert or a close
 //! instead of a reply says so and suggests `--tls`.
 //!
-//! Every reply is read by its header's `payload_size` (client rule 5), which
+//! Every reply is read by its header's `payload_size` (rule C5), which
 //! [`ResponseHeader::decode`] bounds per code, so a lying server cannot make us allocate.
 
 use std::io::{self, Read, Write};
@@ -186,7 +186,7 @@ impl Connection {
     /// (this request will be the first on it).
     ///
     /// Persistent mode: reuses the stream unless the server has closed it; a close after a
-    /// normal reply switches to per-request mode (client rule 1), a close after a 1607 just
+    /// normal reply switches to per-request mode (rule C1), a close after a 1607 just
     /// reconnects (a server may drop a connection it no longer trusts). Per-request mode:
     /// always a new connection.
     pub fn prepare(&mut self) -> Result<bool, NetworkError> {
@@ -465,8 +465,8 @@ impl Connection {
                     if !self.last_reply_was_error {
                         // Closed after a normal reply, or the server is gone: only one that
                         // takes a new connection closes after each reply. (After a 1607 it
-                        // may just have dropped a connection it no longer trusted, server
-                        // rule 9: reconnect in the same style.)
+                        // may just have dropped a connection it no longer trusted, rule
+                        // S9: reconnect in the same style.)
                         self.connect()?;
                         self.switch_to_per_request();
                     }
@@ -623,7 +623,7 @@ mod tests {
     }
 
     /// The same, but the lost request followed a 1607: the server dropped a connection it
-    /// no longer trusted (server rule 9), which says nothing about its style.
+    /// no longer trusted (rule S9), which says nothing about its style.
     #[test]
     fn a_close_after_a_1607_reconnects_in_the_same_style() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,6 +1,6 @@
 //! The client's saved identity: `me.info` and `priv.key`.
 //!
-//! Written by this client (PROTOCOL.md, client rule 7):
+//! Written by this client (docs/PROTOCOL.md, rule C7):
 //! - `me.info`: line 1 the user name, line 2 the client ID as 32 lowercase hex digits,
 //!   line 3 the RSA private key as base64 of its PKCS#8 DER, on one line;
 //! - `priv.key`: the same base64, one line.
@@ -149,7 +149,7 @@ pub fn load(dir: &Path) -> Result<Option<Loaded>, IdentityError> {
     }
     let client_id = ClientId::from_hex(id_line).map_err(|e| malformed(2, e.to_string()))?;
 
-    // Line 3 on: the key, possibly over several lines (client rule 7).
+    // Line 3 on: the key, possibly over several lines (rule C7).
     let key_text = zeroize::Zeroizing::new(lines.collect::<Vec<_>>().join("\n"));
     let me_key = if key_text.trim().is_empty() {
         None
@@ -175,7 +175,7 @@ pub fn load(dir: &Path) -> Result<Option<Loaded>, IdentityError> {
     }))
 }
 
-/// The key to use: priv.key's, else the one on line 3 of me.info (client rule 7), with a
+/// The key to use: priv.key's, else the one on line 3 of me.info (rule C7), with a
 /// warning when they differ or one is unusable.
 fn choose_key(
     priv_key: Option<Result<RsaKeyPair, sfc_crypto::CryptoError>>,

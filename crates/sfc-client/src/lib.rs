@@ -1,8 +1,8 @@
 //! SecureFileComm client: puts files on a SecureFileComm (protocol version 3) server.
 //!
 //! The binary `sfc-client` is a thin layer over [`run`]. The flow, file formats and the
-//! rules for servers that differ are those of PROTOCOL.md ("Files on each side — Client"
-//! and "Points the specification leaves open — Client", rules 1–7).
+//! rules for servers that differ are those of docs/PROTOCOL.md ("State files — Client",
+//! "Session flows" and the client rules C1–C9).
 //!
 //! | module | job |
 //! |---|---|

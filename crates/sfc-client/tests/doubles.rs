@@ -1,5 +1,5 @@
 //! The real client binary against test doubles: the server behaviours our own server never
-//! shows (PROTOCOL.md client rules 1, 4, 5, 6 and the 1607 retry policy).
+//! shows (docs/PROTOCOL.md, rules C1, C4, C5, C6 and C8).
 #![cfg(test)]
 
 mod common;

@@ -256,7 +256,7 @@ fn server_down_is_reported_with_its_address() {
 }
 
 /// The original client's style against our server: a new connection for every request
-/// and a reply to each intermediate packet (server rule 2), then a reconnect in the same
+/// and a reply to each intermediate packet (rule S2), then a reconnect in the same
 /// style.
 #[test]
 fn one_connection_per_request_works_with_our_server() {
@@ -293,7 +293,7 @@ fn one_connection_per_request_works_with_our_server() {
     assert_eq!(std::fs::read(&stored.path).unwrap(), original);
 }
 
-/// me.info and priv.key as other clients write them (client rule 7): the key over several
+/// me.info and priv.key as other clients write them (rule C7): the key over several
 /// lines in me.info, priv.key as raw DER. The client reconnects with them.
 #[test]
 fn identity_files_written_by_other_clients_are_accepted() {

@@ -3,7 +3,7 @@
 //! - First run: 825 → 1600, generate the RSA key, 826 → 1602, then save me.info and
 //!   priv.key (atomically).
 //! - Later runs: 827 with the saved ID and name → 1605 (unwrap the new AES key with the
-//!   saved private key), or 1606 → register again as a new client (client rule 6).
+//!   saved private key), or 1606 → register again as a new client (rule C6).
 //! - Each file: packets → 1603; equal checksum → 900 → 1604; different → 901 and send
 //!   again, at most [`MAX_RESENDS`] times; after the last mismatch 902 → 1604.
 //! - 1607 to any request: print `server responded with an error` and send it again, at
@@ -26,7 +26,7 @@ mod transfer;
 
 pub use transfer::FileResult;
 
-/// What the client prints on every 1607 (PROTOCOL.md).
+/// What the client prints for a 1607 (docs/PROTOCOL.md, rule C8).
 pub const SERVER_ERROR_MESSAGE: &str = "server responded with an error";
 /// Retries of a request answered with 1607.
 pub const MAX_SERVER_ERROR_RETRIES: u32 = 3;
@@ -34,7 +34,7 @@ pub const MAX_SERVER_ERROR_RETRIES: u32 = 3;
 /// (0.25 s, 0.5 s, 1 s), giving a server that is briefly short of something time to
 /// recover.
 pub const RETRY_BACKOFF: Duration = Duration::from_millis(250);
-/// Resends of a file after a checksum mismatch (client rule 4): 4 sends in all.
+/// Resends of a file after a checksum mismatch (rule C4): 4 sends in all.
 pub const MAX_RESENDS: u32 = 3;
 
 /// An established session: we have a client ID and an AES key.

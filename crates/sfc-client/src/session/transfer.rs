@@ -1,6 +1,6 @@
 //! Sending a file within the session and handling the server's replies to it: the
 //! checksum verdict (900/901/902), 1607 retries, and the switch to one connection per
-//! request when the server turns out to close after each reply (client rule 1).
+//! request when the server turns out to close after each reply (rule C1).
 
 use std::io;
 
@@ -321,8 +321,8 @@ fn send_persistent(
         other => AttemptError::Fatal(conn.error(other, what)),
     };
     if let Some(bytes) = resend {
-        // No reply expected on a connection that has carried requests (server rule 2);
-        // a stray 1604 some servers send anyway is skipped below (client rule 5).
+        // No reply expected on a connection that has carried requests (rule S2);
+        // a stray 1604 some servers send anyway is skipped below (rule C5).
         conn.log_request(bytes);
     }
     let pace = conn.pace();

@@ -1,6 +1,6 @@
 //! Sending one file: read → cksum + AES-CBC encrypt → 828 packets, as a stream.
 //!
-//! - [`plan`]: the pure packet plan (how many packets of what size; client rule 2);
+//! - [`plan`]: the pure packet plan (how many packets of what size; rule C2);
 //! - [`packets`]: the file turned into packets (prefix, then ciphertext straight behind
 //!   it), read in [`READ_CHUNK`] pieces into a few reused buffers;
 //! - [`pipeline`]: the three threads of a send on a persistent connection (reader,

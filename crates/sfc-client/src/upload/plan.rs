@@ -1,4 +1,4 @@
-//! The packet plan: how a file of a given size is cut into 828 packets (client rule 2).
+//! The packet plan: how a file of a given size is cut into 828 packets (rule C2).
 //!
 //! Pure arithmetic, no I/O: [`DEFAULT_PACKET_CONTENT`] bytes of ciphertext per packet,
 //! which every known server accepts, raised only as far as needed to stay within
@@ -15,7 +15,7 @@ pub const MAX_REQUESTED_PACKET_CONTENT: usize = 16 << 20;
 pub struct Plan {
     /// Plaintext size.
     pub orig_size: u32,
-    /// Ciphertext size, sent as `content_size` in every packet (client rule 3).
+    /// Ciphertext size, sent as `content_size` in every packet (rule C3).
     pub encrypted_size: u32,
     /// Content bytes per packet (the last one may be shorter).
     pub packet_content: usize,
@@ -58,7 +58,7 @@ impl std::str::FromStr for PacketSize {
     }
 }
 
-/// Chooses the content size per packet for `encrypted` ciphertext bytes (client rule 2).
+/// Chooses the content size per packet for `encrypted` ciphertext bytes (rule C2).
 pub fn choose_packet_size(encrypted: u64, requested: Option<PacketSize>) -> Result<usize, String> {
     let max_packets = u64::from(MAX_PACKETS);
     match requested.map(PacketSize::get) {

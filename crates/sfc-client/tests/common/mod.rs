@@ -124,7 +124,7 @@ pub struct Behaviour {
     pub reject_reconnect_without_payload: bool,
     /// Answer the first `n` requests with this code with 1607 (for 828: the last packet).
     pub server_errors: Vec<(u16, u32)>,
-    /// Close the connection after every 1607 (server rule 9 allows it).
+    /// Close the connection after every 1607 (rule S9 allows it).
     pub close_after_error: bool,
     /// Answer the first N intermediate packets with 1607, drop that upload and answer
     /// every later packet of it with 1607 too, on any connection (as some servers do).
@@ -464,7 +464,7 @@ fn handle(
         }
         RequestBody::Reconnect { .. } => {
             if behaviour.reject_reconnect_without_payload {
-                // 1606 with payload_size 0 (client rule 5).
+                // 1606 with payload_size 0 (rule C5).
                 return Some(vec![3, 0x46, 0x06, 0, 0, 0, 0]);
             }
             match s.clients.get_mut(&id) {
