@@ -198,6 +198,27 @@ impl TestServer {
         }
     }
 
+    /// Waits until an upload of the client has begun: its temporary file exists in the
+    /// data folder. S3 keeps small uploads in memory until they are complete, so there
+    /// is nothing to see: a short pause instead.
+    pub fn wait_for_upload_start(&self, id: ClientId) {
+        if self.on_s3() {
+            std::thread::sleep(Duration::from_millis(500));
+            return;
+        }
+        assert!(eventually(Duration::from_secs(5), || {
+            self.stored_names(id).len() == 1
+        }));
+    }
+
+    /// Every stored file, relative to the data folder or the S3 prefix, sorted.
+    pub fn all_stored(&self) -> Vec<String> {
+        match &self.store {
+            Store::S3(location) => s3::list_paths(location),
+            _ => self.all_files(),
+        }
+    }
+
     /// Names of every file in the client's folder (temporary files included), sorted.
     pub fn stored_names(&self, id: ClientId) -> Vec<String> {
         let mut names: Vec<String> = match &self.store {

@@ -369,3 +369,21 @@ pub fn list(location: &S3Location, rel: &str) -> Vec<String> {
         .filter_map(|meta| meta.location.filename().map(str::to_owned))
         .collect()
 }
+
+/// Every key under the location's prefix, relative to it, sorted.
+pub fn list_paths(location: &S3Location) -> Vec<String> {
+    use futures::TryStreamExt;
+    let client = client_for(location);
+    let root = Key::from(location.prefix.as_str());
+    let metas: Vec<_> = block_on(client.list(Some(&root)).try_collect::<Vec<_>>()).unwrap();
+    let prefix = format!("{}/", location.prefix);
+    let mut paths: Vec<String> = metas
+        .into_iter()
+        .map(|meta| {
+            let key = meta.location.as_ref();
+            key.strip_prefix(&prefix).unwrap_or(key).to_owned()
+        })
+        .collect();
+    paths.sort();
+    paths
+}
