@@ -282,10 +282,7 @@ impl Shared {
 
     /// Deletes an object; one that is already gone is fine.
     async fn delete_quietly(&self, key: &Key) -> Result<(), object_store::Error> {
-        match self.s3.delete(key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(error) => Err(error),
-        }
+        delete_quietly(&self.s3, key).await
     }
 
     /// Starts `work` on the runtime without waiting (from `Drop`, which may run anywhere).
@@ -404,6 +401,14 @@ impl BlobStore for S3BlobStore {
     }
 }
 
+/// Deletes an object; one that is already gone is fine.
+async fn delete_quietly(s3: &AmazonS3, key: &Key) -> Result<(), object_store::Error> {
+    match s3.delete(key).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 /// The client folder and name a marker `uploads/<hex>/<name>/<uuid>` stands for.
 fn marker_target(rel: &str) -> Option<(&str, &str)> {
     let mut parts = rel.strip_prefix(UPLOADS_DIR)?.strip_prefix('/')?.split('/');
@@ -469,11 +474,11 @@ impl S3Temp {
         };
         let data = PutPayload::from(std::mem::take(&mut self.buffer));
         let index = upload.parts.len() + upload.in_flight.len();
-        let (task_shared, key, id) = (Arc::clone(&shared), self.key.clone(), upload.id.clone());
+        let (s3, key, id) = (shared.s3.clone(), self.key.clone(), upload.id.clone());
         upload.in_flight.push_back(
             shared
                 .handle
-                .spawn(async move { task_shared.s3.put_part(&key, &id, index, data).await }),
+                .spawn(async move { s3.put_part(&key, &id, index, data).await }),
         );
         while upload.in_flight.len() > PARTS_IN_FLIGHT {
             collect_part(&shared, upload)?;
@@ -609,12 +614,14 @@ impl Drop for S3Temp {
         for task in &upload.in_flight {
             task.abort();
         }
-        let shared = Arc::clone(&self.shared);
+        // The task holds the client only: the store (and its runtime) is never dropped
+        // on one of its own threads.
+        let s3 = self.shared.s3.clone();
         let (key, marker) = (self.key.clone(), self.marker.clone());
         self.shared
             .spawn_detached("cannot abort an upload", async move {
-                shared.s3.abort_multipart(&key, &upload.id).await?;
-                shared.delete_quietly(&marker).await
+                s3.abort_multipart(&key, &upload.id).await?;
+                delete_quietly(&s3, &marker).await
             });
     }
 }
