@@ -1064,3 +1064,30 @@ fn throughput_of_the_crypto_alone() {
         mb / crc
     );
 }
+
+#[test]
+fn store_file_url_keeps_files_in_another_folder() {
+    init_logging();
+    let folder = tempfile::tempdir().unwrap();
+    let store = sfc_server::config::Store::Folder(folder.path().to_path_buf());
+    let server =
+        TestServer::start_on_store(tempfile::tempdir().unwrap(), test_database(), store, |_| {});
+    let mut conn = server.connect();
+    let (id, key) = enroll(&mut conn, "elsewhere");
+    let plain = data(3000, 9);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &plain, 1000),
+        id,
+        "f.bin",
+        &plain,
+    );
+    let stored = folder.path().join("files").join(id.to_hex()).join("f.bin");
+    assert_eq!(std::fs::read(stored).unwrap(), plain);
+    assert!(
+        !server.client_dir(id).exists(),
+        "nothing in the data folder"
+    );
+    let files =
+        sfc_server::admin::files_in_store(server.root(), &server.database, &server.store).unwrap();
+    assert_eq!(files[0].size, Some(3000));
+}
