@@ -319,7 +319,9 @@ fn a_server_starting_removes_old_orphan_objects_and_keeps_young_ones() {
         tempfile::tempdir().unwrap(),
         test_database(),
         store.clone(),
-        |config| config.upload_timeout = Duration::from_secs(1),
+        // Long enough that the young object stays young while the server restarts on a
+        // loaded machine; short enough to wait out for the old one.
+        |config| config.upload_timeout = Duration::from_secs(4),
     );
     let mut conn = server.connect();
     let (id, key) = enroll(&mut conn, "recovering");
@@ -333,11 +335,11 @@ fn a_server_starting_removes_old_orphan_objects_and_keeps_young_ones() {
     drop(conn);
     server.stop();
     // What a crashed node leaves: a complete object whose row was never committed.
-    let blobs = S3BlobStore::open(location, Duration::from_secs(1)).unwrap();
+    let blobs = S3BlobStore::open(location, Duration::from_secs(4)).unwrap();
     let mut orphan = blobs.create_temp(&id, "old-orphan.bin").unwrap();
     orphan.write_all(b"never acknowledged").unwrap();
     orphan.persist().unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(4500));
     // Another live node's object whose row is about to be committed.
     let mut young = blobs.create_temp(&id, "young.bin").unwrap();
     young.write_all(b"another node's").unwrap();
