@@ -687,6 +687,30 @@ fn a_node_killed_mid_run_loses_only_its_clients_who_succeed_on_rerun() {
     check_rows(&url, &nodes, &finished);
 }
 
+/// The excerpt docs/DEPLOY.md quotes is in the file the tests run, line for line.
+#[test]
+fn the_deployment_doc_quotes_the_tested_config() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/DEPLOY.md"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(haproxy::template_path()).unwrap();
+    let config: Vec<&str> = config.lines().map(str::trim).collect();
+    let excerpt = doc
+        .split("```haproxy")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a ```haproxy block in docs/DEPLOY.md");
+    let mut from = 0;
+    for line in excerpt.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let at = config[from..]
+            .iter()
+            .position(|c| *c == line)
+            .unwrap_or_else(|| panic!("docs/DEPLOY.md quotes {line:?}, not in docs/deploy/haproxy.cfg (in this order)"));
+        from += at + 1;
+    }
+}
+
 #[test]
 fn the_documented_config_is_valid_haproxy() {
     if !haproxy::available("the_documented_config_is_valid_haproxy") {
