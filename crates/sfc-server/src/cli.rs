@@ -2,8 +2,8 @@
 //! [`ServerConfig`] ([`Cli::server_config`]); nothing downstream re-checks a flag.
 
 use crate::config::{
-    resolve_port, Database, PostgresUrl, ServerConfig, DEFAULT_DATABASE_POOL, DEFAULT_FAIL_BURST,
-    DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
+    resolve_port, Database, PostgresUrl, ServerConfig, Store, DEFAULT_DATABASE_POOL,
+    DEFAULT_FAIL_BURST, DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE, DEFAULT_REGISTER_BURST,
     DEFAULT_REGISTER_RATE, DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS,
     DEFAULT_UPLOAD_BUFFERS_MIB, DEFAULT_UPLOAD_TIMEOUT_SECS,
@@ -181,6 +181,13 @@ pub struct Cli {
     #[arg(long, value_name = "LIST", requires = "proxy_protocol",
           value_parser = ProxySources::parse)]
     pub proxy_from: Option<ProxySources>,
+    /// Keep received files in this local folder (file://PATH) or in S3-compatible object
+    /// storage (s3://BUCKET/PREFIX; endpoint, region and credentials from AWS_ENDPOINT_URL,
+    /// AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP) instead of
+    /// files/ in the data folder. Also read from SFC_STORE.
+    #[arg(long, global = true, value_name = "URL", env = "SFC_STORE",
+          value_parser = Store::parse)]
+    pub store: Option<Store>,
 
     /// Show what the database holds instead of serving.
     #[command(subcommand)]
@@ -260,6 +267,7 @@ impl Cli {
         config.pin_address = self.pin_address;
         config.database = self.database_choice();
         config.proxy_protocol = self.proxy_from.clone().filter(|_| self.proxy_protocol);
+        config.store = self.store.clone().unwrap_or_default();
         Ok(config)
     }
 }
@@ -385,6 +393,49 @@ mod tests {
         assert!(matches!(cli.database_choice(), Database::Postgres(_)));
         assert!(parse(&["--database", "sqlite:defensive.db"]).is_err());
         assert!(parse(&["--database-pool", "0"]).is_err());
+    }
+
+    #[test]
+    fn store_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let parse = |args: &[&str]| {
+            let mut all = vec!["sfc-server", "--data-dir", d, "--port", "1"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+        };
+        let store = |args: &[&str]| parse(args).unwrap().server_config().unwrap().store;
+        if std::env::var_os("SFC_STORE").is_none() {
+            assert_eq!(store(&[]), Store::DataDir);
+        }
+        assert_eq!(
+            store(&["--store", "file:///srv/sfc"]),
+            Store::Folder("/srv/sfc".into())
+        );
+        let Store::S3(location) = store(&["--store", "s3://my-bucket/sfc/files/"]) else {
+            panic!()
+        };
+        assert_eq!(
+            (location.bucket.as_str(), location.prefix.as_str()),
+            ("my-bucket", "sfc/files")
+        );
+        let Store::S3(location) = store(&["--store", "s3://my-bucket"]) else {
+            panic!()
+        };
+        assert_eq!(location.prefix, "");
+        for bad in [
+            "s3://",
+            "s3://UPPER",
+            "s3://b/../x",
+            "s3://bucket/a//b",
+            "file://",
+            "/srv/sfc",
+            "gs://bucket",
+        ] {
+            assert!(parse(&["--store", bad]).is_err(), "{bad}");
+        }
+        // Global: the admin views take it after the subcommand.
+        assert!(parse(&["files", "--store", "s3://bucket/p"]).is_ok());
     }
 
     #[test]

@@ -100,6 +100,106 @@ pub struct ServerConfig {
     /// start with a PROXY header (v1 or v2) naming the client, whose address then counts
     /// for every per-address rule and log line. `None` (the default): off.
     pub proxy_protocol: Option<ProxySources>,
+    /// Where received files are kept: `files/` in the data folder (the default), another
+    /// local folder, or S3-compatible object storage shared by several servers.
+    pub store: Store,
+}
+
+/// The blob store a server runs on (`--store`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Store {
+    /// `files/` in the data folder.
+    #[default]
+    DataDir,
+    /// `files/` in this folder (`--store file://PATH`).
+    Folder(PathBuf),
+    /// A bucket and key prefix in S3-compatible object storage (`--store s3://BUCKET/PREFIX`);
+    /// endpoint, region and credentials come from the standard `AWS_*` environment variables.
+    S3(S3Location),
+}
+
+impl Store {
+    /// Parses `--store`: `file://PATH` or `s3://BUCKET[/PREFIX]`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err("file:// names no folder".into());
+            }
+            return Ok(Store::Folder(PathBuf::from(path)));
+        }
+        if let Some(rest) = text.strip_prefix("s3://") {
+            return S3Location::parse(rest).map(Store::S3);
+        }
+        Err(
+            "--store takes file://PATH or s3://BUCKET/PREFIX (without it the server keeps \
+             files in the data folder)"
+                .into(),
+        )
+    }
+}
+
+/// A bucket and a key prefix (`s3://BUCKET/PREFIX`). `Debug` and `Display` never show
+/// the settings' values (they may hold a secret key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Location {
+    /// Bucket name (3–63 of `a-z 0-9 . -`).
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+    /// `object_store` settings applied over those from the environment, by their
+    /// `AmazonS3ConfigKey` names (`aws_endpoint`, `aws_access_key_id`, …); for library
+    /// users and tests that cannot set process-wide variables. Empty from `--store`.
+    pub settings: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self.settings.iter().map(|(key, _)| key.as_str()).collect();
+        f.debug_struct("S3Location")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("settings", &keys)
+            .finish()
+    }
+}
+
+impl S3Location {
+    /// Parses `BUCKET[/PREFIX]` (what follows `s3://`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (bucket, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if !valid_bucket {
+            return Err(format!(
+                "{bucket:?} is not a bucket name (3-63 of a-z, 0-9, '.', '-')"
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        let valid_prefix = prefix.split('/').all(|part| {
+            (prefix.is_empty() || !part.is_empty())
+                && part != "."
+                && part != ".."
+                && !part.chars().any(|c| c.is_control())
+        });
+        if !valid_prefix {
+            return Err(format!(
+                "{prefix:?} is not a key prefix (no empty, '.' or '..' parts)"
+            ));
+        }
+        Ok(S3Location {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            settings: Vec::new(),
+        })
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
 }
 
 /// The metadata store a server runs on.
@@ -221,6 +321,7 @@ impl ServerConfig {
             pin_address: false,
             database: Database::Sqlite,
             proxy_protocol: None,
+            store: Store::DataDir,
         }
     }
 

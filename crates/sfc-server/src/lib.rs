@@ -29,6 +29,7 @@ pub use net::proxy_protocol::ProxySources;
 pub use net::rate_limit::RateLimit;
 pub use storage::fs::LocalBlobStore;
 pub use storage::postgres::PostgresStore;
+pub use storage::s3::S3BlobStore;
 pub use storage::setup::Storage;
 pub use storage::sqlite::SqliteStore;
 pub use storage::{

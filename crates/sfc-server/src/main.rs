@@ -28,9 +28,13 @@ fn main() -> ExitCode {
         Some(Command::Clients { json }) => admin::clients_in(&cli.data_dir, &cli.database_choice())
             .and_then(|views| admin::render_clients(&views, *json))
             .map(|text| print!("{text}")),
-        Some(Command::Files { json }) => admin::files_in(&cli.data_dir, &cli.database_choice())
-            .and_then(|views| admin::render_files(&views, *json))
-            .map(|text| print!("{text}")),
+        Some(Command::Files { json }) => admin::files_in_store(
+            &cli.data_dir,
+            &cli.database_choice(),
+            &cli.store.clone().unwrap_or_default(),
+        )
+        .and_then(|views| admin::render_files(&views, *json))
+        .map(|text| print!("{text}")),
         None => serve(&cli),
     };
     match result {

@@ -3,13 +3,12 @@
 //! server safely (WAL: readers do not block the writer), or the `--database`
 //! PostgreSQL, and never create or migrate it.
 
-use crate::config::Database;
-use crate::storage::fs::LocalBlobStore;
-use crate::storage::setup::open_existing_meta;
-use crate::storage::BlobStore;
+use crate::config::{Database, Store};
+use crate::storage::setup::{open_blobs, open_existing_meta};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 /// One registered client.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -85,13 +84,23 @@ pub fn files(data_dir: &Path) -> anyhow::Result<Vec<FileView>> {
 /// The files in `database` (SQLite: the one in `data_dir`), with their size in the
 /// data folder.
 pub fn files_in(data_dir: &Path, database: &Database) -> anyhow::Result<Vec<FileView>> {
+    files_in_store(data_dir, database, &Store::DataDir)
+}
+
+/// The files in `database`, with their size in `store` (`--store`).
+pub fn files_in_store(
+    data_dir: &Path,
+    database: &Database,
+    files_store: &Store,
+) -> anyhow::Result<Vec<FileView>> {
     let store = open_existing_meta(data_dir, database)?;
     let names: HashMap<_, _> = store
         .clients()?
         .into_iter()
         .map(|c| (c.id, c.name))
         .collect();
-    let blobs = LocalBlobStore::new(data_dir);
+    // Recovery never runs here, so the grace period does not matter.
+    let blobs = open_blobs(data_dir, files_store, Duration::MAX)?;
     let mut views: Vec<FileView> = store
         .files()?
         .into_iter()

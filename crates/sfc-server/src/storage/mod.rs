@@ -29,6 +29,7 @@ pub mod fs;
 pub mod names;
 pub mod perms;
 pub mod postgres;
+pub mod s3;
 pub mod setup;
 pub mod sqlite;
 
@@ -188,7 +189,9 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Removes temporary files left by an earlier run; returns how many.
     fn remove_stale_temps(&self) -> io::Result<usize>;
     /// Paths (relative to the data folder, as [`TempBlob::persist`] returns them) of
-    /// every stored file, temporary files excluded.
+    /// every stored file, temporary files excluded; for start-up recovery. A store shared
+    /// by several servers (S3) lists only files too old to be another server's
+    /// upload whose row is about to be committed.
     fn stored_paths(&self) -> io::Result<Vec<String>>;
 }
 

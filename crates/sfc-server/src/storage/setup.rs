@@ -5,12 +5,14 @@
 use super::fs::{DataDirLock, LocalBlobStore, FILES_DIR};
 use super::perms;
 use super::postgres::PostgresStore;
+use super::s3::S3BlobStore;
 use super::sqlite::SqliteStore;
 use super::{BlobStore, FileRecord, MetaStore};
-use crate::config::{Database, ServerConfig, DB_FILE};
+use crate::config::{Database, ServerConfig, Store, DB_FILE};
 use anyhow::Context;
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
 /// The stores a server runs on. [`crate::Server::bind`] opens the standard ones (SQLite
 /// `defensive.db` and the local `files/` folder); tests can pass their own (fault
@@ -53,13 +55,32 @@ impl Storage {
             }
         };
         let meta = open_meta(config)?;
-        let blobs = LocalBlobStore::new(&config.data_dir);
-        Ok(Storage {
-            meta,
-            blobs: Box::new(blobs),
-            lock,
-        })
+        let blobs = open_blobs(&config.data_dir, &config.store, config.upload_timeout)?;
+        Ok(Storage { meta, blobs, lock })
     }
+}
+
+/// The blob store `store` names: `files/` in the data folder or another folder, or an S3
+/// bucket (`grace`: the upload time-out, see [`super::s3`]).
+pub fn open_blobs(
+    data_dir: &Path,
+    store: &Store,
+    grace: Duration,
+) -> anyhow::Result<Box<dyn BlobStore>> {
+    Ok(match store {
+        Store::DataDir => Box::new(LocalBlobStore::new(data_dir)),
+        Store::Folder(root) => {
+            perms::create_private_dir_all(&root.join(FILES_DIR))
+                .with_context(|| format!("cannot create the folder {}", root.display()))?;
+            Box::new(LocalBlobStore::new(root))
+        }
+        Store::S3(location) => {
+            let blobs = S3BlobStore::open(location, grace)
+                .with_context(|| format!("cannot open the object store {location}"))?;
+            tracing::info!(store = %location, "files in object storage");
+            Box::new(blobs)
+        }
+    })
 }
 
 /// The metadata store `config.database` names, created or migrated as needed.

