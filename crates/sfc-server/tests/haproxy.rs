@@ -5,18 +5,22 @@
 //! PostgreSQL serve 300 concurrent clients, and lose only the clients of a node killed
 //! mid-run, which succeed when they try again.
 //!
-//! The files store of the three-node tests is a parameter ([`FileStore`]): each node's own
-//! folder for now (a client keeps reaching one node within a run: persistent connections,
-//! or `balance source`); a shared object store when there is one.
+//! The files store of the three-node tests is a parameter ([`FileStore`]): one S3 bucket
+//! (SeaweedFS) shared by the nodes, the deployment of docs/DEPLOY.md, when SeaweedFS is
+//! installed (in CI it must be); otherwise each node's own folder, which also works
+//! because a client keeps reaching one node within a run (persistent connections, or
+//! `balance source`).
 #![cfg(test)]
 
 mod common;
 
 use common::haproxy::{self, Haproxy, Setup};
 use common::process::{ServerProcess, SERVER_BIN};
+use common::s3;
 use common::*;
 use sfc_crypto::AesKey;
 use sfc_proto::{ClientId, Request, RequestBody, Response, ResponseHeader};
+use sfc_server::config::{S3Location, Store};
 use sfc_server::{MetaStore, ProxySources};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -163,6 +167,30 @@ fn untrusted_sources_missing_and_bad_headers_are_refused() {
 enum FileStore {
     /// Each node its own `--data-dir` (a client must keep reaching the same node).
     NodeFolders,
+    /// One S3 location for all nodes (`--store s3://…`, the AWS_* variables).
+    S3 {
+        endpoint: String,
+        location: S3Location,
+    },
+}
+
+impl FileStore {
+    /// S3 on the test binary's SeaweedFS when there is one (always in CI), else the
+    /// nodes' folders.
+    fn for_test(test: &str) -> FileStore {
+        match s3::shared(test) {
+            Some(weed) => {
+                let Store::S3(location) = weed.fresh() else {
+                    panic!("a fresh S3 location")
+                };
+                FileStore::S3 {
+                    endpoint: weed.endpoint(),
+                    location,
+                }
+            }
+            None => FileStore::NodeFolders,
+        }
+    }
 }
 
 /// An `sfc-server` process behind the balancer.
@@ -184,6 +212,16 @@ impl Node {
             .args(extra);
         match store {
             FileStore::NodeFolders => {}
+            FileStore::S3 { endpoint, location } => {
+                command
+                    .arg("--store")
+                    .arg(format!("s3://{}/{}", location.bucket, location.prefix))
+                    .env("AWS_ENDPOINT_URL", endpoint)
+                    .env("AWS_ALLOW_HTTP", "true")
+                    .env("AWS_REGION", "us-east-1")
+                    .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+                    .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY);
+            }
         }
         match database_url {
             Some(url) => command.env("SFC_DATABASE_URL", url),
@@ -199,7 +237,7 @@ impl Node {
         let _ = self.process.child.wait();
     }
 
-    /// The stored file at a row's path, if this node has it.
+    /// The stored file at a row's path in this node's folder, if it has it.
     fn object(&self, path: &str) -> Option<Vec<u8>> {
         std::fs::read(self.dir.path().join(path)).ok()
     }
@@ -509,7 +547,7 @@ fn run_all(clients: Vec<Client>) -> Vec<(Client, Result<(), Failure>)> {
 
 /// Every row names a stored object; every verified row's object has the content its
 /// client sent; every client that finished has its files verified.
-fn check_rows(database_url: &str, nodes: &[Node], finished: &[usize]) {
+fn check_rows(database_url: &str, store: &FileStore, nodes: &[Node], finished: &[usize]) {
     let url = sfc_server::config::PostgresUrl::parse(database_url).unwrap();
     let meta = sfc_server::PostgresStore::open_existing(&url).unwrap();
     let names: HashMap<ClientId, usize> = meta
@@ -520,7 +558,12 @@ fn check_rows(database_url: &str, nodes: &[Node], finished: &[usize]) {
         .collect();
     let rows = meta.files().unwrap();
     for row in &rows {
-        let copies: Vec<Vec<u8>> = nodes.iter().filter_map(|n| n.object(&row.path)).collect();
+        let copies: Vec<Vec<u8>> = match store {
+            FileStore::NodeFolders => nodes.iter().filter_map(|n| n.object(&row.path)).collect(),
+            FileStore::S3 { location, .. } => {
+                s3::read(location, &row.path).ok().into_iter().collect()
+            }
+        };
         assert!(!copies.is_empty(), "a row without an object: {row:?}");
         if row.verified {
             let number = names[&row.client_id];
@@ -569,7 +612,8 @@ fn three_nodes_on_postgres_serve_300_concurrent_clients() {
     };
     let _alone = one_at_a_time();
     let url = cluster.url(&cluster.create_database());
-    let store = FileStore::NodeFolders;
+    let store = FileStore::for_test(test);
+    eprintln!("{test}: files in {store:?}");
     let mut nodes = three_nodes(&url, &store);
     // Persistent clients through round robin, per-request clients through source
     // affinity: two balancers over the same nodes, at the same time.
@@ -597,13 +641,14 @@ fn three_nodes_on_postgres_serve_300_concurrent_clients() {
         panic!("failed clients: {failed:?}; the nodes said: {why:?}");
     }
     let finished: Vec<usize> = results.iter().map(|(c, _)| c.number).collect();
-    check_rows(&url, &nodes, &finished);
+    check_rows(&url, &store, &nodes, &finished);
     // Every node served some of them (the balancers spread the clients).
-    for node in &nodes {
-        let stored = std::fs::read_dir(node.dir.path().join("files"))
-            .map(|dir| dir.count())
-            .unwrap_or(0);
-        assert!(stored > 0, "node {} stored nothing", node.addr);
+    for node in &mut nodes {
+        assert!(
+            node.process.wait_for("reply=1603").is_some(),
+            "node {} stored nothing",
+            node.addr
+        );
     }
 }
 
@@ -618,7 +663,8 @@ fn a_node_killed_mid_run_loses_only_its_clients_who_succeed_on_rerun() {
     };
     let _alone = one_at_a_time();
     let url = cluster.url(&cluster.create_database());
-    let store = FileStore::NodeFolders;
+    let store = FileStore::for_test(test);
+    eprintln!("{test}: files in {store:?}");
     let mut nodes = three_nodes(&url, &store);
     let balancer = Haproxy::start(&nodes_setup(&nodes, None));
     let pause = Pause::new(120);
@@ -684,7 +730,7 @@ fn a_node_killed_mid_run_loses_only_its_clients_who_succeed_on_rerun() {
         );
         finished.push(client.number);
     }
-    check_rows(&url, &nodes, &finished);
+    check_rows(&url, &store, &nodes, &finished);
 }
 
 /// The excerpt docs/DEPLOY.md quotes is in the file the tests run, line for line.
