@@ -695,7 +695,11 @@ fn a_node_killed_mid_run_loses_only_its_clients_who_succeed_on_rerun() {
     for (client, result) in results {
         match result {
             Ok(()) => finished.push(client.number),
-            Err(Failure::Network(_) | Failure::Refused(_)) if on_killed_node(client.number) => {
+            // A connection to the killed node breaks: a network error. A per-request
+            // client's next packet reaches another node, which does not have its upload:
+            // a refusal (1607), and it sends the file again.
+            Err(Failure::Network(_)) if on_killed_node(client.number) => again.push(client),
+            Err(Failure::Refused(_)) if client.per_request && on_killed_node(client.number) => {
                 again.push(client)
             }
             Err(error) => panic!(
