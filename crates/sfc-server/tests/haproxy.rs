@@ -328,6 +328,8 @@ struct Client {
     conn: Option<TcpStream>,
     id: Option<ClientId>,
     key: Option<AesKey>,
+    /// Files it stores, one after the other.
+    files: usize,
     /// Files it has stored and verified.
     done: usize,
     /// Where it waits once, in the middle of its second file ([`Pause`]).
@@ -355,7 +357,6 @@ impl Pause {
     }
 }
 
-const FILES_PER_CLIENT: usize = 2;
 const PACKET: usize = 2_000;
 
 fn file_of(client: usize, file: usize) -> (String, Vec<u8>) {
@@ -375,6 +376,7 @@ impl Client {
             conn: None,
             id: None,
             key: None,
+            files: 1,
             done: 0,
             pause: None,
         }
@@ -461,7 +463,7 @@ impl Client {
             .map_err(|e| Failure::Protocol(format!("key: {e:?}")))?;
         self.key = Some(key.clone());
         let id = self.id.ok_or_else(|| Failure::Protocol("no ID".into()))?;
-        while self.done < FILES_PER_CLIENT {
+        while self.done < self.files {
             let (file, plain) = file_of(self.number, self.done);
             let cipher = encrypt(&key, &plain);
             let all = packets(id, &file, plain.len(), &cipher, PACKET, ContentSize::Whole);
@@ -547,7 +549,8 @@ fn run_all(clients: Vec<Client>) -> Vec<(Client, Result<(), Failure>)> {
 
 /// Every row names a stored object; every verified row's object has the content its
 /// client sent; every client that finished has its files verified.
-fn check_rows(database_url: &str, store: &FileStore, nodes: &[Node], finished: &[usize]) {
+/// `finished`: the clients that ended well, with the number of files each stored.
+fn check_rows(database_url: &str, store: &FileStore, nodes: &[Node], finished: &[(usize, usize)]) {
     let url = sfc_server::config::PostgresUrl::parse(database_url).unwrap();
     let meta = sfc_server::PostgresStore::open_existing(&url).unwrap();
     let names: HashMap<ClientId, usize> = meta
@@ -577,12 +580,12 @@ fn check_rows(database_url: &str, store: &FileStore, nodes: &[Node], finished: &
             );
         }
     }
-    for number in finished {
+    for (number, files) in finished {
         let verified = rows
             .iter()
             .filter(|row| names.get(&row.client_id) == Some(number) && row.verified)
             .count();
-        assert_eq!(verified, FILES_PER_CLIENT, "client {number}'s files");
+        assert_eq!(verified, *files, "client {number}'s files");
     }
 }
 
@@ -640,7 +643,7 @@ fn three_nodes_on_postgres_serve_300_concurrent_clients() {
             .collect();
         panic!("failed clients: {failed:?}; the nodes said: {why:?}");
     }
-    let finished: Vec<usize> = results.iter().map(|(c, _)| c.number).collect();
+    let finished: Vec<(usize, usize)> = results.iter().map(|(c, _)| (c.number, c.files)).collect();
     check_rows(&url, &store, &nodes, &finished);
     // Every node served some of them (the balancers spread the clients).
     for node in &mut nodes {
@@ -667,10 +670,12 @@ fn a_node_killed_mid_run_loses_only_its_clients_who_succeed_on_rerun() {
     eprintln!("{test}: files in {store:?}");
     let mut nodes = three_nodes(&url, &store);
     let balancer = Haproxy::start(&nodes_setup(&nodes, None));
-    let pause = Pause::new(120);
-    let clients: Vec<Client> = (0..120)
+    let pause = Pause::new(90);
+    let clients: Vec<Client> = (0..90)
         .map(|n| {
             let mut client = Client::new(1000 + n, balancer.addr, n % 2 == 1);
+            // The pause is in the middle of the second file.
+            client.files = 2;
             client.pause = Some(pause.clone());
             client
         })
@@ -694,7 +699,7 @@ fn a_node_killed_mid_run_loses_only_its_clients_who_succeed_on_rerun() {
     let mut finished = Vec::new();
     for (client, result) in results {
         match result {
-            Ok(()) => finished.push(client.number),
+            Ok(()) => finished.push((client.number, client.files)),
             // A connection to the killed node breaks: a network error. A per-request
             // client's next packet reaches another node, which does not have its upload:
             // a refusal (1607), and it sends the file again.
@@ -732,7 +737,7 @@ fn a_node_killed_mid_run_loses_only_its_clients_who_succeed_on_rerun() {
             "client {} on rerun: {result:?}",
             client.number
         );
-        finished.push(client.number);
+        finished.push((client.number, client.files));
     }
     check_rows(&url, &store, &nodes, &finished);
 }
