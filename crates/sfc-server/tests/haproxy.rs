@@ -256,6 +256,43 @@ fn client_ip(n: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 1, (n / 250) as u8, (n % 250 + 1) as u8))
 }
 
+/// Each refusal leaves a line in the node's log that says why, with the address.
+#[test]
+fn refusals_are_logged() {
+    init_logging();
+    let mut node = Node::start(None, &FileStore::NodeFolders, &["--request-timeout", "1"]);
+    let mut untrusted = conn_with_header(
+        ip("127.0.0.2"),
+        node.addr,
+        &v2_header(SocketAddr::from(([127, 0, 0, 5], 1)), node.addr),
+    );
+    assert!(untrusted.closed_within(Duration::from_secs(5)));
+    let line = node
+        .process
+        .wait_for("not from a --proxy-from address")
+        .expect("a log line for an untrusted source");
+    assert!(line.contains("127.0.0.2"), "{line}");
+    for (bytes, reason) in [
+        (&b"GET / HTTP/1.0\r\n\r\n"[..], "no PROXY header"),
+        (
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n",
+            "malformed PROXY v1 line",
+        ),
+        (b"PROXY TCP4 1.2.3.4", "no complete PROXY header within"),
+    ] {
+        let mut conn = conn_with_header(ip("127.0.0.1"), node.addr, bytes);
+        assert!(conn.closed_within(Duration::from_secs(5)), "{reason}");
+        let line = node
+            .process
+            .wait_for(reason)
+            .unwrap_or_else(|| panic!("a log line saying {reason:?}"));
+        assert!(
+            line.contains("connection refused: bad PROXY header"),
+            "{line}"
+        );
+    }
+}
+
 #[test]
 fn haproxy_passes_the_client_address_v2_and_v1() {
     if !haproxy::available("haproxy_passes_the_client_address_v2_and_v1") {
