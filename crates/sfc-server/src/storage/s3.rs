@@ -559,8 +559,11 @@ impl TempBlob for S3Temp {
         while !bytes.is_empty() {
             let room = PART_SIZE.saturating_sub(self.buffer.len());
             let (now, later) = bytes.split_at(room.min(bytes.len()));
-            if self.upload.is_some() && self.buffer.capacity() < PART_SIZE {
-                self.buffer.reserve_exact(PART_SIZE - self.buffer.len());
+            // Grows as Vec does (doubling), but never beyond one part.
+            let needed = self.buffer.len() + now.len();
+            if needed > self.buffer.capacity() {
+                let want = needed.max(self.buffer.capacity() * 2).min(PART_SIZE);
+                self.buffer.reserve_exact(want - self.buffer.len());
             }
             self.buffer.extend_from_slice(now);
             bytes = later;
