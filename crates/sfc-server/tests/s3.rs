@@ -282,8 +282,10 @@ fn a_64_mib_upload_keeps_the_server_s_memory_bounded() {
         "peak RSS {} MiB before, grew {growth_mib} MiB on a 64 MiB upload",
         baseline / 1024
     );
+    // Two 8 MiB parts at most, plus the session's decrypted batches and the HTTP
+    // client's buffers; a store holding the file would grow by 64 MiB or more.
     assert!(
-        growth_mib < 24,
+        growth_mib < 32,
         "the server's peak memory grew {growth_mib} MiB on a 64 MiB upload"
     );
     let Store::S3(mut location) = weed.fresh() else {
