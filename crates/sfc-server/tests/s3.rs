@@ -105,7 +105,14 @@ fn small_and_multipart_objects_persist_replace_and_undo() {
     store.remove(&rel).unwrap();
     store.remove(&rel).unwrap();
     assert_eq!(objects(), [(large_rel, large)]);
-    assert!(store.remove("files/../../x").is_err());
+    for outside in [
+        "files/../../x",
+        "/srv/other/theirs",
+        "uploads/x/y/z",
+        "files/x/y",
+    ] {
+        assert!(store.remove(outside).is_err(), "{outside}");
+    }
 }
 
 #[test]

@@ -57,6 +57,7 @@
 //! store that is down fails the request (1607) within seconds instead of minutes.
 
 use super::names::is_temp_name;
+use super::setup::is_own_path;
 use super::{BlobStore, Persisted, TempBlob};
 use crate::config::S3Location;
 use crate::storage::fs::FILES_DIR;
@@ -251,6 +252,19 @@ impl Shared {
         })
     }
 
+    /// The key of a stored file's row path, which must have the form this store writes
+    /// (`files/<32 hex digits>/<name>`): a row adopted from elsewhere never names a key
+    /// outside the client folders.
+    fn stored_key(&self, path: &str) -> io::Result<Key> {
+        if !is_own_path(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("stored path {path:?} is not files/<client id>/<name>"),
+            ));
+        }
+        self.key(path)
+    }
+
     /// `rel` of a key under the prefix.
     fn rel<'a>(&self, key: &'a Key) -> Option<&'a str> {
         key.as_ref().strip_prefix(self.prefix.as_str())
@@ -324,12 +338,12 @@ impl BlobStore for S3BlobStore {
     }
 
     fn remove(&self, path: &str) -> io::Result<()> {
-        let key = self.shared.key(path)?;
+        let key = self.shared.stored_key(path)?;
         self.shared.run(self.shared.delete_quietly(&key))
     }
 
     fn size(&self, path: &str) -> io::Result<u64> {
-        let key = self.shared.key(path)?;
+        let key = self.shared.stored_key(path)?;
         Ok(self.shared.run(self.shared.s3.head(&key))?.size)
     }
 
