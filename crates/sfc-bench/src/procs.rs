@@ -221,6 +221,16 @@ pub struct Server {
 impl Server {
     /// Starts a server on 127.0.0.1 with a free port; returns once it is listening.
     pub fn start(bin: &Path, data_dir: &Path, extra: &[String]) -> Result<Server> {
+        Self::start_with_env(bin, data_dir, extra, &[])
+    }
+
+    /// [`Server::start`] with more environment variables (the S3 store's `AWS_*`).
+    pub fn start_with_env(
+        bin: &Path,
+        data_dir: &Path,
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> Result<Server> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
         let mut child = Command::new(bin)
@@ -228,6 +238,7 @@ impl Server {
             .arg(data_dir)
             .args(["--port", "0", "--bind", "127.0.0.1", "--log-level", "info"])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

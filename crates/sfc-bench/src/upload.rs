@@ -30,6 +30,8 @@ pub struct UploadConfig<'a> {
     pub disk: bool,
     /// Seconds per `openssl speed` measurement.
     pub openssl_seconds: u32,
+    /// `--store` for the server (S3), and the environment it needs; `None`: the data folder.
+    pub store: Option<(&'a str, &'a [(String, String)])>,
 }
 
 /// Figures of one scenario.
@@ -73,12 +75,44 @@ fn stored_size(data_dir: &Path) -> Option<u64> {
         .max()
 }
 
+/// Size of the largest stored file according to the server's admin view (any store).
+fn stored_size_in(
+    bin: &Path,
+    data_dir: &Path,
+    store: &str,
+    env: &[(String, String)],
+) -> Result<Option<u64>> {
+    let output = std::process::Command::new(bin)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--store", store, "files", "--json"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "sfc-server files failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let files: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    Ok(files
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|file| file.get("size").and_then(serde_json::Value::as_u64))
+        .max())
+}
+
 /// Runs the scenario.
 pub fn run(cfg: &UploadConfig<'_>) -> Result<UploadResult> {
     let data = cfg.work.join("server");
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
-    let mut server = Server::start(&cfg.bins.server, &data, &[])?;
+    let (args, env) = match cfg.store {
+        Some((store, env)) => (vec!["--store".to_string(), store.to_string()], env),
+        None => (Vec::new(), &[][..]),
+    };
+    let mut server = Server::start_with_env(&cfg.bins.server, &data, &args, env)?;
     std::thread::sleep(Duration::from_millis(500));
     let mut result = UploadResult {
         server_idle_kb: server.rss_kb()?,
@@ -132,7 +166,11 @@ pub fn run(cfg: &UploadConfig<'_>) -> Result<UploadResult> {
                 server.tail(10)
             );
         }
-        match stored_size(&data) {
+        let stored = match cfg.store {
+            Some((store, env)) => stored_size_in(&cfg.bins.server, &data, store, env)?,
+            None => stored_size(&data),
+        };
+        match stored {
             Some(size) if size == cfg.size => {}
             other => bail!("the server stored {other:?} bytes, expected {}", cfg.size),
         }

@@ -57,6 +57,7 @@
 //! store that is down fails the request (1607) within seconds instead of minutes.
 
 use super::names::is_temp_name;
+use super::setup::is_own_path;
 use super::{BlobStore, Persisted, TempBlob};
 use crate::config::S3Location;
 use crate::storage::fs::FILES_DIR;
@@ -251,6 +252,19 @@ impl Shared {
         })
     }
 
+    /// The key of a stored file's row path, which must have the form this store writes
+    /// (`files/<32 hex digits>/<name>`): a row adopted from elsewhere never names a key
+    /// outside the client folders.
+    fn stored_key(&self, path: &str) -> io::Result<Key> {
+        if !is_own_path(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("stored path {path:?} is not files/<client id>/<name>"),
+            ));
+        }
+        self.key(path)
+    }
+
     /// `rel` of a key under the prefix.
     fn rel<'a>(&self, key: &'a Key) -> Option<&'a str> {
         key.as_ref().strip_prefix(self.prefix.as_str())
@@ -282,10 +296,7 @@ impl Shared {
 
     /// Deletes an object; one that is already gone is fine.
     async fn delete_quietly(&self, key: &Key) -> Result<(), object_store::Error> {
-        match self.s3.delete(key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(error) => Err(error),
-        }
+        delete_quietly(&self.s3, key).await
     }
 
     /// Starts `work` on the runtime without waiting (from `Drop`, which may run anywhere).
@@ -327,12 +338,12 @@ impl BlobStore for S3BlobStore {
     }
 
     fn remove(&self, path: &str) -> io::Result<()> {
-        let key = self.shared.key(path)?;
+        let key = self.shared.stored_key(path)?;
         self.shared.run(self.shared.delete_quietly(&key))
     }
 
     fn size(&self, path: &str) -> io::Result<u64> {
-        let key = self.shared.key(path)?;
+        let key = self.shared.stored_key(path)?;
         Ok(self.shared.run(self.shared.s3.head(&key))?.size)
     }
 
@@ -404,6 +415,14 @@ impl BlobStore for S3BlobStore {
     }
 }
 
+/// Deletes an object; one that is already gone is fine.
+async fn delete_quietly(s3: &AmazonS3, key: &Key) -> Result<(), object_store::Error> {
+    match s3.delete(key).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 /// The client folder and name a marker `uploads/<hex>/<name>/<uuid>` stands for.
 fn marker_target(rel: &str) -> Option<(&str, &str)> {
     let mut parts = rel.strip_prefix(UPLOADS_DIR)?.strip_prefix('/')?.split('/');
@@ -469,11 +488,11 @@ impl S3Temp {
         };
         let data = PutPayload::from(std::mem::take(&mut self.buffer));
         let index = upload.parts.len() + upload.in_flight.len();
-        let (task_shared, key, id) = (Arc::clone(&shared), self.key.clone(), upload.id.clone());
+        let (s3, key, id) = (shared.s3.clone(), self.key.clone(), upload.id.clone());
         upload.in_flight.push_back(
             shared
                 .handle
-                .spawn(async move { task_shared.s3.put_part(&key, &id, index, data).await }),
+                .spawn(async move { s3.put_part(&key, &id, index, data).await }),
         );
         while upload.in_flight.len() > PARTS_IN_FLIGHT {
             collect_part(&shared, upload)?;
@@ -554,8 +573,11 @@ impl TempBlob for S3Temp {
         while !bytes.is_empty() {
             let room = PART_SIZE.saturating_sub(self.buffer.len());
             let (now, later) = bytes.split_at(room.min(bytes.len()));
-            if self.upload.is_some() && self.buffer.capacity() < PART_SIZE {
-                self.buffer.reserve_exact(PART_SIZE - self.buffer.len());
+            // Grows as Vec does (doubling), but never beyond one part.
+            let needed = self.buffer.len() + now.len();
+            if needed > self.buffer.capacity() {
+                let want = needed.max(self.buffer.capacity() * 2).min(PART_SIZE);
+                self.buffer.reserve_exact(want - self.buffer.len());
             }
             self.buffer.extend_from_slice(now);
             bytes = later;
@@ -609,12 +631,14 @@ impl Drop for S3Temp {
         for task in &upload.in_flight {
             task.abort();
         }
-        let shared = Arc::clone(&self.shared);
+        // The task holds the client only: the store (and its runtime) is never dropped
+        // on one of its own threads.
+        let s3 = self.shared.s3.clone();
         let (key, marker) = (self.key.clone(), self.marker.clone());
         self.shared
             .spawn_detached("cannot abort an upload", async move {
-                shared.s3.abort_multipart(&key, &upload.id).await?;
-                shared.delete_quietly(&marker).await
+                s3.abort_multipart(&key, &upload.id).await?;
+                delete_quietly(&s3, &marker).await
             });
     }
 }

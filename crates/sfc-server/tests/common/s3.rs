@@ -63,12 +63,26 @@ pub fn available(test: &str) -> bool {
     false
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Free ports on 127.0.0.1 below the ephemeral range (Linux: 32768 and up), so that none
+/// of SeaweedFS's own outgoing connections can take one before its server binds it.
+fn free_ports<const N: usize>() -> [u16; N] {
+    // Each call of this process starts where the last one ended: two servers starting
+    // at once never pick the same ports.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut held = Vec::new();
+    while held.len() < N {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let candidate =
+            20_000 + (std::process::id().wrapping_mul(97).wrapping_add(step) % 12_000) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", candidate)) {
+            held.push(listener);
+        }
+    }
+    let mut ports = [0u16; N];
+    for (port, listener) in ports.iter_mut().zip(&held) {
+        *port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    }
+    ports
 }
 
 /// A SeaweedFS server with an S3 endpoint.
@@ -101,7 +115,7 @@ impl Weed {
         let mut weed = Weed {
             dir,
             bin,
-            ports: std::array::from_fn(|_| free_port()),
+            ports: free_ports(),
             child: None,
             watchdog: None,
             prefixes: AtomicUsize::new(0),
