@@ -178,11 +178,16 @@ impl Server {
                         stop: stop_rx.clone(),
                     };
                     if let Some(balancers) = &config.proxy_protocol {
+                        if !balancers.trusts(peer.ip()) {
+                            tracing::info!(%peer, "connection refused: not from a --proxy-from address (--proxy-protocol is on)");
+                            drop(stream);
+                            drop(permit);
+                            continue;
+                        }
                         // The client's address is in the header: admitted on the task.
                         let per_address = Arc::clone(&per_address);
-                        let trusted = balancers.trusts(peer.ip());
                         connections.spawn(async move {
-                            serve_proxied(stream, peer, trusted, &per_address, shared).await;
+                            serve_proxied(stream, peer, &per_address, shared).await;
                             drop(permit);
                         });
                         continue;
@@ -305,19 +310,14 @@ async fn serve_accepted(stream: tokio::net::TcpStream, peer: SocketAddr, shared:
     }
 }
 
-/// `--proxy-protocol`: a balancer's connection, served as its client's once the PROXY
-/// header is read (net::proxy_protocol); any other connection is refused and closed.
+/// `--proxy-protocol`: a trusted balancer's connection, served as its client's once the
+/// PROXY header is read (net::proxy_protocol); without a valid header it is closed.
 async fn serve_proxied(
     mut stream: tokio::net::TcpStream,
     balancer: SocketAddr,
-    trusted: bool,
     per_address: &Arc<ConnectionsPerAddress>,
     shared: Shared,
 ) {
-    if !trusted {
-        tracing::info!(peer = %balancer, "connection refused: not from a --proxy-from address (--proxy-protocol is on)");
-        return;
-    }
     let header = proxy_protocol::read_header(&mut stream, shared.request_timeout).await;
     let client = match header {
         Ok(header) => header.client_address(balancer),
