@@ -179,6 +179,35 @@ async fn flow(shared: Arc<Shared>, index: usize) -> Result<Duration> {
 
 /// Runs the scenario against a fresh server.
 pub fn run(cfg: &FlowConfig<'_>) -> Result<FlowResult> {
+    let (keys, plaintext) = prepare(cfg)?;
+    let data = cfg.work.join("server");
+    let _ = std::fs::remove_dir_all(&data);
+    let mut server = Server::start(&cfg.bins.server, &data, &[])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let server_idle_kb = server.rss_kb()?;
+    let hwm_reset = reset_hwm(server.pid);
+    let sampler = RssSampler::start(vec![server.pid]);
+    let (outcomes, elapsed) = drive(server.addr, keys, plaintext, cfg)?;
+    let sampled = sampler.finish().first().copied().unwrap_or(0);
+    let hwm = if hwm_reset {
+        status_kb(server.pid, "VmHWM").unwrap_or(0)
+    } else {
+        0
+    };
+    server.check_alive()?;
+    let mut result = tally(outcomes, elapsed);
+    result.server_idle_kb = server_idle_kb;
+    result.server_peak_kb = sampled.max(hwm);
+    server.stop()?;
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(result)
+}
+
+/// A few key pairs the clients share, each with its public key (DER).
+pub type SharedKeys = Vec<(RsaKeyPair, Vec<u8>)>;
+
+/// The shared key pairs and the file every client uploads.
+pub fn prepare(cfg: &FlowConfig<'_>) -> Result<(SharedKeys, Vec<u8>)> {
     let keys = (0..4)
         .map(|_| {
             let pair = RsaKeyPair::generate().map_err(|e| anyhow!("{e}"))?;
@@ -194,13 +223,39 @@ pub fn run(cfg: &FlowConfig<'_>) -> Result<FlowResult> {
         state ^= state << 17;
         *byte = state as u8;
     }
-    let data = cfg.work.join("server");
-    let _ = std::fs::remove_dir_all(&data);
-    let mut server = Server::start(&cfg.bins.server, &data, &[])?;
-    std::thread::sleep(Duration::from_millis(300));
-    let server_idle_kb = server.rss_kb()?;
+    Ok((keys, plaintext))
+}
+
+/// The flows' outcomes as figures (no server figures).
+pub fn tally(outcomes: Vec<Result<Duration>>, elapsed: Duration) -> FlowResult {
+    let mut result = FlowResult {
+        started: outcomes.len(),
+        elapsed: elapsed.as_secs_f64(),
+        ..FlowResult::default()
+    };
+    for outcome in outcomes {
+        match outcome {
+            Ok(latency) => {
+                result.ok += 1;
+                result.latencies.push(latency.as_secs_f64());
+            }
+            Err(error) if result.errors.len() < 5 => result.errors.push(format!("{error:#}")),
+            Err(_) => {}
+        }
+    }
+    result
+}
+
+/// Starts `cfg.clients` flows against `addr` at once; their outcomes and the time from
+/// the start to the last one's end.
+pub fn drive(
+    addr: SocketAddr,
+    keys: SharedKeys,
+    plaintext: Vec<u8>,
+    cfg: &FlowConfig<'_>,
+) -> Result<(Vec<Result<Duration>>, Duration)> {
     let shared = Arc::new(Shared {
-        addr: server.addr,
+        addr,
         keys,
         cksum: cksum(&plaintext),
         plaintext,
@@ -211,8 +266,6 @@ pub fn run(cfg: &FlowConfig<'_>) -> Result<FlowResult> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let hwm_reset = reset_hwm(server.pid);
-    let sampler = RssSampler::start(vec![server.pid]);
     let timeout = cfg.timeout;
     let clients = cfg.clients;
     let (outcomes, elapsed) = runtime.block_on(async move {
@@ -239,31 +292,5 @@ pub fn run(cfg: &FlowConfig<'_>) -> Result<FlowResult> {
         (outcomes, started.elapsed())
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
-    let sampled = sampler.finish().first().copied().unwrap_or(0);
-    let hwm = if hwm_reset {
-        status_kb(server.pid, "VmHWM").unwrap_or(0)
-    } else {
-        0
-    };
-    server.check_alive()?;
-    let mut result = FlowResult {
-        started: clients,
-        elapsed: elapsed.as_secs_f64(),
-        server_idle_kb,
-        server_peak_kb: sampled.max(hwm),
-        ..FlowResult::default()
-    };
-    for outcome in outcomes {
-        match outcome {
-            Ok(latency) => {
-                result.ok += 1;
-                result.latencies.push(latency.as_secs_f64());
-            }
-            Err(error) if result.errors.len() < 5 => result.errors.push(format!("{error:#}")),
-            Err(_) => {}
-        }
-    }
-    server.stop()?;
-    let _ = std::fs::remove_dir_all(&data);
-    Ok(result)
+    Ok((outcomes, elapsed))
 }

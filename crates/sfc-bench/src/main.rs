@@ -12,11 +12,13 @@
 //! concurrent whole flows), `idle` (e: 10,000 idle connections and a normal client), `micro`
 //! (f: AES decryption and cksum against `openssl speed -decrypt` and `cksum`), `s3` (g: the
 //! upload of a with the files in S3, a SeaweedFS on this machine, beside a run of a; not
-//! part of `all`, it needs `weed`).
+//! part of `all`, it needs `weed`), `balanced` (h: the flows of (d) through HAProxy to
+//! three nodes, docs/DEPLOY.md's deployment; not part of `all`, it needs `haproxy`).
 //!
 //! The tool exits non-zero when a run fails (a transfer, a flow, a child process), never
 //! because a figure misses its target.
 
+mod balanced;
 mod flows;
 mod idle;
 mod micro;
@@ -68,6 +70,19 @@ struct Cli {
     /// Also run (d) with the server's data folder on disk (always done by `all`).
     #[arg(long, global = true)]
     flows_on_disk: bool,
+    /// Nodes behind HAProxy in (g).
+    #[arg(long, global = true, default_value_t = 3)]
+    nodes: usize,
+    /// The haproxy program for (g).
+    #[arg(long, global = true, default_value = "haproxy")]
+    haproxy: PathBuf,
+    /// HAProxy configuration for (g) (its bind and server lines are replaced)
+    /// [default: the repository's docs/deploy/haproxy.cfg].
+    #[arg(long, global = true)]
+    haproxy_config: Option<PathBuf>,
+    /// PostgreSQL URL the (g) nodes share (postgres://…) [default: each node's SQLite].
+    #[arg(long, global = true)]
+    database: Option<String>,
     /// Idle connections in (e).
     #[arg(long, global = true, default_value_t = 10_000)]
     idle_connections: usize,
@@ -103,7 +118,10 @@ enum Scenario {
     /// (g): the (a) upload with the files in S3 (SeaweedFS here, its data on tmpfs),
     /// beside (a) in the same run. Not part of `all`.
     S3,
-    /// Everything above but s3.
+    /// (h): the flows of (d) through HAProxy (docs/deploy/haproxy.cfg) to --nodes nodes.
+    /// Not part of `all`.
+    Balanced,
+    /// Everything above but s3 and balanced.
     All,
 }
 
@@ -562,6 +580,102 @@ fn run_flows(ctx: &mut Context_, on_disk: bool) -> Result<()> {
     Ok(())
 }
 
+fn run_balanced(ctx: &mut Context_) -> Result<()> {
+    let cli = &ctx.cli;
+    let metadata = if cli.database.is_some() {
+        "one PostgreSQL database"
+    } else {
+        "each node's SQLite"
+    };
+    eprintln!(
+        "(h) {} concurrent flows through HAProxy to {} nodes, metadata in {metadata} ...",
+        cli.clients, cli.nodes
+    );
+    let template = cli
+        .haproxy_config
+        .clone()
+        .unwrap_or_else(balanced::default_template);
+    let work = ctx.shm.join("balanced");
+    let mut runs = Vec::new();
+    for run in 0..cli.runs {
+        let result = balanced::run(&balanced::BalancedConfig {
+            flows: flows::FlowConfig {
+                bins: &ctx.bins,
+                work: &work,
+                clients: cli.clients,
+                file_size: cli.flow_file_size,
+                packet_size: cli.flow_packet_size,
+                timeout: Duration::from_secs(60),
+            },
+            nodes: cli.nodes,
+            haproxy: &cli.haproxy,
+            template: &template,
+            database: cli.database.as_deref(),
+        });
+        let _ = std::fs::remove_dir_all(&work);
+        let result = result?;
+        eprintln!(
+            "    run {}: {}/{} ok in {:.2} s = {:.0} flows/s, p50 {:.3} s, p99 {:.3} s",
+            run + 1,
+            result.ok,
+            result.started,
+            result.elapsed,
+            result.rate(),
+            result.p50(),
+            result.p99(),
+        );
+        for error in &result.errors {
+            eprintln!("      failure: {error}");
+        }
+        runs.push(result);
+    }
+    let ok: usize = runs.iter().map(|r| r.ok).sum();
+    let started: usize = runs.iter().map(|r| r.started).sum();
+    let rate = Spread::of(&runs.iter().map(|r| r.rate()).collect::<Vec<_>>());
+    let p50 = Spread::of(&runs.iter().map(|r| r.p50() * 1000.0).collect::<Vec<_>>());
+    let p99 = Spread::of(&runs.iter().map(|r| r.p99() * 1000.0).collect::<Vec<_>>());
+    let what = format!(
+        "{} concurrent clients × (825, 826, {} B file, 900) through HAProxy to {} nodes, metadata in {metadata}",
+        cli.clients, cli.flow_file_size, cli.nodes
+    );
+    ctx.rows.push(Row {
+        id: "h".into(),
+        what: format!("{what}: successful flows"),
+        ours: format!("{ok}/{started}"),
+        reference: "—".into(),
+        ratio: None,
+        target: "100 %".into(),
+        met: Some(ok == started),
+    });
+    ctx.rows.push(Row {
+        id: "h".into(),
+        what: "flows per second; p99 flow latency (p50)".into(),
+        ours: format!(
+            "{} flows/s; {} ms ({} ms)",
+            rate.show(0),
+            p99.show(0),
+            p50.show(0)
+        ),
+        reference: "—".into(),
+        ratio: None,
+        target: "(reported; compare with d of the same run)".into(),
+        met: None,
+    });
+    ctx.json.insert(
+        "h_balanced".into(),
+        json!({
+            "clients": ctx.cli.clients, "nodes": ctx.cli.nodes, "postgres": ctx.cli.database.is_some(),
+            "ok": ok, "started": started,
+            "flows_per_s": rate.json(), "p50_ms": p50.json(), "p99_ms": p99.json(),
+            "errors": runs.iter().flat_map(|r| r.errors.clone()).collect::<Vec<_>>(),
+        }),
+    );
+    if ok != started {
+        bail!("{} of {started} flows failed", started - ok);
+    }
+    Ok(())
+}
+
 fn run_idle(ctx: &mut Context_) -> Result<()> {
     eprintln!("(e) {} idle connections ...", ctx.cli.idle_connections);
     let work = ctx.shm.join("idle");
@@ -767,6 +881,9 @@ fn real_main(cli: Cli) -> Result<bool> {
     }
     if scenario == Scenario::S3 {
         step(&mut ctx, "s3", &run_s3);
+    }
+    if scenario == Scenario::Balanced {
+        step(&mut ctx, "balanced", &run_balanced);
     }
     if let Some(source) = ctx.source.take() {
         let _ = std::fs::remove_file(source);

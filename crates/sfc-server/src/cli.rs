@@ -8,6 +8,7 @@ use crate::config::{
     DEFAULT_REGISTER_RATE, DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS,
     DEFAULT_UPLOAD_BUFFERS_MIB, DEFAULT_UPLOAD_TIMEOUT_SECS,
 };
+use crate::net::proxy_protocol::ProxySources;
 use crate::net::rate_limit::RateLimit;
 use crate::net::tls::TlsFiles;
 use clap::{Parser, Subcommand};
@@ -165,6 +166,21 @@ pub struct Cli {
           value_parser = parse_positive_usize)]
     pub database_pool: usize,
 
+    /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy-v2 sends) from
+    /// the balancers listed in --proxy-from.
+    ///
+    /// Behind a TCP balancer every connection comes from the balancer; its header names
+    /// the client, whose address then counts for the per-address limits, rate limits,
+    /// --pin-address and the logs. Connections from other addresses, and connections
+    /// without a valid header within --request-timeout, are refused.
+    #[arg(long, requires = "proxy_from")]
+    pub proxy_protocol: bool,
+
+    /// The balancers trusted to send PROXY headers: addresses and networks, comma-separated
+    /// (e.g. 127.0.0.1,10.0.0.0/8).
+    #[arg(long, value_name = "LIST", requires = "proxy_protocol",
+          value_parser = ProxySources::parse)]
+    pub proxy_from: Option<ProxySources>,
     /// Keep received files in this local folder (file://PATH) or in S3-compatible object
     /// storage (s3://BUCKET/PREFIX; endpoint, region and credentials from AWS_ENDPOINT_URL,
     /// AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP) instead of
@@ -250,6 +266,7 @@ impl Cli {
         config.failure_limit = RateLimit::new(self.fail_rate, self.fail_burst);
         config.pin_address = self.pin_address;
         config.database = self.database_choice();
+        config.proxy_protocol = self.proxy_from.clone().filter(|_| self.proxy_protocol);
         config.store = self.store.clone().unwrap_or_default();
         Ok(config)
     }
@@ -309,6 +326,34 @@ mod tests {
         let cli = Cli::try_parse_from(["sfc-server", "files", "--json", "--data-dir", d]).unwrap();
         assert!(matches!(cli.command, Some(Command::Files { json: true })));
         Cli::command_for_tests().debug_assert();
+    }
+
+    #[test]
+    fn proxy_protocol_flags() {
+        let cli = Cli::try_parse_from(["sfc-server", "--port", "1"]).unwrap();
+        assert_eq!(cli.server_config().unwrap().proxy_protocol, None);
+        let cli = Cli::try_parse_from([
+            "sfc-server",
+            "--port",
+            "1",
+            "--proxy-protocol",
+            "--proxy-from",
+            "127.0.0.1,10.0.0.0/8",
+        ])
+        .unwrap();
+        let sources = cli.server_config().unwrap().proxy_protocol.unwrap();
+        assert!(sources.trusts("10.1.2.3".parse().unwrap()));
+        assert!(!sources.trusts("127.0.0.2".parse().unwrap()));
+        // Each needs the other; a bad list is refused by the parser.
+        assert!(Cli::try_parse_from(["sfc-server", "--proxy-protocol"]).is_err());
+        assert!(Cli::try_parse_from(["sfc-server", "--proxy-from", "127.0.0.1"]).is_err());
+        assert!(Cli::try_parse_from([
+            "sfc-server",
+            "--proxy-protocol",
+            "--proxy-from",
+            "10.0.0.0/40"
+        ])
+        .is_err());
     }
 
     #[test]

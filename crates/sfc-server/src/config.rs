@@ -2,6 +2,7 @@
 //! fills it is [`crate::cli`]; the session's limits are derived from it once
 //! ([`ServerConfig::session_limits`]).
 
+use crate::net::proxy_protocol::ProxySources;
 use crate::net::rate_limit::RateLimit;
 use crate::net::tls::TlsFiles;
 use crate::session::Limits;
@@ -95,6 +96,10 @@ pub struct ServerConfig {
     /// Where clients and files are recorded: SQLite `defensive.db` in the data folder
     /// (the default) or a PostgreSQL database shared by several servers.
     pub database: Database,
+    /// `--proxy-protocol`: only these balancers may connect, and each connection must
+    /// start with a PROXY header (v1 or v2) naming the client, whose address then counts
+    /// for every per-address rule and log line. `None` (the default): off.
+    pub proxy_protocol: Option<ProxySources>,
     /// Where received files are kept: `files/` in the data folder (the default), another
     /// local folder, or S3-compatible object storage shared by several servers.
     pub store: Store,
@@ -315,6 +320,7 @@ impl ServerConfig {
             failure_limit: RateLimit::new(DEFAULT_FAIL_RATE, DEFAULT_FAIL_BURST),
             pin_address: false,
             database: Database::Sqlite,
+            proxy_protocol: None,
             store: Store::DataDir,
         }
     }

@@ -25,6 +25,7 @@ mod storage;
 
 pub use config::ServerConfig;
 pub use net::listener::{raise_fd_limit, run, shutdown_signal, RunningServer, Server};
+pub use net::proxy_protocol::ProxySources;
 pub use net::rate_limit::RateLimit;
 pub use storage::fs::LocalBlobStore;
 pub use storage::postgres::PostgresStore;

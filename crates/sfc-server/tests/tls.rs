@@ -96,6 +96,30 @@ impl TlsConn {
         Ok(TlsConn { stream })
     }
 
+    /// Connects, writes `prefix` and the ClientHello in one write (a balancer's PROXY
+    /// header and what follows it), and completes the handshake.
+    fn connect_after(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        prefix: &[u8],
+    ) -> std::io::Result<Self> {
+        let mut tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let name = ServerName::IpAddress(addr.ip().into());
+        let mut conn =
+            rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+        let mut first = prefix.to_vec();
+        while conn.wants_write() {
+            conn.write_tls(&mut first)?;
+        }
+        tcp.write_all(&first)?;
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(TlsConn { stream })
+    }
+
     fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
         self.stream.flush().unwrap();
@@ -161,6 +185,29 @@ fn upload_over_tls_works() {
 /// A client that does not trust the server's certificate (another CA: what a
 /// man-in-the-middle's certificate looks like to it) refuses the handshake; the server
 /// goes on serving clients that do trust it.
+/// Behind a balancer (`--proxy-protocol`), TLS follows the PROXY header: the server reads
+/// exactly the header, even when the ClientHello comes in the same segment, and the
+/// client's address is the header's.
+#[test]
+fn tls_after_a_proxy_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let server = start_tls_server(dir.path(), &pki.files, |config| {
+        config.proxy_protocol = Some(sfc_server::ProxySources::parse("127.0.0.1").unwrap());
+        config.max_connections_per_address = 1;
+    });
+    let header = format!(
+        "PROXY TCP4 127.0.0.9 127.0.0.1 40000 {}\r\n",
+        server.addr().port()
+    );
+    let config = client_config(&pki.ca_der);
+    let mut conn =
+        TlsConn::connect_after(server.addr(), Arc::clone(&config), header.as_bytes()).unwrap();
+    enroll_tls(&mut conn, "proxied");
+    // 127.0.0.9 has its one connection: a second one is closed during the handshake.
+    assert!(TlsConn::connect_after(server.addr(), config, header.as_bytes()).is_err());
+}
+
 #[test]
 fn a_client_that_does_not_trust_the_certificate_refuses_to_talk() {
     let dir = tempfile::tempdir().unwrap();

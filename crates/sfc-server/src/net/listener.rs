@@ -11,6 +11,7 @@ use crate::net::address_limit::ConnectionsPerAddress;
 use crate::net::connection::{self, ConnLimits};
 use crate::net::entropy::OsEntropy;
 use crate::net::guards::AddressGuards;
+use crate::net::proxy_protocol;
 use crate::net::rate_limit::RateLimiter;
 use crate::session::Core;
 use crate::storage::fs::DataDirLock;
@@ -168,11 +169,6 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let Some(slot) = admit(&rate, &per_address, peer) else {
-                        drop(stream);
-                        drop(permit);
-                        continue;
-                    };
                     let shared = Shared {
                         core: Arc::clone(&core),
                         limits: Arc::clone(&limits),
@@ -180,6 +176,26 @@ impl Server {
                         tls: tls.clone(),
                         request_timeout: config.request_timeout,
                         stop: stop_rx.clone(),
+                    };
+                    if let Some(balancers) = &config.proxy_protocol {
+                        if !balancers.trusts(peer.ip()) {
+                            tracing::info!(%peer, "connection refused: not from a --proxy-from address (--proxy-protocol is on)");
+                            drop(stream);
+                            drop(permit);
+                            continue;
+                        }
+                        // The client's address is in the header: admitted on the task.
+                        let per_address = Arc::clone(&per_address);
+                        connections.spawn(async move {
+                            serve_proxied(stream, peer, &per_address, shared).await;
+                            drop(permit);
+                        });
+                        continue;
+                    }
+                    let Some(slot) = admit(&rate, &per_address, peer) else {
+                        drop(stream);
+                        drop(permit);
+                        continue;
                     };
                     connections.spawn(async move {
                         serve_accepted(stream, peer, shared).await;
@@ -226,6 +242,7 @@ fn log_security_settings(config: &ServerConfig, tls: bool) {
         failures = %config.failure_limit,
         connections_per_address = config.max_connections_per_address,
         pin_address = config.pin_address,
+        proxy_protocol_from = config.proxy_protocol.as_ref().map(tracing::field::display),
         "security settings"
     );
 }
@@ -290,6 +307,29 @@ async fn serve_accepted(stream: tokio::net::TcpStream, peer: SocketAddr, shared:
                 }
             }
         }
+    }
+}
+
+/// `--proxy-protocol`: a trusted balancer's connection, served as its client's once the
+/// PROXY header is read (net::proxy_protocol); without a valid header it is closed.
+async fn serve_proxied(
+    mut stream: tokio::net::TcpStream,
+    balancer: SocketAddr,
+    per_address: &Arc<ConnectionsPerAddress>,
+    shared: Shared,
+) {
+    let header = proxy_protocol::read_header(&mut stream, shared.request_timeout).await;
+    let client = match header {
+        Ok(header) => header.client_address(balancer),
+        Err(error) => {
+            tracing::info!(peer = %balancer, %error, "connection refused: bad PROXY header");
+            return;
+        }
+    };
+    tracing::debug!(peer = %client, %balancer, "PROXY header read");
+    if let Some(slot) = admit(&shared.rate, per_address, client) {
+        serve_accepted(stream, client, shared).await;
+        drop(slot);
     }
 }
 

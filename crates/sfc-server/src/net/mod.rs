@@ -2,7 +2,8 @@
 //! connection that moves bytes between the socket and the session's
 //! [`crate::session::Conversation`] ([`connection`]), opt-in TLS ([`tls`]), and the
 //! per-address guards: open connections ([`address_limit`]), registrations and failures
-//! ([`rate_limit`]), `--pin-address` ([`address_pin`]).
+//! ([`rate_limit`]), `--pin-address` ([`address_pin`]); the PROXY protocol from trusted balancers
+//! ([`proxy_protocol`]).
 
 pub(crate) mod address_limit;
 pub(crate) mod address_pin;
@@ -11,5 +12,6 @@ pub(crate) mod entropy;
 pub(crate) mod guards;
 pub(crate) mod listener;
 mod log;
+pub(crate) mod proxy_protocol;
 pub(crate) mod rate_limit;
 pub(crate) mod tls;
