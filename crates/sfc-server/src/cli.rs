@@ -4,9 +4,10 @@
 use crate::config::{
     resolve_port, Database, PostgresUrl, ServerConfig, DEFAULT_DATABASE_POOL, DEFAULT_FAIL_BURST,
     DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE, DEFAULT_REGISTER_BURST,
-    DEFAULT_REGISTER_RATE, DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS,
-    DEFAULT_UPLOAD_BUFFERS_MIB, DEFAULT_UPLOAD_TIMEOUT_SECS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_UPLOADS,
+    DEFAULT_MAX_UPLOADS_PER_ADDRESS, DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE,
+    DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_UPLOAD_BUFFERS_MIB,
+    DEFAULT_UPLOAD_TIMEOUT_SECS,
 };
 use crate::net::rate_limit::RateLimit;
 use crate::net::tls::TlsFiles;
@@ -104,6 +105,21 @@ pub struct Cli {
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_UPLOAD_BUFFERS_MIB,
           value_parser = parse_positive_usize)]
     pub upload_buffers: usize,
+
+    /// Most unfinished uploads at once, all clients together.
+    ///
+    /// A client that starts one more gets an error (1607) and the server logs a warning.
+    /// An unfinished upload holds no open file between packets.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UPLOADS,
+          value_parser = parse_positive_usize)]
+    pub max_uploads: usize,
+
+    /// Most unfinished uploads at once from one IP address.
+    ///
+    /// A client that starts one more gets an error (1607) and the server logs a warning.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UPLOADS_PER_ADDRESS,
+          value_parser = parse_positive_usize)]
+    pub max_uploads_per_address: usize,
 
     /// Encrypt connections with TLS using this certificate (needs --tls-key).
     ///
@@ -230,6 +246,8 @@ impl Cli {
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace);
         config.upload_timeout = Duration::from_secs(self.upload_timeout);
         config.upload_buffers = self.upload_buffers.saturating_mul(1 << 20);
+        config.max_uploads = self.max_uploads;
+        config.max_uploads_per_address = self.max_uploads_per_address;
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),

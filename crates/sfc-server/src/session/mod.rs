@@ -83,6 +83,11 @@ pub struct Limits {
     /// part) within this time, and an 828's content `CONTENT_PROGRESS_CHUNK` (64 KiB) per
     /// this time ([`Conversation::deadline`]).
     pub request_timeout: Duration,
+    /// Uploads in progress at once, all clients together (0: no cap): a packet 1
+    /// beyond it is refused with 1607.
+    pub max_uploads: usize,
+    /// Uploads in progress at once from one peer address (0: no cap).
+    pub max_uploads_per_address: usize,
 }
 
 /// Where the values the session must not make itself come from: client IDs and AES
@@ -116,6 +121,9 @@ pub struct Now {
 /// What the session needs to know about the request besides its bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Ctx {
+    /// The peer's address (counted against `--max-uploads-per-address`); `None` for
+    /// requests that come from no connection (tests, tools).
+    pub peer: Option<std::net::IpAddr>,
     /// This is the first request on its connection (server rule 2).
     pub first_on_connection: bool,
     /// When the request arrived (wall clock: `LastSeen`).
@@ -128,6 +136,7 @@ impl Ctx {
     /// The context of a request arriving at `now`.
     pub fn new(first_on_connection: bool, now: Now) -> Self {
         Ctx {
+            peer: None,
             first_on_connection,
             now: now.wall,
             at: now.mono,

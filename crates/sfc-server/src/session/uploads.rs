@@ -7,6 +7,7 @@ use sfc_crypto::{CbcDecryptor, Cksum};
 use sfc_proto::{ClientId, Name};
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -80,6 +81,10 @@ impl Drop for BatchGrant {
 pub struct Upload {
     pub(super) client_id: ClientId,
     pub(super) token: u64,
+    /// Stays the same for the life of the upload (the token changes at each checkout).
+    pub(super) serial: u64,
+    /// Counts the upload against the caps of uploads in progress while it lives.
+    pub(super) _counted: Counted,
     pub(super) file_name: Name,
     pub(super) total_packets: u16,
     pub(super) orig_file_size: u32,
@@ -129,6 +134,46 @@ pub(super) struct Registry {
     pub(super) slots: Mutex<HashMap<ClientId, Slot>>,
     pub(super) next_token: AtomicU64,
     pub(super) budget: BatchBudget,
+    /// Uploads in progress per peer address (those started with one).
+    pub(super) per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Caps of uploads in progress: all clients, and per address (0: no cap).
+    pub(super) max_uploads: usize,
+    pub(super) max_uploads_per_address: usize,
+}
+
+/// Why a new upload could not have a slot.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ClaimError {
+    /// Another connection holds the client's slot.
+    Busy,
+    /// `--max-uploads` uploads are in progress.
+    TooMany(usize),
+    /// `--max-uploads-per-address` uploads are in progress from this address.
+    TooManyFromAddress(usize),
+}
+
+/// One upload counted against the per-address cap; uncounted when dropped.
+pub(super) struct Counted {
+    peer: Option<IpAddr>,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(peer) = self.peer {
+            let mut counts = self
+                .registry
+                .per_address
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(count) = counts.get_mut(&peer) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    counts.remove(&peer);
+                }
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -176,15 +221,38 @@ impl Registry {
         }
     }
 
-    /// Claims a vacant slot for a new upload.
-    pub(super) fn claim(&self, id: &ClientId) -> Option<u64> {
+    /// Claims a vacant slot for a new upload from `peer`, within the caps of uploads
+    /// in progress. The [`Counted`] must live as long as the upload.
+    pub(super) fn claim(
+        self: &Arc<Self>,
+        id: &ClientId,
+        peer: Option<IpAddr>,
+    ) -> Result<(u64, Counted), ClaimError> {
         let mut slots = self.lock();
         if slots.contains_key(id) {
-            return None;
+            return Err(ClaimError::Busy);
+        }
+        if self.max_uploads > 0 && slots.len() >= self.max_uploads {
+            return Err(ClaimError::TooMany(self.max_uploads));
+        }
+        if let Some(peer) = peer {
+            let mut counts = self
+                .per_address
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let count = counts.entry(peer).or_insert(0);
+            if self.max_uploads_per_address > 0 && *count >= self.max_uploads_per_address {
+                return Err(ClaimError::TooManyFromAddress(self.max_uploads_per_address));
+            }
+            *count += 1;
         }
         let token = self.token();
         slots.insert(*id, Slot::CheckedOut { token });
-        Some(token)
+        let counted = Counted {
+            peer,
+            registry: Arc::clone(self),
+        };
+        Ok((token, counted))
     }
 
     /// Frees the slot if it is still checked out with this token.
@@ -205,6 +273,17 @@ impl Registry {
         } else {
             Err(upload)
         }
+    }
+
+    /// Removes the client's parked upload if it is the one with this serial.
+    pub(super) fn remove_parked_serial(&self, id: &ClientId, serial: u64) -> Option<Box<Upload>> {
+        let mut slots = self.lock();
+        if matches!(slots.get(id), Some(Slot::Parked { upload, .. }) if upload.serial == serial) {
+            if let Some(Slot::Parked { upload, .. }) = slots.remove(id) {
+                return Some(upload);
+            }
+        }
+        None
     }
 
     pub(super) fn remove_parked(&self, id: &ClientId) -> Option<Box<Upload>> {
@@ -324,6 +403,11 @@ impl Lease {
         self.upload.as_ref().map(|u| u.client_id)
     }
 
+    /// The upload's serial number (the same for all its packets).
+    pub fn serial(&self) -> Option<u64> {
+        self.upload.as_ref().map(|u| u.serial)
+    }
+
     /// The current packet is the file's last one.
     pub fn is_last_packet(&self) -> bool {
         self.upload
@@ -347,13 +431,30 @@ impl Lease {
         if upload.packet_remaining == 0 {
             return Err(UploadError::MoreThanAnnounced);
         }
+        let cipher_left = upload.encrypted_size.saturating_sub(upload.received);
+        if cipher_left == 0 {
+            // Zero padding after the file's last encrypted byte (rule S11): checked,
+            // never decrypted.
+            let take = content
+                .len()
+                .min(usize::try_from(upload.packet_remaining).unwrap_or(usize::MAX));
+            let padding = content.get(..take).unwrap_or_default();
+            if padding.iter().any(|&byte| byte != 0) {
+                return Err(UploadError::NonZeroPadding {
+                    encrypted: upload.encrypted_size,
+                });
+            }
+            upload.packet_remaining -= take as u64;
+            return Ok(take);
+        }
         // Room so that the decryptor's output (input + at most one held-back block)
         // never exceeds the buffer's capacity.
         let room = upload_room(upload);
         let take = content
             .len()
             .min(room)
-            .min(usize::try_from(upload.packet_remaining).unwrap_or(usize::MAX));
+            .min(usize::try_from(upload.packet_remaining).unwrap_or(usize::MAX))
+            .min(usize::try_from(cipher_left).unwrap_or(usize::MAX));
         let input = content.get(..take).unwrap_or_default();
         let start = upload.filled;
         let end = start + take + BATCH_SLACK;

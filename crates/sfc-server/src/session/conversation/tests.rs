@@ -51,6 +51,8 @@ fn setup(policy: Policy) -> Setup {
         upload_timeout: Duration::from_secs(600),
         batch_budget: 1 << 20,
         request_timeout: TIMEOUT,
+        max_uploads: 0,
+        max_uploads_per_address: 0,
     };
     let core = Core::new(
         Box::new(storage.meta()),
