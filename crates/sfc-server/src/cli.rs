@@ -168,10 +168,12 @@ pub struct Cli {
     #[arg(long)]
     pub pin_address: bool,
 
-    /// Record clients and files in this PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB)
-    /// instead of defensive.db in the data folder; several servers may share it. Also
-    /// read from SFC_DATABASE_URL, which keeps the password off the command line; the
-    /// flag wins. Received files stay in the data folder.
+    /// Keep the list of clients and files in this PostgreSQL database.
+    ///
+    /// postgres://USER:PASSWORD@HOST:PORT/DB, instead of defensive.db in the data folder;
+    /// several servers may share it. Also read from SFC_DATABASE_URL, which keeps the
+    /// password off the command line; the flag wins. Received files stay in the data
+    /// folder.
     #[arg(long, global = true, value_name = "URL", env = "SFC_DATABASE_URL",
           hide_env_values = true, value_parser = PostgresUrl::parse)]
     pub database: Option<PostgresUrl>,
@@ -184,6 +186,42 @@ pub struct Cli {
     /// Show what the database holds instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Log levels a filter directive may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// The log filter to use: `--log-level`, else `RUST_LOG`, else `default`. A filter that
+/// would silence the server by mistake (a bare word that is not a level, such as
+/// "bogus", reads as "trace for a module named bogus" and hides everything else) or that
+/// does not parse is refused with a message naming where it came from.
+pub fn log_filter(
+    flag: Option<&str>,
+    rust_log: Option<&str>,
+    default: &str,
+) -> Result<String, String> {
+    let (text, source) = match (flag, rust_log) {
+        (Some(text), _) => (text, "--log-level"),
+        (None, Some(text)) if !text.trim().is_empty() => (text, "RUST_LOG"),
+        _ => return Ok(default.to_string()),
+    };
+    let is_level = |word: &str| LOG_LEVELS.contains(&word.trim().to_ascii_lowercase().as_str());
+    let valid_directive = |directive: &str| {
+        let directive = directive.trim();
+        match directive.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(directive),
+        }
+    };
+    let parses = tracing_subscriber::EnvFilter::try_new(text).is_ok();
+    if parses && !text.trim().is_empty() && text.split(',').all(valid_directive) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "invalid log filter in {source}: {text:?}. Use a level (error, warn, info, debug, \
+             trace or off) or directives such as \"info,sfc_server=debug\""
+        ))
+    }
 }
 
 fn parse_positive_usize(text: &str) -> Result<usize, String> {
@@ -268,6 +306,42 @@ impl Cli {
 mod tests {
     use super::*;
     use crate::config::PORT_FILE;
+
+    #[test]
+    fn log_filters_that_would_silence_the_server_are_refused() {
+        assert_eq!(log_filter(None, None, "info").unwrap(), "info");
+        assert_eq!(log_filter(None, Some(""), "warn").unwrap(), "warn");
+        for good in [
+            "debug",
+            "WARN",
+            "info,sfc_server=debug",
+            "sfc_server=trace",
+            "off",
+        ] {
+            assert_eq!(log_filter(Some(good), None, "info").unwrap(), good);
+            assert_eq!(log_filter(None, Some(good), "info").unwrap(), good);
+        }
+        for bad in [
+            "bogus",
+            "sfc_server=[",
+            "info,bogus",
+            "=debug",
+            "sfc_server=loud",
+            " ",
+        ] {
+            let message = log_filter(Some(bad), None, "info").unwrap_err();
+            assert!(message.contains("--log-level"), "{message}");
+            let message = log_filter(None, Some(bad).filter(|b| !b.trim().is_empty()), "info");
+            if !bad.trim().is_empty() {
+                assert!(message.unwrap_err().contains("RUST_LOG"));
+            }
+        }
+        // The flag wins over RUST_LOG.
+        assert_eq!(
+            log_filter(Some("warn"), Some("bogus"), "info").unwrap(),
+            "warn"
+        );
+    }
 
     #[test]
     fn cli_defaults_and_overrides() {

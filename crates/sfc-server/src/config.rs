@@ -290,6 +290,14 @@ pub fn resolve_port(dir: &Path, cli_port: Option<u16>) -> u16 {
         return port;
     }
     match read_port_info(dir) {
+        PortInfo::Port(0) => {
+            tracing::warn!(
+                "{PORT_FILE} in {} says 0: the system picks a free port, another one at \
+                 every start, which clients cannot know (the log shows which one)",
+                dir.display()
+            );
+            0
+        }
         PortInfo::Port(port) => port,
         PortInfo::Missing => {
             tracing::warn!(

@@ -12,6 +12,7 @@ use crate::net::connection::{self, ConnLimits};
 use crate::net::entropy::OsEntropy;
 use crate::net::guards::AddressGuards;
 use crate::net::rate_limit::RateLimiter;
+use crate::net::refusals::{Refusal, RefusalLog, REFUSAL_LOG_INTERVAL};
 use crate::session::Core;
 use crate::storage::fs::DataDirLock;
 use crate::storage::setup::{recover_at_start_up, Storage};
@@ -74,22 +75,33 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the standard storage in the data folder and binds the listener.
+    /// Binds the listener, then opens the standard storage in the data folder: a port
+    /// that is taken (or a bad TLS file) stops the server before anything is created.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        let listener = bind_listener(config.bind)
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let tls = load_tls(&config)?;
         let opened = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || Storage::open(&config)).await??
         };
-        Self::bind_with(config, opened).await
+        Self::assemble(config, opened, listener, tls).await
     }
 
     /// Binds the listener over the given storage (removing stale temporary files first).
     pub async fn bind_with(config: ServerConfig, storage: Storage) -> anyhow::Result<Self> {
-        // A bad certificate or key stops the server here, with a clear message.
-        let tls = match &config.tls {
-            Some(files) => Some(crate::net::tls::server_config(files)?),
-            None => None,
-        };
+        let tls = load_tls(&config)?;
+        let listener = bind_listener(config.bind)
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        Self::assemble(config, storage, listener, tls).await
+    }
+
+    async fn assemble(
+        config: ServerConfig,
+        storage: Storage,
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> anyhow::Result<Self> {
         let Storage { meta, blobs, lock } = storage;
         let limits = config.session_limits();
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
@@ -97,8 +109,6 @@ impl Server {
             Ok(Core::new(meta, blobs, limits, Box::new(OsEntropy)))
         })
         .await??;
-        let listener = bind_listener(config.bind)
-            .with_context(|| format!("cannot listen on {}", config.bind))?;
         let addr = listener.local_addr()?;
         Ok(Server {
             listener,
@@ -134,6 +144,7 @@ impl Server {
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let per_address = ConnectionsPerAddress::new(config.max_connections_per_address);
+        let refusals = RefusalLog::new(REFUSAL_LOG_INTERVAL);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         let housekeeping = tokio::spawn(housekeeping(
@@ -168,7 +179,7 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let Some(slot) = admit(&rate, &per_address, peer) else {
+                    let Some(slot) = admit(&rate, &per_address, &refusals, peer) else {
                         drop(stream);
                         drop(permit);
                         continue;
@@ -204,6 +215,15 @@ impl Server {
     }
 }
 
+/// The TLS configuration, when asked for: a bad certificate or key stops the server with
+/// a clear message.
+fn load_tls(config: &ServerConfig) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    match &config.tls {
+        Some(files) => Ok(Some(crate::net::tls::server_config(files)?)),
+        None => Ok(None),
+    }
+}
+
 /// What every connection gets: the idle timeout, the rate limits and (with
 /// `--pin-address`) the address pins.
 fn connection_limits(config: &ServerConfig, rate: &Arc<RateLimiter>) -> Arc<ConnLimits> {
@@ -236,15 +256,16 @@ fn log_security_settings(config: &ServerConfig, tls: bool) {
 fn admit(
     rate: &RateLimiter,
     per_address: &Arc<ConnectionsPerAddress>,
+    refusals: &RefusalLog,
     peer: SocketAddr,
 ) -> Option<crate::net::address_limit::AddressSlot> {
     if rate.is_blocked(peer.ip()) {
-        tracing::debug!(%peer, "connection refused: too many failed requests from this address");
+        refusals.refused(peer, Refusal::Banned);
         return None;
     }
     let slot = per_address.enter(peer.ip());
     if slot.is_none() {
-        tracing::debug!(%peer, "connection refused: too many open connections from this address");
+        refusals.refused(peer, Refusal::TooManyConnections);
     }
     slot
 }

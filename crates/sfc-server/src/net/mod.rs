@@ -12,4 +12,5 @@ pub(crate) mod guards;
 pub(crate) mod listener;
 mod log;
 pub(crate) mod rate_limit;
+pub(crate) mod refusals;
 pub(crate) mod tls;

@@ -238,6 +238,7 @@ impl Core {
             token,
             serial: self.registry.token(),
             _counted: counted,
+            started: ctx.at,
             file_name: packet.file_name.clone(),
             total_packets: packet.total_packets,
             orig_file_size: packet.orig_file_size,
@@ -256,6 +257,13 @@ impl Core {
                 registry: Arc::clone(&self.registry),
             },
         });
+        tracing::info!(
+            client = %id.short(),
+            file = %packet.file_name,
+            size = packet.orig_file_size,
+            packets = packet.total_packets,
+            "upload started"
+        );
         Ok(Lease::new(upload, Arc::clone(&self.registry)))
     }
 

@@ -85,6 +85,8 @@ pub struct Upload {
     pub(super) serial: u64,
     /// Counts the upload against the caps of uploads in progress while it lives.
     pub(super) _counted: Counted,
+    /// When its packet 1 arrived (for the "stored" line's duration and rate).
+    pub(super) started: Instant,
     pub(super) file_name: Name,
     pub(super) total_packets: u16,
     pub(super) orig_file_size: u32,
