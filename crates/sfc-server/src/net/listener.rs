@@ -326,8 +326,9 @@ async fn shut_down(
     tracing::info!(
         open,
         grace_secs = config.shutdown_grace.as_secs_f64(),
-        "shutting down: no new connections"
+        "shutting down: no new connections; transfers under way may finish"
     );
+    log_uploads(&core, "shutting down: upload in progress");
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         while connections.join_next().await.is_some() {}
     })
@@ -337,8 +338,13 @@ async fn shut_down(
             aborted = connections.len(),
             "grace period over; closing the remaining connections"
         );
+        log_uploads(&core, "upload cut by the shutdown");
         connections.abort_all();
         while connections.join_next().await.is_some() {}
+    } else {
+        // Left: uploads of connection-per-request clients, whose next packet can no
+        // longer come (no new connections).
+        log_uploads(&core, "upload cut by the shutdown");
     }
     let _ = housekeeping.await;
     let closing = Arc::clone(&core);
@@ -346,6 +352,24 @@ async fn shut_down(
         Ok(Ok(())) => tracing::info!("database closed; server stopped"),
         Ok(Err(error)) => tracing::error!(%error, "closing the database failed"),
         Err(error) => tracing::error!(%error, "closing the database failed"),
+    }
+}
+
+/// One INFO line per upload in progress: client, file, packets received of total.
+fn log_uploads(core: &Core, what: &str) {
+    for (client, progress) in core.uploads_in_progress_now() {
+        let state = if progress.parked {
+            "between packets"
+        } else {
+            "receiving a packet"
+        };
+        tracing::info!(
+            client = %client.short(),
+            file = %progress.file,
+            packets = %format!("{}/{}", progress.packets, progress.total),
+            state,
+            "{what}"
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 //! The shared [`Core`]: the stores, the upload registry, LastSeen notes, and the
 //! handlers of the requests that are not file packets.
 
-use super::uploads::{BatchBudget, Registry};
+use super::uploads::{BatchBudget, Progress, Registry};
 use super::{Ctx, Entropy, Limits, Outcome};
 use crate::storage::{BlobStore, ClientRecord, Inserted, MetaStore, StoreError, Timestamp};
 use sfc_crypto::PublicKey;
@@ -138,6 +138,14 @@ impl Core {
     pub(super) fn drop_parked(&self, id: &ClientId, serial: u64) -> Option<Name> {
         let upload = self.registry.remove_parked_serial(id, serial)?;
         Some(upload.file_name.clone())
+    }
+
+    /// Every upload in progress (client, file, packets received of total, parked or
+    /// receiving a packet), for the shutdown's log.
+    pub fn uploads_in_progress_now(&self) -> Vec<(ClientId, Progress)> {
+        let mut uploads = self.registry.in_progress();
+        uploads.sort_by_key(|(id, _)| *id.as_bytes());
+        uploads
     }
 
     /// Flushes LastSeen, drops parked uploads and closes the metadata store.

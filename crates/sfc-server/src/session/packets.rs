@@ -1,7 +1,7 @@
 //! File packets (828): starting, continuing and ending a packet of an upload.
 
 use super::error::UploadError;
-use super::uploads::{BatchGrant, Checkout, ClaimError, Lease, Upload};
+use super::uploads::{BatchGrant, Checkout, ClaimError, Lease, Progress, Upload};
 use super::{Core, Ctx, Outcome};
 use sfc_crypto::{AesKey, CbcDecryptor, Cksum};
 use sfc_proto::{
@@ -203,7 +203,13 @@ impl Core {
             );
             drop(old);
         }
-        let (token, counted) = match self.registry.claim(&id, ctx.peer) {
+        let progress = Progress {
+            file: packet.file_name.clone(),
+            packets: 0,
+            total: packet.total_packets,
+            parked: false,
+        };
+        let (token, counted) = match self.registry.claim(&id, ctx.peer, progress) {
             Ok(claimed) => claimed,
             Err(ClaimError::Busy) => {
                 return Err(Outcome::error(

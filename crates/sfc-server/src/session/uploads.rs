@@ -126,8 +126,39 @@ impl fmt::Debug for Upload {
 }
 
 pub(super) enum Slot {
-    Parked { upload: Box<Upload>, since: Instant },
-    CheckedOut { token: u64 },
+    Parked {
+        upload: Box<Upload>,
+        since: Instant,
+    },
+    CheckedOut {
+        token: u64,
+        /// Where the upload stood when it was checked out (for the shutdown's log).
+        progress: Progress,
+    },
+}
+
+/// How far an upload in progress is, for the log.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Its file.
+    pub file: Name,
+    /// Packets received whole.
+    pub packets: u32,
+    /// Its total_packets.
+    pub total: u16,
+    /// Parked between packets (else a connection is receiving one of its packets).
+    pub parked: bool,
+}
+
+impl Upload {
+    fn progress(&self, parked: bool) -> Progress {
+        Progress {
+            file: self.file_name.clone(),
+            packets: self.next_packet.saturating_sub(1),
+            total: self.total_packets,
+            parked,
+        }
+    }
 }
 
 /// Uploads in progress, one per client ID.
@@ -206,9 +237,10 @@ impl Registry {
         match slots.get(id) {
             None => Checkout::Vacant,
             Some(Slot::CheckedOut { .. }) => Checkout::Busy,
-            Some(Slot::Parked { .. }) => {
+            Some(Slot::Parked { upload, .. }) => {
+                let progress = upload.progress(false);
                 let token = self.token();
-                match slots.insert(*id, Slot::CheckedOut { token }) {
+                match slots.insert(*id, Slot::CheckedOut { token, progress }) {
                     Some(Slot::Parked { mut upload, .. }) => {
                         upload.token = token;
                         Checkout::Got(upload)
@@ -229,6 +261,7 @@ impl Registry {
         self: &Arc<Self>,
         id: &ClientId,
         peer: Option<IpAddr>,
+        progress: Progress,
     ) -> Result<(u64, Counted), ClaimError> {
         let mut slots = self.lock();
         if slots.contains_key(id) {
@@ -249,7 +282,7 @@ impl Registry {
             *count += 1;
         }
         let token = self.token();
-        slots.insert(*id, Slot::CheckedOut { token });
+        slots.insert(*id, Slot::CheckedOut { token, progress });
         let counted = Counted {
             peer,
             registry: Arc::clone(self),
@@ -260,7 +293,7 @@ impl Registry {
     /// Frees the slot if it is still checked out with this token.
     pub(super) fn release(&self, id: &ClientId, token: u64) {
         let mut slots = self.lock();
-        if matches!(slots.get(id), Some(Slot::CheckedOut { token: t }) if *t == token) {
+        if matches!(slots.get(id), Some(Slot::CheckedOut { token: t, .. }) if *t == token) {
             slots.remove(id);
         }
     }
@@ -269,12 +302,24 @@ impl Registry {
     pub(super) fn park(&self, upload: Box<Upload>, since: Instant) -> Result<(), Box<Upload>> {
         let mut slots = self.lock();
         let id = upload.client_id;
-        if matches!(slots.get(&id), Some(Slot::CheckedOut { token }) if *token == upload.token) {
+        if matches!(slots.get(&id), Some(Slot::CheckedOut { token, .. }) if *token == upload.token)
+        {
             slots.insert(id, Slot::Parked { upload, since });
             Ok(())
         } else {
             Err(upload)
         }
+    }
+
+    /// Every upload in progress and how far it is.
+    pub(super) fn in_progress(&self) -> Vec<(ClientId, Progress)> {
+        self.lock()
+            .iter()
+            .map(|(id, slot)| match slot {
+                Slot::Parked { upload, .. } => (*id, upload.progress(true)),
+                Slot::CheckedOut { progress, .. } => (*id, progress.clone()),
+            })
+            .collect()
     }
 
     /// Removes the client's parked upload if it is the one with this serial.

@@ -77,6 +77,9 @@ impl ServerProcess {
     /// Waits for the `listening on ADDR` line and returns ADDR.
     /// Every line logged so far (waiting `settle` for more) that contains `needle`.
     pub fn lines_containing(&mut self, needle: &str, settle: Duration) -> Vec<String> {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
         let deadline = Instant::now() + settle;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {

@@ -135,6 +135,9 @@ pub struct Conversation {
     version: u8,
     /// The last request was an intermediate packet: more content is coming.
     streaming: bool,
+    /// The last request stored a file (1603) on a connection that had served requests
+    /// before: the client's 900/901/902 is due on this connection.
+    verdict_due: bool,
     started: Instant,
     deadline: Option<Instant>,
     progress: u64,
@@ -158,6 +161,7 @@ impl Conversation {
             file: None,
             version: 0,
             streaming: false,
+            verdict_due: false,
             started: now.mono,
             deadline: None,
             progress: 0,
@@ -169,6 +173,13 @@ impl Conversation {
     /// requests, only the idle timeout applies).
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// A transfer is under way on this connection: a packet, more packets of an upload,
+    /// or the 900/901/902 after its 1603. A graceful shutdown waits for it (within its
+    /// grace period) before closing the connection.
+    pub fn in_transfer(&self) -> bool {
+        self.current.is_some() || self.streaming || self.verdict_due || self.waiting.is_some()
     }
 
     /// File content is expected (the driver may read in larger pieces).
@@ -334,6 +345,7 @@ impl Conversation {
     }
 
     fn on_request(&mut self, request: Request) {
+        self.verdict_due = false;
         self.refused = None;
         self.file = None;
         self.streaming = false;
@@ -406,6 +418,7 @@ impl Conversation {
         fields: Option<FilePacketHeader>,
     ) {
         self.version = header.version;
+        self.verdict_due = false;
         let number = fields.as_ref().map(|f| f.packet_number);
         self.file = fields.map(|f| f.file_name);
         let code = header.code.as_u16();

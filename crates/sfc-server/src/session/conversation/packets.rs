@@ -20,6 +20,7 @@ impl Conversation {
         self.renew_deadline();
         self.progress = 0;
         self.version = header.version;
+        self.verdict_due = false;
         let id = header.client_id;
         let (number, total) = (packet.packet_number, packet.total_packets);
         self.file = Some(packet.file_name.clone());
@@ -220,6 +221,9 @@ impl Conversation {
             self.refused = Some(id);
         }
         let intermediate = number < total && !refused;
+        self.verdict_due = !self.first
+            && !intermediate
+            && matches!(outcome.reply, Some(Response::FileReceived { .. }));
         let ending = self.ending.take();
         if self.parked.as_ref().is_some_and(|p| p.client == id) {
             self.parked = None;
