@@ -247,6 +247,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a TLS key and certificate in the data folder and print its fingerprint.
+    ///
+    /// Writes tls-cert.pem (self-signed, for localhost, 127.0.0.1 and every --name) and
+    /// tls-key.pem, owner-only, into the data folder, and prints the certificate's
+    /// SHA-256 fingerprint for clients to pin (sfc-client --tls-fingerprint). Then serve
+    /// with --tls-cert and --tls-key.
+    TlsInit {
+        /// Another host name or IP address clients use to reach this server (repeatable).
+        #[arg(long = "name", value_name = "HOST_OR_IP")]
+        names: Vec<String>,
+        /// Replace existing files (clients that pinned the old fingerprint refuse the new).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 impl Cli {

@@ -43,6 +43,10 @@ fn main() -> ExitCode {
         Some(Command::Files { json }) => admin::files_in(&cli.data_dir, &cli.database_choice())
             .and_then(|views| admin::render_files(&views, *json))
             .map(|text| print!("{text}")),
+        Some(Command::TlsInit { names, force }) => {
+            sfc_server::tls::tls_init(&cli.data_dir, names, *force)
+                .map(|made| print!("{}", made.report()))
+        }
         None => serve(&cli),
     };
     match result {

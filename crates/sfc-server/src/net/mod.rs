@@ -14,3 +14,4 @@ mod log;
 pub(crate) mod rate_limit;
 pub(crate) mod refusals;
 pub(crate) mod tls;
+pub(crate) mod tls_init;
