@@ -20,7 +20,12 @@
 //! refused with 1607. A lease that is dropped without being parked or finished
 //! (connection lost mid-packet, task aborted) abandons the upload: its registry slot is
 //! freed and its temporary file removed. Parked uploads that see no packet for
-//! [`Limits::upload_timeout`] expire ([`Core::expire_uploads`]).
+//! [`Limits::upload_timeout`] expire ([`Core::expire_uploads`]). Packet 1 always starts
+//! a new upload, and an accepted 826/827 drops the client's parked one (PROTOCOL.md
+//! S10); an upload parked by a packet that was not the first request on its connection
+//! ends with that connection (the conversation drops it on [`Event::Closed`]). At most
+//! [`Limits::max_uploads`] uploads are in progress, [`Limits::max_uploads_per_address`]
+//! from one address.
 //!
 //! # Packets
 //!

@@ -449,6 +449,7 @@ impl Conversation {
     }
 
     fn on_malformed(&mut self, error: &DecodeError) {
+        self.file = None;
         let outcome = Outcome::error(format!("malformed request: {error}"));
         let code = match error {
             DecodeError::UnknownRequestCode(code) => *code,
