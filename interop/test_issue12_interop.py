@@ -8,8 +8,7 @@ peer against the real `sfc-server`.
 3. A client with packet_number and total_packets swapped: one refusal, one WARN, and the
    next healthy client from the same address is served.
 
-Tests marked xfail(strict=True) document defects that are not fixed yet: they fail
-today, and the marker must go when the fix lands (a strict xfail that passes fails).
+Each of these failed before its fix (they were strict xfails until then).
 """
 
 from __future__ import annotations
@@ -136,7 +135,6 @@ def warn_lines(srv, needle: str) -> list[str]:
 # item 1: kill and reconnect
 
 
-@pytest.mark.xfail(reason="issue 12 item 1: not fixed yet", strict=True)
 @pytest.mark.parametrize("restart", ["other-file", "same-file"])
 @pytest.mark.parametrize("style", ["persistent-fin", "persistent-rst", "per-request"])
 def test_killed_client_reconnects_and_starts_over(rust_server, style, restart):
@@ -170,7 +168,6 @@ def test_killed_client_reconnects_and_starts_over(rust_server, style, restart):
             "the unfinished upload must not be stored")
 
 
-@pytest.mark.xfail(reason="issue 12 item 1: not fixed yet", strict=True)
 @pytest.mark.parametrize("code", [P.REQ_RECONNECT, P.REQ_PUBLIC_KEY])
 def test_key_exchange_drops_unfinished_upload(rust_server, code):
     """An 827 or 826 replaces the AES key: the client's unfinished upload can never
@@ -190,7 +187,6 @@ def test_key_exchange_drops_unfinished_upload(rust_server, code):
     assert not file_rows(rust_server, c.client_id, "big.bin")
 
 
-@pytest.mark.xfail(reason="issue 12 item 1: not fixed yet", strict=True)
 @pytest.mark.parametrize("per_request", [False, True], ids=["persistent", "per-request"])
 def test_new_file_name_drops_unfinished_upload(rust_server, per_request):
     """Packet 1 of another file from the same client (same key, no 827) starts that
@@ -233,7 +229,6 @@ def send_padded(c: SFCClient, payloads) -> P.Response:
     return c.request(P.REQ_SEND_FILE, payloads[-1])
 
 
-@pytest.mark.xfail(reason="issue 12 item 2: not fixed yet", strict=True)
 @pytest.mark.parametrize("size", [12, 100 * 1024])
 def test_zero_padded_packets_are_accepted(rust_server, size):
     data = HELLO if size == 12 else os.urandom(size)
@@ -269,7 +264,6 @@ def assert_padding_refused(srv, size: int) -> list[str]:
     return warn_lines(srv, c.client_id.hex()[:8])
 
 
-@pytest.mark.xfail(reason="issue 12 item 2: not fixed yet", strict=True)
 def test_nonzero_padding_is_refused_with_a_true_message(rust_server):
     """A 12-byte file whose padding holds a non-zero byte: 1607. The logged reason must
     not claim that content_size 16 is not the encrypted size of a 12-byte file (it is)."""
@@ -332,7 +326,6 @@ def healthy_client_is_served(srv) -> SFCClient:
     return h
 
 
-@pytest.mark.xfail(reason="issue 12 item 3: not fixed yet", strict=True)
 def test_swapped_field_client_does_not_lock_out_its_address(rust_server):
     """500 swapped packets (more than the failure burst of 300) from 127.0.0.1: the
     upload is refused with 1607, counted once; a healthy client from the same address
@@ -346,7 +339,6 @@ def test_swapped_field_client_does_not_lock_out_its_address(rust_server):
     healthy_client_is_served(rust_server)
 
 
-@pytest.mark.xfail(reason="issue 12 item 3: not fixed yet", strict=True)
 def test_swapped_field_upload_logs_one_warning(rust_server):
     """50 swapped packets (under the failure limit): exactly one WARN line names the
     client, and it names the file too."""

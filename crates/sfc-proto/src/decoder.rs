@@ -53,6 +53,9 @@ pub enum RequestEvent<'a> {
         header: RequestHeader,
         /// What was wrong.
         error: DecodeError,
+        /// An 828's fixed part, when it decoded but its fields contradict each other (so
+        /// that a refusal can name the file and the packet).
+        packet: Option<FilePacketHeader>,
     },
 }
 
@@ -190,7 +193,11 @@ impl RequestDecoder {
                             version: header.version,
                             body,
                         }),
-                        Err(error) => RequestEvent::Invalid { header, error },
+                        Err(error) => RequestEvent::Invalid {
+                            header,
+                            error,
+                            packet: None,
+                        },
                     };
                     self.state = EMPTY_HEADER;
                     return Ok((used, Some(event)));
@@ -209,8 +216,12 @@ impl RequestDecoder {
                     let content_len = header
                         .payload_size
                         .saturating_sub(FILE_PACKET_FIXED_LEN as u32);
+                    let mut inconsistent = None;
                     let checked = FilePacketHeader::decode(buf).and_then(|packet| {
-                        packet.check(content_len)?;
+                        if let Err(error) = packet.check(content_len) {
+                            inconsistent = Some(packet);
+                            return Err(error.into());
+                        }
                         Ok(packet)
                     });
                     let event = match checked {
@@ -228,7 +239,11 @@ impl RequestDecoder {
                             self.state = State::Skip {
                                 remaining: content_len,
                             };
-                            RequestEvent::Invalid { header, error }
+                            RequestEvent::Invalid {
+                                header,
+                                error,
+                                packet: inconsistent,
+                            }
                         }
                     };
                     return Ok((used, Some(event)));

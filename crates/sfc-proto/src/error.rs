@@ -58,6 +58,20 @@ pub enum PacketError {
         /// This packet's content length (payload_size - 267).
         content_len: u32,
     },
+    /// `content_size` is the whole encrypted size, but this packet's content is longer
+    /// than that by more than the padding a client may add (docs/PROTOCOL.md, rule S11).
+    #[error(
+        "this packet's {content_len} content bytes exceed content_size {content_size} \
+         (the whole encrypted size) and the {max} bytes a zero-padded packet may have"
+    )]
+    ContentBeyondWhole {
+        /// The content_size field.
+        content_size: u32,
+        /// This packet's content length (payload_size - 267).
+        content_len: u32,
+        /// The longest content a zero-padded packet may have.
+        max: u32,
+    },
 }
 
 /// Why bytes could not be decoded as a protocol message.

@@ -46,3 +46,6 @@ pub const FILE_RECEIVED_LEN: usize = CLIENT_ID_LEN + 4 + NAME_FIELD_LEN + 4;
 pub const MAX_WRAPPED_KEY_LEN: usize = 512;
 /// Largest response payload a client needs to read.
 pub const MAX_RESPONSE_PAYLOAD: usize = CLIENT_ID_LEN + MAX_WRAPPED_KEY_LEN;
+/// Longest content of a packet whose content_size is the whole encrypted size and that
+/// is longer than that (zero padding after the file's last encrypted byte, rule S11).
+pub const MAX_PADDED_CONTENT: u32 = 64 * 1024;

@@ -5,7 +5,9 @@ use crate::codes::RequestCode;
 use crate::decoder::{RequestDecoder, RequestEvent};
 use crate::error::{DecodeError, PacketError};
 use crate::header::{take, RequestHeader};
-use crate::limits::{FILE_PACKET_FIXED_LEN, NAME_FIELD_LEN, PROTOCOL_VERSION, REQUEST_HEADER_LEN};
+use crate::limits::{
+    FILE_PACKET_FIXED_LEN, MAX_PADDED_CONTENT, NAME_FIELD_LEN, PROTOCOL_VERSION, REQUEST_HEADER_LEN,
+};
 use crate::name::Name;
 
 /// Encrypted size of a file of `orig_file_size` bytes: AES-CBC with PKCS#7 always adds
@@ -64,8 +66,10 @@ impl FilePacketHeader {
     }
 
     /// Checks what one packet can tell on its own: 1 <= packet_number <= total_packets,
-    /// and content_size is either the whole encrypted size (and so at least this packet's
-    /// content) or exactly this packet's content length.
+    /// and content_size is either the whole encrypted size or exactly this packet's content
+    /// length. With the whole encrypted size, the content may be longer than content_size
+    /// (a file smaller than a zero-padded packet, rule S11), up to
+    /// [`MAX_PADDED_CONTENT`] bytes.
     pub fn check(&self, content_len: u32) -> Result<(), PacketError> {
         if self.total_packets == 0 {
             return Err(PacketError::ZeroTotalPackets);
@@ -76,8 +80,20 @@ impl FilePacketHeader {
                 total: self.total_packets,
             });
         }
-        let whole = self.content_size_is_whole() && content_len <= self.content_size;
-        if whole || self.content_size == content_len {
+        if self.content_size_is_whole() {
+            // Content beyond the whole encrypted size is zero padding (rule S11), checked
+            // by the receiver; bounded so that no one pads a packet with gigabytes.
+            return if content_len <= self.content_size.max(MAX_PADDED_CONTENT) {
+                Ok(())
+            } else {
+                Err(PacketError::ContentBeyondWhole {
+                    content_size: self.content_size,
+                    content_len,
+                    max: MAX_PADDED_CONTENT,
+                })
+            };
+        }
+        if self.content_size == content_len {
             Ok(())
         } else {
             Err(PacketError::ContentSizeMismatch {
@@ -397,6 +413,27 @@ mod tests {
         };
         assert_eq!(p.check(16), Ok(()));
         assert_eq!(p.check(32), Ok(()));
+        // Zero padding beyond a whole content_size (rule S11), up to 64 KiB.
+        assert_eq!(p.check(48), Ok(()));
+        assert_eq!(p.check(MAX_PADDED_CONTENT), Ok(()));
+        assert_eq!(
+            p.check(MAX_PADDED_CONTENT + 1),
+            Err(PacketError::ContentBeyondWhole {
+                content_size: 32,
+                content_len: MAX_PADDED_CONTENT + 1,
+                max: MAX_PADDED_CONTENT
+            })
+        );
+        // The padded 12-byte file of issue 12: content_size 16, 1,024 content bytes.
+        let padded = FilePacketHeader {
+            content_size: 16,
+            orig_file_size: 12,
+            packet_number: 1,
+            total_packets: 1,
+            file_name: name("f"),
+        };
+        assert_eq!(padded.check(1024), Ok(()));
+        p.content_size = 40;
         assert!(matches!(
             p.check(48),
             Err(PacketError::ContentSizeMismatch { .. })

@@ -4,9 +4,10 @@
 use crate::config::{
     resolve_port, Database, PostgresUrl, ServerConfig, Store, DEFAULT_DATABASE_POOL,
     DEFAULT_FAIL_BURST, DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE, DEFAULT_REGISTER_BURST,
-    DEFAULT_REGISTER_RATE, DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS,
-    DEFAULT_UPLOAD_BUFFERS_MIB, DEFAULT_UPLOAD_TIMEOUT_SECS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_UPLOADS,
+    DEFAULT_MAX_UPLOADS_PER_ADDRESS, DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE,
+    DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_UPLOAD_BUFFERS_MIB,
+    DEFAULT_UPLOAD_TIMEOUT_SECS,
 };
 use crate::net::proxy_protocol::ProxySources;
 use crate::net::rate_limit::RateLimit;
@@ -106,6 +107,21 @@ pub struct Cli {
           value_parser = parse_positive_usize)]
     pub upload_buffers: usize,
 
+    /// Most unfinished uploads at once, all clients together.
+    ///
+    /// A client that starts one more gets an error (1607) and the server logs a warning.
+    /// An unfinished upload holds no open file between packets.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UPLOADS,
+          value_parser = parse_positive_usize)]
+    pub max_uploads: usize,
+
+    /// Most unfinished uploads at once from one IP address.
+    ///
+    /// A client that starts one more gets an error (1607) and the server logs a warning.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UPLOADS_PER_ADDRESS,
+          value_parser = parse_positive_usize)]
+    pub max_uploads_per_address: usize,
+
     /// Encrypt connections with TLS using this certificate (needs --tls-key).
     ///
     /// A PEM certificate chain, leaf first. Without it the server speaks plain TCP, like
@@ -153,10 +169,12 @@ pub struct Cli {
     #[arg(long)]
     pub pin_address: bool,
 
-    /// Record clients and files in this PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB)
-    /// instead of defensive.db in the data folder; several servers may share it. Also
-    /// read from SFC_DATABASE_URL, which keeps the password off the command line; the
-    /// flag wins. Received files stay in the data folder.
+    /// Keep the list of clients and files in this PostgreSQL database.
+    ///
+    /// postgres://USER:PASSWORD@HOST:PORT/DB, instead of defensive.db in the data folder;
+    /// several servers may share it. Also read from SFC_DATABASE_URL, which keeps the
+    /// password off the command line; the flag wins. Received files stay in the data
+    /// folder.
     #[arg(long, global = true, value_name = "URL", env = "SFC_DATABASE_URL",
           hide_env_values = true, value_parser = PostgresUrl::parse)]
     pub database: Option<PostgresUrl>,
@@ -194,6 +212,42 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// Log levels a filter directive may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// The log filter to use: `--log-level`, else `RUST_LOG`, else `default`. A filter that
+/// would silence the server by mistake (a bare word that is not a level, such as
+/// "bogus", reads as "trace for a module named bogus" and hides everything else) or that
+/// does not parse is refused with a message naming where it came from.
+pub fn log_filter(
+    flag: Option<&str>,
+    rust_log: Option<&str>,
+    default: &str,
+) -> Result<String, String> {
+    let (text, source) = match (flag, rust_log) {
+        (Some(text), _) => (text, "--log-level"),
+        (None, Some(text)) if !text.trim().is_empty() => (text, "RUST_LOG"),
+        _ => return Ok(default.to_string()),
+    };
+    let is_level = |word: &str| LOG_LEVELS.contains(&word.trim().to_ascii_lowercase().as_str());
+    let valid_directive = |directive: &str| {
+        let directive = directive.trim();
+        match directive.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(directive),
+        }
+    };
+    let parses = tracing_subscriber::EnvFilter::try_new(text).is_ok();
+    if parses && !text.trim().is_empty() && text.split(',').all(valid_directive) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "invalid log filter in {source}: {text:?}. Use a level (error, warn, info, debug, \
+             trace or off) or directives such as \"info,sfc_server=debug\""
+        ))
+    }
+}
+
 fn parse_positive_usize(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -216,6 +270,20 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Make a TLS key and certificate in the data folder and print its fingerprint.
+    ///
+    /// Writes tls-cert.pem (self-signed, for localhost, 127.0.0.1 and every --name) and
+    /// tls-key.pem, owner-only, into the data folder, and prints the certificate's
+    /// SHA-256 fingerprint for clients to pin (sfc-client --tls-fingerprint). Then serve
+    /// with --tls-cert and --tls-key.
+    TlsInit {
+        /// Another host name or IP address clients use to reach this server (repeatable).
+        #[arg(long = "name", value_name = "HOST_OR_IP")]
+        names: Vec<String>,
+        /// Replace existing files (clients that pinned the old fingerprint refuse the new).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -254,6 +322,8 @@ impl Cli {
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace);
         config.upload_timeout = Duration::from_secs(self.upload_timeout);
         config.upload_buffers = self.upload_buffers.saturating_mul(1 << 20);
+        config.max_uploads = self.max_uploads;
+        config.max_uploads_per_address = self.max_uploads_per_address;
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),
@@ -276,6 +346,42 @@ impl Cli {
 mod tests {
     use super::*;
     use crate::config::PORT_FILE;
+
+    #[test]
+    fn log_filters_that_would_silence_the_server_are_refused() {
+        assert_eq!(log_filter(None, None, "info").unwrap(), "info");
+        assert_eq!(log_filter(None, Some(""), "warn").unwrap(), "warn");
+        for good in [
+            "debug",
+            "WARN",
+            "info,sfc_server=debug",
+            "sfc_server=trace",
+            "off",
+        ] {
+            assert_eq!(log_filter(Some(good), None, "info").unwrap(), good);
+            assert_eq!(log_filter(None, Some(good), "info").unwrap(), good);
+        }
+        for bad in [
+            "bogus",
+            "sfc_server=[",
+            "info,bogus",
+            "=debug",
+            "sfc_server=loud",
+            " ",
+        ] {
+            let message = log_filter(Some(bad), None, "info").unwrap_err();
+            assert!(message.contains("--log-level"), "{message}");
+            let message = log_filter(None, Some(bad).filter(|b| !b.trim().is_empty()), "info");
+            if !bad.trim().is_empty() {
+                assert!(message.unwrap_err().contains("RUST_LOG"));
+            }
+        }
+        // The flag wins over RUST_LOG.
+        assert_eq!(
+            log_filter(Some("warn"), Some("bogus"), "info").unwrap(),
+            "warn"
+        );
+    }
 
     #[test]
     fn cli_defaults_and_overrides() {

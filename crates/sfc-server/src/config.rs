@@ -33,6 +33,10 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 pub const DEFAULT_UPLOAD_TIMEOUT_SECS: u64 = 600;
 /// Default of `--upload-buffers`, MiB (see [`ServerConfig::upload_buffers`]).
 pub const DEFAULT_UPLOAD_BUFFERS_MIB: usize = 256;
+/// Default of `--max-uploads`: uploads in progress at once, all clients.
+pub const DEFAULT_MAX_UPLOADS: usize = 10_000;
+/// Default of `--max-uploads-per-address`.
+pub const DEFAULT_MAX_UPLOADS_PER_ADDRESS: usize = 256;
 /// Default interval for persisting LastSeen notes and expiring uploads, in seconds.
 pub const DEFAULT_FLUSH_INTERVAL_SECS: u64 = 5;
 /// Default registrations (825) per minute per source address.
@@ -77,6 +81,10 @@ pub struct ServerConfig {
     /// Bytes of decrypted content not yet written that all uploads may hold together
     /// (the session's batch budget: an upload beyond it gets a small buffer).
     pub upload_buffers: usize,
+    /// Uploads in progress at once, all clients (a new one beyond it gets 1607).
+    pub max_uploads: usize,
+    /// Uploads in progress at once from one address.
+    pub max_uploads_per_address: usize,
     /// Interval for persisting LastSeen notes and expiring uploads.
     pub flush_interval: Duration,
     /// Worker threads of the runtime [`crate::RunningServer`] creates (`None`: one per
@@ -313,6 +321,8 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
             upload_timeout: Duration::from_secs(DEFAULT_UPLOAD_TIMEOUT_SECS),
             upload_buffers: DEFAULT_UPLOAD_BUFFERS_MIB << 20,
+            max_uploads: DEFAULT_MAX_UPLOADS,
+            max_uploads_per_address: DEFAULT_MAX_UPLOADS_PER_ADDRESS,
             flush_interval: Duration::from_secs(DEFAULT_FLUSH_INTERVAL_SECS),
             worker_threads: None,
             tls: None,
@@ -333,6 +343,8 @@ impl ServerConfig {
             upload_timeout: self.upload_timeout,
             batch_budget: self.upload_buffers,
             request_timeout: self.request_timeout,
+            max_uploads: self.max_uploads,
+            max_uploads_per_address: self.max_uploads_per_address,
         }
     }
 
@@ -385,6 +397,14 @@ pub fn resolve_port(dir: &Path, cli_port: Option<u16>) -> u16 {
         return port;
     }
     match read_port_info(dir) {
+        PortInfo::Port(0) => {
+            tracing::warn!(
+                "{PORT_FILE} in {} says 0: the system picks a free port, another one at \
+                 every start, which clients cannot know (the log shows which one)",
+                dir.display()
+            );
+            0
+        }
         PortInfo::Port(port) => port,
         PortInfo::Missing => {
             tracing::warn!(

@@ -40,6 +40,7 @@ pub use storage::{
 /// Opt-in TLS: the certificate and key files.
 pub mod tls {
     pub use crate::net::tls::TlsFiles;
+    pub use crate::net::tls_init::{fingerprint, tls_init, TlsInit, CERT_FILE, KEY_FILE};
 }
 
 /// Test doubles and the sans-IO session, compiled only with the `testing` feature (the

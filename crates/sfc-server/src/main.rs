@@ -2,17 +2,16 @@
 
 use clap::Parser;
 use sfc_server::admin;
-use sfc_server::cli::{Cli, Command};
+use sfc_server::cli::{log_filter, Cli, Command};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(level: Option<&str>) {
-    let filter = match level {
-        Some(level) => EnvFilter::try_new(level).ok(),
-        None => EnvFilter::try_from_default_env().ok(),
-    }
-    .unwrap_or_else(|| EnvFilter::new("info"));
+/// Exit code for a command line that cannot be used (clap's own errors use it too).
+const USAGE: u8 = 2;
+
+fn init_logging(filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -23,7 +22,20 @@ fn init_logging(level: Option<&str>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    // The admin views print to stdout; their log shows only what went wrong.
+    let default = if cli.command.is_some() {
+        "warn"
+    } else {
+        "info"
+    };
+    let rust_log = std::env::var("RUST_LOG").ok();
+    match log_filter(cli.log_level.as_deref(), rust_log.as_deref(), default) {
+        Ok(filter) => init_logging(&filter),
+        Err(message) => {
+            eprintln!("sfc-server: {message}");
+            return ExitCode::from(USAGE);
+        }
+    }
     let result = match &cli.command {
         Some(Command::Clients { json }) => admin::clients_in(&cli.data_dir, &cli.database_choice())
             .and_then(|views| admin::render_clients(&views, *json))
@@ -35,13 +47,17 @@ fn main() -> ExitCode {
         )
         .and_then(|views| admin::render_files(&views, *json))
         .map(|text| print!("{text}")),
+        Some(Command::TlsInit { names, force }) => {
+            sfc_server::tls::tls_init(&cli.data_dir, names, *force)
+                .map(|made| print!("{}", made.report()))
+        }
         None => serve(&cli),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Once, on stderr where the log goes too.
         Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("sfc-server: {error:#}");
+            eprintln!("sfc-server: error: {error:#}");
             ExitCode::FAILURE
         }
     }

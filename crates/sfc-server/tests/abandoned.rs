@@ -7,9 +7,15 @@
 //! is not continued on another connection, so it is dropped when its connection ends,
 //! not kept for `--upload-timeout`.
 //!
-//! `SFC_ABANDONED_CLIENTS` sets the number of clients (default 2,000), spread over
-//! loopback source addresses 127.0.12.x, at most 200 per address: within the default
-//! registration burst (300) and connections (256) per address.
+//! A connection-per-request client may continue its upload on a new connection, so its
+//! upload stays (until `--upload-timeout`), but holds no file descriptor and no batch
+//! buffer between packets. Beyond `--max-uploads` / `--max-uploads-per-address`, a new
+//! upload is refused with 1607 and a log line.
+//!
+//! `SFC_ABANDONED_CLIENTS` sets the number of clients (default 2,000; a fifth of that
+//! for the connection-per-request style), spread over loopback source addresses
+//! 127.0.12.x, at most 200 per address: within the default registration burst (300),
+//! connections (256) and uploads in progress (256) per address.
 #![cfg(test)]
 
 mod common;
@@ -63,10 +69,11 @@ impl Figures {
         }
     }
 
-    fn within(&self, idle: &Figures) -> bool {
+    /// Within the margins of `idle`, with `parked` uploads waiting (temporary files).
+    fn within(&self, idle: &Figures, parked: usize) -> bool {
         self.fds <= idle.fds + FD_MARGIN
             && self.rss_kib <= idle.rss_kib + RSS_MARGIN_KIB
-            && self.temps <= idle.temps + TEMP_MARGIN
+            && self.temps <= idle.temps + parked + TEMP_MARGIN
     }
 }
 
@@ -87,6 +94,15 @@ fn temp_files(data_dir: &Path) -> usize {
 
 fn source_address(client: usize) -> IpAddr {
     IpAddr::from([127, 0, 12, (client / CLIENTS_PER_ADDRESS + 1) as u8])
+}
+
+/// How the clients send their requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Style {
+    /// All on one connection (its upload ends with the connection).
+    KeepsConnection,
+    /// Each request on a new connection, reading each reply (its upload stays parked).
+    ConnectionPerRequest,
 }
 
 fn connect_from(local: IpAddr, server: SocketAddr) -> Conn {
@@ -112,22 +128,69 @@ fn enroll_quickly(conn: &mut Conn, user: &str) -> ClientId {
     client_id
 }
 
-/// One client: register, key, the first SENT_PACKETS packets, then close.
-fn abandon_an_upload(server: SocketAddr, client: usize) {
-    let mut conn = connect_from(source_address(client), server);
-    let id = enroll_quickly(&mut conn, &format!("abandoner-{client}"));
+/// Packet `number` of the upload each client starts (any content: never decrypted whole).
+fn upload_packet(id: ClientId, number: u16) -> Vec<u8> {
     let encrypted = PACKET * usize::from(TOTAL_PACKETS);
-    let content = vec![0x5a_u8; PACKET];
+    let packet = FilePacketHeader {
+        content_size: encrypted as u32,
+        orig_file_size: (encrypted - 16) as u32,
+        packet_number: number,
+        total_packets: TOTAL_PACKETS,
+        file_name: Name::new("abandoned.bin").unwrap(),
+    };
+    let mut bytes = packet.encode_prefix(id, PACKET as u32).to_vec();
+    bytes.extend_from_slice(&[0x5a_u8; PACKET]);
+    bytes
+}
+
+/// A connection-per-request client: registers and sends its key, each on a new
+/// connection.
+fn enroll_per_request(local: IpAddr, server: SocketAddr, user: &str) -> ClientId {
+    let Response::Registered { client_id } =
+        connect_from(local, server).call(&register_request(user))
+    else {
+        panic!("registration of {user} refused")
+    };
+    let reply = connect_from(local, server).call(&key_request(client_id, user));
+    assert!(
+        matches!(reply, Response::PublicKeyAccepted { .. }),
+        "826 of {user}: {reply:?}"
+    );
+    client_id
+}
+
+/// Sends packet `number` on a connection of its own and returns the reply.
+fn packet_on_its_own_connection(
+    local: IpAddr,
+    server: SocketAddr,
+    id: ClientId,
+    number: u16,
+) -> Response {
+    let mut conn = connect_from(local, server);
+    conn.send_raw(&upload_packet(id, number));
+    conn.recv()
+}
+
+/// One client: register, key, the first SENT_PACKETS packets, then close.
+fn abandon_an_upload(server: SocketAddr, client: usize, style: Style) {
+    let local = source_address(client);
+    let user = format!("abandoner-{client}");
+    if style == Style::ConnectionPerRequest {
+        let id = enroll_per_request(local, server, &user);
+        for number in 1..=SENT_PACKETS {
+            let reply = packet_on_its_own_connection(local, server, id, number);
+            assert_eq!(
+                reply,
+                Response::PacketReceived { client_id: id },
+                "client {client}, packet {number}"
+            );
+        }
+        return;
+    }
+    let mut conn = connect_from(local, server);
+    let id = enroll_quickly(&mut conn, &user);
     for number in 1..=SENT_PACKETS {
-        let packet = FilePacketHeader {
-            content_size: encrypted as u32,
-            orig_file_size: (encrypted - 16) as u32,
-            packet_number: number,
-            total_packets: TOTAL_PACKETS,
-            file_name: Name::new("abandoned.bin").unwrap(),
-        };
-        conn.send_raw(&packet.encode_prefix(id, PACKET as u32));
-        conn.send_raw(&content);
+        conn.send_raw(&upload_packet(id, number));
     }
     // No reply is due for intermediate packets on this connection; a 1607 would mean
     // the server refused the upload and the test measures nothing.
@@ -147,13 +210,25 @@ fn warm_up(server: SocketAddr, round: usize) {
     common::assert_received(&reply, id, "warm.bin", &plain);
 }
 
-#[test]
-#[ignore = "issue 12 item 4: not fixed yet"]
-fn abandoned_uploads_leave_the_server_near_idle() {
-    let clients: usize = std::env::var("SFC_ABANDONED_CLIENTS")
+fn clients(divisor: usize) -> usize {
+    std::env::var("SFC_ABANDONED_CLIENTS")
         .ok()
         .map(|v| v.parse().expect("SFC_ABANDONED_CLIENTS is a number"))
-        .unwrap_or(2_000);
+        .unwrap_or(2_000)
+        / divisor
+}
+
+#[test]
+fn abandoned_uploads_leave_the_server_near_idle() {
+    abandon_uploads(clients(1), Style::KeepsConnection);
+}
+
+#[test]
+fn parked_uploads_of_connection_per_request_clients_hold_no_descriptor_nor_buffer() {
+    abandon_uploads(clients(5), Style::ConnectionPerRequest);
+}
+
+fn abandon_uploads(clients: usize, style: Style) {
     assert!(
         clients.div_ceil(CLIENTS_PER_ADDRESS) < 255,
         "too many clients for one /24 of loopback addresses"
@@ -191,7 +266,7 @@ fn abandoned_uploads_leave_the_server_near_idle() {
                 if client >= clients {
                     break;
                 }
-                abandon_an_upload(addr, client);
+                abandon_an_upload(addr, client, style);
             });
         }
     });
@@ -202,9 +277,15 @@ fn abandoned_uploads_leave_the_server_near_idle() {
         started.elapsed()
     );
 
+    // A connection-per-request client may still send its next packet: its upload waits
+    // for --upload-timeout, a temporary file but no descriptor.
+    let parked = match style {
+        Style::KeepsConnection => 0,
+        Style::ConnectionPerRequest => clients,
+    };
     let settle_until = Instant::now() + SETTLE;
     let mut after = Figures::of(pid, &data_dir);
-    while !after.within(&idle) && Instant::now() < settle_until {
+    while !after.within(&idle, parked) && Instant::now() < settle_until {
         std::thread::sleep(Duration::from_millis(200));
         after = Figures::of(pid, &data_dir);
     }
@@ -217,16 +298,74 @@ fn abandoned_uploads_leave_the_server_near_idle() {
         "the server is still running"
     );
     assert!(
-        after.within(&idle),
-        "after {clients} abandoned uploads: {} open descriptors, {} temporary files, {} KiB \
-         RSS; idle: {} descriptors, {} temporary files, {} KiB (margins: {FD_MARGIN} \
-         descriptors, {TEMP_MARGIN} temporary files, {RSS_MARGIN_KIB} KiB)",
+        after.within(&idle, parked),
+        "after {clients} abandoned uploads ({style:?}, {parked} may wait): {} open \
+         descriptors, {} temporary files, {} KiB RSS; idle: {} descriptors, {} temporary \
+         files, {} KiB (margins: {FD_MARGIN} descriptors, {TEMP_MARGIN} temporary files, \
+         {RSS_MARGIN_KIB} KiB)",
         after.fds,
         after.temps,
         after.rss_kib,
         idle.fds,
         idle.temps,
         idle.rss_kib
+    );
+    let status = server.terminate();
+    assert!(status.success(), "sfc-server exit status {status}");
+}
+
+#[test]
+fn uploads_beyond_the_caps_are_refused_with_1607_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut server = ServerProcess::start(&[
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--max-uploads",
+        "5",
+        "--max-uploads-per-address",
+        "3",
+    ]);
+    let addr = server.listening_addr();
+    let start = |local: IpAddr, user: &str| {
+        let id = enroll_per_request(local, addr, user);
+        (id, packet_on_its_own_connection(local, addr, id, 1))
+    };
+    let first = IpAddr::from([127, 0, 13, 1]);
+    let second = IpAddr::from([127, 0, 13, 2]);
+    for n in 0..3 {
+        let (id, reply) = start(first, &format!("a{n}"));
+        assert_eq!(reply, Response::PacketReceived { client_id: id }, "a{n}");
+    }
+    let (_, reply) = start(first, "a3");
+    assert_eq!(
+        reply,
+        Response::ServerError,
+        "a 4th upload from one address"
+    );
+    assert!(server
+        .wait_for("upload refused: --max-uploads-per-address")
+        .is_some());
+    let mut second_ids = Vec::new();
+    for n in 0..2 {
+        let (id, reply) = start(second, &format!("b{n}"));
+        assert_eq!(reply, Response::PacketReceived { client_id: id }, "b{n}");
+        second_ids.push(id);
+    }
+    let (_, reply) = start(second, "b2");
+    assert_eq!(reply, Response::ServerError, "a 6th upload in all");
+    assert!(server
+        .wait_for("upload refused: --max-uploads uploads in progress")
+        .is_some());
+    // Uploads under way go on, and the address's own ones are not affected by the cap.
+    let id = second_ids.first().copied().unwrap();
+    assert_eq!(
+        packet_on_its_own_connection(second, addr, id, 2),
+        Response::PacketReceived { client_id: id }
     );
     let status = server.terminate();
     assert!(status.success(), "sfc-server exit status {status}");

@@ -203,3 +203,21 @@ fn a_second_server_on_the_same_data_folder_refuses_to_start() {
     second.listening_addr();
     assert!(second.terminate().success());
 }
+
+/// Issue 12 item 11: `-h` is one short line per option, in a user's words; the protocol's
+/// internals (request codes, table names) are for `--help`.
+#[test]
+fn short_help_is_one_line_per_option_in_a_users_words() {
+    let out = Command::new(BIN).arg("-h").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for line in help.lines() {
+        assert!(line.len() <= 110, "a long line in -h: {line}");
+        for internal in [
+            "825", "826", "827", "828", "1607", "RUST_LOG", "SPKI", "tracing",
+        ] {
+            assert!(!line.contains(internal), "{internal:?} in -h: {line}");
+        }
+    }
+    assert!(help.contains("--database <URL>"), "{help}");
+}

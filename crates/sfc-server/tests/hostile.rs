@@ -1109,6 +1109,7 @@ fn cases() -> Vec<Case> {
             },
         ),
         case(
+            // (A repeated packet 1 starts the upload over: rule S10.)
             "packet repeated",
             Enrolled,
             Open(&[1607]),
@@ -1118,7 +1119,7 @@ fn cases() -> Vec<Case> {
                 send_packets(
                     env,
                     fx,
-                    &[p[0].clone(), p[0].clone(), p[1].clone(), p[2].clone()],
+                    &[p[0].clone(), p[1].clone(), p[1].clone(), p[2].clone()],
                     1,
                 )
             },
@@ -1161,13 +1162,15 @@ fn cases() -> Vec<Case> {
             },
         ),
         case(
-            "content larger than content_size",
+            // (Zeros there are padding, rule S11; anything else is refused.)
+            "content larger than content_size, not zero padding",
             Enrolled,
             Open(&[1607]),
             Nothing,
             |env, fx| {
                 let mut cipher = encrypt(fx.key(), &plain());
-                cipher.extend_from_slice(&[0u8; 32]);
+                cipher.extend_from_slice(&[0u8; 31]);
+                cipher.push(1);
                 send_packets(
                     env,
                     fx,

@@ -421,3 +421,76 @@ fn tls_hides_names_ids_and_checksums_from_an_eavesdropper() {
     );
     tls_server.stop();
 }
+
+/// Issue 13 item 10 (server side): `sfc-server tls-init` writes an owner-only key and a
+/// self-signed certificate into the data folder and prints the SHA-256 fingerprint of
+/// the certificate in both forms; the server then serves TLS with those files, and the
+/// certificate it presents has exactly that fingerprint.
+#[test]
+fn tls_init_makes_files_the_server_serves_and_prints_their_fingerprint() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(common::process::SERVER_BIN)
+        .args(["tls-init", "--data-dir", data.to_str().unwrap()])
+        .args(["--name", "sfc.example", "--name", "10.9.8.7"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = TlsFiles {
+        cert: data.join(sfc_server::tls::CERT_FILE),
+        key: data.join(sfc_server::tls::KEY_FILE),
+    };
+    for path in [&files.cert, &files.key] {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    assert!(
+        stdout.contains("--tls-cert") && stdout.contains("--tls-key"),
+        "{stdout}"
+    );
+
+    let server = start_tls_server(dir.path(), &files, |_| {});
+    let cert_pem = std::fs::read(&files.cert).unwrap();
+    let cert_der = {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(&cert_pem).unwrap()
+    };
+    // The self-signed certificate is its own trust anchor here (a client pinning the
+    // fingerprint needs none).
+    let mut conn = TlsConn::connect(server.addr(), client_config(&cert_der)).unwrap();
+    let presented = conn.stream.conn.peer_certificates().unwrap()[0].clone();
+    let fingerprint = sfc_server::tls::fingerprint(presented.as_ref());
+    assert_eq!(fingerprint.len(), 64);
+    assert!(
+        stdout.contains(&fingerprint),
+        "{fingerprint} not in:\n{stdout}"
+    );
+    let colons: Vec<String> = fingerprint
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8(pair.to_vec()).unwrap())
+        .collect();
+    assert!(stdout.contains(&colons.join(":")), "{stdout}");
+    // The names asked for are in the certificate too.
+    let der = presented.as_ref();
+    assert!(der.windows(11).any(|w| w == b"sfc.example"));
+    assert!(der.windows(4).any(|w| w == [10, 9, 8, 7]));
+    let (id, _) = enroll_tls(&mut conn, "tls-init");
+    assert_ne!(id, ClientId::ZERO);
+
+    // A second tls-init does not replace the files without --force.
+    let again = std::process::Command::new(common::process::SERVER_BIN)
+        .args(["tls-init", "--data-dir", data.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+}

@@ -62,7 +62,9 @@ struct Conn<S> {
 }
 
 /// Serves one connection until the client closes it, it times out, or the server shuts
-/// down (`shutdown` becomes true: the connection closes at the next request boundary).
+/// down (`shutdown` becomes true: the connection closes at the next request boundary
+/// where no transfer is under way: an upload's packets and the 900/901/902 after its
+/// 1603 are let through, within the listener's grace period).
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stream: S,
     peer: SocketAddr,
@@ -92,7 +94,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if let Err(reason) = self.decode_all(buf.get(..filled).unwrap_or_default()).await {
                 return reason;
             }
-            if *shutdown.borrow() && self.decoder.at_boundary() {
+            let idle_between_transfers =
+                self.decoder.at_boundary() && !self.conversation.in_transfer();
+            if *shutdown.borrow() && idle_between_transfers {
                 return "server shutting down";
             }
             // Large buffer only while file content is expected; none between requests
@@ -119,7 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 .map_or(idle, |d| Instant::from_std(d).min(idle));
             let read = tokio::select! {
                 read = tokio::time::timeout_at(deadline, self.stream.read(target)) => read,
-                _ = shutdown.wait_for(|stop| *stop), if at_boundary => {
+                _ = shutdown.wait_for(|stop| *stop), if idle_between_transfers => {
                     return "server shutting down";
                 }
             };

@@ -13,6 +13,7 @@ use crate::net::entropy::OsEntropy;
 use crate::net::guards::AddressGuards;
 use crate::net::proxy_protocol;
 use crate::net::rate_limit::RateLimiter;
+use crate::net::refusals::{Refusal, RefusalLog, REFUSAL_LOG_INTERVAL};
 use crate::session::Core;
 use crate::storage::fs::DataDirLock;
 use crate::storage::setup::{recover_at_start_up, Storage};
@@ -75,22 +76,33 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the standard storage in the data folder and binds the listener.
+    /// Binds the listener, then opens the standard storage in the data folder: a port
+    /// that is taken (or a bad TLS file) stops the server before anything is created.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        let listener = bind_listener(config.bind)
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let tls = load_tls(&config)?;
         let opened = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || Storage::open(&config)).await??
         };
-        Self::bind_with(config, opened).await
+        Self::assemble(config, opened, listener, tls).await
     }
 
     /// Binds the listener over the given storage (removing stale temporary files first).
     pub async fn bind_with(config: ServerConfig, storage: Storage) -> anyhow::Result<Self> {
-        // A bad certificate or key stops the server here, with a clear message.
-        let tls = match &config.tls {
-            Some(files) => Some(crate::net::tls::server_config(files)?),
-            None => None,
-        };
+        let tls = load_tls(&config)?;
+        let listener = bind_listener(config.bind)
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        Self::assemble(config, storage, listener, tls).await
+    }
+
+    async fn assemble(
+        config: ServerConfig,
+        storage: Storage,
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> anyhow::Result<Self> {
         let Storage { meta, blobs, lock } = storage;
         let limits = config.session_limits();
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
@@ -98,8 +110,6 @@ impl Server {
             Ok(Core::new(meta, blobs, limits, Box::new(OsEntropy)))
         })
         .await??;
-        let listener = bind_listener(config.bind)
-            .with_context(|| format!("cannot listen on {}", config.bind))?;
         let addr = listener.local_addr()?;
         Ok(Server {
             listener,
@@ -135,6 +145,7 @@ impl Server {
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let per_address = ConnectionsPerAddress::new(config.max_connections_per_address);
+        let refusals = Arc::new(RefusalLog::new(REFUSAL_LOG_INTERVAL));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         let housekeeping = tokio::spawn(housekeeping(
@@ -173,6 +184,7 @@ impl Server {
                         core: Arc::clone(&core),
                         limits: Arc::clone(&limits),
                         rate: Arc::clone(&rate),
+                        refusals: Arc::clone(&refusals),
                         tls: tls.clone(),
                         request_timeout: config.request_timeout,
                         stop: stop_rx.clone(),
@@ -192,7 +204,7 @@ impl Server {
                         });
                         continue;
                     }
-                    let Some(slot) = admit(&rate, &per_address, peer) else {
+                    let Some(slot) = admit(&rate, &per_address, &refusals, peer) else {
                         drop(stream);
                         drop(permit);
                         continue;
@@ -217,6 +229,15 @@ impl Server {
         // Only now may another server take the folder.
         drop(lock);
         Ok(())
+    }
+}
+
+/// The TLS configuration, when asked for: a bad certificate or key stops the server with
+/// a clear message.
+fn load_tls(config: &ServerConfig) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    match &config.tls {
+        Some(files) => Ok(Some(crate::net::tls::server_config(files)?)),
+        None => Ok(None),
     }
 }
 
@@ -253,15 +274,16 @@ fn log_security_settings(config: &ServerConfig, tls: bool) {
 fn admit(
     rate: &RateLimiter,
     per_address: &Arc<ConnectionsPerAddress>,
+    refusals: &RefusalLog,
     peer: SocketAddr,
 ) -> Option<crate::net::address_limit::AddressSlot> {
     if rate.is_blocked(peer.ip()) {
-        tracing::debug!(%peer, "connection refused: too many failed requests from this address");
+        refusals.refused(peer, Refusal::Banned);
         return None;
     }
     let slot = per_address.enter(peer.ip());
     if slot.is_none() {
-        tracing::debug!(%peer, "connection refused: too many open connections from this address");
+        refusals.refused(peer, Refusal::TooManyConnections);
     }
     slot
 }
@@ -271,6 +293,9 @@ struct Shared {
     core: Arc<Core>,
     limits: Arc<ConnLimits>,
     rate: Arc<RateLimiter>,
+    /// Refused connections, logged per address and interval (behind a balancer the
+    /// refusal is decided on the connection's task, once the PROXY header is read).
+    refusals: Arc<RefusalLog>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     request_timeout: Duration,
     stop: watch::Receiver<bool>,
@@ -283,6 +308,7 @@ async fn serve_accepted(stream: tokio::net::TcpStream, peer: SocketAddr, shared:
         core,
         limits,
         rate,
+        refusals: _,
         tls,
         request_timeout,
         stop,
@@ -327,7 +353,7 @@ async fn serve_proxied(
         }
     };
     tracing::debug!(peer = %client, %balancer, "PROXY header read");
-    if let Some(slot) = admit(&shared.rate, per_address, client) {
+    if let Some(slot) = admit(&shared.rate, per_address, &shared.refusals, client) {
         serve_accepted(stream, client, shared).await;
         drop(slot);
     }
@@ -345,8 +371,9 @@ async fn shut_down(
     tracing::info!(
         open,
         grace_secs = config.shutdown_grace.as_secs_f64(),
-        "shutting down: no new connections"
+        "shutting down: no new connections; transfers under way may finish"
     );
+    log_uploads(&core, "shutting down: upload in progress");
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         while connections.join_next().await.is_some() {}
     })
@@ -356,8 +383,13 @@ async fn shut_down(
             aborted = connections.len(),
             "grace period over; closing the remaining connections"
         );
+        log_uploads(&core, "upload cut by the shutdown");
         connections.abort_all();
         while connections.join_next().await.is_some() {}
+    } else {
+        // Left: uploads of connection-per-request clients, whose next packet can no
+        // longer come (no new connections).
+        log_uploads(&core, "upload cut by the shutdown");
     }
     let _ = housekeeping.await;
     let closing = Arc::clone(&core);
@@ -365,6 +397,24 @@ async fn shut_down(
         Ok(Ok(())) => tracing::info!("database closed; server stopped"),
         Ok(Err(error)) => tracing::error!(%error, "closing the database failed"),
         Err(error) => tracing::error!(%error, "closing the database failed"),
+    }
+}
+
+/// One INFO line per upload in progress: client, file, packets received of total.
+fn log_uploads(core: &Core, what: &str) {
+    for (client, progress) in core.uploads_in_progress_now() {
+        let state = if progress.parked {
+            "between packets"
+        } else {
+            "receiving a packet"
+        };
+        tracing::info!(
+            client = %client.short(),
+            file = %progress.file,
+            packets = %format!("{}/{}", progress.packets, progress.total),
+            state,
+            "{what}"
+        );
     }
 }
 

@@ -18,9 +18,17 @@ pub(crate) fn emit(peer: SocketAddr, line: LogLine) {
             %peer,
             "too many failed requests from this address: connection closed (rate limit)"
         ),
-        LogLine::AbandonedMidPacket { client } => tracing::info!(
+        LogLine::AbandonedMidPacket { client, file } => tracing::info!(
+            %peer,
             client = %client.short(),
+            %file,
             "upload abandoned: connection ended mid-packet"
+        ),
+        LogLine::AbandonedWithConnection { client, file } => tracing::info!(
+            %peer,
+            client = %client.short(),
+            %file,
+            "upload abandoned: the client's connection ended between two packets"
         ),
     }
 }
@@ -35,8 +43,12 @@ fn emit_request(peer: SocketAddr, line: RequestLog) {
         reply,
         elapsed,
         detail,
+        file,
     } = line;
-    let intermediate = packet.is_some_and(|(_, _, intermediate)| intermediate);
+    // An 828 without a reply is an intermediate packet or part of a refused transfer
+    // (rule S12): per packet, so at debug.
+    let intermediate = packet.is_some_and(|(_, _, intermediate)| intermediate)
+        || (code == sfc_proto::RequestCode::SendFile.as_u16() && reply.is_none());
     let refused = reply == Some(ResponseCode::ServerError);
     // Intermediate packets log at debug: skip formatting them (per packet) when off.
     if intermediate && !refused && !tracing::enabled!(tracing::Level::DEBUG) {
@@ -47,11 +59,12 @@ fn emit_request(peer: SocketAddr, line: RequestLog) {
     let reply = reply.map_or_else(|| "none".to_string(), |c| c.as_u16().to_string());
     let ms = (elapsed.as_secs_f64() * 10_000.0).round() / 10.0;
     let detail = detail.as_deref();
+    let file = file.as_ref().map(|name| name.as_str());
     if refused {
-        tracing::warn!(%peer, %client, code, version, payload, packet, %reply, ms, detail, "request refused")
+        tracing::warn!(%peer, %client, code, version, payload, file, packet, %reply, ms, detail, "request refused")
     } else if intermediate {
         tracing::debug!(%peer, %client, code, version, payload, packet, %reply, ms, "packet")
     } else {
-        tracing::info!(%peer, %client, code, version, payload, packet, %reply, ms, detail, "request")
+        tracing::info!(%peer, %client, code, version, payload, file, packet, %reply, ms, detail, "request")
     }
 }

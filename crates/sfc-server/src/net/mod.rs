@@ -14,4 +14,6 @@ pub(crate) mod listener;
 mod log;
 pub(crate) mod proxy_protocol;
 pub(crate) mod rate_limit;
+pub(crate) mod refusals;
 pub(crate) mod tls;
+pub(crate) mod tls_init;

@@ -1,7 +1,7 @@
 //! The shared [`Core`]: the stores, the upload registry, LastSeen notes, and the
 //! handlers of the requests that are not file packets.
 
-use super::uploads::{BatchBudget, Registry};
+use super::uploads::{BatchBudget, Progress, Registry};
 use super::{Ctx, Entropy, Limits, Outcome};
 use crate::storage::{BlobStore, ClientRecord, Inserted, MetaStore, StoreError, Timestamp};
 use sfc_crypto::PublicKey;
@@ -51,6 +51,8 @@ impl Core {
                     limit: limits.batch_budget,
                     ..BatchBudget::default()
                 },
+                max_uploads: limits.max_uploads,
+                max_uploads_per_address: limits.max_uploads_per_address,
                 ..Registry::default()
             }),
             seen: Mutex::default(),
@@ -131,6 +133,21 @@ impl Core {
         count
     }
 
+    /// Drops the client's parked upload if it is still the one with this serial (blocking:
+    /// removes its temporary file); returns its file name.
+    pub(super) fn drop_parked(&self, id: &ClientId, serial: u64) -> Option<Name> {
+        let upload = self.registry.remove_parked_serial(id, serial)?;
+        Some(upload.file_name.clone())
+    }
+
+    /// Every upload in progress (client, file, packets received of total, parked or
+    /// receiving a packet), for the shutdown's log.
+    pub fn uploads_in_progress_now(&self) -> Vec<(ClientId, Progress)> {
+        let mut uploads = self.registry.in_progress();
+        uploads.sort_by_key(|(id, _)| *id.as_bytes());
+        uploads
+    }
+
     /// Flushes LastSeen, drops parked uploads and closes the metadata store.
     pub fn close(&self) -> Result<(), StoreError> {
         let flushed = self.flush_last_seen();
@@ -170,7 +187,12 @@ impl Core {
             RequestCode::SendFile => {
                 let abandoned = self.registry.remove_parked(&header.client_id).is_some();
                 let note = if abandoned { ", upload abandoned" } else { "" };
-                Outcome::error(format!("invalid file packet{note}: {error}"))
+                // DecodeError::Packet says "invalid file packet" itself.
+                let reason = match error {
+                    DecodeError::Packet(reason) => reason.to_string(),
+                    other => other.to_string(),
+                };
+                Outcome::error(format!("invalid file packet{note}: {reason}"))
             }
             _ => Outcome::error(format!("invalid request: {error}")),
         }
@@ -181,7 +203,7 @@ impl Core {
         match self.meta.insert_client(&id, name.as_str(), ctx.now) {
             Ok(Inserted::Ok) => Outcome::reply(Response::Registered { client_id: id }),
             Ok(Inserted::NameTaken) => Outcome::reply(Response::RegistrationFailed)
-                .with_detail(format!("name {name:?} is taken")),
+                .with_detail(format!("name \"{name}\" is taken")),
             Err(error) => store_error("cannot register", error),
         }
     }
@@ -206,7 +228,7 @@ impl Core {
         };
         if record.name != name.as_str() {
             return Outcome::error(format!(
-                "name {name:?} does not match the client's registered name"
+                "name \"{name}\" does not match the client's registered name"
             ));
         }
         let key = match PublicKey::from_spki_der(der) {
@@ -255,6 +277,18 @@ impl Core {
         {
             return store_error("cannot store the keys", error);
         }
+        // The new AES key ends what the client left unfinished: it can never complete
+        // (rule S10).
+        if let Some(old) = self.registry.remove_parked(&id) {
+            tracing::info!(
+                client = %id.short(),
+                file = %old.file_name,
+                received = old.next_packet.saturating_sub(1),
+                total = old.total_packets,
+                "unfinished upload dropped: the client exchanged a new key"
+            );
+            drop(old);
+        }
         Outcome::reply(reply(id, wrapped))
     }
 
@@ -272,7 +306,7 @@ impl Core {
         };
         if record.name != name.as_str() {
             return reject(format!(
-                "name {name:?} does not match the client's registered name"
+                "name \"{name}\" does not match the client's registered name"
             ));
         }
         let Some(der) = record.public_key.as_deref() else {
@@ -298,7 +332,7 @@ impl Core {
             Ok(true) => Outcome::reply(Response::Ack {
                 client_id: Some(id),
             }),
-            Ok(false) => Outcome::error(format!("no stored file {file_name:?} to mark verified")),
+            Ok(false) => Outcome::error(format!("no stored file \"{file_name}\" to mark verified")),
             Err(error) => store_error("cannot mark the file verified", error),
         }
     }
@@ -340,7 +374,7 @@ impl Core {
                     record.path
                 )),
             },
-            None => ack.with_detail(format!("no stored file {file_name:?}; nothing to remove")),
+            None => ack.with_detail(format!("no stored file \"{file_name}\"; nothing to remove")),
         }
     }
 }

@@ -7,6 +7,19 @@ use super::{Core, Ctx, Outcome};
 use crate::storage::FileRecord;
 use sfc_proto::{ClientId, Response};
 
+/// "stored as PATH: SIZE bytes in SECS s (RATE)": the whole file's size, the time since
+/// its packet 1 and the rate.
+fn stored_line(path: &str, size: u32, took: std::time::Duration) -> String {
+    let secs = took.as_secs_f64();
+    let rate = if secs > 0.0 {
+        let mib = f64::from(size) / secs / f64::from(1u32 << 20);
+        format!("{mib:.1} MiB/s")
+    } else {
+        "-".into()
+    };
+    format!("stored as {path}: {size} bytes in {secs:.2} s ({rate})")
+}
+
 impl Core {
     pub(super) fn finish(&self, ctx: &Ctx, upload: Box<Upload>) -> Outcome {
         let Upload {
@@ -22,6 +35,7 @@ impl Core {
             mut temp,
             mut batch,
             filled,
+            started,
             ..
         } = *upload;
         batch.truncate(filled);
@@ -58,7 +72,11 @@ impl Core {
                 file_name,
                 cksum: crc,
             })
-            .with_detail(format!("stored as {path}")),
+            .with_detail(stored_line(
+                &path,
+                orig_file_size,
+                ctx.at.saturating_duration_since(started),
+            )),
             Err(reason) => Outcome::error(format!("upload abandoned: {reason}")),
         }
     }

@@ -62,6 +62,15 @@ pub enum UploadError {
         /// `orig_file_size`.
         orig: u32,
     },
+    /// Bytes after the file's encrypted size that are not all zero (rule S11).
+    #[error(
+        "the bytes after the file's {encrypted} encrypted bytes must be zero padding, \
+         and are not"
+    )]
+    NonZeroPadding {
+        /// The file's encrypted size.
+        encrypted: u64,
+    },
     /// Another packet took the upload's registry slot meanwhile.
     #[error("upload abandoned: its slot was taken")]
     SlotTaken,

@@ -3,7 +3,7 @@
 
 use super::{Core, Ctx, Lease, Outcome};
 use sfc_proto::{
-    ClientId, DecodeError, FilePacketHeader, Request, RequestEvent, RequestHeader, Response,
+    ClientId, DecodeError, FilePacketHeader, Name, Request, RequestEvent, RequestHeader, Response,
     ResponseCode,
 };
 use std::fmt;
@@ -85,6 +85,16 @@ pub enum LogLine {
     AbandonedMidPacket {
         /// The client whose upload it was.
         client: ClientId,
+        /// The file being uploaded.
+        file: Name,
+    },
+    /// The connection of a client that keeps its connection ended between two packets
+    /// of an upload; the upload is dropped (rule S10).
+    AbandonedWithConnection {
+        /// The client whose upload it was.
+        client: ClientId,
+        /// The file being uploaded.
+        file: Name,
     },
 }
 
@@ -107,6 +117,8 @@ pub struct RequestLog {
     pub elapsed: Duration,
     /// Why, for a refusal; or a note.
     pub detail: Option<String>,
+    /// The file an 828 is about, when known.
+    pub file: Option<Name>,
 }
 
 /// Storage work the conversation needs done; may block.
@@ -121,6 +133,7 @@ pub(super) enum JobKind {
     Flush(Lease),
     EndPacket(Arc<Core>, Ctx, Lease),
     Drop(Lease),
+    DropParked(Arc<Core>, ClientId, u64),
 }
 
 /// A job's result.
@@ -133,6 +146,9 @@ pub(super) enum Done {
     Begun(Result<Lease, Outcome>),
     Flushed(Lease, Result<(), std::io::Error>),
     Dropped,
+    /// A parked upload dropped with its connection: its file name (`None`: it was
+    /// continued or ended elsewhere meanwhile).
+    DroppedParked(Option<Name>),
     Panicked(String),
 }
 
@@ -157,6 +173,9 @@ impl Job {
             JobKind::Drop(lease) => {
                 drop(lease);
                 Done::Dropped
+            }
+            JobKind::DropParked(core, client, serial) => {
+                Done::DroppedParked(core.drop_parked(&client, serial))
             }
         })
     }

@@ -20,7 +20,12 @@
 //! refused with 1607. A lease that is dropped without being parked or finished
 //! (connection lost mid-packet, task aborted) abandons the upload: its registry slot is
 //! freed and its temporary file removed. Parked uploads that see no packet for
-//! [`Limits::upload_timeout`] expire ([`Core::expire_uploads`]).
+//! [`Limits::upload_timeout`] expire ([`Core::expire_uploads`]). Packet 1 always starts
+//! a new upload, and an accepted 826/827 drops the client's parked one (PROTOCOL.md
+//! S10); an upload parked by a packet that was not the first request on its connection
+//! ends with that connection (the conversation drops it on [`Event::Closed`]). At most
+//! [`Limits::max_uploads`] uploads are in progress, [`Limits::max_uploads_per_address`]
+//! from one address.
 //!
 //! # Packets
 //!
@@ -83,6 +88,11 @@ pub struct Limits {
     /// part) within this time, and an 828's content `CONTENT_PROGRESS_CHUNK` (64 KiB) per
     /// this time ([`Conversation::deadline`]).
     pub request_timeout: Duration,
+    /// Uploads in progress at once, all clients together (0: no cap): a packet 1
+    /// beyond it is refused with 1607.
+    pub max_uploads: usize,
+    /// Uploads in progress at once from one peer address (0: no cap).
+    pub max_uploads_per_address: usize,
 }
 
 /// Where the values the session must not make itself come from: client IDs and AES
@@ -116,6 +126,9 @@ pub struct Now {
 /// What the session needs to know about the request besides its bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Ctx {
+    /// The peer's address (counted against `--max-uploads-per-address`); `None` for
+    /// requests that come from no connection (tests, tools).
+    pub peer: Option<std::net::IpAddr>,
     /// This is the first request on its connection (server rule 2).
     pub first_on_connection: bool,
     /// When the request arrived (wall clock: `LastSeen`).
@@ -128,6 +141,7 @@ impl Ctx {
     /// The context of a request arriving at `now`.
     pub fn new(first_on_connection: bool, now: Now) -> Self {
         Ctx {
+            peer: None,
             first_on_connection,
             now: now.wall,
             at: now.mono,

@@ -1,7 +1,7 @@
 //! File packets (828): starting, continuing and ending a packet of an upload.
 
 use super::error::UploadError;
-use super::uploads::{BatchGrant, Checkout, Lease, Upload};
+use super::uploads::{BatchGrant, Checkout, ClaimError, Lease, Progress, Upload};
 use super::{Core, Ctx, Outcome};
 use sfc_crypto::{AesKey, CbcDecryptor, Cksum};
 use sfc_proto::{
@@ -101,7 +101,7 @@ impl Core {
         packet: &FilePacketHeader,
         content_len: u32,
     ) -> Result<Lease, Outcome> {
-        let mut lease = self.new_upload(id, packet)?;
+        let mut lease = self.new_upload(ctx, id, packet)?;
         if let Err(reason) = Self::continue_packet(&mut lease, packet, content_len) {
             drop(lease);
             return Err(Outcome::error(format!("upload refused: {reason}")));
@@ -147,7 +147,10 @@ impl Core {
         }
         packet.check(content_len)?;
         let after = upload.received + u64::from(content_len);
-        if after > upload.encrypted_size {
+        // Beyond the encrypted size only as zero padding of the last packet, with
+        // content_size the whole encrypted size (rule S11; `Lease::push` checks the zeros).
+        let padded = packet.packet_number == packet.total_packets && packet.content_size_is_whole();
+        if after > upload.encrypted_size && !padded {
             return Err(UploadError::TooMuchContent {
                 encrypted: upload.encrypted_size,
                 orig: upload.orig_file_size,
@@ -158,7 +161,12 @@ impl Core {
         Ok(())
     }
 
-    fn new_upload(&self, id: ClientId, packet: &FilePacketHeader) -> Result<Lease, Outcome> {
+    fn new_upload(
+        &self,
+        ctx: &Ctx,
+        id: ClientId,
+        packet: &FilePacketHeader,
+    ) -> Result<Lease, Outcome> {
         if packet.packet_number != 1 {
             return Err(Outcome::error(format!(
                 "packet {} of {} but no upload in progress (a file starts with packet 1)",
@@ -183,10 +191,43 @@ impl Core {
             .map_err(|e| Outcome::error(format!("the AES key on record is unusable: {e}")))?;
         let decryptor = CbcDecryptor::new(&key)
             .map_err(|e| Outcome::error(format!("cannot start decryption: {e}")))?;
-        let Some(token) = self.registry.claim(&id) else {
-            return Err(Outcome::error(
-                "another connection is sending a packet for this client",
-            ));
+        // Packet 1 always starts a new upload (rule S10): what the client left
+        // unfinished is dropped (its temporary file removed).
+        if let Some(old) = self.registry.remove_parked(&id) {
+            tracing::info!(
+                client = %id.short(),
+                file = %old.file_name,
+                received = old.next_packet.saturating_sub(1),
+                total = old.total_packets,
+                "unfinished upload dropped: the client started a new upload with packet 1"
+            );
+            drop(old);
+        }
+        let progress = Progress {
+            file: packet.file_name.clone(),
+            packets: 0,
+            total: packet.total_packets,
+            parked: false,
+        };
+        let (token, counted) = match self.registry.claim(&id, ctx.peer, progress) {
+            Ok(claimed) => claimed,
+            Err(ClaimError::Busy) => {
+                return Err(Outcome::error(
+                    "another connection is sending a packet for this client",
+                ))
+            }
+            Err(ClaimError::TooMany(cap)) => {
+                tracing::warn!(client = %id.short(), file = %packet.file_name, cap, "upload refused: --max-uploads uploads in progress");
+                return Err(Outcome::error(format!(
+                    "upload refused: the server has {cap} uploads in progress, its limit (--max-uploads)"
+                )));
+            }
+            Err(ClaimError::TooManyFromAddress(cap)) => {
+                tracing::warn!(client = %id.short(), file = %packet.file_name, cap, "upload refused: --max-uploads-per-address uploads in progress from this address");
+                return Err(Outcome::error(format!(
+                    "upload refused: {cap} uploads in progress from this address, the limit (--max-uploads-per-address)"
+                )));
+            }
         };
         // The blob store chooses the name on disk.
         let temp = match self.blobs.create_temp_for(&id, packet.file_name.as_str()) {
@@ -201,6 +242,9 @@ impl Core {
         let upload = Box::new(Upload {
             client_id: id,
             token,
+            serial: self.registry.token(),
+            _counted: counted,
+            started: ctx.at,
             file_name: packet.file_name.clone(),
             total_packets: packet.total_packets,
             orig_file_size: packet.orig_file_size,
@@ -219,6 +263,13 @@ impl Core {
                 registry: Arc::clone(&self.registry),
             },
         });
+        tracing::info!(
+            client = %id.short(),
+            file = %packet.file_name,
+            size = packet.orig_file_size,
+            packets = packet.total_packets,
+            "upload started"
+        );
         Ok(Lease::new(upload, Arc::clone(&self.registry)))
     }
 
@@ -248,10 +299,17 @@ impl Core {
             if let Err(error) = lease.flush() {
                 return Outcome::error(format!("upload abandoned: cannot write the file: {error}"));
             }
+            // Between the packets of a connection-per-request client the upload holds
+            // neither memory nor a file descriptor (the file is reopened by path).
             if let Some(upload) = lease.upload.as_mut() {
                 upload.batch = Vec::new();
                 upload.filled = 0;
                 upload.grant.release();
+                if let Err(error) = upload.temp.suspend() {
+                    return Outcome::error(format!(
+                        "upload abandoned: cannot close the file: {error}"
+                    ));
+                }
             }
         }
         match self.park(lease, ctx.at) {

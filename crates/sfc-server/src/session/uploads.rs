@@ -7,6 +7,7 @@ use sfc_crypto::{CbcDecryptor, Cksum};
 use sfc_proto::{ClientId, Name};
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -80,6 +81,12 @@ impl Drop for BatchGrant {
 pub struct Upload {
     pub(super) client_id: ClientId,
     pub(super) token: u64,
+    /// Stays the same for the life of the upload (the token changes at each checkout).
+    pub(super) serial: u64,
+    /// Counts the upload against the caps of uploads in progress while it lives.
+    pub(super) _counted: Counted,
+    /// When its packet 1 arrived (for the "stored" line's duration and rate).
+    pub(super) started: Instant,
     pub(super) file_name: Name,
     pub(super) total_packets: u16,
     pub(super) orig_file_size: u32,
@@ -119,8 +126,39 @@ impl fmt::Debug for Upload {
 }
 
 pub(super) enum Slot {
-    Parked { upload: Box<Upload>, since: Instant },
-    CheckedOut { token: u64 },
+    Parked {
+        upload: Box<Upload>,
+        since: Instant,
+    },
+    CheckedOut {
+        token: u64,
+        /// Where the upload stood when it was checked out (for the shutdown's log).
+        progress: Progress,
+    },
+}
+
+/// How far an upload in progress is, for the log.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Its file.
+    pub file: Name,
+    /// Packets received whole.
+    pub packets: u32,
+    /// Its total_packets.
+    pub total: u16,
+    /// Parked between packets (else a connection is receiving one of its packets).
+    pub parked: bool,
+}
+
+impl Upload {
+    fn progress(&self, parked: bool) -> Progress {
+        Progress {
+            file: self.file_name.clone(),
+            packets: self.next_packet.saturating_sub(1),
+            total: self.total_packets,
+            parked,
+        }
+    }
 }
 
 /// Uploads in progress, one per client ID.
@@ -129,6 +167,46 @@ pub(super) struct Registry {
     pub(super) slots: Mutex<HashMap<ClientId, Slot>>,
     pub(super) next_token: AtomicU64,
     pub(super) budget: BatchBudget,
+    /// Uploads in progress per peer address (those started with one).
+    pub(super) per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Caps of uploads in progress: all clients, and per address (0: no cap).
+    pub(super) max_uploads: usize,
+    pub(super) max_uploads_per_address: usize,
+}
+
+/// Why a new upload could not have a slot.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ClaimError {
+    /// Another connection holds the client's slot.
+    Busy,
+    /// `--max-uploads` uploads are in progress.
+    TooMany(usize),
+    /// `--max-uploads-per-address` uploads are in progress from this address.
+    TooManyFromAddress(usize),
+}
+
+/// One upload counted against the per-address cap; uncounted when dropped.
+pub(super) struct Counted {
+    peer: Option<IpAddr>,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(peer) = self.peer {
+            let mut counts = self
+                .registry
+                .per_address
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(count) = counts.get_mut(&peer) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    counts.remove(&peer);
+                }
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -159,9 +237,10 @@ impl Registry {
         match slots.get(id) {
             None => Checkout::Vacant,
             Some(Slot::CheckedOut { .. }) => Checkout::Busy,
-            Some(Slot::Parked { .. }) => {
+            Some(Slot::Parked { upload, .. }) => {
+                let progress = upload.progress(false);
                 let token = self.token();
-                match slots.insert(*id, Slot::CheckedOut { token }) {
+                match slots.insert(*id, Slot::CheckedOut { token, progress }) {
                     Some(Slot::Parked { mut upload, .. }) => {
                         upload.token = token;
                         Checkout::Got(upload)
@@ -176,21 +255,45 @@ impl Registry {
         }
     }
 
-    /// Claims a vacant slot for a new upload.
-    pub(super) fn claim(&self, id: &ClientId) -> Option<u64> {
+    /// Claims a vacant slot for a new upload from `peer`, within the caps of uploads
+    /// in progress. The [`Counted`] must live as long as the upload.
+    pub(super) fn claim(
+        self: &Arc<Self>,
+        id: &ClientId,
+        peer: Option<IpAddr>,
+        progress: Progress,
+    ) -> Result<(u64, Counted), ClaimError> {
         let mut slots = self.lock();
         if slots.contains_key(id) {
-            return None;
+            return Err(ClaimError::Busy);
+        }
+        if self.max_uploads > 0 && slots.len() >= self.max_uploads {
+            return Err(ClaimError::TooMany(self.max_uploads));
+        }
+        if let Some(peer) = peer {
+            let mut counts = self
+                .per_address
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let count = counts.entry(peer).or_insert(0);
+            if self.max_uploads_per_address > 0 && *count >= self.max_uploads_per_address {
+                return Err(ClaimError::TooManyFromAddress(self.max_uploads_per_address));
+            }
+            *count += 1;
         }
         let token = self.token();
-        slots.insert(*id, Slot::CheckedOut { token });
-        Some(token)
+        slots.insert(*id, Slot::CheckedOut { token, progress });
+        let counted = Counted {
+            peer,
+            registry: Arc::clone(self),
+        };
+        Ok((token, counted))
     }
 
     /// Frees the slot if it is still checked out with this token.
     pub(super) fn release(&self, id: &ClientId, token: u64) {
         let mut slots = self.lock();
-        if matches!(slots.get(id), Some(Slot::CheckedOut { token: t }) if *t == token) {
+        if matches!(slots.get(id), Some(Slot::CheckedOut { token: t, .. }) if *t == token) {
             slots.remove(id);
         }
     }
@@ -199,12 +302,35 @@ impl Registry {
     pub(super) fn park(&self, upload: Box<Upload>, since: Instant) -> Result<(), Box<Upload>> {
         let mut slots = self.lock();
         let id = upload.client_id;
-        if matches!(slots.get(&id), Some(Slot::CheckedOut { token }) if *token == upload.token) {
+        if matches!(slots.get(&id), Some(Slot::CheckedOut { token, .. }) if *token == upload.token)
+        {
             slots.insert(id, Slot::Parked { upload, since });
             Ok(())
         } else {
             Err(upload)
         }
+    }
+
+    /// Every upload in progress and how far it is.
+    pub(super) fn in_progress(&self) -> Vec<(ClientId, Progress)> {
+        self.lock()
+            .iter()
+            .map(|(id, slot)| match slot {
+                Slot::Parked { upload, .. } => (*id, upload.progress(true)),
+                Slot::CheckedOut { progress, .. } => (*id, progress.clone()),
+            })
+            .collect()
+    }
+
+    /// Removes the client's parked upload if it is the one with this serial.
+    pub(super) fn remove_parked_serial(&self, id: &ClientId, serial: u64) -> Option<Box<Upload>> {
+        let mut slots = self.lock();
+        if matches!(slots.get(id), Some(Slot::Parked { upload, .. }) if upload.serial == serial) {
+            if let Some(Slot::Parked { upload, .. }) = slots.remove(id) {
+                return Some(upload);
+            }
+        }
+        None
     }
 
     pub(super) fn remove_parked(&self, id: &ClientId) -> Option<Box<Upload>> {
@@ -324,6 +450,11 @@ impl Lease {
         self.upload.as_ref().map(|u| u.client_id)
     }
 
+    /// The upload's serial number (the same for all its packets).
+    pub fn serial(&self) -> Option<u64> {
+        self.upload.as_ref().map(|u| u.serial)
+    }
+
     /// The current packet is the file's last one.
     pub fn is_last_packet(&self) -> bool {
         self.upload
@@ -347,13 +478,30 @@ impl Lease {
         if upload.packet_remaining == 0 {
             return Err(UploadError::MoreThanAnnounced);
         }
+        let cipher_left = upload.encrypted_size.saturating_sub(upload.received);
+        if cipher_left == 0 {
+            // Zero padding after the file's last encrypted byte (rule S11): checked,
+            // never decrypted.
+            let take = content
+                .len()
+                .min(usize::try_from(upload.packet_remaining).unwrap_or(usize::MAX));
+            let padding = content.get(..take).unwrap_or_default();
+            if padding.iter().any(|&byte| byte != 0) {
+                return Err(UploadError::NonZeroPadding {
+                    encrypted: upload.encrypted_size,
+                });
+            }
+            upload.packet_remaining -= take as u64;
+            return Ok(take);
+        }
         // Room so that the decryptor's output (input + at most one held-back block)
         // never exceeds the buffer's capacity.
         let room = upload_room(upload);
         let take = content
             .len()
             .min(room)
-            .min(usize::try_from(upload.packet_remaining).unwrap_or(usize::MAX));
+            .min(usize::try_from(upload.packet_remaining).unwrap_or(usize::MAX))
+            .min(usize::try_from(cipher_left).unwrap_or(usize::MAX));
         let input = content.get(..take).unwrap_or_default();
         let start = upload.filled;
         let end = start + take + BATCH_SLACK;

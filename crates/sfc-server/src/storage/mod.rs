@@ -199,6 +199,13 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 pub trait TempBlob: Send + fmt::Debug {
     /// Appends bytes.
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Lets go of what the file holds open between two writes (a file descriptor),
+    /// keeping what was written; the next write or persist takes it up again. Called
+    /// between the packets of a connection-per-request client, whose upload may wait
+    /// long for its next packet. The default holds nothing to let go of.
+    fn suspend(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// Makes the content durable and moves it into place, replacing an earlier version:
     /// fsync, rename, fsync of the directory. Returns the path relative to the data folder.
     fn persist(self: Box<Self>) -> io::Result<String>;

@@ -40,7 +40,14 @@ impl Storage {
             )
         })?;
         let files = config.data_dir.join(FILES_DIR);
-        if perms::tighten(&files, perms::DIR_MODE)? {
+        let tightened = perms::tighten(&files, perms::DIR_MODE).with_context(|| {
+            format!(
+                "cannot make the folder {} owner-only (chmod 0700; it must belong to the user \
+                 running the server)",
+                files.display()
+            )
+        })?;
+        if tightened {
             tracing::warn!(path = %files.display(), "was readable by other users; now 0700");
         }
         // Before anything is opened or cleaned up: another server may be using the folder.
@@ -50,7 +57,8 @@ impl Storage {
                 return Err(anyhow::anyhow!(error))
             }
             Err(error) => {
-                tracing::warn!(%error, "cannot lock the data folder; make sure no other server uses it");
+                let lock = config.data_dir.join(super::fs::LOCK_FILE);
+                tracing::warn!(%error, path = %lock.display(), "cannot lock the data folder; make sure no other server uses it");
                 None
             }
         };

@@ -75,6 +75,29 @@ impl ServerProcess {
     }
 
     /// Waits for the `listening on ADDR` line and returns ADDR.
+    /// Every line logged so far (waiting `settle` for more) that contains `needle`.
+    pub fn lines_containing(&mut self, needle: &str, settle: Duration) -> Vec<String> {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        let deadline = Instant::now() + settle;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(left);
+                    break;
+                }
+            }
+        }
+        self.seen
+            .iter()
+            .filter(|line| line.contains(needle))
+            .cloned()
+            .collect()
+    }
+
     pub fn listening_addr(&mut self) -> SocketAddr {
         let line = self
             .wait_for("listening on ")

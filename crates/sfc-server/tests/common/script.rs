@@ -179,6 +179,8 @@ fn limits() -> Limits {
         // Small, so that scripts run uploads on granted batches and on the floor.
         batch_budget: 40 * 1024,
         request_timeout: Duration::from_secs(10),
+        max_uploads: 0,
+        max_uploads_per_address: 0,
     }
 }
 

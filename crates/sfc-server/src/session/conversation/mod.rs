@@ -13,12 +13,18 @@
 //! ([`Job::run`], on tokio's blocking pool in the server) and gives the result back with
 //! [`Conversation::job_done`] before passing the next event.
 //!
-//! Refused transfers: when an intermediate packet of a client's file is refused with
-//! 1607 on a connection that has served a request before, the rest of that file's
-//! packets on this connection are read and dropped without a reply (a streaming client
-//! does not read replies to intermediate packets, so answering each would only fill its
-//! receive buffer), until its last packet, a packet 1, another client or another
-//! request code.
+//! Refused transfers (rule S12): when a packet of a client's file is refused with 1607 on
+//! a connection that has served a request before, the client's further packets on this
+//! connection (valid or not) are read and dropped without a reply, a log line or a
+//! failure counted (a streaming client does not read replies to intermediate packets, so
+//! answering each would only fill its receive buffer; and a client of another dialect
+//! would otherwise count one failure per packet), until a packet 1, another client or
+//! another request code. A refused upload is logged and counted once.
+//!
+//! Uploads and connections (rule S10, issue 12): an upload parked by a packet that was
+//! not the first request on its connection (a client that keeps its connection) is
+//! dropped when that connection ends; only a connection-per-request client continues an
+//! upload on another connection.
 //!
 //! Rate limits ([`PeerPolicy`]): an 825 beyond the peer address's registration budget
 //! is answered 1607 without touching the database; every reply 1601/1606/1607 counts
@@ -37,7 +43,8 @@ use super::{
     Action, CloseReason, Core, Ctx, Event, JobDone, LogLine, Now, Outcome, PeerPolicy, RequestLog,
 };
 use sfc_proto::{
-    ClientId, DecodeError, Request, RequestCode, RequestEvent, RequestHeader, Response,
+    ClientId, DecodeError, FilePacketHeader, Name, Request, RequestCode, RequestEvent,
+    RequestHeader, Response,
 };
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -55,6 +62,7 @@ const ADDRESS_REFUSED: &str =
 #[derive(Debug)]
 struct Current {
     header: RequestHeader,
+    file_name: Name,
     number: u16,
     total: u16,
     lease: Option<Lease>,
@@ -81,6 +89,17 @@ enum Waiting {
     Flush,
     EndPacket,
     Drop,
+    DropParked {
+        client: ClientId,
+    },
+}
+
+/// An upload this connection parked after a packet that was not its first request: it
+/// is dropped when the connection ends.
+#[derive(Debug)]
+struct Parked {
+    client: ClientId,
+    serial: u64,
 }
 
 #[derive(Debug)]
@@ -104,12 +123,21 @@ pub struct Conversation {
     current: Option<Current>,
     /// No request has been answered on this connection yet (server rule 2).
     first: bool,
-    /// Client whose transfer was refused mid-file on this connection.
+    /// Client whose transfer was refused on this connection (rule S12).
     refused: Option<ClientId>,
+    /// See [`Parked`].
+    parked: Option<Parked>,
+    /// Serial of the upload whose packet is ending (becomes `parked`).
+    ending: Option<u64>,
+    /// The file the current request is about, for the log.
+    file: Option<Name>,
     /// Version byte of the request being served.
     version: u8,
     /// The last request was an intermediate packet: more content is coming.
     streaming: bool,
+    /// The last request stored a file (1603) on a connection that had served requests
+    /// before: the client's 900/901/902 is due on this connection.
+    verdict_due: bool,
     started: Instant,
     deadline: Option<Instant>,
     progress: u64,
@@ -128,8 +156,12 @@ impl Conversation {
             current: None,
             first: true,
             refused: None,
+            parked: None,
+            ending: None,
+            file: None,
             version: 0,
             streaming: false,
+            verdict_due: false,
             started: now.mono,
             deadline: None,
             progress: 0,
@@ -141,6 +173,13 @@ impl Conversation {
     /// requests, only the idle timeout applies).
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// A transfer is under way on this connection: a packet, more packets of an upload,
+    /// or the 900/901/902 after its 1603. A graceful shutdown waits for it (within its
+    /// grace period) before closing the connection.
+    pub fn in_transfer(&self) -> bool {
+        self.current.is_some() || self.streaming || self.verdict_due || self.waiting.is_some()
     }
 
     /// File content is expected (the driver may read in larger pieces).
@@ -183,8 +222,12 @@ impl Conversation {
                 self.on_request(request);
                 0
             }
-            Event::Decoded(RequestEvent::Invalid { header, error }) => {
-                self.on_invalid(header, error);
+            Event::Decoded(RequestEvent::Invalid {
+                header,
+                error,
+                packet,
+            }) => {
+                self.on_invalid(header, error, packet);
                 0
             }
             Event::Decoded(RequestEvent::FilePacket {
@@ -240,6 +283,7 @@ impl Conversation {
             }
             (Waiting::Invalid { code, id, payload }, done) => {
                 let outcome = Self::outcome_of(done);
+                self.refuse_transfer(code, id, &outcome);
                 self.end_request(code, id, payload, outcome, None);
             }
             (Waiting::Begin, done) => {
@@ -261,6 +305,13 @@ impl Conversation {
                 self.finish_packet(outcome);
             }
             (Waiting::Drop, _) => {}
+            (Waiting::DropParked { client }, Done::DroppedParked(Some(file))) => {
+                self.act(Action::Log(LogLine::AbandonedWithConnection {
+                    client,
+                    file,
+                }));
+            }
+            (Waiting::DropParked { .. }, _) => {}
         }
     }
 
@@ -294,7 +345,9 @@ impl Conversation {
     }
 
     fn on_request(&mut self, request: Request) {
+        self.verdict_due = false;
         self.refused = None;
+        self.file = None;
         self.streaming = false;
         self.version = request.version;
         let code = request.body.code();
@@ -358,15 +411,37 @@ impl Conversation {
         self.end_request(code, shown, size, outcome, None);
     }
 
-    fn on_invalid(&mut self, header: RequestHeader, error: DecodeError) {
-        self.refused = None;
+    fn on_invalid(
+        &mut self,
+        header: RequestHeader,
+        error: DecodeError,
+        fields: Option<FilePacketHeader>,
+    ) {
         self.version = header.version;
+        self.verdict_due = false;
+        let number = fields.as_ref().map(|f| f.packet_number);
+        self.file = fields.map(|f| f.file_name);
         let code = header.code.as_u16();
         let id = (header.code != RequestCode::Register).then_some(header.client_id);
         let payload = u64::from(header.payload_size);
+        let packet = header.code == RequestCode::SendFile;
+        // Only a packet whose fields decoded (not a packet 1) continues a refused transfer.
+        let continues = number.is_some_and(|n| n != 1);
+        if packet && continues && self.refused == Some(header.client_id) {
+            // The rest of a refused transfer (rule S12): no reply, no failure counted.
+            let outcome = Outcome {
+                reply: None,
+                detail: Some(format!("dropped: the rest of a refused transfer ({error})")),
+            };
+            self.end_request(code, id, payload, outcome, None);
+            return;
+        }
+        self.refused = None;
         // An invalid 828 abandons the parked upload: not from another address.
-        if header.code == RequestCode::SendFile && !self.address_allowed(&header.client_id) {
-            self.end_request(code, id, payload, Outcome::error(ADDRESS_REFUSED), None);
+        if packet && !self.address_allowed(&header.client_id) {
+            let outcome = Outcome::error(ADDRESS_REFUSED);
+            self.refuse_transfer(code, id, &outcome);
+            self.end_request(code, id, payload, outcome, None);
         } else {
             let job = JobKind::Invalid(Arc::clone(&self.core), header, error);
             self.run(job, Waiting::Invalid { code, id, payload });
@@ -374,6 +449,7 @@ impl Conversation {
     }
 
     fn on_malformed(&mut self, error: &DecodeError) {
+        self.file = None;
         let outcome = Outcome::error(format!("malformed request: {error}"));
         let code = match error {
             DecodeError::UnknownRequestCode(code) => *code,
@@ -388,14 +464,33 @@ impl Conversation {
         ));
     }
 
+    /// An 828 refused with 1607 on a connection that served a request before: the
+    /// client's next packets on this connection are swallowed (rule S12).
+    fn refuse_transfer(&mut self, code: u16, id: Option<ClientId>, outcome: &Outcome) {
+        let refused = outcome.code() == Some(sfc_proto::ResponseCode::ServerError);
+        if code == RequestCode::SendFile.as_u16() && refused && !self.first {
+            self.refused = id;
+        }
+    }
+
     fn on_closed(&mut self) {
         // A packet cut short abandons its upload (slot freed, temporary file removed).
         if let Some(current) = self.current.take() {
             if let Some(lease) = current.lease {
                 let client = current.header.client_id;
-                self.act(Action::Log(LogLine::AbandonedMidPacket { client }));
+                self.act(Action::Log(LogLine::AbandonedMidPacket {
+                    client,
+                    file: current.file_name,
+                }));
                 self.run(JobKind::Drop(lease), Waiting::Drop);
+                return;
             }
+        }
+        // An upload of a client that keeps its connection is not continued on another
+        // one (rule S10): it ends with its connection.
+        if let Some(Parked { client, serial }) = self.parked.take() {
+            let job = JobKind::DropParked(Arc::clone(&self.core), client, serial);
+            self.run(job, Waiting::DropParked { client });
         }
     }
 
@@ -436,6 +531,7 @@ impl Conversation {
             reply: outcome.code(),
             elapsed: self.now.mono.saturating_duration_since(self.started),
             detail: outcome.detail.clone(),
+            file: self.file.clone(),
         };
         self.act(Action::Log(LogLine::Request(line)));
     }

@@ -4,7 +4,7 @@
 
 use super::super::io::{Done, JobKind};
 use super::{Conversation, Current, Step, Waiting, ADDRESS_REFUSED};
-use crate::session::{Action, CloseReason, Core, Outcome};
+use crate::session::{Action, CloseReason, Core, Ctx, Lease, Outcome};
 use sfc_proto::{
     encrypted_size, FilePacketHeader, RequestCode, RequestHeader, Response, ResponseCode,
 };
@@ -20,10 +20,13 @@ impl Conversation {
         self.renew_deadline();
         self.progress = 0;
         self.version = header.version;
+        self.verdict_due = false;
         let id = header.client_id;
         let (number, total) = (packet.packet_number, packet.total_packets);
+        self.file = Some(packet.file_name.clone());
         let mut current = Current {
             header,
+            file_name: packet.file_name.clone(),
             number,
             total,
             lease: None,
@@ -31,9 +34,6 @@ impl Conversation {
             swallow: false,
         };
         if self.refused == Some(id) && number != 1 {
-            if number >= total {
-                self.refused = None;
-            }
             current.swallow = true;
             self.current = Some(current);
             return;
@@ -63,10 +63,14 @@ impl Conversation {
         let ctx = self.ctx();
         // Continuing a parked upload is a mutex operation; only a new upload (database
         // read, file creation) is a job.
-        let checkout = if self.address_allowed(&id) {
-            self.core.checkout(id)
-        } else {
+        // Packet 1 always starts a new upload (rule S10): the job drops what the client
+        // left unfinished.
+        let checkout = if !self.address_allowed(&id) {
             Err(Outcome::error(ADDRESS_REFUSED))
+        } else if number == 1 {
+            Ok(None)
+        } else {
+            self.core.checkout(id)
         };
         match checkout {
             Ok(Some(mut lease)) => match Core::continue_packet(&mut lease, &packet, content_len) {
@@ -80,6 +84,10 @@ impl Conversation {
                 }
             },
             Ok(None) => {
+                let ctx = Ctx {
+                    peer: Some(self.peer),
+                    ..ctx
+                };
                 let job =
                     JobKind::BeginUpload(Arc::clone(&self.core), ctx, id, packet, content_len);
                 self.run(job, Waiting::Begin);
@@ -149,6 +157,7 @@ impl Conversation {
         };
         let Current {
             header,
+            file_name,
             number,
             total,
             lease,
@@ -171,9 +180,11 @@ impl Conversation {
             );
             return;
         }
+        self.ending = lease.as_ref().and_then(Lease::serial);
         // Kept until the reply: finish_packet needs the packet's numbers.
         self.current = Some(Current {
             header,
+            file_name,
             number,
             total,
             lease: None,
@@ -205,10 +216,21 @@ impl Conversation {
             return;
         };
         let refused = outcome.code() == Some(ResponseCode::ServerError);
-        if refused && !self.first && number < total {
-            self.refused = Some(header.client_id);
+        let id = header.client_id;
+        if refused && !self.first {
+            self.refused = Some(id);
         }
         let intermediate = number < total && !refused;
+        self.verdict_due = !self.first
+            && !intermediate
+            && matches!(outcome.reply, Some(Response::FileReceived { .. }));
+        let ending = self.ending.take();
+        if self.parked.as_ref().is_some_and(|p| p.client == id) {
+            self.parked = None;
+        }
+        if let (true, false, Some(serial)) = (intermediate, self.first, ending) {
+            self.parked = Some(super::Parked { client: id, serial });
+        }
         self.streaming = intermediate;
         let payload = u64::from(header.payload_size);
         let packet = Some((number, total, intermediate));

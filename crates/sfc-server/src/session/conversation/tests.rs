@@ -51,6 +51,8 @@ fn setup(policy: Policy) -> Setup {
         upload_timeout: Duration::from_secs(600),
         batch_budget: 1 << 20,
         request_timeout: TIMEOUT,
+        max_uploads: 0,
+        max_uploads_per_address: 0,
     };
     let core = Core::new(
         Box::new(storage.meta()),
@@ -292,4 +294,116 @@ fn lost_framing_is_answered_1607_and_closes() {
         "{actions:?}"
     );
     assert_eq!(s.policy.failures.load(Ordering::SeqCst), 1);
+}
+
+/// Rule S12 (issue 12 item 3): a client that swaps packet_number and total_packets sends
+/// "N of 1", "N of 2", …, "N of N": one 1607, one failure counted, one line logged with
+/// the file; the rest dropped quietly, also the last one (valid in itself). A packet 1
+/// afterwards is a new transfer again.
+#[test]
+fn a_refused_transfer_is_answered_and_counted_once_whatever_its_packets_say() {
+    let mut s = setup(Policy {
+        failures_allowed: 1000,
+        ..Policy::default()
+    });
+    let now = at(s.start, 0);
+    let client = ClientId([5; 16]);
+    // A first request on the connection (unknown client: 1607, one failure).
+    let verdict = Request::new(
+        client,
+        RequestBody::ChecksumOk {
+            file_name: name("x"),
+        },
+    );
+    s.conversation
+        .handle(Event::Decoded(RequestEvent::Request(verdict)), now);
+    drain(&mut s.conversation, now);
+    assert_eq!(s.policy.failures.load(Ordering::SeqCst), 1);
+
+    const N: u16 = 40;
+    let header = RequestHeader::new(client, RequestCode::SendFile, 267 + 16);
+    let fields = |total: u16| FilePacketHeader {
+        content_size: u32::from(N) * 16,
+        orig_file_size: u32::from(N) * 16 - 1,
+        packet_number: N,
+        total_packets: total,
+        file_name: name("swapped.bin"),
+    };
+    let mut replies = 0;
+    let mut logged = Vec::new();
+    for total in 1..=N {
+        s.conversation.handle(Event::RequestStarted, now);
+        let packet = fields(total);
+        if let Err(error) = packet.check(16) {
+            s.conversation.handle(
+                Event::Decoded(RequestEvent::Invalid {
+                    header,
+                    error: error.into(),
+                    packet: Some(packet),
+                }),
+                now,
+            );
+        } else {
+            s.conversation.handle(
+                Event::Decoded(RequestEvent::FilePacket {
+                    header,
+                    packet,
+                    content_len: 16,
+                }),
+                now,
+            );
+            s.conversation
+                .handle(Event::Decoded(RequestEvent::Content(&[0u8; 16])), now);
+            s.conversation
+                .handle(Event::Decoded(RequestEvent::FilePacketEnd), now);
+        }
+        for action in drain(&mut s.conversation, now) {
+            match action {
+                Action::Send(reply) => {
+                    assert_eq!(reply, Response::ServerError);
+                    replies += 1;
+                }
+                Action::Log(LogLine::Request(line)) if line.reply.is_some() => logged.push(line),
+                Action::Close(_) | Action::SendAndClose(..) => panic!("closed"),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(replies, 1, "one 1607 for the whole transfer");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(
+        logged[0].file.as_ref().map(Name::as_str),
+        Some("swapped.bin")
+    );
+    assert_eq!(
+        s.policy.failures.load(Ordering::SeqCst),
+        2,
+        "one failure more"
+    );
+
+    // A packet 1 starts a new transfer: answered (1607 here: the client is unknown).
+    let first = FilePacketHeader {
+        packet_number: 1,
+        total_packets: 1,
+        ..fields(1)
+    };
+    s.conversation.handle(
+        Event::Decoded(RequestEvent::FilePacket {
+            header,
+            packet: first,
+            content_len: 16,
+        }),
+        now,
+    );
+    s.conversation
+        .handle(Event::Decoded(RequestEvent::Content(&[0u8; 16])), now);
+    s.conversation
+        .handle(Event::Decoded(RequestEvent::FilePacketEnd), now);
+    let actions = drain(&mut s.conversation, now);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Send(Response::ServerError))),
+        "{actions:?}"
+    );
 }

@@ -433,7 +433,7 @@ impl MetaStore for SqliteStore {
         match writer {
             Some(writer) => {
                 let stats = writer.stats();
-                tracing::info!(
+                tracing::debug!(
                     writes = stats.writes(),
                     transactions = stats.transactions(),
                     "database writer stopping (group commit)"

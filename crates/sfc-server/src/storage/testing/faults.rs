@@ -282,6 +282,9 @@ impl TempBlob for FaultyTemp {
         self.faults.disk()?;
         self.inner.write_all(bytes)
     }
+    fn suspend(&mut self) -> io::Result<()> {
+        self.inner.suspend()
+    }
     fn persist(self: Box<Self>) -> io::Result<String> {
         self.faults.disk()?;
         self.inner.persist()

@@ -1,0 +1,332 @@
+//! What an operator sees of the real `sfc-server` binary (issue 12, items 6-10): refused
+//! connections in the log, an invalid log filter, start-up errors, a failed start that
+//! leaves nothing behind, and log lines that say what happened (no Rust debug formatting,
+//! no noise, no error printed twice).
+#![cfg(test)]
+
+mod common;
+
+use common::process::{ServerProcess, SERVER_BIN};
+use common::*;
+use sfc_proto::Response;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs the binary for at most `patience`; returns its exit status (`None`: still
+/// running, then killed) and its stderr.
+fn run_briefly(
+    args: &[&str],
+    rust_log: Option<&str>,
+    patience: Duration,
+) -> (Option<ExitStatus>, String) {
+    let mut command = Command::new(SERVER_BIN);
+    command
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(filter) = rust_log {
+        command.env("RUST_LOG", filter);
+    }
+    let mut child = command.spawn().expect("spawn sfc-server");
+    let deadline = Instant::now() + patience;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    (status, stderr)
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Item 7: a log filter that would silence the server is refused at start-up, exit 2.
+#[test]
+fn an_invalid_log_filter_is_refused_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    let d = d.to_str().unwrap();
+    let base = ["--data-dir", d, "--port", "0", "--bind", "127.0.0.1"];
+    let cases: [(&[&str], Option<&str>, &str); 4] = [
+        (&["--log-level", "bogus"], None, "--log-level"),
+        (&["--log-level", "sfc_server=["], None, "--log-level"),
+        (&[], Some("bogus"), "RUST_LOG"),
+        (&["files"], Some("sfc_server=["), "RUST_LOG"),
+    ];
+    for (extra, rust_log, source) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (status, stderr) = run_briefly(&args, rust_log, Duration::from_secs(5));
+        let status = status.unwrap_or_else(|| panic!("{args:?} {rust_log:?}: still running"));
+        assert_eq!(status.code(), Some(2), "{args:?} {rust_log:?}: {stderr}");
+        assert!(
+            stderr.contains("invalid log filter") && stderr.contains(source),
+            "{args:?} {rust_log:?}: {stderr}"
+        );
+        assert!(
+            !Path::new(d).exists(),
+            "nothing is created: {:?}",
+            entries(Path::new(d))
+        );
+    }
+}
+
+/// Item 9: a port that is taken stops the server before it creates anything.
+#[test]
+fn a_busy_port_leaves_no_files_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    // An existing, empty data folder; and one that does not exist yet.
+    for data in [dir.path().to_path_buf(), dir.path().join("new")] {
+        let d = data.to_str().unwrap();
+        let (status, stderr) = run_briefly(
+            &["--data-dir", d, "--port", &port, "--bind", "127.0.0.1"],
+            None,
+            Duration::from_secs(10),
+        );
+        assert!(!status.expect("the server stops").success(), "{stderr}");
+        assert!(stderr.contains("cannot listen on"), "{stderr}");
+        assert!(
+            entries(&data).is_empty(),
+            "left behind: {:?}",
+            entries(&data)
+        );
+    }
+}
+
+/// Item 10: one line for a fatal error; no log noise from the admin views.
+#[test]
+fn fatal_errors_are_printed_once_and_admin_views_are_quiet() {
+    let (status, stderr) = run_briefly(
+        &["clients", "--data-dir", "/nonexistent/sfc"],
+        None,
+        Duration::from_secs(10),
+    );
+    assert!(!status.unwrap().success());
+    assert_eq!(stderr.matches("no database").count(), 1, "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut server = ServerProcess::start(&["--data-dir", d, "--port", "0", "--bind", "127.0.0.1"]);
+    let addr = server.listening_addr();
+    let mut conn = Conn::connect(addr);
+    enroll(&mut conn, "quiet");
+    drop(conn);
+    assert!(server.terminate().success());
+    for view in ["clients", "files"] {
+        let out = Command::new(SERVER_BIN)
+            .args([view, "--data-dir", d])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.is_empty(),
+            "sfc-server {view} wrote to stderr: {stderr}"
+        );
+    }
+}
+
+/// Item 10: the log says what happened in words: a taken name without Rust's debug
+/// formatting, an upload's start (client, file, size, packets), the "stored" line with
+/// the file's size, duration and rate, and the file of an upload cut mid-packet.
+#[test]
+fn log_lines_name_the_file_and_carry_no_debug_formatting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut server = ServerProcess::start(&["--data-dir", d, "--port", "0", "--bind", "127.0.0.1"]);
+    let addr = server.listening_addr();
+    let mut conn = Conn::connect(addr);
+    let (id, key) = enroll(&mut conn, "nina");
+    assert!(matches!(
+        conn.call(&register_request("nina")),
+        Response::RegistrationFailed
+    ));
+    let taken = server.wait_for("is taken").expect("the refusal is logged");
+    assert!(
+        taken.contains(r#"name \"nina\" is taken"#) || taken.contains(r#"name "nina" is taken"#),
+        "{taken}"
+    );
+    assert!(!taken.contains("Name("), "{taken}");
+
+    let plain = data(50_000, 9);
+    let reply = upload(&mut conn, id, &key, "report.pdf", &plain, 4096);
+    assert_received(&reply, id, "report.pdf", &plain);
+    let started = server
+        .wait_for("upload started")
+        .expect("an upload-started line");
+    let client = format!("client={}", id.short());
+    for field in [
+        client.as_str(),
+        "file=report.pdf",
+        "size=50000",
+        "packets=13",
+    ] {
+        assert!(started.contains(field), "{field} in {started}");
+    }
+    let stored = server.wait_for("stored as").expect("a stored line");
+    assert!(stored.contains("50000 bytes in "), "{stored}");
+    assert!(
+        stored.contains("MiB/s") || stored.contains("(-)"),
+        "{stored}"
+    );
+
+    // A packet cut short: its file is named.
+    let cipher = encrypt(&key, &plain);
+    let first = &packets(
+        id,
+        "cut.bin",
+        plain.len(),
+        &cipher,
+        4096,
+        ContentSize::Whole,
+    )[0];
+    conn.send_raw(&first[..first.len() - 100]);
+    drop(conn);
+    let cut = server
+        .wait_for("connection ended mid-packet")
+        .expect("logged");
+    assert!(cut.contains("file=cut.bin"), "{cut}");
+    assert!(server.terminate().success());
+}
+
+/// Item 10: a port.info that says 0 is not silently a random port.
+#[test]
+fn port_info_with_0_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    std::fs::write(dir.path().join("port.info"), "0\n").unwrap();
+    let mut server = ServerProcess::start(&["--data-dir", d, "--bind", "127.0.0.1"]);
+    let warning = server
+        .wait_for("port.info")
+        .expect("a line about port.info");
+    assert!(
+        warning.contains("WARN") && warning.contains("says 0"),
+        "{warning}"
+    );
+    server.listening_addr();
+    assert!(server.terminate().success());
+}
+
+/// Item 6: connections refused by --max-connections-per-address are logged at WARN,
+/// one line per address and interval, with the count.
+#[test]
+fn refused_connections_are_logged_once_per_address_with_a_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut server = ServerProcess::start(&[
+        "--data-dir",
+        d,
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--max-connections-per-address",
+        "1",
+    ]);
+    let addr = server.listening_addr();
+    let mut held = Conn::connect(addr);
+    enroll(&mut held, "holder");
+    for _ in 0..5 {
+        let mut refused = Conn::connect(addr);
+        assert!(
+            refused.closed_within(Duration::from_secs(5)),
+            "closed at once"
+        );
+    }
+    let lines = server.lines_containing("too many open connections", Duration::from_millis(500));
+    assert_eq!(lines.len(), 1, "one line per interval: {lines:#?}");
+    assert!(
+        lines[0].contains("WARN")
+            && lines[0].contains("refused=1")
+            && lines[0].contains("127.0.0.1"),
+        "{}",
+        lines[0]
+    );
+    drop(held);
+    assert!(server.terminate().success());
+}
+
+/// Item 8: a start-up error names the file and what was being done. Reproduces the
+/// report: a data folder whose files/ belongs to root, the server run as `nobody`.
+/// Needs root (to make the files and drop to `nobody` with setpriv); skipped otherwise.
+#[test]
+fn a_start_up_error_names_the_file_and_the_operation() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !is_root || !setpriv.exists() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let files = data.join("files");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::set_permissions(&files, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(data.join("defensive.db"), b"").unwrap();
+    chown(data.join("defensive.db"), Some(65534), Some(65534)).unwrap();
+    let out = Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            SERVER_BIN,
+        ])
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("Permission denied")
+        && stderr.contains("sfc-server")
+        && !stderr.contains("data")
+    {
+        eprintln!("skipped: nobody cannot run the test binary here: {stderr}");
+        return;
+    }
+    assert!(!out.status.success(), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.contains("error"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        error.contains(files.to_str().unwrap()) && error.contains("chmod"),
+        "the error names neither the file nor the operation: {error}"
+    );
+}

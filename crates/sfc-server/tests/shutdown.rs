@@ -1,0 +1,144 @@
+//! Issue 12 item 5: SIGTERM is graceful for uploads. The real binary, two clients that
+//! keep their connections, each in the middle of an upload: after SIGTERM the server
+//! accepts no new connection, lets the upload that goes on finish (its packets, the 1603
+//! and the client's 900), cuts the one that stalls when `--shutdown-grace` is over, and
+//! says at INFO what was running and what was cut.
+#![cfg(test)]
+
+mod common;
+
+use common::process::{ServerProcess, SERVER_BIN};
+use common::*;
+use sfc_proto::Response;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const GRACE_SECS: u64 = 4;
+
+#[test]
+fn sigterm_lets_running_uploads_finish_within_the_grace_and_cuts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let grace = GRACE_SECS.to_string();
+    let mut server = ServerProcess::start(&[
+        "--data-dir",
+        d,
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--shutdown-grace",
+        &grace,
+    ]);
+    let addr = server.listening_addr();
+
+    // Finishing: 64 packets, half of them sent before SIGTERM.
+    let mut finishing = Conn::connect(addr);
+    let (id_f, key_f) = enroll(&mut finishing, "finishing");
+    let plain_f = data(256 * 1024, 1);
+    let packets_f = packets(
+        id_f,
+        "finishing.bin",
+        plain_f.len(),
+        &encrypt(&key_f, &plain_f),
+        4096,
+        ContentSize::Whole,
+    );
+    // Stalling: 3 of 10 packets, then nothing.
+    let mut stalling = Conn::connect(addr);
+    let (id_s, key_s) = enroll(&mut stalling, "stalling");
+    let plain_s = data(40_000, 2);
+    let packets_s = packets(
+        id_s,
+        "stalling.bin",
+        plain_s.len(),
+        &encrypt(&key_s, &plain_s),
+        4096,
+        ContentSize::Whole,
+    );
+    for packet in &packets_s[..3] {
+        stalling.send_raw(packet);
+    }
+    let half = packets_f.len() / 2;
+    for packet in &packets_f[..half] {
+        finishing.send_raw(packet);
+    }
+    // Both uploads are under way (no reply is due for intermediate packets: give the
+    // server a moment to take them).
+    std::thread::sleep(Duration::from_millis(300));
+
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(server.wait_for("shutting down").is_some());
+
+    // No new connections.
+    let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map(|stream| {
+            let mut conn = Conn { stream };
+            conn.closed_within(Duration::from_secs(2))
+        })
+        .unwrap_or(true);
+    assert!(refused, "a new connection after SIGTERM is not served");
+
+    // The running upload finishes, and its 900 is answered.
+    for packet in &packets_f[half..] {
+        finishing.send_raw(packet);
+    }
+    assert_received(&finishing.recv(), id_f, "finishing.bin", &plain_f);
+    assert_eq!(
+        finishing.call(&file_name_request(id_f, 900, "finishing.bin")),
+        Response::Ack {
+            client_id: Some(id_f)
+        }
+    );
+    // Then the connection is closed: the server is shutting down.
+    assert!(finishing.closed_within(Duration::from_secs(2)));
+
+    // The stalled one is cut when the grace is over; the server then exits.
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(GRACE_SECS + 10),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(GRACE_SECS - 1),
+        "the stalled upload had the grace period"
+    );
+    assert!(stalling.closed_within(Duration::from_secs(2)));
+
+    let running = server.lines_containing("shutting down: upload in progress", Duration::ZERO);
+    assert!(
+        running.iter().any(|l| l.contains("file=finishing.bin"))
+            && running.iter().any(|l| l.contains("file=stalling.bin")),
+        "what was running: {running:#?}"
+    );
+    let cut = server.lines_containing("upload cut by the shutdown", Duration::ZERO);
+    assert_eq!(cut.len(), 1, "{cut:#?}");
+    assert!(
+        cut[0].contains("file=stalling.bin") && cut[0].contains("packets=3/10"),
+        "{}",
+        cut[0]
+    );
+    assert!(cut[0].contains("INFO"), "{}", cut[0]);
+
+    let out = Command::new(SERVER_BIN)
+        .args(["files", "--json", "--data-dir", d])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let files: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = files.as_array().unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0]["file_name"], "finishing.bin");
+    assert_eq!(files[0]["verified"], true);
+}
