@@ -47,7 +47,9 @@ pub mod tls {
 pub mod testing {
     pub use crate::net::entropy::OsEntropy;
     pub use crate::storage::names::disk_name;
-    pub use crate::storage::testing::{Faults, FaultyBlobs, FaultyMeta, MemoryStorage};
+    pub use crate::storage::testing::{
+        check_open_reads_back, check_remove_client, Faults, FaultyBlobs, FaultyMeta, MemoryStorage,
+    };
     pub use crate::testing_doubles::{CountingEntropy, OpenDoors};
 
     /// The sans-IO session: one [`session::Conversation`] per connection over a shared

@@ -163,6 +163,10 @@ impl BlobStore for LocalBlobStore {
         Ok(())
     }
 
+    fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        Ok(Box::new(fs::File::open(self.resolve(path)?)?))
+    }
+
     fn size(&self, path: &str) -> io::Result<u64> {
         Ok(fs::metadata(self.resolve(path)?)?.len())
     }
@@ -396,6 +400,12 @@ impl Drop for LocalTemp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_files_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::storage::testing::check_open_reads_back(&LocalBlobStore::new(dir.path()));
+    }
 
     #[test]
     fn temp_files_persist_atomically_and_are_removed_when_dropped() {
