@@ -23,7 +23,7 @@ mod net;
 mod session;
 mod storage;
 
-pub use config::ServerConfig;
+pub use config::{AdminConfig, ServerConfig};
 pub use net::listener::{raise_fd_limit, run, shutdown_signal, RunningServer, Server};
 pub use net::rate_limit::RateLimit;
 pub use storage::fs::LocalBlobStore;

@@ -8,9 +8,11 @@
 
 use crate::config::ServerConfig;
 use crate::net::address_limit::ConnectionsPerAddress;
+use crate::net::admin_http::AdminServer;
 use crate::net::connection::{self, ConnLimits};
 use crate::net::entropy::OsEntropy;
 use crate::net::guards::AddressGuards;
+use crate::net::monitor::Monitor;
 use crate::net::rate_limit::RateLimiter;
 use crate::session::Core;
 use crate::storage::fs::DataDirLock;
@@ -69,6 +71,10 @@ pub struct Server {
     addr: SocketAddr,
     /// Opt-in TLS (`config.tls`), loaded and checked at bind time.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Metrics and live state, fed by the connections.
+    monitor: Arc<Monitor>,
+    /// The admin HTTP listener (`config.admin`), bound beside the protocol listener.
+    admin: Option<AdminServer>,
     /// Held until the server is dropped.
     _lock: Option<DataDirLock>,
 }
@@ -100,12 +106,22 @@ impl Server {
         let listener = bind_listener(config.bind)
             .with_context(|| format!("cannot listen on {}", config.bind))?;
         let addr = listener.local_addr()?;
+        let core = Arc::new(core);
+        let monitor = Arc::new(Monitor::new(config.upload_timeout));
+        let admin = match &config.admin {
+            Some(admin) => {
+                Some(AdminServer::bind(admin, Arc::clone(&core), Arc::clone(&monitor)).await?)
+            }
+            None => None,
+        };
         Ok(Server {
             listener,
-            core: Arc::new(core),
+            core,
             config,
             addr,
             tls,
+            monitor,
+            admin,
             _lock: lock,
         })
     }
@@ -113,6 +129,11 @@ impl Server {
     /// The address actually bound (with the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, when `--admin-listen` is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully (see the module
@@ -124,17 +145,25 @@ impl Server {
             config,
             addr,
             tls,
+            monitor,
+            admin,
             _lock: lock,
         } = self;
         let rate = Arc::new(RateLimiter::new(
             config.register_limit,
             config.failure_limit,
         ));
-        let limits = connection_limits(&config, &rate);
+        let limits = connection_limits(&config, &rate, &monitor);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let per_address = ConnectionsPerAddress::new(config.max_connections_per_address);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let admin = admin.map(|admin| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(admin.serve(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            }))
+        });
         let mut connections = JoinSet::new();
         let housekeeping = tokio::spawn(housekeeping(
             Arc::clone(&core),
@@ -168,7 +197,7 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let Some(slot) = admit(&rate, &per_address, peer) else {
+                    let Some(slot) = admit(&rate, &per_address, peer, &monitor) else {
                         drop(stream);
                         drop(permit);
                         continue;
@@ -181,8 +210,10 @@ impl Server {
                         request_timeout: config.request_timeout,
                         stop: stop_rx.clone(),
                     };
+                    let open = monitor.connection_opened();
                     connections.spawn(async move {
                         serve_accepted(stream, peer, shared).await;
+                        drop(open);
                         drop(slot);
                         drop(permit);
                     });
@@ -197,6 +228,9 @@ impl Server {
 
         drop(listener);
         let _ = stop_tx.send(true);
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         shut_down(connections, &config, housekeeping, core).await;
         // Only now may another server take the folder.
         drop(lock);
@@ -206,7 +240,11 @@ impl Server {
 
 /// What every connection gets: the idle timeout, the rate limits and (with
 /// `--pin-address`) the address pins.
-fn connection_limits(config: &ServerConfig, rate: &Arc<RateLimiter>) -> Arc<ConnLimits> {
+fn connection_limits(
+    config: &ServerConfig,
+    rate: &Arc<RateLimiter>,
+    monitor: &Arc<Monitor>,
+) -> Arc<ConnLimits> {
     let guards = AddressGuards {
         rate: Arc::clone(rate),
         pins: config
@@ -216,6 +254,7 @@ fn connection_limits(config: &ServerConfig, rate: &Arc<RateLimiter>) -> Arc<Conn
     Arc::new(ConnLimits {
         idle_timeout: config.idle_timeout,
         policy: Arc::new(guards),
+        monitor: Arc::clone(monitor),
     })
 }
 
@@ -237,14 +276,17 @@ fn admit(
     rate: &RateLimiter,
     per_address: &Arc<ConnectionsPerAddress>,
     peer: SocketAddr,
+    monitor: &Monitor,
 ) -> Option<crate::net::address_limit::AddressSlot> {
     if rate.is_blocked(peer.ip()) {
         tracing::debug!(%peer, "connection refused: too many failed requests from this address");
+        monitor.connection_refused(peer, "failure-budget");
         return None;
     }
     let slot = per_address.enter(peer.ip());
     if slot.is_none() {
         tracing::debug!(%peer, "connection refused: too many open connections from this address");
+        monitor.connection_refused(peer, "per-address");
     }
     slot
 }
@@ -286,6 +328,7 @@ async fn serve_accepted(stream: tokio::net::TcpStream, peer: SocketAddr, shared:
                 Ok(stream) => Box::pin(connection::serve(stream, peer, core, limits, stop)).await,
                 Err(reason) => {
                     rate.record_failure(peer.ip());
+                    limits.monitor.connection_refused(peer, "tls-handshake");
                     tracing::info!(%peer, %reason, "connection closed");
                 }
             }
@@ -395,6 +438,7 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -411,7 +455,8 @@ impl RunningServer {
     }
 
     fn start_inner(config: ServerConfig, storage: Option<Storage>) -> anyhow::Result<Self> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<SocketAddr>>();
+        type Bound = (SocketAddr, Option<SocketAddr>);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<Bound>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name("sfc-server-worker");
@@ -429,7 +474,7 @@ impl RunningServer {
                     };
                     match bound {
                         Ok(server) => {
-                            let _ = ready_tx.send(Ok(server.local_addr()));
+                            let _ = ready_tx.send(Ok((server.local_addr(), server.admin_addr())));
                             let stopped = async {
                                 let _ = stop_rx.await;
                             };
@@ -445,8 +490,8 @@ impl RunningServer {
                 runtime.shutdown_timeout(Duration::from_secs(5));
             })
             .context("cannot start the server thread")?;
-        let addr = match ready_rx.recv() {
-            Ok(Ok(addr)) => addr,
+        let (addr, admin_addr) = match ready_rx.recv() {
+            Ok(Ok(bound)) => bound,
             Ok(Err(error)) => {
                 let _ = thread.join();
                 return Err(error);
@@ -458,6 +503,7 @@ impl RunningServer {
         };
         Ok(RunningServer {
             addr,
+            admin_addr,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -466,6 +512,11 @@ impl RunningServer {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, when `--admin-listen` is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Shuts down gracefully and joins the server thread.

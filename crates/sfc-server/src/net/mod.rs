@@ -2,14 +2,17 @@
 //! connection that moves bytes between the socket and the session's
 //! [`crate::session::Conversation`] ([`connection`]), opt-in TLS ([`tls`]), and the
 //! per-address guards: open connections ([`address_limit`]), registrations and failures
-//! ([`rate_limit`]), `--pin-address` ([`address_pin`]).
+//! ([`rate_limit`]), `--pin-address` ([`address_pin`]); the operator's view: the metrics
+//! and live state ([`monitor`]) and the admin HTTP listener ([`admin_http`]).
 
 pub(crate) mod address_limit;
 pub(crate) mod address_pin;
+pub(crate) mod admin_http;
 pub(crate) mod connection;
 pub(crate) mod entropy;
 pub(crate) mod guards;
 pub(crate) mod listener;
 mod log;
+pub(crate) mod monitor;
 pub(crate) mod rate_limit;
 pub(crate) mod tls;

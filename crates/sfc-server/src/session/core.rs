@@ -139,6 +139,54 @@ impl Core {
         flushed.and(closed)
     }
 
+    // ----- the operator's actions (admin HTTP) -----------------------------------------
+
+    /// The metadata store, for the admin's read-only views.
+    pub fn meta_store(&self) -> &dyn MetaStore {
+        self.meta.as_ref()
+    }
+
+    /// The blob store, for the admin's read-only views and downloads.
+    pub fn blob_store(&self) -> &dyn BlobStore {
+        self.blobs.as_ref()
+    }
+
+    /// Deletes one stored file (the row first, then the file, as for a 902), after
+    /// abandoning an upload of the client in progress. `Ok(None)`: no such file.
+    pub fn admin_remove_file(
+        &self,
+        id: &ClientId,
+        file_name: &str,
+        now: Timestamp,
+    ) -> Result<Option<crate::storage::FileRecord>, StoreError> {
+        drop(self.registry.remove_parked(id));
+        let removed = self.meta.remove_file(id, file_name, now)?;
+        if let Some(record) = &removed {
+            self.blobs.remove(&record.path)?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes a client, its rows and its stored files, so that its name can be
+    /// registered again; abandons its parked upload. `Ok(None)`: no such client.
+    pub fn admin_remove_client(
+        &self,
+        id: &ClientId,
+    ) -> Result<Option<Vec<crate::storage::FileRecord>>, StoreError> {
+        drop(self.registry.remove_parked(id));
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        let Some(files) = self.meta.remove_client(id)? else {
+            return Ok(None);
+        };
+        for file in &files {
+            self.blobs.remove(&file.path)?;
+        }
+        Ok(Some(files))
+    }
+
     // ----- whole requests -------------------------------------------------------------
 
     /// Handles a whole request of any code. An 828 given whole (with its content in
