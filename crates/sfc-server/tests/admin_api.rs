@@ -705,3 +705,61 @@ fn a_public_admin_address_needs_tls_or_an_explicit_insecure() {
     assert_eq!(token.trim().len(), 64);
     server.stop();
 }
+
+#[test]
+fn readyz_and_the_storage_error_count_follow_the_database() {
+    use sfc_server::testing::{Faults, FaultyBlobs, FaultyMeta};
+    use sfc_server::{LocalBlobStore, SqliteStore, Storage};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let storage = Storage {
+        meta: Box::new(FaultyMeta::new(
+            SqliteStore::open(&dir.path().join("defensive.db")).unwrap(),
+            faults.clone(),
+        )),
+        blobs: Box::new(FaultyBlobs::new(
+            LocalBlobStore::new(dir.path()),
+            faults.clone(),
+        )),
+        lock: None,
+    };
+    let mut config = config_for(dir.path());
+    with_admin(&mut config);
+    let server = sfc_server::RunningServer::start_with(config, storage).unwrap();
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let base = format!("http://{}", server.admin_addr().unwrap());
+    let get = |path: &str| {
+        let mut response = agent
+            .get(format!("{base}{path}"))
+            .header("Authorization", format!("Bearer {}", token.trim()))
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    };
+    assert_eq!(get("/readyz").0, 200);
+    faults.db_down.store(true, Ordering::SeqCst);
+    let (status, body) = get("/readyz");
+    assert_eq!(status, 503);
+    assert!(body.contains("database"), "{body}");
+    assert_eq!(get("/healthz").0, 200, "alive even when not ready");
+    let mut conn = Conn::connect(server.addr());
+    assert_eq!(conn.call(&register_request("kim")), Response::ServerError);
+    let (_, metrics) = get("/metrics");
+    let scraped =
+        prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(
+        sample(&scraped, "sfc_storage_errors_total", Some(("code", "825"))),
+        1.0
+    );
+    faults.db_recovers();
+    assert_eq!(get("/readyz").0, 200);
+    server.stop();
+}

@@ -151,15 +151,15 @@ impl Core {
         self.blobs.as_ref()
     }
 
-    /// Deletes one stored file (the row first, then the file, as for a 902), after
-    /// abandoning an upload of the client in progress. `Ok(None)`: no such file.
+    /// Deletes one stored file (the row first, then the file, as for a 902). An upload
+    /// in progress is left alone: if it finishes, the client has sent the file again.
+    /// `Ok(None)`: no such file.
     pub fn admin_remove_file(
         &self,
         id: &ClientId,
         file_name: &str,
         now: Timestamp,
     ) -> Result<Option<crate::storage::FileRecord>, StoreError> {
-        drop(self.registry.remove_parked(id));
         let removed = self.meta.remove_file(id, file_name, now)?;
         if let Some(record) = &removed {
             self.blobs.remove(&record.path)?;
