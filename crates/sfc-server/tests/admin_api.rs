@@ -763,3 +763,57 @@ fn readyz_and_the_storage_error_count_follow_the_database() {
     assert_eq!(get("/readyz").0, 200);
     server.stop();
 }
+
+#[test]
+fn rate_limit_refusals_and_refused_connections_are_counted() {
+    fn tweak(config: &mut ServerConfig) {
+        with_admin(config);
+        config.register_limit = sfc_server::RateLimit::new(1, 1);
+        config.max_connections_per_address = 2;
+    }
+    let server = TestServer::start_with(tweak);
+    let addr = server.server.as_ref().unwrap().admin_addr().unwrap();
+    let token = std::fs::read_to_string(server.root().join("admin.token")).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let scrape = || {
+        let body = agent
+            .get(format!("http://{addr}/metrics"))
+            .header("Authorization", format!("Bearer {}", token.trim()))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+    };
+    let mut conn = server.connect();
+    assert!(matches!(
+        conn.call(&register_request("lou")),
+        Response::Registered { .. }
+    ));
+    assert_eq!(conn.call(&register_request("max")), Response::ServerError);
+    let _second = server.connect();
+    let mut third = server.connect();
+    assert!(third.closed_within(Duration::from_secs(5)));
+    let scraped = scrape();
+    assert_eq!(
+        sample(
+            &scraped,
+            "sfc_rate_limit_refusals_total",
+            Some(("limit", "registration"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &scraped,
+            "sfc_connections_refused_total",
+            Some(("reason", "per-address"))
+        ),
+        1.0
+    );
+    assert_eq!(sample(&scraped, "sfc_connections_open", None), 2.0);
+}
