@@ -228,8 +228,14 @@ impl Server {
 
         drop(listener);
         let _ = stop_tx.send(true);
-        if let Some(admin) = admin {
-            let _ = admin.await;
+        if let Some(mut admin) = admin {
+            // A download in progress may not hold the shutdown beyond the grace period.
+            if tokio::time::timeout(config.shutdown_grace, &mut admin)
+                .await
+                .is_err()
+            {
+                admin.abort();
+            }
         }
         shut_down(connections, &config, housekeeping, core).await;
         // Only now may another server take the folder.

@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 
 /// How many failures the dashboard and `/api/v1/failures` keep.
 pub const FAILURES_KEPT: usize = 100;
+/// Uploads in progress shown at most: an 828 header is noted before the session has
+/// checked its client, so a flood of headers with made-up IDs must not grow the map
+/// without bound (refused ones are dropped at their 1607 anyway).
+pub const LIVE_UPLOADS_KEPT: usize = 10_000;
 
 type Labels = [(&'static str, String); 1];
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
@@ -276,6 +280,9 @@ impl Monitor {
     pub fn packet_begins(&self, peer: SocketAddr, client: ClientId, packet: &FilePacketHeader) {
         let now = Instant::now();
         let mut live = self.live();
+        if live.uploads.len() >= LIVE_UPLOADS_KEPT && !live.uploads.contains_key(&client) {
+            return;
+        }
         let entry = live.uploads.entry(client).or_insert_with(|| LiveUpload {
             peer,
             file_name: packet.file_name.as_str().to_owned(),
@@ -504,5 +511,80 @@ pub struct OpenConnection(Arc<Monitor>);
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.metrics.connections_open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sfc_proto::Name;
+
+    fn header(number: u16, total: u16) -> FilePacketHeader {
+        FilePacketHeader {
+            content_size: 4096,
+            orig_file_size: 4000,
+            packet_number: number,
+            total_packets: total,
+            file_name: Name::new("f.bin").unwrap(),
+        }
+    }
+
+    fn packet_log(client: ClientId, reply: Option<ResponseCode>) -> LogLine {
+        LogLine::Request(RequestLog {
+            code: 828,
+            client: Some(client),
+            version: 3,
+            payload: 267 + 1024,
+            packet: Some((1, 2, reply.is_none())),
+            reply,
+            elapsed: Duration::from_millis(1),
+            detail: reply.map(|_| "database error: down".to_owned()),
+        })
+    }
+
+    #[test]
+    fn uploads_are_followed_until_their_reply_and_bounded() {
+        let monitor = Monitor::new(Duration::from_secs(600));
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let a = ClientId([1; 16]);
+        monitor.packet_begins(peer, a, &header(1, 2));
+        monitor.record(peer, &packet_log(a, None));
+        let live = monitor.snapshot();
+        assert_eq!(live.uploads.len(), 1);
+        assert_eq!(live.uploads[0].packets_received, 1);
+        assert_eq!(live.uploads[0].bytes_received, 1024);
+        // A refusal ends it and is listed as a failure.
+        monitor.record(peer, &packet_log(a, Some(ResponseCode::ServerError)));
+        let live = monitor.snapshot();
+        assert!(live.uploads.is_empty());
+        assert_eq!(live.failures[0].kind, "828 → 1607");
+        assert!(monitor
+            .encode()
+            .contains("sfc_storage_errors_total{code=\"828\"} 1"));
+        // Made-up client IDs cannot grow the map without bound.
+        for i in 0..LIVE_UPLOADS_KEPT as u32 + 10 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            monitor.packet_begins(peer, ClientId(id), &header(1, 2));
+        }
+        assert_eq!(monitor.snapshot().uploads.len(), LIVE_UPLOADS_KEPT);
+        // Idle ones go after the upload timeout.
+        let quick = Monitor::new(Duration::ZERO);
+        quick.packet_begins(peer, a, &header(1, 2));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(quick.snapshot().uploads.is_empty());
+    }
+
+    #[test]
+    fn failures_keep_the_newest() {
+        let monitor = Monitor::new(Duration::from_secs(600));
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for _ in 0..FAILURES_KEPT + 5 {
+            monitor.connection_refused(peer, "per-address");
+        }
+        monitor.admin_login_failed(peer, "newest");
+        let failures = monitor.snapshot().failures;
+        assert_eq!(failures.len(), FAILURES_KEPT);
+        assert_eq!(failures[0].detail, "newest");
     }
 }
