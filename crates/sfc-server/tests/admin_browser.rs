@@ -167,7 +167,7 @@ impl Browser {
     }
 
     fn accept_alert(&self) {
-        assert!(eventually(Duration::from_secs(5), || {
+        assert!(eventually(Duration::from_secs(15), || {
             let url = format!("{}{}", self.base, self.in_session("/alert/accept"));
             self.agent
                 .post(&url)
@@ -275,11 +275,19 @@ fn an_operator_logs_in_watches_an_upload_downloads_deletes_and_removes() {
     assert!(browser.url().ends_with("/login"));
     browser.type_into("#token", "wrong");
     browser.click("button[type=submit]");
-    assert!(browser.text("p.error").contains("Wrong token"));
+    // A click returns before the form's navigation has finished: wait for the page.
+    assert!(eventually(Duration::from_secs(15), || browser
+        .text("p.error")
+        .contains("Wrong token")));
     browser.type_into("#token", token.trim());
     browser.click("button[type=submit]");
-    assert_eq!(browser.url(), format!("{admin}/"));
-    assert_eq!(browser.text("h1"), "Dashboard");
+    assert!(
+        eventually(Duration::from_secs(15), || browser.url()
+            == format!("{admin}/")
+            && browser.text("h1") == "Dashboard"),
+        "{}",
+        browser.url()
+    );
     assert_eq!(browser.text("[data-stat=clients]"), "1");
 
     // The client list shows ivy.
@@ -361,16 +369,19 @@ fn an_operator_logs_in_watches_an_upload_downloads_deletes_and_removes() {
     browser.go(&format!("{admin}/clients/{ivy}"));
     browser.click("form[action$='/delete'] button");
     browser.accept_alert();
-    assert!(eventually(Duration::from_secs(10), || browser
+    assert!(eventually(Duration::from_secs(20), || browser
         .text("#files")
         .contains("No stored file")));
     assert!(server.db().file(&ivy, "photo.jpg").unwrap().is_none());
     browser.click("form[action$='/remove'] button");
     browser.accept_alert();
-    assert!(eventually(Duration::from_secs(10), || browser
+    assert!(eventually(Duration::from_secs(20), || browser
         .url()
         .ends_with("/clients")));
-    assert!(!browser.text("#clients").contains("ivy"));
+    assert!(eventually(Duration::from_secs(15), || {
+        let clients = browser.text("#clients");
+        clients.contains("jack") && !clients.contains("ivy")
+    }));
     assert!(server.db().client(&ivy).unwrap().is_none());
     assert!(server.db().client(&jack).unwrap().is_some());
 }
