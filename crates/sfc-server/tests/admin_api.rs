@@ -817,3 +817,29 @@ fn rate_limit_refusals_and_refused_connections_are_counted() {
     );
     assert_eq!(sample(&scraped, "sfc_connections_open", None), 2.0);
 }
+
+#[test]
+fn long_client_lists_paginate_on_the_pages() {
+    let admin = Admin::start();
+    let mut conn = admin.server.connect();
+    for i in 0..sfc_server::admin::DEFAULT_PAGE + 3 {
+        let reply = conn.call(&register_request(&format!("user{i:03}")));
+        assert!(matches!(reply, Response::Registered { .. }), "{reply:?}");
+    }
+    let cookie = admin.login();
+    let (status, first) = admin.page(&cookie, "/clients");
+    assert_eq!(status, 200);
+    assert!(first.contains("Page 1 of 2") && first.contains("?page=1"));
+    assert!(first.contains("user000") && first.contains("user049"));
+    assert!(!first.contains("user050"));
+    let (_, second) = admin.page(&cookie, "/clients?page=1");
+    assert!(second.contains("Page 2 of 2") && second.contains("?page=0"));
+    assert!(second.contains("user050") && second.contains("user052"));
+    assert!(!second.contains("user049"));
+    // Names are escaped in the markup.
+    let reply = conn.call(&register_request("<b>bold</b>"));
+    assert!(matches!(reply, Response::Registered { .. }), "{reply:?}");
+    let (_, first) = admin.page(&cookie, "/clients");
+    assert!(first.contains("&lt;b&gt;bold&lt;/b&gt;"));
+    assert!(!first.contains("<b>bold"));
+}

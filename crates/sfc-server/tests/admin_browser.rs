@@ -341,6 +341,25 @@ fn an_operator_logs_in_watches_an_upload_downloads_deletes_and_removes() {
         .text("#uploads")
         .contains("No upload in progress")));
 
+    // The client table sorts by a column when its header is clicked, both ways.
+    browser.go(&format!("{admin}/clients"));
+    let names = || {
+        browser.script(
+            "return Array.from(document.querySelectorAll('#clients tbody tr'))\
+             .map(function (r) { return r.cells[0].textContent; });",
+        )
+    };
+    // Bytes: ivy 150,000, jack 60,000.
+    browser.click("#clients th:nth-child(5)");
+    assert_eq!(names(), json!(["jack", "ivy"]), "bytes ascending");
+    browser.click("#clients th:nth-child(5)");
+    assert_eq!(names(), json!(["ivy", "jack"]), "bytes descending");
+    browser.click("#clients th:nth-child(5)");
+    browser.click("#clients th:nth-child(1)");
+    assert_eq!(names(), json!(["ivy", "jack"]), "names ascending");
+    browser.click("#clients th:nth-child(1)");
+    assert_eq!(names(), json!(["jack", "ivy"]), "names descending");
+
     // Download ivy's file in the browser (its session cookie) and compare the bytes.
     browser.go(&format!("{admin}/clients/{ivy}"));
     assert!(browser.text("#files").contains("photo.jpg"));
