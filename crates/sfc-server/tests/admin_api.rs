@@ -478,7 +478,27 @@ fn uploads_in_progress_and_failures_are_shown_live() {
     assert_eq!(uploads[0]["total_packets"], packets.len());
     assert_eq!(uploads[0]["bytes_received"], 3 * 4096);
     assert_eq!(admin.json("/api/v1/stats")["uploads_in_progress"], 1);
-    for packet in &packets[3..] {
+    // Half a packet: the connection holds the upload while the rest streams in. The
+    // client cannot be removed meanwhile (its upload would finish into nothing).
+    let (head, tail) = packets[3].split_at(packets[3].len() / 2);
+    let received = |admin: &Admin| {
+        let (_, body) = admin.get("/metrics");
+        let scraped =
+            prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        sample(&scraped, "sfc_received_bytes_total", None)
+    };
+    let before = received(&admin);
+    conn.send_raw(head);
+    // The header is decoded and the upload checked out right after the read is counted
+    // (no await in between); the pause only covers the other thread's scheduling.
+    assert!(eventually(Duration::from_secs(10), || received(&admin)
+        >= before + head.len() as f64));
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, body) = admin.delete(&format!("/api/v1/clients/{id}"));
+    assert_eq!(status, 409, "{body}");
+    assert!(admin.server.db().client(&id).unwrap().is_some());
+    conn.send_raw(tail);
+    for packet in &packets[4..] {
         conn.send_raw(packet);
     }
     assert_received(&conn.recv(), id, "big.bin", &plain);

@@ -27,6 +27,17 @@ pub struct Core {
     pub(super) pin_lock: Mutex<()>,
 }
 
+/// What [`Core::admin_remove_client`] did.
+#[derive(Debug)]
+pub enum ClientRemoval {
+    /// Removed, with these files.
+    Removed(Vec<crate::storage::FileRecord>),
+    /// There is no such client.
+    NoSuchClient,
+    /// A packet of its upload is being received or stored; nothing was changed.
+    Busy,
+}
+
 /// A client record whose AES key bytes are wiped when it is dropped.
 type Wiped = Zeroizing<ClientRecord>;
 
@@ -169,22 +180,24 @@ impl Core {
 
     /// Removes a client, its rows and its stored files, so that its name can be
     /// registered again; abandons its parked upload. `Ok(None)`: no such client.
-    pub fn admin_remove_client(
-        &self,
-        id: &ClientId,
-    ) -> Result<Option<Vec<crate::storage::FileRecord>>, StoreError> {
+    /// Refused (`Busy`) while one of its packets is being received or stored: that
+    /// upload would otherwise finish into a client that no longer exists.
+    pub fn admin_remove_client(&self, id: &ClientId) -> Result<ClientRemoval, StoreError> {
+        if self.registry.is_checked_out(id) {
+            return Ok(ClientRemoval::Busy);
+        }
         drop(self.registry.remove_parked(id));
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
         let Some(files) = self.meta.remove_client(id)? else {
-            return Ok(None);
+            return Ok(ClientRemoval::NoSuchClient);
         };
         for file in &files {
             self.blobs.remove(&file.path)?;
         }
-        Ok(Some(files))
+        Ok(ClientRemoval::Removed(files))
     }
 
     // ----- whole requests -------------------------------------------------------------

@@ -15,7 +15,7 @@ mod pages;
 use crate::admin::{client_views, file_views, ClientView, FileView, StatsView};
 use crate::config::AdminConfig;
 use crate::net::monitor::Monitor;
-use crate::session::Core;
+use crate::session::{ClientRemoval, Core};
 use crate::storage::Timestamp;
 use anyhow::Context;
 use auth::{same_secret, Sessions};
@@ -709,9 +709,18 @@ async fn api_remove_file(
 pub(crate) async fn remove_client(state: &AdminState, id: &str) -> Result<Removed, ApiError> {
     let id = client_id(id)?;
     let core = Arc::clone(&state.core);
-    let files = blocking(move || Ok(core.admin_remove_client(&id)?))
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such client"))?;
+    let files = match blocking(move || Ok(core.admin_remove_client(&id)?)).await? {
+        ClientRemoval::Removed(files) => files,
+        ClientRemoval::NoSuchClient => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "no such client"))
+        }
+        ClientRemoval::Busy => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "a file packet of this client is being received; try again when it is done",
+            ))
+        }
+    };
     tracing::info!(client = %id.short(), files = files.len(), "admin: client removed");
     Ok(Removed {
         client_id: id.to_hex(),
