@@ -2,12 +2,12 @@
 //! [`ServerConfig`] ([`Cli::server_config`]); nothing downstream re-checks a flag.
 
 use crate::config::{
-    resolve_port, Database, PostgresUrl, ServerConfig, Store, DEFAULT_DATABASE_POOL,
-    DEFAULT_FAIL_BURST, DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_UPLOADS,
-    DEFAULT_MAX_UPLOADS_PER_ADDRESS, DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE,
-    DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_UPLOAD_BUFFERS_MIB,
-    DEFAULT_UPLOAD_TIMEOUT_SECS,
+    resolve_port, AdminConfig, Database, PostgresUrl, ServerConfig, Store, ADMIN_TOKEN_FILE,
+    DEFAULT_DATABASE_POOL, DEFAULT_FAIL_BURST, DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE,
+    DEFAULT_MAX_UPLOADS, DEFAULT_MAX_UPLOADS_PER_ADDRESS, DEFAULT_REGISTER_BURST,
+    DEFAULT_REGISTER_RATE, DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS,
+    DEFAULT_UPLOAD_BUFFERS_MIB, DEFAULT_UPLOAD_TIMEOUT_SECS,
 };
 use crate::net::proxy_protocol::ProxySources;
 use crate::net::rate_limit::RateLimit;
@@ -207,6 +207,31 @@ pub struct Cli {
           value_parser = Store::parse)]
     pub store: Option<Store>,
 
+    /// Serve the admin dashboard, JSON API and /metrics on this address (IP:PORT). Off by default.
+    ///
+    /// E.g. 127.0.0.1:8080. A non-loopback address needs --admin-tls-cert/--admin-tls-key
+    /// (or --admin-insecure).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// The admin token (created owner-only with a random token when missing).
+    ///
+    /// Default: admin.token in the data folder.
+    #[arg(long, value_name = "FILE", requires = "admin_listen")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Serve the admin listener over HTTPS with this certificate (PEM chain).
+    #[arg(long, value_name = "FILE", requires_all = ["admin_tls_key", "admin_listen"])]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// The private key of --admin-tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
+
+    /// Allow the admin listener on a non-loopback address without TLS.
+    #[arg(long, requires = "admin_listen")]
+    pub admin_insecure: bool,
+
     /// Show what the database holds instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -338,6 +363,29 @@ impl Cli {
         config.database = self.database_choice();
         config.proxy_protocol = self.proxy_from.clone().filter(|_| self.proxy_protocol);
         config.store = self.store.clone().unwrap_or_default();
+        config.admin = match self.admin_listen {
+            Some(listen) => {
+                let token_file = self
+                    .admin_token_file
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join(ADMIN_TOKEN_FILE));
+                let admin = AdminConfig {
+                    listen,
+                    token_file,
+                    tls: match (&self.admin_tls_cert, &self.admin_tls_key) {
+                        (Some(cert), Some(key)) => Some(TlsFiles {
+                            cert: cert.clone(),
+                            key: key.clone(),
+                        }),
+                        _ => None,
+                    },
+                    insecure: self.admin_insecure,
+                };
+                admin.check().map_err(anyhow::Error::msg)?;
+                Some(admin)
+            }
+            None => None,
+        };
         Ok(config)
     }
 }
@@ -460,6 +508,61 @@ mod tests {
             "10.0.0.0/40"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn admin_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let parse = |args: &[&str]| {
+            let mut all = vec!["sfc-server", "--data-dir", d, "--port", "1"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map_err(|e| e.to_string())
+        };
+        assert_eq!(parse(&[]).unwrap().server_config().unwrap().admin, None);
+        let admin = parse(&["--admin-listen", "127.0.0.1:8080"])
+            .unwrap()
+            .server_config()
+            .unwrap()
+            .admin
+            .unwrap();
+        assert_eq!(admin.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(admin.token_file, dir.path().join(ADMIN_TOKEN_FILE));
+        assert_eq!(admin.tls, None);
+        // Off loopback: TLS or an explicit --admin-insecure.
+        let error = parse(&["--admin-listen", "0.0.0.0:8080"])
+            .unwrap()
+            .server_config()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--admin-insecure"), "{error}");
+        let admin = parse(&["--admin-listen", "0.0.0.0:8080", "--admin-insecure"])
+            .unwrap()
+            .server_config()
+            .unwrap()
+            .admin
+            .unwrap();
+        assert!(admin.insecure);
+        let admin = parse(&[
+            "--admin-listen",
+            "[::]:8443",
+            "--admin-tls-cert",
+            "c.pem",
+            "--admin-tls-key",
+            "k.pem",
+            "--admin-token-file",
+            "/run/t",
+        ])
+        .unwrap()
+        .server_config()
+        .unwrap()
+        .admin
+        .unwrap();
+        assert_eq!(admin.token_file, PathBuf::from("/run/t"));
+        assert_eq!(admin.tls.unwrap().key, PathBuf::from("k.pem"));
+        assert!(parse(&["--admin-insecure"]).is_err());
+        assert!(parse(&["--admin-listen", "127.0.0.1:1", "--admin-tls-cert", "c"]).is_err());
+        assert!(parse(&["--admin-listen", "localhost:1"]).is_err());
     }
 
     #[test]

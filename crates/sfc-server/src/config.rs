@@ -111,6 +111,8 @@ pub struct ServerConfig {
     /// Where received files are kept: `files/` in the data folder (the default), another
     /// local folder, or S3-compatible object storage shared by several servers.
     pub store: Store,
+    /// The admin HTTP listener (`--admin-listen`); `None` (the default): off.
+    pub admin: Option<AdminConfig>,
 }
 
 /// The blob store a server runs on (`--store`).
@@ -207,6 +209,49 @@ impl S3Location {
 impl std::fmt::Display for S3Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// Name of the admin token file in the data folder when `--admin-token-file` is not given.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// The admin HTTP listener: the dashboard, the JSON API, `/metrics`, health checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The file holding the admin token; created owner-only with a random token when
+    /// missing.
+    pub token_file: PathBuf,
+    /// Serve HTTPS with this certificate and key. Required off loopback unless
+    /// `insecure`.
+    pub tls: Option<TlsFiles>,
+    /// Allow plain HTTP on a non-loopback address (`--admin-insecure`).
+    pub insecure: bool,
+}
+
+impl AdminConfig {
+    /// Plain HTTP on `listen` with the token in `token_file`.
+    pub fn new(listen: SocketAddr, token_file: impl Into<PathBuf>) -> Self {
+        AdminConfig {
+            listen,
+            token_file: token_file.into(),
+            tls: None,
+            insecure: false,
+        }
+    }
+
+    /// Refuses plain HTTP off loopback (the token and session cookie would travel in
+    /// clear) unless the operator said `--admin-insecure`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.tls.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "--admin-listen {} is not a loopback address: give --admin-tls-cert and \
+                 --admin-tls-key, or --admin-insecure to serve the admin token in clear",
+                self.listen
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -332,6 +377,7 @@ impl ServerConfig {
             database: Database::Sqlite,
             proxy_protocol: None,
             store: Store::DataDir,
+            admin: None,
         }
     }
 

@@ -23,7 +23,7 @@ mod net;
 mod session;
 mod storage;
 
-pub use config::ServerConfig;
+pub use config::{AdminConfig, ServerConfig};
 pub use net::listener::{raise_fd_limit, run, shutdown_signal, RunningServer, Server};
 pub use net::proxy_protocol::ProxySources;
 pub use net::rate_limit::RateLimit;
@@ -50,7 +50,9 @@ pub mod tls {
 pub mod testing {
     pub use crate::net::entropy::OsEntropy;
     pub use crate::storage::names::disk_name;
-    pub use crate::storage::testing::{Faults, FaultyBlobs, FaultyMeta, MemoryStorage};
+    pub use crate::storage::testing::{
+        check_open_reads_back, check_remove_client, Faults, FaultyBlobs, FaultyMeta, MemoryStorage,
+    };
     pub use crate::testing_doubles::{CountingEntropy, OpenDoors};
 
     /// The sans-IO session: one [`session::Conversation`] per connection over a shared

@@ -37,9 +37,13 @@ fn main() -> ExitCode {
         }
     }
     let result = match &cli.command {
-        Some(Command::Clients { json }) => admin::clients_in(&cli.data_dir, &cli.database_choice())
-            .and_then(|views| admin::render_clients(&views, *json))
-            .map(|text| print!("{text}")),
+        Some(Command::Clients { json }) => admin::clients_in_store(
+            &cli.data_dir,
+            &cli.database_choice(),
+            &cli.store.clone().unwrap_or_default(),
+        )
+        .and_then(|views| admin::render_clients(&views, *json))
+        .map(|text| print!("{text}")),
         Some(Command::Files { json }) => admin::files_in_store(
             &cli.data_dir,
             &cli.database_choice(),

@@ -32,6 +32,16 @@ fn fresh_url(test: &str) -> Option<(&'static PgCluster, PostgresUrl, String)> {
 }
 
 #[test]
+fn removing_a_client_removes_its_rows_and_frees_its_name() {
+    let Some((_cluster, url, _db)) = fresh_url("remove client") else {
+        return;
+    };
+    let store = PostgresStore::open(&url).unwrap();
+    sfc_server::testing::check_remove_client(&store);
+    store.close().unwrap();
+}
+
+#[test]
 fn the_store_keeps_the_contract_of_defensive_db() {
     let Some((cluster, url, db)) = fresh_url("store contract") else {
         return;

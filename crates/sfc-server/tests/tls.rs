@@ -494,3 +494,71 @@ fn tls_init_makes_files_the_server_serves_and_prints_their_fingerprint() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }
+
+/// One HTTP/1.1 request over a TLS connection; the whole response as text.
+fn https_get(addr: SocketAddr, config: Arc<rustls::ClientConfig>, request: &str) -> String {
+    let mut conn = TlsConn::connect(addr, config).unwrap();
+    conn.send_raw(request.as_bytes());
+    let mut response = Vec::new();
+    let _ = conn.stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// `--admin-tls-cert/--admin-tls-key`: the admin listener speaks HTTPS with the same
+/// certificate loading code, sets `Secure` on its session cookie, and may then listen
+/// off loopback without `--admin-insecure`.
+#[test]
+fn the_admin_listener_serves_https_with_a_secure_cookie() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let mut config = config_for(&dir.path().join("data"));
+    let mut admin = sfc_server::AdminConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("admin.token"),
+    );
+    admin.tls = Some(pki.files.clone());
+    // Off loopback, TLS is enough (no --admin-insecure).
+    let mut public = admin.clone();
+    public.listen = "0.0.0.0:0".parse().unwrap();
+    assert!(public.check().is_ok());
+    config.admin = Some(admin);
+    let server = RunningServer::start(config).unwrap();
+    let addr = server.admin_addr().unwrap();
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let client = client_config(&pki.ca_der);
+    let health = https_get(
+        addr,
+        client.clone(),
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let body = format!("token={}", token.trim());
+    let login = https_get(
+        addr,
+        client,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+    let cookie = login
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/1.1 200"));
+    server.stop();
+}

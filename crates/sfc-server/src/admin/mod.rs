@@ -2,10 +2,21 @@
 //! holds, as a table or as JSON (`--json`). They open `defensive.db` beside a running
 //! server safely (WAL: readers do not block the writer), or the `--database`
 //! PostgreSQL, and never create or migrate it.
+//!
+//! The same types are the admin HTTP API's (`/api/v1/…`, served by `net/admin_http`),
+//! so the command line's `--json` and the API cannot drift apart.
+
+/// The admin HTTP listener's constants (`--admin-listen`): its API routes and OpenAPI
+/// document, page sizes, the session cookie and the failed-login limit.
+pub use crate::net::admin_http::{
+    API_ROUTES, COOKIE, DEFAULT_PAGE, LOGIN_FAILURES_PER_MINUTE, MAX_PAGE, OPENAPI,
+};
 
 use crate::config::{Database, Store};
 use crate::storage::setup::{open_blobs, open_existing_meta};
+use crate::storage::{BlobStore, MetaStore};
 use serde::Serialize;
+use sfc_proto::ClientId;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -21,10 +32,14 @@ pub struct ClientView {
     pub last_seen: Option<String>,
     /// Size of the RSA key on record in bits (None: no key; 0: unparseable).
     pub public_key_bits: Option<usize>,
+    /// SHA-256 of the public key as the client sent it (DER), 64 hex digits; None: no key.
+    pub key_fingerprint: Option<String>,
     /// An AES key has been issued.
     pub has_aes_key: bool,
     /// Number of stored files.
     pub files: usize,
+    /// Bytes of its stored files (those found in the store).
+    pub bytes: u64,
 }
 
 /// One stored file.
@@ -44,6 +59,146 @@ pub struct FileView {
     pub verified: bool,
 }
 
+/// An upload in progress, as the socket layer saw it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UploadView {
+    /// The client's ID, 32 hex digits.
+    pub client_id: String,
+    /// The client's name, when known.
+    pub client_name: Option<String>,
+    /// Address of the connection that sent the latest packet.
+    pub peer: String,
+    /// The file's label.
+    pub file_name: String,
+    /// Packets received whole.
+    pub packets_received: u16,
+    /// Packets the file is sent in.
+    pub total_packets: u16,
+    /// Encrypted content bytes received.
+    pub bytes_received: u64,
+    /// The file's plaintext size.
+    pub file_size: u32,
+    /// Seconds since the first packet.
+    pub seconds: f64,
+    /// Average rate since the first packet.
+    pub bytes_per_second: u64,
+}
+
+/// A failure the operator may want to see (newest first in [`LiveView`]).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FailureView {
+    /// When (UTC).
+    pub at: String,
+    /// What kind: "828 → 1607", "checksum mismatch (901, retrying)", "rate limit", …
+    pub kind: String,
+    /// The remote address, when there was one.
+    pub peer: Option<String>,
+    /// The client, when known.
+    pub client_id: Option<String>,
+    /// Why.
+    pub detail: String,
+}
+
+/// The server's live state.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LiveView {
+    /// Protocol connections open now.
+    pub connections_open: u64,
+    /// Protocol connections accepted since start.
+    pub connections_accepted: u64,
+    /// Uploads in progress.
+    pub uploads: Vec<UploadView>,
+    /// The last failures, newest first.
+    pub failures: Vec<FailureView>,
+}
+
+/// Totals for the dashboard and `/api/v1/stats`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StatsView {
+    /// Registered clients.
+    pub clients: usize,
+    /// Stored files.
+    pub files: usize,
+    /// Bytes of the stored files.
+    pub bytes_stored: u64,
+    /// Protocol connections open now.
+    pub connections_open: u64,
+    /// Uploads in progress.
+    pub uploads_in_progress: usize,
+    /// The server's version.
+    pub version: String,
+}
+
+/// SHA-256 of a DER public key, lowercase hex.
+pub fn key_fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The clients in `meta`, by name, with the sizes of their files in `blobs`.
+pub fn client_views(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+) -> anyhow::Result<Vec<ClientView>> {
+    let mut counts: HashMap<_, (usize, u64)> = HashMap::new();
+    for file in meta.files()? {
+        let entry = counts.entry(file.client_id).or_default();
+        entry.0 += 1;
+        entry.1 += blobs.size(&file.path).unwrap_or(0);
+    }
+    Ok(meta
+        .clients()?
+        .into_iter()
+        .map(|c| {
+            let (files, bytes) = counts.get(&c.id).copied().unwrap_or((0, 0));
+            ClientView {
+                public_key_bits: c.public_key.as_ref().map(|der| {
+                    sfc_crypto::PublicKey::from_spki_der(der).map_or(0, |key| key.bits())
+                }),
+                key_fingerprint: c.public_key.as_deref().map(key_fingerprint),
+                has_aes_key: c.aes_key.is_some(),
+                files,
+                bytes,
+                name: c.name.clone(),
+                id: c.id.to_hex(),
+                last_seen: c.last_seen.clone(),
+            }
+        })
+        .collect())
+}
+
+/// The files in `meta` (all, or one client's), by owner name and file name, with their
+/// size in `blobs`.
+pub fn file_views(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    only: Option<&ClientId>,
+) -> anyhow::Result<Vec<FileView>> {
+    let names: HashMap<_, _> = meta
+        .clients()?
+        .into_iter()
+        .map(|c| (c.id, c.name.clone()))
+        .collect();
+    let mut views: Vec<FileView> = meta
+        .files()?
+        .into_iter()
+        .filter(|f| only.is_none_or(|id| *id == f.client_id))
+        .map(|f| FileView {
+            client_id: f.client_id.to_hex(),
+            client_name: names.get(&f.client_id).cloned(),
+            size: blobs.size(&f.path).ok(),
+            file_name: f.file_name,
+            path: f.path,
+            verified: f.verified,
+        })
+        .collect();
+    views.sort_by(|a, b| (&a.client_name, &a.file_name).cmp(&(&b.client_name, &b.file_name)));
+    Ok(views)
+}
+
 /// The clients in the database of `data_dir`, by name.
 pub fn clients(data_dir: &Path) -> anyhow::Result<Vec<ClientView>> {
     clients_in(data_dir, &Database::Sqlite)
@@ -51,27 +206,19 @@ pub fn clients(data_dir: &Path) -> anyhow::Result<Vec<ClientView>> {
 
 /// The clients in `database` (SQLite: the one in `data_dir`), by name.
 pub fn clients_in(data_dir: &Path, database: &Database) -> anyhow::Result<Vec<ClientView>> {
+    clients_in_store(data_dir, database, &Store::DataDir)
+}
+
+/// The clients in `database`, with the bytes of their files in `files_store` (`--store`).
+pub fn clients_in_store(
+    data_dir: &Path,
+    database: &Database,
+    files_store: &Store,
+) -> anyhow::Result<Vec<ClientView>> {
     let store = open_existing_meta(data_dir, database)?;
-    let files = store.files()?;
-    let mut counts: HashMap<_, usize> = HashMap::new();
-    for file in &files {
-        *counts.entry(file.client_id).or_default() += 1;
-    }
-    let views = store
-        .clients()?
-        .into_iter()
-        .map(|c| ClientView {
-            public_key_bits: c
-                .public_key
-                .as_ref()
-                .map(|der| sfc_crypto::PublicKey::from_spki_der(der).map_or(0, |key| key.bits())),
-            has_aes_key: c.aes_key.is_some(),
-            files: counts.get(&c.id).copied().unwrap_or(0),
-            name: c.name,
-            id: c.id.to_hex(),
-            last_seen: c.last_seen,
-        })
-        .collect();
+    // Recovery never runs here, so the grace period does not matter.
+    let blobs = open_blobs(data_dir, files_store, Duration::MAX)?;
+    let views = client_views(store.as_ref(), blobs.as_ref())?;
     store.close()?;
     Ok(views)
 }
@@ -94,26 +241,9 @@ pub fn files_in_store(
     files_store: &Store,
 ) -> anyhow::Result<Vec<FileView>> {
     let store = open_existing_meta(data_dir, database)?;
-    let names: HashMap<_, _> = store
-        .clients()?
-        .into_iter()
-        .map(|c| (c.id, c.name))
-        .collect();
     // Recovery never runs here, so the grace period does not matter.
     let blobs = open_blobs(data_dir, files_store, Duration::MAX)?;
-    let mut views: Vec<FileView> = store
-        .files()?
-        .into_iter()
-        .map(|f| FileView {
-            client_id: f.client_id.to_hex(),
-            client_name: names.get(&f.client_id).cloned(),
-            size: blobs.size(&f.path).ok(),
-            file_name: f.file_name,
-            path: f.path,
-            verified: f.verified,
-        })
-        .collect();
-    views.sort_by(|a, b| (&a.client_name, &a.file_name).cmp(&(&b.client_name, &b.file_name)));
+    let views = file_views(store.as_ref(), blobs.as_ref(), None)?;
     store.close()?;
     Ok(views)
 }

@@ -42,6 +42,8 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
     /// Per-address rate limits and address pins (shared by all connections).
     pub policy: Arc<dyn PeerPolicy>,
+    /// Metrics and live state (the admin listener's view).
+    pub monitor: Arc<crate::net::monitor::Monitor>,
 }
 
 /// The current time for the session.
@@ -137,7 +139,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             match read {
                 Ok(Ok(0)) if self.decoder.at_boundary() => return "closed by the client",
                 Ok(Ok(0)) => return "closed by the client mid-request",
-                Ok(Ok(n)) => filled = n,
+                Ok(Ok(n)) => {
+                    self.limits.monitor.bytes_received(n);
+                    filled = n;
+                }
                 Ok(Err(_)) => return "connection error",
                 Err(_) if self.decoder.at_boundary() => return "idle timeout",
                 Err(_) => return "request timeout",
@@ -171,6 +176,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
                 Ok((used, Some(event))) => {
                     pos += used;
+                    if let RequestEvent::FilePacket { header, packet, .. } = &event {
+                        self.limits
+                            .monitor
+                            .packet_begins(self.peer, header.client_id, packet);
+                    }
                     self.conversation.handle(Event::Decoded(event), now());
                     self.carry_out().await?;
                 }
@@ -199,12 +209,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     return Err(close_reason(reason));
                 }
                 Action::Run(job) => {
+                    let kind = job.kind();
+                    let started = Instant::now();
                     let done = tokio::task::spawn_blocking(move || job.run())
                         .await
                         .unwrap_or_else(|e| JobDone::panicked(format!("internal error: {e}")));
+                    self.limits.monitor.storage_job(kind, started.elapsed());
                     self.conversation.job_done(done, now());
                 }
-                Action::Log(line) => super::log::emit(self.peer, line),
+                Action::Log(line) => {
+                    self.limits.monitor.record(self.peer, &line);
+                    super::log::emit(self.peer, line);
+                }
                 Action::Close(reason) => return Err(close_reason(reason)),
             }
         }

@@ -8,9 +8,11 @@
 
 use crate::config::ServerConfig;
 use crate::net::address_limit::ConnectionsPerAddress;
+use crate::net::admin_http::AdminServer;
 use crate::net::connection::{self, ConnLimits};
 use crate::net::entropy::OsEntropy;
 use crate::net::guards::AddressGuards;
+use crate::net::monitor::Monitor;
 use crate::net::proxy_protocol;
 use crate::net::rate_limit::RateLimiter;
 use crate::net::refusals::{Refusal, RefusalLog, REFUSAL_LOG_INTERVAL};
@@ -71,6 +73,10 @@ pub struct Server {
     addr: SocketAddr,
     /// Opt-in TLS (`config.tls`), loaded and checked at bind time.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Metrics and live state, fed by the connections.
+    monitor: Arc<Monitor>,
+    /// The admin HTTP listener (`config.admin`), bound beside the protocol listener.
+    admin: Option<AdminServer>,
     /// Held until the server is dropped.
     _lock: Option<DataDirLock>,
 }
@@ -111,12 +117,22 @@ impl Server {
         })
         .await??;
         let addr = listener.local_addr()?;
+        let core = Arc::new(core);
+        let monitor = Arc::new(Monitor::new(config.upload_timeout));
+        let admin = match &config.admin {
+            Some(admin) => {
+                Some(AdminServer::bind(admin, Arc::clone(&core), Arc::clone(&monitor)).await?)
+            }
+            None => None,
+        };
         Ok(Server {
             listener,
-            core: Arc::new(core),
+            core,
             config,
             addr,
             tls,
+            monitor,
+            admin,
             _lock: lock,
         })
     }
@@ -124,6 +140,11 @@ impl Server {
     /// The address actually bound (with the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, when `--admin-listen` is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully (see the module
@@ -135,18 +156,26 @@ impl Server {
             config,
             addr,
             tls,
+            monitor,
+            admin,
             _lock: lock,
         } = self;
         let rate = Arc::new(RateLimiter::new(
             config.register_limit,
             config.failure_limit,
         ));
-        let limits = connection_limits(&config, &rate);
+        let limits = connection_limits(&config, &rate, &monitor);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let per_address = ConnectionsPerAddress::new(config.max_connections_per_address);
         let refusals = Arc::new(RefusalLog::new(REFUSAL_LOG_INTERVAL));
         let (stop_tx, stop_rx) = watch::channel(false);
+        let admin = admin.map(|admin| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(admin.serve(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            }))
+        });
         let mut connections = JoinSet::new();
         let housekeeping = tokio::spawn(housekeeping(
             Arc::clone(&core),
@@ -192,6 +221,7 @@ impl Server {
                     if let Some(balancers) = &config.proxy_protocol {
                         if !balancers.trusts(peer.ip()) {
                             tracing::info!(%peer, "connection refused: not from a --proxy-from address (--proxy-protocol is on)");
+                            monitor.connection_refused(peer, "proxy-untrusted");
                             drop(stream);
                             drop(permit);
                             continue;
@@ -204,13 +234,15 @@ impl Server {
                         });
                         continue;
                     }
-                    let Some(slot) = admit(&rate, &per_address, &refusals, peer) else {
+                    let Some(slot) = admit(&rate, &per_address, &refusals, peer, &monitor) else {
                         drop(stream);
                         drop(permit);
                         continue;
                     };
+                    let open = monitor.connection_opened();
                     connections.spawn(async move {
                         serve_accepted(stream, peer, shared).await;
+                        drop(open);
                         drop(slot);
                         drop(permit);
                     });
@@ -225,6 +257,15 @@ impl Server {
 
         drop(listener);
         let _ = stop_tx.send(true);
+        if let Some(mut admin) = admin {
+            // A download in progress may not hold the shutdown beyond the grace period.
+            if tokio::time::timeout(config.shutdown_grace, &mut admin)
+                .await
+                .is_err()
+            {
+                admin.abort();
+            }
+        }
         shut_down(connections, &config, housekeeping, core).await;
         // Only now may another server take the folder.
         drop(lock);
@@ -243,7 +284,11 @@ fn load_tls(config: &ServerConfig) -> anyhow::Result<Option<Arc<rustls::ServerCo
 
 /// What every connection gets: the idle timeout, the rate limits and (with
 /// `--pin-address`) the address pins.
-fn connection_limits(config: &ServerConfig, rate: &Arc<RateLimiter>) -> Arc<ConnLimits> {
+fn connection_limits(
+    config: &ServerConfig,
+    rate: &Arc<RateLimiter>,
+    monitor: &Arc<Monitor>,
+) -> Arc<ConnLimits> {
     let guards = AddressGuards {
         rate: Arc::clone(rate),
         pins: config
@@ -253,6 +298,7 @@ fn connection_limits(config: &ServerConfig, rate: &Arc<RateLimiter>) -> Arc<Conn
     Arc::new(ConnLimits {
         idle_timeout: config.idle_timeout,
         policy: Arc::new(guards),
+        monitor: Arc::clone(monitor),
     })
 }
 
@@ -276,14 +322,17 @@ fn admit(
     per_address: &Arc<ConnectionsPerAddress>,
     refusals: &RefusalLog,
     peer: SocketAddr,
+    monitor: &Monitor,
 ) -> Option<crate::net::address_limit::AddressSlot> {
     if rate.is_blocked(peer.ip()) {
         refusals.refused(peer, Refusal::Banned);
+        monitor.connection_refused(peer, "failure-budget");
         return None;
     }
     let slot = per_address.enter(peer.ip());
     if slot.is_none() {
         refusals.refused(peer, Refusal::TooManyConnections);
+        monitor.connection_refused(peer, "per-address");
     }
     slot
 }
@@ -329,6 +378,7 @@ async fn serve_accepted(stream: tokio::net::TcpStream, peer: SocketAddr, shared:
                 Ok(stream) => Box::pin(connection::serve(stream, peer, core, limits, stop)).await,
                 Err(reason) => {
                     rate.record_failure(peer.ip());
+                    limits.monitor.connection_refused(peer, "tls-handshake");
                     tracing::info!(%peer, %reason, "connection closed");
                 }
             }
@@ -349,12 +399,25 @@ async fn serve_proxied(
         Ok(header) => header.client_address(balancer),
         Err(error) => {
             tracing::info!(peer = %balancer, %error, "connection refused: bad PROXY header");
+            shared
+                .limits
+                .monitor
+                .connection_refused(balancer, "proxy-header");
             return;
         }
     };
     tracing::debug!(peer = %client, %balancer, "PROXY header read");
-    if let Some(slot) = admit(&shared.rate, per_address, &shared.refusals, client) {
+    let monitor = Arc::clone(&shared.limits.monitor);
+    if let Some(slot) = admit(
+        &shared.rate,
+        per_address,
+        &shared.refusals,
+        client,
+        &monitor,
+    ) {
+        let open = monitor.connection_opened();
         serve_accepted(stream, client, shared).await;
+        drop(open);
         drop(slot);
     }
 }
@@ -485,6 +548,7 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -501,7 +565,8 @@ impl RunningServer {
     }
 
     fn start_inner(config: ServerConfig, storage: Option<Storage>) -> anyhow::Result<Self> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<SocketAddr>>();
+        type Bound = (SocketAddr, Option<SocketAddr>);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<Bound>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name("sfc-server-worker");
@@ -519,7 +584,7 @@ impl RunningServer {
                     };
                     match bound {
                         Ok(server) => {
-                            let _ = ready_tx.send(Ok(server.local_addr()));
+                            let _ = ready_tx.send(Ok((server.local_addr(), server.admin_addr())));
                             let stopped = async {
                                 let _ = stop_rx.await;
                             };
@@ -535,8 +600,8 @@ impl RunningServer {
                 runtime.shutdown_timeout(Duration::from_secs(5));
             })
             .context("cannot start the server thread")?;
-        let addr = match ready_rx.recv() {
-            Ok(Ok(addr)) => addr,
+        let (addr, admin_addr) = match ready_rx.recv() {
+            Ok(Ok(bound)) => bound,
             Ok(Err(error)) => {
                 let _ = thread.join();
                 return Err(error);
@@ -548,6 +613,7 @@ impl RunningServer {
         };
         Ok(RunningServer {
             addr,
+            admin_addr,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -556,6 +622,11 @@ impl RunningServer {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, when `--admin-listen` is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Shuts down gracefully and joins the server thread.

@@ -2,16 +2,19 @@
 //! connection that moves bytes between the socket and the session's
 //! [`crate::session::Conversation`] ([`connection`]), opt-in TLS ([`tls`]), and the
 //! per-address guards: open connections ([`address_limit`]), registrations and failures
-//! ([`rate_limit`]), `--pin-address` ([`address_pin`]); the PROXY protocol from trusted balancers
-//! ([`proxy_protocol`]).
+//! ([`rate_limit`]), `--pin-address` ([`address_pin`]); the PROXY protocol from trusted
+//! balancers ([`proxy_protocol`]); the operator's view: the metrics and live state
+//! ([`monitor`]) and the admin HTTP listener ([`admin_http`]).
 
 pub(crate) mod address_limit;
 pub(crate) mod address_pin;
+pub(crate) mod admin_http;
 pub(crate) mod connection;
 pub(crate) mod entropy;
 pub(crate) mod guards;
 pub(crate) mod listener;
 mod log;
+pub(crate) mod monitor;
 pub(crate) mod proxy_protocol;
 pub(crate) mod rate_limit;
 pub(crate) mod refusals;

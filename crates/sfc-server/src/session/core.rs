@@ -27,6 +27,17 @@ pub struct Core {
     pub(super) pin_lock: Mutex<()>,
 }
 
+/// What [`Core::admin_remove_client`] did.
+#[derive(Debug)]
+pub enum ClientRemoval {
+    /// Removed, with these files.
+    Removed(Vec<crate::storage::FileRecord>),
+    /// There is no such client.
+    NoSuchClient,
+    /// A packet of its upload is being received or stored; nothing was changed.
+    Busy,
+}
+
 /// A client record whose AES key bytes are wiped when it is dropped.
 type Wiped = Zeroizing<ClientRecord>;
 
@@ -154,6 +165,56 @@ impl Core {
         drop(self.registry.drain_parked());
         let closed = self.meta.close();
         flushed.and(closed)
+    }
+
+    // ----- the operator's actions (admin HTTP) -----------------------------------------
+
+    /// The metadata store, for the admin's read-only views.
+    pub fn meta_store(&self) -> &dyn MetaStore {
+        self.meta.as_ref()
+    }
+
+    /// The blob store, for the admin's read-only views and downloads.
+    pub fn blob_store(&self) -> &dyn BlobStore {
+        self.blobs.as_ref()
+    }
+
+    /// Deletes one stored file (the row first, then the file, as for a 902). An upload
+    /// in progress is left alone: if it finishes, the client has sent the file again.
+    /// `Ok(None)`: no such file.
+    pub fn admin_remove_file(
+        &self,
+        id: &ClientId,
+        file_name: &str,
+        now: Timestamp,
+    ) -> Result<Option<crate::storage::FileRecord>, StoreError> {
+        let removed = self.meta.remove_file(id, file_name, now)?;
+        if let Some(record) = &removed {
+            self.blobs.remove(&record.path)?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes a client, its rows and its stored files, so that its name can be
+    /// registered again; abandons its parked upload. `Ok(None)`: no such client.
+    /// Refused (`Busy`) while one of its packets is being received or stored: that
+    /// upload would otherwise finish into a client that no longer exists.
+    pub fn admin_remove_client(&self, id: &ClientId) -> Result<ClientRemoval, StoreError> {
+        if self.registry.is_checked_out(id) {
+            return Ok(ClientRemoval::Busy);
+        }
+        drop(self.registry.remove_parked(id));
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        let Some(files) = self.meta.remove_client(id)? else {
+            return Ok(ClientRemoval::NoSuchClient);
+        };
+        for file in &files {
+            self.blobs.remove(&file.path)?;
+        }
+        Ok(ClientRemoval::Removed(files))
     }
 
     // ----- whole requests -------------------------------------------------------------

@@ -153,6 +153,17 @@ pub(super) enum Done {
 }
 
 impl Job {
+    /// What kind of work this is, for the storage metrics.
+    pub fn kind(&self) -> &'static str {
+        match &self.0 {
+            JobKind::Request(..) | JobKind::Invalid(..) => "request",
+            JobKind::BeginUpload(..) => "begin_upload",
+            JobKind::Flush(_) => "write",
+            JobKind::EndPacket(..) => "end_packet",
+            JobKind::Drop(_) | JobKind::DropParked(..) => "drop_upload",
+        }
+    }
+
     /// Does the work (blocking).
     pub fn run(self) -> JobDone {
         JobDone(match self.0 {

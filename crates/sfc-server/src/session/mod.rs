@@ -60,7 +60,7 @@ mod io;
 mod packets;
 mod uploads;
 
-pub use self::core::Core;
+pub use self::core::{ClientRemoval, Core};
 pub use conversation::Conversation;
 pub use io::{Action, CloseReason, Event, Job, JobDone, LogLine, PeerPolicy, RequestLog};
 pub use uploads::Lease;

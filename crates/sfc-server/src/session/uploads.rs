@@ -333,6 +333,11 @@ impl Registry {
         None
     }
 
+    /// True while a packet of the client's upload is being received or stored.
+    pub(super) fn is_checked_out(&self, id: &ClientId) -> bool {
+        matches!(self.lock().get(id), Some(Slot::CheckedOut { .. }))
+    }
+
     pub(super) fn remove_parked(&self, id: &ClientId) -> Option<Box<Upload>> {
         let mut slots = self.lock();
         if matches!(slots.get(id), Some(Slot::Parked { .. })) {

@@ -164,6 +164,10 @@ impl BlobStore for LocalBlobStore {
         Ok(())
     }
 
+    fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        Ok(Box::new(fs::File::open(self.resolve(path)?)?))
+    }
+
     fn size(&self, path: &str) -> io::Result<u64> {
         Ok(fs::metadata(self.resolve(path)?)?.len())
     }
@@ -459,6 +463,12 @@ mod tests {
                 b"hello world"
             );
         }
+    }
+
+    #[test]
+    fn stored_files_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::storage::testing::check_open_reads_back(&LocalBlobStore::new(dir.path()));
     }
 
     #[test]

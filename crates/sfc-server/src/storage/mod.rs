@@ -162,6 +162,10 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
         file_name: &str,
         now: Timestamp,
     ) -> Result<Option<FileRecord>, StoreError>;
+    /// Deletes a client and the rows of all its files in one transaction (its name is
+    /// free again); returns the removed file rows, or `None` when there is no such
+    /// client. The stored files are the caller's to remove (rows first, as for 902).
+    fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError>;
     /// Advances `LastSeen` for many clients in one transaction.
     fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError>;
     /// All clients, by name.
@@ -184,6 +188,14 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     }
     /// Removes a stored file given its path relative to the data folder.
     fn remove(&self, path: &str) -> io::Result<()>;
+    /// Opens a stored file for reading (the admin's download), given its path relative
+    /// to the data folder. The default: not supported by this store.
+    fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("this store cannot read {path:?} back"),
+        ))
+    }
     /// Size of a stored file.
     fn size(&self, path: &str) -> io::Result<u64>;
     /// Removes temporary files left by an earlier run; returns how many.

@@ -583,6 +583,34 @@ impl MetaStore for PostgresStore {
         rows.first().map(file_from_row).transpose()
     }
 
+    fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError> {
+        // One statement, so one transaction; the client's own row comes back with NULLs.
+        let rows = self.query(
+            "WITH gone_files AS (
+                DELETE FROM files WHERE ID = $1
+                RETURNING ID, FileName, PathName, Verified
+             ), gone_client AS (
+                DELETE FROM clients WHERE ID = $1 RETURNING ID
+             )
+             SELECT ID, FileName, PathName, Verified FROM gone_files
+             UNION ALL
+             SELECT ID, NULL, NULL, NULL FROM gone_client",
+            &[&&id.0[..]],
+        )?;
+        let mut files = Vec::new();
+        let mut client_removed = false;
+        for row in &rows {
+            let name: Option<String> = row.try_get(1).map_err(db_err)?;
+            if name.is_none() {
+                client_removed = true;
+            } else {
+                files.push(file_from_row(row)?);
+            }
+        }
+        files.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+        Ok(client_removed.then_some(files))
+    }
+
     fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError> {
         // One value per client: UPDATE … FROM applies only one of several matches.
         let mut latest: HashMap<ClientId, Timestamp> = HashMap::new();

@@ -386,6 +386,24 @@ impl MetaStore for SqliteStore {
         })
     }
 
+    fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError> {
+        let id = *id;
+        self.write(move |c| {
+            let files = c
+                .prepare_cached(
+                    "SELECT ID, FileName, PathName, Verified FROM files WHERE ID = ?1 ORDER BY FileName",
+                )?
+                .query_map(params![&id.0[..]], file_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            c.prepare_cached("DELETE FROM files WHERE ID = ?1")?
+                .execute(params![&id.0[..]])?;
+            let removed = c
+                .prepare_cached("DELETE FROM clients WHERE ID = ?1")?
+                .execute(params![&id.0[..]])?;
+            Ok((removed > 0).then_some(files))
+        })
+    }
+
     fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError> {
         if seen.is_empty() {
             return Ok(());

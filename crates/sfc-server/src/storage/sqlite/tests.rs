@@ -6,6 +6,12 @@ fn id(n: u8) -> ClientId {
 }
 
 #[test]
+fn removing_a_client_removes_its_rows_and_frees_its_name() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    crate::storage::testing::check_remove_client(&store);
+}
+
+#[test]
 fn clients_and_files_round_trip() {
     let store = SqliteStore::open_in_memory().unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);

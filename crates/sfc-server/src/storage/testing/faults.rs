@@ -219,6 +219,10 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
         self.commit()?;
         self.inner.remove_file(id, file_name, now)
     }
+    fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError> {
+        self.commit()?;
+        self.inner.remove_client(id)
+    }
     fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError> {
         self.commit()?;
         self.inner.touch(seen)
@@ -265,6 +269,9 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
     }
     fn remove(&self, path: &str) -> io::Result<()> {
         self.inner.remove(path)
+    }
+    fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        self.inner.open(path)
     }
     fn size(&self, path: &str) -> io::Result<u64> {
         self.inner.size(path)

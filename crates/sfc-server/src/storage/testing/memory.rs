@@ -266,6 +266,25 @@ impl MetaStore for MemoryMeta {
         Ok(removed)
     }
 
+    fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError> {
+        self.shared.faults.durable_db()?;
+        let mut tables = self.shared.tables();
+        if tables.clients.remove(id).is_none() {
+            return Ok(None);
+        }
+        let keys: Vec<_> = tables
+            .files
+            .keys()
+            .filter(|(owner, _)| owner == id)
+            .cloned()
+            .collect();
+        Ok(Some(
+            keys.iter()
+                .filter_map(|key| tables.files.remove(key))
+                .collect(),
+        ))
+    }
+
     fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError> {
         if seen.is_empty() {
             return Ok(());
@@ -356,6 +375,14 @@ impl BlobStore for MemoryBlobs {
         self.shared.faults.durable()?;
         self.shared.blobs().stored.remove(path);
         Ok(())
+    }
+
+    fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        confined(path)?;
+        match self.shared.blobs().stored.get(path) {
+            Some(bytes) => Ok(Box::new(io::Cursor::new(bytes.clone()))),
+            None => Err(io::Error::from(io::ErrorKind::NotFound)),
+        }
     }
 
     fn size(&self, path: &str) -> io::Result<u64> {
@@ -502,6 +529,13 @@ impl Persisted for MemoryPersisted {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn removes_clients_and_reads_files_back_like_the_real_stores() {
+        let storage = MemoryStorage::new();
+        crate::storage::testing::check_remove_client(&storage.meta());
+        crate::storage::testing::check_open_reads_back(&storage.blobs());
+    }
 
     #[test]
     fn behaves_like_the_real_stores() {

@@ -8,3 +8,6 @@ mod memory;
 
 pub use faults::{Faults, FaultyBlobs, FaultyMeta};
 pub use memory::MemoryStorage;
+mod contract;
+
+pub use contract::{check_open_reads_back, check_remove_client};

@@ -1,0 +1,600 @@
+//! What the operator sees of a running server: the Prometheus metrics and the live state
+//! (connections, uploads in progress, the last failures), fed by the socket layer from
+//! what it already has in hand (accepts, decoded 828 headers, the conversation's
+//! [`LogLine`]s). `session/` stays sans-IO: it only emits its log lines, as before.
+//!
+//! Memory is bounded: one entry per upload in progress (at most one per client, as in
+//! the session's registry; stale ones are dropped after the upload timeout) and the last
+//! [`FAILURES_KEPT`] failures.
+
+use crate::admin::{FailureView, LiveView, UploadView};
+use crate::session::{LogLine, RequestLog};
+use crate::storage::Timestamp;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use sfc_proto::{ClientId, FilePacketHeader, ResponseCode};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How many failures the dashboard and `/api/v1/failures` keep.
+pub const FAILURES_KEPT: usize = 100;
+/// Uploads in progress shown at most: an 828 header is noted before the session has
+/// checked its client, so a flood of headers with made-up IDs must not grow the map
+/// without bound (refused ones are dropped at their 1607 anyway).
+pub const LIVE_UPLOADS_KEPT: usize = 10_000;
+
+type Labels = [(&'static str, String); 1];
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~26 s.
+    Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+}
+
+/// The Prometheus metrics (see the server README for the list).
+#[derive(Debug)]
+struct Metrics {
+    connections_open: Gauge,
+    connections_accepted: Counter,
+    connections_refused: Family<Labels, Counter>,
+    requests: Family<Labels, Counter>,
+    replies: Family<Labels, Counter>,
+    bytes_received: Counter,
+    uploads_in_progress: Gauge,
+    upload_seconds: Histogram,
+    upload_bytes: Histogram,
+    checksum_failures: Family<Labels, Counter>,
+    storage_seconds: HistogramFamily,
+    storage_errors: Family<Labels, Counter>,
+    rate_limit_refusals: Family<Labels, Counter>,
+    admin_requests: Family<Labels, Counter>,
+    admin_login_failures: Counter,
+}
+
+/// One upload in progress as the socket layer saw it.
+#[derive(Debug, Clone)]
+struct LiveUpload {
+    peer: SocketAddr,
+    file_name: String,
+    packets_received: u16,
+    total_packets: u16,
+    bytes: u64,
+    file_size: u32,
+    started: Instant,
+    updated: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    uploads: HashMap<ClientId, LiveUpload>,
+    failures: VecDeque<FailureView>,
+}
+
+/// The metrics registry and the live state; one per server, shared by the listener, the
+/// connections and the admin HTTP listener.
+#[derive(Debug)]
+pub struct Monitor {
+    registry: Registry,
+    metrics: Metrics,
+    live: Mutex<Live>,
+    upload_timeout: Duration,
+}
+
+fn label(key: &'static str, value: impl ToString) -> Labels {
+    [(key, value.to_string())]
+}
+
+impl Monitor {
+    /// A fresh registry; uploads idle for `upload_timeout` are no longer shown.
+    pub fn new(upload_timeout: Duration) -> Self {
+        let metrics = Metrics {
+            connections_open: Gauge::default(),
+            connections_accepted: Counter::default(),
+            connections_refused: Family::default(),
+            requests: Family::default(),
+            replies: Family::default(),
+            bytes_received: Counter::default(),
+            uploads_in_progress: Gauge::default(),
+            // 1 ms .. ~4.8 h.
+            upload_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 13)),
+            // 1 KiB .. 4 GiB.
+            upload_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 12)),
+            checksum_failures: Family::default(),
+            storage_seconds: Family::new_with_constructor(latency_histogram),
+            storage_errors: Family::default(),
+            rate_limit_refusals: Family::default(),
+            admin_requests: Family::default(),
+            admin_login_failures: Counter::default(),
+        };
+        let mut registry = Registry::with_prefix("sfc");
+        let m = &metrics;
+        registry.register(
+            "connections_open",
+            "Protocol connections open",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Protocol connections accepted",
+            m.connections_accepted.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Protocol connections closed at once, by reason",
+            m.connections_refused.clone(),
+        );
+        registry.register("requests", "Requests by code", m.requests.clone());
+        registry.register(
+            "replies",
+            "Replies by code (none: no reply)",
+            m.replies.clone(),
+        );
+        registry.register(
+            "received_bytes",
+            "Bytes received on protocol connections",
+            m.bytes_received.clone(),
+        );
+        registry.register(
+            "uploads_in_progress",
+            "Uploads begun and not yet finished",
+            m.uploads_in_progress.clone(),
+        );
+        registry.register(
+            "upload_duration_seconds",
+            "Time from an upload's first packet to its 1603",
+            m.upload_seconds.clone(),
+        );
+        registry.register(
+            "upload_size_bytes",
+            "Plaintext size of the uploads finished",
+            m.upload_bytes.clone(),
+        );
+        registry.register(
+            "checksum_failures",
+            "Checksum mismatches reported by clients (901: retry, 902: gave up)",
+            m.checksum_failures.clone(),
+        );
+        registry.register(
+            "storage_job_seconds",
+            "Time of the storage jobs (database and files), by kind",
+            m.storage_seconds.clone(),
+        );
+        registry.register(
+            "storage_errors",
+            "Requests refused with 1607 because storage failed, by request code",
+            m.storage_errors.clone(),
+        );
+        registry.register(
+            "rate_limit_refusals",
+            "Refusals by the per-address rate limits, by limit",
+            m.rate_limit_refusals.clone(),
+        );
+        registry.register(
+            "admin_requests",
+            "Admin HTTP responses by status",
+            m.admin_requests.clone(),
+        );
+        registry.register(
+            "admin_login_failures",
+            "Failed admin logins (wrong token)",
+            m.admin_login_failures.clone(),
+        );
+        registry.register(
+            "build",
+            "The server's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Monitor {
+            registry,
+            metrics,
+            live: Mutex::default(),
+            upload_timeout,
+        }
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        self.sync_uploads(Instant::now());
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    fn failure(
+        &self,
+        kind: &str,
+        peer: Option<SocketAddr>,
+        client: Option<ClientId>,
+        detail: String,
+    ) {
+        let mut live = self.live();
+        if live.failures.len() >= FAILURES_KEPT {
+            live.failures.pop_front();
+        }
+        live.failures.push_back(FailureView {
+            at: Timestamp::now().to_string(),
+            kind: kind.to_owned(),
+            peer: peer.map(|p| p.to_string()),
+            client_id: client.map(|c| c.to_hex()),
+            detail,
+        });
+    }
+
+    // ----- fed by the listener ---------------------------------------------------------
+
+    /// A connection was accepted and will be served; the gauge drops when the guard does.
+    pub fn connection_opened(self: &Arc<Self>) -> OpenConnection {
+        self.metrics.connections_accepted.inc();
+        self.metrics.connections_open.inc();
+        OpenConnection(Arc::clone(self))
+    }
+
+    /// A connection was closed at once (`reason`: `failure-budget`, `per-address`, `tls`).
+    pub fn connection_refused(&self, peer: SocketAddr, reason: &'static str) {
+        self.metrics
+            .connections_refused
+            .get_or_create(&label("reason", reason))
+            .inc();
+        if reason == "failure-budget" {
+            self.metrics
+                .rate_limit_refusals
+                .get_or_create(&label("limit", "failure"))
+                .inc();
+        }
+        self.failure(
+            "connection refused",
+            Some(peer),
+            None,
+            format!("connection refused: {reason}"),
+        );
+    }
+
+    // ----- fed by the connections -----------------------------------------------------
+
+    /// Bytes read from a protocol connection.
+    pub fn bytes_received(&self, bytes: usize) {
+        self.metrics.bytes_received.inc_by(bytes as u64);
+    }
+
+    /// A storage job took `elapsed`.
+    pub fn storage_job(&self, kind: &'static str, elapsed: Duration) {
+        self.metrics
+            .storage_seconds
+            .get_or_create(&label("job", kind))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// An 828's header was decoded: its upload is in progress.
+    pub fn packet_begins(&self, peer: SocketAddr, client: ClientId, packet: &FilePacketHeader) {
+        let now = Instant::now();
+        let mut live = self.live();
+        if live.uploads.len() >= LIVE_UPLOADS_KEPT && !live.uploads.contains_key(&client) {
+            return;
+        }
+        let entry = live.uploads.entry(client).or_insert_with(|| LiveUpload {
+            peer,
+            file_name: packet.file_name.as_str().to_owned(),
+            packets_received: 0,
+            total_packets: packet.total_packets,
+            bytes: 0,
+            file_size: packet.orig_file_size,
+            started: now,
+            updated: now,
+        });
+        if packet.packet_number == 1 || entry.file_name != packet.file_name.as_str() {
+            // A new file (or the same one sent again from the start).
+            *entry = LiveUpload {
+                peer,
+                file_name: packet.file_name.as_str().to_owned(),
+                packets_received: 0,
+                total_packets: packet.total_packets,
+                bytes: 0,
+                file_size: packet.orig_file_size,
+                started: now,
+                updated: now,
+            };
+        }
+        entry.peer = peer;
+        entry.updated = now;
+        let count = live.uploads.len();
+        drop(live);
+        self.metrics
+            .uploads_in_progress
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// The conversation's log line (before it is formatted).
+    pub fn record(&self, peer: SocketAddr, line: &LogLine) {
+        match line {
+            LogLine::Request(request) => self.request(peer, request),
+            LogLine::AddressRepinned { .. } => {}
+            LogLine::FailureBudgetSpent => {
+                self.metrics
+                    .rate_limit_refusals
+                    .get_or_create(&label("limit", "failure"))
+                    .inc();
+                self.failure(
+                    "rate limit",
+                    Some(peer),
+                    None,
+                    "too many failed requests from this address: connection closed".into(),
+                );
+            }
+            LogLine::AbandonedMidPacket { client, file } => {
+                self.end_upload(client);
+                self.failure(
+                    "upload abandoned",
+                    Some(peer),
+                    Some(*client),
+                    format!("connection ended mid-packet of {file}"),
+                );
+            }
+            LogLine::AbandonedWithConnection { client, file } => {
+                self.end_upload(client);
+                self.failure(
+                    "upload abandoned",
+                    Some(peer),
+                    Some(*client),
+                    format!("connection ended between packets of {file}"),
+                );
+            }
+        }
+    }
+
+    fn request(&self, peer: SocketAddr, request: &RequestLog) {
+        let m = &self.metrics;
+        m.requests.get_or_create(&label("code", request.code)).inc();
+        let reply = request
+            .reply
+            .map_or_else(|| "none".to_owned(), |c| c.as_u16().to_string());
+        m.replies.get_or_create(&label("code", &reply)).inc();
+        if matches!(request.code, 901 | 902) {
+            m.checksum_failures
+                .get_or_create(&label("code", request.code))
+                .inc();
+            self.failure(
+                if request.code == 901 {
+                    "checksum mismatch (901, retrying)"
+                } else {
+                    "checksum mismatch (902, gave up)"
+                },
+                Some(peer),
+                request.client,
+                request.detail.clone().unwrap_or_default(),
+            );
+        }
+        let refused = matches!(
+            request.reply,
+            Some(
+                ResponseCode::ServerError
+                    | ResponseCode::RegistrationFailed
+                    | ResponseCode::ReconnectRejected
+            )
+        );
+        if request.code == 828 {
+            if let Some(client) = request.client {
+                if request.reply == Some(ResponseCode::FileReceived) {
+                    self.finish_upload(&client, request.payload);
+                } else if refused {
+                    self.end_upload(&client);
+                } else {
+                    let mut live = self.live();
+                    if let Some(upload) = live.uploads.get_mut(&client) {
+                        upload.packets_received = upload.packets_received.saturating_add(1);
+                        upload.bytes = upload.bytes.saturating_add(
+                            request
+                                .payload
+                                .saturating_sub(sfc_proto::limits::FILE_PACKET_FIXED_LEN as u64),
+                        );
+                        upload.updated = Instant::now();
+                    }
+                }
+            }
+        }
+        if refused {
+            let detail = request.detail.clone().unwrap_or_default();
+            if detail.contains("database") || detail.contains("storage") {
+                m.storage_errors
+                    .get_or_create(&label("code", request.code))
+                    .inc();
+            }
+            if detail.contains("rate limit") || detail.contains("too many") {
+                m.rate_limit_refusals
+                    .get_or_create(&label("limit", "registration"))
+                    .inc();
+            }
+            self.failure(
+                &format!("{} → {reply}", request.code),
+                Some(peer),
+                request.client,
+                detail,
+            );
+        }
+    }
+
+    fn finish_upload(&self, client: &ClientId, last_payload: u64) {
+        let finished = self.live().uploads.remove(client);
+        if let Some(upload) = finished {
+            let _ = last_payload;
+            self.metrics
+                .upload_seconds
+                .observe(upload.started.elapsed().as_secs_f64());
+            self.metrics
+                .upload_bytes
+                .observe(f64::from(upload.file_size));
+        }
+        self.sync_uploads(Instant::now());
+    }
+
+    fn end_upload(&self, client: &ClientId) {
+        self.live().uploads.remove(client);
+        self.sync_uploads(Instant::now());
+    }
+
+    /// Drops uploads idle for longer than the upload timeout (the session abandons them)
+    /// and sets the gauge.
+    fn sync_uploads(&self, now: Instant) {
+        let mut live = self.live();
+        let timeout = self.upload_timeout;
+        live.uploads
+            .retain(|_, u| now.saturating_duration_since(u.updated) <= timeout);
+        let count = live.uploads.len();
+        drop(live);
+        self.metrics
+            .uploads_in_progress
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    // ----- fed by the admin listener ---------------------------------------------------
+
+    /// An admin HTTP response.
+    pub fn admin_response(&self, status: u16) {
+        self.metrics
+            .admin_requests
+            .get_or_create(&label("status", status))
+            .inc();
+    }
+
+    /// A failed admin login from `peer`.
+    pub fn admin_login_failed(&self, peer: SocketAddr, detail: &str) {
+        self.metrics.admin_login_failures.inc();
+        self.failure("admin login", Some(peer), None, detail.to_owned());
+    }
+
+    // ----- read by the admin listener ---------------------------------------------------
+
+    /// Connections, uploads in progress and the last failures (newest first).
+    pub fn snapshot(&self) -> LiveView {
+        let now = Instant::now();
+        self.sync_uploads(now);
+        let live = self.live();
+        let mut uploads: Vec<UploadView> = live
+            .uploads
+            .iter()
+            .map(|(client, u)| {
+                let seconds = now.saturating_duration_since(u.started).as_secs_f64();
+                UploadView {
+                    client_id: client.to_hex(),
+                    client_name: None,
+                    peer: u.peer.to_string(),
+                    file_name: u.file_name.clone(),
+                    packets_received: u.packets_received,
+                    total_packets: u.total_packets,
+                    bytes_received: u.bytes,
+                    file_size: u.file_size,
+                    seconds,
+                    bytes_per_second: if seconds > 0.0 {
+                        (u.bytes as f64 / seconds).round() as u64
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect();
+        uploads.sort_by(|a, b| (&a.client_id, &a.file_name).cmp(&(&b.client_id, &b.file_name)));
+        LiveView {
+            connections_open: self.metrics.connections_open.get().max(0) as u64,
+            connections_accepted: self.metrics.connections_accepted.get(),
+            uploads,
+            failures: live.failures.iter().rev().cloned().collect(),
+        }
+    }
+}
+
+/// An open protocol connection, counted until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<Monitor>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics.connections_open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sfc_proto::Name;
+
+    fn header(number: u16, total: u16) -> FilePacketHeader {
+        FilePacketHeader {
+            content_size: 4096,
+            orig_file_size: 4000,
+            packet_number: number,
+            total_packets: total,
+            file_name: Name::new("f.bin").unwrap(),
+        }
+    }
+
+    fn packet_log(client: ClientId, reply: Option<ResponseCode>) -> LogLine {
+        LogLine::Request(RequestLog {
+            code: 828,
+            client: Some(client),
+            version: 3,
+            payload: 267 + 1024,
+            packet: Some((1, 2, reply.is_none())),
+            reply,
+            elapsed: Duration::from_millis(1),
+            detail: reply.map(|_| "database error: down".to_owned()),
+            file: Some(Name::new("f.bin").unwrap()),
+        })
+    }
+
+    #[test]
+    fn uploads_are_followed_until_their_reply_and_bounded() {
+        let monitor = Monitor::new(Duration::from_secs(600));
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let a = ClientId([1; 16]);
+        monitor.packet_begins(peer, a, &header(1, 2));
+        monitor.record(peer, &packet_log(a, None));
+        let live = monitor.snapshot();
+        assert_eq!(live.uploads.len(), 1);
+        assert_eq!(live.uploads[0].packets_received, 1);
+        assert_eq!(live.uploads[0].bytes_received, 1024);
+        // A refusal ends it and is listed as a failure.
+        monitor.record(peer, &packet_log(a, Some(ResponseCode::ServerError)));
+        let live = monitor.snapshot();
+        assert!(live.uploads.is_empty());
+        assert_eq!(live.failures[0].kind, "828 → 1607");
+        assert!(monitor
+            .encode()
+            .contains("sfc_storage_errors_total{code=\"828\"} 1"));
+        // Made-up client IDs cannot grow the map without bound.
+        for i in 0..LIVE_UPLOADS_KEPT as u32 + 10 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            monitor.packet_begins(peer, ClientId(id), &header(1, 2));
+        }
+        assert_eq!(monitor.snapshot().uploads.len(), LIVE_UPLOADS_KEPT);
+        // Idle ones go after the upload timeout.
+        let quick = Monitor::new(Duration::ZERO);
+        quick.packet_begins(peer, a, &header(1, 2));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(quick.snapshot().uploads.is_empty());
+    }
+
+    #[test]
+    fn failures_keep_the_newest() {
+        let monitor = Monitor::new(Duration::from_secs(600));
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for _ in 0..FAILURES_KEPT + 5 {
+            monitor.connection_refused(peer, "per-address");
+        }
+        monitor.admin_login_failed(peer, "newest");
+        let failures = monitor.snapshot().failures;
+        assert_eq!(failures.len(), FAILURES_KEPT);
+        assert_eq!(failures[0].detail, "newest");
+    }
+}

@@ -1,0 +1,865 @@
+//! The admin HTTP listener over real HTTP (ureq on 127.0.0.1): health checks, the token
+//! and the session cookie, CSRF, the JSON API and its OpenAPI document, the pages'
+//! actions, and `/metrics` read by a Prometheus text-format parser. Clients and uploads
+//! come from the real protocol through the test client in `common`.
+#![cfg(test)]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use sfc_proto::{ClientId, Response};
+use sfc_server::admin::{API_ROUTES, COOKIE, LOGIN_FAILURES_PER_MINUTE, OPENAPI};
+use sfc_server::{AdminConfig, ServerConfig};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn with_admin(config: &mut ServerConfig) {
+    config.admin = Some(AdminConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        config.data_dir.join("admin.token"),
+    ));
+}
+
+struct Admin {
+    server: TestServer,
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Admin {
+    fn start() -> Self {
+        let server = TestServer::start_with(with_admin);
+        let addr: SocketAddr = server.server.as_ref().unwrap().admin_addr().unwrap();
+        let token = std::fs::read_to_string(server.root().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Admin {
+            server,
+            base: format!("http://{addr}"),
+            token,
+            agent,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// GET with the token: status and body.
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut response = self
+            .agent
+            .get(self.url(path))
+            .header("Authorization", self.bearer())
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    }
+
+    fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn delete(&self, path: &str) -> (u16, String) {
+        let mut response = self
+            .agent
+            .delete(self.url(path))
+            .header("Authorization", self.bearer())
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    }
+
+    fn anonymous(&self, path: &str) -> u16 {
+        self.agent
+            .get(self.url(path))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Logs in at the form; the session cookie.
+    fn login(&self) -> String {
+        let response = self
+            .agent
+            .post(self.url("/login"))
+            .send_form([("token", self.token.as_str())])
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 303);
+        let set_cookie = response
+            .headers()
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+        assert!(set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+        let pair = set_cookie.split(';').next().unwrap();
+        assert!(pair.starts_with(&format!("{COOKIE}=")));
+        pair.to_owned()
+    }
+
+    fn page(&self, cookie: &str, path: &str) -> (u16, String) {
+        let mut response = self
+            .agent
+            .get(self.url(path))
+            .header("Cookie", cookie)
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    }
+}
+
+/// The CSRF token a page carries.
+fn csrf_of(page: &str) -> String {
+    let start = page.find("name=\"csrf-token\" content=\"").unwrap() + 27;
+    page[start..start + 64].to_owned()
+}
+
+fn enrolled(admin: &Admin, user: &str) -> (Conn, ClientId, sfc_crypto::AesKey) {
+    let mut conn = admin.server.connect();
+    let (id, key) = enroll(&mut conn, user);
+    (conn, id, key)
+}
+
+fn store_file(conn: &mut Conn, id: ClientId, key: &sfc_crypto::AesKey, file: &str, plain: &[u8]) {
+    let reply = upload(conn, id, key, file, plain, 4096);
+    assert_received(&reply, id, file, plain);
+    assert_eq!(
+        conn.call(&file_name_request(id, 900, file)),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+}
+
+fn query(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn health_checks_are_open_and_everything_else_needs_the_token() {
+    let admin = Admin::start();
+    assert_eq!(admin.anonymous("/healthz"), 200);
+    assert_eq!(admin.anonymous("/readyz"), 200);
+    assert_eq!(admin.anonymous("/api/v1/openapi.json"), 200);
+    assert_eq!(admin.anonymous("/login"), 200);
+    let paths = [
+        "/metrics",
+        "/api/v1/stats",
+        "/api/v1/clients",
+        "/api/v1/uploads",
+        "/api/v1/failures",
+        &format!("/api/v1/clients/{}/files", "ab".repeat(16)),
+    ];
+    for path in &paths {
+        assert_eq!(admin.anonymous(path), 401, "{path}");
+    }
+    // A wrong token counts as a failed login (within the per-minute allowance here).
+    for path in paths.iter().take(LOGIN_FAILURES_PER_MINUTE as usize) {
+        let wrong = admin
+            .agent
+            .get(admin.url(path))
+            .header("Authorization", "Bearer not-the-token")
+            .call()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(wrong, 401, "{path}");
+    }
+    // Pages send a browser without a session to the login form.
+    for path in ["/", "/clients"] {
+        let response = admin.agent.get(admin.url(path)).call().unwrap();
+        assert_eq!(response.status().as_u16(), 303, "{path}");
+        assert_eq!(response.headers().get("location").unwrap(), "/login");
+    }
+    // A forged cookie is no session.
+    let (status, _) = admin.page(&format!("{COOKIE}=forged"), "/clients");
+    assert_eq!(status, 303);
+    // Security headers on every response.
+    let response = admin.agent.get(admin.url("/login")).call().unwrap();
+    let csp = response.headers().get("content-security-policy").unwrap();
+    assert!(csp.to_str().unwrap().contains("script-src 'self'"));
+    assert_eq!(response.headers().get("x-frame-options").unwrap(), "DENY");
+}
+
+#[test]
+fn failed_logins_are_limited_per_address() {
+    let admin = Admin::start();
+    for _ in 0..LOGIN_FAILURES_PER_MINUTE {
+        let response = admin
+            .agent
+            .post(admin.url("/login"))
+            .send_form([("token", "wrong")])
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+    }
+    // Now even the right token waits for the minute to pass, at the form and the API.
+    let response = admin
+        .agent
+        .post(admin.url("/login"))
+        .send_form([("token", admin.token.as_str())])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(admin.get("/api/v1/stats").0, 429);
+}
+
+#[test]
+fn the_api_lists_pages_downloads_deletes_and_frees_names() {
+    let admin = Admin::start();
+    let (mut alice_conn, alice, alice_key) = enrolled(&admin, "alice");
+    let (_bob_conn, bob, _) = enrolled(&admin, "bob");
+    let (_carol_conn, _carol, _) = enrolled(&admin, "carol");
+    let contents: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                format!("report {i}/a b&c.bin"),
+                data(10_000 + i * 5_000, i as u32),
+            )
+        })
+        .collect();
+    for (file, plain) in &contents {
+        store_file(&mut alice_conn, alice, &alice_key, file, plain);
+    }
+
+    let stats = admin.json("/api/v1/stats");
+    assert_eq!(stats["clients"], 3);
+    assert_eq!(stats["files"], 3);
+    let total: usize = contents.iter().map(|(_, p)| p.len()).sum();
+    assert_eq!(stats["bytes_stored"], total);
+
+    // Clients, paginated, by name; the same JSON as `sfc-server clients --json`.
+    let first = admin.json("/api/v1/clients?limit=2");
+    assert_eq!(first["total"], 3);
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    assert_eq!(first["items"][0]["name"], "alice");
+    assert_eq!(first["items"][0]["files"], 3);
+    assert_eq!(first["items"][0]["bytes"], total);
+    assert_eq!(
+        first["items"][0]["key_fingerprint"].as_str().unwrap().len(),
+        64
+    );
+    let rest = admin.json("/api/v1/clients?offset=2&limit=2");
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["items"][0]["name"], "carol");
+    let cli = sfc_server::admin::clients_in(admin.server.root(), &admin.server.database).unwrap();
+    let all = admin.json("/api/v1/clients?limit=500");
+    assert_eq!(all["items"], serde_json::to_value(&cli).unwrap());
+    assert_eq!(admin.json(&format!("/api/v1/clients/{bob}"))["name"], "bob");
+    assert_eq!(
+        admin.get(&format!("/api/v1/clients/{}", "00".repeat(16))).0,
+        404
+    );
+    assert_eq!(admin.get("/api/v1/clients/not-an-id").0, 404);
+
+    // One client's files, paginated.
+    let files = admin.json(&format!("/api/v1/clients/{alice}/files?limit=2"));
+    assert_eq!(files["total"], 3);
+    assert_eq!(files["items"].as_array().unwrap().len(), 2);
+    assert_eq!(files["items"][0]["file_name"], contents[0].0);
+    assert_eq!(files["items"][0]["verified"], true);
+    let files = admin.json(&format!("/api/v1/clients/{alice}/files?offset=2"));
+    assert_eq!(files["items"][0]["file_name"], contents[2].0);
+
+    // Download: the very bytes the client sent.
+    for (file, plain) in &contents {
+        let mut response = admin
+            .agent
+            .get(admin.url(&format!(
+                "/api/v1/clients/{alice}/file?name={}",
+                query(file)
+            )))
+            .header("Authorization", admin.bearer())
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let disposition = response.headers().get("content-disposition").unwrap();
+        assert!(disposition.to_str().unwrap().starts_with("attachment"));
+        assert!(
+            response.body_mut().read_to_vec().unwrap() == *plain,
+            "{file}"
+        );
+    }
+    assert_eq!(
+        admin
+            .get(&format!("/api/v1/clients/{alice}/file?name=nope"))
+            .0,
+        404
+    );
+
+    // Delete one file: row and stored file gone.
+    let (file, _) = &contents[1];
+    let row = admin.server.db().file(&alice, file).unwrap().unwrap();
+    assert!(admin.server.root().join(&row.path).exists());
+    let (status, body) = admin.delete(&format!(
+        "/api/v1/clients/{alice}/file?name={}",
+        query(file)
+    ));
+    assert_eq!(status, 200, "{body}");
+    assert!(admin.server.db().file(&alice, file).unwrap().is_none());
+    assert!(!admin.server.root().join(&row.path).exists());
+    assert_eq!(
+        admin
+            .delete(&format!(
+                "/api/v1/clients/{alice}/file?name={}",
+                query(file)
+            ))
+            .0,
+        404
+    );
+    assert_eq!(admin.json("/api/v1/stats")["files"], 2);
+
+    // Remove the client: its rows and files go, its name is free again.
+    let paths: Vec<String> = admin
+        .server
+        .db()
+        .files()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.client_id == alice)
+        .map(|f| f.path)
+        .collect();
+    assert_eq!(paths.len(), 2);
+    let (status, body) = admin.delete(&format!("/api/v1/clients/{alice}"));
+    assert_eq!(status, 200, "{body}");
+    let removed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(removed["files"].as_array().unwrap().len(), 2);
+    assert!(admin.server.db().client(&alice).unwrap().is_none());
+    for path in &paths {
+        assert!(!admin.server.root().join(path).exists(), "{path}");
+    }
+    assert_eq!(admin.delete(&format!("/api/v1/clients/{alice}")).0, 404);
+    let mut conn = admin.server.connect();
+    let Response::Registered { client_id } = conn.call(&register_request("alice")) else {
+        panic!("the name alice was not freed")
+    };
+    assert_ne!(client_id, alice);
+    // bob is untouched.
+    assert!(admin.server.db().client(&bob).unwrap().is_some());
+}
+
+#[test]
+fn actions_with_a_session_cookie_need_the_csrf_token() {
+    let admin = Admin::start();
+    let (mut conn, id, key) = enrolled(&admin, "dora");
+    store_file(&mut conn, id, &key, "a.txt", b"first");
+    store_file(&mut conn, id, &key, "b.txt", b"second");
+    let cookie = admin.login();
+    let (status, page) = admin.page(&cookie, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("Dashboard"));
+    let csrf = csrf_of(&page);
+    let (status, page) = admin.page(&cookie, "/clients");
+    assert_eq!(status, 200);
+    assert!(page.contains("dora") && page.contains(&id.to_hex()));
+    let (status, page) = admin.page(&cookie, &format!("/clients/{id}"));
+    assert_eq!(status, 200);
+    assert!(page.contains("a.txt") && page.contains("b.txt"));
+    // The cookie reads the API too (the dashboard's refresh) …
+    let (status, _) = admin.page(&cookie, "/api/v1/stats");
+    assert_eq!(status, 200);
+    // … but changes nothing without the CSRF token.
+    for token in [None, Some("0".repeat(64))] {
+        let mut request = admin
+            .agent
+            .delete(admin.url(&format!("/api/v1/clients/{id}/file?name=a.txt")))
+            .header("Cookie", &cookie);
+        if let Some(token) = &token {
+            request = request.header("X-CSRF-Token", token);
+        }
+        assert_eq!(request.call().unwrap().status().as_u16(), 403);
+        let response = admin
+            .agent
+            .post(admin.url(&format!("/clients/{id}/delete")))
+            .header("Cookie", &cookie)
+            .send_form([("name", "a.txt"), ("csrf", token.as_deref().unwrap_or(""))])
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 403);
+    }
+    assert!(admin.server.db().file(&id, "a.txt").unwrap().is_some());
+    // With it: the API and the page form both act.
+    let response = admin
+        .agent
+        .delete(admin.url(&format!("/api/v1/clients/{id}/file?name=a.txt")))
+        .header("Cookie", &cookie)
+        .header("X-CSRF-Token", &csrf)
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(admin.server.db().file(&id, "a.txt").unwrap().is_none());
+    let mut response = admin
+        .agent
+        .get(admin.url(&format!("/clients/{id}/download?name=b.txt")))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(response.body_mut().read_to_vec().unwrap(), b"second");
+    let response = admin
+        .agent
+        .post(admin.url(&format!("/clients/{id}/delete")))
+        .header("Cookie", &cookie)
+        .send_form([("name", "b.txt"), ("csrf", csrf.as_str())])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert!(admin.server.db().file(&id, "b.txt").unwrap().is_none());
+    let response = admin
+        .agent
+        .post(admin.url(&format!("/clients/{id}/remove")))
+        .header("Cookie", &cookie)
+        .send_form([("csrf", csrf.as_str())])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert!(admin.server.db().client(&id).unwrap().is_none());
+    // Logging out ends the session.
+    let response = admin
+        .agent
+        .post(admin.url("/logout"))
+        .header("Cookie", &cookie)
+        .send_form([("csrf", csrf.as_str())])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(admin.page(&cookie, "/").0, 303);
+}
+
+#[test]
+fn uploads_in_progress_and_failures_are_shown_live() {
+    let admin = Admin::start();
+    let (mut conn, id, key) = enrolled(&admin, "erin");
+    let plain = data(30_000, 7);
+    let cipher = encrypt(&key, &plain);
+    let packets = packets(
+        id,
+        "big.bin",
+        plain.len(),
+        &cipher,
+        4096,
+        ContentSize::Whole,
+    );
+    assert!(packets.len() > 4);
+    for packet in &packets[..3] {
+        conn.send_raw(packet);
+    }
+    assert!(eventually(Duration::from_secs(10), || {
+        let uploads = admin.json("/api/v1/uploads");
+        uploads.as_array().unwrap().len() == 1 && uploads[0]["packets_received"] == 3
+    }));
+    let uploads = admin.json("/api/v1/uploads");
+    assert_eq!(uploads[0]["client_name"], "erin");
+    assert_eq!(uploads[0]["file_name"], "big.bin");
+    assert_eq!(uploads[0]["total_packets"], packets.len());
+    assert_eq!(uploads[0]["bytes_received"], 3 * 4096);
+    assert_eq!(admin.json("/api/v1/stats")["uploads_in_progress"], 1);
+    // Half a packet: the connection holds the upload while the rest streams in. The
+    // client cannot be removed meanwhile (its upload would finish into nothing).
+    let (head, tail) = packets[3].split_at(packets[3].len() / 2);
+    let received = |admin: &Admin| {
+        let (_, body) = admin.get("/metrics");
+        let scraped =
+            prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        sample(&scraped, "sfc_received_bytes_total", None)
+    };
+    let before = received(&admin);
+    conn.send_raw(head);
+    // The header is decoded and the upload checked out right after the read is counted
+    // (no await in between); the pause only covers the other thread's scheduling.
+    assert!(eventually(Duration::from_secs(10), || received(&admin)
+        >= before + head.len() as f64));
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, body) = admin.delete(&format!("/api/v1/clients/{id}"));
+    assert_eq!(status, 409, "{body}");
+    assert!(admin.server.db().client(&id).unwrap().is_some());
+    conn.send_raw(tail);
+    for packet in &packets[4..] {
+        conn.send_raw(packet);
+    }
+    assert_received(&conn.recv(), id, "big.bin", &plain);
+    assert_eq!(admin.json("/api/v1/uploads"), serde_json::json!([]));
+    // A checksum mismatch and a refused request show up among the failures.
+    // (901 is answered only as the first request of a connection.)
+    let mut retry = admin.server.connect();
+    assert_eq!(
+        retry.call(&file_name_request(id, 901, "big.bin")),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+    let mut other = admin.server.connect();
+    assert!(matches!(
+        other.call(&file_name_request(ClientId([9; 16]), 900, "x")),
+        Response::ServerError
+    ));
+    let failures = admin.json("/api/v1/failures");
+    let kinds: Vec<&str> = failures["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.iter().any(|k| k.contains("901")), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k.contains("1607")), "{kinds:?}");
+    assert_eq!(failures["items"][0]["kind"], "900 → 1607", "newest first");
+}
+
+fn scrape(admin: &Admin) -> prometheus_parse::Scrape {
+    let (status, body) = admin.get("/metrics");
+    assert_eq!(status, 200);
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            other => panic!("{name}: {other:?}"),
+        })
+        .sum()
+}
+
+#[test]
+fn metrics_parse_and_move_with_the_traffic() {
+    let admin = Admin::start();
+    let before = scrape(&admin);
+    assert_eq!(
+        sample(&before, "sfc_requests_total", Some(("code", "825"))),
+        0.0
+    );
+    assert!(before
+        .samples
+        .iter()
+        .any(|s| s.metric.starts_with("sfc_build_info")));
+    let (mut conn, id, key) = enrolled(&admin, "fred");
+    store_file(&mut conn, id, &key, "m.bin", &data(50_000, 3));
+    assert_eq!(
+        conn.call(&file_name_request(id, 902, "m.bin")),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+    let mut again = admin.server.connect();
+    assert_eq!(
+        again.call(&register_request("fred")),
+        Response::RegistrationFailed
+    );
+    let after = scrape(&admin);
+    assert_eq!(
+        sample(&after, "sfc_requests_total", Some(("code", "825"))),
+        2.0
+    );
+    assert_eq!(
+        sample(&after, "sfc_replies_total", Some(("code", "1600"))),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "sfc_replies_total", Some(("code", "1601"))),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "sfc_replies_total", Some(("code", "1603"))),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "sfc_checksum_failures_total", Some(("code", "902"))),
+        1.0
+    );
+    assert!(sample(&after, "sfc_connections_accepted_total", None) >= 2.0);
+    assert!(sample(&after, "sfc_received_bytes_total", None) > 50_000.0);
+    assert_eq!(sample(&after, "sfc_upload_size_bytes_count", None), 1.0);
+    assert!(
+        sample(
+            &after,
+            "sfc_storage_job_seconds_count",
+            Some(("job", "end_packet"))
+        ) >= 1.0
+    );
+    // The admin listener counts its own responses (the 200 of the first scrape at least).
+    assert!(sample(&after, "sfc_admin_requests_total", Some(("status", "200"))) >= 1.0);
+}
+
+#[test]
+fn the_openapi_document_describes_the_routes_and_the_json() {
+    let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.clone(), path.clone()));
+        }
+    }
+    let served: BTreeSet<(String, String)> = API_ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, served);
+
+    // Every route is served as documented (not 404/405), and the JSON has exactly the
+    // documented properties.
+    let admin = Admin::start();
+    let (mut conn, id, key) = enrolled(&admin, "gina");
+    store_file(&mut conn, id, &key, "g.txt", b"g");
+    let schema_keys = |name: &str| -> BTreeSet<String> {
+        doc["components"]["schemas"][name]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let keys = |value: &Value| -> BTreeSet<String> {
+        value.as_object().unwrap().keys().cloned().collect()
+    };
+    let stats = admin.json("/api/v1/stats");
+    assert_eq!(keys(&stats), schema_keys("StatsView"));
+    let clients = admin.json("/api/v1/clients");
+    assert_eq!(keys(&clients), schema_keys("ClientPage"));
+    assert_eq!(keys(&clients["items"][0]), schema_keys("ClientView"));
+    let files = admin.json(&format!("/api/v1/clients/{id}/files"));
+    assert_eq!(keys(&files["items"][0]), schema_keys("FileView"));
+    assert_eq!(
+        keys(&admin.json(&format!("/api/v1/clients/{id}"))),
+        schema_keys("ClientView")
+    );
+    let mut open = admin.server.connect();
+    assert!(matches!(
+        open.call(&file_name_request(ClientId([7; 16]), 900, "x")),
+        Response::ServerError
+    ));
+    let failures = admin.json("/api/v1/failures");
+    assert_eq!(keys(&failures["items"][0]), schema_keys("FailureView"));
+    let (_, body) = admin.delete(&format!("/api/v1/clients/{id}/file?name=g.txt"));
+    assert_eq!(
+        keys(&serde_json::from_str(&body).unwrap()),
+        schema_keys("Removed")
+    );
+    let (status, body) = admin.get("/api/v1/clients/00/files");
+    assert_eq!(status, 404);
+    assert_eq!(
+        keys(&serde_json::from_str(&body).unwrap()),
+        schema_keys("Error")
+    );
+    for (method, path) in API_ROUTES {
+        let path = path.replace("{id}", &id.to_hex()) + "?name=x";
+        let response = admin
+            .agent
+            .run(
+                ureq::http::Request::builder()
+                    .method(method.to_uppercase().as_str())
+                    .uri(admin.url(&path))
+                    .header("Authorization", admin.bearer())
+                    .body(())
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_ne!(response.status().as_u16(), 405, "{method} {path}");
+    }
+    // The upload's fields, from a live one.
+    let plain = data(20_000, 1);
+    let (mut conn2, id2, key2) = enrolled(&admin, "hank");
+    let cipher2 = encrypt(&key2, &plain);
+    let parts = packets(
+        id2,
+        "u.bin",
+        plain.len(),
+        &cipher2,
+        4096,
+        ContentSize::Whole,
+    );
+    conn2.send_raw(&parts[0]);
+    assert!(eventually(Duration::from_secs(10), || admin
+        .json("/api/v1/uploads")
+        .as_array()
+        .is_some_and(|u| !u.is_empty())));
+    let uploads = admin.json("/api/v1/uploads");
+    assert_eq!(keys(&uploads[0]), schema_keys("UploadView"));
+}
+
+#[test]
+fn a_public_admin_address_needs_tls_or_an_explicit_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    let mut admin = AdminConfig::new("0.0.0.0:0".parse().unwrap(), dir.path().join("t"));
+    config.admin = Some(admin.clone());
+    let error = sfc_server::RunningServer::start(config.clone()).unwrap_err();
+    assert!(error.to_string().contains("--admin-insecure"), "{error}");
+    assert!(!dir.path().join("t").exists());
+    admin.insecure = true;
+    config.admin = Some(admin);
+    let server = sfc_server::RunningServer::start(config).unwrap();
+    assert!(server.admin_addr().is_some());
+    let token = std::fs::read_to_string(dir.path().join("t")).unwrap();
+    assert_eq!(token.trim().len(), 64);
+    server.stop();
+}
+
+#[test]
+fn readyz_and_the_storage_error_count_follow_the_database() {
+    use sfc_server::testing::{Faults, FaultyBlobs, FaultyMeta};
+    use sfc_server::{LocalBlobStore, SqliteStore, Storage};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let storage = Storage {
+        meta: Box::new(FaultyMeta::new(
+            SqliteStore::open(&dir.path().join("defensive.db")).unwrap(),
+            faults.clone(),
+        )),
+        blobs: Box::new(FaultyBlobs::new(
+            LocalBlobStore::new(dir.path()),
+            faults.clone(),
+        )),
+        lock: None,
+    };
+    let mut config = config_for(dir.path());
+    with_admin(&mut config);
+    let server = sfc_server::RunningServer::start_with(config, storage).unwrap();
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let base = format!("http://{}", server.admin_addr().unwrap());
+    let get = |path: &str| {
+        let mut response = agent
+            .get(format!("{base}{path}"))
+            .header("Authorization", format!("Bearer {}", token.trim()))
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    };
+    assert_eq!(get("/readyz").0, 200);
+    faults.db_down.store(true, Ordering::SeqCst);
+    let (status, body) = get("/readyz");
+    assert_eq!(status, 503);
+    assert!(body.contains("database"), "{body}");
+    assert_eq!(get("/healthz").0, 200, "alive even when not ready");
+    let mut conn = Conn::connect(server.addr());
+    assert_eq!(conn.call(&register_request("kim")), Response::ServerError);
+    let (_, metrics) = get("/metrics");
+    let scraped =
+        prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(
+        sample(&scraped, "sfc_storage_errors_total", Some(("code", "825"))),
+        1.0
+    );
+    faults.db_recovers();
+    assert_eq!(get("/readyz").0, 200);
+    server.stop();
+}
+
+#[test]
+fn rate_limit_refusals_and_refused_connections_are_counted() {
+    fn tweak(config: &mut ServerConfig) {
+        with_admin(config);
+        config.register_limit = sfc_server::RateLimit::new(1, 1);
+        config.max_connections_per_address = 2;
+    }
+    let server = TestServer::start_with(tweak);
+    let addr = server.server.as_ref().unwrap().admin_addr().unwrap();
+    let token = std::fs::read_to_string(server.root().join("admin.token")).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let scrape = || {
+        let body = agent
+            .get(format!("http://{addr}/metrics"))
+            .header("Authorization", format!("Bearer {}", token.trim()))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+    };
+    let mut conn = server.connect();
+    assert!(matches!(
+        conn.call(&register_request("lou")),
+        Response::Registered { .. }
+    ));
+    assert_eq!(conn.call(&register_request("max")), Response::ServerError);
+    let _second = server.connect();
+    let mut third = server.connect();
+    assert!(third.closed_within(Duration::from_secs(5)));
+    let scraped = scrape();
+    assert_eq!(
+        sample(
+            &scraped,
+            "sfc_rate_limit_refusals_total",
+            Some(("limit", "registration"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &scraped,
+            "sfc_connections_refused_total",
+            Some(("reason", "per-address"))
+        ),
+        1.0
+    );
+    assert_eq!(sample(&scraped, "sfc_connections_open", None), 2.0);
+}
+
+#[test]
+fn long_client_lists_paginate_on_the_pages() {
+    let admin = Admin::start();
+    let mut conn = admin.server.connect();
+    for i in 0..sfc_server::admin::DEFAULT_PAGE + 3 {
+        let reply = conn.call(&register_request(&format!("user{i:03}")));
+        assert!(matches!(reply, Response::Registered { .. }), "{reply:?}");
+    }
+    let cookie = admin.login();
+    let (status, first) = admin.page(&cookie, "/clients");
+    assert_eq!(status, 200);
+    assert!(first.contains("Page 1 of 2") && first.contains("?page=1"));
+    assert!(first.contains("user000") && first.contains("user049"));
+    assert!(!first.contains("user050"));
+    let (_, second) = admin.page(&cookie, "/clients?page=1");
+    assert!(second.contains("Page 2 of 2") && second.contains("?page=0"));
+    assert!(second.contains("user050") && second.contains("user052"));
+    assert!(!second.contains("user049"));
+    // Names are escaped in the markup.
+    let reply = conn.call(&register_request("<b>bold</b>"));
+    assert!(matches!(reply, Response::Registered { .. }), "{reply:?}");
+    let (_, first) = admin.page(&cookie, "/clients");
+    assert!(first.contains("&lt;b&gt;bold&lt;/b&gt;"));
+    assert!(!first.contains("<b>bold"));
+}
