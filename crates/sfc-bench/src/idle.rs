@@ -1,9 +1,11 @@
 //! Scenario (e): many idle connections held open (connected, nothing sent), the server's
 //! RSS with them, and a normal `sfc-client` upload served meanwhile.
 
+use crate::context::RunContext;
 use crate::procs::{fd_count, run_client, Bins, Server};
-use crate::report::{connect_from, loopback_source, make_file};
+use crate::report::{connect_from, loopback_source, make_file, mib, Row};
 use anyhow::{bail, Result};
+use serde_json::json;
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -187,4 +189,69 @@ pub fn run(cfg: &IdleConfig<'_>) -> Result<IdleResult> {
     server.stop()?;
     let _ = std::fs::remove_dir_all(&data);
     Ok(result)
+}
+
+/// Scenario (e): `--idle-connections` idle connections held, and a normal client meanwhile.
+pub fn run_idle(ctx: &mut RunContext) -> Result<()> {
+    eprintln!("(e) {} idle connections ...", ctx.cli.idle_connections);
+    let work = ctx.shm.join("idle");
+    let result = self::run(&IdleConfig {
+        bins: &ctx.bins,
+        work: &work,
+        connections: ctx.cli.idle_connections,
+        file_size: 100_000,
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    let result = result?;
+    ctx.rows.push(Row {
+        id: "e".into(),
+        what: format!("server RSS with {} idle connections held", result.held),
+        ours: format!(
+            "{:.1} MiB ({:.1} KiB per connection)",
+            mib(result.server_rss_kb),
+            result.server_rss_kb.saturating_sub(result.server_idle_kb) as f64
+                / result.held.max(1) as f64
+        ),
+        reference: format!("idle {:.1} MiB", mib(result.server_idle_kb)),
+        ratio: None,
+        target: "≤ 256 MiB".into(),
+        met: Some(result.server_rss_kb <= 256 * 1024 && result.held >= ctx.cli.idle_connections),
+    });
+    ctx.rows.push(Row {
+        id: "e".into(),
+        what: "a normal sfc-client upload (100 KB) meanwhile, wall time".into(),
+        ours: format!("{:.0} ms", result.client_secs * 1000.0),
+        reference: "—".into(),
+        ratio: None,
+        target: "≤ 1 s".into(),
+        met: Some(result.client_secs <= 1.0),
+    });
+    ctx.notes.push(format!(
+        "(e) open-file limit of sfc-bench raised to {} (soft) / {} (hard), inherited by the server, which reported {}; server started with {}; {} of {} connections held ({} connect failures) in {:.1} s; {} still open after the normal client",
+        result.own_nofile.0,
+        result.own_nofile.1,
+        result.server_nofile.map_or_else(|| "nothing".to_string(), |n| n.to_string()),
+        if result.server_args.is_empty() {
+            "its default options".to_string()
+        } else {
+            result.server_args.join(" ")
+        },
+        result.held,
+        ctx.cli.idle_connections,
+        result.failed,
+        result.open_secs,
+        result.still_open
+    ));
+    ctx.json.insert(
+        "e_idle".into(),
+        json!({
+            "wanted": ctx.cli.idle_connections, "held": result.held, "failed": result.failed,
+            "still_open": result.still_open, "open_secs": result.open_secs,
+            "own_nofile": [result.own_nofile.0, result.own_nofile.1],
+            "server_nofile": result.server_nofile, "server_idle_kb": result.server_idle_kb,
+            "server_rss_kb": result.server_rss_kb, "normal_client_secs": result.client_secs,
+            "server_args": result.server_args,
+        }),
+    );
+    Ok(())
 }
