@@ -11,7 +11,7 @@ use crate::procs::{reset_hwm, status_kb, Bins, RssSampler, Server};
 use crate::report::{connect_from, loopback_source, mib, percentile, Row, Spread};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
-use sfc_crypto::{cksum, CbcEncryptor, RsaKeyPair};
+use sfc_crypto::{cksum, AesKey, CbcEncryptor, RsaKeyPair};
 use sfc_proto::limits::RESPONSE_HEADER_LEN;
 use sfc_proto::{ClientId, FilePacketHeader, Name, Request, RequestBody, Response, ResponseHeader};
 use std::net::SocketAddr;
@@ -131,28 +131,7 @@ async fn flow(shared: Arc<Shared>, index: usize) -> Result<Duration> {
         .unwrap_aes_key(&wrapped)
         .map_err(|e| anyhow!("unwrap: {e}"))?;
 
-    let mut ciphertext = Vec::with_capacity(shared.plaintext.len() + 32);
-    let mut encryptor = CbcEncryptor::new(&key).map_err(|e| anyhow!("{e}"))?;
-    encryptor
-        .update(&shared.plaintext, &mut ciphertext)
-        .map_err(|e| anyhow!("{e}"))?;
-    encryptor
-        .finish(&mut ciphertext)
-        .map_err(|e| anyhow!("{e}"))?;
-    let total = ciphertext.len().div_ceil(shared.packet_size);
-    let mut header = FilePacketHeader {
-        content_size: u32::try_from(ciphertext.len())?,
-        orig_file_size: u32::try_from(shared.plaintext.len())?,
-        packet_number: 1,
-        total_packets: u16::try_from(total)?,
-        file_name: shared.file_name.clone(),
-    };
-    let mut wire = Vec::with_capacity(ciphertext.len() + total * 300);
-    for (i, content) in ciphertext.chunks(shared.packet_size).enumerate() {
-        header.packet_number = u16::try_from(i + 1)?;
-        wire.extend_from_slice(&header.encode_prefix(client_id, u32::try_from(content.len())?));
-        wire.extend_from_slice(content);
-    }
+    let wire = file_packets(&shared, client_id, &key)?;
     stream.write_all(&wire).await?;
     match read_response(&mut stream).await? {
         Response::FileReceived { cksum, .. } if cksum == shared.cksum => {}
@@ -177,6 +156,33 @@ async fn flow(shared: Arc<Shared>, index: usize) -> Result<Duration> {
         other => bail!("900 answered with {:?}", other.code()),
     }
     Ok(started.elapsed())
+}
+
+/// The file of a flow encrypted with `key` and cut into 828 packets, as sent.
+fn file_packets(shared: &Shared, client_id: ClientId, key: &AesKey) -> Result<Vec<u8>> {
+    let mut ciphertext = Vec::with_capacity(shared.plaintext.len() + 32);
+    let mut encryptor = CbcEncryptor::new(key).map_err(|e| anyhow!("{e}"))?;
+    encryptor
+        .update(&shared.plaintext, &mut ciphertext)
+        .map_err(|e| anyhow!("{e}"))?;
+    encryptor
+        .finish(&mut ciphertext)
+        .map_err(|e| anyhow!("{e}"))?;
+    let total = ciphertext.len().div_ceil(shared.packet_size);
+    let mut header = FilePacketHeader {
+        content_size: u32::try_from(ciphertext.len())?,
+        orig_file_size: u32::try_from(shared.plaintext.len())?,
+        packet_number: 1,
+        total_packets: u16::try_from(total)?,
+        file_name: shared.file_name.clone(),
+    };
+    let mut wire = Vec::with_capacity(ciphertext.len() + total * 300);
+    for (i, content) in ciphertext.chunks(shared.packet_size).enumerate() {
+        header.packet_number = u16::try_from(i + 1)?;
+        wire.extend_from_slice(&header.encode_prefix(client_id, u32::try_from(content.len())?));
+        wire.extend_from_slice(content);
+    }
+    Ok(wire)
 }
 
 /// Runs the scenario against a fresh server.

@@ -124,91 +124,21 @@ pub fn run(cfg: &UploadConfig<'_>) -> Result<UploadResult> {
         filesystem: filesystem_of(&data),
         ..UploadResult::default()
     };
-    let timeout = Duration::from_secs(300);
     for run in 0..=cfg.runs {
         let warm_up = run == 0;
         if !warm_up {
-            result
-                .openssl
-                .push(reference::openssl_aes(false, cfg.openssl_seconds)?);
-            result
-                .openssl_cpu
-                .push(reference::openssl_aes_cpu(cfg.openssl_seconds)?);
-            if cfg.disk {
-                result.dd.push(reference::dd_fsync(cfg.work, cfg.size)?);
-            }
+            measure_references(cfg, &mut result)?;
         }
-        remove_stored_files(&data);
-        if cfg.disk {
-            reference::sync();
-        }
-        let hwm_reset = reset_hwm(server.pid);
-        let sampler = RssSampler::start(vec![server.pid]);
-        let me = std::process::id();
-        let cpu_before = (cpu_secs(server.pid, false), cpu_secs(me, true));
-        let client_dir = cfg.work.join(format!("client-{run}"));
-        let outcome = run_client(
-            &cfg.bins.client,
-            &client_dir,
-            server.addr,
-            &format!("bench-upload-{run}"),
-            cfg.source,
-            cfg.packet_size,
-            timeout,
-        );
-        let cpu_after = (cpu_secs(server.pid, false), cpu_secs(me, true));
-        let sampled = sampler.finish().first().copied().unwrap_or(0);
-        let _ = std::fs::remove_dir_all(&client_dir);
-        let server_cpu = cpu_after.0.zip(cpu_before.0).map_or(0.0, |(a, b)| a - b);
-        let client_cpu = cpu_after.1.zip(cpu_before.1).map_or(0.0, |(a, b)| a - b);
-        let outcome = outcome?;
-        server.check_alive()?;
-        if !outcome.status.success() {
-            bail!(
-                "sfc-client failed ({}):\n{}\nserver log:\n{}",
-                outcome.status,
-                outcome.stderr.trim(),
-                server.tail(10)
-            );
-        }
-        let stored = match cfg.store {
-            Some((store, env)) => stored_size_in(&cfg.bins.server, &data, store, env)?,
-            None => stored_size(&data),
-        };
-        match stored {
-            Some(size) if size == cfg.size => {}
-            other => bail!("the server stored {other:?} bytes, expected {}", cfg.size),
-        }
-        let hwm = if hwm_reset {
-            status_kb(server.pid, "VmHWM").unwrap_or(0)
-        } else {
-            0
-        };
-        let rate = cfg.size as f64 / outcome.wall.as_secs_f64() / MB;
-        let threads = outcome.threads;
-        eprintln!(
-            "    {} {:.3} s = {rate:.0} MB/s; CPU s: client {client_cpu:.2} (main/encrypting {:.2}, reader {:.2}, writer {:.2}), server {server_cpu:.2}; peak RSS kB: client {}, server {}",
-            if warm_up {
-                "warm-up:".to_string()
-            } else {
-                format!("run {run}:")
-            },
-            outcome.wall.as_secs_f64(),
-            threads.main,
-            threads.reader,
-            threads.writer,
-            outcome.peak_rss_kb,
-            sampled.max(hwm)
-        );
+        let upload = upload_once(cfg, &mut server, &data, run)?;
         if warm_up {
             continue;
         }
-        result.mbps.push(rate);
-        result.server_cpu.push(server_cpu);
-        result.client_cpu.push(client_cpu);
-        result.server_peak_kb.push(sampled.max(hwm));
-        result.client_peak_kb.push(outcome.peak_rss_kb);
-        result.client_threads.push(threads);
+        result.mbps.push(upload.rate);
+        result.server_cpu.push(upload.server_cpu);
+        result.client_cpu.push(upload.client_cpu);
+        result.server_peak_kb.push(upload.server_peak_kb);
+        result.client_peak_kb.push(upload.client_peak_kb);
+        result.client_threads.push(upload.threads);
     }
     remove_stored_files(&data);
     server.stop()?;
@@ -217,6 +147,123 @@ pub fn run(cfg: &UploadConfig<'_>) -> Result<UploadResult> {
         reference::sync();
     }
     Ok(result)
+}
+
+/// The references of one measured run: openssl's encryption rate (elapsed and CPU
+/// time), and for (b) dd's rate with fsync.
+fn measure_references(cfg: &UploadConfig<'_>, result: &mut UploadResult) -> Result<()> {
+    result
+        .openssl
+        .push(reference::openssl_aes(false, cfg.openssl_seconds)?);
+    result
+        .openssl_cpu
+        .push(reference::openssl_aes_cpu(cfg.openssl_seconds)?);
+    if cfg.disk {
+        result.dd.push(reference::dd_fsync(cfg.work, cfg.size)?);
+    }
+    Ok(())
+}
+
+/// Figures of one upload.
+#[derive(Debug)]
+struct OneUpload {
+    /// MB/s, from the client's start to its exit.
+    rate: f64,
+    /// Server CPU seconds.
+    server_cpu: f64,
+    /// Client CPU seconds.
+    client_cpu: f64,
+    /// Server peak RSS, kB.
+    server_peak_kb: u64,
+    /// Client peak RSS, kB.
+    client_peak_kb: u64,
+    /// Client CPU time per thread.
+    threads: ClientThreads,
+}
+
+/// Upload number `run` (0: the warm-up) to `server`, checked: the client succeeded and
+/// the server stored the whole file. Prints its line.
+fn upload_once(
+    cfg: &UploadConfig<'_>,
+    server: &mut Server,
+    data: &Path,
+    run: usize,
+) -> Result<OneUpload> {
+    remove_stored_files(data);
+    if cfg.disk {
+        reference::sync();
+    }
+    let hwm_reset = reset_hwm(server.pid);
+    let sampler = RssSampler::start(vec![server.pid]);
+    let me = std::process::id();
+    let cpu_before = (cpu_secs(server.pid, false), cpu_secs(me, true));
+    let client_dir = cfg.work.join(format!("client-{run}"));
+    let outcome = run_client(
+        &cfg.bins.client,
+        &client_dir,
+        server.addr,
+        &format!("bench-upload-{run}"),
+        cfg.source,
+        cfg.packet_size,
+        Duration::from_secs(300),
+    );
+    let cpu_after = (cpu_secs(server.pid, false), cpu_secs(me, true));
+    let sampled = sampler.finish().first().copied().unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&client_dir);
+    let server_cpu = cpu_after.0.zip(cpu_before.0).map_or(0.0, |(a, b)| a - b);
+    let client_cpu = cpu_after.1.zip(cpu_before.1).map_or(0.0, |(a, b)| a - b);
+    let outcome = outcome?;
+    server.check_alive()?;
+    if !outcome.status.success() {
+        bail!(
+            "sfc-client failed ({}):\n{}\nserver log:\n{}",
+            outcome.status,
+            outcome.stderr.trim(),
+            server.tail(10)
+        );
+    }
+    check_stored(cfg, data)?;
+    let hwm = if hwm_reset {
+        status_kb(server.pid, "VmHWM").unwrap_or(0)
+    } else {
+        0
+    };
+    let rate = cfg.size as f64 / outcome.wall.as_secs_f64() / MB;
+    let threads = outcome.threads;
+    eprintln!(
+        "    {} {:.3} s = {rate:.0} MB/s; CPU s: client {client_cpu:.2} (main/encrypting {:.2}, reader {:.2}, writer {:.2}), server {server_cpu:.2}; peak RSS kB: client {}, server {}",
+        if run == 0 {
+            "warm-up:".to_string()
+        } else {
+            format!("run {run}:")
+        },
+        outcome.wall.as_secs_f64(),
+        threads.main,
+        threads.reader,
+        threads.writer,
+        outcome.peak_rss_kb,
+        sampled.max(hwm)
+    );
+    Ok(OneUpload {
+        rate,
+        server_cpu,
+        client_cpu,
+        server_peak_kb: sampled.max(hwm),
+        client_peak_kb: outcome.peak_rss_kb,
+        threads,
+    })
+}
+
+/// Whether the server stored the whole file (in its data folder or its store).
+fn check_stored(cfg: &UploadConfig<'_>, data: &Path) -> Result<()> {
+    let stored = match cfg.store {
+        Some((store, env)) => stored_size_in(&cfg.bins.server, data, store, env)?,
+        None => stored_size(data),
+    };
+    match stored {
+        Some(size) if size == cfg.size => Ok(()),
+        other => bail!("the server stored {other:?} bytes, expected {}", cfg.size),
+    }
 }
 
 /// Scenarios (a)+(c): the upload with the data folder on tmpfs, beside openssl; RSS.
