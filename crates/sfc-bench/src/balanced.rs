@@ -7,9 +7,12 @@
 //! benchmark does not start one), else each node's own SQLite file (the flows work
 //! either way: each flow stays on one connection, hence one node).
 
-use crate::flows::{self, FlowConfig, FlowResult};
+use crate::context::RunContext;
+use crate::flows::{self, FlowConfig, FlowResult, FlowSummary};
 use crate::procs::Server;
+use crate::report::Row;
 use anyhow::{bail, Context, Result};
+use serde_json::json;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -154,6 +157,108 @@ pub fn run(cfg: &BalancedConfig<'_>) -> Result<FlowResult> {
     }
     let _ = std::fs::remove_dir_all(work);
     Ok(result)
+}
+
+/// Scenario (h): the flows of (d) through HAProxy to `--nodes` nodes.
+pub fn run_balanced(ctx: &mut RunContext) -> Result<()> {
+    let cli = &ctx.cli;
+    let metadata = if cli.database.is_some() {
+        "one PostgreSQL database"
+    } else {
+        "each node's SQLite"
+    };
+    eprintln!(
+        "(h) {} concurrent flows through HAProxy to {} nodes, metadata in {metadata} ...",
+        cli.clients, cli.nodes
+    );
+    let runs = measure_balanced(ctx)?;
+    let summary = FlowSummary::of(&runs);
+    let (ok, started, rate, p50, p99) = (
+        summary.ok,
+        summary.started,
+        summary.rate,
+        summary.p50,
+        summary.p99,
+    );
+    let cli = &ctx.cli;
+    let what = format!(
+        "{} concurrent clients × (825, 826, {} B file, 900) through HAProxy to {} nodes, metadata in {metadata}",
+        cli.clients, cli.flow_file_size, cli.nodes
+    );
+    ctx.rows.push(Row {
+        id: "h".into(),
+        what: format!("{what}: successful flows"),
+        ours: format!("{ok}/{started}"),
+        reference: "—".into(),
+        ratio: None,
+        target: "100 %".into(),
+        met: Some(ok == started),
+    });
+    ctx.rows.push(Row {
+        id: "h".into(),
+        what: "flows per second; p99 flow latency (p50)".into(),
+        ours: format!(
+            "{} flows/s; {} ms ({} ms)",
+            rate.show(0),
+            p99.show(0),
+            p50.show(0)
+        ),
+        reference: "—".into(),
+        ratio: None,
+        target: "(reported; compare with d of the same run)".into(),
+        met: None,
+    });
+    ctx.json.insert(
+        "h_balanced".into(),
+        json!({
+            "clients": ctx.cli.clients, "nodes": ctx.cli.nodes, "postgres": ctx.cli.database.is_some(),
+            "ok": ok, "started": started,
+            "flows_per_s": rate.json(), "p50_ms": p50.json(), "p99_ms": p99.json(),
+            "errors": &summary.errors,
+        }),
+    );
+    summary.check()
+}
+
+/// The `--runs` runs of (h), each line printed as it ends.
+fn measure_balanced(ctx: &RunContext) -> Result<Vec<FlowResult>> {
+    let cli = &ctx.cli;
+    let template = cli.haproxy_config.clone().unwrap_or_else(default_template);
+    let work = ctx.shm.join("balanced");
+    let mut runs = Vec::new();
+    for run in 0..cli.runs {
+        let result = self::run(&BalancedConfig {
+            flows: FlowConfig {
+                bins: &ctx.bins,
+                work: &work,
+                clients: cli.clients,
+                file_size: cli.flow_file_size,
+                packet_size: cli.flow_packet_size,
+                timeout: Duration::from_secs(60),
+            },
+            nodes: cli.nodes,
+            haproxy: &cli.haproxy,
+            template: &template,
+            database: cli.database.as_deref(),
+        });
+        let _ = std::fs::remove_dir_all(&work);
+        let result = result?;
+        eprintln!(
+            "    run {}: {}/{} ok in {:.2} s = {:.0} flows/s, p50 {:.3} s, p99 {:.3} s",
+            run + 1,
+            result.ok,
+            result.started,
+            result.elapsed,
+            result.rate(),
+            result.p50(),
+            result.p99(),
+        );
+        for error in &result.errors {
+            eprintln!("      failure: {error}");
+        }
+        runs.push(result);
+    }
+    Ok(runs)
 }
 
 #[cfg(test)]

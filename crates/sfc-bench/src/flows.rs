@@ -6,10 +6,12 @@
 //! RSA key generation is left out of the flow (a few key pairs are made beforehand and
 //! shared): the server cannot tell, and a client generates its key once, not per upload.
 
+use crate::context::RunContext;
 use crate::procs::{reset_hwm, status_kb, Bins, RssSampler, Server};
-use crate::report::{connect_from, loopback_source, percentile};
+use crate::report::{connect_from, loopback_source, mib, percentile, Row, Spread};
 use anyhow::{anyhow, bail, Context, Result};
-use sfc_crypto::{cksum, CbcEncryptor, RsaKeyPair};
+use serde_json::json;
+use sfc_crypto::{cksum, AesKey, CbcEncryptor, RsaKeyPair};
 use sfc_proto::limits::RESPONSE_HEADER_LEN;
 use sfc_proto::{ClientId, FilePacketHeader, Name, Request, RequestBody, Response, ResponseHeader};
 use std::net::SocketAddr;
@@ -129,28 +131,7 @@ async fn flow(shared: Arc<Shared>, index: usize) -> Result<Duration> {
         .unwrap_aes_key(&wrapped)
         .map_err(|e| anyhow!("unwrap: {e}"))?;
 
-    let mut ciphertext = Vec::with_capacity(shared.plaintext.len() + 32);
-    let mut encryptor = CbcEncryptor::new(&key).map_err(|e| anyhow!("{e}"))?;
-    encryptor
-        .update(&shared.plaintext, &mut ciphertext)
-        .map_err(|e| anyhow!("{e}"))?;
-    encryptor
-        .finish(&mut ciphertext)
-        .map_err(|e| anyhow!("{e}"))?;
-    let total = ciphertext.len().div_ceil(shared.packet_size);
-    let mut header = FilePacketHeader {
-        content_size: u32::try_from(ciphertext.len())?,
-        orig_file_size: u32::try_from(shared.plaintext.len())?,
-        packet_number: 1,
-        total_packets: u16::try_from(total)?,
-        file_name: shared.file_name.clone(),
-    };
-    let mut wire = Vec::with_capacity(ciphertext.len() + total * 300);
-    for (i, content) in ciphertext.chunks(shared.packet_size).enumerate() {
-        header.packet_number = u16::try_from(i + 1)?;
-        wire.extend_from_slice(&header.encode_prefix(client_id, u32::try_from(content.len())?));
-        wire.extend_from_slice(content);
-    }
+    let wire = file_packets(&shared, client_id, &key)?;
     stream.write_all(&wire).await?;
     match read_response(&mut stream).await? {
         Response::FileReceived { cksum, .. } if cksum == shared.cksum => {}
@@ -175,6 +156,33 @@ async fn flow(shared: Arc<Shared>, index: usize) -> Result<Duration> {
         other => bail!("900 answered with {:?}", other.code()),
     }
     Ok(started.elapsed())
+}
+
+/// The file of a flow encrypted with `key` and cut into 828 packets, as sent.
+fn file_packets(shared: &Shared, client_id: ClientId, key: &AesKey) -> Result<Vec<u8>> {
+    let mut ciphertext = Vec::with_capacity(shared.plaintext.len() + 32);
+    let mut encryptor = CbcEncryptor::new(key).map_err(|e| anyhow!("{e}"))?;
+    encryptor
+        .update(&shared.plaintext, &mut ciphertext)
+        .map_err(|e| anyhow!("{e}"))?;
+    encryptor
+        .finish(&mut ciphertext)
+        .map_err(|e| anyhow!("{e}"))?;
+    let total = ciphertext.len().div_ceil(shared.packet_size);
+    let mut header = FilePacketHeader {
+        content_size: u32::try_from(ciphertext.len())?,
+        orig_file_size: u32::try_from(shared.plaintext.len())?,
+        packet_number: 1,
+        total_packets: u16::try_from(total)?,
+        file_name: shared.file_name.clone(),
+    };
+    let mut wire = Vec::with_capacity(ciphertext.len() + total * 300);
+    for (i, content) in ciphertext.chunks(shared.packet_size).enumerate() {
+        header.packet_number = u16::try_from(i + 1)?;
+        wire.extend_from_slice(&header.encode_prefix(client_id, u32::try_from(content.len())?));
+        wire.extend_from_slice(content);
+    }
+    Ok(wire)
 }
 
 /// Runs the scenario against a fresh server.
@@ -293,4 +301,157 @@ pub fn drive(
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
     Ok((outcomes, elapsed))
+}
+
+/// Totals of repeated runs of (d) or (h): latencies in milliseconds.
+#[derive(Debug)]
+pub struct FlowSummary {
+    /// Successful flows over all runs.
+    pub ok: usize,
+    /// Flows started over all runs.
+    pub started: usize,
+    /// Successful flows per second.
+    pub rate: Spread,
+    /// p50 flow latency, ms.
+    pub p50: Spread,
+    /// p99 flow latency, ms.
+    pub p99: Spread,
+    /// The failures reported by the runs.
+    pub errors: Vec<String>,
+}
+
+impl FlowSummary {
+    /// The totals of `runs`.
+    pub fn of(runs: &[FlowResult]) -> FlowSummary {
+        FlowSummary {
+            ok: runs.iter().map(|r| r.ok).sum(),
+            started: runs.iter().map(|r| r.started).sum(),
+            rate: Spread::of(&runs.iter().map(|r| r.rate()).collect::<Vec<_>>()),
+            p50: Spread::of(&runs.iter().map(|r| r.p50() * 1000.0).collect::<Vec<_>>()),
+            p99: Spread::of(&runs.iter().map(|r| r.p99() * 1000.0).collect::<Vec<_>>()),
+            errors: runs.iter().flat_map(|r| r.errors.clone()).collect(),
+        }
+    }
+
+    /// An error when a flow failed: the run as a whole failed.
+    pub fn check(&self) -> Result<()> {
+        if self.ok != self.started {
+            bail!(
+                "{} of {} flows failed",
+                self.started - self.ok,
+                self.started
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Scenario (d): `--clients` concurrent whole flows, with the server's data folder on
+/// tmpfs or on disk.
+pub fn run_flows(ctx: &mut RunContext, on_disk: bool) -> Result<()> {
+    let (work, label, id) = if on_disk {
+        (ctx.disk.join("flows"), "disk", "d (disk)")
+    } else {
+        (ctx.shm.join("flows"), "tmpfs", "d")
+    };
+    eprintln!(
+        "(d) {} concurrent flows, data folder on {label} ...",
+        ctx.cli.clients
+    );
+    let runs = measure_flows(ctx, &work)?;
+    let summary = FlowSummary::of(&runs);
+    let (ok, started, rate, p50, p99) = (
+        summary.ok,
+        summary.started,
+        summary.rate,
+        summary.p50,
+        summary.p99,
+    );
+    let peak = runs.iter().map(|r| r.server_peak_kb).max().unwrap_or(0);
+    let idle = runs.iter().map(|r| r.server_idle_kb).max().unwrap_or(0);
+    let worst_p99 = p99.max / 1000.0;
+    let what = format!(
+        "{} concurrent clients × (825, 826, {} B file in {} B packets, 900), data on {label}",
+        ctx.cli.clients, ctx.cli.flow_file_size, ctx.cli.flow_packet_size
+    );
+    ctx.rows.push(Row {
+        id: id.into(),
+        what: format!("{what}: successful flows"),
+        ours: format!("{ok}/{started}"),
+        reference: "—".into(),
+        ratio: None,
+        target: "100 %".into(),
+        met: Some(ok == started),
+    });
+    ctx.rows.push(Row {
+        id: id.into(),
+        what: "p99 flow latency (p50)".into(),
+        ours: format!("{} ms ({} ms)", p99.show(0), p50.show(0)),
+        reference: "—".into(),
+        ratio: None,
+        target: if on_disk {
+            "(informational; the target is for d)".into()
+        } else {
+            "p99 ≤ 2 s".into()
+        },
+        met: (!on_disk).then_some(worst_p99 <= 2.0),
+    });
+    ctx.rows.push(Row {
+        id: id.into(),
+        what: "flows per second; server peak RSS".into(),
+        ours: format!(
+            "{} flows/s; {:.1} MiB (idle {:.1} MiB)",
+            rate.show(0),
+            mib(peak),
+            mib(idle)
+        ),
+        reference: "—".into(),
+        ratio: None,
+        target: "(reported)".into(),
+        met: None,
+    });
+    ctx.json.insert(
+        format!("d_flows_{label}"),
+        json!({
+            "clients": ctx.cli.clients, "file_size": ctx.cli.flow_file_size,
+            "packet_size": ctx.cli.flow_packet_size, "ok": ok, "started": started,
+            "flows_per_s": rate.json(), "p50_ms": p50.json(), "p99_ms": p99.json(),
+            "server_idle_kb": idle, "server_peak_kb": peak,
+            "errors": &summary.errors,
+        }),
+    );
+    summary.check()
+}
+
+/// The `--runs` runs of (d) with the data folder under `work`, each line printed as it ends.
+fn measure_flows(ctx: &RunContext, work: &Path) -> Result<Vec<FlowResult>> {
+    let mut runs = Vec::new();
+    for run in 0..ctx.cli.runs {
+        let result = self::run(&FlowConfig {
+            bins: &ctx.bins,
+            work,
+            clients: ctx.cli.clients,
+            file_size: ctx.cli.flow_file_size,
+            packet_size: ctx.cli.flow_packet_size,
+            timeout: Duration::from_secs(60),
+        });
+        let _ = std::fs::remove_dir_all(work);
+        let result = result?;
+        eprintln!(
+            "    run {}: {}/{} ok in {:.2} s = {:.0} flows/s, p50 {:.3} s, p99 {:.3} s, server peak RSS {} kB",
+            run + 1,
+            result.ok,
+            result.started,
+            result.elapsed,
+            result.rate(),
+            result.p50(),
+            result.p99(),
+            result.server_peak_kb
+        );
+        for error in &result.errors {
+            eprintln!("      failure: {error}");
+        }
+        runs.push(result);
+    }
+    Ok(runs)
 }

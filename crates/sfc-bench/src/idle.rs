@@ -1,10 +1,13 @@
 //! Scenario (e): many idle connections held open (connected, nothing sent), the server's
 //! RSS with them, and a normal `sfc-client` upload served meanwhile.
 
+use crate::context::RunContext;
 use crate::procs::{fd_count, run_client, Bins, Server};
-use crate::report::{connect_from, loopback_source, make_file};
+use crate::report::{connect_from, loopback_source, make_file, mib, Row};
 use anyhow::{bail, Result};
+use serde_json::json;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -69,18 +72,7 @@ pub fn run(cfg: &IdleConfig<'_>) -> Result<IdleResult> {
     let own_nofile = raise_nofile(wanted);
     let data = cfg.work.join("server");
     let _ = std::fs::remove_dir_all(&data);
-    // The server's defaults (--max-connections 16,384) hold 10,000 idle connections and
-    // serve a normal client beside them; only a larger count needs a larger limit, or
-    // the normal client would wait in the listen backlog.
-    let default_max = cfg.bins.server_default("--max-connections")?;
-    let server_args = if (cfg.connections + 100) as u64 > default_max {
-        vec![
-            "--max-connections".to_string(),
-            (cfg.connections + 100).to_string(),
-        ]
-    } else {
-        Vec::new()
-    };
+    let server_args = server_args(cfg)?;
     let mut server = Server::start(&cfg.bins.server, &data, &server_args)?;
     std::thread::sleep(Duration::from_millis(300));
     let mut result = IdleResult {
@@ -95,10 +87,51 @@ pub fn run(cfg: &IdleConfig<'_>) -> Result<IdleResult> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let addr = server.addr;
-    let wanted = cfg.connections;
     let started = Instant::now();
-    let (streams, failed) = runtime.block_on(async move {
+    let (streams, failed) = open_connections(&runtime, server.addr, cfg.connections);
+    result.failed = failed;
+    result.held = wait_until_accepted(&server, fds_before, streams.len());
+    result.open_secs = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    result.server_rss_kb = server.rss_kb()?;
+    eprintln!(
+        "    {} idle connections held ({} failed) in {:.1} s; server RSS {} kB (idle {} kB)",
+        result.held, result.failed, result.open_secs, result.server_rss_kb, result.server_idle_kb
+    );
+
+    result.client_secs = normal_client(cfg, &mut server, result.held)?;
+    result.still_open = count_still_open(&streams);
+    drop(streams);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    server.stop()?;
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(result)
+}
+
+/// The server's options: its defaults unless the connections need a larger limit.
+fn server_args(cfg: &IdleConfig<'_>) -> Result<Vec<String>> {
+    // The server's defaults (--max-connections 16,384) hold 10,000 idle connections and
+    // serve a normal client beside them; only a larger count needs a larger limit, or
+    // the normal client would wait in the listen backlog.
+    let default_max = cfg.bins.server_default("--max-connections")?;
+    Ok(if (cfg.connections + 100) as u64 > default_max {
+        vec![
+            "--max-connections".to_string(),
+            (cfg.connections + 100).to_string(),
+        ]
+    } else {
+        Vec::new()
+    })
+}
+
+/// Opens `wanted` connections to `addr`, each from its own loopback address: the open
+/// ones (as std streams) and the number of failures.
+fn open_connections(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    wanted: usize,
+) -> (Vec<std::net::TcpStream>, usize) {
+    runtime.block_on(async move {
         let mut streams = Vec::with_capacity(wanted);
         let mut failed = 0;
         // In waves, so the listen backlog never overflows.
@@ -127,26 +160,25 @@ pub fn run(cfg: &IdleConfig<'_>) -> Result<IdleResult> {
             left -= wave;
         }
         (streams, failed)
-    });
-    result.failed = failed;
-    // Wait until the server has accepted them (its descriptor count).
+    })
+}
+
+/// Waits (up to 20 s) until the server has accepted `opened` connections, judged by its
+/// descriptor count; returns how many it holds.
+fn wait_until_accepted(server: &Server, fds_before: usize, opened: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let accepted = fd_count(server.pid).unwrap_or(0).saturating_sub(fds_before);
-        result.held = accepted.min(streams.len());
-        if accepted >= streams.len() || Instant::now() > deadline {
-            break;
+        let held = accepted.min(opened);
+        if accepted >= opened || Instant::now() > deadline {
+            return held;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    result.open_secs = started.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(500));
-    result.server_rss_kb = server.rss_kb()?;
-    eprintln!(
-        "    {} idle connections held ({} failed) in {:.1} s; server RSS {} kB (idle {} kB)",
-        result.held, result.failed, result.open_secs, result.server_rss_kb, result.server_idle_kb
-    );
+}
 
+/// A normal sfc-client upload while `held` idle connections are open: its wall time, s.
+fn normal_client(cfg: &IdleConfig<'_>, server: &mut Server, held: usize) -> Result<f64> {
     let file = cfg.work.join("normal.bin");
     make_file(&file, cfg.file_size, 42)?;
     let client_dir = cfg.work.join("client");
@@ -167,24 +199,87 @@ pub fn run(cfg: &IdleConfig<'_>) -> Result<IdleResult> {
         bail!(
             "the normal client failed ({}) with {} idle connections open:\n{}\nserver log:\n{}",
             run.status,
-            result.held,
+            held,
             run.stderr.trim(),
             server.tail(10)
         );
     }
-    result.client_secs = run.wall.as_secs_f64();
-    // Still open? A closed connection reads EOF; an open idle one has nothing to read.
-    result.still_open = streams
+    Ok(run.wall.as_secs_f64())
+}
+
+/// Idle connections still open: a closed one reads EOF, an open one has nothing to read.
+fn count_still_open(streams: &[std::net::TcpStream]) -> usize {
+    streams
         .iter()
         .filter(|s| {
             let mut byte = [0u8; 1];
             let mut stream: &std::net::TcpStream = s;
             matches!(stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         })
-        .count();
-    drop(streams);
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    server.stop()?;
-    let _ = std::fs::remove_dir_all(&data);
-    Ok(result)
+        .count()
+}
+
+/// Scenario (e): `--idle-connections` idle connections held, and a normal client meanwhile.
+pub fn run_idle(ctx: &mut RunContext) -> Result<()> {
+    eprintln!("(e) {} idle connections ...", ctx.cli.idle_connections);
+    let work = ctx.shm.join("idle");
+    let result = self::run(&IdleConfig {
+        bins: &ctx.bins,
+        work: &work,
+        connections: ctx.cli.idle_connections,
+        file_size: 100_000,
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    let result = result?;
+    ctx.rows.push(Row {
+        id: "e".into(),
+        what: format!("server RSS with {} idle connections held", result.held),
+        ours: format!(
+            "{:.1} MiB ({:.1} KiB per connection)",
+            mib(result.server_rss_kb),
+            result.server_rss_kb.saturating_sub(result.server_idle_kb) as f64
+                / result.held.max(1) as f64
+        ),
+        reference: format!("idle {:.1} MiB", mib(result.server_idle_kb)),
+        ratio: None,
+        target: "≤ 256 MiB".into(),
+        met: Some(result.server_rss_kb <= 256 * 1024 && result.held >= ctx.cli.idle_connections),
+    });
+    ctx.rows.push(Row {
+        id: "e".into(),
+        what: "a normal sfc-client upload (100 KB) meanwhile, wall time".into(),
+        ours: format!("{:.0} ms", result.client_secs * 1000.0),
+        reference: "—".into(),
+        ratio: None,
+        target: "≤ 1 s".into(),
+        met: Some(result.client_secs <= 1.0),
+    });
+    ctx.notes.push(format!(
+        "(e) open-file limit of sfc-bench raised to {} (soft) / {} (hard), inherited by the server, which reported {}; server started with {}; {} of {} connections held ({} connect failures) in {:.1} s; {} still open after the normal client",
+        result.own_nofile.0,
+        result.own_nofile.1,
+        result.server_nofile.map_or_else(|| "nothing".to_string(), |n| n.to_string()),
+        if result.server_args.is_empty() {
+            "its default options".to_string()
+        } else {
+            result.server_args.join(" ")
+        },
+        result.held,
+        ctx.cli.idle_connections,
+        result.failed,
+        result.open_secs,
+        result.still_open
+    ));
+    ctx.json.insert(
+        "e_idle".into(),
+        json!({
+            "wanted": ctx.cli.idle_connections, "held": result.held, "failed": result.failed,
+            "still_open": result.still_open, "open_secs": result.open_secs,
+            "own_nofile": [result.own_nofile.0, result.own_nofile.1],
+            "server_nofile": result.server_nofile, "server_idle_kb": result.server_idle_kb,
+            "server_rss_kb": result.server_rss_kb, "normal_client_secs": result.client_secs,
+            "server_args": result.server_args,
+        }),
+    );
+    Ok(())
 }

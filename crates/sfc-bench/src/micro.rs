@@ -4,9 +4,11 @@
 //! decryption is timed, like `openssl speed`, which decrypts memory) and cksum (sfc-crypto, reading the file like `cksum FILE` does and
 //! timed as a whole, read included).
 
+use crate::context::{ratio_row, size_label, RunContext};
 use crate::reference;
-use crate::report::MB;
+use crate::report::{Spread, MB};
 use anyhow::{anyhow, bail, Result};
+use serde_json::json;
 use sfc_crypto::{AesKey, CbcDecryptor, Cksum};
 use std::io::Read;
 use std::path::Path;
@@ -123,4 +125,69 @@ pub fn run_once(file: &Path, size: u64, openssl_seconds: u32) -> Result<MicroRun
         cksum_compute,
         system_cksum,
     })
+}
+
+/// Scenario (f): our AES decryption and cksum beside openssl's and the system's.
+pub fn run_micro(ctx: &mut RunContext) -> Result<()> {
+    eprintln!("(f) AES decryption and cksum ...");
+    let source = ctx.source()?;
+    let mut runs = Vec::new();
+    for run in 0..ctx.cli.runs {
+        let r = run_once(&source, ctx.cli.size, ctx.cli.openssl_seconds)?;
+        eprintln!(
+            "    run {}: decrypt {:.0} MB/s (with update: {:.0}; openssl {:.0}); cksum {:.0} MB/s, CRC only {:.0} MB/s (system cksum {:.0})",
+            run + 1,
+            r.decrypt,
+            r.decrypt_append,
+            r.openssl_decrypt,
+            r.cksum,
+            r.cksum_compute,
+            r.system_cksum
+        );
+        runs.push(r);
+    }
+    let pick = |f: fn(&MicroRun) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
+    let decrypt = pick(|r| r.decrypt);
+    let append = pick(|r| r.decrypt_append);
+    let openssl = pick(|r| r.openssl_decrypt);
+    let cksum = pick(|r| r.cksum);
+    let compute = pick(|r| r.cksum_compute);
+    let system = pick(|r| r.system_cksum);
+    ctx.rows.push(ratio_row(
+        "f",
+        "AES-256-CBC decrypt (sfc-crypto update_into, 64 KiB pieces), MB/s".into(),
+        decrypt,
+        "MB/s",
+        format!("openssl speed -decrypt {} MB/s", openssl.show(0)),
+        openssl.median,
+        0.8,
+    ));
+    ctx.rows.push(ratio_row(
+        "f",
+        format!(
+            "cksum of the {} file (read + CRC), MB/s",
+            size_label(ctx.cli.size)
+        ),
+        cksum,
+        "MB/s",
+        format!("cksum FILE {} MB/s", system.show(0)),
+        system.median,
+        0.8,
+    ));
+    ctx.notes.push(format!(
+        "(f) decryption with CbcDecryptor::update (appends to a Vec, zero-filling its room on every call) instead of update_into: {} MB/s ({:.2} × openssl); cksum CRC computation alone: {} MB/s",
+        append.show(0),
+        append.median / openssl.median,
+        compute.show(0)
+    ));
+    ctx.json.insert(
+        "f_micro".into(),
+        json!({
+            "decrypt_mbps": decrypt.json(), "decrypt_update_mbps": append.json(),
+            "openssl_decrypt_mbps": openssl.json(),
+            "cksum_mbps": cksum.json(), "cksum_compute_mbps": compute.json(),
+            "system_cksum_mbps": system.json(),
+        }),
+    );
+    Ok(())
 }

