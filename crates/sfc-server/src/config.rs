@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Port used when `port.info` is missing or invalid (PROTOCOL.md).
+/// Port used when `port.info` is missing or invalid (docs/PROTOCOL.md, "State files").
 pub const DEFAULT_PORT: u16 = 1256;
 /// Name of the port file in the data folder.
 pub const PORT_FILE: &str = "port.info";

@@ -1,4 +1,4 @@
-//! The SecureFileComm server (protocol version 3; see `PROTOCOL.md`).
+//! The SecureFileComm server (protocol version 3; see `docs/PROTOCOL.md`).
 //!
 //! Layers, outside in (see `docs/ARCHITECTURE.md`):
 //!

@@ -13,8 +13,8 @@
 //!    in two packets, gets the right checksum and confirms it.
 //!
 //! Decisions the catalogue pins down:
-//! - version byte: any value is accepted, logged, and answered with version 3 (PROTOCOL.md
-//!   server rule 5; some clients send 1 or 2);
+//! - version byte: any value is accepted, logged, and answered with version 3 (docs/PROTOCOL.md
+//!   rule S5; some clients send 1 or 2);
 //! - a file name that looks like a path (`..`, `/etc/passwd`, `a\b`, `C:x`, `CON`, 254
 //!   bytes of `../`) is a label: stored with the label kept in `files.FileName`, under a
 //!   derived single-component name inside the client's folder; empty names, NUL inside,

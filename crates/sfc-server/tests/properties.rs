@@ -32,7 +32,7 @@ fn the_seed_scripts_reach_the_deep_states() {
         match name {
             "happy_path" | "streamed_upload" => {
                 // The streamed file's first packet is the first request on its
-                // connection: a short 1603 answers it (server rule 2).
+                // connection: a short 1603 answers it (rule S2).
                 let expected = if name == "happy_path" { 1 } else { 2 };
                 assert_eq!(count(1603), expected, "{name}: {stats:?}");
                 assert_eq!(count(1604), 1, "{name}: {stats:?}");

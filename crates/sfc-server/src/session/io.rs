@@ -105,7 +105,7 @@ pub struct RequestLog {
     pub code: u16,
     /// The client, when known (`None` for an 825 that got no ID).
     pub client: Option<ClientId>,
-    /// The request's version byte (any is accepted; logged, rule 5).
+    /// The request's version byte (any is accepted; logged, rule S5).
     pub version: u8,
     /// Payload size.
     pub payload: u64,

@@ -8,7 +8,7 @@
 //! # State
 //!
 //! Everything that must outlive a connection is keyed by client ID, never by connection
-//! (PROTOCOL.md server rule 1): client records and AES keys live in the metadata store;
+//! (docs/PROTOCOL.md, rule S1): client records and AES keys live in the metadata store;
 //! the upload in progress lives in an in-memory registry, at most one per client.
 //!
 //! An upload ([`Upload`]: CBC decryptor, running cksum, temporary file, expected next
@@ -21,7 +21,7 @@
 //! (connection lost mid-packet, task aborted) abandons the upload: its registry slot is
 //! freed and its temporary file removed. Parked uploads that see no packet for
 //! [`Limits::upload_timeout`] expire ([`Core::expire_uploads`]). Packet 1 always starts
-//! a new upload, and an accepted 826/827 drops the client's parked one (PROTOCOL.md
+//! a new upload, and an accepted 826/827 drops the client's parked one (docs/PROTOCOL.md
 //! S10); an upload parked by a packet that was not the first request on its connection
 //! ends with that connection (the conversation drops it on [`Event::Closed`]). At most
 //! [`Limits::max_uploads`] uploads are in progress, [`Limits::max_uploads_per_address`]
@@ -39,7 +39,7 @@
 //! plaintext length = `orig_file_size`; then fsync, rename, directory fsync, `files` row
 //! committed with Verified = 0, and only then 1603.
 //!
-//! # Replies the specification leaves open (server rule 2)
+//! # Replies the specification leaves open (rule S2)
 //!
 //! An intermediate packet is answered with a short 1603 and a 901 with 1604 only when
 //! the request is the first on its connection ([`Ctx::first_on_connection`]).
@@ -129,7 +129,7 @@ pub struct Ctx {
     /// The peer's address (counted against `--max-uploads-per-address`); `None` for
     /// requests that come from no connection (tests, tools).
     pub peer: Option<std::net::IpAddr>,
-    /// This is the first request on its connection (server rule 2).
+    /// This is the first request on its connection (rule S2).
     pub first_on_connection: bool,
     /// When the request arrived (wall clock: `LastSeen`).
     pub now: Timestamp,
@@ -152,7 +152,7 @@ impl Ctx {
 /// The session's decision: the reply to send, if any, and why (for the log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    /// The reply; `None` for requests answered with silence (rule 2).
+    /// The reply; `None` for requests answered with silence (rule S2).
     pub reply: Option<Response>,
     /// The reason for a refusal or an error, or a note worth logging.
     pub detail: Option<String>,

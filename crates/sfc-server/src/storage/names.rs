@@ -1,6 +1,6 @@
 //! File labels → names on disk.
 //!
-//! A client's file name is a *label*, never a path (PROTOCOL.md server rule 8): it is kept
+//! A client's file name is a *label*, never a path (docs/PROTOCOL.md, rule S8): it is kept
 //! as sent in `files.FileName` and echoed in 1603. The name of the stored file is derived
 //! from it by [`disk_name`], which guarantees:
 //!

@@ -435,7 +435,7 @@ pub fn data(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-/// How `content_size` is filled in (PROTOCOL.md server rule 4).
+/// How `content_size` is filled in (docs/PROTOCOL.md, rule S4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContentSize {
     Whole,

@@ -1,7 +1,7 @@
 //! One connection's conversation, sans-IO: decoded request events and the time go in,
 //! actions come out (send this reply, run this storage job on the blocking pool, log
 //! this, close). It holds every per-connection rule: whether a request is the first on
-//! its connection (server rule 2), when a packet starts or continues an upload, the
+//! its connection (rule S2), when a packet starts or continues an upload, the
 //! rest of a refused transfer swallowed without replies, the per-address rate limits
 //! and `--pin-address` decisions, the request deadline and what is logged.
 //!
@@ -29,7 +29,7 @@
 //! Rate limits ([`PeerPolicy`]): an 825 beyond the peer address's registration budget
 //! is answered 1607 without touching the database; every reply 1601/1606/1607 counts
 //! against the address's failure budget, and the reply that exhausts it is followed by
-//! closing. Errors never end the process (server rule 9): an invalid request is
+//! closing. Errors never end the process (rule S9): an invalid request is
 //! answered with 1607 (1601 for an invalid 825 name) and the conversation goes on; when
 //! framing is lost ([`Event::Malformed`]) the 1607 is followed by closing.
 
@@ -121,7 +121,7 @@ pub struct Conversation {
     steps: VecDeque<Step>,
     waiting: Option<Waiting>,
     current: Option<Current>,
-    /// No request has been answered on this connection yet (server rule 2).
+    /// No request has been answered on this connection yet (rule S2).
     first: bool,
     /// Client whose transfer was refused on this connection (rule S12).
     refused: Option<ClientId>,

@@ -1,5 +1,5 @@
 //! File packets in a conversation: starting or continuing an upload, taking content,
-//! the flush jobs, and the end of a packet (server rule 2's short 1603, swallowing the
+//! the flush jobs, and the end of a packet (rule S2's short 1603, swallowing the
 //! rest of a refused transfer).
 
 use super::super::io::{Done, JobKind};

@@ -1,6 +1,6 @@
 //! The metadata store in SQLite (`defensive.db`).
 //!
-//! Schema (exactly the tables and columns PROTOCOL.md names):
+//! Schema (exactly the tables and columns docs/PROTOCOL.md names, "State files"):
 //!
 //! ```sql
 //! clients(ID BLOB 16 bytes PRIMARY KEY, Name TEXT UNIQUE, PublicKey BLOB, LastSeen TEXT, AESKey BLOB)
