@@ -150,129 +150,178 @@ impl RequestDecoder {
         let mut used = 0;
         loop {
             let rest = input.get(used..).unwrap_or_default();
-            match &mut self.state {
+            let step = match &mut self.state {
                 State::Failed(error) => return Err(error.clone()),
-                State::Header { buf, filled } => {
-                    used += fill(buf, filled, rest);
-                    if *filled < REQUEST_HEADER_LEN {
-                        return Ok((used, None));
-                    }
-                    let header = match RequestHeader::decode(buf) {
-                        Ok(header) => header,
-                        Err(error) => {
-                            self.state = State::Failed(error.clone());
-                            return Err(error);
-                        }
-                    };
-                    self.state = if header.code == RequestCode::SendFile {
-                        State::FileFixed {
-                            header,
-                            buf: [0; FILE_PACKET_FIXED_LEN],
-                            filled: 0,
-                        }
-                    } else {
-                        // Bounded by payload_range(): at most 255 + 1024 bytes.
-                        State::Payload {
-                            header,
-                            buf: Vec::with_capacity(header.payload_size as usize),
-                        }
-                    };
-                }
-                State::Payload { header, buf } => {
-                    let want = header.payload_size as usize - buf.len();
-                    let take = want.min(rest.len());
-                    buf.extend_from_slice(rest.get(..take).unwrap_or_default());
-                    used += take;
-                    if buf.len() < header.payload_size as usize {
-                        return Ok((used, None));
-                    }
-                    let header = *header;
-                    let event = match RequestBody::decode_small(header.code, buf) {
-                        Ok(body) => RequestEvent::Request(Request {
-                            client_id: header.client_id,
-                            version: header.version,
-                            body,
-                        }),
-                        Err(error) => RequestEvent::Invalid {
-                            header,
-                            error,
-                            packet: None,
-                        },
-                    };
-                    self.state = EMPTY_HEADER;
-                    return Ok((used, Some(event)));
-                }
+                State::Header { buf, filled } => header_step(buf, filled, rest),
+                State::Payload { header, buf } => payload_step(header, buf, rest),
                 State::FileFixed {
                     header,
                     buf,
                     filled,
-                } => {
-                    used += fill(buf, filled, rest);
-                    if *filled < FILE_PACKET_FIXED_LEN {
-                        return Ok((used, None));
-                    }
-                    let header = *header;
-                    // payload_range() guarantees payload_size >= 267.
-                    let content_len = header
-                        .payload_size
-                        .saturating_sub(FILE_PACKET_FIXED_LEN as u32);
-                    let mut inconsistent = None;
-                    let checked = FilePacketHeader::decode(buf).and_then(|packet| {
-                        if let Err(error) = packet.check(content_len) {
-                            inconsistent = Some(packet);
-                            return Err(error.into());
-                        }
-                        Ok(packet)
-                    });
-                    let event = match checked {
-                        Ok(packet) => {
-                            self.state = State::Content {
-                                remaining: content_len,
-                            };
-                            RequestEvent::FilePacket {
-                                header,
-                                packet,
-                                content_len,
-                            }
-                        }
-                        Err(error) => {
-                            self.state = State::Skip {
-                                remaining: content_len,
-                            };
-                            RequestEvent::Invalid {
-                                header,
-                                error,
-                                packet: inconsistent,
-                            }
-                        }
-                    };
-                    return Ok((used, Some(event)));
+                } => file_fixed_step(*header, buf, filled, rest),
+                State::Content { remaining } => content_step(remaining, rest),
+                State::Skip { remaining } => skip_step(remaining, rest),
+            };
+            match step {
+                Step::NeedMore(taken) => return Ok((used + taken, None)),
+                Step::Then(taken, next) => {
+                    used += taken;
+                    self.state = next;
                 }
-                State::Content { remaining } => {
-                    if *remaining == 0 {
-                        self.state = EMPTY_HEADER;
-                        return Ok((used, Some(RequestEvent::FilePacketEnd)));
+                Step::Emit(taken, event, next) => {
+                    if let Some(next) = next {
+                        self.state = next;
                     }
-                    if rest.is_empty() {
-                        return Ok((used, None));
-                    }
-                    let take = rest.len().min(*remaining as usize);
-                    *remaining -= take as u32;
-                    let piece = rest.get(..take).unwrap_or_default();
-                    return Ok((used + take, Some(RequestEvent::Content(piece))));
+                    return Ok((used + taken, Some(event)));
                 }
-                State::Skip { remaining } => {
-                    let take = rest.len().min(*remaining as usize);
-                    *remaining -= take as u32;
-                    used += take;
-                    if *remaining > 0 {
-                        return Ok((used, None));
-                    }
-                    self.state = EMPTY_HEADER;
+                Step::Fail(error) => {
+                    self.state = State::Failed(error.clone());
+                    return Err(error);
                 }
             }
         }
     }
+}
+
+/// What one state made of the input (the bytes it took first).
+// Built once per state change: the 267-byte variant costs nothing that matters.
+#[allow(clippy::large_enum_variant)]
+enum Step<'a> {
+    /// Took the bytes; the state is incomplete until more input arrives.
+    NeedMore(usize),
+    /// Took the bytes and moves to a state that goes on with the rest of the input.
+    Then(usize, State),
+    /// Took the bytes and yields an event, moving to a new state (or staying).
+    Emit(usize, RequestEvent<'a>, Option<State>),
+    /// A framing error: the stream is lost.
+    Fail(DecodeError),
+}
+
+/// The 7-byte request header, then the payload or an 828's fixed part.
+fn header_step<'a>(
+    buf: &mut [u8; REQUEST_HEADER_LEN],
+    filled: &mut usize,
+    rest: &[u8],
+) -> Step<'a> {
+    let taken = fill(buf, filled, rest);
+    if *filled < REQUEST_HEADER_LEN {
+        return Step::NeedMore(taken);
+    }
+    let header = match RequestHeader::decode(buf) {
+        Ok(header) => header,
+        Err(error) => return Step::Fail(error),
+    };
+    let next = if header.code == RequestCode::SendFile {
+        State::FileFixed {
+            header,
+            buf: [0; FILE_PACKET_FIXED_LEN],
+            filled: 0,
+        }
+    } else {
+        // Bounded by payload_range(): at most 255 + 1024 bytes.
+        State::Payload {
+            header,
+            buf: Vec::with_capacity(header.payload_size as usize),
+        }
+    };
+    Step::Then(taken, next)
+}
+
+/// A small request's payload, buffered whole and decoded.
+fn payload_step<'a>(header: &RequestHeader, buf: &mut Vec<u8>, rest: &[u8]) -> Step<'a> {
+    let want = header.payload_size as usize - buf.len();
+    let take = want.min(rest.len());
+    buf.extend_from_slice(rest.get(..take).unwrap_or_default());
+    if buf.len() < header.payload_size as usize {
+        return Step::NeedMore(take);
+    }
+    let header = *header;
+    let event = match RequestBody::decode_small(header.code, buf) {
+        Ok(body) => RequestEvent::Request(Request {
+            client_id: header.client_id,
+            version: header.version,
+            body,
+        }),
+        Err(error) => RequestEvent::Invalid {
+            header,
+            error,
+            packet: None,
+        },
+    };
+    Step::Emit(take, event, Some(EMPTY_HEADER))
+}
+
+/// An 828's fixed part: checked, then its content streams (or is skipped if invalid).
+fn file_fixed_step<'a>(
+    header: RequestHeader,
+    buf: &mut [u8; FILE_PACKET_FIXED_LEN],
+    filled: &mut usize,
+    rest: &[u8],
+) -> Step<'a> {
+    let taken = fill(buf, filled, rest);
+    if *filled < FILE_PACKET_FIXED_LEN {
+        return Step::NeedMore(taken);
+    }
+    // payload_range() guarantees payload_size >= 267.
+    let content_len = header
+        .payload_size
+        .saturating_sub(FILE_PACKET_FIXED_LEN as u32);
+    let mut inconsistent = None;
+    let checked = FilePacketHeader::decode(buf).and_then(|packet| {
+        if let Err(error) = packet.check(content_len) {
+            inconsistent = Some(packet);
+            return Err(error.into());
+        }
+        Ok(packet)
+    });
+    match checked {
+        Ok(packet) => Step::Emit(
+            taken,
+            RequestEvent::FilePacket {
+                header,
+                packet,
+                content_len,
+            },
+            Some(State::Content {
+                remaining: content_len,
+            }),
+        ),
+        Err(error) => Step::Emit(
+            taken,
+            RequestEvent::Invalid {
+                header,
+                error,
+                packet: inconsistent,
+            },
+            Some(State::Skip {
+                remaining: content_len,
+            }),
+        ),
+    }
+}
+
+/// An 828's content, handed back as slices of the input; then its end.
+fn content_step<'a>(remaining: &mut u32, rest: &'a [u8]) -> Step<'a> {
+    if *remaining == 0 {
+        return Step::Emit(0, RequestEvent::FilePacketEnd, Some(EMPTY_HEADER));
+    }
+    if rest.is_empty() {
+        return Step::NeedMore(0);
+    }
+    let take = rest.len().min(*remaining as usize);
+    *remaining -= take as u32;
+    let piece = rest.get(..take).unwrap_or_default();
+    Step::Emit(take, RequestEvent::Content(piece), None)
+}
+
+/// The rest of an invalid 828's content, skipped without events.
+fn skip_step<'a>(remaining: &mut u32, rest: &[u8]) -> Step<'a> {
+    let take = rest.len().min(*remaining as usize);
+    *remaining -= take as u32;
+    if *remaining > 0 {
+        return Step::NeedMore(take);
+    }
+    Step::Then(take, EMPTY_HEADER)
 }
 
 #[cfg(test)]

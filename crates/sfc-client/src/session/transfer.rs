@@ -41,60 +41,12 @@ impl Session {
     ) -> Result<FileResult, ClientError> {
         // Measure again: the plan must describe the bytes we are about to read.
         let before = Snapshot::take(file)?;
-        let size = before.len;
-        let plan = if size == file.size {
-            file.plan
-        } else {
-            upload::plan(size, packet_size).map_err(|reason| ClientError::File {
-                path: file.path.clone(),
-                reason,
-            })?
-        };
+        let plan = plan_as_now(file, before.len, packet_size)?;
         let label = file.label.as_str();
         for send in 1..=MAX_RESENDS + 1 {
-            let bar_label = if send == 1 {
-                label.to_owned()
-            } else {
-                format!("{label} (resend {}/{MAX_RESENDS})", send - 1)
-            };
-            self.reporter
-                .start_bar(u64::from(plan.encrypted_size), &bar_label);
-            let params = SendParams {
-                file,
-                plan,
-                client_id: self.client_id,
-                key: &self.key,
-                announce_resend: send > 1,
-            };
-            let result =
-                send_with_retries(&mut self.conn, &self.reporter, &mut self.uploader, &params);
-            self.reporter.finish_bar();
-            let (server_cksum, our_cksum) = result?;
+            let (server_cksum, our_cksum) = self.send_once(file, plan, send)?;
             if server_cksum == our_cksum {
-                let request = Request::new(
-                    self.client_id,
-                    RequestBody::ChecksumOk {
-                        file_name: file.label.clone(),
-                    },
-                );
-                self.expect_ack(&request)?;
-                // The server has exactly what was read; if the file changed meanwhile, that
-                // is not the file as it is now.
-                before.unchanged(file)?;
-                self.reporter.info(format!(
-                    "{label}: stored on {} ({}), checksum {our_cksum} confirmed{}",
-                    self.conn.server(),
-                    human_bytes(size),
-                    if send > 1 {
-                        format!(" after {send} sends")
-                    } else {
-                        String::new()
-                    }
-                ));
-                return Ok(FileResult::Stored {
-                    cksum: our_cksum,
-                    sends: send,
-                });
+                return self.confirm_stored(file, &before, our_cksum, send);
             }
             self.reporter.warn(format!(
                 "{label}: checksum mismatch (ours {our_cksum}, the server's {server_cksum}); {}",
@@ -116,6 +68,82 @@ impl Session {
             sends: MAX_RESENDS + 1,
         })
     }
+
+    /// Sends the file once (send number `send`, from 1) with its progress bar; returns
+    /// the server's checksum and ours.
+    fn send_once(
+        &mut self,
+        file: &FileToSend,
+        plan: upload::Plan,
+        send: u32,
+    ) -> Result<(u32, u32), ClientError> {
+        let label = file.label.as_str();
+        let bar_label = if send == 1 {
+            label.to_owned()
+        } else {
+            format!("{label} (resend {}/{MAX_RESENDS})", send - 1)
+        };
+        self.reporter
+            .start_bar(u64::from(plan.encrypted_size), &bar_label);
+        let params = SendParams {
+            file,
+            plan,
+            client_id: self.client_id,
+            key: &self.key,
+            announce_resend: send > 1,
+        };
+        let result = send_with_retries(&mut self.conn, &self.reporter, &mut self.uploader, &params);
+        self.reporter.finish_bar();
+        result
+    }
+
+    /// The checksums agree: 900, then the check that the file did not change meanwhile.
+    fn confirm_stored(
+        &mut self,
+        file: &FileToSend,
+        before: &Snapshot,
+        cksum: u32,
+        send: u32,
+    ) -> Result<FileResult, ClientError> {
+        let request = Request::new(
+            self.client_id,
+            RequestBody::ChecksumOk {
+                file_name: file.label.clone(),
+            },
+        );
+        self.expect_ack(&request)?;
+        // The server has exactly what was read; if the file changed meanwhile, that
+        // is not the file as it is now.
+        before.unchanged(file)?;
+        self.reporter.info(format!(
+            "{}: stored on {} ({}), checksum {cksum} confirmed{}",
+            file.label.as_str(),
+            self.conn.server(),
+            human_bytes(before.len),
+            if send > 1 {
+                format!(" after {send} sends")
+            } else {
+                String::new()
+            }
+        ));
+        Ok(FileResult::Stored { cksum, sends: send })
+    }
+}
+
+/// The packet plan for the file's size now (`size`): the one made when the batch was
+/// checked, unless the file has changed size since.
+fn plan_as_now(
+    file: &FileToSend,
+    size: u64,
+    packet_size: Option<upload::PacketSize>,
+) -> Result<upload::Plan, ClientError> {
+    if size == file.size {
+        return Ok(file.plan);
+    }
+    upload::plan(size, packet_size).map_err(|reason| ClientError::File {
+        path: file.path.clone(),
+        reason,
+    })
 }
 
 /// A file's size and modification time, to notice a file that changes while it is sent.

@@ -1,7 +1,7 @@
 //! File packets (828): starting, continuing and ending a packet of an upload.
 
 use super::error::UploadError;
-use super::uploads::{BatchGrant, Checkout, ClaimError, Lease, Progress, Upload};
+use super::uploads::{BatchGrant, Checkout, ClaimError, Counted, Lease, Progress, Upload};
 use super::{Core, Ctx, Outcome};
 use sfc_crypto::{AesKey, CbcDecryptor, Cksum};
 use sfc_proto::{
@@ -161,74 +161,18 @@ impl Core {
         Ok(())
     }
 
+    /// Starts an upload with packet 1: the packet and the client are checked, what the
+    /// client left unfinished is dropped, a slot is claimed and the temporary blob made.
     fn new_upload(
         &self,
         ctx: &Ctx,
         id: ClientId,
         packet: &FilePacketHeader,
     ) -> Result<Lease, Outcome> {
-        if packet.packet_number != 1 {
-            return Err(Outcome::error(format!(
-                "packet {} of {} but no upload in progress (a file starts with packet 1)",
-                packet.packet_number, packet.total_packets
-            )));
-        }
-        let orig = u64::from(packet.orig_file_size);
-        let max = self.limits.max_file_size;
-        if orig > max {
-            return Err(Outcome::error(format!(
-                "file of {orig} bytes exceeds the limit of {max} bytes"
-            )));
-        }
-        let record = self.known_client(id)?;
-        let Some(key_bytes) = record.aes_key.as_deref() else {
-            return Err(Outcome::error(
-                "no AES key has been issued to this client (826 or 827 first)",
-            ));
-        };
-        // The record's copy of the key is wiped when `record` drops (Wiped).
-        let key = AesKey::from_bytes(key_bytes)
-            .map_err(|e| Outcome::error(format!("the AES key on record is unusable: {e}")))?;
-        let decryptor = CbcDecryptor::new(&key)
-            .map_err(|e| Outcome::error(format!("cannot start decryption: {e}")))?;
-        // Packet 1 always starts a new upload (rule S10): what the client left
-        // unfinished is dropped (its temporary file removed).
-        if let Some(old) = self.registry.remove_parked(&id) {
-            tracing::info!(
-                client = %id.short(),
-                file = %old.file_name,
-                received = old.next_packet.saturating_sub(1),
-                total = old.total_packets,
-                "unfinished upload dropped: the client started a new upload with packet 1"
-            );
-            drop(old);
-        }
-        let progress = Progress {
-            file: packet.file_name.clone(),
-            packets: 0,
-            total: packet.total_packets,
-            parked: false,
-        };
-        let (token, counted) = match self.registry.claim(&id, ctx.peer, progress) {
-            Ok(claimed) => claimed,
-            Err(ClaimError::Busy) => {
-                return Err(Outcome::error(
-                    "another connection is sending a packet for this client",
-                ))
-            }
-            Err(ClaimError::TooMany(cap)) => {
-                tracing::warn!(client = %id.short(), file = %packet.file_name, cap, "upload refused: --max-uploads uploads in progress");
-                return Err(Outcome::error(format!(
-                    "upload refused: the server has {cap} uploads in progress, its limit (--max-uploads)"
-                )));
-            }
-            Err(ClaimError::TooManyFromAddress(cap)) => {
-                tracing::warn!(client = %id.short(), file = %packet.file_name, cap, "upload refused: --max-uploads-per-address uploads in progress from this address");
-                return Err(Outcome::error(format!(
-                    "upload refused: {cap} uploads in progress from this address, the limit (--max-uploads-per-address)"
-                )));
-            }
-        };
+        self.check_first_packet(packet)?;
+        let decryptor = self.client_decryptor(id)?;
+        self.drop_unfinished(&id);
+        let (token, counted) = self.claim_upload(ctx, &id, packet)?;
         // The blob store chooses the name on disk.
         let temp = match self.blobs.create_temp_for(&id, packet.file_name.as_str()) {
             Ok(temp) => temp,
@@ -248,7 +192,7 @@ impl Core {
             file_name: packet.file_name.clone(),
             total_packets: packet.total_packets,
             orig_file_size: packet.orig_file_size,
-            encrypted_size: encrypted_size(orig),
+            encrypted_size: encrypted_size(u64::from(packet.orig_file_size)),
             next_packet: 1,
             received: 0,
             packet_remaining: 0,
@@ -271,6 +215,86 @@ impl Core {
             "upload started"
         );
         Ok(Lease::new(upload, Arc::clone(&self.registry)))
+    }
+
+    /// A new upload starts with packet 1 and a file within `--max-file-size`.
+    fn check_first_packet(&self, packet: &FilePacketHeader) -> Result<(), Outcome> {
+        if packet.packet_number != 1 {
+            return Err(Outcome::error(format!(
+                "packet {} of {} but no upload in progress (a file starts with packet 1)",
+                packet.packet_number, packet.total_packets
+            )));
+        }
+        let orig = u64::from(packet.orig_file_size);
+        let max = self.limits.max_file_size;
+        if orig > max {
+            return Err(Outcome::error(format!(
+                "file of {orig} bytes exceeds the limit of {max} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A decryptor with the AES key issued to the (known) client.
+    fn client_decryptor(&self, id: ClientId) -> Result<CbcDecryptor, Outcome> {
+        let record = self.known_client(id)?;
+        let Some(key_bytes) = record.aes_key.as_deref() else {
+            return Err(Outcome::error(
+                "no AES key has been issued to this client (826 or 827 first)",
+            ));
+        };
+        // The record's copy of the key is wiped when `record` drops (Wiped).
+        let key = AesKey::from_bytes(key_bytes)
+            .map_err(|e| Outcome::error(format!("the AES key on record is unusable: {e}")))?;
+        CbcDecryptor::new(&key).map_err(|e| Outcome::error(format!("cannot start decryption: {e}")))
+    }
+
+    /// Packet 1 always starts a new upload (rule S10): what the client left unfinished
+    /// is dropped (its temporary file removed).
+    fn drop_unfinished(&self, id: &ClientId) {
+        if let Some(old) = self.registry.remove_parked(id) {
+            tracing::info!(
+                client = %id.short(),
+                file = %old.file_name,
+                received = old.next_packet.saturating_sub(1),
+                total = old.total_packets,
+                "unfinished upload dropped: the client started a new upload with packet 1"
+            );
+            drop(old);
+        }
+    }
+
+    /// Claims the client's upload slot within the caps of uploads in progress.
+    fn claim_upload(
+        &self,
+        ctx: &Ctx,
+        id: &ClientId,
+        packet: &FilePacketHeader,
+    ) -> Result<(u64, Counted), Outcome> {
+        let progress = Progress {
+            file: packet.file_name.clone(),
+            packets: 0,
+            total: packet.total_packets,
+            parked: false,
+        };
+        match self.registry.claim(id, ctx.peer, progress) {
+            Ok(claimed) => Ok(claimed),
+            Err(ClaimError::Busy) => Err(Outcome::error(
+                "another connection is sending a packet for this client",
+            )),
+            Err(ClaimError::TooMany(cap)) => {
+                tracing::warn!(client = %id.short(), file = %packet.file_name, cap, "upload refused: --max-uploads uploads in progress");
+                Err(Outcome::error(format!(
+                    "upload refused: the server has {cap} uploads in progress, its limit (--max-uploads)"
+                )))
+            }
+            Err(ClaimError::TooManyFromAddress(cap)) => {
+                tracing::warn!(client = %id.short(), file = %packet.file_name, cap, "upload refused: --max-uploads-per-address uploads in progress from this address");
+                Err(Outcome::error(format!(
+                    "upload refused: {cap} uploads in progress from this address, the limit (--max-uploads-per-address)"
+                )))
+            }
+        }
     }
 
     /// Ends the packet whose content has all been pushed. The last packet finishes the

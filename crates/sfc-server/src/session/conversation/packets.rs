@@ -39,27 +39,49 @@ impl Conversation {
             return;
         }
         self.refused = None;
-        let max_content = encrypted_size(self.core.limits().max_file_size);
-        if u64::from(content_len) > max_content {
-            // Beyond every limit: do not read gigabytes to skip them.
-            let outcome = Outcome::error(format!(
-                "packet of {content_len} content bytes exceeds the largest file ({max_content} encrypted bytes)"
-            ));
-            let payload = u64::from(current.header.payload_size);
-            self.log(
-                RequestCode::SendFile.as_u16(),
-                Some(id),
-                payload,
-                &outcome,
-                Some((number, total, false)),
-            );
-            self.steps.push_back(Step::CountFailure { close: false });
-            self.act(Action::SendAndClose(
-                Response::ServerError,
-                CloseReason::AfterError,
-            ));
+        if self.refuse_oversized(&current, content_len) {
             return;
         }
+        self.start_or_continue(&mut current, packet, content_len);
+        self.current = Some(current);
+    }
+
+    /// Refuses a packet whose content is beyond every limit and closes the connection:
+    /// do not read gigabytes to skip them. Returns whether it was refused.
+    fn refuse_oversized(&mut self, current: &Current, content_len: u32) -> bool {
+        let max_content = encrypted_size(self.core.limits().max_file_size);
+        if u64::from(content_len) <= max_content {
+            return false;
+        }
+        let outcome = Outcome::error(format!(
+            "packet of {content_len} content bytes exceeds the largest file ({max_content} encrypted bytes)"
+        ));
+        let payload = u64::from(current.header.payload_size);
+        self.log(
+            RequestCode::SendFile.as_u16(),
+            Some(current.header.client_id),
+            payload,
+            &outcome,
+            Some((current.number, current.total, false)),
+        );
+        self.steps.push_back(Step::CountFailure { close: false });
+        self.act(Action::SendAndClose(
+            Response::ServerError,
+            CloseReason::AfterError,
+        ));
+        true
+    }
+
+    /// Continues the client's parked upload (a mutex operation) or runs the job that
+    /// starts a new one (database read, file creation); a refusal goes into `current`.
+    fn start_or_continue(
+        &mut self,
+        current: &mut Current,
+        packet: FilePacketHeader,
+        content_len: u32,
+    ) {
+        let id = current.header.client_id;
+        let number = current.number;
         let ctx = self.ctx();
         // Continuing a parked upload is a mutex operation; only a new upload (database
         // read, file creation) is a job.
@@ -94,7 +116,6 @@ impl Conversation {
             }
             Err(outcome) => current.reject = Some(outcome),
         }
-        self.current = Some(current);
     }
 
     /// Decrypts content into the current upload; stops for a flush job when the batch

@@ -56,27 +56,26 @@
 //! PostgreSQL store does. Requests are retried briefly ([`RETRY_TIMEOUT`]), so an object
 //! store that is down fails the request (1607) within seconds instead of minutes.
 
-use super::names::is_temp_name;
+mod persisted;
+mod recovery;
+mod temp;
+
 use super::setup::is_own_path;
-use super::{BlobStore, Persisted, TempBlob};
+use super::{BlobStore, TempBlob};
 use crate::config::S3Location;
 use crate::storage::fs::FILES_DIR;
 use crate::storage::names::TEMP_PREFIX;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
-use object_store::{
-    BackoffConfig, ClientConfigKey, MultipartId, ObjectMeta, ObjectStore, PutPayload, RetryConfig,
-};
+use object_store::{BackoffConfig, ClientConfigKey, ObjectMeta, ObjectStore, RetryConfig};
 use sfc_proto::ClientId;
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::task::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use temp::S3Temp;
 
 /// Size of one part of a multipart upload (S3 wants at least 5 MiB for all but the last).
 pub const PART_SIZE: usize = 8 << 20;
@@ -312,7 +311,6 @@ impl Shared {
         });
     }
 }
-
 impl BlobStore for S3BlobStore {
     fn create_temp(&self, client: &ClientId, disk_name: &str) -> io::Result<Box<dyn TempBlob>> {
         let hex = client.to_hex();
@@ -326,15 +324,13 @@ impl BlobStore for S3BlobStore {
             "{FILES_DIR}/{hex}/{TEMP_PREFIX}{}.old",
             uuid::Uuid::new_v4().simple()
         ))?;
-        Ok(Box::new(S3Temp {
-            shared: Arc::clone(&self.shared),
+        Ok(Box::new(S3Temp::new(
+            Arc::clone(&self.shared),
             key,
             rel_path,
             marker,
             backup,
-            buffer: Vec::new(),
-            upload: None,
-        }))
+        )))
     }
 
     fn remove(&self, path: &str) -> io::Result<()> {
@@ -348,70 +344,11 @@ impl BlobStore for S3BlobStore {
     }
 
     fn remove_stale_temps(&self) -> io::Result<usize> {
-        let shared = &self.shared;
-        let mut removed = 0;
-        for marker in shared.list(UPLOADS_DIR)? {
-            if !shared.is_abandoned(&marker) {
-                continue;
-            }
-            let Some((hex, name)) = shared.rel(&marker.location).and_then(marker_target) else {
-                continue;
-            };
-            let key = shared.key(&format!("{FILES_DIR}/{hex}/{name}"))?;
-            shared.run(async {
-                let id = shared.s3.get(&marker.location).await?.bytes().await?;
-                let id = String::from_utf8_lossy(&id).into_owned();
-                match shared.s3.abort_multipart(&key, &id).await {
-                    // Already completed or aborted: only the marker is left.
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(error) => tracing::debug!(%error, "aborting an abandoned upload"),
-                }
-                shared.delete_quietly(&marker.location).await
-            })?;
-            removed += 1;
-        }
-        for object in shared.list(FILES_DIR)? {
-            let is_backup = object.location.filename().is_some_and(is_temp_name);
-            if is_backup && shared.is_old(&object) {
-                shared.run(shared.delete_quietly(&object.location))?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        self.shared.remove_stale_temps()
     }
 
     fn stored_paths(&self) -> io::Result<Vec<String>> {
-        let shared = &self.shared;
-        // Markers first: an upload that starts after this listing makes a young object.
-        let protected: HashSet<(String, String)> = shared
-            .list(UPLOADS_DIR)?
-            .iter()
-            .filter(|marker| !shared.is_abandoned(marker))
-            .filter_map(|marker| shared.rel(&marker.location).and_then(marker_target))
-            .map(|(hex, name)| (hex.to_owned(), name.to_owned()))
-            .collect();
-        let mut paths = Vec::new();
-        for object in shared.list(FILES_DIR)? {
-            let Some(rel) = shared.rel(&object.location) else {
-                continue;
-            };
-            let mut parts = rel.split('/');
-            let (Some(_), Some(hex), Some(name), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let ours = ClientId::from_hex(hex).is_ok_and(|id| id.to_hex() == hex);
-            if !ours || is_temp_name(name) || !shared.is_old(&object) {
-                continue;
-            }
-            if protected.contains(&(hex.to_owned(), name.to_owned())) {
-                continue;
-            }
-            paths.push(rel.to_owned());
-        }
-        paths.sort();
-        Ok(paths)
+        self.shared.stored_paths()
     }
 }
 
@@ -420,299 +357,5 @@ async fn delete_quietly(s3: &AmazonS3, key: &Key) -> Result<(), object_store::Er
     match s3.delete(key).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(error) => Err(error),
-    }
-}
-
-/// The client folder and name a marker `uploads/<hex>/<name>/<uuid>` stands for.
-fn marker_target(rel: &str) -> Option<(&str, &str)> {
-    let mut parts = rel.strip_prefix(UPLOADS_DIR)?.strip_prefix('/')?.split('/');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(hex), Some(name), Some(_), None) => Some((hex, name)),
-        _ => None,
-    }
-}
-
-/// A multipart upload in progress.
-struct Upload {
-    id: MultipartId,
-    /// Parts sent, in order.
-    parts: Vec<PartId>,
-    /// Parts being sent, oldest first.
-    in_flight: VecDeque<JoinHandle<Result<PartId, object_store::Error>>>,
-    /// When the marker was last written.
-    marked: Instant,
-}
-
-/// An object being received (see the module docs).
-struct S3Temp {
-    shared: Arc<Shared>,
-    key: Key,
-    rel_path: String,
-    marker: Key,
-    backup: Key,
-    /// Content not yet sent: less than one part.
-    buffer: Vec<u8>,
-    upload: Option<Upload>,
-}
-
-impl fmt::Debug for S3Temp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Temp")
-            .field("key", &self.key.as_ref())
-            .field("buffered", &self.buffer.len())
-            .field("parts", &self.upload.as_ref().map(|u| u.parts.len()))
-            .finish_non_exhaustive()
-    }
-}
-
-impl S3Temp {
-    /// Sends the full buffer as the next part, starting the multipart upload first if
-    /// needed, and waits while more than [`PARTS_IN_FLIGHT`] parts are on their way.
-    fn send_part(&mut self) -> io::Result<()> {
-        let shared = Arc::clone(&self.shared);
-        let upload = match self.upload.as_mut() {
-            Some(upload) => upload,
-            None => {
-                let id = shared.run(async {
-                    let id = shared.s3.create_multipart(&self.key).await?;
-                    shared.s3.put(&self.marker, id.clone().into()).await?;
-                    Ok(id)
-                })?;
-                self.upload.insert(Upload {
-                    id,
-                    parts: Vec::new(),
-                    in_flight: VecDeque::new(),
-                    marked: Instant::now(),
-                })
-            }
-        };
-        let data = PutPayload::from(std::mem::take(&mut self.buffer));
-        let index = upload.parts.len() + upload.in_flight.len();
-        let (s3, key, id) = (shared.s3.clone(), self.key.clone(), upload.id.clone());
-        upload.in_flight.push_back(
-            shared
-                .handle
-                .spawn(async move { s3.put_part(&key, &id, index, data).await }),
-        );
-        while upload.in_flight.len() > PARTS_IN_FLIGHT {
-            collect_part(&shared, upload)?;
-        }
-        self.refresh_marker(false)
-    }
-
-    /// Rewrites the marker when it is a quarter of the grace period old (or `now`), so
-    /// that recovery elsewhere never takes a live upload for an abandoned one.
-    fn refresh_marker(&mut self, now: bool) -> io::Result<()> {
-        let Some(upload) = self.upload.as_mut() else {
-            return Ok(());
-        };
-        if now || upload.marked.elapsed() >= self.shared.grace / 4 {
-            let shared = &self.shared;
-            shared.run(shared.s3.put(&self.marker, upload.id.clone().into()))?;
-            upload.marked = Instant::now();
-        }
-        Ok(())
-    }
-
-    /// Makes the object complete at its key: the last part and the completion, or one
-    /// `PUT` for a small file.
-    fn complete(&mut self) -> io::Result<()> {
-        if self.upload.is_none() {
-            let data = PutPayload::from(std::mem::take(&mut self.buffer));
-            let shared = &self.shared;
-            shared.run(shared.s3.put(&self.key, data))?;
-            return Ok(());
-        }
-        if !self.buffer.is_empty() {
-            self.send_part()?;
-        }
-        self.refresh_marker(true)?;
-        let shared = Arc::clone(&self.shared);
-        let Some(mut upload) = self.upload.take() else {
-            return Err(io::Error::other("upload already finished"));
-        };
-        let result = (|| {
-            while !upload.in_flight.is_empty() {
-                collect_part(&shared, &mut upload)?;
-            }
-            let parts = std::mem::take(&mut upload.parts);
-            shared.run(shared.s3.complete_multipart(&self.key, &upload.id, parts))
-        })();
-        if let Err(error) = result {
-            // Not completed: abort it (Drop does) and say why.
-            self.upload = Some(upload);
-            return Err(error);
-        }
-        Ok(())
-    }
-
-    /// Deletes the marker once the object needs no protection any more.
-    fn unmark(shared: &Shared, marker: &Key) {
-        if let Err(error) = shared.run(shared.delete_quietly(marker)) {
-            tracing::warn!(%error, "cannot delete an upload marker (removed by a later recovery)");
-        }
-    }
-}
-
-/// Waits for the oldest part in flight and records its ID.
-fn collect_part(shared: &Shared, upload: &mut Upload) -> io::Result<()> {
-    let Some(task) = upload.in_flight.pop_front() else {
-        return Ok(());
-    };
-    let part = shared
-        .handle
-        .block_on(task)
-        .map_err(|error| io::Error::other(format!("part upload task failed: {error}")))?
-        .map_err(s3_err)?;
-    upload.parts.push(part);
-    Ok(())
-}
-
-impl TempBlob for S3Temp {
-    fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            let room = PART_SIZE.saturating_sub(self.buffer.len());
-            let (now, later) = bytes.split_at(room.min(bytes.len()));
-            // Grows as Vec does (doubling), but never beyond one part.
-            let needed = self.buffer.len() + now.len();
-            if needed > self.buffer.capacity() {
-                let want = needed.max(self.buffer.capacity() * 2).min(PART_SIZE);
-                self.buffer.reserve_exact(want - self.buffer.len());
-            }
-            self.buffer.extend_from_slice(now);
-            bytes = later;
-            if self.buffer.len() >= PART_SIZE {
-                self.send_part()?;
-            }
-        }
-        // A slow client: keep the marker young between parts too.
-        self.refresh_marker(false)
-    }
-
-    fn persist(mut self: Box<Self>) -> io::Result<String> {
-        let multipart = self.upload.is_some();
-        self.complete()?;
-        if multipart {
-            Self::unmark(&self.shared, &self.marker);
-        }
-        Ok(std::mem::take(&mut self.rel_path))
-    }
-
-    fn persist_undoable(mut self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
-        let shared = Arc::clone(&self.shared);
-        let backup = match shared.run(shared.s3.copy(&self.key, &self.backup)) {
-            Ok(()) => Some(self.backup.clone()),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-            Err(error) => return Err(error),
-        };
-        let marker = self.upload.as_ref().map(|_| self.marker.clone());
-        if let Err(error) = self.complete() {
-            if let Some(backup) = &backup {
-                let _ = shared.run(shared.delete_quietly(backup));
-            }
-            return Err(error);
-        }
-        Ok(Box::new(S3Persisted {
-            shared,
-            key: self.key.clone(),
-            rel_path: std::mem::take(&mut self.rel_path),
-            backup,
-            marker,
-        }))
-    }
-}
-
-impl Drop for S3Temp {
-    fn drop(&mut self) {
-        // Not persisted (or its completion failed): abort the multipart upload.
-        let Some(upload) = self.upload.take() else {
-            return;
-        };
-        for task in &upload.in_flight {
-            task.abort();
-        }
-        // The task holds the client only: the store (and its runtime) is never dropped
-        // on one of its own threads.
-        let s3 = self.shared.s3.clone();
-        let (key, marker) = (self.key.clone(), self.marker.clone());
-        self.shared
-            .spawn_detached("cannot abort an upload", async move {
-                s3.abort_multipart(&key, &upload.id).await?;
-                delete_quietly(&s3, &marker).await
-            });
-    }
-}
-
-/// An object completed at its key whose row is not committed yet (see [`Persisted`]).
-struct S3Persisted {
-    shared: Arc<Shared>,
-    key: Key,
-    rel_path: String,
-    /// Copy of the replaced version.
-    backup: Option<Key>,
-    /// The marker protecting the object from recovery elsewhere, if multipart.
-    marker: Option<Key>,
-}
-
-impl fmt::Debug for S3Persisted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Persisted")
-            .field("key", &self.key.as_ref())
-            .field(
-                "backup",
-                &self.backup.as_ref().map(|k| k.as_ref().to_owned()),
-            )
-            .finish_non_exhaustive()
-    }
-}
-
-impl Persisted for S3Persisted {
-    fn path(&self) -> &str {
-        &self.rel_path
-    }
-
-    fn keep(self: Box<Self>) -> io::Result<()> {
-        let shared = &self.shared;
-        if let Some(marker) = &self.marker {
-            S3Temp::unmark(shared, marker);
-        }
-        match &self.backup {
-            Some(backup) => shared.run(shared.delete_quietly(backup)),
-            None => Ok(()),
-        }
-    }
-
-    fn undo(self: Box<Self>) -> io::Result<()> {
-        let shared = &self.shared;
-        shared.run(async {
-            match &self.backup {
-                Some(backup) => {
-                    shared.s3.copy(backup, &self.key).await?;
-                    shared.delete_quietly(backup).await
-                }
-                None => shared.delete_quietly(&self.key).await,
-            }
-        })?;
-        if let Some(marker) = &self.marker {
-            S3Temp::unmark(shared, marker);
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn markers_name_their_target() {
-        let hex = "ab".repeat(16);
-        assert_eq!(
-            marker_target(&format!("uploads/{hex}/a.bin/123")),
-            Some((hex.as_str(), "a.bin"))
-        );
-        assert_eq!(marker_target(&format!("uploads/{hex}/a.bin")), None);
-        assert_eq!(marker_target(&format!("files/{hex}/a.bin/1")), None);
-        assert_eq!(marker_target(&format!("uploads/{hex}/a/b/1")), None);
     }
 }

@@ -1,0 +1,167 @@
+//! Opening the store (the pool and its runtime) and running statements on it, with one
+//! retry on a connection found closed.
+
+use super::migrations::{check_encoding, migrate, newer_schema, schema_version};
+use super::{db_err, pool_err, PostgresStore, CONNECT_TIMEOUT, POOL_WAIT, STATEMENT_TIMEOUT};
+use super::{StoreError, SCHEMA_VERSION};
+use crate::config::PostgresUrl;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio_postgres::Row;
+
+impl PostgresStore {
+    /// Connects, checks the database and brings its schema to this build's version
+    /// (`SCHEMA_VERSION`).
+    pub fn open(url: &PostgresUrl) -> Result<Self, StoreError> {
+        let store = Self::connect(url)?;
+        store.run(async {
+            let mut client = store.pool.get().await.map_err(pool_err)?;
+            check_encoding(&client).await?;
+            migrate(&mut client).await
+        })?;
+        Ok(store)
+    }
+
+    /// Connects to a database a server has set up, without creating or migrating
+    /// anything (the admin views).
+    pub fn open_existing(url: &PostgresUrl) -> Result<Self, StoreError> {
+        let store = Self::connect(url)?;
+        let version = store.schema_version()?;
+        if version == 0 {
+            return Err(StoreError::Database(format!(
+                "{} holds no sfc-server tables (has a server run with this --database?)",
+                store.shown
+            )));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(newer_schema(version));
+        }
+        Ok(store)
+    }
+
+    fn connect(url: &PostgresUrl) -> Result<Self, StoreError> {
+        let mut config = url.config().clone();
+        if config.get_options().is_none() {
+            config.options(format!(
+                "-c statement_timeout={}",
+                STATEMENT_TIMEOUT.as_millis()
+            ));
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("sfc-server");
+        }
+        // Notice a database host that went away without closing the connection.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                // A closed connection is noticed when it is taken from the pool.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sfc-postgres")
+            .enable_all()
+            .build()?;
+        let pool = Pool::builder(manager)
+            .max_size(url.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|error| StoreError::Database(format!("cannot set up the pool: {error}")))?;
+        Ok(PostgresStore {
+            pool,
+            handle: runtime.handle().clone(),
+            runtime: Mutex::new(Some(runtime)),
+            closed: AtomicBool::new(false),
+            shown: url.to_string(),
+        })
+    }
+
+    /// Runs `work` on the store's runtime and waits for it (a blocking call: never on an
+    /// async worker thread).
+    pub(super) fn run<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        self.handle.block_on(work)
+    }
+
+    /// Runs one statement (prepared once per connection) and returns its rows.
+    pub(super) fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.query_pg(sql, params)?.map_err(db_err)
+    }
+
+    /// Like [`Self::query`], but gives PostgreSQL's own error (`Ok(Err)`) for the caller
+    /// to look at. A statement that meets a closed connection (PostgreSQL restarted, or
+    /// the connection cut, before the pool noticed) runs once more on a new one: every
+    /// statement here is idempotent, or checks for its own earlier success
+    /// ([`MetaStore::insert_client`]).
+    pub(super) fn query_pg(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Result<Vec<Row>, tokio_postgres::Error>, StoreError> {
+        self.run(async {
+            match self.query_once(sql, params).await? {
+                Err(error) if error.is_closed() => {
+                    tracing::info!(%error, "PostgreSQL connection lost; trying a new one");
+                    self.query_once(sql, params).await
+                }
+                result => Ok(result),
+            }
+        })
+    }
+
+    async fn query_once(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Result<Vec<Row>, tokio_postgres::Error>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let result = match client.prepare_cached(sql).await {
+            Ok(statement) => client.query(&statement, params).await,
+            Err(error) => Err(error),
+        };
+        if matches!(&result, Err(error) if error.is_closed()) {
+            // Not back into the pool.
+            drop(deadpool_postgres::Object::take(client));
+        }
+        Ok(result)
+    }
+
+    /// The schema version recorded in the database (0: none).
+    pub fn schema_version(&self) -> Result<i32, StoreError> {
+        self.run(async {
+            let client = self.pool.get().await.map_err(pool_err)?;
+            schema_version(&client).await
+        })
+    }
+
+    /// Connections open and idle in the pool.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+}

@@ -1,0 +1,106 @@
+//! The schema: its migrations, applied once under an advisory lock, and the checks of a
+//! database before use (encoding, version).
+
+use super::db_err;
+use crate::storage::StoreError;
+
+/// Schema migrations; entry `i` brings the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "CREATE TABLE clients (
+        ID bytea PRIMARY KEY CHECK (octet_length(ID) = 16),
+        Name text NOT NULL CONSTRAINT clients_name_unique UNIQUE
+            CHECK (char_length(Name) BETWEEN 1 AND 255),
+        PublicKey bytea,
+        LastSeen text COLLATE \"C\",
+        AESKey bytea
+    );
+    CREATE TABLE files (
+        ID bytea NOT NULL REFERENCES clients (ID),
+        FileName text NOT NULL,
+        PathName text NOT NULL,
+        Verified boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (ID, FileName)
+    );",
+];
+
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Advisory lock key held while migrating ("SFCSCHEM").
+const MIGRATION_LOCK: i64 = 0x5346_4353_4348_454d;
+
+pub(super) fn newer_schema(version: i32) -> StoreError {
+    StoreError::Database(format!(
+        "the database has schema version {version}; this server knows up to {SCHEMA_VERSION}"
+    ))
+}
+
+/// Names, labels and paths are UTF-8 text; a database in another encoding could refuse
+/// some or store them differently.
+pub(super) async fn check_encoding(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let row = client
+        .query_one("SHOW server_encoding", &[])
+        .await
+        .map_err(db_err)?;
+    let encoding: String = row.try_get(0).map_err(db_err)?;
+    if encoding.eq_ignore_ascii_case("UTF8") {
+        Ok(())
+    } else {
+        Err(StoreError::Database(format!(
+            "the database's encoding is {encoding}; sfc-server needs UTF8 \
+             (CREATE DATABASE … ENCODING 'UTF8')"
+        )))
+    }
+}
+
+pub(super) async fn schema_version(client: &tokio_postgres::Client) -> Result<i32, StoreError> {
+    let exists = client
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+        .await
+        .map_err(db_err)?;
+    if !exists.try_get::<_, bool>(0).map_err(db_err)? {
+        return Ok(0);
+    }
+    client
+        .query_one("SELECT COALESCE(max(version), 0) FROM schema_version", &[])
+        .await
+        .map_err(db_err)?
+        .try_get(0)
+        .map_err(db_err)
+}
+
+pub(super) async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(db_err)?;
+    // Servers starting at once: the first migrates, the others wait and find it done.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(db_err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await
+    .map_err(db_err)?;
+    let version: i32 = tx
+        .query_one("SELECT COALESCE(max(version), 0) FROM schema_version", &[])
+        .await
+        .map_err(db_err)?
+        .try_get(0)
+        .map_err(db_err)?;
+    if version > SCHEMA_VERSION {
+        return Err(newer_schema(version));
+    }
+    let start = usize::try_from(version).unwrap_or(0);
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(start) {
+        let next = i32::try_from(index + 1).unwrap_or(i32::MAX);
+        tx.batch_execute(sql).await.map_err(db_err)?;
+        tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&next])
+            .await
+            .map_err(db_err)?;
+        tracing::info!(version = next, "PostgreSQL schema migrated");
+    }
+    tx.commit().await.map_err(db_err)
+}

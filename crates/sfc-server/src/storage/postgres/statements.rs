@@ -1,0 +1,286 @@
+//! The [`MetaStore`] statements: one statement per method (see the module docs of
+//! `storage::postgres`), and rows turned into records.
+
+use super::{db_err, PostgresStore, NAME_CONSTRAINT};
+use crate::storage::{ClientRecord, FileRecord, Inserted, MetaStore, StoreError, Timestamp};
+use sfc_proto::ClientId;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
+use zeroize::Zeroizing;
+
+const CLIENT_COLUMNS: &str = "SELECT ID, Name, PublicKey, LastSeen, AESKey FROM clients";
+const FILE_COLUMNS: &str = "SELECT ID, FileName, PathName, Verified FROM files";
+/// `LastSeen` moved forward to `$n`, never backwards.
+const ADVANCE: &str = "LastSeen = GREATEST(COALESCE(LastSeen, ''), $n)";
+
+fn advance(param: usize) -> String {
+    ADVANCE.replace("$n", &format!("${param}"))
+}
+
+fn client_id(row: &Row) -> Result<ClientId, StoreError> {
+    let bytes: Vec<u8> = row.try_get(0).map_err(db_err)?;
+    <[u8; 16]>::try_from(bytes.as_slice())
+        .map(ClientId)
+        .map_err(|_| StoreError::Database(format!("a row has a {}-byte ID", bytes.len())))
+}
+
+fn client_from_row(row: &Row) -> Result<ClientRecord, StoreError> {
+    Ok(ClientRecord {
+        id: client_id(row)?,
+        name: row.try_get(1).map_err(db_err)?,
+        public_key: row.try_get(2).map_err(db_err)?,
+        last_seen: row.try_get(3).map_err(db_err)?,
+        aes_key: row.try_get(4).map_err(db_err)?,
+    })
+}
+
+fn file_from_row(row: &Row) -> Result<FileRecord, StoreError> {
+    Ok(FileRecord {
+        client_id: client_id(row)?,
+        file_name: row.try_get(1).map_err(db_err)?,
+        path: row.try_get(2).map_err(db_err)?,
+        verified: row.try_get(3).map_err(db_err)?,
+    })
+}
+
+fn is_name_taken(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(NAME_CONSTRAINT)
+    })
+}
+
+impl MetaStore for PostgresStore {
+    fn client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        let rows = self.query(&format!("{CLIENT_COLUMNS} WHERE ID = $1"), &[&&id.0[..]])?;
+        rows.first().map(client_from_row).transpose()
+    }
+
+    fn insert_client(
+        &self,
+        id: &ClientId,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Inserted, StoreError> {
+        let now = now.to_string();
+        let inserted = self.query_pg(
+            "INSERT INTO clients (ID, Name, LastSeen) VALUES ($1, $2, $3)",
+            &[&&id.0[..], &name, &now],
+        )?;
+        let error = match inserted {
+            Ok(_) => return Ok(Inserted::Ok),
+            Err(error) => error,
+        };
+        let unique = error
+            .as_db_error()
+            .is_some_and(|db| *db.code() == SqlState::UNIQUE_VIOLATION);
+        // Our own insert, committed by an attempt whose answer was lost (the ID is new
+        // and random, so a row with it and this name is ours).
+        if unique && self.client(id)?.is_some_and(|row| row.name == name) {
+            return Ok(Inserted::Ok);
+        }
+        if is_name_taken(&error) {
+            Ok(Inserted::NameTaken)
+        } else {
+            Err(db_err(error))
+        }
+    }
+
+    fn set_keys(
+        &self,
+        id: &ClientId,
+        public_key: Option<&[u8]>,
+        aes_key: &[u8],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let now = now.to_string();
+        let aes_key = Zeroizing::new(aes_key.to_vec());
+        let changed = match public_key {
+            // Pinning: the first key wins; another key never replaces it.
+            Some(key) => self.query(
+                &format!(
+                    "UPDATE clients SET PublicKey = $2, AESKey = $3, {}
+                     WHERE ID = $1 AND (PublicKey IS NULL OR PublicKey = $2) RETURNING 1",
+                    advance(4)
+                ),
+                &[&&id.0[..], &key, &&aes_key[..], &now],
+            )?,
+            None => self.query(
+                &format!(
+                    "UPDATE clients SET AESKey = $2, {} WHERE ID = $1 RETURNING 1",
+                    advance(3)
+                ),
+                &[&&id.0[..], &&aes_key[..], &now],
+            )?,
+        };
+        if !changed.is_empty() {
+            return Ok(());
+        }
+        match self.client(id)? {
+            Some(_) => Err(StoreError::Database(format!(
+                "client {id} has another public key on record (key pinning)"
+            ))),
+            None => Err(StoreError::Database(format!(
+                "no client {id} to store keys for"
+            ))),
+        }
+    }
+
+    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
+        let now = now.to_string();
+        self.query(
+            &format!(
+                "WITH upsert AS (
+                    INSERT INTO files (ID, FileName, PathName, Verified) VALUES ($1, $2, $3, $4)
+                    ON CONFLICT (ID, FileName) DO UPDATE
+                    SET PathName = excluded.PathName, Verified = excluded.Verified
+                 )
+                 UPDATE clients SET {} WHERE ID = $1",
+                advance(5)
+            ),
+            &[
+                &&file.client_id.0[..],
+                &file.file_name,
+                &file.path,
+                &file.verified,
+                &now,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn set_verified(
+        &self,
+        id: &ClientId,
+        file_name: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let now = now.to_string();
+        let rows = self.query(
+            &format!(
+                "WITH verified AS (
+                    UPDATE files SET Verified = true WHERE ID = $1 AND FileName = $2 RETURNING 1
+                 ), seen AS (
+                    UPDATE clients SET {} WHERE ID = $1
+                 )
+                 SELECT count(*) FROM verified",
+                advance(3)
+            ),
+            &[&&id.0[..], &file_name, &now],
+        )?;
+        let count: i64 = match rows.first() {
+            Some(row) => row.try_get(0).map_err(db_err)?,
+            None => 0,
+        };
+        Ok(count == 1)
+    }
+
+    fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
+        let rows = self.query(
+            &format!("{FILE_COLUMNS} WHERE ID = $1 AND FileName = $2"),
+            &[&&id.0[..], &file_name],
+        )?;
+        rows.first().map(file_from_row).transpose()
+    }
+
+    fn remove_file(
+        &self,
+        id: &ClientId,
+        file_name: &str,
+        now: Timestamp,
+    ) -> Result<Option<FileRecord>, StoreError> {
+        let now = now.to_string();
+        let rows = self.query(
+            &format!(
+                "WITH removed AS (
+                    DELETE FROM files WHERE ID = $1 AND FileName = $2
+                    RETURNING ID, FileName, PathName, Verified
+                 ), seen AS (
+                    UPDATE clients SET {} WHERE ID = $1
+                 )
+                 SELECT ID, FileName, PathName, Verified FROM removed",
+                advance(3)
+            ),
+            &[&&id.0[..], &file_name, &now],
+        )?;
+        rows.first().map(file_from_row).transpose()
+    }
+
+    fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError> {
+        // One statement, so one transaction; the client's own row comes back with NULLs.
+        let rows = self.query(
+            "WITH gone_files AS (
+                DELETE FROM files WHERE ID = $1
+                RETURNING ID, FileName, PathName, Verified
+             ), gone_client AS (
+                DELETE FROM clients WHERE ID = $1 RETURNING ID
+             )
+             SELECT ID, FileName, PathName, Verified FROM gone_files
+             UNION ALL
+             SELECT ID, NULL, NULL, NULL FROM gone_client",
+            &[&&id.0[..]],
+        )?;
+        let mut files = Vec::new();
+        let mut client_removed = false;
+        for row in &rows {
+            let name: Option<String> = row.try_get(1).map_err(db_err)?;
+            if name.is_none() {
+                client_removed = true;
+            } else {
+                files.push(file_from_row(row)?);
+            }
+        }
+        files.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+        Ok(client_removed.then_some(files))
+    }
+
+    fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError> {
+        // One value per client: UPDATE … FROM applies only one of several matches.
+        let mut latest: HashMap<ClientId, Timestamp> = HashMap::new();
+        for (id, now) in seen {
+            let entry = latest.entry(*id).or_insert(*now);
+            *entry = (*entry).max(*now);
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let (ids, times): (Vec<Vec<u8>>, Vec<String>) = latest
+            .into_iter()
+            .map(|(id, now)| (id.0.to_vec(), now.to_string()))
+            .unzip();
+        self.query(
+            "UPDATE clients SET LastSeen = GREATEST(COALESCE(clients.LastSeen, ''), seen.at)
+             FROM unnest($1::bytea[], $2::text[]) AS seen (id, at)
+             WHERE clients.ID = seen.id",
+            &[&ids, &times],
+        )?;
+        Ok(())
+    }
+
+    fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        self.query(
+            &format!("{CLIENT_COLUMNS} ORDER BY Name COLLATE \"C\""),
+            &[],
+        )?
+        .iter()
+        .map(client_from_row)
+        .collect()
+    }
+
+    fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
+        self.query(
+            &format!("{FILE_COLUMNS} ORDER BY ID, FileName COLLATE \"C\""),
+            &[],
+        )?
+        .iter()
+        .map(file_from_row)
+        .collect()
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        self.closed.store(true, Ordering::Release);
+        self.pool.close();
+        Ok(())
+    }
+}

@@ -1,0 +1,110 @@
+//! Start-up recovery on shared storage: abandoned multipart uploads (found through their
+//! markers), old backups, and the stored objects recovery may judge (see the module docs
+//! of `storage::s3`).
+
+use super::{Shared, UPLOADS_DIR};
+use crate::storage::fs::FILES_DIR;
+use crate::storage::names::is_temp_name;
+use object_store::multipart::MultipartStore;
+use object_store::ObjectStore;
+use sfc_proto::ClientId;
+use std::collections::HashSet;
+use std::io;
+
+impl Shared {
+    /// Aborts abandoned multipart uploads (deleting their markers) and deletes old
+    /// backups; returns how many it removed.
+    pub(super) fn remove_stale_temps(&self) -> io::Result<usize> {
+        let shared = self;
+        let mut removed = 0;
+        for marker in shared.list(UPLOADS_DIR)? {
+            if !shared.is_abandoned(&marker) {
+                continue;
+            }
+            let Some((hex, name)) = shared.rel(&marker.location).and_then(marker_target) else {
+                continue;
+            };
+            let key = shared.key(&format!("{FILES_DIR}/{hex}/{name}"))?;
+            shared.run(async {
+                let id = shared.s3.get(&marker.location).await?.bytes().await?;
+                let id = String::from_utf8_lossy(&id).into_owned();
+                match shared.s3.abort_multipart(&key, &id).await {
+                    // Already completed or aborted: only the marker is left.
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(error) => tracing::debug!(%error, "aborting an abandoned upload"),
+                }
+                shared.delete_quietly(&marker.location).await
+            })?;
+            removed += 1;
+        }
+        for object in shared.list(FILES_DIR)? {
+            let is_backup = object.location.filename().is_some_and(is_temp_name);
+            if is_backup && shared.is_old(&object) {
+                shared.run(shared.delete_quietly(&object.location))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Stored objects that recovery may judge: old enough and named by no live marker.
+    pub(super) fn stored_paths(&self) -> io::Result<Vec<String>> {
+        let shared = self;
+        // Markers first: an upload that starts after this listing makes a young object.
+        let protected: HashSet<(String, String)> = shared
+            .list(UPLOADS_DIR)?
+            .iter()
+            .filter(|marker| !shared.is_abandoned(marker))
+            .filter_map(|marker| shared.rel(&marker.location).and_then(marker_target))
+            .map(|(hex, name)| (hex.to_owned(), name.to_owned()))
+            .collect();
+        let mut paths = Vec::new();
+        for object in shared.list(FILES_DIR)? {
+            let Some(rel) = shared.rel(&object.location) else {
+                continue;
+            };
+            let mut parts = rel.split('/');
+            let (Some(_), Some(hex), Some(name), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let ours = ClientId::from_hex(hex).is_ok_and(|id| id.to_hex() == hex);
+            if !ours || is_temp_name(name) || !shared.is_old(&object) {
+                continue;
+            }
+            if protected.contains(&(hex.to_owned(), name.to_owned())) {
+                continue;
+            }
+            paths.push(rel.to_owned());
+        }
+        paths.sort();
+        Ok(paths)
+    }
+}
+
+/// The client folder and name a marker `uploads/<hex>/<name>/<uuid>` stands for.
+fn marker_target(rel: &str) -> Option<(&str, &str)> {
+    let mut parts = rel.strip_prefix(UPLOADS_DIR)?.strip_prefix('/')?.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(hex), Some(name), Some(_), None) => Some((hex, name)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_name_their_target() {
+        let hex = "ab".repeat(16);
+        assert_eq!(
+            marker_target(&format!("uploads/{hex}/a.bin/123")),
+            Some((hex.as_str(), "a.bin"))
+        );
+        assert_eq!(marker_target(&format!("uploads/{hex}/a.bin")), None);
+        assert_eq!(marker_target(&format!("files/{hex}/a.bin/1")), None);
+        assert_eq!(marker_target(&format!("uploads/{hex}/a/b/1")), None);
+    }
+}

@@ -1,0 +1,245 @@
+//! The object being received: content buffered up to a part, the multipart upload and
+//! its marker, completion, and the abort when it is dropped unpersisted.
+
+use super::persisted::S3Persisted;
+use super::{delete_quietly, s3_err, Shared, PARTS_IN_FLIGHT, PART_SIZE};
+use crate::storage::{Persisted, TempBlob};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as Key;
+use object_store::{MultipartId, ObjectStore, PutPayload};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::task::JoinHandle;
+
+/// A multipart upload in progress.
+struct Upload {
+    id: MultipartId,
+    /// Parts sent, in order.
+    parts: Vec<PartId>,
+    /// Parts being sent, oldest first.
+    in_flight: VecDeque<JoinHandle<Result<PartId, object_store::Error>>>,
+    /// When the marker was last written.
+    marked: Instant,
+}
+
+/// An object being received (see the module docs).
+pub(super) struct S3Temp {
+    shared: Arc<Shared>,
+    key: Key,
+    rel_path: String,
+    marker: Key,
+    backup: Key,
+    /// Content not yet sent: less than one part.
+    buffer: Vec<u8>,
+    upload: Option<Upload>,
+}
+
+impl fmt::Debug for S3Temp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Temp")
+            .field("key", &self.key.as_ref())
+            .field("buffered", &self.buffer.len())
+            .field("parts", &self.upload.as_ref().map(|u| u.parts.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Temp {
+    /// An empty object to be stored at `key` (`rel_path`), with its marker and backup keys.
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        key: Key,
+        rel_path: String,
+        marker: Key,
+        backup: Key,
+    ) -> Self {
+        S3Temp {
+            shared,
+            key,
+            rel_path,
+            marker,
+            backup,
+            buffer: Vec::new(),
+            upload: None,
+        }
+    }
+
+    /// Sends the full buffer as the next part, starting the multipart upload first if
+    /// needed, and waits while more than [`PARTS_IN_FLIGHT`] parts are on their way.
+    fn send_part(&mut self) -> io::Result<()> {
+        let shared = Arc::clone(&self.shared);
+        let upload = match self.upload.as_mut() {
+            Some(upload) => upload,
+            None => {
+                let id = shared.run(async {
+                    let id = shared.s3.create_multipart(&self.key).await?;
+                    shared.s3.put(&self.marker, id.clone().into()).await?;
+                    Ok(id)
+                })?;
+                self.upload.insert(Upload {
+                    id,
+                    parts: Vec::new(),
+                    in_flight: VecDeque::new(),
+                    marked: Instant::now(),
+                })
+            }
+        };
+        let data = PutPayload::from(std::mem::take(&mut self.buffer));
+        let index = upload.parts.len() + upload.in_flight.len();
+        let (s3, key, id) = (shared.s3.clone(), self.key.clone(), upload.id.clone());
+        upload.in_flight.push_back(
+            shared
+                .handle
+                .spawn(async move { s3.put_part(&key, &id, index, data).await }),
+        );
+        while upload.in_flight.len() > PARTS_IN_FLIGHT {
+            collect_part(&shared, upload)?;
+        }
+        self.refresh_marker(false)
+    }
+
+    /// Rewrites the marker when it is a quarter of the grace period old (or `now`), so
+    /// that recovery elsewhere never takes a live upload for an abandoned one.
+    fn refresh_marker(&mut self, now: bool) -> io::Result<()> {
+        let Some(upload) = self.upload.as_mut() else {
+            return Ok(());
+        };
+        if now || upload.marked.elapsed() >= self.shared.grace / 4 {
+            let shared = &self.shared;
+            shared.run(shared.s3.put(&self.marker, upload.id.clone().into()))?;
+            upload.marked = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Makes the object complete at its key: the last part and the completion, or one
+    /// `PUT` for a small file.
+    fn complete(&mut self) -> io::Result<()> {
+        if self.upload.is_none() {
+            let data = PutPayload::from(std::mem::take(&mut self.buffer));
+            let shared = &self.shared;
+            shared.run(shared.s3.put(&self.key, data))?;
+            return Ok(());
+        }
+        if !self.buffer.is_empty() {
+            self.send_part()?;
+        }
+        self.refresh_marker(true)?;
+        let shared = Arc::clone(&self.shared);
+        let Some(mut upload) = self.upload.take() else {
+            return Err(io::Error::other("upload already finished"));
+        };
+        let result = (|| {
+            while !upload.in_flight.is_empty() {
+                collect_part(&shared, &mut upload)?;
+            }
+            let parts = std::mem::take(&mut upload.parts);
+            shared.run(shared.s3.complete_multipart(&self.key, &upload.id, parts))
+        })();
+        if let Err(error) = result {
+            // Not completed: abort it (Drop does) and say why.
+            self.upload = Some(upload);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Deletes the marker once the object needs no protection any more.
+    pub(super) fn unmark(shared: &Shared, marker: &Key) {
+        if let Err(error) = shared.run(shared.delete_quietly(marker)) {
+            tracing::warn!(%error, "cannot delete an upload marker (removed by a later recovery)");
+        }
+    }
+}
+
+/// Waits for the oldest part in flight and records its ID.
+fn collect_part(shared: &Shared, upload: &mut Upload) -> io::Result<()> {
+    let Some(task) = upload.in_flight.pop_front() else {
+        return Ok(());
+    };
+    let part = shared
+        .handle
+        .block_on(task)
+        .map_err(|error| io::Error::other(format!("part upload task failed: {error}")))?
+        .map_err(s3_err)?;
+    upload.parts.push(part);
+    Ok(())
+}
+
+impl TempBlob for S3Temp {
+    fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let room = PART_SIZE.saturating_sub(self.buffer.len());
+            let (now, later) = bytes.split_at(room.min(bytes.len()));
+            // Grows as Vec does (doubling), but never beyond one part.
+            let needed = self.buffer.len() + now.len();
+            if needed > self.buffer.capacity() {
+                let want = needed.max(self.buffer.capacity() * 2).min(PART_SIZE);
+                self.buffer.reserve_exact(want - self.buffer.len());
+            }
+            self.buffer.extend_from_slice(now);
+            bytes = later;
+            if self.buffer.len() >= PART_SIZE {
+                self.send_part()?;
+            }
+        }
+        // A slow client: keep the marker young between parts too.
+        self.refresh_marker(false)
+    }
+
+    fn persist(mut self: Box<Self>) -> io::Result<String> {
+        let multipart = self.upload.is_some();
+        self.complete()?;
+        if multipart {
+            Self::unmark(&self.shared, &self.marker);
+        }
+        Ok(std::mem::take(&mut self.rel_path))
+    }
+
+    fn persist_undoable(mut self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
+        let shared = Arc::clone(&self.shared);
+        let backup = match shared.run(shared.s3.copy(&self.key, &self.backup)) {
+            Ok(()) => Some(self.backup.clone()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error),
+        };
+        let marker = self.upload.as_ref().map(|_| self.marker.clone());
+        if let Err(error) = self.complete() {
+            if let Some(backup) = &backup {
+                let _ = shared.run(shared.delete_quietly(backup));
+            }
+            return Err(error);
+        }
+        Ok(Box::new(S3Persisted {
+            shared,
+            key: self.key.clone(),
+            rel_path: std::mem::take(&mut self.rel_path),
+            backup,
+            marker,
+        }))
+    }
+}
+
+impl Drop for S3Temp {
+    fn drop(&mut self) {
+        // Not persisted (or its completion failed): abort the multipart upload.
+        let Some(upload) = self.upload.take() else {
+            return;
+        };
+        for task in &upload.in_flight {
+            task.abort();
+        }
+        // The task holds the client only: the store (and its runtime) is never dropped
+        // on one of its own threads.
+        let s3 = self.shared.s3.clone();
+        let (key, marker) = (self.key.clone(), self.marker.clone());
+        self.shared
+            .spawn_detached("cannot abort an upload", async move {
+                s3.abort_multipart(&key, &upload.id).await?;
+                delete_quietly(&s3, &marker).await
+            });
+    }
+}
