@@ -296,7 +296,9 @@ impl Weed {
         log.get(start..).unwrap_or(&log).to_owned()
     }
 
-    /// The keys under `prefix/` (relative to it) and their content.
+    /// The keys under `prefix/` (relative to it) and their content. A key listed but gone
+    /// when read (a dropped upload's marker, removed in the background meanwhile) is left
+    /// out: it was not there any more.
     pub fn objects(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
         use futures::TryStreamExt;
         let client = self.client();
@@ -304,16 +306,19 @@ impl Weed {
         let metas: Vec<_> = block_on(client.list(Some(&root)).try_collect::<Vec<_>>()).unwrap();
         let mut out: Vec<_> = metas
             .into_iter()
-            .map(|meta| {
-                let body = block_on(async { client.get(&meta.location).await?.bytes().await })
-                    .unwrap()
-                    .to_vec();
+            .filter_map(|meta| {
+                let body = match block_on(async { client.get(&meta.location).await?.bytes().await })
+                {
+                    Ok(body) => body.to_vec(),
+                    Err(object_store::Error::NotFound { .. }) => return None,
+                    Err(error) => panic!("cannot read {}: {error}", meta.location),
+                };
                 let key = meta.location.as_ref();
                 let rel = key
                     .strip_prefix(&format!("{prefix}/"))
                     .unwrap_or(key)
                     .to_owned();
-                (rel, body)
+                Some((rel, body))
             })
             .collect();
         out.sort();
