@@ -24,9 +24,11 @@ mod session;
 mod storage;
 
 pub use config::{AdminConfig, ServerConfig};
-pub use net::listener::{raise_fd_limit, run, shutdown_signal, RunningServer, Server};
+pub use net::listener::{raise_fd_limit, run, Server};
 pub use net::proxy_protocol::ProxySources;
 pub use net::rate_limit::RateLimit;
+pub use net::running::RunningServer;
+pub use net::shutdown::shutdown_signal;
 pub use storage::fs::LocalBlobStore;
 pub use storage::postgres::PostgresStore;
 pub use storage::s3::S3BlobStore;

@@ -17,7 +17,7 @@
 //!
 //! The stream is plain TCP or TLS around it ([`crate::net::tls`]); the code is the same.
 
-use crate::session::{Action, CloseReason, Conversation, Core, Event, JobDone, Now, PeerPolicy};
+use crate::session::{Action, Conversation, Core, Event, JobDone, Now, PeerPolicy};
 use crate::storage::Timestamp;
 use sfc_proto::{RequestDecoder, RequestEvent, Response};
 use std::net::SocketAddr;
@@ -206,7 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
                 Action::SendAndClose(response, reason) => {
                     self.reply(&response).await;
-                    return Err(close_reason(reason));
+                    return Err(reason.describe());
                 }
                 Action::Run(job) => {
                     let kind = job.kind();
@@ -221,7 +221,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     self.limits.monitor.record(self.peer, &line);
                     super::log::emit(self.peer, line);
                 }
-                Action::Close(reason) => return Err(close_reason(reason)),
+                Action::Close(reason) => return Err(reason.describe()),
             }
         }
         Ok(())
@@ -252,12 +252,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             }
             _ => tracing::debug!(peer = %self.peer, reason, "connection closed"),
         }
-    }
-}
-
-fn close_reason(reason: CloseReason) -> &'static str {
-    match reason {
-        CloseReason::AfterError => "closed after an error",
-        CloseReason::FramingLost => "framing lost",
     }
 }

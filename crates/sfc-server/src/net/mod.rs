@@ -1,14 +1,16 @@
-//! The socket layer: the accept loop and graceful shutdown ([`listener`]), one task per
-//! connection that moves bytes between the socket and the session's
-//! [`crate::session::Conversation`] ([`connection`]), opt-in TLS ([`tls`]), and the
-//! per-address guards: open connections ([`address_limit`]), registrations and failures
-//! ([`rate_limit`]), `--pin-address` ([`address_pin`]); the PROXY protocol from trusted
-//! balancers ([`proxy_protocol`]); the operator's view: the metrics and live state
-//! ([`monitor`]) and the admin HTTP listener ([`admin_http`]).
+//! The socket layer: the accept loop ([`listener`]), admission of each connection
+//! ([`admission`]), graceful shutdown ([`shutdown`]), a server on its own thread
+//! ([`running`]), one task per connection that moves bytes between the socket and the
+//! session's [`crate::session::Conversation`] ([`connection`]), opt-in TLS ([`tls`]), and
+//! the per-address guards: open connections ([`address_limit`]), registrations and
+//! failures ([`rate_limit`]), `--pin-address` ([`address_pin`]); the PROXY protocol from
+//! trusted balancers ([`proxy_protocol`]); the operator's view: the metrics and live
+//! state ([`monitor`]) and the admin HTTP listener ([`admin_http`]).
 
 pub(crate) mod address_limit;
 pub(crate) mod address_pin;
 pub(crate) mod admin_http;
+mod admission;
 pub(crate) mod connection;
 pub(crate) mod entropy;
 pub(crate) mod guards;
@@ -18,5 +20,7 @@ pub(crate) mod monitor;
 pub(crate) mod proxy_protocol;
 pub(crate) mod rate_limit;
 pub(crate) mod refusals;
+pub(crate) mod running;
+pub(crate) mod shutdown;
 pub(crate) mod tls;
 pub(crate) mod tls_init;

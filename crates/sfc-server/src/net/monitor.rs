@@ -91,10 +91,10 @@ fn label(key: &'static str, value: impl ToString) -> Labels {
     [(key, value.to_string())]
 }
 
-impl Monitor {
-    /// A fresh registry; uploads idle for `upload_timeout` are no longer shown.
-    pub fn new(upload_timeout: Duration) -> Self {
-        let metrics = Metrics {
+impl Metrics {
+    /// Every metric at zero.
+    fn new() -> Self {
+        Metrics {
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_refused: Family::default(),
@@ -112,80 +112,91 @@ impl Monitor {
             rate_limit_refusals: Family::default(),
             admin_requests: Family::default(),
             admin_login_failures: Counter::default(),
-        };
-        let mut registry = Registry::with_prefix("sfc");
-        let m = &metrics;
+        }
+    }
+
+    /// Registers every metric (the order is that of `/metrics`).
+    fn register(&self, registry: &mut Registry) {
         registry.register(
             "connections_open",
             "Protocol connections open",
-            m.connections_open.clone(),
+            self.connections_open.clone(),
         );
         registry.register(
             "connections_accepted",
             "Protocol connections accepted",
-            m.connections_accepted.clone(),
+            self.connections_accepted.clone(),
         );
         registry.register(
             "connections_refused",
             "Protocol connections closed at once, by reason",
-            m.connections_refused.clone(),
+            self.connections_refused.clone(),
         );
-        registry.register("requests", "Requests by code", m.requests.clone());
+        registry.register("requests", "Requests by code", self.requests.clone());
         registry.register(
             "replies",
             "Replies by code (none: no reply)",
-            m.replies.clone(),
+            self.replies.clone(),
         );
         registry.register(
             "received_bytes",
             "Bytes received on protocol connections",
-            m.bytes_received.clone(),
+            self.bytes_received.clone(),
         );
         registry.register(
             "uploads_in_progress",
             "Uploads begun and not yet finished",
-            m.uploads_in_progress.clone(),
+            self.uploads_in_progress.clone(),
         );
         registry.register(
             "upload_duration_seconds",
             "Time from an upload's first packet to its 1603",
-            m.upload_seconds.clone(),
+            self.upload_seconds.clone(),
         );
         registry.register(
             "upload_size_bytes",
             "Plaintext size of the uploads finished",
-            m.upload_bytes.clone(),
+            self.upload_bytes.clone(),
         );
         registry.register(
             "checksum_failures",
             "Checksum mismatches reported by clients (901: retry, 902: gave up)",
-            m.checksum_failures.clone(),
+            self.checksum_failures.clone(),
         );
         registry.register(
             "storage_job_seconds",
             "Time of the storage jobs (database and files), by kind",
-            m.storage_seconds.clone(),
+            self.storage_seconds.clone(),
         );
         registry.register(
             "storage_errors",
             "Requests refused with 1607 because storage failed, by request code",
-            m.storage_errors.clone(),
+            self.storage_errors.clone(),
         );
         registry.register(
             "rate_limit_refusals",
             "Refusals by the per-address rate limits, by limit",
-            m.rate_limit_refusals.clone(),
+            self.rate_limit_refusals.clone(),
         );
         registry.register(
             "admin_requests",
             "Admin HTTP responses by status",
-            m.admin_requests.clone(),
+            self.admin_requests.clone(),
         );
         registry.register(
             "admin_login_failures",
             "Failed admin logins (wrong token)",
-            m.admin_login_failures.clone(),
+            self.admin_login_failures.clone(),
         );
+    }
+}
+
+impl Monitor {
+    /// A fresh registry; uploads idle for `upload_timeout` are no longer shown.
+    pub fn new(upload_timeout: Duration) -> Self {
+        let metrics = Metrics::new();
+        let mut registry = Registry::with_prefix("sfc");
+        metrics.register(&mut registry);
         registry.register(
             "build",
             "The server's version",

@@ -67,6 +67,16 @@ pub enum CloseReason {
     FramingLost,
 }
 
+impl CloseReason {
+    /// The reason as the driver's "connection closed" log line gives it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CloseReason::AfterError => "closed after an error",
+            CloseReason::FramingLost => "framing lost",
+        }
+    }
+}
+
 /// A line for the log; the driver formats it.
 #[derive(Debug)]
 pub enum LogLine {

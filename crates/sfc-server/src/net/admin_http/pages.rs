@@ -7,10 +7,11 @@
 //! Markup is written with `format!` and [`esc`] on every value that comes from a client
 //! or the store (names, labels, reasons).
 
-use super::{
-    all_clients, authenticate, check_csrf, client_files, download_file, login_failed, one_client,
-    remove_client, remove_file, stats, uploads, Auth, FileQuery, Peer, Shared, DEFAULT_PAGE,
-};
+use super::access::{authenticate, check_csrf, login_failed, Auth};
+use super::actions::{download_file, remove_client, remove_file, FileQuery};
+use super::api::{all_clients, client_files, one_client, stats, uploads};
+use super::auth::same_secret;
+use super::{Peer, Shared, DEFAULT_PAGE};
 use crate::admin::{ClientView, FailureView, FileView, UploadView};
 use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -182,7 +183,7 @@ async fn login(
         )
             .into_response();
     }
-    if !super::same_secret(form.token.trim(), &state.token) {
+    if !same_secret(form.token.trim(), &state.token) {
         login_failed(&state, peer.0, "wrong token at the login form");
         return (StatusCode::UNAUTHORIZED, login_html("Wrong token.")).into_response();
     }

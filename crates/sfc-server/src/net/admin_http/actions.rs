@@ -1,0 +1,196 @@
+//! The file endpoints and the actions: a stored file streamed back, a file deleted, a
+//! client removed (through [`crate::session::Core`]).
+
+use super::access::{authenticate, check_csrf};
+use super::api::{blocking, client_id};
+use super::{AdminState, ApiError, Peer, Shared};
+use crate::session::ClientRemoval;
+use crate::storage::Timestamp;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::sync::Arc;
+
+/// Bytes read from the store at once for a download.
+const DOWNLOAD_CHUNK: usize = 64 * 1024;
+
+/// `?name=` of the file endpoints (a label may hold any character, `/` too).
+#[derive(Debug, Deserialize)]
+pub(crate) struct FileQuery {
+    pub(super) name: String,
+}
+
+/// Streams a stored file back, read in pieces on the blocking pool.
+pub(crate) async fn download_file(
+    state: &AdminState,
+    id: &str,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let id = client_id(id)?;
+    let core = Arc::clone(&state.core);
+    let label = name.to_owned();
+    let (size, reader) = blocking(move || {
+        let Some(record) = core.meta_store().file(&id, &label)? else {
+            return Ok(None);
+        };
+        let size = core.blob_store().size(&record.path)?;
+        let reader = core.blob_store().open(&record.path)?;
+        Ok(Some((size, reader)))
+    })
+    .await?
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such file"))?;
+    let body = read_in_chunks(reader);
+    let disposition = content_disposition(name);
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+/// A body that reads `reader` on the blocking pool, [`DOWNLOAD_CHUNK`] bytes at a time,
+/// a few pieces ahead of the client.
+fn read_in_chunks(reader: Box<dyn Read + Send>) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        loop {
+            let mut buf = vec![0u8; DOWNLOAD_CHUNK];
+            match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let _ = tx.blocking_send(Err(error));
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    Body::from_stream(stream)
+}
+
+/// `Content-Disposition` for a label: an ASCII fallback and the exact name (RFC 6266).
+fn content_disposition(name: &str) -> String {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+pub(super) async fn download(
+    State(state): State<Shared>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<FileQuery>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, peer, &headers)?;
+    download_file(&state, &id, &query.name).await
+}
+
+/// What a delete removed.
+#[derive(Debug, Serialize)]
+pub(crate) struct Removed {
+    /// The client ID.
+    client_id: String,
+    /// The files removed (labels).
+    files: Vec<String>,
+}
+
+pub(crate) async fn remove_file(
+    state: &AdminState,
+    id: &str,
+    name: &str,
+) -> Result<Removed, ApiError> {
+    let id = client_id(id)?;
+    let core = Arc::clone(&state.core);
+    let label = name.to_owned();
+    let removed = blocking(move || Ok(core.admin_remove_file(&id, &label, Timestamp::now())?))
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such file"))?;
+    tracing::info!(client = %id.short(), file = %removed.file_name, "admin: file deleted");
+    Ok(Removed {
+        client_id: id.to_hex(),
+        files: vec![removed.file_name],
+    })
+}
+
+pub(super) async fn api_remove_file(
+    State(state): State<Shared>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<FileQuery>,
+) -> Result<Json<Removed>, ApiError> {
+    let auth = authenticate(&state, peer, &headers)?;
+    check_csrf(&auth, &headers, None)?;
+    Ok(Json(remove_file(&state, &id, &query.name).await?))
+}
+
+pub(crate) async fn remove_client(state: &AdminState, id: &str) -> Result<Removed, ApiError> {
+    let id = client_id(id)?;
+    let core = Arc::clone(&state.core);
+    let files = match blocking(move || Ok(core.admin_remove_client(&id)?)).await? {
+        ClientRemoval::Removed(files) => files,
+        ClientRemoval::NoSuchClient => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "no such client"))
+        }
+        ClientRemoval::Busy => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "a file packet of this client is being received; try again when it is done",
+            ))
+        }
+    };
+    tracing::info!(client = %id.short(), files = files.len(), "admin: client removed");
+    Ok(Removed {
+        client_id: id.to_hex(),
+        files: files.into_iter().map(|f| f.file_name).collect(),
+    })
+}
+
+pub(super) async fn api_remove_client(
+    State(state): State<Shared>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Removed>, ApiError> {
+    let auth = authenticate(&state, peer, &headers)?;
+    check_csrf(&auth, &headers, None)?;
+    Ok(Json(remove_client(&state, &id).await?))
+}

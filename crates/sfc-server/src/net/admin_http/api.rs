@@ -1,0 +1,234 @@
+//! The JSON API's read endpoints (`/api/v1/stats`, `clients`, `files`, `uploads`,
+//! `failures`) with their paging, the health checks and `/metrics`, and the helpers the
+//! pages share: store work on the blocking pool and client IDs from the path.
+
+use super::access::authenticate;
+use super::{AdminState, ApiError, Peer, Shared, DEFAULT_PAGE, MAX_PAGE};
+use crate::admin::{client_views, file_views, ClientView, FileView, StatsView};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sfc_proto::ClientId;
+use std::sync::Arc;
+
+pub(super) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(ApiError::internal(error)),
+        Err(error) => Err(ApiError::internal(error)),
+    }
+}
+
+pub(super) fn client_id(text: &str) -> Result<ClientId, ApiError> {
+    ClientId::from_hex(text)
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not a client ID (32 hex digits)"))
+}
+
+// ----- health and metrics -----------------------------------------------------------------
+
+/// Ready when the metadata store answers a lookup and the blob store a size query
+/// (a missing file is an answer).
+pub(super) async fn readyz(State(state): State<Shared>) -> Response {
+    let core = Arc::clone(&state.core);
+    let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let probe = ClientId([0; 16]);
+        core.meta_store()
+            .client(&probe)
+            .map_err(|e| format!("database: {e}"))?;
+        match core
+            .blob_store()
+            .size(&format!("files/{}/readyz-probe", probe.to_hex()))
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("file store: {e}")),
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {error}\n"),
+        )
+            .into_response(),
+    }
+}
+
+pub(super) async fn metrics(
+    State(state): State<Shared>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&state, peer, &headers)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.monitor.encode(),
+    )
+        .into_response())
+}
+
+// ----- the JSON API -----------------------------------------------------------------------
+
+/// `?offset=&limit=` of the list endpoints.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PageQuery {
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize)]
+pub(crate) struct Page<T> {
+    /// Items in the whole list.
+    total: usize,
+    offset: usize,
+    limit: usize,
+    items: Vec<T>,
+}
+
+fn page<T>(all: Vec<T>, query: &PageQuery) -> Page<T> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let total = all.len();
+    let items = all.into_iter().skip(query.offset).take(limit).collect();
+    Page {
+        total,
+        offset: query.offset,
+        limit,
+        items,
+    }
+}
+
+pub(crate) async fn stats(state: &AdminState) -> Result<StatsView, ApiError> {
+    let core = Arc::clone(&state.core);
+    let (clients, files, bytes) = blocking(move || {
+        let clients = core.meta_store().clients()?.len();
+        let files = file_views(core.meta_store(), core.blob_store(), None)?;
+        let bytes = files.iter().filter_map(|f| f.size).sum::<u64>();
+        Ok((clients, files.len(), bytes))
+    })
+    .await?;
+    let live = state.monitor.snapshot();
+    Ok(StatsView {
+        clients,
+        files,
+        bytes_stored: bytes,
+        connections_open: live.connections_open,
+        uploads_in_progress: live.uploads.len(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+pub(super) async fn api_stats(
+    State(state): State<Shared>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<StatsView>, ApiError> {
+    authenticate(&state, peer, &headers)?;
+    Ok(Json(stats(&state).await?))
+}
+
+pub(crate) async fn all_clients(state: &AdminState) -> Result<Vec<ClientView>, ApiError> {
+    let core = Arc::clone(&state.core);
+    blocking(move || client_views(core.meta_store(), core.blob_store())).await
+}
+
+pub(super) async fn api_clients(
+    State(state): State<Shared>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Page<ClientView>>, ApiError> {
+    authenticate(&state, peer, &headers)?;
+    Ok(Json(page(all_clients(&state).await?, &query)))
+}
+
+pub(crate) async fn one_client(state: &AdminState, id: &str) -> Result<ClientView, ApiError> {
+    let id = client_id(id)?.to_hex();
+    all_clients(state)
+        .await?
+        .into_iter()
+        .find(|c| c.id == id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such client"))
+}
+
+pub(super) async fn api_client(
+    State(state): State<Shared>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ClientView>, ApiError> {
+    authenticate(&state, peer, &headers)?;
+    Ok(Json(one_client(&state, &id).await?))
+}
+
+pub(crate) async fn client_files(state: &AdminState, id: &str) -> Result<Vec<FileView>, ApiError> {
+    let id = client_id(id)?;
+    let core = Arc::clone(&state.core);
+    blocking(move || {
+        if core.meta_store().client(&id)?.is_none() {
+            return Ok(None);
+        }
+        file_views(core.meta_store(), core.blob_store(), Some(&id)).map(Some)
+    })
+    .await?
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such client"))
+}
+
+pub(super) async fn api_files(
+    State(state): State<Shared>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Page<FileView>>, ApiError> {
+    authenticate(&state, peer, &headers)?;
+    Ok(Json(page(client_files(&state, &id).await?, &query)))
+}
+
+/// The uploads in progress, with the clients' names.
+pub(crate) async fn uploads(state: &AdminState) -> Result<Vec<crate::admin::UploadView>, ApiError> {
+    let mut uploads = state.monitor.snapshot().uploads;
+    if !uploads.is_empty() {
+        let names = all_clients(state).await?;
+        for upload in &mut uploads {
+            upload.client_name = names
+                .iter()
+                .find(|c| c.id == upload.client_id)
+                .map(|c| c.name.clone());
+        }
+    }
+    Ok(uploads)
+}
+
+pub(super) async fn api_uploads(
+    State(state): State<Shared>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::admin::UploadView>>, ApiError> {
+    authenticate(&state, peer, &headers)?;
+    Ok(Json(uploads(&state).await?))
+}
+
+pub(super) async fn api_failures(
+    State(state): State<Shared>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Page<crate::admin::FailureView>>, ApiError> {
+    authenticate(&state, peer, &headers)?;
+    Ok(Json(page(state.monitor.snapshot().failures, &query)))
+}

@@ -1,0 +1,120 @@
+//! Graceful shutdown: stop accepting, tell every connection to close at its next request
+//! boundary (a request in flight finishes and gets its reply), wait up to
+//! `shutdown_grace`, then abort what is left (an upload cut short removes its temporary
+//! file), persist the LastSeen notes and close the database; and the signals that start
+//! it.
+
+use crate::config::ServerConfig;
+use crate::net::admin_http::AdminServer;
+use crate::session::Core;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Serves the admin listener on its own task until `stop` turns true.
+pub(super) fn spawn_admin(admin: AdminServer, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(admin.serve(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    }))
+}
+
+/// Waits for the admin listener (told to stop) up to `grace`, then aborts it.
+pub(super) async fn stop_admin(admin: Option<JoinHandle<()>>, grace: Duration) {
+    if let Some(mut admin) = admin {
+        // A download in progress may not hold the shutdown beyond the grace period.
+        if tokio::time::timeout(grace, &mut admin).await.is_err() {
+            admin.abort();
+        }
+    }
+}
+
+/// Graceful shutdown once the listener is closed and the connections told to stop: wait
+/// up to the grace period, abort the rest, stop housekeeping, close the database.
+pub(super) async fn shut_down(
+    mut connections: JoinSet<()>,
+    config: &ServerConfig,
+    housekeeping: JoinHandle<()>,
+    core: Arc<Core>,
+) {
+    let open = connections.len();
+    tracing::info!(
+        open,
+        grace_secs = config.shutdown_grace.as_secs_f64(),
+        "shutting down: no new connections; transfers under way may finish"
+    );
+    log_uploads(&core, "shutting down: upload in progress");
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            aborted = connections.len(),
+            "grace period over; closing the remaining connections"
+        );
+        log_uploads(&core, "upload cut by the shutdown");
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    } else {
+        // Left: uploads of connection-per-request clients, whose next packet can no
+        // longer come (no new connections).
+        log_uploads(&core, "upload cut by the shutdown");
+    }
+    let _ = housekeeping.await;
+    let closing = Arc::clone(&core);
+    match tokio::task::spawn_blocking(move || closing.close()).await {
+        Ok(Ok(())) => tracing::info!("database closed; server stopped"),
+        Ok(Err(error)) => tracing::error!(%error, "closing the database failed"),
+        Err(error) => tracing::error!(%error, "closing the database failed"),
+    }
+}
+
+/// One INFO line per upload in progress: client, file, packets received of total.
+fn log_uploads(core: &Core, what: &str) {
+    for (client, progress) in core.uploads_in_progress_now() {
+        let state = if progress.parked {
+            "between packets"
+        } else {
+            "receiving a packet"
+        };
+        tracing::info!(
+            client = %client.short(),
+            file = %progress.file,
+            packets = %format!("{}/{}", progress.packets, progress.total),
+            state,
+            "{what}"
+        );
+    }
+}
+
+/// A future that completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+///
+/// The handlers are installed when this function is called (it must run inside a tokio
+/// runtime), not when the future is first polled, so a signal that arrives right after
+/// "listening on" is never lost to the default action.
+#[cfg(unix)]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+    })
+}
+
+/// A future that completes on Ctrl-C.
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C received");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    })
+}
