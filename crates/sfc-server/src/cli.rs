@@ -184,8 +184,10 @@ pub struct Cli {
           value_parser = parse_positive_usize)]
     pub database_pool: usize,
 
-    /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy-v2 sends) from
-    /// the balancers listed in --proxy-from.
+    /// Behind a balancer: read the client's address from a PROXY header (v1/v2).
+    ///
+    /// The balancers listed in --proxy-from must start each connection with a PROXY
+    /// protocol header (v1 or v2, as HAProxy's send-proxy-v2 sends).
     ///
     /// Behind a TCP balancer every connection comes from the balancer; its header names
     /// the client, whose address then counts for the per-address limits, rate limits,
@@ -194,15 +196,18 @@ pub struct Cli {
     #[arg(long, requires = "proxy_from")]
     pub proxy_protocol: bool,
 
-    /// The balancers trusted to send PROXY headers: addresses and networks, comma-separated
-    /// (e.g. 127.0.0.1,10.0.0.0/8).
+    /// The balancers trusted to send PROXY headers (e.g. 127.0.0.1,10.0.0.0/8).
+    ///
+    /// Addresses and networks, comma-separated.
     #[arg(long, value_name = "LIST", requires = "proxy_protocol",
           value_parser = ProxySources::parse)]
     pub proxy_from: Option<ProxySources>,
-    /// Keep received files in this local folder (file://PATH) or in S3-compatible object
-    /// storage (s3://BUCKET/PREFIX; endpoint, region and credentials from AWS_ENDPOINT_URL,
-    /// AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP) instead of
-    /// files/ in the data folder. Also read from SFC_STORE.
+
+    /// Keep received files in a folder (file://PATH) or in S3 (s3://BUCKET/PREFIX).
+    ///
+    /// Instead of files/ in the data folder. For S3, endpoint, region and credentials come
+    /// from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// AWS_ALLOW_HTTP. Also read from SFC_STORE.
     #[arg(long, global = true, value_name = "URL", env = "SFC_STORE",
           value_parser = Store::parse)]
     pub store: Option<Store>,
