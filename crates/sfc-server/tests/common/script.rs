@@ -140,6 +140,10 @@ struct VConn {
     invalid: bool,
     /// A request has been answered on this connection.
     used: bool,
+    /// The client whose transfer was refused (1607 to an 828) by the last request on this
+    /// connection: its further packets here, even contradictory ones, may be dropped
+    /// without a reply (docs/PROTOCOL.md, rule S12).
+    refused: Option<ClientId>,
 }
 
 /// The peer address of every simulated connection.
@@ -265,10 +269,12 @@ fn file_packets(
     packets
 }
 
-fn allowed(code: u16, reply: Option<u16>, first: bool, invalid: bool) -> bool {
+fn allowed(code: u16, reply: Option<u16>, first: bool, invalid: bool, refused: bool) -> bool {
     if invalid {
         return match code {
             825 => reply == Some(1601),
+            // The rest of a refused transfer is dropped quietly (rule S12).
+            828 if refused && !first => reply.is_none() || reply == Some(1607),
             _ => reply == Some(1607),
         };
     }
@@ -593,7 +599,7 @@ impl Sim {
         let outcome = self
             .core
             .handle_request(&Ctx::new(first, self.now()), request);
-        self.observe(code, id, label.as_ref(), &outcome, first, false);
+        self.observe(code, id, label.as_ref(), &outcome, first, false, false);
     }
 
     /// Connection `k` ends: its conversation abandons what it holds.
@@ -736,6 +742,11 @@ impl Sim {
             detail: line.detail,
         };
         let label = conn.label.clone();
+        let refused = conn.refused == Some(conn.client);
+        conn.refused = (line.code == 828
+            && (outcome.code() == Some(sfc_proto::ResponseCode::ServerError)
+                || (refused && outcome.reply.is_none())))
+        .then_some(conn.client);
         self.observe(
             line.code,
             conn.client,
@@ -743,6 +754,7 @@ impl Sim {
             &outcome,
             first,
             conn.invalid,
+            refused,
         );
         open
     }
@@ -756,6 +768,7 @@ impl Sim {
         outcome: &Outcome,
         first: bool,
         invalid: bool,
+        refused: bool,
     ) {
         let reply_code = outcome.code().map(sfc_proto::ResponseCode::as_u16);
         *self
@@ -764,7 +777,7 @@ impl Sim {
             .entry(reply_code.unwrap_or(0))
             .or_default() += 1;
         assert!(
-            allowed(code, reply_code, first, invalid),
+            allowed(code, reply_code, first, invalid, refused),
             "request {code} (first on its connection: {first}, invalid: {invalid}) got {outcome:?}"
         );
         let Some(reply) = &outcome.reply else {
