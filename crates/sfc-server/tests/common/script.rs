@@ -269,7 +269,23 @@ fn file_packets(
     packets
 }
 
-fn allowed(code: u16, reply: Option<u16>, first: bool, invalid: bool, refused: bool) -> bool {
+/// What the model knows of a request when its reply comes.
+#[derive(Clone, Copy)]
+struct Seen {
+    /// The first request on its connection.
+    first: bool,
+    /// The decoder refused it.
+    invalid: bool,
+    /// It follows a refused transfer of the same client on the same connection.
+    refused: bool,
+}
+
+fn allowed(code: u16, reply: Option<u16>, seen: Seen) -> bool {
+    let Seen {
+        first,
+        invalid,
+        refused,
+    } = seen;
     if invalid {
         return match code {
             825 => reply == Some(1601),
@@ -599,7 +615,12 @@ impl Sim {
         let outcome = self
             .core
             .handle_request(&Ctx::new(first, self.now()), request);
-        self.observe(code, id, label.as_ref(), &outcome, first, false, false);
+        let seen = Seen {
+            first,
+            invalid: false,
+            refused: false,
+        };
+        self.observe(code, id, label.as_ref(), &outcome, seen);
     }
 
     /// Connection `k` ends: its conversation abandons what it holds.
@@ -747,15 +768,12 @@ impl Sim {
             && (outcome.code() == Some(sfc_proto::ResponseCode::ServerError)
                 || (refused && outcome.reply.is_none())))
         .then_some(conn.client);
-        self.observe(
-            line.code,
-            conn.client,
-            label.as_ref(),
-            &outcome,
+        let seen = Seen {
             first,
-            conn.invalid,
+            invalid: conn.invalid,
             refused,
-        );
+        };
+        self.observe(line.code, conn.client, label.as_ref(), &outcome, seen);
         open
     }
 
@@ -766,9 +784,7 @@ impl Sim {
         id: ClientId,
         label: Option<&Name>,
         outcome: &Outcome,
-        first: bool,
-        invalid: bool,
-        refused: bool,
+        seen: Seen,
     ) {
         let reply_code = outcome.code().map(sfc_proto::ResponseCode::as_u16);
         *self
@@ -777,8 +793,10 @@ impl Sim {
             .entry(reply_code.unwrap_or(0))
             .or_default() += 1;
         assert!(
-            allowed(code, reply_code, first, invalid, refused),
-            "request {code} (first on its connection: {first}, invalid: {invalid}) got {outcome:?}"
+            allowed(code, reply_code, seen),
+            "request {code} (first on its connection: {}, invalid: {}) got {outcome:?}",
+            seen.first,
+            seen.invalid
         );
         let Some(reply) = &outcome.reply else {
             return;
