@@ -860,6 +860,82 @@ fn long_client_lists_paginate_on_the_pages() {
     let reply = conn.call(&register_request("<b>bold</b>"));
     assert!(matches!(reply, Response::Registered { .. }), "{reply:?}");
     let (_, first) = admin.page(&cookie, "/clients");
-    assert!(first.contains("&lt;b&gt;bold&lt;/b&gt;"));
+    assert!(first.contains("&#60;b&#62;bold&#60;/b&#62;"));
     assert!(!first.contains("<b>bold"));
+}
+
+/// Undoes the templates' HTML escaping (askama writes numeric references).
+fn unescape(html: &str) -> String {
+    [
+        ("&#60;", "<"),
+        ("&#62;", ">"),
+        ("&#34;", "\""),
+        ("&#39;", "'"),
+        ("&#38;", "&"),
+    ]
+    .iter()
+    .fold(html.to_owned(), |text, (entity, plain)| {
+        text.replace(entity, plain)
+    })
+}
+
+/// The text between `before` and the next `"` (an attribute's value).
+fn attribute<'a>(page: &'a str, before: &str) -> &'a str {
+    let start = page.find(before).unwrap() + before.len();
+    let len = page[start..].find('"').unwrap();
+    &page[start..start + len]
+}
+
+#[test]
+fn names_and_labels_are_escaped_on_the_pages_and_their_forms_still_work() {
+    let admin = Admin::start();
+    let name = "<script>alert(\"x&'y\")</script>";
+    let label = "<i>\"a&b'</i> c.txt";
+    let (mut conn, id, key) = enrolled(&admin, name);
+    store_file(&mut conn, id, &key, label, b"hostile label");
+    let cookie = admin.login();
+    let escaped_name = "&#60;script&#62;alert(&#34;x&#38;&#39;y&#34;)&#60;/script&#62;";
+    let (status, clients) = admin.page(&cookie, "/clients");
+    assert_eq!(status, 200);
+    assert!(
+        clients.contains(&format!(">{escaped_name}</a>")),
+        "{clients}"
+    );
+    assert!(!clients.contains("<script>alert"));
+    let (status, page) = admin.page(&cookie, &format!("/clients/{id}"));
+    assert_eq!(status, 200);
+    assert!(
+        !page.contains("<script>alert") && !page.contains("<i>"),
+        "{page}"
+    );
+    assert!(page.contains(&format!("<h1>Client {escaped_name}</h1>")));
+    assert!(page.contains(&format!("data-confirm=\"Remove {escaped_name} and all")));
+    let escaped_label = "&#60;i&#62;&#34;a&#38;b&#39;&#60;/i&#62; c.txt";
+    assert!(page.contains(&format!("<td data-label=\"Label\">{escaped_label}</td>")));
+    assert!(page.contains(&format!("data-confirm=\"Delete {escaped_label}?\"")));
+    // What a browser reads back from the markup is the label itself: the download link
+    // and the delete form reach the file.
+    let href = unescape(attribute(&page, "<a class=\"button\" href=\""));
+    let mut response = admin
+        .agent
+        .get(admin.url(&href))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{href}");
+    assert_eq!(response.body_mut().read_to_vec().unwrap(), b"hostile label");
+    let field = unescape(attribute(
+        &page,
+        "<input type=\"hidden\" name=\"name\" value=\"",
+    ));
+    assert_eq!(field, label);
+    let csrf = csrf_of(&page);
+    let response = admin
+        .agent
+        .post(admin.url(&format!("/clients/{id}/delete")))
+        .header("Cookie", &cookie)
+        .send_form([("name", field.as_str()), ("csrf", csrf.as_str())])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert!(admin.server.db().file(&id, label).unwrap().is_none());
 }

@@ -15,6 +15,7 @@ mod api;
 mod auth;
 mod listen;
 mod pages;
+mod templates;
 
 use crate::net::monitor::Monitor;
 use crate::session::Core;
