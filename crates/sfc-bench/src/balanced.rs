@@ -29,8 +29,6 @@ pub struct BalancedConfig<'a> {
     pub haproxy: &'a Path,
     /// The configuration to start from (docs/deploy/haproxy.cfg).
     pub template: &'a Path,
-    /// `--database` for every node (a shared PostgreSQL), or each node's SQLite.
-    pub database: Option<&'a str>,
 }
 
 /// The default template: the repository's docs/deploy/haproxy.cfg.
@@ -135,9 +133,7 @@ pub fn run(cfg: &BalancedConfig<'_>) -> Result<FlowResult> {
     let mut extra: Vec<String> = ["--proxy-protocol", "--proxy-from", "127.0.0.1"]
         .map(String::from)
         .to_vec();
-    if let Some(url) = cfg.database {
-        extra.extend(["--database".to_string(), url.to_string()]);
-    }
+    extra.extend(flows::database_args(cfg.flows.database));
     let mut nodes = Vec::new();
     for n in 0..cfg.nodes.max(1) {
         nodes.push(Server::start(
@@ -235,11 +231,11 @@ fn measure_balanced(ctx: &RunContext) -> Result<Vec<FlowResult>> {
                 file_size: cli.flow_file_size,
                 packet_size: cli.flow_packet_size,
                 timeout: Duration::from_secs(60),
+                database: cli.database.as_deref(),
             },
             nodes: cli.nodes,
             haproxy: &cli.haproxy,
             template: &template,
-            database: cli.database.as_deref(),
         });
         let _ = std::fs::remove_dir_all(&work);
         let result = result?;

@@ -36,17 +36,18 @@ pub struct Cli {
     /// Also run (d) with the server's data folder on disk (always done by `all`).
     #[arg(long, global = true)]
     pub flows_on_disk: bool,
-    /// Nodes behind HAProxy in (g).
+    /// Nodes behind HAProxy in (h).
     #[arg(long, global = true, default_value_t = 3)]
     pub nodes: usize,
-    /// The haproxy program for (g).
+    /// The haproxy program for (h).
     #[arg(long, global = true, default_value = "haproxy")]
     pub haproxy: PathBuf,
-    /// HAProxy configuration for (g) (its bind and server lines are replaced)
+    /// HAProxy configuration for (h) (its bind and server lines are replaced)
     /// [default: the repository's docs/deploy/haproxy.cfg].
     #[arg(long, global = true)]
     pub haproxy_config: Option<PathBuf>,
-    /// PostgreSQL URL the (g) nodes share (postgres://…) [default: each node's SQLite].
+    /// PostgreSQL URL for the server in (d) and the nodes of (h), which share it
+    /// (postgres://…; each run's client names are new) [default: SQLite].
     #[arg(long, global = true)]
     pub database: Option<String>,
     /// Idle connections in (e).

@@ -36,6 +36,8 @@ pub struct FlowConfig<'a> {
     pub packet_size: usize,
     /// A flow not finished within this counts as failed.
     pub timeout: Duration,
+    /// `--database` for the server(s): a PostgreSQL URL, or `None` for SQLite.
+    pub database: Option<&'a str>,
 }
 
 /// Figures of one run.
@@ -79,6 +81,9 @@ struct Shared {
     cksum: u32,
     packet_size: usize,
     file_name: Name,
+    /// Starts every client's name: unique per run, so that runs against one shared
+    /// PostgreSQL database never meet an earlier run's names (1601).
+    name_prefix: String,
 }
 
 async fn read_response(stream: &mut TcpStream) -> Result<Response> {
@@ -102,7 +107,7 @@ async fn flow(shared: Arc<Shared>, index: usize) -> Result<Duration> {
         .await
         .context("connect")?;
     stream.set_nodelay(true)?;
-    let name = Name::new(&format!("bench-flow-{index}")).map_err(|e| anyhow!("{e}"))?;
+    let name = Name::new(&format!("{}-{index}", shared.name_prefix)).map_err(|e| anyhow!("{e}"))?;
 
     let register = Request::new(ClientId::ZERO, RequestBody::Register { name: name.clone() });
     stream.write_all(&register.encode()).await?;
@@ -190,7 +195,7 @@ pub fn run(cfg: &FlowConfig<'_>) -> Result<FlowResult> {
     let (keys, plaintext) = prepare(cfg)?;
     let data = cfg.work.join("server");
     let _ = std::fs::remove_dir_all(&data);
-    let mut server = Server::start(&cfg.bins.server, &data, &[])?;
+    let mut server = Server::start(&cfg.bins.server, &data, &database_args(cfg.database))?;
     std::thread::sleep(Duration::from_millis(300));
     let server_idle_kb = server.rss_kb()?;
     let hwm_reset = reset_hwm(server.pid);
@@ -209,6 +214,26 @@ pub fn run(cfg: &FlowConfig<'_>) -> Result<FlowResult> {
     server.stop()?;
     let _ = std::fs::remove_dir_all(&data);
     Ok(result)
+}
+
+/// The server options that select the metadata store.
+pub fn database_args(database: Option<&str>) -> Vec<String> {
+    database
+        .map(|url| vec!["--database".to_string(), url.to_string()])
+        .unwrap_or_default()
+}
+
+/// `bench-flow-PID-SECONDS`: different for every run of every sfc-bench process.
+fn run_prefix() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "bench-flow-{}-{}{:03}",
+        std::process::id(),
+        since_epoch.as_secs(),
+        since_epoch.subsec_millis()
+    )
 }
 
 /// A few key pairs the clients share, each with its public key (DER).
@@ -269,6 +294,7 @@ pub fn drive(
         plaintext,
         packet_size: cfg.packet_size,
         file_name: Name::new("flow.bin").map_err(|e| anyhow!("{e}"))?,
+        name_prefix: run_prefix(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -370,8 +396,13 @@ pub fn run_flows(ctx: &mut RunContext, on_disk: bool) -> Result<()> {
     let peak = runs.iter().map(|r| r.server_peak_kb).max().unwrap_or(0);
     let idle = runs.iter().map(|r| r.server_idle_kb).max().unwrap_or(0);
     let worst_p99 = p99.max / 1000.0;
+    let metadata = if ctx.cli.database.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
     let what = format!(
-        "{} concurrent clients × (825, 826, {} B file in {} B packets, 900), data on {label}",
+        "{} concurrent clients × (825, 826, {} B file in {} B packets, 900), data on {label}, metadata in {metadata}",
         ctx.cli.clients, ctx.cli.flow_file_size, ctx.cli.flow_packet_size
     );
     ctx.rows.push(Row {
@@ -434,6 +465,7 @@ fn measure_flows(ctx: &RunContext, work: &Path) -> Result<Vec<FlowResult>> {
             file_size: ctx.cli.flow_file_size,
             packet_size: ctx.cli.flow_packet_size,
             timeout: Duration::from_secs(60),
+            database: ctx.cli.database.as_deref(),
         });
         let _ = std::fs::remove_dir_all(work);
         let result = result?;
