@@ -88,6 +88,9 @@ pub enum Scenario {
     /// (h): the flows of (d) through HAProxy (docs/deploy/haproxy.cfg) to --nodes nodes.
     /// Not part of `all`.
     Balanced,
+    /// What the kernel and the ciphers alone cost per GiB here, done as the programs do
+    /// them (tmpfs read and write, loopback TCP, AES, CRC): the floors of (a)'s CPU.
+    Floors,
     /// Everything above but s3 and balanced.
     All,
 }

@@ -13,7 +13,9 @@
 //! (f: AES decryption and cksum against `openssl speed -decrypt` and `cksum`), `s3` (g: the
 //! upload of a with the files in S3, a SeaweedFS on this machine, beside a run of a; not
 //! part of `all`, it needs `weed`), `balanced` (h: the flows of (d) through HAProxy to
-//! three nodes, docs/DEPLOY.md's deployment; not part of `all`, it needs `haproxy`).
+//! three nodes, docs/DEPLOY.md's deployment; not part of `all`, it needs `haproxy`),
+//! `floors` (what the kernel and the ciphers alone cost per GiB here, the floors of (a)'s
+//! CPU per thread).
 //!
 //! The tool exits non-zero when a run fails (a transfer, a flow, a child process), never
 //! because a figure misses its target.
@@ -21,6 +23,7 @@
 mod balanced;
 mod cli;
 mod context;
+mod floors;
 mod flows;
 mod idle;
 mod micro;
@@ -77,6 +80,9 @@ fn run_scenarios(ctx: &mut RunContext, scenario: Scenario) {
     }
     if all || scenario == Scenario::Tmpfs {
         step(ctx, "tmpfs", &upload::run_tmpfs);
+    }
+    if all || scenario == Scenario::Floors {
+        step(ctx, "floors", &floors::run_floors);
     }
     if all || scenario == Scenario::Disk {
         step(ctx, "disk", &upload::run_disk);

@@ -104,6 +104,14 @@ pub fn cpu_secs(pid: u32, children: bool) -> Option<f64> {
     )
 }
 
+/// CPU time (user + system) of the calling thread, seconds.
+pub fn thread_cpu_secs() -> Option<f64> {
+    stat_cpu_secs(
+        &std::fs::read_to_string("/proc/thread-self/stat").ok()?,
+        false,
+    )
+}
+
 /// CPU seconds from the text of a `/proc/PID/stat` or `/proc/PID/task/TID/stat` file.
 fn stat_cpu_secs(text: &str, children: bool) -> Option<f64> {
     // Fields after the command name (which may contain spaces) in parentheses.

@@ -1,0 +1,276 @@
+//! The CPU floors of one upload on this host: what the kernel and the ciphers alone cost
+//! per GiB, done the way `sfc-client` and `sfc-server` do them (the same system calls
+//! and sizes), each timed by the CPU time of the one thread doing it. An upload's threads
+//! can get near these figures, never below them, so they tell which part of (a)'s CPU is
+//! the programs' own and which is the machine's.
+//!
+//! - tmpfs read: the source file in 1 MiB `read`s (the client's reader);
+//! - tmpfs write: 1 MiB `write`s into a new file on the same tmpfs (the server's batches),
+//!   the second of two writes, since the first touch of guest memory costs extra;
+//! - loopback TCP: 1 MiB `write`s (the client's writer) to 64 KiB `read`s (the server's
+//!   read buffer while content streams), sender and receiver each on its own thread;
+//! - AES-256-CBC encrypt and decrypt (sfc-crypto `update_into`, 64 KiB pieces) and CRC
+//!   (sfc-crypto `Cksum`) of data in memory.
+
+use crate::context::RunContext;
+use crate::procs::thread_cpu_secs;
+use anyhow::{anyhow, Context, Result};
+use serde_json::json;
+use sfc_crypto::{AesKey, CbcDecryptor, CbcEncryptor, Cksum};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+
+const GIB: f64 = (1u64 << 30) as f64;
+const CHUNK: usize = 1 << 20;
+const SOCKET_READ: usize = 64 * 1024;
+const PIECE: usize = 64 * 1024;
+/// In-memory data the cipher and CRC floors work on, again and again (the file's size
+/// in all).
+const MEMORY_DATA: usize = 16 << 20;
+
+/// CPU seconds per GiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Floors {
+    /// Reading a tmpfs file.
+    pub tmpfs_read: f64,
+    /// Writing a new tmpfs file.
+    pub tmpfs_write: f64,
+    /// Sending over loopback TCP.
+    pub tcp_send: f64,
+    /// Receiving over loopback TCP.
+    pub tcp_receive: f64,
+    /// AES-256-CBC encryption.
+    pub encrypt: f64,
+    /// AES-256-CBC decryption.
+    pub decrypt: f64,
+    /// The cksum CRC.
+    pub crc: f64,
+}
+
+impl Floors {
+    /// The client's reader thread: read + CRC.
+    pub fn client_reader(&self) -> f64 {
+        self.tmpfs_read + self.crc
+    }
+
+    /// The client's threads other than the encrypting one: reader + writer (send).
+    pub fn client_others(&self) -> f64 {
+        self.client_reader() + self.tcp_send
+    }
+
+    /// The server, for one upload to a tmpfs data folder: receive, decrypt, CRC, write.
+    pub fn server(&self) -> f64 {
+        self.tcp_receive + self.decrypt + self.crc + self.tmpfs_write
+    }
+}
+
+/// CPU seconds `work` takes on the calling thread, with its result.
+fn on_this_thread<T>(work: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
+    let before = thread_cpu_secs().context("no /proc/thread-self/stat")?;
+    let result = work()?;
+    let after = thread_cpu_secs().context("no /proc/thread-self/stat")?;
+    Ok((after - before, result))
+}
+
+fn read_file(source: &Path) -> Result<(f64, u64)> {
+    on_this_thread(|| {
+        let mut file = std::fs::File::open(source)?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    })
+}
+
+fn write_file(target: &Path, size: u64) -> Result<f64> {
+    let buf = vec![0x5au8; CHUNK];
+    let (cpu, ()) = on_this_thread(|| {
+        let mut file = std::fs::File::create(target)?;
+        let mut left = size;
+        while left > 0 {
+            let n = usize::try_from(left.min(CHUNK as u64))?;
+            file.write_all(buf.get(..n).unwrap_or_default())?;
+            left -= n as u64;
+        }
+        Ok(())
+    })?;
+    std::fs::remove_file(target)?;
+    Ok(cpu)
+}
+
+/// (sender CPU, receiver CPU) for `size` bytes over loopback.
+fn loopback(size: u64) -> Result<(f64, f64)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let sender = std::thread::spawn(move || -> Result<f64> {
+        let mut stream = TcpStream::connect(addr)?;
+        let buf = vec![0xa5u8; CHUNK];
+        let (cpu, ()) = on_this_thread(|| {
+            let mut left = size;
+            while left > 0 {
+                let n = usize::try_from(left.min(CHUNK as u64))?;
+                stream.write_all(buf.get(..n).unwrap_or_default())?;
+                left -= n as u64;
+            }
+            Ok(())
+        })?;
+        Ok(cpu)
+    });
+    let (mut stream, _) = listener.accept()?;
+    let mut buf = vec![0u8; SOCKET_READ];
+    let (receive, received) = on_this_thread(|| {
+        let mut total = 0u64;
+        loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    })?;
+    let send = sender
+        .join()
+        .map_err(|_| anyhow!("the sending thread panicked"))??;
+    anyhow::ensure!(received == size, "received {received} of {size} bytes");
+    Ok((send, receive))
+}
+
+/// (encrypt, decrypt, CRC) CPU seconds for `size` bytes of data in memory, each piece
+/// written into one reused output buffer as the programs do.
+fn ciphers(size: u64) -> Result<(f64, f64, f64)> {
+    let key = AesKey::random();
+    let len = usize::try_from(size)?.clamp(PIECE, MEMORY_DATA);
+    let plain: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+    let rounds = usize::try_from(size)?.div_ceil(len);
+    let mut out = vec![0u8; PIECE + 64];
+    let mut encryptor = CbcEncryptor::new(&key).map_err(|e| anyhow!("{e}"))?;
+    let mut decryptor = CbcDecryptor::new(&key).map_err(|e| anyhow!("{e}"))?;
+    let (encrypt, ()) = on_this_thread(|| {
+        for _ in 0..rounds {
+            for piece in plain.chunks(PIECE) {
+                encryptor
+                    .update_into(piece, &mut out)
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        Ok(())
+    })?;
+    // Any bytes decrypt (only a final padding check could fail, and there is none).
+    let (decrypt, ()) = on_this_thread(|| {
+        for _ in 0..rounds {
+            for piece in plain.chunks(PIECE) {
+                decryptor
+                    .update_into(piece, &mut out)
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        Ok(())
+    })?;
+    let (crc, sum) = on_this_thread(|| {
+        let mut sum = Cksum::new();
+        for _ in 0..rounds {
+            sum.update(&plain);
+        }
+        Ok(sum.finish())
+    })?;
+    std::hint::black_box(sum);
+    let scale = (len * rounds) as f64 / size as f64;
+    Ok((encrypt / scale, decrypt / scale, crc / scale))
+}
+
+/// Measures the floors with `source` (a file on tmpfs) and a scratch file in `dir` (the
+/// same tmpfs).
+pub fn measure(source: &Path, dir: &Path) -> Result<Floors> {
+    let (read_cpu, size) = read_file(source)?;
+    anyhow::ensure!(size > 0, "{} is empty", source.display());
+    let per_gib = GIB / size as f64;
+    let scratch = dir.join(format!("sfc-bench-floor-{}.bin", std::process::id()));
+    write_file(&scratch, size)?; // first touch of the guest's memory
+    let write_cpu = write_file(&scratch, size)?;
+    let (send, receive) = loopback(size)?;
+    let (encrypt, decrypt, crc) = ciphers(size)?;
+    Ok(Floors {
+        tmpfs_read: read_cpu * per_gib,
+        tmpfs_write: write_cpu * per_gib,
+        tcp_send: send * per_gib,
+        tcp_receive: receive * per_gib,
+        encrypt: encrypt * per_gib,
+        decrypt: decrypt * per_gib,
+        crc: crc * per_gib,
+    })
+}
+
+/// The floors as a note line.
+pub fn describe(f: &Floors) -> String {
+    format!(
+        "CPU floors per GiB on this host (one thread each, the programs' system calls and sizes): tmpfs read {:.2} s, tmpfs write {:.2} s, loopback TCP send {:.2} s / receive {:.2} s, AES-256-CBC encrypt {:.2} s / decrypt {:.2} s, CRC {:.2} s; so at best sfc-client's reader {:.2} s, its reader + writer {:.2} s, its encrypting thread {:.2} s, and sfc-server {:.2} s (receive + decrypt + CRC + write)",
+        f.tmpfs_read,
+        f.tmpfs_write,
+        f.tcp_send,
+        f.tcp_receive,
+        f.encrypt,
+        f.decrypt,
+        f.crc,
+        f.client_reader(),
+        f.client_others(),
+        f.encrypt,
+        f.server()
+    )
+}
+
+/// The floors as JSON.
+pub fn to_json(f: &Floors) -> serde_json::Value {
+    json!({
+        "tmpfs_read_s_per_gib": f.tmpfs_read, "tmpfs_write_s_per_gib": f.tmpfs_write,
+        "tcp_send_s_per_gib": f.tcp_send, "tcp_receive_s_per_gib": f.tcp_receive,
+        "encrypt_s_per_gib": f.encrypt, "decrypt_s_per_gib": f.decrypt, "crc_s_per_gib": f.crc,
+        "client_others_s_per_gib": f.client_others(), "server_s_per_gib": f.server(),
+    })
+}
+
+/// Scenario `floors`: measured alone, or after (a) in `tmpfs`.
+pub fn run_floors(ctx: &mut RunContext) -> Result<()> {
+    eprintln!("CPU floors per GiB ...");
+    let source = ctx.source()?;
+    let floors = measure(&source, &ctx.shm)?;
+    let line = describe(&floors);
+    eprintln!("    {line}");
+    ctx.notes.push(line);
+    ctx.json.insert("floors".into(), to_json(&floors));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floors_of_a_small_file_are_positive_and_add_up() {
+        let dir = std::env::temp_dir().join(format!("sfc-bench-floors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = dir.join("source.bin");
+        std::fs::write(&source, vec![7u8; 4 << 20]).unwrap();
+        let floors = measure(&source, &dir).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(left.len(), 1, "only the source is left: {left:?}");
+        let all = [
+            floors.tmpfs_read,
+            floors.tmpfs_write,
+            floors.tcp_send,
+            floors.tcp_receive,
+            floors.encrypt,
+            floors.decrypt,
+            floors.crc,
+        ];
+        assert!(all.iter().all(|s| s.is_finite() && *s >= 0.0), "{floors:?}");
+        let sum = floors.tcp_receive + floors.decrypt + floors.crc + floors.tmpfs_write;
+        assert!((floors.server() - sum).abs() < 1e-12);
+    }
+}
