@@ -17,6 +17,7 @@ use sfc_server::config::PostgresUrl;
 use sfc_server::{FileRecord, Inserted, MetaStore, PostgresStore, StoreError, Timestamp};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 fn id(n: u8) -> ClientId {
     ClientId([n; 16])
@@ -298,7 +299,13 @@ fn two_nodes_racing_for_one_name_give_exactly_one_winner_every_time() {
         return;
     };
     let url = cluster.url(&db);
-    let nodes = [Node::start(&url), Node::start(&url)];
+    let mut nodes = [Node::start(&url), Node::start(&url)];
+    // The second found the tables made by the first, quietly (no PostgreSQL NOTICE).
+    let notices = nodes[1]
+        .process
+        .lines_containing("already exists", Duration::ZERO);
+    assert!(notices.is_empty(), "{notices:?}");
+    assert!(nodes[1].process.wait_for("database ready").is_some());
     let mut a = Conn::connect(nodes[0].addr);
     let mut b = Conn::connect(nodes[1].addr);
     for round in 0..100 {
