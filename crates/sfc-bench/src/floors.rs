@@ -141,6 +141,25 @@ fn loopback(size: u64) -> Result<(f64, f64)> {
     Ok((send, receive))
 }
 
+/// CPU seconds of `rounds` passes of `step` over `plain` in [`PIECE`]s, each written into
+/// one reused output buffer.
+fn cipher_cpu(
+    plain: &[u8],
+    rounds: usize,
+    mut step: impl FnMut(&[u8], &mut [u8]) -> Result<usize, sfc_crypto::CryptoError>,
+) -> Result<f64> {
+    let mut out = vec![0u8; PIECE + 64];
+    let (cpu, ()) = on_this_thread(|| {
+        for _ in 0..rounds {
+            for piece in plain.chunks(PIECE) {
+                step(piece, &mut out).map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(cpu)
+}
+
 /// (encrypt, decrypt, CRC) CPU seconds for `size` bytes of data in memory, each piece
 /// written into one reused output buffer as the programs do.
 fn ciphers(size: u64) -> Result<(f64, f64, f64)> {
@@ -148,29 +167,14 @@ fn ciphers(size: u64) -> Result<(f64, f64, f64)> {
     let len = usize::try_from(size)?.clamp(PIECE, MEMORY_DATA);
     let plain: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
     let rounds = usize::try_from(size)?.div_ceil(len);
-    let mut out = vec![0u8; PIECE + 64];
     let mut encryptor = CbcEncryptor::new(&key).map_err(|e| anyhow!("{e}"))?;
     let mut decryptor = CbcDecryptor::new(&key).map_err(|e| anyhow!("{e}"))?;
-    let (encrypt, ()) = on_this_thread(|| {
-        for _ in 0..rounds {
-            for piece in plain.chunks(PIECE) {
-                encryptor
-                    .update_into(piece, &mut out)
-                    .map_err(|e| anyhow!("{e}"))?;
-            }
-        }
-        Ok(())
+    let encrypt = cipher_cpu(&plain, rounds, |piece, out| {
+        encryptor.update_into(piece, out)
     })?;
     // Any bytes decrypt (only a final padding check could fail, and there is none).
-    let (decrypt, ()) = on_this_thread(|| {
-        for _ in 0..rounds {
-            for piece in plain.chunks(PIECE) {
-                decryptor
-                    .update_into(piece, &mut out)
-                    .map_err(|e| anyhow!("{e}"))?;
-            }
-        }
-        Ok(())
+    let decrypt = cipher_cpu(&plain, rounds, |piece, out| {
+        decryptor.update_into(piece, out)
     })?;
     let (crc, sum) = on_this_thread(|| {
         let mut sum = Cksum::new();
