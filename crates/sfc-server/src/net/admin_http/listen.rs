@@ -1,5 +1,6 @@
 //! The admin socket: binding (the token, the TLS files), accepting plain TCP or TLS
-//! connections with a bounded handshake, and serving the router until shutdown.
+//! connections (each TLS handshake its own task, bounded in time and in number), and
+//! serving the router until shutdown.
 
 use super::auth::{self, Sessions};
 use super::{router, AdminState, Peer, Shared};
@@ -16,6 +17,9 @@ use tokio::net::TcpListener;
 
 /// A TLS handshake on the admin listener must finish within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes under way at once; connections beyond are closed at once, so a flood
+/// of silent connections costs at most this many tasks (each gone within the time-out).
+const MAX_HANDSHAKES: usize = 64;
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, AdminListener>>
     for Peer
@@ -33,6 +37,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub(crate) struct AdminListener {
     tcp: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS handshakes under way, each its own task: a client that connects and sends
+    /// nothing delays nobody else.
+    handshakes: tokio::task::JoinSet<Option<(Box<dyn Io>, SocketAddr)>>,
 }
 
 impl std::fmt::Debug for AdminListener {
@@ -50,22 +57,38 @@ impl axum::serve::Listener for AdminListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let (stream, peer) = match self.tcp.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "admin listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+            tokio::select! {
+                accepted = self.tcp.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            tracing::warn!(%error, "admin listener: accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let Some(acceptor) = &self.tls else {
+                        return (Box::new(stream), peer);
+                    };
+                    if self.handshakes.len() >= MAX_HANDSHAKES {
+                        tracing::info!(%peer, "admin listener: too many TLS handshakes under way; connection closed");
+                        continue;
+                    }
+                    let acceptor = acceptor.clone();
+                    self.handshakes.spawn(async move {
+                        match crate::net::tls::handshake(&acceptor, stream, HANDSHAKE_TIMEOUT).await {
+                            Ok(tls) => Some((Box::new(tls) as Box<dyn Io>, peer)),
+                            Err(reason) => {
+                                tracing::info!(%peer, %reason, "admin listener: TLS handshake failed");
+                                None
+                            }
+                        }
+                    });
                 }
-            };
-            let Some(acceptor) = &self.tls else {
-                return (Box::new(stream), peer);
-            };
-            // One handshake at a time, each bounded: enough for an operator's browser.
-            match crate::net::tls::handshake(acceptor, stream, HANDSHAKE_TIMEOUT).await {
-                Ok(tls) => return (Box::new(tls), peer),
-                Err(reason) => {
-                    tracing::info!(%peer, %reason, "admin listener: TLS handshake failed")
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(ready)) = done {
+                        return ready;
+                    }
                 }
             }
         }
@@ -103,7 +126,11 @@ impl AdminServer {
             .with_context(|| format!("cannot listen on --admin-listen {}", config.listen))?;
         let secure_cookie = tls.is_some();
         Ok(AdminServer {
-            listener: AdminListener { tcp, tls },
+            listener: AdminListener {
+                tcp,
+                tls,
+                handshakes: tokio::task::JoinSet::new(),
+            },
             state: Arc::new(AdminState {
                 core,
                 monitor,
