@@ -113,11 +113,28 @@ fn the_store_keeps_the_contract_of_defensive_db() {
     };
     store.put_file(&replaced, t).unwrap();
     assert_eq!(store.files().unwrap(), std::slice::from_ref(&replaced));
+    // An operator's removal (no `seen`) leaves LastSeen; the client's own (902) moves it.
+    let seen_before = store.client(&id(1)).unwrap().unwrap().last_seen;
     assert_eq!(
-        store.remove_file(&id(1), "a/b.txt", t).unwrap(),
+        store.remove_file(&id(1), "a/b.txt", None).unwrap(),
+        Some(replaced.clone())
+    );
+    assert_eq!(
+        store.client(&id(1)).unwrap().unwrap().last_seen,
+        seen_before
+    );
+    store.put_file(&replaced, t).unwrap();
+    assert_eq!(
+        store
+            .remove_file(&id(1), "a/b.txt", Some(Timestamp(3_000)))
+            .unwrap(),
         Some(replaced)
     );
-    assert_eq!(store.remove_file(&id(1), "a/b.txt", t).unwrap(), None);
+    assert_eq!(
+        store.client(&id(1)).unwrap().unwrap().last_seen.as_deref(),
+        Some("1970-01-01 00:00:03.000")
+    );
+    assert_eq!(store.remove_file(&id(1), "a/b.txt", Some(t)).unwrap(), None);
     // A file row needs its client (foreign key).
     assert!(store
         .put_file(

@@ -181,14 +181,13 @@ impl Core {
 
     /// Deletes one stored file (the row first, then the file, as for a 902). An upload
     /// in progress is left alone: if it finishes, the client has sent the file again.
-    /// `Ok(None)`: no such file.
+    /// `Ok(None)`: no such file. The client's `LastSeen` stays: the client did nothing.
     pub fn admin_remove_file(
         &self,
         id: &ClientId,
         file_name: &str,
-        now: Timestamp,
     ) -> Result<Option<crate::storage::FileRecord>, StoreError> {
-        let removed = self.meta.remove_file(id, file_name, now)?;
+        let removed = self.meta.remove_file(id, file_name, None)?;
         if let Some(record) = &removed {
             self.blobs.remove(&record.path)?;
         }
@@ -418,7 +417,10 @@ impl Core {
         if let Err(outcome) = self.known_client(id) {
             return outcome;
         }
-        let removed = match self.meta.remove_file(&id, file_name.as_str(), ctx.now) {
+        let removed = match self
+            .meta
+            .remove_file(&id, file_name.as_str(), Some(ctx.now))
+        {
             Ok(removed) => removed,
             Err(error) => return store_error("cannot remove the file record", error),
         };

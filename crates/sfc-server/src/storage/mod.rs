@@ -155,12 +155,14 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
             .into_iter()
             .find(|f| f.client_id == *id && f.file_name == file_name))
     }
-    /// Deletes a file row and returns it.
+    /// Deletes a file row and returns it; with `seen`, in the same transaction advances
+    /// the client's `LastSeen` (a 902 is the client's own request; an operator's removal
+    /// passes `None` and leaves it).
     fn remove_file(
         &self,
         id: &ClientId,
         file_name: &str,
-        now: Timestamp,
+        seen: Option<Timestamp>,
     ) -> Result<Option<FileRecord>, StoreError>;
     /// Deletes a client and the rows of all its files in one transaction (its name is
     /// free again); returns the removed file rows, or `None` when there is no such

@@ -5,7 +5,6 @@ use super::access::{authenticate, check_csrf};
 use super::api::{blocking, client_id};
 use super::{AdminState, ApiError, Peer, Shared};
 use crate::session::ClientRemoval;
-use crate::storage::Timestamp;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -140,7 +139,7 @@ pub(crate) async fn remove_file(
     let id = client_id(id)?;
     let core = Arc::clone(&state.core);
     let label = name.to_owned();
-    let removed = blocking(move || Ok(core.admin_remove_file(&id, &label, Timestamp::now())?))
+    let removed = blocking(move || Ok(core.admin_remove_file(&id, &label)?))
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such file"))?;
     tracing::info!(client = %id.short(), file = %removed.file_name, "admin: file deleted");

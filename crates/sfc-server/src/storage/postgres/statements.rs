@@ -188,8 +188,16 @@ impl MetaStore for PostgresStore {
         &self,
         id: &ClientId,
         file_name: &str,
-        now: Timestamp,
+        seen: Option<Timestamp>,
     ) -> Result<Option<FileRecord>, StoreError> {
+        let Some(now) = seen else {
+            let rows = self.query(
+                "DELETE FROM files WHERE ID = $1 AND FileName = $2
+                 RETURNING ID, FileName, PathName, Verified",
+                &[&&id.0[..], &file_name],
+            )?;
+            return rows.first().map(file_from_row).transpose();
+        };
         let now = now.to_string();
         let rows = self.query(
             &format!(

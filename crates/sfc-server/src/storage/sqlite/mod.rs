@@ -367,7 +367,7 @@ impl MetaStore for SqliteStore {
         &self,
         id: &ClientId,
         file_name: &str,
-        now: Timestamp,
+        seen: Option<Timestamp>,
     ) -> Result<Option<FileRecord>, StoreError> {
         let (id, file_name) = (*id, file_name.to_owned());
         self.write(move |c| {
@@ -381,7 +381,9 @@ impl MetaStore for SqliteStore {
                 c.prepare_cached("DELETE FROM files WHERE ID = ?1 AND FileName = ?2")?
                     .execute(params![&id.0[..], file_name])?;
             }
-            touch_one(c, &id, now)?;
+            if let Some(now) = seen {
+                touch_one(c, &id, now)?;
+            }
             Ok(record)
         })
     }

@@ -53,8 +53,27 @@ fn clients_and_files_round_trip() {
     assert!(store.files().unwrap()[0].verified);
     store.put_file(&file, t).unwrap();
     assert!(!store.files().unwrap()[0].verified);
-    assert_eq!(store.remove_file(&id(1), "a/b.txt", t).unwrap(), Some(file));
-    assert_eq!(store.remove_file(&id(1), "a/b.txt", t).unwrap(), None);
+    // An operator's removal (no `seen`) leaves LastSeen; the client's own (902) moves it.
+    let seen_before = store.client(&id(1)).unwrap().unwrap().last_seen;
+    assert_eq!(
+        store.remove_file(&id(1), "a/b.txt", None).unwrap(),
+        Some(file.clone())
+    );
+    assert_eq!(
+        store.client(&id(1)).unwrap().unwrap().last_seen,
+        seen_before
+    );
+    store.put_file(&file, t).unwrap();
+    let later = Timestamp(9_000);
+    assert_eq!(
+        store.remove_file(&id(1), "a/b.txt", Some(later)).unwrap(),
+        Some(file)
+    );
+    assert_eq!(
+        store.client(&id(1)).unwrap().unwrap().last_seen.as_deref(),
+        Some("1970-01-01 00:00:09.000")
+    );
+    assert_eq!(store.remove_file(&id(1), "a/b.txt", Some(t)).unwrap(), None);
     store
         .touch(&[(id(1), Timestamp(5_000)), (id(2), Timestamp(5_000))])
         .unwrap();

@@ -214,10 +214,10 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
         &self,
         id: &ClientId,
         file_name: &str,
-        now: Timestamp,
+        seen: Option<Timestamp>,
     ) -> Result<Option<FileRecord>, StoreError> {
         self.commit()?;
-        self.inner.remove_file(id, file_name, now)
+        self.inner.remove_file(id, file_name, seen)
     }
     fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError> {
         self.commit()?;

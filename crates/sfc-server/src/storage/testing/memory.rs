@@ -257,12 +257,14 @@ impl MetaStore for MemoryMeta {
         &self,
         id: &ClientId,
         file_name: &str,
-        now: Timestamp,
+        seen: Option<Timestamp>,
     ) -> Result<Option<FileRecord>, StoreError> {
         self.shared.faults.durable_db()?;
         let mut tables = self.shared.tables();
         let removed = tables.files.remove(&(*id, file_name.to_owned()));
-        touch(&mut tables, id, now);
+        if let Some(now) = seen {
+            touch(&mut tables, id, now);
+        }
         Ok(removed)
     }
 
