@@ -357,6 +357,10 @@ fn the_api_lists_pages_downloads_deletes_and_frees_names() {
     for path in &paths {
         assert!(!admin.server.root().join(path).exists(), "{path}");
     }
+    // Its folder too (it was empty).
+    let folder = std::path::Path::new(&paths[0]).parent().unwrap();
+    assert!(folder.ends_with(alice.to_hex()), "{}", folder.display());
+    assert!(!admin.server.root().join(folder).exists());
     assert_eq!(admin.delete(&format!("/api/v1/clients/{alice}")).0, 404);
     let mut conn = admin.server.connect();
     let Response::Registered { client_id } = conn.call(&register_request("alice")) else {

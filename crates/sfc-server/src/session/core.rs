@@ -213,6 +213,7 @@ impl Core {
         for file in &files {
             self.blobs.remove(&file.path)?;
         }
+        self.blobs.remove_client(id)?;
         Ok(ClientRemoval::Removed(files))
     }
 

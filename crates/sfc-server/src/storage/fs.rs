@@ -164,6 +164,23 @@ impl BlobStore for LocalBlobStore {
         Ok(())
     }
 
+    fn remove_client(&self, client: &ClientId) -> io::Result<()> {
+        let files = self.root.join(FILES_DIR);
+        // Not empty: a file the rows did not name (or a temporary file) stays, with it.
+        match fs::remove_dir(files.join(client.to_hex())) {
+            Ok(()) => sync_dir(&files),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                ) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {
         Ok(Box::new(fs::File::open(self.resolve(path)?)?))
     }

@@ -190,6 +190,12 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     }
     /// Removes a stored file given its path relative to the data folder.
     fn remove(&self, path: &str) -> io::Result<()>;
+    /// After a removed client's files: removes what the store keeps for the client
+    /// beyond them (a local folder's per-client directory, if it is empty). The default:
+    /// nothing to remove (object stores have no folders).
+    fn remove_client(&self, _client: &ClientId) -> io::Result<()> {
+        Ok(())
+    }
     /// Opens a stored file for reading (the admin's download), given its path relative
     /// to the data folder. The default: not supported by this store.
     fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {

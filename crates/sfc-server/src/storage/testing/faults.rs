@@ -270,6 +270,9 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
     fn remove(&self, path: &str) -> io::Result<()> {
         self.inner.remove(path)
     }
+    fn remove_client(&self, client: &ClientId) -> io::Result<()> {
+        self.inner.remove_client(client)
+    }
     fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {
         self.inner.open(path)
     }
