@@ -321,17 +321,27 @@ impl MetaStore for SqliteStore {
     fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
         let file = file.clone();
         self.write(move |c| {
-            c.prepare_cached(
-                "INSERT INTO files (ID, FileName, PathName, Verified) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (ID, FileName) DO UPDATE
-                 SET PathName = excluded.PathName, Verified = excluded.Verified",
-            )?
-            .execute(params![
-                &file.client_id.0[..],
-                file.file_name,
-                file.path,
-                i64::from(file.verified)
-            ])?;
+            // Only for a client that exists: the table has no foreign key (its schema is
+            // the original's), and a client may be removed while its upload finishes.
+            let written = c
+                .prepare_cached(
+                    "INSERT INTO files (ID, FileName, PathName, Verified)
+                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM clients WHERE ID = ?1)
+                     ON CONFLICT (ID, FileName) DO UPDATE
+                     SET PathName = excluded.PathName, Verified = excluded.Verified",
+                )?
+                .execute(params![
+                    &file.client_id.0[..],
+                    file.file_name,
+                    file.path,
+                    i64::from(file.verified)
+                ])?;
+            if written == 0 {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                    Some("a file row for a client that does not exist".into()),
+                ));
+            }
             touch_one(c, &file.client_id, now)
         })
     }

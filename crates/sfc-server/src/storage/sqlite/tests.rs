@@ -67,13 +67,21 @@ fn clients_and_files_round_trip() {
     let later = Timestamp(9_000);
     assert_eq!(
         store.remove_file(&id(1), "a/b.txt", Some(later)).unwrap(),
-        Some(file)
+        Some(file.clone())
     );
     assert_eq!(
         store.client(&id(1)).unwrap().unwrap().last_seen.as_deref(),
         Some("1970-01-01 00:00:09.000")
     );
     assert_eq!(store.remove_file(&id(1), "a/b.txt", Some(t)).unwrap(), None);
+    // A file row needs its client (checked in the same transaction: no foreign key in
+    // the original's schema), so a client removed meanwhile gets no orphan row.
+    let orphan = FileRecord {
+        client_id: id(7),
+        ..file.clone()
+    };
+    assert!(store.put_file(&orphan, t).is_err());
+    assert!(store.file(&id(7), "a/b.txt").unwrap().is_none());
     store
         .touch(&[(id(1), Timestamp(5_000)), (id(2), Timestamp(5_000))])
         .unwrap();
