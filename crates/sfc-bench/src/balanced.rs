@@ -235,6 +235,8 @@ fn measure_balanced(ctx: &RunContext) -> Result<Vec<FlowResult>> {
                 file_size: cli.flow_file_size,
                 packet_size: cli.flow_packet_size,
                 timeout: Duration::from_secs(60),
+                // The nodes of (h) run without the admin listener.
+                admin: None,
             },
             nodes: cli.nodes,
             haproxy: &cli.haproxy,

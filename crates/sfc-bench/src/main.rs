@@ -15,9 +15,14 @@
 //! part of `all`, it needs `weed`), `balanced` (h: the flows of (d) through HAProxy to
 //! three nodes, docs/DEPLOY.md's deployment; not part of `all`, it needs `haproxy`).
 //!
+//! `--admin` starts the servers with their admin HTTP listener on (and asks it for
+//! /healthz and /metrics once); `--syscalls` counts each side's system calls in one more
+//! upload of (a) and (b) with strace; the server's CPU per thread is always reported.
+//!
 //! The tool exits non-zero when a run fails (a transfer, a flow, a child process), never
 //! because a figure misses its target.
 
+mod admin;
 mod balanced;
 mod cli;
 mod context;
@@ -27,6 +32,8 @@ mod micro;
 mod procs;
 mod reference;
 mod report;
+mod syscalls;
+mod threads;
 mod upload;
 mod weed;
 
@@ -59,7 +66,13 @@ fn real_main(cli: Cli) -> Result<bool> {
     }
     let scenario = cli.scenario;
     let mut ctx = RunContext::new(cli)?;
-    let machine = reference::machine();
+    let mut machine = reference::machine();
+    if ctx.cli.admin {
+        machine.push((
+            "admin listener".into(),
+            "on (--admin-listen 127.0.0.1:0) in every server of (a)–(e) and (g), each asked for /healthz and /metrics once after start-up".into(),
+        ));
+    }
     let started = Instant::now();
     run_scenarios(&mut ctx, scenario);
     ctx.remove_source();
