@@ -232,6 +232,8 @@ fn measure_balanced(ctx: &RunContext) -> Result<Vec<FlowResult>> {
                 packet_size: cli.flow_packet_size,
                 timeout: Duration::from_secs(60),
                 database: cli.database.as_deref(),
+                // The nodes of (h) run without the admin listener.
+                admin: None,
             },
             nodes: cli.nodes,
             haproxy: &cli.haproxy,

@@ -68,6 +68,24 @@ pub struct Cli {
     /// Also write the raw figures as JSON to this file.
     #[arg(long, global = true)]
     pub json: Option<PathBuf>,
+    /// Start every server with its admin HTTP listener on, and use it once.
+    ///
+    /// The servers of tmpfs, disk, s3, flows and idle (not the nodes of balanced) get
+    /// `--admin-listen 127.0.0.1:0 --admin-token-file FILE` (FILE in this run's tmpfs
+    /// folder, created by the first server). After start-up and the idle RSS reading, each
+    /// server is asked for /healthz and /metrics (with the token); both must answer 200.
+    /// The report (machine section, notes, --json) says the listener was on, with the
+    /// server's RSS before and after those requests.
+    #[arg(long, global = true)]
+    pub admin: bool,
+    /// Count the system calls of one extra upload in tmpfs and disk (needs strace).
+    ///
+    /// After the measured runs, one unmeasured upload with `strace -f -c -p SERVER_PID`
+    /// attached to the server (detached with SIGINT afterwards) and the client started
+    /// under `strace -f -c`; the report gives each side's calls per GiB of file, in total
+    /// and for the most frequent syscalls. Without strace this is skipped with a note.
+    #[arg(long, global = true)]
+    pub syscalls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
@@ -136,5 +154,8 @@ mod tests {
             Cli::try_parse_from(["sfc-bench", "flows", "--clients", "7", "--size", "2M"]).unwrap();
         assert_eq!(cli.scenario, Scenario::Flows);
         assert_eq!((cli.clients, cli.size, cli.runs), (7, 2 << 20, 3));
+        assert!(!cli.admin && !cli.syscalls);
+        let cli = Cli::try_parse_from(["sfc-bench", "--admin", "tmpfs", "--syscalls"]).unwrap();
+        assert!(cli.admin && cli.syscalls);
     }
 }

@@ -106,15 +106,24 @@ impl RunContext {
         })
     }
 
+    /// `--admin`: the admin token file every server shares (created by the first), in
+    /// this run's tmpfs folder.
+    pub fn admin_token_file(&self) -> Option<PathBuf> {
+        self.cli.admin.then(|| self.shm.join("admin.token"))
+    }
+
     /// Scenario (a) or (b): uploads `source` with the server's data folder under `work`,
-    /// which is removed afterwards whatever the outcome.
+    /// which is removed afterwards whatever the outcome; `syscalls`: also count the
+    /// system calls of one more upload when `--syscalls` is given.
     pub fn upload(
         &self,
         source: &Path,
         work: &Path,
         disk: bool,
         store: Option<(&str, &[(String, String)])>,
+        syscalls: bool,
     ) -> Result<upload::UploadResult> {
+        let token_file = self.admin_token_file();
         let result = upload::run(&upload::UploadConfig {
             bins: &self.bins,
             work,
@@ -125,6 +134,8 @@ impl RunContext {
             disk,
             openssl_seconds: self.cli.openssl_seconds,
             store,
+            admin: token_file.as_deref(),
+            syscalls: syscalls && self.cli.syscalls,
         });
         let _ = std::fs::remove_dir_all(work);
         result
@@ -190,6 +201,7 @@ impl RunContext {
                     machine.iter().map(|(k, v)| (k.clone(), json!(v))).collect(),
                 ),
             );
+            json.insert("admin_listener".into(), json!(self.cli.admin));
             json.insert("failures".into(), json!(self.failures));
             std::fs::write(path, serde_json::to_string_pretty(&json)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;

@@ -6,6 +6,7 @@
 //! RSA key generation is left out of the flow (a few key pairs are made beforehand and
 //! shared): the server cannot tell, and a client generates its key once, not per upload.
 
+use crate::admin::{self, AdminCheck};
 use crate::context::RunContext;
 use crate::procs::{reset_hwm, status_kb, Bins, RssSampler, Server};
 use crate::report::{connect_from, loopback_source, mib, percentile, Row, Spread};
@@ -38,6 +39,8 @@ pub struct FlowConfig<'a> {
     pub timeout: Duration,
     /// `--database` for the server(s): a PostgreSQL URL, or `None` for SQLite.
     pub database: Option<&'a str>,
+    /// `--admin`: the admin listener on, its token in this file.
+    pub admin: Option<&'a Path>,
 }
 
 /// Figures of one run.
@@ -57,6 +60,8 @@ pub struct FlowResult {
     pub server_idle_kb: u64,
     /// Server peak RSS during the run, kB.
     pub server_peak_kb: u64,
+    /// `--admin`: what the admin listener answered after start-up.
+    pub admin: Option<AdminCheck>,
 }
 
 impl FlowResult {
@@ -195,9 +200,15 @@ pub fn run(cfg: &FlowConfig<'_>) -> Result<FlowResult> {
     let (keys, plaintext) = prepare(cfg)?;
     let data = cfg.work.join("server");
     let _ = std::fs::remove_dir_all(&data);
-    let mut server = Server::start(&cfg.bins.server, &data, &database_args(cfg.database))?;
+    let mut args = database_args(cfg.database);
+    args.extend(cfg.admin.map(admin::server_args).unwrap_or_default());
+    let mut server = Server::start(&cfg.bins.server, &data, &args)?;
     std::thread::sleep(Duration::from_millis(300));
     let server_idle_kb = server.rss_kb()?;
+    let admin = match cfg.admin {
+        Some(token_file) => Some(admin::exercise(&server, token_file)?),
+        None => None,
+    };
     let hwm_reset = reset_hwm(server.pid);
     let sampler = RssSampler::start(vec![server.pid]);
     let (outcomes, elapsed) = drive(server.addr, keys, plaintext, cfg)?;
@@ -211,6 +222,7 @@ pub fn run(cfg: &FlowConfig<'_>) -> Result<FlowResult> {
     let mut result = tally(outcomes, elapsed);
     result.server_idle_kb = server_idle_kb;
     result.server_peak_kb = sampled.max(hwm);
+    result.admin = admin;
     server.stop()?;
     let _ = std::fs::remove_dir_all(&data);
     Ok(result)
@@ -386,6 +398,7 @@ pub fn run_flows(ctx: &mut RunContext, on_disk: bool) -> Result<()> {
     );
     let runs = measure_flows(ctx, &work)?;
     let summary = FlowSummary::of(&runs);
+    let admin = admin_note(ctx, label, &runs);
     let (ok, started, rate, p50, p99) = (
         summary.ok,
         summary.started,
@@ -448,15 +461,28 @@ pub fn run_flows(ctx: &mut RunContext, on_disk: bool) -> Result<()> {
             "packet_size": ctx.cli.flow_packet_size, "ok": ok, "started": started,
             "flows_per_s": rate.json(), "p50_ms": p50.json(), "p99_ms": p99.json(),
             "server_idle_kb": idle, "server_peak_kb": peak,
-            "errors": &summary.errors,
+            "errors": &summary.errors, "admin": admin,
         }),
     );
     summary.check()
 }
 
+/// `--admin`: the note of what each run's server answered; their figures for `--json`.
+fn admin_note(ctx: &mut RunContext, label: &str, runs: &[FlowResult]) -> serde_json::Value {
+    let checks: Vec<AdminCheck> = runs.iter().filter_map(|r| r.admin).collect();
+    if !checks.is_empty() {
+        ctx.notes.push(format!(
+            "(d, data on {label}) {}",
+            AdminCheck::summary(&checks)
+        ));
+    }
+    json!(checks.iter().map(AdminCheck::json).collect::<Vec<_>>())
+}
+
 /// The `--runs` runs of (d) with the data folder under `work`, each line printed as it ends.
 fn measure_flows(ctx: &RunContext, work: &Path) -> Result<Vec<FlowResult>> {
     let mut runs = Vec::new();
+    let token_file = ctx.admin_token_file();
     for run in 0..ctx.cli.runs {
         let result = self::run(&FlowConfig {
             bins: &ctx.bins,
@@ -466,6 +492,7 @@ fn measure_flows(ctx: &RunContext, work: &Path) -> Result<Vec<FlowResult>> {
             packet_size: ctx.cli.flow_packet_size,
             timeout: Duration::from_secs(60),
             database: ctx.cli.database.as_deref(),
+            admin: token_file.as_deref(),
         });
         let _ = std::fs::remove_dir_all(work);
         let result = result?;

@@ -1,6 +1,7 @@
 //! Scenario (e): many idle connections held open (connected, nothing sent), the server's
 //! RSS with them, and a normal `sfc-client` upload served meanwhile.
 
+use crate::admin::{self, AdminCheck};
 use crate::context::RunContext;
 use crate::procs::{fd_count, run_client, Bins, Server};
 use crate::report::{connect_from, loopback_source, make_file, mib, Row};
@@ -22,6 +23,8 @@ pub struct IdleConfig<'a> {
     pub connections: usize,
     /// Size of the normal client's file.
     pub file_size: u64,
+    /// `--admin`: the admin listener on, its token in this file.
+    pub admin: Option<&'a Path>,
 }
 
 /// Figures of one run.
@@ -45,8 +48,10 @@ pub struct IdleResult {
     pub client_secs: f64,
     /// Idle connections still open after the normal client finished.
     pub still_open: usize,
-    /// Server options used.
+    /// Server options used (without the admin listener's).
     pub server_args: Vec<String>,
+    /// `--admin`: what the admin listener answered after start-up.
+    pub admin: Option<AdminCheck>,
 }
 
 /// Raises this process's open-file limit as far as the system allows (soft to hard; as
@@ -73,7 +78,9 @@ pub fn run(cfg: &IdleConfig<'_>) -> Result<IdleResult> {
     let data = cfg.work.join("server");
     let _ = std::fs::remove_dir_all(&data);
     let server_args = server_args(cfg)?;
-    let mut server = Server::start(&cfg.bins.server, &data, &server_args)?;
+    let mut args = server_args.clone();
+    args.extend(cfg.admin.map(admin::server_args).unwrap_or_default());
+    let mut server = Server::start(&cfg.bins.server, &data, &args)?;
     std::thread::sleep(Duration::from_millis(300));
     let mut result = IdleResult {
         own_nofile,
@@ -82,6 +89,11 @@ pub fn run(cfg: &IdleConfig<'_>) -> Result<IdleResult> {
         server_args,
         ..IdleResult::default()
     };
+    if let Some(token_file) = cfg.admin {
+        result.admin = Some(admin::exercise(&server, token_file)?);
+        // The server closes the admin connections before the descriptors are counted.
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let fds_before = fd_count(server.pid).unwrap_or(0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -223,22 +235,28 @@ fn count_still_open(streams: &[std::net::TcpStream]) -> usize {
 pub fn run_idle(ctx: &mut RunContext) -> Result<()> {
     eprintln!("(e) {} idle connections ...", ctx.cli.idle_connections);
     let work = ctx.shm.join("idle");
+    let token_file = ctx.admin_token_file();
     let result = self::run(&IdleConfig {
         bins: &ctx.bins,
         work: &work,
         connections: ctx.cli.idle_connections,
         file_size: 100_000,
+        admin: token_file.as_deref(),
     });
     let _ = std::fs::remove_dir_all(&work);
     let result = result?;
+    // Per connection: above the RSS just before they were opened (with --admin, after
+    // the admin requests, whose cost the admin note gives).
+    let before = result
+        .admin
+        .map_or(result.server_idle_kb, |c| c.rss_after_kb);
     ctx.rows.push(Row {
         id: "e".into(),
         what: format!("server RSS with {} idle connections held", result.held),
         ours: format!(
             "{:.1} MiB ({:.1} KiB per connection)",
             mib(result.server_rss_kb),
-            result.server_rss_kb.saturating_sub(result.server_idle_kb) as f64
-                / result.held.max(1) as f64
+            result.server_rss_kb.saturating_sub(before) as f64 / result.held.max(1) as f64
         ),
         reference: format!("idle {:.1} MiB", mib(result.server_idle_kb)),
         ratio: None,
@@ -270,6 +288,10 @@ pub fn run_idle(ctx: &mut RunContext) -> Result<()> {
         result.open_secs,
         result.still_open
     ));
+    if let Some(check) = result.admin {
+        ctx.notes
+            .push(format!("(e) {}", AdminCheck::summary(&[check])));
+    }
     ctx.json.insert(
         "e_idle".into(),
         json!({
@@ -278,7 +300,7 @@ pub fn run_idle(ctx: &mut RunContext) -> Result<()> {
             "own_nofile": [result.own_nofile.0, result.own_nofile.1],
             "server_nofile": result.server_nofile, "server_idle_kb": result.server_idle_kb,
             "server_rss_kb": result.server_rss_kb, "normal_client_secs": result.client_secs,
-            "server_args": result.server_args,
+            "server_args": result.server_args, "admin": result.admin.map(|c| c.json()),
         }),
     );
     Ok(())

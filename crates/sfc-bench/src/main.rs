@@ -17,9 +17,14 @@
 //! `floors` (what the kernel and the ciphers alone cost per GiB here, the floors of (a)'s
 //! CPU per thread).
 //!
+//! `--admin` starts the servers with their admin HTTP listener on (and asks it for
+//! /healthz and /metrics once); `--syscalls` counts each side's system calls in one more
+//! upload of (a) and (b) with strace; the server's CPU per thread is always reported.
+//!
 //! The tool exits non-zero when a run fails (a transfer, a flow, a child process), never
 //! because a figure misses its target.
 
+mod admin;
 mod balanced;
 mod cli;
 mod context;
@@ -30,6 +35,8 @@ mod micro;
 mod procs;
 mod reference;
 mod report;
+mod syscalls;
+mod threads;
 mod upload;
 mod weed;
 
@@ -62,7 +69,13 @@ fn real_main(cli: Cli) -> Result<bool> {
     }
     let scenario = cli.scenario;
     let mut ctx = RunContext::new(cli)?;
-    let machine = reference::machine();
+    let mut machine = reference::machine();
+    if ctx.cli.admin {
+        machine.push((
+            "admin listener".into(),
+            "on (--admin-listen 127.0.0.1:0) in every server of (a)–(e) and (g), each asked for /healthz and /metrics once after start-up".into(),
+        ));
+    }
     let started = Instant::now();
     run_scenarios(&mut ctx, scenario);
     ctx.remove_source();

@@ -71,7 +71,22 @@ fn parse_help_default(help: &str, flag: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_help_default;
+    use super::{listening, parse_help_default, Listening};
+
+    #[test]
+    fn the_listeners_are_read_from_the_log() {
+        // Lines of an sfc-server started with --admin-listen 127.0.0.1:0.
+        let line = "2026-11-28T10:27:27.747960Z  INFO listening on 127.0.0.1:35657";
+        assert!(matches!(listening(line), Some(Listening::Protocol(a)) if a == "127.0.0.1:35657"));
+        let line = "2026-11-28T10:27:27.747974Z  INFO admin listener on http://127.0.0.1:37357/";
+        assert!(matches!(listening(line), Some(Listening::Admin(a)) if a == "127.0.0.1:37357"));
+        for line in [
+            "2026-11-28T10:27:27.745206Z  INFO open-file limit limit=20000",
+            "2026-11-28T10:27:27.747788Z  WARN admin token created (owner-only); log in to the admin listener with its content path=/tmp/bt-probe/adm.token",
+        ] {
+            assert!(listening(line).is_none(), "{line}");
+        }
+    }
 
     #[test]
     fn reads_the_default_of_the_named_option_only() {
@@ -113,7 +128,7 @@ pub fn thread_cpu_secs() -> Option<f64> {
 }
 
 /// CPU seconds from the text of a `/proc/PID/stat` or `/proc/PID/task/TID/stat` file.
-fn stat_cpu_secs(text: &str, children: bool) -> Option<f64> {
+pub(crate) fn stat_cpu_secs(text: &str, children: bool) -> Option<f64> {
     // Fields after the command name (which may contain spaces) in parentheses.
     let rest = text.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -215,6 +230,55 @@ struct LogTail {
     nofile: Option<u64>,
 }
 
+/// An address the server logged: its protocol listener or its admin listener.
+#[derive(Debug)]
+enum Listening {
+    Protocol(String),
+    Admin(String),
+}
+
+/// The listener a server log line announces: `listening on ADDR`, or `admin listener on
+/// http://ADDR/`.
+fn listening(line: &str) -> Option<Listening> {
+    if let Some(rest) = line.split("admin listener on ").nth(1) {
+        let url = rest.split_whitespace().next()?;
+        let addr = url.split("://").nth(1)?.trim_end_matches('/');
+        return Some(Listening::Admin(addr.to_string()));
+    }
+    let rest = line.split("listening on ").nth(1)?;
+    Some(Listening::Protocol(rest.trim().to_string()))
+}
+
+/// Reads the server's stderr to its end (so the server never blocks on a full pipe):
+/// keeps the last lines and the open-file limit in `log`, sends the listeners' addresses.
+fn read_log(
+    stderr: impl Read + Send + 'static,
+    log: Arc<Mutex<LogTail>>,
+    addr_tx: mpsc::Sender<Listening>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let line = strip_ansi(&line);
+            if let Some(address) = listening(&line) {
+                let _ = addr_tx.send(address);
+            }
+            let mut tail = log.lock().unwrap_or_else(|p| p.into_inner());
+            if line.contains("open-file limit") {
+                tail.nofile = line
+                    .split("limit=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse().ok());
+            }
+            tail.lines.push_back(line);
+            if tail.lines.len() > 200 {
+                tail.lines.pop_front();
+            }
+        }
+    });
+}
+
 /// A running `sfc-server`.
 #[derive(Debug)]
 pub struct Server {
@@ -223,6 +287,8 @@ pub struct Server {
     pub pid: u32,
     /// Where it listens (always 127.0.0.1).
     pub addr: SocketAddr,
+    /// Where its admin listener listens, when started with `--admin-listen`.
+    pub admin_addr: Option<SocketAddr>,
     log: Arc<Mutex<LogTail>>,
 }
 
@@ -255,56 +321,45 @@ impl Server {
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let pid = child.id();
         let log = Arc::new(Mutex::new(LogTail::default()));
-        let (addr_tx, addr_rx) = mpsc::channel::<String>();
+        let (addr_tx, addr_rx) = mpsc::channel();
         if let Some(stderr) = child.stderr.take() {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                // Always drained, so the server never blocks on a full pipe.
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let line = strip_ansi(&line);
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let _ = addr_tx.send(rest.trim().to_string());
-                    }
-                    let mut tail = log.lock().unwrap_or_else(|p| p.into_inner());
-                    if line.contains("open-file limit") {
-                        tail.nofile = line
-                            .split("limit=")
-                            .nth(1)
-                            .and_then(|s| s.split_whitespace().next())
-                            .and_then(|s| s.parse().ok());
-                    }
-                    tail.lines.push_back(line);
-                    if tail.lines.len() > 200 {
-                        tail.lines.pop_front();
-                    }
-                }
-            });
+            read_log(stderr, Arc::clone(&log), addr_tx);
         }
         let mut server = Server {
             child,
             pid,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: None,
             log,
         };
+        let admin = extra.iter().any(|arg| arg == "--admin-listen");
+        server.wait_listening(&addr_rx, admin)?;
+        Ok(server)
+    }
+
+    /// Waits (up to 30 s) until the server has logged its address, and that of its admin
+    /// listener when `admin`.
+    fn wait_listening(&mut self, addr_rx: &mpsc::Receiver<Listening>, admin: bool) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let mut protocol = false;
+        while !protocol || (admin && self.admin_addr.is_none()) {
+            let parse = |text: &str| -> Result<SocketAddr> {
+                text.parse()
+                    .with_context(|| format!("server printed an odd address {text:?}"))
+            };
             match addr_rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(text) => {
-                    server.addr = text
-                        .parse()
-                        .with_context(|| format!("server printed an odd address {text:?}"))?;
-                    return Ok(server);
+                Ok(Listening::Protocol(text)) => {
+                    self.addr = parse(&text)?;
+                    protocol = true;
                 }
+                Ok(Listening::Admin(text)) => self.admin_addr = Some(parse(&text)?),
                 Err(_) if Instant::now() > deadline => {
-                    bail!(
-                        "the server did not listen within 30 s:\n{}",
-                        server.tail(20)
-                    )
+                    bail!("the server did not listen within 30 s:\n{}", self.tail(20))
                 }
-                Err(_) => server.check_alive()?,
+                Err(_) => self.check_alive()?,
             }
         }
+        Ok(())
     }
 
     /// The last `n` lines it logged.
@@ -491,7 +546,7 @@ pub fn run_client(
 
 /// `sfc-client --server ADDR --name NAME --dir DIR --quiet [--packet-size N] FILE`, its
 /// stderr captured.
-fn client_command(
+pub fn client_command(
     bin: &Path,
     dir: &Path,
     server: SocketAddr,

@@ -132,24 +132,38 @@ pub fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// A few lines that identify the machine and the tools.
-pub fn machine() -> Vec<(String, String)> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let flags = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("flags"))
-        .unwrap_or_default();
+/// The value of `key` in the first processor of a `/proc/cpuinfo` text (`key : value`;
+/// the key exactly, so `model` is not `model name`).
+fn cpuinfo_field<'a>(cpuinfo: &'a str, key: &str) -> Option<&'a str> {
+    cpuinfo.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key).then(|| v.trim())
+    })
+}
+
+/// The CPU's name, its family, model and stepping numbers (which tell apart hosts of
+/// the same brand name) and the SIMD flags that matter for AES and CRC.
+fn cpu_line(cpuinfo: &str) -> String {
+    let model = cpuinfo_field(cpuinfo, "model name").unwrap_or_default();
+    let ids: Vec<String> = [
+        ("family", "cpu family"),
+        ("model", "model"),
+        ("stepping", "stepping"),
+    ]
+    .iter()
+    .filter_map(|(label, key)| Some(format!("{label} {}", cpuinfo_field(cpuinfo, key)?)))
+    .collect();
+    let flags = cpuinfo_field(cpuinfo, "flags").unwrap_or_default();
     let simd: Vec<&str> = ["aes", "vaes", "pclmulqdq", "vpclmulqdq", "avx2", "avx512f"]
         .into_iter()
         .filter(|f| flags.split_whitespace().any(|x| x == *f))
         .collect();
+    format!("{model} ({}; {})", ids.join(", "), simd.join(" "))
+}
+
+/// A few lines that identify the machine and the tools.
+pub fn machine() -> Vec<(String, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -162,7 +176,7 @@ pub fn machine() -> Vec<(String, String)> {
             format!("{:.1} GiB", kb as f64 / 1048576.0)
         });
     vec![
-        ("cpu".into(), format!("{model} ({})", simd.join(" "))),
+        ("cpu".into(), cpu_line(&cpuinfo)),
         ("cores".into(), cores.to_string()),
         ("memory".into(), mem),
         ("kernel".into(), first_line("uname", &["-r"])),
@@ -171,4 +185,22 @@ pub fn machine() -> Vec<(String, String)> {
         ("rustc".into(), first_line("rustc", &["--version"])),
         ("load average at start".into(), loadavg()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The start of this project machine's `/proc/cpuinfo` (flags shortened).
+    const CPUINFO: &str = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\nmicrocode\t: 0x1000065\ncpu MHz\t\t: 2596.132\ncache size\t: 1024 KB\nflags\t\t: fpu vme de pse sse4_2 aes avx avx2 vaes vpclmulqdq avx512f\n\nprocessor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n";
+
+    #[test]
+    fn the_cpu_line_names_family_model_and_stepping() {
+        assert_eq!(
+            cpu_line(CPUINFO),
+            "AMD EPYC (family 25, model 17, stepping 1; aes vaes vpclmulqdq avx2 avx512f)"
+        );
+        assert_eq!(cpuinfo_field(CPUINFO, "model"), Some("17"));
+        assert_eq!(cpuinfo_field(CPUINFO, "model name"), Some("AMD EPYC"));
+    }
 }

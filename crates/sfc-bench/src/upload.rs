@@ -3,13 +3,17 @@
 //! with a reference measured between the runs; and (g), the same upload with the files
 //! in S3 (a SeaweedFS started by `weed`) beside one to tmpfs.
 
+use crate::admin::{self, AdminCheck};
 use crate::context::{ratio_row, round, round2, size_label, RunContext};
 use crate::procs::{
-    cpu_secs, reset_hwm, run_client, status_kb, Bins, ClientThreads, RssSampler, Server,
+    client_command, cpu_secs, reset_hwm, run_client, status_kb, Bins, ClientRun, ClientThreads,
+    RssSampler, Server,
 };
 use crate::reference;
 use crate::report::{filesystem_of, remove_stored_files, MB};
 use crate::report::{mib, Row, Spread};
+use crate::syscalls::{self, SyscallRun};
+use crate::threads::{self, ThreadGroups};
 use crate::weed;
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -37,6 +41,10 @@ pub struct UploadConfig<'a> {
     pub openssl_seconds: u32,
     /// `--store` for the server (S3), and the environment it needs; `None`: the data folder.
     pub store: Option<(&'a str, &'a [(String, String)])>,
+    /// `--admin`: the admin listener on, its token in this file.
+    pub admin: Option<&'a Path>,
+    /// `--syscalls`: one more upload under strace after the measured ones.
+    pub syscalls: bool,
 }
 
 /// Figures of one scenario.
@@ -62,8 +70,14 @@ pub struct UploadResult {
     pub client_cpu: Vec<f64>,
     /// CPU time per sfc-client thread per run.
     pub client_threads: Vec<ClientThreads>,
+    /// CPU time per group of sfc-server threads per run.
+    pub server_threads: Vec<ThreadGroups>,
     /// Where the data folder was.
     pub filesystem: String,
+    /// `--admin`: what the admin listener answered after start-up.
+    pub admin: Option<AdminCheck>,
+    /// `--syscalls`: the system calls of one more upload.
+    pub syscalls: Option<SyscallRun>,
 }
 
 /// Size of the largest stored file (earlier runs' files are removed before each run).
@@ -113,10 +127,11 @@ pub fn run(cfg: &UploadConfig<'_>) -> Result<UploadResult> {
     let data = cfg.work.join("server");
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
-    let (args, env) = match cfg.store {
+    let (mut args, env) = match cfg.store {
         Some((store, env)) => (vec!["--store".to_string(), store.to_string()], env),
         None => (Vec::new(), &[][..]),
     };
+    args.extend(cfg.admin.map(admin::server_args).unwrap_or_default());
     let mut server = Server::start_with_env(&cfg.bins.server, &data, &args, env)?;
     std::thread::sleep(Duration::from_millis(500));
     let mut result = UploadResult {
@@ -124,6 +139,9 @@ pub fn run(cfg: &UploadConfig<'_>) -> Result<UploadResult> {
         filesystem: filesystem_of(&data),
         ..UploadResult::default()
     };
+    if let Some(token_file) = cfg.admin {
+        result.admin = Some(admin::exercise(&server, token_file)?);
+    }
     for run in 0..=cfg.runs {
         let warm_up = run == 0;
         if !warm_up {
@@ -139,6 +157,10 @@ pub fn run(cfg: &UploadConfig<'_>) -> Result<UploadResult> {
         result.server_peak_kb.push(upload.server_peak_kb);
         result.client_peak_kb.push(upload.client_peak_kb);
         result.client_threads.push(upload.threads);
+        result.server_threads.push(upload.server_threads);
+    }
+    if cfg.syscalls {
+        result.syscalls = Some(count_syscalls(cfg, &mut server, &data));
     }
     remove_stored_files(&data);
     server.stop()?;
@@ -179,6 +201,8 @@ struct OneUpload {
     client_peak_kb: u64,
     /// Client CPU time per thread.
     threads: ClientThreads,
+    /// Server CPU time per group of threads.
+    server_threads: ThreadGroups,
 }
 
 /// Upload number `run` (0: the warm-up) to `server`, checked: the client succeeded and
@@ -196,6 +220,7 @@ fn upload_once(
     let hwm_reset = reset_hwm(server.pid);
     let sampler = RssSampler::start(vec![server.pid]);
     let me = std::process::id();
+    let threads_before = threads::sample(server.pid);
     let cpu_before = (cpu_secs(server.pid, false), cpu_secs(me, true));
     let client_dir = cfg.work.join(format!("client-{run}"));
     let outcome = run_client(
@@ -208,11 +233,38 @@ fn upload_once(
         Duration::from_secs(300),
     );
     let cpu_after = (cpu_secs(server.pid, false), cpu_secs(me, true));
+    let threads_after = threads::sample(server.pid);
     let sampled = sampler.finish().first().copied().unwrap_or(0);
     let _ = std::fs::remove_dir_all(&client_dir);
     let server_cpu = cpu_after.0.zip(cpu_before.0).map_or(0.0, |(a, b)| a - b);
     let client_cpu = cpu_after.1.zip(cpu_before.1).map_or(0.0, |(a, b)| a - b);
     let outcome = outcome?;
+    check_upload(cfg, server, data, &outcome)?;
+    let hwm = if hwm_reset {
+        status_kb(server.pid, "VmHWM").unwrap_or(0)
+    } else {
+        0
+    };
+    let upload = OneUpload {
+        rate: cfg.size as f64 / outcome.wall.as_secs_f64() / MB,
+        server_cpu,
+        client_cpu,
+        server_peak_kb: sampled.max(hwm),
+        client_peak_kb: outcome.peak_rss_kb,
+        threads: outcome.threads,
+        server_threads: threads::delta(server.pid, &threads_before, &threads_after),
+    };
+    print_upload(run, outcome.wall.as_secs_f64(), &upload);
+    Ok(upload)
+}
+
+/// An error unless the client succeeded, the server still runs and stored the whole file.
+fn check_upload(
+    cfg: &UploadConfig<'_>,
+    server: &mut Server,
+    data: &Path,
+    outcome: &ClientRun,
+) -> Result<()> {
     server.check_alive()?;
     if !outcome.status.success() {
         bail!(
@@ -222,36 +274,66 @@ fn upload_once(
             server.tail(10)
         );
     }
-    check_stored(cfg, data)?;
-    let hwm = if hwm_reset {
-        status_kb(server.pid, "VmHWM").unwrap_or(0)
-    } else {
-        0
-    };
-    let rate = cfg.size as f64 / outcome.wall.as_secs_f64() / MB;
-    let threads = outcome.threads;
+    check_stored(cfg, data)
+}
+
+/// The line of one upload.
+fn print_upload(run: usize, secs: f64, upload: &OneUpload) {
+    let threads = upload.threads;
     eprintln!(
-        "    {} {:.3} s = {rate:.0} MB/s; CPU s: client {client_cpu:.2} (main/encrypting {:.2}, reader {:.2}, writer {:.2}), server {server_cpu:.2}; peak RSS kB: client {}, server {}",
+        "    {} {secs:.3} s = {:.0} MB/s; CPU s: client {:.2} (main/encrypting {:.2}, reader {:.2}, writer {:.2}), server {:.2}; peak RSS kB: client {}, server {}",
         if run == 0 {
             "warm-up:".to_string()
         } else {
             format!("run {run}:")
         },
-        outcome.wall.as_secs_f64(),
+        upload.rate,
+        upload.client_cpu,
         threads.main,
         threads.reader,
         threads.writer,
-        outcome.peak_rss_kb,
-        sampled.max(hwm)
+        upload.server_cpu,
+        upload.client_peak_kb,
+        upload.server_peak_kb
     );
-    Ok(OneUpload {
-        rate,
-        server_cpu,
-        client_cpu,
-        server_peak_kb: sampled.max(hwm),
-        client_peak_kb: outcome.peak_rss_kb,
-        threads,
-    })
+}
+
+/// `--syscalls`: one more upload, unmeasured, with strace on both sides (skipped when
+/// strace is missing); the upload is checked like the measured ones.
+fn count_syscalls(cfg: &UploadConfig<'_>, server: &mut Server, data: &Path) -> SyscallRun {
+    let Some(version) = syscalls::strace_version() else {
+        eprintln!("    --syscalls: strace not found; skipped");
+        return SyscallRun::Skipped("strace not found (apt-get install strace)".into());
+    };
+    eprintln!("    syscalls: one more upload with {version} on both sides ...");
+    remove_stored_files(data);
+    let client_dir = cfg.work.join("client-strace");
+    let counted = std::fs::create_dir_all(&client_dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            let client = client_command(
+                &cfg.bins.client,
+                &client_dir,
+                server.addr,
+                "bench-upload-strace",
+                cfg.source,
+                cfg.packet_size,
+            );
+            syscalls::trace_upload(server.pid, &client, cfg.work)
+        });
+    let _ = std::fs::remove_dir_all(&client_dir);
+    let checked = counted.and_then(|counts| {
+        server.check_alive()?;
+        check_stored(cfg, data)?;
+        Ok(counts)
+    });
+    match checked {
+        Ok((server, client)) => SyscallRun::Counted { server, client },
+        Err(error) => {
+            eprintln!("    --syscalls failed: {error:#}");
+            SyscallRun::Failed(format!("{error:#}"))
+        }
+    }
 }
 
 /// Whether the server stored the whole file (in its data folder or its store).
@@ -271,11 +353,13 @@ pub fn run_tmpfs(ctx: &mut RunContext) -> Result<()> {
     eprintln!("(a)+(c) upload to a data folder on tmpfs ...");
     let source = ctx.source()?;
     let work = ctx.shm.join("tmpfs-upload");
-    let result = ctx.upload(&source, &work, false, None)?;
+    let result = ctx.upload(&source, &work, false, None, true)?;
     push_tmpfs_rows(ctx, &result);
     push_tmpfs_notes(ctx, &result);
-    ctx.json.insert(
-        "a_tmpfs".into(),
+    finish_scenario(
+        ctx,
+        "a",
+        "a_tmpfs",
         json!({
             "size": ctx.cli.size, "packet_size": ctx.cli.packet_size,
             "mbps": result.mbps, "openssl_encrypt_mbps": result.openssl,
@@ -285,8 +369,45 @@ pub fn run_tmpfs(ctx: &mut RunContext) -> Result<()> {
             "server_cpu_s": result.server_cpu, "client_cpu_s": result.client_cpu,
             "client_thread_cpu_s_main_reader_writer": result.client_threads.iter().map(|t| [t.main, t.reader, t.writer]).collect::<Vec<_>>(),
         }),
+        &result,
     );
     Ok(())
+}
+
+/// The notes and figures every upload scenario adds: CPU per server thread, the admin
+/// listener (`--admin`), the system calls (`--syscalls`, a failure of which fails the
+/// scenario); then `figures`, with those, as `key` of `--json`.
+fn finish_scenario(
+    ctx: &mut RunContext,
+    id: &str,
+    key: &str,
+    mut figures: serde_json::Value,
+    result: &UploadResult,
+) {
+    ctx.notes.push(format!(
+        "({id}) sfc-server threads, CPU s per upload (/proc/PID/task/TID/stat before and after each run, grouped by name; sfc-server-work: the tokio runtime, workers and blocking pool alike): {}",
+        threads::summary(&result.server_threads)
+    ));
+    if let Some(check) = result.admin {
+        ctx.notes
+            .push(format!("({id}) {}", AdminCheck::summary(&[check])));
+    }
+    if let Some(run) = &result.syscalls {
+        ctx.notes.push(run.note(id, ctx.cli.size));
+        if let SyscallRun::Failed(error) = run {
+            ctx.failures.push(format!("{id} --syscalls: {error}"));
+        }
+    }
+    if let Some(map) = figures.as_object_mut() {
+        map.insert(
+            "server_thread_cpu_s".into(),
+            threads::json(&result.server_threads),
+        );
+        map.insert("admin".into(), json!(result.admin.map(|c| c.json())));
+        let syscalls = result.syscalls.as_ref().map(|s| s.json(ctx.cli.size));
+        map.insert("syscalls_per_gib".into(), json!(syscalls));
+    }
+    ctx.json.insert(key.into(), figures);
 }
 
 /// The rows of (a) and (c).
@@ -393,7 +514,7 @@ pub fn run_disk(ctx: &mut RunContext) -> Result<()> {
             "(b) WARNING: the disk folder is on {fs}; pass --disk-dir"
         ));
     }
-    let result = ctx.upload(&source, &work, true, None)?;
+    let result = ctx.upload(&source, &work, true, None, true)?;
     let ours = Spread::of(&result.mbps);
     let openssl = Spread::of(&result.openssl);
     let dd = Spread::of(&result.dd);
@@ -425,8 +546,10 @@ pub fn run_disk(ctx: &mut RunContext) -> Result<()> {
         mib(result.server_peak_kb.iter().copied().max().unwrap_or(0)),
         mib(result.server_idle_kb)
     ));
-    ctx.json.insert(
-        "b_disk".into(),
+    finish_scenario(
+        ctx,
+        "b",
+        "b_disk",
         json!({
             "size": ctx.cli.size, "mbps": result.mbps, "openssl_encrypt_mbps": result.openssl,
             "dd_fsync_mbps": result.dd, "server_idle_kb": result.server_idle_kb,
@@ -434,6 +557,7 @@ pub fn run_disk(ctx: &mut RunContext) -> Result<()> {
             "filesystem": result.filesystem,
             "server_cpu_s": result.server_cpu, "client_cpu_s": result.client_cpu,
         }),
+        &result,
     );
     Ok(())
 }
@@ -447,7 +571,7 @@ pub fn run_s3(ctx: &mut RunContext) -> Result<()> {
     let source = ctx.source()?;
     eprintln!("(g) reference: upload to a data folder on tmpfs ...");
     let work = ctx.shm.join("s3-reference");
-    let tmpfs_runs = ctx.upload(&source, &work, false, None)?.mbps;
+    let tmpfs_runs = ctx.upload(&source, &work, false, None, false)?.mbps;
     let tmpfs = Spread::of(&tmpfs_runs);
     eprintln!("(g) upload to S3 (SeaweedFS on tmpfs) ...");
     let weed_dir = ctx.shm.join("seaweedfs");
@@ -455,7 +579,7 @@ pub fn run_s3(ctx: &mut RunContext) -> Result<()> {
     let env = weed.env();
     let store = format!("s3://{}/bench", weed::BUCKET);
     let work = ctx.shm.join("s3-upload");
-    let result = ctx.upload(&source, &work, false, Some((&store, &env)));
+    let result = ctx.upload(&source, &work, false, Some((&store, &env)), false);
     drop(weed);
     let _ = std::fs::remove_dir_all(&weed_dir);
     let result = result?;
@@ -482,13 +606,16 @@ pub fn run_s3(ctx: &mut RunContext) -> Result<()> {
         round2(&result.server_cpu),
         round2(&result.client_cpu)
     ));
-    ctx.json.insert(
-        "g_s3".into(),
+    finish_scenario(
+        ctx,
+        "g",
+        "g_s3",
         json!({
             "size": ctx.cli.size, "mbps": result.mbps, "tmpfs_median_mbps": tmpfs.median,
             "server_peak_kb": result.server_peak_kb, "server_idle_kb": result.server_idle_kb,
             "server_cpu_s": result.server_cpu, "client_cpu_s": result.client_cpu,
         }),
+        &result,
     );
     Ok(())
 }
