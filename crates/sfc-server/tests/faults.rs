@@ -16,6 +16,11 @@ use std::sync::Arc;
 fn start() -> (tempfile::TempDir, RunningServer, Arc<Faults>) {
     init_logging();
     let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.admin = Some(sfc_server::AdminConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("admin.token"),
+    ));
     let switches = Arc::new(Faults::default());
     let storage = Storage {
         meta: Box::new(FaultyMeta::new(
@@ -28,8 +33,25 @@ fn start() -> (tempfile::TempDir, RunningServer, Arc<Faults>) {
         )),
         lock: None,
     };
-    let server = RunningServer::start_with(config_for(dir.path()), storage).unwrap();
+    let server = RunningServer::start_with(config, storage).unwrap();
     (dir, server, switches)
+}
+
+/// The server's `/metrics` text, through its admin listener.
+fn metrics(dir: &std::path::Path, server: &RunningServer) -> String {
+    use std::io::{Read, Write};
+    let token = std::fs::read_to_string(dir.join("admin.token")).unwrap();
+    let mut http = std::net::TcpStream::connect(server.admin_addr().unwrap()).unwrap();
+    write!(
+        http,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
 }
 
 fn entries(dir: &std::path::Path, id: ClientId) -> usize {
@@ -51,6 +73,12 @@ fn disk_full_gives_1607_and_leaves_no_temporary_file() {
         assert_eq!(reply, Response::ServerError, "{len} bytes");
         assert_eq!(entries(dir.path(), id), 0);
     }
+    // Both count as storage errors of 828 (by the refusal's kind, not its wording).
+    let scraped = metrics(dir.path(), &server);
+    assert!(
+        scraped.contains("sfc_storage_errors_total{code=\"828\"} 2"),
+        "{scraped}"
+    );
     switches.disk_full.store(false, Ordering::SeqCst);
     let plain = data(1_000_000, 2);
     assert_received(

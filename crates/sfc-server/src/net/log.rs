@@ -44,6 +44,7 @@ fn emit_request(peer: SocketAddr, line: RequestLog) {
         elapsed,
         detail,
         file,
+        cause: _,
     } = line;
     // An 828 without a reply is an intermediate packet or part of a refused transfer
     // (rule S12): per packet, so at debug.

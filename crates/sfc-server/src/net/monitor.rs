@@ -8,7 +8,7 @@
 //! [`FAILURES_KEPT`] failures.
 
 use crate::admin::{FailureView, LiveView, UploadView};
-use crate::session::{LogLine, RequestLog};
+use crate::session::{Cause, LogLine, RequestLog};
 use crate::storage::Timestamp;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -416,15 +416,18 @@ impl Monitor {
         }
         if refused {
             let detail = request.detail.clone().unwrap_or_default();
-            if detail.contains("database") || detail.contains("storage") {
-                m.storage_errors
-                    .get_or_create(&label("code", request.code))
-                    .inc();
-            }
-            if detail.contains("rate limit") || detail.contains("too many") {
-                m.rate_limit_refusals
-                    .get_or_create(&label("limit", "registration"))
-                    .inc();
+            match request.cause {
+                Some(Cause::Storage) => {
+                    m.storage_errors
+                        .get_or_create(&label("code", request.code))
+                        .inc();
+                }
+                Some(Cause::RateLimit) => {
+                    m.rate_limit_refusals
+                        .get_or_create(&label("limit", "registration"))
+                        .inc();
+                }
+                None => {}
             }
             self.failure(
                 &format!("{} → {reply}", request.code),
@@ -559,6 +562,7 @@ mod tests {
             reply,
             elapsed: Duration::from_millis(1),
             detail: reply.map(|_| "database error: down".to_owned()),
+            cause: reply.map(|_| Cause::Storage),
             file: Some(Name::new("f.bin").unwrap()),
         })
     }

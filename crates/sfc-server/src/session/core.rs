@@ -42,7 +42,7 @@ pub enum ClientRemoval {
 type Wiped = Zeroizing<ClientRecord>;
 
 fn store_error(what: &str, error: StoreError) -> Outcome {
-    Outcome::error(format!("{what}: {error}"))
+    Outcome::storage_error(format!("{what}: {error}"))
 }
 
 impl Core {

@@ -77,6 +77,9 @@ impl Core {
                 orig_file_size,
                 ctx.at.saturating_duration_since(started),
             )),
+            Err(reason) if reason.is_storage() => {
+                Outcome::storage_error(format!("upload abandoned: {reason}"))
+            }
             Err(reason) => Outcome::error(format!("upload abandoned: {reason}")),
         }
     }

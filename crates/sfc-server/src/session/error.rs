@@ -125,3 +125,17 @@ pub enum FinishError {
         undo: Result<(), io::Error>,
     },
 }
+
+impl FinishError {
+    /// True when the database or the file store failed (not the client's bytes).
+    pub fn is_storage(&self) -> bool {
+        matches!(
+            self,
+            FinishError::Write(_)
+                | FinishError::Lookup(_)
+                | FinishError::Record(_)
+                | FinishError::Store(_)
+                | FinishError::RecordAfterMove { .. }
+        )
+    }
+}

@@ -127,6 +127,8 @@ pub struct RequestLog {
     pub elapsed: Duration,
     /// Why, for a refusal; or a note.
     pub detail: Option<String>,
+    /// What kind of refusal, when the metrics count it apart.
+    pub cause: Option<super::Cause>,
     /// The file an 828 is about, when known.
     pub file: Option<Name>,
 }

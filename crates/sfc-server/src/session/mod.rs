@@ -149,6 +149,15 @@ impl Ctx {
     }
 }
 
+/// Why a request was refused, where the metrics count it apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The database or the file store failed an operation.
+    Storage,
+    /// A per-address rate limit refused it.
+    RateLimit,
+}
+
 /// The session's decision: the reply to send, if any, and why (for the log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -156,6 +165,8 @@ pub struct Outcome {
     pub reply: Option<Response>,
     /// The reason for a refusal or an error, or a note worth logging.
     pub detail: Option<String>,
+    /// What kind of refusal, when the metrics count it apart.
+    pub cause: Option<Cause>,
 }
 
 impl Outcome {
@@ -163,6 +174,7 @@ impl Outcome {
         Outcome {
             reply: Some(response),
             detail: None,
+            cause: None,
         }
     }
 
@@ -170,6 +182,7 @@ impl Outcome {
         Outcome {
             reply: None,
             detail: None,
+            cause: None,
         }
     }
 
@@ -178,6 +191,31 @@ impl Outcome {
         Outcome {
             reply: Some(Response::ServerError),
             detail: Some(detail.into()),
+            cause: None,
+        }
+    }
+
+    /// A 1607 because the database or the file store failed.
+    pub(crate) fn storage_error(detail: impl Into<String>) -> Self {
+        Outcome {
+            cause: Some(Cause::Storage),
+            ..Outcome::error(detail)
+        }
+    }
+
+    /// A refusal by a per-address rate limit.
+    pub(crate) fn rate_limited(detail: impl Into<String>) -> Self {
+        Outcome {
+            cause: Some(Cause::RateLimit),
+            ..Outcome::error(detail)
+        }
+    }
+
+    /// Silence (rule S12: the rest of a refused transfer), with a note for the log.
+    pub(crate) fn dropped(detail: impl Into<String>) -> Self {
+        Outcome {
+            detail: Some(detail.into()),
+            ..Outcome::silent()
         }
     }
 

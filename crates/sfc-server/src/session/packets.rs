@@ -46,7 +46,7 @@ impl Core {
             rest = rest.get(used..).unwrap_or_default();
             if lease.needs_flush() {
                 if let Err(error) = lease.flush() {
-                    return Outcome::error(format!("cannot write the file: {error}"));
+                    return Outcome::storage_error(format!("cannot write the file: {error}"));
                 }
             }
         }
@@ -178,7 +178,7 @@ impl Core {
             Ok(temp) => temp,
             Err(error) => {
                 self.registry.release(&id, token);
-                return Err(Outcome::error(format!(
+                return Err(Outcome::storage_error(format!(
                     "cannot create a temporary file: {error}"
                 )));
             }
@@ -321,7 +321,9 @@ impl Core {
         }
         if ctx.first_on_connection {
             if let Err(error) = lease.flush() {
-                return Outcome::error(format!("upload abandoned: cannot write the file: {error}"));
+                return Outcome::storage_error(format!(
+                    "upload abandoned: cannot write the file: {error}"
+                ));
             }
             // Between the packets of a connection-per-request client the upload holds
             // neither memory nor a file descriptor (the file is reopened by path).
@@ -330,7 +332,7 @@ impl Core {
                 upload.filled = 0;
                 upload.grant.release();
                 if let Err(error) = upload.temp.suspend() {
-                    return Outcome::error(format!(
+                    return Outcome::storage_error(format!(
                         "upload abandoned: cannot close the file: {error}"
                     ));
                 }

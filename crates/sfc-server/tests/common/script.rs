@@ -761,6 +761,7 @@ impl Sim {
         let outcome = Outcome {
             reply,
             detail: line.detail,
+            cause: line.cause,
         };
         let label = conn.label.clone();
         let refused = conn.refused == Some(conn.client);

@@ -362,7 +362,7 @@ impl Conversation {
                 | RequestCode::ChecksumFailed
         );
         let refusal = if register && !self.policy.allow_registration(self.peer, self.now.mono) {
-            Some(Outcome::error(
+            Some(Outcome::rate_limited(
                 "registration refused: too many registrations from this address (rate limit)",
             ))
         } else if pinned && !self.address_allowed(&id) {
@@ -429,10 +429,8 @@ impl Conversation {
         let continues = number.is_some_and(|n| n != 1);
         if packet && continues && self.refused == Some(header.client_id) {
             // The rest of a refused transfer (rule S12): no reply, no failure counted.
-            let outcome = Outcome {
-                reply: None,
-                detail: Some(format!("dropped: the rest of a refused transfer ({error})")),
-            };
+            let outcome =
+                Outcome::dropped(format!("dropped: the rest of a refused transfer ({error})"));
             self.end_request(code, id, payload, outcome, None);
             return;
         }
@@ -531,6 +529,7 @@ impl Conversation {
             reply: outcome.code(),
             elapsed: self.now.mono.saturating_duration_since(self.started),
             detail: outcome.detail.clone(),
+            cause: outcome.cause,
             file: self.file.clone(),
         };
         self.act(Action::Log(LogLine::Request(line)));

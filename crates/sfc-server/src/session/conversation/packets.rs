@@ -153,6 +153,10 @@ impl Conversation {
 
     pub(super) fn flushed(&mut self, done: Done) {
         let failure = match done {
+            Done::Flushed(lease, Err(error)) => {
+                self.run(JobKind::Drop(lease), Waiting::Drop);
+                Outcome::storage_error(format!("upload abandoned: cannot write the file: {error}"))
+            }
             Done::Flushed(lease, Ok(())) => {
                 if let Some(current) = self.current.as_mut() {
                     current.lease = Some(lease);
@@ -160,15 +164,11 @@ impl Conversation {
                 self.renew_deadline();
                 return;
             }
-            Done::Flushed(lease, Err(error)) => {
-                self.run(JobKind::Drop(lease), Waiting::Drop);
-                format!("upload abandoned: cannot write the file: {error}")
-            }
-            Done::Panicked(reason) => reason,
-            _ => "internal error: unexpected job result".into(),
+            Done::Panicked(reason) => Outcome::error(reason),
+            _ => Outcome::error("internal error: unexpected job result"),
         };
         if let Some(current) = self.current.as_mut() {
-            current.reject = Some(Outcome::error(failure));
+            current.reject = Some(failure);
         }
     }
 
@@ -188,10 +188,7 @@ impl Conversation {
         let payload = u64::from(header.payload_size);
         let id = header.client_id;
         if swallow {
-            let outcome = Outcome {
-                reply: None,
-                detail: Some("dropped: the rest of a refused transfer".into()),
-            };
+            let outcome = Outcome::dropped("dropped: the rest of a refused transfer");
             self.end_request(
                 RequestCode::SendFile.as_u16(),
                 Some(id),
