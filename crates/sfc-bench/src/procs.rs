@@ -139,9 +139,9 @@ pub(crate) fn stat_cpu_secs(text: &str, children: bool) -> Option<f64> {
     Some(ticks / clock_ticks())
 }
 
-/// CPU seconds (user + system) of each thread of a process, with the bytes it read and
-/// wrote (`/proc/PID/task/TID/{stat,io}`): (TID, seconds, rchar, wchar).
-fn thread_usage(pid: u32) -> Vec<(u32, f64, u64, u64)> {
+/// Every thread of a process still there: (TID, its `/proc/PID/task/TID` folder, CPU
+/// seconds (user + system) so far).
+pub fn tasks(pid: u32) -> Vec<(u32, std::path::PathBuf, f64)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
@@ -150,14 +150,24 @@ fn thread_usage(pid: u32) -> Vec<(u32, f64, u64, u64)> {
         .filter_map(|task| {
             let tid: u32 = task.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let cpu = stat_cpu_secs(&stat, false)?;
-            let io = std::fs::read_to_string(task.path().join("io")).unwrap_or_default();
+            Some((tid, task.path(), stat_cpu_secs(&stat, false)?))
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system) of each thread of a process, with the bytes it read and
+/// wrote (`/proc/PID/task/TID/{stat,io}`): (TID, seconds, rchar, wchar).
+fn thread_usage(pid: u32) -> Vec<(u32, f64, u64, u64)> {
+    tasks(pid)
+        .into_iter()
+        .map(|(tid, dir, cpu)| {
+            let io = std::fs::read_to_string(dir.join("io")).unwrap_or_default();
             let count = |key: &str| {
                 io.lines()
                     .find_map(|line| line.strip_prefix(key)?.trim().parse().ok())
                     .unwrap_or(0)
             };
-            Some((tid, cpu, count("rchar:"), count("wchar:")))
+            (tid, cpu, count("rchar:"), count("wchar:"))
         })
         .collect()
 }

@@ -4,7 +4,7 @@
 //! A thread that ends during the run is lost (its last CPU reading died with it): only
 //! counted. A thread that starts during the run counts whole.
 
-use crate::procs::stat_cpu_secs;
+use crate::procs::tasks;
 use crate::report::Spread;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -23,20 +23,15 @@ pub struct ThreadSample {
 
 /// Reads every thread of `pid`.
 pub fn sample(pid: u32) -> Vec<ThreadSample> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| {
-            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            Some(ThreadSample {
+    tasks(pid)
+        .into_iter()
+        .map(|(tid, dir, cpu)| {
+            let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            ThreadSample {
                 tid,
                 name: name.trim_end().to_string(),
-                cpu: stat_cpu_secs(&stat, false)?,
-            })
+                cpu,
+            }
         })
         .collect()
 }
@@ -164,6 +159,7 @@ pub fn json(runs: &[ThreadGroups]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procs::stat_cpu_secs;
 
     /// An sfc-server (PID 14571) after start-up (`comm :: stat` of each thread)...
     const BEFORE: &str = "\
