@@ -311,7 +311,10 @@ impl Core {
                 );
             }
         }
-        self.issue_key(ctx, id, &key, Some(der), |client_id, wrapped_key| {
+        // The key on record stays as it came the first time (rule S6); the same key sent
+        // again (perhaps zero-padded) only gets a new AES key. The store pins it too.
+        let store = record.public_key.is_none().then_some(der);
+        self.issue_key(ctx, id, &key, store, |client_id, wrapped_key| {
             Response::PublicKeyAccepted {
                 client_id,
                 wrapped_key,
