@@ -53,7 +53,8 @@ pub mod testing {
     pub use crate::net::entropy::OsEntropy;
     pub use crate::storage::names::disk_name;
     pub use crate::storage::testing::{
-        check_open_reads_back, check_remove_client, Faults, FaultyBlobs, FaultyMeta, MemoryStorage,
+        check_contract, check_open_reads_back, check_remove_client, Faults, FaultyBlobs,
+        FaultyMeta, MemoryStorage,
     };
     pub use crate::testing_doubles::{CountingEntropy, OpenDoors};
 

@@ -14,7 +14,7 @@ use common::process::{ServerProcess, SERVER_BIN};
 use common::*;
 use sfc_proto::{ClientId, Request, RequestBody, Response};
 use sfc_server::config::PostgresUrl;
-use sfc_server::{FileRecord, Inserted, MetaStore, PostgresStore, StoreError, Timestamp};
+use sfc_server::{MetaStore, PostgresStore, StoreError};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -60,105 +60,7 @@ fn the_store_keeps_the_contract_of_defensive_db() {
         ),
         "t"
     );
-    let t = Timestamp(1_000);
-    assert_eq!(
-        store.insert_client(&id(1), "alice", t).unwrap(),
-        Inserted::Ok
-    );
-    // SQLSTATE 23505 on the name constraint: the same answer as SQLite's store.
-    assert_eq!(
-        store.insert_client(&id(2), "alice", t).unwrap(),
-        Inserted::NameTaken
-    );
-    // A duplicate ID is another constraint: an error, not "name taken".
-    assert!(store.insert_client(&id(1), "bob", t).is_err());
-    store
-        .set_keys(&id(1), Some(&[1, 2, 3]), &[7; 32], Timestamp(2_000))
-        .unwrap();
-    store
-        .set_keys(&id(1), None, &[8; 32], Timestamp(1_500))
-        .unwrap();
-    // The same key again is fine; another key is refused (pinning) and changes nothing.
-    store
-        .set_keys(&id(1), Some(&[1, 2, 3]), &[9; 32], Timestamp(1_600))
-        .unwrap();
-    let error = store
-        .set_keys(&id(1), Some(&[4, 5, 6]), &[10; 32], t)
-        .unwrap_err();
-    assert!(error.to_string().contains("key pinning"), "{error}");
-    assert!(store.set_keys(&id(9), None, &[8; 32], t).is_err());
-    let alice = store.client(&id(1)).unwrap().unwrap();
-    assert_eq!(alice.public_key.as_deref(), Some(&[1u8, 2, 3][..]));
-    assert_eq!(alice.aes_key.as_deref(), Some(&[9u8; 32][..]));
-    // LastSeen never goes backwards.
-    assert_eq!(alice.last_seen.as_deref(), Some("1970-01-01 00:00:02.000"));
-    assert!(store.client(&id(3)).unwrap().is_none());
-
-    let file = FileRecord {
-        client_id: id(1),
-        file_name: "a/b.txt".into(),
-        path: "files/x/a%2Fb.txt".into(),
-        verified: false,
-    };
-    store.put_file(&file, t).unwrap();
-    assert_eq!(store.file(&id(1), "a/b.txt").unwrap(), Some(file.clone()));
-    assert_eq!(store.file(&id(1), "other").unwrap(), None);
-    assert!(store.set_verified(&id(1), "a/b.txt", t).unwrap());
-    assert!(!store.set_verified(&id(1), "nope", t).unwrap());
-    assert!(store.files().unwrap()[0].verified);
-    // Replacing: one row, the new path, unverified.
-    let replaced = FileRecord {
-        path: "files/x/new".into(),
-        ..file.clone()
-    };
-    store.put_file(&replaced, t).unwrap();
-    assert_eq!(store.files().unwrap(), std::slice::from_ref(&replaced));
-    // An operator's removal (no `seen`) leaves LastSeen; the client's own (902) moves it.
-    let seen_before = store.client(&id(1)).unwrap().unwrap().last_seen;
-    assert_eq!(
-        store.remove_file(&id(1), "a/b.txt", None).unwrap(),
-        Some(replaced.clone())
-    );
-    assert_eq!(
-        store.client(&id(1)).unwrap().unwrap().last_seen,
-        seen_before
-    );
-    store.put_file(&replaced, t).unwrap();
-    assert_eq!(
-        store
-            .remove_file(&id(1), "a/b.txt", Some(Timestamp(3_000)))
-            .unwrap(),
-        Some(replaced)
-    );
-    assert_eq!(
-        store.client(&id(1)).unwrap().unwrap().last_seen.as_deref(),
-        Some("1970-01-01 00:00:03.000")
-    );
-    assert_eq!(store.remove_file(&id(1), "a/b.txt", Some(t)).unwrap(), None);
-    // A file row needs its client (foreign key).
-    assert!(store
-        .put_file(
-            &FileRecord {
-                client_id: id(7),
-                ..file.clone()
-            },
-            t
-        )
-        .is_err());
-    // Several notes for one client in one batch: the latest wins; unknown IDs are ignored.
-    store
-        .touch(&[
-            (id(1), Timestamp(5_000)),
-            (id(1), Timestamp(4_000)),
-            (id(2), Timestamp(5_000)),
-        ])
-        .unwrap();
-    let alice = store.client(&id(1)).unwrap().unwrap();
-    assert_eq!(alice.last_seen.as_deref(), Some("1970-01-01 00:00:05.000"));
-    assert_eq!(store.clients().unwrap().len(), 1);
-    // Names and labels are text: non-ASCII survives.
-    assert_eq!(store.insert_client(&id(4), "zoë", t).unwrap(), Inserted::Ok);
-    assert_eq!(store.client(&id(4)).unwrap().unwrap().name, "zoë");
+    sfc_server::testing::check_contract(&store);
 
     // Exactly the columns of defensive.db (PostgreSQL folds the names to lower case).
     let columns = |table: &str| {

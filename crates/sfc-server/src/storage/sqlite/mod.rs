@@ -297,24 +297,37 @@ impl MetaStore for SqliteStore {
         let public_key = public_key.map(<[u8]>::to_vec);
         // Wiped when the write is done, like every other copy of a key.
         let aes_key = Zeroizing::new(aes_key.to_vec());
-        let changed = self.write(move |c| {
+        // Key pinning in the same statement (the session checks it too, but two 826s
+        // of one client on two connections could both pass that check).
+        let (changed, exists) = self.write(move |c| {
             let changed = match public_key {
                 Some(key) => c
-                    .prepare_cached("UPDATE clients SET PublicKey = ?2, AESKey = ?3 WHERE ID = ?1")?
+                    .prepare_cached(
+                        "UPDATE clients SET PublicKey = ?2, AESKey = ?3
+                         WHERE ID = ?1 AND (PublicKey IS NULL OR PublicKey = ?2)",
+                    )?
                     .execute(params![&id.0[..], key, &aes_key[..]])?,
                 None => c
                     .prepare_cached("UPDATE clients SET AESKey = ?2 WHERE ID = ?1")?
                     .execute(params![&id.0[..], &aes_key[..]])?,
             };
+            if changed == 0 {
+                let exists = c
+                    .prepare_cached("SELECT 1 FROM clients WHERE ID = ?1")?
+                    .exists(params![&id.0[..]])?;
+                return Ok((changed, exists));
+            }
             touch_one(c, &id, now)?;
-            Ok(changed)
+            Ok((changed, true))
         })?;
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Database(format!(
+        match (changed, exists) {
+            (1, _) => Ok(()),
+            (_, true) => Err(StoreError::Database(format!(
+                "client {id} has another public key on record (key pinning)"
+            ))),
+            _ => Err(StoreError::Database(format!(
                 "no client {id} to store keys for"
-            )))
+            ))),
         }
     }
 

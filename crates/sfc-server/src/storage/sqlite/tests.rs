@@ -12,80 +12,10 @@ fn removing_a_client_removes_its_rows_and_frees_its_name() {
 }
 
 #[test]
-fn clients_and_files_round_trip() {
+fn the_store_keeps_the_contract_of_defensive_db() {
     let store = SqliteStore::open_in_memory().unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-    let t = Timestamp(1_000);
-    assert_eq!(
-        store.insert_client(&id(1), "alice", t).unwrap(),
-        Inserted::Ok
-    );
-    assert_eq!(
-        store.insert_client(&id(2), "alice", t).unwrap(),
-        Inserted::NameTaken
-    );
-    assert!(store.insert_client(&id(1), "bob", t).is_err());
-    store
-        .set_keys(&id(1), Some(&[1, 2, 3]), &[7; 32], Timestamp(2_000))
-        .unwrap();
-    store
-        .set_keys(&id(1), None, &[8; 32], Timestamp(1_500))
-        .unwrap();
-    assert!(store.set_keys(&id(9), None, &[8; 32], t).is_err());
-    let alice = store.client(&id(1)).unwrap().unwrap();
-    assert_eq!(alice.public_key.as_deref(), Some(&[1u8, 2, 3][..]));
-    assert_eq!(alice.aes_key.as_deref(), Some(&[8u8; 32][..]));
-    // LastSeen never goes backwards.
-    assert_eq!(alice.last_seen.as_deref(), Some("1970-01-01 00:00:02.000"));
-    assert!(store.client(&id(3)).unwrap().is_none());
-
-    let file = FileRecord {
-        client_id: id(1),
-        file_name: "a/b.txt".into(),
-        path: "files/x/a%2Fb.txt".into(),
-        verified: false,
-    };
-    store.put_file(&file, t).unwrap();
-    assert_eq!(store.file(&id(1), "a/b.txt").unwrap(), Some(file.clone()));
-    assert_eq!(store.file(&id(1), "other").unwrap(), None);
-    assert!(store.set_verified(&id(1), "a/b.txt", t).unwrap());
-    assert!(!store.set_verified(&id(1), "nope", t).unwrap());
-    assert!(store.files().unwrap()[0].verified);
-    store.put_file(&file, t).unwrap();
-    assert!(!store.files().unwrap()[0].verified);
-    // An operator's removal (no `seen`) leaves LastSeen; the client's own (902) moves it.
-    let seen_before = store.client(&id(1)).unwrap().unwrap().last_seen;
-    assert_eq!(
-        store.remove_file(&id(1), "a/b.txt", None).unwrap(),
-        Some(file.clone())
-    );
-    assert_eq!(
-        store.client(&id(1)).unwrap().unwrap().last_seen,
-        seen_before
-    );
-    store.put_file(&file, t).unwrap();
-    let later = Timestamp(9_000);
-    assert_eq!(
-        store.remove_file(&id(1), "a/b.txt", Some(later)).unwrap(),
-        Some(file.clone())
-    );
-    assert_eq!(
-        store.client(&id(1)).unwrap().unwrap().last_seen.as_deref(),
-        Some("1970-01-01 00:00:09.000")
-    );
-    assert_eq!(store.remove_file(&id(1), "a/b.txt", Some(t)).unwrap(), None);
-    // A file row needs its client (checked in the same transaction: no foreign key in
-    // the original's schema), so a client removed meanwhile gets no orphan row.
-    let orphan = FileRecord {
-        client_id: id(7),
-        ..file.clone()
-    };
-    assert!(store.put_file(&orphan, t).is_err());
-    assert!(store.file(&id(7), "a/b.txt").unwrap().is_none());
-    store
-        .touch(&[(id(1), Timestamp(5_000)), (id(2), Timestamp(5_000))])
-        .unwrap();
-    assert_eq!(store.clients().unwrap().len(), 1);
+    crate::storage::testing::check_contract(&store);
     store.close().unwrap();
     assert!(matches!(store.client(&id(1)), Err(StoreError::Closed)));
 }

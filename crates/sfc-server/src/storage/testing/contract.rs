@@ -71,3 +71,105 @@ pub fn check_open_reads_back(blobs: &dyn BlobStore) {
     blobs.remove(&path).unwrap();
     assert!(blobs.open(&path).is_err());
 }
+
+/// The contract of `defensive.db`'s two tables that every metadata store keeps: names are
+/// unique (a taken name is [`Inserted::NameTaken`], a duplicate ID an error), the first
+/// public key is pinned, `LastSeen` never goes backwards (and moves with the client's own
+/// requests only), a file row needs its client, replacing a file is one row, names and
+/// labels are text. `meta` must be empty.
+#[allow(clippy::unwrap_used, clippy::panic)] // a test helper: a failure is the report
+pub fn check_contract(meta: &dyn MetaStore) {
+    let cid = |n: u8| ClientId([n; 16]);
+    let t = Timestamp(1_000);
+    assert_eq!(
+        meta.insert_client(&cid(1), "alice", t).unwrap(),
+        Inserted::Ok
+    );
+    // SQLSTATE 23505 on the name constraint: the same answer as SQLite's meta.
+    assert_eq!(
+        meta.insert_client(&cid(2), "alice", t).unwrap(),
+        Inserted::NameTaken
+    );
+    // A duplicate ID is another constraint: an error, not "name taken".
+    assert!(meta.insert_client(&cid(1), "bob", t).is_err());
+    meta.set_keys(&cid(1), Some(&[1, 2, 3]), &[7; 32], Timestamp(2_000))
+        .unwrap();
+    meta.set_keys(&cid(1), None, &[8; 32], Timestamp(1_500))
+        .unwrap();
+    // The same key again is fine; another key is refused (pinning) and changes nothing.
+    meta.set_keys(&cid(1), Some(&[1, 2, 3]), &[9; 32], Timestamp(1_600))
+        .unwrap();
+    let error = meta
+        .set_keys(&cid(1), Some(&[4, 5, 6]), &[10; 32], t)
+        .unwrap_err();
+    assert!(error.to_string().contains("key pinning"), "{error}");
+    assert!(meta.set_keys(&cid(9), None, &[8; 32], t).is_err());
+    let alice = meta.client(&cid(1)).unwrap().unwrap();
+    assert_eq!(alice.public_key.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert_eq!(alice.aes_key.as_deref(), Some(&[9u8; 32][..]));
+    // LastSeen never goes backwards.
+    assert_eq!(alice.last_seen.as_deref(), Some("1970-01-01 00:00:02.000"));
+    assert!(meta.client(&cid(3)).unwrap().is_none());
+
+    let file = FileRecord {
+        client_id: cid(1),
+        file_name: "a/b.txt".into(),
+        path: "files/x/a%2Fb.txt".into(),
+        verified: false,
+    };
+    meta.put_file(&file, t).unwrap();
+    assert_eq!(meta.file(&cid(1), "a/b.txt").unwrap(), Some(file.clone()));
+    assert_eq!(meta.file(&cid(1), "other").unwrap(), None);
+    assert!(meta.set_verified(&cid(1), "a/b.txt", t).unwrap());
+    assert!(!meta.set_verified(&cid(1), "nope", t).unwrap());
+    assert!(meta.files().unwrap().iter().all(|f| f.verified));
+    // Replacing: one row, the new path, unverified.
+    let replaced = FileRecord {
+        path: "files/x/new".into(),
+        ..file.clone()
+    };
+    meta.put_file(&replaced, t).unwrap();
+    assert_eq!(meta.files().unwrap(), std::slice::from_ref(&replaced));
+    // An operator's removal (no `seen`) leaves LastSeen; the client's own (902) moves it.
+    let seen_before = meta.client(&cid(1)).unwrap().unwrap().last_seen;
+    assert_eq!(
+        meta.remove_file(&cid(1), "a/b.txt", None).unwrap(),
+        Some(replaced.clone())
+    );
+    assert_eq!(
+        meta.client(&cid(1)).unwrap().unwrap().last_seen,
+        seen_before
+    );
+    meta.put_file(&replaced, t).unwrap();
+    assert_eq!(
+        meta.remove_file(&cid(1), "a/b.txt", Some(Timestamp(3_000)))
+            .unwrap(),
+        Some(replaced)
+    );
+    assert_eq!(
+        meta.client(&cid(1)).unwrap().unwrap().last_seen.as_deref(),
+        Some("1970-01-01 00:00:03.000")
+    );
+    assert_eq!(meta.remove_file(&cid(1), "a/b.txt", Some(t)).unwrap(), None);
+    // A file row needs its client (a foreign key, or a check in the same transaction
+    // where the original's schema has none): a client removed meanwhile leaves no orphan.
+    let orphan = FileRecord {
+        client_id: cid(7),
+        ..file.clone()
+    };
+    assert!(meta.put_file(&orphan, t).is_err());
+    assert!(meta.file(&cid(7), "a/b.txt").unwrap().is_none());
+    // Several notes for one client in one batch: the latest wins; unknown IDs are ignored.
+    meta.touch(&[
+        (cid(1), Timestamp(5_000)),
+        (cid(1), Timestamp(4_000)),
+        (cid(2), Timestamp(5_000)),
+    ])
+    .unwrap();
+    let alice = meta.client(&cid(1)).unwrap().unwrap();
+    assert_eq!(alice.last_seen.as_deref(), Some("1970-01-01 00:00:05.000"));
+    assert_eq!(meta.clients().unwrap().len(), 1);
+    // Names and labels are text: non-ASCII survives.
+    assert_eq!(meta.insert_client(&cid(4), "zoë", t).unwrap(), Inserted::Ok);
+    assert_eq!(meta.client(&cid(4)).unwrap().unwrap().name, "zoë");
+}

@@ -206,6 +206,15 @@ impl MetaStore for MemoryMeta {
         self.shared.faults.durable_db()?;
         if let Some(client) = tables.clients.get_mut(id) {
             if let Some(key) = public_key {
+                if client
+                    .public_key
+                    .as_deref()
+                    .is_some_and(|pinned| pinned != key)
+                {
+                    return Err(StoreError::Database(format!(
+                        "client {id} has another public key on record (key pinning)"
+                    )));
+                }
                 client.public_key = Some(key.to_vec());
             }
             client.aes_key = Some(aes_key.to_vec());
@@ -217,6 +226,12 @@ impl MetaStore for MemoryMeta {
     fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
         self.shared.faults.file_commit()?;
         let mut tables = self.shared.tables();
+        if !tables.clients.contains_key(&file.client_id) {
+            return Err(StoreError::Database(format!(
+                "a file row for client {} that does not exist",
+                file.client_id
+            )));
+        }
         tables
             .files
             .insert((file.client_id, file.file_name.clone()), file.clone());
@@ -531,6 +546,11 @@ impl Persisted for MemoryPersisted {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn keeps_the_contract_of_the_real_stores() {
+        crate::storage::testing::check_contract(&MemoryStorage::new().meta());
+    }
 
     #[test]
     fn removes_clients_and_reads_files_back_like_the_real_stores() {

@@ -10,4 +10,4 @@ pub use faults::{Faults, FaultyBlobs, FaultyMeta};
 pub use memory::MemoryStorage;
 mod contract;
 
-pub use contract::{check_open_reads_back, check_remove_client};
+pub use contract::{check_contract, check_open_reads_back, check_remove_client};
