@@ -266,6 +266,11 @@ fn refused_connections_are_logged_once_per_address_with_a_count() {
     );
     drop(held);
     assert!(server.terminate().success());
+    // The 4 held back are not lost when the flood stops: reported at the latest when the
+    // server stops (otherwise after the interval).
+    let lines = server.lines_containing("too many open connections", Duration::from_millis(500));
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[1].contains("refused=4"), "{}", lines[1]);
 }
 
 /// Item 8: a start-up error names the file and what was being done. Reproduces the

@@ -60,6 +60,11 @@ impl Admission {
         }
     }
 
+    /// The log of refused connections (the listener flushes what it holds back).
+    pub(super) fn refusal_log(&self) -> Arc<RefusalLog> {
+        Arc::clone(&self.refusals)
+    }
+
     /// Admits an accepted connection and spawns its task holding `permit`, or closes it
     /// (logged and counted) before anything is read.
     pub(super) fn accept(

@@ -8,6 +8,7 @@ use crate::net::admin_http::AdminServer;
 use crate::net::admission::Admission;
 use crate::net::entropy::OsEntropy;
 use crate::net::monitor::Monitor;
+use crate::net::refusals::{RefusalLog, REFUSAL_LOG_INTERVAL};
 use crate::net::shutdown;
 use crate::session::Core;
 use crate::storage::fs::DataDirLock;
@@ -163,6 +164,7 @@ impl Server {
             config.flush_interval,
             stop_rx.clone(),
         ));
+        let refusal_lines = tokio::spawn(flush_refusals(admission.refusal_log(), stop_rx.clone()));
         log_security_settings(&config, admission.tls.is_some());
         tracing::info!("listening on {addr}");
         tokio::pin!(shutdown);
@@ -195,12 +197,27 @@ impl Server {
         // The core's last handle outside the tasks goes with `shut_down`, as before.
         drop(admission);
         let _ = stop_tx.send(true);
+        let _ = refusal_lines.await;
         shutdown::stop_admin(admin, config.shutdown_grace).await;
         shutdown::shut_down(connections, &config, housekeeping, core).await;
         // Only now may another server take the folder.
         drop(lock);
         Ok(())
     }
+}
+
+/// Every interval, and once at shutdown, logs the refused connections that no later
+/// refusal reported (a flood that stopped).
+async fn flush_refusals(log: Arc<RefusalLog>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(REFUSAL_LOG_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => log.flush(false),
+            _ = stop.wait_for(|stop| *stop) => break,
+        }
+    }
+    log.flush(true);
 }
 
 /// Logs once when every connection slot is taken (new clients wait for one); returns
