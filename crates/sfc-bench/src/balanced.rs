@@ -181,15 +181,7 @@ pub fn run_balanced(ctx: &mut RunContext) -> Result<()> {
         "{} concurrent clients × (825, 826, {} B file, 900) through HAProxy to {} nodes, metadata in {metadata}",
         cli.clients, cli.flow_file_size, cli.nodes
     );
-    ctx.rows.push(Row {
-        id: "h".into(),
-        what: format!("{what}: successful flows"),
-        ours: format!("{ok}/{started}"),
-        reference: "—".into(),
-        ratio: None,
-        target: "100 %".into(),
-        met: Some(ok == started),
-    });
+    ctx.rows.push(flows::success_row("h", &what, ok, started));
     ctx.rows.push(Row {
         id: "h".into(),
         what: "flows per second; p99 flow latency (p50)".into(),

@@ -384,6 +384,19 @@ impl FlowSummary {
     }
 }
 
+/// The row "`what`: successful flows", `ok` of `started` (target: all).
+pub fn success_row(id: &str, what: &str, ok: usize, started: usize) -> Row {
+    Row {
+        id: id.into(),
+        what: format!("{what}: successful flows"),
+        ours: format!("{ok}/{started}"),
+        reference: "—".into(),
+        ratio: None,
+        target: "100 %".into(),
+        met: Some(ok == started),
+    }
+}
+
 /// Scenario (d): `--clients` concurrent whole flows, with the server's data folder on
 /// tmpfs or on disk.
 pub fn run_flows(ctx: &mut RunContext, on_disk: bool) -> Result<()> {
@@ -418,15 +431,7 @@ pub fn run_flows(ctx: &mut RunContext, on_disk: bool) -> Result<()> {
         "{} concurrent clients × (825, 826, {} B file in {} B packets, 900), data on {label}, metadata in {metadata}",
         ctx.cli.clients, ctx.cli.flow_file_size, ctx.cli.flow_packet_size
     );
-    ctx.rows.push(Row {
-        id: id.into(),
-        what: format!("{what}: successful flows"),
-        ours: format!("{ok}/{started}"),
-        reference: "—".into(),
-        ratio: None,
-        target: "100 %".into(),
-        met: Some(ok == started),
-    });
+    ctx.rows.push(success_row(id, &what, ok, started));
     ctx.rows.push(Row {
         id: id.into(),
         what: "p99 flow latency (p50)".into(),

@@ -294,7 +294,7 @@ impl Monitor {
         if live.uploads.len() >= LIVE_UPLOADS_KEPT && !live.uploads.contains_key(&client) {
             return;
         }
-        let entry = live.uploads.entry(client).or_insert_with(|| LiveUpload {
+        let fresh = || LiveUpload {
             peer,
             file_name: packet.file_name.as_str().to_owned(),
             packets_received: 0,
@@ -303,19 +303,11 @@ impl Monitor {
             file_size: packet.orig_file_size,
             started: now,
             updated: now,
-        });
+        };
+        let entry = live.uploads.entry(client).or_insert_with(fresh);
         if packet.packet_number == 1 || entry.file_name != packet.file_name.as_str() {
             // A new file (or the same one sent again from the start).
-            *entry = LiveUpload {
-                peer,
-                file_name: packet.file_name.as_str().to_owned(),
-                packets_received: 0,
-                total_packets: packet.total_packets,
-                bytes: 0,
-                file_size: packet.orig_file_size,
-                started: now,
-                updated: now,
-            };
+            *entry = fresh();
         }
         entry.peer = peer;
         entry.updated = now;

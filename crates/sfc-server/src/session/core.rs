@@ -341,18 +341,8 @@ impl Core {
         {
             return store_error("cannot store the keys", error);
         }
-        // The new AES key ends what the client left unfinished: it can never complete
-        // (rule S10).
-        if let Some(old) = self.registry.remove_parked(&id) {
-            tracing::info!(
-                client = %id.short(),
-                file = %old.file_name,
-                received = old.next_packet.saturating_sub(1),
-                total = old.total_packets,
-                "unfinished upload dropped: the client exchanged a new key"
-            );
-            drop(old);
-        }
+        // The new AES key ends what the client left unfinished: it can never complete.
+        self.drop_unfinished(&id, "the client exchanged a new key");
         Outcome::reply(reply(id, wrapped))
     }
 

@@ -171,7 +171,7 @@ impl Core {
     ) -> Result<Lease, Outcome> {
         self.check_first_packet(packet)?;
         let decryptor = self.client_decryptor(id)?;
-        self.drop_unfinished(&id);
+        self.drop_unfinished(&id, "the client started a new upload with packet 1");
         let (token, counted) = self.claim_upload(ctx, &id, packet)?;
         // The blob store chooses the name on disk.
         let temp = match self.blobs.create_temp_for(&id, packet.file_name.as_str()) {
@@ -249,16 +249,16 @@ impl Core {
         CbcDecryptor::new(&key).map_err(|e| Outcome::error(format!("cannot start decryption: {e}")))
     }
 
-    /// Packet 1 always starts a new upload (rule S10): what the client left unfinished
-    /// is dropped (its temporary file removed).
-    fn drop_unfinished(&self, id: &ClientId) {
+    /// Packet 1 or a new AES key ends what the client left unfinished (rule S10): it is
+    /// dropped (its temporary file removed) and logged with `why`.
+    pub(super) fn drop_unfinished(&self, id: &ClientId, why: &str) {
         if let Some(old) = self.registry.remove_parked(id) {
             tracing::info!(
                 client = %id.short(),
                 file = %old.file_name,
                 received = old.next_packet.saturating_sub(1),
                 total = old.total_packets,
-                "unfinished upload dropped: the client started a new upload with packet 1"
+                "unfinished upload dropped: {why}"
             );
             drop(old);
         }
