@@ -4,8 +4,16 @@ use crate::limits::CLIENT_ID_LEN;
 use thiserror::Error;
 
 /// A client's ID: 16 raw bytes on the wire, 32 lowercase hex digits in text files.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ClientId(pub [u8; CLIENT_ID_LEN]);
+
+/// The 16 bytes as one integer: one write to the hasher, not a length and then the bytes
+/// (the server looks IDs up in its maps several times per file packet).
+impl std::hash::Hash for ClientId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_le_bytes(self.0));
+    }
+}
 
 /// Why a text client ID could not be parsed.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]

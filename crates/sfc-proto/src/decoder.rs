@@ -59,9 +59,8 @@ pub enum RequestEvent<'a> {
     },
 }
 
-// One decoder per connection: the 267-byte variant costs nothing that matters, while
-// boxing it would allocate once per packet.
-#[allow(clippy::large_enum_variant)]
+// Small, so that changing state (several times per file packet) copies little: an 828's
+// 267-byte fixed part is collected in `RequestDecoder::fixed`, outside the state.
 #[derive(Debug)]
 enum State {
     Header {
@@ -72,9 +71,9 @@ enum State {
         header: RequestHeader,
         buf: Vec<u8>,
     },
+    /// Collecting an 828's fixed part in `RequestDecoder::fixed`.
     FileFixed {
         header: RequestHeader,
-        buf: [u8; FILE_PACKET_FIXED_LEN],
         filled: usize,
     },
     Content {
@@ -90,6 +89,8 @@ enum State {
 #[derive(Debug)]
 pub struct RequestDecoder {
     state: State,
+    /// The fixed part of the 828 being decoded (see [`State::FileFixed`]).
+    fixed: [u8; FILE_PACKET_FIXED_LEN],
 }
 
 impl Default for RequestDecoder {
@@ -119,6 +120,7 @@ impl RequestDecoder {
     pub fn new() -> Self {
         RequestDecoder {
             state: EMPTY_HEADER,
+            fixed: [0; FILE_PACKET_FIXED_LEN],
         }
     }
 
@@ -154,11 +156,9 @@ impl RequestDecoder {
                 State::Failed(error) => return Err(error.clone()),
                 State::Header { buf, filled } => header_step(buf, filled, rest),
                 State::Payload { header, buf } => payload_step(header, buf, rest),
-                State::FileFixed {
-                    header,
-                    buf,
-                    filled,
-                } => file_fixed_step(*header, buf, filled, rest),
+                State::FileFixed { header, filled } => {
+                    file_fixed_step(*header, &mut self.fixed, filled, rest)
+                }
                 State::Content { remaining } => content_step(remaining, rest),
                 State::Skip { remaining } => skip_step(remaining, rest),
             };
@@ -184,8 +184,6 @@ impl RequestDecoder {
 }
 
 /// What one state made of the input (the bytes it took first).
-// Built once per state change: the 267-byte variant costs nothing that matters.
-#[allow(clippy::large_enum_variant)]
 enum Step<'a> {
     /// Took the bytes; the state is incomplete until more input arrives.
     NeedMore(usize),
@@ -212,11 +210,7 @@ fn header_step<'a>(
         Err(error) => return Step::Fail(error),
     };
     let next = if header.code == RequestCode::SendFile {
-        State::FileFixed {
-            header,
-            buf: [0; FILE_PACKET_FIXED_LEN],
-            filled: 0,
-        }
+        State::FileFixed { header, filled: 0 }
     } else {
         // Bounded by payload_range(): at most 255 + 1024 bytes.
         State::Payload {

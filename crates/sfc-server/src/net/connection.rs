@@ -61,6 +61,9 @@ struct Conn<S> {
     limits: Arc<ConnLimits>,
     decoder: RequestDecoder,
     conversation: Conversation,
+    /// The time given with events: read once per socket read (and after each storage
+    /// job), not once per event; a file packet of 2,048 bytes makes several events.
+    clock: Now,
 }
 
 /// Serves one connection until the client closes it, it times out, or the server shuts
@@ -75,12 +78,14 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     shutdown: watch::Receiver<bool>,
 ) {
     let policy = Arc::clone(&limits.policy);
+    let clock = now();
     let mut conn = Conn {
         stream,
         peer,
         limits,
         decoder: RequestDecoder::new(),
-        conversation: Conversation::new(core, policy, peer.ip(), now()),
+        conversation: Conversation::new(core, policy, peer.ip(), clock),
+        clock,
     };
     tracing::debug!(%peer, "connection opened");
     let reason = conn.run(shutdown).await;
@@ -152,6 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 
     /// Decodes everything read so far and carries out what the conversation asks for.
     async fn decode_all(&mut self, read: &[u8]) -> Result<(), &'static str> {
+        self.clock = now();
         let mut pos = 0;
         loop {
             let input = read.get(pos..).unwrap_or_default();
@@ -160,17 +166,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 return Ok(());
             }
             if self.decoder.at_boundary() {
-                self.conversation.handle(Event::RequestStarted, now());
+                self.conversation.handle(Event::RequestStarted, self.clock);
             }
             match self.decoder.decode(input) {
                 Ok((used, Some(RequestEvent::Content(piece)))) => {
                     pos += used;
                     let mut taken = self
                         .conversation
-                        .handle(Event::Decoded(RequestEvent::Content(piece)), now());
+                        .handle(Event::Decoded(RequestEvent::Content(piece)), self.clock);
                     self.carry_out().await?;
                     while let Some(rest) = piece.get(taken..).filter(|rest| !rest.is_empty()) {
-                        taken += self.conversation.handle(Event::MoreContent(rest), now());
+                        taken += self
+                            .conversation
+                            .handle(Event::MoreContent(rest), self.clock);
                         self.carry_out().await?;
                     }
                 }
@@ -181,13 +189,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                             .monitor
                             .packet_begins(self.peer, header.client_id, packet);
                     }
-                    self.conversation.handle(Event::Decoded(event), now());
+                    self.conversation.handle(Event::Decoded(event), self.clock);
                     self.carry_out().await?;
                 }
                 Ok((0, None)) => return Ok(()),
                 Ok((used, None)) => pos += used,
                 Err(error) => {
-                    self.conversation.handle(Event::Malformed(error), now());
+                    self.conversation
+                        .handle(Event::Malformed(error), self.clock);
                     self.carry_out().await?;
                     return Err("framing lost");
                 }
@@ -215,7 +224,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                         .await
                         .unwrap_or_else(|e| JobDone::panicked(format!("internal error: {e}")));
                     self.limits.monitor.storage_job(kind, started.elapsed());
-                    self.conversation.job_done(done, now());
+                    self.clock = now();
+                    self.conversation.job_done(done, self.clock);
                 }
                 Action::Log(line) => {
                     self.limits.monitor.record(self.peer, &line);

@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use sfc_proto::{ClientId, FilePacketHeader, ResponseCode};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How many failures the dashboard and `/api/v1/failures` keep.
@@ -38,14 +38,74 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 4.0, 10))
 }
 
+/// A family's counters labelled `code`, each looked up in the family once, on first use
+/// (so that `/metrics` lists only the codes seen), and kept: counting a request, once per
+/// file packet, is then an atomic add, not a label allocation, a hash and a lock.
+#[derive(Debug)]
+struct ByCode<const N: usize> {
+    family: Family<Labels, Counter>,
+    /// The codes kept (0: no reply) and their labels; any other code goes to the family
+    /// each time.
+    codes: [(u16, &'static str); N],
+    counters: [OnceLock<Counter>; N],
+}
+
+impl<const N: usize> ByCode<N> {
+    fn new(codes: [(u16, &'static str); N]) -> Self {
+        ByCode {
+            family: Family::default(),
+            codes,
+            counters: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn inc(&self, code: u16) {
+        let kept = self.codes.iter().position(|&(known, _)| known == code);
+        let slot = kept.and_then(|i| Some((self.counters.get(i)?, self.codes.get(i)?.1)));
+        match slot {
+            Some((slot, label)) => slot
+                .get_or_init(|| self.family.get_or_create(&code_label(label)).clone())
+                .inc(),
+            None => self.family.get_or_create(&code_label(code)).inc(),
+        };
+    }
+}
+
+fn code_label(code: impl ToString) -> Labels {
+    label("code", code)
+}
+
+/// The request codes and their `code` labels.
+const REQUEST_CODES: [(u16, &str); 7] = [
+    (825, "825"),
+    (826, "826"),
+    (827, "827"),
+    (828, "828"),
+    (900, "900"),
+    (901, "901"),
+    (902, "902"),
+];
+/// The reply codes and their `code` labels; 0 is no reply ("none").
+const REPLY_CODES: [(u16, &str); 9] = [
+    (1600, "1600"),
+    (1601, "1601"),
+    (1602, "1602"),
+    (1603, "1603"),
+    (1604, "1604"),
+    (1605, "1605"),
+    (1606, "1606"),
+    (1607, "1607"),
+    (0, "none"),
+];
+
 /// The Prometheus metrics (see the server README for the list).
 #[derive(Debug)]
 struct Metrics {
     connections_open: Gauge,
     connections_accepted: Counter,
     connections_refused: Family<Labels, Counter>,
-    requests: Family<Labels, Counter>,
-    replies: Family<Labels, Counter>,
+    requests: ByCode<7>,
+    replies: ByCode<9>,
     bytes_received: Counter,
     uploads_in_progress: Gauge,
     upload_seconds: Histogram,
@@ -98,8 +158,8 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_refused: Family::default(),
-            requests: Family::default(),
-            replies: Family::default(),
+            requests: ByCode::new(REQUEST_CODES),
+            replies: ByCode::new(REPLY_CODES),
             bytes_received: Counter::default(),
             uploads_in_progress: Gauge::default(),
             // 1 ms .. ~4.8 h.
@@ -132,11 +192,11 @@ impl Metrics {
             "Protocol connections closed at once, by reason",
             self.connections_refused.clone(),
         );
-        registry.register("requests", "Requests by code", self.requests.clone());
+        registry.register("requests", "Requests by code", self.requests.family.clone());
         registry.register(
             "replies",
             "Replies by code (none: no reply)",
-            self.replies.clone(),
+            self.replies.family.clone(),
         );
         registry.register(
             "received_bytes",
@@ -358,11 +418,8 @@ impl Monitor {
 
     fn request(&self, peer: SocketAddr, request: &RequestLog) {
         let m = &self.metrics;
-        m.requests.get_or_create(&label("code", request.code)).inc();
-        let reply = request
-            .reply
-            .map_or_else(|| "none".to_owned(), |c| c.as_u16().to_string());
-        m.replies.get_or_create(&label("code", &reply)).inc();
+        m.requests.inc(request.code);
+        m.replies.inc(request.reply.map_or(0, ResponseCode::as_u16));
         if matches!(request.code, 901 | 902) {
             m.checksum_failures
                 .get_or_create(&label("code", request.code))
@@ -422,7 +479,11 @@ impl Monitor {
                 None => {}
             }
             self.failure(
-                &format!("{} → {reply}", request.code),
+                &format!(
+                    "{} → {}",
+                    request.code,
+                    request.reply.map_or(0, ResponseCode::as_u16)
+                ),
                 Some(peer),
                 request.client,
                 detail,
@@ -532,7 +593,7 @@ impl Drop for OpenConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sfc_proto::Name;
+    use sfc_proto::{Name, RequestCode};
 
     fn header(number: u16, total: u16) -> FilePacketHeader {
         FilePacketHeader {
@@ -590,6 +651,50 @@ mod tests {
         quick.packet_begins(peer, a, &header(1, 2));
         std::thread::sleep(Duration::from_millis(5));
         assert!(quick.snapshot().uploads.is_empty());
+    }
+
+    #[test]
+    fn code_labels_are_the_codes_and_counts_reach_metrics() {
+        let requests: Vec<u16> = REQUEST_CODES.iter().map(|c| c.0).collect();
+        let all: Vec<u16> = RequestCode::ALL.iter().map(|c| c.as_u16()).collect();
+        assert_eq!(requests, all);
+        for (code, label) in REQUEST_CODES.iter().chain(&REPLY_CODES[..8]) {
+            assert_eq!(code.to_string(), *label);
+        }
+        let replies: Vec<u16> = REPLY_CODES[..8].iter().map(|c| c.0).collect();
+        let all: Vec<u16> = ResponseCode::ALL.iter().map(|c| c.as_u16()).collect();
+        assert_eq!(replies, all);
+        let monitor = Monitor::new(Duration::from_secs(600));
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let a = ClientId([1; 16]);
+        for _ in 0..3 {
+            monitor.record(peer, &packet_log(a, None));
+        }
+        monitor.record(peer, &packet_log(a, Some(ResponseCode::ServerError)));
+        let mut odd = packet_log(a, Some(ResponseCode::ServerError));
+        if let LogLine::Request(request) = &mut odd {
+            request.code = 4242;
+        }
+        monitor.record(peer, &odd);
+        let text = monitor.encode();
+        assert!(
+            text.contains("sfc_requests_total{code=\"828\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sfc_requests_total{code=\"4242\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sfc_replies_total{code=\"none\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sfc_replies_total{code=\"1607\"} 2"),
+            "{text}"
+        );
+        // Only the codes seen are listed.
+        assert!(!text.contains("code=\"825\""), "{text}");
     }
 
     #[test]

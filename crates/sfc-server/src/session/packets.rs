@@ -80,7 +80,7 @@ impl Core {
         match self.checkout(header.client_id)? {
             Some(mut lease) => match Self::continue_packet(&mut lease, packet, content_len) {
                 Ok(()) => {
-                    self.touch(header.client_id, ctx.now);
+                    self.touch_upload(&mut lease, ctx.now);
                     Ok(lease)
                 }
                 Err(reason) => {
@@ -106,8 +106,20 @@ impl Core {
             drop(lease);
             return Err(Outcome::error(format!("upload refused: {reason}")));
         }
-        self.touch(id, ctx.now);
+        self.touch_upload(&mut lease, ctx.now);
         Ok(lease)
+    }
+
+    /// [`Core::touch`] for a packet of the lease's upload, unless an earlier packet of it
+    /// already noted this time (with the clock read once per socket read, the packets
+    /// of one read share it).
+    pub fn touch_upload(&self, lease: &mut Lease, now: crate::storage::Timestamp) {
+        if let Some(upload) = lease.upload.as_mut() {
+            if now > upload.touched {
+                upload.touched = now;
+                self.touch(upload.client_id, now);
+            }
+        }
     }
 
     /// Checks that `packet` continues the lease's upload and expects its content. Pure:
@@ -206,6 +218,7 @@ impl Core {
                 bytes: 0,
                 registry: Arc::clone(&self.registry),
             },
+            touched: crate::storage::Timestamp(i64::MIN),
         });
         tracing::info!(
             client = %id.short(),

@@ -331,6 +331,43 @@ fn unknown_clients_and_missing_keys_get_1607() {
 }
 
 #[test]
+fn every_packet_time_reaches_last_seen() {
+    let h = harness();
+    let (id, key) = enroll(&h, "frank");
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 249) as u8).collect();
+    let cipher = encrypt(&key, &data);
+    let bodies = packets("t.bin", &data, &cipher, 5_000);
+    let n = bodies.len() as i64;
+    let start = Timestamp::now().0 + 60_000;
+    // Two packets per millisecond (the clock is read once per socket read), then the
+    // last packets each at a later time: the latest time of all must be recorded.
+    for (i, body) in bodies.into_iter().enumerate() {
+        let i = i as i64;
+        let at = if i < n - 2 {
+            start + i / 2
+        } else {
+            start + 1_000 * i
+        };
+        let c = Ctx {
+            now: Timestamp(at),
+            ..ctx(false)
+        };
+        h.core.handle_request(&c, request(id, body));
+        if i == 3 {
+            h.core.flush_last_seen().unwrap();
+            let seen = h.core.meta().client(&id).unwrap().unwrap().last_seen;
+            assert_eq!(seen, Some(Timestamp(start + 1).to_string()));
+        }
+    }
+    h.core.flush_last_seen().unwrap();
+    let record = h.core.meta().client(&id).unwrap().unwrap();
+    assert_eq!(
+        record.last_seen,
+        Some(Timestamp(start + 1_000 * (n - 1)).to_string())
+    );
+}
+
+#[test]
 fn last_seen_is_noted_in_memory_and_flushed() {
     let h = harness();
     let (id, _) = enroll(&h, "erin");

@@ -110,6 +110,9 @@ pub struct Upload {
     pub(super) filled: usize,
     /// The batch's share of [`super::Limits::batch_budget`].
     pub(super) grant: BatchGrant,
+    /// The latest time given to [`super::Core::touch`] for this upload: packets within
+    /// the same millisecond note it once (a lock and a map lookup saved per packet).
+    pub(super) touched: crate::storage::Timestamp,
 }
 
 impl fmt::Debug for Upload {
@@ -232,26 +235,24 @@ impl Registry {
         self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Checks out the client's parked upload: one lookup in the map (once per packet).
     pub(super) fn checkout(&self, id: &ClientId) -> Checkout {
         let mut slots = self.lock();
-        match slots.get(id) {
-            None => Checkout::Vacant,
-            Some(Slot::CheckedOut { .. }) => Checkout::Busy,
-            Some(Slot::Parked { upload, .. }) => {
-                let progress = upload.progress(false);
-                let token = self.token();
-                match slots.insert(*id, Slot::CheckedOut { token, progress }) {
-                    Some(Slot::Parked { mut upload, .. }) => {
-                        upload.token = token;
-                        Checkout::Got(upload)
-                    }
-                    // Unreachable in practice: the slot was Parked under the same lock.
-                    _ => {
-                        slots.remove(id);
-                        Checkout::Vacant
-                    }
-                }
+        let Some(slot) = slots.get_mut(id) else {
+            return Checkout::Vacant;
+        };
+        let progress = match slot {
+            Slot::CheckedOut { .. } => return Checkout::Busy,
+            Slot::Parked { upload, .. } => upload.progress(false),
+        };
+        let token = self.token();
+        match std::mem::replace(slot, Slot::CheckedOut { token, progress }) {
+            Slot::Parked { mut upload, .. } => {
+                upload.token = token;
+                Checkout::Got(upload)
             }
+            // Unreachable: the slot was Parked under the same lock.
+            Slot::CheckedOut { .. } => Checkout::Busy,
         }
     }
 
@@ -298,17 +299,18 @@ impl Registry {
         }
     }
 
-    /// Parks an upload in its slot; returns it if the slot is no longer its own.
+    /// Parks an upload in its slot; returns it if the slot is no longer its own. One
+    /// lookup in the map (once per packet).
     pub(super) fn park(&self, upload: Box<Upload>, since: Instant) -> Result<(), Box<Upload>> {
         let mut slots = self.lock();
-        let id = upload.client_id;
-        if matches!(slots.get(&id), Some(Slot::CheckedOut { token, .. }) if *token == upload.token)
-        {
-            slots.insert(id, Slot::Parked { upload, since });
-            Ok(())
-        } else {
-            Err(upload)
+        let Some(slot) = slots.get_mut(&upload.client_id) else {
+            return Err(upload);
+        };
+        if !matches!(slot, Slot::CheckedOut { token, .. } if *token == upload.token) {
+            return Err(upload);
         }
+        *slot = Slot::Parked { upload, since };
+        Ok(())
     }
 
     /// Every upload in progress and how far it is.

@@ -97,7 +97,7 @@ impl Conversation {
         match checkout {
             Ok(Some(mut lease)) => match Core::continue_packet(&mut lease, &packet, content_len) {
                 Ok(()) => {
-                    self.core.touch(id, ctx.now);
+                    self.core.touch_upload(&mut lease, ctx.now);
                     current.lease = Some(lease);
                 }
                 Err(reason) => {
