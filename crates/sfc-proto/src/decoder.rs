@@ -23,7 +23,8 @@
 use crate::codes::RequestCode;
 use crate::error::DecodeError;
 use crate::header::RequestHeader;
-use crate::limits::{FILE_PACKET_FIXED_LEN, REQUEST_HEADER_LEN};
+use crate::limits::{FILE_PACKET_FIXED_LEN, NAME_FIELD_LEN, REQUEST_HEADER_LEN};
+use crate::name::Name;
 use crate::request::{FilePacketHeader, Request, RequestBody};
 
 /// What the decoder found in the stream.
@@ -91,6 +92,46 @@ pub struct RequestDecoder {
     state: State,
     /// The fixed part of the 828 being decoded (see [`State::FileFixed`]).
     fixed: [u8; FILE_PACKET_FIXED_LEN],
+    /// The last 828's file name field and its decoded name (none before the first).
+    last_name: Option<Box<LastName>>,
+}
+
+/// A file's packets all carry the same 255-byte name field: comparing it with the last
+/// one costs one `memcmp`, against validating it and allocating the name again.
+#[derive(Debug)]
+struct LastName {
+    field: [u8; NAME_FIELD_LEN],
+    name: Name,
+}
+
+impl LastName {
+    /// The name in `field`: the last one again if the field is the same, else decoded
+    /// (and kept, if valid).
+    fn decode(
+        last: &mut Option<Box<LastName>>,
+        field: &[u8; NAME_FIELD_LEN],
+    ) -> Result<Name, DecodeError> {
+        if let Some(last) = last.as_ref().filter(|last| last.field == *field) {
+            return Ok(last.name.clone());
+        }
+        let name = Name::decode_field(field).map_err(|source| DecodeError::Name {
+            field: "file name",
+            source,
+        })?;
+        match last {
+            Some(last) => {
+                last.field = *field;
+                last.name = name.clone();
+            }
+            None => {
+                *last = Some(Box::new(LastName {
+                    field: *field,
+                    name: name.clone(),
+                }))
+            }
+        }
+        Ok(name)
+    }
 }
 
 impl Default for RequestDecoder {
@@ -121,6 +162,7 @@ impl RequestDecoder {
         RequestDecoder {
             state: EMPTY_HEADER,
             fixed: [0; FILE_PACKET_FIXED_LEN],
+            last_name: None,
         }
     }
 
@@ -157,7 +199,7 @@ impl RequestDecoder {
                 State::Header { buf, filled } => header_step(buf, filled, rest),
                 State::Payload { header, buf } => payload_step(header, buf, rest),
                 State::FileFixed { header, filled } => {
-                    file_fixed_step(*header, &mut self.fixed, filled, rest)
+                    file_fixed_step(*header, &mut self.fixed, &mut self.last_name, filled, rest)
                 }
                 State::Content { remaining } => content_step(remaining, rest),
                 State::Skip { remaining } => skip_step(remaining, rest),
@@ -249,6 +291,7 @@ fn payload_step<'a>(header: &RequestHeader, buf: &mut Vec<u8>, rest: &[u8]) -> S
 fn file_fixed_step<'a>(
     header: RequestHeader,
     buf: &mut [u8; FILE_PACKET_FIXED_LEN],
+    last_name: &mut Option<Box<LastName>>,
     filled: &mut usize,
     rest: &[u8],
 ) -> Step<'a> {
@@ -261,7 +304,8 @@ fn file_fixed_step<'a>(
         .payload_size
         .saturating_sub(FILE_PACKET_FIXED_LEN as u32);
     let mut inconsistent = None;
-    let checked = FilePacketHeader::decode(buf).and_then(|packet| {
+    let decoded = FilePacketHeader::decode_with(buf, |field| LastName::decode(last_name, field));
+    let checked = decoded.and_then(|packet| {
         if let Err(error) = packet.check(content_len) {
             inconsistent = Some(packet);
             return Err(error.into());
@@ -517,5 +561,60 @@ mod tests {
         assert_eq!(error, DecodeError::UnknownRequestCode(4242));
         assert!(error.breaks_framing());
         assert_eq!(decoder.decode(&[0; 10]), Err(error));
+    }
+
+    #[test]
+    fn each_packet_s_name_field_is_read_even_when_the_last_one_is_reused() {
+        let id = ClientId([7; 16]);
+        let fixed = |name: &str, left: bool, number: u16| {
+            let mut header = packet(number, 9, 4, 1);
+            header.file_name = Name::new(name).unwrap();
+            let mut bytes = header.encode_prefix(id, 4).to_vec();
+            if left {
+                bytes[REQUEST_HEADER_LEN + 12..REQUEST_HEADER_LEN + 267]
+                    .copy_from_slice(&header.file_name.encode_field_left_padded());
+            }
+            bytes.extend_from_slice(&[0; 4]);
+            bytes
+        };
+        let mut stream = Vec::new();
+        stream.extend(fixed("a.bin", false, 1));
+        stream.extend(fixed("a.bin", false, 2));
+        stream.extend(fixed("a.bin", true, 3));
+        stream.extend(fixed("b.bin", false, 4));
+        let mut bad = fixed("b.bin", false, 5);
+        bad[REQUEST_HEADER_LEN + 12] = b'\n';
+        stream.extend(bad);
+        stream.extend(fixed("b.bin", false, 6));
+        for chunk in [1, 7, 300, stream.len()] {
+            let mut decoder = RequestDecoder::new();
+            let mut rest = &stream[..];
+            let mut names = Vec::new();
+            while !rest.is_empty() || decoder.bytes_needed() == 0 && !decoder.at_boundary() {
+                let take = rest.len().min(chunk);
+                let (used, event) = decoder.decode(&rest[..take]).unwrap();
+                rest = &rest[used..];
+                match event {
+                    Some(RequestEvent::FilePacket { packet, .. }) => {
+                        names.push(packet.file_name.as_str().to_owned())
+                    }
+                    Some(RequestEvent::Invalid { error, .. }) => {
+                        names.push(format!("invalid: {error}"))
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(names.len(), 6, "chunk {chunk}: {names:?}");
+            assert_eq!(
+                &names[..4],
+                ["a.bin", "a.bin", "a.bin", "b.bin"],
+                "chunk {chunk}"
+            );
+            assert!(
+                names[4].starts_with("invalid: "),
+                "chunk {chunk}: {names:?}"
+            );
+            assert_eq!(names[5], "b.bin", "chunk {chunk}");
+        }
     }
 }

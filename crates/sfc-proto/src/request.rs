@@ -50,12 +50,26 @@ impl FilePacketHeader {
 
     /// Decodes the 267 bytes. Consistency with the content is checked by [`Self::check`].
     pub fn decode(bytes: &[u8; FILE_PACKET_FIXED_LEN]) -> Result<Self, DecodeError> {
+        Self::decode_with(bytes, |field| {
+            Name::decode_field(field).map_err(|source| DecodeError::Name {
+                field: "file name",
+                source,
+            })
+        })
+    }
+
+    /// [`Self::decode`] with the name field decoded by `name` (the stream decoder reuses
+    /// the previous packet's name when the field is the same).
+    pub(crate) fn decode_with(
+        bytes: &[u8; FILE_PACKET_FIXED_LEN],
+        name: impl FnOnce(&[u8; NAME_FIELD_LEN]) -> Result<Name, DecodeError>,
+    ) -> Result<Self, DecodeError> {
         let mut rest: &[u8] = bytes;
         let content_size = u32::from_le_bytes(take::<4>(&mut rest)?);
         let orig_file_size = u32::from_le_bytes(take::<4>(&mut rest)?);
         let packet_number = u16::from_le_bytes(take::<2>(&mut rest)?);
         let total_packets = u16::from_le_bytes(take::<2>(&mut rest)?);
-        let file_name = decode_name(&mut rest, "file name")?;
+        let file_name = name(&take::<NAME_FIELD_LEN>(&mut rest)?)?;
         Ok(FilePacketHeader {
             content_size,
             orig_file_size,

@@ -64,6 +64,9 @@ struct Conn<S> {
     /// The time given with events: read once per socket read (and after each storage
     /// job), not once per event; a file packet of 2,048 bytes makes several events.
     clock: Now,
+    /// The client whose upload this connection last showed in the monitor: its further
+    /// packets are counted by their log lines, without noting each one's start.
+    shown: Option<sfc_proto::ClientId>,
 }
 
 /// Serves one connection until the client closes it, it times out, or the server shuts
@@ -86,6 +89,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         decoder: RequestDecoder::new(),
         conversation: Conversation::new(core, policy, peer.ip(), clock),
         clock,
+        shown: None,
     };
     tracing::debug!(%peer, "connection opened");
     let reason = conn.run(shutdown).await;
@@ -185,9 +189,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 Ok((used, Some(event))) => {
                     pos += used;
                     if let RequestEvent::FilePacket { header, packet, .. } = &event {
-                        self.limits
-                            .monitor
-                            .packet_begins(self.peer, header.client_id, packet);
+                        if packet.packet_number == 1 || self.shown != Some(header.client_id) {
+                            self.limits
+                                .monitor
+                                .packet_begins(self.peer, header.client_id, packet);
+                            self.shown = Some(header.client_id);
+                        }
                     }
                     self.conversation.handle(Event::Decoded(event), self.clock);
                     self.carry_out().await?;

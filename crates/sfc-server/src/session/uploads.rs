@@ -164,10 +164,15 @@ impl Upload {
     }
 }
 
+/// The registry's map. Its keys are IDs the server issued at random (a slot is claimed
+/// only for a known client), never chosen by a peer, so a fast seeded hash serves, not
+/// SipHash: the map is looked up twice per file packet (BENCHMARKS.md, "CPU per GiB").
+pub(super) type Slots = HashMap<ClientId, Slot, foldhash::fast::RandomState>;
+
 /// Uploads in progress, one per client ID.
 #[derive(Default)]
 pub(super) struct Registry {
-    pub(super) slots: Mutex<HashMap<ClientId, Slot>>,
+    pub(super) slots: Mutex<Slots>,
     pub(super) next_token: AtomicU64,
     pub(super) budget: BatchBudget,
     /// Uploads in progress per peer address (those started with one).
@@ -227,7 +232,7 @@ pub(super) enum Checkout {
 }
 
 impl Registry {
-    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<ClientId, Slot>> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
