@@ -61,7 +61,7 @@ pub enum RequestEvent<'a> {
 }
 
 // Small, so that changing state (several times per file packet) copies little: an 828's
-// 267-byte fixed part is collected in `RequestDecoder::fixed`, outside the state.
+// 267-byte fixed part is collected in `RequestDecoder::file`, outside the state.
 #[derive(Debug)]
 enum State {
     Header {
@@ -72,7 +72,7 @@ enum State {
         header: RequestHeader,
         buf: Vec<u8>,
     },
-    /// Collecting an 828's fixed part in `RequestDecoder::fixed`.
+    /// Collecting an 828's fixed part in `RequestDecoder::file`.
     FileFixed {
         header: RequestHeader,
         filled: usize,
@@ -90,10 +90,17 @@ enum State {
 #[derive(Debug)]
 pub struct RequestDecoder {
     state: State,
-    /// The fixed part of the 828 being decoded (see [`State::FileFixed`]).
+    /// What decoding 828s needs beyond the state; allocated with the first 828, so that a
+    /// connection that sends none (most idle ones) does not hold it.
+    file: Option<Box<FileParts>>,
+}
+
+/// The fixed part of the 828 being decoded (see [`State::FileFixed`]), and the last 828's
+/// file name field with its decoded name.
+#[derive(Debug)]
+struct FileParts {
     fixed: [u8; FILE_PACKET_FIXED_LEN],
-    /// The last 828's file name field and its decoded name (none before the first).
-    last_name: Option<Box<LastName>>,
+    last_name: Option<LastName>,
 }
 
 /// A file's packets all carry the same 255-byte name field: comparing it with the last
@@ -108,7 +115,7 @@ impl LastName {
     /// The name in `field`: the last one again if the field is the same, else decoded
     /// (and kept, if valid).
     fn decode(
-        last: &mut Option<Box<LastName>>,
+        last: &mut Option<LastName>,
         field: &[u8; NAME_FIELD_LEN],
     ) -> Result<Name, DecodeError> {
         if let Some(last) = last.as_ref().filter(|last| last.field == *field) {
@@ -118,18 +125,10 @@ impl LastName {
             field: "file name",
             source,
         })?;
-        match last {
-            Some(last) => {
-                last.field = *field;
-                last.name = name.clone();
-            }
-            None => {
-                *last = Some(Box::new(LastName {
-                    field: *field,
-                    name: name.clone(),
-                }))
-            }
-        }
+        *last = Some(LastName {
+            field: *field,
+            name: name.clone(),
+        });
         Ok(name)
     }
 }
@@ -161,8 +160,7 @@ impl RequestDecoder {
     pub fn new() -> Self {
         RequestDecoder {
             state: EMPTY_HEADER,
-            fixed: [0; FILE_PACKET_FIXED_LEN],
-            last_name: None,
+            file: None,
         }
     }
 
@@ -199,7 +197,13 @@ impl RequestDecoder {
                 State::Header { buf, filled } => header_step(buf, filled, rest),
                 State::Payload { header, buf } => payload_step(header, buf, rest),
                 State::FileFixed { header, filled } => {
-                    file_fixed_step(*header, &mut self.fixed, &mut self.last_name, filled, rest)
+                    let parts = self.file.get_or_insert_with(|| {
+                        Box::new(FileParts {
+                            fixed: [0; FILE_PACKET_FIXED_LEN],
+                            last_name: None,
+                        })
+                    });
+                    file_fixed_step(*header, parts, filled, rest)
                 }
                 State::Content { remaining } => content_step(remaining, rest),
                 State::Skip { remaining } => skip_step(remaining, rest),
@@ -290,12 +294,12 @@ fn payload_step<'a>(header: &RequestHeader, buf: &mut Vec<u8>, rest: &[u8]) -> S
 /// An 828's fixed part: checked, then its content streams (or is skipped if invalid).
 fn file_fixed_step<'a>(
     header: RequestHeader,
-    buf: &mut [u8; FILE_PACKET_FIXED_LEN],
-    last_name: &mut Option<Box<LastName>>,
+    parts: &mut FileParts,
     filled: &mut usize,
     rest: &[u8],
 ) -> Step<'a> {
-    let taken = fill(buf, filled, rest);
+    let FileParts { fixed, last_name } = parts;
+    let taken = fill(fixed, filled, rest);
     if *filled < FILE_PACKET_FIXED_LEN {
         return Step::NeedMore(taken);
     }
@@ -304,7 +308,7 @@ fn file_fixed_step<'a>(
         .payload_size
         .saturating_sub(FILE_PACKET_FIXED_LEN as u32);
     let mut inconsistent = None;
-    let decoded = FilePacketHeader::decode_with(buf, |field| LastName::decode(last_name, field));
+    let decoded = FilePacketHeader::decode_with(fixed, |field| LastName::decode(last_name, field));
     let checked = decoded.and_then(|packet| {
         if let Err(error) = packet.check(content_len) {
             inconsistent = Some(packet);
