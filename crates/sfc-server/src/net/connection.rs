@@ -190,10 +190,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     pos += used;
                     if let RequestEvent::FilePacket { header, packet, .. } = &event {
                         if packet.packet_number == 1 || self.shown != Some(header.client_id) {
-                            self.limits
-                                .monitor
-                                .packet_begins(self.peer, header.client_id, packet);
-                            self.shown = Some(header.client_id);
+                            let shown = self.limits.monitor.packet_begins(
+                                self.peer,
+                                header.client_id,
+                                packet,
+                            );
+                            self.shown = shown.then_some(header.client_id);
                         }
                     }
                     self.conversation.handle(Event::Decoded(event), self.clock);

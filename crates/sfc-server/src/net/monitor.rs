@@ -347,12 +347,18 @@ impl Monitor {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// An 828's header was decoded: its upload is in progress.
-    pub fn packet_begins(&self, peer: SocketAddr, client: ClientId, packet: &FilePacketHeader) {
+    /// An 828's header was decoded: its upload is in progress. False when it is not shown
+    /// ([`LIVE_UPLOADS_KEPT`] others are).
+    pub fn packet_begins(
+        &self,
+        peer: SocketAddr,
+        client: ClientId,
+        packet: &FilePacketHeader,
+    ) -> bool {
         let now = Instant::now();
         let mut live = self.live();
         if live.uploads.len() >= LIVE_UPLOADS_KEPT && !live.uploads.contains_key(&client) {
-            return;
+            return false;
         }
         let fresh = || LiveUpload {
             peer,
@@ -376,6 +382,7 @@ impl Monitor {
         self.metrics
             .uploads_in_progress
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+        true
     }
 
     /// The conversation's log line (before it is formatted).
@@ -625,7 +632,7 @@ mod tests {
         let monitor = Monitor::new(Duration::from_secs(600));
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let a = ClientId([1; 16]);
-        monitor.packet_begins(peer, a, &header(1, 2));
+        assert!(monitor.packet_begins(peer, a, &header(1, 2)));
         monitor.record(peer, &packet_log(a, None));
         let live = monitor.snapshot();
         assert_eq!(live.uploads.len(), 1);
@@ -646,6 +653,7 @@ mod tests {
             monitor.packet_begins(peer, ClientId(id), &header(1, 2));
         }
         assert_eq!(monitor.snapshot().uploads.len(), LIVE_UPLOADS_KEPT);
+        assert!(!monitor.packet_begins(peer, ClientId([0xee; 16]), &header(2, 2)));
         // Idle ones go after the upload timeout.
         let quick = Monitor::new(Duration::ZERO);
         quick.packet_begins(peer, a, &header(1, 2));
