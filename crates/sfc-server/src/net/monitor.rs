@@ -450,9 +450,14 @@ impl Monitor {
                     | ResponseCode::ReconnectRejected
             )
         );
+        // A short 1603 answers an intermediate packet of a client that opens a connection
+        // per request (rule S2): only the 1603 to the last packet finishes the upload.
+        let intermediate = request
+            .packet
+            .is_some_and(|(_, _, intermediate)| intermediate);
         if request.code == 828 {
             if let Some(client) = request.client {
-                if request.reply == Some(ResponseCode::FileReceived) {
+                if request.reply == Some(ResponseCode::FileReceived) && !intermediate {
                     self.finish_upload(&client, request.payload);
                 } else if refused {
                     self.end_upload(&client);
@@ -659,6 +664,48 @@ mod tests {
         quick.packet_begins(peer, a, &header(1, 2));
         std::thread::sleep(Duration::from_millis(5));
         assert!(quick.snapshot().uploads.is_empty());
+    }
+
+    #[test]
+    fn a_short_1603_to_an_intermediate_packet_does_not_finish_the_upload() {
+        // A client that opens a connection per request gets a short 1603 for every
+        // packet (rule S2); only the last packet's 1603 ends the upload.
+        let monitor = Monitor::new(Duration::from_secs(600));
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let a = ClientId([2; 16]);
+        let short_1603 = |number: u16, total: u16| {
+            LogLine::Request(RequestLog {
+                code: 828,
+                client: Some(a),
+                version: 3,
+                payload: 267 + 1024,
+                packet: Some((number, total, number < total)),
+                reply: Some(ResponseCode::FileReceived),
+                elapsed: Duration::from_millis(1),
+                detail: None,
+                cause: None,
+                file: Some(Name::new("f.bin").unwrap()),
+            })
+        };
+        for number in 1..=2 {
+            assert!(monitor.packet_begins(peer, a, &header(number, 3)));
+            monitor.record(peer, &short_1603(number, 3));
+        }
+        let live = monitor.snapshot();
+        assert_eq!(live.uploads.len(), 1);
+        assert_eq!(live.uploads[0].packets_received, 2);
+        assert_eq!(live.uploads[0].bytes_received, 2048);
+        assert!(!monitor
+            .encode()
+            .contains("sfc_upload_duration_seconds_count 1"));
+        monitor.packet_begins(peer, a, &header(3, 3));
+        monitor.record(peer, &short_1603(3, 3));
+        assert!(monitor.snapshot().uploads.is_empty());
+        let text = monitor.encode();
+        assert!(
+            text.contains("sfc_upload_duration_seconds_count 1"),
+            "{text}"
+        );
     }
 
     #[test]
