@@ -597,6 +597,16 @@ fn metrics_parse_and_move_with_the_traffic() {
         sample(&after, "sfc_replies_total", Some(("code", "1603"))),
         1.0
     );
+    // 50,000 bytes are 50,016 encrypted, 13 packets of 4,096: 12 without a reply (their
+    // counts reach the monitor once per socket read, not once per packet).
+    assert_eq!(
+        sample(&after, "sfc_requests_total", Some(("code", "828"))),
+        13.0
+    );
+    assert_eq!(
+        sample(&after, "sfc_replies_total", Some(("code", "none"))),
+        12.0
+    );
     assert_eq!(
         sample(&after, "sfc_checksum_failures_total", Some(("code", "902"))),
         1.0

@@ -17,6 +17,7 @@
 //!
 //! The stream is plain TCP or TLS around it ([`crate::net::tls`]); the code is the same.
 
+use crate::net::monitor::Monitor;
 use crate::session::{Action, Conversation, Core, Event, JobDone, Now, PeerPolicy};
 use crate::storage::Timestamp;
 use sfc_proto::{RequestDecoder, RequestEvent, Response};
@@ -43,7 +44,7 @@ pub struct ConnLimits {
     /// Per-address rate limits and address pins (shared by all connections).
     pub policy: Arc<dyn PeerPolicy>,
     /// Metrics and live state (the admin listener's view).
-    pub monitor: Arc<crate::net::monitor::Monitor>,
+    pub monitor: Arc<Monitor>,
 }
 
 /// The current time for the session.
@@ -67,6 +68,17 @@ struct Conn<S> {
     /// The client whose upload this connection last showed in the monitor: its further
     /// packets are counted by their log lines, without noting each one's start.
     shown: Option<sfc_proto::ClientId>,
+    /// Intermediate file packets not yet handed to the monitor (one hand-over per socket
+    /// read instead of a lock and a map lookup per packet).
+    tally: Option<Tally>,
+}
+
+/// Intermediate file packets of one client's upload, counted since the last hand-over.
+#[derive(Debug)]
+struct Tally {
+    client: sfc_proto::ClientId,
+    packets: u64,
+    bytes: u64,
 }
 
 /// Serves one connection until the client closes it, it times out, or the server shuts
@@ -90,6 +102,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         conversation: Conversation::new(core, policy, peer.ip(), clock),
         clock,
         shown: None,
+        tally: None,
     };
     tracing::debug!(%peer, "connection opened");
     let reason = conn.run(shutdown).await;
@@ -102,7 +115,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let mut first = [0u8; FIRST_READ];
         let mut filled = 0;
         loop {
-            if let Err(reason) = self.decode_all(buf.get(..filled).unwrap_or_default()).await {
+            let decoded = self.decode_all(buf.get(..filled).unwrap_or_default()).await;
+            self.hand_over_tally();
+            if let Err(reason) = decoded {
                 return reason;
             }
             let idle_between_transfers =
@@ -190,6 +205,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     pos += used;
                     if let RequestEvent::FilePacket { header, packet, .. } = &event {
                         if packet.packet_number == 1 || self.shown != Some(header.client_id) {
+                            // Counts of the upload shown so far go to it, not to this one.
+                            self.hand_over_tally();
                             let shown = self.limits.monitor.packet_begins(
                                 self.peer,
                                 header.client_id,
@@ -237,13 +254,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     self.conversation.job_done(done, self.clock);
                 }
                 Action::Log(line) => {
-                    self.limits.monitor.record(self.peer, &line);
+                    match Monitor::intermediate_packet(&line) {
+                        Some((client, bytes)) => self.count(client, bytes),
+                        None => {
+                            // In order: the packets before this line were counted first.
+                            self.hand_over_tally();
+                            self.limits.monitor.record(self.peer, &line);
+                        }
+                    }
                     super::log::emit(self.peer, line);
                 }
                 Action::Close(reason) => return Err(reason.describe()),
             }
         }
         Ok(())
+    }
+
+    /// Counts an intermediate file packet for the monitor (handed over by
+    /// [`Conn::hand_over_tally`]).
+    fn count(&mut self, client: sfc_proto::ClientId, bytes: u64) {
+        if self.tally.as_ref().is_some_and(|t| t.client != client) {
+            self.hand_over_tally();
+        }
+        let tally = self.tally.get_or_insert(Tally {
+            client,
+            packets: 0,
+            bytes: 0,
+        });
+        tally.packets += 1;
+        tally.bytes += bytes;
+    }
+
+    /// Hands the counted packets to the monitor: after each socket read's events, and
+    /// before anything else the monitor is told.
+    fn hand_over_tally(&mut self) {
+        if let Some(t) = self.tally.take() {
+            self.limits
+                .monitor
+                .packets_received(t.client, t.packets, t.bytes);
+        }
     }
 
     /// Writes a reply; false when the connection is no longer usable.
@@ -264,6 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         // A packet cut short abandons its upload (slot freed, temporary file removed).
         self.conversation.handle(Event::Closed, now());
         let _ = self.carry_out().await;
+        self.hand_over_tally();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
         match reason {
             "request timeout" | "closed by the client mid-request" | "framing lost" => {

@@ -60,13 +60,17 @@ impl<const N: usize> ByCode<N> {
     }
 
     fn inc(&self, code: u16) {
+        self.inc_by(code, 1);
+    }
+
+    fn inc_by(&self, code: u16, n: u64) {
         let kept = self.codes.iter().position(|&(known, _)| known == code);
         let slot = kept.and_then(|i| Some((self.counters.get(i)?, self.codes.get(i)?.1)));
         match slot {
             Some((slot, label)) => slot
                 .get_or_init(|| self.family.get_or_create(&code_label(label)).clone())
-                .inc(),
-            None => self.family.get_or_create(&code_label(code)).inc(),
+                .inc_by(n),
+            None => self.family.get_or_create(&code_label(code)).inc_by(n),
         };
     }
 }
@@ -385,6 +389,39 @@ impl Monitor {
         true
     }
 
+    /// The upload and content bytes of an intermediate file packet's log line (an 828
+    /// without a reply): what [`Monitor::record`] does with such a line is count it, so a
+    /// connection may add them up and hand them over with [`Monitor::packets_received`].
+    pub fn intermediate_packet(line: &LogLine) -> Option<(ClientId, u64)> {
+        match line {
+            LogLine::Request(request) if request.code == 828 && request.reply.is_none() => {
+                let content = request
+                    .payload
+                    .saturating_sub(sfc_proto::limits::FILE_PACKET_FIXED_LEN as u64);
+                request.client.map(|client| (client, content))
+            }
+            _ => None,
+        }
+    }
+
+    /// `packets` intermediate file packets of `client`'s upload with `bytes` of content
+    /// in all: the same as [`Monitor::record`] of each one's log line, with one lock.
+    pub fn packets_received(&self, client: ClientId, packets: u64, bytes: u64) {
+        self.metrics.requests.inc_by(828, packets);
+        self.metrics.replies.inc_by(0, packets);
+        self.count_packets(&client, packets, bytes);
+    }
+
+    fn count_packets(&self, client: &ClientId, packets: u64, bytes: u64) {
+        let mut live = self.live();
+        if let Some(upload) = live.uploads.get_mut(client) {
+            let packets = u16::try_from(packets).unwrap_or(u16::MAX);
+            upload.packets_received = upload.packets_received.saturating_add(packets);
+            upload.bytes = upload.bytes.saturating_add(bytes);
+            upload.updated = Instant::now();
+        }
+    }
+
     /// The conversation's log line (before it is formatted).
     pub fn record(&self, peer: SocketAddr, line: &LogLine) {
         match line {
@@ -462,16 +499,10 @@ impl Monitor {
                 } else if refused {
                     self.end_upload(&client);
                 } else {
-                    let mut live = self.live();
-                    if let Some(upload) = live.uploads.get_mut(&client) {
-                        upload.packets_received = upload.packets_received.saturating_add(1);
-                        upload.bytes = upload.bytes.saturating_add(
-                            request
-                                .payload
-                                .saturating_sub(sfc_proto::limits::FILE_PACKET_FIXED_LEN as u64),
-                        );
-                        upload.updated = Instant::now();
-                    }
+                    let content = request
+                        .payload
+                        .saturating_sub(sfc_proto::limits::FILE_PACKET_FIXED_LEN as u64);
+                    self.count_packets(&client, 1, content);
                 }
             }
         }
@@ -705,6 +736,40 @@ mod tests {
         assert!(
             text.contains("sfc_upload_duration_seconds_count 1"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn packets_handed_over_together_count_as_their_log_lines_would() {
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let a = ClientId([3; 16]);
+        let one_by_one = Monitor::new(Duration::from_secs(600));
+        let together = Monitor::new(Duration::from_secs(600));
+        for monitor in [&one_by_one, &together] {
+            assert!(monitor.packet_begins(peer, a, &header(1, 9)));
+        }
+        let mut bytes = 0;
+        for _ in 0..5 {
+            let line = packet_log(a, None);
+            let (client, content) = Monitor::intermediate_packet(&line).unwrap();
+            assert_eq!((client, content), (a, 1024));
+            bytes += content;
+            one_by_one.record(peer, &line);
+        }
+        together.packets_received(a, 5, bytes);
+        let (x, y) = (one_by_one.snapshot(), together.snapshot());
+        assert_eq!(x.uploads[0].packets_received, 5);
+        assert_eq!(y.uploads[0].packets_received, 5);
+        assert_eq!(x.uploads[0].bytes_received, y.uploads[0].bytes_received);
+        assert_eq!(one_by_one.encode(), together.encode());
+        // Any other line is recorded one by one.
+        assert_eq!(
+            Monitor::intermediate_packet(&packet_log(a, Some(ResponseCode::ServerError))),
+            None
+        );
+        assert_eq!(
+            Monitor::intermediate_packet(&LogLine::FailureBudgetSpent),
+            None
         );
     }
 
