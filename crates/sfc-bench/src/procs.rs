@@ -404,20 +404,12 @@ impl Server {
 
     /// Stops the server: SIGTERM, up to 15 s for a graceful shutdown, then SIGKILL.
     pub fn stop(mut self) -> Result<()> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(anyhow!("the server exited with {status}"))
-                };
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(status) = terminate(&mut self.child, Duration::from_secs(15))? {
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(anyhow!("the server exited with {status}"))
+            };
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -629,4 +621,24 @@ fn spawn_watchdog(
         }
         false
     })
+}
+
+/// Sends `child` SIGTERM and waits up to `patience` for it to exit; `None` if it is still
+/// running then.
+pub fn terminate(
+    child: &mut Child,
+    patience: Duration,
+) -> Result<Option<std::process::ExitStatus>> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(None)
 }

@@ -169,8 +169,13 @@ impl Weed {
 }
 
 impl Drop for Weed {
+    /// SIGTERM first (SIGKILL after 10 s): stopped so, weed removes the filer's gRPC
+    /// socket it keeps in /tmp (no option moves it).
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let stopped = crate::procs::terminate(&mut self.child, Duration::from_secs(10));
+        if !matches!(stopped, Ok(Some(_))) {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }

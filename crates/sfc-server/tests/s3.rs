@@ -236,6 +236,13 @@ fn a_stopped_object_store_gets_1607_records_nothing_and_service_resumes() {
     assert_eq!(server.stored(id, "during.bin").unwrap(), during);
     assert_eq!(server.stored(id, "before.bin").unwrap(), before);
     assert_eq!(server.db().files().unwrap().len(), 2);
+
+    // Stopped for good, weed leaves nothing behind in /tmp (the tests stay hermetic).
+    let socket = weed.filer_grpc_socket();
+    assert!(socket.exists(), "weed makes {}", socket.display());
+    drop(server);
+    drop(weed);
+    assert!(!socket.exists(), "{} left behind", socket.display());
 }
 
 /// Peak resident memory of a process in KiB (`VmHWM`).

@@ -107,17 +107,7 @@ impl ServerProcess {
 
     /// Sends SIGTERM and waits up to `patience` for the exit; None if it did not exit.
     pub fn terminate_within(&mut self, patience: Duration) -> Option<ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + patience;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        terminate(&mut self.child, patience)
     }
 
     /// Sends SIGTERM and waits for the exit (panics after 20 s).
@@ -149,4 +139,19 @@ pub fn listening_addr(line: &str) -> SocketAddr {
         .next()
         .and_then(|addr| addr.parse().ok())
         .expect("an address after 'listening on'")
+}
+
+/// Sends `child` SIGTERM and waits up to `patience` for the exit; None if it did not exit.
+pub fn terminate(child: &mut Child, patience: Duration) -> Option<ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }

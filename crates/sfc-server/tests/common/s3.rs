@@ -174,6 +174,16 @@ impl Weed {
 
     /// Kills the server (as a crash would) and waits for it to be gone.
     pub fn stop(&mut self) {
+        self.end(false);
+    }
+
+    /// Stops the server with SIGTERM (SIGKILL after 10 s), so that it removes what it
+    /// keeps outside its folder (the filer's gRPC socket in /tmp, which has no option).
+    fn shut_down(&mut self) {
+        self.end(true);
+    }
+
+    fn end(&mut self, graceful: bool) {
         // The watchdog is told first that there is nothing for it to kill.
         if let Some((mut watchdog, mut stdin)) = self.watchdog.take() {
             use std::io::Write;
@@ -182,7 +192,10 @@ impl Weed {
             let _ = watchdog.wait();
         }
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            if !graceful || super::process::terminate(&mut child, Duration::from_secs(10)).is_none()
+            {
+                let _ = child.kill();
+            }
             let _ = child.wait();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -196,13 +209,15 @@ impl Weed {
         }
     }
 
-    /// A watchdog that kills `pid` when this process ends without stopping it (its pipe
-    /// closes without the line [`Weed::stop`] writes).
+    /// A watchdog that stops `pid` (SIGTERM, SIGKILL 5 s later) when this process ends
+    /// without stopping it (its pipe closes without the line [`Weed::stop`] writes).
     fn spawn_watchdog(&self, pid: u32) -> (Child, ChildStdin) {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "cd /; if read line; then :; else kill -9 {pid} 2>/dev/null; fi"
+                "cd /; if read line; then :; else kill -TERM {pid} 2>/dev/null; i=0; \
+                 while kill -0 {pid} 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; \
+                 kill -9 {pid} 2>/dev/null; fi"
             ))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -211,6 +226,12 @@ impl Weed {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         (child, stdin)
+    }
+
+    /// The socket weed's filer makes in /tmp for its gRPC port (no option moves it);
+    /// removed when weed stops on SIGTERM.
+    pub fn filer_grpc_socket(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/tmp/seaweedfs-filer-grpc-{}.sock", self.ports[5]))
     }
 
     /// The S3 endpoint URL.
@@ -328,7 +349,7 @@ impl Weed {
 
 impl Drop for Weed {
     fn drop(&mut self) {
-        self.stop();
+        self.shut_down();
     }
 }
 
