@@ -25,7 +25,7 @@ use crate::error::DecodeError;
 use crate::header::RequestHeader;
 use crate::limits::{FILE_PACKET_FIXED_LEN, NAME_FIELD_LEN, REQUEST_HEADER_LEN};
 use crate::name::Name;
-use crate::request::{FilePacketHeader, Request, RequestBody};
+use crate::request::{name_from_field, FilePacketHeader, Request, RequestBody};
 
 /// What the decoder found in the stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -121,10 +121,7 @@ impl LastName {
         if let Some(last) = last.as_ref().filter(|last| last.field == *field) {
             return Ok(last.name.clone());
         }
-        let name = Name::decode_field(field).map_err(|source| DecodeError::Name {
-            field: "file name",
-            source,
-        })?;
+        let name = name_from_field(field, "file name")?;
         *last = Some(LastName {
             field: *field,
             name: name.clone(),

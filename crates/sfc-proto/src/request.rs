@@ -50,12 +50,7 @@ impl FilePacketHeader {
 
     /// Decodes the 267 bytes. Consistency with the content is checked by [`Self::check`].
     pub fn decode(bytes: &[u8; FILE_PACKET_FIXED_LEN]) -> Result<Self, DecodeError> {
-        Self::decode_with(bytes, |field| {
-            Name::decode_field(field).map_err(|source| DecodeError::Name {
-                field: "file name",
-                source,
-            })
-        })
+        Self::decode_with(bytes, |field| name_from_field(field, "file name"))
     }
 
     /// [`Self::decode`] with the name field decoded by `name` (the stream decoder reuses
@@ -274,8 +269,15 @@ impl RequestBody {
 }
 
 pub(crate) fn decode_name(rest: &mut &[u8], field: &'static str) -> Result<Name, DecodeError> {
-    let bytes = take::<NAME_FIELD_LEN>(rest)?;
-    Name::decode_field(&bytes).map_err(|source| DecodeError::Name { field, source })
+    name_from_field(&take::<NAME_FIELD_LEN>(rest)?, field)
+}
+
+/// The name in a 255-byte field; an invalid one is a [`DecodeError::Name`] for `field`.
+pub(crate) fn name_from_field(
+    bytes: &[u8; NAME_FIELD_LEN],
+    field: &'static str,
+) -> Result<Name, DecodeError> {
+    Name::decode_field(bytes).map_err(|source| DecodeError::Name { field, source })
 }
 
 /// A whole request: header fields and payload.
