@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use sfc_proto::{ClientId, FilePacketHeader, ResponseCode};
+use sfc_proto::{ClientId, FilePacketHeader, RequestCode, ResponseCode};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -44,14 +44,13 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 struct ByCode<const N: usize> {
     family: Family<Labels, Counter>,
-    /// The codes kept (0: no reply) and their labels; any other code goes to the family
-    /// each time.
-    codes: [(u16, &'static str); N],
+    /// The codes kept; any other code goes to the family each time.
+    codes: [u16; N],
     counters: [OnceLock<Counter>; N],
 }
 
 impl<const N: usize> ByCode<N> {
-    fn new(codes: [(u16, &'static str); N]) -> Self {
+    fn new(codes: [u16; N]) -> Self {
         ByCode {
             family: Family::default(),
             codes,
@@ -64,43 +63,34 @@ impl<const N: usize> ByCode<N> {
     }
 
     fn inc_by(&self, code: u16, n: u64) {
-        let kept = self.codes.iter().position(|&(known, _)| known == code);
-        let slot = kept.and_then(|i| Some((self.counters.get(i)?, self.codes.get(i)?.1)));
-        match slot {
-            Some((slot, label)) => slot
-                .get_or_init(|| self.family.get_or_create(&code_label(label)).clone())
+        let kept = self.codes.iter().position(|&known| known == code);
+        match kept.and_then(|i| self.counters.get(i)) {
+            Some(slot) => slot
+                .get_or_init(|| self.family.get_or_create(&code_label(code)).clone())
                 .inc_by(n),
             None => self.family.get_or_create(&code_label(code)).inc_by(n),
         };
     }
 }
 
-fn code_label(code: impl ToString) -> Labels {
-    label("code", code)
+/// The reply code counted for a request answered with no reply.
+const NO_REPLY: u16 = 0;
+
+/// The `code` label: the code, or "none" for [`NO_REPLY`].
+fn code_label(code: u16) -> Labels {
+    if code == NO_REPLY {
+        label("code", "none")
+    } else {
+        label("code", code)
+    }
 }
 
-/// The request codes and their `code` labels.
-const REQUEST_CODES: [(u16, &str); 7] = [
-    (825, "825"),
-    (826, "826"),
-    (827, "827"),
-    (828, "828"),
-    (900, "900"),
-    (901, "901"),
-    (902, "902"),
-];
-/// The reply codes and their `code` labels; 0 is no reply ("none").
-const REPLY_CODES: [(u16, &str); 9] = [
-    (1600, "1600"),
-    (1601, "1601"),
-    (1602, "1602"),
-    (1603, "1603"),
-    (1604, "1604"),
-    (1605, "1605"),
-    (1606, "1606"),
-    (1607, "1607"),
-    (0, "none"),
-];
+/// The content bytes of a file packet's log line (its payload less the fixed part).
+fn packet_content(request: &RequestLog) -> u64 {
+    request
+        .payload
+        .saturating_sub(sfc_proto::limits::FILE_PACKET_FIXED_LEN as u64)
+}
 
 /// The Prometheus metrics (see the server README for the list).
 #[derive(Debug)]
@@ -162,8 +152,13 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_refused: Family::default(),
-            requests: ByCode::new(REQUEST_CODES),
-            replies: ByCode::new(REPLY_CODES),
+            requests: ByCode::new(RequestCode::ALL.map(RequestCode::as_u16)),
+            // Every reply code, then NO_REPLY.
+            replies: ByCode::new(std::array::from_fn(|i| {
+                ResponseCode::ALL
+                    .get(i)
+                    .map_or(NO_REPLY, |code| code.as_u16())
+            })),
             bytes_received: Counter::default(),
             uploads_in_progress: Gauge::default(),
             // 1 ms .. ~4.8 h.
@@ -394,12 +389,9 @@ impl Monitor {
     /// connection may add them up and hand them over with [`Monitor::packets_received`].
     pub fn intermediate_packet(line: &LogLine) -> Option<(ClientId, u64)> {
         match line {
-            LogLine::Request(request) if request.code == 828 && request.reply.is_none() => {
-                let content = request
-                    .payload
-                    .saturating_sub(sfc_proto::limits::FILE_PACKET_FIXED_LEN as u64);
-                request.client.map(|client| (client, content))
-            }
+            LogLine::Request(request) if request.code == 828 && request.reply.is_none() => request
+                .client
+                .map(|client| (client, packet_content(request))),
             _ => None,
         }
     }
@@ -408,7 +400,7 @@ impl Monitor {
     /// in all: the same as [`Monitor::record`] of each one's log line, with one lock.
     pub fn packets_received(&self, client: ClientId, packets: u64, bytes: u64) {
         self.metrics.requests.inc_by(828, packets);
-        self.metrics.replies.inc_by(0, packets);
+        self.metrics.replies.inc_by(NO_REPLY, packets);
         self.count_packets(&client, packets, bytes);
     }
 
@@ -463,7 +455,8 @@ impl Monitor {
     fn request(&self, peer: SocketAddr, request: &RequestLog) {
         let m = &self.metrics;
         m.requests.inc(request.code);
-        m.replies.inc(request.reply.map_or(0, ResponseCode::as_u16));
+        m.replies
+            .inc(request.reply.map_or(NO_REPLY, ResponseCode::as_u16));
         if matches!(request.code, 901 | 902) {
             m.checksum_failures
                 .get_or_create(&label("code", request.code))
@@ -499,10 +492,7 @@ impl Monitor {
                 } else if refused {
                     self.end_upload(&client);
                 } else {
-                    let content = request
-                        .payload
-                        .saturating_sub(sfc_proto::limits::FILE_PACKET_FIXED_LEN as u64);
-                    self.count_packets(&client, 1, content);
+                    self.count_packets(&client, 1, packet_content(request));
                 }
             }
         }
@@ -636,7 +626,7 @@ impl Drop for OpenConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sfc_proto::{Name, RequestCode};
+    use sfc_proto::Name;
 
     fn header(number: u16, total: u16) -> FilePacketHeader {
         FilePacketHeader {
@@ -775,15 +765,37 @@ mod tests {
 
     #[test]
     fn code_labels_are_the_codes_and_counts_reach_metrics() {
-        let requests: Vec<u16> = REQUEST_CODES.iter().map(|c| c.0).collect();
-        let all: Vec<u16> = RequestCode::ALL.iter().map(|c| c.as_u16()).collect();
-        assert_eq!(requests, all);
-        for (code, label) in REQUEST_CODES.iter().chain(&REPLY_CODES[..8]) {
-            assert_eq!(code.to_string(), *label);
+        // Every request and reply code is counted under its number.
+        let every = Monitor::new(Duration::from_secs(600));
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let line = |code: u16, reply: Option<ResponseCode>| {
+            let mut line = packet_log(ClientId([9; 16]), reply);
+            if let LogLine::Request(request) = &mut line {
+                request.code = code;
+            }
+            line
+        };
+        for code in RequestCode::ALL {
+            every.record(peer, &line(code.as_u16(), None));
         }
-        let replies: Vec<u16> = REPLY_CODES[..8].iter().map(|c| c.0).collect();
-        let all: Vec<u16> = ResponseCode::ALL.iter().map(|c| c.as_u16()).collect();
-        assert_eq!(replies, all);
+        for reply in ResponseCode::ALL {
+            every.record(peer, &line(825, Some(reply)));
+        }
+        let text = every.encode();
+        for code in RequestCode::ALL {
+            let count = if code == RequestCode::Register { 9 } else { 1 };
+            let sample = format!("sfc_requests_total{{code=\"{}\"}} {count}\n", code.as_u16());
+            assert!(text.contains(&sample), "{sample} in {text}");
+        }
+        for reply in ResponseCode::ALL {
+            let sample = format!("sfc_replies_total{{code=\"{}\"}} 1\n", reply.as_u16());
+            assert!(text.contains(&sample), "{sample} in {text}");
+        }
+        assert!(
+            text.contains("sfc_replies_total{code=\"none\"} 7\n"),
+            "{text}"
+        );
+
         let monitor = Monitor::new(Duration::from_secs(600));
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let a = ClientId([1; 16]);
