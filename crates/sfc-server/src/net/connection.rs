@@ -3,7 +3,8 @@
 //! Bytes read from the socket go through sfc-proto's [`RequestDecoder`]; its events go
 //! to the conversation with the current time (an 828's content as zero-copy slices of
 //! the read buffer), and the conversation's actions are carried out here: replies
-//! written in request order, storage jobs run on tokio's blocking pool, log lines
+//! written in request order, storage jobs run on tokio's blocking pool (awaited, except
+//! the background writes of write-behind), log lines
 //! emitted, the connection closed. Every protocol rule lives in the conversation.
 //!
 //! Memory: a connection waiting for its next request holds no read buffer (it reads up to
@@ -252,6 +253,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     self.limits.monitor.storage_job(kind, started.elapsed());
                     self.clock = now();
                     self.conversation.job_done(done, self.clock);
+                }
+                Action::Write(write) => {
+                    // Not awaited: the upload collects the result (write-behind).
+                    let monitor = Arc::clone(&self.limits.monitor);
+                    tokio::task::spawn_blocking(move || {
+                        let started = Instant::now();
+                        write.run();
+                        monitor.storage_job("write", started.elapsed());
+                    });
                 }
                 Action::Log(line) => {
                     match Monitor::intermediate_packet(&line) {

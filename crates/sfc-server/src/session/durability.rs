@@ -32,7 +32,7 @@ impl Core {
             mut plaintext,
             decryptor,
             mut cksum,
-            mut temp,
+            temp,
             mut batch,
             filled,
             started,
@@ -60,6 +60,10 @@ impl Core {
                     orig: orig_file_size,
                 });
             }
+            // `end_packet` waited for the write in flight: the file is back.
+            let mut temp = temp
+                .ok_or_else(super::uploads::temp_lost)
+                .map_err(FinishError::Write)?;
             temp.write_all(&batch).map_err(FinishError::Write)?;
             let path = self.store_upload(ctx, client_id, file_name.as_str(), temp)?;
             Ok((cksum.finish(), path))

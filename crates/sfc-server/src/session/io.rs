@@ -52,6 +52,9 @@ pub enum Action {
     /// Run this storage job and give its result to [`super::Conversation::job_done`] before
     /// anything else.
     Run(Job),
+    /// Start this write on a blocking thread and go on without waiting: its result goes
+    /// back to the upload, not through the driver (write-behind, `session::uploads`).
+    Write(super::BackgroundWrite),
     /// Log this.
     Log(LogLine),
     /// Close the connection.

@@ -34,7 +34,7 @@
 //! content length (checked by [`FilePacketHeader::check`]). Anything else abandons the
 //! upload and answers 1607. Content is decrypted as it arrives (one CBC stream across
 //! packets), checksummed, and collected in a batch of `FLUSH_AT` (1 MiB) before each
-//! write, so memory per upload is bounded whatever the file or packet size. After the
+//! write (two batches while one is written behind), so memory per upload is bounded whatever the file or packet size. After the
 //! last packet: total ciphertext = `16 * (orig_file_size / 16 + 1)`, valid padding,
 //! plaintext length = `orig_file_size`; then fsync, rename, directory fsync, `files` row
 //! committed with Verified = 0, and only then 1603.
@@ -63,7 +63,7 @@ mod uploads;
 pub use self::core::{ClientRemoval, Core};
 pub use conversation::Conversation;
 pub use io::{Action, CloseReason, Event, Job, JobDone, LogLine, PeerPolicy, RequestLog};
-pub use uploads::Lease;
+pub use uploads::{BackgroundWrite, Lease};
 
 use crate::storage::Timestamp;
 use sfc_crypto::AesKey;
@@ -82,7 +82,9 @@ pub struct Limits {
     /// Bytes of batch buffers (decrypted content not yet written) all uploads may hold
     /// together. An upload parked between two packets keeps its batch, so without a
     /// bound many clients that each send a packet and stop could pin `FLUSH_AT` (1 MiB)
-    /// apiece. Beyond it an upload gets `MIN_BATCH` (16 KiB) (more, smaller writes).
+    /// apiece (twice that with a write in flight: the second buffer is granted from this
+    /// budget too, and without room for it the batch is written without write-behind).
+    /// Beyond it an upload gets `MIN_BATCH` (16 KiB) (more, smaller writes).
     pub batch_budget: usize,
     /// A started request must deliver its header and payload (an 828's header and fixed
     /// part) within this time, and an 828's content `CONTENT_PROGRESS_CHUNK` (64 KiB) per

@@ -1,7 +1,9 @@
 //! File packets (828): starting, continuing and ending a packet of an upload.
 
 use super::error::UploadError;
-use super::uploads::{BatchGrant, Checkout, ClaimError, Counted, Lease, Progress, Upload};
+use super::uploads::{
+    BatchGrant, Checkout, ClaimError, Counted, Lease, Progress, Upload, WriteBehind,
+};
 use super::{Core, Ctx, Outcome};
 use sfc_crypto::{AesKey, CbcDecryptor, Cksum};
 use sfc_proto::{
@@ -211,7 +213,8 @@ impl Core {
             plaintext: 0,
             decryptor,
             cksum: Cksum::new(),
-            temp,
+            temp: Some(temp),
+            behind: WriteBehind::default(),
             batch: Vec::new(),
             filled: 0,
             grant: BatchGrant {
@@ -327,6 +330,12 @@ impl Core {
             return Outcome::error("upload already closed");
         };
         if lease.is_last_packet() {
+            // The last batch goes after the write in flight.
+            if let Some(Err(error)) = lease.upload.as_mut().map(|upload| upload.settle()) {
+                return Outcome::storage_error(format!(
+                    "upload abandoned: cannot write the file: {error}"
+                ));
+            }
             return match lease.take() {
                 Some(upload) => self.finish(ctx, upload),
                 None => Outcome::error("upload already closed"),
@@ -340,11 +349,11 @@ impl Core {
             }
             // Between the packets of a connection-per-request client the upload holds
             // neither memory nor a file descriptor (the file is reopened by path).
+            // (`flush` waited for the write in flight.)
             if let Some(upload) = lease.upload.as_mut() {
-                upload.batch = Vec::new();
-                upload.filled = 0;
-                upload.grant.release();
-                if let Err(error) = upload.temp.suspend() {
+                upload.free_batches();
+                let suspended = upload.temp.as_mut().map_or(Ok(()), |temp| temp.suspend());
+                if let Err(error) = suspended {
                     return Outcome::storage_error(format!(
                         "upload abandoned: cannot close the file: {error}"
                     ));

@@ -1,6 +1,14 @@
 //! Uploads in progress: the registry (one per client ID, parked between packets or
-//! checked out as a [`Lease`]), each upload's decryptor, checksum and batch buffer, and
+//! checked out as a [`Lease`]), each upload's decryptor, checksum and batch buffers, and
 //! the memory budget of all batches ([`super::Limits::batch_budget`]).
+//!
+//! Write-behind: a full batch is handed to a blocking thread as a [`BackgroundWrite`]
+//! together with the temporary file, and the connection goes on decrypting into a second
+//! buffer meanwhile, without waiting. The written buffer and the file come back through
+//! a channel the upload keeps ([`WriteBehind`]), so the upload can be parked between
+//! packets and checked out by another connection while its write is in flight: whoever
+//! holds it next collects the result. Nothing waits for a write unless the next batch is
+//! full before it is done, the packet is the file's last, or the upload is suspended.
 
 use super::error::UploadError;
 use sfc_crypto::{CbcDecryptor, Cksum};
@@ -12,9 +20,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Plaintext collected before one write to the temporary file. Each write is one hop to
-/// the blocking pool (two thread wake-ups); at 64 KiB those hops were the largest cost of
-/// a large upload (see BENCHMARKS.md), at 1 MiB they are negligible.
+/// Plaintext collected before one write to the temporary file. Each write is one hand-off
+/// to the blocking pool; at 64 KiB, when the connection also waited for each one, those
+/// hops were the largest cost of a large upload (see BENCHMARKS.md). A streaming upload
+/// holds two batches of this size with write-behind (one written while the other fills);
+/// 512 KiB batches, to keep the pair at 1 MiB, lost most of write-behind's gain.
 pub const FLUSH_AT: usize = 1024 * 1024;
 /// Capacity of the batch buffer: a little above [`FLUSH_AT`] so that decrypting never
 /// reallocates it; smaller for a file whose rest is smaller ([`Lease::new`]).
@@ -101,7 +111,11 @@ pub struct Upload {
     pub(super) plaintext: u64,
     pub(super) decryptor: CbcDecryptor,
     pub(super) cksum: Cksum,
-    pub(super) temp: Box<dyn crate::storage::TempBlob>,
+    /// The temporary file; `None` exactly while a write is in flight (it travels with the
+    /// [`BackgroundWrite`] and comes back through [`WriteBehind`]).
+    pub(super) temp: Option<Box<dyn crate::storage::TempBlob>>,
+    /// The write in flight, if any, and the second batch buffer.
+    pub(super) behind: WriteBehind,
     /// `batch[..filled]`: decrypted bytes not yet written. The rest is scratch space that
     /// the decryptor writes into (`update_into`): zero-filled once when it grows, never
     /// again per packet. Freed between the packets of a connection-per-request client.
@@ -125,6 +139,109 @@ impl fmt::Debug for Upload {
             .field("received", &self.received)
             .field("encrypted_size", &self.encrypted_size)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a [`BackgroundWrite`] sends back: the file, the buffer it wrote (the next spare
+/// batch) and the result.
+type Written = (
+    Box<dyn crate::storage::TempBlob>,
+    Vec<u8>,
+    std::io::Result<()>,
+);
+
+/// The temporary file is neither with the upload nor with a write in flight (a bug).
+pub(super) fn temp_lost() -> std::io::Error {
+    std::io::Error::other("the temporary file was lost")
+}
+
+/// Write-behind state of an upload (module documentation).
+#[derive(Default)]
+pub(super) struct WriteBehind {
+    /// The result of the write in flight, when one is.
+    in_flight: Option<std::sync::mpsc::Receiver<Written>>,
+    /// The second batch buffer: decrypted into while the first is written.
+    spare: Vec<u8>,
+    /// The spare's share of [`super::Limits::batch_budget`] (0 until the first
+    /// write-behind, given back with the batch's).
+    grant: Option<BatchGrant>,
+}
+
+/// One batch written to an upload's temporary file off the connection's task: run it on
+/// a blocking thread ([`BackgroundWrite::run`]); nobody waits for it unless they must.
+pub struct BackgroundWrite {
+    temp: Box<dyn crate::storage::TempBlob>,
+    batch: Vec<u8>,
+    filled: usize,
+    done: std::sync::mpsc::SyncSender<Written>,
+}
+
+impl fmt::Debug for BackgroundWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackgroundWrite")
+            .field("bytes", &self.filled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackgroundWrite {
+    /// Writes the batch (blocking) and hands file, buffer and result back to the
+    /// upload. When the upload is gone meanwhile, the file is dropped here (removed).
+    pub fn run(self) {
+        let BackgroundWrite {
+            mut temp,
+            batch,
+            filled,
+            done,
+        } = self;
+        let result = temp.write_all(batch.get(..filled).unwrap_or_default());
+        // The receiver is gone when the upload was abandoned: the file goes with it.
+        let _ = done.send((temp, batch, result));
+    }
+}
+
+impl Upload {
+    /// Takes back the file and the spare buffer from the write in flight, waiting for
+    /// it when `wait` (blocking). `Ok(false)`: still in flight (only when not `wait`).
+    fn collect(&mut self, wait: bool) -> std::io::Result<bool> {
+        let Some(in_flight) = self.behind.in_flight.as_ref() else {
+            return Ok(true);
+        };
+        let received = if wait {
+            in_flight.recv().ok()
+        } else {
+            match in_flight.try_recv() {
+                Ok(written) => Some(written),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(false),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+            }
+        };
+        self.behind.in_flight = None;
+        let Some((temp, spare, result)) = received else {
+            return Err(std::io::Error::other("the background write was lost"));
+        };
+        self.temp = Some(temp);
+        self.behind.spare = spare;
+        result.map(|()| true)
+    }
+
+    /// Waits for the write in flight, if any (blocking), and takes the file back.
+    pub(super) fn settle(&mut self) -> std::io::Result<()> {
+        self.collect(true)?;
+        if self.temp.is_none() {
+            return Err(temp_lost());
+        }
+        Ok(())
+    }
+
+    /// Frees both batch buffers and their budget (between the packets of a
+    /// connection-per-request client). Call with no write in flight.
+    pub(super) fn free_batches(&mut self) {
+        self.batch = Vec::new();
+        self.filled = 0;
+        self.grant.release();
+        self.behind.spare = Vec::new();
+        self.behind.grant = None;
     }
 }
 
@@ -543,13 +660,66 @@ impl Lease {
             .is_some_and(|u| u.filled >= FLUSH_AT || upload_room(u) == 0)
     }
 
-    /// Writes the batch to the temporary file (blocking).
+    /// Hands the full batch to a [`BackgroundWrite`] and goes on with the spare buffer,
+    /// without blocking. `Ok(None)` when that cannot be done now: the previous write is
+    /// still in flight, or the budget has no room for a second buffer; then
+    /// [`Lease::flush`] (blocking) does it. `Err`: the previous write failed.
+    pub fn write_behind(&mut self) -> std::io::Result<Option<BackgroundWrite>> {
+        let Some(upload) = self.upload.as_mut() else {
+            return Ok(None);
+        };
+        if upload.filled == 0 || !upload.collect(false)? {
+            return Ok(None);
+        }
+        // The spare is granted as much as the batch holds; without room in the budget
+        // for it, the batch is written the old way (blocking) instead.
+        let capacity = upload.batch.capacity();
+        let held = upload.behind.grant.as_ref().map_or(0, |grant| grant.bytes);
+        if held < capacity {
+            let extra = self.registry.budget.grant(capacity - held);
+            if extra < capacity - held {
+                self.registry.budget.give_back(extra);
+                return Ok(None);
+            }
+            match upload.behind.grant.as_mut() {
+                Some(grant) => grant.bytes += extra,
+                None => {
+                    upload.behind.grant = Some(BatchGrant {
+                        bytes: extra,
+                        registry: Arc::clone(&self.registry),
+                    })
+                }
+            }
+        }
+        let Some(temp) = upload.temp.take() else {
+            return Ok(None);
+        };
+        // Not cleared: the spare's stale bytes are scratch space like the batch's (the
+        // decryptor writes before anything reads), so it is zero-filled only once.
+        let mut next = std::mem::take(&mut upload.behind.spare);
+        next.reserve_exact(capacity.saturating_sub(next.len()));
+        let batch = std::mem::replace(&mut upload.batch, next);
+        let filled = std::mem::take(&mut upload.filled);
+        let (done, in_flight) = std::sync::mpsc::sync_channel(1);
+        upload.behind.in_flight = Some(in_flight);
+        Ok(Some(BackgroundWrite {
+            temp,
+            batch,
+            filled,
+            done,
+        }))
+    }
+
+    /// Writes the batch to the temporary file after the write in flight, if any
+    /// (blocking).
     pub fn flush(&mut self) -> std::io::Result<()> {
         match self.upload.as_mut() {
             Some(upload) => {
+                upload.settle()?;
                 if upload.filled > 0 {
                     let bytes = upload.batch.get(..upload.filled).unwrap_or_default();
-                    upload.temp.write_all(bytes)?;
+                    let temp = upload.temp.as_mut().ok_or_else(temp_lost)?;
+                    temp.write_all(bytes)?;
                     upload.filled = 0;
                 }
                 Ok(())

@@ -748,6 +748,7 @@ impl Sim {
                     open = false;
                 }
                 Action::Run(job) => conversation.job_done(job.run(), self.now()),
+                Action::Write(write) => write.run(),
                 Action::Log(LogLine::Request(line)) => logged = Some(line),
                 Action::Log(_) => {}
                 Action::Close(_) => open = false,

@@ -133,10 +133,30 @@ impl Conversation {
                 Ok(taken) => {
                     used += taken;
                     if lease.needs_flush() {
-                        if let Some(lease) = current.lease.take() {
-                            self.run(JobKind::Flush(lease), Waiting::Flush);
+                        match lease.write_behind() {
+                            Ok(Some(write)) => {
+                                // (`steps` directly: `current` borrows another field.)
+                                self.steps.push_back(Step::Act(Action::Write(write)));
+                                continue;
+                            }
+                            Ok(None) => {
+                                // The previous write is still in flight (or no budget
+                                // for a second buffer): wait for it on a blocking thread.
+                                if let Some(lease) = current.lease.take() {
+                                    self.run(JobKind::Flush(lease), Waiting::Flush);
+                                }
+                                return used;
+                            }
+                            Err(error) => {
+                                current.reject = Some(Outcome::storage_error(format!(
+                                    "upload abandoned: cannot write the file: {error}"
+                                )));
+                                if let Some(lease) = current.lease.take() {
+                                    self.run(JobKind::Drop(lease), Waiting::Drop);
+                                }
+                                return piece.len();
+                            }
                         }
-                        return used;
                     }
                 }
                 Err(error) => {

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::net::entropy::OsEntropy;
-use crate::session::{Limits, LogLine};
+use crate::session::uploads::FLUSH_AT;
+use crate::session::{BackgroundWrite, Limits, LogLine};
 use crate::storage::testing::MemoryStorage;
 use crate::storage::Timestamp;
 use sfc_proto::{FilePacketHeader, Name, RequestBody};
@@ -89,6 +90,7 @@ fn drain(conversation: &mut Conversation, now: Now) -> Vec<Action> {
     while let Some(action) = conversation.poll_action() {
         match action {
             Action::Run(job) => conversation.job_done(job.run(), now),
+            Action::Write(write) => write.run(),
             other => actions.push(other),
         }
     }
@@ -240,6 +242,7 @@ fn a_reply_that_could_not_be_written_is_not_counted_as_a_failure() {
     loop {
         match s.conversation.poll_action() {
             Some(Action::Run(job)) => s.conversation.job_done(job.run(), now),
+            Some(Action::Write(write)) => write.run(),
             Some(Action::Send(_)) => break,
             Some(_) => {}
             None => panic!("no reply"),
@@ -406,4 +409,350 @@ fn a_refused_transfer_is_answered_and_counted_once_whatever_its_packets_say() {
             .any(|a| matches!(a, Action::Send(Response::ServerError))),
         "{actions:?}"
     );
+}
+
+// Write-behind (`session::uploads`): a full batch goes to a background write and the
+// conversation goes on decrypting into the second buffer.
+
+/// A conversation whose files may be large, with `batch_budget` for all batches.
+fn setup_large(batch_budget: usize) -> Setup {
+    let mut s = setup(Policy {
+        failures_allowed: 10,
+        ..Policy::default()
+    });
+    let limits = Limits {
+        max_file_size: 16 << 20,
+        upload_timeout: Duration::from_secs(600),
+        batch_budget,
+        request_timeout: TIMEOUT,
+        max_uploads: 0,
+        max_uploads_per_address: 0,
+    };
+    let core = Core::new(
+        Box::new(s.storage.meta()),
+        Box::new(s.storage.blobs()),
+        limits,
+        Box::new(OsEntropy),
+    );
+    s.conversation = Conversation::new(
+        Arc::new(core),
+        Arc::clone(&s.policy) as Arc<dyn PeerPolicy>,
+        PEER,
+        at(s.start, 0),
+    );
+    s
+}
+
+/// The reply to one request, jobs and writes run inline.
+fn ask(s: &mut Setup, id: ClientId, body: RequestBody) -> Response {
+    let now = at(s.start, 0);
+    s.conversation.handle(Event::RequestStarted, now);
+    let request = Request::new(id, body);
+    s.conversation
+        .handle(Event::Decoded(RequestEvent::Request(request)), now);
+    drain(&mut s.conversation, now)
+        .into_iter()
+        .find_map(|action| match action {
+            Action::Send(reply) => Some(reply),
+            _ => None,
+        })
+        .expect("a reply")
+}
+
+/// Registers `user` on this connection and exchanges keys: its ID and AES key.
+fn enroll(s: &mut Setup, user: &str) -> (ClientId, sfc_crypto::AesKey) {
+    static KEY: std::sync::OnceLock<sfc_crypto::RsaKeyPair> = std::sync::OnceLock::new();
+    let keys = KEY.get_or_init(|| sfc_crypto::RsaKeyPair::generate().unwrap());
+    let Response::Registered { client_id } = ask(
+        s,
+        ClientId::ZERO,
+        RequestBody::Register { name: name(user) },
+    ) else {
+        panic!("not registered")
+    };
+    let body = RequestBody::SendPublicKey {
+        name: name(user),
+        public_key: keys.public_key_der(),
+    };
+    let Response::PublicKeyAccepted { wrapped_key, .. } = ask(s, client_id, body) else {
+        panic!("no key")
+    };
+    (client_id, keys.unwrap_aes_key(&wrapped_key).unwrap())
+}
+
+fn encrypt(key: &sfc_crypto::AesKey, data: &[u8]) -> Vec<u8> {
+    let mut encryptor = sfc_crypto::CbcEncryptor::new(key).unwrap();
+    let mut out = Vec::new();
+    encryptor.update(data, &mut out).unwrap();
+    encryptor.finish(&mut out).unwrap();
+    out
+}
+
+/// Bytes that differ from one position to the next (a misplaced batch shows).
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
+}
+
+/// Carries out the conversation's actions: storage jobs inline; background writes inline,
+/// or held until `release` (a slow disk), counting what it sees.
+#[derive(Default)]
+struct Driver {
+    hold_writes: bool,
+    /// Held writes finish before a storage job runs (as the blocking pool would go on
+    /// with them meanwhile); otherwise they wait for `release`.
+    release_before_jobs: bool,
+    held: Vec<BackgroundWrite>,
+    writes: usize,
+    flush_jobs: usize,
+    replies: Vec<Response>,
+}
+
+impl Driver {
+    fn carry_out(&mut self, s: &mut Setup) {
+        let now = at(s.start, 0);
+        while let Some(action) = s.conversation.poll_action() {
+            match action {
+                Action::Run(job) => {
+                    if self.release_before_jobs {
+                        self.release();
+                    }
+                    self.flush_jobs += usize::from(job.kind() == "write");
+                    s.conversation.job_done(job.run(), now);
+                }
+                Action::Write(write) if self.hold_writes => {
+                    self.writes += 1;
+                    self.held.push(write);
+                }
+                Action::Write(write) => {
+                    self.writes += 1;
+                    write.run();
+                }
+                Action::Send(reply) => self.replies.push(reply),
+                _ => {}
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        for write in self.held.drain(..) {
+            write.run();
+        }
+    }
+}
+
+/// Sends `data` as `file` in packets of `packet` ciphertext bytes, content in 64 KiB
+/// pieces (what the socket layer reads at once); only the packets in `packets` (by index).
+#[allow(clippy::too_many_arguments)]
+fn send_file(
+    s: &mut Setup,
+    driver: &mut Driver,
+    id: ClientId,
+    key: &sfc_crypto::AesKey,
+    file: &str,
+    data: &[u8],
+    packet: usize,
+    packets: std::ops::Range<usize>,
+) {
+    let cipher = encrypt(key, data);
+    let chunks: Vec<&[u8]> = cipher.chunks(packet).collect();
+    let total = chunks.len() as u16;
+    let now = at(s.start, 0);
+    for (i, chunk) in chunks.iter().enumerate() {
+        if !packets.contains(&i) {
+            continue;
+        }
+        let header = RequestHeader::new(id, RequestCode::SendFile, 267 + chunk.len() as u32);
+        let fields = FilePacketHeader {
+            content_size: cipher.len() as u32,
+            orig_file_size: data.len() as u32,
+            packet_number: i as u16 + 1,
+            total_packets: total,
+            file_name: name(file),
+        };
+        s.conversation.handle(Event::RequestStarted, now);
+        s.conversation.handle(
+            Event::Decoded(RequestEvent::FilePacket {
+                header,
+                packet: fields,
+                content_len: chunk.len() as u32,
+            }),
+            now,
+        );
+        driver.carry_out(s);
+        for piece in chunk.chunks(64 * 1024) {
+            let mut taken = s
+                .conversation
+                .handle(Event::Decoded(RequestEvent::Content(piece)), now);
+            driver.carry_out(s);
+            while taken < piece.len() {
+                taken += s
+                    .conversation
+                    .handle(Event::MoreContent(&piece[taken..]), now);
+                driver.carry_out(s);
+            }
+        }
+        s.conversation
+            .handle(Event::Decoded(RequestEvent::FilePacketEnd), now);
+        driver.carry_out(s);
+    }
+}
+
+const MIB: usize = 1 << 20;
+const ALL: std::ops::Range<usize> = 0..usize::MAX;
+/// Packets holding one flush point each (a little more than a batch).
+const PACKET: usize = FLUSH_AT + FLUSH_AT / 8;
+
+#[test]
+fn full_batches_are_written_behind_while_decrypting_goes_on() {
+    let mut s = setup_large(16 * MIB);
+    let (id, key) = enroll(&mut s, "writer");
+    let data = pattern(3 * MIB + 12_345);
+    let mut driver = Driver::default();
+    send_file(
+        &mut s,
+        &mut driver,
+        id,
+        &key,
+        "big.bin",
+        &data,
+        256 * 1024,
+        ALL,
+    );
+    assert_eq!(
+        driver.replies,
+        [Response::FileReceived {
+            client_id: id,
+            content_size: encrypt(&key, &data).len() as u32,
+            file_name: name("big.bin"),
+            cksum: sfc_crypto::cksum(&data),
+        }]
+    );
+    assert_eq!(s.storage.stored().into_values().collect::<Vec<_>>(), [data]);
+    // Every full batch went behind (3 MiB in batches of FLUSH_AT), none waited for.
+    assert_eq!(driver.writes, 3 * MIB / FLUSH_AT);
+    assert_eq!(driver.flush_jobs, 0);
+    assert_eq!(s.storage.temp_count(), 0);
+}
+
+#[test]
+fn a_batch_full_before_the_previous_write_is_done_waits_for_it_in_a_flush_job() {
+    let mut s = setup_large(16 * MIB);
+    let (id, key) = enroll(&mut s, "slow-disk");
+    // Six batches: behind, waited for, behind, waited for, behind; the sixth is written
+    // by the end-of-file job (the decryptor keeps the last block until then).
+    let data = pattern(6 * FLUSH_AT);
+    let mut driver = Driver {
+        hold_writes: true,
+        release_before_jobs: true,
+        ..Driver::default()
+    };
+    send_file(
+        &mut s,
+        &mut driver,
+        id,
+        &key,
+        "slow.bin",
+        &data,
+        300_000,
+        ALL,
+    );
+    assert!(
+        matches!(driver.replies.as_slice(), [Response::FileReceived { cksum, .. }] if *cksum == sfc_crypto::cksum(&data)),
+        "{:?}",
+        driver.replies
+    );
+    assert_eq!(s.storage.stored().into_values().collect::<Vec<_>>(), [data]);
+    // Write-behind, flush job (the write still held), write-behind, …: alternately.
+    assert!(driver.flush_jobs >= 2, "{}", driver.flush_jobs);
+    assert_eq!(driver.writes, driver.flush_jobs + 1);
+}
+
+#[test]
+fn a_background_write_that_fails_abandons_the_upload_with_1607_and_keeps_nothing() {
+    let mut s = setup_large(16 * MIB);
+    let (id, key) = enroll(&mut s, "full-disk");
+    let old = pattern(1000);
+    let mut driver = Driver::default();
+    send_file(&mut s, &mut driver, id, &key, "f.bin", &old, 4096, ALL);
+    assert!(matches!(
+        driver.replies.as_slice(),
+        [Response::FileReceived { .. }]
+    ));
+
+    // A new version: its first background write finds the disk full.
+    let mut driver = Driver {
+        hold_writes: true,
+        ..Driver::default()
+    };
+    let new = pattern(4 * PACKET);
+    send_file(&mut s, &mut driver, id, &key, "f.bin", &new, PACKET, 0..1);
+    assert_eq!((driver.writes, driver.replies.len()), (1, 0));
+    s.storage.faults().disk_full.store(true, Ordering::SeqCst);
+    driver.release();
+    // Packet 2 finds the failure when its batch is full; 3 and 4 are swallowed (S12).
+    send_file(&mut s, &mut driver, id, &key, "f.bin", &new, PACKET, 1..4);
+    assert_eq!(driver.replies, [Response::ServerError]);
+    s.storage.faults().heal();
+    assert_eq!(s.storage.stored().into_values().collect::<Vec<_>>(), [old]);
+    assert_eq!(s.storage.temp_count(), 0);
+}
+
+#[test]
+fn an_upload_dropped_with_its_write_in_flight_leaves_no_temporary_file() {
+    let mut s = setup_large(16 * MIB);
+    let (id, key) = enroll(&mut s, "gone");
+    let data = pattern(2 * PACKET);
+    let mut driver = Driver {
+        hold_writes: true,
+        ..Driver::default()
+    };
+    // Packet 1 of 3 on a connection that served requests before: parked, no reply,
+    // and dropped when the connection ends (rule S10), its write still in flight.
+    send_file(
+        &mut s,
+        &mut driver,
+        id,
+        &key,
+        "gone.bin",
+        &data,
+        PACKET,
+        0..1,
+    );
+    assert_eq!((driver.writes, driver.replies.len()), (1, 0));
+    s.conversation.handle(Event::Closed, at(s.start, 0));
+    driver.carry_out(&mut s);
+    assert_eq!(
+        s.storage.temp_count(),
+        1,
+        "the write in flight holds the file"
+    );
+    driver.release();
+    assert_eq!(s.storage.temp_count(), 0);
+    assert!(s.storage.stored().is_empty());
+}
+
+#[test]
+fn without_budget_for_a_second_buffer_batches_are_written_in_flush_jobs() {
+    // Room for one batch (and the floor of another upload), not for two.
+    let mut s = setup_large(FLUSH_AT + MIB / 4);
+    let (id, key) = enroll(&mut s, "tight");
+    let data = pattern(2 * MIB + 12_345);
+    let mut driver = Driver::default();
+    send_file(
+        &mut s,
+        &mut driver,
+        id,
+        &key,
+        "t.bin",
+        &data,
+        128 * 1024,
+        ALL,
+    );
+    assert!(matches!(
+        driver.replies.as_slice(),
+        [Response::FileReceived { .. }]
+    ));
+    assert_eq!(s.storage.stored().into_values().collect::<Vec<_>>(), [data]);
+    assert_eq!(driver.writes, 0);
+    assert_eq!(driver.flush_jobs, 2 * MIB / FLUSH_AT);
 }
