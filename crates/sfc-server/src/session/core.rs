@@ -94,6 +94,16 @@ impl Core {
     }
 
     #[cfg(any(test, feature = "testing"))]
+    /// Batch buffers kept for the next uploads ([`super::uploads::POOLED_BATCHES`]).
+    pub fn pooled_batches(&self) -> usize {
+        self.registry
+            .pooled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    #[cfg(any(test, feature = "testing"))]
     /// Number of uploads in progress (parked or checked out).
     pub fn uploads_in_progress(&self) -> usize {
         self.registry.lock().len()

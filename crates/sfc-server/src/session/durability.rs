@@ -36,6 +36,7 @@ impl Core {
             mut batch,
             filled,
             started,
+            behind,
             ..
         } = *upload;
         batch.truncate(filled);
@@ -69,6 +70,8 @@ impl Core {
             Ok((cksum.finish(), path))
         })();
         self.registry.release(&client_id, token);
+        self.registry.recycle(batch);
+        self.registry.recycle(behind.into_spare());
         match result {
             Ok((crc, path)) => Outcome::reply(Response::FileReceived {
                 client_id,

@@ -35,6 +35,12 @@ pub(super) const BATCH_SLACK: usize = 32;
 /// Batch an upload always gets, whatever [`super::Limits::batch_budget`] has left: enough to
 /// take a default 2,048-byte packet whole (more writes, same result).
 pub const MIN_BATCH: usize = 16 * 1024;
+/// Full-size batch buffers kept for the next uploads when theirs end (at most this many,
+/// [`FLUSH_AT`] each): reused instead of freed and allocated again. Allocating 1 MiB per
+/// upload on whichever worker thread ran it made glibc's per-thread arenas keep ~1 MiB
+/// more after each upload (the server's RSS rose upload after upload; BENCHMARKS.md,
+/// "Fourth round").
+pub const POOLED_BATCHES: usize = 8;
 /// The bytes of batch buffers handed out, against [`super::Limits::batch_budget`].
 #[derive(Debug, Default)]
 pub(super) struct BatchBudget {
@@ -167,6 +173,13 @@ pub(super) struct WriteBehind {
     grant: Option<BatchGrant>,
 }
 
+impl WriteBehind {
+    /// The second batch buffer, for the registry's pool once the upload is stored.
+    pub(super) fn into_spare(self) -> Vec<u8> {
+        self.spare
+    }
+}
+
 /// One batch written to an upload's temporary file off the connection's task: run it on
 /// a blocking thread ([`BackgroundWrite::run`]); nobody waits for it unless they must.
 pub struct BackgroundWrite {
@@ -237,11 +250,18 @@ impl Upload {
     /// Frees both batch buffers and their budget (between the packets of a
     /// connection-per-request client). Call with no write in flight.
     pub(super) fn free_batches(&mut self) {
-        self.batch = Vec::new();
+        self.recycle_batches();
         self.filled = 0;
         self.grant.release();
-        self.behind.spare = Vec::new();
         self.behind.grant = None;
+    }
+
+    /// Gives both batch buffers to the registry's pool, leaving empty ones. (Done where an
+    /// upload frees its batches or is stored; an abandoned upload's are simply freed.)
+    fn recycle_batches(&mut self) {
+        let registry = &self.grant.registry;
+        registry.recycle(std::mem::take(&mut self.batch));
+        registry.recycle(std::mem::take(&mut self.behind.spare));
     }
 }
 
@@ -292,6 +312,8 @@ pub(super) struct Registry {
     pub(super) slots: Mutex<Slots>,
     pub(super) next_token: AtomicU64,
     pub(super) budget: BatchBudget,
+    /// Full-size batch buffers of ended uploads, for the next ones ([`POOLED_BATCHES`]).
+    pub(super) pooled: Mutex<Vec<Vec<u8>>>,
     /// Uploads in progress per peer address (those started with one).
     pub(super) per_address: Mutex<HashMap<IpAddr, usize>>,
     /// Caps of uploads in progress: all clients, and per address (0: no cap).
@@ -351,6 +373,26 @@ pub(super) enum Checkout {
 impl Registry {
     pub(super) fn lock(&self) -> MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A full-size batch buffer from the pool, or a new empty one.
+    pub(super) fn batch_buffer(&self) -> Vec<u8> {
+        self.pooled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Keeps a full-size batch buffer for the next upload (others are freed).
+    pub(super) fn recycle(&self, buffer: Vec<u8>) {
+        if buffer.capacity() < BATCH_CAPACITY {
+            return;
+        }
+        let mut pooled = self.pooled.lock().unwrap_or_else(PoisonError::into_inner);
+        if pooled.len() < POOLED_BATCHES {
+            pooled.push(buffer);
+        }
     }
 
     pub(super) fn token(&self) -> u64 {
@@ -565,6 +607,9 @@ impl Lease {
             }
             upload.grant.bytes += extra;
         }
+        if upload.batch.capacity() == 0 && upload.grant.bytes >= BATCH_CAPACITY {
+            upload.batch = registry.batch_buffer();
+        }
         let capacity = upload.grant.bytes.max(upload.batch.capacity());
         let len = upload.batch.len();
         upload.batch.reserve_exact(capacity.saturating_sub(len));
@@ -697,6 +742,9 @@ impl Lease {
         // Not cleared: the spare's stale bytes are scratch space like the batch's (the
         // decryptor writes before anything reads), so it is zero-filled only once.
         let mut next = std::mem::take(&mut upload.behind.spare);
+        if next.capacity() == 0 && capacity >= BATCH_CAPACITY {
+            next = self.registry.batch_buffer();
+        }
         next.reserve_exact(capacity.saturating_sub(next.len()));
         let batch = std::mem::replace(&mut upload.batch, next);
         let filled = std::mem::take(&mut upload.filled);

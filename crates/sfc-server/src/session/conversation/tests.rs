@@ -40,6 +40,7 @@ impl PeerPolicy for Policy {
 
 struct Setup {
     storage: MemoryStorage,
+    core: Arc<Core>,
     policy: Arc<Policy>,
     conversation: Conversation,
     start: Instant,
@@ -63,14 +64,16 @@ fn setup(policy: Policy) -> Setup {
     );
     let policy = Arc::new(policy);
     let start = Instant::now();
+    let core = Arc::new(core);
     let conversation = Conversation::new(
-        Arc::new(core),
+        Arc::clone(&core),
         Arc::clone(&policy) as Arc<dyn PeerPolicy>,
         PEER,
         at(start, 0),
     );
     Setup {
         storage,
+        core,
         policy,
         conversation,
         start,
@@ -434,8 +437,9 @@ fn setup_large(batch_budget: usize) -> Setup {
         limits,
         Box::new(OsEntropy),
     );
+    s.core = Arc::new(core);
     s.conversation = Conversation::new(
-        Arc::new(core),
+        Arc::clone(&s.core),
         Arc::clone(&s.policy) as Arc<dyn PeerPolicy>,
         PEER,
         at(s.start, 0),
@@ -632,6 +636,24 @@ fn full_batches_are_written_behind_while_decrypting_goes_on() {
     assert_eq!(driver.writes, 3 * MIB / FLUSH_AT);
     assert_eq!(driver.flush_jobs, 0);
     assert_eq!(s.storage.temp_count(), 0);
+}
+
+#[test]
+fn stored_uploads_leave_their_batch_buffers_to_the_next_ones() {
+    let mut s = setup_large(16 * MIB);
+    let (id, key) = enroll(&mut s, "again");
+    let mut driver = Driver::default();
+    assert_eq!(s.core.pooled_batches(), 0);
+    for (n, file) in ["one.bin", "two.bin", "three.bin"].into_iter().enumerate() {
+        let data = pattern(3 * MIB + n);
+        send_file(&mut s, &mut driver, id, &key, file, &data, 256 * 1024, ALL);
+        // Batch and spare back in the pool; taken again by the next upload, so the
+        // pool does not grow (and nothing was allocated anew).
+        assert_eq!(s.core.pooled_batches(), 2, "after {file}");
+        assert_eq!(s.core.batch_bytes(), 0);
+    }
+    assert_eq!(driver.replies.len(), 3);
+    assert_eq!(s.storage.stored().len(), 3);
 }
 
 #[test]
