@@ -512,6 +512,14 @@ struct Driver {
 }
 
 impl Driver {
+    /// A driver that keeps background writes until `release` (a slow disk).
+    fn holding_writes() -> Self {
+        Driver {
+            hold_writes: true,
+            ..Driver::default()
+        }
+    }
+
     fn carry_out(&mut self, s: &mut Setup) {
         let now = at(s.start, 0);
         while let Some(action) = s.conversation.poll_action() {
@@ -664,9 +672,8 @@ fn a_batch_full_before_the_previous_write_is_done_waits_for_it_in_a_flush_job() 
     // by the end-of-file job (the decryptor keeps the last block until then).
     let data = pattern(6 * FLUSH_AT);
     let mut driver = Driver {
-        hold_writes: true,
         release_before_jobs: true,
-        ..Driver::default()
+        ..Driver::holding_writes()
     };
     send_file(
         &mut s,
@@ -702,10 +709,7 @@ fn a_background_write_that_fails_abandons_the_upload_with_1607_and_keeps_nothing
     ));
 
     // A new version: its first background write finds the disk full.
-    let mut driver = Driver {
-        hold_writes: true,
-        ..Driver::default()
-    };
+    let mut driver = Driver::holding_writes();
     let new = pattern(4 * PACKET);
     send_file(&mut s, &mut driver, id, &key, "f.bin", &new, PACKET, 0..1);
     assert_eq!((driver.writes, driver.replies.len()), (1, 0));
@@ -724,10 +728,7 @@ fn an_upload_dropped_with_its_write_in_flight_leaves_no_temporary_file() {
     let mut s = setup_large(16 * MIB);
     let (id, key) = enroll(&mut s, "gone");
     let data = pattern(2 * PACKET);
-    let mut driver = Driver {
-        hold_writes: true,
-        ..Driver::default()
-    };
+    let mut driver = Driver::holding_writes();
     // Packet 1 of 3 on a connection that served requests before: parked, no reply,
     // and dropped when the connection ends (rule S10), its write still in flight.
     send_file(
