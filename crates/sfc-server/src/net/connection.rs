@@ -3,8 +3,8 @@
 //! Bytes read from the socket go through sfc-proto's [`RequestDecoder`]; its events go
 //! to the conversation with the current time (an 828's content as zero-copy slices of
 //! the read buffer), and the conversation's actions are carried out here: replies
-//! written in request order, storage jobs run on tokio's blocking pool (awaited, except
-//! the background writes of write-behind), log lines
+//! written in request order, storage jobs run on tokio's blocking pool and awaited
+//! (background writes, `Action::Write`, started there and not awaited), log lines
 //! emitted, the connection closed. Every protocol rule lives in the conversation.
 //!
 //! Memory: a connection waiting for its next request holds no read buffer (it reads up to

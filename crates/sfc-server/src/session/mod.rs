@@ -34,10 +34,11 @@
 //! content length (checked by [`FilePacketHeader::check`]). Anything else abandons the
 //! upload and answers 1607. Content is decrypted as it arrives (one CBC stream across
 //! packets), checksummed, and collected in a batch of `FLUSH_AT` (1 MiB) before each
-//! write (two batches while one is written behind), so memory per upload is bounded whatever the file or packet size. After the
-//! last packet: total ciphertext = `16 * (orig_file_size / 16 + 1)`, valid padding,
-//! plaintext length = `orig_file_size`; then fsync, rename, directory fsync, `files` row
-//! committed with Verified = 0, and only then 1603.
+//! write (two batches while one is written behind), so memory per upload is bounded
+//! whatever the file or packet size. After the last packet: total ciphertext =
+//! `16 * (orig_file_size / 16 + 1)`, valid padding, plaintext length = `orig_file_size`;
+//! then fsync, rename, directory fsync, `files` row committed with Verified = 0, and only
+//! then 1603.
 //!
 //! # Replies the specification leaves open (rule S2)
 //!
