@@ -62,6 +62,8 @@ pub struct Weed {
     /// The S3 port on 127.0.0.1.
     pub s3_port: u16,
     dir: PathBuf,
+    /// The gRPC sockets weed makes in /tmp (no option moves them), removed on drop.
+    tmp_sockets: Vec<PathBuf>,
 }
 
 impl Weed {
@@ -108,6 +110,15 @@ impl Weed {
             child,
             s3_port: s3,
             dir: dir.to_path_buf(),
+            tmp_sockets: [
+                ("master", master_grpc),
+                ("volume", volume_grpc),
+                ("filer", filer_grpc),
+                ("s3", s3_grpc),
+            ]
+            .iter()
+            .map(|(role, port)| PathBuf::from(format!("/tmp/seaweedfs-{role}-grpc-{port}.sock")))
+            .collect(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -170,12 +181,16 @@ impl Weed {
 
 impl Drop for Weed {
     /// SIGTERM first (SIGKILL after 10 s): stopped so, weed removes the filer's gRPC
-    /// socket it keeps in /tmp (no option moves it).
+    /// socket it keeps in /tmp; the master's and the S3 gateway's it leaves (weed 4.48),
+    /// so they are removed here.
     fn drop(&mut self) {
         let stopped = crate::procs::terminate(&mut self.child, Duration::from_secs(10));
         if !matches!(stopped, Ok(Some(_))) {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        for socket in &self.tmp_sockets {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }

@@ -178,9 +178,13 @@ impl Weed {
     }
 
     /// Stops the server with SIGTERM (SIGKILL after 10 s), so that it removes what it
-    /// keeps outside its folder (the filer's gRPC socket in /tmp, which has no option).
+    /// keeps outside its folder (the filer's gRPC socket in /tmp, which has no option),
+    /// and removes the gRPC sockets it leaves there (the master's and the S3 gateway's).
     fn shut_down(&mut self) {
         self.end(true);
+        for socket in self.tmp_sockets() {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 
     fn end(&mut self, graceful: bool) {
@@ -212,12 +216,16 @@ impl Weed {
     /// A watchdog that stops `pid` (SIGTERM, SIGKILL 5 s later) when this process ends
     /// without stopping it (its pipe closes without the line [`Weed::stop`] writes).
     fn spawn_watchdog(&self, pid: u32) -> (Child, ChildStdin) {
+        let sockets = self
+            .tmp_sockets()
+            .map(|socket| socket.display().to_string())
+            .join(" ");
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "cd /; if read line; then :; else kill -TERM {pid} 2>/dev/null; i=0; \
                  while kill -0 {pid} 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; \
-                 kill -9 {pid} 2>/dev/null; fi"
+                 kill -9 {pid} 2>/dev/null; rm -f {sockets}; fi"
             ))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -228,10 +236,18 @@ impl Weed {
         (child, stdin)
     }
 
-    /// The socket weed's filer makes in /tmp for its gRPC port (no option moves it);
-    /// removed when weed stops on SIGTERM.
-    pub fn filer_grpc_socket(&self) -> std::path::PathBuf {
-        std::path::PathBuf::from(format!("/tmp/seaweedfs-filer-grpc-{}.sock", self.ports[5]))
+    /// The sockets weed makes in /tmp for its gRPC ports, named by role and port (no
+    /// option moves them): on SIGTERM the filer removes its own, the master and the S3
+    /// gateway (weed 4.48) do not, so [`Weed::shut_down`] and the watchdog remove them.
+    pub fn tmp_sockets(&self) -> [PathBuf; 4] {
+        let [_, master, _, volume, _, filer, _, s3] = self.ports;
+        [
+            ("master", master),
+            ("volume", volume),
+            ("filer", filer),
+            ("s3", s3),
+        ]
+        .map(|(role, port)| PathBuf::from(format!("/tmp/seaweedfs-{role}-grpc-{port}.sock")))
     }
 
     /// The S3 endpoint URL.
