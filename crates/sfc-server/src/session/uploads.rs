@@ -216,6 +216,8 @@ impl BackgroundWrite {
 impl Upload {
     /// Takes back the file and the spare buffer from the write in flight, waiting for
     /// it when `wait` (blocking). `Ok(false)`: still in flight (only when not `wait`).
+    /// A job that waits here cannot starve the write it waits for of a blocking thread:
+    /// the write was spawned before the job, and tokio's pool starts tasks in order.
     fn collect(&mut self, wait: bool) -> std::io::Result<bool> {
         let Some(in_flight) = self.behind.in_flight.as_ref() else {
             return Ok(true);
