@@ -175,7 +175,7 @@ pub fn machine() -> Vec<(String, String)> {
         .map_or_else(String::new, |kb| {
             format!("{:.1} GiB", kb as f64 / 1048576.0)
         });
-    vec![
+    let mut lines = vec![
         ("cpu".into(), cpu_line(&cpuinfo)),
         ("cores".into(), cores.to_string()),
         ("memory".into(), mem),
@@ -184,7 +184,29 @@ pub fn machine() -> Vec<(String, String)> {
         ("cksum".into(), first_line("cksum", &["--version"])),
         ("rustc".into(), first_line("rustc", &["--version"])),
         ("load average at start".into(), loadavg()),
-    ]
+    ];
+    if let Ok(value) = std::fs::read_to_string(PAGE_REPORTING_DELAY) {
+        lines.push(("free page reporting".into(), page_reporting_line(&value)));
+    }
+    lines
+}
+
+/// How long a freed page stays in the guest before it is reported to the host (virtio
+/// free page reporting), in ms; only present in a VM that reports.
+const PAGE_REPORTING_DELAY: &str = "/sys/module/page_reporting/parameters/min_free_ms";
+
+/// The machine line for [`PAGE_REPORTING_DELAY`]'s value: at 0 the host takes back the
+/// pages of the previous run's deleted file at once and the next upload faults them in
+/// again (BENCHMARKS.md, Method, "Noise").
+fn page_reporting_line(value: &str) -> String {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(0) => "min_free_ms 0: freed pages go back to the host at once; a run that \
+                  writes into them again pays for it (outliers: BENCHMARKS.md, Method, Noise)"
+            .into(),
+        Ok(ms) => format!("min_free_ms {ms}: freed pages go back to the host after {ms} ms"),
+        Err(_) => format!("min_free_ms {value:?} (unreadable)"),
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +215,13 @@ mod tests {
 
     /// The start of this project machine's `/proc/cpuinfo` (flags shortened).
     const CPUINFO: &str = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\nmicrocode\t: 0x1000065\ncpu MHz\t\t: 2596.132\ncache size\t: 1024 KB\nflags\t\t: fpu vme de pse sse4_2 aes avx avx2 vaes vpclmulqdq avx512f\n\nprocessor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n";
+
+    #[test]
+    fn the_page_reporting_line_warns_when_pages_go_back_at_once() {
+        assert!(page_reporting_line("0\n").contains("at once"));
+        assert!(page_reporting_line("30000\n").ends_with("after 30000 ms"));
+        assert!(page_reporting_line("x").contains("unreadable"));
+    }
 
     #[test]
     fn the_cpu_line_names_family_model_and_stepping() {
