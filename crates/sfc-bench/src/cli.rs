@@ -86,6 +86,12 @@ pub struct Cli {
     /// and for the most frequent syscalls. Without strace this is skipped with a note.
     #[arg(long, global = true)]
     pub syscalls: bool,
+    /// The other build for `compare`: a folder with its sfc-server and sfc-client.
+    #[arg(long, global = true)]
+    pub against: Option<PathBuf>,
+    /// Rounds of `compare` (each build runs (a) once per round, --runs uploads).
+    #[arg(long, global = true, default_value_t = 6)]
+    pub rounds: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
@@ -109,7 +115,11 @@ pub enum Scenario {
     /// What the kernel and the ciphers alone cost per GiB here, done as the programs do
     /// them (tmpfs read and write, loopback TCP, AES, CRC): the floors of (a)'s CPU.
     Floors,
-    /// Everything above but s3 and balanced.
+    /// Two builds alternately: --bin-dir (or the build beside sfc-bench) and --against,
+    /// --rounds rounds of (a) each; server and client CPU per upload pooled per build.
+    /// Not part of `all`.
+    Compare,
+    /// Everything above but s3, balanced and compare.
     All,
 }
 
@@ -157,5 +167,16 @@ mod tests {
         assert!(!cli.admin && !cli.syscalls);
         let cli = Cli::try_parse_from(["sfc-bench", "--admin", "tmpfs", "--syscalls"]).unwrap();
         assert!(cli.admin && cli.syscalls);
+    }
+
+    #[test]
+    fn compare_takes_the_other_build_and_its_rounds() {
+        let cli =
+            Cli::try_parse_from(["sfc-bench", "compare", "--against", "/builds/old"]).unwrap();
+        assert_eq!(cli.scenario, Scenario::Compare);
+        assert_eq!(cli.against, Some(PathBuf::from("/builds/old")));
+        assert_eq!((cli.rounds, cli.runs), (6, 3));
+        let cli = Cli::try_parse_from(["sfc-bench", "--rounds", "8", "compare"]).unwrap();
+        assert_eq!((cli.rounds, cli.against), (8, None));
     }
 }

@@ -27,6 +27,7 @@
 mod admin;
 mod balanced;
 mod cli;
+mod compare;
 mod context;
 mod floors;
 mod flows;
@@ -114,6 +115,9 @@ fn run_scenarios(ctx: &mut RunContext, scenario: Scenario) {
     }
     if scenario == Scenario::Balanced {
         step(ctx, "balanced", &balanced::run_balanced);
+    }
+    if scenario == Scenario::Compare {
+        step(ctx, "compare", &compare::run_compare);
     }
 }
 
