@@ -213,19 +213,23 @@ impl Weed {
         }
     }
 
-    /// A watchdog that stops `pid` (SIGTERM, SIGKILL 5 s later) when this process ends
-    /// without stopping it (its pipe closes without the line [`Weed::stop`] writes).
+    /// A watchdog that stops `pid` (SIGTERM, SIGKILL 5 s later) and removes the server's
+    /// folder and /tmp sockets when this process ends without stopping it (its pipe
+    /// closes without the line [`Weed::stop`] writes): the shared server lives in a
+    /// static, which is never dropped, so its `TempDir` would otherwise stay behind.
     fn spawn_watchdog(&self, pid: u32) -> (Child, ChildStdin) {
-        let sockets = self
-            .tmp_sockets()
-            .map(|socket| socket.display().to_string())
-            .join(" ");
+        // Quoted for sh: the folder lives under TMPDIR, which may hold anything.
+        let quote = |path: &std::path::Path| {
+            format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+        };
+        let sockets = self.tmp_sockets().map(|socket| quote(&socket)).join(" ");
+        let dir = quote(self.dir.path());
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "cd /; if read line; then :; else kill -TERM {pid} 2>/dev/null; i=0; \
                  while kill -0 {pid} 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; \
-                 kill -9 {pid} 2>/dev/null; rm -f {sockets}; fi"
+                 kill -9 {pid} 2>/dev/null; rm -f {sockets}; rm -rf {dir}; fi"
             ))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
