@@ -96,11 +96,7 @@ impl Core {
     #[cfg(any(test, feature = "testing"))]
     /// Batch buffers kept for the next uploads ([`super::uploads::POOLED_BATCHES`]).
     pub fn pooled_batches(&self) -> usize {
-        self.registry
-            .pooled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.registry.pool().len()
     }
 
     #[cfg(any(test, feature = "testing"))]

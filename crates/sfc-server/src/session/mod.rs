@@ -206,6 +206,11 @@ impl Outcome {
         }
     }
 
+    /// A 1607 for an upload abandoned because its temporary file could not be written.
+    pub(crate) fn write_failed(error: &std::io::Error) -> Self {
+        Outcome::storage_error(format!("upload abandoned: cannot write the file: {error}"))
+    }
+
     /// A refusal by a per-address rate limit.
     pub(crate) fn rate_limited(detail: impl Into<String>) -> Self {
         Outcome {

@@ -332,9 +332,7 @@ impl Core {
         if lease.is_last_packet() {
             // The last batch goes after the write in flight.
             if let Some(Err(error)) = lease.upload.as_mut().map(|upload| upload.settle()) {
-                return Outcome::storage_error(format!(
-                    "upload abandoned: cannot write the file: {error}"
-                ));
+                return Outcome::write_failed(&error);
             }
             return match lease.take() {
                 Some(upload) => self.finish(ctx, upload),
@@ -343,9 +341,7 @@ impl Core {
         }
         if ctx.first_on_connection {
             if let Err(error) = lease.flush() {
-                return Outcome::storage_error(format!(
-                    "upload abandoned: cannot write the file: {error}"
-                ));
+                return Outcome::write_failed(&error);
             }
             // Between the packets of a connection-per-request client the upload holds
             // neither memory nor a file descriptor (the file is reopened by path).

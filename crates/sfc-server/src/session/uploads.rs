@@ -251,19 +251,15 @@ impl Upload {
 
     /// Frees both batch buffers and their budget (between the packets of a
     /// connection-per-request client). Call with no write in flight.
+    /// The buffers go to the registry's pool, as a stored upload's do (an abandoned
+    /// upload's are simply freed).
     pub(super) fn free_batches(&mut self) {
-        self.recycle_batches();
-        self.filled = 0;
-        self.grant.release();
-        self.behind.grant = None;
-    }
-
-    /// Gives both batch buffers to the registry's pool, leaving empty ones. (Done where an
-    /// upload frees its batches or is stored; an abandoned upload's are simply freed.)
-    fn recycle_batches(&mut self) {
         let registry = &self.grant.registry;
         registry.recycle(std::mem::take(&mut self.batch));
         registry.recycle(std::mem::take(&mut self.behind.spare));
+        self.filled = 0;
+        self.grant.release();
+        self.behind.grant = None;
     }
 }
 
@@ -377,13 +373,14 @@ impl Registry {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The pool of batch buffers ([`POOLED_BATCHES`]).
+    pub(super) fn pool(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        self.pooled.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A full-size batch buffer from the pool, or a new empty one.
     pub(super) fn batch_buffer(&self) -> Vec<u8> {
-        self.pooled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .unwrap_or_default()
+        self.pool().pop().unwrap_or_default()
     }
 
     /// Keeps a full-size batch buffer for the next upload (others are freed).
@@ -391,7 +388,7 @@ impl Registry {
         if buffer.capacity() < BATCH_CAPACITY {
             return;
         }
-        let mut pooled = self.pooled.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pooled = self.pool();
         if pooled.len() < POOLED_BATCHES {
             pooled.push(buffer);
         }

@@ -129,44 +129,37 @@ impl Conversation {
             let Some(lease) = current.lease.as_mut() else {
                 return piece.len(); // refused packet: its content is skipped
             };
-            match lease.push(piece.get(used..).unwrap_or_default()) {
+            let failure = match lease.push(piece.get(used..).unwrap_or_default()) {
                 Ok(taken) => {
                     used += taken;
-                    if lease.needs_flush() {
-                        match lease.write_behind() {
-                            Ok(Some(write)) => {
-                                // (`steps` directly: `current` borrows another field.)
-                                self.steps.push_back(Step::Act(Action::Write(write)));
-                                continue;
-                            }
-                            Ok(None) => {
-                                // The previous write is still in flight (or no budget
-                                // for a second buffer): wait for it on a blocking thread.
-                                if let Some(lease) = current.lease.take() {
-                                    self.run(JobKind::Flush(lease), Waiting::Flush);
-                                }
-                                return used;
-                            }
-                            Err(error) => {
-                                current.reject = Some(Outcome::storage_error(format!(
-                                    "upload abandoned: cannot write the file: {error}"
-                                )));
-                                if let Some(lease) = current.lease.take() {
-                                    self.run(JobKind::Drop(lease), Waiting::Drop);
-                                }
-                                return piece.len();
-                            }
+                    if !lease.needs_flush() {
+                        continue;
+                    }
+                    match lease.write_behind() {
+                        Ok(Some(write)) => {
+                            // (`steps` directly: `current` borrows another field.)
+                            self.steps.push_back(Step::Act(Action::Write(write)));
+                            continue;
                         }
+                        Ok(None) => {
+                            // The previous write is still in flight (or no budget for a
+                            // second buffer): wait for it on a blocking thread.
+                            if let Some(lease) = current.lease.take() {
+                                self.run(JobKind::Flush(lease), Waiting::Flush);
+                            }
+                            return used;
+                        }
+                        Err(error) => Outcome::write_failed(&error),
                     }
                 }
-                Err(error) => {
-                    current.reject = Some(Outcome::error(format!("upload abandoned: {error}")));
-                    if let Some(lease) = current.lease.take() {
-                        self.run(JobKind::Drop(lease), Waiting::Drop);
-                    }
-                    return piece.len();
-                }
+                Err(error) => Outcome::error(format!("upload abandoned: {error}")),
+            };
+            // The upload is abandoned: the rest of its content is skipped.
+            current.reject = Some(failure);
+            if let Some(lease) = current.lease.take() {
+                self.run(JobKind::Drop(lease), Waiting::Drop);
             }
+            return piece.len();
         }
         used
     }
@@ -175,7 +168,7 @@ impl Conversation {
         let failure = match done {
             Done::Flushed(lease, Err(error)) => {
                 self.run(JobKind::Drop(lease), Waiting::Drop);
-                Outcome::storage_error(format!("upload abandoned: cannot write the file: {error}"))
+                Outcome::write_failed(&error)
             }
             Done::Flushed(lease, Ok(())) => {
                 if let Some(current) = self.current.as_mut() {
