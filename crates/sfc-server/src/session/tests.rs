@@ -89,7 +89,8 @@ fn enroll(h: &Harness, user: &str) -> (ClientId, AesKey) {
     (client_id, keypair().unwrap_aes_key(&wrapped_key).unwrap())
 }
 
-fn encrypt(key: &AesKey, data: &[u8]) -> Vec<u8> {
+/// `data` encrypted as a client would (also for the conversation's tests).
+pub(super) fn encrypt(key: &AesKey, data: &[u8]) -> Vec<u8> {
     let mut enc = CbcEncryptor::new(key).unwrap();
     let mut out = Vec::new();
     enc.update(data, &mut out).unwrap();

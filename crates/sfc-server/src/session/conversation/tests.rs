@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::net::entropy::OsEntropy;
+use crate::session::tests::encrypt;
 use crate::session::uploads::FLUSH_AT;
 use crate::session::{BackgroundWrite, Limits, LogLine};
 use crate::storage::testing::MemoryStorage;
@@ -47,11 +48,16 @@ struct Setup {
 }
 
 fn setup(policy: Policy) -> Setup {
+    setup_with(policy, 1 << 20, 1 << 20)
+}
+
+/// [`setup`] with other limits on the file size and on all batches.
+fn setup_with(policy: Policy, max_file_size: u64, batch_budget: usize) -> Setup {
     let storage = MemoryStorage::new();
     let limits = Limits {
-        max_file_size: 1 << 20,
+        max_file_size,
         upload_timeout: Duration::from_secs(600),
-        batch_budget: 1 << 20,
+        batch_budget,
         request_timeout: TIMEOUT,
         max_uploads: 0,
         max_uploads_per_address: 0,
@@ -419,32 +425,11 @@ fn a_refused_transfer_is_answered_and_counted_once_whatever_its_packets_say() {
 
 /// A conversation whose files may be large, with `batch_budget` for all batches.
 fn setup_large(batch_budget: usize) -> Setup {
-    let mut s = setup(Policy {
+    let policy = Policy {
         failures_allowed: 10,
         ..Policy::default()
-    });
-    let limits = Limits {
-        max_file_size: 16 << 20,
-        upload_timeout: Duration::from_secs(600),
-        batch_budget,
-        request_timeout: TIMEOUT,
-        max_uploads: 0,
-        max_uploads_per_address: 0,
     };
-    let core = Core::new(
-        Box::new(s.storage.meta()),
-        Box::new(s.storage.blobs()),
-        limits,
-        Box::new(OsEntropy),
-    );
-    s.core = Arc::new(core);
-    s.conversation = Conversation::new(
-        Arc::clone(&s.core),
-        Arc::clone(&s.policy) as Arc<dyn PeerPolicy>,
-        PEER,
-        at(s.start, 0),
-    );
-    s
+    setup_with(policy, 16 << 20, batch_budget)
 }
 
 /// The reply to one request, jobs and writes run inline.
@@ -482,14 +467,6 @@ fn enroll(s: &mut Setup, user: &str) -> (ClientId, sfc_crypto::AesKey) {
         panic!("no key")
     };
     (client_id, keys.unwrap_aes_key(&wrapped_key).unwrap())
-}
-
-fn encrypt(key: &sfc_crypto::AesKey, data: &[u8]) -> Vec<u8> {
-    let mut encryptor = sfc_crypto::CbcEncryptor::new(key).unwrap();
-    let mut out = Vec::new();
-    encryptor.update(data, &mut out).unwrap();
-    encryptor.finish(&mut out).unwrap();
-    out
 }
 
 /// Bytes that differ from one position to the next (a misplaced batch shows).
