@@ -11,7 +11,6 @@
 use crate::context::RunContext;
 use crate::procs::Bins;
 use crate::report::{Row, Spread};
-use crate::upload::{self, UploadConfig};
 use anyhow::{Context, Result};
 use serde_json::json;
 
@@ -57,21 +56,7 @@ pub fn run_compare(ctx: &mut RunContext) -> Result<()> {
             order.reverse();
         }
         for (_, bins, figures) in order {
-            let result = upload::run(&UploadConfig {
-                bins,
-                work: &work,
-                source: &source,
-                size: ctx.cli.size,
-                runs: ctx.cli.runs,
-                packet_size: ctx.cli.packet_size,
-                disk: false,
-                openssl_seconds: ctx.cli.openssl_seconds,
-                store: None,
-                admin: None,
-                syscalls: false,
-            });
-            let _ = std::fs::remove_dir_all(&work);
-            let result = result?;
+            let result = ctx.upload_with(bins, &source, &work, false, None, false)?;
             figures.server_cpu.extend(&result.server_cpu);
             figures.client_cpu.extend(&result.client_cpu);
             figures.mbps.extend(&result.mbps);

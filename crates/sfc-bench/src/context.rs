@@ -123,9 +123,22 @@ impl RunContext {
         store: Option<(&str, &[(String, String)])>,
         syscalls: bool,
     ) -> Result<upload::UploadResult> {
+        self.upload_with(&self.bins, source, work, disk, store, syscalls)
+    }
+
+    /// [`RunContext::upload`] with other binaries (`compare`).
+    pub fn upload_with(
+        &self,
+        bins: &Bins,
+        source: &Path,
+        work: &Path,
+        disk: bool,
+        store: Option<(&str, &[(String, String)])>,
+        syscalls: bool,
+    ) -> Result<upload::UploadResult> {
         let token_file = self.admin_token_file();
         let result = upload::run(&upload::UploadConfig {
-            bins: &self.bins,
+            bins,
             work,
             source,
             size: self.cli.size,
