@@ -11,6 +11,7 @@
 
 pub mod plan;
 
+mod buffer;
 pub(crate) mod packets;
 pub(crate) mod pipeline;
 
@@ -34,8 +35,8 @@ pub const PACKET_PREFIX_LEN: usize = REQUEST_HEADER_LEN + FILE_PACKET_FIXED_LEN;
 /// Reusable buffers for sending files.
 #[derive(Debug, Default)]
 pub struct Uploader {
-    chunk: Vec<u8>,
-    pool: Vec<Vec<u8>>,
+    chunk: buffer::ReadBuffer,
+    pool: Vec<buffer::ReadBuffer>,
     out: Vec<u8>,
     spare: Vec<u8>,
 }

@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use sfc_crypto::{AesKey, CbcEncryptor, Cksum, AES_BLOCK_LEN};
 use sfc_proto::{ClientId, FilePacketHeader, Name};
 
+use super::buffer::ReadBuffer;
 use super::plan::Plan;
 use super::{PACKET_PREFIX_LEN, READ_CHUNK};
 use crate::error::ClientError;
@@ -43,9 +44,10 @@ pub(crate) struct FileReader<'a> {
 impl FileReader<'_> {
     /// Fills the start of `buf` with the next bytes of the file (as many as fit and are
     /// planned) and returns how many; 0 once the planned size is read.
-    pub(crate) fn read_chunk(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
-        let n = self.remaining.min(buf.len() as u64) as usize;
-        let chunk = buf.get_mut(..n).unwrap_or_default();
+    pub(crate) fn read_chunk(&mut self, buf: &mut ReadBuffer) -> Result<usize, ClientError> {
+        let space = buf.space();
+        let n = self.remaining.min(space.len() as u64) as usize;
+        let chunk = space.get_mut(..n).unwrap_or_default();
         read_full(&mut self.file, chunk).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 file_error(
@@ -66,14 +68,14 @@ impl FileReader<'_> {
 }
 
 /// A filled plaintext buffer from the reader thread, and how many bytes of it count.
-pub(crate) type Chunk = Result<(Vec<u8>, usize), ClientError>;
+pub(crate) type Chunk = Result<(ReadBuffer, usize), ClientError>;
 
 /// The encrypting side's ends of the channels to a reader thread.
 pub(crate) struct ReaderFeed {
     /// Filled buffers (or the reader's error), in file order.
     pub(crate) full: mpsc::Receiver<Chunk>,
     /// Buffers handed back to be filled again.
-    pub(crate) free: mpsc::Sender<Vec<u8>>,
+    pub(crate) free: mpsc::Sender<ReadBuffer>,
 }
 
 /// Turns a file into its packets: reads and checksums it (in this thread, or on a reader
@@ -85,11 +87,11 @@ pub(crate) struct PacketSource<'a> {
     /// The reader thread's channels while it runs.
     pub(crate) feed: Option<ReaderFeed>,
     /// Plaintext being encrypted: `chunk[chunk_pos..chunk_len]` is still to go.
-    chunk: &'a mut Vec<u8>,
+    chunk: &'a mut ReadBuffer,
     chunk_pos: usize,
     chunk_len: usize,
     /// Further plaintext buffers for a reader thread, kept between sends.
-    pub(crate) pool: &'a mut Vec<Vec<u8>>,
+    pub(crate) pool: &'a mut Vec<ReadBuffer>,
     encryptor: Option<CbcEncryptor>,
     /// Plaintext bytes given to the encryptor so far.
     plain_fed: u64,
@@ -135,14 +137,11 @@ impl<'a> PacketSource<'a> {
         client_id: ClientId,
         key: &AesKey,
         plan: Plan,
-        chunk: &'a mut Vec<u8>,
-        pool: &'a mut Vec<Vec<u8>>,
+        chunk: &'a mut ReadBuffer,
+        pool: &'a mut Vec<ReadBuffer>,
     ) -> Result<Self, ClientError> {
         let file =
             File::open(path).map_err(|e| file_error(path, format!("cannot be opened: {e}")))?;
-        if chunk.len() != READ_CHUNK {
-            chunk.resize(READ_CHUNK, 0);
-        }
         Ok(PacketSource {
             reader: Some(FileReader {
                 file,
@@ -189,7 +188,7 @@ impl<'a> PacketSource<'a> {
         } else {
             return Err(ClientError::Internal("the file is not open".to_owned()));
         };
-        if n == 0 || n > self.chunk.len() {
+        if n == 0 || n > READ_CHUNK {
             return Err(ClientError::Internal(format!(
                 "the file reader returned {n} bytes before the planned end"
             )));
@@ -295,10 +294,7 @@ impl<'a> PacketSource<'a> {
             }
             let want = usize::try_from(target - self.plain_fed).unwrap_or(usize::MAX);
             let n = want.min(self.chunk_len - self.chunk_pos);
-            let input = self
-                .chunk
-                .get(self.chunk_pos..self.chunk_pos + n)
-                .ok_or_else(buffer_error)?;
+            let input = self.chunk.get(self.chunk_pos, n).ok_or_else(buffer_error)?;
             let encryptor = self
                 .encryptor
                 .as_mut()
@@ -413,7 +409,8 @@ mod tests {
             let path = dir.path().join("f.bin");
             std::fs::write(&path, &data).unwrap();
             let p = plan(size as u64, requested(packet)).unwrap();
-            let (mut read_buf, mut cipher, mut out) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut read_buf, mut cipher, mut out) =
+                (ReadBuffer::default(), Vec::new(), Vec::new());
             let label = Name::new("f.bin").unwrap();
             let mut source = PacketSource::open(
                 &path,
@@ -470,7 +467,7 @@ mod tests {
         let path = dir.path().join("f.bin");
         std::fs::write(&path, vec![1u8; 100]).unwrap();
         let p = plan(200, None).unwrap();
-        let (mut read_buf, mut cipher, mut out) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut read_buf, mut cipher, mut out) = (ReadBuffer::default(), Vec::new(), Vec::new());
         let label = Name::new("f.bin").unwrap();
         let mut source = PacketSource::open(
             &path,
@@ -501,7 +498,7 @@ mod tests {
                 let path = dir.path().join("f");
                 std::fs::write(&path, &data).unwrap();
                 let p = plan(size as u64, requested(Some(packet))).unwrap();
-                let (mut a, mut b, mut out) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut a, mut b, mut out) = (ReadBuffer::default(), Vec::new(), Vec::new());
                 let mut source =
                     PacketSource::open(&path, &label, ClientId::ZERO, &key, p, &mut a, &mut b)
                         .unwrap();

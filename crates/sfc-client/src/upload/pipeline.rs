@@ -9,10 +9,11 @@ use std::io::{self, Write};
 use std::sync::mpsc;
 use std::thread::{Scope, ScopedJoinHandle};
 
+use super::buffer::ReadBuffer;
 use super::packets::{
     buffer_error, packet_room, Chunk, FileReader, PacketSource, ReaderFeed, READ_BUFFERS,
 };
-use super::{trace_packet, BATCH, READ_CHUNK};
+use super::{trace_packet, BATCH};
 use crate::error::ClientError;
 use crate::progress::Reporter;
 use crate::tls::Stream;
@@ -122,7 +123,7 @@ pub(crate) fn write_paced(
 
 /// What the reader thread gives back: the reader (with its checksum) and the channel of
 /// buffers it had not taken yet.
-type ReaderEnd<'a> = (FileReader<'a>, mpsc::Receiver<Vec<u8>>);
+type ReaderEnd<'a> = (FileReader<'a>, mpsc::Receiver<ReadBuffer>);
 
 /// Starts the reader thread: it fills free buffers, in file order, until the planned size
 /// is read. The source gets the channel ends.
@@ -132,8 +133,10 @@ fn spawn_reader<'scope, 'env, 'a: 'scope>(
     source: &mut PacketSource<'_>,
 ) -> ScopedJoinHandle<'scope, ReaderEnd<'a>> {
     let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Chunk>(READ_BUFFERS);
-    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-    source.pool.resize_with(READ_BUFFERS - 1, Vec::new);
+    let (free_tx, free_rx) = mpsc::channel::<ReadBuffer>();
+    source
+        .pool
+        .resize_with(READ_BUFFERS - 1, ReadBuffer::default);
     for buf in source.pool.drain(..) {
         let _ = free_tx.send(buf);
     }
@@ -142,9 +145,6 @@ fn spawn_reader<'scope, 'env, 'a: 'scope>(
             let Ok(mut buf) = free_rx.recv() else {
                 break;
             };
-            if buf.len() != READ_CHUNK {
-                buf.resize(READ_CHUNK, 0);
-            }
             let chunk = reader.read_chunk(&mut buf).map(|n| (buf, n));
             let failed = chunk.is_err();
             if chunk_tx.send(chunk).is_err() || failed {
@@ -268,7 +268,7 @@ mod tests {
         let key = AesKey::random();
         let label = Name::new("f.bin").unwrap();
         let (mut first, mut second) = (Vec::new(), Vec::new());
-        let (mut chunk, mut pool) = (Vec::new(), Vec::new());
+        let (mut chunk, mut pool) = (ReadBuffer::default(), Vec::new());
         for (size, packet) in [
             (0usize, None),
             (5000, Some(1000)),
@@ -280,7 +280,8 @@ mod tests {
             let path = dir.path().join("f.bin");
             std::fs::write(&path, &data).unwrap();
             let p = plan(size as u64, requested(packet)).unwrap();
-            let (mut rb, mut pl, mut expected) = (Vec::new(), Vec::new(), b"resend".to_vec());
+            let (mut rb, mut pl, mut expected) =
+                (ReadBuffer::default(), Vec::new(), b"resend".to_vec());
             let mut source =
                 PacketSource::open(&path, &label, ClientId([3; 16]), &key, p, &mut rb, &mut pl)
                     .unwrap();
