@@ -9,7 +9,8 @@
 //!
 //! Memory: a connection waiting for its next request holds no read buffer (it reads up to
 //! [`FIRST_READ`] bytes into the task's own state); the read buffer is [`SMALL_BUFFER`]
-//! while a request arrives and [`LARGE_BUFFER`] only while it streams 828 content.
+//! while a request arrives and [`LARGE_BUFFER`] only while it streams 828 content (each a
+//! page more, to start on a page boundary: see [`crate::net::read_buffer`] for why).
 //!
 //! Time-outs: no byte for `idle_timeout` closes the connection; a started request must
 //! make progress by the conversation's [`Conversation::deadline`], so a slow-loris
@@ -19,6 +20,7 @@
 //! The stream is plain TCP or TLS around it ([`crate::net::tls`]); the code is the same.
 
 use crate::net::monitor::Monitor;
+use crate::net::read_buffer::ReadBuffer;
 use crate::session::{Action, Conversation, Core, Event, JobDone, Now, PeerPolicy};
 use crate::storage::Timestamp;
 use sfc_proto::{RequestDecoder, RequestEvent, Response};
@@ -112,11 +114,11 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> &'static str {
-        let mut buf = Vec::new();
+        let mut buf = ReadBuffer::default();
         let mut first = [0u8; FIRST_READ];
         let mut filled = 0;
         loop {
-            let decoded = self.decode_all(buf.get(..filled).unwrap_or_default()).await;
+            let decoded = self.decode_all(buf.filled(filled)).await;
             self.hand_over_tally();
             if let Err(reason) = decoded {
                 return reason;
@@ -138,11 +140,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 SMALL_BUFFER
             };
             if waiting {
-                buf = Vec::new();
+                buf = ReadBuffer::default();
             } else if buf.len() != want {
-                buf = vec![0u8; want];
+                buf = ReadBuffer::with_len(want);
             }
-            let target: &mut [u8] = if waiting { &mut first } else { &mut buf };
+            let target: &mut [u8] = if waiting { &mut first } else { buf.space() };
             let idle = Instant::now() + self.limits.idle_timeout;
             let deadline = self
                 .conversation
@@ -155,9 +157,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
             };
             if let (true, Ok(Ok(n))) = (waiting, &read) {
-                buf = vec![0u8; SMALL_BUFFER];
+                buf = ReadBuffer::with_len(SMALL_BUFFER);
                 let copied = first.get(..*n).unwrap_or_default();
-                if let Some(start) = buf.get_mut(..copied.len()) {
+                if let Some(start) = buf.space().get_mut(..copied.len()) {
                     start.copy_from_slice(copied);
                 }
             }

@@ -19,6 +19,7 @@ mod log;
 pub(crate) mod monitor;
 pub(crate) mod proxy_protocol;
 pub(crate) mod rate_limit;
+mod read_buffer;
 pub(crate) mod refusals;
 pub(crate) mod running;
 pub(crate) mod shutdown;
