@@ -4,11 +4,15 @@
 //! can get near these figures, never below them, so they tell which part of (a)'s CPU is
 //! the programs' own and which is the machine's.
 //!
-//! - tmpfs read: the source file in 1 MiB `read`s (the client's reader);
+//! - tmpfs read: the source file in 1 MiB `read`s into a page-aligned buffer (the
+//!   client's reader), and once more into a buffer 16 bytes past a page boundary, where
+//!   glibc puts a fresh 1 MiB allocation: on some CPUs (AMD Zen 3) the kernel's copy is
+//!   several times slower there, which is why the client aligns its buffers;
 //! - tmpfs write: 1 MiB `write`s into a new file on the same tmpfs (the server's batches),
 //!   the second of two writes, since the first touch of guest memory costs extra;
-//! - loopback TCP: 1 MiB `write`s (the client's writer) to 64 KiB `read`s (the server's
-//!   read buffer while content streams), sender and receiver each on its own thread;
+//! - loopback TCP: 1 MiB `write`s (the client's writer) to 64 KiB `read`s into a
+//!   page-aligned buffer (the server's read buffer while content streams), sender and
+//!   receiver each on its own thread; and once more into a buffer 16 bytes past a page;
 //! - AES-256-CBC encrypt and decrypt (sfc-crypto `update_into`, 64 KiB pieces) and CRC
 //!   (sfc-crypto `Cksum`) of data in memory.
 
@@ -28,18 +32,26 @@ const PIECE: usize = 64 * 1024;
 /// In-memory data the cipher and CRC floors work on, again and again (the file's size
 /// in all).
 const MEMORY_DATA: usize = 16 << 20;
+/// Bytes of a page.
+const PAGE: usize = 4096;
+/// Where glibc puts a fresh 1 MiB allocation: 16 bytes into its own mapping.
+const MISALIGNED: usize = 16;
 
 /// CPU seconds per GiB.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Floors {
-    /// Reading a tmpfs file.
+    /// Reading a tmpfs file into a page-aligned buffer.
     pub tmpfs_read: f64,
+    /// The same into a buffer [`MISALIGNED`] bytes past a page boundary.
+    pub tmpfs_read_misaligned: f64,
     /// Writing a new tmpfs file.
     pub tmpfs_write: f64,
     /// Sending over loopback TCP.
     pub tcp_send: f64,
-    /// Receiving over loopback TCP.
+    /// Receiving over loopback TCP into a page-aligned buffer.
     pub tcp_receive: f64,
+    /// The same into a buffer [`MISALIGNED`] bytes past a page boundary.
+    pub tcp_receive_misaligned: f64,
     /// AES-256-CBC encryption.
     pub encrypt: f64,
     /// AES-256-CBC decryption.
@@ -73,13 +85,25 @@ fn on_this_thread<T>(work: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
     Ok((after - before, result))
 }
 
-fn read_file(source: &Path) -> Result<(f64, u64)> {
+/// `len` bytes of `bytes` (resized to fit) starting `offset` bytes past a page boundary:
+/// where a buffer lies decides how fast the kernel copies into it (module documentation).
+fn buffer_at(bytes: &mut Vec<u8>, len: usize, offset: usize) -> Result<&mut [u8]> {
+    bytes.resize(len + 2 * PAGE, 0);
+    let start = bytes.as_ptr().align_offset(PAGE).min(PAGE) + offset % PAGE;
+    bytes
+        .get_mut(start..start + len)
+        .ok_or_else(|| anyhow!("no room for an aligned buffer"))
+}
+
+/// Reads `source` whole into a buffer starting `offset` bytes past a page boundary.
+fn read_file(source: &Path, offset: usize) -> Result<(f64, u64)> {
+    let mut bytes = Vec::new();
+    let buf = buffer_at(&mut bytes, CHUNK, offset)?;
     on_this_thread(|| {
         let mut file = std::fs::File::open(source)?;
-        let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;
         loop {
-            let n = file.read(&mut buf)?;
+            let n = file.read(buf)?;
             if n == 0 {
                 return Ok(total);
             }
@@ -105,7 +129,7 @@ fn write_file(target: &Path, size: u64) -> Result<f64> {
 }
 
 /// (sender CPU, receiver CPU) for `size` bytes over loopback.
-fn loopback(size: u64) -> Result<(f64, f64)> {
+fn loopback(size: u64, receive_offset: usize) -> Result<(f64, f64)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let sender = std::thread::spawn(move || -> Result<f64> {
@@ -123,11 +147,12 @@ fn loopback(size: u64) -> Result<(f64, f64)> {
         Ok(cpu)
     });
     let (mut stream, _) = listener.accept()?;
-    let mut buf = vec![0u8; SOCKET_READ];
+    let mut bytes = Vec::new();
+    let buf = buffer_at(&mut bytes, SOCKET_READ, receive_offset)?;
     let (receive, received) = on_this_thread(|| {
         let mut total = 0u64;
         loop {
-            let n = stream.read(&mut buf)?;
+            let n = stream.read(buf)?;
             if n == 0 {
                 return Ok(total);
             }
@@ -191,19 +216,23 @@ fn ciphers(size: u64) -> Result<(f64, f64, f64)> {
 /// Measures the floors with `source` (a file on tmpfs) and a scratch file in `dir` (the
 /// same tmpfs).
 pub fn measure(source: &Path, dir: &Path) -> Result<Floors> {
-    let (read_cpu, size) = read_file(source)?;
+    let (read_cpu, size) = read_file(source, 0)?;
+    let (misaligned_cpu, _) = read_file(source, MISALIGNED)?;
     anyhow::ensure!(size > 0, "{} is empty", source.display());
     let per_gib = GIB / size as f64;
     let scratch = dir.join(format!("sfc-bench-floor-{}.bin", std::process::id()));
     write_file(&scratch, size)?; // first touch of the guest's memory
     let write_cpu = write_file(&scratch, size)?;
-    let (send, receive) = loopback(size)?;
+    let (send, receive) = loopback(size, 0)?;
+    let (_, receive_misaligned) = loopback(size, MISALIGNED)?;
     let (encrypt, decrypt, crc) = ciphers(size)?;
     Ok(Floors {
         tmpfs_read: read_cpu * per_gib,
+        tmpfs_read_misaligned: misaligned_cpu * per_gib,
         tmpfs_write: write_cpu * per_gib,
         tcp_send: send * per_gib,
         tcp_receive: receive * per_gib,
+        tcp_receive_misaligned: receive_misaligned * per_gib,
         encrypt: encrypt * per_gib,
         decrypt: decrypt * per_gib,
         crc: crc * per_gib,
@@ -213,11 +242,13 @@ pub fn measure(source: &Path, dir: &Path) -> Result<Floors> {
 /// The floors as a note line.
 pub fn describe(f: &Floors) -> String {
     format!(
-        "CPU floors per GiB on this host (one thread each, the programs' system calls and sizes): tmpfs read {:.2} s, tmpfs write {:.2} s, loopback TCP send {:.2} s / receive {:.2} s, AES-256-CBC encrypt {:.2} s / decrypt {:.2} s, CRC {:.2} s; so at best sfc-client's reader {:.2} s, its reader + writer {:.2} s, its encrypting thread {:.2} s, and sfc-server {:.2} s (receive + decrypt + CRC + write)",
+        "CPU floors per GiB on this host (one thread each, the programs' system calls and sizes): tmpfs read {:.2} s ({:.2} s into a buffer {MISALIGNED} bytes past a page boundary), tmpfs write {:.2} s, loopback TCP send {:.2} s / receive {:.2} s ({:.2} s {MISALIGNED} bytes past a page), AES-256-CBC encrypt {:.2} s / decrypt {:.2} s, CRC {:.2} s; so at best sfc-client's reader {:.2} s, its reader + writer {:.2} s, its encrypting thread {:.2} s, and sfc-server {:.2} s (receive + decrypt + CRC + write)",
         f.tmpfs_read,
+        f.tmpfs_read_misaligned,
         f.tmpfs_write,
         f.tcp_send,
         f.tcp_receive,
+        f.tcp_receive_misaligned,
         f.encrypt,
         f.decrypt,
         f.crc,
@@ -231,8 +262,10 @@ pub fn describe(f: &Floors) -> String {
 /// The floors as JSON.
 pub fn to_json(f: &Floors) -> serde_json::Value {
     json!({
-        "tmpfs_read_s_per_gib": f.tmpfs_read, "tmpfs_write_s_per_gib": f.tmpfs_write,
+        "tmpfs_read_s_per_gib": f.tmpfs_read,
+        "tmpfs_read_misaligned_s_per_gib": f.tmpfs_read_misaligned, "tmpfs_write_s_per_gib": f.tmpfs_write,
         "tcp_send_s_per_gib": f.tcp_send, "tcp_receive_s_per_gib": f.tcp_receive,
+        "tcp_receive_misaligned_s_per_gib": f.tcp_receive_misaligned,
         "encrypt_s_per_gib": f.encrypt, "decrypt_s_per_gib": f.decrypt, "crc_s_per_gib": f.crc,
         "client_others_s_per_gib": f.client_others(), "server_s_per_gib": f.server(),
     })
@@ -261,14 +294,23 @@ mod tests {
         let source = dir.join("source.bin");
         std::fs::write(&source, vec![7u8; 4 << 20]).unwrap();
         let floors = measure(&source, &dir).unwrap();
+        for offset in [0, MISALIGNED] {
+            assert_eq!(
+                read_file(&source, offset).unwrap().1,
+                4 << 20,
+                "offset {offset}"
+            );
+        }
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(left.len(), 1, "only the source is left: {left:?}");
         let all = [
             floors.tmpfs_read,
+            floors.tmpfs_read_misaligned,
             floors.tmpfs_write,
             floors.tcp_send,
             floors.tcp_receive,
+            floors.tcp_receive_misaligned,
             floors.encrypt,
             floors.decrypt,
             floors.crc,
