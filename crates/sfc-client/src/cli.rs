@@ -12,11 +12,6 @@ use crate::pin::Fingerprint;
 use crate::progress::Verbosity;
 use crate::upload::plan::PacketSize;
 
-/// Default time allowed to establish a TCP connection.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default time allowed for one read or write on the connection.
-pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
-
 const AFTER_HELP: &str = "\
 Files (in --dir, default the current folder):
   transfer.info  line 1 address:port (IPv4, [IPv6] or host name), line 2 user name
@@ -231,8 +226,8 @@ mod tests {
     #[test]
     fn defaults_and_checked_values() {
         let cli = Cli::in_dir("x");
-        assert_eq!(cli.options.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
-        assert_eq!(cli.options.io_timeout, DEFAULT_IO_TIMEOUT);
+        assert_eq!(cli.options.connect_timeout, Duration::from_secs(10));
+        assert_eq!(cli.options.io_timeout, Duration::from_secs(60));
         assert_eq!(cli.verbosity(), Verbosity::Normal);
         let cli =
             Cli::try_parse_from(["c", "--timeout", "0.5", "--packet-size", "64", "-vv"]).unwrap();

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use sfc_proto::Name;
 use thiserror::Error;
 
-pub use crate::address::{Host, ServerAddress};
+pub use crate::address::ServerAddress;
 use crate::cli::{Cli, Options};
 use crate::files;
 pub use crate::files::{check_file, FileToSend};
@@ -357,6 +357,7 @@ fn name_files(mut files: Vec<FileToSend>, cli: &Cli) -> Result<Vec<FileToSend>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::address::Host;
 
     fn with_file(content: &str) -> (tempfile::TempDir, Cli) {
         let dir = tempfile::tempdir().unwrap();

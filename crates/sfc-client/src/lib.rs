@@ -4,42 +4,48 @@
 //! rules for servers that differ are those of docs/PROTOCOL.md ("State files — Client",
 //! "Session flows" and the client rules C1–C9).
 //!
+//! The modules are private (the table is for readers of the source); the library's API
+//! is what this page re-exports: [`run`] and what it takes and returns ([`Config`] from
+//! [`Cli`], [`Reporter`], [`Summary`]), the [`Session`] it drives, [`ClientError`] with
+//! [`exit`] codes, and [`Fingerprint`] for pinned certificates.
+//!
 //! | module | job |
 //! |---|---|
-//! | [`cli`] | the command line (clap): each flag parsed and checked once |
-//! | [`config`] | transfer.info + command line → validated [`Config`] (errors name the line) |
-//! | [`address`] | `host:port` parsing and resolution |
-//! | [`files`] | the files of a batch: checks, labels, `-r` walks, names stored twice |
-//! | [`store`] | which identity belongs to which server; backups; the writable check |
-//! | [`identity`] | me.info / priv.key: tolerant reading, atomic owner-only writing |
-//! | [`connection`] | TCP with time-outs; persistent or one connection per request |
-//! | [`session`] | register / reconnect / key exchange, 1607 retries; each file's replies and verdicts |
-//! | [`upload`] | packet plan; streaming read → cksum + AES-CBC → packets; writer pipeline |
-//! | [`tls`] | opt-in TLS (`--tls`, `--tls-ca`): certificate verification, plain/TLS stream |
-//! | [`pin`] | pinned certificates and `--tls-fingerprint` |
-//! | [`summary`] | per-file results, the closing summary, `--json`, the exit code |
-//! | [`progress`] | messages by verbosity, progress bar |
-//! | [`error`] | [`ClientError`] and the exit codes |
+//! | `cli` | the command line (clap): each flag parsed and checked once |
+//! | `config` | transfer.info + command line → validated [`Config`] (errors name the line) |
+//! | `address` | `host:port` parsing and resolution |
+//! | `files` | the files of a batch: checks, labels, `-r` walks, names stored twice |
+//! | `store` | which identity belongs to which server; backups; the writable check |
+//! | `identity` | me.info / priv.key: tolerant reading, atomic owner-only writing |
+//! | `connection` | TCP with time-outs; persistent or one connection per request |
+//! | `session` | register / reconnect / key exchange, 1607 retries; each file's replies and verdicts |
+//! | `upload` | packet plan; streaming read → cksum + AES-CBC → packets; writer pipeline |
+//! | `tls` | opt-in TLS (`--tls`, `--tls-ca`): certificate verification, plain/TLS stream |
+//! | `pin` | pinned certificates and `--tls-fingerprint` |
+//! | `summary` | per-file results, the closing summary, `--json`, the exit code |
+//! | `progress` | messages by verbosity, progress bar |
+//! | `error` | [`ClientError`] and the exit codes |
 
-pub mod address;
+mod address;
 mod bar;
-pub mod cli;
-pub mod config;
-pub mod connection;
-pub mod error;
-pub mod files;
-pub mod identity;
-pub mod pin;
-pub mod progress;
-pub mod session;
-pub mod store;
-pub mod summary;
-pub mod tls;
-pub mod upload;
+mod cli;
+mod config;
+mod connection;
+mod error;
+mod files;
+mod identity;
+mod pin;
+mod progress;
+mod session;
+mod store;
+mod summary;
+mod tls;
+mod upload;
 
 pub use cli::Cli;
 pub use config::Config;
 pub use error::{exit, ClientError};
+pub use pin::Fingerprint;
 pub use progress::{Reporter, Verbosity};
 pub use session::{FileResult, Session};
 pub use summary::{FileReport, Status, Summary};
@@ -53,7 +59,7 @@ use connection::Connection;
 ///
 /// Every file was checked (readable, small enough, packet size possible) when the
 /// [`Config`] was made, before anything is sent. A file that fails does not stop the
-/// others (see [`summary`]); an error before the first file (identity, connection, key
+/// others (see [`Summary`]); an error before the first file (identity, connection, key
 /// exchange) is returned as such. Each failure is reported as it happens.
 pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError> {
     for warning in &config.warnings {

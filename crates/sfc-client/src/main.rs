@@ -1,4 +1,4 @@
-//! `sfc-client`: the command line ([`sfc_client::cli`]) over the `sfc_client` library.
+//! `sfc-client`: the command line ([`sfc_client::Cli`]) over the `sfc_client` library.
 
 use std::process::ExitCode;
 use std::time::Instant;

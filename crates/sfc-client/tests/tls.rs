@@ -334,7 +334,7 @@ fn a_server_certificate_is_accepted_by_its_fingerprint() {
     let dir = tempdir();
     write_transfer_info(dir.path(), &server.addr().to_string(), "fp", "a.bin");
     make_file(&dir.path().join("a.bin"), 100, 1);
-    let fingerprint = sfc_client::pin::Fingerprint::of(&der);
+    let fingerprint = sfc_client::Fingerprint::of(&der);
     // openssl x509 -noout -fingerprint -sha256: "sha256 Fingerprint=AB:CD:...".
     let openssl = format!(
         "sha256 Fingerprint={}",
@@ -342,7 +342,7 @@ fn a_server_certificate_is_accepted_by_its_fingerprint() {
     );
     run_client(dir.path(), &["--tls", "--tls-fingerprint", &openssl]).assert_code(0);
 
-    let wrong = sfc_client::pin::Fingerprint::of(b"another certificate").to_string();
+    let wrong = sfc_client::Fingerprint::of(b"another certificate").to_string();
     let run = run_client(dir.path(), &["--tls", "--tls-fingerprint", &wrong]);
     run.assert_code(5);
     assert!(
