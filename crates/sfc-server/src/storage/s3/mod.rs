@@ -56,6 +56,7 @@
 //! PostgreSQL store does. Requests are retried briefly ([`RETRY_TIMEOUT`]), so an object
 //! store that is down fails the request (1607) within seconds instead of minutes.
 
+mod parts;
 mod persisted;
 mod recovery;
 mod temp;
@@ -103,6 +104,9 @@ struct Shared {
     /// Drives the requests; shut down (without blocking) when the store is dropped.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     location: String,
+    /// Part buffers for the next parts (their own `Arc`: the payloads holding them are
+    /// dropped on the runtime's threads, where `Shared` itself must never be).
+    parts: Arc<parts::PartPool>,
 }
 
 impl Drop for Shared {
@@ -214,6 +218,7 @@ impl S3BlobStore {
                 handle: runtime.handle().clone(),
                 runtime: Mutex::new(Some(runtime)),
                 location: location.to_string(),
+                parts: Arc::default(),
             }),
         })
     }

@@ -87,7 +87,7 @@ impl S3Temp {
                 })
             }
         };
-        let data = PutPayload::from(std::mem::take(&mut self.buffer));
+        let data = shared.parts.payload(std::mem::take(&mut self.buffer));
         let index = upload.parts.len() + upload.in_flight.len();
         let (s3, key, id) = (shared.s3.clone(), self.key.clone(), upload.id.clone());
         upload.in_flight.push_back(
@@ -174,11 +174,17 @@ impl TempBlob for S3Temp {
         while !bytes.is_empty() {
             let room = PART_SIZE.saturating_sub(self.buffer.len());
             let (now, later) = bytes.split_at(room.min(bytes.len()));
-            // Grows as Vec does (doubling), but never beyond one part.
+            // The first part grows as Vec does (doubling), so that a small file holds a
+            // small buffer; once a part has gone, the file is large and each further
+            // part takes a whole part buffer from the pool (parts.rs).
             let needed = self.buffer.len() + now.len();
             if needed > self.buffer.capacity() {
-                let want = needed.max(self.buffer.capacity() * 2).min(PART_SIZE);
-                self.buffer.reserve_exact(want - self.buffer.len());
+                if self.upload.is_some() && self.buffer.is_empty() {
+                    self.buffer = self.shared.parts.take();
+                } else {
+                    let want = needed.max(self.buffer.capacity() * 2).min(PART_SIZE);
+                    self.buffer.reserve_exact(want - self.buffer.len());
+                }
             }
             self.buffer.extend_from_slice(now);
             bytes = later;
