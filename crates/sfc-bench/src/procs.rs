@@ -404,16 +404,11 @@ impl Server {
 
     /// Stops the server: SIGTERM, up to 15 s for a graceful shutdown, then SIGKILL.
     pub fn stop(mut self) -> Result<()> {
-        if let Some(status) = terminate(&mut self.child, Duration::from_secs(15))? {
-            return if status.success() {
-                Ok(())
-            } else {
-                Err(anyhow!("the server exited with {status}"))
-            };
+        match sfc_testkit::terminate_or_kill(&mut self.child, Duration::from_secs(15))? {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => Err(anyhow!("the server exited with {status}")),
+            None => bail!("the server did not stop within 15 s of SIGTERM; killed"),
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        bail!("the server did not stop within 15 s of SIGTERM; killed")
     }
 }
 
@@ -621,24 +616,4 @@ fn spawn_watchdog(
         }
         false
     })
-}
-
-/// Sends `child` SIGTERM and waits up to `patience` for it to exit; `None` if it is still
-/// running then.
-pub fn terminate(
-    child: &mut Child,
-    patience: Duration,
-) -> Result<Option<std::process::ExitStatus>> {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .stderr(Stdio::null())
-        .status();
-    let deadline = Instant::now() + patience;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(None)
 }

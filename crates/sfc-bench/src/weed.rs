@@ -5,55 +5,15 @@
 //! Killed when dropped.
 
 use anyhow::{bail, Context, Result};
+use sfc_testkit::{terminate_or_kill, weed_server_command, WeedPorts, WEED_STOP_PATIENCE};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// The bucket the scenario uploads into.
 pub const BUCKET: &str = "sfc-bench";
-
-/// `weed`: `--weed`, else `SFC_WEED`, else `PATH`, else the project's `.venv/bin/weed`.
-pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = explicit {
-        return Some(path.to_path_buf());
-    }
-    if let Some(path) = std::env::var_os("SFC_WEED") {
-        return Some(PathBuf::from(path));
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("weed"))
-            .find(|path| path.is_file())
-    });
-    on_path.or_else(|| {
-        let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/weed");
-        venv.is_file().then_some(venv)
-    })
-}
-
-/// Free ports on 127.0.0.1 below the ephemeral range (Linux: 32768 and up), so that none
-/// of SeaweedFS's own outgoing connections can take one before its server binds it.
-fn free_ports<const N: usize>() -> [u16; N] {
-    // Each call of this process starts where the last one ended: two servers starting
-    // at once never pick the same ports.
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let mut held = Vec::new();
-    while held.len() < N {
-        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let candidate =
-            20_000 + (std::process::id().wrapping_mul(97).wrapping_add(step) % 12_000) as u16;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", candidate)) {
-            held.push(listener);
-        }
-    }
-    let mut ports = [0u16; N];
-    for (port, listener) in ports.iter_mut().zip(&held) {
-        *port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    }
-    ports
-}
 
 /// A running SeaweedFS.
 #[derive(Debug)]
@@ -62,8 +22,8 @@ pub struct Weed {
     /// The S3 port on 127.0.0.1.
     pub s3_port: u16,
     dir: PathBuf,
-    /// The gRPC sockets weed makes in /tmp (no option moves them), removed on drop.
-    tmp_sockets: Vec<PathBuf>,
+    /// Its ports, for the gRPC sockets it leaves in /tmp (removed on drop).
+    ports: WeedPorts,
 }
 
 impl Weed {
@@ -73,52 +33,18 @@ impl Weed {
         let data = dir.join("data");
         std::fs::create_dir_all(&data)
             .with_context(|| format!("cannot create {}", data.display()))?;
-        let ports: [u16; 8] = free_ports();
-        let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc] = ports;
+        let ports = WeedPorts::free();
         let log = std::fs::File::create(dir.join("weed.log"))?;
-        let child = Command::new(bin)
-            .arg("server")
-            .arg(format!("-dir={}", data.display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-master.telemetry=false",
-            ])
-            .arg(format!("-master.port={master}"))
-            .arg(format!("-master.port.grpc={master_grpc}"))
-            .arg(format!("-volume.port={volume}"))
-            .arg(format!("-volume.port.grpc={volume_grpc}"))
-            .args(["-volume.max=0", "-master.volumeSizeLimitMB=1024"])
-            .arg("-filer")
-            .arg(format!("-filer.port={filer}"))
-            .arg(format!("-filer.port.grpc={filer_grpc}"))
-            .arg(format!(
-                "-filer.localSocket={}",
-                dir.join("filer.sock").display()
-            ))
-            .arg("-s3")
-            .arg(format!("-s3.port={s3}"))
-            .arg(format!("-s3.port.grpc={s3_grpc}"))
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .arg(format!("-s3.localSocket={}", dir.join("s3.sock").display()))
-            .stdin(Stdio::null())
+        let child = weed_server_command(bin, dir, &ports, 1024)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let mut weed = Weed {
             child,
-            s3_port: s3,
+            s3_port: ports.s3,
             dir: dir.to_path_buf(),
-            tmp_sockets: [
-                ("master", master_grpc),
-                ("volume", volume_grpc),
-                ("filer", filer_grpc),
-                ("s3", s3_grpc),
-            ]
-            .iter()
-            .map(|(role, port)| PathBuf::from(format!("/tmp/seaweedfs-{role}-grpc-{port}.sock")))
-            .collect(),
+            ports,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -184,13 +110,7 @@ impl Drop for Weed {
     /// socket it keeps in /tmp; the master's and the S3 gateway's it leaves (weed 4.48),
     /// so they are removed here.
     fn drop(&mut self) {
-        let stopped = crate::procs::terminate(&mut self.child, Duration::from_secs(10));
-        if !matches!(stopped, Ok(Some(_))) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        for socket in &self.tmp_sockets {
-            let _ = std::fs::remove_file(socket);
-        }
+        let _ = terminate_or_kill(&mut self.child, WEED_STOP_PATIENCE);
+        self.ports.remove_tmp_sockets();
     }
 }

@@ -107,7 +107,9 @@ impl ServerProcess {
 
     /// Sends SIGTERM and waits up to `patience` for the exit; None if it did not exit.
     pub fn terminate_within(&mut self, patience: Duration) -> Option<ExitStatus> {
-        terminate(&mut self.child, patience)
+        sfc_testkit::terminate(&mut self.child, patience)
+            .ok()
+            .flatten()
     }
 
     /// Sends SIGTERM and waits for the exit (panics after 20 s).
@@ -122,10 +124,7 @@ impl Drop for ServerProcess {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        if self.terminate_within(Duration::from_secs(10)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let _ = sfc_testkit::terminate_or_kill(&mut self.child, Duration::from_secs(10));
     }
 }
 
@@ -139,19 +138,4 @@ pub fn listening_addr(line: &str) -> SocketAddr {
         .next()
         .and_then(|addr| addr.parse().ok())
         .expect("an address after 'listening on'")
-}
-
-/// Sends `child` SIGTERM and waits up to `patience` for the exit; None if it did not exit.
-pub fn terminate(child: &mut Child, patience: Duration) -> Option<ExitStatus> {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + patience;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }

@@ -17,7 +17,10 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::ObjectStore;
 use sfc_server::config::{S3Location, Store};
-use std::net::{TcpListener, TcpStream};
+use sfc_testkit::{
+    find_weed, terminate_or_kill, weed_server_command, WeedPorts, WEED_STOP_PATIENCE,
+};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,18 +36,7 @@ pub const BUCKET: &str = "sfc-test";
 
 /// The `weed` program, if there is one.
 pub fn weed_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("SFC_WEED") {
-        return Some(PathBuf::from(path));
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("weed"))
-            .find(|path| path.is_file())
-    });
-    on_path.or_else(|| {
-        let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/weed");
-        venv.is_file().then_some(venv)
-    })
+    find_weed(None)
 }
 
 /// Whether SeaweedFS is there. Without it: a failure when `CI` is set, else a note on
@@ -63,34 +55,11 @@ pub fn available(test: &str) -> bool {
     false
 }
 
-/// Free ports on 127.0.0.1 below the ephemeral range (Linux: 32768 and up), so that none
-/// of SeaweedFS's own outgoing connections can take one before its server binds it.
-fn free_ports<const N: usize>() -> [u16; N] {
-    // Each call of this process starts where the last one ended: two servers starting
-    // at once never pick the same ports.
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let mut held = Vec::new();
-    while held.len() < N {
-        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let candidate =
-            20_000 + (std::process::id().wrapping_mul(97).wrapping_add(step) % 12_000) as u16;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", candidate)) {
-            held.push(listener);
-        }
-    }
-    let mut ports = [0u16; N];
-    for (port, listener) in ports.iter_mut().zip(&held) {
-        *port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    }
-    ports
-}
-
 /// A SeaweedFS server with an S3 endpoint.
 pub struct Weed {
     dir: tempfile::TempDir,
     bin: PathBuf,
-    /// master, master gRPC, volume, volume gRPC, filer, filer gRPC, S3, S3 gRPC.
-    ports: [u16; 8],
+    ports: WeedPorts,
     child: Option<Child>,
     watchdog: Option<(Child, ChildStdin)>,
     prefixes: AtomicUsize,
@@ -115,7 +84,7 @@ impl Weed {
         let mut weed = Weed {
             dir,
             bin,
-            ports: free_ports(),
+            ports: WeedPorts::free(),
             child: None,
             watchdog: None,
             prefixes: AtomicUsize::new(0),
@@ -128,40 +97,14 @@ impl Weed {
     /// Starts (again, on the same ports and folder) a stopped server and waits for it.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc] = self.ports;
         let dir = self.dir.path();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("weed.log"))
             .unwrap();
-        let child = Command::new(&self.bin)
-            .arg("server")
-            .arg(format!("-dir={}", dir.join("data").display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-master.telemetry=false",
-            ])
-            .arg(format!("-master.port={master}"))
-            .arg(format!("-master.port.grpc={master_grpc}"))
-            .arg(format!("-volume.port={volume}"))
-            .arg(format!("-volume.port.grpc={volume_grpc}"))
-            .args(["-volume.max=0", "-master.volumeSizeLimitMB=256"])
-            .arg("-filer")
-            .arg(format!("-filer.port={filer}"))
-            .arg(format!("-filer.port.grpc={filer_grpc}"))
-            .arg(format!(
-                "-filer.localSocket={}",
-                dir.join("filer.sock").display()
-            ))
-            .arg("-s3")
-            .arg(format!("-s3.port={s3}"))
-            .arg(format!("-s3.port.grpc={s3_grpc}"))
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .arg(format!("-s3.localSocket={}", dir.join("s3.sock").display()))
+        let child = weed_server_command(&self.bin, dir, &self.ports, 256)
             .arg(format!("-s3.config={}", dir.join("s3.json").display()))
-            .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -182,9 +125,7 @@ impl Weed {
     /// and removes the gRPC sockets it leaves there (the master's and the S3 gateway's).
     fn shut_down(&mut self) {
         self.end(true);
-        for socket in self.tmp_sockets() {
-            let _ = std::fs::remove_file(socket);
-        }
+        self.ports.remove_tmp_sockets();
     }
 
     fn end(&mut self, graceful: bool) {
@@ -196,15 +137,17 @@ impl Weed {
             let _ = watchdog.wait();
         }
         if let Some(mut child) = self.child.take() {
-            if !graceful || super::process::terminate(&mut child, Duration::from_secs(10)).is_none()
-            {
+            if graceful {
+                let _ = terminate_or_kill(&mut child, WEED_STOP_PATIENCE);
+            } else {
                 let _ = child.kill();
+                let _ = child.wait();
             }
-            let _ = child.wait();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self
             .ports
+            .all()
             .iter()
             .any(|port| TcpStream::connect(("127.0.0.1", *port)).is_ok())
         {
@@ -240,23 +183,14 @@ impl Weed {
         (child, stdin)
     }
 
-    /// The sockets weed makes in /tmp for its gRPC ports, named by role and port (no
-    /// option moves them): on SIGTERM the filer removes its own, the master and the S3
-    /// gateway (weed 4.48) do not, so [`Weed::shut_down`] and the watchdog remove them.
+    /// The sockets weed makes in /tmp, which [`Weed::shut_down`] and the watchdog remove.
     pub fn tmp_sockets(&self) -> [PathBuf; 4] {
-        let [_, master, _, volume, _, filer, _, s3] = self.ports;
-        [
-            ("master", master),
-            ("volume", volume),
-            ("filer", filer),
-            ("s3", s3),
-        ]
-        .map(|(role, port)| PathBuf::from(format!("/tmp/seaweedfs-{role}-grpc-{port}.sock")))
+        self.ports.tmp_sockets()
     }
 
     /// The S3 endpoint URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports[6])
+        format!("http://127.0.0.1:{}", self.ports.s3)
     }
 
     fn settings(&self) -> Vec<(String, String)> {

