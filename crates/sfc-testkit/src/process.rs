@@ -38,15 +38,14 @@ pub fn terminate_or_kill(child: &mut Child, patience: Duration) -> io::Result<Op
 mod tests {
     use super::{terminate, terminate_or_kill};
     use std::process::Command;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     #[test]
     fn sigterm_ends_a_process_that_does_not_ignore_it() {
+        // `sleep 30` outlives the patience unless the signal ends it.
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-        let started = Instant::now();
         let status = terminate(&mut child, Duration::from_secs(10)).unwrap();
         assert!(status.is_some_and(|status| !status.success()));
-        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
