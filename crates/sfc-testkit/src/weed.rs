@@ -120,8 +120,8 @@ fn free_ports<const N: usize>() -> [u16; N] {
     ports
 }
 
-/// `bin server -s3` with its data in `dir/data` (which must exist), its local sockets in
-/// `dir`, listening on `ports` of 127.0.0.1 only, telemetry off, and volumes of at most
+/// `bin server -s3` with its data in `dir/data` (which must exist), its local sockets and
+/// log files in `dir`, listening on `ports` of 127.0.0.1 only, telemetry off, and volumes of at most
 /// `volume_size_limit_mb`; stdin closed. The caller adds its own options (an S3 config)
 /// and where the output goes.
 pub fn weed_server_command(
@@ -132,6 +132,9 @@ pub fn weed_server_command(
 ) -> Command {
     let mut command = Command::new(bin);
     command
+        // glog's files (weed.INFO, weed.ERROR, …) in `dir` instead of /tmp, where every
+        // run left six; a global flag, so before the command.
+        .arg(format!("-logdir={}", dir.display()))
         .arg("server")
         .arg(format!("-dir={}", dir.join("data").display()))
         .args([
@@ -212,6 +215,7 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let expected = [
+            "-logdir=/w",
             "server",
             "-dir=/w/data",
             "-ip=127.0.0.1",
