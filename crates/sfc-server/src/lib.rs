@@ -17,6 +17,7 @@
 //! ```
 
 pub mod admin;
+mod buffer_pool;
 pub mod cli;
 pub mod config;
 mod net;

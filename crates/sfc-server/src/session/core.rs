@@ -96,7 +96,7 @@ impl Core {
     #[cfg(any(test, feature = "testing"))]
     /// Batch buffers kept for the next uploads ([`super::uploads::POOLED_BATCHES`]).
     pub fn pooled_batches(&self) -> usize {
-        self.registry.pool().len()
+        self.registry.pooled.len()
     }
 
     #[cfg(any(test, feature = "testing"))]

@@ -11,6 +11,7 @@
 //! full before it is done, the packet is the file's last, or the upload is suspended.
 
 use super::error::UploadError;
+use crate::buffer_pool::BufferPool;
 use sfc_crypto::{CbcDecryptor, Cksum};
 use sfc_proto::{ClientId, Name};
 use std::collections::HashMap;
@@ -311,7 +312,7 @@ pub(super) struct Registry {
     pub(super) next_token: AtomicU64,
     pub(super) budget: BatchBudget,
     /// Full-size batch buffers of ended uploads, for the next ones ([`POOLED_BATCHES`]).
-    pub(super) pooled: Mutex<Vec<Vec<u8>>>,
+    pub(super) pooled: BufferPool<BATCH_CAPACITY, POOLED_BATCHES>,
     /// Uploads in progress per peer address (those started with one).
     pub(super) per_address: Mutex<HashMap<IpAddr, usize>>,
     /// Caps of uploads in progress: all clients, and per address (0: no cap).
@@ -373,25 +374,15 @@ impl Registry {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The pool of batch buffers ([`POOLED_BATCHES`]).
-    pub(super) fn pool(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
-        self.pooled.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// A full-size batch buffer from the pool, or a new empty one.
     pub(super) fn batch_buffer(&self) -> Vec<u8> {
-        self.pool().pop().unwrap_or_default()
+        self.pooled.take().unwrap_or_default()
     }
 
-    /// Keeps a full-size batch buffer for the next upload (others are freed).
+    /// Keeps a full-size batch buffer for the next upload (others are freed). Not
+    /// cleared: its stale bytes are scratch space, as in the upload (see `write_behind`).
     pub(super) fn recycle(&self, buffer: Vec<u8>) {
-        if buffer.capacity() < BATCH_CAPACITY {
-            return;
-        }
-        let mut pooled = self.pool();
-        if pooled.len() < POOLED_BATCHES {
-            pooled.push(buffer);
-        }
+        self.pooled.put(buffer);
     }
 
     pub(super) fn token(&self) -> u64 {

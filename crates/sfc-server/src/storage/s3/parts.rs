@@ -9,9 +9,10 @@
 //! so the same few buffers serve every part.
 
 use super::PART_SIZE;
+use crate::buffer_pool::BufferPool;
 use bytes::Bytes;
 use object_store::PutPayload;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 /// Full-size part buffers kept for the next parts: those of one upload (the part filling
 /// and [`super::PARTS_IN_FLIGHT`] being sent). More are freed.
@@ -20,18 +21,14 @@ pub(super) const POOLED_PARTS: usize = super::PARTS_IN_FLIGHT + 1;
 /// Part buffers of ended requests, for the next parts of any upload.
 #[derive(Debug, Default)]
 pub(super) struct PartPool {
-    buffers: Mutex<Vec<Vec<u8>>>,
+    buffers: BufferPool<PART_SIZE, POOLED_PARTS>,
 }
 
 impl PartPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        self.buffers.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// An empty buffer of [`PART_SIZE`] capacity: a pooled one, or a new one.
     pub(super) fn take(&self) -> Vec<u8> {
-        self.lock()
-            .pop()
+        self.buffers
+            .take()
             .unwrap_or_else(|| Vec::with_capacity(PART_SIZE))
     }
 
@@ -44,22 +41,17 @@ impl PartPool {
         }))
     }
 
-    /// Keeps a full-size buffer for the next part (others are freed).
+    /// Keeps a full-size buffer for the next part (others are freed), emptied: a part
+    /// is collected by appending.
     fn recycle(&self, mut buffer: Vec<u8>) {
-        if buffer.capacity() < PART_SIZE {
-            return;
-        }
         buffer.clear();
-        let mut pooled = self.lock();
-        if pooled.len() < POOLED_PARTS {
-            pooled.push(buffer);
-        }
+        self.buffers.put(buffer);
     }
 
     /// Buffers in the pool.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        self.buffers.len()
     }
 }
 
