@@ -72,8 +72,9 @@ pub struct Cli {
     ///
     /// The servers of tmpfs, disk, s3, flows, idle and compare (not the nodes of
     /// balanced) get `--admin-listen 127.0.0.1:0 --admin-token-file FILE` (FILE in this
-    /// run's tmpfs folder, created by the first server). After start-up and the idle RSS reading, each
-    /// server is asked for /healthz and /metrics (with the token); both must answer 200.
+    /// run's tmpfs folder, created by the first server). After start-up and the idle RSS
+    /// reading, each server is asked for /healthz and /metrics (with the token); both must
+    /// answer 200.
     /// The report (machine section, notes, --json) says the listener was on, with the
     /// server's RSS before and after those requests.
     #[arg(long, global = true)]
