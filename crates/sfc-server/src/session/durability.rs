@@ -70,8 +70,8 @@ impl Core {
             Ok((cksum.finish(), path))
         })();
         self.registry.release(&client_id, token);
-        self.registry.recycle(batch);
-        self.registry.recycle(behind.into_spare());
+        // Batch and spare go back to the pool here, as they are dropped.
+        drop((batch, behind));
         match result {
             Ok((crc, path)) => Outcome::reply(Response::FileReceived {
                 client_id,

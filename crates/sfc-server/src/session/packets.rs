@@ -214,8 +214,8 @@ impl Core {
             decryptor,
             cksum: Cksum::new(),
             temp: Some(temp),
-            behind: WriteBehind::default(),
-            batch: Vec::new(),
+            behind: WriteBehind::new(&self.registry),
+            batch: self.registry.empty_batch(),
             filled: 0,
             grant: BatchGrant {
                 bytes: 0,

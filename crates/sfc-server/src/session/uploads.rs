@@ -11,7 +11,7 @@
 //! full before it is done, the packet is the file's last, or the upload is suspended.
 
 use super::error::UploadError;
-use crate::buffer_pool::BufferPool;
+use crate::buffer_pool::{BufferPool, Pooled};
 use sfc_crypto::{CbcDecryptor, Cksum};
 use sfc_proto::{ClientId, Name};
 use std::collections::HashMap;
@@ -42,6 +42,8 @@ pub const MIN_BATCH: usize = 16 * 1024;
 /// more after each upload (the server's RSS rose upload after upload; BENCHMARKS.md,
 /// "Fourth round").
 pub const POOLED_BATCHES: usize = 8;
+/// A batch buffer: back in the registry's pool when dropped, however the upload ends.
+pub(super) type Batch = Pooled<BATCH_CAPACITY, POOLED_BATCHES>;
 /// The bytes of batch buffers handed out, against [`super::Limits::batch_budget`].
 #[derive(Debug, Default)]
 pub(super) struct BatchBudget {
@@ -125,8 +127,8 @@ pub struct Upload {
     pub(super) behind: WriteBehind,
     /// `batch[..filled]`: decrypted bytes not yet written. The rest is scratch space that
     /// the decryptor writes into (`update_into`): zero-filled once when it grows, never
-    /// again per packet. Freed between the packets of a connection-per-request client.
-    pub(super) batch: Vec<u8>,
+    /// again per packet. Given back between the packets of a connection-per-request client.
+    pub(super) batch: Batch,
     /// See `batch`.
     pub(super) filled: usize,
     /// The batch's share of [`super::Limits::batch_budget`].
@@ -153,7 +155,7 @@ impl fmt::Debug for Upload {
 /// batch) and the result.
 type Written = (
     Box<dyn crate::storage::TempBlob>,
-    Vec<u8>,
+    Batch,
     std::io::Result<()>,
 );
 
@@ -163,21 +165,24 @@ pub(super) fn temp_lost() -> std::io::Error {
 }
 
 /// Write-behind state of an upload (module documentation).
-#[derive(Default)]
 pub(super) struct WriteBehind {
     /// The result of the write in flight, when one is.
     in_flight: Option<std::sync::mpsc::Receiver<Written>>,
     /// The second batch buffer: decrypted into while the first is written.
-    spare: Vec<u8>,
+    spare: Batch,
     /// The spare's share of [`super::Limits::batch_budget`] (0 until the first
     /// write-behind, given back with the batch's).
     grant: Option<BatchGrant>,
 }
 
 impl WriteBehind {
-    /// The second batch buffer, for the registry's pool once the upload is stored.
-    pub(super) fn into_spare(self) -> Vec<u8> {
-        self.spare
+    /// No write in flight, no spare buffer yet.
+    pub(super) fn new(registry: &Registry) -> Self {
+        WriteBehind {
+            in_flight: None,
+            spare: registry.empty_batch(),
+            grant: None,
+        }
     }
 }
 
@@ -185,7 +190,7 @@ impl WriteBehind {
 /// a blocking thread ([`BackgroundWrite::run`]); nobody waits for it unless they must.
 pub struct BackgroundWrite {
     temp: Box<dyn crate::storage::TempBlob>,
-    batch: Vec<u8>,
+    batch: Batch,
     filled: usize,
     done: std::sync::mpsc::SyncSender<Written>,
 }
@@ -209,7 +214,8 @@ impl BackgroundWrite {
             done,
         } = self;
         let result = temp.write_all(batch.get(..filled).unwrap_or_default());
-        // The receiver is gone when the upload was abandoned: the file goes with it.
+        // The receiver is gone when the upload was abandoned: the file goes with it, the
+        // buffer back to the pool.
         let _ = done.send((temp, batch, result));
     }
 }
@@ -250,14 +256,11 @@ impl Upload {
         Ok(())
     }
 
-    /// Frees both batch buffers and their budget (between the packets of a
-    /// connection-per-request client). Call with no write in flight.
-    /// The buffers go to the registry's pool, as a stored upload's do (an abandoned
-    /// upload's are simply freed).
+    /// Gives both batch buffers back to the registry's pool, and their budget (between
+    /// the packets of a connection-per-request client). Call with no write in flight.
     pub(super) fn free_batches(&mut self) {
-        let registry = &self.grant.registry;
-        registry.recycle(std::mem::take(&mut self.batch));
-        registry.recycle(std::mem::take(&mut self.behind.spare));
+        self.batch.give_back();
+        self.behind.spare.give_back();
         self.filled = 0;
         self.grant.release();
         self.behind.grant = None;
@@ -312,7 +315,7 @@ pub(super) struct Registry {
     pub(super) next_token: AtomicU64,
     pub(super) budget: BatchBudget,
     /// Full-size batch buffers of ended uploads, for the next ones ([`POOLED_BATCHES`]).
-    pub(super) pooled: BufferPool<BATCH_CAPACITY, POOLED_BATCHES>,
+    pub(super) pooled: Arc<BufferPool<BATCH_CAPACITY, POOLED_BATCHES>>,
     /// Uploads in progress per peer address (those started with one).
     pub(super) per_address: Mutex<HashMap<IpAddr, usize>>,
     /// Caps of uploads in progress: all clients, and per address (0: no cap).
@@ -374,15 +377,15 @@ impl Registry {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A full-size batch buffer from the pool, or a new empty one.
-    pub(super) fn batch_buffer(&self) -> Vec<u8> {
-        self.pooled.take().unwrap_or_default()
+    /// A full-size batch buffer from the pool, or a new empty one. Not cleared: its
+    /// stale bytes are scratch space, as in the upload (see `write_behind`).
+    pub(super) fn batch_buffer(&self) -> Batch {
+        Batch::take(&self.pooled)
     }
 
-    /// Keeps a full-size batch buffer for the next upload (others are freed). Not
-    /// cleared: its stale bytes are scratch space, as in the upload (see `write_behind`).
-    pub(super) fn recycle(&self, buffer: Vec<u8>) {
-        self.pooled.put(buffer);
+    /// An empty batch buffer (nothing allocated yet).
+    pub(super) fn empty_batch(&self) -> Batch {
+        Batch::empty(&self.pooled)
     }
 
     pub(super) fn token(&self) -> u64 {
@@ -731,11 +734,12 @@ impl Lease {
         };
         // Not cleared: the spare's stale bytes are scratch space like the batch's (the
         // decryptor writes before anything reads), so it is zero-filled only once.
-        let mut next = std::mem::take(&mut upload.behind.spare);
+        let mut next = std::mem::replace(&mut upload.behind.spare, self.registry.empty_batch());
         if next.capacity() == 0 && capacity >= BATCH_CAPACITY {
             next = self.registry.batch_buffer();
         }
-        next.reserve_exact(capacity.saturating_sub(next.len()));
+        let len = next.len();
+        next.reserve_exact(capacity.saturating_sub(len));
         let batch = std::mem::replace(&mut upload.batch, next);
         let filled = std::mem::take(&mut upload.filled);
         let (done, in_flight) = std::sync::mpsc::sync_channel(1);

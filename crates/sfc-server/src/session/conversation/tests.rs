@@ -726,9 +726,20 @@ fn an_upload_dropped_with_its_write_in_flight_leaves_no_temporary_file() {
         1,
         "the write in flight holds the file"
     );
+    assert_eq!(
+        s.core.pooled_batches(),
+        1,
+        "the spare went back to the pool"
+    );
     driver.release();
     assert_eq!(s.storage.temp_count(), 0);
     assert!(s.storage.stored().is_empty());
+    assert_eq!(
+        s.core.pooled_batches(),
+        2,
+        "the written batch went back to the pool when its upload was gone"
+    );
+    assert_eq!(s.core.batch_bytes(), 0);
 }
 
 #[test]

@@ -5,11 +5,11 @@
 //! allocated again on a blocking-pool thread for every 8 MiB, the buffers stayed behind
 //! in glibc's per-thread arenas: a server's peak RSS grew by up to 32 MiB on one 64 MiB
 //! upload under load (`tests/s3.rs`), twice what the upload holds at once. Here the
-//! payload owns its buffer through [`PooledPart`], whose `Drop` puts it back in the pool,
+//! payload owns its buffer through a [`Pooled`] buffer, whose `Drop` puts it back in the pool,
 //! so the same few buffers serve every part.
 
 use super::PART_SIZE;
-use crate::buffer_pool::BufferPool;
+use crate::buffer_pool::{BufferPool, Pooled};
 use bytes::Bytes;
 use object_store::PutPayload;
 use std::sync::Arc;
@@ -21,55 +21,32 @@ pub(super) const POOLED_PARTS: usize = super::PARTS_IN_FLIGHT + 1;
 /// Part buffers of ended requests, for the next parts of any upload.
 #[derive(Debug, Default)]
 pub(super) struct PartPool {
-    buffers: BufferPool<PART_SIZE, POOLED_PARTS>,
+    buffers: Arc<BufferPool<PART_SIZE, POOLED_PARTS>>,
 }
 
 impl PartPool {
     /// An empty buffer of [`PART_SIZE`] capacity: a pooled one, or a new one.
     pub(super) fn take(&self) -> Vec<u8> {
-        self.buffers
-            .take()
-            .unwrap_or_else(|| Vec::with_capacity(PART_SIZE))
+        match self.buffers.take() {
+            // A part is collected by appending.
+            Some(mut buffer) => {
+                buffer.clear();
+                buffer
+            }
+            None => Vec::with_capacity(PART_SIZE),
+        }
     }
 
     /// The payload of one part: `buffer`'s bytes, the buffer back in the pool once the
     /// request has dropped it.
-    pub(super) fn payload(self: &Arc<Self>, buffer: Vec<u8>) -> PutPayload {
-        PutPayload::from(Bytes::from_owner(PooledPart {
-            buffer,
-            pool: Arc::clone(self),
-        }))
-    }
-
-    /// Keeps a full-size buffer for the next part (others are freed), emptied: a part
-    /// is collected by appending.
-    fn recycle(&self, mut buffer: Vec<u8>) {
-        buffer.clear();
-        self.buffers.put(buffer);
+    pub(super) fn payload(&self, buffer: Vec<u8>) -> PutPayload {
+        PutPayload::from(Bytes::from_owner(Pooled::holding(buffer, &self.buffers)))
     }
 
     /// Buffers in the pool.
     #[cfg(test)]
     fn len(&self) -> usize {
         self.buffers.len()
-    }
-}
-
-/// A part's bytes as owned by its payload; back to the pool when dropped.
-struct PooledPart {
-    buffer: Vec<u8>,
-    pool: Arc<PartPool>,
-}
-
-impl AsRef<[u8]> for PooledPart {
-    fn as_ref(&self) -> &[u8] {
-        &self.buffer
-    }
-}
-
-impl Drop for PooledPart {
-    fn drop(&mut self) {
-        self.pool.recycle(std::mem::take(&mut self.buffer));
     }
 }
 
