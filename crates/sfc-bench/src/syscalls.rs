@@ -4,6 +4,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
+use sfc_testkit::{send_signal, stop_or_kill, Signal};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -212,20 +213,10 @@ impl Strace {
     /// SIGINT (strace detaches from `-p` processes and writes its summary), up to 20 s
     /// to exit, then SIGKILL; reaped either way.
     fn stop(&mut self) -> Result<()> {
-        if self.child.try_wait()?.is_some() {
-            return Ok(());
+        match stop_or_kill(&mut self.child, Signal::Interrupt, Duration::from_secs(20))? {
+            Some(_) => Ok(()),
+            None => bail!("strace did not stop within 20 s of SIGINT; killed"),
         }
-        signal("INT", self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        bail!("strace did not stop within 20 s of SIGINT; killed")
     }
 }
 
@@ -235,14 +226,6 @@ impl Drop for Strace {
         let _ = std::fs::remove_file(&self.out);
         let _ = std::fs::remove_file(&self.log);
     }
-}
-
-/// `kill -SIG PID`.
-fn signal(sig: &str, pid: u32) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// `strace -f -c -p PID`, returned once every thread of `pid` is traced.
@@ -282,8 +265,11 @@ fn trace_client(client: &Command, work: &Path, timeout: Duration) -> Result<Sysc
             let children =
                 std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
                     .unwrap_or_default();
-            for child in children.split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", child]).status();
+            for child in children
+                .split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+            {
+                send_signal(child, Signal::Kill);
             }
             bail!("sfc-client under strace did not finish within {timeout:?}; killed");
         }

@@ -1,18 +1,51 @@
-//! Stopping a child process: SIGTERM first, so that it can shut down cleanly (and remove
-//! what it keeps outside its folder), SIGKILL when it does not in time.
+//! Stopping a child process: a signal first (SIGTERM, so that it can shut down cleanly and
+//! remove what it keeps outside its folder; SIGINT for `strace`, which then detaches and
+//! writes its summary), SIGKILL when it does not exit in time.
 
 use std::io;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Sends `child` SIGTERM and waits up to `patience` for it to exit; `None` if it is still
-/// running then.
-pub fn terminate(child: &mut Child, patience: Duration) -> io::Result<Option<ExitStatus>> {
+/// A signal the helpers send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Terminate,
+    Interrupt,
+    Kill,
+}
+
+impl Signal {
+    /// Its name for `kill(1)`.
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Terminate => "TERM",
+            Signal::Interrupt => "INT",
+            Signal::Kill => "KILL",
+        }
+    }
+}
+
+/// Sends `signal` to process `pid`; a process that is gone already is not an error.
+pub fn send_signal(pid: u32, signal: Signal) {
     // `kill(1)`: std has SIGKILL only, and the workspace forbids the unsafe `libc::kill`.
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{}", signal.name()), &pid.to_string()])
         .stderr(Stdio::null())
         .status();
+}
+
+/// Sends `child` `signal` and waits up to `patience` for it to exit; `None` if it is still
+/// running then. A child that has exited already gets no signal (its process ID may have
+/// been reused).
+pub fn stop(
+    child: &mut Child,
+    signal: Signal,
+    patience: Duration,
+) -> io::Result<Option<ExitStatus>> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(Some(status));
+    }
+    send_signal(child.id(), signal);
     let deadline = Instant::now() + patience;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
@@ -23,10 +56,14 @@ pub fn terminate(child: &mut Child, patience: Duration) -> io::Result<Option<Exi
     Ok(None)
 }
 
-/// [`terminate`], then SIGKILL if `child` has not exited (or could not be waited for);
-/// the child is reaped either way. `Ok(None)`: it had to be killed.
-pub fn terminate_or_kill(child: &mut Child, patience: Duration) -> io::Result<Option<ExitStatus>> {
-    let ended = terminate(child, patience);
+/// [`stop`], then SIGKILL if `child` has not exited (or could not be waited for); the
+/// child is reaped either way. `Ok(None)`: it had to be killed.
+pub fn stop_or_kill(
+    child: &mut Child,
+    signal: Signal,
+    patience: Duration,
+) -> io::Result<Option<ExitStatus>> {
+    let ended = stop(child, signal, patience);
     if !matches!(ended, Ok(Some(_))) {
         let _ = child.kill();
         let _ = child.wait();
@@ -34,9 +71,19 @@ pub fn terminate_or_kill(child: &mut Child, patience: Duration) -> io::Result<Op
     ended
 }
 
+/// [`stop`] with SIGTERM.
+pub fn terminate(child: &mut Child, patience: Duration) -> io::Result<Option<ExitStatus>> {
+    stop(child, Signal::Terminate, patience)
+}
+
+/// [`stop_or_kill`] with SIGTERM.
+pub fn terminate_or_kill(child: &mut Child, patience: Duration) -> io::Result<Option<ExitStatus>> {
+    stop_or_kill(child, Signal::Terminate, patience)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{terminate, terminate_or_kill};
+    use super::{stop, terminate, terminate_or_kill, Signal};
     use std::process::Command;
     use std::time::Duration;
 
@@ -60,5 +107,27 @@ mod tests {
         assert!(ended.is_none());
         // Reaped: the status is already known.
         assert!(child.try_wait().unwrap().is_some());
+    }
+
+    #[test]
+    fn sigint_is_the_signal_sent_when_asked_for() {
+        // Ignores SIGTERM, so only a SIGINT ends it within the patience.
+        let mut child = Command::new("sh")
+            .args(["-c", "trap '' TERM; exec sleep 30"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let status = stop(&mut child, Signal::Interrupt, Duration::from_secs(10)).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(status.is_some_and(|status| !status.success()));
+    }
+
+    #[test]
+    fn a_child_that_has_exited_keeps_its_own_status() {
+        let mut child = Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        let status = stop(&mut child, Signal::Kill, Duration::from_secs(1)).unwrap();
+        assert!(status.is_some_and(|status| status.success()));
     }
 }
