@@ -111,16 +111,25 @@ mod tests {
 
     #[test]
     fn sigint_is_the_signal_sent_when_asked_for() {
-        // Ignores SIGTERM, so only a SIGINT ends it within the patience.
-        let mut child = Command::new("sh")
-            .args(["-c", "trap '' TERM; exec sleep 30"])
+        use std::os::unix::process::ExitStatusExt;
+        // SIGTERM ignored, SIGINT at its default (a shell started in the background, as
+        // CI may be, hands its children SIGINT ignored): only a SIGINT ends it in time.
+        let mut child = Command::new("env")
+            .args(["--default-signal=INT", "--ignore-signal=TERM", "sleep", "30"])
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        // `env` sets the dispositions, then becomes `sleep`.
+        let comm = format!("/proc/{}/comm", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep"
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let status = stop(&mut child, Signal::Interrupt, Duration::from_secs(10)).unwrap();
         let _ = child.kill();
         let _ = child.wait();
-        assert!(status.is_some_and(|status| !status.success()));
+        assert_eq!(status.and_then(|status| status.signal()), Some(2));
     }
 
     #[test]
