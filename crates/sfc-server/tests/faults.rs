@@ -289,6 +289,93 @@ fn disk_full_while_replacing_keeps_the_stored_file() {
     server.stop();
 }
 
+/// Moving the new version into place fails (an fsync or rename error, the disk still
+/// writable): 1607, and the stored version keeps its row as it was, verified included
+/// (step 1 had committed it as unverified before the move).
+#[test]
+fn a_failed_move_into_place_keeps_the_stored_file_verified() {
+    let (dir, server, switches) = start();
+    let mut conn = Conn::connect(server.addr());
+    let (id, key) = enroll(&mut conn, "move-fails");
+    let v1 = data(100_000, 1);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v1, 30_000),
+        id,
+        "f.bin",
+        &v1,
+    );
+    assert_eq!(
+        conn.call(&file_name_request(id, 900, "f.bin")),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+    switches.persist_fails.store(true, Ordering::SeqCst);
+    let v2 = data(50_000, 2);
+    assert_eq!(
+        upload(&mut conn, id, &key, "f.bin", &v2, 30_000),
+        Response::ServerError
+    );
+    assert_eq!(stored(dir.path(), id, "f.bin"), Some((v1, true)));
+    assert_eq!(file_names(dir.path(), id), ["f.bin"]);
+    switches.persist_fails.store(false, Ordering::SeqCst);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v2, 30_000),
+        id,
+        "f.bin",
+        &v2,
+    );
+    assert_eq!(stored(dir.path(), id, "f.bin"), Some((v2, false)));
+    server.stop();
+}
+
+/// A commit that happened but was reported as failed (a connection to PostgreSQL that
+/// broke after COMMIT): the server asks the database before undoing, so the file the
+/// committed row names is never removed. Asked and answered: the upload is stored (1603).
+/// The database down at once, so that it cannot be asked: 1607, and the file stays where
+/// the committed row names it.
+#[test]
+fn a_commit_whose_answer_was_lost_never_leaves_a_row_without_its_file() {
+    let (dir, server, switches) = start();
+    let mut conn = Conn::connect(server.addr());
+    let (id, key) = enroll(&mut conn, "lost-answer");
+    let v1 = data(120_000, 1);
+    let v2 = data(80_000, 2);
+
+    switches.lose_file_commit_answers(false);
+    assert_received(
+        &upload(&mut conn, id, &key, "a.bin", &v1, 30_000),
+        id,
+        "a.bin",
+        &v1,
+    );
+    assert_eq!(stored(dir.path(), id, "a.bin"), Some((v1.clone(), false)));
+
+    switches.lose_file_commit_answers(true);
+    assert_eq!(
+        upload(&mut conn, id, &key, "b.bin", &v2, 30_000),
+        Response::ServerError
+    );
+    switches.db_recovers();
+    assert_eq!(stored(dir.path(), id, "b.bin"), Some((v2.clone(), false)));
+    assert_eq!(file_names(dir.path(), id), ["a.bin", "b.bin"]);
+    // The client sends it again, as after any 1607: stored and confirmed.
+    assert_received(
+        &upload(&mut conn, id, &key, "b.bin", &v2, 30_000),
+        id,
+        "b.bin",
+        &v2,
+    );
+    assert_eq!(
+        conn.call(&file_name_request(id, 900, "b.bin")),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+    assert_eq!(stored(dir.path(), id, "b.bin"), Some((v2, true)));
+    server.stop();
+}
+
 /// A real write error from the operating system, not an injected one: the server binary
 /// runs with a file-size limit (`ulimit -f`, SIGXFSZ ignored so that a write beyond it
 /// fails with EFBIG instead of killing the process), as a filesystem that refuses to grow

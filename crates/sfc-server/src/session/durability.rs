@@ -97,10 +97,14 @@ impl Core {
     /// 1. an existing row that is verified is first committed as unverified (it is about
     ///    to name content the client has not confirmed);
     /// 2. the file is moved into place, keeping the version it replaces
-    ///    ([`crate::storage::TempBlob::persist_undoable`]);
-    /// 3. the row is committed with Verified = 0. If that fails, the replaced version is
-    ///    put back (a new file is removed) and the old row restored as far as the
-    ///    database allows; the client gets 1607.
+    ///    ([`crate::storage::TempBlob::persist_undoable`]); if that fails, the old row is
+    ///    restored (its file is untouched) and the client gets 1607;
+    /// 3. the row is committed with Verified = 0. If that fails, the database is asked
+    ///    whether the commit happened after all (only its answer lost): if so, the
+    ///    upload is stored. Otherwise the replaced version is put back (a new file is
+    ///    removed) and the old row restored as far as the database allows, unless the
+    ///    database cannot answer and no earlier row names the new path: then the file
+    ///    stays, since a committed row may name it. The client gets 1607.
     ///
     /// A crash between any two steps leaves every row naming a complete file (the old or
     /// the new version; unverified if it changed) and, for a new file, at worst a complete
@@ -125,7 +129,14 @@ impl Core {
                 .put_file(&unverified, ctx.now)
                 .map_err(FinishError::Record)?;
         }
-        let persisted = temp.persist_undoable().map_err(FinishError::Store)?;
+        let persisted = match temp.persist_undoable() {
+            Ok(persisted) => persisted,
+            Err(error) => {
+                // The stored version is untouched: it is as verified as before.
+                self.restore_verified(existing.as_ref(), ctx);
+                return Err(FinishError::Store(error));
+            }
+        };
         let record = FileRecord {
             client_id,
             file_name: file_name.to_owned(),
@@ -133,12 +144,29 @@ impl Core {
             verified: false,
         };
         if let Err(error) = self.meta.put_file(&record, ctx.now) {
-            let undo = persisted.undo();
-            if let Some(old) = existing.filter(|old| old.verified) {
-                // Best effort: the database has just failed.
-                let _ = self.meta.put_file(&old, ctx.now);
+            // The row as it was before this commit (step 1 made a verified one unverified).
+            let before = existing.as_ref().map(|old| FileRecord {
+                verified: false,
+                ..old.clone()
+            });
+            // A failed commit may have happened, only its answer lost (a connection to
+            // PostgreSQL that broke after COMMIT): ask before undoing.
+            match self.meta.file(&client_id, file_name) {
+                Ok(row) if row.as_ref() == Some(&record) && before.as_ref() != Some(&record) => {
+                    tracing::warn!(%error, path = %record.path, "the commit reported as failed had happened: the file is stored");
+                }
+                Err(_) if before.as_ref().is_none_or(|old| old.path != record.path) => {
+                    // Undoing could remove the file a committed row names; leaving it
+                    // costs at most an unrecorded file, which start-up removes.
+                    drop(persisted);
+                    return Err(FinishError::RecordUncertain { error });
+                }
+                _ => {
+                    let undo = persisted.undo();
+                    self.restore_verified(existing.as_ref(), ctx);
+                    return Err(FinishError::RecordAfterMove { error, undo });
+                }
             }
-            return Err(FinishError::RecordAfterMove { error, undo });
         }
         if let Err(error) = persisted.keep() {
             tracing::warn!(path = %record.path, %error, "cannot remove the replaced version (removed at next start-up)");
@@ -149,5 +177,13 @@ impl Core {
             }
         }
         Ok(record.path)
+    }
+
+    /// Puts back a verified row that step 1 committed as unverified, when its file was
+    /// not replaced after all. Best effort: the store has just failed.
+    fn restore_verified(&self, existing: Option<&FileRecord>, ctx: &Ctx) {
+        if let Some(old) = existing.filter(|old| old.verified) {
+            let _ = self.meta.put_file(old, ctx.now);
+        }
     }
 }

@@ -124,6 +124,17 @@ pub enum FinishError {
         /// Putting the earlier state back.
         undo: Result<(), io::Error>,
     },
+    /// Committing the row failed after the file was moved, and the database could not be
+    /// asked whether the commit had happened after all (only its answer lost): the new
+    /// file, which no earlier row names, stays where a committed row would look for it.
+    #[error(
+        "cannot record the file: {error}; the database cannot tell whether the row was committed, \
+         so the file is left in place (removed at start-up if no row names it)"
+    )]
+    RecordUncertain {
+        /// The commit's error.
+        error: StoreError,
+    },
 }
 
 impl FinishError {
@@ -136,6 +147,7 @@ impl FinishError {
                 | FinishError::Record(_)
                 | FinishError::Store(_)
                 | FinishError::RecordAfterMove { .. }
+                | FinishError::RecordUncertain { .. }
         )
     }
 }

@@ -11,7 +11,12 @@
 //!   rows (so that periodic LastSeen commits cannot use up the budget);
 //! - a *durable budget* ([`Faults::crash_after`], in-memory stores only): after that
 //!   many durable operations (commits, renames, removals) every further one fails, as
-//!   if the machine had died at that point.
+//!   if the machine had died at that point;
+//! - `persist_fails` ([`FaultyBlobs`] only): moving a temporary file into place fails
+//!   with an I/O error while writes still succeed (an fsync or rename error);
+//! - [`Faults::lose_file_commit_answers`] ([`FaultyMeta`] only): commits of `files` rows
+//!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
+//!   does; optionally the database is then down.
 
 use crate::storage::{
     BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
@@ -29,6 +34,12 @@ pub struct Faults {
     pub db_down: AtomicBool,
     /// Writing or persisting a temporary file fails with `ENOSPC`.
     pub disk_full: AtomicBool,
+    /// Persisting a temporary file fails with `EIO` (writing it does not).
+    pub persist_fails: AtomicBool,
+    /// Commits of `files` rows happen but report a failure.
+    file_answers_lost: AtomicBool,
+    /// ... and the database is down from then on.
+    down_after_lost_answer: AtomicBool,
     /// Durable operations still allowed (`u64::MAX`: unlimited).
     budget: AtomicU64,
     /// Database commits still allowed (`u64::MAX`: unlimited).
@@ -42,6 +53,9 @@ impl Default for Faults {
         Faults {
             db_down: AtomicBool::new(false),
             disk_full: AtomicBool::new(false),
+            persist_fails: AtomicBool::new(false),
+            file_answers_lost: AtomicBool::new(false),
+            down_after_lost_answer: AtomicBool::new(false),
             budget: AtomicU64::new(u64::MAX),
             db_budget: AtomicU64::new(u64::MAX),
             file_budget: AtomicU64::new(u64::MAX),
@@ -67,8 +81,20 @@ impl Faults {
         self.file_budget.store(n, Ordering::SeqCst);
     }
 
-    /// Ends `db_down`, [`Faults::db_fails_after`] and [`Faults::file_commits_fail_after`].
+    /// Commits of `files` rows take effect but report a failure (their answer lost);
+    /// with `then_down`, the first such commit also takes the database down (`db_down`),
+    /// so that it cannot be asked what happened. Until [`Faults::db_recovers`].
+    pub fn lose_file_commit_answers(&self, then_down: bool) {
+        self.down_after_lost_answer
+            .store(then_down, Ordering::SeqCst);
+        self.file_answers_lost.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends `db_down`, [`Faults::db_fails_after`], [`Faults::file_commits_fail_after`]
+    /// and [`Faults::lose_file_commit_answers`].
     pub fn db_recovers(&self) {
+        self.file_answers_lost.store(false, Ordering::SeqCst);
+        self.down_after_lost_answer.store(false, Ordering::SeqCst);
         self.db_down.store(false, Ordering::SeqCst);
         self.db_budget.store(u64::MAX, Ordering::SeqCst);
         self.file_budget.store(u64::MAX, Ordering::SeqCst);
@@ -84,6 +110,7 @@ impl Faults {
         self.budget.store(u64::MAX, Ordering::SeqCst);
         self.db_recovers();
         self.disk_full.store(false, Ordering::SeqCst);
+        self.persist_fails.store(false, Ordering::SeqCst);
     }
 
     pub(super) fn db(&self) -> Result<(), StoreError> {
@@ -120,6 +147,16 @@ impl Faults {
             return Err(StoreError::Database("commit failed (injected)".into()));
         }
         self.durable_db()
+    }
+
+    /// Persisting: `disk_full` or `persist_fails`.
+    fn persist(&self) -> io::Result<()> {
+        self.disk()?;
+        if self.persist_fails.load(Ordering::SeqCst) {
+            Err(io::Error::from_raw_os_error(5)) // EIO
+        } else {
+            Ok(())
+        }
     }
 
     pub(super) fn disk(&self) -> io::Result<()> {
@@ -195,7 +232,16 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
         if !spend(&self.faults.file_budget) {
             return Err(StoreError::Database("commit failed (injected)".into()));
         }
-        self.inner.put_file(file, now)
+        self.inner.put_file(file, now)?;
+        if self.faults.file_answers_lost.load(Ordering::SeqCst) {
+            if self.faults.down_after_lost_answer.load(Ordering::SeqCst) {
+                self.faults.db_down.store(true, Ordering::SeqCst);
+            }
+            return Err(StoreError::Database(
+                "connection lost after the commit (injected)".into(),
+            ));
+        }
+        Ok(())
     }
     fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
         self.faults.db()?;
@@ -240,7 +286,8 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
 }
 
 /// A [`BlobStore`] whose temporary files fail with `ENOSPC` while
-/// [`Faults::disk_full`] is on.
+/// [`Faults::disk_full`] is on, and cannot be moved into place while
+/// [`Faults::persist_fails`] is.
 #[derive(Debug)]
 pub struct FaultyBlobs<B> {
     inner: B,
@@ -296,11 +343,11 @@ impl TempBlob for FaultyTemp {
         self.inner.suspend()
     }
     fn persist(self: Box<Self>) -> io::Result<String> {
-        self.faults.disk()?;
+        self.faults.persist()?;
         self.inner.persist()
     }
     fn persist_undoable(self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
-        self.faults.disk()?;
+        self.faults.persist()?;
         self.inner.persist_undoable()
     }
 }
