@@ -366,22 +366,15 @@ impl LocalTemp {
     }
 
     /// fsync of the content, then the rename that puts it in place; `backup` (if the final
-    /// name exists) is a hard link to the version being replaced, made before the rename.
+    /// name exists) keeps the version being replaced ([`keep_replaced`]), made before the
+    /// rename.
     fn move_into_place(&mut self) -> io::Result<Option<PathBuf>> {
         self.close_synced()?;
         let backup = self.dir.join(format!(
             "{TEMP_PREFIX}{}.old",
             uuid::Uuid::new_v4().simple()
         ));
-        let backup = match fs::hard_link(&self.final_path, &backup) {
-            Ok(()) => Some(backup),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-            Err(error) => {
-                // A filesystem without hard links: replace without a way back.
-                tracing::warn!(path = %self.final_path.display(), %error, "cannot keep the replaced version");
-                None
-            }
-        };
+        let backup = keep_replaced(&self.final_path, backup, |from, to| fs::hard_link(from, to))?;
         if let Err(error) = fs::rename(&self.temp_path, &self.final_path) {
             if let Some(backup) = &backup {
                 let _ = fs::remove_file(backup);
@@ -390,6 +383,40 @@ impl LocalTemp {
         }
         self.temp_path = PathBuf::new();
         Ok(backup)
+    }
+}
+
+/// Keeps the version at `final_path` under `backup` before it is replaced: a hard link
+/// (`link`), or where the filesystem refuses one (vfat, some FUSE and network mounts,
+/// `protected_hardlinks`) a copy, synced so that an undo never puts back a partial
+/// file. `None` when there is nothing to keep. When neither works the replacement must
+/// not happen (an undo would then have nothing to put back): the error says why.
+fn keep_replaced(
+    final_path: &Path,
+    backup: PathBuf,
+    link: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> io::Result<Option<PathBuf>> {
+    let link_error = match link(final_path, &backup) {
+        Ok(()) => return Ok(Some(backup)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => error,
+    };
+    let copied = fs::copy(final_path, &backup).and_then(|_| File::open(&backup)?.sync_all());
+    match copied {
+        Ok(()) => {
+            tracing::info!(path = %final_path.display(), error = %link_error, "kept the replaced version as a copy (no hard link)");
+            Ok(Some(backup))
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(copy_error) => {
+            let _ = fs::remove_file(&backup);
+            Err(io::Error::new(
+                copy_error.kind(),
+                format!(
+                    "cannot keep the version being replaced (hard link: {link_error}; copy: {copy_error})"
+                ),
+            ))
+        }
     }
 }
 
@@ -441,6 +468,41 @@ impl Drop for LocalTemp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_hard_links_the_replaced_version_is_kept_as_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let stored = dir.path().join("f.bin");
+        fs::write(&stored, b"version 1").unwrap();
+        // As vfat or a FUSE mount answers.
+        let refuse = |_: &Path, _: &Path| Err(io::Error::from_raw_os_error(1));
+        let backup = keep_replaced(&stored, dir.path().join("b.old"), refuse)
+            .unwrap()
+            .expect("a backup");
+        assert_eq!(fs::read(&backup).unwrap(), b"version 1");
+        // Nothing stored under the name: nothing to keep.
+        let missing = dir.path().join("missing.bin");
+        let kept = keep_replaced(&missing, dir.path().join("c.old"), refuse).unwrap();
+        assert_eq!(kept, None);
+        assert!(!dir.path().join("c.old").exists());
+    }
+
+    #[test]
+    fn a_version_that_cannot_be_kept_stops_the_replacement() {
+        // A folder where the file is expected can be neither hard-linked nor copied.
+        let dir = tempfile::tempdir().unwrap();
+        let stored = dir.path().join("f.bin");
+        fs::create_dir(&stored).unwrap();
+        let link = |from: &Path, to: &Path| fs::hard_link(from, to);
+        let error = keep_replaced(&stored, dir.path().join("b.old"), link).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("cannot keep the version being replaced"),
+            "{error}"
+        );
+        assert!(!dir.path().join("b.old").exists());
+    }
 
     fn open_fds() -> usize {
         std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
