@@ -157,7 +157,7 @@ fn recovery_spares_young_work_and_clears_old_leftovers() {
         path: kept.clone(),
         verified: true,
     }];
-    let recovered = recover(&rows, &store).unwrap();
+    let recovered = recover(&|| Ok(rows.to_vec()), &store).unwrap();
     assert_eq!(
         recovered.stale_temps, 2,
         "the abandoned upload and the backup"

@@ -361,7 +361,7 @@ mod tests {
             blobs.stored_paths().unwrap(),
             [kept.clone(), orphan.clone()]
         );
-        let recovered = recover(&meta.files().unwrap(), &blobs).unwrap();
+        let recovered = recover(&|| meta.files(), &blobs).unwrap();
         assert_eq!(
             recovered,
             Recovered {
@@ -381,9 +381,65 @@ mod tests {
         assert!(blobs.stored_paths().unwrap() == [kept]);
         // Nothing left to do the second time.
         assert_eq!(
-            recover(&meta.files().unwrap(), &blobs).unwrap(),
+            recover(&|| meta.files(), &blobs).unwrap(),
             Recovered::default()
         );
+    }
+
+    /// A blob store whose listing of stored files is the moment another server commits
+    /// a row (it acknowledged that file while this one was starting).
+    struct CommitsWhileListing<'a> {
+        inner: &'a LocalBlobStore,
+        commit: &'a (dyn Fn() + Sync),
+    }
+
+    impl fmt::Debug for CommitsWhileListing<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("CommitsWhileListing")
+        }
+    }
+
+    impl BlobStore for CommitsWhileListing<'_> {
+        fn create_temp(&self, client: &ClientId, name: &str) -> io::Result<Box<dyn TempBlob>> {
+            self.inner.create_temp(client, name)
+        }
+        fn remove(&self, path: &str) -> io::Result<()> {
+            self.inner.remove(path)
+        }
+        fn size(&self, path: &str) -> io::Result<u64> {
+            self.inner.size(path)
+        }
+        fn remove_stale_temps(&self) -> io::Result<usize> {
+            self.inner.remove_stale_temps()
+        }
+        fn stored_paths(&self) -> io::Result<Vec<String>> {
+            let listed = self.inner.stored_paths();
+            (self.commit)();
+            listed
+        }
+    }
+
+    /// Several servers on one database and object store: a file acknowledged by another
+    /// server while this one recovers is listed, and its row committed, after recovery
+    /// began. Recovery reads the rows after the listing, so it keeps that file.
+    #[test]
+    fn recovery_reads_the_rows_after_listing_the_files() {
+        let (dir, meta, blobs, _kept, orphan) = data_folder();
+        let acknowledged = FileRecord {
+            client_id: ClientId([0xab; 16]),
+            file_name: "orphan.bin".into(),
+            path: orphan.clone(),
+            verified: false,
+        };
+        let commit = || meta.put_file(&acknowledged, Timestamp(0)).unwrap();
+        let listing = CommitsWhileListing {
+            inner: &blobs,
+            commit: &commit,
+        };
+        let recovered = recover(&|| meta.files(), &listing).unwrap();
+        assert_eq!(recovered.stale_temps, 1);
+        assert!(recovered.orphans.is_empty(), "{:?}", recovered.orphans);
+        assert!(dir.path().join(&orphan).exists());
     }
 
     #[test]
@@ -396,7 +452,7 @@ mod tests {
             verified: true,
         };
         meta.put_file(&foreign, Timestamp(0)).unwrap();
-        let recovered = recover(&meta.files().unwrap(), &blobs).unwrap();
+        let recovered = recover(&|| meta.files(), &blobs).unwrap();
         assert_eq!(recovered.stale_temps, 1);
         assert!(recovered.orphans.is_empty());
         assert!(recovered

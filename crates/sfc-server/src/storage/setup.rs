@@ -7,7 +7,7 @@ use super::perms;
 use super::postgres::PostgresStore;
 use super::s3::S3BlobStore;
 use super::sqlite::SqliteStore;
-use super::{BlobStore, FileRecord, MetaStore};
+use super::{BlobStore, FileRecord, MetaStore, StoreError};
 use crate::config::{Database, ServerConfig, Store, DB_FILE};
 use anyhow::Context;
 use std::io;
@@ -145,7 +145,7 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
             return Err(anyhow::anyhow!("cannot read the database: {error}"))
         }
     };
-    match recover(&files, blobs) {
+    match recover(&|| meta.files(), blobs) {
         Ok(recovered) => {
             if recovered.stale_temps > 0 {
                 tracing::info!(
@@ -190,9 +190,19 @@ pub struct Recovered {
 /// (`files/<32 hex digits>/<name>`): a database adopted from another implementation may
 /// name its files differently, and its files are then left alone.
 ///
-/// `rows` are the `files` rows ([`MetaStore::files`]), which the caller reads anyway.
-pub fn recover(rows: &[FileRecord], blobs: &dyn BlobStore) -> io::Result<Recovered> {
+/// `rows` reads the `files` rows ([`MetaStore::files`]). They are read after the stored
+/// files are listed: with several servers on one database and one object store, another
+/// server may finish an upload while this one starts, and only rows read after the
+/// listing are sure to name every file in it that was acknowledged (a file finished
+/// later is either still protected by its upload's marker or was not listed at all).
+pub fn recover(
+    rows: &dyn Fn() -> Result<Vec<FileRecord>, StoreError>,
+    blobs: &dyn BlobStore,
+) -> io::Result<Recovered> {
     let stale_temps = blobs.remove_stale_temps()?;
+    let candidates = blobs.stored_paths()?;
+    let rows =
+        rows().map_err(|error| io::Error::other(format!("cannot read the rows: {error}")))?;
     if let Some(row) = rows.iter().find(|row| !is_own_path(&row.path)) {
         return Ok(Recovered {
             stale_temps,
@@ -205,7 +215,7 @@ pub fn recover(rows: &[FileRecord], blobs: &dyn BlobStore) -> io::Result<Recover
     }
     let named: std::collections::HashSet<&str> = rows.iter().map(|row| row.path.as_str()).collect();
     let mut orphans = Vec::new();
-    for path in blobs.stored_paths()? {
+    for path in candidates {
         if !named.contains(path.as_str()) {
             blobs.remove(&path)?;
             orphans.push(path);
