@@ -215,7 +215,16 @@ impl TempBlob for S3Temp {
         let marker = self.upload.as_ref().map(|_| self.marker.clone());
         if let Err(error) = self.complete() {
             if let Some(backup) = &backup {
-                let _ = shared.run(shared.delete_quietly(backup));
+                // The completion may have happened with only its answer lost: put the
+                // earlier version back before dropping the copy. If even that fails, the
+                // copy stays (a backup, removed at start-up once old).
+                let restored = shared.run(async {
+                    shared.s3.copy(backup, &self.key).await?;
+                    shared.delete_quietly(backup).await
+                });
+                if let Err(restore) = restored {
+                    tracing::warn!(%restore, "cannot put the earlier version back after a failed completion");
+                }
             }
             return Err(error);
         }
