@@ -115,7 +115,12 @@ mod tests {
         // SIGTERM ignored, SIGINT at its default (a shell started in the background, as
         // CI may be, hands its children SIGINT ignored): only a SIGINT ends it in time.
         let mut child = Command::new("env")
-            .args(["--default-signal=INT", "--ignore-signal=TERM", "sleep", "30"])
+            .args([
+                "--default-signal=INT",
+                "--ignore-signal=TERM",
+                "sleep",
+                "30",
+            ])
             .spawn()
             .unwrap();
         // `env` sets the dispositions, then becomes `sleep`.
