@@ -115,7 +115,7 @@ pub struct Cli {
           value_parser = parse_positive_usize)]
     pub max_uploads: usize,
 
-    /// Most unfinished uploads at once from one IP address.
+    /// Most unfinished uploads at once from one IP address (an IPv6 /64 counts as one).
     ///
     /// A client that starts one more gets an error (1607) and the server logs a warning.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UPLOADS_PER_ADDRESS,

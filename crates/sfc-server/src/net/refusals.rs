@@ -1,11 +1,15 @@
 //! Log lines for connections refused before anything is read (rate-limit ban,
 //! `--max-connections-per-address`): visible to the operator, but at most one line per
 //! address and reason per interval, with the number refused since the previous line, so
-//! that a flood cannot flood the log. Refusals held back when the flood stops are
-//! reported by [`RefusalLog::flush`], which the listener calls every interval.
+//! that a flood cannot flood the log. Addresses are counted as the limits count them
+//! (IPv6 by its /64, [`key_of`]), and at most [`REMEMBERED`] of them: beyond that,
+//! refusals from new addresses share one line under the unspecified address `::`.
+//! Refusals held back when the flood stops are reported by [`RefusalLog::flush`], which
+//! the listener calls every interval.
 
+use super::rate_limit::key_of;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -13,6 +17,8 @@ use std::time::{Duration, Instant};
 pub(crate) const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Addresses remembered before the ones quiet for an interval are forgotten.
 const REMEMBERED: usize = 4096;
+/// A full table is swept at most this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a connection was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,24 +40,43 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct RefusalLog {
     interval: Duration,
-    entries: Mutex<HashMap<(IpAddr, Refusal), Entry>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<(IpAddr, Refusal), Entry>,
+    /// When a full table was last swept: at most once per second, so that a flood from
+    /// new addresses does not sweep it on every refusal.
+    swept_at: Option<Instant>,
 }
 
 impl RefusalLog {
     pub(crate) fn new(interval: Duration) -> Self {
         RefusalLog {
             interval,
-            entries: Mutex::default(),
+            table: Mutex::default(),
         }
     }
 
     /// Counts one refusal; returns how many refusals the line due now reports (this
     /// one included), or `None` when no line is due yet.
     pub(crate) fn count(&self, ip: IpAddr, why: Refusal, now: Instant) -> Option<u64> {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= REMEMBERED {
+        let mut ip = key_of(ip);
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let Table { entries, swept_at } = &mut *table;
+        if entries.len() >= REMEMBERED && !entries.contains_key(&(ip, why)) {
             let interval = self.interval;
-            entries.retain(|_, e| now.saturating_duration_since(e.logged_at) < interval);
+            if swept_at.is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY) {
+                *swept_at = Some(now);
+                entries.retain(|_, e| {
+                    e.unlogged > 0 || now.saturating_duration_since(e.logged_at) < interval
+                });
+            }
+            if entries.len() >= REMEMBERED {
+                // Still full of addresses refused within the interval: no room for more.
+                ip = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+            }
         }
         match entries.get_mut(&(ip, why)) {
             Some(entry) if now.saturating_duration_since(entry.logged_at) < self.interval => {
@@ -81,8 +106,9 @@ impl RefusalLog {
     /// them), or with `all` every one held back (at shutdown), with their counts; they
     /// count as logged `now`.
     pub(crate) fn due(&self, now: Instant, all: bool) -> Vec<(IpAddr, Refusal, u64)> {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        table
+            .entries
             .iter_mut()
             .filter(|(_, e)| {
                 e.unlogged > 0
@@ -108,6 +134,15 @@ impl RefusalLog {
         if let Some(count) = self.count(peer.ip(), why, Instant::now()) {
             self.emit(&peer, why, count);
         }
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries
+            .len()
     }
 
     /// One line; `peer` is the address with the port of the refused connection, or the
@@ -162,6 +197,45 @@ mod tests {
             log.count(a, Refusal::Banned, t0 + Duration::from_secs(12)),
             None
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_share_the_line_of_their_64() {
+        let log = RefusalLog::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(log.count(one, Refusal::Banned, t0), Some(1));
+        assert_eq!(log.count(same_64, Refusal::Banned, t0), None);
+        assert_eq!(log.count(other_64, Refusal::Banned, t0), Some(1));
+        let at = t0 + Duration::from_secs(10);
+        let prefix: IpAddr = "2001:db8:1:2::".parse().unwrap();
+        assert_eq!(log.due(at, false), vec![(prefix, Refusal::Banned, 1)]);
+    }
+
+    #[test]
+    fn the_table_stays_bounded_and_a_flood_of_addresses_shares_one_line() {
+        let log = RefusalLog::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let address = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        for n in 0..REMEMBERED as u32 {
+            assert_eq!(log.count(address(n), Refusal::Banned, t0), Some(1));
+        }
+        // Every entry was logged within the interval: newcomers share `::`.
+        let extra = 5_000;
+        let lines = (0..extra)
+            .filter_map(|n| log.count(address(1 << 20 | n), Refusal::Banned, t0))
+            .count();
+        assert_eq!(lines, 1);
+        assert_eq!(log.remembered(), REMEMBERED + 1);
+        let shared = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let due = log.due(t0 + Duration::from_secs(10), false);
+        assert_eq!(due, vec![(shared, Refusal::Banned, u64::from(extra) - 1)]);
+        // Once the interval has passed, room is made for new addresses again.
+        let later = t0 + Duration::from_secs(11);
+        assert_eq!(log.count(address(1 << 21), Refusal::Banned, later), Some(1));
+        assert!(log.remembered() <= REMEMBERED);
     }
 
     #[test]

@@ -316,7 +316,8 @@ pub(super) struct Registry {
     pub(super) budget: BatchBudget,
     /// Full-size batch buffers of ended uploads, for the next ones ([`POOLED_BATCHES`]).
     pub(super) pooled: Arc<BufferPool<BATCH_CAPACITY, POOLED_BATCHES>>,
-    /// Uploads in progress per peer address (those started with one).
+    /// Uploads in progress per peer address (those started with one), counted as every
+    /// per-address limit counts: IPv6 by its /64.
     pub(super) per_address: Mutex<HashMap<IpAddr, usize>>,
     /// Caps of uploads in progress: all clients, and per address (0: no cap).
     pub(super) max_uploads: usize,
@@ -421,6 +422,8 @@ impl Registry {
         peer: Option<IpAddr>,
         progress: Progress,
     ) -> Result<(u64, Counted), ClaimError> {
+        // One /64 is one address, as for the connection cap and the rate limits.
+        let peer = peer.map(crate::net::rate_limit::key_of);
         let mut slots = self.lock();
         if slots.contains_key(id) {
             return Err(ClaimError::Busy);
@@ -772,5 +775,43 @@ impl Lease {
 
     pub(super) fn take(&mut self) -> Option<Box<Upload>> {
         self.upload.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress() -> Progress {
+        Progress {
+            file: Name::new("f.bin").unwrap(),
+            packets: 0,
+            total: 2,
+            parked: false,
+        }
+    }
+
+    /// `--max-uploads-per-address` counts an IPv6 /64 as one address, as the connection
+    /// cap and the rate limits do: rotating addresses within it gains nothing.
+    #[test]
+    fn the_per_address_cap_counts_an_ipv6_64_as_one_address() {
+        let registry = Arc::new(Registry {
+            max_uploads_per_address: 1,
+            ..Registry::default()
+        });
+        let peer = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        let first = registry
+            .claim(&ClientId([1; 16]), peer("2001:db8:0:1::1"), progress())
+            .unwrap();
+        let same_64 = registry.claim(&ClientId([2; 16]), peer("2001:db8:0:1::2"), progress());
+        assert!(matches!(same_64, Err(ClaimError::TooManyFromAddress(1))));
+        let other_64 = registry.claim(&ClientId([3; 16]), peer("2001:db8:0:2::1"), progress());
+        assert!(other_64.is_ok());
+        // The first upload ends: its /64 may start another.
+        registry.release(&ClientId([1; 16]), first.0);
+        drop(first);
+        assert!(registry
+            .claim(&ClientId([2; 16]), peer("2001:db8:0:1::2"), progress())
+            .is_ok());
     }
 }
