@@ -47,8 +47,10 @@ pub enum RequestEvent<'a> {
     /// The current 828's content is complete.
     FilePacketEnd,
     /// A request whose framing was fine but whose payload is invalid (bad name, packet
-    /// fields that contradict each other). The stream stays in sync: any remaining content
-    /// of an invalid 828 is skipped without further events.
+    /// fields that contradict each other). The stream stays in sync: an invalid 828's
+    /// `payload_size - 267` content bytes follow as [`RequestEvent::Content`] events, to be
+    /// dropped, without a [`RequestEvent::FilePacketEnd`] (a server sees them arrive, so
+    /// its request deadline can keep applying while they are skipped).
     Invalid {
         /// The request header.
         header: RequestHeader,
@@ -353,14 +355,20 @@ fn content_step<'a>(remaining: &mut u32, rest: &'a [u8]) -> Step<'a> {
     Step::Emit(take, RequestEvent::Content(piece), None)
 }
 
-/// The rest of an invalid 828's content, skipped without events.
-fn skip_step<'a>(remaining: &mut u32, rest: &[u8]) -> Step<'a> {
+/// An invalid 828's content, handed back as slices of the input to be dropped; no end
+/// event (the boundary follows its last piece at once).
+fn skip_step<'a>(remaining: &mut u32, rest: &'a [u8]) -> Step<'a> {
+    if *remaining == 0 {
+        return Step::Then(0, EMPTY_HEADER);
+    }
+    if rest.is_empty() {
+        return Step::NeedMore(0);
+    }
     let take = rest.len().min(*remaining as usize);
     *remaining -= take as u32;
-    if *remaining > 0 {
-        return Step::NeedMore(take);
-    }
-    Step::Then(take, EMPTY_HEADER)
+    let piece = rest.get(..take).unwrap_or_default();
+    let next = (*remaining == 0).then_some(EMPTY_HEADER);
+    Step::Emit(take, RequestEvent::Content(piece), next)
 }
 
 #[cfg(test)]
@@ -529,9 +537,13 @@ mod tests {
                 ..
             })
         ));
+        // The content follows, to be dropped; the boundary right after it.
         let (used2, event) = decoder.decode(&bytes[used..]).unwrap();
+        assert_eq!(event, Some(RequestEvent::Content(&[1u8; 16][..])));
+        assert!(decoder.at_boundary());
+        let (used3, event) = decoder.decode(&bytes[used + used2..]).unwrap();
         assert_eq!(event, Some(RequestEvent::Request(next)));
-        assert_eq!(used + used2, bytes.len());
+        assert_eq!(used + used2 + used3, bytes.len());
     }
 
     #[test]

@@ -125,7 +125,10 @@ fn decode_stream(
                     file = Some((header.client_id, header.version, packet, Vec::new()))
                 }
                 Some(RequestEvent::Content(piece)) => {
-                    file.as_mut().unwrap().3.extend_from_slice(piece)
+                    // None: an invalid 828's content, dropped.
+                    if let Some(file) = file.as_mut() {
+                        file.3.extend_from_slice(piece)
+                    }
                 }
                 Some(RequestEvent::FilePacketEnd) => {
                     let (client_id, version, packet, content) = file.take().unwrap();

@@ -63,6 +63,11 @@ struct Env {
 
 impl Env {
     fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// [`Env::start`] with the configuration changed by `tweak`.
+    fn start_with(tweak: fn(&mut ServerConfig)) -> Self {
         init_logging();
         keypair(); // before any connection: key generation is slow in debug builds
         let root = tempfile::tempdir().unwrap();
@@ -73,6 +78,7 @@ impl Env {
         config.upload_timeout = UPLOAD_TIMEOUT;
         config.flush_interval = Duration::from_millis(200);
         config.max_file_size = MAX_FILE_SIZE;
+        tweak(&mut config);
         let server = RunningServer::start(config).unwrap();
         let addr = server.addr();
         Env {
@@ -1747,4 +1753,70 @@ fn hostile_input_catalogue() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+// ----- 828s that are not received: size and time limits still apply (rule S13) ----------
+
+/// The header and fixed part of an 828 whose fields do not decode to a packet
+/// (packet_number 0), announcing `content_len` content bytes.
+fn invalid_packet_prefix(id: ClientId, content_len: u32) -> Vec<u8> {
+    let mut header = plain_header("bad.bin", 0, 1);
+    header.content_size = content_len;
+    header.encode_prefix(id, content_len).to_vec()
+}
+
+#[test]
+fn an_invalid_828_trickled_a_byte_at_a_time_is_closed_at_the_request_timeout() {
+    let env = Env::start_with(|c| {
+        c.request_timeout = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(3);
+    });
+    let mut conn = env.connect();
+    conn.send_raw(&invalid_packet_prefix(ClientId([3; 16]), 1_000_000));
+    assert_eq!(conn.recv(), Response::ServerError);
+    // A byte every 500 ms keeps the idle timeout away, not the request deadline: the
+    // content must come at 64 KiB per request timeout.
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(15) {
+        if conn.stream.write_all(&[0]).is_err() || conn.closed_within(Duration::from_millis(500)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "still open after {:?}", started.elapsed());
+}
+
+#[test]
+fn an_invalid_828_beyond_max_file_size_gets_1607_and_a_close_without_being_read() {
+    let env = Env::start_with(|c| c.max_file_size = 1000);
+    let fx = setup(&env, "big-invalid".into(), Setup::Enrolled).unwrap();
+    let mut conn = used_conn(&env, &fx);
+    conn.send_raw(&invalid_packet_prefix(fx.id, u32::MAX - 267));
+    conn.send_raw(&[0u8; 4096]);
+    assert_eq!(conn.recv(), Response::ServerError);
+    assert!(conn.closed_within(Duration::from_secs(5)), "still open");
+}
+
+#[test]
+fn a_swallowed_828_beyond_max_file_size_gets_1607_and_a_close_without_being_read() {
+    let env = Env::start_with(|c| c.max_file_size = 1000);
+    let fx = setup(&env, "big-swallowed".into(), Setup::Enrolled).unwrap();
+    let mut conn = used_conn(&env, &fx);
+    // Packet 2 with no upload: refused, and the transfer's next packets swallowed (S12).
+    let mut header = plain_header("s.bin", 2, 3);
+    header.content_size = 16;
+    conn.send_raw(&packet(fx.id, &header, &[0u8; 16]));
+    assert_eq!(conn.recv(), Response::ServerError);
+    // Its packet 3 of 4 GiB is not read to be swallowed.
+    let content_len = u32::MAX - 267;
+    let mut header = plain_header("s.bin", 3, 3);
+    header.content_size = content_len;
+    conn.send_raw(&header.encode_prefix(fx.id, content_len));
+    conn.send_raw(&[0u8; 4096]);
+    conn.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(conn.try_recv(), Some(Response::ServerError));
+    assert!(conn.closed_within(Duration::from_secs(5)), "still open");
 }

@@ -23,8 +23,14 @@
 //!
 //! Uploads and connections (rule S10, issue 12): an upload parked by a packet that was
 //! not the first request on its connection (a client that keeps its connection) is
-//! dropped when that connection ends; only a connection-per-request client continues an
-//! upload on another connection.
+//! dropped when that connection ends, every one of them if the connection carried
+//! several clients' uploads; only a connection-per-request client continues an upload
+//! on another connection.
+//!
+//! Sizes and time (rule S13, `--request-timeout`): an 828 whose content is beyond the
+//! largest file is answered 1607 and the connection closed without reading it, whether
+//! the packet is valid, invalid or part of a refused transfer; the content of an invalid
+//! 828, dropped as it arrives, is held to the request deadline like any other.
 //!
 //! Rate limits ([`PeerPolicy`]): an 825 beyond the peer address's registration budget
 //! is answered 1607 without touching the database; every reply 1601/1606/1607 counts
@@ -38,6 +44,7 @@ mod packets;
 mod tests;
 
 use super::io::{Done, JobKind};
+use super::uploads::Slot;
 use super::Lease;
 use super::{
     Action, CloseReason, Core, Ctx, Event, JobDone, LogLine, Now, Outcome, PeerPolicy, RequestLog,
@@ -95,7 +102,8 @@ enum Waiting {
 }
 
 /// An upload this connection parked after a packet that was not its first request: it
-/// is dropped when the connection ends.
+/// is dropped when the connection ends (one per client: a connection may carry several
+/// clients' uploads).
 #[derive(Debug)]
 struct Parked {
     client: ClientId,
@@ -126,7 +134,12 @@ pub struct Conversation {
     /// Client whose transfer was refused on this connection (rule S12).
     refused: Option<ClientId>,
     /// See [`Parked`].
-    parked: Option<Parked>,
+    parked: Vec<Parked>,
+    /// The connection has ended: the jobs that drop its uploads run one after another.
+    closed: bool,
+    /// Content bytes of an invalid 828 still to come (dropped as they arrive); its
+    /// request deadline applies until the last one.
+    skipping: u64,
     /// Serial of the upload whose packet is ending (becomes `parked`).
     ending: Option<u64>,
     /// The file the current request is about, for the log.
@@ -156,7 +169,9 @@ impl Conversation {
             current: None,
             first: true,
             refused: None,
-            parked: None,
+            parked: Vec::new(),
+            closed: false,
+            skipping: 0,
             ending: None,
             file: None,
             version: 0,
@@ -184,7 +199,7 @@ impl Conversation {
 
     /// File content is expected (the driver may read in larger pieces).
     pub fn expects_content(&self) -> bool {
-        self.current.is_some() || self.streaming
+        self.current.is_some() || self.streaming || self.skipping > 0
     }
 
     /// The next action, if any.
@@ -214,6 +229,7 @@ impl Conversation {
         self.now = now;
         match event {
             Event::RequestStarted => {
+                self.skipping = 0;
                 self.started = now.mono;
                 self.deadline = Some(now.mono + self.core.limits().request_timeout);
                 0
@@ -304,14 +320,20 @@ impl Conversation {
                 let outcome = Self::outcome_of(done);
                 self.finish_packet(outcome);
             }
-            (Waiting::Drop, _) => {}
-            (Waiting::DropParked { client }, Done::DroppedParked(Some(file))) => {
-                self.act(Action::Log(LogLine::AbandonedWithConnection {
-                    client,
-                    file,
-                }));
+            (Waiting::Drop, _) => {
+                if self.closed {
+                    self.drop_next_parked();
+                }
             }
-            (Waiting::DropParked { .. }, _) => {}
+            (Waiting::DropParked { client }, done) => {
+                if let Done::DroppedParked(Some(file)) = done {
+                    self.act(Action::Log(LogLine::AbandonedWithConnection {
+                        client,
+                        file,
+                    }));
+                }
+                self.drop_next_parked();
+            }
         }
     }
 
@@ -334,6 +356,14 @@ impl Conversation {
 
     fn ctx(&self) -> Ctx {
         Ctx::new(self.first, self.now)
+    }
+
+    /// Content of an invalid 828 arrived (and is dropped).
+    fn skipped(&mut self, len: usize) {
+        self.skipping = self.skipping.saturating_sub(len as u64);
+        if self.skipping == 0 {
+            self.deadline = None;
+        }
     }
 
     fn renew_deadline(&mut self) {
@@ -420,11 +450,25 @@ impl Conversation {
         self.version = header.version;
         self.verdict_due = false;
         let number = fields.as_ref().map(|f| f.packet_number);
+        let total = fields.as_ref().map(|f| f.total_packets);
         self.file = fields.map(|f| f.file_name);
         let code = header.code.as_u16();
         let id = (header.code != RequestCode::Register).then_some(header.client_id);
         let payload = u64::from(header.payload_size);
         let packet = header.code == RequestCode::SendFile;
+        if packet {
+            // Its content follows, to be dropped: too large, it is not read at all.
+            let content_len = header
+                .payload_size
+                .saturating_sub(sfc_proto::limits::FILE_PACKET_FIXED_LEN as u32);
+            let numbers = number.zip(total);
+            if self.refuse_oversized(&header, numbers, content_len) {
+                return;
+            }
+            self.skipping = u64::from(content_len);
+            self.progress = 0;
+            self.renew_deadline();
+        }
         // Only a packet whose fields decoded (not a packet 1) continues a refused transfer.
         let continues = number.is_some_and(|n| n != 1);
         if packet && continues && self.refused == Some(header.client_id) {
@@ -472,7 +516,19 @@ impl Conversation {
     }
 
     fn on_closed(&mut self) {
-        // A packet cut short abandons its upload (slot freed, temporary file removed).
+        self.closed = true;
+        // What the driver left when it stopped (at a reply it could not write) is no
+        // longer due: the failure of a reply never sent is not counted (nor can it close
+        // the connection before its uploads are dropped), and nothing more can be sent.
+        self.steps.retain(|step| {
+            !matches!(
+                step,
+                Step::CountFailure { .. }
+                    | Step::Act(Action::Send(_) | Action::SendAndClose(..) | Action::Close(_))
+            )
+        });
+        // A packet cut short abandons its upload (slot freed, temporary file removed);
+        // the parked uploads go after it (one job at a time).
         if let Some(current) = self.current.take() {
             if let Some(lease) = current.lease {
                 let client = current.header.client_id;
@@ -484,12 +540,34 @@ impl Conversation {
                 return;
             }
         }
-        // An upload of a client that keeps its connection is not continued on another
-        // one (rule S10): it ends with its connection.
-        if let Some(Parked { client, serial }) = self.parked.take() {
+        self.drop_next_parked();
+    }
+
+    /// An upload of a client that keeps its connection is not continued on another one
+    /// (rule S10): it ends with its connection. Runs the job for the next one; the job's
+    /// result runs the one after.
+    fn drop_next_parked(&mut self) {
+        if let Some(Parked { client, serial }) = self.parked.pop() {
             let job = JobKind::DropParked(Arc::clone(&self.core), client, serial);
             self.run(job, Waiting::DropParked { client });
         }
+    }
+
+    /// Remembers an upload parked by this connection. Uploads no longer parked
+    /// (finished, expired, started again elsewhere) are forgotten first, so that the list
+    /// stays as long as what the connection really holds, however many clients it
+    /// carries over time.
+    fn remember_parked(&mut self, client: ClientId, serial: u64) {
+        {
+            let slots = self.core.registry.lock();
+            self.parked.retain(|p| match slots.get(&p.client) {
+                Some(Slot::Parked { upload, .. }) => upload.serial == p.serial,
+                // Maybe receiving a packet elsewhere, to be parked again.
+                Some(Slot::CheckedOut { .. }) => true,
+                None => false,
+            });
+        }
+        self.parked.push(Parked { client, serial });
     }
 
     fn end_request(
@@ -502,7 +580,11 @@ impl Conversation {
     ) {
         self.log(code, client, payload, &outcome, packet);
         self.first = false;
-        self.deadline = None;
+        // An invalid 828 is answered before its content has arrived: the deadline
+        // applies to that content too (see `skipped`).
+        if self.skipping == 0 {
+            self.deadline = None;
+        }
         let failure = outcome.is_failure();
         if let Some(reply) = outcome.reply {
             self.act(Action::Send(reply));

@@ -33,22 +33,29 @@ impl Conversation {
             reject: None,
             swallow: false,
         };
+        // Not even the rest of a refused transfer is read beyond every limit (rule S13).
+        if self.refuse_oversized(&current.header, Some((number, total)), content_len) {
+            return;
+        }
         if self.refused == Some(id) && number != 1 {
             current.swallow = true;
             self.current = Some(current);
             return;
         }
         self.refused = None;
-        if self.refuse_oversized(&current, content_len) {
-            return;
-        }
         self.start_or_continue(&mut current, packet, content_len);
         self.current = Some(current);
     }
 
-    /// Refuses a packet whose content is beyond every limit and closes the connection:
-    /// do not read gigabytes to skip them. Returns whether it was refused.
-    fn refuse_oversized(&mut self, current: &Current, content_len: u32) -> bool {
+    /// Refuses a packet (valid or not; `numbers`: its packet number and total, if they
+    /// decoded) whose content is beyond every limit and closes the connection: do not
+    /// read gigabytes to skip them. Returns whether it was refused.
+    pub(super) fn refuse_oversized(
+        &mut self,
+        header: &RequestHeader,
+        numbers: Option<(u16, u16)>,
+        content_len: u32,
+    ) -> bool {
         let max_content = encrypted_size(self.core.limits().max_file_size);
         if u64::from(content_len) <= max_content {
             return false;
@@ -56,13 +63,13 @@ impl Conversation {
         let outcome = Outcome::error(format!(
             "packet of {content_len} content bytes exceeds the largest file ({max_content} encrypted bytes)"
         ));
-        let payload = u64::from(current.header.payload_size);
+        let payload = u64::from(header.payload_size);
         self.log(
             RequestCode::SendFile.as_u16(),
-            Some(current.header.client_id),
+            Some(header.client_id),
             payload,
             &outcome,
-            Some((current.number, current.total, false)),
+            numbers.map(|(number, total)| (number, total, false)),
         );
         self.steps.push_back(Step::CountFailure { close: false });
         self.act(Action::SendAndClose(
@@ -122,6 +129,8 @@ impl Conversation {
     /// is full. Returns the bytes taken.
     pub(super) fn receive(&mut self, piece: &[u8]) -> usize {
         let Some(current) = self.current.as_mut() else {
+            // An invalid 828's content: dropped.
+            self.skipped(piece.len());
             return piece.len();
         };
         let mut used = 0;
@@ -256,11 +265,10 @@ impl Conversation {
             && !intermediate
             && matches!(outcome.reply, Some(Response::FileReceived { .. }));
         let ending = self.ending.take();
-        if self.parked.as_ref().is_some_and(|p| p.client == id) {
-            self.parked = None;
-        }
+        // One entry per client: this packet's upload replaces (or ended) the earlier one.
+        self.parked.retain(|p| p.client != id);
         if let (true, false, Some(serial)) = (intermediate, self.first, ending) {
-            self.parked = Some(super::Parked { client: id, serial });
+            self.remember_parked(id, serial);
         }
         self.streaming = intermediate;
         let payload = u64::from(header.payload_size);

@@ -258,6 +258,9 @@ fn a_reply_that_could_not_be_written_is_not_counted_as_a_failure() {
         }
     }
     assert_eq!(s.policy.failures.load(Ordering::SeqCst), 0);
+    // Nor when the driver then closes (the failure would be left for the close).
+    close_like_the_driver(&mut s);
+    assert_eq!(s.policy.failures.load(Ordering::SeqCst), 0);
 }
 
 #[test]
@@ -766,4 +769,277 @@ fn without_budget_for_a_second_buffer_batches_are_written_in_flush_jobs() {
     assert_eq!(s.storage.stored().into_values().collect::<Vec<_>>(), [data]);
     assert_eq!(driver.writes, 0);
     assert_eq!(driver.flush_jobs, 2 * MIB / FLUSH_AT);
+}
+
+// Sizes and time for 828s that are not received (rule S13, `--request-timeout`).
+
+/// An 828 of client 7 with `content_len` content bytes whose fixed part does not decode to
+/// a packet (packet_number 0), as the decoder reports it.
+fn invalid_packet(content_len: u32) -> RequestEvent<'static> {
+    let packet = FilePacketHeader {
+        content_size: content_len,
+        orig_file_size: content_len.saturating_sub(1),
+        packet_number: 0,
+        total_packets: 1,
+        file_name: name("bad.bin"),
+    };
+    let header = RequestHeader::new(
+        ClientId([7; 16]),
+        RequestCode::SendFile,
+        content_len.saturating_add(267),
+    );
+    let error = packet.check(content_len).unwrap_err().into();
+    RequestEvent::Invalid {
+        header,
+        error,
+        packet: Some(packet),
+    }
+}
+
+#[test]
+fn an_invalid_packet_s_content_is_held_to_the_request_deadline() {
+    let mut s = setup(Policy {
+        failures_allowed: 10,
+        ..Policy::default()
+    });
+    let t0 = at(s.start, 0);
+    s.conversation.handle(Event::RequestStarted, t0);
+    let content_len = 2 * CONTENT_PROGRESS_CHUNK as u32 + 10;
+    s.conversation
+        .handle(Event::Decoded(invalid_packet(content_len)), t0);
+    let actions = drain(&mut s.conversation, t0);
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [Action::Log(_), Action::Send(Response::ServerError)]
+        ),
+        "answered before its content: {actions:?}"
+    );
+    // The reply does not end the deadline: the content still has to arrive.
+    assert_eq!(s.conversation.deadline(), Some(t0.mono + TIMEOUT));
+    assert!(s.conversation.expects_content());
+    let piece = vec![0u8; CONTENT_PROGRESS_CHUNK as usize / 2];
+    let t3 = at(s.start, 3);
+    assert_eq!(
+        s.conversation
+            .handle(Event::Decoded(RequestEvent::Content(&piece)), t3),
+        piece.len()
+    );
+    assert_eq!(s.conversation.deadline(), Some(t0.mono + TIMEOUT));
+    let t5 = at(s.start, 5);
+    for _ in 0..3 {
+        s.conversation
+            .handle(Event::Decoded(RequestEvent::Content(&piece)), t5);
+    }
+    assert_eq!(
+        s.conversation.deadline(),
+        Some(t5.mono + TIMEOUT),
+        "renewed"
+    );
+    // Its last byte ends the request (the decoder is at a boundary after it).
+    s.conversation
+        .handle(Event::Decoded(RequestEvent::Content(&[0u8; 10])), t5);
+    assert_eq!(s.conversation.deadline(), None);
+    assert!(!s.conversation.expects_content());
+    assert!(drain(&mut s.conversation, t5).is_empty());
+    assert_eq!(s.policy.failures.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn an_invalid_packet_beyond_the_largest_file_is_refused_and_closed_unread() {
+    let mut s = setup_with(
+        Policy {
+            failures_allowed: 10,
+            ..Policy::default()
+        },
+        1000,
+        1 << 20,
+    );
+    let now = at(s.start, 0);
+    s.conversation.handle(Event::RequestStarted, now);
+    s.conversation
+        .handle(Event::Decoded(invalid_packet(u32::MAX - 267)), now);
+    let actions = drain(&mut s.conversation, now);
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [
+                Action::Log(LogLine::Request(RequestLog { code: 828, .. })),
+                Action::SendAndClose(Response::ServerError, CloseReason::AfterError)
+            ]
+        ),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_packet_of_a_refused_transfer_beyond_the_largest_file_is_refused_and_closed_unread() {
+    let mut s = setup_with(
+        Policy {
+            failures_allowed: 10,
+            ..Policy::default()
+        },
+        1000,
+        1 << 20,
+    );
+    let (id, _) = enroll(&mut s, "swallowed");
+    let now = at(s.start, 0);
+    let packet = |number: u16, content_len: u32| {
+        let header = RequestHeader::new(id, RequestCode::SendFile, 267 + content_len);
+        let fields = FilePacketHeader {
+            content_size: content_len,
+            orig_file_size: 100,
+            packet_number: number,
+            total_packets: 3,
+            file_name: name("f.bin"),
+        };
+        Event::Decoded(RequestEvent::FilePacket {
+            header,
+            packet: fields,
+            content_len,
+        })
+    };
+    // Packet 2 without an upload: refused (1607), the transfer's next packets swallowed.
+    s.conversation.handle(Event::RequestStarted, now);
+    s.conversation.handle(packet(2, 16), now);
+    s.conversation
+        .handle(Event::Decoded(RequestEvent::Content(&[0u8; 16])), now);
+    s.conversation
+        .handle(Event::Decoded(RequestEvent::FilePacketEnd), now);
+    let actions = drain(&mut s.conversation, now);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Send(Response::ServerError))),
+        "{actions:?}"
+    );
+    // Packet 3, of 4 GiB: not swallowed but refused without reading it.
+    s.conversation.handle(Event::RequestStarted, now);
+    s.conversation.handle(packet(3, u32::MAX - 267), now);
+    let actions = drain(&mut s.conversation, now);
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [
+                Action::Log(LogLine::Request(_)),
+                Action::SendAndClose(Response::ServerError, CloseReason::AfterError)
+            ]
+        ),
+        "{actions:?}"
+    );
+}
+
+// Uploads that end with their connection (rule S10).
+
+/// Packet 1 of 2 of `file` for each client, in turn, on a connection that served
+/// requests before: each upload parked, without a reply.
+fn park_uploads(s: &mut Setup, clients: &[(ClientId, sfc_crypto::AesKey)]) -> Driver {
+    let mut driver = Driver::default();
+    let data = pattern(6000);
+    for (id, key) in clients {
+        send_file(s, &mut driver, *id, key, "p.bin", &data, 4096, 0..1);
+    }
+    assert_eq!(driver.replies, [], "no reply to intermediate packets");
+    assert_eq!(s.core.uploads_in_progress(), clients.len());
+    driver
+}
+
+#[test]
+fn every_upload_parked_on_a_kept_connection_ends_with_it() {
+    let mut s = setup(Policy::default());
+    let a = enroll(&mut s, "ann");
+    let b = enroll(&mut s, "bob");
+    let mut driver = park_uploads(&mut s, &[a, b]);
+    s.conversation.handle(Event::Closed, at(s.start, 0));
+    driver.carry_out(&mut s);
+    assert_eq!(s.core.uploads_in_progress(), 0);
+    assert_eq!(s.storage.temp_count(), 0);
+}
+
+#[test]
+fn a_connection_cut_mid_packet_also_ends_the_uploads_it_parked() {
+    let mut s = setup(Policy::default());
+    let a = enroll(&mut s, "ann");
+    let b = enroll(&mut s, "bob");
+    let mut driver = park_uploads(&mut s, &[a]);
+    // B's packet 1 of 2, cut after some of its content.
+    let now = at(s.start, 0);
+    let cipher = encrypt(&b.1, &pattern(6000));
+    let header = RequestHeader::new(b.0, RequestCode::SendFile, 267 + 4096);
+    let fields = FilePacketHeader {
+        content_size: cipher.len() as u32,
+        orig_file_size: 6000,
+        packet_number: 1,
+        total_packets: 2,
+        file_name: name("p.bin"),
+    };
+    s.conversation.handle(Event::RequestStarted, now);
+    s.conversation.handle(
+        Event::Decoded(RequestEvent::FilePacket {
+            header,
+            packet: fields,
+            content_len: 4096,
+        }),
+        now,
+    );
+    driver.carry_out(&mut s);
+    s.conversation
+        .handle(Event::Decoded(RequestEvent::Content(&cipher[..1000])), now);
+    driver.carry_out(&mut s);
+    assert_eq!(s.core.uploads_in_progress(), 2);
+    s.conversation.handle(Event::Closed, now);
+    driver.carry_out(&mut s);
+    assert_eq!(s.core.uploads_in_progress(), 0);
+    assert_eq!(s.storage.temp_count(), 0);
+}
+
+/// Plays the driver's close after it stopped at a reply it could not write: handles
+/// [`Event::Closed`] and carries out what follows until the end or a close.
+fn close_like_the_driver(s: &mut Setup) {
+    let now = at(s.start, 0);
+    s.conversation.handle(Event::Closed, now);
+    while let Some(action) = s.conversation.poll_action() {
+        match action {
+            Action::Run(job) => s.conversation.job_done(job.run(), now),
+            Action::Write(write) => write.run(),
+            Action::Close(_) | Action::SendAndClose(..) => return,
+            // The connection is gone: every reply fails.
+            Action::Send(_) => return,
+            Action::Log(_) => {}
+        }
+    }
+}
+
+#[test]
+fn a_failed_reply_is_not_counted_when_the_driver_closes_nor_stops_the_cleanup() {
+    // No failure allowed: were the unwritten reply's failure counted at the close, it
+    // would close before the parked upload is dropped.
+    let mut s = setup(Policy::default());
+    let a = enroll(&mut s, "ann");
+    park_uploads(&mut s, std::slice::from_ref(&a));
+    let now = at(s.start, 0);
+    let request = Request::new(
+        a.0,
+        RequestBody::ChecksumOk {
+            file_name: name("never.bin"),
+        },
+    );
+    s.conversation
+        .handle(Event::Decoded(RequestEvent::Request(request)), now);
+    loop {
+        match s.conversation.poll_action() {
+            Some(Action::Run(job)) => s.conversation.job_done(job.run(), now),
+            Some(Action::Write(write)) => write.run(),
+            Some(Action::Send(reply)) => {
+                assert_eq!(reply, Response::ServerError);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no reply"),
+        }
+    }
+    close_like_the_driver(&mut s);
+    assert_eq!(s.policy.failures.load(Ordering::SeqCst), 0);
+    assert_eq!(s.core.uploads_in_progress(), 0);
+    assert_eq!(s.storage.temp_count(), 0);
 }
