@@ -5,9 +5,10 @@
 //! server that issued it. Running against another server never touches that identity:
 //! the other server's identity lives in `servers/<address>/` (its own me.info, priv.key
 //! and me.server). An identity replaced after a 1606 is kept as
-//! `me.info.<client-id>.bak` and `priv.key.<client-id>.bak`. A me.info without me.server
-//! (written by an older client or another implementation) is taken to belong to the
-//! server it is used with, and me.server is written once that server accepts it.
+//! `me.info.<client-id>.bak` and `priv.key.<client-id>.bak`, written as the identity is
+//! (atomically, owner-only, durable) before the new one replaces it. A me.info without
+//! me.server (written by an older client or another implementation) is taken to belong to
+//! the server it is used with, and me.server is written once that server accepts it.
 //!
 //! Before a registration is sent, the folder is checked by creating and removing a
 //! temporary file there ([`IdentityFolder::check_writable`]); if saving still fails after
@@ -145,14 +146,20 @@ impl IdentityFolder {
         for file in [ME_INFO, PRIV_KEY] {
             let from = self.dir.join(file);
             let to = self.dir.join(format!("{file}.{id}.bak"));
-            if from.exists() {
-                std::fs::copy(&from, &to).map_err(|source| IdentityError::Write {
-                    path: to.clone(),
-                    source,
-                })?;
-                if file == ME_INFO {
-                    me_backup = Some(to);
-                }
+            let old = match std::fs::read(&from) {
+                Ok(bytes) => zeroize::Zeroizing::new(bytes),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(IdentityError::Read { path: from, source }),
+            };
+            // Like the identity itself (owner-only, fsynced, renamed, folder fsynced), and
+            // durable before identity::save replaces the originals: a power cut must not
+            // leave a new me.info beside an empty backup of the old one.
+            identity::write_atomic(&to, &old).map_err(|source| IdentityError::Write {
+                path: to.clone(),
+                source,
+            })?;
+            if file == ME_INFO {
+                me_backup = Some(to);
             }
         }
         Ok(me_backup)
@@ -204,6 +211,57 @@ mod tests {
         assert!(!other.unclaimed);
         other.check_writable().unwrap();
         assert!(other.dir.is_dir());
+    }
+
+    #[test]
+    fn a_replaced_identity_is_backed_up_owner_only_with_nothing_left_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_id = "00112233445566778899aabbccddeeff";
+        let old_me = format!("alice\n{old_id}\nOLDKEY\n");
+        std::fs::write(dir.path().join(ME_INFO), &old_me).unwrap();
+        std::fs::write(dir.path().join(PRIV_KEY), "OLDKEY\n").unwrap();
+        #[cfg(unix)]
+        for file in [ME_INFO, PRIV_KEY] {
+            use std::os::unix::fs::PermissionsExt;
+            // As another client may have left them: readable by all.
+            let all = std::fs::Permissions::from_mode(0o644);
+            std::fs::set_permissions(dir.path().join(file), all).unwrap();
+        }
+        let folder = locate(dir.path(), "a:1").unwrap();
+        let identity = Identity {
+            name: sfc_proto::Name::new("alice").unwrap(),
+            client_id: sfc_proto::ClientId::from_hex("ffeeddccbbaa99887766554433221100").unwrap(),
+            keypair: sfc_crypto::RsaKeyPair::generate().unwrap(),
+        };
+        let backup = folder.save(&identity).unwrap().unwrap();
+        let me_bak = dir.path().join(format!("{ME_INFO}.{old_id}.bak"));
+        let key_bak = dir.path().join(format!("{PRIV_KEY}.{old_id}.bak"));
+        assert_eq!(backup, me_bak);
+        assert_eq!(std::fs::read_to_string(&me_bak).unwrap(), old_me);
+        assert_eq!(std::fs::read_to_string(&key_bak).unwrap(), "OLDKEY\n");
+        #[cfg(unix)]
+        for path in [&me_bak, &key_bak] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+        let loaded = identity::load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.identity.client_id, identity.client_id);
+        // The backups, the new identity and me.server; no temporary file.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut expected = vec![
+            ME_INFO.to_owned(),
+            format!("{ME_INFO}.{old_id}.bak"),
+            ME_SERVER.to_owned(),
+            PRIV_KEY.to_owned(),
+            format!("{PRIV_KEY}.{old_id}.bak"),
+        ];
+        expected.sort();
+        assert_eq!(names, expected);
     }
 
     #[test]
