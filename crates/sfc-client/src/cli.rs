@@ -10,7 +10,7 @@ use clap::{ArgAction, Args, Parser};
 
 use crate::pin::Fingerprint;
 use crate::progress::Verbosity;
-use crate::upload::plan::PacketSize;
+use crate::upload::plan::{PacketSize, PacketSizing};
 
 const AFTER_HELP: &str = "\
 Files (in --dir, default the current folder):
@@ -137,7 +137,8 @@ pub struct Options {
     /// Send each file packet with its own write and wait MS milliseconds after it, for
     /// servers that read each field with a single recv() and lose track on a short read
     /// (see the README). Unless --packet-size is given, packets then carry 1024 bytes, so
-    /// that each fits one TCP segment
+    /// that each fits one TCP segment (raised only as far as a file needs to fit in 65,535
+    /// packets)
     #[arg(long, value_name = "MS", value_parser = parse_pace)]
     pub pace: Option<Duration>,
 
@@ -187,13 +188,16 @@ impl Cli {
 pub const PACED_PACKET_CONTENT: usize = 1024;
 
 impl Options {
-    /// The packet size asked for: `--packet-size`, or with `--pace` packets that fit one
-    /// TCP segment.
-    pub fn requested_packet_size(&self) -> Option<PacketSize> {
-        self.packet_size.or_else(|| {
-            self.pace
-                .and_then(|_| PacketSize::new(PACED_PACKET_CONTENT).ok())
-        })
+    /// How packets are sized: exactly `--packet-size`; else a default raised as far as a
+    /// file needs (rule C2), with `--pace` packets that fit one TCP segment if the file
+    /// allows.
+    pub fn packet_sizing(&self) -> PacketSizing {
+        match (self.packet_size, self.pace) {
+            (Some(size), _) => PacketSizing::Exactly(size),
+            (None, Some(_)) => PacketSize::new(PACED_PACKET_CONTENT)
+                .map_or_else(|_| PacketSizing::default(), PacketSizing::AtLeast),
+            (None, None) => PacketSizing::default(),
+        }
     }
 }
 

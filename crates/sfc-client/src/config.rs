@@ -276,7 +276,7 @@ impl Lines<'_> {
 fn line_3_file(cli: &Cli, lines: &Lines<'_>) -> Result<FileToSend, ConfigError> {
     let text = lines.needed(3, "the file as an argument")?.trim();
     let file_path = cli.dir.join(text);
-    check_file(&file_path, cli.options.requested_packet_size()).map_err(|reason| ConfigError {
+    check_file(&file_path, cli.options.packet_sizing()).map_err(|reason| ConfigError {
         origin: lines.origin(3),
         reason: format!("{}: {reason}", file_path.display()),
     })
@@ -284,7 +284,7 @@ fn line_3_file(cli: &Cli, lines: &Lines<'_>) -> Result<FileToSend, ConfigError> 
 
 /// The files named on the command line; with `-r`, the regular files below each folder.
 fn file_arguments(cli: &Cli, warnings: &mut Vec<String>) -> Result<Vec<FileToSend>, ConfigError> {
-    let packet_size = cli.options.requested_packet_size();
+    let packet_size = cli.options.packet_sizing();
     let mut files = Vec::new();
     for path in &cli.files {
         let argument = |reason: String| ConfigError {
@@ -518,6 +518,44 @@ mod tests {
         let e = Config::load(&overrides).unwrap_err();
         assert!(matches!(e.origin, Origin::TransferInfo(_)));
         assert!(e.to_string().contains("--server"), "{e}");
+    }
+
+    #[test]
+    fn pace_raises_its_packet_size_like_the_default_does() {
+        // 100 MB: more than 65,535 packets of the 1024 bytes --pace starts from.
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.iso");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(100_000_000)
+            .unwrap();
+        let mut overrides = Cli::in_dir(dir.path());
+        overrides.server = Some("127.0.0.1:5".into());
+        overrides.files = vec![big.clone()];
+        overrides.options.pace = Some(std::time::Duration::from_millis(2));
+        let plan = Config::load(&overrides).unwrap().files[0].plan;
+        assert_eq!(plan.encrypted_size, 100_000_016);
+        assert_eq!(plan.packet_content % 16, 0);
+        assert!(plan.packet_content > crate::cli::PACED_PACKET_CONTENT);
+        // Raised only as far as needed: 16 bytes less would need too many packets.
+        let packets = |size: usize| 100_000_016u64.div_ceil(size as u64);
+        assert!(packets(plan.packet_content) <= 65_535);
+        assert!(packets(plan.packet_content - 16) > 65_535);
+        assert_eq!(u64::from(plan.total_packets), packets(plan.packet_content));
+
+        // Small files keep the paced size; an explicit --packet-size is still exact.
+        std::fs::write(&big, b"x").unwrap();
+        let plan = Config::load(&overrides).unwrap().files[0].plan;
+        assert_eq!(plan.packet_content, crate::cli::PACED_PACKET_CONTENT);
+        overrides.options.packet_size = Some("64".parse().unwrap());
+        let plan = Config::load(&overrides).unwrap().files[0].plan;
+        assert_eq!(plan.packet_content, 64);
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(100_000_000)
+            .unwrap();
+        let e = Config::load(&overrides).unwrap_err();
+        assert!(e.to_string().contains("--packet-size 64"), "{e}");
     }
 
     #[test]

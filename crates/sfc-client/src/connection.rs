@@ -417,6 +417,11 @@ impl Connection {
             .and_then(|()| Response::decode_payload(&header, &payload).map_err(Failure::Malformed));
         self.payload = payload;
         let response = decoded?;
+        self.log_reply(&header, &response);
+        Ok(response)
+    }
+
+    fn log_reply(&self, header: &ResponseHeader, response: &Response) {
         let level = if matches!(response, Response::PacketReceived { .. }) {
             Verbosity::Trace
         } else {
@@ -431,7 +436,36 @@ impl Connection {
                 header.version
             ),
         );
-        Ok(response)
+    }
+
+    /// After a failed write: the whole replies that had already arrived, read without
+    /// waiting; the stream is dropped. A server that refuses a request it will not read
+    /// (1607, rule S13) closes without reading the rest, so the write fails while the
+    /// refusal waits in the receive buffer (the kernel keeps it there after the reset).
+    pub fn arrived_replies(&mut self) -> Vec<Response> {
+        let Some(mut stream) = self.stream.take() else {
+            return Vec::new();
+        };
+        // Far more than the few replies a server sends before it closes.
+        let arrived = stream.take_arrived(64 * 1024);
+        let mut replies = Vec::new();
+        let mut rest = arrived.as_slice();
+        while let Some(head) = rest.first_chunk::<RESPONSE_HEADER_LEN>() {
+            let Ok(header) = ResponseHeader::decode(head) else {
+                break;
+            };
+            let end = RESPONSE_HEADER_LEN + header.payload_size as usize;
+            let Some(payload) = rest.get(RESPONSE_HEADER_LEN..end) else {
+                break;
+            };
+            let Ok(response) = Response::decode_payload(&header, payload) else {
+                break;
+            };
+            self.log_reply(&header, &response);
+            replies.push(response);
+            rest = rest.get(end..).unwrap_or_default();
+        }
+        replies
     }
 
     /// Bookkeeping after a reply: remembers a 1607; in per-request mode, closes the

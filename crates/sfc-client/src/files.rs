@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use sfc_proto::Name;
 
-use crate::upload::{self, PacketSize, Plan};
+use crate::upload::{self, PacketSizing, Plan};
 
 /// A file to send: path, label sent as `file_name`, size when checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,10 +25,10 @@ pub struct FileToSend {
     pub plan: Plan,
 }
 
-/// Checks that `path` is a regular, readable file the protocol can carry in packets of
+/// Checks that `path` is a regular, readable file the protocol can carry in packets sized by
 /// `packet_size`, and derives its label (the base name, which must be printable ASCII) and
 /// its packet plan.
-pub fn check_file(path: &Path, packet_size: Option<PacketSize>) -> Result<FileToSend, String> {
+pub fn check_file(path: &Path, packet_size: PacketSizing) -> Result<FileToSend, String> {
     let metadata = std::fs::metadata(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => "no such file".to_owned(),
         io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
@@ -151,12 +151,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("naïve.txt");
         std::fs::write(&file, b"x").unwrap();
-        let e = check_file(&file, None).unwrap_err();
+        let e = check_file(&file, PacketSizing::default()).unwrap_err();
         assert!(e.contains("printable ASCII"), "{e}");
         let ok = dir.path().join("with space.txt");
         std::fs::write(&ok, b"x").unwrap();
         assert_eq!(
-            check_file(&ok, None).unwrap().label.as_str(),
+            check_file(&ok, PacketSizing::default())
+                .unwrap()
+                .label
+                .as_str(),
             "with space.txt"
         );
     }

@@ -151,8 +151,7 @@ fn send_all(mut session: Session, config: &Config, reporter: &Reporter) -> Summa
             continue;
         }
         let started = Instant::now();
-        let packet_size = config.options.requested_packet_size();
-        let report = match session.send_file(file, packet_size) {
+        let report = match session.send_file(file, config.options.packet_sizing()) {
             Ok(FileResult::Stored { cksum, .. }) => {
                 FileReport::stored(file, cksum, started.elapsed())
             }

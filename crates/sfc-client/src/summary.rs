@@ -213,7 +213,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.bin");
         std::fs::write(&path, b"12345").unwrap();
-        let file = check_file(&path, None).unwrap();
+        let file = check_file(&path, crate::upload::PacketSizing::default()).unwrap();
         let checksum = ClientError::ChecksumFailed {
             files: vec!["a.bin".into()],
             attempts: 4,

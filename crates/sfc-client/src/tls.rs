@@ -229,6 +229,33 @@ impl Stream {
         self.tcp().set_nonblocking(false).is_err() || closed
     }
 
+    /// Up to `limit` bytes that have already arrived and not been read, taken without
+    /// waiting and without writing: after a failed write, TLS records may still be
+    /// waiting to go out, and a plain read through rustls would try to send them first.
+    /// Stops at the end of the stream or at any error.
+    pub fn take_arrived(&mut self, limit: usize) -> Vec<u8> {
+        let mut taken = Vec::new();
+        if self.tcp().set_nonblocking(true).is_err() {
+            return taken;
+        }
+        let mut chunk = [0u8; 4096];
+        match self {
+            Stream::Plain(tcp) => {
+                while taken.len() < limit {
+                    match tcp.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => taken.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            Stream::Tls(tls) => tls_take_arrived(tls, &mut chunk, &mut taken, limit),
+        }
+        let _ = self.tcp().set_nonblocking(false);
+        taken
+    }
+
     /// Ends the connection: a TLS close_notify first, then the TCP shutdown.
     pub fn shutdown(&mut self) {
         if let Stream::Tls(tls) = self {
@@ -253,6 +280,37 @@ fn tls_peer_closed(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> bool {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return true,
+        }
+    }
+}
+
+fn tls_take_arrived(
+    tls: &mut StreamOwned<ClientConnection, TcpStream>,
+    chunk: &mut [u8],
+    taken: &mut Vec<u8>,
+    limit: usize,
+) {
+    loop {
+        // The plaintext of the records processed so far, then more records.
+        loop {
+            match tls.conn.reader().read(chunk) {
+                Ok(0) => return,
+                Ok(n) => taken.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Err(_) => break,
+            }
+            if taken.len() >= limit {
+                return;
+            }
+        }
+        match tls.conn.read_tls(&mut tls.sock) {
+            Ok(0) => return,
+            Ok(_) => {
+                if tls.conn.process_new_packets().is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }

@@ -532,6 +532,62 @@ fn a_refused_file_does_not_stop_the_batch() {
     assert!(files.iter().all(|f| f.name != "big.bin"));
 }
 
+/// A refused file too large for the socket buffers: the server answers its first packet
+/// with 1607 and closes without reading the rest (rule S13), so the client's write fails
+/// while the refusal waits in its receive buffer. That is a 1607 like any other (at most
+/// 3 retries, rule C8), not a server that closes after each reply: the next file is still
+/// sent in the persistent style (its 828 and 900 on one connection).
+#[test]
+fn a_refused_file_larger_than_the_socket_buffers_is_a_server_error() {
+    let data = tempdir();
+    let mut config = ServerConfig::new(data.path());
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.worker_threads = Some(2);
+    config.max_file_size = 1000;
+    let server = RunningServer::start(config).expect("start the server");
+    let dir = tempdir();
+    let s1 = make_file(&dir.path().join("s1.bin"), 500, 1);
+    // Sparse: the content does not matter, only that it outgrows the socket buffers.
+    std::fs::File::create(dir.path().join("big.bin"))
+        .unwrap()
+        .set_len(20_000_000)
+        .unwrap();
+    let s2 = make_file(&dir.path().join("s2.bin"), 600, 3);
+    let address = server.addr().to_string();
+    let args = [
+        "-s", &address, "-n", "uma", "s1.bin", "big.bin", "s2.bin", "-vv",
+    ];
+    let run = run_client(dir.path(), &args);
+    run.assert_code(3);
+    let stderr = &run.stderr;
+    // -vv traces every packet: show only the lines about requests and connections.
+    let outline: String = stderr
+        .lines()
+        .filter(|l| !l.contains("-> 828 packet "))
+        .take(200)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(stderr.contains("summary: 2 of 3 files stored"), "{outline}");
+    assert!(
+        stderr.contains("failed big.bin: fatal: the server"),
+        "{outline}"
+    );
+    assert!(!stderr.contains("one connection per request"), "{outline}");
+    // Each send of big.bin announces its 20,000,016 bytes of ciphertext once.
+    let big_sends: Vec<usize> = stderr
+        .match_indices("20000016 B ciphertext")
+        .map(|(at, _)| at)
+        .collect();
+    assert!(big_sends.len() == 4, "{} sends\n{outline}", big_sends.len());
+    let after_big = &stderr[*big_sends.last().unwrap()..];
+    assert_eq!(after_big.matches("connected to").count(), 1, "{outline}");
+    server.stop();
+    let files = stored_files(data.path());
+    assert_eq!(std::fs::read(&find(&files, "s1.bin").path).unwrap(), s1);
+    assert_eq!(std::fs::read(&find(&files, "s2.bin").path).unwrap(), s2);
+    assert!(files.iter().all(|f| f.name != "big.bin"));
+}
+
 /// Issue 13 item 12: `--json` prints one object per file and a total on standard output
 /// (messages go to standard error); the exit code is unchanged.
 #[test]

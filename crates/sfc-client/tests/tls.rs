@@ -150,6 +150,68 @@ fn upload_over_tls_with_the_test_ca() {
     drop(small);
 }
 
+/// Over TLS too, a file the server refuses unread (1607 and a close, rule S13) while the
+/// client is still writing it is a server error retried 3 times, not a server that closes
+/// after each reply: the refusal is taken from the records that arrived before the close
+/// (see e2e's `a_refused_file_larger_than_the_socket_buffers_is_a_server_error`).
+#[test]
+fn a_refused_file_larger_than_the_socket_buffers_is_a_server_error_over_tls() {
+    let pki = tempdir();
+    let ca = make_ca(pki.path(), "ca.pem");
+    let files = make_server_cert(pki.path(), "server", &ca, &["127.0.0.1"]);
+    let data = tempdir();
+    let mut config = ServerConfig::new(data.path());
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.worker_threads = Some(2);
+    config.tls = Some(files);
+    config.max_file_size = 1000;
+    let server = RunningServer::start(config).expect("start the server");
+    let dir = tempdir();
+    std::fs::File::create(dir.path().join("big.bin"))
+        .unwrap()
+        .set_len(20_000_000)
+        .unwrap();
+    let small = make_file(&dir.path().join("s.bin"), 600, 1);
+    let ca_file = pki.path().join("ca.pem");
+    let address = server.addr().to_string();
+    let args = [
+        "--tls",
+        "--tls-ca",
+        ca_file.to_str().unwrap(),
+        "-s",
+        &address,
+        "-n",
+        "tls-refused",
+        "-v",
+        "big.bin",
+        "s.bin",
+    ];
+    let run = run_client(dir.path(), &args);
+    run.assert_code(3);
+    assert!(
+        run.stderr
+            .contains("with 1607 (general server error) 4 times"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.matches("20000016 B ciphertext").count(),
+        4,
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("one connection per request"),
+        "{}",
+        run.stderr
+    );
+    server.stop();
+    assert_eq!(
+        stored(data.path()),
+        vec![("s.bin".to_string(), true, small)]
+    );
+}
+
 /// A man-in-the-middle presents a certificate the client does not trust (issued by
 /// another CA): the client refuses before sending a single protocol byte, exits 5 with a
 /// clear message, and the server registers nobody. The system's roots do not vouch for

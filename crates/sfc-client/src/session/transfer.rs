@@ -37,7 +37,7 @@ impl Session {
     pub fn send_file(
         &mut self,
         file: &FileToSend,
-        packet_size: Option<upload::PacketSize>,
+        packet_size: upload::PacketSizing,
     ) -> Result<FileResult, ClientError> {
         // Measure again: the plan must describe the bytes we are about to read.
         let before = Snapshot::take(file)?;
@@ -135,7 +135,7 @@ impl Session {
 fn plan_as_now(
     file: &FileToSend,
     size: u64,
-    packet_size: Option<upload::PacketSize>,
+    packet_size: upload::PacketSizing,
 ) -> Result<upload::Plan, ClientError> {
     if size == file.size {
         return Ok(file.plan);
@@ -376,6 +376,13 @@ fn send_persistent(
             return Err(AttemptError::Fatal(e));
         }
         Err(PipeError::Write(error)) => {
+            // A 1607 that came before the close which failed the write (the server refused
+            // the file unread, rule S13) is a server error like any other (rule C8), not a
+            // sign of a server that closes after each reply.
+            let replies = conn.arrived_replies();
+            if replies.contains(&Response::ServerError) {
+                return Ok(Outcome::ServerError { request: what });
+            }
             let failure = conn.write_failed(error);
             return Err(on_failure(conn, failure, &what));
         }

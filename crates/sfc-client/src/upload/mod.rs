@@ -23,7 +23,7 @@ use crate::config::FileToSend;
 use crate::error::ClientError;
 use crate::progress::{Reporter, Verbosity};
 use packets::{PacketInfo, PacketSource};
-pub use plan::{plan, PacketSize, Plan};
+pub use plan::{plan, PacketSizing, Plan};
 
 /// Plaintext bytes read from the file at a time.
 pub const READ_CHUNK: usize = 1 << 20;

@@ -388,7 +388,7 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upload::plan::{plan, requested};
+    use crate::upload::plan::{plan, requested, PacketSizing};
     use sfc_crypto::CbcDecryptor;
     use sfc_proto::{RequestDecoder, RequestEvent};
 
@@ -466,7 +466,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.bin");
         std::fs::write(&path, vec![1u8; 100]).unwrap();
-        let p = plan(200, None).unwrap();
+        let p = plan(200, PacketSizing::default()).unwrap();
         let (mut read_buf, mut cipher, mut out) = (ReadBuffer::default(), Vec::new(), Vec::new());
         let label = Name::new("f.bin").unwrap();
         let mut source = PacketSource::open(

@@ -253,7 +253,7 @@ fn reclaim_reader<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upload::plan::{plan, requested};
+    use crate::upload::plan::{plan, requested, PacketSizing};
     use sfc_crypto::AesKey;
     use sfc_proto::{ClientId, Name};
     use std::io::Read;
@@ -325,7 +325,7 @@ mod tests {
         // A file shorter than planned.
         let path = dir.path().join("short.bin");
         std::fs::write(&path, vec![1u8; 3_000_000]).unwrap();
-        let p = plan(5_000_000, None).unwrap();
+        let p = plan(5_000_000, PacketSizing::default()).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {

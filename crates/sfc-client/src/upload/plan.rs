@@ -1,8 +1,8 @@
 //! The packet plan: how a file of a given size is cut into 828 packets (rule C2).
 //!
 //! Pure arithmetic, no I/O: [`DEFAULT_PACKET_CONTENT`] bytes of ciphertext per packet,
-//! which every known server accepts, raised only as far as needed to stay within
-//! [`MAX_PACKETS`] packets; or what the user asks for with `--packet-size`.
+//! which every known server accepts (fewer with `--pace`), raised only as far as needed to
+//! stay within [`MAX_PACKETS`] packets; or what the user asks for with `--packet-size`.
 
 use sfc_proto::encrypted_size;
 use sfc_proto::limits::{DEFAULT_PACKET_CONTENT, MAX_ORIG_FILE_SIZE, MAX_PACKETS};
@@ -46,6 +46,24 @@ impl PacketSize {
     }
 }
 
+/// How the ciphertext bytes per packet are chosen (rule C2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketSizing {
+    /// A default: this size, raised only as far as a file needs to fit in [`MAX_PACKETS`]
+    /// packets.
+    AtLeast(PacketSize),
+    /// What the user asked for (`--packet-size`): a file that would need more than
+    /// [`MAX_PACKETS`] packets of it is refused.
+    Exactly(PacketSize),
+}
+
+impl Default for PacketSizing {
+    /// [`DEFAULT_PACKET_CONTENT`], raised as needed.
+    fn default() -> Self {
+        PacketSizing::AtLeast(PacketSize(DEFAULT_PACKET_CONTENT))
+    }
+}
+
 impl std::str::FromStr for PacketSize {
     type Err = String;
 
@@ -59,10 +77,11 @@ impl std::str::FromStr for PacketSize {
 }
 
 /// Chooses the content size per packet for `encrypted` ciphertext bytes (rule C2).
-pub fn choose_packet_size(encrypted: u64, requested: Option<PacketSize>) -> Result<usize, String> {
+pub fn choose_packet_size(encrypted: u64, sizing: PacketSizing) -> Result<usize, String> {
     let max_packets = u64::from(MAX_PACKETS);
-    match requested.map(PacketSize::get) {
-        Some(size) => {
+    match sizing {
+        PacketSizing::Exactly(size) => {
+            let size = size.get();
             let packets = encrypted.div_ceil(size as u64);
             if packets > max_packets {
                 Err(format!(
@@ -74,10 +93,10 @@ pub fn choose_packet_size(encrypted: u64, requested: Option<PacketSize>) -> Resu
                 Ok(size)
             }
         }
-        None => {
+        PacketSizing::AtLeast(size) => {
             let needed = encrypted.div_ceil(max_packets);
-            if needed <= DEFAULT_PACKET_CONTENT as u64 {
-                Ok(DEFAULT_PACKET_CONTENT)
+            if needed <= size.get() as u64 {
+                Ok(size.get())
             } else {
                 // Round up to whole AES blocks; still within the limit since it only grows.
                 usize::try_from(needed.div_ceil(16) * 16)
@@ -89,7 +108,7 @@ pub fn choose_packet_size(encrypted: u64, requested: Option<PacketSize>) -> Resu
 
 /// Plans the upload of a file of `size` plaintext bytes; refuses sizes the protocol
 /// cannot carry (content_size must fit in 32 bits).
-pub fn plan(size: u64, requested: Option<PacketSize>) -> Result<Plan, String> {
+pub fn plan(size: u64, sizing: PacketSizing) -> Result<Plan, String> {
     if size > u64::from(MAX_ORIG_FILE_SIZE) {
         return Err(format!(
             "is {size} bytes; the protocol carries at most {MAX_ORIG_FILE_SIZE} bytes per file \
@@ -97,7 +116,7 @@ pub fn plan(size: u64, requested: Option<PacketSize>) -> Result<Plan, String> {
         ));
     }
     let encrypted = encrypted_size(size);
-    let packet_content = choose_packet_size(encrypted, requested)?;
+    let packet_content = choose_packet_size(encrypted, sizing)?;
     let total = encrypted.div_ceil(packet_content as u64);
     Ok(Plan {
         orig_size: u32::try_from(size).map_err(|_| "too large".to_owned())?,
@@ -107,10 +126,12 @@ pub fn plan(size: u64, requested: Option<PacketSize>) -> Result<Plan, String> {
     })
 }
 
-/// `Some(n)` as a checked packet size (tests only).
+/// `Some(n)` as `--packet-size n`, `None` as the default (tests only).
 #[cfg(test)]
-pub(crate) fn requested(bytes: Option<usize>) -> Option<PacketSize> {
-    bytes.map(|n| PacketSize::new(n).unwrap())
+pub(crate) fn requested(bytes: Option<usize>) -> PacketSizing {
+    bytes.map_or_else(PacketSizing::default, |n| {
+        PacketSizing::Exactly(PacketSize::new(n).unwrap())
+    })
 }
 
 #[cfg(test)]
@@ -119,15 +140,20 @@ mod tests {
 
     #[test]
     fn default_packet_size_is_raised_only_when_needed() {
-        assert_eq!(choose_packet_size(16, None), Ok(2048));
+        assert_eq!(choose_packet_size(16, requested(None)), Ok(2048));
         let limit = 2048 * u64::from(MAX_PACKETS);
-        assert_eq!(choose_packet_size(limit, None), Ok(2048));
-        assert_eq!(choose_packet_size(limit + 1, None), Ok(2064));
+        assert_eq!(choose_packet_size(limit, requested(None)), Ok(2048));
+        assert_eq!(choose_packet_size(limit + 1, requested(None)), Ok(2064));
         let largest = encrypted_size(u64::from(MAX_ORIG_FILE_SIZE));
-        let size = choose_packet_size(largest, None).unwrap();
+        let size = choose_packet_size(largest, requested(None)).unwrap();
         assert_eq!(size % 16, 0);
         assert!(largest.div_ceil(size as u64) <= u64::from(MAX_PACKETS));
         assert!(largest.div_ceil(size as u64 - 16) > u64::from(MAX_PACKETS));
+        // A smaller default (--pace) is raised the same way.
+        let paced = PacketSizing::AtLeast(PacketSize::new(1024).unwrap());
+        let limit = 1024 * u64::from(MAX_PACKETS);
+        assert_eq!(choose_packet_size(limit, paced), Ok(1024));
+        assert_eq!(choose_packet_size(limit + 1, paced), Ok(1040));
     }
 
     #[test]
@@ -147,14 +173,14 @@ mod tests {
 
     #[test]
     fn plans_refuse_files_too_large_for_32_bits() {
-        let p = plan(0, None).unwrap();
+        let p = plan(0, requested(None)).unwrap();
         assert_eq!((p.encrypted_size, p.total_packets), (16, 1));
-        let p = plan(17, None).unwrap();
+        let p = plan(17, requested(None)).unwrap();
         assert_eq!((p.encrypted_size, p.total_packets), (32, 1));
         let p = plan(4096, requested(Some(1000))).unwrap();
         assert_eq!((p.encrypted_size, p.total_packets), (4112, 5));
-        assert!(plan(u64::from(MAX_ORIG_FILE_SIZE), None).is_ok());
-        let e = plan(u64::from(MAX_ORIG_FILE_SIZE) + 1, None).unwrap_err();
+        assert!(plan(u64::from(MAX_ORIG_FILE_SIZE), requested(None)).is_ok());
+        let e = plan(u64::from(MAX_ORIG_FILE_SIZE) + 1, requested(None)).unwrap_err();
         assert!(e.contains("32 bits"), "{e}");
     }
 }
