@@ -138,13 +138,24 @@ fn database_failures_give_1607_and_the_server_recovers() {
         "g.bin",
         &plain,
     );
+    confirm(&mut conn, id, "g.bin");
+    server.stop();
+}
+
+/// Uploads `content` as `label` in 30,000-byte packets; the reply must be its 1603.
+fn store(conn: &mut Conn, id: ClientId, key: &sfc_crypto::AesKey, label: &str, content: &[u8]) {
+    let reply = upload(conn, id, key, label, content, 30_000);
+    assert_received(&reply, id, label, content);
+}
+
+/// 900 for `label`: the checksum is confirmed (1604).
+fn confirm(conn: &mut Conn, id: ClientId, label: &str) {
     assert_eq!(
-        conn.call(&file_name_request(id, 900, "g.bin")),
+        conn.call(&file_name_request(id, 900, label)),
         Response::Ack {
             client_id: Some(id)
         }
     );
-    server.stop();
 }
 
 fn stored(dir: &std::path::Path, id: ClientId, label: &str) -> Option<(Vec<u8>, bool)> {
@@ -175,18 +186,8 @@ fn a_failed_commit_never_loses_the_stored_file() {
     let (id, key) = enroll(&mut conn, "keeper");
     let v1 = data(200_000, 1);
     let v2 = data(150_000, 2);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v1, 30_000),
-        id,
-        "f.bin",
-        &v1,
-    );
-    assert_eq!(
-        conn.call(&file_name_request(id, 900, "f.bin")),
-        Response::Ack {
-            client_id: Some(id)
-        }
-    );
+    store(&mut conn, id, &key, "f.bin", &v1);
+    confirm(&mut conn, id, "f.bin");
     let budget = |n: Option<u64>| match n {
         Some(n) => switches.file_commits_fail_after(n),
         None => switches.db_recovers(),
@@ -226,18 +227,8 @@ fn a_failed_commit_never_loses_the_stored_file() {
 
     // The database recovers: both go through.
     budget(None);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v2, 30_000),
-        id,
-        "f.bin",
-        &v2,
-    );
-    assert_received(
-        &upload(&mut conn, id, &key, "new.bin", &v1, 30_000),
-        id,
-        "new.bin",
-        &v1,
-    );
+    store(&mut conn, id, &key, "f.bin", &v2);
+    store(&mut conn, id, &key, "new.bin", &v1);
     assert_eq!(stored(dir.path(), id, "f.bin"), Some((v2.clone(), false)));
     assert_eq!(file_names(dir.path(), id), ["f.bin", "new.bin"]);
     server.stop();
@@ -251,18 +242,8 @@ fn disk_full_while_replacing_keeps_the_stored_file() {
     let mut conn = Conn::connect(server.addr());
     let (id, key) = enroll(&mut conn, "full-replace");
     let v1 = data(100_000, 1);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v1, 30_000),
-        id,
-        "f.bin",
-        &v1,
-    );
-    assert_eq!(
-        conn.call(&file_name_request(id, 900, "f.bin")),
-        Response::Ack {
-            client_id: Some(id)
-        }
-    );
+    store(&mut conn, id, &key, "f.bin", &v1);
+    confirm(&mut conn, id, "f.bin");
     switches.disk_full.store(true, Ordering::SeqCst);
     for len in [10usize, 1_000_000] {
         let v2 = data(len, 2);
@@ -279,12 +260,7 @@ fn disk_full_while_replacing_keeps_the_stored_file() {
     }
     switches.disk_full.store(false, Ordering::SeqCst);
     let v3 = data(300_000, 3);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v3, 30_000),
-        id,
-        "f.bin",
-        &v3,
-    );
+    store(&mut conn, id, &key, "f.bin", &v3);
     assert_eq!(stored(dir.path(), id, "f.bin"), Some((v3, false)));
     server.stop();
 }
@@ -298,18 +274,8 @@ fn a_failed_move_into_place_keeps_the_stored_file_verified() {
     let mut conn = Conn::connect(server.addr());
     let (id, key) = enroll(&mut conn, "move-fails");
     let v1 = data(100_000, 1);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v1, 30_000),
-        id,
-        "f.bin",
-        &v1,
-    );
-    assert_eq!(
-        conn.call(&file_name_request(id, 900, "f.bin")),
-        Response::Ack {
-            client_id: Some(id)
-        }
-    );
+    store(&mut conn, id, &key, "f.bin", &v1);
+    confirm(&mut conn, id, "f.bin");
     switches.persist_fails.store(true, Ordering::SeqCst);
     let v2 = data(50_000, 2);
     assert_eq!(
@@ -319,12 +285,7 @@ fn a_failed_move_into_place_keeps_the_stored_file_verified() {
     assert_eq!(stored(dir.path(), id, "f.bin"), Some((v1, true)));
     assert_eq!(file_names(dir.path(), id), ["f.bin"]);
     switches.persist_fails.store(false, Ordering::SeqCst);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v2, 30_000),
-        id,
-        "f.bin",
-        &v2,
-    );
+    store(&mut conn, id, &key, "f.bin", &v2);
     assert_eq!(stored(dir.path(), id, "f.bin"), Some((v2, false)));
     server.stop();
 }
@@ -343,12 +304,7 @@ fn a_commit_whose_answer_was_lost_never_leaves_a_row_without_its_file() {
     let v2 = data(80_000, 2);
 
     switches.lose_file_commit_answers(false);
-    assert_received(
-        &upload(&mut conn, id, &key, "a.bin", &v1, 30_000),
-        id,
-        "a.bin",
-        &v1,
-    );
+    store(&mut conn, id, &key, "a.bin", &v1);
     assert_eq!(stored(dir.path(), id, "a.bin"), Some((v1.clone(), false)));
 
     switches.lose_file_commit_answers(true);
@@ -360,18 +316,8 @@ fn a_commit_whose_answer_was_lost_never_leaves_a_row_without_its_file() {
     assert_eq!(stored(dir.path(), id, "b.bin"), Some((v2.clone(), false)));
     assert_eq!(file_names(dir.path(), id), ["a.bin", "b.bin"]);
     // The client sends it again, as after any 1607: stored and confirmed.
-    assert_received(
-        &upload(&mut conn, id, &key, "b.bin", &v2, 30_000),
-        id,
-        "b.bin",
-        &v2,
-    );
-    assert_eq!(
-        conn.call(&file_name_request(id, 900, "b.bin")),
-        Response::Ack {
-            client_id: Some(id)
-        }
-    );
+    store(&mut conn, id, &key, "b.bin", &v2);
+    confirm(&mut conn, id, "b.bin");
     assert_eq!(stored(dir.path(), id, "b.bin"), Some((v2, true)));
     server.stop();
 }
@@ -407,18 +353,8 @@ fn a_real_write_error_from_the_os_gives_1607_and_keeps_what_is_stored() {
     let mut conn = Conn::connect(addr);
     let (id, key) = enroll(&mut conn, "limited");
     let v1 = data(100_000, 1);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v1, 30_000),
-        id,
-        "f.bin",
-        &v1,
-    );
-    assert_eq!(
-        conn.call(&file_name_request(id, 900, "f.bin")),
-        Response::Ack {
-            client_id: Some(id)
-        }
-    );
+    store(&mut conn, id, &key, "f.bin", &v1);
+    confirm(&mut conn, id, "f.bin");
     // Beyond the limit, as a new file and as a replacement.
     for label in ["big.bin", "f.bin"] {
         let big = data(3_000_000, 2);
@@ -441,11 +377,6 @@ fn a_real_write_error_from_the_os_gives_1607_and_keeps_what_is_stored() {
     assert_eq!(stored(&data_dir, id, "f.bin"), Some((v1, true)));
     // The server goes on, on the same connection.
     let v2 = data(200_000, 3);
-    assert_received(
-        &upload(&mut conn, id, &key, "g.bin", &v2, 30_000),
-        id,
-        "g.bin",
-        &v2,
-    );
+    store(&mut conn, id, &key, "g.bin", &v2);
     assert!(server.terminate().success());
 }
