@@ -28,7 +28,10 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Checks the bearer token or the session cookie. A wrong bearer token counts as a
-/// failed login.
+/// failed login; beyond the limit it gets 429. The right token is let in even then:
+/// refusing it would let anyone sharing the operator's address (every local user, on
+/// the default loopback listener) lock the operator out, and with 256 random bits the
+/// limit is not what stops guessing (it keeps the log and the failure list small).
 pub(crate) fn authenticate(
     state: &AdminState,
     peer: SocketAddr,
@@ -36,12 +39,6 @@ pub(crate) fn authenticate(
 ) -> Result<Auth, ApiError> {
     let now = Instant::now();
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        if state.sessions.blocked(peer.ip(), now) {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many failed logins from this address; wait a minute",
-            ));
-        }
         let given = value
             .to_str()
             .ok()
@@ -49,6 +46,12 @@ pub(crate) fn authenticate(
             .unwrap_or("");
         if same_secret(given.trim(), &state.token) {
             return Ok(Auth::Bearer);
+        }
+        if state.sessions.blocked(peer.ip(), now) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins from this address; wait a minute",
+            ));
         }
         login_failed(state, peer, "wrong bearer token");
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong token"));

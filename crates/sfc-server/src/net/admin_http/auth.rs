@@ -25,13 +25,16 @@ pub const LOGIN_FAILURES_PER_MINUTE: u32 = 5;
 /// Shortest token accepted from a token file.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// 256 random bits as 64 hex digits (two v4 UUIDs: 244 random bits, from the OS).
+/// 256 random bits from the operating system's CSPRNG, as 64 hex digits.
 pub fn random_token() -> String {
-    format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
+    use std::fmt::Write;
+    let bits = sfc_crypto::AesKey::random();
+    bits.as_bytes()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 /// Reads the token from `path`, or creates the file (owner-only) with a random token
@@ -47,7 +50,7 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
                     path.display()
                 );
             }
-            warn_if_shared(path);
+            keep_private(path)?;
             Ok(token)
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -72,16 +75,30 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
     }
 }
 
-fn warn_if_shared(path: &Path) {
+/// Whoever can read the token file is an administrator (every stored file, every
+/// client): a file others may read is made owner-only, as the database is at start-up;
+/// one the server cannot make so (another user's file) is refused.
+fn keep_private(path: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), "the admin token file is readable by other users; chmod 600 it");
-            }
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            let owner_only = std::fs::Permissions::from_mode(mode & 0o700);
+            std::fs::set_permissions(path, owner_only).with_context(|| {
+                format!(
+                    "the admin token file {} is open to other users (mode {:o}) and cannot be \
+                     made owner-only; chmod 600 it (as its owner)",
+                    path.display(),
+                    mode & 0o777
+                )
+            })?;
+            tracing::warn!(path = %path.display(), was = format!("{:o}", mode & 0o777), "the admin token file was open to other users: made owner-only");
         }
     }
+    Ok(())
 }
 
 /// Compares without an early exit, so that the time taken does not tell how much of a
@@ -197,6 +214,23 @@ mod tests {
         std::fs::write(&path, "short\n").unwrap();
         assert!(load_or_create_token(&path).is_err());
         assert_ne!(random_token(), random_token());
+        let token = random_token();
+        assert!(token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    /// A token file made with the default umask (0644): whoever reads it administers
+    /// the server. It is made owner-only before it is used.
+    #[test]
+    #[cfg(unix)]
+    fn a_token_file_others_can_read_is_made_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, format!("{}\n", "t".repeat(40))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(*load_or_create_token(&path).unwrap(), "t".repeat(40));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -90,18 +90,19 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let now = Instant::now();
-    if state.sessions.blocked(peer.0.ip(), now) {
-        tracing::warn!(peer = %peer.0, "admin: login refused: too many failed logins");
-        return (
-            [(header::RETRY_AFTER, "60")],
-            login_page(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many failed logins from this address; wait a minute.",
-            ),
-        )
-            .into_response();
-    }
+    // The right token gets in even beyond the failure limit (see `authenticate`).
     if !same_secret(form.token.trim(), &state.token) {
+        if state.sessions.blocked(peer.0.ip(), now) {
+            tracing::warn!(peer = %peer.0, "admin: login refused: too many failed logins");
+            return (
+                [(header::RETRY_AFTER, "60")],
+                login_page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many failed logins from this address; wait a minute.",
+                ),
+            )
+                .into_response();
+        }
         login_failed(&state, peer.0, "wrong token at the login form");
         return login_page(StatusCode::UNAUTHORIZED, "Wrong token.");
     }
