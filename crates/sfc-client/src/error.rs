@@ -16,7 +16,8 @@ pub mod exit {
     /// Internal error (a bug, a local disk that cannot be written, key generation failed).
     pub const INTERNAL: u8 = 1;
     /// Bad input or usage: transfer.info, flags, me.info/priv.key, a file that cannot be
-    /// read or is too large for the protocol. Nothing was sent (or nothing more).
+    /// read or is too large for the protocol, a folder another run is using. Nothing was
+    /// sent (or nothing more).
     pub const BAD_INPUT: u8 = 2;
     /// The server rejected us: name taken (1601), or it answered 1607 to the same request
     /// four times (once plus three retries).
@@ -291,6 +292,11 @@ mod tests {
             ClientError::Internal("x".into()).exit_code(),
         ];
         assert_eq!(codes, [2, 3, 4, 5, 6, 1]);
+        let busy = ClientError::Identity(IdentityError::Busy {
+            dir: "/x".into(),
+            lock: ".sfc-client.lock",
+        });
+        assert_eq!(busy.exit_code(), 2);
         let fatal = ClientError::ServerErrors {
             server: server(),
             request: "826 (send public key)".into(),

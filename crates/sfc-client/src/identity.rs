@@ -79,17 +79,39 @@ pub enum IdentityError {
     /// The key could not be encoded.
     #[error("cannot encode the private key: {0}")]
     Encode(sfc_crypto::CryptoError),
+    /// Another run holds the lock on the folder.
+    #[error(
+        "another sfc-client run is using the folder {} (it holds the lock on {lock} there): \
+         wait until it has finished, or give this run another folder with --dir",
+        dir.display()
+    )]
+    Busy {
+        /// The folder (`--dir`), absolute.
+        dir: PathBuf,
+        /// The lock file's name.
+        lock: &'static str,
+    },
+    /// The identity would be written without holding the folder's lock.
+    #[error(
+        "{reason}; me.info and priv.key are written only under that lock, so that two \
+         sfc-client runs cannot mix or lose identities"
+    )]
+    NotLocked {
+        /// Why the folder could not be locked (names the lock file).
+        reason: String,
+    },
 }
 
 impl IdentityError {
-    /// True for problems with the files' contents (the user can fix them), false for local
-    /// failures to write.
+    /// True for problems with the files' contents or a folder in use by another run (the
+    /// user can fix them), false for local failures to write.
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
             IdentityError::Malformed { .. }
                 | IdentityError::BadKey { .. }
                 | IdentityError::Read { .. }
+                | IdentityError::Busy { .. }
         )
     }
 }

@@ -15,7 +15,7 @@
 //! | `config` | transfer.info + command line → validated [`Config`] (errors name the line) |
 //! | `address` | `host:port` parsing and resolution |
 //! | `files` | the files of a batch: checks, labels, `-r` walks, names stored twice |
-//! | `store` | which identity belongs to which server; backups; the writable check |
+//! | `store` | the folder lock; which identity belongs to which server; backups; the writable check |
 //! | `identity` | me.info / priv.key: tolerant reading, atomic owner-only writing |
 //! | `connection` | TCP with time-outs; persistent or one connection per request |
 //! | `session` | register / reconnect / key exchange, 1607 retries; each file's replies and verdicts |
@@ -60,7 +60,8 @@ use connection::Connection;
 /// Every file was checked (readable, small enough, packet size possible) when the
 /// [`Config`] was made, before anything is sent. A file that fails does not stop the
 /// others (see [`Summary`]); an error before the first file (identity, connection, key
-/// exchange) is returned as such. Each failure is reported as it happens.
+/// exchange) is returned as such. Each failure is reported as it happens. The folder
+/// (`--dir`) is locked for the whole run: if another run holds it, nothing is done.
 pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError> {
     for warning in &config.warnings {
         reporter.warn(warning);
@@ -75,7 +76,16 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
         )?),
         false => None,
     };
-    let (folder, saved) = identity_for(config, reporter)?;
+    // Held until the run ends (uploads included): a 1606 in the middle of the session
+    // still registers and rewrites the identity.
+    let lock = store::FolderLock::acquire(&config.dir)?;
+    if let Some(problem) = lock.problem() {
+        reporter.detail(
+            Verbosity::Verbose,
+            format!("   {problem}; the identity is only read in this run"),
+        );
+    }
+    let (folder, saved) = identity_for(config, &lock, reporter)?;
     let mut conn = Connection::new(
         &config.server,
         options.connect_timeout,
@@ -92,16 +102,19 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
         conn.use_tls(tls);
     }
     let session = Session::establish(conn, reporter.clone(), &folder, config.name.as_ref(), saved)?;
-    Ok(send_all(session, config, reporter))
+    let summary = send_all(session, config, reporter);
+    drop(lock);
+    Ok(summary)
 }
 
 /// The folder of this server's identity and the identity saved there, if any. Without
 /// one, the folder must be writable and a name must be known before anything is sent.
 fn identity_for(
     config: &Config,
+    lock: &store::FolderLock,
     reporter: &Reporter,
 ) -> Result<(store::IdentityFolder, Option<identity::Identity>), ClientError> {
-    let folder = store::locate(&config.dir, &config.server.to_string())?;
+    let folder = store::locate(lock, &config.server.to_string())?;
     let mut loaded = folder.load()?;
     if loaded.is_none() && folder.nested {
         // Perhaps the same server under another address: try me.info first. A 1606 then

@@ -14,7 +14,13 @@
 //! temporary file there ([`IdentityFolder::check_writable`]); if saving still fails after
 //! the server has registered us, the key goes to a fallback file in the system's
 //! temporary folder and the error names it, with the name and client ID.
+//!
+//! A run holds an exclusive advisory lock on its folder (`--dir`, with everything below it)
+//! from locating its identity to its end ([`FolderLock`]): two runs at once could otherwise
+//! both register and interleave their writes, leaving one run's me.info beside the other's
+//! priv.key, or replacing an identity without a backup. A second run refuses the folder.
 
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +30,73 @@ use crate::identity::{self, Identity, IdentityError, Loaded, ME_INFO, PRIV_KEY};
 pub const ME_SERVER: &str = "me.server";
 /// The folder (inside `--dir`) holding the identities for other servers.
 pub const SERVERS_DIR: &str = "servers";
+/// The lock file in `--dir`. Never removed: runs that created and deleted it could each
+/// lock a different file of the same name.
+pub const LOCK_FILE: &str = ".sfc-client.lock";
+
+/// A run's exclusive lock on its folder (`--dir`), held until it is dropped; the system
+/// releases it however the process ends, so a killed run leaves no stale lock.
+#[derive(Debug)]
+pub struct FolderLock {
+    dir: PathBuf,
+    /// The locked file, or why the folder could not be locked.
+    file: Result<File, String>,
+}
+
+impl FolderLock {
+    /// Locks `dir` for this run; fails at once if another run holds it.
+    ///
+    /// A folder where the lock file cannot be created or locked (read-only, missing, or a
+    /// file system without locks) gives an unlocked `FolderLock` instead of an error: a run
+    /// that only reads me.info and priv.key works there as it did before the lock, and
+    /// such a folder is as unwritable for other runs. Writing the identity needs the lock
+    /// ([`IdentityFolder::check_writable`], [`IdentityFolder::save`],
+    /// [`IdentityFolder::claim`]), so an unlocked run never registers.
+    pub fn acquire(dir: &Path) -> Result<FolderLock, IdentityError> {
+        let path = dir.join(LOCK_FILE);
+        let unlocked = |why: String| FolderLock {
+            dir: dir.to_owned(),
+            file: Err(format!("cannot lock {}: {why}", path.display())),
+        };
+        let file = match open_lock_file(&path) {
+            Ok(file) => file,
+            Err(e) => return Ok(unlocked(e.to_string())),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(FolderLock {
+                dir: dir.to_owned(),
+                file: Ok(file),
+            }),
+            Err(TryLockError::WouldBlock) => Err(IdentityError::Busy {
+                dir: std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned()),
+                lock: LOCK_FILE,
+            }),
+            Err(TryLockError::Error(e)) => Ok(unlocked(e.to_string())),
+        }
+    }
+
+    /// Why the folder is not locked, if it is not.
+    pub fn problem(&self) -> Option<&str> {
+        self.file.as_ref().err().map(String::as_str)
+    }
+}
+
+/// Opens (creating it owner-only if needed) the lock file; never truncates it.
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    // An existing lock file can be locked without write access (a folder made read-only
+    // after an earlier run, a read-only file system): opened for reading, it still
+    // excludes runs that could write there.
+    options
+        .open(path)
+        .or_else(|e| File::open(path).map_err(|_| e))
+}
 
 /// The folder holding the identity for one server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +109,9 @@ pub struct IdentityFolder {
     pub unclaimed: bool,
     /// True for a folder under `servers/`, created when first needed.
     pub nested: bool,
+    /// Why this run does not hold the lock on `--dir` ([`FolderLock::problem`]); `None`
+    /// when it does. Nothing is written here without it.
+    pub unlocked: Option<String>,
 }
 
 /// A folder name for a server address: letters, digits, `.` and `-` kept, the rest `_`.
@@ -63,7 +139,10 @@ fn read_owner(dir: &Path) -> Result<Option<String>, IdentityError> {
 
 /// Chooses the folder for `server`'s identity: `dir` when its me.info belongs to that
 /// server (or to no recorded server, or there is none yet), else `dir/servers/<address>`.
-pub fn locate(dir: &Path, server: &str) -> Result<IdentityFolder, IdentityError> {
+/// Takes the lock on `dir` (not the folder path) so that the files are read under it.
+pub fn locate(lock: &FolderLock, server: &str) -> Result<IdentityFolder, IdentityError> {
+    let dir = lock.dir.as_path();
+    let unlocked = lock.problem().map(str::to_owned);
     let has_identity = dir.join(ME_INFO).exists();
     let owner = read_owner(dir)?;
     let here = match &owner {
@@ -77,6 +156,7 @@ pub fn locate(dir: &Path, server: &str) -> Result<IdentityFolder, IdentityError>
             server: server.to_owned(),
             unclaimed: has_identity && owner.is_none(),
             nested: false,
+            unlocked,
         });
     }
     let other = dir.join(SERVERS_DIR).join(folder_name(server));
@@ -86,6 +166,7 @@ pub fn locate(dir: &Path, server: &str) -> Result<IdentityFolder, IdentityError>
         server: server.to_owned(),
         unclaimed,
         nested: true,
+        unlocked,
     })
 }
 
@@ -95,9 +176,21 @@ impl IdentityFolder {
         identity::load(&self.dir)
     }
 
+    /// Fails unless this run holds the folder's lock: another run could be writing the
+    /// same files.
+    fn check_locked(&self) -> Result<(), IdentityError> {
+        match &self.unlocked {
+            None => Ok(()),
+            Some(reason) => Err(IdentityError::NotLocked {
+                reason: reason.clone(),
+            }),
+        }
+    }
+
     /// Creates the folder if needed (owner-only) and proves that files can be written in
     /// it by creating and removing a temporary file, so that a registration is never
-    /// sent when its result could not be saved.
+    /// sent when its result could not be saved. The folder must also be locked by this
+    /// run (checked after the probe, so a read-only folder is reported as before).
     pub fn check_writable(&self) -> Result<(), IdentityError> {
         let write_error = |source| IdentityError::Write {
             path: self.dir.clone(),
@@ -111,11 +204,13 @@ impl IdentityFolder {
             .tempfile_in(&self.dir)
             .map_err(write_error)?;
         probe.write_all(b"x").map_err(write_error)?;
-        probe.close().map_err(write_error)
+        probe.close().map_err(write_error)?;
+        self.check_locked()
     }
 
     /// Records that the me.info here belongs to this server.
     pub fn claim(&self) -> Result<(), IdentityError> {
+        self.check_locked()?;
         let path = self.dir.join(ME_SERVER);
         identity::write_atomic(&path, format!("{}\n", self.server).as_bytes())
             .map_err(|source| IdentityError::Write { path, source })
@@ -124,6 +219,7 @@ impl IdentityFolder {
     /// Saves a new identity for this server: the identity it replaces (if any) is kept
     /// as `*.<client-id>.bak` first. Returns the backup of me.info when one was made.
     pub fn save(&self, identity: &Identity) -> Result<Option<PathBuf>, IdentityError> {
+        self.check_locked()?;
         let backup = self.back_up()?;
         identity::save(&self.dir, identity)?;
         self.claim()?;
@@ -197,16 +293,17 @@ mod tests {
     #[test]
     fn identities_of_other_servers_live_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let here = locate(dir.path(), "a:1").unwrap();
+        let lock = FolderLock::acquire(dir.path()).unwrap();
+        let here = locate(&lock, "a:1").unwrap();
         assert_eq!(here.dir, dir.path());
         std::fs::write(dir.path().join(ME_INFO), "x\n").unwrap();
         // An unclaimed me.info is used for whatever server is asked for.
-        let legacy = locate(dir.path(), "b:2").unwrap();
+        let legacy = locate(&lock, "b:2").unwrap();
         assert_eq!(legacy.dir, dir.path());
         assert!(legacy.unclaimed);
         legacy.claim().unwrap();
-        assert_eq!(locate(dir.path(), "b:2").unwrap().dir, dir.path());
-        let other = locate(dir.path(), "[::1]:1256").unwrap();
+        assert_eq!(locate(&lock, "b:2").unwrap().dir, dir.path());
+        let other = locate(&lock, "[::1]:1256").unwrap();
         assert_eq!(other.dir, dir.path().join("servers").join("___1__1256"));
         assert!(!other.unclaimed);
         other.check_writable().unwrap();
@@ -227,7 +324,8 @@ mod tests {
             let all = std::fs::Permissions::from_mode(0o644);
             std::fs::set_permissions(dir.path().join(file), all).unwrap();
         }
-        let folder = locate(dir.path(), "a:1").unwrap();
+        let lock = FolderLock::acquire(dir.path()).unwrap();
+        let folder = locate(&lock, "a:1").unwrap();
         let identity = Identity {
             name: sfc_proto::Name::new("alice").unwrap(),
             client_id: sfc_proto::ClientId::from_hex("ffeeddccbbaa99887766554433221100").unwrap(),
@@ -258,6 +356,7 @@ mod tests {
             format!("{ME_INFO}.{old_id}.bak"),
             ME_SERVER.to_owned(),
             PRIV_KEY.to_owned(),
+            LOCK_FILE.to_owned(),
             format!("{PRIV_KEY}.{old_id}.bak"),
         ];
         expected.sort();
@@ -267,8 +366,64 @@ mod tests {
     #[test]
     fn a_missing_folder_is_not_writable() {
         let dir = tempfile::tempdir().unwrap();
-        let folder = locate(&dir.path().join("nonexist"), "a:1").unwrap();
+        let lock = FolderLock::acquire(&dir.path().join("nonexist")).unwrap();
+        assert!(lock.problem().is_some());
+        let folder = locate(&lock, "a:1").unwrap();
         let e = folder.check_writable().unwrap_err();
         assert!(e.to_string().contains("nonexist"), "{e}");
+    }
+
+    #[test]
+    fn a_locked_folder_is_refused_until_its_lock_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = FolderLock::acquire(dir.path()).unwrap();
+        assert_eq!(first.problem(), None);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(LOCK_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let e = FolderLock::acquire(dir.path()).unwrap_err();
+        assert!(e.is_bad_input());
+        let text = e.to_string();
+        assert!(text.contains("another sfc-client run"), "{text}");
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        drop(first);
+        let again = FolderLock::acquire(dir.path()).unwrap();
+        assert_eq!(again.problem(), None);
+        assert!(dir.path().join(LOCK_FILE).is_file());
+    }
+
+    #[test]
+    fn an_unlocked_run_reads_but_never_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ME_INFO), "x\n").unwrap();
+        // As if the lock file could not be locked in a folder that is writable anyway.
+        let lock = FolderLock {
+            dir: dir.path().to_owned(),
+            file: Err("cannot lock it: no locks here".to_owned()),
+        };
+        let folder = locate(&lock, "a:1").unwrap();
+        assert!(folder.unclaimed);
+        let e = folder.check_writable().unwrap_err();
+        assert!(!e.is_bad_input());
+        assert!(e.to_string().contains("no locks here"), "{e}");
+        assert!(folder.claim().is_err());
+        let identity = Identity {
+            name: sfc_proto::Name::new("alice").unwrap(),
+            client_id: sfc_proto::ClientId::from_hex("ffeeddccbbaa99887766554433221100").unwrap(),
+            keypair: sfc_crypto::RsaKeyPair::generate().unwrap(),
+        };
+        assert!(folder.save(&identity).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(ME_INFO)).unwrap(),
+            "x\n"
+        );
+        assert!(!dir.path().join(ME_SERVER).exists());
+        assert!(!dir.path().join(PRIV_KEY).exists());
     }
 }

@@ -654,3 +654,184 @@ fn a_refused_connection_is_not_taken_for_tls() {
     drop(holder);
     server.stop();
 }
+
+/// Holds the lock a run of the client takes on its folder, as another run would.
+fn hold_folder_lock(dir: &Path) -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(".sfc-client.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    lock
+}
+
+/// Two runs in one folder at once could mix alice's me.info with bob's priv.key, or lose
+/// one identity without a backup. A run refuses a folder that another run holds, before it
+/// sends anything, and leaves its files as they are: in a folder without an identity
+/// (nothing registered) and in one with an identity (me.info and priv.key untouched).
+#[test]
+fn a_folder_in_use_by_another_run_is_refused() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let address = server.addr().to_string();
+    let dir = tempdir();
+    make_file(&dir.path().join("x.bin"), 100, 1);
+    let args = ["-s", &address, "-n", "alice", "x.bin"];
+
+    let lock = hold_folder_lock(dir.path());
+    let run = run_client(dir.path(), &args);
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("another sfc-client run is using the folder"),
+        "{}",
+        run.stderr
+    );
+    // The folder as the client sees it (its current folder, symbolic links resolved).
+    let shown = std::fs::canonicalize(dir.path()).unwrap();
+    assert!(
+        run.stderr.contains(&shown.display().to_string()),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("me.info").exists());
+    assert!(!dir.path().join("priv.key").exists());
+    drop(lock);
+
+    run_client(dir.path(), &args).assert_code(0);
+    let me_before = std::fs::read(dir.path().join("me.info")).unwrap();
+    let key_before = std::fs::read(dir.path().join("priv.key")).unwrap();
+    let lock = hold_folder_lock(dir.path());
+    let run = run_client(dir.path(), &["-n", "bob", "-s", &address, "x.bin"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("another sfc-client run is using the folder"),
+        "{}",
+        run.stderr
+    );
+    drop(lock);
+    assert_eq!(
+        std::fs::read(dir.path().join("me.info")).unwrap(),
+        me_before
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("priv.key")).unwrap(),
+        key_before
+    );
+    server.stop();
+    assert_eq!(client_names(data.path()), vec!["alice"]);
+}
+
+/// A run holds the folder's lock only while it runs: runs one after the other in one
+/// folder all work, and the lock file stays (owner-only) for the next run.
+#[test]
+fn runs_one_after_another_share_a_folder() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "carol", "x.bin");
+    make_file(&dir.path().join("x.bin"), 100, 1);
+    run_client(dir.path(), &[]).assert_code(0);
+    let lock_file = dir.path().join(".sfc-client.lock");
+    assert!(lock_file.is_file());
+    #[cfg(unix)]
+    assert_eq!(mode(&lock_file), 0o600);
+    // Released when the run ended: this process can take it, and then the client cannot.
+    let lock = hold_folder_lock(dir.path());
+    run_client(dir.path(), &[]).assert_code(2);
+    drop(lock);
+    let run = run_client(dir.path(), &["-v"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("<- 1605"), "{}", run.stderr);
+    run_client(dir.path(), &[]).assert_code(0);
+    assert!(lock_file.is_file());
+    server.stop();
+    assert_eq!(client_names(data.path()), vec!["carol"]);
+}
+
+/// A folder the client may read but not write: a run that only reconnects works as it did
+/// before the folder lock (the lock file cannot be created there), and a registration is
+/// still refused before anything is sent.
+#[cfg(unix)]
+#[test]
+fn a_read_only_folder_still_serves_a_reconnect() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = tempdir();
+    let server = start_server(data.path());
+    let address = server.addr().to_string();
+    let dir = tempdir();
+    let client = dir.path().join("client");
+    std::fs::create_dir(&client).unwrap();
+    make_file(&client.join("x.bin"), 100, 1);
+    run_client(&client, &["-s", &address, "-n", "dave", "x.bin"]).assert_code(0);
+    // As a folder written by an older client: no lock file yet.
+    let _ = std::fs::remove_file(client.join(".sfc-client.lock"));
+    std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o500)).unwrap();
+    // Root writes anyway; then there is nothing to check.
+    let read_only = std::fs::File::create(client.join("probe")).is_err();
+    let reconnect = run_client(&client, &["-s", &address, "x.bin", "-v"]);
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o500)).unwrap();
+    make_file(&dir.path().join("y.bin"), 10, 1);
+    let register = run_client(
+        dir.path(),
+        &["-d", "fresh", "-s", &address, "-n", "erin", "y.bin"],
+    );
+    for folder in [&client, &fresh] {
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    reconnect.assert_code(0);
+    assert!(reconnect.stderr.contains("<- 1605"), "{}", reconnect.stderr);
+    server.stop();
+    if read_only {
+        register.assert_code(1);
+        assert!(register.stderr.contains("fresh"), "{}", register.stderr);
+        assert_eq!(client_names(data.path()), vec!["dave"]);
+    }
+}
+
+/// The race of the review: runs with different names started together in a folder
+/// without me.info. With the lock, one of them registers and the others reconnect as
+/// that user or refuse the folder; the identity left behind is whole.
+#[test]
+fn runs_started_together_leave_one_whole_identity() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let address = server.addr().to_string();
+    let dir = tempdir();
+    make_file(&dir.path().join("x.bin"), 100, 1);
+    let runs: Vec<_> = ["alice", "bob", "carol", "dave"]
+        .into_iter()
+        .map(|name| {
+            let (folder, address) = (dir.path().to_owned(), address.clone());
+            std::thread::spawn(move || {
+                run_client(&folder, &["-s", &address, "-n", name, "x.bin", "-v"])
+            })
+        })
+        .collect();
+    let runs: Vec<_> = runs.into_iter().map(|run| run.join().unwrap()).collect();
+    for run in &runs {
+        assert!(
+            [0, 2].contains(&run.code),
+            "exit code {}\n{}",
+            run.code,
+            run.stderr
+        );
+    }
+    let registered = runs
+        .iter()
+        .filter(|run| run.stderr.contains("-> 825"))
+        .count();
+    assert_eq!(registered, 1);
+    let (name, _) = read_me_info(dir.path());
+    let run = run_client(dir.path(), &["-s", &address, "x.bin", "-v"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("<- 1605"), "{}", run.stderr);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    server.stop();
+    assert_eq!(client_names(data.path()), vec![name]);
+}
