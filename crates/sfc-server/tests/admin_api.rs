@@ -968,3 +968,126 @@ fn names_and_labels_are_escaped_on_the_pages_and_their_forms_still_work() {
     assert_eq!(response.status().as_u16(), 303);
     assert!(admin.server.db().file(&id, label).unwrap().is_none());
 }
+
+/// Whether the server closed `stream` (EOF or reset) before `limit`, reading (and
+/// discarding) whatever it sent first. A read time-out means it is still open.
+fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut sink = Vec::new();
+    match stream.read_to_end(&mut sink) {
+        Ok(_) => true,
+        Err(error) => !matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// `GET /healthz` on an open connection: the status line.
+fn healthz_on(stream: &mut std::net::TcpStream, keep_alive: bool) -> String {
+    use std::io::{Read, Write};
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    stream
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The whole (small) response: up to the body "ok\n".
+    while !response.ends_with(b"ok\n") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// A client that sends half a request line and stops, or stays silent after a response
+/// on a kept-alive connection, is closed at the request-head time-out (20 s); one that
+/// announces a body and never sends it, at the body time-out (30 s). The test allows
+/// 40 s each, instead of connections held for ever.
+#[test]
+fn a_stalled_request_head_and_an_idle_keep_alive_are_closed() {
+    use std::io::Write;
+    let admin = Admin::start();
+    let addr = admin.server.server.as_ref().unwrap().admin_addr().unwrap();
+    let mut no_body = std::net::TcpStream::connect(addr).unwrap();
+    no_body
+        .write_all(
+            b"POST /login HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 80\r\n\r\n",
+        )
+        .unwrap();
+    let mut partial = std::net::TcpStream::connect(addr).unwrap();
+    partial.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    assert_eq!(healthz_on(&mut idle, true), "HTTP/1.1 200 OK");
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    let limit = Duration::from_secs(40);
+    assert!(
+        closed_within(&mut partial, limit),
+        "partial head still open"
+    );
+    assert!(
+        closed_within(&mut idle, limit),
+        "idle keep-alive still open"
+    );
+    assert!(
+        closed_within(&mut silent, limit),
+        "silent connection still open"
+    );
+    assert!(
+        closed_within(&mut no_body, limit),
+        "missing body still awaited"
+    );
+    // The listener still serves.
+    let (status, _) = admin.get("/healthz");
+    assert_eq!(status, 200);
+}
+
+/// Admin connections are capped, per address (32) and overall (256): a connection beyond
+/// either cap is closed at once, while those already open are still served. The other
+/// "addresses" are other loopback addresses (127.0.0.x).
+#[test]
+fn admin_connections_beyond_the_caps_are_closed_at_once() {
+    sfc_server::raise_fd_limit(1024);
+    let admin = Admin::start();
+    let addr = admin.server.server.as_ref().unwrap().admin_addr().unwrap();
+    let from = |n: u8| tcp_from([127, 0, 0, n].into(), addr).unwrap();
+    let quick = Duration::from_secs(5);
+    let mut open: Vec<std::net::TcpStream> = (0..32).map(|_| from(2)).collect();
+    let mut extra = from(2);
+    assert!(
+        closed_within(&mut extra, quick),
+        "33rd from one address served"
+    );
+    // Another address is not affected, up to the overall cap.
+    for n in 3..=9 {
+        open.extend((0..32).map(|_| from(n)));
+    }
+    assert_eq!(open.len(), 256);
+    let mut beyond = from(10);
+    assert!(closed_within(&mut beyond, quick), "257th connection served");
+    // The earlier connections are served (the newest first: the first ones were opened
+    // longest ago), and a closed one frees a place.
+    let mut last = open.pop().unwrap();
+    assert_eq!(healthz_on(&mut last, false), "HTTP/1.1 200 OK");
+    let mut first = open.swap_remove(0);
+    assert_eq!(healthz_on(&mut first, false), "HTTP/1.1 200 OK");
+    drop((last, first));
+    let mut again = from(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // The server sees the two closes shortly after the client does.
+    while closed_within(&mut again, Duration::from_millis(200)) {
+        assert!(std::time::Instant::now() < deadline, "no place freed");
+        again = from(10);
+    }
+    assert_eq!(healthz_on(&mut again, false), "HTTP/1.1 200 OK");
+}

@@ -567,3 +567,63 @@ fn the_admin_listener_serves_https_with_a_secure_cookie() {
     assert!(!answer.starts_with(b"HTTP/1.1 200"));
     server.stop();
 }
+
+/// An HTTPS admin listener on 127.0.0.1.
+fn start_https_admin(dir: &Path, pki: &TestPki) -> RunningServer {
+    let mut config = config_for(&dir.join("data"));
+    let mut admin =
+        sfc_server::AdminConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("admin.token"));
+    admin.tls = Some(pki.files.clone());
+    config.admin = Some(admin);
+    RunningServer::start(config).unwrap()
+}
+
+/// One address that opens many connections and never sends a ClientHello cannot take
+/// every TLS handshake slot (64) or connection slot: another address still gets through
+/// at once (each handshake it tries has a 10 s time-out; the test client's is 30 s).
+#[test]
+fn silent_connections_from_one_address_do_not_lock_others_out_of_the_https_admin() {
+    sfc_server::raise_fd_limit(1024);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let server = start_https_admin(dir.path(), &pki);
+    let addr = server.admin_addr().unwrap();
+    let silent: Vec<TcpStream> = (0..100)
+        .map(|_| tcp_from([127, 0, 0, 2].into(), addr).unwrap())
+        .collect();
+    let health = https_get(
+        addr,
+        client_config(&pki.ca_der),
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    drop(silent);
+    server.stop();
+}
+
+/// After the TLS handshake, half a request line and then nothing: the server closes the
+/// connection at the request-head time-out (20 s; the test allows 40 s).
+#[test]
+fn a_stalled_request_head_after_the_tls_handshake_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let server = start_https_admin(dir.path(), &pki);
+    let addr = server.admin_addr().unwrap();
+    let mut conn = TlsConn::connect(addr, client_config(&pki.ca_der)).unwrap();
+    conn.send_raw(b"GET /healthz HTTP/1.1\r\n");
+    conn.stream
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    let mut answer = Vec::new();
+    if let Err(error) = conn.stream.read_to_end(&mut answer) {
+        assert!(
+            !matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "still open after 40 s"
+        );
+    }
+    server.stop();
+}

@@ -28,12 +28,16 @@ pub fn raise_fd_limit(max_connections: usize) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
             tracing::info!(limit, "open-file limit");
-            let needed = max_connections as u64 + 64;
+            // The protocol connections, the admin listener's (capped, counted whether it
+            // is on or not: the difference is small), and 64 for the rest (listeners,
+            // database, files being stored).
+            let needed =
+                max_connections as u64 + crate::net::admin_http::MAX_ADMIN_CONNECTIONS as u64 + 64;
             if limit < needed {
                 tracing::warn!(
                     limit,
                     max_connections,
-                    "the open-file limit is below --max-connections; connections beyond it will fail to be accepted"
+                    "the open-file limit is below --max-connections plus the admin listener's cap; connections beyond it will fail to be accepted"
                 );
             }
         }

@@ -1,37 +1,68 @@
 //! The admin socket: binding (the token, the TLS files), accepting plain TCP or TLS
-//! connections (each TLS handshake its own task, bounded in time and in number), and
-//! serving the router until shutdown.
+//! connections (each TLS handshake its own task, bounded in time and in number, overall
+//! and per address), and serving each connection with hyper under time limits until
+//! shutdown.
 
 use super::auth::{self, Sessions};
 use super::{router, AdminState, Peer, Shared};
 use crate::config::AdminConfig;
+use crate::net::address_limit::{AddressSlot, ConnectionsPerAddress};
 use crate::net::monitor::Monitor;
 use crate::session::Core;
 use anyhow::Context;
+use axum::extract::ConnectInfo;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// A TLS handshake on the admin listener must finish within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshakes under way at once; connections beyond are closed at once, so a flood
 /// of silent connections costs at most this many tasks (each gone within the time-out).
 const MAX_HANDSHAKES: usize = 64;
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, AdminListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, AdminListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
+/// TLS handshakes under way at once from one address (IPv6: one /64). Without it one
+/// address that opens 64 silent connections every 10 s holds every handshake slot and
+/// locks everyone (the operator too) out; with it that takes 8 addresses. 8 is above the
+/// 6 connections a browser opens to one host at once.
+pub(crate) const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+/// Admin connections open at once (TLS handshakes included); connections beyond are
+/// closed at once. Bounds the descriptors, tasks and buffers the admin listener can take
+/// from the process (whose descriptor limit the protocol listener shares); an operator's
+/// browser needs 6, a scraper 1.
+pub(crate) const MAX_CONNECTIONS: usize = 256;
+/// Admin connections open at once from one address (IPv6: one /64), so that one
+/// address cannot take all [`MAX_CONNECTIONS`]: room for a few browser tabs and scripts.
+pub(crate) const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
+/// A request's head (request line and headers) must arrive within this time from the
+/// moment the server starts waiting for it: at the connection's start, and again after
+/// each response, so it is also the keep-alive idle time-out (hyper restarts the timer
+/// as soon as a response is written; a separate, longer idle limit would never fire).
+/// A browser sends a head in one packet; 20 s leaves room for a slow link and closes a
+/// silent or trickling ("slowloris") connection. Responses are not timed: a download of
+/// a large stored file may take as long as it takes.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// A request's body (the admin forms: a few hundred bytes) must arrive within this time
+/// after its head; otherwise the handler reading it gets an error. Without it a client
+/// that announces a body and never sends it would hold its connection for ever.
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A byte stream: TCP or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection ready for HTTP, with the places it holds in the per-address tables.
+struct Accepted {
+    io: Box<dyn Io>,
+    peer: SocketAddr,
+    slot: AddressSlot,
+}
 
 /// The admin socket, accepting plain TCP or TLS connections.
 pub(crate) struct AdminListener {
@@ -39,7 +70,11 @@ pub(crate) struct AdminListener {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// TLS handshakes under way, each its own task: a client that connects and sends
     /// nothing delays nobody else.
-    handshakes: tokio::task::JoinSet<Option<(Box<dyn Io>, SocketAddr)>>,
+    handshakes: JoinSet<Option<Accepted>>,
+    /// Handshakes under way per address ([`MAX_HANDSHAKES_PER_ADDRESS`]).
+    handshakes_per_address: Arc<ConnectionsPerAddress>,
+    /// Open connections per address ([`MAX_CONNECTIONS_PER_ADDRESS`]).
+    connections_per_address: Arc<ConnectionsPerAddress>,
 }
 
 impl std::fmt::Debug for AdminListener {
@@ -51,11 +86,11 @@ impl std::fmt::Debug for AdminListener {
     }
 }
 
-impl axum::serve::Listener for AdminListener {
-    type Io = Box<dyn Io>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl AdminListener {
+    /// The next connection ready for HTTP (plain at once, TLS once its handshake is
+    /// done). `served`: connections being served now, counted against
+    /// [`MAX_CONNECTIONS`] with the handshakes under way. Cancel-safe.
+    async fn accept(&mut self, served: usize) -> Accepted {
         loop {
             tokio::select! {
                 accepted = self.tcp.accept() => {
@@ -67,17 +102,32 @@ impl axum::serve::Listener for AdminListener {
                             continue;
                         }
                     };
+                    // Refusals close the socket at once (dropped), before anything is read.
+                    if served + self.handshakes.len() >= MAX_CONNECTIONS {
+                        tracing::info!(%peer, "admin listener: too many connections open; connection closed");
+                        continue;
+                    }
+                    let Some(slot) = self.connections_per_address.enter(peer.ip()) else {
+                        tracing::info!(%peer, "admin listener: too many connections from this address; connection closed");
+                        continue;
+                    };
                     let Some(acceptor) = &self.tls else {
-                        return (Box::new(stream), peer);
+                        return Accepted { io: Box::new(stream), peer, slot };
                     };
                     if self.handshakes.len() >= MAX_HANDSHAKES {
                         tracing::info!(%peer, "admin listener: too many TLS handshakes under way; connection closed");
                         continue;
                     }
+                    let Some(handshaking) = self.handshakes_per_address.enter(peer.ip()) else {
+                        tracing::info!(%peer, "admin listener: too many TLS handshakes under way from this address; connection closed");
+                        continue;
+                    };
                     let acceptor = acceptor.clone();
                     self.handshakes.spawn(async move {
-                        match crate::net::tls::handshake(&acceptor, stream, HANDSHAKE_TIMEOUT).await {
-                            Ok(tls) => Some((Box::new(tls) as Box<dyn Io>, peer)),
+                        let result = crate::net::tls::handshake(&acceptor, stream, HANDSHAKE_TIMEOUT).await;
+                        drop(handshaking);
+                        match result {
+                            Ok(tls) => Some(Accepted { io: Box::new(tls), peer, slot }),
                             Err(reason) => {
                                 tracing::info!(%peer, %reason, "admin listener: TLS handshake failed");
                                 None
@@ -92,10 +142,6 @@ impl axum::serve::Listener for AdminListener {
                 }
             }
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
     }
 }
 
@@ -129,7 +175,9 @@ impl AdminServer {
             listener: AdminListener {
                 tcp,
                 tls,
-                handshakes: tokio::task::JoinSet::new(),
+                handshakes: JoinSet::new(),
+                handshakes_per_address: ConnectionsPerAddress::new(MAX_HANDSHAKES_PER_ADDRESS),
+                connections_per_address: ConnectionsPerAddress::new(MAX_CONNECTIONS_PER_ADDRESS),
             },
             state: Arc::new(AdminState {
                 core,
@@ -146,7 +194,8 @@ impl AdminServer {
         self.listener.tcp.local_addr()
     }
 
-    /// Serves until `stop` completes.
+    /// Serves until `stop` completes, then closes each connection at its next request
+    /// boundary (a request in flight gets its response) and returns once all are closed.
     pub(crate) async fn serve(self, stop: impl Future<Output = ()> + Send + 'static) {
         let addr = self.local_addr().ok();
         let scheme = if self.listener.tls.is_some() {
@@ -157,12 +206,104 @@ impl AdminServer {
         if let Some(addr) = addr {
             tracing::info!("admin listener on {scheme}://{addr}/");
         }
-        let app = router(self.state).into_make_service_with_connect_info::<Peer>();
-        if let Err(error) = axum::serve(self.listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(%error, "admin listener failed");
+        let app = router(self.state);
+        let mut listener = self.listener;
+        // Owned here: when this task is aborted (the grace period is over), so are they.
+        let mut connections = JoinSet::new();
+        let (stopping, stop_rx) = watch::channel(false);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                accepted = listener.accept(connections.len()) => {
+                    connections.spawn(serve_connection(accepted, app.clone(), stop_rx.clone()));
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
         }
+        // No new connections; handshakes under way are dropped.
+        drop(listener);
+        let _ = stopping.send(true);
+        while connections.join_next().await.is_some() {}
+    }
+}
+
+/// Serves HTTP/1 on one connection until the client closes it, a time-out closes it, or
+/// `stop` turns true (then at the next request boundary).
+async fn serve_connection(accepted: Accepted, app: axum::Router, mut stop: watch::Receiver<bool>) {
+    let Accepted { io, peer, slot } = accepted;
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let mut request = request.map(|body| axum::body::Body::new(TimedBody::new(body)));
+            // What the handlers' `ConnectInfo<Peer>` reads (the rate limits key on it).
+            request.extensions_mut().insert(ConnectInfo(Peer(peer)));
+            // The router is always ready (no back-pressure), so no poll_ready first.
+            tower::Service::call(&mut app.clone(), request)
+        });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        _ = stop.wait_for(|stop| *stop) => None,
+    };
+    let result = match served {
+        Some(result) => result,
+        None => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "admin connection closed");
+    }
+    drop(slot);
+}
+
+/// A request body that fails once [`BODY_READ_TIMEOUT`] has passed since the request's
+/// head arrived and the body is still not complete.
+struct TimedBody {
+    inner: hyper::body::Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TimedBody {
+    fn new(inner: hyper::body::Incoming) -> Self {
+        TimedBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(BODY_READ_TIMEOUT)),
+        }
+    }
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request body not received in time",
+            )
+            .into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }

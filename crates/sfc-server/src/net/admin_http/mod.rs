@@ -31,6 +31,8 @@ use zeroize::Zeroizing;
 
 use auth::Sessions;
 pub(crate) use listen::AdminServer;
+/// The cap on open admin connections, for the descriptor budget.
+pub(crate) use listen::MAX_CONNECTIONS as MAX_ADMIN_CONNECTIONS;
 
 pub use auth::{COOKIE, LOGIN_FAILURES_PER_MINUTE};
 
