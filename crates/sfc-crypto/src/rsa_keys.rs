@@ -112,7 +112,8 @@ pub struct PublicKey {
 }
 
 impl PublicKey {
-    /// Parses an RSA SubjectPublicKeyInfo DER with a 1024..=4096-bit modulus.
+    /// Parses an RSA SubjectPublicKeyInfo DER with a 1024..=4096-bit modulus and an odd
+    /// exponent from 3 to 2^33 - 1 (the `rsa` crate's checks: keeps wrapping cheap).
     ///
     /// Bytes after the DER structure are accepted only if they are all zero (the protocol's
     /// fixed 160-byte field may carry a shorter DER padded with zeros); anything else

@@ -17,10 +17,15 @@ fn pair() -> &'static RsaKeyPair {
 /// SPKI DER of a syntactically valid RSA public key with an arbitrary odd `bits`-bit
 /// modulus (not a product of primes: only the parser is under test).
 fn fake_spki(bits: usize) -> Vec<u8> {
+    fake_spki_with(bits, BigUint::from(65537u32))
+}
+
+/// [`fake_spki`] with the public exponent `e`.
+fn fake_spki_with(bits: usize, e: BigUint) -> Vec<u8> {
     let mut n = vec![0x5Au8; bits / 8];
     n[0] = 0xC3;
     *n.last_mut().unwrap() |= 1;
-    let key = RsaPublicKey::new_unchecked(BigUint::from_bytes_be(&n), BigUint::from(65537u32));
+    let key = RsaPublicKey::new_unchecked(BigUint::from_bytes_be(&n), e);
     key.to_public_key_der().unwrap().into_vec()
 }
 
@@ -220,6 +225,26 @@ fn spki_size_limits() {
     }
     let msg = CryptoError::KeyTooLarge { bits: 8192 }.to_string();
     assert!(msg.contains("8192") && msg.contains("4096"), "{msg}");
+}
+
+/// The exponents accepted (rule S6): odd, 3 to 2^33 - 1, which keeps every public-key
+/// operation at most ~34 squarings; 1, even ones and larger ones are refused.
+#[test]
+fn spki_exponent_limits() {
+    for e in [3u64, 17, 65537, (1 << 33) - 1] {
+        let der = fake_spki_with(1024, BigUint::from(e));
+        assert!(PublicKey::from_spki_der(&der).is_ok(), "e = {e}");
+    }
+    for e in [1u64, 2, 65536, (1 << 33) + 1, u64::MAX] {
+        let der = fake_spki_with(1024, BigUint::from(e));
+        assert!(
+            matches!(
+                PublicKey::from_spki_der(&der),
+                Err(CryptoError::InvalidPublicKey(_))
+            ),
+            "e = {e}"
+        );
+    }
 }
 
 #[test]
