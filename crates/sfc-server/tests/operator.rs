@@ -335,3 +335,54 @@ fn a_start_up_error_names_the_file_and_the_operation() {
         "the error names neither the file nor the operation: {error}"
     );
 }
+
+/// `--store file://FOLDER` names a folder only one server may use: start-up removes every
+/// stored file there that none of its rows names. A second server with its own data
+/// folder but the first one's store folder refuses to start, and the first one's
+/// acknowledged file is still there.
+#[test]
+fn a_store_folder_in_use_by_another_server_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first_dir, second_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let first_args = [
+        "--data-dir",
+        first_dir.to_str().unwrap(),
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+    ];
+    let mut first = ServerProcess::start(&first_args);
+    let mut conn = Conn::connect(first.listening_addr());
+    let (id, key) = enroll(&mut conn, "keeper");
+    let plain = data(20_000, 5);
+    assert_received(
+        &upload(&mut conn, id, &key, "kept.bin", &plain, 4096),
+        id,
+        "kept.bin",
+        &plain,
+    );
+    let stored = first_dir.join("files").join(id.to_hex()).join("kept.bin");
+    assert!(stored.exists());
+
+    let store = format!("file://{}", first_dir.display());
+    let second_args = [
+        "--data-dir",
+        second_dir.to_str().unwrap(),
+        "--store",
+        store.as_str(),
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+    ];
+    let (status, stderr) = run_briefly(&second_args, None, Duration::from_secs(20));
+    assert!(status.is_some_and(|s| !s.success()), "{stderr}");
+    assert!(
+        stderr.contains("is in use by another sfc-server"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&stored).unwrap(), plain);
+    drop(conn);
+    assert!(first.terminate().success());
+}

@@ -31,41 +31,56 @@ pub const LOCK_FILE: &str = "sfc-server.lock";
 /// servers on one folder would each remove the other's uploads in progress at start-up.
 #[derive(Debug)]
 pub struct DataDirLock {
-    _file: File,
+    /// Held open: closing a file releases its lock.
+    files: Vec<File>,
 }
 
 impl DataDirLock {
     /// Takes the lock, or says which server holds it. A filesystem without locks is
     /// reported as an error too: the caller decides whether to go on without one.
     pub fn acquire(data_dir: &Path) -> io::Result<Self> {
-        let path = data_dir.join(LOCK_FILE);
-        let mut options = fs::OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, crate::storage::perms::FILE_MODE);
-        let mut file = options.open(&path)?;
-        crate::storage::perms::set_file_mode(&file, crate::storage::perms::FILE_MODE)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let holder = fs::read_to_string(&path).unwrap_or_default();
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    format!(
-                        "the data folder {} is in use by another sfc-server (process {}; lock file {})",
-                        data_dir.display(),
-                        holder.trim(),
-                        path.display()
-                    ),
-                ));
-            }
-            Err(fs::TryLockError::Error(error)) => return Err(error),
-        }
-        // Who holds it, for the message above and for operators.
-        file.set_len(0)?;
-        writeln!(file, "{}", std::process::id())?;
-        Ok(DataDirLock { _file: file })
+        Ok(DataDirLock {
+            files: vec![lock_folder(data_dir)?],
+        })
     }
+
+    /// Also locks `folder` (a `--store file://` folder outside the data folder: start-up
+    /// removes what no row of this server names there, so it is one server's too).
+    pub fn also(&mut self, folder: &Path) -> io::Result<()> {
+        self.files.push(lock_folder(folder)?);
+        Ok(())
+    }
+}
+
+/// `flock` on [`LOCK_FILE`] in `data_dir`, with this process's ID written in it.
+fn lock_folder(data_dir: &Path) -> io::Result<File> {
+    let path = data_dir.join(LOCK_FILE);
+    let mut options = fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, crate::storage::perms::FILE_MODE);
+    let mut file = options.open(&path)?;
+    crate::storage::perms::set_file_mode(&file, crate::storage::perms::FILE_MODE)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "the folder {} is in use by another sfc-server (process {}; lock file {})",
+                    data_dir.display(),
+                    holder.trim(),
+                    path.display()
+                ),
+            ));
+        }
+        Err(fs::TryLockError::Error(error)) => return Err(error),
+    }
+    // Who holds it, for the message above and for operators.
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 /// [`BlobStore`] in a local folder.

@@ -51,7 +51,7 @@ impl Storage {
             tracing::warn!(path = %files.display(), "was readable by other users; now 0700");
         }
         // Before anything is opened or cleaned up: another server may be using the folder.
-        let lock = match DataDirLock::acquire(&config.data_dir) {
+        let mut lock = match DataDirLock::acquire(&config.data_dir) {
             Ok(lock) => Some(lock),
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                 return Err(anyhow::anyhow!(error))
@@ -62,6 +62,25 @@ impl Storage {
                 None
             }
         };
+        // A `file://` store elsewhere is this server's alone too: start-up removes every
+        // file there that none of its rows names, another server's included.
+        if let (Store::Folder(root), Some(lock)) = (&config.store, lock.as_mut()) {
+            perms::create_private_dir_all(root)
+                .with_context(|| format!("cannot create the folder {}", root.display()))?;
+            let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+            if !same(root, &config.data_dir) {
+                match lock.also(root) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        return Err(anyhow::anyhow!(error))
+                    }
+                    Err(error) => {
+                        let path = root.join(super::fs::LOCK_FILE);
+                        tracing::warn!(%error, path = %path.display(), "cannot lock the store folder; make sure no other server uses it");
+                    }
+                }
+            }
+        }
         let meta = open_meta(config)?;
         let blobs = open_blobs(&config.data_dir, &config.store, config.upload_timeout)?;
         Ok(Storage { meta, blobs, lock })
