@@ -122,7 +122,9 @@ fn sigterm_lets_running_uploads_finish_within_the_grace_and_cuts_the_rest() {
             && running.iter().any(|l| l.contains("file=stalling.bin")),
         "what was running: {running:#?}"
     );
-    let cut = server.lines_containing("upload cut by the shutdown", Duration::ZERO);
+    // The process has exited, but the thread reading its stderr may not have passed on
+    // the last lines yet: wait until it has (the pipe is closed).
+    let cut = server.lines_containing("upload cut by the shutdown", Duration::from_secs(1));
     assert_eq!(cut.len(), 1, "{cut:#?}");
     assert!(
         cut[0].contains("file=stalling.bin") && cut[0].contains("packets=3/10"),
@@ -141,4 +143,83 @@ fn sigterm_lets_running_uploads_finish_within_the_grace_and_cuts_the_rest() {
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(files[0]["file_name"], "finishing.bin");
     assert_eq!(files[0]["verified"], true);
+}
+
+/// One grace period for everything: an admin request that does not finish (a login
+/// whose body never comes) and a stalled protocol upload are waited for together, so
+/// the server stops about one `--shutdown-grace` after SIGTERM, not two (the admin
+/// listener's full grace, then the connections' full grace).
+#[test]
+fn a_slow_admin_request_and_a_stalled_upload_share_one_grace_period() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let grace = GRACE_SECS.to_string();
+    let mut server = ServerProcess::start(&[
+        "--data-dir",
+        d,
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--shutdown-grace",
+        &grace,
+    ]);
+    let addr = server.listening_addr();
+    let admin_line = server
+        .wait_for("admin listener on http://")
+        .expect("the admin listener starts");
+    let admin: std::net::SocketAddr = admin_line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .expect("the admin address");
+
+    // A stalled upload: 3 of 10 packets, then nothing.
+    let mut stalling = Conn::connect(addr);
+    let (id, key) = enroll(&mut stalling, "stalling");
+    let plain = data(40_000, 3);
+    let sent = packets(
+        id,
+        "stalling.bin",
+        plain.len(),
+        &encrypt(&key, &plain),
+        4096,
+        ContentSize::Whole,
+    );
+    for packet in &sent[..3] {
+        stalling.send_raw(packet);
+    }
+    // An admin request in flight: the login form's head, and only part of its body.
+    let mut login = std::net::TcpStream::connect(admin).unwrap();
+    write!(
+        login,
+        "POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntoken="
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let signalled = Instant::now();
+    let status = server
+        .terminate_within(Duration::from_secs(3 * GRACE_SECS))
+        .expect("the server stops");
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took >= Duration::from_secs(GRACE_SECS - 1),
+        "the stalled upload had the grace period: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(GRACE_SECS) + Duration::from_millis(2500),
+        "one grace period, not two: {took:?}"
+    );
+    let cut = server.lines_containing("upload cut by the shutdown", Duration::from_secs(1));
+    assert!(
+        cut.iter().any(|l| l.contains("file=stalling.bin")),
+        "{cut:#?}"
+    );
+    assert!(stalling.closed_within(Duration::from_secs(2)));
 }

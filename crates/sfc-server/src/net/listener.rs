@@ -18,7 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -51,15 +51,27 @@ pub fn raise_fd_limit(max_connections: usize) {
 /// waits for a SYN retransmission (1 s, then 3 s, ...).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds the protocol port without listening yet: a busy port (a server already
+/// listening on it) fails here, before the storage is opened, while connections are
+/// refused until [`listen`] (a health check must not see the node up during recovery).
+fn bind_port(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     #[cfg(not(windows))]
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    Ok(socket)
+}
+
+/// Starts listening on the port [`bind_port`] bound, once the server is ready. With
+/// SO_REUSEADDR another process that only bound the port too (a second server starting
+/// at the same time) is found here, not at bind time.
+fn listen(socket: TcpSocket, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    socket
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// A bound server, ready to serve.
@@ -80,33 +92,37 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listener, then opens the standard storage in the data folder: a port
-    /// that is taken (or a bad TLS file) stops the server before anything is created.
+    /// Binds the port, then opens the standard storage in the data folder: a port that
+    /// is taken (or a bad TLS file) stops the server before anything is created. The
+    /// port listens (accepts connections) only once recovery is over.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
-        let listener = bind_listener(config.bind)
-            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let socket =
+            bind_port(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
         let tls = load_tls(&config)?;
         let opened = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || Storage::open(&config)).await??
         };
-        Self::assemble(config, opened, listener, tls).await
+        Self::assemble(config, opened, socket, tls).await
     }
 
-    /// Binds the listener over the given storage (removing stale temporary files first).
+    /// Binds the port over the given storage (removing stale temporary files first);
+    /// listens once recovery is over, as [`Server::bind`].
     pub async fn bind_with(config: ServerConfig, storage: Storage) -> anyhow::Result<Self> {
         let tls = load_tls(&config)?;
-        let listener = bind_listener(config.bind)
-            .with_context(|| format!("cannot listen on {}", config.bind))?;
-        Self::assemble(config, storage, listener, tls).await
+        let socket =
+            bind_port(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
+        Self::assemble(config, storage, socket, tls).await
     }
 
     async fn assemble(
         config: ServerConfig,
         storage: Storage,
-        listener: TcpListener,
+        socket: TcpSocket,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> anyhow::Result<Self> {
+        // The real port (port 0 asks the system for one) is known from the bind.
+        let addr = socket.local_addr()?;
         let Storage { meta, blobs, lock } = storage;
         let limits = config.session_limits();
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
@@ -114,7 +130,6 @@ impl Server {
             Ok(Core::new(meta, blobs, limits, Box::new(OsEntropy)))
         })
         .await??;
-        let addr = listener.local_addr()?;
         let core = Arc::new(core);
         let monitor = Arc::new(Monitor::new(config.upload_timeout));
         let admin = match &config.admin {
@@ -123,6 +138,8 @@ impl Server {
             }
             None => None,
         };
+        // Last: everything is ready, and `serve` logs "listening on" right away.
+        let listener = listen(socket, addr)?;
         Ok(Server {
             listener,
             core,
@@ -197,13 +214,14 @@ impl Server {
             }
         }
 
+        // One grace period for everything, counted from here.
+        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
         drop(listener);
         // The core's last handle outside the tasks goes with `shut_down`, as before.
         drop(admission);
         let _ = stop_tx.send(true);
         let _ = refusal_lines.await;
-        shutdown::stop_admin(admin, config.shutdown_grace).await;
-        shutdown::shut_down(connections, &config, housekeeping, core).await;
+        shutdown::shut_down(connections, admin, &config, deadline, housekeeping, core).await;
         // Only now may another server take the folder.
         drop(lock);
         Ok(())

@@ -9,9 +9,9 @@ use crate::net::admin_http::AdminServer;
 use crate::session::Core;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 /// Serves the admin listener on its own task until `stop` turns true.
 pub(super) fn spawn_admin(admin: AdminServer, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
@@ -20,21 +20,24 @@ pub(super) fn spawn_admin(admin: AdminServer, mut stop: watch::Receiver<bool>) -
     }))
 }
 
-/// Waits for the admin listener (told to stop) up to `grace`, then aborts it.
-pub(super) async fn stop_admin(admin: Option<JoinHandle<()>>, grace: Duration) {
+/// Waits for the admin listener (told to stop) until `deadline`, then aborts it.
+async fn stop_admin(admin: Option<JoinHandle<()>>, deadline: Instant) {
     if let Some(mut admin) = admin {
         // A download in progress may not hold the shutdown beyond the grace period.
-        if tokio::time::timeout(grace, &mut admin).await.is_err() {
+        if tokio::time::timeout_at(deadline, &mut admin).await.is_err() {
             admin.abort();
         }
     }
 }
 
-/// Graceful shutdown once the listener is closed and the connections told to stop: wait
-/// up to the grace period, abort the rest, stop housekeeping, close the database.
+/// Graceful shutdown once the listeners are closed and the connections (protocol and
+/// admin) told to stop: wait for both until `deadline` (one grace period for the two,
+/// not one after the other), abort the rest, stop housekeeping, close the database.
 pub(super) async fn shut_down(
     mut connections: JoinSet<()>,
+    admin: Option<JoinHandle<()>>,
     config: &ServerConfig,
+    deadline: Instant,
     housekeeping: JoinHandle<()>,
     core: Arc<Core>,
 ) {
@@ -45,10 +48,12 @@ pub(super) async fn shut_down(
         "shutting down: no new connections; transfers under way may finish"
     );
     log_uploads(&core, "shutting down: upload in progress");
-    let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let ((), drained) = tokio::join!(
+        stop_admin(admin, deadline),
+        tokio::time::timeout_at(deadline, async {
+            while connections.join_next().await.is_some() {}
+        }),
+    );
     if drained.is_err() {
         tracing::warn!(
             aborted = connections.len(),
@@ -62,6 +67,7 @@ pub(super) async fn shut_down(
         // longer come (no new connections).
         log_uploads(&core, "upload cut by the shutdown");
     }
+    // The admin listener is stopped too: nothing uses the database any more.
     let _ = housekeeping.await;
     let closing = Arc::clone(&core);
     match tokio::task::spawn_blocking(move || closing.close()).await {
