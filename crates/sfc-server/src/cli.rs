@@ -2,16 +2,21 @@
 //! [`ServerConfig`] ([`Cli::server_config`]); nothing downstream re-checks a flag.
 
 use crate::config::{
-    resolve_port, AdminConfig, Database, PostgresUrl, ServerConfig, Store, ADMIN_TOKEN_FILE,
-    DEFAULT_DATABASE_POOL, DEFAULT_FAIL_BURST, DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE,
-    DEFAULT_MAX_UPLOADS, DEFAULT_MAX_UPLOADS_PER_ADDRESS, DEFAULT_REGISTER_BURST,
-    DEFAULT_REGISTER_RATE, DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS,
-    DEFAULT_UPLOAD_BUFFERS_MIB, DEFAULT_UPLOAD_TIMEOUT_SECS,
+    redact_postgres_url, resolve_port, AdminConfig, Database, PostgresUrl, ServerConfig, Store,
+    ADMIN_TOKEN_FILE, DATABASE_URL_ENV, DEFAULT_DATABASE_POOL, DEFAULT_FAIL_BURST,
+    DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_UPLOADS,
+    DEFAULT_MAX_UPLOADS_PER_ADDRESS, DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE,
+    DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_UPLOAD_BUFFERS_MIB,
+    DEFAULT_UPLOAD_TIMEOUT_SECS, MAX_CONNECTIONS_LIMIT, MAX_DATABASE_POOL, MAX_IDLE_TIMEOUT_SECS,
+    MAX_REQUEST_TIMEOUT_SECS, MAX_SHUTDOWN_GRACE_SECS, MAX_UPLOADS_LIMIT, MAX_UPLOAD_BUFFERS_MIB,
+    MAX_UPLOAD_TIMEOUT_SECS,
 };
 use crate::net::proxy_protocol::ProxySources;
 use crate::net::rate_limit::RateLimit;
 use crate::net::tls::TlsFiles;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
 use clap::{Parser, Subcommand};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -60,66 +65,75 @@ pub struct Cli {
 
     /// How many clients may be connected at once; more wait their turn.
     ///
-    /// Connections beyond it wait in the listen backlog.
+    /// Connections beyond it wait in the listen backlog. 1 to 1000000 (each is an open
+    /// file).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
-          value_parser = parse_positive_usize)]
+          value_parser = usize_in(1, MAX_CONNECTIONS_LIMIT))]
     pub max_connections: usize,
 
     /// How many connections one address may have open at once (0: no limit).
     ///
     /// IPv6 addresses count per /64. A connection beyond it is closed at once. Use 0
-    /// behind a proxy, where every client has the proxy's address.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    /// behind a proxy, where every client has the proxy's address. At most 1000000.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+          value_parser = usize_in(0, MAX_CONNECTIONS_LIMIT))]
     pub max_connections_per_address: usize,
 
     /// Seconds of silence after which a connection is closed.
+    ///
+    /// 1 to 86400 (a day).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_IDLE_TIMEOUT_SECS))]
     pub idle_timeout: u64,
 
     /// Seconds a client may take to send one request.
     ///
     /// A request's header and payload (an 828's header and fixed part) must arrive within
     /// this many seconds, and an 828's content at 64 KiB per this many seconds at least.
+    /// 1 to 86400 (a day).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_REQUEST_TIMEOUT_SECS))]
     pub request_timeout: u64,
 
     /// Seconds given to requests in progress when the server is stopped.
     ///
-    /// On SIGINT/SIGTERM, requests in flight get this long to finish.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
+    /// On SIGINT/SIGTERM, requests in flight get this long to finish. 0 to 3600 (an
+    /// hour).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_SHUTDOWN_GRACE_SECS))]
     pub shutdown_grace: u64,
 
     /// Seconds after which an unfinished upload that stopped arriving is dropped.
     ///
-    /// An upload that receives no packet for this long is abandoned.
+    /// An upload that receives no packet for this long is abandoned. 1 to 604800 (a
+    /// week).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_UPLOAD_TIMEOUT_SECS,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_UPLOAD_TIMEOUT_SECS))]
     pub upload_timeout: u64,
 
     /// Memory, in MiB, for received file content waiting to be written to disk.
     ///
     /// Shared by all uploads: each takes up to 1 MiB while it streams and keeps it
     /// between packets. Beyond it
-    /// an upload gets 16 KiB: same result, more and smaller writes.
+    /// an upload gets 16 KiB: same result, more and smaller writes. 1 to 1048576 (1 TiB).
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_UPLOAD_BUFFERS_MIB,
-          value_parser = parse_positive_usize)]
+          value_parser = usize_in(1, MAX_UPLOAD_BUFFERS_MIB))]
     pub upload_buffers: usize,
 
     /// Most unfinished uploads at once, all clients together.
     ///
     /// A client that starts one more gets an error (1607) and the server logs a warning.
-    /// An unfinished upload holds no open file between packets.
+    /// An unfinished upload holds no open file between packets. 1 to 1000000.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UPLOADS,
-          value_parser = parse_positive_usize)]
+          value_parser = usize_in(1, MAX_UPLOADS_LIMIT))]
     pub max_uploads: usize,
 
     /// Most unfinished uploads at once from one IP address (an IPv6 /64 counts as one).
     ///
     /// A client that starts one more gets an error (1607) and the server logs a warning.
+    /// 1 to 1000000.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UPLOADS_PER_ADDRESS,
-          value_parser = parse_positive_usize)]
+          value_parser = usize_in(1, MAX_UPLOADS_LIMIT))]
     pub max_uploads_per_address: usize,
 
     /// Encrypt connections with TLS using this certificate (needs --tls-key).
@@ -176,12 +190,14 @@ pub struct Cli {
     /// password off the command line; the flag wins. Received files stay in the data
     /// folder.
     #[arg(long, global = true, value_name = "URL", env = "SFC_DATABASE_URL",
-          hide_env_values = true, value_parser = PostgresUrl::parse)]
+          hide_env_values = true, value_parser = DatabaseUrlParser)]
     pub database: Option<PostgresUrl>,
 
     /// Connections to the --database PostgreSQL server that this server keeps at most.
+    ///
+    /// 1 to 1000.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_DATABASE_POOL,
-          value_parser = parse_positive_usize)]
+          value_parser = usize_in(1, MAX_DATABASE_POOL))]
     pub database_pool: usize,
 
     /// Behind a balancer: read the client's address from a PROXY header (v1/v2).
@@ -278,11 +294,65 @@ pub fn log_filter(
     }
 }
 
-fn parse_positive_usize(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(error) => Err(error.to_string()),
+/// A count from `min` to `max`, refused by clap as out of range beyond (exit 2): an
+/// unbounded count overflows or panics where it is used (a semaphore, a pool, a sum).
+fn usize_in(min: usize, max: usize) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(min as u64..=max as u64)
+}
+
+/// `--database`'s parser: [`PostgresUrl::parse`], refusing a URL in clap's usual way
+/// (exit 2) but naming it redacted. clap's wrapper for a plain parsing function would
+/// quote the whole value, password included, in "invalid value '…'", whether it came
+/// from the flag or SFC_DATABASE_URL. Checked here rather than after parsing so that the
+/// admin views and the server alike stop with clap's exit code.
+#[derive(Clone, Copy, Debug)]
+struct DatabaseUrlParser;
+
+impl clap::builder::TypedValueParser for DatabaseUrlParser {
+    type Value = PostgresUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<PostgresUrl, clap::Error> {
+        self.parse_ref_(cmd, arg, value, ValueSource::CommandLine)
+    }
+
+    fn parse_ref_(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+        source: ValueSource,
+    ) -> Result<PostgresUrl, clap::Error> {
+        let text = value.to_string_lossy();
+        let reason = match value.to_str() {
+            Some(text) => match PostgresUrl::parse(text) {
+                Ok(url) => return Ok(url),
+                Err(reason) => reason,
+            },
+            None => "not valid UTF-8".into(),
+        };
+        let arg = arg.map_or_else(|| "--database".to_owned(), ToString::to_string);
+        let from = match source {
+            ValueSource::EnvVariable => format!(" (from {DATABASE_URL_ENV})"),
+            _ => String::new(),
+        };
+        let shown = redact_postgres_url(&text);
+        let message = format!("invalid value '{shown}' for '{arg}'{from}: {reason}");
+        Err(cmd.clone().error(ErrorKind::ValueValidation, message))
+    }
+
+    fn parse_(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: std::ffi::OsString,
+        source: ValueSource,
+    ) -> Result<PostgresUrl, clap::Error> {
+        self.parse_ref_(cmd, arg, &value, source)
     }
 }
 
@@ -702,6 +772,131 @@ mod tests {
         assert!(Cli::try_parse_from(["sfc-server", "--tls-cert", "c.pem"]).is_err());
         assert!(Cli::try_parse_from(["sfc-server", "--tls-key", "k.pem"]).is_err());
         assert!(Cli::try_parse_from(["sfc-server", "--fail-burst", "0"]).is_err());
+    }
+
+    #[test]
+    fn numeric_options_take_their_maximum_and_refuse_one_more() {
+        let parse = |option: &str, value: u64| {
+            Cli::try_parse_from(["sfc-server", "--port", "1", option, &value.to_string()])
+        };
+        let count = |n: usize| n as u64;
+        for (option, max) in [
+            ("--idle-timeout", MAX_IDLE_TIMEOUT_SECS),
+            ("--request-timeout", MAX_REQUEST_TIMEOUT_SECS),
+            ("--shutdown-grace", MAX_SHUTDOWN_GRACE_SECS),
+            ("--upload-timeout", MAX_UPLOAD_TIMEOUT_SECS),
+            ("--max-connections", count(MAX_CONNECTIONS_LIMIT)),
+            (
+                "--max-connections-per-address",
+                count(MAX_CONNECTIONS_LIMIT),
+            ),
+            ("--upload-buffers", count(MAX_UPLOAD_BUFFERS_MIB)),
+            ("--max-uploads", count(MAX_UPLOADS_LIMIT)),
+            ("--max-uploads-per-address", count(MAX_UPLOADS_LIMIT)),
+            ("--database-pool", count(MAX_DATABASE_POOL)),
+        ] {
+            let cli = parse(option, max).unwrap_or_else(|e| panic!("{option} {max}: {e}"));
+            cli.server_config().unwrap();
+            for beyond in [max + 1, u64::MAX] {
+                let error = parse(option, beyond).unwrap_err();
+                assert_eq!(
+                    error.kind(),
+                    ErrorKind::ValueValidation,
+                    "{option} {beyond}"
+                );
+                assert_eq!(error.exit_code(), 2);
+                let text = error.to_string();
+                assert!(text.contains("is not in"), "{text}");
+            }
+        }
+        let config = Cli::try_parse_from([
+            "sfc-server",
+            "--port",
+            "1",
+            "--idle-timeout",
+            "86400",
+            "--request-timeout",
+            "86400",
+            "--shutdown-grace",
+            "3600",
+            "--upload-timeout",
+            "604800",
+            "--upload-buffers",
+            "1048576",
+        ])
+        .unwrap()
+        .server_config()
+        .unwrap();
+        assert_eq!(config.idle_timeout, Duration::from_secs(86_400));
+        assert_eq!(config.request_timeout, Duration::from_secs(86_400));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(3600));
+        assert_eq!(config.upload_timeout, Duration::from_secs(604_800));
+        assert_eq!(config.upload_buffers, 1 << 40);
+        // The largest time-outs still fit where they are added to the clock.
+        let now = std::time::Instant::now();
+        for timeout in [
+            config.idle_timeout,
+            config.request_timeout,
+            config.shutdown_grace,
+        ] {
+            assert!(now.checked_add(timeout).is_some());
+        }
+        // The smallest: 0 only where it means something.
+        assert!(parse("--shutdown-grace", 0).is_ok());
+        assert!(parse("--max-connections-per-address", 0).is_ok());
+        for option in [
+            "--idle-timeout",
+            "--request-timeout",
+            "--upload-timeout",
+            "--max-connections",
+            "--upload-buffers",
+            "--max-uploads",
+            "--max-uploads-per-address",
+            "--database-pool",
+        ] {
+            assert!(parse(option, 0).is_err(), "{option} 0");
+        }
+    }
+
+    #[test]
+    fn an_invalid_database_url_is_refused_without_showing_its_password() {
+        for (url, shown, reason) in [
+            (
+                "postgres://sfc:s3cret@db/sfc?sslmode=require",
+                "'postgres://sfc@db/sfc?sslmode=require'",
+                "this server does not speak TLS to PostgreSQL",
+            ),
+            (
+                "postgres://sfc:s3cret@db/sfc?sslmode=verify-full",
+                "'postgres://sfc@db/sfc?sslmode=verify-full'",
+                "invalid value for option `sslmode`",
+            ),
+            (
+                "postgres://sfc:s3cret@db:notaport/sfc",
+                "'postgres://sfc@db:…'",
+                "invalid value for option `port`",
+            ),
+            (
+                "postgresql://db/sfc?password=s3cret&sslmode=require",
+                "'postgresql://db/sfc?password=…&sslmode=require'",
+                "sslmode=require",
+            ),
+            (
+                "postgres://sfc:s3cret@db/sfc?passwrd=s3cret",
+                "'postgres://sfc@db/sfc?passwrd=…'",
+                "unknown option `passwrd`",
+            ),
+            ("sqlite:s3cret", "'(not shown)'", "takes a postgres:// URL"),
+        ] {
+            let error = Cli::try_parse_from(["sfc-server", "--database", url]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{url}");
+            assert_eq!(error.exit_code(), 2);
+            let text = error.to_string();
+            assert!(!text.contains("s3cret"), "{text}");
+            assert!(text.contains(shown), "{shown} in {text}");
+            assert!(text.contains("'--database <URL>'"), "{text}");
+            assert!(text.contains(reason), "{reason} in {text}");
+        }
     }
 
     impl Cli {

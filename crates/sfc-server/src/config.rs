@@ -49,6 +49,34 @@ pub const DEFAULT_FAIL_RATE: u32 = 120;
 pub const DEFAULT_FAIL_BURST: u32 = 300;
 /// Default of `--database-pool`: connections to PostgreSQL per server process.
 pub const DEFAULT_DATABASE_POOL: usize = 16;
+// The command line's maxima. Every value below them is safe where it is used: a time-out
+// is added to `Instant::now()` (which panics past what the clock can hold) and armed as
+// a tokio timer (about two years at most), counts size semaphores and pools.
+
+/// Largest `--idle-timeout`, seconds (one day): a silent connection holds one of
+/// `--max-connections`; longer is never closing it.
+pub const MAX_IDLE_TIMEOUT_SECS: u64 = 24 * 3600;
+/// Largest `--request-timeout`, seconds (one day): 64 KiB a day is no rate at all.
+pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
+/// Largest `--shutdown-grace`, seconds (one hour): service managers kill a stop long
+/// before (systemd after 90 s by default).
+pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 3600;
+/// Largest `--upload-timeout`, seconds (one week): a paused upload keeps its temporary
+/// file and a `--max-uploads` slot; a week covers a client away over a weekend.
+pub const MAX_UPLOAD_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// Largest `--max-connections` and `--max-connections-per-address`: each connection is
+/// a file descriptor, and Linux allows a process 1,048,576 at most by default
+/// (`fs.nr_open`). Also far below what tokio's semaphore takes (`usize::MAX >> 3`).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+/// Largest `--upload-buffers`, MiB (1 TiB): more memory than a server has; in bytes it
+/// stays far inside a `usize`.
+pub const MAX_UPLOAD_BUFFERS_MIB: usize = 1 << 20;
+/// Largest `--max-uploads` and `--max-uploads-per-address`: each unfinished upload has a
+/// temporary file.
+pub const MAX_UPLOADS_LIMIT: usize = 1_000_000;
+/// Largest `--database-pool`: PostgreSQL allows 100 connections by default, and each
+/// costs it a process.
+pub const MAX_DATABASE_POOL: usize = 1000;
 /// Environment variable read for `--database` (so that a password need not sit on a
 /// command line, where `ps` shows it).
 pub const DATABASE_URL_ENV: &str = "SFC_DATABASE_URL";
@@ -288,9 +316,20 @@ impl PostgresUrl {
         }
         let config: tokio_postgres::Config = url
             .parse()
-            .map_err(|error| format!("invalid PostgreSQL URL: {error}"))?;
+            .map_err(|error| format!("invalid PostgreSQL URL: {}", redact_reason(&error)))?;
         if config.get_hosts().is_empty() {
             return Err("the PostgreSQL URL names no host".into());
+        }
+        // The driver ends the user and password at the first '@': a second one (a raw '@'
+        // in the password) would make the rest of the password part of the host name,
+        // which the log shows.
+        let raw_at = config.get_hosts().iter().any(
+            |host| matches!(host, tokio_postgres::config::Host::Tcp(name) if name.contains('@')),
+        );
+        if raw_at {
+            return Err("the PostgreSQL URL has more than one '@' before the host \
+                        (write an '@' in the password as %40)"
+                .into());
         }
         if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
             return Err(
@@ -315,6 +354,167 @@ impl PostgresUrl {
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
     }
+}
+
+/// The driver's reason for refusing a URL (with its cause, which its `Display` leaves
+/// out), without parts of the URL: its only message that quotes the URL is "unknown
+/// option `NAME`", and NAME may be the tail of a value with a raw '&' (a password), so it
+/// is shown only when it looks like an option name.
+fn redact_reason(error: &tokio_postgres::Error) -> String {
+    let text = match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    };
+    match text.split_once("unknown option `") {
+        Some((head, rest)) => {
+            let name = rest.split('`').next().unwrap_or("");
+            if is_option_name(name) {
+                text
+            } else {
+                format!("{head}an unknown option (write '&' and '=' in a value as %26 and %3D)")
+            }
+        }
+        None => text,
+    }
+}
+
+/// Whether `text` looks like a libpq option name (`sslmode`, `connect_timeout`, …).
+fn is_option_name(text: &str) -> bool {
+    (1..=40).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+/// Options whose values [`redact_postgres_url`] shows: none of them holds a secret.
+const PLAIN_OPTIONS: [&str; 11] = [
+    "sslmode",
+    "sslnegotiation",
+    "channel_binding",
+    "target_session_attrs",
+    "load_balance_hosts",
+    "connect_timeout",
+    "port",
+    "host",
+    "hostaddr",
+    "dbname",
+    "user",
+];
+
+/// `text`, a `--database` value that may not parse, in a form fit for an error message:
+/// no password and no option values but those in [`PLAIN_OPTIONS`] (e.g.
+/// `postgres://sfc@db/files?sslmode=require&password=…`). From the first part that might
+/// hold a password on (a port that is not a number: `postgres://sfc:s3cret` lacks its
+/// `@host`), nothing more is shown ("…"); a value that is not a postgres:// URL is not
+/// shown at all (it might be a libpq "key=value" string with a password).
+pub fn redact_postgres_url(text: &str) -> String {
+    let Some((scheme, rest)) = ["postgres://", "postgresql://"]
+        .into_iter()
+        .find_map(|scheme| Some((scheme, text.strip_prefix(scheme)?)))
+    else {
+        return "(not shown)".into();
+    };
+    let mut shown = String::from(scheme);
+    match redact_url_rest(rest, &mut shown) {
+        Some(()) => shown,
+        None => shown + "…",
+    }
+}
+
+/// Appends to `shown` what may be shown of `rest` (a URL after its scheme); `None`
+/// where it stopped.
+fn redact_url_rest(rest: &str, shown: &mut String) -> Option<()> {
+    let name_like = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_%".contains(&b))
+    };
+    let (main, query) = match rest.split_once('?') {
+        Some((main, query)) => (main, Some(query)),
+        None => (rest, None),
+    };
+    // The driver ends the password at the first '@', even past a '?': an '@' there
+    // leaves it unclear where the password ends.
+    if query.is_some_and(|query| query.contains('@')) {
+        return None;
+    }
+    // A raw '@' in the password: the last '@' ends it.
+    let address = match main.rsplit_once('@') {
+        Some((credentials, address)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            if !user.is_empty() && !name_like(user) {
+                return None;
+            }
+            shown.push_str(user);
+            shown.push('@');
+            address
+        }
+        None => main,
+    };
+    let (hosts, database) = match address.split_once('/') {
+        Some((hosts, database)) => (hosts, Some(database)),
+        None => (address, None),
+    };
+    // `postgres:///db` names no host: PostgresUrl::parse says so.
+    let chunks = hosts.split(',').filter(|_| !hosts.is_empty());
+    for (i, chunk) in chunks.enumerate() {
+        if i > 0 {
+            shown.push(',');
+        }
+        let (host, port) = match chunk.strip_prefix('[') {
+            Some(inner) => {
+                let (ip, after) = inner.split_once(']')?;
+                let ip_like = ip
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b":.%".contains(&b));
+                if !ip_like || !(after.is_empty() || after.starts_with(':')) {
+                    return None;
+                }
+                (&chunk[..ip.len() + 2], after.strip_prefix(':'))
+            }
+            None => match chunk.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (chunk, None),
+            },
+        };
+        if !(host.starts_with('[') || name_like(host)) {
+            return None;
+        }
+        shown.push_str(host);
+        if let Some(port) = port {
+            shown.push(':');
+            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            shown.push_str(port);
+        }
+    }
+    if let Some(database) = database {
+        shown.push('/');
+        if !(database.is_empty() || name_like(database)) {
+            return None;
+        }
+        shown.push_str(database);
+    }
+    if let Some(query) = query {
+        shown.push('?');
+        for (i, option) in query.split('&').enumerate() {
+            if i > 0 {
+                shown.push('&');
+            }
+            // An option without '=' may be the tail of a value with a raw '&'.
+            let (key, value) = option.split_once('=')?;
+            if !is_option_name(key) {
+                return None;
+            }
+            shown.push_str(key);
+            shown.push('=');
+            if PLAIN_OPTIONS.contains(&key) && name_like(value) {
+                shown.push_str(value);
+            } else {
+                shown.push('…');
+            }
+        }
+    }
+    Some(())
 }
 
 impl PartialEq for PostgresUrl {
@@ -510,8 +710,55 @@ mod tests {
             "postgres://db:notaport/x",
             "postgres:///x",
             "postgres://db/x?sslmode=require",
+            "postgres://u:s3c@ret@db/x",
         ] {
-            assert!(PostgresUrl::parse(bad).is_err(), "{bad}");
+            let reason = PostgresUrl::parse(bad).unwrap_err();
+            assert!(
+                !reason.contains("s3c") && !reason.contains("ret"),
+                "{reason}"
+            );
+        }
+        // An '@' in the password written as %40 is fine.
+        let url = PostgresUrl::parse("postgres://u:s3c%40ret@db/x").unwrap();
+        assert_eq!(url.to_string(), "postgres://u@db:5432/x");
+        // The driver's reasons keep their cause but not a name that may be a password's.
+        let reason = PostgresUrl::parse("postgres://db/x?sslmod=disable").unwrap_err();
+        assert!(reason.contains("unknown option `sslmod`"), "{reason}");
+        let reason = PostgresUrl::parse("postgres://db/x?password=a&s3cret&b=1").unwrap_err();
+        assert!(reason.contains("an unknown option") && !reason.contains("s3cret"));
+    }
+
+    #[test]
+    fn redacted_database_urls_show_no_password() {
+        for (url, shown) in [
+            ("postgres://sfc:s3cret@db/sfc", "postgres://sfc@db/sfc"),
+            (
+                "postgresql://sfc:s3cret@db:5433/sfc?sslmode=require",
+                "postgresql://sfc@db:5433/sfc?sslmode=require",
+            ),
+            (
+                "postgres://db/x?password=s3cret&connect_timeout=5",
+                "postgres://db/x?password=…&connect_timeout=5",
+            ),
+            (
+                "postgres://u:s3cret@[::1]:5432,h2/x",
+                "postgres://u@[::1]:5432,h2/x",
+            ),
+            ("postgres:///x", "postgres:///x"),
+            // Where the password ends is unclear: nothing more is shown.
+            ("postgres://sfc:s3cret", "postgres://sfc:…"),
+            ("postgres://sfc:s3cret/x", "postgres://sfc:…"),
+            ("postgres://sfc:s3c@ret@db/x", "postgres://sfc@db/x"),
+            ("postgres://sfc:s3c?ret@db/x", "postgres://…"),
+            ("postgres://db/x?password=s3c@ret", "postgres://…"),
+            (
+                "postgres://db/x?password=s3c&ret",
+                "postgres://db/x?password=…&…",
+            ),
+            ("postgres://s3c/ret:x@db/x", "postgres://…"),
+            ("host=db password=s3cret", "(not shown)"),
+        ] {
+            assert_eq!(redact_postgres_url(url), shown, "{url}");
         }
     }
 }

@@ -221,3 +221,113 @@ fn short_help_is_one_line_per_option_in_a_users_words() {
     }
     assert!(help.contains("--database <URL>"), "{help}");
 }
+
+/// An invalid --database or SFC_DATABASE_URL is a usage error (exit 2, as clap's own)
+/// whose message names the URL without its password: the journal keeps stderr.
+#[test]
+fn an_invalid_database_url_is_a_usage_error_that_does_not_print_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for url in [
+        "postgres://sfc:s3cret@db/sfc?sslmode=require",
+        "postgres://sfc:s3cret@db/sfc?sslmode=verify-full",
+        "postgres://sfc:s3cret@db:notaport/sfc",
+        "postgresql://db/sfc?password=s3cret&sslmode=require",
+    ] {
+        let from_env = Command::new(BIN)
+            .args(["--data-dir", d, "--port", "0"])
+            .env("SFC_DATABASE_URL", url)
+            .output()
+            .unwrap();
+        let from_flag = Command::new(BIN)
+            .args(["--data-dir", d, "--port", "0", "--database", url])
+            .env_remove("SFC_DATABASE_URL")
+            .output()
+            .unwrap();
+        // An admin view reads it too.
+        let admin_view = Command::new(BIN)
+            .args(["files", "--data-dir", d])
+            .env("SFC_DATABASE_URL", url)
+            .output()
+            .unwrap();
+        for (source, out) in [
+            ("SFC_DATABASE_URL", from_env),
+            ("--database", from_flag),
+            ("files", admin_view),
+        ] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{source} {url}: {stderr}");
+            assert!(!stderr.contains("s3cret"), "{source} {url}: {stderr}");
+            assert!(
+                stderr.contains("invalid value 'postgres")
+                    && stderr.contains("for '--database <URL>'")
+                    && (stderr.contains("sslmode") || stderr.contains("port")),
+                "{source} {url}: {stderr}"
+            );
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["--data-dir", d, "--port", "0"])
+        .env(
+            "SFC_DATABASE_URL",
+            "postgres://sfc:s3cret@db/sfc?sslmode=require",
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'postgres://sfc@db/sfc?sslmode=require'")
+            && stderr.contains("(from SFC_DATABASE_URL)")
+            && stderr.contains("does not speak TLS to PostgreSQL"),
+        "{stderr}"
+    );
+}
+
+/// The largest --idle-timeout and --request-timeout are armed on every connection (added
+/// to the clock): a connection with them is served as usual.
+#[test]
+fn the_largest_time_outs_serve_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let max = sfc_server::config::MAX_IDLE_TIMEOUT_SECS.to_string();
+    let max_request = sfc_server::config::MAX_REQUEST_TIMEOUT_SECS.to_string();
+    let mut server = ServerProcess::start(&[
+        "--data-dir",
+        d,
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--idle-timeout",
+        &max,
+        "--request-timeout",
+        &max_request,
+    ]);
+    let mut conn = Conn::connect(server.listening_addr());
+    let (id, _key) = enroll(&mut conn, "patient-user");
+    assert!(server.wait_for("code=826").is_some());
+    drop(conn);
+    assert!(server.terminate().success());
+    let out = Command::new(BIN)
+        .args(["clients", "--json", "--data-dir", d])
+        .output()
+        .unwrap();
+    let clients: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(clients[0]["id"], id.to_hex());
+    // One more is a usage error, not a server whose every connection panics (a server
+    // that starts anyway is stopped when `server` is dropped).
+    for option in ["--idle-timeout", "--request-timeout"] {
+        let mut server = ServerProcess::start(&[
+            "--data-dir",
+            d,
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            option,
+            "86401",
+        ]);
+        assert!(server.wait_for("is not in 1..=86400").is_some(), "{option}");
+        assert_eq!(server.child.wait().unwrap().code(), Some(2));
+    }
+}
