@@ -291,18 +291,10 @@ fn the_largest_time_outs_serve_a_connection() {
     let d = dir.path().to_str().unwrap();
     let max = sfc_server::config::MAX_IDLE_TIMEOUT_SECS.to_string();
     let max_request = sfc_server::config::MAX_REQUEST_TIMEOUT_SECS.to_string();
-    let mut server = ServerProcess::start(&[
-        "--data-dir",
+    let mut server = ServerProcess::start_local(
         d,
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--idle-timeout",
-        &max,
-        "--request-timeout",
-        &max_request,
-    ]);
+        &["--idle-timeout", &max, "--request-timeout", &max_request],
+    );
     let mut conn = Conn::connect(server.listening_addr());
     let (id, _key) = enroll(&mut conn, "patient-user");
     assert!(server.wait_for("code=826").is_some());
@@ -317,16 +309,7 @@ fn the_largest_time_outs_serve_a_connection() {
     // One more is a usage error, not a server whose every connection panics (a server
     // that starts anyway is stopped when `server` is dropped).
     for option in ["--idle-timeout", "--request-timeout"] {
-        let mut server = ServerProcess::start(&[
-            "--data-dir",
-            d,
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            option,
-            "86401",
-        ]);
+        let mut server = ServerProcess::start_local(d, &[option, "86401"]);
         assert!(server.wait_for("is not in 1..=86400").is_some(), "{option}");
         assert_eq!(server.child.wait().unwrap().code(), Some(2));
     }

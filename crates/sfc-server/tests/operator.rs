@@ -235,16 +235,7 @@ fn port_info_with_0_is_a_warning() {
 fn refused_connections_are_logged_once_per_address_with_a_count() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let mut server = ServerProcess::start(&[
-        "--data-dir",
-        d,
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--max-connections-per-address",
-        "1",
-    ]);
+    let mut server = ServerProcess::start_local(d, &["--max-connections-per-address", "1"]);
     let addr = server.listening_addr();
     let mut held = Conn::connect(addr);
     enroll(&mut held, "holder");

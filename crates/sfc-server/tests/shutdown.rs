@@ -20,16 +20,7 @@ fn sigterm_lets_running_uploads_finish_within_the_grace_and_cuts_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let grace = GRACE_SECS.to_string();
-    let mut server = ServerProcess::start(&[
-        "--data-dir",
-        d,
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--shutdown-grace",
-        &grace,
-    ]);
+    let mut server = ServerProcess::start_local(d, &["--shutdown-grace", &grace]);
     let addr = server.listening_addr();
 
     // Finishing: 64 packets, half of them sent before SIGTERM.
@@ -155,18 +146,10 @@ fn a_slow_admin_request_and_a_stalled_upload_share_one_grace_period() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let grace = GRACE_SECS.to_string();
-    let mut server = ServerProcess::start(&[
-        "--data-dir",
+    let mut server = ServerProcess::start_local(
         d,
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--shutdown-grace",
-        &grace,
-    ]);
+        &["--admin-listen", "127.0.0.1:0", "--shutdown-grace", &grace],
+    );
     let addr = server.listening_addr();
     let admin_line = server
         .wait_for("admin listener on http://")

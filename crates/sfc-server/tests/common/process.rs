@@ -53,6 +53,13 @@ impl ServerProcess {
         Self::spawn(command)
     }
 
+    /// Spawns the binary on `data_dir`, on a free port of 127.0.0.1, with `extra` options.
+    pub fn start_local(data_dir: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--data-dir", data_dir, "--port", "0", "--bind", "127.0.0.1"];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
     /// Waits up to 20 s for a stderr line containing `needle` (also among lines already
     /// seen); returns it.
     pub fn wait_for(&mut self, needle: &str) -> Option<String> {
