@@ -687,6 +687,11 @@ fn a_closed_connection_between_packets_ends_the_upload_of_a_client_that_kept_it(
         conn.call(&register_request("sync")),
         Response::Registered { .. }
     ));
+    // Half-close and wait for the server's end of the connection: the server closes it
+    // only after dropping the connection's uploads, so packet 2 below cannot reach the
+    // upload first, whatever the store (in S3 no local temporary file shows the drop).
+    conn.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = std::io::Read::read_to_end(&mut conn.stream, &mut Vec::new());
     drop(conn);
     // Packet 1 came on a connection that had served requests before: the upload ends
     // with that connection (rule S10), its temporary file removed.
