@@ -55,7 +55,7 @@ pub mod testing {
     pub use crate::storage::names::disk_name;
     pub use crate::storage::testing::{
         check_contract, check_open_reads_back, check_remove_client, Faults, FaultyBlobs,
-        FaultyMeta, MemoryStorage,
+        FaultyMeta, Gate, MemoryStorage,
     };
     pub use crate::testing_doubles::{CountingEntropy, OpenDoors};
 

@@ -7,90 +7,12 @@
 mod common;
 
 use common::*;
-use sfc_proto::ClientId;
 use sfc_proto::Response;
-use sfc_server::testing::MemoryStorage;
-use sfc_server::{
-    ClientRecord, FileRecord, Inserted, MetaStore, RunningServer, Storage, StoreError, Timestamp,
-};
+use sfc_server::testing::{Faults, FaultyMeta, MemoryStorage};
+use sfc_server::{RunningServer, Storage};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
-
-/// A metadata store whose first `files()` (read by recovery at start-up) reports that it
-/// started, then waits until the test lets it go on: a recovery that takes its time.
-#[derive(Debug)]
-struct SlowRecovery<M> {
-    inner: M,
-    /// Taken by the first `files()`: where to report, and the gate to wait on.
-    hold: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
-}
-
-impl<M: MetaStore> MetaStore for SlowRecovery<M> {
-    fn client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
-        self.inner.client(id)
-    }
-    fn insert_client(
-        &self,
-        id: &ClientId,
-        name: &str,
-        now: Timestamp,
-    ) -> Result<Inserted, StoreError> {
-        self.inner.insert_client(id, name, now)
-    }
-    fn set_keys(
-        &self,
-        id: &ClientId,
-        public_key: Option<&[u8]>,
-        aes_key: &[u8],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.inner.set_keys(id, public_key, aes_key, now)
-    }
-    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
-        self.inner.put_file(file, now)
-    }
-    fn set_verified(
-        &self,
-        id: &ClientId,
-        file_name: &str,
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        self.inner.set_verified(id, file_name, now)
-    }
-    fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
-        self.inner.file(id, file_name)
-    }
-    fn remove_file(
-        &self,
-        id: &ClientId,
-        file_name: &str,
-        seen: Option<Timestamp>,
-    ) -> Result<Option<FileRecord>, StoreError> {
-        self.inner.remove_file(id, file_name, seen)
-    }
-    fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError> {
-        self.inner.remove_client(id)
-    }
-    fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError> {
-        self.inner.touch(seen)
-    }
-    fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        self.inner.clients()
-    }
-    fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
-        let hold = self.hold.lock().unwrap().take();
-        if let Some((started, gate)) = hold {
-            let _ = started.send(());
-            let _ = gate.recv();
-        }
-        self.inner.files()
-    }
-    fn close(&self) -> Result<(), StoreError> {
-        self.inner.close()
-    }
-}
 
 /// A port free on 127.0.0.1 a moment ago: the server's address must be known before
 /// `start_with` returns (it returns only once the server is ready).
@@ -106,22 +28,21 @@ fn the_port_refuses_connections_until_recovery_is_over() {
     let mut config = config_for(dir.path());
     config.bind = free_addr();
     let addr = config.bind;
-    let (started_tx, started) = mpsc::channel();
-    let (go_on, gate) = mpsc::channel();
+    // Recovery reads the files, and takes its time: the listing waits at the gate.
+    let faults = Arc::new(Faults::default());
+    faults.listing_gate.hold_next();
     let memory = MemoryStorage::new();
     let storage = Storage {
-        meta: Box::new(SlowRecovery {
-            inner: memory.meta(),
-            hold: Mutex::new(Some((started_tx, gate))),
-        }),
+        meta: Box::new(FaultyMeta::new(memory.meta(), Arc::clone(&faults))),
         blobs: Box::new(memory.blobs()),
         lock: None,
     };
     let starting = std::thread::spawn(move || RunningServer::start_with(config, storage));
 
-    started
-        .recv_timeout(Duration::from_secs(20))
-        .expect("recovery reads the files");
+    assert!(
+        faults.listing_gate.wait_arrived(Duration::from_secs(20)),
+        "recovery reads the files"
+    );
     // The port is bound (a second server could not take it) but not listening: the
     // kernel answers with a reset, not a completed handshake.
     for _ in 0..3 {
@@ -137,7 +58,7 @@ fn the_port_refuses_connections_until_recovery_is_over() {
     }
     assert!(!starting.is_finished(), "the server waits for recovery");
 
-    go_on.send(()).unwrap();
+    faults.listing_gate.open();
     let server = starting.join().unwrap().unwrap();
     assert_eq!(server.addr(), addr);
     // Ready: connections are accepted and served.

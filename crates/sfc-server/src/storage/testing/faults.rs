@@ -16,7 +16,11 @@
 //!   with an I/O error while writes still succeed (an fsync or rename error);
 //! - [`Faults::lose_file_commit_answers`] ([`FaultyMeta`] only): commits of `files` rows
 //!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
-//!   does; optionally the database is then down.
+//!   does; optionally the database is then down;
+//! - two [`Gate`]s ([`FaultyMeta`]/[`FaultyBlobs`] only): `listing_gate` holds the next
+//!   `files()` (start-up recovery reads it) and `persist_gate` the next move of a temporary
+//!   file into place, each until the test opens it: a slow recovery, a commit still
+//!   running when the server shuts down.
 
 use crate::storage::{
     BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
@@ -25,7 +29,8 @@ use crate::storage::{
 use sfc_proto::ClientId;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 /// Failure switches, shared by the stores they are given to.
 #[derive(Debug)]
@@ -46,6 +51,10 @@ pub struct Faults {
     db_budget: AtomicU64,
     /// Commits of `files` rows still allowed (`u64::MAX`: unlimited).
     file_budget: AtomicU64,
+    /// Holds the next `files()` of a [`FaultyMeta`].
+    pub listing_gate: Gate,
+    /// Holds the next move into place of a [`FaultyBlobs`] temporary file.
+    pub persist_gate: Gate,
 }
 
 impl Default for Faults {
@@ -59,7 +68,70 @@ impl Default for Faults {
             budget: AtomicU64::new(u64::MAX),
             db_budget: AtomicU64::new(u64::MAX),
             file_budget: AtomicU64::new(u64::MAX),
+            listing_gate: Gate::default(),
+            persist_gate: Gate::default(),
         }
+    }
+}
+
+/// Holds one store call until the test lets it go on: [`Gate::hold_next`] arms it, the
+/// next call through it reports that it arrived ([`Gate::wait_arrived`]) and waits until
+/// [`Gate::open`]. Calls pass freely while it is not armed.
+#[derive(Debug, Default)]
+pub struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    armed: bool,
+    arrived: bool,
+    open: bool,
+}
+
+impl Gate {
+    /// The next call through the gate waits for [`Gate::open`].
+    pub fn hold_next(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        *state = GateState {
+            armed: true,
+            ..GateState::default()
+        };
+    }
+
+    /// Waits until the held call has arrived; false if it did not within `timeout`.
+    pub fn wait_arrived(&self, timeout: Duration) -> bool {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |s| !s.arrived)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.arrived
+    }
+
+    /// Lets the held call (or the next one, if none has arrived yet) go on.
+    pub fn open(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open = true;
+        self.changed.notify_all();
+    }
+
+    /// Called by the store: waits here if the gate is armed.
+    fn pass(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.armed {
+            return;
+        }
+        state.armed = false;
+        state.arrived = true;
+        self.changed.notify_all();
+        let _open = self
+            .changed
+            .wait_while(state, |s| !s.open)
+            .unwrap_or_else(PoisonError::into_inner);
     }
 }
 
@@ -278,6 +350,7 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
         self.inner.clients()
     }
     fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
+        self.faults.listing_gate.pass();
         self.inner.files()
     }
     fn close(&self) -> Result<(), StoreError> {
@@ -286,8 +359,8 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
 }
 
 /// A [`BlobStore`] whose temporary files fail with `ENOSPC` while
-/// [`Faults::disk_full`] is on, and cannot be moved into place while
-/// [`Faults::persist_fails`] is.
+/// [`Faults::disk_full`] is on, cannot be moved into place while
+/// [`Faults::persist_fails`] is, and wait at [`Faults::persist_gate`] before they are.
 #[derive(Debug)]
 pub struct FaultyBlobs<B> {
     inner: B,
@@ -343,10 +416,12 @@ impl TempBlob for FaultyTemp {
         self.inner.suspend()
     }
     fn persist(self: Box<Self>) -> io::Result<String> {
+        self.faults.persist_gate.pass();
         self.faults.persist()?;
         self.inner.persist()
     }
     fn persist_undoable(self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
+        self.faults.persist_gate.pass();
         self.faults.persist()?;
         self.inner.persist_undoable()
     }

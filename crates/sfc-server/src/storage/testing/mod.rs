@@ -6,7 +6,7 @@
 mod faults;
 mod memory;
 
-pub use faults::{Faults, FaultyBlobs, FaultyMeta};
+pub use faults::{Faults, FaultyBlobs, FaultyMeta, Gate};
 pub use memory::MemoryStorage;
 mod contract;
 
