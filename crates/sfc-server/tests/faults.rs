@@ -380,3 +380,84 @@ fn a_real_write_error_from_the_os_gives_1607_and_keeps_what_is_stored() {
     store(&mut conn, id, &key, "g.bin", &v2);
     assert!(server.terminate().success());
 }
+
+/// A file still being moved into place when the shutdown's grace period ends keeps the
+/// data folder locked until that job is done: a second server taking the folder meanwhile
+/// would clean it up (remove the file, or the backup an undo needs) under the job.
+#[test]
+fn the_data_folder_stays_locked_until_a_cut_storage_job_is_done() {
+    use std::time::{Duration, Instant};
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.shutdown_grace = Duration::from_millis(200);
+    let switches = Arc::new(Faults::default());
+    // The standard storage's lock, in front of stores with fault switches.
+    let Storage { meta, blobs, lock } = Storage::open(&config).unwrap();
+    drop((meta, blobs));
+    let storage = Storage {
+        meta: Box::new(FaultyMeta::new(
+            SqliteStore::open(&dir.path().join("defensive.db")).unwrap(),
+            switches.clone(),
+        )),
+        blobs: Box::new(FaultyBlobs::new(
+            LocalBlobStore::new(dir.path()),
+            switches.clone(),
+        )),
+        lock,
+    };
+    assert!(
+        lock_is_held(&config),
+        "the running server's storage holds the lock"
+    );
+    let server = RunningServer::start_with(config.clone(), storage).unwrap();
+    let mut conn = Conn::connect(server.addr());
+    let (id, key) = enroll(&mut conn, "cut");
+    let plain = data(5000, 4);
+    let cipher = encrypt(&key, &plain);
+    switches.persist_gate.hold_next();
+    for packet in packets(
+        id,
+        "cut.bin",
+        plain.len(),
+        &cipher,
+        5000,
+        ContentSize::Whole,
+    ) {
+        conn.send_raw(&packet);
+    }
+    assert!(
+        switches.persist_gate.wait_arrived(Duration::from_secs(20)),
+        "the last packet's job moves the file into place"
+    );
+
+    // The grace period ends with the job still held; the server stops without it.
+    server.stop();
+    assert!(
+        lock_is_held(&config),
+        "a storage job of the stopped server still runs: the folder stays locked"
+    );
+
+    switches.persist_gate.open();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lock_is_held(&config) {
+        assert!(
+            Instant::now() < deadline,
+            "the lock is released once the job is done"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether opening the standard storage on `config`'s data folder is refused because
+/// another server holds it.
+fn lock_is_held(config: &sfc_server::ServerConfig) -> bool {
+    match Storage::open(config) {
+        Ok(_) => false,
+        Err(error) => {
+            let text = format!("{error:#}");
+            assert!(text.contains("sfc-server.lock"), "{text}");
+            true
+        }
+    }
+}

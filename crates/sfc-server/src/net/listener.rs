@@ -11,7 +11,6 @@ use crate::net::monitor::Monitor;
 use crate::net::refusals::{RefusalLog, REFUSAL_LOG_INTERVAL};
 use crate::net::shutdown;
 use crate::session::Core;
-use crate::storage::fs::DataDirLock;
 use crate::storage::setup::{recover_at_start_up, Storage};
 use anyhow::Context;
 use std::future::Future;
@@ -86,9 +85,8 @@ pub struct Server {
     /// Metrics and live state, fed by the connections.
     monitor: Arc<Monitor>,
     /// The admin HTTP listener (`config.admin`), bound beside the protocol listener.
+    /// (The data folder's lock is the core's: see `Core::holding_folder`.)
     admin: Option<AdminServer>,
-    /// Held until the server is dropped.
-    _lock: Option<DataDirLock>,
 }
 
 impl Server {
@@ -127,7 +125,7 @@ impl Server {
         let limits = config.session_limits();
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
             recover_at_start_up(meta.as_ref(), blobs.as_ref())?;
-            Ok(Core::new(meta, blobs, limits, Box::new(OsEntropy)))
+            Ok(Core::new(meta, blobs, limits, Box::new(OsEntropy)).holding_folder(lock))
         })
         .await??;
         let core = Arc::new(core);
@@ -148,7 +146,6 @@ impl Server {
             tls,
             monitor,
             admin,
-            _lock: lock,
         })
     }
 
@@ -173,7 +170,6 @@ impl Server {
             tls,
             monitor,
             admin,
-            _lock: lock,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let admission = Admission::new(&config, &core, tls, &monitor, stop_rx.clone());
@@ -221,9 +217,9 @@ impl Server {
         drop(admission);
         let _ = stop_tx.send(true);
         let _ = refusal_lines.await;
+        // The data folder's lock goes with the core's last handle: here, or when the last
+        // storage job cut by the grace period is done.
         shutdown::shut_down(connections, admin, &config, deadline, housekeeping, core).await;
-        // Only now may another server take the folder.
-        drop(lock);
         Ok(())
     }
 }

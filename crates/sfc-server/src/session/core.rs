@@ -3,6 +3,7 @@
 
 use super::uploads::{BatchBudget, Progress, Registry};
 use super::{Ctx, Entropy, Limits, Outcome};
+use crate::storage::fs::DataDirLock;
 use crate::storage::{BlobStore, ClientRecord, Inserted, MetaStore, StoreError, Timestamp};
 use sfc_crypto::PublicKey;
 use sfc_proto::{
@@ -25,6 +26,11 @@ pub struct Core {
     pub(super) entropy: Box<dyn Entropy>,
     /// Serialises 826s, so that the key-pinning check and the key store are one step.
     pub(super) pin_lock: Mutex<()>,
+    /// The data folder's lock, released when the last handle on the core goes: a storage
+    /// job that outlives the shutdown's grace period (a file being moved into place, its
+    /// row committed or undone) holds the core, so no second server takes the folder and
+    /// cleans it up under that job. Last, so it goes after the stores are dropped.
+    folder_lock: Option<DataDirLock>,
 }
 
 /// What [`Core::admin_remove_client`] did.
@@ -69,7 +75,14 @@ impl Core {
             seen: Mutex::default(),
             pin_lock: Mutex::new(()),
             limits,
+            folder_lock: None,
         }
+    }
+
+    /// Holds `lock` for as long as the core lives (see `folder_lock`).
+    pub fn holding_folder(mut self, lock: Option<DataDirLock>) -> Self {
+        self.folder_lock = lock;
+        self
     }
 
     #[cfg(any(test, feature = "testing"))]
