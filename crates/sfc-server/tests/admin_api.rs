@@ -755,6 +755,48 @@ fn a_public_admin_address_needs_tls_or_an_explicit_insecure() {
     server.stop();
 }
 
+/// Like OpenSSH's StrictModes: a token file another user owns (that user chose the
+/// token) stops the server at start-up. Only root can hand a file to another uid, so
+/// the refusal is checked when the tests run as root (CI containers); the unit tests
+/// `net::admin_http::auth::tests::*owner*` cover the rule itself everywhere.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_token_file_owned_by_another_user_stops_the_start_up() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.token");
+    std::fs::write(&path, format!("{}\n", "t".repeat(40))).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut config = config_for(dir.path());
+    config.admin = Some(AdminConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        path.clone(),
+    ));
+    if std::fs::metadata(&path).unwrap().uid() != 0 {
+        // CI runs as root: there the test must run.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root"
+        );
+        eprintln!("not root: cannot hand the token file to another user; skipped");
+        return;
+    }
+    std::os::unix::fs::chown(&path, Some(4242), Some(4242)).unwrap();
+    let error = sfc_server::RunningServer::start(config.clone()).unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains(&path.display().to_string())
+            && message.contains("owned by uid 4242")
+            && message.contains("(uid 0)"),
+        "{message}"
+    );
+    // Handed back to the server's user, the same file is accepted.
+    std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+    let server = sfc_server::RunningServer::start(config).unwrap();
+    assert!(server.admin_addr().is_some());
+    server.stop();
+}
+
 #[test]
 fn readyz_and_the_storage_error_count_follow_the_database() {
     use sfc_server::testing::{Faults, FaultyBlobs, FaultyMeta};

@@ -47,7 +47,7 @@ pub(crate) fn authenticate(
         if same_secret(given.trim(), &state.token) {
             return Ok(Auth::Bearer);
         }
-        if state.sessions.blocked(peer.ip(), now) {
+        if state.failed_logins.blocked(peer.ip(), now) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed logins from this address; wait a minute",
@@ -71,7 +71,7 @@ pub(crate) fn authenticate(
 }
 
 pub(super) fn login_failed(state: &AdminState, peer: SocketAddr, why: &str) {
-    state.sessions.failed(peer.ip(), Instant::now());
+    state.failed_logins.failed(peer.ip(), Instant::now());
     state.monitor.admin_login_failed(peer, why);
     tracing::warn!(%peer, why, "admin: failed login");
 }

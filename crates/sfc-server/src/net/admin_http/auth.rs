@@ -2,12 +2,11 @@
 //! token when missing), given as `Authorization: Bearer` (the API, `/metrics`) or
 //! exchanged at the login form for a session cookie (`HttpOnly`, `SameSite=Strict`,
 //! `Secure` under TLS) that carries a CSRF token every action must echo. Failed logins
-//! are counted per address and refused for a while beyond [`LOGIN_FAILURES_PER_MINUTE`].
+//! are limited in `login_limit.rs`.
 
 use anyhow::Context;
 use std::collections::HashMap;
-use std::io::Write;
-use std::net::IpAddr;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -19,9 +18,6 @@ pub const COOKIE: &str = "sfc_admin";
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most (the oldest goes first).
 pub const MAX_SESSIONS: usize = 256;
-/// Failed logins (or wrong bearer tokens) one address may make per minute; beyond it
-/// every attempt gets 429 until the minute is over.
-pub const LOGIN_FAILURES_PER_MINUTE: u32 = 5;
 /// Shortest token accepted from a token file.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -38,11 +34,15 @@ pub fn random_token() -> String {
 }
 
 /// Reads the token from `path`, or creates the file (owner-only) with a random token
-/// and says where.
+/// and says where. An existing file is checked through the handle it is read from, so
+/// that it cannot be swapped between the check and the read.
 pub fn load_or_create_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let text = Zeroizing::new(text);
+    match std::fs::File::open(path) {
+        Ok(mut file) => {
+            keep_private(path, &file)?;
+            let mut text = Zeroizing::new(String::new());
+            file.read_to_string(&mut text)
+                .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
             let token = Zeroizing::new(text.trim().to_owned());
             if token.len() < MIN_TOKEN_LEN {
                 anyhow::bail!(
@@ -50,7 +50,6 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
                     path.display()
                 );
             }
-            keep_private(path)?;
             Ok(token)
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -76,18 +75,24 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
 }
 
 /// Whoever can read the token file is an administrator (every stored file, every
-/// client): a file others may read is made owner-only, as the database is at start-up;
-/// one the server cannot make so (another user's file) is refused.
-fn keep_private(path: &Path) -> anyhow::Result<()> {
+/// client), and whoever owns it chose the token: a file of another user is refused
+/// ([`check_token_file_owner`]); a file others may read is made owner-only, as the
+/// database is at start-up, and refused if the server cannot make it so.
+#[cfg_attr(not(unix), allow(unused_variables))]
+fn keep_private(path: &Path, file: &std::fs::File) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = file
+            .metadata()
             .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+        if let Some(effective_uid) = effective_uid() {
+            check_token_file_owner(path, meta.uid(), effective_uid)?;
+        }
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             let owner_only = std::fs::Permissions::from_mode(mode & 0o700);
-            std::fs::set_permissions(path, owner_only).with_context(|| {
+            file.set_permissions(owner_only).with_context(|| {
                 format!(
                     "the admin token file {} is open to other users (mode {:o}) and cannot be \
                      made owner-only; chmod 600 it (as its owner)",
@@ -99,6 +104,35 @@ fn keep_private(path: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Like OpenSSH's `StrictModes`: the token file must belong to the server's effective
+/// user or to root. Otherwise its owner (say, another local user planting a 0600 file
+/// for a server running as root) chose the token and could change it at any time.
+fn check_token_file_owner(path: &Path, file_uid: u32, effective_uid: u32) -> anyhow::Result<()> {
+    if file_uid == effective_uid || file_uid == 0 {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the admin token file {} is owned by uid {file_uid}, not by the server's user \
+         (uid {effective_uid}) or root: its owner chose the token; remove it (a new one is \
+         created) or chown it to uid {effective_uid}",
+        path.display()
+    )
+}
+
+/// The server's effective uid: rustix's `geteuid` (rustix is already a dependency on
+/// Linux) is a plain system call that cannot fail, unlike parsing `/proc/self/status`
+/// or reading the owner of a probe file (which needs a writable folder).
+#[cfg(target_os = "linux")]
+fn effective_uid() -> Option<u32> {
+    Some(rustix::process::geteuid().as_raw())
+}
+
+/// Elsewhere the owner is not checked (no safe `geteuid` among the dependencies).
+#[cfg(all(unix, not(target_os = "linux")))]
+fn effective_uid() -> Option<u32> {
+    None
 }
 
 /// Compares without an early exit, so that the time taken does not tell how much of a
@@ -118,11 +152,10 @@ struct Session {
     expires: Instant,
 }
 
-/// The logged-in sessions and the failed-login counts.
+/// The logged-in sessions.
 #[derive(Debug, Default)]
 pub struct Sessions {
     sessions: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,30 +201,6 @@ impl Sessions {
     pub fn end(&self, id: &str) {
         lock(&self.sessions).remove(id);
     }
-
-    /// True when `ip` has used up its failed logins for this minute.
-    pub fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
-        let failures = lock(&self.failures);
-        failures.get(&ip).is_some_and(|(since, count)| {
-            now.saturating_duration_since(*since) < Duration::from_secs(60)
-                && *count >= LOGIN_FAILURES_PER_MINUTE
-        })
-    }
-
-    /// Counts a failed login from `ip`.
-    pub fn failed(&self, ip: IpAddr, now: Instant) {
-        let mut failures = lock(&self.failures);
-        if failures.len() > 4096 {
-            failures.retain(|_, (since, _)| {
-                now.saturating_duration_since(*since) < Duration::from_secs(60)
-            });
-        }
-        let entry = failures.entry(ip).or_insert((now, 0));
-        if now.saturating_duration_since(entry.0) >= Duration::from_secs(60) {
-            *entry = (now, 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
-    }
 }
 
 #[cfg(test)]
@@ -234,6 +243,47 @@ mod tests {
     }
 
     #[test]
+    fn a_token_file_of_another_user_is_refused() {
+        let path = Path::new("/srv/sfc/admin.token");
+        let refused = check_token_file_owner(path, 1001, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("/srv/sfc/admin.token")
+                && refused.contains("owned by uid 1001")
+                && refused.contains("(uid 0)"),
+            "{refused}"
+        );
+        assert!(check_token_file_owner(path, 1001, 1002).is_err());
+    }
+
+    #[test]
+    fn a_token_file_of_the_server_user_or_root_is_accepted() {
+        let path = Path::new("admin.token");
+        assert!(check_token_file_owner(path, 1001, 1001).is_ok());
+        assert!(check_token_file_owner(path, 0, 0).is_ok());
+        assert!(check_token_file_owner(path, 0, 1001).is_ok(), "root's file");
+    }
+
+    /// The check on a real file: as root (CI containers), a file handed to another uid
+    /// is refused at start-up; otherwise only the user's own file can be made here.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn loading_checks_the_token_files_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, format!("{}\n", "t".repeat(40))).unwrap();
+        let own = load_or_create_token(&path).unwrap();
+        assert_eq!(*own, "t".repeat(40));
+        if effective_uid() != Some(0) {
+            return;
+        }
+        std::os::unix::fs::chown(&path, Some(4242), Some(4242)).unwrap();
+        let refused = load_or_create_token(&path).unwrap_err().to_string();
+        assert!(refused.contains("owned by uid 4242"), "{refused}");
+    }
+
+    #[test]
     fn secrets_compare_exactly() {
         assert!(same_secret("abc", "abc"));
         assert!(!same_secret("abc", "abd"));
@@ -243,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn sessions_expire_and_failures_block_for_a_minute() {
+    fn sessions_expire() {
         let sessions = Sessions::default();
         let t = Instant::now();
         let (id, csrf) = sessions.create(t);
@@ -251,13 +301,5 @@ mod tests {
         assert_eq!(sessions.csrf(&id, t + SESSION_LIFETIME), None);
         sessions.end(&id);
         assert_eq!(sessions.csrf(&id, t), None);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        for _ in 0..LOGIN_FAILURES_PER_MINUTE {
-            assert!(!sessions.blocked(ip, t));
-            sessions.failed(ip, t);
-        }
-        assert!(sessions.blocked(ip, t));
-        assert!(!sessions.blocked("192.0.2.2".parse().unwrap(), t));
-        assert!(!sessions.blocked(ip, t + Duration::from_secs(61)));
     }
 }

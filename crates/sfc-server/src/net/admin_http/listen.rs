@@ -4,6 +4,7 @@
 //! shutdown.
 
 use super::auth::{self, Sessions};
+use super::login_limit::FailedLogins;
 use super::{router, AdminState, Peer, Shared};
 use crate::config::AdminConfig;
 use crate::net::address_limit::{AddressSlot, ConnectionsPerAddress};
@@ -184,6 +185,7 @@ impl AdminServer {
                 monitor,
                 token,
                 sessions: Sessions::default(),
+                failed_logins: FailedLogins::default(),
                 secure_cookie,
             }),
         })

@@ -14,6 +14,7 @@ mod actions;
 mod api;
 mod auth;
 mod listen;
+mod login_limit;
 mod pages;
 mod templates;
 
@@ -33,8 +34,10 @@ use auth::Sessions;
 pub(crate) use listen::AdminServer;
 /// The cap on open admin connections, for the descriptor budget.
 pub(crate) use listen::MAX_CONNECTIONS as MAX_ADMIN_CONNECTIONS;
+use login_limit::FailedLogins;
 
-pub use auth::{COOKIE, LOGIN_FAILURES_PER_MINUTE};
+pub use auth::COOKIE;
+pub use login_limit::LOGIN_FAILURES_PER_MINUTE;
 
 /// The OpenAPI document of `/api/v1` (written by hand; `tests/admin_api.rs` checks it
 /// against the routes and the JSON the server returns).
@@ -52,6 +55,7 @@ pub(crate) struct AdminState {
     monitor: Arc<Monitor>,
     token: Zeroizing<String>,
     sessions: Sessions,
+    failed_logins: FailedLogins,
     secure_cookie: bool,
 }
 

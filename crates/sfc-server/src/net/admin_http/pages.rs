@@ -92,7 +92,7 @@ async fn login(
     let now = Instant::now();
     // The right token gets in even beyond the failure limit (see `authenticate`).
     if !same_secret(form.token.trim(), &state.token) {
-        if state.sessions.blocked(peer.0.ip(), now) {
+        if state.failed_logins.blocked(peer.0.ip(), now) {
             tracing::warn!(peer = %peer.0, "admin: login refused: too many failed logins");
             return (
                 [(header::RETRY_AFTER, "60")],
