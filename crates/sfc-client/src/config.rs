@@ -295,12 +295,20 @@ fn file_arguments(cli: &Cli, warnings: &mut Vec<String>) -> Result<Vec<FileToSen
             files.push(check_file(path, packet_size).map_err(argument)?);
             continue;
         }
-        let found = files::walk(path, cli.follow_symlinks)
+        let found = files::walk(path, cli.follow_symlinks, &cli.dir)
             .map_err(|e| argument(format!("cannot be read: {e}")))?;
         for link in &found.skipped_links {
             warnings.push(format!(
                 "{}: a symbolic link, not sent (--follow-symlinks sends what it points to)",
                 link.display()
+            ));
+        }
+        warnings.extend(state_left_out(&found.skipped_state));
+        if found.files.is_empty() && !found.skipped_state.is_empty() {
+            return Err(argument(
+                "holds nothing to send but the client's own state (identity, private key, \
+                 lock), which -r never sends"
+                    .to_owned(),
             ));
         }
         if found.files.is_empty() {
@@ -319,6 +327,42 @@ fn file_arguments(cli: &Cli, warnings: &mut Vec<String>) -> Result<Vec<FileToSen
         }
     }
     Ok(files)
+}
+
+/// One warning per folder for the client's own files a walk left out.
+fn state_left_out(skipped: &[PathBuf]) -> Vec<String> {
+    let mut by_folder: Vec<(&Path, Vec<String>)> = Vec::new();
+    for path in skipped {
+        let folder = path.parent().unwrap_or(Path::new(""));
+        let mut name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        if path.is_dir() {
+            name.push('/');
+        }
+        match by_folder.iter_mut().find(|(f, _)| *f == folder) {
+            Some((_, names)) => names.push(name),
+            None => by_folder.push((folder, vec![name])),
+        }
+    }
+    by_folder
+        .into_iter()
+        .map(|(folder, names)| {
+            let folder = if folder.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                folder
+            };
+            format!(
+                "{}: {} of the client's own files not sent ({}): -r never sends the client's \
+                 identity, private key or lock (name a file as an argument to send it)",
+                folder.display(),
+                names.len(),
+                names.join(", ")
+            )
+        })
+        .collect()
 }
 
 /// Applies `--as` and refuses a batch in which two files would be stored under the same
@@ -358,6 +402,7 @@ fn name_files(mut files: Vec<FileToSend>, cli: &Cli) -> Result<Vec<FileToSend>, 
 mod tests {
     use super::*;
     use crate::address::Host;
+    use clap::Parser;
 
     fn with_file(content: &str) -> (tempfile::TempDir, Cli) {
         let dir = tempfile::tempdir().unwrap();
@@ -564,5 +609,61 @@ mod tests {
         let config = Config::load(&overrides).unwrap();
         assert_eq!(config.warnings.len(), 1);
         assert!(config.warnings[0].contains("line 4"));
+    }
+
+    #[test]
+    fn recursive_sends_leave_out_the_client_state_but_named_files_are_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = dir.path().join("client");
+        std::fs::create_dir_all(client.join("servers/h_1")).unwrap();
+        for file in [
+            "me.info",
+            "priv.key",
+            "me.server",
+            ".sfc-client.lock",
+            "priv.key.00112233445566778899aabbccddeeff.bak",
+            "servers/h_1/priv.key",
+            "report.txt",
+        ] {
+            std::fs::write(client.join(file), b"x").unwrap();
+        }
+        let client_arg = client.to_str().unwrap();
+        let parse = |args: &[&str]| {
+            let mut line = vec!["sfc-client", "--dir", client_arg, "-s", "127.0.0.1:1"];
+            line.extend(args);
+            Config::load(&Cli::try_parse_from(line).unwrap())
+        };
+        let labels = |config: &Config| -> Vec<String> {
+            config
+                .files
+                .iter()
+                .map(|f| f.label.as_str().to_owned())
+                .collect()
+        };
+
+        let config = parse(&["-r", client_arg]).unwrap();
+        assert_eq!(labels(&config), ["report.txt"]);
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        let warning = &config.warnings[0];
+        for words in [
+            client_arg,
+            "6 of the client's own files",
+            "priv.key",
+            "servers/",
+        ] {
+            assert!(warning.contains(words), "{warning:?} should say {words:?}");
+        }
+        let parent = dir.path().to_str().unwrap();
+        let config = parse(&["-r", parent]).unwrap();
+        assert_eq!(labels(&config), ["client/report.txt"]);
+
+        // Named on the command line, the key is sent: the user asked for it.
+        let key = client.join("priv.key");
+        let config = parse(&["-r", key.to_str().unwrap()]).unwrap();
+        assert_eq!(labels(&config), ["priv.key"]);
+
+        let servers = client.join("servers");
+        let e = parse(&["-r", servers.to_str().unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("never sends"), "{e}");
     }
 }

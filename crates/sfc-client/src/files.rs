@@ -1,6 +1,7 @@
 //! The files of a batch: each checked before anything is sent (a regular, readable file
 //! the protocol can carry), its label (the name stored on the server) and its packet
-//! plan; directories walked with `-r`; labels that would overwrite each other refused.
+//! plan; directories walked with `-r` (leaving out the client's own state); labels that
+//! would overwrite each other refused.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use sfc_proto::Name;
 
+use crate::store::{self, SERVERS_DIR};
 use crate::upload::{self, PacketSizing, Plan};
 
 /// A file to send: path, label sent as `file_name`, size when checked.
@@ -73,23 +75,67 @@ pub fn parse_label(text: &str) -> Result<Name, String> {
 }
 
 /// What a walk of a folder found: regular files with their paths below it (`/`
-/// separated), and the symbolic links it did not follow.
+/// separated), the symbolic links it did not follow, and the client's own files it left
+/// out.
 #[derive(Debug, Default)]
 pub struct Walk {
     /// (path, path below the folder), in name order.
     pub files: Vec<(PathBuf, String)>,
     /// Symbolic links left out (without `--follow-symlinks`).
     pub skipped_links: Vec<PathBuf>,
+    /// The client's state left out: files [`store::is_state_file`] names in the client's
+    /// folder, and its `servers/` folder (as one entry).
+    pub skipped_state: Vec<PathBuf>,
+}
+
+/// The client's folder (`--dir`), canonical, whose state a walk leaves out wherever the
+/// walk meets it: by name in the folder, or through a path or link that resolves there.
+struct ClientFolder {
+    dir: PathBuf,
+    servers: PathBuf,
+}
+
+impl ClientFolder {
+    /// `None` for a folder that does not exist: it holds no state.
+    fn find(dir: &Path) -> Option<ClientFolder> {
+        let dir = std::fs::canonicalize(dir).ok()?;
+        let servers = dir.join(SERVERS_DIR);
+        Some(ClientFolder { dir, servers })
+    }
+
+    /// True for a path (with a canonical parent) that is the client's state.
+    fn holds(&self, real: &Path) -> bool {
+        real.starts_with(&self.servers)
+            || (real.parent() == Some(self.dir.as_path())
+                && real
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(store::is_state_file))
+    }
 }
 
 /// Every regular file below `root`, in name order, each with its path relative to `root`.
 /// Symbolic links are left out unless `follow_symlinks`; then a link to a folder already
 /// being walked (a loop) is left out too. Other special files (sockets, FIFOs) are left
-/// out always.
-pub fn walk(root: &Path, follow_symlinks: bool) -> io::Result<Walk> {
+/// out always, and so is the state of the client whose folder is `client_dir` (a user
+/// sending `-r .` from it does not mean to send its private key).
+pub fn walk(root: &Path, follow_symlinks: bool, client_dir: &Path) -> io::Result<Walk> {
     let mut walk = Walk::default();
-    let mut open = vec![std::fs::canonicalize(root)?];
-    walk_into(root, "", follow_symlinks, &mut open, &mut walk)?;
+    let client = ClientFolder::find(client_dir);
+    let real_root = std::fs::canonicalize(root)?;
+    if client.as_ref().is_some_and(|c| c.holds(&real_root)) {
+        walk.skipped_state.push(root.to_owned());
+        return Ok(walk);
+    }
+    let mut open = vec![real_root];
+    walk_into(
+        root,
+        "",
+        follow_symlinks,
+        client.as_ref(),
+        &mut open,
+        &mut walk,
+    )?;
     Ok(walk)
 }
 
@@ -97,19 +143,32 @@ fn walk_into(
     dir: &Path,
     prefix: &str,
     follow: bool,
+    client: Option<&ClientFolder>,
     open: &mut Vec<PathBuf>,
     walk: &mut Walk,
 ) -> io::Result<()> {
     let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
     entries.sort_by_key(|e| e.file_name());
+    let real_dir = open.last().cloned().unwrap_or_default();
+    let is_state = |real: &Path| client.is_some_and(|c| c.holds(real));
     for entry in entries {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         let relative = format!("{prefix}{name}");
+        // By name first: a link named priv.key in the client's folder is its key, wherever
+        // it points.
+        if is_state(&real_dir.join(entry.file_name())) {
+            walk.skipped_state.push(path);
+            continue;
+        }
         let mut kind = entry.file_type()?;
         if kind.is_symlink() {
             if !follow {
                 walk.skipped_links.push(path);
+                continue;
+            }
+            if is_state(&std::fs::canonicalize(&path)?) {
+                walk.skipped_state.push(path);
                 continue;
             }
             kind = std::fs::metadata(&path)?.file_type();
@@ -121,7 +180,7 @@ fn walk_into(
                 continue;
             }
             open.push(real);
-            walk_into(&path, &format!("{relative}/"), follow, open, walk)?;
+            walk_into(&path, &format!("{relative}/"), follow, client, open, walk)?;
             open.pop();
         } else if kind.is_file() {
             walk.files.push((path, relative));
@@ -177,16 +236,99 @@ mod tests {
             std::os::unix::fs::symlink(root.join("z.txt"), root.join("link.txt")).unwrap();
             std::os::unix::fs::symlink(&root, root.join("b/loop")).unwrap();
         }
-        let found = walk(&root, false).unwrap();
+        let found = walk(&root, false, dir.path()).unwrap();
         let labels: Vec<&str> = found.files.iter().map(|(_, l)| l.as_str()).collect();
         assert_eq!(labels, ["b/a.txt", "b/c/d.txt", "z.txt"]);
         #[cfg(unix)]
         {
             assert_eq!(found.skipped_links.len(), 2);
-            let found = walk(&root, true).unwrap();
+            let found = walk(&root, true, dir.path()).unwrap();
             let labels: Vec<&str> = found.files.iter().map(|(_, l)| l.as_str()).collect();
             assert_eq!(labels, ["b/a.txt", "b/c/d.txt", "link.txt", "z.txt"]);
             assert_eq!(found.skipped_links, vec![root.join("b/loop")]);
+        }
+    }
+
+    /// Writes each file (and its folders) below `root`.
+    fn make_files(root: &Path, files: &[&str]) {
+        for file in files {
+            let path = root.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"x").unwrap();
+        }
+    }
+
+    const STATE: [&str; 9] = [
+        "me.info",
+        "priv.key",
+        "me.server",
+        ".sfc-client.lock",
+        "me.info.00112233445566778899aabbccddeeff.bak",
+        "priv.key.00112233445566778899aabbccddeeff.bak",
+        "priv.key.old.bak",
+        ".priv.key.Ab12cd.tmp",
+        "servers/127.0.0.1_1256/priv.key",
+    ];
+
+    #[test]
+    fn walks_leave_out_the_client_state_only_in_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        let client = top.join("client");
+        make_files(&client, &STATE);
+        // Not the client's: named like its files, or almost.
+        make_files(&client, &["notes.txt", "me.info.bak", "priv.key.TXT.bak"]);
+        make_files(
+            &top,
+            &["other/me.info", "other/priv.key", "other/servers/a.txt"],
+        );
+        let kept = [
+            "client/me.info.bak",
+            "client/notes.txt",
+            "client/priv.key.TXT.bak",
+            "other/me.info",
+            "other/priv.key",
+            "other/servers/a.txt",
+        ];
+        let labels =
+            |found: &Walk| -> Vec<String> { found.files.iter().map(|(_, l)| l.clone()).collect() };
+        let found = walk(&top, false, &client).unwrap();
+        assert_eq!(labels(&found), kept);
+        let mut skipped: Vec<PathBuf> = STATE
+            .iter()
+            .filter(|f| !f.starts_with("servers/"))
+            .map(|f| client.join(f))
+            .chain([client.join("servers")])
+            .collect();
+        skipped.sort();
+        let mut found_skipped = found.skipped_state.clone();
+        found_skipped.sort();
+        assert_eq!(found_skipped, skipped);
+
+        // The same folder however it is named: with `..`, or through a link.
+        let found = walk(
+            &client.join("../client"),
+            false,
+            &top.join("other/../client"),
+        )
+        .unwrap();
+        assert_eq!(
+            labels(&found),
+            ["me.info.bak", "notes.txt", "priv.key.TXT.bak"]
+        );
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&client, dir.path().join("alias")).unwrap();
+            let found = walk(&top, false, &dir.path().join("alias")).unwrap();
+            assert_eq!(labels(&found), kept);
+            // Followed links into the client's folder are its files too.
+            std::os::unix::fs::symlink(client.join("priv.key"), top.join("other/key")).unwrap();
+            std::os::unix::fs::symlink(client.join("servers"), top.join("other/srv")).unwrap();
+            let found = walk(&top.join("other"), true, &client).unwrap();
+            assert_eq!(labels(&found), ["me.info", "priv.key", "servers/a.txt"]);
+            assert_eq!(found.skipped_state.len(), 2);
+            let found = walk(&client.join("servers"), true, &client).unwrap();
+            assert!(found.files.is_empty());
         }
     }
 }

@@ -292,6 +292,19 @@ pub fn save(dir: &Path, identity: &Identity) -> Result<(), IdentityError> {
     })
 }
 
+const TEMPORARY_SUFFIX: &str = ".tmp";
+
+/// If `name` is a [`write_atomic`] temporary (`.<file>.<random>.tmp`), the file it was
+/// written for: a killed run leaves one behind, holding what it was writing.
+pub fn temporary_of(name: &str) -> Option<&str> {
+    let (base, random) = name
+        .strip_prefix('.')?
+        .strip_suffix(TEMPORARY_SUFFIX)?
+        .rsplit_once('.')?;
+    let random_ok = !random.is_empty() && random.bytes().all(|b| b.is_ascii_alphanumeric());
+    (random_ok && !base.is_empty()).then_some(base)
+}
+
 /// Replaces `path` with `contents` atomically: a temporary file in the same folder
 /// (owner read/write only), written and fsynced, renamed over `path`, then the folder
 /// fsynced so the rename itself is durable.
@@ -303,7 +316,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     let base = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let prefix = format!(".{base}.");
     let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
+    builder.prefix(&prefix).suffix(TEMPORARY_SUFFIX);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

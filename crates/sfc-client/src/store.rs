@@ -33,6 +33,43 @@ pub const SERVERS_DIR: &str = "servers";
 /// The lock file in `--dir`. Never removed: runs that created and deleted it could each
 /// lock a different file of the same name.
 pub const LOCK_FILE: &str = ".sfc-client.lock";
+/// The start of the file name [`IdentityFolder::check_writable`] probes the folder with.
+const WRITE_PROBE_PREFIX: &str = ".sfc-client-write-test.";
+/// The client ID in a backup's name when the replaced me.info has no usable one.
+const UNKNOWN_BACKUP_ID: &str = "old";
+
+/// The name a replaced `file` (me.info or priv.key) is kept under: `<file>.<id>.bak`.
+fn backup_name(file: &str, id: &str) -> String {
+    format!("{file}.{id}.bak")
+}
+
+/// True for `name` as [`backup_name`] makes it: `id` lowercase hex or [`UNKNOWN_BACKUP_ID`].
+fn is_backup_name(name: &str) -> bool {
+    [ME_INFO, PRIV_KEY].iter().any(|file| {
+        name.strip_prefix(file)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.strip_suffix(".bak"))
+            .is_some_and(|id| {
+                id == UNKNOWN_BACKUP_ID
+                    || (!id.is_empty()
+                        && id
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            })
+    })
+}
+
+/// True for a file the client writes in its folder (`--dir`, or one under `servers/`):
+/// its identity, key, me.server, lock, identity backups, and the temporary files a killed
+/// run can leave (which may hold a key). `-r` never sends them.
+pub fn is_state_file(name: &str) -> bool {
+    let written = |name: &str| {
+        [ME_INFO, PRIV_KEY, ME_SERVER, LOCK_FILE].contains(&name) || is_backup_name(name)
+    };
+    written(name)
+        || identity::temporary_of(name).is_some_and(written)
+        || name.starts_with(WRITE_PROBE_PREFIX)
+}
 
 /// A run's exclusive lock on its folder (`--dir`), held until it is dropped; the system
 /// releases it however the process ends, so a killed run leaves no stale lock.
@@ -200,7 +237,7 @@ impl IdentityFolder {
             create_private_dir(&self.dir).map_err(write_error)?;
         }
         let mut probe = tempfile::Builder::new()
-            .prefix(".sfc-client-write-test.")
+            .prefix(WRITE_PROBE_PREFIX)
             .tempfile_in(&self.dir)
             .map_err(write_error)?;
         probe.write_all(b"x").map_err(write_error)?;
@@ -236,12 +273,12 @@ impl IdentityFolder {
             .nth(1)
             .map(str::trim)
             .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
-            .unwrap_or("old")
+            .unwrap_or(UNKNOWN_BACKUP_ID)
             .to_ascii_lowercase();
         let mut me_backup = None;
         for file in [ME_INFO, PRIV_KEY] {
             let from = self.dir.join(file);
-            let to = self.dir.join(format!("{file}.{id}.bak"));
+            let to = self.dir.join(backup_name(file, &id));
             let old = match std::fs::read(&from) {
                 Ok(bytes) => zeroize::Zeroizing::new(bytes),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -361,6 +398,38 @@ mod tests {
         ];
         expected.sort();
         assert_eq!(names, expected);
+        // What -r leaves out is exactly what was written here.
+        assert!(names.iter().all(|name| is_state_file(name)), "{names:?}");
+    }
+
+    #[test]
+    fn state_file_names_match_only_what_the_client_writes() {
+        for name in [
+            "me.info",
+            "priv.key",
+            "me.server",
+            ".sfc-client.lock",
+            "me.info.00112233445566778899aabbccddeeff.bak",
+            "priv.key.old.bak",
+            ".priv.key.a1B2c3.tmp",
+            ".me.info.0011.bak.Zz9y8X.tmp",
+            ".sfc-client-write-test.abc123",
+        ] {
+            assert!(is_state_file(name), "{name}");
+        }
+        for name in [
+            "transfer.info",
+            "servers",
+            "me.info.bak",
+            "priv.key.ABCDEF.bak",
+            "priv.key.txt",
+            "priv.key.0011.bak.gz",
+            ".notes.txt.a1B2c3.tmp",
+            ".priv.key.tmp",
+            "my.priv.key",
+        ] {
+            assert!(!is_state_file(name), "{name}");
+        }
     }
 
     #[test]

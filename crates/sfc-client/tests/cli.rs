@@ -128,6 +128,44 @@ fn a_silent_server_times_out_as_configured() {
     holder.join().unwrap();
 }
 
+/// `-r .` in the client's folder (the default --dir) plans neither its key nor its other
+/// state, says what it left out, and still sends a same-named file in a subfolder.
+#[test]
+fn sending_the_client_folder_recursively_leaves_out_its_state() {
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.path().join("servers/h_1")).unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    for file in [
+        "priv.key",
+        "me.server",
+        ".sfc-client.lock",
+        "priv.key.old.bak",
+        "servers/h_1/priv.key",
+        "report.txt",
+        "sub/priv.key",
+    ] {
+        std::fs::write(dir.path().join(file), "x\n").unwrap();
+    }
+    let address = dead_address();
+    let run = run_client(
+        dir.path(),
+        &["-s", &address, "-n", "bob", "-r", ".", "--json"],
+    );
+    run.assert_code(5);
+    let names: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter_map(|report| Some(report["name"].as_str()?.to_owned()))
+        .collect();
+    assert_eq!(names, ["report.txt", "sub/priv.key"], "{}", run.stdout);
+    assert!(
+        run.stderr.contains("5 of the client's own files not sent"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn help_documents_options_defaults_and_exit_codes() {
     let dir = tempdir();
