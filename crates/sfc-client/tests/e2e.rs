@@ -7,14 +7,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{make_file, read_me_info, run_client, run_client_env, tempdir, write_transfer_info};
-use sfc_server::{RunningServer, ServerConfig};
+use common::{
+    make_file, make_sparse_file, read_me_info, run_client, run_client_env, start_server_with,
+    tempdir, write_transfer_info, REFUSING_MAX_FILE_SIZE,
+};
+use sfc_server::RunningServer;
 
 fn start_server(data: &Path) -> RunningServer {
-    let mut config = ServerConfig::new(data);
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    config.worker_threads = Some(2);
-    RunningServer::start(config).expect("start the server")
+    start_server_with(data, |_| {})
 }
 
 /// A row of the server's `files` table.
@@ -138,10 +138,7 @@ fn a_server_that_lost_its_database_gets_a_new_registration() {
         let _ = std::fs::remove_file(data.path().join(format!("defensive.db{suffix}")));
     }
     // The same server (same address) without its database.
-    let mut config = ServerConfig::new(data.path());
-    config.bind = address;
-    config.worker_threads = Some(2);
-    let server = RunningServer::start(config).expect("restart the server");
+    let server = start_server_with(data.path(), |config| config.bind = address);
     let run = run_client(dir.path(), &["--server", &server.addr().to_string(), "-v"]);
     run.assert_code(0);
     assert!(
@@ -491,16 +488,9 @@ fn a_folder_is_sent_with_its_relative_paths_as_names() {
 /// each time.
 #[test]
 fn a_refused_file_does_not_stop_the_batch() {
-    let data = tempdir();
-    let mut config = ServerConfig::new(data.path());
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    config.worker_threads = Some(2);
-    config.max_file_size = 1000;
-    let server = RunningServer::start(config).expect("start the server");
-    let dir = tempdir();
-    let s1 = make_file(&dir.path().join("s1.bin"), 500, 1);
-    make_file(&dir.path().join("big.bin"), 5000, 2);
-    let s2 = make_file(&dir.path().join("s2.bin"), 600, 3);
+    let (data, server, dir, stored) = refused_file_batch(|path| {
+        make_file(path, 5000, 2);
+    });
     let address = server.addr().to_string();
     let args = [
         "-s", &address, "-n", "uma", "s1.bin", "big.bin", "s2.bin", "-v",
@@ -526,10 +516,7 @@ fn a_refused_file_does_not_stop_the_batch() {
         assert!(run.stderr.contains(pause), "{pause}: {}", run.stderr);
     }
     server.stop();
-    let files = stored_files(data.path());
-    assert_eq!(std::fs::read(&find(&files, "s1.bin").path).unwrap(), s1);
-    assert_eq!(std::fs::read(&find(&files, "s2.bin").path).unwrap(), s2);
-    assert!(files.iter().all(|f| f.name != "big.bin"));
+    stored.check(data.path());
 }
 
 /// A refused file too large for the socket buffers: the server answers its first packet
@@ -539,20 +526,10 @@ fn a_refused_file_does_not_stop_the_batch() {
 /// sent in the persistent style (its 828 and 900 on one connection).
 #[test]
 fn a_refused_file_larger_than_the_socket_buffers_is_a_server_error() {
-    let data = tempdir();
-    let mut config = ServerConfig::new(data.path());
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    config.worker_threads = Some(2);
-    config.max_file_size = 1000;
-    let server = RunningServer::start(config).expect("start the server");
-    let dir = tempdir();
-    let s1 = make_file(&dir.path().join("s1.bin"), 500, 1);
-    // Sparse: the content does not matter, only that it outgrows the socket buffers.
-    std::fs::File::create(dir.path().join("big.bin"))
-        .unwrap()
-        .set_len(20_000_000)
-        .unwrap();
-    let s2 = make_file(&dir.path().join("s2.bin"), 600, 3);
+    // It outgrows the socket buffers.
+    let (data, server, dir, stored) = refused_file_batch(|path| {
+        make_sparse_file(path, 20_000_000);
+    });
     let address = server.addr().to_string();
     let args = [
         "-s", &address, "-n", "uma", "s1.bin", "big.bin", "s2.bin", "-vv",
@@ -582,10 +559,52 @@ fn a_refused_file_larger_than_the_socket_buffers_is_a_server_error() {
     let after_big = &stderr[*big_sends.last().unwrap()..];
     assert_eq!(after_big.matches("connected to").count(), 1, "{outline}");
     server.stop();
-    let files = stored_files(data.path());
-    assert_eq!(std::fs::read(&find(&files, "s1.bin").path).unwrap(), s1);
-    assert_eq!(std::fs::read(&find(&files, "s2.bin").path).unwrap(), s2);
-    assert!(files.iter().all(|f| f.name != "big.bin"));
+    stored.check(data.path());
+}
+
+/// The refused-file tests' batch: s1.bin, big.bin (made by `make_big`, over the server's
+/// limit) and s2.bin in a client folder, and a server that refuses files over
+/// [`REFUSING_MAX_FILE_SIZE`]. Returns the server's data folder, the server, the client
+/// folder and the two files that must be stored.
+fn refused_file_batch(
+    make_big: impl FnOnce(&Path),
+) -> (
+    tempfile::TempDir,
+    RunningServer,
+    tempfile::TempDir,
+    StoredPair,
+) {
+    let data = tempdir();
+    let server = start_server_with(data.path(), |config| {
+        config.max_file_size = REFUSING_MAX_FILE_SIZE;
+    });
+    let dir = tempdir();
+    let s1 = make_file(&dir.path().join("s1.bin"), 500, 1);
+    make_big(&dir.path().join("big.bin"));
+    let s2 = make_file(&dir.path().join("s2.bin"), 600, 3);
+    (data, server, dir, StoredPair { s1, s2 })
+}
+
+/// The two small files of [`refused_file_batch`].
+struct StoredPair {
+    s1: Vec<u8>,
+    s2: Vec<u8>,
+}
+
+impl StoredPair {
+    /// Both stored byte for byte, big.bin not at all.
+    fn check(&self, data: &Path) {
+        let files = stored_files(data);
+        assert_eq!(
+            std::fs::read(&find(&files, "s1.bin").path).unwrap(),
+            self.s1
+        );
+        assert_eq!(
+            std::fs::read(&find(&files, "s2.bin").path).unwrap(),
+            self.s2
+        );
+        assert!(files.iter().all(|f| f.name != "big.bin"));
+    }
 }
 
 /// Issue 13 item 12: `--json` prints one object per file and a total on standard output
@@ -635,11 +654,9 @@ fn json_summary_for_scripts() {
 #[test]
 fn a_refused_connection_is_not_taken_for_tls() {
     let data = tempdir();
-    let mut config = ServerConfig::new(data.path());
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    config.worker_threads = Some(2);
-    config.max_connections_per_address = 1;
-    let server = RunningServer::start(config).expect("start the server");
+    let server = start_server_with(data.path(), |config| {
+        config.max_connections_per_address = 1;
+    });
     // This connection takes the one place 127.0.0.1 has.
     let holder = std::net::TcpStream::connect(server.addr()).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));

@@ -9,9 +9,12 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{make_file, read_me_info, run_client, tempdir, write_transfer_info, ClientRun};
+use common::{
+    make_file, make_sparse_file, read_me_info, run_client, start_server_with, tempdir,
+    write_transfer_info, ClientRun, REFUSING_MAX_FILE_SIZE,
+};
 use sfc_server::tls::TlsFiles;
-use sfc_server::{RunningServer, ServerConfig};
+use sfc_server::RunningServer;
 
 fn make_ca(dir: &Path, file: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -51,11 +54,7 @@ fn make_server_cert(
 }
 
 fn start_server(data: &Path, tls: Option<TlsFiles>) -> RunningServer {
-    let mut config = ServerConfig::new(data);
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    config.worker_threads = Some(2);
-    config.tls = tls;
-    RunningServer::start(config).expect("start the server")
+    start_server_with(data, |config| config.tls = tls)
 }
 
 /// (file name, verified, content) of the server's stored files.
@@ -160,17 +159,12 @@ fn a_refused_file_larger_than_the_socket_buffers_is_a_server_error_over_tls() {
     let ca = make_ca(pki.path(), "ca.pem");
     let files = make_server_cert(pki.path(), "server", &ca, &["127.0.0.1"]);
     let data = tempdir();
-    let mut config = ServerConfig::new(data.path());
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    config.worker_threads = Some(2);
-    config.tls = Some(files);
-    config.max_file_size = 1000;
-    let server = RunningServer::start(config).expect("start the server");
+    let server = start_server_with(data.path(), |config| {
+        config.tls = Some(files);
+        config.max_file_size = REFUSING_MAX_FILE_SIZE;
+    });
     let dir = tempdir();
-    std::fs::File::create(dir.path().join("big.bin"))
-        .unwrap()
-        .set_len(20_000_000)
-        .unwrap();
+    make_sparse_file(&dir.path().join("big.bin"), 20_000_000);
     let small = make_file(&dir.path().join("s.bin"), 600, 1);
     let ca_file = pki.path().join("ca.pem");
     let address = server.addr().to_string();

@@ -93,6 +93,29 @@ pub fn make_file(path: &Path, len: usize, seed: u8) -> Vec<u8> {
     data
 }
 
+/// A sparse file of `len` bytes, for tests where only the size matters (no page of it is
+/// written).
+pub fn make_sparse_file(path: &Path, len: u64) {
+    std::fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// Our real server, in-process: data in `data`, a free loopback port, 2 workers, then
+/// `tweak` (TLS, a file-size limit, …).
+pub fn start_server_with(
+    data: &Path,
+    tweak: impl FnOnce(&mut sfc_server::ServerConfig),
+) -> sfc_server::RunningServer {
+    let mut config = sfc_server::ServerConfig::new(data);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.worker_threads = Some(2);
+    tweak(&mut config);
+    sfc_server::RunningServer::start(config).expect("start the server")
+}
+
+/// The refused-file tests' limit: files over this many bytes get 1607 at their first
+/// packet (rule S13).
+pub const REFUSING_MAX_FILE_SIZE: u64 = 1000;
+
 /// me.info fields: (name, client id hex).
 pub fn read_me_info(dir: &Path) -> (String, String) {
     let text = std::fs::read_to_string(dir.join("me.info")).unwrap();
