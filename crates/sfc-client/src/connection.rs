@@ -442,7 +442,7 @@ impl Connection {
     /// waiting; the stream is dropped. A server that refuses a request it will not read
     /// (1607, rule S13) closes without reading the rest, so the write fails while the
     /// refusal waits in the receive buffer (the kernel keeps it there after the reset).
-    pub fn arrived_replies(&mut self) -> Vec<Response> {
+    fn arrived_replies(&mut self) -> Vec<Response> {
         let Some(mut stream) = self.stream.take() else {
             return Vec::new();
         };
@@ -468,6 +468,17 @@ impl Connection {
         replies
     }
 
+    /// After a failed write: the 1607 that had arrived before the close, if one had. A
+    /// server that refuses a request unread (rule S13: a file over its limit) answers and
+    /// closes, so the write of a request larger than the socket buffers fails with the
+    /// refusal waiting to be read; it is a server error like any other (rule C8), not a
+    /// sign of a server that closes after each reply. The stream is dropped.
+    pub fn refusal_before_close(&mut self) -> Option<Response> {
+        self.arrived_replies()
+            .into_iter()
+            .find(|reply| *reply == Response::ServerError)
+    }
+
     /// Bookkeeping after a reply: remembers a 1607; in per-request mode, closes the
     /// connection (the next request gets a new one).
     pub fn replied(&mut self, response: &Response) {
@@ -488,7 +499,15 @@ impl Connection {
         loop {
             let fresh = self.prepare()?;
             self.log_request(request);
-            let result = self.write(request).and_then(|()| self.read_reply());
+            self.unused = false;
+            let written = self.stream().and_then(|s| s.write_all(request));
+            let result = match written {
+                Ok(()) => self.read_reply(),
+                Err(error) => match self.refusal_before_close() {
+                    Some(refusal) => Ok(refusal),
+                    None => Err(self.write_failed(error)),
+                },
+            };
             match result {
                 Ok(response) => {
                     self.replied(&response);

@@ -562,6 +562,45 @@ fn a_refused_file_larger_than_the_socket_buffers_is_a_server_error() {
     stored.check(data.path());
 }
 
+/// The same with one connection per request and a packet larger than the socket buffers
+/// (16 MiB, the largest `--packet-size`): the 1607 that arrived before the server closed
+/// on the unread rest is the reply to that packet (rule S13), so big.bin is retried 3
+/// times and given up like any refused file, and the batch goes on.
+#[test]
+fn a_refused_packet_larger_than_the_socket_buffers_is_a_server_error_per_request() {
+    let (data, server, dir, stored) = refused_file_batch(|path| {
+        make_sparse_file(path, 20_000_000);
+    });
+    let address = server.addr().to_string();
+    let args = [
+        "-s",
+        &address,
+        "-n",
+        "uma",
+        "--connection-per-request",
+        "--packet-size",
+        "16777216",
+        "s1.bin",
+        "big.bin",
+        "s2.bin",
+        "-v",
+    ];
+    let run = run_client(dir.path(), &args);
+    run.assert_code(3);
+    let stderr = &run.stderr;
+    assert!(stderr.contains("summary: 2 of 3 files stored"), "{stderr}");
+    assert!(
+        stderr.contains("failed big.bin: fatal: the server"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("with 1607 (general server error) 4 times"),
+        "{stderr}"
+    );
+    server.stop();
+    stored.check(data.path());
+}
+
 /// The refused-file tests' batch: s1.bin, big.bin (made by `make_big`, over the server's
 /// limit) and s2.bin in a client folder, and a server that refuses files over
 /// [`REFUSING_MAX_FILE_SIZE`]. Returns the server's data folder, the server, the client

@@ -376,11 +376,7 @@ fn send_persistent(
             return Err(AttemptError::Fatal(e));
         }
         Err(PipeError::Write(error)) => {
-            // A 1607 that came before the close which failed the write (the server refused
-            // the file unread, rule S13) is a server error like any other (rule C8), not a
-            // sign of a server that closes after each reply.
-            let replies = conn.arrived_replies();
-            if replies.contains(&Response::ServerError) {
+            if conn.refusal_before_close().is_some() {
                 return Ok(Outcome::ServerError { request: what });
             }
             let failure = conn.write_failed(error);
