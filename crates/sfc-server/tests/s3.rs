@@ -8,14 +8,15 @@
 
 mod common;
 
-use common::s3::{block_on, shared, Weed};
+use common::s3::{block_on, shared, Weed, BUCKET};
+use common::s3_proxy::AnswerLosingProxy;
 use common::*;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as Key;
 use sfc_proto::{ClientId, Response};
 use sfc_server::config::Store;
 use sfc_server::{recover, BlobStore, FileRecord, S3BlobStore};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const CLIENT: ClientId = ClientId([0x5a; 16]);
 
@@ -113,6 +114,58 @@ fn small_and_multipart_objects_persist_replace_and_undo() {
     ] {
         assert!(store.remove(outside).is_err(), "{outside}");
     }
+}
+
+#[test]
+fn a_replacement_whose_answer_is_lost_puts_the_earlier_version_back() {
+    let Some(weed) = shared("a_replacement_whose_answer_is_lost_puts_the_earlier_version_back")
+    else {
+        return;
+    };
+    let Store::S3(mut location) = weed.fresh() else {
+        unreachable!()
+    };
+    let proxy = AnswerLosingProxy::start(&weed.endpoint());
+    for (key, value) in &mut location.settings {
+        if key == "aws_endpoint" {
+            *value = proxy.endpoint();
+        }
+    }
+    let store = S3BlobStore::open(&location, Duration::from_secs(600)).unwrap();
+    let earlier = data(1000, 11);
+    let rel = put(&store, "f.bin", &earlier);
+
+    // The new version's PUT (small: no multipart) lands, but its answer never comes,
+    // however often the client retries.
+    proxy.lose_answers_to_plain_puts(&format!("/{BUCKET}/{}/{rel}", location.prefix));
+    let newer = data(1500, 12);
+    let mut temp = store.create_temp(&CLIENT, "f.bin").unwrap();
+    temp.write_all(&newer).unwrap();
+    let started = Instant::now();
+    let result = temp.persist_undoable();
+    proxy.disarm();
+    eprintln!("persist_undoable returned after {:?}", started.elapsed());
+    let Err(error) = result else {
+        panic!("persisted although every answer was lost: {result:?}")
+    };
+    eprintln!("its error: {error}");
+    assert!(proxy.answers_lost() >= 1, "no answer was lost");
+    assert_eq!(proxy.problems(), Vec::<String>::new());
+
+    // Read straight from SeaweedFS: the row still describes the earlier version.
+    let objects = weed.objects(&location.prefix);
+    let keys: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(keys, [rel.as_str()], "only the object, no backup left");
+    let held = &objects[0].1;
+    assert!(
+        *held == earlier,
+        "the key holds {}, not the earlier version its row describes",
+        if *held == newer {
+            "the new version"
+        } else {
+            "something else"
+        }
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod haproxy;
 pub mod postgres;
 pub mod process;
 pub mod s3;
+pub mod s3_proxy;
 
 use sfc_crypto::{AesKey, CbcEncryptor, RsaKeyPair};
 use sfc_proto::limits::{NAME_FIELD_LEN, REQUEST_HEADER_LEN};

@@ -1,0 +1,210 @@
+//! A transparent HTTP/1.1 proxy on 127.0.0.1 in front of an S3 server that can lose
+//! answers: the request reaches the server and takes effect, but the client sees its
+//! connection close instead of the response (what a network failure after the server
+//! acted looks like).
+//!
+//! Each request goes upstream on a fresh connection with `Connection: close`, so the
+//! response needs no parsing: it is whatever upstream sends until it closes. The request
+//! is forwarded unchanged otherwise, `Host` included: the client signs it (SigV4) and
+//! SeaweedFS checks it (a rewritten `Host` gets 403 SignatureDoesNotMatch). `object_store` sends every body with a `Content-Length` (a payload's
+//! length is set explicitly); a chunked body is recorded as a problem, not forwarded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The proxy; it stops accepting connections when dropped.
+pub struct AnswerLosingProxy {
+    addr: SocketAddr,
+    state: Arc<State>,
+}
+
+struct State {
+    upstream: SocketAddr,
+    /// URL path (`/bucket/key`) whose plain `PUT`s lose their answers, when armed.
+    armed: Mutex<Option<String>>,
+    lost: AtomicUsize,
+    problems: Mutex<Vec<String>>,
+    closed: AtomicBool,
+}
+
+/// The head of a request: its request line and headers, as received.
+struct Head {
+    method: String,
+    target: String,
+    /// `(name, value)` lines in their order, names as sent.
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+impl AnswerLosingProxy {
+    /// Starts the proxy in front of `upstream` (an `http://127.0.0.1:PORT` endpoint).
+    pub fn start(upstream: &str) -> Self {
+        let upstream: SocketAddr = upstream
+            .strip_prefix("http://")
+            .and_then(|rest| rest.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("not an http://IP:PORT endpoint: {upstream}"));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            upstream,
+            armed: Mutex::new(None),
+            lost: AtomicUsize::new(0),
+            problems: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        });
+        let accepting = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if accepting.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let state = Arc::clone(&accepting);
+                std::thread::spawn(move || {
+                    if let Err(error) = serve(&state, client) {
+                        state.problem(format!("proxying: {error}"));
+                    }
+                });
+            }
+        });
+        AnswerLosingProxy { addr, state }
+    }
+
+    /// The endpoint URL clients use.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// From now on, every `PUT` of exactly `path` (`/bucket/key`, no query) without an
+    /// `x-amz-copy-source` header reaches upstream but loses its answer: a plain upload
+    /// of the object, not a part of a multipart upload nor a server-side copy to it.
+    pub fn lose_answers_to_plain_puts(&self, path: &str) {
+        *self.state.armed.lock().unwrap() = Some(path.to_owned());
+    }
+
+    /// Answers go through again.
+    pub fn disarm(&self) {
+        *self.state.armed.lock().unwrap() = None;
+    }
+
+    /// How many answers were lost so far.
+    pub fn answers_lost(&self) -> usize {
+        self.state.lost.load(Ordering::SeqCst)
+    }
+
+    /// What went wrong while proxying (a request it could not forward, …).
+    pub fn problems(&self) -> Vec<String> {
+        self.state.problems.lock().unwrap().clone()
+    }
+}
+
+impl Drop for AnswerLosingProxy {
+    fn drop(&mut self) {
+        self.state.closed.store(true, Ordering::SeqCst);
+        // Wakes the accepting thread, which then sees `closed`.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+impl State {
+    fn problem(&self, text: String) {
+        self.problems.lock().unwrap().push(text);
+    }
+
+    fn loses_answer_to(&self, head: &Head) -> bool {
+        let armed = self.armed.lock().unwrap();
+        armed.as_deref() == Some(head.target.as_str())
+            && head.method == "PUT"
+            && head.header("x-amz-copy-source").is_none()
+    }
+}
+
+/// Proxies the requests of one client connection until it closes.
+fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut client = client;
+    while let Some(head) = read_head(&mut reader)? {
+        if head.header("transfer-encoding").is_some() {
+            state.problem(format!(
+                "{} {}: a chunked request body (not supported)",
+                head.method, head.target
+            ));
+            return Ok(());
+        }
+        let length: usize = match head.header("content-length") {
+            Some(value) => value.trim().parse().map_err(std::io::Error::other)?,
+            None => 0,
+        };
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+
+        let mut request = format!("{} {} HTTP/1.1\r\n", head.method, head.target);
+        for (name, value) in &head.headers {
+            if !name.eq_ignore_ascii_case("connection") {
+                request.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+        // Upstream closes after its response: its end is the end of the response.
+        request.push_str("Connection: close\r\n\r\n");
+        let mut upstream = TcpStream::connect(state.upstream)?;
+        upstream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        upstream.write_all(request.as_bytes())?;
+        upstream.write_all(&body)?;
+        let mut response = Vec::new();
+        upstream.read_to_end(&mut response)?;
+
+        if state.loses_answer_to(&head) {
+            state.lost.fetch_add(1, Ordering::SeqCst);
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        client.write_all(&response)?;
+    }
+    Ok(())
+}
+
+/// The next request head, or `None` when the client closed the connection between
+/// requests.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<Head>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(std::io::Error::other(format!("bad request line {line:?}")));
+    };
+    let mut head = Head {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        headers: Vec::new(),
+    };
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other(
+                "connection closed inside a request head",
+            ));
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            return Ok(Some(head));
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(std::io::Error::other(format!("bad header line {line:?}")));
+        };
+        head.headers
+            .push((name.to_owned(), value.trim().to_owned()));
+    }
+}
