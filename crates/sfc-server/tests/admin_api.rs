@@ -799,24 +799,13 @@ fn a_token_file_owned_by_another_user_stops_the_start_up() {
 
 #[test]
 fn readyz_and_the_storage_error_count_follow_the_database() {
-    use sfc_server::testing::{Faults, FaultyBlobs, FaultyMeta};
-    use sfc_server::{LocalBlobStore, SqliteStore, Storage};
+    use sfc_server::testing::Faults;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     init_logging();
     let dir = tempfile::tempdir().unwrap();
     let faults = Arc::new(Faults::default());
-    let storage = Storage {
-        meta: Box::new(FaultyMeta::new(
-            SqliteStore::open(&dir.path().join("defensive.db")).unwrap(),
-            faults.clone(),
-        )),
-        blobs: Box::new(FaultyBlobs::new(
-            LocalBlobStore::new(dir.path()),
-            faults.clone(),
-        )),
-        lock: None,
-    };
+    let storage = faulty_local_storage(dir.path(), &faults);
     let mut config = config_for(dir.path());
     with_admin(&mut config);
     let server = sfc_server::RunningServer::start_with(config, storage).unwrap();

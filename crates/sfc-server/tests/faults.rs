@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use sfc_proto::{ClientId, Response};
-use sfc_server::testing::{Faults, FaultyBlobs, FaultyMeta};
-use sfc_server::{LocalBlobStore, MetaStore, RunningServer, SqliteStore, Storage};
+use sfc_server::testing::Faults;
+use sfc_server::{MetaStore, RunningServer, SqliteStore, Storage};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -22,17 +22,7 @@ fn start() -> (tempfile::TempDir, RunningServer, Arc<Faults>) {
         dir.path().join("admin.token"),
     ));
     let switches = Arc::new(Faults::default());
-    let storage = Storage {
-        meta: Box::new(FaultyMeta::new(
-            SqliteStore::open(&dir.path().join("defensive.db")).unwrap(),
-            switches.clone(),
-        )),
-        blobs: Box::new(FaultyBlobs::new(
-            LocalBlobStore::new(dir.path()),
-            switches.clone(),
-        )),
-        lock: None,
-    };
+    let storage = faulty_local_storage(dir.path(), &switches);
     let server = RunningServer::start_with(config, storage).unwrap();
     (dir, server, switches)
 }
@@ -395,17 +385,8 @@ fn the_data_folder_stays_locked_until_a_cut_storage_job_is_done() {
     // The standard storage's lock, in front of stores with fault switches.
     let Storage { meta, blobs, lock } = Storage::open(&config).unwrap();
     drop((meta, blobs));
-    let storage = Storage {
-        meta: Box::new(FaultyMeta::new(
-            SqliteStore::open(&dir.path().join("defensive.db")).unwrap(),
-            switches.clone(),
-        )),
-        blobs: Box::new(FaultyBlobs::new(
-            LocalBlobStore::new(dir.path()),
-            switches.clone(),
-        )),
-        lock,
-    };
+    let mut storage = faulty_local_storage(dir.path(), &switches);
+    storage.lock = lock;
     assert!(
         lock_is_held(&config),
         "the running server's storage holds the lock"

@@ -542,3 +542,23 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
     }
     condition()
 }
+
+/// SQLite and the local file store in `dir`, each behind the fault switches `faults`
+/// (no folder lock: set `lock` to hold one).
+pub fn faulty_local_storage(
+    dir: &Path,
+    faults: &std::sync::Arc<sfc_server::testing::Faults>,
+) -> sfc_server::Storage {
+    use sfc_server::testing::{FaultyBlobs, FaultyMeta};
+    sfc_server::Storage {
+        meta: Box::new(FaultyMeta::new(
+            SqliteStore::open(&dir.join("defensive.db")).unwrap(),
+            std::sync::Arc::clone(faults),
+        )),
+        blobs: Box::new(FaultyBlobs::new(
+            sfc_server::LocalBlobStore::new(dir),
+            std::sync::Arc::clone(faults),
+        )),
+        lock: None,
+    }
+}
