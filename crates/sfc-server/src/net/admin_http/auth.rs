@@ -33,16 +33,27 @@ pub fn random_token() -> String {
         })
 }
 
+/// Longest token file read (a token is a line of text; a larger file is not one).
+const MAX_TOKEN_FILE_LEN: u64 = 4096;
+
 /// Reads the token from `path`, or creates the file (owner-only) with a random token
 /// and says where. An existing file is checked through the handle it is read from, so
 /// that it cannot be swapped between the check and the read.
 pub fn load_or_create_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
-    match std::fs::File::open(path) {
-        Ok(mut file) => {
-            keep_private(path, &file)?;
+    match open_token_file(path) {
+        Ok((file, through_link)) => {
+            keep_private(path, &file, through_link)?;
             let mut text = Zeroizing::new(String::new());
-            file.read_to_string(&mut text)
+            file.take(MAX_TOKEN_FILE_LEN + 1)
+                .read_to_string(&mut text)
                 .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+            if text.len() as u64 > MAX_TOKEN_FILE_LEN {
+                anyhow::bail!(
+                    "the admin token file {} is larger than {MAX_TOKEN_FILE_LEN} bytes: not a \
+                     token file",
+                    path.display()
+                );
+            }
             let token = Zeroizing::new(text.trim().to_owned());
             if token.len() < MIN_TOKEN_LEN {
                 anyhow::bail!(
@@ -74,22 +85,64 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
     }
 }
 
+/// Opens an existing token file to read, and says whether its path is a symbolic link.
+/// Without blocking: a FIFO planted at the path would hang the start-up. A link (a
+/// mounted secret is one) is followed, but [`keep_private`] never changes a mode
+/// through it: a link planted to a system file others may read (known content) would
+/// otherwise have that file made owner-only and its content taken as the token.
+#[cfg(unix)]
+fn open_token_file(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags: OFlags| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags.bits() as i32)
+            .open(path)
+    };
+    match open(OFlags::NOFOLLOW | OFlags::NONBLOCK) {
+        Ok(file) => Ok((file, false)),
+        Err(error) if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            Ok((open(OFlags::NONBLOCK)?, true))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(not(unix))]
+fn open_token_file(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
+    Ok((std::fs::File::open(path)?, false))
+}
+
 /// Whoever can read the token file is an administrator (every stored file, every
-/// client), and whoever owns it chose the token: a file of another user is refused
-/// ([`check_token_file_owner`]); a file others may read is made owner-only, as the
-/// database is at start-up, and refused if the server cannot make it so.
+/// client), and whoever owns it chose the token: anything but a regular file is
+/// refused, and so is a file of another user ([`check_token_file_owner`]); a file
+/// others may read is made owner-only, as the database is at start-up, and refused if
+/// the server cannot make it so or reached it through a symbolic link.
 #[cfg_attr(not(unix), allow(unused_variables))]
-fn keep_private(path: &Path, file: &std::fs::File) -> anyhow::Result<()> {
+fn keep_private(path: &Path, file: &std::fs::File, through_link: bool) -> anyhow::Result<()> {
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!(
+            "the admin token file {} is not a regular file",
+            path.display()
+        );
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let meta = file
-            .metadata()
-            .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
-        if let Some(effective_uid) = effective_uid() {
-            check_token_file_owner(path, meta.uid(), effective_uid)?;
-        }
+        check_token_file_owner(path, meta.uid(), effective_uid())?;
         let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 && through_link {
+            anyhow::bail!(
+                "the admin token file {} is a symbolic link to a file open to other users \
+                 (mode {:o}); chmod 600 the file it points to (as its owner)",
+                path.display(),
+                mode & 0o777
+            );
+        }
         if mode & 0o077 != 0 {
             let owner_only = std::fs::Permissions::from_mode(mode & 0o700);
             file.set_permissions(owner_only).with_context(|| {
@@ -121,18 +174,12 @@ fn check_token_file_owner(path: &Path, file_uid: u32, effective_uid: u32) -> any
     )
 }
 
-/// The server's effective uid: rustix's `geteuid` (rustix is already a dependency on
-/// Linux) is a plain system call that cannot fail, unlike parsing `/proc/self/status`
-/// or reading the owner of a probe file (which needs a writable folder).
-#[cfg(target_os = "linux")]
-fn effective_uid() -> Option<u32> {
-    Some(rustix::process::geteuid().as_raw())
-}
-
-/// Elsewhere the owner is not checked (no safe `geteuid` among the dependencies).
-#[cfg(all(unix, not(target_os = "linux")))]
-fn effective_uid() -> Option<u32> {
-    None
+/// The server's effective uid: rustix's `geteuid` is a plain system call that cannot
+/// fail, unlike parsing `/proc/self/status` or reading the owner of a probe file (which
+/// needs a writable folder).
+#[cfg(unix)]
+fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }
 
 /// Compares without an early exit, so that the time taken does not tell how much of a
@@ -242,6 +289,52 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    /// A link planted to a system file others may read (its content known) is not made
+    /// owner-only through the link and taken as the token; a link to the server's own
+    /// owner-only file (a mounted secret) is followed.
+    #[test]
+    #[cfg(unix)]
+    fn a_token_file_reached_through_a_link_is_never_tightened_through_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let known = dir.path().join("machine-id");
+        std::fs::write(&known, format!("{}\n", "k".repeat(32))).unwrap();
+        std::fs::set_permissions(&known, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let planted = dir.path().join("admin.token");
+        std::os::unix::fs::symlink(&known, &planted).unwrap();
+        let refused = load_or_create_token(&planted).unwrap_err().to_string();
+        assert!(refused.contains("symbolic link"), "{refused}");
+        let mode = std::fs::metadata(&known).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "the linked file is left as it was");
+
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, format!("{}\n", "s".repeat(32))).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mounted = dir.path().join("mounted.token");
+        std::os::unix::fs::symlink(&secret, &mounted).unwrap();
+        assert_eq!(*load_or_create_token(&mounted).unwrap(), "s".repeat(32));
+    }
+
+    /// A FIFO at the path would block the start-up on its open; a large file is no token.
+    #[test]
+    #[cfg(unix)]
+    fn only_a_small_regular_file_is_read_as_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.token");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let refused = load_or_create_token(&fifo).unwrap_err().to_string();
+        assert!(refused.contains("not a regular file"), "{refused}");
+
+        let large = dir.path().join("large.token");
+        std::fs::write(&large, "x".repeat(MAX_TOKEN_FILE_LEN as usize + 1)).unwrap();
+        let refused = load_or_create_token(&large).unwrap_err().to_string();
+        assert!(refused.contains("larger than"), "{refused}");
+    }
+
     #[test]
     fn a_token_file_of_another_user_is_refused() {
         let path = Path::new("/srv/sfc/admin.token");
@@ -275,7 +368,7 @@ mod tests {
         std::fs::write(&path, format!("{}\n", "t".repeat(40))).unwrap();
         let own = load_or_create_token(&path).unwrap();
         assert_eq!(*own, "t".repeat(40));
-        if effective_uid() != Some(0) {
+        if effective_uid() != 0 {
             return;
         }
         std::os::unix::fs::chown(&path, Some(4242), Some(4242)).unwrap();
