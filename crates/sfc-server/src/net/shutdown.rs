@@ -26,6 +26,8 @@ async fn stop_admin(admin: Option<JoinHandle<()>>, deadline: Instant) {
         // A download in progress may not hold the shutdown beyond the grace period.
         if tokio::time::timeout_at(deadline, &mut admin).await.is_err() {
             admin.abort();
+            // Its handle on the core goes with it, before `shut_down` returns.
+            let _ = admin.await;
         }
     }
 }

@@ -74,6 +74,9 @@ impl Default for Faults {
     }
 }
 
+/// The longest a [`Gate`] holds a call.
+pub const GATE_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Holds one store call until the test lets it go on: [`Gate::hold_next`] arms it, the
 /// next call through it reports that it arrived ([`Gate::wait_arrived`]) and waits until
 /// [`Gate::open`]. Calls pass freely while it is not armed.
@@ -119,7 +122,9 @@ impl Gate {
         self.changed.notify_all();
     }
 
-    /// Called by the store: waits here if the gate is armed.
+    /// Called by the store: waits here if the gate is armed, for [`Gate::open`] or at
+    /// most [`GATE_PATIENCE`] (a test that failed before opening it leaves no thread
+    /// blocked for good).
     fn pass(&self) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if !state.armed {
@@ -130,7 +135,7 @@ impl Gate {
         self.changed.notify_all();
         let _open = self
             .changed
-            .wait_while(state, |s| !s.open)
+            .wait_timeout_while(state, GATE_PATIENCE, |s| !s.open)
             .unwrap_or_else(PoisonError::into_inner);
     }
 }
