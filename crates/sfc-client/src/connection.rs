@@ -273,16 +273,6 @@ impl Connection {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 
-    /// Writes bytes (one or more whole requests) with one `write_all`.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        self.unused = false;
-        let result = self.stream().and_then(|s| s.write_all(bytes));
-        result.map_err(|error| {
-            self.stream = None;
-            write_failure(error)
-        })
-    }
-
     /// The open stream, for a writer thread (plain TCP or TLS; `Send`).
     pub fn stream_mut(&mut self) -> Option<&mut Stream> {
         self.unused = false;
@@ -474,9 +464,12 @@ impl Connection {
     /// refusal waiting to be read; it is a server error like any other (rule C8), not a
     /// sign of a server that closes after each reply. The stream is dropped.
     pub fn refusal_before_close(&mut self) -> Option<Response> {
+        // The first whole reply only: one that answered something else is no refusal of
+        // this request.
         self.arrived_replies()
             .into_iter()
-            .find(|reply| *reply == Response::ServerError)
+            .next()
+            .filter(|reply| *reply == Response::ServerError)
     }
 
     /// Bookkeeping after a reply: remembers a 1607; in per-request mode, closes the
