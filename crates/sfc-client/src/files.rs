@@ -89,28 +89,42 @@ pub struct Walk {
 }
 
 /// The client's folder (`--dir`), canonical, whose state a walk leaves out wherever the
-/// walk meets it: by name in the folder, or through a path or link that resolves there.
+/// walk meets it: by name in the folder, or through a path or link that resolves there;
+/// and the folder where a key that could not be saved there goes
+/// ([`store::save_fallback`]: the system's temporary folder).
 struct ClientFolder {
-    dir: PathBuf,
-    servers: PathBuf,
+    dir: Option<PathBuf>,
+    servers: Option<PathBuf>,
+    fallback: Option<PathBuf>,
 }
 
 impl ClientFolder {
-    /// `None` for a folder that does not exist: it holds no state.
-    fn find(dir: &Path) -> Option<ClientFolder> {
-        let dir = std::fs::canonicalize(dir).ok()?;
-        let servers = dir.join(SERVERS_DIR);
-        Some(ClientFolder { dir, servers })
+    /// A folder that does not exist holds no state.
+    fn find(dir: &Path, fallback: &Path) -> ClientFolder {
+        let dir = std::fs::canonicalize(dir).ok();
+        ClientFolder {
+            servers: dir.as_ref().map(|dir| dir.join(SERVERS_DIR)),
+            dir,
+            fallback: std::fs::canonicalize(fallback).ok(),
+        }
     }
 
     /// True for a path (with a canonical parent) that is the client's state.
     fn holds(&self, real: &Path) -> bool {
-        real.starts_with(&self.servers)
-            || (real.parent() == Some(self.dir.as_path())
-                && real
-                    .file_name()
-                    .and_then(|name| name.to_str())
-                    .is_some_and(store::is_state_file))
+        let in_folder = |folder: &Option<PathBuf>, named: fn(&str) -> bool| {
+            folder.as_deref().is_some_and(|folder| {
+                real.parent() == Some(folder)
+                    && real
+                        .file_name()
+                        .and_then(|name| name.to_str())
+                        .is_some_and(named)
+            })
+        };
+        self.servers
+            .as_deref()
+            .is_some_and(|servers| real.starts_with(servers))
+            || in_folder(&self.dir, store::is_state_file)
+            || in_folder(&self.fallback, store::is_fallback_key)
     }
 }
 
@@ -120,22 +134,22 @@ impl ClientFolder {
 /// out always, and so is the state of the client whose folder is `client_dir` (a user
 /// sending `-r .` from it does not mean to send its private key).
 pub fn walk(root: &Path, follow_symlinks: bool, client_dir: &Path) -> io::Result<Walk> {
+    walk_leaving_out(
+        root,
+        follow_symlinks,
+        &ClientFolder::find(client_dir, &std::env::temp_dir()),
+    )
+}
+
+fn walk_leaving_out(root: &Path, follow_symlinks: bool, client: &ClientFolder) -> io::Result<Walk> {
     let mut walk = Walk::default();
-    let client = ClientFolder::find(client_dir);
     let real_root = std::fs::canonicalize(root)?;
-    if client.as_ref().is_some_and(|c| c.holds(&real_root)) {
+    if client.holds(&real_root) {
         walk.skipped_state.push(root.to_owned());
         return Ok(walk);
     }
     let mut open = vec![real_root];
-    walk_into(
-        root,
-        "",
-        follow_symlinks,
-        client.as_ref(),
-        &mut open,
-        &mut walk,
-    )?;
+    walk_into(root, "", follow_symlinks, client, &mut open, &mut walk)?;
     Ok(walk)
 }
 
@@ -143,14 +157,14 @@ fn walk_into(
     dir: &Path,
     prefix: &str,
     follow: bool,
-    client: Option<&ClientFolder>,
+    client: &ClientFolder,
     open: &mut Vec<PathBuf>,
     walk: &mut Walk,
 ) -> io::Result<()> {
     let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     let real_dir = open.last().cloned().unwrap_or_default();
-    let is_state = |real: &Path| client.is_some_and(|c| c.holds(real));
+    let is_state = |real: &Path| client.holds(real);
     for entry in entries {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -269,6 +283,34 @@ mod tests {
         ".priv.key.Ab12cd.tmp",
         "servers/127.0.0.1_1256/priv.key",
     ];
+
+    /// A key the client could not save in its folder goes to the system's temporary
+    /// folder (`store::save_fallback`): `-r` of that folder leaves it out too, and only it.
+    #[test]
+    fn walks_leave_out_a_fallback_key_in_the_temporary_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join("tmp");
+        let key = "sfc-client-alice-00112233445566778899aabbccddeeff.key";
+        make_files(
+            &temp,
+            &[
+                key,
+                ".sfc-client-bob-00.key.Ab12cd.tmp",
+                "notes.key",
+                "a.txt",
+            ],
+        );
+        make_files(&temp, &[&format!("sub/{key}")]);
+        let client = ClientFolder::find(&dir.path().join("client"), &temp);
+        let found = walk_leaving_out(&temp, false, &client).unwrap();
+        let labels: Vec<&str> = found.files.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["a.txt", "notes.key", &format!("sub/{key}")],
+            "only the temporary folder itself holds fallback keys"
+        );
+        assert_eq!(found.skipped_state.len(), 2, "{:?}", found.skipped_state);
+    }
 
     #[test]
     fn walks_leave_out_the_client_state_only_in_its_folder() {

@@ -71,6 +71,19 @@ pub fn is_state_file(name: &str) -> bool {
         || name.starts_with(WRITE_PROBE_PREFIX)
 }
 
+/// How [`save_fallback`] names a key it could not save in the client's folder, in the
+/// system's temporary folder: `sfc-client-<name>-<client id>.key`.
+const FALLBACK_KEY_PREFIX: &str = "sfc-client-";
+const FALLBACK_KEY_SUFFIX: &str = ".key";
+
+/// True for a name [`save_fallback`] gives a key in the system's temporary folder (or its
+/// temporary file). `-r` of that folder never sends them.
+pub fn is_fallback_key(name: &str) -> bool {
+    let written =
+        |name: &str| name.starts_with(FALLBACK_KEY_PREFIX) && name.ends_with(FALLBACK_KEY_SUFFIX);
+    written(name) || identity::temporary_of(name).is_some_and(written)
+}
+
 /// A run's exclusive lock on its folder (`--dir`), held until it is dropped; the system
 /// releases it however the process ends, so a killed run leaves no stale lock.
 #[derive(Debug)]
@@ -304,7 +317,7 @@ impl IdentityFolder {
 pub fn save_fallback(identity: &Identity) -> io::Result<PathBuf> {
     let key = identity.keypair.to_base64().map_err(io::Error::other)?;
     let path = std::env::temp_dir().join(format!(
-        "sfc-client-{}-{}.key",
+        "{FALLBACK_KEY_PREFIX}{}-{}{FALLBACK_KEY_SUFFIX}",
         folder_name(identity.name.as_str()),
         identity.client_id.to_hex()
     ));
