@@ -358,6 +358,65 @@ fn two_nodes_racing_on_one_client_keep_one_key_and_whole_file_rows() {
     }
 }
 
+/// Two nodes flushing LastSeen for the same clients at the same moment lock their rows in
+/// one order (by ID): neither waits for the other in a cycle, which PostgreSQL would break
+/// by failing one flush with a deadlock error after `deadlock_timeout`.
+#[test]
+fn two_nodes_flushing_last_seen_for_the_same_clients_never_deadlock() {
+    let Some((cluster, url, db)) = fresh_url("touch race") else {
+        return;
+    };
+    let nodes = [
+        PostgresStore::open(&url).unwrap(),
+        PostgresStore::open_existing(&url).unwrap(),
+    ];
+    let clients: Vec<ClientId> = (1..=256u128).map(|n| ClientId(n.to_be_bytes())).collect();
+    let start = sfc_server::Timestamp::now();
+    for (n, client) in clients.iter().enumerate() {
+        nodes[0]
+            .insert_client(client, &format!("toucher-{n}"), start)
+            .unwrap();
+    }
+    // A table of many clients, as a busy site's: the planner then finds the touched rows
+    // by index in the order they are given, not by one scan of the table in its order.
+    cluster.psql(
+        &db,
+        "INSERT INTO clients (ID, Name) SELECT decode(lpad(to_hex(g), 32, '0'), 'hex'), \
+         'bulk-' || g FROM generate_series(100000, 150000) AS g; ANALYZE clients;",
+    );
+    // Each flush orders its rows at random (before the fix: a deadlock in a few rounds).
+    const ROUNDS: i64 = 100;
+    let barrier = Barrier::new(2);
+    // Both threads meet at the barrier every round, failures noted (not panicked on, which
+    // would leave the other thread waiting there).
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for node in &nodes {
+            let (barrier, clients, failures) = (&barrier, &clients, &failures);
+            scope.spawn(move || {
+                for round in 1..=ROUNDS {
+                    let at = sfc_server::Timestamp(start.0 + round);
+                    let seen: Vec<_> = clients.iter().map(|client| (*client, at)).collect();
+                    barrier.wait();
+                    if let Err(error) = node.touch(&seen) {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("round {round}: {error}"));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{failures:#?}");
+    let last = sfc_server::Timestamp(start.0 + ROUNDS).to_string();
+    for client in &clients {
+        let record = nodes[0].client(client).unwrap().unwrap();
+        assert_eq!(record.last_seen.as_deref(), Some(last.as_str()));
+    }
+}
+
 #[test]
 fn postgres_restarted_mid_run_gives_1607_meanwhile_and_the_server_reconnects() {
     if !postgres::available("postgres restart") {

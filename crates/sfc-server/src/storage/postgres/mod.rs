@@ -31,7 +31,10 @@
 //! - "replace a file": one upsert on the `(ID, FileName)` key, so a row is always one
 //!   writer's whole row;
 //! - `LastSeen` only moves forward: `GREATEST` over the stored text (collation "C": the
-//!   text sorts chronologically), evaluated on the latest row version.
+//!   text sorts chronologically), evaluated on the latest row version;
+//! - the periodic `LastSeen` flush locks its rows in ID order, so two servers flushing the
+//!   same clients never deadlock (in the order of their batches they could: PostgreSQL
+//!   would fail one flush after `deadlock_timeout`).
 //!
 //! # Connections
 //!

@@ -257,9 +257,16 @@ impl MetaStore for PostgresStore {
             .into_iter()
             .map(|(id, now)| (id.0.to_vec(), now.to_string()))
             .unzip();
+        // The rows are locked in ID order first: two nodes flushing the same clients
+        // would otherwise lock them in the order of their arrays (an index lookup per
+        // element) and could each wait for the other (a deadlock, one flush failed).
         self.query(
             "UPDATE clients SET LastSeen = GREATEST(COALESCE(clients.LastSeen, ''), seen.at)
-             FROM unnest($1::bytea[], $2::text[]) AS seen (id, at)
+             FROM (SELECT c.ID AS id, s.at
+                   FROM clients AS c JOIN unnest($1::bytea[], $2::text[]) AS s (id, at)
+                     ON c.ID = s.id
+                   ORDER BY c.ID
+                   FOR UPDATE OF c) AS seen
              WHERE clients.ID = seen.id",
             &[&ids, &times],
         )?;
