@@ -3,13 +3,15 @@
 //! address and reason per interval, with the number refused since the previous line, so
 //! that a flood cannot flood the log. Addresses are counted as the limits count them
 //! (IPv6 by its /64, [`key_of`]), and at most [`REMEMBERED`] of them: beyond that,
-//! refusals from new addresses share one line under the unspecified address `::`.
+//! refusals from new addresses share one line ([`Refused::Others`]; not an address, so
+//! that it is never taken for one, such as `::`, the /64 of `::1`).
 //! Refusals held back when the flood stops are reported by [`RefusalLog::flush`], which
 //! the listener calls every interval.
 
 use super::rate_limit::key_of;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,24 @@ pub(crate) enum Refusal {
     TooManyConnections,
 }
 
+/// Whose refusals a line counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Refused {
+    /// One address (an IPv6 address's /64).
+    From(IpAddr),
+    /// The new addresses a full table had no room for, together.
+    Others,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::From(ip) => ip.fmt(f),
+            Refused::Others => f.write_str("other addresses (too many to count apart)"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     logged_at: Instant,
@@ -45,7 +65,7 @@ pub(crate) struct RefusalLog {
 
 #[derive(Debug, Default)]
 struct Table {
-    entries: HashMap<(IpAddr, Refusal), Entry>,
+    entries: HashMap<(Refused, Refusal), Entry>,
     /// When a full table was last swept: at most once per second, so that a flood from
     /// new addresses does not sweep it on every refusal.
     swept_at: Option<Instant>,
@@ -59,10 +79,16 @@ impl RefusalLog {
         }
     }
 
-    /// Counts one refusal; returns how many refusals the line due now reports (this
-    /// one included), or `None` when no line is due yet.
-    pub(crate) fn count(&self, ip: IpAddr, why: Refusal, now: Instant) -> Option<u64> {
-        let mut ip = key_of(ip);
+    /// [`RefusalLog::count_keyed`] without the key.
+    #[cfg(test)]
+    fn count(&self, ip: IpAddr, why: Refusal, now: Instant) -> Option<u64> {
+        self.count_keyed(ip, why, now).1
+    }
+
+    /// Counts one refusal; returns the key it was counted under, and how many refusals
+    /// the line due now reports (this one included), or `None` when no line is due yet.
+    fn count_keyed(&self, ip: IpAddr, why: Refusal, now: Instant) -> (Refused, Option<u64>) {
+        let mut ip = Refused::From(key_of(ip));
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let Table { entries, swept_at } = &mut *table;
         if entries.len() >= REMEMBERED && !entries.contains_key(&(ip, why)) {
@@ -75,10 +101,10 @@ impl RefusalLog {
             }
             if entries.len() >= REMEMBERED {
                 // Still full of addresses refused within the interval: no room for more.
-                ip = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+                ip = Refused::Others;
             }
         }
-        match entries.get_mut(&(ip, why)) {
+        let due = match entries.get_mut(&(ip, why)) {
             Some(entry) if now.saturating_duration_since(entry.logged_at) < self.interval => {
                 entry.unlogged += 1;
                 None
@@ -99,13 +125,14 @@ impl RefusalLog {
                 );
                 Some(1)
             }
-        }
+        };
+        (ip, due)
     }
 
     /// The refusals held back whose interval has passed (no later refusal reported
     /// them), or with `all` every one held back (at shutdown), with their counts; they
     /// count as logged `now`.
-    pub(crate) fn due(&self, now: Instant, all: bool) -> Vec<(IpAddr, Refusal, u64)> {
+    pub(crate) fn due(&self, now: Instant, all: bool) -> Vec<(Refused, Refusal, u64)> {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         table
             .entries
@@ -131,8 +158,10 @@ impl RefusalLog {
 
     /// Counts a refused connection from `peer` and logs a line when one is due.
     pub(crate) fn refused(&self, peer: SocketAddr, why: Refusal) {
-        if let Some(count) = self.count(peer.ip(), why, Instant::now()) {
-            self.emit(&peer, why, count);
+        match self.count_keyed(peer.ip(), why, Instant::now()) {
+            (Refused::From(_), Some(count)) => self.emit(&peer, why, count),
+            (others, Some(count)) => self.emit(&others, why, count),
+            (_, None) => {}
         }
     }
 
@@ -211,7 +240,10 @@ mod tests {
         assert_eq!(log.count(other_64, Refusal::Banned, t0), Some(1));
         let at = t0 + Duration::from_secs(10);
         let prefix: IpAddr = "2001:db8:1:2::".parse().unwrap();
-        assert_eq!(log.due(at, false), vec![(prefix, Refusal::Banned, 1)]);
+        assert_eq!(
+            log.due(at, false),
+            vec![(Refused::From(prefix), Refusal::Banned, 1)]
+        );
     }
 
     #[test]
@@ -222,16 +254,21 @@ mod tests {
         for n in 0..REMEMBERED as u32 {
             assert_eq!(log.count(address(n), Refusal::Banned, t0), Some(1));
         }
-        // Every entry was logged within the interval: newcomers share `::`.
+        // Every entry was logged within the interval: newcomers share one line.
         let extra = 5_000;
         let lines = (0..extra)
             .filter_map(|n| log.count(address(1 << 20 | n), Refusal::Banned, t0))
             .count();
         assert_eq!(lines, 1);
         assert_eq!(log.remembered(), REMEMBERED + 1);
-        let shared = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         let due = log.due(t0 + Duration::from_secs(10), false);
-        assert_eq!(due, vec![(shared, Refusal::Banned, u64::from(extra) - 1)]);
+        assert_eq!(
+            due,
+            vec![(Refused::Others, Refusal::Banned, u64::from(extra) - 1)]
+        );
+        // Its line names no address (before: `::`, also the line of `::1`'s /64).
+        let shown = Refused::Others.to_string();
+        assert!(shown.parse::<IpAddr>().is_err(), "{shown}");
         // Once the interval has passed, room is made for new addresses again.
         let later = t0 + Duration::from_secs(11);
         assert_eq!(log.count(address(1 << 21), Refusal::Banned, later), Some(1));
@@ -253,7 +290,10 @@ mod tests {
         // Within the interval nothing is due; after it, the 3 held back, once.
         assert!(log.due(t0 + Duration::from_secs(5), false).is_empty());
         let at = t0 + Duration::from_secs(10);
-        assert_eq!(log.due(at, false), vec![(a, Refusal::Banned, 3)]);
+        assert_eq!(
+            log.due(at, false),
+            vec![(Refused::From(a), Refusal::Banned, 3)]
+        );
         assert!(log.due(t0 + Duration::from_secs(30), true).is_empty());
         // They count as logged then: the next refusal within the interval waits.
         assert_eq!(
@@ -263,7 +303,7 @@ mod tests {
         // At shutdown whatever is held back is reported, interval or not.
         assert_eq!(
             log.due(at + Duration::from_secs(2), true),
-            vec![(a, Refusal::Banned, 1)]
+            vec![(Refused::From(a), Refusal::Banned, 1)]
         );
     }
 }
