@@ -168,6 +168,54 @@ fn a_replacement_whose_answer_is_lost_puts_the_earlier_version_back() {
     );
 }
 
+/// The same for a multipart upload: its completion lands but the answer is lost. The
+/// earlier version is put back, and neither the backup nor the upload's marker is left
+/// (the background abort of the upload, which did complete, deletes the marker: SeaweedFS
+/// accepts aborting a completed upload).
+#[test]
+fn a_multipart_replacement_whose_completion_answer_is_lost_puts_the_earlier_version_back() {
+    let Some(weed) = shared("a_multipart_replacement_whose_completion_answer_is_lost") else {
+        return;
+    };
+    let Store::S3(mut location) = weed.fresh() else {
+        unreachable!()
+    };
+    let proxy = AnswerLosingProxy::start(&weed.endpoint());
+    for (key, value) in &mut location.settings {
+        if key == "aws_endpoint" {
+            *value = proxy.endpoint();
+        }
+    }
+    let store = S3BlobStore::open(&location, Duration::from_secs(600)).unwrap();
+    let earlier = data(1000, 13);
+    let rel = put(&store, "m.bin", &earlier);
+
+    proxy.lose_answers_to_completions(&format!("/{BUCKET}/{}/{rel}", location.prefix));
+    let newer = data(17 << 20, 14);
+    let mut temp = store.create_temp(&CLIENT, "m.bin").unwrap();
+    for piece in newer.chunks(1 << 20) {
+        temp.write_all(piece).unwrap();
+    }
+    let result = temp.persist_undoable();
+    proxy.disarm();
+    assert!(result.is_err(), "persisted although every answer was lost");
+    assert!(proxy.answers_lost() >= 1, "no answer was lost");
+    assert_eq!(proxy.problems(), Vec::<String>::new());
+
+    // The upload's clean-up runs in the background: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let objects = loop {
+        let objects = weed.objects(&location.prefix);
+        if objects.len() == 1 || Instant::now() > deadline {
+            break objects;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let keys: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(keys, [rel.as_str()], "no backup, no marker left");
+    assert!(objects[0].1 == earlier, "the earlier version is back");
+}
+
 #[test]
 fn recovery_spares_young_work_and_clears_old_leftovers() {
     let Some(weed) = shared("recovery_spares_young_work_and_clears_old_leftovers") else {

@@ -23,11 +23,20 @@ pub struct AnswerLosingProxy {
 
 struct State {
     upstream: SocketAddr,
-    /// URL path (`/bucket/key`) whose plain `PUT`s lose their answers, when armed.
-    armed: Mutex<Option<String>>,
+    /// Whose answers are lost, when armed.
+    armed: Mutex<Option<Lost>>,
     lost: AtomicUsize,
     problems: Mutex<Vec<String>>,
     closed: AtomicBool,
+}
+
+/// Which requests of one object (URL path `/bucket/key`) lose their answers.
+#[derive(Clone, Debug)]
+enum Lost {
+    /// Plain `PUT`s: the object sent whole, not a part nor a server-side copy.
+    PlainPuts(String),
+    /// `POST`s completing a multipart upload (`?uploadId=…`).
+    Completions(String),
 }
 
 /// The head of a request: its request line and headers, as received.
@@ -90,7 +99,13 @@ impl AnswerLosingProxy {
     /// `x-amz-copy-source` header reaches upstream but loses its answer: a plain upload
     /// of the object, not a part of a multipart upload nor a server-side copy to it.
     pub fn lose_answers_to_plain_puts(&self, path: &str) {
-        *self.state.armed.lock().unwrap() = Some(path.to_owned());
+        *self.state.armed.lock().unwrap() = Some(Lost::PlainPuts(path.to_owned()));
+    }
+
+    /// From now on, every `POST` completing a multipart upload of `path` (`/bucket/key`)
+    /// reaches upstream but loses its answer.
+    pub fn lose_answers_to_completions(&self, path: &str) {
+        *self.state.armed.lock().unwrap() = Some(Lost::Completions(path.to_owned()));
     }
 
     /// Answers go through again.
@@ -123,10 +138,21 @@ impl State {
     }
 
     fn loses_answer_to(&self, head: &Head) -> bool {
-        let armed = self.armed.lock().unwrap();
-        armed.as_deref() == Some(head.target.as_str())
-            && head.method == "PUT"
-            && head.header("x-amz-copy-source").is_none()
+        match &*self.armed.lock().unwrap() {
+            None => false,
+            Some(Lost::PlainPuts(path)) => {
+                head.target == *path
+                    && head.method == "PUT"
+                    && head.header("x-amz-copy-source").is_none()
+            }
+            Some(Lost::Completions(path)) => {
+                head.method == "POST"
+                    && head
+                        .target
+                        .strip_prefix(path.as_str())
+                        .is_some_and(|query| query.starts_with("?uploadId="))
+            }
+        }
     }
 }
 
