@@ -26,7 +26,10 @@ pub const ME_INFO: &str = "me.info";
 /// File name of the saved private key.
 pub const PRIV_KEY: &str = "priv.key";
 
-const START_OVER: &str = "delete me.info and priv.key to register as a new client";
+/// The way out of an identity that cannot be used: never "delete", which would lose the
+/// only copy of a key another server may still know.
+pub const START_OVER: &str =
+    "move me.info and priv.key out of the folder (keep them) to register as a new client";
 
 /// A registered client: name, ID and RSA key pair.
 #[derive(Debug)]
@@ -496,6 +499,7 @@ mod tests {
                         text.contains(&format!("line {line}")),
                         "{content:?}: {text}"
                     );
+                    assert!(text.contains("(keep them)"), "{text}");
                     assert!(e.is_bad_input());
                 }
                 other => panic!("{content:?}: expected Malformed, got {other:?}"),

@@ -17,7 +17,7 @@ use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
 
 use crate::connection::{unexpected, Connection};
 use crate::error::{format_duration, ClientError, UnsavedIdentity};
-use crate::identity::{self, Identity};
+use crate::identity::{self, Identity, START_OVER};
 use crate::progress::{Reporter, Verbosity};
 use crate::store::{self, IdentityFolder};
 use crate::upload::Uploader;
@@ -146,7 +146,7 @@ impl Session {
                         detail: format!(
                             "sent an AES key that our saved private key cannot unwrap ({e}); \
                              the server may hold a different public key for this client — \
-                             delete me.info and priv.key to register as a new client"
+                             {START_OVER}"
                         ),
                     }
                 })?;
