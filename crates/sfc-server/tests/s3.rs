@@ -169,9 +169,10 @@ fn a_replacement_whose_answer_is_lost_puts_the_earlier_version_back() {
 }
 
 /// The same for a multipart upload: its completion lands but the answer is lost. The
-/// earlier version is put back, and neither the backup nor the upload's marker is left
-/// (the background abort of the upload, which did complete, deletes the marker: SeaweedFS
-/// accepts aborting a completed upload).
+/// earlier version is put back, and neither the backup nor the upload's marker is left.
+/// The upload is then aborted in the background; it completed, so S3 answers that abort
+/// with `NoSuchUpload` (the proxy does, as SeaweedFS accepts it): nothing is left to
+/// abort, and the marker goes too.
 #[test]
 fn a_multipart_replacement_whose_completion_answer_is_lost_puts_the_earlier_version_back() {
     let Some(weed) = shared("a_multipart_replacement_whose_completion_answer_is_lost") else {
@@ -191,6 +192,7 @@ fn a_multipart_replacement_whose_completion_answer_is_lost_puts_the_earlier_vers
     let rel = put(&store, "m.bin", &earlier);
 
     proxy.lose_answers_to_completions(&format!("/{BUCKET}/{}/{rel}", location.prefix));
+    proxy.answer_aborts_with_no_such_upload();
     let newer = data(17 << 20, 14);
     let mut temp = store.create_temp(&CLIENT, "m.bin").unwrap();
     for piece in newer.chunks(1 << 20) {
@@ -214,6 +216,11 @@ fn a_multipart_replacement_whose_completion_answer_is_lost_puts_the_earlier_vers
     let keys: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(keys, [rel.as_str()], "no backup, no marker left");
     assert!(objects[0].1 == earlier, "the earlier version is back");
+    assert_eq!(
+        proxy.aborts_answered(),
+        1,
+        "the upload's abort found nothing"
+    );
 }
 
 #[test]

@@ -26,6 +26,10 @@ struct State {
     /// Whose answers are lost, when armed.
     armed: Mutex<Option<Lost>>,
     lost: AtomicUsize,
+    /// Aborts of multipart uploads are answered here with S3's `NoSuchUpload` (404),
+    /// not forwarded: what S3 answers once the upload completed.
+    no_such_upload: AtomicBool,
+    aborts_answered: AtomicUsize,
     problems: Mutex<Vec<String>>,
     closed: AtomicBool,
 }
@@ -69,6 +73,8 @@ impl AnswerLosingProxy {
             upstream,
             armed: Mutex::new(None),
             lost: AtomicUsize::new(0),
+            no_such_upload: AtomicBool::new(false),
+            aborts_answered: AtomicUsize::new(0),
             problems: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
@@ -106,6 +112,17 @@ impl AnswerLosingProxy {
     /// reaches upstream but loses its answer.
     pub fn lose_answers_to_completions(&self, path: &str) {
         *self.state.armed.lock().unwrap() = Some(Lost::Completions(path.to_owned()));
+    }
+
+    /// From now on, aborts of multipart uploads get `404 NoSuchUpload` from the proxy
+    /// (as from S3 for an upload that completed; SeaweedFS accepts them).
+    pub fn answer_aborts_with_no_such_upload(&self) {
+        self.state.no_such_upload.store(true, Ordering::SeqCst);
+    }
+
+    /// How many aborts the proxy answered itself.
+    pub fn aborts_answered(&self) -> usize {
+        self.state.aborts_answered.load(Ordering::SeqCst)
     }
 
     /// Answers go through again.
@@ -175,6 +192,21 @@ fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
 
+        if head.method == "DELETE"
+            && head.target.contains("?uploadId=")
+            && state.no_such_upload.load(Ordering::SeqCst)
+        {
+            state.aborts_answered.fetch_add(1, Ordering::SeqCst);
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchUpload\
+                        </Code><Message>The specified upload does not exist.</Message></Error>";
+            write!(
+                client,
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            return Ok(());
+        }
         let mut request = format!("{} {} HTTP/1.1\r\n", head.method, head.target);
         for (name, value) in &head.headers {
             if !name.eq_ignore_ascii_case("connection") {

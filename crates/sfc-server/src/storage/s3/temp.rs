@@ -253,7 +253,13 @@ impl Drop for S3Temp {
         let (key, marker) = (self.key.clone(), self.marker.clone());
         self.shared
             .spawn_detached("cannot abort an upload", async move {
-                s3.abort_multipart(&key, &upload.id).await?;
+                match s3.abort_multipart(&key, &upload.id).await {
+                    // NoSuchUpload: nothing left to abort (a completion whose answer was
+                    // lost did complete): the marker has nothing more to protect.
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    // Kept with its marker: recovery aborts it later.
+                    Err(error) => return Err(error),
+                }
                 delete_quietly(&s3, &marker).await
             });
     }
