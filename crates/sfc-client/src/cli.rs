@@ -76,7 +76,8 @@ pub struct Cli {
     /// Send every regular file below each FILE that is a folder, each stored under its
     /// path below that folder (e.g. docs/a.txt); symbolic links are left out unless
     /// --follow-symlinks is given. The client's own files in --dir (me.info, priv.key,
-    /// me.server, the lock, their backups, servers/) are never sent this way
+    /// me.server, the lock, their backups, servers/) and a key it saved in the system's
+    /// temporary folder (sfc-client-NAME-ID.key) are never sent this way
     #[arg(short = 'r', long)]
     pub recursive: bool,
 

@@ -291,23 +291,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let temp = dir.path().join("tmp");
         let key = "sfc-client-alice-00112233445566778899aabbccddeeff.key";
-        make_files(
-            &temp,
-            &[
-                key,
-                ".sfc-client-bob-00.key.Ab12cd.tmp",
-                "notes.key",
-                "a.txt",
-            ],
-        );
+        let temporary = ".sfc-client-bob-ffeeddccbbaa99887766554433221100.key.Ab12cd.tmp";
+        // A user's own files, named almost like one.
+        let own = ["notes.key", "sfc-client-config.key", "sfc-client-x-00.key"];
+        make_files(&temp, &[key, temporary, "a.txt"]);
+        make_files(&temp, &own);
         make_files(&temp, &[&format!("sub/{key}")]);
         let client = ClientFolder::find(&dir.path().join("client"), &temp);
         let found = walk_leaving_out(&temp, false, &client).unwrap();
         let labels: Vec<&str> = found.files.iter().map(|(_, l)| l.as_str()).collect();
         assert_eq!(
             labels,
-            ["a.txt", "notes.key", &format!("sub/{key}")],
-            "only the temporary folder itself holds fallback keys"
+            [
+                "a.txt",
+                "notes.key",
+                "sfc-client-config.key",
+                "sfc-client-x-00.key",
+                &format!("sub/{key}")
+            ],
+            "only the temporary folder itself holds fallback keys, and only the client's"
         );
         assert_eq!(found.skipped_state.len(), 2, "{:?}", found.skipped_state);
     }

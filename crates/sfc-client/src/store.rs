@@ -79,8 +79,18 @@ const FALLBACK_KEY_SUFFIX: &str = ".key";
 /// True for a name [`save_fallback`] gives a key in the system's temporary folder (or its
 /// temporary file). `-r` of that folder never sends them.
 pub fn is_fallback_key(name: &str) -> bool {
-    let written =
-        |name: &str| name.starts_with(FALLBACK_KEY_PREFIX) && name.ends_with(FALLBACK_KEY_SUFFIX);
+    // Down to the client ID (32 lowercase hex digits), so that a user's own
+    // `sfc-client-….key` there is not taken for one.
+    let written = |name: &str| {
+        name.strip_prefix(FALLBACK_KEY_PREFIX)
+            .and_then(|rest| rest.strip_suffix(FALLBACK_KEY_SUFFIX))
+            .and_then(|rest| rest.rsplit_once('-'))
+            .is_some_and(|(user, id)| {
+                !user.is_empty()
+                    && id.len() == 32
+                    && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            })
+    };
     written(name) || identity::temporary_of(name).is_some_and(written)
 }
 
