@@ -34,7 +34,9 @@
 //!   text sorts chronologically), evaluated on the latest row version;
 //! - the periodic `LastSeen` flush locks its rows in ID order, so two servers flushing the
 //!   same clients never deadlock (in the order of their batches they could: PostgreSQL
-//!   would fail one flush after `deadlock_timeout`).
+//!   would fail one flush after `deadlock_timeout`; its notes stay for the next flush).
+//!   Servers of earlier builds beside this one still lock in batch order until they are
+//!   upgraded too.
 //!
 //! # Connections
 //!

@@ -260,13 +260,15 @@ impl MetaStore for PostgresStore {
         // The rows are locked in ID order first: two nodes flushing the same clients
         // would otherwise lock them in the order of their arrays (an index lookup per
         // element) and could each wait for the other (a deadlock, one flush failed).
+        // NO KEY UPDATE: the lock the UPDATE itself takes, which does not block the
+        // foreign-key checks of `files` rows being inserted.
         self.query(
             "UPDATE clients SET LastSeen = GREATEST(COALESCE(clients.LastSeen, ''), seen.at)
              FROM (SELECT c.ID AS id, s.at
                    FROM clients AS c JOIN unnest($1::bytea[], $2::text[]) AS s (id, at)
                      ON c.ID = s.id
                    ORDER BY c.ID
-                   FOR UPDATE OF c) AS seen
+                   FOR NO KEY UPDATE OF c) AS seen
              WHERE clients.ID = seen.id",
             &[&ids, &times],
         )?;
