@@ -44,7 +44,8 @@ impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refused::From(ip) => ip.fmt(f),
-            Refused::Others => f.write_str("other addresses (too many to count apart)"),
+            // One token: log parsers take `peer=` up to the next space.
+            Refused::Others => f.write_str("others"),
         }
     }
 }
@@ -152,15 +153,15 @@ impl RefusalLog {
     /// Logs the lines [`RefusalLog::due`] returns.
     pub(crate) fn flush(&self, all: bool) {
         for (ip, why, count) in self.due(Instant::now(), all) {
-            self.emit(&ip, why, count);
+            self.emit(&ip, ip == Refused::Others, why, count);
         }
     }
 
     /// Counts a refused connection from `peer` and logs a line when one is due.
     pub(crate) fn refused(&self, peer: SocketAddr, why: Refusal) {
         match self.count_keyed(peer.ip(), why, Instant::now()) {
-            (Refused::From(_), Some(count)) => self.emit(&peer, why, count),
-            (others, Some(count)) => self.emit(&others, why, count),
+            (Refused::From(_), Some(count)) => self.emit(&peer, false, why, count),
+            (others, Some(count)) => self.emit(&others, true, why, count),
             (_, None) => {}
         }
     }
@@ -174,22 +175,27 @@ impl RefusalLog {
             .len()
     }
 
-    /// One line; `peer` is the address with the port of the refused connection, or the
-    /// address alone for refusals held back.
-    fn emit(&self, peer: &dyn std::fmt::Display, why: Refusal, count: u64) {
+    /// One line; `peer` is the address with the port of the refused connection, the
+    /// address alone for refusals held back, or [`Refused::Others`].
+    fn emit(&self, peer: &dyn std::fmt::Display, others: bool, why: Refusal, count: u64) {
         let every = self.interval.as_secs();
+        let whence = if others {
+            format!("from addresses beyond the {REMEMBERED} counted apart, together")
+        } else {
+            "from this address".to_owned()
+        };
         match why {
             Refusal::Banned => tracing::warn!(
                 peer = %peer,
                 refused = count,
-                "connections refused: too many failed requests from this address (--fail-rate; \
-                 at most one line per address every {every} s, with the number refused since \
+                "connections refused: too many failed requests {whence} (--fail-rate; at \
+                 most one line per address every {every} s, with the number refused since \
                  the last)"
             ),
             Refusal::TooManyConnections => tracing::warn!(
                 peer = %peer,
                 refused = count,
-                "connections refused: too many open connections from this address \
+                "connections refused: too many open connections {whence} \
                  (--max-connections-per-address; at most one line per address every {every} \
                  s, with the number refused since the last)"
             ),
