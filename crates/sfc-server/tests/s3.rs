@@ -116,12 +116,9 @@ fn small_and_multipart_objects_persist_replace_and_undo() {
     }
 }
 
-#[test]
-fn a_replacement_whose_answer_is_lost_puts_the_earlier_version_back() {
-    let Some(weed) = shared("a_replacement_whose_answer_is_lost_puts_the_earlier_version_back")
-    else {
-        return;
-    };
+/// A store under a fresh prefix whose requests go through an [`AnswerLosingProxy`] in
+/// front of the shared server; the proxy, the store and the prefix.
+fn store_behind_proxy(weed: &Weed) -> (AnswerLosingProxy, S3BlobStore, String) {
     let Store::S3(mut location) = weed.fresh() else {
         unreachable!()
     };
@@ -132,12 +129,22 @@ fn a_replacement_whose_answer_is_lost_puts_the_earlier_version_back() {
         }
     }
     let store = S3BlobStore::open(&location, Duration::from_secs(600)).unwrap();
+    (proxy, store, location.prefix)
+}
+
+#[test]
+fn a_replacement_whose_answer_is_lost_puts_the_earlier_version_back() {
+    let Some(weed) = shared("a_replacement_whose_answer_is_lost_puts_the_earlier_version_back")
+    else {
+        return;
+    };
+    let (proxy, store, prefix) = store_behind_proxy(weed);
     let earlier = data(1000, 11);
     let rel = put(&store, "f.bin", &earlier);
 
     // The new version's PUT (small: no multipart) lands, but its answer never comes,
     // however often the client retries.
-    proxy.lose_answers_to_plain_puts(&format!("/{BUCKET}/{}/{rel}", location.prefix));
+    proxy.lose_answers_to_plain_puts(&format!("/{BUCKET}/{prefix}/{rel}"));
     let newer = data(1500, 12);
     let mut temp = store.create_temp(&CLIENT, "f.bin").unwrap();
     temp.write_all(&newer).unwrap();
@@ -153,7 +160,7 @@ fn a_replacement_whose_answer_is_lost_puts_the_earlier_version_back() {
     assert_eq!(proxy.problems(), Vec::<String>::new());
 
     // Read straight from SeaweedFS: the row still describes the earlier version.
-    let objects = weed.objects(&location.prefix);
+    let objects = weed.objects(&prefix);
     let keys: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(keys, [rel.as_str()], "only the object, no backup left");
     let held = &objects[0].1;
@@ -178,20 +185,11 @@ fn a_multipart_replacement_whose_completion_answer_is_lost_puts_the_earlier_vers
     let Some(weed) = shared("a_multipart_replacement_whose_completion_answer_is_lost") else {
         return;
     };
-    let Store::S3(mut location) = weed.fresh() else {
-        unreachable!()
-    };
-    let proxy = AnswerLosingProxy::start(&weed.endpoint());
-    for (key, value) in &mut location.settings {
-        if key == "aws_endpoint" {
-            *value = proxy.endpoint();
-        }
-    }
-    let store = S3BlobStore::open(&location, Duration::from_secs(600)).unwrap();
+    let (proxy, store, prefix) = store_behind_proxy(weed);
     let earlier = data(1000, 13);
     let rel = put(&store, "m.bin", &earlier);
 
-    proxy.lose_answers_to_completions(&format!("/{BUCKET}/{}/{rel}", location.prefix));
+    proxy.lose_answers_to_completions(&format!("/{BUCKET}/{prefix}/{rel}"));
     proxy.answer_aborts_with_no_such_upload();
     let newer = data(17 << 20, 14);
     let mut temp = store.create_temp(&CLIENT, "m.bin").unwrap();
@@ -207,7 +205,7 @@ fn a_multipart_replacement_whose_completion_answer_is_lost_puts_the_earlier_vers
     // The upload's clean-up runs in the background: wait for it.
     let deadline = Instant::now() + Duration::from_secs(20);
     let objects = loop {
-        let objects = weed.objects(&location.prefix);
+        let objects = weed.objects(&prefix);
         if objects.len() == 1 || Instant::now() > deadline {
             break objects;
         }
