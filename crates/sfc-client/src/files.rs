@@ -96,6 +96,9 @@ struct ClientFolder {
     dir: Option<PathBuf>,
     servers: Option<PathBuf>,
     fallback: Option<PathBuf>,
+    /// (device, inode) of the state files in the folder: the same file reached under
+    /// another name (a hard link, a bind mount of the folder) is left out too.
+    state_files: Vec<(u64, u64)>,
 }
 
 impl ClientFolder {
@@ -104,9 +107,19 @@ impl ClientFolder {
         let dir = std::fs::canonicalize(dir).ok();
         ClientFolder {
             servers: dir.as_ref().map(|dir| dir.join(SERVERS_DIR)),
+            state_files: dir.as_deref().map(state_file_ids).unwrap_or_default(),
             dir,
             fallback: std::fs::canonicalize(fallback).ok(),
         }
+    }
+
+    /// True for a regular file that is one of the state files under another name.
+    fn is_state_file_elsewhere(&self, path: &Path) -> bool {
+        !self.state_files.is_empty()
+            && std::fs::metadata(path)
+                .ok()
+                .and_then(|meta| file_id(&meta))
+                .is_some_and(|id| self.state_files.contains(&id))
     }
 
     /// True for a path (with a canonical parent) that is the client's state.
@@ -126,6 +139,31 @@ impl ClientFolder {
             || in_folder(&self.dir, store::is_state_file)
             || in_folder(&self.fallback, store::is_fallback_key)
     }
+}
+
+/// (device, inode) of the client's state files directly in `dir`.
+fn state_file_ids(dir: &Path) -> Vec<(u64, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_str().is_some_and(store::is_state_file))
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(std::fs::Metadata::is_file)
+        .filter_map(|meta| file_id(&meta))
+        .collect()
+}
+
+#[cfg(unix)]
+fn file_id(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
 }
 
 /// Every regular file below `root`, in name order, each with its path relative to `root`.
@@ -197,6 +235,10 @@ fn walk_into(
             walk_into(&path, &format!("{relative}/"), follow, client, open, walk)?;
             open.pop();
         } else if kind.is_file() {
+            if client.is_state_file_elsewhere(&path) {
+                walk.skipped_state.push(path);
+                continue;
+            }
             walk.files.push((path, relative));
         }
     }
@@ -283,6 +325,22 @@ mod tests {
         ".priv.key.Ab12cd.tmp",
         "servers/127.0.0.1_1256/priv.key",
     ];
+
+    /// The key under another name (a hard link elsewhere in the tree) is still the key.
+    #[test]
+    #[cfg(unix)]
+    fn walks_leave_out_a_hard_link_to_the_client_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        let client = dir.path().join("client");
+        make_files(&client, &["priv.key", "me.info"]);
+        make_files(&top, &["a.txt", "copy-of-notes.txt"]);
+        std::fs::hard_link(client.join("priv.key"), top.join("backup.bin")).unwrap();
+        let found = walk(&top, false, &client).unwrap();
+        let labels: Vec<&str> = found.files.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(labels, ["a.txt", "copy-of-notes.txt"]);
+        assert_eq!(found.skipped_state, vec![top.join("backup.bin")]);
+    }
 
     /// A key the client could not save in its folder goes to the system's temporary
     /// folder (`store::save_fallback`): `-r` of that folder leaves it out too, and only it.
