@@ -40,6 +40,7 @@ const MAX_TOKEN_FILE_LEN: u64 = 4096;
 /// and says where. An existing file is checked through the handle it is read from, so
 /// that it cannot be swapped between the check and the read.
 pub fn load_or_create_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+    check_token_folder(path)?;
     match open_token_file(path) {
         Ok((file, through_link)) => {
             keep_private(path, &file, through_link)?;
@@ -155,6 +156,64 @@ fn keep_private(path: &Path, file: &std::fs::File, through_link: bool) -> anyhow
             })?;
             tracing::warn!(path = %path.display(), was = format!("{:o}", mode & 0o777), "the admin token file was open to other users: made owner-only");
         }
+    }
+    Ok(())
+}
+
+/// Like OpenSSH's `StrictModes`, for the token file's folder: another user who may
+/// replace files there (a folder writable by others without the sticky bit, or owned by
+/// another user) could swap the token file between two starts. A sticky folder such as
+/// `/tmp` lets nobody replace another's file, and the file itself is checked too.
+#[cfg(unix)]
+fn check_token_folder(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    let meta = match std::fs::metadata(folder) {
+        Ok(meta) => meta,
+        // A missing folder: creating the file says so.
+        Err(_) => return Ok(()),
+    };
+    folder_may_hold_the_token(
+        folder,
+        meta.uid(),
+        meta.permissions().mode(),
+        effective_uid(),
+    )
+}
+
+#[cfg(not(unix))]
+fn check_token_folder(_path: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// The rule of [`check_token_folder`] on a folder's owner and mode.
+#[cfg_attr(not(unix), allow(dead_code))]
+fn folder_may_hold_the_token(
+    folder: &Path,
+    owner: u32,
+    mode: u32,
+    effective_uid: u32,
+) -> anyhow::Result<()> {
+    const STICKY: u32 = 0o1000;
+    if owner != effective_uid && owner != 0 {
+        anyhow::bail!(
+            "the admin token file's folder {} is owned by uid {owner}, not by the server's \
+             user (uid {effective_uid}) or root: its owner could replace the token file; keep \
+             it in a folder of the server's user",
+            folder.display()
+        );
+    }
+    if mode & 0o022 != 0 && mode & STICKY == 0 {
+        anyhow::bail!(
+            "the admin token file's folder {} may be written by other users (mode {:o}): \
+             they could replace the token file; keep it in a folder only the server's user \
+             may write (chmod go-w)",
+            folder.display(),
+            mode & 0o7777
+        );
     }
     Ok(())
 }
@@ -333,6 +392,54 @@ mod tests {
         std::fs::write(&large, "x".repeat(MAX_TOKEN_FILE_LEN as usize + 1)).unwrap();
         let refused = load_or_create_token(&large).unwrap_err().to_string();
         assert!(refused.contains("larger than"), "{refused}");
+    }
+
+    #[test]
+    fn a_token_folder_others_may_write_or_own_is_refused() {
+        let folder = Path::new("/srv/sfc");
+        assert!(folder_may_hold_the_token(folder, 1001, 0o40755, 1001).is_ok());
+        assert!(
+            folder_may_hold_the_token(folder, 0, 0o40755, 1001).is_ok(),
+            "root's"
+        );
+        assert!(
+            folder_may_hold_the_token(folder, 0, 0o41777, 1001).is_ok(),
+            "sticky"
+        );
+        for (owner, mode, words) in [
+            (1001, 0o40777, "may be written by other users (mode 777)"),
+            (1001, 0o40775, "may be written by other users (mode 775)"),
+            (1002, 0o40700, "owned by uid 1002"),
+        ] {
+            let refused = folder_may_hold_the_token(folder, owner, mode, 1001)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains(words) && refused.contains("/srv/sfc"),
+                "{refused}"
+            );
+        }
+    }
+
+    /// On a real folder: a token file in a folder everyone may write is refused, before
+    /// anything is created there.
+    #[test]
+    #[cfg(unix)]
+    fn a_token_file_in_a_world_writable_folder_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = open.join("admin.token");
+        let refused = load_or_create_token(&path).unwrap_err().to_string();
+        assert!(
+            refused.contains("may be written by other users"),
+            "{refused}"
+        );
+        assert!(!path.exists(), "nothing created there");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(load_or_create_token(&path).unwrap().len(), 64);
     }
 
     #[test]
