@@ -15,6 +15,26 @@ use std::time::{Duration, Instant};
 
 const GRACE_SECS: u64 = 4;
 
+/// A client "stalling" whose upload of stalling.bin sent 3 of its 10 packets, then
+/// nothing more: its connection.
+fn stalled_upload(addr: std::net::SocketAddr) -> Conn {
+    let mut stalling = Conn::connect(addr);
+    let (id, key) = enroll(&mut stalling, "stalling");
+    let plain = data(40_000, 2);
+    let sent = packets(
+        id,
+        "stalling.bin",
+        plain.len(),
+        &encrypt(&key, &plain),
+        4096,
+        ContentSize::Whole,
+    );
+    for packet in &sent[..3] {
+        stalling.send_raw(packet);
+    }
+    stalling
+}
+
 #[test]
 fn sigterm_lets_running_uploads_finish_within_the_grace_and_cuts_the_rest() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,21 +55,7 @@ fn sigterm_lets_running_uploads_finish_within_the_grace_and_cuts_the_rest() {
         4096,
         ContentSize::Whole,
     );
-    // Stalling: 3 of 10 packets, then nothing.
-    let mut stalling = Conn::connect(addr);
-    let (id_s, key_s) = enroll(&mut stalling, "stalling");
-    let plain_s = data(40_000, 2);
-    let packets_s = packets(
-        id_s,
-        "stalling.bin",
-        plain_s.len(),
-        &encrypt(&key_s, &plain_s),
-        4096,
-        ContentSize::Whole,
-    );
-    for packet in &packets_s[..3] {
-        stalling.send_raw(packet);
-    }
+    let mut stalling = stalled_upload(addr);
     let half = packets_f.len() / 2;
     for packet in &packets_f[..half] {
         finishing.send_raw(packet);
@@ -161,21 +167,7 @@ fn a_slow_admin_request_and_a_stalled_upload_share_one_grace_period() {
         .and_then(|addr| addr.parse().ok())
         .expect("the admin address");
 
-    // A stalled upload: 3 of 10 packets, then nothing.
-    let mut stalling = Conn::connect(addr);
-    let (id, key) = enroll(&mut stalling, "stalling");
-    let plain = data(40_000, 3);
-    let sent = packets(
-        id,
-        "stalling.bin",
-        plain.len(),
-        &encrypt(&key, &plain),
-        4096,
-        ContentSize::Whole,
-    );
-    for packet in &sent[..3] {
-        stalling.send_raw(packet);
-    }
+    let mut stalling = stalled_upload(addr);
     // An admin request in flight: the login form's head, and only part of its body.
     let mut login = std::net::TcpStream::connect(admin).unwrap();
     write!(
