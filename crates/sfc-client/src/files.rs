@@ -202,14 +202,13 @@ fn walk_into(
     let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     let real_dir = open.last().cloned().unwrap_or_default();
-    let is_state = |real: &Path| client.holds(real);
     for entry in entries {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         let relative = format!("{prefix}{name}");
         // By name first: a link named priv.key in the client's folder is its key, wherever
         // it points.
-        if is_state(&real_dir.join(entry.file_name())) {
+        if client.holds(&real_dir.join(entry.file_name())) {
             walk.skipped_state.push(path);
             continue;
         }
@@ -219,7 +218,7 @@ fn walk_into(
                 walk.skipped_links.push(path);
                 continue;
             }
-            if is_state(&std::fs::canonicalize(&path)?) {
+            if client.holds(&std::fs::canonicalize(&path)?) {
                 walk.skipped_state.push(path);
                 continue;
             }

@@ -49,14 +49,13 @@ fn is_backup_name(name: &str) -> bool {
         name.strip_prefix(file)
             .and_then(|rest| rest.strip_prefix('.'))
             .and_then(|rest| rest.strip_suffix(".bak"))
-            .is_some_and(|id| {
-                id == UNKNOWN_BACKUP_ID
-                    || (!id.is_empty()
-                        && id
-                            .bytes()
-                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            })
+            .is_some_and(|id| id == UNKNOWN_BACKUP_ID || is_lower_hex(id))
     })
+}
+
+/// Lowercase hex digits (a client ID as the client writes it in file names), at least one.
+fn is_lower_hex(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// True for a file the client writes in its folder (`--dir`, or one under `servers/`):
@@ -85,11 +84,7 @@ pub fn is_fallback_key(name: &str) -> bool {
         name.strip_prefix(FALLBACK_KEY_PREFIX)
             .and_then(|rest| rest.strip_suffix(FALLBACK_KEY_SUFFIX))
             .and_then(|rest| rest.rsplit_once('-'))
-            .is_some_and(|(user, id)| {
-                !user.is_empty()
-                    && id.len() == 32
-                    && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            })
+            .is_some_and(|(user, id)| !user.is_empty() && id.len() == 32 && is_lower_hex(id))
     };
     written(name) || identity::temporary_of(name).is_some_and(written)
 }
