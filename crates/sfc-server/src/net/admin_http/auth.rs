@@ -198,7 +198,7 @@ fn folder_may_hold_the_token(
     effective_uid: u32,
 ) -> anyhow::Result<()> {
     const STICKY: u32 = 0o1000;
-    if owner != effective_uid && owner != 0 {
+    if !owned_by_server_or_root(owner, effective_uid) {
         anyhow::bail!(
             "the admin token file's folder {} is owned by uid {owner}, not by the server's \
              user (uid {effective_uid}) or root: its owner could replace the token file; keep \
@@ -222,7 +222,7 @@ fn folder_may_hold_the_token(
 /// user or to root. Otherwise its owner (say, another local user planting a 0600 file
 /// for a server running as root) chose the token and could change it at any time.
 fn check_token_file_owner(path: &Path, file_uid: u32, effective_uid: u32) -> anyhow::Result<()> {
-    if file_uid == effective_uid || file_uid == 0 {
+    if owned_by_server_or_root(file_uid, effective_uid) {
         return Ok(());
     }
     anyhow::bail!(
@@ -231,6 +231,12 @@ fn check_token_file_owner(path: &Path, file_uid: u32, effective_uid: u32) -> any
          created) or chown it to uid {effective_uid}",
         path.display()
     )
+}
+
+/// Whom the token file and its folder may belong to: the server's user, or root (who
+/// could read anything anyway).
+fn owned_by_server_or_root(owner: u32, effective_uid: u32) -> bool {
+    owner == effective_uid || owner == 0
 }
 
 /// The server's effective uid: rustix's `geteuid` is a plain system call that cannot
@@ -333,6 +339,14 @@ mod tests {
         assert!(token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 
+    /// Writes `token` and a newline to `path` with `mode`.
+    #[cfg(unix)]
+    fn write_token_file(path: &Path, token: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
     /// A token file made with the default umask (0644): whoever reads it administers
     /// the server. It is made owner-only before it is used.
     #[test]
@@ -341,8 +355,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin.token");
-        std::fs::write(&path, format!("{}\n", "t".repeat(40))).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_token_file(&path, &"t".repeat(40), 0o644);
         assert_eq!(*load_or_create_token(&path).unwrap(), "t".repeat(40));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -357,8 +370,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let known = dir.path().join("machine-id");
-        std::fs::write(&known, format!("{}\n", "k".repeat(32))).unwrap();
-        std::fs::set_permissions(&known, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_token_file(&known, &"k".repeat(32), 0o644);
         let planted = dir.path().join("admin.token");
         std::os::unix::fs::symlink(&known, &planted).unwrap();
         let refused = load_or_create_token(&planted).unwrap_err().to_string();
@@ -367,8 +379,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o644, "the linked file is left as it was");
 
         let secret = dir.path().join("secret");
-        std::fs::write(&secret, format!("{}\n", "s".repeat(32))).unwrap();
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_token_file(&secret, &"s".repeat(32), 0o600);
         let mounted = dir.path().join("mounted.token");
         std::os::unix::fs::symlink(&secret, &mounted).unwrap();
         assert_eq!(*load_or_create_token(&mounted).unwrap(), "s".repeat(32));
