@@ -3,14 +3,14 @@
 
 use crate::config::{
     redact_postgres_url, resolve_port, AdminConfig, Database, PostgresUrl, ServerConfig, Store,
-    ADMIN_TOKEN_FILE, DATABASE_URL_ENV, DEFAULT_DATABASE_POOL, DEFAULT_FAIL_BURST,
-    DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
+    ADMIN_TOKEN_FILE, DATABASE_URL_ENV, DEFAULT_ADMIN_SEND_TIMEOUT_SECS, DEFAULT_DATABASE_POOL,
+    DEFAULT_FAIL_BURST, DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_UPLOADS,
     DEFAULT_MAX_UPLOADS_PER_ADDRESS, DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE,
     DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_UPLOAD_BUFFERS_MIB,
-    DEFAULT_UPLOAD_TIMEOUT_SECS, MAX_CONNECTIONS_LIMIT, MAX_DATABASE_POOL, MAX_IDLE_TIMEOUT_SECS,
-    MAX_REQUEST_TIMEOUT_SECS, MAX_SHUTDOWN_GRACE_SECS, MAX_UPLOADS_LIMIT, MAX_UPLOAD_BUFFERS_MIB,
-    MAX_UPLOAD_TIMEOUT_SECS,
+    DEFAULT_UPLOAD_TIMEOUT_SECS, MAX_ADMIN_SEND_TIMEOUT_SECS, MAX_CONNECTIONS_LIMIT,
+    MAX_DATABASE_POOL, MAX_IDLE_TIMEOUT_SECS, MAX_REQUEST_TIMEOUT_SECS, MAX_SHUTDOWN_GRACE_SECS,
+    MAX_UPLOADS_LIMIT, MAX_UPLOAD_BUFFERS_MIB, MAX_UPLOAD_TIMEOUT_SECS,
 };
 use crate::net::proxy_protocol::ProxySources;
 use crate::net::rate_limit::RateLimit;
@@ -253,6 +253,15 @@ pub struct Cli {
     #[arg(long, requires = "admin_listen")]
     pub admin_insecure: bool,
 
+    /// Seconds an admin response may wait for its client to take any of it.
+    ///
+    /// A client that stops reading a download or a page for this long has its connection
+    /// closed; a slow client that keeps reading is never cut. 1 to 86400 (a day).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_ADMIN_SEND_TIMEOUT_SECS,
+          requires = "admin_listen",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_ADMIN_SEND_TIMEOUT_SECS))]
+    pub admin_send_timeout: u64,
+
     /// Show what the database holds instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -455,6 +464,7 @@ impl Cli {
                         _ => None,
                     },
                     insecure: self.admin_insecure,
+                    send_timeout: Duration::from_secs(self.admin_send_timeout),
                 };
                 admin.check().map_err(anyhow::Error::msg)?;
                 Some(admin)
@@ -604,6 +614,27 @@ mod tests {
         assert_eq!(admin.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(admin.token_file, dir.path().join(ADMIN_TOKEN_FILE));
         assert_eq!(admin.tls, None);
+        assert_eq!(
+            admin.send_timeout,
+            Duration::from_secs(DEFAULT_ADMIN_SEND_TIMEOUT_SECS)
+        );
+        let admin = parse(&["--admin-listen", "127.0.0.1:1", "--admin-send-timeout", "5"])
+            .unwrap()
+            .server_config()
+            .unwrap()
+            .admin
+            .unwrap();
+        assert_eq!(admin.send_timeout, Duration::from_secs(5));
+        assert!(parse(&["--admin-send-timeout", "5"]).is_err());
+        for out_of_range in ["0", "86401"] {
+            let flags = [
+                "--admin-listen",
+                "127.0.0.1:1",
+                "--admin-send-timeout",
+                out_of_range,
+            ];
+            assert!(parse(&flags).is_err(), "{out_of_range}");
+        }
         // Off loopback: TLS or an explicit --admin-insecure.
         let error = parse(&["--admin-listen", "0.0.0.0:8080"])
             .unwrap()

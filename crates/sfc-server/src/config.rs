@@ -49,6 +49,9 @@ pub const DEFAULT_FAIL_RATE: u32 = 120;
 pub const DEFAULT_FAIL_BURST: u32 = 300;
 /// Default of `--database-pool`: connections to PostgreSQL per server process.
 pub const DEFAULT_DATABASE_POOL: usize = 16;
+/// Default of `--admin-send-timeout`, seconds: how long an admin response may wait for
+/// its client to take any of it (nginx's `send_timeout` default).
+pub const DEFAULT_ADMIN_SEND_TIMEOUT_SECS: u64 = 60;
 // The command line's maxima. Every value below them is safe where it is used: a time-out
 // is added to `Instant::now()` (which panics past what the clock can hold) and armed as
 // a tokio timer (about two years at most), counts size semaphores and pools.
@@ -58,6 +61,9 @@ pub const DEFAULT_DATABASE_POOL: usize = 16;
 pub const MAX_IDLE_TIMEOUT_SECS: u64 = 24 * 3600;
 /// Largest `--request-timeout`, seconds (one day): 64 KiB a day is no rate at all.
 pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
+/// Largest `--admin-send-timeout`, seconds (one day): a stalled response holds one of
+/// the admin listener's 256 connections.
+pub const MAX_ADMIN_SEND_TIMEOUT_SECS: u64 = 24 * 3600;
 /// Largest `--shutdown-grace`, seconds (one hour): service managers kill a stop long
 /// before (systemd after 90 s by default).
 pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 3600;
@@ -256,6 +262,10 @@ pub struct AdminConfig {
     pub tls: Option<TlsFiles>,
     /// Allow plain HTTP on a non-loopback address (`--admin-insecure`).
     pub insecure: bool,
+    /// A response (a download, a page) whose client takes none of it for this long is
+    /// cut and its connection closed (`--admin-send-timeout`); a slow client that keeps
+    /// reading is never cut.
+    pub send_timeout: Duration,
 }
 
 impl AdminConfig {
@@ -266,6 +276,7 @@ impl AdminConfig {
             token_file: token_file.into(),
             tls: None,
             insecure: false,
+            send_timeout: Duration::from_secs(DEFAULT_ADMIN_SEND_TIMEOUT_SECS),
         }
     }
 

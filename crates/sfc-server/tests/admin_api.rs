@@ -31,7 +31,12 @@ struct Admin {
 
 impl Admin {
     fn start() -> Self {
-        let server = TestServer::start_with(with_admin);
+        Self::start_with(with_admin)
+    }
+
+    /// `tweak` must turn the admin listener on (as [`with_admin`] does).
+    fn start_with(tweak: fn(&mut ServerConfig)) -> Self {
+        let server = TestServer::start_with(tweak);
         let addr: SocketAddr = server.server.as_ref().unwrap().admin_addr().unwrap();
         let token = std::fs::read_to_string(server.root().join("admin.token"))
             .unwrap()
@@ -1121,4 +1126,85 @@ fn admin_connections_beyond_the_caps_are_closed_at_once() {
         again = from(10);
     }
     assert_eq!(healthz_on(&mut again, false), "HTTP/1.1 200 OK");
+}
+
+/// A download whose client stops taking it is cut at `--admin-send-timeout` (2 s here):
+/// its connection is closed before the whole file has gone, instead of being held (with
+/// its place under the caps and its reader) for as long as the client likes. A client
+/// that reads slowly, pausing for less than the limit each time, gets the whole file.
+#[test]
+fn a_download_the_client_stops_reading_is_cut_at_the_send_timeout() {
+    use std::io::{Read, Write};
+    fn with_quick_send_timeout(config: &mut ServerConfig) {
+        with_admin(config);
+        config.admin.as_mut().unwrap().send_timeout = Duration::from_secs(2);
+    }
+    let admin = Admin::start_with(with_quick_send_timeout);
+    let addr = admin.server.server.as_ref().unwrap().admin_addr().unwrap();
+    let (mut conn, id, key) = enrolled(&admin, "alice");
+    // Far more than the socket buffers of both ends on loopback hold (a few MiB each).
+    let plain = data(24 << 20, 7);
+    let reply = upload(&mut conn, id, &key, "big.bin", &plain, 1 << 20);
+    assert_received(&reply, id, "big.bin", &plain);
+    assert_eq!(
+        conn.call(&file_name_request(id, 900, "big.bin")),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+    let request = format!(
+        "GET /api/v1/clients/{id}/file?name=big.bin HTTP/1.1\r\nHost: x\r\n\
+         Authorization: {}\r\nConnection: close\r\n\r\n",
+        admin.bearer()
+    );
+    let ask = || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+    };
+    // What arrives until the server closes (EOF or a reset); a read time-out fails.
+    let read_to_close = |stream: &mut std::net::TcpStream, received: &mut Vec<u8>| {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(error) => panic!("after {} bytes: {error}", received.len()),
+            }
+        }
+    };
+
+    let mut stalled = ask();
+    std::thread::sleep(Duration::from_secs(6));
+    let mut received = Vec::new();
+    read_to_close(&mut stalled, &mut received);
+    let head = String::from_utf8_lossy(&received[..received.len().min(16)]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        received.len() < plain.len(),
+        "the whole file ({} bytes) went to a client that stopped reading",
+        received.len()
+    );
+
+    // Each pause is shorter than the limit, and each read takes enough (4 MiB) for the
+    // kernel to report the server's socket writable again (a third of its send buffer
+    // free); the whole takes longer than the limit.
+    let mut slow = ask();
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 4 << 20];
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1500));
+        slow.read_exact(&mut buf).unwrap();
+        received.extend_from_slice(&buf);
+    }
+    read_to_close(&mut slow, &mut received);
+    let body_at = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(
+        received[body_at..] == plain[..],
+        "the slow client's copy differs"
+    );
 }

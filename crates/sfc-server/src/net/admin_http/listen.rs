@@ -1,10 +1,11 @@
 //! The admin socket: binding (the token, the TLS files), accepting plain TCP or TLS
 //! connections (each TLS handshake its own task, bounded in time and in number, overall
-//! and per address), and serving each connection with hyper under time limits until
-//! shutdown.
+//! and per address), and serving each connection with hyper under time limits (the
+//! request head, the body, a response the client stops taking) until shutdown.
 
 use super::auth::{self, Sessions};
 use super::login_limit::FailedLogins;
+use super::send_timeout::SendTimeout;
 use super::{router, AdminState, Peer, Shared};
 use crate::config::AdminConfig;
 use crate::net::address_limit::{AddressSlot, ConnectionsPerAddress};
@@ -46,8 +47,9 @@ pub(crate) const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
 /// each response, so it is also the keep-alive idle time-out (hyper restarts the timer
 /// as soon as a response is written; a separate, longer idle limit would never fire).
 /// A browser sends a head in one packet; 20 s leaves room for a slow link and closes a
-/// silent or trickling ("slowloris") connection. Responses are not timed: a download of
-/// a large stored file may take as long as it takes.
+/// silent or trickling ("slowloris") connection. Responses are not timed as a whole (a
+/// download of a large stored file may take as long as it takes), only while the client
+/// takes none of them ([`AdminConfig::send_timeout`]).
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// A request's body (the admin forms: a few hundred bytes) must arrive within this time
 /// after its head; otherwise the handler reading it gets an error. Without it a client
@@ -151,6 +153,7 @@ impl AdminListener {
 pub(crate) struct AdminServer {
     listener: AdminListener,
     state: Shared,
+    send_timeout: Duration,
 }
 
 impl AdminServer {
@@ -188,6 +191,7 @@ impl AdminServer {
                 failed_logins: FailedLogins::default(),
                 secure_cookie,
             }),
+            send_timeout: config.send_timeout,
         })
     }
 
@@ -209,6 +213,7 @@ impl AdminServer {
             tracing::info!("admin listener on {scheme}://{addr}/");
         }
         let app = router(self.state);
+        let send_timeout = self.send_timeout;
         let mut listener = self.listener;
         // Owned here: when this task is aborted (the grace period is over), so are they.
         let mut connections = JoinSet::new();
@@ -218,7 +223,7 @@ impl AdminServer {
             tokio::select! {
                 () = &mut stop => break,
                 accepted = listener.accept(connections.len()) => {
-                    connections.spawn(serve_connection(accepted, app.clone(), stop_rx.clone()));
+                    connections.spawn(serve_connection(accepted, app.clone(), send_timeout, stop_rx.clone()));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
@@ -232,8 +237,14 @@ impl AdminServer {
 
 /// Serves HTTP/1 on one connection until the client closes it, a time-out closes it, or
 /// `stop` turns true (then at the next request boundary).
-async fn serve_connection(accepted: Accepted, app: axum::Router, mut stop: watch::Receiver<bool>) {
+async fn serve_connection(
+    accepted: Accepted,
+    app: axum::Router,
+    send_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let Accepted { io, peer, slot } = accepted;
+    let io = SendTimeout::new(io, send_timeout, peer);
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let mut request = request.map(|body| axum::body::Body::new(TimedBody::new(body)));

@@ -16,6 +16,7 @@ mod auth;
 mod listen;
 mod login_limit;
 mod pages;
+mod send_timeout;
 mod templates;
 
 use crate::net::monitor::Monitor;
