@@ -327,7 +327,7 @@ impl PostgresUrl {
         }
         let config: tokio_postgres::Config = url
             .parse()
-            .map_err(|error| format!("invalid PostgreSQL URL: {}", redact_reason(&error)))?;
+            .map_err(|error| format!("invalid PostgreSQL URL: {}", redact_reason(&error, url)))?;
         if config.get_hosts().is_empty() {
             return Err("the PostgreSQL URL names no host".into());
         }
@@ -367,11 +367,12 @@ impl PostgresUrl {
     }
 }
 
-/// The driver's reason for refusing a URL (with its cause, which its `Display` leaves
+/// The driver's reason for refusing `url` (with its cause, which its `Display` leaves
 /// out), without parts of the URL: its only message that quotes the URL is "unknown
 /// option `NAME`", and NAME may be the tail of a value with a raw '&' (a password), so it
-/// is shown only when it looks like an option name.
-fn redact_reason(error: &tokio_postgres::Error) -> String {
+/// is shown only when it looks like an option name and is not written after a secret
+/// option ([`written_before_any_secret`]).
+fn redact_reason(error: &tokio_postgres::Error, url: &str) -> String {
     let text = match std::error::Error::source(error) {
         Some(cause) => format!("{error}: {cause}"),
         None => error.to_string(),
@@ -379,7 +380,8 @@ fn redact_reason(error: &tokio_postgres::Error) -> String {
     match text.split_once("unknown option `") {
         Some((head, rest)) => {
             let name = rest.split('`').next().unwrap_or("");
-            if is_option_name(name) {
+            let query = url.split_once('?').map_or("", |(_, query)| query);
+            if is_option_name(name) && written_before_any_secret(query, name) {
                 text
             } else {
                 format!("{head}an unknown option (write '&' and '=' in a value as %26 and %3D)")
@@ -388,6 +390,66 @@ fn redact_reason(error: &tokio_postgres::Error) -> String {
         None => text,
     }
 }
+
+/// Options whose values are secrets. A raw '&' in one of them makes the rest of the value
+/// read as further options (`password=ab&cd=ef`: an option `cd`), so nothing written
+/// after one is quoted unless it is a libpq option ([`LIBPQ_OPTIONS`]).
+const SECRET_OPTIONS: [&str; 2] = ["password", "sslpassword"];
+
+/// Whether `query` (a URL's options) has an option `name` before any secret option.
+fn written_before_any_secret(query: &str, name: &str) -> bool {
+    query
+        .split('&')
+        .map(|option| option.split_once('=').map_or(option, |(key, _)| key))
+        .take_while(|key| !SECRET_OPTIONS.contains(key))
+        .any(|key| key == name)
+}
+
+/// The connection options libpq knows (PostgreSQL 17's list): after a secret option,
+/// only these names are shown, since any other may be a piece of the secret.
+const LIBPQ_OPTIONS: [&str; 41] = [
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "require_auth",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "sslnegotiation",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+];
 
 /// Whether `text` looks like a libpq option name (`sslmode`, `connect_timeout`, …).
 fn is_option_name(text: &str) -> bool {
@@ -507,15 +569,18 @@ fn redact_url_rest(rest: &str, shown: &mut String) -> Option<()> {
     }
     if let Some(query) = query {
         shown.push('?');
+        let mut after_secret = false;
         for (i, option) in query.split('&').enumerate() {
             if i > 0 {
                 shown.push('&');
             }
-            // An option without '=' may be the tail of a value with a raw '&'.
+            // An option without '=' may be the tail of a value with a raw '&', and so
+            // may any unknown name after a secret.
             let (key, value) = option.split_once('=')?;
-            if !is_option_name(key) {
+            if !is_option_name(key) || (after_secret && !LIBPQ_OPTIONS.contains(&key)) {
                 return None;
             }
+            after_secret |= SECRET_OPTIONS.contains(&key);
             shown.push_str(key);
             shown.push('=');
             if PLAIN_OPTIONS.contains(&key) && name_like(value) {
@@ -737,6 +802,21 @@ mod tests {
         assert!(reason.contains("unknown option `sslmod`"), "{reason}");
         let reason = PostgresUrl::parse("postgres://db/x?password=a&s3cret&b=1").unwrap_err();
         assert!(reason.contains("an unknown option") && !reason.contains("s3cret"));
+        // A piece of a password that looks like an option name is not quoted either.
+        for url in [
+            "postgres://db/x?password=a&secret=1",
+            "postgres://db/x?sslmode=disable&password=a&secret=1",
+            "postgres://db/x?sslpassword=a&secret=1",
+        ] {
+            let reason = PostgresUrl::parse(url).unwrap_err();
+            assert!(
+                reason.contains("an unknown option") && !reason.contains("secret"),
+                "{url}: {reason}"
+            );
+        }
+        // A misspelt option written before the password still is.
+        let reason = PostgresUrl::parse("postgres://db/x?sslmod=disable&password=a").unwrap_err();
+        assert!(reason.contains("unknown option `sslmod`"), "{reason}");
     }
 
     #[test]
@@ -765,6 +845,15 @@ mod tests {
             (
                 "postgres://db/x?password=s3c&ret",
                 "postgres://db/x?password=…&…",
+            ),
+            // After a secret, a name libpq does not know may be a piece of it.
+            (
+                "postgres://db/x?password=s3c&ret=x",
+                "postgres://db/x?password=…&…",
+            ),
+            (
+                "postgres://db/x?sslpassword=s3c&ret=x&sslmode=disable",
+                "postgres://db/x?sslpassword=…&…",
             ),
             ("postgres://s3c/ret:x@db/x", "postgres://…"),
             ("host=db password=s3cret", "(not shown)"),
