@@ -98,11 +98,14 @@ impl Core {
     ///    to name content the client has not confirmed);
     /// 2. the file is moved into place, keeping the version it replaces
     ///    ([`crate::storage::TempBlob::persist_undoable`]); if that fails, the old row is
-    ///    restored (its file is untouched) and the client gets 1607;
+    ///    restored (its file is untouched; unless the store reports
+    ///    [`crate::storage::ReplacedUnconfirmed`], which leaves it unverified) and the
+    ///    client gets 1607;
     /// 3. the row is committed with Verified = 0. If that fails, the database is asked
     ///    whether the commit happened after all (only its answer lost): if so, the
     ///    upload is stored. Otherwise the replaced version is put back (a new file is
-    ///    removed) and the old row restored as far as the database allows, unless the
+    ///    removed) and the old row restored (verified only if the version was put
+    ///    back) as far as the database allows, unless the
     ///    database cannot answer and no earlier row names the new path: then the file
     ///    stays, since a committed row may name it. The client gets 1607.
     ///
@@ -132,8 +135,11 @@ impl Core {
         let persisted = match temp.persist_undoable() {
             Ok(persisted) => persisted,
             Err(error) => {
-                // The stored version is untouched: it is as verified as before.
-                self.restore_verified(existing.as_ref(), ctx);
+                // The stored version is untouched, so as verified as before; unless the
+                // store says the new one may have replaced it.
+                if !crate::storage::replaced_unconfirmed(&error) {
+                    self.restore_verified(existing.as_ref(), ctx);
+                }
                 return Err(FinishError::Store(error));
             }
         };
@@ -163,7 +169,10 @@ impl Core {
                 }
                 _ => {
                     let undo = persisted.undo();
-                    self.restore_verified(existing.as_ref(), ctx);
+                    // Not undone: the file holds the new, unconfirmed version.
+                    if undo.is_ok() {
+                        self.restore_verified(existing.as_ref(), ctx);
+                    }
                     return Err(FinishError::RecordAfterMove { error, undo });
                 }
             }

@@ -235,11 +235,43 @@ pub trait TempBlob: Send + fmt::Debug {
     /// was none). A crash in between leaves the new, complete file under the final name
     /// and the kept version under a temporary name (removed at start-up).
     ///
-    /// The default cannot undo: it persists, and its `undo` leaves the new file in place.
+    /// An error means the stored version is as it was, unless [`replaced_unconfirmed`]
+    /// says otherwise (the new version may be in place and the earlier one could not be
+    /// put back).
+    ///
+    /// The default cannot undo: it persists, and its `undo` fails, leaving the new file
+    /// in place.
     fn persist_undoable(self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
         let path = self.persist()?;
         Ok(Box::new(NoUndo { path }))
     }
+}
+
+/// Why a [`TempBlob::persist_undoable`] failed after its new version may have replaced the
+/// stored one, which could not be put back (an S3 completion whose answer was lost, then
+/// a failed copy back): the stored content may no longer be the one its row was
+/// confirmed for.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}; the earlier version could not be put back")]
+pub struct ReplacedUnconfirmed {
+    /// The move into place's own error.
+    #[source]
+    pub error: io::Error,
+}
+
+impl ReplacedUnconfirmed {
+    /// `error`, of the same kind, marked as [`ReplacedUnconfirmed`].
+    pub fn wrap(error: io::Error) -> io::Error {
+        io::Error::new(error.kind(), ReplacedUnconfirmed { error })
+    }
+}
+
+/// Whether `error` (from [`TempBlob::persist_undoable`]) may have left the new version in
+/// place ([`ReplacedUnconfirmed`]).
+pub fn replaced_unconfirmed(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<ReplacedUnconfirmed>())
 }
 
 /// A file moved into place by [`TempBlob::persist_undoable`], its row not yet committed.
@@ -268,7 +300,10 @@ impl Persisted for NoUndo {
         Ok(())
     }
     fn undo(self: Box<Self>) -> io::Result<()> {
-        Ok(())
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this store cannot put the earlier version back",
+        ))
     }
 }
 

@@ -224,6 +224,7 @@ impl TempBlob for S3Temp {
                 });
                 if let Err(restore) = restored {
                     tracing::warn!(%restore, "cannot put the earlier version back after a failed completion");
+                    return Err(super::super::ReplacedUnconfirmed::wrap(error));
                 }
             }
             return Err(error);

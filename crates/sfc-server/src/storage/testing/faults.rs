@@ -9,11 +9,16 @@
 //!   (while files can still be written): a commit failing after the rename;
 //! - [`Faults::file_commits_fail_after`]: the same, counting only commits of `files`
 //!   rows (so that periodic LastSeen commits cannot use up the budget);
+//!   [`Faults::one_file_commit_fails_after`]: a single one of them fails;
 //! - a *durable budget* ([`Faults::crash_after`], in-memory stores only): after that
 //!   many durable operations (commits, renames, removals) every further one fails, as
 //!   if the machine had died at that point;
 //! - `persist_fails` ([`FaultyBlobs`] only): moving a temporary file into place fails
 //!   with an I/O error while writes still succeed (an fsync or rename error);
+//! - `replaced_then_fails` ([`FaultyBlobs`] only): the move into place happens but fails
+//!   with [`ReplacedUnconfirmed`], as an S3 completion whose answer was lost and whose
+//!   copy back failed does; `undo_fails`: undoing a move into place fails, the new
+//!   version staying in place;
 //! - [`Faults::lose_file_commit_answers`] ([`FaultyMeta`] only): commits of `files` rows
 //!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
 //!   does; optionally the database is then down;
@@ -23,8 +28,8 @@
 //!   running when the server shuts down.
 
 use crate::storage::{
-    BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
-    Timestamp,
+    BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, ReplacedUnconfirmed,
+    StoreError, TempBlob, Timestamp,
 };
 use sfc_proto::ClientId;
 use std::io;
@@ -41,6 +46,11 @@ pub struct Faults {
     pub disk_full: AtomicBool,
     /// Persisting a temporary file fails with `EIO` (writing it does not).
     pub persist_fails: AtomicBool,
+    /// Moving a temporary file into place replaces the stored version, then fails with
+    /// [`ReplacedUnconfirmed`].
+    pub replaced_then_fails: AtomicBool,
+    /// Undoing a move into place fails with `EIO`, leaving the new version in place.
+    pub undo_fails: AtomicBool,
     /// Commits of `files` rows happen but report a failure.
     file_answers_lost: AtomicBool,
     /// ... and the database is down from then on.
@@ -51,6 +61,8 @@ pub struct Faults {
     db_budget: AtomicU64,
     /// Commits of `files` rows still allowed (`u64::MAX`: unlimited).
     file_budget: AtomicU64,
+    /// Commits of `files` rows to let through before one fails alone (`u64::MAX`: none).
+    file_failure_after: AtomicU64,
     /// Holds the next `files()` of a [`FaultyMeta`].
     pub listing_gate: Gate,
     /// Holds the next move into place of a [`FaultyBlobs`] temporary file.
@@ -63,11 +75,14 @@ impl Default for Faults {
             db_down: AtomicBool::new(false),
             disk_full: AtomicBool::new(false),
             persist_fails: AtomicBool::new(false),
+            replaced_then_fails: AtomicBool::new(false),
+            undo_fails: AtomicBool::new(false),
             file_answers_lost: AtomicBool::new(false),
             down_after_lost_answer: AtomicBool::new(false),
             budget: AtomicU64::new(u64::MAX),
             db_budget: AtomicU64::new(u64::MAX),
             file_budget: AtomicU64::new(u64::MAX),
+            file_failure_after: AtomicU64::new(u64::MAX),
             listing_gate: Gate::default(),
             persist_gate: Gate::default(),
         }
@@ -158,6 +173,26 @@ impl Faults {
         self.file_budget.store(n, Ordering::SeqCst);
     }
 
+    /// Allows `n` more commits of `files` rows, fails the next one, and allows every
+    /// later one: a single failed commit, with the database fine again at once.
+    pub fn one_file_commit_fails_after(&self, n: u64) {
+        self.file_failure_after.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether the next commit of a `files` row may go through (taking one unit of the
+    /// budgets).
+    fn file_commit_allowed(&self) -> bool {
+        let single_failure =
+            self.file_failure_after
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
+                    u64::MAX => None,
+                    0 => Some(u64::MAX),
+                    n => Some(n - 1),
+                })
+                == Ok(0);
+        !single_failure && spend(&self.file_budget)
+    }
+
     /// Commits of `files` rows take effect but report a failure (their answer lost);
     /// with `then_down`, the first such commit also takes the database down (`db_down`),
     /// so that it cannot be asked what happened. Until [`Faults::db_recovers`].
@@ -175,6 +210,7 @@ impl Faults {
         self.db_down.store(false, Ordering::SeqCst);
         self.db_budget.store(u64::MAX, Ordering::SeqCst);
         self.file_budget.store(u64::MAX, Ordering::SeqCst);
+        self.file_failure_after.store(u64::MAX, Ordering::SeqCst);
     }
 
     /// True once the durable budget is spent.
@@ -220,7 +256,7 @@ impl Faults {
 
     /// A commit of a `files` row: [`Faults::durable_db`] and the file commit budget.
     pub(super) fn file_commit(&self) -> Result<(), StoreError> {
-        if !spend(&self.file_budget) {
+        if !self.file_commit_allowed() {
             return Err(StoreError::Database("commit failed (injected)".into()));
         }
         self.durable_db()
@@ -306,7 +342,7 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
     }
     fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
         self.commit()?;
-        if !spend(&self.faults.file_budget) {
+        if !self.faults.file_commit_allowed() {
             return Err(StoreError::Database("commit failed (injected)".into()));
         }
         self.inner.put_file(file, now)?;
@@ -428,6 +464,37 @@ impl TempBlob for FaultyTemp {
     fn persist_undoable(self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
         self.faults.persist_gate.pass();
         self.faults.persist()?;
-        self.inner.persist_undoable()
+        let persisted = self.inner.persist_undoable()?;
+        if self.faults.replaced_then_fails.load(Ordering::SeqCst) {
+            persisted.keep()?;
+            return Err(ReplacedUnconfirmed::wrap(io::Error::from_raw_os_error(5)));
+        }
+        Ok(Box::new(FaultyPersisted {
+            inner: persisted,
+            faults: self.faults,
+        }))
+    }
+}
+
+/// A file moved into place through [`FaultyBlobs`]: its undo may fail (`undo_fails`).
+#[derive(Debug)]
+struct FaultyPersisted {
+    inner: Box<dyn Persisted>,
+    faults: Arc<Faults>,
+}
+
+impl Persisted for FaultyPersisted {
+    fn path(&self) -> &str {
+        self.inner.path()
+    }
+    fn keep(self: Box<Self>) -> io::Result<()> {
+        self.inner.keep()
+    }
+    fn undo(self: Box<Self>) -> io::Result<()> {
+        if self.faults.undo_fails.load(Ordering::SeqCst) {
+            self.inner.keep()?;
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
+        self.inner.undo()
     }
 }
