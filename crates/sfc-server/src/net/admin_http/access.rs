@@ -2,6 +2,7 @@
 //! logins they count, and the CSRF token a session's state-changing request must echo.
 
 use super::auth::{same_secret, COOKIE};
+use super::login_limit::RETRY_AFTER;
 use super::{AdminState, ApiError};
 use axum::http::{header, HeaderMap, StatusCode};
 use std::net::SocketAddr;
@@ -50,7 +51,10 @@ pub(crate) fn authenticate(
         if state.failed_logins.blocked(peer.ip(), now) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "too many failed logins from this address; wait a minute",
+                format!(
+                    "too many failed logins from this address; try again in {} s",
+                    RETRY_AFTER.as_secs()
+                ),
             ));
         }
         login_failed(state, peer, "wrong bearer token");

@@ -1,121 +1,48 @@
-//! The admin listener's failed-login limit: wrong tokens are counted per address, keyed
-//! as every other per-address limit ([`key_of`]: IPv4 as is, IPv6 by its /64, which one
-//! host commonly owns whole and could otherwise rotate through for fresh budgets).
+//! The admin listener's failed-login limit: the failure budget of a [`RateLimiter`], so
+//! keyed as every other per-address limit (IPv4 as is, IPv6 by its /64, which one host
+//! commonly owns whole and could otherwise rotate through for fresh budgets).
 //!
-//! The table is bounded ([`MAX_TRACKED`] addresses). Expired windows are swept at most
-//! once per [`SWEEP_EVERY`], so neither a flood nor an address that stopped trying keeps
-//! them. When the table is still full, new addresses share one overflow window: a flood
-//! from many addresses costs no memory and only gets wrong tokens refused sooner, since
-//! the right token is never refused (see `access::authenticate`).
+//! A token bucket: [`LOGIN_FAILURES_PER_MINUTE`] wrong tokens at once, then one more
+//! every [`RETRY_AFTER`] (12 s). The table is the limiter's, bounded at [`MAX_TRACKED`]
+//! addresses (refilled buckets are dropped first, then the least recently seen half).
+//! Only wrong tokens are ever refused: the right one gets in whatever the budget (see
+//! `access::authenticate`).
 
-use crate::net::rate_limit::key_of;
-use std::collections::HashMap;
+use crate::net::rate_limit::{RateLimit, RateLimiter};
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Failed logins (or wrong bearer tokens) one address may make per minute; beyond it
-/// every attempt gets 429 until the minute is over.
+/// Wrong tokens one address may try at once, and per minute once they are used up.
 pub const LOGIN_FAILURES_PER_MINUTE: u32 = 5;
-/// The window the failures are counted in.
-const WINDOW: Duration = Duration::from_secs(60);
-/// Addresses tracked at most (plus the shared overflow window).
-pub(super) const MAX_TRACKED: usize = 4096;
-/// Expired windows are swept at most this often (a sweep walks the whole table).
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// Failures counted since `started`.
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    started: Instant,
-    failures: u32,
-}
-
-impl Window {
-    fn is_live(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.started) < WINDOW
-    }
-
-    fn is_spent(&self, now: Instant) -> bool {
-        self.is_live(now) && self.failures >= LOGIN_FAILURES_PER_MINUTE
-    }
-}
+/// How long a blocked address waits for its next try.
+pub(super) const RETRY_AFTER: Duration = Duration::from_secs(60 / LOGIN_FAILURES_PER_MINUTE as u64);
+/// Addresses tracked at most: an admin listener sees few.
+const MAX_TRACKED: usize = 4096;
 
 /// See the module documentation.
-#[derive(Debug, Default)]
-pub(crate) struct FailedLogins {
-    table: Mutex<Table>,
-}
+#[derive(Debug)]
+pub(crate) struct FailedLogins(RateLimiter);
 
-#[derive(Debug, Default)]
-struct Table {
-    windows: HashMap<IpAddr, Window>,
-    /// Shared by the addresses a full table has no room for.
-    overflow: Option<Window>,
-    swept_at: Option<Instant>,
-}
-
-impl Table {
-    fn sweep_if_due(&mut self, now: Instant) {
-        if self
-            .swept_at
-            .is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY)
-        {
-            return;
-        }
-        self.swept_at = Some(now);
-        self.windows.retain(|_, window| window.is_live(now));
-        self.overflow = self.overflow.filter(|window| window.is_live(now));
-    }
-
-    /// True when `key` has (or may get) a window of its own.
-    fn has_room_for(&self, key: &IpAddr) -> bool {
-        self.windows.contains_key(key) || self.windows.len() < MAX_TRACKED
+impl Default for FailedLogins {
+    fn default() -> Self {
+        let limit = RateLimit::new(LOGIN_FAILURES_PER_MINUTE, LOGIN_FAILURES_PER_MINUTE);
+        FailedLogins(RateLimiter::with_capacity(
+            RateLimit::UNLIMITED,
+            limit,
+            MAX_TRACKED,
+        ))
     }
 }
 
 impl FailedLogins {
-    /// True when `ip` (its /64 for IPv6) has used up its failed logins for this minute.
+    /// True when `ip` (its /64 for IPv6) has no wrong token left to try.
     pub(crate) fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
-        let key = key_of(ip);
-        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        table.sweep_if_due(now);
-        let window = if table.has_room_for(&key) {
-            table.windows.get(&key)
-        } else {
-            table.overflow.as_ref()
-        };
-        window.is_some_and(|window| window.is_spent(now))
+        self.0.is_blocked_at(ip, now)
     }
 
-    /// Counts a failed login from `ip` (its /64 for IPv6).
+    /// Spends one of `ip`'s (its /64's) tries on a wrong token.
     pub(crate) fn failed(&self, ip: IpAddr, now: Instant) {
-        let key = key_of(ip);
-        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        table.sweep_if_due(now);
-        let fresh = Window {
-            started: now,
-            failures: 0,
-        };
-        let window = if table.has_room_for(&key) {
-            table.windows.entry(key).or_insert(fresh)
-        } else {
-            table.overflow.get_or_insert(fresh)
-        };
-        if !window.is_live(now) {
-            *window = fresh;
-        }
-        window.failures = window.failures.saturating_add(1);
-    }
-
-    /// Addresses with a window of their own now.
-    #[cfg(test)]
-    fn tracked(&self) -> usize {
-        self.table
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .windows
-            .len()
+        self.0.record_failure_at(ip, now);
     }
 }
 
@@ -137,15 +64,25 @@ mod tests {
     }
 
     #[test]
-    fn failures_block_an_address_for_a_minute() {
+    fn five_at_once_then_one_every_12_seconds() {
         let limit = FailedLogins::default();
         let t = Instant::now();
         fail_until_blocked(&limit, ip("192.0.2.1"), t);
         assert!(!limit.blocked(ip("192.0.2.2"), t), "another address");
         // The IPv4-mapped form is the same address.
         assert!(limit.blocked(ip("::ffff:192.0.2.1"), t));
-        assert!(limit.blocked(ip("192.0.2.1"), t + Duration::from_secs(59)));
-        assert!(!limit.blocked(ip("192.0.2.1"), t + WINDOW));
+        // Asking does not spend: still blocked until the next try has refilled.
+        let almost = t + RETRY_AFTER - Duration::from_millis(100);
+        assert!(limit.blocked(ip("192.0.2.1"), almost));
+        let next = t + RETRY_AFTER;
+        assert!(!limit.blocked(ip("192.0.2.1"), next));
+        limit.failed(ip("192.0.2.1"), next);
+        assert!(
+            limit.blocked(ip("192.0.2.1"), next),
+            "one try, not a new five"
+        );
+        // A quiet minute refills the whole burst.
+        fail_until_blocked(&limit, ip("192.0.2.1"), next + Duration::from_secs(60));
     }
 
     /// One host owns its /64: rotating through it gives no fresh budget.
@@ -164,46 +101,28 @@ mod tests {
         assert!(!limit.blocked(ip("2001:db8:1:3::1"), t));
         assert!(!limit.blocked(ip("2001:db8:1:1:ffff:ffff:ffff:ffff"), t));
         fail_until_blocked(&limit, ip("2001:db8:1:3::1"), t);
-        assert_eq!(limit.tracked(), 2);
+        assert_eq!(limit.0.tracked(), 2);
     }
 
     #[test]
     fn the_table_stays_bounded_under_many_addresses() {
         let limit = FailedLogins::default();
         let t = Instant::now();
-        // One failure each from many /64s within the same second.
+        // One failure each from many /64s, a microsecond apart.
         for n in 0..(MAX_TRACKED as u64 * 3) {
             let ip = IpAddr::V6(Ipv6Addr::from(u128::from(n) << 64 | 1));
-            limit.failed(ip, t);
+            limit.failed(ip, t + Duration::from_micros(n));
+            assert!(limit.0.tracked() <= MAX_TRACKED);
         }
-        assert_eq!(limit.tracked(), MAX_TRACKED);
-        // A tracked address keeps its own budget...
-        let first = IpAddr::V6(Ipv6Addr::from(1u128));
-        assert!(!limit.blocked(first, t));
-        // ...the addresses without room shared one, spent long ago.
-        let newcomer = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
-        assert!(limit.blocked(newcomer, t));
-        // Once the minute is over, the next sweep empties the table.
-        let later = t + WINDOW;
-        assert!(!limit.blocked(newcomer, later));
-        assert_eq!(limit.tracked(), 0);
-        limit.failed(newcomer, later);
-        assert_eq!(limit.tracked(), 1);
-    }
-
-    /// An address that stopped trying does not linger: the next failure from anyone
-    /// (at most one sweep a second) drops it.
-    #[test]
-    fn expired_windows_are_swept_at_most_once_a_second() {
-        let limit = FailedLogins::default();
-        let t = Instant::now();
-        limit.failed(ip("192.0.2.1"), t);
-        limit.failed(ip("192.0.2.2"), t + WINDOW - Duration::from_millis(500));
-        assert_eq!(limit.tracked(), 2);
-        // The first window has expired, but the table was swept less than a second ago.
-        limit.failed(ip("192.0.2.3"), t + WINDOW);
-        assert_eq!(limit.tracked(), 3);
-        limit.failed(ip("192.0.2.3"), t + WINDOW + SWEEP_EVERY);
-        assert_eq!(limit.tracked(), 2, "192.0.2.1 swept");
+        // The most recent address is still remembered.
+        let last = IpAddr::V6(Ipv6Addr::from(u128::from(MAX_TRACKED as u64 * 3 - 1) << 64));
+        let now = t + Duration::from_secs(1);
+        for _ in 1..LOGIN_FAILURES_PER_MINUTE {
+            limit.failed(last, now);
+        }
+        assert!(limit.blocked(last, now));
+        // A newcomer to the full table gets a budget of its own.
+        fail_until_blocked(&limit, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), now);
+        assert!(limit.0.tracked() <= MAX_TRACKED);
     }
 }
