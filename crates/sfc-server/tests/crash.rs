@@ -564,7 +564,12 @@ mod every_step {
         drop(core);
         storage.restart();
         // What the server does at start-up, before it serves anyone.
-        sfc_server::recover(&|| Ok(storage.files()), &storage.blobs()).unwrap();
+        sfc_server::recover(
+            &|| Ok(storage.files()),
+            storage.clients().len(),
+            &storage.blobs(),
+        )
+        .unwrap();
         let core = new_core(&storage);
         let stored = storage.stored();
         let rows = storage.files();

@@ -263,7 +263,7 @@ fn recovery_spares_young_work_and_clears_old_leftovers() {
         path: kept.clone(),
         verified: true,
     }];
-    let recovered = recover(&|| Ok(rows.to_vec()), &store).unwrap();
+    let recovered = recover(&|| Ok(rows.to_vec()), 1, &store).unwrap();
     assert_eq!(
         recovered.stale_temps, 2,
         "the abandoned upload and the backup"

@@ -396,7 +396,7 @@ mod tests {
             blobs.stored_paths().unwrap(),
             [kept.clone(), orphan.clone()]
         );
-        let recovered = recover(&|| meta.files(), &blobs).unwrap();
+        let recovered = recover(&|| meta.files(), 1, &blobs).unwrap();
         assert_eq!(
             recovered,
             Recovered {
@@ -416,7 +416,7 @@ mod tests {
         assert!(blobs.stored_paths().unwrap() == [kept]);
         // Nothing left to do the second time.
         assert_eq!(
-            recover(&|| meta.files(), &blobs).unwrap(),
+            recover(&|| meta.files(), 1, &blobs).unwrap(),
             Recovered::default()
         );
     }
@@ -471,8 +471,77 @@ mod tests {
             inner: &blobs,
             commit: &commit,
         };
-        let recovered = recover(&|| meta.files(), &listing).unwrap();
+        let recovered = recover(&|| meta.files(), 1, &listing).unwrap();
         assert_eq!(recovered.stale_temps, 1);
+        assert!(recovered.orphans.is_empty(), "{:?}", recovered.orphans);
+        assert!(dir.path().join(&orphan).exists());
+    }
+
+    /// A database that is not the store's (a server started without its `--database`,
+    /// on a new, empty `defensive.db`; a stale copy naming few of the files): recovery
+    /// would see every stored file as unrecorded. It removes none of them.
+    #[test]
+    fn recovery_removes_nothing_when_the_database_is_not_the_stores() {
+        let (dir, _meta, blobs, kept, orphan) = data_folder();
+        let empty = SqliteStore::open_in_memory().unwrap();
+        let recovered = recover(&|| empty.files(), 0, &blobs).unwrap();
+        assert_eq!(recovered.stale_temps, 1);
+        assert!(recovered.orphans.is_empty());
+        let why = recovered.orphans_skipped.unwrap();
+        assert!(
+            why.contains("no client") && why.contains("--database"),
+            "{why}"
+        );
+        assert!(dir.path().join(&kept).exists() && dir.path().join(&orphan).exists());
+
+        // One row, and more unrecorded files than a crash leaves.
+        let client = ClientId([0xcd; 16]);
+        let many: Vec<String> = (0..=setup::MAX_ORPHANS_REMOVED)
+            .map(|i| {
+                let mut file = blobs.create_temp(&client, &format!("f{i}")).unwrap();
+                file.write_all(b"acknowledged elsewhere").unwrap();
+                file.persist().unwrap()
+            })
+            .collect();
+        let stale = SqliteStore::open_in_memory().unwrap();
+        stale.insert_client(&client, "bob", Timestamp(0)).unwrap();
+        let row = FileRecord {
+            client_id: client,
+            file_name: "f0".into(),
+            path: many[0].clone(),
+            verified: true,
+        };
+        stale.put_file(&row, Timestamp(0)).unwrap();
+        let recovered = recover(&|| stale.files(), 1, &blobs).unwrap();
+        assert!(recovered.orphans.is_empty());
+        let why = recovered.orphans_skipped.unwrap();
+        assert!(why.contains("more than a crash leaves"), "{why}");
+        for path in many.iter().chain([&kept, &orphan]) {
+            assert!(dir.path().join(path).exists(), "{path}");
+        }
+    }
+
+    /// A file recorded (by another server) between recovery's first reading of the rows
+    /// and its removals is kept: the rows are read again just before removing.
+    #[test]
+    fn recovery_reads_the_rows_again_before_removing() {
+        let (dir, meta, blobs, _kept, orphan) = data_folder();
+        let acknowledged = FileRecord {
+            client_id: ClientId([0xab; 16]),
+            file_name: "orphan.bin".into(),
+            path: orphan.clone(),
+            verified: false,
+        };
+        let reads = std::cell::Cell::new(0);
+        let rows = || {
+            reads.set(reads.get() + 1);
+            if reads.get() == 2 {
+                meta.put_file(&acknowledged, Timestamp(0))?;
+            }
+            meta.files()
+        };
+        let recovered = recover(&rows, 1, &blobs).unwrap();
+        assert_eq!(reads.get(), 2);
         assert!(recovered.orphans.is_empty(), "{:?}", recovered.orphans);
         assert!(dir.path().join(&orphan).exists());
     }
@@ -487,7 +556,7 @@ mod tests {
             verified: true,
         };
         meta.put_file(&foreign, Timestamp(0)).unwrap();
-        let recovered = recover(&|| meta.files(), &blobs).unwrap();
+        let recovered = recover(&|| meta.files(), 1, &blobs).unwrap();
         assert_eq!(recovered.stale_temps, 1);
         assert!(recovered.orphans.is_empty());
         assert!(recovered

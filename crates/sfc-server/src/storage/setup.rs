@@ -164,7 +164,7 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
             return Err(anyhow::anyhow!("cannot read the database: {error}"))
         }
     };
-    match recover(&|| meta.files(), blobs) {
+    match recover(&|| meta.files(), clients.len(), blobs) {
         Ok(recovered) => {
             if recovered.stale_temps > 0 {
                 tracing::info!(
@@ -200,51 +200,106 @@ pub struct Recovered {
     pub orphans_skipped: Option<String>,
 }
 
+/// Most unrecorded files [`recover`] removes. A crash leaves one per upload that was
+/// between its move into place and its commit (a handful); many more mean the database
+/// is not the one the store belongs to (a missing `--database`, a wrong `--data-dir` or
+/// `--store`, a restored backup), and removing them would destroy acknowledged files.
+pub const MAX_ORPHANS_REMOVED: usize = 64;
+
 /// Start-up cleanup after a crash: removes temporary files, then stored files that no
 /// `files` row names. Such a file is complete but was never acknowledged: a crash
 /// between its rename and the commit of its row (so no 1603 was sent and the client
 /// sends it again), or between the commit of a new path and the removal of the old one.
 ///
-/// Orphans are only looked for when every row's path has the form this server writes
-/// (`files/<32 hex digits>/<name>`): a database adopted from another implementation may
-/// name its files differently, and its files are then left alone.
+/// Unrecorded files are left alone (and the reason logged) when the database has no
+/// registered client (`registered_clients`: a new database, such as the empty
+/// `defensive.db` a server makes when started without its `--database`), when there are
+/// more than [`MAX_ORPHANS_REMOVED`] of them (either way the database is likely not the
+/// store's), or when a row names a path of a form this server
+/// does not write (`files/<32 hex digits>/<name>`: a database adopted from another
+/// implementation). Leaving one costs only its space: an upload of the same name by its
+/// client later writes over it.
 ///
 /// `rows` reads the `files` rows ([`MetaStore::files`]). They are read after the stored
 /// files are listed: with several servers on one database and one object store, another
 /// server may finish an upload while this one starts, and only rows read after the
 /// listing are sure to name every file in it that was acknowledged (a file finished
 /// later is either still protected by its upload's marker or was not listed at all).
+/// Just before removing, the files are listed and the rows read once more, and only
+/// what both rounds found unrecorded is removed: a file written again meanwhile (its
+/// upload's marker, its new age) or recorded meanwhile is kept.
 pub fn recover(
     rows: &dyn Fn() -> Result<Vec<FileRecord>, StoreError>,
+    registered_clients: usize,
     blobs: &dyn BlobStore,
 ) -> io::Result<Recovered> {
+    let read_rows =
+        || rows().map_err(|error| io::Error::other(format!("cannot read the rows: {error}")));
     let stale_temps = blobs.remove_stale_temps()?;
-    let candidates = blobs.stored_paths()?;
-    let rows =
-        rows().map_err(|error| io::Error::other(format!("cannot read the rows: {error}")))?;
-    if let Some(row) = rows.iter().find(|row| !is_own_path(&row.path)) {
+    let listed = blobs.stored_paths()?;
+    let recorded = read_rows()?;
+    let skipped = |why: String| Recovered {
+        stale_temps,
+        orphans: Vec::new(),
+        orphans_skipped: Some(why),
+    };
+    if let Some(row) = recorded.iter().find(|row| !is_own_path(&row.path)) {
+        return Ok(skipped(format!(
+            "the row of {:?} names {:?}, a path this server does not write",
+            row.file_name, row.path
+        )));
+    }
+    let candidates = unrecorded(listed, &recorded);
+    if candidates.is_empty() {
         return Ok(Recovered {
             stale_temps,
-            orphans: Vec::new(),
-            orphans_skipped: Some(format!(
-                "the row of {:?} names {:?}, a path this server does not write",
-                row.file_name, row.path
-            )),
+            ..Recovered::default()
         });
     }
-    let named: std::collections::HashSet<&str> = rows.iter().map(|row| row.path.as_str()).collect();
+    if registered_clients == 0 {
+        return Ok(skipped(format!(
+            "the database has no client but the store holds {} unrecorded files (is it the \
+             database these files belong to? check --database, --data-dir and --store); \
+             none removed",
+            candidates.len()
+        )));
+    }
+    if candidates.len() > MAX_ORPHANS_REMOVED {
+        return Ok(skipped(format!(
+            "{} stored files have no row, more than a crash leaves ({MAX_ORPHANS_REMOVED}): \
+             is the database the one these files belong to? (check --database, --data-dir \
+             and --store); none removed",
+            candidates.len()
+        )));
+    }
+    let still_listed: std::collections::HashSet<String> =
+        blobs.stored_paths()?.into_iter().collect();
+    let confirmed = unrecorded(
+        candidates
+            .into_iter()
+            .filter(|path| still_listed.contains(path))
+            .collect(),
+        &read_rows()?,
+    );
     let mut orphans = Vec::new();
-    for path in candidates {
-        if !named.contains(path.as_str()) {
-            blobs.remove(&path)?;
-            orphans.push(path);
-        }
+    for path in confirmed {
+        blobs.remove(&path)?;
+        orphans.push(path);
     }
     Ok(Recovered {
         stale_temps,
         orphans,
         orphans_skipped: None,
     })
+}
+
+/// The paths of `listed` that no row of `rows` names.
+fn unrecorded(listed: Vec<String>, rows: &[FileRecord]) -> Vec<String> {
+    let named: std::collections::HashSet<&str> = rows.iter().map(|row| row.path.as_str()).collect();
+    listed
+        .into_iter()
+        .filter(|path| !named.contains(path.as_str()))
+        .collect()
 }
 
 /// `files/<32 lowercase hex digits>/<one plain name>`, as [`super::fs`] and the in-memory test store write.
