@@ -7,12 +7,29 @@
 //!
 //! Both are written atomically — a temporary file in the same folder, owner-only (0600),
 //! written, fsynced, then renamed over the old file, and the folder fsynced — so a killed
-//! client leaves the old file or the new one, never half of one. `priv.key` is written
-//! before `me.info`, whose presence marks a completed registration.
+//! client leaves the old file or the new one, never half of one. A killed client may leave
+//! the temporary file, which may hold a key; the next run that locks the folder removes it
+//! (`store`).
+//!
+//! `me.info` is written first, then `priv.key`, and when their keys differ `me.info`'s is
+//! used. `me.info` holds the client ID and its key in one file, replaced by one rename, so
+//! it is a matching pair wherever a save is cut (killed, power cut):
+//! - before `me.info`'s rename: the old `me.info` and the old `priv.key`;
+//! - between the two renames: the new `me.info` beside the old `priv.key`, whose key is
+//!   not used (with a warning);
+//! - after both: the new pair.
+//!
+//! Preferring `priv.key` (and writing it first) paired the old ID with the new key after a
+//! cut between the renames: a server that still knew the old ID sent a 1605 key that did
+//! not unwrap; one that had forgotten it answered 1606, and the registration after that
+//! failed with 1601, the name now belonging to the new ID, written nowhere. Preferring
+//! `me.info` is also right for files another client wrote in either order. Which server
+//! the identity belongs to (`me.server`, written before both) is the `store` module's.
 //!
 //! Read tolerantly: the key may be base64 over several lines, with PEM armour, and
-//! `priv.key` may be raw DER (PKCS#8 or PKCS#1), as other clients write them. `priv.key`
-//! is preferred; the key in `me.info` is the fallback.
+//! `priv.key` may be raw DER (PKCS#8 or PKCS#1), as other clients write them. The key in
+//! `me.info` is preferred; `priv.key` is the fallback when `me.info` has none on line 3 (as
+//! some clients write it) or an unusable one.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -189,7 +206,7 @@ pub fn load(dir: &Path) -> Result<Option<Loaded>, IdentityError> {
         .map(|bytes| RsaKeyPair::from_file_bytes(bytes));
 
     let mut warnings = Vec::new();
-    let keypair = choose_key(priv_key, me_key, (&priv_path, &me_path), &mut warnings)?;
+    let keypair = choose_key(me_key, priv_key, (&me_path, &priv_path), &mut warnings)?;
     Ok(Some(Loaded {
         identity: Identity {
             name,
@@ -200,12 +217,12 @@ pub fn load(dir: &Path) -> Result<Option<Loaded>, IdentityError> {
     }))
 }
 
-/// The key to use: priv.key's, else the one on line 3 of me.info (rule C7), with a
-/// warning when they differ or one is unusable.
+/// The key to use: the one on line 3 of me.info (written with its ID), else priv.key's
+/// (rule C7), with a warning when they differ or one is unusable.
 fn choose_key(
-    priv_key: Option<Result<RsaKeyPair, sfc_crypto::CryptoError>>,
     me_key: Option<Result<RsaKeyPair, sfc_crypto::CryptoError>>,
-    (priv_path, me_path): (&Path, &Path),
+    priv_key: Option<Result<RsaKeyPair, sfc_crypto::CryptoError>>,
+    (me_path, priv_path): (&Path, &Path),
     warnings: &mut Vec<String>,
 ) -> Result<RsaKeyPair, IdentityError> {
     let malformed = |line: usize, reason: String| IdentityError::Malformed {
@@ -213,39 +230,46 @@ fn choose_key(
         line,
         reason,
     };
-    let keypair = match (priv_key, me_key) {
-        (Some(Ok(from_priv)), me) => {
-            if let Some(Ok(from_me)) = &me {
-                if from_me.public_key_der() != from_priv.public_key_der() {
+    let keypair = match (me_key, priv_key) {
+        (Some(Ok(from_me)), from_priv) => {
+            match &from_priv {
+                Some(Ok(from_priv)) if from_priv.public_key_der() != from_me.public_key_der() => {
                     warnings.push(format!(
-                        "{} and the key in {} differ; using {}",
+                        "{} and the key in {} differ; using the key in {ME_INFO}, saved with \
+                         its client ID (a save cut off between the two files leaves the old \
+                         {PRIV_KEY})",
                         priv_path.display(),
                         me_path.display(),
-                        PRIV_KEY
-                    ));
+                    ))
                 }
-            }
-            from_priv
-        }
-        (Some(Err(priv_err)), Some(Ok(from_me))) => {
-            warnings.push(format!(
-                "{} is unusable ({priv_err}); using the key in {} line 3",
-                priv_path.display(),
-                me_path.display()
-            ));
-            from_me
-        }
-        (None, Some(Ok(from_me))) => from_me,
-        (Some(Err(priv_err)), Some(Err(me_err))) => {
-            return Err(IdentityError::BadKey {
-                reason: format!(
-                    "{}: {priv_err}; {} line 3: {me_err}",
+                Some(Err(priv_err)) => warnings.push(format!(
+                    "{} is unusable ({priv_err}); using the key in {} line 3",
                     priv_path.display(),
                     me_path.display()
+                )),
+                _ => {}
+            }
+            from_me
+        }
+        (Some(Err(me_err)), Some(Ok(from_priv))) => {
+            warnings.push(format!(
+                "the key in {} line 3 is unusable ({me_err}); using {}",
+                me_path.display(),
+                priv_path.display()
+            ));
+            from_priv
+        }
+        (None, Some(Ok(from_priv))) => from_priv,
+        (Some(Err(me_err)), Some(Err(priv_err))) => {
+            return Err(IdentityError::BadKey {
+                reason: format!(
+                    "{} line 3: {me_err}; {}: {priv_err}",
+                    me_path.display(),
+                    priv_path.display()
                 ),
             })
         }
-        (Some(Err(priv_err)), None) => {
+        (None, Some(Err(priv_err))) => {
             return Err(IdentityError::BadKey {
                 reason: format!(
                     "{}: {priv_err}, and {} has no key on line 3",
@@ -254,7 +278,7 @@ fn choose_key(
                 ),
             })
         }
-        (None, Some(Err(me_err))) => {
+        (Some(Err(me_err)), None) => {
             return Err(malformed(
                 3,
                 format!("the private key is unusable ({me_err}) and there is no {PRIV_KEY}"),
@@ -270,17 +294,14 @@ fn choose_key(
     Ok(keypair)
 }
 
-/// Saves the identity: `priv.key` first, then `me.info`, each atomically and owner-only.
+/// Saves the identity: `me.info` first (ID and key together), then `priv.key`, each
+/// atomically and owner-only. Cut between the two, the new `me.info` is read with its own
+/// key (see the module's documentation).
 pub fn save(dir: &Path, identity: &Identity) -> Result<(), IdentityError> {
     let key = identity
         .keypair
         .to_base64()
         .map_err(IdentityError::Encode)?;
-    let priv_path = dir.join(PRIV_KEY);
-    write_atomic(&priv_path, key.as_bytes()).map_err(|source| IdentityError::Write {
-        path: priv_path,
-        source,
-    })?;
     let mut me = zeroize::Zeroizing::new(String::with_capacity(key.len() + 160));
     me.push_str(identity.name.as_str());
     me.push('\n');
@@ -291,6 +312,11 @@ pub fn save(dir: &Path, identity: &Identity) -> Result<(), IdentityError> {
     let me_path = dir.join(ME_INFO);
     write_atomic(&me_path, me.as_bytes()).map_err(|source| IdentityError::Write {
         path: me_path,
+        source,
+    })?;
+    let priv_path = dir.join(PRIV_KEY);
+    write_atomic(&priv_path, key.as_bytes()).map_err(|source| IdentityError::Write {
+        path: priv_path,
         source,
     })
 }
@@ -312,6 +338,8 @@ pub fn temporary_of(name: &str) -> Option<&str> {
 /// (owner read/write only), written and fsynced, renamed over `path`, then the folder
 /// fsynced so the rename itself is durable.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    #[cfg(test)]
+    write_hook::before_write(path)?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -343,6 +371,41 @@ fn sync_dir(dir: &Path) {
     let _ = dir;
 }
 
+/// Tests stop or pause a save before one of its writes, as a killed run would be.
+#[cfg(test)]
+pub(crate) mod write_hook {
+    use std::cell::RefCell;
+    use std::io;
+    use std::path::Path;
+
+    type Hook = Box<dyn FnMut(&Path) -> io::Result<()>>;
+
+    thread_local! {
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Until the returned value is dropped, [`super::write_atomic`] on this thread calls
+    /// `hook` with the file first, and fails with its error without writing anything.
+    pub(crate) fn install(hook: impl FnMut(&Path) -> io::Result<()> + 'static) -> Installed {
+        HOOK.with_borrow_mut(|slot| *slot = Some(Box::new(hook)));
+        Installed
+    }
+
+    /// Removes the hook when dropped.
+    #[derive(Debug)]
+    pub(crate) struct Installed;
+
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            HOOK.with_borrow_mut(|slot| *slot = None);
+        }
+    }
+
+    pub(super) fn before_write(path: &Path) -> io::Result<()> {
+        HOOK.with_borrow_mut(|slot| slot.as_mut().map_or(Ok(()), |hook| hook(path)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,7 +427,108 @@ mod tests {
         RsaKeyPair::from_base64(key()).unwrap()
     }
 
+    /// A second key, for the identity that replaces the first.
+    fn other_key() -> &'static str {
+        static KEY: OnceLock<String> = OnceLock::new();
+        KEY.get_or_init(|| {
+            RsaKeyPair::generate()
+                .unwrap()
+                .to_base64()
+                .unwrap()
+                .to_string()
+        })
+    }
+
     const ID: &str = "00112233445566778899aabbccddeeff";
+    const OTHER_ID: &str = "ffeeddccbbaa99887766554433221100";
+
+    fn identity(id: &str, key: &str) -> Identity {
+        Identity {
+            name: Name::new("alice").unwrap(),
+            client_id: ClientId::from_hex(id).unwrap(),
+            keypair: RsaKeyPair::from_base64(key).unwrap(),
+        }
+    }
+
+    /// The key saved with `id`'s registration.
+    fn key_of(id: &str) -> Vec<u8> {
+        let key = if id == ID { key() } else { other_key() };
+        RsaKeyPair::from_base64(key).unwrap().public_key_der()
+    }
+
+    /// A replacement of ID's identity by OTHER_ID's, cut before each of its writes in turn
+    /// (as a kill would leave the folder): the next load always pairs an ID with its key.
+    #[test]
+    fn a_save_cut_before_any_write_loads_an_id_with_its_own_key() {
+        for writes_done in 0..=2 {
+            let dir = tempfile::tempdir().unwrap();
+            save(dir.path(), &identity(ID, key())).unwrap();
+            let mut writes = 0;
+            let hook = write_hook::install(move |path| {
+                writes += 1;
+                match writes > writes_done {
+                    true => Err(io::Error::other(format!(
+                        "killed before {}",
+                        path.display()
+                    ))),
+                    false => Ok(()),
+                }
+            });
+            let saved = save(dir.path(), &identity(OTHER_ID, other_key()));
+            drop(hook);
+            assert_eq!(saved.is_ok(), writes_done == 2, "{saved:?}");
+            let loaded = load(dir.path()).unwrap().unwrap().identity;
+            let id = loaded.client_id.to_hex();
+            assert!(
+                loaded.keypair.public_key_der() == key_of(&id),
+                "cut after {writes_done} writes: client {id} loaded with another key"
+            );
+        }
+    }
+
+    /// Whichever of the two files a cut save left new, me.info's key is used: it is the
+    /// one saved with its ID.
+    #[test]
+    fn the_key_in_me_info_wins_when_priv_key_differs() {
+        let layouts = [
+            // A save (in the old order) cut after priv.key: the old me.info, a new key.
+            (ID, key(), other_key()),
+            // A save cut after me.info: the new me.info, the old key.
+            (OTHER_ID, other_key(), key()),
+        ];
+        for (id, me_key, priv_key) in layouts {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(ME_INFO), format!("alice\n{id}\n{me_key}\n")).unwrap();
+            std::fs::write(dir.path().join(PRIV_KEY), priv_key).unwrap();
+            let loaded = load(dir.path()).unwrap().unwrap();
+            assert_eq!(loaded.identity.client_id.to_hex(), id);
+            assert!(
+                loaded.identity.keypair.public_key_der() == key_of(id),
+                "client {id} loaded with priv.key's key"
+            );
+            assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+            assert!(
+                loaded.warnings[0].contains("using the key in me.info"),
+                "{:?}",
+                loaded.warnings
+            );
+        }
+    }
+
+    #[test]
+    fn an_unusable_key_in_me_info_falls_back_to_priv_key_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ME_INFO), format!("alice\n{ID}\nAAAA\n")).unwrap();
+        std::fs::write(dir.path().join(PRIV_KEY), key()).unwrap();
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.identity.keypair.public_key_der(), key_of(ID));
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(
+            loaded.warnings[0].contains("line 3 is unusable"),
+            "{:?}",
+            loaded.warnings
+        );
+    }
 
     #[test]
     fn save_then_load_round_trips_with_owner_only_files() {
@@ -424,7 +588,8 @@ mod tests {
     #[test]
     fn missing_me_info_means_not_registered() {
         let dir = tempfile::tempdir().unwrap();
-        // A stray priv.key alone (e.g. killed between the two writes) is not an identity.
+        // A priv.key alone (left by another client, or by an older version of this one
+        // killed between its two writes) is not an identity.
         std::fs::write(dir.path().join(PRIV_KEY), key()).unwrap();
         assert!(load(dir.path()).unwrap().is_none());
     }

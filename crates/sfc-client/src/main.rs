@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use sfc_client::{exit, report_error, run, Cli, ClientError, Config, Reporter, Summary};
+use sfc_client::{exit, report_error, run, Cli, ClientError, Config, Reporter, Session, Summary};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -16,6 +16,10 @@ fn main() -> ExitCode {
     // Ctrl-C: the bar is cleared and one line says where the run stopped. If the handler
     // cannot be installed, Ctrl-C still ends the run (the default), just less tidily.
     let _ = ctrlc::set_handler(move || {
+        // First wait for a save of the identity in progress, and keep one from starting:
+        // an exit in its middle could leave me.info, priv.key and me.server disagreeing.
+        // The handler runs on ctrlc's own thread, so the save it waits for goes on.
+        let _no_save_running = Session::hold_identity_saves();
         on_interrupt.interrupted();
         std::process::exit(i32::from(exit::INTERRUPTED));
     });

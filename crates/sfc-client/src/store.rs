@@ -19,10 +19,30 @@
 //! from locating its identity to its end ([`FolderLock`]): two runs at once could otherwise
 //! both register and interleave their writes, leaving one run's me.info beside the other's
 //! priv.key, or replacing an identity without a backup. A second run refuses the folder.
+//!
+//! [`IdentityFolder::save`] writes, each file atomically: the backups, then me.server,
+//! then me.info, then priv.key. Wherever it is cut (killed, power cut), the folder holds
+//! an identity whose ID and key match and which names its server:
+//! - before me.server: the old identity (or none) as it was; the backups are copies;
+//! - after me.server: the old identity, now recorded as this server's. The folder was
+//!   chosen because its me.info belonged to this server or to none, so at most an
+//!   unclaimed me.info is claimed by a server that has just answered it 1606; a run for
+//!   another server still tries it first, from `servers/<address>/`;
+//! - after me.info: the new identity, with its own key (me.info's key is used when
+//!   priv.key's differs, see the `identity` module) and its server already recorded.
+//!   Written last, me.server left a new me.info unclaimed, which the next run took for
+//!   whatever server it was given, and replaced after that server's 1606;
+//! - after priv.key: the whole new identity.
+//!
+//! Ctrl-C does not cut a save: the handler waits for the one in progress and keeps others
+//! from starting ([`hold_identity_writes`]). A killed save can still leave its temporary
+//! file (`.me.info.<random>.tmp`, possibly holding a key); the next run that locks the
+//! folder removes such files, in `--dir` and in `servers/*/` ([`FolderLock::acquire`]).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::identity::{self, Identity, IdentityError, Loaded, ME_INFO, PRIV_KEY};
 
@@ -58,16 +78,67 @@ fn is_lower_hex(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// True for a name the client gives a file it writes atomically in its folder (see
+/// [`identity::write_atomic`]).
+fn is_written_atomically(name: &str) -> bool {
+    [ME_INFO, PRIV_KEY, ME_SERVER].contains(&name) || is_backup_name(name)
+}
+
 /// True for a file the client writes in its folder (`--dir`, or one under `servers/`):
 /// its identity, key, me.server, lock, identity backups, and the temporary files a killed
 /// run can leave (which may hold a key). `-r` never sends them.
 pub fn is_state_file(name: &str) -> bool {
-    let written = |name: &str| {
-        [ME_INFO, PRIV_KEY, ME_SERVER, LOCK_FILE].contains(&name) || is_backup_name(name)
-    };
+    let written = |name: &str| name == LOCK_FILE || is_written_atomically(name);
     written(name)
         || identity::temporary_of(name).is_some_and(written)
         || name.starts_with(WRITE_PROBE_PREFIX)
+}
+
+/// Held while identity files are written, so that a Ctrl-C can wait for them.
+static IDENTITY_WRITES: Mutex<()> = Mutex::new(());
+
+/// Waits until no identity files are being written (a save, a claim, a fallback key), then
+/// keeps new writes from starting until the guard is dropped. The Ctrl-C handler holds it
+/// while it ends the process, so that a save is never cut in the middle; it runs on its own
+/// thread (ctrlc), so waiting there for the main thread's save cannot deadlock.
+pub fn hold_identity_writes() -> MutexGuard<'static, ()> {
+    // A write that panicked leaves nothing to protect: go on.
+    IDENTITY_WRITES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Removes the temporary files a killed run left in `dir`: those of the files it writes
+/// atomically (they may hold a private key) and its write probes. Only under the folder's
+/// lock: another run could be writing them. Best effort.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let leftover = identity::temporary_of(name).is_some_and(is_written_atomically)
+            || name.starts_with(WRITE_PROBE_PREFIX);
+        if leftover && entry.file_type().is_ok_and(|kind| kind.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// [`remove_leftovers`] in `dir` and in each identity folder under `dir/servers`.
+fn remove_all_leftovers(dir: &Path) {
+    remove_leftovers(dir);
+    let Ok(servers) = std::fs::read_dir(dir.join(SERVERS_DIR)) else {
+        return;
+    };
+    for entry in servers.flatten() {
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            remove_leftovers(&entry.path());
+        }
+    }
 }
 
 /// How [`save_fallback`] names a key it could not save in the client's folder, in the
@@ -99,7 +170,8 @@ pub struct FolderLock {
 }
 
 impl FolderLock {
-    /// Locks `dir` for this run; fails at once if another run holds it.
+    /// Locks `dir` for this run; fails at once if another run holds it. Once locked, the
+    /// temporary files killed runs left there are removed.
     ///
     /// A folder where the lock file cannot be created or locked (read-only, missing, or a
     /// file system without locks) gives an unlocked `FolderLock` instead of an error: a run
@@ -118,10 +190,13 @@ impl FolderLock {
             Err(e) => return Ok(unlocked(e.to_string())),
         };
         match file.try_lock() {
-            Ok(()) => Ok(FolderLock {
-                dir: dir.to_owned(),
-                file: Ok(file),
-            }),
+            Ok(()) => {
+                remove_all_leftovers(dir);
+                Ok(FolderLock {
+                    dir: dir.to_owned(),
+                    file: Ok(file),
+                })
+            }
             Err(TryLockError::WouldBlock) => Err(IdentityError::Busy {
                 dir: std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned()),
                 lock: LOCK_FILE,
@@ -266,18 +341,26 @@ impl IdentityFolder {
     /// Records that the me.info here belongs to this server.
     pub fn claim(&self) -> Result<(), IdentityError> {
         self.check_locked()?;
+        let _writing = hold_identity_writes();
+        self.write_owner()
+    }
+
+    fn write_owner(&self) -> Result<(), IdentityError> {
         let path = self.dir.join(ME_SERVER);
         identity::write_atomic(&path, format!("{}\n", self.server).as_bytes())
             .map_err(|source| IdentityError::Write { path, source })
     }
 
     /// Saves a new identity for this server: the identity it replaces (if any) is kept
-    /// as `*.<client-id>.bak` first. Returns the backup of me.info when one was made.
+    /// as `*.<client-id>.bak` first, then me.server, me.info and priv.key are written, in
+    /// that order (the module's documentation says why). Returns the backup of me.info
+    /// when one was made.
     pub fn save(&self, identity: &Identity) -> Result<Option<PathBuf>, IdentityError> {
         self.check_locked()?;
+        let _writing = hold_identity_writes();
         let backup = self.back_up()?;
+        self.write_owner()?;
         identity::save(&self.dir, identity)?;
-        self.claim()?;
         Ok(backup)
     }
 
@@ -321,6 +404,7 @@ impl IdentityFolder {
 /// file in the system's temporary folder (owner-only); returns its path.
 pub fn save_fallback(identity: &Identity) -> io::Result<PathBuf> {
     let key = identity.keypair.to_base64().map_err(io::Error::other)?;
+    let _writing = hold_identity_writes();
     let path = std::env::temp_dir().join(format!(
         "{FALLBACK_KEY_PREFIX}{}-{}{FALLBACK_KEY_SUFFIX}",
         folder_name(identity.name.as_str()),
@@ -344,6 +428,216 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::OnceLock;
+
+    const OLD_ID: &str = "00112233445566778899aabbccddeeff";
+    const NEW_ID: &str = "ffeeddccbbaa99887766554433221100";
+
+    /// The keys of OLD_ID and NEW_ID, made once: generation takes a moment in debug builds.
+    fn key_text(id: &str) -> &'static str {
+        static OLD: OnceLock<String> = OnceLock::new();
+        static NEW: OnceLock<String> = OnceLock::new();
+        let cell = if id == OLD_ID { &OLD } else { &NEW };
+        cell.get_or_init(|| {
+            let pair = sfc_crypto::RsaKeyPair::generate().unwrap();
+            pair.to_base64().unwrap().to_string()
+        })
+    }
+
+    fn identity_of(id: &str) -> Identity {
+        Identity {
+            name: sfc_proto::Name::new("alice").unwrap(),
+            client_id: sfc_proto::ClientId::from_hex(id).unwrap(),
+            keypair: sfc_crypto::RsaKeyPair::from_base64(key_text(id)).unwrap(),
+        }
+    }
+
+    fn public_key_of(id: &str) -> Vec<u8> {
+        identity_of(id).keypair.public_key_der()
+    }
+
+    /// What was in the folder before a save: nothing, an identity with its me.server, or
+    /// one without (an older client's).
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Before {
+        Nothing,
+        Claimed,
+        Unclaimed,
+    }
+
+    /// A save (after a 1606 from server a:1, or a first registration) cut before each of
+    /// its writes in turn, as a kill or a power cut would: the next run for a:1 finds an
+    /// identity whose ID and key match and which is recorded as a:1's, so a run for another
+    /// server neither takes it nor replaces it; a replaced identity is in its backup.
+    #[test]
+    fn every_cut_of_a_save_leaves_an_identity_that_names_its_server() {
+        for before in [Before::Nothing, Before::Claimed, Before::Unclaimed] {
+            for writes_done in 0.. {
+                let dir = tempfile::tempdir().unwrap();
+                let lock = FolderLock::acquire(dir.path()).unwrap();
+                if before != Before::Nothing {
+                    identity::save(dir.path(), &identity_of(OLD_ID)).unwrap();
+                }
+                if before == Before::Claimed {
+                    std::fs::write(dir.path().join(ME_SERVER), "a:1\n").unwrap();
+                }
+                let old_me = std::fs::read(dir.path().join(ME_INFO)).ok();
+                let folder = locate(&lock, "a:1").unwrap();
+                assert_eq!(folder.dir, dir.path());
+
+                let mut writes = 0;
+                let hook = identity::write_hook::install(move |path| {
+                    writes += 1;
+                    match writes > writes_done {
+                        true => Err(io::Error::other(format!(
+                            "killed before {}",
+                            path.display()
+                        ))),
+                        false => Ok(()),
+                    }
+                });
+                let saved = folder.save(&identity_of(NEW_ID));
+                drop(hook);
+
+                let case = format!("{before:?}, cut after {writes_done} writes");
+                let folder = locate(&lock, "a:1").unwrap();
+                assert_eq!(folder.dir, dir.path(), "{case}");
+                match folder.load().unwrap() {
+                    None => assert_eq!(before, Before::Nothing, "{case}: identity lost"),
+                    Some(loaded) => {
+                        assert!(loaded.warnings.len() <= 1, "{case}: {:?}", loaded.warnings);
+                        let id = loaded.identity.client_id.to_hex();
+                        assert!(
+                            loaded.identity.keypair.public_key_der() == public_key_of(&id),
+                            "{case}: client {id} loaded with another client's key"
+                        );
+                        if id == NEW_ID {
+                            let other = locate(&lock, "b:2").unwrap();
+                            assert!(other.nested, "{case}: the new identity is unclaimed");
+                            if let Some(old_me) = &old_me {
+                                let backup = backup_name(ME_INFO, OLD_ID);
+                                let kept = std::fs::read(dir.path().join(backup)).unwrap();
+                                assert_eq!(&kept, old_me, "{case}");
+                            }
+                        }
+                    }
+                }
+                if saved.is_ok() {
+                    assert_eq!(
+                        identity::load(dir.path()).unwrap().unwrap().warnings,
+                        Vec::<String>::new()
+                    );
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A run killed in the middle of a write leaves its temporary file, which may hold a
+    /// private key; the next run that locks the folder removes those of the client's files
+    /// (in the folder and in servers/*/), and nothing else.
+    #[test]
+    fn leftover_temporaries_are_removed_by_the_next_run_that_locks_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join(SERVERS_DIR).join("b.example-2");
+        std::fs::create_dir_all(&nested).unwrap();
+        let leftovers = [
+            dir.path().join(".me.info.a1B2c3.tmp"),
+            dir.path().join(".priv.key.x9Y8z7.tmp"),
+            dir.path().join(".me.server.Qw3rTy.tmp"),
+            dir.path()
+                .join(format!(".priv.key.{OLD_ID}.bak.Zz9y8X.tmp")),
+            dir.path().join(".sfc-client-write-test.abc123"),
+            nested.join(".priv.key.k1L2m3.tmp"),
+        ];
+        let kept = [
+            dir.path().join(ME_INFO),
+            dir.path().join(PRIV_KEY),
+            dir.path().join(".notes.txt.a1B2c3.tmp"),
+            dir.path().join(".priv.key.tmp"),
+            dir.path().join("notes.txt"),
+            nested.join(ME_INFO),
+        ];
+        for path in leftovers.iter().chain(&kept) {
+            std::fs::write(path, key_text(OLD_ID)).unwrap();
+        }
+        // A folder of that name is not a leftover file.
+        let folder_named_like_one = dir.path().join(".me.info.Ab12Cd.tmp");
+        std::fs::create_dir(&folder_named_like_one).unwrap();
+
+        // Not while another run holds the lock: it may be writing them.
+        let other_run = open_lock_file(&dir.path().join(LOCK_FILE)).unwrap();
+        other_run.try_lock().unwrap();
+        assert!(FolderLock::acquire(dir.path()).is_err());
+        assert!(
+            leftovers.iter().all(|path| path.exists()),
+            "removed under another run's lock"
+        );
+        drop(other_run);
+
+        let _lock = FolderLock::acquire(dir.path()).unwrap();
+        for path in &leftovers {
+            assert!(!path.exists(), "{} is left", path.display());
+        }
+        assert!(kept.iter().all(|path| path.exists()));
+        assert!(folder_named_like_one.is_dir());
+    }
+
+    /// The Ctrl-C handler's guard waits for a save in progress: when it is held, the save
+    /// has written every file (here paused just before me.info).
+    #[test]
+    fn an_interrupt_waits_for_a_save_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = FolderLock::acquire(dir.path()).unwrap();
+        let folder = locate(&lock, "a:1").unwrap();
+        let (paused_tx, paused) = std::sync::mpsc::channel();
+        let saving = {
+            let folder = folder.clone();
+            std::thread::spawn(move || {
+                let _hook = identity::write_hook::install(move |path| {
+                    if path.file_name().is_some_and(|name| name == ME_INFO) {
+                        paused_tx.send(()).unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                    }
+                    Ok(())
+                });
+                folder.save(&identity_of(NEW_ID))
+            })
+        };
+        paused.recv().unwrap();
+        let held = crate::Session::hold_identity_saves();
+        let loaded = identity::load(dir.path())
+            .unwrap()
+            .expect("me.info written");
+        assert_eq!(loaded.identity.client_id.to_hex(), NEW_ID);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(PRIV_KEY)).unwrap(),
+            key_text(NEW_ID),
+            "priv.key not written yet"
+        );
+        assert!(dir.path().join(ME_SERVER).exists());
+        drop(held);
+        saving.join().unwrap().unwrap();
+    }
+
+    /// While the Ctrl-C handler holds its guard (it is ending the process), no save starts.
+    #[test]
+    fn no_save_starts_while_an_interrupt_holds_the_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = FolderLock::acquire(dir.path()).unwrap();
+        let folder = locate(&lock, "a:1").unwrap();
+        let held = crate::Session::hold_identity_saves();
+        let saving = std::thread::spawn(move || folder.save(&identity_of(NEW_ID)));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![LOCK_FILE], "written during the interrupt");
+        drop(held);
+        saving.join().unwrap().unwrap();
+        assert!(identity::load(dir.path()).unwrap().is_some());
+    }
 
     #[test]
     fn identities_of_other_servers_live_apart() {

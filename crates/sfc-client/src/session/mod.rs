@@ -243,6 +243,14 @@ impl Session {
         })
     }
 
+    /// Waits for a save of the identity files in progress (me.info, priv.key, me.server,
+    /// backups) to finish and keeps new ones from starting while the guard lives: hold it
+    /// while ending the process on Ctrl-C, so that a save is never cut in the middle. Call
+    /// it from another thread than the one running the session (a Ctrl-C handler's).
+    pub fn hold_identity_saves() -> std::sync::MutexGuard<'static, ()> {
+        store::hold_identity_writes()
+    }
+
     /// Our client ID.
     pub fn client_id(&self) -> ClientId {
         self.client_id
