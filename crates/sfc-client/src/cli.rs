@@ -125,7 +125,7 @@ pub struct Options {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "10")]
     pub connect_timeout: Duration,
 
-    /// Seconds allowed for each read or write on the connection
+    /// Seconds allowed for each request to be taken and each whole reply to arrive
     #[arg(long = "timeout", value_name = "SECONDS", value_parser = parse_seconds,
           default_value = "60")]
     pub io_timeout: Duration,

@@ -15,16 +15,25 @@
 //!
 //! Every reply is read by its header's `payload_size` (rule C5), which
 //! [`ResponseHeader::decode`] bounds per code, so a lying server cannot make us allocate.
+//!
+//! Time limits (`--timeout`) hold for a whole exchange, not for each read or write (a
+//! socket time-out restarts with every byte, so a server sending one byte a second could
+//! hold a reply for hours): a request sent with [`Connection::round_trip`] must be taken
+//! within the time-out, and every reply to it must be complete within the time-out
+//! counted from the first wait for one — stray replies skipped on the way included, so
+//! waiting for a file's checksum is bounded once, not once per stray. A file's packets,
+//! written by the caller through [`Connection::stream_mut`], keep the time-out for each
+//! write: a long upload makes progress, and a server that stops reading is caught by it.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sfc_proto::limits::{REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN};
 use sfc_proto::{DecodeError, RequestCode, RequestHeader, Response, ResponseHeader};
 
 use crate::config::ServerAddress;
-use crate::error::{ClientError, NetworkError};
+use crate::error::{format_duration, ClientError, NetworkError};
 use crate::progress::{Reporter, Verbosity};
 use crate::tls::{looks_like_tls_alert, Stream, TlsSetup};
 
@@ -95,6 +104,9 @@ pub struct Connection {
     /// True while the open stream has carried no request (a new connection kept for the
     /// next one).
     unused: bool,
+    /// The wait for the replies to the last request sent: started by the first read after
+    /// it, ended by the next request.
+    reply_wait: Option<ReplyWait>,
     payload: Vec<u8>,
     reporter: Reporter,
 }
@@ -124,6 +136,7 @@ impl Connection {
             tls: None,
             last_reply_was_error: false,
             unused: false,
+            reply_wait: None,
             pace: None,
             payload: Vec::with_capacity(sfc_proto::limits::MAX_RESPONSE_PAYLOAD),
             reporter,
@@ -140,9 +153,14 @@ impl Connection {
         self.mode
     }
 
-    /// The read/write time-out.
+    /// The time-out for sending a request and for the replies to it (`--timeout`).
     pub fn io_timeout(&self) -> Duration {
         self.io_timeout
+    }
+
+    /// The time-out from now (at most a day, as `--timeout` allows).
+    fn deadline_from_now(&self) -> Instant {
+        Instant::now() + self.io_timeout
     }
 
     /// Sends file packets one per write with `pause` after each (`--pace`).
@@ -243,17 +261,21 @@ impl Connection {
                         // A certificate that does not verify ends the run here, before a
                         // single protocol byte is sent.
                         Some(tls) => {
-                            Stream::handshake(stream, tls).map_err(|source| NetworkError {
-                                server: self.server.clone(),
-                                during: "setting up TLS".to_owned(),
-                                timeout: Some(self.io_timeout),
-                                source,
+                            let deadline = self.deadline_from_now();
+                            Stream::handshake(stream, tls, deadline).map_err(|source| {
+                                NetworkError {
+                                    server: self.server.clone(),
+                                    during: "setting up TLS".to_owned(),
+                                    timeout: Some(self.io_timeout),
+                                    source,
+                                }
                             })?
                         }
                     };
                     self.stream = Some(stream);
                     self.last_reply_was_error = false;
                     self.unused = true;
+                    self.reply_wait = None;
                     return Ok(());
                 }
                 Err(e) => last_error = Some(e),
@@ -273,10 +295,16 @@ impl Connection {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 
-    /// The open stream, for a writer thread (plain TCP or TLS; `Send`).
+    /// The open stream, for a writer thread (plain TCP or TLS; `Send`) to send a request:
+    /// its replies are then awaited with [`Self::read_reply`]. Each write may take up to
+    /// the time-out (a long upload keeps making progress; see the module's notes).
     pub fn stream_mut(&mut self) -> Option<&mut Stream> {
         self.unused = false;
-        self.stream.as_mut()
+        self.reply_wait = None;
+        let stream = self.stream.as_mut()?;
+        // Earlier exchanges left the time left of their deadlines on the socket.
+        stream.reset_timeouts(self.io_timeout).ok()?;
+        Some(stream)
     }
 
     /// Classifies a write error that happened on [`Self::stream_mut`] and drops the stream.
@@ -307,19 +335,35 @@ impl Connection {
         }
     }
 
-    /// Reads one reply: the 7-byte header, then exactly `payload_size` bytes.
+    /// Reads one reply: the 7-byte header, then exactly `payload_size` bytes. All the
+    /// replies to one request (a file's checksum and the strays before it) must be
+    /// complete within the time-out from the first wait for one of them.
     pub fn read_reply(&mut self) -> Result<Response, Failure> {
-        let result = self.read_reply_inner();
-        if result.is_err() {
+        let wait = match self.reply_wait {
+            Some(wait) => wait,
+            None => *self.reply_wait.insert(ReplyWait {
+                deadline: self.deadline_from_now(),
+                timeout: self.io_timeout,
+                replies: 0,
+            }),
+        };
+        let result = self.read_reply_inner(wait);
+        match &result {
+            Ok(_) => {
+                if let Some(wait) = self.reply_wait.as_mut() {
+                    wait.replies += 1;
+                }
+            }
             // Framing can no longer be trusted.
-            self.stream = None;
+            Err(_) => self.stream = None,
         }
         result
     }
 
-    /// Reads the 7-byte reply header. A close or reset before its first byte is
-    /// [`Failure::Gone`]; a plain connection that gets a TLS alert says to use `--tls`.
-    fn read_header(&mut self) -> Result<[u8; RESPONSE_HEADER_LEN], Failure> {
+    /// Reads the 7-byte reply header by the wait's deadline. A close or reset before its
+    /// first byte is [`Failure::Gone`]; a plain connection that gets a TLS alert says to
+    /// use `--tls`.
+    fn read_header(&mut self, wait: ReplyWait) -> Result<[u8; RESPONSE_HEADER_LEN], Failure> {
         let mut head = [0u8; RESPONSE_HEADER_LEN];
         let mut filled = 0;
         let plain = self.tls.is_none();
@@ -328,6 +372,7 @@ impl Connection {
                 phase: WAITING,
                 error,
             })?;
+            let mut stream = stream.until(wait.deadline);
             while filled < head.len() {
                 let free = head.get_mut(filled..).unwrap_or_default();
                 match stream.read(free) {
@@ -364,6 +409,12 @@ impl Connection {
                             error,
                         });
                     }
+                    Err(error) if is_time_out(&error) => {
+                        return Err(Failure::Io {
+                            phase: WAITING,
+                            error: wait.timed_out(filled > 0),
+                        })
+                    }
                     Err(error) => {
                         return Err(Failure::Io {
                             phase: WAITING,
@@ -387,8 +438,8 @@ impl Connection {
         Ok(head)
     }
 
-    fn read_reply_inner(&mut self) -> Result<Response, Failure> {
-        let head = self.read_header()?;
+    fn read_reply_inner(&mut self, wait: ReplyWait) -> Result<Response, Failure> {
+        let head = self.read_header(wait)?;
         let header = ResponseHeader::decode(&head).map_err(Failure::Malformed)?;
         // decode() bounded payload_size by the code's allowed range (at most a few hundred
         // bytes), so this cannot be made to allocate much.
@@ -398,10 +449,13 @@ impl Connection {
         payload.resize(len, 0);
         let read = self
             .stream()
-            .and_then(|s| s.read_exact(&mut payload))
+            .and_then(|s| s.until(wait.deadline).read_exact(&mut payload))
             .map_err(|error| Failure::Io {
                 phase: WAITING,
-                error,
+                error: match is_time_out(&error) {
+                    true => wait.timed_out(true),
+                    false => error,
+                },
             });
         let decoded = read
             .and_then(|()| Response::decode_payload(&header, &payload).map_err(Failure::Malformed));
@@ -493,7 +547,20 @@ impl Connection {
             let fresh = self.prepare()?;
             self.log_request(request);
             self.unused = false;
-            let written = self.stream().and_then(|s| s.write_all(request));
+            self.reply_wait = None;
+            let deadline = self.deadline_from_now();
+            let io_timeout = self.io_timeout;
+            let written = self
+                .stream()
+                .and_then(|s| {
+                    let mut s = s.until(deadline);
+                    s.write_all(request)?;
+                    s.flush()
+                })
+                .map_err(|error| match is_time_out(&error) {
+                    true => request_timed_out(io_timeout),
+                    false => error,
+                });
             let result = match written {
                 Ok(()) => self.read_reply(),
                 Err(error) => match self.refusal_before_close() {
@@ -554,6 +621,56 @@ impl Connection {
     }
 }
 
+/// The wait for the replies to one request.
+#[derive(Clone, Copy, Debug)]
+struct ReplyWait {
+    /// When every reply to it must have been read: the time-out after the first wait.
+    deadline: Instant,
+    /// That time-out, for messages.
+    timeout: Duration,
+    /// Replies read so far (strays the caller skipped).
+    replies: u32,
+}
+
+impl ReplyWait {
+    /// The error for a reply not complete by the deadline (`partial`: some of it came),
+    /// in words that name the time-out.
+    fn timed_out(&self, partial: bool) -> io::Error {
+        let within = format_duration(self.timeout);
+        let text = match (partial, self.replies) {
+            (true, _) => format!(
+                "the reply was not complete within {within} (timed out: --timeout bounds each \
+                 whole reply, however slowly it comes)"
+            ),
+            (false, 0) => format!("no answer within {within} (timed out: --timeout)"),
+            (false, n) => format!(
+                "no answer within {within} (timed out: --timeout bounds the whole wait, the {n} \
+                 stray repl{} skipped on the way included)",
+                if n == 1 { "y" } else { "ies" }
+            ),
+        };
+        io::Error::new(io::ErrorKind::TimedOut, text)
+    }
+}
+
+fn is_time_out(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+/// A request the server did not take in full by its deadline.
+fn request_timed_out(timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "the server did not take the whole request within {} (timed out: --timeout)",
+            format_duration(timeout)
+        ),
+    )
+}
+
 /// A connection closed or reset before any reply. No TLS bytes came (a TLS server answers
 /// a plain request with an alert, recognised when the reply header is read), so this is
 /// most likely a refusal: a per-address connection limit or a ban after failures.
@@ -601,11 +718,15 @@ mod tests {
     use std::net::TcpListener;
 
     fn quiet_connection(addr: SocketAddr) -> Connection {
+        connection_with_timeout(addr, Duration::from_secs(5))
+    }
+
+    fn connection_with_timeout(addr: SocketAddr, io_timeout: Duration) -> Connection {
         let server = ServerAddress::parse(&addr.to_string()).unwrap();
         Connection::new(
             &server,
             Duration::from_secs(5),
-            Duration::from_secs(5),
+            io_timeout,
             Reporter::quiet(),
         )
         .unwrap()
@@ -765,6 +886,146 @@ mod tests {
             assert_eq!(e.exit_code(), expected, "{e}");
             assert!(e.to_string().contains("825 (register)"), "{e}");
         }
+        server.join().unwrap();
+    }
+
+    /// The longest reply: a 1603 (286 bytes; its file name field is always 255 bytes).
+    fn long_reply() -> Vec<u8> {
+        sfc_proto::Response::FileReceived {
+            client_id: sfc_proto::ClientId([1; 16]),
+            content_size: 16,
+            file_name: sfc_proto::Name::new("f.bin").unwrap(),
+            cksum: 7,
+        }
+        .encode()
+    }
+
+    /// Writes `bytes` one at a time, 300 ms before each, until done or the client has
+    /// gone.
+    fn trickle(socket: &mut TcpStream, bytes: &[u8]) {
+        for byte in bytes.chunks(1) {
+            std::thread::sleep(Duration::from_millis(300));
+            if socket.write_all(byte).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A valid reply trickled one byte every 300 ms (86 s in all, each byte far inside the
+    /// 1 s time-out) is a time-out after about 1 s, not a reply 86 s later.
+    #[test]
+    fn a_trickled_reply_times_out_as_a_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            trickle(&mut socket, &long_reply());
+        });
+        let mut conn = connection_with_timeout(addr, Duration::from_secs(1));
+        let started = std::time::Instant::now();
+        let e = conn.round_trip(&register_request()).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+        assert_eq!(e.exit_code(), 5, "{e}");
+        let text = e.to_string();
+        assert!(text.contains("not complete within 1 s"), "{text}");
+        assert!(text.contains("--timeout"), "{text}");
+        server.join().unwrap();
+    }
+
+    /// A request the server reads slowly but steadily (64 KiB every 200 ms: minutes for
+    /// 32 MiB, and never a second without progress) is a time-out after about 1 s.
+    #[test]
+    fn a_slowly_taken_request_times_out_as_a_whole() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client_done = Arc::new(AtomicBool::new(false));
+        let server = {
+            let client_done = Arc::clone(&client_done);
+            std::thread::spawn(move || {
+                let (mut socket, _) = listener.accept().unwrap();
+                let mut chunk = vec![0u8; 64 << 10];
+                while !client_done.load(Ordering::SeqCst) {
+                    if matches!(socket.read(&mut chunk), Ok(0) | Err(_)) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        let mut request = register_request();
+        request.resize(32 << 20, 0);
+        let mut conn = connection_with_timeout(addr, Duration::from_secs(1));
+        let started = std::time::Instant::now();
+        let result = conn.round_trip(&request);
+        client_done.store(true, Ordering::SeqCst);
+        let e = result.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+        assert_eq!(e.exit_code(), 5, "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("did not take the whole request within 1 s"),
+            "{text}"
+        );
+        server.join().unwrap();
+    }
+
+    /// The same through TLS: rustls waits for a whole record, and a trickled record must
+    /// not hold it past the deadline either.
+    #[test]
+    fn a_trickled_tls_record_times_out_as_a_whole() {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        use std::sync::Arc;
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let pki = tempfile::tempdir().unwrap();
+        let ca_file = pki.path().join("server.pem");
+        std::fs::write(&ca_file, cert.pem()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut tls = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            while tls.is_handshaking() {
+                tls.complete_io(&mut socket).unwrap();
+            }
+            while tls.wants_write() {
+                tls.write_tls(&mut socket).unwrap();
+            }
+            // The reply as one TLS record, put on the wire a byte at a time.
+            tls.writer().write_all(&long_reply()).unwrap();
+            let mut record = Vec::new();
+            while tls.wants_write() {
+                tls.write_tls(&mut record).unwrap();
+            }
+            trickle(&mut socket, &record);
+        });
+        let server_address = ServerAddress::parse(&addr.to_string()).unwrap();
+        let mut conn = connection_with_timeout(addr, Duration::from_secs(1));
+        conn.use_tls(crate::tls::setup(&server_address, Some(&ca_file), &[]).unwrap());
+        let started = std::time::Instant::now();
+        let e = conn.round_trip(&register_request()).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+        assert_eq!(e.exit_code(), 5, "{e}");
+        assert!(e.to_string().contains("within 1 s"), "{e}");
         server.join().unwrap();
     }
 }

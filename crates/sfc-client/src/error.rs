@@ -1,5 +1,6 @@
 //! The client's error type and its mapping to process exit codes.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -122,6 +123,16 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The private key of a registration that could not be saved anywhere, not even to a
+    /// fallback file: whoever reports this error prints it once, to standard error. It is
+    /// never part of the message, which also becomes every file's `reason` (`--json`).
+    pub fn unsaved_private_key(&self) -> Option<&str> {
+        match self {
+            ClientError::IdentityNotSaved(unsaved) => unsaved.key_text.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The process exit code for this error (see [`exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -144,8 +155,9 @@ impl ClientError {
     }
 }
 
-/// A registration whose identity could not be saved: everything needed to keep it.
-#[derive(Debug, Error)]
+/// A registration whose identity could not be saved: everything needed to keep it. The
+/// message never holds the key itself (see [`ClientError::unsaved_private_key`]).
+#[derive(Error)]
 #[error(
     "registered with {server} as {name:?} (client ID {client_id}), but the identity could \
      not be saved: {source}. {}",
@@ -156,9 +168,10 @@ impl ClientError {
              file to priv.key in the client's folder",
             file.display()
         ),
-        (None, Some(key)) => format!(
+        (None, Some(_)) => format!(
             "It could not be saved anywhere else either; to keep it, write me.info with \
-             line 1 {name}, line 2 {client_id}, line 3 this private key: {key}"
+             line 1 {name}, line 2 {client_id}, line 3 the private key printed on its own \
+             after this message"
         ),
         (None, None) => "The private key is lost; register under another name".to_owned(),
     }
@@ -177,6 +190,20 @@ pub struct UnsavedIdentity {
     /// Why saving failed.
     #[source]
     pub source: IdentityError,
+}
+
+/// Without the key: a `{:?}` in a log or a panic message must not reveal it either.
+impl fmt::Debug for UnsavedIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnsavedIdentity")
+            .field("server", &self.server)
+            .field("name", &self.name)
+            .field("client_id", &self.client_id)
+            .field("key_file", &self.key_file)
+            .field("key_text", &self.key_text.as_ref().map(|_| "(withheld)"))
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 /// A network failure, in plain words, with the server address and what we were doing.
@@ -205,6 +232,8 @@ fn plain_words(error: &io::Error, timeout: &Option<Duration>) -> String {
              port right?)"
                 .to_owned()
         }
+        // The connection words its own time-outs (which limit they hit, and how).
+        K::TimedOut | K::WouldBlock if error.get_ref().is_some() => error.to_string(),
         K::TimedOut | K::WouldBlock => format!("no answer{within} (timed out)"),
         K::ConnectionReset if error.get_ref().is_some() => error.to_string(),
         K::ConnectionReset => "the connection was reset by the server".to_owned(),
@@ -254,6 +283,39 @@ mod tests {
         assert!(e.to_string().contains("no answer within 10 s"));
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.5 s");
         assert_eq!(format_duration(Duration::from_millis(250)), "250 ms");
+    }
+
+    /// An identity that could not be saved, with its key known only in memory.
+    fn unsaved_identity(key: &str) -> ClientError {
+        ClientError::IdentityNotSaved(Box::new(UnsavedIdentity {
+            server: "h:1".into(),
+            name: "tess".into(),
+            client_id: "00112233445566778899aabbccddeeff".into(),
+            key_file: None,
+            key_text: Some(key.into()),
+            source: IdentityError::Write {
+                path: "priv.key".into(),
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            },
+        }))
+    }
+
+    /// The message of an unsaved identity reaches every file's `reason` (`--json`): the
+    /// key stays out of it (and out of `{:?}`), and is there for the one who reports it.
+    #[test]
+    fn an_unsaved_private_key_is_never_part_of_the_message() {
+        let key = "MIICdgIBADANBgkqhkiG9w0BAQEFAASCAmAwggJcAgEAAoGBAL-secret-key";
+        let error = unsaved_identity(key);
+        let text = error.to_string();
+        assert!(!text.contains(key), "{text}");
+        assert!(!format!("{error:?}").contains(key));
+        assert!(text.contains("00112233445566778899aabbccddeeff"), "{text}");
+        assert!(text.contains("printed on its own"), "{text}");
+        assert_eq!(error.unsaved_private_key(), Some(key));
+        assert_eq!(
+            ClientError::Internal("x".into()).unsaved_private_key(),
+            None
+        );
     }
 
     #[test]

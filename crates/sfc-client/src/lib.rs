@@ -214,4 +214,9 @@ pub fn report_error(reporter: &Reporter, error: &ClientError) {
     } else {
         reporter.error(format!("error: {text}"));
     }
+    if let Some(key) = error.unsaved_private_key() {
+        // Once, to stderr only: never in the message, which becomes every file's --json
+        // reason.
+        reporter.error(key);
+    }
 }

@@ -239,4 +239,37 @@ mod tests {
         assert_eq!(total["total"]["exit_code"], 4);
         assert_eq!(total["total"]["bytes"], 5);
     }
+
+    /// A registration that could not be saved ends the run before any file: the key it
+    /// could not save is in none of the files' reasons (`--json` prints one per file).
+    #[test]
+    fn no_reason_carries_an_unsaved_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        std::fs::write(&path, b"12345").unwrap();
+        let file = check_file(&path, crate::upload::PacketSizing::default()).unwrap();
+        let key = "MIICdgIBADANBgkqhkiG9w0BAQEFAASCAmAwggJcAgEAAoGBAL-secret-key";
+        let error = ClientError::IdentityNotSaved(Box::new(crate::error::UnsavedIdentity {
+            server: "h:1".into(),
+            name: "tess".into(),
+            client_id: "00112233445566778899aabbccddeeff".into(),
+            key_file: None,
+            key_text: Some(key.into()),
+            source: crate::identity::IdentityError::Write {
+                path: "priv.key".into(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            },
+        }));
+        let mut summary = Summary::not_tried(&[file.clone(), file.clone()], &error);
+        summary
+            .files
+            .push(FileReport::failed(&file, &error, Duration::ZERO));
+        for report in &summary.files {
+            let json = report.to_json().to_string();
+            assert!(!json.contains(key), "{json}");
+            assert!(json.contains("00112233445566778899aabbccddeeff"), "{json}");
+        }
+        assert!(summary.human().iter().all(|line| !line.contains(key)));
+        assert_eq!(error.unsaved_private_key(), Some(key));
+    }
 }

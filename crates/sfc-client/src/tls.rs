@@ -7,13 +7,15 @@
 //! byte is sent. rustls's safe defaults (TLS 1.3 and 1.2, AEAD suites) on aws-lc-rs.
 //!
 //! [`Stream`] is what [`crate::connection::Connection`] reads and writes: plain TCP or
-//! TLS around it, with the same blocking `Read`/`Write` and time-outs.
+//! TLS around it, with the same blocking `Read`/`Write` and time-outs. [`Stream::until`]
+//! bounds a whole exchange by one deadline, TLS records included.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -180,19 +182,42 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// Runs the client side of the TLS handshake on a connected socket (its time-outs
-    /// apply). The error says in words why: an untrusted certificate, or a server that
+    /// Runs the client side of the TLS handshake on a connected socket, done by
+    /// `deadline`. The error says in words why: an untrusted certificate, or a server that
     /// does not speak TLS.
-    pub fn handshake(tcp: TcpStream, setup: &TlsSetup) -> io::Result<Stream> {
+    pub fn handshake(tcp: TcpStream, setup: &TlsSetup, deadline: Instant) -> io::Result<Stream> {
         let conn = ClientConnection::new(Arc::clone(&setup.config), setup.name.clone())
             .map_err(io::Error::other)?;
         let mut stream = StreamOwned::new(conn, tcp);
         while stream.conn.is_handshaking() {
-            if let Err(error) = stream.conn.complete_io(&mut stream.sock) {
+            let mut socket = SocketUntil {
+                tcp: &stream.sock,
+                deadline,
+            };
+            if let Err(error) = stream.conn.complete_io(&mut socket) {
                 return Err(explain_handshake_error(error, setup));
             }
         }
         Ok(Stream::Tls(Box::new(stream)))
+    }
+
+    /// This stream with every read and write bounded by `deadline`: a peer that sends (or
+    /// takes) a byte now and then cannot stretch an exchange past it, as it can with a
+    /// socket time-out alone (that one restarts with every byte). Past the deadline, only
+    /// bytes that have already arrived are read, then reads and writes fail with
+    /// [`io::ErrorKind::TimedOut`]. Leaves the socket's time-outs changed; see
+    /// [`Self::reset_timeouts`].
+    pub fn until(&mut self, deadline: Instant) -> StreamUntil<'_> {
+        StreamUntil {
+            stream: self,
+            deadline,
+        }
+    }
+
+    /// Sets the socket's time-out for each read and each write (plain `Read`/`Write`).
+    pub fn reset_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        self.tcp().set_read_timeout(Some(timeout))?;
+        self.tcp().set_write_timeout(Some(timeout))
     }
 
     /// True for a TLS stream.
@@ -384,6 +409,105 @@ impl Write for Stream {
             Stream::Plain(tcp) => tcp.flush(),
             Stream::Tls(tls) => tls.flush(),
         }
+    }
+}
+
+/// A [`Stream`] whose reads and writes all end by one deadline ([`Stream::until`]). TLS
+/// goes through rustls as [`StreamOwned`] does, over a socket that is itself bounded, so
+/// a record trickled in byte by byte times out as well.
+#[derive(Debug)]
+pub struct StreamUntil<'a> {
+    stream: &'a mut Stream,
+    deadline: Instant,
+}
+
+impl StreamUntil<'_> {
+    /// Runs `exchange` on the stream bounded by the deadline: on the socket for plain
+    /// TCP, through rustls for TLS.
+    fn bounded<T>(
+        &mut self,
+        exchange: impl FnOnce(&mut dyn ReadWrite) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let deadline = self.deadline;
+        match &mut *self.stream {
+            Stream::Plain(tcp) => exchange(&mut SocketUntil { tcp, deadline }),
+            Stream::Tls(tls) => {
+                let StreamOwned { conn, sock } = &mut **tls;
+                let mut socket = SocketUntil {
+                    tcp: sock,
+                    deadline,
+                };
+                exchange(&mut rustls::Stream::new(conn, &mut socket))
+            }
+        }
+    }
+}
+
+/// Both halves, for [`StreamUntil::bounded`].
+trait ReadWrite: Read + Write {}
+
+impl<T: Read + Write> ReadWrite for T {}
+
+impl Read for StreamUntil<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.bounded(|stream| stream.read(buf))
+    }
+}
+
+impl Write for StreamUntil<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bounded(|stream| stream.write(buf))
+    }
+
+    /// For TLS, puts every pending record on the socket (rustls may hold some back).
+    fn flush(&mut self) -> io::Result<()> {
+        self.bounded(|stream| stream.flush())
+    }
+}
+
+/// The TCP socket with each read and write allowed only the time left until `deadline`.
+struct SocketUntil<'a> {
+    tcp: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl SocketUntil<'_> {
+    /// The socket time-out for the next read or write. Past the deadline, what has
+    /// already arrived (or fits the send buffer) still counts: a reply that came in time
+    /// is not lost to the moment it is read at; nothing more is waited for.
+    fn time_left(&self) -> Duration {
+        const ALREADY_THERE: Duration = Duration::from_micros(1);
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .max(ALREADY_THERE)
+    }
+}
+
+/// A blocking socket's time-out is `WouldBlock` on Unix (`TimedOut` on Windows); rustls
+/// takes `WouldBlock` for a non-blocking socket, so it must not see one.
+fn as_timed_out(error: io::Error) -> io::Error {
+    if error.kind() == io::ErrorKind::WouldBlock {
+        io::Error::from(io::ErrorKind::TimedOut)
+    } else {
+        error
+    }
+}
+
+impl Read for SocketUntil<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.time_left()))?;
+        self.tcp.read(buf).map_err(as_timed_out)
+    }
+}
+
+impl Write for SocketUntil<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.time_left()))?;
+        self.tcp.write(buf).map_err(as_timed_out)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

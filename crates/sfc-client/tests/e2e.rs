@@ -402,6 +402,33 @@ fn an_identity_that_fails_to_save_is_printed_with_a_fallback_key_file() {
     assert!(sfc_crypto::RsaKeyPair::from_base64(&key).is_ok());
 }
 
+/// When the fallback key file cannot be written either (the temp folder is a file here),
+/// the private key is printed once, to standard error only: the error's message, which
+/// `--json` copies into every file's reason, never carries it.
+#[test]
+fn an_identity_with_nowhere_to_go_prints_its_key_once_and_only_on_stderr() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    let temp = tempdir();
+    let not_a_folder = temp.path().join("not-a-folder");
+    std::fs::write(&not_a_folder, b"").unwrap();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "tilda", "x.bin");
+    make_file(&dir.path().join("x.bin"), 10, 1);
+    std::fs::create_dir(dir.path().join("priv.key")).unwrap();
+    let run = run_client_env(dir.path(), &["--json"], &[("TMPDIR", &not_a_folder)]);
+    run.assert_code(1);
+    server.stop();
+    let keys: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|line| sfc_crypto::RsaKeyPair::from_base64(line.trim()).is_ok())
+        .collect();
+    assert_eq!(keys.len(), 1, "{}", run.stderr);
+    assert!(!run.stdout.contains(keys[0].trim()), "{}", run.stdout);
+    assert!(run.stdout.contains("x.bin"), "{}", run.stdout);
+}
+
 /// Issue 13 item 2: an identity belongs to the server that issued it. A run against a
 /// second server registers there without touching me.info, and the first server still
 /// knows us afterwards.

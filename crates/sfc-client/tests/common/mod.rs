@@ -165,6 +165,12 @@ pub struct Behaviour {
     pub stall_after_content: Option<usize>,
     /// Pause after every read from a connection (a slow link).
     pub read_pause: Option<Duration>,
+    /// Write the final 1603 of a file one byte at a time, this long before each byte (a
+    /// server that trickles its reply).
+    pub trickle_final_reply: Option<Duration>,
+    /// Before the final 1603 of a file, send this many stray 1603s (packet received), one
+    /// after each pause.
+    pub strays_before_final_reply: Option<(u32, Duration)>,
 }
 
 /// One request the double received.
@@ -414,7 +420,7 @@ fn serve(
                 }
             };
             if let Some(bytes) = reply {
-                if stream.write_all(&bytes).is_err() {
+                if !write_reply(&mut stream, &bytes, behaviour, stop) {
                     return;
                 }
                 let is_error = bytes.get(1..3) == Some(&1607u16.to_le_bytes()[..]);
@@ -425,6 +431,36 @@ fn serve(
                 }
             }
         }
+    }
+}
+
+/// Writes one reply; the final 1603 of a file as `behaviour` says (trickled, or after
+/// paced strays). False once the client has gone or the double is stopping.
+fn write_reply(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    behaviour: &Behaviour,
+    stop: &AtomicBool,
+) -> bool {
+    // Only the final 1603 carries more than the client ID.
+    let final_reply = bytes.get(1..3) == Some(&1603u16.to_le_bytes()[..]) && bytes.len() > 7 + 16;
+    if !final_reply {
+        return stream.write_all(bytes).is_ok();
+    }
+    let mut paced = |piece: &[u8], pause: Duration| {
+        std::thread::sleep(pause);
+        !stop.load(Ordering::SeqCst) && stream.write_all(piece).is_ok()
+    };
+    if let Some((count, pause)) = behaviour.strays_before_final_reply {
+        let client_id = ClientId(bytes[7..23].try_into().unwrap());
+        let stray = Response::PacketReceived { client_id }.encode();
+        if !(0..count).all(|_| paced(&stray, pause)) {
+            return false;
+        }
+    }
+    match behaviour.trickle_final_reply {
+        Some(pause) => bytes.chunks(1).all(|byte| paced(byte, pause)),
+        None => stream.write_all(bytes).is_ok(),
     }
 }
 

@@ -1,0 +1,54 @@
+//! `--timeout` bounds each whole reply, not each read: the real client binary against
+//! doubles that keep a reply coming slowly, never late enough for a single read to time out.
+//! The outcome (a time-out, exit 5) is asserted, and only a generous upper bound on the
+//! time taken, far below what the slow reply would take in full.
+#![cfg(test)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{make_file, run_client, tempdir, write_transfer_info, Behaviour, Double};
+
+/// The final 1603 (286 bytes) one byte every 300 ms would take 86 s; with `--timeout 2`
+/// the client gives up after about 2 s, saying which time-out ran out.
+#[test]
+fn a_trickled_checksum_reply_times_out_as_a_whole() {
+    let double = Double::start(Behaviour {
+        trickle_final_reply: Some(Duration::from_millis(300)),
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &double.address(), "slow", "data.bin");
+    make_file(&dir.path().join("data.bin"), 1000, 1);
+    let started = Instant::now();
+    let run = run_client(dir.path(), &["--timeout", "2"]);
+    let took = started.elapsed();
+    run.assert_code(5);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    for wanted in ["828 (file packet)", "not complete within 2 s", "--timeout"] {
+        assert!(run.stderr.contains(wanted), "{wanted:?}: {}", run.stderr);
+    }
+}
+
+/// Stray replies while the checksum is awaited share its deadline: 60 strays 0.5 s apart
+/// (30 s in all, each well inside the 3 s time-out, and within the client's stray limit
+/// for a 59-packet file) end in a time-out after about 3 s.
+#[test]
+fn stray_replies_do_not_extend_the_wait_for_the_checksum() {
+    let double = Double::start(Behaviour {
+        strays_before_final_reply: Some((60, Duration::from_millis(500))),
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &double.address(), "strays", "data.bin");
+    make_file(&dir.path().join("data.bin"), 120_000, 2);
+    let started = Instant::now();
+    let run = run_client(dir.path(), &["--timeout", "3", "-v"]);
+    let took = started.elapsed();
+    run.assert_code(5);
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    for wanted in ["skipped a stray 1603", "within 3 s", "--timeout"] {
+        assert!(run.stderr.contains(wanted), "{wanted:?}: {}", run.stderr);
+    }
+}
