@@ -97,7 +97,7 @@ impl Session {
         result
     }
 
-    /// The checksums agree: 900, then the check that the file did not change meanwhile.
+    /// The checksums agree: the check that the file did not change meanwhile, then 900.
     fn confirm_stored(
         &mut self,
         file: &FileToSend,
@@ -105,6 +105,19 @@ impl Session {
         cksum: u32,
         send: u32,
     ) -> Result<FileResult, ClientError> {
+        // The server has exactly what was read. If the file changed meanwhile, that is a
+        // mix of before and after, not the file: 902 has the server drop it rather than
+        // keep it as confirmed (the checksums agree all the same).
+        if let Err(changed) = before.unchanged(file) {
+            let request = Request::new(
+                self.client_id,
+                RequestBody::ChecksumFailed {
+                    file_name: file.label.clone(),
+                },
+            );
+            self.expect_ack(&request)?;
+            return Err(changed);
+        }
         let request = Request::new(
             self.client_id,
             RequestBody::ChecksumOk {
@@ -112,9 +125,6 @@ impl Session {
             },
         );
         self.expect_ack(&request)?;
-        // The server has exactly what was read; if the file changed meanwhile, that
-        // is not the file as it is now.
-        before.unchanged(file)?;
         self.reporter.info(format!(
             "{}: stored on {} ({}), checksum {cksum} confirmed{}",
             file.label.as_str(),
