@@ -33,16 +33,19 @@ pub struct Core {
     folder_lock: Option<DataDirLock>,
 }
 
-/// What [`Core::admin_remove_client`] did.
+/// What [`Core::admin_remove_client`] or [`Core::admin_remove_file`] did.
 #[derive(Debug)]
-pub enum ClientRemoval {
-    /// Removed, with these files.
-    Removed(Vec<crate::storage::FileRecord>),
-    /// There is no such client.
-    NoSuchClient,
-    /// A packet of its upload is being received or stored; nothing was changed.
+pub enum Removal<T> {
+    /// Removed: the client's files, or the file.
+    Removed(T),
+    /// There is no such client, or no such file.
+    NotFound,
+    /// A packet of the client's upload is being received or stored; nothing was changed.
     Busy,
 }
+
+/// What [`Core::admin_remove_client`] did.
+pub type ClientRemoval = Removal<Vec<crate::storage::FileRecord>>;
 
 /// A client record whose AES key bytes are wiped when it is dropped.
 type Wiped = Zeroizing<ClientRecord>;
@@ -198,42 +201,47 @@ impl Core {
         self.blobs.as_ref()
     }
 
-    /// Deletes one stored file (the row first, then the file, as for a 902). An upload
-    /// in progress is left alone: if it finishes, the client has sent the file again.
-    /// `Ok(None)`: no such file. The client's `LastSeen` stays: the client did nothing.
+    /// Deletes one stored file (the row first, then the file, as for a 902). The client's
+    /// slot is held meanwhile, so no upload of the same name stores its file between the
+    /// two (which this would then delete); refused (`Busy`) while a packet of its upload
+    /// is being received or stored. A parked upload is left alone: if it finishes, the
+    /// client has sent the file again. The client's `LastSeen` stays: it did nothing.
     pub fn admin_remove_file(
         &self,
         id: &ClientId,
         file_name: &str,
-    ) -> Result<Option<crate::storage::FileRecord>, StoreError> {
-        let removed = self.meta.remove_file(id, file_name, None)?;
-        if let Some(record) = &removed {
-            self.blobs.remove(&record.path)?;
-        }
-        Ok(removed)
+    ) -> Result<Removal<crate::storage::FileRecord>, StoreError> {
+        let Some(_hold) = self.registry.hold_for_removal(id) else {
+            return Ok(Removal::Busy);
+        };
+        let Some(removed) = self.meta.remove_file(id, file_name, None)? else {
+            return Ok(Removal::NotFound);
+        };
+        self.blobs.remove(&removed.path)?;
+        Ok(Removal::Removed(removed))
     }
 
     /// Removes a client, its rows and its stored files, so that its name can be
-    /// registered again; abandons its parked upload. `Ok(None)`: no such client.
-    /// Refused (`Busy`) while one of its packets is being received or stored: that
-    /// upload would otherwise finish into a client that no longer exists.
+    /// registered again; abandons its parked upload. Refused (`Busy`) while one of its
+    /// packets is being received or stored, and its slot held until done: an upload
+    /// would otherwise finish into a client that no longer exists.
     pub fn admin_remove_client(&self, id: &ClientId) -> Result<ClientRemoval, StoreError> {
-        if self.registry.is_checked_out(id) {
-            return Ok(ClientRemoval::Busy);
-        }
-        drop(self.registry.remove_parked(id));
+        let Some(mut hold) = self.registry.hold_for_removal(id) else {
+            return Ok(Removal::Busy);
+        };
+        hold.abandon_parked();
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
         let Some(files) = self.meta.remove_client(id)? else {
-            return Ok(ClientRemoval::NoSuchClient);
+            return Ok(Removal::NotFound);
         };
         for file in &files {
             self.blobs.remove(&file.path)?;
         }
         self.blobs.remove_client(id)?;
-        Ok(ClientRemoval::Removed(files))
+        Ok(Removal::Removed(files))
     }
 
     // ----- whole requests -------------------------------------------------------------
@@ -430,6 +438,13 @@ impl Core {
         if let Err(outcome) = self.known_client(id) {
             return outcome;
         }
+        // As for the admin's delete: no upload of the client stores a file between the
+        // removal of the row and of the file.
+        let Some(_hold) = self.registry.hold_for_removal(&id) else {
+            return Outcome::error(
+                "a packet of this client's upload is being received or stored; 902 refused",
+            );
+        };
         let removed = match self
             .meta
             .remove_file(&id, file_name.as_str(), Some(ctx.now))

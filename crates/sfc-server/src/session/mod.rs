@@ -61,7 +61,7 @@ mod io;
 mod packets;
 mod uploads;
 
-pub use self::core::{ClientRemoval, Core};
+pub use self::core::{Core, Removal};
 pub use conversation::Conversation;
 pub use io::{Action, CloseReason, Event, Job, JobDone, LogLine, PeerPolicy, RequestLog};
 pub use uploads::{BackgroundWrite, Lease};

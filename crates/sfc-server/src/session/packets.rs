@@ -58,13 +58,14 @@ impl Core {
     /// Checks out the client's parked upload without blocking: `Ok(Some)` to continue it
     /// ([`Core::continue_packet`]), `Ok(None)` when there is none (start one with
     /// [`Core::begin_upload`]), `Err` (1607) when another connection is receiving a packet
-    /// of it right now.
+    /// of it right now, or its files are being removed (a 902, the admin's deletes).
     pub fn checkout(&self, id: ClientId) -> Result<Option<Lease>, Outcome> {
         match self.registry.checkout(&id) {
             Checkout::Got(upload) => Ok(Some(Lease::new(upload, Arc::clone(&self.registry)))),
             Checkout::Vacant => Ok(None),
             Checkout::Busy => Err(Outcome::error(
-                "another connection is sending a packet for this client",
+                "another connection is sending a packet for this client, or its files are \
+                 being removed",
             )),
         }
     }

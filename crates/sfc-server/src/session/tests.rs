@@ -297,6 +297,65 @@ fn a_dropped_lease_frees_the_slot_and_the_temp_file() {
     assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
 }
 
+/// While files of a client are removed (a 902, the admin's deletes) its slot is held: a
+/// packet of its upload gets 1607 instead of storing a file the removal could delete
+/// right after, and the parked upload goes on once the removal is done. A removal is
+/// refused (`Busy`) while a packet of the client's upload is being received.
+#[test]
+fn removals_hold_the_clients_upload_slot() {
+    let h = harness();
+    let (id, key) = enroll(&h, "dora");
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let cipher = encrypt(&key, &data);
+    let bodies = packets("f", &data, &cipher, 7_000);
+    assert_eq!(bodies.len(), 3);
+    let send = |body: &RequestBody| {
+        h.core
+            .handle_request(&ctx(false), request(id, body.clone()))
+    };
+    assert_eq!(send(&bodies[0]), Outcome::silent());
+
+    let hold = h.core.registry.hold_for_removal(&id).unwrap();
+    assert!(
+        h.core.registry.hold_for_removal(&id).is_none(),
+        "one hold at a time"
+    );
+    assert_eq!(
+        send(&bodies[1]).code().map(ResponseCode::as_u16),
+        Some(1607)
+    );
+    assert_eq!(h.core.uploads_in_progress(), 1, "the parked upload is kept");
+    drop(hold);
+    assert_eq!(send(&bodies[1]), Outcome::silent());
+
+    // A packet being received: the admin's delete is refused, and so is a 902.
+    let RequestBody::SendFile { packet, content } = &bodies[2] else {
+        unreachable!()
+    };
+    let header = RequestHeader::new(id, RequestCode::SendFile, 267 + content.len() as u32);
+    let lease = h
+        .core
+        .start_packet(&ctx(false), &header, packet, content.len() as u32)
+        .unwrap();
+    assert!(matches!(
+        h.core.admin_remove_file(&id, "f").unwrap(),
+        Removal::Busy
+    ));
+    assert!(matches!(
+        h.core.admin_remove_client(&id).unwrap(),
+        Removal::Busy
+    ));
+    let refused = send(&RequestBody::ChecksumFailed {
+        file_name: name("f"),
+    });
+    assert_eq!(refused.code().map(ResponseCode::as_u16), Some(1607));
+    drop(lease);
+    assert!(matches!(
+        h.core.admin_remove_file(&id, "f").unwrap(),
+        Removal::NotFound
+    ));
+}
+
 #[test]
 fn unknown_clients_and_missing_keys_get_1607() {
     let h = harness();

@@ -277,6 +277,13 @@ pub(super) enum Slot {
         /// Where the upload stood when it was checked out (for the shutdown's log).
         progress: Progress,
     },
+    /// Held while files of the client's are removed ([`Registry::hold_for_removal`]): no
+    /// packet of an upload can be received or stored meanwhile. Keeps the upload that was
+    /// parked, which goes back when the hold ends.
+    Held {
+        token: u64,
+        parked: Option<(Box<Upload>, Instant)>,
+    },
 }
 
 /// How far an upload in progress is, for the log.
@@ -400,7 +407,7 @@ impl Registry {
             return Checkout::Vacant;
         };
         let progress = match slot {
-            Slot::CheckedOut { .. } => return Checkout::Busy,
+            Slot::CheckedOut { .. } | Slot::Held { .. } => return Checkout::Busy,
             Slot::Parked { upload, .. } => upload.progress(false),
         };
         let token = self.token();
@@ -410,7 +417,7 @@ impl Registry {
                 Checkout::Got(upload)
             }
             // Unreachable: the slot was Parked under the same lock.
-            Slot::CheckedOut { .. } => Checkout::Busy,
+            Slot::CheckedOut { .. } | Slot::Held { .. } => Checkout::Busy,
         }
     }
 
@@ -477,9 +484,13 @@ impl Registry {
     pub(super) fn in_progress(&self) -> Vec<(ClientId, Progress)> {
         self.lock()
             .iter()
-            .map(|(id, slot)| match slot {
-                Slot::Parked { upload, .. } => (*id, upload.progress(true)),
-                Slot::CheckedOut { progress, .. } => (*id, progress.clone()),
+            .filter_map(|(id, slot)| match slot {
+                Slot::Parked { upload, .. } => Some((*id, upload.progress(true))),
+                Slot::CheckedOut { progress, .. } => Some((*id, progress.clone())),
+                Slot::Held { parked, .. } => {
+                    let (upload, _) = parked.as_ref()?;
+                    Some((*id, upload.progress(true)))
+                }
             })
             .collect()
     }
@@ -495,9 +506,31 @@ impl Registry {
         None
     }
 
-    /// True while a packet of the client's upload is being received or stored.
-    pub(super) fn is_checked_out(&self, id: &ClientId) -> bool {
-        matches!(self.lock().get(id), Some(Slot::CheckedOut { .. }))
+    /// Holds the client's slot while files of its are removed (902, the admin's deletes):
+    /// until the hold is dropped, a packet of its upload gets 1607 as a second concurrent
+    /// upload does, so a removal never deletes what an upload of the same name has just
+    /// stored, nor does an upload store into a client being removed. A parked upload is
+    /// kept and goes back when the hold ends (unless [`RemovalHold::abandon_parked`]).
+    /// `None` while a packet of its upload is being received or stored (or another hold
+    /// is on).
+    pub(super) fn hold_for_removal(self: &Arc<Self>, id: &ClientId) -> Option<RemovalHold> {
+        let mut slots = self.lock();
+        let parked = match slots.remove(id) {
+            None => None,
+            Some(Slot::Parked { upload, since }) => Some((upload, since)),
+            Some(busy) => {
+                slots.insert(*id, busy);
+                return None;
+            }
+        };
+        let token = self.token();
+        slots.insert(*id, Slot::Held { token, parked });
+        Some(RemovalHold {
+            registry: Arc::clone(self),
+            id: *id,
+            token,
+            abandon_parked: false,
+        })
     }
 
     pub(super) fn remove_parked(&self, id: &ClientId) -> Option<Box<Upload>> {
@@ -548,6 +581,48 @@ impl Registry {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// A client's slot held while files of its are removed ([`Registry::hold_for_removal`]);
+/// dropping it frees the slot (or parks the kept upload again).
+pub(super) struct RemovalHold {
+    registry: Arc<Registry>,
+    id: ClientId,
+    token: u64,
+    abandon_parked: bool,
+}
+
+impl RemovalHold {
+    /// The upload that was parked is dropped when the hold ends instead of being parked
+    /// again (its client is being removed).
+    pub(super) fn abandon_parked(&mut self) {
+        self.abandon_parked = true;
+    }
+}
+
+impl Drop for RemovalHold {
+    fn drop(&mut self) {
+        let abandoned = {
+            let mut slots = self.registry.lock();
+            if !matches!(slots.get(&self.id), Some(Slot::Held { token, .. }) if *token == self.token)
+            {
+                return;
+            }
+            match slots.remove(&self.id) {
+                Some(Slot::Held {
+                    parked: Some((upload, since)),
+                    ..
+                }) if !self.abandon_parked => {
+                    slots.insert(self.id, Slot::Parked { upload, since });
+                    None
+                }
+                Some(Slot::Held { parked, .. }) => parked,
+                _ => None,
+            }
+        };
+        // Dropped outside the lock: abandoning an upload removes its temporary file.
+        drop(abandoned);
     }
 }
 

@@ -4,7 +4,7 @@
 use super::access::{authenticate, check_csrf};
 use super::api::{blocking, client_id};
 use super::{AdminState, ApiError, Peer, Shared};
-use crate::session::ClientRemoval;
+use crate::session::Removal;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -139,9 +139,11 @@ pub(crate) async fn remove_file(
     let id = client_id(id)?;
     let core = Arc::clone(&state.core);
     let label = name.to_owned();
-    let removed = blocking(move || Ok(core.admin_remove_file(&id, &label)?))
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such file"))?;
+    let removed = match blocking(move || Ok(core.admin_remove_file(&id, &label)?)).await? {
+        Removal::Removed(removed) => removed,
+        Removal::NotFound => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such file")),
+        Removal::Busy => return Err(busy()),
+    };
     tracing::info!(client = %id.short(), file = %removed.file_name, "admin: file deleted");
     Ok(Removed {
         client_id: id.to_hex(),
@@ -165,16 +167,9 @@ pub(crate) async fn remove_client(state: &AdminState, id: &str) -> Result<Remove
     let id = client_id(id)?;
     let core = Arc::clone(&state.core);
     let files = match blocking(move || Ok(core.admin_remove_client(&id)?)).await? {
-        ClientRemoval::Removed(files) => files,
-        ClientRemoval::NoSuchClient => {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "no such client"))
-        }
-        ClientRemoval::Busy => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "a file packet of this client is being received; try again when it is done",
-            ))
-        }
+        Removal::Removed(files) => files,
+        Removal::NotFound => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such client")),
+        Removal::Busy => return Err(busy()),
     };
     tracing::info!(client = %id.short(), files = files.len(), "admin: client removed");
     Ok(Removed {
@@ -192,4 +187,13 @@ pub(super) async fn api_remove_client(
     let auth = authenticate(&state, peer, &headers)?;
     check_csrf(&auth, &headers, None)?;
     Ok(Json(remove_client(&state, &id).await?))
+}
+
+/// 409: a removal refused while a packet of the client's upload is being received or
+/// stored.
+fn busy() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "a file packet of this client is being received; try again when it is done",
+    )
 }

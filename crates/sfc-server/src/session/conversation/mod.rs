@@ -562,8 +562,9 @@ impl Conversation {
             let slots = self.core.registry.lock();
             self.parked.retain(|p| match slots.get(&p.client) {
                 Some(Slot::Parked { upload, .. }) => upload.serial == p.serial,
-                // Maybe receiving a packet elsewhere, to be parked again.
-                Some(Slot::CheckedOut { .. }) => true,
+                // Maybe receiving a packet elsewhere, to be parked again; or held while
+                // files are removed, to be parked again after.
+                Some(Slot::CheckedOut { .. } | Slot::Held { .. }) => true,
                 None => false,
             });
         }
