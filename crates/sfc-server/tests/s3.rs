@@ -221,25 +221,68 @@ fn a_multipart_replacement_whose_completion_answer_is_lost_puts_the_earlier_vers
     );
 }
 
+/// A live multipart upload whose client pauses for longer than the grace period, with no
+/// content written meanwhile (small packets that do not fill a part), keeps its marker
+/// young: another server's start-up recovery leaves it alone, and it completes.
+#[test]
+fn a_paused_upload_keeps_its_marker_young() {
+    let Some(weed) = shared("a_paused_upload_keeps_its_marker_young") else {
+        return;
+    };
+    let grace = Duration::from_secs(2);
+    let Store::S3(location) = weed.fresh() else {
+        unreachable!()
+    };
+    let store = S3BlobStore::open(&location, grace).unwrap();
+    let other_server = S3BlobStore::open(&location, grace).unwrap();
+    let part = data((8 << 20) + 1, 4);
+    let mut paused = store.create_temp(&CLIENT, "paused.bin").unwrap();
+    paused.write_all(&part).unwrap();
+    // Markers are abandoned after twice the grace period.
+    std::thread::sleep(grace * 2 + Duration::from_millis(1500));
+    let recovered = recover(&|| Ok(Vec::new()), 1, &other_server).unwrap();
+    assert_eq!(
+        recovered.stale_temps, 0,
+        "the live upload was taken for abandoned"
+    );
+    paused.write_all(b"end").unwrap();
+    let rel = paused.persist().unwrap();
+    let mut expected = part;
+    expected.extend_from_slice(b"end");
+    let content = weed
+        .objects(&location.prefix)
+        .into_iter()
+        .find(|(key, _)| *key == rel)
+        .map(|(_, content)| content);
+    assert!(content == Some(expected), "the completed object differs");
+}
+
 #[test]
 fn recovery_spares_young_work_and_clears_old_leftovers() {
     let Some(weed) = shared("recovery_spares_young_work_and_clears_old_leftovers") else {
         return;
     };
     let grace = Duration::from_secs(2);
-    let (store, prefix) = fresh_store(weed, grace);
+    let Store::S3(location) = weed.fresh() else {
+        unreachable!()
+    };
+    let store = S3BlobStore::open(&location, grace).unwrap();
+    let prefix = location.prefix.clone();
     let part = data((8 << 20) + 1, 3);
 
     // Old: a recorded file, an orphan, a backup of a crash between persist and commit,
-    // and a multipart upload whose server died (its temp never dropped).
+    // and a multipart upload whose server died (its temp never dropped; the crashed
+    // server's store is halted, so nothing keeps the upload's marker young).
     let kept = put(&store, "kept.bin", b"recorded");
     let old_orphan = put(&store, "old-orphan.bin", b"never acknowledged");
-    let mut replacement = store.create_temp(&CLIENT, "kept.bin").unwrap();
+    let crashed = S3BlobStore::open(&location, grace).unwrap();
+    let mut replacement = crashed.create_temp(&CLIENT, "kept.bin").unwrap();
     replacement.write_all(b"recorded").unwrap();
     std::mem::forget(replacement.persist_undoable().unwrap());
-    let mut abandoned = store.create_temp(&CLIENT, "abandoned.bin").unwrap();
+    let mut abandoned = crashed.create_temp(&CLIENT, "abandoned.bin").unwrap();
     abandoned.write_all(&part).unwrap();
     std::mem::forget(abandoned);
+    crashed.halt();
     let markers: Vec<_> = weed
         .objects(&prefix)
         .into_iter()

@@ -35,9 +35,10 @@
 //! than the upload time-out (`grace`), judged by the object's `Last-Modified` against this
 //! server's clock (keep clocks within a small fraction of the time-out of each other):
 //! - a multipart upload is recorded by a marker object holding its upload ID, written
-//!   when the upload starts and rewritten at least every quarter of `grace` while it
-//!   goes on and just before it completes; it is deleted once the row is committed (or
-//!   undone). A marker older than twice `grace` (packets may pause for one `grace`)
+//!   when the upload starts and rewritten every quarter of `grace` by a task of its own
+//!   while the upload lives (whether or not content arrives: a client may pause between
+//!   small packets many times), and just before it completes; it is deleted once the row
+//!   is committed (or undone). A marker older than twice `grace` (packets may pause for one `grace`)
 //!   belongs to an upload nobody finishes (its
 //!   server crashed or gave up): the upload is aborted and the marker deleted
 //!   ([`BlobStore::remove_stale_temps`]). `object_store` cannot list multipart uploads,
@@ -158,6 +159,22 @@ fn millis_since_epoch(time: SystemTime) -> i64 {
 }
 
 impl S3BlobStore {
+    /// Stops the store's runtime as a crash of the process would: requests and background
+    /// tasks (the rewrites of upload markers) end where they are and nothing is cleaned
+    /// up. For tests that leave work behind for another server's recovery.
+    #[cfg(feature = "testing")]
+    pub fn halt(&self) {
+        let runtime = self
+            .shared
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(runtime) = runtime {
+            runtime.shutdown_background();
+        }
+    }
+
     /// A store in `location`, configured from the `AWS_*` environment variables
     /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_ALLOW_HTTP`, …). `grace` is the upload time-out (see the module docs).

@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::task::JoinHandle;
 
 /// A multipart upload in progress.
@@ -21,8 +20,48 @@ struct Upload {
     parts: Vec<PartId>,
     /// Parts being sent, oldest first.
     in_flight: VecDeque<JoinHandle<Result<PartId, object_store::Error>>>,
-    /// When the marker was last written.
-    marked: Instant,
+    /// Keeps the marker young until the upload is completed or dropped.
+    keeper: MarkerKeeper,
+}
+
+/// Rewrites an upload's marker every quarter of the grace period, whether or not content
+/// arrives: a client may pause for up to the upload time-out between packets, many
+/// times, and small packets may take long to fill a part; rewriting only when content
+/// is written let another server's recovery take a slow, live upload for an abandoned
+/// one and abort it.
+struct MarkerKeeper {
+    task: JoinHandle<()>,
+    /// Set (under its lock) when the upload no longer needs the marker; a rewrite holds
+    /// the lock, so none lands after [`MarkerKeeper::stop`].
+    stopped: Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl MarkerKeeper {
+    fn start(shared: &Shared, marker: Key, id: MultipartId) -> Self {
+        let stopped = Arc::new(tokio::sync::Mutex::new(false));
+        let every = (shared.grace / 4).max(std::time::Duration::from_millis(10));
+        let (s3, flag) = (shared.s3.clone(), Arc::clone(&stopped));
+        let task = shared.handle.spawn(async move {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                ticker.tick().await;
+                let stopped = flag.lock().await;
+                if *stopped {
+                    return;
+                }
+                if let Err(error) = s3.put(&marker, id.clone().into()).await {
+                    tracing::warn!(%error, "cannot rewrite an upload marker");
+                }
+            }
+        });
+        MarkerKeeper { task, stopped }
+    }
+
+    /// Ends the rewrites; a rewrite under way finishes first, and none starts after.
+    async fn stop(&self) {
+        *self.stopped.lock().await = true;
+        self.task.abort();
+    }
 }
 
 /// An object being received (see the module docs).
@@ -79,11 +118,12 @@ impl S3Temp {
                     shared.s3.put(&self.marker, id.clone().into()).await?;
                     Ok(id)
                 })?;
+                let keeper = MarkerKeeper::start(&shared, self.marker.clone(), id.clone());
                 self.upload.insert(Upload {
                     id,
                     parts: Vec::new(),
                     in_flight: VecDeque::new(),
-                    marked: Instant::now(),
+                    keeper,
                 })
             }
         };
@@ -98,21 +138,24 @@ impl S3Temp {
         while upload.in_flight.len() > PARTS_IN_FLIGHT {
             collect_part(&shared, upload)?;
         }
-        self.refresh_marker(false)
+        Ok(())
     }
 
-    /// Rewrites the marker when it is a quarter of the grace period old (or `now`), so
-    /// that recovery elsewhere never takes a live upload for an abandoned one.
-    fn refresh_marker(&mut self, now: bool) -> io::Result<()> {
+    /// Stops the marker's periodic rewrites and rewrites it once now, so that it is young
+    /// for the completion and the commit of the row after it (which delete it).
+    fn mark_for_completion(&mut self) -> io::Result<()> {
         let Some(upload) = self.upload.as_mut() else {
             return Ok(());
         };
-        if now || upload.marked.elapsed() >= self.shared.grace / 4 {
-            let shared = &self.shared;
-            shared.run(shared.s3.put(&self.marker, upload.id.clone().into()))?;
-            upload.marked = Instant::now();
-        }
-        Ok(())
+        let shared = &self.shared;
+        shared.run(async {
+            upload.keeper.stop().await;
+            shared
+                .s3
+                .put(&self.marker, upload.id.clone().into())
+                .await?;
+            Ok(())
+        })
     }
 
     /// Makes the object complete at its key: the last part and the completion, or one
@@ -127,7 +170,7 @@ impl S3Temp {
         if !self.buffer.is_empty() {
             self.send_part()?;
         }
-        self.refresh_marker(true)?;
+        self.mark_for_completion()?;
         let shared = Arc::clone(&self.shared);
         let Some(mut upload) = self.upload.take() else {
             return Err(io::Error::other("upload already finished"));
@@ -192,8 +235,7 @@ impl TempBlob for S3Temp {
                 self.send_part()?;
             }
         }
-        // A slow client: keep the marker young between parts too.
-        self.refresh_marker(false)
+        Ok(())
     }
 
     fn persist(mut self: Box<Self>) -> io::Result<String> {
@@ -254,6 +296,9 @@ impl Drop for S3Temp {
         let (key, marker) = (self.key.clone(), self.marker.clone());
         self.shared
             .spawn_detached("cannot abort an upload", async move {
+                // From here the marker only ages: kept if the abort fails, recovery
+                // aborts the upload once the marker is old.
+                upload.keeper.stop().await;
                 match s3.abort_multipart(&key, &upload.id).await {
                     // NoSuchUpload: nothing left to abort (a completion whose answer was
                     // lost did complete): the marker has nothing more to protect.
