@@ -62,19 +62,32 @@ impl<const N: usize> ByCode<N> {
         self.inc_by(code, 1);
     }
 
+    /// Counts under the code's own label if it is one of the codes kept, else under
+    /// `code="other"`: a code a client invents (one of 65,536) must not add a series
+    /// to `/metrics` per value.
     fn inc_by(&self, code: u16, n: u64) {
         let kept = self.codes.iter().position(|&known| known == code);
         match kept.and_then(|i| self.counters.get(i)) {
             Some(slot) => slot
                 .get_or_init(|| self.family.get_or_create(&code_label(code)).clone())
                 .inc_by(n),
-            None => self.family.get_or_create(&code_label(code)).inc_by(n),
+            None => self.family.get_or_create(&label("code", "other")).inc_by(n),
         };
     }
 }
 
 /// The reply code counted for a request answered with no reply.
 const NO_REPLY: u16 = 0;
+
+/// The `code` label of a request code a client sent: the code when it is one of the
+/// protocol's, else "other" (one series for every invented code, not one per value).
+fn request_code_label(code: u16) -> Labels {
+    if RequestCode::ALL.iter().any(|known| known.as_u16() == code) {
+        label("code", code)
+    } else {
+        label("code", "other")
+    }
+}
 
 /// The `code` label: the code, or "none" for [`NO_REPLY`].
 fn code_label(code: u16) -> Labels {
@@ -501,7 +514,7 @@ impl Monitor {
             match request.cause {
                 Some(Cause::Storage) => {
                     m.storage_errors
-                        .get_or_create(&label("code", request.code))
+                        .get_or_create(&request_code_label(request.code))
                         .inc();
                 }
                 Some(Cause::RateLimit) => {
@@ -803,18 +816,26 @@ mod tests {
             monitor.record(peer, &packet_log(a, None));
         }
         monitor.record(peer, &packet_log(a, Some(ResponseCode::ServerError)));
-        let mut odd = packet_log(a, Some(ResponseCode::ServerError));
-        if let LogLine::Request(request) = &mut odd {
-            request.code = 4242;
+        // Codes a client invents share one series: no series per value.
+        for invented in [4242, 7, 65535] {
+            let mut odd = packet_log(a, Some(ResponseCode::ServerError));
+            if let LogLine::Request(request) = &mut odd {
+                request.code = invented;
+            }
+            monitor.record(peer, &odd);
         }
-        monitor.record(peer, &odd);
         let text = monitor.encode();
         assert!(
             text.contains("sfc_requests_total{code=\"828\"} 4"),
             "{text}"
         );
         assert!(
-            text.contains("sfc_requests_total{code=\"4242\"} 1"),
+            text.contains("sfc_requests_total{code=\"other\"} 3"),
+            "{text}"
+        );
+        assert!(!text.contains("4242") && !text.contains("65535"), "{text}");
+        assert!(
+            text.contains("sfc_storage_errors_total{code=\"other\"} 3"),
             "{text}"
         );
         assert!(
@@ -822,7 +843,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("sfc_replies_total{code=\"1607\"} 2"),
+            text.contains("sfc_replies_total{code=\"1607\"} 4"),
             "{text}"
         );
         // Only the codes seen are listed.
