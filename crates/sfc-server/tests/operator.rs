@@ -264,6 +264,29 @@ fn refused_connections_are_logged_once_per_address_with_a_count() {
     assert!(lines[1].contains("refused=4"), "{}", lines[1]);
 }
 
+/// A file name is the client's text: in a log line it is quoted, so that one such as
+/// `a.bin peer=10.9.9.9:1` cannot add a field a log parser would take for the server's.
+#[test]
+fn file_names_in_log_lines_are_quoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut server = ServerProcess::start_local(d, &[]);
+    let addr = server.listening_addr();
+    let mut conn = Conn::connect(addr);
+    let (id, key) = enroll(&mut conn, "quoter");
+    let name = "a.bin peer=10.9.9.9:1 client=00000000";
+    let plain = data(10_000, 1);
+    let cipher = encrypt(&key, &plain);
+    let packets = packets(id, name, plain.len(), &cipher, 4096, ContentSize::Whole);
+    conn.send_raw(&packets[0][..packets[0].len() / 2]);
+    drop(conn);
+    let line = server
+        .wait_for("upload abandoned: connection ended mid-packet")
+        .expect("no log line for the abandoned upload");
+    assert!(line.contains(&format!("file=\"{name}\"")), "{line}");
+    assert!(server.terminate().success());
+}
+
 /// Item 8: a start-up error names the file and what was being done. Reproduces the
 /// report: a data folder whose files/ belongs to root, the server run as `nobody`.
 /// Needs root (to make the files and drop to `nobody` with setpriv); skipped otherwise.

@@ -21,13 +21,13 @@ pub(crate) fn emit(peer: SocketAddr, line: LogLine) {
         LogLine::AbandonedMidPacket { client, file } => tracing::info!(
             %peer,
             client = %client.short(),
-            %file,
+            file = file.as_str(),
             "upload abandoned: connection ended mid-packet"
         ),
         LogLine::AbandonedWithConnection { client, file } => tracing::info!(
             %peer,
             client = %client.short(),
-            %file,
+            file = file.as_str(),
             "upload abandoned: the client's connection ended between two packets"
         ),
     }

@@ -89,7 +89,7 @@ fn log_uploads(core: &Core, what: &str) {
         };
         tracing::info!(
             client = %client.short(),
-            file = %progress.file,
+            file = progress.file.as_str(),
             packets = %format!("{}/{}", progress.packets, progress.total),
             state,
             "{what}"

@@ -161,7 +161,7 @@ impl Core {
         let expired = self.registry.expire(now, self.limits.upload_timeout);
         let count = expired.len();
         for upload in expired {
-            tracing::info!(client = %upload.client_id.short(), file = %upload.file_name, "upload abandoned: no packet within the upload timeout");
+            tracing::info!(client = %upload.client_id.short(), file = upload.file_name.as_str(), "upload abandoned: no packet within the upload timeout");
         }
         count
     }

@@ -226,7 +226,7 @@ impl Core {
         });
         tracing::info!(
             client = %id.short(),
-            file = %packet.file_name,
+            file = packet.file_name.as_str(),
             size = packet.orig_file_size,
             packets = packet.total_packets,
             "upload started"
@@ -272,7 +272,7 @@ impl Core {
         if let Some(old) = self.registry.remove_parked(id) {
             tracing::info!(
                 client = %id.short(),
-                file = %old.file_name,
+                file = old.file_name.as_str(),
                 received = old.next_packet.saturating_sub(1),
                 total = old.total_packets,
                 "unfinished upload dropped: {why}"
@@ -300,13 +300,13 @@ impl Core {
                 "another connection is sending a packet for this client",
             )),
             Err(ClaimError::TooMany(cap)) => {
-                tracing::warn!(client = %id.short(), file = %packet.file_name, cap, "upload refused: --max-uploads uploads in progress");
+                tracing::warn!(client = %id.short(), file = packet.file_name.as_str(), cap, "upload refused: --max-uploads uploads in progress");
                 Err(Outcome::error(format!(
                     "upload refused: the server has {cap} uploads in progress, its limit (--max-uploads)"
                 )))
             }
             Err(ClaimError::TooManyFromAddress(cap)) => {
-                tracing::warn!(client = %id.short(), file = %packet.file_name, cap, "upload refused: --max-uploads-per-address uploads in progress from this address");
+                tracing::warn!(client = %id.short(), file = packet.file_name.as_str(), cap, "upload refused: --max-uploads-per-address uploads in progress from this address");
                 Err(Outcome::error(format!(
                     "upload refused: {cap} uploads in progress from this address, the limit (--max-uploads-per-address)"
                 )))

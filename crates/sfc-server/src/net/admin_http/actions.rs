@@ -144,7 +144,7 @@ pub(crate) async fn remove_file(
         Removal::NotFound => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such file")),
         Removal::Busy => return Err(busy()),
     };
-    tracing::info!(client = %id.short(), file = %removed.file_name, "admin: file deleted");
+    tracing::info!(client = %id.short(), file = removed.file_name.as_str(), "admin: file deleted");
     Ok(Removed {
         client_id: id.to_hex(),
         files: vec![removed.file_name],
