@@ -272,6 +272,16 @@ fn refusals_are_logged() {
         .wait_for("not from a --proxy-from address")
         .expect("a log line for an untrusted source");
     assert!(line.contains("127.0.0.2"), "{line}");
+    // A flood of them: one line per address and interval, not one per connection.
+    for _ in 0..5 {
+        let mut again = conn_with_header(ip("127.0.0.2"), node.addr, b"");
+        assert!(again.closed_within(Duration::from_secs(5)));
+    }
+    let lines = node.process.lines_containing(
+        "not from a --proxy-from address",
+        Duration::from_millis(500),
+    );
+    assert_eq!(lines.len(), 1, "{lines:#?}");
     for (bytes, reason) in [
         (&b"GET / HTTP/1.0\r\n\r\n"[..], "no PROXY header"),
         (

@@ -85,7 +85,7 @@ impl Admission {
         };
         if let Some(balancers) = &self.proxy_protocol {
             if !balancers.trusts(peer.ip()) {
-                tracing::info!(%peer, "connection refused: not from a --proxy-from address (--proxy-protocol is on)");
+                self.refusals.refused(peer, Refusal::NotFromBalancer);
                 self.monitor.connection_refused(peer, "proxy-untrusted");
                 drop(stream);
                 drop(permit);

@@ -1,5 +1,5 @@
 //! Log lines for connections refused before anything is read (rate-limit ban,
-//! `--max-connections-per-address`): visible to the operator, but at most one line per
+//! `--max-connections-per-address`, a source not in `--proxy-from`): visible to the operator, but at most one line per
 //! address and reason per interval, with the number refused since the previous line, so
 //! that a flood cannot flood the log. Addresses are counted as the limits count them
 //! (IPv6 by its /64, [`key_of`]), and at most [`REMEMBERED`] of them: beyond that,
@@ -29,6 +29,9 @@ pub(crate) enum Refusal {
     Banned,
     /// The address has `--max-connections-per-address` connections open.
     TooManyConnections,
+    /// With `--proxy-protocol`, the connection does not come from a `--proxy-from`
+    /// address (a client going around the balancer, or a misconfiguration).
+    NotFromBalancer,
 }
 
 /// Whose refusals a line counts.
@@ -191,6 +194,13 @@ impl RefusalLog {
                 "connections refused: too many failed requests {whence} (--fail-rate; at \
                  most one line per address every {every} s, with the number refused since \
                  the last)"
+            ),
+            Refusal::NotFromBalancer => tracing::warn!(
+                peer = %peer,
+                refused = count,
+                "connections refused: not from a --proxy-from address {whence} \
+                 (--proxy-protocol is on; at most one line per address every {every} s, \
+                 with the number refused since the last)"
             ),
             Refusal::TooManyConnections => tracing::warn!(
                 peer = %peer,
