@@ -4,6 +4,7 @@
 //! its own thread [`crate::net::running`].
 
 use crate::config::ServerConfig;
+use crate::net::accept_errors::AcceptErrors;
 use crate::net::admin_http::AdminServer;
 use crate::net::admission::Admission;
 use crate::net::entropy::OsEntropy;
@@ -186,6 +187,7 @@ impl Server {
         tracing::info!("listening on {addr}");
         tokio::pin!(shutdown);
         let mut saturated = false;
+        let mut accept_errors = AcceptErrors::new("protocol listener");
         loop {
             while connections.try_join_next().is_some() {}
             saturated = warn_when_saturated(&permits, config.max_connections, saturated);
@@ -204,8 +206,12 @@ impl Server {
                 Ok((stream, peer)) => admission.accept(stream, peer, permit, &mut connections),
                 Err(error) => {
                     // Out of file descriptors and the like: back off, never crash.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Some(pause) = accept_errors.failed(&error, std::time::Instant::now()) {
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            () = tokio::time::sleep(pause) => {}
+                        }
+                    }
                 }
             }
         }

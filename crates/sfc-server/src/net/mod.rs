@@ -1,4 +1,4 @@
-//! The socket layer: the accept loop ([`listener`]), admission of each connection
+//! The socket layer: the accept loop ([`listener`], its failures: [`accept_errors`]), admission of each connection
 //! ([`admission`]), graceful shutdown ([`shutdown`]), a server on its own thread
 //! ([`running`]), one task per connection that moves bytes between the socket and the
 //! session's [`crate::session::Conversation`] ([`connection`]), opt-in TLS ([`tls`]), and
@@ -7,6 +7,7 @@
 //! trusted balancers ([`proxy_protocol`]); the operator's view: the metrics and live
 //! state ([`monitor`]) and the admin HTTP listener ([`admin_http`]).
 
+pub(crate) mod accept_errors;
 pub(crate) mod address_limit;
 pub(crate) mod address_pin;
 pub(crate) mod admin_http;

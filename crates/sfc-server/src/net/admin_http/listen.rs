@@ -8,6 +8,7 @@ use super::login_limit::FailedLogins;
 use super::send_timeout::SendTimeout;
 use super::{router, AdminState, Peer, Shared};
 use crate::config::AdminConfig;
+use crate::net::accept_errors::AcceptErrors;
 use crate::net::address_limit::{AddressSlot, ConnectionsPerAddress};
 use crate::net::monitor::Monitor;
 use crate::session::Core;
@@ -78,6 +79,7 @@ pub(crate) struct AdminListener {
     handshakes_per_address: Arc<ConnectionsPerAddress>,
     /// Open connections per address ([`MAX_CONNECTIONS_PER_ADDRESS`]).
     connections_per_address: Arc<ConnectionsPerAddress>,
+    accept_errors: AcceptErrors,
 }
 
 impl std::fmt::Debug for AdminListener {
@@ -100,8 +102,9 @@ impl AdminListener {
                     let (stream, peer) = match accepted {
                         Ok(accepted) => accepted,
                         Err(error) => {
-                            tracing::warn!(%error, "admin listener: accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            if let Some(pause) = self.accept_errors.failed(&error, std::time::Instant::now()) {
+                                tokio::time::sleep(pause).await;
+                            }
                             continue;
                         }
                     };
@@ -182,6 +185,7 @@ impl AdminServer {
                 handshakes: JoinSet::new(),
                 handshakes_per_address: ConnectionsPerAddress::new(MAX_HANDSHAKES_PER_ADDRESS),
                 connections_per_address: ConnectionsPerAddress::new(MAX_CONNECTIONS_PER_ADDRESS),
+                accept_errors: AcceptErrors::new("admin listener"),
             },
             state: Arc::new(AdminState {
                 core,
