@@ -43,6 +43,8 @@ pub(super) async fn shut_down(
     housekeeping: JoinHandle<()>,
     core: Arc<Core>,
 ) {
+    // Connections that ended since the accept loop last looked are not open.
+    while connections.try_join_next().is_some() {}
     let open = connections.len();
     tracing::info!(
         open,
