@@ -12,6 +12,7 @@ use sfc_server::testing::Faults;
 use sfc_server::{MetaStore, RunningServer, SqliteStore, Storage};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn start() -> (tempfile::TempDir, RunningServer, Arc<Faults>) {
     init_logging();
@@ -317,6 +318,57 @@ fn a_version_left_in_place_unconfirmed_is_never_marked_verified() {
     switches.replaced_then_fails.store(false, Ordering::SeqCst);
     assert_eq!(stored(dir.path(), id, "f.bin"), Some((v3, false)));
     assert_eq!(file_names(dir.path(), id), ["f.bin"]);
+    server.stop();
+}
+
+/// The admin deletes a file while its client sends it again: the delete stops between
+/// the removal of the row and of the file (a gate), and the upload's last packet arrives
+/// then. The two take turns on the name: the upload is stored after the delete is done,
+/// so its row names its file; before, the delete removed the file the upload had just
+/// stored and recorded (a row naming no file, after a 1603).
+#[test]
+fn a_delete_and_an_upload_of_the_same_name_take_turns() {
+    use std::io::{Read, Write};
+    let (dir, server, switches) = start();
+    let mut conn = Conn::connect(server.addr());
+    let (id, key) = enroll(&mut conn, "turns");
+    let v1 = data(50_000, 1);
+    store(&mut conn, id, &key, "f.bin", &v1);
+
+    switches.remove_gate.hold_next();
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let admin = server.admin_addr().unwrap();
+    let deleter = std::thread::spawn(move || {
+        let mut http = std::net::TcpStream::connect(admin).unwrap();
+        write!(
+            http,
+            "DELETE /api/v1/clients/{id}/file?name=f.bin HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        http.read_to_string(&mut answer).unwrap();
+        answer
+    });
+    assert!(
+        switches.remove_gate.wait_arrived(Duration::from_secs(20)),
+        "the delete never reached the file"
+    );
+    let v2 = data(60_000, 2);
+    let sent = v2.clone();
+    let uploader = std::thread::spawn(move || {
+        let reply = upload(&mut conn, id, &key, "f.bin", &sent, 30_000);
+        (conn, reply)
+    });
+    // Time for the upload to reach its store (and wait for the name).
+    std::thread::sleep(Duration::from_millis(500));
+    switches.remove_gate.open();
+    let answer = deleter.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_conn, reply) = uploader.join().unwrap();
+    assert_received(&reply, id, "f.bin", &v2);
+    assert_eq!(stored(dir.path(), id, "f.bin"), Some((v2, false)));
     server.stop();
 }
 

@@ -1,6 +1,7 @@
 //! The shared [`Core`]: the stores, the upload registry, LastSeen notes, and the
 //! handlers of the requests that are not file packets.
 
+use super::name_locks::NameLocks;
 use super::uploads::{BatchBudget, Progress, Registry};
 use super::{Ctx, Entropy, Limits, Outcome};
 use crate::storage::fs::DataDirLock;
@@ -21,6 +22,8 @@ pub struct Core {
     pub(super) blobs: Box<dyn BlobStore>,
     pub(super) registry: Arc<Registry>,
     pub(super) seen: Mutex<HashMap<ClientId, Timestamp>>,
+    /// File names being stored or removed (see [`NameLocks`]).
+    pub(super) names: NameLocks,
     pub(super) limits: Limits,
     /// Client IDs and AES keys.
     pub(super) entropy: Box<dyn Entropy>,
@@ -76,6 +79,7 @@ impl Core {
                 ..Registry::default()
             }),
             seen: Mutex::default(),
+            names: NameLocks::default(),
             pin_lock: Mutex::new(()),
             limits,
             folder_lock: None,
@@ -201,19 +205,17 @@ impl Core {
         self.blobs.as_ref()
     }
 
-    /// Deletes one stored file (the row first, then the file, as for a 902). The client's
-    /// slot is held meanwhile, so no upload of the same name stores its file between the
-    /// two (which this would then delete); refused (`Busy`) while a packet of its upload
-    /// is being received or stored. A parked upload is left alone: if it finishes, the
-    /// client has sent the file again. The client's `LastSeen` stays: it did nothing.
+    /// Deletes one stored file (the row first, then the file, as for a 902), holding its
+    /// name so that no upload of the same name is stored in between (which this would
+    /// then delete). An upload in progress is left alone: if it finishes, the client has
+    /// sent the file again. `NotFound`: no such file. The client's `LastSeen` stays: it
+    /// did nothing.
     pub fn admin_remove_file(
         &self,
         id: &ClientId,
         file_name: &str,
     ) -> Result<Removal<crate::storage::FileRecord>, StoreError> {
-        let Some(_hold) = self.registry.hold_for_removal(id) else {
-            return Ok(Removal::Busy);
-        };
+        let _name = self.names.lock(*id, file_name);
         let Some(removed) = self.meta.remove_file(id, file_name, None)? else {
             return Ok(Removal::NotFound);
         };
@@ -229,7 +231,8 @@ impl Core {
         let Some(mut hold) = self.registry.hold_for_removal(id) else {
             return Ok(Removal::Busy);
         };
-        hold.abandon_parked();
+        // Abandoned now: its temporary file goes before the client's folder does.
+        drop(hold.take_parked());
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -438,13 +441,9 @@ impl Core {
         if let Err(outcome) = self.known_client(id) {
             return outcome;
         }
-        // As for the admin's delete: no upload of the client stores a file between the
+        // As for the admin's delete: no upload of this name is stored between the
         // removal of the row and of the file.
-        let Some(_hold) = self.registry.hold_for_removal(&id) else {
-            return Outcome::error(
-                "a packet of this client's upload is being received or stored; 902 refused",
-            );
-        };
+        let _name = self.names.lock(id, file_name.as_str());
         let removed = match self
             .meta
             .remove_file(&id, file_name.as_str(), Some(ctx.now))

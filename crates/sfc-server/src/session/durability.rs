@@ -66,6 +66,8 @@ impl Core {
                 .ok_or_else(super::uploads::temp_lost)
                 .map_err(FinishError::Write)?;
             temp.write_all(&batch).map_err(FinishError::Write)?;
+            // Not while a removal of this name runs (see `NameLocks`).
+            let _name = self.names.lock(client_id, file_name.as_str());
             let path = self.store_upload(ctx, client_id, file_name.as_str(), temp)?;
             Ok((cksum.finish(), path))
         })();

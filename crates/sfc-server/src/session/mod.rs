@@ -58,6 +58,7 @@ mod core;
 mod durability;
 mod error;
 mod io;
+mod name_locks;
 mod packets;
 mod uploads;
 

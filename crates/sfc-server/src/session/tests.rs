@@ -297,12 +297,13 @@ fn a_dropped_lease_frees_the_slot_and_the_temp_file() {
     assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
 }
 
-/// While files of a client are removed (a 902, the admin's deletes) its slot is held: a
-/// packet of its upload gets 1607 instead of storing a file the removal could delete
-/// right after, and the parked upload goes on once the removal is done. A removal is
-/// refused (`Busy`) while a packet of the client's upload is being received.
+/// While a client is removed its slot is held: a packet of its upload gets 1607 rather
+/// than storing into a client being removed, and the parked upload goes on if the removal
+/// ends without removing it. The removal is refused (`Busy`) while a packet of the
+/// client's upload is being received. Deleting one file or a 902 holds nothing of the
+/// sort: they wait only for a store of the same name (`NameLocks`).
 #[test]
-fn removals_hold_the_clients_upload_slot() {
+fn removing_a_client_holds_its_upload_slot() {
     let h = harness();
     let (id, key) = enroll(&h, "dora");
     let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
@@ -328,7 +329,7 @@ fn removals_hold_the_clients_upload_slot() {
     drop(hold);
     assert_eq!(send(&bodies[1]), Outcome::silent());
 
-    // A packet being received: the admin's delete is refused, and so is a 902.
+    // A packet being received: removing the client is refused; deleting a file is not.
     let RequestBody::SendFile { packet, content } = &bodies[2] else {
         unreachable!()
     };
@@ -338,22 +339,23 @@ fn removals_hold_the_clients_upload_slot() {
         .start_packet(&ctx(false), &header, packet, content.len() as u32)
         .unwrap();
     assert!(matches!(
-        h.core.admin_remove_file(&id, "f").unwrap(),
-        Removal::Busy
-    ));
-    assert!(matches!(
         h.core.admin_remove_client(&id).unwrap(),
         Removal::Busy
     ));
-    let refused = send(&RequestBody::ChecksumFailed {
-        file_name: name("f"),
-    });
-    assert_eq!(refused.code().map(ResponseCode::as_u16), Some(1607));
-    drop(lease);
     assert!(matches!(
-        h.core.admin_remove_file(&id, "f").unwrap(),
+        h.core.admin_remove_file(&id, "other").unwrap(),
         Removal::NotFound
     ));
+    drop(lease);
+
+    // Removed with a parked upload: its temporary file goes with the client's folder.
+    assert_eq!(send(&bodies[0]), Outcome::silent());
+    assert!(matches!(
+        h.core.admin_remove_client(&id).unwrap(),
+        Removal::Removed(_)
+    ));
+    assert_eq!(h.core.uploads_in_progress(), 0);
+    assert!(!h.root.join("files").join(id.to_hex()).exists());
 }
 
 #[test]

@@ -277,9 +277,9 @@ pub(super) enum Slot {
         /// Where the upload stood when it was checked out (for the shutdown's log).
         progress: Progress,
     },
-    /// Held while files of the client's are removed ([`Registry::hold_for_removal`]): no
-    /// packet of an upload can be received or stored meanwhile. Keeps the upload that was
-    /// parked, which goes back when the hold ends.
+    /// Held while the client is removed ([`Registry::hold_for_removal`]): no packet of an
+    /// upload can be received or stored meanwhile. Keeps the upload that was parked until
+    /// the remover takes it ([`RemovalHold::take_parked`]), or parks it again.
     Held {
         token: u64,
         parked: Option<(Box<Upload>, Instant)>,
@@ -435,7 +435,12 @@ impl Registry {
         if slots.contains_key(id) {
             return Err(ClaimError::Busy);
         }
-        if self.max_uploads > 0 && slots.len() >= self.max_uploads {
+        // A removal's hold is no upload (unless it keeps a parked one).
+        let uploads = slots
+            .values()
+            .filter(|slot| !matches!(slot, Slot::Held { parked: None, .. }))
+            .count();
+        if self.max_uploads > 0 && uploads >= self.max_uploads {
             return Err(ClaimError::TooMany(self.max_uploads));
         }
         if let Some(peer) = peer {
@@ -506,13 +511,11 @@ impl Registry {
         None
     }
 
-    /// Holds the client's slot while files of its are removed (902, the admin's deletes):
-    /// until the hold is dropped, a packet of its upload gets 1607 as a second concurrent
-    /// upload does, so a removal never deletes what an upload of the same name has just
-    /// stored, nor does an upload store into a client being removed. A parked upload is
-    /// kept and goes back when the hold ends (unless [`RemovalHold::abandon_parked`]).
-    /// `None` while a packet of its upload is being received or stored (or another hold
-    /// is on).
+    /// Holds the client's slot while the client is removed (the admin's delete): until
+    /// the hold is dropped, a packet of its upload gets 1607 as a second concurrent
+    /// upload does, so that no upload stores into a client being removed. A parked upload
+    /// is kept for [`RemovalHold::take_parked`]. `None` while a packet of its upload is
+    /// being received or stored (or another hold is on).
     pub(super) fn hold_for_removal(self: &Arc<Self>, id: &ClientId) -> Option<RemovalHold> {
         let mut slots = self.lock();
         let parked = match slots.remove(id) {
@@ -529,7 +532,6 @@ impl Registry {
             registry: Arc::clone(self),
             id: *id,
             token,
-            abandon_parked: false,
         })
     }
 
@@ -569,60 +571,61 @@ impl Registry {
     #[allow(clippy::vec_box)]
     pub(super) fn drain_parked(&self) -> Vec<Box<Upload>> {
         let mut slots = self.lock();
+        // Uploads a removal's hold keeps go too; the hold then frees an empty slot.
+        let mut held: Vec<Box<Upload>> = slots
+            .values_mut()
+            .filter_map(|slot| match slot {
+                Slot::Held { parked, .. } => parked.take().map(|(upload, _)| upload),
+                _ => None,
+            })
+            .collect();
         let parked: Vec<ClientId> = slots
             .iter()
             .filter(|(_, slot)| matches!(slot, Slot::Parked { .. }))
             .map(|(id, _)| *id)
             .collect();
-        parked
-            .iter()
-            .filter_map(|id| match slots.remove(id) {
-                Some(Slot::Parked { upload, .. }) => Some(upload),
-                _ => None,
-            })
-            .collect()
+        held.extend(parked.iter().filter_map(|id| match slots.remove(id) {
+            Some(Slot::Parked { upload, .. }) => Some(upload),
+            _ => None,
+        }));
+        held
     }
 }
 
-/// A client's slot held while files of its are removed ([`Registry::hold_for_removal`]);
+/// A client's slot held while the client is removed ([`Registry::hold_for_removal`]);
 /// dropping it frees the slot (or parks the kept upload again).
 pub(super) struct RemovalHold {
     registry: Arc<Registry>,
     id: ClientId,
     token: u64,
-    abandon_parked: bool,
 }
 
 impl RemovalHold {
-    /// The upload that was parked is dropped when the hold ends instead of being parked
-    /// again (its client is being removed).
-    pub(super) fn abandon_parked(&mut self) {
-        self.abandon_parked = true;
+    /// The upload that was parked, for the remover to drop (which abandons it).
+    pub(super) fn take_parked(&mut self) -> Option<Box<Upload>> {
+        let mut slots = self.registry.lock();
+        match slots.get_mut(&self.id) {
+            Some(Slot::Held { token, parked }) if *token == self.token => {
+                parked.take().map(|(upload, _)| upload)
+            }
+            _ => None,
+        }
     }
 }
 
 impl Drop for RemovalHold {
     fn drop(&mut self) {
-        let abandoned = {
-            let mut slots = self.registry.lock();
-            if !matches!(slots.get(&self.id), Some(Slot::Held { token, .. }) if *token == self.token)
-            {
-                return;
-            }
-            match slots.remove(&self.id) {
-                Some(Slot::Held {
-                    parked: Some((upload, since)),
-                    ..
-                }) if !self.abandon_parked => {
-                    slots.insert(self.id, Slot::Parked { upload, since });
-                    None
-                }
-                Some(Slot::Held { parked, .. }) => parked,
-                _ => None,
-            }
-        };
-        // Dropped outside the lock: abandoning an upload removes its temporary file.
-        drop(abandoned);
+        let mut slots = self.registry.lock();
+        if !matches!(slots.get(&self.id), Some(Slot::Held { token, .. }) if *token == self.token) {
+            return;
+        }
+        if let Some(Slot::Held {
+            parked: Some((upload, since)),
+            ..
+        }) = slots.remove(&self.id)
+        {
+            slots.insert(self.id, Slot::Parked { upload, since });
+        }
     }
 }
 

@@ -22,9 +22,10 @@
 //! - [`Faults::lose_file_commit_answers`] ([`FaultyMeta`] only): commits of `files` rows
 //!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
 //!   does; optionally the database is then down;
-//! - two [`Gate`]s ([`FaultyMeta`]/[`FaultyBlobs`] only): `listing_gate` holds the next
-//!   `files()` (start-up recovery reads it) and `persist_gate` the next move of a temporary
-//!   file into place, each until the test opens it: a slow recovery, a commit still
+//! - three [`Gate`]s ([`FaultyMeta`]/[`FaultyBlobs`] only): `listing_gate` holds the next
+//!   `files()` (start-up recovery reads it), `persist_gate` the next move of a temporary
+//!   file into place and `remove_gate` the next removal of a stored file, each until the
+//!   test opens it: a slow recovery, a commit still
 //!   running when the server shuts down.
 
 use crate::storage::{
@@ -67,6 +68,8 @@ pub struct Faults {
     pub listing_gate: Gate,
     /// Holds the next move into place of a [`FaultyBlobs`] temporary file.
     pub persist_gate: Gate,
+    /// Holds the next removal of a stored file by a [`FaultyBlobs`].
+    pub remove_gate: Gate,
 }
 
 impl Default for Faults {
@@ -85,6 +88,7 @@ impl Default for Faults {
             file_failure_after: AtomicU64::new(u64::MAX),
             listing_gate: Gate::default(),
             persist_gate: Gate::default(),
+            remove_gate: Gate::default(),
         }
     }
 }
@@ -429,6 +433,7 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
         }))
     }
     fn remove(&self, path: &str) -> io::Result<()> {
+        self.faults.remove_gate.pass();
         self.inner.remove(path)
     }
     fn remove_client(&self, client: &ClientId) -> io::Result<()> {
