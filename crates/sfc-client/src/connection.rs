@@ -518,12 +518,12 @@ impl Connection {
     /// refusal waiting to be read; it is a server error like any other (rule C8), not a
     /// sign of a server that closes after each reply. The stream is dropped.
     pub fn refusal_before_close(&mut self) -> Option<Response> {
-        // The first whole reply only: one that answered something else is no refusal of
-        // this request.
+        // Every arrived reply, not only the first: a server that answers each packet
+        // sends its short 1603s before the 1607. All of them answer this request (the
+        // replies to earlier ones were read), so a 1607 among them is its refusal.
         self.arrived_replies()
             .into_iter()
-            .next()
-            .filter(|reply| *reply == Response::ServerError)
+            .find(|reply| *reply == Response::ServerError)
     }
 
     /// Bookkeeping after a reply: remembers a 1607; in per-request mode, closes the
@@ -970,6 +970,38 @@ mod tests {
             "{text}"
         );
         server.join().unwrap();
+    }
+
+    /// A server that answers every packet, then refuses one it will not read (1607) and
+    /// closes: the write of a request larger than the socket buffers fails with the
+    /// earlier replies and then the 1607 waiting to be read. The 1607 is found behind
+    /// them: the request was refused (rule C8), the connection did not just fail.
+    #[test]
+    fn a_refusal_behind_other_replies_is_found_after_a_failed_write() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut head = [0u8; 64 << 10];
+            socket.read_exact(&mut head).unwrap();
+            let packet_received = sfc_proto::Response::PacketReceived {
+                client_id: sfc_proto::ClientId([1; 16]),
+            }
+            .encode();
+            for reply in [&packet_received, &packet_received] {
+                socket.write_all(reply).unwrap();
+            }
+            socket
+                .write_all(&sfc_proto::Response::ServerError.encode())
+                .unwrap();
+            // Closed with the rest of the request unread: the client's write fails.
+        });
+        let mut request = register_request();
+        request.resize(32 << 20, 0);
+        let mut conn = quiet_connection(addr);
+        let reply = conn.round_trip(&request);
+        server.join().unwrap();
+        assert_eq!(reply.unwrap(), sfc_proto::Response::ServerError);
     }
 
     /// The same through TLS: rustls waits for a whole record, and a trickled record must
