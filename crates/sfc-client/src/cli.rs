@@ -17,13 +17,17 @@ Files (in --dir, default the current folder):
   transfer.info  line 1 address:port (IPv4, [IPv6] or host name), line 2 user name
                  (1-100 printable ASCII characters), line 3 path of the file to send
                  (relative to --dir). Flags and file arguments override its lines.
-  me.info        written after registering: name, client ID (32 hex digits), private key
-                 (base64). When it exists the client reconnects (827) instead of
-                 registering; if the server has forgotten the client (1606) it registers
-                 again (the old me.info and priv.key are kept as *.<client id>.bak).
+  me.info        written as soon as the server has registered the name (1600): name,
+                 client ID (32 hex digits), private key (base64). When it exists the
+                 client reconnects (827) instead of registering; if the server has
+                 forgotten the client (1606) it registers again (the old me.info and
+                 priv.key are kept as *.<client id>.bak).
   priv.key       the RSA private key (base64 of PKCS#8 DER), reused on reconnect.
   me.server      the server the identity in me.info belongs to; identities for other
                  servers are kept in servers/<address>/, so one never replaces another.
+  me.pending     the client ID of me.info while its key exchange (826 -> 1602) is
+                 unfinished (cut by the network or Ctrl-C): the next run sends the
+                 public key again (826) instead of reconnecting, then removes it.
   me.info and priv.key are written atomically with owner-only permissions (0600).
 
 A file that fails does not stop the others; a batch ends with a summary (stored, failed,
@@ -76,8 +80,8 @@ pub struct Cli {
     /// Send every regular file below each FILE that is a folder, each stored under its
     /// path below that folder (e.g. docs/a.txt); symbolic links are left out unless
     /// --follow-symlinks is given. The client's own files in --dir (me.info, priv.key,
-    /// me.server, the lock, their backups, servers/) and a key it saved in the system's
-    /// temporary folder (sfc-client-NAME-ID.key) are never sent this way
+    /// me.server, me.pending, the lock, their backups, servers/) and a key it saved in the
+    /// system's temporary folder (sfc-client-NAME-ID.key) are never sent this way
     #[arg(short = 'r', long)]
     pub recursive: bool,
 

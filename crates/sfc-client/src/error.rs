@@ -54,6 +54,33 @@ pub enum ClientError {
     /// The server registered us but the identity could not be saved where it belongs.
     #[error("{0}")]
     IdentityNotSaved(Box<UnsavedIdentity>),
+    /// The server registered us (1600) and the identity is saved, but the key exchange
+    /// (826 → 1602) failed; the next run sends the key again.
+    #[error(
+        "{source}. The registration of {name:?} with {server} (client ID {client_id}) is \
+         saved in {me_info} but not finished: the next run sends its public key (826) \
+         again to finish it{}",
+        if matches!(**.source, ClientError::Rejected { .. } | ClientError::ServerErrors { .. }) {
+            format!(
+                " (if the server no longer knows client {client_id}, {})",
+                crate::identity::START_OVER
+            )
+        } else {
+            String::new()
+        }
+    )]
+    RegistrationUnfinished {
+        /// Why the key exchange failed; its exit code is this error's.
+        source: Box<ClientError>,
+        /// The server address.
+        server: String,
+        /// The registered name.
+        name: String,
+        /// The client ID the server assigned (32 hex digits).
+        client_id: String,
+        /// Where the identity is saved (me.info).
+        me_info: PathBuf,
+    },
     /// The server refused to register the name (1601).
     #[error(
         "the server at {server} refused to register the name {name:?} (reply 1601){}: the name is \
@@ -151,6 +178,7 @@ impl ClientError {
             ClientError::Network(_) => exit::NETWORK,
             ClientError::Protocol { .. } => exit::PROTOCOL,
             ClientError::Internal(_) | ClientError::IdentityNotSaved(_) => exit::INTERNAL,
+            ClientError::RegistrationUnfinished { source, .. } => source.exit_code(),
         }
     }
 }
@@ -160,7 +188,7 @@ impl ClientError {
 #[derive(Error)]
 #[error(
     "registered with {server} as {name:?} (client ID {client_id}), but the identity could \
-     not be saved: {source}. {}",
+     not be saved: {source}. {}{}",
     match (key_file, key_text) {
         (Some(file), _) => format!(
             "The private key was saved to {}: to keep this identity, write me.info (line 1 \
@@ -174,6 +202,15 @@ impl ClientError {
              after this message"
         ),
         (None, None) => "The private key is lost; register under another name".to_owned(),
+    },
+    if *key_sent || (key_file.is_none() && key_text.is_none()) {
+        String::new()
+    } else {
+        format!(
+            ". The server did not receive the public key either: also write {} holding \
+             {client_id}, so that the next run sends it",
+            crate::store::ME_PENDING
+        )
     }
 )]
 pub struct UnsavedIdentity {
@@ -187,6 +224,8 @@ pub struct UnsavedIdentity {
     pub key_file: Option<PathBuf>,
     /// The key itself (base64), when no file could be written at all.
     pub key_text: Option<String>,
+    /// True when the key exchange (826 → 1602) was completed all the same.
+    pub key_sent: bool,
     /// Why saving failed.
     #[source]
     pub source: IdentityError,
@@ -201,6 +240,7 @@ impl fmt::Debug for UnsavedIdentity {
             .field("client_id", &self.client_id)
             .field("key_file", &self.key_file)
             .field("key_text", &self.key_text.as_ref().map(|_| "(withheld)"))
+            .field("key_sent", &self.key_sent)
             .field("source", &self.source)
             .finish()
     }
@@ -293,6 +333,7 @@ mod tests {
             client_id: "00112233445566778899aabbccddeeff".into(),
             key_file: None,
             key_text: Some(key.into()),
+            key_sent: true,
             source: IdentityError::Write {
                 path: "priv.key".into(),
                 source: io::Error::from(io::ErrorKind::PermissionDenied),
@@ -316,6 +357,58 @@ mod tests {
             ClientError::Internal("x".into()).unsaved_private_key(),
             None
         );
+    }
+
+    /// A registration whose key exchange failed keeps the exit code of the failure, and
+    /// says which client is saved and what the next run does; after a refusal, also how
+    /// to start over.
+    #[test]
+    fn an_unfinished_registration_names_the_client_and_the_next_step() {
+        let unfinished = |source: ClientError| ClientError::RegistrationUnfinished {
+            source: Box::new(source),
+            server: "h:1".into(),
+            name: "una".into(),
+            client_id: "00112233445566778899aabbccddeeff".into(),
+            me_info: "me.info".into(),
+        };
+        let cut = unfinished(ClientError::Network(NetworkError {
+            server: "h:1".into(),
+            during: "waiting for the reply to request 826 (send public key)".into(),
+            timeout: Some(Duration::from_secs(60)),
+            source: io::Error::from(io::ErrorKind::TimedOut),
+        }));
+        assert_eq!(cut.exit_code(), exit::NETWORK);
+        let text = cut.to_string();
+        assert!(text.starts_with("network failure talking to h:1"), "{text}");
+        assert!(text.contains("00112233445566778899aabbccddeeff"), "{text}");
+        assert!(
+            text.contains("the next run sends its public key (826) again"),
+            "{text}"
+        );
+        assert!(!text.contains("no longer knows"), "{text}");
+
+        let refused = unfinished(ClientError::ServerErrors {
+            server: "h:1".into(),
+            request: "826 (send public key)".into(),
+            attempts: 4,
+        });
+        assert_eq!(refused.exit_code(), exit::REJECTED);
+        let text = refused.to_string();
+        assert!(text.starts_with("fatal:"), "{text}");
+        assert!(text.contains("no longer knows client"), "{text}");
+    }
+
+    /// An identity that could not be saved and whose key the server did not get either:
+    /// restoring it needs me.pending too, so that the next run sends the key.
+    #[test]
+    fn an_unsaved_identity_without_its_key_exchange_says_to_write_me_pending() {
+        let mut error = unsaved_identity("k");
+        if let ClientError::IdentityNotSaved(unsaved) = &mut error {
+            unsaved.key_sent = false;
+        }
+        let text = error.to_string();
+        assert!(text.contains("also write me.pending"), "{text}");
+        assert!(!unsaved_identity("k").to_string().contains("me.pending"));
     }
 
     #[test]

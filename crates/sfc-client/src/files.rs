@@ -313,10 +313,11 @@ mod tests {
         }
     }
 
-    const STATE: [&str; 9] = [
+    const STATE: [&str; 10] = [
         "me.info",
         "priv.key",
         "me.server",
+        "me.pending",
         ".sfc-client.lock",
         "me.info.00112233445566778899aabbccddeeff.bak",
         "priv.key.00112233445566778899aabbccddeeff.bak",

@@ -361,8 +361,9 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes a rename in `dir` durable. Best effort: not every platform can open a folder.
-fn sync_dir(dir: &Path) {
+/// Makes a rename or removal in `dir` durable. Best effort: not every platform can open a
+/// folder.
+pub(crate) fn sync_dir(dir: &Path) {
     #[cfg(unix)]
     if let Ok(handle) = std::fs::File::open(dir) {
         let _ = handle.sync_all();

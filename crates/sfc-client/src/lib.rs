@@ -2,7 +2,7 @@
 //!
 //! The binary `sfc-client` is a thin layer over [`run`]. The flow, file formats and the
 //! rules for servers that differ are those of docs/PROTOCOL.md ("State files — Client",
-//! "Session flows" and the client rules C1–C9).
+//! "Session flows" and the client rules C1–C10).
 //!
 //! The modules are private (the table is for readers of the source); the library's API
 //! is what this page re-exports: [`run`] and what it takes and returns ([`Config`] from

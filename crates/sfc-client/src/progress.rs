@@ -35,6 +35,8 @@ pub struct Reporter {
     /// Results on standard error too (`--json` keeps standard output for JSON).
     info_on_stderr: bool,
     bar: Arc<Mutex<BarState>>,
+    /// What a Ctrl-C now would leave unfinished, said by [`Reporter::interrupted`].
+    interrupt_note: Arc<Mutex<Option<String>>>,
 }
 
 impl Reporter {
@@ -45,6 +47,7 @@ impl Reporter {
             bars: progress && verbosity != Verbosity::Quiet && std::io::stderr().is_terminal(),
             info_on_stderr: false,
             bar: Arc::new(Mutex::new(BarState::default())),
+            interrupt_note: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -141,10 +144,30 @@ impl Reporter {
         self.state().finish();
     }
 
-    /// Ctrl-C: removes the bar and says, on one line, which file was cut off where.
+    /// Sets (or with `None` clears) what a Ctrl-C from now on would leave unfinished
+    /// outside of a file's upload, for [`Reporter::interrupted`] to say.
+    pub fn set_interrupt_note(&self, note: Option<String>) {
+        *self
+            .interrupt_note
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = note;
+    }
+
+    /// Ctrl-C: removes the bar and says, on one line, which file was cut off where, or
+    /// what else was left unfinished.
     pub fn interrupted(&self) {
         let line = self.state().interrupt();
-        eprintln!("{}", line.unwrap_or_else(|| "interrupted".to_owned()));
+        let note = self
+            .interrupt_note
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let line = match (line, note) {
+            (Some(line), _) => line,
+            (None, Some(note)) => format!("interrupted: {note}"),
+            (None, None) => "interrupted".to_owned(),
+        };
+        eprintln!("{line}");
     }
 }
 

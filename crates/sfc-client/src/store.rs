@@ -20,18 +20,30 @@
 //! both register and interleave their writes, leaving one run's me.info beside the other's
 //! priv.key, or replacing an identity without a backup. A second run refuses the folder.
 //!
+//! A new identity is saved as soon as the server has registered it (1600), before its key
+//! exchange (826 → 1602): whatever cuts the exchange (the network, a time-out, Ctrl-C),
+//! the name is not left registered on the server with nothing on the client. Until the
+//! exchange is done, `me.pending` holds that identity's client ID; a run that finds it
+//! beside a me.info of the same ID sends the public key again (826) instead of
+//! reconnecting ([`IdentityFolder::key_pending`]), and the exchange removes it
+//! ([`IdentityFolder::key_exchanged`]). A separate file keeps me.info's three lines as
+//! other clients read them; holding the ID, a `me.pending` left from another identity
+//! (a save cut before me.info) marks nothing.
+//!
 //! [`IdentityFolder::save`] writes, each file atomically: the backups, then me.server,
-//! then me.info, then priv.key. Wherever it is cut (killed, power cut), the folder holds
-//! an identity whose ID and key match and which names its server:
+//! then me.pending, then me.info, then priv.key. Wherever it is cut (killed, power cut),
+//! the folder holds an identity whose ID and key match and which names its server:
 //! - before me.server: the old identity (or none) as it was; the backups are copies;
 //! - after me.server: the old identity, now recorded as this server's. The folder was
 //!   chosen because its me.info belonged to this server or to none, so at most an
 //!   unclaimed me.info is claimed by a server that has just answered it 1606; a run for
 //!   another server still tries it first, from `servers/<address>/`;
+//! - after me.pending: the same; me.pending names the new ID, not the old one's;
 //! - after me.info: the new identity, with its own key (me.info's key is used when
-//!   priv.key's differs, see the `identity` module) and its server already recorded.
-//!   Written last, me.server left a new me.info unclaimed, which the next run took for
-//!   whatever server it was given, and replaced after that server's 1606;
+//!   priv.key's differs, see the `identity` module), its server already recorded and
+//!   its key exchange marked pending. Written last, me.server left a new me.info
+//!   unclaimed, which the next run took for whatever server it was given, and replaced
+//!   after that server's 1606;
 //! - after priv.key: the whole new identity.
 //!
 //! Ctrl-C does not cut a save: the handler waits for the one in progress and keeps others
@@ -44,10 +56,15 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use sfc_proto::ClientId;
+
 use crate::identity::{self, Identity, IdentityError, Loaded, ME_INFO, PRIV_KEY};
 
 /// The sidecar naming the server that issued the me.info beside it.
 pub const ME_SERVER: &str = "me.server";
+/// The sidecar holding the client ID of a me.info whose key exchange (826 → 1602) has not
+/// been completed yet.
+pub const ME_PENDING: &str = "me.pending";
 /// The folder (inside `--dir`) holding the identities for other servers.
 pub const SERVERS_DIR: &str = "servers";
 /// The lock file in `--dir`. Never removed: runs that created and deleted it could each
@@ -81,7 +98,7 @@ fn is_lower_hex(text: &str) -> bool {
 /// True for a name the client gives a file it writes atomically in its folder (see
 /// [`identity::write_atomic`]).
 fn is_written_atomically(name: &str) -> bool {
-    [ME_INFO, PRIV_KEY, ME_SERVER].contains(&name) || is_backup_name(name)
+    [ME_INFO, PRIV_KEY, ME_SERVER, ME_PENDING].contains(&name) || is_backup_name(name)
 }
 
 /// True for a file the client writes in its folder (`--dir`, or one under `servers/`):
@@ -351,17 +368,51 @@ impl IdentityFolder {
             .map_err(|source| IdentityError::Write { path, source })
     }
 
-    /// Saves a new identity for this server: the identity it replaces (if any) is kept
-    /// as `*.<client-id>.bak` first, then me.server, me.info and priv.key are written, in
-    /// that order (the module's documentation says why). Returns the backup of me.info
-    /// when one was made.
+    /// Saves an identity the server has just registered, its key exchange still to come:
+    /// the identity it replaces (if any) is kept as `*.<client-id>.bak` first, then
+    /// me.server, me.pending, me.info and priv.key are written, in that order (the
+    /// module's documentation says why). Returns the backup of me.info when one was made.
     pub fn save(&self, identity: &Identity) -> Result<Option<PathBuf>, IdentityError> {
         self.check_locked()?;
         let _writing = hold_identity_writes();
         let backup = self.back_up()?;
         self.write_owner()?;
+        let pending = self.dir.join(ME_PENDING);
+        let id_line = format!("{}\n", identity.client_id.to_hex());
+        identity::write_atomic(&pending, id_line.as_bytes()).map_err(|source| {
+            IdentityError::Write {
+                path: pending,
+                source,
+            }
+        })?;
         identity::save(&self.dir, identity)?;
         Ok(backup)
+    }
+
+    /// True when `identity` (read from this folder) was saved before its key exchange and
+    /// the exchange has not been completed since: me.pending holds its client ID.
+    pub fn key_pending(&self, identity: &Identity) -> Result<bool, IdentityError> {
+        let path = self.dir.join(ME_PENDING);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(ClientId::from_hex(&text).is_ok_and(|id| id == identity.client_id)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(IdentityError::Read { path, source }),
+        }
+    }
+
+    /// Records that the key exchange of the identity here is done: removes me.pending.
+    pub fn key_exchanged(&self) -> Result<(), IdentityError> {
+        self.check_locked()?;
+        let _writing = hold_identity_writes();
+        let path = self.dir.join(ME_PENDING);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                identity::sync_dir(&self.dir);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(IdentityError::Write { path, source }),
+        }
     }
 
     fn back_up(&self) -> Result<Option<PathBuf>, IdentityError> {
@@ -511,6 +562,10 @@ mod tests {
                             loaded.identity.keypair.public_key_der() == public_key_of(&id),
                             "{case}: client {id} loaded with another client's key"
                         );
+                        // The new identity is marked as awaiting its key exchange from the
+                        // moment it is there; the old one never is.
+                        let pending = folder.key_pending(&loaded.identity).unwrap();
+                        assert_eq!(pending, id == NEW_ID, "{case}: key pending");
                         if id == NEW_ID {
                             let other = locate(&lock, "b:2").unwrap();
                             assert!(other.nested, "{case}: the new identity is unclaimed");
@@ -531,6 +586,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// me.pending marks the identity saved with it until the key exchange is recorded; a
+    /// me.pending of another client ID (left by a save cut before me.info) marks nothing.
+    #[test]
+    fn a_saved_identity_awaits_its_key_exchange_until_it_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = FolderLock::acquire(dir.path()).unwrap();
+        let folder = locate(&lock, "a:1").unwrap();
+        let identity = identity_of(NEW_ID);
+        assert!(!folder.key_pending(&identity).unwrap());
+        folder.save(&identity).unwrap();
+        let loaded = folder.load().unwrap().unwrap().identity;
+        assert!(folder.key_pending(&loaded).unwrap());
+        assert!(!folder.key_pending(&identity_of(OLD_ID)).unwrap());
+        // me.info keeps its three lines for other clients.
+        let me = std::fs::read_to_string(dir.path().join(ME_INFO)).unwrap();
+        assert_eq!(me.lines().count(), 3, "{me}");
+
+        folder.key_exchanged().unwrap();
+        assert!(!folder.key_pending(&loaded).unwrap());
+        assert!(!dir.path().join(ME_PENDING).exists());
+        folder.key_exchanged().unwrap();
     }
 
     /// A run killed in the middle of a write leaves its temporary file, which may hold a
@@ -694,7 +772,8 @@ mod tests {
         }
         let loaded = identity::load(dir.path()).unwrap().unwrap();
         assert_eq!(loaded.identity.client_id, identity.client_id);
-        // The backups, the new identity and me.server; no temporary file.
+        // The backups, the new identity, me.server and me.pending (no key exchange yet);
+        // no temporary file.
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -704,6 +783,7 @@ mod tests {
             ME_INFO.to_owned(),
             format!("{ME_INFO}.{old_id}.bak"),
             ME_SERVER.to_owned(),
+            ME_PENDING.to_owned(),
             PRIV_KEY.to_owned(),
             LOCK_FILE.to_owned(),
             format!("{PRIV_KEY}.{old_id}.bak"),
@@ -720,6 +800,7 @@ mod tests {
             "me.info",
             "priv.key",
             "me.server",
+            "me.pending",
             ".sfc-client.lock",
             "me.info.00112233445566778899aabbccddeeff.bak",
             "priv.key.old.bak",

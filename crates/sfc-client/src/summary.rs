@@ -255,6 +255,7 @@ mod tests {
             client_id: "00112233445566778899aabbccddeeff".into(),
             key_file: None,
             key_text: Some(key.into()),
+            key_sent: true,
             source: crate::identity::IdentityError::Write {
                 path: "priv.key".into(),
                 source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),

@@ -237,7 +237,127 @@ fn server_error_four_times_is_fatal() {
     assert!(run.stderr.contains(&double.address()), "{}", run.stderr);
     assert!(run.stderr.contains("retried 3 times"), "{}", run.stderr);
     assert_eq!(double.state().count(826), 4);
-    assert!(!dir.path().join("me.info").exists());
+    // Registered (1600) before the 826s: saved, and named, for the next run to finish.
+    let (_, id) = read_me_info(dir.path());
+    assert!(run.stderr.contains(&id), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the next run sends its public key (826) again"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// The first 826 after the 1600 gets no 1602: the connection closes without one (the 826
+/// is sent once more on a new connection, rule C1, and closed too), or the server holds
+/// it until `--timeout`. The identity is saved (rule C10) and the error names it; the
+/// next run against the same server sends 826 with the saved key (no 825, no 827) and
+/// stores the file; the server has one client of that name, with a key.
+#[test]
+fn a_registration_without_its_1602_is_finished_by_the_next_run() {
+    let cases = [
+        (
+            Behaviour {
+                unanswered_public_keys: 2,
+                ..Behaviour::default()
+            },
+            "closed the connection without replying",
+        ),
+        (
+            Behaviour {
+                held_public_keys: 1,
+                ..Behaviour::default()
+            },
+            "no answer within 1 s",
+        ),
+    ];
+    for (behaviour, failure) in cases {
+        let double = Double::start(behaviour);
+        let dir = tempdir();
+        let data = setup(dir.path(), &double, "wanda", 300);
+        let run = run_client(dir.path(), &["--timeout", "1"]);
+        run.assert_code(5);
+        let (name, id) = read_me_info(dir.path());
+        assert_eq!(name, "wanda");
+        assert!(run.stderr.contains(failure), "{}", run.stderr);
+        assert!(run.stderr.contains(&id), "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("the next run sends its public key (826) again"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(double.state().clients(), vec![("wanda".to_owned(), false)]);
+        let first_run = double.state().log.len();
+
+        let run = run_client(dir.path(), &[]);
+        run.assert_code(0);
+        assert!(
+            run.stdout.contains("finished the registration"),
+            "{}",
+            run.stdout
+        );
+        let s = double.state();
+        assert_eq!(s.codes()[first_run..], [826, 828, 900]);
+        assert_eq!(s.clients(), vec![("wanda".to_owned(), true)]);
+        assert_eq!(s.stored["data.bin"], data);
+        assert!(!dir.path().join("me.pending").exists());
+    }
+}
+
+/// Ctrl-C while the 1602 is awaited: the identity saved after the 1600 stays, the line
+/// Ctrl-C leaves names it and what the next run does, and the next run finishes the
+/// registration.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_before_the_1602_leaves_a_registration_the_next_run_finishes() {
+    use std::process::{Command, Stdio};
+
+    let double = Double::start(Behaviour {
+        held_public_keys: 1,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "xena", 300);
+    let child = Command::new(env!("CARGO_BIN_EXE_sfc-client"))
+        .current_dir(dir.path())
+        .args(["--timeout", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Only a wait, for the 826 to be held (then the identity has been saved).
+    let mut waited = 0;
+    while double.state().count(826) == 0 && waited < 600 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let (_, id) = read_me_info(dir.path());
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!(
+            "interrupted: the registration of client ID {id} is saved in me.info"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        line.contains("the next run sends its public key (826) again"),
+        "{stderr}"
+    );
+
+    run_client(dir.path(), &[]).assert_code(0);
+    let s = double.state();
+    assert_eq!(s.codes(), vec![825, 826, 826, 828, 900]);
+    assert_eq!(s.clients(), vec![("xena".to_owned(), true)]);
+    assert_eq!(s.stored["data.bin"], data);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::{
     make_file, make_sparse_file, read_me_info, run_client, run_client_env, start_server_with,
-    tempdir, write_transfer_info, REFUSING_MAX_FILE_SIZE,
+    tempdir, write_transfer_info, Cut, RegistrationCutter, REFUSING_MAX_FILE_SIZE,
 };
 use sfc_server::RunningServer;
 
@@ -427,6 +427,95 @@ fn an_identity_with_nowhere_to_go_prints_its_key_once_and_only_on_stderr() {
     assert_eq!(keys.len(), 1, "{}", run.stderr);
     assert!(!run.stdout.contains(keys[0].trim()), "{}", run.stdout);
     assert!(run.stdout.contains("x.bin"), "{}", run.stdout);
+}
+
+/// The server's clients: (name, client ID hex, has a public key).
+fn clients(data: &Path) -> Vec<(String, String, bool)> {
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("defensive.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut statement = db
+        .prepare("SELECT Name, lower(hex(ID)), PublicKey IS NOT NULL FROM clients ORDER BY Name")
+        .unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Rule C10: the network fails after the server registered us (1600) and before its
+/// 1602, with the 826 lost on the way or its reply lost on the way back. The identity is
+/// saved all the same and the error names it; the next run sends the public key again
+/// (826, not 825 or 827), our server takes it (a client with no key yet, or the same key
+/// again: rules S15, S16), and the file is stored. The server has one client of that
+/// name, with the ID and key the client saved.
+#[test]
+fn a_registration_cut_before_its_1602_is_finished_by_the_next_run() {
+    for cut in [Cut::BeforeForwarding, Cut::AfterForwarding] {
+        let data = tempdir();
+        let server = start_server(data.path());
+        let cutter = RegistrationCutter::start(server.addr(), cut);
+        let dir = tempdir();
+        let original = make_file(&dir.path().join("f.bin"), 700, 5);
+        let address = cutter.address();
+        let args = ["-s", &address, "-n", "vera", "f.bin", "-v"];
+
+        let run = run_client(dir.path(), &args);
+        run.assert_code(5);
+        let (name, id) = read_me_info(dir.path());
+        assert_eq!(name, "vera");
+        assert!(run.stderr.contains(&id), "{cut:?}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("the next run sends its public key (826) again"),
+            "{cut:?}: {}",
+            run.stderr
+        );
+        let key_on_server = cut == Cut::AfterForwarding;
+        assert_eq!(
+            clients(data.path()),
+            vec![("vera".to_owned(), id.clone(), key_on_server)],
+            "{cut:?}"
+        );
+
+        cutter.stop_cutting();
+        let run = run_client(dir.path(), &args);
+        run.assert_code(0);
+        assert!(
+            run.stderr.contains("-> 826 (send public key)"),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("-> 825"), "{cut:?}: {}", run.stderr);
+        assert!(!run.stderr.contains("-> 827"), "{cut:?}: {}", run.stderr);
+        assert!(
+            run.stdout.contains("finished the registration"),
+            "{cut:?}: {}",
+            run.stdout
+        );
+        assert_eq!(read_me_info(dir.path()), ("vera".to_owned(), id.clone()));
+        assert!(!dir.path().join("me.pending").exists(), "{cut:?}");
+
+        // Finished: from now on a reconnect.
+        let run = run_client(dir.path(), &args);
+        run.assert_code(0);
+        assert!(run.stderr.contains("<- 1605"), "{cut:?}: {}", run.stderr);
+        drop(cutter);
+        server.stop();
+        assert_eq!(
+            clients(data.path()),
+            vec![("vera".to_owned(), id.clone(), true)],
+            "{cut:?}"
+        );
+        let files = stored_files(data.path());
+        let stored = find(&files, "f.bin");
+        assert_eq!(stored.owner, id, "{cut:?}");
+        assert!(stored.verified, "{cut:?}");
+        assert_eq!(std::fs::read(&stored.path).unwrap(), original, "{cut:?}");
+    }
 }
 
 /// Issue 13 item 2: an identity belongs to the server that issued it. A run against a

@@ -1,9 +1,12 @@
 //! The session flow: register or reconnect, key exchange, files, checksum verdicts.
 //!
-//! - First run: 825 → 1600, generate the RSA key, 826 → 1602, then save me.info and
-//!   priv.key (atomically).
+//! - First run: generate the RSA key, 825 → 1600, save me.info and priv.key (atomically)
+//!   marked as awaiting the key exchange (me.pending), 826 → 1602, remove the mark. A
+//!   failure or Ctrl-C after 1600 thus leaves the identity saved, never a name registered
+//!   on the server that this client knows nothing of (rule C10).
 //! - Later runs: 827 with the saved ID and name → 1605 (unwrap the new AES key with the
-//!   saved private key), or 1606 → register again as a new client (rule C6).
+//!   saved private key), or 1606 → register again as a new client (rule C6); with the
+//!   mark, 826 with the saved key instead, finishing the registration.
 //! - Each file: packets → 1603; equal checksum → 900 → 1604; different → 901 and send
 //!   again, at most [`MAX_RESENDS`] times; after the last mismatch 902 → 1604.
 //! - 1607 to any request: print `server responded with an error` and send it again, at
@@ -17,7 +20,7 @@ use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
 
 use crate::connection::{unexpected, Connection};
 use crate::error::{format_duration, ClientError, UnsavedIdentity};
-use crate::identity::{self, Identity, START_OVER};
+use crate::identity::{self, Identity, IdentityError, START_OVER};
 use crate::progress::{Reporter, Verbosity};
 use crate::store::{self, IdentityFolder};
 use crate::upload::Uploader;
@@ -112,8 +115,9 @@ fn note_client_id(reporter: &Reporter, expected: ClientId, got: ClientId, code: 
 
 impl Session {
     /// Reconnects with the saved identity (827), or registers (825/826) when there is
-    /// none or the server answers 1606. `name` is the configured user name, used for a
-    /// new registration; a reconnect uses the saved one.
+    /// none or the server answers 1606; a saved identity whose key exchange an earlier run
+    /// did not finish sends its key (826) instead. `name` is the configured user name,
+    /// used for a new registration; a reconnect uses the saved one.
     pub fn establish(
         mut conn: Connection,
         reporter: Reporter,
@@ -127,6 +131,20 @@ impl Session {
                 .ok_or_else(|| ClientError::Internal("no user name to register with".to_owned()))?;
             return Self::register(conn, reporter, folder, name, false);
         };
+        if folder.key_pending(&identity)? {
+            // The server may not have our key: 827 would get 1606, and registering again
+            // 1601 (the name is ours). It takes the key of a client with none yet, and the
+            // same key again (rules S15, S16).
+            reporter.detail(
+                Verbosity::Verbose,
+                format!(
+                    "   client {} was saved before its key exchange: sending the public key \
+                     again",
+                    identity.client_id
+                ),
+            );
+            return Self::finish_registration(conn, reporter, folder, identity, true);
+        }
         let request = Request::new(
             identity.client_id,
             RequestBody::Reconnect {
@@ -194,6 +212,11 @@ impl Session {
         name: Name,
         re_registration: bool,
     ) -> Result<Session, ClientError> {
+        // Before 825: a key generation that fails or is interrupted leaves no name
+        // registered.
+        reporter.detail(Verbosity::Verbose, "   generating an RSA-1024 key pair");
+        let keypair = RsaKeyPair::generate()
+            .map_err(|e| ClientError::Internal(format!("RSA key generation failed: {e}")))?;
         let request = Request::new(ClientId::ZERO, RequestBody::Register { name: name.clone() });
         let client_id = match call(&mut conn, &reporter, &request)? {
             Response::Registered { client_id } => client_id,
@@ -213,25 +236,70 @@ impl Session {
                 ))
             }
         };
-        reporter.detail(Verbosity::Verbose, "   generating an RSA-1024 key pair");
-        let keypair = RsaKeyPair::generate()
-            .map_err(|e| ClientError::Internal(format!("RSA key generation failed: {e}")))?;
-        let key = exchange_keys(&mut conn, &reporter, client_id, &name, &keypair)?;
         let identity = Identity {
             name,
             client_id,
             keypair,
         };
-        save_identity(folder, &identity, conn.server())?;
-        let dir = &folder.dir;
-        reporter.info(format!(
-            "registered with {} as {:?}: client ID {}; saved {} and {}",
-            conn.server(),
-            identity.name.as_str(),
-            client_id,
-            display_path(dir, identity::ME_INFO).display(),
-            display_path(dir, identity::PRIV_KEY).display()
-        ));
+        // Saved before the key exchange, which anything can cut (the network, a time-out,
+        // Ctrl-C): the next run finishes it instead of finding the name taken (1601).
+        if let Err(source) = folder.save(&identity) {
+            // Sent all the same, so that the identity in the error works once restored.
+            let key_sent = exchange_keys(&mut conn, &reporter, &identity).is_ok();
+            if key_sent {
+                // Best effort: a mark left beside a restored me.info only resends the key.
+                let _ = folder.key_exchanged();
+            }
+            return Err(not_saved(&identity, conn.server(), source, key_sent));
+        }
+        Self::finish_registration(conn, reporter, folder, identity, false)
+    }
+
+    /// The key exchange (826 → 1602) of an identity saved as awaiting it (me.pending),
+    /// just registered or left so by an earlier run (`resumed`); then the mark goes. A
+    /// failure says that the identity is kept and the next run tries again.
+    fn finish_registration(
+        mut conn: Connection,
+        reporter: Reporter,
+        folder: &IdentityFolder,
+        identity: Identity,
+        resumed: bool,
+    ) -> Result<Session, ClientError> {
+        let me_info = display_path(&folder.dir, identity::ME_INFO);
+        let client_id = identity.client_id;
+        reporter.set_interrupt_note(Some(format!(
+            "the registration of client ID {client_id} is saved in {} but not finished: the \
+             next run sends its public key (826) again to finish it",
+            me_info.display()
+        )));
+        let exchanged = exchange_keys(&mut conn, &reporter, &identity);
+        reporter.set_interrupt_note(None);
+        let key = exchanged.map_err(|source| ClientError::RegistrationUnfinished {
+            source: Box::new(source),
+            server: conn.server().to_owned(),
+            name: identity.name.as_str().to_owned(),
+            client_id: client_id.to_hex(),
+            me_info: me_info.clone(),
+        })?;
+        if let Err(e) = folder.key_exchanged() {
+            reporter.warn(format!(
+                "could not record that the key exchange is done ({e}); the next run sends the \
+                 public key again, which the server accepts"
+            ));
+        }
+        let server = conn.server();
+        let name = identity.name.as_str();
+        reporter.info(match resumed {
+            false => format!(
+                "registered with {server} as {name:?}: client ID {client_id}; saved {} and {}",
+                me_info.display(),
+                display_path(&folder.dir, identity::PRIV_KEY).display()
+            ),
+            true => format!(
+                "finished the registration an earlier run began: {server} has the public key \
+                 of {name:?} (client ID {client_id}) now"
+            ),
+        });
         Ok(Session {
             conn,
             reporter,
@@ -324,10 +392,14 @@ fn rejected_message(
 fn exchange_keys(
     conn: &mut Connection,
     reporter: &Reporter,
-    client_id: ClientId,
-    name: &Name,
-    keypair: &RsaKeyPair,
+    identity: &Identity,
 ) -> Result<AesKey, ClientError> {
+    let Identity {
+        name,
+        client_id,
+        keypair,
+    } = identity;
+    let client_id = *client_id;
     let request = Request::new(
         client_id,
         RequestBody::SendPublicKey {
@@ -363,17 +435,15 @@ fn exchange_keys(
     }
 }
 
-/// Saves a new identity; when that fails, puts the key in a fallback file and returns an
-/// error naming the identity, so that a registered name is never lost silently.
-fn save_identity(
-    folder: &IdentityFolder,
+/// The error for a new identity that could not be saved (`source`): puts the key in a
+/// fallback file and names the identity, so that a registered name is never lost
+/// silently. `key_sent`: the key exchange was completed all the same.
+fn not_saved(
     identity: &Identity,
     server: &str,
-) -> Result<(), ClientError> {
-    let source = match folder.save(identity) {
-        Ok(_) => return Ok(()),
-        Err(e) => e,
-    };
+    source: IdentityError,
+    key_sent: bool,
+) -> ClientError {
     let (key_file, key_text) = match store::save_fallback(identity) {
         Ok(path) => (Some(path), None),
         Err(_) => (
@@ -381,14 +451,15 @@ fn save_identity(
             identity.keypair.to_base64().ok().map(|k| k.to_string()),
         ),
     };
-    Err(ClientError::IdentityNotSaved(Box::new(UnsavedIdentity {
+    ClientError::IdentityNotSaved(Box::new(UnsavedIdentity {
         server: server.to_owned(),
         name: identity.name.as_str().to_owned(),
         client_id: identity.client_id.to_hex(),
         key_file,
         key_text,
+        key_sent,
         source,
-    })))
+    }))
 }
 
 fn display_path(dir: &Path, file: &str) -> PathBuf {

@@ -129,6 +129,132 @@ pub fn read_me_info(dir: &Path) -> (String, String) {
 }
 
 // ---------------------------------------------------------------------------------------
+// A relay that cuts registrations short.
+
+/// Where a [`RegistrationCutter`] cuts a connection at its first request other than 825.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Before passing it on: the server never sees it.
+    BeforeForwarding,
+    /// After passing it on: the server handles it, its reply is lost.
+    AfterForwarding,
+}
+
+/// A relay in front of a server (ours, in-process) that passes 825 and its reply and cuts
+/// every connection at its first other request: a network that fails between the 1600
+/// and the 1602. After [`RegistrationCutter::stop_cutting`] it passes everything: the
+/// same server at the same address, reachable again. Stops when dropped.
+pub struct RegistrationCutter {
+    pub addr: SocketAddr,
+    cutting: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RegistrationCutter {
+    pub fn start(server: SocketAddr, cut: Cut) -> RegistrationCutter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cutting = Arc::new(AtomicBool::new(true));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let cutting = Arc::clone(&cutting);
+            std::thread::spawn(move || {
+                let mut relays = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            let cut = cutting.load(Ordering::SeqCst).then_some(cut);
+                            relays.push(std::thread::spawn(move || relay(client, server, cut)));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                for relay in relays {
+                    let _ = relay.join();
+                }
+            })
+        };
+        RegistrationCutter {
+            addr,
+            cutting,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Connections from now on pass every request and reply.
+    pub fn stop_cutting(&self) {
+        self.cutting.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for RegistrationCutter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Relays one connection request by request; with a `cut`, until its first request other
+/// than 825, then closes both sides as `cut` says.
+fn relay(mut client: TcpStream, server: SocketAddr, cut: Option<Cut>) {
+    use sfc_proto::{RequestCode, RequestHeader, ResponseHeader};
+
+    client.set_nonblocking(false).unwrap();
+    let Ok(mut upstream) = TcpStream::connect(server) else {
+        return;
+    };
+    for stream in [&client, &upstream] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+    }
+    loop {
+        let mut head = [0u8; 23];
+        if client.read_exact(&mut head).is_err() {
+            return;
+        }
+        let Ok(header) = RequestHeader::decode(&head) else {
+            return;
+        };
+        let mut payload = vec![0u8; header.payload_size as usize];
+        if client.read_exact(&mut payload).is_err() {
+            return;
+        }
+        let passed = cut.is_none() || header.code == RequestCode::Register;
+        if !passed && cut == Some(Cut::BeforeForwarding) {
+            return;
+        }
+        if upstream.write_all(&head).is_err() || upstream.write_all(&payload).is_err() {
+            return;
+        }
+        let mut reply_head = [0u8; 7];
+        if upstream.read_exact(&mut reply_head).is_err() {
+            return;
+        }
+        let Ok(reply_header) = ResponseHeader::decode(&reply_head) else {
+            return;
+        };
+        let mut reply = vec![0u8; reply_header.payload_size as usize];
+        if upstream.read_exact(&mut reply).is_err() || !passed {
+            return;
+        }
+        if client.write_all(&reply_head).is_err() || client.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The test double.
 
 /// How the double deviates from a plain persistent-connection server.
@@ -171,6 +297,12 @@ pub struct Behaviour {
     /// Before the final 1603 of a file, send this many stray 1603s (packet received), one
     /// after each pause.
     pub strays_before_final_reply: Option<(u32, Duration)>,
+    /// Close the connection without a reply to the first N 826s, and without taking their
+    /// key: a network that fails between the 1600 and the 1602.
+    pub unanswered_public_keys: u32,
+    /// Hold the connection without a reply to the first N 826s (until the double is
+    /// dropped), without taking their key: a 1602 that never comes.
+    pub held_public_keys: u32,
 }
 
 /// One request the double received.
@@ -209,6 +341,8 @@ pub struct State {
     wrong_left: u32,
     errors_left: HashMap<u16, u32>,
     intermediate_errors_left: u32,
+    unanswered_keys_left: u32,
+    held_keys_left: u32,
     broken: std::collections::HashSet<ClientId>,
 }
 
@@ -222,6 +356,27 @@ impl State {
     pub fn count(&self, code: u16) -> usize {
         self.log.iter().filter(|l| l.code == code).count()
     }
+
+    /// The registered clients: (name, has a public key), sorted.
+    pub fn clients(&self) -> Vec<(String, bool)> {
+        let mut clients: Vec<(String, bool)> = self
+            .clients
+            .values()
+            .map(|c| (c.name.clone(), c.public_key.is_some()))
+            .collect();
+        clients.sort();
+        clients
+    }
+}
+
+/// What [`handle`] does with a request.
+enum Handled {
+    /// Sends this reply, if any.
+    Reply(Option<Vec<u8>>),
+    /// Closes the connection without a reply.
+    Close,
+    /// Holds the connection without a reply until the double stops.
+    Hold,
 }
 
 /// A running double; stops (and joins its threads) when dropped.
@@ -249,6 +404,8 @@ impl Double {
             wrong_left: behaviour.wrong_checksums,
             errors_left: behaviour.server_errors.iter().copied().collect(),
             intermediate_errors_left: behaviour.intermediate_errors,
+            unanswered_keys_left: behaviour.unanswered_public_keys,
+            held_keys_left: behaviour.held_public_keys,
             ..State::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -368,9 +525,18 @@ fn serve(
             let reply: Option<Vec<u8>> = match event {
                 None => continue,
                 Some(RequestEvent::Request(request)) => {
-                    let r = handle(state, behaviour, index, first, &request);
+                    let handled = handle(state, behaviour, index, first, &request);
                     first = false;
-                    r
+                    match handled {
+                        Handled::Reply(reply) => reply,
+                        Handled::Close => return,
+                        Handled::Hold => {
+                            while !stop.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            return;
+                        }
+                    }
                 }
                 Some(RequestEvent::FilePacket {
                     header,
@@ -480,7 +646,7 @@ fn handle(
     index: usize,
     first: bool,
     request: &Request,
-) -> Option<Vec<u8>> {
+) -> Handled {
     let mut s = state.lock().unwrap();
     let code = request.body.code().as_u16();
     s.log.push(Logged {
@@ -488,7 +654,7 @@ fn handle(
         code,
     });
     if take_error(&mut s, code) {
-        return Some(Response::ServerError.encode());
+        return Handled::Reply(Some(Response::ServerError.encode()));
     }
     let id = request.client_id;
     let reply = match &request.body {
@@ -507,9 +673,17 @@ fn handle(
                 Response::Registered { client_id }
             }
         }
+        RequestBody::SendPublicKey { .. } if s.unanswered_keys_left > 0 => {
+            s.unanswered_keys_left -= 1;
+            return Handled::Close;
+        }
+        RequestBody::SendPublicKey { .. } if s.held_keys_left > 0 => {
+            s.held_keys_left -= 1;
+            return Handled::Hold;
+        }
         RequestBody::SendPublicKey { public_key, .. } => {
             let Some(record) = s.clients.get_mut(&id) else {
-                return Some(Response::ServerError.encode());
+                return Handled::Reply(Some(Response::ServerError.encode()));
             };
             let key = PublicKey::from_spki_der(public_key).unwrap();
             let aes = AesKey::random();
@@ -524,7 +698,7 @@ fn handle(
         RequestBody::Reconnect { .. } => {
             if behaviour.reject_reconnect_without_payload {
                 // 1606 with payload_size 0 (rule C5).
-                return Some(vec![3, 0x46, 0x06, 0, 0, 0, 0]);
+                return Handled::Reply(Some(vec![3, 0x46, 0x06, 0, 0, 0, 0]));
             }
             match s.clients.get_mut(&id) {
                 Some(record) if record.public_key.is_some() => {
@@ -558,7 +732,7 @@ fn handle(
                     client_id: Some(id),
                 }
             } else {
-                return None;
+                return Handled::Reply(None);
             }
         }
         RequestBody::ChecksumFailed { file_name } => {
@@ -569,7 +743,7 @@ fn handle(
         }
         RequestBody::SendFile { .. } => Response::ServerError,
     };
-    Some(reply.encode())
+    Handled::Reply(Some(reply.encode()))
 }
 
 #[allow(clippy::too_many_arguments)]
