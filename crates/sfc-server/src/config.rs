@@ -392,64 +392,20 @@ fn redact_reason(error: &tokio_postgres::Error, url: &str) -> String {
 }
 
 /// Options whose values are secrets. A raw '&' in one of them makes the rest of the value
-/// read as further options (`password=ab&cd=ef`: an option `cd`), so nothing written
-/// after one is quoted unless it is a libpq option ([`LIBPQ_OPTIONS`]).
+/// read as further options (`password=ab&cd=ef`: an option `cd`, or `host=cd`), so
+/// nothing written after one is shown or quoted.
 const SECRET_OPTIONS: [&str; 2] = ["password", "sslpassword"];
 
-/// Whether `query` (a URL's options) has an option `name` before any secret option.
+/// Whether `query` (a URL's options) has an option `name` before any secret option, and
+/// before any key that is not a plain option name (the driver percent-decodes keys:
+/// `pass%77ord` is a password too).
 fn written_before_any_secret(query: &str, name: &str) -> bool {
     query
         .split('&')
         .map(|option| option.split_once('=').map_or(option, |(key, _)| key))
-        .take_while(|key| !SECRET_OPTIONS.contains(key))
+        .take_while(|key| is_option_name(key) && !SECRET_OPTIONS.contains(key))
         .any(|key| key == name)
 }
-
-/// The connection options libpq knows (PostgreSQL 17's list): after a secret option,
-/// only these names are shown, since any other may be a piece of the secret.
-const LIBPQ_OPTIONS: [&str; 41] = [
-    "host",
-    "hostaddr",
-    "port",
-    "dbname",
-    "user",
-    "password",
-    "passfile",
-    "require_auth",
-    "channel_binding",
-    "connect_timeout",
-    "client_encoding",
-    "options",
-    "application_name",
-    "fallback_application_name",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
-    "replication",
-    "gssencmode",
-    "sslmode",
-    "sslnegotiation",
-    "sslcompression",
-    "sslcert",
-    "sslkey",
-    "sslpassword",
-    "sslcertmode",
-    "sslrootcert",
-    "sslcrl",
-    "sslcrldir",
-    "sslsni",
-    "requirepeer",
-    "ssl_min_protocol_version",
-    "ssl_max_protocol_version",
-    "krbsrvname",
-    "gsslib",
-    "gssdelegation",
-    "service",
-    "target_session_attrs",
-    "load_balance_hosts",
-];
 
 /// Whether `text` looks like a libpq option name (`sslmode`, `connect_timeout`, …).
 fn is_option_name(text: &str) -> bool {
@@ -575,9 +531,9 @@ fn redact_url_rest(rest: &str, shown: &mut String) -> Option<()> {
                 shown.push('&');
             }
             // An option without '=' may be the tail of a value with a raw '&', and so
-            // may any unknown name after a secret.
+            // may anything after a secret (`password=ab&host=cd`: `cd` is the password's).
             let (key, value) = option.split_once('=')?;
-            if !is_option_name(key) || (after_secret && !LIBPQ_OPTIONS.contains(&key)) {
+            if !is_option_name(key) || after_secret {
                 return None;
             }
             after_secret |= SECRET_OPTIONS.contains(&key);
@@ -817,6 +773,9 @@ mod tests {
         // A misspelt option written before the password still is.
         let reason = PostgresUrl::parse("postgres://db/x?sslmod=disable&password=a").unwrap_err();
         assert!(reason.contains("unknown option `sslmod`"), "{reason}");
+        // A percent-encoded key is a password all the same.
+        let reason = PostgresUrl::parse("postgres://db/x?pass%77ord=ab&cdsecret=ef").unwrap_err();
+        assert!(!reason.contains("cdsecret"), "{reason}");
     }
 
     #[test]
@@ -828,8 +787,13 @@ mod tests {
                 "postgresql://sfc@db:5433/sfc?sslmode=require",
             ),
             (
-                "postgres://db/x?password=s3cret&connect_timeout=5",
-                "postgres://db/x?password=…&connect_timeout=5",
+                "postgres://db/x?connect_timeout=5&password=s3cret",
+                "postgres://db/x?connect_timeout=5&password=…",
+            ),
+            // Anything after a secret may be a piece of it, known option names too.
+            (
+                "postgres://db/x?password=s3c&host=ret&sslmode=require",
+                "postgres://db/x?password=…&…",
             ),
             (
                 "postgres://u:s3cret@[::1]:5432,h2/x",
