@@ -165,7 +165,8 @@ impl Core {
                 }
                 Err(_) if before.as_ref().is_none_or(|old| old.path != record.path) => {
                     // Undoing could remove the file a committed row names; leaving it
-                    // costs at most an unrecorded file, which start-up removes.
+                    // costs at most an unrecorded file, which start-up removes (unless it
+                    // finds more than a crash leaves: then it costs its space).
                     drop(persisted);
                     return Err(FinishError::RecordUncertain { error });
                 }

@@ -129,7 +129,8 @@ pub enum FinishError {
     /// file, which no earlier row names, stays where a committed row would look for it.
     #[error(
         "cannot record the file: {error}; the database cannot tell whether the row was committed, \
-         so the file is left in place (removed at start-up if no row names it)"
+         so the file is left in place (removed at start-up if no row names it, unless start-up \
+         finds more unrecorded files than a crash leaves)"
     )]
     RecordUncertain {
         /// The commit's error.
