@@ -17,7 +17,11 @@
 //! Addresses are keyed by IPv4 address, or by IPv6 /64 prefix (one host commonly owns a
 //! whole /64); IPv4-mapped IPv6 addresses count as IPv4. The table itself is bounded
 //! ([`MAX_TRACKED`] addresses): when it is full, addresses whose buckets are full again
-//! (they carry no information) are dropped first, then the least recently seen half.
+//! (they carry no information) are dropped first; then, by default, the least recently
+//! seen half ([`WhenFull::ForgetOldest`]: new clients are never held back by others'
+//! floods), or, where refusing newcomers costs nothing that matters (the admin's wrong
+//! tokens), the newcomers share one bucket ([`WhenFull::NewcomersShare`]: one who holds
+//! many addresses cannot push their own spent buckets out for fresh ones).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -118,12 +122,30 @@ struct Entry {
     touched: Instant,
 }
 
+/// What a full table does with a new address, once buckets that refilled are dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Drop the least recently seen half of the addresses.
+    ForgetOldest,
+    /// Count the new address in one bucket shared by every address the table has no
+    /// room for.
+    NewcomersShare,
+}
+
 /// The limiter shared by all connections; see the module documentation.
 pub struct RateLimiter {
     register: RateLimit,
     failures: RateLimit,
     max_tracked: usize,
-    table: Mutex<HashMap<IpAddr, Entry>>,
+    when_full: WhenFull,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<IpAddr, Entry>,
+    /// The newcomers' shared entry ([`WhenFull::NewcomersShare`]).
+    overflow: Option<Entry>,
 }
 
 impl fmt::Debug for RateLimiter {
@@ -155,19 +177,32 @@ impl RateLimiter {
 
     /// A limiter tracking at most `max_tracked` addresses.
     pub fn with_capacity(register: RateLimit, failures: RateLimit, max_tracked: usize) -> Self {
+        Self::with_policy(register, failures, max_tracked, WhenFull::ForgetOldest)
+    }
+
+    /// A limiter tracking at most `max_tracked` addresses, `when_full` deciding about
+    /// new ones beyond.
+    pub fn with_policy(
+        register: RateLimit,
+        failures: RateLimit,
+        max_tracked: usize,
+        when_full: WhenFull,
+    ) -> Self {
         RateLimiter {
             register,
             failures,
             max_tracked: max_tracked.max(1),
-            table: Mutex::new(HashMap::new()),
+            when_full,
+            table: Mutex::new(Table::default()),
         }
     }
 
-    /// Number of addresses tracked now.
+    /// Number of addresses tracked now (apart from the newcomers' shared bucket).
     pub fn tracked(&self) -> usize {
         self.table
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .entries
             .len()
     }
 
@@ -209,48 +244,66 @@ impl RateLimiter {
             return false;
         }
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        match table.get(&key_of(ip)) {
-            Some(entry) => {
-                let mut bucket = entry.failures;
-                bucket.refill(&self.failures, now);
-                bucket.tokens < 1.0
-            }
-            None => false,
-        }
+        let entry = match table.entries.get(&key_of(ip)) {
+            Some(entry) => Some(entry),
+            // Not tracked: while the table is full, a newcomer counts in the shared
+            // bucket (WhenFull::NewcomersShare; there is none otherwise).
+            None if table.entries.len() >= self.max_tracked => table.overflow.as_ref(),
+            None => None,
+        };
+        entry.is_some_and(|entry| {
+            let mut bucket = entry.failures;
+            bucket.refill(&self.failures, now);
+            bucket.tokens < 1.0
+        })
     }
 
     fn with_entry<T>(&self, ip: IpAddr, now: Instant, f: impl FnOnce(&mut Entry) -> T) -> T {
         let key = key_of(ip);
-        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        if !table.contains_key(&key) && table.len() >= self.max_tracked {
-            self.make_room(&mut table, now);
-        }
-        let entry = table.entry(key).or_insert_with(|| Entry {
+        let mut guard = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let table = &mut *guard;
+        let fresh = || Entry {
             register: Bucket::full(&self.register, now),
             failures: Bucket::full(&self.failures, now),
             touched: now,
-        });
+        };
+        if !table.entries.contains_key(&key) && table.entries.len() >= self.max_tracked {
+            self.make_room(table, now);
+            if table.entries.len() >= self.max_tracked {
+                // WhenFull::NewcomersShare, and no room even after the sweep.
+                let entry = table.overflow.get_or_insert_with(fresh);
+                entry.touched = now;
+                return f(entry);
+            }
+        }
+        let entry = table.entries.entry(key).or_insert_with(fresh);
         entry.touched = now;
         f(entry)
     }
 
     /// Drops addresses whose buckets are full (no information lost); if that is not
-    /// enough, the least recently seen half.
-    fn make_room(&self, table: &mut HashMap<IpAddr, Entry>, now: Instant) {
-        table.retain(|_, e| {
-            !(e.register.is_full(&self.register, now) && e.failures.is_full(&self.failures, now))
-        });
-        if table.len() < self.max_tracked {
+    /// enough, the least recently seen half ([`WhenFull::ForgetOldest`]), or nothing more
+    /// (the newcomer goes to the shared bucket).
+    fn make_room(&self, table: &mut Table, now: Instant) {
+        let refilled = |e: &Entry| {
+            e.register.is_full(&self.register, now) && e.failures.is_full(&self.failures, now)
+        };
+        table.entries.retain(|_, e| !refilled(e));
+        if table.overflow.as_ref().is_some_and(refilled) {
+            table.overflow = None;
+        }
+        if table.entries.len() < self.max_tracked || self.when_full == WhenFull::NewcomersShare {
             return;
         }
-        let mut times: Vec<Instant> = table.values().map(|e| e.touched).collect();
+        let entries = &mut table.entries;
+        let mut times: Vec<Instant> = entries.values().map(|e| e.touched).collect();
         times.sort_unstable();
         if let Some(median) = times.get(times.len() / 2).copied() {
-            table.retain(|_, e| e.touched > median);
+            entries.retain(|_, e| e.touched > median);
         }
-        if table.len() >= self.max_tracked {
+        if entries.len() >= self.max_tracked {
             // All seen at the same instant: start over rather than grow.
-            table.clear();
+            entries.clear();
         }
     }
 }

@@ -4,11 +4,13 @@
 //!
 //! A token bucket: [`LOGIN_FAILURES_PER_MINUTE`] wrong tokens at once, then one more
 //! every [`RETRY_AFTER`] (12 s). The table is the limiter's, bounded at [`MAX_TRACKED`]
-//! addresses (refilled buckets are dropped first, then the least recently seen half).
-//! Only wrong tokens are ever refused: the right one gets in whatever the budget (see
-//! `access::authenticate`).
+//! addresses: refilled buckets are dropped first, and newcomers to a table still full
+//! share one bucket ([`WhenFull::NewcomersShare`]), so that someone holding many /64s
+//! cannot push their own spent buckets out for fresh ones. That can refuse a newcomer's
+//! wrong tokens sooner, nothing more: only wrong tokens are ever refused, the right one
+//! gets in whatever the budget (see `access::authenticate`).
 
-use crate::net::rate_limit::{RateLimit, RateLimiter};
+use crate::net::rate_limit::{RateLimit, RateLimiter, WhenFull};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -26,10 +28,11 @@ pub(crate) struct FailedLogins(RateLimiter);
 impl Default for FailedLogins {
     fn default() -> Self {
         let limit = RateLimit::new(LOGIN_FAILURES_PER_MINUTE, LOGIN_FAILURES_PER_MINUTE);
-        FailedLogins(RateLimiter::with_capacity(
+        FailedLogins(RateLimiter::with_policy(
             RateLimit::UNLIMITED,
             limit,
             MAX_TRACKED,
+            WhenFull::NewcomersShare,
         ))
     }
 }
@@ -104,6 +107,34 @@ mod tests {
         assert_eq!(limit.0.tracked(), 2);
     }
 
+    /// Someone holding many /64s spends the budgets of a full table's worth of them,
+    /// then comes back from new ones: the newcomers share one budget, and the spent
+    /// buckets stay (not pushed out for fresh ones).
+    #[test]
+    fn a_full_table_makes_newcomers_share_one_budget() {
+        let limit = FailedLogins::default();
+        let t = Instant::now();
+        let nth = |n: u64| IpAddr::V6(Ipv6Addr::from(u128::from(n) << 64 | 1));
+        for n in 0..MAX_TRACKED as u64 {
+            for _ in 0..LOGIN_FAILURES_PER_MINUTE {
+                limit.failed(nth(n), t);
+            }
+        }
+        assert_eq!(limit.0.tracked(), MAX_TRACKED);
+        let later = t + Duration::from_secs(1);
+        for n in 0..u64::from(LOGIN_FAILURES_PER_MINUTE) {
+            let newcomer = nth(MAX_TRACKED as u64 + n);
+            assert!(!limit.blocked(newcomer, later), "newcomer {n}");
+            limit.failed(newcomer, later);
+        }
+        assert!(limit.blocked(nth(MAX_TRACKED as u64 + 100), later));
+        assert!(
+            limit.blocked(nth(0), later),
+            "a spent bucket was pushed out"
+        );
+        assert_eq!(limit.0.tracked(), MAX_TRACKED);
+    }
+
     #[test]
     fn the_table_stays_bounded_under_many_addresses() {
         let limit = FailedLogins::default();
@@ -114,15 +145,14 @@ mod tests {
             limit.failed(ip, t + Duration::from_micros(n));
             assert!(limit.0.tracked() <= MAX_TRACKED);
         }
-        // The most recent address is still remembered.
-        let last = IpAddr::V6(Ipv6Addr::from(u128::from(MAX_TRACKED as u64 * 3 - 1) << 64));
+        // The addresses beyond the table shared one budget, long spent.
         let now = t + Duration::from_secs(1);
-        for _ in 1..LOGIN_FAILURES_PER_MINUTE {
-            limit.failed(last, now);
-        }
-        assert!(limit.blocked(last, now));
-        // A newcomer to the full table gets a budget of its own.
-        fail_until_blocked(&limit, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), now);
+        let newcomer = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        assert!(limit.blocked(newcomer, now));
+        // A quiet minute later every bucket has refilled: room again, and a budget of its
+        // own.
+        fail_until_blocked(&limit, newcomer, t + Duration::from_secs(120));
+        assert!(!limit.blocked(ip("198.51.100.8"), t + Duration::from_secs(120)));
         assert!(limit.0.tracked() <= MAX_TRACKED);
     }
 }
