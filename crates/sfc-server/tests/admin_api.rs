@@ -243,6 +243,7 @@ fn failed_logins_are_limited_per_address() {
         .call()
         .unwrap();
     assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers().get("retry-after").unwrap(), "12");
     // ...but the right one still gets in: someone else on the operator's address (every
     // local user, on a loopback listener) cannot lock the operator out.
     let response = admin

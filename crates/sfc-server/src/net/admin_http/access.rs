@@ -2,7 +2,7 @@
 //! logins they count, and the CSRF token a session's state-changing request must echo.
 
 use super::auth::{same_secret, COOKIE};
-use super::login_limit::RETRY_AFTER;
+use super::login_limit;
 use super::{AdminState, ApiError};
 use axum::http::{header, HeaderMap, StatusCode};
 use std::net::SocketAddr;
@@ -51,10 +51,7 @@ pub(crate) fn authenticate(
         if state.failed_logins.blocked(peer.ip(), now) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "too many failed logins from this address; try again in {} s",
-                    RETRY_AFTER.as_secs()
-                ),
+                login_limit::refusal_text(),
             ));
         }
         login_failed(state, peer, "wrong bearer token");

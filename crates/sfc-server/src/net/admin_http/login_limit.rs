@@ -18,6 +18,14 @@ use std::time::{Duration, Instant};
 pub const LOGIN_FAILURES_PER_MINUTE: u32 = 5;
 /// How long a blocked address waits for its next try.
 pub(super) const RETRY_AFTER: Duration = Duration::from_secs(60 / LOGIN_FAILURES_PER_MINUTE as u64);
+/// What a refused wrong token is told (the page and the API alike).
+pub(super) fn refusal_text() -> String {
+    format!(
+        "Too many failed logins from this address; try again in {} s.",
+        RETRY_AFTER.as_secs()
+    )
+}
+
 /// Addresses tracked at most: an admin listener sees few.
 const MAX_TRACKED: usize = 4096;
 

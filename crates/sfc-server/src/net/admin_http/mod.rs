@@ -159,6 +159,13 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            // The only 429: wrong tokens beyond the failed-login limit.
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(login_limit::RETRY_AFTER.as_secs()),
+            );
+        }
         response
     }
 }

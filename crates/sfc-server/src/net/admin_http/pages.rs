@@ -11,7 +11,7 @@ use super::access::{authenticate, check_csrf, login_failed, Auth};
 use super::actions::{download_file, remove_client, remove_file, FileQuery};
 use super::api::{all_clients, client_files, one_client, stats, uploads};
 use super::auth::same_secret;
-use super::login_limit::RETRY_AFTER;
+use super::login_limit::{self, RETRY_AFTER};
 use super::templates::{
     query_value, render, ClientPage, ClientsPage, DashboardPage, ErrorPage, LoginPage, Pager,
 };
@@ -97,13 +97,7 @@ async fn login(
             tracing::warn!(peer = %peer.0, "admin: login refused: too many failed logins");
             return (
                 [(header::RETRY_AFTER, RETRY_AFTER.as_secs().to_string())],
-                login_page(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &format!(
-                        "Too many failed logins from this address; try again in {} seconds.",
-                        RETRY_AFTER.as_secs()
-                    ),
-                ),
+                login_page(StatusCode::TOO_MANY_REQUESTS, &login_limit::refusal_text()),
             )
                 .into_response();
         }
