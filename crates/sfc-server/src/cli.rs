@@ -256,7 +256,8 @@ pub struct Cli {
     /// Seconds an admin response may wait for its client to take any of it.
     ///
     /// A client that stops reading a download or a page for this long has its connection
-    /// closed; a slow client that keeps reading is never cut. 1 to 86400 (a day).
+    /// closed; a slow client that keeps reading is not cut (it must take about a third of
+    /// the socket's send buffer, at most a few MiB, within the limit). 1 to 86400 (a day).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_ADMIN_SEND_TIMEOUT_SECS,
           requires = "admin_listen",
           value_parser = clap::value_parser!(u64).range(1..=MAX_ADMIN_SEND_TIMEOUT_SECS))]

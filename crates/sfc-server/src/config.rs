@@ -264,7 +264,8 @@ pub struct AdminConfig {
     pub insecure: bool,
     /// A response (a download, a page) whose client takes none of it for this long is
     /// cut and its connection closed (`--admin-send-timeout`); a slow client that keeps
-    /// reading is never cut.
+    /// reading is not cut (it must take about a third of the socket's send buffer, at most
+    /// a few MiB, within the limit: the kernel reports the socket writable only then).
     pub send_timeout: Duration,
 }
 
