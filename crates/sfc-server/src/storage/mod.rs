@@ -454,18 +454,24 @@ mod tests {
         }
     }
 
+    /// The row another server commits for the orphan of [`data_folder`] (it acknowledged
+    /// that file while this one recovered).
+    fn row_of_orphan(orphan: &str) -> FileRecord {
+        FileRecord {
+            client_id: ClientId([0xab; 16]),
+            file_name: "orphan.bin".into(),
+            path: orphan.to_owned(),
+            verified: false,
+        }
+    }
+
     /// Several servers on one database and object store: a file acknowledged by another
     /// server while this one recovers is listed, and its row committed, after recovery
     /// began. Recovery reads the rows after the listing, so it keeps that file.
     #[test]
     fn recovery_reads_the_rows_after_listing_the_files() {
         let (dir, meta, blobs, _kept, orphan) = data_folder();
-        let acknowledged = FileRecord {
-            client_id: ClientId([0xab; 16]),
-            file_name: "orphan.bin".into(),
-            path: orphan.clone(),
-            verified: false,
-        };
+        let acknowledged = row_of_orphan(&orphan);
         let commit = || meta.put_file(&acknowledged, Timestamp(0)).unwrap();
         let listing = CommitsWhileListing {
             inner: &blobs,
@@ -526,12 +532,7 @@ mod tests {
     #[test]
     fn recovery_reads_the_rows_again_before_removing() {
         let (dir, meta, blobs, _kept, orphan) = data_folder();
-        let acknowledged = FileRecord {
-            client_id: ClientId([0xab; 16]),
-            file_name: "orphan.bin".into(),
-            path: orphan.clone(),
-            verified: false,
-        };
+        let acknowledged = row_of_orphan(&orphan);
         let reads = std::cell::Cell::new(0);
         let rows = || {
             reads.set(reads.get() + 1);
