@@ -129,7 +129,9 @@ pub struct Options {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, default_value = "10")]
     pub connect_timeout: Duration,
 
-    /// Seconds allowed for each request to be taken and each whole reply to arrive
+    /// Seconds allowed for each request to be taken and each whole reply to arrive; a request
+    /// of 64 KiB or more (a large file packet) has as much again per whole 64 KiB in it, each
+    /// write still making progress within this
     #[arg(long = "timeout", value_name = "SECONDS", value_parser = parse_seconds,
           default_value = "60")]
     pub io_timeout: Duration,
