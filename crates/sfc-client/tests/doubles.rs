@@ -673,7 +673,7 @@ fn json_reports_failures_with_their_reasons() {
 }
 
 /// Issue 13 item 4: a file that grows while it is sent is not reported as stored: the
-/// server has the bytes read before, which are not the file as it is now. It is not
+/// server has the bytes read meanwhile, which are not the file as it is now. It is not
 /// confirmed either: 902, not 900, so the server does not keep it as verified.
 #[test]
 fn a_file_that_changes_while_it_is_sent_is_reported() {

@@ -189,9 +189,9 @@ impl Snapshot {
         Err(ClientError::File {
             path: file.path.clone(),
             reason: format!(
-                "changed while it was being sent ({how}): the server stored the {} bytes read \
-                 before, which are not the file as it is now; send it again once it no longer \
-                 changes",
+                "changed while it was being sent ({how}): the {} bytes the server received are \
+                 not the file as it was or is now, so it was told to drop them (902); send it \
+                 again once it no longer changes",
                 self.len
             ),
         })
