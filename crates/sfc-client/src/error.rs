@@ -304,6 +304,7 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::unsaved_identity;
 
     #[test]
     fn network_errors_are_in_plain_words() {
@@ -323,22 +324,6 @@ mod tests {
         assert!(e.to_string().contains("no answer within 10 s"));
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.5 s");
         assert_eq!(format_duration(Duration::from_millis(250)), "250 ms");
-    }
-
-    /// An identity that could not be saved, with its key known only in memory.
-    fn unsaved_identity(key: &str) -> ClientError {
-        ClientError::IdentityNotSaved(Box::new(UnsavedIdentity {
-            server: "h:1".into(),
-            name: "tess".into(),
-            client_id: "00112233445566778899aabbccddeeff".into(),
-            key_file: None,
-            key_text: Some(key.into()),
-            key_sent: true,
-            source: IdentityError::Write {
-                path: "priv.key".into(),
-                source: io::Error::from(io::ErrorKind::PermissionDenied),
-            },
-        }))
     }
 
     /// The message of an unsaved identity reaches every file's `reason` (`--json`): the

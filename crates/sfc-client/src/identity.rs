@@ -392,6 +392,22 @@ pub(crate) mod write_hook {
         Installed
     }
 
+    /// A save killed after `writes_done` of its writes, until the returned value is
+    /// dropped: those go ahead, every later one on this thread fails without writing.
+    pub(crate) fn kill_after(writes_done: usize) -> Installed {
+        let mut writes = 0;
+        install(move |path| {
+            writes += 1;
+            match writes > writes_done {
+                true => Err(io::Error::other(format!(
+                    "killed before {}",
+                    path.display()
+                ))),
+                false => Ok(()),
+            }
+        })
+    }
+
     /// Removes the hook when dropped.
     #[derive(Debug)]
     pub(crate) struct Installed;
@@ -410,34 +426,10 @@ pub(crate) mod write_hook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::OnceLock;
-
-    // One key for all tests: generation takes a moment in debug builds.
-    fn key() -> &'static str {
-        static KEY: OnceLock<String> = OnceLock::new();
-        KEY.get_or_init(|| {
-            RsaKeyPair::generate()
-                .unwrap()
-                .to_base64()
-                .unwrap()
-                .to_string()
-        })
-    }
+    use crate::test_support::{key_text, other_key_text};
 
     fn pair() -> RsaKeyPair {
-        RsaKeyPair::from_base64(key()).unwrap()
-    }
-
-    /// A second key, for the identity that replaces the first.
-    fn other_key() -> &'static str {
-        static KEY: OnceLock<String> = OnceLock::new();
-        KEY.get_or_init(|| {
-            RsaKeyPair::generate()
-                .unwrap()
-                .to_base64()
-                .unwrap()
-                .to_string()
-        })
+        RsaKeyPair::from_base64(key_text()).unwrap()
     }
 
     const ID: &str = "00112233445566778899aabbccddeeff";
@@ -453,7 +445,11 @@ mod tests {
 
     /// The key saved with `id`'s registration.
     fn key_of(id: &str) -> Vec<u8> {
-        let key = if id == ID { key() } else { other_key() };
+        let key = if id == ID {
+            key_text()
+        } else {
+            other_key_text()
+        };
         RsaKeyPair::from_base64(key).unwrap().public_key_der()
     }
 
@@ -463,19 +459,9 @@ mod tests {
     fn a_save_cut_before_any_write_loads_an_id_with_its_own_key() {
         for writes_done in 0..=2 {
             let dir = tempfile::tempdir().unwrap();
-            save(dir.path(), &identity(ID, key())).unwrap();
-            let mut writes = 0;
-            let hook = write_hook::install(move |path| {
-                writes += 1;
-                match writes > writes_done {
-                    true => Err(io::Error::other(format!(
-                        "killed before {}",
-                        path.display()
-                    ))),
-                    false => Ok(()),
-                }
-            });
-            let saved = save(dir.path(), &identity(OTHER_ID, other_key()));
+            save(dir.path(), &identity(ID, key_text())).unwrap();
+            let hook = write_hook::kill_after(writes_done);
+            let saved = save(dir.path(), &identity(OTHER_ID, other_key_text()));
             drop(hook);
             assert_eq!(saved.is_ok(), writes_done == 2, "{saved:?}");
             let loaded = load(dir.path()).unwrap().unwrap().identity;
@@ -493,9 +479,9 @@ mod tests {
     fn the_key_in_me_info_wins_when_priv_key_differs() {
         let layouts = [
             // A save (in the old order) cut after priv.key: the old me.info, a new key.
-            (ID, key(), other_key()),
+            (ID, key_text(), other_key_text()),
             // A save cut after me.info: the new me.info, the old key.
-            (OTHER_ID, other_key(), key()),
+            (OTHER_ID, other_key_text(), key_text()),
         ];
         for (id, me_key, priv_key) in layouts {
             let dir = tempfile::tempdir().unwrap();
@@ -520,7 +506,7 @@ mod tests {
     fn an_unusable_key_in_me_info_falls_back_to_priv_key_with_a_warning() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(ME_INFO), format!("alice\n{ID}\nAAAA\n")).unwrap();
-        std::fs::write(dir.path().join(PRIV_KEY), key()).unwrap();
+        std::fs::write(dir.path().join(PRIV_KEY), key_text()).unwrap();
         let loaded = load(dir.path()).unwrap().unwrap();
         assert_eq!(loaded.identity.keypair.public_key_der(), key_of(ID));
         assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
@@ -542,9 +528,9 @@ mod tests {
         save(dir.path(), &identity).unwrap();
         let me = std::fs::read_to_string(dir.path().join(ME_INFO)).unwrap();
         let lines: Vec<&str> = me.lines().collect();
-        assert_eq!(lines, vec!["alice", ID, key()]);
+        assert_eq!(lines, vec!["alice", ID, key_text()]);
         let priv_text = std::fs::read_to_string(dir.path().join(PRIV_KEY)).unwrap();
-        assert_eq!(priv_text, key());
+        assert_eq!(priv_text, key_text());
         #[cfg(unix)]
         for file in [ME_INFO, PRIV_KEY] {
             use std::os::unix::fs::PermissionsExt;
@@ -591,7 +577,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A priv.key alone (left by another client, or by an older version of this one
         // killed between its two writes) is not an identity.
-        std::fs::write(dir.path().join(PRIV_KEY), key()).unwrap();
+        std::fs::write(dir.path().join(PRIV_KEY), key_text()).unwrap();
         assert!(load(dir.path()).unwrap().is_none());
     }
 
@@ -599,7 +585,7 @@ mod tests {
     fn tolerant_forms_are_read() {
         let der = pair().to_pkcs8_der().unwrap();
         // base64 over several lines with PEM armour and CRLF, in me.info, no priv.key.
-        let wrapped: Vec<String> = key()
+        let wrapped: Vec<String> = key_text()
             .as_bytes()
             .chunks(64)
             .map(|c| String::from_utf8(c.to_vec()).unwrap())
@@ -636,7 +622,7 @@ mod tests {
         // A broken priv.key with a good key in me.info: falls back, with a warning.
         std::fs::write(
             dir.path().join(ME_INFO),
-            format!("alice\n{ID}\n{}\n", key()),
+            format!("alice\n{ID}\n{}\n", key_text()),
         )
         .unwrap();
         std::fs::write(dir.path().join(PRIV_KEY), b"garbage!").unwrap();
@@ -653,7 +639,7 @@ mod tests {
             ("alice\nnot-hex\n".into(), 2),
             (format!("alice\n{ID}\n"), 3),
             (format!("alice\n{ID}\n!!!not base64!!!\n"), 3),
-            (format!("bad\u{7}name\n{ID}\n{}\n", key()), 1),
+            (format!("bad\u{7}name\n{ID}\n{}\n", key_text()), 1),
         ];
         for (content, line) in cases {
             let dir = tempfile::tempdir().unwrap();

@@ -39,6 +39,8 @@ mod progress;
 mod session;
 mod store;
 mod summary;
+#[cfg(test)]
+mod test_support;
 mod tls;
 mod upload;
 

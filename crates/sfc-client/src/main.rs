@@ -1,10 +1,28 @@
 //! `sfc-client`: the command line ([`sfc_client::Cli`]) over the `sfc_client` library.
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use sfc_client::{exit, report_error, run, Cli, ClientError, Config, Reporter, Session, Summary};
+
+/// How long Ctrl-C waits for an identity save in progress. A save takes milliseconds; one
+/// still running after this is hung (an fsync on an unreachable network mount, say), and
+/// waiting on would leave Ctrl-C, and every later one, doing nothing.
+const IDENTITY_SAVE_WAIT: Duration = Duration::from_secs(10);
+
+/// Said when Ctrl-C ends the run without the save it waited for.
+fn save_cut_short() -> String {
+    format!(
+        "the identity save in progress did not finish within {} s (a hung disk or network \
+         mount?); the run ends without it, so me.info, priv.key and me.pending (in --dir, or in \
+         servers/<address>/ below it) may not be written in full: once the folder responds \
+         again, check that me.info has its three lines (name, client ID, key) and priv.key the \
+         same key, and whether me.pending names that client ID (a registration the next run \
+         finishes)",
+        IDENTITY_SAVE_WAIT.as_secs()
+    )
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,8 +37,11 @@ fn main() -> ExitCode {
         // First wait for a save of the identity in progress, and keep one from starting:
         // an exit in its middle could leave me.info, priv.key and me.server disagreeing.
         // The handler runs on ctrlc's own thread, so the save it waits for goes on.
-        let _no_save_running = Session::hold_identity_saves();
+        let no_save_running = Session::hold_identity_saves_within(IDENTITY_SAVE_WAIT);
         on_interrupt.interrupted();
+        if no_save_running.is_none() {
+            on_interrupt.error(save_cut_short());
+        }
         std::process::exit(i32::from(exit::INTERRUPTED));
     });
     let started = Instant::now();

@@ -47,14 +47,17 @@
 //! - after priv.key: the whole new identity.
 //!
 //! Ctrl-C does not cut a save: the handler waits for the one in progress and keeps others
-//! from starting ([`hold_identity_writes`]). A killed save can still leave its temporary
-//! file (`.me.info.<random>.tmp`, possibly holding a key); the next run that locks the
-//! folder removes such files, in `--dir` and in `servers/*/` ([`FolderLock::acquire`]).
+//! from starting ([`hold_identity_writes_within`]) — unless the save hangs past the
+//! handler's bound (10 s), when the run ends anyway. A killed save can still leave its
+//! temporary file (`.me.info.<random>.tmp`, possibly holding a key); the next run that
+//! locks the folder removes such files, in `--dir` and in `servers/*/`
+//! ([`FolderLock::acquire`]).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use sfc_proto::ClientId;
 
@@ -123,6 +126,29 @@ pub fn hold_identity_writes() -> MutexGuard<'static, ()> {
     IDENTITY_WRITES
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// [`hold_identity_writes`], waiting at most `limit` for a write in progress: `None` if it
+/// is still going on then (hung: an fsync on an unreachable network mount), and no guard.
+pub fn hold_identity_writes_within(limit: Duration) -> Option<MutexGuard<'static, ()>> {
+    lock_within(&IDENTITY_WRITES, limit)
+}
+
+/// Locks `mutex` if it comes free within `limit`. std's Mutex has no timed lock: this
+/// tries again every few milliseconds, which for a wait at Ctrl-C costs nothing.
+fn lock_within<T>(mutex: &Mutex<T>, limit: Duration) -> Option<MutexGuard<'_, T>> {
+    const RETRY_EVERY: Duration = Duration::from_millis(10);
+    let started = Instant::now();
+    loop {
+        match mutex.try_lock() {
+            Ok(guard) => return Some(guard),
+            // A write that panicked leaves nothing to protect: go on.
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        let left = limit.checked_sub(started.elapsed())?;
+        std::thread::sleep(RETRY_EVERY.min(left));
+    }
 }
 
 /// Removes the temporary files a killed run left in `dir`: those of the files it writes
@@ -479,20 +505,17 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::OnceLock;
+    use crate::test_support;
 
     const OLD_ID: &str = "00112233445566778899aabbccddeeff";
     const NEW_ID: &str = "ffeeddccbbaa99887766554433221100";
 
-    /// The keys of OLD_ID and NEW_ID, made once: generation takes a moment in debug builds.
+    /// The keys of OLD_ID and NEW_ID.
     fn key_text(id: &str) -> &'static str {
-        static OLD: OnceLock<String> = OnceLock::new();
-        static NEW: OnceLock<String> = OnceLock::new();
-        let cell = if id == OLD_ID { &OLD } else { &NEW };
-        cell.get_or_init(|| {
-            let pair = sfc_crypto::RsaKeyPair::generate().unwrap();
-            pair.to_base64().unwrap().to_string()
-        })
+        match id == OLD_ID {
+            true => test_support::key_text(),
+            false => test_support::other_key_text(),
+        }
     }
 
     fn identity_of(id: &str) -> Identity {
@@ -536,17 +559,7 @@ mod tests {
                 let folder = locate(&lock, "a:1").unwrap();
                 assert_eq!(folder.dir, dir.path());
 
-                let mut writes = 0;
-                let hook = identity::write_hook::install(move |path| {
-                    writes += 1;
-                    match writes > writes_done {
-                        true => Err(io::Error::other(format!(
-                            "killed before {}",
-                            path.display()
-                        ))),
-                        false => Ok(()),
-                    }
-                });
+                let hook = identity::write_hook::kill_after(writes_done);
                 let saved = folder.save(&identity_of(NEW_ID));
                 drop(hook);
 
@@ -696,6 +709,52 @@ mod tests {
         assert!(dir.path().join(ME_SERVER).exists());
         drop(held);
         saving.join().unwrap().unwrap();
+    }
+
+    /// Holds `mutex` on another thread for `hold`; returns once it is held.
+    fn hold_elsewhere(mutex: &'static Mutex<()>, hold: Duration) -> std::thread::JoinHandle<()> {
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _guard = mutex.lock().unwrap();
+            held_tx.send(()).unwrap();
+            std::thread::sleep(hold);
+        });
+        held.recv().unwrap();
+        holder
+    }
+
+    /// A save that hangs (held longer than the bound): the wait gives up after about the
+    /// bound, without the guard, instead of waiting for ever.
+    #[test]
+    fn the_wait_for_a_hung_save_gives_up_after_its_bound() {
+        static SAVING: Mutex<()> = Mutex::new(());
+        let bound = Duration::from_millis(300);
+        let holder = hold_elsewhere(&SAVING, Duration::from_secs(3));
+        let started = Instant::now();
+        let guard = lock_within(&SAVING, bound);
+        let waited = started.elapsed();
+        assert!(guard.is_none());
+        assert!(waited >= bound, "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        holder.join().unwrap();
+    }
+
+    /// A save that ends within the bound: the wait gets the guard as soon as it does.
+    #[test]
+    fn the_wait_for_a_short_save_gets_the_guard() {
+        static SAVING: Mutex<()> = Mutex::new(());
+        let hold = Duration::from_millis(200);
+        let holder = hold_elsewhere(&SAVING, hold);
+        let started = Instant::now();
+        let guard = lock_within(&SAVING, Duration::from_secs(10));
+        let waited = started.elapsed();
+        assert!(guard.is_some());
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        // Held by the wait now: the holder is done, and nobody else gets it.
+        holder.join().unwrap();
+        assert!(SAVING.try_lock().is_err());
+        drop(guard);
+        assert!(SAVING.try_lock().is_ok());
     }
 
     /// While the Ctrl-C handler holds its guard (it is ending the process), no save starts.

@@ -249,18 +249,7 @@ mod tests {
         std::fs::write(&path, b"12345").unwrap();
         let file = check_file(&path, crate::upload::PacketSizing::default()).unwrap();
         let key = "MIICdgIBADANBgkqhkiG9w0BAQEFAASCAmAwggJcAgEAAoGBAL-secret-key";
-        let error = ClientError::IdentityNotSaved(Box::new(crate::error::UnsavedIdentity {
-            server: "h:1".into(),
-            name: "tess".into(),
-            client_id: "00112233445566778899aabbccddeeff".into(),
-            key_file: None,
-            key_text: Some(key.into()),
-            key_sent: true,
-            source: crate::identity::IdentityError::Write {
-                path: "priv.key".into(),
-                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-            },
-        }));
+        let error = crate::test_support::unsaved_identity(key);
         let mut summary = Summary::not_tried(&[file.clone(), file.clone()], &error);
         summary
             .files

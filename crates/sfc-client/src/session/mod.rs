@@ -319,6 +319,15 @@ impl Session {
         store::hold_identity_writes()
     }
 
+    /// [`Session::hold_identity_saves`], waiting at most `limit` for the save in progress:
+    /// `None` when it is still running then (hung, e.g. on an unreachable network mount),
+    /// and the files it was writing may be incomplete.
+    pub fn hold_identity_saves_within(
+        limit: Duration,
+    ) -> Option<std::sync::MutexGuard<'static, ()>> {
+        store::hold_identity_writes_within(limit)
+    }
+
     /// Our client ID.
     pub fn client_id(&self) -> ClientId {
         self.client_id
