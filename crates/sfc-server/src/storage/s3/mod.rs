@@ -110,17 +110,25 @@ struct Shared {
     parts: Arc<parts::PartPool>,
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
+impl Shared {
+    /// Stops the runtime without waiting for its tasks: requests under way end where they
+    /// are.
+    fn stop_runtime(&self) {
         let runtime = self
             .runtime
-            .get_mut()
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(runtime) = runtime {
             // May run on an async thread, where a blocking shutdown would panic.
             runtime.shutdown_background();
         }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop_runtime();
     }
 }
 
@@ -164,15 +172,7 @@ impl S3BlobStore {
     /// up. For tests that leave work behind for another server's recovery.
     #[cfg(feature = "testing")]
     pub fn halt(&self) {
-        let runtime = self
-            .shared
-            .runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(runtime) = runtime {
-            runtime.shutdown_background();
-        }
+        self.shared.stop_runtime();
     }
 
     /// A store in `location`, configured from the `AWS_*` environment variables
