@@ -910,7 +910,8 @@ mod tests {
             ),
             (
                 "postgresql://db/sfc?password=s3cret&sslmode=require",
-                "'postgresql://db/sfc?password=…&sslmode=require'",
+                // Nothing after a password is shown: it may be a piece of it.
+                "'postgresql://db/sfc?password=…&…'",
                 "sslmode=require",
             ),
             (
