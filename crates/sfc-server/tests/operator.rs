@@ -179,7 +179,7 @@ fn log_lines_name_the_file_and_carry_no_debug_formatting() {
     let client = format!("client={}", id.short());
     for field in [
         client.as_str(),
-        "file=report.pdf",
+        "file=\"report.pdf\"",
         "size=50000",
         "packets=13",
     ] {
@@ -207,7 +207,7 @@ fn log_lines_name_the_file_and_carry_no_debug_formatting() {
     let cut = server
         .wait_for("connection ended mid-packet")
         .expect("logged");
-    assert!(cut.contains("file=cut.bin"), "{cut}");
+    assert!(cut.contains("file=\"cut.bin\""), "{cut}");
     assert!(server.terminate().success());
 }
 

@@ -115,8 +115,8 @@ fn sigterm_lets_running_uploads_finish_within_the_grace_and_cuts_the_rest() {
 
     let running = server.lines_containing("shutting down: upload in progress", Duration::ZERO);
     assert!(
-        running.iter().any(|l| l.contains("file=finishing.bin"))
-            && running.iter().any(|l| l.contains("file=stalling.bin")),
+        running.iter().any(|l| l.contains("file=\"finishing.bin\""))
+            && running.iter().any(|l| l.contains("file=\"stalling.bin\"")),
         "what was running: {running:#?}"
     );
     // The process has exited, but the thread reading its stderr may not have passed on
@@ -124,7 +124,7 @@ fn sigterm_lets_running_uploads_finish_within_the_grace_and_cuts_the_rest() {
     let cut = server.lines_containing("upload cut by the shutdown", Duration::from_secs(1));
     assert_eq!(cut.len(), 1, "{cut:#?}");
     assert!(
-        cut[0].contains("file=stalling.bin") && cut[0].contains("packets=3/10"),
+        cut[0].contains("file=\"stalling.bin\"") && cut[0].contains("packets=3/10"),
         "{}",
         cut[0]
     );
@@ -193,7 +193,7 @@ fn a_slow_admin_request_and_a_stalled_upload_share_one_grace_period() {
     );
     let cut = server.lines_containing("upload cut by the shutdown", Duration::from_secs(1));
     assert!(
-        cut.iter().any(|l| l.contains("file=stalling.bin")),
+        cut.iter().any(|l| l.contains("file=\"stalling.bin\"")),
         "{cut:#?}"
     );
     assert!(stalling.closed_within(Duration::from_secs(2)));
