@@ -627,3 +627,63 @@ fn a_stalled_request_head_after_the_tls_handshake_is_closed() {
     }
     server.stop();
 }
+
+/// `--admin-send-timeout` over HTTPS: a download whose client stops reading is cut at the
+/// limit (2 s here), as over plain HTTP; TLS's own buffering does not hide the stall.
+#[test]
+fn a_download_the_client_stops_reading_is_cut_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let mut config = config_for(&dir.path().join("data"));
+    let mut admin = sfc_server::AdminConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("admin.token"),
+    );
+    admin.tls = Some(pki.files.clone());
+    admin.send_timeout = Duration::from_secs(2);
+    config.admin = Some(admin);
+    let server = RunningServer::start(config).unwrap();
+    let mut conn = Conn::connect(server.addr());
+    let (id, key) = enroll(&mut conn, "tls-reader");
+    // Far more than the socket buffers of both ends on loopback hold.
+    let plain = data(24 << 20, 5);
+    let reply = upload(&mut conn, id, &key, "big.bin", &plain, 1 << 20);
+    assert_received(&reply, id, "big.bin", &plain);
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let mut https =
+        TlsConn::connect(server.admin_addr().unwrap(), client_config(&pki.ca_der)).unwrap();
+    https.send_raw(
+        format!(
+            "GET /api/v1/clients/{id}/file?name=big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .as_bytes(),
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    // What arrives until the server closes (a close without close_notify is an error
+    // here: the server cut the connection).
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match https.stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                break
+            }
+            Err(error) => panic!("after {} bytes: {error}", received.len()),
+        }
+    }
+    assert!(received.starts_with(b"HTTP/1.1 200"), "no response head");
+    assert!(
+        received.len() < plain.len(),
+        "the whole file went to a client that stopped reading"
+    );
+    server.stop();
+}
