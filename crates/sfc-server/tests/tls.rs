@@ -570,10 +570,20 @@ fn the_admin_listener_serves_https_with_a_secure_cookie() {
 
 /// An HTTPS admin listener on 127.0.0.1.
 fn start_https_admin(dir: &Path, pki: &TestPki) -> RunningServer {
+    start_https_admin_with(dir, pki, |_| {})
+}
+
+/// An HTTPS admin listener on 127.0.0.1, its configuration changed by `tweak`.
+fn start_https_admin_with(
+    dir: &Path,
+    pki: &TestPki,
+    tweak: fn(&mut sfc_server::AdminConfig),
+) -> RunningServer {
     let mut config = config_for(&dir.join("data"));
     let mut admin =
         sfc_server::AdminConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("admin.token"));
     admin.tls = Some(pki.files.clone());
+    tweak(&mut admin);
     config.admin = Some(admin);
     RunningServer::start(config).unwrap()
 }
@@ -634,15 +644,9 @@ fn a_stalled_request_head_after_the_tls_handshake_is_closed() {
 fn a_download_the_client_stops_reading_is_cut_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
-    let mut config = config_for(&dir.path().join("data"));
-    let mut admin = sfc_server::AdminConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("admin.token"),
-    );
-    admin.tls = Some(pki.files.clone());
-    admin.send_timeout = Duration::from_secs(2);
-    config.admin = Some(admin);
-    let server = RunningServer::start(config).unwrap();
+    let server = start_https_admin_with(dir.path(), &pki, |admin| {
+        admin.send_timeout = Duration::from_secs(2);
+    });
     let mut conn = Conn::connect(server.addr());
     let (id, key) = enroll(&mut conn, "tls-reader");
     // Far more than the socket buffers of both ends on loopback hold.
