@@ -79,16 +79,6 @@ impl<const N: usize> ByCode<N> {
 /// The reply code counted for a request answered with no reply.
 const NO_REPLY: u16 = 0;
 
-/// The `code` label of a request code a client sent: the code when it is one of the
-/// protocol's, else "other" (one series for every invented code, not one per value).
-fn request_code_label(code: u16) -> Labels {
-    if RequestCode::ALL.iter().any(|known| known.as_u16() == code) {
-        label("code", code)
-    } else {
-        label("code", "other")
-    }
-}
-
 /// The `code` label: the code, or "none" for [`NO_REPLY`].
 fn code_label(code: u16) -> Labels {
     if code == NO_REPLY {
@@ -119,7 +109,7 @@ struct Metrics {
     upload_bytes: Histogram,
     checksum_failures: Family<Labels, Counter>,
     storage_seconds: HistogramFamily,
-    storage_errors: Family<Labels, Counter>,
+    storage_errors: ByCode<7>,
     rate_limit_refusals: Family<Labels, Counter>,
     admin_requests: Family<Labels, Counter>,
     admin_login_failures: Counter,
@@ -180,7 +170,7 @@ impl Metrics {
             upload_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 12)),
             checksum_failures: Family::default(),
             storage_seconds: Family::new_with_constructor(latency_histogram),
-            storage_errors: Family::default(),
+            storage_errors: ByCode::new(RequestCode::ALL.map(RequestCode::as_u16)),
             rate_limit_refusals: Family::default(),
             admin_requests: Family::default(),
             admin_login_failures: Counter::default(),
@@ -243,7 +233,7 @@ impl Metrics {
         registry.register(
             "storage_errors",
             "Requests refused with 1607 because storage failed, by request code",
-            self.storage_errors.clone(),
+            self.storage_errors.family.clone(),
         );
         registry.register(
             "rate_limit_refusals",
@@ -513,9 +503,7 @@ impl Monitor {
             let detail = request.detail.clone().unwrap_or_default();
             match request.cause {
                 Some(Cause::Storage) => {
-                    m.storage_errors
-                        .get_or_create(&request_code_label(request.code))
-                        .inc();
+                    m.storage_errors.inc(request.code);
                 }
                 Some(Cause::RateLimit) => {
                     m.rate_limit_refusals

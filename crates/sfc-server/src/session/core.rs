@@ -47,9 +47,6 @@ pub enum Removal<T> {
     Busy,
 }
 
-/// What [`Core::admin_remove_client`] did.
-pub type ClientRemoval = Removal<Vec<crate::storage::FileRecord>>;
-
 /// A client record whose AES key bytes are wiped when it is dropped.
 type Wiped = Zeroizing<ClientRecord>;
 
@@ -227,7 +224,10 @@ impl Core {
     /// registered again; abandons its parked upload. Refused (`Busy`) while one of its
     /// packets is being received or stored, and its slot held until done: an upload
     /// would otherwise finish into a client that no longer exists.
-    pub fn admin_remove_client(&self, id: &ClientId) -> Result<ClientRemoval, StoreError> {
+    pub fn admin_remove_client(
+        &self,
+        id: &ClientId,
+    ) -> Result<Removal<Vec<crate::storage::FileRecord>>, StoreError> {
         let Some(mut hold) = self.registry.hold_for_removal(id) else {
             return Ok(Removal::Busy);
         };
