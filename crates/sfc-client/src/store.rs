@@ -696,7 +696,7 @@ mod tests {
             })
         };
         paused.recv().unwrap();
-        let held = crate::Session::hold_identity_saves();
+        let held = hold_identity_writes();
         let loaded = identity::load(dir.path())
             .unwrap()
             .expect("me.info written");
@@ -763,7 +763,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lock = FolderLock::acquire(dir.path()).unwrap();
         let folder = locate(&lock, "a:1").unwrap();
-        let held = crate::Session::hold_identity_saves();
+        let held = hold_identity_writes();
         let saving = std::thread::spawn(move || folder.save(&identity_of(NEW_ID)));
         std::thread::sleep(std::time::Duration::from_millis(300));
         let names: Vec<_> = std::fs::read_dir(dir.path())

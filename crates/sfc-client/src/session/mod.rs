@@ -315,13 +315,8 @@ impl Session {
     /// backups) to finish and keeps new ones from starting while the guard lives: hold it
     /// while ending the process on Ctrl-C, so that a save is never cut in the middle. Call
     /// it from another thread than the one running the session (a Ctrl-C handler's).
-    pub fn hold_identity_saves() -> std::sync::MutexGuard<'static, ()> {
-        store::hold_identity_writes()
-    }
-
-    /// [`Session::hold_identity_saves`], waiting at most `limit` for the save in progress:
-    /// `None` when it is still running then (hung, e.g. on an unreachable network mount),
-    /// and the files it was writing may be incomplete.
+    /// Waits at most `limit`: `None` when the save is still running then (hung, e.g. on an
+    /// unreachable network mount), and the files it was writing may be incomplete.
     pub fn hold_identity_saves_within(
         limit: Duration,
     ) -> Option<std::sync::MutexGuard<'static, ()>> {

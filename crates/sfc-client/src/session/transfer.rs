@@ -57,13 +57,7 @@ impl Session {
                 }
             ));
         }
-        let request = Request::new(
-            self.client_id,
-            RequestBody::ChecksumFailed {
-                file_name: file.label.clone(),
-            },
-        );
-        self.expect_ack(&request)?;
+        self.send_verdict(file, false)?;
         Ok(FileResult::ChecksumMismatch {
             sends: MAX_RESENDS + 1,
         })
@@ -97,6 +91,18 @@ impl Session {
         result
     }
 
+    /// 900 (`confirmed`: the server keeps the file as verified) or 902 (it drops it), and
+    /// its 1604.
+    fn send_verdict(&mut self, file: &FileToSend, confirmed: bool) -> Result<(), ClientError> {
+        let file_name = file.label.clone();
+        let body = if confirmed {
+            RequestBody::ChecksumOk { file_name }
+        } else {
+            RequestBody::ChecksumFailed { file_name }
+        };
+        self.expect_ack(&Request::new(self.client_id, body))
+    }
+
     /// The checksums agree: the check that the file did not change meanwhile, then 900.
     fn confirm_stored(
         &mut self,
@@ -109,22 +115,10 @@ impl Session {
         // mix of before and after, not the file: 902 has the server drop it rather than
         // keep it as confirmed (the checksums agree all the same).
         if let Err(changed) = before.unchanged(file) {
-            let request = Request::new(
-                self.client_id,
-                RequestBody::ChecksumFailed {
-                    file_name: file.label.clone(),
-                },
-            );
-            self.expect_ack(&request)?;
+            self.send_verdict(file, false)?;
             return Err(changed);
         }
-        let request = Request::new(
-            self.client_id,
-            RequestBody::ChecksumOk {
-                file_name: file.label.clone(),
-            },
-        );
-        self.expect_ack(&request)?;
+        self.send_verdict(file, true)?;
         self.reporter.info(format!(
             "{}: stored on {} ({}), checksum {cksum} confirmed{}",
             file.label.as_str(),
