@@ -137,6 +137,9 @@ fn a_server_that_lost_its_database_gets_a_new_registration() {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(data.path().join(format!("defensive.db{suffix}")));
     }
+    // The operator starts over on purpose: the server refuses a new database beside
+    // files of another one until their set-up ID goes too.
+    std::fs::remove_file(data.path().join("sfc-setup-id")).unwrap();
     // The same server (same address) without its database.
     let server = start_server_with(data.path(), |config| config.bind = address);
     let run = run_client(dir.path(), &["--server", &server.addr().to_string(), "-v"]);

@@ -54,8 +54,8 @@ pub mod testing {
     pub use crate::net::entropy::OsEntropy;
     pub use crate::storage::names::disk_name;
     pub use crate::storage::testing::{
-        check_contract, check_open_reads_back, check_remove_client, Faults, FaultyBlobs,
-        FaultyMeta, Gate, MemoryStorage,
+        check_blob_setup_id, check_contract, check_open_reads_back, check_remove_client,
+        check_setup_id, Faults, FaultyBlobs, FaultyMeta, Gate, MemoryStorage,
     };
     pub use crate::testing_doubles::{CountingEntropy, OpenDoors};
 

@@ -400,3 +400,76 @@ fn a_store_folder_in_use_by_another_server_is_refused() {
     drop(conn);
     assert!(first.terminate().success());
 }
+
+/// The options of a server on `data_dir` (and the store folder `store`, if any) on a
+/// free port of 127.0.0.1.
+fn local_args(data_dir: &Path, store: Option<&Path>) -> Vec<String> {
+    let mut args = vec!["--data-dir".to_owned(), data_dir.display().to_string()];
+    if let Some(store) = store {
+        args.extend(["--store".to_owned(), format!("file://{}", store.display())]);
+    }
+    args.extend(["--port", "0", "--bind", "127.0.0.1"].map(String::from));
+    args
+}
+
+/// The set-up ID: once its own server has stopped (the folder lock no longer tells), a
+/// store folder is refused to a server whose database is new or belongs to another
+/// set-up, and nothing in it is removed; its own server starts on it again.
+#[test]
+fn a_store_folder_of_another_set_up_is_refused_after_its_server_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first_dir, store_dir, other_dir, new_dir) = (
+        dir.path().join("a"),
+        dir.path().join("store"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    let first_args = local_args(&first_dir, Some(&store_dir));
+    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let mut first = ServerProcess::start(&first_args);
+    assert!(first.wait_for("new set-up").is_some());
+    let mut conn = Conn::connect(first.listening_addr());
+    let (id, key) = enroll(&mut conn, "keeper");
+    let plain = data(20_000, 6);
+    assert_received(
+        &upload(&mut conn, id, &key, "kept.bin", &plain, 4096),
+        id,
+        "kept.bin",
+        &plain,
+    );
+    drop(conn);
+    assert!(first.terminate().success());
+    let stored = store_dir.join("files").join(id.to_hex()).join("kept.bin");
+
+    // Another set-up: a server that ran on its own folder before.
+    let other_args = local_args(&other_dir, None);
+    let other_args: Vec<&str> = other_args.iter().map(String::as_str).collect();
+    let mut other = ServerProcess::start(&other_args);
+    other.listening_addr();
+    assert!(other.terminate().success());
+
+    for (data_dir, expected) in [
+        (&new_dir, "but the database has no set-up ID"),
+        (&other_dir, "belong to different set-ups"),
+    ] {
+        let args = local_args(data_dir, Some(&store_dir));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, stderr) = run_briefly(&args, None, Duration::from_secs(20));
+        assert!(status.is_some_and(|s| !s.success()), "{stderr}");
+        assert!(
+            stderr.contains(expected) && stderr.contains("sfc-setup-id"),
+            "{stderr}"
+        );
+        assert_eq!(std::fs::read(&stored).unwrap(), plain);
+    }
+
+    let mut first = ServerProcess::start(&first_args);
+    let mut conn = Conn::connect(first.listening_addr());
+    assert!(matches!(
+        conn.call(&file_name_request(id, 900, "kept.bin")),
+        sfc_proto::Response::Ack { .. }
+    ));
+    drop(conn);
+    assert!(first.terminate().success());
+    assert_eq!(std::fs::read(&stored).unwrap(), plain);
+}

@@ -630,3 +630,33 @@ fn a_node_keeps_at_most_database_pool_connections() {
         .unwrap();
     assert!((1..=2).contains(&open), "{open} connections");
 }
+
+#[test]
+fn servers_starting_together_record_one_set_up_id_without_a_schema_change() {
+    let Some((cluster, url, db)) = fresh_url("set-up id") else {
+        return;
+    };
+    sfc_server::testing::check_setup_id(&PostgresStore::open(&url).unwrap());
+    let fresh = fresh_url("set-up id race").unwrap().1;
+    let barrier = Arc::new(Barrier::new(4));
+    let recorders: Vec<_> = (0..4)
+        .map(|n| {
+            let (url, barrier) = (fresh.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let store = PostgresStore::open(&url).unwrap();
+                barrier.wait();
+                store.record_setup_id(&format!("server-{n}")).unwrap()
+            })
+        })
+        .collect();
+    let recorded: Vec<String> = recorders.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(recorded.iter().all(|id| *id == recorded[0]), "{recorded:?}");
+    // An additive table: the schema version older servers check is unchanged.
+    assert_eq!(
+        cluster.psql(
+            &db,
+            "SELECT string_agg(version::text, ',') FROM schema_version"
+        ),
+        "1"
+    );
+}

@@ -511,3 +511,16 @@ fn a_server_starting_removes_old_orphan_objects_and_keeps_young_ones() {
     assert_eq!(names, ["kept.bin", "young.bin"], "under {prefix}");
     assert_eq!(server.stored(id, "kept.bin").unwrap(), plain);
 }
+
+#[test]
+fn the_set_up_id_is_one_object_beside_the_client_folders() {
+    let Some(weed) = shared("the_set_up_id_is_one_object_beside_the_client_folders") else {
+        return;
+    };
+    let (store, prefix) = fresh_store(weed, Duration::from_secs(600));
+    sfc_server::testing::check_blob_setup_id(&store);
+    assert_eq!(
+        weed.objects(&prefix),
+        [("sfc-setup-id".to_owned(), b"second-2\n".to_vec())]
+    );
+}

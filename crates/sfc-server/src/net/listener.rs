@@ -12,7 +12,7 @@ use crate::net::monitor::Monitor;
 use crate::net::refusals::{RefusalLog, REFUSAL_LOG_INTERVAL};
 use crate::net::shutdown;
 use crate::session::Core;
-use crate::storage::setup::{recover_at_start_up, Storage};
+use crate::storage::setup::{pair_at_start_up, recover_at_start_up, Storage};
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -125,6 +125,7 @@ impl Server {
         let Storage { meta, blobs, lock } = storage;
         let limits = config.session_limits();
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
+            pair_at_start_up(meta.as_ref(), blobs.as_ref())?;
             recover_at_start_up(meta.as_ref(), blobs.as_ref())?;
             Ok(Core::new(meta, blobs, limits, Box::new(OsEntropy)).holding_folder(lock))
         })

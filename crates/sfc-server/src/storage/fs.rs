@@ -5,6 +5,7 @@
 //! ```text
 //! files/<client-id as 32 hex digits>/<names::disk_name(label)>     stored files
 //! files/<client-id as 32 hex digits>/.upload-<uuid>.tmp            uploads in progress
+//! sfc-setup-id                                                      the set-up ID (storage::pairing)
 //! ```
 //!
 //! A temporary file is written beside its destination, so the final rename never
@@ -15,6 +16,7 @@
 
 use super::{BlobStore, Persisted, TempBlob};
 use crate::storage::names::{is_temp_name, TEMP_PREFIX};
+use crate::storage::pairing::{kept, parse_kept, SETUP_ID_PATH};
 use sfc_proto::ClientId;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -233,6 +235,36 @@ impl BlobStore for LocalBlobStore {
         })?;
         paths.sort();
         Ok(paths)
+    }
+
+    fn setup_id(&self) -> io::Result<Option<String>> {
+        let mut kept = Vec::new();
+        match File::open(self.root.join(SETUP_ID_PATH)) {
+            // A few bytes at most; more is not an ID (parse_kept says so).
+            Ok(file) => io::Read::read_to_end(&mut io::Read::take(file, 128), &mut kept)?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        parse_kept(&kept).map(Some)
+    }
+
+    fn write_setup_id(&self, id: &str) -> io::Result<()> {
+        crate::storage::perms::create_private_dir_all(&self.root)?;
+        let path = self.root.join(SETUP_ID_PATH);
+        let mut new_name = path.clone().into_os_string();
+        new_name.push(".new");
+        let new_path = PathBuf::from(new_name);
+        // Written aside and renamed: a crash leaves the old file or the new, whole one
+        // (and this aside copy, replaced by the next try).
+        match fs::remove_file(&new_path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        let mut file = crate::storage::perms::create_private_file(&new_path)?;
+        file.write_all(&kept(id))?;
+        file.sync_all()?;
+        fs::rename(&new_path, &path)?;
+        sync_dir(&self.root)
     }
 }
 
@@ -557,6 +589,25 @@ mod tests {
                 b"hello world"
             );
         }
+    }
+
+    #[test]
+    fn the_set_up_id_is_kept_beside_the_client_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::new(dir.path());
+        // A crash while writing it before left an aside copy.
+        let aside = dir.path().join(format!("{SETUP_ID_PATH}.new"));
+        std::fs::write(&aside, b"half").unwrap();
+        crate::storage::testing::check_blob_setup_id(&store);
+        assert!(!aside.exists());
+        let path = dir.path().join(SETUP_ID_PATH);
+        assert_eq!(std::fs::read(&path).unwrap(), b"second-2\n");
+        #[cfg(unix)]
+        assert_eq!(crate::storage::perms::mode_of(&path), Some(0o600));
+        // Damaged: an error, never "no ID" (which would let the store be taken over).
+        std::fs::write(&path, b"not an id").unwrap();
+        let error = store.setup_id().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

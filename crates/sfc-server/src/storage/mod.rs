@@ -27,6 +27,7 @@
 
 pub mod fs;
 pub mod names;
+pub mod pairing;
 pub mod perms;
 pub mod postgres;
 pub mod s3;
@@ -174,6 +175,12 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     fn clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
     /// All files, by owner and name.
     fn files(&self) -> Result<Vec<FileRecord>, StoreError>;
+    /// The set-up ID recorded in the database, `None` when there is none yet
+    /// ([`pairing`]).
+    fn setup_id(&self) -> Result<Option<String>, StoreError>;
+    /// Records `id` as the set-up ID unless one is recorded already, and returns the one
+    /// recorded: of several servers starting at once on one database, the first wins.
+    fn record_setup_id(&self, id: &str) -> Result<String, StoreError>;
     /// Flushes and closes; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> Result<(), StoreError>;
 }
@@ -213,6 +220,11 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// by several servers (S3) lists only files too old to be another server's
     /// upload whose row is about to be committed.
     fn stored_paths(&self) -> io::Result<Vec<String>>;
+    /// The set-up ID kept with the files ([`pairing::SETUP_ID_PATH`]), `None` when there
+    /// is none.
+    fn setup_id(&self) -> io::Result<Option<String>>;
+    /// Keeps `id` as the set-up ID, durably, replacing any other.
+    fn write_setup_id(&self, id: &str) -> io::Result<()>;
 }
 
 /// A file being received. Dropping it without [`TempBlob::persist`] removes it.
@@ -451,6 +463,12 @@ mod tests {
             let listed = self.inner.stored_paths();
             (self.commit)();
             listed
+        }
+        fn setup_id(&self) -> io::Result<Option<String>> {
+            self.inner.setup_id()
+        }
+        fn write_setup_id(&self, id: &str) -> io::Result<()> {
+            self.inner.write_setup_id(id)
         }
     }
 

@@ -1,8 +1,10 @@
 //! Opening the standard storage in the data folder (folders, modes, the folder lock,
 //! SQLite or the `--database` PostgreSQL) and the start-up clean-up after an earlier run
-//! ([`recover`]).
+//! ([`recover`]), after checking that the database and the file store belong together
+//! ([`pair_at_start_up`]).
 
 use super::fs::{DataDirLock, LocalBlobStore, FILES_DIR};
+use super::pairing::{self, Paired};
 use super::perms;
 use super::postgres::PostgresStore;
 use super::s3::S3BlobStore;
@@ -153,6 +155,23 @@ pub fn open_existing_meta(
             PostgresStore::open_existing(url).with_context(|| format!("cannot open {url}"))?,
         ),
     })
+}
+
+/// Checks that the database and the file store belong together, recording the set-up ID
+/// where it is missing ([`pairing`]); a mismatched pair stops the server (blocking).
+pub fn pair_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyhow::Result<()> {
+    match pairing::pair(meta, blobs, &pairing::new_setup_id())? {
+        Paired::Matched(id) => tracing::debug!(setup = %id, "database and file store paired"),
+        Paired::StoreAdopted(id) => tracing::info!(
+            setup = %id,
+            "the file store had no set-up ID; it now has the database's"
+        ),
+        Paired::New(id) => tracing::info!(
+            setup = %id,
+            "new set-up: its ID is recorded in the database and the file store"
+        ),
+    }
+    Ok(())
 }
 
 /// Reads the tables once and removes what a crash can leave behind (blocking). A

@@ -2,6 +2,7 @@
 //! database before use (encoding, version).
 
 use super::db_err;
+use crate::storage::pairing::SETUP_TABLE;
 use crate::storage::StoreError;
 
 /// Schema migrations; entry `i` brings the schema from version `i` to `i + 1`.
@@ -105,4 +106,38 @@ pub(super) async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), S
         tracing::info!(version = next, "PostgreSQL schema migrated");
     }
     tx.commit().await.map_err(db_err)
+}
+
+/// Records the set-up ID unless one is ([`crate::storage::MetaStore::record_setup_id`]),
+/// making its table first: under the migration lock, since servers starting at once
+/// would otherwise race to create it (`CREATE TABLE IF NOT EXISTS` is not safe against a
+/// concurrent one).
+pub(super) async fn record_setup_id(
+    pool: &deadpool_postgres::Pool,
+    id: &str,
+) -> Result<String, StoreError> {
+    let mut client = pool.get().await.map_err(super::pool_err)?;
+    let tx = client.transaction().await.map_err(db_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(db_err)?;
+    tx.batch_execute(&format!(
+        "SET LOCAL client_min_messages = warning; {SETUP_TABLE}"
+    ))
+    .await
+    .map_err(db_err)?;
+    tx.execute(
+        "INSERT INTO sfc_setup (singleton, id) VALUES (1, $1) ON CONFLICT DO NOTHING",
+        &[&id],
+    )
+    .await
+    .map_err(db_err)?;
+    let recorded: String = tx
+        .query_one("SELECT id FROM sfc_setup", &[])
+        .await
+        .map_err(db_err)?
+        .try_get(0)
+        .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(recorded)
 }

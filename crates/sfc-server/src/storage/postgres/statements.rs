@@ -295,6 +295,27 @@ impl MetaStore for PostgresStore {
         .collect()
     }
 
+    fn setup_id(&self) -> Result<Option<String>, StoreError> {
+        if !self
+            .query("SELECT to_regclass('sfc_setup') IS NOT NULL", &[])?
+            .first()
+            .map(|row| row.try_get::<_, bool>(0))
+            .transpose()
+            .map_err(db_err)?
+            .unwrap_or(false)
+        {
+            return Ok(None);
+        }
+        self.query("SELECT id FROM sfc_setup", &[])?
+            .first()
+            .map(|row| row.try_get(0).map_err(db_err))
+            .transpose()
+    }
+
+    fn record_setup_id(&self, id: &str) -> Result<String, StoreError> {
+        self.run(super::migrations::record_setup_id(&self.pool, id))
+    }
+
     fn close(&self) -> Result<(), StoreError> {
         self.closed.store(true, Ordering::Release);
         self.pool.close();

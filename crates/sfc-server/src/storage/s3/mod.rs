@@ -7,6 +7,7 @@
 //! files/<client-id as 32 hex digits>/<names::disk_name(label)>   stored objects
 //! files/<client-id>/.upload-<uuid>.old                          replaced version kept until its row commits
 //! uploads/<client-id>/<disk name>/<uuid>                        marker of a multipart upload in progress
+//! sfc-setup-id                                                  the set-up ID (storage::pairing)
 //! ```
 //!
 //! # Writing
@@ -67,6 +68,7 @@ use super::{BlobStore, TempBlob};
 use crate::config::S3Location;
 use crate::storage::fs::FILES_DIR;
 use crate::storage::names::TEMP_PREFIX;
+use crate::storage::pairing::{kept, parse_kept, SETUP_ID_PATH};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
@@ -371,6 +373,24 @@ impl BlobStore for S3BlobStore {
 
     fn stored_paths(&self) -> io::Result<Vec<String>> {
         self.shared.stored_paths()
+    }
+
+    fn setup_id(&self) -> io::Result<Option<String>> {
+        let shared = &self.shared;
+        let key = shared.key(SETUP_ID_PATH)?;
+        match shared.run(async { shared.s3.get(&key).await?.bytes().await }) {
+            Ok(bytes) => parse_kept(&bytes).map(Some),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn write_setup_id(&self, id: &str) -> io::Result<()> {
+        let shared = &self.shared;
+        let key = shared.key(SETUP_ID_PATH)?;
+        // One PUT: an object is replaced whole, never seen in part.
+        shared.run(shared.s3.put(&key, kept(id).into()))?;
+        Ok(())
     }
 }
 

@@ -7,6 +7,9 @@
 //! files(ID BLOB, FileName TEXT, PathName TEXT, Verified INTEGER, PRIMARY KEY (ID, FileName))
 //! ```
 //!
+//! Beside them, this server's own one-row `sfc_setup` table holds the set-up ID
+//! ([`super::pairing`]); other implementations ignore it.
+//!
 //! `LastSeen` is UTC text `YYYY-MM-DD HH:MM:SS.mmm`. `PathName` is relative to the data
 //! folder. The schema version is kept in `PRAGMA user_version`; [`MIGRATIONS`] brings an
 //! older database forward at start-up, and a database from a newer server is refused.
@@ -21,6 +24,7 @@
 
 mod writer;
 
+use super::pairing::SETUP_TABLE;
 use super::{ClientRecord, FileRecord, Inserted, MetaStore, StoreError, Timestamp};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sfc_proto::ClientId;
@@ -457,6 +461,33 @@ impl MetaStore for SqliteStore {
             )?;
             let rows = statement.query_map([], file_from_row)?;
             rows.collect()
+        })
+    }
+
+    fn setup_id(&self) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            let made: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sfc_setup')",
+                [],
+                |row| row.get(0),
+            )?;
+            if !made {
+                return Ok(None);
+            }
+            c.query_row("SELECT id FROM sfc_setup", [], |row| row.get(0))
+                .optional()
+        })
+    }
+
+    fn record_setup_id(&self, id: &str) -> Result<String, StoreError> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            c.execute_batch(SETUP_TABLE)?;
+            c.execute(
+                "INSERT INTO sfc_setup (singleton, id) VALUES (1, ?1) ON CONFLICT DO NOTHING",
+                params![id],
+            )?;
+            c.query_row("SELECT id FROM sfc_setup", [], |row| row.get(0))
         })
     }
 

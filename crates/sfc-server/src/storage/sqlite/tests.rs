@@ -21,6 +21,21 @@ fn the_store_keeps_the_contract_of_defensive_db() {
 }
 
 #[test]
+fn the_set_up_id_is_recorded_once_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("defensive.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        crate::storage::testing::check_setup_id(&store);
+        store.close().unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.setup_id().unwrap().as_deref(), Some("first-1"));
+    // Not a schema change: older servers keep opening the database.
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+}
+
+#[test]
 fn file_database_uses_wal_and_refuses_newer_schemas() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("defensive.db");

@@ -22,6 +22,7 @@
 //! - [`Faults::lose_file_commit_answers`] ([`FaultyMeta`] only): commits of `files` rows
 //!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
 //!   does; optionally the database is then down;
+//! - `setup_id_unseen` (in-memory stores only): the database's set-up ID reads as none;
 //! - three [`Gate`]s ([`FaultyMeta`]/[`FaultyBlobs`] only): `listing_gate` holds the next
 //!   `files()` (start-up recovery reads it), `persist_gate` the next move of a temporary
 //!   file into place and `remove_gate` the next removal of a stored file, each until the
@@ -52,6 +53,9 @@ pub struct Faults {
     pub replaced_then_fails: AtomicBool,
     /// Undoing a move into place fails with `EIO`, leaving the new version in place.
     pub undo_fails: AtomicBool,
+    /// The database's set-up ID reads as none, as a read just before another server
+    /// recorded one does (in-memory stores only).
+    pub setup_id_unseen: AtomicBool,
     /// Commits of `files` rows happen but report a failure.
     file_answers_lost: AtomicBool,
     /// ... and the database is down from then on.
@@ -80,6 +84,7 @@ impl Default for Faults {
             persist_fails: AtomicBool::new(false),
             replaced_then_fails: AtomicBool::new(false),
             undo_fails: AtomicBool::new(false),
+            setup_id_unseen: AtomicBool::new(false),
             file_answers_lost: AtomicBool::new(false),
             down_after_lost_answer: AtomicBool::new(false),
             budget: AtomicU64::new(u64::MAX),
@@ -398,6 +403,14 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
         self.faults.listing_gate.pass();
         self.inner.files()
     }
+    fn setup_id(&self) -> Result<Option<String>, StoreError> {
+        self.faults.db()?;
+        self.inner.setup_id()
+    }
+    fn record_setup_id(&self, id: &str) -> Result<String, StoreError> {
+        self.commit()?;
+        self.inner.record_setup_id(id)
+    }
     fn close(&self) -> Result<(), StoreError> {
         self.inner.close()
     }
@@ -450,6 +463,13 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
     }
     fn stored_paths(&self) -> io::Result<Vec<String>> {
         self.inner.stored_paths()
+    }
+    fn setup_id(&self) -> io::Result<Option<String>> {
+        self.inner.setup_id()
+    }
+    fn write_setup_id(&self, id: &str) -> io::Result<()> {
+        self.faults.disk()?;
+        self.inner.write_setup_id(id)
     }
 }
 

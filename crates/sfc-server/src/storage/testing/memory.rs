@@ -34,12 +34,14 @@ use sfc_proto::ClientId;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 #[derive(Debug, Default)]
 struct Tables {
     clients: BTreeMap<ClientId, ClientRecord>,
     files: BTreeMap<(ClientId, String), FileRecord>,
+    setup_id: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +51,8 @@ struct Blobs {
     /// Temporary files (uploads in progress, kept versions) by name.
     temps: BTreeMap<u64, Vec<u8>>,
     next_temp: u64,
+    /// The set-up ID kept with the files.
+    setup_id: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -326,6 +330,24 @@ impl MetaStore for MemoryMeta {
         Ok(self.shared.tables().files.values().cloned().collect())
     }
 
+    fn setup_id(&self) -> Result<Option<String>, StoreError> {
+        self.shared.faults.db()?;
+        if self.shared.faults.setup_id_unseen.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        Ok(self.shared.tables().setup_id.clone())
+    }
+
+    fn record_setup_id(&self, id: &str) -> Result<String, StoreError> {
+        self.shared.faults.durable_db()?;
+        Ok(self
+            .shared
+            .tables()
+            .setup_id
+            .get_or_insert_with(|| id.to_owned())
+            .clone())
+    }
+
     fn close(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -419,6 +441,16 @@ impl BlobStore for MemoryBlobs {
 
     fn stored_paths(&self) -> io::Result<Vec<String>> {
         Ok(self.shared.blobs().stored.keys().cloned().collect())
+    }
+
+    fn setup_id(&self) -> io::Result<Option<String>> {
+        Ok(self.shared.blobs().setup_id.clone())
+    }
+
+    fn write_setup_id(&self, id: &str) -> io::Result<()> {
+        self.shared.faults.durable()?;
+        self.shared.blobs().setup_id = Some(id.to_owned());
+        Ok(())
     }
 }
 
@@ -545,11 +577,12 @@ impl Persisted for MemoryPersisted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
 
     #[test]
     fn keeps_the_contract_of_the_real_stores() {
         crate::storage::testing::check_contract(&MemoryStorage::new().meta());
+        crate::storage::testing::check_setup_id(&MemoryStorage::new().meta());
+        crate::storage::testing::check_blob_setup_id(&MemoryStorage::new().blobs());
     }
 
     #[test]

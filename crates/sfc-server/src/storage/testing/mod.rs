@@ -10,4 +10,6 @@ pub use faults::{Faults, FaultyBlobs, FaultyMeta, Gate};
 pub use memory::MemoryStorage;
 mod contract;
 
-pub use contract::{check_contract, check_open_reads_back, check_remove_client};
+pub use contract::{
+    check_blob_setup_id, check_contract, check_open_reads_back, check_remove_client, check_setup_id,
+};
