@@ -119,7 +119,7 @@ impl Core {
     #[cfg(any(test, feature = "testing"))]
     /// Number of uploads in progress (parked or checked out).
     pub fn uploads_in_progress(&self) -> usize {
-        self.registry.lock().len()
+        self.registry.count()
     }
 
     /// Notes a request of a known client for `LastSeen` (persisted by
@@ -228,11 +228,11 @@ impl Core {
         &self,
         id: &ClientId,
     ) -> Result<Removal<Vec<crate::storage::FileRecord>>, StoreError> {
-        let Some(mut hold) = self.registry.hold_for_removal(id) else {
+        let Some((_hold, parked)) = self.registry.hold_for_removal(id) else {
             return Ok(Removal::Busy);
         };
         // Abandoned now: its temporary file goes before the client's folder does.
-        drop(hold.take_parked());
+        drop(parked);
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

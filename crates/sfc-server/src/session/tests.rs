@@ -298,8 +298,8 @@ fn a_dropped_lease_frees_the_slot_and_the_temp_file() {
 }
 
 /// While a client is removed its slot is held: a packet of its upload gets 1607 rather
-/// than storing into a client being removed, and the parked upload goes on if the removal
-/// ends without removing it. The removal is refused (`Busy`) while a packet of the
+/// than storing into a client being removed, and a new upload cannot start; the parked
+/// upload goes to the remover. The removal is refused (`Busy`) while a packet of the
 /// client's upload is being received. Deleting one file or a 902 holds nothing of the
 /// sort: they wait only for a store of the same name (`NameLocks`).
 #[test]
@@ -316,17 +316,18 @@ fn removing_a_client_holds_its_upload_slot() {
     };
     assert_eq!(send(&bodies[0]), Outcome::silent());
 
-    let hold = h.core.registry.hold_for_removal(&id).unwrap();
+    let (hold, parked) = h.core.registry.hold_for_removal(&id).unwrap();
+    assert!(parked.is_some(), "the parked upload goes to the remover");
     assert!(
         h.core.registry.hold_for_removal(&id).is_none(),
         "one hold at a time"
     );
-    assert_eq!(
-        send(&bodies[1]).code().map(ResponseCode::as_u16),
-        Some(1607)
-    );
-    assert_eq!(h.core.uploads_in_progress(), 1, "the parked upload is kept");
-    drop(hold);
+    for body in &bodies[..2] {
+        assert_eq!(send(body).code().map(ResponseCode::as_u16), Some(1607));
+    }
+    assert_eq!(h.core.uploads_in_progress(), 0, "a hold is no upload");
+    drop((hold, parked));
+    assert_eq!(send(&bodies[0]), Outcome::silent());
     assert_eq!(send(&bodies[1]), Outcome::silent());
 
     // A packet being received: removing the client is refused; deleting a file is not.

@@ -277,13 +277,9 @@ pub(super) enum Slot {
         /// Where the upload stood when it was checked out (for the shutdown's log).
         progress: Progress,
     },
-    /// Held while the client is removed ([`Registry::hold_for_removal`]): no packet of an
-    /// upload can be received or stored meanwhile. Keeps the upload that was parked until
-    /// the remover takes it ([`RemovalHold::take_parked`]), or parks it again.
-    Held {
-        token: u64,
-        parked: Option<(Box<Upload>, Instant)>,
-    },
+    /// Held while the client is removed ([`Registry::hold_for_removal`]): no upload can
+    /// start, and no packet be received or stored, meanwhile.
+    Held,
 }
 
 /// How far an upload in progress is, for the log.
@@ -407,7 +403,7 @@ impl Registry {
             return Checkout::Vacant;
         };
         let progress = match slot {
-            Slot::CheckedOut { .. } | Slot::Held { .. } => return Checkout::Busy,
+            Slot::CheckedOut { .. } | Slot::Held => return Checkout::Busy,
             Slot::Parked { upload, .. } => upload.progress(false),
         };
         let token = self.token();
@@ -417,7 +413,7 @@ impl Registry {
                 Checkout::Got(upload)
             }
             // Unreachable: the slot was Parked under the same lock.
-            Slot::CheckedOut { .. } | Slot::Held { .. } => Checkout::Busy,
+            Slot::CheckedOut { .. } | Slot::Held => Checkout::Busy,
         }
     }
 
@@ -435,12 +431,7 @@ impl Registry {
         if slots.contains_key(id) {
             return Err(ClaimError::Busy);
         }
-        // A removal's hold is no upload (unless it keeps a parked one).
-        let uploads = slots
-            .values()
-            .filter(|slot| !matches!(slot, Slot::Held { parked: None, .. }))
-            .count();
-        if self.max_uploads > 0 && uploads >= self.max_uploads {
+        if self.max_uploads > 0 && uploads(&slots) >= self.max_uploads {
             return Err(ClaimError::TooMany(self.max_uploads));
         }
         if let Some(peer) = peer {
@@ -485,6 +476,11 @@ impl Registry {
         Ok(())
     }
 
+    /// How many uploads are in progress.
+    pub(super) fn count(&self) -> usize {
+        uploads(&self.lock())
+    }
+
     /// Every upload in progress and how far it is.
     pub(super) fn in_progress(&self) -> Vec<(ClientId, Progress)> {
         self.lock()
@@ -492,10 +488,7 @@ impl Registry {
             .filter_map(|(id, slot)| match slot {
                 Slot::Parked { upload, .. } => Some((*id, upload.progress(true))),
                 Slot::CheckedOut { progress, .. } => Some((*id, progress.clone())),
-                Slot::Held { parked, .. } => {
-                    let (upload, _) = parked.as_ref()?;
-                    Some((*id, upload.progress(true)))
-                }
+                Slot::Held => None,
             })
             .collect()
     }
@@ -513,26 +506,27 @@ impl Registry {
 
     /// Holds the client's slot while the client is removed (the admin's delete): until
     /// the hold is dropped, a packet of its upload gets 1607 as a second concurrent
-    /// upload does, so that no upload stores into a client being removed. A parked upload
-    /// is kept for [`RemovalHold::take_parked`]. `None` while a packet of its upload is
-    /// being received or stored (or another hold is on).
-    pub(super) fn hold_for_removal(self: &Arc<Self>, id: &ClientId) -> Option<RemovalHold> {
+    /// upload does, so that no upload stores into a client being removed. Gives the
+    /// parked upload, if any, to the remover (who drops it: abandoned). `None` while a
+    /// packet of its upload is being received or stored (or another hold is on).
+    pub(super) fn hold_for_removal(
+        self: &Arc<Self>,
+        id: &ClientId,
+    ) -> Option<(RemovalHold, Option<Box<Upload>>)> {
         let mut slots = self.lock();
-        let parked = match slots.remove(id) {
+        let parked = match slots.insert(*id, Slot::Held) {
             None => None,
-            Some(Slot::Parked { upload, since }) => Some((upload, since)),
+            Some(Slot::Parked { upload, .. }) => Some(upload),
             Some(busy) => {
                 slots.insert(*id, busy);
                 return None;
             }
         };
-        let token = self.token();
-        slots.insert(*id, Slot::Held { token, parked });
-        Some(RemovalHold {
+        let hold = RemovalHold {
             registry: Arc::clone(self),
             id: *id,
-            token,
-        })
+        };
+        Some((hold, parked))
     }
 
     pub(super) fn remove_parked(&self, id: &ClientId) -> Option<Box<Upload>> {
@@ -571,60 +565,42 @@ impl Registry {
     #[allow(clippy::vec_box)]
     pub(super) fn drain_parked(&self) -> Vec<Box<Upload>> {
         let mut slots = self.lock();
-        // Uploads a removal's hold keeps go too; the hold then frees an empty slot.
-        let mut held: Vec<Box<Upload>> = slots
-            .values_mut()
-            .filter_map(|slot| match slot {
-                Slot::Held { parked, .. } => parked.take().map(|(upload, _)| upload),
-                _ => None,
-            })
-            .collect();
         let parked: Vec<ClientId> = slots
             .iter()
             .filter(|(_, slot)| matches!(slot, Slot::Parked { .. }))
             .map(|(id, _)| *id)
             .collect();
-        held.extend(parked.iter().filter_map(|id| match slots.remove(id) {
-            Some(Slot::Parked { upload, .. }) => Some(upload),
-            _ => None,
-        }));
-        held
+        parked
+            .iter()
+            .filter_map(|id| match slots.remove(id) {
+                Some(Slot::Parked { upload, .. }) => Some(upload),
+                _ => None,
+            })
+            .collect()
     }
+}
+
+/// The uploads among `slots` (a removal's hold is none).
+fn uploads(slots: &Slots) -> usize {
+    slots
+        .values()
+        .filter(|slot| !matches!(slot, Slot::Held))
+        .count()
 }
 
 /// A client's slot held while the client is removed ([`Registry::hold_for_removal`]);
-/// dropping it frees the slot (or parks the kept upload again).
+/// dropping it frees the slot. Only one hold per client exists at a time, and nothing
+/// else replaces a held slot, so the slot is this hold's own.
 pub(super) struct RemovalHold {
     registry: Arc<Registry>,
     id: ClientId,
-    token: u64,
-}
-
-impl RemovalHold {
-    /// The upload that was parked, for the remover to drop (which abandons it).
-    pub(super) fn take_parked(&mut self) -> Option<Box<Upload>> {
-        let mut slots = self.registry.lock();
-        match slots.get_mut(&self.id) {
-            Some(Slot::Held { token, parked }) if *token == self.token => {
-                parked.take().map(|(upload, _)| upload)
-            }
-            _ => None,
-        }
-    }
 }
 
 impl Drop for RemovalHold {
     fn drop(&mut self) {
         let mut slots = self.registry.lock();
-        if !matches!(slots.get(&self.id), Some(Slot::Held { token, .. }) if *token == self.token) {
-            return;
-        }
-        if let Some(Slot::Held {
-            parked: Some((upload, since)),
-            ..
-        }) = slots.remove(&self.id)
-        {
-            slots.insert(self.id, Slot::Parked { upload, since });
+        if matches!(slots.get(&self.id), Some(Slot::Held)) {
+            slots.remove(&self.id);
         }
     }
 }

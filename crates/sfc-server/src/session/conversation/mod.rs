@@ -564,7 +564,7 @@ impl Conversation {
                 Some(Slot::Parked { upload, .. }) => upload.serial == p.serial,
                 // Maybe receiving a packet elsewhere, to be parked again; or held while
                 // files are removed, to be parked again after.
-                Some(Slot::CheckedOut { .. } | Slot::Held { .. }) => true,
+                Some(Slot::CheckedOut { .. } | Slot::Held) => true,
                 None => false,
             });
         }
