@@ -6,6 +6,7 @@
 //! way the log gets at most one line per [`WARN_EVERY`], with the number of failures
 //! since the last, so that exhaustion lasting minutes is not ten lines a second.
 
+use super::log_throttle::LineThrottle;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -19,40 +20,24 @@ pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 pub(crate) struct AcceptErrors {
     /// What the log lines name (the listener).
     what: &'static str,
-    warned_at: Option<Instant>,
-    /// Failures since the last line.
-    unlogged: u64,
+    line: LineThrottle,
 }
 
 impl AcceptErrors {
     pub(crate) fn new(what: &'static str) -> Self {
         AcceptErrors {
             what,
-            warned_at: None,
-            unlogged: 0,
+            line: LineThrottle::default(),
         }
     }
 
     /// Counts `error`, logs when a line is due, and says how long to wait before the
     /// next accept.
     pub(crate) fn failed(&mut self, error: &io::Error, now: Instant) -> Option<Duration> {
-        if let Some(count) = self.count(now) {
+        if let Some(count) = self.line.count(now, WARN_EVERY) {
             tracing::warn!(%error, failures = count, "{}: accept failed (at most one line every {} s, with the number of failures since the last)", self.what, WARN_EVERY.as_secs());
         }
         is_exhaustion(error).then_some(EXHAUSTED_PAUSE)
-    }
-
-    /// Counts one failure; the number to log when a line is due.
-    fn count(&mut self, now: Instant) -> Option<u64> {
-        self.unlogged += 1;
-        let due = self
-            .warned_at
-            .is_none_or(|at| now.saturating_duration_since(at) >= WARN_EVERY);
-        if !due {
-            return None;
-        }
-        self.warned_at = Some(now);
-        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -89,18 +74,5 @@ mod tests {
             let error = io::Error::from_raw_os_error(errno.raw_os_error());
             assert_eq!(errors.failed(&error, now), None, "{errno:?}");
         }
-    }
-
-    #[test]
-    fn one_line_per_interval_with_the_failures_since_the_last() {
-        let mut errors = AcceptErrors::new("test listener");
-        let t0 = Instant::now();
-        assert_eq!(errors.count(t0), Some(1));
-        for i in 1..=99 {
-            assert_eq!(errors.count(t0 + Duration::from_millis(i * 100 - 50)), None);
-        }
-        assert_eq!(errors.count(t0 + WARN_EVERY), Some(100));
-        assert_eq!(errors.count(t0 + WARN_EVERY + Duration::from_secs(1)), None);
-        assert_eq!(errors.count(t0 + WARN_EVERY * 3), Some(2));
     }
 }

@@ -3,7 +3,9 @@
 //! ([`running`]), one task per connection that moves bytes between the socket and the
 //! session's [`crate::session::Conversation`] ([`connection`]), opt-in TLS ([`tls`]), and
 //! the per-address guards: open connections ([`address_limit`]), registrations and
-//! failures ([`rate_limit`]), `--pin-address` ([`address_pin`]); the PROXY protocol from
+//! failures ([`rate_limit`]), `--pin-address` ([`address_pin`]), the refused connections'
+//! log lines ([`refusals`]; these and the accept failures' at most one per interval:
+//! [`log_throttle`]); the PROXY protocol from
 //! trusted balancers ([`proxy_protocol`]); the operator's view: the metrics and live
 //! state ([`monitor`]) and the admin HTTP listener ([`admin_http`]).
 
@@ -17,6 +19,7 @@ pub(crate) mod entropy;
 pub(crate) mod guards;
 pub(crate) mod listener;
 mod log;
+pub(crate) mod log_throttle;
 pub(crate) mod monitor;
 pub(crate) mod proxy_protocol;
 pub(crate) mod rate_limit;

@@ -8,6 +8,7 @@
 //! Refusals held back when the flood stops are reported by [`RefusalLog::flush`], which
 //! the listener calls every interval.
 
+use super::log_throttle::LineThrottle;
 use super::rate_limit::key_of;
 use std::collections::HashMap;
 use std::fmt;
@@ -53,13 +54,6 @@ impl fmt::Display for Refused {
     }
 }
 
-#[derive(Debug)]
-struct Entry {
-    logged_at: Instant,
-    /// Refused since the last line.
-    unlogged: u64,
-}
-
 /// See the module documentation.
 #[derive(Debug)]
 pub(crate) struct RefusalLog {
@@ -69,7 +63,7 @@ pub(crate) struct RefusalLog {
 
 #[derive(Debug, Default)]
 struct Table {
-    entries: HashMap<(Refused, Refusal), Entry>,
+    entries: HashMap<(Refused, Refusal), LineThrottle>,
     /// When a full table was last swept: at most once per second, so that a flood from
     /// new addresses does not sweep it on every refusal.
     swept_at: Option<Instant>,
@@ -99,37 +93,17 @@ impl RefusalLog {
             let interval = self.interval;
             if swept_at.is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY) {
                 *swept_at = Some(now);
-                entries.retain(|_, e| {
-                    e.unlogged > 0 || now.saturating_duration_since(e.logged_at) < interval
-                });
+                entries.retain(|_, line| line.matters(now, interval));
             }
             if entries.len() >= REMEMBERED {
                 // Still full of addresses refused within the interval: no room for more.
                 ip = Refused::Others;
             }
         }
-        let due = match entries.get_mut(&(ip, why)) {
-            Some(entry) if now.saturating_duration_since(entry.logged_at) < self.interval => {
-                entry.unlogged += 1;
-                None
-            }
-            Some(entry) => {
-                let count = entry.unlogged + 1;
-                entry.logged_at = now;
-                entry.unlogged = 0;
-                Some(count)
-            }
-            None => {
-                entries.insert(
-                    (ip, why),
-                    Entry {
-                        logged_at: now,
-                        unlogged: 0,
-                    },
-                );
-                Some(1)
-            }
-        };
+        let due = entries
+            .entry((ip, why))
+            .or_default()
+            .count(now, self.interval);
         (ip, due)
     }
 
@@ -141,14 +115,9 @@ impl RefusalLog {
         table
             .entries
             .iter_mut()
-            .filter(|(_, e)| {
-                e.unlogged > 0
-                    && (all || now.saturating_duration_since(e.logged_at) >= self.interval)
-            })
-            .map(|(&(ip, why), e)| {
-                let count = std::mem::take(&mut e.unlogged);
-                e.logged_at = now;
-                (ip, why, count)
+            .filter_map(|(&(ip, why), line)| {
+                let count = line.held_back(now, self.interval, all)?;
+                Some((ip, why, count))
             })
             .collect()
     }
