@@ -389,8 +389,13 @@ impl IdentityFolder {
     }
 
     fn write_owner(&self) -> Result<(), IdentityError> {
-        let path = self.dir.join(ME_SERVER);
-        identity::write_atomic(&path, format!("{}\n", self.server).as_bytes())
+        self.write_sidecar(ME_SERVER, &self.server.to_string())
+    }
+
+    /// Writes `line` as the one line of the file `name` here (me.server, me.pending).
+    fn write_sidecar(&self, name: &str, line: &str) -> Result<(), IdentityError> {
+        let path = self.dir.join(name);
+        identity::write_atomic(&path, format!("{line}\n").as_bytes())
             .map_err(|source| IdentityError::Write { path, source })
     }
 
@@ -403,14 +408,7 @@ impl IdentityFolder {
         let _writing = hold_identity_writes();
         let backup = self.back_up()?;
         self.write_owner()?;
-        let pending = self.dir.join(ME_PENDING);
-        let id_line = format!("{}\n", identity.client_id.to_hex());
-        identity::write_atomic(&pending, id_line.as_bytes()).map_err(|source| {
-            IdentityError::Write {
-                path: pending,
-                source,
-            }
-        })?;
+        self.write_sidecar(ME_PENDING, &identity.client_id.to_hex())?;
         identity::save(&self.dir, identity)?;
         Ok(backup)
     }
