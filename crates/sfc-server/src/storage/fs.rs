@@ -105,6 +105,20 @@ fn sync_dir(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Closes `file` and reports what `close` says. Dropping a `File` ignores it, but a
+/// network filesystem (NFS) may report a failed write only there, and the next `fsync`,
+/// on the descriptor the file is reopened with, would not see that error again.
+#[cfg(unix)]
+fn close_reporting(file: File) -> io::Result<()> {
+    nix::unistd::close(file).map_err(io::Error::from)
+}
+
+#[cfg(not(unix))]
+fn close_reporting(file: File) -> io::Result<()> {
+    drop(file);
+    Ok(())
+}
+
 impl LocalBlobStore {
     /// A store rooted at the data folder.
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -358,10 +372,13 @@ impl TempBlob for LocalTemp {
     }
 
     fn suspend(&mut self) -> io::Result<()> {
-        if self.file.take().is_some() {
-            self.suspended = true;
+        match self.file.take() {
+            Some(file) => {
+                self.suspended = true;
+                close_reporting(file)
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn persist(mut self: Box<Self>) -> io::Result<String> {
