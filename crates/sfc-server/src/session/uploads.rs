@@ -477,6 +477,7 @@ impl Registry {
     }
 
     /// How many uploads are in progress.
+    #[cfg(any(test, feature = "testing"))]
     pub(super) fn count(&self) -> usize {
         uploads(&self.lock())
     }
