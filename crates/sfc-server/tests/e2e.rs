@@ -737,6 +737,20 @@ fn temporary_and_unrecorded_files_are_removed_at_start_up() {
     db.put_file(&row, Timestamp(0)).unwrap();
     db.close().unwrap();
     let server = TestServer::start_on(dir, database, |_| {});
+    // A data folder from before set-up IDs: its database has clients, so both get one.
+    let kept_id = std::fs::read_to_string(
+        client_dir
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("sfc-setup-id"),
+    )
+    .unwrap();
+    assert_eq!(
+        server.db().setup_id().unwrap().map(|id| format!("{id}\n")),
+        Some(kept_id)
+    );
     assert!(!client_dir.join(".upload-0123.tmp").exists());
     assert!(!client_dir.join("orphan.bin").exists());
     assert_eq!(

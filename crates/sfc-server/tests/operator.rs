@@ -456,12 +456,22 @@ fn a_store_folder_of_another_set_up_is_refused_after_its_server_stopped() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (status, stderr) = run_briefly(&args, None, Duration::from_secs(20));
         assert!(status.is_some_and(|s| !s.success()), "{stderr}");
+        let location = store_dir.join("sfc-setup-id");
         assert!(
-            stderr.contains(expected) && stderr.contains("sfc-setup-id"),
+            stderr.contains(expected) && stderr.contains(&location.display().to_string()),
             "{stderr}"
         );
         assert_eq!(std::fs::read(&stored).unwrap(), plain);
     }
+
+    // A damaged ID is an error too, not "no ID" (which would let the store be taken).
+    let id_file = store_dir.join("sfc-setup-id");
+    let kept_id = std::fs::read(&id_file).unwrap();
+    std::fs::write(&id_file, b"garbage!\n").unwrap();
+    let (status, stderr) = run_briefly(&first_args, None, Duration::from_secs(20));
+    assert!(status.is_some_and(|s| !s.success()), "{stderr}");
+    assert!(stderr.contains("does not hold a set-up ID"), "{stderr}");
+    std::fs::write(&id_file, kept_id).unwrap();
 
     let mut first = ServerProcess::start(&first_args);
     let mut conn = Conn::connect(first.listening_addr());

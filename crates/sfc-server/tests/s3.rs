@@ -521,6 +521,6 @@ fn the_set_up_id_is_one_object_beside_the_client_folders() {
     sfc_server::testing::check_blob_setup_id(&store);
     assert_eq!(
         weed.objects(&prefix),
-        [("sfc-setup-id".to_owned(), b"second-2\n".to_vec())]
+        [("sfc-setup-id".to_owned(), b"first-1\n".to_vec())]
     );
 }

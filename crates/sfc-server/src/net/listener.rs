@@ -124,8 +124,9 @@ impl Server {
         let addr = socket.local_addr()?;
         let Storage { meta, blobs, lock } = storage;
         let limits = config.session_limits();
+        let setup_id_location = crate::storage::setup::setup_id_location(&config);
         let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Core> {
-            pair_at_start_up(meta.as_ref(), blobs.as_ref())?;
+            pair_at_start_up(meta.as_ref(), blobs.as_ref(), &setup_id_location)?;
             recover_at_start_up(meta.as_ref(), blobs.as_ref())?;
             Ok(Core::new(meta, blobs, limits, Box::new(OsEntropy)).holding_folder(lock))
         })

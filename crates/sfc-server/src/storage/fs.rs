@@ -262,23 +262,31 @@ impl BlobStore for LocalBlobStore {
         parse_kept(&kept).map(Some)
     }
 
-    fn write_setup_id(&self, id: &str) -> io::Result<()> {
+    fn keep_setup_id(&self, id: &str) -> io::Result<String> {
         crate::storage::perms::create_private_dir_all(&self.root)?;
-        let path = self.root.join(SETUP_ID_PATH);
-        let mut new_name = path.clone().into_os_string();
-        new_name.push(".new");
-        let new_path = PathBuf::from(new_name);
-        // Written aside and renamed: a crash leaves the old file or the new, whole one
-        // (and this aside copy, replaced by the next try).
-        match fs::remove_file(&new_path) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
-            _ => {}
+        // Written whole aside, then linked to its name, which fails if the name exists:
+        // never replaced, never seen in part (a crash leaves at most the aside copy).
+        let aside = self.root.join(format!(
+            ".{SETUP_ID_PATH}.{}.tmp",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let linked = (|| {
+            let mut file = crate::storage::perms::create_private_file(&aside)?;
+            file.write_all(&kept(id))?;
+            file.sync_all()?;
+            fs::hard_link(&aside, self.root.join(SETUP_ID_PATH))
+        })();
+        let _ = fs::remove_file(&aside);
+        match linked {
+            Ok(()) => {
+                sync_dir(&self.root)?;
+                Ok(id.to_owned())
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => self
+                .setup_id()?
+                .ok_or_else(|| io::Error::other("the set-up ID was there, then gone")),
+            Err(error) => Err(error),
         }
-        let mut file = crate::storage::perms::create_private_file(&new_path)?;
-        file.write_all(&kept(id))?;
-        file.sync_all()?;
-        fs::rename(&new_path, &path)?;
-        sync_dir(&self.root)
     }
 }
 
@@ -612,13 +620,15 @@ mod tests {
     fn the_set_up_id_is_kept_beside_the_client_folders() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalBlobStore::new(dir.path());
-        // A crash while writing it before left an aside copy.
-        let aside = dir.path().join(format!("{SETUP_ID_PATH}.new"));
-        std::fs::write(&aside, b"half").unwrap();
         crate::storage::testing::check_blob_setup_id(&store);
-        assert!(!aside.exists());
         let path = dir.path().join(SETUP_ID_PATH);
-        assert_eq!(std::fs::read(&path).unwrap(), b"second-2\n");
+        assert_eq!(std::fs::read(&path).unwrap(), b"first-1\n");
+        // No aside copy is left.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [SETUP_ID_PATH]);
         #[cfg(unix)]
         assert_eq!(crate::storage::perms::mode_of(&path), Some(0o600));
         // Damaged: an error, never "no ID" (which would let the store be taken over).

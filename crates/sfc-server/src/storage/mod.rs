@@ -22,8 +22,9 @@
 //! flush, never per 828 packet, so FULL costs nothing that matters; and the SQLite store
 //! commits concurrent writes in groups ([`sqlite`]), one flush for all of them.
 //!
-//! At start-up [`recover`] removes what a crash can leave behind: temporary files and
-//! stored files that no row names (never acknowledged).
+//! At start-up [`pairing`] checks that the database and the file store belong together
+//! (a set-up ID in both), then [`recover`] removes what a crash can leave behind:
+//! temporary files and stored files that no row names (never acknowledged).
 
 pub mod fs;
 pub mod names;
@@ -223,8 +224,10 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// The set-up ID kept with the files ([`pairing::SETUP_ID_PATH`]), `None` when there
     /// is none.
     fn setup_id(&self) -> io::Result<Option<String>>;
-    /// Keeps `id` as the set-up ID, durably, replacing any other.
-    fn write_setup_id(&self, id: &str) -> io::Result<()>;
+    /// Keeps `id` as the set-up ID, durably, unless an ID is kept already (created only
+    /// where there is none, atomically: of servers doing it at once, one wins); returns
+    /// the ID kept.
+    fn keep_setup_id(&self, id: &str) -> io::Result<String>;
 }
 
 /// A file being received. Dropping it without [`TempBlob::persist`] removes it.
@@ -467,8 +470,8 @@ mod tests {
         fn setup_id(&self) -> io::Result<Option<String>> {
             self.inner.setup_id()
         }
-        fn write_setup_id(&self, id: &str) -> io::Result<()> {
-            self.inner.write_setup_id(id)
+        fn keep_setup_id(&self, id: &str) -> io::Result<String> {
+            self.inner.keep_setup_id(id)
         }
     }
 

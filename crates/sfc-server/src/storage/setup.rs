@@ -4,7 +4,7 @@
 //! ([`pair_at_start_up`]).
 
 use super::fs::{DataDirLock, LocalBlobStore, FILES_DIR};
-use super::pairing::{self, Paired};
+use super::pairing::{self, Paired, SETUP_ID_PATH};
 use super::perms;
 use super::postgres::PostgresStore;
 use super::s3::S3BlobStore;
@@ -157,10 +157,33 @@ pub fn open_existing_meta(
     })
 }
 
+/// Where the store `config` names keeps its set-up ID ([`pairing::SETUP_ID_PATH`]), for
+/// messages.
+pub fn setup_id_location(config: &ServerConfig) -> String {
+    match &config.store {
+        Store::DataDir => config.data_dir.join(SETUP_ID_PATH).display().to_string(),
+        Store::Folder(root) => root.join(SETUP_ID_PATH).display().to_string(),
+        Store::S3(location) => format!(
+            "s3://{}/{}{SETUP_ID_PATH}",
+            location.bucket,
+            if location.prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", location.prefix)
+            }
+        ),
+    }
+}
+
 /// Checks that the database and the file store belong together, recording the set-up ID
 /// where it is missing ([`pairing`]); a mismatched pair stops the server (blocking).
-pub fn pair_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyhow::Result<()> {
-    match pairing::pair(meta, blobs, &pairing::new_setup_id())? {
+/// `location` says where the store keeps the ID ([`setup_id_location`]).
+pub fn pair_at_start_up(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    location: &str,
+) -> anyhow::Result<()> {
+    match pairing::pair(meta, blobs, &pairing::new_setup_id(), location)? {
         Paired::Matched(id) => tracing::debug!(setup = %id, "database and file store paired"),
         Paired::StoreAdopted(id) => tracing::info!(
             setup = %id,
@@ -169,6 +192,13 @@ pub fn pair_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyhow::
         Paired::New(id) => tracing::info!(
             setup = %id,
             "new set-up: its ID is recorded in the database and the file store"
+        ),
+        Paired::Unclaimed { stored } => tracing::warn!(
+            stored,
+            "the database has no client and no set-up ID, and the file store holds files but \
+             no set-up ID: neither is given one (is this the database these files belong \
+             to? check --database, --data-dir and --store); the next start with a client \
+             registered gives both one"
         ),
     }
     Ok(())

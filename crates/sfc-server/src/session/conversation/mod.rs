@@ -562,8 +562,8 @@ impl Conversation {
             let slots = self.core.registry.lock();
             self.parked.retain(|p| match slots.get(&p.client) {
                 Some(Slot::Parked { upload, .. }) => upload.serial == p.serial,
-                // Maybe receiving a packet elsewhere, to be parked again; or held while
-                // files are removed, to be parked again after.
+                // Maybe receiving a packet elsewhere, to be parked again; or held while its
+                // client is removed (whose end frees the slot; the next call forgets it).
                 Some(Slot::CheckedOut { .. } | Slot::Held) => true,
                 None => false,
             });

@@ -111,33 +111,57 @@ pub(super) async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), S
 /// Records the set-up ID unless one is ([`crate::storage::MetaStore::record_setup_id`]),
 /// making its table first: under the migration lock, since servers starting at once
 /// would otherwise race to create it (`CREATE TABLE IF NOT EXISTS` is not safe against a
-/// concurrent one).
+/// concurrent one). Tried once more on a new connection when the pool's was closed
+/// (PostgreSQL restarted since): the transaction is safe to repeat.
 pub(super) async fn record_setup_id(
     pool: &deadpool_postgres::Pool,
     id: &str,
 ) -> Result<String, StoreError> {
+    match record_setup_id_once(pool, id).await? {
+        Err(error) if error.is_closed() => record_setup_id_once(pool, id).await?,
+        result => result,
+    }
+    .map_err(|error| {
+        let hint = match error.as_db_error().map(|db| db.code()) {
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                " (the role needs to create a table in the database: it should own it, \
+                 docs/DEPLOY.md)"
+            }
+            _ => "",
+        };
+        StoreError::Database(format!("{}{hint}", super::with_causes(&error)))
+    })
+}
+
+async fn record_setup_id_once(
+    pool: &deadpool_postgres::Pool,
+    id: &str,
+) -> Result<Result<String, tokio_postgres::Error>, StoreError> {
     let mut client = pool.get().await.map_err(super::pool_err)?;
-    let tx = client.transaction().await.map_err(db_err)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(db_err)?;
-    tx.batch_execute(&format!(
-        "SET LOCAL client_min_messages = warning; {SETUP_TABLE}"
-    ))
-    .await
-    .map_err(db_err)?;
-    tx.execute(
-        "INSERT INTO sfc_setup (singleton, id) VALUES (1, $1) ON CONFLICT DO NOTHING",
-        &[&id],
-    )
-    .await
-    .map_err(db_err)?;
-    let recorded: String = tx
-        .query_one("SELECT id FROM sfc_setup", &[])
-        .await
-        .map_err(db_err)?
-        .try_get(0)
-        .map_err(db_err)?;
-    tx.commit().await.map_err(db_err)?;
-    Ok(recorded)
+    let result: Result<String, tokio_postgres::Error> = async {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL client_min_messages = warning; {SETUP_TABLE}"
+        ))
+        .await?;
+        tx.execute(
+            "INSERT INTO sfc_setup (singleton, id) VALUES (1, $1) ON CONFLICT DO NOTHING",
+            &[&id],
+        )
+        .await?;
+        let recorded: String = tx
+            .query_one("SELECT id FROM sfc_setup", &[])
+            .await?
+            .try_get(0)?;
+        tx.commit().await?;
+        Ok(recorded)
+    }
+    .await;
+    if matches!(&result, Err(error) if error.is_closed()) {
+        // Not back into the pool.
+        drop(deadpool_postgres::Object::take(client));
+    }
+    Ok(result)
 }

@@ -68,7 +68,7 @@ use super::{BlobStore, TempBlob};
 use crate::config::S3Location;
 use crate::storage::fs::FILES_DIR;
 use crate::storage::names::TEMP_PREFIX;
-use crate::storage::pairing::{kept, parse_kept, SETUP_ID_PATH};
+use crate::storage::pairing::{damaged, kept, parse_kept, SETUP_ID_PATH};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
@@ -146,6 +146,7 @@ impl fmt::Debug for S3BlobStore {
 fn s3_err(error: object_store::Error) -> io::Error {
     let kind = match error {
         object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
+        object_store::Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
         _ => io::ErrorKind::Other,
     };
     // The whole chain: "Generic S3 error: … connection refused" says what happened.
@@ -378,19 +379,34 @@ impl BlobStore for S3BlobStore {
     fn setup_id(&self) -> io::Result<Option<String>> {
         let shared = &self.shared;
         let key = shared.key(SETUP_ID_PATH)?;
-        match shared.run(async { shared.s3.get(&key).await?.bytes().await }) {
-            Ok(bytes) => parse_kept(&bytes).map(Some),
+        let read = shared.run(async {
+            let object = shared.s3.get(&key).await?;
+            // A few bytes; a large object is not an ID (and is not read).
+            if object.meta.size > 128 {
+                return Ok(None);
+            }
+            object.bytes().await.map(Some)
+        });
+        match read {
+            Ok(Some(bytes)) => parse_kept(&bytes).map(Some),
+            Ok(None) => Err(damaged()),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error),
         }
     }
 
-    fn write_setup_id(&self, id: &str) -> io::Result<()> {
+    fn keep_setup_id(&self, id: &str) -> io::Result<String> {
         let shared = &self.shared;
         let key = shared.key(SETUP_ID_PATH)?;
-        // One PUT: an object is replaced whole, never seen in part.
-        shared.run(shared.s3.put(&key, kept(id).into()))?;
-        Ok(())
+        // Created only if absent (If-None-Match: *), whole in one PUT.
+        let create = object_store::PutOptions::from(object_store::PutMode::Create);
+        match shared.run(shared.s3.put_opts(&key, kept(id).into(), create)) {
+            Ok(_) => Ok(id.to_owned()),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => self
+                .setup_id()?
+                .ok_or_else(|| io::Error::other("the set-up ID was there, then gone")),
+            Err(error) => Err(error),
+        }
     }
 }
 

@@ -184,17 +184,17 @@ pub fn check_setup_id(meta: &dyn MetaStore) {
     assert_eq!(meta.setup_id().unwrap().as_deref(), Some("first-1"));
 }
 
-/// [`BlobStore::setup_id`] and [`BlobStore::write_setup_id`]: none at first, then the last
-/// written; the ID is neither a stored file nor a temporary one (recovery leaves it).
-/// `blobs` must be empty.
+/// [`BlobStore::setup_id`] and [`BlobStore::keep_setup_id`]: none at first, then the first
+/// kept, never replaced; the ID is neither a stored file nor a temporary one (recovery
+/// leaves it). `blobs` must be empty.
 #[allow(clippy::unwrap_used, clippy::panic)] // a test helper: a failure is the report
 pub fn check_blob_setup_id(blobs: &dyn BlobStore) {
     assert_eq!(blobs.setup_id().unwrap(), None);
-    blobs.write_setup_id("first-1").unwrap();
+    assert_eq!(blobs.keep_setup_id("first-1").unwrap(), "first-1");
     assert_eq!(blobs.setup_id().unwrap().as_deref(), Some("first-1"));
-    blobs.write_setup_id("second-2").unwrap();
-    assert_eq!(blobs.setup_id().unwrap().as_deref(), Some("second-2"));
+    assert_eq!(blobs.keep_setup_id("second-2").unwrap(), "first-1");
+    assert_eq!(blobs.setup_id().unwrap().as_deref(), Some("first-1"));
     assert_eq!(blobs.stored_paths().unwrap(), Vec::<String>::new());
     assert_eq!(blobs.remove_stale_temps().unwrap(), 0);
-    assert_eq!(blobs.setup_id().unwrap().as_deref(), Some("second-2"));
+    assert_eq!(blobs.setup_id().unwrap().as_deref(), Some("first-1"));
 }

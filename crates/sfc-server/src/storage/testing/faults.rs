@@ -22,7 +22,7 @@
 //! - [`Faults::lose_file_commit_answers`] ([`FaultyMeta`] only): commits of `files` rows
 //!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
 //!   does; optionally the database is then down;
-//! - `setup_id_unseen` (in-memory stores only): the database's set-up ID reads as none;
+//! - `setup_id_unseen` (in-memory stores only): both set-up IDs read as none;
 //! - three [`Gate`]s ([`FaultyMeta`]/[`FaultyBlobs`] only): `listing_gate` holds the next
 //!   `files()` (start-up recovery reads it), `persist_gate` the next move of a temporary
 //!   file into place and `remove_gate` the next removal of a stored file, each until the
@@ -53,8 +53,8 @@ pub struct Faults {
     pub replaced_then_fails: AtomicBool,
     /// Undoing a move into place fails with `EIO`, leaving the new version in place.
     pub undo_fails: AtomicBool,
-    /// The database's set-up ID reads as none, as a read just before another server
-    /// recorded one does (in-memory stores only).
+    /// Both set-up IDs (the database's, the store's) read as none, as reads just before
+    /// another server wrote them do (in-memory stores only).
     pub setup_id_unseen: AtomicBool,
     /// Commits of `files` rows happen but report a failure.
     file_answers_lost: AtomicBool,
@@ -467,9 +467,9 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
     fn setup_id(&self) -> io::Result<Option<String>> {
         self.inner.setup_id()
     }
-    fn write_setup_id(&self, id: &str) -> io::Result<()> {
+    fn keep_setup_id(&self, id: &str) -> io::Result<String> {
         self.faults.disk()?;
-        self.inner.write_setup_id(id)
+        self.inner.keep_setup_id(id)
     }
 }
 

@@ -444,13 +444,20 @@ impl BlobStore for MemoryBlobs {
     }
 
     fn setup_id(&self) -> io::Result<Option<String>> {
+        if self.shared.faults.setup_id_unseen.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
         Ok(self.shared.blobs().setup_id.clone())
     }
 
-    fn write_setup_id(&self, id: &str) -> io::Result<()> {
+    fn keep_setup_id(&self, id: &str) -> io::Result<String> {
         self.shared.faults.durable()?;
-        self.shared.blobs().setup_id = Some(id.to_owned());
-        Ok(())
+        Ok(self
+            .shared
+            .blobs()
+            .setup_id
+            .get_or_insert_with(|| id.to_owned())
+            .clone())
     }
 }
 
