@@ -240,7 +240,7 @@ enum Step<'a> {
     Fail(DecodeError),
 }
 
-/// The 7-byte request header, then the payload or an 828's fixed part.
+/// The 23-byte request header, then the payload or an 828's fixed part.
 fn header_step<'a>(
     buf: &mut [u8; REQUEST_HEADER_LEN],
     filled: &mut usize,
@@ -334,8 +334,13 @@ fn file_fixed_step<'a>(
                 error,
                 packet: inconsistent,
             },
-            Some(State::Skip {
-                remaining: content_len,
+            // No content to skip: at the next request's header already.
+            Some(if content_len == 0 {
+                EMPTY_HEADER
+            } else {
+                State::Skip {
+                    remaining: content_len,
+                }
             }),
         ),
     }
@@ -544,6 +549,18 @@ mod tests {
         let (used3, event) = decoder.decode(&bytes[used + used2..]).unwrap();
         assert_eq!(event, Some(RequestEvent::Request(next)));
         assert_eq!(used + used2 + used3, bytes.len());
+    }
+
+    #[test]
+    fn an_invalid_packet_without_content_ends_at_the_boundary() {
+        let bad = packet(0, 1, 16, 3);
+        let bytes = bad.encode_prefix(ClientId::ZERO, 0);
+        let mut decoder = RequestDecoder::new();
+        let (used, event) = decoder.decode(&bytes).unwrap();
+        assert_eq!(used, bytes.len());
+        assert!(matches!(event, Some(RequestEvent::Invalid { .. })));
+        // Read whole: a stream that ends here does not end inside a request.
+        assert!(decoder.at_boundary());
     }
 
     #[test]
