@@ -211,6 +211,67 @@ mod tests {
         assert!(RequestHeader::decode(&bytes).is_ok());
     }
 
+    /// Every code's payload bounds hold exactly at their edges: the smallest and largest
+    /// size pass the header, one byte fewer or more is refused (826: 256..=1279;
+    /// 1602/1605: 17..=528; 1601/1604/1606/1607: up to 528; 1603: 16..=279, of which the
+    /// payload's decoding takes only 16 and 279).
+    #[test]
+    fn payload_bounds_hold_at_their_edges() {
+        let edges = |(min, max): (u32, u32)| {
+            let inside = [min, max];
+            let outside: Vec<u32> = [min.checked_sub(1), max.checked_add(1)]
+                .into_iter()
+                .flatten()
+                .collect();
+            (inside, outside)
+        };
+        for code in RequestCode::ALL {
+            let (inside, outside) = edges(code.payload_range());
+            for size in inside {
+                let bytes = RequestHeader::new(ClientId::ZERO, code, size).encode();
+                assert!(RequestHeader::decode(&bytes).is_ok(), "{code:?} {size}");
+            }
+            for size in outside {
+                let bytes = RequestHeader::new(ClientId::ZERO, code, size).encode();
+                assert!(
+                    matches!(
+                        RequestHeader::decode(&bytes),
+                        Err(DecodeError::PayloadSize { .. })
+                    ),
+                    "{code:?} {size}"
+                );
+            }
+        }
+        for code in ResponseCode::ALL {
+            let (inside, outside) = edges(code.payload_range());
+            let header = |payload_size| ResponseHeader {
+                version: 3,
+                code,
+                payload_size,
+            };
+            for size in inside {
+                assert!(
+                    ResponseHeader::decode(&header(size).encode()).is_ok(),
+                    "{code:?} {size}"
+                );
+            }
+            for size in outside {
+                assert!(
+                    matches!(
+                        ResponseHeader::decode(&header(size).encode()),
+                        Err(DecodeError::PayloadSize { .. })
+                    ),
+                    "{code:?} {size}"
+                );
+            }
+        }
+        // The numbers of PROTOCOL.md's tables.
+        assert_eq!(RequestCode::SendPublicKey.payload_range(), (256, 1279));
+        assert_eq!(ResponseCode::PublicKeyAccepted.payload_range(), (17, 528));
+        assert_eq!(ResponseCode::FileReceived.payload_range(), (16, 279));
+        assert_eq!(ResponseCode::Ack.payload_range(), (0, 528));
+    }
+
     #[test]
     fn any_version_byte_is_accepted() {
         for version in [0u8, 1, 2, 3, 255] {
