@@ -314,7 +314,8 @@ impl Monitor {
         OpenConnection(Arc::clone(self))
     }
 
-    /// A connection was closed at once (`reason`: `failure-budget`, `per-address`, `tls`).
+    /// A connection was closed at once (`reason`: `failure-budget`, `per-address`,
+    /// `tls-handshake`, `proxy-untrusted`, `proxy-header`).
     pub fn connection_refused(&self, peer: SocketAddr, reason: &'static str) {
         self.metrics
             .connections_refused
