@@ -59,7 +59,9 @@ fn matches_system_cksum() {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1)
         | 1;
-    for (i, size) in [0usize, 1, 255, 256, 65_536, 1_000_003]
+    // Sizes whose length field (appended to the data, least significant byte first, as
+    // few bytes as needed) takes 0, 1, 2, 3 and 4 bytes.
+    for (i, size) in [0usize, 1, 255, 256, 65_536, 1_000_003, 17_000_005]
         .into_iter()
         .enumerate()
     {
