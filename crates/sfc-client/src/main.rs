@@ -33,6 +33,10 @@ fn forced() -> String {
         .to_owned()
 }
 
+/// Taken by whichever Ctrl-C ends the run, for its lines and the exit: the other never
+/// gets it (the process ends first), so their lines cannot mix.
+static ENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// One Ctrl-C: the first runs `first` on a thread of its own (the signal handler's
 /// thread stays free for the next one); any later one runs `again` at once, so that a
 /// second Ctrl-C is never stuck behind the first's wait.
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
             // starting: an exit in its middle could leave me.info, priv.key and
             // me.server disagreeing. Another thread than the run's: the save goes on.
             let no_save_running = Session::hold_identity_saves_within(IDENTITY_SAVE_WAIT);
+            let _ending = ENDING.lock();
             reporter.interrupted();
             if no_save_running.is_none() {
                 reporter.error(save_cut_short());
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
             std::process::exit(i32::from(exit::INTERRUPTED));
         };
         let again = || {
+            let _ending = ENDING.lock();
             on_interrupt.interrupted();
             on_interrupt.error(forced());
             std::process::exit(i32::from(exit::INTERRUPTED));
