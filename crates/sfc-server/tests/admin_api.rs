@@ -1215,3 +1215,81 @@ fn a_download_the_client_stops_reading_is_cut_at_the_send_timeout() {
         "the slow client's copy differs"
     );
 }
+
+/// The overview (stats, the client list) asks the file store for every file's size, an
+/// S3 HEAD each: it is computed once and reused while nothing changes, however often and
+/// from however many tabs the dashboard asks, and at once after a change; a client's file
+/// list sizes only the page shown.
+#[test]
+fn the_overview_is_computed_once_while_nothing_changes() {
+    use sfc_server::testing::Faults;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let storage = faulty_local_storage(dir.path(), &faults);
+    let mut config = config_for(dir.path());
+    with_admin(&mut config);
+    let server = sfc_server::RunningServer::start_with(config, storage).unwrap();
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let base = format!("http://{}", server.admin_addr().unwrap());
+    let get = |path: &str| -> Value {
+        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+        let mut response = agent
+            .get(format!("{base}{path}"))
+            .header("Authorization", format!("Bearer {}", token.trim()))
+            .call()
+            .unwrap();
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
+    };
+    let queries = || faults.size_queries.load(Ordering::SeqCst);
+    let mut conn = Conn::connect(server.addr());
+    let (id, key) = enroll(&mut conn, "owner");
+    let mut store = |n: u32| {
+        let plain = data(1000 + n as usize, n);
+        let file = format!("f{n}.bin");
+        assert_received(
+            &upload(&mut conn, id, &key, &file, &plain, 512),
+            id,
+            &file,
+            &plain,
+        );
+    };
+    for n in 0..3 {
+        store(n);
+    }
+
+    let before = queries();
+    for _ in 0..5 {
+        assert_eq!(get("/api/v1/stats")["files"], 3);
+    }
+    assert_eq!(queries() - before, 3, "one pass for five looks");
+    // Many tabs at once: still one pass after a change.
+    store(3);
+    let before = queries();
+    std::thread::scope(|scope| {
+        let looks: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| get("/api/v1/stats")))
+            .collect();
+        for look in looks {
+            assert_eq!(look.join().unwrap()["files"], 4, "the change shows at once");
+        }
+    });
+    assert_eq!(queries() - before, 4, "one pass for eight looks at once");
+    assert_eq!(get("/api/v1/clients")["items"][0]["files"], 4);
+    assert_eq!(queries() - before, 4, "the client list shares it");
+    // One page of a client's files: only its files are sized.
+    let before = queries();
+    let page = get(&format!(
+        "/api/v1/clients/{}/files?limit=1&offset=2",
+        id.to_hex()
+    ));
+    assert_eq!(page["total"], 4);
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["file_name"], "f2.bin");
+    assert!(page["items"][0]["size"].as_u64().unwrap() > 0);
+    assert_eq!(queries() - before, 1);
+    drop(conn);
+    server.stop();
+}

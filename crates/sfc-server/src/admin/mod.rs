@@ -177,6 +177,24 @@ pub fn file_views(
     blobs: &dyn BlobStore,
     only: Option<&ClientId>,
 ) -> anyhow::Result<Vec<FileView>> {
+    let mut views = unsized_file_views(meta, only)?;
+    fill_sizes(blobs, &mut views);
+    Ok(views)
+}
+
+/// Asks `blobs` for the size of each of `views` (one query per file: an S3 `HEAD`); a size
+/// it cannot tell stays `None`.
+pub fn fill_sizes(blobs: &dyn BlobStore, views: &mut [FileView]) {
+    for view in views {
+        view.size = blobs.size(&view.path).ok();
+    }
+}
+
+/// [`file_views`] without the sizes (`None`), for a caller that shows only some of them.
+pub fn unsized_file_views(
+    meta: &dyn MetaStore,
+    only: Option<&ClientId>,
+) -> anyhow::Result<Vec<FileView>> {
     let names: HashMap<_, _> = meta
         .clients()?
         .into_iter()
@@ -189,7 +207,7 @@ pub fn file_views(
         .map(|f| FileView {
             client_id: f.client_id.to_hex(),
             client_name: names.get(&f.client_id).cloned(),
-            size: blobs.size(&f.path).ok(),
+            size: None,
             file_name: f.file_name,
             path: f.path,
             verified: f.verified,

@@ -1,6 +1,7 @@
 //! The shared [`Core`]: the stores, the upload registry, LastSeen notes, and the
 //! handlers of the requests that are not file packets.
 
+use super::changes::CountingChanges;
 use super::name_locks::NameLocks;
 use super::uploads::{BatchBudget, Progress, Registry};
 use super::{Ctx, Entropy, Limits, Outcome};
@@ -18,7 +19,7 @@ use zeroize::Zeroizing;
 /// The server's protocol logic and shared state; see the module documentation.
 #[derive(Debug)]
 pub struct Core {
-    pub(super) meta: Box<dyn MetaStore>,
+    pub(super) meta: CountingChanges,
     pub(super) blobs: Box<dyn BlobStore>,
     pub(super) registry: Arc<Registry>,
     pub(super) seen: Mutex<HashMap<ClientId, Timestamp>>,
@@ -64,7 +65,7 @@ impl Core {
     ) -> Self {
         Core {
             entropy,
-            meta,
+            meta: CountingChanges::new(meta),
             blobs,
             registry: Arc::new(Registry {
                 budget: BatchBudget {
@@ -92,7 +93,7 @@ impl Core {
     #[cfg(any(test, feature = "testing"))]
     /// The metadata store.
     pub fn meta(&self) -> &dyn MetaStore {
-        self.meta.as_ref()
+        &self.meta
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -194,7 +195,14 @@ impl Core {
 
     /// The metadata store, for the admin's read-only views.
     pub fn meta_store(&self) -> &dyn MetaStore {
-        self.meta.as_ref()
+        &self.meta
+    }
+
+    /// How many changes to the tables this server has made (or attempted) so far: a
+    /// view computed when it was `n` is current if it still is (changes made by other
+    /// servers on a shared database aside).
+    pub fn changes(&self) -> u64 {
+        self.meta.count()
     }
 
     /// The blob store, for the admin's read-only views and downloads.

@@ -4,7 +4,7 @@
 use super::error::FinishError;
 use super::uploads::Upload;
 use super::{Core, Ctx, Outcome};
-use crate::storage::FileRecord;
+use crate::storage::{FileRecord, MetaStore};
 use sfc_proto::{ClientId, Response};
 
 /// "stored as PATH: SIZE bytes in SECS s (RATE)": the whole file's size, the time since

@@ -53,6 +53,7 @@
 //! (the listener calls it periodically and at shutdown), so there is never a commit per
 //! packet.
 
+mod changes;
 mod conversation;
 mod core;
 mod durability;

@@ -4,7 +4,7 @@
 
 use super::access::authenticate;
 use super::{AdminState, ApiError, Peer, Shared, DEFAULT_PAGE, MAX_PAGE};
-use crate::admin::{client_views, file_views, ClientView, FileView, StatsView};
+use crate::admin::{fill_sizes, unsized_file_views, ClientView, FileView, StatsView};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -100,8 +100,12 @@ pub(crate) struct Page<T> {
     items: Vec<T>,
 }
 
+fn page_limit(query: &PageQuery) -> usize {
+    query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
+}
+
 fn page<T>(all: Vec<T>, query: &PageQuery) -> Page<T> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let limit = page_limit(query);
     let total = all.len();
     let items = all.into_iter().skip(query.offset).take(limit).collect();
     Page {
@@ -113,19 +117,12 @@ fn page<T>(all: Vec<T>, query: &PageQuery) -> Page<T> {
 }
 
 pub(crate) async fn stats(state: &AdminState) -> Result<StatsView, ApiError> {
-    let core = Arc::clone(&state.core);
-    let (clients, files, bytes) = blocking(move || {
-        let clients = core.meta_store().clients()?.len();
-        let files = file_views(core.meta_store(), core.blob_store(), None)?;
-        let bytes = files.iter().filter_map(|f| f.size).sum::<u64>();
-        Ok((clients, files.len(), bytes))
-    })
-    .await?;
+    let clients = state.overview.clients(&state.core).await?;
     let live = state.monitor.snapshot();
     Ok(StatsView {
-        clients,
-        files,
-        bytes_stored: bytes,
+        clients: clients.len(),
+        files: clients.iter().map(|c| c.files).sum(),
+        bytes_stored: clients.iter().map(|c| c.bytes).sum(),
         connections_open: live.connections_open,
         uploads_in_progress: live.uploads.len(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -141,9 +138,10 @@ pub(super) async fn api_stats(
     Ok(Json(stats(&state).await?))
 }
 
-pub(crate) async fn all_clients(state: &AdminState) -> Result<Vec<ClientView>, ApiError> {
-    let core = Arc::clone(&state.core);
-    blocking(move || client_views(core.meta_store(), core.blob_store())).await
+/// The clients with their files' counts and bytes (computed at most every few seconds:
+/// [`super::overview`]).
+pub(crate) async fn all_clients(state: &AdminState) -> Result<Arc<Vec<ClientView>>, ApiError> {
+    state.overview.clients(&state.core).await
 }
 
 pub(super) async fn api_clients(
@@ -153,15 +151,16 @@ pub(super) async fn api_clients(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<ClientView>>, ApiError> {
     authenticate(&state, peer, &headers)?;
-    Ok(Json(page(all_clients(&state).await?, &query)))
+    Ok(Json(page(all_clients(&state).await?.to_vec(), &query)))
 }
 
 pub(crate) async fn one_client(state: &AdminState, id: &str) -> Result<ClientView, ApiError> {
     let id = client_id(id)?.to_hex();
     all_clients(state)
         .await?
-        .into_iter()
+        .iter()
         .find(|c| c.id == id)
+        .cloned()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such client"))
 }
 
@@ -175,14 +174,25 @@ pub(super) async fn api_client(
     Ok(Json(one_client(&state, &id).await?))
 }
 
-pub(crate) async fn client_files(state: &AdminState, id: &str) -> Result<Vec<FileView>, ApiError> {
+/// One page of a client's files (`offset`, `limit`), with their sizes, and how many
+/// files the client has: only the page's files are sized (a query to the store each).
+pub(crate) async fn client_files(
+    state: &AdminState,
+    id: &str,
+    offset: usize,
+    limit: usize,
+) -> Result<(usize, Vec<FileView>), ApiError> {
     let id = client_id(id)?;
     let core = Arc::clone(&state.core);
     blocking(move || {
         if core.meta_store().client(&id)?.is_none() {
             return Ok(None);
         }
-        file_views(core.meta_store(), core.blob_store(), Some(&id)).map(Some)
+        let all = unsized_file_views(core.meta_store(), Some(&id))?;
+        let total = all.len();
+        let mut shown: Vec<FileView> = all.into_iter().skip(offset).take(limit).collect();
+        fill_sizes(core.blob_store(), &mut shown);
+        Ok(Some((total, shown)))
     })
     .await?
     .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such client"))
@@ -196,7 +206,14 @@ pub(super) async fn api_files(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<FileView>>, ApiError> {
     authenticate(&state, peer, &headers)?;
-    Ok(Json(page(client_files(&state, &id).await?, &query)))
+    let limit = page_limit(&query);
+    let (total, items) = client_files(&state, &id, query.offset, limit).await?;
+    Ok(Json(Page {
+        total,
+        offset: query.offset,
+        limit,
+        items,
+    }))
 }
 
 /// The uploads in progress, with the clients' names.

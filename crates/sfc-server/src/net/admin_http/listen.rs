@@ -194,6 +194,7 @@ impl AdminServer {
                 sessions: Sessions::default(),
                 failed_logins: FailedLogins::default(),
                 secure_cookie,
+                overview: Default::default(),
             }),
             send_timeout: config.send_timeout,
         })

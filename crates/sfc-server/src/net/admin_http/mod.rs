@@ -15,6 +15,7 @@ mod api;
 mod auth;
 mod listen;
 mod login_limit;
+mod overview;
 mod pages;
 mod send_timeout;
 mod templates;
@@ -58,6 +59,7 @@ pub(crate) struct AdminState {
     sessions: Sessions,
     failed_logins: FailedLogins,
     secure_cookie: bool,
+    overview: overview::Overview,
 }
 
 type Shared = Arc<AdminState>;

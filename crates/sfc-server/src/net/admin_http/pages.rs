@@ -203,11 +203,12 @@ struct PageNumber {
 }
 
 /// The items of one page of a list.
-fn one_page<T>(items: Vec<T>, page: usize) -> Vec<T> {
+fn one_page<T: Clone>(items: &[T], page: usize) -> Vec<T> {
     items
-        .into_iter()
+        .iter()
         .skip(page.saturating_mul(DEFAULT_PAGE))
         .take(DEFAULT_PAGE)
+        .cloned()
         .collect()
 }
 
@@ -229,7 +230,7 @@ async fn clients_page(
         title: "Clients",
         csrf: &csrf,
         total,
-        clients: &one_page(clients, number.page),
+        clients: &one_page(&clients, number.page),
         pager: Pager::new("/clients".to_owned(), number.page, total),
     };
     render(StatusCode::OK, &page)
@@ -245,19 +246,19 @@ async fn client_page(
     let Some(csrf) = session(&state, peer, &headers) else {
         return to_login();
     };
-    let (client, files) = match (
+    let offset = number.page.saturating_mul(DEFAULT_PAGE);
+    let (client, (total, files)) = match (
         one_client(&state, &id).await,
-        client_files(&state, &id).await,
+        client_files(&state, &id, offset, DEFAULT_PAGE).await,
     ) {
         (Ok(client), Ok(files)) => (client, files),
         (Err(error), _) | (_, Err(error)) => return error_page(error),
     };
-    let total = files.len();
     let page = ClientPage {
         title: &format!("Client {}", client.name),
         csrf: &csrf,
         client: &client,
-        files: &one_page(files, number.page),
+        files: &files,
         pager: Pager::new(format!("/clients/{}", client.id), number.page, total),
     };
     render(StatusCode::OK, &page)

@@ -88,7 +88,7 @@ impl Pager {
             page,
             pages,
             previous: page.checked_sub(1),
-            next: (page + 1 < pages).then_some(page + 1),
+            next: page.checked_add(1).filter(|next| *next < pages),
         })
     }
 }

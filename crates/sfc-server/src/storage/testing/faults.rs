@@ -74,6 +74,8 @@ pub struct Faults {
     pub persist_gate: Gate,
     /// Holds the next removal of a stored file by a [`FaultyBlobs`].
     pub remove_gate: Gate,
+    /// Size queries a [`FaultyBlobs`] passed on (an S3 `HEAD` each on a real store).
+    pub size_queries: AtomicU64,
 }
 
 impl Default for Faults {
@@ -94,6 +96,7 @@ impl Default for Faults {
             listing_gate: Gate::default(),
             persist_gate: Gate::default(),
             remove_gate: Gate::default(),
+            size_queries: AtomicU64::new(0),
         }
     }
 }
@@ -456,6 +459,7 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
         self.inner.open(path)
     }
     fn size(&self, path: &str) -> io::Result<u64> {
+        self.faults.size_queries.fetch_add(1, Ordering::SeqCst);
         self.inner.size(path)
     }
     fn remove_stale_temps(&self) -> io::Result<usize> {

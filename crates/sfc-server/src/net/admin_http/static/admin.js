@@ -79,7 +79,10 @@
           return [f.at, f.kind, f.peer || "-", f.detail];
         }, ["When", "What", "From", "Why"], "No failure since start");
       })
-      .catch(function () { /* logged out or server gone: keep the last view */ });
+      .catch(function () { /* logged out or server gone: keep the last view */ })
+      // The next refresh 2 s after this one ends, never while it is still running: a slow
+      // server does not get a pile of requests.
+      .then(function () { window.setTimeout(refresh, 2000); });
   }
-  window.setInterval(refresh, 2000);
+  window.setTimeout(refresh, 2000);
 })();
