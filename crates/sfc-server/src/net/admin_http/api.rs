@@ -31,34 +31,15 @@ pub(super) fn client_id(text: &str) -> Result<ClientId, ApiError> {
 // ----- health and metrics -----------------------------------------------------------------
 
 /// Ready when the metadata store answers a lookup and the blob store a size query
-/// (a missing file is an answer).
+/// (a missing file is an answer). Open to anyone (balancers probe it), so the answer names
+/// only which store failed; the error itself (host names, users, buckets) goes to the log
+/// ([`super::ready::Readiness`], which also spares the stores a probe per request).
 pub(super) async fn readyz(State(state): State<Shared>) -> Response {
-    let core = Arc::clone(&state.core);
-    let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let probe = ClientId([0; 16]);
-        core.meta_store()
-            .client(&probe)
-            .map_err(|e| format!("database: {e}"))?;
-        match core
-            .blob_store()
-            .size(&format!("files/{}/readyz-probe", probe.to_hex()))
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("file store: {e}")),
-        }
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Err(why)) => (
+    match state.readiness.check(&state.core).await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(which) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        )
-            .into_response(),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {error}\n"),
+            format!("not ready: {which}\n"),
         )
             .into_response(),
     }

@@ -195,6 +195,7 @@ impl AdminServer {
                 failed_logins: FailedLogins::default(),
                 secure_cookie,
                 overview: Default::default(),
+                readiness: Default::default(),
             }),
             send_timeout: config.send_timeout,
         })

@@ -17,6 +17,7 @@ mod listen;
 mod login_limit;
 mod overview;
 mod pages;
+mod ready;
 mod send_timeout;
 mod templates;
 
@@ -60,6 +61,7 @@ pub(crate) struct AdminState {
     failed_logins: FailedLogins,
     secure_cookie: bool,
     overview: overview::Overview,
+    readiness: ready::Readiness,
 }
 
 type Shared = Arc<AdminState>;
