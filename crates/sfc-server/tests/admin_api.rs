@@ -253,6 +253,46 @@ fn failed_logins_are_limited_per_address() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 303);
     assert_eq!(admin.get("/api/v1/stats").0, 200);
+    // The refused tries count as failed logins too (5 + 2), and are listed.
+    assert_eq!(
+        sample(&scrape(&admin), "sfc_admin_login_failures_total", None),
+        (LOGIN_FAILURES_PER_MINUTE + 2) as f64
+    );
+    let failures = admin.json("/api/v1/failures?limit=100");
+    let beyond = failures["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["detail"].as_str().unwrap().ends_with("beyond the limit"))
+        .count();
+    assert_eq!(beyond, 2, "{failures}");
+    // The scheme's name in any case (RFC 7235).
+    let response = admin
+        .agent
+        .get(admin.url("/api/v1/stats"))
+        .header("Authorization", format!("bearer {}", admin.token))
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+/// A body larger than any form is refused before it is read, token or not; a session
+/// cookie is found among other cookies of the same name (another site on the same host).
+#[test]
+fn large_bodies_are_refused_and_every_session_cookie_is_tried() {
+    let admin = Admin::start();
+    let huge = "x".repeat(64 * 1024);
+    let response = admin
+        .agent
+        .post(admin.url("/login"))
+        .send_form([("token", huge.as_str())])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let session = admin.login();
+    let planted = format!("{COOKIE}=planted-by-another-site; {session}");
+    let (status, body) = admin.page(&planted, "/");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("csrf"), "logged in: {body}");
 }
 
 #[test]

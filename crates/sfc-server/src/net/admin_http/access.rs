@@ -17,14 +17,16 @@ pub(crate) enum Auth {
     Session { id: String, csrf: String },
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// Every value of the cookie `name` the request carries: a browser sends several when
+/// another site on the same host (cookies ignore the port) set one of the same name.
+fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 
@@ -40,15 +42,18 @@ pub(crate) fn authenticate(
 ) -> Result<Auth, ApiError> {
     let now = Instant::now();
     if let Some(value) = headers.get(header::AUTHORIZATION) {
+        // The scheme's name is case-insensitive (RFC 7235).
         let given = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+            .map_or("", |(_, token)| token);
         if same_secret(given.trim(), &state.token) {
             return Ok(Auth::Bearer);
         }
         if state.failed_logins.blocked(peer.ip(), now) {
+            login_refused(state, peer, "wrong bearer token");
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 login_limit::refusal_text(),
@@ -57,7 +62,7 @@ pub(crate) fn authenticate(
         login_failed(state, peer, "wrong bearer token");
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong token"));
     }
-    if let Some(id) = cookie(headers, COOKIE) {
+    for id in cookies(headers, COOKIE) {
         if let Some(csrf) = state.sessions.csrf(id, now) {
             return Ok(Auth::Session {
                 id: id.to_owned(),
@@ -76,6 +81,31 @@ pub(super) fn login_failed(state: &AdminState, peer: SocketAddr, why: &str) {
     state.monitor.admin_login_failed(peer, why);
     tracing::warn!(%peer, why, "admin: failed login");
 }
+
+/// A wrong token beyond the failure limit: refused without a verdict (429), counted in
+/// `admin_login_failures_total` and the failure list like any failed login, and logged
+/// at most once per [`REFUSED_LOG_EVERY`] with the number since the last line (a guesser
+/// cannot flood the log).
+pub(super) fn login_refused(state: &AdminState, peer: SocketAddr, why: &str) {
+    state
+        .monitor
+        .admin_login_failed(peer, &format!("{why}, beyond the limit"));
+    let mut line = state
+        .refused_logins_logged
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(count) = line.count(Instant::now(), REFUSED_LOG_EVERY) {
+        tracing::warn!(
+            %peer,
+            refused = count,
+            "admin: logins refused: too many failed logins (at most one line every {} s, with the number refused since the last, from any address)",
+            REFUSED_LOG_EVERY.as_secs()
+        );
+    }
+}
+
+/// At most one log line about logins refused beyond the limit per this interval.
+pub(crate) const REFUSED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// For a state-changing request: a session must echo its CSRF token (header or form
 /// field); a bearer token is not sent by browsers on their own and needs none.

@@ -20,6 +20,8 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 pub const MAX_SESSIONS: usize = 256;
 /// Shortest token accepted from a token file.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// Shorter tokens are accepted with a warning at start-up.
+pub const STRONG_TOKEN_LEN: usize = 32;
 
 /// 256 random bits from the operating system's CSPRNG, as 64 hex digits.
 pub fn random_token() -> String {
@@ -60,6 +62,16 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
                 anyhow::bail!(
                     "the admin token file {} holds fewer than {MIN_TOKEN_LEN} characters",
                     path.display()
+                );
+            }
+            if token.len() < STRONG_TOKEN_LEN {
+                // The right token gets in even beyond the failure limit (access.rs), so
+                // the limit slows guessing but does not stop it: the token's length must.
+                tracing::warn!(
+                    path = %path.display(),
+                    "the admin token has fewer than {STRONG_TOKEN_LEN} characters: make it \
+                     long and random (delete the file and restart: a 64-digit random token \
+                     is written)"
                 );
             }
             Ok(token)

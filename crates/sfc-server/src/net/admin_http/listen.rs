@@ -196,6 +196,7 @@ impl AdminServer {
                 secure_cookie,
                 overview: Default::default(),
                 readiness: Default::default(),
+                refused_logins_logged: Default::default(),
             }),
             send_timeout: config.send_timeout,
         })

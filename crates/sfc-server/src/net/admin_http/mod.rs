@@ -62,9 +62,14 @@ pub(crate) struct AdminState {
     secure_cookie: bool,
     overview: overview::Overview,
     readiness: ready::Readiness,
+    /// The log line about logins refused beyond the limit ([`access::login_refused`]).
+    refused_logins_logged: std::sync::Mutex<crate::net::log_throttle::LineThrottle>,
 }
 
 type Shared = Arc<AdminState>;
+
+/// Largest request body read (see [`router`]).
+const MAX_BODY: usize = 8 * 1024;
 
 /// The remote address of an admin connection (plain or TLS).
 #[derive(Clone, Copy, Debug)]
@@ -104,6 +109,10 @@ fn router(state: Shared) -> Router {
         .route("/api/v1/uploads", get(api::api_uploads))
         .route("/api/v1/failures", get(api::api_failures))
         .merge(pages::routes())
+        // The largest body any route takes is a form of a few hundred bytes (login, CSRF
+        // token and a file name): nothing is read beyond this, before or after the check
+        // of the token.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response_with_state(
             Arc::clone(&state),
             finish_response,

@@ -94,7 +94,7 @@ async fn login(
     // The right token gets in even beyond the failure limit (see `authenticate`).
     if !same_secret(form.token.trim(), &state.token) {
         if state.failed_logins.blocked(peer.0.ip(), now) {
-            tracing::warn!(peer = %peer.0, "admin: login refused: too many failed logins");
+            super::access::login_refused(&state, peer.0, "wrong token at the login form");
             return (
                 [(header::RETRY_AFTER, RETRY_AFTER.as_secs().to_string())],
                 login_page(StatusCode::TOO_MANY_REQUESTS, &login_limit::refusal_text()),
