@@ -212,8 +212,11 @@ impl BlobStore for LocalBlobStore {
         }
     }
 
-    fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {
-        Ok(Box::new(fs::File::open(self.resolve(path)?)?))
+    fn open(&self, path: &str) -> io::Result<(Box<dyn io::Read + Send>, u64)> {
+        let file = fs::File::open(self.resolve(path)?)?;
+        // The open file's size: a rename over the path later does not change it.
+        let size = file.metadata()?.len();
+        Ok((Box::new(file), size))
     }
 
     fn size(&self, path: &str) -> io::Result<u64> {

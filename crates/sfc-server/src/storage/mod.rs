@@ -205,8 +205,10 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
         Ok(())
     }
     /// Opens a stored file for reading (the admin's download), given its path relative
-    /// to the data folder. The default: not supported by this store.
-    fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {
+    /// to the data folder, with the size of what was opened (not of what the path names
+    /// a moment later: an upload may replace it). The default: not supported by this
+    /// store.
+    fn open(&self, path: &str) -> io::Result<(Box<dyn io::Read + Send>, u64)> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!("this store cannot read {path:?} back"),

@@ -36,8 +36,9 @@ pub(crate) async fn download_file(
         let Some(record) = core.meta_store().file(&id, &label)? else {
             return Ok(None);
         };
-        let size = core.blob_store().size(&record.path)?;
-        let reader = core.blob_store().open(&record.path)?;
+        // One open: the length sent is that of the content read, even if an upload of
+        // the same name replaces the file meanwhile.
+        let (reader, size) = core.blob_store().open(&record.path)?;
         Ok(Some((size, reader)))
     })
     .await?

@@ -52,7 +52,8 @@ pub fn check_remove_client(meta: &dyn MetaStore) {
     assert!(meta.client(&bob).unwrap().is_some());
 }
 
-/// [`BlobStore::open`] gives back the bytes persisted, and refuses missing or escaping
+/// [`BlobStore::open`] gives back the bytes persisted and their size, the size of what
+/// it opened even when the file is replaced meanwhile, and refuses missing or escaping
 /// paths.
 #[allow(clippy::unwrap_used, clippy::panic)] // a test helper: a failure is the report
 pub fn check_open_reads_back(blobs: &dyn BlobStore) {
@@ -61,8 +62,14 @@ pub fn check_open_reads_back(blobs: &dyn BlobStore) {
     let mut temp = blobs.create_temp(&client, "big.bin").unwrap();
     temp.write_all(&content).unwrap();
     let path = temp.persist().unwrap();
+    let (mut reader, size) = blobs.open(&path).unwrap();
+    assert_eq!(size, content.len() as u64);
+    // Replaced by a shorter version while being read: the reader and its size agree.
+    let mut shorter = blobs.create_temp(&client, "big.bin").unwrap();
+    shorter.write_all(b"short").unwrap();
+    assert_eq!(shorter.persist().unwrap(), path);
     let mut back = Vec::new();
-    blobs.open(&path).unwrap().read_to_end(&mut back).unwrap();
+    reader.read_to_end(&mut back).unwrap();
     assert!(back == content, "read back {} bytes", back.len());
     let missing = format!("files/{}/missing", client.to_hex());
     assert!(blobs.open(&missing).is_err());

@@ -455,7 +455,7 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
     fn remove_client(&self, client: &ClientId) -> io::Result<()> {
         self.inner.remove_client(client)
     }
-    fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {
+    fn open(&self, path: &str) -> io::Result<(Box<dyn io::Read + Send>, u64)> {
         self.inner.open(path)
     }
     fn size(&self, path: &str) -> io::Result<u64> {

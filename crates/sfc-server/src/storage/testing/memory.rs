@@ -416,10 +416,10 @@ impl BlobStore for MemoryBlobs {
         Ok(())
     }
 
-    fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + Send>> {
+    fn open(&self, path: &str) -> io::Result<(Box<dyn io::Read + Send>, u64)> {
         confined(path)?;
         match self.shared.blobs().stored.get(path) {
-            Some(bytes) => Ok(Box::new(io::Cursor::new(bytes.clone()))),
+            Some(bytes) => Ok((Box::new(io::Cursor::new(bytes.clone())), bytes.len() as u64)),
             None => Err(io::Error::from(io::ErrorKind::NotFound)),
         }
     }
