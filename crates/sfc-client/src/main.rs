@@ -78,7 +78,11 @@ fn main() -> ExitCode {
             std::process::exit(i32::from(exit::INTERRUPTED));
         };
         let again = || {
-            let _ending = ENDING.lock();
+            // The first is printing its lines and exiting (or stuck writing them: a
+            // paused terminal): end now, without lines of our own.
+            let Ok(_ending) = ENDING.try_lock() else {
+                std::process::exit(i32::from(exit::INTERRUPTED));
+            };
             on_interrupt.interrupted();
             on_interrupt.error(forced());
             std::process::exit(i32::from(exit::INTERRUPTED));

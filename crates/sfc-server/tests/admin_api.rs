@@ -253,7 +253,8 @@ fn failed_logins_are_limited_per_address() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 303);
     assert_eq!(admin.get("/api/v1/stats").0, 200);
-    // The refused tries count as failed logins too (5 + 2), and are listed.
+    // The refused tries count as failed logins too (5 + 2); the list gets one entry per
+    // 10 s for them, with a count (no one without a token can flush it).
     assert_eq!(
         sample(&scrape(&admin), "sfc_admin_login_failures_total", None),
         (LOGIN_FAILURES_PER_MINUTE + 2) as f64
@@ -263,9 +264,9 @@ fn failed_logins_are_limited_per_address() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|f| f["detail"].as_str().unwrap().ends_with("beyond the limit"))
+        .filter(|f| f["detail"].as_str().unwrap().contains("beyond the limit"))
         .count();
-    assert_eq!(beyond, 2, "{failures}");
+    assert_eq!(beyond, 1, "{failures}");
     // The scheme's name in any case (RFC 7235).
     let response = admin
         .agent
@@ -282,12 +283,19 @@ fn failed_logins_are_limited_per_address() {
 fn large_bodies_are_refused_and_every_session_cookie_is_tried() {
     let admin = Admin::start();
     let huge = "x".repeat(64 * 1024);
-    let response = admin
+    // 413, or the connection closed with the body unread (whichever the client sees first).
+    if let Ok(response) = admin
         .agent
         .post(admin.url("/login"))
         .send_form([("token", huge.as_str())])
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 413);
+    {
+        assert_eq!(response.status().as_u16(), 413);
+    }
+    assert_eq!(
+        sample(&scrape(&admin), "sfc_admin_login_failures_total", None),
+        0.0,
+        "the body was not read as a login"
+    );
     let session = admin.login();
     let planted = format!("{COOKIE}=planted-by-another-site; {session}");
     let (status, body) = admin.page(&planted, "/");
@@ -877,12 +885,16 @@ fn readyz_and_the_storage_error_count_follow_the_database() {
         (status, response.body_mut().read_to_string().unwrap())
     };
     assert_eq!(get("/readyz").0, 200);
-    // Probes are shared: many looks within a second cost the stores one probe.
+    // Probes are shared: many looks at once cost the stores one probe (or a few, on a
+    // machine so loaded that the looks spread over seconds).
     let probes = faults.size_queries.load(Ordering::SeqCst);
-    for _ in 0..20 {
-        assert_eq!(get("/readyz").0, 200);
-    }
-    assert!(faults.size_queries.load(Ordering::SeqCst) - probes <= 2);
+    std::thread::scope(|scope| {
+        let looks: Vec<_> = (0..20).map(|_| scope.spawn(|| get("/readyz").0)).collect();
+        for look in looks {
+            assert_eq!(look.join().unwrap(), 200);
+        }
+    });
+    assert!(faults.size_queries.load(Ordering::SeqCst) - probes <= 3);
     faults.db_down.store(true, Ordering::SeqCst);
     // A success answers for a second at most.
     assert!(eventually(Duration::from_secs(5), || get("/readyz").0 == 503));
@@ -1267,8 +1279,8 @@ fn a_download_the_client_stops_reading_is_cut_at_the_send_timeout() {
 
 /// The overview (stats, the client list) asks the file store for every file's size, an
 /// S3 HEAD each: it is computed once and reused while nothing changes, however often and
-/// from however many tabs the dashboard asks, and at once after a change; a client's file
-/// list sizes only the page shown.
+/// from however many tabs the dashboard asks; a client's upload shows once the result is
+/// 2 s old, an admin delete at once; a client's file list sizes only the page shown.
 #[test]
 fn the_overview_is_computed_once_while_nothing_changes() {
     use sfc_server::testing::Faults;
@@ -1314,8 +1326,10 @@ fn the_overview_is_computed_once_while_nothing_changes() {
         assert_eq!(get("/api/v1/stats")["files"], 3);
     }
     assert_eq!(queries() - before, 3, "one pass for five looks");
-    // Many tabs at once: still one pass after a change.
+    // Many tabs at once: still one pass after a change (a client's: shown once the last
+    // result is older than 2 s).
     store(3);
+    std::thread::sleep(Duration::from_millis(2100));
     let before = queries();
     std::thread::scope(|scope| {
         let looks: Vec<_> = (0..8)
@@ -1339,6 +1353,18 @@ fn the_overview_is_computed_once_while_nothing_changes() {
     assert_eq!(page["items"][0]["file_name"], "f2.bin");
     assert!(page["items"][0]["size"].as_u64().unwrap() > 0);
     assert_eq!(queries() - before, 1);
+    // A delete through the admin listener shows at once.
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let deleted = agent
+        .delete(format!(
+            "{base}/api/v1/clients/{}/file?name=f0.bin",
+            id.to_hex()
+        ))
+        .header("Authorization", format!("Bearer {}", token.trim()))
+        .call()
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 200);
+    assert_eq!(get("/api/v1/stats")["files"], 3);
     drop(conn);
     server.stop();
 }

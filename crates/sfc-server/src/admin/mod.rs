@@ -151,23 +151,40 @@ pub fn client_views(
     }
     Ok(meta
         .clients()?
-        .into_iter()
-        .map(|c| {
-            let (files, bytes) = counts.get(&c.id).copied().unwrap_or((0, 0));
-            ClientView {
-                public_key_bits: c.public_key.as_ref().map(|der| {
-                    sfc_crypto::PublicKey::from_spki_der(der).map_or(0, |key| key.bits())
-                }),
-                key_fingerprint: c.public_key.as_deref().map(key_fingerprint),
-                has_aes_key: c.aes_key.is_some(),
-                files,
-                bytes,
-                name: c.name.clone(),
-                id: c.id.to_hex(),
-                last_seen: c.last_seen.clone(),
-            }
-        })
+        .iter()
+        .map(|c| view_of(c, counts.get(&c.id).copied().unwrap_or((0, 0))))
         .collect())
+}
+
+/// One client of `meta` (`None`: no such client), with the sizes of its files in `blobs`.
+pub fn client_view(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    id: &ClientId,
+) -> anyhow::Result<Option<ClientView>> {
+    let Some(client) = meta.client(id)? else {
+        return Ok(None);
+    };
+    let mut files = unsized_file_views(meta, Some(id))?;
+    fill_sizes(blobs, &mut files);
+    let bytes = files.iter().filter_map(|f| f.size).sum();
+    Ok(Some(view_of(&client, (files.len(), bytes))))
+}
+
+fn view_of(c: &crate::storage::ClientRecord, (files, bytes): (usize, u64)) -> ClientView {
+    ClientView {
+        public_key_bits: c
+            .public_key
+            .as_ref()
+            .map(|der| sfc_crypto::PublicKey::from_spki_der(der).map_or(0, |key| key.bits())),
+        key_fingerprint: c.public_key.as_deref().map(key_fingerprint),
+        has_aes_key: c.aes_key.is_some(),
+        files,
+        bytes,
+        name: c.name.clone(),
+        id: c.id.to_hex(),
+        last_seen: c.last_seen.clone(),
+    }
 }
 
 /// The files in `meta` (all, or one client's), by owner name and file name, with their

@@ -575,6 +575,16 @@ impl Monitor {
         self.failure("admin login", Some(peer), None, detail.to_owned());
     }
 
+    /// A wrong admin token refused beyond the failure limit: counted like a failed login,
+    /// listed only when `listed` says what to list (once per interval, with a count, so
+    /// that no one without a token can push the other failures off the list).
+    pub fn admin_login_refused(&self, peer: SocketAddr, listed: Option<String>) {
+        self.metrics.admin_login_failures.inc();
+        if let Some(detail) = listed {
+            self.failure("admin login", Some(peer), None, detail);
+        }
+    }
+
     // ----- read by the admin listener ---------------------------------------------------
 
     /// Connections, uploads in progress and the last failures (newest first).

@@ -33,8 +33,9 @@ fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'
 /// Checks the bearer token or the session cookie. A wrong bearer token counts as a
 /// failed login; beyond the limit it gets 429. The right token is let in even then:
 /// refusing it would let anyone sharing the operator's address (every local user, on
-/// the default loopback listener) lock the operator out, and with 256 random bits the
-/// limit is not what stops guessing (it keeps the log and the failure list small).
+/// the default loopback listener) lock the operator out. So the limit slows guessing
+/// (and keeps the log and the failure list small: [`login_refused`]) but the token's
+/// length stops it: 256 random bits as written, a warning below 32 characters.
 pub(crate) fn authenticate(
     state: &AdminState,
     peer: SocketAddr,
@@ -83,25 +84,25 @@ pub(super) fn login_failed(state: &AdminState, peer: SocketAddr, why: &str) {
 }
 
 /// A wrong token beyond the failure limit: refused without a verdict (429), counted in
-/// `admin_login_failures_total` and the failure list like any failed login, and logged
-/// at most once per [`REFUSED_LOG_EVERY`] with the number since the last line (a guesser
-/// cannot flood the log).
+/// `admin_login_failures_total` like any failed login, and logged and listed among the
+/// failures at most once per [`REFUSED_LOG_EVERY`], with the number since the last line
+/// (a guesser can flood neither the log nor the failure list).
 pub(super) fn login_refused(state: &AdminState, peer: SocketAddr, why: &str) {
-    state
-        .monitor
-        .admin_login_failed(peer, &format!("{why}, beyond the limit"));
-    let mut line = state
+    let due = state
         .refused_logins_logged
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(count) = line.count(Instant::now(), REFUSED_LOG_EVERY) {
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .count(Instant::now(), REFUSED_LOG_EVERY);
+    let listed = due.map(|count| {
         tracing::warn!(
             %peer,
             refused = count,
             "admin: logins refused: too many failed logins (at most one line every {} s, with the number refused since the last, from any address)",
             REFUSED_LOG_EVERY.as_secs()
         );
-    }
+        format!("{why}, beyond the limit ({count} refused since the last such entry)")
+    });
+    state.monitor.admin_login_refused(peer, listed);
 }
 
 /// At most one log line about logins refused beyond the limit per this interval.

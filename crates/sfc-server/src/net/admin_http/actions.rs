@@ -140,7 +140,10 @@ pub(crate) async fn remove_file(
     let id = client_id(id)?;
     let core = Arc::clone(&state.core);
     let label = name.to_owned();
-    let removed = match blocking(move || Ok(core.admin_remove_file(&id, &label)?)).await? {
+    let result = blocking(move || Ok(core.admin_remove_file(&id, &label)?)).await;
+    // Whatever it did: the next overview is computed after it.
+    state.overview.changed_here();
+    let removed = match result? {
         Removal::Removed(removed) => removed,
         Removal::NotFound => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such file")),
         Removal::Busy => return Err(busy()),
@@ -167,7 +170,9 @@ pub(super) async fn api_remove_file(
 pub(crate) async fn remove_client(state: &AdminState, id: &str) -> Result<Removed, ApiError> {
     let id = client_id(id)?;
     let core = Arc::clone(&state.core);
-    let files = match blocking(move || Ok(core.admin_remove_client(&id)?)).await? {
+    let result = blocking(move || Ok(core.admin_remove_client(&id)?)).await;
+    state.overview.changed_here();
+    let files = match result? {
         Removal::Removed(files) => files,
         Removal::NotFound => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such client")),
         Removal::Busy => return Err(busy()),

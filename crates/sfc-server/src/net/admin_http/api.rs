@@ -3,8 +3,9 @@
 //! pages share: store work on the blocking pool and client IDs from the path.
 
 use super::access::authenticate;
+use super::overview::Freshness;
 use super::{AdminState, ApiError, Peer, Shared, DEFAULT_PAGE, MAX_PAGE};
-use crate::admin::{fill_sizes, unsized_file_views, ClientView, FileView, StatsView};
+use crate::admin::{client_view, fill_sizes, unsized_file_views, ClientView, FileView, StatsView};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -98,7 +99,10 @@ fn page<T>(all: Vec<T>, query: &PageQuery) -> Page<T> {
 }
 
 pub(crate) async fn stats(state: &AdminState) -> Result<StatsView, ApiError> {
-    let clients = state.overview.clients(&state.core).await?;
+    let clients = state
+        .overview
+        .clients(&state.core, Freshness::Polled)
+        .await?;
     let live = state.monitor.snapshot();
     Ok(StatsView {
         clients: clients.len(),
@@ -122,7 +126,10 @@ pub(super) async fn api_stats(
 /// The clients with their files' counts and bytes (computed at most every few seconds:
 /// [`super::overview`]).
 pub(crate) async fn all_clients(state: &AdminState) -> Result<Arc<Vec<ClientView>>, ApiError> {
-    state.overview.clients(&state.core).await
+    state
+        .overview
+        .clients(&state.core, Freshness::Current)
+        .await
 }
 
 pub(super) async fn api_clients(
@@ -132,16 +139,23 @@ pub(super) async fn api_clients(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<ClientView>>, ApiError> {
     authenticate(&state, peer, &headers)?;
-    Ok(Json(page(all_clients(&state).await?.to_vec(), &query)))
+    let all = all_clients(&state).await?;
+    let limit = page_limit(&query);
+    Ok(Json(Page {
+        total: all.len(),
+        offset: query.offset,
+        limit,
+        items: all.iter().skip(query.offset).take(limit).cloned().collect(),
+    }))
 }
 
+/// One client with its files' count and bytes: read for this client alone (its own
+/// files sized), not through the overview of all.
 pub(crate) async fn one_client(state: &AdminState, id: &str) -> Result<ClientView, ApiError> {
-    let id = client_id(id)?.to_hex();
-    all_clients(state)
+    let id = client_id(id)?;
+    let core = Arc::clone(&state.core);
+    blocking(move || client_view(core.meta_store(), core.blob_store(), &id))
         .await?
-        .iter()
-        .find(|c| c.id == id)
-        .cloned()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such client"))
 }
 

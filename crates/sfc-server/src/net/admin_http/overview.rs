@@ -1,63 +1,173 @@
 //! The client list with each client's file count and bytes, as the dashboard, the client
-//! pages and the API show them. Computing it reads every `files` row and asks the file
-//! store for every file's size (an S3 `HEAD` each with `--store s3://`), so it is computed
-//! by one request at a time and shared:
+//! list and the API's stats show them. Computing it reads every `files` row and asks the
+//! file store for every file's size (an S3 `HEAD` each with `--store s3://`), so a pass
+//! runs as a task of its own, one at a time, and its result is shared:
 //!
-//! - requests that arrive while it is being computed take that result (dashboards in many
-//!   tabs, or a slow store, no longer pile up passes over the store);
-//! - while this server changes nothing in the tables ([`Core::changes`]), a result is
-//!   reused for [`OVERVIEW_MAX_AGE`]: an idle dashboard costs one pass per interval.
-//!   Changes made through other servers on a shared database show within that interval;
-//!   this server's own show at once.
+//! - requests arriving while a pass runs wait for it (dashboards in many tabs, or a slow
+//!   store, no longer pile up passes); a request that goes away (a closed tab) does not
+//!   stop it, and its result is kept for the next;
+//! - a result is reused while this server changes nothing in the tables
+//!   ([`Core::changes`]) for [`OVERVIEW_MAX_AGE`]; for the dashboard's polling
+//!   ([`Freshness::Polled`]), also for [`OVERVIEW_MIN_AGE`] whatever clients change
+//!   meanwhile (a busy server passes over its store at most once per interval for it, not
+//!   once per look). A change made through the admin listener itself (a delete) shows at
+//!   once; the client list shows clients' changes at once too. Changes made through other
+//!   servers on a shared database show within [`OVERVIEW_MAX_AGE`].
 
 use super::api::blocking;
 use super::ApiError;
 use crate::admin::{client_views, ClientView};
 use crate::session::Core;
-use std::sync::Arc;
+use axum::http::StatusCode;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a result is reused while this server changes nothing.
 pub(crate) const OVERVIEW_MAX_AGE: Duration = Duration::from_secs(10);
+/// How long a result is reused whatever clients change (not the admin listener).
+pub(crate) const OVERVIEW_MIN_AGE: Duration = Duration::from_secs(2);
 
-#[derive(Debug)]
-struct Computed {
-    /// When its computation began.
+type Pass = Shared<BoxFuture<'static, Result<Arc<Vec<ClientView>>, String>>>;
+
+/// How current a result must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Computed after this server's last change (the client list, the API).
+    Current,
+    /// The dashboard's polling: up to [`OVERVIEW_MIN_AGE`] behind clients' changes.
+    Polled,
+}
+
+/// When a pass began, and what had changed by then.
+#[derive(Clone, Copy, Debug)]
+struct Stamp {
     started: Instant,
     /// [`Core::changes`] then.
     changes: u64,
-    clients: Arc<Vec<ClientView>>,
+    /// [`Overview::admin_changes`] then.
+    admin_changes: u64,
+}
+
+#[derive(Default)]
+struct State {
+    last: Option<(Stamp, Arc<Vec<ClientView>>)>,
+    running: Option<(Stamp, Pass)>,
 }
 
 /// See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Overview {
-    /// Held while computing: requests arriving meanwhile wait and take its result.
-    last: tokio::sync::Mutex<Option<Computed>>,
+    state: Arc<Mutex<State>>,
+    /// Raised by [`Overview::changed_here`].
+    admin_changes: AtomicU64,
+}
+
+impl std::fmt::Debug for Overview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overview").finish_non_exhaustive()
+    }
+}
+
+impl Stamp {
+    /// Whether what was computed at this stamp may answer a request made at `asked`, now
+    /// that `now` has changed.
+    fn answers(&self, asked: Instant, now: &Stamp, freshness: Freshness) -> bool {
+        let age = now.started.saturating_duration_since(self.started);
+        self.started >= asked
+            || (self.changes == now.changes && age < OVERVIEW_MAX_AGE)
+            || (freshness == Freshness::Polled
+                && self.admin_changes == now.admin_changes
+                && age < OVERVIEW_MIN_AGE)
+    }
+
+    /// Whether a pass begun at this stamp, still running, may answer a request now.
+    fn may_join(&self, now: &Stamp, freshness: Freshness) -> bool {
+        match freshness {
+            Freshness::Current => self.changes == now.changes,
+            Freshness::Polled => self.admin_changes == now.admin_changes,
+        }
+    }
 }
 
 impl Overview {
     /// The clients, by name, with their files' counts and sizes.
-    pub(crate) async fn clients(&self, core: &Arc<Core>) -> Result<Arc<Vec<ClientView>>, ApiError> {
+    pub(crate) async fn clients(
+        &self,
+        core: &Arc<Core>,
+        freshness: Freshness,
+    ) -> Result<Arc<Vec<ClientView>>, ApiError> {
         let asked = Instant::now();
-        let mut last = self.last.lock().await;
-        if let Some(computed) = last.as_ref() {
-            let began_since_asked = computed.started >= asked;
-            let unchanged =
-                computed.changes == core.changes() && computed.started.elapsed() < OVERVIEW_MAX_AGE;
-            if began_since_asked || unchanged {
-                return Ok(Arc::clone(&computed.clients));
+        let pass = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = self.stamp(core);
+            if let Some((stamp, clients)) = &state.last {
+                if stamp.answers(asked, &now, freshness) {
+                    return Ok(Arc::clone(clients));
+                }
             }
+            match &state.running {
+                // A pass under way answers if it began late enough.
+                Some((stamp, pass)) if stamp.may_join(&now, freshness) => pass.clone(),
+                _ => {
+                    let pass = self.start(core, now);
+                    state.running = Some((now, pass.clone()));
+                    pass
+                }
+            }
+        };
+        pass.await
+            .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error))
+    }
+
+    /// After a change made through the admin listener: the next request does not get a
+    /// result computed before it.
+    pub(crate) fn changed_here(&self) {
+        self.admin_changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn stamp(&self, core: &Core) -> Stamp {
+        Stamp {
+            started: Instant::now(),
+            changes: core.changes(),
+            admin_changes: self.admin_changes.load(Ordering::SeqCst),
         }
-        let (started, changes) = (Instant::now(), core.changes());
-        let core = Arc::clone(core);
-        let clients =
-            Arc::new(blocking(move || client_views(core.meta_store(), core.blob_store())).await?);
-        *last = Some(Computed {
-            started,
-            changes,
-            clients: Arc::clone(&clients),
+    }
+
+    /// Starts a pass as a task of its own, which keeps its result (unless a later pass's
+    /// is kept already) whether or not anyone still waits for it.
+    fn start(&self, core: &Arc<Core>, stamp: Stamp) -> Pass {
+        let (core, state) = (Arc::clone(core), Arc::clone(&self.state));
+        let task = tokio::spawn(async move {
+            let result = blocking(move || client_views(core.meta_store(), core.blob_store()))
+                .await
+                .map(Arc::new)
+                .map_err(|error| error.1);
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            if state
+                .running
+                .as_ref()
+                .is_some_and(|(running, _)| running.started == stamp.started)
+            {
+                state.running = None;
+            }
+            if let Ok(clients) = &result {
+                let newer = state
+                    .last
+                    .as_ref()
+                    .is_some_and(|(last, _)| last.started > stamp.started);
+                if !newer {
+                    state.last = Some((stamp, Arc::clone(clients)));
+                }
+            }
+            result
         });
-        Ok(clients)
+        async move {
+            task.await
+                .unwrap_or_else(|error| Err(format!("the overview's pass failed: {error}")))
+        }
+        .boxed()
+        .shared()
     }
 }
