@@ -857,44 +857,100 @@ fn a_token_file_owned_by_another_user_stops_the_start_up() {
     server.stop();
 }
 
-#[test]
-fn readyz_and_the_storage_error_count_follow_the_database() {
-    use sfc_server::testing::Faults;
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-    init_logging();
-    let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(Faults::default());
-    let storage = faulty_local_storage(dir.path(), &faults);
-    let mut config = config_for(dir.path());
-    with_admin(&mut config);
-    let server = sfc_server::RunningServer::start_with(config, storage).unwrap();
-    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let base = format!("http://{}", server.admin_addr().unwrap());
-    let get = |path: &str| {
-        let mut response = agent
-            .get(format!("{base}{path}"))
-            .header("Authorization", format!("Bearer {}", token.trim()))
-            .call()
-            .unwrap();
+/// A server with the admin listener over the local stores behind a [`Faults`] switchboard
+/// (database failures, a count of the file store's size queries).
+struct FaultyAdmin {
+    server: sfc_server::RunningServer,
+    faults: std::sync::Arc<sfc_server::testing::Faults>,
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+    _dir: tempfile::TempDir,
+}
+
+impl FaultyAdmin {
+    fn start() -> Self {
+        init_logging();
+        let dir = tempfile::tempdir().unwrap();
+        let faults = std::sync::Arc::new(sfc_server::testing::Faults::default());
+        let storage = faulty_local_storage(dir.path(), &faults);
+        let mut config = config_for(dir.path());
+        with_admin(&mut config);
+        let server = sfc_server::RunningServer::start_with(config, storage).unwrap();
+        let token = std::fs::read_to_string(dir.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let base = format!("http://{}", server.admin_addr().unwrap());
+        FaultyAdmin {
+            server,
+            faults,
+            base,
+            token,
+            agent,
+            _dir: dir,
+        }
+    }
+
+    /// `method` on `path` with the token: status and body.
+    fn call(&self, method: &str, path: &str) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let bearer = format!("Bearer {}", self.token);
+        let sent = match method {
+            "DELETE" => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &bearer)
+                .call(),
+            _ => self.agent.get(&url).header("Authorization", &bearer).call(),
+        };
+        let mut response = sent.unwrap();
         let status = response.status().as_u16();
         (status, response.body_mut().read_to_string().unwrap())
-    };
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.call("GET", path)
+    }
+
+    fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn stop(self) {
+        self.server.stop();
+    }
+
+    fn size_queries(&self) -> u64 {
+        self.faults
+            .size_queries
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn readyz_and_the_storage_error_count_follow_the_database() {
+    use std::sync::atomic::Ordering;
+    let admin = FaultyAdmin::start();
+    let (server, faults) = (&admin.server, &admin.faults);
+    let get = |path: &str| admin.get(path);
     assert_eq!(get("/readyz").0, 200);
     // Probes are shared: many looks at once cost the stores one probe (or a few, on a
     // machine so loaded that the looks spread over seconds).
-    let probes = faults.size_queries.load(Ordering::SeqCst);
+    let probes = admin.size_queries();
     std::thread::scope(|scope| {
         let looks: Vec<_> = (0..20).map(|_| scope.spawn(|| get("/readyz").0)).collect();
         for look in looks {
             assert_eq!(look.join().unwrap(), 200);
         }
     });
-    assert!(faults.size_queries.load(Ordering::SeqCst) - probes <= 3);
+    assert!(admin.size_queries() - probes <= 3);
     faults.db_down.store(true, Ordering::SeqCst);
     // A success answers for a second at most.
     assert!(eventually(Duration::from_secs(5), || get("/readyz").0 == 503));
@@ -914,7 +970,7 @@ fn readyz_and_the_storage_error_count_follow_the_database() {
     );
     faults.db_recovers();
     assert_eq!(get("/readyz").0, 200);
-    server.stop();
+    admin.stop();
 }
 
 #[test]
@@ -1283,28 +1339,10 @@ fn a_download_the_client_stops_reading_is_cut_at_the_send_timeout() {
 /// 2 s old, an admin delete at once; a client's file list sizes only the page shown.
 #[test]
 fn the_overview_is_computed_once_while_nothing_changes() {
-    use sfc_server::testing::Faults;
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-    init_logging();
-    let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(Faults::default());
-    let storage = faulty_local_storage(dir.path(), &faults);
-    let mut config = config_for(dir.path());
-    with_admin(&mut config);
-    let server = sfc_server::RunningServer::start_with(config, storage).unwrap();
-    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
-    let base = format!("http://{}", server.admin_addr().unwrap());
-    let get = |path: &str| -> Value {
-        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
-        let mut response = agent
-            .get(format!("{base}{path}"))
-            .header("Authorization", format!("Bearer {}", token.trim()))
-            .call()
-            .unwrap();
-        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
-    };
-    let queries = || faults.size_queries.load(Ordering::SeqCst);
+    let admin = FaultyAdmin::start();
+    let server = &admin.server;
+    let get = |path: &str| admin.json(path);
+    let queries = || admin.size_queries();
     let mut conn = Conn::connect(server.addr());
     let (id, key) = enroll(&mut conn, "owner");
     let mut store = |n: u32| {
@@ -1354,17 +1392,9 @@ fn the_overview_is_computed_once_while_nothing_changes() {
     assert!(page["items"][0]["size"].as_u64().unwrap() > 0);
     assert_eq!(queries() - before, 1);
     // A delete through the admin listener shows at once.
-    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
-    let deleted = agent
-        .delete(format!(
-            "{base}/api/v1/clients/{}/file?name=f0.bin",
-            id.to_hex()
-        ))
-        .header("Authorization", format!("Bearer {}", token.trim()))
-        .call()
-        .unwrap();
-    assert_eq!(deleted.status().as_u16(), 200);
+    let path = format!("/api/v1/clients/{}/file?name=f0.bin", id.to_hex());
+    assert_eq!(admin.call("DELETE", &path).0, 200);
     assert_eq!(get("/api/v1/stats")["files"], 3);
     drop(conn);
-    server.stop();
+    admin.stop();
 }
