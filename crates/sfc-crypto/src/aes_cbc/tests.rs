@@ -258,6 +258,28 @@ proptest! {
         let pt = decrypt_parts(&key, &split(&ct, &dec_cuts)).unwrap();
         prop_assert_eq!(pt, data);
     }
+
+    /// Arbitrary bytes as ciphertext (what a client sends in its 828s), read in arbitrary
+    /// pieces: never a panic, and the pieces never change the answer (the same plaintext,
+    /// or the same kind of error: a length that is not whole blocks, bad padding).
+    #[test]
+    fn arbitrary_ciphertext_in_any_pieces_decrypts_as_in_one(
+        ct in proptest::collection::vec(any::<u8>(), 0..3000),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+        key in any::<[u8; 32]>(),
+    ) {
+        let key = AesKey::from_bytes(&key).unwrap();
+        let whole = decrypt(&key, &ct);
+        let pieces = decrypt_parts(&key, &split(&ct, &cuts));
+        match (&whole, &pieces) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(a), Err(b)) => prop_assert_eq!(
+                std::mem::discriminant(a),
+                std::mem::discriminant(b)
+            ),
+            _ => prop_assert!(false, "{whole:?} against {pieces:?}"),
+        }
+    }
 }
 
 /// `update_into` on a reused, never re-zeroed buffer produces exactly what `update`
