@@ -16,7 +16,7 @@
 
 use super::{BlobStore, Persisted, TempBlob};
 use crate::storage::names::{is_temp_name, TEMP_PREFIX};
-use crate::storage::pairing::{kept, parse_kept, SETUP_ID_PATH};
+use crate::storage::pairing::{already_kept, kept, parse_kept, SETUP_ID_PATH};
 use sfc_proto::ClientId;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -285,9 +285,9 @@ impl BlobStore for LocalBlobStore {
                 sync_dir(&self.root)?;
                 Ok(id.to_owned())
             }
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => self
-                .setup_id()?
-                .ok_or_else(|| io::Error::other("the set-up ID was there, then gone")),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                already_kept(self.setup_id())
+            }
             Err(error) => Err(error),
         }
     }

@@ -90,6 +90,18 @@ pub fn pair(
              different set-ups: {fix}"
         )
     };
+    // The store keeps `id` unless another server, on another database, gave it its own
+    // meanwhile.
+    let give_to_store = |id: &str| -> anyhow::Result<()> {
+        let kept = blobs.keep_setup_id(id).with_context(|| {
+            format!("cannot write the set-up ID to the file store ({location})")
+        })?;
+        if kept == id {
+            Ok(())
+        } else {
+            Err(differ(id, &kept))
+        }
+    };
     match (in_database, in_store) {
         (Some(database), Some(store)) if database == store => Ok(Paired::Matched(database)),
         (Some(database), Some(store)) => Err(differ(&database, &store)),
@@ -99,11 +111,7 @@ pub fn pair(
              store with another database: its log says \"new set-up\" with that ID): {fix}"
         )),
         (Some(database), None) => {
-            let kept = keep_in_store(blobs, &database, location)?;
-            if kept != database {
-                // Another server, on another database, gave the store its ID meanwhile.
-                return Err(differ(&database, &kept));
-            }
+            give_to_store(&database)?;
             Ok(Paired::StoreAdopted(database))
         }
         (None, None) => {
@@ -123,10 +131,7 @@ pub fn pair(
             let recorded = meta
                 .record_setup_id(proposed)
                 .map_err(|error| db_error("record", error))?;
-            let kept = keep_in_store(blobs, &recorded, location)?;
-            if kept != recorded {
-                return Err(differ(&recorded, &kept));
-            }
+            give_to_store(&recorded)?;
             // Another server starting at once may have recorded its own first.
             if recorded == proposed {
                 Ok(Paired::New(recorded))
@@ -137,10 +142,10 @@ pub fn pair(
     }
 }
 
-fn keep_in_store(blobs: &dyn BlobStore, id: &str, location: &str) -> anyhow::Result<String> {
-    blobs
-        .keep_setup_id(id)
-        .with_context(|| format!("cannot write the set-up ID to the file store ({location})"))
+/// What [`BlobStore::keep_setup_id`] returns when the ID was there already (its create
+/// failed): the ID kept, read back.
+pub fn already_kept(read_back: std::io::Result<Option<String>>) -> std::io::Result<String> {
+    read_back?.ok_or_else(|| std::io::Error::other("the set-up ID was there, then gone"))
 }
 
 /// The set-up ID in the bytes a store kept ([`SETUP_ID_PATH`]): one line of 1 to 64

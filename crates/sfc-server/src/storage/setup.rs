@@ -163,14 +163,10 @@ pub fn setup_id_location(config: &ServerConfig) -> String {
     match &config.store {
         Store::DataDir => config.data_dir.join(SETUP_ID_PATH).display().to_string(),
         Store::Folder(root) => root.join(SETUP_ID_PATH).display().to_string(),
+        // `s3://BUCKET/PREFIX` (`s3://BUCKET/` without a prefix), as the store is named.
         Store::S3(location) => format!(
-            "s3://{}/{}{SETUP_ID_PATH}",
-            location.bucket,
-            if location.prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{}/", location.prefix)
-            }
+            "{}/{SETUP_ID_PATH}",
+            location.to_string().trim_end_matches('/')
         ),
     }
 }

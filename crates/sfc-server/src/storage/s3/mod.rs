@@ -68,7 +68,7 @@ use super::{BlobStore, TempBlob};
 use crate::config::S3Location;
 use crate::storage::fs::FILES_DIR;
 use crate::storage::names::TEMP_PREFIX;
-use crate::storage::pairing::{damaged, kept, parse_kept, SETUP_ID_PATH};
+use crate::storage::pairing::{already_kept, damaged, kept, parse_kept, SETUP_ID_PATH};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
@@ -402,9 +402,9 @@ impl BlobStore for S3BlobStore {
         let create = object_store::PutOptions::from(object_store::PutMode::Create);
         match shared.run(shared.s3.put_opts(&key, kept(id).into(), create)) {
             Ok(_) => Ok(id.to_owned()),
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => self
-                .setup_id()?
-                .ok_or_else(|| io::Error::other("the set-up ID was there, then gone")),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                already_kept(self.setup_id())
+            }
             Err(error) => Err(error),
         }
     }
