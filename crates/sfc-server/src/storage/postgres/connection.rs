@@ -124,15 +124,7 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Result<Vec<Row>, tokio_postgres::Error>, StoreError> {
-        self.run(async {
-            match self.query_once(sql, params).await? {
-                Err(error) if error.is_closed() => {
-                    tracing::info!(%error, "PostgreSQL connection lost; trying a new one");
-                    self.query_once(sql, params).await
-                }
-                result => Ok(result),
-            }
-        })
+        self.run(once_more_if_closed(|| self.query_once(sql, params)))
     }
 
     async fn query_once(
@@ -145,10 +137,7 @@ impl PostgresStore {
             Ok(statement) => client.query(&statement, params).await,
             Err(error) => Err(error),
         };
-        if matches!(&result, Err(error) if error.is_closed()) {
-            // Not back into the pool.
-            drop(deadpool_postgres::Object::take(client));
-        }
+        release(client, &result);
         Ok(result)
     }
 
@@ -163,5 +152,34 @@ impl PostgresStore {
     /// Connections open and idle in the pool.
     pub fn pool_status(&self) -> deadpool_postgres::Status {
         self.pool.status()
+    }
+}
+
+/// Runs `attempt`, and once more when it met a closed connection (PostgreSQL restarted, or
+/// the connection cut, before the pool noticed): the attempt must be safe to repeat.
+pub(super) async fn once_more_if_closed<T, Attempt, Fut>(
+    attempt: Attempt,
+) -> Result<Result<T, tokio_postgres::Error>, StoreError>
+where
+    Attempt: Fn() -> Fut,
+    Fut: Future<Output = Result<Result<T, tokio_postgres::Error>, StoreError>>,
+{
+    match attempt().await? {
+        Err(error) if error.is_closed() => {
+            tracing::info!(%error, "PostgreSQL connection lost; trying a new one");
+            attempt().await
+        }
+        result => Ok(result),
+    }
+}
+
+/// Gives `client` back to the pool, unless `result` says its connection is closed: then
+/// it leaves the pool, which opens a new one when asked.
+pub(super) fn release<T>(
+    client: deadpool_postgres::Object,
+    result: &Result<T, tokio_postgres::Error>,
+) {
+    if matches!(result, Err(error) if error.is_closed()) {
+        drop(deadpool_postgres::Object::take(client));
     }
 }

@@ -117,20 +117,18 @@ pub(super) async fn record_setup_id(
     pool: &deadpool_postgres::Pool,
     id: &str,
 ) -> Result<String, StoreError> {
-    match record_setup_id_once(pool, id).await? {
-        Err(error) if error.is_closed() => record_setup_id_once(pool, id).await?,
-        result => result,
-    }
-    .map_err(|error| {
-        let hint = match error.as_db_error().map(|db| db.code()) {
-            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
-                " (the role needs to create a table in the database: it should own it, \
-                 docs/DEPLOY.md)"
-            }
-            _ => "",
-        };
-        StoreError::Database(format!("{}{hint}", super::with_causes(&error)))
-    })
+    super::connection::once_more_if_closed(|| record_setup_id_once(pool, id))
+        .await?
+        .map_err(|error| {
+            let hint = match error.as_db_error().map(|db| db.code()) {
+                Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                    " (the role needs to create a table in the database: it should own it, \
+                     docs/DEPLOY.md)"
+                }
+                _ => "",
+            };
+            StoreError::Database(format!("{}{hint}", super::with_causes(&error)))
+        })
 }
 
 async fn record_setup_id_once(
@@ -159,9 +157,6 @@ async fn record_setup_id_once(
         Ok(recorded)
     }
     .await;
-    if matches!(&result, Err(error) if error.is_closed()) {
-        // Not back into the pool.
-        drop(deadpool_postgres::Object::take(client));
-    }
+    super::connection::release(client, &result);
     Ok(result)
 }
