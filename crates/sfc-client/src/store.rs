@@ -510,9 +510,10 @@ mod tests {
 
     /// The keys of OLD_ID and NEW_ID.
     fn key_text(id: &str) -> &'static str {
-        match id == OLD_ID {
-            true => test_support::key_text(),
-            false => test_support::other_key_text(),
+        if id == OLD_ID {
+            test_support::key_text()
+        } else {
+            test_support::other_key_text()
         }
     }
 
