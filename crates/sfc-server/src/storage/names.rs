@@ -23,6 +23,11 @@
 //!
 //! Temporary upload files start with `.` ([`TEMP_PREFIX`]), which an encoded name never
 //! does, so a temporary file can never overwrite or be mistaken for a stored file.
+//!
+//! A store shared by several servers (S3) keeps every upload under a name of its own,
+//! [`versioned`]: the disk name, `~v` and 32 hex digits. Neither kind of disk name ends
+//! that way (plain names have no `~`; hashed ones end in `~` and 64 hex digits), so
+//! the disk name can be read back and versions never collide with plain names.
 
 use sha2::{Digest, Sha256};
 
@@ -119,6 +124,31 @@ pub fn disk_name(label: &str) -> String {
     name
 }
 
+/// Separates a disk name from its version in [`versioned`] names.
+const VERSION_SEPARATOR: &str = "~v";
+
+/// The name of one version of the file stored as `disk_name` (see the module docs).
+pub fn versioned(disk_name: &str, version: u128) -> String {
+    format!("{disk_name}{VERSION_SEPARATOR}{version:032x}")
+}
+
+/// The disk name of a [`versioned`] name; any other name as it is. (The server never
+/// needs it: rows name the versions; tests look stored files up by disk name.)
+#[cfg(any(test, feature = "testing"))]
+pub fn unversioned(name: &str) -> &str {
+    match name.rsplit_once(VERSION_SEPARATOR) {
+        Some((disk_name, version))
+            if version.len() == 32
+                && version
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            disk_name
+        }
+        _ => name,
+    }
+}
+
 /// True for names this module may have produced (used to skip foreign files); false for
 /// temporary files and anything else.
 pub fn is_temp_name(name: &str) -> bool {
@@ -194,6 +224,21 @@ mod tests {
     }
 
     #[test]
+    fn versions_name_their_disk_name() {
+        let name = versioned("a.bin", 0xab);
+        assert_eq!(name, format!("a.bin~v{:032x}", 0xab));
+        assert_eq!(unversioned(&name), "a.bin");
+        let hashed = disk_name(&"A".repeat(254));
+        assert_eq!(unversioned(&versioned(&hashed, u128::MAX)), hashed);
+        // Disk names (hashed ones too) and malformed versions are not versions.
+        assert_eq!(unversioned(&hashed), hashed);
+        for other in ["a.bin~v12", "a.bin~vxyz00000000000000000000000000000"] {
+            assert_eq!(unversioned(other), other);
+        }
+        assert!(!is_temp_name(&name));
+    }
+
+    #[test]
     fn temp_names_never_collide_with_disk_names() {
         assert!(is_temp_name(".upload-1234.tmp"));
         assert!(!is_temp_name(&disk_name(".upload-1234.tmp")));
@@ -249,6 +294,17 @@ mod tests {
             let dotted = format!("{a}.");
             prop_assert_ne!(disk_name(&dotted), disk_name(&a));
             check_shape(&disk_name(&dotted));
+        }
+
+        #[test]
+        fn versions_keep_labels_apart(a in label(), b in label(), v in any::<u128>()) {
+            // A version of one label's name is never another label's name, and gives
+            // its own disk name back.
+            let (na, nb) = (disk_name(&a), disk_name(&b));
+            prop_assert_eq!(unversioned(&na), na.as_str());
+            let version = versioned(&na, v);
+            prop_assert_eq!(unversioned(&version), na.as_str());
+            prop_assert_ne!(version, nb);
         }
     }
 }
