@@ -660,3 +660,81 @@ fn servers_starting_together_record_one_set_up_id_without_a_schema_change() {
         "1"
     );
 }
+
+/// Nodes storing one file at once, again and again, the row deleted now and then: every
+/// store learns the path it replaced, so the versions form one chain. Each version but
+/// the last is reported replaced exactly once (its node removes it), the last is the
+/// row's, and no version is lost track of (an object no row names, never removed) nor
+/// reported twice (removed under a row naming it). Covers the update, the insert, and
+/// an insert that meets a row another node inserted meanwhile.
+#[test]
+fn nodes_storing_one_file_at_once_each_learn_the_version_they_replaced() {
+    let Some((_cluster, url, _db)) = fresh_url("put_file race") else {
+        return;
+    };
+    let nodes: Vec<PostgresStore> = (0..4).map(|_| PostgresStore::open(&url).unwrap()).collect();
+    let client = id(0x42);
+    let now = sfc_server::Timestamp::now();
+    nodes[0].insert_client(&client, "racer", now).unwrap();
+    const ROUNDS: usize = 50;
+    let barrier = Barrier::new(nodes.len());
+    // Per round: the paths stored, what each store reported replaced, and the row's
+    // path once all are done.
+    let outcomes = std::sync::Mutex::new(Vec::new());
+    let rows = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for (n, node) in nodes.iter().enumerate() {
+            let (barrier, outcomes, rows) = (&barrier, &outcomes, &rows);
+            scope.spawn(move || {
+                for round in 0..ROUNDS {
+                    let row = sfc_server::FileRecord {
+                        client_id: client,
+                        file_name: "same.bin".into(),
+                        path: format!("files/{}/same.bin~v{round}-{n}", client.to_hex()),
+                        verified: false,
+                    };
+                    barrier.wait();
+                    let replaced = node.put_file(&row, now);
+                    outcomes.lock().unwrap().push((round, row.path, replaced));
+                    barrier.wait();
+                    if n == 0 {
+                        let row = node.file(&client, "same.bin").unwrap().unwrap();
+                        rows.lock().unwrap().push(row.path);
+                        // Every third round starts from no row: the inserts race.
+                        if round % 3 == 2 {
+                            node.remove_file(&client, "same.bin", None).unwrap();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let outcomes = outcomes.into_inner().unwrap();
+    let rows = rows.into_inner().unwrap();
+    assert_eq!(rows.len(), ROUNDS);
+    let mut before: Option<String> = None;
+    for (round, row) in rows.iter().enumerate() {
+        let of_round: Vec<_> = outcomes.iter().filter(|(r, ..)| *r == round).collect();
+        let mut unreported: std::collections::BTreeSet<String> =
+            of_round.iter().map(|(_, path, _)| path.clone()).collect();
+        if let Some(path) = &before {
+            unreported.insert(path.clone());
+        }
+        for (_, path, replaced) in &of_round {
+            match replaced {
+                Ok(Some(old)) => assert!(
+                    unreported.remove(old),
+                    "round {round}: {path} reports {old}, replaced already or never stored"
+                ),
+                Ok(None) => {}
+                Err(error) => panic!("round {round}: {path}: {error}"),
+            }
+        }
+        assert_eq!(
+            unreported.into_iter().collect::<Vec<_>>(),
+            std::slice::from_ref(row),
+            "round {round}: exactly the row's version is left unreported"
+        );
+        before = (round % 3 != 2).then(|| row.clone());
+    }
+}

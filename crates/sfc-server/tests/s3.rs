@@ -13,9 +13,11 @@ use common::s3_proxy::AnswerLosingProxy;
 use common::*;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as Key;
+use object_store::ObjectStore;
 use sfc_proto::{ClientId, Response};
 use sfc_server::config::Store;
-use sfc_server::{recover, BlobStore, FileRecord, S3BlobStore};
+use sfc_server::testing::{unversioned, Faults, FaultyBlobs};
+use sfc_server::{recover, BlobStore, FileRecord, MetaStore, S3BlobStore};
 use std::time::{Duration, Instant};
 
 const CLIENT: ClientId = ClientId([0x5a; 16]);
@@ -39,9 +41,17 @@ fn put(store: &S3BlobStore, name: &str, content: &[u8]) -> String {
     temp.persist().unwrap()
 }
 
+/// Asserts that `rel` is a version of the client's file stored as `disk_name`.
+fn assert_version_of(rel: &str, disk_name: &str) {
+    let folder = format!("files/{}/", hex());
+    let name = rel.strip_prefix(&folder).unwrap_or_else(|| panic!("{rel}"));
+    assert_ne!(name, disk_name, "not a version of its own");
+    assert_eq!(unversioned(name), disk_name, "{rel}");
+}
+
 #[test]
-fn small_and_multipart_objects_persist_replace_and_undo() {
-    let Some(weed) = shared("small_and_multipart_objects_persist_replace_and_undo") else {
+fn small_and_multipart_objects_persist_at_keys_of_their_own_and_undo() {
+    let Some(weed) = shared("small_and_multipart_objects_persist_at_keys_of_their_own") else {
         return;
     };
     let (store, prefix) = fresh_store(weed, Duration::from_secs(600));
@@ -51,12 +61,15 @@ fn small_and_multipart_objects_persist_replace_and_undo() {
     let large = data(17 << 20, 2);
 
     let rel = put(&store, "small.bin", &small);
-    assert_eq!(rel, format!("files/{}/small.bin", hex()));
+    assert_version_of(&rel, "small.bin");
     let mut temp = store.create_temp(&CLIENT, "large.bin").unwrap();
+    assert_version_of(temp.path(), "large.bin");
     for piece in large.chunks(1_000_003) {
         temp.write_all(piece).unwrap();
     }
+    let promised = temp.path().to_owned();
     let large_rel = temp.persist().unwrap();
+    assert_eq!(large_rel, promised, "stored where it said it would be");
     assert_eq!(
         objects(),
         [
@@ -67,12 +80,14 @@ fn small_and_multipart_objects_persist_replace_and_undo() {
     );
     assert_eq!(store.size(&large_rel).unwrap(), large.len() as u64);
 
-    // A replacement undone: the earlier version is back, nothing else left.
+    // Another version of a file goes to a key of its own: the stored one is never
+    // touched. Undone, the new version is gone.
     let mut temp = store.create_temp(&CLIENT, "large.bin").unwrap();
     temp.write_all(&small).unwrap();
     let persisted = temp.persist_undoable().unwrap();
-    assert_eq!(persisted.path(), large_rel);
-    assert_eq!(objects().len(), 3, "the replaced version is kept meanwhile");
+    assert_version_of(persisted.path(), "large.bin");
+    assert_ne!(persisted.path(), large_rel);
+    assert_eq!(objects().len(), 3);
     persisted.undo().unwrap();
     assert_eq!(
         objects(),
@@ -82,17 +97,21 @@ fn small_and_multipart_objects_persist_replace_and_undo() {
         ]
     );
 
-    // A multipart replacement kept: the new version stays and the backup goes.
+    // A multipart version kept: both versions stay (removing the one its row named
+    // before is the caller's step, after the commit), and its marker goes.
     let mut temp = store.create_temp(&CLIENT, "small.bin").unwrap();
     temp.write_all(&large).unwrap();
-    temp.persist_undoable().unwrap().keep().unwrap();
-    assert_eq!(
-        objects(),
-        [
-            (large_rel.clone(), large.clone()),
-            (rel.clone(), large.clone())
-        ]
-    );
+    let persisted = temp.persist_undoable().unwrap();
+    let newer = persisted.path().to_owned();
+    persisted.keep().unwrap();
+    let mut expected = vec![
+        (large_rel.clone(), large.clone()),
+        (rel.clone(), small.clone()),
+        (newer.clone(), large.clone()),
+    ];
+    expected.sort();
+    assert_eq!(objects(), expected);
+    store.remove(&rel).unwrap();
 
     // A new file undone: gone. A dropped upload: nothing at all.
     let mut temp = store.create_temp(&CLIENT, "new.bin").unwrap();
@@ -103,8 +122,8 @@ fn small_and_multipart_objects_persist_replace_and_undo() {
     drop(dropped);
     assert!(eventually(Duration::from_secs(10), || objects().len() == 2));
 
-    store.remove(&rel).unwrap();
-    store.remove(&rel).unwrap();
+    store.remove(&newer).unwrap();
+    store.remove(&newer).unwrap();
     assert_eq!(objects(), [(large_rel, large)]);
     for outside in [
         "files/../../x",
@@ -132,10 +151,14 @@ fn store_behind_proxy(weed: &Weed) -> (AnswerLosingProxy, S3BlobStore, String) {
     (proxy, store, location.prefix)
 }
 
+/// The URL path that every version of the client's file `disk_name` starts with.
+fn versions_of(prefix: &str, disk_name: &str) -> String {
+    format!("/{BUCKET}/{prefix}/files/{}/{disk_name}~v", hex())
+}
+
 #[test]
-fn a_replacement_whose_answer_is_lost_puts_the_earlier_version_back() {
-    let Some(weed) = shared("a_replacement_whose_answer_is_lost_puts_the_earlier_version_back")
-    else {
+fn a_new_version_whose_answer_is_lost_is_deleted_and_the_stored_one_kept() {
+    let Some(weed) = shared("a_new_version_whose_answer_is_lost_is_deleted") else {
         return;
     };
     let (proxy, store, prefix) = store_behind_proxy(weed);
@@ -144,7 +167,7 @@ fn a_replacement_whose_answer_is_lost_puts_the_earlier_version_back() {
 
     // The new version's PUT (small: no multipart) lands, but its answer never comes,
     // however often the client retries.
-    proxy.lose_answers_to_plain_puts(&format!("/{BUCKET}/{prefix}/{rel}"));
+    proxy.lose_answers_to_plain_puts(&versions_of(&prefix, "f.bin"));
     let newer = data(1500, 12);
     let mut temp = store.create_temp(&CLIENT, "f.bin").unwrap();
     temp.write_all(&newer).unwrap();
@@ -159,37 +182,26 @@ fn a_replacement_whose_answer_is_lost_puts_the_earlier_version_back() {
     assert!(proxy.answers_lost() >= 1, "no answer was lost");
     assert_eq!(proxy.problems(), Vec::<String>::new());
 
-    // Read straight from SeaweedFS: the row still describes the earlier version.
-    let objects = weed.objects(&prefix);
-    let keys: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
-    assert_eq!(keys, [rel.as_str()], "only the object, no backup left");
-    let held = &objects[0].1;
-    assert!(
-        *held == earlier,
-        "the key holds {}, not the earlier version its row describes",
-        if *held == newer {
-            "the new version"
-        } else {
-            "something else"
-        }
-    );
+    // Read straight from SeaweedFS: the earlier version, untouched, and nothing else
+    // (the new version landed, and was deleted).
+    assert_eq!(weed.objects(&prefix), [(rel, earlier)]);
 }
 
 /// The same for a multipart upload: its completion lands but the answer is lost. The
-/// earlier version is put back, and neither the backup nor the upload's marker is left.
+/// new object is deleted, the stored one untouched, and the upload's marker goes too.
 /// The upload is then aborted in the background; it completed, so S3 answers that abort
 /// with `NoSuchUpload` (the proxy does, as SeaweedFS accepts it): nothing is left to
-/// abort, and the marker goes too.
+/// abort.
 #[test]
-fn a_multipart_replacement_whose_completion_answer_is_lost_puts_the_earlier_version_back() {
-    let Some(weed) = shared("a_multipart_replacement_whose_completion_answer_is_lost") else {
+fn a_multipart_version_whose_completion_answer_is_lost_is_deleted_and_the_stored_one_kept() {
+    let Some(weed) = shared("a_multipart_version_whose_completion_answer_is_lost") else {
         return;
     };
     let (proxy, store, prefix) = store_behind_proxy(weed);
     let earlier = data(1000, 13);
     let rel = put(&store, "m.bin", &earlier);
 
-    proxy.lose_answers_to_completions(&format!("/{BUCKET}/{prefix}/{rel}"));
+    proxy.lose_answers_to_completions(&versions_of(&prefix, "m.bin"));
     proxy.answer_aborts_with_no_such_upload();
     let newer = data(17 << 20, 14);
     let mut temp = store.create_temp(&CLIENT, "m.bin").unwrap();
@@ -212,8 +224,8 @@ fn a_multipart_replacement_whose_completion_answer_is_lost_puts_the_earlier_vers
         std::thread::sleep(Duration::from_millis(100));
     };
     let keys: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
-    assert_eq!(keys, [rel.as_str()], "no backup, no marker left");
-    assert!(objects[0].1 == earlier, "the earlier version is back");
+    assert_eq!(keys, [rel.as_str()], "no new object, no marker left");
+    assert!(objects[0].1 == earlier, "the stored version is untouched");
     assert_eq!(
         proxy.aborts_answered(),
         1,
@@ -270,15 +282,18 @@ fn recovery_spares_young_work_and_clears_old_leftovers() {
     let prefix = location.prefix.clone();
     let part = data((8 << 20) + 1, 3);
 
-    // Old: a recorded file, an orphan, a backup of a crash between persist and commit,
+    // Old: a recorded file, an orphan, a new version of a crash between persist and
+    // commit, the backup an earlier server kept of a replaced version (`.upload-….old`),
     // and a multipart upload whose server died (its temp never dropped; the crashed
     // server's store is halted, so nothing keeps the upload's marker young).
     let kept = put(&store, "kept.bin", b"recorded");
     let old_orphan = put(&store, "old-orphan.bin", b"never acknowledged");
     let crashed = S3BlobStore::open(&location, grace).unwrap();
     let mut replacement = crashed.create_temp(&CLIENT, "kept.bin").unwrap();
-    replacement.write_all(b"recorded").unwrap();
-    std::mem::forget(replacement.persist_undoable().unwrap());
+    replacement.write_all(b"never recorded").unwrap();
+    let unrecorded = replacement.persist_undoable().unwrap().path().to_owned();
+    let backup = Key::from(format!("{prefix}/files/{}/.upload-1234.old", hex()));
+    block_on(weed.client().put(&backup, b"recorded".to_vec().into())).unwrap();
     let mut abandoned = crashed.create_temp(&CLIENT, "abandoned.bin").unwrap();
     abandoned.write_all(&part).unwrap();
     std::mem::forget(abandoned);
@@ -290,6 +305,9 @@ fn recovery_spares_young_work_and_clears_old_leftovers() {
         .collect();
     assert_eq!(markers.len(), 1, "{markers:?}");
     let upload_id = String::from_utf8(markers[0].1.clone()).unwrap();
+    // uploads/<client>/<object's name>/<uuid>
+    let abandoned_name = markers[0].0.split('/').nth(2).unwrap().to_owned();
+    assert_eq!(unversioned(&abandoned_name), "abandoned.bin");
 
     // Markers are abandoned after twice the grace period, objects after one.
     std::thread::sleep(grace * 2 + Duration::from_millis(1500));
@@ -311,7 +329,9 @@ fn recovery_spares_young_work_and_clears_old_leftovers() {
         recovered.stale_temps, 2,
         "the abandoned upload and the backup"
     );
-    assert_eq!(recovered.orphans, [old_orphan]);
+    let mut orphans = vec![old_orphan, unrecorded];
+    orphans.sort();
+    assert_eq!(recovered.orphans, orphans);
     let left: Vec<String> = weed
         .objects(&prefix)
         .into_iter()
@@ -329,7 +349,7 @@ fn recovery_spares_young_work_and_clears_old_leftovers() {
 
     // The abandoned upload was aborted: it takes no more parts.
     let client = weed.client();
-    let key = Key::from(format!("{prefix}/files/{}/abandoned.bin", hex()));
+    let key = Key::from(format!("{prefix}/files/{}/{abandoned_name}", hex()));
     let late = block_on(client.put_part(&key, &upload_id, 1, b"late".to_vec().into()));
     assert!(late.is_err(), "the upload still takes parts");
 
@@ -460,7 +480,14 @@ fn a_64_mib_upload_keeps_the_server_s_memory_bounded() {
         unreachable!()
     };
     location.prefix = "memory".into();
-    let stored = common::s3::read(&location, &format!("files/{}/big.bin", id.to_hex())).unwrap();
+    let folder = format!("files/{}", id.to_hex());
+    let names = common::s3::list(&location, &folder);
+    let big: Vec<_> = names
+        .iter()
+        .filter(|name| unversioned(name) == "big.bin")
+        .collect();
+    assert_eq!(big.len(), 1, "{names:?}");
+    let stored = common::s3::read(&location, &format!("{folder}/{}", big[0])).unwrap();
     assert!(stored == plain, "stored intact");
 }
 
@@ -523,4 +550,273 @@ fn the_set_up_id_is_one_object_beside_the_client_folders() {
         weed.objects(&prefix),
         [("sfc-setup-id".to_owned(), b"first-1\n".to_vec())]
     );
+}
+
+/// Two servers on one PostgreSQL database and one S3 prefix (what several nodes behind a
+/// balancer share): the first a plain server, the second with a [`Faults`] switchboard
+/// in front of its object store (gates that hold its next move into place or removal)
+/// and its admin listener on. Servers share no lock, so only the database and the keys
+/// they write keep them apart.
+struct TwoNodes {
+    location: sfc_server::config::S3Location,
+    database: sfc_server::config::Database,
+    first: TestServer,
+    second: sfc_server::RunningServer,
+    second_dir: tempfile::TempDir,
+    faults: std::sync::Arc<Faults>,
+}
+
+impl TwoNodes {
+    fn start(test: &str) -> Option<TwoNodes> {
+        let weed = shared(test)?;
+        let cluster = common::postgres::shared(test)?;
+        init_logging();
+        let store = weed.fresh();
+        let Store::S3(location) = store.clone() else {
+            unreachable!()
+        };
+        let database = cluster.fresh();
+        let first = TestServer::start_on_store(
+            tempfile::tempdir().unwrap(),
+            database.clone(),
+            store,
+            |_| {},
+        );
+        let second_dir = tempfile::tempdir().unwrap();
+        let mut config = config_for(second_dir.path());
+        config.admin = Some(sfc_server::AdminConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            second_dir.path().join("admin.token"),
+        ));
+        let faults = std::sync::Arc::new(Faults::default());
+        let sfc_server::config::Database::Postgres(url) = &database else {
+            unreachable!()
+        };
+        let storage = sfc_server::Storage {
+            meta: Box::new(sfc_server::PostgresStore::open(url).unwrap()),
+            blobs: Box::new(FaultyBlobs::new(
+                S3BlobStore::open(&location, config.upload_timeout).unwrap(),
+                std::sync::Arc::clone(&faults),
+            )),
+            lock: None,
+        };
+        let second = sfc_server::RunningServer::start_with(config, storage).unwrap();
+        Some(TwoNodes {
+            location,
+            database,
+            first,
+            second,
+            second_dir,
+            faults,
+        })
+    }
+
+    /// The row of the client's file `name` and the content of the object it names.
+    fn row_and_object(&self, id: ClientId, name: &str) -> Option<(FileRecord, Vec<u8>)> {
+        let sfc_server::config::Database::Postgres(url) = &self.database else {
+            unreachable!()
+        };
+        let meta = sfc_server::PostgresStore::open_existing(url).unwrap();
+        let row = meta.file(&id, name).unwrap()?;
+        let content = common::s3::read(&self.location, &row.path)
+            .unwrap_or_else(|error| panic!("a row without its object ({error}): {row:?}"));
+        Some((row, content))
+    }
+
+    /// Every object of the client's file `disk_name` (its versions).
+    fn versions(&self, id: ClientId, disk_name: &str) -> Vec<String> {
+        common::s3::list(&self.location, &format!("files/{}", id.to_hex()))
+            .into_iter()
+            .filter(|name| unversioned(name) == disk_name)
+            .collect()
+    }
+
+    /// Sends an admin `DELETE` of the client's file to the second node, in a thread;
+    /// joining it gives the HTTP answer.
+    fn delete_on_second(&self, id: ClientId, name: &str) -> std::thread::JoinHandle<String> {
+        use std::io::{Read, Write};
+        let token = std::fs::read_to_string(self.second_dir.path().join("admin.token")).unwrap();
+        let admin = self.second.admin_addr().unwrap();
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            let mut http = std::net::TcpStream::connect(admin).unwrap();
+            write!(
+                http,
+                "DELETE /api/v1/clients/{id}/file?name={name} HTTP/1.1\r\nHost: x\r\n\
+                 Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                token.trim()
+            )
+            .unwrap();
+            let mut answer = String::new();
+            http.read_to_string(&mut answer).unwrap();
+            answer
+        })
+    }
+}
+
+/// One node deletes a file (row first, then the object) while another stores the same
+/// file again between the two steps. The delete removes the object its row named, which
+/// is never the new version's: the new row names a complete object. (With one key per
+/// file name, the delete removed the object the other node had just stored and recorded:
+/// a row naming nothing, after a 1603.)
+#[test]
+fn a_delete_on_one_node_never_removes_the_version_another_node_just_stored() {
+    let Some(nodes) = TwoNodes::start("a_delete_on_one_node_never_removes_the_version") else {
+        return;
+    };
+    let mut conn = nodes.first.connect();
+    let (id, key) = enroll(&mut conn, "two-nodes-delete");
+    let v1 = data(5000, 1);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v1, 2000),
+        id,
+        "f.bin",
+        &v1,
+    );
+
+    nodes.faults.remove_gate.hold_next();
+    let deleter = nodes.delete_on_second(id, "f.bin");
+    assert!(
+        nodes
+            .faults
+            .remove_gate
+            .wait_arrived(Duration::from_secs(20)),
+        "the delete never reached the object"
+    );
+    // The row is gone, the object not yet: the first node stores the file again.
+    let v2 = data(6000, 2);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v2, 2000),
+        id,
+        "f.bin",
+        &v2,
+    );
+    nodes.faults.remove_gate.open();
+    let answer = deleter.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let (row, content) = nodes.row_and_object(id, "f.bin").expect("the new row");
+    assert!(content == v2, "the row names another version: {row:?}");
+    assert_eq!(
+        nodes.versions(id, "f.bin"),
+        [row.path.rsplit('/').next().unwrap()]
+    );
+}
+
+/// Two nodes store the same file at once: the second reads the row, then waits (a gate
+/// before its move into place) while the first stores its version; then the second
+/// stores its own. The row names the second's version, and the first's, which the
+/// second's commit replaced, is removed: the database says which version a commit
+/// replaced, so no object is left that no row names. (Removing the version read before
+/// the wait left the first's object behind.)
+#[test]
+fn two_nodes_storing_one_file_at_once_leave_one_version() {
+    let Some(nodes) = TwoNodes::start("two_nodes_storing_one_file_at_once_leave_one_version")
+    else {
+        return;
+    };
+    let mut conn = nodes.first.connect();
+    let (id, key) = enroll(&mut conn, "two-nodes-store");
+    let v1 = data(5000, 1);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v1, 2000),
+        id,
+        "f.bin",
+        &v1,
+    );
+
+    nodes.faults.persist_gate.hold_next();
+    let v2 = data(7000, 2);
+    let (sent, late_key) = (v2.clone(), key.clone());
+    let second = nodes.second.addr();
+    let late = std::thread::spawn(move || {
+        let mut conn = Conn::connect(second);
+        // Not an upload first: a connection that starts with one is answered per packet.
+        conn.call(&register_request("two-nodes-other"));
+        upload(&mut conn, id, &late_key, "f.bin", &sent, 2000)
+    });
+    assert!(
+        nodes
+            .faults
+            .persist_gate
+            .wait_arrived(Duration::from_secs(20)),
+        "the second node's upload never reached its move into place"
+    );
+    let v3 = data(8000, 3);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v3, 2000),
+        id,
+        "f.bin",
+        &v3,
+    );
+    nodes.faults.persist_gate.open();
+    assert_received(&late.join().unwrap(), id, "f.bin", &v2);
+
+    let (row, content) = nodes.row_and_object(id, "f.bin").expect("the row");
+    assert!(content == v2, "the row names another version: {row:?}");
+    assert_eq!(
+        nodes.versions(id, "f.bin"),
+        [row.path.rsplit('/').next().unwrap()],
+        "one version left"
+    );
+}
+
+/// The same race, but the second node's move into place fails after the wait. The row
+/// the first node committed meanwhile stays. (When the second node marked the verified
+/// row it had read as unverified before its move, it put that row back after the
+/// failure: a row naming the version the first node had replaced and removed.)
+#[test]
+fn a_failed_store_on_one_node_never_puts_back_a_row_another_node_replaced() {
+    let Some(nodes) = TwoNodes::start("a_failed_store_on_one_node_never_puts_back_a_row") else {
+        return;
+    };
+    let mut conn = nodes.first.connect();
+    let (id, key) = enroll(&mut conn, "two-nodes-failed");
+    let v1 = data(5000, 1);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v1, 2000),
+        id,
+        "f.bin",
+        &v1,
+    );
+    assert_eq!(
+        conn.call(&file_name_request(id, 900, "f.bin")),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+
+    nodes.faults.persist_gate.hold_next();
+    let (sent, late_key) = (data(7000, 2), key.clone());
+    let second = nodes.second.addr();
+    let late = std::thread::spawn(move || {
+        let mut conn = Conn::connect(second);
+        conn.call(&register_request("two-nodes-failed-other"));
+        upload(&mut conn, id, &late_key, "f.bin", &sent, 2000)
+    });
+    assert!(
+        nodes
+            .faults
+            .persist_gate
+            .wait_arrived(Duration::from_secs(20)),
+        "the second node's upload never reached its move into place"
+    );
+    let v3 = data(8000, 3);
+    assert_received(
+        &upload(&mut conn, id, &key, "f.bin", &v3, 2000),
+        id,
+        "f.bin",
+        &v3,
+    );
+    nodes
+        .faults
+        .persist_fails
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    nodes.faults.persist_gate.open();
+    assert_eq!(late.join().unwrap(), Response::ServerError);
+
+    let (row, content) = nodes.row_and_object(id, "f.bin").expect("the row");
+    assert!(content == v3, "the row names another version: {row:?}");
+    assert!(!row.verified, "v3 was never confirmed");
+    assert_eq!(nodes.versions(id, "f.bin").len(), 1);
 }

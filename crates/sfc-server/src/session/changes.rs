@@ -58,7 +58,7 @@ impl MetaStore for CountingChanges {
     ) -> Result<(), StoreError> {
         self.changing(|meta| meta.set_keys(id, public_key, aes_key, now))
     }
-    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
+    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<Option<String>, StoreError> {
         self.changing(|meta| meta.put_file(file, now))
     }
     fn set_verified(

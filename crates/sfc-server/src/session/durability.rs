@@ -96,20 +96,24 @@ impl Core {
     /// Moves a complete upload into place and records it so that nothing already stored
     /// is lost and every row always names a complete file:
     ///
-    /// 1. an existing row that is verified is first committed as unverified (it is about
-    ///    to name content the client has not confirmed);
-    /// 2. the file is moved into place, keeping the version it replaces
-    ///    ([`crate::storage::TempBlob::persist_undoable`]); if that fails, the old row is
-    ///    restored (its file is untouched; unless the store reports
-    ///    [`crate::storage::ReplacedUnconfirmed`], which leaves it unverified) and the
-    ///    client gets 1607;
+    /// 1. an existing verified row whose file the new version is about to replace in
+    ///    place (the local folder: one path per label) is first committed as unverified
+    ///    (it is about to name content the client has not confirmed). A store that writes
+    ///    every upload to a path of its own (S3) leaves the row true until step 3
+    ///    replaces it, so it is left alone;
+    /// 2. the file is moved into place, keeping the version it replaces in place
+    ///    ([`crate::storage::TempBlob::persist_undoable`]); if that fails, a row step 1
+    ///    changed is restored (its file is untouched) and the client gets 1607;
     /// 3. the row is committed with Verified = 0. If that fails, the database is asked
     ///    whether the commit happened after all (only its answer lost): if so, the
-    ///    upload is stored. Otherwise the replaced version is put back (a new file is
-    ///    removed) and the old row restored (verified only if the version was put
-    ///    back) as far as the database allows, unless the
-    ///    database cannot answer and no earlier row names the new path: then the file
-    ///    stays, since a committed row may name it. The client gets 1607.
+    ///    upload is stored. Otherwise the move is undone (the replaced version put back,
+    ///    or the new file removed) and a row step 1 changed restored (only if the undo
+    ///    worked) as far as the database allows, unless the database cannot answer and
+    ///    no earlier row names the new path: then the file stays, since a committed row
+    ///    may name it. The client gets 1607;
+    /// 4. the file the replaced row named, if it was at another path, is removed: the
+    ///    path the commit reports, which is another server's version when one replaced
+    ///    the row since it was read here.
     ///
     /// A crash between any two steps leaves every row naming a complete file (the old or
     /// the new version; unverified if it changed) and, for a new file, at worst a complete
@@ -125,23 +129,24 @@ impl Core {
             .meta
             .file(&client_id, file_name)
             .map_err(FinishError::Lookup)?;
-        if let Some(old) = existing.as_ref().filter(|old| old.verified) {
-            let unverified = FileRecord {
+        // The verified row step 1 makes unverified, to restore if the version stays.
+        let unverified = existing
+            .as_ref()
+            .filter(|old| old.verified && old.path == temp.path());
+        if let Some(old) = unverified {
+            let row = FileRecord {
                 verified: false,
                 ..old.clone()
             };
             self.meta
-                .put_file(&unverified, ctx.now)
+                .put_file(&row, ctx.now)
                 .map_err(FinishError::Record)?;
         }
         let persisted = match temp.persist_undoable() {
             Ok(persisted) => persisted,
             Err(error) => {
-                // The stored version is untouched, so as verified as before; unless the
-                // store says the new one may have replaced it.
-                if !crate::storage::replaced_unconfirmed(&error) {
-                    self.restore_verified(existing.as_ref(), ctx);
-                }
+                // The stored version is untouched, so as verified as before.
+                self.restore_verified(unverified, ctx);
                 return Err(FinishError::Store(error));
             }
         };
@@ -151,50 +156,57 @@ impl Core {
             path: persisted.path().to_owned(),
             verified: false,
         };
-        if let Err(error) = self.meta.put_file(&record, ctx.now) {
-            // The row as it was before this commit (step 1 made a verified one unverified).
-            let before = existing.as_ref().map(|old| FileRecord {
-                verified: false,
-                ..old.clone()
-            });
-            // A failed commit may have happened, only its answer lost (a connection to
-            // PostgreSQL that broke after COMMIT): ask before undoing.
-            match self.meta.file(&client_id, file_name) {
-                Ok(row) if row.as_ref() == Some(&record) && before.as_ref() != Some(&record) => {
-                    tracing::warn!(%error, path = %record.path, "the commit reported as failed had happened: the file is stored");
-                }
-                Err(_) if before.as_ref().is_none_or(|old| old.path != record.path) => {
-                    // Undoing could remove the file a committed row names; leaving it
-                    // costs at most an unrecorded file, which start-up removes (unless it
-                    // finds more than a crash leaves: then it costs its space).
-                    drop(persisted);
-                    return Err(FinishError::RecordUncertain { error });
-                }
-                _ => {
-                    let undo = persisted.undo();
-                    // Not undone: the file holds the new, unconfirmed version.
-                    if undo.is_ok() {
-                        self.restore_verified(existing.as_ref(), ctx);
+        let replaced = match self.meta.put_file(&record, ctx.now) {
+            Ok(replaced) => replaced,
+            Err(error) => {
+                // The row as it was before this commit.
+                let before = existing.as_ref().map(|old| FileRecord {
+                    verified: old.verified && unverified.is_none(),
+                    ..old.clone()
+                });
+                // A failed commit may have happened, only its answer lost (a connection
+                // to PostgreSQL that broke after COMMIT): ask before undoing.
+                match self.meta.file(&client_id, file_name) {
+                    Ok(row)
+                        if row.as_ref() == Some(&record) && before.as_ref() != Some(&record) =>
+                    {
+                        tracing::warn!(%error, path = %record.path, "the commit reported as failed had happened: the file is stored");
+                        // What it replaced is unknown: the row read before is the best guess.
+                        existing.as_ref().map(|old| old.path.clone())
                     }
-                    return Err(FinishError::RecordAfterMove { error, undo });
+                    Err(_) if before.as_ref().is_none_or(|old| old.path != record.path) => {
+                        // Undoing could remove the file a committed row names; leaving it
+                        // costs at most an unrecorded file, which start-up removes (unless
+                        // it finds more than a crash leaves: then it costs its space).
+                        drop(persisted);
+                        return Err(FinishError::RecordUncertain { error });
+                    }
+                    _ => {
+                        let undo = persisted.undo();
+                        // Not undone: the file holds the new, unconfirmed version.
+                        if undo.is_ok() {
+                            self.restore_verified(unverified, ctx);
+                        }
+                        return Err(FinishError::RecordAfterMove { error, undo });
+                    }
                 }
             }
-        }
+        };
         if let Err(error) = persisted.keep() {
             tracing::warn!(path = %record.path, %error, "cannot remove the replaced version (removed at next start-up)");
         }
-        if let Some(old) = existing.filter(|old| old.path != record.path) {
-            if let Err(error) = self.blobs.remove(&old.path) {
-                tracing::warn!(path = %old.path, %error, "cannot remove the file's earlier path");
+        if let Some(old_path) = replaced.filter(|old_path| *old_path != record.path) {
+            if let Err(error) = self.blobs.remove(&old_path) {
+                tracing::warn!(path = %old_path, %error, "cannot remove the file's earlier path");
             }
         }
         Ok(record.path)
     }
 
-    /// Puts back a verified row that step 1 committed as unverified, when its file was
+    /// Puts back the verified row that step 1 committed as unverified, when its file was
     /// not replaced after all. Best effort: the store has just failed.
-    fn restore_verified(&self, existing: Option<&FileRecord>, ctx: &Ctx) {
-        if let Some(old) = existing.filter(|old| old.verified) {
+    fn restore_verified(&self, unverified: Option<&FileRecord>, ctx: &Ctx) {
+        if let Some(old) = unverified {
             let _ = self.meta.put_file(old, ctx.now);
         }
     }

@@ -366,6 +366,10 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 impl TempBlob for LocalTemp {
+    fn path(&self) -> &str {
+        &self.rel_path
+    }
+
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.resume()?;
         match self.file.as_mut() {

@@ -11,9 +11,12 @@
 //! A 1603 is sent only after, in this order: the temporary file is written and
 //! `fsync`ed, renamed over its final name, the directory is `fsync`ed, and the `files`
 //! row is committed. Replacing a stored file never loses it (see
-//! `session::Core::store_upload`): a verified row is first committed as unverified, the
-//! replaced version is kept under a temporary name ([`TempBlob::persist_undoable`]) until
-//! the row is committed, and put back if that commit fails. The SQLite implementation
+//! `session::Core::store_upload`): in the local folder, where a new version takes the
+//! old one's path, a verified row is first committed as unverified, the replaced
+//! version is kept under a temporary name ([`TempBlob::persist_undoable`]) until the row
+//! is committed, and put back if that commit fails; in S3 every upload has a key of its
+//! own ([`s3`]), and the old version is removed once the row names the new one (the
+//! path [`MetaStore::put_file`] says it replaced). The SQLite implementation
 //! runs in WAL mode with
 //! `synchronous=FULL`, so a commit is on disk when it returns (measured on this machine
 //! class: ~6,600 single-row commits/s with FULL, ~48,000 with NORMAL, which may lose the
@@ -140,8 +143,10 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
         aes_key: &[u8],
         now: Timestamp,
     ) -> Result<(), StoreError>;
-    /// Inserts or replaces a file row (Verified = 0).
-    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError>;
+    /// Inserts or replaces the file's row; returns the path the replaced row named, if
+    /// any (the version the caller may now remove: servers sharing the database may
+    /// have replaced the row since the caller last read it).
+    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<Option<String>, StoreError>;
     /// Sets Verified = 1; false when there is no such file.
     fn set_verified(
         &self,
@@ -234,6 +239,8 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 
 /// A file being received. Dropping it without [`TempBlob::persist`] removes it.
 pub trait TempBlob: Send + fmt::Debug {
+    /// The path it will have once persisted, relative to the data folder.
+    fn path(&self) -> &str;
     /// Appends bytes.
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Lets go of what the file holds open between two writes (a file descriptor),
@@ -252,9 +259,7 @@ pub trait TempBlob: Send + fmt::Debug {
     /// was none). A crash in between leaves the new, complete file under the final name
     /// and the kept version under a temporary name (removed at start-up).
     ///
-    /// An error means the stored version is as it was, unless [`replaced_unconfirmed`]
-    /// says otherwise (the new version may be in place and the earlier one could not be
-    /// put back).
+    /// An error means the stored version is as it was.
     ///
     /// The default cannot undo: it persists, and its `undo` fails, leaving the new file
     /// in place.
@@ -262,33 +267,6 @@ pub trait TempBlob: Send + fmt::Debug {
         let path = self.persist()?;
         Ok(Box::new(NoUndo { path }))
     }
-}
-
-/// Why a [`TempBlob::persist_undoable`] failed after its new version may have replaced the
-/// stored one, which could not be put back (an S3 completion whose answer was lost, then
-/// a failed copy back): the stored content may no longer be the one its row was
-/// confirmed for.
-#[derive(Debug, thiserror::Error)]
-#[error("{error}; the earlier version could not be put back")]
-pub struct ReplacedUnconfirmed {
-    /// The move into place's own error.
-    #[source]
-    pub error: io::Error,
-}
-
-impl ReplacedUnconfirmed {
-    /// `error`, of the same kind, marked as [`ReplacedUnconfirmed`].
-    pub fn wrap(error: io::Error) -> io::Error {
-        io::Error::new(error.kind(), ReplacedUnconfirmed { error })
-    }
-}
-
-/// Whether `error` (from [`TempBlob::persist_undoable`]) may have left the new version in
-/// place ([`ReplacedUnconfirmed`]).
-pub fn replaced_unconfirmed(error: &io::Error) -> bool {
-    error
-        .get_ref()
-        .is_some_and(|inner| inner.is::<ReplacedUnconfirmed>())
 }
 
 /// A file moved into place by [`TempBlob::persist_undoable`], its row not yet committed.
@@ -495,7 +473,9 @@ mod tests {
     fn recovery_reads_the_rows_after_listing_the_files() {
         let (dir, meta, blobs, _kept, orphan) = data_folder();
         let acknowledged = row_of_orphan(&orphan);
-        let commit = || meta.put_file(&acknowledged, Timestamp(0)).unwrap();
+        let commit = || {
+            meta.put_file(&acknowledged, Timestamp(0)).unwrap();
+        };
         let listing = CommitsWhileListing {
             inner: &blobs,
             commit: &commit,

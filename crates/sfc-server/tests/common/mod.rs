@@ -190,11 +190,22 @@ impl TestServer {
         matches!(self.store, Store::S3(_))
     }
 
-    /// Content of the client's stored file `disk_name`, wherever the store keeps it.
+    /// Content of the client's stored file `disk_name`, wherever the store keeps it. In
+    /// S3 it is kept under a version of that name (`…~v<hex>`); finding two versions of
+    /// one name fails the test (the replaced one should be gone).
     pub fn stored(&self, id: ClientId, disk_name: &str) -> std::io::Result<Vec<u8>> {
         match &self.store {
             Store::S3(location) => {
-                s3::read(location, &format!("files/{}/{disk_name}", id.to_hex()))
+                let folder = format!("files/{}", id.to_hex());
+                let versions: Vec<String> = s3::list(location, &folder)
+                    .into_iter()
+                    .filter(|name| sfc_server::testing::unversioned(name) == disk_name)
+                    .collect();
+                match versions.as_slice() {
+                    [] => Err(std::io::ErrorKind::NotFound.into()),
+                    [name] => s3::read(location, &format!("{folder}/{name}")),
+                    several => panic!("several versions of {disk_name}: {several:?}"),
+                }
             }
             _ => std::fs::read(self.client_dir(id).join(disk_name)),
         }
@@ -221,10 +232,14 @@ impl TestServer {
         }
     }
 
-    /// Names of every file in the client's folder (temporary files included), sorted.
+    /// Names of every file in the client's folder (temporary files included; in S3 the
+    /// disk name of each version, [`sfc_server::testing::unversioned`]), sorted.
     pub fn stored_names(&self, id: ClientId) -> Vec<String> {
         let mut names: Vec<String> = match &self.store {
-            Store::S3(location) => s3::list(location, &format!("files/{}", id.to_hex())),
+            Store::S3(location) => s3::list(location, &format!("files/{}", id.to_hex()))
+                .iter()
+                .map(|name| sfc_server::testing::unversioned(name).to_owned())
+                .collect(),
             _ => match std::fs::read_dir(self.client_dir(id)) {
                 Ok(entries) => entries
                     .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -34,7 +34,8 @@ struct State {
     closed: AtomicBool,
 }
 
-/// Which requests of one object (URL path `/bucket/key`) lose their answers.
+/// Which requests lose their answers: those of objects whose URL path (`/bucket/key`)
+/// starts with the string held (the key of an upload is not known before it is made).
 #[derive(Clone, Debug)]
 enum Lost {
     /// Plain `PUT`s: the object sent whole, not a part nor a server-side copy.
@@ -101,15 +102,15 @@ impl AnswerLosingProxy {
         format!("http://{}", self.addr)
     }
 
-    /// From now on, every `PUT` of exactly `path` (`/bucket/key`, no query) without an
-    /// `x-amz-copy-source` header reaches upstream but loses its answer: a plain upload
-    /// of the object, not a part of a multipart upload nor a server-side copy to it.
+    /// From now on, every `PUT` of a path starting with `path` (`/bucket/key…`, no query)
+    /// without an `x-amz-copy-source` header reaches upstream but loses its answer: a
+    /// plain upload of an object, not a part of a multipart upload nor a server-side copy.
     pub fn lose_answers_to_plain_puts(&self, path: &str) {
         *self.state.armed.lock().unwrap() = Some(Lost::PlainPuts(path.to_owned()));
     }
 
-    /// From now on, every `POST` completing a multipart upload of `path` (`/bucket/key`)
-    /// reaches upstream but loses its answer.
+    /// From now on, every `POST` completing a multipart upload of a path starting with
+    /// `path` (`/bucket/key…`) reaches upstream but loses its answer.
     pub fn lose_answers_to_completions(&self, path: &str) {
         *self.state.armed.lock().unwrap() = Some(Lost::Completions(path.to_owned()));
     }
@@ -158,16 +159,18 @@ impl State {
         match &*self.armed.lock().unwrap() {
             None => false,
             Some(Lost::PlainPuts(path)) => {
-                head.target == *path
+                head.target.starts_with(path.as_str())
+                    && !head.target.contains('?')
                     && head.method == "PUT"
                     && head.header("x-amz-copy-source").is_none()
             }
             Some(Lost::Completions(path)) => {
                 head.method == "POST"
+                    && head.target.starts_with(path.as_str())
                     && head
                         .target
-                        .strip_prefix(path.as_str())
-                        .is_some_and(|query| query.starts_with("?uploadId="))
+                        .split_once('?')
+                        .is_some_and(|(_, query)| query.starts_with("uploadId="))
             }
         }
     }

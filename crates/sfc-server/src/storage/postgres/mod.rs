@@ -21,15 +21,18 @@
 //!
 //! Every method is one statement (data-modifying `WITH` clauses where a write also moves
 //! `LastSeen`), so it is atomic without a client-side transaction and costs one round
-//! trip:
+//! trip; storing a file's row is an update, else an insert (two when the row is new):
 //! - name uniqueness: the `clients_name_unique` constraint; its violation (SQLSTATE
 //!   23505 on that constraint) is [`Inserted::NameTaken`], so of two servers registering
 //!   one name at once exactly one succeeds;
 //! - key pinning: the key is stored only `WHERE PublicKey IS NULL OR PublicKey = the
 //!   key`, so two servers accepting different first keys for one client store exactly
 //!   one, and the other gets an error (1607);
-//! - "replace a file": one upsert on the `(ID, FileName)` key, so a row is always one
-//!   writer's whole row;
+//! - "replace a file": one update of the row on the `(ID, FileName)` key that returns
+//!   the path it replaced (read under the row's lock, so of two servers replacing one
+//!   file each learns the version it replaced and removes that one), or one insert when
+//!   there is no row (an insert that meets a row inserted meanwhile becomes an update);
+//!   a row is always one writer's whole row;
 //! - `LastSeen` only moves forward: `GREATEST` over the stored text (collation "C": the
 //!   text sorts chronologically), evaluated on the latest row version;
 //! - the periodic `LastSeen` flush locks its rows in ID order, so two servers flushing the

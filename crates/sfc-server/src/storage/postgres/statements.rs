@@ -12,6 +12,9 @@ use zeroize::Zeroizing;
 
 const CLIENT_COLUMNS: &str = "SELECT ID, Name, PublicKey, LastSeen, AESKey FROM clients";
 const FILE_COLUMNS: &str = "SELECT ID, FileName, PathName, Verified FROM files";
+/// Rounds of "update, else insert" before [`MetaStore::put_file`] gives up: each further
+/// round needs another server to delete and insert the same row in between.
+const PUT_FILE_ATTEMPTS: usize = 3;
 /// `LastSeen` moved forward to `$n`, never backwards.
 const ADVANCE: &str = "LastSeen = GREATEST(COALESCE(LastSeen, ''), $n)";
 
@@ -127,27 +130,67 @@ impl MetaStore for PostgresStore {
         }
     }
 
-    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
+    /// An update that reads the row it replaces (locked first, so the path returned is
+    /// the one replaced even when another server changed the row a moment before), else
+    /// an insert; an insert that meets a row another server inserted meanwhile updates
+    /// that one instead. Each statement is atomic and moves `LastSeen` with it.
+    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<Option<String>, StoreError> {
         let now = now.to_string();
-        self.query(
-            &format!(
-                "WITH upsert AS (
-                    INSERT INTO files (ID, FileName, PathName, Verified) VALUES ($1, $2, $3, $4)
-                    ON CONFLICT (ID, FileName) DO UPDATE
-                    SET PathName = excluded.PathName, Verified = excluded.Verified
-                 )
-                 UPDATE clients SET {} WHERE ID = $1",
-                advance(5)
-            ),
-            &[
-                &&file.client_id.0[..],
-                &file.file_name,
-                &file.path,
-                &file.verified,
-                &now,
-            ],
-        )?;
-        Ok(())
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            &&file.client_id.0[..],
+            &file.file_name,
+            &file.path,
+            &file.verified,
+            &now,
+        ];
+        for _ in 0..PUT_FILE_ATTEMPTS {
+            let replaced = self.query(
+                &format!(
+                    "WITH replaced AS (
+                        UPDATE files AS f SET PathName = $3, Verified = $4
+                        FROM (SELECT ID, FileName, PathName FROM files
+                              WHERE ID = $1 AND FileName = $2 FOR UPDATE) AS old
+                        WHERE f.ID = old.ID AND f.FileName = old.FileName
+                        RETURNING old.PathName
+                     ), seen AS (
+                        UPDATE clients SET {} WHERE ID = $1 AND EXISTS (SELECT 1 FROM replaced)
+                     )
+                     SELECT PathName FROM replaced",
+                    advance(5)
+                ),
+                &params,
+            )?;
+            if let Some(row) = replaced.first() {
+                return row.try_get(0).map(Some).map_err(db_err);
+            }
+            let inserted = self.query(
+                &format!(
+                    "WITH inserted AS (
+                        INSERT INTO files (ID, FileName, PathName, Verified)
+                        VALUES ($1, $2, $3, $4)
+                        ON CONFLICT (ID, FileName) DO NOTHING
+                        RETURNING 1
+                     ), seen AS (
+                        UPDATE clients SET {} WHERE ID = $1 AND EXISTS (SELECT 1 FROM inserted)
+                     )
+                     SELECT count(*) FROM inserted",
+                    advance(5)
+                ),
+                &params,
+            )?;
+            let count: i64 = match inserted.first() {
+                Some(row) => row.try_get(0).map_err(db_err)?,
+                None => 0,
+            };
+            if count == 1 {
+                return Ok(None);
+            }
+            // Another server inserted the row between the two statements: update it.
+        }
+        Err(StoreError::Database(format!(
+            "the row of {:?} kept changing under {PUT_FILE_ATTEMPTS} attempts to store it",
+            file.file_name
+        )))
     }
 
     fn set_verified(

@@ -1,14 +1,18 @@
 //! The blob store in S3-compatible object storage (`--store s3://BUCKET/PREFIX`), which any
 //! number of servers may share.
 //!
-//! Layout under the prefix (same relative paths as the local folder, so rows look alike):
+//! Layout under the prefix (the local folder's relative paths, with a version added to
+//! each file's name):
 //!
 //! ```text
-//! files/<client-id as 32 hex digits>/<names::disk_name(label)>   stored objects
-//! files/<client-id>/.upload-<uuid>.old                          replaced version kept until its row commits
-//! uploads/<client-id>/<disk name>/<uuid>                        marker of a multipart upload in progress
-//! sfc-setup-id                                                  the set-up ID (storage::pairing)
+//! files/<client-id as 32 hex digits>/<disk name>~v<32 hex digits>   stored objects
+//! uploads/<client-id>/<stored object's name>/<uuid>                 marker of a multipart upload in progress
+//! sfc-setup-id                                                      the set-up ID (storage::pairing)
 //! ```
+//!
+//! The disk name is `names::disk_name(label)`; the version (`names::versioned`) is new
+//! for every upload. Rows written by earlier versions of the server name objects without
+//! one, which stay readable and removable.
 //!
 //! # Writing
 //!
@@ -17,18 +21,21 @@
 //! final key: each full buffer becomes a part, sent while the next fills, at most
 //! [`PARTS_IN_FLIGHT`] at a time, so an upload holds at most `(1 + PARTS_IN_FLIGHT) ×
 //! PART_SIZE` bytes whatever the file's size. The parts stay invisible until the upload
-//! is completed, which replaces the key atomically: a reader sees the old or the whole
-//! new object, never a part of one.
+//! is completed.
 //!
-//! # Persisting and undo (the same guarantees as the local folder)
+//! # One key per upload: nothing is ever overwritten
 //!
-//! [`TempBlob::persist_undoable`] first copies an existing object at the final key to a
-//! backup key (a server-side copy; S3 copies up to 5 GiB in one request, more than the
-//! protocol's largest file), then completes the upload (or `PUT`s the small file).
-//! [`Persisted::keep`] deletes the backup once the row is committed; [`Persisted::undo`]
-//! copies it back (or deletes the new object if it replaced nothing). A crash in between
-//! leaves the new, complete object under the final key (its row unverified, see
-//! `session::Core::store_upload`) and the backup, removed later by start-up recovery.
+//! Servers sharing the bucket serialise nothing between them: two may store the same
+//! client's file at once, or one delete it while another stores it. So no upload writes
+//! a key another upload or a row may name. Replacing a file is: complete the new
+//! version at its own key, commit the row naming it, then delete the key the row named
+//! before (`session::Core::store_upload`; the database says which). Undo
+//! ([`crate::storage::Persisted::undo`], the row could not be committed) deletes the new key only; a
+//! failed completion deletes it too (it may have happened with only its answer lost). A
+//! delete removes the row, then the key that row named. Whatever the interleaving, a
+//! row names a complete object and no server removes an object it did not read from a
+//! row or write itself; at worst a key is left that no row names (a crash between the
+//! completion and the commit), which start-up recovery removes once old.
 //!
 //! # Start-up recovery on shared storage
 //!
@@ -45,7 +52,8 @@
 //!   ([`BlobStore::remove_stale_temps`]). `object_store` cannot list multipart uploads,
 //!   hence the markers; a bucket lifecycle rule `AbortIncompleteMultipartUpload` is a
 //!   good second net (docs/DEPLOY.md);
-//! - backups older than `grace` are deleted;
+//! - temporary objects older than `grace` are deleted (the `.upload-*.old` backups of
+//!   replaced versions that servers before one-key-per-upload kept);
 //! - stored objects no row names are orphans ([`super::recover`]) only when older than
 //!   `grace` and no live marker names them (some stores date a multipart object from the
 //!   start of its upload, so a young marker protects an old-looking object until its row
@@ -67,7 +75,7 @@ use super::setup::is_own_path;
 use super::{BlobStore, TempBlob};
 use crate::config::S3Location;
 use crate::storage::fs::FILES_DIR;
-use crate::storage::names::TEMP_PREFIX;
+use crate::storage::names;
 use crate::storage::pairing::{already_kept, damaged, kept, parse_kept, SETUP_ID_PATH};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
@@ -337,24 +345,22 @@ impl Shared {
     }
 }
 impl BlobStore for S3BlobStore {
+    /// The object is stored under a version of `disk_name` of its own
+    /// ([`names::versioned`]): see the module docs.
     fn create_temp(&self, client: &ClientId, disk_name: &str) -> io::Result<Box<dyn TempBlob>> {
         let hex = client.to_hex();
-        let rel_path = format!("{FILES_DIR}/{hex}/{disk_name}");
+        let version = uuid::Uuid::new_v4();
+        let name = names::versioned(disk_name, version.as_u128());
+        let rel_path = format!("{FILES_DIR}/{hex}/{name}");
         let key = self.shared.key(&rel_path)?;
-        let marker = self.shared.key(&format!(
-            "{UPLOADS_DIR}/{hex}/{disk_name}/{}",
-            uuid::Uuid::new_v4().simple()
-        ))?;
-        let backup = self.shared.key(&format!(
-            "{FILES_DIR}/{hex}/{TEMP_PREFIX}{}.old",
-            uuid::Uuid::new_v4().simple()
-        ))?;
+        let marker = self
+            .shared
+            .key(&format!("{UPLOADS_DIR}/{hex}/{name}/{}", version.simple()))?;
         Ok(Box::new(S3Temp::new(
             Arc::clone(&self.shared),
             key,
             rel_path,
             marker,
-            backup,
         )))
     }
 

@@ -1,22 +1,20 @@
-//! An object completed at its key, waiting for its row: keep (delete the backup) or undo
-//! (copy the backup back).
+//! An object completed at its own key, waiting for its row: keep it (the marker goes) or
+//! undo (the object goes).
 
 use super::temp::S3Temp;
 use super::Shared;
 use crate::storage::Persisted;
 use object_store::path::Path as Key;
-use object_store::ObjectStore;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
 
 /// An object completed at its key whose row is not committed yet (see [`Persisted`]).
+/// The key is this upload's alone, so undoing touches no other version.
 pub(super) struct S3Persisted {
     pub(super) shared: Arc<Shared>,
     pub(super) key: Key,
     pub(super) rel_path: String,
-    /// Copy of the replaced version.
-    pub(super) backup: Option<Key>,
     /// The marker protecting the object from recovery elsewhere, if multipart.
     pub(super) marker: Option<Key>,
 }
@@ -25,11 +23,15 @@ impl fmt::Debug for S3Persisted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Persisted")
             .field("key", &self.key.as_ref())
-            .field(
-                "backup",
-                &self.backup.as_ref().map(|k| k.as_ref().to_owned()),
-            )
             .finish_non_exhaustive()
+    }
+}
+
+impl S3Persisted {
+    fn unmark(&self) {
+        if let Some(marker) = &self.marker {
+            S3Temp::unmark(&self.shared, marker);
+        }
     }
 }
 
@@ -39,30 +41,14 @@ impl Persisted for S3Persisted {
     }
 
     fn keep(self: Box<Self>) -> io::Result<()> {
-        let shared = &self.shared;
-        if let Some(marker) = &self.marker {
-            S3Temp::unmark(shared, marker);
-        }
-        match &self.backup {
-            Some(backup) => shared.run(shared.delete_quietly(backup)),
-            None => Ok(()),
-        }
+        self.unmark();
+        Ok(())
     }
 
     fn undo(self: Box<Self>) -> io::Result<()> {
         let shared = &self.shared;
-        shared.run(async {
-            match &self.backup {
-                Some(backup) => {
-                    shared.s3.copy(backup, &self.key).await?;
-                    shared.delete_quietly(backup).await
-                }
-                None => shared.delete_quietly(&self.key).await,
-            }
-        })?;
-        if let Some(marker) = &self.marker {
-            S3Temp::unmark(shared, marker);
-        }
+        shared.run(shared.delete_quietly(&self.key))?;
+        self.unmark();
         Ok(())
     }
 }

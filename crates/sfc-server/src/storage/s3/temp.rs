@@ -70,7 +70,6 @@ pub(super) struct S3Temp {
     key: Key,
     rel_path: String,
     marker: Key,
-    backup: Key,
     /// Content not yet sent: less than one part.
     buffer: Vec<u8>,
     upload: Option<Upload>,
@@ -87,20 +86,14 @@ impl fmt::Debug for S3Temp {
 }
 
 impl S3Temp {
-    /// An empty object to be stored at `key` (`rel_path`), with its marker and backup keys.
-    pub(super) fn new(
-        shared: Arc<Shared>,
-        key: Key,
-        rel_path: String,
-        marker: Key,
-        backup: Key,
-    ) -> Self {
+    /// An empty object to be stored at `key` (`rel_path`, a key no other upload writes),
+    /// with the key of its marker.
+    pub(super) fn new(shared: Arc<Shared>, key: Key, rel_path: String, marker: Key) -> Self {
         S3Temp {
             shared,
             key,
             rel_path,
             marker,
-            backup,
             buffer: Vec::new(),
             upload: None,
         }
@@ -159,8 +152,21 @@ impl S3Temp {
     }
 
     /// Makes the object complete at its key: the last part and the completion, or one
-    /// `PUT` for a small file.
+    /// `PUT` for a small file. On failure the key is deleted (best effort): a completion
+    /// may have happened with only its answer lost, and the key is this upload's alone,
+    /// so deleting it touches nothing else; what is left, recovery removes once old.
     fn complete(&mut self) -> io::Result<()> {
+        let result = self.try_complete();
+        if result.is_err() {
+            let shared = &self.shared;
+            if let Err(error) = shared.run(shared.delete_quietly(&self.key)) {
+                tracing::warn!(%error, key = %self.key, "cannot delete an upload that failed to complete (recovery removes it)");
+            }
+        }
+        result
+    }
+
+    fn try_complete(&mut self) -> io::Result<()> {
         if self.upload.is_none() {
             let data = PutPayload::from(std::mem::take(&mut self.buffer));
             let shared = &self.shared;
@@ -213,6 +219,10 @@ fn collect_part(shared: &Shared, upload: &mut Upload) -> io::Result<()> {
 }
 
 impl TempBlob for S3Temp {
+    fn path(&self) -> &str {
+        &self.rel_path
+    }
+
     fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             let room = PART_SIZE.saturating_sub(self.buffer.len());
@@ -248,34 +258,13 @@ impl TempBlob for S3Temp {
     }
 
     fn persist_undoable(mut self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
-        let shared = Arc::clone(&self.shared);
-        let backup = match shared.run(shared.s3.copy(&self.key, &self.backup)) {
-            Ok(()) => Some(self.backup.clone()),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-            Err(error) => return Err(error),
-        };
+        // The key is new: nothing is replaced, so nothing needs keeping for an undo.
         let marker = self.upload.as_ref().map(|_| self.marker.clone());
-        if let Err(error) = self.complete() {
-            if let Some(backup) = &backup {
-                // The completion may have happened with only its answer lost: put the
-                // earlier version back before dropping the copy. If even that fails, the
-                // copy stays (a backup, removed at start-up once old).
-                let restored = shared.run(async {
-                    shared.s3.copy(backup, &self.key).await?;
-                    shared.delete_quietly(backup).await
-                });
-                if let Err(restore) = restored {
-                    tracing::warn!(%restore, "cannot put the earlier version back after a failed completion");
-                    return Err(super::super::ReplacedUnconfirmed::wrap(error));
-                }
-            }
-            return Err(error);
-        }
+        self.complete()?;
         Ok(Box::new(S3Persisted {
-            shared,
+            shared: Arc::clone(&self.shared),
             key: self.key.clone(),
             rel_path: std::mem::take(&mut self.rel_path),
-            backup,
             marker,
         }))
     }

@@ -335,9 +335,17 @@ impl MetaStore for SqliteStore {
         }
     }
 
-    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
+    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<Option<String>, StoreError> {
         let file = file.clone();
         self.write(move |c| {
+            // The one writer thread runs this transaction alone: what it reads is what
+            // the upsert replaces.
+            let replaced: Option<String> = c
+                .prepare_cached("SELECT PathName FROM files WHERE ID = ?1 AND FileName = ?2")?
+                .query_row(params![&file.client_id.0[..], file.file_name], |row| {
+                    row.get(0)
+                })
+                .optional()?;
             // Only for a client that exists: the table has no foreign key (its schema is
             // the original's), and a client may be removed while its upload finishes.
             let written = c
@@ -359,7 +367,8 @@ impl MetaStore for SqliteStore {
                     Some("a file row for a client that does not exist".into()),
                 ));
             }
-            touch_one(c, &file.client_id, now)
+            touch_one(c, &file.client_id, now)?;
+            Ok(replaced)
         })
     }
 

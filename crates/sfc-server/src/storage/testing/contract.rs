@@ -124,18 +124,21 @@ pub fn check_contract(meta: &dyn MetaStore) {
         path: "files/x/a%2Fb.txt".into(),
         verified: false,
     };
-    meta.put_file(&file, t).unwrap();
+    assert_eq!(meta.put_file(&file, t).unwrap(), None, "nothing replaced");
     assert_eq!(meta.file(&cid(1), "a/b.txt").unwrap(), Some(file.clone()));
     assert_eq!(meta.file(&cid(1), "other").unwrap(), None);
     assert!(meta.set_verified(&cid(1), "a/b.txt", t).unwrap());
     assert!(!meta.set_verified(&cid(1), "nope", t).unwrap());
     assert!(meta.files().unwrap().iter().all(|f| f.verified));
-    // Replacing: one row, the new path, unverified.
+    // Replacing: one row, the new path, unverified; the path replaced comes back.
     let replaced = FileRecord {
         path: "files/x/new".into(),
         ..file.clone()
     };
-    meta.put_file(&replaced, t).unwrap();
+    assert_eq!(
+        meta.put_file(&replaced, t).unwrap(),
+        Some(file.path.clone())
+    );
     assert_eq!(meta.files().unwrap(), std::slice::from_ref(&replaced));
     // An operator's removal (no `seen`) leaves LastSeen; the client's own (902) moves it.
     let seen_before = meta.client(&cid(1)).unwrap().unwrap().last_seen;
@@ -147,7 +150,11 @@ pub fn check_contract(meta: &dyn MetaStore) {
         meta.client(&cid(1)).unwrap().unwrap().last_seen,
         seen_before
     );
-    meta.put_file(&replaced, t).unwrap();
+    assert_eq!(
+        meta.put_file(&replaced, t).unwrap(),
+        None,
+        "the row was removed"
+    );
     assert_eq!(
         meta.remove_file(&cid(1), "a/b.txt", Some(Timestamp(3_000)))
             .unwrap(),

@@ -15,9 +15,7 @@
 //!   if the machine had died at that point;
 //! - `persist_fails` ([`FaultyBlobs`] only): moving a temporary file into place fails
 //!   with an I/O error while writes still succeed (an fsync or rename error);
-//! - `replaced_then_fails` ([`FaultyBlobs`] only): the move into place happens but fails
-//!   with [`ReplacedUnconfirmed`], as an S3 completion whose answer was lost and whose
-//!   copy back failed does; `undo_fails`: undoing a move into place fails, the new
+//! - `undo_fails` ([`FaultyBlobs`] only): undoing a move into place fails, the new
 //!   version staying in place;
 //! - [`Faults::lose_file_commit_answers`] ([`FaultyMeta`] only): commits of `files` rows
 //!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
@@ -30,8 +28,8 @@
 //!   running when the server shuts down.
 
 use crate::storage::{
-    BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, ReplacedUnconfirmed,
-    StoreError, TempBlob, Timestamp,
+    BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
+    Timestamp,
 };
 use sfc_proto::ClientId;
 use std::io;
@@ -48,9 +46,6 @@ pub struct Faults {
     pub disk_full: AtomicBool,
     /// Persisting a temporary file fails with `EIO` (writing it does not).
     pub persist_fails: AtomicBool,
-    /// Moving a temporary file into place replaces the stored version, then fails with
-    /// [`ReplacedUnconfirmed`].
-    pub replaced_then_fails: AtomicBool,
     /// Undoing a move into place fails with `EIO`, leaving the new version in place.
     pub undo_fails: AtomicBool,
     /// Both set-up IDs (the database's, the store's) read as none, as reads just before
@@ -84,7 +79,6 @@ impl Default for Faults {
             db_down: AtomicBool::new(false),
             disk_full: AtomicBool::new(false),
             persist_fails: AtomicBool::new(false),
-            replaced_then_fails: AtomicBool::new(false),
             undo_fails: AtomicBool::new(false),
             setup_id_unseen: AtomicBool::new(false),
             file_answers_lost: AtomicBool::new(false),
@@ -352,12 +346,12 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
         self.commit()?;
         self.inner.set_keys(id, public_key, aes_key, now)
     }
-    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
+    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<Option<String>, StoreError> {
         self.commit()?;
         if !self.faults.file_commit_allowed() {
             return Err(StoreError::Database("commit failed (injected)".into()));
         }
-        self.inner.put_file(file, now)?;
+        let replaced = self.inner.put_file(file, now)?;
         if self.faults.file_answers_lost.load(Ordering::SeqCst) {
             if self.faults.down_after_lost_answer.load(Ordering::SeqCst) {
                 self.faults.db_down.store(true, Ordering::SeqCst);
@@ -366,7 +360,7 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
                 "connection lost after the commit (injected)".into(),
             ));
         }
-        Ok(())
+        Ok(replaced)
     }
     fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
         self.faults.db()?;
@@ -478,6 +472,9 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
 }
 
 impl TempBlob for FaultyTemp {
+    fn path(&self) -> &str {
+        self.inner.path()
+    }
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.faults.disk()?;
         self.inner.write_all(bytes)
@@ -493,13 +490,8 @@ impl TempBlob for FaultyTemp {
     fn persist_undoable(self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
         self.faults.persist_gate.pass();
         self.faults.persist()?;
-        let persisted = self.inner.persist_undoable()?;
-        if self.faults.replaced_then_fails.load(Ordering::SeqCst) {
-            persisted.keep()?;
-            return Err(ReplacedUnconfirmed::wrap(io::Error::from_raw_os_error(5)));
-        }
         Ok(Box::new(FaultyPersisted {
-            inner: persisted,
+            inner: self.inner.persist_undoable()?,
             faults: self.faults,
         }))
     }

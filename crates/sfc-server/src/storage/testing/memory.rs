@@ -227,7 +227,7 @@ impl MetaStore for MemoryMeta {
         Ok(())
     }
 
-    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<(), StoreError> {
+    fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<Option<String>, StoreError> {
         self.shared.faults.file_commit()?;
         let mut tables = self.shared.tables();
         if !tables.clients.contains_key(&file.client_id) {
@@ -236,11 +236,11 @@ impl MetaStore for MemoryMeta {
                 file.client_id
             )));
         }
-        tables
+        let replaced = tables
             .files
             .insert((file.client_id, file.file_name.clone()), file.clone());
         touch(&mut tables, &file.client_id, now);
-        Ok(())
+        Ok(replaced.map(|old| old.path))
     }
 
     fn set_verified(
@@ -492,6 +492,10 @@ impl MemoryTemp {
 }
 
 impl TempBlob for MemoryTemp {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.shared.faults.disk()?;
         let temp = self
