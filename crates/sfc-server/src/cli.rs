@@ -253,6 +253,14 @@ pub struct Cli {
     #[arg(long, requires = "admin_listen")]
     pub admin_insecure: bool,
 
+    /// A host name the admin listener answers to (repeatable), e.g. admin.example.org.
+    ///
+    /// It always answers to its IP addresses and localhost; a request naming another host
+    /// (what a web page's name resolving to the listener's address sends: DNS rebinding)
+    /// gets 421.
+    #[arg(long = "admin-host", value_name = "NAME", requires = "admin_listen")]
+    pub admin_hosts: Vec<String>,
+
     /// Seconds an admin response may wait for its client to take any of it.
     ///
     /// A client that stops reading a download or a page for this long has its connection
@@ -466,6 +474,7 @@ impl Cli {
                     },
                     insecure: self.admin_insecure,
                     send_timeout: Duration::from_secs(self.admin_send_timeout),
+                    hosts: self.admin_hosts.clone(),
                 };
                 admin.check().map_err(anyhow::Error::msg)?;
                 Some(admin)
@@ -627,6 +636,33 @@ mod tests {
             .unwrap();
         assert_eq!(admin.send_timeout, Duration::from_secs(5));
         assert!(parse(&["--admin-send-timeout", "5"]).is_err());
+        // --admin-host: repeatable, names only, and only with the listener.
+        assert_eq!(admin.hosts, Vec::<String>::new());
+        let hosts = ["--admin-listen", "127.0.0.1:1", "--admin-host", "a.example"];
+        let admin = parse(&[&hosts[..], &["--admin-host", "b"]].concat())
+            .unwrap()
+            .server_config()
+            .unwrap()
+            .admin
+            .unwrap();
+        assert_eq!(admin.hosts, ["a.example", "b"]);
+        assert!(parse(&["--admin-host", "a.example"]).is_err());
+        for bad in [
+            "",
+            "a b",
+            "-a.example",
+            "a..example",
+            "a.example:80",
+            "[::1]",
+        ] {
+            let flag = format!("--admin-host={bad}");
+            let error = parse(&["--admin-listen", "127.0.0.1:1", &flag])
+                .unwrap()
+                .server_config()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("is not a host name"), "{bad}: {error}");
+        }
         for out_of_range in ["0", "86401"] {
             let flags = [
                 "--admin-listen",

@@ -267,6 +267,9 @@ pub struct AdminConfig {
     /// reading is not cut (it must take about a third of the socket's send buffer, at most
     /// a few MiB, within the limit: the kernel reports the socket writable only then).
     pub send_timeout: Duration,
+    /// Host names the listener answers to besides its IP addresses and `localhost`
+    /// (`--admin-host`); requests naming any other host get 421.
+    pub hosts: Vec<String>,
 }
 
 impl AdminConfig {
@@ -278,6 +281,7 @@ impl AdminConfig {
             tls: None,
             insecure: false,
             send_timeout: Duration::from_secs(DEFAULT_ADMIN_SEND_TIMEOUT_SECS),
+            hosts: Vec::new(),
         }
     }
 
@@ -291,8 +295,31 @@ impl AdminConfig {
                 self.listen
             ));
         }
+        for name in &self.hosts {
+            if !is_host_name(name) {
+                return Err(format!(
+                    "--admin-host {name:?} is not a host name (letters, digits, '-' and '.',                      at most 253 characters)"
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// A DNS name as `Host` carries it: labels of 1–63 letters, digits and `-` (not at
+/// either end), separated by dots, at most 253 characters (a trailing dot allowed).
+fn is_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The metadata store a server runs on.

@@ -1150,7 +1150,7 @@ fn healthz_on(stream: &mut std::net::TcpStream, keep_alive: bool) -> String {
     let connection = if keep_alive { "keep-alive" } else { "close" };
     stream
         .write_all(
-            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\n\r\n")
+            format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\n\r\n")
                 .as_bytes(),
         )
         .unwrap();
@@ -1181,7 +1181,7 @@ fn a_stalled_request_head_and_an_idle_keep_alive_are_closed() {
     let mut no_body = std::net::TcpStream::connect(addr).unwrap();
     no_body
         .write_all(
-            b"POST /login HTTP/1.1\r\nHost: x\r\n\
+            b"POST /login HTTP/1.1\r\nHost: localhost\r\n\
               Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 80\r\n\r\n",
         )
         .unwrap();
@@ -1277,7 +1277,7 @@ fn a_download_the_client_stops_reading_is_cut_at_the_send_timeout() {
         }
     );
     let request = format!(
-        "GET /api/v1/clients/{id}/file?name=big.bin HTTP/1.1\r\nHost: x\r\n\
+        "GET /api/v1/clients/{id}/file?name=big.bin HTTP/1.1\r\nHost: localhost\r\n\
          Authorization: {}\r\nConnection: close\r\n\r\n",
         admin.bearer()
     );
@@ -1397,4 +1397,104 @@ fn the_overview_is_computed_once_while_nothing_changes() {
     assert_eq!(get("/api/v1/stats")["files"], 3);
     drop(conn);
     admin.stop();
+}
+
+/// Sends `request` (whose head must ask `Connection: close`) on a new connection to the
+/// admin listener; the whole response.
+fn raw_exchange(addr: SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn with_admin_host(config: &mut ServerConfig) {
+    with_admin(config);
+    if let Some(admin) = config.admin.as_mut() {
+        admin.hosts = vec!["Admin.Example.org".into()];
+    }
+}
+
+/// DNS rebinding: a web page whose name resolves to the listener's address makes the
+/// operator's browser send its own name as `Host`. Such requests are refused before any
+/// route, the unauthenticated ones too (421, saying what to do, with the headers every
+/// response gets), and a correct token at `/login` opens no session; the listener's IP
+/// address, `localhost`, an `--admin-host` name and a request without `Host` are served.
+#[test]
+fn requests_naming_another_host_are_refused_before_any_route() {
+    let admin = Admin::start_with(with_admin_host);
+    let addr = admin.server.server.as_ref().unwrap().admin_addr().unwrap();
+    let port = addr.port();
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/login",
+        "/api/v1/stats",
+        "/static/admin.js",
+    ] {
+        let response = raw_exchange(
+            addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: rebound.example:{port}\r\n\
+                 Authorization: {}\r\nConnection: close\r\n\r\n",
+                admin.bearer()
+            ),
+        );
+        assert!(response.starts_with("HTTP/1.1 421"), "{path}: {response}");
+        assert!(
+            response.contains("--admin-host rebound.example\n"),
+            "{response}"
+        );
+        assert!(
+            response
+                .to_ascii_lowercase()
+                .contains("x-frame-options: deny"),
+            "{response}"
+        );
+    }
+    let body = format!("token={}", admin.token);
+    let login = raw_exchange(
+        addr,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: rebound.example\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(login.starts_with("HTTP/1.1 421"), "{login}");
+    assert!(
+        !login.to_ascii_lowercase().contains("set-cookie"),
+        "{login}"
+    );
+
+    for host in [
+        format!("Host: 127.0.0.1:{port}\r\n"),
+        "Host: localhost\r\n".to_owned(),
+        format!("Host: admin.example.ORG:{port}\r\n"),
+        String::new(),
+    ] {
+        let version = if host.is_empty() { "1.0" } else { "1.1" };
+        let response = raw_exchange(
+            addr,
+            &format!("GET /healthz HTTP/{version}\r\n{host}Connection: close\r\n\r\n"),
+        );
+        assert!(
+            response.starts_with(&format!("HTTP/{version} 200"))
+                || response.starts_with("HTTP/1.1 200"),
+            "{host:?}: {response}"
+        );
+    }
+    // Refusals are counted as responses like any other.
+    let (status, metrics) = admin.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("sfc_admin_requests_total{status=\"421\"} 6"),
+        "{metrics}"
+    );
 }

@@ -35,7 +35,7 @@ fn metrics(dir: &std::path::Path, server: &RunningServer) -> String {
     let mut http = std::net::TcpStream::connect(server.admin_addr().unwrap()).unwrap();
     write!(
         http,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
         token.trim()
     )
     .unwrap();
@@ -331,7 +331,7 @@ fn a_delete_and_an_upload_of_the_same_name_take_turns() {
         let mut http = std::net::TcpStream::connect(admin).unwrap();
         write!(
             http,
-            "DELETE /api/v1/clients/{id}/file?name=f.bin HTTP/1.1\r\nHost: x\r\n\
+            "DELETE /api/v1/clients/{id}/file?name=f.bin HTTP/1.1\r\nHost: localhost\r\n\
              Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
             token.trim()
         )

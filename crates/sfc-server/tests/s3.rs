@@ -642,7 +642,7 @@ impl TwoNodes {
             let mut http = std::net::TcpStream::connect(admin).unwrap();
             write!(
                 http,
-                "DELETE /api/v1/clients/{id}/file?name={name} HTTP/1.1\r\nHost: x\r\n\
+                "DELETE /api/v1/clients/{id}/file?name={name} HTTP/1.1\r\nHost: localhost\r\n\
                  Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
                 token.trim()
             )

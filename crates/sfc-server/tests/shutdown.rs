@@ -172,7 +172,7 @@ fn a_slow_admin_request_and_a_stalled_upload_share_one_grace_period() {
     let mut login = std::net::TcpStream::connect(admin).unwrap();
     write!(
         login,
-        "POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntoken="
+        "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntoken="
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));

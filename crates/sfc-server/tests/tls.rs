@@ -560,7 +560,7 @@ fn the_admin_listener_serves_https_with_a_secure_cookie() {
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
     plain
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut answer = Vec::new();
     let _ = plain.read_to_end(&mut answer);

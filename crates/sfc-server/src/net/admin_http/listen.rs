@@ -6,7 +6,7 @@
 use super::auth::{self, Sessions};
 use super::login_limit::FailedLogins;
 use super::send_timeout::SendTimeout;
-use super::{router, AdminState, Peer, Shared};
+use super::{host, router, AdminState, Peer, Shared};
 use crate::config::AdminConfig;
 use crate::net::accept_errors::AcceptErrors;
 use crate::net::address_limit::{AddressSlot, ConnectionsPerAddress};
@@ -197,6 +197,7 @@ impl AdminServer {
                 overview: Default::default(),
                 readiness: Default::default(),
                 refused_logins_logged: Default::default(),
+                hosts: host::AllowedHosts::new(&config.hosts),
             }),
             send_timeout: config.send_timeout,
         })

@@ -4,7 +4,9 @@
 //! `sfc-server clients|files --json`) and the [`Monitor`]; what it changes goes through
 //! [`Core`].
 //!
-//! Endpoints without authentication: `/healthz`, `/readyz`, `/login`, `/static/…`,
+//! Every request naming a host other than an IP address, `localhost` or an
+//! `--admin-host` name is refused first (421, [`host`]: DNS rebinding). Endpoints without
+//! authentication: `/healthz`, `/readyz`, `/login`, `/static/…`,
 //! `/api/v1/openapi.json`. Everything else needs the token (`Authorization: Bearer`) or
 //! a session cookie; a state-changing request with a cookie must carry the session's
 //! CSRF token (`X-CSRF-Token` header or a `csrf` form field).
@@ -13,6 +15,7 @@ mod access;
 mod actions;
 mod api;
 mod auth;
+mod host;
 mod listen;
 mod login_limit;
 mod overview;
@@ -64,6 +67,8 @@ pub(crate) struct AdminState {
     readiness: ready::Readiness,
     /// The log line about logins refused beyond the limit ([`access::login_refused`]).
     refused_logins_logged: std::sync::Mutex<crate::net::log_throttle::LineThrottle>,
+    /// The names requests may give as `Host` ([`host::check_host`]).
+    hosts: host::AllowedHosts,
 }
 
 type Shared = Arc<AdminState>;
@@ -113,6 +118,11 @@ fn router(state: Shared) -> Router {
         // token and a file name): nothing is read beyond this, before or after the check
         // of the token.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        // Before any route; its 421 still gets the headers and is counted.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            host::check_host,
+        ))
         .layer(axum::middleware::map_response_with_state(
             Arc::clone(&state),
             finish_response,
