@@ -38,9 +38,7 @@ impl AllowedHosts {
     /// Whether a request with this `Host` value is served.
     pub(super) fn allows(&self, host: &str) -> bool {
         let name = canonical(without_port(host));
-        name.parse::<IpAddr>().is_ok()
-            || name == "localhost"
-            || self.names.contains(&name)
+        name.parse::<IpAddr>().is_ok() || name == "localhost" || self.names.contains(&name)
     }
 }
 
