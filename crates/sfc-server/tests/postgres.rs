@@ -738,3 +738,51 @@ fn nodes_storing_one_file_at_once_each_learn_the_version_they_replaced() {
         before = (round % 3 != 2).then(|| row.clone());
     }
 }
+
+/// Storing a file's row is not run again after its connection closes: a first run that
+/// committed with only its answer lost, then a replacement by another server (which
+/// removes this version), then a second run would make the row name the removed
+/// version again. The connection here is cut (a relay) just after the row's update
+/// committed: the store reports the failure, and the row is the one the first run
+/// wrote. (Run twice, the store reported its own new path as the one replaced, and
+/// the version really replaced was never removed.)
+#[test]
+fn a_file_row_whose_answer_is_lost_is_not_written_twice() {
+    let Some((cluster, _url, db)) = fresh_url("put_file answer lost") else {
+        return;
+    };
+    let relay = common::cutting_relay::CuttingRelay::start(
+        format!("127.0.0.1:{}", cluster.port).parse().unwrap(),
+    );
+    let through_relay = cluster.url(&db).replace(
+        &format!(":{}/", cluster.port),
+        &format!(":{}/", relay.port()),
+    );
+    let store = PostgresStore::open(&PostgresUrl::parse(&through_relay).unwrap()).unwrap();
+    let client = id(0x43);
+    let now = sfc_server::Timestamp::now();
+    store.insert_client(&client, "lost-answer", now).unwrap();
+    let version = |n: u32| sfc_server::FileRecord {
+        client_id: client,
+        file_name: "f.bin".into(),
+        path: format!("files/{}/f.bin~v{n:032x}", client.to_hex()),
+        verified: false,
+    };
+    assert_eq!(store.put_file(&version(1), now).unwrap(), None);
+
+    // The update's answer names the path it replaced: lose it.
+    relay.cut_at(version(1).path.as_bytes());
+    let result = store.put_file(&version(2), now);
+    assert_eq!(relay.cuts(), 1, "the answer was not cut");
+    assert!(result.is_err(), "a lost answer reported as {result:?}");
+    assert_eq!(
+        store.file(&client, "f.bin").unwrap(),
+        Some(version(2)),
+        "the first run committed"
+    );
+    // The pool took the cut connection out: the next store works.
+    assert_eq!(
+        store.put_file(&version(3), now).unwrap(),
+        Some(version(2).path)
+    );
+}

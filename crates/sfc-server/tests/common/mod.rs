@@ -2,6 +2,7 @@
 //! temporary folder.
 #![cfg(test)]
 #![allow(dead_code)]
+pub mod cutting_relay;
 pub mod haproxy;
 pub mod postgres;
 pub mod process;

@@ -114,11 +114,23 @@ impl PostgresStore {
         self.query_pg(sql, params)?.map_err(db_err)
     }
 
+    /// Like [`Self::query`], but never runs the statement twice: for a write that is not
+    /// idempotent, whose connection may close after its commit with only the answer
+    /// lost. The caller asks the database what happened instead.
+    pub(super) fn query_at_most_once(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.run(self.query_once(sql, params))?.map_err(db_err)
+    }
+
     /// Like [`Self::query`], but gives PostgreSQL's own error (`Ok(Err)`) for the caller
     /// to look at. A statement that meets a closed connection (PostgreSQL restarted, or
     /// the connection cut, before the pool noticed) runs once more on a new one: every
-    /// statement here is idempotent, or checks for its own earlier success
-    /// ([`MetaStore::insert_client`]).
+    /// statement run this way is idempotent, or checks for its own earlier success
+    /// ([`MetaStore::insert_client`]); [`MetaStore::put_file`] is neither and uses
+    /// [`Self::query_at_most_once`].
     pub(super) fn query_pg(
         &self,
         sql: &str,

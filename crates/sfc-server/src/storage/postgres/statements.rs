@@ -134,6 +134,11 @@ impl MetaStore for PostgresStore {
     /// the one replaced even when another server changed the row a moment before), else
     /// an insert; an insert that meets a row another server inserted meanwhile updates
     /// that one instead. Each statement is atomic and moves `LastSeen` with it.
+    ///
+    /// Never run twice after a closed connection: a first run that committed with its
+    /// answer lost, then a replacement by another server (which removes this version),
+    /// then a second run would make the row name the removed version again. The error
+    /// goes to the caller, which asks the database (`session::Core::store_upload`).
     fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<Option<String>, StoreError> {
         let now = now.to_string();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
@@ -144,7 +149,7 @@ impl MetaStore for PostgresStore {
             &now,
         ];
         for _ in 0..PUT_FILE_ATTEMPTS {
-            let replaced = self.query(
+            let replaced = self.query_at_most_once(
                 &format!(
                     "WITH replaced AS (
                         UPDATE files AS f SET PathName = $3, Verified = $4
@@ -163,7 +168,7 @@ impl MetaStore for PostgresStore {
             if let Some(row) = replaced.first() {
                 return row.try_get(0).map(Some).map_err(db_err);
             }
-            let inserted = self.query(
+            let inserted = self.query_at_most_once(
                 &format!(
                     "WITH inserted AS (
                         INSERT INTO files (ID, FileName, PathName, Verified)

@@ -1,0 +1,114 @@
+//! A TCP relay on 127.0.0.1 in front of a server (PostgreSQL) that can lose one answer:
+//! when armed with a byte pattern, the first chunk from the server containing it is not
+//! forwarded and the client's connection is closed instead. The server has acted (for
+//! PostgreSQL: the statement ran and its implicit transaction committed before the
+//! answer was sent); the client sees its connection close, as after a network failure.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The relay; it stops accepting connections when dropped.
+pub struct CuttingRelay {
+    addr: SocketAddr,
+    state: Arc<State>,
+}
+
+struct State {
+    upstream: SocketAddr,
+    /// The pattern whose answer is lost next, when armed.
+    armed: Mutex<Option<Vec<u8>>>,
+    cuts: AtomicUsize,
+    closed: AtomicBool,
+}
+
+impl CuttingRelay {
+    /// Starts the relay in front of `upstream`.
+    pub fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            upstream,
+            armed: Mutex::new(None),
+            cuts: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        });
+        let accepting = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if accepting.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let state = Arc::clone(&accepting);
+                std::thread::spawn(move || relay(&state, client));
+            }
+        });
+        CuttingRelay { addr, state }
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The next chunk from the server that contains `pattern` is lost, and its
+    /// connection closed.
+    pub fn cut_at(&self, pattern: &[u8]) {
+        *self.state.armed.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    /// How many connections were cut so far.
+    pub fn cuts(&self) -> usize {
+        self.state.cuts.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CuttingRelay {
+    fn drop(&mut self) {
+        self.state.closed.store(true, Ordering::SeqCst);
+        // Wakes the accepting thread, which then sees `closed`.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// Relays one connection both ways until either side closes or the answer is cut.
+fn relay(state: &State, client: TcpStream) {
+    let Ok(server) = TcpStream::connect(state.upstream) else {
+        return;
+    };
+    let (Ok(mut client_reader), Ok(mut server_writer)) = (client.try_clone(), server.try_clone())
+    else {
+        return;
+    };
+    let requests = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_reader, &mut server_writer);
+        let _ = server_writer.shutdown(Shutdown::Write);
+    });
+    let (mut server, mut client) = (server, client);
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = match server.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        let mut armed = state.armed.lock().unwrap();
+        let cut = armed
+            .as_ref()
+            .is_some_and(|pattern| chunk.windows(pattern.len()).any(|w| w == pattern));
+        if cut {
+            *armed = None;
+            state.cuts.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        drop(armed);
+        if client.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+    let _ = requests.join();
+}
