@@ -14,7 +14,7 @@ pub use crate::net::admin_http::{
 
 use crate::config::{Database, Store};
 use crate::storage::setup::{open_blobs, open_existing_meta};
-use crate::storage::{BlobStore, MetaStore};
+use crate::storage::{BlobStore, FileRecord, MetaStore};
 use serde::Serialize;
 use sfc_proto::ClientId;
 use std::collections::HashMap;
@@ -147,7 +147,8 @@ pub fn client_views(
     for file in meta.files()? {
         let entry = counts.entry(file.client_id).or_default();
         entry.0 += 1;
-        entry.1 += blobs.size(&file.path).unwrap_or(0);
+        entry.1 += current_size(meta, blobs, &file.client_id, &file.file_name, &file.path)
+            .map_or(0, |(size, _)| size);
     }
     Ok(meta
         .clients()?
@@ -166,7 +167,7 @@ pub fn client_view(
         return Ok(None);
     };
     let mut files = unsized_file_views(meta, Some(id))?;
-    fill_sizes(blobs, &mut files);
+    fill_sizes(meta, blobs, &mut files);
     let bytes = files.iter().filter_map(|f| f.size).sum();
     Ok(Some(view_of(&client, (files.len(), bytes))))
 }
@@ -195,15 +196,53 @@ pub fn file_views(
     only: Option<&ClientId>,
 ) -> anyhow::Result<Vec<FileView>> {
     let mut views = unsized_file_views(meta, only)?;
-    fill_sizes(blobs, &mut views);
+    fill_sizes(meta, blobs, &mut views);
     Ok(views)
 }
 
 /// Asks `blobs` for the size of each of `views` (one query per file: an S3 `HEAD`); a size
-/// it cannot tell stays `None`.
-pub fn fill_sizes(blobs: &dyn BlobStore, views: &mut [FileView]) {
+/// it cannot tell stays `None` (shown as missing). A view whose file was replaced since
+/// its row was read shows the version its row names now ([`current_size`]).
+pub fn fill_sizes(meta: &dyn MetaStore, blobs: &dyn BlobStore, views: &mut [FileView]) {
     for view in views {
-        view.size = blobs.size(&view.path).ok();
+        let Ok(id) = ClientId::from_hex(&view.client_id) else {
+            continue;
+        };
+        view.size = match current_size(meta, blobs, &id, &view.file_name, &view.path) {
+            Some((size, Some(row))) => {
+                view.path = row.path;
+                view.verified = row.verified;
+                Some(size)
+            }
+            Some((size, None)) => Some(size),
+            None => None,
+        };
+    }
+}
+
+/// The size of the file stored at `path`, the client's `file_name` as a row read earlier
+/// named it. When nothing is there any more because the file was replaced meanwhile (in
+/// S3 every version has a key of its own and the replaced one is removed once the row
+/// names the new one), the size of the version the row names now, with that row; `None`
+/// when the store cannot tell (the file is missing).
+fn current_size(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    id: &ClientId,
+    file_name: &str,
+    path: &str,
+) -> Option<(u64, Option<FileRecord>)> {
+    match blobs.size(path) {
+        Ok(size) => Some((size, None)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let row = meta.file(id, file_name).ok()??;
+            if row.path == path {
+                return None;
+            }
+            let size = blobs.size(&row.path).ok()?;
+            Some((size, Some(row)))
+        }
+        Err(_) => None,
     }
 }
 
@@ -377,6 +416,46 @@ mod tests {
     use crate::storage::sqlite::SqliteStore;
     use crate::storage::{FileRecord, MetaStore, Timestamp};
     use sfc_proto::ClientId;
+
+    /// A file replaced between the reading of its row and the size query (in S3 a new
+    /// version has a key of its own and the replaced one is removed): its view shows the
+    /// version the row names now, not a missing file, and the client's bytes count it.
+    #[test]
+    fn a_file_replaced_while_its_view_is_made_shows_its_new_version() {
+        use crate::storage::testing::MemoryStorage;
+        use crate::storage::BlobStore;
+        let storage = MemoryStorage::new();
+        let (meta, blobs) = (storage.meta(), storage.blobs());
+        let id = ClientId([0x33; 16]);
+        meta.insert_client(&id, "carol", Timestamp(0)).unwrap();
+        let store = |disk_name: &str, content: &[u8]| {
+            let mut temp = blobs.create_temp(&id, disk_name).unwrap();
+            temp.write_all(content).unwrap();
+            let path = temp.persist().unwrap();
+            let row = FileRecord {
+                client_id: id,
+                file_name: "f.bin".into(),
+                path,
+                verified: false,
+            };
+            let replaced = meta.put_file(&row, Timestamp(1)).unwrap();
+            if let Some(old) = replaced {
+                blobs.remove(&old).unwrap();
+            }
+            row
+        };
+        store("f.bin~v1", b"first");
+        let mut views = unsized_file_views(&meta, None).unwrap();
+        let newer = store("f.bin~v2", b"the second version");
+        fill_sizes(&meta, &blobs, &mut views);
+        assert_eq!(views[0].size, Some(18));
+        assert_eq!(views[0].path, newer.path);
+        assert_eq!(client_views(&meta, &blobs).unwrap()[0].bytes, 18);
+        // A file really missing stays missing.
+        blobs.remove(&newer.path).unwrap();
+        fill_sizes(&meta, &blobs, &mut views);
+        assert_eq!(views[0].size, None);
+    }
 
     #[test]
     fn views_show_the_database() {

@@ -116,8 +116,10 @@ impl Core {
     ///    the row since it was read here.
     ///
     /// A crash between any two steps leaves every row naming a complete file (the old or
-    /// the new version; unverified if it changed) and, for a new file, at worst a complete
-    /// file without a row. The kept version is a temporary file, removed at start-up.
+    /// the new version; unverified if it changed) and at worst a complete file without a
+    /// row: a new file's, or in S3 the new version (before the commit) or the replaced one
+    /// (after it), which start-up recovery removes. The kept version is a temporary file,
+    /// removed at start-up.
     fn store_upload(
         &self,
         ctx: &Ctx,

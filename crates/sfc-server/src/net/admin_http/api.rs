@@ -186,7 +186,7 @@ pub(crate) async fn client_files(
         let all = unsized_file_views(core.meta_store(), Some(&id))?;
         let total = all.len();
         let mut shown: Vec<FileView> = all.into_iter().skip(offset).take(limit).collect();
-        fill_sizes(core.blob_store(), &mut shown);
+        fill_sizes(core.meta_store(), core.blob_store(), &mut shown);
         Ok(Some((total, shown)))
     })
     .await?
