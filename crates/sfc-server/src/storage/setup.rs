@@ -262,8 +262,9 @@ pub const MAX_ORPHANS_REMOVED: usize = 64;
 /// more than [`MAX_ORPHANS_REMOVED`] of them (either way the database is likely not the
 /// store's), or when a row names a path of a form this server
 /// does not write (`files/<32 hex digits>/<name>`: a database adopted from another
-/// implementation). Leaving one costs only its space: an upload of the same name by its
-/// client later writes over it.
+/// implementation). Leaving one costs only its space: in a folder an upload of the same
+/// name by its client later writes over it; in S3 (a key per upload) it stays until a
+/// start-up finds few enough to remove.
 ///
 /// `rows` reads the `files` rows ([`MetaStore::files`]). They are read after the stored
 /// files are listed: with several servers on one database and one object store, another
