@@ -631,6 +631,23 @@ impl TwoNodes {
             .collect()
     }
 
+    /// An admin `GET` of `path` on the second node: the HTTP answer, head and body.
+    fn get_on_second(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let token = std::fs::read_to_string(self.second_dir.path().join("admin.token")).unwrap();
+        let mut http = std::net::TcpStream::connect(self.second.admin_addr().unwrap()).unwrap();
+        write!(
+            http,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n\
+             Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        http.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
     /// Sends an admin `DELETE` of the client's file to the second node, in a thread;
     /// joining it gives the HTTP answer.
     fn delete_on_second(&self, id: ClientId, name: &str) -> std::thread::JoinHandle<String> {
@@ -819,4 +836,60 @@ fn a_failed_store_on_one_node_never_puts_back_a_row_another_node_replaced() {
     assert!(content == v3, "the row names another version: {row:?}");
     assert!(!row.verified, "v3 was never confirmed");
     assert_eq!(nodes.versions(id, "f.bin").len(), 1);
+}
+
+/// In S3 what a key holds never changes (a key per upload), so the admin overview (stats,
+/// the client list) asks the store only for the sizes of files stored since its last
+/// pass: one `HEAD` per new version, not one per file per pass.
+#[test]
+fn the_admin_overview_asks_s3_only_for_the_sizes_of_new_versions() {
+    let Some(nodes) = TwoNodes::start("the_admin_overview_asks_s3_only_for_new_versions") else {
+        return;
+    };
+    let mut conn = Conn::connect(nodes.second.addr());
+    let (id, key) = enroll(&mut conn, "sized");
+    let mut store = |name: &str, len: usize| {
+        let plain = data(len, len as u32);
+        assert_received(
+            &upload(&mut conn, id, &key, name, &plain, 2000),
+            id,
+            name,
+            &plain,
+        );
+    };
+    store("a.bin", 1000);
+    store("b.bin", 2000);
+    store("c.bin", 3000);
+    let size_queries = || {
+        nodes
+            .faults
+            .size_queries
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    // The client list: computed after this node's last change, so a pass each time.
+    let bytes = || {
+        let answer = nodes.get_on_second("/api/v1/clients");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = answer.split_once("\r\n\r\n").unwrap().1;
+        let page: serde_json::Value = serde_json::from_str(body).unwrap();
+        page["items"][0]["bytes"].as_u64().unwrap()
+    };
+    let before = size_queries();
+    assert_eq!(bytes(), 6000);
+    assert_eq!(
+        size_queries() - before,
+        3,
+        "the first pass sizes every file"
+    );
+
+    // A new file and a new version of another: two new keys.
+    store("d.bin", 4000);
+    store("a.bin", 500);
+    let before = size_queries();
+    assert_eq!(bytes(), 500 + 2000 + 3000 + 4000);
+    assert_eq!(
+        size_queries() - before,
+        2,
+        "only the new versions are sized"
+    );
 }

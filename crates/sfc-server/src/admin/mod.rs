@@ -143,13 +143,42 @@ pub fn client_views(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
 ) -> anyhow::Result<Vec<ClientView>> {
+    client_views_reusing(meta, blobs, &mut KnownSizes::default())
+}
+
+/// Sizes read by an earlier pass over the files, by path, for a store whose paths are
+/// immutable ([`BlobStore::paths_are_immutable`]): a later pass asks the store only for
+/// the files stored since.
+#[derive(Debug, Default)]
+pub struct KnownSizes(HashMap<String, u64>);
+
+/// [`client_views`], asking the store only for sizes `known` does not hold when its
+/// paths are immutable; `known` then holds the sizes of exactly the files of this pass.
+pub fn client_views_reusing(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    known: &mut KnownSizes,
+) -> anyhow::Result<Vec<ClientView>> {
+    let reuse = blobs.paths_are_immutable();
+    let mut sizes = HashMap::new();
     let mut counts: HashMap<_, (usize, u64)> = HashMap::new();
     for file in meta.files()? {
         let entry = counts.entry(file.client_id).or_default();
         entry.0 += 1;
-        entry.1 += current_size(meta, blobs, &file.client_id, &file.file_name, &file.path)
-            .map_or(0, |(size, _)| size);
+        if let Some(&size) = known.0.get(&file.path).filter(|_| reuse) {
+            entry.1 += size;
+            sizes.insert(file.path, size);
+            continue;
+        }
+        let sized = current_size(meta, blobs, &file.client_id, &file.file_name, &file.path);
+        if let Some((size, row)) = sized {
+            entry.1 += size;
+            if reuse {
+                sizes.insert(row.map_or(file.path, |row| row.path), size);
+            }
+        }
     }
+    known.0 = sizes;
     Ok(meta
         .clients()?
         .iter()

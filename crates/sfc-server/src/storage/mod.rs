@@ -221,6 +221,12 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     }
     /// Size of a stored file.
     fn size(&self, path: &str) -> io::Result<u64>;
+    /// Whether what a path holds never changes while it exists (every upload has a path
+    /// of its own, as in S3), so that a size read once may be reused. The default: no
+    /// (a folder's new version takes the old one's path).
+    fn paths_are_immutable(&self) -> bool {
+        false
+    }
     /// Removes temporary files left by an earlier run; returns how many.
     fn remove_stale_temps(&self) -> io::Result<usize>;
     /// Paths (relative to the data folder, as [`TempBlob::persist`] returns them) of

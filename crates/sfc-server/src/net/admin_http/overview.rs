@@ -12,11 +12,13 @@
 //!   meanwhile (a busy server passes over its store at most once per interval for it, not
 //!   once per look). A change made through the admin listener itself (a delete) shows at
 //!   once; the client list shows clients' changes at once too. Changes made through other
-//!   servers on a shared database show within [`OVERVIEW_MAX_AGE`].
+//!   servers on a shared database show within [`OVERVIEW_MAX_AGE`];
+//! - with a store whose paths are immutable (S3: a key per upload), a pass asks the store
+//!   only for the sizes of files stored since the last pass ([`KnownSizes`]).
 
 use super::api::blocking;
 use super::ApiError;
-use crate::admin::{client_views, ClientView};
+use crate::admin::{client_views_reusing, ClientView, KnownSizes};
 use crate::session::Core;
 use axum::http::StatusCode;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -54,6 +56,9 @@ struct Stamp {
 struct State {
     last: Option<(Stamp, Arc<Vec<ClientView>>)>,
     running: Option<(Stamp, Pass)>,
+    /// The sizes the last pass to finish read; taken by a pass while it runs (a pass
+    /// running beside it starts without).
+    sizes: KnownSizes,
 }
 
 /// See the module documentation.
@@ -111,7 +116,8 @@ impl Overview {
                 // A pass under way answers if it began late enough.
                 Some((stamp, pass)) if stamp.may_join(&now, freshness) => pass.clone(),
                 _ => {
-                    let pass = self.start(core, now);
+                    let sizes = std::mem::take(&mut state.sizes);
+                    let pass = self.start(core, now, sizes);
                     state.running = Some((now, pass.clone()));
                     pass
                 }
@@ -136,15 +142,22 @@ impl Overview {
     }
 
     /// Starts a pass as a task of its own, which keeps its result (unless a later pass's
-    /// is kept already) whether or not anyone still waits for it.
-    fn start(&self, core: &Arc<Core>, stamp: Stamp) -> Pass {
+    /// is kept already) whether or not anyone still waits for it; `sizes` are those the
+    /// last pass read, and the sizes this one read are kept for the next.
+    fn start(&self, core: &Arc<Core>, stamp: Stamp, mut sizes: KnownSizes) -> Pass {
         let (core, state) = (Arc::clone(core), Arc::clone(&self.state));
         let task = tokio::spawn(async move {
-            let result = blocking(move || client_views(core.meta_store(), core.blob_store()))
-                .await
-                .map(Arc::new)
-                .map_err(|error| error.1);
+            let result = blocking(move || {
+                client_views_reusing(core.meta_store(), core.blob_store(), &mut sizes)
+                    .map(|views| (views, sizes))
+            })
+            .await
+            .map_err(|error| error.1);
             let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let result = result.map(|(views, sizes)| {
+                state.sizes = sizes;
+                Arc::new(views)
+            });
             if state
                 .running
                 .as_ref()

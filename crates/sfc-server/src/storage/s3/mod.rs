@@ -374,6 +374,13 @@ impl BlobStore for S3BlobStore {
         Ok(self.shared.run(self.shared.s3.head(&key))?.size)
     }
 
+    /// Every upload has a key of its own ([`names::versioned`]): what a key holds never
+    /// changes. (Keys written by servers before that layout are replaced in place only by
+    /// such servers, which a cluster does not run beside this one: docs/DEPLOY.md.)
+    fn paths_are_immutable(&self) -> bool {
+        true
+    }
+
     fn remove_stale_temps(&self) -> io::Result<usize> {
         self.shared.remove_stale_temps()
     }

@@ -456,6 +456,9 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
         self.faults.size_queries.fetch_add(1, Ordering::SeqCst);
         self.inner.size(path)
     }
+    fn paths_are_immutable(&self) -> bool {
+        self.inner.paths_are_immutable()
+    }
     fn remove_stale_temps(&self) -> io::Result<usize> {
         self.inner.remove_stale_temps()
     }
