@@ -1498,3 +1498,50 @@ fn requests_naming_another_host_are_refused_before_any_route() {
         "{metrics}"
     );
 }
+
+/// The throttled log lines (here: requests for another host) say how many events they
+/// held back: the first of a burst is logged at once, the rest of it in one line once
+/// the interval (10 s) has passed, though nothing follows the burst; and at shutdown
+/// whatever is still held back.
+#[test]
+fn the_end_of_a_burst_of_refusals_is_logged_with_its_count() {
+    use common::process::ServerProcess;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start_local(
+        dir.path().to_str().unwrap(),
+        &["--admin-listen", "127.0.0.1:0"],
+    );
+    let admin: SocketAddr = server
+        .wait_for("admin listener on http://")
+        .expect("the admin listener starts")
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .expect("the admin address");
+    let refused = |count: usize| {
+        for _ in 0..count {
+            let answer = raw_exchange(
+                admin,
+                "GET /healthz HTTP/1.1\r\nHost: rebound.example\r\nConnection: close\r\n\r\n",
+            );
+            assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+        }
+    };
+    refused(4);
+    let first = server
+        .wait_for("requests for a host this listener does not answer to refused")
+        .expect("the first refusal is logged at once");
+    assert!(first.contains("refused=1"), "{first}");
+    // The other three: one line within two intervals, with nothing after them.
+    let rest = server
+        .wait_for("3 more requests for hosts this listener does not answer to")
+        .or_else(|| server.wait_for("3 more requests for hosts this listener does not answer to"));
+    assert!(rest.is_some(), "the end of the burst was never logged");
+    // Within the interval after that line, refusals are held back; at shutdown they are
+    // logged as the listener stops.
+    refused(5);
+    assert!(server.terminate().success());
+    let at_exit = server.lines_containing("5 more requests for hosts", Duration::from_secs(1));
+    assert_eq!(at_exit.len(), 1, "{at_exit:#?}");
+}

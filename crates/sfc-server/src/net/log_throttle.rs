@@ -3,7 +3,44 @@
 //! ([`super::refusals`], one per address and reason) share, so that a flood of events is
 //! a line every interval rather than a flood of lines.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+/// A [`LineThrottle`] shared between tasks, with its interval: one log line's state.
+#[derive(Debug)]
+pub(crate) struct SharedLine {
+    line: Mutex<LineThrottle>,
+    interval: Duration,
+}
+
+impl SharedLine {
+    pub(crate) fn new(interval: Duration) -> Self {
+        SharedLine {
+            line: Mutex::default(),
+            interval,
+        }
+    }
+
+    /// The interval between two lines.
+    pub(crate) fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// [`LineThrottle::count`] now.
+    pub(crate) fn count(&self) -> Option<u64> {
+        self.lock().count(Instant::now(), self.interval)
+    }
+
+    /// [`LineThrottle::held_back`] now: the events no line reported yet, once the interval
+    /// has passed (with `all`, whenever there are any: at shutdown).
+    pub(crate) fn held_back(&self, all: bool) -> Option<u64> {
+        self.lock().held_back(Instant::now(), self.interval, all)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LineThrottle> {
+        self.line.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// The state of one such line.
 #[derive(Debug, Default)]

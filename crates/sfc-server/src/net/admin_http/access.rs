@@ -88,11 +88,7 @@ pub(super) fn login_failed(state: &AdminState, peer: SocketAddr, why: &str) {
 /// failures at most once per [`REFUSED_LOG_EVERY`], with the number since the last line
 /// (a guesser can flood neither the log nor the failure list).
 pub(super) fn login_refused(state: &AdminState, peer: SocketAddr, why: &str) {
-    let due = state
-        .refused_logins_logged
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .count(Instant::now(), REFUSED_LOG_EVERY);
+    let due = state.refused_logins_logged.count();
     let listed = due.map(|count| {
         tracing::warn!(
             %peer,

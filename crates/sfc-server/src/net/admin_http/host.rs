@@ -7,31 +7,30 @@
 //! browser's and is served.
 
 use super::{Peer, Shared};
-use crate::net::log_throttle::LineThrottle;
+use crate::net::log_throttle::SharedLine;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// At most one log line per this interval about refused hosts, with their number.
 const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The names the listener answers to besides IP addresses and `localhost`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct AllowedHosts {
     /// Lower case, without a trailing dot.
     names: Vec<String>,
-    refused_logged: Mutex<LineThrottle>,
+    pub(super) refused_logged: SharedLine,
 }
 
 impl AllowedHosts {
     pub(super) fn new(names: &[String]) -> Self {
         AllowedHosts {
             names: names.iter().map(|name| canonical(name)).collect(),
-            refused_logged: Mutex::default(),
+            refused_logged: SharedLine::new(REFUSED_LOG_EVERY),
         }
     }
 
@@ -73,13 +72,7 @@ pub(super) async fn check_host(
     if state.hosts.allows(&host) {
         return next.run(request).await;
     }
-    let due = state
-        .hosts
-        .refused_logged
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .count(Instant::now(), REFUSED_LOG_EVERY);
-    if let Some(refused) = due {
+    if let Some(refused) = state.hosts.refused_logged.count() {
         tracing::warn!(
             %peer,
             host = %host.escape_debug(),
@@ -137,6 +130,6 @@ mod tests {
         ] {
             assert!(!hosts.allows(host), "{host}");
         }
-        assert!(!AllowedHosts::default().allows("admin.example.org"));
+        assert!(!AllowedHosts::new(&[]).allows("admin.example.org"));
     }
 }

@@ -6,10 +6,11 @@
 use super::auth::{self, Sessions};
 use super::login_limit::FailedLogins;
 use super::send_timeout::SendTimeout;
-use super::{host, router, AdminState, Peer, Shared};
+use super::{access, host, router, AdminState, Peer, Shared};
 use crate::config::AdminConfig;
 use crate::net::accept_errors::AcceptErrors;
 use crate::net::address_limit::{AddressSlot, ConnectionsPerAddress};
+use crate::net::log_throttle::SharedLine;
 use crate::net::monitor::Monitor;
 use crate::session::Core;
 use anyhow::Context;
@@ -196,7 +197,7 @@ impl AdminServer {
                 secure_cookie,
                 overview: Default::default(),
                 readiness: Default::default(),
-                refused_logins_logged: Default::default(),
+                refused_logins_logged: SharedLine::new(access::REFUSED_LOG_EVERY),
                 hosts: host::AllowedHosts::new(&config.hosts),
             }),
             send_timeout: config.send_timeout,
@@ -220,7 +221,10 @@ impl AdminServer {
         if let Some(addr) = addr {
             tracing::info!("admin listener on {scheme}://{addr}/");
         }
+        let state = Arc::clone(&self.state);
         let app = router(self.state);
+        let mut flush = tokio::time::interval(state.flush_every());
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let send_timeout = self.send_timeout;
         let mut listener = self.listener;
         // Owned here: when this task is aborted (the grace period is over), so are they.
@@ -234,8 +238,10 @@ impl AdminServer {
                     connections.spawn(serve_connection(accepted, app.clone(), send_timeout, stop_rx.clone()));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                _ = flush.tick() => state.flush_lines(false),
             }
         }
+        state.flush_lines(true);
         // No new connections; handshakes under way are dropped.
         drop(listener);
         let _ = stopping.send(true);

@@ -66,12 +66,45 @@ pub(crate) struct AdminState {
     overview: overview::Overview,
     readiness: ready::Readiness,
     /// The log line about logins refused beyond the limit ([`access::login_refused`]).
-    refused_logins_logged: std::sync::Mutex<crate::net::log_throttle::LineThrottle>,
+    refused_logins_logged: crate::net::log_throttle::SharedLine,
     /// The names requests may give as `Host` ([`host::check_host`]).
     hosts: host::AllowedHosts,
 }
 
 type Shared = Arc<AdminState>;
+
+impl AdminState {
+    /// Logs what the throttled lines (failed `/readyz` probes, logins refused beyond the
+    /// limit, requests for other hosts) held back: events after their last line that no
+    /// later event reported. Called every interval, and with `all` at shutdown, so that
+    /// the end of a burst is counted too.
+    fn flush_lines(&self, all: bool) {
+        if let Some(failures) = self.readiness.failures_logged.held_back(all) {
+            tracing::warn!(
+                failures,
+                "admin: /readyz: {failures} more failed probes since the last line"
+            );
+        }
+        if let Some(refused) = self.refused_logins_logged.held_back(all) {
+            tracing::warn!(
+                refused,
+                "admin: {refused} more logins refused beyond the limit since the last line"
+            );
+        }
+        if let Some(refused) = self.hosts.refused_logged.held_back(all) {
+            tracing::warn!(refused, "admin: {refused} more requests for hosts this listener does not answer to refused since the last line");
+        }
+    }
+
+    /// The shortest interval of the throttled lines: how often [`Self::flush_lines`] runs.
+    fn flush_every(&self) -> std::time::Duration {
+        self.readiness
+            .failures_logged
+            .interval()
+            .min(self.refused_logins_logged.interval())
+            .min(self.hosts.refused_logged.interval())
+    }
+}
 
 /// Largest request body read (see [`router`]).
 const MAX_BODY: usize = 8 * 1024;

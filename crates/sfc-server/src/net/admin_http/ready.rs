@@ -5,10 +5,10 @@
 //! A failure is never reused (a recovered store shows at the next probe); its detail is
 //! logged, at most one line per [`FAILURE_LOG_EVERY`], not sent.
 
-use crate::net::log_throttle::LineThrottle;
+use crate::net::log_throttle::SharedLine;
 use crate::session::Core;
 use sfc_proto::ClientId;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a successful probe answers for.
@@ -17,11 +17,20 @@ pub(crate) const READY_REUSE: Duration = Duration::from_secs(1);
 pub(crate) const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Readiness {
     /// When the last probe began, and its answer; held while probing.
     last: tokio::sync::Mutex<Option<(Instant, Result<(), &'static str>)>>,
-    failures_logged: Mutex<LineThrottle>,
+    pub(super) failures_logged: SharedLine,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            last: tokio::sync::Mutex::default(),
+            failures_logged: SharedLine::new(FAILURE_LOG_EVERY),
+        }
+    }
 }
 
 impl Readiness {
@@ -53,11 +62,7 @@ impl Readiness {
     }
 
     fn log_failure(&self, which: &str, detail: &str) {
-        let mut line = self
-            .failures_logged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = line.count(Instant::now(), FAILURE_LOG_EVERY) {
+        if let Some(count) = self.failures_logged.count() {
             tracing::warn!(
                 store = which,
                 error = detail,
