@@ -973,6 +973,40 @@ fn readyz_and_the_storage_error_count_follow_the_database() {
     admin.stop();
 }
 
+/// A `/readyz` request that goes away while its probe waits on a slow store (a balancer's
+/// time-out) does not stop the probe, and the next request takes that probe's answer
+/// instead of starting another: retries never pile probes on a slow store.
+#[test]
+fn a_readyz_request_that_goes_away_leaves_its_probe_to_the_next() {
+    use std::io::Write;
+    let admin = FaultyAdmin::start();
+    let faults = &admin.faults;
+    faults.size_gate.hold_next();
+    let before = admin.size_queries();
+    let mut gone = std::net::TcpStream::connect(admin.server.admin_addr().unwrap()).unwrap();
+    gone.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert!(
+        faults.size_gate.wait_arrived(Duration::from_secs(20)),
+        "the probe never reached the store"
+    );
+    drop(gone);
+    // Time for the listener to see the connection closed and drop its request.
+    std::thread::sleep(Duration::from_millis(500));
+    std::thread::scope(|scope| {
+        let next = scope.spawn(|| admin.get("/readyz").0);
+        std::thread::sleep(Duration::from_millis(500));
+        faults.size_gate.open();
+        assert_eq!(next.join().unwrap(), 200);
+    });
+    assert_eq!(
+        admin.size_queries() - before,
+        1,
+        "one probe for both requests"
+    );
+    admin.stop();
+}
+
 #[test]
 fn rate_limit_refusals_and_refused_connections_are_counted() {
     fn tweak(config: &mut ServerConfig) {

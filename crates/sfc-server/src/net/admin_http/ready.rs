@@ -1,14 +1,17 @@
 //! `/readyz`'s probe of the stores, shared: a probe (a database lookup, a file store size
-//! query: an S3 `HEAD`) runs for one request at a time, requests arriving meanwhile take
-//! its answer, and a success is reused for [`READY_REUSE`], so that a balancer (or anyone:
-//! the route needs no token) probing often does not cost the stores a query per request.
-//! A failure is never reused (a recovered store shows at the next probe); its detail is
-//! logged, at most one line per [`FAILURE_LOG_EVERY`], not sent.
+//! query: an S3 `HEAD`) runs as a task of its own, one at a time; requests arriving
+//! meanwhile take its answer, and a success is reused for [`READY_REUSE`], so that a
+//! balancer (or anyone: the route needs no token) probing often does not cost the stores
+//! a query per request. A request that goes away (a balancer's time-out) does not stop
+//! the probe, and the next request takes its answer instead of starting another. A
+//! failure is never reused once its probe is over (a recovered store shows at the next
+//! probe); its detail is logged, at most one line per [`FAILURE_LOG_EVERY`], not sent.
 
 use crate::net::log_throttle::SharedLine;
 use crate::session::Core;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use sfc_proto::ClientId;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a successful probe answers for.
@@ -16,61 +19,101 @@ pub(crate) const READY_REUSE: Duration = Duration::from_secs(1);
 /// At most one log line about failed probes per this interval.
 pub(crate) const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// A probe's answer: `Ok`, or which store failed (`"database"`, `"file store"`).
+type Answer = Result<(), &'static str>;
+type Probe = Shared<BoxFuture<'static, Answer>>;
+
+#[derive(Default)]
+struct State {
+    /// When the last probe to finish began, and its answer.
+    last: Option<(Instant, Answer)>,
+    /// The probe under way.
+    running: Option<Probe>,
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub(crate) struct Readiness {
-    /// When the last probe began, and its answer; held while probing.
-    last: tokio::sync::Mutex<Option<(Instant, Result<(), &'static str>)>>,
-    pub(super) failures_logged: SharedLine,
+    state: Arc<Mutex<State>>,
+    pub(super) failures_logged: Arc<SharedLine>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("last", &self.last)
+            .field("running", &self.running.is_some())
+            .finish()
+    }
 }
 
 impl Default for Readiness {
     fn default() -> Self {
         Readiness {
-            last: tokio::sync::Mutex::default(),
-            failures_logged: SharedLine::new(FAILURE_LOG_EVERY),
+            state: Arc::default(),
+            failures_logged: Arc::new(SharedLine::new(FAILURE_LOG_EVERY)),
         }
     }
 }
 
 impl Readiness {
     /// `Ok`, or which store failed (`"database"`, `"file store"`).
-    pub(crate) async fn check(&self, core: &Arc<Core>) -> Result<(), &'static str> {
-        let asked = Instant::now();
-        let mut last = self.last.lock().await;
-        if let Some((started, answer)) = *last {
-            let began_since_asked = started >= asked;
-            if began_since_asked || (answer.is_ok() && started.elapsed() < READY_REUSE) {
-                return answer;
-            }
-        }
-        let started = Instant::now();
-        let core = Arc::clone(core);
-        let answer = match tokio::task::spawn_blocking(move || probe(&core)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err((which, detail))) => {
-                self.log_failure(which, &detail);
-                Err(which)
-            }
-            Err(error) => {
-                self.log_failure("probe", &error.to_string());
-                Err("probe")
+    pub(crate) async fn check(&self, core: &Arc<Core>) -> Answer {
+        let probe = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            match (&state.last, &state.running) {
+                (Some((started, Ok(()))), _) if started.elapsed() < READY_REUSE => {
+                    return Ok(());
+                }
+                (_, Some(probe)) => probe.clone(),
+                _ => {
+                    let probe = self.start(core);
+                    state.running = Some(probe.clone());
+                    probe
+                }
             }
         };
-        *last = Some((started, answer));
-        answer
+        probe.await
     }
 
-    fn log_failure(&self, which: &str, detail: &str) {
-        if let Some(count) = self.failures_logged.count() {
-            tracing::warn!(
-                store = which,
-                error = detail,
-                failures = count,
-                "admin: /readyz: not ready (at most one line every {} s, with the number of failed probes since the last)",
-                FAILURE_LOG_EVERY.as_secs()
-            );
-        }
+    /// Starts a probe as a task of its own, which records its answer whether or not
+    /// anyone still waits for it.
+    fn start(&self, core: &Arc<Core>) -> Probe {
+        let core = Arc::clone(core);
+        let (state, failures_logged) = (Arc::clone(&self.state), Arc::clone(&self.failures_logged));
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = match tokio::task::spawn_blocking(move || probe(&core)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err((which, detail))) => {
+                    log_failure(&failures_logged, which, &detail);
+                    Err(which)
+                }
+                Err(error) => {
+                    log_failure(&failures_logged, "probe", &error.to_string());
+                    Err("probe")
+                }
+            };
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.last = Some((started, answer));
+            state.running = None;
+            answer
+        });
+        async move { task.await.unwrap_or(Err("probe")) }
+            .boxed()
+            .shared()
+    }
+}
+
+fn log_failure(line: &SharedLine, which: &str, detail: &str) {
+    if let Some(count) = line.count() {
+        tracing::warn!(
+            store = which,
+            error = detail,
+            failures = count,
+            "admin: /readyz: not ready (at most one line every {} s, with the number of failed probes since the last)",
+            FAILURE_LOG_EVERY.as_secs()
+        );
     }
 }
 

@@ -21,11 +21,11 @@
 //!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
 //!   does; optionally the database is then down;
 //! - `setup_id_unseen` (in-memory stores only): both set-up IDs read as none;
-//! - three [`Gate`]s ([`FaultyMeta`]/[`FaultyBlobs`] only): `listing_gate` holds the next
+//! - four [`Gate`]s ([`FaultyMeta`]/[`FaultyBlobs`] only): `listing_gate` holds the next
 //!   `files()` (start-up recovery reads it), `persist_gate` the next move of a temporary
-//!   file into place and `remove_gate` the next removal of a stored file, each until the
-//!   test opens it: a slow recovery, a commit still
-//!   running when the server shuts down.
+//!   file into place, `remove_gate` the next removal of a stored file and `size_gate` the
+//!   next size query, each until the test opens it: a slow recovery, a commit still
+//!   running when the server shuts down, a slow store under `/readyz`.
 
 use crate::storage::{
     BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
@@ -69,6 +69,8 @@ pub struct Faults {
     pub persist_gate: Gate,
     /// Holds the next removal of a stored file by a [`FaultyBlobs`].
     pub remove_gate: Gate,
+    /// Holds the next size query of a [`FaultyBlobs`] (`/readyz`'s probe makes one).
+    pub size_gate: Gate,
     /// Size queries a [`FaultyBlobs`] passed on (an S3 `HEAD` each on a real store).
     pub size_queries: AtomicU64,
 }
@@ -90,6 +92,7 @@ impl Default for Faults {
             listing_gate: Gate::default(),
             persist_gate: Gate::default(),
             remove_gate: Gate::default(),
+            size_gate: Gate::default(),
             size_queries: AtomicU64::new(0),
         }
     }
@@ -454,6 +457,7 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
     }
     fn size(&self, path: &str) -> io::Result<u64> {
         self.faults.size_queries.fetch_add(1, Ordering::SeqCst);
+        self.faults.size_gate.pass();
         self.inner.size(path)
     }
     fn paths_are_immutable(&self) -> bool {
