@@ -148,6 +148,7 @@ fn enrolled(admin: &Admin, user: &str) -> (Conn, ClientId, sfc_crypto::AesKey) {
     (conn, id, key)
 }
 
+/// Stores `plain` in 4,096-byte packets (the metrics test counts them) and confirms it.
 fn store_file(conn: &mut Conn, id: ClientId, key: &sfc_crypto::AesKey, file: &str, plain: &[u8]) {
     let reply = upload(conn, id, key, file, plain, 4096);
     assert_received(&reply, id, file, plain);

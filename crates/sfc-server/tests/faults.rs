@@ -134,11 +134,6 @@ fn database_failures_give_1607_and_the_server_recovers() {
 }
 
 /// Uploads `content` as `label` in 30,000-byte packets; the reply must be its 1603.
-fn store(conn: &mut Conn, id: ClientId, key: &sfc_crypto::AesKey, label: &str, content: &[u8]) {
-    let reply = upload(conn, id, key, label, content, 30_000);
-    assert_received(&reply, id, label, content);
-}
-
 /// 900 for `label`: the checksum is confirmed (1604).
 fn confirm(conn: &mut Conn, id: ClientId, label: &str) {
     assert_eq!(

@@ -648,6 +648,35 @@ impl TwoNodes {
         answer
     }
 
+    /// Uploads `plain` as `name` on the second node, in a thread, and waits until the
+    /// upload is held just before its move into place (the gate stays armed until the
+    /// test opens it); joining the thread gives the reply.
+    fn upload_on_second_held_before_its_move(
+        &self,
+        id: ClientId,
+        key: &sfc_crypto::AesKey,
+        name: &str,
+        plain: &[u8],
+    ) -> std::thread::JoinHandle<Response> {
+        self.faults.persist_gate.hold_next();
+        let (key, name, plain) = (key.clone(), name.to_owned(), plain.to_vec());
+        let second = self.second.addr();
+        let late = std::thread::spawn(move || {
+            let mut conn = Conn::connect(second);
+            // Not an upload first: a connection that starts with one is answered per
+            // packet.
+            conn.call(&register_request(&format!("other-{}", id.to_hex())));
+            upload(&mut conn, id, &key, &name, &plain, 2000)
+        });
+        assert!(
+            self.faults
+                .persist_gate
+                .wait_arrived(Duration::from_secs(20)),
+            "the second node's upload never reached its move into place"
+        );
+        late
+    }
+
     /// Sends an admin `DELETE` of the client's file to the second node, in a thread;
     /// joining it gives the HTTP answer.
     fn delete_on_second(&self, id: ClientId, name: &str) -> std::thread::JoinHandle<String> {
@@ -684,12 +713,7 @@ fn a_delete_on_one_node_never_removes_the_version_another_node_just_stored() {
     let mut conn = nodes.first.connect();
     let (id, key) = enroll(&mut conn, "two-nodes-delete");
     let v1 = data(5000, 1);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v1, 2000),
-        id,
-        "f.bin",
-        &v1,
-    );
+    store(&mut conn, id, &key, "f.bin", &v1);
 
     nodes.faults.remove_gate.hold_next();
     let deleter = nodes.delete_on_second(id, "f.bin");
@@ -702,12 +726,7 @@ fn a_delete_on_one_node_never_removes_the_version_another_node_just_stored() {
     );
     // The row is gone, the object not yet: the first node stores the file again.
     let v2 = data(6000, 2);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v2, 2000),
-        id,
-        "f.bin",
-        &v2,
-    );
+    store(&mut conn, id, &key, "f.bin", &v2);
     nodes.faults.remove_gate.open();
     let answer = deleter.join().unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -735,37 +754,12 @@ fn two_nodes_storing_one_file_at_once_leave_one_version() {
     let mut conn = nodes.first.connect();
     let (id, key) = enroll(&mut conn, "two-nodes-store");
     let v1 = data(5000, 1);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v1, 2000),
-        id,
-        "f.bin",
-        &v1,
-    );
+    store(&mut conn, id, &key, "f.bin", &v1);
 
-    nodes.faults.persist_gate.hold_next();
     let v2 = data(7000, 2);
-    let (sent, late_key) = (v2.clone(), key.clone());
-    let second = nodes.second.addr();
-    let late = std::thread::spawn(move || {
-        let mut conn = Conn::connect(second);
-        // Not an upload first: a connection that starts with one is answered per packet.
-        conn.call(&register_request("two-nodes-other"));
-        upload(&mut conn, id, &late_key, "f.bin", &sent, 2000)
-    });
-    assert!(
-        nodes
-            .faults
-            .persist_gate
-            .wait_arrived(Duration::from_secs(20)),
-        "the second node's upload never reached its move into place"
-    );
+    let late = nodes.upload_on_second_held_before_its_move(id, &key, "f.bin", &v2);
     let v3 = data(8000, 3);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v3, 2000),
-        id,
-        "f.bin",
-        &v3,
-    );
+    store(&mut conn, id, &key, "f.bin", &v3);
     nodes.faults.persist_gate.open();
     assert_received(&late.join().unwrap(), id, "f.bin", &v2);
 
@@ -790,12 +784,7 @@ fn a_failed_store_on_one_node_never_puts_back_a_row_another_node_replaced() {
     let mut conn = nodes.first.connect();
     let (id, key) = enroll(&mut conn, "two-nodes-failed");
     let v1 = data(5000, 1);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v1, 2000),
-        id,
-        "f.bin",
-        &v1,
-    );
+    store(&mut conn, id, &key, "f.bin", &v1);
     assert_eq!(
         conn.call(&file_name_request(id, 900, "f.bin")),
         Response::Ack {
@@ -803,28 +792,9 @@ fn a_failed_store_on_one_node_never_puts_back_a_row_another_node_replaced() {
         }
     );
 
-    nodes.faults.persist_gate.hold_next();
-    let (sent, late_key) = (data(7000, 2), key.clone());
-    let second = nodes.second.addr();
-    let late = std::thread::spawn(move || {
-        let mut conn = Conn::connect(second);
-        conn.call(&register_request("two-nodes-failed-other"));
-        upload(&mut conn, id, &late_key, "f.bin", &sent, 2000)
-    });
-    assert!(
-        nodes
-            .faults
-            .persist_gate
-            .wait_arrived(Duration::from_secs(20)),
-        "the second node's upload never reached its move into place"
-    );
+    let late = nodes.upload_on_second_held_before_its_move(id, &key, "f.bin", &data(7000, 2));
     let v3 = data(8000, 3);
-    assert_received(
-        &upload(&mut conn, id, &key, "f.bin", &v3, 2000),
-        id,
-        "f.bin",
-        &v3,
-    );
+    store(&mut conn, id, &key, "f.bin", &v3);
     nodes
         .faults
         .persist_fails

@@ -515,6 +515,12 @@ pub fn upload(
     conn.recv()
 }
 
+/// Uploads `plain` as `label` on `conn` (30,000-byte packets) and asserts the 1603.
+pub fn store(conn: &mut Conn, id: ClientId, key: &sfc_crypto::AesKey, label: &str, plain: &[u8]) {
+    let reply = upload(conn, id, key, label, plain, 30_000);
+    assert_received(&reply, id, label, plain);
+}
+
 /// Asserts a full 1603 for `plain`.
 pub fn assert_received(response: &Response, id: ClientId, file: &str, plain: &[u8]) {
     let expected = Response::FileReceived {
