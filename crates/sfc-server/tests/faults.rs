@@ -30,17 +30,8 @@ fn start() -> (tempfile::TempDir, RunningServer, Arc<Faults>) {
 
 /// The server's `/metrics` text, through its admin listener.
 fn metrics(dir: &std::path::Path, server: &RunningServer) -> String {
-    use std::io::{Read, Write};
-    let token = std::fs::read_to_string(dir.join("admin.token")).unwrap();
-    let mut http = std::net::TcpStream::connect(server.admin_addr().unwrap()).unwrap();
-    write!(
-        http,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        token.trim()
-    )
-    .unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
+    let admin = server.admin_addr().unwrap();
+    let text = admin_request(admin, "GET", "/metrics", &dir.join("admin.token"));
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     text
 }
@@ -312,7 +303,6 @@ fn a_version_left_in_place_unconfirmed_is_never_marked_verified() {
 /// stored and recorded (a row naming no file, after a 1603).
 #[test]
 fn a_delete_and_an_upload_of_the_same_name_take_turns() {
-    use std::io::{Read, Write};
     let (dir, server, switches) = start();
     let mut conn = Conn::connect(server.addr());
     let (id, key) = enroll(&mut conn, "turns");
@@ -320,20 +310,11 @@ fn a_delete_and_an_upload_of_the_same_name_take_turns() {
     store(&mut conn, id, &key, "f.bin", &v1);
 
     switches.remove_gate.hold_next();
-    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let token_file = dir.path().join("admin.token");
     let admin = server.admin_addr().unwrap();
     let deleter = std::thread::spawn(move || {
-        let mut http = std::net::TcpStream::connect(admin).unwrap();
-        write!(
-            http,
-            "DELETE /api/v1/clients/{id}/file?name=f.bin HTTP/1.1\r\nHost: localhost\r\n\
-             Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            token.trim()
-        )
-        .unwrap();
-        let mut answer = String::new();
-        http.read_to_string(&mut answer).unwrap();
-        answer
+        let path = format!("/api/v1/clients/{id}/file?name=f.bin");
+        admin_request(admin, "DELETE", &path, &token_file)
     });
     assert!(
         switches.remove_gate.wait_arrived(Duration::from_secs(20)),

@@ -633,19 +633,13 @@ impl TwoNodes {
 
     /// An admin `GET` of `path` on the second node: the HTTP answer, head and body.
     fn get_on_second(&self, path: &str) -> String {
-        use std::io::{Read, Write};
-        let token = std::fs::read_to_string(self.second_dir.path().join("admin.token")).unwrap();
-        let mut http = std::net::TcpStream::connect(self.second.admin_addr().unwrap()).unwrap();
-        write!(
-            http,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\n\
-             Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            token.trim()
+        let admin = self.second.admin_addr().unwrap();
+        admin_request(
+            admin,
+            "GET",
+            path,
+            &self.second_dir.path().join("admin.token"),
         )
-        .unwrap();
-        let mut answer = String::new();
-        http.read_to_string(&mut answer).unwrap();
-        answer
     }
 
     /// Uploads `plain` as `name` on the second node, in a thread, and waits until the
@@ -680,23 +674,10 @@ impl TwoNodes {
     /// Sends an admin `DELETE` of the client's file to the second node, in a thread;
     /// joining it gives the HTTP answer.
     fn delete_on_second(&self, id: ClientId, name: &str) -> std::thread::JoinHandle<String> {
-        use std::io::{Read, Write};
-        let token = std::fs::read_to_string(self.second_dir.path().join("admin.token")).unwrap();
         let admin = self.second.admin_addr().unwrap();
-        let name = name.to_owned();
-        std::thread::spawn(move || {
-            let mut http = std::net::TcpStream::connect(admin).unwrap();
-            write!(
-                http,
-                "DELETE /api/v1/clients/{id}/file?name={name} HTTP/1.1\r\nHost: localhost\r\n\
-                 Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
-                token.trim()
-            )
-            .unwrap();
-            let mut answer = String::new();
-            http.read_to_string(&mut answer).unwrap();
-            answer
-        })
+        let token_file = self.second_dir.path().join("admin.token");
+        let path = format!("/api/v1/clients/{id}/file?name={name}");
+        std::thread::spawn(move || admin_request(admin, "DELETE", &path, &token_file))
     }
 }
 

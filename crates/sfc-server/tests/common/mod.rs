@@ -515,6 +515,24 @@ pub fn upload(
     conn.recv()
 }
 
+/// `METHOD path` with the admin token in `token_file` (as the server wrote it), on a new
+/// connection to the admin listener at `admin` (`Host: localhost`, `Connection: close`):
+/// the whole answer, head and body.
+pub fn admin_request(admin: SocketAddr, method: &str, path: &str, token_file: &Path) -> String {
+    let token = std::fs::read_to_string(token_file).unwrap();
+    let mut http = TcpStream::connect(admin).unwrap();
+    write!(
+        http,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).unwrap();
+    answer
+}
+
 /// Uploads `plain` as `label` on `conn` (30,000-byte packets) and asserts the 1603.
 pub fn store(conn: &mut Conn, id: ClientId, key: &sfc_crypto::AesKey, label: &str, plain: &[u8]) {
     let reply = upload(conn, id, key, label, plain, 30_000);
