@@ -34,17 +34,12 @@ impl CuttingRelay {
             cuts: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
-        let accepting = Arc::clone(&state);
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if accepting.closed.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                let state = Arc::clone(&accepting);
-                std::thread::spawn(move || relay(&state, client));
-            }
-        });
+        super::accept_each(
+            listener,
+            Arc::clone(&state),
+            |state| state.closed.load(Ordering::SeqCst),
+            relay,
+        );
         CuttingRelay { addr, state }
     }
 

@@ -533,6 +533,27 @@ pub fn admin_request(admin: SocketAddr, method: &str, path: &str, token_file: &P
     answer
 }
 
+/// Accepts connections on `listener` in a thread of its own and serves each with `serve`
+/// in a thread of its own, until `stopped(&state)` (looked at as each connection
+/// arrives: the owner, when dropped, sets it and connects once to wake the thread).
+pub fn accept_each<S: Send + Sync + 'static>(
+    listener: std::net::TcpListener,
+    state: std::sync::Arc<S>,
+    stopped: fn(&S) -> bool,
+    serve: fn(&S, TcpStream),
+) {
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            if stopped(&state) {
+                return;
+            }
+            let Ok(client) = client else { continue };
+            let state = std::sync::Arc::clone(&state);
+            std::thread::spawn(move || serve(&state, client));
+        }
+    });
+}
+
 /// Uploads `plain` as `label` on `conn` (30,000-byte packets) and asserts the 1603.
 pub fn store(conn: &mut Conn, id: ClientId, key: &sfc_crypto::AesKey, label: &str, plain: &[u8]) {
     let reply = upload(conn, id, key, label, plain, 30_000);

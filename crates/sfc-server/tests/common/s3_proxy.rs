@@ -79,21 +79,16 @@ impl AnswerLosingProxy {
             problems: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
-        let accepting = Arc::clone(&state);
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if accepting.closed.load(Ordering::SeqCst) {
-                    return;
+        super::accept_each(
+            listener,
+            Arc::clone(&state),
+            |state| state.closed.load(Ordering::SeqCst),
+            |state, client| {
+                if let Err(error) = serve(state, client) {
+                    state.problem(format!("proxying: {error}"));
                 }
-                let Ok(client) = client else { continue };
-                let state = Arc::clone(&accepting);
-                std::thread::spawn(move || {
-                    if let Err(error) = serve(&state, client) {
-                        state.problem(format!("proxying: {error}"));
-                    }
-                });
-            }
-        });
+            },
+        );
         AnswerLosingProxy { addr, state }
     }
 
