@@ -786,3 +786,35 @@ fn a_file_row_whose_answer_is_lost_is_not_written_twice() {
         Some(version(2).path)
     );
 }
+
+/// ... but a connection found closed before the statement was sent (here: cut while the
+/// statement is being prepared, its first use on that connection) is replaced and the
+/// statement sent on the new one: nothing can have run twice.
+#[test]
+fn a_file_row_whose_connection_closes_before_it_is_sent_is_written_on_another() {
+    let Some((cluster, _url, db)) = fresh_url("put_file unsent") else {
+        return;
+    };
+    let relay = common::cutting_relay::CuttingRelay::start(
+        format!("127.0.0.1:{}", cluster.port).parse().unwrap(),
+    );
+    let through_relay = cluster.url(&db).replace(
+        &format!(":{}/", cluster.port),
+        &format!(":{}/", relay.port()),
+    );
+    let store = PostgresStore::open(&PostgresUrl::parse(&through_relay).unwrap()).unwrap();
+    let client = id(0x44);
+    let now = sfc_server::Timestamp::now();
+    store.insert_client(&client, "unsent", now).unwrap();
+    // The preparation's answer describes the row it returns: a column `pathname`.
+    relay.cut_at(b"pathname");
+    let row = sfc_server::FileRecord {
+        client_id: client,
+        file_name: "f.bin".into(),
+        path: format!("files/{}/f.bin", client.to_hex()),
+        verified: false,
+    };
+    assert_eq!(store.put_file(&row, now).unwrap(), None);
+    assert_eq!(relay.cuts(), 1, "the preparation was not cut");
+    assert_eq!(store.file(&client, "f.bin").unwrap(), Some(row));
+}

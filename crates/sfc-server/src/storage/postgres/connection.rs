@@ -116,13 +116,46 @@ impl PostgresStore {
 
     /// Like [`Self::query`], but never runs the statement twice: for a write that is not
     /// idempotent, whose connection may close after its commit with only the answer
-    /// lost. The caller asks the database what happened instead.
+    /// lost (the caller then asks the database what happened). It is tried once more
+    /// only when its connection is found closed before the statement is sent (the pool
+    /// handed out a connection PostgreSQL had closed: known as closed, or failing the
+    /// statement's preparation).
     pub(super) fn query_at_most_once(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        self.run(self.query_once(sql, params))?.map_err(db_err)
+        self.run(async {
+            let mut first = true;
+            loop {
+                let client = self.pool.get().await.map_err(pool_err)?;
+                let prepared = if client.is_closed() {
+                    None
+                } else {
+                    Some(client.prepare_cached(sql).await)
+                };
+                let unsent = match prepared {
+                    Some(Ok(statement)) => {
+                        let result = client.query(&statement, params).await;
+                        release(client, &result);
+                        return result.map_err(db_err);
+                    }
+                    Some(Err(error)) if !error.is_closed() => {
+                        let result = Err(error);
+                        release(client, &result);
+                        return result.map_err(db_err);
+                    }
+                    Some(Err(error)) => error.to_string(),
+                    None => "the connection is closed".to_owned(),
+                };
+                drop(deadpool_postgres::Object::take(client));
+                if !first {
+                    return Err(StoreError::Database(format!("PostgreSQL: {unsent}")));
+                }
+                first = false;
+                tracing::info!(error = %unsent, "PostgreSQL connection found closed before a statement was sent; trying a new one");
+            }
+        })
     }
 
     /// Like [`Self::query`], but gives PostgreSQL's own error (`Ok(Err)`) for the caller
