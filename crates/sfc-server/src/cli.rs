@@ -639,13 +639,13 @@ mod tests {
         // --admin-host: repeatable, names only, and only with the listener.
         assert_eq!(admin.hosts, Vec::<String>::new());
         let hosts = ["--admin-listen", "127.0.0.1:1", "--admin-host", "a.example"];
-        let admin = parse(&[&hosts[..], &["--admin-host", "b"]].concat())
+        let admin = parse(&[&hosts[..], &["--admin-host", "sfc_admin"]].concat())
             .unwrap()
             .server_config()
             .unwrap()
             .admin
             .unwrap();
-        assert_eq!(admin.hosts, ["a.example", "b"]);
+        assert_eq!(admin.hosts, ["a.example", "sfc_admin"]);
         assert!(parse(&["--admin-host", "a.example"]).is_err());
         for bad in [
             "",

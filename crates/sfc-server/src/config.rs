@@ -298,7 +298,8 @@ impl AdminConfig {
         for name in &self.hosts {
             if !is_host_name(name) {
                 return Err(format!(
-                    "--admin-host {name:?} is not a host name (letters, digits, '-' and '.',                      at most 253 characters)"
+                    "--admin-host {name:?} is not a host name (letters, digits, '-', '_' and '.', \
+                     at most 253 characters)"
                 ));
             }
         }
@@ -306,8 +307,9 @@ impl AdminConfig {
     }
 }
 
-/// A DNS name as `Host` carries it: labels of 1–63 letters, digits and `-` (not at
-/// either end), separated by dots, at most 253 characters (a trailing dot allowed).
+/// A DNS name as `Host` carries it: labels of 1–63 letters, digits, `-` (not at either
+/// end) and `_` (container service names), separated by dots, at most 253 characters (a
+/// trailing dot allowed).
 fn is_host_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     !name.is_empty()
@@ -318,7 +320,7 @@ fn is_host_name(name: &str) -> bool {
                 && !label.ends_with('-')
                 && label
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 

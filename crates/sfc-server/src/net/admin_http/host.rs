@@ -12,7 +12,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::net::IpAddr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// At most one log line per this interval about refused hosts, with their number.
@@ -36,9 +36,21 @@ impl AllowedHosts {
 
     /// Whether a request with this `Host` value is served.
     pub(super) fn allows(&self, host: &str) -> bool {
-        let name = canonical(without_port(host));
-        name.parse::<IpAddr>().is_ok() || name == "localhost" || self.names.contains(&name)
+        match split_host(host) {
+            Some(Host::Ip) => true,
+            Some(Host::Name(name)) => name == "localhost" || self.names.contains(&name),
+            None => false,
+        }
     }
+}
+
+/// What a `Host` value names.
+#[derive(Debug, PartialEq, Eq)]
+enum Host {
+    /// An IPv4 address, or an IPv6 address in brackets.
+    Ip,
+    /// A name: lower case, without the trailing dot of a fully qualified name.
+    Name(String),
 }
 
 /// `name` in lower case, without the trailing dot of a fully qualified name.
@@ -46,14 +58,33 @@ fn canonical(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
-/// The host of a `Host` value: without `:port`, and an IPv6 literal without brackets.
-fn without_port(host: &str) -> &str {
-    if let Some(bracketed) = host.strip_prefix('[') {
-        return bracketed.split_once(']').map_or(host, |(inside, _)| inside);
+/// The host of a `Host` value, `host[:port]` (an IPv6 address in brackets, the port
+/// digits, possibly none), or `None` when the value is not of that form.
+fn split_host(value: &str) -> Option<Host> {
+    let (name, port) = match value.strip_prefix('[') {
+        Some(rest) => {
+            let (inside, after) = rest.split_once(']')?;
+            inside.parse::<Ipv6Addr>().ok()?;
+            let port = if after.is_empty() {
+                after
+            } else {
+                after.strip_prefix(':')?
+            };
+            (None, port)
+        }
+        None => {
+            let (name, port) = value.split_once(':').unwrap_or((value, ""));
+            (Some(name), port)
+        }
+    };
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
+    match name {
+        None => Some(Host::Ip),
+        Some(name) if name.parse::<Ipv4Addr>().is_ok() => Some(Host::Ip),
+        Some(name) if !name.is_empty() => Some(Host::Name(canonical(name))),
+        Some(_) => None,
     }
 }
 
@@ -65,13 +96,32 @@ pub(super) async fn check_host(
     request: Request,
     next: Next,
 ) -> Response {
-    let host = match request.headers().get(header::HOST) {
-        None => return next.run(request).await,
-        Some(value) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
-    };
-    if state.hosts.allows(&host) {
-        return next.run(request).await;
+    // Every name the request gives: its `Host` headers (one, unless it is forged) and
+    // the authority of an absolute-form target (`GET http://name/ HTTP/1.1`).
+    let mut names: Vec<String> = request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .collect();
+    if let Some(authority) = request.uri().authority() {
+        let without_user = authority.as_str().rsplit('@').next().unwrap_or_default();
+        names.push(without_user.to_owned());
     }
+    let several_hosts = request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .nth(1)
+        .is_some();
+    let refused = if several_hosts {
+        Some(names.join(", "))
+    } else {
+        names.iter().find(|name| !state.hosts.allows(name)).cloned()
+    };
+    let Some(host) = refused else {
+        return next.run(request).await;
+    };
     if let Some(refused) = state.hosts.refused_logged.count() {
         tracing::warn!(
             %peer,
@@ -81,7 +131,10 @@ pub(super) async fn check_host(
             REFUSED_LOG_EVERY.as_secs()
         );
     }
-    let name = without_port(&host);
+    let name = match split_host(&host) {
+        Some(Host::Name(name)) => name,
+        _ => host.clone(),
+    };
     (
         StatusCode::MISDIRECTED_REQUEST,
         format!(
@@ -110,6 +163,8 @@ mod tests {
             "localhost",
             "LOCALHOST:8080",
             "localhost.:80",
+            "localhost:",
+            "[::1]:",
             "admin.example.org",
             "ADMIN.example.org:8443",
             "admin.example.org.",
@@ -127,6 +182,11 @@ mod tests {
             "[::1",
             "127.0.0.1:80:80",
             "sub.localhost",
+            "[::1]junk",
+            "[::1]:8x",
+            "::1",
+            "[localhost]",
+            ":80",
         ] {
             assert!(!hosts.allows(host), "{host}");
         }
