@@ -143,7 +143,7 @@ pub fn client_views(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
 ) -> anyhow::Result<Vec<ClientView>> {
-    client_views_reusing(meta, blobs, &mut KnownSizes::default())
+    client_views_reusing(meta, blobs, &KnownSizes::default()).map(|(views, _)| views)
 }
 
 /// Sizes read by an earlier pass over the files, by path, for a store whose paths are
@@ -153,12 +153,12 @@ pub fn client_views(
 pub struct KnownSizes(HashMap<String, u64>);
 
 /// [`client_views`], asking the store only for sizes `known` does not hold when its
-/// paths are immutable; `known` then holds the sizes of exactly the files of this pass.
+/// paths are immutable; with the sizes of exactly the files of this pass, for the next.
 pub fn client_views_reusing(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
-    known: &mut KnownSizes,
-) -> anyhow::Result<Vec<ClientView>> {
+    known: &KnownSizes,
+) -> anyhow::Result<(Vec<ClientView>, KnownSizes)> {
     let reuse = blobs.paths_are_immutable();
     let mut sizes = HashMap::new();
     let mut counts: HashMap<_, (usize, u64)> = HashMap::new();
@@ -178,12 +178,12 @@ pub fn client_views_reusing(
             }
         }
     }
-    known.0 = sizes;
-    Ok(meta
+    let views = meta
         .clients()?
         .iter()
         .map(|c| view_of(c, counts.get(&c.id).copied().unwrap_or((0, 0))))
-        .collect())
+        .collect();
+    Ok((views, KnownSizes(sizes)))
 }
 
 /// One client of `meta` (`None`: no such client), with the sizes of its files in `blobs`.
@@ -484,6 +484,92 @@ mod tests {
         blobs.remove(&newer.path).unwrap();
         fill_sizes(&meta, &blobs, &mut views);
         assert_eq!(views[0].size, None);
+    }
+
+    /// The memory store claiming immutable paths (the test gives each version a name of
+    /// its own, as S3 does), counting its size queries.
+    #[derive(Debug)]
+    struct Versioned<B> {
+        inner: B,
+        size_queries: std::sync::atomic::AtomicUsize,
+    }
+
+    impl<B: BlobStore> BlobStore for Versioned<B> {
+        fn create_temp(
+            &self,
+            client: &ClientId,
+            disk_name: &str,
+        ) -> std::io::Result<Box<dyn crate::storage::TempBlob>> {
+            self.inner.create_temp(client, disk_name)
+        }
+        fn remove(&self, path: &str) -> std::io::Result<()> {
+            self.inner.remove(path)
+        }
+        fn size(&self, path: &str) -> std::io::Result<u64> {
+            self.size_queries
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.size(path)
+        }
+        fn paths_are_immutable(&self) -> bool {
+            true
+        }
+        fn remove_stale_temps(&self) -> std::io::Result<usize> {
+            self.inner.remove_stale_temps()
+        }
+        fn stored_paths(&self) -> std::io::Result<Vec<String>> {
+            self.inner.stored_paths()
+        }
+        fn setup_id(&self) -> std::io::Result<Option<String>> {
+            self.inner.setup_id()
+        }
+        fn keep_setup_id(&self, id: &str) -> std::io::Result<String> {
+            self.inner.keep_setup_id(id)
+        }
+    }
+
+    /// With immutable paths a pass asks the store only for the sizes of files stored
+    /// since the pass whose sizes it is given, and hands on the sizes of exactly its own
+    /// files.
+    #[test]
+    fn a_pass_over_immutable_paths_asks_only_for_new_files() {
+        use crate::storage::testing::MemoryStorage;
+        use std::sync::atomic::Ordering;
+        let storage = MemoryStorage::new();
+        let meta = storage.meta();
+        let blobs = Versioned {
+            inner: storage.blobs(),
+            size_queries: Default::default(),
+        };
+        let id = ClientId([0x44; 16]);
+        meta.insert_client(&id, "dora", Timestamp(0)).unwrap();
+        let store = |label: &str, version: u32, content: &[u8]| {
+            let mut temp = blobs
+                .create_temp(&id, &format!("{label}~v{version}"))
+                .unwrap();
+            temp.write_all(content).unwrap();
+            let row = FileRecord {
+                client_id: id,
+                file_name: label.into(),
+                path: temp.persist().unwrap(),
+                verified: false,
+            };
+            if let Some(old) = meta.put_file(&row, Timestamp(1)).unwrap() {
+                blobs.remove(&old).unwrap();
+            }
+        };
+        store("f.bin", 1, b"first");
+        store("g.bin", 1, b"other");
+        let (views, known) = client_views_reusing(&meta, &blobs, &KnownSizes::default()).unwrap();
+        assert_eq!(views[0].bytes, 10);
+        assert_eq!(blobs.size_queries.load(Ordering::SeqCst), 2);
+        store("f.bin", 2, b"the second version");
+        let (views, known) = client_views_reusing(&meta, &blobs, &known).unwrap();
+        assert_eq!(views[0].bytes, 23);
+        assert_eq!(blobs.size_queries.load(Ordering::SeqCst), 3, "one new file");
+        assert_eq!(known.0.len(), 2, "{known:?}");
+        // A store whose paths change asks every time (the memory store itself).
+        let (_, again) = client_views_reusing(&meta, &storage.blobs(), &known).unwrap();
+        assert!(again.0.is_empty());
     }
 
     #[test]

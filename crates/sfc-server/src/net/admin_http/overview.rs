@@ -56,9 +56,9 @@ struct Stamp {
 struct State {
     last: Option<(Stamp, Arc<Vec<ClientView>>)>,
     running: Option<(Stamp, Pass)>,
-    /// The sizes the last pass to finish read; taken by a pass while it runs (a pass
-    /// running beside it starts without).
-    sizes: KnownSizes,
+    /// The sizes the last pass to succeed read (every pass starts from them; each key's
+    /// size never changes, so any pass's are right).
+    sizes: Arc<KnownSizes>,
 }
 
 /// See the module documentation.
@@ -116,8 +116,7 @@ impl Overview {
                 // A pass under way answers if it began late enough.
                 Some((stamp, pass)) if stamp.may_join(&now, freshness) => pass.clone(),
                 _ => {
-                    let sizes = std::mem::take(&mut state.sizes);
-                    let pass = self.start(core, now, sizes);
+                    let pass = self.start(core, now, Arc::clone(&state.sizes));
                     state.running = Some((now, pass.clone()));
                     pass
                 }
@@ -144,18 +143,17 @@ impl Overview {
     /// Starts a pass as a task of its own, which keeps its result (unless a later pass's
     /// is kept already) whether or not anyone still waits for it; `sizes` are those the
     /// last pass read, and the sizes this one read are kept for the next.
-    fn start(&self, core: &Arc<Core>, stamp: Stamp, mut sizes: KnownSizes) -> Pass {
+    fn start(&self, core: &Arc<Core>, stamp: Stamp, sizes: Arc<KnownSizes>) -> Pass {
         let (core, state) = (Arc::clone(core), Arc::clone(&self.state));
         let task = tokio::spawn(async move {
             let result = blocking(move || {
-                client_views_reusing(core.meta_store(), core.blob_store(), &mut sizes)
-                    .map(|views| (views, sizes))
+                client_views_reusing(core.meta_store(), core.blob_store(), &sizes)
             })
             .await
             .map_err(|error| error.1);
             let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
             let result = result.map(|(views, sizes)| {
-                state.sizes = sizes;
+                state.sizes = Arc::new(sizes);
                 Arc::new(views)
             });
             if state
