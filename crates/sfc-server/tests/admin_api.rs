@@ -1008,6 +1008,37 @@ fn a_readyz_request_that_goes_away_leaves_its_probe_to_the_next() {
     admin.stop();
 }
 
+/// A store that does not answer (a hung file store) makes `/readyz` answer 503 within
+/// the probe's time-out (5 s), not never; while that probe still waits, requests get 503
+/// at once and no other probe piles up on the store; once it answers, probes resume.
+#[test]
+fn a_probe_the_store_never_answers_fails_in_time_and_is_not_repeated() {
+    let admin = FaultyAdmin::start();
+    let faults = &admin.faults;
+    faults.size_gate.hold_next();
+    let before = admin.size_queries();
+    let asked = std::time::Instant::now();
+    let (status, body) = admin.get("/readyz");
+    let waited = asked.elapsed();
+    assert_eq!((status, body.as_str()), (503, "not ready: probe\n"));
+    assert!(
+        waited < Duration::from_secs(30),
+        "answered after {waited:?}"
+    );
+    assert_eq!(admin.get("/readyz").0, 503);
+    assert_eq!(
+        admin.size_queries() - before,
+        1,
+        "no second probe while the first waits"
+    );
+    faults.size_gate.open();
+    assert!(eventually(Duration::from_secs(10), || admin
+        .get("/readyz")
+        .0
+        == 200));
+    admin.stop();
+}
+
 #[test]
 fn rate_limit_refusals_and_refused_connections_are_counted() {
     fn tweak(config: &mut ServerConfig) {
@@ -1492,6 +1523,15 @@ fn requests_naming_another_host_are_refused_before_any_route() {
             "{response}"
         );
     }
+    // Two Host headers (a forged request), or an absolute-form target naming another
+    // host, are refused too.
+    for head in [
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: rebound.example\r\n".to_owned(),
+        format!("GET http://rebound.example:{port}/healthz HTTP/1.1\r\nHost: localhost\r\n"),
+    ] {
+        let response = raw_exchange(addr, &format!("{head}Connection: close\r\n\r\n"));
+        assert!(response.starts_with("HTTP/1.1 421"), "{head:?}: {response}");
+    }
     let body = format!("token={}", admin.token);
     let login = raw_exchange(
         addr,
@@ -1529,7 +1569,7 @@ fn requests_naming_another_host_are_refused_before_any_route() {
     let (status, metrics) = admin.get("/metrics");
     assert_eq!(status, 200);
     assert!(
-        metrics.contains("sfc_admin_requests_total{status=\"421\"} 6"),
+        metrics.contains("sfc_admin_requests_total{status=\"421\"} 8"),
         "{metrics}"
     );
 }

@@ -246,6 +246,8 @@ impl AdminServer {
         drop(listener);
         let _ = stopping.send(true);
         while connections.join_next().await.is_some() {}
+        // Also what the connections' last requests added.
+        state.flush_lines(true);
     }
 }
 

@@ -76,8 +76,9 @@ type Shared = Arc<AdminState>;
 impl AdminState {
     /// Logs what the throttled lines (failed `/readyz` probes, logins refused beyond the
     /// limit, requests for other hosts) held back: events after their last line that no
-    /// later event reported. Called every interval, and with `all` at shutdown, so that
-    /// the end of a burst is counted too.
+    /// later event reported. Called every half interval (a held-back count is logged
+    /// within 1.5 intervals of its line), and with `all` at shutdown, so that the end of
+    /// a burst is counted too.
     fn flush_lines(&self, all: bool) {
         if let Some(failures) = self.readiness.failures_logged.held_back(all) {
             tracing::warn!(
@@ -96,13 +97,15 @@ impl AdminState {
         }
     }
 
-    /// The shortest interval of the throttled lines: how often [`Self::flush_lines`] runs.
+    /// Half the shortest interval of the throttled lines: how often
+    /// [`Self::flush_lines`] runs.
     fn flush_every(&self) -> std::time::Duration {
         self.readiness
             .failures_logged
             .interval()
             .min(self.refused_logins_logged.interval())
             .min(self.hosts.refused_logged.interval())
+            / 2
     }
 }
 

@@ -5,7 +5,10 @@
 //! a query per request. A request that goes away (a balancer's time-out) does not stop
 //! the probe, and the next request takes its answer instead of starting another. A
 //! failure is never reused once its probe is over (a recovered store shows at the next
-//! probe); its detail is logged, at most one line per [`FAILURE_LOG_EVERY`], not sent.
+//! probe); its detail is logged, at most one line per [`FAILURE_LOG_EVERY`], not sent. A
+//! probe without an answer within [`PROBE_TIMEOUT`] (a hung store: NFS, a black-holed
+//! endpoint) fails (`probe`); until the store answers it, requests get that answer at
+//! once and no other probe starts (each would hold a blocking thread on the same store).
 
 use crate::net::log_throttle::SharedLine;
 use crate::session::Core;
@@ -18,6 +21,8 @@ use std::time::{Duration, Instant};
 pub(crate) const READY_REUSE: Duration = Duration::from_secs(1);
 /// At most one log line about failed probes per this interval.
 pub(crate) const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long a probe may wait for the stores before it fails.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A probe's answer: `Ok`, or which store failed (`"database"`, `"file store"`).
 type Answer = Result<(), &'static str>;
@@ -25,10 +30,12 @@ type Probe = Shared<BoxFuture<'static, Answer>>;
 
 #[derive(Default)]
 struct State {
-    /// When the last probe to finish began, and its answer.
+    /// When the last probe finished, and its answer.
     last: Option<(Instant, Answer)>,
     /// The probe under way.
     running: Option<Probe>,
+    /// A probe timed out and still waits for the stores.
+    stuck: bool,
 }
 
 /// See the module documentation.
@@ -43,6 +50,7 @@ impl std::fmt::Debug for State {
         f.debug_struct("State")
             .field("last", &self.last)
             .field("running", &self.running.is_some())
+            .field("stuck", &self.stuck)
             .finish()
     }
 }
@@ -62,10 +70,19 @@ impl Readiness {
         let probe = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             match (&state.last, &state.running) {
-                (Some((started, Ok(()))), _) if started.elapsed() < READY_REUSE => {
+                (Some((finished, Ok(()))), _) if finished.elapsed() < READY_REUSE => {
                     return Ok(());
                 }
                 (_, Some(probe)) => probe.clone(),
+                _ if state.stuck => {
+                    drop(state);
+                    log_failure(
+                        &self.failures_logged,
+                        "probe",
+                        "the last probe still waits for the stores",
+                    );
+                    return Err("probe");
+                }
                 _ => {
                     let probe = self.start(core);
                     state.running = Some(probe.clone());
@@ -82,20 +99,31 @@ impl Readiness {
         let core = Arc::clone(core);
         let (state, failures_logged) = (Arc::clone(&self.state), Arc::clone(&self.failures_logged));
         let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let answer = match tokio::task::spawn_blocking(move || probe(&core)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err((which, detail))) => {
+            let mut blocking = tokio::task::spawn_blocking(move || probe(&core));
+            let answer = match tokio::time::timeout(PROBE_TIMEOUT, &mut blocking).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err((which, detail)))) => {
                     log_failure(&failures_logged, which, &detail);
                     Err(which)
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     log_failure(&failures_logged, "probe", &error.to_string());
+                    Err("probe")
+                }
+                Err(_) => {
+                    let waited = format!("no answer within {} s", PROBE_TIMEOUT.as_secs());
+                    log_failure(&failures_logged, "probe", &waited);
+                    state.lock().unwrap_or_else(PoisonError::into_inner).stuck = true;
+                    let unstuck = Arc::clone(&state);
+                    tokio::spawn(async move {
+                        let _ = blocking.await;
+                        unstuck.lock().unwrap_or_else(PoisonError::into_inner).stuck = false;
+                    });
                     Err("probe")
                 }
             };
             let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.last = Some((started, answer));
+            state.last = Some((Instant::now(), answer));
             state.running = None;
             answer
         });
