@@ -499,3 +499,27 @@ fn lock_is_held(config: &sfc_server::ServerConfig) -> bool {
         }
     }
 }
+
+/// A file whose removal fails after its row went (902) is removed by the server's
+/// housekeeping once the store works again, not left until a restart.
+#[test]
+fn a_failed_removal_is_retried_by_the_running_server() {
+    let (dir, server, switches) = start();
+    let mut conn = Conn::connect(server.addr());
+    let (id, key) = enroll(&mut conn, "retried");
+    store(&mut conn, id, &key, "f.bin", &data(10_000, 1));
+    switches.remove_fails.store(true, Ordering::SeqCst);
+    assert_eq!(
+        conn.call(&file_name_request(id, 902, "f.bin")),
+        Response::Ack {
+            client_id: Some(id)
+        }
+    );
+    assert_eq!(entries(dir.path(), id), 1, "the removal failed");
+    switches.remove_fails.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(20), || entries(dir.path(), id) == 0),
+        "never retried"
+    );
+    server.stop();
+}

@@ -283,18 +283,41 @@ fn log_security_settings(config: &ServerConfig, tls: bool) {
 async fn housekeeping(core: Arc<Core>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(every.max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Retries of failed removals run beside the rest, one at a time: a store still
+    // failing may take its retry time-out, which must not hold up the expiry of idle
+    // uploads or the LastSeen flush.
+    let mut retrying: Option<tokio::task::JoinHandle<(usize, usize)>> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
+        if retrying
+            .as_ref()
+            .is_none_or(tokio::task::JoinHandle::is_finished)
+        {
+            if let Some(Ok((removed, pending))) = match retrying.take() {
+                Some(done) => Some(done.await),
+                None => None,
+            } {
+                if removed > 0 {
+                    tracing::info!(
+                        removed,
+                        pending,
+                        "removed stored files whose earlier removal had failed"
+                    );
+                }
+            }
+            let core = Arc::clone(&core);
+            retrying = Some(tokio::task::spawn_blocking(move || core.retry_removals()));
+        }
         let core = Arc::clone(&core);
         let result = tokio::task::spawn_blocking(move || {
-            let expired = core.expire_uploads(std::time::Instant::now());
-            (core.flush_last_seen(), expired)
+            core.expire_uploads(std::time::Instant::now());
+            core.flush_last_seen()
         })
         .await;
-        if let Ok((Err(error), _)) = result {
+        if let Ok(Err(error)) = result {
             tracing::warn!(%error, "cannot persist LastSeen");
         }
     }

@@ -25,6 +25,8 @@ pub struct Core {
     pub(super) seen: Mutex<HashMap<ClientId, Timestamp>>,
     /// File names being stored or removed (see [`NameLocks`]).
     pub(super) names: NameLocks,
+    /// Stored files whose removal failed, for a retry.
+    pub(super) removals: super::removals::PendingRemovals,
     pub(super) limits: Limits,
     /// Client IDs and AES keys.
     pub(super) entropy: Box<dyn Entropy>,
@@ -78,6 +80,7 @@ impl Core {
             }),
             seen: Mutex::default(),
             names: NameLocks::default(),
+            removals: Default::default(),
             pin_lock: Mutex::new(()),
             limits,
             folder_lock: None,
@@ -224,7 +227,7 @@ impl Core {
         let Some(removed) = self.meta.remove_file(id, file_name, None)? else {
             return Ok(Removal::NotFound);
         };
-        self.blobs.remove(&removed.path)?;
+        self.remove_unnamed(id, file_name, &removed.path)?;
         Ok(Removal::Removed(removed))
     }
 
@@ -249,7 +252,7 @@ impl Core {
             return Ok(Removal::NotFound);
         };
         for file in &files {
-            self.blobs.remove(&file.path)?;
+            self.remove_unnamed(id, &file.file_name, &file.path)?;
         }
         self.blobs.remove_client(id)?;
         Ok(Removal::Removed(files))
@@ -465,7 +468,7 @@ impl Core {
         match removed {
             // Row first, then the file: a crash in between leaves an orphan file, never a
             // row naming a missing file.
-            Some(record) => match self.blobs.remove(&record.path) {
+            Some(record) => match self.remove_unnamed(&id, &record.file_name, &record.path) {
                 Ok(()) => ack,
                 Err(error) => ack.with_detail(format!(
                     "row removed but the file {} could not be: {error}",

@@ -198,8 +198,8 @@ impl Core {
             tracing::warn!(path = %record.path, %error, "cannot remove the replaced version (removed at next start-up)");
         }
         if let Some(old_path) = replaced.filter(|old_path| *old_path != record.path) {
-            if let Err(error) = self.blobs.remove(&old_path) {
-                tracing::warn!(path = %old_path, %error, "cannot remove the file's earlier path");
+            if let Err(error) = self.remove_unnamed(&client_id, file_name, &old_path) {
+                tracing::warn!(path = %old_path, %error, "cannot remove the file's earlier path (retried later)");
             }
         }
         Ok(record.path)

@@ -61,6 +61,7 @@ mod error;
 mod io;
 mod name_locks;
 mod packets;
+mod removals;
 mod uploads;
 
 pub use self::core::{Core, Removal};

@@ -25,11 +25,19 @@ fn harness() -> Harness {
 }
 
 fn harness_with(limits: Limits) -> Harness {
+    harness_over(limits, |root| Box::new(LocalBlobStore::new(root)))
+}
+
+/// A core on SQLite in memory and the blob store `blobs` makes for a temporary folder.
+fn harness_over(
+    limits: Limits,
+    blobs: impl FnOnce(&std::path::Path) -> Box<dyn crate::storage::BlobStore>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let core = Core::new(
         Box::new(SqliteStore::open_in_memory().unwrap()),
-        Box::new(LocalBlobStore::new(&root)),
+        blobs(&root),
         limits,
         Box::new(OsEntropy),
     );
@@ -478,4 +486,65 @@ fn aes_key_bytes_read_from_the_store_are_wiped() {
     record.zeroize();
     // zeroize overwrites the Vec's whole buffer with zeros, then empties it.
     assert_eq!(record.aes_key.as_deref(), Some(&[][..]));
+}
+
+/// Stores `data` as `label` in one packet; asserts the 1603.
+fn store(h: &Harness, id: ClientId, key: &AesKey, label: &str, data: &[u8]) {
+    let cipher = encrypt(key, data);
+    let mut bodies = packets(label, data, &cipher, cipher.len().max(1));
+    let out = h
+        .core
+        .handle_request(&ctx(false), request(id, bodies.remove(0)));
+    assert!(
+        matches!(out.reply, Some(Response::FileReceived { .. })),
+        "{out:?}"
+    );
+}
+
+/// A stored file whose removal fails after its row went (a 902) is removed by a later
+/// retry once the store works again; one whose label is stored again meanwhile (in a
+/// folder, at the same path) is left alone, and so is the retry list.
+#[test]
+fn failed_removals_are_retried_and_never_remove_a_file_stored_again() {
+    use crate::storage::testing::{Faults, FaultyBlobs};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let faults = Arc::new(Faults::default());
+    let switch = Arc::clone(&faults);
+    let h = harness_over(default_limits(), move |root| {
+        Box::new(FaultyBlobs::new(LocalBlobStore::new(root), switch))
+    });
+    let (id, key) = enroll(&h, "rita");
+    store(&h, id, &key, "a.bin", b"first");
+    store(&h, id, &key, "b.bin", b"second");
+    let folder = h.root.join("files").join(id.to_hex());
+    faults.remove_fails.store(true, Ordering::SeqCst);
+    for label in ["a.bin", "b.bin"] {
+        let out = h.core.handle_request(
+            &ctx(false),
+            request(
+                id,
+                RequestBody::ChecksumFailed {
+                    file_name: name(label),
+                },
+            ),
+        );
+        assert_eq!(
+            out.reply,
+            Some(Response::Ack {
+                client_id: Some(id)
+            })
+        );
+        assert!(folder.join(label).exists(), "{label} could not be removed");
+    }
+    assert_eq!(h.core.retry_removals(), (0, 2), "the store still fails");
+    faults.remove_fails.store(false, Ordering::SeqCst);
+    store(&h, id, &key, "b.bin", b"stored again");
+    assert_eq!(h.core.retry_removals(), (1, 0));
+    assert!(!folder.join("a.bin").exists());
+    assert_eq!(
+        std::fs::read(folder.join("b.bin")).unwrap(),
+        b"stored again"
+    );
+    assert_eq!(h.core.retry_removals(), (0, 0));
 }

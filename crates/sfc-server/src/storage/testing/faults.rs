@@ -16,7 +16,7 @@
 //! - `persist_fails` ([`FaultyBlobs`] only): moving a temporary file into place fails
 //!   with an I/O error while writes still succeed (an fsync or rename error);
 //! - `undo_fails` ([`FaultyBlobs`] only): undoing a move into place fails, the new
-//!   version staying in place;
+//!   version staying in place; `remove_fails`: removing a stored file fails;
 //! - [`Faults::lose_file_commit_answers`] ([`FaultyMeta`] only): commits of `files` rows
 //!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
 //!   does; optionally the database is then down;
@@ -48,6 +48,8 @@ pub struct Faults {
     pub persist_fails: AtomicBool,
     /// Undoing a move into place fails with `EIO`, leaving the new version in place.
     pub undo_fails: AtomicBool,
+    /// Removing a stored file fails with `EIO` ([`FaultyBlobs`] only).
+    pub remove_fails: AtomicBool,
     /// Both set-up IDs (the database's, the store's) read as none, as reads just before
     /// another server wrote them do (in-memory stores only).
     pub setup_id_unseen: AtomicBool,
@@ -82,6 +84,7 @@ impl Default for Faults {
             disk_full: AtomicBool::new(false),
             persist_fails: AtomicBool::new(false),
             undo_fails: AtomicBool::new(false),
+            remove_fails: AtomicBool::new(false),
             setup_id_unseen: AtomicBool::new(false),
             file_answers_lost: AtomicBool::new(false),
             down_after_lost_answer: AtomicBool::new(false),
@@ -447,6 +450,9 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
     }
     fn remove(&self, path: &str) -> io::Result<()> {
         self.faults.remove_gate.pass();
+        if self.faults.remove_fails.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
         self.inner.remove(path)
     }
     fn remove_client(&self, client: &ClientId) -> io::Result<()> {

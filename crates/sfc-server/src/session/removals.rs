@@ -1,0 +1,124 @@
+//! Stored files no row names any more (the row was removed, or names another version at
+//! another path) whose removal failed: kept and retried by housekeeping
+//! ([`Core::retry_removals`]), so that a passing store failure (an object store
+//! unreachable for a moment) does not leave them until a start-up, whose recovery
+//! removes only a few ([`crate::storage::setup::MAX_ORPHANS_REMOVED`]) and, in S3 (a key
+//! per upload), is the only other thing that ever would.
+//!
+//! A retry removes the file only while no row names its path, under the file name's
+//! lock ([`super::name_locks::NameLocks`]): in a folder a new upload of the same label
+//! is stored at the same path, and must not be what the retry removes.
+
+use super::Core;
+use crate::storage::MetaStore;
+use sfc_proto::ClientId;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+/// Most failed removals kept for a retry; beyond, they are left to start-up recovery.
+pub const MAX_PENDING_REMOVALS: usize = 4096;
+
+/// One file to remove: its path, and the client and label whose row named it.
+#[derive(Debug)]
+struct Unremoved {
+    client: ClientId,
+    file_name: String,
+    path: String,
+}
+
+/// The failed removals (see the module documentation).
+#[derive(Debug, Default)]
+pub(super) struct PendingRemovals {
+    pending: Mutex<Vec<Unremoved>>,
+    /// Whether the "too many" line was logged since the list last had room.
+    full_logged: AtomicBool,
+}
+
+impl PendingRemovals {
+    fn keep(&self, file: Unremoved) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.len() < MAX_PENDING_REMOVALS {
+            pending.push(file);
+            self.full_logged.store(false, Ordering::Relaxed);
+        } else if !self.full_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                path = %file.path,
+                "more than {MAX_PENDING_REMOVALS} failed removals pending: this one and later ones are left to start-up recovery"
+            );
+        }
+    }
+
+    fn take(&self) -> Vec<Unremoved> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn put_back(&self, files: Vec<Unremoved>) {
+        for file in files {
+            self.keep(file);
+        }
+    }
+
+    /// How many removals wait for a retry.
+    pub(super) fn len(&self) -> usize {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Core {
+    /// Removes the stored file at `path`, which the row of the client's `file_name` no
+    /// longer names; if that fails, keeps it for [`Core::retry_removals`] and returns the
+    /// error.
+    pub(super) fn remove_unnamed(
+        &self,
+        client: &ClientId,
+        file_name: &str,
+        path: &str,
+    ) -> io::Result<()> {
+        let result = self.blobs.remove(path);
+        if result.is_err() {
+            self.removals.keep(Unremoved {
+                client: *client,
+                file_name: file_name.to_owned(),
+                path: path.to_owned(),
+            });
+        }
+        result
+    }
+
+    /// Retries the removals that failed (housekeeping calls it): each file is removed if
+    /// no row names it (checked under its name's lock); one a row names again is dropped
+    /// from the list, one whose check or removal fails again is kept, and so are the rest
+    /// after a failed removal (the store is likely still failing: one slow failure per
+    /// call, not one per file). Returns how many were removed and how many are still
+    /// pending.
+    pub fn retry_removals(&self) -> (usize, usize) {
+        let mut removed = 0;
+        let mut again = Vec::new();
+        let mut files = self.removals.take().into_iter();
+        while let Some(file) = files.next() {
+            let _name = self.names.lock(file.client, &file.file_name);
+            match self.meta.file(&file.client, &file.file_name) {
+                Ok(Some(row)) if row.path == file.path => continue,
+                Ok(_) => {}
+                Err(_) => {
+                    again.push(file);
+                    continue;
+                }
+            }
+            match self.blobs.remove(&file.path) {
+                Ok(()) => removed += 1,
+                Err(_) => {
+                    again.push(file);
+                    again.extend(files);
+                    break;
+                }
+            }
+        }
+        self.removals.put_back(again);
+        (removed, self.removals.len())
+    }
+}
