@@ -739,6 +739,24 @@ fn nodes_storing_one_file_at_once_each_learn_the_version_they_replaced() {
     }
 }
 
+/// A store on a fresh database whose connections go through a relay that can cut
+/// them (`common::cutting_relay`), and the relay; `None`: PostgreSQL is missing and this
+/// is not CI.
+fn store_behind_a_relay(
+    test: &str,
+) -> Option<(common::cutting_relay::CuttingRelay, PostgresStore)> {
+    let (cluster, _url, db) = fresh_url(test)?;
+    let relay = common::cutting_relay::CuttingRelay::start(
+        format!("127.0.0.1:{}", cluster.port).parse().unwrap(),
+    );
+    let through_relay = cluster.url(&db).replace(
+        &format!(":{}/", cluster.port),
+        &format!(":{}/", relay.port()),
+    );
+    let store = PostgresStore::open(&PostgresUrl::parse(&through_relay).unwrap()).unwrap();
+    Some((relay, store))
+}
+
 /// Storing a file's row is not run again after its connection closes: a first run that
 /// committed with only its answer lost, then a replacement by another server (which
 /// removes this version), then a second run would make the row name the removed
@@ -748,17 +766,9 @@ fn nodes_storing_one_file_at_once_each_learn_the_version_they_replaced() {
 /// the version really replaced was never removed.)
 #[test]
 fn a_file_row_whose_answer_is_lost_is_not_written_twice() {
-    let Some((cluster, _url, db)) = fresh_url("put_file answer lost") else {
+    let Some((relay, store)) = store_behind_a_relay("put_file answer lost") else {
         return;
     };
-    let relay = common::cutting_relay::CuttingRelay::start(
-        format!("127.0.0.1:{}", cluster.port).parse().unwrap(),
-    );
-    let through_relay = cluster.url(&db).replace(
-        &format!(":{}/", cluster.port),
-        &format!(":{}/", relay.port()),
-    );
-    let store = PostgresStore::open(&PostgresUrl::parse(&through_relay).unwrap()).unwrap();
     let client = id(0x43);
     let now = sfc_server::Timestamp::now();
     store.insert_client(&client, "lost-answer", now).unwrap();
@@ -792,17 +802,9 @@ fn a_file_row_whose_answer_is_lost_is_not_written_twice() {
 /// statement sent on the new one: nothing can have run twice.
 #[test]
 fn a_file_row_whose_connection_closes_before_it_is_sent_is_written_on_another() {
-    let Some((cluster, _url, db)) = fresh_url("put_file unsent") else {
+    let Some((relay, store)) = store_behind_a_relay("put_file unsent") else {
         return;
     };
-    let relay = common::cutting_relay::CuttingRelay::start(
-        format!("127.0.0.1:{}", cluster.port).parse().unwrap(),
-    );
-    let through_relay = cluster.url(&db).replace(
-        &format!(":{}/", cluster.port),
-        &format!(":{}/", relay.port()),
-    );
-    let store = PostgresStore::open(&PostgresUrl::parse(&through_relay).unwrap()).unwrap();
     let client = id(0x44);
     let now = sfc_server::Timestamp::now();
     store.insert_client(&client, "unsent", now).unwrap();
