@@ -296,18 +296,6 @@ async fn housekeeping(core: Arc<Core>, every: Duration, mut stop: watch::Receive
             .as_ref()
             .is_none_or(tokio::task::JoinHandle::is_finished)
         {
-            if let Some(Ok((removed, pending))) = match retrying.take() {
-                Some(done) => Some(done.await),
-                None => None,
-            } {
-                if removed > 0 {
-                    tracing::info!(
-                        removed,
-                        pending,
-                        "removed stored files whose earlier removal had failed"
-                    );
-                }
-            }
             let core = Arc::clone(&core);
             retrying = Some(tokio::task::spawn_blocking(move || core.retry_removals()));
         }

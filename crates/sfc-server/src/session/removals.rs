@@ -119,6 +119,14 @@ impl Core {
             }
         }
         self.removals.put_back(again);
-        (removed, self.removals.len())
+        let pending = self.removals.len();
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                pending,
+                "removed stored files whose earlier removal had failed"
+            );
+        }
+        (removed, pending)
     }
 }
