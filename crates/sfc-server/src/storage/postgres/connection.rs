@@ -129,24 +129,19 @@ impl PostgresStore {
             let mut first = true;
             loop {
                 let client = self.pool.get().await.map_err(pool_err)?;
-                let prepared = if client.is_closed() {
-                    None
+                let unsent = if client.is_closed() {
+                    "the connection is closed".to_owned()
                 } else {
-                    Some(client.prepare_cached(sql).await)
-                };
-                let unsent = match prepared {
-                    Some(Ok(statement)) => {
-                        let result = client.query(&statement, params).await;
-                        release(client, &result);
-                        return result.map_err(db_err);
+                    match client.prepare_cached(sql).await {
+                        Ok(statement) => {
+                            let result = client.query(&statement, params).await;
+                            release(client, &result);
+                            return result.map_err(db_err);
+                        }
+                        Err(error) if error.is_closed() => error.to_string(),
+                        // The connection is fine: the client goes back to the pool.
+                        Err(error) => return Err(db_err(error)),
                     }
-                    Some(Err(error)) if !error.is_closed() => {
-                        let result = Err(error);
-                        release(client, &result);
-                        return result.map_err(db_err);
-                    }
-                    Some(Err(error)) => error.to_string(),
-                    None => "the connection is closed".to_owned(),
                 };
                 drop(deadpool_postgres::Object::take(client));
                 if !first {
