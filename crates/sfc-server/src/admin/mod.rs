@@ -486,60 +486,19 @@ mod tests {
         assert_eq!(views[0].size, None);
     }
 
-    /// The memory store claiming immutable paths (the test gives each version a name of
-    /// its own, as S3 does), counting its size queries.
-    #[derive(Debug)]
-    struct Versioned<B> {
-        inner: B,
-        size_queries: std::sync::atomic::AtomicUsize,
-    }
-
-    impl<B: BlobStore> BlobStore for Versioned<B> {
-        fn create_temp(
-            &self,
-            client: &ClientId,
-            disk_name: &str,
-        ) -> std::io::Result<Box<dyn crate::storage::TempBlob>> {
-            self.inner.create_temp(client, disk_name)
-        }
-        fn remove(&self, path: &str) -> std::io::Result<()> {
-            self.inner.remove(path)
-        }
-        fn size(&self, path: &str) -> std::io::Result<u64> {
-            self.size_queries
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.inner.size(path)
-        }
-        fn paths_are_immutable(&self) -> bool {
-            true
-        }
-        fn remove_stale_temps(&self) -> std::io::Result<usize> {
-            self.inner.remove_stale_temps()
-        }
-        fn stored_paths(&self) -> std::io::Result<Vec<String>> {
-            self.inner.stored_paths()
-        }
-        fn setup_id(&self) -> std::io::Result<Option<String>> {
-            self.inner.setup_id()
-        }
-        fn keep_setup_id(&self, id: &str) -> std::io::Result<String> {
-            self.inner.keep_setup_id(id)
-        }
-    }
-
     /// With immutable paths a pass asks the store only for the sizes of files stored
     /// since the pass whose sizes it is given, and hands on the sizes of exactly its own
     /// files.
     #[test]
     fn a_pass_over_immutable_paths_asks_only_for_new_files() {
-        use crate::storage::testing::MemoryStorage;
+        use crate::storage::testing::{Faults, FaultyBlobs, MemoryStorage};
         use std::sync::atomic::Ordering;
         let storage = MemoryStorage::new();
         let meta = storage.meta();
-        let blobs = Versioned {
-            inner: storage.blobs(),
-            size_queries: Default::default(),
-        };
+        // The test gives every version a name of its own, as S3 does.
+        let faults = std::sync::Arc::new(Faults::default());
+        faults.paths_immutable.store(true, Ordering::SeqCst);
+        let blobs = FaultyBlobs::new(storage.blobs(), std::sync::Arc::clone(&faults));
         let id = ClientId([0x44; 16]);
         meta.insert_client(&id, "dora", Timestamp(0)).unwrap();
         let store = |label: &str, version: u32, content: &[u8]| {
@@ -561,11 +520,15 @@ mod tests {
         store("g.bin", 1, b"other");
         let (views, known) = client_views_reusing(&meta, &blobs, &KnownSizes::default()).unwrap();
         assert_eq!(views[0].bytes, 10);
-        assert_eq!(blobs.size_queries.load(Ordering::SeqCst), 2);
+        assert_eq!(faults.size_queries.load(Ordering::SeqCst), 2);
         store("f.bin", 2, b"the second version");
         let (views, known) = client_views_reusing(&meta, &blobs, &known).unwrap();
         assert_eq!(views[0].bytes, 23);
-        assert_eq!(blobs.size_queries.load(Ordering::SeqCst), 3, "one new file");
+        assert_eq!(
+            faults.size_queries.load(Ordering::SeqCst),
+            3,
+            "one new file"
+        );
         assert_eq!(known.0.len(), 2, "{known:?}");
         // A store whose paths change asks every time (the memory store itself).
         let (_, again) = client_views_reusing(&meta, &storage.blobs(), &known).unwrap();

@@ -17,6 +17,7 @@
 //!   with an I/O error while writes still succeed (an fsync or rename error);
 //! - `undo_fails` ([`FaultyBlobs`] only): undoing a move into place fails, the new
 //!   version staying in place; `remove_fails`: removing a stored file fails;
+//!   `paths_immutable`: the store claims immutable paths;
 //! - [`Faults::lose_file_commit_answers`] ([`FaultyMeta`] only): commits of `files` rows
 //!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
 //!   does; optionally the database is then down;
@@ -50,6 +51,9 @@ pub struct Faults {
     pub undo_fails: AtomicBool,
     /// Removing a stored file fails with `EIO` ([`FaultyBlobs`] only).
     pub remove_fails: AtomicBool,
+    /// A [`FaultyBlobs`] says its paths are immutable (as S3's are) whatever the store
+    /// behind it says: for tests that give every version a name of their own.
+    pub paths_immutable: AtomicBool,
     /// Both set-up IDs (the database's, the store's) read as none, as reads just before
     /// another server wrote them do (in-memory stores only).
     pub setup_id_unseen: AtomicBool,
@@ -85,6 +89,7 @@ impl Default for Faults {
             persist_fails: AtomicBool::new(false),
             undo_fails: AtomicBool::new(false),
             remove_fails: AtomicBool::new(false),
+            paths_immutable: AtomicBool::new(false),
             setup_id_unseen: AtomicBool::new(false),
             file_answers_lost: AtomicBool::new(false),
             down_after_lost_answer: AtomicBool::new(false),
@@ -467,7 +472,7 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
         self.inner.size(path)
     }
     fn paths_are_immutable(&self) -> bool {
-        self.inner.paths_are_immutable()
+        self.faults.paths_immutable.load(Ordering::SeqCst) || self.inner.paths_are_immutable()
     }
     fn remove_stale_temps(&self) -> io::Result<usize> {
         self.inner.remove_stale_temps()
