@@ -21,11 +21,6 @@ impl SharedLine {
         }
     }
 
-    /// The interval between two lines.
-    pub(crate) fn interval(&self) -> Duration {
-        self.interval
-    }
-
     /// [`LineThrottle::count`] now.
     pub(crate) fn count(&self) -> Option<u64> {
         self.lock().count(Instant::now(), self.interval)

@@ -85,7 +85,7 @@ pub(super) fn login_failed(state: &AdminState, peer: SocketAddr, why: &str) {
 
 /// A wrong token beyond the failure limit: refused without a verdict (429), counted in
 /// `admin_login_failures_total` like any failed login, and logged and listed among the
-/// failures at most once per [`REFUSED_LOG_EVERY`], with the number since the last line
+/// failures at most once per [`super::LOG_EVERY`], with the number since the last line
 /// (a guesser can flood neither the log nor the failure list).
 pub(super) fn login_refused(state: &AdminState, peer: SocketAddr, why: &str) {
     let due = state.refused_logins_logged.count();
@@ -94,15 +94,12 @@ pub(super) fn login_refused(state: &AdminState, peer: SocketAddr, why: &str) {
             %peer,
             refused = count,
             "admin: logins refused: too many failed logins (at most one line every {} s, with the number refused since the last, from any address)",
-            REFUSED_LOG_EVERY.as_secs()
+            super::LOG_EVERY.as_secs()
         );
         format!("{why}, beyond the limit ({count} refused since the last such entry)")
     });
     state.monitor.admin_login_refused(peer, listed);
 }
-
-/// At most one log line about logins refused beyond the limit per this interval.
-pub(crate) const REFUSED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// For a state-changing request: a session must echo its CSRF token (header or form
 /// field); a bearer token is not sent by browsers on their own and needs none.

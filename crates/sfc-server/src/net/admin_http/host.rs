@@ -13,10 +13,6 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
-
-/// At most one log line per this interval about refused hosts, with their number.
-const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The names the listener answers to besides IP addresses and `localhost`.
 #[derive(Debug)]
@@ -30,7 +26,7 @@ impl AllowedHosts {
     pub(super) fn new(names: &[String]) -> Self {
         AllowedHosts {
             names: names.iter().map(|name| canonical(name)).collect(),
-            refused_logged: SharedLine::new(REFUSED_LOG_EVERY),
+            refused_logged: SharedLine::new(super::LOG_EVERY),
         }
     }
 
@@ -128,7 +124,7 @@ pub(super) async fn check_host(
             host = %host.escape_debug(),
             refused,
             "admin: requests for a host this listener does not answer to refused (a browser page's name resolving to this address: DNS rebinding; or a name to allow with --admin-host; at most one line every {} s, with the number since the last)",
-            REFUSED_LOG_EVERY.as_secs()
+            super::LOG_EVERY.as_secs()
         );
     }
     let name = match split_host(&host) {

@@ -6,7 +6,7 @@
 use super::auth::{self, Sessions};
 use super::login_limit::FailedLogins;
 use super::send_timeout::SendTimeout;
-use super::{access, host, router, AdminState, Peer, Shared};
+use super::{host, router, AdminState, Peer, Shared};
 use crate::config::AdminConfig;
 use crate::net::accept_errors::AcceptErrors;
 use crate::net::address_limit::{AddressSlot, ConnectionsPerAddress};
@@ -197,7 +197,7 @@ impl AdminServer {
                 secure_cookie,
                 overview: Default::default(),
                 readiness: Default::default(),
-                refused_logins_logged: SharedLine::new(access::REFUSED_LOG_EVERY),
+                refused_logins_logged: SharedLine::new(super::LOG_EVERY),
                 hosts: host::AllowedHosts::new(&config.hosts),
             }),
             send_timeout: config.send_timeout,
@@ -223,7 +223,7 @@ impl AdminServer {
         }
         let state = Arc::clone(&self.state);
         let app = router(self.state);
-        let mut flush = tokio::time::interval(state.flush_every());
+        let mut flush = tokio::time::interval(super::FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let send_timeout = self.send_timeout;
         let mut listener = self.listener;

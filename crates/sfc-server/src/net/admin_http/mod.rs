@@ -96,18 +96,14 @@ impl AdminState {
             tracing::warn!(refused, "admin: {refused} more requests for hosts this listener does not answer to refused since the last line");
         }
     }
-
-    /// Half the shortest interval of the throttled lines: how often
-    /// [`Self::flush_lines`] runs.
-    fn flush_every(&self) -> std::time::Duration {
-        self.readiness
-            .failures_logged
-            .interval()
-            .min(self.refused_logins_logged.interval())
-            .min(self.hosts.refused_logged.interval())
-            / 2
-    }
 }
+
+/// At most one line per this interval for each of the admin listener's throttled log
+/// lines (failed `/readyz` probes, logins refused beyond the limit, requests for other
+/// hosts), with the number of events since the last.
+pub(crate) const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often [`AdminState::flush_lines`] runs: half of [`LOG_EVERY`].
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(LOG_EVERY.as_secs() / 2);
 
 /// Largest request body read (see [`router`]).
 const MAX_BODY: usize = 8 * 1024;

@@ -5,7 +5,7 @@
 //! a query per request. A request that goes away (a balancer's time-out) does not stop
 //! the probe, and the next request takes its answer instead of starting another. A
 //! failure is never reused once its probe is over (a recovered store shows at the next
-//! probe); its detail is logged, at most one line per [`FAILURE_LOG_EVERY`], not sent. A
+//! probe); its detail is logged, at most one line per [`super::LOG_EVERY`], not sent. A
 //! probe without an answer within [`PROBE_TIMEOUT`] (a hung store: NFS, a black-holed
 //! endpoint) fails (`probe`); until the store answers it, requests get that answer at
 //! once and no other probe starts (each would hold a blocking thread on the same store).
@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 /// How long a successful probe answers for.
 pub(crate) const READY_REUSE: Duration = Duration::from_secs(1);
-/// At most one log line about failed probes per this interval.
-pub(crate) const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long a probe may wait for the stores before it fails.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,7 +57,7 @@ impl Default for Readiness {
     fn default() -> Self {
         Readiness {
             state: Arc::default(),
-            failures_logged: Arc::new(SharedLine::new(FAILURE_LOG_EVERY)),
+            failures_logged: Arc::new(SharedLine::new(super::LOG_EVERY)),
         }
     }
 }
@@ -140,7 +138,7 @@ fn log_failure(line: &SharedLine, which: &str, detail: &str) {
             error = detail,
             failures = count,
             "admin: /readyz: not ready (at most one line every {} s, with the number of failed probes since the last)",
-            FAILURE_LOG_EVERY.as_secs()
+            super::LOG_EVERY.as_secs()
         );
     }
 }
