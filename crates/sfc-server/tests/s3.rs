@@ -16,7 +16,7 @@ use object_store::path::Path as Key;
 use object_store::ObjectStore;
 use sfc_proto::{ClientId, Response};
 use sfc_server::config::Store;
-use sfc_server::testing::{unversioned, Faults, FaultyBlobs};
+use sfc_server::testing::{split_version, unversioned, version_millis, Faults, FaultyBlobs};
 use sfc_server::{recover, BlobStore, FileRecord, MetaStore, S3BlobStore};
 use std::time::{Duration, Instant};
 
@@ -41,12 +41,23 @@ fn put(store: &S3BlobStore, name: &str, content: &[u8]) -> String {
     temp.persist().unwrap()
 }
 
-/// Asserts that `rel` is a version of the client's file stored as `disk_name`.
+/// Asserts that `rel` is a version of the client's file stored as `disk_name`, dated
+/// (recovery tells replaced versions by their dates) within the last ten minutes.
 fn assert_version_of(rel: &str, disk_name: &str) {
     let folder = format!("files/{}/", hex());
     let name = rel.strip_prefix(&folder).unwrap_or_else(|| panic!("{rel}"));
     assert_ne!(name, disk_name, "not a version of its own");
     assert_eq!(unversioned(name), disk_name, "{rel}");
+    let (_, version) = split_version(name).unwrap();
+    let made = version_millis(version).unwrap_or_else(|| panic!("undated: {rel}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        made <= now && now - made < 600_000,
+        "{rel} made at {made}, now {now}"
+    );
 }
 
 #[test]
@@ -282,11 +293,15 @@ fn recovery_spares_young_work_and_clears_old_leftovers() {
     let prefix = location.prefix.clone();
     let part = data((8 << 20) + 1, 3);
 
-    // Old: a recorded file, an orphan, a new version of a crash between persist and
-    // commit, the backup an earlier server kept of a replaced version (`.upload-….old`),
-    // and a multipart upload whose server died (its temp never dropped; the crashed
-    // server's store is halted, so nothing keeps the upload's marker young).
+    // Old: a recorded file and the version it replaced (its removal cut short), an
+    // orphan, a new version of a crash between persist and commit, the backup an earlier
+    // server kept of a replaced version (`.upload-….old`), and a multipart upload whose
+    // server died (its temp never dropped; the crashed server's store is halted, so
+    // nothing keeps the upload's marker young).
+    let replaced = put(&store, "kept.bin", b"replaced");
+    std::thread::sleep(Duration::from_millis(2)); // versions are dated to the millisecond
     let kept = put(&store, "kept.bin", b"recorded");
+    assert_version_of(&kept, "kept.bin");
     let old_orphan = put(&store, "old-orphan.bin", b"never acknowledged");
     let crashed = S3BlobStore::open(&location, grace).unwrap();
     let mut replacement = crashed.create_temp(&CLIENT, "kept.bin").unwrap();
@@ -332,6 +347,7 @@ fn recovery_spares_young_work_and_clears_old_leftovers() {
     let mut orphans = vec![old_orphan, unrecorded];
     orphans.sort();
     assert_eq!(recovered.orphans, orphans);
+    assert_eq!(recovered.replaced, [replaced]);
     let left: Vec<String> = weed
         .objects(&prefix)
         .into_iter()

@@ -2,8 +2,9 @@
 //! another path) whose removal failed: kept and retried by housekeeping
 //! ([`Core::retry_removals`]), so that a passing store failure (an object store
 //! unreachable for a moment) does not leave them until a start-up, whose recovery
-//! removes only a few ([`crate::storage::setup::MAX_ORPHANS_REMOVED`]) and, in S3 (a key
-//! per upload), is the only other thing that ever would.
+//! removes only a few ([`crate::storage::setup::MAX_ORPHANS_REMOVED`]) of the files no
+//! row names (in S3, where nothing else would remove them, every version a later one
+//! replaced).
 //!
 //! A retry removes the file only while no row names its path, under the file name's
 //! lock ([`super::name_locks::NameLocks`]): in a folder a new upload of the same label

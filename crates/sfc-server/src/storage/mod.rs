@@ -403,7 +403,7 @@ mod tests {
             Recovered {
                 stale_temps: 1,
                 orphans: vec![orphan.clone()],
-                orphans_skipped: None
+                ..Recovered::default()
             }
         );
         assert!(!dir.path().join(&orphan).exists());
@@ -554,6 +554,98 @@ mod tests {
         assert_eq!(reads.get(), 2);
         assert!(recovered.orphans.is_empty(), "{:?}", recovered.orphans);
         assert!(dir.path().join(&orphan).exists());
+    }
+
+    /// A version of `disk_name` made at `millis` (a UUIDv7, as the S3 store names them),
+    /// stored for `client` with its content.
+    fn store_version(
+        blobs: &LocalBlobStore,
+        client: &ClientId,
+        disk_name: &str,
+        version: u128,
+    ) -> String {
+        let mut file = blobs
+            .create_temp(client, &names::versioned(disk_name, version))
+            .unwrap();
+        file.write_all(disk_name.as_bytes()).unwrap();
+        file.persist().unwrap()
+    }
+
+    fn made_at(millis: u64) -> u128 {
+        uuid::Builder::from_unix_timestamp_millis(millis, &[7; 10])
+            .into_uuid()
+            .as_u128()
+    }
+
+    /// Versions a file's row no longer names because a later one replaced them (S3's key
+    /// per upload; a crash or failed delete after the replacement's commit) are removed
+    /// however many there are; unrecorded files that are not such versions still count
+    /// against the cap, and a version whose replacement's object is missing is kept.
+    #[test]
+    fn recovery_removes_replaced_versions_beyond_the_cap() {
+        let (dir, meta, blobs, kept, orphan) = data_folder();
+        let client = ClientId([0xab; 16]);
+        let t0 = 1_790_000_000_000;
+        let record = |name: &str, path: &str| {
+            let row = FileRecord {
+                client_id: client,
+                file_name: name.into(),
+                path: path.to_owned(),
+                verified: true,
+            };
+            meta.put_file(&row, Timestamp(0)).unwrap();
+        };
+        let current = store_version(&blobs, &client, "doc.bin", made_at(t0 + 1_000));
+        record("doc.bin", &current);
+        let replaced: Vec<String> = (0..=setup::MAX_ORPHANS_REMOVED as u64)
+            .map(|i| store_version(&blobs, &client, "doc.bin", made_at(t0 + i)))
+            .collect();
+        // Not replaced: made after the row's version (never acknowledged, or the row is
+        // from an older backup), or not dated (a random version).
+        let later = store_version(&blobs, &client, "doc.bin", made_at(t0 + 2_000));
+        let undated = store_version(&blobs, &client, "doc.bin", uuid::Uuid::new_v4().as_u128());
+        // The row of gone.bin names a version whose object is missing.
+        let lost = format!(
+            "{FILES_DIR}/{}/{}",
+            client.to_hex(),
+            names::versioned("gone.bin", made_at(t0 + 1_000))
+        );
+        record("gone.bin", &lost);
+        let before_lost = store_version(&blobs, &client, "gone.bin", made_at(t0));
+
+        let recovered = recover(&|| meta.files(), 1, &blobs).unwrap();
+        let mut expected_replaced = replaced.clone();
+        expected_replaced.sort();
+        assert_eq!(recovered.replaced, expected_replaced);
+        let mut expected_orphans = vec![orphan, later, undated];
+        expected_orphans.sort();
+        let mut orphans = recovered.orphans.clone();
+        orphans.sort();
+        assert_eq!(
+            (orphans, recovered.orphans_skipped),
+            (expected_orphans, None)
+        );
+        let mut left = blobs.stored_paths().unwrap();
+        left.sort();
+        let mut expected_left = vec![kept, current, before_lost];
+        expected_left.sort();
+        assert_eq!(left, expected_left);
+        assert!(!dir.path().join(&replaced[0]).exists());
+
+        // More other orphans than the cap: they are all kept, replaced versions still go.
+        let other = ClientId([0xcd; 16]);
+        let many: Vec<String> = (0..=setup::MAX_ORPHANS_REMOVED)
+            .map(|i| store_version(&blobs, &other, &format!("f{i}"), made_at(t0)))
+            .collect();
+        let replaced_again = store_version(&blobs, &client, "doc.bin", made_at(t0 + 500));
+        let recovered = recover(&|| meta.files(), 1, &blobs).unwrap();
+        assert_eq!(recovered.replaced, [replaced_again]);
+        assert!(recovered.orphans.is_empty());
+        assert!(recovered
+            .orphans_skipped
+            .unwrap()
+            .contains("more than a crash leaves"));
+        assert!(many.iter().all(|path| dir.path().join(path).exists()));
     }
 
     #[test]

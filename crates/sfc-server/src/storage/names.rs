@@ -25,7 +25,8 @@
 //! does, so a temporary file can never overwrite or be mistaken for a stored file.
 //!
 //! A store shared by several servers (S3) keeps every upload under a name of its own,
-//! [`versioned`]: the disk name, `~v` and 32 hex digits. Neither kind of disk name ends
+//! [`versioned`]: the disk name, `~v` and 32 hex digits (a UUIDv7: [`version_millis`]
+//! dates it). Neither kind of disk name ends
 //! that way (plain names have no `~`; hashed ones end in `~` and 64 hex digits), so
 //! the disk name can be read back and versions never collide with plain names.
 
@@ -128,25 +129,35 @@ pub fn disk_name(label: &str) -> String {
 const VERSION_SEPARATOR: &str = "~v";
 
 /// The name of one version of the file stored as `disk_name` (see the module docs).
+/// The S3 store's versions are UUIDv7 values, so [`version_millis`] dates them.
 pub fn versioned(disk_name: &str, version: u128) -> String {
     format!("{disk_name}{VERSION_SEPARATOR}{version:032x}")
+}
+
+/// The disk name and version of a [`versioned`] name; `None` for any other name.
+pub fn split_version(name: &str) -> Option<(&str, u128)> {
+    let (disk_name, version) = name.rsplit_once(VERSION_SEPARATOR)?;
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if version.len() != 32 || !version.bytes().all(lower_hex) {
+        return None;
+    }
+    Some((disk_name, u128::from_str_radix(version, 16).ok()?))
+}
+
+/// When a version was made, in milliseconds since the Unix epoch, if it is a UUIDv7
+/// (RFC 9562: the time in its first 48 bits, version 7, variant `10`). `None` for
+/// other values, such as the random (v4) versions of servers before the S3 store
+/// dated them.
+pub fn version_millis(version: u128) -> Option<u64> {
+    let is_v7 = (version >> 76) & 0xf == 7 && (version >> 62) & 0b11 == 0b10;
+    is_v7.then_some((version >> 80) as u64)
 }
 
 /// The disk name of a [`versioned`] name; any other name as it is. (The server never
 /// needs it: rows name the versions; tests look stored files up by disk name.)
 #[cfg(any(test, feature = "testing"))]
 pub fn unversioned(name: &str) -> &str {
-    match name.rsplit_once(VERSION_SEPARATOR) {
-        Some((disk_name, version))
-            if version.len() == 32
-                && version
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
-            disk_name
-        }
-        _ => name,
-    }
+    split_version(name).map_or(name, |(disk_name, _)| disk_name)
 }
 
 /// True for names this module may have produced (used to skip foreign files); false for
@@ -236,6 +247,24 @@ mod tests {
             assert_eq!(unversioned(other), other);
         }
         assert!(!is_temp_name(&name));
+        assert_eq!(split_version(&name), Some(("a.bin", 0xab)));
+        assert_eq!(split_version("a.bin"), None);
+    }
+
+    #[test]
+    fn uuid_v7_versions_are_dated_and_others_are_not() {
+        let made = uuid::Uuid::now_v7();
+        let (seconds, nanos) = made.get_timestamp().unwrap().to_unix();
+        let millis = seconds * 1000 + u64::from(nanos / 1_000_000);
+        assert_eq!(version_millis(made.as_u128()), Some(millis));
+        let (_, version) = split_version(&versioned("a.bin", made.as_u128())).unwrap();
+        assert_eq!(version_millis(version), Some(millis));
+        // A later one is dated later (or the same millisecond).
+        let later = uuid::Uuid::now_v7().as_u128();
+        assert!(version_millis(later) >= Some(millis));
+        for undated in [uuid::Uuid::new_v4().as_u128(), 0, u128::MAX, 0xab] {
+            assert_eq!(version_millis(undated), None, "{undated:032x}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ([`pair_at_start_up`]).
 
 use super::fs::{DataDirLock, LocalBlobStore, FILES_DIR};
+use super::names;
 use super::pairing::{self, Paired, SETUP_ID_PATH};
 use super::perms;
 use super::postgres::PostgresStore;
@@ -220,6 +221,9 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
             for path in &recovered.orphans {
                 tracing::warn!(%path, "removed a stored file no row names (an upload never acknowledged before a crash)");
             }
+            for path in &recovered.replaced {
+                tracing::info!(%path, "removed a replaced version of a file (its removal after the replacement was cut short)");
+            }
             if let Some(why) = &recovered.orphans_skipped {
                 tracing::warn!(reason = %why, "not looking for unrecorded files");
             }
@@ -241,6 +245,9 @@ pub struct Recovered {
     pub stale_temps: usize,
     /// Stored files no row names, removed.
     pub orphans: Vec<String>,
+    /// Versions no row names of files whose rows name a later version, removed (S3's key
+    /// per upload; not counted against [`MAX_ORPHANS_REMOVED`]).
+    pub replaced: Vec<String>,
     /// Why orphans were not looked for, if they were not.
     pub orphans_skipped: Option<String>,
 }
@@ -266,6 +273,15 @@ pub const MAX_ORPHANS_REMOVED: usize = 64;
 /// name by its client later writes over it; in S3 (a key per upload) it stays until a
 /// start-up finds few enough to remove.
 ///
+/// The cap does not apply to *replaced versions* (S3): an unrecorded
+/// `files/<id>/<disk name>~v<version>` whose file's row names a version of the same disk
+/// name made later (both versions UUIDv7, dated by [`names::version_millis`]) and whose
+/// object exists. Those are what a crash between a commit and the removal of the version
+/// it replaced, or a failed removal, leaves; a database that is not the store's has no
+/// such row, and one restored from an older backup names older versions, not newer ones,
+/// so what the cap protects is never one of them. They are removed however many there
+/// are, so that they do not pile up past the cap and keep every other orphan too.
+///
 /// `rows` reads the `files` rows ([`MetaStore::files`]). They are read after the stored
 /// files are listed: with several servers on one database and one object store, another
 /// server may finish an upload while this one starts, and only rows read after the
@@ -286,8 +302,8 @@ pub fn recover(
     let recorded = read_rows()?;
     let skipped = |why: String| Recovered {
         stale_temps,
-        orphans: Vec::new(),
         orphans_skipped: Some(why),
+        ..Recovered::default()
     };
     if let Some(row) = recorded.iter().find(|row| !is_own_path(&row.path)) {
         return Ok(skipped(format!(
@@ -310,33 +326,111 @@ pub fn recover(
             candidates.len()
         )));
     }
-    if candidates.len() > MAX_ORPHANS_REMOVED {
-        return Ok(skipped(format!(
+    let (replaced, orphans): (Vec<String>, Vec<String>) = {
+        let latest = LatestVersions::of(&recorded);
+        candidates
+            .into_iter()
+            .partition(|path| latest.replacing(path).is_some())
+    };
+    let orphans_skipped = (orphans.len() > MAX_ORPHANS_REMOVED).then(|| {
+        format!(
             "{} stored files have no row, more than a crash leaves ({MAX_ORPHANS_REMOVED}): \
              is the database the one these files belong to? (check --database, --data-dir \
              and --store); none removed",
-            candidates.len()
-        )));
+            orphans.len()
+        )
+    });
+    let orphans = if orphans_skipped.is_some() {
+        Vec::new()
+    } else {
+        orphans
+    };
+    if replaced.is_empty() && orphans.is_empty() {
+        return Ok(Recovered {
+            stale_temps,
+            orphans_skipped,
+            ..Recovered::default()
+        });
     }
     let still_listed: std::collections::HashSet<String> =
         blobs.stored_paths()?.into_iter().collect();
-    let confirmed = unrecorded(
-        candidates
-            .into_iter()
-            .filter(|path| still_listed.contains(path))
-            .collect(),
-        &read_rows()?,
-    );
-    let mut orphans = Vec::new();
-    for path in confirmed {
+    let rows_now = read_rows()?;
+    let confirm = |paths: Vec<String>| {
+        unrecorded(
+            paths
+                .into_iter()
+                .filter(|path| still_listed.contains(path))
+                .collect(),
+            &rows_now,
+        )
+    };
+    let latest = LatestVersions::of(&rows_now);
+    let mut replacements_exist = std::collections::HashMap::new();
+    let mut removed_replaced = Vec::new();
+    for path in confirm(replaced) {
+        let Some(replacement) = latest.replacing(&path) else {
+            continue;
+        };
+        // A row naming a missing object has lost its file: what it replaced is kept.
+        let exists = *replacements_exist
+            .entry(replacement)
+            .or_insert_with(|| blobs.size(replacement).is_ok());
+        if exists {
+            blobs.remove(&path)?;
+            removed_replaced.push(path);
+        }
+    }
+    let mut removed_orphans = Vec::new();
+    for path in confirm(orphans) {
         blobs.remove(&path)?;
-        orphans.push(path);
+        removed_orphans.push(path);
     }
     Ok(Recovered {
         stale_temps,
-        orphans,
-        orphans_skipped: None,
+        orphans: removed_orphans,
+        replaced: removed_replaced,
+        orphans_skipped,
     })
+}
+
+/// The dated version ([`names::version_millis`]) each file's row names, by client folder
+/// and disk name.
+struct LatestVersions<'a> {
+    named: std::collections::HashMap<(&'a str, &'a str), (u64, &'a str)>,
+}
+
+impl<'a> LatestVersions<'a> {
+    fn of(rows: &'a [FileRecord]) -> Self {
+        let mut named = std::collections::HashMap::new();
+        for row in rows {
+            if let Some((folder, disk_name, made)) = dated_version(&row.path) {
+                // Two rows of one disk name (never written so): the earlier one counts.
+                named
+                    .entry((folder, disk_name))
+                    .and_modify(|known: &mut (u64, &'a str)| {
+                        if made < known.0 {
+                            *known = (made, &row.path);
+                        }
+                    })
+                    .or_insert((made, row.path.as_str()));
+            }
+        }
+        Self { named }
+    }
+
+    /// The path of the row naming a version of `path`'s file made after `path`'s, if any.
+    fn replacing(&self, path: &str) -> Option<&'a str> {
+        let (folder, disk_name, made) = dated_version(path)?;
+        let &(latest, row_path) = self.named.get(&(folder, disk_name))?;
+        (made < latest).then_some(row_path)
+    }
+}
+
+/// The client folder, disk name and time of making of a dated version's path.
+fn dated_version(path: &str) -> Option<(&str, &str, u64)> {
+    let (folder, name) = path.rsplit_once('/')?;
+    let (disk_name, version) = names::split_version(name)?;
+    Some((folder, disk_name, names::version_millis(version)?))
 }
 
 /// The paths of `listed` that no row of `rows` names.

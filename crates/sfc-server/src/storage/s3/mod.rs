@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The disk name is `names::disk_name(label)`; the version (`names::versioned`) is new
-//! for every upload. Rows written by earlier versions of the server name objects without
+//! for every upload: a UUIDv7, so that recovery can tell a version a later one replaced
+//! (`names::version_millis`). Rows written by earlier versions of the server name objects without
 //! one, which stay readable and removable.
 //!
 //! # Writing
@@ -35,7 +36,8 @@
 //! delete removes the row, then the key that row named. Whatever the interleaving, a
 //! row names a complete object and no server removes an object it did not read from a
 //! row or write itself; at worst a key is left that no row names (a crash between the
-//! completion and the commit), which start-up recovery removes once old.
+//! completion and the commit, or between the commit and the removal of the version it
+//! replaced), which start-up recovery removes once old.
 //!
 //! # Start-up recovery on shared storage
 //!
@@ -349,7 +351,7 @@ impl BlobStore for S3BlobStore {
     /// ([`names::versioned`]): see the module docs.
     fn create_temp(&self, client: &ClientId, disk_name: &str) -> io::Result<Box<dyn TempBlob>> {
         let hex = client.to_hex();
-        let version = uuid::Uuid::new_v4();
+        let version = uuid::Uuid::now_v7();
         let name = names::versioned(disk_name, version.as_u128());
         let rel_path = format!("{FILES_DIR}/{hex}/{name}");
         let key = self.shared.key(&rel_path)?;
