@@ -820,3 +820,105 @@ fn a_file_row_whose_connection_closes_before_it_is_sent_is_written_on_another() 
     assert_eq!(relay.cuts(), 1, "the preparation was not cut");
     assert_eq!(store.file(&client, "f.bin").unwrap(), Some(row));
 }
+
+/// A client with two stored files behind a relay, for the removal tests: the store, the
+/// relay, the client and its two rows.
+fn two_files_behind_a_relay(
+    test: &str,
+    client: ClientId,
+) -> Option<(
+    common::cutting_relay::CuttingRelay,
+    PostgresStore,
+    Vec<sfc_server::FileRecord>,
+)> {
+    let (relay, store) = store_behind_a_relay(test)?;
+    let now = sfc_server::Timestamp::now();
+    store.insert_client(&client, test, now).unwrap();
+    let rows: Vec<_> = ["a.bin", "b.bin"]
+        .into_iter()
+        .map(|name| sfc_server::FileRecord {
+            client_id: client,
+            file_name: name.into(),
+            path: format!("files/{}/{name}", client.to_hex()),
+            verified: true,
+        })
+        .collect();
+    for row in &rows {
+        assert_eq!(store.put_file(row, now).unwrap(), None);
+    }
+    Some((relay, store, rows))
+}
+
+/// A removal whose commit happened with its answer lost still says what it removed (its
+/// path was read before the commit), so that the file goes too. (Run again on a new
+/// connection, as before, it found no row, reported "no such file", and the file stayed
+/// with no row naming it.)
+#[test]
+fn a_removal_whose_commit_answer_is_lost_names_what_it_removed() {
+    let client = id(0x45);
+    let Some((relay, store, rows)) = two_files_behind_a_relay("removal commit lost", client) else {
+        return;
+    };
+    let now = sfc_server::Timestamp::now();
+    relay.cut_at(b"COMMIT");
+    let removed = store.remove_file(&client, "a.bin", Some(now));
+    assert_eq!(relay.cuts(), 1, "the commit's answer was not cut");
+    assert_eq!(removed.unwrap(), Some(rows[0].clone()));
+    assert_eq!(store.file(&client, "a.bin").unwrap(), None);
+
+    relay.cut_at(b"COMMIT");
+    let removed = store.remove_client(&client);
+    assert_eq!(relay.cuts(), 2, "the commit's answer was not cut");
+    assert_eq!(removed.unwrap(), Some(vec![rows[1].clone()]));
+    assert_eq!(store.client(&client).unwrap(), None);
+    assert!(store.files().unwrap().is_empty());
+}
+
+/// A removal whose commit never reached PostgreSQL (rolled back when the connection
+/// closed) is an error, and the rows stay: the caller must not remove files rows still
+/// name. The next attempt removes them.
+#[test]
+fn a_removal_whose_commit_is_lost_on_the_way_is_an_error_and_removes_nothing() {
+    let client = id(0x46);
+    let Some((relay, store, rows)) = two_files_behind_a_relay("removal commit unsent", client)
+    else {
+        return;
+    };
+    relay.cut_request_at(b"COMMIT");
+    let removed = store.remove_file(&client, "a.bin", None);
+    assert_eq!(relay.cuts(), 1, "the commit was not cut");
+    assert!(removed.is_err(), "{removed:?}");
+    assert_eq!(store.file(&client, "a.bin").unwrap(), Some(rows[0].clone()));
+
+    relay.cut_request_at(b"COMMIT");
+    let removed = store.remove_client(&client);
+    assert_eq!(relay.cuts(), 2, "the commit was not cut");
+    assert!(removed.is_err(), "{removed:?}");
+    assert!(store.client(&client).unwrap().is_some());
+    assert_eq!(store.files().unwrap(), rows);
+
+    assert_eq!(
+        store.remove_file(&client, "a.bin", None).unwrap(),
+        Some(rows[0].clone())
+    );
+    assert_eq!(
+        store.remove_client(&client).unwrap(),
+        Some(vec![rows[1].clone()])
+    );
+}
+
+/// A removal whose statement's answer is lost before the commit was sent rolled back:
+/// it runs again on a new connection, and removes the row.
+#[test]
+fn a_removal_whose_statement_answer_is_lost_runs_again_on_another_connection() {
+    let client = id(0x47);
+    let Some((relay, store, rows)) = two_files_behind_a_relay("removal answer lost", client) else {
+        return;
+    };
+    // The DELETE's answer carries the removed row's path.
+    relay.cut_at(rows[0].path.as_bytes());
+    let removed = store.remove_file(&client, "a.bin", None);
+    assert_eq!(relay.cuts(), 1, "the answer was not cut");
+    assert_eq!(removed.unwrap(), Some(rows[0].clone()));
+    assert_eq!(store.file(&client, "a.bin").unwrap(), None);
+}

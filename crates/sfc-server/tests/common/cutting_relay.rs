@@ -3,6 +3,8 @@
 //! forwarded and the client's connection is closed instead. The server has acted (for
 //! PostgreSQL: the statement ran and its implicit transaction committed before the
 //! answer was sent); the client sees its connection close, as after a network failure.
+//! It can lose a request the same way ([`CuttingRelay::cut_request_at`]): the server
+//! never gets it, and sees its connection close.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -19,6 +21,8 @@ struct State {
     upstream: SocketAddr,
     /// The pattern whose answer is lost next, when armed.
     armed: Mutex<Option<Vec<u8>>>,
+    /// The pattern whose request is lost next, when armed.
+    armed_request: Mutex<Option<Vec<u8>>>,
     cuts: AtomicUsize,
     closed: AtomicBool,
 }
@@ -31,6 +35,7 @@ impl CuttingRelay {
         let state = Arc::new(State {
             upstream,
             armed: Mutex::new(None),
+            armed_request: Mutex::new(None),
             cuts: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
@@ -54,6 +59,12 @@ impl CuttingRelay {
         *self.state.armed.lock().unwrap() = Some(pattern.to_vec());
     }
 
+    /// The next chunk from the client that contains `pattern` is lost, and its
+    /// connection closed.
+    pub fn cut_request_at(&self, pattern: &[u8]) {
+        *self.state.armed_request.lock().unwrap() = Some(pattern.to_vec());
+    }
+
     /// How many connections were cut so far.
     pub fn cuts(&self) -> usize {
         self.state.cuts.load(Ordering::SeqCst)
@@ -73,37 +84,51 @@ fn relay(state: &State, client: TcpStream) {
     let Ok(server) = TcpStream::connect(state.upstream) else {
         return;
     };
-    let (Ok(mut client_reader), Ok(mut server_writer)) = (client.try_clone(), server.try_clone())
+    let (Ok(client_reader), Ok(mut server_writer)) = (client.try_clone(), server.try_clone())
     else {
         return;
     };
-    let requests = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut client_reader, &mut server_writer);
-        let _ = server_writer.shutdown(Shutdown::Write);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            forward(
+                state,
+                &state.armed_request,
+                client_reader,
+                &mut server_writer,
+            );
+            // Both ways: a cut request closes the client's connection too.
+            let _ = server_writer.shutdown(Shutdown::Both);
+        });
+        let mut client = client;
+        forward(state, &state.armed, server, &mut client);
+        let _ = client.shutdown(Shutdown::Both);
     });
-    let (mut server, mut client) = (server, client);
+}
+
+/// Copies `from` to `to` until either closes or a chunk contains the pattern `armed`
+/// holds (that chunk is dropped, the pattern disarmed, the cut counted); then closes
+/// `from` both ways.
+fn forward(state: &State, armed: &Mutex<Option<Vec<u8>>>, mut from: TcpStream, to: &mut TcpStream) {
     let mut buf = vec![0; 64 * 1024];
     loop {
-        let n = match server.read(&mut buf) {
+        let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         let chunk = &buf[..n];
-        let mut armed = state.armed.lock().unwrap();
-        let cut = armed
+        let mut pattern = armed.lock().unwrap();
+        let cut = pattern
             .as_ref()
             .is_some_and(|pattern| chunk.windows(pattern.len()).any(|w| w == pattern));
         if cut {
-            *armed = None;
+            *pattern = None;
             state.cuts.fetch_add(1, Ordering::SeqCst);
             break;
         }
-        drop(armed);
-        if client.write_all(chunk).is_err() {
+        drop(pattern);
+        if to.write_all(chunk).is_err() {
             break;
         }
     }
-    let _ = client.shutdown(Shutdown::Both);
-    let _ = server.shutdown(Shutdown::Both);
-    let _ = requests.join();
+    let _ = from.shutdown(Shutdown::Both);
 }

@@ -153,6 +153,45 @@ impl PostgresStore {
         })
     }
 
+    /// Runs one statement in a transaction of its own and commits it, so that its rows
+    /// are in hand before the commit is sent: for a removal, whose rows name the files to
+    /// remove, and whose commit may happen with only its answer lost (run again then, it
+    /// would find nothing and the files would stay). A failure before the commit was sent
+    /// rolled everything back; the statement runs once more on a new connection when
+    /// that failure was a closed connection. A failed commit gives [`Commit::Unknown`]:
+    /// the caller asks the database what happened.
+    pub(super) fn query_then_commit(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Commit, StoreError> {
+        self.run(async {
+            let mut first = true;
+            loop {
+                let mut client = self.pool.get().await.map_err(pool_err)?;
+                let result = run_and_commit(&mut client, sql, params).await;
+                let closed = matches!(
+                    &result,
+                    Err(Failed::BeforeCommit(error) | Failed::Commit(_, error)) if error.is_closed()
+                );
+                if closed {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+                match result {
+                    Ok(rows) => return Ok(Commit::Done(rows)),
+                    Err(Failed::Commit(rows, error)) => {
+                        return Ok(Commit::Unknown(rows, db_err(error)))
+                    }
+                    Err(Failed::BeforeCommit(error)) if closed && first => {
+                        first = false;
+                        tracing::info!(%error, "PostgreSQL connection lost before a commit; running the transaction on a new one");
+                    }
+                    Err(Failed::BeforeCommit(error)) => return Err(db_err(error)),
+                }
+            }
+        })
+    }
+
     /// Like [`Self::query`], but gives PostgreSQL's own error (`Ok(Err)`) for the caller
     /// to look at. A statement that meets a closed connection (PostgreSQL restarted, or
     /// the connection cut, before the pool noticed) runs once more on a new one: every
@@ -192,6 +231,43 @@ impl PostgresStore {
     /// Connections open and idle in the pool.
     pub fn pool_status(&self) -> deadpool_postgres::Status {
         self.pool.status()
+    }
+}
+
+/// What [`PostgresStore::query_then_commit`] knows of its transaction.
+pub(super) enum Commit {
+    /// Committed; the statement's rows.
+    Done(Vec<Row>),
+    /// The statement ran, but the commit failed: it may have happened with only its
+    /// answer lost. The statement's rows, and the commit's error.
+    Unknown(Vec<Row>, StoreError),
+}
+
+/// Where a transaction of [`run_and_commit`] failed.
+enum Failed {
+    /// Before the commit was sent: nothing happened.
+    BeforeCommit(tokio_postgres::Error),
+    /// The commit: the statement's rows, and the error.
+    Commit(Vec<Row>, tokio_postgres::Error),
+}
+
+async fn run_and_commit(
+    client: &mut deadpool_postgres::Object,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<Row>, Failed> {
+    let transaction = client.transaction().await.map_err(Failed::BeforeCommit)?;
+    let statement = transaction
+        .prepare_cached(sql)
+        .await
+        .map_err(Failed::BeforeCommit)?;
+    let rows = transaction
+        .query(&statement, params)
+        .await
+        .map_err(Failed::BeforeCommit)?;
+    match transaction.commit().await {
+        Ok(()) => Ok(rows),
+        Err(error) => Err(Failed::Commit(rows, error)),
     }
 }
 

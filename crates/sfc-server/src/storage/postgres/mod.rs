@@ -21,7 +21,8 @@
 //!
 //! Every method is one statement (data-modifying `WITH` clauses where a write also moves
 //! `LastSeen`), so it is atomic without a client-side transaction and costs one round
-//! trip; storing a file's row is an update, else an insert (two when the row is new):
+//! trip (the removals run theirs in a transaction of its own, to have its rows before
+//! the commit: `connection::query_then_commit`); storing a file's row is an update, else an insert (two when the row is new):
 //! - name uniqueness: the `clients_name_unique` constraint; its violation (SQLSTATE
 //!   23505 on that constraint) is [`Inserted::NameTaken`], so of two servers registering
 //!   one name at once exactly one succeeds;
@@ -51,10 +52,14 @@
 //! Statements time out after [`STATEMENT_TIMEOUT`] on the server (rolled back there),
 //! and TCP keepalives notice a database host that vanished.
 //!
-//! A statement that meets a closed connection runs once more on a new one. A commit
-//! whose acknowledgement is lost and cannot be retried is ambiguous, as with any
-//! networked database: the client gets 1607 and sends again; every write here is
-//! idempotent for that resend except a registration, whose resend gets 1601 (name taken).
+//! A statement that meets a closed connection runs once more on a new one, except the
+//! writes that must not run twice: storing a file's row runs again only when its
+//! connection was found closed before it was sent; a removal, whose rows are read
+//! before its commit, asks the database after a failed commit whether its row is gone.
+//! A commit whose acknowledgement is lost and cannot be retried is otherwise ambiguous,
+//! as with any networked database: the client gets 1607 and sends again; every write
+//! here is idempotent for that resend except a registration, whose resend gets 1601
+//! (name taken).
 
 mod connection;
 mod migrations;

@@ -1,6 +1,7 @@
 //! The [`MetaStore`] statements: one statement per method (see the module docs of
 //! `storage::postgres`), and rows turned into records.
 
+use super::connection::Commit;
 use super::{db_err, PostgresStore, NAME_CONSTRAINT};
 use crate::storage::{ClientRecord, FileRecord, Inserted, MetaStore, StoreError, Timestamp};
 use sfc_proto::ClientId;
@@ -232,40 +233,61 @@ impl MetaStore for PostgresStore {
         rows.first().map(file_from_row).transpose()
     }
 
+    /// The row's path is read before the commit ([`PostgresStore::query_then_commit`]):
+    /// after a commit whose answer was lost, the row being gone means this removal
+    /// happened (or another server's; either way no row names that path), and the path
+    /// is returned for its file to be removed. Run again instead, the removal would find
+    /// nothing, and the file would stay with no row naming it.
     fn remove_file(
         &self,
         id: &ClientId,
         file_name: &str,
         seen: Option<Timestamp>,
     ) -> Result<Option<FileRecord>, StoreError> {
-        let Some(now) = seen else {
-            let rows = self.query(
+        let commit = match seen {
+            None => self.query_then_commit(
                 "DELETE FROM files WHERE ID = $1 AND FileName = $2
                  RETURNING ID, FileName, PathName, Verified",
                 &[&&id.0[..], &file_name],
-            )?;
-            return rows.first().map(file_from_row).transpose();
+            )?,
+            Some(now) => self.query_then_commit(
+                &format!(
+                    "WITH removed AS (
+                        DELETE FROM files WHERE ID = $1 AND FileName = $2
+                        RETURNING ID, FileName, PathName, Verified
+                     ), seen AS (
+                        UPDATE clients SET {} WHERE ID = $1
+                     )
+                     SELECT ID, FileName, PathName, Verified FROM removed",
+                    advance(3)
+                ),
+                &[&&id.0[..], &file_name, &now.to_string()],
+            )?,
         };
-        let now = now.to_string();
-        let rows = self.query(
-            &format!(
-                "WITH removed AS (
-                    DELETE FROM files WHERE ID = $1 AND FileName = $2
-                    RETURNING ID, FileName, PathName, Verified
-                 ), seen AS (
-                    UPDATE clients SET {} WHERE ID = $1
-                 )
-                 SELECT ID, FileName, PathName, Verified FROM removed",
-                advance(3)
-            ),
-            &[&&id.0[..], &file_name, &now],
-        )?;
-        rows.first().map(file_from_row).transpose()
+        let (rows, lost) = match commit {
+            Commit::Done(rows) => (rows, None),
+            Commit::Unknown(rows, error) => (rows, Some(error)),
+        };
+        let removed = rows.first().map(file_from_row).transpose()?;
+        let (Some(error), Some(removed)) = (lost, &removed) else {
+            return Ok(removed);
+        };
+        match self.file(id, file_name) {
+            // Still the row this removal read: it did not happen. (Paths are never reused
+            // by another server: a key per upload in S3; a folder has one server.)
+            Ok(Some(row)) if row.path == removed.path => Err(error),
+            // Gone, or naming a version stored since: no row names the path read.
+            Ok(_) => Ok(Some(removed.clone())),
+            Err(_) => Err(error),
+        }
     }
 
+    /// One statement in a transaction ([`PostgresStore::query_then_commit`]); after a
+    /// commit whose answer was lost, the client's row being gone means it happened, and
+    /// the files it read are returned for removal.
     fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError> {
-        // One statement, so one transaction; the client's own row comes back with NULLs.
-        let rows = self.query(
+        // The client's own row comes back with NULLs.
+        let commit = self.query_then_commit(
             "WITH gone_files AS (
                 DELETE FROM files WHERE ID = $1
                 RETURNING ID, FileName, PathName, Verified
@@ -277,6 +299,10 @@ impl MetaStore for PostgresStore {
              SELECT ID, NULL, NULL, NULL FROM gone_client",
             &[&&id.0[..]],
         )?;
+        let (rows, lost) = match commit {
+            Commit::Done(rows) => (rows, None),
+            Commit::Unknown(rows, error) => (rows, Some(error)),
+        };
         let mut files = Vec::new();
         let mut client_removed = false;
         for row in &rows {
@@ -288,6 +314,13 @@ impl MetaStore for PostgresStore {
             }
         }
         files.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+        if let (Some(error), true) = (lost, client_removed) {
+            // A client's ID is never given out again: its row still there means the
+            // removal did not happen.
+            if !matches!(self.client(id), Ok(None)) {
+                return Err(error);
+            }
+        }
         Ok(client_removed.then_some(files))
     }
 
