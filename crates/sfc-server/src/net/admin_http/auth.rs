@@ -16,6 +16,10 @@ use zeroize::Zeroizing;
 pub const COOKIE: &str = "sfc_admin";
 /// A session ends this long after login.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// A session no request has used for this long ends (an open dashboard refreshes every
+/// 2 s, so this ends the sessions of closed tabs and forgotten browsers: a cookie taken
+/// from one is of no use an hour later).
+pub const SESSION_IDLE: Duration = Duration::from_secs(3600);
 /// Sessions kept at most (the oldest goes first).
 pub const MAX_SESSIONS: usize = 256;
 /// Shortest token accepted from a token file.
@@ -274,6 +278,13 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 struct Session {
     csrf: String,
     expires: Instant,
+    last_used: Instant,
+}
+
+impl Session {
+    fn live(&self, now: Instant) -> bool {
+        self.expires > now && now.saturating_duration_since(self.last_used) < SESSION_IDLE
+    }
 }
 
 /// The logged-in sessions.
@@ -292,7 +303,7 @@ impl Sessions {
         let id = random_token();
         let csrf = random_token();
         let mut sessions = lock(&self.sessions);
-        sessions.retain(|_, s| s.expires > now);
+        sessions.retain(|_, s| s.live(now));
         if sessions.len() >= MAX_SESSIONS {
             let oldest = sessions
                 .iter()
@@ -307,18 +318,23 @@ impl Sessions {
             Session {
                 csrf: csrf.clone(),
                 expires: now + SESSION_LIFETIME,
+                last_used: now,
             },
         );
         (id, csrf)
     }
 
-    /// The CSRF token of a live session.
+    /// The CSRF token of a live session, which this use keeps from idling out.
     pub fn csrf(&self, id: &str, now: Instant) -> Option<String> {
-        let sessions = lock(&self.sessions);
-        sessions
-            .get(id)
-            .filter(|s| s.expires > now)
-            .map(|s| s.csrf.clone())
+        let mut sessions = lock(&self.sessions);
+        let session = sessions.get_mut(id)?;
+        if !session.live(now) {
+            // Ended for good, even for a request that read the clock a moment earlier.
+            sessions.remove(id);
+            return None;
+        }
+        session.last_used = session.last_used.max(now);
+        Some(session.csrf.clone())
     }
 
     /// Ends a session.
@@ -524,5 +540,34 @@ mod tests {
         assert_eq!(sessions.csrf(&id, t + SESSION_LIFETIME), None);
         sessions.end(&id);
         assert_eq!(sessions.csrf(&id, t), None);
+    }
+
+    /// A session used at least once per idle period lives until its lifetime ends; one
+    /// left unused for the idle period ends then.
+    #[test]
+    fn sessions_left_unused_end_after_the_idle_period() {
+        let sessions = Sessions::default();
+        let t = Instant::now();
+        let (used, used_csrf) = sessions.create(t);
+        let (left, _) = sessions.create(t);
+        let step = SESSION_IDLE - Duration::from_secs(1);
+        let mut now = t;
+        while now + step < t + SESSION_LIFETIME {
+            now += step;
+            assert_eq!(
+                sessions.csrf(&used, now).as_ref(),
+                Some(&used_csrf),
+                "{:?}",
+                now - t
+            );
+        }
+        assert_eq!(sessions.csrf(&left, t + SESSION_IDLE), None);
+        assert_eq!(
+            sessions.csrf(&left, t + step),
+            None,
+            "an ended session came back"
+        );
+        // The lifetime still ends a session in use.
+        assert_eq!(sessions.csrf(&used, t + SESSION_LIFETIME), None);
     }
 }
