@@ -224,7 +224,7 @@ impl Core {
         file_name: &str,
     ) -> Result<Removal<crate::storage::FileRecord>, StoreError> {
         let _name = self.names.lock(*id, file_name);
-        let Some(removed) = self.meta.remove_file(id, file_name, None)? else {
+        let Some(removed) = self.remove_row(id, file_name, None)? else {
             return Ok(Removal::NotFound);
         };
         self.remove_unnamed(id, file_name, &removed.path)?;
@@ -251,9 +251,14 @@ impl Core {
         let Some(files) = self.meta.remove_client(id)? else {
             return Ok(Removal::NotFound);
         };
+        // Every file is tried (a failure is kept for housekeeping's retry); the first
+        // failure is reported.
+        let mut failed = Ok(());
         for file in &files {
-            self.remove_unnamed(id, &file.file_name, &file.path)?;
+            let removed = self.remove_unnamed(id, &file.file_name, &file.path);
+            failed = failed.and(removed);
         }
+        failed?;
         self.blobs.remove_client(id)?;
         Ok(Removal::Removed(files))
     }
@@ -455,10 +460,7 @@ impl Core {
         // As for the admin's delete: no upload of this name is stored between the
         // removal of the row and of the file.
         let _name = self.names.lock(id, file_name.as_str());
-        let removed = match self
-            .meta
-            .remove_file(&id, file_name.as_str(), Some(ctx.now))
-        {
+        let removed = match self.remove_row(&id, file_name.as_str(), Some(ctx.now)) {
             Ok(removed) => removed,
             Err(error) => return store_error("cannot remove the file record", error),
         };

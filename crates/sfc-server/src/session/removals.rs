@@ -1,5 +1,6 @@
 //! Stored files no row names any more (the row was removed, or names another version at
-//! another path) whose removal failed: kept and retried by housekeeping
+//! another path) whose removal failed, or whose row's removal failed and may still have
+//! happened ([`Core::remove_row`]): kept and retried by housekeeping
 //! ([`Core::retry_removals`]), so that a passing store failure (an object store
 //! unreachable for a moment) does not leave them until a start-up, whose recovery
 //! removes only a few ([`crate::storage::setup::MAX_ORPHANS_REMOVED`]) of the files no
@@ -70,6 +71,30 @@ impl PendingRemovals {
 }
 
 impl Core {
+    /// Removes the row of the client's `file_name` (the caller holds its name's lock) and
+    /// returns it; the caller then removes its file ([`Core::remove_unnamed`]). When the
+    /// removal fails, it may still have happened (PostgreSQL: a commit whose answer was
+    /// lost, seen by the database only a moment later): the file the row named before is
+    /// then kept for [`Core::retry_removals`], which removes it only once no row names
+    /// its path, and the error returned.
+    pub(super) fn remove_row(
+        &self,
+        client: &ClientId,
+        file_name: &str,
+        seen: Option<crate::storage::Timestamp>,
+    ) -> Result<Option<crate::storage::FileRecord>, crate::storage::StoreError> {
+        let named = self.meta.file(client, file_name)?;
+        let removed = self.meta.remove_file(client, file_name, seen);
+        if let (Err(_), Some(row)) = (&removed, named) {
+            self.removals.keep(Unremoved {
+                client: *client,
+                file_name: file_name.to_owned(),
+                path: row.path,
+            });
+        }
+        removed
+    }
+
     /// Removes the stored file at `path`, which the row of the client's `file_name` no
     /// longer names; if that fails, keeps it for [`Core::retry_removals`] and returns the
     /// error.

@@ -548,3 +548,84 @@ fn failed_removals_are_retried_and_never_remove_a_file_stored_again() {
     );
     assert_eq!(h.core.retry_removals(), (0, 0));
 }
+
+/// A removal whose commit happened with only its answer lost (PostgreSQL), by a 902 or
+/// the admin's delete: the error is reported, and the file, which no row names any more,
+/// goes at the next retry instead of staying with no row. A removal that failed before
+/// it happened leaves the file to its row.
+#[test]
+fn a_file_whose_row_removal_was_reported_failed_goes_once_no_row_names_it() {
+    use crate::storage::testing::{Faults, FaultyMeta};
+    use std::sync::Arc;
+    let faults = Arc::new(Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let meta = FaultyMeta::new(SqliteStore::open_in_memory().unwrap(), Arc::clone(&faults));
+    let h = Harness {
+        core: Core::new(
+            Box::new(meta),
+            Box::new(LocalBlobStore::new(&root)),
+            default_limits(),
+            Box::new(OsEntropy),
+        ),
+        _dir: dir,
+        root,
+    };
+    let (id, key) = enroll(&h, "lost-removals");
+    for label in ["a.bin", "b.bin", "c.bin"] {
+        store(&h, id, &key, label, label.as_bytes());
+    }
+    let folder = h.root.join("files").join(id.to_hex());
+
+    faults.lose_file_commit_answers(false);
+    assert!(h.core.admin_remove_file(&id, "a.bin").is_err());
+    let out = h.core.handle_request(
+        &ctx(false),
+        request(
+            id,
+            RequestBody::ChecksumFailed {
+                file_name: name("b.bin"),
+            },
+        ),
+    );
+    assert_eq!(out.reply, Some(Response::ServerError), "{out:?}");
+    faults.db_recovers();
+    assert!(folder.join("a.bin").exists() && folder.join("b.bin").exists());
+    assert_eq!(h.core.retry_removals(), (2, 0));
+    assert!(!folder.join("a.bin").exists() && !folder.join("b.bin").exists());
+
+    // Failed before it happened: the row and its file stay.
+    faults.db_fails_after(0);
+    assert!(h.core.admin_remove_file(&id, "c.bin").is_err());
+    faults.db_recovers();
+    assert_eq!(h.core.retry_removals(), (0, 0));
+    assert_eq!(std::fs::read(folder.join("c.bin")).unwrap(), b"c.bin");
+    assert!(h.core.meta_store().file(&id, "c.bin").unwrap().is_some());
+}
+
+/// Removing a client whose files cannot be removed (the store failing): every file is
+/// kept for the retry, not only the first, and goes once the store works again.
+#[test]
+fn a_removed_client_s_files_that_could_not_be_removed_are_all_retried() {
+    use crate::storage::testing::{Faults, FaultyBlobs};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let faults = Arc::new(Faults::default());
+    let switch = Arc::clone(&faults);
+    let h = harness_over(default_limits(), move |root| {
+        Box::new(FaultyBlobs::new(LocalBlobStore::new(root), switch))
+    });
+    let (id, key) = enroll(&h, "ursula");
+    for label in ["a.bin", "b.bin", "c.bin"] {
+        store(&h, id, &key, label, label.as_bytes());
+    }
+    faults.remove_fails.store(true, Ordering::SeqCst);
+    assert!(h.core.admin_remove_client(&id).is_err());
+    assert_eq!(h.core.retry_removals(), (0, 3), "the store still fails");
+    faults.remove_fails.store(false, Ordering::SeqCst);
+    assert_eq!(h.core.retry_removals(), (3, 0));
+    let folder = h.root.join("files").join(id.to_hex());
+    for label in ["a.bin", "b.bin", "c.bin"] {
+        assert!(!folder.join(label).exists(), "{label}");
+    }
+}

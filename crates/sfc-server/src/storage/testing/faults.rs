@@ -210,7 +210,8 @@ impl Faults {
         !single_failure && spend(&self.file_budget)
     }
 
-    /// Commits of `files` rows take effect but report a failure (their answer lost);
+    /// Commits of `files` rows (stored or removed) take effect but report a failure
+    /// (their answer lost);
     /// with `then_down`, the first such commit also takes the database down (`db_down`),
     /// so that it cannot be asked what happened. Until [`Faults::db_recovers`].
     pub fn lose_file_commit_answers(&self, then_down: bool) {
@@ -393,7 +394,13 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
         seen: Option<Timestamp>,
     ) -> Result<Option<FileRecord>, StoreError> {
         self.commit()?;
-        self.inner.remove_file(id, file_name, seen)
+        let removed = self.inner.remove_file(id, file_name, seen)?;
+        if self.faults.file_answers_lost.load(Ordering::SeqCst) {
+            return Err(StoreError::Database(
+                "connection lost after the commit (injected)".into(),
+            ));
+        }
+        Ok(removed)
     }
     fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError> {
         self.commit()?;
