@@ -922,3 +922,24 @@ fn a_removal_whose_statement_answer_is_lost_runs_again_on_another_connection() {
     assert_eq!(removed.unwrap(), Some(rows[0].clone()));
     assert_eq!(store.file(&client, "a.bin").unwrap(), None);
 }
+
+/// A server that vanishes between a removal's statement and its commit (here: its
+/// connection's commit never arrives, and PostgreSQL's side stays open) leaves a
+/// transaction holding the row's lock. PostgreSQL ends it after the idle-in-transaction
+/// time-out the store sets, so the next removal of that row, on another connection, goes
+/// through instead of waiting out the statement time-out (30 s) and failing.
+#[test]
+fn a_removal_stranded_before_its_commit_does_not_keep_its_row_locked() {
+    let client = id(0x48);
+    let Some((relay, store, rows)) = two_files_behind_a_relay("removal stranded", client) else {
+        return;
+    };
+    relay.strand_request_at(b"COMMIT");
+    let removed = store.remove_file(&client, "a.bin", None);
+    assert_eq!(relay.cuts(), 1, "the commit was not cut");
+    assert!(removed.is_err(), "{removed:?}");
+    assert_eq!(
+        store.remove_file(&client, "a.bin", None).unwrap(),
+        Some(rows[0].clone())
+    );
+}

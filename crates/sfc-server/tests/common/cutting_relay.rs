@@ -23,6 +23,8 @@ struct State {
     armed: Mutex<Option<Vec<u8>>>,
     /// The pattern whose request is lost next, when armed.
     armed_request: Mutex<Option<Vec<u8>>>,
+    /// A lost request leaves the server's connection open (its client vanished).
+    strand: AtomicBool,
     cuts: AtomicUsize,
     closed: AtomicBool,
 }
@@ -36,6 +38,7 @@ impl CuttingRelay {
             upstream,
             armed: Mutex::new(None),
             armed_request: Mutex::new(None),
+            strand: AtomicBool::new(false),
             cuts: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
@@ -62,6 +65,14 @@ impl CuttingRelay {
     /// The next chunk from the client that contains `pattern` is lost, and its
     /// connection closed.
     pub fn cut_request_at(&self, pattern: &[u8]) {
+        self.state.strand.store(false, Ordering::SeqCst);
+        *self.state.armed_request.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    /// As [`Self::cut_request_at`], but the server's side of the connection stays open,
+    /// as when the client's host vanished (the server finds out by its own time-outs).
+    pub fn strand_request_at(&self, pattern: &[u8]) {
+        self.state.strand.store(true, Ordering::SeqCst);
         *self.state.armed_request.lock().unwrap() = Some(pattern.to_vec());
     }
 
@@ -90,14 +101,16 @@ fn relay(state: &State, client: TcpStream) {
     };
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            forward(
+            let cut = forward(
                 state,
                 &state.armed_request,
                 client_reader,
                 &mut server_writer,
             );
-            // Both ways: a cut request closes the client's connection too.
-            let _ = server_writer.shutdown(Shutdown::Both);
+            // Both ways, unless stranded: a cut request closes the client's connection too.
+            if !(cut && state.strand.load(Ordering::SeqCst)) {
+                let _ = server_writer.shutdown(Shutdown::Both);
+            }
         });
         let mut client = client;
         forward(state, &state.armed, server, &mut client);
@@ -107,8 +120,13 @@ fn relay(state: &State, client: TcpStream) {
 
 /// Copies `from` to `to` until either closes or a chunk contains the pattern `armed`
 /// holds (that chunk is dropped, the pattern disarmed, the cut counted); then closes
-/// `from` both ways.
-fn forward(state: &State, armed: &Mutex<Option<Vec<u8>>>, mut from: TcpStream, to: &mut TcpStream) {
+/// `from` both ways. True if it was cut.
+fn forward(
+    state: &State,
+    armed: &Mutex<Option<Vec<u8>>>,
+    mut from: TcpStream,
+    to: &mut TcpStream,
+) -> bool {
     let mut buf = vec![0; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -123,7 +141,8 @@ fn forward(state: &State, armed: &Mutex<Option<Vec<u8>>>, mut from: TcpStream, t
         if cut {
             *pattern = None;
             state.cuts.fetch_add(1, Ordering::SeqCst);
-            break;
+            let _ = from.shutdown(Shutdown::Both);
+            return true;
         }
         drop(pattern);
         if to.write_all(chunk).is_err() {
@@ -131,4 +150,5 @@ fn forward(state: &State, armed: &Mutex<Option<Vec<u8>>>, mut from: TcpStream, t
         }
     }
     let _ = from.shutdown(Shutdown::Both);
+    false
 }

@@ -2,6 +2,7 @@
 //! retry on a connection found closed.
 
 use super::migrations::{check_encoding, migrate, newer_schema, schema_version};
+use super::IDLE_IN_TRANSACTION_TIMEOUT;
 use super::{db_err, pool_err, PostgresStore, CONNECT_TIMEOUT, POOL_WAIT, STATEMENT_TIMEOUT};
 use super::{StoreError, SCHEMA_VERSION};
 use crate::config::PostgresUrl;
@@ -46,8 +47,9 @@ impl PostgresStore {
         let mut config = url.config().clone();
         if config.get_options().is_none() {
             config.options(format!(
-                "-c statement_timeout={}",
-                STATEMENT_TIMEOUT.as_millis()
+                "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+                STATEMENT_TIMEOUT.as_millis(),
+                IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
             ));
         }
         if config.get_connect_timeout().is_none() {

@@ -49,8 +49,9 @@
 //! (the server's blocking pool). A database that is down makes operations fail at once
 //! with a [`StoreError`] (answered 1607); a pooled connection found closed is dropped
 //! and a new one opened on the next request, so the store reconnects by itself.
-//! Statements time out after [`STATEMENT_TIMEOUT`] on the server (rolled back there),
-//! and TCP keepalives notice a database host that vanished.
+//! Statements time out after [`STATEMENT_TIMEOUT`] on the server (rolled back there), a
+//! transaction left waiting for its client after [`IDLE_IN_TRANSACTION_TIMEOUT`], and TCP
+//! keepalives notice a database host that vanished.
 //!
 //! A statement that meets a closed connection runs once more on a new one, except the
 //! writes that must not run twice: storing a file's row runs again only when its
@@ -80,6 +81,14 @@ pub const NAME_CONSTRAINT: &str = "clients_name_unique";
 /// Server-side limit of one statement (set per connection unless the URL sets
 /// `options`).
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Server-side limit of a transaction's wait for its client's next statement (set with
+/// [`STATEMENT_TIMEOUT`]). The removals' transactions wait one round trip between their
+/// statement and their commit; a server that vanishes in that gap (a crash, a network
+/// partition) would otherwise leave PostgreSQL holding the rows' locks, and every write
+/// to them waiting, until it noticed the connection gone (TCP keepalives: hours by
+/// default).
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long opening a connection may take (unless the URL sets `connect_timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
