@@ -275,12 +275,19 @@ pub const MAX_ORPHANS_REMOVED: usize = 64;
 ///
 /// The cap does not apply to *replaced versions* (S3): an unrecorded
 /// `files/<id>/<disk name>~v<version>` whose file's row names a version of the same disk
-/// name made later (both versions UUIDv7, dated by [`names::version_millis`]) and whose
-/// object exists. Those are what a crash between a commit and the removal of the version
-/// it replaced, or a failed removal, leaves; a database that is not the store's has no
-/// such row, and one restored from an older backup names older versions, not newer ones,
-/// so what the cap protects is never one of them. They are removed however many there
-/// are, so that they do not pile up past the cap and keep every other orphan too.
+/// name made later (both versions UUIDv7, dated by [`names::version_millis`] when their
+/// upload began) whose object exists. Those are what a crash between a commit and the
+/// removal of the version it replaced, or a failed removal, leaves; a database that is
+/// not the store's has no such row, and one restored from an older backup names versions
+/// made before the unrecorded newer ones. They are removed however many there are, so
+/// that they do not pile up past the cap and keep every other orphan too. This rests on
+/// a file's versions being dated in the order their rows were committed: servers'
+/// clocks in sync (as the time-outs already need), and one upload of a file at a time
+/// (two uploads of one file by one client through two servers at once may commit out of
+/// order; only with a database restored between them and the first one's removal failed
+/// could the newer row then be taken for a replaced version). An unrecorded version whose
+/// file's row names a missing object is never removed (it may be that file's last copy)
+/// and counts against the cap.
 ///
 /// `rows` reads the `files` rows ([`MetaStore::files`]). They are read after the stored
 /// files are listed: with several servers on one database and one object store, another
@@ -326,25 +333,37 @@ pub fn recover(
             candidates.len()
         )));
     }
-    let (replaced, orphans): (Vec<String>, Vec<String>) = {
-        let latest = LatestVersions::of(&recorded);
-        candidates
-            .into_iter()
-            .partition(|path| latest.replacing(path).is_some())
+    // Whether the object a row names exists (asked once per path).
+    let mut known = std::collections::HashMap::new();
+    let mut exists = |path: &str| -> bool {
+        *known
+            .entry(path.to_owned())
+            .or_insert_with(|| blobs.size(path).is_ok())
     };
-    let orphans_skipped = (orphans.len() > MAX_ORPHANS_REMOVED).then(|| {
+    let (mut replaced, mut orphans, mut last_copies) = (Vec::new(), Vec::new(), 0);
+    {
+        let latest = LatestVersions::of(&recorded);
+        for path in candidates {
+            match latest.replacing(&path) {
+                Some(replacement) if exists(replacement) => replaced.push(path),
+                // Its row names a missing object: this may be the file's last copy. Never
+                // removed here; counted as unrecorded.
+                Some(_) => last_copies += 1,
+                None => orphans.push(path),
+            }
+        }
+    }
+    let unrecorded_count = orphans.len() + last_copies;
+    let orphans_skipped = (unrecorded_count > MAX_ORPHANS_REMOVED).then(|| {
         format!(
-            "{} stored files have no row, more than a crash leaves ({MAX_ORPHANS_REMOVED}): \
-             is the database the one these files belong to? (check --database, --data-dir \
-             and --store); none removed",
-            orphans.len()
+            "{unrecorded_count} stored files have no row, more than a crash leaves \
+             ({MAX_ORPHANS_REMOVED}): is the database the one these files belong to? (check \
+             --database, --data-dir and --store); none of them removed"
         )
     });
-    let orphans = if orphans_skipped.is_some() {
-        Vec::new()
-    } else {
-        orphans
-    };
+    if orphans_skipped.is_some() {
+        orphans.clear();
+    }
     if replaced.is_empty() && orphans.is_empty() {
         return Ok(Recovered {
             stale_temps,
@@ -365,17 +384,9 @@ pub fn recover(
         )
     };
     let latest = LatestVersions::of(&rows_now);
-    let mut replacements_exist = std::collections::HashMap::new();
     let mut removed_replaced = Vec::new();
     for path in confirm(replaced) {
-        let Some(replacement) = latest.replacing(&path) else {
-            continue;
-        };
-        // A row naming a missing object has lost its file: what it replaced is kept.
-        let exists = *replacements_exist
-            .entry(replacement)
-            .or_insert_with(|| blobs.size(replacement).is_ok());
-        if exists {
+        if latest.replacing(&path).is_some_and(&mut exists) {
             blobs.remove(&path)?;
             removed_replaced.push(path);
         }
