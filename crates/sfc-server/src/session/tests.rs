@@ -25,27 +25,40 @@ fn harness() -> Harness {
 }
 
 fn harness_with(limits: Limits) -> Harness {
-    harness_over(limits, |root| Box::new(LocalBlobStore::new(root)))
+    harness_over(
+        limits,
+        Box::new(SqliteStore::open_in_memory().unwrap()),
+        |root| Box::new(LocalBlobStore::new(root)),
+    )
 }
 
-/// A core on SQLite in memory and the blob store `blobs` makes for a temporary folder.
+/// A core on `meta` and the blob store `blobs` makes for a temporary folder.
 fn harness_over(
     limits: Limits,
+    meta: Box<dyn crate::storage::MetaStore>,
     blobs: impl FnOnce(&std::path::Path) -> Box<dyn crate::storage::BlobStore>,
 ) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let core = Core::new(
-        Box::new(SqliteStore::open_in_memory().unwrap()),
-        blobs(&root),
-        limits,
-        Box::new(OsEntropy),
-    );
+    let core = Core::new(meta, blobs(&root), limits, Box::new(OsEntropy));
     Harness {
         core,
         _dir: dir,
         root,
     }
+}
+
+/// A harness whose stores (SQLite in memory, the folder) fail as the switches say.
+fn harness_with_faults() -> (Harness, std::sync::Arc<crate::storage::testing::Faults>) {
+    use crate::storage::testing::{Faults, FaultyBlobs, FaultyMeta};
+    use std::sync::Arc;
+    let faults = Arc::new(Faults::default());
+    let meta = FaultyMeta::new(SqliteStore::open_in_memory().unwrap(), Arc::clone(&faults));
+    let switch = Arc::clone(&faults);
+    let h = harness_over(default_limits(), Box::new(meta), move |root| {
+        Box::new(FaultyBlobs::new(LocalBlobStore::new(root), switch))
+    });
+    (h, faults)
 }
 
 fn now() -> Now {
@@ -506,14 +519,8 @@ fn store(h: &Harness, id: ClientId, key: &AesKey, label: &str, data: &[u8]) {
 /// folder, at the same path) is left alone, and so is the retry list.
 #[test]
 fn failed_removals_are_retried_and_never_remove_a_file_stored_again() {
-    use crate::storage::testing::{Faults, FaultyBlobs};
     use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-    let faults = Arc::new(Faults::default());
-    let switch = Arc::clone(&faults);
-    let h = harness_over(default_limits(), move |root| {
-        Box::new(FaultyBlobs::new(LocalBlobStore::new(root), switch))
-    });
+    let (h, faults) = harness_with_faults();
     let (id, key) = enroll(&h, "rita");
     store(&h, id, &key, "a.bin", b"first");
     store(&h, id, &key, "b.bin", b"second");
@@ -555,22 +562,7 @@ fn failed_removals_are_retried_and_never_remove_a_file_stored_again() {
 /// it happened leaves the file to its row.
 #[test]
 fn a_file_whose_row_removal_was_reported_failed_goes_once_no_row_names_it() {
-    use crate::storage::testing::{Faults, FaultyMeta};
-    use std::sync::Arc;
-    let faults = Arc::new(Faults::default());
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let meta = FaultyMeta::new(SqliteStore::open_in_memory().unwrap(), Arc::clone(&faults));
-    let h = Harness {
-        core: Core::new(
-            Box::new(meta),
-            Box::new(LocalBlobStore::new(&root)),
-            default_limits(),
-            Box::new(OsEntropy),
-        ),
-        _dir: dir,
-        root,
-    };
+    let (h, faults) = harness_with_faults();
     let (id, key) = enroll(&h, "lost-removals");
     for label in ["a.bin", "b.bin", "c.bin"] {
         store(&h, id, &key, label, label.as_bytes());
@@ -607,14 +599,8 @@ fn a_file_whose_row_removal_was_reported_failed_goes_once_no_row_names_it() {
 /// kept for the retry, not only the first, and goes once the store works again.
 #[test]
 fn a_removed_client_s_files_that_could_not_be_removed_are_all_retried() {
-    use crate::storage::testing::{Faults, FaultyBlobs};
     use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-    let faults = Arc::new(Faults::default());
-    let switch = Arc::clone(&faults);
-    let h = harness_over(default_limits(), move |root| {
-        Box::new(FaultyBlobs::new(LocalBlobStore::new(root), switch))
-    });
+    let (h, faults) = harness_with_faults();
     let (id, key) = enroll(&h, "ursula");
     for label in ["a.bin", "b.bin", "c.bin"] {
         store(&h, id, &key, label, label.as_bytes());
