@@ -612,6 +612,9 @@ mod tests {
         );
         record("gone.bin", &lost);
         let before_lost = store_version(&blobs, &client, "gone.bin", made_at(t0));
+        // ... and a later version, unrecorded (an older database restored): either may be
+        // the file's last copy.
+        let after_lost = store_version(&blobs, &client, "gone.bin", made_at(t0 + 2_000));
 
         let recovered = recover(&|| meta.files(), 1, &blobs).unwrap();
         let mut expected_replaced = replaced.clone();
@@ -627,15 +630,15 @@ mod tests {
         );
         let mut left = blobs.stored_paths().unwrap();
         left.sort();
-        let mut expected_left = vec![kept, current, before_lost.clone()];
+        let mut expected_left = vec![kept, current, before_lost.clone(), after_lost.clone()];
         expected_left.sort();
         assert_eq!(left, expected_left);
         assert!(!dir.path().join(&replaced[0]).exists());
 
-        // More unrecorded files than the cap (gone.bin's version among them, which is never
-        // removed but counts): they are all kept, replaced versions still go.
+        // More unrecorded files than the cap (gone.bin's versions among them, which are never
+        // removed but count): they are all kept, replaced versions still go.
         let other = ClientId([0xcd; 16]);
-        let many: Vec<String> = (0..setup::MAX_ORPHANS_REMOVED)
+        let many: Vec<String> = (0..setup::MAX_ORPHANS_REMOVED - 1)
             .map(|i| store_version(&blobs, &other, &format!("f{i}"), made_at(t0)))
             .collect();
         let replaced_again = store_version(&blobs, &client, "doc.bin", made_at(t0 + 500));
@@ -647,7 +650,7 @@ mod tests {
             .unwrap()
             .contains("more than a crash leaves"));
         assert!(many.iter().all(|path| dir.path().join(path).exists()));
-        assert!(dir.path().join(&before_lost).exists());
+        assert!(dir.path().join(&before_lost).exists() && dir.path().join(&after_lost).exists());
     }
 
     #[test]

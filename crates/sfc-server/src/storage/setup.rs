@@ -285,9 +285,10 @@ pub const MAX_ORPHANS_REMOVED: usize = 64;
 /// clocks in sync (as the time-outs already need), and one upload of a file at a time
 /// (two uploads of one file by one client through two servers at once may commit out of
 /// order; only with a database restored between them and the first one's removal failed
-/// could the newer row then be taken for a replaced version). An unrecorded version whose
-/// file's row names a missing object is never removed (it may be that file's last copy)
-/// and counts against the cap.
+/// could the newer row then be taken for a replaced version). An unrecorded version of a
+/// file whose row names a missing object (older or newer than that row's, dated or not)
+/// is never removed (it may be that file's last copy: a database restored from an older
+/// backup names versions since replaced and removed) and counts against the cap.
 ///
 /// `rows` reads the `files` rows ([`MetaStore::files`]). They are read after the stored
 /// files are listed: with several servers on one database and one object store, another
@@ -342,14 +343,17 @@ pub fn recover(
     };
     let (mut replaced, mut orphans, mut last_copies) = (Vec::new(), Vec::new(), 0);
     {
-        let latest = LatestVersions::of(&recorded);
+        let rows = RowsByFile::of(&recorded);
         for path in candidates {
-            match latest.replacing(&path) {
-                Some(replacement) if exists(replacement) => replaced.push(path),
-                // Its row names a missing object: this may be the file's last copy. Never
-                // removed here; counted as unrecorded.
-                Some(_) => last_copies += 1,
-                None => orphans.push(path),
+            match rows.relation(&path) {
+                // Its file's row names a missing object: this may be that file's last
+                // copy (an older database restored, naming a version since replaced).
+                // Never removed here; counted as unrecorded.
+                Relation::Replaced(row) | Relation::SameFile(row) if !exists(row) => {
+                    last_copies += 1
+                }
+                Relation::Replaced(_) => replaced.push(path),
+                Relation::SameFile(_) | Relation::Unrelated => orphans.push(path),
             }
         }
     }
@@ -383,10 +387,10 @@ pub fn recover(
             &rows_now,
         )
     };
-    let latest = LatestVersions::of(&rows_now);
+    let rows = RowsByFile::of(&rows_now);
     let mut removed_replaced = Vec::new();
     for path in confirm(replaced) {
-        if latest.replacing(&path).is_some_and(&mut exists) {
+        if matches!(rows.relation(&path), Relation::Replaced(row) if exists(row)) {
             blobs.remove(&path)?;
             removed_replaced.push(path);
         }
@@ -404,44 +408,58 @@ pub fn recover(
     })
 }
 
-/// The dated version ([`names::version_millis`]) each file's row names, by client folder
-/// and disk name.
-struct LatestVersions<'a> {
-    named: std::collections::HashMap<(&'a str, &'a str), (u64, &'a str)>,
+/// Each row's path and its version's date ([`names::version_millis`], if dated), by
+/// client folder and disk name: which file an unrecorded path is a version of.
+struct RowsByFile<'a> {
+    named: std::collections::HashMap<(&'a str, &'a str), (&'a str, Option<u64>)>,
 }
 
-impl<'a> LatestVersions<'a> {
+/// What an unrecorded path is to the rows; each names the row's path.
+enum Relation<'a> {
+    /// A version of a file whose row names a version made later.
+    Replaced(&'a str),
+    /// Another version of a file that has a row (made later, or not dated).
+    SameFile(&'a str),
+    /// No row names a version of its file.
+    Unrelated,
+}
+
+impl<'a> RowsByFile<'a> {
     fn of(rows: &'a [FileRecord]) -> Self {
         let mut named = std::collections::HashMap::new();
         for row in rows {
-            if let Some((folder, disk_name, made)) = dated_version(&row.path) {
-                // Two rows of one disk name (never written so): the earlier one counts.
+            if let Some((folder, disk_name, made)) = version_of(&row.path) {
+                // Two rows of one disk name are never written (disk names are injective).
                 named
                     .entry((folder, disk_name))
-                    .and_modify(|known: &mut (u64, &'a str)| {
-                        if made < known.0 {
-                            *known = (made, &row.path);
-                        }
-                    })
-                    .or_insert((made, row.path.as_str()));
+                    .or_insert((row.path.as_str(), made));
             }
         }
         Self { named }
     }
 
-    /// The path of the row naming a version of `path`'s file made after `path`'s, if any.
-    fn replacing(&self, path: &str) -> Option<&'a str> {
-        let (folder, disk_name, made) = dated_version(path)?;
-        let &(latest, row_path) = self.named.get(&(folder, disk_name))?;
-        (made < latest).then_some(row_path)
+    fn relation(&self, path: &str) -> Relation<'a> {
+        let Some((folder, disk_name, made)) = version_of(path) else {
+            return Relation::Unrelated;
+        };
+        match self.named.get(&(folder, disk_name)) {
+            None => Relation::Unrelated,
+            Some(&(row, Some(latest))) if made.is_some_and(|made| made < latest) => {
+                Relation::Replaced(row)
+            }
+            Some(&(row, _)) => Relation::SameFile(row),
+        }
     }
 }
 
-/// The client folder, disk name and time of making of a dated version's path.
-fn dated_version(path: &str) -> Option<(&str, &str, u64)> {
+/// The client folder and disk name of a stored file's path, and when its version was
+/// made if it is a dated version.
+fn version_of(path: &str) -> Option<(&str, &str, Option<u64>)> {
     let (folder, name) = path.rsplit_once('/')?;
-    let (disk_name, version) = names::split_version(name)?;
-    Some((folder, disk_name, names::version_millis(version)?))
+    Some(match names::split_version(name) {
+        Some((disk_name, version)) => (folder, disk_name, names::version_millis(version)),
+        None => (folder, name, None),
+    })
 }
 
 /// The paths of `listed` that no row of `rows` names.
