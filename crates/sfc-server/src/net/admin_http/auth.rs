@@ -16,11 +16,11 @@ use zeroize::Zeroizing;
 pub const COOKIE: &str = "sfc_admin";
 /// A session ends this long after login.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// A session no request has used for this long ends (an open dashboard refreshes every
-/// 2 s, so this ends the sessions of closed tabs and forgotten browsers: a cookie taken
-/// from one is of no use an hour later).
+/// A session no request has used for this long ends: a closed tab's or a browser's that
+/// stopped, so a cookie taken from one is of no use an hour later (an open dashboard
+/// refreshes every 2 s and keeps its session to the end of [`SESSION_LIFETIME`]).
 pub const SESSION_IDLE: Duration = Duration::from_secs(3600);
-/// Sessions kept at most (the oldest goes first).
+/// Sessions kept at most (the least recently used goes first).
 pub const MAX_SESSIONS: usize = 256;
 /// Shortest token accepted from a token file.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -305,12 +305,12 @@ impl Sessions {
         let mut sessions = lock(&self.sessions);
         sessions.retain(|_, s| s.live(now));
         if sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions
+            let least_used = sessions
                 .iter()
-                .min_by_key(|(_, s)| s.expires)
+                .min_by_key(|(_, s)| s.last_used)
                 .map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                sessions.remove(&oldest);
+            if let Some(least_used) = least_used {
+                sessions.remove(&least_used);
             }
         }
         sessions.insert(
@@ -540,6 +540,29 @@ mod tests {
         assert_eq!(sessions.csrf(&id, t + SESSION_LIFETIME), None);
         sessions.end(&id);
         assert_eq!(sessions.csrf(&id, t), None);
+    }
+
+    /// Beyond [`MAX_SESSIONS`], the session used least recently goes, not the oldest
+    /// login (which may be the dashboard in use).
+    #[test]
+    fn the_least_recently_used_session_goes_first() {
+        let sessions = Sessions::default();
+        let t = Instant::now();
+        let ids: Vec<String> = (0..MAX_SESSIONS)
+            .map(|i| sessions.create(t + Duration::from_millis(i as u64)).0)
+            .collect();
+        let later = t + Duration::from_secs(1);
+        assert!(sessions.csrf(&ids[0], later).is_some());
+        sessions.create(later);
+        assert!(
+            sessions.csrf(&ids[0], later).is_some(),
+            "the one in use went"
+        );
+        assert!(
+            sessions.csrf(&ids[1], later).is_none(),
+            "the least used stayed"
+        );
+        assert!(sessions.csrf(&ids[2], later).is_some());
     }
 
     /// A session used at least once per idle period lives until its lifetime ends; one
