@@ -285,10 +285,12 @@ pub fn unsized_file_views(
         .into_iter()
         .map(|c| (c.id, c.name.clone()))
         .collect();
-    let mut views: Vec<FileView> = meta
-        .files()?
+    let files = match only {
+        Some(id) => meta.files_of(id)?,
+        None => meta.files()?,
+    };
+    let mut views: Vec<FileView> = files
         .into_iter()
-        .filter(|f| only.is_none_or(|id| *id == f.client_id))
         .map(|f| FileView {
             client_id: f.client_id.to_hex(),
             client_name: names.get(&f.client_id).cloned(),

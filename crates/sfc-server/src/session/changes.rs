@@ -92,6 +92,9 @@ impl MetaStore for CountingChanges {
     fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
         self.inner.files()
     }
+    fn files_of(&self, id: &ClientId) -> Result<Vec<FileRecord>, StoreError> {
+        self.inner.files_of(id)
+    }
     fn setup_id(&self) -> Result<Option<String>, StoreError> {
         self.inner.setup_id()
     }

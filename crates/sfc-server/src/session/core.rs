@@ -248,7 +248,7 @@ impl Core {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
-        let Some(files) = self.meta.remove_client(id)? else {
+        let Some(files) = self.remove_client_rows(id)? else {
             return Ok(Removal::NotFound);
         };
         // Every file is tried (a failure is kept for housekeeping's retry); the first

@@ -21,12 +21,20 @@ use std::sync::{Mutex, PoisonError};
 /// Most failed removals kept for a retry; beyond, they are left to start-up recovery.
 pub const MAX_PENDING_REMOVALS: usize = 4096;
 
+/// Retries that still find a row naming the path of a removal reported as failed
+/// ([`Core::remove_row`]) before it is dropped: the removal may still become visible (a
+/// commit whose answer was lost, seen by other connections a moment later); about a
+/// minute of housekeeping at its default interval.
+pub(super) const ROW_RECHECKS: u8 = 12;
+
 /// One file to remove: its path, and the client and label whose row named it.
 #[derive(Debug)]
 struct Unremoved {
     client: ClientId,
     file_name: String,
     path: String,
+    /// Retries left that keep it while a row still names its path (0: dropped then).
+    rechecks: u8,
 }
 
 /// The failed removals (see the module documentation).
@@ -90,7 +98,30 @@ impl Core {
                 client: *client,
                 file_name: file_name.to_owned(),
                 path: row.path,
+                rechecks: ROW_RECHECKS,
             });
+        }
+        removed
+    }
+
+    /// Removes a client's row and its files' rows, and returns the files' rows, as
+    /// [`Core::remove_row`] does for one file: when the removal fails, the files read
+    /// before are kept for the retry.
+    pub(super) fn remove_client_rows(
+        &self,
+        client: &ClientId,
+    ) -> Result<Option<Vec<crate::storage::FileRecord>>, crate::storage::StoreError> {
+        let named = self.meta.files_of(client)?;
+        let removed = self.meta.remove_client(client);
+        if removed.is_err() {
+            for row in named {
+                self.removals.keep(Unremoved {
+                    client: *client,
+                    file_name: row.file_name,
+                    path: row.path,
+                    rechecks: ROW_RECHECKS,
+                });
+            }
         }
         removed
     }
@@ -110,6 +141,7 @@ impl Core {
                 client: *client,
                 file_name: file_name.to_owned(),
                 path: path.to_owned(),
+                rechecks: 0,
             });
         }
         result
@@ -117,7 +149,8 @@ impl Core {
 
     /// Retries the removals that failed (housekeeping calls it): each file is removed if
     /// no row names it (checked under its name's lock); one a row names again is dropped
-    /// from the list, one whose check or removal fails again is kept, and so are the rest
+    /// from the list (after [`ROW_RECHECKS`] retries if its row's removal was reported
+    /// as failed), one whose check or removal fails again is kept, and so are the rest
     /// after a failed removal (the store is likely still failing: one slow failure per
     /// call, not one per file). Returns how many were removed and how many are still
     /// pending.
@@ -128,7 +161,12 @@ impl Core {
         while let Some(file) = files.next() {
             let _name = self.names.lock(file.client, &file.file_name);
             match self.meta.file(&file.client, &file.file_name) {
-                Ok(Some(row)) if row.path == file.path => continue,
+                Ok(Some(row)) if row.path == file.path => {
+                    if let Some(rechecks) = file.rechecks.checked_sub(1) {
+                        again.push(Unremoved { rechecks, ..file });
+                    }
+                    continue;
+                }
                 Ok(_) => {}
                 Err(_) => {
                     again.push(file);

@@ -586,13 +586,47 @@ fn a_file_whose_row_removal_was_reported_failed_goes_once_no_row_names_it() {
     assert_eq!(h.core.retry_removals(), (2, 0));
     assert!(!folder.join("a.bin").exists() && !folder.join("b.bin").exists());
 
-    // Failed before it happened: the row and its file stay.
+    // A client's removal, the same way: its files go at the retry.
+    store(&h, id, &key, "d.bin", b"d");
+    faults.lose_file_commit_answers(false);
+    assert!(h.core.admin_remove_client(&id).is_err());
+    faults.db_recovers();
+    assert!(folder.join("c.bin").exists() && folder.join("d.bin").exists());
+    assert_eq!(h.core.retry_removals(), (2, 0));
+    assert!(!folder.join("c.bin").exists() && !folder.join("d.bin").exists());
+
+    // Failed before it happened: the row and its file stay; the retries look for a
+    // while (the removal might become visible late), then give up.
+    let (id, key) = enroll(&h, "lost-removals-2");
+    store(&h, id, &key, "c.bin", b"c.bin");
+    let folder = h.root.join("files").join(id.to_hex());
     faults.db_fails_after(0);
     assert!(h.core.admin_remove_file(&id, "c.bin").is_err());
     faults.db_recovers();
+    for _ in 0..super::removals::ROW_RECHECKS {
+        assert_eq!(h.core.retry_removals(), (0, 1));
+    }
     assert_eq!(h.core.retry_removals(), (0, 0));
     assert_eq!(std::fs::read(folder.join("c.bin")).unwrap(), b"c.bin");
     assert!(h.core.meta_store().file(&id, "c.bin").unwrap().is_some());
+    faults.db_fails_after(0);
+    assert!(h.core.admin_remove_client(&id).is_err());
+    faults.db_recovers();
+    assert_eq!(h.core.retry_removals(), (0, 1));
+    assert_eq!(std::fs::read(folder.join("c.bin")).unwrap(), b"c.bin");
+    assert!(h.core.meta_store().client(&id).unwrap().is_some());
+    // ... and one that becomes visible only after a retry looked: the next retry takes
+    // the file.
+    assert_eq!(
+        h.core
+            .meta_store()
+            .remove_client(&id)
+            .unwrap()
+            .map(|f| f.len()),
+        Some(1)
+    );
+    assert_eq!(h.core.retry_removals(), (1, 0));
+    assert!(!folder.join("c.bin").exists());
 }
 
 /// Removing a client whose files cannot be removed (the store failing): every file is

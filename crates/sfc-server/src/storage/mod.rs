@@ -162,6 +162,17 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
             .into_iter()
             .find(|f| f.client_id == *id && f.file_name == file_name))
     }
+    /// The rows of one client's files, by name. The default filters [`MetaStore::files`];
+    /// stores override it with a direct lookup.
+    fn files_of(&self, id: &ClientId) -> Result<Vec<FileRecord>, StoreError> {
+        let mut files: Vec<FileRecord> = self
+            .files()?
+            .into_iter()
+            .filter(|f| f.client_id == *id)
+            .collect();
+        files.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+        Ok(files)
+    }
     /// Deletes a file row and returns it; with `seen`, in the same transaction advances
     /// the client's `LastSeen` (a 902 is the client's own request; an operator's removal
     /// passes `None` and leaves it).

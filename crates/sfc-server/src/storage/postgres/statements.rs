@@ -366,6 +366,16 @@ impl MetaStore for PostgresStore {
         .collect()
     }
 
+    fn files_of(&self, id: &ClientId) -> Result<Vec<FileRecord>, StoreError> {
+        self.query(
+            &format!("{FILE_COLUMNS} WHERE ID = $1 ORDER BY FileName COLLATE \"C\""),
+            &[&&id.0[..]],
+        )?
+        .iter()
+        .map(file_from_row)
+        .collect()
+    }
+
     fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
         self.query(
             &format!("{FILE_COLUMNS} ORDER BY ID, FileName COLLATE \"C\""),

@@ -399,6 +399,17 @@ impl MetaStore for SqliteStore {
         })
     }
 
+    fn files_of(&self, id: &ClientId) -> Result<Vec<FileRecord>, StoreError> {
+        let id = *id;
+        self.read(move |c| {
+            let mut statement = c.prepare_cached(
+                "SELECT ID, FileName, PathName, Verified FROM files WHERE ID = ?1 ORDER BY FileName",
+            )?;
+            let rows = statement.query_map(params![&id.0[..]], file_from_row)?;
+            rows.collect()
+        })
+    }
+
     fn remove_file(
         &self,
         id: &ClientId,

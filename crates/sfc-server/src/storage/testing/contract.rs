@@ -25,15 +25,31 @@ pub fn check_remove_client(meta: &dyn MetaStore) {
     for record in [
         file(alice, "b.txt"),
         file(alice, "a.txt"),
+        file(alice, "B.txt"),
         file(bob, "a.txt"),
     ] {
         meta.put_file(&record, t).unwrap();
     }
+    // One client's rows, by name (bytewise: "B" before "a").
+    assert_eq!(
+        meta.files_of(&alice).unwrap(),
+        vec![
+            file(alice, "B.txt"),
+            file(alice, "a.txt"),
+            file(alice, "b.txt")
+        ]
+    );
+    assert_eq!(meta.files_of(&ClientId([0xee; 16])).unwrap(), vec![]);
     let removed = meta.remove_client(&alice).unwrap();
     assert_eq!(
         removed,
-        Some(vec![file(alice, "a.txt"), file(alice, "b.txt")])
+        Some(vec![
+            file(alice, "B.txt"),
+            file(alice, "a.txt"),
+            file(alice, "b.txt")
+        ])
     );
+    assert_eq!(meta.files_of(&alice).unwrap(), vec![]);
     assert!(meta.client(&alice).unwrap().is_none());
     assert_eq!(meta.files().unwrap(), vec![file(bob, "a.txt")]);
     assert_eq!(meta.remove_client(&alice).unwrap(), None);

@@ -210,14 +210,28 @@ impl Faults {
         !single_failure && spend(&self.file_budget)
     }
 
-    /// Commits of `files` rows (stored or removed) take effect but report a failure
-    /// (their answer lost);
+    /// Commits of `files` rows (stored, or removed with their client or alone) take
+    /// effect but report a failure (their answer lost);
     /// with `then_down`, the first such commit also takes the database down (`db_down`),
     /// so that it cannot be asked what happened. Until [`Faults::db_recovers`].
     pub fn lose_file_commit_answers(&self, then_down: bool) {
         self.down_after_lost_answer
             .store(then_down, Ordering::SeqCst);
         self.file_answers_lost.store(true, Ordering::SeqCst);
+    }
+
+    /// What a commit of `files` rows that happened answers: `result`, or a failure when
+    /// answers are lost ([`Faults::lose_file_commit_answers`]).
+    fn answer<T>(&self, result: T) -> Result<T, StoreError> {
+        if !self.file_answers_lost.load(Ordering::SeqCst) {
+            return Ok(result);
+        }
+        if self.down_after_lost_answer.load(Ordering::SeqCst) {
+            self.db_down.store(true, Ordering::SeqCst);
+        }
+        Err(StoreError::Database(
+            "connection lost after the commit (injected)".into(),
+        ))
     }
 
     /// Ends `db_down`, [`Faults::db_fails_after`], [`Faults::file_commits_fail_after`]
@@ -364,15 +378,7 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
             return Err(StoreError::Database("commit failed (injected)".into()));
         }
         let replaced = self.inner.put_file(file, now)?;
-        if self.faults.file_answers_lost.load(Ordering::SeqCst) {
-            if self.faults.down_after_lost_answer.load(Ordering::SeqCst) {
-                self.faults.db_down.store(true, Ordering::SeqCst);
-            }
-            return Err(StoreError::Database(
-                "connection lost after the commit (injected)".into(),
-            ));
-        }
-        Ok(replaced)
+        self.faults.answer(replaced)
     }
     fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
         self.faults.db()?;
@@ -395,16 +401,12 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
     ) -> Result<Option<FileRecord>, StoreError> {
         self.commit()?;
         let removed = self.inner.remove_file(id, file_name, seen)?;
-        if self.faults.file_answers_lost.load(Ordering::SeqCst) {
-            return Err(StoreError::Database(
-                "connection lost after the commit (injected)".into(),
-            ));
-        }
-        Ok(removed)
+        self.faults.answer(removed)
     }
     fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError> {
         self.commit()?;
-        self.inner.remove_client(id)
+        let removed = self.inner.remove_client(id)?;
+        self.faults.answer(removed)
     }
     fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError> {
         self.commit()?;
@@ -417,6 +419,10 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
     fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
         self.faults.listing_gate.pass();
         self.inner.files()
+    }
+    fn files_of(&self, id: &ClientId) -> Result<Vec<FileRecord>, StoreError> {
+        self.faults.db()?;
+        self.inner.files_of(id)
     }
     fn setup_id(&self) -> Result<Option<String>, StoreError> {
         self.faults.db()?;
