@@ -21,10 +21,10 @@ use std::sync::{Mutex, PoisonError};
 /// Most failed removals kept for a retry; beyond, they are left to start-up recovery.
 pub const MAX_PENDING_REMOVALS: usize = 4096;
 
-/// Retries that still find a row naming the path of a removal reported as failed
-/// ([`Core::remove_row`]) before it is dropped: the removal may still become visible (a
-/// commit whose answer was lost, seen by other connections a moment later); about a
-/// minute of housekeeping at its default interval.
+/// Retries after the first that still find a row naming the path of a removal reported
+/// as failed ([`Core::remove_row`]) before it is dropped (13 looks in all): the removal
+/// may still become visible (a commit whose answer was lost, seen by other connections a
+/// moment later); about a minute of housekeeping at its default interval.
 pub(super) const ROW_RECHECKS: u8 = 12;
 
 /// One file to remove: its path, and the client and label whose row named it.
@@ -46,8 +46,23 @@ pub(super) struct PendingRemovals {
 }
 
 impl PendingRemovals {
+    /// Keeps `file` for a retry: once (a second failure of the same removal keeps the
+    /// most rechecks of the two); when the list is full, a file no row names any more
+    /// takes the place of one kept only while its row's removal might still show.
     fn keep(&self, file: Unremoved) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = pending
+            .iter_mut()
+            .find(|known| known.client == file.client && known.path == file.path)
+        {
+            known.rechecks = known.rechecks.max(file.rechecks);
+            return;
+        }
+        if pending.len() >= MAX_PENDING_REMOVALS && file.rechecks == 0 {
+            if let Some(doubtful) = pending.iter().position(|known| known.rechecks > 0) {
+                pending.swap_remove(doubtful);
+            }
+        }
         if pending.len() < MAX_PENDING_REMOVALS {
             pending.push(file);
             self.full_logged.store(false, Ordering::Relaxed);
@@ -63,8 +78,15 @@ impl PendingRemovals {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn put_back(&self, files: Vec<Unremoved>) {
-        for file in files {
+    /// Puts back what [`Self::take`] took (each file once already), before those kept
+    /// meanwhile, which are then merged in as [`Self::keep`] does.
+    fn put_back(&self, mut files: Vec<Unremoved>) {
+        let meanwhile = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            files.truncate(MAX_PENDING_REMOVALS);
+            std::mem::replace(&mut *pending, files)
+        };
+        for file in meanwhile {
             self.keep(file);
         }
     }
@@ -192,5 +214,55 @@ impl Core {
             );
         }
         (removed, pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: usize, rechecks: u8) -> Unremoved {
+        Unremoved {
+            client: ClientId([1; 16]),
+            file_name: format!("f{n}"),
+            path: format!("files/x/f{n}"),
+            rechecks,
+        }
+    }
+
+    fn kept(list: &PendingRemovals) -> Vec<(String, u8)> {
+        let files = list.take();
+        let names = files
+            .iter()
+            .map(|f| (f.file_name.clone(), f.rechecks))
+            .collect();
+        list.put_back(files);
+        names
+    }
+
+    /// A removal asked for again is kept once (with the most rechecks); a full list
+    /// refuses a doubtful one (its row may still be there) but makes room for one no row
+    /// names by dropping a doubtful one.
+    #[test]
+    fn each_file_is_kept_once_and_a_full_list_prefers_files_no_row_names() {
+        let list = PendingRemovals::default();
+        list.keep(entry(0, 0));
+        list.keep(entry(0, ROW_RECHECKS));
+        list.keep(entry(0, 1));
+        assert_eq!(kept(&list), [("f0".to_owned(), ROW_RECHECKS)]);
+        for n in 1..MAX_PENDING_REMOVALS {
+            list.keep(entry(n, ROW_RECHECKS));
+        }
+        assert_eq!(list.len(), MAX_PENDING_REMOVALS);
+        list.keep(entry(MAX_PENDING_REMOVALS, ROW_RECHECKS));
+        assert_eq!(list.len(), MAX_PENDING_REMOVALS);
+        let sure = MAX_PENDING_REMOVALS + 1;
+        list.keep(entry(sure, 0));
+        let names = kept(&list);
+        assert_eq!(names.len(), MAX_PENDING_REMOVALS);
+        assert!(names.contains(&(format!("f{sure}"), 0)));
+        assert!(!names
+            .iter()
+            .any(|(name, _)| *name == format!("f{MAX_PENDING_REMOVALS}")));
     }
 }

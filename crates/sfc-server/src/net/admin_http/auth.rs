@@ -17,8 +17,8 @@ pub const COOKIE: &str = "sfc_admin";
 /// A session ends this long after login.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// A session no request has used for this long ends: a closed tab's or a browser's that
-/// stopped, so a cookie taken from one is of no use an hour later (an open dashboard
-/// refreshes every 2 s and keeps its session to the end of [`SESSION_LIFETIME`]).
+/// stopped, so a cookie taken from one is of no use an hour later (a dashboard tab that
+/// keeps refreshing, every 2 s, keeps its session up to [`SESSION_LIFETIME`]).
 pub const SESSION_IDLE: Duration = Duration::from_secs(3600);
 /// Sessions kept at most (the least recently used goes first).
 pub const MAX_SESSIONS: usize = 256;
