@@ -174,10 +174,13 @@ impl Core {
     /// from the list (after [`ROW_RECHECKS`] retries if its row's removal was reported
     /// as failed), one whose check or removal fails again is kept, and so are the rest
     /// after a failed removal (the store is likely still failing: one slow failure per
-    /// call, not one per file). Returns how many were removed and how many are still
+    /// call, not one per file). A client no row names any more whose files are all gone
+    /// then loses what the store keeps for it beyond them (its empty folder), as after a
+    /// removal that did not fail. Returns how many were removed and how many are still
     /// pending.
     pub fn retry_removals(&self) -> (usize, usize) {
         let mut removed = 0;
+        let mut owners: Vec<ClientId> = Vec::new();
         let mut again = Vec::new();
         let mut files = self.removals.take().into_iter();
         while let Some(file) = files.next() {
@@ -196,7 +199,12 @@ impl Core {
                 }
             }
             match self.blobs.remove(&file.path) {
-                Ok(()) => removed += 1,
+                Ok(()) => {
+                    removed += 1;
+                    if !owners.contains(&file.client) {
+                        owners.push(file.client);
+                    }
+                }
                 Err(_) => {
                     again.push(file);
                     again.extend(files);
@@ -205,6 +213,9 @@ impl Core {
             }
         }
         self.removals.put_back(again);
+        for client in owners {
+            self.remove_client_leftovers(&client);
+        }
         let pending = self.removals.len();
         if removed > 0 {
             tracing::info!(
@@ -214,6 +225,18 @@ impl Core {
             );
         }
         (removed, pending)
+    }
+
+    /// Removes what the blob store keeps for `client` beyond its files (its folder, only
+    /// if empty) once no client row has that ID: a removal of the client whose files
+    /// could not all be removed at once left it.
+    fn remove_client_leftovers(&self, client: &ClientId) {
+        if !matches!(self.meta.client(client), Ok(None)) {
+            return;
+        }
+        if let Err(error) = self.blobs.remove_client(client) {
+            tracing::warn!(client = %client.short(), %error, "cannot remove a removed client's folder");
+        }
     }
 }
 

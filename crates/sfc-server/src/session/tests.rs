@@ -556,6 +556,23 @@ fn failed_removals_are_retried_and_never_remove_a_file_stored_again() {
     assert_eq!(h.core.retry_removals(), (0, 0));
 }
 
+/// A retried removal that empties the folder of a client still registered leaves the
+/// folder (an upload of that client may be creating its temporary file there).
+#[test]
+fn a_retried_removal_keeps_a_registered_client_s_folder() {
+    use std::sync::atomic::Ordering;
+    let (h, faults) = harness_with_faults();
+    let (id, key) = enroll(&h, "rosa");
+    store(&h, id, &key, "a.bin", b"only");
+    faults.remove_fails.store(true, Ordering::SeqCst);
+    assert!(h.core.admin_remove_file(&id, "a.bin").is_err());
+    faults.remove_fails.store(false, Ordering::SeqCst);
+    assert_eq!(h.core.retry_removals(), (1, 0));
+    let folder = h.root.join("files").join(id.to_hex());
+    assert!(!folder.join("a.bin").exists());
+    assert!(folder.is_dir(), "the registered client keeps its folder");
+}
+
 /// A removal whose commit happened with only its answer lost (PostgreSQL), by a 902 or
 /// the admin's delete: the error is reported, and the file, which no row names any more,
 /// goes at the next retry instead of staying with no row. A removal that failed before
@@ -648,4 +665,8 @@ fn a_removed_client_s_files_that_could_not_be_removed_are_all_retried() {
     for label in ["a.bin", "b.bin", "c.bin"] {
         assert!(!folder.join(label).exists(), "{label}");
     }
+    assert!(
+        !folder.exists(),
+        "the removed client's emptied folder goes too"
+    );
 }
