@@ -664,6 +664,61 @@ mod tests {
         assert!(dir.path().join(&before_lost).exists() && dir.path().join(&after_lost).exists());
     }
 
+    /// A row naming an undated version (a random one, written before versions were
+    /// dated) replaces nothing: the file's other versions are plain orphans (within the
+    /// cap), never removed as replaced ones beyond it; and an undated version of a file
+    /// whose row names a missing object is kept (it may be the last copy).
+    #[test]
+    fn recovery_treats_versions_of_an_undated_row_as_orphans() {
+        let (dir, meta, blobs, kept, orphan) = data_folder();
+        let client = ClientId([0xab; 16]);
+        let t0 = 1_790_000_000_000;
+        let record = |name: &str, path: &str| {
+            let row = FileRecord {
+                client_id: client,
+                file_name: name.into(),
+                path: path.to_owned(),
+                verified: true,
+            };
+            meta.put_file(&row, Timestamp(0)).unwrap();
+        };
+        let current = store_version(&blobs, &client, "old.bin", uuid::Uuid::new_v4().as_u128());
+        record("old.bin", &current);
+        let dated = store_version(&blobs, &client, "old.bin", made_at(t0));
+        let undated = store_version(&blobs, &client, "old.bin", uuid::Uuid::new_v4().as_u128());
+        let lost = format!(
+            "{FILES_DIR}/{}/{}",
+            client.to_hex(),
+            names::versioned("gone.bin", uuid::Uuid::new_v4().as_u128())
+        );
+        record("gone.bin", &lost);
+        let last_copy = store_version(&blobs, &client, "gone.bin", uuid::Uuid::new_v4().as_u128());
+
+        let recovered = recover(&|| meta.files(), 1, &blobs).unwrap();
+        assert!(recovered.replaced.is_empty(), "{:?}", recovered.replaced);
+        let mut orphans = recovered.orphans.clone();
+        orphans.sort();
+        let mut expected = vec![orphan, dated.clone(), undated];
+        expected.sort();
+        assert_eq!((orphans, recovered.orphans_skipped), (expected, None));
+        let mut left = blobs.stored_paths().unwrap();
+        left.sort();
+        let mut expected_left = vec![kept, current, last_copy];
+        expected_left.sort();
+        assert_eq!(left, expected_left);
+
+        // Beyond the cap, such versions stay with every other unrecorded file.
+        let dated = store_version(&blobs, &client, "old.bin", made_at(t0));
+        let other = ClientId([0xcd; 16]);
+        for i in 0..setup::MAX_ORPHANS_REMOVED {
+            store_version(&blobs, &other, &format!("f{i}"), made_at(t0));
+        }
+        let recovered = recover(&|| meta.files(), 1, &blobs).unwrap();
+        assert!(recovered.replaced.is_empty() && recovered.orphans.is_empty());
+        assert!(recovered.orphans_skipped.is_some());
+        assert!(dir.path().join(&dated).exists());
+    }
+
     #[test]
     fn recovery_leaves_files_alone_when_a_row_names_a_foreign_path() {
         let (dir, meta, blobs, _kept, orphan) = data_folder();
