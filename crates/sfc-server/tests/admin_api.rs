@@ -442,6 +442,20 @@ fn the_api_lists_pages_downloads_deletes_and_frees_names() {
     assert!(admin.server.db().client(&bob).unwrap().is_some());
 }
 
+/// A file whose row is there but whose stored content is gone (removed behind the
+/// server's back, or by a delete racing the download) is a 404 that says so, not a 500.
+#[test]
+fn a_download_of_a_file_whose_content_is_missing_is_a_404() {
+    let admin = Admin::start();
+    let (mut conn, id, key) = enrolled(&admin, "dora");
+    store_file(&mut conn, id, &key, "gone.bin", &data(3_000, 9));
+    let row = admin.server.db().file(&id, "gone.bin").unwrap().unwrap();
+    std::fs::remove_file(admin.server.root().join(&row.path)).unwrap();
+    let (status, body) = admin.get(&format!("/api/v1/clients/{id}/file?name=gone.bin"));
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("stored content is missing"), "{body}");
+}
+
 #[test]
 fn actions_with_a_session_cookie_need_the_csrf_token() {
     let admin = Admin::start();

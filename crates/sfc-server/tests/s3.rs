@@ -860,3 +860,36 @@ fn the_admin_overview_asks_s3_only_for_the_sizes_of_new_versions() {
         "only the new versions are sized"
     );
 }
+
+/// The admin's download of a file stored in S3: its very bytes, read back one ranged
+/// `GET` at a time (4 MiB each: this file takes two), with its length announced; a file
+/// whose object is gone is a 404.
+#[test]
+fn the_admin_downloads_a_file_stored_in_s3() {
+    let Some(nodes) = TwoNodes::start("the_admin_downloads_a_file_stored_in_s3") else {
+        return;
+    };
+    let mut conn = nodes.first.connect();
+    let (id, key) = enroll(&mut conn, "downloads");
+    // Text, so that the answer reads as a string.
+    let plain: Vec<u8> = (0..(4 << 20) + 1234)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    store(&mut conn, id, &key, "big.txt", &plain);
+    let answer = nodes.get_on_second(&format!("/api/v1/clients/{id}/file?name=big.txt"));
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {}", plain.len())),
+        "{head}"
+    );
+    assert!(body.as_bytes() == plain, "the downloaded bytes differ");
+
+    store(&mut conn, id, &key, "gone.txt", b"soon gone");
+    let (row, _) = nodes.row_and_object(id, "gone.txt").unwrap();
+    common::s3::remove(&nodes.location, &row.path);
+    assert!(common::s3::read(&nodes.location, &row.path).is_err());
+    let answer = nodes.get_on_second(&format!("/api/v1/clients/{id}/file?name=gone.txt"));
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+}

@@ -352,6 +352,14 @@ pub fn read(location: &S3Location, rel: &str) -> std::io::Result<Vec<u8>> {
         })
 }
 
+/// Deletes the object `rel` (relative to the location's prefix) behind the servers' back.
+pub fn remove(location: &S3Location, rel: &str) {
+    let client = client_for(location);
+    // Parsed, not built with `Key::from`, which would escape the `~` of a version.
+    let key = Key::parse(format!("{}/{rel}", location.prefix).trim_start_matches('/')).unwrap();
+    block_on(client.delete(&key)).unwrap();
+}
+
 /// Last parts of the keys under `rel/` (relative to the location's prefix).
 pub fn list(location: &S3Location, rel: &str) -> Vec<String> {
     use futures::TryStreamExt;

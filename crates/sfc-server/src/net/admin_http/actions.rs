@@ -34,15 +34,22 @@ pub(crate) async fn download_file(
     let label = name.to_owned();
     let (size, reader) = blocking(move || {
         let Some(record) = core.meta_store().file(&id, &label)? else {
-            return Ok(None);
+            return Ok(Err("no such file"));
         };
         // One open: the length sent is that of the content read, even if an upload of
         // the same name replaces the file meanwhile.
-        let (reader, size) = core.blob_store().open(&record.path)?;
-        Ok(Some((size, reader)))
+        match core.blob_store().open(&record.path) {
+            Ok((reader, size)) => Ok(Ok((size, reader))),
+            // Removed by a delete meanwhile, or missing from the store (the list shows
+            // it so): an answer, not a fault of the server.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Err("the file's stored content is missing"))
+            }
+            Err(error) => Err(error.into()),
+        }
     })
     .await?
-    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such file"))?;
+    .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, why))?;
     let body = read_in_chunks(reader);
     let disposition = content_disposition(name);
     let mut response = Response::new(body);

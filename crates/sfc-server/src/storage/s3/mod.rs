@@ -70,6 +70,7 @@
 
 mod parts;
 mod persisted;
+mod read;
 mod recovery;
 mod temp;
 
@@ -374,6 +375,15 @@ impl BlobStore for S3BlobStore {
     fn size(&self, path: &str) -> io::Result<u64> {
         let key = self.shared.stored_key(path)?;
         Ok(self.shared.run(self.shared.s3.head(&key))?.size)
+    }
+
+    /// The object's size from a `HEAD`, then its content one range at a time
+    /// ([`read::ObjectReader`]).
+    fn open(&self, path: &str) -> io::Result<(Box<dyn io::Read + Send>, u64)> {
+        let key = self.shared.stored_key(path)?;
+        let size = self.shared.run(self.shared.s3.head(&key))?.size;
+        let reader = read::ObjectReader::new(Arc::clone(&self.shared), key, size);
+        Ok((Box::new(reader), size))
     }
 
     /// Every upload has a key of its own ([`names::versioned`]): what a key holds never
