@@ -69,7 +69,10 @@ impl io::Read for ObjectReader {
             self.range = range;
         }
         let n = buf.len().min(self.range.remaining());
-        self.range.copy_to_slice(&mut buf[..n]);
+        let part = self.range.split_to(n);
+        if let Some(to) = buf.get_mut(..n) {
+            to.copy_from_slice(&part);
+        }
         Ok(n)
     }
 }
