@@ -757,44 +757,144 @@ fn store_behind_a_relay(
     Some((relay, store))
 }
 
-/// Storing a file's row is not run again after its connection closes: a first run that
-/// committed with only its answer lost, then a replacement by another server (which
-/// removes this version), then a second run would make the row name the removed
-/// version again. The connection here is cut (a relay) just after the row's update
-/// committed: the store reports the failure, and the row is the one the first run
-/// wrote. (Run twice, the store reported its own new path as the one replaced, and
-/// the version really replaced was never removed.)
+/// The record of a stored file, version `n` of `f.bin`, for the put_file tests.
+fn version_of_f(client: ClientId, n: u32) -> sfc_server::FileRecord {
+    sfc_server::FileRecord {
+        client_id: client,
+        file_name: "f.bin".into(),
+        path: format!("files/{}/f.bin~v{n:032x}", client.to_hex()),
+        verified: false,
+    }
+}
+
+/// Storing a file's row runs in a transaction whose outcome the store settles: a
+/// statement whose answer is lost (before the commit was sent) rolled back and runs
+/// again on a new connection, naming the path it replaced; a commit whose answer is lost
+/// is asked after (it happened: success, with the replaced path); a commit lost on its
+/// way is an error, and the row is as it was. (Before, the statement was autocommitted:
+/// a lost answer was an error although the row had changed, and the caller had to
+/// guess.)
 #[test]
-fn a_file_row_whose_answer_is_lost_is_not_written_twice() {
+fn a_file_row_whose_answer_is_lost_is_settled() {
     let Some((relay, store)) = store_behind_a_relay("put_file answer lost") else {
         return;
     };
     let client = id(0x43);
     let now = sfc_server::Timestamp::now();
     store.insert_client(&client, "lost-answer", now).unwrap();
-    let version = |n: u32| sfc_server::FileRecord {
-        client_id: client,
-        file_name: "f.bin".into(),
-        path: format!("files/{}/f.bin~v{n:032x}", client.to_hex()),
-        verified: false,
-    };
+    let version = |n| version_of_f(client, n);
     assert_eq!(store.put_file(&version(1), now).unwrap(), None);
 
     // The update's answer names the path it replaced: lose it.
     relay.cut_at(version(1).path.as_bytes());
     let result = store.put_file(&version(2), now);
     assert_eq!(relay.cuts(), 1, "the answer was not cut");
-    assert!(result.is_err(), "a lost answer reported as {result:?}");
+    assert_eq!(result.unwrap(), Some(version(1).path));
+    assert_eq!(store.file(&client, "f.bin").unwrap(), Some(version(2)));
+
+    relay.cut_at(b"COMMIT");
+    let result = store.put_file(&version(3), now);
+    assert_eq!(relay.cuts(), 2, "the commit's answer was not cut");
+    assert_eq!(result.unwrap(), Some(version(2).path));
+    assert_eq!(store.file(&client, "f.bin").unwrap(), Some(version(3)));
+
+    relay.cut_request_at(b"COMMIT");
+    let result = store.put_file(&version(4), now);
+    assert_eq!(relay.cuts(), 3, "the commit was not cut");
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(store.file(&client, "f.bin").unwrap(), Some(version(3)));
+    // The pool took the cut connections out: the next store works.
     assert_eq!(
-        store.file(&client, "f.bin").unwrap(),
-        Some(version(2)),
-        "the first run committed"
+        store.put_file(&version(5), now).unwrap(),
+        Some(version(3).path)
     );
-    // The pool took the cut connection out: the next store works.
-    assert_eq!(
-        store.put_file(&version(3), now).unwrap(),
-        Some(version(2).path)
+}
+
+/// A row's update whose connection breaks while it waits for the row's lock (another
+/// server's transaction holds it) never commits behind the caller's back: the caller
+/// hears either that it is stored, or that it is not and never will be (it then removes
+/// the new file). Autocommitted, the statement committed when the lock came free, after
+/// the caller had been told it failed: a row naming a file that was then removed.
+#[test]
+fn a_file_row_whose_connection_breaks_while_it_waits_never_commits_late() {
+    let Some((cluster, _url, db)) = fresh_url("put_file late commit") else {
+        return;
+    };
+    let relay = common::cutting_relay::CuttingRelay::start(
+        format!("127.0.0.1:{}", cluster.port).parse().unwrap(),
     );
+    let through_relay = cluster.url(&db).replace(
+        &format!(":{}/", cluster.port),
+        &format!(":{}/", relay.port()),
+    );
+    let store = std::sync::Arc::new(
+        PostgresStore::open(&PostgresUrl::parse(&through_relay).unwrap()).unwrap(),
+    );
+    let client = id(0x49);
+    let now = sfc_server::Timestamp::now();
+    store.insert_client(&client, "late-commit", now).unwrap();
+    assert_eq!(store.put_file(&version_of_f(client, 1), now).unwrap(), None);
+
+    // Another session locks the row.
+    let mut locker = cluster.psql_session(&db);
+    let mut input = locker.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(locker.stdout.take().unwrap());
+    use std::io::{BufRead, Write};
+    writeln!(
+        input,
+        "BEGIN; SELECT 'locked' FROM files WHERE FileName = 'f.bin' FOR UPDATE;"
+    )
+    .unwrap();
+    let mut line = String::new();
+    output.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+
+    let storing = {
+        let store = std::sync::Arc::clone(&store);
+        std::thread::spawn(move || store.put_file(&version_of_f(client, 2), now))
+    };
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cluster.psql(&db, waiting) != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update never waited for the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    relay.cut_now();
+    // Let the store see the cut (and, now, run its transaction again, which waits too).
+    std::thread::sleep(Duration::from_millis(300));
+    writeln!(input, "COMMIT;").unwrap();
+    drop(input);
+    assert!(locker.wait().unwrap().success());
+    let result = storing.join().unwrap();
+    // Whatever the cut backend does once it has the lock, it has done it by now.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cluster.psql(
+        &db,
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() AND query LIKE '%replaced%'",
+    ) != "0"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut update never ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let row = store.file(&client, "f.bin").unwrap().unwrap();
+    match result {
+        Ok(replaced) => {
+            assert_eq!(replaced, Some(version_of_f(client, 1).path));
+            assert_eq!(row, version_of_f(client, 2));
+        }
+        Err(error) => assert_eq!(
+            row,
+            version_of_f(client, 1),
+            "reported as failed ({error}), yet the row changed"
+        ),
+    }
 }
 
 /// ... but a connection found closed before the statement was sent (here: cut while the

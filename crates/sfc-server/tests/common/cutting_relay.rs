@@ -27,6 +27,8 @@ struct State {
     strand: AtomicBool,
     cuts: AtomicUsize,
     closed: AtomicBool,
+    /// The client side of every connection relayed so far, for [`CuttingRelay::cut_now`].
+    clients: Mutex<Vec<TcpStream>>,
 }
 
 impl CuttingRelay {
@@ -41,6 +43,7 @@ impl CuttingRelay {
             strand: AtomicBool::new(false),
             cuts: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            clients: Mutex::new(Vec::new()),
         });
         super::accept_each(
             listener,
@@ -76,6 +79,16 @@ impl CuttingRelay {
         *self.state.armed_request.lock().unwrap() = Some(pattern.to_vec());
     }
 
+    /// Closes every connection relayed so far, now, whatever it is doing (a statement
+    /// waiting for a lock, say): the client sees it close; the server sees its end
+    /// close only when it next reads from it.
+    pub fn cut_now(&self) {
+        for client in self.state.clients.lock().unwrap().drain(..) {
+            let _ = client.shutdown(Shutdown::Both);
+        }
+        self.state.cuts.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// How many connections were cut so far.
     pub fn cuts(&self) -> usize {
         self.state.cuts.load(Ordering::SeqCst)
@@ -99,6 +112,9 @@ fn relay(state: &State, client: TcpStream) {
     else {
         return;
     };
+    if let Ok(kept) = client.try_clone() {
+        state.clients.lock().unwrap().push(kept);
+    }
     std::thread::scope(|scope| {
         scope.spawn(|| {
             let cut = forward(

@@ -273,6 +273,27 @@ impl PgCluster {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// An interactive psql as the superuser (unaligned, tuples only), its input and
+    /// output piped: for a test that holds a transaction open while other work runs.
+    /// The caller ends it (closing its input ends psql) and waits for it.
+    pub fn psql_session(&self, database: &str) -> std::process::Child {
+        Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", &path_str(self.dir.path())])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run psql")
+    }
+
     /// A new empty database owned by [`USER`]; returns its name.
     pub fn create_database(&self) -> String {
         let n = self.databases.fetch_add(1, Ordering::Relaxed);

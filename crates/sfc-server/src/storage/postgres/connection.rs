@@ -116,45 +116,6 @@ impl PostgresStore {
         self.query_pg(sql, params)?.map_err(db_err)
     }
 
-    /// Like [`Self::query`], but never runs the statement twice: for a write that is not
-    /// idempotent, whose connection may close after its commit with only the answer
-    /// lost (the caller then asks the database what happened). It is tried once more
-    /// only when its connection is found closed before the statement is sent (the pool
-    /// handed out a connection PostgreSQL had closed: known as closed, or failing the
-    /// statement's preparation).
-    pub(super) fn query_at_most_once(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Row>, StoreError> {
-        self.run(async {
-            let mut first = true;
-            loop {
-                let client = self.pool.get().await.map_err(pool_err)?;
-                let unsent = if client.is_closed() {
-                    "the connection is closed".to_owned()
-                } else {
-                    match client.prepare_cached(sql).await {
-                        Ok(statement) => {
-                            let result = client.query(&statement, params).await;
-                            release(client, &result);
-                            return result.map_err(db_err);
-                        }
-                        Err(error) if error.is_closed() => error.to_string(),
-                        // The connection is fine: the client goes back to the pool.
-                        Err(error) => return Err(db_err(error)),
-                    }
-                };
-                drop(deadpool_postgres::Object::take(client));
-                if !first {
-                    return Err(StoreError::Database(format!("PostgreSQL: {unsent}")));
-                }
-                first = false;
-                tracing::info!(error = %unsent, "PostgreSQL connection found closed before a statement was sent; trying a new one");
-            }
-        })
-    }
-
     /// Runs one statement in a transaction of its own and commits it, so that its rows
     /// are in hand before the commit is sent: for a removal, whose rows name the files to
     /// remove, and whose commit may happen with only its answer lost (run again then, it
@@ -194,12 +155,77 @@ impl PostgresStore {
         })
     }
 
+    /// Runs one statement in a transaction of its own, as [`Self::query_then_commit`]
+    /// does, and knows for certain whether it committed: a statement that changes rows
+    /// returns its transaction's ID as the last column of every row
+    /// (`pg_current_xact_id()::text`), and when the commit's answer is lost the outcome
+    /// is asked of PostgreSQL by that ID ([`Self::transaction_outcome`]) until it is
+    /// known. So an error means the change was not made, and is never made later (an
+    /// autocommitted statement whose connection broke while it ran, waiting for a row
+    /// lock say, commits whenever it ends), unless PostgreSQL could not say within
+    /// [`SETTLE_WAIT`] (then the error says so). No rows: nothing was changed, whatever
+    /// became of the commit.
+    pub(super) fn query_settled(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let (rows, error) = match self.query_then_commit(sql, params)? {
+            Commit::Done(rows) => return Ok(rows),
+            Commit::Unknown(rows, error) => (rows, error),
+        };
+        let Some(row) = rows.first() else {
+            return Ok(rows);
+        };
+        let xid: String = row.try_get(row.len() - 1).map_err(db_err)?;
+        match self.transaction_outcome(&xid) {
+            Outcome::Committed => {
+                tracing::warn!(%error, xid, "the commit's answer was lost; PostgreSQL says it committed");
+                Ok(rows)
+            }
+            Outcome::RolledBack => Err(StoreError::Database(format!(
+                "{error} (PostgreSQL says the transaction was rolled back)"
+            ))),
+            Outcome::Unknown(why) => Err(StoreError::Database(format!(
+                "{error}; whether the transaction committed is unknown: {why}"
+            ))),
+        }
+    }
+
+    /// Whether transaction `xid` committed: asked (`pg_xact_status`) on any connection
+    /// every [`SETTLE_POLL`] while it is still in progress (a commit waiting on a
+    /// synchronous standby, a backend that has not yet noticed its connection is gone),
+    /// for at most [`SETTLE_WAIT`]. A blocking call, like every store call.
+    fn transaction_outcome(&self, xid: &str) -> Outcome {
+        let deadline = std::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            let last = match self.query_pg("SELECT pg_xact_status($1::text::xid8)", &[&xid]) {
+                Ok(Ok(rows)) => {
+                    let status: Option<String> = rows.first().and_then(|row| row.try_get(0).ok());
+                    match status.as_deref() {
+                        Some("committed") => return Outcome::Committed,
+                        Some("aborted") => return Outcome::RolledBack,
+                        Some("in progress") => "still in progress".to_owned(),
+                        // Too old to be known (never the case moments after it ran).
+                        _ => return Outcome::Unknown(format!("no status for transaction {xid}")),
+                    }
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+            };
+            if std::time::Instant::now() >= deadline {
+                return Outcome::Unknown(last);
+            }
+            std::thread::sleep(SETTLE_POLL);
+        }
+    }
+
     /// Like [`Self::query`], but gives PostgreSQL's own error (`Ok(Err)`) for the caller
     /// to look at. A statement that meets a closed connection (PostgreSQL restarted, or
     /// the connection cut, before the pool noticed) runs once more on a new one: every
     /// statement run this way is idempotent, or checks for its own earlier success
     /// ([`MetaStore::insert_client`]); [`MetaStore::put_file`] is neither and uses
-    /// [`Self::query_at_most_once`].
+    /// [`Self::query_settled`].
     pub(super) fn query_pg(
         &self,
         sql: &str,
@@ -243,6 +269,25 @@ pub(super) enum Commit {
     /// The statement ran, but the commit failed: it may have happened with only its
     /// answer lost. The statement's rows, and the commit's error.
     Unknown(Vec<Row>, StoreError),
+}
+
+/// How long [`PostgresStore::query_settled`] asks for the outcome of a transaction whose
+/// commit's answer was lost: a statement or a commit still running then ends within the
+/// statement time-out, and a transaction whose commit never arrived within the
+/// idle-in-transaction time-out.
+const SETTLE_WAIT: Duration = STATEMENT_TIMEOUT
+    .saturating_add(IDLE_IN_TRANSACTION_TIMEOUT)
+    .saturating_add(Duration::from_secs(5));
+
+/// Between two questions of [`PostgresStore::transaction_outcome`].
+const SETTLE_POLL: Duration = Duration::from_millis(50);
+
+/// What PostgreSQL says of a transaction.
+enum Outcome {
+    Committed,
+    RolledBack,
+    /// It could not say (the reason).
+    Unknown(String),
 }
 
 /// Where a transaction of [`run_and_commit`] failed.

@@ -54,9 +54,10 @@
 //! keepalives notice a database host that vanished.
 //!
 //! A statement that meets a closed connection runs once more on a new one, except the
-//! writes that must not run twice: storing a file's row runs again only when its
-//! connection was found closed before it was sent; a removal, whose rows are read
-//! before its commit, asks the database after a failed commit whether its row is gone.
+//! writes that must not run twice: storing a file's row runs in a transaction whose
+//! outcome is settled by asking PostgreSQL about it by its ID after a lost commit answer
+//! (`PostgresStore::query_settled`); a removal, whose rows are read before its commit,
+//! asks the database after a failed commit whether its row is gone.
 //! A commit whose acknowledgement is lost and cannot be retried is otherwise ambiguous,
 //! as with any networked database: the client gets 1607 and sends again; every write
 //! here is idempotent for that resend except a registration, whose resend gets 1601

@@ -136,10 +136,13 @@ impl MetaStore for PostgresStore {
     /// an insert; an insert that meets a row another server inserted meanwhile updates
     /// that one instead. Each statement is atomic and moves `LastSeen` with it.
     ///
-    /// Never run twice after a closed connection: a first run that committed with its
-    /// answer lost, then a replacement by another server (which removes this version),
-    /// then a second run would make the row name the removed version again. The error
-    /// goes to the caller, which asks the database (`session::Core::store_upload`).
+    /// Each runs in a transaction whose outcome is settled ([`Self::query_settled`]):
+    /// an error means the row was not written and will not be later, so the caller may
+    /// undo the file's move (`session::Core::store_upload`). (Autocommitted, a statement
+    /// whose connection broke while it waited for the row's lock committed when the lock
+    /// came free, after the caller had been told it failed and had removed the new file:
+    /// a row naming a missing file.) A statement whose answer is lost before the commit
+    /// was sent rolled back, and runs again on a new connection.
     fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<Option<String>, StoreError> {
         let now = now.to_string();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
@@ -150,7 +153,7 @@ impl MetaStore for PostgresStore {
             &now,
         ];
         for _ in 0..PUT_FILE_ATTEMPTS {
-            let replaced = self.query_at_most_once(
+            let replaced = self.query_settled(
                 &format!(
                     "WITH replaced AS (
                         UPDATE files AS f SET PathName = $3, Verified = $4
@@ -161,7 +164,7 @@ impl MetaStore for PostgresStore {
                      ), seen AS (
                         UPDATE clients SET {} WHERE ID = $1 AND EXISTS (SELECT 1 FROM replaced)
                      )
-                     SELECT PathName FROM replaced",
+                     SELECT PathName, pg_current_xact_id()::text FROM replaced",
                     advance(5)
                 ),
                 &params,
@@ -169,7 +172,7 @@ impl MetaStore for PostgresStore {
             if let Some(row) = replaced.first() {
                 return row.try_get(0).map(Some).map_err(db_err);
             }
-            let inserted = self.query_at_most_once(
+            let inserted = self.query_settled(
                 &format!(
                     "WITH inserted AS (
                         INSERT INTO files (ID, FileName, PathName, Verified)
@@ -179,7 +182,7 @@ impl MetaStore for PostgresStore {
                      ), seen AS (
                         UPDATE clients SET {} WHERE ID = $1 AND EXISTS (SELECT 1 FROM inserted)
                      )
-                     SELECT count(*) FROM inserted",
+                     SELECT count(*), pg_current_xact_id()::text FROM inserted",
                     advance(5)
                 ),
                 &params,
