@@ -172,9 +172,10 @@ impl Core {
     /// Retries the removals that failed (housekeeping calls it): each file is removed if
     /// no row names it (checked under its name's lock); one a row names again is dropped
     /// from the list (after [`ROW_RECHECKS`] retries if its row's removal was reported
-    /// as failed), one whose check or removal fails again is kept, and so are the rest
-    /// after a failed removal (the store is likely still failing: one slow failure per
-    /// call, not one per file). A client no row names any more whose files are all gone
+    /// as failed), and so is one whose removal cannot succeed ([`cannot_succeed`]). One
+    /// whose check or removal fails otherwise ends the call (the store is likely still
+    /// failing: one slow failure per call, not one per file) and is kept behind the
+    /// files not yet tried, which the next call tries first. A client no row names any more whose files are all gone
     /// then loses what the store keeps for it beyond them (its empty folder), as after a
     /// removal that did not fail. Returns how many were removed and how many are still
     /// pending.
@@ -194,8 +195,11 @@ impl Core {
                 }
                 Ok(_) => {}
                 Err(_) => {
+                    // The database is likely down: one failed lookup per call, not one
+                    // (each as slow as its time-out, under a name's lock) per file.
+                    again.extend(files);
                     again.push(file);
-                    continue;
+                    break;
                 }
             }
             match self.blobs.remove(&file.path) {
@@ -205,9 +209,14 @@ impl Core {
                         owners.push(file.client);
                     }
                 }
+                Err(error) if cannot_succeed(&error) => {
+                    tracing::warn!(path = %file.path, %error, "cannot remove a stored file, and retrying cannot help: given up (left to the operator)");
+                }
                 Err(_) => {
-                    again.push(file);
+                    // The rest go first next time: a file that keeps failing must not
+                    // keep every file after it from its turn.
                     again.extend(files);
+                    again.push(file);
                     break;
                 }
             }
@@ -238,6 +247,15 @@ impl Core {
             tracing::warn!(client = %client.short(), %error, "cannot remove a removed client's folder");
         }
     }
+}
+
+/// Whether a failed removal would fail the same way every time: the path is not one the
+/// store writes (a row adopted from another implementation), or names a directory.
+fn cannot_succeed(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::InvalidInput | io::ErrorKind::IsADirectory
+    )
 }
 
 #[cfg(test)]

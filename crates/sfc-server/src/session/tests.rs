@@ -556,6 +556,84 @@ fn failed_removals_are_retried_and_never_remove_a_file_stored_again() {
     assert_eq!(h.core.retry_removals(), (0, 0));
 }
 
+/// Stores `labels` for a new client and has their removals fail (902s while every
+/// removal fails), so that they wait for a retry in this order.
+fn pending_removals(
+    h: &Harness,
+    faults: &crate::storage::testing::Faults,
+    user: &str,
+    labels: &[&str],
+) -> ClientId {
+    use std::sync::atomic::Ordering;
+    let (id, key) = enroll(h, user);
+    for label in labels {
+        store(h, id, &key, label, label.as_bytes());
+    }
+    faults.remove_fails.store(true, Ordering::SeqCst);
+    for label in labels {
+        let request = request(
+            id,
+            RequestBody::ChecksumFailed {
+                file_name: name(label),
+            },
+        );
+        assert!(h.core.handle_request(&ctx(false), request).reply.is_some());
+    }
+    faults.remove_fails.store(false, Ordering::SeqCst);
+    id
+}
+
+/// A file whose removal keeps failing does not keep the files after it from their retry:
+/// the next retry tries them first. (Before, it went back at the head of the list, every
+/// retry stopped at it, and nothing after it was ever retried.)
+#[test]
+fn a_removal_that_keeps_failing_does_not_keep_the_others_from_their_retry() {
+    let (h, faults) = harness_with_faults();
+    let id = pending_removals(&h, &faults, "sam", &["a.bin", "b.bin", "c.bin"]);
+    let folder = h.root.join("files").join(id.to_hex());
+    *faults.remove_fails_at.lock().unwrap() = Some(format!("files/{}/a.bin", id.to_hex()));
+    assert_eq!(
+        h.core.retry_removals(),
+        (0, 3),
+        "stops at the first failure"
+    );
+    assert_eq!(h.core.retry_removals(), (2, 1), "the others' turn");
+    assert!(!folder.join("b.bin").exists() && !folder.join("c.bin").exists());
+    assert!(folder.join("a.bin").exists());
+    *faults.remove_fails_at.lock().unwrap() = None;
+    assert_eq!(h.core.retry_removals(), (1, 0));
+}
+
+/// A removal that cannot succeed (here a directory where the file was) is given up, not
+/// retried for ever ahead of the others.
+#[test]
+fn a_removal_that_cannot_succeed_is_given_up() {
+    let (h, faults) = harness_with_faults();
+    let id = pending_removals(&h, &faults, "tom", &["a.bin", "b.bin"]);
+    let folder = h.root.join("files").join(id.to_hex());
+    std::fs::remove_file(folder.join("a.bin")).unwrap();
+    std::fs::create_dir(folder.join("a.bin")).unwrap();
+    assert_eq!(h.core.retry_removals(), (1, 0));
+    assert!(folder.join("a.bin").is_dir(), "what is there is left alone");
+    assert!(!folder.join("b.bin").exists());
+}
+
+/// While the database fails, a retry asks it once, not once per pending file (each
+/// failure as slow as the database's time-out, under a file name's lock), and keeps
+/// every file.
+#[test]
+fn a_retry_stops_at_the_first_failed_lookup() {
+    use std::sync::atomic::Ordering;
+    let (h, faults) = harness_with_faults();
+    pending_removals(&h, &faults, "una", &["a.bin", "b.bin", "c.bin"]);
+    faults.db_down.store(true, Ordering::SeqCst);
+    let before = faults.file_lookups.load(Ordering::SeqCst);
+    assert_eq!(h.core.retry_removals(), (0, 3));
+    assert_eq!(faults.file_lookups.load(Ordering::SeqCst) - before, 1);
+    faults.db_down.store(false, Ordering::SeqCst);
+    assert_eq!(h.core.retry_removals(), (3, 0));
+}
+
 /// A retried removal that empties the folder of a client still registered leaves the
 /// folder (an upload of that client may be creating its temporary file there).
 #[test]

@@ -79,6 +79,10 @@ pub struct Faults {
     pub size_gate: Gate,
     /// Size queries a [`FaultyBlobs`] passed on (an S3 `HEAD` each on a real store).
     pub size_queries: AtomicU64,
+    /// Row lookups (`file`) a [`FaultyMeta`] was asked for, failed ones included.
+    pub file_lookups: AtomicU64,
+    /// A stored path whose removal by a [`FaultyBlobs`] fails with `EIO` (others do not).
+    pub remove_fails_at: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for Faults {
@@ -102,6 +106,8 @@ impl Default for Faults {
             remove_gate: Gate::default(),
             size_gate: Gate::default(),
             size_queries: AtomicU64::new(0),
+            file_lookups: AtomicU64::new(0),
+            remove_fails_at: std::sync::Mutex::new(None),
         }
     }
 }
@@ -381,6 +387,7 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
         self.faults.answer(replaced)
     }
     fn file(&self, id: &ClientId, file_name: &str) -> Result<Option<FileRecord>, StoreError> {
+        self.faults.file_lookups.fetch_add(1, Ordering::SeqCst);
         self.faults.db()?;
         self.inner.file(id, file_name)
     }
@@ -468,7 +475,14 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
     }
     fn remove(&self, path: &str) -> io::Result<()> {
         self.faults.remove_gate.pass();
-        if self.faults.remove_fails.load(Ordering::SeqCst) {
+        let fails_here = self
+            .faults
+            .remove_fails_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_deref()
+            == Some(path);
+        if fails_here || self.faults.remove_fails.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(5)); // EIO
         }
         self.inner.remove(path)
