@@ -297,6 +297,21 @@ fn large_bodies_are_refused_and_every_session_cookie_is_tried() {
         0.0,
         "the body was not read as a login"
     );
+    // A request head larger than the listener reads (16 KiB) is refused before any
+    // handler, rather than buffered (hyper's default: ~400 KiB per connection).
+    use std::io::{Read, Write};
+    let addr = admin.base.trim_start_matches("http://");
+    let mut http = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        http,
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Padding: {}\r\n\r\n",
+        "x".repeat(20 * 1024)
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = http.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
     let session = admin.login();
     let planted = format!("{COOKIE}=planted-by-another-site; {session}");
     let (status, body) = admin.page(&planted, "/");

@@ -53,6 +53,15 @@ pub(crate) const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
 /// download of a large stored file may take as long as it takes), only while the client
 /// takes none of them ([`AdminConfig::send_timeout`]).
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Largest request head (start line and headers) read: the admin's requests carry a
+/// cookie or a bearer token and little else; a longer head gets 431 and the connection
+/// is closed. (hyper's default lets each connection buffer ~400 KiB, about 100 MiB over
+/// the 256 connections, before anyone has logged in.)
+pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Most bytes a connection buffers from its socket (hyper's minimum is 8 KiB).
+const MAX_READ_BUFFER: usize = 32 * 1024;
 /// A request's body (the admin forms: a few hundred bytes) must arrive within this time
 /// after its head; otherwise the handler reading it gets an error. Without it a client
 /// that announces a body and never sends it would hold its connection for ever.
@@ -272,6 +281,8 @@ async fn serve_connection(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_READ_BUFFER)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(connection);
     let served = tokio::select! {
