@@ -72,22 +72,23 @@ pub(super) struct ClientPage<'a> {
 pub(super) struct Pager {
     /// The list's path; `?page=N` is appended.
     pub base: String,
-    /// The page shown, from 0.
-    pub page: usize,
+    /// The page shown, from 1 (`?page=` counts from 0; any number may be asked for).
+    pub number: usize,
     pub pages: usize,
     pub previous: Option<usize>,
     pub next: Option<usize>,
 }
 
 impl Pager {
-    /// `None` when everything fits on one page.
+    /// `None` when everything fits on one page. A page past the end (an empty list) links
+    /// back to the last one.
     pub fn new(base: String, page: usize, total: usize) -> Option<Self> {
         let pages = total.div_ceil(DEFAULT_PAGE).max(1);
         (pages > 1).then(|| Pager {
             base,
-            page,
+            number: page.saturating_add(1),
             pages,
-            previous: page.checked_sub(1),
+            previous: page.min(pages).checked_sub(1),
             next: page.checked_add(1).filter(|next| *next < pages),
         })
     }
@@ -193,6 +194,23 @@ mod tests {
         assert_eq!((middle.previous, middle.next), (Some(0), Some(2)));
         let first = Pager::new("/clients".to_owned(), 0, DEFAULT_PAGE + 1).unwrap();
         assert_eq!((first.previous, first.next), (None, Some(1)));
+        // Any number may be asked for: past the end, the way back is the last page.
+        let past = Pager::new("/clients".to_owned(), usize::MAX, 3 * DEFAULT_PAGE).unwrap();
+        assert_eq!(
+            (past.number, past.previous, past.next),
+            (usize::MAX, Some(2), None)
+        );
+        let page = html(&ClientsPage {
+            title: "Clients",
+            csrf: "c",
+            total: 3 * DEFAULT_PAGE,
+            clients: &[],
+            pager: Some(past),
+        });
+        assert!(
+            page.contains(&format!("Page {} of 3", usize::MAX)),
+            "{page}"
+        );
     }
 
     #[test]
