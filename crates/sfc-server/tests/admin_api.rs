@@ -9,7 +9,9 @@ mod common;
 use common::*;
 use serde_json::Value;
 use sfc_proto::{ClientId, Response};
-use sfc_server::admin::{API_ROUTES, COOKIE, LOGIN_FAILURES_PER_MINUTE, OPENAPI};
+use sfc_server::admin::{
+    API_ROUTES, BLOCKED_VERDICT_DELAY, COOKIE, LOGIN_FAILURES_PER_MINUTE, OPENAPI,
+};
 use sfc_server::{AdminConfig, ServerConfig};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -229,12 +231,15 @@ fn failed_logins_are_limited_per_address() {
             .unwrap();
         assert_eq!(response.status().as_u16(), 401);
     }
-    // Now a wrong token waits for the next try (one every 12 s), at the form and the API...
+    // Now a wrong token waits for the next try (one every 12 s), at the form and the API,
+    // and every verdict waits first (so a refusal tells a guesser nothing sooner)...
+    let asked = std::time::Instant::now();
     let response = admin
         .agent
         .post(admin.url("/login"))
         .send_form([("token", "wrong")])
         .unwrap();
+    assert!(asked.elapsed() >= BLOCKED_VERDICT_DELAY);
     assert_eq!(response.status().as_u16(), 429);
     assert_eq!(response.headers().get("retry-after").unwrap(), "12");
     let response = admin
@@ -245,15 +250,20 @@ fn failed_logins_are_limited_per_address() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 429);
     assert_eq!(response.headers().get("retry-after").unwrap(), "12");
-    // ...but the right one still gets in: someone else on the operator's address (every
-    // local user, on a loopback listener) cannot lock the operator out.
+    // ...but the right one still gets in, after the same wait: someone else on the
+    // operator's address (every local user, on a loopback listener) cannot lock the
+    // operator out.
+    let asked = std::time::Instant::now();
     let response = admin
         .agent
         .post(admin.url("/login"))
         .send_form([("token", admin.token.as_str())])
         .unwrap();
+    assert!(asked.elapsed() >= BLOCKED_VERDICT_DELAY);
     assert_eq!(response.status().as_u16(), 303);
+    let asked = std::time::Instant::now();
     assert_eq!(admin.get("/api/v1/stats").0, 200);
+    assert!(asked.elapsed() >= BLOCKED_VERDICT_DELAY);
     // The refused tries count as failed logins too (5 + 2); the list gets one entry per
     // 10 s for them, with a count (no one without a token can flush it).
     assert_eq!(

@@ -9,7 +9,8 @@
 /// The admin HTTP listener's constants (`--admin-listen`): its API routes and OpenAPI
 /// document, page sizes, the session cookie and the failed-login limit.
 pub use crate::net::admin_http::{
-    API_ROUTES, COOKIE, DEFAULT_PAGE, LOGIN_FAILURES_PER_MINUTE, MAX_PAGE, OPENAPI,
+    API_ROUTES, BLOCKED_VERDICT_DELAY, COOKIE, DEFAULT_PAGE, LOGIN_FAILURES_PER_MINUTE, MAX_PAGE,
+    OPENAPI,
 };
 
 use crate::config::{Database, Store};

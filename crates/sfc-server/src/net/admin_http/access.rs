@@ -2,7 +2,7 @@
 //! logins they count, and the CSRF token a session's state-changing request must echo.
 
 use super::auth::{same_secret, COOKIE};
-use super::login_limit;
+use super::login_limit::{self, BLOCKED_VERDICT_DELAY};
 use super::{AdminState, ApiError};
 use axum::http::{header, HeaderMap, StatusCode};
 use std::net::SocketAddr;
@@ -33,14 +33,19 @@ fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'
 /// Checks the bearer token or the session cookie. A wrong bearer token counts as a
 /// failed login; beyond the limit it gets 429. The right token is let in even then:
 /// refusing it would let anyone sharing the operator's address (every local user, on
-/// the default loopback listener) lock the operator out. So the limit slows guessing
-/// (and keeps the log and the failure list small: [`login_refused`]) but the token's
-/// length stops it: 256 random bits as written, a warning below 32 characters.
-pub(crate) fn authenticate(
+/// the default loopback listener) lock the operator out. Instead, while the address is
+/// blocked every verdict on a bearer token waits [`BLOCKED_VERDICT_DELAY`] first, the
+/// right one's too: a guess per connection per delay. So the limit slows guessing (and
+/// keeps the log and the failure list small: [`login_refused`]) but the token's length
+/// stops it: 256 random bits as written, a warning below 32 characters.
+pub(crate) async fn authenticate(
     state: &AdminState,
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Result<Auth, ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        wait_if_blocked(state, peer).await;
+    }
     let now = Instant::now();
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         // The scheme's name is case-insensitive (RFC 7235).
@@ -75,6 +80,13 @@ pub(crate) fn authenticate(
         StatusCode::UNAUTHORIZED,
         "log in: Authorization: Bearer <token from the admin token file>",
     ))
+}
+
+/// Waits [`BLOCKED_VERDICT_DELAY`] if `peer`'s address is blocked (see [`authenticate`]).
+pub(super) async fn wait_if_blocked(state: &AdminState, peer: SocketAddr) {
+    if state.failed_logins.blocked(peer.ip(), Instant::now()) {
+        tokio::time::sleep(BLOCKED_VERDICT_DELAY).await;
+    }
 }
 
 pub(super) fn login_failed(state: &AdminState, peer: SocketAddr, why: &str) {

@@ -126,7 +126,7 @@ pub(super) async fn download(
     Path(id): Path<String>,
     Query(query): Query<FileQuery>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, peer, &headers)?;
+    authenticate(&state, peer, &headers).await?;
     download_file(&state, &id, &query.name).await
 }
 
@@ -169,7 +169,7 @@ pub(super) async fn api_remove_file(
     Path(id): Path<String>,
     Query(query): Query<FileQuery>,
 ) -> Result<Json<Removed>, ApiError> {
-    let auth = authenticate(&state, peer, &headers)?;
+    let auth = authenticate(&state, peer, &headers).await?;
     check_csrf(&auth, &headers, None)?;
     Ok(Json(remove_file(&state, &id, &query.name).await?))
 }
@@ -197,7 +197,7 @@ pub(super) async fn api_remove_client(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Removed>, ApiError> {
-    let auth = authenticate(&state, peer, &headers)?;
+    let auth = authenticate(&state, peer, &headers).await?;
     check_csrf(&auth, &headers, None)?;
     Ok(Json(remove_client(&state, &id).await?))
 }

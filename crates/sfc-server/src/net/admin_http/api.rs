@@ -51,7 +51,7 @@ pub(super) async fn metrics(
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, peer, &headers)?;
+    authenticate(&state, peer, &headers).await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -119,7 +119,7 @@ pub(super) async fn api_stats(
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Result<Json<StatsView>, ApiError> {
-    authenticate(&state, peer, &headers)?;
+    authenticate(&state, peer, &headers).await?;
     Ok(Json(stats(&state).await?))
 }
 
@@ -138,7 +138,7 @@ pub(super) async fn api_clients(
     headers: HeaderMap,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<ClientView>>, ApiError> {
-    authenticate(&state, peer, &headers)?;
+    authenticate(&state, peer, &headers).await?;
     let all = all_clients(&state).await?;
     let limit = page_limit(&query);
     Ok(Json(Page {
@@ -165,7 +165,7 @@ pub(super) async fn api_client(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<ClientView>, ApiError> {
-    authenticate(&state, peer, &headers)?;
+    authenticate(&state, peer, &headers).await?;
     Ok(Json(one_client(&state, &id).await?))
 }
 
@@ -200,7 +200,7 @@ pub(super) async fn api_files(
     Path(id): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<FileView>>, ApiError> {
-    authenticate(&state, peer, &headers)?;
+    authenticate(&state, peer, &headers).await?;
     let limit = page_limit(&query);
     let (total, items) = client_files(&state, &id, query.offset, limit).await?;
     Ok(Json(Page {
@@ -231,7 +231,7 @@ pub(super) async fn api_uploads(
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<crate::admin::UploadView>>, ApiError> {
-    authenticate(&state, peer, &headers)?;
+    authenticate(&state, peer, &headers).await?;
     Ok(Json(uploads(&state).await?))
 }
 
@@ -241,6 +241,6 @@ pub(super) async fn api_failures(
     headers: HeaderMap,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<crate::admin::FailureView>>, ApiError> {
-    authenticate(&state, peer, &headers)?;
+    authenticate(&state, peer, &headers).await?;
     Ok(Json(page(state.monitor.snapshot().failures, &query)))
 }

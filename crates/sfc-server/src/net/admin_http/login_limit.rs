@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 /// Wrong tokens one address may try at once, and per minute once they are used up.
 pub const LOGIN_FAILURES_PER_MINUTE: u32 = 5;
+/// How long a verdict on a token takes while its address is blocked, the right token's
+/// too (so that the wait says nothing): a refusal that came at once would tell a guesser
+/// "wrong" as quickly as a 401 does, and the limit would slow nothing. Each connection
+/// then gets one verdict per this delay; the operator's right token still gets in, after it.
+pub const BLOCKED_VERDICT_DELAY: Duration = Duration::from_secs(2);
 /// How long a blocked address waits for its next try.
 pub(super) const RETRY_AFTER: Duration = Duration::from_secs(60 / LOGIN_FAILURES_PER_MINUTE as u64);
 /// What a refused wrong token is told (the page and the API alike).

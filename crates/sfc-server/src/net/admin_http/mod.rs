@@ -43,7 +43,7 @@ pub(crate) use listen::MAX_CONNECTIONS as MAX_ADMIN_CONNECTIONS;
 use login_limit::FailedLogins;
 
 pub use auth::COOKIE;
-pub use login_limit::LOGIN_FAILURES_PER_MINUTE;
+pub use login_limit::{BLOCKED_VERDICT_DELAY, LOGIN_FAILURES_PER_MINUTE};
 
 /// The OpenAPI document of `/api/v1` (written by hand; `tests/admin_api.rs` checks it
 /// against the routes and the JSON the server returns).

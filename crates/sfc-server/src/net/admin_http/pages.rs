@@ -49,8 +49,8 @@ pub(super) fn routes() -> Router<Shared> {
 }
 
 /// The CSRF token of a page request's session (`None`: send it to the login form).
-fn session(state: &Shared, peer: Peer, headers: &HeaderMap) -> Option<String> {
-    match authenticate(state, peer.0, headers) {
+async fn session(state: &Shared, peer: Peer, headers: &HeaderMap) -> Option<String> {
+    match authenticate(state, peer.0, headers).await {
         Ok(Auth::Session { csrf, .. }) => Some(csrf),
         // Pages are for browsers; a bearer token gets the page without forms that work.
         Ok(Auth::Bearer) => Some(String::new()),
@@ -90,8 +90,10 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    // The right token gets in even beyond the failure limit, after the same wait as a
+    // wrong one (see `authenticate`).
+    super::access::wait_if_blocked(&state, peer.0).await;
     let now = Instant::now();
-    // The right token gets in even beyond the failure limit (see `authenticate`).
     if !same_secret(form.token.trim(), &state.token) {
         if state.failed_logins.blocked(peer.0.ip(), now) {
             super::access::login_refused(&state, peer.0, "wrong token at the login form");
@@ -138,7 +140,7 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Ok(auth @ Auth::Session { .. }) = authenticate(&state, peer.0, &headers) {
+    if let Ok(auth @ Auth::Session { .. }) = authenticate(&state, peer.0, &headers).await {
         if check_csrf(&auth, &headers, Some(&form.csrf)).is_err() {
             return error_page(super::ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -172,7 +174,7 @@ async fn dashboard(
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(csrf) = session(&state, peer, &headers) else {
+    let Some(csrf) = session(&state, peer, &headers).await else {
         return to_login();
     };
     let (stats, uploads) = match (stats(&state).await, uploads(&state).await) {
@@ -218,7 +220,7 @@ async fn clients_page(
     headers: HeaderMap,
     Query(number): Query<PageNumber>,
 ) -> Response {
-    let Some(csrf) = session(&state, peer, &headers) else {
+    let Some(csrf) = session(&state, peer, &headers).await else {
         return to_login();
     };
     let clients = match all_clients(&state).await {
@@ -243,7 +245,7 @@ async fn client_page(
     Path(id): Path<String>,
     Query(number): Query<PageNumber>,
 ) -> Response {
-    let Some(csrf) = session(&state, peer, &headers) else {
+    let Some(csrf) = session(&state, peer, &headers).await else {
         return to_login();
     };
     let offset = number.page.saturating_mul(DEFAULT_PAGE);
@@ -271,7 +273,7 @@ async fn download(
     Path(id): Path<String>,
     Query(query): Query<FileQuery>,
 ) -> Response {
-    if session(&state, peer, &headers).is_none() {
+    if session(&state, peer, &headers).await.is_none() {
         return to_login();
     }
     download_file(&state, &id, &query.name)
@@ -280,13 +282,13 @@ async fn download(
 }
 
 /// A form action: the session's CSRF token must come with it.
-fn form_auth(
+async fn form_auth(
     state: &Shared,
     peer: Peer,
     headers: &HeaderMap,
     form: &CsrfForm,
 ) -> Result<(), super::ApiError> {
-    let auth = authenticate(state, peer.0, headers)?;
+    let auth = authenticate(state, peer.0, headers).await?;
     check_csrf(&auth, headers, Some(&form.csrf))
 }
 
@@ -297,7 +299,7 @@ async fn delete_file(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refused) = form_auth(&state, peer, &headers, &form) {
+    if let Err(refused) = form_auth(&state, peer, &headers, &form).await {
         return error_page(refused);
     }
     match remove_file(&state, &id, &form.name).await {
@@ -313,7 +315,7 @@ async fn remove(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refused) = form_auth(&state, peer, &headers, &form) {
+    if let Err(refused) = form_auth(&state, peer, &headers, &form).await {
         return error_page(refused);
     }
     match remove_client(&state, &id).await {
