@@ -48,7 +48,7 @@ pub use cli::Cli;
 pub use config::Config;
 pub use error::{exit, ClientError};
 pub use pin::Fingerprint;
-pub use progress::{Reporter, Verbosity};
+pub use progress::{say, Reporter, Stream, Verbosity};
 pub use session::{FileResult, Session};
 pub use summary::{FileReport, Status, Summary};
 

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use sfc_client::{exit, report_error, run, Cli, ClientError, Config, Reporter, Session, Summary};
+use sfc_client::{
+    exit, report_error, run, say, Cli, ClientError, Config, Reporter, Session, Stream, Summary,
+};
 
 /// How long Ctrl-C waits for an identity save in progress. A save takes milliseconds; one
 /// still running after this is hung (an fsync on an unreachable network mount, say), and
@@ -104,9 +106,12 @@ fn main() -> ExitCode {
     };
     if cli.json {
         for file in &summary.files {
-            println!("{}", file.to_json());
+            say(Stream::Out, &file.to_json().to_string());
         }
-        println!("{}", summary.total_json(started.elapsed()));
+        say(
+            Stream::Out,
+            &summary.total_json(started.elapsed()).to_string(),
+        );
     }
     if let Some(error) = error {
         report_error(&reporter, &error);

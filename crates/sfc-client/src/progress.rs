@@ -89,9 +89,9 @@ impl Reporter {
     pub fn info(&self, message: impl AsRef<str>) {
         if self.shows(Verbosity::Normal) {
             if self.info_on_stderr {
-                self.with_bar_suspended(|| eprintln!("{}", message.as_ref()));
+                self.with_bar_suspended(|| say(Stream::Err, message.as_ref()));
             } else {
-                self.with_bar_suspended(|| println!("{}", message.as_ref()));
+                self.with_bar_suspended(|| say(Stream::Out, message.as_ref()));
             }
         }
     }
@@ -99,19 +99,19 @@ impl Reporter {
     /// A warning on standard error (not with `--quiet`).
     pub fn warn(&self, message: impl AsRef<str>) {
         if self.shows(Verbosity::Normal) {
-            self.with_bar_suspended(|| eprintln!("warning: {}", message.as_ref()));
+            self.with_bar_suspended(|| say(Stream::Err, &format!("warning: {}", message.as_ref())));
         }
     }
 
     /// An error line on standard error, always shown.
     pub fn error(&self, message: impl AsRef<str>) {
-        self.with_bar_suspended(|| eprintln!("{}", message.as_ref()));
+        self.with_bar_suspended(|| say(Stream::Err, message.as_ref()));
     }
 
     /// A detail line on standard error when the verbosity is at least `level`.
     pub fn detail(&self, level: Verbosity, message: impl AsRef<str>) {
         if self.shows(level) {
-            self.with_bar_suspended(|| eprintln!("{}", message.as_ref()));
+            self.with_bar_suspended(|| say(Stream::Err, message.as_ref()));
         }
     }
 
@@ -167,8 +167,26 @@ impl Reporter {
             (None, Some(note)) => format!("interrupted: {note}"),
             (None, None) => "interrupted".to_owned(),
         };
-        eprintln!("{line}");
+        say(Stream::Err, &line);
     }
+}
+
+/// Where a line goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+/// Writes a line, ignoring a failure: standard output may be a pipe whose reader has
+/// gone (`sfc-client a b c | head -1`), and the batch must go on and end with its own
+/// exit code rather than panic (Rust ignores SIGPIPE, so `println!` would panic there).
+pub fn say(to: Stream, line: &str) {
+    use std::io::Write;
+    let _ = match to {
+        Stream::Out => writeln!(std::io::stdout().lock(), "{line}"),
+        Stream::Err => writeln!(std::io::stderr().lock(), "{line}"),
+    };
 }
 
 /// Human-readable byte count: `512 B`, `1.5 KiB`, `50.0 MiB`.

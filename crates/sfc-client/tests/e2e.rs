@@ -1010,3 +1010,44 @@ fn runs_started_together_leave_one_whole_identity() {
     server.stop();
     assert_eq!(client_names(data.path()), vec![name]);
 }
+
+/// A closed standard output (`sfc-client a b | head -1` after head has gone) does not stop
+/// the batch: every file is still stored and confirmed, and the exit code is the batch's.
+/// (Before, the first result line panicked: exit 101, the files after it never sent.)
+#[test]
+fn a_closed_standard_output_does_not_stop_the_batch() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &server.addr().to_string(), "pipe", "unused.bin");
+    let originals: Vec<_> = (0..3u8)
+        .map(|i| {
+            let name = format!("p{i}.bin");
+            let content = make_file(&dir.path().join(&name), 1000 + usize::from(i), i);
+            (name, content)
+        })
+        .collect();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sfc-client"))
+        .current_dir(dir.path())
+        .args(["--timeout", "20", "p0.bin", "p1.bin", "p2.bin"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes before the client writes anything.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.stop();
+    let files = stored_files(data.path());
+    for (name, original) in &originals {
+        let stored = find(&files, name);
+        assert!(stored.verified, "{name}");
+        assert_eq!(&std::fs::read(&stored.path).unwrap(), original, "{name}");
+    }
+}
