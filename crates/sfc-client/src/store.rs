@@ -439,10 +439,16 @@ impl IdentityFolder {
         }
     }
 
+    /// Backs up the me.info and priv.key a save is about to replace, each that exists: a
+    /// priv.key without a me.info (another client's save cut between the two, a me.info
+    /// moved aside) is a key the user may still need. Named by the client ID me.info
+    /// holds, or [`UNKNOWN_BACKUP_ID`] when there is none to read.
     fn back_up(&self) -> Result<Option<PathBuf>, IdentityError> {
         let me = self.dir.join(ME_INFO);
-        let Ok(text) = std::fs::read_to_string(&me) else {
-            return Ok(None);
+        let text = match std::fs::read(&me) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(IdentityError::Read { path: me, source }),
         };
         let id = text
             .lines()
@@ -850,6 +856,31 @@ mod tests {
         assert_eq!(names, expected);
         // What -r leaves out is exactly what was written here.
         assert!(names.iter().all(|name| is_state_file(name)), "{names:?}");
+    }
+
+    /// A priv.key without a me.info is backed up too before a save replaces it (before,
+    /// without a me.info to name the backup, the key was overwritten).
+    #[test]
+    fn a_key_without_its_me_info_is_backed_up_before_a_save() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(PRIV_KEY), "LONEKEY\n").unwrap();
+        let lock = FolderLock::acquire(dir.path()).unwrap();
+        let folder = locate(&lock, "a:1").unwrap();
+        let identity = Identity {
+            name: sfc_proto::Name::new("bob").unwrap(),
+            client_id: sfc_proto::ClientId::from_hex("ffeeddccbbaa99887766554433221100").unwrap(),
+            keypair: sfc_crypto::RsaKeyPair::generate().unwrap(),
+        };
+        assert_eq!(
+            folder.save(&identity).unwrap(),
+            None,
+            "no me.info backed up"
+        );
+        let key_bak = dir.path().join(backup_name(PRIV_KEY, UNKNOWN_BACKUP_ID));
+        assert_eq!(std::fs::read_to_string(&key_bak).unwrap(), "LONEKEY\n");
+        assert!(is_state_file(
+            &key_bak.file_name().unwrap().to_string_lossy()
+        ));
     }
 
     #[test]
