@@ -42,11 +42,17 @@ pub fn check_file(path: &Path, packet_size: PacketSizing) -> Result<FileToSend, 
     if !metadata.is_file() {
         return Err("is not a regular file".to_owned());
     }
-    File::open(path).map_err(|e| match e.kind() {
+    let file = File::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::PermissionDenied => "is not readable (permission denied)".to_owned(),
         _ => format!("cannot be opened: {e}"),
     })?;
     let size = metadata.len();
+    if holds_more_than(file, size) {
+        // Sent as its size says, it would arrive short (empty, for most) and be confirmed.
+        return Err(format!(
+            "holds more than the {size} bytes its size says (a file the system does not              size, such as one under /proc or /sys, or one growing now): copy it to a              regular file and send that"
+        ));
+    }
     let plan = upload::plan(size, packet_size)?;
     let base = path
         .file_name()
@@ -62,6 +68,14 @@ pub fn check_file(path: &Path, packet_size: PacketSizing) -> Result<FileToSend, 
         size,
         plan,
     })
+}
+
+/// Whether `file` goes on past `size` bytes (a read there is not the end of the file).
+/// A file that cannot be read there is left to the send, which reports it.
+fn holds_more_than(mut file: File, size: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut byte = [0u8; 1];
+    file.seek(SeekFrom::Start(size)).is_ok() && matches!(file.read(&mut byte), Ok(1))
 }
 
 /// A name to store a file under: printable ASCII, at most 254 bytes.
@@ -259,6 +273,24 @@ pub fn same_label(files: &[FileToSend]) -> Option<(&FileToSend, &FileToSend)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file that reads past the size it reports (procfs sizes its files 0) is refused
+    /// before anything is sent: sent as sized it would arrive empty and be confirmed.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_that_holds_more_than_its_size_is_refused() {
+        let proc_file = Path::new("/proc/self/status");
+        assert_eq!(std::fs::metadata(proc_file).unwrap().len(), 0);
+        let e = check_file(proc_file, PacketSizing::default()).unwrap_err();
+        assert!(e.contains("holds more than the 0 bytes"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let regular = dir.path().join("regular.bin");
+        std::fs::write(&regular, b"exactly this").unwrap();
+        assert_eq!(
+            check_file(&regular, PacketSizing::default()).unwrap().size,
+            12
+        );
+    }
 
     #[test]
     fn file_labels_must_be_printable_ascii() {
