@@ -449,7 +449,9 @@ impl MetaStore for SqliteStore {
             let removed = c
                 .prepare_cached("DELETE FROM clients WHERE ID = ?1")?
                 .execute(params![&id.0[..]])?;
-            Ok((removed > 0).then_some(files))
+            // File rows without their client (a database adopted from another server;
+            // this one never writes them) were removed too: their files must go as well.
+            Ok((removed > 0 || !files.is_empty()).then_some(files))
         })
     }
 

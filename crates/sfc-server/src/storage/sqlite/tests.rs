@@ -20,6 +20,30 @@ fn the_store_keeps_the_contract_of_defensive_db() {
     assert!(matches!(store.client(&id(1)), Err(StoreError::Closed)));
 }
 
+/// An ID with file rows but no client row (an adopted database: `files` has no foreign
+/// key in defensive.db) is removed with its file rows, which are returned so that their
+/// files go too; before, "no such client" was answered with the rows already deleted.
+#[test]
+fn removing_an_id_with_file_rows_but_no_client_returns_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("defensive.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let orphan = id(7);
+    let path_name = format!("files/{}/left.bin", orphan.to_hex());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO files (ID, FileName, PathName, Verified) VALUES (?1, 'left.bin', ?2, 1)",
+            params![&orphan.0[..], path_name],
+        )
+        .unwrap();
+    let removed = store.remove_client(&orphan).unwrap().unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].path, path_name);
+    assert!(store.files().unwrap().is_empty());
+    assert_eq!(store.remove_client(&orphan).unwrap(), None);
+}
+
 #[test]
 fn the_set_up_id_is_recorded_once_and_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
