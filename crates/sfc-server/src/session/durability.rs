@@ -103,7 +103,9 @@ impl Core {
     ///    replaces it, so it is left alone;
     /// 2. the file is moved into place, keeping the version it replaces in place
     ///    ([`crate::storage::TempBlob::persist_undoable`]); if that fails, a row step 1
-    ///    changed is restored (its file is untouched) and the client gets 1607;
+    ///    changed is restored (its file is untouched) and the client gets 1607; unless
+    ///    the new version was left in place ([`crate::storage::LeftInPlace`]: the move
+    ///    could be neither made durable nor undone), when the row stays unverified;
     /// 3. the row is committed with Verified = 0. If that fails, the database is asked
     ///    whether the commit happened after all (only its answer lost): if so, the
     ///    upload is stored. Otherwise the move is undone (the replaced version put back,
@@ -147,8 +149,11 @@ impl Core {
         let persisted = match temp.persist_undoable() {
             Ok(persisted) => persisted,
             Err(error) => {
-                // The stored version is untouched, so as verified as before.
-                self.restore_verified(unverified, ctx);
+                // The stored version is untouched, so as verified as before; unless the
+                // new one was left in place (the row stays unverified, as it now is).
+                if !crate::storage::left_in_place(&error) {
+                    self.restore_verified(unverified, ctx);
+                }
                 return Err(FinishError::Store(error));
             }
         };

@@ -556,6 +556,50 @@ fn failed_removals_are_retried_and_never_remove_a_file_stored_again() {
     assert_eq!(h.core.retry_removals(), (0, 0));
 }
 
+/// A new version whose move into place could be neither made durable nor undone (the
+/// folder's fsync, then the rename back, failed) is in place though the client gets
+/// 1607: the row, made unverified before the move, stays unverified. (Before, it was
+/// marked verified again, as if the confirmed version were still there.)
+#[test]
+fn a_version_left_in_place_by_a_failed_undo_keeps_its_row_unverified() {
+    use std::sync::atomic::Ordering;
+    let (h, faults) = harness_with_faults();
+    let (id, key) = enroll(&h, "vera");
+    store(&h, id, &key, "a.bin", b"confirmed");
+    let ok = request(
+        id,
+        RequestBody::ChecksumOk {
+            file_name: name("a.bin"),
+        },
+    );
+    assert!(h.core.handle_request(&ctx(false), ok).reply.is_some());
+    assert!(
+        h.core
+            .meta_store()
+            .file(&id, "a.bin")
+            .unwrap()
+            .unwrap()
+            .verified
+    );
+
+    faults.persist_left_in_place.store(true, Ordering::SeqCst);
+    let cipher = encrypt(&key, b"unconfirmed");
+    let mut bodies = packets("a.bin", b"unconfirmed", &cipher, cipher.len());
+    let out = h
+        .core
+        .handle_request(&ctx(false), request(id, bodies.remove(0)));
+    assert!(matches!(out.reply, Some(Response::ServerError)), "{out:?}");
+    let row = h.core.meta_store().file(&id, "a.bin").unwrap().unwrap();
+    assert!(
+        !row.verified,
+        "the row names content the client never confirmed"
+    );
+    assert_eq!(
+        std::fs::read(h.root.join(&row.path)).unwrap(),
+        b"unconfirmed"
+    );
+}
+
 /// Stores `labels` for a new client and has their removals fail (902s while every
 /// removal fails), so that they wait for a retry in this order.
 fn pending_removals(

@@ -414,9 +414,11 @@ impl TempBlob for LocalTemp {
             backup,
         };
         if let Err(error) = sync_dir(&self.dir) {
-            // Not durably in place: put things back as they were.
-            let _ = Box::new(persisted).undo();
-            return Err(error);
+            // Not durably in place: put things back as they were, or say they are not.
+            return Err(match Box::new(persisted).undo() {
+                Ok(()) => error,
+                Err(undo) => io::Error::other(super::LeftInPlace { cause: error, undo }),
+            });
         }
         Ok(Box::new(persisted))
     }

@@ -61,6 +61,24 @@ pub enum StoreError {
     Closed,
 }
 
+/// The error of a [`TempBlob::persist_undoable`] whose move into place could be neither
+/// made durable nor undone: the new, unconfirmed version is in place.
+#[derive(Debug, thiserror::Error)]
+#[error("{cause}; undoing the move failed too ({undo}): the new version is in place")]
+pub struct LeftInPlace {
+    /// Why the move failed.
+    pub cause: io::Error,
+    /// Why undoing it failed.
+    pub undo: io::Error,
+}
+
+/// Whether a [`TempBlob::persist_undoable`] error is a [`LeftInPlace`].
+pub fn left_in_place(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<LeftInPlace>())
+}
+
 /// A row of `clients`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientRecord {
@@ -276,7 +294,8 @@ pub trait TempBlob: Send + fmt::Debug {
     /// was none). A crash in between leaves the new, complete file under the final name
     /// and the kept version under a temporary name (removed at start-up).
     ///
-    /// An error means the stored version is as it was.
+    /// An error means the stored version is as it was, unless [`left_in_place`] says
+    /// otherwise (the move could be neither made durable nor undone).
     ///
     /// The default cannot undo: it persists, and its `undo` fails, leaving the new file
     /// in place.

@@ -47,6 +47,9 @@ pub struct Faults {
     pub disk_full: AtomicBool,
     /// Persisting a temporary file fails with `EIO` (writing it does not).
     pub persist_fails: AtomicBool,
+    /// A move into place happens but reports a [`crate::storage::LeftInPlace`] error (as
+    /// a local folder does when its fsync and then its undo both fail).
+    pub persist_left_in_place: AtomicBool,
     /// Undoing a move into place fails with `EIO`, leaving the new version in place.
     pub undo_fails: AtomicBool,
     /// Removing a stored file fails with `EIO` ([`FaultyBlobs`] only).
@@ -107,6 +110,7 @@ impl Default for Faults {
             size_gate: Gate::default(),
             size_queries: AtomicU64::new(0),
             file_lookups: AtomicU64::new(0),
+            persist_left_in_place: AtomicBool::new(false),
             remove_fails_at: std::sync::Mutex::new(None),
         }
     }
@@ -535,8 +539,18 @@ impl TempBlob for FaultyTemp {
     fn persist_undoable(self: Box<Self>) -> io::Result<Box<dyn Persisted>> {
         self.faults.persist_gate.pass();
         self.faults.persist()?;
+        let inner = self.inner.persist_undoable()?;
+        if self.faults.persist_left_in_place.load(Ordering::SeqCst) {
+            // Neither kept nor undone: what a crash leaves (the earlier version as a
+            // temporary file, removed at start-up).
+            drop(inner);
+            return Err(io::Error::other(crate::storage::LeftInPlace {
+                cause: io::Error::from_raw_os_error(5),
+                undo: io::Error::from_raw_os_error(5),
+            }));
+        }
         Ok(Box::new(FaultyPersisted {
-            inner: self.inner.persist_undoable()?,
+            inner,
             faults: self.faults,
         }))
     }
