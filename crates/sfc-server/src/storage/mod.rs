@@ -607,6 +607,17 @@ mod tests {
             .as_u128()
     }
 
+    /// Commits a verified row naming `path` for the client's `name`.
+    fn record_row(meta: &SqliteStore, client: ClientId, name: &str, path: &str) {
+        let row = FileRecord {
+            client_id: client,
+            file_name: name.into(),
+            path: path.to_owned(),
+            verified: true,
+        };
+        meta.put_file(&row, Timestamp(0)).unwrap();
+    }
+
     /// Versions a file's row no longer names because a later one replaced them (S3's key
     /// per upload; a crash or failed delete after the replacement's commit) are removed
     /// however many there are; unrecorded files that are not such versions still count
@@ -616,15 +627,7 @@ mod tests {
         let (dir, meta, blobs, kept, orphan) = data_folder();
         let client = ClientId([0xab; 16]);
         let t0 = 1_790_000_000_000;
-        let record = |name: &str, path: &str| {
-            let row = FileRecord {
-                client_id: client,
-                file_name: name.into(),
-                path: path.to_owned(),
-                verified: true,
-            };
-            meta.put_file(&row, Timestamp(0)).unwrap();
-        };
+        let record = |name: &str, path: &str| record_row(&meta, client, name, path);
         let current = store_version(&blobs, &client, "doc.bin", made_at(t0 + 1_000));
         record("doc.bin", &current);
         let replaced: Vec<String> = (0..=setup::MAX_ORPHANS_REMOVED as u64)
@@ -692,15 +695,7 @@ mod tests {
         let (dir, meta, blobs, kept, orphan) = data_folder();
         let client = ClientId([0xab; 16]);
         let t0 = 1_790_000_000_000;
-        let record = |name: &str, path: &str| {
-            let row = FileRecord {
-                client_id: client,
-                file_name: name.into(),
-                path: path.to_owned(),
-                verified: true,
-            };
-            meta.put_file(&row, Timestamp(0)).unwrap();
-        };
+        let record = |name: &str, path: &str| record_row(&meta, client, name, path);
         let current = store_version(&blobs, &client, "old.bin", uuid::Uuid::new_v4().as_u128());
         record("old.bin", &current);
         let dated = store_version(&blobs, &client, "old.bin", made_at(t0));

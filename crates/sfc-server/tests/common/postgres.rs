@@ -251,17 +251,8 @@ impl PgCluster {
     /// Runs SQL as the superuser over the unix socket; returns psql's output (unaligned,
     /// tuples only).
     pub fn psql(&self, database: &str, sql: &str) -> String {
-        let output = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", &path_str(self.dir.path())])
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                database,
-            ])
+        let output = self
+            .psql_command(database)
             .args(["-c", sql])
             .output()
             .expect("run psql");
@@ -277,7 +268,18 @@ impl PgCluster {
     /// output piped: for a test that holds a transaction open while other work runs.
     /// The caller ends it (closing its input ends psql) and waits for it.
     pub fn psql_session(&self, database: &str) -> std::process::Child {
-        Command::new(self.bin.join("psql"))
+        self.psql_command(database)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run psql")
+    }
+
+    /// psql as the superuser over the unix socket, on `database`: unaligned, tuples only,
+    /// stopping at the first error.
+    fn psql_command(&self, database: &str) -> Command {
+        let mut command = Command::new(self.bin.join("psql"));
+        command
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", &path_str(self.dir.path())])
             .args([
@@ -287,11 +289,8 @@ impl PgCluster {
                 "postgres",
                 "-d",
                 database,
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("run psql")
+            ]);
+        command
     }
 
     /// A new empty database owned by [`USER`]; returns its name.
