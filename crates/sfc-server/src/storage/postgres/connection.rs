@@ -1,7 +1,7 @@
 //! Opening the store (the pool and its runtime) and running statements on it, with one
 //! retry on a connection found closed.
 
-use super::migrations::{check_encoding, migrate, newer_schema, schema_version};
+use super::migrations::{check_encoding, check_version, migrate, newer_schema, schema_version};
 use super::IDLE_IN_TRANSACTION_TIMEOUT;
 use super::{db_err, pool_err, PostgresStore, CONNECT_TIMEOUT, POOL_WAIT, STATEMENT_TIMEOUT};
 use super::{StoreError, SCHEMA_VERSION};
@@ -20,6 +20,7 @@ impl PostgresStore {
         let store = Self::connect(url)?;
         store.run(async {
             let mut client = store.pool.get().await.map_err(pool_err)?;
+            check_version(&client).await?;
             check_encoding(&client).await?;
             migrate(&mut client).await
         })?;

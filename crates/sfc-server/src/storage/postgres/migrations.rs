@@ -55,6 +55,31 @@ pub(super) async fn check_encoding(client: &tokio_postgres::Client) -> Result<()
     }
 }
 
+/// The oldest PostgreSQL the store runs on (`server_version_num`): 13, for the
+/// transaction IDs a file's row is settled by (`pg_current_xact_id`, `pg_xact_status`).
+pub(super) const MIN_SERVER_VERSION: i32 = 130_000;
+
+/// Refuses a PostgreSQL older than [`MIN_SERVER_VERSION`] at start-up, with the reason,
+/// rather than failing every upload later.
+pub(super) async fn check_version(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let row = client
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .map_err(db_err)?;
+    let text: String = row.try_get(0).map_err(db_err)?;
+    version_supported(&text)
+}
+
+fn version_supported(server_version_num: &str) -> Result<(), StoreError> {
+    match server_version_num.trim().parse::<i32>() {
+        Ok(version) if version >= MIN_SERVER_VERSION => Ok(()),
+        _ => Err(StoreError::Database(format!(
+            "PostgreSQL {server_version_num} (server_version_num) is too old: sfc-server \
+             needs 13 or later (pg_current_xact_id, pg_xact_status)"
+        ))),
+    }
+}
+
 pub(super) async fn schema_version(client: &tokio_postgres::Client) -> Result<i32, StoreError> {
     let exists = client
         .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
@@ -159,4 +184,18 @@ async fn record_setup_id_once(
     .await;
     super::connection::release(client, &result);
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_postgresql_13_and_later_is_accepted() {
+        assert!(version_supported("130000").is_ok());
+        assert!(version_supported("150018").is_ok());
+        let old = version_supported("120022").unwrap_err().to_string();
+        assert!(old.contains("needs 13 or later"), "{old}");
+        assert!(version_supported("not a number").is_err());
+    }
 }
