@@ -312,15 +312,20 @@ fn large_bodies_are_refused_and_every_session_cookie_is_tried() {
     use std::io::{Read, Write};
     let addr = admin.base.trim_start_matches("http://");
     let mut http = std::net::TcpStream::connect(addr).unwrap();
-    write!(
+    // The server answers and closes once it has read 16 KiB: the rest of this write, and
+    // then the answer, may meet a reset connection. Either way it is not served.
+    let _ = write!(
         http,
         "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Padding: {}\r\n\r\n",
         "x".repeat(20 * 1024)
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = http.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    );
+    let mut answer = Vec::new();
+    let _ = http.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
 
     let session = admin.login();
     let planted = format!("{COOKIE}=planted-by-another-site; {session}");
@@ -1318,7 +1323,8 @@ fn a_stalled_request_head_and_an_idle_keep_alive_are_closed() {
 }
 
 /// Admin connections are capped, per address (32) and overall (256): a connection beyond
-/// either cap is closed at once, while those already open are still served. The other
+/// the address's cap is closed at once; one beyond the overall cap closes the connection
+/// idle longest instead; those already open are still served. The other
 /// "addresses" are other loopback addresses (127.0.0.x).
 #[test]
 fn admin_connections_beyond_the_caps_are_closed_at_once() {
@@ -1338,8 +1344,18 @@ fn admin_connections_beyond_the_caps_are_closed_at_once() {
         open.extend((0..32).map(|_| from(n)));
     }
     assert_eq!(open.len(), 256);
+    // The listener is full of connections that sent nothing (idle, as keep-alive ones
+    // between requests): a newcomer (who may be the operator) is served, and the one
+    // idle longest is closed to make room; before, the newcomer was refused for as long
+    // as the others stayed.
     let mut beyond = from(10);
-    assert!(closed_within(&mut beyond, quick), "257th connection served");
+    assert_eq!(healthz_on(&mut beyond, true), "HTTP/1.1 200 OK");
+    let mut oldest = open.remove(0);
+    assert!(
+        closed_within(&mut oldest, quick),
+        "the longest idle stays open"
+    );
+    drop((beyond, oldest));
     // The earlier connections are served (the newest first: the first ones were opened
     // longest ago), and a closed one frees a place.
     let mut last = open.pop().unwrap();

@@ -4,6 +4,7 @@
 //! request head, the body, a response the client stops taking) until shutdown.
 
 use super::auth::{self, Sessions};
+use super::idle;
 use super::login_limit::FailedLogins;
 use super::send_timeout::SendTimeout;
 use super::{host, router, AdminState, Peer, Shared};
@@ -105,7 +106,7 @@ impl AdminListener {
     /// The next connection ready for HTTP (plain at once, TLS once its handshake is
     /// done). `served`: connections being served now, counted against
     /// [`MAX_CONNECTIONS`] with the handshakes under way. Cancel-safe.
-    async fn accept(&mut self, served: usize) -> Accepted {
+    async fn accept(&mut self, served: usize, tracked: &idle::Connections) -> Accepted {
         loop {
             tokio::select! {
                 accepted = self.tcp.accept() => {
@@ -119,7 +120,11 @@ impl AdminListener {
                         }
                     };
                     // Refusals close the socket at once (dropped), before anything is read.
-                    if served + self.handshakes.len() >= MAX_CONNECTIONS {
+                    // A full listener first makes room by closing the connection idle
+                    // longest (`idle.rs`); only when none is idle is the newcomer refused.
+                    if served + self.handshakes.len() >= MAX_CONNECTIONS
+                        && !tracked.close_longest_idle()
+                    {
                         tracing::info!(%peer, "admin listener: too many connections open; connection closed");
                         continue;
                     }
@@ -238,13 +243,15 @@ impl AdminServer {
         let mut listener = self.listener;
         // Owned here: when this task is aborted (the grace period is over), so are they.
         let mut connections = JoinSet::new();
+        let tracked = Arc::new(idle::Connections::default());
         let (stopping, stop_rx) = watch::channel(false);
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 () = &mut stop => break,
-                accepted = listener.accept(connections.len()) => {
-                    connections.spawn(serve_connection(accepted, app.clone(), send_timeout, stop_rx.clone()));
+                accepted = listener.accept(connections.len(), &tracked) => {
+                    let tracker = tracked.register(std::time::Instant::now());
+                    connections.spawn(serve_connection(accepted, tracker, app.clone(), send_timeout, stop_rx.clone()));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 _ = flush.tick() => state.flush_lines(false),
@@ -264,19 +271,32 @@ impl AdminServer {
 /// `stop` turns true (then at the next request boundary).
 async fn serve_connection(
     accepted: Accepted,
+    tracker: idle::Connection,
     app: axum::Router,
     send_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let Accepted { io, peer, slot } = accepted;
     let io = SendTimeout::new(io, send_timeout, peer);
+    let close = Arc::clone(&tracker.close);
+    let tracker = Arc::new(tracker);
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let in_progress = tracker.request_started();
             let mut request = request.map(|body| axum::body::Body::new(TimedBody::new(body)));
             // What the handlers' `ConnectInfo<Peer>` reads (the rate limits key on it).
             request.extensions_mut().insert(ConnectInfo(Peer(peer)));
             // The router is always ready (no back-pressure), so no poll_ready first.
-            tower::Service::call(&mut app.clone(), request)
+            let call = tower::Service::call(&mut app.clone(), request);
+            async move {
+                let response = call.await?;
+                // Busy until hyper is done with the response's body.
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| {
+                        axum::body::Body::new(idle::TrackedBody::new(body, in_progress))
+                    }),
+                )
+            }
         });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -288,6 +308,8 @@ async fn serve_connection(
     let served = tokio::select! {
         result = connection.as_mut() => Some(result),
         _ = stop.wait_for(|stop| *stop) => None,
+        // The listener is full and this connection has been idle longest.
+        () = close.notified() => None,
     };
     let result = match served {
         Some(result) => result,

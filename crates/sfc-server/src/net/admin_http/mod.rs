@@ -16,6 +16,7 @@ mod actions;
 mod api;
 mod auth;
 mod host;
+mod idle;
 mod listen;
 mod login_limit;
 mod overview;

@@ -1,0 +1,195 @@
+//! The admin connections being served, each busy (a request in progress, its response
+//! not yet all written) or idle (waiting for a request head) since when, so that a full
+//! listener makes room for a new connection by closing the one idle longest instead of
+//! refusing the newcomer. Without it, whoever holds all [`super::listen::MAX_CONNECTIONS`]
+//! (a local user with 8 loopback addresses, 32 connections each, one `/healthz` every
+//! 19 s to stay under the head time-out) locks the operator out for as long as they
+//! like; with it the operator's connection closes one of theirs.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+use std::time::Instant;
+use tokio::sync::Notify;
+
+/// One connection's state.
+#[derive(Debug)]
+struct Tracked {
+    /// Requests in progress (HTTP/1: at most one, but counted to be safe).
+    busy: usize,
+    /// Since when it has had no request in progress (`None`: busy).
+    idle_since: Option<Instant>,
+    /// Told to close (not chosen again).
+    closing: bool,
+    close: Arc<Notify>,
+}
+
+/// The connections being served (see the module documentation).
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    table: Mutex<HashMap<u64, Tracked>>,
+    next_id: AtomicU64,
+}
+
+impl Connections {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Tracked>> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts tracking a connection, idle from `now` (it has sent nothing yet).
+    pub(crate) fn register(self: &Arc<Self>, now: Instant) -> Connection {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(Notify::new());
+        self.table().insert(
+            id,
+            Tracked {
+                busy: 0,
+                idle_since: Some(now),
+                closing: false,
+                close: Arc::clone(&close),
+            },
+        );
+        Connection {
+            id,
+            connections: Arc::clone(self),
+            close,
+        }
+    }
+
+    /// Tells the connection idle longest to close (it does at once: nothing is in
+    /// progress on it); false when every connection is busy or already closing.
+    pub(crate) fn close_longest_idle(&self) -> bool {
+        let mut table = self.table();
+        let longest = table
+            .values_mut()
+            .filter(|tracked| tracked.busy == 0 && !tracked.closing)
+            .filter_map(|tracked| tracked.idle_since.map(|since| (since, tracked)))
+            .min_by_key(|(since, _)| *since);
+        match longest {
+            Some((_, tracked)) => {
+                tracked.closing = true;
+                // Kept if the connection is not waiting yet: it sees it when it does.
+                tracked.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A tracked connection; untracked when dropped.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    id: u64,
+    connections: Arc<Connections>,
+    /// Notified when the listener wants this connection closed.
+    pub(crate) close: Arc<Notify>,
+}
+
+impl Connection {
+    /// Marks a request in progress until the returned guard is dropped (with the
+    /// response's body: [`TrackedBody`]).
+    pub(crate) fn request_started(&self) -> InProgress {
+        if let Some(tracked) = self.connections.table().get_mut(&self.id) {
+            tracked.busy += 1;
+            tracked.idle_since = None;
+        }
+        InProgress {
+            id: self.id,
+            connections: Arc::clone(&self.connections),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.connections.table().remove(&self.id);
+    }
+}
+
+/// A request in progress on a tracked connection.
+#[derive(Debug)]
+pub(crate) struct InProgress {
+    id: u64,
+    connections: Arc<Connections>,
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        if let Some(tracked) = self.connections.table().get_mut(&self.id) {
+            tracked.busy = tracked.busy.saturating_sub(1);
+            if tracked.busy == 0 {
+                tracked.idle_since = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// A response body that keeps its request marked in progress until hyper is done with
+/// it (all written, or the connection gone).
+pub(crate) struct TrackedBody {
+    inner: axum::body::Body,
+    _request: InProgress,
+}
+
+impl TrackedBody {
+    pub(crate) fn new(inner: axum::body::Body, request: InProgress) -> Self {
+        TrackedBody {
+            inner,
+            _request: request,
+        }
+    }
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+    use std::time::Duration;
+
+    #[test]
+    fn the_connection_idle_longest_is_closed_and_busy_ones_never() {
+        let connections = Arc::new(Connections::default());
+        let start = Instant::now();
+        let oldest = connections.register(start);
+        let busy = connections.register(start - Duration::from_secs(60));
+        let request = busy.request_started();
+        let newer = connections.register(start + Duration::from_secs(1));
+        assert!(connections.close_longest_idle());
+        // `oldest` was told (its permit is stored), `newer` not yet.
+        assert!(oldest.close.notified().now_or_never().is_some());
+        assert!(newer.close.notified().now_or_never().is_none());
+        assert!(connections.close_longest_idle(), "then the next idle one");
+        assert!(newer.close.notified().now_or_never().is_some());
+        assert!(!connections.close_longest_idle(), "the busy one stays");
+        drop(request);
+        assert!(
+            connections.close_longest_idle(),
+            "idle once its response is done"
+        );
+        drop((oldest, busy, newer));
+        assert!(connections.table().is_empty());
+    }
+}
