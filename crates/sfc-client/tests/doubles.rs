@@ -698,6 +698,38 @@ fn a_file_that_changes_while_it_is_sent_is_reported() {
     assert_eq!(double.state().stored["next.bin"].len(), 100);
 }
 
+/// A file rewritten while it is sent, same size, with its time set back (what a write
+/// within the filesystem's time tick of the one before looks like) is not confirmed: a
+/// file written just before it was sent is read again after the 1603 and its cksum
+/// compared, so the change is seen and 902 sent.
+#[test]
+fn a_change_the_file_times_cannot_show_is_caught_for_a_file_just_written() {
+    let dir = tempdir();
+    let double = Double::start(Behaviour {
+        rewrite_keeping_time: Some(dir.path().join("data.bin")),
+        ..Behaviour::default()
+    });
+    setup(dir.path(), &double, "racy", 5000);
+    // "Just written" whatever the registration before the send takes on a loaded machine:
+    // a time ahead of the clock (as a skewed clock leaves) is within the window too.
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("data.bin"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(600))
+        .unwrap();
+    let run = run_client(dir.path(), &["data.bin"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("its content changed, its size and time did not"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(double.state().failed, ["data.bin"]);
+    assert!(double.state().verified.is_empty());
+}
+
 /// Issue 13 item 14: `--pace MS` sends each packet with its own write (with a pause after
 /// it) and, without --packet-size, packets of 1024 bytes that fit one TCP segment. The
 /// servers it is for are exercised in interop/test_client_pace.py.

@@ -114,7 +114,10 @@ impl Session {
         // The server has exactly what was read. If the file changed meanwhile, that is a
         // mix of before and after, not the file: 902 has the server drop it rather than
         // keep it as confirmed (the checksums agree all the same).
-        if let Err(changed) = before.unchanged(file) {
+        if let Err(changed) = before
+            .unchanged(file)
+            .and_then(|()| before.same_content(file, cksum))
+        {
             self.send_verdict(file, false)?;
             return Err(changed);
         }
@@ -150,15 +153,24 @@ fn plan_as_now(
     })
 }
 
-/// A file's size and modification time, to notice a file that changes while it is sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How close to the snapshot a modification time must be for a write after it to be
+/// possibly invisible: filesystems keep times in ticks (a few ms on ext4 before Linux
+/// 6.13, 2 s on FAT), and a write in the tick of the one the snapshot saw leaves the
+/// time as it was.
+const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A file's size and modification time, to notice a file that changes while it is sent,
+/// and when they were read.
+#[derive(Clone, Copy, Debug)]
 struct Snapshot {
     len: u64,
     modified: Option<std::time::SystemTime>,
+    taken: std::time::SystemTime,
 }
 
 impl Snapshot {
     fn take(file: &FileToSend) -> Result<Snapshot, ClientError> {
+        let taken = std::time::SystemTime::now();
         let metadata = std::fs::metadata(&file.path).map_err(|e| ClientError::File {
             path: file.path.clone(),
             reason: format!("cannot be read: {e}"),
@@ -166,13 +178,51 @@ impl Snapshot {
         Ok(Snapshot {
             len: metadata.len(),
             modified: metadata.modified().ok(),
+            taken,
         })
+    }
+
+    /// Whether a change after this snapshot could have kept the modification time: the
+    /// file was modified within [`RACY_WINDOW`] of the snapshot (or its time is unknown).
+    fn racy(&self) -> bool {
+        self.modified
+            .is_none_or(|modified| modified + RACY_WINDOW >= self.taken)
+    }
+
+    /// For a [`Self::racy`] snapshot only (a file written just before it was sent): reads
+    /// the file again and compares its cksum with the one the server confirmed, so that a
+    /// write the times cannot show is not confirmed (git's "racily clean" entries).
+    fn same_content(&self, file: &FileToSend, confirmed: u32) -> Result<(), ClientError> {
+        if !self.racy() {
+            return Ok(());
+        }
+        let read_error = |e: std::io::Error| ClientError::File {
+            path: file.path.clone(),
+            reason: format!("cannot be read again: {e}"),
+        };
+        let mut reader = std::fs::File::open(&file.path).map_err(read_error)?;
+        let mut sum = sfc_crypto::Cksum::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = std::io::Read::read(&mut reader, &mut buf).map_err(read_error)?;
+            let Some(piece) = buf.get(..n).filter(|piece| !piece.is_empty()) else {
+                break;
+            };
+            sum.update(piece);
+        }
+        if sum.finish() == confirmed {
+            return Ok(());
+        }
+        Err(self.changed(
+            file,
+            "its content changed, its size and time did not".to_owned(),
+        ))
     }
 
     /// An error when the file is no longer as it was when this snapshot was taken.
     fn unchanged(&self, file: &FileToSend) -> Result<(), ClientError> {
         let now = Snapshot::take(file)?;
-        if now == *self {
+        if (now.len, now.modified) == (self.len, self.modified) {
             return Ok(());
         }
         let how = if now.len != self.len {
@@ -180,7 +230,12 @@ impl Snapshot {
         } else {
             "it was modified".to_owned()
         };
-        Err(ClientError::File {
+        Err(self.changed(file, how))
+    }
+
+    /// The error for a file that changed while it was sent (`how`).
+    fn changed(&self, file: &FileToSend, how: String) -> ClientError {
+        ClientError::File {
             path: file.path.clone(),
             reason: format!(
                 "changed while it was being sent ({how}): the {} bytes the server received are \
@@ -188,7 +243,7 @@ impl Snapshot {
                  again once it no longer changes",
                 self.len
             ),
-        })
+        }
     }
 }
 
@@ -568,5 +623,29 @@ fn check_received(
             Verbosity::Verbose,
             format!("   note: the server's reply carries client ID {client_id}"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn only_a_file_modified_just_before_its_snapshot_is_racy() {
+        let taken = SystemTime::now();
+        let at = |ago: u64| Snapshot {
+            len: 1,
+            modified: Some(taken - Duration::from_secs(ago)),
+            taken,
+        };
+        assert!(at(0).racy());
+        assert!(at(1).racy());
+        assert!(!at(10).racy());
+        let unknown = Snapshot {
+            modified: None,
+            ..at(10)
+        };
+        assert!(unknown.racy());
     }
 }

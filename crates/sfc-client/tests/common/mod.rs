@@ -284,6 +284,10 @@ pub struct Behaviour {
     /// Append 1000 bytes to this file when the first file packet arrives: a file that
     /// grows while the client sends it.
     pub grow_file: Option<PathBuf>,
+    /// Rewrite this file in place when the first file packet arrives (same size, other
+    /// bytes) and set its modification time back: a change the times cannot show (a
+    /// write within the filesystem's time tick of the one before).
+    pub rewrite_keeping_time: Option<PathBuf>,
     /// Wait this long before the final 1603 of a file (a server busy checksumming).
     pub final_reply_delay: Option<Duration>,
     /// Stop reading (hold the connection, say nothing) once this many bytes of file
@@ -767,6 +771,14 @@ fn handle_packet(
         if let Some(path) = &behaviour.grow_file {
             let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
             file.write_all(&[0u8; 1000]).unwrap();
+        }
+        if let Some(path) = &behaviour.rewrite_keeping_time {
+            let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+            let mut bytes = std::fs::read(path).unwrap();
+            bytes.iter_mut().for_each(|b| *b = !*b);
+            std::fs::write(path, &bytes).unwrap();
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.set_modified(modified).unwrap();
         }
     }
     if packet.packet_number < packet.total_packets && s.intermediate_errors_left > 0 {
