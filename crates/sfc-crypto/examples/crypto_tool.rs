@@ -114,16 +114,12 @@ fn main() -> Res<()> {
             }
         }
         "cksum" => {
-            let mut reader = fs::File::open(arg(&args, 2)?)?;
+            let file = fs::File::open(arg(&args, 2)?)?;
             let mut c = Cksum::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = reader.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                c.update(buf.get(..n).ok_or("read overflow")?);
-            }
+            std::io::copy(
+                &mut std::io::BufReader::with_capacity(256 * 1024, file),
+                &mut c,
+            )?;
             println!("{} {}", c.finish(), c.len());
         }
         other => return Err(format!("unknown command {other:?}").into()),

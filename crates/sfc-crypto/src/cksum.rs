@@ -62,6 +62,19 @@ impl Cksum {
     }
 }
 
+/// A sink for [`std::io::copy`]: `io::copy(&mut file, &mut sum)` checksums a whole
+/// reader without a read loop of its own.
+impl std::io::Write for Cksum {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.update(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// `cksum` of a whole buffer.
 #[must_use]
 pub fn cksum(data: &[u8]) -> u32 {
@@ -113,6 +126,15 @@ mod tests {
         c.update(b"x");
         assert_eq!(snapshot.finish(), 3_733_384_285);
         assert_eq!(c.finish(), cksum(b"hello world\nx"));
+    }
+
+    #[test]
+    fn a_reader_copied_into_it_is_checksummed_whole() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut sum = Cksum::new();
+        let copied = std::io::copy(&mut data.as_slice(), &mut sum).unwrap();
+        assert_eq!(copied, 100_000);
+        assert_eq!(sum.finish(), cksum(&data));
     }
 
     proptest! {

@@ -200,16 +200,13 @@ impl Snapshot {
             path: file.path.clone(),
             reason: format!("cannot be read again: {e}"),
         };
-        let mut reader = std::fs::File::open(&file.path).map_err(read_error)?;
+        let reader = std::fs::File::open(&file.path).map_err(read_error)?;
         let mut sum = sfc_crypto::Cksum::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = std::io::Read::read(&mut reader, &mut buf).map_err(read_error)?;
-            let Some(piece) = buf.get(..n).filter(|piece| !piece.is_empty()) else {
-                break;
-            };
-            sum.update(piece);
-        }
+        std::io::copy(
+            &mut std::io::BufReader::with_capacity(64 * 1024, reader),
+            &mut sum,
+        )
+        .map_err(read_error)?;
         if sum.finish() == confirmed {
             return Ok(());
         }

@@ -175,10 +175,10 @@ impl Core {
     /// as failed), and so is one whose removal cannot succeed ([`cannot_succeed`]). One
     /// whose check or removal fails otherwise ends the call (the store is likely still
     /// failing: one slow failure per call, not one per file) and is kept behind the
-    /// files not yet tried, which the next call tries first. A client no row names any more whose files are all gone
-    /// then loses what the store keeps for it beyond them (its empty folder), as after a
-    /// removal that did not fail. Returns how many were removed and how many are still
-    /// pending.
+    /// files not yet tried, which the next call tries first. A client no row names any
+    /// more whose files are all gone then loses what the store keeps for it beyond them
+    /// (its empty folder), as after a removal that did not fail. Returns how many were
+    /// removed and how many are still pending.
     pub fn retry_removals(&self) -> (usize, usize) {
         let mut removed = 0;
         let mut owners: Vec<ClientId> = Vec::new();
@@ -186,23 +186,17 @@ impl Core {
         let mut files = self.removals.take().into_iter();
         while let Some(file) = files.next() {
             let _name = self.names.lock(file.client, &file.file_name);
-            match self.meta.file(&file.client, &file.file_name) {
+            let removal = match self.meta.file(&file.client, &file.file_name) {
                 Ok(Some(row)) if row.path == file.path => {
                     if let Some(rechecks) = file.rechecks.checked_sub(1) {
                         again.push(Unremoved { rechecks, ..file });
                     }
                     continue;
                 }
-                Ok(_) => {}
-                Err(_) => {
-                    // The database is likely down: one failed lookup per call, not one
-                    // (each as slow as its time-out, under a name's lock) per file.
-                    again.extend(files);
-                    again.push(file);
-                    break;
-                }
-            }
-            match self.blobs.remove(&file.path) {
+                Ok(_) => self.blobs.remove(&file.path),
+                Err(error) => Err(io::Error::other(error)),
+            };
+            match removal {
                 Ok(()) => {
                     removed += 1;
                     if !owners.contains(&file.client) {
@@ -213,6 +207,8 @@ impl Core {
                     tracing::warn!(path = %file.path, %error, "cannot remove a stored file, and retrying cannot help: given up (left to the operator)");
                 }
                 Err(_) => {
+                    // The database or the store is likely down: one failure per call, not
+                    // one (each as slow as its time-out, under a name's lock) per file.
                     // The rest go first next time: a file that keeps failing must not
                     // keep every file after it from its turn.
                     again.extend(files);

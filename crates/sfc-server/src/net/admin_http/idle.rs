@@ -64,7 +64,8 @@ impl Connections {
         let mut table = self.table();
         let longest = table
             .values_mut()
-            .filter(|tracked| tracked.busy == 0 && !tracked.closing)
+            .filter(|tracked| !tracked.closing)
+            // Idle: no request in progress (`busy` 0).
             .filter_map(|tracked| tracked.idle_since.map(|since| (since, tracked)))
             .min_by_key(|(since, _)| *since);
         match longest {

@@ -39,12 +39,18 @@ pub(super) fn newer_schema(version: i32) -> StoreError {
 
 /// Names, labels and paths are UTF-8 text; a database in another encoding could refuse
 /// some or store them differently.
-pub(super) async fn check_encoding(client: &tokio_postgres::Client) -> Result<(), StoreError> {
-    let row = client
-        .query_one("SHOW server_encoding", &[])
+/// A server setting's value (`SHOW name`).
+async fn show(client: &tokio_postgres::Client, name: &str) -> Result<String, StoreError> {
+    client
+        .query_one(&format!("SHOW {name}"), &[])
         .await
-        .map_err(db_err)?;
-    let encoding: String = row.try_get(0).map_err(db_err)?;
+        .map_err(db_err)?
+        .try_get(0)
+        .map_err(db_err)
+}
+
+pub(super) async fn check_encoding(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let encoding = show(client, "server_encoding").await?;
     if encoding.eq_ignore_ascii_case("UTF8") {
         Ok(())
     } else {
@@ -62,12 +68,7 @@ pub(super) const MIN_SERVER_VERSION: i32 = 130_000;
 /// Refuses a PostgreSQL older than [`MIN_SERVER_VERSION`] at start-up, with the reason,
 /// rather than failing every upload later.
 pub(super) async fn check_version(client: &tokio_postgres::Client) -> Result<(), StoreError> {
-    let row = client
-        .query_one("SHOW server_version_num", &[])
-        .await
-        .map_err(db_err)?;
-    let text: String = row.try_get(0).map_err(db_err)?;
-    version_supported(&text)
+    version_supported(&show(client, "server_version_num").await?)
 }
 
 fn version_supported(server_version_num: &str) -> Result<(), StoreError> {
