@@ -43,11 +43,8 @@ pub(crate) async fn authenticate(
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Result<Auth, ApiError> {
-    if headers.contains_key(header::AUTHORIZATION) {
-        wait_if_blocked(state, peer).await;
-    }
-    let now = Instant::now();
     if let Some(value) = headers.get(header::AUTHORIZATION) {
+        wait_if_blocked(state, peer).await;
         // The scheme's name is case-insensitive (RFC 7235).
         let given = value
             .to_str()
@@ -58,7 +55,7 @@ pub(crate) async fn authenticate(
         if same_secret(given.trim(), &state.token) {
             return Ok(Auth::Bearer);
         }
-        if state.failed_logins.blocked(peer.ip(), now) {
+        if state.failed_logins.blocked(peer.ip(), Instant::now()) {
             login_refused(state, peer, "wrong bearer token");
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -68,6 +65,7 @@ pub(crate) async fn authenticate(
         login_failed(state, peer, "wrong bearer token");
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong token"));
     }
+    let now = Instant::now();
     for id in cookies(headers, COOKIE) {
         if let Some(csrf) = state.sessions.csrf(id, now) {
             return Ok(Auth::Session {

@@ -3,7 +3,7 @@
 //! one range in memory and no request outlives the client's request time-out (a single
 //! `GET` streaming a large object would).
 
-use super::{s3_err, Shared};
+use super::Shared;
 use bytes::{Buf, Bytes};
 use object_store::path::Path as Key;
 use object_store::ObjectStore;
@@ -50,9 +50,7 @@ impl io::Read for ObjectReader {
             let end = self.size.min(self.next + READ_RANGE);
             let range = self
                 .shared
-                .handle
-                .block_on(self.shared.s3.get_range(&self.key, self.next..end))
-                .map_err(s3_err)?;
+                .run(self.shared.s3.get_range(&self.key, self.next..end))?;
             let expected = end - self.next;
             if range.len() as u64 != expected {
                 return Err(io::Error::new(
