@@ -220,6 +220,77 @@ fn health_checks_are_open_and_everything_else_needs_the_token() {
     assert_eq!(response.headers().get("x-frame-options").unwrap(), "DENY");
 }
 
+/// Credentials are checked before anything else of a request is read: a stranger's
+/// malformed query or form gets the same answer as a well-formed one (401, or the login
+/// form), not a 400, 415 or 422 that tells it what a valid request looks like.
+#[test]
+fn credentials_are_checked_before_the_query_or_the_form() {
+    let admin = Admin::start();
+    let id = "ab".repeat(16);
+    let malformed = [
+        ("GET", "/api/v1/clients?limit=many".to_owned()),
+        ("GET", format!("/api/v1/clients/{id}/files?offset=-1")),
+        ("GET", "/api/v1/failures?offset=x".to_owned()),
+        ("GET", format!("/api/v1/clients/{id}/file")),
+        ("DELETE", format!("/api/v1/clients/{id}/file")),
+    ];
+    for (method, path) in &malformed {
+        let call = |authorization: Option<String>| {
+            let request = ureq::http::Request::builder()
+                .method(*method)
+                .uri(admin.url(path));
+            let request = match authorization {
+                Some(value) => request.header("Authorization", value),
+                None => request,
+            };
+            let response = admin.agent.run(request.body(()).unwrap()).unwrap();
+            let challenge = response.headers().get("www-authenticate").cloned();
+            (response.status().as_u16(), challenge)
+        };
+        // The request is malformed indeed: the operator gets 400 for it.
+        assert_eq!(call(Some(admin.bearer())).0, 400, "{method} {path}");
+        let (status, challenge) = call(None);
+        assert_eq!(status, 401, "{method} {path}");
+        assert_eq!(challenge.unwrap(), "Bearer", "{method} {path}");
+    }
+    // A page with a malformed query sends a browser without a session to the login form.
+    let response = admin
+        .agent
+        .get(admin.url("/clients?page=x"))
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(response.headers().get("location").unwrap(), "/login");
+    let cookie = admin.login();
+    assert_eq!(admin.page(&cookie, "/clients?page=x").0, 400);
+    // A form action without a session is refused as such, whatever its body.
+    for path in [
+        format!("/clients/{id}/remove"),
+        format!("/clients/{id}/delete"),
+    ] {
+        let status = admin
+            .agent
+            .post(admin.url(&path))
+            .header("Content-Type", "text/plain")
+            .send("not a form")
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, 401, "{path}");
+    }
+    // A wrong token at the login form: 401 with its challenge, as everywhere else.
+    let response = admin
+        .agent
+        .post(admin.url("/login"))
+        .send_form([("token", "not-the-token")])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(
+        response.headers().get("www-authenticate").unwrap(),
+        "Bearer"
+    );
+}
+
 #[test]
 fn failed_logins_are_limited_per_address() {
     let admin = Admin::start();

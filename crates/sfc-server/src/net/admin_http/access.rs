@@ -3,7 +3,9 @@
 
 use super::auth::{same_secret, COOKIE};
 use super::login_limit::{self, BLOCKED_VERDICT_DELAY};
-use super::{AdminState, ApiError};
+use super::{AdminState, ApiError, Peer, Shared};
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -78,6 +80,31 @@ pub(crate) async fn authenticate(
         StatusCode::UNAUTHORIZED,
         "log in: Authorization: Bearer <token from the admin token file>",
     ))
+}
+
+/// A request's credentials, checked by [`authenticate`]. As a route's first extractor it
+/// refuses a request without them (401, 429) before its path, query or form is parsed:
+/// a stranger's malformed request gets the answer a well-formed one would, not a 400,
+/// 415 or 422 describing what the route takes.
+pub(crate) struct Authorized(pub(crate) Auth);
+
+impl FromRequestParts<Shared> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        authenticate(state, peer(parts)?, &parts.headers)
+            .await
+            .map(Authorized)
+    }
+}
+
+/// The remote address the listener put into the request (`listen.rs`).
+pub(super) fn peer(parts: &Parts) -> Result<SocketAddr, ApiError> {
+    parts
+        .extensions
+        .get::<ConnectInfo<Peer>>()
+        .map(|ConnectInfo(Peer(peer))| *peer)
+        .ok_or_else(|| ApiError::internal("the request carries no remote address"))
 }
 
 /// Waits [`BLOCKED_VERDICT_DELAY`] if `peer`'s address is blocked (see [`authenticate`]).

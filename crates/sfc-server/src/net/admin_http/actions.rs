@@ -1,12 +1,12 @@
 //! The file endpoints and the actions: a stored file streamed back, a file deleted, a
 //! client removed (through [`crate::session::Core`]).
 
-use super::access::{authenticate, check_csrf};
+use super::access::{check_csrf, Authorized};
 use super::api::{blocking, client_id};
-use super::{AdminState, ApiError, Peer, Shared};
+use super::{AdminState, ApiError, Shared};
 use crate::session::Removal;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
@@ -121,12 +121,10 @@ fn content_disposition(name: &str) -> String {
 
 pub(super) async fn download(
     State(state): State<Shared>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    _: Authorized,
     Path(id): Path<String>,
     Query(query): Query<FileQuery>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, peer, &headers).await?;
     download_file(&state, &id, &query.name).await
 }
 
@@ -164,12 +162,11 @@ pub(crate) async fn remove_file(
 
 pub(super) async fn api_remove_file(
     State(state): State<Shared>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    Authorized(auth): Authorized,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<FileQuery>,
 ) -> Result<Json<Removed>, ApiError> {
-    let auth = authenticate(&state, peer, &headers).await?;
     check_csrf(&auth, &headers, None)?;
     Ok(Json(remove_file(&state, &id, &query.name).await?))
 }
@@ -193,11 +190,10 @@ pub(crate) async fn remove_client(state: &AdminState, id: &str) -> Result<Remove
 
 pub(super) async fn api_remove_client(
     State(state): State<Shared>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    Authorized(auth): Authorized,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Removed>, ApiError> {
-    let auth = authenticate(&state, peer, &headers).await?;
     check_csrf(&auth, &headers, None)?;
     Ok(Json(remove_client(&state, &id).await?))
 }

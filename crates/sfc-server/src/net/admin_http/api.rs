@@ -2,12 +2,12 @@
 //! `failures`) with their paging, the health checks and `/metrics`, and the helpers the
 //! pages share: store work on the blocking pool and client IDs from the path.
 
-use super::access::authenticate;
+use super::access::Authorized;
 use super::overview::Freshness;
-use super::{AdminState, ApiError, Peer, Shared, DEFAULT_PAGE, MAX_PAGE};
+use super::{AdminState, ApiError, Shared, DEFAULT_PAGE, MAX_PAGE};
 use crate::admin::{client_view, fill_sizes, unsized_file_views, ClientView, FileView, StatsView};
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -48,10 +48,8 @@ pub(super) async fn readyz(State(state): State<Shared>) -> Response {
 
 pub(super) async fn metrics(
     State(state): State<Shared>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    _: Authorized,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, peer, &headers).await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -116,10 +114,8 @@ pub(crate) async fn stats(state: &AdminState) -> Result<StatsView, ApiError> {
 
 pub(super) async fn api_stats(
     State(state): State<Shared>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    _: Authorized,
 ) -> Result<Json<StatsView>, ApiError> {
-    authenticate(&state, peer, &headers).await?;
     Ok(Json(stats(&state).await?))
 }
 
@@ -134,11 +130,9 @@ pub(crate) async fn all_clients(state: &AdminState) -> Result<Arc<Vec<ClientView
 
 pub(super) async fn api_clients(
     State(state): State<Shared>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    _: Authorized,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<ClientView>>, ApiError> {
-    authenticate(&state, peer, &headers).await?;
     let all = all_clients(&state).await?;
     let limit = page_limit(&query);
     Ok(Json(Page {
@@ -161,11 +155,9 @@ pub(crate) async fn one_client(state: &AdminState, id: &str) -> Result<ClientVie
 
 pub(super) async fn api_client(
     State(state): State<Shared>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    _: Authorized,
     Path(id): Path<String>,
 ) -> Result<Json<ClientView>, ApiError> {
-    authenticate(&state, peer, &headers).await?;
     Ok(Json(one_client(&state, &id).await?))
 }
 
@@ -195,12 +187,10 @@ pub(crate) async fn client_files(
 
 pub(super) async fn api_files(
     State(state): State<Shared>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    _: Authorized,
     Path(id): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<FileView>>, ApiError> {
-    authenticate(&state, peer, &headers).await?;
     let limit = page_limit(&query);
     let (total, items) = client_files(&state, &id, query.offset, limit).await?;
     Ok(Json(Page {
@@ -228,19 +218,15 @@ pub(crate) async fn uploads(state: &AdminState) -> Result<Vec<crate::admin::Uplo
 
 pub(super) async fn api_uploads(
     State(state): State<Shared>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    _: Authorized,
 ) -> Result<Json<Vec<crate::admin::UploadView>>, ApiError> {
-    authenticate(&state, peer, &headers).await?;
     Ok(Json(uploads(&state).await?))
 }
 
 pub(super) async fn api_failures(
     State(state): State<Shared>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    _: Authorized,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<crate::admin::FailureView>>, ApiError> {
-    authenticate(&state, peer, &headers).await?;
     Ok(Json(page(state.monitor.snapshot().failures, &query)))
 }

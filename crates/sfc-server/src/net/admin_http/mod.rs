@@ -8,8 +8,9 @@
 //! `--admin-host` name is refused first (421, [`host`]: DNS rebinding). Endpoints without
 //! authentication: `/healthz`, `/readyz`, `/login`, `/static/…`,
 //! `/api/v1/openapi.json`. Everything else needs the token (`Authorization: Bearer`) or
-//! a session cookie; a state-changing request with a cookie must carry the session's
-//! CSRF token (`X-CSRF-Token` header or a `csrf` form field).
+//! a session cookie, checked before the request's path, query or form is read
+//! ([`access::Authorized`]); a state-changing request with a cookie must carry the
+//! session's CSRF token (`X-CSRF-Token` header or a `csrf` form field).
 
 mod access;
 mod actions;

@@ -7,7 +7,7 @@
 //! The handlers gather what a page shows and render its template (`templates.rs`, the
 //! askama templates in `templates/admin/`, which HTML-escape every value they print).
 
-use super::access::{authenticate, check_csrf, login_failed, Auth};
+use super::access::{authenticate, check_csrf, login_failed, Auth, Authorized};
 use super::actions::{download_file, remove_client, remove_file, FileQuery};
 use super::api::{all_clients, client_files, one_client, stats, uploads};
 use super::auth::same_secret;
@@ -17,7 +17,8 @@ use super::templates::{
 };
 use super::{Peer, Shared, DEFAULT_PAGE};
 use crate::admin::FailureView;
-use axum::extract::{ConnectInfo, Form, Path, Query, State};
+use axum::extract::{ConnectInfo, Form, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -48,13 +49,35 @@ pub(super) fn routes() -> Router<Shared> {
         )
 }
 
-/// The CSRF token of a page request's session (`None`: send it to the login form).
-async fn session(state: &Shared, peer: Peer, headers: &HeaderMap) -> Option<String> {
-    match authenticate(state, peer.0, headers).await {
-        Ok(Auth::Session { csrf, .. }) => Some(csrf),
-        // Pages are for browsers; a bearer token gets the page without forms that work.
-        Ok(Auth::Bearer) => Some(String::new()),
-        Err(_) => None,
+/// Who views a page: the CSRF token of their session. Without credentials the browser
+/// goes to the login form, before the page's path or query is read ([`Authorized`]).
+struct Viewer(String);
+
+impl FromRequestParts<Shared> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Response> {
+        match Authorized::from_request_parts(parts, state).await {
+            Ok(Authorized(Auth::Session { csrf, .. })) => Ok(Viewer(csrf)),
+            // Pages are for browsers; a bearer token gets the page without forms that work.
+            Ok(Authorized(Auth::Bearer)) => Ok(Viewer(String::new())),
+            Err(_) => Err(to_login()),
+        }
+    }
+}
+
+/// Who submits a form action: refused with an error page before the form is read
+/// ([`Authorized`]); the form's CSRF token is checked once it is.
+struct Actor(Auth);
+
+impl FromRequestParts<Shared> for Actor {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Response> {
+        Authorized::from_request_parts(parts, state)
+            .await
+            .map(|Authorized(auth)| Actor(auth))
+            .map_err(error_page)
     }
 }
 
@@ -104,7 +127,12 @@ async fn login(
                 .into_response();
         }
         login_failed(&state, peer.0, "wrong token at the login form");
-        return login_page(StatusCode::UNAUTHORIZED, "Wrong token.");
+        // A 401 names its scheme (RFC 9110); "Bearer" is the token this form takes.
+        return (
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            login_page(StatusCode::UNAUTHORIZED, "Wrong token."),
+        )
+            .into_response();
     }
     let (id, _csrf) = state.sessions.create(now);
     let secure = if state.secure_cookie { "; Secure" } else { "" };
@@ -169,14 +197,7 @@ async fn logout(
 
 // ----- pages ------------------------------------------------------------------------------
 
-async fn dashboard(
-    State(state): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(csrf) = session(&state, peer, &headers).await else {
-        return to_login();
-    };
+async fn dashboard(State(state): State<Shared>, Viewer(csrf): Viewer) -> Response {
     let (stats, uploads) = match (stats(&state).await, uploads(&state).await) {
         (Ok(stats), Ok(uploads)) => (stats, uploads),
         (Err(error), _) | (_, Err(error)) => return error_page(error),
@@ -216,13 +237,9 @@ fn one_page<T: Clone>(items: &[T], page: usize) -> Vec<T> {
 
 async fn clients_page(
     State(state): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    Viewer(csrf): Viewer,
     Query(number): Query<PageNumber>,
 ) -> Response {
-    let Some(csrf) = session(&state, peer, &headers).await else {
-        return to_login();
-    };
     let clients = match all_clients(&state).await {
         Ok(clients) => clients,
         Err(error) => return error_page(error),
@@ -240,14 +257,10 @@ async fn clients_page(
 
 async fn client_page(
     State(state): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    Viewer(csrf): Viewer,
     Path(id): Path<String>,
     Query(number): Query<PageNumber>,
 ) -> Response {
-    let Some(csrf) = session(&state, peer, &headers).await else {
-        return to_login();
-    };
     let offset = number.page.saturating_mul(DEFAULT_PAGE);
     let (client, (total, files)) = match (
         one_client(&state, &id).await,
@@ -268,38 +281,23 @@ async fn client_page(
 
 async fn download(
     State(state): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    _: Viewer,
     Path(id): Path<String>,
     Query(query): Query<FileQuery>,
 ) -> Response {
-    if session(&state, peer, &headers).await.is_none() {
-        return to_login();
-    }
     download_file(&state, &id, &query.name)
         .await
         .unwrap_or_else(error_page)
 }
 
-/// A form action: the session's CSRF token must come with it.
-async fn form_auth(
-    state: &Shared,
-    peer: Peer,
-    headers: &HeaderMap,
-    form: &CsrfForm,
-) -> Result<(), super::ApiError> {
-    let auth = authenticate(state, peer.0, headers).await?;
-    check_csrf(&auth, headers, Some(&form.csrf))
-}
-
 async fn delete_file(
     State(state): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Actor(auth): Actor,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refused) = form_auth(&state, peer, &headers, &form).await {
+    if let Err(refused) = check_csrf(&auth, &headers, Some(&form.csrf)) {
         return error_page(refused);
     }
     match remove_file(&state, &id, &form.name).await {
@@ -310,12 +308,12 @@ async fn delete_file(
 
 async fn remove(
     State(state): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Actor(auth): Actor,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refused) = form_auth(&state, peer, &headers, &form).await {
+    if let Err(refused) = check_csrf(&auth, &headers, Some(&form.csrf)) {
         return error_page(refused);
     }
     match remove_client(&state, &id).await {
