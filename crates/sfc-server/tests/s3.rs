@@ -149,6 +149,13 @@ fn small_and_multipart_objects_persist_at_keys_of_their_own_and_undo() {
 /// A store under a fresh prefix whose requests go through an [`AnswerLosingProxy`] in
 /// front of the shared server; the proxy, the store and the prefix.
 fn store_behind_proxy(weed: &Weed) -> (AnswerLosingProxy, S3BlobStore, String) {
+    let (proxy, location) = behind_proxy(weed);
+    let store = S3BlobStore::open(&location, Duration::from_secs(600)).unwrap();
+    (proxy, store, location.prefix)
+}
+
+/// A fresh prefix on the shared server reached through an [`AnswerLosingProxy`].
+fn behind_proxy(weed: &Weed) -> (AnswerLosingProxy, sfc_server::config::S3Location) {
     let Store::S3(mut location) = weed.fresh() else {
         unreachable!()
     };
@@ -158,8 +165,7 @@ fn store_behind_proxy(weed: &Weed) -> (AnswerLosingProxy, S3BlobStore, String) {
             *value = proxy.endpoint();
         }
     }
-    let store = S3BlobStore::open(&location, Duration::from_secs(600)).unwrap();
-    (proxy, store, location.prefix)
+    (proxy, location)
 }
 
 /// The URL path that every version of the client's file `disk_name` starts with.
@@ -237,11 +243,7 @@ fn a_multipart_version_whose_completion_answer_is_lost_is_deleted_and_the_stored
     let keys: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(keys, [rel.as_str()], "no new object, no marker left");
     assert!(objects[0].1 == earlier, "the stored version is untouched");
-    assert_eq!(
-        proxy.aborts_answered(),
-        1,
-        "the upload's abort found nothing"
-    );
+    assert_eq!(proxy.answered(), 1, "the upload's abort found nothing");
 }
 
 /// A live multipart upload whose client pauses for longer than the grace period, with no
@@ -278,6 +280,59 @@ fn a_paused_upload_keeps_its_marker_young() {
         .find(|(key, _)| *key == rel)
         .map(|(_, content)| content);
     assert!(content == Some(expected), "the completed object differs");
+}
+
+/// An abandoned multipart upload whose abort fails keeps its marker, the upload's only
+/// record (uploads cannot be listed), so that a later start-up aborts it; a marker
+/// another server starting at the same time removed first is left to it, and the rest of
+/// this server's recovery goes on.
+#[test]
+fn an_abandoned_upload_is_forgotten_only_once_aborted() {
+    let Some(weed) = shared("an_abandoned_upload_is_forgotten_only_once_aborted") else {
+        return;
+    };
+    let grace = Duration::from_secs(2);
+    let (proxy, location) = behind_proxy(weed);
+    let prefix = location.prefix.clone();
+    let crashed = S3BlobStore::open(&location, grace).unwrap();
+    let mut abandoned = crashed.create_temp(&CLIENT, "abandoned.bin").unwrap();
+    abandoned.write_all(&data((8 << 20) + 1, 5)).unwrap();
+    std::mem::forget(abandoned);
+    let orphan = put(&crashed, "orphan.bin", b"never acknowledged");
+    crashed.halt();
+    let marker = || {
+        let objects = weed.objects(&prefix);
+        objects
+            .into_iter()
+            .map(|(key, _)| key)
+            .find(|key| key.starts_with("uploads/"))
+    };
+    assert!(marker().is_some());
+    std::thread::sleep(grace * 2 + Duration::from_millis(1500));
+    let starting = S3BlobStore::open(&location, grace).unwrap();
+
+    proxy.deny_aborts();
+    let recovered = recover(&|| Ok(Vec::new()), 1, &starting).unwrap();
+    assert_eq!(
+        recovered.stale_temps, 0,
+        "an upload not aborted was counted"
+    );
+    assert!(marker().is_some(), "the marker went with its abort refused");
+    assert_eq!(proxy.answered(), 1);
+    assert_eq!(recovered.orphans, [orphan], "the rest of recovery went on");
+
+    // Another server took the marker between this one's listing and its read: not an
+    // error that stops this one's recovery.
+    proxy.stop_answering();
+    proxy.answer_reads_with_not_found(&format!("/{BUCKET}/{prefix}/uploads/"));
+    let recovered = recover(&|| Ok(Vec::new()), 1, &starting).unwrap();
+    assert_eq!(recovered.stale_temps, 0);
+    assert_eq!(proxy.answered(), 2);
+
+    proxy.stop_answering();
+    let recovered = recover(&|| Ok(Vec::new()), 1, &starting).unwrap();
+    assert_eq!(recovered.stale_temps, 1);
+    assert_eq!(marker(), None);
 }
 
 #[test]

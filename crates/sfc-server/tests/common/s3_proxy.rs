@@ -26,10 +26,9 @@ struct State {
     /// Whose answers are lost, when armed.
     armed: Mutex<Option<Lost>>,
     lost: AtomicUsize,
-    /// Aborts of multipart uploads are answered here with S3's `NoSuchUpload` (404),
-    /// not forwarded: what S3 answers once the upload completed.
-    no_such_upload: AtomicBool,
-    aborts_answered: AtomicUsize,
+    /// Requests answered here with an S3 error, not forwarded.
+    canned: Mutex<Vec<Canned>>,
+    answered: AtomicUsize,
     problems: Mutex<Vec<String>>,
     closed: AtomicBool,
 }
@@ -42,6 +41,16 @@ enum Lost {
     PlainPuts(String),
     /// `POST`s completing a multipart upload (`?uploadId=…`).
     Completions(String),
+}
+
+/// Requests the proxy answers itself with an S3 error: those with this method whose
+/// target (`/bucket/key?query`) contains `target`.
+#[derive(Clone, Debug)]
+struct Canned {
+    method: &'static str,
+    target: String,
+    status: &'static str,
+    code: &'static str,
 }
 
 /// The head of a request: its request line and headers, as received.
@@ -74,8 +83,8 @@ impl AnswerLosingProxy {
             upstream,
             armed: Mutex::new(None),
             lost: AtomicUsize::new(0),
-            no_such_upload: AtomicBool::new(false),
-            aborts_answered: AtomicUsize::new(0),
+            canned: Mutex::new(Vec::new()),
+            answered: AtomicUsize::new(0),
             problems: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
@@ -113,12 +122,38 @@ impl AnswerLosingProxy {
     /// From now on, aborts of multipart uploads get `404 NoSuchUpload` from the proxy
     /// (as from S3 for an upload that completed; SeaweedFS accepts them).
     pub fn answer_aborts_with_no_such_upload(&self) {
-        self.state.no_such_upload.store(true, Ordering::SeqCst);
+        self.answer("DELETE", "?uploadId=", "404 Not Found", "NoSuchUpload");
     }
 
-    /// How many aborts the proxy answered itself.
-    pub fn aborts_answered(&self) -> usize {
-        self.state.aborts_answered.load(Ordering::SeqCst)
+    /// From now on, aborts of multipart uploads get `403 AccessDenied` from the proxy
+    /// (a role without `s3:AbortMultipartUpload`).
+    pub fn deny_aborts(&self) {
+        self.answer("DELETE", "?uploadId=", "403 Forbidden", "AccessDenied");
+    }
+
+    /// From now on, reads (`GET`) of objects whose target contains `target` get `404
+    /// NoSuchKey` from the proxy (as when another client deleted them first).
+    pub fn answer_reads_with_not_found(&self, target: &str) {
+        self.answer("GET", target, "404 Not Found", "NoSuchKey");
+    }
+
+    fn answer(&self, method: &'static str, target: &str, status: &'static str, code: &'static str) {
+        self.state.canned.lock().unwrap().push(Canned {
+            method,
+            target: target.to_owned(),
+            status,
+            code,
+        });
+    }
+
+    /// Requests are forwarded again, none answered by the proxy.
+    pub fn stop_answering(&self) {
+        self.state.canned.lock().unwrap().clear();
+    }
+
+    /// How many requests the proxy answered itself.
+    pub fn answered(&self) -> usize {
+        self.state.answered.load(Ordering::SeqCst)
     }
 
     /// Answers go through again.
@@ -190,16 +225,22 @@ fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
 
-        if head.method == "DELETE"
-            && head.target.contains("?uploadId=")
-            && state.no_such_upload.load(Ordering::SeqCst)
-        {
-            state.aborts_answered.fetch_add(1, Ordering::SeqCst);
-            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchUpload\
-                        </Code><Message>The specified upload does not exist.</Message></Error>";
+        let canned = state
+            .canned
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|c| head.method == c.method && head.target.contains(c.target.as_str()))
+            .cloned();
+        if let Some(Canned { status, code, .. }) = canned {
+            state.answered.fetch_add(1, Ordering::SeqCst);
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+                 <Message>answered by the test proxy</Message></Error>"
+            );
             write!(
                 client,
-                "HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\n\
+                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n\
                  Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             )?;

@@ -2,7 +2,7 @@
 //! markers), old backups, and the stored objects recovery may judge (see the module docs
 //! of `storage::s3`).
 
-use super::{Shared, UPLOADS_DIR};
+use super::{s3_err, Shared, UPLOADS_DIR};
 use crate::storage::fs::FILES_DIR;
 use crate::storage::names::is_temp_name;
 use object_store::multipart::MultipartStore;
@@ -25,17 +25,33 @@ impl Shared {
                 continue;
             };
             let key = shared.key(&format!("{FILES_DIR}/{hex}/{name}"))?;
-            shared.run(async {
-                let id = shared.s3.get(&marker.location).await?.bytes().await?;
+            let aborted = shared.run(async {
+                let id = match shared.s3.get(&marker.location).await {
+                    Ok(marker) => marker.bytes().await?,
+                    // Another server starting at the same time took it first.
+                    Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                    Err(error) => return Err(error),
+                };
                 let id = String::from_utf8_lossy(&id).into_owned();
                 match shared.s3.abort_multipart(&key, &id).await {
                     // Already completed or aborted: only the marker is left.
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(error) => tracing::debug!(%error, "aborting an abandoned upload"),
+                    Err(error) => {
+                        // The marker is the upload's only record (uploads cannot be
+                        // listed): kept, the next start-up tries again.
+                        tracing::warn!(
+                            marker = %marker.location,
+                            error = %s3_err(error),
+                            "could not abort an abandoned multipart upload; its parts stay \
+                             stored until a later start-up aborts it (or the bucket's \
+                             lifecycle rule does)"
+                        );
+                        return Ok(false);
+                    }
                 }
-                shared.delete_quietly(&marker.location).await
+                shared.delete_quietly(&marker.location).await.map(|()| true)
             })?;
-            removed += 1;
+            removed += usize::from(aborted);
         }
         for object in shared.list(FILES_DIR)? {
             let is_backup = object.location.filename().is_some_and(is_temp_name);
