@@ -176,17 +176,21 @@ impl Core {
         Ok(())
     }
 
-    /// Starts an upload with packet 1: the packet and the client are checked, what the
-    /// client left unfinished is dropped, a slot is claimed and the temporary blob made.
+    /// Starts an upload with packet 1: what the client left unfinished is dropped, the
+    /// packet and the client are checked, a slot is claimed and the temporary blob made.
     fn new_upload(
         &self,
         ctx: &Ctx,
         id: ClientId,
         packet: &FilePacketHeader,
     ) -> Result<Lease, Outcome> {
+        // First, whether this packet is accepted or not (rule S10): the client has given
+        // up what it left, and the connection that kept it forgets it after this packet.
+        if packet.packet_number == 1 {
+            self.drop_unfinished(&id, "the client started a new upload with packet 1");
+        }
         self.check_first_packet(packet)?;
         let decryptor = self.client_decryptor(id)?;
-        self.drop_unfinished(&id, "the client started a new upload with packet 1");
         let (token, counted) = self.claim_upload(ctx, &id, packet)?;
         // The blob store chooses the name on disk.
         let temp = match self.blobs.create_temp_for(&id, packet.file_name.as_str()) {

@@ -449,6 +449,8 @@ impl Conversation {
     ) {
         self.version = header.version;
         self.verdict_due = false;
+        // Like any request: no more packets of an upload are due on this connection.
+        self.streaming = false;
         let number = fields.as_ref().map(|f| f.packet_number);
         let total = fields.as_ref().map(|f| f.total_packets);
         self.file = fields.map(|f| f.file_name);

@@ -845,6 +845,31 @@ fn an_invalid_packet_s_content_is_held_to_the_request_deadline() {
     assert_eq!(s.policy.failures.load(Ordering::SeqCst), 1);
 }
 
+/// An invalid request ends a streaming upload's turn as a valid one does: the connection
+/// no longer counts as mid-transfer (a shutdown closes it at once) nor keeps its large
+/// read buffer.
+#[test]
+fn an_invalid_request_after_an_intermediate_packet_ends_the_streaming() {
+    let mut s = setup(Policy::default());
+    let a = enroll(&mut s, "ann");
+    let mut driver = park_uploads(&mut s, &[a]);
+    assert!(s.conversation.in_transfer() && s.conversation.expects_content());
+    let now = at(s.start, 0);
+    s.conversation.handle(Event::RequestStarted, now);
+    s.conversation
+        .handle(Event::Decoded(invalid_packet(16)), now);
+    driver.carry_out(&mut s);
+    s.conversation
+        .handle(Event::Decoded(RequestEvent::Content(&[0u8; 16])), now);
+    driver.carry_out(&mut s);
+    assert_eq!(driver.replies, [Response::ServerError]);
+    assert!(
+        !s.conversation.in_transfer(),
+        "still taken for mid-transfer"
+    );
+    assert!(!s.conversation.expects_content());
+}
+
 #[test]
 fn an_invalid_packet_beyond_the_largest_file_is_refused_and_closed_unread() {
     let mut s = setup_with(
@@ -950,6 +975,39 @@ fn every_upload_parked_on_a_kept_connection_ends_with_it() {
     let a = enroll(&mut s, "ann");
     let b = enroll(&mut s, "bob");
     let mut driver = park_uploads(&mut s, &[a, b]);
+    s.conversation.handle(Event::Closed, at(s.start, 0));
+    driver.carry_out(&mut s);
+    assert_eq!(s.core.uploads_in_progress(), 0);
+    assert_eq!(s.storage.temp_count(), 0);
+}
+
+/// Packet 1 drops what its client left unfinished even when it is refused itself (here:
+/// a file above the size limit), so the parked upload does not outlive its connection.
+#[test]
+fn a_refused_packet_1_still_ends_the_upload_it_follows() {
+    let mut s = setup(Policy::default());
+    let a = enroll(&mut s, "ann");
+    let mut driver = park_uploads(&mut s, std::slice::from_ref(&a));
+    send_file(
+        &mut s,
+        &mut driver,
+        a.0,
+        &a.1,
+        "big.bin",
+        &pattern(2 * MIB),
+        4096,
+        0..1,
+    );
+    assert_eq!(
+        driver.replies,
+        [Response::ServerError],
+        "the large file is refused"
+    );
+    assert_eq!(
+        s.core.uploads_in_progress(),
+        0,
+        "the parked upload was kept"
+    );
     s.conversation.handle(Event::Closed, at(s.start, 0));
     driver.carry_out(&mut s);
     assert_eq!(s.core.uploads_in_progress(), 0);
