@@ -185,8 +185,12 @@ impl Snapshot {
     /// Whether a change after this snapshot could have kept the modification time: the
     /// file was modified within [`RACY_WINDOW`] of the snapshot (or its time is unknown).
     fn racy(&self) -> bool {
-        self.modified
-            .is_none_or(|modified| modified + RACY_WINDOW >= self.taken)
+        // A time at the end of the range (`touch -d @9223372036854775807`) is racy too.
+        self.modified.is_none_or(|modified| {
+            modified
+                .checked_add(RACY_WINDOW)
+                .is_none_or(|end| end >= self.taken)
+        })
     }
 
     /// For a [`Self::racy`] snapshot only (a file written just before it was sent): reads
@@ -644,5 +648,12 @@ mod tests {
             ..at(10)
         };
         assert!(unknown.racy());
+        // The last second a file system may hold: no overflow (it was a panic, exit 101).
+        let last = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+        let far = Snapshot {
+            modified: Some(last),
+            ..at(10)
+        };
+        assert!(far.racy());
     }
 }
