@@ -31,6 +31,8 @@ pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// Default lifetime of an upload that receives no packet, in seconds.
 pub const DEFAULT_UPLOAD_TIMEOUT_SECS: u64 = 600;
+/// Default [`ServerConfig::recovery_min_age`].
+pub const DEFAULT_RECOVERY_MIN_AGE: Duration = Duration::from_secs(180);
 /// Default of `--upload-buffers`, MiB (see [`ServerConfig::upload_buffers`]).
 pub const DEFAULT_UPLOAD_BUFFERS_MIB: usize = 256;
 /// Default of `--max-uploads`: uploads in progress at once, all clients.
@@ -112,6 +114,11 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// An upload that receives no packet for this long is abandoned.
     pub upload_timeout: Duration,
+    /// With files in S3: the least age of what start-up recovery removes (abandoned
+    /// uploads, unrecorded objects), whatever `upload_timeout` (see
+    /// [`Self::recovery_grace`]). Not a flag: the default covers the longest commit of a
+    /// row; tests lower it to wait less.
+    pub recovery_min_age: Duration,
     /// Bytes of decrypted content not yet written that all uploads may hold together
     /// (the session's batch budget: an upload beyond it gets a small buffer).
     pub upload_buffers: usize,
@@ -627,6 +634,7 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
             shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
             upload_timeout: Duration::from_secs(DEFAULT_UPLOAD_TIMEOUT_SECS),
+            recovery_min_age: DEFAULT_RECOVERY_MIN_AGE,
             upload_buffers: DEFAULT_UPLOAD_BUFFERS_MIB << 20,
             max_uploads: DEFAULT_MAX_UPLOADS,
             max_uploads_per_address: DEFAULT_MAX_UPLOADS_PER_ADDRESS,
@@ -654,6 +662,17 @@ impl ServerConfig {
             max_uploads: self.max_uploads,
             max_uploads_per_address: self.max_uploads_per_address,
         }
+    }
+
+    /// How old an object in S3 must be before a starting server may take it for another
+    /// server's leftover (the store's `grace`, [`crate::S3BlobStore::open`]): the upload
+    /// time-out, but never less than [`Self::recovery_min_age`]. An object is written
+    /// before its row is committed, and that commit may wait for a row lock and then for
+    /// its outcome to settle (`storage::postgres::LONGEST_ROW_COMMIT`); with a short
+    /// `--upload-timeout`, another server starting meanwhile would otherwise remove an
+    /// object whose row is about to name it.
+    pub fn recovery_grace(&self) -> Duration {
+        self.upload_timeout.max(self.recovery_min_age)
     }
 
     /// Path of `defensive.db`.

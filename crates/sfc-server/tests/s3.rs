@@ -580,7 +580,10 @@ fn a_server_starting_removes_old_orphan_objects_and_keeps_young_ones() {
         store.clone(),
         // Long enough that the young object stays young while the server restarts on a
         // loaded machine; short enough to wait out for the old one.
-        |config| config.upload_timeout = Duration::from_secs(4),
+        |config| {
+            config.upload_timeout = Duration::from_secs(4);
+            config.recovery_min_age = Duration::ZERO;
+        },
     );
     let mut conn = server.connect();
     let (id, key) = enroll(&mut conn, "recovering");
@@ -608,6 +611,38 @@ fn a_server_starting_removes_old_orphan_objects_and_keeps_young_ones() {
     let names = server.stored_names(id);
     assert_eq!(names, ["kept.bin", "young.bin"], "under {prefix}");
     assert_eq!(server.stored(id, "kept.bin").unwrap(), plain);
+}
+
+/// An object is written before its row is committed, and the commit may take a while
+/// (a row lock, a lost answer settled): with a short upload time-out a starting server
+/// still leaves an unrecorded object alone until it is older than the longest commit.
+#[test]
+fn a_short_upload_timeout_does_not_shorten_what_recovery_leaves_alone() {
+    let Some(weed) = shared("a_short_upload_timeout_does_not_shorten_what_recovery_leaves") else {
+        return;
+    };
+    let store = weed.fresh();
+    let Store::S3(location) = &store else {
+        unreachable!()
+    };
+    let mut server = TestServer::start_on_store(
+        tempfile::tempdir().unwrap(),
+        test_database(),
+        store.clone(),
+        |config| config.upload_timeout = Duration::from_secs(1),
+    );
+    let mut conn = server.connect();
+    let (id, _key) = enroll(&mut conn, "committing");
+    drop(conn);
+    server.stop();
+    // Another node's object, its row's commit still waiting.
+    let blobs = S3BlobStore::open(location, Duration::from_secs(600)).unwrap();
+    let mut pending = blobs.create_temp(&id, "pending.bin").unwrap();
+    pending.write_all(b"about to be recorded").unwrap();
+    pending.persist().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    server.restart();
+    assert_eq!(server.stored_names(id), ["pending.bin"]);
 }
 
 #[test]
@@ -666,7 +701,7 @@ impl TwoNodes {
         let storage = sfc_server::Storage {
             meta: Box::new(sfc_server::PostgresStore::open(url).unwrap()),
             blobs: Box::new(FaultyBlobs::new(
-                S3BlobStore::open(&location, config.upload_timeout).unwrap(),
+                S3BlobStore::open(&location, config.recovery_grace()).unwrap(),
                 std::sync::Arc::clone(&faults),
             )),
             lock: None,

@@ -85,13 +85,13 @@ impl Storage {
             }
         }
         let meta = open_meta(config)?;
-        let blobs = open_blobs(&config.data_dir, &config.store, config.upload_timeout)?;
+        let blobs = open_blobs(&config.data_dir, &config.store, config.recovery_grace())?;
         Ok(Storage { meta, blobs, lock })
     }
 }
 
 /// The blob store `store` names: `files/` in the data folder or another folder, or an S3
-/// bucket (`grace`: the upload time-out, see [`super::s3`]).
+/// bucket (`grace`: [`ServerConfig::recovery_grace`], see [`super::s3`]).
 pub fn open_blobs(
     data_dir: &Path,
     store: &Store,

@@ -42,7 +42,8 @@
 //! # Start-up recovery on shared storage
 //!
 //! Other servers may be writing while one starts, so recovery only touches what is older
-//! than the upload time-out (`grace`), judged by the object's `Last-Modified` against this
+//! than `grace` (the upload time-out, at least the longest commit of a row:
+//! [`crate::config::ServerConfig::recovery_grace`]), judged by the object's `Last-Modified` against this
 //! server's clock (keep clocks within a small fraction of the time-out of each other):
 //! - a multipart upload is recorded by a marker object holding its upload ID, written
 //!   when the upload starts and rewritten every quarter of `grace` by a task of its own
