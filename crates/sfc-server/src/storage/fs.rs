@@ -266,7 +266,19 @@ impl BlobStore for LocalBlobStore {
     }
 
     fn keep_setup_id(&self, id: &str) -> io::Result<String> {
+        self.keep_setup_id_linking(id, |from, to| fs::hard_link(from, to))
+    }
+}
+
+impl LocalBlobStore {
+    /// [`BlobStore::keep_setup_id`], hard-linking with `link`.
+    fn keep_setup_id_linking(
+        &self,
+        id: &str,
+        link: impl FnOnce(&Path, &Path) -> io::Result<()>,
+    ) -> io::Result<String> {
         crate::storage::perms::create_private_dir_all(&self.root)?;
+        let target = self.root.join(SETUP_ID_PATH);
         // Written whole aside, then linked to its name, which fails if the name exists:
         // never replaced, never seen in part (a crash leaves at most the aside copy).
         let aside = self.root.join(format!(
@@ -277,18 +289,42 @@ impl BlobStore for LocalBlobStore {
             let mut file = crate::storage::perms::create_private_file(&aside)?;
             file.write_all(&kept(id))?;
             file.sync_all()?;
-            fs::hard_link(&aside, self.root.join(SETUP_ID_PATH))
+            link(&aside, &target)
         })();
         let _ = fs::remove_file(&aside);
-        match linked {
+        let link_error = match linked {
             Ok(()) => {
                 sync_dir(&self.root)?;
+                return Ok(id.to_owned());
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                return already_kept(self.setup_id())
+            }
+            Err(error) => error,
+        };
+        // Where hard links are refused (vfat, some FUSE and network mounts): created
+        // under its name, which also fails if the name exists. A crash while it is written
+        // leaves a few bytes that do not parse: start-up then stops and says so, rather
+        // than pairing the store anew.
+        let created = crate::storage::perms::create_private_file(&target).and_then(|mut file| {
+            file.write_all(&kept(id))?;
+            file.sync_all()
+        });
+        match created {
+            Ok(()) => {
+                sync_dir(&self.root)?;
+                tracing::info!(error = %link_error, "kept the set-up ID without a hard link");
                 Ok(id.to_owned())
             }
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
                 already_kept(self.setup_id())
             }
-            Err(error) => Err(error),
+            Err(error) => Err(io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot keep the set-up ID (hard link: {link_error}; creating it: {error})"
+                ),
+            )),
         }
     }
 }
@@ -623,6 +659,29 @@ mod tests {
                 b"hello world"
             );
         }
+    }
+
+    #[test]
+    fn without_hard_links_the_set_up_id_is_kept_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::new(dir.path());
+        // As vfat or a FUSE mount answers.
+        let refuse = |_: &Path, _: &Path| Err(io::Error::from_raw_os_error(1));
+        assert_eq!(
+            store.keep_setup_id_linking("first-1", refuse).unwrap(),
+            "first-1"
+        );
+        assert_eq!(store.setup_id().unwrap().as_deref(), Some("first-1"));
+        // Never replaced: a second server finds the first one's.
+        assert_eq!(
+            store.keep_setup_id_linking("second-2", refuse).unwrap(),
+            "first-1"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [SETUP_ID_PATH], "no aside copy is left");
     }
 
     #[test]
