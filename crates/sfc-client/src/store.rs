@@ -78,10 +78,19 @@ const WRITE_PROBE_PREFIX: &str = ".sfc-client-write-test.";
 /// The client ID in a backup's name when the replaced me.info has no usable one.
 const UNKNOWN_BACKUP_ID: &str = "old";
 
-/// The name a replaced `file` (me.info or priv.key) is kept under: `<file>.<id>.bak`.
-fn backup_name(file: &str, id: &str) -> String {
-    format!("{file}.{id}.bak")
+/// The name a replaced `file` (me.info or priv.key) is kept under: `<file>.<id>.bak`, or
+/// `<file>.<id>.<number>.bak` from the second backup of other content under that ID
+/// (`number` from 2): a backup is never overwritten.
+fn backup_name(file: &str, id: &str, number: u32) -> String {
+    if number <= 1 {
+        format!("{file}.{id}.bak")
+    } else {
+        format!("{file}.{id}.{number}.bak")
+    }
 }
+
+/// The most backups of one file under one ID ([`backup_name`]'s numbers).
+const MAX_BACKUPS_PER_ID: u32 = 1000;
 
 /// True for `name` as [`backup_name`] makes it: `id` lowercase hex or [`UNKNOWN_BACKUP_ID`].
 fn is_backup_name(name: &str) -> bool {
@@ -89,8 +98,17 @@ fn is_backup_name(name: &str) -> bool {
         name.strip_prefix(file)
             .and_then(|rest| rest.strip_prefix('.'))
             .and_then(|rest| rest.strip_suffix(".bak"))
-            .is_some_and(|id| id == UNKNOWN_BACKUP_ID || is_lower_hex(id))
+            .map(|rest| match rest.split_once('.') {
+                Some((id, number)) => (id, is_decimal(number)),
+                None => (rest, true),
+            })
+            .is_some_and(|(id, numbered)| numbered && (id == UNKNOWN_BACKUP_ID || is_lower_hex(id)))
     })
+}
+
+/// Decimal digits, at least one, no leading zero (a [`backup_name`] number).
+fn is_decimal(text: &str) -> bool {
+    !text.is_empty() && !text.starts_with('0') && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Lowercase hex digits (a client ID as the client writes it in file names), at least one.
@@ -457,15 +475,19 @@ impl IdentityFolder {
             .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
             .unwrap_or(UNKNOWN_BACKUP_ID)
             .to_ascii_lowercase();
-        let mut me_backup = None;
+        let mut originals = Vec::new();
         for file in [ME_INFO, PRIV_KEY] {
             let from = self.dir.join(file);
-            let to = self.dir.join(backup_name(file, &id));
-            let old = match std::fs::read(&from) {
-                Ok(bytes) => zeroize::Zeroizing::new(bytes),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            match std::fs::read(&from) {
+                Ok(bytes) => originals.push((file, zeroize::Zeroizing::new(bytes))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => return Err(IdentityError::Read { path: from, source }),
-            };
+            }
+        }
+        let number = self.free_backup_number(&id, &originals)?;
+        let mut me_backup = None;
+        for (file, old) in originals {
+            let to = self.dir.join(backup_name(file, &id, number));
             // Like the identity itself (owner-only, fsynced, renamed, folder fsynced), and
             // durable before identity::save replaces the originals: a power cut must not
             // leave a new me.info beside an empty backup of the old one.
@@ -478,6 +500,36 @@ impl IdentityFolder {
             }
         }
         Ok(me_backup)
+    }
+
+    /// The first [`backup_name`] number under which each of `originals` can be kept
+    /// without replacing a backup of other content (the same content may be written
+    /// again), one number for the pair so that they stay together.
+    fn free_backup_number(
+        &self,
+        id: &str,
+        originals: &[(&str, zeroize::Zeroizing<Vec<u8>>)],
+    ) -> Result<u32, IdentityError> {
+        for number in 1..=MAX_BACKUPS_PER_ID {
+            let mut free = true;
+            for (file, content) in originals {
+                let path = self.dir.join(backup_name(file, id, number));
+                match std::fs::read(&path) {
+                    Ok(held) => free &= zeroize::Zeroizing::new(held) == *content,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(IdentityError::Read { path, source }),
+                }
+            }
+            if free {
+                return Ok(number);
+            }
+        }
+        Err(IdentityError::Write {
+            path: self.dir.join(backup_name(ME_INFO, id, MAX_BACKUPS_PER_ID)),
+            source: io::Error::other(format!(
+                "{MAX_BACKUPS_PER_ID} backups under this ID already: move some away"
+            )),
+        })
     }
 }
 
@@ -588,7 +640,7 @@ mod tests {
                             let other = locate(&lock, "b:2").unwrap();
                             assert!(other.nested, "{case}: the new identity is unclaimed");
                             if let Some(old_me) = &old_me {
-                                let backup = backup_name(ME_INFO, OLD_ID);
+                                let backup = backup_name(ME_INFO, OLD_ID, 1);
                                 let kept = std::fs::read(dir.path().join(backup)).unwrap();
                                 assert_eq!(&kept, old_me, "{case}");
                             }
@@ -876,11 +928,28 @@ mod tests {
             None,
             "no me.info backed up"
         );
-        let key_bak = dir.path().join(backup_name(PRIV_KEY, UNKNOWN_BACKUP_ID));
+        let key_bak = dir.path().join(backup_name(PRIV_KEY, UNKNOWN_BACKUP_ID, 1));
         assert_eq!(std::fs::read_to_string(&key_bak).unwrap(), "LONEKEY\n");
         assert!(is_state_file(
             &key_bak.file_name().unwrap().to_string_lossy()
         ));
+        // The me.info moved aside again: the next save keeps that key beside the first
+        // backup, not over it.
+        let saved_key = std::fs::read(dir.path().join(PRIV_KEY)).unwrap();
+        std::fs::remove_file(dir.path().join(ME_INFO)).unwrap();
+        folder.save(&identity).unwrap();
+        assert_eq!(std::fs::read_to_string(&key_bak).unwrap(), "LONEKEY\n");
+        let second = dir.path().join(backup_name(PRIV_KEY, UNKNOWN_BACKUP_ID, 2));
+        assert_eq!(std::fs::read(&second).unwrap(), saved_key);
+        assert!(is_state_file(
+            &second.file_name().unwrap().to_string_lossy()
+        ));
+        // The same key found alone once more is not kept twice.
+        std::fs::remove_file(dir.path().join(ME_INFO)).unwrap();
+        std::fs::write(dir.path().join(PRIV_KEY), "LONEKEY\n").unwrap();
+        folder.save(&identity).unwrap();
+        let third = dir.path().join(backup_name(PRIV_KEY, UNKNOWN_BACKUP_ID, 3));
+        assert!(!third.exists());
     }
 
     #[test]
@@ -893,6 +962,8 @@ mod tests {
             ".sfc-client.lock",
             "me.info.00112233445566778899aabbccddeeff.bak",
             "priv.key.old.bak",
+            "priv.key.old.2.bak",
+            "me.info.00112233445566778899aabbccddeeff.12.bak",
             ".priv.key.a1B2c3.tmp",
             ".me.info.0011.bak.Zz9y8X.tmp",
             ".sfc-client-write-test.abc123",
@@ -906,6 +977,9 @@ mod tests {
             "priv.key.ABCDEF.bak",
             "priv.key.txt",
             "priv.key.0011.bak.gz",
+            "priv.key.old.02.bak",
+            "priv.key.old.x.bak",
+            "priv.key.0011.2.3.bak",
             ".notes.txt.a1B2c3.tmp",
             ".priv.key.tmp",
             "my.priv.key",
