@@ -364,12 +364,34 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// Makes a rename or removal in `dir` durable. Best effort: not every platform can open a
 /// folder.
 pub(crate) fn sync_dir(dir: &Path) {
+    #[cfg(test)]
+    synced::record(dir);
     #[cfg(unix)]
     if let Ok(handle) = std::fs::File::open(dir) {
         let _ = handle.sync_all();
     }
     #[cfg(not(unix))]
     let _ = dir;
+}
+
+/// Tests see which folders [`sync_dir`] was asked to make durable.
+#[cfg(test)]
+pub(crate) mod synced {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    thread_local! {
+        static SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn record(dir: &Path) {
+        SYNCED.with_borrow_mut(|synced| synced.push(dir.to_owned()));
+    }
+
+    /// The folders synced on this thread since the last call.
+    pub(crate) fn take() -> Vec<PathBuf> {
+        SYNCED.with_borrow_mut(std::mem::take)
+    }
 }
 
 /// Tests stop or pause a save before one of its writes, as a killed run would be.

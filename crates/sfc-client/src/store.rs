@@ -547,7 +547,14 @@ pub fn save_fallback(identity: &Identity) -> io::Result<PathBuf> {
     Ok(path)
 }
 
+/// Creates `dir` and its missing parents, owner-only, each new folder's entry made
+/// durable in its parent: a save later fsyncs only the folder it writes in, so without
+/// this a power cut could take a new identity's whole folder.
 fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|folder| !folder.as_os_str().is_empty() && !folder.is_dir())
+        .collect();
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -555,7 +562,13 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir)
+    builder.create(dir)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent() {
+            identity::sync_dir(parent);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -849,8 +862,14 @@ mod tests {
         let other = locate(&lock, "[::1]:1256").unwrap();
         assert_eq!(other.dir, dir.path().join("servers").join("___1__1256"));
         assert!(!other.unclaimed);
+        identity::synced::take();
         other.check_writable().unwrap();
         assert!(other.dir.is_dir());
+        // Both new folders' entries are made durable.
+        let synced = identity::synced::take();
+        let servers = dir.path().join("servers");
+        assert!(synced.contains(&dir.path().to_owned()), "{synced:?}");
+        assert!(synced.contains(&servers), "{synced:?}");
     }
 
     #[test]
