@@ -329,15 +329,19 @@ fn read_owner(dir: &Path) -> Result<Option<String>, IdentityError> {
 }
 
 /// Chooses the folder for `server`'s identity: `dir` when its me.info belongs to that
-/// server (or to no recorded server, or there is none yet), else `dir/servers/<address>`.
-/// Takes the lock on `dir` (not the folder path) so that the files are read under it.
+/// server (or to no recorded server, or there is none yet and `dir/servers/<address>`
+/// holds none either), else `dir/servers/<address>`. Takes the lock on `dir` (not the
+/// folder path) so that the files are read under it.
 pub fn locate(lock: &FolderLock, server: &str) -> Result<IdentityFolder, IdentityError> {
     let dir = lock.dir.as_path();
     let unlocked = lock.problem().map(str::to_owned);
     let has_identity = dir.join(ME_INFO).exists();
     let owner = read_owner(dir)?;
+    let other = dir.join(SERVERS_DIR).join(folder_name(server));
     let here = match &owner {
-        _ if !has_identity => true,
+        // The identity saved for this server stays in use when dir's me.info was moved
+        // away (as the advice after a key that would not unwrap says).
+        _ if !has_identity => !other.join(ME_INFO).exists(),
         None => true,
         Some(owner) => owner == server,
     };
@@ -350,7 +354,6 @@ pub fn locate(lock: &FolderLock, server: &str) -> Result<IdentityFolder, Identit
             unlocked,
         });
     }
-    let other = dir.join(SERVERS_DIR).join(folder_name(server));
     let unclaimed = other.join(ME_INFO).exists() && read_owner(&other)?.is_none();
     Ok(IdentityFolder {
         dir: other,
@@ -870,6 +873,22 @@ mod tests {
         let servers = dir.path().join("servers");
         assert!(synced.contains(&dir.path().to_owned()), "{synced:?}");
         assert!(synced.contains(&servers), "{synced:?}");
+    }
+
+    #[test]
+    fn a_servers_identity_is_found_when_the_first_me_info_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = FolderLock::acquire(dir.path()).unwrap();
+        let nested = dir.path().join(SERVERS_DIR).join(folder_name("b:2"));
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::write(nested.join(ME_INFO), "bob\n").unwrap();
+        std::fs::write(nested.join(ME_SERVER), "b:2\n").unwrap();
+        // dir's own me.info (server a's) was moved away.
+        let folder = locate(&lock, "b:2").unwrap();
+        assert_eq!(folder.dir, nested);
+        assert!(folder.nested && !folder.unclaimed);
+        // A server without an identity of its own still registers in dir.
+        assert_eq!(locate(&lock, "c:3").unwrap().dir, dir.path());
     }
 
     #[test]
