@@ -225,8 +225,9 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
-        return Err("must be more than 0 and at most 86400 seconds".to_owned());
+    // From a millisecond: a smaller value would round to no time at all.
+    if !(secs.is_finite() && (0.001..=86_400.0).contains(&secs)) {
+        return Err("must be at least 0.001 and at most 86400 seconds".to_owned());
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -250,6 +251,8 @@ mod tests {
             &["c", "--packet-size", "0"][..],
             &["c", "--timeout", "0"],
             &["c", "--timeout", "nan"],
+            &["c", "--timeout", "1e-10"],
+            &["c", "--connect-timeout", "0.0009"],
             &["c", "--tls-ca", "ca.pem"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");

@@ -78,8 +78,8 @@ pub fn run(config: &Config, reporter: &Reporter) -> Result<Summary, ClientError>
         )?),
         false => None,
     };
-    // Held until the run ends (uploads included): a 1606 in the middle of the session
-    // still registers and rewrites the identity.
+    // Held until the run ends (uploads included): a 1606 to the reconnection registers
+    // anew and rewrites the identity after the first reads.
     let lock = store::FolderLock::acquire(&config.dir)?;
     if let Some(problem) = lock.problem() {
         reporter.detail(
