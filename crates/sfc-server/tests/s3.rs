@@ -335,6 +335,29 @@ fn an_abandoned_upload_is_forgotten_only_once_aborted() {
     assert_eq!(marker(), None);
 }
 
+/// A multipart upload whose marker cannot be written fails at once and is aborted: with
+/// no marker, nothing would ever abort it later.
+#[test]
+fn an_upload_without_its_marker_is_aborted_at_once() {
+    let Some(weed) = shared("an_upload_without_its_marker_is_aborted_at_once") else {
+        return;
+    };
+    let (proxy, store, prefix) = store_behind_proxy(weed);
+    proxy.deny_writes(&format!("/{BUCKET}/{prefix}/uploads/"));
+    let mut temp = store.create_temp(&CLIENT, "big.bin").unwrap();
+    let written = temp.write_all(&data((8 << 20) + 1, 6));
+    assert!(written.is_err(), "a part went out without its marker");
+    drop(temp);
+    let seen = proxy.seen();
+    let aborts = seen
+        .iter()
+        .filter(|request| request.starts_with("DELETE ") && request.contains("uploadId="))
+        .count();
+    assert_eq!(aborts, 1, "{seen:#?}");
+    let parts = seen.iter().filter(|r| r.contains("partNumber=")).count();
+    assert_eq!(parts, 0, "{seen:#?}");
+}
+
 #[test]
 fn recovery_spares_young_work_and_clears_old_leftovers() {
     let Some(weed) = shared("recovery_spares_young_work_and_clears_old_leftovers") else {

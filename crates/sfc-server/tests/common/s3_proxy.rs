@@ -29,6 +29,8 @@ struct State {
     /// Requests answered here with an S3 error, not forwarded.
     canned: Mutex<Vec<Canned>>,
     answered: AtomicUsize,
+    /// `METHOD target` of every request received, in order.
+    seen: Mutex<Vec<String>>,
     problems: Mutex<Vec<String>>,
     closed: AtomicBool,
 }
@@ -85,6 +87,7 @@ impl AnswerLosingProxy {
             lost: AtomicUsize::new(0),
             canned: Mutex::new(Vec::new()),
             answered: AtomicUsize::new(0),
+            seen: Mutex::new(Vec::new()),
             problems: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
@@ -129,6 +132,17 @@ impl AnswerLosingProxy {
     /// (a role without `s3:AbortMultipartUpload`).
     pub fn deny_aborts(&self) {
         self.answer("DELETE", "?uploadId=", "403 Forbidden", "AccessDenied");
+    }
+
+    /// From now on, writes (`PUT`) of objects whose target contains `target` get `403
+    /// AccessDenied` from the proxy.
+    pub fn deny_writes(&self, target: &str) {
+        self.answer("PUT", target, "403 Forbidden", "AccessDenied");
+    }
+
+    /// `METHOD target` of every request received so far, in order.
+    pub fn seen(&self) -> Vec<String> {
+        self.state.seen.lock().unwrap().clone()
     }
 
     /// From now on, reads (`GET`) of objects whose target contains `target` get `404
@@ -224,6 +238,11 @@ fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
         };
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
+        state
+            .seen
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", head.method, head.target));
 
         let canned = state
             .canned

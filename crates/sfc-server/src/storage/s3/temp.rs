@@ -108,7 +108,12 @@ impl S3Temp {
             None => {
                 let id = shared.run(async {
                     let id = shared.s3.create_multipart(&self.key).await?;
-                    shared.s3.put(&self.marker, id.clone().into()).await?;
+                    if let Err(error) = shared.s3.put(&self.marker, id.clone().into()).await {
+                        // Without its marker nothing would ever abort it (uploads cannot
+                        // be listed): now, best effort.
+                        let _ = shared.s3.abort_multipart(&self.key, &id).await;
+                        return Err(error);
+                    }
                     Ok(id)
                 })?;
                 let keeper = MarkerKeeper::start(&shared, self.marker.clone(), id.clone());
