@@ -70,16 +70,12 @@ pub fn tls_init(data_dir: &Path, names: &[String], force: bool) -> anyhow::Resul
     let cert_path = data_dir.join(CERT_FILE);
     let key_path = data_dir.join(KEY_FILE);
     for path in [&cert_path, &key_path] {
-        if path.exists() {
-            if !force {
-                anyhow::bail!(
-                    "{} exists; keep it, or run tls-init again with --force to replace it \
-                     (clients that pinned the old fingerprint will refuse the new one)",
-                    path.display()
-                );
-            }
-            std::fs::remove_file(path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
+        if path.exists() && !force {
+            anyhow::bail!(
+                "{} exists; keep it, or run tls-init again with --force to replace it \
+                 (clients that pinned the old fingerprint will refuse the new one)",
+                path.display()
+            );
         }
     }
     let mut subject_names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
@@ -105,8 +101,17 @@ pub fn tls_init(data_dir: &Path, names: &[String], force: bool) -> anyhow::Resul
     let cert = params
         .self_signed(&key)
         .context("cannot make the certificate")?;
-    write_private(&key_path, key.serialize_pem().as_bytes())?;
-    write_private(&cert_path, cert.pem().as_bytes())?;
+    // Only now that both are made are the old ones replaced (a failure before leaves
+    // them as they were): each written whole under a temporary name, then renamed.
+    let key_aside = write_aside(&key_path, key.serialize_pem().as_bytes())?;
+    let cert_aside = write_aside(&cert_path, cert.pem().as_bytes())?;
+    for (aside, path) in [(&key_aside, &key_path), (&cert_aside, &cert_path)] {
+        std::fs::rename(aside, path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // Best effort: the renames are durable once the folder is.
+    if let Ok(folder) = std::fs::File::open(data_dir) {
+        let _ = folder.sync_all();
+    }
     Ok(TlsInit {
         cert: cert_path,
         key: key_path,
@@ -114,12 +119,21 @@ pub fn tls_init(data_dir: &Path, names: &[String], force: bool) -> anyhow::Resul
     })
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut file = perms::create_private_file(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
+/// Writes `bytes` to a new owner-only file beside `path` (fsynced); its path.
+fn write_aside(path: &Path, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    let aside = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let written = perms::create_private_file(&aside).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&aside);
+        return Err(error).with_context(|| format!("cannot write {}", aside.display()));
+    }
+    Ok(aside)
 }
 
 #[cfg(test)]
@@ -154,5 +168,30 @@ mod tests {
         assert!(format!("{error:#}").contains("--force"), "{error:#}");
         let second = tls_init(&data, &[], true).unwrap();
         assert_ne!(first.fingerprint, second.fingerprint);
+        #[cfg(unix)]
+        for path in [&second.cert, &second.key] {
+            assert_eq!(perms::mode_of(path), Some(0o600), "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn a_forced_run_that_fails_keeps_the_files_it_would_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = tls_init(dir.path(), &[], false).unwrap();
+        let before = [&made.cert, &made.key].map(|path| std::fs::read(path).unwrap());
+        for bad in ["", "bücher.example"] {
+            assert!(
+                tls_init(dir.path(), &[bad.into()], true).is_err(),
+                "{bad:?}"
+            );
+        }
+        let after = [&made.cert, &made.key].map(|path| std::fs::read(path).unwrap());
+        assert!(before == after, "the key or the certificate changed");
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [CERT_FILE, KEY_FILE], "nothing left aside");
     }
 }
