@@ -208,6 +208,32 @@ fn tls_after_a_proxy_header() {
     assert!(TlsConn::connect_after(server.addr(), config, header.as_bytes()).is_err());
 }
 
+/// A balancer's health check (a PROXY header for its own connection, then the close,
+/// as HAProxy's `check` sends with `send-proxy`) and a bare TCP check are no failed
+/// handshakes: they cost the address nothing, so the balancer is never banned.
+#[test]
+fn health_checks_that_close_at_once_are_no_failed_handshakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let server = start_tls_server(dir.path(), &pki.files, |config| {
+        config.proxy_protocol = Some(sfc_server::ProxySources::parse("127.0.0.1").unwrap());
+        config.failure_limit = sfc_server::RateLimit::new(1, 2);
+    });
+    let local = b"PROXY UNKNOWN\r\n";
+    for _ in 0..6 {
+        let mut check = std::net::TcpStream::connect(server.addr()).unwrap();
+        check.write_all(local).unwrap();
+        drop(check);
+    }
+    // Each check's task runs on its own: give them time to end.
+    std::thread::sleep(Duration::from_millis(500));
+    // The balancer's own address is still served.
+    let config = client_config(&pki.ca_der);
+    let mut conn = TlsConn::connect_after(server.addr(), config, local).unwrap();
+    enroll_tls(&mut conn, "after-checks");
+    server.stop();
+}
+
 #[test]
 fn a_client_that_does_not_trust_the_certificate_refuses_to_talk() {
     let dir = tempfile::tempdir().unwrap();

@@ -177,7 +177,8 @@ struct Shared {
 }
 
 /// Serves one accepted connection: plain, or after a TLS handshake (a failed handshake
-/// counts against the address's failure budget).
+/// counts against the address's failure budget; a connection closed before its first
+/// byte, such as a balancer's health check, does not).
 async fn serve_accepted(stream: TcpStream, peer: SocketAddr, shared: Shared) {
     let Shared {
         core,
@@ -202,6 +203,10 @@ async fn serve_accepted(stream: TcpStream, peer: SocketAddr, shared: Shared) {
             .await
             {
                 Ok(stream) => Box::pin(connection::serve(stream, peer, core, limits, stop)).await,
+                // As on a plain listener: no failure, nothing refused.
+                Err(crate::net::tls::HandshakeError::ClosedAtOnce) => {
+                    tracing::debug!(%peer, "closed before the TLS handshake began");
+                }
                 Err(reason) => {
                     rate.record_failure(peer.ip());
                     limits.monitor.connection_refused(peer, "tls-handshake");

@@ -107,6 +107,10 @@ pub enum HandshakeError {
     /// Too slow.
     #[error("TLS handshake not completed within {} s", .0.as_secs_f64())]
     TimedOut(Duration),
+    /// Closed before its first byte: a balancer's or a monitor's connection check, not a
+    /// failed handshake.
+    #[error("closed before the TLS handshake began")]
+    ClosedAtOnce,
 }
 
 /// Runs the server side of the handshake within `deadline`. `Err` carries the reason
@@ -117,9 +121,22 @@ pub async fn handshake(
     stream: TcpStream,
     deadline: Duration,
 ) -> Result<TlsStream<TcpStream>, HandshakeError> {
-    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(error)) => Err(HandshakeError::Failed(error)),
-        Err(_) => Err(HandshakeError::TimedOut(deadline)),
-    }
+    let handshake = async {
+        // Looked at, not taken: the handshake reads it.
+        if stream
+            .peek(&mut [0u8; 1])
+            .await
+            .map_err(HandshakeError::Failed)?
+            == 0
+        {
+            return Err(HandshakeError::ClosedAtOnce);
+        }
+        acceptor
+            .accept(stream)
+            .await
+            .map_err(HandshakeError::Failed)
+    };
+    tokio::time::timeout(deadline, handshake)
+        .await
+        .unwrap_or(Err(HandshakeError::TimedOut(deadline)))
 }
