@@ -640,6 +640,30 @@ fn actions_with_a_session_cookie_need_the_csrf_token() {
     assert_eq!(admin.page(&cookie, "/").0, 303);
 }
 
+/// An 828 header is shown as an upload as soon as it is read, before the session checks
+/// it; a refused one whose connection ends before its content (and so before its 1607)
+/// is no upload in progress either.
+#[test]
+fn a_refused_packet_cut_short_is_not_left_shown_as_an_upload() {
+    let admin = Admin::start();
+    let stranger = ClientId([0x77; 16]);
+    let cipher = vec![0u8; 2048];
+    let packet = packets(stranger, "x.bin", 2000, &cipher, 2048, ContentSize::Whole)
+        .pop()
+        .unwrap();
+    let mut conn = admin.server.connect();
+    conn.send_raw(&packet[..packet.len() - 1000]);
+    let shown = |count: usize| {
+        eventually(Duration::from_secs(10), || {
+            admin.json("/api/v1/uploads").as_array().unwrap().len() == count
+        })
+    };
+    assert!(shown(1), "the header was not shown");
+    drop(conn);
+    assert!(shown(0), "still shown after its connection ended");
+    assert_eq!(admin.json("/api/v1/stats")["uploads_in_progress"], 0);
+}
+
 #[test]
 fn uploads_in_progress_and_failures_are_shown_live() {
     let admin = Admin::start();

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 pub const FAILURES_KEPT: usize = 100;
 /// Uploads in progress shown at most: an 828 header is noted before the session has
 /// checked its client, so a flood of headers with made-up IDs must not grow the map
-/// without bound (refused ones are dropped at their 1607 anyway).
+/// without bound (refused ones are dropped at their 1607, or when their connection ends
+/// before it).
 pub const LIVE_UPLOADS_KEPT: usize = 10_000;
 
 type Labels = [(&'static str, String); 1];
@@ -444,6 +445,8 @@ impl Monitor {
                     format!("connection ended mid-packet of {file}"),
                 );
             }
+            // Its header was shown as an upload (before the session refused it).
+            LogLine::RefusedMidPacket { client } => self.end_upload(client),
             LogLine::AbandonedWithConnection { client, file } => {
                 self.end_upload(client);
                 self.failure(

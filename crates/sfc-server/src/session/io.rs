@@ -101,6 +101,13 @@ pub enum LogLine {
         /// The file being uploaded.
         file: Name,
     },
+    /// The connection ended in the middle of a packet that was refused (its 1607 due
+    /// after its content): nothing was started, nothing is answered; the upload its
+    /// header announced is not in progress.
+    RefusedMidPacket {
+        /// The client the packet named.
+        client: ClientId,
+    },
     /// The connection of a client that keeps its connection ended between two packets
     /// of an upload; the upload is dropped (rule S10).
     AbandonedWithConnection {

@@ -541,6 +541,11 @@ impl Conversation {
                 self.run(JobKind::Drop(lease), Waiting::Drop);
                 return;
             }
+            if current.reject.is_some() || current.swallow {
+                self.act(Action::Log(LogLine::RefusedMidPacket {
+                    client: current.header.client_id,
+                }));
+            }
         }
         self.drop_next_parked();
     }
