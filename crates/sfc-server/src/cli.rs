@@ -131,9 +131,9 @@ pub struct Cli {
     /// Most unfinished uploads at once from one IP address (an IPv6 /64 counts as one).
     ///
     /// A client that starts one more gets an error (1607) and the server logs a warning.
-    /// 1 to 1000000.
+    /// At most 1000000; 0: no cap (behind a proxy that gives every client its address).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UPLOADS_PER_ADDRESS,
-          value_parser = usize_in(1, MAX_UPLOADS_LIMIT))]
+          value_parser = usize_in(0, MAX_UPLOADS_LIMIT))]
     pub max_uploads_per_address: usize,
 
     /// Encrypt connections with TLS using this certificate (needs --tls-key).
@@ -912,6 +912,8 @@ mod tests {
         // The smallest: 0 only where it means something.
         assert!(parse("--shutdown-grace", 0).is_ok());
         assert!(parse("--max-connections-per-address", 0).is_ok());
+        let uncapped = parse("--max-uploads-per-address", 0).unwrap();
+        assert_eq!(uncapped.server_config().unwrap().max_uploads_per_address, 0);
         for option in [
             "--idle-timeout",
             "--request-timeout",
@@ -919,7 +921,6 @@ mod tests {
             "--max-connections",
             "--upload-buffers",
             "--max-uploads",
-            "--max-uploads-per-address",
             "--database-pool",
         ] {
             assert!(parse(option, 0).is_err(), "{option} 0");

@@ -846,6 +846,22 @@ mod tests {
         }
     }
 
+    /// `--max-uploads-per-address 0`: no cap (behind a proxy every client has its address).
+    #[test]
+    fn a_per_address_cap_of_0_is_no_cap() {
+        let registry = Arc::new(Registry::default());
+        assert_eq!(registry.max_uploads_per_address, 0);
+        let peer = Some("10.0.0.1".parse::<IpAddr>().unwrap());
+        let claims: Vec<_> = (0..300u16)
+            .map(|n| {
+                let mut id = [0u8; 16];
+                id[..2].copy_from_slice(&n.to_le_bytes());
+                registry.claim(&ClientId(id), peer, progress())
+            })
+            .collect();
+        assert!(claims.iter().all(Result::is_ok));
+    }
+
     /// `--max-uploads-per-address` counts an IPv6 /64 as one address, as the connection
     /// cap and the rate limits do: rotating addresses within it gains nothing.
     #[test]
