@@ -967,6 +967,12 @@ mod tests {
             assert!(text.contains("'--database <URL>'"), "{text}");
             assert!(text.contains(reason), "{reason} in {text}");
         }
+        // A password of digits with its `@host` forgotten reads as a port out of range.
+        let error =
+            Cli::try_parse_from(["sfc-server", "--database", "postgres://sfc:123456"]).unwrap_err();
+        let text = error.to_string();
+        assert!(!text.contains("123456"), "{text}");
+        assert!(text.contains("'postgres://sfc:…'"), "{text}");
     }
 
     impl Cli {

@@ -547,7 +547,8 @@ fn redact_url_rest(rest: &str, shown: &mut String) -> Option<()> {
         shown.push_str(host);
         if let Some(port) = port {
             shown.push(':');
-            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            // Not a port (`postgres://sfc:123456` lacks its `@host`): may be a password.
+            if !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
                 return None;
             }
             shown.push_str(port);
@@ -851,6 +852,8 @@ mod tests {
             ("postgres:///x", "postgres:///x"),
             // Where the password ends is unclear: nothing more is shown.
             ("postgres://sfc:s3cret", "postgres://sfc:…"),
+            ("postgres://sfc:123456", "postgres://sfc:…"),
+            ("postgres://sfc:0065536/x", "postgres://sfc:…"),
             ("postgres://sfc:s3cret/x", "postgres://sfc:…"),
             ("postgres://sfc:s3c@ret@db/x", "postgres://sfc@db/x"),
             ("postgres://sfc:s3c?ret@db/x", "postgres://…"),
