@@ -104,10 +104,10 @@ impl SqliteStore {
 
     /// Opens an existing database for the admin views, without creating or migrating.
     pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
-        Self::start(
-            Self::open_existing_connection(path)?,
-            Some(Self::open_reader(path)?),
-        )
+        let conn = Self::open_existing_connection(path)?;
+        check_version(&conn)?;
+        check_schema(&conn)?;
+        Self::start(conn, Some(Self::open_reader(path)?))
     }
 
     /// A connection to a database that must exist already.
@@ -134,6 +134,7 @@ impl SqliteStore {
             .map_err(db_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
         migrate(&mut conn)?;
+        check_schema(&conn)?;
         Ok(conn)
     }
 
@@ -196,7 +197,8 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// The schema version, refused when a newer server wrote it.
+fn check_version(conn: &Connection) -> Result<i64, StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(db_err)?;
@@ -205,6 +207,97 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             "the database has schema version {version}; this server knows up to {SCHEMA_VERSION}"
         )));
     }
+    Ok(version)
+}
+
+/// A table, its columns, and its unique keys (each a sorted set of columns).
+type Required = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static [&'static str]],
+);
+
+/// The columns of each table and the unique keys its statements rely on: a name given
+/// once (`insert_client` learns of a taken name from the key), one row per client and
+/// file (`put_file`'s `ON CONFLICT`).
+const REQUIRED: &[Required] = &[
+    (
+        "clients",
+        &["ID", "Name", "PublicKey", "LastSeen", "AESKey"],
+        &[&["ID"], &["Name"]],
+    ),
+    (
+        "files",
+        &["ID", "FileName", "PathName", "Verified"],
+        &[&["FileName", "ID"]],
+    ),
+];
+
+/// Checks the tables have what [`REQUIRED`] names. Migration 1 keeps tables that exist
+/// (a database adopted from another implementation): one without these keys would give
+/// a name twice, or fail every upload at its last packet.
+fn check_schema(conn: &Connection) -> Result<(), StoreError> {
+    for (table, columns, keys) in REQUIRED {
+        let present: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([table], |row| row.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(db_err)?;
+        let lacking: Vec<&str> = columns
+            .iter()
+            .copied()
+            .filter(|column| !present.iter().any(|p| p.eq_ignore_ascii_case(column)))
+            .collect();
+        if !lacking.is_empty() {
+            return Err(StoreError::Database(format!(
+                "the database's table {table} lacks the column(s) {}: it was not made by \
+                 this server, nor has it the specification's columns",
+                lacking.join(", ")
+            )));
+        }
+        let unique = unique_keys(conn, table).map_err(db_err)?;
+        for key in *keys {
+            let wanted: Vec<String> = key.iter().map(|c| c.to_ascii_lowercase()).collect();
+            if !unique.contains(&wanted) {
+                return Err(StoreError::Database(format!(
+                    "the database's table {table} has no primary key or unique constraint on \
+                     ({}): this server relies on it (it was not made by this server; add the \
+                     constraint, or start from a new database)",
+                    key.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The column sets (lowercase, sorted) of `table`'s unique, whole-table indexes, its
+/// primary key's included.
+fn unique_keys(conn: &Connection, table: &str) -> rusqlite::Result<Vec<Vec<String>>> {
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_index_list(?1) WHERE \"unique\" = 1 AND partial = 0")?
+        .query_map([table], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut keys = Vec::new();
+    for index in indexes {
+        let mut columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_index_info(?1)")?
+            .query_map([&index], |row| row.get::<_, Option<String>>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .map(|column| column.unwrap_or_default().to_ascii_lowercase())
+            .collect();
+        columns.sort();
+        keys.push(columns);
+    }
+    Ok(keys)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version = check_version(conn)?;
     let start = usize::try_from(version).unwrap_or(0);
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(start) {
         let tx = conn.transaction().map_err(db_err)?;

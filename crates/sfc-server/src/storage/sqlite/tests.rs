@@ -59,6 +59,56 @@ fn the_set_up_id_is_recorded_once_and_survives_a_reopen() {
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
 }
 
+/// A database adopted from another implementation (its own tables, `user_version` 0) is
+/// used only when it has the keys the statements rely on.
+#[test]
+fn an_adopted_database_without_the_keys_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = |clients_name: &str, files_key: &str| {
+        format!(
+            "CREATE TABLE clients (ID BLOB PRIMARY KEY, Name TEXT {clients_name}, \
+             PublicKey BLOB, LastSeen TEXT, AESKey BLOB);
+             CREATE TABLE files (ID BLOB, FileName TEXT, PathName TEXT, Verified INTEGER{files_key});"
+        )
+    };
+    for (n, (sql, missing)) in [
+        (schema("", ", PRIMARY KEY (ID, FileName)"), "(Name)"),
+        (schema("UNIQUE", ""), "(FileName, ID)"),
+        (
+            "CREATE TABLE clients (ID BLOB PRIMARY KEY, Name TEXT UNIQUE);".to_owned(),
+            "PublicKey, LastSeen, AESKey",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("adopted-{n}.db"));
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(&sql)
+            .unwrap();
+        let error = SqliteStore::open(&path).unwrap_err().to_string();
+        assert!(error.contains(missing), "{missing}: {error}");
+        let error = SqliteStore::open_existing(&path).unwrap_err().to_string();
+        assert!(error.contains(missing), "{missing}: {error}");
+    }
+    // With the keys (a unique index made apart from the table counts too), it is used.
+    let path = dir.path().join("adopted-ok.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!(
+            "{} CREATE UNIQUE INDEX by_name ON clients (Name);",
+            schema("", ", PRIMARY KEY (FileName, ID)")
+        ))
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    store.insert_client(&id(1), "ann", Timestamp(0)).unwrap();
+    assert!(matches!(
+        store.insert_client(&id(2), "ann", Timestamp(0)),
+        Ok(Inserted::NameTaken)
+    ));
+}
+
 #[test]
 fn file_database_uses_wal_and_refuses_newer_schemas() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,6 +134,9 @@ fn file_database_uses_wal_and_refuses_newer_schemas() {
         .unwrap();
     store.close().unwrap();
     let error = SqliteStore::open(&path).unwrap_err();
+    assert!(error.to_string().contains("schema version"), "{error}");
+    // The admin views too.
+    let error = SqliteStore::open_existing(&path).unwrap_err();
     assert!(error.to_string().contains("schema version"), "{error}");
 }
 
