@@ -14,13 +14,12 @@ pub use crate::net::admin_http::{
 };
 
 use crate::config::{Database, Store};
-use crate::storage::setup::{open_blobs, open_existing_meta};
+use crate::storage::setup::{open_existing_blobs, open_existing_meta};
 use crate::storage::{BlobStore, FileRecord, MetaStore};
 use serde::Serialize;
 use sfc_proto::ClientId;
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 /// One registered client.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -322,8 +321,7 @@ pub fn clients_in_store(
     files_store: &Store,
 ) -> anyhow::Result<Vec<ClientView>> {
     let store = open_existing_meta(data_dir, database)?;
-    // Recovery never runs here, so the grace period does not matter.
-    let blobs = open_blobs(data_dir, files_store, Duration::MAX)?;
+    let blobs = open_existing_blobs(data_dir, files_store)?;
     let views = client_views(store.as_ref(), blobs.as_ref())?;
     store.close()?;
     Ok(views)
@@ -347,8 +345,7 @@ pub fn files_in_store(
     files_store: &Store,
 ) -> anyhow::Result<Vec<FileView>> {
     let store = open_existing_meta(data_dir, database)?;
-    // Recovery never runs here, so the grace period does not matter.
-    let blobs = open_blobs(data_dir, files_store, Duration::MAX)?;
+    let blobs = open_existing_blobs(data_dir, files_store)?;
     let views = file_views(store.as_ref(), blobs.as_ref(), None)?;
     store.close()?;
     Ok(views)
@@ -445,6 +442,22 @@ pub fn render_files(views: &[FileView], json: bool) -> anyhow::Result<String> {
 mod tests {
     use super::*;
     use crate::config::DB_FILE;
+
+    /// A mistyped `--store` folder is an error, and nothing is created there.
+    #[test]
+    fn the_views_of_a_store_folder_that_is_not_there_create_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        SqliteStore::open(&dir.path().join(DB_FILE))
+            .unwrap()
+            .close()
+            .unwrap();
+        let missing = dir.path().join("mistyped");
+        let store = Store::Folder(missing.clone());
+        let error = files_in_store(dir.path(), &Database::Sqlite, &store).unwrap_err();
+        assert!(format!("{error:#}").contains("--store"), "{error:#}");
+        assert!(clients_in_store(dir.path(), &Database::Sqlite, &store).is_err());
+        assert!(!missing.exists(), "the views created the folder");
+    }
     use crate::storage::sqlite::SqliteStore;
     use crate::storage::{FileRecord, MetaStore, Timestamp};
     use sfc_proto::ClientId;

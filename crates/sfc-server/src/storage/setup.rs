@@ -113,6 +113,24 @@ pub fn open_blobs(
     })
 }
 
+/// The blob store `store` names, for the admin views: as [`open_blobs`], but a store
+/// folder must exist already (a mistyped `--store` is an error, not a new empty store
+/// that shows every file missing), and nothing is created.
+pub fn open_existing_blobs(data_dir: &Path, store: &Store) -> anyhow::Result<Box<dyn BlobStore>> {
+    if let Store::Folder(root) = store {
+        let files = root.join(FILES_DIR);
+        if !files.is_dir() {
+            anyhow::bail!(
+                "no {FILES_DIR}/ folder in {} (is --store the folder the server stores in?)",
+                root.display()
+            );
+        }
+        return Ok(Box::new(LocalBlobStore::new(root)));
+    }
+    // Recovery never runs here, so the grace period does not matter.
+    open_blobs(data_dir, store, Duration::MAX)
+}
+
 /// The metadata store `config.database` names, created or migrated as needed.
 fn open_meta(config: &ServerConfig) -> anyhow::Result<Box<dyn MetaStore>> {
     Ok(match &config.database {
