@@ -123,7 +123,8 @@ pub struct Cli {
     /// Most unfinished uploads at once, all clients together.
     ///
     /// A client that starts one more gets an error (1607) and the server logs a warning.
-    /// An unfinished upload holds no open file between packets. 1 to 1000000.
+    /// Between packets, an upload of a connection-per-request client holds no open file.
+    /// 1 to 1000000.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UPLOADS,
           value_parser = usize_in(1, MAX_UPLOADS_LIMIT))]
     pub max_uploads: usize,
