@@ -291,6 +291,38 @@ fn credentials_are_checked_before_the_query_or_the_form() {
     );
 }
 
+/// Credentials of another scheme (a reverse proxy's Basic ones, which the browser sends
+/// with every request) are no try of the token: the session cookie decides, and nothing
+/// counts as a failed login.
+#[test]
+fn another_authorization_scheme_leaves_the_session_to_the_cookie() {
+    let admin = Admin::start();
+    let cookie = admin.login();
+    for _ in 0..2 * LOGIN_FAILURES_PER_MINUTE {
+        let response = admin
+            .agent
+            .get(admin.url("/clients"))
+            .header("Cookie", &cookie)
+            .header("Authorization", "Basic b3BlcmF0b3I6cHJveHk=")
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    let anonymous = admin
+        .agent
+        .get(admin.url("/api/v1/stats"))
+        .header("Authorization", "Basic b3BlcmF0b3I6cHJveHk=")
+        .call()
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    // No failed login was counted: the token is answered at once.
+    let started = std::time::Instant::now();
+    assert_eq!(admin.get("/api/v1/stats").0, 200);
+    assert!(started.elapsed() < BLOCKED_VERDICT_DELAY);
+    let failures = admin.json("/api/v1/failures");
+    assert_eq!(failures["total"], 0, "{failures}");
+}
+
 #[test]
 fn failed_logins_are_limited_per_address() {
     let admin = Admin::start();

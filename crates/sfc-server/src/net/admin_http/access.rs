@@ -45,15 +45,21 @@ pub(crate) async fn authenticate(
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Result<Auth, ApiError> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
+    // Only a Bearer header is a try of the token: another scheme (a reverse proxy's
+    // Basic credentials the browser sends along) leaves the session cookie to decide.
+    // The scheme's name is case-insensitive (RFC 7235).
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or_default().trim_start())
+        .filter(|value| {
+            value
+                .get(..7)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("Bearer "))
+                || value.eq_ignore_ascii_case("Bearer")
+        });
+    if let Some(value) = bearer {
         wait_if_blocked(state, peer).await;
-        // The scheme's name is case-insensitive (RFC 7235).
-        let given = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
-            .map_or("", |(_, token)| token);
+        let given = value.get(7..).unwrap_or_default();
         if same_secret(given.trim(), &state.token) {
             return Ok(Auth::Bearer);
         }
