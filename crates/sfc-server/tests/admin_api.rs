@@ -253,6 +253,18 @@ fn credentials_are_checked_before_the_query_or_the_form() {
         assert_eq!(status, 401, "{method} {path}");
         assert_eq!(challenge.unwrap(), "Bearer", "{method} {path}");
     }
+    // The operator's 400 is the API's error JSON, as the OpenAPI document says.
+    for (status, body) in [
+        admin.get("/api/v1/failures?offset=x"),
+        admin.delete(&format!("/api/v1/clients/{id}/file")),
+    ] {
+        assert_eq!(status, 400, "{body}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            error["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    }
     // A page with a malformed query sends a browser without a session to the login form.
     let response = admin
         .agent

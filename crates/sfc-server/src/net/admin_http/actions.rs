@@ -2,11 +2,11 @@
 //! client removed (through [`crate::session::Core`]).
 
 use super::access::{check_csrf, Authorized};
-use super::api::{blocking, client_id};
+use super::api::{blocking, client_id, ApiQuery};
 use super::{AdminState, ApiError, Shared};
 use crate::session::Removal;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
@@ -123,7 +123,7 @@ pub(super) async fn download(
     State(state): State<Shared>,
     _: Authorized,
     Path(id): Path<String>,
-    Query(query): Query<FileQuery>,
+    ApiQuery(query): ApiQuery<FileQuery>,
 ) -> Result<Response, ApiError> {
     download_file(&state, &id, &query.name).await
 }
@@ -165,7 +165,7 @@ pub(super) async fn api_remove_file(
     Authorized(auth): Authorized,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(query): Query<FileQuery>,
+    ApiQuery(query): ApiQuery<FileQuery>,
 ) -> Result<Json<Removed>, ApiError> {
     check_csrf(&auth, &headers, None)?;
     Ok(Json(remove_file(&state, &id, &query.name).await?))

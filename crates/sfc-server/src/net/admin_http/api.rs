@@ -6,7 +6,8 @@ use super::access::Authorized;
 use super::overview::Freshness;
 use super::{AdminState, ApiError, Shared, DEFAULT_PAGE, MAX_PAGE};
 use crate::admin::{client_view, fill_sizes, unsized_file_views, ClientView, FileView, StatsView};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,6 +22,24 @@ pub(super) async fn blocking<T: Send + 'static>(
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(ApiError::internal(error)),
         Err(error) => Err(ApiError::internal(error)),
+    }
+}
+
+/// A query string as [`Query`] reads it, refused as the API's other errors are: 400 with
+/// `{"error": …}` (axum's own rejection is plain text).
+pub(super) struct ApiQuery<T>(pub(super) T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                rejection.body_text(),
+            )),
+        }
     }
 }
 
@@ -131,7 +150,7 @@ pub(crate) async fn all_clients(state: &AdminState) -> Result<Arc<Vec<ClientView
 pub(super) async fn api_clients(
     State(state): State<Shared>,
     _: Authorized,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<ClientView>>, ApiError> {
     let all = all_clients(&state).await?;
     let limit = page_limit(&query);
@@ -189,7 +208,7 @@ pub(super) async fn api_files(
     State(state): State<Shared>,
     _: Authorized,
     Path(id): Path<String>,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<FileView>>, ApiError> {
     let limit = page_limit(&query);
     let (total, items) = client_files(&state, &id, query.offset, limit).await?;
@@ -226,7 +245,7 @@ pub(super) async fn api_uploads(
 pub(super) async fn api_failures(
     State(state): State<Shared>,
     _: Authorized,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<crate::admin::FailureView>>, ApiError> {
     Ok(Json(page(state.monitor.snapshot().failures, &query)))
 }
