@@ -335,6 +335,36 @@ fn another_authorization_scheme_leaves_the_session_to_the_cookie() {
     assert_eq!(failures["total"], 0, "{failures}");
 }
 
+/// A login another site's page posts (a browser says so in `Sec-Fetch-Site`) is refused
+/// unread: such a page cannot spend the failed logins of the operator's address.
+#[test]
+fn a_login_posted_from_another_site_is_refused_unread() {
+    let admin = Admin::start();
+    let post = |site: &str, token: &str| {
+        admin
+            .agent
+            .post(admin.url("/login"))
+            .header("Sec-Fetch-Site", site)
+            .send_form([("token", token)])
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for site in ["cross-site", "same-site"] {
+        for _ in 0..2 * LOGIN_FAILURES_PER_MINUTE {
+            assert_eq!(post(site, "not-the-token"), 403);
+        }
+        assert_eq!(post(site, &admin.token), 403);
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(post("same-origin", &admin.token), 303);
+    assert!(
+        started.elapsed() < BLOCKED_VERDICT_DELAY,
+        "no failure was counted"
+    );
+    assert_eq!(admin.json("/api/v1/failures")["total"], 0);
+}
+
 #[test]
 fn failed_logins_are_limited_per_address() {
     let admin = Admin::start();

@@ -103,6 +103,15 @@ fn login_page(status: StatusCode, message: &str) -> Response {
     render(status, &LoginPage { message })
 }
 
+/// False when a browser's `Sec-Fetch-Site` says the request came from another origin
+/// (another site, or another port of this host: `same-site`). Without the header (a
+/// program, an old browser) the request is taken as it is.
+fn from_this_origin(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_none_or(|site| matches!(site.as_bytes(), b"same-origin" | b"none"))
+}
+
 #[derive(Debug, Deserialize)]
 struct LoginForm {
     token: String,
@@ -111,8 +120,18 @@ struct LoginForm {
 async fn login(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    // A browser says where a form was sent from: a login posted by another site's page
+    // (or another port's) is refused unread, so that a page the operator has open cannot
+    // spend the failed logins of the operator's own address.
+    if !from_this_origin(&headers) {
+        return login_page(
+            StatusCode::FORBIDDEN,
+            "A login from another site's page is refused.",
+        );
+    }
     // The right token gets in even beyond the failure limit, after the same wait as a
     // wrong one (see `authenticate`).
     super::access::wait_if_blocked(&state, peer.0).await;
