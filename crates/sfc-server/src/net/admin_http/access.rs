@@ -2,6 +2,7 @@
 //! logins they count, and the CSRF token a session's state-changing request must echo.
 
 use super::auth::{same_secret, COOKIE};
+use super::idle::Refusable;
 use super::login_limit::{self, BLOCKED_VERDICT_DELAY};
 use super::{AdminState, ApiError, Peer, Shared};
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -44,6 +45,7 @@ pub(crate) async fn authenticate(
     state: &AdminState,
     peer: SocketAddr,
     headers: &HeaderMap,
+    connection: Option<&Refusable>,
 ) -> Result<Auth, ApiError> {
     // Only a Bearer header is a try of the token: another scheme (a reverse proxy's
     // Basic credentials the browser sends along) leaves the session cookie to decide.
@@ -58,7 +60,7 @@ pub(crate) async fn authenticate(
                 || value.eq_ignore_ascii_case("Bearer")
         });
     if let Some(value) = bearer {
-        wait_if_blocked(state, peer).await;
+        wait_if_blocked(state, peer, connection).await;
         let given = value.get(7..).unwrap_or_default();
         if same_secret(given.trim(), &state.token) {
             return Ok(Auth::Bearer);
@@ -98,7 +100,8 @@ impl FromRequestParts<Shared> for Authorized {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        authenticate(state, peer(parts)?, &parts.headers)
+        let connection = parts.extensions.get::<Refusable>();
+        authenticate(state, peer(parts)?, &parts.headers, connection)
             .await
             .map(Authorized)
     }
@@ -113,9 +116,15 @@ pub(super) fn peer(parts: &Parts) -> Result<SocketAddr, ApiError> {
         .ok_or_else(|| ApiError::internal("the request carries no remote address"))
 }
 
-/// Waits [`BLOCKED_VERDICT_DELAY`] if `peer`'s address is blocked (see [`authenticate`]).
-pub(super) async fn wait_if_blocked(state: &AdminState, peer: SocketAddr) {
+/// Waits [`BLOCKED_VERDICT_DELAY`] if `peer`'s address is blocked (see [`authenticate`]);
+/// meanwhile its `connection` may be closed for a newcomer to a full listener.
+pub(super) async fn wait_if_blocked(
+    state: &AdminState,
+    peer: SocketAddr,
+    connection: Option<&Refusable>,
+) {
     if state.failed_logins.blocked(peer.ip(), Instant::now()) {
+        let _delayed = connection.map(Refusable::delayed);
         tokio::time::sleep(BLOCKED_VERDICT_DELAY).await;
     }
 }

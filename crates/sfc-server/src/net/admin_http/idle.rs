@@ -4,7 +4,9 @@
 //! refusing the newcomer. Without it, whoever holds all [`super::listen::MAX_CONNECTIONS`]
 //! (a local user with 8 loopback addresses, 32 connections each, one `/healthz` every
 //! 19 s to stay under the head time-out) locks the operator out for as long as they
-//! like; with it the operator's connection closes one of theirs.
+//! like; with it the operator's connection closes one of theirs. A request waiting out
+//! the verdict delay of a blocked address counts as idle after the idle ones: otherwise a
+//! guesser could keep every place busy with wrong tokens, 2 s each.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -21,6 +23,9 @@ struct Tracked {
     busy: usize,
     /// Since when it has had no request in progress (`None`: busy).
     idle_since: Option<Instant>,
+    /// Since when its request has been waiting out the verdict delay of a blocked
+    /// address ([`Connection::request_started`]'s [`Refusable`]): as good as idle.
+    delayed_since: Option<Instant>,
     /// Told to close (not chosen again).
     closing: bool,
     close: Arc<Notify>,
@@ -47,6 +52,7 @@ impl Connections {
             Tracked {
                 busy: 0,
                 idle_since: Some(now),
+                delayed_since: None,
                 closing: false,
                 close: Arc::clone(&close),
             },
@@ -59,15 +65,25 @@ impl Connections {
     }
 
     /// Tells the connection idle longest to close (it does at once: nothing is in
-    /// progress on it); false when every connection is busy or already closing.
+    /// progress on it), or else the one whose request has waited longest for the verdict
+    /// on a blocked address's token (it closes once that request is answered: a guesser
+    /// who keeps every place busy that way does not keep the operator out); false when
+    /// every connection is busy otherwise or already closing.
     pub(crate) fn close_longest_idle(&self) -> bool {
         let mut table = self.table();
         let longest = table
             .values_mut()
             .filter(|tracked| !tracked.closing)
-            // Idle: no request in progress (`busy` 0).
-            .filter_map(|tracked| tracked.idle_since.map(|since| (since, tracked)))
-            .min_by_key(|(since, _)| *since);
+            // Idle (no request in progress: `busy` 0) before delayed.
+            .filter_map(|tracked| {
+                let rank = match (tracked.idle_since, tracked.delayed_since) {
+                    (Some(since), _) => (false, since),
+                    (None, Some(since)) => (true, since),
+                    (None, None) => return None,
+                };
+                Some((rank, tracked))
+            })
+            .min_by_key(|(rank, _)| *rank);
         match longest {
             Some((_, tracked)) => {
                 tracked.closing = true;
@@ -91,15 +107,51 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// Marks a request in progress until the returned guard is dropped (with the
-    /// response's body: [`TrackedBody`]).
-    pub(crate) fn request_started(&self) -> InProgress {
+    /// response's body: [`TrackedBody`]); the [`Refusable`] goes into the request.
+    pub(crate) fn request_started(&self) -> (InProgress, Refusable) {
         if let Some(tracked) = self.connections.table().get_mut(&self.id) {
             tracked.busy += 1;
             tracked.idle_since = None;
         }
-        InProgress {
+        let refusable = Refusable {
             id: self.id,
             connections: Arc::clone(&self.connections),
+        };
+        let in_progress = InProgress {
+            id: self.id,
+            connections: Arc::clone(&self.connections),
+        };
+        (in_progress, refusable)
+    }
+}
+
+/// A request's handle on its connection, for the wait of a blocked address
+/// ([`super::access::wait_if_blocked`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Refusable {
+    id: u64,
+    connections: Arc<Connections>,
+}
+
+impl Refusable {
+    /// Until the returned guard is dropped, the connection may be closed for a newcomer
+    /// as if it were idle (after those that are).
+    pub(crate) fn delayed(&self) -> Delayed {
+        if let Some(tracked) = self.connections.table().get_mut(&self.id) {
+            tracked.delayed_since = Some(Instant::now());
+        }
+        Delayed(self.clone())
+    }
+}
+
+/// See [`Refusable::delayed`].
+#[derive(Debug)]
+pub(crate) struct Delayed(Refusable);
+
+impl Drop for Delayed {
+    fn drop(&mut self) {
+        if let Some(tracked) = self.0.connections.table().get_mut(&self.0.id) {
+            tracked.delayed_since = None;
         }
     }
 }
@@ -176,7 +228,7 @@ mod tests {
         let start = Instant::now();
         let oldest = connections.register(start);
         let busy = connections.register(start - Duration::from_secs(60));
-        let request = busy.request_started();
+        let (request, _) = busy.request_started();
         let newer = connections.register(start + Duration::from_secs(1));
         assert!(connections.close_longest_idle());
         // `oldest` was told (its permit is stored), `newer` not yet.
@@ -192,5 +244,24 @@ mod tests {
         );
         drop((oldest, busy, newer));
         assert!(connections.table().is_empty());
+    }
+
+    #[test]
+    fn a_request_waiting_out_a_blocked_verdict_is_closed_after_the_idle_ones() {
+        let connections = Arc::new(Connections::default());
+        let start = Instant::now();
+        let waiting = connections.register(start);
+        let (_request, refusable) = waiting.request_started();
+        let idle = connections.register(start + Duration::from_secs(1));
+        let delayed = refusable.delayed();
+        assert!(connections.close_longest_idle());
+        assert!(idle.close.notified().now_or_never().is_some(), "idle first");
+        assert!(connections.close_longest_idle(), "then the delayed one");
+        assert!(waiting.close.notified().now_or_never().is_some());
+        drop(delayed);
+        let other = connections.register(start);
+        let (_other_request, other_refusable) = other.request_started();
+        drop(other_refusable.delayed());
+        assert!(!connections.close_longest_idle(), "busy once answered");
     }
 }

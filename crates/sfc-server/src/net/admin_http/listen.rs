@@ -282,10 +282,12 @@ async fn serve_connection(
     let tracker = Arc::new(tracker);
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let in_progress = tracker.request_started();
+            let (in_progress, refusable) = tracker.request_started();
             let mut request = request.map(|body| axum::body::Body::new(TimedBody::new(body)));
             // What the handlers' `ConnectInfo<Peer>` reads (the rate limits key on it).
             request.extensions_mut().insert(ConnectInfo(Peer(peer)));
+            // What `access::wait_if_blocked` marks its wait on.
+            request.extensions_mut().insert(refusable);
             // The router is always ready (no back-pressure), so no poll_ready first.
             let call = tower::Service::call(&mut app.clone(), request);
             async move {

@@ -11,6 +11,7 @@ use super::access::{authenticate, check_csrf, login_failed, Auth, Authorized};
 use super::actions::{download_file, remove_client, remove_file, FileQuery};
 use super::api::{all_clients, client_files, one_client, stats, uploads};
 use super::auth::same_secret;
+use super::idle::Refusable;
 use super::login_limit::{self, RETRY_AFTER};
 use super::templates::{
     query_value, render, ClientPage, ClientsPage, DashboardPage, ErrorPage, LoginPage, Pager,
@@ -22,7 +23,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use serde::Deserialize;
 use std::time::Instant;
 
@@ -120,6 +121,7 @@ struct LoginForm {
 async fn login(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    connection: Option<Extension<Refusable>>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -134,7 +136,7 @@ async fn login(
     }
     // The right token gets in even beyond the failure limit, after the same wait as a
     // wrong one (see `authenticate`).
-    super::access::wait_if_blocked(&state, peer.0).await;
+    super::access::wait_if_blocked(&state, peer.0, connection.as_deref()).await;
     let now = Instant::now();
     if !same_secret(form.token.trim(), &state.token) {
         if state.failed_logins.blocked(peer.0.ip(), now) {
@@ -187,7 +189,7 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Ok(auth @ Auth::Session { .. }) = authenticate(&state, peer.0, &headers).await {
+    if let Ok(auth @ Auth::Session { .. }) = authenticate(&state, peer.0, &headers, None).await {
         if check_csrf(&auth, &headers, Some(&form.csrf)).is_err() {
             return error_page(super::ApiError::new(
                 StatusCode::FORBIDDEN,
