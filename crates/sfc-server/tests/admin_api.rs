@@ -1513,13 +1513,21 @@ fn admin_connections_beyond_the_caps_are_closed_at_once() {
         open.extend((0..32).map(|_| from(n)));
     }
     assert_eq!(open.len(), 256);
+    // A newcomer refused for its own address's cap closes nobody's connection to make
+    // room: the one idle longest is still served (and no longer idle longest).
+    let mut extra = from(2);
+    assert!(
+        closed_within(&mut extra, quick),
+        "33rd from one address served"
+    );
+    assert_eq!(healthz_on(&mut open[0], true), "HTTP/1.1 200 OK");
     // The listener is full of connections that sent nothing (idle, as keep-alive ones
     // between requests): a newcomer (who may be the operator) is served, and the one
     // idle longest is closed to make room; before, the newcomer was refused for as long
     // as the others stayed.
     let mut beyond = from(10);
     assert_eq!(healthz_on(&mut beyond, true), "HTTP/1.1 200 OK");
-    let mut oldest = open.remove(0);
+    let mut oldest = open.remove(1);
     assert!(
         closed_within(&mut oldest, quick),
         "the longest idle stays open"
@@ -1573,7 +1581,30 @@ fn connections_busy_with_blocked_guesses_make_room_for_a_newcomer() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-/// A download whose client stops taking it is cut at `--admin-send-timeout` (2 s here):
+/// Connections whose request announced a body and sent none (held until the body
+/// time-out, 30 s) do not keep a newcomer out of a full listener either.
+#[test]
+fn connections_waiting_for_a_body_make_room_for_a_newcomer() {
+    use std::io::Write;
+    sfc_server::raise_fd_limit(1024);
+    let admin = Admin::start();
+    let addr = admin.server.server.as_ref().unwrap().admin_addr().unwrap();
+    let head = "POST /login HTTP/1.1\r\nHost: localhost\r\n\
+                Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n";
+    let mut open = Vec::new();
+    for n in 2..=9 {
+        for _ in 0..32 {
+            let mut stalled = tcp_from([127, 0, 0, n].into(), addr).unwrap();
+            stalled.write_all(head.as_bytes()).unwrap();
+            open.push(stalled);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let mut operator = tcp_from([127, 0, 0, 10].into(), addr).unwrap();
+    assert_eq!(healthz_on(&mut operator, false), "HTTP/1.1 200 OK");
+}
+
+/// A download whose client stops taking it is cut at `--admin-send-timeout`/// A download whose client stops taking it is cut at `--admin-send-timeout` (2 s here):
 /// its connection is closed before the whole file has gone, instead of being held (with
 /// its place under the caps and its reader) for as long as the client likes. A client
 /// that reads slowly, pausing for less than the limit each time, gets the whole file.

@@ -120,28 +120,35 @@ impl AdminListener {
                         }
                     };
                     // Refusals close the socket at once (dropped), before anything is read.
-                    // A full listener first makes room by closing the connection idle
-                    // longest (`idle.rs`); only when none is idle is the newcomer refused.
+                    let Some(slot) = self.connections_per_address.enter(peer.ip()) else {
+                        tracing::info!(%peer, "admin listener: too many connections from this address; connection closed");
+                        continue;
+                    };
+                    let handshaking = match &self.tls {
+                        None => None,
+                        Some(_) if self.handshakes.len() >= MAX_HANDSHAKES => {
+                            tracing::info!(%peer, "admin listener: too many TLS handshakes under way; connection closed");
+                            continue;
+                        }
+                        Some(_) => match self.handshakes_per_address.enter(peer.ip()) {
+                            Some(handshaking) => Some(handshaking),
+                            None => {
+                                tracing::info!(%peer, "admin listener: too many TLS handshakes under way from this address; connection closed");
+                                continue;
+                            }
+                        },
+                    };
+                    // A full listener makes room for a newcomer it would serve by closing
+                    // the connection idle longest (`idle.rs`); only when none is idle is
+                    // the newcomer refused.
                     if served + self.handshakes.len() >= MAX_CONNECTIONS
                         && !tracked.close_longest_idle()
                     {
                         tracing::info!(%peer, "admin listener: too many connections open; connection closed");
                         continue;
                     }
-                    let Some(slot) = self.connections_per_address.enter(peer.ip()) else {
-                        tracing::info!(%peer, "admin listener: too many connections from this address; connection closed");
-                        continue;
-                    };
-                    let Some(acceptor) = &self.tls else {
+                    let (Some(acceptor), Some(handshaking)) = (&self.tls, handshaking) else {
                         return Accepted { io: Box::new(stream), peer, slot };
-                    };
-                    if self.handshakes.len() >= MAX_HANDSHAKES {
-                        tracing::info!(%peer, "admin listener: too many TLS handshakes under way; connection closed");
-                        continue;
-                    }
-                    let Some(handshaking) = self.handshakes_per_address.enter(peer.ip()) else {
-                        tracing::info!(%peer, "admin listener: too many TLS handshakes under way from this address; connection closed");
-                        continue;
                     };
                     let acceptor = acceptor.clone();
                     self.handshakes.spawn(async move {
@@ -283,7 +290,8 @@ async fn serve_connection(
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let (in_progress, refusable) = tracker.request_started();
-            let mut request = request.map(|body| axum::body::Body::new(TimedBody::new(body)));
+            let mut request =
+                request.map(|body| axum::body::Body::new(TimedBody::new(body, refusable.clone())));
             // What the handlers' `ConnectInfo<Peer>` reads (the rate limits key on it).
             request.extensions_mut().insert(ConnectInfo(Peer(peer)));
             // What `access::wait_if_blocked` marks its wait on.
@@ -328,16 +336,24 @@ async fn serve_connection(
 
 /// A request body that fails once [`BODY_READ_TIMEOUT`] has passed since the request's
 /// head arrived and the body is still not complete.
+/// While it waits for the client, its connection counts as idle for a full listener
+/// ([`idle::Refusable::delayed`]): a client that announces a body and sends none does not
+/// hold its place against a newcomer.
 struct TimedBody {
     inner: hyper::body::Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    connection: idle::Refusable,
+    /// Set while the body is awaited.
+    waiting: Option<idle::Delayed>,
 }
 
 impl TimedBody {
-    fn new(inner: hyper::body::Incoming) -> Self {
+    fn new(inner: hyper::body::Incoming, connection: idle::Refusable) -> Self {
         TimedBody {
             inner,
             deadline: Box::pin(tokio::time::sleep(BODY_READ_TIMEOUT)),
+            connection,
+            waiting: None,
         }
     }
 }
@@ -351,7 +367,11 @@ impl hyper::body::Body for TimedBody {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            self.waiting = None;
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if self.waiting.is_none() {
+            self.waiting = Some(self.connection.delayed());
         }
         match self.deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
