@@ -471,6 +471,27 @@ fn large_bodies_are_refused_and_every_session_cookie_is_tried() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
         "{answer}"
     );
+    // A head that is no HTTP gets hyper's own 400. Both answers, written by hyper
+    // without the router, are counted as every other response is.
+    let mut garbage = std::net::TcpStream::connect(addr).unwrap();
+    let _ = garbage.write_all(b"NOT HTTP AT ALL\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = garbage.read_to_end(&mut answer);
+    assert!(answer.starts_with(b"HTTP/1.1 400"), "{answer:?}");
+    let counted = |status: &str| {
+        sample(
+            &scrape(&admin),
+            "sfc_admin_requests_total",
+            Some(("status", status)),
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || counted("431") == 1.0
+            && counted("400") == 1.0),
+        "431: {}, 400: {}",
+        counted("431"),
+        counted("400")
+    );
 
     let session = admin.login();
     let planted = format!("{COOKIE}=planted-by-another-site; {session}");

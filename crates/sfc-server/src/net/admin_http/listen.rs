@@ -258,7 +258,8 @@ impl AdminServer {
                 () = &mut stop => break,
                 accepted = listener.accept(connections.len(), &tracked) => {
                     let tracker = tracked.register(std::time::Instant::now());
-                    connections.spawn(serve_connection(accepted, tracker, app.clone(), send_timeout, stop_rx.clone()));
+                    let monitor = Arc::clone(&state.monitor);
+                    connections.spawn(serve_connection(accepted, tracker, app.clone(), monitor, send_timeout, stop_rx.clone()));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 _ = flush.tick() => state.flush_lines(false),
@@ -280,6 +281,7 @@ async fn serve_connection(
     accepted: Accepted,
     tracker: idle::Connection,
     app: axum::Router,
+    monitor: Arc<Monitor>,
     send_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -329,9 +331,30 @@ async fn serve_connection(
         }
     };
     if let Err(error) = result {
+        // hyper answered it itself, without the router: counted here.
+        if let Some(status) = automatic_response(&error) {
+            monitor.admin_response(status);
+        }
         tracing::debug!(%peer, %error, "admin connection closed");
     }
     drop(slot);
+}
+
+/// The status of the response hyper writes itself for a request head it cannot take
+/// (before closing the connection), if any.
+fn automatic_response(error: &hyper::Error) -> Option<u16> {
+    if error.is_parse_too_large() {
+        // One kind for both: the text tells them apart.
+        Some(if error.to_string().contains("URI too long") {
+            414
+        } else {
+            431
+        })
+    } else if error.is_parse() && !error.is_parse_status() {
+        Some(400)
+    } else {
+        None
+    }
 }
 
 /// A request body that fails once [`BODY_READ_TIMEOUT`] has passed since the request's
