@@ -280,15 +280,17 @@ fn credentials_are_checked_before_the_query_or_the_form() {
         format!("/clients/{id}/remove"),
         format!("/clients/{id}/delete"),
     ] {
-        let status = admin
+        let response = admin
             .agent
             .post(admin.url(&path))
             .header("Content-Type", "text/plain")
             .send("not a form")
-            .unwrap()
-            .status()
-            .as_u16();
-        assert_eq!(status, 401, "{path}");
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{path}");
+        assert_eq!(
+            response.headers().get("www-authenticate").unwrap(),
+            "Bearer"
+        );
     }
     // A wrong token at the login form: 401 with its challenge, as everywhere else.
     let response = admin

@@ -211,19 +211,23 @@ struct ErrorBody {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.0, Json(ErrorBody { error: self.1 })).into_response();
-        if self.0 == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if self.0 == StatusCode::TOO_MANY_REQUESTS {
-            // The only 429: wrong tokens beyond the failed-login limit.
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(login_limit::RETRY_AFTER.as_secs()),
-            );
-        }
+        add_refusal_headers(self.0, response.headers_mut());
         response
+    }
+}
+
+/// What a refusal's status calls for: a 401 names its scheme (RFC 9110), a 429 says
+/// when to try again. For the API's errors and the pages' alike.
+fn add_refusal_headers(status: StatusCode, headers: &mut axum::http::HeaderMap) {
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // The only 429: wrong tokens beyond the failed-login limit.
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(login_limit::RETRY_AFTER.as_secs()),
+        );
     }
 }
 async fn openapi() -> Response {

@@ -12,7 +12,7 @@ use super::actions::{download_file, remove_client, remove_file, FileQuery};
 use super::api::{all_clients, client_files, one_client, stats, uploads};
 use super::auth::same_secret;
 use super::idle::Refusable;
-use super::login_limit::{self, RETRY_AFTER};
+use super::login_limit;
 use super::templates::{
     query_value, render, ClientPage, ClientsPage, DashboardPage, ErrorPage, LoginPage, Pager,
 };
@@ -91,7 +91,9 @@ fn error_page(error: super::ApiError) -> Response {
         status: error.0,
         message: &error.1,
     };
-    render(error.0, &page)
+    let mut response = render(error.0, &page);
+    super::add_refusal_headers(error.0, response.headers_mut());
+    response
 }
 
 // ----- login ------------------------------------------------------------------------------
@@ -101,7 +103,9 @@ async fn login_form() -> Response {
 }
 
 fn login_page(status: StatusCode, message: &str) -> Response {
-    render(status, &LoginPage { message })
+    let mut response = render(status, &LoginPage { message });
+    super::add_refusal_headers(status, response.headers_mut());
+    response
 }
 
 /// False when a browser's `Sec-Fetch-Site` says the request came from another origin
@@ -141,19 +145,10 @@ async fn login(
     if !same_secret(form.token.trim(), &state.token) {
         if state.failed_logins.blocked(peer.0.ip(), now) {
             super::access::login_refused(&state, peer.0, "wrong token at the login form");
-            return (
-                [(header::RETRY_AFTER, RETRY_AFTER.as_secs().to_string())],
-                login_page(StatusCode::TOO_MANY_REQUESTS, &login_limit::refusal_text()),
-            )
-                .into_response();
+            return login_page(StatusCode::TOO_MANY_REQUESTS, &login_limit::refusal_text());
         }
         login_failed(&state, peer.0, "wrong token at the login form");
-        // A 401 names its scheme (RFC 9110); "Bearer" is the token this form takes.
-        return (
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            login_page(StatusCode::UNAUTHORIZED, "Wrong token."),
-        )
-            .into_response();
+        return login_page(StatusCode::UNAUTHORIZED, "Wrong token.");
     }
     let (id, _csrf) = state.sessions.create(now);
     let secure = if state.secure_cookie { "; Secure" } else { "" };
