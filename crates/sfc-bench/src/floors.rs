@@ -289,8 +289,8 @@ mod tests {
 
     #[test]
     fn the_floors_of_a_small_file_are_positive_and_add_up() {
-        let dir = std::env::temp_dir().join(format!("sfc-bench-floors-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_owned();
         let source = dir.join("source.bin");
         std::fs::write(&source, vec![7u8; 4 << 20]).unwrap();
         let floors = measure(&source, &dir).unwrap();
@@ -302,7 +302,6 @@ mod tests {
             );
         }
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
-        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(left.len(), 1, "only the source is left: {left:?}");
         let all = [
             floors.tmpfs_read,

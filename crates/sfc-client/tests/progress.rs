@@ -9,10 +9,23 @@ use std::process::Command;
 
 use common::{make_file, run_client, tempdir, write_transfer_info, Behaviour, Double};
 
+/// Whether util-linux `script` is here. CI installs it (.ci/run): there, its absence
+/// fails the test instead of skipping it.
+fn script_available() -> bool {
+    if Command::new("script").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "util-linux `script` is not installed: the progress-bar tests cannot run"
+    );
+    eprintln!("skipped: util-linux `script` is not installed");
+    false
+}
+
 /// Runs the client under a pseudo-terminal; returns exit code and everything it drew.
 fn run_under_terminal(dir: &std::path::Path, args: &str) -> Option<(i32, String)> {
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: util-linux `script` is not installed");
+    if !script_available() {
         return None;
     }
     let command = format!("{} --timeout 20 {args}", env!("CARGO_BIN_EXE_sfc-client"));
@@ -68,8 +81,7 @@ fn quiet_or_a_pipe_draws_no_bar() {
 /// Runs `command` (a shell command line) under a pseudo-terminal of `columns` columns;
 /// returns exit code and everything drawn.
 fn run_in_terminal_of(dir: &std::path::Path, columns: u16, command: &str) -> Option<(i32, String)> {
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: util-linux `script` is not installed");
+    if !script_available() {
         return None;
     }
     let line = format!("stty cols {columns} rows 24; {command}");

@@ -1043,8 +1043,15 @@ fn a_public_admin_address_needs_tls_or_an_explicit_insecure() {
     let error = sfc_server::RunningServer::start(config.clone()).unwrap_err();
     assert!(error.to_string().contains("--admin-insecure"), "{error}");
     assert!(!dir.path().join("t").exists());
+    // Allowed with --admin-insecure (checked, not served: no test listens beyond
+    // loopback).
     admin.insecure = true;
-    config.admin = Some(admin);
+    assert_eq!(admin.check(), Ok(()));
+    // The token file the server writes on its first start.
+    config.admin = Some(AdminConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("t"),
+    ));
     let server = sfc_server::RunningServer::start(config).unwrap();
     assert!(server.admin_addr().is_some());
     let token = std::fs::read_to_string(dir.path().join("t")).unwrap();

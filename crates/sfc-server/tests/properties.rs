@@ -61,15 +61,17 @@ fn the_seed_scripts_reach_the_deep_states() {
 #[test]
 fn fuzz_regressions_stay_fixed() {
     let dir = fuzz_dir().join("regressions/session");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (the regressions moved?)", dir.display()));
+    let mut replayed = 0;
     for entry in entries {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
         let result = std::panic::catch_unwind(|| Sim::run(&data));
         assert!(result.is_ok(), "{} fails again", path.display());
+        replayed += 1;
     }
+    assert!(replayed > 0, "no regression input in {}", dir.display());
 }
 
 /// Writes the seed corpus of the `session` fuzz target:
