@@ -50,7 +50,7 @@ pub fn check_file(path: &Path, packet_size: PacketSizing) -> Result<FileToSend, 
     if holds_more_than(file, size) {
         // Sent as its size says, it would arrive short (empty, for most) and be confirmed.
         return Err(format!(
-            "holds more than the {size} bytes its size says (a file the system does not              size, such as one under /proc or /sys, or one growing now): copy it to a              regular file and send that"
+            "holds more than the {size} bytes its size says (a file the system does not size, such as one under /proc or /sys, or one growing now): copy it to a regular file and send that"
         ));
     }
     let plan = upload::plan(size, packet_size)?;

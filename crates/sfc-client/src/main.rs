@@ -96,6 +96,11 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             let error = ClientError::from(e);
+            if cli.json {
+                // Scripts get their line whatever went wrong.
+                let total = Summary::refused_json(&error, started.elapsed());
+                say(Stream::Out, &total.to_string());
+            }
             report_error(&reporter, &error);
             return ExitCode::from(error.exit_code());
         }

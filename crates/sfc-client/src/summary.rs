@@ -198,6 +198,24 @@ impl Summary {
                 "bytes": self.stored_bytes(),
                 "seconds": round_ms(duration),
                 "exit_code": self.exit_code(),
+                "error": null,
+            }
+        })
+    }
+
+    /// The total (`--json`) of a batch that never started, the command line or
+    /// transfer.info being wrong: no file, the error's exit code and message.
+    pub fn refused_json(error: &ClientError, duration: Duration) -> serde_json::Value {
+        json!({
+            "total": {
+                "files": 0,
+                "stored": 0,
+                "failed": 0,
+                "skipped": 0,
+                "bytes": 0,
+                "seconds": round_ms(duration),
+                "exit_code": error.exit_code(),
+                "error": error.to_string(),
             }
         })
     }

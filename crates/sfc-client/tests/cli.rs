@@ -52,6 +52,31 @@ fn malformed_transfer_info_lines_are_named() {
     }
 }
 
+/// With `--json` a batch that never starts (a file that is not there) still gets its
+/// total line, with the exit code and why.
+#[test]
+fn a_refused_command_line_still_gets_its_json_total() {
+    let dir = tempdir();
+    let address = dead_address();
+    let run = run_client(dir.path(), &["--json", "-s", &address, "absent.bin"]);
+    run.assert_code(2);
+    let lines: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    let total = &lines[0]["total"];
+    assert_eq!(total["exit_code"], 2);
+    assert_eq!(total["files"], 0);
+    assert!(
+        total["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("absent.bin")),
+        "{total}"
+    );
+}
+
 #[test]
 fn missing_transfer_info_says_what_to_do() {
     let dir = tempdir();
