@@ -215,7 +215,7 @@ impl Config {
         };
         let mut warnings = Vec::new();
         let files = if overrides.files.is_empty() {
-            vec![line_3_file(overrides, &lines)?]
+            line_3_files(overrides, &lines, &mut warnings)?
         } else {
             file_arguments(overrides, &mut warnings)?
         };
@@ -272,14 +272,24 @@ impl Lines<'_> {
     }
 }
 
-/// The file on line 3 of transfer.info (relative to `--dir`).
-fn line_3_file(cli: &Cli, lines: &Lines<'_>) -> Result<FileToSend, ConfigError> {
+/// The file on line 3 of transfer.info (relative to `--dir`); with `-r`, the regular
+/// files below it if it is a folder.
+fn line_3_files(
+    cli: &Cli,
+    lines: &Lines<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<FileToSend>, ConfigError> {
     let text = lines.needed(3, "the file as an argument")?.trim();
     let file_path = cli.dir.join(text);
-    check_file(&file_path, cli.options.packet_sizing()).map_err(|reason| ConfigError {
+    let line_3 = |reason: String| ConfigError {
         origin: lines.origin(3),
         reason: format!("{}: {reason}", file_path.display()),
-    })
+    };
+    if cli.recursive && file_path.is_dir() {
+        return files_below(cli, &file_path, warnings, line_3);
+    }
+    let file = check_file(&file_path, cli.options.packet_sizing()).map_err(line_3)?;
+    Ok(vec![file])
 }
 
 /// The files named on the command line; with `-r`, the regular files below each folder.
@@ -291,40 +301,52 @@ fn file_arguments(cli: &Cli, warnings: &mut Vec<String>) -> Result<Vec<FileToSen
             origin: Origin::Argument(path.clone()),
             reason,
         };
-        if !(cli.recursive && path.is_dir()) {
+        if cli.recursive && path.is_dir() {
+            files.extend(files_below(cli, path, warnings, argument)?);
+        } else {
             files.push(check_file(path, packet_size).map_err(argument)?);
-            continue;
         }
-        let found = files::walk(path, cli.follow_symlinks, &cli.dir)
-            .map_err(|e| argument(format!("cannot be read: {e}")))?;
-        for link in &found.skipped_links {
-            warnings.push(format!(
-                "{}: a symbolic link, not sent (--follow-symlinks sends what it points to)",
-                link.display()
-            ));
-        }
-        warnings.extend(state_left_out(&found.skipped_state));
-        if found.files.is_empty() && !found.skipped_state.is_empty() {
-            return Err(argument(
-                "holds nothing to send but the client's own state (identity, private key, \
-                 lock), which -r never sends"
-                    .to_owned(),
-            ));
-        }
-        if found.files.is_empty() {
-            return Err(argument("holds no regular file to send".to_owned()));
-        }
-        for (file, relative) in found.files {
-            let mut checked = check_file(&file, packet_size).map_err(|reason| ConfigError {
-                origin: Origin::Argument(file.clone()),
-                reason,
-            })?;
-            checked.label = files::parse_label(&relative).map_err(|reason| ConfigError {
-                origin: Origin::Argument(file.clone()),
-                reason,
-            })?;
-            files.push(checked);
-        }
+    }
+    Ok(files)
+}
+
+/// With `-r`: the regular files below the folder `path`, each labelled with its path
+/// below it; `refused` makes the error for the folder as a whole.
+fn files_below(
+    cli: &Cli,
+    path: &Path,
+    warnings: &mut Vec<String>,
+    refused: impl Fn(String) -> ConfigError,
+) -> Result<Vec<FileToSend>, ConfigError> {
+    let found = files::walk(path, cli.follow_symlinks, &cli.dir)
+        .map_err(|e| refused(format!("cannot be read: {e}")))?;
+    for link in &found.skipped_links {
+        warnings.push(format!(
+            "{}: a symbolic link, not sent (--follow-symlinks sends what it points to)",
+            link.display()
+        ));
+    }
+    warnings.extend(state_left_out(&found.skipped_state));
+    if found.files.is_empty() && !found.skipped_state.is_empty() {
+        return Err(refused(
+            "holds nothing to send but the client's own state (identity, private key, \
+             lock), which -r never sends"
+                .to_owned(),
+        ));
+    }
+    if found.files.is_empty() {
+        return Err(refused("holds no regular file to send".to_owned()));
+    }
+    let packet_size = cli.options.packet_sizing();
+    let mut files = Vec::new();
+    for (file, relative) in found.files {
+        let below = |reason| ConfigError {
+            origin: Origin::Argument(file.clone()),
+            reason,
+        };
+        let mut checked = check_file(&file, packet_size).map_err(below)?;
+        checked.label = files::parse_label(&relative).map_err(below)?;
+        files.push(checked);
     }
     Ok(files)
 }
@@ -601,6 +623,34 @@ mod tests {
             .unwrap();
         let e = Config::load(&overrides).unwrap_err();
         assert!(e.to_string().contains("--packet-size 64"), "{e}");
+    }
+
+    /// `-r` applies to the folder on line 3 as to one given as an argument.
+    #[test]
+    fn a_folder_on_line_3_is_sent_with_r() {
+        let (dir, mut overrides) = with_file("127.0.0.1:1256\nalice\nphotos\n");
+        std::fs::create_dir_all(dir.path().join("photos/2026")).unwrap();
+        std::fs::write(dir.path().join("photos/a.jpg"), b"a").unwrap();
+        std::fs::write(dir.path().join("photos/2026/b.jpg"), b"b").unwrap();
+        let e = Config::load(&overrides).unwrap_err();
+        assert_eq!(line_of(&e), 3);
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        overrides.recursive = true;
+        let config = Config::load(&overrides).unwrap();
+        let mut labels: Vec<&str> = config.files.iter().map(|f| f.label.as_str()).collect();
+        labels.sort_unstable();
+        // Named by their path below the folder, as for a folder given as an argument.
+        assert_eq!(labels, ["2026/b.jpg", "a.jpg"]);
+        // An empty folder is refused, naming line 3.
+        std::fs::create_dir(dir.path().join("empty")).unwrap();
+        std::fs::write(
+            dir.path().join(TRANSFER_INFO),
+            "127.0.0.1:1256\nalice\nempty\n",
+        )
+        .unwrap();
+        let e = Config::load(&overrides).unwrap_err();
+        assert_eq!(line_of(&e), 3);
+        assert!(e.to_string().contains("no regular file"), "{e}");
     }
 
     #[test]
