@@ -106,38 +106,38 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// The three lines of transfer.info, as text, with nothing validated yet.
+/// The lines of transfer.info, with nothing validated yet: each is checked when it is
+/// used, so a line a flag replaces may hold anything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TransferInfo {
-    /// The lines, without line endings.
-    pub lines: Vec<String>,
+    /// The lines, without line endings; `None` for one that is not UTF-8 text.
+    pub lines: Vec<Option<String>>,
 }
 
 impl TransferInfo {
     /// Splits the file's bytes into lines (LF or CRLF, a leading BOM ignored).
-    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, ConfigError> {
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            let valid = bytes.get(..e.valid_up_to()).unwrap_or_default();
-            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-            ConfigError {
-                origin: Origin::Line {
-                    file: path.to_owned(),
-                    line,
-                },
-                reason: "is not valid UTF-8 text".to_owned(),
-            }
-        })?;
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        Ok(TransferInfo {
-            lines: text.lines().map(str::to_owned).collect(),
-        })
+    pub fn parse(bytes: &[u8]) -> Self {
+        let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
+        let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let lines = if bytes.is_empty() {
+            Vec::new()
+        } else {
+            bytes
+                .split(|&b| b == b'\n')
+                .map(|line| {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    std::str::from_utf8(line).ok().map(str::to_owned)
+                })
+                .collect()
+        };
+        TransferInfo { lines }
     }
 
-    /// Line `n` (1-based), if present.
-    pub fn line(&self, n: usize) -> Option<&str> {
+    /// Line `n` (1-based), if present: `Some(None)` when it is not UTF-8 text.
+    pub fn line(&self, n: usize) -> Option<Option<&str>> {
         n.checked_sub(1)
             .and_then(|i| self.lines.get(i))
-            .map(String::as_str)
+            .map(Option::as_deref)
     }
 }
 
@@ -152,9 +152,13 @@ impl Config {
     /// each flag or file argument given replaces a line.
     pub fn load(overrides: &Cli) -> Result<Config, ConfigError> {
         let path = overrides.dir.join(TRANSFER_INFO);
+        if overrides.server.is_some() && overrides.name.is_some() && !overrides.files.is_empty() {
+            // Every line is replaced: the file is not read at all.
+            return Self::from_parts(overrides, None, &path);
+        }
         let needs_file = overrides.server.is_none() || overrides.files.is_empty();
         let info = match std::fs::read(&path) {
-            Ok(bytes) => Some(TransferInfo::parse(&bytes, &path)?),
+            Ok(bytes) => Some(TransferInfo::parse(&bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound && !needs_file => None,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let missing = if overrides.server.is_none() {
@@ -205,6 +209,9 @@ impl Config {
                 origin: Origin::Flag("--name"),
                 reason,
             })?),
+            // No line 2 (transfer.info holds only the address): me.info names the user,
+            // or the registration asks for --name.
+            (None, Some(info)) if info.line(2).is_none() => None,
             (None, Some(_)) => Some(parse_user_name(lines.needed(2, "--name")?).map_err(
                 |reason| ConfigError {
                     origin: lines.origin(2),
@@ -222,7 +229,7 @@ impl Config {
         let files = name_files(files, overrides)?;
         if let Some(info) = info {
             for (i, line) in info.lines.iter().enumerate().skip(3) {
-                if !line.trim().is_empty() {
+                if line.as_deref().is_none_or(|line| !line.trim().is_empty()) {
                     warnings.push(format!(
                         "{}: ignored (transfer.info has three lines: address, name, file)",
                         lines.origin(i + 1)
@@ -259,8 +266,14 @@ impl Lines<'_> {
     fn needed(&self, n: usize, flag: &str) -> Result<&str, ConfigError> {
         let describe = LINE_NAMES.get(n - 1).copied().unwrap_or("a value");
         match self.info.and_then(|i| i.line(n)) {
-            Some(text) if !text.trim().is_empty() => Ok(text),
-            Some(_) => Err(ConfigError {
+            Some(Some(text)) if !text.trim().is_empty() => Ok(text),
+            Some(None) => Err(ConfigError {
+                origin: self.origin(n),
+                reason: format!(
+                    "is not valid UTF-8 text; it must hold {describe} (or pass {flag})"
+                ),
+            }),
+            Some(Some(_)) => Err(ConfigError {
                 origin: self.origin(n),
                 reason: format!("is empty; it must hold {describe} (or pass {flag})"),
             }),
@@ -489,7 +502,8 @@ mod tests {
             ("bad_host:1256\nalice\ndata.bin\n", 1, "not allowed"),
             ("-bad.example:1256\nalice\ndata.bin\n", 1, "starts or ends"),
             (":1256\nalice\ndata.bin\n", 1, "before ':' is empty"),
-            ("127.0.0.1:1256\n", 2, "missing"),
+            // No line 2: me.info may name the user; line 3 is missing all the same.
+            ("127.0.0.1:1256\n", 3, "missing"),
             ("127.0.0.1:1256\n   \ndata.bin\n", 2, "empty"),
             ("127.0.0.1:1256\nzoë\ndata.bin\n", 2, "printable ASCII"),
             (
@@ -651,6 +665,33 @@ mod tests {
         let e = Config::load(&overrides).unwrap_err();
         assert_eq!(line_of(&e), 3);
         assert!(e.to_string().contains("no regular file"), "{e}");
+    }
+
+    /// Only the lines no flag replaces are read: garbage on a replaced line, or a
+    /// transfer.info that cannot be read when flags say everything, is no error.
+    #[test]
+    fn lines_replaced_by_flags_are_not_checked() {
+        let (dir, mut overrides) = with_file("127.0.0.1:1256\nalice\n");
+        let info = dir.path().join(TRANSFER_INFO);
+        std::fs::write(&info, b"127.0.0.1:1256\nalice\n/home/j\xe9r\xf4me/a.txt\n").unwrap();
+        overrides.files = vec![dir.path().join("data.bin")];
+        let config = Config::load(&overrides).unwrap();
+        assert_eq!(config.name.unwrap().as_str(), "alice");
+        // Only the address: the name is left to me.info (or to --name at registration).
+        std::fs::write(&info, "127.0.0.1:1256\n").unwrap();
+        assert_eq!(Config::load(&overrides).unwrap().name, None);
+        // A line that is used is checked: not UTF-8, it is named.
+        std::fs::write(&info, b"127.0.0.1:1256\n\xffalice\n").unwrap();
+        let e = Config::load(&overrides).unwrap_err();
+        assert_eq!(line_of(&e), 2);
+        assert!(e.to_string().contains("not valid UTF-8"), "{e}");
+        // Every line replaced: transfer.info is not read at all.
+        std::fs::remove_file(&info).unwrap();
+        std::fs::create_dir(&info).unwrap();
+        overrides.server = Some("127.0.0.1:9".into());
+        overrides.name = Some("bob".into());
+        let config = Config::load(&overrides).unwrap();
+        assert_eq!(config.name.unwrap().as_str(), "bob");
     }
 
     #[test]

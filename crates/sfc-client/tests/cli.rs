@@ -23,7 +23,9 @@ fn malformed_transfer_info_lines_are_named() {
         ("localhost\nalice\nf.bin\n", "line 1", "no port"),
         ("127.0.0.1:99999\nalice\nf.bin\n", "line 1", "out of range"),
         ("::1:80\nalice\nf.bin\n", "line 1", "brackets"),
-        ("127.0.0.1:1256\n", "line 2", "missing"),
+        // No line 2 is left to me.info; without one the file line is missing first.
+        ("127.0.0.1:1256\n", "line 3", "missing"),
+        ("127.0.0.1:1256\n\nf.bin\n", "line 2", "empty"),
         (
             "127.0.0.1:1256\nthis name is far too long for the protocol rules of this project, \
              which allow at most one hundred characters\nf.bin\n",
