@@ -1703,7 +1703,7 @@ fn a_download_the_client_stops_reading_is_cut_at_the_send_timeout() {
     let mut received = Vec::new();
     let mut buf = vec![0u8; 4 << 20];
     for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(1000));
         slow.read_exact(&mut buf).unwrap();
         received.extend_from_slice(&buf);
     }

@@ -62,7 +62,7 @@ fn sigterm_lets_running_uploads_finish_within_the_grace_and_cuts_the_rest() {
     }
     // Both uploads are under way (no reply is due for intermediate packets: give the
     // server a moment to take them).
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_secs(1));
 
     let signalled = Instant::now();
     let status = Command::new("kill")
@@ -175,7 +175,7 @@ fn a_slow_admin_request_and_a_stalled_upload_share_one_grace_period() {
         "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntoken="
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_secs(1));
 
     let signalled = Instant::now();
     let status = server
