@@ -815,9 +815,18 @@ fn a_refused_connection_is_not_taken_for_tls() {
     let server = start_server_with(data.path(), |config| {
         config.max_connections_per_address = 1;
     });
-    // This connection takes the one place 127.0.0.1 has.
-    let holder = std::net::TcpStream::connect(server.addr()).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // This connection takes the one place 127.0.0.1 has: answered, so the server has
+    // counted it.
+    let mut holder = std::net::TcpStream::connect(server.addr()).unwrap();
+    let register = sfc_proto::Request::new(
+        sfc_proto::ClientId([0; 16]),
+        sfc_proto::RequestBody::Register {
+            name: sfc_proto::Name::new("holder").unwrap(),
+        },
+    );
+    std::io::Write::write_all(&mut holder, &register.encode()).unwrap();
+    let mut header = [0u8; sfc_proto::limits::RESPONSE_HEADER_LEN];
+    std::io::Read::read_exact(&mut holder, &mut header).unwrap();
     let dir = tempdir();
     write_transfer_info(dir.path(), &server.addr().to_string(), "vic", "x.bin");
     make_file(&dir.path().join("x.bin"), 10, 1);
