@@ -108,7 +108,12 @@ fn database_failures_give_1607_and_the_server_recovers() {
     for packet in &all[..all.len() - 1] {
         conn.send_raw(packet);
     }
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Packet 1 (the one that reads the client's key) has been taken once its temporary
+    // file is there; the later packets need no database.
+    assert!(eventually(std::time::Duration::from_secs(10), || entries(
+        dir.path(),
+        id
+    ) == 1));
     switches.db_down.store(true, Ordering::SeqCst);
     conn.send_raw(all.last().unwrap());
     assert_eq!(conn.recv(), Response::ServerError);
