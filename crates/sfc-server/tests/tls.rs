@@ -637,6 +637,33 @@ fn silent_connections_from_one_address_do_not_lock_others_out_of_the_https_admin
     server.stop();
 }
 
+/// Silent connections from 8 addresses take every handshake place (8 each, 64 in all):
+/// a newcomer from another address is served all the same, the handshake under way
+/// longest making room for it.
+#[test]
+fn silent_handshakes_from_many_addresses_do_not_lock_the_operator_out() {
+    sfc_server::raise_fd_limit(1024);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let server = start_https_admin(dir.path(), &pki);
+    let addr = server.admin_addr().unwrap();
+    let silent: Vec<TcpStream> = (2..=9)
+        .flat_map(|n| (0..8).map(move |_| n))
+        .map(|n| tcp_from([127, 0, 0, n].into(), addr).unwrap())
+        .collect();
+    // The listener has taken them all.
+    std::thread::sleep(Duration::from_millis(500));
+    // The operator, from 127.0.0.1.
+    let health = https_get(
+        addr,
+        client_config(&pki.ca_der),
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    drop(silent);
+    server.stop();
+}
+
 /// After the TLS handshake, half a request line and then nothing: the server closes the
 /// connection at the request-head time-out (20 s; the test allows 40 s).
 #[test]

@@ -16,6 +16,7 @@ use crate::net::monitor::Monitor;
 use crate::session::Core;
 use anyhow::Context;
 use axum::extract::ConnectInfo;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,7 +26,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// A TLS handshake on the admin listener must finish within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,6 +87,9 @@ pub(crate) struct AdminListener {
     /// TLS handshakes under way, each its own task: a client that connects and sends
     /// nothing delays nobody else.
     handshakes: JoinSet<Option<Accepted>>,
+    /// Their tasks, oldest first (finished ones dropped as they are met): when all
+    /// [`MAX_HANDSHAKES`] places are taken, the oldest is aborted for a newcomer.
+    handshake_order: VecDeque<AbortHandle>,
     /// Handshakes under way per address ([`MAX_HANDSHAKES_PER_ADDRESS`]).
     handshakes_per_address: Arc<ConnectionsPerAddress>,
     /// Open connections per address ([`MAX_CONNECTIONS_PER_ADDRESS`]).
@@ -103,6 +107,18 @@ impl std::fmt::Debug for AdminListener {
 }
 
 impl AdminListener {
+    /// Aborts the handshake under way longest (its task drops its connection and its
+    /// places); false when none is.
+    fn abort_oldest_handshake(&mut self) -> bool {
+        while let Some(task) = self.handshake_order.pop_front() {
+            if !task.is_finished() {
+                task.abort();
+                return true;
+            }
+        }
+        false
+    }
+
     /// The next connection ready for HTTP (plain at once, TLS once its handshake is
     /// done). `served`: connections being served now, counted against
     /// [`MAX_CONNECTIONS`] with the handshakes under way. Cancel-safe.
@@ -126,10 +142,6 @@ impl AdminListener {
                     };
                     let handshaking = match &self.tls {
                         None => None,
-                        Some(_) if self.handshakes.len() >= MAX_HANDSHAKES => {
-                            tracing::info!(%peer, "admin listener: too many TLS handshakes under way; connection closed");
-                            continue;
-                        }
                         Some(_) => match self.handshakes_per_address.enter(peer.ip()) {
                             Some(handshaking) => Some(handshaking),
                             None => {
@@ -138,6 +150,16 @@ impl AdminListener {
                             }
                         },
                     };
+                    // All handshake places taken (by silent connections from several
+                    // addresses): the one under way longest makes room, as an idle
+                    // connection does below.
+                    if handshaking.is_some()
+                        && self.handshakes.len() >= MAX_HANDSHAKES
+                        && !self.abort_oldest_handshake()
+                    {
+                        tracing::info!(%peer, "admin listener: too many TLS handshakes under way; connection closed");
+                        continue;
+                    }
                     // A full listener makes room for a newcomer it would serve by closing
                     // the connection idle longest (`idle.rs`); only when none is idle is
                     // the newcomer refused.
@@ -151,7 +173,7 @@ impl AdminListener {
                         return Accepted { io: Box::new(stream), peer, slot };
                     };
                     let acceptor = acceptor.clone();
-                    self.handshakes.spawn(async move {
+                    let handshake = self.handshakes.spawn(async move {
                         let result = crate::net::tls::handshake(&acceptor, stream, HANDSHAKE_TIMEOUT).await;
                         drop(handshaking);
                         match result {
@@ -162,6 +184,10 @@ impl AdminListener {
                             }
                         }
                     });
+                    self.handshake_order.push_back(handshake);
+                    if self.handshake_order.len() > 2 * MAX_HANDSHAKES {
+                        self.handshake_order.retain(|task| !task.is_finished());
+                    }
                 }
                 Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
                     if let Ok(Some(ready)) = done {
@@ -205,6 +231,7 @@ impl AdminServer {
                 tcp,
                 tls,
                 handshakes: JoinSet::new(),
+                handshake_order: VecDeque::new(),
                 handshakes_per_address: ConnectionsPerAddress::new(MAX_HANDSHAKES_PER_ADDRESS),
                 connections_per_address: ConnectionsPerAddress::new(MAX_CONNECTIONS_PER_ADDRESS),
                 accept_errors: AcceptErrors::new("admin listener"),
