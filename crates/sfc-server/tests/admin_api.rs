@@ -1582,8 +1582,11 @@ fn admin_connections_beyond_the_caps_are_closed_at_once() {
 
 /// Fills the admin listener: 32 connections from each of 8 addresses (the caps), each
 /// sending `request` and then nothing more; a second later, a newcomer from another
-/// address asks for `/healthz`: it must be served.
-fn a_newcomer_gets_in_when_every_place_has_sent(request: &str) {
+/// address asks for `/healthz`: it must be served. The server and the 256 connections,
+/// for more checks.
+fn a_newcomer_gets_in_when_every_place_has_sent(
+    request: &str,
+) -> (Admin, Vec<std::net::TcpStream>) {
     use std::io::Write;
     sfc_server::raise_fd_limit(1024);
     let admin = Admin::start();
@@ -1599,6 +1602,7 @@ fn a_newcomer_gets_in_when_every_place_has_sent(request: &str) {
     std::thread::sleep(Duration::from_secs(1));
     let mut operator = tcp_from([127, 0, 0, 10].into(), addr).unwrap();
     assert_eq!(healthz_on(&mut operator, false), "HTTP/1.1 200 OK");
+    (admin, open)
 }
 
 /// Connections kept busy with wrong tokens from blocked addresses (each verdict waits
@@ -1611,16 +1615,35 @@ fn connections_busy_with_blocked_guesses_make_room_for_a_newcomer() {
     let guesses = "GET /api/v1/stats HTTP/1.1\r\nHost: localhost\r\n\
                    Authorization: Bearer guess\r\n\r\n"
         .repeat(2 * LOGIN_FAILURES_PER_MINUTE as usize + 10);
-    a_newcomer_gets_in_when_every_place_has_sent(&guesses);
+    drop(a_newcomer_gets_in_when_every_place_has_sent(&guesses));
 }
 
 /// Connections whose request announced a body and sent none (held until the body
 /// time-out, 30 s) do not keep a newcomer out of a full listener either.
 #[test]
 fn connections_waiting_for_a_body_make_room_for_a_newcomer() {
-    a_newcomer_gets_in_when_every_place_has_sent(
+    use std::io::Read;
+    let (_admin, open) = a_newcomer_gets_in_when_every_place_has_sent(
         "POST /login HTTP/1.1\r\nHost: localhost\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n",
+    );
+    // The one that made room is closed at once, not when its body time-out (30 s) comes:
+    // the cap holds however many newcomers arrive.
+    for stream in &open {
+        stream.set_nonblocking(true).unwrap();
+    }
+    let closed = |open: &[std::net::TcpStream]| {
+        open.iter()
+            .filter(|stream| match (&**stream).read(&mut [0u8; 256]) {
+                Ok(_) => true,
+                Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+            })
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || closed(&open) == 1),
+        "{} closed",
+        closed(&open)
     );
 }
 

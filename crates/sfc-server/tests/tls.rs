@@ -96,6 +96,23 @@ impl TlsConn {
         Ok(TlsConn { stream })
     }
 
+    /// [`TlsConn::connect`] from the local address `local`.
+    fn connect_from(
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<Self> {
+        let tcp = tcp_from(local, addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let name = ServerName::IpAddress(addr.ip().into());
+        let conn = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(TlsConn { stream })
+    }
+
     /// Connects, writes `prefix` and the ClientHello in one write (a balancer's PROXY
     /// header and what follows it), and completes the handshake.
     fn connect_after(
@@ -661,6 +678,53 @@ fn silent_handshakes_from_many_addresses_do_not_lock_the_operator_out() {
     );
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     drop(silent);
+    server.stop();
+}
+
+/// A full listener (192 idle connections past their handshakes, 64 silent handshakes)
+/// makes room for a newcomer with one victim: the handshake under way longest. No idle
+/// connection is closed as well (the aborted handshake no longer counts).
+#[test]
+fn a_newcomer_to_a_full_https_admin_costs_one_handshake_only() {
+    sfc_server::raise_fd_limit(2048);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let server = start_https_admin(dir.path(), &pki);
+    let addr = server.admin_addr().unwrap();
+    let config = client_config(&pki.ca_der);
+    let idle: Vec<TlsConn> = (2..=7)
+        .flat_map(|n| (0..32).map(move |_| n))
+        .map(|n| TlsConn::connect_from([127, 0, 0, n].into(), addr, Arc::clone(&config)).unwrap())
+        .collect();
+    let silent: Vec<TcpStream> = (8..=15)
+        .flat_map(|n| (0..8).map(move |_| n))
+        .map(|n| tcp_from([127, 0, 0, n].into(), addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let health = https_get(
+        addr,
+        Arc::clone(&config),
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // Every idle connection is still open: reading its socket finds, past what the
+    // server sent after the handshake (session tickets), nothing yet, not the end.
+    let closed = idle
+        .iter()
+        .filter(|conn| {
+            let socket = &conn.stream.sock;
+            socket.set_nonblocking(true).unwrap();
+            loop {
+                match (&*socket).read(&mut [0u8; 4096]) {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(error) => return error.kind() != std::io::ErrorKind::WouldBlock,
+                }
+            }
+        })
+        .count();
+    assert_eq!(closed, 0, "idle connections closed for the newcomer");
+    drop((idle, silent));
     server.stop();
 }
 

@@ -90,6 +90,9 @@ pub(crate) struct AdminListener {
     /// Their tasks, oldest first (finished ones dropped as they are met): when all
     /// [`MAX_HANDSHAKES`] places are taken, the oldest is aborted for a newcomer.
     handshake_order: VecDeque<AbortHandle>,
+    /// Handshakes aborted whose tasks the set still holds (until `join_next` takes
+    /// them): not counted as under way.
+    handshakes_aborted: usize,
     /// Handshakes under way per address ([`MAX_HANDSHAKES_PER_ADDRESS`]).
     handshakes_per_address: Arc<ConnectionsPerAddress>,
     /// Open connections per address ([`MAX_CONNECTIONS_PER_ADDRESS`]).
@@ -109,10 +112,18 @@ impl std::fmt::Debug for AdminListener {
 impl AdminListener {
     /// Aborts the handshake under way longest (its task drops its connection and its
     /// places); false when none is.
+    /// Handshakes under way, not counting those aborted.
+    fn handshakes_under_way(&self) -> usize {
+        self.handshakes
+            .len()
+            .saturating_sub(self.handshakes_aborted)
+    }
+
     fn abort_oldest_handshake(&mut self) -> bool {
         while let Some(task) = self.handshake_order.pop_front() {
             if !task.is_finished() {
                 task.abort();
+                self.handshakes_aborted += 1;
                 return true;
             }
         }
@@ -154,7 +165,7 @@ impl AdminListener {
                     // addresses): the one under way longest makes room, as an idle
                     // connection does below.
                     if handshaking.is_some()
-                        && self.handshakes.len() >= MAX_HANDSHAKES
+                        && self.handshakes_under_way() >= MAX_HANDSHAKES
                         && !self.abort_oldest_handshake()
                     {
                         tracing::info!(%peer, "admin listener: too many TLS handshakes under way; connection closed");
@@ -163,7 +174,7 @@ impl AdminListener {
                     // A full listener makes room for a newcomer it would serve by closing
                     // the connection idle longest (`idle.rs`); only when none is idle is
                     // the newcomer refused.
-                    if served + self.handshakes.len() >= MAX_CONNECTIONS
+                    if served + self.handshakes_under_way() >= MAX_CONNECTIONS
                         && !tracked.close_longest_idle()
                     {
                         tracing::info!(%peer, "admin listener: too many connections open; connection closed");
@@ -190,8 +201,12 @@ impl AdminListener {
                     }
                 }
                 Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
-                    if let Ok(Some(ready)) = done {
-                        return ready;
+                    match done {
+                        Ok(Some(ready)) => return ready,
+                        Err(error) if error.is_cancelled() => {
+                            self.handshakes_aborted = self.handshakes_aborted.saturating_sub(1);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -232,6 +247,7 @@ impl AdminServer {
                 tls,
                 handshakes: JoinSet::new(),
                 handshake_order: VecDeque::new(),
+                handshakes_aborted: 0,
                 handshakes_per_address: ConnectionsPerAddress::new(MAX_HANDSHAKES_PER_ADDRESS),
                 connections_per_address: ConnectionsPerAddress::new(MAX_CONNECTIONS_PER_ADDRESS),
                 accept_errors: AcceptErrors::new("admin listener"),
@@ -344,18 +360,26 @@ async fn serve_connection(
         .max_buf_size(MAX_READ_BUFFER)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(connection);
-    let served = tokio::select! {
-        result = connection.as_mut() => Some(result),
-        _ = stop.wait_for(|stop| *stop) => None,
-        // The listener is full and this connection has been idle longest.
-        () = close.notified() => None,
+    enum End {
+        Served(Result<(), hyper::Error>),
+        Stop,
+        MakeRoom,
+    }
+    let end = tokio::select! {
+        result = connection.as_mut() => End::Served(result),
+        _ = stop.wait_for(|stop| *stop) => End::Stop,
+        () = close.notified() => End::MakeRoom,
     };
-    let result = match served {
-        Some(result) => result,
-        None => {
+    let result = match end {
+        End::Served(result) => result,
+        End::Stop => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        // The listener is full and this connection makes room: idle longest, or waiting
+        // out a blocked address's verdict or a body that has not come. Closed now (the
+        // connection dropped), not once its request is answered, so that the cap holds.
+        End::MakeRoom => Ok(()),
     };
     if let Err(error) = result {
         // hyper answered it itself, without the router: counted here.
