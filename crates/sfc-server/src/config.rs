@@ -32,7 +32,7 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// Default lifetime of an upload that receives no packet, in seconds.
 pub const DEFAULT_UPLOAD_TIMEOUT_SECS: u64 = 600;
 /// Default [`ServerConfig::recovery_min_age`].
-pub const DEFAULT_RECOVERY_MIN_AGE: Duration = Duration::from_secs(180);
+pub const DEFAULT_RECOVERY_MIN_AGE: Duration = Duration::from_secs(15 * 60);
 /// Default of `--upload-buffers`, MiB (see [`ServerConfig::upload_buffers`]).
 pub const DEFAULT_UPLOAD_BUFFERS_MIB: usize = 256;
 /// Default of `--max-uploads`: uploads in progress at once, all clients.
@@ -669,7 +669,7 @@ impl ServerConfig {
     /// server's leftover (the store's `grace`, [`crate::S3BlobStore::open`]): the upload
     /// time-out, but never less than [`Self::recovery_min_age`]. An object is written
     /// before its row is committed, and that commit may wait for a row lock and then for
-    /// its outcome to settle (`storage::postgres::LONGEST_ROW_COMMIT`); with a short
+    /// its outcome to settle (`storage::postgres::statements::LONGEST_ROW_COMMIT`); with a short
     /// `--upload-timeout`, another server starting meanwhile would otherwise remove an
     /// object whose row is about to name it.
     pub fn recovery_grace(&self) -> Duration {

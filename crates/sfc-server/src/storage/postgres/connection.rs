@@ -280,19 +280,13 @@ const SETTLE_WAIT: Duration = STATEMENT_TIMEOUT
     .saturating_add(IDLE_IN_TRANSACTION_TIMEOUT)
     .saturating_add(Duration::from_secs(5));
 
-/// The longest a row's commit may take once its store call begins: a connection from
-/// the pool (or a new one), the statement (a row lock waited for included), then
-/// settling a lost answer. An object in S3 is written before its row is committed, so
-/// start-up recovery leaves objects younger than this alone
-/// ([`crate::config::ServerConfig::recovery_grace`]).
-pub(crate) const LONGEST_ROW_COMMIT: Duration = POOL_WAIT
+/// The longest one [`PostgresStore::query_settled`] may take: a connection from the
+/// pool (or a new one, unless the URL sets a longer `connect_timeout`), the statement (a
+/// row lock waited for included), then settling a lost answer.
+pub(super) const SETTLED_STATEMENT_BOUND: Duration = POOL_WAIT
     .saturating_add(CONNECT_TIMEOUT)
     .saturating_add(STATEMENT_TIMEOUT)
     .saturating_add(SETTLE_WAIT);
-
-// With a margin for the S3 requests around the commit (each retried for seconds at most).
-const _: () =
-    assert!(LONGEST_ROW_COMMIT.as_secs() + 60 <= crate::config::DEFAULT_RECOVERY_MIN_AGE.as_secs());
 
 /// Between two questions of [`PostgresStore::transaction_outcome`].
 const SETTLE_POLL: Duration = Duration::from_millis(50);

@@ -16,6 +16,18 @@ const FILE_COLUMNS: &str = "SELECT ID, FileName, PathName, Verified FROM files";
 /// Rounds of "update, else insert" before [`MetaStore::put_file`] gives up: each further
 /// round needs another server to delete and insert the same row in between.
 const PUT_FILE_ATTEMPTS: usize = 3;
+
+/// The longest a file's row may take to be committed once `put_file` begins: each of
+/// its attempts runs two settled statements (the locked UPDATE, then the INSERT), and a
+/// failure is followed by one more read of the row (`session::durability`). An object in
+/// S3 is written before its row is committed, so start-up recovery leaves objects younger
+/// than this alone ([`crate::config::ServerConfig::recovery_grace`]).
+pub(crate) const LONGEST_ROW_COMMIT: std::time::Duration =
+    super::connection::SETTLED_STATEMENT_BOUND.saturating_mul(2 * PUT_FILE_ATTEMPTS as u32 + 1);
+
+// With a margin for the S3 requests around the commit (each retried for seconds at most).
+const _: () =
+    assert!(LONGEST_ROW_COMMIT.as_secs() + 60 <= crate::config::DEFAULT_RECOVERY_MIN_AGE.as_secs());
 /// `LastSeen` moved forward to `$n`, never backwards.
 const ADVANCE: &str = "LastSeen = GREATEST(COALESCE(LastSeen, ''), $n)";
 
