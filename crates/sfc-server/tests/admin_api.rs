@@ -357,6 +357,15 @@ fn a_login_posted_from_another_site_is_refused_unread() {
             assert_eq!(post(site, "not-the-token"), 403);
         }
         assert_eq!(post(site, &admin.token), 403);
+        // Refused before its body is read: a body that is no form changes nothing.
+        let not_a_form = admin
+            .agent
+            .post(admin.url("/login"))
+            .header("Sec-Fetch-Site", site)
+            .header("Content-Type", "text/plain")
+            .send("token=x")
+            .unwrap();
+        assert_eq!(not_a_form.status().as_u16(), 403);
     }
     let started = std::time::Instant::now();
     assert_eq!(post("same-origin", &admin.token), 303);

@@ -401,7 +401,8 @@ fn automatic_response(error: &hyper::Error) -> Option<u16> {
         } else {
             431
         })
-    } else if error.is_parse() && !error.is_parse_status() {
+    } else if error.is_parse() && !error.is_parse_status() && !error.is_parse_version_h2() {
+        // (HTTP/2's preface gets no answer at all.)
         Some(400)
     } else {
         None

@@ -108,13 +108,27 @@ fn login_page(status: StatusCode, message: &str) -> Response {
     response
 }
 
-/// False when a browser's `Sec-Fetch-Site` says the request came from another origin
-/// (another site, or another port of this host: `same-site`). Without the header (a
-/// program, an old browser) the request is taken as it is.
-fn from_this_origin(headers: &HeaderMap) -> bool {
-    headers
-        .get("sec-fetch-site")
-        .is_none_or(|site| matches!(site.as_bytes(), b"same-origin" | b"none"))
+/// A request no browser says came from another origin: its `Sec-Fetch-Site` is
+/// `same-origin`, `none` (typed or bookmarked) or absent (a program, an old browser).
+/// As an extractor before the form, a login posted by another site's page (or another
+/// port's: `same-site`) is refused unread with 403, so that a page the operator has open
+/// cannot spend the failed logins of the operator's own address.
+struct FromThisOrigin;
+
+impl<S: Send + Sync> FromRequestParts<S> for FromThisOrigin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        let site = parts.headers.get("sec-fetch-site");
+        if site.is_none_or(|site| matches!(site.as_bytes(), b"same-origin" | b"none")) {
+            Ok(FromThisOrigin)
+        } else {
+            Err(login_page(
+                StatusCode::FORBIDDEN,
+                "A login from another site's page is refused.",
+            ))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,18 +140,9 @@ async fn login(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     connection: Option<Extension<Refusable>>,
-    headers: HeaderMap,
+    _: FromThisOrigin,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    // A browser says where a form was sent from: a login posted by another site's page
-    // (or another port's) is refused unread, so that a page the operator has open cannot
-    // spend the failed logins of the operator's own address.
-    if !from_this_origin(&headers) {
-        return login_page(
-            StatusCode::FORBIDDEN,
-            "A login from another site's page is refused.",
-        );
-    }
     // The right token gets in even beyond the failure limit, after the same wait as a
     // wrong one (see `authenticate`).
     super::access::wait_if_blocked(&state, peer.0, connection.as_deref()).await;
