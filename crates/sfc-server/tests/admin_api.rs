@@ -503,6 +503,14 @@ fn large_bodies_are_refused_and_every_session_cookie_is_tried() {
         counted("431"),
         counted("400")
     );
+    // HTTP/2's preface gets no answer (the listener speaks HTTP/1 only): none counted.
+    let mut h2 = std::net::TcpStream::connect(addr).unwrap();
+    let _ = h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = h2.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{answer:?}");
+    // The connection's end comes after its count.
+    assert_eq!(counted("400"), 1.0);
 
     let session = admin.login();
     let planted = format!("{COOKIE}=planted-by-another-site; {session}");
