@@ -641,17 +641,32 @@ fn silent_connections_from_one_address_do_not_lock_others_out_of_the_https_admin
     let pki = make_pki(dir.path());
     let server = start_https_admin(dir.path(), &pki);
     let addr = server.admin_addr().unwrap();
-    let silent: Vec<TcpStream> = (0..100)
-        .map(|_| tcp_from([127, 0, 0, 2].into(), addr).unwrap())
-        .collect();
-    let health = https_get(
-        addr,
-        client_config(&pki.ca_der),
-        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-    );
+    let silent = silent_from(addr, 2..=2, 100);
+    let health = healthz_over_tls(addr, client_config(&pki.ca_der));
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     drop(silent);
     server.stop();
+}
+
+/// `each` connections from each address 127.0.0.`hosts`, silent (no TLS handshake).
+fn silent_from(
+    addr: SocketAddr,
+    hosts: std::ops::RangeInclusive<u8>,
+    each: usize,
+) -> Vec<TcpStream> {
+    hosts
+        .flat_map(|n| (0..each).map(move |_| n))
+        .map(|n| tcp_from([127, 0, 0, n].into(), addr).unwrap())
+        .collect()
+}
+
+/// `GET /healthz` over a new TLS connection from 127.0.0.1: the whole answer.
+fn healthz_over_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> String {
+    https_get(
+        addr,
+        config,
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
 }
 
 /// Silent connections from 8 addresses take every handshake place (8 each, 64 in all):
@@ -664,18 +679,11 @@ fn silent_handshakes_from_many_addresses_do_not_lock_the_operator_out() {
     let pki = make_pki(dir.path());
     let server = start_https_admin(dir.path(), &pki);
     let addr = server.admin_addr().unwrap();
-    let silent: Vec<TcpStream> = (2..=9)
-        .flat_map(|n| (0..8).map(move |_| n))
-        .map(|n| tcp_from([127, 0, 0, n].into(), addr).unwrap())
-        .collect();
+    let silent = silent_from(addr, 2..=9, 8);
     // The listener has taken them all.
     std::thread::sleep(Duration::from_millis(500));
     // The operator, from 127.0.0.1.
-    let health = https_get(
-        addr,
-        client_config(&pki.ca_der),
-        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-    );
+    let health = healthz_over_tls(addr, client_config(&pki.ca_der));
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     drop(silent);
     server.stop();
@@ -696,16 +704,9 @@ fn a_newcomer_to_a_full_https_admin_costs_one_handshake_only() {
         .flat_map(|n| (0..32).map(move |_| n))
         .map(|n| TlsConn::connect_from([127, 0, 0, n].into(), addr, Arc::clone(&config)).unwrap())
         .collect();
-    let silent: Vec<TcpStream> = (8..=15)
-        .flat_map(|n| (0..8).map(move |_| n))
-        .map(|n| tcp_from([127, 0, 0, n].into(), addr).unwrap())
-        .collect();
+    let silent = silent_from(addr, 8..=15, 8);
     std::thread::sleep(Duration::from_millis(500));
-    let health = https_get(
-        addr,
-        Arc::clone(&config),
-        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-    );
+    let health = healthz_over_tls(addr, Arc::clone(&config));
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     // Every idle connection is still open: reading its socket finds, past what the
     // server sent after the handshake (session tickets), nothing yet, not the end.
