@@ -53,15 +53,10 @@ pub(crate) async fn authenticate(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .map(|value| value.to_str().unwrap_or_default().trim_start())
-        .filter(|value| {
-            value
-                .get(..7)
-                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("Bearer "))
-                || value.eq_ignore_ascii_case("Bearer")
-        });
-    if let Some(value) = bearer {
+        .map(|value| value.split_once(' ').unwrap_or((value, "")))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"));
+    if let Some((_, given)) = bearer {
         wait_if_blocked(state, peer, connection).await;
-        let given = value.get(7..).unwrap_or_default();
         if same_secret(given.trim(), &state.token) {
             return Ok(Auth::Bearer);
         }

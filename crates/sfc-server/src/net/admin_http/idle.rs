@@ -24,7 +24,8 @@ struct Tracked {
     /// Since when it has had no request in progress (`None`: busy).
     idle_since: Option<Instant>,
     /// Since when its request has been waiting out the verdict delay of a blocked
-    /// address ([`Connection::request_started`]'s [`Refusable`]): as good as idle.
+    /// address, or for a body the client has not sent ([`Refusable::delayed`]): as good
+    /// as idle.
     delayed_since: Option<Instant>,
     /// Told to close (not chosen again).
     closing: bool,
@@ -43,6 +44,13 @@ impl Connections {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Changes connection `id`'s state, if it is still tracked.
+    fn update(&self, id: u64, change: impl FnOnce(&mut Tracked)) {
+        if let Some(tracked) = self.table().get_mut(&id) {
+            change(tracked);
+        }
+    }
+
     /// Starts tracking a connection, idle from `now` (it has sent nothing yet).
     pub(crate) fn register(self: &Arc<Self>, now: Instant) -> Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -58,17 +66,19 @@ impl Connections {
             },
         );
         Connection {
-            id,
-            connections: Arc::clone(self),
+            handle: Handle {
+                id,
+                connections: Arc::clone(self),
+            },
             close,
         }
     }
 
-    /// Tells the connection idle longest to close (it does at once: nothing is in
-    /// progress on it), or else the one whose request has waited longest for the verdict
-    /// on a blocked address's token (it closes once that request is answered: a guesser
-    /// who keeps every place busy that way does not keep the operator out); false when
-    /// every connection is busy otherwise or already closing.
+    /// Tells the connection idle longest to close, or else the one delayed longest
+    /// ([`Refusable::delayed`]: a guesser who keeps every place busy with wrong tokens, or
+    /// with bodies it never sends, does not keep the operator out); the connection is
+    /// dropped at once (`listen.rs`). False when every connection is busy otherwise or
+    /// already closing.
     pub(crate) fn close_longest_idle(&self) -> bool {
         let mut table = self.table();
         let longest = table
@@ -96,11 +106,23 @@ impl Connections {
     }
 }
 
+/// One connection's entry in its [`Connections`].
+#[derive(Clone, Debug)]
+struct Handle {
+    id: u64,
+    connections: Arc<Connections>,
+}
+
+impl Handle {
+    fn update(&self, change: impl FnOnce(&mut Tracked)) {
+        self.connections.update(self.id, change);
+    }
+}
+
 /// A tracked connection; untracked when dropped.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    id: u64,
-    connections: Arc<Connections>,
+    handle: Handle,
     /// Notified when the listener wants this connection closed.
     pub(crate) close: Arc<Notify>,
 }
@@ -109,74 +131,60 @@ impl Connection {
     /// Marks a request in progress until the returned guard is dropped (with the
     /// response's body: [`TrackedBody`]); the [`Refusable`] goes into the request.
     pub(crate) fn request_started(&self) -> (InProgress, Refusable) {
-        if let Some(tracked) = self.connections.table().get_mut(&self.id) {
+        self.handle.update(|tracked| {
             tracked.busy += 1;
             tracked.idle_since = None;
-        }
-        let refusable = Refusable {
-            id: self.id,
-            connections: Arc::clone(&self.connections),
-        };
-        let in_progress = InProgress {
-            id: self.id,
-            connections: Arc::clone(&self.connections),
-        };
-        (in_progress, refusable)
-    }
-}
-
-/// A request's handle on its connection, for the wait of a blocked address
-/// ([`super::access::wait_if_blocked`]).
-#[derive(Clone, Debug)]
-pub(crate) struct Refusable {
-    id: u64,
-    connections: Arc<Connections>,
-}
-
-impl Refusable {
-    /// Until the returned guard is dropped, the connection may be closed for a newcomer
-    /// as if it were idle (after those that are).
-    pub(crate) fn delayed(&self) -> Delayed {
-        if let Some(tracked) = self.connections.table().get_mut(&self.id) {
-            tracked.delayed_since = Some(Instant::now());
-        }
-        Delayed(self.clone())
-    }
-}
-
-/// See [`Refusable::delayed`].
-#[derive(Debug)]
-pub(crate) struct Delayed(Refusable);
-
-impl Drop for Delayed {
-    fn drop(&mut self) {
-        if let Some(tracked) = self.0.connections.table().get_mut(&self.0.id) {
-            tracked.delayed_since = None;
-        }
+        });
+        (
+            InProgress(self.handle.clone()),
+            Refusable(self.handle.clone()),
+        )
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.connections.table().remove(&self.id);
+        self.handle.connections.table().remove(&self.handle.id);
+    }
+}
+
+/// A request's handle on its connection, for the waits that make it as good as idle: a
+/// blocked address's verdict ([`super::access::wait_if_blocked`]), a body not sent yet.
+#[derive(Clone, Debug)]
+pub(crate) struct Refusable(Handle);
+
+impl Refusable {
+    /// Until the returned guard is dropped, the connection may be closed for a newcomer
+    /// as if it were idle (after those that are).
+    pub(crate) fn delayed(&self) -> Delayed {
+        self.0
+            .update(|tracked| tracked.delayed_since = Some(Instant::now()));
+        Delayed(self.0.clone())
+    }
+}
+
+/// See [`Refusable::delayed`].
+#[derive(Debug)]
+pub(crate) struct Delayed(Handle);
+
+impl Drop for Delayed {
+    fn drop(&mut self) {
+        self.0.update(|tracked| tracked.delayed_since = None);
     }
 }
 
 /// A request in progress on a tracked connection.
 #[derive(Debug)]
-pub(crate) struct InProgress {
-    id: u64,
-    connections: Arc<Connections>,
-}
+pub(crate) struct InProgress(Handle);
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        if let Some(tracked) = self.connections.table().get_mut(&self.id) {
+        self.0.update(|tracked| {
             tracked.busy = tracked.busy.saturating_sub(1);
             if tracked.busy == 0 {
                 tracked.idle_since = Some(Instant::now());
             }
-        }
+        });
     }
 }
 

@@ -110,8 +110,6 @@ impl std::fmt::Debug for AdminListener {
 }
 
 impl AdminListener {
-    /// Aborts the handshake under way longest (its task drops its connection and its
-    /// places); false when none is.
     /// Handshakes under way, not counting those aborted.
     fn handshakes_under_way(&self) -> usize {
         self.handshakes
@@ -119,6 +117,8 @@ impl AdminListener {
             .saturating_sub(self.handshakes_aborted)
     }
 
+    /// Aborts the handshake under way longest (its task drops its connection and its
+    /// places); false when none is.
     fn abort_oldest_handshake(&mut self) -> bool {
         while let Some(task) = self.handshake_order.pop_front() {
             if !task.is_finished() {
@@ -411,6 +411,7 @@ fn automatic_response(error: &hyper::Error) -> Option<u16> {
 
 /// A request body that fails once [`BODY_READ_TIMEOUT`] has passed since the request's
 /// head arrived and the body is still not complete.
+///
 /// While it waits for the client, its connection counts as idle for a full listener
 /// ([`idle::Refusable::delayed`]): a client that announces a body and sends none does not
 /// hold its place against a newcomer.
