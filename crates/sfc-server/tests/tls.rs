@@ -85,15 +85,7 @@ struct TlsConn {
 impl TlsConn {
     /// Connects and completes the handshake (or returns its error).
     fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
-        let tcp = TcpStream::connect(addr)?;
-        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let name = ServerName::IpAddress(addr.ip().into());
-        let conn = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
-        let mut stream = rustls::StreamOwned::new(conn, tcp);
-        while stream.conn.is_handshaking() {
-            stream.conn.complete_io(&mut stream.sock)?;
-        }
-        Ok(TlsConn { stream })
+        Self::handshake(TcpStream::connect(addr)?, addr, config, b"")
     }
 
     /// [`TlsConn::connect`] from the local address `local`.
@@ -102,15 +94,7 @@ impl TlsConn {
         addr: SocketAddr,
         config: Arc<rustls::ClientConfig>,
     ) -> std::io::Result<Self> {
-        let tcp = tcp_from(local, addr)?;
-        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let name = ServerName::IpAddress(addr.ip().into());
-        let conn = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
-        let mut stream = rustls::StreamOwned::new(conn, tcp);
-        while stream.conn.is_handshaking() {
-            stream.conn.complete_io(&mut stream.sock)?;
-        }
-        Ok(TlsConn { stream })
+        Self::handshake(tcp_from(local, addr)?, addr, config, b"")
     }
 
     /// Connects, writes `prefix` and the ClientHello in one write (a balancer's PROXY
@@ -120,7 +104,16 @@ impl TlsConn {
         config: Arc<rustls::ClientConfig>,
         prefix: &[u8],
     ) -> std::io::Result<Self> {
-        let mut tcp = TcpStream::connect(addr)?;
+        Self::handshake(TcpStream::connect(addr)?, addr, config, prefix)
+    }
+
+    /// The handshake on `tcp`, its ClientHello written after `prefix` in one write.
+    fn handshake(
+        mut tcp: TcpStream,
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        prefix: &[u8],
+    ) -> std::io::Result<Self> {
         tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
         let name = ServerName::IpAddress(addr.ip().into());
         let mut conn =
