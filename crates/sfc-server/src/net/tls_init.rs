@@ -9,7 +9,6 @@
 use crate::storage::perms;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// File name of the certificate `tls-init` writes in the data folder.
@@ -109,9 +108,7 @@ pub fn tls_init(data_dir: &Path, names: &[String], force: bool) -> anyhow::Resul
         std::fs::rename(aside, path).with_context(|| format!("cannot write {}", path.display()))?;
     }
     // Best effort: the renames are durable once the folder is.
-    if let Ok(folder) = std::fs::File::open(data_dir) {
-        let _ = folder.sync_all();
-    }
+    let _ = crate::storage::fs::sync_dir(data_dir);
     Ok(TlsInit {
         cert: cert_path,
         key: key_path,
@@ -125,11 +122,7 @@ fn write_aside(path: &Path, bytes: &[u8]) -> anyhow::Result<PathBuf> {
         .file_name()
         .map_or_else(Default::default, |n| n.to_string_lossy());
     let aside = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let written = perms::create_private_file(&aside).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()
-    });
-    if let Err(error) = written {
+    if let Err(error) = perms::write_private_file(&aside, bytes) {
         let _ = std::fs::remove_file(&aside);
         return Err(error).with_context(|| format!("cannot write {}", aside.display()));
     }

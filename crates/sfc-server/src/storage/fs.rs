@@ -91,7 +91,7 @@ pub struct LocalBlobStore {
     root: PathBuf,
 }
 
-fn sync_dir(path: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
     // Directories can be opened read-only and fsynced on Unix; elsewhere this is a no-op
     // that may fail, which is not an error worth failing the upload for.
     match File::open(path) {
@@ -285,12 +285,8 @@ impl LocalBlobStore {
             ".{SETUP_ID_PATH}.{}.tmp",
             uuid::Uuid::new_v4().simple()
         ));
-        let linked = (|| {
-            let mut file = crate::storage::perms::create_private_file(&aside)?;
-            file.write_all(&kept(id))?;
-            file.sync_all()?;
-            link(&aside, &target)
-        })();
+        let linked = crate::storage::perms::write_private_file(&aside, &kept(id))
+            .and_then(|()| link(&aside, &target));
         let _ = fs::remove_file(&aside);
         let link_error = match linked {
             Ok(()) => {
@@ -306,11 +302,7 @@ impl LocalBlobStore {
         // under its name, which also fails if the name exists. A crash while it is written
         // leaves a few bytes that do not parse: start-up then stops and says so, rather
         // than pairing the store anew.
-        let created = crate::storage::perms::create_private_file(&target).and_then(|mut file| {
-            file.write_all(&kept(id))?;
-            file.sync_all()
-        });
-        match created {
+        match crate::storage::perms::write_private_file(&target, &kept(id)) {
             Ok(()) => {
                 sync_dir(&self.root)?;
                 tracing::info!(error = %link_error, "kept the set-up ID without a hard link");

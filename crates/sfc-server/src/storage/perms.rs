@@ -98,6 +98,14 @@ pub fn create_private_file(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Creates the new private file `path` holding `bytes`, fsynced (it fails if `path`
+/// exists).
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = create_private_file(path)?;
+    io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()
+}
+
 /// Creates `path` and any missing parents; every folder created gets mode 0700 exactly.
 /// Folders that already exist are left as they are.
 pub fn create_private_dir_all(path: &Path) -> io::Result<()> {

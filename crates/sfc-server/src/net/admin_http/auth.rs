@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -82,15 +82,10 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let token = Zeroizing::new(random_token());
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(path).with_context(|| {
-                format!("cannot create the admin token file {}", path.display())
-            })?;
-            file.write_all(format!("{}\n", token.as_str()).as_bytes())?;
-            file.sync_all()?;
+            let line = Zeroizing::new(format!("{}\n", token.as_str()));
+            crate::storage::perms::write_private_file(path, line.as_bytes()).with_context(
+                || format!("cannot create the admin token file {}", path.display()),
+            )?;
             tracing::warn!(
                 path = %path.display(),
                 "admin token created (owner-only); log in to the admin listener with its content"
