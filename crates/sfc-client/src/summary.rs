@@ -189,6 +189,25 @@ impl Summary {
 
     /// The total as one JSON object (`--json`, after the files).
     pub fn total_json(&self, duration: Duration) -> serde_json::Value {
+        self.total_with(duration, self.exit_code(), None)
+    }
+
+    /// The total (`--json`) of a batch that never started, the command line or
+    /// transfer.info being wrong: no file, the error's exit code and message.
+    pub fn refused_json(error: &ClientError, duration: Duration) -> serde_json::Value {
+        let nothing = Summary {
+            files: Vec::new(),
+            registered: false,
+        };
+        nothing.total_with(duration, error.exit_code(), Some(error.to_string()))
+    }
+
+    fn total_with(
+        &self,
+        duration: Duration,
+        exit_code: u8,
+        error: Option<String>,
+    ) -> serde_json::Value {
         json!({
             "total": {
                 "files": self.files.len(),
@@ -197,25 +216,8 @@ impl Summary {
                 "skipped": self.count(Status::Skipped),
                 "bytes": self.stored_bytes(),
                 "seconds": round_ms(duration),
-                "exit_code": self.exit_code(),
-                "error": null,
-            }
-        })
-    }
-
-    /// The total (`--json`) of a batch that never started, the command line or
-    /// transfer.info being wrong: no file, the error's exit code and message.
-    pub fn refused_json(error: &ClientError, duration: Duration) -> serde_json::Value {
-        json!({
-            "total": {
-                "files": 0,
-                "stored": 0,
-                "failed": 0,
-                "skipped": 0,
-                "bytes": 0,
-                "seconds": round_ms(duration),
-                "exit_code": error.exit_code(),
-                "error": error.to_string(),
+                "exit_code": exit_code,
+                "error": error,
             }
         })
     }
