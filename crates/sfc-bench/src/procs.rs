@@ -607,9 +607,9 @@ fn spawn_watchdog(
         let deadline = Instant::now() + timeout;
         while !done.load(Ordering::Relaxed) {
             if Instant::now() > deadline {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
+                if let Err(error) = sfc_testkit::send_signal(pid, sfc_testkit::Signal::Kill) {
+                    eprintln!("    the watchdog could not stop the client: {error}");
+                }
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));

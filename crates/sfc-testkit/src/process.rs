@@ -3,7 +3,7 @@
 //! writes its summary), SIGKILL when it does not exit in time.
 
 use std::io;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// A signal the helpers send.
@@ -15,23 +15,29 @@ pub enum Signal {
 }
 
 impl Signal {
-    /// Its name for `kill(1)`.
-    fn name(self) -> &'static str {
+    fn number(self) -> rustix::process::Signal {
         match self {
-            Signal::Terminate => "TERM",
-            Signal::Interrupt => "INT",
-            Signal::Kill => "KILL",
+            Signal::Terminate => rustix::process::Signal::TERM,
+            Signal::Interrupt => rustix::process::Signal::INT,
+            Signal::Kill => rustix::process::Signal::KILL,
         }
     }
 }
 
-/// Sends `signal` to process `pid`; a process that is gone already is not an error.
-pub fn send_signal(pid: u32, signal: Signal) {
-    // `kill(1)`: std has SIGKILL only, and the workspace forbids the unsafe `libc::kill`.
-    let _ = Command::new("kill")
-        .args([&format!("-{}", signal.name()), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
+/// Sends `signal` to process `pid`; a process that is gone already is not an error. Any
+/// other failure (no permission, a `pid` that is no process ID) is returned: a helper that
+/// silently sent nothing would only show as a time-out.
+pub fn send_signal(pid: u32, signal: Signal) -> io::Result<()> {
+    let process = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::other(format!("{pid} is not a process ID")))?;
+    match rustix::process::kill_process(process, signal.number()) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(error) => Err(io::Error::other(format!(
+            "cannot send {signal:?} to process {pid}: {error}"
+        ))),
+    }
 }
 
 /// Sends `child` `signal` and waits up to `patience` for it to exit; `None` if it is still
@@ -45,7 +51,7 @@ pub fn stop(
     if let Some(status) = child.try_wait()? {
         return Ok(Some(status));
     }
-    send_signal(child.id(), signal);
+    send_signal(child.id(), signal)?;
     let deadline = Instant::now() + patience;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
