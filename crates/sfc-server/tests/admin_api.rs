@@ -376,6 +376,50 @@ fn a_login_posted_from_another_site_is_refused_unread() {
     assert_eq!(admin.json("/api/v1/failures")["total"], 0);
 }
 
+/// Connections refused before anything is read cost their sender nothing: the failure
+/// list takes them as the log does (one entry per address, reason and interval, with a
+/// count), so a flood of them pushes no other failure off it.
+#[test]
+fn refused_connections_do_not_flush_the_failure_list() {
+    let admin = Admin::start_with(|config| {
+        with_admin(config);
+        config.max_connections_per_address = 1;
+    });
+    let response = admin
+        .agent
+        .post(admin.url("/login"))
+        .send_form([("token", "wrong")])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let mut held = admin.server.connect();
+    assert!(matches!(
+        held.call(&register_request("holder")),
+        Response::Registered { .. }
+    ));
+    for i in 0..150 {
+        let mut refused = admin.server.connect();
+        assert!(refused.closed_within(Duration::from_secs(5)), "{i}");
+    }
+    assert_eq!(
+        sample(
+            &scrape(&admin),
+            "sfc_connections_refused_total",
+            Some(("reason", "per-address"))
+        ),
+        150.0,
+        "every refusal is counted"
+    );
+    let failures = admin.json("/api/v1/failures?limit=100");
+    let items = failures["items"].as_array().unwrap();
+    let kinds: Vec<&str> = items.iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"admin login"), "{failures}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "connection refused").count(),
+        1,
+        "{failures}"
+    );
+}
+
 #[test]
 fn failed_logins_are_limited_per_address() {
     let admin = Admin::start();

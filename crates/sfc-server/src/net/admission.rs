@@ -85,8 +85,9 @@ impl Admission {
         };
         if let Some(balancers) = &self.proxy_protocol {
             if !balancers.trusts(peer.ip()) {
-                self.refusals.refused(peer, Refusal::NotFromBalancer);
-                self.monitor.connection_refused(peer, "proxy-untrusted");
+                let listed = self.refusals.refused(peer, Refusal::NotFromBalancer);
+                self.monitor
+                    .connection_refused(peer, "proxy-untrusted", listed);
                 drop(stream);
                 drop(permit);
                 return;
@@ -151,14 +152,14 @@ fn admit(
     monitor: &Monitor,
 ) -> Option<AddressSlot> {
     if rate.is_blocked(peer.ip()) {
-        refusals.refused(peer, Refusal::Banned);
-        monitor.connection_refused(peer, "failure-budget");
+        let listed = refusals.refused(peer, Refusal::Banned);
+        monitor.connection_refused(peer, "failure-budget", listed);
         return None;
     }
     let slot = per_address.enter(peer.ip());
     if slot.is_none() {
-        refusals.refused(peer, Refusal::TooManyConnections);
-        monitor.connection_refused(peer, "per-address");
+        let listed = refusals.refused(peer, Refusal::TooManyConnections);
+        monitor.connection_refused(peer, "per-address", listed);
     }
     slot
 }
@@ -209,7 +210,10 @@ async fn serve_accepted(stream: TcpStream, peer: SocketAddr, shared: Shared) {
                 }
                 Err(reason) => {
                     rate.record_failure(peer.ip());
-                    limits.monitor.connection_refused(peer, "tls-handshake");
+                    // Each one costs the address a failure: listed each time.
+                    limits
+                        .monitor
+                        .connection_refused(peer, "tls-handshake", Some(1));
                     tracing::info!(%peer, %reason, "connection closed");
                 }
             }
@@ -233,7 +237,7 @@ async fn serve_proxied(
             shared
                 .limits
                 .monitor
-                .connection_refused(balancer, "proxy-header");
+                .connection_refused(balancer, "proxy-header", Some(1));
             return;
         }
     };

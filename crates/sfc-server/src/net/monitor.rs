@@ -316,8 +316,11 @@ impl Monitor {
     }
 
     /// A connection was closed at once (`reason`: `failure-budget`, `per-address`,
-    /// `tls-handshake`, `proxy-untrusted`, `proxy-header`).
-    pub fn connection_refused(&self, peer: SocketAddr, reason: &'static str) {
+    /// `tls-handshake`, `proxy-untrusted`, `proxy-header`). Counted every time; listed
+    /// among the failures only when `listed` gives the number of refusals to report: once
+    /// per address, reason and interval for refusals that cost the peer nothing (as their
+    /// log lines), so that no flood pushes the other failures off the list.
+    pub fn connection_refused(&self, peer: SocketAddr, reason: &'static str, listed: Option<u64>) {
         self.metrics
             .connections_refused
             .get_or_create(&label("reason", reason))
@@ -328,12 +331,16 @@ impl Monitor {
                 .get_or_create(&label("limit", "failure"))
                 .inc();
         }
-        self.failure(
-            "connection refused",
-            Some(peer),
-            None,
-            format!("connection refused: {reason}"),
-        );
+        if let Some(count) = listed {
+            let detail = if count > 1 {
+                format!(
+                    "connection refused: {reason} ({count} from this address since the last entry)"
+                )
+            } else {
+                format!("connection refused: {reason}")
+            };
+            self.failure("connection refused", Some(peer), None, detail);
+        }
     }
 
     // ----- fed by the connections -----------------------------------------------------
@@ -857,7 +864,7 @@ mod tests {
         let monitor = Monitor::new(Duration::from_secs(600));
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         for _ in 0..FAILURES_KEPT + 5 {
-            monitor.connection_refused(peer, "per-address");
+            monitor.connection_refused(peer, "per-address", Some(1));
         }
         monitor.admin_login_failed(peer, "newest");
         let failures = monitor.snapshot().failures;

@@ -129,12 +129,21 @@ impl RefusalLog {
         }
     }
 
-    /// Counts a refused connection from `peer` and logs a line when one is due.
-    pub(crate) fn refused(&self, peer: SocketAddr, why: Refusal) {
+    /// Counts a refused connection from `peer` and logs a line when one is due; returns
+    /// the number of refusals that line reports, `None` when none was logged (the
+    /// dashboard's failure list takes what the log takes, so a flood pushes nothing off
+    /// it either).
+    pub(crate) fn refused(&self, peer: SocketAddr, why: Refusal) -> Option<u64> {
         match self.count_keyed(peer.ip(), why, Instant::now()) {
-            (Refused::From(_), Some(count)) => self.emit(&peer, false, why, count),
-            (others, Some(count)) => self.emit(&others, true, why, count),
-            (_, None) => {}
+            (Refused::From(_), Some(count)) => {
+                self.emit(&peer, false, why, count);
+                Some(count)
+            }
+            (others, Some(count)) => {
+                self.emit(&others, true, why, count);
+                Some(count)
+            }
+            (_, None) => None,
         }
     }
 
