@@ -320,6 +320,42 @@ fn a_stalled_handshake_is_closed_at_the_request_timeout() {
     server.stop();
 }
 
+/// A graceful shutdown does not wait for connections that have not begun a request: a
+/// silent TLS handshake, and (behind a balancer) a silent wait for the PROXY header, are
+/// cut at once, not at their `--request-timeout`.
+#[test]
+fn shutdown_cuts_silent_handshakes_and_proxy_header_waits() {
+    for behind_balancer in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = make_pki(dir.path());
+        let tweak: fn(&mut ServerConfig) = if behind_balancer {
+            |c| {
+                c.request_timeout = Duration::from_secs(30);
+                c.shutdown_grace = Duration::from_secs(20);
+                c.proxy_protocol = Some(sfc_server::ProxySources::parse("127.0.0.1").unwrap());
+            }
+        } else {
+            |c| {
+                c.request_timeout = Duration::from_secs(30);
+                c.shutdown_grace = Duration::from_secs(20);
+            }
+        };
+        let server = start_tls_server(dir.path(), &pki.files, tweak);
+        let mut silent = Conn::connect(server.addr());
+        // Accepted by now (nothing tells from outside: if it were not, the test would
+        // pass without showing anything, never fail).
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        server.stop();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "behind a balancer: {behind_balancer}; stopped after {took:?}"
+        );
+        assert!(silent.closed_within(Duration::from_secs(2)));
+    }
+}
+
 /// Missing or unusable certificate/key files stop the server at start-up, naming them.
 #[test]
 fn bad_certificate_or_key_files_stop_the_server_at_start_up() {

@@ -196,13 +196,16 @@ async fn serve_accepted(stream: TcpStream, peer: SocketAddr, shared: Shared) {
         // Boxed: the TLS state is large, and a task is as large as its largest branch,
         // so plain connections would carry it too.
         Some(acceptor) => {
-            match Box::pin(crate::net::tls::handshake(
+            let handshake = Box::pin(crate::net::tls::handshake(
                 &acceptor,
                 stream,
                 request_timeout,
-            ))
-            .await
-            {
+            ));
+            let Some(handshake) = unless_shutting_down(&stop, handshake).await else {
+                tracing::debug!(%peer, "TLS handshake cut: the server is shutting down");
+                return;
+            };
+            match handshake {
                 Ok(stream) => Box::pin(connection::serve(stream, peer, core, limits, stop)).await,
                 // As on a plain listener: no failure, nothing refused.
                 Err(crate::net::tls::HandshakeError::ClosedAtOnce) => {
@@ -221,6 +224,20 @@ async fn serve_accepted(stream: TcpStream, peer: SocketAddr, shared: Shared) {
     }
 }
 
+/// `work`, or `None` once the server is shutting down: a connection that has not begun
+/// a request (its PROXY header or TLS handshake still to come) is not waited for, as an
+/// idle one is not.
+async fn unless_shutting_down<T>(
+    stop: &watch::Receiver<bool>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut stop = stop.clone();
+    tokio::select! {
+        output = work => Some(output),
+        _ = stop.wait_for(|stopping| *stopping) => None,
+    }
+}
+
 /// `--proxy-protocol`: a trusted balancer's connection, served as its client's once the
 /// PROXY header is read (net::proxy_protocol); without a valid header it is closed.
 async fn serve_proxied(
@@ -229,7 +246,11 @@ async fn serve_proxied(
     per_address: &Arc<ConnectionsPerAddress>,
     shared: Shared,
 ) {
-    let header = proxy_protocol::read_header(&mut stream, shared.request_timeout).await;
+    let header = proxy_protocol::read_header(&mut stream, shared.request_timeout);
+    let Some(header) = unless_shutting_down(&shared.stop, header).await else {
+        tracing::debug!(peer = %balancer, "PROXY header wait cut: the server is shutting down");
+        return;
+    };
     let client = match header {
         Ok(header) => header.client_address(balancer),
         Err(error) => {

@@ -114,8 +114,23 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
+        // A second signal ends the process at once, as a crash would (nothing stored is
+        // lost: every file is renamed into place and committed, or not at all), for an
+        // operator who cannot wait for the grace period or a database that hangs.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::warn!("second signal received: exiting now, without waiting");
+            std::process::exit(FORCED_EXIT);
+        });
     })
 }
+
+/// The exit status after a second SIGINT/SIGTERM (128 + SIGINT, as shells report it).
+#[cfg(unix)]
+const FORCED_EXIT: i32 = 130;
 
 /// A future that completes on Ctrl-C.
 #[cfg(not(unix))]
