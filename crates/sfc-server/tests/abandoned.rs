@@ -314,6 +314,65 @@ fn abandon_uploads(clients: usize, style: Style) {
     assert!(status.success(), "sfc-server exit status {status}");
 }
 
+/// A silent connection holds no read buffer, also after a packet that leaves its upload
+/// expecting more: one client starts its upload again and again (each packet 1 drops the
+/// one before), each time on a new connection that then stays open and silent. Those
+/// connections must cost what idle ones do (a few KiB each), not a 64 KiB read buffer
+/// each (800 of them: 54 MiB).
+#[test]
+fn connections_silent_after_an_intermediate_packet_hold_no_read_buffer() {
+    const CONNECTIONS: usize = 800;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut server = ServerProcess::start(&[
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]);
+    let addr = server.listening_addr();
+    let pid = server.child.id();
+    for round in 0..3 {
+        warm_up(addr, round);
+    }
+    let id = enroll_per_request(source_address(0), addr, "restarter");
+    // Once, so that the upload's own buffers are in the idle figures.
+    assert_eq!(
+        packet_on_its_own_connection(source_address(0), addr, id, 1),
+        Response::PacketReceived { client_id: id }
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = Figures::of(pid, &data_dir);
+    eprintln!("idle: {idle:?}");
+
+    let held: Vec<Conn> = (0..CONNECTIONS)
+        .map(|i| {
+            let mut conn = connect_from(source_address(i), addr);
+            conn.send_raw(&upload_packet(id, 1));
+            assert_eq!(
+                conn.recv(),
+                Response::PacketReceived { client_id: id },
+                "{i}"
+            );
+            conn
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = Figures::of(pid, &data_dir);
+    eprintln!("with {CONNECTIONS} silent connections: {after:?}");
+    assert!(
+        after.rss_kib <= idle.rss_kib + RSS_MARGIN_KIB,
+        "{CONNECTIONS} silent connections: {} KiB RSS, idle {} KiB (margin {RSS_MARGIN_KIB} KiB)",
+        after.rss_kib,
+        idle.rss_kib
+    );
+    drop(held);
+    let status = server.terminate();
+    assert!(status.success(), "sfc-server exit status {status}");
+}
+
 #[test]
 fn uploads_beyond_the_caps_are_refused_with_1607_and_logged() {
     let dir = tempfile::tempdir().unwrap();

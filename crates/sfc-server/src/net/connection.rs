@@ -8,9 +8,11 @@
 //! emitted, the connection closed. Every protocol rule lives in the conversation.
 //!
 //! Memory: a connection waiting for its next request holds no read buffer (it reads up to
-//! [`FIRST_READ`] bytes into the task's own state); the read buffer is [`SMALL_BUFFER`]
-//! while a request arrives and [`LARGE_BUFFER`] only while it streams 828 content (each a
-//! page more, to start on a page boundary: see [`crate::net::read_buffer`] for why).
+//! [`FIRST_READ`] bytes into the task's own state), also between the packets of a
+//! streaming upload when the next one is not there yet; the read buffer is
+//! [`SMALL_BUFFER`] while a request arrives and [`LARGE_BUFFER`] only while it streams
+//! 828 content (each a page more, to start on a page boundary: see
+//! [`crate::net::read_buffer`] for why).
 //!
 //! Time-outs: no byte for `idle_timeout` closes the connection; a started request must
 //! make progress by the conversation's [`Conversation::deadline`], so a slow-loris
@@ -131,33 +133,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             // Large buffer only while file content is expected; none between requests
             // (every byte read has been decoded by now), when a connection may sit idle
             // for long: the wait for the next request reads into `first`, on the task.
+            // Between two packets of a streaming upload the next one is usually waiting
+            // already: read it into the large buffer at once; if it is not there, the
+            // client may pause for long (it keeps its connection between files) and
+            // waits like any idle connection.
             let at_boundary = self.decoder.at_boundary();
             let streaming = self.conversation.expects_content();
-            let waiting = at_boundary && !streaming;
             let want = if streaming {
                 LARGE_BUFFER
             } else {
                 SMALL_BUFFER
             };
-            if waiting {
-                buf = ReadBuffer::default();
-            } else if buf.len() != want {
+            let idle_request_boundary = at_boundary && !streaming;
+            if !idle_request_boundary && buf.len() != want {
                 buf = ReadBuffer::with_len(want);
             }
-            let target: &mut [u8] = if waiting { &mut first } else { buf.space() };
-            let idle = Instant::now() + self.limits.idle_timeout;
-            let deadline = self
-                .conversation
-                .deadline()
-                .map_or(idle, |d| Instant::from_std(d).min(idle));
-            let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, self.stream.read(target)) => read,
-                _ = shutdown.wait_for(|stop| *stop), if idle_between_transfers => {
-                    return "server shutting down";
+            let ready = if at_boundary && streaming {
+                tokio::select! {
+                    biased;
+                    read = self.stream.read(buf.space()) => Some(Ok(read)),
+                    () = std::future::ready(()) => None,
+                }
+            } else {
+                None
+            };
+            let waiting = at_boundary && ready.is_none();
+            let read = match ready {
+                Some(read) => read,
+                None => {
+                    if waiting {
+                        buf = ReadBuffer::default();
+                    }
+                    let target: &mut [u8] = if waiting { &mut first } else { buf.space() };
+                    let idle = Instant::now() + self.limits.idle_timeout;
+                    let deadline = self
+                        .conversation
+                        .deadline()
+                        .map_or(idle, |d| Instant::from_std(d).min(idle));
+                    tokio::select! {
+                        read = tokio::time::timeout_at(deadline, self.stream.read(target)) => read,
+                        _ = shutdown.wait_for(|stop| *stop), if idle_between_transfers => {
+                            return "server shutting down";
+                        }
+                    }
                 }
             };
             if let (true, Ok(Ok(n))) = (waiting, &read) {
-                buf = ReadBuffer::with_len(SMALL_BUFFER);
+                buf = ReadBuffer::with_len(want);
                 let copied = first.get(..*n).unwrap_or_default();
                 if let Some(start) = buf.space().get_mut(..copied.len()) {
                     start.copy_from_slice(copied);
