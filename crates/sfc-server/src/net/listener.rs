@@ -191,19 +191,25 @@ impl Server {
         let mut saturated = false;
         let mut accept_errors = AcceptErrors::new("protocol listener");
         loop {
-            while connections.try_join_next().is_some() {}
             saturated = warn_when_saturated(&permits, config.max_connections, saturated);
+            // Ended connections are joined while waiting, so that their tasks' memory goes
+            // with them, not at the next accept (which on a quiet server may be long).
             let permit = tokio::select! {
                 () = &mut shutdown => break,
+                Some(_) = connections.join_next() => continue,
                 permit = Arc::clone(&permits).acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
                 },
             };
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => accepted,
+            let accepted = loop {
+                tokio::select! {
+                    () = &mut shutdown => break None,
+                    Some(_) = connections.join_next() => {}
+                    accepted = listener.accept() => break Some(accepted),
+                }
             };
+            let Some(accepted) = accepted else { break };
             match accepted {
                 Ok((stream, peer)) => admission.accept(stream, peer, permit, &mut connections),
                 Err(error) => {
