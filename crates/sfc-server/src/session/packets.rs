@@ -58,7 +58,7 @@ impl Core {
     /// Checks out the client's parked upload without blocking: `Ok(Some)` to continue it
     /// ([`Core::continue_packet`]), `Ok(None)` when there is none (start one with
     /// [`Core::begin_upload`]), `Err` (1607) when another connection is receiving a packet
-    /// of it right now, or its files are being removed (a 902, the admin's deletes).
+    /// of it right now, or the client is being removed (the admin's delete of the client).
     pub fn checkout(&self, id: ClientId) -> Result<Option<Lease>, Outcome> {
         match self.registry.checkout(&id) {
             Checkout::Got(upload) => Ok(Some(Lease::new(upload, Arc::clone(&self.registry)))),
@@ -71,8 +71,9 @@ impl Core {
     }
 
     /// Starts receiving a packet: continues the client's parked upload, or starts a new
-    /// one (packet 1 only). On `Err` the upload (if any) has been abandoned and the
-    /// outcome is a 1607. May block (database read, file creation).
+    /// one (packet 1, which always does: rule S10, as on a connection). On `Err` the
+    /// upload (if any) has been abandoned and the outcome is a 1607. May block (database
+    /// read, file creation).
     pub fn start_packet(
         &self,
         ctx: &Ctx,
@@ -80,6 +81,9 @@ impl Core {
         packet: &FilePacketHeader,
         content_len: u32,
     ) -> Result<Lease, Outcome> {
+        if packet.packet_number == 1 {
+            return self.begin_upload(ctx, header.client_id, packet, content_len);
+        }
         match self.checkout(header.client_id)? {
             Some(mut lease) => match Self::continue_packet(&mut lease, packet, content_len) {
                 Ok(()) => {

@@ -262,6 +262,32 @@ fn upload_over_many_packets_then_verify() {
     assert!(h.core.meta().files().unwrap()[0].verified);
 }
 
+/// Rule S10 through `handle_request` as on a connection: a packet 1 while the client's
+/// upload is parked starts the upload again; it is not an out-of-order packet.
+#[test]
+fn packet_1_again_starts_the_upload_again() {
+    let h = harness();
+    let (id, key) = enroll(&h, "dora");
+    let data: Vec<u8> = (0..100u8).collect();
+    let cipher = encrypt(&key, &data);
+    let bodies = packets("f", &data, &cipher, 48);
+    assert_eq!(bodies.len(), 3);
+    for body in [&bodies[0], &bodies[0], &bodies[1]] {
+        let out = h
+            .core
+            .handle_request(&ctx(false), request(id, body.clone()));
+        assert_eq!(out, Outcome::silent());
+        assert_eq!(h.core.uploads_in_progress(), 1);
+    }
+    let out = h
+        .core
+        .handle_request(&ctx(false), request(id, bodies[2].clone()));
+    assert_eq!(out.code().map(ResponseCode::as_u16), Some(1603), "{out:?}");
+    assert_eq!(h.core.uploads_in_progress(), 0);
+    let stored = h.root.join("files").join(id.to_hex()).join("f");
+    assert_eq!(std::fs::read(stored).unwrap(), data);
+}
+
 #[test]
 fn out_of_order_packet_abandons_the_upload() {
     let h = harness();
