@@ -2,7 +2,7 @@
 //! handlers of the requests that are not file packets.
 
 use super::changes::CountingChanges;
-use super::name_locks::NameLocks;
+use super::name_locks::{KeyLocks, NameLocks};
 use super::uploads::{BatchBudget, Progress, Registry};
 use super::{Ctx, Entropy, Limits, Outcome};
 use crate::storage::fs::DataDirLock;
@@ -30,8 +30,9 @@ pub struct Core {
     pub(super) limits: Limits,
     /// Client IDs and AES keys.
     pub(super) entropy: Box<dyn Entropy>,
-    /// Serialises 826s, so that the key-pinning check and the key store are one step.
-    pub(super) pin_lock: Mutex<()>,
+    /// Serialises each client's 826s, so that its key-pinning check and key store are one
+    /// step (other clients' 826s do not wait).
+    pub(super) pins: KeyLocks<ClientId>,
     /// The data folder's lock, released when the last handle on the core goes: a storage
     /// job that outlives the shutdown's grace period (a file being moved into place, its
     /// row committed or undone) holds the core, so no second server takes the folder and
@@ -81,7 +82,7 @@ impl Core {
             seen: Mutex::default(),
             names: NameLocks::default(),
             removals: Default::default(),
-            pin_lock: Mutex::new(()),
+            pins: KeyLocks::default(),
             limits,
             folder_lock: None,
         }
@@ -328,7 +329,7 @@ impl Core {
     /// refused with 1607 and logged, so that someone who learnt the client ID (it travels
     /// in clear) cannot replace the key and receive the client's next AES keys.
     fn send_public_key(&self, ctx: &Ctx, id: ClientId, name: &Name, der: &[u8]) -> Outcome {
-        let _pinning = self.pin_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _pinning = self.pins.lock_key(id);
         let record = match self.known_client(id) {
             Ok(record) => record,
             Err(outcome) => return outcome,

@@ -8,29 +8,43 @@
 //! clients never wait, and packets are never refused for it. Both run as storage jobs
 //! on the blocking pool, where waiting is allowed. Within one process only: servers
 //! sharing a database and an object store do not see each other's names.
+//!
+//! The same locks keyed by client alone serialise one client's 826s (key pinning).
 
 use sfc_proto::ClientId;
 use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::{Condvar, Mutex, PoisonError};
 
-/// See the module documentation.
-#[derive(Debug, Default)]
-pub(super) struct NameLocks {
-    held: Mutex<HashSet<(ClientId, String)>>,
+/// Keys held by one job at a time, others waiting; see the module documentation.
+#[derive(Debug)]
+pub(super) struct KeyLocks<K> {
+    held: Mutex<HashSet<K>>,
     freed: Condvar,
 }
 
-/// A name held until dropped.
+/// File names of clients being stored or removed.
+pub(super) type NameLocks = KeyLocks<(ClientId, String)>;
+
+/// A key held until dropped.
 #[derive(Debug)]
-pub(super) struct NameGuard<'a> {
-    locks: &'a NameLocks,
-    key: (ClientId, String),
+pub(super) struct KeyGuard<'a, K: Eq + Hash> {
+    locks: &'a KeyLocks<K>,
+    key: Option<K>,
 }
 
-impl NameLocks {
-    /// Takes `name` of `client`, waiting while another job holds it (blocking).
-    pub(super) fn lock(&self, client: ClientId, name: &str) -> NameGuard<'_> {
-        let key = (client, name.to_owned());
+impl<K> Default for KeyLocks<K> {
+    fn default() -> Self {
+        KeyLocks {
+            held: Mutex::new(HashSet::new()),
+            freed: Condvar::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> KeyLocks<K> {
+    /// Takes `key`, waiting while another job holds it (blocking).
+    pub(super) fn lock_key(&self, key: K) -> KeyGuard<'_, K> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         while held.contains(&key) {
             held = self
@@ -39,17 +53,29 @@ impl NameLocks {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         held.insert(key.clone());
-        NameGuard { locks: self, key }
+        KeyGuard {
+            locks: self,
+            key: Some(key),
+        }
     }
 }
 
-impl Drop for NameGuard<'_> {
+impl NameLocks {
+    /// Takes `name` of `client`, waiting while another job holds it (blocking).
+    pub(super) fn lock(&self, client: ClientId, name: &str) -> KeyGuard<'_, (ClientId, String)> {
+        self.lock_key((client, name.to_owned()))
+    }
+}
+
+impl<K: Eq + Hash> Drop for KeyGuard<'_, K> {
     fn drop(&mut self) {
-        self.locks
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
+        if let Some(key) = self.key.take() {
+            self.locks
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+        }
         self.locks.freed.notify_all();
     }
 }

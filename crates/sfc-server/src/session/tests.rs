@@ -110,6 +110,56 @@ fn enroll(h: &Harness, user: &str) -> (ClientId, AesKey) {
     (client_id, keypair().unwrap_aes_key(&wrapped_key).unwrap())
 }
 
+/// An 826 of `user` with the test key.
+fn key_body(user: &str) -> RequestBody {
+    RequestBody::SendPublicKey {
+        name: name(user),
+        public_key: keypair().public_key_der(),
+    }
+}
+
+/// Key pinning serialises one client's 826s, not everyone's: while one client's key
+/// store is held (a slow database), another client's 826 is answered.
+#[test]
+fn an_826_held_in_the_store_does_not_hold_other_clients_826s() {
+    let (h, faults) = harness_with_faults();
+    let register = |user: &str| {
+        let out = h.core.handle_request(
+            &ctx(false),
+            request(ClientId::ZERO, RequestBody::Register { name: name(user) }),
+        );
+        let Some(Response::Registered { client_id }) = out.reply else {
+            panic!("{out:?}")
+        };
+        client_id
+    };
+    let (slow, other) = (register("slow"), register("other"));
+    faults.keys_gate.hold_next();
+    let core = &h.core;
+    std::thread::scope(|scope| {
+        let held =
+            scope.spawn(move || core.handle_request(&ctx(false), request(slow, key_body("slow"))));
+        assert!(faults.keys_gate.wait_arrived(Duration::from_secs(10)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        scope.spawn(move || {
+            let out = core.handle_request(&ctx(false), request(other, key_body("other")));
+            tx.send(out).unwrap();
+        });
+        let answered = rx.recv_timeout(Duration::from_secs(5));
+        faults.keys_gate.open();
+        let out = answered.expect("the other client's 826 is answered meanwhile");
+        assert!(
+            matches!(out.reply, Some(Response::PublicKeyAccepted { .. })),
+            "{out:?}"
+        );
+        let out = held.join().unwrap();
+        assert!(
+            matches!(out.reply, Some(Response::PublicKeyAccepted { .. })),
+            "{out:?}"
+        );
+    });
+}
+
 /// `data` encrypted as a client would (also for the conversation's tests).
 pub(super) fn encrypt(key: &AesKey, data: &[u8]) -> Vec<u8> {
     let mut enc = CbcEncryptor::new(key).unwrap();

@@ -22,11 +22,12 @@
 //!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
 //!   does; optionally the database is then down;
 //! - `setup_id_unseen` (in-memory stores only): both set-up IDs read as none;
-//! - four [`Gate`]s ([`FaultyMeta`]/[`FaultyBlobs`] only): `listing_gate` holds the next
-//!   `files()` (start-up recovery reads it), `persist_gate` the next move of a temporary
-//!   file into place, `remove_gate` the next removal of a stored file and `size_gate` the
-//!   next size query, each until the test opens it: a slow recovery, a commit still
-//!   running when the server shuts down, a slow store under `/readyz`.
+//! - five [`Gate`]s ([`FaultyMeta`]/[`FaultyBlobs`] only): `listing_gate` holds the next
+//!   `files()` (start-up recovery reads it), `keys_gate` the next store of a client's
+//!   keys, `persist_gate` the next move of a temporary file into place, `remove_gate` the
+//!   next removal of a stored file and `size_gate` the next size query, each until the
+//!   test opens it: a slow recovery, a slow 826, a commit still running when the server
+//!   shuts down, a slow store under `/readyz`.
 
 use crate::storage::{
     BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
@@ -74,6 +75,8 @@ pub struct Faults {
     file_failure_after: AtomicU64,
     /// Holds the next `files()` of a [`FaultyMeta`].
     pub listing_gate: Gate,
+    /// Holds the next `set_keys` of a [`FaultyMeta`] (an 826's or 827's key store).
+    pub keys_gate: Gate,
     /// Holds the next move into place of a [`FaultyBlobs`] temporary file.
     pub persist_gate: Gate,
     /// Holds the next removal of a stored file by a [`FaultyBlobs`].
@@ -105,6 +108,7 @@ impl Default for Faults {
             file_budget: AtomicU64::new(u64::MAX),
             file_failure_after: AtomicU64::new(u64::MAX),
             listing_gate: Gate::default(),
+            keys_gate: Gate::default(),
             persist_gate: Gate::default(),
             remove_gate: Gate::default(),
             size_gate: Gate::default(),
@@ -379,6 +383,7 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
         aes_key: &[u8],
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        self.faults.keys_gate.pass();
         self.commit()?;
         self.inner.set_keys(id, public_key, aes_key, now)
     }
