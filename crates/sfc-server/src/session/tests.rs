@@ -527,6 +527,27 @@ fn every_packet_time_reaches_last_seen() {
     );
 }
 
+/// The admin's delete of a file is not the client's doing: its `LastSeen` stays.
+#[test]
+fn an_admin_delete_leaves_last_seen_alone() {
+    let h = harness();
+    let (id, key) = enroll(&h, "fred");
+    store(&h, id, &key, "f", b"content");
+    h.core.flush_last_seen().unwrap();
+    let before = h.core.meta().client(&id).unwrap().unwrap().last_seen;
+    assert!(before.is_some());
+    // Later than anything the client did, in the timestamps' millisecond resolution.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert!(matches!(
+        h.core.admin_remove_file(&id, "f").unwrap(),
+        super::Removal::Removed(_)
+    ));
+    h.core.flush_last_seen().unwrap();
+    let after = h.core.meta().client(&id).unwrap().unwrap().last_seen;
+    assert_eq!(after, before);
+    assert!(h.core.meta().files().unwrap().is_empty());
+}
+
 #[test]
 fn last_seen_is_noted_in_memory_and_flushed() {
     let h = harness();
