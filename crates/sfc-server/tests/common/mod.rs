@@ -12,7 +12,7 @@ pub mod s3_proxy;
 use sfc_crypto::{AesKey, CbcEncryptor, RsaKeyPair};
 use sfc_proto::limits::{NAME_FIELD_LEN, REQUEST_HEADER_LEN};
 use sfc_proto::{ClientId, FilePacketHeader, Name, Request, RequestBody, Response, ResponseHeader};
-use sfc_server::config::{Database, Store};
+use sfc_server::config::{Database, PostgresUrl, Store};
 use sfc_server::{MetaStore, PostgresStore, SqliteStore};
 use sfc_server::{RunningServer, ServerConfig};
 use std::io::{Read, Write};
@@ -48,14 +48,23 @@ pub const TEST_DATABASE_ENV: &str = "SFC_TEST_DATABASE";
 
 /// The metadata store a test server gets: SQLite unless `SFC_TEST_DATABASE=postgres`.
 pub fn test_database() -> Database {
+    match test_database_url() {
+        Some(url) => Database::Postgres(Box::new(PostgresUrl::parse(&url).unwrap())),
+        None => Database::Sqlite,
+    }
+}
+
+/// The `--database` URL of a fresh PostgreSQL database when `SFC_TEST_DATABASE=postgres`
+/// (for tests that start the binary), `None` for SQLite.
+pub fn test_database_url() -> Option<String> {
     match std::env::var(TEST_DATABASE_ENV).as_deref() {
         Ok("postgres") => {
             let Some(cluster) = postgres::shared(TEST_DATABASE_ENV) else {
                 panic!("{TEST_DATABASE_ENV}=postgres, but PostgreSQL is not installed (apt-get install postgresql)")
             };
-            cluster.fresh()
+            Some(cluster.url(&cluster.create_database()))
         }
-        Ok("sqlite") | Err(_) => Database::Sqlite,
+        Ok("sqlite") | Err(_) => None,
         Ok(other) => panic!("{TEST_DATABASE_ENV}={other:?}: use postgres or sqlite"),
     }
 }
