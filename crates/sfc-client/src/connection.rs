@@ -247,8 +247,11 @@ impl Connection {
 
     fn connect(&mut self) -> Result<(), NetworkError> {
         let mut last_error = None;
-        for addr in &self.addrs {
-            match TcpStream::connect_timeout(addr, self.connect_timeout) {
+        for index in 0..self.addrs.len() {
+            let Some(&addr) = self.addrs.get(index) else {
+                break;
+            };
+            match TcpStream::connect_timeout(&addr, self.connect_timeout) {
                 Ok(stream) => {
                     let setup = stream
                         .set_nodelay(true)
@@ -280,6 +283,11 @@ impl Connection {
                     self.last_reply_was_error = false;
                     self.unused = true;
                     self.reply_wait = None;
+                    // The next connection starts with the address that answered: one that
+                    // does not (an AAAA record whose route drops packets) would otherwise
+                    // cost every later connection its time-out, every packet of a
+                    // connection-per-request upload.
+                    self.addrs.rotate_left(index);
                     return Ok(());
                 }
                 Err(e) => last_error = Some(e),
@@ -808,6 +816,27 @@ mod tests {
         // Closed after a (pretend) normal reply: per-request mode and a fresh connection.
         assert!(conn.prepare().unwrap());
         assert_eq!(conn.mode(), Mode::PerRequest);
+    }
+
+    /// A server name with several addresses, the first of which refuses: once one has
+    /// answered, later connections start with it.
+    #[test]
+    fn the_address_that_answered_is_tried_first_next_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let live = listener.local_addr().unwrap();
+        let refusing = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut conn = quiet_connection(live);
+        conn.addrs = vec![refusing, live];
+        conn.use_per_request();
+        assert!(conn.prepare().unwrap());
+        assert_eq!(conn.addrs, vec![live, refusing]);
+        conn.unused = false;
+        assert!(conn.prepare().unwrap());
+        assert_eq!(conn.addrs, vec![live, refusing]);
+        assert!(conn.stream.is_some());
     }
 
     fn register_request() -> Vec<u8> {
