@@ -320,8 +320,15 @@ impl Connection {
     }
 
     /// Classifies a write error that happened on [`Self::stream_mut`] and drops the stream.
+    /// A write that timed out is a server that stopped taking the request (said so, with
+    /// the flag that sets the limit), not a reply that did not come.
     pub fn write_failed(&mut self, error: io::Error) -> Failure {
         self.stream = None;
+        let error = if is_time_out(&error) && error.get_ref().is_none() {
+            request_stalled(self.io_timeout)
+        } else {
+            error
+        };
         write_failure(error)
     }
 

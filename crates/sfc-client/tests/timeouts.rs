@@ -52,3 +52,23 @@ fn stray_replies_do_not_extend_the_wait_for_the_checksum() {
         assert!(run.stderr.contains(wanted), "{wanted:?}: {}", run.stderr);
     }
 }
+
+/// A server that stops reading in the middle of a streamed upload: the write that can
+/// make no progress within `--timeout` ends the run (exit 5), and the message says the
+/// server stopped taking the request and names `--timeout`, not a reply that never came.
+#[test]
+fn a_server_that_stops_reading_is_named_as_such() {
+    let double = Double::start(Behaviour {
+        stall_after_content: Some(1 << 20),
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &double.address(), "stalled", "big.bin");
+    make_file(&dir.path().join("big.bin"), 16 << 20, 3);
+    let run = run_client(dir.path(), &["--timeout", "1"]);
+    run.assert_code(5);
+    for wanted in ["stopped taking the request", "--timeout"] {
+        assert!(run.stderr.contains(wanted), "{wanted:?}: {}", run.stderr);
+    }
+    assert!(!run.stderr.contains("no answer"), "{}", run.stderr);
+}
