@@ -339,6 +339,12 @@ fn files_below(
             link.display()
         ));
     }
+    for link in &found.broken_links {
+        warnings.push(format!(
+            "{}: a symbolic link to nothing (its target does not exist), not sent",
+            link.display()
+        ));
+    }
     warnings.extend(state_left_out(&found.skipped_state));
     if found.files.is_empty() && !found.skipped_state.is_empty() {
         return Err(refused(

@@ -97,6 +97,9 @@ pub struct Walk {
     pub files: Vec<(PathBuf, String)>,
     /// Symbolic links left out (without `--follow-symlinks`).
     pub skipped_links: Vec<PathBuf>,
+    /// Symbolic links to nothing (their target does not exist), left out with
+    /// `--follow-symlinks`.
+    pub broken_links: Vec<PathBuf>,
     /// The client's state left out: files [`store::is_state_file`] names in the client's
     /// folder, and its `servers/` folder (as one entry).
     pub skipped_state: Vec<PathBuf>,
@@ -213,7 +216,9 @@ fn walk_into(
     open: &mut Vec<PathBuf>,
     walk: &mut Walk,
 ) -> io::Result<()> {
-    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    let mut entries = std::fs::read_dir(dir)
+        .and_then(|entries| entries.collect::<Result<Vec<_>, _>>())
+        .map_err(at(dir))?;
     entries.sort_by_key(|e| e.file_name());
     let real_dir = open.last().cloned().unwrap_or_default();
     for entry in entries {
@@ -226,20 +231,28 @@ fn walk_into(
             walk.skipped_state.push(path);
             continue;
         }
-        let mut kind = entry.file_type()?;
+        let mut kind = entry.file_type().map_err(at(&path))?;
         if kind.is_symlink() {
             if !follow {
                 walk.skipped_links.push(path);
                 continue;
             }
-            if client.holds(&std::fs::canonicalize(&path)?) {
+            let target = match std::fs::canonicalize(&path) {
+                Ok(target) => target,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    walk.broken_links.push(path);
+                    continue;
+                }
+                Err(error) => return Err(at(&path)(error)),
+            };
+            if client.holds(&target) {
                 walk.skipped_state.push(path);
                 continue;
             }
-            kind = std::fs::metadata(&path)?.file_type();
+            kind = std::fs::metadata(&path).map_err(at(&path))?.file_type();
         }
         if kind.is_dir() {
-            let real = std::fs::canonicalize(&path)?;
+            let real = std::fs::canonicalize(&path).map_err(at(&path))?;
             if open.contains(&real) {
                 walk.skipped_links.push(path);
                 continue;
@@ -256,6 +269,12 @@ fn walk_into(
         }
     }
     Ok(())
+}
+
+/// An I/O error of the walk, naming the entry it happened at (not only the folder the
+/// walk started from).
+fn at(path: &Path) -> impl Fn(io::Error) -> io::Error + '_ {
+    move |error| io::Error::new(error.kind(), format!("{}: {error}", path.display()))
 }
 
 /// The first two files that would be stored under the same name (the server keeps one
@@ -334,6 +353,31 @@ mod tests {
             assert_eq!(labels, ["b/a.txt", "b/c/d.txt", "link.txt", "z.txt"]);
             assert_eq!(found.skipped_links, vec![root.join("b/loop")]);
         }
+    }
+
+    /// With `--follow-symlinks`, a link to nothing is left out (and reported), not an
+    /// error for the whole folder; an entry that cannot be followed (a link to itself) is
+    /// named in the error.
+    #[cfg(unix)]
+    #[test]
+    fn walks_leave_out_broken_links_and_name_what_they_cannot_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        make_files(&root, &["a.txt", "sub/b.txt"]);
+        std::os::unix::fs::symlink(root.join("gone"), root.join("dangling")).unwrap();
+        let found = walk(&root, true, dir.path()).unwrap();
+        let labels: Vec<&str> = found.files.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(labels, ["a.txt", "sub/b.txt"]);
+        assert_eq!(found.broken_links, vec![root.join("dangling")]);
+        let looping = root.join("sub/self");
+        std::os::unix::fs::symlink(&looping, &looping).unwrap();
+        let error = walk(&root, true, dir.path()).unwrap_err().to_string();
+        assert!(error.contains(&looping.display().to_string()), "{error}");
+        // Not followed: only a link left out.
+        assert_eq!(
+            walk(&root, false, dir.path()).unwrap().skipped_links.len(),
+            2
+        );
     }
 
     /// Writes each file (and its folders) below `root`.
