@@ -200,10 +200,16 @@ pub fn load(dir: &Path) -> Result<Option<Loaded>, IdentityError> {
     };
 
     let priv_path = dir.join(PRIV_KEY);
-    let priv_bytes = read_if_exists(&priv_path)?.map(zeroize::Zeroizing::new);
-    let priv_key = priv_bytes
-        .as_ref()
-        .map(|bytes| RsaKeyPair::from_file_bytes(bytes));
+    let priv_key = match read_if_exists(&priv_path) {
+        Ok(bytes) => bytes.map(|bytes| {
+            let bytes = zeroize::Zeroizing::new(bytes);
+            RsaKeyPair::from_file_bytes(&bytes).map_err(|e| e.to_string())
+        }),
+        // Unreadable (left owned by another user, say): only a fallback for me.info's key
+        // (rule C7), so no reason to refuse what me.info alone can do.
+        Err(IdentityError::Read { source, .. }) => Some(Err(format!("cannot be read: {source}"))),
+        Err(other) => return Err(other),
+    };
 
     let mut warnings = Vec::new();
     let keypair = choose_key(me_key, priv_key, (&me_path, &priv_path), &mut warnings)?;
@@ -221,7 +227,7 @@ pub fn load(dir: &Path) -> Result<Option<Loaded>, IdentityError> {
 /// (rule C7), with a warning when they differ or one is unusable.
 fn choose_key(
     me_key: Option<Result<RsaKeyPair, sfc_crypto::CryptoError>>,
-    priv_key: Option<Result<RsaKeyPair, sfc_crypto::CryptoError>>,
+    priv_key: Option<Result<RsaKeyPair, String>>,
     (me_path, priv_path): (&Path, &Path),
     warnings: &mut Vec<String>,
 ) -> Result<RsaKeyPair, IdentityError> {
@@ -537,6 +543,34 @@ mod tests {
             "{:?}",
             loaded.warnings
         );
+    }
+
+    /// priv.key is only the fallback (rule C7): one that cannot be read (here a folder;
+    /// another user's file alike) leaves me.info's key in use, with a warning.
+    #[test]
+    fn an_unreadable_priv_key_leaves_me_info_s_key_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(ME_INFO),
+            format!("alice\n{ID}\n{}\n", key_text()),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join(PRIV_KEY)).unwrap();
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.identity.keypair.public_key_der(), key_of(ID));
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(
+            loaded.warnings[0].contains("cannot be read"),
+            "{:?}",
+            loaded.warnings
+        );
+        // Without a key in me.info, the unreadable priv.key is the error.
+        std::fs::write(dir.path().join(ME_INFO), format!("alice\n{ID}\n")).unwrap();
+        let Err(error) = load(dir.path()) else {
+            panic!("loaded without a usable key")
+        };
+        let error = error.to_string();
+        assert!(error.contains("cannot be read"), "{error}");
     }
 
     #[test]
