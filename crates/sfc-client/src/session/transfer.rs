@@ -175,6 +175,14 @@ impl Snapshot {
             path: file.path.clone(),
             reason: format!("cannot be read: {e}"),
         })?;
+        // Checked when the batch was made; replaced since by something else (a FIFO, whose
+        // open would wait for a writer with no time limit): not sent.
+        if !metadata.is_file() {
+            return Err(ClientError::File {
+                path: file.path.clone(),
+                reason: "is no longer a regular file".to_owned(),
+            });
+        }
         Ok(Snapshot {
             len: metadata.len(),
             modified: metadata.modified().ok(),
@@ -655,5 +663,26 @@ mod tests {
             ..at(10)
         };
         assert!(far.racy());
+    }
+
+    /// A file checked for the batch and replaced by a FIFO before its send is refused
+    /// at its snapshot, not opened (which would wait for a writer for ever).
+    #[cfg(unix)]
+    #[test]
+    fn a_file_replaced_by_a_fifo_is_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        std::fs::write(&path, b"content").unwrap();
+        let file = crate::files::check_file(&path, crate::upload::PacketSizing::default()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let Err(ClientError::File { reason, .. }) = Snapshot::take(&file) else {
+            panic!("a FIFO is snapshotted as a file")
+        };
+        assert!(reason.contains("no longer a regular file"), "{reason}");
     }
 }
