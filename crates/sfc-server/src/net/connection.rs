@@ -9,9 +9,9 @@
 //!
 //! Memory: a connection waiting for its next request holds no read buffer (it reads up to
 //! [`FIRST_READ`] bytes into the task's own state), also between the packets of a
-//! streaming upload when the next one is not there yet; the read buffer is
-//! [`SMALL_BUFFER`] while a request arrives and [`LARGE_BUFFER`] only while it streams
-//! 828 content (each a page more, to start on a page boundary: see
+//! streaming upload when the next one has not come within [`STREAMING_PAUSE`]; the read
+//! buffer is [`SMALL_BUFFER`] while a request arrives and [`LARGE_BUFFER`] only while it
+//! streams 828 content (each a page more, to start on a page boundary: see
 //! [`crate::net::read_buffer`] for why).
 //!
 //! Time-outs: no byte for `idle_timeout` closes the connection; a started request must
@@ -40,6 +40,11 @@ pub const SMALL_BUFFER: usize = 4 * 1024;
 pub const FIRST_READ: usize = 512;
 /// Read buffer while streaming file content.
 pub const LARGE_BUFFER: usize = 64 * 1024;
+/// How long a connection between two packets of an upload keeps its large buffer for the
+/// next one: a client writing packet by packet (each its own `send`) leaves the socket
+/// empty at every packet's end, and a fresh buffer per packet would cost an allocation
+/// and a read more each time.
+const STREAMING_PAUSE: Duration = Duration::from_millis(200);
 
 /// What a connection needs besides the core.
 #[derive(Clone, Debug)]
@@ -133,10 +138,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             // Large buffer only while file content is expected; none between requests
             // (every byte read has been decoded by now), when a connection may sit idle
             // for long: the wait for the next request reads into `first`, on the task.
-            // Between two packets of a streaming upload the next one is usually waiting
-            // already: read it into the large buffer at once; if it is not there, the
-            // client may pause for long (it keeps its connection between files) and
-            // waits like any idle connection.
+            // Between two packets of a streaming upload the next one is usually there or
+            // on its way (a client that writes each packet on its own): it is read into
+            // the large buffer. A client that pauses longer than STREAMING_PAUSE (it keeps
+            // its connection between files, or says nothing more) waits like any idle
+            // connection, without a buffer.
             let at_boundary = self.decoder.at_boundary();
             let streaming = self.conversation.expects_content();
             let want = if streaming {
@@ -149,11 +155,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 buf = ReadBuffer::with_len(want);
             }
             let ready = if at_boundary && streaming {
-                tokio::select! {
-                    biased;
-                    read = self.stream.read(buf.space()) => Some(Ok(read)),
-                    () = std::future::ready(()) => None,
-                }
+                tokio::time::timeout(STREAMING_PAUSE, self.stream.read(buf.space()))
+                    .await
+                    .ok()
+                    .map(Ok)
             } else {
                 None
             };
