@@ -233,20 +233,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
                 Ok((used, Some(event))) => {
                     pos += used;
-                    if let RequestEvent::FilePacket { header, packet, .. } = &event {
-                        if packet.packet_number == 1 || self.shown != Some(header.client_id) {
-                            // Counts of the upload shown so far go to it, not to this one.
-                            self.hand_over_tally();
-                            let shown = self.limits.monitor.packet_begins(
-                                self.peer,
-                                header.client_id,
-                                packet,
-                            );
-                            self.shown = shown.then_some(header.client_id);
+                    // A packet that may begin an upload to show: shown once the session
+                    // has accepted it, so that a refused one (another connection of the
+                    // same client while one receives a packet) does not replace it.
+                    let begins = match &event {
+                        RequestEvent::FilePacket { header, packet, .. }
+                            if packet.packet_number == 1
+                                || self.shown != Some(header.client_id) =>
+                        {
+                            Some((header.client_id, packet.clone()))
                         }
-                    }
+                        _ => None,
+                    };
                     self.conversation.handle(Event::Decoded(event), self.clock);
                     self.carry_out().await?;
+                    if let Some((client, packet)) = begins {
+                        if self.conversation.receiving() == Some(client) {
+                            // Counts of the upload shown so far go to it, not to this one.
+                            self.hand_over_tally();
+                            let shown = self
+                                .limits
+                                .monitor
+                                .packet_begins(self.peer, client, &packet);
+                            self.shown = shown.then_some(client);
+                        }
+                    }
                 }
                 Ok((0, None)) => return Ok(()),
                 Ok((used, None)) => pos += used,

@@ -50,6 +50,7 @@ fn emit_request(peer: SocketAddr, line: RequestLog) {
         detail,
         file,
         cause: _,
+        upload_left: _,
     } = line;
     // An 828 without a reply is an intermediate packet or part of a refused transfer
     // (rule S12): per packet, so at debug.

@@ -452,8 +452,8 @@ impl Monitor {
                     format!("connection ended mid-packet of {file}"),
                 );
             }
-            // Its header was shown as an upload (before the session refused it).
-            LogLine::RefusedMidPacket { client } => self.end_upload(client),
+            // Never shown: a packet is shown once the session has accepted it.
+            LogLine::RefusedMidPacket { .. } => {}
             LogLine::AbandonedWithConnection { client, file } => {
                 self.end_upload(client);
                 self.failure(
@@ -504,7 +504,11 @@ impl Monitor {
                 if request.reply == Some(ResponseCode::FileReceived) && !intermediate {
                     self.finish_upload(&client, request.payload);
                 } else if refused {
-                    self.end_upload(&client);
+                    // Not when the upload it refused is another's (a second connection of
+                    // the client while one receives a packet): that one goes on.
+                    if !request.upload_left {
+                        self.end_upload(&client);
+                    }
                 } else {
                     self.count_packets(&client, 1, packet_content(request));
                 }
@@ -672,6 +676,7 @@ mod tests {
             detail: reply.map(|_| "database error: down".to_owned()),
             cause: reply.map(|_| Cause::Storage),
             file: Some(Name::new("f.bin").unwrap()),
+            upload_left: false,
         })
     }
 
@@ -728,6 +733,7 @@ mod tests {
                 detail: None,
                 cause: None,
                 file: Some(Name::new("f.bin").unwrap()),
+                upload_left: false,
             })
         };
         for number in 1..=2 {

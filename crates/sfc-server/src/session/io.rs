@@ -141,6 +141,10 @@ pub struct RequestLog {
     pub cause: Option<super::Cause>,
     /// The file an 828 is about, when known.
     pub file: Option<Name>,
+    /// After an 828 refused with 1607: its client still has an upload in progress (a
+    /// packet refused because another connection is receiving one leaves that upload
+    /// alone). False for every other request.
+    pub upload_left: bool,
 }
 
 /// Storage work the conversation needs done; may block.

@@ -197,6 +197,16 @@ impl Conversation {
         self.current.is_some() || self.streaming || self.verdict_due || self.waiting.is_some()
     }
 
+    /// The client whose packet is being received, once the packet is accepted (its
+    /// upload continued or started); `None` before that, for a refused packet, and
+    /// between packets.
+    pub fn receiving(&self) -> Option<ClientId> {
+        self.current
+            .as_ref()
+            .filter(|current| current.lease.is_some())
+            .map(|current| current.header.client_id)
+    }
+
     /// File content is expected (the driver may read in larger pieces).
     pub fn expects_content(&self) -> bool {
         self.current.is_some() || self.streaming || self.skipping > 0
@@ -610,6 +620,10 @@ impl Conversation {
         outcome: &Outcome,
         packet: Option<(u16, u16, bool)>,
     ) {
+        // Asked only of refused 828s (not on the per-packet path).
+        let upload_left = code == RequestCode::SendFile.as_u16()
+            && outcome.code() == Some(sfc_proto::ResponseCode::ServerError)
+            && client.is_some_and(|id| self.core.registry.lock().contains_key(&id));
         let line = RequestLog {
             code,
             client,
@@ -621,6 +635,7 @@ impl Conversation {
             detail: outcome.detail.clone(),
             cause: outcome.cause,
             file: self.file.clone(),
+            upload_left,
         };
         self.act(Action::Log(LogLine::Request(line)));
     }
