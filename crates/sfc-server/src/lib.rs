@@ -52,7 +52,9 @@ pub mod tls {
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use crate::net::entropy::OsEntropy;
-    pub use crate::storage::names::{disk_name, split_version, unversioned, version_millis};
+    pub use crate::storage::names::{
+        disk_name, split_version, unversioned, version_millis, versioned,
+    };
     pub use crate::storage::testing::{
         check_blob_setup_id, check_contract, check_open_reads_back, check_remove_client,
         check_setup_id, Faults, FaultyBlobs, FaultyMeta, Gate, MemoryStorage,

@@ -16,7 +16,9 @@ use object_store::path::Path as Key;
 use object_store::ObjectStore;
 use sfc_proto::{ClientId, Response};
 use sfc_server::config::Store;
-use sfc_server::testing::{split_version, unversioned, version_millis, Faults, FaultyBlobs};
+use sfc_server::testing::{
+    disk_name, split_version, unversioned, version_millis, versioned, Faults, FaultyBlobs,
+};
 use sfc_server::{recover, BlobStore, FileRecord, MetaStore, S3BlobStore};
 use std::time::{Duration, Instant};
 
@@ -148,6 +150,29 @@ fn small_and_multipart_objects_persist_at_keys_of_their_own_and_undo() {
 
 /// A store under a fresh prefix whose requests go through an [`AnswerLosingProxy`] in
 /// front of the shared server; the proxy, the store and the prefix.
+/// The longest labels, small and multipart: each version's key ends in a segment of at
+/// most 255 bytes, as SeaweedFS requires (it keeps objects as files; a longer segment
+/// was `KeyTooLongError`, or a failed completion for a multipart upload), and every
+/// version of a label shares its disk name.
+#[test]
+fn objects_of_the_longest_labels_are_stored() {
+    let Some(weed) = shared("objects_of_the_longest_labels_are_stored") else {
+        return;
+    };
+    let (store, prefix) = fresh_store(weed, Duration::from_secs(600));
+    let small = data(1000, 3);
+    let large = data(9 << 20, 4);
+    for (label, content) in [("x".repeat(254), &small), ("X".repeat(80), &large)] {
+        let name = disk_name(&label);
+        let rel = put(&store, &name, content);
+        let stored = rel.rsplit('/').next().unwrap();
+        assert!(stored.len() <= 255, "{stored}");
+        assert_eq!(unversioned(stored), unversioned(&versioned(&name, 0)));
+        assert_eq!(store.size(&rel).unwrap(), content.len() as u64);
+    }
+    assert_eq!(weed.objects(&prefix).len(), 2);
+}
+
 fn store_behind_proxy(weed: &Weed) -> (AnswerLosingProxy, S3BlobStore, String) {
     let (proxy, location) = behind_proxy(weed);
     let store = S3BlobStore::open(&location, Duration::from_secs(600)).unwrap();

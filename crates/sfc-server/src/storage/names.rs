@@ -26,9 +26,11 @@
 //!
 //! A store shared by several servers (S3) keeps every upload under a name of its own,
 //! [`versioned`]: the disk name, `~v` and 32 hex digits (a UUIDv7: [`version_millis`]
-//! dates it). Neither kind of disk name ends
+//! dates it), at most 255 bytes too: a disk name over 221 bytes is first cut to 156 and
+//! followed by `~` and its own SHA-256, as above. Neither kind of disk name ends
 //! that way (plain names have no `~`; hashed ones end in `~` and 64 hex digits), so
-//! the disk name can be read back and versions never collide with plain names.
+//! the (possibly shortened) disk name can be read back, is the same for every version of
+//! a file, and versions never collide with plain names.
 
 use sha2::{Digest, Sha256};
 
@@ -104,9 +106,15 @@ pub fn disk_name(label: &str) -> String {
     if encoded.len() <= MAX_DISK_NAME_LEN && !encoded.is_empty() {
         return encoded;
     }
+    hashed(&encoded, HASHED_PREFIX_LEN, bytes)
+}
+
+/// The first `keep` bytes of `encoded` (never cut inside a `%XX`), `~`, and the SHA-256
+/// of `hashed` in hex.
+fn hashed(encoded: &str, keep: usize, hashed: &[u8]) -> String {
     // Cut at a character boundary that does not split an escape: back up to at most two
     // bytes if one of them starts an escape.
-    let mut cut = HASHED_PREFIX_LEN.min(encoded.len());
+    let mut cut = keep.min(encoded.len());
     let head = encoded.as_bytes();
     for back in 1..=2 {
         if cut >= back && head.get(cut - back) == Some(&b'%') {
@@ -115,8 +123,8 @@ pub fn disk_name(label: &str) -> String {
         }
     }
     let prefix = encoded.get(..cut).unwrap_or_default();
-    let digest = Sha256::digest(bytes);
-    let mut name = String::with_capacity(MAX_DISK_NAME_LEN);
+    let digest = Sha256::digest(hashed);
+    let mut name = String::with_capacity(cut + 1 + 64);
     name.push_str(prefix);
     name.push('~');
     for byte in digest {
@@ -128,10 +136,25 @@ pub fn disk_name(label: &str) -> String {
 /// Separates a disk name from its version in [`versioned`] names.
 const VERSION_SEPARATOR: &str = "~v";
 
-/// The name of one version of the file stored as `disk_name` (see the module docs).
-/// The S3 store's versions are UUIDv7 values, so [`version_millis`] dates them.
+/// Longest disk name that takes a version as it is: with `~v` and 32 hex digits, 255.
+const MAX_VERSIONED_STEM: usize = MAX_DISK_NAME_LEN - VERSION_SEPARATOR.len() - 32;
+
+/// The name of one version of the file stored as `disk_name` (see the module docs), at
+/// most [`MAX_DISK_NAME_LEN`] bytes: a longer disk name is first cut and hashed as
+/// [`disk_name`] cuts a long label (S3 servers that keep objects as files refuse a longer
+/// last key segment: SeaweedFS answers `KeyTooLongError`). The S3 store's versions are
+/// UUIDv7 values, so [`version_millis`] dates them.
 pub fn versioned(disk_name: &str, version: u128) -> String {
-    format!("{disk_name}{VERSION_SEPARATOR}{version:032x}")
+    let stem = if disk_name.len() <= MAX_VERSIONED_STEM {
+        std::borrow::Cow::Borrowed(disk_name)
+    } else {
+        std::borrow::Cow::Owned(hashed(
+            disk_name,
+            MAX_VERSIONED_STEM - 1 - 64,
+            disk_name.as_bytes(),
+        ))
+    };
+    format!("{stem}{VERSION_SEPARATOR}{version:032x}")
 }
 
 /// The disk name and version of a [`versioned`] name; `None` for any other name.
@@ -240,7 +263,11 @@ mod tests {
         assert_eq!(name, format!("a.bin~v{:032x}", 0xab));
         assert_eq!(unversioned(&name), "a.bin");
         let hashed = disk_name(&"A".repeat(254));
-        assert_eq!(unversioned(&versioned(&hashed, u128::MAX)), hashed);
+        // Too long to take a version as it is: every version shares its shortened form.
+        let last = versioned(&hashed, u128::MAX);
+        let first = versioned(&hashed, 1);
+        assert_eq!(unversioned(&last), unversioned(&first));
+        assert!(unversioned(&last).len() <= MAX_VERSIONED_STEM);
         // Disk names (hashed ones too) and malformed versions are not versions.
         assert_eq!(unversioned(&hashed), hashed);
         for other in ["a.bin~v12", "a.bin~vxyz00000000000000000000000000000"] {
@@ -265,6 +292,24 @@ mod tests {
         for undated in [uuid::Uuid::new_v4().as_u128(), 0, u128::MAX, 0xab] {
             assert_eq!(version_millis(undated), None, "{undated:032x}");
         }
+    }
+
+    /// The longest names: a label whose disk name is hashed (255 bytes) and one whose
+    /// encoded name is just over what a version fits; each version within 255 bytes.
+    #[test]
+    fn versions_of_long_names_fit_255_bytes() {
+        for label in ["x".repeat(254), "X".repeat(74), "x".repeat(222)] {
+            let name = disk_name(&label);
+            let version = versioned(&name, u128::MAX);
+            assert_eq!(version.len(), MAX_DISK_NAME_LEN, "{label}: {version}");
+            let (stem, at) = split_version(&version).unwrap();
+            assert_eq!(at, u128::MAX);
+            assert!(stem.len() < name.len(), "{stem}");
+            let (_, digest) = stem.rsplit_once('~').unwrap();
+            assert!(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        let fits = "x".repeat(MAX_VERSIONED_STEM);
+        assert_eq!(versioned(&fits, 1), format!("{fits}~v{:032x}", 1));
     }
 
     #[test]
@@ -326,14 +371,29 @@ mod tests {
         }
 
         #[test]
-        fn versions_keep_labels_apart(a in label(), b in label(), v in any::<u128>()) {
-            // A version of one label's name is never another label's name, and gives
-            // its own disk name back.
+        fn versions_keep_labels_apart(
+            a in label(),
+            b in label(),
+            v in any::<u128>(),
+            w in any::<u128>(),
+        ) {
+            // A version of one label's name is at most 255 bytes, is never another
+            // label's name nor a version of it, and every version of a label gives the
+            // same disk name back: its own, unless that had to be shortened.
             let (na, nb) = (disk_name(&a), disk_name(&b));
             prop_assert_eq!(unversioned(&na), na.as_str());
             let version = versioned(&na, v);
-            prop_assert_eq!(unversioned(&version), na.as_str());
-            prop_assert_ne!(version, nb);
+            check_shape(&version);
+            let other_version = versioned(&na, w);
+            prop_assert_eq!(unversioned(&version), unversioned(&other_version));
+            if na.len() <= MAX_VERSIONED_STEM {
+                prop_assert_eq!(unversioned(&version), na.as_str());
+            }
+            prop_assert_ne!(&version, &nb);
+            if a != b {
+                let version_of_b = versioned(&nb, v);
+                prop_assert_ne!(unversioned(&version), unversioned(&version_of_b));
+            }
         }
     }
 }
