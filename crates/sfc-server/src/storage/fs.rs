@@ -266,16 +266,22 @@ impl BlobStore for LocalBlobStore {
     }
 
     fn keep_setup_id(&self, id: &str) -> io::Result<String> {
-        self.keep_setup_id_linking(id, |from, to| fs::hard_link(from, to))
+        self.keep_setup_id_with(
+            id,
+            |from, to| fs::hard_link(from, to),
+            crate::storage::perms::write_private_file,
+        )
     }
 }
 
 impl LocalBlobStore {
-    /// [`BlobStore::keep_setup_id`], hard-linking with `link`.
-    fn keep_setup_id_linking(
+    /// [`BlobStore::keep_setup_id`], hard-linking with `link` and writing a new private
+    /// file with `write` (the tests' seams).
+    fn keep_setup_id_with(
         &self,
         id: &str,
         link: impl FnOnce(&Path, &Path) -> io::Result<()>,
+        write: impl Fn(&Path, &[u8]) -> io::Result<()>,
     ) -> io::Result<String> {
         crate::storage::perms::create_private_dir_all(&self.root)?;
         let target = self.root.join(SETUP_ID_PATH);
@@ -285,8 +291,12 @@ impl LocalBlobStore {
             ".{SETUP_ID_PATH}.{}.tmp",
             uuid::Uuid::new_v4().simple()
         ));
-        let linked = crate::storage::perms::write_private_file(&aside, &kept(id))
-            .and_then(|()| link(&aside, &target));
+        if let Err(error) = write(&aside, &kept(id)) {
+            // A full disk, say: writing under its name would fail the same way.
+            let _ = fs::remove_file(&aside);
+            return Err(error);
+        }
+        let linked = link(&aside, &target);
         let _ = fs::remove_file(&aside);
         let link_error = match linked {
             Ok(()) => {
@@ -302,7 +312,7 @@ impl LocalBlobStore {
         // under its name, which also fails if the name exists. A crash while it is written
         // leaves a few bytes that do not parse: start-up then stops and says so, rather
         // than pairing the store anew.
-        match crate::storage::perms::write_private_file(&target, &kept(id)) {
+        match write(&target, &kept(id)) {
             Ok(()) => {
                 sync_dir(&self.root)?;
                 tracing::info!(error = %link_error, "kept the set-up ID without a hard link");
@@ -311,12 +321,18 @@ impl LocalBlobStore {
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
                 already_kept(self.setup_id())
             }
-            Err(error) => Err(io::Error::new(
-                error.kind(),
-                format!(
-                    "cannot keep the set-up ID (hard link: {link_error}; creating it: {error})"
-                ),
-            )),
+            Err(error) => {
+                // Created but not written (created exclusively: no one else's file): an
+                // empty set-up ID would stop every later start as damaged.
+                let _ = fs::remove_file(&target);
+                Err(io::Error::new(
+                    error.kind(),
+                    format!(
+                        "cannot keep the set-up ID (hard link: {link_error}; creating it: \
+                         {error})"
+                    ),
+                ))
+            }
         }
     }
 }
@@ -659,14 +675,15 @@ mod tests {
         let store = LocalBlobStore::new(dir.path());
         // As vfat or a FUSE mount answers.
         let refuse = |_: &Path, _: &Path| Err(io::Error::from_raw_os_error(1));
+        let write = crate::storage::perms::write_private_file;
         assert_eq!(
-            store.keep_setup_id_linking("first-1", refuse).unwrap(),
+            store.keep_setup_id_with("first-1", refuse, write).unwrap(),
             "first-1"
         );
         assert_eq!(store.setup_id().unwrap().as_deref(), Some("first-1"));
         // Never replaced: a second server finds the first one's.
         assert_eq!(
-            store.keep_setup_id_linking("second-2", refuse).unwrap(),
+            store.keep_setup_id_with("second-2", refuse, write).unwrap(),
             "first-1"
         );
         let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -674,6 +691,53 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(names, [SETUP_ID_PATH], "no aside copy is left");
+    }
+
+    /// A full disk when the set-up ID is first kept: the start fails, and nothing is
+    /// left under its name (an empty file there would stop every later start as a
+    /// damaged set-up ID), with or without hard links.
+    #[test]
+    fn a_set_up_id_that_cannot_be_written_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::new(dir.path());
+        let full = |path: &Path, _: &[u8]| {
+            // Created, then the write fails (ENOSPC).
+            crate::storage::perms::write_private_file(path, b"")?;
+            Err(io::Error::from_raw_os_error(28))
+        };
+        let refuse = |_: &Path, _: &Path| Err(io::Error::from_raw_os_error(1));
+        let error = store
+            .keep_setup_id_with("first-1", refuse, full)
+            .unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(28), "{error}");
+        // The aside copy fails alike when hard links work: not retried under its name.
+        let link = |from: &Path, to: &Path| std::fs::hard_link(from, to);
+        assert!(store.keep_setup_id_with("first-1", link, full).is_err());
+        // The fallback's own write failing.
+        let mut writes = 0;
+        let second_fails = |path: &Path, bytes: &[u8]| {
+            writes += 1;
+            if writes == 1 {
+                crate::storage::perms::write_private_file(path, bytes)
+            } else {
+                full(path, bytes)
+            }
+        };
+        let second_fails = std::cell::RefCell::new(second_fails);
+        let error = store
+            .keep_setup_id_with("first-1", refuse, |p: &Path, b: &[u8]| {
+                (second_fails.borrow_mut())(p, b)
+            })
+            .unwrap_err();
+        assert!(error.to_string().contains("creating it"), "{error}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+        assert_eq!(store.setup_id().unwrap(), None);
+        // Once there is room, it is kept.
+        assert_eq!(store.keep_setup_id("first-1").unwrap(), "first-1");
     }
 
     #[test]
