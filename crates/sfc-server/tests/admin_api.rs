@@ -779,6 +779,22 @@ fn actions_with_a_session_cookie_need_the_csrf_token() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 303);
     assert!(admin.server.db().file(&id, "b.txt").unwrap().is_none());
+    // The actions that need nothing but the token take it as a header too, with no
+    // form at all (a script's fetch); without either, they are refused.
+    for token in [None, Some(csrf.as_str())] {
+        let mut request = admin
+            .agent
+            .post(admin.url(&format!("/clients/{id}/remove")))
+            .header("Cookie", &cookie);
+        if let Some(token) = token {
+            request = request.header("X-CSRF-Token", token);
+        }
+        let status = request.send_empty().unwrap().status().as_u16();
+        assert_eq!(status, if token.is_some() { 303 } else { 403 });
+    }
+    assert!(admin.server.db().client(&id).unwrap().is_none());
+    let (mut conn, id, key) = enrolled(&admin, "dora");
+    store_file(&mut conn, id, &key, "c.txt", b"third");
     let response = admin
         .agent
         .post(admin.url(&format!("/clients/{id}/remove")))
@@ -787,12 +803,13 @@ fn actions_with_a_session_cookie_need_the_csrf_token() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 303);
     assert!(admin.server.db().client(&id).unwrap().is_none());
-    // Logging out ends the session.
+    // Logging out ends the session (the token as a header alone here).
     let response = admin
         .agent
         .post(admin.url("/logout"))
         .header("Cookie", &cookie)
-        .send_form([("csrf", csrf.as_str())])
+        .header("X-CSRF-Token", &csrf)
+        .send_empty()
         .unwrap();
     assert_eq!(response.status().as_u16(), 303);
     assert_eq!(admin.page(&cookie, "/").0, 303);
@@ -874,6 +891,26 @@ fn a_packet_refused_for_another_connection_s_upload_leaves_that_upload_shown() {
         1.0,
         "the stored upload's duration is recorded"
     );
+}
+
+/// Removing a client whose upload waits between packets (a connection-per-request
+/// client) ends that upload, and it is no longer shown as in progress.
+#[test]
+fn removing_a_client_ends_its_upload_in_the_live_view() {
+    let admin = Admin::start();
+    let (_, id, key) = enrolled(&admin, "paused");
+    let plain = data(30_000, 7);
+    let cipher = encrypt(&key, &plain);
+    let packets = packets(id, "p.bin", plain.len(), &cipher, 4096, ContentSize::Whole);
+    let mut first = admin.server.connect();
+    first.send_raw(&packets[0]);
+    assert_eq!(first.recv(), Response::PacketReceived { client_id: id });
+    drop(first);
+    assert_eq!(admin.json("/api/v1/uploads").as_array().unwrap().len(), 1);
+    let (status, body) = admin.delete(&format!("/api/v1/clients/{id}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(admin.json("/api/v1/uploads"), serde_json::json!([]));
+    assert_eq!(admin.json("/api/v1/stats")["uploads_in_progress"], 0);
 }
 
 #[test]

@@ -554,6 +554,11 @@ impl Monitor {
         self.sync_uploads(Instant::now());
     }
 
+    /// A client was removed (by the admin): its upload, if one was shown, is over.
+    pub fn client_removed(&self, client: &ClientId) {
+        self.end_upload(client);
+    }
+
     fn end_upload(&self, client: &ClientId) {
         self.live().uploads.remove(client);
         self.sync_uploads(Instant::now());

@@ -181,6 +181,9 @@ pub(crate) async fn remove_client(state: &AdminState, id: &str) -> Result<Remove
         Removal::NotFound => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such client")),
         Removal::Busy => return Err(busy()),
     };
+    // Its parked upload went with it (a connection-per-request client's, between packets):
+    // no longer in progress.
+    state.monitor.client_removed(&id);
     tracing::info!(client = %id.short(), files = files.len(), "admin: client removed");
     Ok(Removed {
         client_id: id.to_hex(),

@@ -18,6 +18,7 @@ use super::templates::{
 };
 use super::{Peer, Shared, DEFAULT_PAGE};
 use crate::admin::FailureView;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{ConnectInfo, Form, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -175,7 +176,7 @@ async fn login(
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct CsrfForm {
     #[serde(default)]
     csrf: String,
@@ -183,12 +184,19 @@ struct CsrfForm {
     name: String,
 }
 
+/// The form of an action that needs only the CSRF token, which a script may send as the
+/// `X-CSRF-Token` header with no form at all (an empty one then).
+fn token_form(form: Result<Form<CsrfForm>, FormRejection>) -> CsrfForm {
+    form.map(|Form(form)| form).unwrap_or_default()
+}
+
 async fn logout(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
+    let form = token_form(form);
     if let Ok(auth @ Auth::Session { .. }) = authenticate(&state, peer.0, &headers, None).await {
         if check_csrf(&auth, &headers, Some(&form.csrf)).is_err() {
             return error_page(super::ApiError::new(
@@ -332,8 +340,9 @@ async fn remove(
     Actor(auth): Actor,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
+    let form = token_form(form);
     if let Err(refused) = check_csrf(&auth, &headers, Some(&form.csrf)) {
         return error_page(refused);
     }
