@@ -1938,10 +1938,32 @@ fn the_overview_is_computed_once_while_nothing_changes() {
     assert_eq!(page["items"][0]["file_name"], "f2.bin");
     assert!(page["items"][0]["size"].as_u64().unwrap() > 0);
     assert_eq!(queries() - before, 1);
+    // The names of the uploads in progress come from the overview as the dashboard polls
+    // it: on a server whose rows keep changing, each poll of the uploads does not start
+    // a pass of its own.
+    let mut paused = Conn::connect(server.addr());
+    let (other, other_key) = enroll(&mut paused, "other");
+    let cipher = encrypt(&other_key, &data(3000, 9));
+    let parked = packets(other, "p.bin", 3000, &cipher, 1024, ContentSize::Whole);
+    paused.send_raw(&parked[0]);
+    assert!(eventually(Duration::from_secs(10), || {
+        get("/api/v1/uploads").as_array().unwrap().len() == 1
+    }));
+    // A pass that knows the new client (the last one is older than 2 s by now) …
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(get("/api/v1/stats")["clients"], 2);
+    // … then a change, and polls within 2 s.
+    store(4);
+    let before = queries();
+    for _ in 0..3 {
+        assert_eq!(get("/api/v1/uploads")[0]["client_name"], "other");
+    }
+    assert_eq!(queries() - before, 0, "no pass for the uploads' names");
+    drop(paused);
     // A delete through the admin listener shows at once.
     let path = format!("/api/v1/clients/{}/file?name=f0.bin", id.to_hex());
     assert_eq!(admin.call("DELETE", &path).0, 200);
-    assert_eq!(get("/api/v1/stats")["files"], 3);
+    assert_eq!(get("/api/v1/stats")["files"], 4);
     drop(conn);
     admin.stop();
 }

@@ -220,16 +220,25 @@ pub(super) async fn api_files(
     }))
 }
 
-/// The uploads in progress, with the clients' names.
+/// The uploads in progress, with the clients' names. The names come from the overview
+/// as the dashboard polls it (up to a few seconds old: a client registered since shows
+/// its ID alone meanwhile), so that a busy server, whose rows change all the time, is not
+/// made to start a pass over the store at every poll only for names.
 pub(crate) async fn uploads(state: &AdminState) -> Result<Vec<crate::admin::UploadView>, ApiError> {
     let mut uploads = state.monitor.snapshot().uploads;
     if !uploads.is_empty() {
-        let names = all_clients(state).await?;
+        let clients = state
+            .overview
+            .clients(&state.core, Freshness::Polled)
+            .await?;
+        let names: std::collections::HashMap<&str, &str> = clients
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_str()))
+            .collect();
         for upload in &mut uploads {
             upload.client_name = names
-                .iter()
-                .find(|c| c.id == upload.client_id)
-                .map(|c| c.name.clone());
+                .get(upload.client_id.as_str())
+                .map(|name| (*name).to_owned());
         }
     }
     Ok(uploads)
