@@ -838,6 +838,41 @@ fn a_refused_packet_cut_short_is_not_left_shown_as_an_upload() {
     assert_eq!(admin.json("/api/v1/stats")["uploads_in_progress"], 0);
 }
 
+/// A packet accepted, then failed in its content (non-zero padding after the file's
+/// last encrypted byte, rule S11), whose connection ends before the rest: its upload is
+/// over, and no longer shown.
+#[test]
+fn a_packet_failed_mid_content_and_cut_short_is_not_left_shown() {
+    let admin = Admin::start();
+    let (mut conn, id, key) = enrolled(&admin, "padder");
+    let plain = data(1000, 5);
+    let cipher = encrypt(&key, &plain);
+    let header = sfc_proto::FilePacketHeader {
+        content_size: cipher.len() as u32,
+        orig_file_size: plain.len() as u32,
+        packet_number: 1,
+        total_packets: 1,
+        file_name: name("padded.bin"),
+    };
+    let padding = [0x55u8; 4096];
+    let content_len = (cipher.len() + padding.len()) as u32;
+    let mut bytes = header.encode_prefix(id, content_len).to_vec();
+    bytes.extend_from_slice(&cipher);
+    bytes.extend_from_slice(&padding);
+    conn.send_raw(&bytes[..bytes.len() - 1]);
+    assert!(eventually(Duration::from_secs(10), || {
+        admin.json("/api/v1/uploads").as_array().unwrap().len() == 1
+    }));
+    drop(conn);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            admin.json("/api/v1/uploads") == serde_json::json!([])
+        }),
+        "{}",
+        admin.json("/api/v1/uploads")
+    );
+}
+
 /// A packet from a second connection of a client while another connection receives one
 /// of its packets is refused (1607), whatever its file: the upload under way stays shown
 /// as it was, also

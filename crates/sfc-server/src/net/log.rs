@@ -24,7 +24,7 @@ pub(crate) fn emit(peer: SocketAddr, line: LogLine) {
             file = file.as_str(),
             "upload abandoned: connection ended mid-packet"
         ),
-        LogLine::RefusedMidPacket { client } => tracing::debug!(
+        LogLine::RefusedMidPacket { client, .. } => tracing::debug!(
             %peer,
             client = %client.short(),
             "connection ended mid-packet of a refused file packet"

@@ -452,8 +452,17 @@ impl Monitor {
                     format!("connection ended mid-packet of {file}"),
                 );
             }
-            // Never shown: a packet is shown once the session has accepted it.
-            LogLine::RefusedMidPacket { .. } => {}
+            // A packet refused at once was never shown (a packet is shown once the
+            // session has accepted it); one accepted, then failed, was, and its upload
+            // is over unless the client has another one under way.
+            LogLine::RefusedMidPacket {
+                client,
+                upload_left,
+            } => {
+                if !upload_left {
+                    self.end_upload(client);
+                }
+            }
             LogLine::AbandonedWithConnection { client, file } => {
                 self.end_upload(client);
                 self.failure(

@@ -102,11 +102,14 @@ pub enum LogLine {
         file: Name,
     },
     /// The connection ended in the middle of a packet that was refused (its 1607 due
-    /// after its content): nothing was started, nothing is answered; the upload its
-    /// header announced is not in progress.
+    /// after its content), at once or after a failure in its content (which abandoned
+    /// its upload); nothing is answered.
     RefusedMidPacket {
         /// The client the packet named.
         client: ClientId,
+        /// The client still has an upload in progress (another connection's): a packet
+        /// refused at once leaves it alone; one accepted, then failed, ended its own.
+        upload_left: bool,
     },
     /// The connection of a client that keeps its connection ended between two packets
     /// of an upload; the upload is dropped (rule S10).

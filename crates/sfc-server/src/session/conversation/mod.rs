@@ -552,8 +552,11 @@ impl Conversation {
                 return;
             }
             if current.reject.is_some() || current.swallow {
+                let client = current.header.client_id;
+                let upload_left = self.core.registry.lock().contains_key(&client);
                 self.act(Action::Log(LogLine::RefusedMidPacket {
-                    client: current.header.client_id,
+                    client,
+                    upload_left,
                 }));
             }
         }
