@@ -9,7 +9,7 @@ use crate::net::guards::AddressGuards;
 use crate::net::monitor::Monitor;
 use crate::net::proxy_protocol::{self, ProxySources};
 use crate::net::rate_limit::RateLimiter;
-use crate::net::refusals::{Refusal, RefusalLog, REFUSAL_LOG_INTERVAL};
+use crate::net::refusals::{Listed, Refusal, RefusalLog, REFUSAL_LOG_INTERVAL};
 use crate::session::Core;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -216,7 +216,7 @@ async fn serve_accepted(stream: TcpStream, peer: SocketAddr, shared: Shared) {
                     // Each one costs the address a failure: listed each time.
                     limits
                         .monitor
-                        .connection_refused(peer, "tls-handshake", Some(1));
+                        .connection_refused(peer, "tls-handshake", Some(Listed::ONE));
                     tracing::info!(%peer, %reason, "connection closed");
                 }
             }
@@ -258,7 +258,7 @@ async fn serve_proxied(
             shared
                 .limits
                 .monitor
-                .connection_refused(balancer, "proxy-header", Some(1));
+                .connection_refused(balancer, "proxy-header", Some(Listed::ONE));
             return;
         }
     };

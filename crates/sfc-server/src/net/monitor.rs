@@ -320,7 +320,12 @@ impl Monitor {
     /// among the failures only when `listed` gives the number of refusals to report: once
     /// per address, reason and interval for refusals that cost the peer nothing (as their
     /// log lines), so that no flood pushes the other failures off the list.
-    pub fn connection_refused(&self, peer: SocketAddr, reason: &'static str, listed: Option<u64>) {
+    pub(crate) fn connection_refused(
+        &self,
+        peer: SocketAddr,
+        reason: &'static str,
+        listed: Option<super::refusals::Listed>,
+    ) {
         self.metrics
             .connections_refused
             .get_or_create(&label("reason", reason))
@@ -331,15 +336,21 @@ impl Monitor {
                 .get_or_create(&label("limit", "failure"))
                 .inc();
         }
-        if let Some(count) = listed {
-            let detail = if count > 1 {
-                format!(
-                    "connection refused: {reason} ({count} from this address since the last entry)"
-                )
-            } else {
-                format!("connection refused: {reason}")
+        if let Some(listed) = listed {
+            let detail = match (listed.count, listed.others) {
+                (count, true) => format!(
+                    "connection refused: {reason} ({count} from addresses beyond those \
+                     counted apart, together, since the last entry)"
+                ),
+                (1, false) => format!("connection refused: {reason}"),
+                (count, false) => format!(
+                    "connection refused: {reason} ({count} from this address since the last \
+                     entry)"
+                ),
             };
-            self.failure("connection refused", Some(peer), None, detail);
+            // Counted with others: not this peer's alone.
+            let peer = (!listed.others).then_some(peer);
+            self.failure("connection refused", peer, None, detail);
         }
     }
 
@@ -879,12 +890,38 @@ mod tests {
         assert!(!text.contains("code=\"825\""), "{text}");
     }
 
+    /// A refusal counted with every address beyond those remembered apart is listed
+    /// without the peer that happened to trigger its line.
+    #[test]
+    fn refusals_counted_together_name_no_peer() {
+        let monitor = Monitor::new(Duration::from_secs(600));
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let together = crate::net::refusals::Listed {
+            count: 7,
+            others: true,
+        };
+        monitor.connection_refused(peer, "per-address", Some(together));
+        monitor.connection_refused(peer, "per-address", None);
+        let failures = monitor.snapshot().failures;
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].peer, None);
+        assert!(
+            failures[0].detail.contains("7 from addresses beyond"),
+            "{}",
+            failures[0].detail
+        );
+    }
+
     #[test]
     fn failures_keep_the_newest() {
         let monitor = Monitor::new(Duration::from_secs(600));
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         for _ in 0..FAILURES_KEPT + 5 {
-            monitor.connection_refused(peer, "per-address", Some(1));
+            monitor.connection_refused(
+                peer,
+                "per-address",
+                Some(crate::net::refusals::Listed::ONE),
+            );
         }
         monitor.admin_login_failed(peer, "newest");
         let failures = monitor.snapshot().failures;

@@ -35,6 +35,24 @@ pub(crate) enum Refusal {
     NotFromBalancer,
 }
 
+/// What a refusal's log line reported, for the dashboard's failure list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Listed {
+    /// Refusals since the previous line of its key, this one included.
+    pub(crate) count: u64,
+    /// Counted with every address beyond the ones remembered apart
+    /// ([`Refused::Others`]), not with this peer's.
+    pub(crate) others: bool,
+}
+
+impl Listed {
+    /// One refusal of its own (those that cost their sender a failure are each listed).
+    pub(crate) const ONE: Listed = Listed {
+        count: 1,
+        others: false,
+    };
+}
+
 /// Whose refusals a line counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Refused {
@@ -130,18 +148,24 @@ impl RefusalLog {
     }
 
     /// Counts a refused connection from `peer` and logs a line when one is due; returns
-    /// the number of refusals that line reports, `None` when none was logged (the
-    /// dashboard's failure list takes what the log takes, so a flood pushes nothing off
-    /// it either).
-    pub(crate) fn refused(&self, peer: SocketAddr, why: Refusal) -> Option<u64> {
+    /// what that line reports, `None` when none was logged now (the dashboard's failure
+    /// list takes these lines, so a flood pushes nothing off it either; the counts held
+    /// back and logged later by [`RefusalLog::flush`] are only logged).
+    pub(crate) fn refused(&self, peer: SocketAddr, why: Refusal) -> Option<Listed> {
         match self.count_keyed(peer.ip(), why, Instant::now()) {
             (Refused::From(_), Some(count)) => {
                 self.emit(&peer, false, why, count);
-                Some(count)
+                Some(Listed {
+                    count,
+                    others: false,
+                })
             }
             (others, Some(count)) => {
                 self.emit(&others, true, why, count);
-                Some(count)
+                Some(Listed {
+                    count,
+                    others: true,
+                })
             }
             (_, None) => None,
         }

@@ -176,14 +176,17 @@ pub(crate) async fn remove_client(state: &AdminState, id: &str) -> Result<Remove
     let core = Arc::clone(&state.core);
     let result = blocking(move || Ok(core.admin_remove_client(&id)?)).await;
     state.overview.changed_here();
+    // Unless refused as busy, its parked upload (a connection-per-request client's,
+    // between packets) is gone, also when the removal failed after that: no longer in
+    // progress.
+    if !matches!(result, Ok(Removal::Busy)) {
+        state.monitor.client_removed(&id);
+    }
     let files = match result? {
         Removal::Removed(files) => files,
         Removal::NotFound => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such client")),
         Removal::Busy => return Err(busy()),
     };
-    // Its parked upload went with it (a connection-per-request client's, between packets):
-    // no longer in progress.
-    state.monitor.client_removed(&id);
     tracing::info!(client = %id.short(), files = files.len(), "admin: client removed");
     Ok(Removed {
         client_id: id.to_hex(),
