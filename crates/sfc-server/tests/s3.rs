@@ -148,8 +148,6 @@ fn small_and_multipart_objects_persist_at_keys_of_their_own_and_undo() {
     }
 }
 
-/// A store under a fresh prefix whose requests go through an [`AnswerLosingProxy`] in
-/// front of the shared server; the proxy, the store and the prefix.
 /// The longest labels, small and multipart: each version's key ends in a segment of at
 /// most 255 bytes, as SeaweedFS requires (it keeps objects as files; a longer segment
 /// was `KeyTooLongError`, or a failed completion for a multipart upload), and every
@@ -173,6 +171,8 @@ fn objects_of_the_longest_labels_are_stored() {
     assert_eq!(weed.objects(&prefix).len(), 2);
 }
 
+/// A store under a fresh prefix whose requests go through an [`AnswerLosingProxy`] in
+/// front of the shared server; the proxy, the store and the prefix.
 fn store_behind_proxy(weed: &Weed) -> (AnswerLosingProxy, S3BlobStore, String) {
     let (proxy, location) = behind_proxy(weed);
     let store = S3BlobStore::open(&location, Duration::from_secs(600)).unwrap();

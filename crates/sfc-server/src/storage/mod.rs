@@ -686,6 +686,32 @@ mod tests {
         assert!(dir.path().join(&before_lost).exists() && dir.path().join(&after_lost).exists());
     }
 
+    /// A row naming a version written before long disk names were shortened (a store that
+    /// took longer keys) and whose object is missing: a later version under the shortened
+    /// name is the same file's, maybe its last copy, and kept.
+    #[test]
+    fn versions_under_a_shortened_name_belong_to_the_file_of_the_longer_one() {
+        let (dir, meta, blobs, _, _) = data_folder();
+        let client = ClientId([0xab; 16]);
+        let t0 = 1_790_000_000_000;
+        let long = names::disk_name(&"y".repeat(254));
+        let before = format!(
+            "{FILES_DIR}/{}/{long}~v{:032x}",
+            client.to_hex(),
+            made_at(t0)
+        );
+        record_row(&meta, client, &"y".repeat(254), &before);
+        let later = store_version(&blobs, &client, &long, made_at(t0 + 2_000));
+        assert!(later.len() < before.len());
+        let recovered = recover(&|| meta.files(), 1, &blobs).unwrap();
+        assert!(
+            !recovered.orphans.contains(&later),
+            "{:?}",
+            recovered.orphans
+        );
+        assert!(dir.path().join(&later).exists());
+    }
+
     /// A row naming an undated version (a random one, written before versions were
     /// dated) replaces nothing: the file's other versions are plain orphans (within the
     /// cap), never removed as replaced ones beyond it; and an undated version of a file

@@ -145,7 +145,18 @@ const MAX_VERSIONED_STEM: usize = MAX_DISK_NAME_LEN - VERSION_SEPARATOR.len() - 
 /// last key segment: SeaweedFS answers `KeyTooLongError`). The S3 store's versions are
 /// UUIDv7 values, so [`version_millis`] dates them.
 pub fn versioned(disk_name: &str, version: u128) -> String {
-    let stem = if disk_name.len() <= MAX_VERSIONED_STEM {
+    format!(
+        "{}{VERSION_SEPARATOR}{version:032x}",
+        version_stem(disk_name)
+    )
+}
+
+/// What [`versioned`] puts before the version: `disk_name`, or its shortened form when
+/// it is over 221 bytes. Also the same for a name read back from a key written before
+/// names were shortened (a store that took longer keys), so that its versions and the
+/// later ones are seen as one file's.
+pub fn version_stem(disk_name: &str) -> std::borrow::Cow<'_, str> {
+    if disk_name.len() <= MAX_VERSIONED_STEM {
         std::borrow::Cow::Borrowed(disk_name)
     } else {
         std::borrow::Cow::Owned(hashed(
@@ -153,8 +164,7 @@ pub fn versioned(disk_name: &str, version: u128) -> String {
             MAX_VERSIONED_STEM - 1 - 64,
             disk_name.as_bytes(),
         ))
-    };
-    format!("{stem}{VERSION_SEPARATOR}{version:032x}")
+    }
 }
 
 /// The disk name and version of a [`versioned`] name; `None` for any other name.

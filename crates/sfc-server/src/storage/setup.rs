@@ -13,6 +13,7 @@ use super::sqlite::SqliteStore;
 use super::{BlobStore, FileRecord, MetaStore, StoreError};
 use crate::config::{Database, ServerConfig, Store, DB_FILE};
 use anyhow::Context;
+use std::borrow::Cow;
 use std::io;
 use std::path::Path;
 use std::time::Duration;
@@ -429,8 +430,11 @@ pub fn recover(
 /// Each row's path and its version's date ([`names::version_millis`], if dated), by
 /// client folder and disk name: which file an unrecorded path is a version of.
 struct RowsByFile<'a> {
-    named: std::collections::HashMap<(&'a str, &'a str), (&'a str, Option<u64>)>,
+    named: std::collections::HashMap<FileKey<'a>, (&'a str, Option<u64>)>,
 }
+
+/// A stored file's client folder and disk name ([`version_of`]).
+type FileKey<'a> = (&'a str, Cow<'a, str>);
 
 /// What an unrecorded path is to the rows; each names the row's path.
 enum Relation<'a> {
@@ -471,12 +475,18 @@ impl<'a> RowsByFile<'a> {
 }
 
 /// The client folder and disk name of a stored file's path, and when its version was
-/// made if it is a dated version.
-fn version_of(path: &str) -> Option<(&str, &str, Option<u64>)> {
+/// made if it is a dated version. A version's disk name is taken as
+/// [`names::versioned`] writes it now ([`names::version_stem`]), so that a key written
+/// with a longer one (before names were shortened) is a version of the same file.
+fn version_of(path: &str) -> Option<(&str, Cow<'_, str>, Option<u64>)> {
     let (folder, name) = path.rsplit_once('/')?;
     Some(match names::split_version(name) {
-        Some((disk_name, version)) => (folder, disk_name, names::version_millis(version)),
-        None => (folder, name, None),
+        Some((disk_name, version)) => (
+            folder,
+            names::version_stem(disk_name),
+            names::version_millis(version),
+        ),
+        None => (folder, Cow::Borrowed(name), None),
     })
 }
 
