@@ -64,7 +64,8 @@ fn a_server_that_stops_reading_is_named_as_such() {
     });
     let dir = tempdir();
     write_transfer_info(dir.path(), &double.address(), "stalled", "big.bin");
-    make_file(&dir.path().join("big.bin"), 16 << 20, 3);
+    // Far more than the loopback socket buffers hold, even tuned ones (16–32 MiB).
+    make_file(&dir.path().join("big.bin"), 96 << 20, 3);
     let run = run_client(dir.path(), &["--timeout", "1"]);
     run.assert_code(5);
     for wanted in ["stopped taking the request", "--timeout"] {

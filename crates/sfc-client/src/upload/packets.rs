@@ -140,8 +140,7 @@ impl<'a> PacketSource<'a> {
         chunk: &'a mut ReadBuffer,
         pool: &'a mut Vec<ReadBuffer>,
     ) -> Result<Self, ClientError> {
-        let file =
-            File::open(path).map_err(|e| file_error(path, format!("cannot be opened: {e}")))?;
+        let file = open_regular(path)?;
         Ok(PacketSource {
             reader: Some(FileReader {
                 file,
@@ -385,6 +384,30 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<()> {
     file.read_exact(buf)
 }
 
+/// Opens the file to send, which must still be a regular file: each send opens it again
+/// (a retry, a resend after 901), and something else put in its place since (a FIFO,
+/// whose plain open would wait for a writer with no time limit) is refused.
+fn open_regular(path: &Path) -> Result<File, ClientError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking opens and reads only for FIFOs and devices: a regular file reads
+        // as ever.
+        let nonblocking = rustix::fs::OFlags::NONBLOCK.bits();
+        options.custom_flags(i32::try_from(nonblocking).unwrap_or_default());
+    }
+    let file = options
+        .open(path)
+        .map_err(|e| file_error(path, format!("cannot be opened: {e}")))?;
+    match file.metadata() {
+        Ok(metadata) if metadata.is_file() => Ok(file),
+        Ok(_) => Err(file_error(path, "is no longer a regular file".to_owned())),
+        Err(e) => Err(file_error(path, format!("cannot be read: {e}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,5 +547,30 @@ mod tests {
                 assert_eq!(plain, data, "packet {packet}, size {size}");
             }
         }
+    }
+
+    /// A FIFO in place of the file is refused at once, not waited on.
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_refused_when_opened_to_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let Err(ClientError::File { reason, .. }) = open_regular(&path) else {
+            panic!("a FIFO opened as a file")
+        };
+        assert!(reason.contains("no longer a regular file"), "{reason}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"content").unwrap();
+        let mut read = String::new();
+        open_regular(&file)
+            .unwrap()
+            .read_to_string(&mut read)
+            .unwrap();
+        assert_eq!(read, "content");
     }
 }
