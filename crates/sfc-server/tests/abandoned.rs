@@ -347,18 +347,22 @@ fn connections_silent_after_an_intermediate_packet_hold_no_read_buffer() {
     let idle = Figures::of(pid, &data_dir);
     eprintln!("idle: {idle:?}");
 
-    let held: Vec<Conn> = (0..CONNECTIONS)
-        .map(|i| {
-            let mut conn = connect_from(source_address(i), addr);
-            conn.send_raw(&upload_packet(id, 1));
-            assert_eq!(
-                conn.recv(),
-                Response::PacketReceived { client_id: id },
-                "{i}"
-            );
-            conn
-        })
-        .collect();
+    // In batches, each left to go silent (the server keeps a connection's buffer for
+    // the next packet 200 ms): at most one batch's buffers exist at once.
+    let mut held: Vec<Conn> = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS {
+        let mut conn = connect_from(source_address(i), addr);
+        conn.send_raw(&upload_packet(id, 1));
+        assert_eq!(
+            conn.recv(),
+            Response::PacketReceived { client_id: id },
+            "{i}"
+        );
+        held.push(conn);
+        if i % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
     std::thread::sleep(Duration::from_millis(500));
     let after = Figures::of(pid, &data_dir);
     eprintln!("with {CONNECTIONS} silent connections: {after:?}");
