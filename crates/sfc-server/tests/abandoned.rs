@@ -210,6 +210,18 @@ fn warm_up(server: SocketAddr, round: usize) {
     common::assert_received(&reply, id, "warm.bin", &plain);
 }
 
+/// The server binary on `data_dir` (127.0.0.1, a free port, `extra` options), warmed up
+/// ([`warm_up`]): it, its address and its process ID.
+fn warmed_up(data_dir: &Path, extra: &[&str]) -> (ServerProcess, SocketAddr, u32) {
+    let mut server = ServerProcess::start_local(data_dir.to_str().unwrap(), extra);
+    let addr = server.listening_addr();
+    let pid = server.child.id();
+    for round in 0..3 {
+        warm_up(addr, round);
+    }
+    (server, addr, pid)
+}
+
 fn clients(divisor: usize) -> usize {
     std::env::var("SFC_ABANDONED_CLIENTS")
         .ok()
@@ -237,22 +249,7 @@ fn abandon_uploads(clients: usize, style: Style) {
     let data_dir = dir.path().join("data");
     // --upload-timeout at its default, spelled out: the timeout must not be what frees
     // the abandoned uploads.
-    let mut server = ServerProcess::start(&[
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--upload-timeout",
-        "600",
-    ]);
-    let addr = server.listening_addr();
-    let pid = server.child.id();
-
-    for round in 0..3 {
-        warm_up(addr, round);
-    }
+    let (mut server, addr, pid) = warmed_up(&data_dir, &["--upload-timeout", "600"]);
     std::thread::sleep(Duration::from_millis(500));
     let idle = Figures::of(pid, &data_dir);
     eprintln!("idle: {idle:?}");
@@ -324,19 +321,7 @@ fn connections_silent_after_an_intermediate_packet_hold_no_read_buffer() {
     const CONNECTIONS: usize = 800;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let mut server = ServerProcess::start(&[
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-    ]);
-    let addr = server.listening_addr();
-    let pid = server.child.id();
-    for round in 0..3 {
-        warm_up(addr, round);
-    }
+    let (mut server, addr, pid) = warmed_up(&data_dir, &[]);
     let id = enroll_per_request(source_address(0), addr, "restarter");
     // Once, so that the upload's own buffers are in the idle figures.
     assert_eq!(
