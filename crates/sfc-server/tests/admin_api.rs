@@ -1438,6 +1438,45 @@ fn a_readyz_request_that_goes_away_leaves_its_probe_to_the_next() {
     admin.stop();
 }
 
+/// One overview pass at a time: a request that needs a pass begun after a change waits
+/// for the pass under way (begun before it) to end, then starts its own; it does not
+/// start a second one beside it (on a busy server, a pass per request of the client
+/// list would pile up on the store).
+#[test]
+fn a_request_needing_a_newer_overview_waits_for_the_running_pass() {
+    let admin = FaultyAdmin::start();
+    let faults = &admin.faults;
+    let mut conn = Conn::connect(admin.server.addr());
+    let (id, key) = enroll(&mut conn, "owner");
+    let mut store = |file: &str| {
+        let plain = data(1000, 1);
+        assert_received(
+            &upload(&mut conn, id, &key, file, &plain, 512),
+            id,
+            file,
+            &plain,
+        );
+    };
+    store("a.bin");
+    faults.size_gate.hold_next();
+    let look = || admin.json("/api/v1/clients");
+    std::thread::scope(|scope| {
+        let first = scope.spawn(look);
+        assert!(faults.size_gate.wait_arrived(Duration::from_secs(20)));
+        store("b.bin");
+        let (tx, rx) = std::sync::mpsc::channel();
+        scope.spawn(move || tx.send(look()).unwrap());
+        // Not answered while the first pass is held (a second pass beside it would
+        // answer at once: its size queries are not held).
+        assert!(rx.recv_timeout(Duration::from_millis(700)).is_err());
+        faults.size_gate.open();
+        assert_eq!(first.join().unwrap()["items"][0]["files"], 1);
+        let second = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(second["items"][0]["files"], 2);
+    });
+    admin.stop();
+}
+
 /// A store that does not answer (a hung file store) makes `/readyz` answer 503 within
 /// the probe's time-out (5 s), not never; while that probe still waits, requests get 503
 /// at once and no other probe piles up on the store; once it answers, probes resume.

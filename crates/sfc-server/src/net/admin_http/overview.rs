@@ -104,26 +104,34 @@ impl Overview {
         freshness: Freshness,
     ) -> Result<Arc<Vec<ClientView>>, ApiError> {
         let asked = Instant::now();
-        let pass = {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = self.stamp(core);
-            if let Some((stamp, clients)) = &state.last {
-                if stamp.answers(asked, &now, freshness) {
-                    return Ok(Arc::clone(clients));
+        loop {
+            let (pass, answers) = {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                let now = self.stamp(core);
+                if let Some((stamp, clients)) = &state.last {
+                    if stamp.answers(asked, &now, freshness) {
+                        return Ok(Arc::clone(clients));
+                    }
                 }
-            }
-            match &state.running {
-                // A pass under way answers if it began late enough.
-                Some((stamp, pass)) if stamp.may_join(&now, freshness) => pass.clone(),
-                _ => {
-                    let pass = self.start(core, now, Arc::clone(&state.sizes));
-                    state.running = Some((now, pass.clone()));
-                    pass
+                match &state.running {
+                    // A pass under way answers if it began late enough; one that began
+                    // too early is waited for all the same (one pass at a time), then
+                    // looked at again.
+                    Some((stamp, pass)) => (pass.clone(), stamp.may_join(&now, freshness)),
+                    None => {
+                        let pass = self.start(core, now, Arc::clone(&state.sizes));
+                        state.running = Some((now, pass.clone()));
+                        (pass, true)
+                    }
                 }
+            };
+            let result = pass
+                .await
+                .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error));
+            if answers {
+                return result;
             }
-        };
-        pass.await
-            .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error))
+        }
     }
 
     /// After a change made through the admin listener: the next request does not get a
