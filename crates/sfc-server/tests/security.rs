@@ -267,6 +267,37 @@ fn failed_requests_beyond_the_budget_close_the_connection() {
     );
 }
 
+/// Attack: packets the server refuses (an unknown client's here), each on a new
+/// connection cut before its content, so that no 1607 is ever sent: each still costs the
+/// address a failure (its refusal cost the server a database read), and beyond the
+/// budget the address's connections are closed at once.
+#[test]
+fn refused_packets_cut_short_count_against_the_failure_budget() {
+    let server = TestServer::start_with(|c| {
+        c.failure_limit = RateLimit::new(1, 3);
+    });
+    let stranger = ClientId([0x77; 16]);
+    let cipher = vec![0u8; 2048];
+    let packet = packets(stranger, "x.bin", 2000, &cipher, 2048, ContentSize::Whole)
+        .pop()
+        .unwrap();
+    for _ in 0..5 {
+        let mut conn = server.connect();
+        conn.send_raw(&packet[..packet.len() - 1000]);
+        // No reply is due before the content: the refusal is decided once the header
+        // is read, which the server does before it sees the close.
+        drop(conn);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || server
+            .connect()
+            .closed_within(Duration::from_millis(500))),
+        "the address is still served"
+    );
+    let mut other = connect_from("127.0.0.2", server.addr);
+    let (_, _) = enroll(&mut other, "bystander");
+}
+
 /// Attack: one address opens connection after connection and holds them, to take every
 /// place of --max-connections. Beyond --max-connections-per-address a new connection is
 /// closed at once; the held ones and other addresses are served; closing one frees its

@@ -34,8 +34,8 @@
 //!
 //! Rate limits ([`PeerPolicy`]): an 825 beyond the peer address's registration budget
 //! is answered 1607 without touching the database; every reply 1601/1606/1607 counts
-//! against the address's failure budget, and the reply that exhausts it is followed by
-//! closing. Errors never end the process (rule S9): an invalid request is
+//! against the address's failure budget (so does a refused 828 whose connection ends
+//! before its 1607 is due), and the reply that exhausts it is followed by closing. Errors never end the process (rule S9): an invalid request is
 //! answered with 1607 (1601 for an invalid 825 name) and the conversation goes on; when
 //! framing is lost ([`Event::Malformed`]) the 1607 is followed by closing.
 
@@ -553,6 +553,13 @@ impl Conversation {
             }
             if current.reject.is_some() || current.swallow {
                 let client = current.header.client_id;
+                // Its 1607 was never sent, but the refusal was decided (and its work
+                // done: a database read, say): it costs the address a failure, as sent
+                // it would have. (The rest of a refused transfer, `swallow`, costs
+                // nothing, as its packets would not.)
+                if current.reject.is_some() {
+                    let _ = self.policy.record_failure(self.peer, self.now.mono);
+                }
                 let upload_left = self.core.registry.lock().contains_key(&client);
                 self.act(Action::Log(LogLine::RefusedMidPacket {
                     client,
