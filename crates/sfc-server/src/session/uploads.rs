@@ -381,6 +381,12 @@ impl Registry {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether `id` has an upload in progress (parked, checked out, or held for its
+    /// client's removal).
+    pub(super) fn has_upload(&self, id: &ClientId) -> bool {
+        self.lock().contains_key(id)
+    }
+
     /// A full-size batch buffer from the pool, or a new empty one. Not cleared: its
     /// stale bytes are scratch space, as in the upload (see `write_behind`).
     pub(super) fn batch_buffer(&self) -> Batch {

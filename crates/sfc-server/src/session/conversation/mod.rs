@@ -560,7 +560,7 @@ impl Conversation {
                 if current.reject.is_some() {
                     let _ = self.policy.record_failure(self.peer, self.now.mono);
                 }
-                let upload_left = self.core.registry.lock().contains_key(&client);
+                let upload_left = self.core.registry.has_upload(&client);
                 self.act(Action::Log(LogLine::RefusedMidPacket {
                     client,
                     upload_left,
@@ -633,7 +633,7 @@ impl Conversation {
         // Asked only of refused 828s (not on the per-packet path).
         let upload_left = code == RequestCode::SendFile.as_u16()
             && outcome.code() == Some(sfc_proto::ResponseCode::ServerError)
-            && client.is_some_and(|id| self.core.registry.lock().contains_key(&id));
+            && client.is_some_and(|id| self.core.registry.has_upload(&id));
         let line = RequestLog {
             code,
             client,
