@@ -3,8 +3,11 @@
 //! docs/PROTOCOL.md, rule C1: keep one connection for the whole session; if the server
 //! closes it after a reply (the original server does, after every request), reconnect and
 //! from then on use one connection per request, expecting a reply after EVERY request —
-//! each intermediate file packet and 901 included. [`Mode`] records which style is in
-//! force; [`Connection::prepare`] detects a server that closed after its last reply, and
+//! each intermediate file packet and 901 included. Only a connection closed after its
+//! first reply says that: one the server kept for two replies or more and then closed was
+//! cut by an idle time-out, a restart or a balancer, and is just opened again in the same
+//! style. [`Mode`] records which style is in force; [`Connection::prepare`] detects a
+//! server that closed after its last reply, and
 //! [`Connection::round_trip`] retries a request once on a fresh connection when the old
 //! one turns out to be dead (only when it had already carried a request, so a server that
 //! fails a request on a fresh connection is reported, not retried).
@@ -108,6 +111,8 @@ pub struct Connection {
     /// True while the open stream has carried no request (a new connection kept for the
     /// next one).
     unused: bool,
+    /// Replies read on the open stream (or the one just lost), stray ones included.
+    replies_on_stream: u32,
     /// The wait for the replies to the last request sent: started by the first read after
     /// it, ended by the next request.
     reply_wait: Option<ReplyWait>,
@@ -140,6 +145,7 @@ impl Connection {
             tls: None,
             last_reply_was_error: false,
             unused: false,
+            replies_on_stream: 0,
             reply_wait: None,
             pace: None,
             payload: Vec::with_capacity(sfc_proto::limits::MAX_RESPONSE_PAYLOAD),
@@ -198,6 +204,14 @@ impl Connection {
         }
     }
 
+    /// True when the server kept the current (or just lost) connection for more than one
+    /// reply: it does not close after each reply (the original server's style, rule C1),
+    /// so a close now is an idle time-out, a restart or a balancer, and the next
+    /// connection keeps the persistent style.
+    pub fn kept_for_several_replies(&self) -> bool {
+        self.replies_on_stream >= 2
+    }
+
     /// Uses one connection per request from the start (as the original client does).
     pub fn use_per_request(&mut self) {
         self.mode = Mode::PerRequest;
@@ -207,10 +221,11 @@ impl Connection {
     /// Gets a stream ready for the next request. Returns true when the stream is fresh
     /// (this request will be the first on it).
     ///
-    /// Persistent mode: reuses the stream unless the server has closed it; a close after a
-    /// normal reply switches to per-request mode (rule C1), a close after a 1607 just
-    /// reconnects (a server may drop a connection it no longer trusts). Per-request mode:
-    /// always a new connection.
+    /// Persistent mode: reuses the stream unless the server has closed it; a close after
+    /// the connection's first and only reply switches to per-request mode (rule C1); a
+    /// close after a 1607 (a server may drop a connection it no longer trusts) or of a
+    /// connection kept for several replies just reconnects. Per-request mode: always a
+    /// new connection.
     pub fn prepare(&mut self) -> Result<bool, NetworkError> {
         match self.mode {
             Mode::PerRequest => {
@@ -230,13 +245,15 @@ impl Connection {
                                 "   the server closed the connection after its error reply; \
                                  reconnecting",
                             );
+                        } else if self.kept_for_several_replies() {
+                            self.report_kept_connection_closed();
                         } else {
                             self.switch_to_per_request();
                         }
                     }
                 }
                 if self.stream.is_some() {
-                    Ok(false)
+                    Ok(self.unused)
                 } else {
                     self.connect()?;
                     Ok(true)
@@ -282,6 +299,7 @@ impl Connection {
                     self.stream = Some(stream);
                     self.last_reply_was_error = false;
                     self.unused = true;
+                    self.replies_on_stream = 0;
                     self.reply_wait = None;
                     // The next connection starts with the address that answered: one that
                     // does not (an AAAA record whose route drops packets) would otherwise
@@ -549,6 +567,7 @@ impl Connection {
     /// connection (the next request gets a new one).
     pub fn replied(&mut self, response: &Response) {
         self.last_reply_was_error = matches!(response, Response::ServerError);
+        self.replies_on_stream = self.replies_on_stream.saturating_add(1);
         if self.mode == Mode::PerRequest {
             self.stream = None;
         }
@@ -585,11 +604,14 @@ impl Connection {
                 }
                 Err(Failure::Gone { .. }) if !fresh && self.mode == Mode::Persistent => {
                     self.stream = None;
-                    if !self.last_reply_was_error {
-                        // Closed after a normal reply, or the server is gone: only one that
-                        // takes a new connection closes after each reply. (After a 1607 it
-                        // may just have dropped a connection it no longer trusted, rule
-                        // S9: reconnect in the same style.)
+                    if self.kept_for_several_replies() {
+                        // An idle time-out or a restart: the next turn reconnects.
+                        self.report_kept_connection_closed();
+                    } else if !self.last_reply_was_error {
+                        // Closed after its first reply, or the server is gone: only one
+                        // that takes a new connection closes after each reply. (After a
+                        // 1607 it may just have dropped a connection it no longer trusted,
+                        // rule S9: reconnect in the same style.)
                         self.connect()?;
                         self.switch_to_per_request();
                     }
@@ -597,6 +619,19 @@ impl Connection {
                 Err(failure) => return Err(self.error(failure, &what)),
             }
         }
+    }
+
+    /// Says (with `-v`) that a connection kept for several replies was closed, and why
+    /// that does not change the style.
+    pub fn report_kept_connection_closed(&self) {
+        self.reporter.detail(
+            Verbosity::Verbose,
+            format!(
+                "   the server closed the connection after {} replies on it (an idle time-out \
+                 or a restart, not a server that closes after each reply); reconnecting",
+                self.replies_on_stream
+            ),
+        );
     }
 
     /// Turns a failure during `what` into the error reported to the user.
@@ -817,10 +852,17 @@ mod tests {
         let mut conn = quiet_connection(addr);
         assert!(conn.prepare().unwrap());
         let (server_side, _) = listener.accept().unwrap();
-        assert!(!conn.prepare().unwrap(), "open stream is reused");
+        assert!(
+            conn.prepare().unwrap(),
+            "open stream is reused, still fresh"
+        );
+        conn.unused = false;
+        assert!(!conn.prepare().unwrap(), "open stream is reused, used");
         drop(server_side);
         std::thread::sleep(Duration::from_millis(50));
-        // Closed after a (pretend) normal reply: per-request mode and a fresh connection.
+        // Closed after its first (pretend) normal reply: per-request mode and a fresh
+        // connection.
+        conn.replied(&sfc_proto::Response::Ack { client_id: None });
         assert!(conn.prepare().unwrap());
         assert_eq!(conn.mode(), Mode::PerRequest);
     }
@@ -863,22 +905,7 @@ mod tests {
     fn a_request_lost_on_a_closed_connection_is_sent_again() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let reply = sfc_proto::Response::Registered {
-            client_id: sfc_proto::ClientId([1; 16]),
-        }
-        .encode();
-        let server = std::thread::spawn(move || {
-            let mut buf = [0u8; 23 + 255];
-            let (mut first, _) = listener.accept().unwrap();
-            first.read_exact(&mut buf).unwrap();
-            first.write_all(&reply).unwrap();
-            // Swallow the second request and close without replying.
-            first.read_exact(&mut buf).unwrap();
-            drop(first);
-            let (mut second, _) = listener.accept().unwrap();
-            second.read_exact(&mut buf).unwrap();
-            second.write_all(&reply).unwrap();
-        });
+        let server = server_closing_after(listener, 1);
         let mut conn = quiet_connection(addr);
         let request = register_request();
         assert!(conn.round_trip(&request).is_ok());
@@ -926,6 +953,67 @@ mod tests {
         ));
         assert_eq!(conn.mode(), Mode::Persistent);
         server.join().unwrap();
+    }
+
+    /// A server that answers `replies` requests on a connection, then swallows the next
+    /// one and closes; the connection after it answers one request.
+    fn server_closing_after(listener: TcpListener, replies: usize) -> std::thread::JoinHandle<()> {
+        let reply = sfc_proto::Response::Registered {
+            client_id: sfc_proto::ClientId([1; 16]),
+        }
+        .encode();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 23 + 255];
+            let (mut first, _) = listener.accept().unwrap();
+            for _ in 0..replies {
+                first.read_exact(&mut buf).unwrap();
+                first.write_all(&reply).unwrap();
+            }
+            first.read_exact(&mut buf).unwrap();
+            drop(first);
+            let (mut second, _) = listener.accept().unwrap();
+            second.read_exact(&mut buf).unwrap();
+            second.write_all(&reply).unwrap();
+        })
+    }
+
+    /// A connection the server kept for two replies, then closed without replying to the
+    /// third request (an idle time-out, a restart): the request is sent again on a new
+    /// connection in the same, persistent style.
+    #[test]
+    fn a_close_after_several_replies_reconnects_in_the_same_style() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = server_closing_after(listener, 2);
+        let mut conn = quiet_connection(addr);
+        let request = register_request();
+        for _ in 0..3 {
+            assert!(conn.round_trip(&request).is_ok());
+            assert_eq!(conn.mode(), Mode::Persistent);
+        }
+        server.join().unwrap();
+    }
+
+    /// The same close seen before sending (the server closed a connection kept for two
+    /// replies): a new connection, still persistent.
+    #[test]
+    fn a_connection_kept_for_several_replies_and_closed_is_opened_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut conn = quiet_connection(addr);
+        assert!(conn.prepare().unwrap());
+        let (server_side, _) = listener.accept().unwrap();
+        let ack = sfc_proto::Response::Ack {
+            client_id: Some(sfc_proto::ClientId([1; 16])),
+        };
+        conn.replied(&ack);
+        conn.replied(&ack);
+        conn.unused = false;
+        drop(server_side);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(conn.prepare().unwrap(), "a new connection");
+        assert_eq!(conn.mode(), Mode::Persistent);
+        assert!(!conn.kept_for_several_replies(), "counted anew");
     }
 
     /// On a fresh connection the same failure is an error, never a silent resend.

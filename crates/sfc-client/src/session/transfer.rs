@@ -256,8 +256,10 @@ impl Snapshot {
     }
 }
 
-/// One send of the file, repeated on 1607 (at most 3 retries) and once more in
-/// per-request mode if the server turned out to close connections after each reply.
+/// One send of the file, repeated on 1607 (at most 3 retries) and once more on a new
+/// connection if the one it was sent on was closed: in per-request mode if the server
+/// turned out to close connections after each reply, in the same style if it had kept
+/// that connection for several replies (an idle time-out or a restart, rule C1).
 fn send_with_retries(
     conn: &mut Connection,
     reporter: &Reporter,
@@ -286,11 +288,19 @@ fn send_with_retries(
             Err(AttemptError::Gone { sent }) => {
                 // Closed without a reply to this send: the original server does that when
                 // it closed after its previous reply, a server that died does it too.
-                // Only one that takes a new connection is treated as the former.
+                // Only one that takes a new connection is treated as the former, and only
+                // if it had not kept the lost connection for several replies.
+                let kept = conn.kept_for_several_replies();
+                conn.close();
+                if kept {
+                    conn.report_kept_connection_closed();
+                }
                 if let Err(e) = conn.prepare() {
                     return Err(interrupted(ClientError::Network(e), params, sent));
                 }
-                conn.switch_to_per_request();
+                if !kept {
+                    conn.switch_to_per_request();
+                }
                 reporter.set_progress(0);
             }
             Err(AttemptError::Fatal(e)) => return Err(e),

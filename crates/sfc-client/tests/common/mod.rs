@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sfc_crypto::{AesKey, CbcDecryptor, PublicKey};
+use sfc_proto::limits::RESPONSE_HEADER_LEN;
 use sfc_proto::{
     ClientId, FilePacketHeader, Name, Request, RequestBody, RequestDecoder, RequestEvent,
     RequestHeader, Response,
@@ -275,6 +276,12 @@ pub struct Behaviour {
     pub server_errors: Vec<(u16, u32)>,
     /// Close the connection after every 1607 (rule S9 allows it).
     pub close_after_error: bool,
+    /// Close the connection after every final 1603: a server whose idle time-out ends the
+    /// connection while the client checks the file before its 900.
+    pub close_after_file: bool,
+    /// After each 1604, close the connection once the next request starts to arrive,
+    /// without answering it: a server restarted between two files.
+    pub close_on_the_request_after_an_ack: bool,
     /// Answer the first N intermediate packets with 1607, drop that upload and answer
     /// every later packet of it with 1607 too, on any connection (as some servers do).
     pub intermediate_errors: u32,
@@ -497,6 +504,7 @@ fn serve(
     let mut first = true;
     let mut packet: Option<(RequestHeader, FilePacketHeader)> = None;
     let mut content = Vec::new();
+    let mut acked = false;
     loop {
         if let Some(pause) = behaviour.read_pause {
             std::thread::sleep(pause);
@@ -517,6 +525,9 @@ fn serve(
             }
             Err(_) => return,
         };
+        if acked {
+            return;
+        }
         let mut input = &buf[..n];
         // The end of a packet is reported by one more call once its content is complete,
         // even when no input is left.
@@ -593,8 +604,16 @@ fn serve(
                 if !write_reply(&mut stream, &bytes, behaviour, stop) {
                     return;
                 }
-                let is_error = bytes.get(1..3) == Some(&1607u16.to_le_bytes()[..]);
-                if behaviour.close_after_reply || (behaviour.close_after_error && is_error) {
+                let code = bytes.get(1..3);
+                let is_error = code == Some(&1607u16.to_le_bytes()[..]);
+                let is_final_1603 = code == Some(&1603u16.to_le_bytes()[..])
+                    && bytes.len() > RESPONSE_HEADER_LEN + 16;
+                acked = behaviour.close_on_the_request_after_an_ack
+                    && code == Some(&1604u16.to_le_bytes()[..]);
+                if behaviour.close_after_reply
+                    || (behaviour.close_after_error && is_error)
+                    || (behaviour.close_after_file && is_final_1603)
+                {
                     // Like the original server: whatever else the client sent is dropped.
                     let _ = stream.flush();
                     return;
