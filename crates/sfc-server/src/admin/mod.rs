@@ -249,6 +249,59 @@ pub fn fill_sizes(meta: &dyn MetaStore, blobs: &dyn BlobStore, views: &mut [File
     }
 }
 
+/// What a download found under a client's file name.
+pub enum StoredContent {
+    /// The content, and its length.
+    Found(Box<dyn std::io::Read + Send>, u64),
+    /// The client has no file of that name.
+    NoSuchFile,
+    /// The row names content the store does not have.
+    Missing,
+}
+
+impl std::fmt::Debug for StoredContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoredContent::Found(_, size) => write!(f, "Found({size} bytes)"),
+            StoredContent::NoSuchFile => f.write_str("NoSuchFile"),
+            StoredContent::Missing => f.write_str("Missing"),
+        }
+    }
+}
+
+/// Opens the content of the client's `file_name`, once: the length is that of the
+/// content read even if an upload of the same name replaces the file meanwhile. When
+/// the version the row named is gone by the time it is opened (in S3 every version has a
+/// key of its own and the replaced one is removed once the row names the new one), the
+/// row is read again and the version it names now is opened: a download racing a new
+/// upload gets one version or the other, never a false "missing".
+pub fn open_stored(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    id: &ClientId,
+    file_name: &str,
+) -> anyhow::Result<StoredContent> {
+    let mut gone: Option<String> = None;
+    // Three versions in a row replaced while being opened: the store is that busy with
+    // this name, or the row really names missing content.
+    for _ in 0..3 {
+        let Some(record) = meta.file(id, file_name)? else {
+            return Ok(StoredContent::NoSuchFile);
+        };
+        if gone.as_deref() == Some(record.path.as_str()) {
+            return Ok(StoredContent::Missing);
+        }
+        match blobs.open(&record.path) {
+            Ok((reader, size)) => return Ok(StoredContent::Found(reader, size)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                gone = Some(record.path);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(StoredContent::Missing)
+}
+
 /// The size of the file stored at `path`, the client's `file_name` as a row read earlier
 /// named it. When nothing is there any more because the file was replaced meanwhile (in
 /// S3 every version has a key of its own and the replaced one is removed once the row
@@ -500,6 +553,68 @@ mod tests {
         blobs.remove(&newer.path).unwrap();
         fill_sizes(&meta, &blobs, &mut views);
         assert_eq!(views[0].size, None);
+    }
+
+    /// A download whose version is replaced (and removed) between reading the row and
+    /// opening the content gets the new version, not a false "missing".
+    #[test]
+    fn a_download_racing_a_new_version_gets_the_new_one() {
+        use crate::storage::testing::{Faults, FaultyBlobs, MemoryStorage};
+        use std::io::Read;
+        let storage = MemoryStorage::new();
+        let meta = storage.meta();
+        let faults = std::sync::Arc::new(Faults::default());
+        let blobs = FaultyBlobs::new(storage.blobs(), std::sync::Arc::clone(&faults));
+        let id = ClientId([0x55; 16]);
+        meta.insert_client(&id, "erin", Timestamp(0)).unwrap();
+        let store = |version: u32, content: &[u8]| {
+            let mut temp = blobs
+                .create_temp(&id, &format!("f.bin~v{version}"))
+                .unwrap();
+            temp.write_all(content).unwrap();
+            let row = FileRecord {
+                client_id: id,
+                file_name: "f.bin".into(),
+                path: temp.persist().unwrap(),
+                verified: false,
+            };
+            if let Some(old) = meta.put_file(&row, Timestamp(1)).unwrap() {
+                blobs.remove(&old).unwrap();
+            }
+            row.path
+        };
+        let read = |found: StoredContent| match found {
+            StoredContent::Found(mut reader, size) => {
+                let mut content = Vec::new();
+                reader.read_to_end(&mut content).unwrap();
+                assert_eq!(size, content.len() as u64);
+                content
+            }
+            StoredContent::NoSuchFile => panic!("no such file"),
+            StoredContent::Missing => panic!("missing"),
+        };
+        store(1, b"first");
+        faults.open_gate.hold_next();
+        let newer = std::thread::scope(|scope| {
+            let download = scope.spawn(|| open_stored(&meta, &blobs, &id, "f.bin").unwrap());
+            assert!(faults
+                .open_gate
+                .wait_arrived(std::time::Duration::from_secs(20)));
+            let newer = store(2, b"the second version");
+            faults.open_gate.open();
+            assert_eq!(read(download.join().unwrap()), b"the second version");
+            newer
+        });
+        // Content really missing stays missing; an unknown name is no such file.
+        blobs.remove(&newer).unwrap();
+        assert!(matches!(
+            open_stored(&meta, &blobs, &id, "f.bin").unwrap(),
+            StoredContent::Missing
+        ));
+        assert!(matches!(
+            open_stored(&meta, &blobs, &id, "g.bin").unwrap(),
+            StoredContent::NoSuchFile
+        ));
     }
 
     /// With immutable paths a pass asks the store only for the sizes of files stored

@@ -4,6 +4,7 @@
 use super::access::{check_csrf, Authorized};
 use super::api::{blocking, client_id, ApiQuery};
 use super::{AdminState, ApiError, Shared};
+use crate::admin::{open_stored, StoredContent};
 use crate::session::Removal;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -33,20 +34,15 @@ pub(crate) async fn download_file(
     let core = Arc::clone(&state.core);
     let label = name.to_owned();
     let (size, reader) = blocking(move || {
-        let Some(record) = core.meta_store().file(&id, &label)? else {
-            return Ok(Err("no such file"));
-        };
-        // One open: the length sent is that of the content read, even if an upload of
-        // the same name replaces the file meanwhile.
-        match core.blob_store().open(&record.path) {
-            Ok((reader, size)) => Ok(Ok((size, reader))),
-            // Removed by a delete meanwhile, or missing from the store (the list shows
-            // it so): an answer, not a fault of the server.
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Err("the file's stored content is missing"))
-            }
-            Err(error) => Err(error.into()),
-        }
+        Ok(
+            match open_stored(core.meta_store(), core.blob_store(), &id, &label)? {
+                StoredContent::Found(reader, size) => Ok((size, reader)),
+                StoredContent::NoSuchFile => Err("no such file"),
+                // Missing from the store (the list shows it so): an answer, not a fault
+                // of the server.
+                StoredContent::Missing => Err("the file's stored content is missing"),
+            },
+        )
     })
     .await?
     .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, why))?;

@@ -22,12 +22,13 @@
 //!   happen but report a failure, as a connection to PostgreSQL that breaks after COMMIT
 //!   does; optionally the database is then down;
 //! - `setup_id_unseen` (in-memory stores only): both set-up IDs read as none;
-//! - five [`Gate`]s ([`FaultyMeta`]/[`FaultyBlobs`] only): `listing_gate` holds the next
+//! - six [`Gate`]s ([`FaultyMeta`]/[`FaultyBlobs`] only): `listing_gate` holds the next
 //!   `files()` (start-up recovery reads it), `keys_gate` the next store of a client's
 //!   keys, `persist_gate` the next move of a temporary file into place, `remove_gate` the
-//!   next removal of a stored file and `size_gate` the next size query, each until the
-//!   test opens it: a slow recovery, a slow 826, a commit still running when the server
-//!   shuts down, a slow store under `/readyz`.
+//!   next removal of a stored file, `size_gate` the next size query and `open_gate` the
+//!   next open of a stored file, each until the test opens it: a slow recovery, a slow
+//!   826, a commit still running when the server shuts down, a slow store under
+//!   `/readyz`, a download racing a new version.
 
 use crate::storage::{
     BlobStore, ClientRecord, FileRecord, Inserted, MetaStore, Persisted, StoreError, TempBlob,
@@ -83,6 +84,8 @@ pub struct Faults {
     pub remove_gate: Gate,
     /// Holds the next size query of a [`FaultyBlobs`] (`/readyz`'s probe makes one).
     pub size_gate: Gate,
+    /// Holds the next open of a stored file by a [`FaultyBlobs`] (a download's).
+    pub open_gate: Gate,
     /// Size queries a [`FaultyBlobs`] passed on (an S3 `HEAD` each on a real store).
     pub size_queries: AtomicU64,
     /// Row lookups (`file`) a [`FaultyMeta`] was asked for, failed ones included.
@@ -112,6 +115,7 @@ impl Default for Faults {
             persist_gate: Gate::default(),
             remove_gate: Gate::default(),
             size_gate: Gate::default(),
+            open_gate: Gate::default(),
             size_queries: AtomicU64::new(0),
             file_lookups: AtomicU64::new(0),
             persist_left_in_place: AtomicBool::new(false),
@@ -500,6 +504,7 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
         self.inner.remove_client(client)
     }
     fn open(&self, path: &str) -> io::Result<(Box<dyn io::Read + Send>, u64)> {
+        self.faults.open_gate.pass();
         self.inner.open(path)
     }
     fn size(&self, path: &str) -> io::Result<u64> {
