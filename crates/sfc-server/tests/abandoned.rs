@@ -21,7 +21,7 @@
 mod common;
 
 use common::process::ServerProcess;
-use common::{key_request, register_request, tcp_from, Conn};
+use common::{files_under, is_upload_temp, key_request, register_request, tcp_from, Conn};
 use sfc_proto::{ClientId, FilePacketHeader, Name, Response};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -80,15 +80,9 @@ impl Figures {
 /// Temporary upload files: names starting with '.' in the client folders (an encoded
 /// stored name never starts with '.'; see storage/fs.rs).
 fn temp_files(data_dir: &Path) -> usize {
-    let Ok(clients) = std::fs::read_dir(data_dir.join("files")) else {
-        return 0;
-    };
-    clients
-        .flatten()
-        .filter_map(|dir| std::fs::read_dir(dir.path()).ok())
-        .flatten()
-        .flatten()
-        .filter(|f| f.file_name().to_string_lossy().starts_with('.'))
+    files_under(&data_dir.join("files"))
+        .iter()
+        .filter(|path| is_upload_temp(path))
         .count()
 }
 

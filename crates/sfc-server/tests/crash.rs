@@ -168,30 +168,10 @@ fn db(dir: &Path) -> SqliteStore {
     SqliteStore::open_existing(&dir.join("defensive.db")).unwrap()
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(clients) = std::fs::read_dir(dir.join("files")) else {
-        return out;
-    };
-    for client in clients {
-        let client = client.unwrap().path();
-        for entry in std::fs::read_dir(&client).unwrap() {
-            out.push(entry.unwrap().path());
-        }
-    }
-    out.sort();
-    out
-}
-
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
-    files_under(dir)
+    files_under(&dir.join("files"))
         .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".upload-")
-        })
+        .filter(|path| is_upload_temp(path))
         .collect()
 }
 
@@ -225,7 +205,7 @@ fn check_after_restart(dir: &Path, server: &Proc, record: &mut Record) {
             );
         }
     }
-    for path in files_under(dir) {
+    for path in files_under(&dir.join("files")) {
         let hex = path
             .parent()
             .unwrap()

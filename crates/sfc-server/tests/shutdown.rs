@@ -259,23 +259,10 @@ fn a_second_sigterm_ends_the_shutdown_at_once() {
         "after.bin",
         &plain,
     );
-    let temporaries: Vec<_> = walk_files(&dir.path().join("files"))
+    let temporaries: Vec<_> = files_under(&dir.path().join("files"))
         .into_iter()
-        .filter(|name| name.starts_with('.'))
+        .filter(|path| is_upload_temp(path))
         .collect();
     assert!(temporaries.is_empty(), "{temporaries:?}");
     assert!(again.terminate().success());
-}
-
-/// The names of the files below `dir`, at any depth.
-fn walk_files(dir: &std::path::Path) -> Vec<String> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().unwrap().is_dir() {
-            names.extend(walk_files(&entry.path()));
-        } else {
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    names
 }

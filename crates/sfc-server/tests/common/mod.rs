@@ -274,27 +274,43 @@ impl TestServer {
 
     /// Every file under the data folder, relative, sorted (to check confinement).
     pub fn all_files(&self) -> Vec<String> {
-        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let entry = entry.unwrap();
-                let path = entry.path();
-                if entry.file_type().unwrap().is_dir() {
-                    walk(root, &path, out);
-                } else {
-                    out.push(
-                        path.strip_prefix(root)
-                            .unwrap()
-                            .to_string_lossy()
-                            .into_owned(),
-                    );
-                }
+        files_under(self.root())
+            .iter()
+            .map(|path| {
+                path.strip_prefix(self.root())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+}
+
+/// Every file below `dir` at any depth, sorted; none when `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path(), out);
+            } else {
+                out.push(entry.path());
             }
         }
-        let mut out = Vec::new();
-        walk(self.root(), self.root(), &mut out);
-        out.sort();
-        out
     }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Whether `path` is a temporary file of an upload (the local store's `.upload-…`).
+pub fn is_upload_temp(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with(".upload-"))
 }
 
 impl Drop for TestServer {
