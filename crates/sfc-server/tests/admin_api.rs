@@ -884,15 +884,8 @@ fn a_packet_refused_for_another_connection_s_upload_leaves_that_upload_shown() {
     let (mut a, id, key) = enrolled(&admin, "pat");
     let plain = data(100_000, 2);
     let cipher = encrypt(&key, &plain);
-    let huge = packets(
-        id,
-        "a.bin",
-        plain.len(),
-        &cipher,
-        cipher.len(),
-        ContentSize::Whole,
-    );
-    a.send_raw(&huge[0][..50_000]);
+    let huge = one_packet(id, "a.bin", plain.len(), &cipher);
+    a.send_raw(&huge[..50_000]);
     admin.server.wait_for_upload_start(id);
     let shown = || {
         let uploads = admin.json("/api/v1/uploads");
@@ -901,25 +894,18 @@ fn a_packet_refused_for_another_connection_s_upload_leaves_that_upload_shown() {
     assert!(eventually(Duration::from_secs(10), &shown));
     // Another file: it would replace the upload shown if it were shown before the
     // session refused it.
-    let other = packets(
-        id,
-        "b.bin",
-        plain.len(),
-        &cipher,
-        cipher.len(),
-        ContentSize::Whole,
-    );
+    let other = one_packet(id, "b.bin", plain.len(), &cipher);
     let mut b = admin.server.connect();
-    b.send_raw(&other[0]);
+    b.send_raw(&other);
     assert_eq!(b.recv(), Response::ServerError);
     assert!(shown(), "{}", admin.json("/api/v1/uploads"));
     let mut c = admin.server.connect();
-    c.send_raw(&huge[0][..60_000]);
+    c.send_raw(&huge[..60_000]);
     std::thread::sleep(Duration::from_millis(300));
     drop(c);
     std::thread::sleep(Duration::from_millis(300));
     assert!(shown(), "{}", admin.json("/api/v1/uploads"));
-    a.send_raw(&huge[0][50_000..]);
+    a.send_raw(&huge[50_000..]);
     assert_received(&a.recv(), id, "a.bin", &plain);
     assert_eq!(
         sample(&scrape(&admin), "sfc_upload_duration_seconds", None),

@@ -255,16 +255,7 @@ fn twenty_megabytes_in_many_packets_and_in_one_huge_packet() {
     assert_eq!((cksum, content_size as usize), (expected, cipher.len()));
     let many = started.elapsed();
     let started = Instant::now();
-    for packet in packets(
-        id,
-        "one.bin",
-        plain.len(),
-        &cipher,
-        cipher.len(),
-        ContentSize::Whole,
-    ) {
-        conn.send_raw(&packet);
-    }
+    conn.send_raw(&one_packet(id, "one.bin", plain.len(), &cipher));
     let Response::FileReceived { cksum, .. } = conn.recv() else {
         panic!()
     };
@@ -602,14 +593,7 @@ fn slow_and_idle_connections_time_out() {
     let (id, key) = enroll(&mut conn, "trickle");
     let plain = data(1_000_000, 1);
     let cipher = encrypt(&key, &plain);
-    let packet = &packets(
-        id,
-        "t.bin",
-        plain.len(),
-        &cipher,
-        cipher.len(),
-        ContentSize::Whole,
-    )[0];
+    let packet = &one_packet(id, "t.bin", plain.len(), &cipher);
     let started = Instant::now();
     let mut sent = 0;
     for chunk in packet.chunks(100) {
@@ -775,16 +759,9 @@ fn shutdown_closes_idle_connections_and_abandons_cut_uploads() {
     let (id, key) = enroll(&mut conn, "mia");
     let plain = data(50_000, 4);
     let cipher = encrypt(&key, &plain);
-    let all = packets(
-        id,
-        "cut.bin",
-        plain.len(),
-        &cipher,
-        cipher.len(),
-        ContentSize::Whole,
-    );
+    let all = one_packet(id, "cut.bin", plain.len(), &cipher);
     let idle = server.connect();
-    conn.send_raw(&all[0][..10_000]);
+    conn.send_raw(&all[..10_000]);
     server.wait_for_upload_start(id);
     let started = Instant::now();
     server.stop();
@@ -985,22 +962,15 @@ fn a_second_concurrent_upload_for_the_same_client_gets_1607() {
     let (id, key) = enroll(&mut a, "pat");
     let plain = data(100_000, 2);
     let cipher = encrypt(&key, &plain);
-    let huge = packets(
-        id,
-        "a.bin",
-        plain.len(),
-        &cipher,
-        cipher.len(),
-        ContentSize::Whole,
-    );
+    let huge = one_packet(id, "a.bin", plain.len(), &cipher);
     // Connection A is in the middle of its packet.
-    a.send_raw(&huge[0][..50_000]);
+    a.send_raw(&huge[..50_000]);
     server.wait_for_upload_start(id);
     let mut b = server.connect();
-    b.send_raw(&huge[0]);
+    b.send_raw(&huge);
     assert_eq!(b.recv(), Response::ServerError);
     // A finishes undisturbed.
-    a.send_raw(&huge[0][50_000..]);
+    a.send_raw(&huge[50_000..]);
     assert_received(&a.recv(), id, "a.bin", &plain);
 }
 

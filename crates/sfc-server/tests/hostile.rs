@@ -1331,24 +1331,17 @@ fn cases() -> Vec<Case> {
             |env, fx| {
                 let big = data(300_000, 9);
                 let cipher = encrypt(fx.key(), &big);
-                let all = packets(
-                    fx.id,
-                    "same.bin",
-                    big.len(),
-                    &cipher,
-                    cipher.len(),
-                    ContentSize::Whole,
-                );
+                let all = one_packet(fx.id, "same.bin", big.len(), &cipher);
                 let mut a = used_conn(env, fx);
-                a.send_raw(&all[0][..100_000]);
+                a.send_raw(&all[..100_000]);
                 assert!(eventually(Duration::from_secs(5), || temp_files(
                     env, fx.id
                 ) == 1));
                 let mut seen = Seen::default();
                 let mut b = env.connect();
-                b.send_raw(&all[0]);
+                b.send_raw(&all);
                 seen.read(&mut b, 1);
-                a.send_raw(&all[0][100_000..]);
+                a.send_raw(&all[100_000..]);
                 let reply = a.recv();
                 seen.replies.push(reply.code().as_u16());
                 if reply.code().as_u16() == 1603 {

@@ -516,6 +516,20 @@ pub fn packets(
         .collect()
 }
 
+/// The encoded 828 of a file sent as one packet (for tests that cut it in the middle).
+pub fn one_packet(id: ClientId, file: &str, plain_len: usize, cipher: &[u8]) -> Vec<u8> {
+    let mut all = packets(
+        id,
+        file,
+        plain_len,
+        cipher,
+        cipher.len(),
+        ContentSize::Whole,
+    );
+    assert_eq!(all.len(), 1);
+    all.remove(0)
+}
+
 /// Sends every packet of a file on `conn` and reads the one final reply (persistent
 /// connection style: no reply is expected for intermediate packets).
 pub fn upload(
