@@ -56,8 +56,8 @@ pub mod testing {
         disk_name, split_version, unversioned, version_millis, versioned,
     };
     pub use crate::storage::testing::{
-        check_blob_setup_id, check_contract, check_open_reads_back, check_remove_client,
-        check_setup_id, Faults, FaultyBlobs, FaultyMeta, Gate, MemoryStorage,
+        check_blob_setup_id, check_contract, check_open_reads_back, check_pending_removals,
+        check_remove_client, check_setup_id, Faults, FaultyBlobs, FaultyMeta, Gate, MemoryStorage,
     };
     pub use crate::testing_doubles::{CountingEntropy, OpenDoors};
 

@@ -43,6 +43,16 @@ fn removing_a_client_removes_its_rows_and_frees_its_name() {
 }
 
 #[test]
+fn removals_are_recorded_with_their_rows() {
+    let Some((_cluster, url, _db)) = fresh_url("pending removals") else {
+        return;
+    };
+    let store = PostgresStore::open(&url).unwrap();
+    sfc_server::testing::check_pending_removals(&store);
+    store.close().unwrap();
+}
+
+#[test]
 fn the_store_keeps_the_contract_of_defensive_db() {
     let Some((cluster, url, db)) = fresh_url("store contract") else {
         return;

@@ -92,6 +92,13 @@ impl MetaStore for CountingChanges {
     fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
         self.inner.files()
     }
+    fn pending_removals(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.pending_removals()
+    }
+    // Not a change the views show: no row changes.
+    fn forget_removals(&self, paths: &[String]) -> Result<(), StoreError> {
+        self.inner.forget_removals(paths)
+    }
     fn files_of(&self, id: &ClientId) -> Result<Vec<FileRecord>, StoreError> {
         self.inner.files_of(id)
     }

@@ -253,12 +253,16 @@ impl Core {
             return Ok(Removal::NotFound);
         };
         // Every file is tried (a failure is kept for housekeeping's retry); the first
-        // failure is reported.
+        // failure is reported. The removals done are forgotten in one commit.
         let mut failed = Ok(());
+        let mut done = Vec::new();
         for file in &files {
-            let removed = self.remove_unnamed(id, &file.file_name, &file.path);
-            failed = failed.and(removed);
+            match self.remove_stored(id, &file.file_name, &file.path) {
+                Ok(()) => done.push(file.path.clone()),
+                Err(error) => failed = failed.and(Err(error)),
+            }
         }
+        self.forget_removals(&done);
         failed?;
         self.blobs.remove_client(id)?;
         Ok(Removal::Removed(files))

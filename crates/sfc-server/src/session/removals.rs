@@ -10,6 +10,12 @@
 //! A retry removes the file only while no row names its path, under the file name's
 //! lock ([`super::name_locks::NameLocks`]): in a folder a new upload of the same label
 //! is stored at the same path, and must not be what the retry removes.
+//!
+//! The database also records each such path, in the transaction that removes or
+//! replaces its row ([`MetaStore::pending_removals`]); a removal that succeeds (here or
+//! in a retry) forgets it, and start-up removes what a crash or a restart left recorded
+//! ([`crate::storage::setup::remove_pending`]). This list in memory is what is retried
+//! while the server runs.
 
 use super::Core;
 use crate::storage::MetaStore;
@@ -149,9 +155,22 @@ impl Core {
     }
 
     /// Removes the stored file at `path`, which the row of the client's `file_name` no
-    /// longer names; if that fails, keeps it for [`Core::retry_removals`] and returns the
-    /// error.
+    /// longer names, and forgets its pending removal; if that fails, keeps it for
+    /// [`Core::retry_removals`] and returns the error.
     pub(super) fn remove_unnamed(
+        &self,
+        client: &ClientId,
+        file_name: &str,
+        path: &str,
+    ) -> io::Result<()> {
+        self.remove_stored(client, file_name, path)?;
+        self.forget_removals(&[path.to_owned()]);
+        Ok(())
+    }
+
+    /// [`Core::remove_unnamed`] without forgetting the pending removal (the caller
+    /// forgets many at once).
+    pub(super) fn remove_stored(
         &self,
         client: &ClientId,
         file_name: &str,
@@ -167,6 +186,14 @@ impl Core {
             });
         }
         result
+    }
+
+    /// Forgets the database's record of these removals: done, or not to be done. Best
+    /// effort: a record left is finished (or forgotten) by the next start-up.
+    pub(super) fn forget_removals(&self, paths: &[String]) {
+        if let Err(error) = self.meta.forget_removals(paths) {
+            tracing::debug!(%error, count = paths.len(), "cannot forget finished removals (the next start-up does)");
+        }
     }
 
     /// Retries the removals that failed (housekeeping calls it): each file is removed if
@@ -188,8 +215,10 @@ impl Core {
             let _name = self.names.lock(file.client, &file.file_name);
             let removal = match self.meta.file(&file.client, &file.file_name) {
                 Ok(Some(row)) if row.path == file.path => {
-                    if let Some(rechecks) = file.rechecks.checked_sub(1) {
-                        again.push(Unremoved { rechecks, ..file });
+                    match file.rechecks.checked_sub(1) {
+                        Some(rechecks) => again.push(Unremoved { rechecks, ..file }),
+                        // Named again: a folder's new upload of the same name.
+                        None => self.forget_removals(&[file.path]),
                     }
                     continue;
                 }
@@ -199,12 +228,14 @@ impl Core {
             match removal {
                 Ok(()) => {
                     removed += 1;
+                    self.forget_removals(std::slice::from_ref(&file.path));
                     if !owners.contains(&file.client) {
                         owners.push(file.client);
                     }
                 }
                 Err(error) if cannot_succeed(&error) => {
                     tracing::warn!(path = %file.path, %error, "cannot remove a stored file, and retrying cannot help: given up (left to the operator)");
+                    self.forget_removals(&[file.path]);
                 }
                 Err(_) => {
                     // The database or the store is likely down: one failure per call, not

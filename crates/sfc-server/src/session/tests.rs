@@ -745,6 +745,38 @@ fn a_removal_that_keeps_failing_does_not_keep_the_others_from_their_retry() {
     assert_eq!(h.core.retry_removals(), (1, 0));
 }
 
+/// The database keeps a record of each removal until it is done (so that a restart
+/// finishes it): a removal that fails stays recorded until a retry removes the file; a
+/// 902 or a client removal whose files go at once leaves nothing recorded.
+#[test]
+fn the_database_records_a_removal_until_it_is_done() {
+    let (h, faults) = harness_with_faults();
+    let recorded = || h.core.meta_store().pending_removals().unwrap();
+    let id = pending_removals(&h, &faults, "vic", &["a.bin", "b.bin"]);
+    let path = |id: ClientId, label: &str| format!("files/{}/{label}", id.to_hex());
+    assert_eq!(recorded(), vec![path(id, "a.bin"), path(id, "b.bin")]);
+    assert_eq!(h.core.retry_removals(), (2, 0));
+    assert_eq!(recorded(), Vec::<String>::new());
+    let (id, key) = enroll(&h, "wes");
+    for label in ["c.bin", "d.bin", "e.bin"] {
+        store(&h, id, &key, label, label.as_bytes());
+    }
+    let request = request(
+        id,
+        RequestBody::ChecksumFailed {
+            file_name: name("c.bin"),
+        },
+    );
+    assert!(h.core.handle_request(&ctx(false), request).reply.is_some());
+    assert!(!h.root.join(path(id, "c.bin")).exists());
+    assert_eq!(recorded(), Vec::<String>::new());
+    assert!(matches!(
+        h.core.admin_remove_client(&id).unwrap(),
+        Removal::Removed(files) if files.len() == 2
+    ));
+    assert_eq!(recorded(), Vec::<String>::new());
+}
+
 /// A removal that cannot succeed (here a directory where the file was) is given up, not
 /// retried for ever ahead of the others.
 #[test]

@@ -139,6 +139,12 @@ pub enum Inserted {
     NameTaken,
 }
 
+/// The table of pending removals ([`MetaStore::pending_removals`]) in SQLite and
+/// PostgreSQL: made at start-up if missing, beside the original tables, without a new
+/// schema version (as the set-up ID's table).
+pub(crate) const PENDING_REMOVALS_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS sfc_pending_removals (PathName TEXT PRIMARY KEY NOT NULL)";
+
 /// Clients and files (the `defensive.db` tables).
 ///
 /// Every mutating method takes `now` and also advances the client's `LastSeen` to it in
@@ -163,7 +169,8 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     ) -> Result<(), StoreError>;
     /// Inserts or replaces the file's row; returns the path the replaced row named, if
     /// any (the version the caller may now remove: servers sharing the database may
-    /// have replaced the row since the caller last read it).
+    /// have replaced the row since the caller last read it). A replaced path other than
+    /// the new one is recorded as a pending removal in the same transaction.
     fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<Option<String>, StoreError>;
     /// Sets Verified = 1; false when there is no such file.
     fn set_verified(
@@ -193,7 +200,8 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     }
     /// Deletes a file row and returns it; with `seen`, in the same transaction advances
     /// the client's `LastSeen` (a 902 is the client's own request; an operator's removal
-    /// passes `None` and leaves it).
+    /// passes `None` and leaves it). The row's path is recorded as a pending removal in
+    /// the same transaction.
     fn remove_file(
         &self,
         id: &ClientId,
@@ -201,11 +209,21 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
         seen: Option<Timestamp>,
     ) -> Result<Option<FileRecord>, StoreError>;
     /// Deletes a client and the rows of all its files in one transaction (its name is
-    /// free again); returns the removed file rows, or `None` when there is no such
-    /// client. The stored files are the caller's to remove (rows first, as for 902).
+    /// free again), recording their paths as pending removals in it; returns the removed
+    /// file rows, or `None` when there is no such client. The stored files are the
+    /// caller's to remove (rows first, as for 902).
     fn remove_client(&self, id: &ClientId) -> Result<Option<Vec<FileRecord>>, StoreError>;
     /// Advances `LastSeen` for many clients in one transaction.
     fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError>;
+    /// The paths recorded as pending removals ([`MetaStore::put_file`],
+    /// [`MetaStore::remove_file`], [`MetaStore::remove_client`]) and not forgotten since:
+    /// files that no row named any more when they were recorded and whose removal may not
+    /// have happened (a crash, a store failure). Start-up removes those no row names now
+    /// ([`setup::remove_pending`]), however many there are.
+    fn pending_removals(&self) -> Result<Vec<String>, StoreError>;
+    /// Forgets these pending removals: their files are removed, or a row names the path
+    /// again (a folder's new upload of the same name).
+    fn forget_removals(&self, paths: &[String]) -> Result<(), StoreError>;
     /// All clients, by name.
     fn clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
     /// All files, by owner and name.
@@ -418,6 +436,72 @@ mod tests {
         std::fs::write(dir.path().join(FILES_DIR).join("not-a-client/x"), b"x").unwrap();
         std::fs::create_dir(client_dir.join("sub")).unwrap();
         (dir, meta, blobs, kept, orphan)
+    }
+
+    /// A client removal cut short (its rows removed, none of its files) is finished at
+    /// start-up however many files it had: the database recorded them. Before, more than
+    /// [`setup::MAX_ORPHANS_REMOVED`] unrecorded files were all left, for good. A path a
+    /// row names again (a folder's new upload of the same name) is only forgotten; a
+    /// removal that fails is kept for the next start.
+    #[test]
+    fn removals_recorded_in_the_database_are_finished_at_start_up() {
+        use testing::{Faults, FaultyBlobs};
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteStore::open_in_memory().unwrap();
+        let faults = std::sync::Arc::new(Faults::default());
+        let blobs = FaultyBlobs::new(
+            LocalBlobStore::new(dir.path()),
+            std::sync::Arc::clone(&faults),
+        );
+        let (alice, bob) = (ClientId([0xa1; 16]), ClientId([0xb0; 16]));
+        meta.insert_client(&alice, "alice", Timestamp(0)).unwrap();
+        meta.insert_client(&bob, "bob", Timestamp(0)).unwrap();
+        let store = |client: ClientId, name: &str| {
+            let mut temp = blobs.create_temp(&client, name).unwrap();
+            temp.write_all(name.as_bytes()).unwrap();
+            let row = FileRecord {
+                client_id: client,
+                file_name: name.into(),
+                path: temp.persist().unwrap(),
+                verified: true,
+            };
+            meta.put_file(&row, Timestamp(0)).unwrap();
+            row
+        };
+        let many = setup::MAX_ORPHANS_REMOVED * 2;
+        let alices: Vec<FileRecord> = (0..many).map(|n| store(alice, &format!("f{n}"))).collect();
+        let bobs = store(bob, "b.bin");
+        // The crash: rows gone, files not.
+        assert_eq!(meta.remove_client(&alice).unwrap().unwrap().len(), many);
+        // Bob's file removed by a 902 and stored again at the same path before a crash.
+        meta.remove_file(&bob, "b.bin", None).unwrap();
+        assert_eq!(store(bob, "b.bin"), bobs);
+        assert_eq!(meta.pending_removals().unwrap().len(), many + 1);
+
+        faults
+            .remove_fails
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let failing = setup::remove_pending(&meta, &blobs).unwrap();
+        // One failure ends the pass (the store is likely down): all kept for next time.
+        assert_eq!((failing.removed, failing.left), (0, many + 1));
+        assert_eq!(meta.pending_removals().unwrap().len(), many + 1);
+        faults
+            .remove_fails
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+
+        setup::recover_at_start_up(&meta, &blobs).unwrap();
+        for row in &alices {
+            assert!(!dir.path().join(&row.path).exists(), "{}", row.path);
+        }
+        assert!(
+            !dir.path().join(FILES_DIR).join(alice.to_hex()).exists(),
+            "folder left"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join(&bobs.path)).unwrap(),
+            b"b.bin"
+        );
+        assert_eq!(meta.pending_removals().unwrap(), Vec::<String>::new());
     }
 
     #[test]

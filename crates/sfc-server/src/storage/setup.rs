@@ -13,6 +13,7 @@ use super::sqlite::SqliteStore;
 use super::{BlobStore, FileRecord, MetaStore, StoreError};
 use crate::config::{Database, ServerConfig, Store, DB_FILE};
 use anyhow::Context;
+use sfc_proto::ClientId;
 use std::borrow::Cow;
 use std::io;
 use std::path::Path;
@@ -229,6 +230,26 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
             return Err(anyhow::anyhow!("cannot read the database: {error}"))
         }
     };
+    // First the removals the database recorded (a crash or a store failure cut them
+    // short): however many, they are not unrecorded files whose count could mean a
+    // wrong database.
+    match remove_pending(meta, blobs) {
+        Ok(pending) => {
+            if pending.removed > 0 {
+                tracing::info!(
+                    removed = pending.removed,
+                    "removed stored files whose removal an earlier run had begun (their rows were already gone)"
+                );
+            }
+            if pending.left > 0 {
+                tracing::warn!(
+                    left = pending.left,
+                    "cannot finish the removals an earlier run had begun: tried again at the next start"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot finish the removals an earlier run had begun"),
+    }
     match recover(&|| meta.files(), clients.len(), blobs) {
         Ok(recovered) => {
             if recovered.stale_temps > 0 {
@@ -255,6 +276,80 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
         "database ready"
     );
     Ok(())
+}
+
+/// What [`remove_pending`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PendingDone {
+    /// Stored files removed.
+    pub removed: usize,
+    /// Pending removals forgotten without removing anything: a row names the path again
+    /// (a folder's new upload of the same name), or the path is not one this server
+    /// writes.
+    pub forgotten: usize,
+    /// Pending removals that failed again, kept for the next start.
+    pub left: usize,
+}
+
+/// Finishes the removals the database recorded as pending ([`MetaStore::pending_removals`]):
+/// each file no row names now is removed, and the removal forgotten. These are files
+/// whose rows a 902, an operator's removal or a replacing upload had already removed in
+/// the transaction that recorded them, so no count of them says the database is a wrong
+/// one ([`MAX_ORPHANS_REMOVED`] does not apply): a client removal with thousands of
+/// files cut short by a crash is finished here. A path a row names again is only
+/// forgotten; so is a path of a form this server does not write (a row adopted from
+/// another implementation), which is left in place. When a removal fails, it and the
+/// ones not yet tried are kept for the next start.
+pub fn remove_pending(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+) -> Result<PendingDone, StoreError> {
+    let pending = meta.pending_removals()?;
+    let mut done = PendingDone::default();
+    if pending.is_empty() {
+        return Ok(done);
+    }
+    let named: std::collections::HashSet<String> =
+        meta.files()?.into_iter().map(|row| row.path).collect();
+    let mut forget = Vec::new();
+    let mut owners = std::collections::BTreeSet::new();
+    let total = pending.len();
+    for (index, path) in pending.into_iter().enumerate() {
+        if named.contains(&path) || !is_own_path(&path) {
+            done.forgotten += 1;
+            forget.push(path);
+            continue;
+        }
+        match blobs.remove(&path) {
+            Ok(()) => {
+                done.removed += 1;
+                if let Some(owner) = path.split('/').nth(1) {
+                    owners.insert(owner.to_owned());
+                }
+                forget.push(path);
+            }
+            Err(error) => {
+                // The store is likely failing: one slow failure, not one per file.
+                tracing::warn!(%path, %error, "cannot remove a file whose row is gone");
+                done.left = total - index;
+                break;
+            }
+        }
+    }
+    meta.forget_removals(&forget)?;
+    // A removed client's folder goes with its last file, as after a removal that did
+    // not fail.
+    for owner in owners {
+        let Ok(id) = ClientId::from_hex(&owner) else {
+            continue;
+        };
+        if matches!(meta.client(&id), Ok(None)) {
+            if let Err(error) = blobs.remove_client(&id) {
+                tracing::warn!(client = %id.short(), %error, "cannot remove a removed client's folder");
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// What [`recover`] cleaned up at start-up.

@@ -131,6 +131,11 @@ pub(super) async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), S
             .map_err(db_err)?;
         tracing::info!(version = next, "PostgreSQL schema migrated");
     }
+    // Additive, under the same lock: the schema version older servers check is
+    // unchanged, so a rolling upgrade leaves them running (they record no removals).
+    tx.batch_execute(crate::storage::PENDING_REMOVALS_TABLE)
+        .await
+        .map_err(db_err)?;
     tx.commit().await.map_err(db_err)
 }
 

@@ -9,6 +9,11 @@
 //! files(ID bytea REFERENCES clients, FileName text, PathName text, Verified boolean, PRIMARY KEY (ID, FileName))
 //! ```
 //!
+//! Beside them, as in SQLite: `sfc_setup` (the set-up ID) and
+//! `sfc_pending_removals(PathName text PRIMARY KEY)`, the paths of stored files whose
+//! rows a statement removed or replaced, recorded by that statement, until their files
+//! are removed.
+//!
 //! # Migrations
 //!
 //! [`MIGRATIONS`](migrations::MIGRATIONS) are applied at start-up in one transaction, recorded in

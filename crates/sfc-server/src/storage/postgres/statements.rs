@@ -173,6 +173,10 @@ impl MetaStore for PostgresStore {
                               WHERE ID = $1 AND FileName = $2 FOR UPDATE) AS old
                         WHERE f.ID = old.ID AND f.FileName = old.FileName
                         RETURNING old.PathName
+                     ), pending AS (
+                        INSERT INTO sfc_pending_removals (PathName)
+                        SELECT PathName FROM replaced WHERE PathName <> $3
+                        ON CONFLICT DO NOTHING
                      ), seen AS (
                         UPDATE clients SET {} WHERE ID = $1 AND EXISTS (SELECT 1 FROM replaced)
                      )
@@ -259,18 +263,22 @@ impl MetaStore for PostgresStore {
         file_name: &str,
         seen: Option<Timestamp>,
     ) -> Result<Option<FileRecord>, StoreError> {
+        // The removed row's path is recorded as a pending removal in the same statement.
+        const REMOVED: &str = "WITH removed AS (
+                DELETE FROM files WHERE ID = $1 AND FileName = $2
+                RETURNING ID, FileName, PathName, Verified
+             ), pending AS (
+                INSERT INTO sfc_pending_removals (PathName) SELECT PathName FROM removed
+                ON CONFLICT DO NOTHING
+             )";
         let commit = match seen {
             None => self.query_then_commit(
-                "DELETE FROM files WHERE ID = $1 AND FileName = $2
-                 RETURNING ID, FileName, PathName, Verified",
+                &format!("{REMOVED} SELECT ID, FileName, PathName, Verified FROM removed"),
                 &[&&id.0[..], &file_name],
             )?,
             Some(now) => self.query_then_commit(
                 &format!(
-                    "WITH removed AS (
-                        DELETE FROM files WHERE ID = $1 AND FileName = $2
-                        RETURNING ID, FileName, PathName, Verified
-                     ), seen AS (
+                    "{REMOVED}, seen AS (
                         UPDATE clients SET {} WHERE ID = $1
                      )
                      SELECT ID, FileName, PathName, Verified FROM removed",
@@ -306,6 +314,9 @@ impl MetaStore for PostgresStore {
             "WITH gone_files AS (
                 DELETE FROM files WHERE ID = $1
                 RETURNING ID, FileName, PathName, Verified
+             ), pending AS (
+                INSERT INTO sfc_pending_removals (PathName) SELECT PathName FROM gone_files
+                ON CONFLICT DO NOTHING
              ), gone_client AS (
                 DELETE FROM clients WHERE ID = $1 RETURNING ID
              )
@@ -367,6 +378,28 @@ impl MetaStore for PostgresStore {
                    FOR NO KEY UPDATE OF c) AS seen
              WHERE clients.ID = seen.id",
             &[&ids, &times],
+        )?;
+        Ok(())
+    }
+
+    fn pending_removals(&self) -> Result<Vec<String>, StoreError> {
+        self.query(
+            "SELECT PathName FROM sfc_pending_removals ORDER BY PathName COLLATE \"C\"",
+            &[],
+        )?
+        .iter()
+        .map(|row| row.try_get(0).map_err(db_err))
+        .collect()
+    }
+
+    fn forget_removals(&self, paths: &[String]) -> Result<(), StoreError> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let paths = paths.to_vec();
+        self.query(
+            "DELETE FROM sfc_pending_removals WHERE PathName = ANY($1::text[])",
+            &[&paths],
         )?;
         Ok(())
     }

@@ -7,8 +7,11 @@
 //! files(ID BLOB, FileName TEXT, PathName TEXT, Verified INTEGER, PRIMARY KEY (ID, FileName))
 //! ```
 //!
-//! Beside them, this server's own one-row `sfc_setup` table holds the set-up ID
-//! ([`super::pairing`]); other implementations ignore it.
+//! Beside them, this server's own tables, which other implementations ignore: the
+//! one-row `sfc_setup` holds the set-up ID ([`super::pairing`]), and
+//! `sfc_pending_removals(PathName TEXT PRIMARY KEY)` the paths of stored files whose rows
+//! were removed or replaced, written in the same transaction, until their files are
+//! removed ([`MetaStore::pending_removals`]).
 //!
 //! `LastSeen` is UTC text `YYYY-MM-DD HH:MM:SS.mmm`. `PathName` is relative to the data
 //! folder. The schema version is kept in `PRAGMA user_version`; [`MIGRATIONS`] brings an
@@ -135,6 +138,10 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
         migrate(&mut conn)?;
         check_schema(&conn)?;
+        // Additive, as `sfc_setup`: the schema version an older server checks is
+        // unchanged, so it still opens the database (and records no removals).
+        conn.execute_batch(super::PENDING_REMOVALS_TABLE)
+            .map_err(db_err)?;
         Ok(conn)
     }
 
@@ -314,6 +321,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Records `path` as a pending removal, in the caller's transaction.
+fn record_pending(conn: &Connection, path: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO sfc_pending_removals (PathName) VALUES (?1)")?
+        .execute(params![path])?;
+    Ok(())
+}
+
 const TOUCH: &str = "UPDATE clients SET LastSeen = max(coalesce(LastSeen, ''), ?2) WHERE ID = ?1";
 
 fn touch_one(conn: &Connection, id: &ClientId, now: Timestamp) -> rusqlite::Result<()> {
@@ -460,6 +474,9 @@ impl MetaStore for SqliteStore {
                     Some("a file row for a client that does not exist".into()),
                 ));
             }
+            if let Some(old) = replaced.as_ref().filter(|old| **old != file.path) {
+                record_pending(c, old)?;
+            }
             touch_one(c, &file.client_id, now)?;
             Ok(replaced)
         })
@@ -517,9 +534,10 @@ impl MetaStore for SqliteStore {
                 )?
                 .query_row(params![&id.0[..], file_name], file_from_row)
                 .optional()?;
-            if record.is_some() {
+            if let Some(row) = &record {
                 c.prepare_cached("DELETE FROM files WHERE ID = ?1 AND FileName = ?2")?
                     .execute(params![&id.0[..], file_name])?;
+                record_pending(c, &row.path)?;
             }
             if let Some(now) = seen {
                 touch_one(c, &id, now)?;
@@ -539,6 +557,9 @@ impl MetaStore for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()?;
             c.prepare_cached("DELETE FROM files WHERE ID = ?1")?
                 .execute(params![&id.0[..]])?;
+            for row in &files {
+                record_pending(c, &row.path)?;
+            }
             let removed = c
                 .prepare_cached("DELETE FROM clients WHERE ID = ?1")?
                 .execute(params![&id.0[..]])?;
@@ -556,6 +577,30 @@ impl MetaStore for SqliteStore {
         self.write(move |c| {
             for (id, now) in &seen {
                 touch_one(c, id, *now)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn pending_removals(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut statement =
+                c.prepare("SELECT PathName FROM sfc_pending_removals ORDER BY PathName")?;
+            let rows = statement.query_map([], |row| row.get(0))?;
+            rows.collect()
+        })
+    }
+
+    fn forget_removals(&self, paths: &[String]) -> Result<(), StoreError> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let paths = paths.to_vec();
+        self.write(move |c| {
+            let mut statement =
+                c.prepare_cached("DELETE FROM sfc_pending_removals WHERE PathName = ?1")?;
+            for path in &paths {
+                statement.execute(params![path])?;
             }
             Ok(())
         })

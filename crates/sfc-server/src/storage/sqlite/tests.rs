@@ -12,6 +12,12 @@ fn removing_a_client_removes_its_rows_and_frees_its_name() {
 }
 
 #[test]
+fn removals_are_recorded_with_their_rows() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    crate::storage::testing::check_pending_removals(&store);
+}
+
+#[test]
 fn the_store_keeps_the_contract_of_defensive_db() {
     let store = SqliteStore::open_in_memory().unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);

@@ -68,6 +68,66 @@ pub fn check_remove_client(meta: &dyn MetaStore) {
     assert!(meta.client(&bob).unwrap().is_some());
 }
 
+/// Pending removals ([`MetaStore::pending_removals`]): a replaced path other than the
+/// new one, a removed file's path and a removed client's files' paths are recorded with
+/// the change; a path replaced by itself (a folder's new version) is not; forgetting
+/// removes exactly the paths given. `meta` must be empty.
+#[allow(clippy::unwrap_used, clippy::panic)] // a test helper: a failure is the report
+pub fn check_pending_removals(meta: &dyn MetaStore) {
+    let (dana, eve) = (ClientId([0xd0; 16]), ClientId([0xe0; 16]));
+    let t = Timestamp(1_000);
+    meta.insert_client(&dana, "dana", t).unwrap();
+    meta.insert_client(&eve, "eve", t).unwrap();
+    let path = |owner: ClientId, name: &str| format!("files/{}/{name}", owner.to_hex());
+    let row = |owner: ClientId, name: &str, stored: &str| FileRecord {
+        client_id: owner,
+        file_name: name.into(),
+        path: path(owner, stored),
+        verified: false,
+    };
+    let pending = || meta.pending_removals().unwrap();
+    assert_eq!(pending(), Vec::<String>::new());
+    assert_eq!(meta.put_file(&row(dana, "a", "a~v1"), t).unwrap(), None);
+    // The same path again: nothing to remove.
+    assert_eq!(
+        meta.put_file(&row(dana, "a", "a~v1"), t).unwrap(),
+        Some(path(dana, "a~v1"))
+    );
+    assert_eq!(pending(), Vec::<String>::new());
+    // A new path: the one it replaced is pending.
+    assert_eq!(
+        meta.put_file(&row(dana, "a", "a~v2"), t).unwrap(),
+        Some(path(dana, "a~v1"))
+    );
+    assert_eq!(pending(), vec![path(dana, "a~v1")]);
+    assert!(meta.remove_file(&dana, "a", None).unwrap().is_some());
+    assert!(meta.remove_file(&dana, "none", Some(t)).unwrap().is_none());
+    assert_eq!(pending(), vec![path(dana, "a~v1"), path(dana, "a~v2")]);
+    meta.put_file(&row(eve, "y", "y"), t).unwrap();
+    meta.put_file(&row(eve, "x", "x"), t).unwrap();
+    assert_eq!(
+        meta.remove_client(&eve).unwrap().map(|rows| rows.len()),
+        Some(2)
+    );
+    assert_eq!(
+        pending(),
+        vec![
+            path(dana, "a~v1"),
+            path(dana, "a~v2"),
+            path(eve, "x"),
+            path(eve, "y")
+        ]
+    );
+    // Recorded once however often (a folder's path removed, stored and removed again).
+    meta.put_file(&row(dana, "a", "a~v2"), t).unwrap();
+    meta.remove_file(&dana, "a", Some(t)).unwrap();
+    assert_eq!(pending().len(), 4);
+    meta.forget_removals(&[]).unwrap();
+    meta.forget_removals(&[path(dana, "a~v1"), path(eve, "x"), "files/never".into()])
+        .unwrap();
+    assert_eq!(pending(), vec![path(dana, "a~v2"), path(eve, "y")]);
+}
+
 /// [`BlobStore::open`] gives back the bytes persisted and their size, the size of what
 /// it opened even when the file is replaced meanwhile, and refuses missing or escaping
 /// paths.

@@ -440,6 +440,17 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
         self.faults.listing_gate.pass();
         self.inner.files()
     }
+    fn pending_removals(&self) -> Result<Vec<String>, StoreError> {
+        self.faults.db()?;
+        self.inner.pending_removals()
+    }
+    fn forget_removals(&self, paths: &[String]) -> Result<(), StoreError> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        self.commit()?;
+        self.inner.forget_removals(paths)
+    }
     fn files_of(&self, id: &ClientId) -> Result<Vec<FileRecord>, StoreError> {
         self.faults.db()?;
         self.inner.files_of(id)

@@ -42,6 +42,7 @@ struct Tables {
     clients: BTreeMap<ClientId, ClientRecord>,
     files: BTreeMap<(ClientId, String), FileRecord>,
     setup_id: Option<String>,
+    pending_removals: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -239,6 +240,9 @@ impl MetaStore for MemoryMeta {
         let replaced = tables
             .files
             .insert((file.client_id, file.file_name.clone()), file.clone());
+        if let Some(old) = replaced.as_ref().filter(|old| old.path != file.path) {
+            tables.pending_removals.insert(old.path.clone());
+        }
         touch(&mut tables, &file.client_id, now);
         Ok(replaced.map(|old| old.path))
     }
@@ -281,6 +285,9 @@ impl MetaStore for MemoryMeta {
         self.shared.faults.durable_db()?;
         let mut tables = self.shared.tables();
         let removed = tables.files.remove(&(*id, file_name.to_owned()));
+        if let Some(row) = &removed {
+            tables.pending_removals.insert(row.path.clone());
+        }
         if let Some(now) = seen {
             touch(&mut tables, id, now);
         }
@@ -299,11 +306,14 @@ impl MetaStore for MemoryMeta {
             .filter(|(owner, _)| owner == id)
             .cloned()
             .collect();
-        Ok(Some(
-            keys.iter()
-                .filter_map(|key| tables.files.remove(key))
-                .collect(),
-        ))
+        let removed: Vec<FileRecord> = keys
+            .iter()
+            .filter_map(|key| tables.files.remove(key))
+            .collect();
+        for row in &removed {
+            tables.pending_removals.insert(row.path.clone());
+        }
+        Ok(Some(removed))
     }
 
     fn touch(&self, seen: &[(ClientId, Timestamp)]) -> Result<(), StoreError> {
@@ -314,6 +324,29 @@ impl MetaStore for MemoryMeta {
         let mut tables = self.shared.tables();
         for (id, now) in seen {
             touch(&mut tables, id, *now);
+        }
+        Ok(())
+    }
+
+    fn pending_removals(&self) -> Result<Vec<String>, StoreError> {
+        self.shared.faults.db()?;
+        Ok(self
+            .shared
+            .tables()
+            .pending_removals
+            .iter()
+            .cloned()
+            .collect())
+    }
+
+    fn forget_removals(&self, paths: &[String]) -> Result<(), StoreError> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        self.shared.faults.durable_db()?;
+        let mut tables = self.shared.tables();
+        for path in paths {
+            tables.pending_removals.remove(path);
         }
         Ok(())
     }
@@ -601,6 +634,7 @@ mod tests {
         let storage = MemoryStorage::new();
         crate::storage::testing::check_remove_client(&storage.meta());
         crate::storage::testing::check_open_reads_back(&storage.blobs());
+        crate::storage::testing::check_pending_removals(&MemoryStorage::new().meta());
     }
 
     #[test]

@@ -11,5 +11,6 @@ pub use memory::MemoryStorage;
 mod contract;
 
 pub use contract::{
-    check_blob_setup_id, check_contract, check_open_reads_back, check_remove_client, check_setup_id,
+    check_blob_setup_id, check_contract, check_open_reads_back, check_pending_removals,
+    check_remove_client, check_setup_id,
 };
