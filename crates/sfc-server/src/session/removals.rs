@@ -199,7 +199,8 @@ impl Core {
     /// Retries the removals that failed (housekeeping calls it): each file is removed if
     /// no row names it (checked under its name's lock); one a row names again is dropped
     /// from the list (after [`ROW_RECHECKS`] retries if its row's removal was reported
-    /// as failed), and so is one whose removal cannot succeed ([`cannot_succeed`]). One
+    /// as failed), and so is one whose removal cannot succeed
+    /// ([`crate::storage::removal_cannot_succeed`]). One
     /// whose check or removal fails otherwise ends the call (the store is likely still
     /// failing: one slow failure per call, not one per file) and is kept behind the
     /// files not yet tried, which the next call tries first. A client no row names any
@@ -233,7 +234,7 @@ impl Core {
                         owners.push(file.client);
                     }
                 }
-                Err(error) if cannot_succeed(&error) => {
+                Err(error) if crate::storage::removal_cannot_succeed(&error) => {
                     tracing::warn!(path = %file.path, %error, "cannot remove a stored file, and retrying cannot help: given up (left to the operator)");
                     self.forget_removals(&[file.path]);
                 }
@@ -274,15 +275,6 @@ impl Core {
             tracing::warn!(client = %client.short(), %error, "cannot remove a removed client's folder");
         }
     }
-}
-
-/// Whether a failed removal would fail the same way every time: the path is not one the
-/// store writes (a row adopted from another implementation), or names a directory.
-fn cannot_succeed(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::InvalidInput | io::ErrorKind::IsADirectory
-    )
 }
 
 #[cfg(test)]

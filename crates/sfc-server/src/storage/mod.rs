@@ -139,6 +139,15 @@ pub enum Inserted {
     NameTaken,
 }
 
+/// Whether a failed removal would fail the same way every time: the path is not one the
+/// store writes (a row adopted from another implementation), or names a directory.
+pub fn removal_cannot_succeed(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::InvalidInput | io::ErrorKind::IsADirectory
+    )
+}
+
 /// The table of pending removals ([`MetaStore::pending_removals`]) in SQLite and
 /// PostgreSQL: made at start-up if missing, beside the original tables, without a new
 /// schema version (as the set-up ID's table).
@@ -482,26 +491,73 @@ mod tests {
             .remove_fails
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let failing = setup::remove_pending(&meta, &blobs).unwrap();
-        // One failure ends the pass (the store is likely down): all kept for next time.
+        // A few failures end the pass (the store is likely down): all kept for next time.
         assert_eq!((failing.removed, failing.left), (0, many + 1));
         assert_eq!(meta.pending_removals().unwrap().len(), many + 1);
         faults
             .remove_fails
             .store(false, std::sync::atomic::Ordering::SeqCst);
 
+        // Bob's gone.bin: its row names a later version whose object is missing (a store
+        // restored from an older snapshot), so the version recorded when the row moved
+        // on may be its last copy.
+        let version = |millis: u64| {
+            let made = uuid::Builder::from_unix_timestamp_millis(millis, &[7; 10]).into_uuid();
+            names::versioned("gone.bin", made.as_u128())
+        };
+        let t0 = 1_790_000_000_000;
+        let mut first = blobs.create_temp(&bob, &version(t0)).unwrap();
+        first.write_all(b"last copy").unwrap();
+        let last_copy = first.persist().unwrap();
+        let gone = |path: String| FileRecord {
+            client_id: bob,
+            file_name: "gone.bin".into(),
+            path,
+            verified: true,
+        };
+        meta.put_file(&gone(last_copy.clone()), Timestamp(0))
+            .unwrap();
+        let missing = format!("{FILES_DIR}/{}/{}", bob.to_hex(), version(t0 + 1_000));
+        meta.put_file(&gone(missing), Timestamp(0)).unwrap();
+        // One of Alice's files fails with EIO; where another was is now a directory (its
+        // removal cannot succeed): neither keeps the others from their turn.
+        let eio = alices[0].path.clone();
+        *faults.remove_fails_at.lock().unwrap() = Some(eio.clone());
+        std::fs::remove_file(dir.path().join(&alices[1].path)).unwrap();
+        std::fs::create_dir(dir.path().join(&alices[1].path)).unwrap();
+
         setup::recover_at_start_up(&meta, &blobs).unwrap();
-        for row in &alices {
+        for row in &alices[2..] {
             assert!(!dir.path().join(&row.path).exists(), "{}", row.path);
         }
-        assert!(
-            !dir.path().join(FILES_DIR).join(alice.to_hex()).exists(),
-            "folder left"
-        );
+        assert!(dir.path().join(&eio).is_file());
+        assert!(dir.path().join(&alices[1].path).is_dir(), "left alone");
         assert_eq!(
             std::fs::read(dir.path().join(&bobs.path)).unwrap(),
             b"b.bin"
         );
-        assert_eq!(meta.pending_removals().unwrap(), Vec::<String>::new());
+        assert_eq!(
+            std::fs::read(dir.path().join(&last_copy)).unwrap(),
+            b"last copy"
+        );
+        assert_eq!(
+            meta.pending_removals().unwrap(),
+            vec![eio.clone(), last_copy.clone()]
+        );
+
+        // The next start, the store healed: the failed one goes, the last copy stays.
+        *faults.remove_fails_at.lock().unwrap() = None;
+        let done = setup::remove_pending(&meta, &blobs).unwrap();
+        assert_eq!(
+            done,
+            setup::PendingDone {
+                removed: 1,
+                last_copies: 1,
+                ..setup::PendingDone::default()
+            }
+        );
+        assert!(!dir.path().join(&eio).exists());
+        assert_eq!(meta.pending_removals().unwrap(), vec![last_copy]);
     }
 
     #[test]

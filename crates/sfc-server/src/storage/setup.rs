@@ -284,12 +284,25 @@ pub struct PendingDone {
     /// Stored files removed.
     pub removed: usize,
     /// Pending removals forgotten without removing anything: a row names the path again
-    /// (a folder's new upload of the same name), or the path is not one this server
-    /// writes.
+    /// (a folder's new upload of the same name), the path is not one this server
+    /// writes, or its removal cannot succeed (a directory there).
     pub forgotten: usize,
-    /// Pending removals that failed again, kept for the next start.
+    /// Kept, and kept recorded, because they may be a file's last copy: the file's row
+    /// names another version whose object is missing (a store restored from an older
+    /// snapshot).
+    pub last_copies: usize,
+    /// Pending removals that failed, or were not tried after too many failures, kept for
+    /// the next start.
     pub left: usize,
 }
+
+/// Records [`remove_pending`] forgets at once: a start-up killed in the middle of a long
+/// pass keeps what it did.
+const FORGET_BATCH: usize = 256;
+
+/// Failed removals after which [`remove_pending`] takes the store for down and leaves
+/// the rest to the next start (one slow failure each, before the server listens).
+const PENDING_FAILURES_TOLERATED: usize = 8;
 
 /// Finishes the removals the database recorded as pending ([`MetaStore::pending_removals`]):
 /// each file no row names now is removed, and the removal forgotten. These are files
@@ -298,8 +311,10 @@ pub struct PendingDone {
 /// one ([`MAX_ORPHANS_REMOVED`] does not apply): a client removal with thousands of
 /// files cut short by a crash is finished here. A path a row names again is only
 /// forgotten; so is a path of a form this server does not write (a row adopted from
-/// another implementation), which is left in place. When a removal fails, it and the
-/// ones not yet tried are kept for the next start.
+/// another implementation), which is left in place, and one whose removal cannot succeed.
+/// As in [`recover`], a version of a file whose row names a missing object is never
+/// removed (it may be that file's last copy). A removal that fails is kept for the next
+/// start; after [`PENDING_FAILURES_TOLERATED`] failures the rest are too.
 pub fn remove_pending(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
@@ -309,31 +324,54 @@ pub fn remove_pending(
     if pending.is_empty() {
         return Ok(done);
     }
-    let named: std::collections::HashSet<String> =
-        meta.files()?.into_iter().map(|row| row.path).collect();
+    // Read after the records: a row that names a recorded path again is seen.
+    let rows = meta.files()?;
+    let named: std::collections::HashSet<&str> = rows.iter().map(|row| row.path.as_str()).collect();
+    let by_file = RowsByFile::of(&rows);
+    let exists = |path: &str| blobs.size(path).is_ok();
     let mut forget = Vec::new();
     let mut owners = std::collections::BTreeSet::new();
+    let mut failures = 0;
     let total = pending.len();
     for (index, path) in pending.into_iter().enumerate() {
-        if named.contains(&path) || !is_own_path(&path) {
+        if named.contains(path.as_str()) || !is_own_path(&path) {
             done.forgotten += 1;
             forget.push(path);
-            continue;
-        }
-        match blobs.remove(&path) {
-            Ok(()) => {
-                done.removed += 1;
-                if let Some(owner) = path.split('/').nth(1) {
-                    owners.insert(owner.to_owned());
+        } else if matches!(
+            by_file.relation(&path),
+            Relation::Replaced(row) | Relation::SameFile(row) if !exists(row)
+        ) {
+            tracing::warn!(%path, "not removing a file whose row is gone: its file's row names a missing object, so this may be its last copy");
+            done.last_copies += 1;
+        } else {
+            match blobs.remove(&path) {
+                Ok(()) => {
+                    done.removed += 1;
+                    if let Some(owner) = path.split('/').nth(1) {
+                        owners.insert(owner.to_owned());
+                    }
+                    forget.push(path);
                 }
-                forget.push(path);
+                Err(error) if super::removal_cannot_succeed(&error) => {
+                    tracing::warn!(%path, %error, "cannot remove a file whose row is gone, and retrying cannot help: given up (left to the operator)");
+                    done.forgotten += 1;
+                    forget.push(path);
+                }
+                Err(error) => {
+                    tracing::warn!(%path, %error, "cannot remove a file whose row is gone");
+                    done.left += 1;
+                    failures += 1;
+                    if failures >= PENDING_FAILURES_TOLERATED {
+                        // The store is likely failing: the rest wait for the next start.
+                        done.left += total - index - 1;
+                        break;
+                    }
+                }
             }
-            Err(error) => {
-                // The store is likely failing: one slow failure, not one per file.
-                tracing::warn!(%path, %error, "cannot remove a file whose row is gone");
-                done.left = total - index;
-                break;
-            }
+        }
+        if forget.len() >= FORGET_BATCH {
+            meta.forget_removals(&forget)?;
+            forget.clear();
         }
     }
     meta.forget_removals(&forget)?;
