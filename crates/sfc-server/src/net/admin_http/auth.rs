@@ -171,10 +171,12 @@ fn keep_private(path: &Path, file: &std::fs::File, through_link: bool) -> anyhow
     Ok(())
 }
 
-/// Like OpenSSH's `StrictModes`, for the token file's folder: another user who may
-/// replace files there (a folder writable by others without the sticky bit, or owned by
-/// another user) could swap the token file between two starts. A sticky folder such as
-/// `/tmp` lets nobody replace another's file, and the file itself is checked too.
+/// Like OpenSSH's `StrictModes`, for the token file's folder and every folder above it:
+/// another user who may replace entries in one of them (a folder writable by others
+/// without the sticky bit, or owned by another user) could swap the token file, or a
+/// folder on its path, between two starts. A sticky folder such as `/tmp` lets nobody
+/// replace another's entry, and the file itself is checked too. The folders are those of
+/// the real path (symbolic links resolved), the ones the file is reached through.
 #[cfg(unix)]
 fn check_token_folder(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -182,17 +184,25 @@ fn check_token_folder(path: &Path) -> anyhow::Result<()> {
         Some(folder) if !folder.as_os_str().is_empty() => folder,
         _ => Path::new("."),
     };
-    let meta = match std::fs::metadata(folder) {
-        Ok(meta) => meta,
+    let Ok(folder) = std::fs::canonicalize(folder) else {
         // A missing folder: creating the file says so.
-        Err(_) => return Ok(()),
+        return Ok(());
     };
-    folder_may_hold_the_token(
-        folder,
-        meta.uid(),
-        meta.permissions().mode(),
-        effective_uid(),
-    )
+    for ancestor in folder.ancestors() {
+        let meta = std::fs::metadata(ancestor).with_context(|| {
+            format!(
+                "cannot check the folder {} on the admin token file's path",
+                ancestor.display()
+            )
+        })?;
+        folder_may_hold_the_token(
+            ancestor,
+            meta.uid(),
+            meta.permissions().mode(),
+            effective_uid(),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(not(unix))]
@@ -211,17 +221,17 @@ fn folder_may_hold_the_token(
     const STICKY: u32 = 0o1000;
     if !owned_by_server_or_root(owner, effective_uid) {
         anyhow::bail!(
-            "the admin token file's folder {} is owned by uid {owner}, not by the server's \
-             user (uid {effective_uid}) or root: its owner could replace the token file; keep \
-             it in a folder of the server's user",
+            "the folder {} on the admin token file's path is owned by uid {owner}, not by \
+             the server's user (uid {effective_uid}) or root: its owner could replace the \
+             token file; keep it in folders of the server's user or root",
             folder.display()
         );
     }
     if mode & 0o022 != 0 && mode & STICKY == 0 {
         anyhow::bail!(
-            "the admin token file's folder {} may be written by other users (mode {:o}): \
-             they could replace the token file; keep it in a folder only the server's user \
-             may write (chmod go-w)",
+            "the folder {} on the admin token file's path may be written by other users \
+             (mode {:o}): they could replace the token file; keep it where only the \
+             server's user or root may write (chmod go-w)",
             folder.display(),
             mode & 0o7777
         );
@@ -453,6 +463,41 @@ mod tests {
                 "{refused}"
             );
         }
+    }
+
+    /// A folder above the token file's that others may write is refused too: they could
+    /// rename the token file's folder away and put their own in its place. Reached
+    /// through a symbolic link, the real folders are the ones checked.
+    #[test]
+    #[cfg(unix)]
+    fn a_token_file_below_a_world_writable_folder_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        let private = open.join("private");
+        std::fs::create_dir_all(&private).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        for path in [private.join("admin.token"), link.join("admin.token")] {
+            let refused = load_or_create_token(&path).unwrap_err().to_string();
+            assert!(
+                refused.contains("may be written by other users")
+                    && refused.contains(&open.canonicalize().unwrap().display().to_string()),
+                "{refused}"
+            );
+            assert!(
+                !private.join("admin.token").exists(),
+                "nothing created there"
+            );
+        }
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            load_or_create_token(&link.join("admin.token"))
+                .unwrap()
+                .len(),
+            64
+        );
     }
 
     /// On a real folder: a token file in a folder everyone may write is refused, before
