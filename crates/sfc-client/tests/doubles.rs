@@ -525,6 +525,40 @@ fn a_close_after_a_server_error_keeps_the_persistent_style() {
     assert!(after.iter().all(|c| *c == 1), "{:?}", s.log);
 }
 
+/// Sends three files of 6 packets each (5000 B, `--packet-size 1000`) to a double with
+/// `behaviour`, checks that all were stored and that the client never switched to one
+/// connection per request, and returns the client's run and the double.
+fn three_files_stay_persistent(behaviour: Behaviour, user: &str) -> (common::ClientRun, Double) {
+    let double = Double::start(behaviour);
+    let dir = tempdir();
+    write_transfer_info(dir.path(), &double.address(), user, "a.bin");
+    let files = ["a.bin", "b.bin", "c.bin"];
+    let data: Vec<Vec<u8>> = files
+        .iter()
+        .zip(1u8..)
+        .map(|(name, seed)| make_file(&dir.path().join(name), 5000, seed))
+        .collect();
+    let run = run_client(
+        dir.path(),
+        &[&["--packet-size", "1000", "-v"][..], &files].concat(),
+    );
+    run.assert_code(0);
+    assert!(
+        !run.stderr.contains("one connection per request"),
+        "{}",
+        run.stderr
+    );
+    {
+        let s = double.state();
+        for (name, bytes) in files.iter().zip(&data) {
+            assert_eq!(&s.stored[*name], bytes, "{name}");
+        }
+        assert_eq!(s.verified, files);
+        assert_eq!(s.count(828), 18, "{:?}", s.log);
+    }
+    (run, double)
+}
+
 /// A server that closes a connection it kept for several replies (here after each file's
 /// 1603, as an idle time-out would while the client checks the file before its 900): the
 /// client reconnects and keeps one connection per stretch, packets unanswered. It used to
@@ -532,42 +566,21 @@ fn a_close_after_a_server_error_keeps_the_persistent_style() {
 /// later packet on a connection of its own.
 #[test]
 fn a_close_after_several_replies_keeps_the_persistent_style() {
-    let double = Double::start(Behaviour {
-        close_after_file: true,
-        ..Behaviour::default()
-    });
-    let dir = tempdir();
-    write_transfer_info(dir.path(), &double.address(), "idle", "a.bin");
-    let files = ["a.bin", "b.bin", "c.bin"];
-    let data: Vec<Vec<u8>> = files
-        .iter()
-        .zip(1u8..)
-        .map(|(name, seed)| make_file(&dir.path().join(name), 5000, seed))
-        .collect();
-    let run = run_client(
-        dir.path(),
-        &[&["--packet-size", "1000", "-v"][..], &files].concat(),
-    );
-    run.assert_code(0);
-    assert!(
-        !run.stderr.contains("one connection per request"),
-        "{}",
-        run.stderr
+    let (run, double) = three_files_stay_persistent(
+        Behaviour {
+            close_after_file: true,
+            ..Behaviour::default()
+        },
+        "idle",
     );
     assert!(
         run.stderr.contains("an idle time-out or a restart"),
         "{}",
         run.stderr
     );
+    // Each file's packets on one connection: 825, 826 and a.bin on the first; 900 and
+    // the next file on each of the two after it; the last 900 on a fourth.
     let s = double.state();
-    for (name, bytes) in files.iter().zip(&data) {
-        assert_eq!(&s.stored[*name], bytes, "{name}");
-    }
-    assert_eq!(s.verified, files);
-    // Each file's 6 packets (5008 B of ciphertext) on one connection: 825, 826 and a.bin
-    // on the first; 900 and the next file on each of the two after it; the last 900 on a
-    // fourth.
-    assert_eq!(s.count(828), 18, "{:?}", s.log);
     assert_eq!(s.connections, 4, "{:?}", s.log);
 }
 
@@ -575,35 +588,16 @@ fn a_close_after_several_replies_keeps_the_persistent_style() {
 /// the file is sent again on a new connection, still persistent.
 #[test]
 fn a_file_sent_on_a_connection_closed_after_several_replies_keeps_the_style() {
-    let double = Double::start(Behaviour {
-        close_on_the_request_after_an_ack: true,
-        ..Behaviour::default()
-    });
-    let dir = tempdir();
-    write_transfer_info(dir.path(), &double.address(), "restart", "a.bin");
-    let files = ["a.bin", "b.bin", "c.bin"];
-    let data: Vec<Vec<u8>> = files
-        .iter()
-        .zip(1u8..)
-        .map(|(name, seed)| make_file(&dir.path().join(name), 5000, seed))
-        .collect();
-    let run = run_client(
-        dir.path(),
-        &[&["--packet-size", "1000", "-v"][..], &files].concat(),
+    let (_, double) = three_files_stay_persistent(
+        Behaviour {
+            close_on_the_request_after_an_ack: true,
+            ..Behaviour::default()
+        },
+        "restart",
     );
-    run.assert_code(0);
-    assert!(
-        !run.stderr.contains("one connection per request"),
-        "{}",
-        run.stderr
-    );
-    let s = double.state();
-    for (name, bytes) in files.iter().zip(&data) {
-        assert_eq!(&s.stored[*name], bytes, "{name}");
-    }
     // 825, 826, a.bin, 900; b.bin, 900; c.bin, 900: the first packet of b.bin and c.bin
     // each ended a connection.
-    assert_eq!(s.count(828), 18, "{:?}", s.log);
+    let s = double.state();
     assert_eq!(s.connections, 3, "{:?}", s.log);
 }
 
