@@ -515,6 +515,33 @@ mod tests {
     use crate::storage::{FileRecord, MetaStore, Timestamp};
     use sfc_proto::ClientId;
 
+    /// Stores `content` as version `version` of the client's `label` at a path of its own
+    /// (as S3 does), commits its row and removes the version it replaced; returns its
+    /// path.
+    fn store_version(
+        meta: &dyn MetaStore,
+        blobs: &dyn crate::storage::BlobStore,
+        id: ClientId,
+        label: &str,
+        version: u32,
+        content: &[u8],
+    ) -> String {
+        let mut temp = blobs
+            .create_temp(&id, &format!("{label}~v{version}"))
+            .unwrap();
+        temp.write_all(content).unwrap();
+        let row = FileRecord {
+            client_id: id,
+            file_name: label.into(),
+            path: temp.persist().unwrap(),
+            verified: false,
+        };
+        if let Some(old) = meta.put_file(&row, Timestamp(1)).unwrap() {
+            blobs.remove(&old).unwrap();
+        }
+        row.path
+    }
+
     /// A file replaced between the reading of its row and the size query (in S3 a new
     /// version has a key of its own and the replaced one is removed): its view shows the
     /// version the row names now, not a missing file, and the client's bytes count it.
@@ -526,31 +553,17 @@ mod tests {
         let (meta, blobs) = (storage.meta(), storage.blobs());
         let id = ClientId([0x33; 16]);
         meta.insert_client(&id, "carol", Timestamp(0)).unwrap();
-        let store = |disk_name: &str, content: &[u8]| {
-            let mut temp = blobs.create_temp(&id, disk_name).unwrap();
-            temp.write_all(content).unwrap();
-            let path = temp.persist().unwrap();
-            let row = FileRecord {
-                client_id: id,
-                file_name: "f.bin".into(),
-                path,
-                verified: false,
-            };
-            let replaced = meta.put_file(&row, Timestamp(1)).unwrap();
-            if let Some(old) = replaced {
-                blobs.remove(&old).unwrap();
-            }
-            row
-        };
-        store("f.bin~v1", b"first");
+        let store =
+            |version, content: &[u8]| store_version(&meta, &blobs, id, "f.bin", version, content);
+        store(1, b"first");
         let mut views = unsized_file_views(&meta, None).unwrap();
-        let newer = store("f.bin~v2", b"the second version");
+        let newer = store(2, b"the second version");
         fill_sizes(&meta, &blobs, &mut views);
         assert_eq!(views[0].size, Some(18));
-        assert_eq!(views[0].path, newer.path);
+        assert_eq!(views[0].path, newer);
         assert_eq!(client_views(&meta, &blobs).unwrap()[0].bytes, 18);
         // A file really missing stays missing.
-        blobs.remove(&newer.path).unwrap();
+        blobs.remove(&newer).unwrap();
         fill_sizes(&meta, &blobs, &mut views);
         assert_eq!(views[0].size, None);
     }
@@ -567,22 +580,8 @@ mod tests {
         let blobs = FaultyBlobs::new(storage.blobs(), std::sync::Arc::clone(&faults));
         let id = ClientId([0x55; 16]);
         meta.insert_client(&id, "erin", Timestamp(0)).unwrap();
-        let store = |version: u32, content: &[u8]| {
-            let mut temp = blobs
-                .create_temp(&id, &format!("f.bin~v{version}"))
-                .unwrap();
-            temp.write_all(content).unwrap();
-            let row = FileRecord {
-                client_id: id,
-                file_name: "f.bin".into(),
-                path: temp.persist().unwrap(),
-                verified: false,
-            };
-            if let Some(old) = meta.put_file(&row, Timestamp(1)).unwrap() {
-                blobs.remove(&old).unwrap();
-            }
-            row.path
-        };
+        let store =
+            |version, content: &[u8]| store_version(&meta, &blobs, id, "f.bin", version, content);
         let read = |found: StoredContent| match found {
             StoredContent::Found(mut reader, size) => {
                 let mut content = Vec::new();
@@ -632,20 +631,8 @@ mod tests {
         let blobs = FaultyBlobs::new(storage.blobs(), std::sync::Arc::clone(&faults));
         let id = ClientId([0x44; 16]);
         meta.insert_client(&id, "dora", Timestamp(0)).unwrap();
-        let store = |label: &str, version: u32, content: &[u8]| {
-            let mut temp = blobs
-                .create_temp(&id, &format!("{label}~v{version}"))
-                .unwrap();
-            temp.write_all(content).unwrap();
-            let row = FileRecord {
-                client_id: id,
-                file_name: label.into(),
-                path: temp.persist().unwrap(),
-                verified: false,
-            };
-            if let Some(old) = meta.put_file(&row, Timestamp(1)).unwrap() {
-                blobs.remove(&old).unwrap();
-            }
+        let store = |label: &str, version, content: &[u8]| {
+            store_version(&meta, &blobs, id, label, version, content);
         };
         store("f.bin", 1, b"first");
         store("g.bin", 1, b"other");
