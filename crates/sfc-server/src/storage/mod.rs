@@ -758,6 +758,54 @@ mod tests {
         meta.put_file(&row, Timestamp(0)).unwrap();
     }
 
+    /// A removal that fails does not keep the others from theirs.
+    #[test]
+    fn recovery_goes_on_past_a_failed_removal() {
+        use testing::{Faults, FaultyBlobs};
+        let (dir, meta, local, _kept, orphan) = data_folder();
+        let client = ClientId([0xab; 16]);
+        let mut second = local.create_temp(&client, "second.bin").unwrap();
+        second.write_all(b"also never acknowledged").unwrap();
+        let second = second.persist().unwrap();
+        let faults = std::sync::Arc::new(Faults::default());
+        let first = orphan.clone().min(second.clone());
+        let other = orphan.max(second);
+        *faults.remove_fails_at.lock().unwrap() = Some(first.clone());
+        let blobs = FaultyBlobs::new(local, std::sync::Arc::clone(&faults));
+        let recovered = recover(&|| meta.files(), 1, &blobs).unwrap();
+        assert_eq!(
+            (recovered.orphans, recovered.failed),
+            (vec![other.clone()], 1)
+        );
+        assert!(dir.path().join(&first).exists());
+        assert!(!dir.path().join(&other).exists());
+    }
+
+    /// A row written before keys had versions names a long disk name (over the 221 bytes
+    /// a version's name keeps) whose object is missing (a database restored from an older
+    /// backup); the unrecorded versions written since under the shortened name are that
+    /// file's, maybe its last copy, and kept. Before, they were taken for unrelated
+    /// orphans and removed.
+    #[test]
+    fn versions_of_a_long_unversioned_row_are_kept_as_possible_last_copies() {
+        let (dir, meta, blobs, _kept, orphan) = data_folder();
+        let client = ClientId([0xab; 16]);
+        let long = "L".repeat(240);
+        record_row(
+            &meta,
+            client,
+            "long",
+            &format!("{FILES_DIR}/{}/{long}", client.to_hex()),
+        );
+        let newer = store_version(&blobs, &client, &long, made_at(1_790_000_000_000));
+        let recovered = recover(&|| meta.files(), 1, &blobs).unwrap();
+        assert_eq!(recovered.orphans, vec![orphan]);
+        assert!(
+            dir.path().join(&newer).exists(),
+            "the file's newer version was removed"
+        );
+    }
+
     /// Versions a file's row no longer names because a later one replaced them (S3's key
     /// per upload; a crash or failed delete after the replacement's commit) are removed
     /// however many there are; unrecorded files that are not such versions still count

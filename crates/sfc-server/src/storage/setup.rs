@@ -264,6 +264,12 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
             for path in &recovered.replaced {
                 tracing::info!(%path, "removed a replaced version of a file (its removal after the replacement was cut short)");
             }
+            if recovered.failed > 0 {
+                tracing::warn!(
+                    failed = recovered.failed,
+                    "could not remove some unrecorded files: tried again at the next start"
+                );
+            }
             if let Some(why) = &recovered.orphans_skipped {
                 tracing::warn!(reason = %why, "not looking for unrecorded files");
             }
@@ -300,8 +306,9 @@ pub struct PendingDone {
 /// pass keeps what it did.
 const FORGET_BATCH: usize = 256;
 
-/// Failed removals after which [`remove_pending`] takes the store for down and leaves
-/// the rest to the next start (one slow failure each, before the server listens).
+/// Failed removals after which [`remove_pending`] and [`recover`] take the store for down
+/// and leave the rest to the next start (one slow failure each, before the server
+/// listens).
 const PENDING_FAILURES_TOLERATED: usize = 8;
 
 /// Finishes the removals the database recorded as pending ([`MetaStore::pending_removals`]):
@@ -402,6 +409,8 @@ pub struct Recovered {
     pub replaced: Vec<String>,
     /// Why orphans were not looked for, if they were not.
     pub orphans_skipped: Option<String>,
+    /// Removals that failed (each logged); they are tried again at the next start.
+    pub failed: usize,
 }
 
 /// Most unrecorded files [`recover`] removes. A crash leaves one per upload that was
@@ -540,23 +549,43 @@ pub fn recover(
         )
     };
     let rows = RowsByFile::of(&rows_now);
-    let mut removed_replaced = Vec::new();
-    for path in confirm(replaced) {
-        if matches!(rows.relation(&path), Relation::Replaced(row) if exists(row)) {
-            blobs.remove(&path)?;
-            removed_replaced.push(path);
+    // A failed removal is logged and the rest go on (a path that always fails must not
+    // keep every later one); after a few, the store is likely down and the rest wait.
+    let mut failed = 0;
+    let mut remove = |path: &str| match blobs.remove(path) {
+        Ok(()) => Some(true),
+        Err(error) => {
+            tracing::warn!(%path, %error, "cannot remove an unrecorded file");
+            failed += 1;
+            (failed < PENDING_FAILURES_TOLERATED).then_some(false)
         }
-    }
+    };
+    let mut removed_replaced = Vec::new();
     let mut removed_orphans = Vec::new();
-    for path in confirm(orphans) {
-        blobs.remove(&path)?;
-        removed_orphans.push(path);
+    'removing: {
+        for path in confirm(replaced) {
+            if matches!(rows.relation(&path), Relation::Replaced(row) if exists(row)) {
+                match remove(&path) {
+                    Some(true) => removed_replaced.push(path),
+                    Some(false) => {}
+                    None => break 'removing,
+                }
+            }
+        }
+        for path in confirm(orphans) {
+            match remove(&path) {
+                Some(true) => removed_orphans.push(path),
+                Some(false) => {}
+                None => break 'removing,
+            }
+        }
     }
     Ok(Recovered {
         stale_temps,
         orphans: removed_orphans,
         replaced: removed_replaced,
         orphans_skipped,
+        failed,
     })
 }
 
@@ -610,7 +639,8 @@ impl<'a> RowsByFile<'a> {
 /// The client folder and disk name of a stored file's path, and when its version was
 /// made if it is a dated version. A version's disk name is taken as
 /// [`names::versioned`] writes it now ([`names::version_stem`]), so that a key written
-/// with a longer one (before names were shortened) is a version of the same file.
+/// with a longer one (before names were shortened) is a version of the same file, and so
+/// is a name without a version (a row written before keys had versions), however long.
 fn version_of(path: &str) -> Option<(&str, Cow<'_, str>, Option<u64>)> {
     let (folder, name) = path.rsplit_once('/')?;
     Some(match names::split_version(name) {
@@ -619,7 +649,7 @@ fn version_of(path: &str) -> Option<(&str, Cow<'_, str>, Option<u64>)> {
             names::version_stem(disk_name),
             names::version_millis(version),
         ),
-        None => (folder, Cow::Borrowed(name), None),
+        None => (folder, names::version_stem(name), None),
     })
 }
 
