@@ -776,7 +776,14 @@ mod tests {
             panic!()
         };
         assert_eq!(location.prefix, "");
+        let longest = format!(
+            "s3://bucket/{}",
+            "p".repeat(crate::config::MAX_S3_PREFIX_LEN)
+        );
+        assert!(parse(&["--store", &longest]).is_ok());
+        let too_long = format!("{longest}q");
         for bad in [
+            too_long.as_str(),
             "s3://",
             "s3://UPPER",
             "s3://b/../x",

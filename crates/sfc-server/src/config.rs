@@ -214,6 +214,13 @@ impl std::fmt::Debug for S3Location {
     }
 }
 
+/// Longest key prefix `--store s3://BUCKET/PREFIX` takes, in bytes. S3 limits a key to
+/// 1,024 bytes, and the longest key this server writes adds 330 to the prefix (an
+/// upload's marker: `/uploads/`, 32 hex digits, `/`, a disk name of up to 255 bytes,
+/// `/`, 32 hex digits); a longer prefix would let small files be stored and make every
+/// file over 8 MiB fail at its marker.
+pub const MAX_S3_PREFIX_LEN: usize = 1024 - 330;
+
 impl S3Location {
     /// Parses `BUCKET[/PREFIX]` (what follows `s3://`).
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -237,6 +244,13 @@ impl S3Location {
         if !valid_prefix {
             return Err(format!(
                 "{prefix:?} is not a key prefix (no empty, '.' or '..' parts)"
+            ));
+        }
+        if prefix.len() > MAX_S3_PREFIX_LEN {
+            return Err(format!(
+                "the key prefix is {} bytes long; at most {MAX_S3_PREFIX_LEN} leave room for \
+                 the keys this server writes under it (S3 keys are at most 1,024 bytes)",
+                prefix.len()
             ));
         }
         Ok(S3Location {

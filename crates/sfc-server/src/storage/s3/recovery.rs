@@ -26,12 +26,18 @@ impl Shared {
             };
             let key = shared.key(&format!("{FILES_DIR}/{hex}/{name}"))?;
             let aborted = shared.run(async {
-                let id = match shared.s3.get(&marker.location).await {
-                    Ok(marker) => marker.bytes().await?,
+                let got = match shared.s3.get(&marker.location).await {
+                    Ok(got) => got,
                     // Another server starting at the same time took it first.
                     Err(object_store::Error::NotFound { .. }) => return Ok(false),
                     Err(error) => return Err(error),
                 };
+                // Rewritten since the listing (a live upload's keeper, or its completion
+                // about to commit): not abandoned after all.
+                if !shared.is_abandoned(&got.meta) {
+                    return Ok(false);
+                }
+                let id = got.bytes().await?;
                 let id = String::from_utf8_lossy(&id).into_owned();
                 match shared.s3.abort_multipart(&key, &id).await {
                     // Already completed or aborted: only the marker is left.

@@ -36,10 +36,19 @@ struct MarkerKeeper {
     stopped: Arc<tokio::sync::Mutex<bool>>,
 }
 
+/// How often a live upload's marker is rewritten: a quarter of the grace period, but at
+/// most a quarter of the default one, so that a server started with a longer
+/// `--upload-timeout` than the others does not leave its markers looking abandoned to
+/// theirs (they judge a marker by their own grace period).
+fn marker_rewrite_interval(grace: std::time::Duration) -> std::time::Duration {
+    (grace.min(crate::config::DEFAULT_RECOVERY_MIN_AGE) / 4)
+        .max(std::time::Duration::from_millis(10))
+}
+
 impl MarkerKeeper {
     fn start(shared: &Shared, marker: Key, id: MultipartId) -> Self {
         let stopped = Arc::new(tokio::sync::Mutex::new(false));
-        let every = (shared.grace / 4).max(std::time::Duration::from_millis(10));
+        let every = marker_rewrite_interval(shared.grace);
         let (s3, flag) = (shared.s3.clone(), Arc::clone(&stopped));
         let task = shared.handle.spawn(async move {
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -302,5 +311,34 @@ impl Drop for S3Temp {
                 }
                 delete_quietly(&s3, &marker).await
             });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::marker_rewrite_interval;
+    use std::time::Duration;
+
+    /// A server with a long upload time-out still rewrites its markers often enough for
+    /// servers on the default grace period (15 min), which take a marker older than twice
+    /// theirs for an abandoned upload.
+    #[test]
+    fn markers_are_rewritten_within_the_default_grace_period() {
+        assert_eq!(
+            marker_rewrite_interval(Duration::from_secs(2 * 3600)),
+            Duration::from_secs(225)
+        );
+        assert_eq!(
+            marker_rewrite_interval(Duration::from_secs(15 * 60)),
+            Duration::from_secs(225)
+        );
+        assert_eq!(
+            marker_rewrite_interval(Duration::from_secs(4)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            marker_rewrite_interval(Duration::ZERO),
+            Duration::from_millis(10)
+        );
     }
 }
