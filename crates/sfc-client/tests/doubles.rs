@@ -774,6 +774,48 @@ fn a_file_that_changes_while_it_is_sent_is_reported() {
     assert_eq!(double.state().stored["next.bin"].len(), 100);
 }
 
+/// The same change found during a resend (the first send's checksum was wrong): the
+/// server holds the first send's copy, unverified, and is told to drop it (902) as for
+/// any file that failed.
+#[test]
+fn a_file_that_changes_before_its_resend_is_dropped_with_902() {
+    let dir = tempdir();
+    let double = Double::start(Behaviour {
+        grow_file: Some(dir.path().join("data.bin")),
+        wrong_checksums: 1,
+        ..Behaviour::default()
+    });
+    setup(dir.path(), &double, "regrower", 5000);
+    make_file(&dir.path().join("next.bin"), 100, 2);
+    let run = run_client(dir.path(), &["data.bin", "next.bin"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("changed"), "{}", run.stderr);
+    assert_eq!(double.state().count(901), 1, "{}", run.stderr);
+    assert_eq!(double.state().failed, ["data.bin"], "{}", run.stderr);
+    assert_eq!(double.state().verified, ["next.bin"]);
+}
+
+/// A resend the server refuses (1607, four times): the server still holds the first
+/// send's copy, whose checksum was wrong; the client tells it to drop it (902) as for any
+/// failed file. Before, that copy stayed, unverified.
+#[test]
+fn a_resend_that_fails_drops_the_earlier_copy_with_902() {
+    let double = Double::start(Behaviour {
+        wrong_checksums: 1,
+        errors_after_901: 4,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    setup(dir.path(), &double, "refused", 3000);
+    make_file(&dir.path().join("next.bin"), 100, 2);
+    let run = run_client(dir.path(), &["data.bin", "next.bin"]);
+    run.assert_code(3);
+    assert!(run.stderr.contains(SERVER_ERROR), "{}", run.stderr);
+    let s = double.state();
+    assert_eq!(s.failed, ["data.bin"], "{}", run.stderr);
+    assert_eq!(s.verified, ["next.bin"]);
+}
+
 /// A file rewritten while it is sent, same size, with its time set back (what a write
 /// within the filesystem's time tick of the one before looks like) is not confirmed: a
 /// file written just before it was sent is read again after the 1603 and its cksum

@@ -44,7 +44,15 @@ impl Session {
         let plan = plan_as_now(file, before.len, packet_size)?;
         let label = file.label.as_str();
         for send in 1..=MAX_RESENDS + 1 {
-            let (server_cksum, our_cksum) = self.send_once(file, plan, send)?;
+            let (server_cksum, our_cksum) = match self.send_once(file, plan, send) {
+                Ok(checksums) => checksums,
+                Err(error) => {
+                    if send > 1 {
+                        self.drop_unverified_copy(file, &error);
+                    }
+                    return Err(error);
+                }
+            };
             if server_cksum == our_cksum {
                 return self.confirm_stored(file, &before, our_cksum, send);
             }
@@ -103,6 +111,26 @@ impl Session {
         self.expect_ack(&Request::new(self.client_id, body))
     }
 
+    /// A resend failed (1607s, or the file changed): the server still holds the earlier
+    /// send's copy, whose checksum was wrong, unverified. As for any file that fails, it
+    /// is told to drop it (902), when the connection is still of use (not after a
+    /// network or protocol error, which end the batch); a failed 902 is only a warning,
+    /// the error reported stays the resend's.
+    fn drop_unverified_copy(&mut self, file: &FileToSend, error: &ClientError) {
+        if !matches!(
+            error,
+            ClientError::ServerErrors { .. } | ClientError::File { .. }
+        ) {
+            return;
+        }
+        if let Err(dropped) = self.send_verdict(file, false) {
+            self.reporter.warn(format!(
+                "{}: could not tell the server to drop its unverified copy (902): {dropped}",
+                file.label.as_str()
+            ));
+        }
+    }
+
     /// The checksums agree: the check that the file did not change meanwhile, then 900.
     fn confirm_stored(
         &mut self,
@@ -118,7 +146,13 @@ impl Session {
             .unchanged(file)
             .and_then(|()| before.same_content(file, cksum))
         {
-            self.send_verdict(file, false)?;
+            // The change is what the user must hear about, even if the 902 fails too.
+            if let Err(dropped) = self.send_verdict(file, false) {
+                self.reporter.warn(format!(
+                    "{}: could not tell the server to drop the copy (902): {dropped}",
+                    file.label.as_str()
+                ));
+            }
             return Err(changed);
         }
         self.send_verdict(file, true)?;

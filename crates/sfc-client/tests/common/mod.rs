@@ -276,6 +276,9 @@ pub struct Behaviour {
     pub server_errors: Vec<(u16, u32)>,
     /// Close the connection after every 1607 (rule S9 allows it).
     pub close_after_error: bool,
+    /// From the first 901 on, answer the next N final packets with 1607 (a resend the
+    /// server cannot store).
+    pub errors_after_901: u32,
     /// Close the connection after every final 1603: a server whose idle time-out ends the
     /// connection while the client checks the file before its 900.
     pub close_after_file: bool,
@@ -750,6 +753,11 @@ fn handle(
             }
         }
         RequestBody::ChecksumRetry { .. } => {
+            if behaviour.errors_after_901 > 0 {
+                s.errors_left
+                    .entry(828)
+                    .or_insert(behaviour.errors_after_901);
+            }
             if behaviour.answer_every_packet || behaviour.ack_after_901 || first {
                 Response::Ack {
                     client_id: Some(id),
