@@ -116,6 +116,9 @@ pub struct Connection {
     /// The wait for the replies to the last request sent: started by the first read after
     /// it, ended by the next request.
     reply_wait: Option<ReplyWait>,
+    /// How long that wait lasts: the time-out, or more for a file's last packet
+    /// ([`file_reply_allowance`]); set back to the time-out by each request.
+    reply_allowance: Duration,
     payload: Vec<u8>,
     reporter: Reporter,
 }
@@ -147,6 +150,7 @@ impl Connection {
             unused: false,
             replies_on_stream: 0,
             reply_wait: None,
+            reply_allowance: io_timeout,
             pace: None,
             payload: Vec::with_capacity(sfc_proto::limits::MAX_RESPONSE_PAYLOAD),
             reporter,
@@ -331,6 +335,7 @@ impl Connection {
     pub fn stream_mut(&mut self) -> Option<&mut Stream> {
         self.unused = false;
         self.reply_wait = None;
+        self.reply_allowance = self.io_timeout;
         let stream = self.stream.as_mut()?;
         // Earlier exchanges left the time left of their deadlines on the socket.
         stream.reset_timeouts(self.io_timeout).ok()?;
@@ -379,8 +384,8 @@ impl Connection {
         let wait = match self.reply_wait {
             Some(wait) => wait,
             None => *self.reply_wait.insert(ReplyWait {
-                deadline: self.deadline_from_now(),
-                timeout: self.io_timeout,
+                deadline: Instant::now() + self.reply_allowance,
+                timeout: self.reply_allowance,
                 replies: 0,
             }),
         };
@@ -573,9 +578,28 @@ impl Connection {
         }
     }
 
+    /// Gives the replies to the request being sent `allowance` instead of the time-out,
+    /// counted from the first wait for them (a file's last packet: see
+    /// [`file_reply_allowance`]).
+    pub fn allow_for_replies(&mut self, allowance: Duration) {
+        if self.reply_wait.is_none() {
+            self.reply_allowance = allowance.max(self.io_timeout);
+        }
+    }
+
     /// Sends one whole request and reads its reply, switching to per-request mode (and
     /// sending again, once) if the server had closed the connection after its last reply.
     pub fn round_trip(&mut self, request: &[u8]) -> Result<Response, ClientError> {
+        self.round_trip_allowing(request, self.io_timeout)
+    }
+
+    /// [`Self::round_trip`] with `allowance` for the reply instead of the time-out (a
+    /// file's last packet, one connection per request).
+    pub fn round_trip_allowing(
+        &mut self,
+        request: &[u8],
+        allowance: Duration,
+    ) -> Result<Response, ClientError> {
         let what = request
             .first_chunk::<REQUEST_HEADER_LEN>()
             .and_then(|h| RequestHeader::decode(h).ok())
@@ -586,6 +610,7 @@ impl Connection {
             self.log_request(request);
             self.unused = false;
             self.reply_wait = None;
+            self.reply_allowance = allowance.max(self.io_timeout);
             let io_timeout = self.io_timeout;
             let written = self
                 .stream()
@@ -710,6 +735,15 @@ fn is_time_out(error: &io::Error) -> bool {
 /// crates/sfc-server/README.md). A 16 MiB packet over a slow link takes minutes; one
 /// deadline of `--timeout` for all of it cut such uploads off.
 const MIN_BYTES_PER_TIMEOUT: usize = 64 * 1024;
+
+/// The server writes, syncs and records a whole file before it answers its last packet
+/// (rule S18): on a slow disk that may take longer than the time-out for a large file. So
+/// that reply gets the time-out, plus the time-out for each whole GiB of the file's
+/// ciphertext (a server must flush at least 1 GiB per time-out: 17 MB/s at the default
+/// 60 s).
+pub fn file_reply_allowance(timeout: Duration, encrypted_size: u32) -> Duration {
+    timeout.saturating_mul(encrypted_size / (1 << 30) + 1)
+}
 
 /// The time the server has to take a whole request of `len` bytes: the time-out,
 /// plus the time-out for each whole [`MIN_BYTES_PER_TIMEOUT`] in it. A request under 64 KiB
@@ -1014,6 +1048,51 @@ mod tests {
         assert!(conn.prepare().unwrap(), "a new connection");
         assert_eq!(conn.mode(), Mode::Persistent);
         assert!(!conn.kept_for_several_replies(), "counted anew");
+    }
+
+    /// A file's last packet gets the time-out per GiB of ciphertext on top of the
+    /// time-out for its reply (the server syncs the whole file first).
+    #[test]
+    fn a_large_file_s_last_reply_gets_more_time() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(file_reply_allowance(minute, 5000), minute);
+        assert_eq!(file_reply_allowance(minute, (1 << 30) - 1), minute);
+        assert_eq!(file_reply_allowance(minute, 1 << 30), 2 * minute);
+        assert_eq!(file_reply_allowance(minute, u32::MAX), 4 * minute);
+    }
+
+    /// A reply given more time than the time-out is waited for that long, on a
+    /// persistent connection and per request; the next request has the time-out again.
+    #[test]
+    fn a_reply_allowance_holds_for_its_request_only() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reply = sfc_proto::Response::Registered {
+            client_id: sfc_proto::ClientId([1; 16]),
+        }
+        .encode();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 23 + 255];
+            for _ in 0..3 {
+                s.read_exact(&mut buf).unwrap();
+                std::thread::sleep(Duration::from_millis(600));
+                if s.write_all(&reply).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut conn = connection_with_timeout(addr, Duration::from_millis(300));
+        let request = register_request();
+        let long = Duration::from_secs(5);
+        assert!(conn.round_trip_allowing(&request, long).is_ok());
+        // Persistent: the request written on the stream, then the allowance.
+        write_request(conn.stream_mut().unwrap(), &request, long).unwrap();
+        conn.allow_for_replies(long);
+        assert!(conn.read_reply().is_ok());
+        let error = conn.round_trip(&request).unwrap_err().to_string();
+        assert!(error.contains("within 300 ms"), "{error}");
+        server.join().unwrap();
     }
 
     /// On a fresh connection the same failure is an error, never a silent resend.

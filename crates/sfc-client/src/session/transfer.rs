@@ -8,7 +8,7 @@ use sfc_proto::{ClientId, Name, Request, RequestBody, RequestCode, Response};
 
 use super::{retry_after_server_error, Session, MAX_RESENDS};
 use crate::config::FileToSend;
-use crate::connection::{unexpected, Connection, Failure, Mode};
+use crate::connection::{file_reply_allowance, unexpected, Connection, Failure, Mode};
 use crate::error::ClientError;
 use crate::progress::{human_bytes, Reporter, Verbosity};
 use crate::upload::packets::PacketSource;
@@ -519,6 +519,10 @@ fn await_checksum(
     let our_cksum = source.checksum();
     let mut strays = 0u32;
     let stray_limit = u32::from(source.plan.total_packets) + 2;
+    conn.allow_for_replies(file_reply_allowance(
+        conn.io_timeout(),
+        source.plan.encrypted_size,
+    ));
     loop {
         let response = match conn.read_reply() {
             Ok(r) => r,
@@ -607,7 +611,12 @@ fn send_per_request(
         if info.last {
             reporter.waiting_for_checksum();
         }
-        let response = conn.round_trip(out)?;
+        let response = if info.last {
+            let allowance = file_reply_allowance(conn.io_timeout(), source.plan.encrypted_size);
+            conn.round_trip_allowing(out, allowance)?
+        } else {
+            conn.round_trip(out)?
+        };
         reporter.set_progress(source.sent);
         match (info.last, response) {
             (
