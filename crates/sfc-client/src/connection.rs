@@ -691,6 +691,26 @@ impl Connection {
     }
 }
 
+/// Whether `arrived` (bytes from the server, from a reply's start) holds a complete 1607
+/// among the complete replies it begins with.
+pub(crate) fn holds_refusal(arrived: &[u8]) -> bool {
+    let mut rest = arrived;
+    while let Some(head) = rest.first_chunk::<RESPONSE_HEADER_LEN>() {
+        let Ok(header) = ResponseHeader::decode(head) else {
+            return false;
+        };
+        if header.code == sfc_proto::ResponseCode::ServerError {
+            return true;
+        }
+        let end = RESPONSE_HEADER_LEN + header.payload_size as usize;
+        let Some(next) = rest.get(end..) else {
+            return false;
+        };
+        rest = next;
+    }
+    false
+}
+
 /// The wait for the replies to one request.
 #[derive(Clone, Copy, Debug)]
 struct ReplyWait {

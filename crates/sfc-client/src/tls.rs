@@ -233,6 +233,23 @@ impl Stream {
         }
     }
 
+    /// Whether a refusal (1607) has arrived on a plain connection, looked at without
+    /// taking anything or waiting: a server that refused a file packet drops the rest of
+    /// the upload (rule S12), so sending on is only waste. Replies before it (a short
+    /// 1603 to a first packet, rule S2) are passed over. A TLS connection's records are
+    /// not looked into here: never known.
+    pub fn refusal_waiting(&self) -> bool {
+        let Stream::Plain(tcp) = self else {
+            return false;
+        };
+        let mut arrived = [0u8; 4096];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        match rustix::net::recv(tcp, &mut arrived[..], flags) {
+            Ok((n, _)) => crate::connection::holds_refusal(arrived.get(..n).unwrap_or_default()),
+            Err(_) => false,
+        }
+    }
+
     /// True if the server has closed (or reset) the connection. Pending bytes (a stray
     /// reply) count as open; for TLS, records that arrived are processed first, so a
     /// close_notify counts as closed and session tickets do not count as a reply.

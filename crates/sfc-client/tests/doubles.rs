@@ -500,6 +500,35 @@ fn server_errors_for_intermediate_packets_do_not_desynchronise() {
     assert_eq!(s.connections, 2);
 }
 
+/// A refusal early in a long upload (the server drops the rest unread, rule S12) stops
+/// the send once it has arrived, instead of streaming the whole file first; the retry on
+/// a new connection stores it. Before, all of it went out, on every retry.
+#[test]
+fn a_refusal_early_in_a_long_upload_stops_the_send() {
+    let double = Double::start(Behaviour {
+        intermediate_errors: 1,
+        read_pause: Some(std::time::Duration::from_millis(1)),
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "early", 48 << 20);
+    let run = run_client(dir.path(), &["--packet-size", "65536"]);
+    run.assert_code(0);
+    let s = double.state();
+    assert_eq!(s.stored["data.bin"], data);
+    let total = (48 << 20) / 65536 + 1;
+    let first_send = s
+        .log
+        .iter()
+        .filter(|l| l.connection == 0 && l.code == 828)
+        .count();
+    assert!(
+        first_send < total / 2,
+        "{first_send} of {total} packets sent after the refusal of the first"
+    );
+    assert_eq!(s.connections, 2);
+}
+
 /// A server that closes the connection after a 1607: the client reconnects and keeps one
 /// persistent connection (it does not mistake this for the close-after-every-reply style).
 #[test]

@@ -174,6 +174,13 @@ fn spawn_writer<'scope, 'env, 's: 'scope>(
     let writer = scope.spawn(move || -> io::Result<()> {
         for (buf, len) in full_rx {
             stream.write_all(buf.get(..len).unwrap_or_default())?;
+            // A refusal already there: the rest would be dropped unread (rule S12). The
+            // caller finds the 1607 among the replies that arrived.
+            if stream.refusal_waiting() {
+                return Err(io::Error::other(
+                    "the server refused the upload while it was being sent (1607)",
+                ));
+            }
             if empty_tx.send(buf).is_err() {
                 break;
             }
