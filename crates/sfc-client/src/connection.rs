@@ -691,21 +691,22 @@ impl Connection {
     }
 }
 
-/// Whether `arrived` (bytes from the server, from a reply's start) holds a complete 1607
-/// among the complete replies it begins with.
+/// Whether `arrived` (bytes from the server, from a reply's start) holds a complete 1607,
+/// payload included (what [`Connection::refusal_before_close`] then reads), among the
+/// complete replies it begins with.
 pub(crate) fn holds_refusal(arrived: &[u8]) -> bool {
     let mut rest = arrived;
     while let Some(head) = rest.first_chunk::<RESPONSE_HEADER_LEN>() {
         let Ok(header) = ResponseHeader::decode(head) else {
             return false;
         };
-        if header.code == sfc_proto::ResponseCode::ServerError {
-            return true;
-        }
         let end = RESPONSE_HEADER_LEN + header.payload_size as usize;
         let Some(next) = rest.get(end..) else {
             return false;
         };
+        if header.code == sfc_proto::ResponseCode::ServerError {
+            return true;
+        }
         rest = next;
     }
     false
@@ -1113,6 +1114,26 @@ mod tests {
         let error = conn.round_trip(&request).unwrap_err().to_string();
         assert!(error.contains("within 300 ms"), "{error}");
         server.join().unwrap();
+    }
+
+    /// A refusal is seen behind stray replies, but only once all of it has arrived.
+    #[test]
+    fn a_refusal_counts_once_complete() {
+        let id = sfc_proto::ClientId([4; 16]);
+        let stray = sfc_proto::Response::PacketReceived { client_id: id }.encode();
+        let refusal = sfc_proto::Response::ServerError.encode();
+        // A 1607 with a 16-byte payload (an ID, as some servers send).
+        let mut long_refusal = refusal.clone();
+        long_refusal[3..7].copy_from_slice(&16u32.to_le_bytes());
+        long_refusal.extend_from_slice(&[4; 16]);
+        assert!(holds_refusal(&refusal));
+        assert!(holds_refusal(&[stray.as_slice(), &refusal].concat()));
+        assert!(holds_refusal(&[stray.as_slice(), &long_refusal].concat()));
+        assert!(!holds_refusal(&long_refusal[..long_refusal.len() - 1]));
+        assert!(!holds_refusal(&refusal[..refusal.len() - 1]));
+        assert!(!holds_refusal(&stray));
+        assert!(!holds_refusal(&stray[..10]));
+        assert!(!holds_refusal(&[]));
     }
 
     /// On a fresh connection the same failure is an error, never a silent resend.

@@ -124,6 +124,8 @@ impl Session {
             return;
         }
         if let Err(dropped) = self.send_verdict(file, false) {
+            // Whatever the reply was, the connection may be out of step: a new one.
+            self.conn.close();
             self.reporter.warn(format!(
                 "{}: could not tell the server to drop its unverified copy (902): {dropped}",
                 file.label.as_str()
@@ -148,6 +150,7 @@ impl Session {
         {
             // The change is what the user must hear about, even if the 902 fails too.
             if let Err(dropped) = self.send_verdict(file, false) {
+                self.conn.close();
                 self.reporter.warn(format!(
                     "{}: could not tell the server to drop the copy (902): {dropped}",
                     file.label.as_str()

@@ -335,7 +335,10 @@ pub fn remove_pending(
     let rows = meta.files()?;
     let named: std::collections::HashSet<&str> = rows.iter().map(|row| row.path.as_str()).collect();
     let by_file = RowsByFile::of(&rows);
-    let exists = |path: &str| blobs.size(path).is_ok();
+    // Whether the object a row names exists, asked once per row: the store saying it is
+    // missing, not any failure to ask (a busy S3 answering 503), makes a possible last
+    // copy.
+    let mut row_objects: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
     let mut forget = Vec::new();
     let mut owners = std::collections::BTreeSet::new();
     let mut failures = 0;
@@ -344,10 +347,30 @@ pub fn remove_pending(
         if named.contains(path.as_str()) || !is_own_path(&path) {
             done.forgotten += 1;
             forget.push(path);
-        } else if matches!(
-            by_file.relation(&path),
-            Relation::Replaced(row) | Relation::SameFile(row) if !exists(row)
-        ) {
+            continue;
+        }
+        let row_object = match by_file.relation(&path) {
+            Relation::Replaced(row) | Relation::SameFile(row) => match row_objects.get(row) {
+                Some(&exists) => Ok(exists),
+                None => match blobs.size(row) {
+                    Ok(_) => Ok(*row_objects.entry(row).or_insert(true)),
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                        Ok(*row_objects.entry(row).or_insert(false))
+                    }
+                    Err(error) => Err(error),
+                },
+            },
+            Relation::Unrelated => Ok(true),
+        };
+        if let Err(error) = &row_object {
+            tracing::warn!(%path, %error, "cannot tell whether a file whose row is gone is its file's last copy: kept for the next start");
+            done.left += 1;
+            failures += 1;
+            if failures >= PENDING_FAILURES_TOLERATED {
+                done.left += total - index - 1;
+                break;
+            }
+        } else if matches!(row_object, Ok(false)) {
             tracing::warn!(%path, "not removing a file whose row is gone: its file's row names a missing object, so this may be its last copy");
             done.last_copies += 1;
         } else {

@@ -56,6 +56,8 @@ pub struct Faults {
     pub undo_fails: AtomicBool,
     /// Removing a stored file fails with `EIO` ([`FaultyBlobs`] only).
     pub remove_fails: AtomicBool,
+    /// Size queries fail with `EIO` ([`FaultyBlobs`] only): a store that cannot answer.
+    pub size_fails: AtomicBool,
     /// A [`FaultyBlobs`] says its paths are immutable (as S3's are) whatever the store
     /// behind it says: for tests that give every version a name of their own.
     pub paths_immutable: AtomicBool,
@@ -102,6 +104,7 @@ impl Default for Faults {
             persist_fails: AtomicBool::new(false),
             undo_fails: AtomicBool::new(false),
             remove_fails: AtomicBool::new(false),
+            size_fails: AtomicBool::new(false),
             paths_immutable: AtomicBool::new(false),
             setup_id_unseen: AtomicBool::new(false),
             file_answers_lost: AtomicBool::new(false),
@@ -521,6 +524,9 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
     fn size(&self, path: &str) -> io::Result<u64> {
         self.faults.size_queries.fetch_add(1, Ordering::SeqCst);
         self.faults.size_gate.pass();
+        if self.faults.size_fails.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
         self.inner.size(path)
     }
     fn paths_are_immutable(&self) -> bool {
