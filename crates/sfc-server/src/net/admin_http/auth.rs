@@ -174,9 +174,11 @@ fn keep_private(path: &Path, file: &std::fs::File, through_link: bool) -> anyhow
 /// Like OpenSSH's `StrictModes`, for the token file's folder and every folder above it:
 /// another user who may replace entries in one of them (a folder writable by others
 /// without the sticky bit, or owned by another user) could swap the token file, or a
-/// folder on its path, between two starts. A sticky folder such as `/tmp` lets nobody
-/// replace another's entry, and the file itself is checked too. The folders are those of
-/// the real path (symbolic links resolved), the ones the file is reached through.
+/// folder or symbolic link on its path, between two starts. A sticky folder such as
+/// `/tmp` lets nobody replace another's entry, and the file itself is checked too. The
+/// folders are those of the path as given (which hold its symbolic links), those of its
+/// real path (symbolic links resolved), and, when the file is a link, those of the file
+/// it points to: every folder the file is reached through.
 #[cfg(unix)]
 fn check_token_folder(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -184,23 +186,36 @@ fn check_token_folder(path: &Path) -> anyhow::Result<()> {
         Some(folder) if !folder.as_os_str().is_empty() => folder,
         _ => Path::new("."),
     };
-    let Ok(folder) = std::fs::canonicalize(folder) else {
+    let Ok(real_folder) = std::fs::canonicalize(folder) else {
         // A missing folder: creating the file says so.
         return Ok(());
     };
-    for ancestor in folder.ancestors() {
-        let meta = std::fs::metadata(ancestor).with_context(|| {
+    let mut folders = std::collections::BTreeSet::new();
+    if let Ok(given) = std::path::absolute(folder) {
+        folders.extend(given.ancestors().map(Path::to_path_buf));
+    }
+    folders.extend(real_folder.ancestors().map(Path::to_path_buf));
+    if let Some(target_folder) = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|target| target.parent().map(Path::to_path_buf))
+    {
+        folders.extend(target_folder.ancestors().map(Path::to_path_buf));
+    }
+    for folder in &folders {
+        let meta = std::fs::metadata(folder).with_context(|| {
             format!(
-                "cannot check the folder {} on the admin token file's path",
-                ancestor.display()
+                "cannot check the folder {} on the path of the admin token file {}",
+                folder.display(),
+                path.display()
             )
         })?;
         folder_may_hold_the_token(
-            ancestor,
+            folder,
             meta.uid(),
             meta.permissions().mode(),
             effective_uid(),
-        )?;
+        )
+        .map_err(|refused| anyhow::anyhow!("{refused} (the token file: {})", path.display()))?;
     }
     Ok(())
 }
@@ -223,15 +238,17 @@ fn folder_may_hold_the_token(
         anyhow::bail!(
             "the folder {} on the admin token file's path is owned by uid {owner}, not by \
              the server's user (uid {effective_uid}) or root: its owner could replace the \
-             token file; keep it in folders of the server's user or root",
+             token file; keep the token in folders of the server's user or root \
+             (--admin-token-file)",
             folder.display()
         );
     }
     if mode & 0o022 != 0 && mode & STICKY == 0 {
         anyhow::bail!(
             "the folder {} on the admin token file's path may be written by other users \
-             (mode {:o}): they could replace the token file; keep it where only the \
-             server's user or root may write (chmod go-w)",
+             (mode {:o}): they could replace the token file; keep the token where only \
+             the server's user or root may write (--admin-token-file), or chmod go-w that \
+             folder",
             folder.display(),
             mode & 0o7777
         );
@@ -498,6 +515,39 @@ mod tests {
                 .len(),
             64
         );
+
+        // A symbolic link on the path, in a folder others may write: they could point it
+        // at a folder holding a token of their choice. So is a token file that is a link
+        // into a folder others may write.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::os::unix::fs::symlink(&private, shared.join("sfc")).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("planted"), "p".repeat(64)).unwrap();
+        std::fs::set_permissions(
+            elsewhere.join("planted"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("planted"), private.join("linked.token"))
+            .unwrap();
+        assert!(load_or_create_token(&shared.join("sfc/admin.token")).is_ok());
+        assert!(load_or_create_token(&private.join("linked.token")).is_ok());
+        for (open, path) in [
+            (&shared, shared.join("sfc/admin.token")),
+            (&elsewhere, private.join("linked.token")),
+        ] {
+            std::fs::set_permissions(open, std::fs::Permissions::from_mode(0o777)).unwrap();
+            let refused = load_or_create_token(&path).unwrap_err().to_string();
+            assert!(
+                refused.contains("may be written by other users")
+                    && refused.contains(&open.display().to_string())
+                    && refused.contains(&path.display().to_string()),
+                "{refused}"
+            );
+            std::fs::set_permissions(open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
     }
 
     /// On a real folder: a token file in a folder everyone may write is refused, before
