@@ -364,10 +364,7 @@ pub fn remove_pending(
         };
         if let Err(error) = &row_object {
             tracing::warn!(%path, %error, "cannot tell whether a file whose row is gone is its file's last copy: kept for the next start");
-            done.left += 1;
-            failures += 1;
-            if failures >= PENDING_FAILURES_TOLERATED {
-                done.left += total - index - 1;
+            if one_more_failure(&mut done, &mut failures, total - index - 1) {
                 break;
             }
         } else if matches!(row_object, Ok(false)) {
@@ -389,11 +386,7 @@ pub fn remove_pending(
                 }
                 Err(error) => {
                     tracing::warn!(%path, %error, "cannot remove a file whose row is gone");
-                    done.left += 1;
-                    failures += 1;
-                    if failures >= PENDING_FAILURES_TOLERATED {
-                        // The store is likely failing: the rest wait for the next start.
-                        done.left += total - index - 1;
+                    if one_more_failure(&mut done, &mut failures, total - index - 1) {
                         break;
                     }
                 }
@@ -418,6 +411,18 @@ pub fn remove_pending(
         }
     }
     Ok(done)
+}
+
+/// Counts a record of [`remove_pending`] kept after a failure; true when the pass stops
+/// there (the store is likely failing), the `untried` records after it kept too.
+fn one_more_failure(done: &mut PendingDone, failures: &mut usize, untried: usize) -> bool {
+    done.left += 1;
+    *failures += 1;
+    let stop = *failures >= PENDING_FAILURES_TOLERATED;
+    if stop {
+        done.left += untried;
+    }
+    stop
 }
 
 /// What [`recover`] cleaned up at start-up.
