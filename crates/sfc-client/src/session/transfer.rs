@@ -197,12 +197,35 @@ fn plan_as_now(
 const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A file's size and modification time, to notice a file that changes while it is sent,
-/// and when they were read.
+/// and when they were read; on Unix also which file it is (device and inode) and its
+/// change time, which every write and every change of the times sets: a file replaced
+/// by a copy that keeps its size and time (`cp -p`, `rsync -t`), or rewritten and its time
+/// set back (`touch -r`), shows there.
 #[derive(Clone, Copy, Debug)]
 struct Snapshot {
     len: u64,
     modified: Option<std::time::SystemTime>,
+    identity: Option<FileIdentity>,
     taken: std::time::SystemTime,
+}
+
+/// Device, inode and change time (seconds, nanoseconds) of a file.
+type FileIdentity = (u64, u64, i64, i64);
+
+#[cfg(unix)]
+fn file_identity(metadata: &std::fs::Metadata) -> Option<FileIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    Some((
+        metadata.dev(),
+        metadata.ino(),
+        metadata.ctime(),
+        metadata.ctime_nsec(),
+    ))
+}
+
+#[cfg(not(unix))]
+fn file_identity(_metadata: &std::fs::Metadata) -> Option<FileIdentity> {
+    None
 }
 
 impl Snapshot {
@@ -223,6 +246,7 @@ impl Snapshot {
         Ok(Snapshot {
             len: metadata.len(),
             modified: metadata.modified().ok(),
+            identity: file_identity(&metadata),
             taken,
         })
     }
@@ -268,13 +292,15 @@ impl Snapshot {
     /// An error when the file is no longer as it was when this snapshot was taken.
     fn unchanged(&self, file: &FileToSend) -> Result<(), ClientError> {
         let now = Snapshot::take(file)?;
-        if (now.len, now.modified) == (self.len, self.modified) {
+        if (now.len, now.modified, now.identity) == (self.len, self.modified, self.identity) {
             return Ok(());
         }
         let how = if now.len != self.len {
             format!("its size went from {} to {} bytes", self.len, now.len)
-        } else {
+        } else if now.modified != self.modified {
             "it was modified".to_owned()
+        } else {
+            "it was replaced or written to, its size and time kept".to_owned()
         };
         Err(self.changed(file, how))
     }
@@ -702,6 +728,7 @@ mod tests {
         let at = |ago: u64| Snapshot {
             len: 1,
             modified: Some(taken - Duration::from_secs(ago)),
+            identity: None,
             taken,
         };
         assert!(at(0).racy());
@@ -719,6 +746,45 @@ mod tests {
             ..at(10)
         };
         assert!(far.racy());
+    }
+
+    /// A file rewritten with its size and modification time kept (as `touch -r` or
+    /// `cp -p` leave it), long after it was last written (so not read again as a racy
+    /// one), is seen as changed: its change time moved. So is a file replaced by a copy
+    /// with the same size and time.
+    #[cfg(unix)]
+    #[test]
+    fn a_rewrite_that_keeps_size_and_time_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        std::fs::write(&path, b"content").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        let set_old = |path: &std::path::Path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        };
+        set_old(&path);
+        let file = crate::files::check_file(&path, crate::upload::PacketSizing::default()).unwrap();
+        let before = Snapshot::take(&file).unwrap();
+        assert!(!before.racy());
+        assert!(before.unchanged(&file).is_ok());
+        // The change time has a tick of its own: make sure the rewrite lands on another.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, b"CONTENT").unwrap();
+        set_old(&path);
+        let changed = before.unchanged(&file).unwrap_err().to_string();
+        assert!(changed.contains("its size and time kept"), "{changed}");
+        // A copy put in its place, size and time as they were.
+        let copy = dir.path().join("copy.bin");
+        std::fs::write(&copy, b"content").unwrap();
+        set_old(&copy);
+        let again = Snapshot::take(&file).unwrap();
+        std::fs::rename(&copy, &path).unwrap();
+        assert!(again.unchanged(&file).is_err());
     }
 
     /// A file checked for the batch and replaced by a FIFO before its send is refused
