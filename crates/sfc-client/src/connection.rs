@@ -535,21 +535,12 @@ impl Connection {
         // Far more than the few replies a server sends before it closes.
         let arrived = stream.take_arrived(64 * 1024);
         let mut replies = Vec::new();
-        let mut rest = arrived.as_slice();
-        while let Some(head) = rest.first_chunk::<RESPONSE_HEADER_LEN>() {
-            let Ok(header) = ResponseHeader::decode(head) else {
-                break;
-            };
-            let end = RESPONSE_HEADER_LEN + header.payload_size as usize;
-            let Some(payload) = rest.get(RESPONSE_HEADER_LEN..end) else {
-                break;
-            };
+        for (header, payload) in complete_replies(&arrived) {
             let Ok(response) = Response::decode_payload(&header, payload) else {
                 break;
             };
             self.log_reply(&header, &response);
             replies.push(response);
-            rest = rest.get(end..).unwrap_or_default();
         }
         replies
     }
@@ -691,25 +682,24 @@ impl Connection {
     }
 }
 
+/// The whole replies (header and payload) that `arrived` (bytes from the server, from a
+/// reply's start) begins with, up to the first incomplete or invalid header.
+fn complete_replies(arrived: &[u8]) -> impl Iterator<Item = (ResponseHeader, &[u8])> {
+    let mut rest = arrived;
+    std::iter::from_fn(move || {
+        let header = ResponseHeader::decode(rest.first_chunk::<RESPONSE_HEADER_LEN>()?).ok()?;
+        let end = RESPONSE_HEADER_LEN + header.payload_size as usize;
+        let payload = rest.get(RESPONSE_HEADER_LEN..end)?;
+        rest = rest.get(end..).unwrap_or_default();
+        Some((header, payload))
+    })
+}
+
 /// Whether `arrived` (bytes from the server, from a reply's start) holds a complete 1607,
 /// payload included (what [`Connection::refusal_before_close`] then reads), among the
 /// complete replies it begins with.
 pub(crate) fn holds_refusal(arrived: &[u8]) -> bool {
-    let mut rest = arrived;
-    while let Some(head) = rest.first_chunk::<RESPONSE_HEADER_LEN>() {
-        let Ok(header) = ResponseHeader::decode(head) else {
-            return false;
-        };
-        let end = RESPONSE_HEADER_LEN + header.payload_size as usize;
-        let Some(next) = rest.get(end..) else {
-            return false;
-        };
-        if header.code == sfc_proto::ResponseCode::ServerError {
-            return true;
-        }
-        rest = next;
-    }
-    false
+    complete_replies(arrived).any(|(header, _)| header.code == sfc_proto::ResponseCode::ServerError)
 }
 
 /// The wait for the replies to one request.
