@@ -123,11 +123,17 @@ impl Session {
         ) {
             return;
         }
+        self.drop_copy_or_warn(file, "its unverified copy");
+    }
+
+    /// 902 for a file that failed, whose own failure is what gets reported: a 902 that
+    /// fails too is only a warning, and the connection, which may be out of step whatever
+    /// the reply was, is closed (the next request opens a new one).
+    fn drop_copy_or_warn(&mut self, file: &FileToSend, copy: &str) {
         if let Err(dropped) = self.send_verdict(file, false) {
-            // Whatever the reply was, the connection may be out of step: a new one.
             self.conn.close();
             self.reporter.warn(format!(
-                "{}: could not tell the server to drop its unverified copy (902): {dropped}",
+                "{}: could not tell the server to drop {copy} (902): {dropped}",
                 file.label.as_str()
             ));
         }
@@ -149,13 +155,7 @@ impl Session {
             .and_then(|()| before.same_content(file, cksum))
         {
             // The change is what the user must hear about, even if the 902 fails too.
-            if let Err(dropped) = self.send_verdict(file, false) {
-                self.conn.close();
-                self.reporter.warn(format!(
-                    "{}: could not tell the server to drop the copy (902): {dropped}",
-                    file.label.as_str()
-                ));
-            }
+            self.drop_copy_or_warn(file, "the copy");
             return Err(changed);
         }
         self.send_verdict(file, true)?;
