@@ -335,10 +335,7 @@ pub fn remove_pending(
     let rows = meta.files()?;
     let named: std::collections::HashSet<&str> = rows.iter().map(|row| row.path.as_str()).collect();
     let by_file = RowsByFile::of(&rows);
-    // Whether the object a row names exists, asked once per row: the store saying it is
-    // missing, not any failure to ask (a busy S3 answering 503), makes a possible last
-    // copy.
-    let mut row_objects: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
+    let mut row_objects = std::collections::HashMap::new();
     let mut forget = Vec::new();
     let mut owners = std::collections::BTreeSet::new();
     let mut failures = 0;
@@ -350,28 +347,23 @@ pub fn remove_pending(
             continue;
         }
         let row_object = match by_file.relation(&path) {
-            Relation::Replaced(row) | Relation::SameFile(row) => match row_objects.get(row) {
-                Some(&exists) => Ok(exists),
-                None => match blobs.size(row) {
-                    Ok(_) => Ok(*row_objects.entry(row).or_insert(true)),
-                    Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                        Ok(*row_objects.entry(row).or_insert(false))
-                    }
-                    Err(error) => Err(error),
-                },
-            },
+            Relation::Replaced(row) | Relation::SameFile(row) => {
+                object_exists(blobs, row, &mut row_objects)
+            }
             Relation::Unrelated => Ok(true),
         };
-        if let Err(error) = &row_object {
-            tracing::warn!(%path, %error, "cannot tell whether a file whose row is gone is its file's last copy: kept for the next start");
-            if one_more_failure(&mut done, &mut failures, total - index - 1) {
-                break;
+        match row_object {
+            Err(error) => {
+                tracing::warn!(%path, %error, "cannot tell whether a file whose row is gone is its file's last copy: kept for the next start");
+                if one_more_failure(&mut done, &mut failures, total - index - 1) {
+                    break;
+                }
             }
-        } else if matches!(row_object, Ok(false)) {
-            tracing::warn!(%path, "not removing a file whose row is gone: its file's row names a missing object, so this may be its last copy");
-            done.last_copies += 1;
-        } else {
-            match blobs.remove(&path) {
+            Ok(false) => {
+                tracing::warn!(%path, "not removing a file whose row is gone: its file's row names a missing object, so this may be its last copy");
+                done.last_copies += 1;
+            }
+            Ok(true) => match blobs.remove(&path) {
                 Ok(()) => {
                     done.removed += 1;
                     if let Some(owner) = path.split('/').nth(1) {
@@ -390,7 +382,7 @@ pub fn remove_pending(
                         break;
                     }
                 }
-            }
+            },
         }
         if forget.len() >= FORGET_BATCH {
             meta.forget_removals(&forget)?;
@@ -411,6 +403,26 @@ pub fn remove_pending(
         }
     }
     Ok(done)
+}
+
+/// Whether the object at `path` exists, asked of the store once per path (`known`). Only
+/// the store saying it is missing is `false`; a failure to ask (a busy S3 answering 503)
+/// is an error, not remembered.
+fn object_exists<'a>(
+    blobs: &dyn BlobStore,
+    path: &'a str,
+    known: &mut std::collections::HashMap<&'a str, bool>,
+) -> io::Result<bool> {
+    if let Some(&exists) = known.get(path) {
+        return Ok(exists);
+    }
+    let exists = match blobs.size(path) {
+        Ok(_) => true,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => false,
+        Err(error) => return Err(error),
+    };
+    known.insert(path, exists);
+    Ok(exists)
 }
 
 /// Counts a record of [`remove_pending`] kept after a failure; true when the pass stops

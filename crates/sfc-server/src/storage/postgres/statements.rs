@@ -396,7 +396,6 @@ impl MetaStore for PostgresStore {
         if paths.is_empty() {
             return Ok(());
         }
-        let paths = paths.to_vec();
         self.query(
             "DELETE FROM sfc_pending_removals WHERE PathName = ANY($1::text[])",
             &[&paths],
