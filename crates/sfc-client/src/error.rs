@@ -60,7 +60,7 @@ pub enum ClientError {
         "{source}. The registration of {name:?} with {server} (client ID {client_id}) is \
          saved in {me_info} but not finished: the next run sends its public key (826) \
          again to finish it{}",
-        if matches!(**.source, ClientError::Rejected { .. } | ClientError::ServerErrors { .. }) {
+        if matches!(**.source, ClientError::Rejected { .. }) {
             format!(
                 " (if the server no longer knows client {client_id}, {})",
                 crate::identity::START_OVER
@@ -345,8 +345,8 @@ mod tests {
     }
 
     /// A registration whose key exchange failed keeps the exit code of the failure, and
-    /// says which client is saved and what the next run does; after a refusal, also how
-    /// to start over.
+    /// says which client is saved and what the next run does; after a 1601, also how to
+    /// start over.
     #[test]
     fn an_unfinished_registration_names_the_client_and_the_next_step() {
         let unfinished = |source: ClientError| ClientError::RegistrationUnfinished {
@@ -380,7 +380,19 @@ mod tests {
         assert_eq!(refused.exit_code(), exit::REJECTED);
         let text = refused.to_string();
         assert!(text.starts_with("fatal:"), "{text}");
-        assert!(text.contains("no longer knows client"), "{text}");
+        // 1607s: the next run asks with 827 whether the server still knows the client.
+        assert!(!text.contains("no longer knows client"), "{text}");
+
+        let rejected = unfinished(ClientError::Rejected {
+            server: "h:1".into(),
+            request: "826 (send public key)".into(),
+            detail: "it answered 1601 (registration failed) to our public key".into(),
+        });
+        assert_eq!(rejected.exit_code(), exit::REJECTED);
+        assert!(
+            rejected.to_string().contains("no longer knows client"),
+            "{rejected}"
+        );
     }
 
     /// An identity that could not be saved and whose key the server did not get either:

@@ -360,6 +360,116 @@ fn ctrl_c_before_the_1602_leaves_a_registration_the_next_run_finishes() {
     assert_eq!(s.stored["data.bin"], data);
 }
 
+/// A registration left unfinished, then a server that no longer knows the client (its
+/// database replaced): the saved key's 826 gets 1607 on every run, so the client asks
+/// with 827, gets 1606 and registers again as a new client, the old identity kept as a
+/// backup.
+#[test]
+fn an_unfinished_registration_with_a_server_that_forgot_the_client_registers_again() {
+    let double = Double::start(Behaviour {
+        unanswered_public_keys: 2,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "yara", 300);
+    run_client(dir.path(), &[]).assert_code(5);
+    let (_, old_id) = read_me_info(dir.path());
+    assert!(dir.path().join("me.pending").exists());
+    double.state().forget_clients();
+    let first_run = double.state().log.len();
+
+    let run = run_client(dir.path(), &["-v"]);
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains(&format!("no longer knows client {old_id} (reply 1606)")),
+        "{}",
+        run.stdout
+    );
+    let s = double.state();
+    assert_eq!(
+        s.codes()[first_run..],
+        [826, 826, 826, 826, 827, 825, 826, 828, 900]
+    );
+    assert_eq!(s.clients(), vec![("yara".to_owned(), true)]);
+    assert_eq!(s.stored["data.bin"], data);
+    let (name, new_id) = read_me_info(dir.path());
+    assert_eq!(name, "yara");
+    assert_ne!(new_id, old_id);
+    assert!(!dir.path().join("me.pending").exists());
+    assert!(dir.path().join(format!("me.info.{old_id}.bak")).exists());
+}
+
+/// The saved key's 826 refused (1607) by a server that still has the client, with no key
+/// on record: its 827 gets 1606 too, but the name is still this client's (1601), so
+/// nothing is replaced and the next run sends the key again, which then succeeds.
+#[test]
+fn an_unfinished_registration_refused_by_a_server_in_trouble_is_kept() {
+    let double = Double::start(Behaviour {
+        unanswered_public_keys: 2,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "zoe", 300);
+    run_client(dir.path(), &[]).assert_code(5);
+    let (_, id) = read_me_info(dir.path());
+    double.state().refuse(826, 4);
+    let first_run = double.state().log.len();
+
+    let run = run_client(dir.path(), &[]);
+    run.assert_code(3);
+    assert!(
+        run.stderr.contains(&format!(
+            "(client ID {id}) is saved in me.info but not finished"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("Choose another name"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        double.state().codes()[first_run..],
+        [826, 826, 826, 826, 827, 825]
+    );
+    assert_eq!(read_me_info(dir.path()).1, id);
+    assert!(dir.path().join("me.pending").exists());
+
+    run_client(dir.path(), &[]).assert_code(0);
+    let s = double.state();
+    assert_eq!(s.clients(), vec![("zoe".to_owned(), true)]);
+    assert_eq!(s.stored["data.bin"], data);
+    assert!(!dir.path().join("me.pending").exists());
+}
+
+/// A server that refuses a second 826 from a client whose key it has (other servers
+/// than ours may): the saved key's 826 gets 1607, the 827 gets 1605, and the
+/// registration counts as finished.
+#[test]
+fn an_unfinished_registration_whose_key_the_server_has_reconnects() {
+    let double = Double::start(Behaviour::default());
+    let dir = tempdir();
+    let data = setup(dir.path(), &double, "ada", 300);
+    run_client(dir.path(), &[]).assert_code(0);
+    let (_, id) = read_me_info(dir.path());
+    // The mark's removal was lost (a crash before it reached the disk).
+    std::fs::write(dir.path().join("me.pending"), &id).unwrap();
+    double.state().refuse(826, 4);
+    let first_run = double.state().log.len();
+
+    let run = run_client(dir.path(), &[]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("reconnected to"), "{}", run.stdout);
+    let s = double.state();
+    assert_eq!(s.codes()[first_run..], [826, 826, 826, 826, 827, 828, 900]);
+    assert_eq!(s.clients(), vec![("ada".to_owned(), true)]);
+    assert_eq!(s.stored["data.bin"], data);
+    assert_eq!(read_me_info(dir.path()).1, id);
+    assert!(!dir.path().join("me.pending").exists());
+}
+
 #[test]
 fn name_taken_is_reported_with_its_own_exit_code() {
     let double = Double::start(Behaviour::default());

@@ -122,6 +122,19 @@ fn first_run_registers_and_later_runs_reconnect() {
     assert_ne!(changed, original);
 }
 
+/// Stops `server` and starts it again at the same address with a new, empty database.
+fn restart_without_database(server: RunningServer, data: &Path) -> RunningServer {
+    let address = server.addr();
+    server.stop();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(data.join(format!("defensive.db{suffix}")));
+    }
+    // The operator starts over on purpose: the server refuses a new database beside
+    // files of another one until their set-up ID goes too.
+    std::fs::remove_file(data.join("sfc-setup-id")).unwrap();
+    start_server_with(data, |config| config.bind = address)
+}
+
 #[test]
 fn a_server_that_lost_its_database_gets_a_new_registration() {
     let data = tempdir();
@@ -131,17 +144,7 @@ fn a_server_that_lost_its_database_gets_a_new_registration() {
     let original = make_file(&dir.path().join("data.bin"), 500, 3);
     run_client(dir.path(), &[]).assert_code(0);
     let (_, old_id) = read_me_info(dir.path());
-    let address = server.addr();
-    server.stop();
-
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(data.path().join(format!("defensive.db{suffix}")));
-    }
-    // The operator starts over on purpose: the server refuses a new database beside
-    // files of another one until their set-up ID goes too.
-    std::fs::remove_file(data.path().join("sfc-setup-id")).unwrap();
-    // The same server (same address) without its database.
-    let server = start_server_with(data.path(), |config| config.bind = address);
+    let server = restart_without_database(server, data.path());
     let run = run_client(dir.path(), &["--server", &server.addr().to_string(), "-v"]);
     run.assert_code(0);
     assert!(
@@ -519,6 +522,48 @@ fn a_registration_cut_before_its_1602_is_finished_by_the_next_run() {
         assert!(stored.verified, "{cut:?}");
         assert_eq!(std::fs::read(&stored.path).unwrap(), original, "{cut:?}");
     }
+}
+
+/// A registration cut before its 1602, then a server that lost its database: our server
+/// answers the saved key's 826 with 1607 (an unknown client, rule S15) and the 827 with
+/// 1606, so the client registers again instead of failing on every run.
+#[test]
+fn an_unfinished_registration_with_a_server_that_lost_its_database_registers_again() {
+    let data = tempdir();
+    let server = start_server(data.path());
+    let cutter = RegistrationCutter::start(server.addr(), Cut::BeforeForwarding);
+    let dir = tempdir();
+    let original = make_file(&dir.path().join("f.bin"), 700, 5);
+    let address = cutter.address();
+    let args = ["-s", &address, "-n", "wren", "f.bin", "-v"];
+    run_client(dir.path(), &args).assert_code(5);
+    let (_, old_id) = read_me_info(dir.path());
+    cutter.stop_cutting();
+    let server = restart_without_database(server, data.path());
+
+    let run = run_client(dir.path(), &args);
+    run.assert_code(0);
+    assert!(run.stderr.contains("<- 1606"), "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains(&format!("no longer knows client {old_id}")),
+        "{}",
+        run.stdout
+    );
+    let (name, new_id) = read_me_info(dir.path());
+    assert_eq!(name, "wren");
+    assert_ne!(new_id, old_id);
+    assert!(!dir.path().join("me.pending").exists());
+    drop(cutter);
+    server.stop();
+    assert_eq!(
+        clients(data.path()),
+        vec![("wren".to_owned(), new_id.clone(), true)]
+    );
+    let files = stored_files(data.path());
+    let stored = find(&files, "f.bin");
+    assert_eq!(stored.owner, new_id);
+    assert_eq!(std::fs::read(&stored.path).unwrap(), original);
 }
 
 /// Issue 13 item 2: an identity belongs to the server that issued it. A run against a

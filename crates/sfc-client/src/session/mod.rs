@@ -143,15 +143,30 @@ impl Session {
                     identity.client_id
                 ),
             );
-            return Self::finish_registration(conn, reporter, folder, identity, true);
+            return Self::finish_registration(
+                conn,
+                reporter,
+                folder,
+                identity,
+                KeyExchange::Resumed { name },
+            );
         }
-        let request = Request::new(
-            identity.client_id,
-            RequestBody::Reconnect {
-                name: identity.name.clone(),
-            },
-        );
-        match call(&mut conn, &reporter, &request)? {
+        let reply = call(&mut conn, &reporter, &reconnect_request(&identity))?;
+        Self::reconnected(conn, reporter, folder, identity, name, reply)
+    }
+
+    /// The server's reply to the 827 of `identity`: 1605 is a session with the key it
+    /// wraps; 1606 registers again as a new client named `name` (else the saved name),
+    /// the old identity kept as a backup (rule C6).
+    fn reconnected(
+        conn: Connection,
+        reporter: Reporter,
+        folder: &IdentityFolder,
+        identity: Identity,
+        name: Option<&Name>,
+        reply: Response,
+    ) -> Result<Session, ClientError> {
+        match reply {
             Response::ReconnectAccepted {
                 client_id,
                 wrapped_key,
@@ -252,55 +267,79 @@ impl Session {
             }
             return Err(not_saved(&identity, conn.server(), source, key_sent));
         }
-        Self::finish_registration(conn, reporter, folder, identity, false)
+        Self::finish_registration(conn, reporter, folder, identity, KeyExchange::New)
     }
 
     /// The key exchange (826 → 1602) of an identity saved as awaiting it (me.pending),
-    /// just registered or left so by an earlier run (`resumed`); then the mark goes. A
-    /// failure says that the identity is kept and the next run tries again.
+    /// just registered or left so by an earlier run; then the mark goes. A failure says
+    /// that the identity is kept and the next run tries again.
     fn finish_registration(
         mut conn: Connection,
         reporter: Reporter,
         folder: &IdentityFolder,
         identity: Identity,
-        resumed: bool,
+        exchange: KeyExchange<'_>,
     ) -> Result<Session, ClientError> {
         let me_info = display_path(&folder.dir, identity::ME_INFO);
         let client_id = identity.client_id;
+        let server = conn.server().to_owned();
+        let unfinished = |source: ClientError, name: &Name| ClientError::RegistrationUnfinished {
+            source: Box::new(source),
+            server: server.clone(),
+            name: name.as_str().to_owned(),
+            client_id: client_id.to_hex(),
+            me_info: me_info.clone(),
+        };
         reporter.set_interrupt_note(Some(format!(
             "the registration of client ID {client_id} is saved in {} but not finished: the \
              next run sends its public key (826) again to finish it",
             me_info.display()
         )));
         let exchanged = exchange_keys(&mut conn, &reporter, &identity);
+        let key = match (exchanged, exchange) {
+            (Ok(key), _) => key,
+            // A server that no longer knows the client (its database replaced, or restored
+            // from before the 1600) refuses the 826 so (rule S15), and would on every run:
+            // 827 tells it from a server in trouble.
+            (Err(refused @ ClientError::ServerErrors { .. }), KeyExchange::Resumed { name }) => {
+                reporter.detail(
+                    Verbosity::Verbose,
+                    format!(
+                        "   the server refused the public key of client {client_id}: asking \
+                         (827) whether it still knows the client"
+                    ),
+                );
+                let asked = call(&mut conn, &reporter, &reconnect_request(&identity));
+                reporter.set_interrupt_note(None);
+                let reply = asked.map_err(|e| unfinished(e, &identity.name))?;
+                let saved_name = identity.name.clone();
+                return match Self::reconnected(conn, reporter, folder, identity, name, reply) {
+                    Ok(session) => {
+                        if !session.registered {
+                            // 1605: the server has this key on record after all.
+                            session.record_key_exchanged(folder);
+                        }
+                        Ok(session)
+                    }
+                    // 1606 then 1601 for the saved name: the server also answers 827 so
+                    // for a client with no key on record, and the name may be this very
+                    // client's. The refusal was the server's trouble, then: nothing is
+                    // replaced, and the next run sends the key again.
+                    Err(ClientError::NameTaken { name: taken, .. })
+                        if taken == saved_name.as_str() =>
+                    {
+                        Err(unfinished(refused, &saved_name))
+                    }
+                    Err(other) => Err(other),
+                };
+            }
+            (Err(source), _) => {
+                reporter.set_interrupt_note(None);
+                return Err(unfinished(source, &identity.name));
+            }
+        };
         reporter.set_interrupt_note(None);
-        let key = exchanged.map_err(|source| ClientError::RegistrationUnfinished {
-            source: Box::new(source),
-            server: conn.server().to_owned(),
-            name: identity.name.as_str().to_owned(),
-            client_id: client_id.to_hex(),
-            me_info: me_info.clone(),
-        })?;
-        if let Err(e) = folder.key_exchanged() {
-            reporter.warn(format!(
-                "could not record that the key exchange is done ({e}); the next run sends the \
-                 public key again, which the server accepts"
-            ));
-        }
-        let server = conn.server();
-        let name = identity.name.as_str();
-        reporter.info(match resumed {
-            false => format!(
-                "registered with {server} as {name:?}: client ID {client_id}; saved {} and {}",
-                me_info.display(),
-                display_path(&folder.dir, identity::PRIV_KEY).display()
-            ),
-            true => format!(
-                "finished the registration an earlier run began: {server} has the public key \
-                 of {name:?} (client ID {client_id}) now"
-            ),
-        });
-        Ok(Session {
+        let session = Session {
             conn,
             reporter,
             client_id,
@@ -308,7 +347,33 @@ impl Session {
             key,
             uploader: Uploader::new(),
             registered: true,
-        })
+        };
+        session.record_key_exchanged(folder);
+        let server = session.conn.server();
+        let name = session.name.as_str();
+        session.reporter.info(match exchange {
+            KeyExchange::New => format!(
+                "registered with {server} as {name:?}: client ID {client_id}; saved {} and {}",
+                me_info.display(),
+                display_path(&folder.dir, identity::PRIV_KEY).display()
+            ),
+            KeyExchange::Resumed { .. } => format!(
+                "finished the registration an earlier run began: {server} has the public key \
+                 of {name:?} (client ID {client_id}) now"
+            ),
+        });
+        Ok(session)
+    }
+
+    /// Removes the mark of an unfinished key exchange (me.pending), now that the server has
+    /// this session's key; a failure is only a warning.
+    fn record_key_exchanged(&self, folder: &IdentityFolder) {
+        if let Err(e) = folder.key_exchanged() {
+            self.reporter.warn(format!(
+                "could not record that the key exchange is done ({e}); the next run sends the \
+                 public key again, which the server accepts"
+            ));
+        }
     }
 
     /// Waits for a save of the identity files in progress (me.info, priv.key, me.server,
@@ -364,6 +429,26 @@ impl Session {
     pub fn close(mut self) {
         self.conn.close();
     }
+}
+
+/// Which key exchange [`Session::finish_registration`] finishes.
+#[derive(Clone, Copy)]
+enum KeyExchange<'a> {
+    /// That of the identity just registered (825 → 1600).
+    New,
+    /// That of an identity an earlier run saved before it; `name` is the configured user
+    /// name, for a registration anew should the server no longer know the client.
+    Resumed { name: Option<&'a Name> },
+}
+
+/// 827 for a saved identity.
+fn reconnect_request(identity: &Identity) -> Request {
+    Request::new(
+        identity.client_id,
+        RequestBody::Reconnect {
+            name: identity.name.clone(),
+        },
+    )
 }
 
 /// What a 1606 means here: the server forgot us, or (for an identity borrowed from me.info

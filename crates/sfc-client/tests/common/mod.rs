@@ -381,6 +381,17 @@ impl State {
         clients.sort();
         clients
     }
+
+    /// Forgets every client: a server whose database was replaced, or restored from a
+    /// backup older than the registrations.
+    pub fn forget_clients(&mut self) {
+        self.clients.clear();
+    }
+
+    /// Answers the next `times` requests with `code` with 1607.
+    pub fn refuse(&mut self, code: u16, times: u32) {
+        *self.errors_left.entry(code).or_default() += times;
+    }
 }
 
 /// What [`handle`] does with a request.
