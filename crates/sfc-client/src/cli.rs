@@ -130,8 +130,9 @@ pub struct Options {
     pub connect_timeout: Duration,
 
     /// Seconds allowed for each request to be taken and each whole reply to arrive; a request
-    /// of 64 KiB or more (a large file packet) has as much again per whole 64 KiB in it, each
-    /// write still making progress within this
+    /// of 64 KiB or more (a large file packet, or a batch of packets streamed on one
+    /// connection) has as much again per whole 64 KiB in it, each write still making
+    /// progress within this
     #[arg(long = "timeout", value_name = "SECONDS", value_parser = parse_seconds,
           default_value = "60")]
     pub io_timeout: Duration,

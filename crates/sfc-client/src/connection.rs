@@ -605,7 +605,7 @@ impl Connection {
             let io_timeout = self.io_timeout;
             let written = self
                 .stream()
-                .and_then(|s| write_request(s, request, io_timeout));
+                .and_then(|s| write_request(s, request, io_timeout, "request"));
             let result = match written {
                 Ok(()) => self.read_reply(),
                 Err(error) => match self.refusal_before_close() {
@@ -764,10 +764,16 @@ fn request_allowance(timeout: Duration, len: usize) -> Duration {
     timeout.saturating_mul(whole_pieces.saturating_add(1))
 }
 
-/// Writes a whole request. Each write must make progress within `timeout`, so a server
-/// that stops reading is caught as on a persistent connection; all of it must be taken
-/// within [`request_allowance`], so a server taking a byte now and then is caught too.
-fn write_request(stream: &mut Stream, request: &[u8], timeout: Duration) -> io::Result<()> {
+/// Writes a whole request, or a batch of requests (`what` names it in the errors). Each
+/// write must make progress within `timeout`, so a server that stops reading is caught;
+/// all of it must be taken within [`request_allowance`], so a server taking a little now
+/// and then, below the least rate, is caught too.
+pub(crate) fn write_request(
+    stream: &mut Stream,
+    request: &[u8],
+    timeout: Duration,
+    what: &str,
+) -> io::Result<()> {
     let allowance = request_allowance(timeout, request.len());
     let started = Instant::now();
     // The deadline of the next write, and whether it is the whole request's.
@@ -776,7 +782,7 @@ fn write_request(stream: &mut Stream, request: &[u8], timeout: Duration) -> io::
         (Instant::now() + left.min(timeout), left <= timeout)
     };
     let timed_out = |whole: bool| match whole {
-        true => request_timed_out(allowance, request.len()),
+        true => request_timed_out(allowance, request.len(), what),
         false => request_stalled(timeout),
     };
     let mut rest = request;
@@ -801,16 +807,17 @@ fn write_request(stream: &mut Stream, request: &[u8], timeout: Duration) -> io::
         })
 }
 
-/// A request of `len` bytes the server did not take in full within `allowance`.
-fn request_timed_out(allowance: Duration, len: usize) -> io::Error {
+/// A request (or `what`) of `len` bytes the server did not take in full within
+/// `allowance`.
+fn request_timed_out(allowance: Duration, len: usize, what: &str) -> io::Error {
     let within = format_duration(allowance);
     let text = match len < MIN_BYTES_PER_TIMEOUT {
         true => format!(
-            "the server did not take the whole request within {within} (timed out: --timeout)"
+            "the server did not take the whole {what} within {within} (timed out: --timeout)"
         ),
         false => format!(
-            "the server did not take the whole request ({}) within {within} (timed out: \
-             --timeout, plus --timeout for each 64 KiB of the request)",
+            "the server did not take the whole {what} ({}) within {within} (timed out: \
+             --timeout, plus --timeout for each 64 KiB of it)",
             human_bytes(len as u64)
         ),
     };
@@ -1098,7 +1105,7 @@ mod tests {
         let long = Duration::from_secs(5);
         assert!(conn.round_trip_allowing(&request, long).is_ok());
         // Persistent: the request written on the stream, then the allowance.
-        write_request(conn.stream_mut().unwrap(), &request, long).unwrap();
+        write_request(conn.stream_mut().unwrap(), &request, long, "request").unwrap();
         conn.allow_for_replies(long);
         assert!(conn.read_reply().is_ok());
         let error = conn.round_trip(&request).unwrap_err().to_string();
@@ -1246,9 +1253,12 @@ mod tests {
             request_allowance(Duration::from_secs(86_400), usize::MAX),
             Duration::from_secs(86_400).saturating_mul(u32::MAX)
         );
-        let text = request_timed_out(257 * minute, largest_packet).to_string();
-        assert!(text.contains("within 15420 s"), "{text}");
-        assert!(text.contains("--timeout for each 64 KiB"), "{text}");
+        let text = request_timed_out(257 * minute, largest_packet, "request").to_string();
+        assert!(
+            text.contains("whole request (16.0 MiB) within 15420 s"),
+            "{text}"
+        );
+        assert!(text.contains("--timeout for each 64 KiB of it"), "{text}");
     }
 
     /// A large request (a file packet, one connection per request) that the server takes

@@ -495,6 +495,7 @@ fn send_persistent(
         conn.log_request(bytes);
     }
     let pace = conn.pace();
+    let timeout = conn.io_timeout();
     let Some(stream) = conn.stream_mut() else {
         return Err(on_failure(
             conn,
@@ -506,8 +507,8 @@ fn send_persistent(
         ));
     };
     let written = match pace {
-        Some(pause) => write_paced(stream, reporter, source, out, resend, pause),
-        None => write_pipelined(stream, reporter, source, out, spare, resend),
+        Some(pause) => write_paced(stream, reporter, source, out, resend, (pause, timeout)),
+        None => write_pipelined(stream, reporter, source, (out, spare), resend, timeout),
     };
     match written {
         Ok(()) => reporter.waiting_for_checksum(),

@@ -5,15 +5,17 @@
 //! [`BATCH`] bytes; a writer thread writes the previous batch with one `write_all`. The
 //! buffers are handed back for the next send, so memory stays flat.
 
-use std::io::{self, Write};
+use std::io;
 use std::sync::mpsc;
 use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Duration;
 
 use super::buffer::ReadBuffer;
 use super::packets::{
     buffer_error, packet_room, Chunk, FileReader, PacketSource, ReaderFeed, READ_BUFFERS,
 };
 use super::{trace_packet, BATCH};
+use crate::connection::write_request;
 use crate::error::ClientError;
 use crate::progress::Reporter;
 use crate::tls::Stream;
@@ -30,16 +32,21 @@ pub(crate) enum PipeError {
 /// A batch of packets for the writer thread: the buffer and how many bytes of it count.
 type Batch = (Vec<u8>, usize);
 
-/// Writes the file's packets (after `resend`, a 901, if given) to `stream`. The two batch
-/// buffers are initialised once and handed back for the next send, as are the plaintext
-/// buffers (in the source's pool).
+/// What the errors call one batch the writer thread writes.
+const BATCH_NAME: &str = "batch of file packets";
+
+/// Writes the file's packets (after `resend`, a 901, if given) to `stream`, each batch
+/// taken by the server within `timeout` plus `timeout` per 64 KiB of it (the least rate
+/// of [`write_request`]), and every write making progress within `timeout`. The two
+/// batch buffers are initialised once and handed back for the next send, as are the
+/// plaintext buffers (in the source's pool).
 pub(crate) fn write_pipelined(
     stream: &mut Stream,
     reporter: &Reporter,
     source: &mut PacketSource<'_>,
-    first: &mut Vec<u8>,
-    second: &mut Vec<u8>,
+    (first, second): (&mut Vec<u8>, &mut Vec<u8>),
     resend: Option<&[u8]>,
+    timeout: Duration,
 ) -> Result<(), PipeError> {
     let head = resend.map_or(0, <[u8]>::len);
     let capacity = BATCH + head + packet_room(&source.plan);
@@ -57,7 +64,7 @@ pub(crate) fn write_pipelined(
     };
     let (produced, written, read_ok, returned) = std::thread::scope(|scope| {
         let reading = spawn_reader(scope, reader, source);
-        let (full_tx, empty_rx, writer) = spawn_writer(scope, stream);
+        let (full_tx, empty_rx, writer) = spawn_writer(scope, stream, timeout);
         let produced = produce(
             source,
             reporter,
@@ -93,17 +100,18 @@ pub(crate) fn write_pipelined(
 /// pausing `pause` after each (`--pace`): for servers that read each field with a single
 /// `recv()` and lose track when a read comes back short. With TCP_NODELAY (always set) a
 /// packet that fits one TCP segment then arrives whole, and the pause lets the server
-/// take it before the next one comes.
+/// take it before the next one comes. Each request is taken within `timeout` (plus
+/// `timeout` per 64 KiB of it), as with one connection per request.
 pub(crate) fn write_paced(
     stream: &mut Stream,
     reporter: &Reporter,
     source: &mut PacketSource<'_>,
     out: &mut Vec<u8>,
     resend: Option<&[u8]>,
-    pause: std::time::Duration,
+    (pause, timeout): (Duration, Duration),
 ) -> Result<(), PipeError> {
     if let Some(bytes) = resend {
-        stream.write_all(bytes).map_err(PipeError::Write)?;
+        write_request(stream, bytes, timeout, "request").map_err(PipeError::Write)?;
         std::thread::sleep(pause);
     }
     let total = source.plan.total_packets;
@@ -113,7 +121,7 @@ pub(crate) fn write_paced(
             return Ok(());
         };
         trace_packet(reporter, &info, total);
-        stream.write_all(out).map_err(PipeError::Write)?;
+        write_request(stream, out, timeout, "request").map_err(PipeError::Write)?;
         reporter.set_progress(source.sent);
         if !info.last {
             std::thread::sleep(pause);
@@ -164,6 +172,7 @@ fn spawn_reader<'scope, 'env, 'a: 'scope>(
 fn spawn_writer<'scope, 'env, 's: 'scope>(
     scope: &'scope Scope<'scope, 'env>,
     stream: &'s mut Stream,
+    timeout: Duration,
 ) -> (
     mpsc::SyncSender<Batch>,
     mpsc::Receiver<Vec<u8>>,
@@ -173,7 +182,12 @@ fn spawn_writer<'scope, 'env, 's: 'scope>(
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     let writer = scope.spawn(move || -> io::Result<()> {
         for (buf, len) in full_rx {
-            stream.write_all(buf.get(..len).unwrap_or_default())?;
+            write_request(
+                stream,
+                buf.get(..len).unwrap_or_default(),
+                timeout,
+                BATCH_NAME,
+            )?;
             // A refusal already there: the rest would be dropped unread (rule S12). The
             // caller finds the 1607 among the replies that arrived.
             if stream.refusal_waiting() {
@@ -317,9 +331,9 @@ mod tests {
                 &mut stream,
                 &Reporter::quiet(),
                 &mut source,
-                &mut first,
-                &mut second,
+                (&mut first, &mut second),
                 Some(b"resend"),
+                Duration::from_secs(30),
             );
             assert!(result.is_ok(), "size {size}");
             assert_eq!(source.checksum(), sfc_crypto::cksum(&data));
@@ -355,9 +369,9 @@ mod tests {
             &mut stream,
             &Reporter::quiet(),
             &mut source,
-            &mut first,
-            &mut second,
+            (&mut first, &mut second),
             None,
+            Duration::from_secs(30),
         );
         match result {
             Err(PipeError::Source(e)) => assert!(e.to_string().contains("shorter"), "{e}"),
@@ -365,5 +379,73 @@ mod tests {
         }
         drop(stream);
         server.join().unwrap();
+    }
+
+    /// A server that keeps taking the upload, each write making progress within the
+    /// time-out, but far below the least rate (64 KiB per time-out): a batch not taken
+    /// within its allowance ends the send, as a request does with one connection per
+    /// request. (Small socket buffers, so that the kernel wakes the blocked writer often.)
+    #[test]
+    fn a_server_taking_the_upload_below_the_least_rate_is_a_time_out() {
+        use rustix::net::sockopt;
+        use std::net::{TcpListener, TcpStream};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, vec![5u8; 3 << 20]).unwrap();
+        let p = plan(3 << 20, PacketSizing::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        sockopt::set_socket_recv_buffer_size(&listener, 8 << 10).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut piece = vec![0u8; 4 << 10];
+            // 80 KiB/s: a write goes on every few tens of ms, a third of the least rate of
+            // a 0.25 s time-out (256 KiB/s).
+            while stopped.try_recv().is_err() {
+                match conn.read(&mut piece) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        let tcp = TcpStream::connect(addr).unwrap();
+        sockopt::set_socket_send_buffer_size(&tcp, 8 << 10).unwrap();
+        let mut stream = Stream::Plain(tcp);
+        let (mut chunk, mut pool) = (ReadBuffer::default(), Vec::new());
+        let mut source = PacketSource::open(
+            &path,
+            &Name::new("f.bin").unwrap(),
+            ClientId::ZERO,
+            &AesKey::random(),
+            p,
+            &mut chunk,
+            &mut pool,
+        )
+        .unwrap();
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        let started = std::time::Instant::now();
+        let result = write_pipelined(
+            &mut stream,
+            &Reporter::quiet(),
+            &mut source,
+            (&mut first, &mut second),
+            None,
+            Duration::from_millis(250),
+        );
+        let took = started.elapsed();
+        drop(stop);
+        drop(stream);
+        server.join().unwrap();
+        let Err(PipeError::Write(e)) = result else {
+            panic!("a send below the least rate went through ({took:?})");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("did not take the whole batch of file packets (1.0 MiB)"),
+            "{text}"
+        );
+        assert!(text.contains("for each 64 KiB of it"), "{text}");
     }
 }
