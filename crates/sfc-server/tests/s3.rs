@@ -360,6 +360,39 @@ fn an_abandoned_upload_is_forgotten_only_once_aborted() {
     assert_eq!(marker(), None);
 }
 
+/// An old object under `uploads/` far larger than any upload ID is not one of this
+/// server's markers: recovery neither reads it nor aborts anything for it, and leaves it.
+#[test]
+fn an_object_too_large_to_be_a_marker_is_left_unread() {
+    let Some(weed) = shared("an_object_too_large_to_be_a_marker_is_left_unread") else {
+        return;
+    };
+    let grace = Duration::from_secs(2);
+    let (proxy, location) = behind_proxy(weed);
+    let prefix = location.prefix.clone();
+    let rel = format!(
+        "uploads/{}/big.bin/0b5c3a57-2f8e-4f7e-9a7d-3c1e2d4b5a69",
+        hex()
+    );
+    let key = Key::from(format!("{prefix}/{rel}"));
+    block_on(weed.client().put(&key, vec![b'x'; 1 << 20].into())).unwrap();
+    std::thread::sleep(grace * 2 + Duration::from_millis(1500));
+    let starting = S3BlobStore::open(&location, grace).unwrap();
+
+    let recovered = recover(&|| Ok(Vec::new()), 1, &starting).unwrap();
+    assert_eq!(recovered.stale_temps, 0);
+    let seen = proxy.seen();
+    assert!(
+        !seen
+            .iter()
+            .any(|request| request.starts_with("GET ") && request.contains(&rel)),
+        "{seen:#?}"
+    );
+    assert!(!seen.iter().any(|r| r.contains("uploadId=")), "{seen:#?}");
+    let left: Vec<String> = weed.objects(&prefix).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(left, [rel]);
+}
+
 /// A multipart upload whose marker cannot be written fails at once and is aborted: with
 /// no marker, nothing would ever abort it later.
 #[test]

@@ -11,6 +11,11 @@ use sfc_proto::ClientId;
 use std::collections::HashSet;
 use std::io;
 
+/// The most bytes a marker holds: an upload ID (AWS's are about 150 characters). A larger
+/// object under `uploads/` is none of this server's markers, and is never read whole into
+/// memory.
+const MAX_MARKER_LEN: u64 = 4096;
+
 impl Shared {
     /// Aborts abandoned multipart uploads (deleting their markers) and deletes old
     /// backups; returns how many it removed.
@@ -19,6 +24,14 @@ impl Shared {
         let mut removed = 0;
         for marker in shared.list(UPLOADS_DIR)? {
             if !shared.is_abandoned(&marker) {
+                continue;
+            }
+            if marker.size > MAX_MARKER_LEN {
+                tracing::warn!(
+                    object = %marker.location,
+                    size = marker.size,
+                    "an object under uploads/ too large to be an upload marker is left alone"
+                );
                 continue;
             }
             let Some((hex, name)) = shared.rel(&marker.location).and_then(marker_target) else {
@@ -34,7 +47,7 @@ impl Shared {
                 };
                 // Rewritten since the listing (a live upload's keeper, or its completion
                 // about to commit): not abandoned after all.
-                if !shared.is_abandoned(&got.meta) {
+                if !shared.is_abandoned(&got.meta) || got.meta.size > MAX_MARKER_LEN {
                     return Ok(false);
                 }
                 let id = got.bytes().await?;
