@@ -393,6 +393,37 @@ fn an_object_too_large_to_be_a_marker_is_left_unread() {
     assert_eq!(left, [rel]);
 }
 
+/// The start-up check of the bucket and credentials asks for one page of the listing,
+/// however many client folders there are (before, it listed them all, page by page, into
+/// memory); a bucket that does not exist stops the start with a clear message.
+#[test]
+fn the_start_up_check_asks_for_one_page() {
+    let Some(weed) = shared("the_start_up_check_asks_for_one_page") else {
+        return;
+    };
+    let (proxy, location) = behind_proxy(weed);
+    let prefix = location.prefix.clone();
+    let client = weed.client();
+    // More client folders than one page of a listing holds (1,000).
+    block_on(futures::future::try_join_all((0..1001u32).map(|n| {
+        let key = Key::from(format!("{prefix}/files/{:032x}/f.bin", n + 1));
+        let client = &client;
+        async move { client.put(&key, b"x".to_vec().into()).await }
+    })))
+    .unwrap();
+    S3BlobStore::open(&location, Duration::from_secs(600)).unwrap();
+    let seen = proxy.seen();
+    let listings = seen.iter().filter(|r| r.contains("list-type=2")).count();
+    assert_eq!(listings, 1, "{seen:#?}");
+
+    let mut missing = location.clone();
+    missing.bucket = "no-such-bucket".to_owned();
+    let Err(error) = S3BlobStore::open(&missing, Duration::from_secs(600)) else {
+        panic!("a bucket that does not exist was accepted");
+    };
+    assert!(error.to_string().contains("cannot list"), "{error}");
+}
+
 /// A multipart upload whose marker cannot be written fails at once and is aborted: with
 /// no marker, nothing would ever abort it later.
 #[test]

@@ -255,13 +255,14 @@ impl S3BlobStore {
         })
     }
 
-    /// Lists the prefix once: a wrong endpoint, bucket or credentials stop the server at
-    /// start-up with a clear message instead of failing every upload.
+    /// Asks for the first page of the prefix's listing: a wrong endpoint, bucket or
+    /// credentials stop the server at start-up with a clear message instead of failing
+    /// every upload. (One request, however many objects there are.)
     fn check(&self) -> io::Result<()> {
         let shared = &self.shared;
         let prefix = shared.key(FILES_DIR)?;
         shared
-            .run(async { shared.s3.list_with_delimiter(Some(&prefix)).await })
+            .run(async { shared.s3.list(Some(&prefix)).try_next().await })
             .map_err(|error| {
                 io::Error::new(
                     error.kind(),
@@ -306,10 +307,23 @@ impl Shared {
         key.as_ref().strip_prefix(self.prefix.as_str())
     }
 
-    /// Every object under `rel/`.
-    fn list(&self, rel: &str) -> io::Result<Vec<ObjectMeta>> {
+    /// Lists the objects under `rel/` page by page, keeping only what `keep` makes of each:
+    /// a bucket of millions of objects is never held whole in memory (a listed object
+    /// takes some 200 bytes).
+    fn list_kept<T>(
+        &self,
+        rel: &str,
+        mut keep: impl FnMut(ObjectMeta) -> Option<T>,
+    ) -> io::Result<Vec<T>> {
         let prefix = self.key(rel)?;
-        self.run(self.s3.list(Some(&prefix)).try_collect())
+        self.run(async {
+            let mut kept = Vec::new();
+            let mut listing = self.s3.list(Some(&prefix));
+            while let Some(meta) = listing.try_next().await? {
+                kept.extend(keep(meta));
+            }
+            Ok(kept)
+        })
     }
 
     /// Whether an object last modified at `meta` is older than the grace period.

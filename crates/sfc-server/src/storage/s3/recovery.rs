@@ -22,10 +22,10 @@ impl Shared {
     pub(super) fn remove_stale_temps(&self) -> io::Result<usize> {
         let shared = self;
         let mut removed = 0;
-        for marker in shared.list(UPLOADS_DIR)? {
-            if !shared.is_abandoned(&marker) {
-                continue;
-            }
+        let abandoned = shared.list_kept(UPLOADS_DIR, |marker| {
+            Some(marker).filter(|marker| shared.is_abandoned(marker))
+        })?;
+        for marker in abandoned {
             if marker.size > MAX_MARKER_LEN {
                 tracing::warn!(
                     object = %marker.location,
@@ -72,12 +72,13 @@ impl Shared {
             })?;
             removed += usize::from(aborted);
         }
-        for object in shared.list(FILES_DIR)? {
+        let old_backups = shared.list_kept(FILES_DIR, |object| {
             let is_backup = object.location.filename().is_some_and(is_temp_name);
-            if is_backup && shared.is_old(&object) {
-                shared.run(shared.delete_quietly(&object.location))?;
-                removed += 1;
-            }
+            (is_backup && shared.is_old(&object)).then_some(object.location)
+        })?;
+        for backup in old_backups {
+            shared.run(shared.delete_quietly(&backup))?;
+            removed += 1;
         }
         Ok(removed)
     }
@@ -87,32 +88,32 @@ impl Shared {
         let shared = self;
         // Markers first: an upload that starts after this listing makes a young object.
         let protected: HashSet<(String, String)> = shared
-            .list(UPLOADS_DIR)?
-            .iter()
-            .filter(|marker| !shared.is_abandoned(marker))
-            .filter_map(|marker| shared.rel(&marker.location).and_then(marker_target))
-            .map(|(hex, name)| (hex.to_owned(), name.to_owned()))
+            .list_kept(UPLOADS_DIR, |marker| {
+                if shared.is_abandoned(&marker) {
+                    return None;
+                }
+                let (hex, name) = shared.rel(&marker.location).and_then(marker_target)?;
+                Some((hex.to_owned(), name.to_owned()))
+            })?
+            .into_iter()
             .collect();
-        let mut paths = Vec::new();
-        for object in shared.list(FILES_DIR)? {
-            let Some(rel) = shared.rel(&object.location) else {
-                continue;
-            };
+        let mut paths = shared.list_kept(FILES_DIR, |object| {
+            let rel = shared.rel(&object.location)?;
             let mut parts = rel.split('/');
             let (Some(_), Some(hex), Some(name), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
             else {
-                continue;
+                return None;
             };
             let ours = ClientId::from_hex(hex).is_ok_and(|id| id.to_hex() == hex);
             if !ours || is_temp_name(name) || !shared.is_old(&object) {
-                continue;
+                return None;
             }
             if protected.contains(&(hex.to_owned(), name.to_owned())) {
-                continue;
+                return None;
             }
-            paths.push(rel.to_owned());
-        }
+            Some(rel.to_owned())
+        })?;
         paths.sort();
         Ok(paths)
     }
