@@ -381,8 +381,9 @@ fn an_unfinished_registration_with_a_server_that_forgot_the_client_registers_aga
     let run = run_client(dir.path(), &["-v"]);
     run.assert_code(0);
     assert!(
-        run.stdout
-            .contains(&format!("no longer knows client {old_id} (reply 1606)")),
+        run.stdout.contains(&format!(
+            "refused the public key of client {old_id} and answers 827"
+        )),
         "{}",
         run.stdout
     );
@@ -401,8 +402,9 @@ fn an_unfinished_registration_with_a_server_that_forgot_the_client_registers_aga
 }
 
 /// The saved key's 826 refused (1607) by a server that still has the client, with no key
-/// on record: its 827 gets 1606 too, but the name is still this client's (1601), so
-/// nothing is replaced and the next run sends the key again, which then succeeds.
+/// on record: its 827 gets 1606 too, but the saved name is still this client's (1601),
+/// so nothing is replaced, also when another name is configured now (registering it
+/// would leave a second client), and the next run sends the key again, which succeeds.
 #[test]
 fn an_unfinished_registration_refused_by_a_server_in_trouble_is_kept() {
     let double = Double::start(Behaviour {
@@ -416,20 +418,20 @@ fn an_unfinished_registration_refused_by_a_server_in_trouble_is_kept() {
     double.state().refuse(826, 4);
     let first_run = double.state().log.len();
 
-    let run = run_client(dir.path(), &[]);
+    let run = run_client(dir.path(), &["--name", "zed"]);
     run.assert_code(3);
-    assert!(
-        run.stderr.contains(&format!(
-            "(client ID {id}) is saved in me.info but not finished"
-        )),
-        "{}",
-        run.stderr
-    );
+    for wanted in [
+        format!("(client ID {id}) is saved in me.info but not finished"),
+        format!("if the server no longer knows client {id}"),
+    ] {
+        assert!(run.stderr.contains(&wanted), "{wanted}: {}", run.stderr);
+    }
     assert!(
         !run.stderr.contains("Choose another name"),
         "{}",
         run.stderr
     );
+    assert_eq!(double.state().clients(), vec![("zoe".to_owned(), false)]);
     assert_eq!(
         double.state().codes()[first_run..],
         [826, 826, 826, 826, 827, 825]

@@ -546,7 +546,7 @@ fn an_unfinished_registration_with_a_server_that_lost_its_database_registers_aga
     assert!(run.stderr.contains("<- 1606"), "{}", run.stderr);
     assert!(
         run.stdout
-            .contains(&format!("no longer knows client {old_id}")),
+            .contains(&format!("refused the public key of client {old_id}")),
         "{}",
         run.stdout
     );

@@ -148,7 +148,7 @@ impl Session {
                 reporter,
                 folder,
                 identity,
-                KeyExchange::Resumed { name },
+                KeyExchange::Resumed,
             );
         }
         let reply = call(&mut conn, &reporter, &reconnect_request(&identity))?;
@@ -278,15 +278,16 @@ impl Session {
         reporter: Reporter,
         folder: &IdentityFolder,
         identity: Identity,
-        exchange: KeyExchange<'_>,
+        exchange: KeyExchange,
     ) -> Result<Session, ClientError> {
         let me_info = display_path(&folder.dir, identity::ME_INFO);
         let client_id = identity.client_id;
         let server = conn.server().to_owned();
-        let unfinished = |source: ClientError, name: &Name| ClientError::RegistrationUnfinished {
+        let saved_name = identity.name.as_str().to_owned();
+        let unfinished = |source: ClientError| ClientError::RegistrationUnfinished {
             source: Box::new(source),
             server: server.clone(),
-            name: name.as_str().to_owned(),
+            name: saved_name.clone(),
             client_id: client_id.to_hex(),
             me_info: me_info.clone(),
         };
@@ -299,43 +300,14 @@ impl Session {
         let key = match (exchanged, exchange) {
             (Ok(key), _) => key,
             // A server that no longer knows the client (its database replaced, or restored
-            // from before the 1600) refuses the 826 so (rule S15), and would on every run:
-            // 827 tells it from a server in trouble.
-            (Err(refused @ ClientError::ServerErrors { .. }), KeyExchange::Resumed { name }) => {
-                reporter.detail(
-                    Verbosity::Verbose,
-                    format!(
-                        "   the server refused the public key of client {client_id}: asking \
-                         (827) whether it still knows the client"
-                    ),
-                );
-                let asked = call(&mut conn, &reporter, &reconnect_request(&identity));
+            // from before the 1600) refuses the 826 so (rule S15), and would on every run.
+            (Err(ClientError::ServerErrors { .. }), KeyExchange::Resumed) => {
                 reporter.set_interrupt_note(None);
-                let reply = asked.map_err(|e| unfinished(e, &identity.name))?;
-                let saved_name = identity.name.clone();
-                return match Self::reconnected(conn, reporter, folder, identity, name, reply) {
-                    Ok(session) => {
-                        if !session.registered {
-                            // 1605: the server has this key on record after all.
-                            session.record_key_exchanged(folder);
-                        }
-                        Ok(session)
-                    }
-                    // 1606 then 1601 for the saved name: the server also answers 827 so
-                    // for a client with no key on record, and the name may be this very
-                    // client's. The refusal was the server's trouble, then: nothing is
-                    // replaced, and the next run sends the key again.
-                    Err(ClientError::NameTaken { name: taken, .. })
-                        if taken == saved_name.as_str() =>
-                    {
-                        Err(unfinished(refused, &saved_name))
-                    }
-                    Err(other) => Err(other),
-                };
+                return Self::after_refused_key(conn, reporter, folder, identity, &unfinished);
             }
             (Err(source), _) => {
                 reporter.set_interrupt_note(None);
-                return Err(unfinished(source, &identity.name));
+                return Err(unfinished(source));
             }
         };
         reporter.set_interrupt_note(None);
@@ -357,12 +329,72 @@ impl Session {
                 me_info.display(),
                 display_path(&folder.dir, identity::PRIV_KEY).display()
             ),
-            KeyExchange::Resumed { .. } => format!(
+            KeyExchange::Resumed => format!(
                 "finished the registration an earlier run began: {server} has the public key \
                  of {name:?} (client ID {client_id}) now"
             ),
         });
         Ok(session)
+    }
+
+    /// The saved key of an unfinished registration refused (1607 after the retries), as a
+    /// server that no longer knows the client refuses it. 827 tells: 1605 is a session,
+    /// the registration done (a server that had the key and refuses a second 826). 1606
+    /// is either a server that no longer knows the client or one that holds it with no
+    /// key (and could not store one just now): registering the saved name again tells
+    /// them apart. 1600: it had forgotten the client, whose identity is kept as a backup.
+    /// 1601: nothing is replaced, and the registration stays unfinished (`unfinished`
+    /// makes its error).
+    fn after_refused_key(
+        mut conn: Connection,
+        reporter: Reporter,
+        folder: &IdentityFolder,
+        identity: Identity,
+        unfinished: &dyn Fn(ClientError) -> ClientError,
+    ) -> Result<Session, ClientError> {
+        let client_id = identity.client_id;
+        reporter.detail(
+            Verbosity::Verbose,
+            format!(
+                "   the server refused the public key of client {client_id}: asking (827) \
+                 whether it still knows the client"
+            ),
+        );
+        let reply =
+            call(&mut conn, &reporter, &reconnect_request(&identity)).map_err(unfinished)?;
+        if !matches!(reply, Response::ReconnectRejected { .. }) {
+            let session = Self::reconnected(conn, reporter, folder, identity, None, reply)?;
+            // 1605: the server has this key on record after all.
+            session.record_key_exchanged(folder);
+            return Ok(session);
+        }
+        reporter.info(format!(
+            "{} refused the public key of client {client_id} and answers 827 with 1606: it no \
+             longer knows the client, or holds it with no key; registering {:?} again tells \
+             which",
+            conn.server(),
+            identity.name.as_str()
+        ));
+        folder.check_writable().map_err(|e| unfinished(e.into()))?;
+        let server = conn.server().to_owned();
+        match Self::register(conn, reporter, folder, identity.name, true) {
+            Err(ClientError::NameTaken { .. }) => Err(unfinished(ClientError::Rejected {
+                server,
+                request: RequestCode::SendPublicKey.described().to_string(),
+                detail: "it answered 1607 to our saved public key, 1606 to 827 (reconnect) and \
+                         1601 to registering the saved name again: it holds this client with \
+                         no key and could not store one, or it no longer knows the client and \
+                         another has taken the name"
+                    .to_owned(),
+            })),
+            // From the 1600 on, errors are the new registration's own.
+            Err(
+                after @ (ClientError::RegistrationUnfinished { .. }
+                | ClientError::IdentityNotSaved(_)),
+            ) => Err(after),
+            Err(before) => Err(unfinished(before)),
+            Ok(session) => Ok(session),
+        }
     }
 
     /// Removes the mark of an unfinished key exchange (me.pending), now that the server has
@@ -433,12 +465,11 @@ impl Session {
 
 /// Which key exchange [`Session::finish_registration`] finishes.
 #[derive(Clone, Copy)]
-enum KeyExchange<'a> {
+enum KeyExchange {
     /// That of the identity just registered (825 → 1600).
     New,
-    /// That of an identity an earlier run saved before it; `name` is the configured user
-    /// name, for a registration anew should the server no longer know the client.
-    Resumed { name: Option<&'a Name> },
+    /// That of an identity an earlier run saved before it.
+    Resumed,
 }
 
 /// 827 for a saved identity.
