@@ -775,36 +775,29 @@ pub(crate) fn write_request(
     what: &str,
 ) -> io::Result<()> {
     let allowance = request_allowance(timeout, request.len());
-    let started = Instant::now();
-    // The deadline of the next write, and whether it is the whole request's.
-    let next_deadline = || {
-        let left = allowance.saturating_sub(started.elapsed());
-        (Instant::now() + left.min(timeout), left <= timeout)
-    };
-    let timed_out = |whole: bool| match whole {
+    let deadline = Instant::now() + allowance;
+    // Which limit ended it: the whole request's, or the time-out without progress.
+    let timed_out = || match Instant::now() >= deadline {
         true => request_timed_out(allowance, request.len(), what),
         false => request_stalled(timeout),
     };
+    // Each socket call has the time-out, also each of the several a TLS write may make.
+    let mut bounded = stream.until_progress(deadline, timeout);
     let mut rest = request;
     while !rest.is_empty() {
-        let (deadline, whole) = next_deadline();
-        match stream.until(deadline).write(rest) {
+        match bounded.write(rest) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
             Ok(n) => rest = rest.get(n..).unwrap_or_default(),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_time_out(&e) => return Err(timed_out(whole)),
+            Err(e) if is_time_out(&e) => return Err(timed_out()),
             Err(e) => return Err(e),
         }
     }
     // With TLS, the records rustls still holds.
-    let (deadline, whole) = next_deadline();
-    stream
-        .until(deadline)
-        .flush()
-        .map_err(|e| match is_time_out(&e) {
-            true => timed_out(whole),
-            false => e,
-        })
+    bounded.flush().map_err(|e| match is_time_out(&e) {
+        true => timed_out(),
+        false => e,
+    })
 }
 
 /// A request (or `what`) of `len` bytes the server did not take in full within

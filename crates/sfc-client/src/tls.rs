@@ -193,6 +193,7 @@ impl Stream {
             let mut socket = SocketUntil {
                 tcp: &stream.sock,
                 deadline,
+                progress: None,
             };
             if let Err(error) = stream.conn.complete_io(&mut socket) {
                 return Err(explain_handshake_error(error, setup));
@@ -211,6 +212,18 @@ impl Stream {
         StreamUntil {
             stream: self,
             deadline,
+            progress: None,
+        }
+    }
+
+    /// As [`Self::until`], and each read or write on the socket also ends after `each`
+    /// without progress: "any progress starts it again" holds for TLS too, whose one write
+    /// may put several records (up to 64 KiB and more) on the socket.
+    pub fn until_progress(&mut self, deadline: Instant, each: Duration) -> StreamUntil<'_> {
+        StreamUntil {
+            stream: self,
+            deadline,
+            progress: Some(each),
         }
     }
 
@@ -436,6 +449,7 @@ impl Write for Stream {
 pub struct StreamUntil<'a> {
     stream: &'a mut Stream,
     deadline: Instant,
+    progress: Option<Duration>,
 }
 
 impl StreamUntil<'_> {
@@ -445,14 +459,19 @@ impl StreamUntil<'_> {
         &mut self,
         exchange: impl FnOnce(&mut dyn ReadWrite) -> io::Result<T>,
     ) -> io::Result<T> {
-        let deadline = self.deadline;
+        let (deadline, progress) = (self.deadline, self.progress);
         match &mut *self.stream {
-            Stream::Plain(tcp) => exchange(&mut SocketUntil { tcp, deadline }),
+            Stream::Plain(tcp) => exchange(&mut SocketUntil {
+                tcp,
+                deadline,
+                progress,
+            }),
             Stream::Tls(tls) => {
                 let StreamOwned { conn, sock } = &mut **tls;
                 let mut socket = SocketUntil {
                     tcp: sock,
                     deadline,
+                    progress,
                 };
                 exchange(&mut rustls::Stream::new(conn, &mut socket))
             }
@@ -482,10 +501,12 @@ impl Write for StreamUntil<'_> {
     }
 }
 
-/// The TCP socket with each read and write allowed only the time left until `deadline`.
+/// The TCP socket with each read and write allowed only the time left until `deadline`,
+/// and at most `progress`, when given.
 struct SocketUntil<'a> {
     tcp: &'a TcpStream,
     deadline: Instant,
+    progress: Option<Duration>,
 }
 
 impl SocketUntil<'_> {
@@ -494,8 +515,9 @@ impl SocketUntil<'_> {
     /// is not lost to the moment it is read at; nothing more is waited for.
     fn time_left(&self) -> Duration {
         const ALREADY_THERE: Duration = Duration::from_micros(1);
-        self.deadline
-            .saturating_duration_since(Instant::now())
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        self.progress
+            .map_or(left, |each| left.min(each))
             .max(ALREADY_THERE)
     }
 }
@@ -537,6 +559,28 @@ pub fn looks_like_tls_alert(head: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each socket read or write gets the time left until the deadline, and no more than
+    /// the progress limit when there is one; past the deadline, only what is already there.
+    #[test]
+    fn each_socket_call_has_at_most_the_progress_limit() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let now = Instant::now();
+        let socket = |deadline, progress| SocketUntil {
+            tcp: &tcp,
+            deadline,
+            progress,
+        };
+        let far = now + Duration::from_secs(100);
+        assert!(socket(far, None).time_left() > Duration::from_secs(99));
+        let second = Duration::from_secs(1);
+        assert_eq!(socket(far, Some(second)).time_left(), second);
+        let near = socket(now + Duration::from_millis(300), Some(second)).time_left();
+        assert!(near <= Duration::from_millis(300), "{near:?}");
+        let past = socket(now, Some(second)).time_left();
+        assert_eq!(past, Duration::from_micros(1));
+    }
 
     #[test]
     fn tls_alerts_are_recognised() {
