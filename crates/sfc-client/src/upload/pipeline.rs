@@ -403,7 +403,10 @@ mod tests {
             let mut piece = vec![0u8; 4 << 10];
             // 80 KiB/s: a write goes on every few tens of ms, a third of the least rate of
             // a 0.25 s time-out (256 KiB/s).
-            while stopped.try_recv().is_err() {
+            while matches!(
+                stopped.try_recv(),
+                Err(std::sync::mpsc::TryRecvError::Empty)
+            ) {
                 match conn.read(&mut piece) {
                     Ok(0) | Err(_) => return,
                     Ok(_) => std::thread::sleep(Duration::from_millis(50)),
