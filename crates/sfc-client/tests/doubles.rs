@@ -446,6 +446,54 @@ fn an_unfinished_registration_refused_by_a_server_in_trouble_is_kept() {
     assert!(!dir.path().join("me.pending").exists());
 }
 
+/// Ctrl-C while the 827 after a refused saved key is awaited: the line Ctrl-C leaves still
+/// says that the registration is saved and what the next run does.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_while_asking_after_a_refused_key_names_the_unfinished_registration() {
+    use std::process::{Command, Stdio};
+
+    let double = Double::start(Behaviour {
+        unanswered_public_keys: 2,
+        held_reconnects: 1,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    setup(dir.path(), &double, "una", 300);
+    run_client(dir.path(), &[]).assert_code(5);
+    let (_, id) = read_me_info(dir.path());
+    double.state().refuse(826, 4);
+    let child = Command::new(env!("CARGO_BIN_EXE_sfc-client"))
+        .current_dir(dir.path())
+        .args(["--timeout", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Only a wait, for the 827 to be held.
+    let mut waited = 0;
+    while double.state().count(827) == 0 && waited < 600 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!(
+            "interrupted: the registration of client ID {id} is saved in me.info"
+        )),
+        "{stderr}"
+    );
+    assert!(dir.path().join("me.pending").exists());
+}
+
 /// A server that refuses a second 826 from a client whose key it has (other servers
 /// than ours may): the saved key's 826 gets 1607, the 827 gets 1605, and the
 /// registration counts as finished.

@@ -302,8 +302,11 @@ impl Session {
             // A server that no longer knows the client (its database replaced, or restored
             // from before the 1600) refuses the 826 so (rule S15), and would on every run.
             (Err(ClientError::ServerErrors { .. }), KeyExchange::Resumed) => {
-                reporter.set_interrupt_note(None);
-                return Self::after_refused_key(conn, reporter, folder, identity, &unfinished);
+                // The note holds until the 1600 of a new registration, which sets its own.
+                let noted = reporter.clone();
+                let result = Self::after_refused_key(conn, reporter, folder, identity, &unfinished);
+                noted.set_interrupt_note(None);
+                return result;
             }
             (Err(source), _) => {
                 reporter.set_interrupt_note(None);
@@ -363,11 +366,13 @@ impl Session {
         let reply =
             call(&mut conn, &reporter, &reconnect_request(&identity)).map_err(unfinished)?;
         if !matches!(reply, Response::ReconnectRejected { .. }) {
-            let session = Self::reconnected(conn, reporter, folder, identity, None, reply)?;
+            let session = Self::reconnected(conn, reporter, folder, identity, None, reply)
+                .map_err(unfinished)?;
             // 1605: the server has this key on record after all.
             session.record_key_exchanged(folder);
             return Ok(session);
         }
+        folder.check_writable().map_err(|e| unfinished(e.into()))?;
         reporter.info(format!(
             "{} refused the public key of client {client_id} and answers 827 with 1606: it no \
              longer knows the client, or holds it with no key; registering {:?} again tells \
@@ -375,7 +380,6 @@ impl Session {
             conn.server(),
             identity.name.as_str()
         ));
-        folder.check_writable().map_err(|e| unfinished(e.into()))?;
         let server = conn.server().to_owned();
         match Self::register(conn, reporter, folder, identity.name, true) {
             Err(ClientError::NameTaken { .. }) => Err(unfinished(ClientError::Rejected {

@@ -317,6 +317,9 @@ pub struct Behaviour {
     /// Hold the connection without a reply to the first N 826s (until the double is
     /// dropped), without taking their key: a 1602 that never comes.
     pub held_public_keys: u32,
+    /// Hold the connection without a reply to the first N 827s (until the double is
+    /// dropped).
+    pub held_reconnects: u32,
 }
 
 /// One request the double received.
@@ -357,6 +360,7 @@ pub struct State {
     intermediate_errors_left: u32,
     unanswered_keys_left: u32,
     held_keys_left: u32,
+    held_reconnects_left: u32,
     broken: std::collections::HashSet<ClientId>,
 }
 
@@ -431,6 +435,7 @@ impl Double {
             intermediate_errors_left: behaviour.intermediate_errors,
             unanswered_keys_left: behaviour.unanswered_public_keys,
             held_keys_left: behaviour.held_public_keys,
+            held_reconnects_left: behaviour.held_reconnects,
             ..State::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -731,6 +736,10 @@ fn handle(
                 client_id: id,
                 wrapped_key,
             }
+        }
+        RequestBody::Reconnect { .. } if s.held_reconnects_left > 0 => {
+            s.held_reconnects_left -= 1;
+            return Handled::Hold;
         }
         RequestBody::Reconnect { .. } => {
             if behaviour.reject_reconnect_without_payload {
