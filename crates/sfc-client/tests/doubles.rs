@@ -963,6 +963,47 @@ fn a_file_that_changes_while_it_is_sent_is_reported() {
     assert_eq!(double.state().stored["next.bin"].len(), 100);
 }
 
+/// The 902 for a file that changed while it was sent is refused (1607 after the
+/// retries): a warning, and the change stays the error reported; the connection, which
+/// may be out of step, is closed, and the next file goes on a new one.
+#[test]
+fn a_refused_902_for_a_changed_file_is_a_warning_and_ends_the_connection() {
+    let dir = tempdir();
+    let double = Double::start(Behaviour {
+        grow_file: Some(dir.path().join("data.bin")),
+        server_errors: vec![(902, 4)],
+        ..Behaviour::default()
+    });
+    setup(dir.path(), &double, "grower2", 5000);
+    make_file(&dir.path().join("next.bin"), 100, 2);
+    let run = run_client(dir.path(), &["data.bin", "next.bin"]);
+    run.assert_code(2);
+    for wanted in [
+        "changed while it was being sent",
+        "could not tell the server to drop the copy (902)",
+    ] {
+        assert!(run.stderr.contains(wanted), "{wanted}: {}", run.stderr);
+    }
+    let s = double.state();
+    assert_eq!(s.count(902), 4);
+    assert!(s.failed.is_empty());
+    assert_eq!(s.verified, ["next.bin"]);
+    let connection_of = |code: u16| {
+        s.log
+            .iter()
+            .filter(|logged| logged.code == code)
+            .map(|logged| logged.connection)
+            .collect::<Vec<_>>()
+    };
+    let refused = connection_of(902);
+    let confirmed = connection_of(900);
+    assert!(
+        confirmed.iter().all(|c| refused.iter().all(|r| c > r)),
+        "the next file went on the connection of the refused 902: {:?}",
+        s.log
+    );
+}
+
 /// The same change found during a resend (the first send's checksum was wrong): the
 /// server holds the first send's copy, unverified, and is told to drop it (902) as for
 /// any file that failed.
