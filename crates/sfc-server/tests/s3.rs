@@ -360,6 +360,58 @@ fn an_abandoned_upload_is_forgotten_only_once_aborted() {
     assert_eq!(marker(), None);
 }
 
+/// A marker old in the listing but rewritten before recovery reads it (its upload came
+/// back to life, or another server's keeper wrote it) is not taken for abandoned: the
+/// upload is not aborted and the marker stays.
+#[test]
+fn a_marker_rewritten_after_the_listing_is_not_taken_for_abandoned() {
+    let Some(weed) = shared("a_marker_rewritten_after_the_listing_is_not_taken_for_abandoned")
+    else {
+        return;
+    };
+    let grace = Duration::from_secs(2);
+    let (proxy, location) = behind_proxy(weed);
+    let prefix = location.prefix.clone();
+    let paused = S3BlobStore::open(&location, grace).unwrap();
+    let mut upload = paused.create_temp(&CLIENT, "revived.bin").unwrap();
+    upload.write_all(&data((8 << 20) + 1, 7)).unwrap();
+    std::mem::forget(upload);
+    paused.halt();
+    let (marker, upload_id) = weed
+        .objects(&prefix)
+        .into_iter()
+        .find(|(key, _)| key.starts_with("uploads/"))
+        .unwrap();
+    std::thread::sleep(grace * 2 + Duration::from_millis(1500));
+    let client = weed.client();
+    // `parse`, not `from`: the version's `~` stays as it is in the key.
+    let key = Key::parse(format!("{prefix}/{marker}")).unwrap();
+    let rewritten = upload_id.clone();
+    proxy.before_forwarding("GET", &format!("/{prefix}/uploads/"), move || {
+        block_on(client.put(&key, rewritten.into())).unwrap();
+    });
+    let starting = S3BlobStore::open(&location, grace).unwrap();
+
+    let recovered = recover(&|| Ok(Vec::new()), 1, &starting).unwrap();
+    assert_eq!(
+        recovered.stale_temps, 0,
+        "a live marker was taken for abandoned"
+    );
+    let seen = proxy.seen();
+    assert!(!seen.iter().any(|r| r.contains("uploadId=")), "{seen:#?}");
+    let left: Vec<String> = weed.objects(&prefix).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(left, std::slice::from_ref(&marker));
+    // The upload still takes parts.
+    let name = marker.split('/').nth(2).unwrap();
+    let target = Key::parse(format!("{prefix}/files/{}/{name}", hex())).unwrap();
+    let id = String::from_utf8(upload_id).unwrap();
+    let part = block_on(
+        weed.client()
+            .put_part(&target, &id, 2, b"more".to_vec().into()),
+    );
+    assert!(part.is_ok(), "the upload was aborted: {part:?}");
+}
+
 /// An old object under `uploads/` far larger than any upload ID is not one of this
 /// server's markers: recovery neither reads it nor aborts anything for it, and leaves it.
 #[test]
@@ -532,7 +584,8 @@ fn recovery_spares_young_work_and_clears_old_leftovers() {
 
     // The abandoned upload was aborted: it takes no more parts.
     let client = weed.client();
-    let key = Key::from(format!("{prefix}/files/{}/{abandoned_name}", hex()));
+    // `parse`, not `from`, which would escape the version's `~` (another key).
+    let key = Key::parse(format!("{prefix}/files/{}/{abandoned_name}", hex())).unwrap();
     let late = block_on(client.put_part(&key, &upload_id, 1, b"late".to_vec().into()));
     assert!(late.is_err(), "the upload still takes parts");
 

@@ -33,6 +33,16 @@ struct State {
     seen: Mutex<Vec<String>>,
     problems: Mutex<Vec<String>>,
     closed: AtomicBool,
+    /// Work to do once, before forwarding the first request that matches.
+    before: Mutex<Vec<Before>>,
+}
+
+/// [`AnswerLosingProxy::before_forwarding`]: `work` runs before the first request with
+/// this method whose target contains `target` goes upstream.
+struct Before {
+    method: &'static str,
+    target: String,
+    work: Box<dyn FnOnce() + Send>,
 }
 
 /// Which requests lose their answers: those of objects whose URL path (`/bucket/key`)
@@ -90,6 +100,7 @@ impl AnswerLosingProxy {
             seen: Mutex::new(Vec::new()),
             problems: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            before: Mutex::new(Vec::new()),
         });
         super::accept_each(
             listener,
@@ -157,6 +168,22 @@ impl AnswerLosingProxy {
             target: target.to_owned(),
             status,
             code,
+        });
+    }
+
+    /// Runs `work` (on the proxy's thread) just before the first request with `method`
+    /// whose target contains `target` is forwarded: something another client does
+    /// between two requests of the one under test.
+    pub fn before_forwarding(
+        &self,
+        method: &'static str,
+        target: &str,
+        work: impl FnOnce() + Send + 'static,
+    ) {
+        self.state.before.lock().unwrap().push(Before {
+            method,
+            target: target.to_owned(),
+            work: Box::new(work),
         });
     }
 
@@ -264,6 +291,16 @@ fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
                 body.len()
             )?;
             return Ok(());
+        }
+        let before = {
+            let mut waiting = state.before.lock().unwrap();
+            let found = waiting
+                .iter()
+                .position(|b| head.method == b.method && head.target.contains(b.target.as_str()));
+            found.map(|at| waiting.remove(at))
+        };
+        if let Some(before) = before {
+            (before.work)();
         }
         let mut request = format!("{} {} HTTP/1.1\r\n", head.method, head.target);
         for (name, value) in &head.headers {
