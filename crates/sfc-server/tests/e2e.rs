@@ -553,7 +553,16 @@ fn labels_that_look_like_paths_stay_in_the_client_folder() {
     let stored: Vec<_> = on_disk.iter().filter(|p| p.starts_with("files/")).collect();
     assert_eq!(stored.len(), labels.len(), "{on_disk:?}");
     assert!(stored.iter().all(|p| p.starts_with(&prefix)));
-    assert!(!server.root().parent().unwrap().join("escape.txt").exists());
+    // Nothing named after the escaping label outside the client folder, in the store or
+    // beside the data folder.
+    let outside: Vec<_> = on_disk
+        .iter()
+        .filter(|p| p.contains("escape") && !p.starts_with(&prefix))
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
+    for dir in [server.root(), server.root().parent().unwrap()] {
+        assert!(!dir.join("escape.txt").exists(), "{}", dir.display());
+    }
 }
 
 #[test]

@@ -464,8 +464,8 @@ fn postgres_restarted_mid_run_gives_1607_meanwhile_and_the_server_reconnects() {
         upload(&mut conn, client, &key, "during.bin", &during, 1024),
         Response::ServerError
     );
-    // Nothing recorded, nothing left in the folder.
-    assert!(!server.client_dir(client).join("during.bin").exists());
+    // Nothing recorded, nothing left in the folder (no temporary file either).
+    assert_eq!(server.stored_names(client), ["before.bin"]);
     assert_eq!(
         conn.call(&file_name_request(client, 900, "before.bin")),
         Response::ServerError
