@@ -311,46 +311,24 @@ fn a_registration_without_its_1602_is_finished_by_the_next_run() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_before_the_1602_leaves_a_registration_the_next_run_finishes() {
-    use std::process::{Command, Stdio};
-
     let double = Double::start(Behaviour {
         held_public_keys: 1,
         ..Behaviour::default()
     });
     let dir = tempdir();
     let data = setup(dir.path(), &double, "xena", 300);
-    let child = Command::new(env!("CARGO_BIN_EXE_sfc-client"))
-        .current_dir(dir.path())
-        .args(["--timeout", "20"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Only a wait, for the 826 to be held (then the identity has been saved).
-    let mut waited = 0;
-    while double.state().count(826) == 0 && waited < 600 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        waited += 1;
-    }
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    // The 826 is held once the identity has been saved.
+    let line = interrupted_while_held(dir.path(), &double, 826);
     let (_, id) = read_me_info(dir.path());
-    let line = stderr.lines().last().unwrap_or_default();
     assert!(
         line.starts_with(&format!(
             "interrupted: the registration of client ID {id} is saved in me.info"
         )),
-        "{stderr}"
+        "{line}"
     );
     assert!(
         line.contains("the next run sends its public key (826) again"),
-        "{stderr}"
+        "{line}"
     );
 
     run_client(dir.path(), &[]).assert_code(0);
@@ -451,8 +429,6 @@ fn an_unfinished_registration_refused_by_a_server_in_trouble_is_kept() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_while_asking_after_a_refused_key_names_the_unfinished_registration() {
-    use std::process::{Command, Stdio};
-
     let double = Double::start(Behaviour {
         unanswered_public_keys: 2,
         held_reconnects: 1,
@@ -463,16 +439,33 @@ fn ctrl_c_while_asking_after_a_refused_key_names_the_unfinished_registration() {
     run_client(dir.path(), &[]).assert_code(5);
     let (_, id) = read_me_info(dir.path());
     double.state().refuse(826, 4);
+    let line = interrupted_while_held(dir.path(), &double, 827);
+    assert!(
+        line.starts_with(&format!(
+            "interrupted: the registration of client ID {id} is saved in me.info"
+        )),
+        "{line}"
+    );
+    assert!(dir.path().join("me.pending").exists());
+}
+
+/// Runs the client in `dir`, sends it SIGINT once the double has received a request
+/// with `code` (which the double holds unanswered), and returns the last line of its
+/// standard error, having checked that it exited with 130.
+#[cfg(unix)]
+fn interrupted_while_held(dir: &std::path::Path, double: &Double, code: u16) -> String {
+    use std::process::{Command, Stdio};
+
     let child = Command::new(env!("CARGO_BIN_EXE_sfc-client"))
-        .current_dir(dir.path())
+        .current_dir(dir)
         .args(["--timeout", "20"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Only a wait, for the 827 to be held.
+    // Only a wait, for the request to be held.
     let mut waited = 0;
-    while double.state().count(827) == 0 && waited < 600 {
+    while double.state().count(code) == 0 && waited < 600 {
         std::thread::sleep(std::time::Duration::from_millis(50));
         waited += 1;
     }
@@ -484,14 +477,7 @@ fn ctrl_c_while_asking_after_a_refused_key_names_the_unfinished_registration() {
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
-    let line = stderr.lines().last().unwrap_or_default();
-    assert!(
-        line.starts_with(&format!(
-            "interrupted: the registration of client ID {id} is saved in me.info"
-        )),
-        "{stderr}"
-    );
-    assert!(dir.path().join("me.pending").exists());
+    stderr.lines().last().unwrap_or_default().to_owned()
 }
 
 /// A server that refuses a second 826 from a client whose key it has (other servers
