@@ -2,8 +2,10 @@
 //!
 //! A reader thread reads and checksums the file into a few reused [`READ_CHUNK`] buffers;
 //! the calling thread encrypts each packet straight behind its prefix into batches of about
-//! [`BATCH`] bytes; a writer thread writes the previous batch with one `write_all`. The
-//! buffers are handed back for the next send, so memory stays flat.
+//! [`BATCH`] bytes; a writer thread writes the previous batch with one
+//! [`write_request`] (the batch taken at the least rate, each write making progress
+//! within the time-out). The buffers are handed back for the next send, so memory stays
+//! flat.
 
 use std::io;
 use std::sync::mpsc;
