@@ -7,10 +7,11 @@ use crate::config::{
     DEFAULT_FAIL_BURST, DEFAULT_FAIL_RATE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_UPLOADS,
     DEFAULT_MAX_UPLOADS_PER_ADDRESS, DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE,
-    DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_UPLOAD_BUFFERS_MIB,
-    DEFAULT_UPLOAD_TIMEOUT_SECS, MAX_ADMIN_SEND_TIMEOUT_SECS, MAX_CONNECTIONS_LIMIT,
-    MAX_DATABASE_POOL, MAX_IDLE_TIMEOUT_SECS, MAX_REQUEST_TIMEOUT_SECS, MAX_SHUTDOWN_GRACE_SECS,
-    MAX_UPLOADS_LIMIT, MAX_UPLOAD_BUFFERS_MIB, MAX_UPLOAD_TIMEOUT_SECS,
+    DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_STORE_SWEEP_INTERVAL_SECS,
+    DEFAULT_UPLOAD_BUFFERS_MIB, DEFAULT_UPLOAD_TIMEOUT_SECS, MAX_ADMIN_SEND_TIMEOUT_SECS,
+    MAX_CONNECTIONS_LIMIT, MAX_DATABASE_POOL, MAX_IDLE_TIMEOUT_SECS, MAX_REQUEST_TIMEOUT_SECS,
+    MAX_SHUTDOWN_GRACE_SECS, MAX_STORE_SWEEP_INTERVAL_SECS, MAX_UPLOADS_LIMIT,
+    MAX_UPLOAD_BUFFERS_MIB, MAX_UPLOAD_TIMEOUT_SECS,
 };
 use crate::net::proxy_protocol::ProxySources;
 use crate::net::rate_limit::RateLimit;
@@ -228,6 +229,16 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL", env = "SFC_STORE",
           value_parser = Store::parse)]
     pub store: Option<Store>,
+
+    /// With files in S3: seconds between the running server's clean-ups of the bucket.
+    ///
+    /// Each does what start-up recovery does: aborts multipart uploads no server finishes
+    /// and deletes old objects no row names, so that what a crashed node left is not kept
+    /// until a server starts. 0: at start-up only. 0 to 604800 (a week). A folder store is
+    /// cleaned at start-up only.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STORE_SWEEP_INTERVAL_SECS,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_STORE_SWEEP_INTERVAL_SECS))]
+    pub store_sweep_interval: u64,
 
     /// Serve the admin dashboard, JSON API and /metrics on this address (IP:PORT). Off by default.
     ///
@@ -457,6 +468,7 @@ impl Cli {
         config.database = self.database_choice();
         config.proxy_protocol = self.proxy_from.clone().filter(|_| self.proxy_protocol);
         config.store = self.store.clone().unwrap_or_default();
+        config.store_sweep_interval = Duration::from_secs(self.store_sweep_interval);
         config.admin = match self.admin_listen {
             Some(listen) => {
                 let token_file = self
@@ -861,6 +873,7 @@ mod tests {
             ("--request-timeout", MAX_REQUEST_TIMEOUT_SECS),
             ("--shutdown-grace", MAX_SHUTDOWN_GRACE_SECS),
             ("--upload-timeout", MAX_UPLOAD_TIMEOUT_SECS),
+            ("--store-sweep-interval", MAX_STORE_SWEEP_INTERVAL_SECS),
             ("--max-connections", count(MAX_CONNECTIONS_LIMIT)),
             (
                 "--max-connections-per-address",
@@ -922,6 +935,20 @@ mod tests {
         assert!(parse("--max-connections-per-address", 0).is_ok());
         let uncapped = parse("--max-uploads-per-address", 0).unwrap();
         assert_eq!(uncapped.server_config().unwrap().max_uploads_per_address, 0);
+        let start_up_only = parse("--store-sweep-interval", 0).unwrap();
+        let config = start_up_only.server_config().unwrap();
+        assert_eq!(config.store_sweep_interval, Duration::ZERO);
+        let hourly = Cli::try_parse_from(["sfc-server", "--port", "1"]).unwrap();
+        let hourly = hourly.server_config().unwrap();
+        assert_eq!(hourly.store_sweep_interval, Duration::from_secs(3600));
+        assert_eq!(
+            parse("--store-sweep-interval", 60)
+                .unwrap()
+                .server_config()
+                .unwrap()
+                .store_sweep_interval,
+            Duration::from_secs(60)
+        );
         for option in [
             "--idle-timeout",
             "--request-timeout",

@@ -41,6 +41,8 @@ pub const DEFAULT_MAX_UPLOADS: usize = 10_000;
 pub const DEFAULT_MAX_UPLOADS_PER_ADDRESS: usize = 256;
 /// Default interval for persisting LastSeen notes and expiring uploads, in seconds.
 pub const DEFAULT_FLUSH_INTERVAL_SECS: u64 = 5;
+/// Default of `--store-sweep-interval`, seconds (an hour).
+pub const DEFAULT_STORE_SWEEP_INTERVAL_SECS: u64 = 3600;
 /// Default registrations (825) per minute per source address.
 pub const DEFAULT_REGISTER_RATE: u32 = 60;
 /// Default registrations a source address may make at once.
@@ -72,6 +74,8 @@ pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 3600;
 /// Largest `--upload-timeout`, seconds (one week): a paused upload keeps its temporary
 /// file and a `--max-uploads` slot; a week covers a client away over a weekend.
 pub const MAX_UPLOAD_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// Largest `--store-sweep-interval`, seconds (one week, as `--upload-timeout`).
+pub const MAX_STORE_SWEEP_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 /// Largest `--max-connections` and `--max-connections-per-address`: each connection is
 /// a file descriptor, and Linux allows a process 1,048,576 at most by default
 /// (`fs.nr_open`). Also far below what tokio's semaphore takes (`usize::MAX >> 3`).
@@ -128,6 +132,13 @@ pub struct ServerConfig {
     pub max_uploads_per_address: usize,
     /// Interval for persisting LastSeen notes and expiring uploads.
     pub flush_interval: Duration,
+    /// With a store other servers share (S3): how often a running server does what
+    /// start-up recovery does there (`storage::setup::sweep_shared_store`: abort
+    /// abandoned uploads, delete old unrecorded objects), so that what a node that
+    /// crashed and never came back left is not kept until some server starts. Zero: only
+    /// at start-up. A store of this server's own (a folder) is cleaned at start-up only:
+    /// nothing else writes into it, and its temporary files are this server's live uploads.
+    pub store_sweep_interval: Duration,
     /// Worker threads of the runtime [`crate::RunningServer`] creates (`None`: one per
     /// core). `run`/`Server` use the caller's runtime.
     pub worker_threads: Option<usize>,
@@ -654,6 +665,7 @@ impl ServerConfig {
             max_uploads: DEFAULT_MAX_UPLOADS,
             max_uploads_per_address: DEFAULT_MAX_UPLOADS_PER_ADDRESS,
             flush_interval: Duration::from_secs(DEFAULT_FLUSH_INTERVAL_SECS),
+            store_sweep_interval: Duration::from_secs(DEFAULT_STORE_SWEEP_INTERVAL_SECS),
             worker_threads: None,
             tls: None,
             register_limit: RateLimit::new(DEFAULT_REGISTER_RATE, DEFAULT_REGISTER_BURST),

@@ -38,7 +38,11 @@ fn fresh_store(weed: &Weed, grace: Duration) -> (S3BlobStore, String) {
 }
 
 fn put(store: &S3BlobStore, name: &str, content: &[u8]) -> String {
-    let mut temp = store.create_temp(&CLIENT, name).unwrap();
+    put_for(store, &CLIENT, name, content)
+}
+
+fn put_for(store: &S3BlobStore, client: &ClientId, name: &str, content: &[u8]) -> String {
+    let mut temp = store.create_temp(client, name).unwrap();
     temp.write_all(content).unwrap();
     temp.persist().unwrap()
 }
@@ -776,6 +780,116 @@ fn a_server_starting_removes_old_orphan_objects_and_keeps_young_ones() {
     let names = server.stored_names(id);
     assert_eq!(names, ["kept.bin", "young.bin"], "under {prefix}");
     assert_eq!(server.stored(id, "kept.bin").unwrap(), plain);
+}
+
+/// A running server on a shared bucket also cleans up, every `--store-sweep-interval`,
+/// what a node that crashed and never came back left (a multipart upload no server
+/// finishes, an object no row names), once old, as start-up recovery does; its own
+/// upload, paused between packets through all those passes, is left alone and completes.
+#[test]
+fn a_running_server_cleans_up_what_a_crashed_node_left() {
+    let Some(weed) = shared("a_running_server_cleans_up_what_a_crashed_node_left") else {
+        return;
+    };
+    let store = weed.fresh();
+    let Store::S3(location) = &store else {
+        unreachable!()
+    };
+    let prefix = location.prefix.clone();
+    // The upload time-out is the grace period: markers are abandoned after twice that.
+    let grace = Duration::from_secs(2);
+    let server = TestServer::start_on_store(
+        tempfile::tempdir().unwrap(),
+        test_database(),
+        store.clone(),
+        |config| {
+            config.upload_timeout = Duration::from_secs(2);
+            config.recovery_min_age = Duration::ZERO;
+            config.store_sweep_interval = Duration::from_millis(300);
+        },
+    );
+    let mut conn = server.connect();
+    let (id, key) = enroll(&mut conn, "sweeping");
+    let kept = data(4000, 1);
+    assert_received(
+        &upload(&mut conn, id, &key, "kept.bin", &kept, 1000),
+        id,
+        "kept.bin",
+        &kept,
+    );
+    // What a crashed node leaves, after this server started (its start-up cannot see it).
+    let crashed = S3BlobStore::open(location, grace).unwrap();
+    let mut abandoned = crashed.create_temp(&id, "abandoned.bin").unwrap();
+    abandoned.write_all(&data((8 << 20) + 1, 5)).unwrap();
+    std::mem::forget(abandoned);
+    put_for(&crashed, &id, "orphan.bin", b"never acknowledged");
+    crashed.halt();
+    let leftovers = || {
+        weed.keys(&prefix)
+            .into_iter()
+            .filter(|key| key.starts_with("uploads/") || key.contains("orphan.bin"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(leftovers().len(), 2, "{:?}", weed.keys(&prefix));
+
+    // This server's own multipart upload, paused between packets (within the upload
+    // time-out) for longer than the crashed node's marker takes to be abandoned.
+    let plain = data(10 << 20, 6);
+    let cipher = encrypt(&key, &plain);
+    let started = Instant::now();
+    for packet in packets(
+        id,
+        "paused.bin",
+        plain.len(),
+        &cipher,
+        2 << 20,
+        ContentSize::Whole,
+    ) {
+        conn.send_raw(&packet);
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    assert!(started.elapsed() > grace * 2 + Duration::from_secs(1));
+    assert_received(&conn.recv(), id, "paused.bin", &plain);
+
+    assert!(
+        eventually(Duration::from_secs(15), || leftovers().is_empty()),
+        "left: {:?}",
+        leftovers()
+    );
+    assert_eq!(server.stored_names(id), ["kept.bin", "paused.bin"]);
+    assert_eq!(server.stored(id, "kept.bin").unwrap(), kept);
+}
+
+/// A store of the server's own (a folder) is not cleaned while serving, whatever
+/// `--store-sweep-interval`: its temporary files are the server's live uploads, which
+/// start-up recovery's clean-up would remove. (Needs no S3 server.)
+#[test]
+fn a_folder_store_is_cleaned_at_start_up_only() {
+    init_logging();
+    let server = TestServer::start_on_store(
+        tempfile::tempdir().unwrap(),
+        test_database(),
+        Store::DataDir,
+        |config| config.store_sweep_interval = Duration::from_millis(100),
+    );
+    let mut conn = server.connect();
+    let (id, key) = enroll(&mut conn, "folder");
+    let plain = data(300_000, 7);
+    let cipher = encrypt(&key, &plain);
+    for packet in packets(
+        id,
+        "paused.bin",
+        plain.len(),
+        &cipher,
+        100_000,
+        ContentSize::Whole,
+    ) {
+        conn.send_raw(&packet);
+        // Several sweep intervals while the upload's temporary file is on disk.
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    assert_received(&conn.recv(), id, "paused.bin", &plain);
+    assert_eq!(server.stored(id, "paused.bin").unwrap(), plain);
 }
 
 /// An object is written before its row is committed, and the commit may take a while

@@ -12,7 +12,7 @@ use crate::net::monitor::Monitor;
 use crate::net::refusals::{RefusalLog, REFUSAL_LOG_INTERVAL};
 use crate::net::shutdown;
 use crate::session::Core;
-use crate::storage::setup::{pair_at_start_up, recover_at_start_up, Storage};
+use crate::storage::setup::{self, pair_at_start_up, recover_at_start_up, Storage};
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -185,6 +185,14 @@ impl Server {
             stop_rx.clone(),
         ));
         let refusal_lines = tokio::spawn(flush_refusals(admission.refusal_log(), stop_rx.clone()));
+        if core.blob_store().is_shared() && !config.store_sweep_interval.is_zero() {
+            // Ends at the stop signal; not waited for (see `sweep_shared_store`).
+            tokio::spawn(sweep_shared_store(
+                Arc::clone(&core),
+                config.store_sweep_interval,
+                stop_rx.clone(),
+            ));
+        }
         log_security_settings(&config, admission.tls.is_some());
         tracing::info!("listening on {addr}");
         tokio::pin!(shutdown);
@@ -313,6 +321,32 @@ async fn housekeeping(core: Arc<Core>, every: Duration, mut stop: watch::Receive
         .await;
         if let Ok(Err(error)) = result {
             tracing::warn!(%error, "cannot persist LastSeen");
+        }
+    }
+}
+
+/// Every `every` after the last pass ended, while serving: the clean-up of a store other
+/// servers share that start-up recovery does there ([`setup::sweep_shared_store`]).
+async fn sweep_shared_store(core: Arc<Core>, every: Duration, mut stop: watch::Receiver<bool>) {
+    tracing::info!(
+        every_secs = every.as_secs(),
+        "the shared store is cleaned up while serving (--store-sweep-interval)"
+    );
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let sweeping = Arc::clone(&core);
+        let pass = tokio::task::spawn_blocking(move || {
+            setup::sweep_shared_store(sweeping.meta_store(), sweeping.blob_store());
+        });
+        // A pass over a large bucket may take long; the shutdown does not wait for it
+        // (stopping in the middle is as safe as a crash there: removals are decided on
+        // rows read just before them, and once the database is closed no read succeeds).
+        tokio::select! {
+            _ = pass => {}
+            _ = stop.wait_for(|stop| *stop) => return,
         }
     }
 }

@@ -283,6 +283,14 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn paths_are_immutable(&self) -> bool {
         false
     }
+    /// Whether other servers may write into this store while this one serves (a bucket
+    /// a cluster shares). Its recovery then goes by the age of what it finds and by
+    /// upload markers, never by what this server knows, so it is also safe while this
+    /// server serves ([`setup::sweep_shared_store`]). The default: no (a folder of this
+    /// server's own, whose temporary files are its live uploads).
+    fn is_shared(&self) -> bool {
+        false
+    }
     /// Removes temporary files left by an earlier run; returns how many.
     fn remove_stale_temps(&self) -> io::Result<usize>;
     /// Paths (relative to the data folder, as [`TempBlob::persist`] returns them) of

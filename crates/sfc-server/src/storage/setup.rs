@@ -251,29 +251,7 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
         Err(error) => tracing::warn!(%error, "cannot finish the removals an earlier run had begun"),
     }
     match recover(&|| meta.files(), clients.len(), blobs) {
-        Ok(recovered) => {
-            if recovered.stale_temps > 0 {
-                tracing::info!(
-                    removed = recovered.stale_temps,
-                    "removed temporary files of an earlier run"
-                );
-            }
-            for path in &recovered.orphans {
-                tracing::warn!(%path, "removed a stored file no row names (an upload never acknowledged before a crash)");
-            }
-            for path in &recovered.replaced {
-                tracing::info!(%path, "removed a replaced version of a file (its removal after the replacement was cut short)");
-            }
-            if recovered.failed > 0 {
-                tracing::warn!(
-                    failed = recovered.failed,
-                    "could not remove some unrecorded files: tried again at the next start"
-                );
-            }
-            if let Some(why) = &recovered.orphans_skipped {
-                tracing::warn!(reason = %why, "not looking for unrecorded files");
-            }
-        }
+        Ok(recovered) => log_recovered(&recovered, Pass::StartUp),
         Err(error) => tracing::warn!(%error, "cannot clean up after an earlier run"),
     }
     tracing::info!(
@@ -282,6 +260,68 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
         "database ready"
     );
     Ok(())
+}
+
+/// While serving, on a store other servers share ([`BlobStore::is_shared`]): what
+/// [`recover`] does at start-up, for what servers that stopped or crashed and have not
+/// started again left there (multipart uploads no server finishes, old backups, old
+/// objects no row names). It judges as at start-up, by age and upload markers, never by
+/// what this server knows: this server's own uploads in progress are spared as any other
+/// server's are. Blocking; logs what it did. Not for a store of this server's own, whose
+/// temporary files are its live uploads (see [`ServerConfig::store_sweep_interval`]).
+pub fn sweep_shared_store(meta: &dyn MetaStore, blobs: &dyn BlobStore) {
+    let clients = match meta.clients() {
+        Ok(clients) => clients.len(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot clean up the shared store: cannot read the clients");
+            return;
+        }
+    };
+    match recover(&|| meta.files(), clients, blobs) {
+        Ok(recovered) => log_recovered(&recovered, Pass::Sweep),
+        Err(error) => tracing::warn!(%error, "cannot clean up the shared store"),
+    }
+}
+
+/// Which pass of [`recover`] is reporting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    StartUp,
+    Sweep,
+}
+
+fn log_recovered(recovered: &Recovered, pass: Pass) {
+    let next = match pass {
+        Pass::StartUp => "tried again at the next start",
+        Pass::Sweep => "tried again at the next clean-up",
+    };
+    if recovered.stale_temps > 0 {
+        match pass {
+            Pass::StartUp => tracing::info!(
+                removed = recovered.stale_temps,
+                "removed temporary files of an earlier run"
+            ),
+            Pass::Sweep => tracing::info!(
+                removed = recovered.stale_temps,
+                "removed uploads no server finishes (a server stopped during them) and old backups"
+            ),
+        }
+    }
+    for path in &recovered.orphans {
+        tracing::warn!(%path, "removed a stored file no row names (an upload never acknowledged before a crash)");
+    }
+    for path in &recovered.replaced {
+        tracing::info!(%path, "removed a replaced version of a file (its removal after the replacement was cut short)");
+    }
+    if recovered.failed > 0 {
+        tracing::warn!(
+            failed = recovered.failed,
+            "could not remove some unrecorded files: {next}"
+        );
+    }
+    if let Some(why) = &recovered.orphans_skipped {
+        tracing::warn!(reason = %why, "not looking for unrecorded files");
+    }
 }
 
 /// What [`remove_pending`] did.

@@ -271,6 +271,25 @@ impl Weed {
         log.get(start..).unwrap_or(&log).to_owned()
     }
 
+    /// The keys under `prefix/`, relative to it, sorted (listed only: nothing is read).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        use futures::TryStreamExt;
+        let client = self.client();
+        let root = Key::from(prefix);
+        let metas: Vec<_> = block_on(client.list(Some(&root)).try_collect::<Vec<_>>()).unwrap();
+        let mut keys: Vec<String> = metas
+            .iter()
+            .map(|meta| {
+                let key = meta.location.as_ref();
+                key.strip_prefix(&format!("{prefix}/"))
+                    .unwrap_or(key)
+                    .to_owned()
+            })
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// The keys under `prefix/` (relative to it) and their content. A key listed but gone
     /// when read (a dropped upload's marker, removed in the background meanwhile) is left
     /// out: it was not there any more.

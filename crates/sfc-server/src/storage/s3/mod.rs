@@ -41,6 +41,10 @@
 //!
 //! # Start-up recovery on shared storage
 //!
+//! Running servers repeat it every `--store-sweep-interval`
+//! ([`crate::storage::setup::sweep_shared_store`]): it judges by age and markers alone,
+//! so a server's own uploads in progress are spared as another server's are.
+//!
 //! Other servers may be writing while one starts, so recovery only touches what is older
 //! than `grace` (the upload time-out, at least the longest commit of a row:
 //! [`crate::config::ServerConfig::recovery_grace`]), judged by the object's `Last-Modified` against this
@@ -405,6 +409,11 @@ impl BlobStore for S3BlobStore {
     /// changes. (Keys written by servers before that layout are replaced in place only by
     /// such servers, which a cluster does not run beside this one: docs/DEPLOY.md.)
     fn paths_are_immutable(&self) -> bool {
+        true
+    }
+
+    /// Any number of servers may share the bucket (see the module docs).
+    fn is_shared(&self) -> bool {
         true
     }
 

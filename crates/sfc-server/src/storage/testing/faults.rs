@@ -532,6 +532,9 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
     fn paths_are_immutable(&self) -> bool {
         self.faults.paths_immutable.load(Ordering::SeqCst) || self.inner.paths_are_immutable()
     }
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
     fn remove_stale_temps(&self) -> io::Result<usize> {
         self.inner.remove_stale_temps()
     }
