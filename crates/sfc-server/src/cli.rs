@@ -11,7 +11,7 @@ use crate::config::{
     DEFAULT_UPLOAD_BUFFERS_MIB, DEFAULT_UPLOAD_TIMEOUT_SECS, MAX_ADMIN_SEND_TIMEOUT_SECS,
     MAX_CONNECTIONS_LIMIT, MAX_DATABASE_POOL, MAX_IDLE_TIMEOUT_SECS, MAX_REQUEST_TIMEOUT_SECS,
     MAX_SHUTDOWN_GRACE_SECS, MAX_STORE_SWEEP_INTERVAL_SECS, MAX_UPLOADS_LIMIT,
-    MAX_UPLOAD_BUFFERS_MIB, MAX_UPLOAD_TIMEOUT_SECS,
+    MAX_UPLOAD_BUFFERS_MIB, MAX_UPLOAD_TIMEOUT_SECS, MIN_STORE_SWEEP_INTERVAL_SECS,
 };
 use crate::net::proxy_protocol::ProxySources;
 use crate::net::rate_limit::RateLimit;
@@ -234,10 +234,11 @@ pub struct Cli {
     ///
     /// Each does what start-up recovery does: aborts multipart uploads no server finishes
     /// and deletes old objects no row names, so that what a crashed node left is not kept
-    /// until a server starts. 0: at start-up only. 0 to 604800 (a week). A folder store is
-    /// cleaned at start-up only.
+    /// until a server starts (±20 %, counted from the end of the last pass). 0: at
+    /// start-up only; otherwise 60 to 604800 (a week). Only with PostgreSQL and S3 (storage
+    /// other servers share): a server's own folder and database are cleaned at start-up.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STORE_SWEEP_INTERVAL_SECS,
-          value_parser = clap::value_parser!(u64).range(0..=MAX_STORE_SWEEP_INTERVAL_SECS))]
+          value_parser = store_sweep_interval)]
     pub store_sweep_interval: u64,
 
     /// Serve the admin dashboard, JSON API and /metrics on this address (IP:PORT). Off by default.
@@ -326,6 +327,21 @@ pub fn log_filter(
 
 /// A count from `min` to `max`, refused by clap as out of range beyond (exit 2): an
 /// unbounded count overflows or panics where it is used (a semaphore, a pool, a sum).
+/// `--store-sweep-interval`: 0, or [`MIN_STORE_SWEEP_INTERVAL_SECS`] to
+/// [`MAX_STORE_SWEEP_INTERVAL_SECS`] (each pass lists the bucket and reads every row).
+fn store_sweep_interval(text: &str) -> Result<u64, String> {
+    let range = MIN_STORE_SWEEP_INTERVAL_SECS..=MAX_STORE_SWEEP_INTERVAL_SECS;
+    match text.parse::<u64>() {
+        Ok(secs) if secs == 0 || range.contains(&secs) => Ok(secs),
+        Ok(secs) => Err(format!(
+            "{secs} is not in 0 or {}..={}",
+            range.start(),
+            range.end()
+        )),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 fn usize_in(min: usize, max: usize) -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(min as u64..=max as u64)
 }
@@ -949,6 +965,10 @@ mod tests {
                 .store_sweep_interval,
             Duration::from_secs(60)
         );
+        // Below a minute, a pass would follow a pass (each lists the bucket).
+        let error = parse("--store-sweep-interval", 59).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("0 or 60..=604800"), "{error}");
         for option in [
             "--idle-timeout",
             "--request-timeout",

@@ -74,6 +74,9 @@ pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 3600;
 /// Largest `--upload-timeout`, seconds (one week): a paused upload keeps its temporary
 /// file and a `--max-uploads` slot; a week covers a client away over a weekend.
 pub const MAX_UPLOAD_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// Smallest `--store-sweep-interval` but 0, seconds: each pass lists the bucket and reads
+/// every row.
+pub const MIN_STORE_SWEEP_INTERVAL_SECS: u64 = 60;
 /// Largest `--store-sweep-interval`, seconds (one week, as `--upload-timeout`).
 pub const MAX_STORE_SWEEP_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 /// Largest `--max-connections` and `--max-connections-per-address`: each connection is
@@ -132,12 +135,13 @@ pub struct ServerConfig {
     pub max_uploads_per_address: usize,
     /// Interval for persisting LastSeen notes and expiring uploads.
     pub flush_interval: Duration,
-    /// With a store other servers share (S3): how often a running server does what
-    /// start-up recovery does there (`storage::setup::sweep_shared_store`: abort
-    /// abandoned uploads, delete old unrecorded objects), so that what a node that
-    /// crashed and never came back left is not kept until some server starts. Zero: only
-    /// at start-up. A store of this server's own (a folder) is cleaned at start-up only:
-    /// nothing else writes into it, and its temporary files are this server's live uploads.
+    /// With storage other servers share (PostgreSQL and S3): how often (±20 %, from the
+    /// end of the last pass) a running server does what start-up recovery does there
+    /// (`storage::setup::sweep_shared_store`: abort abandoned uploads, delete old
+    /// unrecorded objects), so that what a node that crashed and never came back left is
+    /// not kept until some server starts. Zero: only at start-up. A server's own storage
+    /// (a folder, SQLite) is cleaned at start-up only: nothing else writes into it, and
+    /// a folder's temporary files are this server's live uploads.
     pub store_sweep_interval: Duration,
     /// Worker threads of the runtime [`crate::RunningServer`] creates (`None`: one per
     /// core). `run`/`Server` use the caller's runtime.

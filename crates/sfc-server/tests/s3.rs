@@ -782,25 +782,36 @@ fn a_server_starting_removes_old_orphan_objects_and_keeps_young_ones() {
     assert_eq!(server.stored(id, "kept.bin").unwrap(), plain);
 }
 
-/// A running server on a shared bucket also cleans up, every `--store-sweep-interval`,
-/// what a node that crashed and never came back left (a multipart upload no server
-/// finishes, an object no row names), once old, as start-up recovery does; its own
-/// upload, paused between packets through all those passes, is left alone and completes.
+/// A running node of a cluster (PostgreSQL and S3) also cleans up, every
+/// `--store-sweep-interval`, what a node that crashed and never came back left (a
+/// multipart upload no server finishes, an object no row names), once old, as start-up
+/// recovery does; its own multipart upload, paused between packets through those passes,
+/// is left alone and completes, and so is an object whose removal the database records
+/// (its recorder's to finish). With the database's set-up ID no longer the store's (a
+/// database swapped under the running server), a pass still aborts abandoned uploads but
+/// takes no stored object for unrecorded.
 #[test]
-fn a_running_server_cleans_up_what_a_crashed_node_left() {
-    let Some(weed) = shared("a_running_server_cleans_up_what_a_crashed_node_left") else {
+fn a_running_node_cleans_up_what_a_crashed_node_left() {
+    let test = "a_running_node_cleans_up_what_a_crashed_node_left";
+    let Some(weed) = shared(test) else {
         return;
     };
+    let Some(cluster) = common::postgres::shared(test) else {
+        return;
+    };
+    init_logging();
     let store = weed.fresh();
     let Store::S3(location) = &store else {
         unreachable!()
     };
     let prefix = location.prefix.clone();
+    let database_name = cluster.create_database();
+    let url = sfc_server::config::PostgresUrl::parse(&cluster.url(&database_name)).unwrap();
     // The upload time-out is the grace period: markers are abandoned after twice that.
     let grace = Duration::from_secs(2);
     let server = TestServer::start_on_store(
         tempfile::tempdir().unwrap(),
-        test_database(),
+        sfc_server::config::Database::Postgres(Box::new(url)),
         store.clone(),
         |config| {
             config.upload_timeout = Duration::from_secs(2);
@@ -818,35 +829,52 @@ fn a_running_server_cleans_up_what_a_crashed_node_left() {
         &kept,
     );
     // What a crashed node leaves, after this server started (its start-up cannot see it).
-    let crashed = S3BlobStore::open(location, grace).unwrap();
-    let mut abandoned = crashed.create_temp(&id, "abandoned.bin").unwrap();
-    abandoned.write_all(&data((8 << 20) + 1, 5)).unwrap();
-    std::mem::forget(abandoned);
-    put_for(&crashed, &id, "orphan.bin", b"never acknowledged");
+    let crash = |abandoned_name: &str, orphan_name: &str| {
+        let crashed = S3BlobStore::open(location, grace).unwrap();
+        let mut abandoned = crashed.create_temp(&id, abandoned_name).unwrap();
+        abandoned.write_all(&data((8 << 20) + 1, 5)).unwrap();
+        std::mem::forget(abandoned);
+        put_for(&crashed, &id, orphan_name, b"never acknowledged");
+        crashed
+    };
+    let crashed = crash("abandoned.bin", "orphan.bin");
+    // A file whose removal is recorded, not yet done.
+    let pending = put_for(&crashed, &id, "pending.bin", b"being removed");
+    cluster.psql(
+        &database_name,
+        &format!("INSERT INTO sfc_pending_removals (PathName) VALUES ('{pending}')"),
+    );
     crashed.halt();
-    let leftovers = || {
+    let keys_with = |parts: &[&str]| {
         weed.keys(&prefix)
             .into_iter()
-            .filter(|key| key.starts_with("uploads/") || key.contains("orphan.bin"))
+            .filter(|key| parts.iter().any(|part| key.contains(part)))
             .collect::<Vec<_>>()
     };
+    let leftovers = || keys_with(&["uploads/", "orphan.bin"]);
     assert_eq!(leftovers().len(), 2, "{:?}", weed.keys(&prefix));
 
-    // This server's own multipart upload, paused between packets (within the upload
-    // time-out) for longer than the crashed node's marker takes to be abandoned.
-    let plain = data(10 << 20, 6);
+    // This server's own multipart upload (its marker written once 8 MiB arrived), then
+    // paused between packets (within the upload time-out) for longer than the crashed
+    // node's marker takes to be abandoned.
+    let plain = data(13 << 20, 6);
     let cipher = encrypt(&key, &plain);
     let started = Instant::now();
-    for packet in packets(
+    for (i, packet) in packets(
         id,
         "paused.bin",
         plain.len(),
         &cipher,
-        2 << 20,
+        1 << 20,
         ContentSize::Whole,
-    ) {
-        conn.send_raw(&packet);
-        std::thread::sleep(Duration::from_millis(1200));
+    )
+    .iter()
+    .enumerate()
+    {
+        conn.send_raw(packet);
+        if i >= 8 {
+            std::thread::sleep(Duration::from_millis(1200));
+        }
     }
     assert!(started.elapsed() > grace * 2 + Duration::from_secs(1));
     assert_received(&conn.recv(), id, "paused.bin", &plain);
@@ -856,8 +884,57 @@ fn a_running_server_cleans_up_what_a_crashed_node_left() {
         "left: {:?}",
         leftovers()
     );
-    assert_eq!(server.stored_names(id), ["kept.bin", "paused.bin"]);
+    assert_eq!(
+        server.stored_names(id),
+        ["kept.bin", "paused.bin", "pending.bin"]
+    );
     assert_eq!(server.stored(id, "kept.bin").unwrap(), kept);
+
+    // The database no longer the store's: abandoned uploads still go, objects stay.
+    cluster.psql(&database_name, "UPDATE sfc_setup SET id = 'another set-up'");
+    crash("abandoned-again.bin", "orphan-again.bin").halt();
+    let markers = || keys_with(&["uploads/"]);
+    assert_eq!(markers().len(), 1);
+    assert!(
+        eventually(Duration::from_secs(15), || markers().is_empty()),
+        "left: {:?}",
+        markers()
+    );
+    // The pass that aborted the upload (older than twice the grace period) found the
+    // object old (older than the grace period) too, and left it.
+    assert_eq!(keys_with(&["orphan-again.bin"]).len(), 1);
+}
+
+/// A server on S3 with a database of its own (SQLite) is the bucket prefix's only user
+/// (the set-up ID pairs a prefix with one database), so it cleans up at start-up only:
+/// an old object no row names stays while it serves, however short the interval.
+#[test]
+fn a_server_with_a_database_of_its_own_cleans_up_at_start_up_only() {
+    let test = "a_server_with_a_database_of_its_own_cleans_up_at_start_up_only";
+    let Some(weed) = shared(test) else {
+        return;
+    };
+    let store = weed.fresh();
+    let Store::S3(location) = &store else {
+        unreachable!()
+    };
+    let server = TestServer::start_on_store(
+        tempfile::tempdir().unwrap(),
+        sfc_server::config::Database::Sqlite,
+        store.clone(),
+        |config| {
+            config.upload_timeout = Duration::from_secs(1);
+            config.recovery_min_age = Duration::ZERO;
+            config.store_sweep_interval = Duration::from_millis(200);
+        },
+    );
+    let mut conn = server.connect();
+    let (id, _key) = enroll(&mut conn, "alone");
+    let left = S3BlobStore::open(location, Duration::from_secs(1)).unwrap();
+    put_for(&left, &id, "orphan.bin", b"never acknowledged");
+    // Old after 1 s; ten intervals more.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(server.stored_names(id), ["orphan.bin"]);
 }
 
 /// A store of the server's own (a folder) is not cleaned while serving, whatever

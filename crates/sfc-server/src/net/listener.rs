@@ -185,7 +185,8 @@ impl Server {
             stop_rx.clone(),
         ));
         let refusal_lines = tokio::spawn(flush_refusals(admission.refusal_log(), stop_rx.clone()));
-        if core.blob_store().is_shared() && !config.store_sweep_interval.is_zero() {
+        let shared = core.blob_store().is_shared() && core.meta_store().is_shared();
+        if shared && !config.store_sweep_interval.is_zero() {
             // Ends at the stop signal; not waited for (see `sweep_shared_store`).
             tokio::spawn(sweep_shared_store(
                 Arc::clone(&core),
@@ -325,30 +326,53 @@ async fn housekeeping(core: Arc<Core>, every: Duration, mut stop: watch::Receive
     }
 }
 
-/// Every `every` after the last pass ended, while serving: the clean-up of a store other
-/// servers share that start-up recovery does there ([`setup::sweep_shared_store`]).
+/// While serving on storage other servers share, every `every` (±20 %, so that nodes
+/// started together do not sweep in step) after the last pass ended: the clean-up
+/// start-up recovery does there ([`setup::sweep_shared_store`]), one pass at a time.
 async fn sweep_shared_store(core: Arc<Core>, every: Duration, mut stop: watch::Receiver<bool>) {
     tracing::info!(
-        every_secs = every.as_secs(),
+        every_secs = every.as_secs_f64(),
         "the shared store is cleaned up while serving (--store-sweep-interval)"
     );
+    let mut state = setup::SweepState::default();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            biased;
             _ = stop.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(jittered(every)) => {}
         }
         let sweeping = Arc::clone(&core);
+        let stopping = stop.clone();
         let pass = tokio::task::spawn_blocking(move || {
-            setup::sweep_shared_store(sweeping.meta_store(), sweeping.blob_store());
+            let stopping = || *stopping.borrow();
+            setup::sweep_shared_store(
+                sweeping.meta_store(),
+                sweeping.blob_store(),
+                &stopping,
+                &mut state,
+            );
+            state
         });
-        // A pass over a large bucket may take long; the shutdown does not wait for it
-        // (stopping in the middle is as safe as a crash there: removals are decided on
-        // rows read just before them, and once the database is closed no read succeeds).
+        // The shutdown does not wait for a pass under way: it stops at its next removal
+        // or listing round (a listing under way finishes first), and stopping anywhere
+        // is as safe as a crash there (removals are decided on rows read just before).
         tokio::select! {
-            _ = pass => {}
+            biased;
             _ = stop.wait_for(|stop| *stop) => return,
+            done = pass => match done {
+                Ok(kept) => state = kept,
+                Err(_) => return,
+            },
         }
     }
+}
+
+/// `every` ± up to 20 %, at random.
+fn jittered(every: Duration) -> Duration {
+    let (random, _) = uuid::Uuid::new_v4().as_u64_pair();
+    // 0.8 to 1.2 × every.
+    let factor = 0.8 + 0.4 * (random as f64 / u64::MAX as f64);
+    every.mul_f64(factor)
 }
 
 /// Binds and serves until `shutdown` completes (see [`Server`]).

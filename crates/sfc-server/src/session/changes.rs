@@ -111,4 +111,7 @@ impl MetaStore for CountingChanges {
     fn close(&self) -> Result<(), StoreError> {
         self.inner.close()
     }
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
 }

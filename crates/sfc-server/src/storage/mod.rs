@@ -245,6 +245,11 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     fn record_setup_id(&self, id: &str) -> Result<String, StoreError>;
     /// Flushes and closes; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> Result<(), StoreError>;
+    /// Whether other servers may use this database at the same time (PostgreSQL). The
+    /// default: no (SQLite, this server's own).
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// The received files.
@@ -609,6 +614,41 @@ mod tests {
             recover(&|| meta.files(), 1, &blobs).unwrap(),
             Recovered::default()
         );
+    }
+
+    /// A pass while serving ([`setup::sweep_shared_store`]) leaves alone what the database
+    /// records as a removal under way, and stops early when told to (with what it did).
+    #[test]
+    fn recovery_spares_recorded_removals_and_stops_when_told() {
+        let nothing = || Ok(Vec::new());
+        let (dir, meta, blobs, _kept, orphan) = data_folder();
+        let recorded_removal = || Ok(vec![orphan.clone()]);
+        let recovered =
+            setup::recover_sparing(&|| meta.files(), &recorded_removal, 1, &blobs, &|| false)
+                .unwrap();
+        assert_eq!(recovered.orphans, Vec::<String>::new());
+        assert!(dir.path().join(&orphan).exists());
+        // Told to stop (only) when asked before the second round of listing: nothing more.
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let second = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1;
+        let recovered =
+            setup::recover_sparing(&|| meta.files(), &nothing, 1, &blobs, &second).unwrap();
+        assert_eq!(recovered.stale_temps, 0, "removed by the first pass");
+        assert!(dir.path().join(&orphan).exists());
+        // Told to stop when asked before removing: the orphan stays.
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let before_removing = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2;
+        let recovered =
+            setup::recover_sparing(&|| meta.files(), &nothing, 1, &blobs, &before_removing)
+                .unwrap();
+        assert_eq!(recovered.orphans, Vec::<String>::new());
+        assert!(dir.path().join(&orphan).exists());
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // Not told to stop: removed.
+        let recovered =
+            setup::recover_sparing(&|| meta.files(), &nothing, 1, &blobs, &|| false).unwrap();
+        assert_eq!(recovered.orphans, std::slice::from_ref(&orphan));
+        assert!(!dir.path().join(&orphan).exists());
     }
 
     /// A blob store whose listing of stored files is the moment another server commits

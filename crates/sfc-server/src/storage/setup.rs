@@ -1,7 +1,8 @@
 //! Opening the standard storage in the data folder (folders, modes, the folder lock,
 //! SQLite or the `--database` PostgreSQL) and the start-up clean-up after an earlier run
 //! ([`recover`]), after checking that the database and the file store belong together
-//! ([`pair_at_start_up`]).
+//! ([`pair_at_start_up`]); on storage other servers share, the same clean-up while
+//! serving ([`sweep_shared_store`]).
 
 use super::fs::{DataDirLock, LocalBlobStore, FILES_DIR};
 use super::names;
@@ -262,23 +263,88 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
     Ok(())
 }
 
-/// While serving, on a store other servers share ([`BlobStore::is_shared`]): what
-/// [`recover`] does at start-up, for what servers that stopped or crashed and have not
-/// started again left there (multipart uploads no server finishes, old backups, old
-/// objects no row names). It judges as at start-up, by age and upload markers, never by
-/// what this server knows: this server's own uploads in progress are spared as any other
-/// server's are. Blocking; logs what it did. Not for a store of this server's own, whose
-/// temporary files are its live uploads (see [`ServerConfig::store_sweep_interval`]).
-pub fn sweep_shared_store(meta: &dyn MetaStore, blobs: &dyn BlobStore) {
-    let clients = match meta.clients() {
-        Ok(clients) => clients.len(),
-        Err(error) => {
-            tracing::warn!(%error, "cannot clean up the shared store: cannot read the clients");
-            return;
+/// What [`sweep_shared_store`] keeps from one pass to the next.
+#[derive(Debug, Default)]
+pub struct SweepState {
+    /// Why the last pass left unrecorded files alone, if it did: a lasting reason is
+    /// logged when it first appears, not at every pass.
+    skipped: Option<String>,
+}
+
+/// While serving, on storage other servers share (PostgreSQL and S3, both
+/// [`MetaStore::is_shared`] and [`BlobStore::is_shared`]): what start-up recovery does
+/// there, for what servers that stopped or crashed and have not started again left
+/// (multipart uploads no server finishes, old backups, old objects no row names). It
+/// judges as [`recover`] does, by age and upload markers, never by what this server
+/// knows, so this server's own uploads in progress are spared as any other server's are.
+/// Unlike a start: the set-up IDs are read again first (a database swapped under the
+/// running server would make every stored file look unrecorded), and without a match
+/// only abandoned uploads and old backups are cleaned up, which need no row; the
+/// removals the database records are left to whoever recorded them (or the next start),
+/// not counted as unrecorded files. Stops early once `stopping` is true. Blocking; logs
+/// what it did.
+pub fn sweep_shared_store(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    stopping: &dyn Fn() -> bool,
+    state: &mut SweepState,
+) {
+    let started = std::time::Instant::now();
+    let paired = match (meta.setup_id(), blobs.setup_id()) {
+        (Ok(Some(recorded)), Ok(Some(kept))) if recorded == kept => Ok(()),
+        (Ok(recorded), Ok(kept)) => Err(format!(
+            "the database's set-up ID ({}) is not the store's ({}): is it still the database \
+             these files belong to? only abandoned uploads cleaned up",
+            recorded.as_deref().unwrap_or("none"),
+            kept.as_deref().unwrap_or("none")
+        )),
+        (Err(error), _) => Err(format!("cannot read the database's set-up ID: {error}")),
+        (_, Err(error)) => Err(format!("cannot read the store's set-up ID: {error}")),
+    };
+    let clients = match paired.and_then(|()| {
+        meta.clients()
+            .map(|clients| clients.len())
+            .map_err(|error| format!("cannot read the clients: {error}"))
+    }) {
+        Ok(clients) => Some(clients),
+        Err(why) => {
+            if state.skipped.as_ref() != Some(&why) {
+                tracing::warn!(reason = %why, "cleaning up the shared store: not looking for unrecorded files");
+            }
+            state.skipped = Some(why);
+            None
         }
     };
-    match recover(&|| meta.files(), clients, blobs) {
-        Ok(recovered) => log_recovered(&recovered, Pass::Sweep),
+    let recovered = match clients {
+        Some(clients) => {
+            let pending = || meta.pending_removals();
+            recover_sparing(&|| meta.files(), &pending, clients, blobs, stopping)
+        }
+        None => blobs.remove_stale_temps().map(|stale_temps| Recovered {
+            stale_temps,
+            ..Recovered::default()
+        }),
+    };
+    match recovered {
+        Ok(recovered) => {
+            let mut said = recovered.clone();
+            if clients.is_some() {
+                // A lasting reason (too many unrecorded files, say) is said once.
+                if said.orphans_skipped.is_some() && said.orphans_skipped == state.skipped {
+                    said.orphans_skipped = None;
+                }
+                state.skipped.clone_from(&recovered.orphans_skipped);
+            }
+            log_recovered(&said, Pass::Sweep);
+            tracing::debug!(
+                secs = started.elapsed().as_secs_f64(),
+                uploads_and_backups = recovered.stale_temps,
+                unrecorded = recovered.orphans.len(),
+                replaced = recovered.replaced.len(),
+                failed = recovered.failed,
+                "shared store cleaned up"
+            );
+        }
         Err(error) => tracing::warn!(%error, "cannot clean up the shared store"),
     }
 }
@@ -477,8 +543,8 @@ fn one_more_failure(done: &mut PendingDone, failures: &mut usize, untried: usize
     stop
 }
 
-/// What [`recover`] cleaned up at start-up.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What [`recover`] cleaned up (at start-up, or in a pass of [`sweep_shared_store`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovered {
     /// Temporary files of uploads that never finished (or versions kept for an undo).
     pub stale_temps: usize,
@@ -489,7 +555,8 @@ pub struct Recovered {
     pub replaced: Vec<String>,
     /// Why orphans were not looked for, if they were not.
     pub orphans_skipped: Option<String>,
-    /// Removals that failed (each logged); they are tried again at the next start.
+    /// Removals that failed (each logged); they are tried again at the next start (or
+    /// the next pass of [`sweep_shared_store`]).
     pub failed: usize,
 }
 
@@ -544,11 +611,38 @@ pub fn recover(
     registered_clients: usize,
     blobs: &dyn BlobStore,
 ) -> io::Result<Recovered> {
+    let nothing_spared = || Ok(Vec::new());
+    recover_sparing(rows, &nothing_spared, registered_clients, blobs, &|| false)
+}
+
+/// [`recover`], which also leaves alone the paths `spared` names (read after the rows in
+/// each round: the removals the database records, which whoever recorded them finishes),
+/// and stops early, with what it did so far, once `stopping` is true (checked before
+/// each round of listing and before each removal).
+pub(super) fn recover_sparing(
+    rows: &dyn Fn() -> Result<Vec<FileRecord>, StoreError>,
+    spared: &dyn Fn() -> Result<Vec<String>, StoreError>,
+    registered_clients: usize,
+    blobs: &dyn BlobStore,
+    stopping: &dyn Fn() -> bool,
+) -> io::Result<Recovered> {
     let read_rows =
         || rows().map_err(|error| io::Error::other(format!("cannot read the rows: {error}")));
+    let read_spared = || -> io::Result<std::collections::HashSet<String>> {
+        spared()
+            .map(|paths| paths.into_iter().collect())
+            .map_err(|error| io::Error::other(format!("cannot read the pending removals: {error}")))
+    };
     let stale_temps = blobs.remove_stale_temps()?;
+    if stopping() {
+        return Ok(Recovered {
+            stale_temps,
+            ..Recovered::default()
+        });
+    }
     let listed = blobs.stored_paths()?;
     let recorded = read_rows()?;
+    let spared_then = read_spared()?;
     let skipped = |why: String| Recovered {
         stale_temps,
         orphans_skipped: Some(why),
@@ -560,7 +654,8 @@ pub fn recover(
             row.file_name, row.path
         )));
     }
-    let candidates = unrecorded(listed, &recorded);
+    let mut candidates = unrecorded(listed, &recorded);
+    candidates.retain(|path| !spared_then.contains(path));
     if candidates.is_empty() {
         return Ok(Recovered {
             stale_temps,
@@ -609,7 +704,7 @@ pub fn recover(
     if orphans_skipped.is_some() {
         orphans.clear();
     }
-    if replaced.is_empty() && orphans.is_empty() {
+    if (replaced.is_empty() && orphans.is_empty()) || stopping() {
         return Ok(Recovered {
             stale_temps,
             orphans_skipped,
@@ -619,11 +714,12 @@ pub fn recover(
     let still_listed: std::collections::HashSet<String> =
         blobs.stored_paths()?.into_iter().collect();
     let rows_now = read_rows()?;
+    let spared_now = read_spared()?;
     let confirm = |paths: Vec<String>| {
         unrecorded(
             paths
                 .into_iter()
-                .filter(|path| still_listed.contains(path))
+                .filter(|path| still_listed.contains(path) && !spared_now.contains(path))
                 .collect(),
             &rows_now,
         )
@@ -632,12 +728,17 @@ pub fn recover(
     // A failed removal is logged and the rest go on (a path that always fails must not
     // keep every later one); after a few, the store is likely down and the rest wait.
     let mut failed = 0;
-    let mut remove = |path: &str| match blobs.remove(path) {
-        Ok(()) => Some(true),
-        Err(error) => {
-            tracing::warn!(%path, %error, "cannot remove an unrecorded file");
-            failed += 1;
-            (failed < PENDING_FAILURES_TOLERATED).then_some(false)
+    let mut remove = |path: &str| {
+        if stopping() {
+            return None;
+        }
+        match blobs.remove(path) {
+            Ok(()) => Some(true),
+            Err(error) => {
+                tracing::warn!(%path, %error, "cannot remove an unrecorded file");
+                failed += 1;
+                (failed < PENDING_FAILURES_TOLERATED).then_some(false)
+            }
         }
     };
     let mut removed_replaced = Vec::new();

@@ -459,4 +459,8 @@ impl MetaStore for PostgresStore {
         self.pool.close();
         Ok(())
     }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
 }

@@ -41,7 +41,7 @@
 //!
 //! # Start-up recovery on shared storage
 //!
-//! Running servers repeat it every `--store-sweep-interval`
+//! Running servers on PostgreSQL repeat it every `--store-sweep-interval`
 //! ([`crate::storage::setup::sweep_shared_store`]): it judges by age and markers alone,
 //! so a server's own uploads in progress are spared as another server's are.
 //!

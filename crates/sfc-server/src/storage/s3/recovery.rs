@@ -1,4 +1,4 @@
-//! Start-up recovery on shared storage: abandoned multipart uploads (found through their
+//! Recovery on shared storage (at start-up, and while serving with PostgreSQL): abandoned multipart uploads (found through their
 //! markers), old backups, and the stored objects recovery may judge (see the module docs
 //! of `storage::s3`).
 
@@ -57,12 +57,13 @@ impl Shared {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(error) => {
                         // The marker is the upload's only record (uploads cannot be
-                        // listed): kept, the next start-up tries again.
+                        // listed): kept, the next pass (a start, or a running
+                        // node's clean-up) tries again.
                         tracing::warn!(
                             marker = %marker.location,
                             error = %s3_err(error),
                             "could not abort an abandoned multipart upload; its parts stay \
-                             stored until a later start-up aborts it (or the bucket's \
+                             stored until a later pass aborts it (or the bucket's \
                              lifecycle rule does)"
                         );
                         return Ok(false);

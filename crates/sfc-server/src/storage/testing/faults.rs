@@ -469,6 +469,9 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
     fn close(&self) -> Result<(), StoreError> {
         self.inner.close()
     }
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
 }
 
 /// A [`BlobStore`] whose temporary files fail with `ENOSPC` while
