@@ -817,8 +817,20 @@ fn a_running_node_cleans_up_what_a_crashed_node_left() {
             config.upload_timeout = Duration::from_secs(2);
             config.recovery_min_age = Duration::ZERO;
             config.store_sweep_interval = Duration::from_millis(300);
+            config.admin = Some(sfc_server::AdminConfig::new(
+                "127.0.0.1:0".parse().unwrap(),
+                config.data_dir.join("admin.token"),
+            ));
         },
     );
+    let admin = server.server.as_ref().unwrap().admin_addr().unwrap();
+    let metric = |name: &str| -> f64 {
+        let answer = admin_request(admin, "GET", "/metrics", &server.root().join("admin.token"));
+        answer
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
     let mut conn = server.connect();
     let (id, key) = enroll(&mut conn, "sweeping");
     let kept = data(4000, 1);
@@ -889,6 +901,17 @@ fn a_running_node_cleans_up_what_a_crashed_node_left() {
         ["kept.bin", "paused.bin", "pending.bin"]
     );
     assert_eq!(server.stored(id, "kept.bin").unwrap(), kept);
+    // Seen in /metrics: passes, and what they removed.
+    assert!(metric(r#"sfc_store_sweeps_total{outcome="done"}"#) >= 2.0);
+    assert_eq!(metric(r#"sfc_store_sweeps_total{outcome="failed"}"#), 0.0);
+    assert_eq!(
+        metric(r#"sfc_store_sweep_removed_total{kind="uploads"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(r#"sfc_store_sweep_removed_total{kind="unrecorded"}"#),
+        1.0
+    );
 
     // The database no longer the store's: abandoned uploads still go, objects stay.
     cluster.psql(&database_name, "UPDATE sfc_setup SET id = 'another set-up'");

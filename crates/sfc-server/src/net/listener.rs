@@ -190,6 +190,7 @@ impl Server {
             // Ends at the stop signal; not waited for (see `sweep_shared_store`).
             tokio::spawn(sweep_shared_store(
                 Arc::clone(&core),
+                Arc::clone(&monitor),
                 config.store_sweep_interval,
                 stop_rx.clone(),
             ));
@@ -329,7 +330,12 @@ async fn housekeeping(core: Arc<Core>, every: Duration, mut stop: watch::Receive
 /// While serving on storage other servers share, every `every` (±20 %, so that nodes
 /// started together do not sweep in step) after the last pass ended: the clean-up
 /// start-up recovery does there ([`setup::sweep_shared_store`]), one pass at a time.
-async fn sweep_shared_store(core: Arc<Core>, every: Duration, mut stop: watch::Receiver<bool>) {
+async fn sweep_shared_store(
+    core: Arc<Core>,
+    monitor: Arc<Monitor>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     tracing::info!(
         every_secs = every.as_secs_f64(),
         "the shared store is cleaned up while serving (--store-sweep-interval)"
@@ -345,13 +351,13 @@ async fn sweep_shared_store(core: Arc<Core>, every: Duration, mut stop: watch::R
         let stopping = stop.clone();
         let pass = tokio::task::spawn_blocking(move || {
             let stopping = || *stopping.borrow();
-            setup::sweep_shared_store(
+            let recovered = setup::sweep_shared_store(
                 sweeping.meta_store(),
                 sweeping.blob_store(),
                 &stopping,
                 &mut state,
             );
-            state
+            (recovered, state)
         });
         // The shutdown does not wait for a pass under way: it stops at its next removal
         // or listing round (a listing under way finishes first), and stopping anywhere
@@ -360,8 +366,15 @@ async fn sweep_shared_store(core: Arc<Core>, every: Duration, mut stop: watch::R
             biased;
             _ = stop.wait_for(|stop| *stop) => return,
             done = pass => match done {
-                Ok(kept) => state = kept,
-                Err(_) => return,
+                Ok((recovered, kept)) => {
+                    monitor.store_swept(recovered.as_ref());
+                    state = kept;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the clean-up of the shared store failed");
+                    monitor.store_swept(None);
+                    state = setup::SweepState::default();
+                }
             },
         }
     }

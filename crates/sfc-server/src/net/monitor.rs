@@ -9,6 +9,7 @@
 
 use crate::admin::{FailureView, LiveView, UploadView};
 use crate::session::{Cause, LogLine, RequestLog};
+use crate::storage::setup::Recovered;
 use crate::storage::Timestamp;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -114,6 +115,8 @@ struct Metrics {
     rate_limit_refusals: Family<Labels, Counter>,
     admin_requests: Family<Labels, Counter>,
     admin_login_failures: Counter,
+    store_sweeps: Family<Labels, Counter>,
+    store_sweep_removed: Family<Labels, Counter>,
 }
 
 /// One upload in progress as the socket layer saw it.
@@ -175,6 +178,8 @@ impl Metrics {
             rate_limit_refusals: Family::default(),
             admin_requests: Family::default(),
             admin_login_failures: Counter::default(),
+            store_sweeps: Family::default(),
+            store_sweep_removed: Family::default(),
         }
     }
 
@@ -250,6 +255,18 @@ impl Metrics {
             "admin_login_failures",
             "Failed admin logins (wrong token)",
             self.admin_login_failures.clone(),
+        );
+        registry.register(
+            "store_sweeps",
+            "Passes of the running clean-up of shared storage (--store-sweep-interval), by outcome",
+            self.store_sweeps.clone(),
+        );
+        registry.register(
+            "store_sweep_removed",
+            "Removed by the running clean-up of shared storage, by kind (uploads: abandoned \
+             uploads and old backups; unrecorded: objects no row names; replaced: versions \
+             a later one replaced; failed: removals that failed)",
+            self.store_sweep_removed.clone(),
         );
     }
 }
@@ -621,6 +638,33 @@ impl Monitor {
         self.metrics.admin_login_failures.inc();
         if let Some(detail) = listed {
             self.failure("admin login", Some(peer), None, detail);
+        }
+    }
+
+    /// A pass of the running clean-up of shared storage ended: what it removed, or `None`
+    /// when it failed (logged by the pass).
+    pub fn store_swept(&self, recovered: Option<&Recovered>) {
+        let outcome = if recovered.is_some() {
+            "done"
+        } else {
+            "failed"
+        };
+        self.metrics
+            .store_sweeps
+            .get_or_create(&label("outcome", outcome))
+            .inc();
+        if let Some(recovered) = recovered {
+            for (kind, count) in [
+                ("uploads", recovered.stale_temps),
+                ("unrecorded", recovered.orphans.len()),
+                ("replaced", recovered.replaced.len()),
+                ("failed", recovered.failed),
+            ] {
+                self.metrics
+                    .store_sweep_removed
+                    .get_or_create(&label("kind", kind))
+                    .inc_by(count as u64);
+            }
         }
     }
 

@@ -282,13 +282,13 @@ pub struct SweepState {
 /// only abandoned uploads and old backups are cleaned up, which need no row; the
 /// removals the database records are left to whoever recorded them (or the next start),
 /// not counted as unrecorded files. Stops early once `stopping` is true. Blocking; logs
-/// what it did.
+/// what it did, and returns it (`None`: the pass failed).
 pub fn sweep_shared_store(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
     stopping: &dyn Fn() -> bool,
     state: &mut SweepState,
-) {
+) -> Option<Recovered> {
     let started = std::time::Instant::now();
     let paired = match (meta.setup_id(), blobs.setup_id()) {
         (Ok(Some(recorded)), Ok(Some(kept))) if recorded == kept => Ok(()),
@@ -344,8 +344,12 @@ pub fn sweep_shared_store(
                 failed = recovered.failed,
                 "shared store cleaned up"
             );
+            Some(recovered)
         }
-        Err(error) => tracing::warn!(%error, "cannot clean up the shared store"),
+        Err(error) => {
+            tracing::warn!(%error, "cannot clean up the shared store");
+            None
+        }
     }
 }
 
