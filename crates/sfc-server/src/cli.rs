@@ -230,7 +230,7 @@ pub struct Cli {
           value_parser = Store::parse)]
     pub store: Option<Store>,
 
-    /// With files in S3: seconds between the running server's clean-ups of the bucket.
+    /// With PostgreSQL and S3: seconds between the running server's clean-ups of the bucket.
     ///
     /// Each does what start-up recovery does: aborts multipart uploads no server finishes
     /// and deletes old objects no row names, so that what a crashed node left is not kept
@@ -325,8 +325,6 @@ pub fn log_filter(
     }
 }
 
-/// A count from `min` to `max`, refused by clap as out of range beyond (exit 2): an
-/// unbounded count overflows or panics where it is used (a semaphore, a pool, a sum).
 /// `--store-sweep-interval`: 0, or [`MIN_STORE_SWEEP_INTERVAL_SECS`] to
 /// [`MAX_STORE_SWEEP_INTERVAL_SECS`] (each pass lists the bucket and reads every row).
 fn store_sweep_interval(text: &str) -> Result<u64, String> {
@@ -342,6 +340,8 @@ fn store_sweep_interval(text: &str) -> Result<u64, String> {
     }
 }
 
+/// A count from `min` to `max`, refused by clap as out of range beyond (exit 2): an
+/// unbounded count overflows or panics where it is used (a semaphore, a pool, a sum).
 fn usize_in(min: usize, max: usize) -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(min as u64..=max as u64)
 }

@@ -786,8 +786,8 @@ fn a_server_starting_removes_old_orphan_objects_and_keeps_young_ones() {
 /// `--store-sweep-interval`, what a node that crashed and never came back left (a
 /// multipart upload no server finishes, an object no row names), once old, as start-up
 /// recovery does; its own multipart upload, paused between packets through those passes,
-/// is left alone and completes, and so is an object whose removal the database records
-/// (its recorder's to finish). With the database's set-up ID no longer the store's (a
+/// is left alone and completes; a removal the database recorded and nobody finished is
+/// finished a pass later. With the database's set-up ID no longer the store's (a
 /// database swapped under the running server), a pass still aborts abandoned uploads but
 /// takes no stored object for unrecorded.
 #[test]
@@ -840,31 +840,38 @@ fn a_running_node_cleans_up_what_a_crashed_node_left() {
         "kept.bin",
         &kept,
     );
-    // What a crashed node leaves, after this server started (its start-up cannot see it).
-    let crash = |abandoned_name: &str, orphan_name: &str| {
-        let crashed = S3BlobStore::open(location, grace).unwrap();
-        let mut abandoned = crashed.create_temp(&id, abandoned_name).unwrap();
-        abandoned.write_all(&data((8 << 20) + 1, 5)).unwrap();
-        std::mem::forget(abandoned);
-        put_for(&crashed, &id, orphan_name, b"never acknowledged");
-        crashed
-    };
-    let crashed = crash("abandoned.bin", "orphan.bin");
-    // A file whose removal is recorded, not yet done.
-    let pending = put_for(&crashed, &id, "pending.bin", b"being removed");
-    cluster.psql(
-        &database_name,
-        &format!("INSERT INTO sfc_pending_removals (PathName) VALUES ('{pending}')"),
-    );
-    crashed.halt();
     let keys_with = |parts: &[&str]| {
         weed.keys(&prefix)
             .into_iter()
             .filter(|key| parts.iter().any(|part| key.contains(part)))
             .collect::<Vec<_>>()
     };
-    let leftovers = || keys_with(&["uploads/", "orphan.bin"]);
-    assert_eq!(leftovers().len(), 2, "{:?}", weed.keys(&prefix));
+    // What a crashed node leaves, after this server started (its start-up cannot see it):
+    // each looked for at once, long before it is old (SeaweedFS dates to the second).
+    let crash = |abandoned_name: &str, orphan_name: &str| {
+        let crashed = S3BlobStore::open(location, grace).unwrap();
+        let mut abandoned = crashed.create_temp(&id, abandoned_name).unwrap();
+        abandoned.write_all(&data((8 << 20) + 1, 5)).unwrap();
+        std::mem::forget(abandoned);
+        put_for(&crashed, &id, orphan_name, b"never acknowledged");
+        assert_eq!(keys_with(&[orphan_name]).len(), 1);
+        crashed
+    };
+    let crashed = crash("abandoned.bin", "orphan.bin");
+    // A removal the database recorded and nobody finished (recorded before the object is
+    // written: never unrecorded).
+    let mut pending = crashed.create_temp(&id, "pending.bin").unwrap();
+    let pending_sql = format!(
+        "INSERT INTO sfc_pending_removals (PathName) VALUES ('{}')",
+        pending.path()
+    );
+    cluster.psql(&database_name, &pending_sql);
+    pending.write_all(b"being removed").unwrap();
+    pending.persist().unwrap();
+    crashed.halt();
+    // The abandoned upload's marker is judged after twice the grace period.
+    assert_eq!(keys_with(&["uploads/"]).len(), 1);
+    let leftovers = || keys_with(&["uploads/", "orphan.bin", "pending.bin"]);
 
     // This server's own multipart upload (its marker written once 8 MiB arrived), then
     // paused between packets (within the upload time-out) for longer than the crashed
@@ -896,22 +903,19 @@ fn a_running_node_cleans_up_what_a_crashed_node_left() {
         "left: {:?}",
         leftovers()
     );
-    assert_eq!(
-        server.stored_names(id),
-        ["kept.bin", "paused.bin", "pending.bin"]
-    );
+    assert_eq!(server.stored_names(id), ["kept.bin", "paused.bin"]);
     assert_eq!(server.stored(id, "kept.bin").unwrap(), kept);
-    // Seen in /metrics: passes, and what they removed.
+    let records = "SELECT count(*) FROM sfc_pending_removals";
+    assert_eq!(cluster.psql(&database_name, records), "0");
+    // Seen in /metrics: passes, and what they removed (the recorded removal as one, not
+    // as an unrecorded object).
     assert!(metric(r#"sfc_store_sweeps_total{outcome="done"}"#) >= 2.0);
     assert_eq!(metric(r#"sfc_store_sweeps_total{outcome="failed"}"#), 0.0);
-    assert_eq!(
-        metric(r#"sfc_store_sweep_removed_total{kind="uploads"}"#),
-        1.0
-    );
-    assert_eq!(
-        metric(r#"sfc_store_sweep_removed_total{kind="unrecorded"}"#),
-        1.0
-    );
+    for (kind, count) in [("uploads", 1.0), ("unrecorded", 1.0), ("recorded", 1.0)] {
+        let line = format!("sfc_store_sweep_removed_total{{kind=\"{kind}\"}}");
+        assert_eq!(metric(&line), count, "{line}");
+    }
+    assert_eq!(metric("sfc_store_sweep_left_total"), 0.0);
 
     // The database no longer the store's: abandoned uploads still go, objects stay.
     cluster.psql(&database_name, "UPDATE sfc_setup SET id = 'another set-up'");

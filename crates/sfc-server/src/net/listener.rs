@@ -380,10 +380,14 @@ async fn sweep_shared_store(
     }
 }
 
-/// `every` ± up to 20 %, at random.
+/// `every` ± up to 20 %, at random (`every` capped at the flag's maximum: a library
+/// caller's configuration is not checked by the command line).
 fn jittered(every: Duration) -> Duration {
+    let every = every.min(Duration::from_secs(
+        crate::config::MAX_STORE_SWEEP_INTERVAL_SECS,
+    ));
+    // The first half of a version-4 UUID: random but for 4 low bits (the version).
     let (random, _) = uuid::Uuid::new_v4().as_u64_pair();
-    // 0.8 to 1.2 × every.
     let factor = 0.8 + 0.4 * (random as f64 / u64::MAX as f64);
     every.mul_f64(factor)
 }
@@ -391,4 +395,26 @@ fn jittered(every: Duration) -> Duration {
 /// Binds and serves until `shutdown` completes (see [`Server`]).
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     Server::bind(config).await?.serve(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_intervals_vary_by_a_fifth_at_most() {
+        let hour = Duration::from_secs(3600);
+        let drawn: Vec<Duration> = (0..200).map(|_| jittered(hour)).collect();
+        assert!(drawn
+            .iter()
+            .all(|d| *d >= hour.mul_f64(0.8) && *d <= hour.mul_f64(1.2)));
+        // Not all alike, and spread over most of the range.
+        let (low, high) = (drawn.iter().min().unwrap(), drawn.iter().max().unwrap());
+        assert!(
+            *high - *low > Duration::from_secs(1000),
+            "{low:?}..{high:?}"
+        );
+        // A library caller's huge interval is capped, not a panic.
+        assert!(jittered(Duration::MAX) <= Duration::from_secs(7 * 24 * 3600).mul_f64(1.2));
+    }
 }

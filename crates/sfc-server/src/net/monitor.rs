@@ -9,7 +9,7 @@
 
 use crate::admin::{FailureView, LiveView, UploadView};
 use crate::session::{Cause, LogLine, RequestLog};
-use crate::storage::setup::Recovered;
+use crate::storage::setup::Swept;
 use crate::storage::Timestamp;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -117,6 +117,7 @@ struct Metrics {
     admin_login_failures: Counter,
     store_sweeps: Family<Labels, Counter>,
     store_sweep_removed: Family<Labels, Counter>,
+    store_sweep_left: Counter,
 }
 
 /// One upload in progress as the socket layer saw it.
@@ -180,6 +181,7 @@ impl Metrics {
             admin_login_failures: Counter::default(),
             store_sweeps: Family::default(),
             store_sweep_removed: Family::default(),
+            store_sweep_left: Counter::default(),
         }
     }
 
@@ -265,8 +267,14 @@ impl Metrics {
             "store_sweep_removed",
             "Removed by the running clean-up of shared storage, by kind (uploads: abandoned \
              uploads and old backups; unrecorded: objects no row names; replaced: versions \
-             a later one replaced; failed: removals that failed)",
+             a later one replaced; recorded: overdue removals the database recorded)",
             self.store_sweep_removed.clone(),
+        );
+        registry.register(
+            "store_sweep_left",
+            "Removals the running clean-up of shared storage could not do (failed, or not \
+             tried after several failures), tried again at a later pass",
+            self.store_sweep_left.clone(),
         );
     }
 }
@@ -641,30 +649,28 @@ impl Monitor {
         }
     }
 
-    /// A pass of the running clean-up of shared storage ended: what it removed, or `None`
-    /// when it failed (logged by the pass).
-    pub fn store_swept(&self, recovered: Option<&Recovered>) {
-        let outcome = if recovered.is_some() {
-            "done"
-        } else {
-            "failed"
-        };
+    /// A pass of the running clean-up of shared storage ended: what it did, or `None` when
+    /// it failed (logged by the pass).
+    pub fn store_swept(&self, swept: Option<&Swept>) {
+        let outcome = if swept.is_some() { "done" } else { "failed" };
         self.metrics
             .store_sweeps
             .get_or_create(&label("outcome", outcome))
             .inc();
-        if let Some(recovered) = recovered {
+        if let Some(Swept { recovered, pending }) = swept {
             for (kind, count) in [
                 ("uploads", recovered.stale_temps),
                 ("unrecorded", recovered.orphans.len()),
                 ("replaced", recovered.replaced.len()),
-                ("failed", recovered.failed),
+                ("recorded", pending.removed),
             ] {
                 self.metrics
                     .store_sweep_removed
                     .get_or_create(&label("kind", kind))
                     .inc_by(count as u64);
             }
+            let left = recovered.failed + pending.left;
+            self.metrics.store_sweep_left.inc_by(left as u64);
         }
     }
 

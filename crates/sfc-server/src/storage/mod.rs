@@ -617,36 +617,61 @@ mod tests {
     }
 
     /// A pass while serving ([`setup::sweep_shared_store`]) leaves alone what the database
-    /// records as a removal under way, and stops early when told to (with what it did).
+    /// records as a removal under way, removes nothing once the database and the store no
+    /// longer belong together, and stops early when told to (with what it did).
     #[test]
-    fn recovery_spares_recorded_removals_and_stops_when_told() {
+    fn recovery_while_serving_spares_recorded_removals_and_stops_when_told() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
         let nothing = || Ok(Vec::new());
+        let never = || false;
+        let paired = || true;
+        let serving = |spared, stopping, still_paired| setup::WhileServing {
+            spared,
+            stopping,
+            still_paired,
+        };
         let (dir, meta, blobs, _kept, orphan) = data_folder();
+        let rows = || meta.files();
         let recorded_removal = || Ok(vec![orphan.clone()]);
-        let recovered =
-            setup::recover_sparing(&|| meta.files(), &recorded_removal, 1, &blobs, &|| false)
-                .unwrap();
+        let sparing = serving(&recorded_removal, &never, &paired);
+        let recovered = setup::recover_sparing(&rows, 1, &blobs, &sparing).unwrap();
         assert_eq!(recovered.orphans, Vec::<String>::new());
         assert!(dir.path().join(&orphan).exists());
-        // Told to stop (only) when asked before the second round of listing: nothing more.
-        let asked = std::sync::atomic::AtomicUsize::new(0);
-        let second = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1;
-        let recovered =
-            setup::recover_sparing(&|| meta.files(), &nothing, 1, &blobs, &second).unwrap();
+        // Recorded only by the time of the second round: spared too.
+        let asked = AtomicUsize::new(0);
+        let recorded_later = || match asked.fetch_add(1, SeqCst) {
+            0 => Ok(Vec::new()),
+            _ => Ok(vec![orphan.clone()]),
+        };
+        let sparing = serving(&recorded_later, &never, &paired);
+        let recovered = setup::recover_sparing(&rows, 1, &blobs, &sparing).unwrap();
+        assert_eq!(recovered.orphans, Vec::<String>::new());
+        assert!(dir.path().join(&orphan).exists());
+        // The set-up IDs no longer match before removing: nothing removed.
+        let unpaired = || false;
+        let swapped = serving(&nothing, &never, &unpaired);
+        let recovered = setup::recover_sparing(&rows, 1, &blobs, &swapped).unwrap();
+        assert_eq!(recovered.orphans, Vec::<String>::new());
+        assert!(recovered.orphans_skipped.is_some());
+        assert!(dir.path().join(&orphan).exists());
+        // Told to stop (only) when asked before the second round of listing.
+        let asked = AtomicUsize::new(0);
+        let second = || asked.fetch_add(1, SeqCst) == 1;
+        let stopped = serving(&nothing, &second, &paired);
+        let recovered = setup::recover_sparing(&rows, 1, &blobs, &stopped).unwrap();
         assert_eq!(recovered.stale_temps, 0, "removed by the first pass");
         assert!(dir.path().join(&orphan).exists());
         // Told to stop when asked before removing: the orphan stays.
-        let asked = std::sync::atomic::AtomicUsize::new(0);
-        let before_removing = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2;
-        let recovered =
-            setup::recover_sparing(&|| meta.files(), &nothing, 1, &blobs, &before_removing)
-                .unwrap();
+        let asked = AtomicUsize::new(0);
+        let before_removing = || asked.fetch_add(1, SeqCst) >= 2;
+        let stopped = serving(&nothing, &before_removing, &paired);
+        let recovered = setup::recover_sparing(&rows, 1, &blobs, &stopped).unwrap();
         assert_eq!(recovered.orphans, Vec::<String>::new());
         assert!(dir.path().join(&orphan).exists());
-        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 3);
-        // Not told to stop: removed.
-        let recovered =
-            setup::recover_sparing(&|| meta.files(), &nothing, 1, &blobs, &|| false).unwrap();
+        assert_eq!(asked.load(SeqCst), 3);
+        // None of those: removed.
+        let plain = serving(&nothing, &never, &paired);
+        let recovered = setup::recover_sparing(&rows, 1, &blobs, &plain).unwrap();
         assert_eq!(recovered.orphans, std::slice::from_ref(&orphan));
         assert!(!dir.path().join(&orphan).exists());
     }

@@ -267,40 +267,75 @@ pub fn recover_at_start_up(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> anyho
 #[derive(Debug, Default)]
 pub struct SweepState {
     /// Why the last pass left unrecorded files alone, if it did: a lasting reason is
-    /// logged when it first appears, not at every pass.
+    /// logged when it first appears (or changes), not at every pass.
     skipped: Option<String>,
+    /// The removals the database recorded at the last pass: those still recorded a pass
+    /// later are overdue (their recorder crashed, or gave up retrying) and finished.
+    pending_before: std::collections::HashSet<String>,
+}
+
+/// What a pass of [`sweep_shared_store`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// The clean-up start-up recovery also does.
+    pub recovered: Recovered,
+    /// Overdue removals the database recorded, finished.
+    pub pending: PendingDone,
 }
 
 /// While serving, on storage other servers share (PostgreSQL and S3, both
 /// [`MetaStore::is_shared`] and [`BlobStore::is_shared`]): what start-up recovery does
 /// there, for what servers that stopped or crashed and have not started again left
-/// (multipart uploads no server finishes, old backups, old objects no row names). It
-/// judges as [`recover`] does, by age and upload markers, never by what this server
-/// knows, so this server's own uploads in progress are spared as any other server's are.
-/// Unlike a start: the set-up IDs are read again first (a database swapped under the
-/// running server would make every stored file look unrecorded), and without a match
-/// only abandoned uploads and old backups are cleaned up, which need no row; the
-/// removals the database records are left to whoever recorded them (or the next start),
-/// not counted as unrecorded files. Stops early once `stopping` is true. Blocking; logs
-/// what it did, and returns it (`None`: the pass failed).
+/// (multipart uploads no server finishes, old backups, old objects no row names, removals
+/// the database recorded and nobody finished). It judges as [`recover`] does, by age
+/// and upload markers, never by what this server knows, so this server's own uploads in
+/// progress are spared as any other server's are. Unlike a start:
+/// - the set-up IDs are read again first, and once more just before removing unrecorded
+///   objects (a database swapped under the running server would make every stored file
+///   look unrecorded): without a match only abandoned uploads and old backups are
+///   cleaned up, which need no row;
+/// - a removal the database records is not an unrecorded file: whoever recorded it
+///   finishes it; one still recorded a pass later is overdue and finished here as at a
+///   start ([`remove_pending`]; S3 never reuses a key, so finishing it beside its
+///   recorder is harmless).
+///
+/// Stops early once `stopping` is true. Blocking; logs what it did, and returns it
+/// (`None`: the pass failed).
 pub fn sweep_shared_store(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
     stopping: &dyn Fn() -> bool,
     state: &mut SweepState,
-) -> Option<Recovered> {
+) -> Option<Swept> {
     let started = std::time::Instant::now();
-    let paired = match (meta.setup_id(), blobs.setup_id()) {
-        (Ok(Some(recorded)), Ok(Some(kept))) if recorded == kept => Ok(()),
-        (Ok(recorded), Ok(kept)) => Err(format!(
-            "the database's set-up ID ({}) is not the store's ({}): is it still the database \
-             these files belong to? only abandoned uploads cleaned up",
-            recorded.as_deref().unwrap_or("none"),
-            kept.as_deref().unwrap_or("none")
-        )),
-        (Err(error), _) => Err(format!("cannot read the database's set-up ID: {error}")),
-        (_, Err(error)) => Err(format!("cannot read the store's set-up ID: {error}")),
-    };
+    let paired = paired_now(meta, blobs);
+    let mut swept = Swept::default();
+    if paired.is_ok() {
+        match meta.pending_removals() {
+            Ok(pending) => {
+                let pending: std::collections::HashSet<String> = pending.into_iter().collect();
+                let overdue = |path: &str| state.pending_before.contains(path);
+                if pending.iter().any(|path| overdue(path)) && !stopping() {
+                    match remove_pending_of(meta, blobs, &overdue) {
+                        Ok(done) => swept.pending = done,
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot finish the removals the database recorded")
+                        }
+                    }
+                }
+                state.pending_before = pending;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the removals the database recorded")
+            }
+        }
+        if swept.pending.removed > 0 {
+            tracing::info!(
+                removed = swept.pending.removed,
+                "removed stored files whose removal a server had begun and not finished (their rows were already gone)"
+            );
+        }
+    }
     let clients = match paired.and_then(|()| {
         meta.clients()
             .map(|clients| clients.len())
@@ -309,7 +344,7 @@ pub fn sweep_shared_store(
         Ok(clients) => Some(clients),
         Err(why) => {
             if state.skipped.as_ref() != Some(&why) {
-                tracing::warn!(reason = %why, "cleaning up the shared store: not looking for unrecorded files");
+                tracing::warn!(reason = %why, "cleaning up the shared store: only abandoned uploads and old backups");
             }
             state.skipped = Some(why);
             None
@@ -318,7 +353,13 @@ pub fn sweep_shared_store(
     let recovered = match clients {
         Some(clients) => {
             let pending = || meta.pending_removals();
-            recover_sparing(&|| meta.files(), &pending, clients, blobs, stopping)
+            let still_paired = || paired_now(meta, blobs).is_ok();
+            let serving = WhileServing {
+                spared: &pending,
+                stopping,
+                still_paired: &still_paired,
+            };
+            recover_sparing(&|| meta.files(), clients, blobs, &serving)
         }
         None => blobs.remove_stale_temps().map(|stale_temps| Recovered {
             stale_temps,
@@ -341,15 +382,50 @@ pub fn sweep_shared_store(
                 uploads_and_backups = recovered.stale_temps,
                 unrecorded = recovered.orphans.len(),
                 replaced = recovered.replaced.len(),
+                recorded_removals = swept.pending.removed,
                 failed = recovered.failed,
                 "shared store cleaned up"
             );
-            Some(recovered)
+            swept.recovered = recovered;
+            Some(swept)
         }
         Err(error) => {
             tracing::warn!(%error, "cannot clean up the shared store");
             None
         }
+    }
+}
+
+/// Whether the database and the store hold the same set-up ID now ([`pairing`]); if not,
+/// why unrecorded files cannot be judged.
+fn paired_now(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> Result<(), String> {
+    let recorded = meta
+        .setup_id()
+        .map_err(|error| format!("cannot read the database's set-up ID: {error}"))?;
+    let kept = blobs
+        .setup_id()
+        .map_err(|error| format!("cannot read the store's set-up ID: {error}"))?;
+    match (recorded, kept) {
+        (Some(recorded), Some(kept)) if recorded == kept => Ok(()),
+        (Some(recorded), Some(kept)) => Err(format!(
+            "the database's set-up ID ({recorded}) is not the store's ({kept}): is it still \
+             the database these files belong to?"
+        )),
+        (None, None) => Err(
+            "neither the database nor the store has a set-up ID yet (a server's start pairs \
+             them)"
+                .to_owned(),
+        ),
+        (Some(_), None) => Err(
+            "the database has a set-up ID and the store none (a server's start gives it \
+                 one)"
+                .to_owned(),
+        ),
+        (None, Some(_)) => Err(
+            "the store has a set-up ID and the database none: is it the database these \
+             files belong to?"
+                .to_owned(),
+        ),
     }
 }
 
@@ -395,7 +471,7 @@ fn log_recovered(recovered: &Recovered, pass: Pass) {
 }
 
 /// What [`remove_pending`] did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PendingDone {
     /// Stored files removed.
     pub removed: usize,
@@ -436,7 +512,17 @@ pub fn remove_pending(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
 ) -> Result<PendingDone, StoreError> {
-    let pending = meta.pending_removals()?;
+    remove_pending_of(meta, blobs, &|_| true)
+}
+
+/// [`remove_pending`] of the recorded removals `chosen` picks.
+fn remove_pending_of(
+    meta: &dyn MetaStore,
+    blobs: &dyn BlobStore,
+    chosen: &dyn Fn(&str) -> bool,
+) -> Result<PendingDone, StoreError> {
+    let mut pending = meta.pending_removals()?;
+    pending.retain(|path| chosen(path));
     let mut done = PendingDone::default();
     if pending.is_empty() {
         return Ok(done);
@@ -615,21 +701,43 @@ pub fn recover(
     registered_clients: usize,
     blobs: &dyn BlobStore,
 ) -> io::Result<Recovered> {
-    let nothing_spared = || Ok(Vec::new());
-    recover_sparing(rows, &nothing_spared, registered_clients, blobs, &|| false)
+    recover_sparing(rows, registered_clients, blobs, &WhileServing::AT_START_UP)
 }
 
-/// [`recover`], which also leaves alone the paths `spared` names (read after the rows in
-/// each round: the removals the database records, which whoever recorded them finishes),
-/// and stops early, with what it did so far, once `stopping` is true (checked before
-/// each round of listing and before each removal).
+/// What [`recover_sparing`] checks besides what [`recover`] does, while the server serves.
+pub(super) struct WhileServing<'a> {
+    /// Paths left alone (read after the rows in each round): the removals the database
+    /// records, which whoever recorded them finishes.
+    pub spared: &'a dyn Fn() -> Result<Vec<String>, StoreError>,
+    /// True once the pass must stop (asked after the abandoned uploads, before the
+    /// second round of listing and before each removal); it returns what it did so far.
+    pub stopping: &'a dyn Fn() -> bool,
+    /// Whether the database and the store still belong together, asked once after the
+    /// last reading of the rows: if not, nothing is removed.
+    pub still_paired: &'a dyn Fn() -> bool,
+}
+
+impl WhileServing<'_> {
+    /// Nothing spared, never stopping, paired (checked before the start).
+    const AT_START_UP: WhileServing<'static> = WhileServing {
+        spared: &|| Ok(Vec::new()),
+        stopping: &|| false,
+        still_paired: &|| true,
+    };
+}
+
+/// [`recover`], with the checks of [`WhileServing`].
 pub(super) fn recover_sparing(
     rows: &dyn Fn() -> Result<Vec<FileRecord>, StoreError>,
-    spared: &dyn Fn() -> Result<Vec<String>, StoreError>,
     registered_clients: usize,
     blobs: &dyn BlobStore,
-    stopping: &dyn Fn() -> bool,
+    serving: &WhileServing<'_>,
 ) -> io::Result<Recovered> {
+    let WhileServing {
+        spared,
+        stopping,
+        still_paired,
+    } = *serving;
     let read_rows =
         || rows().map_err(|error| io::Error::other(format!("cannot read the rows: {error}")));
     let read_spared = || -> io::Result<std::collections::HashSet<String>> {
@@ -719,6 +827,15 @@ pub(super) fn recover_sparing(
         blobs.stored_paths()?.into_iter().collect();
     let rows_now = read_rows()?;
     let spared_now = read_spared()?;
+    if !still_paired() {
+        return Ok(Recovered {
+            stale_temps,
+            orphans_skipped: Some(
+                "the database's set-up ID changed during the pass: nothing removed".to_owned(),
+            ),
+            ..Recovered::default()
+        });
+    }
     let confirm = |paths: Vec<String>| {
         unrecorded(
             paths
