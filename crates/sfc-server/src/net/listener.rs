@@ -351,28 +351,32 @@ async fn sweep_shared_store(
         let stopping = stop.clone();
         let pass = tokio::task::spawn_blocking(move || {
             let stopping = || *stopping.borrow();
-            let recovered = setup::sweep_shared_store(
+            let swept = setup::sweep_shared_store(
                 sweeping.meta_store(),
                 sweeping.blob_store(),
                 &stopping,
                 &mut state,
             );
-            (recovered, state)
+            (swept, state)
         });
         // The shutdown does not wait for a pass under way: it stops at its next removal
         // or listing round (a listing under way finishes first), and stopping anywhere
         // is as safe as a crash there (removals are decided on rows read just before).
+        // Until it has stopped it keeps the core, and with it the storage, open.
         tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => return,
             done = pass => match done {
-                Ok((recovered, kept)) => {
-                    monitor.store_swept(recovered.as_ref());
+                Ok((swept, kept)) => {
+                    monitor.store_swept(&swept);
                     state = kept;
                 }
                 Err(error) => {
                     tracing::error!(%error, "the clean-up of the shared store failed");
-                    monitor.store_swept(None);
+                    monitor.store_swept(&setup::Swept {
+                        outcome: setup::SweepOutcome::Failed,
+                        ..setup::Swept::default()
+                    });
                     state = setup::SweepState::default();
                 }
             },
@@ -386,7 +390,7 @@ fn jittered(every: Duration) -> Duration {
     let every = every.min(Duration::from_secs(
         crate::config::MAX_STORE_SWEEP_INTERVAL_SECS,
     ));
-    // The first half of a version-4 UUID: random but for 4 low bits (the version).
+    // The first half of a version-4 UUID: random but for its 4 version bits.
     let (random, _) = uuid::Uuid::new_v4().as_u64_pair();
     let factor = 0.8 + 0.4 * (random as f64 / u64::MAX as f64);
     every.mul_f64(factor)

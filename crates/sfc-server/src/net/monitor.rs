@@ -260,7 +260,9 @@ impl Metrics {
         );
         registry.register(
             "store_sweeps",
-            "Passes of the running clean-up of shared storage (--store-sweep-interval), by outcome",
+            "Passes of the running clean-up of shared storage (--store-sweep-interval), by \
+             outcome (limited: the database and the store not seen paired, so abandoned \
+             uploads and old backups only)",
             self.store_sweeps.clone(),
         );
         registry.register(
@@ -272,8 +274,9 @@ impl Metrics {
         );
         registry.register(
             "store_sweep_left",
-            "Removals the running clean-up of shared storage could not do (failed, or not \
-             tried after several failures), tried again at a later pass",
+            "Removals of stored files the running clean-up of shared storage could not do \
+             (failed; of recorded removals, also those not tried after several failures or \
+             at the shutdown), tried again at a later pass",
             self.store_sweep_left.clone(),
         );
     }
@@ -649,29 +652,30 @@ impl Monitor {
         }
     }
 
-    /// A pass of the running clean-up of shared storage ended: what it did, or `None` when
-    /// it failed (logged by the pass).
-    pub fn store_swept(&self, swept: Option<&Swept>) {
-        let outcome = if swept.is_some() { "done" } else { "failed" };
+    /// A pass of the running clean-up of shared storage ended: what it did.
+    pub fn store_swept(&self, swept: &Swept) {
+        let Swept {
+            outcome,
+            recovered,
+            pending,
+        } = swept;
         self.metrics
             .store_sweeps
-            .get_or_create(&label("outcome", outcome))
+            .get_or_create(&label("outcome", outcome.as_str()))
             .inc();
-        if let Some(Swept { recovered, pending }) = swept {
-            for (kind, count) in [
-                ("uploads", recovered.stale_temps),
-                ("unrecorded", recovered.orphans.len()),
-                ("replaced", recovered.replaced.len()),
-                ("recorded", pending.removed),
-            ] {
-                self.metrics
-                    .store_sweep_removed
-                    .get_or_create(&label("kind", kind))
-                    .inc_by(count as u64);
-            }
-            let left = recovered.failed + pending.left;
-            self.metrics.store_sweep_left.inc_by(left as u64);
+        for (kind, count) in [
+            ("uploads", recovered.stale_temps),
+            ("unrecorded", recovered.orphans.len()),
+            ("replaced", recovered.replaced.len()),
+            ("recorded", pending.removed),
+        ] {
+            self.metrics
+                .store_sweep_removed
+                .get_or_create(&label("kind", kind))
+                .inc_by(count as u64);
         }
+        let left = recovered.failed + pending.left;
+        self.metrics.store_sweep_left.inc_by(left as u64);
     }
 
     // ----- read by the admin listener ---------------------------------------------------

@@ -14,8 +14,10 @@
 //! The database also records each such path, in the transaction that removes or
 //! replaces its row ([`MetaStore::pending_removals`]); a removal that succeeds (here or
 //! in a retry) forgets it, and start-up removes what a crash or a restart left recorded
-//! ([`crate::storage::setup::remove_pending`]). This list in memory is what is retried
-//! while the server runs.
+//! ([`crate::storage::setup::remove_pending`]), as does, on storage servers share, a
+//! running server's clean-up for a record it finds a pass later
+//! ([`crate::storage::setup::sweep_shared_store`]). This list in memory is what is
+//! retried while the server runs.
 
 use super::Core;
 use crate::storage::MetaStore;
@@ -189,7 +191,8 @@ impl Core {
     }
 
     /// Forgets the database's record of these removals: done, or not to be done. Best
-    /// effort: a record left is finished (or forgotten) by the next start-up.
+    /// effort: a record left is finished (or forgotten) by the next start-up (or, on
+    /// storage servers share, a running server's clean-up).
     pub(super) fn forget_removals(&self, paths: &[String]) {
         if let Err(error) = self.meta.forget_removals(paths) {
             tracing::debug!(%error, count = paths.len(), "cannot forget finished removals (the next start-up does)");

@@ -228,7 +228,9 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     /// [`MetaStore::remove_file`], [`MetaStore::remove_client`]) and not forgotten since:
     /// files that no row named any more when they were recorded and whose removal may not
     /// have happened (a crash, a store failure). Start-up removes those no row names now
-    /// ([`setup::remove_pending`]), however many there are.
+    /// ([`setup::remove_pending`]), however many there are; on storage servers share, so
+    /// does a running server's clean-up for those still recorded a pass later
+    /// ([`setup::sweep_shared_store`]).
     fn pending_removals(&self) -> Result<Vec<String>, StoreError>;
     /// Forgets these pending removals: their files are removed, or a row names the path
     /// again (a folder's new upload of the same name).
@@ -624,7 +626,7 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
         let nothing = || Ok(Vec::new());
         let never = || false;
-        let paired = || true;
+        let paired = || Ok(());
         let serving = |spared, stopping, still_paired| setup::WhileServing {
             spared,
             stopping,
@@ -648,7 +650,7 @@ mod tests {
         assert_eq!(recovered.orphans, Vec::<String>::new());
         assert!(dir.path().join(&orphan).exists());
         // The set-up IDs no longer match before removing: nothing removed.
-        let unpaired = || false;
+        let unpaired = || Err("swapped".to_owned());
         let swapped = serving(&nothing, &never, &unpaired);
         let recovered = setup::recover_sparing(&rows, 1, &blobs, &swapped).unwrap();
         assert_eq!(recovered.orphans, Vec::<String>::new());
@@ -674,6 +676,78 @@ mod tests {
         let recovered = setup::recover_sparing(&rows, 1, &blobs, &plain).unwrap();
         assert_eq!(recovered.orphans, std::slice::from_ref(&orphan));
         assert!(!dir.path().join(&orphan).exists());
+    }
+
+    /// Passes of the running clean-up ([`setup::sweep_shared_store`]): a removal the
+    /// database records is left to its recorder at the first pass that sees it and
+    /// finished at the next (overdue); with the store's set-up ID not seen, a pass is
+    /// limited to what needs no row, and an unrecorded file stays until they are paired.
+    #[test]
+    fn passes_while_serving_finish_overdue_removals_and_need_the_set_up_ids() {
+        use setup::{sweep_shared_store, SweepOutcome, SweepState};
+        use std::sync::atomic::Ordering::SeqCst;
+        let storage = testing::MemoryStorage::new();
+        let (meta, blobs) = (storage.meta(), storage.blobs());
+        meta.record_setup_id("set-up").unwrap();
+        blobs.keep_setup_id("set-up").unwrap();
+        let client = ClientId([7; 16]);
+        meta.insert_client(&client, "carol", Timestamp(0)).unwrap();
+        let store = |name: &str| {
+            let mut temp = blobs.create_temp(&client, name).unwrap();
+            temp.write_all(name.as_bytes()).unwrap();
+            temp.persist().unwrap()
+        };
+        let removed = store("removed.bin");
+        let row = FileRecord {
+            client_id: client,
+            file_name: "removed.bin".into(),
+            path: removed.clone(),
+            verified: true,
+        };
+        meta.put_file(&row, Timestamp(0)).unwrap();
+        // The row goes and the removal is recorded; the file is not removed (yet).
+        meta.remove_file(&client, "removed.bin", None).unwrap();
+        let (mut state, never) = (SweepState::default(), || false);
+        let first = sweep_shared_store(&meta, &blobs, &never, &mut state);
+        assert_eq!(first.outcome, SweepOutcome::Done);
+        assert_eq!(
+            (first.pending.removed, first.recovered.orphans.len()),
+            (0, 0)
+        );
+        assert!(blobs.size(&removed).is_ok(), "left to its recorder");
+        let second = sweep_shared_store(&meta, &blobs, &never, &mut state);
+        assert_eq!(second.pending.removed, 1);
+        assert!(blobs.size(&removed).is_err());
+        assert_eq!(meta.pending_removals().unwrap(), Vec::<String>::new());
+
+        // The store's ID not seen: limited, the unrecorded file kept.
+        let unrecorded = store("unrecorded.bin");
+        storage.faults().setup_id_unseen.store(true, SeqCst);
+        let limited = sweep_shared_store(&meta, &blobs, &never, &mut state);
+        assert_eq!(limited.outcome, SweepOutcome::Limited);
+        assert!(blobs.size(&unrecorded).is_ok());
+        storage.faults().setup_id_unseen.store(false, SeqCst);
+        let paired = sweep_shared_store(&meta, &blobs, &never, &mut state);
+        assert_eq!(paired.outcome, SweepOutcome::Done);
+        assert_eq!(paired.recovered.orphans, std::slice::from_ref(&unrecorded));
+        // Stopping: reported as cut short.
+        let stopped = sweep_shared_store(&meta, &blobs, &|| true, &mut state);
+        assert_eq!(stopped.outcome, SweepOutcome::Failed);
+    }
+
+    /// A lasting reason to leave unrecorded files alone is the same whatever its counts
+    /// (logged once by the running clean-up, not again for each new orphan).
+    #[test]
+    fn reasons_differing_only_in_counts_are_one() {
+        let reason =
+            |n: usize| format!("{n} stored files have no row, more than a crash leaves (64)");
+        assert!(setup::same_reason(Some(&reason(65)), Some(&reason(70))));
+        assert!(!setup::same_reason(Some(&reason(65)), None));
+        assert!(!setup::same_reason(
+            Some(&reason(65)),
+            Some("the database has no client but the store holds 65 unrecorded files")
+        ));
+        assert!(setup::same_reason(None, None));
     }
 
     /// A blob store whose listing of stored files is the moment another server commits

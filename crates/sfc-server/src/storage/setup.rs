@@ -277,10 +277,36 @@ pub struct SweepState {
 /// What a pass of [`sweep_shared_store`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Swept {
+    /// Whether it did all it does.
+    pub outcome: SweepOutcome,
     /// The clean-up start-up recovery also does.
     pub recovered: Recovered,
     /// Overdue removals the database recorded, finished.
     pub pending: PendingDone,
+}
+
+/// How far a pass of [`sweep_shared_store`] got.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum SweepOutcome {
+    /// Everything it does.
+    #[default]
+    Done,
+    /// Abandoned uploads and old backups only: the database and the store were not (or
+    /// could not be seen to be) paired, so no row could be trusted.
+    Limited,
+    /// It failed (the store or the database), or was cut short by the shutdown.
+    Failed,
+}
+
+impl SweepOutcome {
+    /// Its label in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SweepOutcome::Done => "done",
+            SweepOutcome::Limited => "limited",
+            SweepOutcome::Failed => "failed",
+        }
+    }
 }
 
 /// While serving, on storage other servers share (PostgreSQL and S3, both
@@ -299,15 +325,21 @@ pub struct Swept {
 ///   start ([`remove_pending`]; S3 never reuses a key, so finishing it beside its
 ///   recorder is harmless).
 ///
-/// Stops early once `stopping` is true. Blocking; logs what it did, and returns it
-/// (`None`: the pass failed).
+/// Stops early once `stopping` is true (then what went wrong is not logged: the
+/// database may be closed under it). Blocking; logs what it did, and returns it.
 pub fn sweep_shared_store(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
     stopping: &dyn Fn() -> bool,
     state: &mut SweepState,
-) -> Option<Swept> {
+) -> Swept {
     let started = std::time::Instant::now();
+    // What went wrong, unless the shutdown is under way.
+    let warn = |what: &str, error: &dyn std::fmt::Display| {
+        if !stopping() {
+            tracing::warn!(%error, "{what}");
+        }
+    };
     let paired = paired_now(meta, blobs);
     let mut swept = Swept::default();
     if paired.is_ok() {
@@ -316,18 +348,16 @@ pub fn sweep_shared_store(
                 let pending: std::collections::HashSet<String> = pending.into_iter().collect();
                 let overdue = |path: &str| state.pending_before.contains(path);
                 if pending.iter().any(|path| overdue(path)) && !stopping() {
-                    match remove_pending_of(meta, blobs, &overdue) {
+                    match remove_pending_of(meta, blobs, &overdue, stopping) {
                         Ok(done) => swept.pending = done,
                         Err(error) => {
-                            tracing::warn!(%error, "cannot finish the removals the database recorded")
+                            warn("cannot finish the removals the database recorded", &error)
                         }
                     }
                 }
                 state.pending_before = pending;
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the removals the database recorded")
-            }
+            Err(error) => warn("cannot read the removals the database recorded", &error),
         }
         if swept.pending.removed > 0 {
             tracing::info!(
@@ -343,7 +373,8 @@ pub fn sweep_shared_store(
     }) {
         Ok(clients) => Some(clients),
         Err(why) => {
-            if state.skipped.as_ref() != Some(&why) {
+            swept.outcome = SweepOutcome::Limited;
+            if !same_reason(state.skipped.as_deref(), Some(&why)) && !stopping() {
                 tracing::warn!(reason = %why, "cleaning up the shared store: only abandoned uploads and old backups");
             }
             state.skipped = Some(why);
@@ -353,7 +384,7 @@ pub fn sweep_shared_store(
     let recovered = match clients {
         Some(clients) => {
             let pending = || meta.pending_removals();
-            let still_paired = || paired_now(meta, blobs).is_ok();
+            let still_paired = || paired_now(meta, blobs);
             let serving = WhileServing {
                 spared: &pending,
                 stopping,
@@ -371,40 +402,54 @@ pub fn sweep_shared_store(
             let mut said = recovered.clone();
             if clients.is_some() {
                 // A lasting reason (too many unrecorded files, say) is said once.
-                if said.orphans_skipped.is_some() && said.orphans_skipped == state.skipped {
+                if said.orphans_skipped.is_some()
+                    && same_reason(said.orphans_skipped.as_deref(), state.skipped.as_deref())
+                {
                     said.orphans_skipped = None;
                 }
                 state.skipped.clone_from(&recovered.orphans_skipped);
             }
             log_recovered(&said, Pass::Sweep);
-            tracing::debug!(
-                secs = started.elapsed().as_secs_f64(),
-                uploads_and_backups = recovered.stale_temps,
-                unrecorded = recovered.orphans.len(),
-                replaced = recovered.replaced.len(),
-                recorded_removals = swept.pending.removed,
-                failed = recovered.failed,
-                "shared store cleaned up"
-            );
             swept.recovered = recovered;
-            Some(swept)
         }
         Err(error) => {
-            tracing::warn!(%error, "cannot clean up the shared store");
-            None
+            warn("cannot clean up the shared store", &error);
+            swept.outcome = SweepOutcome::Failed;
         }
     }
+    if stopping() {
+        swept.outcome = SweepOutcome::Failed;
+    }
+    tracing::debug!(
+        secs = started.elapsed().as_secs_f64(),
+        outcome = swept.outcome.as_str(),
+        uploads_and_backups = swept.recovered.stale_temps,
+        unrecorded = swept.recovered.orphans.len(),
+        replaced = swept.recovered.replaced.len(),
+        recorded_removals = swept.pending.removed,
+        failed = swept.recovered.failed,
+        "shared store cleaned up"
+    );
+    swept
+}
+
+/// Whether two reasons for leaving unrecorded files alone are the same, whatever the
+/// counts in them ("65 stored files have no row" and "66 …" are one lasting reason).
+pub(super) fn same_reason(a: Option<&str>, b: Option<&str>) -> bool {
+    let words = |text: &str| -> String { text.chars().filter(|c| !c.is_ascii_digit()).collect() };
+    a.map(words) == b.map(words)
 }
 
 /// Whether the database and the store hold the same set-up ID now ([`pairing`]); if not,
-/// why unrecorded files cannot be judged.
+/// why unrecorded files cannot be judged. The store is read first, as at a start
+/// ([`pairing::pair`]): an ID the store has is always in the database already.
 fn paired_now(meta: &dyn MetaStore, blobs: &dyn BlobStore) -> Result<(), String> {
-    let recorded = meta
-        .setup_id()
-        .map_err(|error| format!("cannot read the database's set-up ID: {error}"))?;
     let kept = blobs
         .setup_id()
         .map_err(|error| format!("cannot read the store's set-up ID: {error}"))?;
+    let recorded = meta
+        .setup_id()
+        .map_err(|error| format!("cannot read the database's set-up ID: {error}"))?;
     match (recorded, kept) {
         (Some(recorded), Some(kept)) if recorded == kept => Ok(()),
         (Some(recorded), Some(kept)) => Err(format!(
@@ -512,14 +557,16 @@ pub fn remove_pending(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
 ) -> Result<PendingDone, StoreError> {
-    remove_pending_of(meta, blobs, &|_| true)
+    remove_pending_of(meta, blobs, &|_| true, &|| false)
 }
 
-/// [`remove_pending`] of the recorded removals `chosen` picks.
+/// [`remove_pending`] of the recorded removals `chosen` picks, stopping (the rest left
+/// recorded) once `stopping` is true.
 fn remove_pending_of(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
     chosen: &dyn Fn(&str) -> bool,
+    stopping: &dyn Fn() -> bool,
 ) -> Result<PendingDone, StoreError> {
     let mut pending = meta.pending_removals()?;
     pending.retain(|path| chosen(path));
@@ -537,6 +584,10 @@ fn remove_pending_of(
     let mut failures = 0;
     let total = pending.len();
     for (index, path) in pending.into_iter().enumerate() {
+        if stopping() {
+            done.left += total - index;
+            break;
+        }
         if named.contains(path.as_str()) || !is_own_path(&path) {
             done.forgotten += 1;
             forget.push(path);
@@ -712,9 +763,9 @@ pub(super) struct WhileServing<'a> {
     /// True once the pass must stop (asked after the abandoned uploads, before the
     /// second round of listing and before each removal); it returns what it did so far.
     pub stopping: &'a dyn Fn() -> bool,
-    /// Whether the database and the store still belong together, asked once after the
-    /// last reading of the rows: if not, nothing is removed.
-    pub still_paired: &'a dyn Fn() -> bool,
+    /// Whether the database and the store still belong together (if not, why), asked
+    /// once after the last reading of the rows: if not, nothing is removed.
+    pub still_paired: &'a dyn Fn() -> Result<(), String>,
 }
 
 impl WhileServing<'_> {
@@ -722,7 +773,7 @@ impl WhileServing<'_> {
     const AT_START_UP: WhileServing<'static> = WhileServing {
         spared: &|| Ok(Vec::new()),
         stopping: &|| false,
-        still_paired: &|| true,
+        still_paired: &|| Ok(()),
     };
 }
 
@@ -827,12 +878,10 @@ pub(super) fn recover_sparing(
         blobs.stored_paths()?.into_iter().collect();
     let rows_now = read_rows()?;
     let spared_now = read_spared()?;
-    if !still_paired() {
+    if let Err(why) = still_paired() {
         return Ok(Recovered {
             stale_temps,
-            orphans_skipped: Some(
-                "the database's set-up ID changed during the pass: nothing removed".to_owned(),
-            ),
+            orphans_skipped: Some(format!("{why} (seen during the pass; nothing removed)")),
             ..Recovered::default()
         });
     }
