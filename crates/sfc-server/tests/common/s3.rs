@@ -273,18 +273,10 @@ impl Weed {
 
     /// The keys under `prefix/`, relative to it, sorted (listed only: nothing is read).
     pub fn keys(&self, prefix: &str) -> Vec<String> {
-        use futures::TryStreamExt;
-        let client = self.client();
-        let root = Key::from(prefix);
-        let metas: Vec<_> = block_on(client.list(Some(&root)).try_collect::<Vec<_>>()).unwrap();
-        let mut keys: Vec<String> = metas
-            .iter()
-            .map(|meta| {
-                let key = meta.location.as_ref();
-                key.strip_prefix(&format!("{prefix}/"))
-                    .unwrap_or(key)
-                    .to_owned()
-            })
+        let mut keys: Vec<String> = self
+            .listed(prefix)
+            .into_iter()
+            .map(|(rel, _)| rel)
             .collect();
         keys.sort();
         keys
@@ -294,29 +286,37 @@ impl Weed {
     /// when read (a dropped upload's marker, removed in the background meanwhile) is left
     /// out: it was not there any more.
     pub fn objects(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
-        use futures::TryStreamExt;
         let client = self.client();
-        let root = Key::from(prefix);
-        let metas: Vec<_> = block_on(client.list(Some(&root)).try_collect::<Vec<_>>()).unwrap();
-        let mut out: Vec<_> = metas
+        let mut out: Vec<_> = self
+            .listed(prefix)
             .into_iter()
-            .filter_map(|meta| {
-                let body = match block_on(async { client.get(&meta.location).await?.bytes().await })
-                {
+            .filter_map(|(rel, key)| {
+                let body = match block_on(async { client.get(&key).await?.bytes().await }) {
                     Ok(body) => body.to_vec(),
                     Err(object_store::Error::NotFound { .. }) => return None,
-                    Err(error) => panic!("cannot read {}: {error}", meta.location),
+                    Err(error) => panic!("cannot read {key}: {error}"),
                 };
-                let key = meta.location.as_ref();
-                let rel = key
-                    .strip_prefix(&format!("{prefix}/"))
-                    .unwrap_or(key)
-                    .to_owned();
                 Some((rel, body))
             })
             .collect();
         out.sort();
         out
+    }
+
+    /// Every object under `prefix/`: its key relative to the prefix, and its key.
+    fn listed(&self, prefix: &str) -> Vec<(String, Key)> {
+        use futures::TryStreamExt;
+        let root = Key::from(prefix);
+        let listing = self.client().list(Some(&root)).try_collect::<Vec<_>>();
+        block_on(listing)
+            .unwrap()
+            .into_iter()
+            .map(|meta| {
+                let key = meta.location.as_ref();
+                let rel = key.strip_prefix(&format!("{prefix}/")).unwrap_or(key);
+                (rel.to_owned(), meta.location.clone())
+            })
+            .collect()
     }
 }
 
