@@ -246,20 +246,25 @@ impl Stream {
         }
     }
 
-    /// Whether a refusal (1607) has arrived on a plain connection, looked at without
-    /// taking anything or waiting: a server that refused a file packet drops the rest of
-    /// the upload (rule S12), so sending on is only waste. Replies before it (a short
-    /// 1603 to a first packet, rule S2) are passed over. A TLS connection's records are
-    /// not looked into here: never known.
-    pub fn refusal_waiting(&self) -> bool {
-        let Stream::Plain(tcp) = self else {
-            return false;
-        };
-        let mut arrived = [0u8; 4096];
-        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-        match rustix::net::recv(tcp, &mut arrived[..], flags) {
-            Ok((n, _)) => crate::connection::holds_refusal(arrived.get(..n).unwrap_or_default()),
-            Err(_) => false,
+    /// Whether a refusal (1607) has arrived, looked at without waiting and without
+    /// taking it from the replies read later: a server that refused a file packet drops
+    /// the rest of the upload (rule S12), so sending on is only waste. Replies before it
+    /// (a short 1603 to a first packet, rule S2) are passed over. Over TLS, the records
+    /// that arrived are taken in and decrypted (their plaintext stays in rustls for the
+    /// reads after), and the first record's plaintext is looked at.
+    pub fn refusal_waiting(&mut self) -> bool {
+        match self {
+            Stream::Plain(tcp) => {
+                let mut arrived = [0u8; 4096];
+                let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+                match rustix::net::recv(&*tcp, &mut arrived[..], flags) {
+                    Ok((n, _)) => {
+                        crate::connection::holds_refusal(arrived.get(..n).unwrap_or_default())
+                    }
+                    Err(_) => false,
+                }
+            }
+            Stream::Tls(tls) => tls_refusal_waiting(tls),
         }
     }
 
@@ -318,6 +323,37 @@ impl Stream {
             let _ = tls.conn.complete_io(&mut tls.sock);
         }
         let _ = self.tcp().shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// [`Stream::refusal_waiting`] over TLS: reads what records have arrived without waiting
+/// (nothing is written: records rustls holds back stay for the next write), then looks at
+/// the first plaintext they hold without taking it.
+fn tls_refusal_waiting(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> bool {
+    use std::io::BufRead;
+    if tls.sock.set_nonblocking(true).is_err() {
+        return false;
+    }
+    loop {
+        match tls.conn.read_tls(&mut tls.sock) {
+            // Closed: what came before it is looked at; the next read reports the close.
+            Ok(0) => break,
+            Ok(_) => {
+                if tls.conn.process_new_packets().is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // Nothing more has arrived (or rustls holds all the plaintext it takes).
+            Err(_) => break,
+        }
+    }
+    if tls.sock.set_nonblocking(false).is_err() {
+        return false;
+    }
+    match tls.conn.reader().fill_buf() {
+        Ok(first) => crate::connection::holds_refusal(first),
+        Err(_) => false,
     }
 }
 

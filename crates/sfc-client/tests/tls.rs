@@ -206,6 +206,83 @@ fn a_refused_file_larger_than_the_socket_buffers_is_a_server_error_over_tls() {
     );
 }
 
+/// Over TLS too, a refusal early in a long upload (the server swallows the rest of it,
+/// rule S12, and keeps the connection) stops the send once its record has arrived,
+/// instead of streaming the whole file on each of the four tries. Before, all of it went
+/// out every time (only a plain connection's refusal was looked for).
+#[test]
+fn a_refusal_early_in_a_long_upload_stops_the_send_over_tls() {
+    use std::sync::atomic::Ordering;
+    let pki = tempdir();
+    let ca = make_ca(pki.path(), "ca.pem");
+    let files = make_server_cert(pki.path(), "server", &ca, &["127.0.0.1"]);
+    let data = tempdir();
+    let mut config = sfc_server::ServerConfig::new(data.path());
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.worker_threads = Some(2);
+    config.tls = Some(files);
+    config.admin = Some(sfc_server::AdminConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        data.path().join("admin.token"),
+    ));
+    let storage = sfc_server::testing::MemoryStorage::new();
+    let server = RunningServer::start_with(config, storage.storage()).unwrap();
+    // Every upload's first write fails: 1607 early in the file, the rest swallowed.
+    storage.faults().disk_full.store(true, Ordering::SeqCst);
+    let dir = tempdir();
+    let size = 48 << 20;
+    make_sparse_file(&dir.path().join("big.bin"), size);
+    let ca_file = pki.path().join("ca.pem");
+    let address = server.addr().to_string();
+    let args = [
+        "--tls",
+        "--tls-ca",
+        ca_file.to_str().unwrap(),
+        "-s",
+        &address,
+        "-n",
+        "tls-early",
+        "--packet-size",
+        "65536",
+        "big.bin",
+    ];
+    let run = run_client(dir.path(), &args);
+    run.assert_code(3);
+    assert!(
+        run.stderr
+            .contains("with 1607 (general server error) 4 times"),
+        "{}",
+        run.stderr
+    );
+    let received = received_bytes(&server, &data.path().join("admin.token"));
+    server.stop();
+    // Four tries in all: each stopped long before its end.
+    assert!(
+        received < size,
+        "{received} bytes received for 4 tries of a {size}-byte file"
+    );
+}
+
+/// `sfc_received_bytes_total` from the server's admin listener.
+fn received_bytes(server: &RunningServer, token_file: &Path) -> u64 {
+    use std::io::{Read, Write};
+    let token = std::fs::read_to_string(token_file).unwrap();
+    let mut http = std::net::TcpStream::connect(server.admin_addr().unwrap()).unwrap();
+    write!(
+        http,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Connection: close\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).unwrap();
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix("sfc_received_bytes_total ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no sfc_received_bytes_total in {answer}"))
+}
+
 /// A man-in-the-middle presents a certificate the client does not trust (issued by
 /// another CA): the client refuses before sending a single protocol byte, exits 5 with a
 /// clear message, and the server registers nobody. The system's roots do not vouch for
