@@ -248,21 +248,24 @@ impl Stream {
 
     /// Whether a refusal (1607) has arrived, looked at without waiting and without
     /// taking it from the replies read later: a server that refused a file packet drops
-    /// the rest of the upload (rule S12), so sending on is only waste. Replies before it
-    /// (a short 1603 to a first packet, rule S2) are passed over. Over TLS, the records
-    /// that arrived are taken in and decrypted (their plaintext stays in rustls for the
-    /// reads after), and the first record's plaintext is looked at.
-    pub fn refusal_waiting(&mut self) -> bool {
+    /// the rest of the upload (rule S12), so sending on is only waste. On a plain
+    /// connection, replies before it (a short 1603 to a first packet, rule S2) are passed
+    /// over. Over TLS, the records that arrived are taken in and decrypted (their
+    /// plaintext stays in rustls for the reads after) and only the first record's
+    /// plaintext is looked at (rustls shows no more without taking it): a 1607 behind a
+    /// stray reply, or split over records, is not seen there. An error only for a TLS
+    /// session that has failed (an alert, a record that does not decrypt).
+    pub fn refusal_waiting(&mut self) -> io::Result<bool> {
         match self {
             Stream::Plain(tcp) => {
                 let mut arrived = [0u8; 4096];
                 let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-                match rustix::net::recv(&*tcp, &mut arrived[..], flags) {
+                Ok(match rustix::net::recv(&*tcp, &mut arrived[..], flags) {
                     Ok((n, _)) => {
                         crate::connection::holds_refusal(arrived.get(..n).unwrap_or_default())
                     }
                     Err(_) => false,
-                }
+                })
             }
             Stream::Tls(tls) => tls_refusal_waiting(tls),
         }
@@ -327,33 +330,40 @@ impl Stream {
 }
 
 /// [`Stream::refusal_waiting`] over TLS: reads what records have arrived without waiting
-/// (nothing is written: records rustls holds back stay for the next write), then looks at
-/// the first plaintext they hold without taking it.
-fn tls_refusal_waiting(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> bool {
+/// (nothing is written: records rustls holds back stay for the next write; the socket's
+/// mode and time-outs are left as they are), then looks at the first plaintext they hold
+/// without taking it.
+fn tls_refusal_waiting(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> io::Result<bool> {
     use std::io::BufRead;
-    if tls.sock.set_nonblocking(true).is_err() {
-        return false;
-    }
     loop {
-        match tls.conn.read_tls(&mut tls.sock) {
+        match tls.conn.read_tls(&mut Arrived(&tls.sock)) {
             // Closed: what came before it is looked at; the next read reports the close.
             Ok(0) => break,
             Ok(_) => {
-                if tls.conn.process_new_packets().is_err() {
-                    break;
-                }
+                tls.conn
+                    .process_new_packets()
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // Nothing more has arrived (or rustls holds all the plaintext it takes).
+            // Nothing more has arrived, rustls holds all the plaintext it takes, or the
+            // socket failed (the next read or write says so).
             Err(_) => break,
         }
     }
-    if tls.sock.set_nonblocking(false).is_err() {
-        return false;
-    }
-    match tls.conn.reader().fill_buf() {
+    Ok(match tls.conn.reader().fill_buf() {
         Ok(first) => crate::connection::holds_refusal(first),
         Err(_) => false,
+    })
+}
+
+/// The socket, read without waiting (what has arrived, else `WouldBlock`), for rustls.
+struct Arrived<'a>(&'a TcpStream);
+
+impl Read for Arrived<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        rustix::net::recv(self.0, buf, rustix::net::RecvFlags::DONTWAIT)
+            .map(|(n, _)| n)
+            .map_err(io::Error::from)
     }
 }
 

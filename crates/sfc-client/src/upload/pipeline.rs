@@ -192,7 +192,7 @@ fn spawn_writer<'scope, 'env, 's: 'scope>(
             )?;
             // A refusal already there: the rest would be dropped unread (rule S12). The
             // caller finds the 1607 among the replies that arrived.
-            if stream.refusal_waiting() {
+            if stream.refusal_waiting()? {
                 return Err(io::Error::other(
                     "the server refused the upload while it was being sent (1607)",
                 ));
