@@ -977,6 +977,40 @@ fn a_server_with_a_database_of_its_own_cleans_up_at_start_up_only() {
     assert_eq!(server.stored_names(id), ["orphan.bin"]);
 }
 
+/// `--store-sweep-interval 0`: a cluster node cleans up at start-up only; an old object
+/// no row names stays while it serves.
+#[test]
+fn a_zero_sweep_interval_cleans_up_at_start_up_only() {
+    let test = "a_zero_sweep_interval_cleans_up_at_start_up_only";
+    let Some(weed) = shared(test) else {
+        return;
+    };
+    let Some(cluster) = common::postgres::shared(test) else {
+        return;
+    };
+    let store = weed.fresh();
+    let Store::S3(location) = &store else {
+        unreachable!()
+    };
+    let server = TestServer::start_on_store(
+        tempfile::tempdir().unwrap(),
+        cluster.fresh(),
+        store.clone(),
+        |config| {
+            config.upload_timeout = Duration::from_secs(1);
+            config.recovery_min_age = Duration::ZERO;
+            config.store_sweep_interval = Duration::ZERO;
+        },
+    );
+    let mut conn = server.connect();
+    let (id, _key) = enroll(&mut conn, "never-swept");
+    let left = S3BlobStore::open(location, Duration::from_secs(1)).unwrap();
+    put_for(&left, &id, "orphan.bin", b"never acknowledged");
+    // Old after 1 to 2 s (dated to the second).
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(server.stored_names(id), ["orphan.bin"]);
+}
+
 /// A store of the server's own (a folder) is not cleaned while serving, whatever
 /// `--store-sweep-interval`: its temporary files are the server's live uploads, which
 /// start-up recovery's clean-up would remove. (Needs no S3 server.)
