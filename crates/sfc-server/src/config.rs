@@ -141,7 +141,9 @@ pub struct ServerConfig {
     /// unrecorded objects), so that what a node that crashed and never came back left is
     /// not kept until some server starts. Zero: only at start-up. A server's own storage
     /// (a folder, SQLite) is cleaned at start-up only: nothing else writes into it, and
-    /// a folder's temporary files are this server's live uploads.
+    /// a folder's temporary files are this server's live uploads. The command line's
+    /// bounds (0, or [`MIN_STORE_SWEEP_INTERVAL_SECS`] to a week) are not checked here:
+    /// tests sweep every few hundred ms.
     pub store_sweep_interval: Duration,
     /// Worker threads of the runtime [`crate::RunningServer`] creates (`None`: one per
     /// core). `run`/`Server` use the caller's runtime.

@@ -362,7 +362,8 @@ async fn sweep_shared_store(
         // The shutdown does not wait for a pass under way: it stops at its next removal
         // or listing round (a listing under way finishes first), and stopping anywhere
         // is as safe as a crash there (removals are decided on rows read just before).
-        // Until it has stopped it keeps the core, and with it the storage, open.
+        // Until it has stopped it keeps the core (and the data folder's lock); the
+        // database may be closed under it, which ends it at its next read.
         tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => return,

@@ -261,8 +261,8 @@ impl Metrics {
         registry.register(
             "store_sweeps",
             "Passes of the running clean-up of shared storage (--store-sweep-interval), by \
-             outcome (limited: the database and the store not seen paired, so abandoned \
-             uploads and old backups only)",
+             outcome (limited: the database and the store not seen paired, or the clients \
+             not read, so abandoned uploads and old backups only)",
             self.store_sweeps.clone(),
         );
         registry.register(

@@ -71,7 +71,8 @@ pub(super) async fn shut_down(
         // longer come (no new connections).
         log_uploads(&core, "upload cut by the shutdown");
     }
-    // The admin listener is stopped too: nothing uses the database any more.
+    // The admin listener is stopped too: nothing uses the database any more but a
+    // clean-up pass of shared storage being stopped (`listener::sweep_shared_store`).
     let _ = housekeeping.await;
     let closing = Arc::clone(&core);
     match tokio::task::spawn_blocking(move || closing.close()).await {

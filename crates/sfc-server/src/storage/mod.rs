@@ -730,6 +730,18 @@ mod tests {
         let paired = sweep_shared_store(&meta, &blobs, &never, &mut state);
         assert_eq!(paired.outcome, SweepOutcome::Done);
         assert_eq!(paired.recovered.orphans, std::slice::from_ref(&unrecorded));
+        // The IDs stop matching during a pass (here: once it has cleaned up abandoned
+        // uploads), before its removals: nothing removed, and the pass is limited.
+        let later = store("unrecorded-later.bin");
+        let unpair = || {
+            storage.faults().setup_id_unseen.store(true, SeqCst);
+            false
+        };
+        let cut = sweep_shared_store(&meta, &blobs, &unpair, &mut state);
+        assert_eq!(cut.outcome, SweepOutcome::Limited);
+        assert_eq!(cut.recovered.orphans, Vec::<String>::new());
+        assert!(blobs.size(&later).is_ok());
+        storage.faults().setup_id_unseen.store(false, SeqCst);
         // Stopping: reported as cut short.
         let stopped = sweep_shared_store(&meta, &blobs, &|| true, &mut state);
         assert_eq!(stopped.outcome, SweepOutcome::Failed);

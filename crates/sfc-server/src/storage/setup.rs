@@ -292,7 +292,8 @@ pub enum SweepOutcome {
     #[default]
     Done,
     /// Abandoned uploads and old backups only: the database and the store were not (or
-    /// could not be seen to be) paired, so no row could be trusted.
+    /// could not be seen to be) paired, at the start of the pass or just before its
+    /// removals, so no row could be trusted; or the clients could not be read.
     Limited,
     /// It failed (the store or the database), or was cut short by the shutdown.
     Failed,
@@ -381,10 +382,12 @@ pub fn sweep_shared_store(
             None
         }
     };
+    // Set when the set-up IDs no longer match just before removing.
+    let unpaired_later = std::cell::Cell::new(false);
     let recovered = match clients {
         Some(clients) => {
             let pending = || meta.pending_removals();
-            let still_paired = || paired_now(meta, blobs);
+            let still_paired = || paired_now(meta, blobs).inspect_err(|_| unpaired_later.set(true));
             let serving = WhileServing {
                 spared: &pending,
                 stopping,
@@ -416,6 +419,9 @@ pub fn sweep_shared_store(
             warn("cannot clean up the shared store", &error);
             swept.outcome = SweepOutcome::Failed;
         }
+    }
+    if unpaired_later.get() && swept.outcome == SweepOutcome::Done {
+        swept.outcome = SweepOutcome::Limited;
     }
     if stopping() {
         swept.outcome = SweepOutcome::Failed;
@@ -528,8 +534,8 @@ pub struct PendingDone {
     /// names another version whose object is missing (a store restored from an older
     /// snapshot).
     pub last_copies: usize,
-    /// Pending removals that failed, or were not tried after too many failures, kept for
-    /// the next start.
+    /// Pending removals that failed, or were not tried after too many failures (or the
+    /// shutdown), kept for the next start (or a later pass of [`sweep_shared_store`]).
     pub left: usize,
 }
 
@@ -538,8 +544,8 @@ pub struct PendingDone {
 const FORGET_BATCH: usize = 256;
 
 /// Failed removals after which [`remove_pending`] and [`recover`] take the store for down
-/// and leave the rest to the next start (one slow failure each, before the server
-/// listens).
+/// and leave the rest to the next start or pass (one slow failure each, at a start before
+/// the server listens).
 const PENDING_FAILURES_TOLERATED: usize = 8;
 
 /// Finishes the removals the database recorded as pending ([`MetaStore::pending_removals`]):
@@ -601,7 +607,7 @@ fn remove_pending_of(
         };
         match row_object {
             Err(error) => {
-                tracing::warn!(%path, %error, "cannot tell whether a file whose row is gone is its file's last copy: kept for the next start");
+                tracing::warn!(%path, %error, "cannot tell whether a file whose row is gone is its file's last copy: kept for a later pass");
                 if one_more_failure(&mut done, &mut failures, total - index - 1) {
                     break;
                 }
@@ -720,7 +726,7 @@ pub const MAX_ORPHANS_REMOVED: usize = 64;
 /// does not write (`files/<32 hex digits>/<name>`: a database adopted from another
 /// implementation). Leaving one costs only its space: in a folder an upload of the same
 /// name by its client later writes over it; in S3 (a key per upload) it stays until a
-/// start-up finds few enough to remove.
+/// start-up (or a pass of [`sweep_shared_store`]) finds few enough to remove.
 ///
 /// The cap does not apply to *replaced versions* (S3): an unrecorded
 /// `files/<id>/<disk name>~v<version>` whose file's row names a version of the same disk
@@ -881,7 +887,7 @@ pub(super) fn recover_sparing(
     if let Err(why) = still_paired() {
         return Ok(Recovered {
             stale_temps,
-            orphans_skipped: Some(format!("{why} (seen during the pass; nothing removed)")),
+            orphans_skipped: Some(why),
             ..Recovered::default()
         });
     }
