@@ -166,27 +166,11 @@ fn a_refused_file_larger_than_the_socket_buffers_is_a_server_error_over_tls() {
     let dir = tempdir();
     make_sparse_file(&dir.path().join("big.bin"), 20_000_000);
     let small = make_file(&dir.path().join("s.bin"), 600, 1);
-    let ca_file = pki.path().join("ca.pem");
-    let address = server.addr().to_string();
-    let args = [
-        "--tls",
-        "--tls-ca",
-        ca_file.to_str().unwrap(),
-        "-s",
-        &address,
-        "-n",
-        "tls-refused",
-        "-v",
-        "big.bin",
-        "s.bin",
-    ];
-    let run = run_client(dir.path(), &args);
-    run.assert_code(3);
-    assert!(
-        run.stderr
-            .contains("with 1607 (general server error) 4 times"),
-        "{}",
-        run.stderr
+    let run = refused_four_times_over_tls(
+        dir.path(),
+        &pki.path().join("ca.pem"),
+        server.addr(),
+        &["-n", "tls-refused", "-v", "big.bin", "s.bin"],
     );
     assert_eq!(
         run.stderr.matches("20000016 B ciphertext").count(),
@@ -232,27 +216,11 @@ fn a_refusal_early_in_a_long_upload_stops_the_send_over_tls() {
     let dir = tempdir();
     let size = 48 << 20;
     make_sparse_file(&dir.path().join("big.bin"), size);
-    let ca_file = pki.path().join("ca.pem");
-    let address = server.addr().to_string();
-    let args = [
-        "--tls",
-        "--tls-ca",
-        ca_file.to_str().unwrap(),
-        "-s",
-        &address,
-        "-n",
-        "tls-early",
-        "--packet-size",
-        "65536",
-        "big.bin",
-    ];
-    let run = run_client(dir.path(), &args);
-    run.assert_code(3);
-    assert!(
-        run.stderr
-            .contains("with 1607 (general server error) 4 times"),
-        "{}",
-        run.stderr
+    refused_four_times_over_tls(
+        dir.path(),
+        &pki.path().join("ca.pem"),
+        server.addr(),
+        &["-n", "tls-early", "--packet-size", "65536", "big.bin"],
     );
     let received = received_bytes(&server, &data.path().join("admin.token"));
     server.stop();
@@ -261,6 +229,34 @@ fn a_refusal_early_in_a_long_upload_stops_the_send_over_tls() {
         received < size,
         "{received} bytes received for 4 tries of a {size}-byte file"
     );
+}
+
+/// Runs the client in `dir` against the TLS server at `server` (trusted through
+/// `ca_file`) with `args`, and asserts that it failed for a file refused with 1607 on
+/// each of its four tries (exit 3).
+fn refused_four_times_over_tls(
+    dir: &Path,
+    ca_file: &Path,
+    server: std::net::SocketAddr,
+    args: &[&str],
+) -> ClientRun {
+    let address = server.to_string();
+    let tls = [
+        "--tls",
+        "--tls-ca",
+        ca_file.to_str().unwrap(),
+        "-s",
+        &address,
+    ];
+    let run = run_client(dir, &[&tls[..], args].concat());
+    run.assert_code(3);
+    assert!(
+        run.stderr
+            .contains("with 1607 (general server error) 4 times"),
+        "{}",
+        run.stderr
+    );
+    run
 }
 
 /// `sfc_received_bytes_total` from the server's admin listener.

@@ -15,7 +15,7 @@ use object_store::multipart::MultipartStore;
 use object_store::path::Path as Key;
 use object_store::ObjectStore;
 use sfc_proto::{ClientId, Response};
-use sfc_server::config::Store;
+use sfc_server::config::{Database, Store};
 use sfc_server::testing::{
     disk_name, split_version, unversioned, version_millis, versioned, Faults, FaultyBlobs,
 };
@@ -811,7 +811,7 @@ fn a_running_node_cleans_up_what_a_crashed_node_left() {
     let grace = Duration::from_secs(2);
     let server = TestServer::start_on_store(
         tempfile::tempdir().unwrap(),
-        sfc_server::config::Database::Postgres(Box::new(url)),
+        Database::Postgres(Box::new(url)),
         store.clone(),
         |config| {
             config.upload_timeout = Duration::from_secs(2);
@@ -951,30 +951,13 @@ fn a_running_node_cleans_up_what_a_crashed_node_left() {
 #[test]
 fn a_server_with_a_database_of_its_own_cleans_up_at_start_up_only() {
     let test = "a_server_with_a_database_of_its_own_cleans_up_at_start_up_only";
-    let Some(weed) = shared(test) else {
-        return;
-    };
-    let store = weed.fresh();
-    let Store::S3(location) = &store else {
-        unreachable!()
-    };
-    let server = TestServer::start_on_store(
-        tempfile::tempdir().unwrap(),
-        sfc_server::config::Database::Sqlite,
-        store.clone(),
-        |config| {
+    if let Some(weed) = shared(test) {
+        an_old_orphan_stays_while_serving(weed, Database::Sqlite, |config| {
             config.upload_timeout = Duration::from_secs(1);
             config.recovery_min_age = Duration::ZERO;
             config.store_sweep_interval = Duration::from_millis(200);
-        },
-    );
-    let mut conn = server.connect();
-    let (id, _key) = enroll(&mut conn, "alone");
-    let left = S3BlobStore::open(location, Duration::from_secs(1)).unwrap();
-    put_for(&left, &id, "orphan.bin", b"never acknowledged");
-    // Old after 1 s; ten intervals more.
-    std::thread::sleep(Duration::from_millis(3000));
-    assert_eq!(server.stored_names(id), ["orphan.bin"]);
+        });
+    }
 }
 
 /// `--store-sweep-interval 0`: a cluster node cleans up at start-up only; an old object
@@ -982,31 +965,35 @@ fn a_server_with_a_database_of_its_own_cleans_up_at_start_up_only() {
 #[test]
 fn a_zero_sweep_interval_cleans_up_at_start_up_only() {
     let test = "a_zero_sweep_interval_cleans_up_at_start_up_only";
-    let Some(weed) = shared(test) else {
+    let (Some(weed), Some(cluster)) = (shared(test), common::postgres::shared(test)) else {
         return;
     };
-    let Some(cluster) = common::postgres::shared(test) else {
-        return;
-    };
+    an_old_orphan_stays_while_serving(weed, cluster.fresh(), |config| {
+        config.upload_timeout = Duration::from_secs(1);
+        config.recovery_min_age = Duration::ZERO;
+        config.store_sweep_interval = Duration::ZERO;
+    });
+}
+
+/// A server on `database` and a fresh prefix, configured by `tweak` (which sets an upload
+/// time-out of 1 s): an object no row names, stored after it started, is still there
+/// once old, several seconds later.
+fn an_old_orphan_stays_while_serving(
+    weed: &Weed,
+    database: Database,
+    tweak: fn(&mut sfc_server::ServerConfig),
+) {
     let store = weed.fresh();
     let Store::S3(location) = &store else {
         unreachable!()
     };
-    let server = TestServer::start_on_store(
-        tempfile::tempdir().unwrap(),
-        cluster.fresh(),
-        store.clone(),
-        |config| {
-            config.upload_timeout = Duration::from_secs(1);
-            config.recovery_min_age = Duration::ZERO;
-            config.store_sweep_interval = Duration::ZERO;
-        },
-    );
+    let server =
+        TestServer::start_on_store(tempfile::tempdir().unwrap(), database, store.clone(), tweak);
     let mut conn = server.connect();
-    let (id, _key) = enroll(&mut conn, "never-swept");
+    let (id, _key) = enroll(&mut conn, "not-swept");
     let left = S3BlobStore::open(location, Duration::from_secs(1)).unwrap();
     put_for(&left, &id, "orphan.bin", b"never acknowledged");
-    // Old after 1 to 2 s (dated to the second).
+    // Old after 1 to 2 s (dated to the second); many intervals more.
     std::thread::sleep(Duration::from_millis(3000));
     assert_eq!(server.stored_names(id), ["orphan.bin"]);
 }
@@ -1095,7 +1082,7 @@ fn the_set_up_id_is_one_object_beside_the_client_folders() {
 /// they write keep them apart.
 struct TwoNodes {
     location: sfc_server::config::S3Location,
-    database: sfc_server::config::Database,
+    database: Database,
     first: TestServer,
     second: sfc_server::RunningServer,
     second_dir: tempfile::TempDir,
@@ -1125,7 +1112,7 @@ impl TwoNodes {
             second_dir.path().join("admin.token"),
         ));
         let faults = std::sync::Arc::new(Faults::default());
-        let sfc_server::config::Database::Postgres(url) = &database else {
+        let Database::Postgres(url) = &database else {
             unreachable!()
         };
         let storage = sfc_server::Storage {
@@ -1149,7 +1136,7 @@ impl TwoNodes {
 
     /// The row of the client's file `name` and the content of the object it names.
     fn row_and_object(&self, id: ClientId, name: &str) -> Option<(FileRecord, Vec<u8>)> {
-        let sfc_server::config::Database::Postgres(url) = &self.database else {
+        let Database::Postgres(url) = &self.database else {
             unreachable!()
         };
         let meta = sfc_server::PostgresStore::open_existing(url).unwrap();
