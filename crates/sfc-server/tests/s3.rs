@@ -943,6 +943,14 @@ fn a_running_node_cleans_up_what_a_crashed_node_left() {
     // object old (older than the grace period) too, and left it.
     assert_eq!(keys_with(&["orphan-again.bin"]).len(), 1);
     assert!(metric(r#"sfc_store_sweeps_total{outcome="limited"}"#) >= 1.0);
+    // And the dashboard's failures say why.
+    let token = server.root().join("admin.token");
+    let failures = admin_request(admin, "GET", "/api/v1/failures", &token);
+    assert!(
+        failures.contains("store clean-up")
+            && failures.contains("limited: the database's set-up ID (another set-up)"),
+        "{failures}"
+    );
 }
 
 /// A server on S3 with a database of its own (SQLite) is the bucket prefix's only user

@@ -376,6 +376,7 @@ async fn sweep_shared_store(
                     tracing::error!(%error, "the clean-up of the shared store failed");
                     monitor.store_swept(&setup::Swept {
                         outcome: setup::SweepOutcome::Failed,
+                        reason: Some(format!("the pass failed: {error}")),
                         ..setup::Swept::default()
                     });
                     state = setup::SweepState::default();

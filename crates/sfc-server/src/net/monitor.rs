@@ -9,7 +9,7 @@
 
 use crate::admin::{FailureView, LiveView, UploadView};
 use crate::session::{Cause, LogLine, RequestLog};
-use crate::storage::setup::Swept;
+use crate::storage::setup::{SweepOutcome, Swept};
 use crate::storage::Timestamp;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -652,17 +652,24 @@ impl Monitor {
         }
     }
 
-    /// A pass of the running clean-up of shared storage ended: what it did.
+    /// A pass of the running clean-up of shared storage ended: what it did. One that was
+    /// limited or failed is listed among the failures too (at most one a pass).
     pub fn store_swept(&self, swept: &Swept) {
         let Swept {
             outcome,
             recovered,
             pending,
+            reason,
         } = swept;
         self.metrics
             .store_sweeps
             .get_or_create(&label("outcome", outcome.as_str()))
             .inc();
+        if *outcome != SweepOutcome::Done {
+            let why = reason.as_deref().unwrap_or("no reason given");
+            let detail = format!("{}: {why}", outcome.as_str());
+            self.failure("store clean-up", None, None, detail);
+        }
         for (kind, count) in [
             ("uploads", recovered.stale_temps),
             ("unrecorded", recovered.orphans.len()),

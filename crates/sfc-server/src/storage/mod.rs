@@ -725,6 +725,7 @@ mod tests {
         storage.faults().setup_id_unseen.store(true, SeqCst);
         let limited = sweep_shared_store(&meta, &blobs, &never, &mut state);
         assert_eq!(limited.outcome, SweepOutcome::Limited);
+        assert!(limited.reason.as_deref().unwrap().contains("set-up ID"));
         assert!(blobs.size(&unrecorded).is_ok());
         storage.faults().setup_id_unseen.store(false, SeqCst);
         let paired = sweep_shared_store(&meta, &blobs, &never, &mut state);

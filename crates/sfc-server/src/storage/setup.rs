@@ -283,6 +283,8 @@ pub struct Swept {
     pub recovered: Recovered,
     /// Overdue removals the database recorded, finished.
     pub pending: PendingDone,
+    /// Why it was limited or failed.
+    pub reason: Option<String>,
 }
 
 /// How far a pass of [`sweep_shared_store`] got.
@@ -375,6 +377,7 @@ pub fn sweep_shared_store(
         Ok(clients) => Some(clients),
         Err(why) => {
             swept.outcome = SweepOutcome::Limited;
+            swept.reason = Some(why.clone());
             if !same_reason(state.skipped.as_deref(), Some(&why)) && !stopping() {
                 tracing::warn!(reason = %why, "cleaning up the shared store: only abandoned uploads and old backups");
             }
@@ -382,12 +385,15 @@ pub fn sweep_shared_store(
             None
         }
     };
-    // Set when the set-up IDs no longer match just before removing.
-    let unpaired_later = std::cell::Cell::new(false);
+    // Why, when the set-up IDs no longer match just before removing.
+    let unpaired_later = std::cell::RefCell::new(None);
     let recovered = match clients {
         Some(clients) => {
             let pending = || meta.pending_removals();
-            let still_paired = || paired_now(meta, blobs).inspect_err(|_| unpaired_later.set(true));
+            let still_paired = || {
+                paired_now(meta, blobs)
+                    .inspect_err(|why| *unpaired_later.borrow_mut() = Some(why.clone()))
+            };
             let serving = WhileServing {
                 spared: &pending,
                 stopping,
@@ -418,13 +424,18 @@ pub fn sweep_shared_store(
         Err(error) => {
             warn("cannot clean up the shared store", &error);
             swept.outcome = SweepOutcome::Failed;
+            swept.reason = Some(error.to_string());
         }
     }
-    if unpaired_later.get() && swept.outcome == SweepOutcome::Done {
-        swept.outcome = SweepOutcome::Limited;
+    if let Some(why) = unpaired_later.take() {
+        if swept.outcome == SweepOutcome::Done {
+            swept.outcome = SweepOutcome::Limited;
+            swept.reason = Some(why);
+        }
     }
     if stopping() {
         swept.outcome = SweepOutcome::Failed;
+        swept.reason = Some("cut short by the shutdown".to_owned());
     }
     tracing::debug!(
         secs = started.elapsed().as_secs_f64(),
