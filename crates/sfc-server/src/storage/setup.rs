@@ -349,9 +349,13 @@ pub fn sweep_shared_store(
         match meta.pending_removals() {
             Ok(pending) => {
                 let pending: std::collections::HashSet<String> = pending.into_iter().collect();
-                let overdue = |path: &str| state.pending_before.contains(path);
-                if pending.iter().any(|path| overdue(path)) && !stopping() {
-                    match remove_pending_of(meta, blobs, &overdue, stopping) {
+                let mut overdue: Vec<String> = pending
+                    .intersection(&state.pending_before)
+                    .cloned()
+                    .collect();
+                overdue.sort();
+                if !overdue.is_empty() && !stopping() {
+                    match remove_pending_of(meta, blobs, overdue, stopping) {
                         Ok(done) => swept.pending = done,
                         Err(error) => {
                             warn("cannot finish the removals the database recorded", &error)
@@ -574,19 +578,17 @@ pub fn remove_pending(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
 ) -> Result<PendingDone, StoreError> {
-    remove_pending_of(meta, blobs, &|_| true, &|| false)
+    remove_pending_of(meta, blobs, meta.pending_removals()?, &|| false)
 }
 
-/// [`remove_pending`] of the recorded removals `chosen` picks, stopping (the rest left
-/// recorded) once `stopping` is true.
+/// [`remove_pending`] of these recorded removals (read before the rows), stopping (the
+/// rest left recorded) once `stopping` is true.
 fn remove_pending_of(
     meta: &dyn MetaStore,
     blobs: &dyn BlobStore,
-    chosen: &dyn Fn(&str) -> bool,
+    pending: Vec<String>,
     stopping: &dyn Fn() -> bool,
 ) -> Result<PendingDone, StoreError> {
-    let mut pending = meta.pending_removals()?;
-    pending.retain(|path| chosen(path));
     let mut done = PendingDone::default();
     if pending.is_empty() {
         return Ok(done);
