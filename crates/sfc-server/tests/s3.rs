@@ -41,6 +41,15 @@ fn put(store: &S3BlobStore, name: &str, content: &[u8]) -> String {
     put_for(store, &CLIENT, name, content)
 }
 
+/// Starts an upload of `content` (over one part: a multipart upload, its marker written)
+/// as `name` for `client` on `store`, and leaves it as a crash would: never finished,
+/// never dropped.
+fn abandon_multipart(store: &S3BlobStore, client: &ClientId, name: &str, content: &[u8]) {
+    let mut upload = store.create_temp(client, name).unwrap();
+    upload.write_all(content).unwrap();
+    std::mem::forget(upload);
+}
+
 fn put_for(store: &S3BlobStore, client: &ClientId, name: &str, content: &[u8]) -> String {
     let mut temp = store.create_temp(client, name).unwrap();
     temp.write_all(content).unwrap();
@@ -324,16 +333,12 @@ fn an_abandoned_upload_is_forgotten_only_once_aborted() {
     let (proxy, location) = behind_proxy(weed);
     let prefix = location.prefix.clone();
     let crashed = S3BlobStore::open(&location, grace).unwrap();
-    let mut abandoned = crashed.create_temp(&CLIENT, "abandoned.bin").unwrap();
-    abandoned.write_all(&data((8 << 20) + 1, 5)).unwrap();
-    std::mem::forget(abandoned);
+    abandon_multipart(&crashed, &CLIENT, "abandoned.bin", &data((8 << 20) + 1, 5));
     let orphan = put(&crashed, "orphan.bin", b"never acknowledged");
     crashed.halt();
     let marker = || {
-        let objects = weed.objects(&prefix);
-        objects
+        weed.keys(&prefix)
             .into_iter()
-            .map(|(key, _)| key)
             .find(|key| key.starts_with("uploads/"))
     };
     assert!(marker().is_some());
@@ -377,9 +382,7 @@ fn a_marker_rewritten_after_the_listing_is_not_taken_for_abandoned() {
     let (proxy, location) = behind_proxy(weed);
     let prefix = location.prefix.clone();
     let paused = S3BlobStore::open(&location, grace).unwrap();
-    let mut upload = paused.create_temp(&CLIENT, "revived.bin").unwrap();
-    upload.write_all(&data((8 << 20) + 1, 7)).unwrap();
-    std::mem::forget(upload);
+    abandon_multipart(&paused, &CLIENT, "revived.bin", &data((8 << 20) + 1, 7));
     paused.halt();
     let (marker, upload_id) = weed
         .objects(&prefix)
@@ -532,9 +535,7 @@ fn recovery_spares_young_work_and_clears_old_leftovers() {
     let unrecorded = replacement.persist_undoable().unwrap().path().to_owned();
     let backup = Key::from(format!("{prefix}/files/{}/.upload-1234.old", hex()));
     block_on(weed.client().put(&backup, b"recorded".to_vec().into())).unwrap();
-    let mut abandoned = crashed.create_temp(&CLIENT, "abandoned.bin").unwrap();
-    abandoned.write_all(&part).unwrap();
-    std::mem::forget(abandoned);
+    abandon_multipart(&crashed, &CLIENT, "abandoned.bin", &part);
     crashed.halt();
     let markers: Vec<_> = weed
         .objects(&prefix)
@@ -850,9 +851,7 @@ fn a_running_node_cleans_up_what_a_crashed_node_left() {
     // each looked for at once, long before it is old (SeaweedFS dates to the second).
     let crash = |abandoned_name: &str, orphan_name: &str| {
         let crashed = S3BlobStore::open(location, grace).unwrap();
-        let mut abandoned = crashed.create_temp(&id, abandoned_name).unwrap();
-        abandoned.write_all(&data((8 << 20) + 1, 5)).unwrap();
-        std::mem::forget(abandoned);
+        abandon_multipart(&crashed, &id, abandoned_name, &data((8 << 20) + 1, 5));
         put_for(&crashed, &id, orphan_name, b"never acknowledged");
         assert_eq!(keys_with(&[orphan_name]).len(), 1);
         crashed
