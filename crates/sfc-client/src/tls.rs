@@ -275,21 +275,18 @@ impl Stream {
     /// reply) count as open; for TLS, records that arrived are processed first, so a
     /// close_notify counts as closed and session tickets do not count as a reply.
     pub fn peer_closed(&mut self) -> bool {
-        if self.tcp().set_nonblocking(true).is_err() {
-            return true;
-        }
-        let closed = match self {
+        match self {
             Stream::Plain(tcp) => {
                 let mut byte = [0u8; 1];
-                match tcp.peek(&mut byte) {
-                    Ok(0) => true,
+                let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+                match rustix::net::recv(&*tcp, &mut byte[..], flags) {
+                    Ok((0, _)) => true,
                     Ok(_) => false,
-                    Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                    Err(e) => io::Error::from(e).kind() != io::ErrorKind::WouldBlock,
                 }
             }
             Stream::Tls(tls) => tls_peer_closed(tls),
-        };
-        self.tcp().set_nonblocking(false).is_err() || closed
+        }
     }
 
     /// Up to `limit` bytes that have already arrived and not been read, taken without
@@ -298,14 +295,11 @@ impl Stream {
     /// Stops at the end of the stream or at any error.
     pub fn take_arrived(&mut self, limit: usize) -> Vec<u8> {
         let mut taken = Vec::new();
-        if self.tcp().set_nonblocking(true).is_err() {
-            return taken;
-        }
         let mut chunk = [0u8; 4096];
         match self {
             Stream::Plain(tcp) => {
                 while taken.len() < limit {
-                    match tcp.read(&mut chunk) {
+                    match Arrived(tcp).read(&mut chunk) {
                         Ok(0) => break,
                         Ok(n) => taken.extend_from_slice(chunk.get(..n).unwrap_or_default()),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -315,7 +309,6 @@ impl Stream {
             }
             Stream::Tls(tls) => tls_take_arrived(tls, &mut chunk, &mut taken, limit),
         }
-        let _ = self.tcp().set_nonblocking(false);
         taken
     }
 
@@ -356,7 +349,8 @@ fn tls_refusal_waiting(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> io
     })
 }
 
-/// The socket, read without waiting (what has arrived, else `WouldBlock`), for rustls.
+/// The socket, read without waiting (what has arrived, else `WouldBlock`), whatever its
+/// mode and time-outs: for rustls, and for what has arrived on a plain connection.
 struct Arrived<'a>(&'a TcpStream);
 
 impl Read for Arrived<'_> {
@@ -375,7 +369,7 @@ fn tls_peer_closed(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> bool {
             Ok(_) => {}
             Err(_) => return true,
         }
-        match tls.conn.read_tls(&mut tls.sock) {
+        match tls.conn.read_tls(&mut Arrived(&tls.sock)) {
             Ok(0) => return true,
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -403,7 +397,7 @@ fn tls_take_arrived(
                 return;
             }
         }
-        match tls.conn.read_tls(&mut tls.sock) {
+        match tls.conn.read_tls(&mut Arrived(&tls.sock)) {
             Ok(0) => return,
             Ok(_) => {
                 if tls.conn.process_new_packets().is_err() {
