@@ -8,7 +8,7 @@
 
 use crate::admin::{self, AdminCheck};
 use crate::context::RunContext;
-use crate::procs::{reset_hwm, status_kb, Bins, RssSampler, Server};
+use crate::procs::{Bins, PeakRss, Server};
 use crate::report::{connect_from, loopback_source, mib, percentile, Row, Spread};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
@@ -209,19 +209,13 @@ pub fn run(cfg: &FlowConfig<'_>) -> Result<FlowResult> {
         Some(token_file) => Some(admin::exercise(&server, token_file)?),
         None => None,
     };
-    let hwm_reset = reset_hwm(server.pid);
-    let sampler = RssSampler::start(vec![server.pid]);
+    let peak = PeakRss::watch(server.pid);
     let (outcomes, elapsed) = drive(server.addr, keys, plaintext, cfg)?;
-    let sampled = sampler.finish().first().copied().unwrap_or(0);
-    let hwm = if hwm_reset {
-        status_kb(server.pid, "VmHWM").unwrap_or(0)
-    } else {
-        0
-    };
+    let server_peak_kb = peak.finish();
     server.check_alive()?;
     let mut result = tally(outcomes, elapsed);
     result.server_idle_kb = server_idle_kb;
-    result.server_peak_kb = sampled.max(hwm);
+    result.server_peak_kb = server_peak_kb;
     result.admin = admin;
     server.stop()?;
     let _ = std::fs::remove_dir_all(&data);

@@ -6,8 +6,7 @@
 use crate::admin::{self, AdminCheck};
 use crate::context::{ratio_row, round, round2, size_label, RunContext};
 use crate::procs::{
-    client_command, cpu_secs, reset_hwm, run_client, status_kb, Bins, ClientRun, ClientThreads,
-    RssSampler, Server,
+    client_command, cpu_secs, run_client, Bins, ClientRun, ClientThreads, PeakRss, Server,
 };
 use crate::reference;
 use crate::report::{filesystem_of, remove_stored_files, MB};
@@ -217,8 +216,7 @@ fn upload_once(
     if cfg.disk {
         reference::sync();
     }
-    let hwm_reset = reset_hwm(server.pid);
-    let sampler = RssSampler::start(vec![server.pid]);
+    let peak = PeakRss::watch(server.pid);
     let me = std::process::id();
     let threads_before = threads::sample(server.pid);
     let cpu_before = (cpu_secs(server.pid, false), cpu_secs(me, true));
@@ -234,22 +232,17 @@ fn upload_once(
     );
     let cpu_after = (cpu_secs(server.pid, false), cpu_secs(me, true));
     let threads_after = threads::sample(server.pid);
-    let sampled = sampler.finish().first().copied().unwrap_or(0);
+    let server_peak_kb = peak.finish();
     let _ = std::fs::remove_dir_all(&client_dir);
     let server_cpu = cpu_after.0.zip(cpu_before.0).map_or(0.0, |(a, b)| a - b);
     let client_cpu = cpu_after.1.zip(cpu_before.1).map_or(0.0, |(a, b)| a - b);
     let outcome = outcome?;
     check_upload(cfg, server, data, &outcome)?;
-    let hwm = if hwm_reset {
-        status_kb(server.pid, "VmHWM").unwrap_or(0)
-    } else {
-        0
-    };
     let upload = OneUpload {
         rate: cfg.size as f64 / outcome.wall.as_secs_f64() / MB,
         server_cpu,
         client_cpu,
-        server_peak_kb: sampled.max(hwm),
+        server_peak_kb,
         client_peak_kb: outcome.peak_rss_kb,
         threads: outcome.threads,
         server_threads: threads::delta(server.pid, &threads_before, &threads_after),
