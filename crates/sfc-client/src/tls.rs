@@ -10,6 +10,7 @@
 //! TLS around it, with the same blocking `Read`/`Write` and time-outs. [`Stream::until`]
 //! bounds a whole exchange by one deadline, TLS records included.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -178,7 +179,28 @@ pub enum Stream {
     /// Plain TCP (the default).
     Plain(TcpStream),
     /// TLS over TCP.
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Tls(Box<TlsStream>),
+}
+
+/// The most plaintext [`Stream::refusal_waiting`] takes out of rustls to look at, as much
+/// as it peeks at on a plain connection: replies are a few hundred bytes at most.
+const LOOK_AHEAD_LIMIT: usize = 4096;
+
+/// A TLS session over TCP, and the plaintext taken out of it ahead of the reads.
+#[derive(Debug)]
+pub struct TlsStream {
+    owned: StreamOwned<ClientConnection, TcpStream>,
+    /// Plaintext that [`Stream::refusal_waiting`] took out of rustls to look at (rustls
+    /// shows no more than its first record's without taking it), served to every read
+    /// before rustls is read again.
+    ahead: VecDeque<u8>,
+}
+
+impl TlsStream {
+    /// Reads from the plaintext taken ahead; `None` when there is none.
+    fn read_ahead(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        (!self.ahead.is_empty()).then(|| self.ahead.read(buf))
+    }
 }
 
 impl Stream {
@@ -199,7 +221,10 @@ impl Stream {
                 return Err(explain_handshake_error(error, setup));
             }
         }
-        Ok(Stream::Tls(Box::new(stream)))
+        Ok(Stream::Tls(Box::new(TlsStream {
+            owned: stream,
+            ahead: VecDeque::new(),
+        })))
     }
 
     /// This stream with every read and write bounded by `deadline`: a peer that sends (or
@@ -242,7 +267,7 @@ impl Stream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => &tls.sock,
+            Stream::Tls(tls) => &tls.owned.sock,
         }
     }
 
@@ -250,11 +275,10 @@ impl Stream {
     /// taking it from the replies read later: a server that refused a file packet drops
     /// the rest of the upload (rule S12), so sending on is only waste. On a plain
     /// connection, replies before it (a short 1603 to a first packet, rule S2) are passed
-    /// over. Over TLS, the records that arrived are taken in and decrypted (their
-    /// plaintext stays in rustls for the reads after) and only the first record's
-    /// plaintext is looked at (rustls shows no more without taking it): a 1607 behind a
-    /// stray reply, or split over records, is not seen there. An error only for a TLS
-    /// session that has failed (an alert, a record that does not decrypt).
+    /// over. Over TLS, the records that arrived are taken in and decrypted, and their
+    /// plaintext (up to 4 KiB, as on a plain connection) is kept aside for the reads
+    /// after: a 1607 behind a stray reply, or split over records, is seen too. An error
+    /// only for a TLS session that has failed (an alert, a record that does not decrypt).
     pub fn refusal_waiting(&mut self) -> io::Result<bool> {
         match self {
             Stream::Plain(tcp) => {
@@ -285,7 +309,8 @@ impl Stream {
                     Err(e) => io::Error::from(e).kind() != io::ErrorKind::WouldBlock,
                 }
             }
-            Stream::Tls(tls) => tls_peer_closed(tls),
+            // Plaintext kept aside is a reply still to read.
+            Stream::Tls(tls) => tls.ahead.is_empty() && tls_peer_closed(&mut tls.owned),
         }
     }
 
@@ -307,7 +332,13 @@ impl Stream {
                     }
                 }
             }
-            Stream::Tls(tls) => tls_take_arrived(tls, &mut chunk, &mut taken, limit),
+            Stream::Tls(tls) => {
+                let kept = tls.ahead.len().min(limit);
+                taken.extend(tls.ahead.drain(..kept));
+                if taken.len() < limit {
+                    tls_take_arrived(&mut tls.owned, &mut chunk, &mut taken, limit);
+                }
+            }
         }
         taken
     }
@@ -315,8 +346,9 @@ impl Stream {
     /// Ends the connection: a TLS close_notify first, then the TCP shutdown.
     pub fn shutdown(&mut self) {
         if let Stream::Tls(tls) = self {
-            tls.conn.send_close_notify();
-            let _ = tls.conn.complete_io(&mut tls.sock);
+            let StreamOwned { conn, sock } = &mut tls.owned;
+            conn.send_close_notify();
+            let _ = conn.complete_io(sock);
         }
         let _ = self.tcp().shutdown(std::net::Shutdown::Both);
     }
@@ -324,17 +356,16 @@ impl Stream {
 
 /// [`Stream::refusal_waiting`] over TLS: reads what records have arrived without waiting
 /// (nothing is written: records rustls holds back stay for the next write; the socket's
-/// mode and time-outs are left as they are), then looks at the first plaintext they hold
-/// without taking it.
-fn tls_refusal_waiting(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> io::Result<bool> {
-    use std::io::BufRead;
+/// mode and time-outs are left as they are), takes their plaintext out of rustls into
+/// the look-ahead, and looks at all of it.
+fn tls_refusal_waiting(tls: &mut TlsStream) -> io::Result<bool> {
+    let StreamOwned { conn, sock } = &mut tls.owned;
     loop {
-        match tls.conn.read_tls(&mut Arrived(&tls.sock)) {
+        match conn.read_tls(&mut Arrived(sock)) {
             // Closed: what came before it is looked at; the next read reports the close.
             Ok(0) => break,
             Ok(_) => {
-                tls.conn
-                    .process_new_packets()
+                conn.process_new_packets()
                     .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -343,10 +374,20 @@ fn tls_refusal_waiting(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> io
             Err(_) => break,
         }
     }
-    Ok(match tls.conn.reader().fill_buf() {
-        Ok(first) => crate::connection::holds_refusal(first),
-        Err(_) => false,
-    })
+    let mut chunk = [0u8; 1024];
+    while tls.ahead.len() < LOOK_AHEAD_LIMIT {
+        let room = (LOOK_AHEAD_LIMIT - tls.ahead.len()).min(chunk.len());
+        let into = chunk.get_mut(..room).unwrap_or_default();
+        match conn.reader().read(into) {
+            Ok(n) if n > 0 => tls.ahead.extend(into.get(..n).unwrap_or_default()),
+            // The end of the session, or nothing more for now: rustls says which again at
+            // the read that reaches it.
+            _ => break,
+        }
+    }
+    Ok(crate::connection::holds_refusal(
+        tls.ahead.make_contiguous(),
+    ))
 }
 
 /// The socket, read without waiting (what has arrived, else `WouldBlock`), whatever its
@@ -449,7 +490,10 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(tcp) => tcp.read(buf),
-            Stream::Tls(tls) => tls.read(buf),
+            Stream::Tls(tls) => match tls.read_ahead(buf) {
+                Some(read) => read,
+                None => tls.owned.read(buf),
+            },
         }
     }
 }
@@ -458,7 +502,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(tcp) => tcp.write(buf),
-            Stream::Tls(tls) => tls.write(buf),
+            Stream::Tls(tls) => tls.owned.write(buf),
         }
     }
 
@@ -468,8 +512,8 @@ impl Write for Stream {
             // StreamOwned's write_all hands rustls the data record by record; flush
             // makes sure every record is on the socket before a reply is awaited.
             Stream::Tls(tls) => {
-                tls.write_all(buf)?;
-                tls.flush()
+                tls.owned.write_all(buf)?;
+                tls.owned.flush()
             }
         }
     }
@@ -477,7 +521,7 @@ impl Write for Stream {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(tcp) => tcp.flush(),
-            Stream::Tls(tls) => tls.flush(),
+            Stream::Tls(tls) => tls.owned.flush(),
         }
     }
 }
@@ -507,7 +551,7 @@ impl StreamUntil<'_> {
                 progress,
             }),
             Stream::Tls(tls) => {
-                let StreamOwned { conn, sock } = &mut **tls;
+                let StreamOwned { conn, sock } = &mut tls.owned;
                 let mut socket = SocketUntil {
                     tcp: sock,
                     deadline,
@@ -526,6 +570,11 @@ impl<T: Read + Write> ReadWrite for T {}
 
 impl Read for StreamUntil<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Stream::Tls(tls) = &mut *self.stream {
+            if let Some(read) = tls.read_ahead(buf) {
+                return read;
+            }
+        }
         self.bounded(|stream| stream.read(buf))
     }
 }
@@ -620,6 +669,124 @@ mod tests {
         assert!(near <= Duration::from_millis(300), "{near:?}");
         let past = socket(now, Some(second)).time_left();
         assert_eq!(past, Duration::from_micros(1));
+    }
+
+    /// The far end of a TLS session: a server holding a self-signed certificate for
+    /// localhost, whose every `send` goes out as one record.
+    struct TlsPeer {
+        stream: StreamOwned<rustls::ServerConnection, TcpStream>,
+    }
+
+    impl TlsPeer {
+        fn send(&mut self, plaintext: &[u8]) {
+            self.stream.write_all(plaintext).unwrap();
+            self.stream.flush().unwrap();
+        }
+    }
+
+    /// A client [`Stream`] after its handshake with a [`TlsPeer`] (whose side of the
+    /// handshake ran on a thread of its own).
+    fn tls_session() -> (Stream, TlsPeer) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let ca_file = dir.path().join("server.crt");
+        std::fs::write(&ca_file, cert.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server_config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let peer = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
+            let mut stream = StreamOwned::new(conn, tcp);
+            while stream.conn.is_handshaking() {
+                stream.conn.complete_io(&mut stream.sock).unwrap();
+            }
+            TlsPeer { stream }
+        });
+        let address = ServerAddress::parse(&format!("localhost:{port}")).unwrap();
+        let tls = setup(&address, Some(&ca_file), &[]).unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = Stream::handshake(tcp, &tls, deadline).unwrap();
+        (stream, peer.join().unwrap())
+    }
+
+    /// A reply the client skips (1604) and a refusal (1607).
+    fn stray_and_refusal() -> (Vec<u8>, Vec<u8>) {
+        let client_id = sfc_proto::ClientId([4; 16]);
+        let stray = sfc_proto::Response::PacketReceived { client_id }.encode();
+        (stray, sfc_proto::Response::ServerError.encode())
+    }
+
+    /// Polls [`Stream::refusal_waiting`] until it says yes (true) or 5 s pass (false).
+    fn refusal_seen(stream: &mut Stream) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if stream.refusal_waiting().unwrap() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// A 1607 behind a stray reply, in a record of its own, is seen during the send;
+    /// what was looked at is then read whole and in order, by every kind of read, and
+    /// only then the close that followed it.
+    #[test]
+    fn over_tls_a_refusal_behind_a_stray_reply_is_seen_and_nothing_is_lost() {
+        let (mut stream, mut peer) = tls_session();
+        let (stray, refusal) = stray_and_refusal();
+        peer.send(&stray);
+        peer.send(&refusal);
+        peer.stream.conn.send_close_notify();
+        peer.stream.flush().unwrap();
+        assert!(refusal_seen(&mut stream));
+        assert!(!stream.peer_closed(), "a reply kept aside is still to read");
+        let mut first = vec![0u8; stray.len()];
+        stream.read_exact(&mut first).unwrap();
+        assert_eq!(first, stray);
+        let mut then = vec![0u8; refusal.len()];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        stream.until(deadline).read_exact(&mut then).unwrap();
+        assert_eq!(then, refusal);
+        assert_eq!(stream.read(&mut [0u8; 16]).unwrap(), 0, "then the close");
+        assert!(stream.peer_closed());
+    }
+
+    /// A 1607 split over two records (as a TLS proxy may send it) is seen once both have
+    /// arrived; what arrived is then taken whole by `take_arrived`.
+    #[test]
+    fn over_tls_a_refusal_split_over_records_is_seen() {
+        let (mut stream, mut peer) = tls_session();
+        let (stray, refusal) = stray_and_refusal();
+        let (head, tail) = refusal.split_at(3);
+        peer.send(&[stray.as_slice(), head].concat());
+        peer.send(tail);
+        assert!(refusal_seen(&mut stream));
+        assert_eq!(
+            stream.take_arrived(usize::MAX),
+            [stray.as_slice(), &refusal].concat()
+        );
+        peer.stream.conn.send_close_notify();
+        peer.stream.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !stream.peer_closed() {
+            assert!(Instant::now() < deadline, "the close is seen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
