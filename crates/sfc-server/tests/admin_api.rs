@@ -2143,20 +2143,8 @@ fn requests_naming_another_host_are_refused_before_any_route() {
 /// whatever is still held back.
 #[test]
 fn the_end_of_a_burst_of_refusals_is_logged_with_its_count() {
-    use common::process::ServerProcess;
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start_local(
-        dir.path().to_str().unwrap(),
-        &["--admin-listen", "127.0.0.1:0"],
-    );
-    let admin: SocketAddr = server
-        .wait_for("admin listener on http://")
-        .expect("the admin listener starts")
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|addr| addr.parse().ok())
-        .expect("the admin address");
+    let (mut server, admin) = admin_process(dir.path(), &[]);
     let refused = |count: usize| {
         for _ in 0..count {
             let answer = raw_exchange(
@@ -2182,4 +2170,117 @@ fn the_end_of_a_burst_of_refusals_is_logged_with_its_count() {
     assert!(server.terminate().success());
     let at_exit = server.lines_containing("5 more requests for hosts", Duration::from_secs(1));
     assert_eq!(at_exit.len(), 1, "{at_exit:#?}");
+}
+
+/// The server binary on `dir` with an admin listener on a free port of 127.0.0.1 (and
+/// `extra` options), and that listener's address.
+fn admin_process(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (common::process::ServerProcess, SocketAddr) {
+    let mut args = vec!["--admin-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut server = common::process::ServerProcess::start_local(dir.to_str().unwrap(), &args);
+    let admin = server
+        .wait_for("admin listener on ")
+        .expect("the admin listener starts")
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .expect("the admin address");
+    (server, admin)
+}
+
+/// Connections the admin listener closes before serving them are logged as the protocol
+/// listener's refusals are: one line per kind and interval, the rest counted (here: at
+/// shutdown). A peer connecting in a loop used to write a line per connection.
+#[test]
+fn connections_refused_by_the_admin_listener_do_not_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, admin) = admin_process(dir.path(), &[]);
+    // Every place one address may hold, held (waiting to send a request).
+    let held: Vec<std::net::TcpStream> = (0..sfc_server::admin::MAX_CONNECTIONS_PER_ADDRESS)
+        .map(|_| std::net::TcpStream::connect(admin).unwrap())
+        .collect();
+    let refused = 40;
+    for _ in 0..refused {
+        let mut extra = std::net::TcpStream::connect(admin).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // Closed unread: the end of the stream (or a reset), never an answer.
+        let mut byte = [0u8; 1];
+        let got = std::io::Read::read(&mut extra, &mut byte);
+        assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
+    }
+    let needle = "too many connections from one address";
+    let lines = server.lines_containing(needle, Duration::from_millis(500));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("refused=1"), "{lines:#?}");
+    drop(held);
+    assert!(server.terminate().success());
+    let rest = format!(
+        "{} more connections closed since the last line ({needle})",
+        refused - 1
+    );
+    let at_exit = server.lines_containing(&rest, Duration::from_secs(1));
+    assert_eq!(
+        at_exit.len(),
+        1,
+        "{:#?}",
+        server.lines_containing("", Duration::ZERO)
+    );
+}
+
+/// The same for failed TLS handshakes: a peer that sends a byte of garbage to a TLS
+/// admin listener on each connection gets one line per interval, not one per connection.
+#[test]
+fn failed_admin_tls_handshakes_do_not_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_file = dir.path().join("admin.crt");
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let data = dir.path().join("data");
+    let (mut server, admin) = admin_process(
+        &data,
+        &[
+            "--admin-tls-cert",
+            cert_file.to_str().unwrap(),
+            "--admin-tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let failed = 20;
+    for _ in 0..failed {
+        let mut peer = std::net::TcpStream::connect(admin).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::io::Write::write_all(&mut peer, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        // Closed by the server (after its alert, if any): the handshake has failed.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut peer, &mut rest);
+    }
+    let lines = server.lines_containing(
+        "TLS handshake failed; connection closed",
+        Duration::from_millis(500),
+    );
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(server.terminate().success());
+    let rest = format!(
+        "{} more connections closed since the last line (TLS handshake failed)",
+        failed - 1
+    );
+    let at_exit = server.lines_containing(&rest, Duration::from_secs(1));
+    assert_eq!(
+        at_exit.len(),
+        1,
+        "{:#?}",
+        server.lines_containing("", Duration::ZERO)
+    );
 }

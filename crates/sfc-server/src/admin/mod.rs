@@ -7,10 +7,11 @@
 //! so the command line's `--json` and the API cannot drift apart.
 
 /// The admin HTTP listener's constants (`--admin-listen`): its API routes and OpenAPI
-/// document, page sizes, the session cookie and the failed-login limit.
+/// document, page sizes, the session cookie, the failed-login limit and the connections
+/// one address may hold open.
 pub use crate::net::admin_http::{
-    API_ROUTES, BLOCKED_VERDICT_DELAY, COOKIE, DEFAULT_PAGE, LOGIN_FAILURES_PER_MINUTE, MAX_PAGE,
-    OPENAPI,
+    API_ROUTES, BLOCKED_VERDICT_DELAY, COOKIE, DEFAULT_PAGE, LOGIN_FAILURES_PER_MINUTE,
+    MAX_CONNECTIONS_PER_ADDRESS, MAX_PAGE, OPENAPI,
 };
 
 use crate::config::{Database, Store};

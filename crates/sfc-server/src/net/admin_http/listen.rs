@@ -16,7 +16,7 @@ use crate::net::monitor::Monitor;
 use crate::session::Core;
 use anyhow::Context;
 use axum::extract::ConnectInfo;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -45,7 +45,7 @@ pub(crate) const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
 pub(crate) const MAX_CONNECTIONS: usize = 256;
 /// Admin connections open at once from one address (IPv6: one /64), so that one
 /// address cannot take all [`MAX_CONNECTIONS`]: room for a few browser tabs and scripts.
-pub(crate) const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
 /// A request's head (request line and headers) must arrive within this time from the
 /// moment the server starts waiting for it: at the connection's start, and again after
 /// each response, so it is also the keep-alive idle time-out (hyper restarts the timer
@@ -69,6 +69,88 @@ const MAX_READ_BUFFER: usize = 32 * 1024;
 /// that announces a body and never sends it would hold its connection for ever.
 pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why the admin listener closed a connection before serving it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refused {
+    /// [`MAX_CONNECTIONS_PER_ADDRESS`] open from its address.
+    FromAddress,
+    /// [`MAX_HANDSHAKES_PER_ADDRESS`] under way from its address.
+    HandshakesFromAddress,
+    /// [`MAX_HANDSHAKES`] under way, none to abort.
+    Handshakes,
+    /// [`MAX_CONNECTIONS`] open, none idle.
+    Connections,
+    /// Its TLS handshake failed or timed out.
+    HandshakeFailed,
+}
+
+impl Refused {
+    const ALL: [Refused; 5] = [
+        Refused::FromAddress,
+        Refused::HandshakesFromAddress,
+        Refused::Handshakes,
+        Refused::Connections,
+        Refused::HandshakeFailed,
+    ];
+
+    fn what(self) -> &'static str {
+        match self {
+            Refused::FromAddress => "too many connections from one address",
+            Refused::HandshakesFromAddress => "too many TLS handshakes under way from one address",
+            Refused::Handshakes => "too many TLS handshakes under way",
+            Refused::Connections => "too many connections open",
+            Refused::HandshakeFailed => "TLS handshake failed",
+        }
+    }
+}
+
+/// The log lines of [`Refused`]: at most one per kind per [`super::LOG_EVERY`], with the
+/// number since the last line, as the protocol listener's refusals. A peer that connects
+/// in a loop (or sends a byte of garbage to a TLS listener each time) would otherwise
+/// write a line per connection, at INFO, the default level.
+#[derive(Debug)]
+struct RefusalLines {
+    lines: [SharedLine; Refused::ALL.len()],
+}
+
+impl RefusalLines {
+    fn new() -> Self {
+        RefusalLines {
+            lines: std::array::from_fn(|_| SharedLine::new(super::LOG_EVERY)),
+        }
+    }
+
+    fn line(&self, kind: Refused) -> Option<&SharedLine> {
+        let index = Refused::ALL.iter().position(|k| *k == kind)?;
+        self.lines.get(index)
+    }
+
+    /// Counts one refusal of `peer`; logs it when a line is due (`reason`: what went
+    /// wrong, for a failed handshake).
+    fn refused(&self, kind: Refused, peer: SocketAddr, reason: Option<&str>) {
+        let Some(refused) = self.line(kind).and_then(SharedLine::count) else {
+            return;
+        };
+        let what = kind.what();
+        match reason {
+            Some(reason) => {
+                tracing::info!(%peer, reason, refused, "admin listener: {what}; connection closed")
+            }
+            None => tracing::info!(%peer, refused, "admin listener: {what}; connection closed"),
+        }
+    }
+
+    /// Logs what the lines held back (see [`super::AdminState::flush_lines`]).
+    fn flush(&self, all: bool) {
+        for kind in Refused::ALL {
+            if let Some(refused) = self.line(kind).and_then(|line| line.held_back(all)) {
+                let what = kind.what();
+                tracing::info!(refused, "admin listener: {refused} more connections closed since the last line ({what})");
+            }
+        }
+    }
+}
+
 /// A byte stream: TCP or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -91,13 +173,16 @@ pub(crate) struct AdminListener {
     /// [`MAX_HANDSHAKES`] places are taken, the oldest is aborted for a newcomer.
     handshake_order: VecDeque<AbortHandle>,
     /// Handshakes aborted whose tasks the set still holds (until `join_next` takes
-    /// them): not counted as under way.
-    handshakes_aborted: usize,
+    /// them): not counted as under way. By task: one that finished between the check and
+    /// the abort comes back finished, not cancelled, and must leave this set too.
+    handshakes_aborted: HashSet<tokio::task::Id>,
     /// Handshakes under way per address ([`MAX_HANDSHAKES_PER_ADDRESS`]).
     handshakes_per_address: Arc<ConnectionsPerAddress>,
     /// Open connections per address ([`MAX_CONNECTIONS_PER_ADDRESS`]).
     connections_per_address: Arc<ConnectionsPerAddress>,
     accept_errors: AcceptErrors,
+    /// The refusals' log lines, shared with the handshake tasks.
+    refusals: Arc<RefusalLines>,
 }
 
 impl std::fmt::Debug for AdminListener {
@@ -114,7 +199,7 @@ impl AdminListener {
     fn handshakes_under_way(&self) -> usize {
         self.handshakes
             .len()
-            .saturating_sub(self.handshakes_aborted)
+            .saturating_sub(self.handshakes_aborted.len())
     }
 
     /// Aborts the handshake under way longest (its task drops its connection and its
@@ -123,7 +208,7 @@ impl AdminListener {
         while let Some(task) = self.handshake_order.pop_front() {
             if !task.is_finished() {
                 task.abort();
-                self.handshakes_aborted += 1;
+                self.handshakes_aborted.insert(task.id());
                 return true;
             }
         }
@@ -148,7 +233,7 @@ impl AdminListener {
                     };
                     // Refusals close the socket at once (dropped), before anything is read.
                     let Some(slot) = self.connections_per_address.enter(peer.ip()) else {
-                        tracing::info!(%peer, "admin listener: too many connections from this address; connection closed");
+                        self.refusals.refused(Refused::FromAddress, peer, None);
                         continue;
                     };
                     let handshaking = match &self.tls {
@@ -156,7 +241,7 @@ impl AdminListener {
                         Some(_) => match self.handshakes_per_address.enter(peer.ip()) {
                             Some(handshaking) => Some(handshaking),
                             None => {
-                                tracing::info!(%peer, "admin listener: too many TLS handshakes under way from this address; connection closed");
+                                self.refusals.refused(Refused::HandshakesFromAddress, peer, None);
                                 continue;
                             }
                         },
@@ -168,7 +253,7 @@ impl AdminListener {
                         && self.handshakes_under_way() >= MAX_HANDSHAKES
                         && !self.abort_oldest_handshake()
                     {
-                        tracing::info!(%peer, "admin listener: too many TLS handshakes under way; connection closed");
+                        self.refusals.refused(Refused::Handshakes, peer, None);
                         continue;
                     }
                     // A full listener makes room for a newcomer it would serve by closing
@@ -177,20 +262,21 @@ impl AdminListener {
                     if served + self.handshakes_under_way() >= MAX_CONNECTIONS
                         && !tracked.close_longest_idle()
                     {
-                        tracing::info!(%peer, "admin listener: too many connections open; connection closed");
+                        self.refusals.refused(Refused::Connections, peer, None);
                         continue;
                     }
                     let (Some(acceptor), Some(handshaking)) = (&self.tls, handshaking) else {
                         return Accepted { io: Box::new(stream), peer, slot };
                     };
                     let acceptor = acceptor.clone();
+                    let refusals = Arc::clone(&self.refusals);
                     let handshake = self.handshakes.spawn(async move {
                         let result = crate::net::tls::handshake(&acceptor, stream, HANDSHAKE_TIMEOUT).await;
                         drop(handshaking);
                         match result {
                             Ok(tls) => Some(Accepted { io: Box::new(tls), peer, slot }),
                             Err(reason) => {
-                                tracing::info!(%peer, %reason, "admin listener: TLS handshake failed");
+                                refusals.refused(Refused::HandshakeFailed, peer, Some(&reason.to_string()));
                                 None
                             }
                         }
@@ -200,13 +286,14 @@ impl AdminListener {
                         self.handshake_order.retain(|task| !task.is_finished());
                     }
                 }
-                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
-                    match done {
-                        Ok(Some(ready)) => return ready,
-                        Err(error) if error.is_cancelled() => {
-                            self.handshakes_aborted = self.handshakes_aborted.saturating_sub(1);
-                        }
-                        _ => {}
+                Some(done) = self.handshakes.join_next_with_id(), if !self.handshakes.is_empty() => {
+                    let id = match &done {
+                        Ok((id, _)) => *id,
+                        Err(error) => error.id(),
+                    };
+                    self.handshakes_aborted.remove(&id);
+                    if let Ok((_, Some(ready))) = done {
+                        return ready;
                     }
                 }
             }
@@ -247,10 +334,11 @@ impl AdminServer {
                 tls,
                 handshakes: JoinSet::new(),
                 handshake_order: VecDeque::new(),
-                handshakes_aborted: 0,
+                handshakes_aborted: HashSet::new(),
                 handshakes_per_address: ConnectionsPerAddress::new(MAX_HANDSHAKES_PER_ADDRESS),
                 connections_per_address: ConnectionsPerAddress::new(MAX_CONNECTIONS_PER_ADDRESS),
                 accept_errors: AcceptErrors::new("admin listener"),
+                refusals: Arc::new(RefusalLines::new()),
             },
             state: Arc::new(AdminState {
                 core,
@@ -291,6 +379,7 @@ impl AdminServer {
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let send_timeout = self.send_timeout;
         let mut listener = self.listener;
+        let refusals = Arc::clone(&listener.refusals);
         // Owned here: when this task is aborted (the grace period is over), so are they.
         let mut connections = JoinSet::new();
         let tracked = Arc::new(idle::Connections::default());
@@ -305,12 +394,16 @@ impl AdminServer {
                     connections.spawn(serve_connection(accepted, tracker, app.clone(), monitor, send_timeout, stop_rx.clone()));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                _ = flush.tick() => state.flush_lines(false),
+                _ = flush.tick() => {
+                    state.flush_lines(false);
+                    refusals.flush(false);
+                }
             }
         }
         state.flush_lines(true);
         // No new connections; handshakes under way are dropped.
         drop(listener);
+        refusals.flush(true);
         let _ = stopping.send(true);
         while connections.join_next().await.is_some() {}
         // Also what the connections' last requests added.
@@ -465,5 +558,47 @@ impl hyper::body::Body for TimedBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handshake that ends in the moment it is aborted (the oldest, near its time-out,
+    /// on another worker) comes back finished, not cancelled: it must stop counting as
+    /// aborted all the same, or every such race takes one handshake place from the count
+    /// for good (and the caps stop holding).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handshake_that_ends_as_it_is_aborted_leaves_the_count_right() {
+        let mut listener = AdminListener {
+            tcp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tls: None,
+            handshakes: JoinSet::new(),
+            handshake_order: VecDeque::new(),
+            handshakes_aborted: HashSet::new(),
+            handshakes_per_address: ConnectionsPerAddress::new(MAX_HANDSHAKES_PER_ADDRESS),
+            connections_per_address: ConnectionsPerAddress::new(MAX_CONNECTIONS_PER_ADDRESS),
+            accept_errors: AcceptErrors::new("admin listener"),
+            refusals: Arc::new(RefusalLines::new()),
+        };
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        // Busy in its last poll when the abort comes.
+        let ending = listener.handshakes.spawn(async move {
+            started_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            None
+        });
+        let waiting = listener.handshakes.spawn(std::future::pending());
+        listener.handshake_order.extend([ending, waiting]);
+        started_rx.recv().unwrap();
+        assert!(listener.abort_oldest_handshake());
+        assert_eq!(listener.handshakes_under_way(), 1);
+        // The listener takes the ended task in (no connection comes meanwhile).
+        let tracked = idle::Connections::default();
+        let accepting = listener.accept(0, &tracked);
+        let _ = tokio::time::timeout(Duration::from_millis(800), accepting).await;
+        assert_eq!(listener.handshakes.len(), 1);
+        assert_eq!(listener.handshakes_under_way(), 1, "the one still waiting");
     }
 }

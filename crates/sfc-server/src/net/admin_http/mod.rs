@@ -42,6 +42,7 @@ use auth::Sessions;
 pub(crate) use listen::AdminServer;
 /// The cap on open admin connections, for the descriptor budget.
 pub(crate) use listen::MAX_CONNECTIONS as MAX_ADMIN_CONNECTIONS;
+pub use listen::MAX_CONNECTIONS_PER_ADDRESS;
 use login_limit::FailedLogins;
 
 pub use auth::COOKIE;
