@@ -42,6 +42,88 @@ fn removing_a_client_removes_its_rows_and_frees_its_name() {
     store.close().unwrap();
 }
 
+/// The store's time-outs hold whatever else the URL's `options` set; a time-out set
+/// there wins. (Any `options` used to drop both, and with them the bounds the commit and
+/// recovery's grace period rely on.)
+#[test]
+fn the_urls_options_keep_the_stores_time_outs() {
+    let Some((cluster, _url, name)) = fresh_url("url options") else {
+        return;
+    };
+    let with = |options: &str| {
+        let url = format!("{}?options={options}", cluster.url(&name));
+        PostgresStore::open(&PostgresUrl::parse(&url).unwrap()).unwrap()
+    };
+    let store = with("-c%20search_path%3Dpublic");
+    assert_eq!(store.setting("search_path").unwrap(), "public");
+    assert_eq!(store.setting("statement_timeout").unwrap(), "30s");
+    assert_eq!(
+        store
+            .setting("idle_in_transaction_session_timeout")
+            .unwrap(),
+        "5s"
+    );
+    store.close().unwrap();
+    let store = with("-c%20statement_timeout%3D45s");
+    assert_eq!(store.setting("statement_timeout").unwrap(), "45s");
+    assert_eq!(
+        store
+            .setting("idle_in_transaction_session_timeout")
+            .unwrap(),
+        "5s"
+    );
+    store.close().unwrap();
+}
+
+/// A `connect_timeout` in the URL above the default 5 s lengthens the wait for a new
+/// connection, as the docs say: through a relay that answers after 6 s, a URL giving 9 s
+/// connects. (The pool cut every new connection at 5 s whatever the URL said.)
+#[test]
+fn a_longer_connect_timeout_in_the_url_is_waited_for() {
+    let Some((cluster, _url, name)) = fresh_url("connect timeout") else {
+        return;
+    };
+    let real = cluster.url(&name);
+    let (credentials, rest) = real.split_once('@').unwrap();
+    let (upstream, database) = rest.split_once('/').unwrap();
+    let relay = slow_relay(upstream.parse().unwrap(), Duration::from_secs(6));
+    let url = format!("{credentials}@{relay}/{database}?connect_timeout=9");
+    let started = std::time::Instant::now();
+    let store = PostgresStore::open(&PostgresUrl::parse(&url).unwrap())
+        .expect("connected within the URL's connect_timeout");
+    assert!(started.elapsed() >= Duration::from_secs(6));
+    assert_eq!(store.setting("statement_timeout").unwrap(), "30s");
+    store.close().unwrap();
+}
+
+/// A TCP relay on 127.0.0.1 to `upstream` that holds each connection `delay` before it
+/// relays anything (a slow link, a busy connection pooler); its address.
+fn slow_relay(upstream: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    return;
+                };
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_server);
+                    let _ = to_server.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut from_server, mut to_client) = (server, client);
+                let _ = std::io::copy(&mut from_server, &mut to_client);
+                let _ = to_client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
 #[test]
 fn removals_are_recorded_with_their_rows() {
     let Some((_cluster, url, _db)) = fresh_url("pending removals") else {

@@ -46,16 +46,17 @@ impl PostgresStore {
 
     fn connect(url: &PostgresUrl) -> Result<Self, StoreError> {
         let mut config = url.config().clone();
-        if config.get_options().is_none() {
-            config.options(format!(
-                "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
-                STATEMENT_TIMEOUT.as_millis(),
-                IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
-            ));
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
+        let options = session_options(config.get_options());
+        config.options(options);
+        let connect_timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(CONNECT_TIMEOUT);
+        config.connect_timeout(connect_timeout);
+        // The URL's `connect_timeout` is per host, tried in turn (`host=db1,db2`): a new
+        // pooled connection may take that long for each before it fails.
+        let hosts = u32::try_from(config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
+        let create_timeout = connect_timeout.saturating_mul(hosts);
         if config.get_application_name().is_none() {
             config.application_name("sfc-server");
         }
@@ -83,7 +84,7 @@ impl PostgresStore {
             .max_size(url.pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(create_timeout))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|error| StoreError::Database(format!("cannot set up the pool: {error}")))?;
@@ -261,6 +262,34 @@ impl PostgresStore {
     pub fn pool_status(&self) -> deadpool_postgres::Status {
         self.pool.status()
     }
+
+    /// A setting as a pooled connection has it (`SHOW name`), for tests.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn setting(&self, name: &str) -> Result<String, StoreError> {
+        let query = format!("SHOW {name}");
+        self.run(async {
+            let client = self.pool.get().await.map_err(pool_err)?;
+            let row = client.query_one(&query, &[]).await.map_err(db_err)?;
+            row.try_get(0).map_err(db_err)
+        })
+    }
+}
+
+/// The `options` every connection starts with: the store's time-outs
+/// ([`STATEMENT_TIMEOUT`], [`IDLE_IN_TRANSACTION_TIMEOUT`]), which the commit bounds
+/// and recovery's grace period rely on, then the URL's own (PostgreSQL takes the last of
+/// a setting given twice, so a time-out the URL sets wins; anything else it sets, such
+/// as a `search_path`, no longer drops the store's).
+fn session_options(from_url: Option<&str>) -> String {
+    let ours = format!(
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+        STATEMENT_TIMEOUT.as_millis(),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+    );
+    match from_url.map(str::trim) {
+        Some(theirs) if !theirs.is_empty() => format!("{ours} {theirs}"),
+        _ => ours,
+    }
 }
 
 /// What [`PostgresStore::query_then_commit`] knows of its transaction.
@@ -353,5 +382,21 @@ pub(super) fn release<T>(
 ) {
     if matches!(result, Err(error) if error.is_closed()) {
         drop(deadpool_postgres::Object::take(client));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_options;
+
+    #[test]
+    fn the_urls_options_come_after_the_stores_time_outs() {
+        let ours = "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=5000";
+        assert_eq!(session_options(None), ours);
+        assert_eq!(session_options(Some("  ")), ours);
+        assert_eq!(
+            session_options(Some("-c search_path=sfc")),
+            format!("{ours} -c search_path=sfc")
+        );
     }
 }

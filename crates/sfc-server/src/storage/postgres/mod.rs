@@ -84,8 +84,8 @@ pub use migrations::SCHEMA_VERSION;
 /// Name of the unique constraint on `clients.Name` (how a taken name is recognised).
 pub const NAME_CONSTRAINT: &str = "clients_name_unique";
 
-/// Server-side limit of one statement (set per connection unless the URL sets
-/// `options`).
+/// Server-side limit of one statement (set per connection, before the URL's own
+/// `options`: a `statement_timeout` there wins).
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Server-side limit of a transaction's wait for its client's next statement (set with
@@ -96,7 +96,8 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// default).
 pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long opening a connection may take (unless the URL sets `connect_timeout`).
+/// How long opening a connection may take, per host the URL names (unless the URL sets
+/// `connect_timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a request waits for a free pooled connection before it fails.
