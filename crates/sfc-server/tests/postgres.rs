@@ -838,15 +838,23 @@ fn store_behind_a_relay(
     test: &str,
 ) -> Option<(common::cutting_relay::CuttingRelay, PostgresStore)> {
     let (cluster, _url, db) = fresh_url(test)?;
+    Some(store_behind_a_relay_on(cluster, &db))
+}
+
+/// [`store_behind_a_relay`] on database `db` of `cluster`.
+fn store_behind_a_relay_on(
+    cluster: &PgCluster,
+    db: &str,
+) -> (common::cutting_relay::CuttingRelay, PostgresStore) {
     let relay = common::cutting_relay::CuttingRelay::start(
         format!("127.0.0.1:{}", cluster.port).parse().unwrap(),
     );
-    let through_relay = cluster.url(&db).replace(
+    let through_relay = cluster.url(db).replace(
         &format!(":{}/", cluster.port),
         &format!(":{}/", relay.port()),
     );
     let store = PostgresStore::open(&PostgresUrl::parse(&through_relay).unwrap()).unwrap();
-    Some((relay, store))
+    (relay, store)
 }
 
 /// The record of a stored file, version `n` of `f.bin`, for the put_file tests.
@@ -900,6 +908,46 @@ fn a_file_row_whose_answer_is_lost_is_settled() {
         store.put_file(&version(5), now).unwrap(),
         Some(version(3).path)
     );
+}
+
+/// A lost commit is settled by asking PostgreSQL about its transaction's ID. An ID left
+/// unused by a crash (or by a fail-over to a standby that never got the commit) may be
+/// handed to another transaction after the restart, and PostgreSQL then says
+/// "committed". Such an answer is checked against the row: the caller hears that the row
+/// was not written, and the row keeps the version it named. (The caller used to be told
+/// the file was stored, replacing the live version, which it then removed.)
+#[test]
+fn a_lost_commit_settled_by_a_reused_transaction_id_is_not_taken_for_stored() {
+    let Some((cluster, _url, db)) = fresh_url("reused transaction id") else {
+        return;
+    };
+    let (relay, store) = store_behind_a_relay_on(cluster, &db);
+    let client = id(0x47);
+    let now = sfc_server::Timestamp::now();
+    store.insert_client(&client, "reused-id", now).unwrap();
+    let version = |n| version_of_f(client, n);
+    assert_eq!(store.put_file(&version(1), now).unwrap(), None);
+    // Another transaction, committed: the ID the lost commit's is taken for.
+    let other = cluster.psql(&db, "SELECT pg_current_xact_id()");
+    store.settle_next_by(&other);
+    // The commit never reaches PostgreSQL: the transaction rolls back.
+    relay.cut_request_at(b"COMMIT");
+    let result = store.put_file(&version(2), now);
+    assert_eq!(relay.cuts(), 1, "the commit was not cut");
+    let error = result.expect_err("not stored").to_string();
+    assert!(
+        error.contains(&format!("transaction {other} committed")),
+        "{error}"
+    );
+    assert_eq!(store.file(&client, "f.bin").unwrap(), Some(version(1)));
+    // A lost commit that did happen is still taken for stored, by its own ID.
+    relay.cut_at(b"COMMIT");
+    assert_eq!(
+        store.put_file(&version(3), now).unwrap(),
+        Some(version(1).path)
+    );
+    assert_eq!(relay.cuts(), 2, "the commit's answer was not cut");
+    assert_eq!(store.file(&client, "f.bin").unwrap(), Some(version(3)));
 }
 
 /// A row's update whose connection breaks while it waits for the row's lock (another

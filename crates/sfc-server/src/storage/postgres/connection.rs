@@ -94,6 +94,7 @@ impl PostgresStore {
             runtime: Mutex::new(Some(runtime)),
             closed: AtomicBool::new(false),
             shown: url.to_string(),
+            settle_by: Mutex::new(None),
         })
     }
 
@@ -167,10 +168,18 @@ impl PostgresStore {
     /// lock say, commits whenever it ends), unless PostgreSQL could not say within
     /// [`SETTLE_WAIT`] (then the error says so). No rows: nothing was changed, whatever
     /// became of the commit.
+    ///
+    /// `took_effect` is asked when PostgreSQL says "committed", with the statement's rows:
+    /// the change they describe must be there.
+    /// A transaction whose commit was lost in a crash (or a fail-over to a standby that
+    /// never got it) leaves its ID unused in the log, and after the restart PostgreSQL
+    /// may give the same ID to another transaction, whose commit the question would then
+    /// report.
     pub(super) fn query_settled(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        took_effect: impl FnOnce(&[Row]) -> Result<bool, StoreError>,
     ) -> Result<Vec<Row>, StoreError> {
         let (rows, error) = match self.query_then_commit(sql, params)? {
             Commit::Done(rows) => return Ok(rows),
@@ -180,11 +189,21 @@ impl PostgresStore {
             return Ok(rows);
         };
         let xid: String = row.try_get(row.len() - 1).map_err(db_err)?;
+        let xid = self
+            .settle_by
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or(xid);
         match self.transaction_outcome(&xid) {
-            Outcome::Committed => {
+            Outcome::Committed if took_effect(&rows)? => {
                 tracing::warn!(%error, xid, "the commit's answer was lost; PostgreSQL says it committed");
                 Ok(rows)
             }
+            Outcome::Committed => Err(StoreError::Database(format!(
+                "{error} (PostgreSQL says transaction {xid} committed, but its change is not \
+                 there: after a restart the ID went to another transaction)"
+            ))),
             Outcome::RolledBack => Err(StoreError::Database(format!(
                 "{error} (PostgreSQL says the transaction was rolled back)"
             ))),
@@ -261,6 +280,17 @@ impl PostgresStore {
     /// Connections open and idle in the pool.
     pub fn pool_status(&self) -> deadpool_postgres::Status {
         self.pool.status()
+    }
+
+    /// For tests: the next commit whose answer is lost is settled by asking about
+    /// transaction `xid` instead of its own (another transaction's ID, as PostgreSQL may
+    /// hand out again after a crash).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn settle_next_by(&self, xid: &str) {
+        *self
+            .settle_by
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(xid.to_owned());
     }
 
     /// A setting as a pooled connection has it (`SHOW name`), for tests.

@@ -60,8 +60,8 @@
 //!
 //! A statement that meets a closed connection runs once more on a new one, except the
 //! writes that must not run twice: storing a file's row runs in a transaction whose
-//! outcome is settled by asking PostgreSQL about it by its ID after a lost commit answer
-//! (`PostgresStore::query_settled`); a removal, whose rows are read before its commit,
+//! outcome is settled by asking PostgreSQL about it by its ID after a lost commit answer,
+//! a "committed" checked against the row (`PostgresStore::query_settled`); a removal, whose rows are read before its commit,
 //! asks the database after a failed commit whether its row is gone.
 //! A commit whose acknowledgement is lost and cannot be retried is otherwise ambiguous,
 //! as with any networked database: the client gets 1607 and sends again; every write
@@ -112,6 +112,9 @@ pub struct PostgresStore {
     closed: AtomicBool,
     /// What to show in logs and errors (never the password).
     shown: String,
+    /// For tests: the transaction ID the next lost commit is settled by instead of its
+    /// own ([`PostgresStore::settle_next_by`]).
+    settle_by: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for PostgresStore {

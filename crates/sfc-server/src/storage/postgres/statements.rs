@@ -184,6 +184,7 @@ impl MetaStore for PostgresStore {
                     advance(5)
                 ),
                 &params,
+                |_| self.names(file),
             )?;
             if let Some(row) = replaced.first() {
                 return row.try_get(0).map(Some).map_err(db_err);
@@ -202,11 +203,12 @@ impl MetaStore for PostgresStore {
                     advance(5)
                 ),
                 &params,
+                |rows| match inserted_count(rows)? {
+                    0 => Ok(true),
+                    _ => self.names(file),
+                },
             )?;
-            let count: i64 = match inserted.first() {
-                Some(row) => row.try_get(0).map_err(db_err)?,
-                None => 0,
-            };
+            let count = inserted_count(&inserted)?;
             if count == 1 {
                 return Ok(None);
             }
@@ -462,5 +464,22 @@ impl MetaStore for PostgresStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+}
+
+impl PostgresStore {
+    /// Whether the row of `file`'s client and name names `file`'s path: a settled
+    /// [`MetaStore::put_file`] took effect.
+    fn names(&self, file: &FileRecord) -> Result<bool, StoreError> {
+        let row = self.file(&file.client_id, &file.file_name)?;
+        Ok(row.is_some_and(|row| row.path == file.path))
+    }
+}
+
+/// The rows `put_file`'s insert says it inserted.
+fn inserted_count(rows: &[tokio_postgres::Row]) -> Result<i64, StoreError> {
+    match rows.first() {
+        Some(row) => row.try_get(0).map_err(db_err),
+        None => Ok(0),
     }
 }
