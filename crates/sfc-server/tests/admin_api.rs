@@ -2284,3 +2284,31 @@ fn failed_admin_tls_handshakes_do_not_flood_the_log() {
         server.lines_containing("", Duration::ZERO)
     );
 }
+
+/// Failed logins are logged one line per interval from any address, with the number
+/// since the last line (a guesser with many addresses wrote five lines a minute from
+/// each); every one is still counted and listed.
+#[test]
+fn failed_logins_do_not_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, admin) = admin_process(dir.path(), &[]);
+    let wrong = format!(
+        "GET /api/v1/stats HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer wrong\r\n\
+         Connection: close\r\n\r\n"
+    );
+    for _ in 0..3 {
+        let answer = raw_exchange(admin, &wrong);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    let lines = server.lines_containing("admin: failed login", Duration::from_millis(500));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("failed=1"), "{lines:#?}");
+    assert!(server.terminate().success());
+    let at_exit = server.lines_containing("2 more failed logins", Duration::from_secs(1));
+    assert_eq!(
+        at_exit.len(),
+        1,
+        "{:#?}",
+        server.lines_containing("", Duration::ZERO)
+    );
+}

@@ -5,7 +5,8 @@
 //!
 //! Memory is bounded: one entry per upload in progress (at most one per client, as in
 //! the session's registry; stale ones are dropped after the upload timeout) and the last
-//! [`FAILURES_KEPT`] failures.
+//! [`FAILURES_KEPT`] failures (when full, the most listed kind makes room:
+//! [`make_room`]).
 
 use crate::admin::{FailureView, LiveView, UploadView};
 use crate::session::{Cause, LogLine, RequestLog};
@@ -282,6 +283,27 @@ impl Metrics {
     }
 }
 
+/// Makes room in a full failure list for an entry of `kind`: the oldest entry of the
+/// kind listed most often goes (the newcomer's own kind counted with it). Most failures
+/// can be caused by anyone who can connect (refused connections, failed admin logins,
+/// abandoned uploads), from as many addresses as they have; this way a flood of one kind
+/// fills the list without pushing the other kinds off it.
+fn make_room(failures: &mut VecDeque<FailureView>, kind: &str) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for failure in failures.iter() {
+        *counts.entry(failure.kind.as_str()).or_default() += 1;
+    }
+    *counts.entry(kind).or_default() += 1;
+    // The most listed kind; among equals, the one whose oldest entry is oldest.
+    let oldest_of = |kind: &str| failures.iter().position(|f| f.kind == kind);
+    let most = counts
+        .iter()
+        .max_by_key(|(kind, count)| (**count, std::cmp::Reverse(oldest_of(kind))))
+        .map(|(kind, _)| (*kind).to_owned());
+    let at = most.and_then(|most| oldest_of(&most)).unwrap_or(0);
+    failures.remove(at);
+}
+
 impl Monitor {
     /// A fresh registry; uploads idle for `upload_timeout` are no longer shown.
     pub fn new(upload_timeout: Duration) -> Self {
@@ -323,7 +345,7 @@ impl Monitor {
     ) {
         let mut live = self.live();
         if live.failures.len() >= FAILURES_KEPT {
-            live.failures.pop_front();
+            make_room(&mut live.failures, kind);
         }
         live.failures.push_back(FailureView {
             at: Timestamp::now().to_string(),
@@ -988,5 +1010,51 @@ mod tests {
         let failures = monitor.snapshot().failures;
         assert_eq!(failures.len(), FAILURES_KEPT);
         assert_eq!(failures[0].detail, "newest");
+    }
+
+    /// A flood of one kind of failure, from as many addresses as one likes, fills the
+    /// list but pushes no other kind off it; the flood's own oldest entries make room.
+    #[test]
+    fn a_flood_of_one_kind_keeps_the_other_kinds_listed() {
+        let monitor = Monitor::new(Duration::from_secs(600));
+        let peer = |n: u32| SocketAddr::from((std::net::Ipv4Addr::from(0x7f00_0000 + n), 9));
+        monitor.store_swept(&Swept {
+            outcome: SweepOutcome::Failed,
+            recovered: Default::default(),
+            pending: Default::default(),
+            reason: Some("the bucket cannot be listed".into()),
+        });
+        monitor.connection_refused(
+            peer(1),
+            "per-address",
+            Some(crate::net::refusals::Listed::ONE),
+        );
+        for n in 0..5 * FAILURES_KEPT as u32 {
+            monitor.admin_login_failed(peer(n), &format!("wrong token {n}"));
+        }
+        let failures = monitor.snapshot().failures;
+        assert_eq!(failures.len(), FAILURES_KEPT);
+        let kinds: Vec<&str> = failures.iter().map(|f| f.kind.as_str()).collect();
+        assert!(kinds.contains(&"store clean-up"), "{kinds:?}");
+        assert!(kinds.contains(&"connection refused"), "{kinds:?}");
+        // The flood's newest, newest first.
+        let last = 5 * FAILURES_KEPT - 1;
+        assert_eq!(failures[0].detail, format!("wrong token {last}"));
+        assert_eq!(
+            failures[FAILURES_KEPT - 3].detail,
+            format!("wrong token {}", last - (FAILURES_KEPT - 3))
+        );
+        // A second flood shares the list with the first; the rare kinds stay.
+        for n in 0..FAILURES_KEPT as u32 {
+            monitor.connection_refused(
+                peer(n),
+                "per-address",
+                Some(crate::net::refusals::Listed::ONE),
+            );
+        }
+        let failures = monitor.snapshot().failures;
+        let count = |kind: &str| failures.iter().filter(|f| f.kind == kind).count();
+        assert_eq!(count("store clean-up"), 1);
+        assert_eq!(count("admin login"), count("connection refused") - 1);
     }
 }

@@ -124,10 +124,15 @@ pub(super) async fn wait_if_blocked(
     }
 }
 
+/// A wrong token within the limit: counted against `peer`'s address, listed among the
+/// failures, and logged at most once per [`super::LOG_EVERY`] from any address, with the
+/// number since the last line.
 pub(super) fn login_failed(state: &AdminState, peer: SocketAddr, why: &str) {
     state.failed_logins.failed(peer.ip(), Instant::now());
     state.monitor.admin_login_failed(peer, why);
-    tracing::warn!(%peer, why, "admin: failed login");
+    if let Some(failed) = state.failed_logins_logged.count() {
+        tracing::warn!(%peer, why, failed, "admin: failed login");
+    }
 }
 
 /// A wrong token beyond the failure limit: refused without a verdict (429), counted in

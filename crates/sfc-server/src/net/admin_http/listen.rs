@@ -350,6 +350,7 @@ impl AdminServer {
                 overview: Default::default(),
                 readiness: Default::default(),
                 refused_logins_logged: SharedLine::new(super::LOG_EVERY),
+                failed_logins_logged: SharedLine::new(super::LOG_EVERY),
                 hosts: host::AllowedHosts::new(&config.hosts),
             }),
             send_timeout: config.send_timeout,

@@ -70,6 +70,9 @@ pub(crate) struct AdminState {
     readiness: ready::Readiness,
     /// The log line about logins refused beyond the limit ([`access::login_refused`]).
     refused_logins_logged: crate::net::log_throttle::SharedLine,
+    /// The line of failed logins within the limit: one per interval, from any address (a
+    /// guesser with many addresses would otherwise write five lines a minute from each).
+    failed_logins_logged: crate::net::log_throttle::SharedLine,
     /// The names requests may give as `Host` ([`host::check_host`]).
     hosts: host::AllowedHosts,
 }
@@ -77,8 +80,8 @@ pub(crate) struct AdminState {
 type Shared = Arc<AdminState>;
 
 impl AdminState {
-    /// Logs what the throttled lines (failed `/readyz` probes, logins refused beyond the
-    /// limit, requests for other hosts) held back: events after their last line that no
+    /// Logs what the throttled lines (failed `/readyz` probes, failed logins, logins
+    /// refused beyond the limit, requests for other hosts) held back: events after their last line that no
     /// later event reported. Called every half interval (a held-back count is logged
     /// within 1.5 intervals of its line), and with `all` at shutdown, so that the end of
     /// a burst is counted too.
@@ -87,6 +90,12 @@ impl AdminState {
             tracing::warn!(
                 failures,
                 "admin: /readyz: {failures} more failed probes since the last line"
+            );
+        }
+        if let Some(failed) = self.failed_logins_logged.held_back(all) {
+            tracing::warn!(
+                failed,
+                "admin: {failed} more failed logins since the last line"
             );
         }
         if let Some(refused) = self.refused_logins_logged.held_back(all) {
@@ -102,8 +111,9 @@ impl AdminState {
 }
 
 /// At most one line per this interval for each of the admin listener's throttled log
-/// lines (failed `/readyz` probes, logins refused beyond the limit, requests for other
-/// hosts), with the number of events since the last.
+/// lines (failed `/readyz` probes, failed logins, logins refused beyond the limit,
+/// requests for other hosts, connections closed before they were served), with the
+/// number of events since the last.
 pub(crate) const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often [`AdminState::flush_lines`] runs: half of [`LOG_EVERY`].
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(LOG_EVERY.as_secs() / 2);
