@@ -854,6 +854,87 @@ fn a_server_that_dies_mid_upload_is_reported_with_the_file_and_progress() {
     );
 }
 
+/// A connection cut in the middle of the first file after a reconnect (827, one reply on
+/// it) is not taken for a server that closes after each reply: the file is sent again on
+/// a new connection in the same style, and so is the next one. (It used to switch the
+/// rest of the run to one connection per request: a 1 GiB file's 65,535 packets, each on
+/// a connection of its own.)
+#[test]
+fn a_cut_during_the_first_file_after_a_reconnect_keeps_one_connection() {
+    let double = Double::start(Behaviour {
+        cut_once_after_content: Some(1 << 20),
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    // Registered by a first run whose small file gets nowhere near the cut.
+    setup(dir.path(), &double, "cut", 1000);
+    run_client(dir.path(), &[]).assert_code(0);
+    let big = make_file(&dir.path().join("big.bin"), 3 << 20, 3);
+    let next = make_file(&dir.path().join("next.bin"), 100_000, 4);
+    let run = run_client(dir.path(), &["-v", "big.bin", "next.bin"]);
+    run.assert_code(0);
+    assert!(
+        !run.stderr.contains("one connection per request"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("sending it again on a new one"),
+        "{}",
+        run.stderr
+    );
+    let s = double.state();
+    assert!(s.cut, "the connection was not cut");
+    assert_eq!(s.stored["big.bin"], big);
+    assert_eq!(s.stored["next.bin"], next);
+    // The second run: its 827 and the cut send on one connection, then everything else
+    // (the whole file again, its 900, the next file) on one more.
+    let second_run: Vec<usize> = s
+        .log
+        .iter()
+        .skip_while(|l| l.code != 827)
+        .map(|l| l.connection)
+        .collect();
+    let last = *second_run.last().unwrap();
+    let first = second_run[0];
+    assert_eq!(last, first + 1, "{:?}", s.log);
+    assert_eq!(s.connections, last + 1, "{:?}", s.log);
+}
+
+/// A server that closes after each reply, whose close comes only after the client has
+/// started streaming a file on the connection: the first cut sends the file again in the
+/// same style, the second (on a connection that carried no reply) switches to one
+/// connection per request, and the file is stored.
+#[test]
+fn a_late_close_after_each_reply_is_recognised_at_the_second_cut() {
+    let double = Double::start(Behaviour {
+        close_after_reply: true,
+        close_after_reply_delay: Some(std::time::Duration::from_secs(1)),
+        answer_every_packet: true,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    // Registered first; the second run's 827 has its connection to itself.
+    setup(dir.path(), &double, "late", 1000);
+    run_client(dir.path(), &[]).assert_code(0);
+    let data = make_file(&dir.path().join("data.bin"), 200_000, 5);
+    let run = run_client(dir.path(), &["--packet-size", "1000", "-v"]);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("sending it again on a new one"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("one connection per request"),
+        "{}",
+        run.stderr
+    );
+    let s = double.state();
+    assert_eq!(s.stored["data.bin"], data);
+    assert_eq!(s.verified, vec!["data.bin", "data.bin"]);
+}
+
 /// Issue 13 item 8: a 1607 followed by a retry that succeeds alarms no one: without -v
 /// (and with -q) nothing is printed about it; failures are always reported.
 #[test]

@@ -320,9 +320,13 @@ impl Snapshot {
 }
 
 /// One send of the file, repeated on 1607 (at most 3 retries) and once more on a new
-/// connection if the one it was sent on was closed: in per-request mode if the server
-/// turned out to close connections after each reply, in the same style if it had kept
-/// that connection for several replies (an idle time-out or a restart, rule C1).
+/// connection if the one it was sent on was closed: in the same style if the server had
+/// kept that connection for several replies (an idle time-out or a restart, rule C1);
+/// otherwise in the same style too the first time, and in per-request mode if the send
+/// is cut again on a connection that carried at most one reply (the server closes after
+/// each reply). A send streams up to the whole file before it reads a reply, so one cut
+/// (a network failure, a balancer dropping a connection) is no proof of that style, and
+/// switching on it would cost every later packet of the run a connection.
 fn send_with_retries(
     conn: &mut Connection,
     reporter: &Reporter,
@@ -330,8 +334,9 @@ fn send_with_retries(
     params: &SendParams<'_>,
 ) -> Result<(u32, u32), ClientError> {
     let mut server_errors = 0;
+    let mut cut_after_one_reply = false;
     loop {
-        match send_once(uploader, conn, reporter, params) {
+        match send_once(uploader, conn, reporter, params, cut_after_one_reply) {
             Ok(Outcome::Received {
                 server_cksum,
                 our_cksum,
@@ -351,8 +356,9 @@ fn send_with_retries(
             Err(AttemptError::Gone { sent }) => {
                 // Closed without a reply to this send: the original server does that when
                 // it closed after its previous reply, a server that died does it too.
-                // Only one that takes a new connection is treated as the former, and only
-                // if it had not kept the lost connection for several replies.
+                // Only one that takes a new connection is treated as the former, only if
+                // it had not kept the lost connection for several replies, and only the
+                // second time.
                 let kept = conn.kept_for_several_replies();
                 conn.close();
                 if kept {
@@ -361,8 +367,18 @@ fn send_with_retries(
                 if let Err(e) = conn.prepare() {
                     return Err(interrupted(ClientError::Network(e), params, sent));
                 }
-                if !kept {
+                if !kept && cut_after_one_reply {
                     conn.switch_to_per_request();
+                } else if !kept {
+                    cut_after_one_reply = true;
+                    reporter.detail(
+                        Verbosity::Verbose,
+                        format!(
+                            "   the connection was closed during the send of {} ({sent} bytes \
+                             sent); sending it again on a new one",
+                            params.file.label
+                        ),
+                    );
                 }
                 reporter.set_progress(0);
             }
@@ -427,13 +443,17 @@ impl From<ClientError> for AttemptError {
 
 /// Sends the file once (with a 901 first when `announce_resend`) and returns the
 /// server's verdict.
+/// `after_cut`: the send before this one was cut on a connection that had carried at
+/// most one reply. A close without a reply on this one, fresh as it is, is then taken for
+/// a second such cut (a server that closes after each reply, late) rather than a failure.
 fn send_once(
     uploader: &mut Uploader,
     conn: &mut Connection,
     reporter: &Reporter,
     params: &SendParams<'_>,
+    after_cut: bool,
 ) -> Result<Outcome, AttemptError> {
-    let fresh = conn.prepare().map_err(ClientError::from)?;
+    let fresh = conn.prepare().map_err(ClientError::from)? && !after_cut;
     let resend = params.announce_resend.then(|| {
         Request::new(
             params.client_id,

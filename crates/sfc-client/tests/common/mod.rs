@@ -263,6 +263,9 @@ fn relay(mut client: TcpStream, server: SocketAddr, cut: Option<Cut>) {
 pub struct Behaviour {
     /// Close the connection after every reply (the original server).
     pub close_after_reply: bool,
+    /// With `close_after_reply`: wait this long between a reply and the close (a busy
+    /// server, a slow link), so that the client has already sent its next request.
+    pub close_after_reply_delay: Option<Duration>,
     /// Reply to every intermediate packet (1603 with the ID only) and every 901 (1604),
     /// whatever the connection has carried before.
     pub answer_every_packet: bool,
@@ -291,6 +294,10 @@ pub struct Behaviour {
     /// Die (stop listening, then drop every connection) once this many bytes of file
     /// content have arrived: a server that crashes in the middle of an upload.
     pub die_after_content: Option<usize>,
+    /// Drop one connection (the first to get there; the double goes on serving) once
+    /// this many bytes of file content have arrived on it: a network failure, or a
+    /// balancer that drops a connection, in the middle of an upload.
+    pub cut_once_after_content: Option<usize>,
     /// Append 1000 bytes to this file when the first file packet arrives: a file that
     /// grows while the client sends it.
     pub grow_file: Option<PathBuf>,
@@ -353,6 +360,8 @@ pub struct State {
     pub sends: Vec<(String, u16)>,
     /// True once a connection stalled (`stall_after_content`).
     pub stalled: bool,
+    /// True once a connection was dropped (`cut_once_after_content`).
+    pub cut: bool,
     clients: HashMap<ClientId, ClientRecord>,
     uploads: HashMap<ClientId, Vec<u8>>,
     wrong_left: u32,
@@ -595,6 +604,13 @@ fn serve(
                         return;
                     }
                     if behaviour
+                        .cut_once_after_content
+                        .is_some_and(|n| content_seen >= n)
+                        && !std::mem::replace(&mut state.lock().unwrap().cut, true)
+                    {
+                        return;
+                    }
+                    if behaviour
                         .die_after_content
                         .is_some_and(|n| content_seen >= n)
                     {
@@ -635,6 +651,9 @@ fn serve(
                 {
                     // Like the original server: whatever else the client sent is dropped.
                     let _ = stream.flush();
+                    if let Some(delay) = behaviour.close_after_reply_delay {
+                        std::thread::sleep(delay);
+                    }
                     return;
                 }
             }
