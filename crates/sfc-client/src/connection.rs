@@ -831,7 +831,8 @@ fn request_stalled(timeout: Duration) -> io::Error {
 
 /// A connection closed or reset before any reply. No TLS bytes came (a TLS server answers
 /// a plain request with an alert, recognised when the reply header is read), so this is
-/// most likely a refusal: a per-address connection limit or a ban after failures.
+/// a refusal (a per-address connection limit, a ban after failures) or a server that
+/// stopped with the request in hand (a crash, a restart): both are named.
 fn refused(error: io::Error) -> io::Error {
     let (kind, what) = match error.kind() {
         io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe => {
@@ -847,8 +848,9 @@ fn refused(error: io::Error) -> io::Error {
     io::Error::new(
         kind,
         format!(
-            "{said}: it may be refusing connections from this address (too many at once, or a \
-             ban after repeated failures); try again later or ask its operator"
+            "{said}: it may have stopped or restarted, or be refusing connections from this \
+             address (too many at once, or a ban after repeated failures); try again later or \
+             ask its operator"
         ),
     )
 }
@@ -1139,11 +1141,10 @@ mod tests {
         let mut conn = quiet_connection(addr);
         let e = conn.round_trip(&register_request()).unwrap_err();
         assert_eq!(e.exit_code(), 5);
-        assert!(
-            e.to_string()
-                .contains("closed the connection without replying"),
-            "{e}"
-        );
+        let text = e.to_string();
+        assert!(text.contains("closed the connection without replying"), "{e}");
+        // It read the request: a refusal is not the only reading.
+        assert!(text.contains("may have stopped or restarted, or be refusing"), "{e}");
         server.join().unwrap();
     }
 
