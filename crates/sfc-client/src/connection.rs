@@ -1142,9 +1142,15 @@ mod tests {
         let e = conn.round_trip(&register_request()).unwrap_err();
         assert_eq!(e.exit_code(), 5);
         let text = e.to_string();
-        assert!(text.contains("closed the connection without replying"), "{e}");
+        assert!(
+            text.contains("closed the connection without replying"),
+            "{e}"
+        );
         // It read the request: a refusal is not the only reading.
-        assert!(text.contains("may have stopped or restarted, or be refusing"), "{e}");
+        assert!(
+            text.contains("may have stopped or restarted, or be refusing"),
+            "{e}"
+        );
         server.join().unwrap();
     }
 

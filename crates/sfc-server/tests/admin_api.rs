@@ -2312,3 +2312,33 @@ fn failed_logins_do_not_flood_the_log() {
         server.lines_containing("", Duration::ZERO)
     );
 }
+
+/// `/logout` reads its form only once it knows the request has a session: a stranger
+/// that announces a body and sends none is answered at once (the redirect to the login
+/// form), not after the body's time-out.
+#[test]
+fn logout_reads_no_form_before_the_session_is_known() {
+    use std::io::{Read, Write};
+    let admin = Admin::start();
+    let addr: SocketAddr = admin
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    // Well within the 30 s a body may take to arrive.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!(
+        "POST /logout HTTP/1.1\r\nHost: {addr}\r\nContent-Type: \
+         application/x-www-form-urlencoded\r\nContent-Length: 100\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    stream
+        .read_exact(&mut head)
+        .expect("answered without the body");
+    assert_eq!(&head, b"HTTP/1.1 303");
+}

@@ -65,8 +65,9 @@ pub(crate) struct OpenSend<'a> {
 }
 
 impl Uploader {
-    /// New, empty buffers (they grow to about 6 MiB on first use: 4 plaintext chunks and
-    /// 2 batches).
+    /// New, empty buffers (they grow on first use to 4 plaintext chunks and 2 batches:
+    /// about 6 MiB with packets of 1 MiB or less; each batch holds at least one whole
+    /// packet, so about 38 MiB with `--packet-size` 16 MiB).
     pub fn new() -> Self {
         Self::default()
     }

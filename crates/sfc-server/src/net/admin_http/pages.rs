@@ -190,14 +190,18 @@ fn token_form(form: Result<Form<CsrfForm>, FormRejection>) -> CsrfForm {
     form.map(|Form(form)| form).unwrap_or_default()
 }
 
+/// Ends the session, if the request has one, and sends the browser to the login form in
+/// any case. The form (its CSRF token) is read only once the session is known, as every
+/// other request's is read only after its credentials are checked.
 async fn logout(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    request: axum::extract::Request,
 ) -> Response {
-    let form = token_form(form);
     if let Ok(auth @ Auth::Session { .. }) = authenticate(&state, peer.0, &headers, None).await {
+        use axum::extract::FromRequest;
+        let form = token_form(Form::<CsrfForm>::from_request(request, &state).await);
         if check_csrf(&auth, &headers, Some(&form.csrf)).is_err() {
             return error_page(super::ApiError::new(
                 StatusCode::FORBIDDEN,
