@@ -950,6 +950,52 @@ fn a_lost_commit_settled_by_a_reused_transaction_id_is_not_taken_for_stored() {
     assert_eq!(store.file(&client, "f.bin").unwrap(), Some(version(3)));
 }
 
+/// A statement or a commit whose path stops moving without closing (a stuck proxy; TCP's
+/// own time-outs see nothing, since the relay's kernel acknowledges everything) fails
+/// after the store's answer wait instead of hanging for ever; the stuck connection is
+/// dropped, the next request works, and a commit's outcome is asked on another
+/// connection (here: never sent, so rolled back; the row keeps the version it named).
+#[test]
+fn a_stuck_connection_fails_in_time_and_is_dropped() {
+    let Some((relay, store)) = store_behind_a_relay("stuck connection") else {
+        return;
+    };
+    let store = Arc::new(store);
+    store.set_answer_wait(Duration::from_secs(2));
+    let client = id(0x48);
+    let now = sfc_server::Timestamp::now();
+    store.insert_client(&client, "stuck", now).unwrap();
+    let version = move |n| version_of_f(client, n);
+    assert_eq!(store.put_file(&version(1), now).unwrap(), None);
+    // In a thread, so that a hang fails the test instead of holding it for ever.
+    let in_time = |work: Box<dyn FnOnce() -> String + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(work()).unwrap());
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("answered in time")
+    };
+    relay.freeze_request_at(b"FROM files");
+    let reader = Arc::clone(&store);
+    let read = in_time(Box::new(move || {
+        format!("{:?}", reader.file(&client, "f.bin"))
+    }));
+    assert_eq!(relay.cuts(), 1, "the statement was not frozen");
+    assert!(read.contains("no answer from PostgreSQL"), "{read}");
+    assert_eq!(store.file(&client, "f.bin").unwrap(), Some(version(1)));
+    relay.freeze_request_at(b"COMMIT");
+    let writer = Arc::clone(&store);
+    let stored = in_time(Box::new(move || {
+        format!("{:?}", writer.put_file(&version(2), now))
+    }));
+    assert_eq!(relay.cuts(), 2, "the commit was not frozen");
+    assert!(stored.starts_with("Err("), "{stored}");
+    assert_eq!(store.file(&client, "f.bin").unwrap(), Some(version(1)));
+    assert_eq!(
+        store.put_file(&version(3), now).unwrap(),
+        Some(version(1).path)
+    );
+}
+
 /// A row's update whose connection breaks while it waits for the row's lock (another
 /// server's transaction holds it) never commits behind the caller's back: the caller
 /// hears either that it is stored, or that it is not and never will be (it then removes

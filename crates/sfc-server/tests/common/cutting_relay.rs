@@ -25,6 +25,9 @@ struct State {
     armed_request: Mutex<Option<Vec<u8>>>,
     /// A lost request leaves the server's connection open (its client vanished).
     strand: AtomicBool,
+    /// A lost request freezes its connection instead: nothing more is relayed on it
+    /// either way, and both ends stay open.
+    freeze: AtomicBool,
     cuts: AtomicUsize,
     closed: AtomicBool,
     /// The client side of every connection relayed so far, for [`CuttingRelay::cut_now`].
@@ -41,6 +44,7 @@ impl CuttingRelay {
             armed: Mutex::new(None),
             armed_request: Mutex::new(None),
             strand: AtomicBool::new(false),
+            freeze: AtomicBool::new(false),
             cuts: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             clients: Mutex::new(Vec::new()),
@@ -69,6 +73,16 @@ impl CuttingRelay {
     /// connection closed.
     pub fn cut_request_at(&self, pattern: &[u8]) {
         self.state.strand.store(false, Ordering::SeqCst);
+        self.state.freeze.store(false, Ordering::SeqCst);
+        *self.state.armed_request.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    /// The next chunk from the client that contains `pattern` is lost, and its connection
+    /// then relays nothing more either way while both ends stay open: a stuck proxy, or a
+    /// path whose far end's kernel still acknowledges what nothing reads.
+    pub fn freeze_request_at(&self, pattern: &[u8]) {
+        self.state.strand.store(false, Ordering::SeqCst);
+        self.state.freeze.store(true, Ordering::SeqCst);
         *self.state.armed_request.lock().unwrap() = Some(pattern.to_vec());
     }
 
@@ -76,6 +90,7 @@ impl CuttingRelay {
     /// as when the client's host vanished (the server finds out by its own time-outs).
     pub fn strand_request_at(&self, pattern: &[u8]) {
         self.state.strand.store(true, Ordering::SeqCst);
+        self.state.freeze.store(false, Ordering::SeqCst);
         *self.state.armed_request.lock().unwrap() = Some(pattern.to_vec());
     }
 
@@ -115,6 +130,7 @@ fn relay(state: &State, client: TcpStream) {
     if let Ok(kept) = client.try_clone() {
         state.clients.lock().unwrap().push(kept);
     }
+    let frozen = AtomicBool::new(false);
     std::thread::scope(|scope| {
         scope.spawn(|| {
             let cut = forward(
@@ -122,6 +138,7 @@ fn relay(state: &State, client: TcpStream) {
                 &state.armed_request,
                 client_reader,
                 &mut server_writer,
+                &frozen,
             );
             // Both ways, unless stranded: a cut request closes the client's connection too.
             if !(cut && state.strand.load(Ordering::SeqCst)) {
@@ -129,8 +146,12 @@ fn relay(state: &State, client: TcpStream) {
             }
         });
         let mut client = client;
-        forward(state, &state.armed, server, &mut client);
-        let _ = client.shutdown(Shutdown::Both);
+        forward(state, &state.armed, server, &mut client, &frozen);
+        // Frozen, the client's end stays open whatever the server did, until the client
+        // closes it (the other thread then sees the end).
+        if !frozen.load(Ordering::SeqCst) {
+            let _ = client.shutdown(Shutdown::Both);
+        }
     });
 }
 
@@ -142,6 +163,7 @@ fn forward(
     armed: &Mutex<Option<Vec<u8>>>,
     mut from: TcpStream,
     to: &mut TcpStream,
+    frozen: &AtomicBool,
 ) -> bool {
     let mut buf = vec![0; 64 * 1024];
     loop {
@@ -149,11 +171,21 @@ fn forward(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        // Frozen: taken in and dropped, until an end closes.
+        if frozen.load(Ordering::SeqCst) {
+            continue;
+        }
         let chunk = &buf[..n];
         let mut pattern = armed.lock().unwrap();
         let cut = pattern
             .as_ref()
             .is_some_and(|pattern| chunk.windows(pattern.len()).any(|w| w == pattern));
+        if cut && state.freeze.load(Ordering::SeqCst) {
+            *pattern = None;
+            state.cuts.fetch_add(1, Ordering::SeqCst);
+            frozen.store(true, Ordering::SeqCst);
+            continue;
+        }
         if cut {
             *pattern = None;
             state.cuts.fetch_add(1, Ordering::SeqCst);

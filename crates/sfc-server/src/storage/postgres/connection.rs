@@ -3,7 +3,9 @@
 
 use super::migrations::{check_encoding, check_version, migrate, newer_schema, schema_version};
 use super::IDLE_IN_TRANSACTION_TIMEOUT;
-use super::{db_err, pool_err, PostgresStore, CONNECT_TIMEOUT, POOL_WAIT, STATEMENT_TIMEOUT};
+use super::{
+    db_err, pool_err, PostgresStore, ANSWER_WAIT, CONNECT_TIMEOUT, POOL_WAIT, STATEMENT_TIMEOUT,
+};
 use super::{StoreError, SCHEMA_VERSION};
 use crate::config::PostgresUrl;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -95,6 +97,7 @@ impl PostgresStore {
             closed: AtomicBool::new(false),
             shown: url.to_string(),
             settle_by: Mutex::new(None),
+            answer_wait: Mutex::new(ANSWER_WAIT),
         })
     }
 
@@ -131,16 +134,20 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Commit, StoreError> {
+        let wait = self.answer_wait();
         self.run(async {
             let mut first = true;
             loop {
                 let mut client = self.pool.get().await.map_err(pool_err)?;
-                let result = run_and_commit(&mut client, sql, params).await;
-                let closed = matches!(
-                    &result,
-                    Err(Failed::BeforeCommit(error) | Failed::Commit(_, error)) if error.is_closed()
-                );
-                if closed {
+                let result = run_and_commit(&mut client, sql, params, wait).await;
+                let unusable = match &result {
+                    Err(Failed::BeforeCommit(error) | Failed::Commit(_, error)) => {
+                        error.is_closed()
+                    }
+                    Err(Failed::NoAnswer | Failed::NoAnswerToCommit(_)) => true,
+                    Ok(_) => false,
+                };
+                if unusable {
                     drop(deadpool_postgres::Object::take(client));
                 }
                 match result {
@@ -148,7 +155,19 @@ impl PostgresStore {
                     Err(Failed::Commit(rows, error)) => {
                         return Ok(Commit::Unknown(rows, db_err(error)))
                     }
-                    Err(Failed::BeforeCommit(error)) if closed && first => {
+                    Err(Failed::NoAnswerToCommit(rows)) => {
+                        return Ok(Commit::Unknown(rows, no_answer(wait, "the commit")))
+                    }
+                    // Never committed: the commit was not sent.
+                    Err(Failed::NoAnswer) if first => {
+                        first = false;
+                        tracing::warn!(
+                            wait_secs = wait.as_secs_f64(),
+                            "no answer from PostgreSQL before a commit; running the transaction on a new connection"
+                        );
+                    }
+                    Err(Failed::NoAnswer) => return Err(no_answer(wait, "a statement")),
+                    Err(Failed::BeforeCommit(error)) if unusable && first => {
                         first = false;
                         tracing::info!(%error, "PostgreSQL connection lost before a commit; running the transaction on a new one");
                     }
@@ -260,10 +279,19 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Result<Vec<Row>, tokio_postgres::Error>, StoreError> {
+        let wait = self.answer_wait();
         let client = self.pool.get().await.map_err(pool_err)?;
-        let result = match client.prepare_cached(sql).await {
-            Ok(statement) => client.query(&statement, params).await,
-            Err(error) => Err(error),
+        let answered = tokio::time::timeout(wait, async {
+            match client.prepare_cached(sql).await {
+                Ok(statement) => client.query(&statement, params).await,
+                Err(error) => Err(error),
+            }
+        })
+        .await;
+        let Ok(result) = answered else {
+            // Stuck: the next user of this connection would wait behind it.
+            drop(deadpool_postgres::Object::take(client));
+            return Err(no_answer(wait, "a statement"));
         };
         release(client, &result);
         Ok(result)
@@ -280,6 +308,24 @@ impl PostgresStore {
     /// Connections open and idle in the pool.
     pub fn pool_status(&self) -> deadpool_postgres::Status {
         self.pool.status()
+    }
+
+    /// How long a statement or a commit waits for its answer.
+    fn answer_wait(&self) -> Duration {
+        *self
+            .answer_wait
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// For tests: statements and commits wait `wait` for their answers instead of
+    /// [`ANSWER_WAIT`].
+    #[cfg(any(test, feature = "testing"))]
+    pub fn set_answer_wait(&self, wait: Duration) {
+        *self
+            .answer_wait
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = wait;
     }
 
     /// For tests: the next commit whose answer is lost is settled by asking about
@@ -339,13 +385,28 @@ const SETTLE_WAIT: Duration = STATEMENT_TIMEOUT
     .saturating_add(IDLE_IN_TRANSACTION_TIMEOUT)
     .saturating_add(Duration::from_secs(5));
 
-/// The longest one [`PostgresStore::query_settled`] may take: a connection from the
-/// pool (or a new one, unless the URL sets a longer `connect_timeout`), the statement (a
-/// row lock waited for included), then settling a lost answer.
-pub(super) const SETTLED_STATEMENT_BOUND: Duration = POOL_WAIT
-    .saturating_add(CONNECT_TIMEOUT)
-    .saturating_add(STATEMENT_TIMEOUT)
-    .saturating_add(SETTLE_WAIT);
+/// A connection from the pool, or a new one (unless the URL sets a longer
+/// `connect_timeout`, per host).
+const CONNECTION_BOUND: Duration = POOL_WAIT.saturating_add(CONNECT_TIMEOUT);
+
+/// The longest one [`PostgresStore::query_pg`] may take: a connection and an answer,
+/// twice (once more on a new connection after a closed one).
+const QUERY_BOUND: Duration = CONNECTION_BOUND
+    .saturating_add(ANSWER_WAIT)
+    .saturating_mul(2);
+
+/// The longest one [`PostgresStore::query_settled`] may take, answers waited for in
+/// full at every step: a first try that meets a closed or stuck connection before its
+/// commit; the second, its statement and its commit; settling a lost answer (polls until
+/// [`SETTLE_WAIT`], the last of which may take a whole [`QUERY_BOUND`]); then reading the
+/// row that a "committed" must have changed.
+pub(super) const SETTLED_STATEMENT_BOUND: Duration = CONNECTION_BOUND
+    .saturating_add(ANSWER_WAIT)
+    .saturating_add(CONNECTION_BOUND)
+    .saturating_add(ANSWER_WAIT.saturating_mul(2))
+    .saturating_add(SETTLE_WAIT)
+    .saturating_add(QUERY_BOUND)
+    .saturating_add(QUERY_BOUND);
 
 /// Between two questions of [`PostgresStore::transaction_outcome`].
 const SETTLE_POLL: Duration = Duration::from_millis(50);
@@ -362,28 +423,47 @@ enum Outcome {
 enum Failed {
     /// Before the commit was sent: nothing happened.
     BeforeCommit(tokio_postgres::Error),
+    /// No answer within the wait before the commit was sent: nothing committed (the
+    /// commit can no longer be sent; PostgreSQL rolls back when the session ends).
+    NoAnswer,
     /// The commit: the statement's rows, and the error.
     Commit(Vec<Row>, tokio_postgres::Error),
+    /// No answer to the commit within the wait: the statement's rows.
+    NoAnswerToCommit(Vec<Row>),
 }
 
+/// Runs `sql` in a transaction and commits it, each step waiting at most `wait` for
+/// PostgreSQL's answer (see [`ANSWER_WAIT`]).
 async fn run_and_commit(
     client: &mut deadpool_postgres::Object,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    wait: Duration,
 ) -> Result<Vec<Row>, Failed> {
-    let transaction = client.transaction().await.map_err(Failed::BeforeCommit)?;
-    let statement = transaction
-        .prepare_cached(sql)
+    let transaction = tokio::time::timeout(wait, client.transaction())
         .await
+        .map_err(|_| Failed::NoAnswer)?
         .map_err(Failed::BeforeCommit)?;
-    let rows = transaction
-        .query(&statement, params)
-        .await
-        .map_err(Failed::BeforeCommit)?;
-    match transaction.commit().await {
-        Ok(()) => Ok(rows),
-        Err(error) => Err(Failed::Commit(rows, error)),
+    let rows = tokio::time::timeout(wait, async {
+        let statement = transaction.prepare_cached(sql).await?;
+        transaction.query(&statement, params).await
+    })
+    .await
+    .map_err(|_| Failed::NoAnswer)?
+    .map_err(Failed::BeforeCommit)?;
+    match tokio::time::timeout(wait, transaction.commit()).await {
+        Ok(Ok(())) => Ok(rows),
+        Ok(Err(error)) => Err(Failed::Commit(rows, error)),
+        Err(_) => Err(Failed::NoAnswerToCommit(rows)),
     }
+}
+
+/// The error for no answer from PostgreSQL to `what` within `wait`.
+fn no_answer(wait: Duration, what: &str) -> StoreError {
+    StoreError::Database(format!(
+        "no answer from PostgreSQL to {what} within {} s (the connection is dropped)",
+        wait.as_secs()
+    ))
 }
 
 /// Runs `attempt`, and once more when it met a closed connection (PostgreSQL restarted, or

@@ -103,6 +103,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a request waits for a free pooled connection before it fails.
 pub const POOL_WAIT: Duration = Duration::from_secs(10);
 
+/// How long the store waits for PostgreSQL's answer to one statement or commit: the
+/// server's own [`STATEMENT_TIMEOUT`] and a margin. Only a path that stopped moving
+/// without closing lasts that long (a stuck proxy or balancer, a peer whose kernel still
+/// acknowledges what nothing reads; TCP's own time-outs see neither); the connection is
+/// then dropped, a statement fails (1607), and a commit's outcome is asked on another
+/// connection.
+pub const ANSWER_WAIT: Duration = STATEMENT_TIMEOUT.saturating_add(Duration::from_secs(10));
+
 /// PostgreSQL-backed [`MetaStore`].
 pub struct PostgresStore {
     pool: Pool,
@@ -115,6 +123,9 @@ pub struct PostgresStore {
     /// For tests: the transaction ID the next lost commit is settled by instead of its
     /// own ([`PostgresStore::settle_next_by`]).
     settle_by: Mutex<Option<String>>,
+    /// How long a statement or a commit waits for PostgreSQL's answer
+    /// ([`ANSWER_WAIT`]; shorter in tests).
+    answer_wait: Mutex<Duration>,
 }
 
 impl fmt::Debug for PostgresStore {

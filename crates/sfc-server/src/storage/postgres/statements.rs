@@ -17,17 +17,28 @@ const FILE_COLUMNS: &str = "SELECT ID, FileName, PathName, Verified FROM files";
 /// round needs another server to delete and insert the same row in between.
 const PUT_FILE_ATTEMPTS: usize = 3;
 
-/// The longest a file's row may take to be committed once `put_file` begins: each of
-/// its attempts runs two settled statements (the locked UPDATE, then the INSERT), and a
-/// failure is followed by one more read of the row (`session::durability`). An object in
-/// S3 is written before its row is committed, so start-up recovery leaves objects younger
-/// than this alone ([`crate::config::ServerConfig::recovery_grace`]).
-pub(crate) const LONGEST_ROW_COMMIT: std::time::Duration =
-    super::connection::SETTLED_STATEMENT_BOUND.saturating_mul(2 * PUT_FILE_ATTEMPTS as u32 + 1);
+/// How long after it began `put_file` may still start a settled statement: its
+/// attempts (two settled statements each, the locked UPDATE then the INSERT) stop there,
+/// so that its row is committed, or never will be, within [`LONGEST_ROW_COMMIT`]. Far
+/// beyond what a working database takes (milliseconds): only a cascade of lost
+/// connections, stuck paths and lost answers gets there.
+const PUT_FILE_BUDGET: std::time::Duration = crate::config::DEFAULT_RECOVERY_MIN_AGE
+    .saturating_sub(std::time::Duration::from_secs(60))
+    .saturating_sub(super::connection::SETTLED_STATEMENT_BOUND);
 
-// With a margin for the S3 requests around the commit (each retried for seconds at most).
-const _: () =
-    assert!(LONGEST_ROW_COMMIT.as_secs() + 60 <= crate::config::DEFAULT_RECOVERY_MIN_AGE.as_secs());
+/// The longest a file's row may take to be committed once `put_file` begins: a settled
+/// statement started at the end of [`PUT_FILE_BUDGET`]. An object in S3 is written before
+/// its row is committed, so recovery leaves objects younger than this alone
+/// ([`crate::config::ServerConfig::recovery_grace`]).
+pub(crate) const LONGEST_ROW_COMMIT: std::time::Duration =
+    PUT_FILE_BUDGET.saturating_add(super::connection::SETTLED_STATEMENT_BOUND);
+
+// With a margin for the S3 requests around the commit (each retried for seconds at most),
+// and room in the budget for a statement that waits out every bound and one after it.
+const _: () = assert!(
+    LONGEST_ROW_COMMIT.as_secs() + 60 <= crate::config::DEFAULT_RECOVERY_MIN_AGE.as_secs()
+        && PUT_FILE_BUDGET.as_secs() >= super::connection::SETTLED_STATEMENT_BOUND.as_secs()
+);
 /// `LastSeen` moved forward to `$n`, never backwards.
 const ADVANCE: &str = "LastSeen = GREATEST(COALESCE(LastSeen, ''), $n)";
 
@@ -164,7 +175,20 @@ impl MetaStore for PostgresStore {
             &file.verified,
             &now,
         ];
+        let began = std::time::Instant::now();
+        let over_budget = || {
+            (began.elapsed() > PUT_FILE_BUDGET).then(|| {
+                StoreError::Database(format!(
+                    "storing the row of {:?} took over {} s; given up",
+                    file.file_name,
+                    PUT_FILE_BUDGET.as_secs()
+                ))
+            })
+        };
         for _ in 0..PUT_FILE_ATTEMPTS {
+            if let Some(error) = over_budget() {
+                return Err(error);
+            }
             let replaced = self.query_settled(
                 &format!(
                     "WITH replaced AS (
@@ -188,6 +212,9 @@ impl MetaStore for PostgresStore {
             )?;
             if let Some(row) = replaced.first() {
                 return row.try_get(0).map(Some).map_err(db_err);
+            }
+            if let Some(error) = over_budget() {
+                return Err(error);
             }
             let inserted = self.query_settled(
                 &format!(
