@@ -320,6 +320,94 @@ fn a_paused_upload_keeps_its_marker_young() {
     assert!(content == Some(expected), "the completed object differs");
 }
 
+/// A multipart upload dropped as the server stops (an upload the shutdown cut) is
+/// aborted, its marker deleted, before the store goes: closing waits for that
+/// background work, which the runtime's shutdown used to cut off, leaving the parts
+/// stored (and, with SQLite, no sweep to remove them while the server runs).
+#[test]
+fn uploads_cut_by_the_shutdown_are_aborted_before_the_store_closes() {
+    let Some(weed) = shared("uploads_cut_by_the_shutdown_are_aborted_before_the_store_closes")
+    else {
+        return;
+    };
+    let Store::S3(location) = weed.fresh() else {
+        unreachable!()
+    };
+    let store = S3BlobStore::open(&location, Duration::from_secs(600)).unwrap();
+    let mut cut = store.create_temp(&CLIENT, "cut.bin").unwrap();
+    cut.write_all(&data((8 << 20) + 1, 6)).unwrap();
+    let markers = || -> Vec<String> {
+        weed.keys(&location.prefix)
+            .into_iter()
+            .filter(|key| key.starts_with("uploads/"))
+            .collect()
+    };
+    assert_eq!(
+        markers().len(),
+        1,
+        "a multipart upload under way has its marker"
+    );
+    drop(cut);
+    assert!(
+        store.close(Duration::from_secs(30)),
+        "the abort did not finish"
+    );
+    drop(store);
+    assert_eq!(markers(), Vec::<String>::new());
+    // Nothing is left of the upload: no object, and its parts are gone with the abort.
+    assert_eq!(weed.keys(&location.prefix), Vec::<String>::new());
+}
+
+/// The same through the server binary: SIGTERM in the middle of a multipart upload
+/// aborts it before the process exits (the session's close waits for the store; the
+/// process used to exit with the abort cut off, leaving the parts and the marker).
+#[test]
+fn a_graceful_stop_aborts_the_upload_it_cuts() {
+    let Some(weed) = shared("a_graceful_stop_aborts_the_upload_it_cuts") else {
+        return;
+    };
+    let prefix = format!("stop{}", std::process::id());
+    let markers = || -> Vec<String> {
+        weed.keys(&prefix)
+            .into_iter()
+            .filter(|key| key.starts_with("uploads/"))
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(process::SERVER_BIN);
+    command
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .args(["--bind", "127.0.0.1:0", "--store"])
+        .arg(format!("s3://{BUCKET}/{prefix}"))
+        .env("AWS_ENDPOINT_URL", weed.endpoint())
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", common::s3::SECRET_KEY);
+    let mut server = process::ServerProcess::spawn(command);
+    let mut conn = Conn::connect(server.listening_addr());
+    let (id, key) = enroll(&mut conn, "stopped");
+    let plain = data(12 << 20, 7);
+    let cipher = encrypt(&key, &plain);
+    let sent = packets(
+        id,
+        "cut.bin",
+        plain.len(),
+        &cipher,
+        1 << 20,
+        ContentSize::PerPacket,
+    );
+    for packet in &sent[..10] {
+        conn.send_raw(packet);
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || markers().len() == 1),
+        "the multipart upload did not start"
+    );
+    assert!(server.terminate().success());
+    assert_eq!(markers(), Vec::<String>::new());
+}
+
 /// An abandoned multipart upload whose abort fails keeps its marker, the upload's only
 /// record (uploads cannot be listed), so that a later start-up aborts it; a marker
 /// another server starting at the same time removed first is left to it, and the rest of

@@ -58,6 +58,10 @@ fn store_error(what: &str, error: StoreError) -> Outcome {
     Outcome::storage_error(format!("{what}: {error}"))
 }
 
+/// How long closing waits for the blob store's background work (the aborts of the
+/// uploads cut by the shutdown).
+const BLOBS_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Core {
     /// A core over the given stores, making client IDs and AES keys with `entropy`.
     pub fn new(
@@ -187,10 +191,20 @@ impl Core {
         uploads
     }
 
-    /// Flushes LastSeen, drops parked uploads and closes the metadata store.
+    /// Flushes LastSeen, drops parked uploads, lets the blob store finish aborting them,
+    /// and closes the metadata store.
     pub fn close(&self) -> Result<(), StoreError> {
         let flushed = self.flush_last_seen();
         drop(self.registry.drain_parked());
+        // The uploads just dropped (and those of the connections closed before) abort
+        // their multipart uploads in the background: let that finish.
+        if !self.blobs.close(BLOBS_CLOSE_WAIT) {
+            tracing::warn!(
+                wait_secs = BLOBS_CLOSE_WAIT.as_secs(),
+                "the store did not finish aborting the uploads cut by the shutdown; their \
+                 parts stay until a later recovery removes them"
+            );
+        }
         let closed = self.meta.close();
         flushed.and(closed)
     }

@@ -298,6 +298,14 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn is_shared(&self) -> bool {
         false
     }
+    /// At shutdown, once no upload is left: finishes, within `within`, what dropped
+    /// uploads started in the background (an object store's aborts of their multipart
+    /// uploads, which would otherwise be cut off and leave their parts stored until a
+    /// later recovery). False if some were still running then. The default: nothing
+    /// runs in the background.
+    fn close(&self, _within: std::time::Duration) -> bool {
+        true
+    }
     /// Removes temporary files left by an earlier run; returns how many.
     fn remove_stale_temps(&self) -> io::Result<usize>;
     /// Paths (relative to the data folder, as [`TempBlob::persist`] returns them) of

@@ -126,6 +126,16 @@ struct Shared {
     /// Part buffers for the next parts (their own `Arc`: the payloads holding them are
     /// dropped on the runtime's threads, where `Shared` itself must never be).
     parts: Arc<parts::PartPool>,
+    /// The background tasks under way ([`Shared::spawn_detached`]), for
+    /// [`BlobStore::close`] to wait for.
+    detached: Arc<Detached>,
+}
+
+/// A count of background tasks under way, and a wake-up when one ends.
+#[derive(Debug, Default)]
+struct Detached {
+    running: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -255,6 +265,7 @@ impl S3BlobStore {
                 runtime: Mutex::new(Some(runtime)),
                 location: location.to_string(),
                 parts: Arc::default(),
+                detached: Arc::default(),
             }),
         })
     }
@@ -359,11 +370,38 @@ impl Shared {
         what: &'static str,
         work: impl Future<Output = Result<(), object_store::Error>> + Send + 'static,
     ) {
+        use std::sync::atomic::Ordering;
+        let detached = Arc::clone(&self.detached);
+        detached.running.fetch_add(1, Ordering::SeqCst);
         self.handle.spawn(async move {
             if let Err(error) = work.await {
                 tracing::warn!(%error, "{what} (recovery will retry)");
             }
+            detached.running.fetch_sub(1, Ordering::SeqCst);
+            detached.ended.notify_waiters();
         });
+    }
+
+    /// Waits up to `within` for the background tasks under way; false if some still
+    /// run then. A blocking call, never on one of the runtime's threads.
+    fn finish_detached(&self, within: Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let detached = Arc::clone(&self.detached);
+        self.handle.block_on(async move {
+            let all_ended = async {
+                loop {
+                    let ended = detached.ended.notified();
+                    tokio::pin!(ended);
+                    // Registered before the count is read: an end in between wakes it.
+                    ended.as_mut().enable();
+                    if detached.running.load(Ordering::SeqCst) == 0 {
+                        return;
+                    }
+                    ended.await;
+                }
+            };
+            tokio::time::timeout(within, all_ended).await.is_ok()
+        })
     }
 }
 impl BlobStore for S3BlobStore {
@@ -413,6 +451,12 @@ impl BlobStore for S3BlobStore {
     }
 
     /// Any number of servers may share the bucket (see the module docs).
+    /// Waits for the aborts of the multipart uploads dropped last (at shutdown, those in
+    /// progress), which the runtime's shutdown would otherwise cut off.
+    fn close(&self, within: Duration) -> bool {
+        self.shared.finish_detached(within)
+    }
+
     fn is_shared(&self) -> bool {
         true
     }

@@ -538,6 +538,9 @@ impl<B: BlobStore> BlobStore for FaultyBlobs<B> {
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }
+    fn close(&self, within: std::time::Duration) -> bool {
+        self.inner.close(within)
+    }
     fn remove_stale_temps(&self) -> io::Result<usize> {
         self.inner.remove_stale_temps()
     }
