@@ -42,6 +42,46 @@ fn entries(dir: &std::path::Path, id: ClientId) -> usize {
         .unwrap_or(0)
 }
 
+/// The server's own failures (here a full disk) are answered 1607 but do not count
+/// against the client's failure budget: a client retrying through an outage (rule C8: four
+/// tries a request) is not banned for it, nor is everyone behind its address.
+#[test]
+fn the_servers_own_failures_do_not_spend_the_clients_failure_budget() {
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.failure_limit = sfc_server::RateLimit::new(1, 3);
+    let switches = Arc::new(Faults::default());
+    let storage = faulty_local_storage(dir.path(), &switches);
+    let server = RunningServer::start_with(config, storage).unwrap();
+    let mut conn = Conn::connect(server.addr());
+    let (id, key) = enroll(&mut conn, "outage");
+    switches.disk_full.store(true, Ordering::SeqCst);
+    let plain = data(1000, 2);
+    for attempt in 0..8 {
+        let reply = upload(&mut conn, id, &key, "f.bin", &plain, 500);
+        assert_eq!(reply, Response::ServerError, "attempt {attempt}");
+    }
+    assert!(
+        !conn.closed_within(Duration::from_millis(200)),
+        "the connection was closed"
+    );
+    switches.disk_full.store(false, Ordering::SeqCst);
+    let reply = upload(&mut conn, id, &key, "f.bin", &plain, 500);
+    assert_received(&reply, id, "f.bin", &plain);
+    // A new connection from the same address is served too.
+    let mut again = Conn::connect(server.addr());
+    assert_eq!(
+        again.call(&file_name_request(id, 900, "f.bin")),
+        Response::Ack { client_id: Some(id) }
+    );
+    // The client's own failures still count: beyond the budget its connection closes.
+    for _ in 0..4 {
+        again.call(&file_name_request(id, 900, "no-such-file"));
+    }
+    assert!(again.closed_within(Duration::from_secs(5)));
+}
+
 #[test]
 fn disk_full_gives_1607_and_leaves_no_temporary_file() {
     let (dir, server, switches) = start();

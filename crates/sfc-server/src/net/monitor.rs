@@ -595,7 +595,7 @@ impl Monitor {
                         .get_or_create(&label("limit", "registration"))
                         .inc();
                 }
-                None => {}
+                Some(Cause::Capacity) | None => {}
             }
             self.failure(
                 &format!(

@@ -162,6 +162,9 @@ pub enum Cause {
     Storage,
     /// A per-address rate limit refused it.
     RateLimit,
+    /// The server's own cap on uploads in progress (`--max-uploads`, per address too)
+    /// refused it.
+    Capacity,
 }
 
 /// The session's decision: the reply to send, if any, and why (for the log).
@@ -209,6 +212,14 @@ impl Outcome {
         }
     }
 
+    /// A 1607 because the server has as many uploads in progress as it takes.
+    pub(crate) fn capacity_error(detail: impl Into<String>) -> Self {
+        Outcome {
+            cause: Some(Cause::Capacity),
+            ..Outcome::error(detail)
+        }
+    }
+
     /// A 1607 for an upload abandoned because its temporary file could not be written.
     pub(crate) fn write_failed(error: &std::io::Error) -> Self {
         Outcome::storage_error(format!("upload abandoned: cannot write the file: {error}"))
@@ -241,16 +252,19 @@ impl Outcome {
     }
 
     /// True for the replies that count against the peer's failure budget (1601, 1606,
-    /// 1607).
+    /// 1607), but for the server's own failures (its database or file store) and caps:
+    /// those say nothing of the peer, and counting them would turn an outage into bans
+    /// of the clients that retried through it (rule C8 tries each request four times).
     pub fn is_failure(&self) -> bool {
-        matches!(
+        let refused = matches!(
             self.code(),
             Some(
                 ResponseCode::RegistrationFailed
                     | ResponseCode::ReconnectRejected
                     | ResponseCode::ServerError
             )
-        )
+        );
+        refused && !matches!(self.cause, Some(Cause::Storage | Cause::Capacity))
     }
 }
 

@@ -309,13 +309,13 @@ impl Core {
             )),
             Err(ClaimError::TooMany(cap)) => {
                 tracing::warn!(client = %id.short(), file = packet.file_name.as_str(), cap, "upload refused: --max-uploads uploads in progress");
-                Err(Outcome::error(format!(
+                Err(Outcome::capacity_error(format!(
                     "upload refused: the server has {cap} uploads in progress, its limit (--max-uploads)"
                 )))
             }
             Err(ClaimError::TooManyFromAddress(cap)) => {
                 tracing::warn!(client = %id.short(), file = packet.file_name.as_str(), cap, "upload refused: --max-uploads-per-address uploads in progress from this address");
-                Err(Outcome::error(format!(
+                Err(Outcome::capacity_error(format!(
                     "upload refused: {cap} uploads in progress from this address, the limit (--max-uploads-per-address)"
                 )))
             }
