@@ -73,7 +73,9 @@ fn the_servers_own_failures_do_not_spend_the_clients_failure_budget() {
     let mut again = Conn::connect(server.addr());
     assert_eq!(
         again.call(&file_name_request(id, 900, "f.bin")),
-        Response::Ack { client_id: Some(id) }
+        Response::Ack {
+            client_id: Some(id)
+        }
     );
     // The client's own failures still count: beyond the budget its connection closes.
     for _ in 0..4 {

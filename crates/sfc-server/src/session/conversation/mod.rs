@@ -324,6 +324,9 @@ impl Conversation {
                         Err(outcome) => current.reject = Some(outcome),
                     }
                 }
+                // The content is read again only now: the server's own wait (the store,
+                // the blocking pool) is not the client's, as after a flush.
+                self.renew_deadline();
             }
             (Waiting::Flush, done) => self.flushed(done),
             (Waiting::EndPacket, done) => {

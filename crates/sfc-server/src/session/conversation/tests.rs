@@ -192,6 +192,41 @@ fn file_content_renews_the_deadline_every_64_kib() {
     assert!(!s.conversation.expects_content());
 }
 
+/// The job that starts an upload (a database lookup, the temporary file) may wait for the
+/// store or the blocking pool: the content's deadline runs from when it is done, as after
+/// a flush, not from the packet's header (it would have passed when reading resumes).
+#[test]
+fn the_deadline_runs_from_the_end_of_the_job_that_starts_an_upload() {
+    let mut s = setup(Policy {
+        failures_allowed: 10,
+        ..Policy::default()
+    });
+    let content_len = 1000;
+    let packet = FilePacketHeader {
+        content_size: content_len,
+        orig_file_size: content_len - 1,
+        packet_number: 1,
+        total_packets: 1,
+        file_name: name("f"),
+    };
+    let header = RequestHeader::new(ClientId([7; 16]), RequestCode::SendFile, 267 + content_len);
+    let t0 = at(s.start, 0);
+    s.conversation.handle(
+        Event::Decoded(RequestEvent::FilePacket {
+            header,
+            packet,
+            content_len,
+        }),
+        t0,
+    );
+    assert_eq!(s.conversation.deadline(), Some(t0.mono + TIMEOUT));
+    // The job ends after the whole time-out.
+    let late = at(s.start, TIMEOUT.as_secs() + 2);
+    assert!(drain(&mut s.conversation, late).is_empty());
+    assert!(s.conversation.expects_content());
+    assert_eq!(s.conversation.deadline(), Some(late.mono + TIMEOUT));
+}
+
 #[test]
 fn the_failure_that_exhausts_the_budget_is_answered_then_the_connection_closed() {
     let mut s = setup(Policy {
