@@ -302,7 +302,26 @@ impl Core {
             total: packet.total_packets,
             parked: false,
         };
-        match self.registry.claim(id, ctx.peer, progress) {
+        let mut claimed = self.registry.claim(id, ctx.peer, progress.clone());
+        if matches!(claimed, Err(ClaimError::TooMany(_))) {
+            // An upload idle for longer than a request may take makes room.
+            if let Some(idle) = self
+                .registry
+                .evict_idlest(ctx.at, self.limits.request_timeout)
+            {
+                tracing::warn!(
+                    client = %idle.client_id.short(),
+                    file = idle.file_name.as_str(),
+                    received = idle.next_packet.saturating_sub(1),
+                    total = idle.total_packets,
+                    "unfinished upload dropped for a new one: --max-uploads uploads in progress, \
+                     this one the longest waiting for its next packet"
+                );
+                drop(idle);
+                claimed = self.registry.claim(id, ctx.peer, progress);
+            }
+        }
+        match claimed {
             Ok(claimed) => Ok(claimed),
             Err(ClaimError::Busy) => Err(Outcome::error(
                 "another connection is sending a packet for this client",

@@ -921,3 +921,57 @@ fn a_removed_client_s_files_that_could_not_be_removed_are_all_retried() {
         "the removed client's emptied folder goes too"
     );
 }
+
+/// At the `--max-uploads` cap, an upload that has waited for its next packet longer than
+/// a request may take makes room for a newcomer (the one waiting longest); younger ones
+/// do not. Uploads started and left (packet 1, then nothing) would otherwise hold every
+/// place until the upload time-out.
+#[test]
+fn at_the_upload_cap_the_upload_idle_longest_makes_room() {
+    let limits = Limits {
+        max_uploads: 2,
+        ..default_limits()
+    };
+    let wait = limits.request_timeout.as_secs();
+    let h = harness_with(limits);
+    let start = Instant::now();
+    let at = |secs: u64| {
+        Ctx::new(
+            true,
+            Now {
+                wall: Timestamp::now(),
+                mono: start + Duration::from_secs(secs),
+            },
+        )
+    };
+    let data = vec![7u8; 5000];
+    let mut clients = Vec::new();
+    for user in ["a", "b", "c"] {
+        let (id, key) = enroll(&h, user);
+        let cipher = encrypt(&key, &data);
+        clients.push((id, packets("f.bin", &data, &cipher, 2000)));
+    }
+    let send = |n: usize, packet: usize, secs: u64| {
+        let (id, bodies) = &clients[n];
+        h.core
+            .handle_request(&at(secs), request(*id, bodies[packet].clone()))
+            .reply
+    };
+    let received = |n: usize| {
+        Some(Response::PacketReceived {
+            client_id: clients[n].0,
+        })
+    };
+    // a and b start, each on a connection of its own, and wait for their next packets.
+    assert_eq!(send(0, 0, 0), received(0));
+    assert_eq!(send(1, 0, 1), received(1));
+    // c, at once: neither has waited long enough to make room.
+    assert_eq!(send(2, 0, 2), Some(Response::ServerError));
+    assert_eq!(h.core.uploads_in_progress(), 2);
+    // Later: both have, a longest; it makes room and c starts.
+    assert_eq!(send(2, 0, wait + 2), received(2));
+    assert_eq!(h.core.uploads_in_progress(), 2);
+    // a's next packet finds its upload gone; b goes on.
+    assert_eq!(send(0, 1, wait + 3), Some(Response::ServerError));
+    assert_eq!(send(1, 1, wait + 3), received(1));
+}

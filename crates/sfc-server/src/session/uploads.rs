@@ -569,6 +569,27 @@ impl Registry {
             .collect()
     }
 
+    /// Takes out the upload parked longest, if it has waited for its next packet at least
+    /// `idle_for`: at the `--max-uploads` cap, room for a newcomer. Otherwise uploads
+    /// started and left (packet 1 of a file, on a connection then closed) would hold
+    /// every place until the upload time-out, for the price of one packet each.
+    pub(super) fn evict_idlest(&self, now: Instant, idle_for: Duration) -> Option<Box<Upload>> {
+        let mut slots = self.lock();
+        let (_, idlest) = slots
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Parked { since, .. } if now.saturating_duration_since(*since) >= idle_for => {
+                    Some((*since, *id))
+                }
+                _ => None,
+            })
+            .min()?;
+        match slots.remove(&idlest) {
+            Some(Slot::Parked { upload, .. }) => Some(upload),
+            _ => None,
+        }
+    }
+
     #[allow(clippy::vec_box)]
     pub(super) fn drain_parked(&self) -> Vec<Box<Upload>> {
         let mut slots = self.lock();
