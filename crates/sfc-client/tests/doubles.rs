@@ -12,6 +12,15 @@ use common::{
 
 const SERVER_ERROR: &str = "server responded with an error";
 
+/// A client folder registered with `double` as `name` by a first run (a 1000-byte
+/// `data.bin`), for runs that reconnect (827).
+fn registered(double: &Double, name: &str) -> tempfile::TempDir {
+    let dir = tempdir();
+    setup(dir.path(), double, name, 1000);
+    run_client(dir.path(), &[]).assert_code(0);
+    dir
+}
+
 /// transfer.info pointing at `double`, a file `data.bin` of `len` bytes; returns its bytes.
 fn setup(dir: &std::path::Path, double: &Double, name: &str, len: usize) -> Vec<u8> {
     write_transfer_info(dir, &double.address(), name, "data.bin");
@@ -865,10 +874,8 @@ fn a_cut_during_the_first_file_after_a_reconnect_keeps_one_connection() {
         cut_once_after_content: Some(1 << 20),
         ..Behaviour::default()
     });
-    let dir = tempdir();
     // Registered by a first run whose small file gets nowhere near the cut.
-    setup(dir.path(), &double, "cut", 1000);
-    run_client(dir.path(), &[]).assert_code(0);
+    let dir = registered(&double, "cut");
     let big = make_file(&dir.path().join("big.bin"), 3 << 20, 3);
     let next = make_file(&dir.path().join("next.bin"), 100_000, 4);
     let run = run_client(dir.path(), &["-v", "big.bin", "next.bin"]);
@@ -913,10 +920,8 @@ fn a_late_close_after_each_reply_is_recognised_at_the_second_cut() {
         answer_every_packet: true,
         ..Behaviour::default()
     });
-    let dir = tempdir();
     // Registered first; the second run's 827 has its connection to itself.
-    setup(dir.path(), &double, "late", 1000);
-    run_client(dir.path(), &[]).assert_code(0);
+    let dir = registered(&double, "late");
     let data = make_file(&dir.path().join("data.bin"), 200_000, 5);
     let run = run_client(dir.path(), &["--packet-size", "1000", "-v"]);
     run.assert_code(0);

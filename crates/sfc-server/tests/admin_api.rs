@@ -2215,22 +2215,16 @@ fn connections_refused_by_the_admin_listener_do_not_flood_the_log() {
         assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
     }
     let needle = "too many connections from one address";
-    let lines = server.lines_containing(needle, Duration::from_millis(500));
-    assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert!(lines[0].contains("refused=1"), "{lines:#?}");
     drop(held);
-    assert!(server.terminate().success());
-    let rest = format!(
-        "{} more connections closed since the last line ({needle})",
-        refused - 1
+    let first = one_line_then_the_count_at_exit(
+        &mut server,
+        needle,
+        &format!(
+            "{} more connections closed since the last line ({needle})",
+            refused - 1
+        ),
     );
-    let at_exit = server.lines_containing(&rest, Duration::from_secs(1));
-    assert_eq!(
-        at_exit.len(),
-        1,
-        "{:#?}",
-        server.lines_containing("", Duration::ZERO)
-    );
+    assert!(first.contains("refused=1"), "{first}");
 }
 
 /// The same for failed TLS handshakes: a peer that sends a byte of garbage to a TLS
@@ -2266,22 +2260,13 @@ fn failed_admin_tls_handshakes_do_not_flood_the_log() {
         let mut rest = Vec::new();
         let _ = std::io::Read::read_to_end(&mut peer, &mut rest);
     }
-    let lines = server.lines_containing(
+    one_line_then_the_count_at_exit(
+        &mut server,
         "TLS handshake failed; connection closed",
-        Duration::from_millis(500),
-    );
-    assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert!(server.terminate().success());
-    let rest = format!(
-        "{} more connections closed since the last line (TLS handshake failed)",
-        failed - 1
-    );
-    let at_exit = server.lines_containing(&rest, Duration::from_secs(1));
-    assert_eq!(
-        at_exit.len(),
-        1,
-        "{:#?}",
-        server.lines_containing("", Duration::ZERO)
+        &format!(
+            "{} more connections closed since the last line (TLS handshake failed)",
+            failed - 1
+        ),
     );
 }
 
@@ -2300,17 +2285,9 @@ fn failed_logins_do_not_flood_the_log() {
         let answer = raw_exchange(admin, &wrong);
         assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     }
-    let lines = server.lines_containing("admin: failed login", Duration::from_millis(500));
-    assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert!(lines[0].contains("failed=1"), "{lines:#?}");
-    assert!(server.terminate().success());
-    let at_exit = server.lines_containing("2 more failed logins", Duration::from_secs(1));
-    assert_eq!(
-        at_exit.len(),
-        1,
-        "{:#?}",
-        server.lines_containing("", Duration::ZERO)
-    );
+    let first =
+        one_line_then_the_count_at_exit(&mut server, "admin: failed login", "2 more failed logins");
+    assert!(first.contains("failed=1"), "{first}");
 }
 
 /// `/logout` reads its form only once it knows the request has a session: a stranger
@@ -2341,4 +2318,24 @@ fn logout_reads_no_form_before_the_session_is_known() {
         .read_exact(&mut head)
         .expect("answered without the body");
     assert_eq!(&head, b"HTTP/1.1 303");
+}
+
+/// After a burst of events: one line with `first` logged (returned), and at exit one
+/// line with `rest`, the others of the burst counted.
+fn one_line_then_the_count_at_exit(
+    server: &mut common::process::ServerProcess,
+    first: &str,
+    rest: &str,
+) -> String {
+    let lines = server.lines_containing(first, Duration::from_millis(500));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(server.terminate().success());
+    let at_exit = server.lines_containing(rest, Duration::from_secs(1));
+    assert_eq!(
+        at_exit.len(),
+        1,
+        "{:#?}",
+        server.lines_containing("", Duration::ZERO)
+    );
+    lines[0].clone()
 }

@@ -54,24 +54,20 @@ fn the_urls_options_keep_the_stores_time_outs() {
         let url = format!("{}?options={options}", cluster.url(&name));
         PostgresStore::open(&PostgresUrl::parse(&url).unwrap()).unwrap()
     };
+    let time_outs = |store: &PostgresStore| {
+        [
+            store.setting("statement_timeout").unwrap(),
+            store
+                .setting("idle_in_transaction_session_timeout")
+                .unwrap(),
+        ]
+    };
     let store = with("-c%20search_path%3Dpublic");
     assert_eq!(store.setting("search_path").unwrap(), "public");
-    assert_eq!(store.setting("statement_timeout").unwrap(), "30s");
-    assert_eq!(
-        store
-            .setting("idle_in_transaction_session_timeout")
-            .unwrap(),
-        "5s"
-    );
+    assert_eq!(time_outs(&store), ["30s", "5s"]);
     store.close().unwrap();
     let store = with("-c%20statement_timeout%3D45s");
-    assert_eq!(store.setting("statement_timeout").unwrap(), "45s");
-    assert_eq!(
-        store
-            .setting("idle_in_transaction_session_timeout")
-            .unwrap(),
-        "5s"
-    );
+    assert_eq!(time_outs(&store), ["45s", "5s"]);
     store.close().unwrap();
 }
 

@@ -374,17 +374,7 @@ fn a_graceful_stop_aborts_the_upload_it_cuts() {
             .collect()
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut command = std::process::Command::new(process::SERVER_BIN);
-    command
-        .args(["--data-dir", dir.path().to_str().unwrap()])
-        .args(["--bind", "127.0.0.1:0", "--store"])
-        .arg(format!("s3://{BUCKET}/{prefix}"))
-        .env("AWS_ENDPOINT_URL", weed.endpoint())
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::s3::SECRET_KEY);
-    let mut server = process::ServerProcess::spawn(command);
+    let mut server = s3_server_process(weed, dir.path(), &prefix);
     let mut conn = Conn::connect(server.listening_addr());
     let (id, key) = enroll(&mut conn, "stopped");
     let plain = data(12 << 20, 7);
@@ -758,22 +748,29 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// The server binary on `dir`, on a free port of 127.0.0.1, storing in `weed`'s bucket
+/// under `prefix`.
+fn s3_server_process(weed: &Weed, dir: &std::path::Path, prefix: &str) -> process::ServerProcess {
+    let mut command = std::process::Command::new(process::SERVER_BIN);
+    command
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .args(["--bind", "127.0.0.1:0", "--store"])
+        .arg(format!("s3://{BUCKET}/{prefix}"))
+        .env("AWS_ENDPOINT_URL", weed.endpoint())
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", common::s3::SECRET_KEY);
+    process::ServerProcess::spawn(command)
+}
+
 #[test]
 fn a_64_mib_upload_keeps_the_server_s_memory_bounded() {
     let Some(weed) = shared("a_64_mib_upload_keeps_the_server_s_memory_bounded") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut command = std::process::Command::new(process::SERVER_BIN);
-    command
-        .args(["--data-dir", dir.path().to_str().unwrap()])
-        .args(["--bind", "127.0.0.1:0", "--store", "s3://sfc-test/memory"])
-        .env("AWS_ENDPOINT_URL", weed.endpoint())
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::s3::SECRET_KEY);
-    let mut server = process::ServerProcess::spawn(command);
+    let mut server = s3_server_process(weed, dir.path(), "memory");
     let addr = server.listening_addr();
     let pid = server.child.id();
     let mut conn = Conn::connect(addr);

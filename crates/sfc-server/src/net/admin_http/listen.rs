@@ -195,6 +195,20 @@ impl std::fmt::Debug for AdminListener {
 }
 
 impl AdminListener {
+    fn new(tcp: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        AdminListener {
+            tcp,
+            tls,
+            handshakes: JoinSet::new(),
+            handshake_order: VecDeque::new(),
+            handshakes_aborted: HashSet::new(),
+            handshakes_per_address: ConnectionsPerAddress::new(MAX_HANDSHAKES_PER_ADDRESS),
+            connections_per_address: ConnectionsPerAddress::new(MAX_CONNECTIONS_PER_ADDRESS),
+            accept_errors: AcceptErrors::new("admin listener"),
+            refusals: Arc::new(RefusalLines::new()),
+        }
+    }
+
     /// Handshakes under way, not counting those aborted.
     fn handshakes_under_way(&self) -> usize {
         self.handshakes
@@ -329,17 +343,7 @@ impl AdminServer {
             .with_context(|| format!("cannot listen on --admin-listen {}", config.listen))?;
         let secure_cookie = tls.is_some();
         Ok(AdminServer {
-            listener: AdminListener {
-                tcp,
-                tls,
-                handshakes: JoinSet::new(),
-                handshake_order: VecDeque::new(),
-                handshakes_aborted: HashSet::new(),
-                handshakes_per_address: ConnectionsPerAddress::new(MAX_HANDSHAKES_PER_ADDRESS),
-                connections_per_address: ConnectionsPerAddress::new(MAX_CONNECTIONS_PER_ADDRESS),
-                accept_errors: AcceptErrors::new("admin listener"),
-                refusals: Arc::new(RefusalLines::new()),
-            },
+            listener: AdminListener::new(tcp, tls),
             state: Arc::new(AdminState {
                 core,
                 monitor,
@@ -572,17 +576,8 @@ mod tests {
     /// for good (and the caps stop holding).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_handshake_that_ends_as_it_is_aborted_leaves_the_count_right() {
-        let mut listener = AdminListener {
-            tcp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            tls: None,
-            handshakes: JoinSet::new(),
-            handshake_order: VecDeque::new(),
-            handshakes_aborted: HashSet::new(),
-            handshakes_per_address: ConnectionsPerAddress::new(MAX_HANDSHAKES_PER_ADDRESS),
-            connections_per_address: ConnectionsPerAddress::new(MAX_CONNECTIONS_PER_ADDRESS),
-            accept_errors: AcceptErrors::new("admin listener"),
-            refusals: Arc::new(RefusalLines::new()),
-        };
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut listener = AdminListener::new(tcp, None);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         // Busy in its last poll when the abort comes.
         let ending = listener.handshakes.spawn(async move {

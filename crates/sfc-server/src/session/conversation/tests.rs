@@ -110,6 +110,26 @@ fn name(s: &str) -> Name {
     Name::new(s).unwrap()
 }
 
+/// The header of a one-packet file of `content_len` bytes of an unknown client, at `now`.
+fn start_unknown_clients_packet(s: &mut Setup, content_len: u32, now: Now) {
+    let packet = FilePacketHeader {
+        content_size: content_len,
+        orig_file_size: content_len - 1,
+        packet_number: 1,
+        total_packets: 1,
+        file_name: name("f"),
+    };
+    let header = RequestHeader::new(ClientId([7; 16]), RequestCode::SendFile, 267 + content_len);
+    s.conversation.handle(
+        Event::Decoded(RequestEvent::FilePacket {
+            header,
+            packet,
+            content_len,
+        }),
+        now,
+    );
+}
+
 #[test]
 fn a_request_has_a_deadline_from_its_first_byte_until_its_reply() {
     let mut s = setup(Policy::default());
@@ -142,23 +162,8 @@ fn file_content_renews_the_deadline_every_64_kib() {
         ..Policy::default()
     });
     let content_len = 3 * CONTENT_PROGRESS_CHUNK as u32;
-    let packet = FilePacketHeader {
-        content_size: content_len,
-        orig_file_size: content_len - 1,
-        packet_number: 1,
-        total_packets: 1,
-        file_name: name("f"),
-    };
-    let header = RequestHeader::new(ClientId([7; 16]), RequestCode::SendFile, 267 + content_len);
     let t0 = at(s.start, 0);
-    s.conversation.handle(
-        Event::Decoded(RequestEvent::FilePacket {
-            header,
-            packet,
-            content_len,
-        }),
-        t0,
-    );
+    start_unknown_clients_packet(&mut s, content_len, t0);
     // An unknown client: the upload is refused, its content still has to arrive.
     assert!(drain(&mut s.conversation, t0).is_empty());
     assert!(s.conversation.expects_content());
@@ -202,23 +207,8 @@ fn the_deadline_runs_from_the_end_of_the_job_that_starts_an_upload() {
         ..Policy::default()
     });
     let content_len = 1000;
-    let packet = FilePacketHeader {
-        content_size: content_len,
-        orig_file_size: content_len - 1,
-        packet_number: 1,
-        total_packets: 1,
-        file_name: name("f"),
-    };
-    let header = RequestHeader::new(ClientId([7; 16]), RequestCode::SendFile, 267 + content_len);
     let t0 = at(s.start, 0);
-    s.conversation.handle(
-        Event::Decoded(RequestEvent::FilePacket {
-            header,
-            packet,
-            content_len,
-        }),
-        t0,
-    );
+    start_unknown_clients_packet(&mut s, content_len, t0);
     assert_eq!(s.conversation.deadline(), Some(t0.mono + TIMEOUT));
     // The job ends after the whole time-out.
     let late = at(s.start, TIMEOUT.as_secs() + 2);
