@@ -441,6 +441,22 @@ fn an_abandoned_upload_is_forgotten_only_once_aborted() {
     assert_eq!(recovered.stale_temps, 0);
     assert_eq!(proxy.answered(), 2);
 
+    // A marker that cannot be read (here refused) is left for a later pass; the rest of
+    // recovery goes on (one such marker used to end the pass, and a start-up, in error).
+    let late_orphan = put(&starting, "late-orphan.bin", b"never acknowledged either");
+    std::thread::sleep(grace + Duration::from_millis(500));
+    proxy.stop_answering();
+    proxy.deny_reads(&format!("/{BUCKET}/{prefix}/uploads/"));
+    let recovered = recover(&|| Ok(Vec::new()), 1, &starting).unwrap();
+    assert_eq!(recovered.stale_temps, 0);
+    assert_eq!(proxy.answered(), 3);
+    assert!(marker().is_some());
+    assert_eq!(
+        recovered.orphans,
+        [late_orphan],
+        "the rest of recovery went on"
+    );
+
     proxy.stop_answering();
     let recovered = recover(&|| Ok(Vec::new()), 1, &starting).unwrap();
     assert_eq!(recovered.stale_temps, 1);

@@ -156,6 +156,12 @@ impl AnswerLosingProxy {
         self.state.seen.lock().unwrap().clone()
     }
 
+    /// From now on, reads (`GET`) of objects whose target contains `target` get `403
+    /// AccessDenied` from the proxy (a role that may not read them).
+    pub fn deny_reads(&self, target: &str) {
+        self.answer("GET", target, "403 Forbidden", "AccessDenied");
+    }
+
     /// From now on, reads (`GET`) of objects whose target contains `target` get `404
     /// NoSuchKey` from the proxy (as when another client deleted them first).
     pub fn answer_reads_with_not_found(&self, target: &str) {

@@ -70,16 +70,31 @@ impl Shared {
                     }
                 }
                 shared.delete_quietly(&marker.location).await.map(|()| true)
-            })?;
-            removed += usize::from(aborted);
+            });
+            // One marker that cannot be read or deleted (a 403, a store failing for a
+            // while) is left for a later pass; the others, and the rest of recovery, go on.
+            match aborted {
+                Ok(aborted) => removed += usize::from(aborted),
+                Err(error) => tracing::warn!(
+                    marker = %marker.location,
+                    %error,
+                    "cannot clear an abandoned upload's marker; a later pass tries again"
+                ),
+            }
         }
         let old_backups = shared.list_kept(FILES_DIR, |object| {
             let is_backup = object.location.filename().is_some_and(is_temp_name);
             (is_backup && shared.is_old(&object)).then_some(object.location)
         })?;
         for backup in old_backups {
-            shared.run(shared.delete_quietly(&backup))?;
-            removed += 1;
+            match shared.run(shared.delete_quietly(&backup)) {
+                Ok(()) => removed += 1,
+                Err(error) => tracing::warn!(
+                    object = %backup,
+                    %error,
+                    "cannot delete an old backup; a later pass tries again"
+                ),
+            }
         }
         Ok(removed)
     }
