@@ -1035,6 +1035,25 @@ fn a_file_that_changes_while_it_is_sent_is_reported() {
     assert_eq!(double.state().stored["next.bin"].len(), 100);
 }
 
+/// A file removed once it was read whole cannot be checked against what was read: it
+/// counts as changed, the server is told to drop its copy (902), and the message says so
+/// (it said only that the file could not be read).
+#[test]
+fn a_file_removed_after_it_was_read_is_dropped_and_the_902_reported() {
+    let dir = tempdir();
+    let double = Double::start(Behaviour {
+        remove_before_final_reply: Some(dir.path().join("data.bin")),
+        ..Behaviour::default()
+    });
+    setup(dir.path(), &double, "rotated", 5000);
+    let run = run_client(dir.path(), &[]);
+    run.assert_code(2);
+    for wanted in ["it can no longer be read", "told to drop them (902)"] {
+        assert!(run.stderr.contains(wanted), "{wanted}: {}", run.stderr);
+    }
+    assert_eq!(double.state().failed, ["data.bin"]);
+}
+
 /// The 902 for a file that changed while it was sent is refused (1607 after the
 /// retries): a warning, and the change stays the error reported; the connection, which
 /// may be out of step, is closed, and the next file goes on a new one.

@@ -291,7 +291,15 @@ impl Snapshot {
 
     /// An error when the file is no longer as it was when this snapshot was taken.
     fn unchanged(&self, file: &FileToSend) -> Result<(), ClientError> {
-        let now = Snapshot::take(file)?;
+        // Gone or replaced by something else since: whether it changed while it was read
+        // cannot be told, so it counts as changed (and the message says 902 was sent).
+        let now = Snapshot::take(file).map_err(|gone| match gone {
+            ClientError::File { reason, .. } => self.changed(
+                file,
+                format!("it {}", reason.replace("cannot", "can no longer")),
+            ),
+            other => other,
+        })?;
         if (now.len, now.modified, now.identity) == (self.len, self.modified, self.identity) {
             return Ok(());
         }

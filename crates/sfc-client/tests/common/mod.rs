@@ -305,6 +305,9 @@ pub struct Behaviour {
     /// bytes) and set its modification time back: a change the times cannot show (a
     /// write within the filesystem's time tick of the one before).
     pub rewrite_keeping_time: Option<PathBuf>,
+    /// Remove this file before the final 1603 of a file: a source deleted (or rotated
+    /// away) once the client has read it whole.
+    pub remove_before_final_reply: Option<PathBuf>,
     /// Wait this long before the final 1603 of a file (a server busy checksumming).
     pub final_reply_delay: Option<Duration>,
     /// Stop reading (hold the connection, say nothing) once this many bytes of file
@@ -863,6 +866,9 @@ fn handle_packet(
     if packet.packet_number < packet.total_packets {
         return (behaviour.answer_every_packet || first)
             .then(|| Response::PacketReceived { client_id: id }.encode());
+    }
+    if let Some(path) = &behaviour.remove_before_final_reply {
+        let _ = std::fs::remove_file(path);
     }
     if let Some(delay) = behaviour.final_reply_delay {
         drop(s);
