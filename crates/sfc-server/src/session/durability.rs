@@ -4,7 +4,7 @@
 use super::error::FinishError;
 use super::uploads::Upload;
 use super::{Core, Ctx, Outcome};
-use crate::storage::{FileRecord, MetaStore};
+use crate::storage::{FileRecord, MetaStore, StoreError};
 use sfc_proto::{ClientId, Response};
 
 /// "stored as PATH: SIZE bytes in SECS s (RATE)": the whole file's size, the time since
@@ -172,8 +172,15 @@ impl Core {
                     ..old.clone()
                 });
                 // A failed commit may have happened, only its answer lost (a connection
-                // to PostgreSQL that broke after COMMIT): ask before undoing.
-                match self.meta.file(&client_id, file_name) {
+                // to PostgreSQL that broke after COMMIT): ask before undoing. Unless the
+                // store says it cannot be known yet (a commit still waiting, say): what
+                // the row shows now does not settle it, as when it cannot be read.
+                let row_now = if matches!(error, StoreError::Uncertain(_)) {
+                    Err(())
+                } else {
+                    self.meta.file(&client_id, file_name).map_err(drop)
+                };
+                match row_now {
                     Ok(row)
                         if row.as_ref() == Some(&record) && before.as_ref() != Some(&record) =>
                     {

@@ -162,8 +162,7 @@ pub enum Cause {
     Storage,
     /// A per-address rate limit refused it.
     RateLimit,
-    /// The server's own cap on uploads in progress (`--max-uploads`, per address too)
-    /// refused it.
+    /// The server's own cap on uploads in progress (`--max-uploads`) refused it.
     Capacity,
 }
 
@@ -252,7 +251,9 @@ impl Outcome {
     }
 
     /// True for the replies that count against the peer's failure budget (1601, 1606,
-    /// 1607), but for the server's own failures (its database or file store) and caps:
+    /// 1607), but for the server's own failures (its database or file store) and its cap
+    /// on uploads in progress from all clients (`--max-uploads`; the per-address one
+    /// counts, as the address's own doing):
     /// those say nothing of the peer, and counting them would turn an outage into bans
     /// of the clients that retried through it (rule C8 tries each request four times).
     pub fn is_failure(&self) -> bool {

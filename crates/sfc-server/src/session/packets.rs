@@ -334,7 +334,8 @@ impl Core {
             }
             Err(ClaimError::TooManyFromAddress(cap)) => {
                 tracing::warn!(client = %id.short(), file = packet.file_name.as_str(), cap, "upload refused: --max-uploads-per-address uploads in progress from this address");
-                Err(Outcome::capacity_error(format!(
+                // The address's own uploads fill it: counted, as the peer's doing.
+                Err(Outcome::error(format!(
                     "upload refused: {cap} uploads in progress from this address, the limit (--max-uploads-per-address)"
                 )))
             }

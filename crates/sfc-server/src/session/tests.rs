@@ -611,6 +611,27 @@ fn store(h: &Harness, id: ClientId, key: &AesKey, label: &str, data: &[u8]) {
     );
 }
 
+/// A file's row whose commit's outcome the store cannot learn (one still waiting for a
+/// synchronous standby may land later) undoes nothing: the new file stays for the row
+/// that may name it, and the client gets 1607. (Taken for a plain failure, the new file
+/// was removed, and a commit landing later named a missing file.)
+#[test]
+fn a_row_whose_commit_may_still_land_keeps_its_file() {
+    use std::sync::atomic::Ordering;
+    let (h, faults) = harness_with_faults();
+    let (id, key) = enroll(&h, "sync-standby");
+    faults.file_commits_uncertain.store(true, Ordering::SeqCst);
+    let data = b"waiting for the standby";
+    let cipher = encrypt(&key, data);
+    let mut bodies = packets("f.bin", data, &cipher, cipher.len());
+    let out = h
+        .core
+        .handle_request(&ctx(false), request(id, bodies.remove(0)));
+    assert_eq!(out.reply, Some(Response::ServerError));
+    let stored = h.root.join("files").join(id.to_hex()).join("f.bin");
+    assert_eq!(std::fs::read(stored).unwrap(), data);
+}
+
 /// A stored file whose removal fails after its row went (a 902) is removed by a later
 /// retry once the store works again; one whose label is stored again meanwhile (in a
 /// folder, at the same path) is left alone, and so is the retry list.

@@ -59,6 +59,10 @@ pub enum StoreError {
     /// The store was closed (server shutting down).
     #[error("the database is closed")]
     Closed,
+    /// A write whose commit may have happened or may still happen (its outcome could not
+    /// be learned in time): the caller must undo nothing that the write would name.
+    #[error("database error: {0}")]
+    Uncertain(String),
 }
 
 /// The error of a [`TempBlob::persist_undoable`] whose move into place could be neither

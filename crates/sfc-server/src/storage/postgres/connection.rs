@@ -219,14 +219,18 @@ impl PostgresStore {
                 tracing::warn!(%error, xid, "the commit's answer was lost; PostgreSQL says it committed");
                 Ok(rows)
             }
-            Outcome::Committed => Err(StoreError::Database(format!(
+            // Either the ID went to another transaction after a restart, or this one's
+            // change is not visible yet (a commit waiting for a synchronous standby is
+            // marked committed before others see it): which, cannot be told.
+            Outcome::Committed => Err(StoreError::Uncertain(format!(
                 "{error} (PostgreSQL says transaction {xid} committed, but its change is not \
-                 there: after a restart the ID went to another transaction)"
+                 there: not visible yet, or after a restart the ID went to another \
+                 transaction)"
             ))),
             Outcome::RolledBack => Err(StoreError::Database(format!(
                 "{error} (PostgreSQL says the transaction was rolled back)"
             ))),
-            Outcome::Unknown(why) => Err(StoreError::Database(format!(
+            Outcome::Unknown(why) => Err(StoreError::Uncertain(format!(
                 "{error}; whether the transaction committed is unknown: {why}"
             ))),
         }
@@ -432,21 +436,20 @@ enum Failed {
     NoAnswerToCommit(Vec<Row>),
 }
 
-/// Runs `sql` in a transaction and commits it, each step waiting at most `wait` for
-/// PostgreSQL's answer (see [`ANSWER_WAIT`]).
+/// Runs `sql` in a transaction and commits it, waiting at most `wait` for PostgreSQL's
+/// answers before the commit and `wait` for the commit's (see [`ANSWER_WAIT`]).
 async fn run_and_commit(
     client: &mut deadpool_postgres::Object,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     wait: Duration,
 ) -> Result<Vec<Row>, Failed> {
-    let transaction = tokio::time::timeout(wait, client.transaction())
-        .await
-        .map_err(|_| Failed::NoAnswer)?
-        .map_err(Failed::BeforeCommit)?;
-    let rows = tokio::time::timeout(wait, async {
+    // One wait for the transaction's start and its statement, one for its commit.
+    let (transaction, rows) = tokio::time::timeout(wait, async {
+        let transaction = client.transaction().await?;
         let statement = transaction.prepare_cached(sql).await?;
-        transaction.query(&statement, params).await
+        let rows = transaction.query(&statement, params).await?;
+        Ok::<_, tokio_postgres::Error>((transaction, rows))
     })
     .await
     .map_err(|_| Failed::NoAnswer)?

@@ -85,7 +85,8 @@ pub use migrations::SCHEMA_VERSION;
 pub const NAME_CONSTRAINT: &str = "clients_name_unique";
 
 /// Server-side limit of one statement (set per connection, before the URL's own
-/// `options`: a `statement_timeout` there wins).
+/// `options`: a `statement_timeout` there wins, up to [`ANSWER_WAIT`], beyond which the
+/// server itself gives up waiting).
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Server-side limit of a transaction's wait for its client's next statement (set with

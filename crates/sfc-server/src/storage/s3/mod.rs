@@ -138,6 +138,18 @@ struct Detached {
     ended: tokio::sync::Notify,
 }
 
+/// Counts one background task out of [`Detached`] when dropped.
+struct DetachedEnds(Arc<Detached>);
+
+impl Drop for DetachedEnds {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.ended.notify_waiters();
+    }
+}
+
 impl Shared {
     /// Stops the runtime without waiting for its tasks: requests under way end where they
     /// are.
@@ -374,11 +386,11 @@ impl Shared {
         let detached = Arc::clone(&self.detached);
         detached.running.fetch_add(1, Ordering::SeqCst);
         self.handle.spawn(async move {
+            // Counted out however the task ends (a panic in `work` too).
+            let _ended = DetachedEnds(detached);
             if let Err(error) = work.await {
                 tracing::warn!(%error, "{what} (recovery will retry)");
             }
-            detached.running.fetch_sub(1, Ordering::SeqCst);
-            detached.ended.notify_waiters();
         });
     }
 
@@ -450,13 +462,13 @@ impl BlobStore for S3BlobStore {
         true
     }
 
-    /// Any number of servers may share the bucket (see the module docs).
     /// Waits for the aborts of the multipart uploads dropped last (at shutdown, those in
     /// progress), which the runtime's shutdown would otherwise cut off.
     fn close(&self, within: Duration) -> bool {
         self.shared.finish_detached(within)
     }
 
+    /// Any number of servers may share the bucket (see the module docs).
     fn is_shared(&self) -> bool {
         true
     }

@@ -64,6 +64,9 @@ pub struct Faults {
     /// Both set-up IDs (the database's, the store's) read as none, as reads just before
     /// another server wrote them do (in-memory stores only).
     pub setup_id_unseen: AtomicBool,
+    /// Commits of `files` rows are not made, and report that their outcome is not known
+    /// (a commit still waiting for a synchronous standby, as the store sees it).
+    pub file_commits_uncertain: AtomicBool,
     /// Commits of `files` rows happen but report a failure.
     file_answers_lost: AtomicBool,
     /// ... and the database is down from then on.
@@ -107,6 +110,7 @@ impl Default for Faults {
             size_fails: AtomicBool::new(false),
             paths_immutable: AtomicBool::new(false),
             setup_id_unseen: AtomicBool::new(false),
+            file_commits_uncertain: AtomicBool::new(false),
             file_answers_lost: AtomicBool::new(false),
             down_after_lost_answer: AtomicBool::new(false),
             budget: AtomicU64::new(u64::MAX),
@@ -396,6 +400,11 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
     }
     fn put_file(&self, file: &FileRecord, now: Timestamp) -> Result<Option<String>, StoreError> {
         self.commit()?;
+        if self.faults.file_commits_uncertain.load(Ordering::SeqCst) {
+            return Err(StoreError::Uncertain(
+                "whether the commit happened is not known (injected)".into(),
+            ));
+        }
         if !self.faults.file_commit_allowed() {
             return Err(StoreError::Database("commit failed (injected)".into()));
         }
