@@ -75,12 +75,15 @@ mod tests {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    /// Keeps the calling thread on the CPU for `time`.
-    fn spin(time: Duration) {
-        let start = Instant::now();
+    /// Keeps the calling thread on the CPU until it has used `cpu` seconds more (by its
+    /// own CPU time, so that a loaded machine only makes it take longer).
+    fn spin(cpu: f64) {
+        let start = super::thread_cpu_secs().unwrap();
         let mut x = 0_u64;
-        while start.elapsed() < time {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        while super::thread_cpu_secs().unwrap() - start < cpu {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
         }
     }
 
@@ -96,7 +99,7 @@ mod tests {
             tid_tx.send(tid).unwrap();
             for _ in 0..2 {
                 go_rx.recv().unwrap();
-                spin(Duration::from_millis(120));
+                spin(0.12);
                 tid_tx.send(tid).unwrap();
             }
             go_rx.recv().unwrap();

@@ -908,6 +908,33 @@ fn a_cut_during_the_first_file_after_a_reconnect_keeps_one_connection() {
     assert_eq!(s.connections, last + 1, "{:?}", s.log);
 }
 
+/// After a first cut (one reply on its connection), sends cut again and again on
+/// connections that carried two stray replies each are not retried for ever: the cut of
+/// a connection kept for several replies ends the "cut after one reply" allowance, and
+/// the next fresh connection's close is the failure it always was.
+#[test]
+fn sends_cut_after_stray_replies_every_time_end_in_an_error() {
+    let double = Double::start(Behaviour {
+        cut_once_after_content: Some(100_000),
+        strays_before_final_reply: Some((2, std::time::Duration::ZERO)),
+        close_instead_of_final_reply: true,
+        ..Behaviour::default()
+    });
+    let dir = tempdir();
+    // Registered by a first run (whose small file fails: no final reply ever comes).
+    setup(dir.path(), &double, "dying", 1000);
+    run_client(dir.path(), &[]);
+    assert!(dir.path().join("me.info").exists());
+    make_file(&dir.path().join("big.bin"), 300_000, 8);
+    let run = run_client(dir.path(), &["-v", "big.bin"]);
+    run.assert_code(5);
+    assert!(double.state().cut, "the first send was not cut");
+    // The run's connections: the cut one, one kept for two replies, one fresh; no more.
+    let s = double.state();
+    let first_of_run = s.log.iter().find(|l| l.code == 827).unwrap().connection;
+    assert_eq!(s.connections - first_of_run, 3, "{:?}", s.log);
+}
+
 /// A server that closes after each reply, whose close comes only after the client has
 /// started streaming a file on the connection: the first cut sends the file again in the
 /// same style, the second (on a connection that carried no reply) switches to one

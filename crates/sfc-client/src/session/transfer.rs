@@ -371,6 +371,9 @@ fn send_with_retries(
                 conn.close();
                 if kept {
                     conn.report_kept_connection_closed();
+                    // No longer a cut after one reply: a close on the next, fresh,
+                    // connection is a failure again (or every send could be cut for ever).
+                    cut_after_one_reply = false;
                 }
                 if let Err(e) = conn.prepare() {
                     return Err(interrupted(ClientError::Network(e), params, sent));

@@ -308,6 +308,9 @@ pub struct Behaviour {
     /// Remove this file before the final 1603 of a file: a source deleted (or rotated
     /// away) once the client has read it whole.
     pub remove_before_final_reply: Option<PathBuf>,
+    /// Close the connection instead of sending the final 1603 (after any strays): a
+    /// server that dies storing every file.
+    pub close_instead_of_final_reply: bool,
     /// Wait this long before the final 1603 of a file (a server busy checksumming).
     pub final_reply_delay: Option<Duration>,
     /// Stop reading (hold the connection, say nothing) once this many bytes of file
@@ -687,6 +690,9 @@ fn write_reply(
         if !(0..count).all(|_| paced(&stray, pause)) {
             return false;
         }
+    }
+    if behaviour.close_instead_of_final_reply {
+        return false;
     }
     match behaviour.trickle_final_reply {
         Some(pause) => bytes.chunks(1).all(|byte| paced(byte, pause)),
