@@ -128,26 +128,7 @@ struct Shared {
     parts: Arc<parts::PartPool>,
     /// The background tasks under way ([`Shared::spawn_detached`]), for
     /// [`BlobStore::close`] to wait for.
-    detached: Arc<Detached>,
-}
-
-/// A count of background tasks under way, and a wake-up when one ends.
-#[derive(Debug, Default)]
-struct Detached {
-    running: std::sync::atomic::AtomicUsize,
-    ended: tokio::sync::Notify,
-}
-
-/// Counts one background task out of [`Detached`] when dropped.
-struct DetachedEnds(Arc<Detached>);
-
-impl Drop for DetachedEnds {
-    fn drop(&mut self) {
-        self.0
-            .running
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.ended.notify_waiters();
-    }
+    detached: tokio_util::task::TaskTracker,
 }
 
 impl Shared {
@@ -277,7 +258,7 @@ impl S3BlobStore {
                 runtime: Mutex::new(Some(runtime)),
                 location: location.to_string(),
                 parts: Arc::default(),
-                detached: Arc::default(),
+                detached: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -382,37 +363,27 @@ impl Shared {
         what: &'static str,
         work: impl Future<Output = Result<(), object_store::Error>> + Send + 'static,
     ) {
-        use std::sync::atomic::Ordering;
-        let detached = Arc::clone(&self.detached);
-        detached.running.fetch_add(1, Ordering::SeqCst);
-        self.handle.spawn(async move {
-            // Counted out however the task ends (a panic in `work` too).
-            let _ended = DetachedEnds(detached);
-            if let Err(error) = work.await {
-                tracing::warn!(%error, "{what} (recovery will retry)");
-            }
-        });
+        // Tracked however the task ends (a panic in `work` too).
+        self.detached.spawn_on(
+            async move {
+                if let Err(error) = work.await {
+                    tracing::warn!(%error, "{what} (recovery will retry)");
+                }
+            },
+            &self.handle,
+        );
     }
 
     /// Waits up to `within` for the background tasks under way; false if some still
     /// run then. A blocking call, never on one of the runtime's threads.
     fn finish_detached(&self, within: Duration) -> bool {
-        use std::sync::atomic::Ordering;
-        let detached = Arc::clone(&self.detached);
-        self.handle.block_on(async move {
-            let all_ended = async {
-                loop {
-                    let ended = detached.ended.notified();
-                    tokio::pin!(ended);
-                    // Registered before the count is read: an end in between wakes it.
-                    ended.as_mut().enable();
-                    if detached.running.load(Ordering::SeqCst) == 0 {
-                        return;
-                    }
-                    ended.await;
-                }
-            };
-            tokio::time::timeout(within, all_ended).await.is_ok()
+        // Closed, the tracker's wait ends once no task is left (tasks spawned later are
+        // still tracked, and still run).
+        self.detached.close();
+        self.handle.block_on(async {
+            tokio::time::timeout(within, self.detached.wait())
+                .await
+                .is_ok()
         })
     }
 }
