@@ -289,18 +289,20 @@ impl Metrics {
 /// abandoned uploads), from as many addresses as they have; this way a flood of one kind
 /// fills the list without pushing the other kinds off it.
 fn make_room(failures: &mut VecDeque<FailureView>, kind: &str) {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for failure in failures.iter() {
-        *counts.entry(failure.kind.as_str()).or_default() += 1;
+    // Per kind listed: how many entries, and where its oldest is.
+    let mut kinds: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (at, failure) in failures.iter().enumerate() {
+        kinds.entry(failure.kind.as_str()).or_insert((0, at)).0 += 1;
     }
-    *counts.entry(kind).or_default() += 1;
-    // The most listed kind; among equals, the one whose oldest entry is oldest.
-    let oldest_of = |kind: &str| failures.iter().position(|f| f.kind == kind);
-    let most = counts
-        .iter()
-        .max_by_key(|(kind, count)| (**count, std::cmp::Reverse(oldest_of(kind))))
-        .map(|(kind, _)| (*kind).to_owned());
-    let at = most.and_then(|most| oldest_of(&most)).unwrap_or(0);
+    if let Some((count, _)) = kinds.get_mut(kind) {
+        *count += 1;
+    }
+    // The most listed kind; among equals, the one whose oldest entry is oldest (the
+    // list's oldest when every kind is listed once, the newcomer's too).
+    let at = kinds
+        .values()
+        .max_by_key(|(count, oldest)| (*count, std::cmp::Reverse(*oldest)))
+        .map_or(0, |(_, oldest)| *oldest);
     failures.remove(at);
 }
 

@@ -549,16 +549,8 @@ impl Registry {
     #[allow(clippy::vec_box)] // the uploads are boxed in the map already; no re-boxing
     pub(super) fn expire(&self, now: Instant, older_than: Duration) -> Vec<Box<Upload>> {
         let mut slots = self.lock();
-        let expired: Vec<ClientId> = slots
-            .iter()
-            .filter_map(|(id, slot)| match slot {
-                Slot::Parked { since, .. }
-                    if now.saturating_duration_since(*since) >= older_than =>
-                {
-                    Some(*id)
-                }
-                _ => None,
-            })
+        let expired: Vec<ClientId> = parked_for(&slots, now, older_than)
+            .map(|(_, id)| id)
             .collect();
         expired
             .iter()
@@ -575,15 +567,7 @@ impl Registry {
     /// every place until the upload time-out, for the price of one packet each.
     pub(super) fn evict_idlest(&self, now: Instant, idle_for: Duration) -> Option<Box<Upload>> {
         let mut slots = self.lock();
-        let (_, idlest) = slots
-            .iter()
-            .filter_map(|(id, slot)| match slot {
-                Slot::Parked { since, .. } if now.saturating_duration_since(*since) >= idle_for => {
-                    Some((*since, *id))
-                }
-                _ => None,
-            })
-            .min()?;
+        let (_, idlest) = parked_for(&slots, now, idle_for).min()?;
         match slots.remove(&idlest) {
             Some(Slot::Parked { upload, .. }) => Some(upload),
             _ => None,
@@ -606,6 +590,21 @@ impl Registry {
             })
             .collect()
     }
+}
+
+/// The uploads among `slots` parked for at least `at_least` by `now`: when each was
+/// parked, and its client.
+fn parked_for(
+    slots: &Slots,
+    now: Instant,
+    at_least: Duration,
+) -> impl Iterator<Item = (Instant, ClientId)> + '_ {
+    slots.iter().filter_map(move |(id, slot)| match slot {
+        Slot::Parked { since, .. } if now.saturating_duration_since(*since) >= at_least => {
+            Some((*since, *id))
+        }
+        _ => None,
+    })
 }
 
 /// The uploads among `slots` (a removal's hold is none).

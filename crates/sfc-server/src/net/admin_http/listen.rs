@@ -121,8 +121,8 @@ impl RefusalLines {
     }
 
     fn line(&self, kind: Refused) -> Option<&SharedLine> {
-        let index = Refused::ALL.iter().position(|k| *k == kind)?;
-        self.lines.get(index)
+        // `ALL` lists the kinds in their declared order.
+        self.lines.get(kind as usize)
     }
 
     /// Counts one refusal of `peer`; logs it when a line is due (`reason`: what went
