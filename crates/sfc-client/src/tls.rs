@@ -282,12 +282,9 @@ impl Stream {
     pub fn refusal_waiting(&mut self) -> io::Result<bool> {
         match self {
             Stream::Plain(tcp) => {
-                let mut arrived = [0u8; 4096];
-                let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-                Ok(match rustix::net::recv(&*tcp, &mut arrived[..], flags) {
-                    Ok((n, _)) => {
-                        crate::connection::holds_refusal(arrived.get(..n).unwrap_or_default())
-                    }
+                let mut arrived = [0u8; LOOK_AHEAD_LIMIT];
+                Ok(match peek_arrived(tcp, &mut arrived) {
+                    Ok(n) => crate::connection::holds_refusal(arrived.get(..n).unwrap_or_default()),
                     Err(_) => false,
                 })
             }
@@ -300,15 +297,11 @@ impl Stream {
     /// close_notify counts as closed and session tickets do not count as a reply.
     pub fn peer_closed(&mut self) -> bool {
         match self {
-            Stream::Plain(tcp) => {
-                let mut byte = [0u8; 1];
-                let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-                match rustix::net::recv(&*tcp, &mut byte[..], flags) {
-                    Ok((0, _)) => true,
-                    Ok(_) => false,
-                    Err(e) => io::Error::from(e).kind() != io::ErrorKind::WouldBlock,
-                }
-            }
+            Stream::Plain(tcp) => match peek_arrived(tcp, &mut [0u8; 1]) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+            },
             // Plaintext kept aside is a reply still to read.
             Stream::Tls(tls) => tls.ahead.is_empty() && tls_peer_closed(&mut tls.owned),
         }
@@ -388,6 +381,15 @@ fn tls_refusal_waiting(tls: &mut TlsStream) -> io::Result<bool> {
     Ok(crate::connection::holds_refusal(
         tls.ahead.make_contiguous(),
     ))
+}
+
+/// What has arrived on the socket (up to `buf`'s size), looked at without taking it or
+/// waiting (else `WouldBlock`), whatever the socket's mode and time-outs.
+fn peek_arrived(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    rustix::net::recv(tcp, buf, flags)
+        .map(|(n, _)| n)
+        .map_err(io::Error::from)
 }
 
 /// The socket, read without waiting (what has arrived, else `WouldBlock`), whatever its

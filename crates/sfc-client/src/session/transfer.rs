@@ -228,20 +228,32 @@ fn file_identity(_metadata: &std::fs::Metadata) -> Option<FileIdentity> {
     None
 }
 
+/// Why a file cannot be looked at any more.
+enum Unreadable {
+    /// Its metadata cannot be read (removed, say).
+    Gone(io::Error),
+    /// Something else now has its path.
+    NotRegular,
+}
+
 impl Snapshot {
     fn take(file: &FileToSend) -> Result<Snapshot, ClientError> {
-        let taken = std::time::SystemTime::now();
-        let metadata = std::fs::metadata(&file.path).map_err(|e| ClientError::File {
+        Snapshot::look(file).map_err(|why| ClientError::File {
             path: file.path.clone(),
-            reason: format!("cannot be read: {e}"),
-        })?;
+            reason: match why {
+                Unreadable::Gone(e) => format!("cannot be read: {e}"),
+                Unreadable::NotRegular => "is no longer a regular file".to_owned(),
+            },
+        })
+    }
+
+    fn look(file: &FileToSend) -> Result<Snapshot, Unreadable> {
+        let taken = std::time::SystemTime::now();
+        let metadata = std::fs::metadata(&file.path).map_err(Unreadable::Gone)?;
         // Checked when the batch was made; replaced since by something else (a FIFO, whose
         // open would wait for a writer with no time limit): not sent.
         if !metadata.is_file() {
-            return Err(ClientError::File {
-                path: file.path.clone(),
-                reason: "is no longer a regular file".to_owned(),
-            });
+            return Err(Unreadable::NotRegular);
         }
         Ok(Snapshot {
             len: metadata.len(),
@@ -293,12 +305,12 @@ impl Snapshot {
     fn unchanged(&self, file: &FileToSend) -> Result<(), ClientError> {
         // Gone or replaced by something else since: whether it changed while it was read
         // cannot be told, so it counts as changed (and the message says 902 was sent).
-        let now = Snapshot::take(file).map_err(|gone| match gone {
-            ClientError::File { reason, .. } => self.changed(
-                file,
-                format!("it {}", reason.replace("cannot", "can no longer")),
-            ),
-            other => other,
+        let now = Snapshot::look(file).map_err(|why| {
+            let how = match why {
+                Unreadable::Gone(e) => format!("it can no longer be read: {e}"),
+                Unreadable::NotRegular => "it is no longer a regular file".to_owned(),
+            };
+            self.changed(file, how)
         })?;
         if (now.len, now.modified, now.identity) == (self.len, self.modified, self.identity) {
             return Ok(());
